@@ -1,0 +1,241 @@
+/* qattn: exact and INT8 memory-efficient attention for CPUs and NVIDIA GPUs.
+ *
+ * This header is the whole public API. It computes
+ *
+ *     O = softmax(scale * Q K^T + mask) V
+ *
+ * without ever materialising the Lq x Lk score matrix (online softmax, in tiles),
+ * for Q, K, V in FP32 / FP16 / BF16 (FP32 accumulation) and, approximately, in INT8.
+ *
+ * Usage:
+ *
+ *     qattn_ctx *ctx;
+ *     if (qattn_ctx_create(&ctx, NULL) != QATTN_OK) ...;      // NULL: defaults
+ *     qattn_params p;
+ *     qattn_params_init(&p);
+ *     p.q = q; p.k = k; p.v = v; p.o = o;                     // [B, L, H, D] float32
+ *     p.batch = B; p.seqlen_q = Lq; p.seqlen_k = Lk;
+ *     p.n_heads = H; p.n_kv_heads = HK; p.head_dim = D;
+ *     p.causal = 1;
+ *     qattn_params_set_contiguous(&p);                        // strides of [B, L, H, D]
+ *     qattn_status s = qattn_forward(ctx, &p);
+ *     if (s != QATTN_OK) fprintf(stderr, "%s: %s\n", qattn_status_str(s), qattn_ctx_last_error(ctx));
+ *     qattn_ctx_destroy(ctx);
+ *
+ * Conventions
+ * - Every function returns a qattn_status; on error the context's last-error message
+ *   says what was wrong. Nothing here exits, aborts or asserts on user input.
+ * - Layout: tensors are [batch, seq, heads, head_dim] by default; any layout whose last
+ *   (head_dim) axis is contiguous is accepted through 64-bit element strides, so K and V
+ *   may be views into a larger cache. Strides are counted in elements, never bytes.
+ * - Masks: key j (of Lk) is visible to query i (of Lq) when
+ *       i + Lk - Lq - window_left <= j <= i + Lk - Lq + window_right
+ *   (FlashAttention's convention, aligned to the bottom-right corner); -1 means unbounded
+ *   on that side, and causal means window_right = 0. A query that sees no key gets a zero
+ *   output row and log-sum-exp -inf.
+ * - NaN/Inf: a non-finite input value reaches exactly the output rows whose computation
+ *   uses it (a query row, or the rows that see a key/value token); it never spreads to
+ *   other rows and is never hidden.
+ * - Thread safety: a context may be used by one thread at a time; distinct contexts are
+ *   independent. There is no global mutable state.
+ */
+#ifndef QATTN_H
+#define QATTN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define QATTN_VERSION_MAJOR 0
+#define QATTN_VERSION_MINOR 1
+#define QATTN_VERSION_PATCH 0
+
+#if defined(_WIN32)
+#define QATTN_API __declspec(dllexport)
+#else
+#define QATTN_API __attribute__((visibility("default")))
+#endif
+
+/* ---------------------------------------------------------------- status */
+
+typedef enum qattn_status {
+    QATTN_OK = 0,
+    QATTN_ERR_NULL_POINTER = -1,     /* a required pointer is NULL */
+    QATTN_ERR_INVALID_ARGUMENT = -2, /* a shape, stride, flag or value is out of range */
+    QATTN_ERR_UNSUPPORTED = -3,      /* valid, but this backend/ISA/dtype cannot do it */
+    QATTN_ERR_OUT_OF_MEMORY = -4,    /* an allocation failed */
+    QATTN_ERR_OVERFLOW = -5,         /* a size computation overflows 64 bits */
+    QATTN_ERR_BACKEND = -6,          /* the backend failed (a CUDA or thread error) */
+    QATTN_ERR_CAPACITY = -7,         /* a fixed-size resource (workspace, cache blocks) is exhausted */
+} qattn_status;
+
+/* A constant string naming the status ("QATTN_ERR_INVALID_ARGUMENT: invalid argument"). */
+QATTN_API const char *qattn_status_str(qattn_status status);
+
+/* "0.1.0" */
+QATTN_API const char *qattn_version(void);
+
+/* ---------------------------------------------------------------- enums */
+
+typedef enum qattn_dtype {
+    QATTN_DTYPE_F32 = 0,
+    QATTN_DTYPE_F16 = 1,  /* IEEE binary16 */
+    QATTN_DTYPE_BF16 = 2, /* bfloat16 */
+    QATTN_DTYPE_I8 = 3,   /* signed 8-bit codes with a scale (pre-quantized inputs) */
+} qattn_dtype;
+
+/* The precision the attention is computed in. Inputs are converted to it first;
+ * accumulation is always FP32 (INT32 for INT8 products). */
+typedef enum qattn_precision {
+    QATTN_PRECISION_AUTO = 0, /* the inputs' own dtype */
+    QATTN_PRECISION_FP32 = 1,
+    QATTN_PRECISION_FP16 = 2,     /* Q, K, V rounded to FP16 */
+    QATTN_PRECISION_BF16 = 3,     /* Q, K, V rounded to BF16 */
+    QATTN_PRECISION_INT8 = 4,     /* dynamic token-level INT8 quantization, see int8_scheme */
+    QATTN_PRECISION_FP8_E4M3 = 5, /* emulated FP8 attention (accuracy comparisons, CPU only) */
+    QATTN_PRECISION_FP8_E5M2 = 6,
+} qattn_precision;
+
+/* INT8 schemes (docs/FORMAT.md describes each). */
+typedef enum qattn_int8_scheme {
+    QATTN_INT8_DEFAULT = 0, /* "qattn": the most accurate fully-INT8 scheme */
+    QATTN_INT8_INTFA = 1,   /* "intfa": INT-FlashAttention as published */
+    QATTN_INT8_SAGE = 2,    /* "sage": INT8 QK^T with K smoothing, FP PV (SageAttention-1 style) */
+} qattn_int8_scheme;
+
+typedef enum qattn_backend {
+    QATTN_BACKEND_AUTO = 0, /* QATTN_BACKEND env var if set, else CPU */
+    QATTN_BACKEND_CPU = 1,
+    QATTN_BACKEND_CUDA = 2, /* pointers in qattn_params are device pointers */
+} qattn_backend;
+
+typedef enum qattn_isa {
+    QATTN_ISA_AUTO = 0, /* QATTN_ISA env var if set, else the best the CPU and OS support */
+    QATTN_ISA_REF = 1,  /* portable scalar C */
+    QATTN_ISA_AVX2 = 2, /* AVX2 + FMA + F16C */
+} qattn_isa;
+
+/* ---------------------------------------------------------------- context */
+
+typedef struct qattn_ctx qattn_ctx;
+
+/* Options for qattn_ctx_create; zero-initialise, or pass NULL for all defaults. */
+typedef struct qattn_ctx_options {
+    int32_t backend;     /* qattn_backend */
+    int32_t isa;         /* qattn_isa (CPU backend) */
+    int32_t n_threads;   /* CPU threads; 0 = the number of online cores */
+    int32_t cuda_device; /* CUDA device ordinal */
+    /* Allocator hooks; both NULL = malloc/free. alloc must return 64-byte aligned memory. */
+    void *(*alloc)(size_t bytes, void *user);
+    void (*free)(void *ptr, void *user);
+    void *alloc_user;
+} qattn_ctx_options;
+
+QATTN_API qattn_status qattn_ctx_create(qattn_ctx **ctx, const qattn_ctx_options *options);
+QATTN_API void qattn_ctx_destroy(qattn_ctx *ctx); /* NULL is a no-op */
+
+/* The message of the last failed call on ctx ("" after a success). Valid until the next call. */
+QATTN_API const char *qattn_ctx_last_error(const qattn_ctx *ctx);
+
+/* What a context chose. */
+typedef struct qattn_ctx_info {
+    int32_t backend;   /* qattn_backend actually used */
+    int32_t isa;       /* qattn_isa actually used */
+    int32_t n_threads;
+    int32_t cuda_available; /* 1 if this build has CUDA and a device is visible */
+    char isa_name[16];      /* "ref", "avx2" */
+    char device_name[96];   /* CPU model or GPU name */
+} qattn_ctx_info;
+
+QATTN_API qattn_status qattn_ctx_get_info(const qattn_ctx *ctx, qattn_ctx_info *info);
+
+/* Change the thread count of a CPU context (0 = online cores). */
+QATTN_API qattn_status qattn_ctx_set_threads(qattn_ctx *ctx, int32_t n_threads);
+
+/* ---------------------------------------------------------------- parameters */
+
+/* One attention call. Plain data, fixed-width types: mirrored field for field by the
+ * Python binding. Initialise with qattn_params_init, then fill. */
+typedef struct qattn_params {
+    /* Tensors. q: [B, Lq, H, D]; k, v: [B, Lk, HK, D]; o: [B, Lq, H, D] (through the strides).
+     * With cu_seqlens, the batch axis is packed: q [total_q, H, D], k/v [total_k, HK, D]. */
+    const void *q;
+    const void *k;
+    const void *v;
+    void *o;
+    /* Optional (NULL = not wanted): natural-log log-sum-exp of the scaled scores per query row,
+     * float32, contiguous [B, H, Lq] (varlen: [H, total_q]); -inf for a row that sees no key. */
+    float *lse;
+
+    int64_t batch;
+    int64_t seqlen_q; /* Lq; with cu_seqlens, the largest sequence length (an upper bound) */
+    int64_t seqlen_k; /* Lk; likewise */
+    int32_t n_heads;    /* H */
+    int32_t n_kv_heads; /* HK; H % HK == 0 (GQA / MQA) */
+    int32_t head_dim;   /* D: 32..256, a multiple of 8 */
+
+    int32_t qkv_dtype; /* qattn_dtype of q, k and v (F32, F16 or BF16) */
+    int32_t o_dtype;   /* qattn_dtype of o (F32, F16 or BF16) */
+    int32_t precision; /* qattn_precision */
+    int32_t int8_scheme; /* qattn_int8_scheme, used when precision is INT8 */
+
+    int32_t causal;       /* 0 or 1; 1 forces window_right = 0 */
+    int32_t window_left;  /* -1 = unbounded */
+    int32_t window_right; /* -1 = unbounded */
+    float scale;          /* softmax scale; 0 = 1/sqrt(head_dim) */
+
+    /* Element strides (not bytes), >= 0. The head_dim axis is contiguous (stride 1).
+     * batch strides are ignored when cu_seqlens are given. */
+    int64_t q_batch_stride, q_seq_stride, q_head_stride;
+    int64_t k_batch_stride, k_seq_stride, k_head_stride;
+    int64_t v_batch_stride, v_seq_stride, v_head_stride;
+    int64_t o_batch_stride, o_seq_stride, o_head_stride;
+
+    /* Variable-length batches (both or neither): batch+1 non-decreasing offsets starting at 0,
+     * sequence b being rows [cu[b], cu[b+1]). Host memory on the CPU backend, device memory
+     * on CUDA. A sequence may be empty. */
+    const int32_t *cu_seqlens_q;
+    const int32_t *cu_seqlens_k;
+
+    /* Optional scratch memory (see qattn_workspace_size); NULL = the library allocates. */
+    void *workspace;
+    size_t workspace_size;
+
+    void *stream; /* cudaStream_t for the CUDA backend; NULL = the default stream */
+} qattn_params;
+
+/* Defaults: F32 in and out, precision AUTO, no mask, window -1/-1, scale 0 (= 1/sqrt(D)),
+ * everything else zero. */
+QATTN_API void qattn_params_init(qattn_params *p);
+
+/* Fill all strides for contiguous [B, L, H, D] tensors (packed [total, H, D] with cu_seqlens)
+ * from batch, seqlen_q, seqlen_k, n_heads, n_kv_heads and head_dim. */
+QATTN_API void qattn_params_set_contiguous(qattn_params *p);
+
+/* ---------------------------------------------------------------- attention */
+
+/* QATTN_OK if qattn_forward would run these parameters on ctx's backend, else the status it
+ * would return, with the reason in the last-error message. Reads no tensor data. */
+QATTN_API qattn_status qattn_supports(qattn_ctx *ctx, const qattn_params *p);
+
+/* Bytes of scratch memory qattn_forward needs for these parameters (0 is possible). */
+QATTN_API qattn_status qattn_workspace_size(qattn_ctx *ctx, const qattn_params *p, size_t *bytes);
+
+/* Attention forward. Writes every element of o (and lse if given). */
+QATTN_API qattn_status qattn_forward(qattn_ctx *ctx, const qattn_params *p);
+
+/* The FP64 oracle: naive attention in double precision on the CPU, for tests and for users
+ * who want to check a result. Reads q, k, v (host memory, any qkv_dtype) with the masks,
+ * scale, GQA and varlen of p, ignores o, lse, precision and workspace, and writes
+ * o64 contiguous [B, Lq, H, D] (varlen: [total_q, H, D]) and, if lse64 is not NULL,
+ * lse64 [B, H, Lq] (varlen: [H, total_q]). Memory: O(Lk) scratch. */
+QATTN_API qattn_status qattn_oracle_f64(qattn_ctx *ctx, const qattn_params *p, double *o64, double *lse64);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* QATTN_H */

@@ -1,0 +1,429 @@
+/* The public entry points: context, status strings, the one validation function, dispatch
+ * to a backend. Every argument problem becomes a status plus a message naming the value. */
+#define _POSIX_C_SOURCE 200809L
+#include "qattn_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define QATTN_STR2(x) #x
+#define QATTN_STR(x) QATTN_STR2(x)
+
+const char *qattn_version(void) {
+    return QATTN_STR(QATTN_VERSION_MAJOR) "." QATTN_STR(QATTN_VERSION_MINOR) "." QATTN_STR(QATTN_VERSION_PATCH);
+}
+
+const char *qattn_status_str(qattn_status status) {
+    switch (status) {
+    case QATTN_OK: return "QATTN_OK: success";
+    case QATTN_ERR_NULL_POINTER: return "QATTN_ERR_NULL_POINTER: a required pointer is NULL";
+    case QATTN_ERR_INVALID_ARGUMENT: return "QATTN_ERR_INVALID_ARGUMENT: invalid argument";
+    case QATTN_ERR_UNSUPPORTED: return "QATTN_ERR_UNSUPPORTED: not supported by this backend";
+    case QATTN_ERR_OUT_OF_MEMORY: return "QATTN_ERR_OUT_OF_MEMORY: out of memory";
+    case QATTN_ERR_OVERFLOW: return "QATTN_ERR_OVERFLOW: size computation overflows";
+    case QATTN_ERR_BACKEND: return "QATTN_ERR_BACKEND: backend failure";
+    case QATTN_ERR_CAPACITY: return "QATTN_ERR_CAPACITY: capacity exhausted";
+    }
+    return "unknown qattn status";
+}
+
+qattn_status qattn_fail(qattn_ctx *ctx, qattn_status status, const char *fmt, ...) {
+    if (ctx) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(ctx->last_error, sizeof ctx->last_error, fmt, ap);
+        va_end(ap);
+    }
+    return status;
+}
+
+/* ---------------------------------------------------------------- allocation */
+
+static void *default_alloc(size_t bytes, void *user) {
+    (void)user;
+    void *ptr = NULL;
+    size_t rounded = (bytes + QATTN_ALIGN - 1) / QATTN_ALIGN * QATTN_ALIGN;
+    if (rounded < bytes) return NULL;
+    if (posix_memalign(&ptr, QATTN_ALIGN, rounded) != 0) return NULL;
+    return ptr;
+}
+
+static void default_free(void *ptr, void *user) {
+    (void)user;
+    free(ptr);
+}
+
+void *qattn_alloc(qattn_ctx *ctx, size_t bytes) {
+    if (bytes == 0) return NULL;
+    return ctx->alloc(bytes, ctx->alloc_user);
+}
+
+void qattn_free(qattn_ctx *ctx, void *ptr) {
+    if (ptr) ctx->free(ptr, ctx->alloc_user);
+}
+
+/* ---------------------------------------------------------------- context */
+
+static int online_cores(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : (n > 1024 ? 1024 : (int)n);
+}
+
+/* Environment override (QATTN_ISA / QATTN_BACKEND) applies only where the option is AUTO.
+ * Returns -1 for an unknown name so the caller can report it. */
+static int32_t isa_from_env(void) {
+    const char *s = getenv("QATTN_ISA");
+    if (!s || !*s) return QATTN_ISA_AUTO;
+    if (!strcmp(s, "ref")) return QATTN_ISA_REF;
+    if (!strcmp(s, "avx2")) return QATTN_ISA_AVX2;
+    return -1;
+}
+
+static int32_t backend_from_env(void) {
+    const char *s = getenv("QATTN_BACKEND");
+    if (!s || !*s) return QATTN_BACKEND_AUTO;
+    if (!strcmp(s, "cpu")) return QATTN_BACKEND_CPU;
+    if (!strcmp(s, "cuda")) return QATTN_BACKEND_CUDA;
+    return -1;
+}
+
+static qattn_status choose_isa(qattn_ctx *ctx, int32_t requested) {
+    int32_t isa = requested;
+    if (isa == QATTN_ISA_AUTO) {
+        isa = isa_from_env();
+        if (isa < 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "QATTN_ISA=%s is not one of ref, avx2", getenv("QATTN_ISA"));
+    }
+#if defined(QATTN_HAVE_X86)
+    bool have_avx2 = qattn_cpu_has_avx2();
+#else
+    bool have_avx2 = false;
+#endif
+    if (isa == QATTN_ISA_AUTO) isa = have_avx2 ? QATTN_ISA_AVX2 : QATTN_ISA_REF;
+    if (isa == QATTN_ISA_AVX2 && !have_avx2)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "ISA avx2 requested but this CPU/OS does not support AVX2+FMA+F16C");
+    ctx->isa = isa;
+#if defined(QATTN_HAVE_X86)
+    ctx->kernels = isa == QATTN_ISA_AVX2 ? &qattn_kernels_avx2 : &qattn_kernels_ref;
+#else
+    ctx->kernels = &qattn_kernels_ref;
+#endif
+    return QATTN_OK;
+}
+
+static qattn_status choose_backend(qattn_ctx *ctx, int32_t requested) {
+    int32_t backend = requested;
+    if (backend == QATTN_BACKEND_AUTO) {
+        backend = backend_from_env();
+        if (backend < 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "QATTN_BACKEND=%s is not one of cpu, cuda", getenv("QATTN_BACKEND"));
+        if (backend == QATTN_BACKEND_AUTO) backend = QATTN_BACKEND_CPU;
+    }
+    ctx->backend = backend;
+    if (backend == QATTN_BACKEND_CUDA) {
+#if defined(QATTN_HAVE_CUDA)
+        return qattn_cuda_init(ctx);
+#else
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "backend cuda requested but this build of qattn has no CUDA backend");
+#endif
+    }
+    return QATTN_OK;
+}
+
+qattn_status qattn_ctx_create(qattn_ctx **out, const qattn_ctx_options *options) {
+    if (!out) return QATTN_ERR_NULL_POINTER;
+    *out = NULL;
+    qattn_ctx_options opt;
+    memset(&opt, 0, sizeof opt);
+    if (options) opt = *options;
+    if ((opt.alloc == NULL) != (opt.free == NULL)) return QATTN_ERR_INVALID_ARGUMENT;
+    if (opt.backend < QATTN_BACKEND_AUTO || opt.backend > QATTN_BACKEND_CUDA) return QATTN_ERR_INVALID_ARGUMENT;
+    if (opt.isa < QATTN_ISA_AUTO || opt.isa > QATTN_ISA_AVX2) return QATTN_ERR_INVALID_ARGUMENT;
+    if (opt.n_threads < 0 || opt.cuda_device < 0) return QATTN_ERR_INVALID_ARGUMENT;
+
+    void *(*alloc)(size_t, void *) = opt.alloc ? opt.alloc : default_alloc;
+    void (*dealloc)(void *, void *) = opt.free ? opt.free : default_free;
+    qattn_ctx *ctx = alloc(sizeof *ctx, opt.alloc_user);
+    if (!ctx) return QATTN_ERR_OUT_OF_MEMORY;
+    memset(ctx, 0, sizeof *ctx);
+    ctx->alloc = alloc;
+    ctx->free = dealloc;
+    ctx->alloc_user = opt.alloc_user;
+    ctx->n_threads = opt.n_threads ? opt.n_threads : online_cores();
+    ctx->cuda_device = opt.cuda_device;
+
+    qattn_status s = choose_isa(ctx, opt.isa);
+    if (s == QATTN_OK) s = choose_backend(ctx, opt.backend);
+    if (s != QATTN_OK) {
+        /* The message is lost with the context: print nothing, return the status. */
+        dealloc(ctx, opt.alloc_user);
+        return s;
+    }
+    *out = ctx;
+    return QATTN_OK;
+}
+
+void qattn_ctx_destroy(qattn_ctx *ctx) {
+    if (!ctx) return;
+#if defined(QATTN_HAVE_CUDA)
+    qattn_cuda_release(ctx);
+#endif
+    ctx->free(ctx, ctx->alloc_user);
+}
+
+const char *qattn_ctx_last_error(const qattn_ctx *ctx) {
+    return ctx ? ctx->last_error : "qattn_ctx_last_error: ctx is NULL";
+}
+
+qattn_status qattn_ctx_set_threads(qattn_ctx *ctx, int32_t n_threads) {
+    if (!ctx) return QATTN_ERR_NULL_POINTER;
+    ctx->last_error[0] = '\0';
+    if (n_threads < 0 || n_threads > 1024)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "n_threads is %d; expected 0 (all cores) to 1024", n_threads);
+    ctx->n_threads = n_threads ? n_threads : online_cores();
+    return QATTN_OK;
+}
+
+static void cpu_model_name(char *buf, size_t len) {
+    snprintf(buf, len, "cpu");
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f) return;
+    char line[256];
+    while (fgets(line, sizeof line, f)) {
+        if (!strncmp(line, "model name", 10)) {
+            char *colon = strchr(line, ':');
+            if (colon) {
+                colon++;
+                while (*colon == ' ') colon++;
+                colon[strcspn(colon, "\n")] = '\0';
+                snprintf(buf, len, "%s", colon);
+            }
+            break;
+        }
+    }
+    fclose(f);
+}
+
+qattn_status qattn_ctx_get_info(const qattn_ctx *ctx, qattn_ctx_info *info) {
+    if (!ctx || !info) return QATTN_ERR_NULL_POINTER;
+    memset(info, 0, sizeof *info);
+    info->backend = ctx->backend;
+    info->isa = ctx->isa;
+    info->n_threads = ctx->n_threads;
+    snprintf(info->isa_name, sizeof info->isa_name, "%s", ctx->kernels->name);
+#if defined(QATTN_HAVE_CUDA)
+    info->cuda_available = qattn_cuda_device_count() > 0;
+#endif
+    cpu_model_name(info->device_name, sizeof info->device_name);
+    return QATTN_OK;
+}
+
+/* ---------------------------------------------------------------- parameters */
+
+void qattn_params_init(qattn_params *p) {
+    if (!p) return;
+    memset(p, 0, sizeof *p);
+    p->qkv_dtype = QATTN_DTYPE_F32;
+    p->o_dtype = QATTN_DTYPE_F32;
+    p->precision = QATTN_PRECISION_AUTO;
+    p->int8_scheme = QATTN_INT8_DEFAULT;
+    p->window_left = -1;
+    p->window_right = -1;
+}
+
+void qattn_params_set_contiguous(qattn_params *p) {
+    if (!p) return;
+    int64_t D = p->head_dim, H = p->n_heads, HK = p->n_kv_heads;
+    p->q_head_stride = p->o_head_stride = D;
+    p->q_seq_stride = p->o_seq_stride = H * D;
+    p->k_head_stride = p->v_head_stride = D;
+    p->k_seq_stride = p->v_seq_stride = HK * D;
+    p->q_batch_stride = p->o_batch_stride = p->seqlen_q * H * D;
+    p->k_batch_stride = p->v_batch_stride = p->seqlen_k * HK * D;
+}
+
+/* ---------------------------------------------------------------- validation */
+
+static const char *dtype_name(int32_t d) {
+    switch (d) {
+    case QATTN_DTYPE_F32: return "f32";
+    case QATTN_DTYPE_F16: return "f16";
+    case QATTN_DTYPE_BF16: return "bf16";
+    case QATTN_DTYPE_I8: return "i8";
+    }
+    return "unknown";
+}
+
+/* The largest element index a [n0, n1, n2, D] view with strides s0, s1, s2, 1 reaches,
+ * or -1 on overflow. Extents are >= 1 here. */
+static int64_t max_index(int64_t n0, int64_t s0, int64_t n1, int64_t s1, int64_t n2, int64_t s2, int64_t d) {
+    int64_t terms[3], total = d - 1;
+    if (__builtin_mul_overflow(n0 - 1, s0, &terms[0]) || __builtin_mul_overflow(n1 - 1, s1, &terms[1]) ||
+        __builtin_mul_overflow(n2 - 1, s2, &terms[2]))
+        return -1;
+    for (int i = 0; i < 3; i++)
+        if (__builtin_add_overflow(total, terms[i], &total)) return -1;
+    return total;
+}
+
+/* True when distinct (i0, i1, i2, d) of the output map to distinct elements: sorted by stride,
+ * each axis must step past everything the smaller axes reach. */
+static bool output_is_injective(const int64_t ext[4], const int64_t str[4]) {
+    int idx[4] = {0, 1, 2, 3};
+    for (int a = 1; a < 4; a++)
+        for (int b = a; b > 0 && str[idx[b]] < str[idx[b - 1]]; b--) {
+            int t = idx[b];
+            idx[b] = idx[b - 1];
+            idx[b - 1] = t;
+        }
+    int64_t reach = 0; /* largest offset reached by the axes so far */
+    for (int a = 0; a < 4; a++) {
+        int i = idx[a];
+        if (ext[i] <= 1) continue;
+        if (str[i] <= reach) return false;
+        reach += (ext[i] - 1) * str[i];
+    }
+    return true;
+}
+
+static qattn_status check_view(qattn_ctx *ctx, const char *name, int64_t nb, int64_t bs, int64_t ns, int64_t ss,
+                               int64_t nh, int64_t hs, int64_t d) {
+    if (bs < 0 || ss < 0 || hs < 0)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s has a negative stride (batch %lld, seq %lld, head %lld)", name,
+                          (long long)bs, (long long)ss, (long long)hs);
+    if (nb == 0 || ns == 0) return QATTN_OK;
+    if (max_index(nb, bs, ns, ss, nh, hs, d) < 0)
+        return qattn_fail(ctx, QATTN_ERR_OVERFLOW, "%s: the largest element index overflows int64 (strides %lld, %lld, %lld)", name,
+                          (long long)bs, (long long)ss, (long long)hs);
+    return QATTN_OK;
+}
+
+static qattn_status check_offsets(qattn_ctx *ctx, const char *name, const int32_t *cu, int64_t batch, int64_t max_len) {
+    if (cu[0] != 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s[0] is %d; it must be 0", name, cu[0]);
+    for (int64_t b = 0; b < batch; b++) {
+        int64_t len = (int64_t)cu[b + 1] - cu[b];
+        if (len < 0)
+            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s decreases at %lld (%d then %d)", name, (long long)b, cu[b], cu[b + 1]);
+        if (len > max_len)
+            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s: sequence %lld has length %lld, above the maximum %lld given in the params",
+                              name, (long long)b, (long long)len, (long long)max_len);
+    }
+    return QATTN_OK;
+}
+
+qattn_status qattn_validate(qattn_ctx *ctx, const qattn_params *p, bool read_offsets) {
+    if (!p) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "params is NULL");
+    if (p->batch < 0 || p->seqlen_q < 0 || p->seqlen_k < 0)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "negative size: batch %lld, seqlen_q %lld, seqlen_k %lld", (long long)p->batch,
+                          (long long)p->seqlen_q, (long long)p->seqlen_k);
+    if (p->batch > INT32_MAX || p->seqlen_q > INT32_MAX || p->seqlen_k > INT32_MAX)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "batch and sequence lengths must be below 2^31 (batch %lld, seqlen_q %lld, seqlen_k %lld)",
+                          (long long)p->batch, (long long)p->seqlen_q, (long long)p->seqlen_k);
+    if (p->n_heads < 1 || p->n_kv_heads < 1)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "n_heads is %d and n_kv_heads is %d; both must be >= 1", p->n_heads, p->n_kv_heads);
+    if (p->n_heads % p->n_kv_heads != 0)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "k has %d heads, which does not divide q's %d heads", p->n_kv_heads, p->n_heads);
+    if (p->head_dim < 1)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "head_dim is %d; it must be positive", p->head_dim);
+    if (p->head_dim < 32 || p->head_dim > 256 || p->head_dim % 8 != 0)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "head_dim %d is not supported; qattn supports 32..256 in steps of 8", p->head_dim);
+    if (p->qkv_dtype == QATTN_DTYPE_I8)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "qkv_dtype i8: pre-quantized inputs go through qattn_forward_quantized");
+    if (p->qkv_dtype < QATTN_DTYPE_F32 || p->qkv_dtype > QATTN_DTYPE_BF16)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qkv_dtype %d is not a qattn_dtype (f32, f16, bf16)", p->qkv_dtype);
+    if (p->o_dtype < QATTN_DTYPE_F32 || p->o_dtype > QATTN_DTYPE_BF16)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "o_dtype %d (%s) is not an output dtype (f32, f16, bf16)", p->o_dtype, dtype_name(p->o_dtype));
+    if (p->precision < QATTN_PRECISION_AUTO || p->precision > QATTN_PRECISION_FP8_E5M2)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "precision %d is not a qattn_precision", p->precision);
+    if (p->int8_scheme < QATTN_INT8_DEFAULT || p->int8_scheme > QATTN_INT8_SAGE)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "int8_scheme %d is not a qattn_int8_scheme", p->int8_scheme);
+    if (p->causal != 0 && p->causal != 1)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "causal is %d; it must be 0 or 1", p->causal);
+    if (p->window_left < -1 || p->window_right < -1)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "window (%d, %d): each side must be >= 0, or -1 for unbounded", p->window_left,
+                          p->window_right);
+    if (!isfinite(p->scale))
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "scale is %g; it must be finite (0 means 1/sqrt(head_dim))", (double)p->scale);
+    if ((p->cu_seqlens_q == NULL) != (p->cu_seqlens_k == NULL))
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "cu_seqlens_q and cu_seqlens_k must be given together");
+    if (p->workspace == NULL && p->workspace_size != 0)
+        return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "workspace_size is %zu but workspace is NULL", p->workspace_size);
+
+    if (p->batch == 0) return QATTN_OK; /* nothing to read or write */
+    if (!p->q || !p->k || !p->v || !p->o)
+        return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "%s is NULL", !p->q ? "q" : !p->k ? "k" : !p->v ? "v" : "o");
+
+    bool varlen = p->cu_seqlens_q != NULL;
+    if (varlen && read_offsets) {
+        qattn_status s = check_offsets(ctx, "cu_seqlens_q", p->cu_seqlens_q, p->batch, p->seqlen_q);
+        if (s == QATTN_OK) s = check_offsets(ctx, "cu_seqlens_k", p->cu_seqlens_k, p->batch, p->seqlen_k);
+        if (s != QATTN_OK) return s;
+    }
+    /* With varlen the packed token axis plays the sequence axis; its extent is the total. */
+    int64_t nb = varlen ? 1 : p->batch;
+    int64_t lq = p->seqlen_q, lk = p->seqlen_k;
+    if (varlen) {
+        if (!read_offsets) {
+            /* Device offsets: bound the extents by batch * max length. */
+            if (__builtin_mul_overflow(p->batch, p->seqlen_q, &lq) || __builtin_mul_overflow(p->batch, p->seqlen_k, &lk))
+                return qattn_fail(ctx, QATTN_ERR_OVERFLOW, "batch * seqlen overflows int64");
+        } else {
+            lq = p->cu_seqlens_q[p->batch];
+            lk = p->cu_seqlens_k[p->batch];
+        }
+    }
+    int64_t D = p->head_dim;
+    qattn_status s = check_view(ctx, "q", nb, p->q_batch_stride, lq, p->q_seq_stride, p->n_heads, p->q_head_stride, D);
+    if (s == QATTN_OK) s = check_view(ctx, "k", nb, p->k_batch_stride, lk, p->k_seq_stride, p->n_kv_heads, p->k_head_stride, D);
+    if (s == QATTN_OK) s = check_view(ctx, "v", nb, p->v_batch_stride, lk, p->v_seq_stride, p->n_kv_heads, p->v_head_stride, D);
+    if (s == QATTN_OK) s = check_view(ctx, "o", nb, p->o_batch_stride, lq, p->o_seq_stride, p->n_heads, p->o_head_stride, D);
+    if (s != QATTN_OK) return s;
+    int64_t ext[4] = {nb, lq, p->n_heads, D};
+    int64_t str[4] = {p->o_batch_stride, p->o_seq_stride, p->o_head_stride, 1};
+    if (!output_is_injective(ext, str))
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT,
+                          "o's strides (batch %lld, seq %lld, head %lld) make output elements overlap", (long long)p->o_batch_stride,
+                          (long long)p->o_seq_stride, (long long)p->o_head_stride);
+    return QATTN_OK;
+}
+
+/* ---------------------------------------------------------------- dispatch */
+
+static qattn_status begin(qattn_ctx *ctx, const qattn_params *p) {
+    ctx->last_error[0] = '\0';
+    bool host = ctx->backend == QATTN_BACKEND_CPU;
+    return qattn_validate(ctx, p, host);
+}
+
+qattn_status qattn_supports(qattn_ctx *ctx, const qattn_params *p) {
+    if (!ctx) return QATTN_ERR_NULL_POINTER;
+    qattn_status s = begin(ctx, p);
+    if (s != QATTN_OK) return s;
+#if defined(QATTN_HAVE_CUDA)
+    if (ctx->backend == QATTN_BACKEND_CUDA) return qattn_cuda_supports(ctx, p);
+#endif
+    size_t bytes;
+    return qattn_cpu_workspace_size(ctx, p, &bytes);
+}
+
+qattn_status qattn_workspace_size(qattn_ctx *ctx, const qattn_params *p, size_t *bytes) {
+    if (!ctx) return QATTN_ERR_NULL_POINTER;
+    if (!bytes) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "bytes is NULL");
+    *bytes = 0;
+    qattn_status s = begin(ctx, p);
+    if (s != QATTN_OK) return s;
+#if defined(QATTN_HAVE_CUDA)
+    if (ctx->backend == QATTN_BACKEND_CUDA) return qattn_cuda_workspace_size(ctx, p, bytes);
+#endif
+    return qattn_cpu_workspace_size(ctx, p, bytes);
+}
+
+qattn_status qattn_forward(qattn_ctx *ctx, const qattn_params *p) {
+    if (!ctx) return QATTN_ERR_NULL_POINTER;
+    qattn_status s = begin(ctx, p);
+    if (s != QATTN_OK) return s;
+    if (p->batch == 0) return QATTN_OK;
+#if defined(QATTN_HAVE_CUDA)
+    if (ctx->backend == QATTN_BACKEND_CUDA) return qattn_cuda_forward(ctx, p);
+#endif
+    return qattn_cpu_forward(ctx, p);
+}

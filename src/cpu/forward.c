@@ -1,0 +1,291 @@
+/* The CPU driver for FP32/FP16/BF16 attention: cuts the problem into work units, packs Q and
+ * K/V tiles to FP32 (rounded to the call's precision), runs the ISA's tile kernel, merges
+ * split-KV partials in a fixed order and writes O and LSE. Memory is O(tile), never Lq x Lk.
+ *
+ * Work unit = (sequence b, kv head g, block of query positions, KV split). The rows of a unit
+ * are all query heads of group g at those positions, so each K/V tile is packed once per
+ * group (GQA). Whether and how the KV axis is split depends on the shape alone, never on the
+ * thread count, so results are bitwise identical for any number of threads. */
+#include "qattn_internal.h"
+
+#include "cpu/threads.h"
+
+#define BLOCK_ROWS 64        /* target query rows (positions x group heads) per unit */
+#define TILE_KEYS 64         /* keys per K/V tile */
+#define SPLIT_MIN_KEYS 512   /* a KV split covers at least this many keys */
+#define SPLIT_UNITS_BELOW 32 /* split the KV axis only when there are fewer units than this */
+#define SPLIT_TARGET 64      /* ...and aim for about this many units after splitting */
+
+static const float LOG2E = 1.4426950408889634f;
+static const float LN2 = 0.6931471805599453f;
+
+typedef struct plan {
+    const qattn_params *p;
+    const qattn_cpu_kernels *kern;
+    int group;          /* query heads per kv head */
+    int block_pos;      /* query positions per unit */
+    int rows;           /* block_pos * group */
+    int64_t n_qblocks;  /* per sequence, for the longest sequence */
+    int64_t n_split;    /* KV splits per (b, g, qblock) */
+    int64_t split_keys; /* keys per split (a multiple of TILE_KEYS) */
+    int64_t n_units;    /* batch * HK * n_qblocks * n_split */
+    float qscale;       /* scale * log2(e) */
+    int32_t precision;
+    /* workspace */
+    size_t worker_floats; /* floats of scratch per worker */
+    float *scratch;       /* n_workers * worker_floats */
+    float *partials;      /* n_units * rows * (D + 2), when n_split > 1 */
+} plan;
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+static void make_plan(plan *pl, const qattn_ctx *ctx, const qattn_params *p) {
+    memset(pl, 0, sizeof *pl);
+    pl->p = p;
+    pl->kern = ctx->kernels;
+    pl->group = p->n_heads / p->n_kv_heads;
+    pl->block_pos = pl->group >= BLOCK_ROWS ? 1 : BLOCK_ROWS / pl->group;
+    pl->rows = pl->block_pos * pl->group;
+    pl->n_qblocks = ceil_div(p->seqlen_q, pl->block_pos);
+    int64_t units = p->batch * p->n_kv_heads * pl->n_qblocks;
+    pl->n_split = 1;
+    if (units > 0 && units < SPLIT_UNITS_BELOW && p->seqlen_k >= 2 * SPLIT_MIN_KEYS) {
+        int64_t want = ceil_div(SPLIT_TARGET, units);
+        int64_t most = p->seqlen_k / SPLIT_MIN_KEYS;
+        pl->n_split = want < most ? want : most;
+    }
+    pl->split_keys = ceil_div(ceil_div(p->seqlen_k > 0 ? p->seqlen_k : 1, pl->n_split), TILE_KEYS) * TILE_KEYS;
+    pl->n_units = units * pl->n_split;
+    pl->qscale = qattn_effective_scale(p) * LOG2E;
+    pl->precision = p->precision == QATTN_PRECISION_AUTO ? QATTN_PRECISION_FP32 : p->precision;
+    int64_t D = p->head_dim, m = pl->rows;
+    /* q pack, k pack, v pack, scores, state (max, sum, acc), lo/hi as int32 */
+    pl->worker_floats = (size_t)(m * D + 2 * TILE_KEYS * D + m * TILE_KEYS + m * (D + 2) + 2 * m);
+    pl->worker_floats = (pl->worker_floats + 15) / 16 * 16; /* keep each worker 64-byte aligned */
+}
+
+static size_t partial_floats(const plan *pl) {
+    return (size_t)pl->rows * (size_t)(pl->p->head_dim + 2);
+}
+
+static size_t plan_bytes(const plan *pl, int n_workers) {
+    size_t partials = pl->n_split > 1 ? (size_t)pl->n_units * partial_floats(pl) : 0;
+    return ((size_t)n_workers * pl->worker_floats + partials) * sizeof(float);
+}
+
+/* State views into a contiguous block laid out as max[m], sum[m], acc[m][D]. */
+static qattn_tile_state state_view(float *base, int m, int d) {
+    qattn_tile_state st = {.row_max = base, .row_sum = base + m, .acc = base + 2 * m, .ld_acc = d};
+    return st;
+}
+
+static void state_reset(qattn_tile_state *st, int m, int d) {
+    for (int r = 0; r < m; r++) {
+        st->row_max[r] = -INFINITY;
+        st->row_sum[r] = 0.0f;
+    }
+    memset(st->acc, 0, (size_t)m * (size_t)d * sizeof(float));
+}
+
+void qattn_state_merge(qattn_tile_state *a, const qattn_tile_state *b, int m, int d) {
+    for (int r = 0; r < m; r++) {
+        float mb = b->row_max[r];
+        if (mb == -INFINITY) continue; /* b saw no key for this row */
+        float ma = a->row_max[r];
+        float mx = ma > mb ? ma : mb;
+        float fa = ma == -INFINITY ? 0.0f : exp2f(ma - mx);
+        float fb = exp2f(mb - mx);
+        float *acc_a = a->acc + r * a->ld_acc;
+        const float *acc_b = b->acc + r * b->ld_acc;
+        for (int c = 0; c < d; c++) acc_a[c] = acc_a[c] * fa + acc_b[c] * fb;
+        a->row_sum[r] = a->row_sum[r] * fa + b->row_sum[r] * fb;
+        a->row_max[r] = mx;
+    }
+}
+
+/* Unit index -> (b, g, qblock, split). */
+typedef struct unit {
+    int64_t b, qb, split;
+    int g;
+} unit;
+
+static unit unit_of(const plan *pl, int64_t task) {
+    unit u;
+    u.split = task % pl->n_split;
+    task /= pl->n_split;
+    u.qb = task % pl->n_qblocks;
+    task /= pl->n_qblocks;
+    u.g = (int)(task % pl->p->n_kv_heads);
+    u.b = task / pl->p->n_kv_heads;
+    return u;
+}
+
+/* Row r of a unit is position i0 + r / group of query head g * group + r % group. */
+static void pack_q(const plan *pl, const qattn_seq *s, int64_t i0, int n_pos, int g, float *qpack) {
+    const qattn_params *p = pl->p;
+    int D = p->head_dim;
+    for (int pi = 0; pi < n_pos; pi++)
+        for (int hg = 0; hg < pl->group; hg++) {
+            int h = g * pl->group + hg;
+            int64_t base = s->q_off + (i0 + pi) * p->q_seq_stride + (int64_t)h * p->q_head_stride;
+            float *dst = qpack + (int64_t)(pi * pl->group + hg) * D;
+            for (int c = 0; c < D; c++) dst[c] = qattn_round_to(pl->precision, qattn_load(p->q, p->qkv_dtype, base + c)) * pl->qscale;
+        }
+}
+
+static void pack_kv(const plan *pl, const void *src, int64_t off, int64_t seq_stride, int64_t head_stride, int g, int64_t t0, int n,
+                    float *dst) {
+    const qattn_params *p = pl->p;
+    int D = p->head_dim;
+    for (int j = 0; j < n; j++) {
+        int64_t base = off + (t0 + j) * seq_stride + (int64_t)g * head_stride;
+        float *row = dst + (int64_t)j * D;
+        if (p->qkv_dtype == QATTN_DTYPE_F32 && pl->precision == QATTN_PRECISION_FP32) {
+            memcpy(row, (const float *)src + base, (size_t)D * sizeof(float));
+        } else {
+            for (int c = 0; c < D; c++) row[c] = qattn_round_to(pl->precision, qattn_load(src, p->qkv_dtype, base + c));
+        }
+    }
+}
+
+/* Normalise a finished state and write O and LSE for the unit's rows. */
+static void write_rows(const plan *pl, const qattn_seq *s, int64_t i0, int n_pos, int g, const qattn_tile_state *st) {
+    const qattn_params *p = pl->p;
+    int D = p->head_dim;
+    for (int pi = 0; pi < n_pos; pi++)
+        for (int hg = 0; hg < pl->group; hg++) {
+            int r = pi * pl->group + hg, h = g * pl->group + hg;
+            int64_t i = i0 + pi;
+            int64_t base = s->o_off + i * p->o_seq_stride + (int64_t)h * p->o_head_stride;
+            float l = st->row_sum[r], mx = st->row_max[r];
+            const float *acc = st->acc + r * st->ld_acc;
+            bool empty = mx == -INFINITY; /* saw no key: zeros, LSE -inf, never 0/0 */
+            float inv = empty ? 0.0f : 1.0f / l;
+            for (int c = 0; c < D; c++) qattn_store(p->o, p->o_dtype, base + c, empty ? 0.0f : acc[c] * inv);
+            if (p->lse) p->lse[s->lse_off + (int64_t)h * s->lse_head_stride + i] = empty ? -INFINITY : (mx + log2f(l)) * LN2;
+        }
+}
+
+static void run_unit(void *arg, int64_t task, int worker) {
+    const plan *pl = arg;
+    const qattn_params *p = pl->p;
+    unit u = unit_of(pl, task);
+    qattn_seq s = qattn_seq_view(p, u.b);
+    int64_t i0 = u.qb * pl->block_pos;
+    if (i0 >= s.lq) return; /* a shorter sequence of a varlen batch */
+    int n_pos = (int)(s.lq - i0 < pl->block_pos ? s.lq - i0 : pl->block_pos);
+    int m = n_pos * pl->group, D = p->head_dim;
+
+    float *w = pl->scratch + (size_t)worker * pl->worker_floats;
+    float *qpack = w;
+    float *kpack = qpack + (int64_t)pl->rows * D;
+    float *vpack = kpack + (int64_t)TILE_KEYS * D;
+    float *scores = vpack + (int64_t)TILE_KEYS * D;
+    float *state_mem = scores + (int64_t)pl->rows * TILE_KEYS;
+    int32_t *lo = (int32_t *)(state_mem + (int64_t)pl->rows * (D + 2));
+    int32_t *hi = lo + pl->rows;
+
+    bool split = pl->n_split > 1;
+    float *state_base = split ? pl->partials + (size_t)task * partial_floats(pl) : state_mem;
+    qattn_tile_state st = state_view(state_base, m, D);
+    state_reset(&st, m, D);
+
+    /* Keys this unit may touch: the union of its rows' intervals, cut to its split. */
+    int64_t klo_first, khi_first, klo_last, khi_last;
+    qattn_key_range(i0, s.lq, s.lk, p->window_left, qattn_window_right(p), &klo_first, &khi_first);
+    qattn_key_range(i0 + n_pos - 1, s.lq, s.lk, p->window_left, qattn_window_right(p), &klo_last, &khi_last);
+    int64_t k_begin = klo_first, k_end = khi_last;
+    int64_t c0 = u.split * pl->split_keys, c1 = c0 + pl->split_keys;
+    if (k_begin < c0) k_begin = c0;
+    if (k_end > c1) k_end = c1;
+
+    if (k_begin < k_end) pack_q(pl, &s, i0, n_pos, u.g, qpack);
+    for (int64_t t0 = k_begin; t0 < k_end; t0 += TILE_KEYS) {
+        int n = (int)(k_end - t0 < TILE_KEYS ? k_end - t0 : TILE_KEYS);
+        for (int r = 0; r < m; r++) {
+            int64_t a, b;
+            qattn_key_range(i0 + r / pl->group, s.lq, s.lk, p->window_left, qattn_window_right(p), &a, &b);
+            a = a < t0 ? 0 : a - t0;
+            b = b > t0 + n ? n : b - t0;
+            if (b < a) b = a;
+            lo[r] = (int32_t)a;
+            hi[r] = (int32_t)b;
+        }
+        pack_kv(pl, p->k, s.k_off, p->k_seq_stride, p->k_head_stride, u.g, t0, n, kpack);
+        pack_kv(pl, p->v, s.v_off, p->v_seq_stride, p->v_head_stride, u.g, t0, n, vpack);
+        pl->kern->attend_tile_f32(qpack, D, m, D, kpack, vpack, D, n, lo, hi, &st, scores);
+    }
+    if (!split) write_rows(pl, &s, i0, n_pos, u.g, &st);
+}
+
+/* Second phase of a split run: merge the partials of one (b, g, qblock) in split order. */
+static void merge_unit(void *arg, int64_t task, int worker) {
+    (void)worker;
+    const plan *pl = arg;
+    const qattn_params *p = pl->p;
+    unit u = unit_of(pl, task * pl->n_split);
+    qattn_seq s = qattn_seq_view(p, u.b);
+    int64_t i0 = u.qb * pl->block_pos;
+    if (i0 >= s.lq) return;
+    int n_pos = (int)(s.lq - i0 < pl->block_pos ? s.lq - i0 : pl->block_pos);
+    int m = n_pos * pl->group, D = p->head_dim;
+    qattn_tile_state total = state_view(pl->partials + (size_t)(task * pl->n_split) * partial_floats(pl), m, D);
+    for (int64_t k = 1; k < pl->n_split; k++) {
+        qattn_tile_state part = state_view(pl->partials + (size_t)(task * pl->n_split + k) * partial_floats(pl), m, D);
+        qattn_state_merge(&total, &part, m, D);
+    }
+    write_rows(pl, &s, i0, n_pos, u.g, &total);
+}
+
+static int n_workers(const qattn_ctx *ctx, const plan *pl) {
+    int64_t n = ctx->n_threads;
+    if (n > pl->n_units) n = pl->n_units;
+    if (n > QATTN_MAX_THREADS) n = QATTN_MAX_THREADS;
+    return n < 1 ? 1 : (int)n;
+}
+
+static qattn_status check_precision(qattn_ctx *ctx, const qattn_params *p) {
+    switch (p->precision) {
+    case QATTN_PRECISION_AUTO:
+    case QATTN_PRECISION_FP32:
+    case QATTN_PRECISION_FP16:
+    case QATTN_PRECISION_BF16: return QATTN_OK;
+    default:
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "precision %d is not supported by the CPU backend in this build", p->precision);
+    }
+}
+
+qattn_status qattn_cpu_workspace_size(qattn_ctx *ctx, const qattn_params *p, size_t *bytes) {
+    qattn_status s = check_precision(ctx, p);
+    if (s != QATTN_OK) return s;
+    plan pl;
+    make_plan(&pl, ctx, p);
+    *bytes = pl.n_units > 0 ? plan_bytes(&pl, n_workers(ctx, &pl)) : 0;
+    return QATTN_OK;
+}
+
+qattn_status qattn_cpu_forward(qattn_ctx *ctx, const qattn_params *p) {
+    qattn_status s = check_precision(ctx, p);
+    if (s != QATTN_OK) return s;
+    plan pl;
+    make_plan(&pl, ctx, p);
+    if (pl.n_units == 0) return QATTN_OK; /* no query rows anywhere */
+    int nw = n_workers(ctx, &pl);
+    size_t need = plan_bytes(&pl, nw);
+    void *mem = p->workspace;
+    if (mem) {
+        if (p->workspace_size < need)
+            return qattn_fail(ctx, QATTN_ERR_CAPACITY, "workspace has %zu bytes; these parameters need %zu (qattn_workspace_size)",
+                              p->workspace_size, need);
+        if ((uintptr_t)mem % 64 != 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "workspace must be 64-byte aligned");
+    } else {
+        mem = qattn_alloc(ctx, need);
+        if (!mem) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of workspace", need);
+    }
+    pl.scratch = mem;
+    pl.partials = pl.scratch + (size_t)nw * pl.worker_floats;
+    qattn_parallel_for(nw, pl.n_units, run_unit, &pl);
+    if (pl.n_split > 1) qattn_parallel_for(nw, pl.n_units / pl.n_split, merge_unit, &pl);
+    if (mem != p->workspace) qattn_free(ctx, mem);
+    return QATTN_OK;
+}

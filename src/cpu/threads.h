@@ -1,0 +1,14 @@
+/* Fork-join parallel loop for the CPU backend (src/cpu/threads.c). */
+#ifndef QATTN_CPU_THREADS_H
+#define QATTN_CPU_THREADS_H
+
+#include <stdint.h>
+
+#define QATTN_MAX_THREADS 256
+
+/* Runs fn(arg, task, worker) for every task in [0, n_tasks); worker is in [0, n_threads)
+ * and identifies per-thread scratch. Returns when all tasks are done. */
+typedef void (*qattn_task_fn)(void *arg, int64_t task, int worker);
+void qattn_parallel_for(int n_threads, int64_t n_tasks, qattn_task_fn fn, void *arg);
+
+#endif

@@ -1,0 +1,256 @@
+/* qattn internals shared by api.c and the backends: the context, error reporting,
+ * scalar conversions, the mask and sequence geometry, and the CPU kernel table.
+ * Nothing here is public; nothing here exits or aborts. */
+#ifndef QATTN_INTERNAL_H
+#define QATTN_INTERNAL_H
+
+#include "qattn.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__GNUC__)
+#define QATTN_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define QATTN_PRINTF(a, b)
+#endif
+
+#define QATTN_ERR_LEN 512
+#define QATTN_ALIGN 64
+
+/* ---------------------------------------------------------------- CPU kernel table */
+
+/* Partial online-softmax state of m query rows over some range of keys, in base-2 units:
+ * row_max[r] = max of log2e*scale*s over the keys seen so far (-inf if none),
+ * row_sum[r] = sum of exp2(score - row_max[r]), acc[r*ld + d] = sum of exp2(score - row_max) * v.
+ * Merging two states of the same rows over disjoint key ranges is exact (qattn_state_merge). */
+typedef struct qattn_tile_state {
+    float *row_max; /* [m] */
+    float *row_sum; /* [m] */
+    float *acc;     /* [m][ld_acc] */
+    int64_t ld_acc;
+} qattn_tile_state;
+
+/* Update the state of m query rows with n keys of one K/V tile.
+ *   q:   [m][ldq] FP32, already multiplied by scale*log2(e)
+ *   k,v: [n][ldkv] FP32 (rounded to the call's precision by the packer)
+ *   lo[r], hi[r]: the keys of this tile row r may see, 0 <= lo <= hi <= n (an interval: every
+ *                 mask qattn supports is one). Keys outside it are skipped, not multiplied by 0,
+ *                 so NaN/Inf in a masked key never reaches the row.
+ *   scratch: at least m*n floats.
+ * Rules (DESIGN.md §4): rescale only when the max grows; a row with no visible key so far keeps
+ * row_max -inf, row_sum 0, acc 0. */
+typedef void (*qattn_attend_tile_fn)(const float *q, int64_t ldq, int m, int d,
+                                     const float *k, const float *v, int64_t ldkv, int n,
+                                     const int32_t *lo, const int32_t *hi,
+                                     qattn_tile_state *st, float *scratch);
+
+/* One table per ISA. Every slot starts as the reference entry, so no slot is NULL. */
+typedef struct qattn_cpu_kernels {
+    const char *name;
+    qattn_attend_tile_fn attend_tile_f32;
+} qattn_cpu_kernels;
+
+extern const qattn_cpu_kernels qattn_kernels_ref;
+/* The reference entries, for ISA tables to start from. */
+void qattn_attend_tile_f32_ref(const float *q, int64_t ldq, int m, int d, const float *k, const float *v, int64_t ldkv, int n,
+                               const int32_t *lo, const int32_t *hi, qattn_tile_state *st, float *scratch);
+#if defined(QATTN_HAVE_X86)
+extern const qattn_cpu_kernels qattn_kernels_avx2;
+bool qattn_cpu_has_avx2(void); /* CPUID + XGETBV */
+#endif
+
+/* ---------------------------------------------------------------- context */
+
+struct qattn_ctx {
+    int32_t backend; /* qattn_backend, resolved (never AUTO) */
+    int32_t isa;     /* qattn_isa, resolved (never AUTO) */
+    int32_t n_threads;
+    int32_t cuda_device;
+    const qattn_cpu_kernels *kernels;
+    void *(*alloc)(size_t bytes, void *user);
+    void (*free)(void *ptr, void *user);
+    void *alloc_user;
+    void *cuda_state; /* owned by the CUDA backend */
+    char last_error[QATTN_ERR_LEN];
+};
+
+/* Record a message on ctx and return status (so callers write `return qattn_fail(...)`). */
+qattn_status qattn_fail(qattn_ctx *ctx, qattn_status status, const char *fmt, ...) QATTN_PRINTF(3, 4);
+
+/* 64-byte aligned allocation through the context's hooks; NULL on failure or bytes == 0. */
+void *qattn_alloc(qattn_ctx *ctx, size_t bytes);
+void qattn_free(qattn_ctx *ctx, void *ptr);
+
+/* Checks every field of p that every backend relies on; reads cu_seqlens only when
+ * read_offsets is true (host memory). Returns the status and sets the message. */
+qattn_status qattn_validate(qattn_ctx *ctx, const qattn_params *p, bool read_offsets);
+
+/* The softmax scale p asks for (0 means 1/sqrt(D)). */
+static inline float qattn_effective_scale(const qattn_params *p) {
+    return p->scale != 0.0f ? p->scale : 1.0f / sqrtf((float)p->head_dim);
+}
+
+/* The effective right window (causal forces 0). */
+static inline int32_t qattn_window_right(const qattn_params *p) {
+    return p->causal ? 0 : p->window_right;
+}
+
+/* ---------------------------------------------------------------- geometry */
+
+/* One sequence of the batch: element offsets of its first row in q, k, v, o, its lengths,
+ * and the index of its first query row in the LSE layout. */
+typedef struct qattn_seq {
+    int64_t q_off, k_off, v_off, o_off;
+    int64_t lq, lk;
+    int64_t lse_off;    /* lse index of (head 0, row 0) of this sequence */
+    int64_t lse_head_stride;
+} qattn_seq;
+
+static inline qattn_seq qattn_seq_view(const qattn_params *p, int64_t b) {
+    qattn_seq s;
+    if (p->cu_seqlens_q) {
+        int64_t q0 = p->cu_seqlens_q[b], k0 = p->cu_seqlens_k[b];
+        s.lq = p->cu_seqlens_q[b + 1] - q0;
+        s.lk = p->cu_seqlens_k[b + 1] - k0;
+        s.q_off = q0 * p->q_seq_stride;
+        s.o_off = q0 * p->o_seq_stride;
+        s.k_off = k0 * p->k_seq_stride;
+        s.v_off = k0 * p->v_seq_stride;
+        s.lse_off = q0;
+        s.lse_head_stride = p->cu_seqlens_q[p->batch];
+    } else {
+        s.lq = p->seqlen_q;
+        s.lk = p->seqlen_k;
+        s.q_off = b * p->q_batch_stride;
+        s.o_off = b * p->o_batch_stride;
+        s.k_off = b * p->k_batch_stride;
+        s.v_off = b * p->v_batch_stride;
+        s.lse_off = b * (int64_t)p->n_heads * p->seqlen_q;
+        s.lse_head_stride = p->seqlen_q;
+    }
+    return s;
+}
+
+/* Keys [*lo, *hi) visible to query i of a sequence with lengths lq, lk (bottom-right aligned).
+ * window_left/right: -1 = unbounded. Empty when *lo == *hi. */
+static inline void qattn_key_range(int64_t i, int64_t lq, int64_t lk, int32_t window_left,
+                                   int32_t window_right, int64_t *lo, int64_t *hi) {
+    int64_t diag = i + lk - lq;
+    int64_t a = window_left < 0 ? 0 : diag - window_left;
+    int64_t b = window_right < 0 ? lk : diag + window_right + 1;
+    if (a < 0) a = 0;
+    if (b > lk) b = lk;
+    if (b < a) b = a;
+    *lo = a;
+    *hi = b;
+}
+
+/* ---------------------------------------------------------------- scalar conversions */
+
+static inline float qattn_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t man = h & 0x3ffu;
+    uint32_t bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (man << 13); /* Inf / NaN */
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112u) << 23) | (man << 13);
+    } else if (man == 0) {
+        bits = sign;
+    } else { /* subnormal: value = man * 2^-24 */
+        float f = (float)man * 5.9604644775390625e-8f;
+        memcpy(&bits, &f, 4);
+        bits |= sign;
+    }
+    float out;
+    memcpy(&out, &bits, 4);
+    return out;
+}
+
+/* Round to nearest even; overflow to Inf; NaN stays NaN. */
+static inline uint16_t qattn_f32_to_f16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000u;
+    uint32_t ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u) return (uint16_t)(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0u));
+    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* rounds to >= 65520: Inf */
+    if (ax < 0x38800000u) {                                    /* below 2^-14: subnormal or zero */
+        float a;
+        memcpy(&a, &ax, 4);
+        /* a * 2^24 rounded to nearest even integer gives the subnormal mantissa */
+        float m = a * 16777216.0f;
+        uint32_t mi = (uint32_t)lrintf(m);
+        return (uint16_t)(sign | mi);
+    }
+    uint32_t mant_odd = (ax >> 13) & 1u;
+    ax += 0xfffu + mant_odd; /* round to nearest even at bit 13 */
+    return (uint16_t)(sign | ((ax - 0x38000000u) >> 13));
+}
+
+static inline float qattn_bf16_to_f32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float out;
+    memcpy(&out, &bits, 4);
+    return out;
+}
+
+static inline uint16_t qattn_f32_to_bf16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40u); /* quiet NaN */
+    x += 0x7fffu + ((x >> 16) & 1u);
+    return (uint16_t)(x >> 16);
+}
+
+/* Element idx of a tensor of the given dtype (F32, F16, BF16), as float. */
+static inline float qattn_load(const void *base, int32_t dtype, int64_t idx) {
+    switch (dtype) {
+    case QATTN_DTYPE_F16: return qattn_f16_to_f32(((const uint16_t *)base)[idx]);
+    case QATTN_DTYPE_BF16: return qattn_bf16_to_f32(((const uint16_t *)base)[idx]);
+    default: return ((const float *)base)[idx];
+    }
+}
+
+static inline void qattn_store(void *base, int32_t dtype, int64_t idx, float value) {
+    switch (dtype) {
+    case QATTN_DTYPE_F16: ((uint16_t *)base)[idx] = qattn_f32_to_f16(value); break;
+    case QATTN_DTYPE_BF16: ((uint16_t *)base)[idx] = qattn_f32_to_bf16(value); break;
+    default: ((float *)base)[idx] = value; break;
+    }
+}
+
+/* Round an FP32 value to the given precision (FP16/BF16), or return it unchanged. */
+static inline float qattn_round_to(int32_t precision, float x) {
+    switch (precision) {
+    case QATTN_PRECISION_FP16: return qattn_f16_to_f32(qattn_f32_to_f16(x));
+    case QATTN_PRECISION_BF16: return qattn_bf16_to_f32(qattn_f32_to_bf16(x));
+    default: return x;
+    }
+}
+
+/* ---------------------------------------------------------------- backends */
+
+/* CPU backend (src/cpu/forward.c). p is validated. */
+qattn_status qattn_cpu_forward(qattn_ctx *ctx, const qattn_params *p);
+qattn_status qattn_cpu_workspace_size(qattn_ctx *ctx, const qattn_params *p, size_t *bytes);
+
+/* Online merge of partial state b into a for m rows, width d (exact; fixed order). */
+void qattn_state_merge(qattn_tile_state *a, const qattn_tile_state *b, int m, int d);
+
+#if defined(QATTN_HAVE_CUDA)
+/* CUDA backend (src/cuda/). p is validated (without reading cu_seqlens). */
+qattn_status qattn_cuda_init(qattn_ctx *ctx);
+void qattn_cuda_release(qattn_ctx *ctx);
+qattn_status qattn_cuda_supports(qattn_ctx *ctx, const qattn_params *p);
+qattn_status qattn_cuda_forward(qattn_ctx *ctx, const qattn_params *p);
+qattn_status qattn_cuda_workspace_size(qattn_ctx *ctx, const qattn_params *p, size_t *bytes);
+int qattn_cuda_device_count(void);
+#endif
+
+#endif /* QATTN_INTERNAL_H */
