@@ -234,6 +234,12 @@ QATTN_API qattn_status qattn_forward(qattn_ctx *ctx, const qattn_params *p);
  * lse64 [B, H, Lq] (varlen: [H, total_q]). Memory: O(Lk) scratch. */
 QATTN_API qattn_status qattn_oracle_f64(qattn_ctx *ctx, const qattn_params *p, double *o64, double *lse64);
 
+/* ---------------------------------------------------------------- INT8 quantization */
+/* (section: INT8 formats, quantization API and pre-quantized forward; see docs/FORMAT.md) */
+
+/* ---------------------------------------------------------------- KV cache and decode */
+/* (section: paged KV cache with FP16/BF16/INT8 storage and decode forward) */
+
 #ifdef __cplusplus
 }
 #endif

@@ -402,7 +402,7 @@ qattn_status qattn_supports(qattn_ctx *ctx, const qattn_params *p) {
     if (ctx->backend == QATTN_BACKEND_CUDA) return qattn_cuda_supports(ctx, p);
 #endif
     size_t bytes;
-    return qattn_cpu_workspace_size(ctx, p, &bytes);
+    return qattn_precision_is_lowp(p->precision) ? qattn_cpu_lowp_workspace_size(ctx, p, &bytes) : qattn_cpu_workspace_size(ctx, p, &bytes);
 }
 
 qattn_status qattn_workspace_size(qattn_ctx *ctx, const qattn_params *p, size_t *bytes) {
@@ -414,7 +414,7 @@ qattn_status qattn_workspace_size(qattn_ctx *ctx, const qattn_params *p, size_t 
 #if defined(QATTN_HAVE_CUDA)
     if (ctx->backend == QATTN_BACKEND_CUDA) return qattn_cuda_workspace_size(ctx, p, bytes);
 #endif
-    return qattn_cpu_workspace_size(ctx, p, bytes);
+    return qattn_precision_is_lowp(p->precision) ? qattn_cpu_lowp_workspace_size(ctx, p, bytes) : qattn_cpu_workspace_size(ctx, p, bytes);
 }
 
 qattn_status qattn_forward(qattn_ctx *ctx, const qattn_params *p) {
@@ -425,5 +425,5 @@ qattn_status qattn_forward(qattn_ctx *ctx, const qattn_params *p) {
 #if defined(QATTN_HAVE_CUDA)
     if (ctx->backend == QATTN_BACKEND_CUDA) return qattn_cuda_forward(ctx, p);
 #endif
-    return qattn_cpu_forward(ctx, p);
+    return qattn_precision_is_lowp(p->precision) ? qattn_cpu_forward_lowp(ctx, p) : qattn_cpu_forward(ctx, p);
 }

@@ -240,6 +240,14 @@ static inline float qattn_round_to(int32_t precision, float x) {
 qattn_status qattn_cpu_forward(qattn_ctx *ctx, const qattn_params *p);
 qattn_status qattn_cpu_workspace_size(qattn_ctx *ctx, const qattn_params *p, size_t *bytes);
 
+/* Low-precision CPU paths (precision INT8 / FP8_E4M3 / FP8_E5M2), src/cpu/forward_lowp.c. */
+qattn_status qattn_cpu_forward_lowp(qattn_ctx *ctx, const qattn_params *p);
+qattn_status qattn_cpu_lowp_workspace_size(qattn_ctx *ctx, const qattn_params *p, size_t *bytes);
+
+static inline bool qattn_precision_is_lowp(int32_t precision) {
+    return precision == QATTN_PRECISION_INT8 || precision == QATTN_PRECISION_FP8_E4M3 || precision == QATTN_PRECISION_FP8_E5M2;
+}
+
 /* Online merge of partial state b into a for m rows, width d (exact; fixed order). */
 void qattn_state_merge(qattn_tile_state *a, const qattn_tile_state *b, int m, int d);
 
