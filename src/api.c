@@ -348,6 +348,12 @@ qattn_status qattn_validate(qattn_ctx *ctx, const qattn_params *p, bool read_off
     if (p->workspace == NULL && p->workspace_size != 0)
         return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "workspace_size is %zu but workspace is NULL", p->workspace_size);
 
+    /* Row counts must fit int64 whatever the strides (a zero stride makes the element-index
+     * checks below blind to the size of the problem). */
+    int64_t rows_q, rows_k;
+    if (__builtin_mul_overflow(p->batch, p->seqlen_q, &rows_q) || __builtin_mul_overflow(rows_q, (int64_t)p->n_heads * p->head_dim, &rows_q) ||
+        __builtin_mul_overflow(p->batch, p->seqlen_k, &rows_k) || __builtin_mul_overflow(rows_k, (int64_t)p->n_kv_heads * p->head_dim, &rows_k))
+        return qattn_fail(ctx, QATTN_ERR_OVERFLOW, "batch x seqlen x heads x head_dim overflows int64");
     if (p->batch == 0) return QATTN_OK; /* nothing to read or write */
     if (!p->q || !p->k || !p->v || !p->o)
         return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "%s is NULL", !p->q ? "q" : !p->k ? "k" : !p->v ? "v" : "o");
