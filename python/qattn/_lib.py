@@ -1,0 +1,184 @@
+"""ctypes mirror of include/qattn.h: the shared-library loader, the structs and the prototypes.
+
+Nothing here is compiled: the structs below must match qattn.h field for field (same names,
+same order, same fixed-width types); tests/test_abi.py compiles a small C program against the
+header and compares every offset and size, so a drift in either file fails CI instead of
+corrupting memory at run time.
+"""
+import ctypes
+import glob
+import os
+
+# ---------------------------------------------------------------- enums (values from qattn.h)
+
+QATTN_OK = 0
+QATTN_ERR_NULL_POINTER = -1
+QATTN_ERR_INVALID_ARGUMENT = -2
+QATTN_ERR_UNSUPPORTED = -3
+QATTN_ERR_OUT_OF_MEMORY = -4
+QATTN_ERR_OVERFLOW = -5
+QATTN_ERR_BACKEND = -6
+QATTN_ERR_CAPACITY = -7
+
+DTYPE_F32, DTYPE_F16, DTYPE_BF16, DTYPE_I8 = 0, 1, 2, 3
+
+PRECISIONS = {"auto": 0, "fp32": 1, "fp16": 2, "bf16": 3, "int8": 4, "fp8_e4m3": 5, "fp8_e5m2": 6}
+INT8_SCHEMES = {"qattn": 0, "default": 0, "intfa": 1, "sage": 2}
+BACKENDS = {"auto": 0, "cpu": 1, "cuda": 2}
+BACKEND_NAMES = {v: k for k, v in BACKENDS.items()}
+ISAS = {"auto": 0, "ref": 1, "avx2": 2}
+
+
+# ---------------------------------------------------------------- structs
+
+class CtxOptions(ctypes.Structure):
+    """qattn_ctx_options. The allocator hooks stay NULL (malloc/free): a Python allocator
+    called from library worker threads would need the GIL and buys nothing here."""
+    _fields_ = [
+        ("backend", ctypes.c_int32),
+        ("isa", ctypes.c_int32),
+        ("n_threads", ctypes.c_int32),
+        ("cuda_device", ctypes.c_int32),
+        ("alloc", ctypes.c_void_p),
+        ("free", ctypes.c_void_p),
+        ("alloc_user", ctypes.c_void_p),
+    ]
+
+
+class CtxInfo(ctypes.Structure):
+    """qattn_ctx_info."""
+    _fields_ = [
+        ("backend", ctypes.c_int32),
+        ("isa", ctypes.c_int32),
+        ("n_threads", ctypes.c_int32),
+        ("cuda_available", ctypes.c_int32),
+        ("isa_name", ctypes.c_char * 16),
+        ("device_name", ctypes.c_char * 96),
+    ]
+
+
+class Params(ctypes.Structure):
+    """qattn_params. Pointers are c_void_p (same size and alignment as any data pointer in
+    the C ABI) so that numpy/torch addresses can be stored as plain integers."""
+    _fields_ = [
+        ("q", ctypes.c_void_p),
+        ("k", ctypes.c_void_p),
+        ("v", ctypes.c_void_p),
+        ("o", ctypes.c_void_p),
+        ("lse", ctypes.c_void_p),
+        ("batch", ctypes.c_int64),
+        ("seqlen_q", ctypes.c_int64),
+        ("seqlen_k", ctypes.c_int64),
+        ("n_heads", ctypes.c_int32),
+        ("n_kv_heads", ctypes.c_int32),
+        ("head_dim", ctypes.c_int32),
+        ("qkv_dtype", ctypes.c_int32),
+        ("o_dtype", ctypes.c_int32),
+        ("precision", ctypes.c_int32),
+        ("int8_scheme", ctypes.c_int32),
+        ("causal", ctypes.c_int32),
+        ("window_left", ctypes.c_int32),
+        ("window_right", ctypes.c_int32),
+        ("scale", ctypes.c_float),
+        ("q_batch_stride", ctypes.c_int64),
+        ("q_seq_stride", ctypes.c_int64),
+        ("q_head_stride", ctypes.c_int64),
+        ("k_batch_stride", ctypes.c_int64),
+        ("k_seq_stride", ctypes.c_int64),
+        ("k_head_stride", ctypes.c_int64),
+        ("v_batch_stride", ctypes.c_int64),
+        ("v_seq_stride", ctypes.c_int64),
+        ("v_head_stride", ctypes.c_int64),
+        ("o_batch_stride", ctypes.c_int64),
+        ("o_seq_stride", ctypes.c_int64),
+        ("o_head_stride", ctypes.c_int64),
+        ("cu_seqlens_q", ctypes.c_void_p),
+        ("cu_seqlens_k", ctypes.c_void_p),
+        ("workspace", ctypes.c_void_p),
+        ("workspace_size", ctypes.c_size_t),
+        ("stream", ctypes.c_void_p),
+    ]
+
+
+# ---------------------------------------------------------------- loading
+
+_LIB_NAMES = ("libqattn.so", "libqattn.dylib", "qattn.dll")
+
+
+def _package_dir():
+    return os.path.dirname(os.path.abspath(__file__))
+
+
+def candidate_paths():
+    """Where the shared library is looked for, in order:
+    1. $QATTN_LIBRARY (a file path), so a user or CI can pin one build;
+    2. the package folder (what `pip install ./python` bundles);
+    3. the build tree of the checkout this package sits in (python/qattn -> repo root):
+       build/ first, then any other build*/ folder, newest first (PYTHONPATH=python use)."""
+    env = os.environ.get("QATTN_LIBRARY")
+    if env:
+        return [env]
+    out = [os.path.join(_package_dir(), n) for n in _LIB_NAMES]
+    root = os.path.dirname(os.path.dirname(_package_dir()))
+    dirs = [os.path.join(root, "build")]
+    others = [d for d in glob.glob(os.path.join(root, "build*")) if os.path.isdir(d) and d not in dirs]
+    others.sort(key=lambda d: os.path.getmtime(d), reverse=True)
+    for d in dirs + others:
+        out += [os.path.join(d, n) for n in _LIB_NAMES]
+    return out
+
+
+def _load():
+    tried = []
+    for path in candidate_paths():
+        if not os.path.isfile(path):
+            tried.append(path + " (missing)")
+            continue
+        try:
+            return ctypes.CDLL(path), path
+        except OSError as e:  # a broken or foreign-architecture file: say so, keep looking
+            tried.append("%s (%s)" % (path, e))
+    raise ImportError(
+        "qattn: cannot find the shared library libqattn.so. Build it (cmake -S . -B build && "
+        "cmake --build build), set QATTN_LIBRARY=/path/to/libqattn.so, or pip install ./python. Tried:\n  "
+        + "\n  ".join(tried))
+
+
+def _prototype(lib):
+    c = ctypes
+    S = c.c_int  # qattn_status: a C enum, int-sized
+    P = c.POINTER
+    protos = {
+        "qattn_status_str": (c.c_char_p, [c.c_int]),
+        "qattn_version": (c.c_char_p, []),
+        "qattn_ctx_create": (S, [P(c.c_void_p), P(CtxOptions)]),
+        "qattn_ctx_destroy": (None, [c.c_void_p]),
+        "qattn_ctx_last_error": (c.c_char_p, [c.c_void_p]),
+        "qattn_ctx_get_info": (S, [c.c_void_p, P(CtxInfo)]),
+        "qattn_ctx_set_threads": (S, [c.c_void_p, c.c_int32]),
+        "qattn_params_init": (None, [P(Params)]),
+        "qattn_params_set_contiguous": (None, [P(Params)]),
+        "qattn_supports": (S, [c.c_void_p, P(Params)]),
+        "qattn_workspace_size": (S, [c.c_void_p, P(Params), P(c.c_size_t)]),
+        "qattn_forward": (S, [c.c_void_p, P(Params)]),
+        "qattn_oracle_f64": (S, [c.c_void_p, P(Params), c.c_void_p, c.c_void_p]),
+    }
+    for name, (res, args) in protos.items():
+        fn = getattr(lib, name)
+        fn.restype = res
+        fn.argtypes = args
+    return lib
+
+
+lib, library_path = _load()
+_prototype(lib)
+
+
+def status_str(status):
+    s = lib.qattn_status_str(status)
+    return s.decode() if s else "unknown qattn status %d" % status
+
+
+def has_symbol(name):
+    """For the INT8 / KV-cache sections being added to qattn.h: bind them only when present."""
+    return hasattr(lib, name)
