@@ -245,11 +245,20 @@ def _wrap(name, x, *, output=False):
             t.obj, t.ptr, t.strides = x, x.data_ptr(), tuple(x.stride())
     else:
         raise TypeError("%s must be a numpy.ndarray or torch.Tensor, got %s" % (name, type(x).__name__))
-    if t.shape and t.shape[-1] > 1 and t.strides[-1] != 1:
+    if t.shape and t.shape[-1] > 1 and t.strides[-1] != 1 and 0 not in t.shape:  # empty: strides are arbitrary
         raise ValueError("%s: the last (head_dim) dimension must be contiguous (stride 1); got stride %d "
                          "(call .contiguous() / np.ascontiguousarray first)" % (name, t.strides[-1]))
-    if t.ptr == 0 and any(n == 0 for n in t.shape):
-        t.ptr = _EMPTY_PTR
+    if 0 in t.shape:
+        # An empty view's strides are arbitrary (numpy and torch report zeros or anything),
+        # and the library would read zero strides on an output as overlapping elements:
+        # describe it as contiguous, and give it a non-NULL address (torch reports 0).
+        st, acc = [], 1
+        for n in reversed(t.shape):
+            st.append(acc)
+            acc *= max(n, 1)
+        t.strides = tuple(reversed(st))
+        if t.ptr == 0:
+            t.ptr = _EMPTY_PTR
     return t
 
 
