@@ -1,0 +1,397 @@
+/* qattn bench: time attention on random inputs and check it against the FP64 oracle.
+ * With no shape flag it runs a default set of prefill and decode shapes sized to finish in
+ * about a minute on a 2-core machine. Reports per shape: median ms over --iters (after
+ * --warmup), effective GFLOP/s, GB/s and the error against qattn_oracle_f64.
+ *   FLOPs = 4 * H * D * (visible (query, key) pairs summed over the batch): exactly
+ *           4*B*H*Lq*Lk*D without a mask; with causal/window only the visible pairs count.
+ *   Bytes = Q, K, V read once + O written once, in their dtypes.
+ * The oracle reads the same (already rounded) inputs, so the error is the kernel's own. */
+#include "cli.h"
+#include "device.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const CMD = "bench";
+
+/* The oracle is naive FP64: above this much work (H * D * visible pairs) it checks a sample of
+ * rows instead of all of them. */
+#define ORACLE_FULL_WORK_LIMIT 1.0e9
+/* The sample: the last rows of every sequence. The bottom-right mask alignment depends only
+ * on (Lk - Lq), so a block of the LAST m rows passed as Lq' = m keeps every row's mask. */
+#define ORACLE_SAMPLE_ROWS 64
+
+typedef struct bench_case {
+    int64_t batch, seqlen_q, seqlen_k;
+    int32_t heads, kv_heads, head_dim, causal;
+} bench_case;
+
+/* Prefill B1 H8 L1024/2048 D64/128 causal and not; decode B1 H32 HK8 Lq1 Lk 8k/32k D128. */
+static const bench_case default_cases[] = {
+    {1, 1024, 1024, 8, 8, 64, 0},  {1, 1024, 1024, 8, 8, 64, 1},  {1, 1024, 1024, 8, 8, 128, 0}, {1, 1024, 1024, 8, 8, 128, 1},
+    {1, 2048, 2048, 8, 8, 64, 0},  {1, 2048, 2048, 8, 8, 64, 1},  {1, 2048, 2048, 8, 8, 128, 0}, {1, 2048, 2048, 8, 8, 128, 1},
+    {1, 1, 8192, 32, 8, 128, 0},   {1, 1, 32768, 32, 8, 128, 0},
+};
+
+typedef struct bench_result {
+    double ms, gflops, gbps;
+    cli_metrics err;
+    int64_t oracle_rows; /* query rows per sequence the oracle checked */
+    int checked;         /* 0 if the oracle could not run */
+} bench_result;
+
+static void print_bench_help(void) {
+    printf("usage: qattn bench [options]\n"
+           "Times qattn_forward on random inputs (N(0,1) by default) and checks it against the FP64\n"
+           "oracle. Without shape options: prefill B1 H8 L1024/2048 D64/128 (causal and not) and\n"
+           "decode B1 H32 HK8 Lq1 Lk 8192/32768 D128.\n"
+           "  GFLOP/s = 4*H*D*(visible query-key pairs, summed over the batch) / median time;\n"
+           "            causal and windowed shapes count exactly the visible pairs.\n"
+           "  GB/s    = bytes of Q, K, V read once + O written once / median time.\n"
+           "  Error   = relative L2 and max abs against qattn_oracle_f64 on the same inputs; on all\n"
+           "            rows when H*D*pairs <= 1e9, else on the last %d query rows of each sequence\n"
+           "            (column 'oracle' / key oracle_rows says which).\n\n",
+           ORACLE_SAMPLE_ROWS);
+    cli_opts_print_help(stdout);
+}
+
+/* The dtype Q, K, V (and O) are stored in for a precision: its own for FP16/BF16, else FP32. */
+static int32_t storage_dtype(int32_t precision) {
+    if (precision == QATTN_PRECISION_FP16) return QATTN_DTYPE_F16;
+    if (precision == QATTN_PRECISION_BF16) return QATTN_DTYPE_BF16;
+    return QATTN_DTYPE_F32;
+}
+
+/* Host tensors of one case: the inputs in the storage dtype and the output. */
+typedef struct bench_tensors {
+    void *q, *k, *v, *o;
+    size_t q_bytes, kv_bytes, o_bytes;
+} bench_tensors;
+
+static void free_tensors(bench_tensors *t) {
+    cli_free(t->q);
+    cli_free(t->k);
+    cli_free(t->v);
+    cli_free(t->o);
+    memset(t, 0, sizeof *t);
+}
+
+static int fill_random(const cli_opts *o, cli_rng *rng, void *dst, int32_t dtype, int64_t n) {
+    float *tmp = cli_alloc((size_t)n * sizeof(float), "random inputs", CMD);
+    if (!tmp) return -1;
+    if (o->distribution == CLI_DIST_UNIFORM) cli_fill_uniform(rng, tmp, n, 0.0f, 1.0f);
+    else cli_fill_normal(rng, tmp, n, 0.0f, 1.0f);
+    cli_convert_from_f32(tmp, dst, dtype, n);
+    cli_free(tmp);
+    return 0;
+}
+
+static int make_tensors(const cli_opts *o, const qattn_params *p, bench_tensors *t) {
+    memset(t, 0, sizeof *t);
+    size_t es = cli_dtype_size(p->qkv_dtype);
+    int64_t q_count = p->batch * p->seqlen_q * p->n_heads * p->head_dim;
+    int64_t kv_count = p->batch * p->seqlen_k * p->n_kv_heads * p->head_dim;
+    t->q_bytes = (size_t)q_count * es;
+    t->kv_bytes = (size_t)kv_count * es;
+    t->o_bytes = (size_t)q_count * cli_dtype_size(p->o_dtype);
+    t->q = cli_alloc(t->q_bytes, "Q", CMD);
+    t->k = cli_alloc(t->kv_bytes, "K", CMD);
+    t->v = cli_alloc(t->kv_bytes, "V", CMD);
+    t->o = cli_alloc(t->o_bytes, "O", CMD);
+    if (!t->q || !t->k || !t->v || !t->o) return -1;
+    cli_rng rng;
+    cli_rng_seed(&rng, o->seed);
+    if (fill_random(o, &rng, t->q, p->qkv_dtype, q_count) || fill_random(o, &rng, t->k, p->qkv_dtype, kv_count) ||
+        fill_random(o, &rng, t->v, p->qkv_dtype, kv_count))
+        return -1;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- device copies (CUDA) */
+
+typedef struct device_tensors {
+    void *q, *k, *v, *o;
+} device_tensors;
+
+static void free_device(device_tensors *d) {
+    cli_device_free(d->q);
+    cli_device_free(d->k);
+    cli_device_free(d->v);
+    cli_device_free(d->o);
+    memset(d, 0, sizeof *d);
+}
+
+static int upload_tensors(const bench_tensors *t, device_tensors *d) {
+    memset(d, 0, sizeof *d);
+    if (!cli_device_available()) {
+        cli_error(CMD, "--backend cuda: this qattn binary has no CUDA runtime linked");
+        return -1;
+    }
+    d->q = cli_device_alloc(t->q_bytes);
+    d->k = cli_device_alloc(t->kv_bytes);
+    d->v = cli_device_alloc(t->kv_bytes);
+    d->o = cli_device_alloc(t->o_bytes);
+    if (!d->q || !d->k || !d->v || !d->o || cli_device_upload(d->q, t->q, t->q_bytes) || cli_device_upload(d->k, t->k, t->kv_bytes) ||
+        cli_device_upload(d->v, t->v, t->kv_bytes)) {
+        cli_error(CMD, "--backend cuda: cannot allocate or copy %zu bytes of device memory", t->q_bytes + 2 * t->kv_bytes + t->o_bytes);
+        free_device(d);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- timing */
+
+/* Warm up, then time o->iters forwards; *ms is the median. Prints the library's message on failure. */
+static int time_forward(qattn_ctx *ctx, const cli_opts *o, const qattn_params *p, int on_device, double *ms) {
+    double *samples = cli_alloc((size_t)o->iters * sizeof(double), "timings", CMD);
+    if (!samples) return -1;
+    int rc = -1;
+    for (int it = 0; it < o->warmup + o->iters; it++) {
+        double t0 = cli_now_seconds();
+        qattn_status s = qattn_forward(ctx, p);
+        if (s == QATTN_OK && on_device && cli_device_synchronize()) s = QATTN_ERR_BACKEND;
+        double t1 = cli_now_seconds();
+        if (s != QATTN_OK) {
+            const char *why = qattn_ctx_last_error(ctx);
+            cli_error(CMD, "%s: %s", qattn_status_str(s), why[0] ? why : "(no message)");
+            goto done;
+        }
+        if (it >= o->warmup) samples[it - o->warmup] = 1e3 * (t1 - t0);
+    }
+    *ms = cli_median(samples, o->iters);
+    rc = 0;
+done:
+    cli_free(samples);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- oracle check */
+
+/* Compare the host output o_f32 [B, Lq, H, D] with the oracle, on all rows or on the last
+ * `rows` rows of each sequence (see ORACLE_SAMPLE_ROWS). */
+static int check_against_oracle(qattn_ctx *ctx, const qattn_params *p, const float *o_f32, int64_t rows, cli_metrics *m) {
+    int64_t H = p->n_heads, D = p->head_dim, B = p->batch, Lq = p->seqlen_q;
+    qattn_params sub = *p;
+    sub.seqlen_q = rows;
+    sub.q = (const char *)p->q + (size_t)((Lq - rows) * p->q_seq_stride) * cli_dtype_size(p->qkv_dtype);
+    sub.o = (char *)p->o + (size_t)((Lq - rows) * p->o_seq_stride) * cli_dtype_size(p->o_dtype);
+    sub.lse = NULL;
+    size_t n = (size_t)(B * rows * H * D);
+    double *ref = cli_alloc(n * sizeof(double), "the oracle output", CMD);
+    float *got = cli_alloc(n * sizeof(float), "the sampled output", CMD);
+    int rc = -1;
+    if (!ref || !got) goto done;
+    qattn_status s = qattn_oracle_f64(ctx, &sub, ref, NULL);
+    if (s != QATTN_OK) {
+        cli_error(CMD, "oracle: %s", qattn_ctx_last_error(ctx));
+        goto done;
+    }
+    /* Gather the same rows of the output (contiguous [B, Lq, H, D]). */
+    for (int64_t b = 0; b < B; b++)
+        memcpy(got + (size_t)(b * rows * H * D), o_f32 + (size_t)((b * Lq + (Lq - rows)) * H * D), (size_t)(rows * H * D) * sizeof(float));
+    cli_metrics_compute(got, ref, (int64_t)n, m);
+    rc = 0;
+done:
+    cli_free(ref);
+    cli_free(got);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- one case */
+
+static void fill_case_params(const cli_opts *o, const bench_case *c, qattn_params *p) {
+    qattn_params_init(p);
+    cli_opts sized = *o;
+    sized.batch = c->batch;
+    sized.seqlen_q = c->seqlen_q;
+    sized.seqlen_k = c->seqlen_k;
+    sized.heads = c->heads;
+    sized.kv_heads = c->kv_heads;
+    sized.head_dim = c->head_dim;
+    sized.causal = c->causal;
+    cli_opts_to_params(&sized, p);
+    p->qkv_dtype = storage_dtype(o->precision);
+    p->o_dtype = p->qkv_dtype;
+}
+
+static int run_case(qattn_ctx *ctx, const cli_opts *o, const qattn_params *proto, int on_device, bench_result *r) {
+    memset(r, 0, sizeof *r);
+    qattn_params p = *proto;
+    bench_tensors t;
+    device_tensors d;
+    memset(&d, 0, sizeof d);
+    float *o_f32 = NULL;
+    int rc = -1;
+    if (make_tensors(o, &p, &t)) goto done;
+    p.q = t.q;
+    p.k = t.k;
+    p.v = t.v;
+    p.o = t.o;
+    qattn_params timed = p;
+    if (on_device) {
+        if (upload_tensors(&t, &d)) goto done;
+        timed.q = d.q;
+        timed.k = d.k;
+        timed.v = d.v;
+        timed.o = d.o;
+    }
+    if (time_forward(ctx, o, &timed, on_device, &r->ms)) goto done;
+    if (on_device && cli_device_download(t.o, d.o, t.o_bytes)) {
+        cli_error(CMD, "--backend cuda: cannot copy the output back");
+        goto done;
+    }
+
+    double pairs = (double)cli_visible_pairs(&p);
+    double seconds = r->ms * 1e-3;
+    r->gflops = 4.0 * p.n_heads * p.head_dim * pairs / seconds * 1e-9;
+    r->gbps = (double)(t.q_bytes + 2 * t.kv_bytes + t.o_bytes) / seconds * 1e-9;
+
+    int64_t o_count = p.batch * p.seqlen_q * p.n_heads * p.head_dim;
+    o_f32 = cli_alloc((size_t)o_count * sizeof(float), "O as float32", CMD);
+    if (!o_f32) goto done;
+    cli_convert_to_f32(t.o, p.o_dtype, o_f32, o_count);
+    double oracle_work = (double)p.n_heads * p.head_dim * pairs;
+    r->oracle_rows = oracle_work <= ORACLE_FULL_WORK_LIMIT || p.seqlen_q <= ORACLE_SAMPLE_ROWS ? p.seqlen_q : ORACLE_SAMPLE_ROWS;
+    /* The oracle runs on the host: it gets a CPU context for its error messages. */
+    qattn_ctx *host = NULL;
+    if (qattn_ctx_create(&host, NULL) != QATTN_OK) {
+        cli_error(CMD, "cannot create a CPU context for the oracle");
+        goto done;
+    }
+    int checked = check_against_oracle(host, &p, o_f32, r->oracle_rows, &r->err) == 0;
+    qattn_ctx_destroy(host);
+    if (!checked) goto done;
+    r->checked = 1;
+    rc = 0;
+done:
+    cli_free(o_f32);
+    free_device(&d);
+    free_tensors(&t);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- output */
+
+static void print_table_header(const qattn_ctx_info *info, const cli_opts *o) {
+    printf("qattn %s bench: backend %s, isa %s, threads %d, %s inputs, %s\n", qattn_version(), cli_backend_name(info->backend),
+           info->isa_name, info->n_threads, o->distribution == CLI_DIST_UNIFORM ? "U(0,1)" : "N(0,1)", info->device_name);
+    printf("median of %d iters after %d warm-up; GFLOP/s counts 4*H*D per visible (query,key) pair\n", o->iters, o->warmup);
+    printf("%-5s %3s %4s %4s %6s %6s %4s %-6s %10s %9s %8s %10s %10s %s\n", "prec", "B", "H", "HK", "Lq", "Lk", "D", "causal", "ms",
+           "GFLOP/s", "GB/s", "rel_l2", "max_abs", "oracle");
+}
+
+static void print_table_row(const cli_opts *o, const qattn_params *p, const bench_result *r) {
+    char oracle[32];
+    if (r->oracle_rows == p->seqlen_q) snprintf(oracle, sizeof oracle, "all rows");
+    else snprintf(oracle, sizeof oracle, "last %lld rows", (long long)r->oracle_rows);
+    printf("%-5s %3lld %4d %4d %6lld %6lld %4d %-6s %10.3f %9.2f %8.2f %10.3e %10.3e %s\n", cli_precision_name(o->precision),
+           (long long)p->batch, p->n_heads, p->n_kv_heads, (long long)p->seqlen_q, (long long)p->seqlen_k, p->head_dim,
+           p->causal ? "yes" : "no", r->ms, r->gflops, r->gbps, r->err.rel_l2, r->err.max_abs, oracle);
+    fflush(stdout);
+}
+
+static void print_json_row(const qattn_ctx_info *info, const cli_opts *o, const qattn_params *p, const bench_result *r) {
+    cli_json j;
+    cli_json_begin(&j, stdout);
+    cli_json_str(&j, "backend", cli_backend_name(info->backend));
+    cli_json_str(&j, "isa", info->isa_name);
+    cli_json_str(&j, "precision", cli_precision_name(o->precision));
+    if (o->precision == QATTN_PRECISION_INT8) cli_json_str(&j, "int8_scheme", cli_int8_scheme_name(o->int8_scheme));
+    cli_json_int(&j, "threads", info->n_threads);
+    cli_json_int(&j, "batch", p->batch);
+    cli_json_int(&j, "heads", p->n_heads);
+    cli_json_int(&j, "kv_heads", p->n_kv_heads);
+    cli_json_int(&j, "seqlen_q", p->seqlen_q);
+    cli_json_int(&j, "seqlen_k", p->seqlen_k);
+    cli_json_int(&j, "head_dim", p->head_dim);
+    cli_json_bool(&j, "causal", p->causal);
+    cli_json_int(&j, "window_left", p->window_left);
+    cli_json_int(&j, "window_right", p->window_right);
+    cli_json_int(&j, "iters", o->iters);
+    cli_json_num(&j, "ms", r->ms);
+    cli_json_num(&j, "gflops", r->gflops);
+    cli_json_num(&j, "gbps", r->gbps);
+    cli_json_num(&j, "rel_l2", r->err.rel_l2);
+    cli_json_num(&j, "max_abs", r->err.max_abs);
+    cli_json_num(&j, "rel_l1", r->err.rel_l1);
+    cli_json_num(&j, "cosine", r->err.cosine);
+    cli_json_int(&j, "oracle_rows", r->oracle_rows);
+    cli_json_end(&j);
+}
+
+/* ---------------------------------------------------------------- command */
+
+static int parse_bench_args(int argc, char **argv, cli_opts *o) {
+    cli_opts_init(o);
+    for (int i = 1; i < argc; i++) {
+        if (cli_flag_is(argv[i], "--help") || cli_flag_is(argv[i], "-h")) return 1;
+        cli_flag_result r = cli_opts_parse_flag(o, argc, argv, &i, CMD);
+        if (r == CLI_FLAG_ERROR) return -1;
+        if (r == CLI_FLAG_UNKNOWN) {
+            cli_error(CMD, "unknown option '%s' (try qattn bench --help)", argv[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int qattn_cli_bench(int argc, char **argv) {
+    cli_opts o;
+    int parsed = parse_bench_args(argc, argv, &o);
+    if (parsed == 1) {
+        print_bench_help();
+        return CLI_EXIT_OK;
+    }
+    if (parsed < 0) return CLI_EXIT_USAGE;
+
+    qattn_ctx_options copt;
+    cli_opts_to_ctx_options(&o, &copt);
+    qattn_ctx *ctx = NULL;
+    qattn_status s = qattn_ctx_create(&ctx, &copt);
+    if (s != QATTN_OK) {
+        cli_error(CMD, "cannot create a context (backend %s, isa %s): %s", cli_backend_name(copt.backend), cli_isa_name(copt.isa),
+                  qattn_status_str(s));
+        return CLI_EXIT_FAILURE;
+    }
+    qattn_ctx_info info;
+    qattn_ctx_get_info(ctx, &info);
+    int on_device = info.backend == QATTN_BACKEND_CUDA;
+
+    bench_case single;
+    const bench_case *cases = default_cases;
+    size_t n_cases = sizeof default_cases / sizeof default_cases[0];
+    if (o.shape_given) {
+        qattn_params shape;
+        qattn_params_init(&shape);
+        cli_opts_to_params(&o, &shape);
+        single = (bench_case){shape.batch, shape.seqlen_q, shape.seqlen_k, shape.n_heads, shape.n_kv_heads, shape.head_dim, shape.causal};
+        cases = &single;
+        n_cases = 1;
+    }
+    if (!o.json) print_table_header(&info, &o);
+    int failures = 0;
+    for (size_t c = 0; c < n_cases; c++) {
+        qattn_params p;
+        fill_case_params(&o, &cases[c], &p);
+        /* Ask first, so an unsupported case costs no allocation; its reason is printed. */
+        qattn_params probe = p;
+        probe.batch = 0; /* shape checks without tensors */
+        s = qattn_supports(ctx, &probe);
+        bench_result r;
+        if (s != QATTN_OK) {
+            cli_error(CMD, "%s: %s", qattn_status_str(s), qattn_ctx_last_error(ctx));
+            failures++;
+            continue;
+        }
+        if (run_case(ctx, &o, &p, on_device, &r)) {
+            failures++;
+            continue;
+        }
+        if (o.json) print_json_row(&info, &o, &p, &r);
+        else print_table_row(&o, &p, &r);
+    }
+    qattn_ctx_destroy(ctx);
+    return failures ? CLI_EXIT_FAILURE : CLI_EXIT_OK;
+}

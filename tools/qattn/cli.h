@@ -1,0 +1,176 @@
+/* The qattn command-line tool: declarations shared by its subcommands (info, bench, run,
+ * accuracy). Helpers here are for tools only: they print to stdout/stderr and never touch
+ * library internals beyond the public API (plus the scalar FP16/BF16 conversions).
+ * Every subcommand is `int qattn_cli_<name>(int argc, char **argv)` where argv[0] is the
+ * subcommand name; it returns the process exit status (0 ok, 1 runtime failure, 2 usage error). */
+#ifndef QATTN_CLI_H
+#define QATTN_CLI_H
+
+#include "qattn.h"
+
+#include <stdint.h>
+#include <stdio.h>
+
+/* ---------------------------------------------------------------- subcommands */
+
+int qattn_cli_info(int argc, char **argv);
+int qattn_cli_bench(int argc, char **argv);
+int qattn_cli_run(int argc, char **argv);
+int qattn_cli_accuracy(int argc, char **argv); /* tools/qattn/accuracy.c */
+
+/* Exit statuses. */
+enum { CLI_EXIT_OK = 0, CLI_EXIT_FAILURE = 1, CLI_EXIT_USAGE = 2 };
+
+/* ---------------------------------------------------------------- messages */
+
+/* Print "qattn <command>: <message>\n" to stderr: the one line a failing command leaves. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+void cli_error(const char *command, const char *fmt, ...);
+
+/* ---------------------------------------------------------------- common options */
+
+/* The options shared by commands that describe one attention problem (bench, accuracy).
+ * Zero/negative "unset" conventions are documented per field; cli_opts_init sets them. */
+typedef struct cli_opts {
+    int64_t batch;     /* --batch B (default 1) */
+    int32_t heads;     /* --heads H (default 8) */
+    int32_t kv_heads;  /* --kv-heads HK (0 = same as heads) */
+    int64_t seqlen_q;  /* --seqlen-q LQ (default 1024) */
+    int64_t seqlen_k;  /* --seqlen-k LK (0 = same as seqlen_q) */
+    int32_t head_dim;  /* --head-dim D (default 128) */
+    int shape_given;   /* 1 if any of the shape flags above was on the command line */
+
+    int32_t causal;       /* --causal */
+    int32_t window_left;  /* --window L,R (-1 = unbounded) */
+    int32_t window_right;
+    float scale;          /* --scale S (0 = 1/sqrt(D)) */
+
+    int32_t precision;   /* --precision fp32|fp16|bf16|int8 (qattn_precision; default FP32) */
+    int32_t int8_scheme; /* --int8-scheme qattn|intfa|sage */
+    int32_t backend;     /* --backend cpu|cuda (qattn_backend; AUTO if not given) */
+    int32_t isa;         /* --isa ref|avx2 (qattn_isa; AUTO if not given) */
+    int32_t threads;     /* --threads T (0 = all online cores) */
+
+    int iters;           /* --iters N (default 5) */
+    int warmup;          /* --warmup N (default 1) */
+    uint64_t seed;       /* --seed S (default 1) */
+    int distribution;    /* --dist normal|uniform (cli_distribution) */
+    int json;            /* --json: one JSON object per line instead of a table */
+} cli_opts;
+
+typedef enum cli_distribution { CLI_DIST_NORMAL = 0, CLI_DIST_UNIFORM = 1 } cli_distribution;
+
+void cli_opts_init(cli_opts *o);
+
+/* Result of offering one argument to a flag parser. */
+typedef enum cli_flag_result {
+    CLI_FLAG_CONSUMED = 0, /* recognised; *i advanced past its value if it had one */
+    CLI_FLAG_UNKNOWN = 1,  /* not one of this parser's flags; nothing printed */
+    CLI_FLAG_ERROR = 2,    /* recognised but its value is bad; the message is printed */
+} cli_flag_result;
+
+/* Offer argv[*i] to the common-option parser. Accepts "--flag value" and "--flag=value".
+ * On CLI_FLAG_CONSUMED, *i points at the last argument used. `command` names the caller in
+ * error messages. */
+cli_flag_result cli_opts_parse_flag(cli_opts *o, int argc, char **argv, int *i, const char *command);
+
+/* Print the help lines of the common options (for a command's --help). */
+void cli_opts_print_help(FILE *f);
+
+/* Fill the shape fields of p (batch, lengths, heads, head_dim, mask, scale, precision,
+ * scheme) from o, plus contiguous strides. Pointers and dtypes are left to the caller. */
+void cli_opts_to_params(const cli_opts *o, qattn_params *p);
+
+/* Context options (backend, isa, threads) from o. */
+void cli_opts_to_ctx_options(const cli_opts *o, qattn_ctx_options *c);
+
+/* Helpers for a command's own flags. If argv[*i] is `name` or `name=...`, set *value to
+ * the flag's value (the next argument, advancing *i, or the text after '='), and return 1;
+ * a missing value prints an error and returns -1; any other argument returns 0. */
+int cli_flag_value(int argc, char **argv, int *i, const char *name, const char **value, const char *command);
+/* 1 if argv[i] is exactly the boolean flag `name`. */
+int cli_flag_is(const char *arg, const char *name);
+
+/* Strict number parsing: the whole string must be a number within [min, max]. 0 on success;
+ * on failure print "qattn <command>: <flag> ..." and return -1. */
+int cli_parse_int64(const char *text, int64_t min, int64_t max, int64_t *out, const char *flag, const char *command);
+int cli_parse_float(const char *text, float *out, const char *flag, const char *command);
+
+/* Names <-> enum values. The parse functions return -1 for an unknown name. */
+int cli_precision_from_name(const char *name);
+const char *cli_precision_name(int32_t precision);
+int cli_int8_scheme_from_name(const char *name);
+const char *cli_int8_scheme_name(int32_t scheme);
+const char *cli_backend_name(int32_t backend);
+const char *cli_isa_name(int32_t isa);
+
+/* ---------------------------------------------------------------- random inputs */
+
+/* A small seeded PRNG (splitmix64): the same seed gives the same numbers on every machine. */
+typedef struct cli_rng {
+    uint64_t state;
+    int has_spare_normal;
+    double spare_normal;
+} cli_rng;
+
+void cli_rng_seed(cli_rng *r, uint64_t seed);
+uint64_t cli_rng_next_u64(cli_rng *r);
+double cli_rng_uniform(cli_rng *r); /* [0, 1) with 53 random bits */
+double cli_rng_normal(cli_rng *r);  /* N(0, 1), Box-Muller */
+void cli_fill_normal(cli_rng *r, float *x, int64_t n, float mean, float stddev);
+void cli_fill_uniform(cli_rng *r, float *x, int64_t n, float lo, float hi);
+
+/* ---------------------------------------------------------------- accuracy metrics */
+
+/* Whole-tensor error of an output against a reference (BENCHMARKS.md "Accuracy"). */
+typedef struct cli_metrics {
+    double rel_l1;   /* sum|o-r| / sum|r| */
+    double rel_l2;   /* ||o-r|| / ||r|| */
+    double cosine;   /* <o,r> / (||o|| ||r||) */
+    double max_abs;  /* max |o-r| */
+    double mre;      /* mean(|o-r| / (|r| + 1e-5)), over all elements */
+    int64_t count;   /* elements compared */
+    int64_t nonfinite; /* elements where o or r is NaN/Inf (they make the metrics NaN) */
+} cli_metrics;
+
+void cli_metrics_compute(const float *out, const double *ref, int64_t n, cli_metrics *m);
+
+/* ---------------------------------------------------------------- dtype conversion */
+
+/* Convert n elements of a qattn_dtype (F32, F16, BF16) tensor to/from float32. */
+void cli_convert_to_f32(const void *src, int32_t dtype, float *dst, int64_t n);
+void cli_convert_from_f32(const float *src, void *dst, int32_t dtype, int64_t n);
+size_t cli_dtype_size(int32_t dtype);
+
+/* ---------------------------------------------------------------- JSON lines */
+
+/* Build one JSON object on one line: cli_json_begin, then fields, then cli_json_end. */
+typedef struct cli_json {
+    FILE *f;
+    int n_fields;
+} cli_json;
+
+void cli_json_begin(cli_json *j, FILE *f);
+void cli_json_str(cli_json *j, const char *key, const char *value);
+void cli_json_int(cli_json *j, const char *key, int64_t value);
+void cli_json_num(cli_json *j, const char *key, double value); /* NaN/Inf become null */
+void cli_json_bool(cli_json *j, const char *key, int value);
+void cli_json_end(cli_json *j); /* "}\n" and flush */
+
+/* ---------------------------------------------------------------- timing and geometry */
+
+double cli_now_seconds(void); /* monotonic clock */
+double cli_median(double *values, int n); /* sorts values in place */
+
+/* (query, key) pairs visible under the mask of p (causal/window, bottom-right aligned,
+ * per the convention in qattn.h), summed over the batch, for one head. Exact, O(B*Lq). */
+int64_t cli_visible_pairs(const qattn_params *p);
+
+/* Allocate n bytes (64-byte aligned, zeroed) or print "qattn <command>: out of memory ..." and
+ * return NULL. Free with cli_free. */
+void *cli_alloc(size_t n, const char *what, const char *command);
+void cli_free(void *p);
+
+#endif /* QATTN_CLI_H */
