@@ -1,0 +1,258 @@
+#!/usr/bin/env python3
+"""qattn (CUDA backend) side by side with torch SDPA (FlashAttention-2 and cuDNN backends).
+
+Standard shapes of BENCHMARKS.md: B*L = 16k tokens, H*D = 2048, D in {64, 128},
+L in {1k, 4k, 16k}, causal and not, Q/K/V ~ N(0, 1) in FP16. For each shape, in the same run:
+qattn FP16, qattn INT8 (quantization + kernel, and the attention kernel alone from the
+profiler), SDPA FLASH_ATTENTION and CUDNN_ATTENTION. CUDA events, warm-up, median of >= 20.
+Accuracy: whole-tensor relative L1 / L2 against an FP32 torch reference on a subset of heads.
+
+Usage: python3 bench/gpu_compare.py --lib build-gpu/libqattn.so [--out DIR] [--quick] [--no-int8]
+Writes DIR/gpu_compare.json and DIR/gpu_compare.png (DIR defaults to $OUT or ./out).
+qattn is called through a minimal ctypes loader (qattn_params mirrored from include/qattn.h).
+"""
+import argparse
+import ctypes as C
+import json
+import math
+import os
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+
+class Params(C.Structure):
+    """Mirror of qattn_params (include/qattn.h), field for field."""
+    _fields_ = [
+        ("q", C.c_void_p), ("k", C.c_void_p), ("v", C.c_void_p), ("o", C.c_void_p), ("lse", C.c_void_p),
+        ("batch", C.c_int64), ("seqlen_q", C.c_int64), ("seqlen_k", C.c_int64),
+        ("n_heads", C.c_int32), ("n_kv_heads", C.c_int32), ("head_dim", C.c_int32),
+        ("qkv_dtype", C.c_int32), ("o_dtype", C.c_int32), ("precision", C.c_int32), ("int8_scheme", C.c_int32),
+        ("causal", C.c_int32), ("window_left", C.c_int32), ("window_right", C.c_int32), ("scale", C.c_float),
+        ("q_batch_stride", C.c_int64), ("q_seq_stride", C.c_int64), ("q_head_stride", C.c_int64),
+        ("k_batch_stride", C.c_int64), ("k_seq_stride", C.c_int64), ("k_head_stride", C.c_int64),
+        ("v_batch_stride", C.c_int64), ("v_seq_stride", C.c_int64), ("v_head_stride", C.c_int64),
+        ("o_batch_stride", C.c_int64), ("o_seq_stride", C.c_int64), ("o_head_stride", C.c_int64),
+        ("cu_seqlens_q", C.c_void_p), ("cu_seqlens_k", C.c_void_p),
+        ("workspace", C.c_void_p), ("workspace_size", C.c_size_t),
+        ("stream", C.c_void_p),
+    ]
+
+
+class CtxOptions(C.Structure):
+    _fields_ = [("backend", C.c_int32), ("isa", C.c_int32), ("n_threads", C.c_int32), ("cuda_device", C.c_int32),
+                ("alloc", C.c_void_p), ("free", C.c_void_p), ("alloc_user", C.c_void_p)]
+
+
+DT = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+PREC_AUTO, PREC_INT8 = 0, 4
+
+
+class QAttn:
+    def __init__(self, path):
+        self.lib = C.CDLL(path)
+        L = self.lib
+        L.qattn_ctx_create.argtypes = [C.POINTER(C.c_void_p), C.POINTER(CtxOptions)]
+        L.qattn_ctx_create.restype = C.c_int
+        L.qattn_ctx_last_error.argtypes = [C.c_void_p]
+        L.qattn_ctx_last_error.restype = C.c_char_p
+        L.qattn_status_str.argtypes = [C.c_int]
+        L.qattn_status_str.restype = C.c_char_p
+        L.qattn_params_init.argtypes = [C.POINTER(Params)]
+        L.qattn_forward.argtypes = [C.c_void_p, C.POINTER(Params)]
+        L.qattn_forward.restype = C.c_int
+        L.qattn_workspace_size.argtypes = [C.c_void_p, C.POINTER(Params), C.POINTER(C.c_size_t)]
+        L.qattn_workspace_size.restype = C.c_int
+        self.ctx = C.c_void_p()
+        opt = CtxOptions(backend=2, cuda_device=torch.cuda.current_device())
+        s = L.qattn_ctx_create(C.byref(self.ctx), C.byref(opt))
+        if s != 0:
+            raise RuntimeError("qattn_ctx_create(cuda): " + L.qattn_status_str(s).decode())
+        self.ws = None
+
+    def params(self, q, k, v, o, causal, precision=PREC_AUTO, lse=None):
+        """q, o: [B, L, H, D]; k, v: [B, L, HK, D] torch CUDA tensors, last axis contiguous."""
+        p = Params()
+        self.lib.qattn_params_init(C.byref(p))
+        B, Lq, H, D = q.shape
+        p.q, p.k, p.v, p.o = q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr()
+        p.lse = lse.data_ptr() if lse is not None else None
+        p.batch, p.seqlen_q, p.seqlen_k = B, Lq, k.shape[1]
+        p.n_heads, p.n_kv_heads, p.head_dim = H, k.shape[2], D
+        p.qkv_dtype, p.o_dtype, p.precision = DT[q.dtype], DT[o.dtype], precision
+        p.causal = int(causal)
+        for name, t in (("q", q), ("k", k), ("v", v), ("o", o)):
+            s = t.stride()
+            setattr(p, name + "_batch_stride", s[0])
+            setattr(p, name + "_seq_stride", s[1])
+            setattr(p, name + "_head_stride", s[2])
+        p.stream = torch.cuda.current_stream().cuda_stream
+        ws = C.c_size_t(0)
+        st = self.lib.qattn_workspace_size(self.ctx, C.byref(p), C.byref(ws))
+        if st != 0:
+            raise RuntimeError(self.lib.qattn_ctx_last_error(self.ctx).decode())
+        if ws.value:
+            if self.ws is None or self.ws.numel() < ws.value:
+                self.ws = torch.empty(ws.value, dtype=torch.uint8, device="cuda")
+            p.workspace, p.workspace_size = self.ws.data_ptr(), self.ws.numel()
+        return p
+
+    def forward(self, p):
+        s = self.lib.qattn_forward(self.ctx, C.byref(p))
+        if s != 0:
+            raise RuntimeError("qattn_forward: %s: %s" % (self.lib.qattn_status_str(s).decode(),
+                                                          self.lib.qattn_ctx_last_error(self.ctx).decode()))
+
+
+def time_ms(fn, warmup=5, reps=30):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times), times
+
+
+def kernel_ms(fn, name_part, reps=20):
+    """Median device time of kernels whose name contains name_part (torch profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    durs = [e.device_time for e in prof.events() if name_part in e.name and e.device_time > 0]
+    if not durs:
+        durs = [e.cuda_time for e in prof.events() if name_part in e.name]
+    return statistics.median(durs) / 1000.0 if durs else float("nan")
+
+
+def rel_err(o, r):
+    o, r = o.double(), r.double()
+    d = o - r
+    return (d.abs().sum() / r.abs().sum()).item(), (d.norm() / r.norm()).item()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lib", default="build-gpu/libqattn.so")
+    ap.add_argument("--out", default=os.environ.get("OUT", "out"))
+    ap.add_argument("--quick", action="store_true", help="D 128 only, L 4k and 16k")
+    ap.add_argument("--no-int8", action="store_true")
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--ref-heads", type=int, default=2, help="heads of the FP32 reference")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    torch.manual_seed(0)
+    qa = QAttn(args.lib)
+    dev = torch.cuda.get_device_name()
+    shapes = []
+    for D in ([128] if args.quick else [64, 128]):
+        for L in ([4096, 16384] if args.quick else [1024, 4096, 16384]):
+            for causal in (False, True):
+                shapes.append((16384 // L, L, 2048 // D, D, causal))
+    rows = []
+    for (B, L, H, D, causal) in shapes:
+        q = torch.randn(B, L, H, D, device="cuda", dtype=torch.float16)
+        k = torch.randn(B, L, H, D, device="cuda", dtype=torch.float16)
+        v = torch.randn(B, L, H, D, device="cuda", dtype=torch.float16)
+        o16 = torch.empty_like(q)
+        o8 = torch.empty_like(q)
+        flops = 4.0 * B * H * L * L * D / (2 if causal else 1)
+        row = dict(B=B, L=L, H=H, D=D, causal=causal, flops=flops)
+        p16 = qa.params(q, k, v, o16, causal)
+        row["qattn_f16_ms"], _ = time_ms(lambda: qa.forward(p16), reps=args.reps)
+        if not args.no_int8:
+            p8 = qa.params(q, k, v, o8, causal, PREC_INT8)
+            row["qattn_i8_ms"], _ = time_ms(lambda: qa.forward(p8), reps=args.reps)
+            row["qattn_i8_kernel_ms"] = kernel_ms(lambda: qa.forward(p8), "fwd_i8_kernel")
+        qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        outs = {}
+        for name, be in (("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):
+            try:
+                with sdpa_kernel([be]):
+                    outs[name] = F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
+                    row[name + "_ms"], _ = time_ms(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal), reps=args.reps)
+            except Exception as e:  # a backend missing on this build
+                print("%s unavailable: %s" % (name, e), file=sys.stderr)
+                row[name + "_ms"] = float("nan")
+        # Accuracy over whole tensors of a subset of heads, FP32 reference.
+        hs = slice(0, args.ref_heads)
+        ref = []
+        for h in range(args.ref_heads):
+            for b in range(B):
+                ref.append(F.scaled_dot_product_attention(qt[b:b + 1, h:h + 1].float(), kt[b:b + 1, h:h + 1].float(),
+                                                          vt[b:b + 1, h:h + 1].float(), is_causal=causal))
+        ref = torch.cat(ref, 0).view(args.ref_heads, B, L, D).permute(1, 2, 0, 3)  # [B, L, h, D]
+        qa.forward(p16)
+        cands = {"qattn_f16": o16}
+        if not args.no_int8:
+            qa.forward(p8)
+            cands["qattn_i8"] = o8
+        for name, t in outs.items():
+            cands[name] = t.transpose(1, 2)
+        torch.cuda.synchronize()
+        for name, t in cands.items():
+            sub = t[:, :, hs].float()
+            row[name + "_nonfinite"] = int((~torch.isfinite(t)).sum().item())
+            row[name + "_rel_l1"], row[name + "_rel_l2"] = rel_err(sub, ref)
+        del ref
+        for key in list(row):
+            if key.endswith("_ms"):
+                row[key.replace("_ms", "_tflops")] = flops / (row[key] * 1e-3) / 1e12 if row[key] == row[key] else float("nan")
+        rows.append(row)
+        print("done", B, L, H, D, causal, {k_: round(v_, 3) for k_, v_ in row.items() if k_.endswith("_tflops")}, flush=True)
+        del q, k, v, o16, o8, outs, cands
+        torch.cuda.empty_cache()
+
+    hdr = ("D", "L", "causal", "qattn f16", "/FA2", "/cuDNN", "i8 all", "i8 kern", "/FA2", "/cuDNN", "FA2", "cuDNN",
+           "f16 L1", "f16 L2", "i8 L1", "i8 L2", "FA2 L1", "cuDNN L1")
+    print("\nTFLOP/s (TOPS for INT8), device %s, torch %s" % (dev, torch.__version__))
+    print("| " + " | ".join(hdr) + " |")
+    print("|" + "---|" * len(hdr))
+    nan = float("nan")
+    for r in rows:
+        fa, cu = r.get("sdpa_flash_tflops", nan), r.get("sdpa_cudnn_tflops", nan)
+        f16 = r["qattn_f16_tflops"]
+        i8a, i8k = r.get("qattn_i8_tflops", nan), r.get("qattn_i8_kernel_tflops", nan)
+        vals = (r["D"], r["L"], "yes" if r["causal"] else "no", "%.0f" % f16, "%.2f" % (f16 / fa), "%.2f" % (f16 / cu),
+                "%.0f" % i8a, "%.0f" % i8k, "%.2f" % (i8k / fa), "%.2f" % (i8k / cu), "%.0f" % fa, "%.0f" % cu,
+                "%.1e" % r["qattn_f16_rel_l1"], "%.1e" % r["qattn_f16_rel_l2"],
+                "%.1e" % r.get("qattn_i8_rel_l1", nan), "%.1e" % r.get("qattn_i8_rel_l2", nan),
+                "%.1e" % r.get("sdpa_flash_rel_l1", nan), "%.1e" % r.get("sdpa_cudnn_rel_l1", nan))
+        print("| " + " | ".join(str(x) for x in vals) + " |")
+    with open(os.path.join(args.out, "gpu_compare.json"), "w") as f:
+        json.dump(dict(device=dev, torch=torch.__version__, rows=rows), f, indent=1)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        names = ["qattn_f16", "qattn_i8", "qattn_i8_kernel", "sdpa_flash", "sdpa_cudnn"]
+        labels = ["D%d L%dk%s" % (r["D"], r["L"] // 1024, " c" if r["causal"] else "") for r in rows]
+        fig, ax = plt.subplots(figsize=(max(8, len(rows) * 1.1), 4.5))
+        w = 0.16
+        for i, n in enumerate(names):
+            ax.bar([x + (i - 2) * w for x in range(len(rows))], [r.get(n + "_tflops", 0) or 0 for r in rows], w, label=n)
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels(labels, rotation=30, ha="right")
+        ax.set_ylabel("TFLOP/s (TOPS)")
+        ax.set_title("qattn vs torch SDPA, forward, %s" % dev)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(args.out, "gpu_compare.png"), dpi=110)
+    except Exception as e:
+        print("plot skipped:", e, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+/* The CUDA backend's host side: device discovery, per-context state (cached workspace),
+ * qattn_cuda_supports / workspace_size / forward. Pointers in qattn_params are device
+ * pointers; work is queued on params.stream (NULL = the legacy default stream) and never
+ * synchronised here. Every CUDA call and launch is checked and becomes a status + message.
+ * A machine with no GPU or no driver: qattn_cuda_device_count() returns 0 and creating a
+ * context with backend cuda fails with QATTN_ERR_UNSUPPORTED. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+extern "C" {
+#include "qattn_internal.h"
+}
+#include "cuda_common.cuh"
+
+namespace {
+
+/* Per-context state (ctx->cuda_state). The workspace cache is used only when the caller
+ * passes no workspace: allocated on the first call that needs it, grown when a call needs
+ * more (cudaMalloc synchronises the device: pass params.workspace to avoid that), freed
+ * with the context. */
+struct cuda_state {
+    int device;
+    int sm_count;
+    int cc_major, cc_minor;
+    void *ws;
+    size_t ws_bytes;
+};
+
+/* Make ctx's device current for the duration of a call; restore the caller's device after. */
+struct device_guard {
+    int prev = -1;
+    cudaError_t err = cudaSuccess;
+    explicit device_guard(int dev) {
+        if ((err = cudaGetDevice(&prev)) != cudaSuccess) return;
+        if (prev != dev) err = cudaSetDevice(dev);
+    }
+    ~device_guard() {
+        int cur;
+        if (prev >= 0 && cudaGetDevice(&cur) == cudaSuccess && cur != prev) cudaSetDevice(prev);
+    }
+};
+
+bool is_varlen(const qattn_params *p) { return p->cu_seqlens_q != NULL; }
+
+int input_is_bf16(const qattn_params *p) { return p->qkv_dtype == QATTN_DTYPE_BF16; }
+
+qattn_status check(qattn_ctx *ctx, const qattn_params *p) {
+    if (p->qkv_dtype != QATTN_DTYPE_F16 && p->qkv_dtype != QATTN_DTYPE_BF16)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA backend takes f16 or bf16 q/k/v (qkv_dtype is %d)", p->qkv_dtype);
+    if (p->head_dim != 64 && p->head_dim != 128)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA backend supports head_dim 64 and 128 (head_dim is %d)", p->head_dim);
+    switch (p->precision) {
+    case QATTN_PRECISION_AUTO: break;
+    case QATTN_PRECISION_FP16:
+    case QATTN_PRECISION_BF16:
+        if ((p->precision == QATTN_PRECISION_BF16) != (p->qkv_dtype == QATTN_DTYPE_BF16))
+            return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA backend computes in the inputs' dtype: precision %s with %s inputs is not supported",
+                              p->precision == QATTN_PRECISION_BF16 ? "BF16" : "FP16", p->qkv_dtype == QATTN_DTYPE_BF16 ? "bf16" : "f16");
+        break;
+    case QATTN_PRECISION_INT8:
+        if (p->int8_scheme != QATTN_INT8_DEFAULT)
+            return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA INT8 path implements int8_scheme DEFAULT only (got %d)", p->int8_scheme);
+        if (is_varlen(p)) return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA INT8 path does not support cu_seqlens (varlen) yet");
+        break;
+    default:
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "precision %d is not supported by the CUDA backend (AUTO, FP16, BF16, INT8 are)", p->precision);
+    }
+    /* cp.async moves 16-byte chunks: bases and strides must keep rows 16-byte aligned. */
+    const void *ptrs[4] = {p->q, p->k, p->v, p->o};
+    const char *names[4] = {"q", "k", "v", "o"};
+    for (int i = 0; i < 4; i++)
+        if (p->batch > 0 && ((uintptr_t)ptrs[i] % 16) != 0)
+            return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA backend needs 16-byte aligned tensors (%s is %p)", names[i], ptrs[i]);
+    const int64_t strides[12] = {p->q_batch_stride, p->q_seq_stride, p->q_head_stride, p->k_batch_stride, p->k_seq_stride, p->k_head_stride,
+                                 p->v_batch_stride, p->v_seq_stride, p->v_head_stride, p->o_batch_stride, p->o_seq_stride, p->o_head_stride};
+    for (int i = 0; i < 12; i++)
+        if (strides[i] % 8 != 0)
+            return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA backend needs every stride to be a multiple of 8 elements (%s %s stride is %lld)",
+                              names[i / 3], i % 3 == 0 ? "batch" : i % 3 == 1 ? "seq" : "head", (long long)strides[i]);
+    if ((int64_t)p->batch > 65535 || p->n_heads > 65535)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA backend supports batch and n_heads up to 65535 (batch %lld, n_heads %d)",
+                          (long long)p->batch, p->n_heads);
+    return QATTN_OK;
+}
+
+qattn_cuda_args make_args(const qattn_params *p) {
+    qattn_cuda_args a;
+    memset(&a, 0, sizeof a);
+    a.q = p->q;
+    a.k = p->k;
+    a.v = p->v;
+    a.o = p->o;
+    a.lse = p->lse;
+    a.q_bs = p->q_batch_stride, a.q_ss = p->q_seq_stride, a.q_hs = p->q_head_stride;
+    a.k_bs = p->k_batch_stride, a.k_ss = p->k_seq_stride, a.k_hs = p->k_head_stride;
+    a.v_bs = p->v_batch_stride, a.v_ss = p->v_seq_stride, a.v_hs = p->v_head_stride;
+    a.o_bs = p->o_batch_stride, a.o_ss = p->o_seq_stride, a.o_hs = p->o_head_stride;
+    a.cu_q = p->cu_seqlens_q;
+    a.cu_k = p->cu_seqlens_k;
+    a.batch = (int32_t)p->batch;
+    a.lq = (int32_t)p->seqlen_q;
+    a.lk = (int32_t)p->seqlen_k;
+    a.h = p->n_heads;
+    a.hk = p->n_kv_heads;
+    a.d = p->head_dim;
+    a.o_dtype = p->o_dtype;
+    a.wl = p->window_left;
+    a.wr = qattn_window_right(p);
+    a.scale = qattn_effective_scale(p);
+    a.scale_log2 = a.scale * 1.4426950408889634f;
+    return a;
+}
+
+} // namespace
+
+extern "C" int qattn_cuda_device_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError(); /* clear the sticky-free error so later calls start clean */
+        return 0;
+    }
+    return n;
+}
+
+extern "C" qattn_status qattn_cuda_init(qattn_ctx *ctx) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+        cudaGetLastError();
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "backend cuda requested but no CUDA device is usable (%s)",
+                          e != cudaSuccess ? cudaGetErrorString(e) : "no device");
+    }
+    if (ctx->cuda_device >= n)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "cuda_device is %d but only %d CUDA device(s) are visible", ctx->cuda_device, n);
+    cudaDeviceProp prop;
+    if ((e = cudaGetDeviceProperties(&prop, ctx->cuda_device)) != cudaSuccess)
+        return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaGetDeviceProperties(%d): %s", ctx->cuda_device, cudaGetErrorString(e));
+    if (prop.major < 8)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "device %d (%s) has compute capability %d.%d; the CUDA backend needs 8.0 or newer",
+                          ctx->cuda_device, prop.name, prop.major, prop.minor);
+    device_guard guard(ctx->cuda_device);
+    if (guard.err != cudaSuccess) return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaSetDevice(%d): %s", ctx->cuda_device, cudaGetErrorString(guard.err));
+    if ((e = qattn_cuda_prepare_f16()) != cudaSuccess || (e = qattn_cuda_prepare_i8()) != cudaSuccess)
+        return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaFuncSetAttribute (shared memory limit): %s", cudaGetErrorString(e));
+    cuda_state *st = (cuda_state *)qattn_alloc(ctx, sizeof(cuda_state));
+    if (!st) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cannot allocate the CUDA backend state");
+    memset(st, 0, sizeof *st);
+    st->device = ctx->cuda_device;
+    st->sm_count = prop.multiProcessorCount;
+    st->cc_major = prop.major;
+    st->cc_minor = prop.minor;
+    ctx->cuda_state = st;
+    return QATTN_OK;
+}
+
+extern "C" void qattn_cuda_release(qattn_ctx *ctx) {
+    cuda_state *st = (cuda_state *)ctx->cuda_state;
+    if (!st) return;
+    if (st->ws) {
+        device_guard guard(st->device);
+        cudaFree(st->ws); /* synchronises the device: contexts are destroyed off the hot path */
+    }
+    qattn_free(ctx, st);
+    ctx->cuda_state = NULL;
+}
+
+extern "C" qattn_status qattn_cuda_supports(qattn_ctx *ctx, const qattn_params *p) { return check(ctx, p); }
+
+extern "C" qattn_status qattn_cuda_workspace_size(qattn_ctx *ctx, const qattn_params *p, size_t *bytes) {
+    *bytes = 0;
+    qattn_status s = check(ctx, p);
+    if (s != QATTN_OK) return s;
+    if (p->precision == QATTN_PRECISION_INT8) {
+        qattn_cuda_args a = make_args(p);
+        *bytes = qattn_cuda_i8_workspace(a);
+    }
+    return QATTN_OK;
+}
+
+extern "C" qattn_status qattn_cuda_forward(qattn_ctx *ctx, const qattn_params *p) {
+    qattn_status s = check(ctx, p);
+    if (s != QATTN_OK) return s;
+    cuda_state *st = (cuda_state *)ctx->cuda_state;
+    if (!st) return qattn_fail(ctx, QATTN_ERR_BACKEND, "the context has no CUDA state (created with backend cuda?)");
+    if (p->seqlen_q == 0) return QATTN_OK;
+    device_guard guard(st->device);
+    if (guard.err != cudaSuccess) return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaSetDevice(%d): %s", st->device, cudaGetErrorString(guard.err));
+    cudaStream_t stream = (cudaStream_t)p->stream;
+    qattn_cuda_args a = make_args(p);
+    cudaError_t e;
+    if (p->precision == QATTN_PRECISION_INT8) {
+        size_t need = qattn_cuda_i8_workspace(a);
+        void *ws = p->workspace;
+        if (ws) {
+            if (p->workspace_size < need)
+                return qattn_fail(ctx, QATTN_ERR_CAPACITY, "workspace_size is %zu bytes; this call needs %zu (qattn_workspace_size)", p->workspace_size, need);
+            if ((uintptr_t)ws % 256 != 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "workspace must be 256-byte aligned (cudaMalloc memory is)");
+        } else {
+            if (st->ws_bytes < need) {
+                if (st->ws) cudaFree(st->ws);
+                st->ws = NULL;
+                st->ws_bytes = 0;
+                if ((e = cudaMalloc(&st->ws, need)) != cudaSuccess) {
+                    st->ws = NULL;
+                    cudaGetLastError();
+                    return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cudaMalloc of %zu bytes of INT8 workspace: %s", need, cudaGetErrorString(e));
+                }
+                st->ws_bytes = need;
+            }
+            ws = st->ws;
+        }
+        if ((e = qattn_cuda_quantize_i8(a, input_is_bf16(p), ws, stream)) != cudaSuccess)
+            return qattn_fail(ctx, QATTN_ERR_BACKEND, "INT8 quantization kernels: %s", cudaGetErrorString(e));
+        if (p->seqlen_k > 0 && (e = qattn_cuda_launch_i8(a, stream)) != cudaSuccess)
+            return qattn_fail(ctx, QATTN_ERR_BACKEND, "INT8 attention kernel launch: %s", cudaGetErrorString(e));
+        if (p->seqlen_k == 0 && (e = qattn_cuda_launch_f16(a, input_is_bf16(p), stream)) != cudaSuccess)
+            return qattn_fail(ctx, QATTN_ERR_BACKEND, "attention kernel launch (empty keys): %s", cudaGetErrorString(e));
+        return QATTN_OK;
+    }
+    if ((e = qattn_cuda_launch_f16(a, input_is_bf16(p), stream)) != cudaSuccess)
+        return qattn_fail(ctx, QATTN_ERR_BACKEND, "attention kernel launch (d %d, %s): %s", p->head_dim, input_is_bf16(p) ? "bf16" : "f16",
+                          cudaGetErrorString(e));
+    return QATTN_OK;
+}

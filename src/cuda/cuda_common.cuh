@@ -1,0 +1,70 @@
+/* Shared pieces of the CUDA backend (C++ side only): the kernel argument struct, the
+ * mma.sync / ldmatrix / cp.async wrappers, and the launch entry points of each kernel file.
+ * Kernels take qattn_cuda_args by value (DESIGN.md §4). */
+#ifndef QATTN_CUDA_COMMON_CUH
+#define QATTN_CUDA_COMMON_CUH
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+/* Everything a forward kernel reads, resolved on the host (scale, windows, GQA ratio). */
+struct qattn_cuda_args {
+    const void *q, *k, *v;
+    void *o;
+    float *lse;
+    int64_t q_bs, q_ss, q_hs; /* element strides */
+    int64_t k_bs, k_ss, k_hs;
+    int64_t v_bs, v_ss, v_hs;
+    int64_t o_bs, o_ss, o_hs;
+    const int32_t *cu_q, *cu_k; /* device offsets or NULL */
+    int32_t batch, lq, lk;      /* lq/lk: the lengths (varlen: upper bounds) */
+    int32_t h, hk, d;
+    int32_t o_dtype;            /* qattn_dtype */
+    int32_t wl, wr;             /* windows, -1 = unbounded (causal already folded into wr = 0) */
+    float scale;                /* softmax scale */
+    float scale_log2;           /* scale * log2(e) */
+    /* INT8 path: quantized tensors and scales in the workspace (see fwd_mma_i8.cu). */
+    const int8_t *qi, *ki, *vt;
+    const float *sq, *sk, *sv;
+    int32_t lk_pad;             /* Lk rounded up to the INT8 key tile (Vt row length) */
+};
+
+/* Launchers: return the launch's cudaError_t (cudaGetLastError after the launch). */
+cudaError_t qattn_cuda_launch_f16(const qattn_cuda_args &a, int bf16, cudaStream_t stream);
+cudaError_t qattn_cuda_prepare_f16(void); /* raise the dynamic shared-memory limits once */
+cudaError_t qattn_cuda_launch_i8(const qattn_cuda_args &a, cudaStream_t stream);
+cudaError_t qattn_cuda_prepare_i8(void);
+/* Quantize f16/bf16 q, k, v of a (non-varlen) into the INT8 workspace layout.
+ * ws: device scratch of qattn_cuda_i8_workspace bytes; fills a.qi/ki/vt/sq/sk/sv. */
+size_t qattn_cuda_i8_workspace(const qattn_cuda_args &a);
+cudaError_t qattn_cuda_quantize_i8(qattn_cuda_args &a, int bf16, void *ws, cudaStream_t stream);
+
+/* ---------------------------------------------------------------- device helpers */
+#if defined(__CUDACC__)
+__device__ __forceinline__ uint32_t qattn_smem_u32(const void *p) {
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+/* 16-byte async copy; src_bytes 0 zero-fills the destination (tails). */
+__device__ __forceinline__ void qattn_cp_async16(uint32_t dst, const void *src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void qattn_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void qattn_cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void qattn_ldsm_x4(uint32_t r[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+__device__ __forceinline__ void qattn_ldsm_x4_t(uint32_t r[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+__device__ __forceinline__ float qattn_ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+#endif
+
+#endif /* QATTN_CUDA_COMMON_CUH */

@@ -1,0 +1,282 @@
+/* FP16/BF16 flash attention forward with mma.sync.m16n8k16 (sm_80+; also the sm_90a build).
+ * FlashAttention-2 schedule: a block owns BM = 128 query rows of one (batch, head), 8 warps of
+ * 16 rows each; K/V tiles of BN = 64 keys stream through shared memory with cp.async double
+ * buffering; S = Q K^T and the online softmax stay in registers; P (rounded to the input dtype)
+ * times V accumulates in FP32 registers.
+ * Shapes: q [.., Lq, H, D], k/v [.., Lk, HK, D], o [.., Lq, H, D] through element strides
+ * (head_dim contiguous, every stride and base 16-byte aligned); lse FP32 [B, H, Lq]
+ * (varlen [H, total_q]). D is 64 or 128 (a two-case switch in the launcher). */
+#include "cuda_common.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <math.h>
+
+namespace {
+
+constexpr int BM = 128, BN = 64, NWARPS = 8, NTHREADS = NWARPS * 32;
+
+template <int D> constexpr int smem_bytes() { return (BM * D + 4 * BN * D) * 2; }
+
+/* Swizzled address (bytes) of 16-byte chunk c of row r in a [rows][D] 16-bit tile. */
+template <int D> __device__ __forceinline__ uint32_t swz(uint32_t base, int r, int c) {
+    return base + (uint32_t)((r * (D / 8) + (c ^ (r & 7))) * 16);
+}
+
+/* Copy rows [0, nrows) of a [rows][D] tile (global row stride ld elements) into smem; rows
+ * at or past nvalid are zero-filled. */
+template <int D, int ROWS>
+__device__ __forceinline__ void load_tile(uint32_t sbase, const uint16_t *g, int64_t ld, int nvalid, int tid) {
+    constexpr int CPR = D / 8; /* chunks per row */
+#pragma unroll
+    for (int i = 0; i < ROWS * CPR / NTHREADS; i++) {
+        int idx = tid + i * NTHREADS;
+        int r = idx / CPR, c = idx % CPR;
+        bool ok = r < nvalid;
+        const uint16_t *src = ok ? g + (int64_t)r * ld + c * 8 : g;
+        qattn_cp_async16(swz<D>(sbase, r, c), src, ok ? 16 : 0);
+    }
+}
+
+template <bool BF16> __device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    if (BF16)
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    else
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <bool BF16> __device__ __forceinline__ uint32_t pack2(float x, float y) {
+    uint32_t r;
+    if (BF16) {
+        __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
+        memcpy(&r, &h, 4);
+    } else {
+        __half2 h = __floats2half2_rn(x, y);
+        memcpy(&r, &h, 4);
+    }
+    return r;
+}
+
+__device__ __forceinline__ void store2(void *o, int dtype, int64_t idx, float x, float y) {
+    if (dtype == 1) {
+        *(__half2 *)((__half *)o + idx) = __floats2half2_rn(x, y);
+    } else if (dtype == 2) {
+        *(__nv_bfloat162 *)((__nv_bfloat16 *)o + idx) = __floats2bfloat162_rn(x, y);
+    } else {
+        *(float2 *)((float *)o + idx) = make_float2(x, y);
+    }
+}
+
+/* Visible keys [lo, hi) of query row i (bottom-right aligned; see qattn.h). */
+__device__ __forceinline__ void key_range(int i, int lq, int lk, int wl, int wr, int &lo, int &hi) {
+    int diag = i + lk - lq;
+    lo = wl < 0 ? 0 : max(diag - wl, 0);
+    hi = wr < 0 ? lk : min(diag + wr + 1, lk);
+    if (hi < lo) hi = lo;
+}
+
+template <int D, bool BF16>
+__global__ void __launch_bounds__(NTHREADS, D == 128 ? 1 : 2) fwd_f16_kernel(const qattn_cuda_args a) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int g = lane / 4, t4 = lane % 4;
+    const int b = blockIdx.z, h = blockIdx.y;
+    const int hk = h / (a.h / a.hk);
+
+    int lq = a.lq, lk = a.lk;
+    int64_t qoff, koff, voff, ooff, lse_off, lse_hs;
+    if (a.cu_q) {
+        int q0 = a.cu_q[b], k0 = a.cu_k[b];
+        lq = a.cu_q[b + 1] - q0;
+        lk = a.cu_k[b + 1] - k0;
+        qoff = (int64_t)q0 * a.q_ss;
+        ooff = (int64_t)q0 * a.o_ss;
+        koff = (int64_t)k0 * a.k_ss;
+        voff = (int64_t)k0 * a.v_ss;
+        lse_hs = a.cu_q[a.batch];
+        lse_off = (int64_t)h * lse_hs + q0;
+    } else {
+        qoff = (int64_t)b * a.q_bs;
+        ooff = (int64_t)b * a.o_bs;
+        koff = (int64_t)b * a.k_bs;
+        voff = (int64_t)b * a.v_bs;
+        lse_hs = lq;
+        lse_off = ((int64_t)b * a.h + h) * lq;
+    }
+    /* Heavier (later, under a causal mask) query blocks first. */
+    const int mblk = (int)(gridDim.x - 1 - blockIdx.x);
+    const int m0 = mblk * BM;
+    if (m0 >= lq) return;
+    const int mrows = min(BM, lq - m0);
+
+    const uint16_t *qg = (const uint16_t *)a.q + qoff + (int64_t)h * a.q_hs + (int64_t)m0 * a.q_ss;
+    const uint16_t *kg = (const uint16_t *)a.k + koff + (int64_t)hk * a.k_hs;
+    const uint16_t *vg = (const uint16_t *)a.v + voff + (int64_t)hk * a.v_hs;
+
+    int lo_first, hi_first, lo_last, hi_last;
+    key_range(m0, lq, lk, a.wl, a.wr, lo_first, hi_first);
+    key_range(m0 + mrows - 1, lq, lk, a.wl, a.wr, lo_last, hi_last);
+    const int kbeg = lo_first, kend = hi_last;
+
+    /* This thread's two rows (g and g + 8 of its warp's 16). */
+    const int row0 = m0 + warp * 16 + g, row1 = row0 + 8;
+    int lo0, hi0, lo1, hi1;
+    key_range(row0, lq, lk, a.wl, a.wr, lo0, hi0);
+    key_range(row1, lq, lk, a.wl, a.wr, lo1, hi1);
+
+    float o[D / 8][4];
+#pragma unroll
+    for (int i = 0; i < D / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+
+    const uint32_t sQ = qattn_smem_u32(smem);
+    const uint32_t sK = sQ + BM * D * 2;
+    const uint32_t sV = sK + 2 * BN * D * 2;
+
+    if (kend > kbeg) {
+        const int t_first = kbeg / BN, t_last = (kend + BN - 1) / BN; /* [t_first, t_last) */
+        load_tile<D, BM>(sQ, qg, a.q_ss, mrows, tid);
+        {
+            int n0 = t_first * BN;
+            load_tile<D, BN>(sK, kg + (int64_t)n0 * a.k_ss, a.k_ss, lk - n0, tid);
+            load_tile<D, BN>(sV, vg + (int64_t)n0 * a.v_ss, a.v_ss, lk - n0, tid);
+        }
+        qattn_cp_async_commit();
+
+        for (int tt = t_first; tt < t_last; tt++) {
+            const int buf = (tt - t_first) & 1;
+            qattn_cp_async_wait<0>();
+            __syncthreads();
+            if (tt + 1 < t_last) {
+                int n1 = (tt + 1) * BN;
+                load_tile<D, BN>(sK + (buf ^ 1) * BN * D * 2, kg + (int64_t)n1 * a.k_ss, a.k_ss, lk - n1, tid);
+                load_tile<D, BN>(sV + (buf ^ 1) * BN * D * 2, vg + (int64_t)n1 * a.v_ss, a.v_ss, lk - n1, tid);
+            }
+            qattn_cp_async_commit();
+            const uint32_t kb = sK + buf * BN * D * 2, vb = sV + buf * BN * D * 2;
+            const int n0 = tt * BN;
+
+            /* S = Q K^T for this warp's 16 rows x BN keys. */
+            float s[BN / 8][4];
+#pragma unroll
+            for (int i = 0; i < BN / 8; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {
+                uint32_t qa[4];
+                qattn_ldsm_x4(qa, swz<D>(sQ, warp * 16 + (lane % 16), kk * 2 + lane / 16));
+#pragma unroll
+                for (int np = 0; np < BN / 16; np++) {
+                    uint32_t kr[4];
+                    qattn_ldsm_x4(kr, swz<D>(kb, np * 16 + (lane % 8) + (lane / 16) * 8, kk * 2 + (lane / 8) % 2));
+                    mma16816<BF16>(s[2 * np], qa, kr[0], kr[1]);
+                    mma16816<BF16>(s[2 * np + 1], qa, kr[2], kr[3]);
+                }
+            }
+            /* Mask only the tiles some row of the block does not fully see. */
+            if (!(n0 >= lo_last && n0 + BN <= hi_first)) {
+#pragma unroll
+                for (int n = 0; n < BN / 8; n++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        int col = n0 + n * 8 + 2 * t4 + (e & 1);
+                        bool vis = e < 2 ? (col >= lo0 && col < hi0) : (col >= lo1 && col < hi1);
+                        if (!vis) s[n][e] = -INFINITY;
+                    }
+            }
+            /* Online softmax (base 2). A row with no visible key so far keeps max -inf. */
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                float m = mx[r];
+#pragma unroll
+                for (int n = 0; n < BN / 8; n++) m = fmaxf(m, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
+                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+                const float msc = m == -INFINITY ? 0.f : m * a.scale_log2;
+                const float alpha = qattn_ex2(mx[r] * a.scale_log2 - msc);
+                mx[r] = m;
+                float sum = 0.f;
+#pragma unroll
+                for (int n = 0; n < BN / 8; n++) {
+                    float p0 = qattn_ex2(fmaf(s[n][2 * r], a.scale_log2, -msc));
+                    float p1 = qattn_ex2(fmaf(s[n][2 * r + 1], a.scale_log2, -msc));
+                    s[n][2 * r] = p0;
+                    s[n][2 * r + 1] = p1;
+                    sum += p0 + p1;
+                }
+                l[r] = l[r] * alpha + sum;
+#pragma unroll
+                for (int i = 0; i < D / 8; i++) {
+                    o[i][2 * r] *= alpha;
+                    o[i][2 * r + 1] *= alpha;
+                }
+            }
+            /* O += P V. */
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++) {
+                uint32_t pa[4];
+                pa[0] = pack2<BF16>(s[2 * kk][0], s[2 * kk][1]);
+                pa[1] = pack2<BF16>(s[2 * kk][2], s[2 * kk][3]);
+                pa[2] = pack2<BF16>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+                pa[3] = pack2<BF16>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+                for (int dp = 0; dp < D / 16; dp++) {
+                    uint32_t vr[4];
+                    qattn_ldsm_x4_t(vr, swz<D>(vb, kk * 16 + (lane % 16), dp * 2 + lane / 16));
+                    mma16816<BF16>(o[2 * dp], pa, vr[0], vr[1]);
+                    mma16816<BF16>(o[2 * dp + 1], pa, vr[2], vr[3]);
+                }
+            }
+        }
+        qattn_cp_async_wait<0>();
+    }
+
+    /* Epilogue: normalise, write O (and LSE). */
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float sum = l[r];
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        const int row = r == 0 ? row0 : row1;
+        const float inv = sum > 0.f ? 1.f / sum : 0.f;
+        if (row < lq) {
+            void *ob = a.o;
+            int64_t base = ooff + (int64_t)h * a.o_hs + (int64_t)row * a.o_ss + 2 * t4;
+#pragma unroll
+            for (int i = 0; i < D / 8; i++) store2(ob, a.o_dtype, base + i * 8, o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
+            if (a.lse && t4 == 0)
+                a.lse[lse_off + row] = sum > 0.f ? mx[r] * a.scale + logf(sum) : -INFINITY;
+        }
+    }
+}
+
+template <int D, bool BF16> cudaError_t launch(const qattn_cuda_args &a, cudaStream_t stream) {
+    dim3 grid((unsigned)((a.lq + BM - 1) / BM), (unsigned)a.h, (unsigned)a.batch);
+    fwd_f16_kernel<D, BF16><<<grid, NTHREADS, smem_bytes<D>(), stream>>>(a);
+    return cudaGetLastError();
+}
+
+template <int D, bool BF16> cudaError_t prepare() {
+    return cudaFuncSetAttribute(fwd_f16_kernel<D, BF16>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes<D>());
+}
+
+} // namespace
+
+cudaError_t qattn_cuda_prepare_f16(void) {
+    cudaError_t e;
+    if ((e = prepare<64, false>()) != cudaSuccess) return e;
+    if ((e = prepare<64, true>()) != cudaSuccess) return e;
+    if ((e = prepare<128, false>()) != cudaSuccess) return e;
+    return prepare<128, true>();
+}
+
+cudaError_t qattn_cuda_launch_f16(const qattn_cuda_args &a, int bf16, cudaStream_t stream) {
+    switch (a.d) {
+    case 64: return bf16 ? launch<64, true>(a, stream) : launch<64, false>(a, stream);
+    case 128: return bf16 ? launch<128, true>(a, stream) : launch<128, false>(a, stream);
+    }
+    return cudaErrorInvalidValue; /* qattn_cuda_supports rejects other head dims first */
+}

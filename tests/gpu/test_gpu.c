@@ -1,0 +1,296 @@
+/* GPU correctness test for the CUDA backend: every case runs qattn_forward on the device with
+ * poisoned outputs (NaN bit patterns) and compares the whole output and LSE with the FP64
+ * oracle (qattn_oracle_f64) on the same f16/bf16 inputs. Exits 77 (skip) without a device.
+ * Not registered with CTest (CPU CI has no GPU). Usage: qattn_gpu_test [--small] [--int8]
+ *   --small: a handful of small cases (for compute-sanitizer memcheck / racecheck). */
+#include "qattn.h"
+
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CK(x)                                                                                   \
+    do {                                                                                        \
+        cudaError_t e_ = (x);                                                                   \
+        if (e_ != cudaSuccess) {                                                                \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+            exit(2);                                                                            \
+        }                                                                                       \
+    } while (0)
+
+typedef struct tcase {
+    int b, lq, lk, h, hk, d, causal, wl, wr;
+    int dtype, odtype, precision;
+    int varlen;        /* 1: cu_seqlens with lengths from lens_q/lens_k */
+    int kv_pad;        /* extra heads in the K/V cache (strided views) */
+    int lens_q[4], lens_k[4];
+} tcase;
+
+static void describe(const tcase *c, char *buf, size_t n) {
+    snprintf(buf, n, "b%d lq%d lk%d h%d hk%d d%d causal%d win(%d,%d) %s->%s prec%d%s%s", c->b, c->lq, c->lk, c->h, c->hk, c->d, c->causal,
+             c->wl, c->wr, c->dtype == QATTN_DTYPE_BF16 ? "bf16" : "f16",
+             c->odtype == QATTN_DTYPE_F32 ? "f32" : c->odtype == QATTN_DTYPE_BF16 ? "bf16" : "f16", c->precision, c->varlen ? " varlen" : "",
+             c->kv_pad ? " kv-strided" : "");
+}
+
+static uint64_t rng = 88172645463325252ull;
+static double urand(void) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (double)(rng >> 11) * (1.0 / 9007199254740992.0);
+}
+static float nrand(void) {
+    double u1 = urand() + 1e-12, u2 = urand();
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+static uint16_t f2h(float f) { /* round to nearest even, normal range only (test data) */
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
+    if (ax < 0x38800000u) return (uint16_t)sign;
+    ax += 0xfffu + ((ax >> 13) & 1u);
+    return (uint16_t)(sign | ((ax - 0x38000000u) >> 13));
+}
+static uint16_t f2bf(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    x += 0x7fffu + ((x >> 16) & 1u);
+    return (uint16_t)(x >> 16);
+}
+static float h2f(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, bits;
+    if (e == 0x1f) bits = sign | 0x7f800000u | (m << 13);
+    else if (e == 0) bits = sign; /* flush subnormals (not produced here) */
+    else bits = sign | ((e + 112u) << 23) | (m << 13);
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+static float bf2f(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static int run_case(qattn_ctx *gpu, qattn_ctx *cpu, const tcase *c, cudaStream_t stream) {
+    char desc[256];
+    describe(c, desc, sizeof desc);
+    int64_t tq, tk; /* rows of the packed token axis */
+    int32_t cuq[5] = {0}, cuk[5] = {0};
+    if (c->varlen) {
+        for (int i = 0; i < c->b; i++) {
+            cuq[i + 1] = cuq[i] + c->lens_q[i];
+            cuk[i + 1] = cuk[i] + c->lens_k[i];
+        }
+        tq = cuq[c->b];
+        tk = cuk[c->b];
+    } else {
+        tq = (int64_t)c->b * c->lq;
+        tk = (int64_t)c->b * c->lk;
+    }
+    const int D = c->d, HKS = c->hk + c->kv_pad; /* heads in the K/V cache rows */
+    size_t nq = (size_t)tq * c->h * D, nk = (size_t)tk * HKS * D;
+    uint16_t *hq = malloc(nq * 2), *hk = malloc(nk * 2), *hv = malloc(nk * 2);
+    for (size_t i = 0; i < nq; i++) hq[i] = c->dtype == QATTN_DTYPE_BF16 ? f2bf(nrand()) : f2h(nrand());
+    for (size_t i = 0; i < nk; i++) hk[i] = c->dtype == QATTN_DTYPE_BF16 ? f2bf(nrand()) : f2h(nrand());
+    for (size_t i = 0; i < nk; i++) hv[i] = c->dtype == QATTN_DTYPE_BF16 ? f2bf(nrand()) : f2h(nrand());
+    int osz = c->odtype == QATTN_DTYPE_F32 ? 4 : 2;
+    void *dq, *dk, *dv, *dout;
+    float *dlse;
+    int32_t *dcuq = NULL, *dcuk = NULL;
+    size_t nlse = (size_t)c->h * (c->varlen ? (size_t)tq : (size_t)c->b * c->lq);
+    CK(cudaMalloc(&dq, nq * 2 + 16));
+    CK(cudaMalloc(&dk, nk * 2 + 16));
+    CK(cudaMalloc(&dv, nk * 2 + 16));
+    CK(cudaMalloc(&dout, nq * osz + 16));
+    CK(cudaMalloc((void **)&dlse, nlse * 4 + 16));
+    CK(cudaMemcpy(dq, hq, nq * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dk, hk, nk * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dv, hv, nk * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemset(dout, 0xff, nq * osz)); /* NaN in every output dtype */
+    CK(cudaMemset(dlse, 0xff, nlse * 4));
+    if (c->varlen) {
+        CK(cudaMalloc((void **)&dcuq, sizeof cuq));
+        CK(cudaMalloc((void **)&dcuk, sizeof cuk));
+        CK(cudaMemcpy(dcuq, cuq, sizeof cuq, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(dcuk, cuk, sizeof cuk, cudaMemcpyHostToDevice));
+    }
+
+    qattn_params p;
+    qattn_params_init(&p);
+    p.batch = c->b;
+    p.seqlen_q = c->lq;
+    p.seqlen_k = c->lk;
+    p.n_heads = c->h;
+    p.n_kv_heads = c->hk;
+    p.head_dim = D;
+    p.qkv_dtype = c->dtype;
+    p.o_dtype = c->odtype;
+    p.precision = c->precision;
+    p.causal = c->causal;
+    p.window_left = c->wl;
+    p.window_right = c->wr;
+    qattn_params_set_contiguous(&p);
+    p.k_seq_stride = p.v_seq_stride = (int64_t)HKS * D;
+    p.k_batch_stride = p.v_batch_stride = (int64_t)c->lk * HKS * D;
+    if (c->varlen) {
+        int mq = 0, mk = 0;
+        for (int i = 0; i < c->b; i++) {
+            if (c->lens_q[i] > mq) mq = c->lens_q[i];
+            if (c->lens_k[i] > mk) mk = c->lens_k[i];
+        }
+        p.seqlen_q = mq;
+        p.seqlen_k = mk;
+    }
+    p.q = dq, p.k = dk, p.v = dv, p.o = dout, p.lse = dlse;
+    p.cu_seqlens_q = dcuq, p.cu_seqlens_k = dcuk;
+    p.stream = stream;
+    qattn_status s = qattn_forward(gpu, &p);
+    if (s != QATTN_OK) {
+        printf("FAIL %s: qattn_forward: %s: %s\n", desc, qattn_status_str(s), qattn_ctx_last_error(gpu));
+        return 1;
+    }
+    CK(cudaStreamSynchronize(stream));
+    CK(cudaGetLastError());
+    void *hout = malloc(nq * osz);
+    float *hlse = malloc(nlse * 4);
+    CK(cudaMemcpy(hout, dout, nq * osz, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(hlse, dlse, nlse * 4, cudaMemcpyDeviceToHost));
+
+    /* Oracle on the host copies. */
+    qattn_params hp = p;
+    hp.q = hq, hp.k = hk, hp.v = hv, hp.o = NULL, hp.lse = NULL, hp.stream = NULL;
+    hp.cu_seqlens_q = c->varlen ? cuq : NULL;
+    hp.cu_seqlens_k = c->varlen ? cuk : NULL;
+    double *o64 = malloc(nq * sizeof(double)), *l64 = malloc(nlse * sizeof(double));
+    hp.o = o64; /* ignored by the oracle, but validation wants non-NULL */
+    s = qattn_oracle_f64(cpu, &hp, o64, l64);
+    if (s != QATTN_OK) {
+        printf("FAIL %s: oracle: %s: %s\n", desc, qattn_status_str(s), qattn_ctx_last_error(cpu));
+        return 1;
+    }
+    double num2 = 0, den2 = 0, num1 = 0, den1 = 0, maxabs = 0, lse_err = 0;
+    size_t bad = 0, lse_bad = 0;
+    for (size_t i = 0; i < nq; i++) {
+        float x = c->odtype == QATTN_DTYPE_F32 ? ((float *)hout)[i]
+                  : c->odtype == QATTN_DTYPE_BF16 ? bf2f(((uint16_t *)hout)[i])
+                                                  : h2f(((uint16_t *)hout)[i]);
+        if (!isfinite(x)) {
+            bad++;
+            continue;
+        }
+        double d = x - o64[i];
+        num2 += d * d, den2 += o64[i] * o64[i], num1 += fabs(d), den1 += fabs(o64[i]);
+        if (fabs(d) > maxabs) maxabs = fabs(d);
+    }
+    for (size_t i = 0; i < nlse; i++) {
+        if (isinf(l64[i]) && l64[i] < 0) {
+            if (!(isinf(hlse[i]) && hlse[i] < 0)) lse_bad++;
+            continue;
+        }
+        if (!isfinite(hlse[i])) {
+            lse_bad++;
+            continue;
+        }
+        double d = fabs(hlse[i] - l64[i]);
+        if (d > lse_err) lse_err = d;
+    }
+    double rel2 = den2 > 0 ? sqrt(num2 / den2) : sqrt(num2), rel1 = den1 > 0 ? num1 / den1 : num1;
+    double tol = c->precision == QATTN_PRECISION_INT8 ? 0.05 : c->dtype == QATTN_DTYPE_BF16 ? 1.6e-2 : 2e-3;
+    double lse_tol = c->precision == QATTN_PRECISION_INT8 ? 0.1 : 1e-2;
+    int fail = bad || lse_bad || !(rel2 <= tol) || !(lse_err <= lse_tol);
+    printf("%s %-72s relL1 %.2e relL2 %.2e (tol %.0e) maxabs %.2e lse %.2e nonfinite %zu lse_bad %zu\n", fail ? "FAIL" : "ok  ", desc, rel1,
+           rel2, tol, maxabs, lse_err, bad, lse_bad);
+    free(hq), free(hk), free(hv), free(hout), free(hlse), free(o64), free(l64);
+    cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dout), cudaFree(dlse);
+    if (dcuq) cudaFree(dcuq), cudaFree(dcuk);
+    return fail;
+}
+
+int main(int argc, char **argv) {
+    int small = 0, int8 = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--small")) small = 1;
+        if (!strcmp(argv[i], "--int8")) int8 = 1;
+    }
+    int ndev = 0;
+    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
+        printf("SKIP: no CUDA device\n");
+        /* The backend must refuse cleanly too. */
+        qattn_ctx_options o;
+        memset(&o, 0, sizeof o);
+        o.backend = QATTN_BACKEND_CUDA;
+        qattn_ctx *ctx = NULL;
+        qattn_status s = qattn_ctx_create(&ctx, &o);
+        printf("ctx_create(backend cuda) -> %s\n", qattn_status_str(s));
+        return s == QATTN_ERR_UNSUPPORTED ? 77 : 1;
+    }
+    qattn_ctx_options o;
+    memset(&o, 0, sizeof o);
+    o.backend = QATTN_BACKEND_CUDA;
+    qattn_ctx *gpu = NULL, *cpu = NULL;
+    qattn_status s = qattn_ctx_create(&gpu, &o);
+    if (s != QATTN_OK) {
+        printf("FAIL: ctx_create(cuda): %s\n", qattn_status_str(s));
+        return 1;
+    }
+    o.backend = QATTN_BACKEND_CPU;
+    if (qattn_ctx_create(&cpu, &o) != QATTN_OK) return 1;
+    cudaStream_t stream;
+    CK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+
+    const int F16 = QATTN_DTYPE_F16, BF = QATTN_DTYPE_BF16, F32 = QATTN_DTYPE_F32;
+    const int P = int8 ? QATTN_PRECISION_INT8 : QATTN_PRECISION_AUTO;
+    tcase small_cases[] = {
+        {1, 17, 17, 2, 1, 64, 0, -1, -1, F16, F16, P, 0, 0, {0}, {0}},
+        {1, 113, 203, 2, 2, 128, 1, -1, -1, F16, F32, P, 0, 0, {0}, {0}},
+        {3, 40, 70, 2, 1, 128, 1, -1, -1, BF, BF, P, 1, 0, {17, 0, 40}, {33, 5, 70}},
+        {1, 130, 130, 1, 1, 64, 1, -1, -1, F16, F16, P, 0, 1, {0}, {0}},
+    };
+    tcase full_cases[] = {
+        {1, 1, 1, 1, 1, 64, 0, -1, -1, F16, F16, P, 0, 0, {0}, {0}},
+        {2, 1, 203, 4, 2, 128, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}},
+        {2, 17, 17, 4, 4, 64, 0, -1, -1, F16, F32, P, 0, 0, {0}, {0}},
+        {2, 113, 113, 4, 1, 128, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}},
+        {1, 203, 113, 4, 2, 64, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}}, /* Lq > Lk: first rows see nothing */
+        {1, 113, 203, 4, 2, 128, 1, -1, -1, BF, BF, P, 0, 0, {0}, {0}},
+        {2, 203, 203, 8, 2, 128, 0, -1, -1, BF, F32, P, 0, 0, {0}, {0}},
+        {1, 300, 517, 2, 1, 64, 0, 37, 5, F16, F16, P, 0, 0, {0}, {0}}, /* sliding window */
+        {1, 1000, 1000, 2, 2, 128, 1, -1, -1, F16, F16, P, 0, 1, {0}, {0}},
+        {1, 777, 1500, 4, 1, 64, 0, -1, -1, F16, F16, P, 0, 0, {0}, {0}},
+        {4, 203, 203, 4, 2, 128, 1, -1, -1, F16, F16, P, 1, 0, {113, 0, 203, 1}, {113, 17, 150, 1}},
+        {3, 129, 257, 2, 2, 64, 0, -1, -1, BF, F16, P, 1, 0, {129, 17, 0}, {257, 0, 64}},
+        {1, 2048, 2048, 2, 1, 128, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}},
+    };
+    tcase *cases = small ? small_cases : full_cases;
+    int n = small ? (int)(sizeof small_cases / sizeof *small_cases) : (int)(sizeof full_cases / sizeof *full_cases);
+    int fails = 0;
+    for (int i = 0; i < n; i++) fails += run_case(gpu, cpu, &cases[i], stream);
+    /* Unsupported combinations must be refused with a message. */
+    {
+        qattn_params p;
+        qattn_params_init(&p);
+        p.batch = 1, p.seqlen_q = p.seqlen_k = 8, p.n_heads = p.n_kv_heads = 1, p.head_dim = 80;
+        p.qkv_dtype = F16, p.o_dtype = F16;
+        qattn_params_set_contiguous(&p);
+        p.q = p.k = p.v = p.o = (void *)(uintptr_t)256;
+        s = qattn_supports(gpu, &p);
+        printf("%s supports(head_dim 80) -> %s: %s\n", s == QATTN_ERR_UNSUPPORTED ? "ok  " : "FAIL", qattn_status_str(s), qattn_ctx_last_error(gpu));
+        fails += s != QATTN_ERR_UNSUPPORTED;
+        p.head_dim = 64, p.qkv_dtype = F32, p.o_dtype = F32;
+        qattn_params_set_contiguous(&p);
+        s = qattn_supports(gpu, &p);
+        printf("%s supports(f32 inputs) -> %s: %s\n", s == QATTN_ERR_UNSUPPORTED ? "ok  " : "FAIL", qattn_status_str(s), qattn_ctx_last_error(gpu));
+        fails += s != QATTN_ERR_UNSUPPORTED;
+    }
+    printf("%s: %d failure(s)\n", fails ? "FAILED" : "PASSED", fails);
+    cudaStreamDestroy(stream);
+    qattn_ctx_destroy(gpu);
+    qattn_ctx_destroy(cpu);
+    return fails ? 1 : 0;
+}
