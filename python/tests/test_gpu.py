@@ -1,0 +1,66 @@
+"""CUDA tensors by pointer on torch's current stream: qattn vs torch SDPA and vs qattn's CPU path.
+Skipped (with the reason shown by pytest -rs) without a CUDA device or without a CUDA build of libqattn."""
+import pytest
+
+import qattn
+from conftest import rel_l2
+
+torch = pytest.importorskip("torch", reason="torch is not installed")
+if not torch.cuda.is_available():
+    pytest.skip("torch.cuda is not available (no GPU or a CPU-only torch)", allow_module_level=True)
+if not qattn.info()["cuda_available"]:
+    pytest.skip("libqattn at %s has no CUDA backend or sees no device" % qattn.library_path, allow_module_level=True)
+
+F = torch.nn.functional
+
+
+def rnd(shape, dtype, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return torch.randn(shape, generator=g, device="cuda", dtype=torch.float32).to(dtype)
+
+
+def f64(x):
+    return x.detach().double().cpu().numpy()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("causal", [False, True])
+def test_cuda_vs_sdpa_and_cpu(dtype, D, causal):
+    B, H, L = 2, 8, 257  # Lq == Lk so SDPA's top-left causal equals qattn's bottom-right
+    q, k, v = rnd((B, H, L, D), dtype, 1), rnd((B, H, L, D), dtype, 2), rnd((B, H, L, D), dtype, 3)
+    o = qattn.attention(q, k, v, causal=causal, layout="bhsd")
+    assert o.device == q.device and o.dtype == dtype and o.shape == q.shape
+    ref = qattn.oracle(q, k, v, causal=causal, layout="bhsd")  # FP64 of the same (rounded) inputs
+    sd = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    cpu = qattn.attention(q.cpu(), k.cpu(), v.cpu(), causal=causal, layout="bhsd")
+    torch.cuda.synchronize()
+    # DESIGN.md §5: within 2x of the peer's error (SDPA) / the output rounding, not a guessed tolerance
+    err, err_sdpa, err_cpu = rel_l2(f64(o), ref), rel_l2(f64(sd), ref), rel_l2(f64(cpu), ref)
+    assert err <= 2 * max(err_sdpa, err_cpu), (err, err_sdpa, err_cpu)
+
+
+def test_cuda_gqa_varlen_on_a_side_stream():
+    dtype, H, HK, D = torch.float16, 8, 2, 128
+    cu_q = torch.tensor([0, 1, 1, 40], dtype=torch.int32, device="cuda")
+    cu_k = torch.tensor([0, 100, 103, 180], dtype=torch.int32, device="cuda")
+    q, k, v = rnd((40, H, D), dtype, 4), rnd((180, HK, D), dtype, 5), rnd((180, HK, D), dtype, 6)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # the call must run on, and be ordered by, the current stream
+        o, lse = qattn.attention(q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, causal=True, return_lse=True)
+    s.synchronize()
+    assert lse.device == q.device and lse.shape == (H, 40)
+    ref = qattn.oracle(q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, causal=True)
+    cpu = qattn.attention(q.cpu(), k.cpu(), v.cpu(), cu_seqlens_q=cu_q.cpu(), cu_seqlens_k=cu_k.cpu(), causal=True)
+    assert rel_l2(f64(o), ref) <= 2 * max(rel_l2(f64(cpu), ref), 1e-3)
+
+
+def test_cuda_errors():
+    q = rnd((1, 4, 2, 64), torch.float16, 7)
+    with pytest.raises(ValueError, match="one device"):
+        qattn.attention(q, q.cpu(), q)
+    with pytest.raises(ValueError, match="cannot read tensors on cuda"):
+        qattn.attention(q, q.clone(), q.clone(), backend="cpu")
+    with pytest.raises(ValueError, match="out is a torch on cpu"):
+        qattn.attention(q, q.clone(), q.clone(), out=torch.empty(q.shape, dtype=q.dtype))
