@@ -18,6 +18,14 @@ void qattn_attend_tile_f32_ref(const float *q, int64_t ldq, int m, int d, const 
             s[j] = dot;
             if (dot > tile_max) tile_max = dot; /* NaN never wins: it reaches the row through exp2 below */
         }
+        if (!(tile_max > -INFINITY)) {
+            /* The row sees keys but every score is NaN or -inf (a non-finite input): its result
+             * is NaN, not "no key" (row_max -inf would turn it into a zero row, hiding the NaN). */
+            st->row_max[r] = NAN;
+            st->row_sum[r] = NAN;
+            for (int c = 0; c < d; c++) st->acc[r * st->ld_acc + c] = NAN;
+            continue;
+        }
         float old_max = st->row_max[r];
         float new_max = tile_max > old_max ? tile_max : old_max;
         float *acc = st->acc + r * st->ld_acc;
