@@ -166,6 +166,15 @@ static void softmax_row(float *s, int lo, int hi, int d, float *row_max, float *
     float tile_max = hmax_ps(vmax);
     for (; j < hi; j++)
         if (s[j] > tile_max) tile_max = s[j];
+    if (!(tile_max > -INFINITY)) {
+        /* The row sees keys but every score is NaN or -inf (a non-finite input): the row is NaN,
+         * as in the reference kernel (row_max -inf would make it a zero row and hide the NaN).
+         * Its P V update below then only adds to NaN. */
+        *row_max = NAN;
+        *row_sum = NAN;
+        for (int c = 0; c < d; c++) acc[c] = NAN;
+        return;
+    }
     float old_max = *row_max;
     float new_max = tile_max > old_max ? tile_max : old_max;
     if (new_max > old_max) { /* rescale only when the max grows */
