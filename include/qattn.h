@@ -240,6 +240,91 @@ QATTN_API qattn_status qattn_oracle_f64(qattn_ctx *ctx, const qattn_params *p, d
 /* ---------------------------------------------------------------- KV cache and decode */
 /* (section: paged KV cache with FP16/BF16/INT8 storage and decode forward) */
 
+/* A paged KV cache (vLLM-style): physical blocks of block_size tokens, a per-sequence block
+ * table mapping logical blocks to physical ones, reference-counted blocks so that forked
+ * sequences share their prefix, copy-on-write of a shared, partially filled last block.
+ * Storage FP16, BF16 or INT8. INT8 (docs/KVCACHE.md): symmetric per-token-per-head scales for
+ * both K and V (scale = max|x| / 127 over the head_dim values of one token and head), so an
+ * append never touches codes already stored. Memory: one arena of n_blocks fixed-size blocks
+ * plus O(max_seqs * max_blocks_per_seq) table entries, allocated once through the context
+ * allocator. A cache belongs to the context that created it (use it with that context).
+ * Sequences are numbered 0..max_seqs-1 by the caller; a sequence that holds no tokens is empty. */
+typedef struct qattn_kv_cache qattn_kv_cache;
+
+typedef struct qattn_kv_cache_options {
+    int32_t n_kv_heads; /* HK >= 1 */
+    int32_t head_dim;   /* D: 32..256, a multiple of 8 */
+    int32_t block_size; /* tokens per block: 1..1024 (16 or 32 are typical) */
+    int32_t dtype;      /* storage: QATTN_DTYPE_F16, QATTN_DTYPE_BF16 or QATTN_DTYPE_I8 */
+    int64_t n_blocks;   /* capacity in blocks, >= 1 */
+    int32_t max_seqs;   /* sequence ids are 0..max_seqs-1 */
+    int32_t reserved;
+    int64_t max_blocks_per_seq; /* block-table width; 0 = n_blocks */
+} qattn_kv_cache_options;
+
+typedef struct qattn_kv_cache_info {
+    int64_t n_blocks;       /* capacity */
+    int64_t free_blocks;    /* not referenced by any sequence */
+    int64_t used_blocks;    /* n_blocks - free_blocks */
+    int64_t block_bytes;    /* bytes of one physical block (codes + scales) */
+    int64_t bytes_total;    /* all memory the cache holds (arena + tables + struct) */
+    int64_t bytes_used;     /* used_blocks * block_bytes */
+    int64_t tokens_stored;  /* sum of the sequence lengths (shared prefixes counted per sequence) */
+    int32_t n_active_seqs;  /* sequences holding >= 1 token */
+    int32_t reserved;
+} qattn_kv_cache_info;
+
+QATTN_API qattn_status qattn_kv_cache_create(qattn_ctx *ctx, const qattn_kv_cache_options *opt, qattn_kv_cache **cache);
+QATTN_API void qattn_kv_cache_destroy(qattn_ctx *ctx, qattn_kv_cache *cache); /* NULL cache is a no-op */
+
+/* Append n_tokens >= 0 tokens to sequence seq. k, v: contiguous [n_tokens, HK, D] of in_dtype
+ * (F32, F16 or BF16). All or nothing: when the blocks needed (including a copy-on-write block)
+ * exceed the free blocks or the block-table width, QATTN_ERR_CAPACITY and the cache is unchanged.
+ * INT8 storage rejects non-finite values (QATTN_ERR_INVALID_ARGUMENT, cache unchanged). */
+QATTN_API qattn_status qattn_kv_cache_append(qattn_ctx *ctx, qattn_kv_cache *cache, int32_t seq, const void *k, const void *v,
+                                             int64_t n_tokens, int32_t in_dtype);
+
+/* Drop all tokens of seq; its blocks return to the free list when no other sequence shares them. */
+QATTN_API qattn_status qattn_kv_cache_free_seq(qattn_ctx *ctx, qattn_kv_cache *cache, int32_t seq);
+
+/* Make empty sequence dst a copy of src sharing all of src's blocks (no data copied). A later
+ * append to either copies their shared partially filled last block first (copy-on-write). */
+QATTN_API qattn_status qattn_kv_cache_fork(qattn_ctx *ctx, qattn_kv_cache *cache, int32_t src, int32_t dst);
+
+QATTN_API qattn_status qattn_kv_cache_seq_len(qattn_ctx *ctx, const qattn_kv_cache *cache, int32_t seq, int64_t *len);
+QATTN_API qattn_status qattn_kv_cache_get_info(qattn_ctx *ctx, const qattn_kv_cache *cache, qattn_kv_cache_info *info);
+
+/* Dequantize tokens [start, start+n) of seq to FP32 k, v contiguous [n, HK, D] (either may be
+ * NULL). What decode sees, for tests and oracles. */
+QATTN_API qattn_status qattn_kv_cache_read(qattn_ctx *ctx, const qattn_kv_cache *cache, int32_t seq, int64_t start, int64_t n,
+                                           float *k, float *v);
+
+/* Decode over the cache: for each listed sequence, its last seqlen_q tokens (already appended)
+ * are the queries. Masks as in the overview with Lk = the sequence's length and Lq = seqlen_q
+ * (bottom-right aligned): causal makes the new tokens causal among themselves. */
+typedef struct qattn_decode_params {
+    const void *q;          /* [n_seqs, seqlen_q, n_heads, head_dim] contiguous, q_dtype */
+    void *o;                /* same shape, o_dtype */
+    float *lse;             /* optional [n_seqs, n_heads, seqlen_q], natural log; -inf for no key */
+    const int32_t *seq_ids; /* [n_seqs] sequence ids, each holding >= seqlen_q tokens */
+    int32_t n_seqs;         /* >= 0 */
+    int32_t seqlen_q;       /* Lq: 1..64 new tokens per sequence */
+    int32_t n_heads;        /* H, a multiple of the cache's n_kv_heads (GQA) */
+    int32_t q_dtype;        /* F32, F16 or BF16 */
+    int32_t o_dtype;        /* F32, F16 or BF16 */
+    int32_t causal;         /* 0 or 1 (default 1) */
+    int32_t window_left;    /* -1 = unbounded (default) */
+    float scale;            /* 0 = 1/sqrt(head_dim) */
+} qattn_decode_params;
+
+/* Defaults: F32 q and o, seqlen_q 1, causal 1, window_left -1, scale 0, everything else zero. */
+QATTN_API void qattn_decode_params_init(qattn_decode_params *dp);
+
+/* Split-KV decode with an exact fixed-order merge: bitwise identical for any thread count of a
+ * given ISA. K/V of a kv head are read once per query group (all H/HK heads and Lq positions).
+ * Memory: O(n_seqs * HK * splits * rows * D) scratch, never O(L^2). */
+QATTN_API qattn_status qattn_kv_decode(qattn_ctx *ctx, const qattn_kv_cache *cache, const qattn_decode_params *dp);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,212 @@
+/* AVX2 + FMA + F16C decode kernel over one cache block (contract: qattn_kv_attend_fn in
+ * src/kv/kv_internal.h; reference: src/kv/kv_attend_ref.c). Codes are converted to FP32 in
+ * registers (F16C for FP16, shift for BF16, sign-extend + convert for INT8) and never written
+ * back: each token's K and V codes are read once per call for all m rows (the query group).
+ * INT8 scales are per token: the K scale multiplies the finished dot product, the V scale
+ * is folded into the softmax weight, so the inner loops are plain FMAs.
+ * Rows are processed 4 at a time (register blocking: 4 rows x 2 tokens of score accumulators,
+ * 4 rows x 16 channels of output accumulators). */
+#include "kv/kv_internal.h"
+
+#include <immintrin.h>
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+ALWAYS_INLINE __m256 load8(int32_t dtype, const void *base, int64_t idx) {
+    if (dtype == QATTN_DTYPE_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)base + idx)));
+    if (dtype == QATTN_DTYPE_BF16)
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)base + idx))), 16));
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)base + idx))));
+}
+
+/* Sums of the 8 lanes of a, b, c, d as lanes 0..3. */
+ALWAYS_INLINE __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+    __m256 ab = _mm256_hadd_ps(a, b), cd = _mm256_hadd_ps(c, d);
+    __m256 abcd = _mm256_hadd_ps(ab, cd);
+    return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+/* 2^x, relative error ~2e-7 (Cephes exp2f polynomial on [-0.5, 0.5]); 0 below -126; NaN stays NaN. */
+ALWAYS_INLINE __m256 exp2_ps(__m256 x) {
+    __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+    __m256 under = _mm256_cmp_ps(x, _mm256_set1_ps(-126.0f), _CMP_LT_OQ);
+    __m256 xc = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-126.0f)), _mm256_set1_ps(127.0f));
+    __m256 n = _mm256_round_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 f = _mm256_sub_ps(xc, n);
+    __m256 p = _mm256_set1_ps(1.535336188319500e-4f);
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339887440266574e-3f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618437357674640e-3f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550332471162809e-2f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402264791363012e-1f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931472028550421e-1f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    __m256 r = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    r = _mm256_andnot_ps(under, r);
+    return _mm256_blendv_ps(r, x, nan);
+}
+
+/* Scores of rows r0..r0+R-1 for tokens [j0, j1): s[r*n + j] = (q_r . k_j) * ks_j. */
+ALWAYS_INLINE void scores_rows(int R, const float *q, int d, int32_t dtype, const void *kc, const float *ks, int n, int j0, int j1,
+                               float *s) {
+    const float *qr[4];
+    for (int r = 0; r < 4; r++) qr[r] = q + (int64_t)(r < R ? r : 0) * d;
+    int j = j0;
+    for (; j + 2 <= j1; j += 2) {
+        __m256 a[4][2];
+        for (int r = 0; r < R; r++) a[r][0] = a[r][1] = _mm256_setzero_ps();
+        const int64_t b0 = (int64_t)j * d, b1 = b0 + d;
+        for (int c = 0; c < d; c += 8) {
+            __m256 k0 = load8(dtype, kc, b0 + c), k1 = load8(dtype, kc, b1 + c);
+            for (int r = 0; r < R; r++) {
+                __m256 qv = _mm256_loadu_ps(qr[r] + c);
+                a[r][0] = _mm256_fmadd_ps(qv, k0, a[r][0]);
+                a[r][1] = _mm256_fmadd_ps(qv, k1, a[r][1]);
+            }
+        }
+        for (int r = R; r < 4; r++) a[r][0] = a[r][1] = _mm256_setzero_ps();
+        __m128 s0 = hsum4(a[0][0], a[1][0], a[2][0], a[3][0]);
+        __m128 s1 = hsum4(a[0][1], a[1][1], a[2][1], a[3][1]);
+        if (dtype == QATTN_DTYPE_I8) {
+            s0 = _mm_mul_ps(s0, _mm_set1_ps(ks[j]));
+            s1 = _mm_mul_ps(s1, _mm_set1_ps(ks[j + 1]));
+        }
+        float t0[4], t1[4];
+        _mm_storeu_ps(t0, s0);
+        _mm_storeu_ps(t1, s1);
+        for (int r = 0; r < R; r++) {
+            s[(int64_t)r * n + j] = t0[r];
+            s[(int64_t)r * n + j + 1] = t1[r];
+        }
+    }
+    for (; j < j1; j++) {
+        __m256 a[4];
+        for (int r = 0; r < 4; r++) a[r] = _mm256_setzero_ps();
+        const int64_t b0 = (int64_t)j * d;
+        for (int c = 0; c < d; c += 8) {
+            __m256 k0 = load8(dtype, kc, b0 + c);
+            for (int r = 0; r < R; r++) a[r] = _mm256_fmadd_ps(_mm256_loadu_ps(qr[r] + c), k0, a[r]);
+        }
+        __m128 s0 = hsum4(a[0], a[1], a[2], a[3]);
+        if (dtype == QATTN_DTYPE_I8) s0 = _mm_mul_ps(s0, _mm_set1_ps(ks[j]));
+        float t0[4];
+        _mm_storeu_ps(t0, s0);
+        for (int r = 0; r < R; r++) s[(int64_t)r * n + j] = t0[r];
+    }
+}
+
+/* acc[r] += w[r][j] * v_j for rows r0..r0+R-1, tokens [j0, j1), channels [c, c+16) (W = 2 vectors)
+ * or [c, c+8) (W = 1). check: skip tokens outside each row's [lo, hi). */
+ALWAYS_INLINE void pv_rows(int R, int W, bool check, int32_t dtype, const void *vc, int d, int n, int c, int j0, int j1, const float *w,
+                           const int32_t *lo, const int32_t *hi, float *const *acc) {
+    __m256 a[4][2];
+    for (int r = 0; r < R; r++)
+        for (int x = 0; x < W; x++) a[r][x] = _mm256_loadu_ps(acc[r] + c + 8 * x);
+    for (int j = j0; j < j1; j++) {
+        __m256 v[2];
+        for (int x = 0; x < W; x++) v[x] = load8(dtype, vc, (int64_t)j * d + c + 8 * x);
+        for (int r = 0; r < R; r++) {
+            if (check && (j < lo[r] || j >= hi[r])) continue;
+            __m256 p = _mm256_broadcast_ss(w + (int64_t)r * n + j);
+            for (int x = 0; x < W; x++) a[r][x] = _mm256_fmadd_ps(p, v[x], a[r][x]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int x = 0; x < W; x++) _mm256_storeu_ps(acc[r] + c + 8 * x, a[r][x]);
+}
+
+ALWAYS_INLINE void pv_chunk(int R, bool check, int32_t dtype, const void *vc, int d, int n, int j0, int j1, const float *w,
+                            const int32_t *lo, const int32_t *hi, float *const *acc) {
+    int c = 0;
+    for (; c + 16 <= d; c += 16) pv_rows(R, 2, check, dtype, vc, d, n, c, j0, j1, w, lo, hi, acc);
+    if (c < d) pv_rows(R, 1, check, dtype, vc, d, n, c, j0, j1, w, lo, hi, acc);
+}
+
+/* Rows r0..r0+R-1 (R <= 4) through scores, online softmax and P.V. */
+ALWAYS_INLINE void attend_rows(int R, const float *q, int d, int32_t dtype, const void *kc, const void *vc, const float *ks,
+                               const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st, int r0, float *s,
+                               float *w) {
+    int jlo = n, jhi = 0, jc0 = 0, jc1 = n;
+    for (int r = 0; r < R; r++) {
+        if (lo[r] < hi[r]) {
+            if (lo[r] < jlo) jlo = lo[r];
+            if (hi[r] > jhi) jhi = hi[r];
+        }
+        if (lo[r] > jc0) jc0 = lo[r];
+        if (hi[r] < jc1) jc1 = hi[r];
+    }
+    if (jlo >= jhi) return;
+    scores_rows(R, q, d, dtype, kc, ks, n, jlo, jhi, s);
+    float *acc[4];
+    for (int r = 0; r < R; r++) {
+        acc[r] = st->acc + (int64_t)(r0 + r) * st->ld_acc;
+        const float *sr = s + (int64_t)r * n;
+        float *wr = w + (int64_t)r * n;
+        if (lo[r] >= hi[r]) continue;
+        float tile_max = -INFINITY;
+        for (int j = lo[r]; j < hi[r]; j++)
+            if (sr[j] > tile_max) tile_max = sr[j];
+        float old_max = st->row_max[r0 + r];
+        float new_max = tile_max > old_max ? tile_max : old_max;
+        if (new_max > old_max) {
+            float alpha = exp2f(old_max - new_max);
+            st->row_sum[r0 + r] *= alpha;
+            __m256 av = _mm256_set1_ps(alpha);
+            for (int c = 0; c < d; c += 8) _mm256_storeu_ps(acc[r] + c, _mm256_mul_ps(_mm256_loadu_ps(acc[r] + c), av));
+            st->row_max[r0 + r] = new_max;
+        }
+        __m256 mv = _mm256_set1_ps(new_max), sum = _mm256_setzero_ps();
+        int j = lo[r];
+        for (; j + 8 <= hi[r]; j += 8) {
+            __m256 p = exp2_ps(_mm256_sub_ps(_mm256_loadu_ps(sr + j), mv));
+            sum = _mm256_add_ps(sum, p);
+            if (dtype == QATTN_DTYPE_I8) p = _mm256_mul_ps(p, _mm256_loadu_ps(vs + j));
+            _mm256_storeu_ps(wr + j, p);
+        }
+        float tail = 0.0f;
+        if (j < hi[r]) {
+            float buf[8] = {0}, out[8];
+            int k = hi[r] - j;
+            for (int i = 0; i < k; i++) buf[i] = sr[j + i] - new_max;
+            _mm256_storeu_ps(out, exp2_ps(_mm256_loadu_ps(buf)));
+            for (int i = 0; i < k; i++) {
+                tail += out[i];
+                wr[j + i] = dtype == QATTN_DTYPE_I8 ? out[i] * vs[j + i] : out[i];
+            }
+        }
+        __m128 h = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
+        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_add_ss(h, _mm_movehdup_ps(h));
+        st->row_sum[r0 + r] += _mm_cvtss_f32(h) + tail;
+    }
+    if (jc0 < jc1) {
+        pv_chunk(R, true, dtype, vc, d, n, jlo, jc0, w, lo, hi, acc);
+        pv_chunk(R, false, dtype, vc, d, n, jc0, jc1, w, lo, hi, acc);
+        pv_chunk(R, true, dtype, vc, d, n, jc1, jhi, w, lo, hi, acc);
+    } else {
+        pv_chunk(R, true, dtype, vc, d, n, jlo, jhi, w, lo, hi, acc);
+    }
+}
+
+ALWAYS_INLINE void attend_dtype(int32_t dtype, const float *q, int m, int d, const void *kc, const void *vc, const float *ks,
+                                const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st, float *scratch) {
+    float *s = scratch, *w = scratch + (int64_t)4 * n;
+    int r0 = 0;
+    for (; r0 + 4 <= m; r0 += 4)
+        attend_rows(4, q + (int64_t)r0 * d, d, dtype, kc, vc, ks, vs, n, lo + r0, hi + r0, st, r0, s, w);
+    switch (m - r0) {
+    case 3: attend_rows(3, q + (int64_t)r0 * d, d, dtype, kc, vc, ks, vs, n, lo + r0, hi + r0, st, r0, s, w); break;
+    case 2: attend_rows(2, q + (int64_t)r0 * d, d, dtype, kc, vc, ks, vs, n, lo + r0, hi + r0, st, r0, s, w); break;
+    case 1: attend_rows(1, q + (int64_t)r0 * d, d, dtype, kc, vc, ks, vs, n, lo + r0, hi + r0, st, r0, s, w); break;
+    default: break;
+    }
+}
+
+void qattn_kv_attend_avx2(const float *q, int m, int d, int32_t dtype, const void *kc, const void *vc, const float *ks, const float *vs,
+                          int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st, float *scratch) {
+    switch (dtype) {
+    case QATTN_DTYPE_F16: attend_dtype(QATTN_DTYPE_F16, q, m, d, kc, vc, ks, vs, n, lo, hi, st, scratch); break;
+    case QATTN_DTYPE_BF16: attend_dtype(QATTN_DTYPE_BF16, q, m, d, kc, vc, ks, vs, n, lo, hi, st, scratch); break;
+    default: attend_dtype(QATTN_DTYPE_I8, q, m, d, kc, vc, ks, vs, n, lo, hi, st, scratch); break;
+    }
+}

@@ -1,0 +1,261 @@
+/* Decode over the paged KV cache: split-KV across threads with an exact fixed-order merge.
+ *
+ * Work unit = (listed sequence b, kv head g, KV split). Its rows are all query heads of group g
+ * at all seqlen_q new positions (row r = position r / group, head g*group + r % group), so each
+ * cache block of head g is streamed once per query group. Splits cut the KV axis at block
+ * boundaries (a block is never shared by two units of one group); the split length depends on
+ * the shape only (n_seqs, HK, the longest listed sequence), never on the thread count, and
+ * partials are merged in split order, so results are bitwise identical for any thread count. */
+#include "kv/kv_internal.h"
+
+#include "cpu/threads.h"
+
+#define SPLIT_MIN_TOKENS 512 /* a split covers at least this many tokens */
+#define SPLIT_UNITS_BELOW 64 /* split when there are fewer (sequence, kv head) pairs than this */
+#define SPLIT_TARGET 64      /* ...aiming at about this many units */
+#define MAX_SEQLEN_Q 64
+
+static const float LOG2E = 1.4426950408889634f;
+static const float LN2 = 0.6931471805599453f;
+
+typedef struct dplan {
+    const qattn_kv_cache *c;
+    const qattn_decode_params *dp;
+    qattn_kv_attend_fn attend;
+    int group, rows, D;
+    int64_t n_split, split_tokens, n_units;
+    float qscale;
+    int32_t wr; /* window_right: 0 when causal, else -1 */
+    size_t worker_floats;
+    float *scratch;
+    float *partials; /* n_units * rows * (D + 2) when n_split > 1 */
+} dplan;
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+void qattn_decode_params_init(qattn_decode_params *dp) {
+    if (!dp) return;
+    memset(dp, 0, sizeof *dp);
+    dp->seqlen_q = 1;
+    dp->q_dtype = QATTN_DTYPE_F32;
+    dp->o_dtype = QATTN_DTYPE_F32;
+    dp->causal = 1;
+    dp->window_left = -1;
+}
+
+static qattn_status validate(qattn_ctx *ctx, const qattn_kv_cache *c, const qattn_decode_params *dp) {
+    if (!c || !dp) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "qattn_kv_decode: %s is NULL", !c ? "cache" : "params");
+    if (dp->n_seqs < 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode: n_seqs is %d", dp->n_seqs);
+    if (dp->seqlen_q < 1 || dp->seqlen_q > MAX_SEQLEN_Q)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode: seqlen_q is %d; it must be 1..%d", dp->seqlen_q, MAX_SEQLEN_Q);
+    if (dp->n_heads < 1 || dp->n_heads % c->n_kv_heads != 0)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode: the cache's %d kv heads do not divide n_heads %d",
+                          c->n_kv_heads, dp->n_heads);
+    if (dp->n_heads > 4096) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode: n_heads %d is above 4096", dp->n_heads);
+    int32_t dts[2] = {dp->q_dtype, dp->o_dtype};
+    for (int i = 0; i < 2; i++)
+        if (dts[i] != QATTN_DTYPE_F32 && dts[i] != QATTN_DTYPE_F16 && dts[i] != QATTN_DTYPE_BF16)
+            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode: %s is %d; expected f32, f16 or bf16", i ? "o_dtype" : "q_dtype",
+                              dts[i]);
+    if (dp->causal != 0 && dp->causal != 1)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode: causal is %d; it must be 0 or 1", dp->causal);
+    if (dp->window_left < -1)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode: window_left is %d; it must be >= 0 or -1", dp->window_left);
+    if (!isfinite(dp->scale))
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode: scale is %g; it must be finite", (double)dp->scale);
+    if (dp->n_seqs == 0) return QATTN_OK;
+    if (!dp->q || !dp->o || !dp->seq_ids)
+        return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "qattn_kv_decode: %s is NULL", !dp->q ? "q" : !dp->o ? "o" : "seq_ids");
+    for (int32_t b = 0; b < dp->n_seqs; b++) {
+        int32_t id = dp->seq_ids[b];
+        if (id < 0 || id >= c->max_seqs)
+            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode: seq_ids[%d] is %d, out of range 0..%d", b, id, c->max_seqs - 1);
+        if (c->seq_len[id] < dp->seqlen_q)
+            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT,
+                              "qattn_kv_decode: sequence %d holds %lld tokens, fewer than seqlen_q %d (append the new tokens first)", id,
+                              (long long)c->seq_len[id], dp->seqlen_q);
+    }
+    return QATTN_OK;
+}
+
+static void make_plan(dplan *pl, qattn_ctx *ctx, const qattn_kv_cache *c, const qattn_decode_params *dp) {
+    memset(pl, 0, sizeof *pl);
+    pl->c = c;
+    pl->dp = dp;
+    pl->attend = qattn_kv_attend_ref;
+#if defined(QATTN_HAVE_X86)
+    if (ctx->isa == QATTN_ISA_AVX2) pl->attend = qattn_kv_attend_avx2;
+#endif
+    pl->D = c->head_dim;
+    pl->group = dp->n_heads / c->n_kv_heads;
+    pl->rows = pl->group * dp->seqlen_q;
+    int64_t max_len = 0;
+    for (int32_t b = 0; b < dp->n_seqs; b++)
+        if (c->seq_len[dp->seq_ids[b]] > max_len) max_len = c->seq_len[dp->seq_ids[b]];
+    int64_t pairs = (int64_t)dp->n_seqs * c->n_kv_heads;
+    pl->n_split = 1;
+    if (pairs < SPLIT_UNITS_BELOW && max_len >= 2 * SPLIT_MIN_TOKENS) {
+        int64_t want = ceil_div(SPLIT_TARGET, pairs), most = max_len / SPLIT_MIN_TOKENS;
+        pl->n_split = want < most ? want : most;
+    }
+    pl->split_tokens = ceil_div(ceil_div(max_len > 0 ? max_len : 1, pl->n_split), c->block_size) * c->block_size;
+    pl->n_split = ceil_div(max_len > 0 ? max_len : 1, pl->split_tokens);
+    pl->n_units = pairs * pl->n_split;
+    pl->qscale = (dp->scale != 0.0f ? dp->scale : 1.0f / sqrtf((float)c->head_dim)) * LOG2E;
+    pl->wr = dp->causal ? 0 : -1;
+    int64_t m = pl->rows, D = pl->D, n = c->block_size;
+    /* q pack, state (max, sum, acc), kernel scratch (2*max(m,4)*n), lo/hi int32 */
+    pl->worker_floats = (size_t)(m * D + m * (D + 2) + 2 * (m > 4 ? m : 4) * n + 2 * m);
+    pl->worker_floats = (pl->worker_floats + 15) / 16 * 16;
+}
+
+static size_t partial_floats(const dplan *pl) { return (size_t)pl->rows * (size_t)(pl->D + 2); }
+
+static qattn_tile_state state_view(float *base, int m, int d) {
+    qattn_tile_state st = {.row_max = base, .row_sum = base + m, .acc = base + 2 * m, .ld_acc = d};
+    return st;
+}
+
+static void prefetch_block(const qattn_kv_cache *c, int32_t phys, int g, int n) {
+#if defined(__GNUC__)
+    const uint8_t *blk = qattn_kv_block(c, phys) + (int64_t)g * c->head_bytes;
+    int64_t bytes = (int64_t)n * c->head_dim * c->elem_bytes;
+    for (int64_t o = 0; o < bytes; o += 64) {
+        __builtin_prefetch(blk + o, 0, 0);
+        __builtin_prefetch(blk + c->v_offset + o, 0, 0);
+    }
+#else
+    (void)c, (void)phys, (void)g, (void)n;
+#endif
+}
+
+static void run_unit(void *arg, int64_t task, int worker) {
+    const dplan *pl = arg;
+    const qattn_kv_cache *c = pl->c;
+    const qattn_decode_params *dp = pl->dp;
+    int64_t split = task % pl->n_split;
+    int64_t pair = task / pl->n_split;
+    int g = (int)(pair % c->n_kv_heads);
+    int32_t b = (int32_t)(pair / c->n_kv_heads);
+    int32_t id = dp->seq_ids[b];
+    int64_t L = c->seq_len[id], Lq = dp->seqlen_q;
+    int m = pl->rows, D = pl->D, BS = c->block_size, H = dp->n_heads;
+
+    float *w = pl->scratch + (size_t)worker * pl->worker_floats;
+    float *qpack = w;
+    float *state_mem = qpack + (int64_t)m * D;
+    float *kscratch = state_mem + (int64_t)m * (D + 2);
+    int32_t *lo = (int32_t *)(kscratch + 2 * (int64_t)(m > 4 ? m : 4) * BS);
+    int32_t *hi = lo + m;
+    float *base = pl->n_split > 1 ? pl->partials + (size_t)task * partial_floats(pl) : state_mem;
+    qattn_tile_state st = state_view(base, m, D);
+    for (int r = 0; r < m; r++) {
+        st.row_max[r] = -INFINITY;
+        st.row_sum[r] = 0.0f;
+    }
+    memset(st.acc, 0, (size_t)m * D * sizeof(float));
+
+    int64_t a0, b0, a1, b1;
+    qattn_key_range(0, Lq, L, dp->window_left, pl->wr, &a0, &b0);
+    qattn_key_range(Lq - 1, Lq, L, dp->window_left, pl->wr, &a1, &b1);
+    int64_t k_begin = a0, k_end = b1 > b0 ? b1 : b0;
+    int64_t c0 = split * pl->split_tokens, c1 = c0 + pl->split_tokens;
+    if (k_begin < c0) k_begin = c0;
+    if (k_end > c1) k_end = c1;
+
+    if (k_begin < k_end) {
+        for (int r = 0; r < m; r++) {
+            int h = g * pl->group + r % pl->group;
+            int64_t qi = (((int64_t)b * Lq + r / pl->group) * H + h) * D;
+            for (int cc = 0; cc < D; cc++) qpack[(int64_t)r * D + cc] = qattn_load(dp->q, dp->q_dtype, qi + cc) * pl->qscale;
+        }
+    }
+    const int32_t *table = c->block_table + (int64_t)id * c->max_blocks_per_seq;
+    for (int64_t t0 = k_begin; t0 < k_end;) {
+        int64_t lb = t0 / BS, blk_start = lb * BS;
+        int64_t t1 = blk_start + BS < k_end ? blk_start + BS : k_end;
+        int n = (int)(t1 - t0);
+        int32_t phys = table[lb];
+        if (t1 < k_end) prefetch_block(c, table[lb + 1], g, BS);
+        for (int r = 0; r < m; r++) {
+            int64_t a, e;
+            qattn_key_range(r / pl->group, Lq, L, dp->window_left, pl->wr, &a, &e);
+            a = a < t0 ? 0 : a - t0;
+            e = e > t1 ? n : e - t0;
+            if (e < a) e = a;
+            lo[r] = (int32_t)a;
+            hi[r] = (int32_t)e;
+        }
+        const uint8_t *blk = qattn_kv_block(c, phys);
+        int off = (int)(t0 - blk_start);
+        int64_t code = (int64_t)g * c->head_bytes + (int64_t)off * D * c->elem_bytes;
+        const float *ks = NULL, *vs = NULL;
+        if (c->dtype == QATTN_DTYPE_I8) {
+            ks = (const float *)(blk + c->ks_offset) + (int64_t)g * BS + off;
+            vs = (const float *)(blk + c->vs_offset) + (int64_t)g * BS + off;
+        }
+        pl->attend(qpack, m, D, c->dtype, blk + code, blk + c->v_offset + code, ks, vs, n, lo, hi, &st, kscratch);
+        t0 = t1;
+    }
+}
+
+static void write_rows(const dplan *pl, int64_t pair, const qattn_tile_state *st) {
+    const qattn_decode_params *dp = pl->dp;
+    int g = (int)(pair % pl->c->n_kv_heads);
+    int64_t b = pair / pl->c->n_kv_heads;
+    int D = pl->D, H = dp->n_heads, Lq = dp->seqlen_q;
+    for (int r = 0; r < pl->rows; r++) {
+        int h = g * pl->group + r % pl->group, i = r / pl->group;
+        int64_t oi = ((b * Lq + i) * H + h) * D;
+        float l = st->row_sum[r], mx = st->row_max[r];
+        const float *acc = st->acc + (int64_t)r * st->ld_acc;
+        bool empty = mx == -INFINITY;
+        float inv = empty ? 0.0f : 1.0f / l;
+        for (int cc = 0; cc < D; cc++) qattn_store(dp->o, dp->o_dtype, oi + cc, empty ? 0.0f : acc[cc] * inv);
+        if (dp->lse) dp->lse[(b * H + h) * Lq + i] = empty ? -INFINITY : (mx + log2f(l)) * LN2;
+    }
+}
+
+static void run_unit_and_write(void *arg, int64_t task, int worker) {
+    const dplan *pl = arg;
+    run_unit(arg, task, worker);
+    if (pl->n_split == 1) {
+        float *w = pl->scratch + (size_t)worker * pl->worker_floats;
+        qattn_tile_state st = state_view(w + (int64_t)pl->rows * pl->D, pl->rows, pl->D);
+        write_rows(pl, task, &st);
+    }
+}
+
+static void merge_pair(void *arg, int64_t pair, int worker) {
+    (void)worker;
+    const dplan *pl = arg;
+    int m = pl->rows, D = pl->D;
+    qattn_tile_state total = state_view(pl->partials + (size_t)(pair * pl->n_split) * partial_floats(pl), m, D);
+    for (int64_t k = 1; k < pl->n_split; k++) {
+        qattn_tile_state part = state_view(pl->partials + (size_t)(pair * pl->n_split + k) * partial_floats(pl), m, D);
+        qattn_state_merge(&total, &part, m, D);
+    }
+    write_rows(pl, pair, &total);
+}
+
+qattn_status qattn_kv_decode(qattn_ctx *ctx, const qattn_kv_cache *cache, const qattn_decode_params *dp) {
+    if (!ctx) return QATTN_ERR_NULL_POINTER;
+    qattn_status s = validate(ctx, cache, dp);
+    if (s != QATTN_OK) return s;
+    if (dp->n_seqs == 0) return QATTN_OK;
+    dplan pl;
+    make_plan(&pl, ctx, cache, dp);
+    int64_t nw = ctx->n_threads < 1 ? 1 : ctx->n_threads;
+    if (nw > pl.n_units) nw = pl.n_units;
+    if (nw > QATTN_MAX_THREADS) nw = QATTN_MAX_THREADS;
+    size_t partials = pl.n_split > 1 ? (size_t)pl.n_units * partial_floats(&pl) : 0;
+    size_t need = ((size_t)nw * pl.worker_floats + partials) * sizeof(float);
+    float *mem = qattn_alloc(ctx, need);
+    if (!mem) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "qattn_kv_decode: cannot allocate %zu bytes of scratch", need);
+    pl.scratch = mem;
+    pl.partials = mem + (size_t)nw * pl.worker_floats;
+    qattn_parallel_for((int)nw, pl.n_units, run_unit_and_write, &pl);
+    if (pl.n_split > 1) qattn_parallel_for((int)nw, pl.n_units / pl.n_split, merge_pair, &pl);
+    qattn_free(ctx, mem);
+    return QATTN_OK;
+}

@@ -1,0 +1,62 @@
+/* Internals of the paged KV cache (src/kv/): the cache layout, shared by the cache operations,
+ * the decode driver and the decode kernels (reference here, AVX2 in src/cpu/x86/kv_*.c).
+ * The layout is pointer-free apart from the arena base: a CUDA backend can hold the same arena
+ * and int32 block table in device memory and address blocks the same way. */
+#ifndef QATTN_KV_INTERNAL_H
+#define QATTN_KV_INTERNAL_H
+
+#include "qattn_internal.h"
+
+/* Physical block layout (block_bytes bytes, 64-byte aligned pieces):
+ *   K codes [HK][block_size][D]   (uint16 FP16/BF16, or int8)
+ *   V codes [HK][block_size][D]
+ *   INT8 only: K scales [HK][block_size] float, V scales [HK][block_size] float
+ * so the tokens of one (block, kv head) are contiguous: a decode unit streams them once. */
+struct qattn_kv_cache {
+    int32_t n_kv_heads, head_dim, block_size, dtype, max_seqs;
+    int32_t elem_bytes;      /* 2 (FP16/BF16) or 1 (INT8) */
+    int64_t n_blocks, max_blocks_per_seq;
+    int64_t head_bytes;      /* block_size * D * elem_bytes: one head's codes in one block */
+    int64_t v_offset;        /* byte offset of V codes in a block */
+    int64_t ks_offset;       /* byte offset of K scales (INT8), else 0 */
+    int64_t vs_offset;       /* byte offset of V scales (INT8), else 0 */
+    int64_t block_bytes;     /* stride between physical blocks */
+    uint8_t *arena;          /* n_blocks * block_bytes */
+    int32_t *block_table;    /* [max_seqs][max_blocks_per_seq] physical ids, -1 unused */
+    int64_t *seq_len;        /* [max_seqs] tokens held */
+    int32_t *refcount;       /* [n_blocks] sequences referencing each block */
+    int32_t *free_stack;     /* [n_blocks]; free_stack[0..n_free) are free, the top is used next */
+    int64_t n_free;
+    int64_t bytes_total;
+};
+
+static inline uint8_t *qattn_kv_block(const qattn_kv_cache *c, int32_t phys) {
+    return c->arena + (int64_t)phys * c->block_bytes;
+}
+
+/* Update the online-softmax state of m query rows with n consecutive tokens of one kv head
+ * held in one cache block.
+ *   q:      [m][d] FP32, already multiplied by scale*log2(e)
+ *   kc, vc: codes [n][d]: uint16 FP16/BF16 or int8, by dtype (QATTN_DTYPE_F16/BF16/I8)
+ *   ks, vs: INT8 per-token scales [n] (NULL otherwise); the value is scale * code
+ *   lo[r], hi[r]: tokens row r sees, 0 <= lo <= hi <= n; others are skipped (never times 0)
+ *   scratch: at least 2*max(m,4)*n floats
+ * Reference semantics (src/kv/kv_attend_ref.c): score s_j = ks_j * sum_c q[c]*code[c] (INT8)
+ * or sum_c q[c]*v(k[c]); rescale only when the max grows; p_j = exp2(s_j - max);
+ * acc += (p_j*vs_j) * vcode (INT8) or p_j * v. */
+typedef void (*qattn_kv_attend_fn)(const float *q, int m, int d, int32_t dtype, const void *kc, const void *vc, const float *ks,
+                                   const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st,
+                                   float *scratch);
+
+void qattn_kv_attend_ref(const float *q, int m, int d, int32_t dtype, const void *kc, const void *vc, const float *ks, const float *vs,
+                         int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st, float *scratch);
+#if defined(QATTN_HAVE_X86)
+void qattn_kv_attend_avx2(const float *q, int m, int d, int32_t dtype, const void *kc, const void *vc, const float *ks, const float *vs,
+                          int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st, float *scratch);
+#endif
+
+/* Symmetric per-token INT8 quantization of d values: scale = max|x|/127, code = rint(x/scale)
+ * clamped to [-127, 127] (0 scale and 0 codes for an all-zero row). Returns the scale. */
+float qattn_kv_quantize_row(const float *x, int d, int8_t *codes);
+
+#endif
