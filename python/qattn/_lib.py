@@ -100,6 +100,77 @@ class Params(ctypes.Structure):
     ]
 
 
+# Structs of the INT8 and KV-cache sections of qattn.h (being added by other engineers). Only
+# the layouts are mirrored so far, checked by tests/test_abi.py when the header declares them;
+# the functions using them are not bound yet (python/README.md, "Not yet bound").
+
+class Int8Tensor(ctypes.Structure):
+    """qattn_int8_tensor (64 bytes)."""
+    _fields_ = [
+        ("data", ctypes.c_void_p),
+        ("scale", ctypes.c_void_p),
+        ("mean", ctypes.c_void_p),
+        ("granularity", ctypes.c_int32),
+        ("block_size", ctypes.c_int32),
+        ("batch_stride", ctypes.c_int64),
+        ("seq_stride", ctypes.c_int64),
+        ("head_stride", ctypes.c_int64),
+        ("reserved", ctypes.c_int64),
+    ]
+
+
+class Int8Inputs(ctypes.Structure):
+    """qattn_int8_inputs (192 bytes)."""
+    _fields_ = [("q", Int8Tensor), ("k", Int8Tensor), ("v", Int8Tensor)]
+
+
+class KVCacheOptions(ctypes.Structure):
+    """qattn_kv_cache_options."""
+    _fields_ = [
+        ("n_kv_heads", ctypes.c_int32),
+        ("head_dim", ctypes.c_int32),
+        ("block_size", ctypes.c_int32),
+        ("dtype", ctypes.c_int32),
+        ("n_blocks", ctypes.c_int64),
+        ("max_seqs", ctypes.c_int32),
+        ("reserved", ctypes.c_int32),
+        ("max_blocks_per_seq", ctypes.c_int64),
+    ]
+
+
+class KVCacheInfo(ctypes.Structure):
+    """qattn_kv_cache_info."""
+    _fields_ = [
+        ("n_blocks", ctypes.c_int64),
+        ("free_blocks", ctypes.c_int64),
+        ("used_blocks", ctypes.c_int64),
+        ("block_bytes", ctypes.c_int64),
+        ("bytes_total", ctypes.c_int64),
+        ("bytes_used", ctypes.c_int64),
+        ("tokens_stored", ctypes.c_int64),
+        ("n_active_seqs", ctypes.c_int32),
+        ("reserved", ctypes.c_int32),
+    ]
+
+
+class DecodeParams(ctypes.Structure):
+    """qattn_decode_params."""
+    _fields_ = [
+        ("q", ctypes.c_void_p),
+        ("o", ctypes.c_void_p),
+        ("lse", ctypes.c_void_p),
+        ("seq_ids", ctypes.c_void_p),
+        ("n_seqs", ctypes.c_int32),
+        ("seqlen_q", ctypes.c_int32),
+        ("n_heads", ctypes.c_int32),
+        ("q_dtype", ctypes.c_int32),
+        ("o_dtype", ctypes.c_int32),
+        ("causal", ctypes.c_int32),
+        ("window_left", ctypes.c_int32),
+        ("scale", ctypes.c_float),
+    ]
+
+
 # ---------------------------------------------------------------- loading
 
 _LIB_NAMES = ("libqattn.so", "libqattn.dylib", "qattn.dll")

@@ -13,6 +13,18 @@ from qattn import _lib
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HEADER_DIR = os.path.join(ROOT, "include")
 STRUCTS = {"qattn_params": _lib.Params, "qattn_ctx_options": _lib.CtxOptions, "qattn_ctx_info": _lib.CtxInfo}
+# Mirrored ahead of their bindings; checked only once the header declares them.
+OPTIONAL = {"qattn_int8_tensor": _lib.Int8Tensor, "qattn_int8_inputs": _lib.Int8Inputs,
+            "qattn_kv_cache_options": _lib.KVCacheOptions, "qattn_kv_cache_info": _lib.KVCacheInfo,
+            "qattn_decode_params": _lib.DecodeParams}
+
+
+def _declared(name):
+    path = os.path.join(HEADER_DIR, "qattn.h")
+    return os.path.isfile(path) and ("typedef struct %s {" % name) in open(path).read()
+
+
+STRUCTS.update({k: v for k, v in OPTIONAL.items() if _declared(k)})
 
 
 def _c_layout(tmp_path):
