@@ -291,8 +291,11 @@ static qattn_status check_view(qattn_ctx *ctx, const char *name, int64_t nb, int
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s has a negative stride (batch %lld, seq %lld, head %lld)", name,
                           (long long)bs, (long long)ss, (long long)hs);
     if (nb == 0 || ns == 0) return QATTN_OK;
-    if (max_index(nb, bs, ns, ss, nh, hs, d) < 0)
-        return qattn_fail(ctx, QATTN_ERR_OVERFLOW, "%s: the largest element index overflows int64 (strides %lld, %lld, %lld)", name,
+    /* The byte offset (index * element size, at most 4 bytes) must fit too, or the pointer
+     * arithmetic of the kernels overflows. */
+    int64_t top = max_index(nb, bs, ns, ss, nh, hs, d);
+    if (top < 0 || top > INT64_MAX / 4)
+        return qattn_fail(ctx, QATTN_ERR_OVERFLOW, "%s: the largest byte offset overflows int64 (strides %lld, %lld, %lld)", name,
                           (long long)bs, (long long)ss, (long long)hs);
     return QATTN_OK;
 }
