@@ -48,16 +48,25 @@ typedef void (*qattn_attend_tile_fn)(const float *q, int64_t ldq, int m, int d,
                                      const int32_t *lo, const int32_t *hi,
                                      qattn_tile_state *st, float *scratch);
 
+/* Pack rows of a Q/K/V tensor to FP32 rounded to the call's precision, times mul:
+ *   dst[r*ldd + c] = round_to(precision, load(src, dtype, idx0 + r*src_stride + c)) * mul
+ * for r < rows, c < d (mul = 1 for K/V: exact, NaN stays NaN; scale*log2e for Q). */
+typedef void (*qattn_pack_rows_fn)(const void *src, int32_t dtype, int32_t precision, int64_t idx0, int64_t src_stride, int rows,
+                                   int d, float mul, float *dst, int64_t ldd);
+
 /* One table per ISA. Every slot starts as the reference entry, so no slot is NULL. */
 typedef struct qattn_cpu_kernels {
     const char *name;
     qattn_attend_tile_fn attend_tile_f32;
+    qattn_pack_rows_fn pack_rows_f32;
 } qattn_cpu_kernels;
 
 extern const qattn_cpu_kernels qattn_kernels_ref;
 /* The reference entries, for ISA tables to start from. */
 void qattn_attend_tile_f32_ref(const float *q, int64_t ldq, int m, int d, const float *k, const float *v, int64_t ldkv, int n,
                                const int32_t *lo, const int32_t *hi, qattn_tile_state *st, float *scratch);
+void qattn_pack_rows_f32_ref(const void *src, int32_t dtype, int32_t precision, int64_t idx0, int64_t src_stride, int rows, int d,
+                             float mul, float *dst, int64_t ldd);
 #if defined(QATTN_HAVE_X86)
 extern const qattn_cpu_kernels qattn_kernels_avx2;
 bool qattn_cpu_has_avx2(void); /* CPUID + XGETBV */

@@ -135,6 +135,10 @@ int main(int argc, char **argv) {
             {1, 1, 4099, 32, 8, 128, 0, -1, -1, 1, -1, -1, 0},  /* decode f16 */
             {1, 113, 203, 8, 2, 128, 1, -1, -1, 1, -1, -1, 0},  /* f16 */
             {1, 113, 203, 8, 2, 64, 0, -1, -1, 2, -1, -1, 0},   /* bf16 */
+            {1, 113, 113, 8, 8, 64, 0, 0, 0, 0, 50, -1, 0},     /* a row that sees only a NaN key */
+            {2, 1, 2000, 8, 1, 64, 0, -1, -1, 0, 700, 900, 0},  /* decode MQA, NaN/Inf rows */
+            {3, 2, 1500, 16, 4, 80, 1, -1, -1, 1, -1, -1, 0},   /* decode 2 queries, causal, f16 */
+            {1, 1, 1100, 4, 4, 256, 0, 100, -1, 0, -1, -1, 0},  /* decode with a window */
         };
         for (size_t i = 0; i < sizeof extra / sizeof extra[0]; i++) fails += check_case(&extra[i]);
         printf("%d failures\n", fails);

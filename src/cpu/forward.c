@@ -15,6 +15,9 @@
 #define SPLIT_MIN_KEYS 512   /* a KV split covers at least this many keys */
 #define SPLIT_UNITS_BELOW 32 /* split the KV axis only when there are fewer units than this */
 #define SPLIT_TARGET 64      /* ...and aim for about this many units after splitting */
+#define DIRECT_KV_MAX_ROWS 16 /* FP32 K/V are read in place when a unit has at most this many rows */
+#define DECODE_MAX_ROWS 64    /* a unit takes all kv heads when they have at most this many rows in all */
+#define QATTN_MAX_UNIT_HEADS DECODE_MAX_ROWS /* so at most this many heads per unit */
 
 static const float LOG2E = 1.4426950408889634f;
 static const float LN2 = 0.6931471805599453f;
@@ -24,13 +27,15 @@ typedef struct plan {
     const qattn_cpu_kernels *kern;
     int group;          /* query heads per kv head */
     int block_pos;      /* query positions per unit */
-    int rows;           /* block_pos * group */
+    int rows;           /* block_pos * group: rows per kv head of a unit */
+    int heads;          /* kv heads per unit (1, or all of them for decode; see make_plan) */
     int64_t n_qblocks;  /* per sequence, for the longest sequence */
     int64_t n_split;    /* KV splits per (b, g, qblock) */
     int64_t split_keys; /* keys per split (a multiple of TILE_KEYS) */
     int64_t n_units;    /* batch * HK * n_qblocks * n_split */
     float qscale;       /* scale * log2(e) */
     int32_t precision;
+    bool direct_kv; /* the kernel reads K/V in place (see make_plan) */
     /* workspace */
     size_t worker_floats; /* floats of scratch per worker */
     float *scratch;       /* n_workers * worker_floats */
@@ -47,7 +52,12 @@ static void make_plan(plan *pl, const qattn_ctx *ctx, const qattn_params *p) {
     pl->block_pos = pl->group >= BLOCK_ROWS ? 1 : BLOCK_ROWS / pl->group;
     pl->rows = pl->block_pos * pl->group;
     pl->n_qblocks = ceil_div(p->seqlen_q, pl->block_pos);
-    int64_t units = p->batch * p->n_kv_heads * pl->n_qblocks;
+    /* Decode (few rows per kv head): one unit takes every kv head of its key range, so it reads
+     * whole [heads, D] rows of K/V, contiguous in the usual [B, L, HK, D] layout, instead of one
+     * head's D values per 4 KiB page (which defeats the hardware prefetcher and the TLB). */
+    int64_t eff_rows = (p->seqlen_q < pl->block_pos ? p->seqlen_q : pl->block_pos) * pl->group;
+    pl->heads = eff_rows * p->n_kv_heads <= DECODE_MAX_ROWS ? p->n_kv_heads : 1;
+    int64_t units = p->batch * (p->n_kv_heads / pl->heads) * pl->n_qblocks;
     pl->n_split = 1;
     if (units > 0 && units < SPLIT_UNITS_BELOW && p->seqlen_k >= 2 * SPLIT_MIN_KEYS) {
         int64_t want = ceil_div(SPLIT_TARGET, units);
@@ -58,14 +68,20 @@ static void make_plan(plan *pl, const qattn_ctx *ctx, const qattn_params *p) {
     pl->n_units = units * pl->n_split;
     pl->qscale = qattn_effective_scale(p) * LOG2E;
     pl->precision = p->precision == QATTN_PRECISION_AUTO ? QATTN_PRECISION_FP32 : p->precision;
-    int64_t D = p->head_dim, m = pl->rows;
-    /* q pack, k pack, v pack, scores, state (max, sum, acc), lo/hi as int32 */
-    pl->worker_floats = (size_t)(m * D + 2 * TILE_KEYS * D + m * TILE_KEYS + m * (D + 2) + 2 * m);
+    /* FP32 K/V need no conversion; with few rows per unit (decode) each key is used by few
+     * rows, so copying it into a packed tile costs more than reading it strided. With many
+     * rows the packed tile wins: rows of stride H*D alias in L1 and would be re-read from L2.
+     * Either way the kernel sees the same values, so results do not change. */
+    pl->direct_kv = p->qkv_dtype == QATTN_DTYPE_F32 && pl->precision == QATTN_PRECISION_FP32 && p->k_seq_stride == p->v_seq_stride &&
+                    (p->seqlen_q < pl->block_pos ? p->seqlen_q : pl->block_pos) * pl->group <= DIRECT_KV_MAX_ROWS;
+    int64_t D = p->head_dim, m = pl->rows, hm = (int64_t)pl->rows * pl->heads;
+    /* q pack and state (max, sum, acc) for every head of the unit, k pack, v pack, scores, lo/hi */
+    pl->worker_floats = (size_t)(hm * D + 2 * TILE_KEYS * D + m * TILE_KEYS + hm * (D + 2) + 2 * m);
     pl->worker_floats = (pl->worker_floats + 15) / 16 * 16; /* keep each worker 64-byte aligned */
 }
 
 static size_t partial_floats(const plan *pl) {
-    return (size_t)pl->rows * (size_t)(pl->p->head_dim + 2);
+    return (size_t)pl->rows * (size_t)pl->heads * (size_t)(pl->p->head_dim + 2);
 }
 
 static size_t plan_bytes(const plan *pl, int n_workers) {
@@ -115,37 +131,29 @@ static unit unit_of(const plan *pl, int64_t task) {
     task /= pl->n_split;
     u.qb = task % pl->n_qblocks;
     task /= pl->n_qblocks;
-    u.g = (int)(task % pl->p->n_kv_heads);
-    u.b = task / pl->p->n_kv_heads;
+    int64_t n_hb = pl->p->n_kv_heads / pl->heads;
+    u.g = (int)(task % n_hb) * pl->heads; /* first kv head of the unit */
+    u.b = task / n_hb;
     return u;
 }
 
-/* Row r of a unit is position i0 + r / group of query head g * group + r % group. */
+/* Row r of a unit is position i0 + r / group of query head g * group + r % group: the group's
+ * heads of one position are rows of stride q_head_stride, packed by one call. */
 static void pack_q(const plan *pl, const qattn_seq *s, int64_t i0, int n_pos, int g, float *qpack) {
     const qattn_params *p = pl->p;
     int D = p->head_dim;
-    for (int pi = 0; pi < n_pos; pi++)
-        for (int hg = 0; hg < pl->group; hg++) {
-            int h = g * pl->group + hg;
-            int64_t base = s->q_off + (i0 + pi) * p->q_seq_stride + (int64_t)h * p->q_head_stride;
-            float *dst = qpack + (int64_t)(pi * pl->group + hg) * D;
-            for (int c = 0; c < D; c++) dst[c] = qattn_round_to(pl->precision, qattn_load(p->q, p->qkv_dtype, base + c)) * pl->qscale;
-        }
+    for (int pi = 0; pi < n_pos; pi++) {
+        int64_t base = s->q_off + (i0 + pi) * p->q_seq_stride + (int64_t)g * pl->group * p->q_head_stride;
+        pl->kern->pack_rows_f32(p->q, p->qkv_dtype, pl->precision, base, p->q_head_stride, pl->group, D, pl->qscale,
+                                qpack + (int64_t)pi * pl->group * D, D);
+    }
 }
 
 static void pack_kv(const plan *pl, const void *src, int64_t off, int64_t seq_stride, int64_t head_stride, int g, int64_t t0, int n,
                     float *dst) {
     const qattn_params *p = pl->p;
-    int D = p->head_dim;
-    for (int j = 0; j < n; j++) {
-        int64_t base = off + (t0 + j) * seq_stride + (int64_t)g * head_stride;
-        float *row = dst + (int64_t)j * D;
-        if (p->qkv_dtype == QATTN_DTYPE_F32 && pl->precision == QATTN_PRECISION_FP32) {
-            memcpy(row, (const float *)src + base, (size_t)D * sizeof(float));
-        } else {
-            for (int c = 0; c < D; c++) row[c] = qattn_round_to(pl->precision, qattn_load(src, p->qkv_dtype, base + c));
-        }
-    }
+    pl->kern->pack_rows_f32(src, p->qkv_dtype, pl->precision, off + t0 * seq_stride + (int64_t)g * head_stride, seq_stride, n,
+                            p->head_dim, 1.0f, dst, p->head_dim);
 }
 
 /* Normalise a finished state and write O and LSE for the unit's rows. */
@@ -166,6 +174,16 @@ static void write_rows(const plan *pl, const qattn_seq *s, int64_t i0, int n_pos
         }
 }
 
+/* Touch the next tile's K/V rows so their cache misses overlap this tile's arithmetic:
+ * each row sits in its own page (stride H*D), where the hardware prefetcher does not follow. */
+static void prefetch_kv_rows(const plan *pl, const void *src, int64_t idx0, int64_t seq_stride, int n) {
+    size_t es = pl->p->qkv_dtype == QATTN_DTYPE_F32 ? 4 : 2;
+    const char *base = (const char *)src + (size_t)idx0 * es;
+    size_t row_bytes = (size_t)pl->p->head_dim * es;
+    for (int j = 0; j < n; j++)
+        for (size_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(base + (size_t)j * (size_t)seq_stride * es + off, 0, 3);
+}
+
 static void run_unit(void *arg, int64_t task, int worker) {
     const plan *pl = arg;
     const qattn_params *p = pl->p;
@@ -177,18 +195,23 @@ static void run_unit(void *arg, int64_t task, int worker) {
     int m = n_pos * pl->group, D = p->head_dim;
 
     float *w = pl->scratch + (size_t)worker * pl->worker_floats;
-    float *qpack = w;
-    float *kpack = qpack + (int64_t)pl->rows * D;
+    int64_t hm = (int64_t)pl->rows * pl->heads;
+    float *qpack = w; /* [heads][rows][D] */
+    float *kpack = qpack + hm * D;
     float *vpack = kpack + (int64_t)TILE_KEYS * D;
     float *scores = vpack + (int64_t)TILE_KEYS * D;
     float *state_mem = scores + (int64_t)pl->rows * TILE_KEYS;
-    int32_t *lo = (int32_t *)(state_mem + (int64_t)pl->rows * (D + 2));
+    int32_t *lo = (int32_t *)(state_mem + hm * (D + 2));
     int32_t *hi = lo + pl->rows;
 
     bool split = pl->n_split > 1;
     float *state_base = split ? pl->partials + (size_t)task * partial_floats(pl) : state_mem;
-    qattn_tile_state st = state_view(state_base, m, D);
-    state_reset(&st, m, D);
+    qattn_tile_state st[QATTN_MAX_UNIT_HEADS];
+    int H = pl->heads;
+    for (int hh = 0; hh < H; hh++) {
+        st[hh] = state_view(state_base + (size_t)hh * (size_t)pl->rows * (size_t)(D + 2), m, D);
+        state_reset(&st[hh], m, D);
+    }
 
     /* Keys this unit may touch: the union of its rows' intervals, cut to its split. */
     int64_t klo_first, khi_first, klo_last, khi_last;
@@ -199,9 +222,18 @@ static void run_unit(void *arg, int64_t task, int worker) {
     if (k_begin < c0) k_begin = c0;
     if (k_end > c1) k_end = c1;
 
-    if (k_begin < k_end) pack_q(pl, &s, i0, n_pos, u.g, qpack);
+    if (k_begin < k_end)
+        for (int hh = 0; hh < H; hh++) pack_q(pl, &s, i0, n_pos, u.g + hh, qpack + (int64_t)hh * pl->rows * D);
     for (int64_t t0 = k_begin; t0 < k_end; t0 += TILE_KEYS) {
         int n = (int)(k_end - t0 < TILE_KEYS ? k_end - t0 : TILE_KEYS);
+        if (t0 + n < k_end) {
+            int n_next = (int)(k_end - t0 - n < TILE_KEYS ? k_end - t0 - n : TILE_KEYS);
+            for (int hh = 0; hh < H; hh++) {
+                int g = u.g + hh;
+                prefetch_kv_rows(pl, p->k, s.k_off + (t0 + n) * p->k_seq_stride + (int64_t)g * p->k_head_stride, p->k_seq_stride, n_next);
+                prefetch_kv_rows(pl, p->v, s.v_off + (t0 + n) * p->v_seq_stride + (int64_t)g * p->v_head_stride, p->v_seq_stride, n_next);
+            }
+        }
         for (int r = 0; r < m; r++) {
             int64_t a, b;
             qattn_key_range(i0 + r / pl->group, s.lq, s.lk, p->window_left, qattn_window_right(p), &a, &b);
@@ -211,11 +243,22 @@ static void run_unit(void *arg, int64_t task, int worker) {
             lo[r] = (int32_t)a;
             hi[r] = (int32_t)b;
         }
-        pack_kv(pl, p->k, s.k_off, p->k_seq_stride, p->k_head_stride, u.g, t0, n, kpack);
-        pack_kv(pl, p->v, s.v_off, p->v_seq_stride, p->v_head_stride, u.g, t0, n, vpack);
-        pl->kern->attend_tile_f32(qpack, D, m, D, kpack, vpack, D, n, lo, hi, &st, scores);
+        for (int hh = 0; hh < H; hh++) {
+            int g = u.g + hh;
+            const float *qh = qpack + (int64_t)hh * pl->rows * D;
+            if (pl->direct_kv) {
+                const float *kd = (const float *)p->k + s.k_off + t0 * p->k_seq_stride + (int64_t)g * p->k_head_stride;
+                const float *vd = (const float *)p->v + s.v_off + t0 * p->v_seq_stride + (int64_t)g * p->v_head_stride;
+                pl->kern->attend_tile_f32(qh, D, m, D, kd, vd, p->k_seq_stride, n, lo, hi, &st[hh], scores);
+            } else {
+                pack_kv(pl, p->k, s.k_off, p->k_seq_stride, p->k_head_stride, g, t0, n, kpack);
+                pack_kv(pl, p->v, s.v_off, p->v_seq_stride, p->v_head_stride, g, t0, n, vpack);
+                pl->kern->attend_tile_f32(qh, D, m, D, kpack, vpack, D, n, lo, hi, &st[hh], scores);
+            }
+        }
     }
-    if (!split) write_rows(pl, &s, i0, n_pos, u.g, &st);
+    if (!split)
+        for (int hh = 0; hh < H; hh++) write_rows(pl, &s, i0, n_pos, u.g + hh, &st[hh]);
 }
 
 /* Second phase of a split run: merge the partials of one (b, g, qblock) in split order. */
@@ -229,12 +272,16 @@ static void merge_unit(void *arg, int64_t task, int worker) {
     if (i0 >= s.lq) return;
     int n_pos = (int)(s.lq - i0 < pl->block_pos ? s.lq - i0 : pl->block_pos);
     int m = n_pos * pl->group, D = p->head_dim;
-    qattn_tile_state total = state_view(pl->partials + (size_t)(task * pl->n_split) * partial_floats(pl), m, D);
-    for (int64_t k = 1; k < pl->n_split; k++) {
-        qattn_tile_state part = state_view(pl->partials + (size_t)(task * pl->n_split + k) * partial_floats(pl), m, D);
-        qattn_state_merge(&total, &part, m, D);
+    size_t head_floats = (size_t)pl->rows * (size_t)(D + 2);
+    for (int hh = 0; hh < pl->heads; hh++) {
+        qattn_tile_state total = state_view(pl->partials + (size_t)(task * pl->n_split) * partial_floats(pl) + hh * head_floats, m, D);
+        for (int64_t k = 1; k < pl->n_split; k++) {
+            qattn_tile_state part =
+                state_view(pl->partials + (size_t)(task * pl->n_split + k) * partial_floats(pl) + hh * head_floats, m, D);
+            qattn_state_merge(&total, &part, m, D);
+        }
+        write_rows(pl, &s, i0, n_pos, u.g + hh, &total);
     }
-    write_rows(pl, &s, i0, n_pos, u.g, &total);
 }
 
 static int n_workers(const qattn_ctx *ctx, const plan *pl) {

@@ -49,4 +49,5 @@ void qattn_attend_tile_f32_ref(const float *q, int64_t ldq, int m, int d, const 
 const qattn_cpu_kernels qattn_kernels_ref = {
     .name = "ref",
     .attend_tile_f32 = qattn_attend_tile_f32_ref,
+    .pack_rows_f32 = qattn_pack_rows_f32_ref,
 };

@@ -206,15 +206,20 @@ static void qattn_attend_tile_f32_avx2(const float *q, int64_t ldq, int m, int d
 
     /* S = Q K^T over each row block's union of intervals (scores outside a row's own
      * interval are computed but never read). */
-    for (int r0 = 0; r0 < m; r0 += QK_ROWS) {
-        int R = m - r0 < QK_ROWS ? m - r0 : QK_ROWS;
+    for (int r0 = 0; r0 < m;) {
+        /* 3-row blocks; four rows left go as 2 + 2 (a 1-row block loads 4 k vectors per 4 FMAs) */
+        int R = m - r0 == 4 ? 2 : m - r0 < QK_ROWS ? m - r0 : QK_ROWS;
+        int r_next = r0 + R;
         int j0 = n, j1 = 0;
         for (int r = r0; r < r0 + R; r++)
             if (lo[r] < hi[r]) {
                 if (lo[r] < j0) j0 = lo[r];
                 if (hi[r] > j1) j1 = hi[r];
             }
-        if (j0 >= j1) continue;
+        if (j0 >= j1) {
+            r0 = r_next;
+            continue;
+        }
         const float *qr = q + r0 * ldq;
         float *sr = s + r0 * lds;
         if (R == 3)
@@ -223,6 +228,7 @@ static void qattn_attend_tile_f32_avx2(const float *q, int64_t ldq, int m, int d
             qk_rows(2, qr, ldq, k, ldkv, d, j0, j1, sr, lds);
         else
             qk_rows(1, qr, ldq, k, ldkv, d, j0, j1, sr, lds);
+        r0 = r_next;
     }
 
     for (int r = 0; r < m; r++)
@@ -234,7 +240,12 @@ static void qattn_attend_tile_f32_avx2(const float *q, int64_t ldq, int m, int d
     }
 }
 
+/* pack_avx2.c */
+void qattn_pack_rows_f32_avx2(const void *src, int32_t dtype, int32_t precision, int64_t idx0, int64_t src_stride, int rows, int d,
+                              float mul, float *dst, int64_t ldd);
+
 const qattn_cpu_kernels qattn_kernels_avx2 = {
     .name = "avx2",
     .attend_tile_f32 = qattn_attend_tile_f32_avx2,
+    .pack_rows_f32 = qattn_pack_rows_f32_avx2,
 };
