@@ -4,7 +4,8 @@
  * --warmup), effective GFLOP/s, GB/s and the error against qattn_oracle_f64.
  *   FLOPs = 4 * H * D * (visible (query, key) pairs summed over the batch): exactly
  *           4*B*H*Lq*Lk*D without a mask; with causal/window only the visible pairs count.
- *   Bytes = Q, K, V read once + O written once, in their dtypes.
+ *   Bytes = Q, K, V read once (in the precision's dtype: FP16/BF16 inputs for fp16/bf16, else
+ *           FP32) + O written once (always FP32).
  * The oracle reads the same (already rounded) inputs, so the error is the kernel's own. */
 #include "cli.h"
 #include "device.h"
@@ -48,7 +49,8 @@ static void print_bench_help(void) {
            "decode B1 H32 HK8 Lq1 Lk 8192/32768 D128.\n"
            "  GFLOP/s = 4*H*D*(visible query-key pairs, summed over the batch) / median time;\n"
            "            causal and windowed shapes count exactly the visible pairs.\n"
-           "  GB/s    = bytes of Q, K, V read once + O written once / median time.\n"
+           "  GB/s    = bytes of Q, K, V read once (fp16/bf16: 2-byte inputs) + O written once\n"
+           "            (float32) / median time.\n"
            "  Error   = relative L2 and max abs against qattn_oracle_f64 on the same inputs; on all\n"
            "            rows when H*D*pairs <= 1e9, else on the last %d query rows of each sequence\n"
            "            (column 'oracle' / key oracle_rows says which).\n\n",
@@ -213,7 +215,9 @@ static void fill_case_params(const cli_opts *o, const bench_case *c, qattn_param
     sized.causal = c->causal;
     cli_opts_to_params(&sized, p);
     p->qkv_dtype = storage_dtype(o->precision);
-    p->o_dtype = p->qkv_dtype;
+    /* O stays float32 so the error column shows the attention's error, not the rounding of
+     * the output to FP16/BF16 (which alone is ~1e-3 relative at BF16). */
+    p->o_dtype = QATTN_DTYPE_F32;
 }
 
 static int run_case(qattn_ctx *ctx, const cli_opts *o, const qattn_params *proto, int on_device, bench_result *r) {

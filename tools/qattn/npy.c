@@ -28,6 +28,15 @@ static int fail(char *err, size_t err_len, const char *fmt, ...) {
 
 /* ---------------------------------------------------------------- header dict parsing */
 
+/* Text from the file is echoed in messages: keep it to printable ASCII so a hostile header
+ * cannot break the one-line error (newlines) or the terminal (escape codes). */
+static const char *printable(const char *in, char *out, size_t out_len) {
+    size_t n = 0;
+    for (; *in && n + 1 < out_len; in++) out[n++] = (*in >= 0x20 && *in < 0x7f) ? *in : '?';
+    out[n] = '\0';
+    return out;
+}
+
 /* A cursor over the header text. The grammar accepted is the Python literal numpy writes:
  *   { 'key': value, ... }   value := 'string' | True | False | ( int, ... )
  * with optional whitespace between tokens and an optional trailing comma. */
@@ -111,18 +120,22 @@ static int parse_shape(cursor *c, cli_npy_array *out, char *err, size_t err_len)
 static int parse_descr(const char *descr, cli_npy_array *out, char *err, size_t err_len) {
     if (!strcmp(descr, "<f4")) out->dtype = CLI_NPY_F32;
     else if (!strcmp(descr, "<f2")) out->dtype = CLI_NPY_F16;
-    else return fail(err, err_len, "dtype '%s' is not supported (want little-endian float32 '<f4' or float16 '<f2')", descr);
+    else {
+        char shown[64];
+        return fail(err, err_len, "dtype '%s' is not supported (want little-endian float32 '<f4' or float16 '<f2')",
+                    printable(descr, shown, sizeof shown));
+    }
     return 0;
 }
 
 int cli_npy_parse_header(const char *text, size_t len, cli_npy_array *out, char *err, size_t err_len) {
     cursor c = {text, len, 0};
     int have_descr = 0, have_order = 0, have_shape = 0;
-    char key[32], descr[64];
+    char key[32], descr[64], shown[32];
     if (!accept_char(&c, '{')) return fail(err, err_len, "header is not a dict");
     while (!accept_char(&c, '}')) {
         if (parse_string(&c, key, sizeof key)) return fail(err, err_len, "header: expected a quoted key");
-        if (!accept_char(&c, ':')) return fail(err, err_len, "header: expected ':' after '%s'", key);
+        if (!accept_char(&c, ':')) return fail(err, err_len, "header: expected ':' after '%s'", printable(key, shown, sizeof shown));
         if (!strcmp(key, "descr")) {
             if (have_descr++) return fail(err, err_len, "header: 'descr' given twice");
             if (parse_string(&c, descr, sizeof descr)) return fail(err, err_len, "header: 'descr' is not a simple dtype string (structured dtype?)");
@@ -135,10 +148,10 @@ int cli_npy_parse_header(const char *text, size_t len, cli_npy_array *out, char 
             if (have_shape++) return fail(err, err_len, "header: 'shape' given twice");
             if (parse_shape(&c, out, err, err_len)) return -1;
         } else {
-            return fail(err, err_len, "header: unexpected key '%s'", key);
+            return fail(err, err_len, "header: unexpected key '%s'", printable(key, shown, sizeof shown));
         }
         if (!accept_char(&c, ',')) {
-            if (!accept_char(&c, '}')) return fail(err, err_len, "header: expected ',' or '}' after '%s'", key);
+            if (!accept_char(&c, '}')) return fail(err, err_len, "header: expected ',' or '}' after '%s'", printable(key, shown, sizeof shown));
             break;
         }
     }
