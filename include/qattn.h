@@ -237,6 +237,82 @@ QATTN_API qattn_status qattn_oracle_f64(qattn_ctx *ctx, const qattn_params *p, d
 /* ---------------------------------------------------------------- INT8 quantization */
 /* (section: INT8 formats, quantization API and pre-quantized forward; see docs/FORMAT.md) */
 
+/* Symmetric INT8: a value x is stored as a code c in [-127, 127] with a scale s >= 0 and,
+ * optionally, a smoothing mean mu subtracted first:  x ~= c * s + mu.  Codes are
+ * round-to-nearest-even of (x - mu) / amax * 127 where amax is the largest |x - mu| of the
+ * group sharing the scale, and s = amax / 127 (s = 0 and every code 0 for an all-zero group:
+ * nothing is ever divided by zero). A code -128 given to qattn is read as -127.
+ * Non-finite inputs are refused with QATTN_ERR_INVALID_ARGUMENT (their position named):
+ * a shared scale would otherwise spread them to rows that never see them. */
+
+/* Which rows/columns share one scale. The scale array layouts (float32, contiguous), for a
+ * tensor with Ht heads (H for q, HK for k/v), B sequences of at most L tokens, head_dim D:
+ *   PER_TOKEN:   [B, L, Ht]  (varlen: [total, Ht])       one scale per token and head
+ *   PER_BLOCK:   [B, Ht, ceil(L / block_size)]             block_size consecutive tokens of one
+ *                                                          sequence and head (blocks restart at
+ *                                                          each sequence)
+ *   PER_HEAD:    [B, Ht]                                   all tokens of one sequence and head
+ *   PER_CHANNEL: [B, Ht, D]                                one channel over all tokens of one
+ *                                                          sequence and head
+ * Integer Q K^T needs Q and K scales constant along D (not PER_CHANNEL); integer P V needs V
+ * scales constant along the keys (PER_HEAD or PER_CHANNEL). */
+typedef enum qattn_quant_granularity {
+    QATTN_QUANT_PER_TOKEN = 0,
+    QATTN_QUANT_PER_BLOCK = 1,
+    QATTN_QUANT_PER_HEAD = 2,
+    QATTN_QUANT_PER_CHANNEL = 3,
+} qattn_quant_granularity;
+
+/* Which tensor of qattn_params a quantization call reads. */
+typedef enum qattn_tensor_id {
+    QATTN_TENSOR_Q = 0,
+    QATTN_TENSOR_K = 1,
+    QATTN_TENSOR_V = 2,
+} qattn_tensor_id;
+
+/* One INT8 tensor: codes with the shape of the FP tensor it replaces ([B, L, Ht, D], varlen
+ * [total, Ht, D]) through its own element strides (head_dim contiguous), the scale array laid
+ * out by granularity, and the optional smoothing mean [B, Ht, D] (NULL = no smoothing).
+ * Smoothing K (subtracting its mean over tokens) leaves softmax unchanged; qattn adds
+ * scale * q . mean back into the LSE. Smoothing V is added back after normalisation.
+ * 64 bytes on every ABI (checked with _Static_assert in src/quant/quant.c). */
+typedef struct qattn_int8_tensor {
+    int8_t *data;
+    float *scale;
+    float *mean;
+    int32_t granularity; /* qattn_quant_granularity */
+    int32_t block_size;  /* tokens per scale for PER_BLOCK (>= 1); ignored otherwise */
+    int64_t batch_stride, seq_stride, head_stride; /* elements; batch ignored with cu_seqlens */
+    int64_t reserved;    /* 0 */
+} qattn_int8_tensor;
+
+/* The three inputs of qattn_forward_quantized. 192 bytes. */
+typedef struct qattn_int8_inputs {
+    qattn_int8_tensor q, k, v;
+} qattn_int8_inputs;
+
+/* Number of floats of t's scale array for tensor `which` of p (shapes and cu_seqlens of p). */
+QATTN_API qattn_status qattn_int8_scale_count(qattn_ctx *ctx, const qattn_params *p, int32_t which, int32_t granularity,
+                                              int32_t block_size, int64_t *count);
+
+/* Quantize tensor `which` of p (p->q, p->k or p->v, any qkv_dtype F32/F16/BF16, p's strides)
+ * into t: t->data (t's strides), t->scale (t->granularity, t->block_size) and, when t->mean is
+ * not NULL, the smoothing mean (computed, written to t->mean, and subtracted first). */
+QATTN_API qattn_status qattn_quantize_int8(qattn_ctx *ctx, const qattn_params *p, int32_t which, qattn_int8_tensor *t);
+
+/* The inverse: out (float32, the FP tensor's strides from p) = code * scale + mean. */
+QATTN_API qattn_status qattn_dequantize_int8(qattn_ctx *ctx, const qattn_params *p, int32_t which, const qattn_int8_tensor *t,
+                                             float *out);
+
+/* Attention on pre-quantized inputs: shapes, masks, GQA, varlen, o, lse, scale and
+ * int8_scheme come from p (p->q/k/v and qkv_dtype are ignored and may be NULL/anything);
+ * the inputs are qi. Computes attention of the dequantized tensors with INT8 x INT8 -> INT32
+ * products: scheme DEFAULT quantizes P to u8 codes (x255) against each block's own row max,
+ * INTFA to codes x127 against the running max, SAGE keeps P and V in FP32 (V dequantized).
+ * Q and K scales: any granularity but PER_CHANNEL; V: PER_HEAD or PER_CHANNEL (SAGE: any).
+ * Scales must be finite and >= 0. CPU backend only. */
+QATTN_API qattn_status qattn_forward_quantized(qattn_ctx *ctx, const qattn_params *p, const qattn_int8_inputs *qi);
+
 /* ---------------------------------------------------------------- KV cache and decode */
 /* (section: paged KV cache with FP16/BF16/INT8 storage and decode forward) */
 

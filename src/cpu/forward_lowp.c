@@ -1,12 +1,595 @@
-/* CPU attention in INT8 and emulated FP8 (precision INT8 / FP8_E4M3 / FP8_E5M2).
- * Not yet implemented in this build: both entry points say so. */
-#include "qattn_internal.h"
+/* CPU attention in INT8 (precision INT8 and qattn_forward_quantized) and emulated FP8.
+ *
+ * INT8: the FP inputs are quantized once into the workspace (token-level PTQ, the scheme's
+ * granularities and smoothing, src/quant/quant.c), then the same driver as src/cpu/forward.c
+ * runs on the codes: work unit = (sequence, kv head, block of query positions, KV split), whose
+ * rows are all query heads of the group; per K/V tile of 64 keys:
+ *     S  = Qc Kc^T                 int8 x int8 -> int32        (kernel qk)
+ *     sf = S * sq[row] * sk[key]   scale * log2(e) folded in sq (kernel scores)
+ *     online softmax in FP32; P -> 8-bit codes                  (kernel softmax)
+ *     PV = Pc Vc                   8-bit x int8 -> int32       (kernel pv)
+ *     acc = acc * alpha + (fac[row] * sv[channel]) * PV        (FP32, here)
+ * P modes (src/quant/lowp.h): DEFAULT quantizes each block's P against the block's own row max
+ * (codes 0..255, the max is exactly 255) and folds beta = exp2(m_block - m_running) into fac,
+ * with the running sum built from the codes actually multiplied; INT-FA quantizes against the
+ * running max with x127 and sums the unquantized P; SAGE keeps P and V in FP32.
+ * K smoothing shifts every score of a row by q . mean_k: softmax is unchanged and the LSE gets
+ * scale * q . mean_k back; V smoothing adds mean_v to each normalised output row.
+ * The split of the work depends on the shape only, and every float step runs in a fixed order:
+ * results are bitwise identical for any thread count, and between the ref and avx2 kernels. */
+#include "quant/lowp.h"
+
+#include "cpu/threads.h"
+
+#define BLOCK_ROWS 64
+#define TILE_KEYS QATTN_I8_TILE
+#define SPLIT_MIN_KEYS 512
+#define SPLIT_UNITS_BELOW 32
+#define SPLIT_TARGET 64
+
+static const float LOG2E = 1.4426950408889634f;
+static const float LN2 = 0.6931471805599453f;
+
+void qattn_lowp_scheme_cfg(int32_t scheme, qattn_lowp_cfg *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    cfg->q_block = cfg->k_block = cfg->v_block = 64;
+    switch (scheme) {
+    case QATTN_INT8_INTFA: /* INT-FlashAttention: per-token Q/K, per-head V, P x127, sum of unquantized P */
+        cfg->q_gran = QATTN_QUANT_PER_TOKEN, cfg->k_gran = QATTN_QUANT_PER_TOKEN, cfg->v_gran = QATTN_QUANT_PER_HEAD;
+        cfg->p_mode = QATTN_P_S8_RUNNING;
+        break;
+    case QATTN_INT8_SAGE: /* SageAttention-1: per-block Q (128) / K (64), K smoothing, FP32 P V */
+        cfg->q_gran = QATTN_QUANT_PER_BLOCK, cfg->k_gran = QATTN_QUANT_PER_BLOCK, cfg->v_gran = QATTN_QUANT_PER_HEAD;
+        cfg->q_block = 128, cfg->k_block = 64;
+        cfg->k_smooth = 1;
+        cfg->p_mode = QATTN_P_FP32;
+        break;
+    default: /* qattn (docs/FORMAT.md, "Choosing the default scheme") */
+        cfg->q_gran = QATTN_QUANT_PER_TOKEN, cfg->k_gran = QATTN_QUANT_PER_TOKEN, cfg->v_gran = QATTN_QUANT_PER_CHANNEL;
+        cfg->k_smooth = 1, cfg->v_smooth = 1;
+        cfg->p_mode = QATTN_P_U8_BLOCKMAX;
+        break;
+    }
+}
+
+/* ---------------------------------------------------------------- plan */
+
+typedef struct lplan {
+    const qattn_params *p;
+    const qattn_int8_inputs *qi;
+    const qattn_int8_kernels *kern;
+    int32_t p_mode;
+    const void *v_fp; /* FP V source (P_FP32 mode, dynamic path), else NULL */
+    int group, block_pos, rows;
+    int64_t n_qblocks, n_split, split_keys, n_units;
+    float scale, qscale;
+    size_t worker_bytes;
+    unsigned char *scratch;
+    float *partials;
+} lplan;
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static size_t al64(size_t x) { return (x + 63) / 64 * 64; }
+
+/* Per-worker scratch, each piece 64-byte aligned. */
+typedef struct wmem {
+    int8_t *qc;      /* [rows][D] */
+    float *sq;       /* [rows] q scale * scale * log2e */
+    float *corr;     /* [rows] LSE correction (natural log) from K smoothing */
+    int8_t *kp;      /* K pack */
+    float *sk;       /* [TILE] */
+    void *vp;        /* V pack: int16 [TILE][D] or float [TILE][D] */
+    int32_t *s;      /* [rows][TILE] */
+    float *sf;       /* [rows][TILE] */
+    void *pc;        /* int16 codes or float P, [rows][TILE] */
+    void *pv;        /* int32 or float [rows][D] */
+    float *state;    /* max[rows], sum[rows], acc[rows][D] */
+    int32_t *lo, *hi;
+    float *alpha, *fac;
+    float *sv, *mv;  /* [D] V channel scales and V mean of the unit's (b, g) */
+} wmem;
+
+static size_t wmem_layout(const lplan *pl, unsigned char *base, wmem *w) {
+    size_t R = (size_t)pl->rows, D = (size_t)pl->p->head_dim, T = TILE_KEYS, off = 0;
+#define TAKE(field, type, bytes)                                  \
+    do {                                                          \
+        if (w) w->field = (type)(void *)(base + off);             \
+        off += al64(bytes);                                       \
+    } while (0)
+    TAKE(qc, int8_t *, R * D);
+    TAKE(sq, float *, R * 4);
+    TAKE(corr, float *, R * 4);
+    TAKE(kp, int8_t *, T * D);
+    TAKE(sk, float *, T * 4);
+    TAKE(vp, void *, T * D * 4);
+    TAKE(s, int32_t *, R * T * 4);
+    TAKE(sf, float *, R * T * 4);
+    TAKE(pc, void *, R * T * 4);
+    TAKE(pv, void *, R * D * 4);
+    TAKE(state, float *, R * (D + 2) * 4);
+    TAKE(lo, int32_t *, R * 4);
+    TAKE(hi, int32_t *, R * 4);
+    TAKE(alpha, float *, R * 4);
+    TAKE(fac, float *, R * 4);
+    TAKE(sv, float *, D * 4);
+    TAKE(mv, float *, D * 4);
+#undef TAKE
+    return off;
+}
+
+static void make_plan(lplan *pl, const qattn_ctx *ctx, const qattn_params *p) {
+    memset(pl, 0, sizeof *pl);
+    pl->p = p;
+    pl->kern = qattn_int8_kernels_for(ctx);
+    pl->group = p->n_heads / p->n_kv_heads;
+    pl->block_pos = pl->group >= BLOCK_ROWS ? 1 : BLOCK_ROWS / pl->group;
+    pl->rows = pl->block_pos * pl->group;
+    pl->n_qblocks = ceil_div(p->seqlen_q, pl->block_pos);
+    int64_t units = p->batch * p->n_kv_heads * pl->n_qblocks;
+    pl->n_split = 1;
+    if (units > 0 && units < SPLIT_UNITS_BELOW && p->seqlen_k >= 2 * SPLIT_MIN_KEYS) {
+        int64_t want = ceil_div(SPLIT_TARGET, units);
+        int64_t most = p->seqlen_k / SPLIT_MIN_KEYS;
+        pl->n_split = want < most ? want : most;
+    }
+    pl->split_keys = ceil_div(ceil_div(p->seqlen_k > 0 ? p->seqlen_k : 1, pl->n_split), TILE_KEYS) * TILE_KEYS;
+    pl->n_units = units * pl->n_split;
+    pl->scale = qattn_effective_scale(p);
+    pl->qscale = pl->scale * LOG2E;
+    pl->worker_bytes = wmem_layout(pl, NULL, NULL);
+}
+
+static int plan_workers(const qattn_ctx *ctx, const lplan *pl) {
+    int64_t n = ctx->n_threads;
+    if (n > pl->n_units) n = pl->n_units;
+    if (n > QATTN_MAX_THREADS) n = QATTN_MAX_THREADS;
+    return n < 1 ? 1 : (int)n;
+}
+
+static size_t partial_floats(const lplan *pl) { return (size_t)pl->rows * (size_t)(pl->p->head_dim + 2); }
+
+static size_t plan_bytes(const lplan *pl, int nw) {
+    size_t partials = pl->n_split > 1 ? (size_t)pl->n_units * partial_floats(pl) * sizeof(float) : 0;
+    return (size_t)nw * pl->worker_bytes + partials;
+}
+
+size_t qattn_lowp_run_bytes(const qattn_ctx *ctx, const qattn_params *p) {
+    lplan pl;
+    make_plan(&pl, ctx, p);
+    return pl.n_units > 0 ? plan_bytes(&pl, plan_workers(ctx, &pl)) : 0;
+}
+
+/* ---------------------------------------------------------------- unit geometry */
+
+typedef struct unit {
+    int64_t b, qb, split;
+    int g;
+} unit;
+
+static unit unit_of(const lplan *pl, int64_t task) {
+    unit u;
+    u.split = task % pl->n_split;
+    task /= pl->n_split;
+    u.qb = task % pl->n_qblocks;
+    task /= pl->n_qblocks;
+    u.g = (int)(task % pl->p->n_kv_heads);
+    u.b = task / pl->p->n_kv_heads;
+    return u;
+}
+
+/* Offsets of sequence b in an int8 tensor (its own strides) and token index base. */
+static int64_t i8_off(const qattn_params *p, const qattn_int8_tensor *t, const int32_t *cu, int64_t b) {
+    return cu ? (int64_t)cu[b] * t->seq_stride : b * t->batch_stride;
+}
+static int64_t tok_base(const int32_t *cu, int64_t b, int64_t max_len) { return cu ? cu[b] : b * max_len; }
+
+static inline int8_t clamp_code(int8_t c) { return c == -128 ? (int8_t)-127 : c; }
+
+/* Q codes, row scales and LSE corrections of a unit's rows; qc may be NULL (merge phase). */
+static void pack_q(const lplan *pl, int64_t b, int64_t i0, int n_pos, int g, int8_t *qc, float *sq, float *corr) {
+    const qattn_params *p = pl->p;
+    const qattn_int8_tensor *tq = &pl->qi->q, *tk = &pl->qi->k;
+    int D = p->head_dim;
+    int64_t off = i8_off(p, tq, p->cu_seqlens_q, b), tb = tok_base(p->cu_seqlens_q, b, p->seqlen_q);
+    const float *mk = tk->mean ? tk->mean + ((int64_t)b * p->n_kv_heads + g) * D : NULL;
+    for (int pi = 0; pi < n_pos; pi++)
+        for (int hg = 0; hg < pl->group; hg++) {
+            int r = pi * pl->group + hg, h = g * pl->group + hg;
+            int64_t i = i0 + pi;
+            const int8_t *src = tq->data + off + i * tq->seq_stride + (int64_t)h * tq->head_stride;
+            float s = tq->scale[qattn_scale_index(tq->granularity, tq->block_size, b, tb + i, i, h, p->n_heads, p->seqlen_q, D, 0)];
+            sq[r] = s * pl->qscale;
+            float dot = 0.0f;
+            for (int c = 0; c < D; c++) {
+                int8_t code = clamp_code(src[c]);
+                if (qc) qc[r * D + c] = code;
+                if (mk) dot += (float)code * mk[c];
+            }
+            corr[r] = mk ? dot * s * pl->scale : 0.0f;
+        }
+}
+
+/* K tile: keys t0 .. t0+n of (b, g) into the VNNI-style pack, zero-padded to npad. */
+static void pack_k(const lplan *pl, int64_t b, int g, int64_t t0, int n, int npad, int8_t *kp, float *sk) {
+    const qattn_params *p = pl->p;
+    const qattn_int8_tensor *t = &pl->qi->k;
+    int D = p->head_dim;
+    int64_t off = i8_off(p, t, p->cu_seqlens_k, b), tb = tok_base(p->cu_seqlens_k, b, p->seqlen_k);
+    for (int j = 0; j < npad; j++) {
+        if (j < n) {
+            int64_t i = t0 + j;
+            const int8_t *src = t->data + off + i * t->seq_stride + (int64_t)g * t->head_stride;
+            for (int c = 0; c < D; c++) kp[(c / 4) * npad * 4 + j * 4 + c % 4] = clamp_code(src[c]);
+            sk[j] = t->scale[qattn_scale_index(t->granularity, t->block_size, b, tb + i, i, g, p->n_kv_heads, p->seqlen_k, D, 0)];
+        } else {
+            for (int c = 0; c < D; c++) kp[(c / 4) * npad * 4 + j * 4 + c % 4] = 0;
+            sk[j] = 0.0f;
+        }
+    }
+}
+
+static void pack_v_i16(const lplan *pl, int64_t b, int g, int64_t t0, int n, int npad, int16_t *vp) {
+    const qattn_params *p = pl->p;
+    const qattn_int8_tensor *t = &pl->qi->v;
+    int D = p->head_dim;
+    int64_t off = i8_off(p, t, p->cu_seqlens_k, b);
+    for (int j = 0; j < npad; j++) {
+        const int8_t *src = j < n ? t->data + off + (t0 + j) * t->seq_stride + (int64_t)g * t->head_stride : NULL;
+        for (int c = 0; c < D; c++) vp[(j / 2) * D * 2 + c * 2 + j % 2] = src ? clamp_code(src[c]) : 0;
+    }
+}
+
+static void pack_v_f32(const lplan *pl, int64_t b, int g, int64_t t0, int n, int npad, float *vf) {
+    const qattn_params *p = pl->p;
+    int D = p->head_dim;
+    if (pl->v_fp) {
+        qattn_seq s = qattn_seq_view(p, b);
+        for (int j = 0; j < npad; j++)
+            for (int c = 0; c < D; c++)
+                vf[j * D + c] = j < n ? qattn_load(pl->v_fp, p->qkv_dtype, s.v_off + (t0 + j) * p->v_seq_stride + (int64_t)g * p->v_head_stride + c)
+                                      : 0.0f;
+        return;
+    }
+    const qattn_int8_tensor *t = &pl->qi->v;
+    int64_t off = i8_off(p, t, p->cu_seqlens_k, b), tb = tok_base(p->cu_seqlens_k, b, p->seqlen_k);
+    const float *mu = t->mean ? t->mean + ((int64_t)b * p->n_kv_heads + g) * D : NULL;
+    for (int j = 0; j < npad; j++) {
+        int64_t i = t0 + j;
+        for (int c = 0; c < D; c++) {
+            float x = 0.0f;
+            if (j < n) {
+                float sc = t->scale[qattn_scale_index(t->granularity, t->block_size, b, tb + i, i, g, p->n_kv_heads, p->seqlen_k, D, c)];
+                x = (float)clamp_code(t->data[off + i * t->seq_stride + (int64_t)g * t->head_stride + c]) * sc + (mu ? mu[c] : 0.0f);
+            }
+            vf[j * D + c] = x;
+        }
+    }
+}
+
+/* V channel scales and mean of (b, g), integer modes. */
+static void v_channel_info(const lplan *pl, int64_t b, int g, float *sv, float *mv) {
+    const qattn_params *p = pl->p;
+    const qattn_int8_tensor *t = &pl->qi->v;
+    int D = p->head_dim;
+    for (int c = 0; c < D; c++) {
+        sv[c] = pl->p_mode == QATTN_P_FP32 ? 0.0f
+                                           : t->scale[qattn_scale_index(t->granularity, t->block_size, b, 0, 0, g, p->n_kv_heads, p->seqlen_k, D, c)];
+        mv[c] = (pl->p_mode != QATTN_P_FP32 && t->mean) ? t->mean[((int64_t)b * p->n_kv_heads + g) * D + c] : 0.0f;
+    }
+}
+
+/* ---------------------------------------------------------------- state */
+
+static qattn_tile_state state_view(float *base, int m, int d) {
+    qattn_tile_state st = {.row_max = base, .row_sum = base + m, .acc = base + 2 * m, .ld_acc = d};
+    return st;
+}
+
+static void state_reset(qattn_tile_state *st, int m, int d) {
+    for (int r = 0; r < m; r++) {
+        st->row_max[r] = -INFINITY;
+        st->row_sum[r] = 0.0f;
+    }
+    memset(st->acc, 0, (size_t)m * (size_t)d * sizeof(float));
+}
+
+static void write_rows(const lplan *pl, int64_t b, int64_t i0, int n_pos, int g, const qattn_tile_state *st, const float *corr,
+                       const float *mv) {
+    const qattn_params *p = pl->p;
+    qattn_seq s = qattn_seq_view(p, b);
+    int D = p->head_dim;
+    for (int pi = 0; pi < n_pos; pi++)
+        for (int hg = 0; hg < pl->group; hg++) {
+            int r = pi * pl->group + hg, h = g * pl->group + hg;
+            int64_t i = i0 + pi;
+            int64_t base = s.o_off + i * p->o_seq_stride + (int64_t)h * p->o_head_stride;
+            float l = st->row_sum[r], mx = st->row_max[r];
+            const float *acc = st->acc + r * st->ld_acc;
+            bool empty = mx == -INFINITY;
+            float inv = empty ? 0.0f : 1.0f / l;
+            for (int c = 0; c < D; c++) qattn_store(p->o, p->o_dtype, base + c, empty ? 0.0f : acc[c] * inv + mv[c]);
+            if (p->lse) p->lse[s.lse_off + (int64_t)h * s.lse_head_stride + i] = empty ? -INFINITY : (mx + log2f(l)) * LN2 + corr[r];
+        }
+}
+
+/* ---------------------------------------------------------------- one tile */
+
+static void attend_tile(const lplan *pl, wmem *w, int m, int n, qattn_tile_state *st) {
+    const qattn_int8_kernels *K = pl->kern;
+    int D = pl->p->head_dim, npad = (n + 7) / 8 * 8;
+    int32_t mode = pl->p_mode;
+    bool fp = mode == QATTN_P_FP32;
+    float mult = (mode == QATTN_P_S8_RUNNING || mode == QATTN_P_S8_BLOCKMAX) ? 127.0f : 255.0f;
+    bool blockmax = mode == QATTN_P_U8_BLOCKMAX || mode == QATTN_P_S8_BLOCKMAX;
+    K->qk(w->qc, m, D, w->kp, npad, w->s);
+    K->scores(w->s, m, npad, w->sq, w->sk, w->sf);
+    int16_t *codes = fp ? NULL : (int16_t *)w->pc;
+    float *pf = fp ? (float *)w->pc : NULL;
+    for (int r = 0; r < m; r++) {
+        int lo = w->lo[r], hi = w->hi[r];
+        const float *sf = w->sf + (size_t)r * npad;
+        if (lo >= hi) { /* nothing visible in this tile: zero P row, state untouched */
+            if (codes) memset(codes + (size_t)r * npad, 0, (size_t)npad * sizeof(int16_t));
+            if (pf) memset(pf + (size_t)r * npad, 0, (size_t)npad * sizeof(float));
+            w->alpha[r] = 1.0f;
+            w->fac[r] = 0.0f;
+            continue;
+        }
+        float mb = sf[lo];
+        for (int j = lo + 1; j < hi; j++) mb = sf[j] > mb ? sf[j] : mb;
+        float m_old = st->row_max[r];
+        float m_new = m_old > mb ? m_old : mb;
+        float alpha = m_old == -INFINITY ? 0.0f : exp2f(m_old - m_new);
+        float ref = blockmax ? mb : m_new;
+        int32_t csum;
+        float esum;
+        K->softmax(sf, lo, hi, npad, ref, mult, codes ? codes + (size_t)r * npad : NULL, pf ? pf + (size_t)r * npad : NULL, &csum,
+                   &esum);
+        float beta = blockmax ? exp2f(mb - m_new) : 1.0f;
+        float add;
+        switch (mode) {
+        case QATTN_P_S8_RUNNING:
+        case QATTN_P_FP32: add = esum; break;
+        default: add = beta / mult * (float)csum; break;
+        }
+        st->row_sum[r] = st->row_sum[r] * alpha + add;
+        st->row_max[r] = m_new;
+        w->alpha[r] = alpha;
+        w->fac[r] = fp ? 1.0f : beta / mult;
+    }
+    if (fp) {
+        float *pv = w->pv;
+        K->pv_f32(pf, m, npad, w->vp, D, pv);
+        for (int r = 0; r < m; r++) {
+            if (w->lo[r] >= w->hi[r]) continue;
+            float a = w->alpha[r], *acc = st->acc + (size_t)r * st->ld_acc;
+            const float *t = pv + (size_t)r * D;
+            for (int c = 0; c < D; c++) acc[c] = acc[c] * a + t[c];
+        }
+    } else {
+        int32_t *pv = w->pv;
+        K->pv(codes, m, npad, w->vp, D, pv);
+        for (int r = 0; r < m; r++) {
+            if (w->lo[r] >= w->hi[r]) continue;
+            float a = w->alpha[r], f = w->fac[r], *acc = st->acc + (size_t)r * st->ld_acc;
+            const int32_t *t = pv + (size_t)r * D;
+            for (int c = 0; c < D; c++) acc[c] = acc[c] * a + (f * w->sv[c]) * (float)t[c];
+        }
+    }
+}
+
+static void run_unit(void *arg, int64_t task, int worker) {
+    const lplan *pl = arg;
+    const qattn_params *p = pl->p;
+    unit u = unit_of(pl, task);
+    qattn_seq s = qattn_seq_view(p, u.b);
+    int64_t i0 = u.qb * pl->block_pos;
+    if (i0 >= s.lq) return;
+    int n_pos = (int)(s.lq - i0 < pl->block_pos ? s.lq - i0 : pl->block_pos);
+    int m = n_pos * pl->group, D = p->head_dim;
+    wmem w;
+    wmem_layout(pl, pl->scratch + (size_t)worker * pl->worker_bytes, &w);
+
+    bool split = pl->n_split > 1;
+    float *state_base = split ? pl->partials + (size_t)task * partial_floats(pl) : w.state;
+    qattn_tile_state st = state_view(state_base, m, D);
+    state_reset(&st, m, D);
+
+    int64_t klo_first, khi_first, klo_last, khi_last;
+    qattn_key_range(i0, s.lq, s.lk, p->window_left, qattn_window_right(p), &klo_first, &khi_first);
+    qattn_key_range(i0 + n_pos - 1, s.lq, s.lk, p->window_left, qattn_window_right(p), &klo_last, &khi_last);
+    int64_t k_begin = klo_first, k_end = khi_last;
+    int64_t c0 = u.split * pl->split_keys, c1 = c0 + pl->split_keys;
+    if (k_begin < c0) k_begin = c0;
+    if (k_end > c1) k_end = c1;
+
+    pack_q(pl, u.b, i0, n_pos, u.g, w.qc, w.sq, w.corr);
+    v_channel_info(pl, u.b, u.g, w.sv, w.mv);
+    for (int64_t t0 = k_begin; t0 < k_end; t0 += TILE_KEYS) {
+        int n = (int)(k_end - t0 < TILE_KEYS ? k_end - t0 : TILE_KEYS);
+        int npad = (n + 7) / 8 * 8;
+        for (int r = 0; r < m; r++) {
+            int64_t a, b;
+            qattn_key_range(i0 + r / pl->group, s.lq, s.lk, p->window_left, qattn_window_right(p), &a, &b);
+            a = a < t0 ? 0 : a - t0;
+            b = b > t0 + n ? n : b - t0;
+            if (b < a) b = a;
+            w.lo[r] = (int32_t)a;
+            w.hi[r] = (int32_t)b;
+        }
+        pack_k(pl, u.b, u.g, t0, n, npad, w.kp, w.sk);
+        if (pl->p_mode == QATTN_P_FP32)
+            pack_v_f32(pl, u.b, u.g, t0, n, npad, w.vp);
+        else
+            pack_v_i16(pl, u.b, u.g, t0, n, npad, w.vp);
+        attend_tile(pl, &w, m, n, &st);
+    }
+    if (!split) write_rows(pl, u.b, i0, n_pos, u.g, &st, w.corr, w.mv);
+}
+
+static void merge_unit(void *arg, int64_t task, int worker) {
+    const lplan *pl = arg;
+    const qattn_params *p = pl->p;
+    unit u = unit_of(pl, task * pl->n_split);
+    qattn_seq s = qattn_seq_view(p, u.b);
+    int64_t i0 = u.qb * pl->block_pos;
+    if (i0 >= s.lq) return;
+    int n_pos = (int)(s.lq - i0 < pl->block_pos ? s.lq - i0 : pl->block_pos);
+    int m = n_pos * pl->group, D = p->head_dim;
+    wmem w;
+    wmem_layout(pl, pl->scratch + (size_t)worker * pl->worker_bytes, &w);
+    pack_q(pl, u.b, i0, n_pos, u.g, NULL, w.sq, w.corr);
+    v_channel_info(pl, u.b, u.g, w.sv, w.mv);
+    qattn_tile_state total = state_view(pl->partials + (size_t)(task * pl->n_split) * partial_floats(pl), m, D);
+    for (int64_t k = 1; k < pl->n_split; k++) {
+        qattn_tile_state part = state_view(pl->partials + (size_t)(task * pl->n_split + k) * partial_floats(pl), m, D);
+        qattn_state_merge(&total, &part, m, D);
+    }
+    write_rows(pl, u.b, i0, n_pos, u.g, &total, w.corr, w.mv);
+}
+
+qattn_status qattn_lowp_run_quantized(qattn_ctx *ctx, const qattn_params *p, const qattn_int8_inputs *qi, int32_t p_mode,
+                                      const void *v_fp, void *workspace, size_t workspace_size) {
+    lplan pl;
+    make_plan(&pl, ctx, p);
+    pl.qi = qi;
+    pl.p_mode = p_mode;
+    pl.v_fp = v_fp;
+    if (pl.n_units == 0) return QATTN_OK;
+    int nw = plan_workers(ctx, &pl);
+    size_t need = plan_bytes(&pl, nw);
+    void *mem = workspace;
+    if (mem) {
+        if (workspace_size < need)
+            return qattn_fail(ctx, QATTN_ERR_CAPACITY, "workspace has %zu bytes; these parameters need %zu (qattn_workspace_size)",
+                              workspace_size, need);
+        if ((uintptr_t)mem % 64 != 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "workspace must be 64-byte aligned");
+    } else {
+        mem = qattn_alloc(ctx, need);
+        if (!mem) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of workspace", need);
+    }
+    pl.scratch = mem;
+    pl.partials = (float *)(void *)(pl.scratch + (size_t)nw * pl.worker_bytes);
+    qattn_parallel_for(nw, pl.n_units, run_unit, &pl);
+    if (pl.n_split > 1) qattn_parallel_for(nw, pl.n_units / pl.n_split, merge_unit, &pl);
+    if (mem != workspace) qattn_free(ctx, mem);
+    return QATTN_OK;
+}
+
+/* ---------------------------------------------------------------- dynamic INT8 (qattn_forward) */
+
+/* Bytes of the quantized copies of Q, K, V (codes, scales, means) for cfg, 64-byte pieces. */
+typedef struct qbufs {
+    size_t off[3][3]; /* [tensor][codes, scales, means] */
+    size_t total;
+} qbufs;
+
+static void qbufs_layout(const qattn_params *p, const qattn_lowp_cfg *cfg, qbufs *qb) {
+    int32_t gran[3] = {cfg->q_gran, cfg->k_gran, cfg->v_gran};
+    int32_t blk[3] = {cfg->q_block, cfg->k_block, cfg->v_block};
+    size_t off = 0;
+    for (int w = 0; w < 3; w++) {
+        int64_t heads = w == 0 ? p->n_heads : p->n_kv_heads;
+        int64_t tokens = w == 0 ? (p->cu_seqlens_q ? p->cu_seqlens_q[p->batch] : p->batch * p->seqlen_q)
+                                : (p->cu_seqlens_k ? p->cu_seqlens_k[p->batch] : p->batch * p->seqlen_k);
+        bool skip = w == 2 && cfg->p_mode == QATTN_P_FP32; /* V stays FP */
+        qb->off[w][0] = off;
+        off += skip ? 0 : al64((size_t)(tokens * heads * p->head_dim));
+        qb->off[w][1] = off;
+        off += skip ? 0 : al64((size_t)qattn_quant_scale_count(p, w, gran[w], blk[w]) * sizeof(float));
+        qb->off[w][2] = off;
+        off += skip ? 0 : al64((size_t)(p->batch * heads * p->head_dim) * sizeof(float));
+    }
+    qb->total = off;
+}
+
+static qattn_status check_cfg(qattn_ctx *ctx, const qattn_lowp_cfg *cfg) {
+    if (cfg->q_gran == QATTN_QUANT_PER_CHANNEL || cfg->k_gran == QATTN_QUANT_PER_CHANNEL)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "q and k scales cannot be PER_CHANNEL");
+    if (cfg->p_mode != QATTN_P_FP32 && cfg->v_gran != QATTN_QUANT_PER_HEAD && cfg->v_gran != QATTN_QUANT_PER_CHANNEL)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "v scales must be PER_HEAD or PER_CHANNEL for integer P V");
+    if (cfg->p_mode < QATTN_P_U8_BLOCKMAX || cfg->p_mode > QATTN_P_FP32)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "p_mode %d is not a qattn_p_mode", cfg->p_mode);
+    for (int w = 0; w < 3; w++) {
+        int32_t g = w == 0 ? cfg->q_gran : w == 1 ? cfg->k_gran : cfg->v_gran;
+        int32_t b = w == 0 ? cfg->q_block : w == 1 ? cfg->k_block : cfg->v_block;
+        qattn_status s = qattn_quant_check_tensor(ctx, w, g, b);
+        if (s != QATTN_OK) return s;
+    }
+    return QATTN_OK;
+}
+
+static size_t dynamic_bytes(const qattn_ctx *ctx, const qattn_params *p, const qattn_lowp_cfg *cfg, qbufs *qb) {
+    qbufs tmp;
+    if (!qb) qb = &tmp;
+    qbufs_layout(p, cfg, qb);
+    return qb->total + qattn_lowp_run_bytes(ctx, p);
+}
+
+qattn_status qattn_lowp_forward_cfg(qattn_ctx *ctx, const qattn_params *p, const qattn_lowp_cfg *cfg) {
+    if (!ctx) return QATTN_ERR_NULL_POINTER;
+    qattn_status s = qattn_validate(ctx, p, true);
+    if (s == QATTN_OK) s = check_cfg(ctx, cfg);
+    if (s != QATTN_OK || p->batch == 0) return s;
+    qbufs qb;
+    size_t need = dynamic_bytes(ctx, p, cfg, &qb);
+    unsigned char *mem = p->workspace;
+    if (mem) {
+        if (p->workspace_size < need)
+            return qattn_fail(ctx, QATTN_ERR_CAPACITY, "workspace has %zu bytes; these parameters need %zu (qattn_workspace_size)",
+                              p->workspace_size, need);
+        if ((uintptr_t)mem % 64 != 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "workspace must be 64-byte aligned");
+    } else if (need > 0) {
+        mem = qattn_alloc(ctx, need);
+        if (!mem) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of workspace", need);
+    }
+    qattn_int8_inputs qi;
+    memset(&qi, 0, sizeof qi);
+    qattn_int8_tensor *ts[3] = {&qi.q, &qi.k, &qi.v};
+    int32_t gran[3] = {cfg->q_gran, cfg->k_gran, cfg->v_gran};
+    int32_t blk[3] = {cfg->q_block, cfg->k_block, cfg->v_block};
+    int32_t smooth[3] = {0, cfg->k_smooth, cfg->v_smooth};
+    bool fp_v = cfg->p_mode == QATTN_P_FP32;
+    s = QATTN_OK;
+    for (int w = 0; w < 3 && s == QATTN_OK; w++) {
+        if (w == 2 && fp_v) continue;
+        int64_t heads = w == 0 ? p->n_heads : p->n_kv_heads, len = w == 0 ? p->seqlen_q : p->seqlen_k;
+        qattn_int8_tensor *t = ts[w];
+        t->data = (int8_t *)(mem + qb.off[w][0]);
+        t->scale = (float *)(void *)(mem + qb.off[w][1]);
+        t->mean = smooth[w] ? (float *)(void *)(mem + qb.off[w][2]) : NULL;
+        t->granularity = gran[w];
+        t->block_size = blk[w];
+        t->head_stride = p->head_dim;
+        t->seq_stride = heads * p->head_dim;
+        t->batch_stride = len * t->seq_stride;
+        s = qattn_quantize_tensor(ctx, p, w, t);
+    }
+    if (s == QATTN_OK)
+        s = qattn_lowp_run_quantized(ctx, p, &qi, cfg->p_mode, fp_v ? p->v : NULL, mem ? mem + qb.total : NULL,
+                                     mem ? (p->workspace ? p->workspace_size : need) - qb.total : 0);
+    if (mem && mem != p->workspace) qattn_free(ctx, mem);
+    return s;
+}
 
 qattn_status qattn_cpu_forward_lowp(qattn_ctx *ctx, const qattn_params *p) {
-    return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "precision %d is not supported by the CPU backend in this build", p->precision);
+    if (p->precision == QATTN_PRECISION_FP8_E4M3 || p->precision == QATTN_PRECISION_FP8_E5M2) return qattn_fp8_forward(ctx, p);
+    qattn_lowp_cfg cfg;
+    qattn_lowp_scheme_cfg(p->int8_scheme, &cfg);
+    return qattn_lowp_forward_cfg(ctx, p, &cfg);
 }
 
 qattn_status qattn_cpu_lowp_workspace_size(qattn_ctx *ctx, const qattn_params *p, size_t *bytes) {
     *bytes = 0;
-    return qattn_cpu_forward_lowp(ctx, p);
+    if (p->precision == QATTN_PRECISION_FP8_E4M3 || p->precision == QATTN_PRECISION_FP8_E5M2) {
+        /* FP8 emulation: FP32 copies of Q, K, V plus per-worker rows */
+        int64_t tq = p->cu_seqlens_q ? p->cu_seqlens_q[p->batch] : p->batch * p->seqlen_q;
+        int64_t tk = p->cu_seqlens_k ? p->cu_seqlens_k[p->batch] : p->batch * p->seqlen_k;
+        *bytes = (size_t)(tq * p->n_heads + 2 * tk * p->n_kv_heads) * (size_t)p->head_dim * sizeof(float);
+        return QATTN_OK;
+    }
+    qattn_lowp_cfg cfg;
+    qattn_lowp_scheme_cfg(p->int8_scheme, &cfg);
+    *bytes = p->batch == 0 ? 0 : dynamic_bytes(ctx, p, &cfg, NULL);
+    return QATTN_OK;
 }

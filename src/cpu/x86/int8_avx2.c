@@ -1,0 +1,206 @@
+/* AVX2 INT8 micro-kernels (compiled with -mavx2 -mfma -mf16c; chosen when ctx->isa is AVX2).
+ * Contracts and packed layouts: src/quant/lowp.h. Each kernel returns exactly what its scalar
+ * reference in src/ref/int8_ref.c returns (tests/test_int8.c checks it bit for bit).
+ *
+ * Why no intermediate saturates (also in docs/FORMAT.md, "AVX2 kernels"):
+ *
+ * Q K^T (qk_avx2). _mm256_maddubs_epi16(a, b) multiplies UNSIGNED bytes a by SIGNED bytes b
+ * and adds adjacent pairs into a signed 16-bit lane WITH SATURATION. Feeding it u8 x s8 codes
+ * of full range would reach 255 * 127 * 2 = 64770 > 32767. We use the sign trick instead:
+ *     a = |q|            (_mm256_sign_epi8(q, q); q in [-127, 127], so 0 <= a <= 127)
+ *     b = sign(k, q)     (_mm256_sign_epi8(k, q): k, -k or 0 as q > 0, < 0, = 0; k in
+ *                         [-127, 127] so -k is representable)
+ *     a * b = q * k exactly, and |a0*b0 + a1*b1| <= 2 * 127 * 127 = 32258 <= 32767.
+ * The packers clamp every code to [-127, 127] (a stored -128 is read as -127), which is what
+ * makes both bounds hold. The 16-bit pair sums are widened by _mm256_madd_epi16(x, 1):
+ * |sum of 2| <= 64516, then added in 32-bit lanes: |S| <= D * 127 * 127 <= 256 * 16129 =
+ * 4 129 024 < 2^31 (and < 2^24, so the float conversion of S is exact).
+ *
+ * P V (pv_avx2). P codes are u8 in [0, 255] and V codes s8: maddubs would saturate (above),
+ * so the packer widens both to 16 bits and we use _mm256_madd_epi16, which multiplies s16 by
+ * s16 into exact 32-bit products and adds pairs in 32 bits: |p0*v0 + p1*v1| <= 2 * 255 * 127 =
+ * 64770, no saturation anywhere; over a tile of at most 64 keys |O| <= 64 * 255 * 127 =
+ * 2 072 640 < 2^24 (exact in float).
+ *
+ * Float kernels (scores, softmax, FP32 P V) do the reference's operations in the reference's
+ * order, with vfmadd where it uses fmaf, so they agree bit for bit too. */
+#include "quant/lowp.h"
+
+#include <float.h>
+#include <immintrin.h>
+
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
+static ALWAYS_INLINE int32_t load_i32(const void *p) {
+    int32_t w;
+    memcpy(&w, p, 4);
+    return w;
+}
+
+/* mr rows x nv groups of 8 keys. */
+static ALWAYS_INLINE void qk_block(const int8_t *q, int mr, int d, const int8_t *kpack, int npad, int j, int nv, int32_t *s) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[4][2];
+    for (int i = 0; i < mr; i++)
+        for (int v = 0; v < nv; v++) acc[i][v] = _mm256_setzero_si256();
+    int ng = d / 4;
+    for (int g = 0; g < ng; g++) {
+        const int8_t *kb = kpack + (size_t)g * (size_t)npad * 4 + (size_t)j * 4;
+        __m256i kv[2];
+        for (int v = 0; v < nv; v++) kv[v] = _mm256_loadu_si256((const __m256i *)(kb + 32 * v));
+        for (int i = 0; i < mr; i++) {
+            __m256i qb = _mm256_set1_epi32(load_i32(q + (size_t)i * d + (size_t)g * 4));
+            __m256i qa = _mm256_sign_epi8(qb, qb); /* |q| <= 127 */
+            for (int v = 0; v < nv; v++) {
+                __m256i prod = _mm256_maddubs_epi16(qa, _mm256_sign_epi8(kv[v], qb)); /* |pair| <= 32258 */
+                acc[i][v] = _mm256_add_epi32(acc[i][v], _mm256_madd_epi16(prod, ones));
+            }
+        }
+    }
+    for (int i = 0; i < mr; i++)
+        for (int v = 0; v < nv; v++) _mm256_storeu_si256((__m256i *)(s + (size_t)i * npad + j + 8 * v), acc[i][v]);
+}
+
+static void qk_avx2(const int8_t *q, int m, int d, const int8_t *kpack, int npad, int32_t *s) {
+    int r = 0;
+    for (; r + 4 <= m; r += 4) {
+        int j = 0;
+        for (; j + 16 <= npad; j += 16) qk_block(q + (size_t)r * d, 4, d, kpack, npad, j, 2, s + (size_t)r * npad);
+        for (; j < npad; j += 8) qk_block(q + (size_t)r * d, 4, d, kpack, npad, j, 1, s + (size_t)r * npad);
+    }
+    for (; r < m; r++) {
+        int j = 0;
+        for (; j + 16 <= npad; j += 16) qk_block(q + (size_t)r * d, 1, d, kpack, npad, j, 2, s + (size_t)r * npad);
+        for (; j < npad; j += 8) qk_block(q + (size_t)r * d, 1, d, kpack, npad, j, 1, s + (size_t)r * npad);
+    }
+}
+
+/* mr rows x nv groups of 8 channels starting at channel c. */
+static ALWAYS_INLINE void pv_block(const int16_t *pc, int mr, int npad, const int16_t *vpack, int d, int c, int nv, int32_t *o) {
+    __m256i acc[4][3];
+    for (int i = 0; i < mr; i++)
+        for (int v = 0; v < nv; v++) acc[i][v] = _mm256_setzero_si256();
+    for (int jp = 0; jp < npad / 2; jp++) {
+        const int16_t *vb = vpack + (size_t)jp * d * 2 + (size_t)c * 2;
+        __m256i vv[3];
+        for (int v = 0; v < nv; v++) vv[v] = _mm256_loadu_si256((const __m256i *)(vb + 16 * v));
+        for (int i = 0; i < mr; i++) {
+            __m256i pb = _mm256_set1_epi32(load_i32(pc + (size_t)i * npad + 2 * jp)); /* (p[2jp], p[2jp+1]) */
+            for (int v = 0; v < nv; v++) acc[i][v] = _mm256_add_epi32(acc[i][v], _mm256_madd_epi16(pb, vv[v]));
+        }
+    }
+    for (int i = 0; i < mr; i++)
+        for (int v = 0; v < nv; v++) _mm256_storeu_si256((__m256i *)(o + (size_t)i * d + c + 8 * v), acc[i][v]);
+}
+
+static void pv_avx2(const int16_t *pc, int m, int npad, const int16_t *vpack, int d, int32_t *o) {
+    int r = 0;
+    for (; r + 4 <= m; r += 4) {
+        int c = 0;
+        for (; c + 24 <= d; c += 24) pv_block(pc + (size_t)r * npad, 4, npad, vpack, d, c, 3, o + (size_t)r * d);
+        for (; c < d; c += 8) pv_block(pc + (size_t)r * npad, 4, npad, vpack, d, c, 1, o + (size_t)r * d);
+    }
+    for (; r < m; r++) {
+        int c = 0;
+        for (; c + 24 <= d; c += 24) pv_block(pc + (size_t)r * npad, 1, npad, vpack, d, c, 3, o + (size_t)r * d);
+        for (; c < d; c += 8) pv_block(pc + (size_t)r * npad, 1, npad, vpack, d, c, 1, o + (size_t)r * d);
+    }
+}
+
+static void scores_avx2(const int32_t *s, int m, int npad, const float *sq, const float *sk, float *sf) {
+    const __m256 hi = _mm256_set1_ps(FLT_MAX), lo = _mm256_set1_ps(-FLT_MAX);
+    for (int r = 0; r < m; r++) {
+        __m256 a = _mm256_set1_ps(sq[r]);
+        for (int j = 0; j < npad; j += 8) {
+            __m256 x = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(s + (size_t)r * npad + j)));
+            x = _mm256_mul_ps(_mm256_mul_ps(x, a), _mm256_loadu_ps(sk + j));
+            x = _mm256_max_ps(_mm256_min_ps(x, hi), lo);
+            _mm256_storeu_ps(sf + (size_t)r * npad + j, x);
+        }
+    }
+}
+
+static ALWAYS_INLINE __m256 exp2_poly8(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-127.0f));
+    __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 f = _mm256_sub_ps(x, n);
+    __m256 p = _mm256_set1_ps(1.5252733804059841e-05f);
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.5403530393381610e-04f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.3333558146428443e-03f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.6181291076284772e-03f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.5504108664821580e-02f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.4022650695910071e-01f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.9314718055994531e-01f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(e, 23)));
+}
+
+static void softmax_avx2(const float *sf, int lo, int hi, int npad, float ref, float mult, int16_t *codes, float *pf,
+                         int32_t *code_sum, float *e_sum) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i vlo = _mm256_set1_epi32(lo - 1), vhi = _mm256_set1_epi32(hi);
+    const __m256 vref = _mm256_set1_ps(ref), vmult = _mm256_set1_ps(mult);
+    __m256 esum = _mm256_setzero_ps();
+    __m256i csum = _mm256_setzero_si256();
+    for (int j = 0; j < npad; j += 8) {
+        __m256i idx = _mm256_add_epi32(lane, _mm256_set1_epi32(j));
+        __m256i in = _mm256_and_si256(_mm256_cmpgt_epi32(idx, vlo), _mm256_cmpgt_epi32(vhi, idx));
+        __m256 e = exp2_poly8(_mm256_sub_ps(_mm256_loadu_ps(sf + j), vref));
+        e = _mm256_and_ps(e, _mm256_castsi256_ps(in));
+        esum = _mm256_add_ps(esum, e);
+        __m256i code = _mm256_cvtps_epi32(_mm256_mul_ps(e, vmult)); /* round to nearest even */
+        csum = _mm256_add_epi32(csum, code);
+        if (codes) {
+            __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(code, code), 0x08);
+            _mm_storeu_si128((__m128i *)(codes + j), _mm256_castsi256_si128(packed));
+        }
+        if (pf) _mm256_storeu_ps(pf + j, e);
+    }
+    float l[8];
+    int32_t c[8];
+    _mm256_storeu_ps(l, esum);
+    _mm256_storeu_si256((__m256i *)c, csum);
+    *e_sum = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+    *code_sum = ((c[0] + c[1]) + (c[2] + c[3])) + ((c[4] + c[5]) + (c[6] + c[7]));
+}
+
+/* mr rows x nv groups of 8 channels, j ascending with one fma per product (as the reference). */
+static ALWAYS_INLINE void pvf_block(const float *p, int mr, int npad, const float *v, int d, int c, int nv, float *o) {
+    __m256 acc[4][3];
+    for (int i = 0; i < mr; i++)
+        for (int k = 0; k < nv; k++) acc[i][k] = _mm256_setzero_ps();
+    for (int j = 0; j < npad; j++) {
+        __m256 vv[3];
+        for (int k = 0; k < nv; k++) vv[k] = _mm256_loadu_ps(v + (size_t)j * d + c + 8 * k);
+        for (int i = 0; i < mr; i++) {
+            __m256 pb = _mm256_set1_ps(p[(size_t)i * npad + j]);
+            for (int k = 0; k < nv; k++) acc[i][k] = _mm256_fmadd_ps(pb, vv[k], acc[i][k]);
+        }
+    }
+    for (int i = 0; i < mr; i++)
+        for (int k = 0; k < nv; k++) _mm256_storeu_ps(o + (size_t)i * d + c + 8 * k, acc[i][k]);
+}
+
+static void pv_f32_avx2(const float *p, int m, int npad, const float *v, int d, float *o) {
+    int r = 0;
+    for (; r + 4 <= m; r += 4) {
+        int c = 0;
+        for (; c + 24 <= d; c += 24) pvf_block(p + (size_t)r * npad, 4, npad, v, d, c, 3, o + (size_t)r * d);
+        for (; c < d; c += 8) pvf_block(p + (size_t)r * npad, 4, npad, v, d, c, 1, o + (size_t)r * d);
+    }
+    for (; r < m; r++) {
+        int c = 0;
+        for (; c + 24 <= d; c += 24) pvf_block(p + (size_t)r * npad, 1, npad, v, d, c, 3, o + (size_t)r * d);
+        for (; c < d; c += 8) pvf_block(p + (size_t)r * npad, 1, npad, v, d, c, 1, o + (size_t)r * d);
+    }
+}
+
+const qattn_int8_kernels qattn_int8_kernels_avx2 = {
+    .name = "avx2",
+    .qk = qk_avx2,
+    .pv = pv_avx2,
+    .scores = scores_avx2,
+    .softmax = softmax_avx2,
+    .pv_f32 = pv_f32_avx2,
+};

@@ -1,0 +1,146 @@
+/* Internals of the INT8 / FP8 paths: the INT8 micro-kernel table (scalar reference in
+ * src/ref/int8_ref.c, AVX2 in src/cpu/x86/int8_avx2.c), the packed tile layouts they share,
+ * the scheme configuration of the low-precision driver (src/cpu/forward_lowp.c) and the
+ * FP8 rounding (src/ref/fp8_ref.c). Nothing here is public. */
+#ifndef QATTN_QUANT_LOWP_H
+#define QATTN_QUANT_LOWP_H
+
+#include "qattn_internal.h"
+
+/* ---------------------------------------------------------------- packed layouts
+ * A K/V tile holds n <= QATTN_I8_TILE keys, padded with zero codes to npad = round_up(n, 8).
+ *   K pack (int8):  kp[(c / 4) * npad * 4 + j * 4 + c % 4] = k[j][c]   ("4 channels of 8 keys"
+ *                   per 32-byte vector, the VNNI layout), c < D (D % 8 == 0).
+ *   V pack (int16): vp[(j / 2) * D * 2 + c * 2 + j % 2] = v[j][c]      (key pairs interleaved)
+ *   P codes (int16): pc[r * npad + j], 0 <= code <= 255, zero for masked and padded keys.
+ *   Q codes (int8): q[r * D + c], codes in [-127, 127] (packers turn -128 into -127).
+ * Every code in a pack is in [-127, 127] (K, V, Q) or [0, 255] (P). */
+#define QATTN_I8_TILE 64
+
+/* S[r * npad + j] = sum_c q[r][c] * k[j][c]   (exact int32; |S| <= 256 * 127 * 127). */
+typedef void (*qattn_i8_qk_fn)(const int8_t *q, int m, int d, const int8_t *kpack, int npad, int32_t *s);
+/* O[r * d + c] = sum_j pc[r][j] * v[j][c]      (exact int32; |O| <= 64 * 255 * 127). */
+typedef void (*qattn_i8_pv_fn)(const int16_t *pc, int m, int npad, const int16_t *vpack, int d, int32_t *o);
+/* sf[r * npad + j] = clamp((float)S[r * npad + j] * sq[r] * sk[j], -FLT_MAX, FLT_MAX). */
+typedef void (*qattn_i8_scores_fn)(const int32_t *s, int m, int npad, const float *sq, const float *sk, float *sf);
+/* One row: for lo <= j < hi, e = exp2(sf[j] - ref) (qattn_exp2_poly), code = rint(e * mult);
+ * outside [lo, hi) code = 0, e = 0, for j < npad. Writes codes (if codes != NULL) or e into pf
+ * (if pf != NULL), *code_sum = sum of codes, *e_sum = sum of e in the fixed 8-lane order
+ * (lane j % 8, lanes combined ((0+1)+(2+3))+((4+5)+(6+7))). */
+typedef void (*qattn_i8_softmax_fn)(const float *sf, int lo, int hi, int npad, float ref, float mult, int16_t *codes,
+                                    float *pf, int32_t *code_sum, float *e_sum);
+/* O[r * d + c] = sum_j p[r * npad + j] * v[j * d + c], j ascending, fused multiply-add. */
+typedef void (*qattn_f32_pv_fn)(const float *p, int m, int npad, const float *v, int d, float *o);
+
+typedef struct qattn_int8_kernels {
+    const char *name;
+    qattn_i8_qk_fn qk;
+    qattn_i8_pv_fn pv;
+    qattn_i8_scores_fn scores;
+    qattn_i8_softmax_fn softmax;
+    qattn_f32_pv_fn pv_f32;
+} qattn_int8_kernels;
+
+extern const qattn_int8_kernels qattn_int8_kernels_ref;
+#if defined(QATTN_HAVE_X86)
+extern const qattn_int8_kernels qattn_int8_kernels_avx2;
+#endif
+
+/* The table for ctx->isa. */
+static inline const qattn_int8_kernels *qattn_int8_kernels_for(const qattn_ctx *ctx) {
+#if defined(QATTN_HAVE_X86)
+    if (ctx->isa == QATTN_ISA_AVX2) return &qattn_int8_kernels_avx2;
+#endif
+    (void)ctx;
+    return &qattn_int8_kernels_ref;
+}
+
+/* exp2(x) for x <= 0 (x = -inf gives 0), the polynomial both ISAs use, so that they agree
+ * bit for bit: x clamped to >= -127, n = rint(x), f = x - n in [-0.5, 0.5], 2^f by a degree-6
+ * Taylor polynomial in Horner form with fused multiply-adds (relative error < 2e-7), times 2^n
+ * built in the exponent bits (2^n = 0 below n = -126). */
+static inline float qattn_exp2_poly(float x) {
+    if (!(x >= -127.0f)) x = -127.0f; /* also -inf */
+    float n = nearbyintf(x);
+    float f = x - n;
+    float p = 1.5252733804059841e-05f;
+    p = fmaf(p, f, 1.5403530393381610e-04f);
+    p = fmaf(p, f, 1.3333558146428443e-03f);
+    p = fmaf(p, f, 9.6181291076284772e-03f);
+    p = fmaf(p, f, 5.5504108664821580e-02f);
+    p = fmaf(p, f, 2.4022650695910071e-01f);
+    p = fmaf(p, f, 6.9314718055994531e-01f);
+    p = fmaf(p, f, 1.0f);
+    int32_t e = (int32_t)n + 127; /* 0 .. 127 */
+    uint32_t bits = (uint32_t)e << 23;
+    float two_n;
+    memcpy(&two_n, &bits, 4);
+    return p * two_n;
+}
+
+/* ---------------------------------------------------------------- scheme configuration */
+
+/* How P is turned into integer codes. */
+typedef enum qattn_p_mode {
+    QATTN_P_U8_BLOCKMAX = 0, /* u8 codes x255 against the block's own row max; sum of the codes */
+    QATTN_P_S8_RUNNING = 1,  /* codes x127 against the running max; sum of unquantized P (INT-FA) */
+    QATTN_P_U8_RUNNING = 2,  /* u8 codes x255 against the running max; sum of the codes */
+    QATTN_P_S8_BLOCKMAX = 3, /* codes x127 against the block row max; sum of the codes */
+    QATTN_P_FP32 = 4,        /* P and V in FP32 (SageAttention-1 style) */
+} qattn_p_mode;
+
+typedef struct qattn_lowp_cfg {
+    int32_t q_gran, k_gran, v_gran;    /* qattn_quant_granularity */
+    int32_t q_block, k_block, v_block; /* tokens per scale for PER_BLOCK */
+    int32_t k_smooth, v_smooth;        /* subtract the mean over tokens */
+    int32_t p_mode;                    /* qattn_p_mode */
+} qattn_lowp_cfg;
+
+/* The configuration of a named scheme (qattn_int8_scheme). */
+void qattn_lowp_scheme_cfg(int32_t scheme, qattn_lowp_cfg *cfg);
+
+/* qattn_forward at precision INT8 with an explicit configuration (for measuring candidate
+ * schemes: tools/qattn/accuracy.c, tests). p is validated here. */
+qattn_status qattn_lowp_forward_cfg(qattn_ctx *ctx, const qattn_params *p, const qattn_lowp_cfg *cfg);
+
+/* The pre-quantized driver behind qattn_forward_quantized; p and qi validated, p_mode given.
+ * v_fp: when not NULL (P_FP32 mode), V is read from it (dtype, p's v strides) instead of qi->v. */
+qattn_status qattn_lowp_run_quantized(qattn_ctx *ctx, const qattn_params *p, const qattn_int8_inputs *qi, int32_t p_mode,
+                                      const void *v_fp, void *workspace, size_t workspace_size);
+size_t qattn_lowp_run_bytes(const qattn_ctx *ctx, const qattn_params *p);
+
+/* ---------------------------------------------------------------- quantization internals
+ * (src/quant/quant.c) */
+
+/* Scale-array index of element (b, pos, head, c); tok = packed token index (varlen) or
+ * b * L + pos. */
+static inline int64_t qattn_scale_index(int32_t gran, int32_t block, int64_t b, int64_t tok, int64_t pos, int64_t head,
+                                        int64_t n_heads, int64_t max_len, int64_t d, int64_t c) {
+    switch (gran) {
+    case QATTN_QUANT_PER_TOKEN: return tok * n_heads + head;
+    case QATTN_QUANT_PER_BLOCK: {
+        int64_t nblk = (max_len + block - 1) / block;
+        return (b * n_heads + head) * nblk + pos / block;
+    }
+    case QATTN_QUANT_PER_HEAD: return b * n_heads + head;
+    default: return (b * n_heads + head) * d + c;
+    }
+}
+
+/* Validation shared by the public functions: which, granularity and block size. */
+qattn_status qattn_quant_check_tensor(qattn_ctx *ctx, int32_t which, int32_t granularity, int32_t block_size);
+/* Quantize one tensor of p without re-validating p (threads over (sequence, head)). */
+qattn_status qattn_quantize_tensor(qattn_ctx *ctx, const qattn_params *p, int32_t which, qattn_int8_tensor *t);
+int64_t qattn_quant_scale_count(const qattn_params *p, int32_t which, int32_t granularity, int32_t block_size);
+
+/* ---------------------------------------------------------------- FP8 (src/ref/fp8_ref.c) */
+
+/* Round to FP8 E4M3 (max 448) or E5M2 (max 57344), nearest even, saturating to the largest
+ * finite value; subnormals kept; NaN stays NaN. Returns the rounded value as float. */
+float qattn_round_fp8_e4m3(float x);
+float qattn_round_fp8_e5m2(float x);
+
+/* Emulated FP8 attention (precision FP8_E4M3 / FP8_E5M2), p validated. */
+qattn_status qattn_fp8_forward(qattn_ctx *ctx, const qattn_params *p);
+
+#endif

@@ -1,0 +1,316 @@
+/* Token-level symmetric INT8 quantization of Q, K, V (docs/FORMAT.md): per token, per block of
+ * tokens, per head or per channel, with optional smoothing (mean over tokens subtracted), its
+ * inverse, and the pre-quantized forward entry point. Work is split over (sequence, head), each
+ * task independent, so results do not depend on the thread count. */
+#include "quant/lowp.h"
+
+#include "cpu/threads.h"
+
+#include <stdalign.h>
+
+_Static_assert(sizeof(qattn_int8_tensor) == 64, "qattn_int8_tensor is 64 bytes (docs/FORMAT.md)");
+_Static_assert(alignof(qattn_int8_tensor) == 8, "qattn_int8_tensor is 8-byte aligned");
+_Static_assert(sizeof(qattn_int8_inputs) == 192, "qattn_int8_inputs is 192 bytes (docs/FORMAT.md)");
+_Static_assert(offsetof(qattn_int8_tensor, granularity) == 24 && offsetof(qattn_int8_tensor, batch_stride) == 32,
+               "qattn_int8_tensor field offsets (docs/FORMAT.md)");
+
+/* ---------------------------------------------------------------- geometry of one tensor */
+
+typedef struct tview {
+    const void *src; /* FP source (p->q / k / v) */
+    int64_t bs, ss, hs; /* p's strides for it */
+    int64_t max_len;
+    int32_t n_heads;
+    const int32_t *cu;
+} tview;
+
+static tview view_of(const qattn_params *p, int32_t which) {
+    tview v;
+    v.cu = which == QATTN_TENSOR_Q ? p->cu_seqlens_q : p->cu_seqlens_k;
+    v.max_len = which == QATTN_TENSOR_Q ? p->seqlen_q : p->seqlen_k;
+    v.n_heads = which == QATTN_TENSOR_Q ? p->n_heads : p->n_kv_heads;
+    if (which == QATTN_TENSOR_Q) {
+        v.src = p->q, v.bs = p->q_batch_stride, v.ss = p->q_seq_stride, v.hs = p->q_head_stride;
+    } else if (which == QATTN_TENSOR_K) {
+        v.src = p->k, v.bs = p->k_batch_stride, v.ss = p->k_seq_stride, v.hs = p->k_head_stride;
+    } else {
+        v.src = p->v, v.bs = p->v_batch_stride, v.ss = p->v_seq_stride, v.hs = p->v_head_stride;
+    }
+    return v;
+}
+
+static int64_t seq_len(const tview *v, int64_t b) { return v->cu ? (int64_t)v->cu[b + 1] - v->cu[b] : v->max_len; }
+static int64_t seq_tok0(const tview *v, int64_t b) { return v->cu ? v->cu[b] : b * v->max_len; }
+/* Element offset of (b, pos 0) with strides (bs, ss). */
+static int64_t seq_off(const tview *v, int64_t b, int64_t bs, int64_t ss) { return v->cu ? (int64_t)v->cu[b] * ss : b * bs; }
+
+int64_t qattn_quant_scale_count(const qattn_params *p, int32_t which, int32_t granularity, int32_t block_size) {
+    tview v = view_of(p, which);
+    int64_t tokens = v.cu ? v.cu[p->batch] : p->batch * v.max_len;
+    switch (granularity) {
+    case QATTN_QUANT_PER_TOKEN: return tokens * v.n_heads;
+    case QATTN_QUANT_PER_BLOCK: return p->batch * v.n_heads * ((v.max_len + block_size - 1) / block_size);
+    case QATTN_QUANT_PER_HEAD: return p->batch * v.n_heads;
+    default: return p->batch * v.n_heads * p->head_dim;
+    }
+}
+
+qattn_status qattn_quant_check_tensor(qattn_ctx *ctx, int32_t which, int32_t granularity, int32_t block_size) {
+    if (which < QATTN_TENSOR_Q || which > QATTN_TENSOR_V)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "which is %d; expected QATTN_TENSOR_Q, _K or _V (0, 1, 2)", which);
+    if (granularity < QATTN_QUANT_PER_TOKEN || granularity > QATTN_QUANT_PER_CHANNEL)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "granularity %d is not a qattn_quant_granularity", granularity);
+    if (granularity == QATTN_QUANT_PER_BLOCK && block_size < 1)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "block_size is %d; PER_BLOCK needs >= 1 tokens per block", block_size);
+    return QATTN_OK;
+}
+
+/* ---------------------------------------------------------------- quantization tasks */
+
+typedef struct qjob {
+    const qattn_params *p;
+    tview v;
+    qattn_int8_tensor *t;
+    int64_t *bad; /* per task: 0, or 1 + the element's (pos * D + c) of the first non-finite value */
+} qjob;
+
+static inline float ld(const qjob *j, int64_t off, int64_t pos, int64_t c) {
+    return qattn_load(j->v.src, j->p->qkv_dtype, off + pos * j->v.ss + c);
+}
+
+static inline int8_t to_code(float x, float amax) {
+    if (amax == 0.0f) return 0;
+    float c = nearbyintf(x / amax * 127.0f); /* |x / amax| <= 1: never overflows */
+    c = c > 127.0f ? 127.0f : (c < -127.0f ? -127.0f : c);
+    return (int8_t)c;
+}
+
+static void quant_task(void *arg, int64_t task, int worker) {
+    (void)worker;
+    const qjob *j = arg;
+    const qattn_params *p = j->p;
+    qattn_int8_tensor *t = j->t;
+    int64_t Ht = j->v.n_heads, D = p->head_dim;
+    int64_t b = task / Ht, h = task % Ht;
+    int64_t n = seq_len(&j->v, b), tok0 = seq_tok0(&j->v, b);
+    int64_t off = seq_off(&j->v, b, j->v.bs, j->v.ss) + h * j->v.hs;
+    int64_t toff = seq_off(&j->v, b, t->batch_stride, t->seq_stride) + h * t->head_stride;
+    float mu_buf[256];
+    for (int64_t c = 0; c < D; c++) mu_buf[c] = 0.0f;
+
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t c = 0; c < D; c++)
+            if (!isfinite(ld(j, off, i, c))) {
+                j->bad[task] = 1 + i * D + c;
+                return;
+            }
+    if (t->mean) {
+        for (int64_t c = 0; c < D; c++) {
+            double acc = 0.0;
+            for (int64_t i = 0; i < n; i++) acc += ld(j, off, i, c);
+            mu_buf[c] = n > 0 ? (float)(acc / (double)n) : 0.0f;
+            t->mean[(b * Ht + h) * D + c] = mu_buf[c];
+        }
+    }
+    const float *mu = mu_buf;
+    int8_t *dst = t->data + toff;
+    int32_t gran = t->granularity;
+    if (gran == QATTN_QUANT_PER_TOKEN || gran == QATTN_QUANT_PER_BLOCK || gran == QATTN_QUANT_PER_HEAD) {
+        int64_t span = gran == QATTN_QUANT_PER_TOKEN ? 1 : gran == QATTN_QUANT_PER_BLOCK ? t->block_size : (n > 0 ? n : 1);
+        if (gran == QATTN_QUANT_PER_BLOCK) { /* blocks past this sequence's end (varlen) */
+            int64_t nblk = (j->v.max_len + span - 1) / span;
+            for (int64_t k = 0; k < nblk; k++) t->scale[(b * Ht + h) * nblk + k] = 0.0f;
+        }
+        if (gran == QATTN_QUANT_PER_HEAD) t->scale[b * Ht + h] = 0.0f;
+        for (int64_t i0 = 0; i0 < n; i0 += span) {
+            int64_t i1 = i0 + span < n ? i0 + span : n;
+            float amax = 0.0f;
+            for (int64_t i = i0; i < i1; i++)
+                for (int64_t c = 0; c < D; c++) {
+                    float a = fabsf(ld(j, off, i, c) - mu[c]);
+                    amax = a > amax ? a : amax;
+                }
+            for (int64_t i = i0; i < i1; i++)
+                for (int64_t c = 0; c < D; c++) dst[i * t->seq_stride + c] = to_code(ld(j, off, i, c) - mu[c], amax);
+            int64_t si = qattn_scale_index(gran, t->block_size, b, tok0 + i0, i0, h, Ht, j->v.max_len, D, 0);
+            t->scale[si] = amax / 127.0f;
+        }
+    } else { /* PER_CHANNEL */
+        for (int64_t c = 0; c < D; c++) {
+            float amax = 0.0f;
+            for (int64_t i = 0; i < n; i++) {
+                float a = fabsf(ld(j, off, i, c) - mu[c]);
+                amax = a > amax ? a : amax;
+            }
+            for (int64_t i = 0; i < n; i++) dst[i * t->seq_stride + c] = to_code(ld(j, off, i, c) - mu[c], amax);
+            t->scale[(b * Ht + h) * D + c] = amax / 127.0f;
+        }
+    }
+}
+
+static const char *tensor_name(int32_t which) { return which == QATTN_TENSOR_Q ? "q" : which == QATTN_TENSOR_K ? "k" : "v"; }
+
+qattn_status qattn_quantize_tensor(qattn_ctx *ctx, const qattn_params *p, int32_t which, qattn_int8_tensor *t) {
+    qjob j = {.p = p, .v = view_of(p, which), .t = t};
+    int64_t tasks = p->batch * j.v.n_heads;
+    if (tasks == 0) return QATTN_OK;
+    j.bad = qattn_alloc(ctx, (size_t)tasks * sizeof(int64_t));
+    if (!j.bad) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cannot allocate %lld bytes", (long long)(tasks * 8));
+    memset(j.bad, 0, (size_t)tasks * sizeof(int64_t));
+    int nt = ctx->n_threads < 1 ? 1 : (ctx->n_threads > QATTN_MAX_THREADS ? QATTN_MAX_THREADS : ctx->n_threads);
+    if (nt > tasks) nt = (int)tasks;
+    qattn_parallel_for(nt, tasks, quant_task, &j);
+    qattn_status s = QATTN_OK;
+    for (int64_t k = 0; k < tasks; k++)
+        if (j.bad[k]) {
+            int64_t e = j.bad[k] - 1, D = p->head_dim;
+            s = qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT,
+                           "%s has a non-finite value at (sequence %lld, position %lld, head %lld, channel %lld): INT8 quantization "
+                           "needs finite inputs",
+                           tensor_name(which), (long long)(k / j.v.n_heads), (long long)(e / D), (long long)(k % j.v.n_heads),
+                           (long long)(e % D));
+            break;
+        }
+    qattn_free(ctx, j.bad);
+    return s;
+}
+
+/* ---------------------------------------------------------------- public functions */
+
+static qattn_status check_int8_tensor(qattn_ctx *ctx, const qattn_params *p, int32_t which, const qattn_int8_tensor *t,
+                                      bool need_data) {
+    if (!t) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "the int8 tensor for %s is NULL", tensor_name(which));
+    qattn_status s = qattn_quant_check_tensor(ctx, which, t->granularity, t->block_size);
+    if (s != QATTN_OK) return s;
+    if (p->batch == 0) return QATTN_OK;
+    if (need_data && (!t->data || !t->scale))
+        return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "%s: int8 data or scale is NULL", tensor_name(which));
+    if (t->batch_stride < 0 || t->seq_stride < 0 || t->head_stride < 0)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s: int8 strides must be >= 0 (batch %lld, seq %lld, head %lld)",
+                          tensor_name(which), (long long)t->batch_stride, (long long)t->seq_stride, (long long)t->head_stride);
+    return QATTN_OK;
+}
+
+/* Validates p for a quantization call: the FP tensor `which` must be given; o is not needed. */
+static qattn_status begin_quant(qattn_ctx *ctx, const qattn_params *p, int32_t which) {
+    if (!p) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "params is NULL");
+    if (ctx->backend != QATTN_BACKEND_CPU)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "INT8 quantization runs on the CPU backend (host pointers) only");
+    qattn_params pc = *p;
+    static const float dummy[1];
+    if (!pc.o) pc.o = (void *)dummy, pc.o_batch_stride = pc.o_seq_stride = pc.o_head_stride = 0;
+    if (pc.o == (void *)dummy) { /* strides of an absent o are irrelevant: make them valid */
+        pc.o_head_stride = pc.head_dim, pc.o_seq_stride = (int64_t)pc.n_heads * pc.head_dim;
+        pc.o_batch_stride = pc.seqlen_q * pc.o_seq_stride;
+    }
+    if (!pc.q && which != QATTN_TENSOR_Q) pc.q = dummy;
+    if (!pc.k && which != QATTN_TENSOR_K) pc.k = dummy;
+    if (!pc.v && which != QATTN_TENSOR_V) pc.v = dummy;
+    return qattn_validate(ctx, &pc, true);
+}
+
+qattn_status qattn_int8_scale_count(qattn_ctx *ctx, const qattn_params *p, int32_t which, int32_t granularity, int32_t block_size,
+                                    int64_t *count) {
+    if (!ctx) return QATTN_ERR_NULL_POINTER;
+    ctx->last_error[0] = '\0';
+    if (!count) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "count is NULL");
+    *count = 0;
+    qattn_status s = qattn_quant_check_tensor(ctx, which, granularity, block_size);
+    if (s == QATTN_OK) s = begin_quant(ctx, p, which);
+    if (s != QATTN_OK) return s;
+    *count = qattn_quant_scale_count(p, which, granularity, block_size);
+    return QATTN_OK;
+}
+
+qattn_status qattn_quantize_int8(qattn_ctx *ctx, const qattn_params *p, int32_t which, qattn_int8_tensor *t) {
+    if (!ctx) return QATTN_ERR_NULL_POINTER;
+    ctx->last_error[0] = '\0';
+    qattn_status s = qattn_quant_check_tensor(ctx, which, t ? t->granularity : 0, t ? t->block_size : 1);
+    if (s == QATTN_OK) s = begin_quant(ctx, p, which);
+    if (s == QATTN_OK) s = check_int8_tensor(ctx, p, which, t, true);
+    if (s != QATTN_OK || p->batch == 0) return s;
+    return qattn_quantize_tensor(ctx, p, which, t);
+}
+
+qattn_status qattn_dequantize_int8(qattn_ctx *ctx, const qattn_params *p, int32_t which, const qattn_int8_tensor *t, float *out) {
+    if (!ctx) return QATTN_ERR_NULL_POINTER;
+    ctx->last_error[0] = '\0';
+    qattn_status s = qattn_quant_check_tensor(ctx, which, t ? t->granularity : 0, t ? t->block_size : 1);
+    if (s == QATTN_OK) s = begin_quant(ctx, p, which);
+    if (s == QATTN_OK) s = check_int8_tensor(ctx, p, which, t, true);
+    if (s != QATTN_OK || p->batch == 0) return s;
+    if (!out) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "out is NULL");
+    tview v = view_of(p, which);
+    int64_t D = p->head_dim;
+    for (int64_t b = 0; b < p->batch; b++) {
+        int64_t n = seq_len(&v, b), tok0 = seq_tok0(&v, b);
+        for (int64_t h = 0; h < v.n_heads; h++) {
+            int64_t off = seq_off(&v, b, v.bs, v.ss) + h * v.hs;
+            int64_t toff = seq_off(&v, b, t->batch_stride, t->seq_stride) + h * t->head_stride;
+            for (int64_t i = 0; i < n; i++)
+                for (int64_t c = 0; c < D; c++) {
+                    int8_t code = t->data[toff + i * t->seq_stride + c];
+                    if (code == -128) code = -127;
+                    float sc = t->scale[qattn_scale_index(t->granularity, t->block_size, b, tok0 + i, i, h, v.n_heads, v.max_len, D, c)];
+                    float mu = t->mean ? t->mean[(b * v.n_heads + h) * D + c] : 0.0f;
+                    out[off + i * v.ss + c] = (float)code * sc + mu;
+                }
+        }
+    }
+    return QATTN_OK;
+}
+
+/* Scales finite and >= 0, means finite. */
+static qattn_status check_scales(qattn_ctx *ctx, const qattn_params *p, int32_t which, const qattn_int8_tensor *t) {
+    int64_t n = qattn_quant_scale_count(p, which, t->granularity, t->block_size);
+    for (int64_t i = 0; i < n; i++)
+        if (!(t->scale[i] >= 0.0f) || !isfinite(t->scale[i]))
+            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s: scale[%lld] is %g; scales must be finite and >= 0", tensor_name(which),
+                              (long long)i, (double)t->scale[i]);
+    if (t->mean) {
+        tview v = view_of(p, which);
+        int64_t nm = p->batch * v.n_heads * p->head_dim;
+        for (int64_t i = 0; i < nm; i++)
+            if (!isfinite(t->mean[i]))
+                return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s: mean[%lld] is %g; means must be finite", tensor_name(which),
+                                  (long long)i, (double)t->mean[i]);
+    }
+    return QATTN_OK;
+}
+
+qattn_status qattn_forward_quantized(qattn_ctx *ctx, const qattn_params *p, const qattn_int8_inputs *qi) {
+    if (!ctx) return QATTN_ERR_NULL_POINTER;
+    ctx->last_error[0] = '\0';
+    if (!p) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "params is NULL");
+    if (!qi) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "qi (the int8 inputs) is NULL");
+    if (ctx->backend != QATTN_BACKEND_CPU)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "qattn_forward_quantized runs on the CPU backend only in this build");
+    qattn_params pc = *p;
+    pc.q = qi->q.data, pc.k = qi->k.data, pc.v = qi->v.data;
+    pc.q_batch_stride = qi->q.batch_stride, pc.q_seq_stride = qi->q.seq_stride, pc.q_head_stride = qi->q.head_stride;
+    pc.k_batch_stride = qi->k.batch_stride, pc.k_seq_stride = qi->k.seq_stride, pc.k_head_stride = qi->k.head_stride;
+    pc.v_batch_stride = qi->v.batch_stride, pc.v_seq_stride = qi->v.seq_stride, pc.v_head_stride = qi->v.head_stride;
+    pc.qkv_dtype = QATTN_DTYPE_F32; /* element strides are dtype-independent; validation only */
+    pc.precision = QATTN_PRECISION_INT8;
+    qattn_status s = qattn_validate(ctx, &pc, true);
+    if (s != QATTN_OK || pc.batch == 0) return s;
+    const qattn_int8_tensor *ts[3] = {&qi->q, &qi->k, &qi->v};
+    for (int32_t w = 0; w < 3; w++) {
+        s = check_int8_tensor(ctx, &pc, w, ts[w], true);
+        if (s != QATTN_OK) return s;
+    }
+    qattn_lowp_cfg cfg;
+    qattn_lowp_scheme_cfg(p->int8_scheme, &cfg);
+    if (qi->q.granularity == QATTN_QUANT_PER_CHANNEL || qi->k.granularity == QATTN_QUANT_PER_CHANNEL)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "q and k scales cannot be PER_CHANNEL: integer Q K^T sums over channels");
+    if (qi->q.mean)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "q smoothing (q.mean) would change the softmax; give q.mean = NULL");
+    if (cfg.p_mode != QATTN_P_FP32 && qi->v.granularity != QATTN_QUANT_PER_HEAD && qi->v.granularity != QATTN_QUANT_PER_CHANNEL)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED,
+                          "v scales must be PER_HEAD or PER_CHANNEL for integer P V (scheme sage accepts any v granularity)");
+    for (int32_t w = 0; w < 3; w++) {
+        s = check_scales(ctx, &pc, w, ts[w]);
+        if (s != QATTN_OK) return s;
+    }
+    return qattn_lowp_run_quantized(ctx, &pc, qi, cfg.p_mode, NULL, p->workspace, p->workspace_size);
+}

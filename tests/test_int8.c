@@ -1,0 +1,531 @@
+/* INT8 / FP8 tests: the INT8 micro-kernels against their scalar reference (bit for bit), every
+ * scheme against the FP64 oracle with a tolerance derived from a baseline, masks / GQA / varlen,
+ * thread-count and ISA reproducibility, the pre-quantized entry point, and hostile inputs
+ * (all-zero and constant rows, NaN/Inf, huge and tiny magnitudes).
+ *
+ * Tolerance (DESIGN.md §5): baseline = relative L2 error of "quantize then dequantize Q, K, V
+ * exactly as the scheme does (same granularity, smoothing), then exact FP64 attention". The
+ * kernel may add the error of quantizing P (8 bits) on top; its size is of the same order as
+ * the input quantization error of V (8 bits too), so it at most roughly doubles the error:
+ * we allow k = 3 (default, x255 P against the block max), k = 4 for intfa (x127 P, rounded
+ * against a running max, so small probabilities vanish) and 2 for sage (P in FP32), plus an
+ * absolute floor of 1e-6 for problems whose baseline error is ~0.
+ * Self-contained (local helpers), so it builds without the shared harness. */
+#include "qattn.h"
+#include "quant/lowp.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int n_checks, n_failed;
+#define CHECK(cond, ...)                                                       \
+    do {                                                                       \
+        n_checks++;                                                            \
+        if (!(cond)) {                                                         \
+            n_failed++;                                                        \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);               \
+            fprintf(stderr, __VA_ARGS__);                                      \
+            fputc('\n', stderr);                                               \
+        }                                                                      \
+    } while (0)
+
+static uint64_t rng_state = 0x1234567u;
+static uint64_t rnd_u64(void) {
+    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+static double rnd_unif(void) { return (double)(rnd_u64() >> 11) * (1.0 / 9007199254740992.0); }
+static double rnd_norm(void) {
+    double u = rnd_unif(), v = rnd_unif();
+    return sqrt(-2.0 * log(u + 1e-300)) * cos(6.283185307179586 * v);
+}
+static void *xcalloc(size_t n) {
+    void *p = calloc(n ? n : 1, 1);
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    return p;
+}
+
+static qattn_ctx *make_ctx(int32_t isa, int threads) {
+    qattn_ctx_options o;
+    memset(&o, 0, sizeof o);
+    o.isa = isa;
+    o.n_threads = threads;
+    o.backend = QATTN_BACKEND_CPU;
+    qattn_ctx *ctx = NULL;
+    if (qattn_ctx_create(&ctx, &o) != QATTN_OK) return NULL;
+    return ctx;
+}
+
+/* ---------------------------------------------------------------- kernels: avx2 == ref */
+
+static void test_kernels(void) {
+#if defined(QATTN_HAVE_X86)
+    qattn_ctx *probe = make_ctx(QATTN_ISA_AVX2, 1);
+    if (!probe) {
+        printf("kernels: no AVX2 on this machine, skipped\n");
+        return;
+    }
+    qattn_ctx_destroy(probe);
+    const qattn_int8_kernels *R = &qattn_int8_kernels_ref, *A = &qattn_int8_kernels_avx2;
+    int dims[] = {32, 64, 80, 128, 256};
+    int ms[] = {1, 3, 4, 7, 64};
+    int ns[] = {1, 8, 17, 63, 64};
+    for (int di = 0; di < 5; di++)
+        for (int mi = 0; mi < 5; mi++)
+            for (int ni = 0; ni < 5; ni++) {
+                int d = dims[di], m = ms[mi], n = ns[ni], npad = (n + 7) / 8 * 8;
+                int8_t *q = xcalloc((size_t)m * d), *kp = xcalloc((size_t)npad * d);
+                int16_t *vp = xcalloc((size_t)npad * d * 2), *pc = xcalloc((size_t)m * npad * 2);
+                int32_t *s1 = xcalloc((size_t)m * npad * 4), *s2 = xcalloc((size_t)m * npad * 4);
+                int32_t *o1 = xcalloc((size_t)m * d * 4), *o2 = xcalloc((size_t)m * d * 4);
+                bool extreme = (ni + mi) % 2 == 0; /* all codes at the edges: worst case for saturation */
+                for (int i = 0; i < m * d; i++) q[i] = extreme ? (rnd_u64() & 1 ? 127 : -127) : (int8_t)((int)(rnd_u64() % 255) - 127);
+                for (int i = 0; i < npad * d; i++) kp[i] = extreme ? (rnd_u64() & 1 ? 127 : -127) : (int8_t)((int)(rnd_u64() % 255) - 127);
+                for (int i = 0; i < npad * d; i++) vp[i] = extreme ? (rnd_u64() & 1 ? 127 : -127) : (int16_t)((int)(rnd_u64() % 255) - 127);
+                for (int i = 0; i < m * npad; i++) pc[i] = extreme ? 255 : (int16_t)(rnd_u64() % 256);
+                R->qk(q, m, d, kp, npad, s1);
+                A->qk(q, m, d, kp, npad, s2);
+                CHECK(!memcmp(s1, s2, (size_t)m * npad * 4), "qk avx2 != ref (d %d m %d n %d)", d, m, n);
+                R->pv(pc, m, npad, vp, d, o1);
+                A->pv(pc, m, npad, vp, d, o2);
+                CHECK(!memcmp(o1, o2, (size_t)m * d * 4), "pv avx2 != ref (d %d m %d n %d)", d, m, n);
+                if (extreme) { /* exact values: no saturation */
+                    int64_t want = 0;
+                    for (int c = 0; c < d; c++) want += (int64_t)q[c] * kp[(c / 4) * npad * 4 + c % 4];
+                    CHECK(s1[0] == want, "qk exact value %d vs %lld", s1[0], (long long)want);
+                }
+                float *sq = xcalloc((size_t)m * 4), *sk = xcalloc((size_t)npad * 4);
+                float *f1 = xcalloc((size_t)m * npad * 4), *f2 = xcalloc((size_t)m * npad * 4);
+                for (int r = 0; r < m; r++) sq[r] = (float)(rnd_unif() * 1e-3);
+                for (int j = 0; j < npad; j++) sk[j] = (float)(rnd_unif() * 1e-1);
+                if (extreme) sq[0] = 1e30f, sk[0] = 1e30f; /* overflow: clamped to FLT_MAX */
+                R->scores(s1, m, npad, sq, sk, f1);
+                A->scores(s1, m, npad, sq, sk, f2);
+                CHECK(!memcmp(f1, f2, (size_t)m * npad * 4), "scores avx2 != ref (d %d m %d n %d)", d, m, n);
+                for (int r = 0; r < m; r++) {
+                    int lo = (int)(rnd_u64() % (n + 1)), hi = lo + (int)(rnd_u64() % (n - lo + 1));
+                    float ref = -FLT_MAX;
+                    for (int j = lo; j < hi; j++) ref = f1[r * npad + j] > ref ? f1[r * npad + j] : ref;
+                    int16_t c1[64], c2[64];
+                    float p1[64], p2[64], e1, e2;
+                    int32_t cs1, cs2;
+                    R->softmax(f1 + r * npad, lo, hi, npad, ref, 255.0f, c1, p1, &cs1, &e1);
+                    A->softmax(f1 + r * npad, lo, hi, npad, ref, 255.0f, c2, p2, &cs2, &e2);
+                    CHECK(!memcmp(c1, c2, (size_t)npad * 2) && !memcmp(p1, p2, (size_t)npad * 4) && cs1 == cs2 && e1 == e2,
+                          "softmax avx2 != ref (d %d m %d n %d row %d)", d, m, n, r);
+                    for (int j = 0; j < npad; j++) CHECK(c1[j] >= 0 && c1[j] <= 255, "P code %d out of range", c1[j]);
+                }
+                float *pf = xcalloc((size_t)m * npad * 4), *vf = xcalloc((size_t)npad * d * 4);
+                float *g1 = xcalloc((size_t)m * d * 4), *g2 = xcalloc((size_t)m * d * 4);
+                for (int i = 0; i < m * npad; i++) pf[i] = (float)rnd_unif();
+                for (int i = 0; i < npad * d; i++) vf[i] = (float)rnd_norm();
+                R->pv_f32(pf, m, npad, vf, d, g1);
+                A->pv_f32(pf, m, npad, vf, d, g2);
+                CHECK(!memcmp(g1, g2, (size_t)m * d * 4), "pv_f32 avx2 != ref (d %d m %d n %d)", d, m, n);
+                free(q), free(kp), free(vp), free(pc), free(s1), free(s2), free(o1), free(o2);
+                free(sq), free(sk), free(f1), free(f2), free(pf), free(vf), free(g1), free(g2);
+            }
+    /* exp2 polynomial: accuracy and the exact 1 at 0 */
+    double worst = 0;
+    for (int i = 0; i <= 100000; i++) {
+        float x = -30.0f * (float)i / 100000.0f;
+        double rel = fabs((double)qattn_exp2_poly(x) - exp2((double)x)) / exp2((double)x);
+        worst = rel > worst ? rel : worst;
+    }
+    CHECK(worst < 1e-6 && qattn_exp2_poly(0.0f) == 1.0f && qattn_exp2_poly(-INFINITY) == 0.0f, "exp2 poly rel err %g", worst);
+    printf("kernels: avx2 == ref bit for bit; exp2 poly max rel err %.2e\n", worst);
+#endif
+}
+
+/* ---------------------------------------------------------------- problems */
+
+typedef struct prob {
+    qattn_params p;
+    float *q, *k, *v, *o, *lse;
+    double *o64, *lse64;
+    int64_t nq, nk, no, nlse; /* elements */
+    int32_t cu_q[9], cu_k[9];
+} prob;
+
+enum { DIST_NORMAL, DIST_UNIFORM, DIST_OUTLIER, DIST_SINK };
+
+static void prob_make(prob *pr, int64_t B, int64_t Lq, int64_t Lk, int H, int HK, int D, int causal, int dist, const int32_t *lens_q,
+                      const int32_t *lens_k) {
+    memset(pr, 0, sizeof *pr);
+    qattn_params *p = &pr->p;
+    qattn_params_init(p);
+    p->batch = B, p->seqlen_q = Lq, p->seqlen_k = Lk, p->n_heads = H, p->n_kv_heads = HK, p->head_dim = D, p->causal = causal;
+    int64_t tq = B * Lq, tk = B * Lk;
+    if (lens_q) {
+        pr->cu_q[0] = pr->cu_k[0] = 0;
+        int64_t mq = 0, mk = 0;
+        for (int b = 0; b < B; b++) {
+            pr->cu_q[b + 1] = pr->cu_q[b] + lens_q[b], pr->cu_k[b + 1] = pr->cu_k[b] + lens_k[b];
+            mq = lens_q[b] > mq ? lens_q[b] : mq, mk = lens_k[b] > mk ? lens_k[b] : mk;
+        }
+        p->seqlen_q = mq, p->seqlen_k = mk;
+        p->cu_seqlens_q = pr->cu_q, p->cu_seqlens_k = pr->cu_k;
+        tq = pr->cu_q[B], tk = pr->cu_k[B];
+    }
+    qattn_params_set_contiguous(p);
+    pr->nq = tq * H * D, pr->nk = tk * HK * D, pr->no = pr->nq, pr->nlse = tq * H;
+    pr->q = xcalloc((size_t)pr->nq * 4), pr->k = xcalloc((size_t)pr->nk * 4), pr->v = xcalloc((size_t)pr->nk * 4);
+    pr->o = xcalloc((size_t)pr->no * 4), pr->lse = xcalloc((size_t)pr->nlse * 4);
+    pr->o64 = xcalloc((size_t)pr->no * 8), pr->lse64 = xcalloc((size_t)pr->nlse * 8);
+    for (int64_t i = 0; i < pr->nq; i++) pr->q[i] = dist == DIST_UNIFORM ? (float)rnd_unif() : (float)rnd_norm();
+    for (int64_t i = 0; i < pr->nk; i++) pr->k[i] = dist == DIST_UNIFORM ? (float)rnd_unif() : (float)rnd_norm();
+    for (int64_t i = 0; i < pr->nk; i++) pr->v[i] = dist == DIST_UNIFORM ? (float)rnd_unif() : (float)rnd_norm();
+    if (dist == DIST_OUTLIER) /* a few K channels 20x larger with a common offset, as rotary LLM keys have */
+        for (int64_t i = 0; i < pr->nk; i++) {
+            int c = (int)(i % D);
+            if (c % 32 == 3) pr->k[i] = pr->k[i] * 20.0f + 15.0f;
+        }
+    if (dist == DIST_SINK) /* token 0 of every K sequence aligned with all queries: an attention sink */
+        for (int64_t t = 0; t < tk; t++) {
+            bool first = lens_q ? false : t % Lk == 0;
+            if (lens_q)
+                for (int b = 0; b < B; b++) first = first || t == pr->cu_k[b];
+            if (!first) continue;
+            for (int h = 0; h < HK; h++)
+                for (int c = 0; c < D; c++) pr->k[(t * HK + h) * D + c] = 3.0f, pr->v[(t * HK + h) * D + c] = 0.1f;
+            for (int64_t i = 0; i < pr->nq; i++) pr->q[i] = fabsf(pr->q[i]) * 0.5f + 0.2f;
+        }
+    p->q = pr->q, p->k = pr->k, p->v = pr->v, p->o = pr->o, p->lse = pr->lse;
+}
+
+static void prob_free(prob *pr) {
+    free(pr->q), free(pr->k), free(pr->v), free(pr->o), free(pr->lse), free(pr->o64), free(pr->lse64);
+}
+
+static double rel_l2(const float *o, const double *r, int64_t n) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = (double)o[i] - r[i];
+        num += d * d, den += r[i] * r[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+static double rel_l2_dd(const double *o, const double *r, int64_t n) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = o[i] - r[i];
+        num += d * d, den += r[i] * r[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* Baseline: quantize-dequantize Q, K, V as cfg does, then the FP64 oracle; returns rel L2 vs
+ * the exact oracle (pr->o64 must hold it). */
+static double baseline_lse_err;
+static double baseline_error(qattn_ctx *ctx, prob *pr, const qattn_lowp_cfg *cfg) {
+    qattn_params p = pr->p;
+    float *deq[3];
+    const float *src[3] = {pr->q, pr->k, pr->v};
+    int64_t nel[3] = {pr->nq, pr->nk, pr->nk};
+    int32_t gran[3] = {cfg->q_gran, cfg->k_gran, cfg->v_gran}, blk[3] = {cfg->q_block, cfg->k_block, cfg->v_block};
+    int32_t smooth[3] = {0, cfg->k_smooth, cfg->v_smooth};
+    for (int w = 0; w < 3; w++) {
+        deq[w] = xcalloc((size_t)nel[w] * 4);
+        if (w == 2 && cfg->p_mode == QATTN_P_FP32) {
+            memcpy(deq[w], src[w], (size_t)nel[w] * 4);
+            continue;
+        }
+        int64_t ns;
+        qattn_int8_scale_count(ctx, &p, w, gran[w], blk[w], &ns);
+        qattn_int8_tensor t;
+        memset(&t, 0, sizeof t);
+        t.data = xcalloc((size_t)nel[w]);
+        t.scale = xcalloc((size_t)ns * 4 + 4);
+        t.mean = smooth[w] ? xcalloc((size_t)p.batch * (w ? p.n_kv_heads : p.n_heads) * p.head_dim * 4) : NULL;
+        t.granularity = gran[w], t.block_size = blk[w];
+        t.head_stride = p.head_dim, t.seq_stride = (int64_t)(w ? p.n_kv_heads : p.n_heads) * p.head_dim;
+        t.batch_stride = (w ? p.seqlen_k : p.seqlen_q) * t.seq_stride;
+        qattn_status s = qattn_quantize_int8(ctx, &p, w, &t);
+        CHECK(s == QATTN_OK, "quantize %d: %s", w, qattn_ctx_last_error(ctx));
+        s = qattn_dequantize_int8(ctx, &p, w, &t, deq[w]);
+        CHECK(s == QATTN_OK, "dequantize %d: %s", w, qattn_ctx_last_error(ctx));
+        free(t.data), free(t.scale), free(t.mean);
+    }
+    p.q = deq[0], p.k = deq[1], p.v = deq[2];
+    double *o = xcalloc((size_t)pr->no * 8), *lse = xcalloc((size_t)pr->nlse * 8);
+    qattn_oracle_f64(ctx, &p, o, lse);
+    double e = rel_l2_dd(o, pr->o64, pr->no);
+    baseline_lse_err = 0;
+    for (int64_t i = 0; i < pr->nlse; i++)
+        if (isfinite(pr->lse64[i]) && fabs(lse[i] - pr->lse64[i]) > baseline_lse_err) baseline_lse_err = fabs(lse[i] - pr->lse64[i]);
+    free(o), free(lse), free(deq[0]), free(deq[1]), free(deq[2]);
+    return e;
+}
+
+static const char *scheme_name[3] = {"qattn", "intfa", "sage"};
+static const double scheme_k[3] = {3.0, 4.0, 2.0};
+
+/* Every scheme on one problem: error within k x baseline, LSE close, ref == avx2 bitwise,
+ * 1 thread == 2 threads bitwise. */
+static void check_schemes(prob *pr, const char *what) {
+    qattn_ctx *ref1 = make_ctx(QATTN_ISA_REF, 1), *ref2 = make_ctx(QATTN_ISA_REF, 2);
+    qattn_ctx *avx = make_ctx(QATTN_ISA_AVX2, 2);
+    CHECK(qattn_oracle_f64(ref1, &pr->p, pr->o64, pr->lse64) == QATTN_OK, "oracle: %s", qattn_ctx_last_error(ref1));
+    float *o_a = xcalloc((size_t)pr->no * 4), *lse_a = xcalloc((size_t)pr->nlse * 4);
+    for (int sc = 0; sc < 3; sc++) {
+        qattn_params p = pr->p;
+        p.precision = QATTN_PRECISION_INT8;
+        p.int8_scheme = sc;
+        qattn_status s = qattn_forward(ref1, &p);
+        CHECK(s == QATTN_OK, "%s %s: %s", what, scheme_name[sc], qattn_ctx_last_error(ref1));
+        qattn_lowp_cfg cfg;
+        qattn_lowp_scheme_cfg(sc, &cfg);
+        double err = rel_l2(pr->o, pr->o64, pr->no), base = baseline_error(ref1, pr, &cfg);
+        double tol = scheme_k[sc] * base + 1e-6;
+        CHECK(err <= tol, "%s %s: rel L2 %.3e > %.1f x baseline %.3e", what, scheme_name[sc], err, scheme_k[sc], base);
+        double lse_err = 0;
+        for (int64_t i = 0; i < pr->nlse; i++) {
+            if (isinf(pr->lse64[i])) {
+                CHECK(isinf(pr->lse[i]) && pr->lse[i] < 0, "%s: lse of an empty row is %g", what, pr->lse[i]);
+                continue;
+            }
+            double e = fabs(pr->lse[i] - pr->lse64[i]);
+            lse_err = e > lse_err ? e : lse_err;
+        }
+        /* LSE: within 3x the baseline's LSE error (a score-scale quantity) + 0.02 for P rounding */
+        CHECK(lse_err < 0.02 + 3 * baseline_lse_err, "%s %s: LSE max abs err %.3e (baseline %.3e)", what, scheme_name[sc], lse_err,
+              baseline_lse_err);
+        printf("  %-34s %-6s rel L2 %.3e  baseline %.3e  (%.2fx)  LSE err %.1e\n", what, scheme_name[sc], err, base, base > 0 ? err / base : 0,
+               lse_err);
+        /* reproducibility: threads and ISA */
+        memcpy(o_a, pr->o, (size_t)pr->no * 4);
+        memcpy(lse_a, pr->lse, (size_t)pr->nlse * 4);
+        CHECK(qattn_forward(ref2, &p) == QATTN_OK, "2 threads");
+        CHECK(!memcmp(o_a, pr->o, (size_t)pr->no * 4) && !memcmp(lse_a, pr->lse, (size_t)pr->nlse * 4), "%s %s: 1 vs 2 threads differ", what,
+              scheme_name[sc]);
+        if (avx) {
+            CHECK(qattn_forward(avx, &p) == QATTN_OK, "avx2");
+            CHECK(!memcmp(o_a, pr->o, (size_t)pr->no * 4) && !memcmp(lse_a, pr->lse, (size_t)pr->nlse * 4), "%s %s: ref vs avx2 differ", what,
+                  scheme_name[sc]);
+        }
+    }
+    free(o_a), free(lse_a);
+    qattn_ctx_destroy(ref1), qattn_ctx_destroy(ref2), qattn_ctx_destroy(avx);
+}
+
+static void test_schemes(void) {
+    prob pr;
+    struct {
+        const char *name;
+        int64_t B, Lq, Lk;
+        int H, HK, D, causal, dist, wl, wr;
+    } cases[] = {
+        {"normal B2 L200 H4 D64", 2, 200, 200, 4, 4, 64, 0, DIST_NORMAL, -1, -1},
+        {"uniform L256 D128", 1, 256, 256, 2, 2, 128, 0, DIST_UNIFORM, -1, -1},
+        {"causal Lq 17 < Lk 203 GQA 4:1 D80", 2, 17, 203, 8, 2, 80, 1, DIST_NORMAL, -1, -1},
+        {"causal Lq 203 > Lk 113 (empty rows)", 1, 203, 113, 2, 1, 32, 1, DIST_NORMAL, -1, -1},
+        {"window 16,3 L 150 MQA D256", 1, 150, 150, 3, 1, 256, 0, DIST_NORMAL, 16, 3},
+        {"outlier channels in K, L 300", 1, 300, 300, 2, 2, 128, 0, DIST_OUTLIER, -1, -1},
+        {"attention sink, causal L 300", 1, 300, 300, 2, 2, 128, 1, DIST_SINK, -1, -1},
+        {"split-KV decode Lq 1 Lk 3000", 1, 1, 3000, 2, 1, 64, 0, DIST_NORMAL, -1, -1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        prob_make(&pr, cases[i].B, cases[i].Lq, cases[i].Lk, cases[i].H, cases[i].HK, cases[i].D, cases[i].causal, cases[i].dist, NULL,
+                  NULL);
+        pr.p.window_left = cases[i].wl, pr.p.window_right = cases[i].wr;
+        check_schemes(&pr, cases[i].name);
+        prob_free(&pr);
+    }
+    int32_t lq[3] = {5, 0, 70}, lk[3] = {90, 33, 70};
+    prob_make(&pr, 3, 0, 0, 4, 2, 64, 1, DIST_NORMAL, lq, lk);
+    check_schemes(&pr, "varlen causal (5|0|70 x 90|33|70)");
+    prob_free(&pr);
+}
+
+/* ---------------------------------------------------------------- pre-quantized entry point */
+
+static void test_forward_quantized(void) {
+    prob pr;
+    prob_make(&pr, 2, 70, 90, 4, 2, 64, 1, DIST_NORMAL, NULL, NULL);
+    qattn_ctx *ctx = make_ctx(QATTN_ISA_AUTO, 2);
+    for (int sc = 0; sc < 3; sc++) {
+        qattn_params p = pr.p;
+        p.precision = QATTN_PRECISION_INT8, p.int8_scheme = sc;
+        CHECK(qattn_forward(ctx, &p) == QATTN_OK, "dynamic %s", scheme_name[sc]);
+        float *o_dyn = xcalloc((size_t)pr.no * 4);
+        memcpy(o_dyn, pr.o, (size_t)pr.no * 4);
+        qattn_lowp_cfg cfg;
+        qattn_lowp_scheme_cfg(sc, &cfg);
+        qattn_int8_inputs qi;
+        memset(&qi, 0, sizeof qi);
+        qattn_int8_tensor *ts[3] = {&qi.q, &qi.k, &qi.v};
+        int32_t gran[3] = {cfg.q_gran, cfg.k_gran, sc == 2 ? QATTN_QUANT_PER_TOKEN : cfg.v_gran};
+        int32_t blk[3] = {cfg.q_block, cfg.k_block, cfg.v_block}, smooth[3] = {0, cfg.k_smooth, cfg.v_smooth};
+        for (int w = 0; w < 3; w++) {
+            int64_t ns, heads = w ? p.n_kv_heads : p.n_heads;
+            qattn_int8_scale_count(ctx, &p, w, gran[w], blk[w], &ns);
+            ts[w]->granularity = gran[w], ts[w]->block_size = blk[w];
+            ts[w]->data = xcalloc((size_t)(w ? pr.nk : pr.nq));
+            ts[w]->scale = xcalloc((size_t)ns * 4);
+            ts[w]->mean = smooth[w] ? xcalloc((size_t)(p.batch * heads * p.head_dim * 4)) : NULL;
+            ts[w]->head_stride = p.head_dim, ts[w]->seq_stride = heads * p.head_dim;
+            ts[w]->batch_stride = (w ? p.seqlen_k : p.seqlen_q) * ts[w]->seq_stride;
+            CHECK(qattn_quantize_int8(ctx, &p, w, ts[w]) == QATTN_OK, "quantize: %s", qattn_ctx_last_error(ctx));
+        }
+        qattn_params pq = pr.p;
+        pq.q = pq.k = pq.v = NULL;
+        pq.int8_scheme = sc;
+        qattn_status s = qattn_forward_quantized(ctx, &pq, &qi);
+        CHECK(s == QATTN_OK, "forward_quantized %s: %s", scheme_name[sc], qattn_ctx_last_error(ctx));
+        if (sc != 2) /* same codes, same driver: identical to the dynamic path */
+            CHECK(!memcmp(o_dyn, pr.o, (size_t)pr.no * 4), "forward_quantized %s differs from the dynamic path", scheme_name[sc]);
+        else {
+            qattn_oracle_f64(ctx, &pr.p, pr.o64, NULL);
+            double e = rel_l2(pr.o, pr.o64, pr.no);
+            CHECK(e < 0.02, "forward_quantized sage with int8 V: rel L2 %.3e", e);
+        }
+        if (sc == 0) {
+            /* V per token is refused for integer P V; a -128 code is read as -127; bad scales refused */
+            int32_t g = qi.v.granularity;
+            qi.v.granularity = QATTN_QUANT_PER_TOKEN;
+            CHECK(qattn_forward_quantized(ctx, &pq, &qi) == QATTN_ERR_UNSUPPORTED, "per-token V accepted");
+            qi.v.granularity = g;
+            float keep = qi.k.scale[3];
+            qi.k.scale[3] = NAN;
+            CHECK(qattn_forward_quantized(ctx, &pq, &qi) == QATTN_ERR_INVALID_ARGUMENT, "NaN scale accepted");
+            qi.k.scale[3] = -1.0f;
+            CHECK(qattn_forward_quantized(ctx, &pq, &qi) == QATTN_ERR_INVALID_ARGUMENT, "negative scale accepted");
+            qi.k.scale[3] = keep;
+            CHECK(qattn_forward_quantized(ctx, &pq, NULL) == QATTN_ERR_NULL_POINTER, "NULL qi accepted");
+            int8_t c0 = qi.k.data[0];
+            qi.k.data[0] = -127;
+            qattn_forward_quantized(ctx, &pq, &qi);
+            memcpy(o_dyn, pr.o, (size_t)pr.no * 4);
+            qi.k.data[0] = -128;
+            qattn_forward_quantized(ctx, &pq, &qi);
+            CHECK(!memcmp(o_dyn, pr.o, (size_t)pr.no * 4), "code -128 is not read as -127");
+            qi.k.data[0] = c0;
+        }
+        for (int w = 0; w < 3; w++) free(ts[w]->data), free(ts[w]->scale), free(ts[w]->mean);
+        free(o_dyn);
+    }
+    CHECK(qattn_forward(ctx, &(qattn_params){0}) != QATTN_OK, "zero params accepted");
+    qattn_params bad = pr.p;
+    bad.qkv_dtype = QATTN_DTYPE_I8;
+    CHECK(qattn_forward(ctx, &bad) == QATTN_ERR_UNSUPPORTED && strstr(qattn_ctx_last_error(ctx), "qattn_forward_quantized"),
+          "qkv i8 through qattn_forward: %s", qattn_ctx_last_error(ctx));
+    printf("forward_quantized: same results as the dynamic path; bad scales/granularities refused\n");
+    qattn_ctx_destroy(ctx);
+    prob_free(&pr);
+}
+
+/* ---------------------------------------------------------------- hostile inputs */
+
+static bool all_finite(const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return false;
+    return true;
+}
+
+static void test_hostile(void) {
+    qattn_ctx *ctx = make_ctx(QATTN_ISA_AUTO, 2);
+    prob pr;
+    prob_make(&pr, 1, 40, 70, 2, 2, 64, 0, DIST_NORMAL, NULL, NULL);
+    /* all-zero rows of Q and K, constant rows of K and V, an all-zero V head */
+    for (int c = 0; c < 64; c++) pr.q[5 * 128 + c] = 0.0f, pr.k[7 * 128 + c] = 0.0f, pr.k[9 * 128 + c] = 2.5f, pr.v[11 * 128 + c] = -1.0f;
+    for (int64_t t = 0; t < 70; t++)
+        for (int c = 0; c < 64; c++) pr.v[t * 128 + 64 + c] = 0.0f;
+    qattn_oracle_f64(ctx, &pr.p, pr.o64, NULL);
+    for (int sc = 0; sc < 3; sc++) {
+        qattn_params p = pr.p;
+        p.precision = QATTN_PRECISION_INT8, p.int8_scheme = sc;
+        CHECK(qattn_forward(ctx, &p) == QATTN_OK && all_finite(pr.o, pr.no), "zero/constant rows, %s", scheme_name[sc]);
+        double e = rel_l2(pr.o, pr.o64, pr.no);
+        CHECK(e < 0.05, "zero/constant rows %s: rel L2 %.3e", scheme_name[sc], e);
+        for (int64_t t = 0; t < 40; t++)
+            for (int c = 0; c < 64; c++) CHECK(pr.o[t * 128 + 64 + c] == 0.0f, "zero V head gives %g", pr.o[t * 128 + 64 + c]);
+    }
+    /* huge and tiny magnitudes: outputs finite and close to the oracle (scores clamp at FLT_MAX) */
+    float mags[] = {1e-30f, 1e-20f, 1e15f, 1e30f};
+    for (int mi = 0; mi < 4; mi++) {
+        prob h;
+        prob_make(&h, 1, 20, 30, 1, 1, 32, 0, DIST_NORMAL, NULL, NULL);
+        for (int64_t i = 0; i < h.nk; i++) h.v[i] *= mags[mi];
+        for (int64_t i = 0; i < h.nq; i++) h.q[i] *= mi < 2 ? mags[mi] : 1.0f;
+        qattn_oracle_f64(ctx, &h.p, h.o64, NULL);
+        for (int sc = 0; sc < 3; sc++) {
+            qattn_params p = h.p;
+            p.precision = QATTN_PRECISION_INT8, p.int8_scheme = sc;
+            CHECK(qattn_forward(ctx, &p) == QATTN_OK && all_finite(h.o, h.no), "magnitude %g %s not finite", mags[mi], scheme_name[sc]);
+            double e = rel_l2(h.o, h.o64, h.no);
+            CHECK(e < 0.05, "magnitude %g %s: rel L2 %.3e", mags[mi], scheme_name[sc], e);
+        }
+        /* huge scores: softmax becomes a hard max; the output must stay finite */
+        for (int64_t i = 0; i < h.nq; i++) h.q[i] *= 1e30f;
+        for (int64_t i = 0; i < h.nk; i++) h.k[i] *= 1e30f;
+        qattn_params p = h.p;
+        p.precision = QATTN_PRECISION_INT8;
+        CHECK(qattn_forward(ctx, &p) == QATTN_OK && all_finite(h.o, h.no), "scores ~1e60: not finite");
+        prob_free(&h);
+    }
+    /* NaN / Inf: a clear error naming the tensor and position, never a crash */
+    float bads[] = {NAN, INFINITY, -INFINITY};
+    for (int bi = 0; bi < 3; bi++)
+        for (int w = 0; w < 3; w++) {
+            float *x = w == 0 ? pr.q : w == 1 ? pr.k : pr.v, keep = x[77];
+            x[77] = bads[bi];
+            for (int prec = QATTN_PRECISION_INT8; prec <= QATTN_PRECISION_FP8_E5M2; prec++)
+                for (int sc = 0; sc < 3; sc++) {
+                    if (prec != QATTN_PRECISION_INT8 && sc > 0) continue;
+                    if (sc == 2 && w == 2) continue; /* sage: V stays FP32, NaN propagates to the rows that see it */
+                    qattn_params p = pr.p;
+                    p.precision = prec, p.int8_scheme = sc;
+                    qattn_status s = qattn_forward(ctx, &p);
+                    CHECK(s == QATTN_ERR_INVALID_ARGUMENT && strstr(qattn_ctx_last_error(ctx), "non-finite"),
+                          "non-finite input (%g in tensor %d, precision %d scheme %d): status %d, '%s'", bads[bi], w, prec, sc, s,
+                          qattn_ctx_last_error(ctx));
+                }
+            x[77] = keep;
+        }
+    printf("hostile inputs: zero/constant rows, magnitudes 1e-30..1e30, NaN/Inf handled\n");
+    prob_free(&pr);
+    qattn_ctx_destroy(ctx);
+}
+
+/* ---------------------------------------------------------------- FP8 emulation */
+
+static void test_fp8(void) {
+    CHECK(qattn_round_fp8_e4m3(448.0f) == 448.0f && qattn_round_fp8_e4m3(1e6f) == 448.0f && qattn_round_fp8_e4m3(-500.0f) == -448.0f,
+          "e4m3 saturation");
+    CHECK(qattn_round_fp8_e4m3(1.0625f) == 1.0f && qattn_round_fp8_e4m3(1.1875f) == 1.25f, "e4m3 round to nearest even");
+    CHECK(qattn_round_fp8_e4m3(0.001953125f) == 0.001953125f && qattn_round_fp8_e4m3(0.0009765625f) == 0.0f, "e4m3 subnormals");
+    CHECK(qattn_round_fp8_e5m2(57344.0f) == 57344.0f && qattn_round_fp8_e5m2(INFINITY) == 57344.0f && qattn_round_fp8_e5m2(1.125f) == 1.0f,
+          "e5m2 rounding");
+    prob pr;
+    prob_make(&pr, 1, 64, 64, 2, 1, 64, 1, DIST_NORMAL, NULL, NULL);
+    qattn_ctx *ctx = make_ctx(QATTN_ISA_AUTO, 2);
+    qattn_oracle_f64(ctx, &pr.p, pr.o64, NULL);
+    for (int prec = QATTN_PRECISION_FP8_E4M3; prec <= QATTN_PRECISION_FP8_E5M2; prec++) {
+        qattn_params p = pr.p;
+        p.precision = prec;
+        CHECK(qattn_forward(ctx, &p) == QATTN_OK, "fp8 %d", prec);
+        double e = rel_l2(pr.o, pr.o64, pr.no);
+        CHECK(e < (prec == QATTN_PRECISION_FP8_E4M3 ? 0.06 : 0.12), "fp8 %d rel L2 %.3e", prec, e);
+        printf("fp8 %s: rel L2 %.3e\n", prec == QATTN_PRECISION_FP8_E4M3 ? "e4m3" : "e5m2", e);
+    }
+    qattn_ctx_destroy(ctx);
+    prob_free(&pr);
+}
+
+int main(void) {
+    test_kernels();
+    test_schemes();
+    test_forward_quantized();
+    test_hostile();
+    test_fp8();
+    printf("test_int8: %d checks, %d failed\n", n_checks, n_failed);
+    return n_failed ? 1 : 0;
+}
