@@ -397,6 +397,17 @@ def test_bench_json_tiny_shape():
     assert row["rel_l2"] <= 1e-5
 
 
+def test_bench_sampled_oracle_keeps_the_causal_mask():
+    """Above the oracle's work limit bench checks only the last 64 query rows; passing them as
+    Lq' = 64 must keep the bottom-right causal alignment (a wrong mask would give a large error)."""
+    r = run_cli("bench", "--heads", 8, "--seqlen-q", 1100, "--seqlen-k", 1500, "--head-dim", 128, "--causal", "--iters", 1,
+                "--warmup", 0, "--json")
+    assert r.returncode == 0, r.stderr
+    row = json.loads(r.stdout)
+    assert row["oracle_rows"] == 64
+    assert row["rel_l2"] <= 1e-5
+
+
 def test_bench_table_and_precisions():
     for precision in ("fp32", "fp16", "bf16"):
         r = run_cli("bench", "--seqlen-q", 64, "--heads", 2, "--head-dim", 64, "--iters", 1, "--precision", precision)

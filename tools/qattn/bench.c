@@ -355,8 +355,12 @@ int qattn_cli_bench(int argc, char **argv) {
     qattn_ctx *ctx = NULL;
     qattn_status s = qattn_ctx_create(&ctx, &copt);
     if (s != QATTN_OK) {
-        cli_error(CMD, "cannot create a context (backend %s, isa %s): %s", cli_backend_name(copt.backend), cli_isa_name(copt.isa),
-                  qattn_status_str(s));
+        /* The library cannot say why (the message dies with the context): give the likely reason. */
+        const char *hint = copt.backend == QATTN_BACKEND_CUDA ? " (this build has no CUDA backend, or no device is visible)"
+                           : copt.isa == QATTN_ISA_AVX2   ? " (this CPU or OS lacks AVX2/FMA/F16C)"
+                                                          : "";
+        cli_error(CMD, "cannot create a context (backend %s, isa %s): %s%s", cli_backend_name(copt.backend), cli_isa_name(copt.isa),
+                  qattn_status_str(s), hint);
         return CLI_EXIT_FAILURE;
     }
     qattn_ctx_info info;
