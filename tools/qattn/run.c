@@ -4,7 +4,6 @@
  * Any bad input ends the command with one line on stderr, a non-zero status and no output
  * file: inputs are all checked and the forward runs before anything is written, and each
  * output is written to a temporary file renamed on success. */
-#define _POSIX_C_SOURCE 200809L
 #include "cli.h"
 #include "npy.h"
 
