@@ -5,7 +5,7 @@
 
 #include <stddef.h>
 
-int cli_device_available(void); /* 1 if the CUDA runtime is linked into this binary */
+int cli_device_available(void); /* 1 if this build has CUDA and a device is visible */
 void *cli_device_alloc(size_t bytes);
 void cli_device_free(void *p);
 int cli_device_upload(void *dst, const void *src, size_t bytes);
