@@ -117,7 +117,7 @@ static qattn_tile_state state_view(float *base, int m, int d) {
 }
 
 static void prefetch_block(const qattn_kv_cache *c, int32_t phys, int g, int n) {
-#if defined(__GNUC__)
+#if defined(__GNUC__) && !defined(QATTN_KV_NO_PREFETCH)
     const uint8_t *blk = qattn_kv_block(c, phys) + (int64_t)g * c->head_bytes;
     int64_t bytes = (int64_t)n * c->head_dim * c->elem_bytes;
     for (int64_t o = 0; o < bytes; o += 64) {
