@@ -53,7 +53,8 @@ PREC_AUTO, PREC_INT8 = 0, 4
 
 class QAttn:
     def __init__(self, path):
-        self.lib = C.CDLL(path)
+        # RTLD_LAZY: an unrelated undefined symbol (a CPU path mid-change) must not stop the GPU bench.
+        self.lib = C.CDLL(path, mode=os.RTLD_LAZY | os.RTLD_LOCAL)
         L = self.lib
         L.qattn_ctx_create.argtypes = [C.POINTER(C.c_void_p), C.POINTER(CtxOptions)]
         L.qattn_ctx_create.restype = C.c_int

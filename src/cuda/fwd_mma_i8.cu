@@ -1,6 +1,508 @@
-/* placeholder: replaced by the INT8 kernel */
+/* INT8 flash attention forward with mma.sync.m16n8k32 (sm_80+), and the on-the-fly quantization
+ * kernels that feed it from FP16/BF16 inputs (non-varlen).
+ *
+ * Scheme (the CUDA side of int8_scheme DEFAULT; docs/gpu.md):
+ *   K smoothing: K' = K - mean over tokens of K, per (batch, kv head, channel). Exact for softmax
+ *     (every score of a query row shifts by the same q.mean).
+ *   Q, K': per-token symmetric INT8, scale = max|x| / 127 (sq [B,H,Lq], sk [B,HK,Lk_pad]).
+ *   V: per-channel symmetric INT8 over all tokens, scale sv [B,HK,D] = max|v| / 127.
+ *   S = sq_i * sk_j * (Qi . Ki_j)                 mma s8 x s8 -> s32
+ *   P = exp2(...) in [0, 1] against the running row max, quantized per tile as u8 = rn(255 p)
+ *   O += P_u8 x V_s8                               mma u8 x s8 -> s32 (the .u8.s8 form of m16n8k32:
+ *     P keeps 8 bits instead of 7), dequantized in registers (acc * alpha + int), and at the end
+ *     O = acc * sv_d / (255 * l) with l the FP32 sum of the unquantized p.
+ * Layouts in the workspace (all contiguous): Qi [B,H,Lq,D] s8; Ki [B,HK,Lk,D] s8;
+ * Vt [B,HK,D,Lk_pad] s8, transposed so the PV B-fragments load with ldmatrix, keys permuted inside
+ * each 16-key group to match the P fragment held in the S accumulators (see vt_perm). */
 #include "cuda_common.cuh"
-cudaError_t qattn_cuda_prepare_i8(void) { return cudaSuccess; }
-cudaError_t qattn_cuda_launch_i8(const qattn_cuda_args &, cudaStream_t) { return cudaErrorNotSupported; }
-size_t qattn_cuda_i8_workspace(const qattn_cuda_args &) { return 0; }
-cudaError_t qattn_cuda_quantize_i8(qattn_cuda_args &, int, void *, cudaStream_t) { return cudaErrorNotSupported; }
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <math.h>
+
+namespace {
+
+constexpr int BM = 128, BN = 64, NWARPS = 8, NTHREADS = NWARPS * 32;
+constexpr int NCH = 32; /* token chunks of the K-mean / V-max reduction */
+
+inline size_t align256(size_t x) { return (x + 255) / 256 * 256; }
+
+struct i8_layout {
+    size_t qi, sq, ki, sk, vt, sv, part, stat, qsh, total;
+};
+
+i8_layout layout(const qattn_cuda_args &a, int lk_pad) {
+    i8_layout L;
+    size_t B = (size_t)a.batch, H = (size_t)a.h, HK = (size_t)a.hk, D = (size_t)a.d, lq = (size_t)a.lq, lk = (size_t)a.lk;
+    size_t off = 0;
+    L.qi = off, off += align256(B * H * lq * D);
+    L.sq = off, off += align256(B * H * lq * 4);
+    L.ki = off, off += align256(B * HK * lk * D);
+    L.sk = off, off += align256(B * HK * (size_t)lk_pad * 4);
+    L.vt = off, off += align256(B * HK * D * (size_t)lk_pad);
+    L.sv = off, off += align256(B * HK * D * 4);
+    L.part = off, off += align256(B * HK * NCH * D * 2 * 4);
+    L.stat = off, off += align256(B * HK * D * 2 * 4);
+    L.qsh = off, off += align256(B * H * lq * 4);
+    L.total = off;
+    return L;
+}
+
+int lk_padded(int lk) { return (lk + BN - 1) / BN * BN; }
+
+template <bool BF16> __device__ __forceinline__ float ld16(const uint16_t *p) {
+    uint16_t v = *p;
+    if (BF16) return __uint_as_float((uint32_t)v << 16);
+    return __half2float(__ushort_as_half(v));
+}
+
+/* 8 consecutive elements (16 bytes) as float. */
+template <bool BF16> __device__ __forceinline__ void ld8(const uint16_t *p, float f[8]) {
+    uint4 u = *(const uint4 *)p;
+    uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        if (BF16) {
+            f[2 * i] = __uint_as_float(w[i] << 16);
+            f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+        } else {
+            __half2 h;
+            memcpy(&h, &w[i], 4);
+            float2 x = __half22float2(h);
+            f[2 * i] = x.x;
+            f[2 * i + 1] = x.y;
+        }
+    }
+}
+
+__device__ __forceinline__ int q8(float x, float inv) { return max(-127, min(127, __float2int_rn(x * inv))); }
+
+/* Partial per-channel sums of K and max|V| over token chunk blockIdx.x of (b, hk) = blockIdx.y.
+ * part [B*HK][NCH][2][D]. Fixed reduction order: deterministic. */
+template <int D, bool BF16> __global__ void __launch_bounds__(256) kv_stats_kernel(const qattn_cuda_args a, float *part) {
+    constexpr int TPR = D / 8, RPI = 256 / TPR; /* threads per row, rows per iteration */
+    __shared__ float ssum[RPI][D], smax[RPI][D];
+    const int bh = blockIdx.y, b = bh / a.hk, hk = bh % a.hk;
+    const int c = blockIdx.x, t0 = (int)((int64_t)a.lk * c / NCH), t1 = (int)((int64_t)a.lk * (c + 1) / NCH);
+    const int tr = threadIdx.x / TPR, tc = (threadIdx.x % TPR) * 8;
+    float s[8] = {0}, m[8] = {0};
+    const uint16_t *kg = (const uint16_t *)a.k + (int64_t)b * a.k_bs + (int64_t)hk * a.k_hs + tc;
+    const uint16_t *vg = (const uint16_t *)a.v + (int64_t)b * a.v_bs + (int64_t)hk * a.v_hs + tc;
+    for (int t = t0 + tr; t < t1; t += RPI) {
+        float kf[8], vf[8];
+        ld8<BF16>(kg + (int64_t)t * a.k_ss, kf);
+        ld8<BF16>(vg + (int64_t)t * a.v_ss, vf);
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            s[i] += kf[i];
+            m[i] = fmaxf(m[i], fabsf(vf[i]));
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        ssum[tr][tc + i] = s[i];
+        smax[tr][tc + i] = m[i];
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < D; d += 256) {
+        float su = 0.f, mx = 0.f;
+        for (int r = 0; r < RPI; r++) {
+            su += ssum[r][d];
+            mx = fmaxf(mx, smax[r][d]);
+        }
+        float *pp = part + ((size_t)bh * NCH + c) * 2 * D;
+        pp[d] = su;
+        pp[D + d] = mx;
+    }
+}
+
+/* stat [B*HK][2][D]: the K mean over tokens and max|V|, from the NCH partials (fixed order). */
+template <int D> __global__ void kv_reduce_kernel(const qattn_cuda_args a, const float *part, float *stat) {
+    const int bh = blockIdx.x, d = threadIdx.x;
+    const float *pp = part + (size_t)bh * NCH * 2 * D;
+    float su = 0.f, mx = 0.f;
+    for (int c = 0; c < NCH; c++) {
+        su += pp[c * 2 * D + d];
+        mx = fmaxf(mx, pp[c * 2 * D + D + d]);
+    }
+    stat[(size_t)bh * 2 * D + d] = su / (float)a.lk;
+    stat[(size_t)bh * 2 * D + D + d] = mx;
+}
+
+/* Per-token quantization of Q (IS_K false) or K - mean (IS_K true). One warp per (token, head);
+ * D/8 lanes hold 8 elements each. out [B, nh, L, D]; scale [B, nh, ldscale]. */
+template <int D, bool BF16, bool IS_K>
+__global__ void __launch_bounds__(256) quant_rows_kernel(const qattn_cuda_args a, int8_t *out, float *scale, int ldscale, const float *stat,
+                                                          float *qshift) {
+    const int nh = IS_K ? a.hk : a.h, L = IS_K ? a.lk : a.lq;
+    const int64_t row = (int64_t)blockIdx.x * 8 + threadIdx.x / 32; /* over B * L * nh, head fastest */
+    const int lane = threadIdx.x % 32;
+    if (row >= (int64_t)a.batch * L * nh) return;
+    const int h = (int)(row % nh);
+    const int64_t bt = row / nh;
+    const int t = (int)(bt % L), b = (int)(bt / L);
+    const bool act = lane < D / 8;
+    float f[8] = {0};
+    if (act) {
+        const uint16_t *src = IS_K ? (const uint16_t *)a.k + (int64_t)b * a.k_bs + (int64_t)t * a.k_ss + (int64_t)h * a.k_hs
+                                   : (const uint16_t *)a.q + (int64_t)b * a.q_bs + (int64_t)t * a.q_ss + (int64_t)h * a.q_hs;
+        ld8<BF16>(src + lane * 8, f);
+        if (IS_K) {
+            const float *mean = stat + (size_t)(b * a.hk + h) * 2 * D + lane * 8;
+#pragma unroll
+            for (int i = 0; i < 8; i++) f[i] -= mean[i];
+        }
+    }
+    if (!IS_K && qshift) { /* q . mean_k * scale: what smoothing removed from this row's scores (for LSE) */
+        float dot = 0.f;
+        if (act) {
+            const float *mean = stat + (size_t)(b * a.hk + h / (a.h / a.hk)) * 2 * D + lane * 8;
+#pragma unroll
+            for (int i = 0; i < 8; i++) dot = fmaf(f[i], mean[i], dot);
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        if (lane == 0) qshift[((int64_t)b * nh + h) * ldscale + t] = dot * a.scale;
+    }
+    float m = 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; i++) m = fmaxf(m, fabsf(f[i]));
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    /* NaN/Inf in the row: the scale becomes NaN and so does every score of the row. */
+    const float sc = m / 127.f, inv = m > 0.f ? 127.f / m : 0.f;
+    if (act) {
+        uint32_t w[2];
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+            w[j] = (uint32_t)(q8(f[4 * j], inv) & 0xff) | (uint32_t)(q8(f[4 * j + 1], inv) & 0xff) << 8 |
+                   (uint32_t)(q8(f[4 * j + 2], inv) & 0xff) << 16 | (uint32_t)(q8(f[4 * j + 3], inv) & 0xff) << 24;
+        *(uint2 *)(out + (((int64_t)b * nh + h) * L + t) * D + lane * 8) = make_uint2(w[0], w[1]);
+    }
+    if (lane == 0) scale[((int64_t)b * nh + h) * ldscale + t] = sc;
+}
+
+/* Physical key (0..15) held at logical position l (0..15) of a 16-key group: the order in which
+ * a thread's S accumulators (keys 2t, 2t+1 of each 8-key tile) form the u8 A-fragment. */
+__device__ __forceinline__ int vt_perm(int l) { return 8 * ((l & 3) >> 1) + 2 * (l >> 2) + (l & 1); }
+
+/* V -> Vt [B, HK, D, Lk_pad] s8 with per-channel scales; one block per 64 tokens of one (b, hk). */
+template <int D, bool BF16>
+__global__ void __launch_bounds__(256) quant_v_kernel(const qattn_cuda_args a, int8_t *vt, float *sv, const float *stat, int lk_pad) {
+    __shared__ float vs[BN][D + 1];
+    __shared__ float inv[D];
+    const int bh = blockIdx.y, b = bh / a.hk, hk = bh % a.hk, n0 = blockIdx.x * BN;
+    for (int d = threadIdx.x; d < D; d += 256) {
+        const float m = stat[(size_t)bh * 2 * D + D + d];
+        inv[d] = m > 0.f ? 127.f / m : 0.f;
+        if (blockIdx.x == 0) sv[(size_t)bh * D + d] = m / 127.f;
+    }
+    constexpr int TPR = D / 8;
+    for (int idx = threadIdx.x; idx < BN * TPR; idx += 256) {
+        int r = idx / TPR, c = (idx % TPR) * 8;
+        float f[8] = {0};
+        if (n0 + r < a.lk) ld8<BF16>((const uint16_t *)a.v + (int64_t)b * a.v_bs + (int64_t)(n0 + r) * a.v_ss + (int64_t)hk * a.v_hs + c, f);
+#pragma unroll
+        for (int i = 0; i < 8; i++) vs[r][c + i] = f[i];
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < D * (BN / 4); idx += 256) {
+        int d = idx / (BN / 4), l0 = (idx % (BN / 4)) * 4;
+        uint32_t w = 0;
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            int l = l0 + u, pk = (l & ~15) + vt_perm(l & 15);
+            w |= (uint32_t)(q8(vs[pk][d], inv[d]) & 0xff) << (8 * u);
+        }
+        *(uint32_t *)(vt + ((size_t)bh * D + d) * lk_pad + n0 + l0) = w;
+    }
+}
+
+/* ---------------------------------------------------------------- attention kernel */
+
+/* Swizzled byte address of 16-byte chunk c of row r, rows of CPR chunks (4 or 8). */
+template <int CPR> __device__ __forceinline__ uint32_t swz8(uint32_t base, int r, int c) {
+    int x = CPR >= 8 ? (c ^ (r & 7)) : (c ^ ((r >> 1) & 3));
+    return base + (uint32_t)((r * CPR + x) * 16);
+}
+
+template <int CPR, int ROWS>
+__device__ __forceinline__ void load_rows(uint32_t sbase, const int8_t *g, int64_t ld, int nvalid, int tid) {
+#pragma unroll
+    for (int i = 0; i < (ROWS * CPR + NTHREADS - 1) / NTHREADS; i++) {
+        int idx = tid + i * NTHREADS;
+        if ((ROWS * CPR) % NTHREADS == 0 || idx < ROWS * CPR) {
+            int r = idx / CPR, c = idx % CPR;
+            bool ok = r < nvalid;
+            qattn_cp_async16(swz8<CPR>(sbase, r, c), ok ? g + r * ld + c * 16 : g, ok ? 16 : 0);
+        }
+    }
+}
+
+__device__ __forceinline__ void mma_s8(int c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void mma_u8s8(int c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* int32 (|x| < 2^22) to float without I2F: add the exponent of 1.5 * 2^23 and subtract it back. */
+__device__ __forceinline__ float i2f(int x) { return __int_as_float(x + 0x4B400000) - 12582912.f; }
+/* p in [0, 1] -> the low byte of rn(255 p) (1.5 * 2^23 + 255 p keeps the integer in the mantissa). */
+__device__ __forceinline__ uint32_t p2u8bits(float p) { return __float_as_uint(fmaf(p, 255.f, 12582912.f)); }
+/* Pack the low bytes of four words, first in the lowest byte. */
+__device__ __forceinline__ uint32_t pack4(uint32_t x0, uint32_t x1, uint32_t x2, uint32_t x3) {
+    return __byte_perm(__byte_perm(x0, x1, 0x0040), __byte_perm(x2, x3, 0x0040), 0x5410);
+}
+
+__device__ __forceinline__ void key_range(int i, int lq, int lk, int wl, int wr, int &lo, int &hi) {
+    int diag = i + lk - lq;
+    lo = wl < 0 ? 0 : max(diag - wl, 0);
+    hi = wr < 0 ? lk : min(diag + wr + 1, lk);
+    if (hi < lo) hi = lo;
+}
+
+template <int D> constexpr int i8_smem_bytes() { return BM * D + 2 * BN * D + 2 * D * BN + 2 * BN * 4; }
+
+template <int D>
+__global__ void __launch_bounds__(NTHREADS, D == 128 ? 1 : 2) fwd_i8_kernel(const qattn_cuda_args a) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    constexpr int CPR = D / 16;      /* chunks per Q/K row */
+    constexpr int VCPR = BN / 16;    /* chunks per Vt row (4) */
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int g = lane / 4, t4 = lane % 4;
+    const int b = blockIdx.z, h = blockIdx.y, hk = h / (a.h / a.hk);
+    const int lq = a.lq, lk = a.lk;
+    const int mblk = (int)(gridDim.x - 1 - blockIdx.x);
+    const int m0 = mblk * BM;
+    const int mrows = min(BM, lq - m0);
+
+    const int8_t *qg = a.qi + (((int64_t)b * a.h + h) * lq + m0) * D;
+    const int8_t *kg = a.ki + ((int64_t)b * a.hk + hk) * lk * D;
+    const int8_t *vg = a.vt + ((int64_t)b * a.hk + hk) * D * a.lk_pad;
+    const float *skg = a.sk + ((int64_t)b * a.hk + hk) * a.lk_pad;
+    const float *svg = a.sv + ((int64_t)b * a.hk + hk) * D;
+
+    int lo_first, hi_first, lo_last, hi_last;
+    key_range(m0, lq, lk, a.wl, a.wr, lo_first, hi_first);
+    key_range(m0 + mrows - 1, lq, lk, a.wl, a.wr, lo_last, hi_last);
+    const int kbeg = lo_first, kend = hi_last;
+    const int row0 = m0 + warp * 16 + g, row1 = row0 + 8;
+    int lo0, hi0, lo1, hi1;
+    key_range(row0, lq, lk, a.wl, a.wr, lo0, hi0);
+    key_range(row1, lq, lk, a.wl, a.wr, lo1, hi1);
+    const float *sqg = a.sq + ((int64_t)b * a.h + h) * lq;
+    const float rf[2] = {row0 < lq ? sqg[row0] * a.scale_log2 : 0.f, row1 < lq ? sqg[row1] * a.scale_log2 : 0.f};
+
+    float o[D / 8][4];
+#pragma unroll
+    for (int i = 0; i < D / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+
+    const uint32_t sQ = qattn_smem_u32(smem);
+    const uint32_t sK = sQ + BM * D;
+    const uint32_t sV = sK + 2 * BN * D;
+    const uint32_t sS = sV + 2 * D * BN;
+    const float *sSf = (const float *)(smem + BM * D + 2 * BN * D + 2 * D * BN);
+
+    if (kend > kbeg) {
+        const int t_first = kbeg / BN, t_last = (kend + BN - 1) / BN;
+        load_rows<CPR, BM>(sQ, qg, D, mrows, tid);
+        auto load_kv = [&](int buf, int n0) {
+            load_rows<CPR, BN>(sK + buf * BN * D, kg + (int64_t)n0 * D, D, lk - n0, tid);
+            load_rows<VCPR, D>(sV + buf * D * BN, vg + n0, a.lk_pad, D, tid);
+            if (tid < BN / 4) {
+                int rem = (lk - n0 - tid * 4) * 4;
+                rem = rem < 0 ? 0 : rem > 16 ? 16 : rem;
+                qattn_cp_async16(sS + buf * BN * 4 + tid * 16, rem ? (const void *)(skg + n0 + tid * 4) : (const void *)skg, rem);
+            }
+        };
+        load_kv(0, t_first * BN);
+        qattn_cp_async_commit();
+        for (int tt = t_first; tt < t_last; tt++) {
+            const int buf = (tt - t_first) & 1;
+            qattn_cp_async_wait<0>();
+            __syncthreads();
+            if (tt + 1 < t_last) load_kv(buf ^ 1, (tt + 1) * BN);
+            qattn_cp_async_commit();
+            const uint32_t kb = sK + buf * BN * D, vb = sV + buf * D * BN;
+            const float *skt = sSf + buf * BN;
+            const int n0 = tt * BN;
+
+            int si[BN / 8][4];
+#pragma unroll
+            for (int i = 0; i < BN / 8; i++) si[i][0] = si[i][1] = si[i][2] = si[i][3] = 0;
+#pragma unroll
+            for (int kk = 0; kk < D / 32; kk++) {
+                uint32_t qa[4];
+                qattn_ldsm_x4(qa, swz8<CPR>(sQ, warp * 16 + (lane % 16), kk * 2 + lane / 16));
+#pragma unroll
+                for (int np = 0; np < BN / 16; np++) {
+                    uint32_t kr[4];
+                    qattn_ldsm_x4(kr, swz8<CPR>(kb, np * 16 + (lane % 8) + (lane / 16) * 8, kk * 2 + (lane / 8) % 2));
+                    mma_s8(si[2 * np], qa, kr[0], kr[1]);
+                    mma_s8(si[2 * np + 1], qa, kr[2], kr[3]);
+                }
+            }
+            float s[BN / 8][4];
+#pragma unroll
+            for (int n = 0; n < BN / 8; n++) {
+                float2 skv = *(const float2 *)(skt + n * 8 + 2 * t4);
+                s[n][0] = i2f(si[n][0]) * skv.x;
+                s[n][1] = i2f(si[n][1]) * skv.y;
+                s[n][2] = i2f(si[n][2]) * skv.x;
+                s[n][3] = i2f(si[n][3]) * skv.y;
+            }
+            if (!(n0 >= lo_last && n0 + BN <= hi_first)) {
+#pragma unroll
+                for (int n = 0; n < BN / 8; n++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        int col = n0 + n * 8 + 2 * t4 + (e & 1);
+                        bool vis = e < 2 ? (col >= lo0 && col < hi0) : (col >= lo1 && col < hi1);
+                        if (!vis) s[n][e] = -INFINITY;
+                    }
+            }
+            float alpha[2];
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                float m = mx[r];
+#pragma unroll
+                for (int n = 0; n < BN / 8; n++) m = fmaxf(m, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
+                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+                const float msc = m == -INFINITY ? 0.f : m * rf[r];
+                alpha[r] = mx[r] == -INFINITY ? 0.f : qattn_ex2(mx[r] * rf[r] - msc);
+                mx[r] = m;
+                float sum = 0.f;
+#pragma unroll
+                for (int n = 0; n < BN / 8; n++) {
+                    float p0 = qattn_ex2(fmaf(s[n][2 * r], rf[r], -msc));
+                    float p1 = qattn_ex2(fmaf(s[n][2 * r + 1], rf[r], -msc));
+                    s[n][2 * r] = p0;
+                    s[n][2 * r + 1] = p1;
+                    sum += p0 + p1;
+                }
+                l[r] = l[r] * alpha[r] + sum;
+            }
+            /* P as u8 A-fragments, one per 32 keys (keys permuted as Vt expects). */
+            uint32_t pa[BN / 32][4];
+#pragma unroll
+            for (int kk = 0; kk < BN / 32; kk++) {
+                pa[kk][0] = pack4(p2u8bits(s[4 * kk][0]), p2u8bits(s[4 * kk][1]), p2u8bits(s[4 * kk + 1][0]), p2u8bits(s[4 * kk + 1][1]));
+                pa[kk][1] = pack4(p2u8bits(s[4 * kk][2]), p2u8bits(s[4 * kk][3]), p2u8bits(s[4 * kk + 1][2]), p2u8bits(s[4 * kk + 1][3]));
+                pa[kk][2] = pack4(p2u8bits(s[4 * kk + 2][0]), p2u8bits(s[4 * kk + 2][1]), p2u8bits(s[4 * kk + 3][0]), p2u8bits(s[4 * kk + 3][1]));
+                pa[kk][3] = pack4(p2u8bits(s[4 * kk + 2][2]), p2u8bits(s[4 * kk + 2][3]), p2u8bits(s[4 * kk + 3][2]), p2u8bits(s[4 * kk + 3][3]));
+            }
+            /* O = O * alpha + P V, a pair of 8-wide d tiles at a time. */
+#pragma unroll
+            for (int dp = 0; dp < D / 16; dp++) {
+                int c0[4] = {0, 0, 0, 0}, c1[4] = {0, 0, 0, 0};
+#pragma unroll
+                for (int kk = 0; kk < BN / 32; kk++) {
+                    uint32_t vr[4];
+                    qattn_ldsm_x4(vr, swz8<VCPR>(vb, dp * 16 + (lane % 8) + (lane / 16) * 8, kk * 2 + (lane / 8) % 2));
+                    mma_u8s8(c0, pa[kk], vr[0], vr[1]);
+                    mma_u8s8(c1, pa[kk], vr[2], vr[3]);
+                }
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    o[2 * dp][e] = fmaf(o[2 * dp][e], alpha[e >> 1], i2f(c0[e]));
+                    o[2 * dp + 1][e] = fmaf(o[2 * dp + 1][e], alpha[e >> 1], i2f(c1[e]));
+                }
+            }
+        }
+        qattn_cp_async_wait<0>();
+    }
+
+    const int64_t ooff = (int64_t)b * a.o_bs + (int64_t)h * a.o_hs;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float sum = l[r];
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        const int row = r == 0 ? row0 : row1;
+        const float inv = sum > 0.f ? 1.f / (255.f * sum) : 0.f;
+        if (row < lq) {
+            int64_t base = ooff + (int64_t)row * a.o_ss + 2 * t4;
+#pragma unroll
+            for (int i = 0; i < D / 8; i++) {
+                float2 svv = *(const float2 *)(svg + i * 8 + 2 * t4);
+                float x = o[i][2 * r] * inv * svv.x, y = o[i][2 * r + 1] * inv * svv.y;
+                int64_t idx = base + i * 8;
+                if (a.o_dtype == 1) *(__half2 *)((__half *)a.o + idx) = __floats2half2_rn(x, y);
+                else if (a.o_dtype == 2) *(__nv_bfloat162 *)((__nv_bfloat16 *)a.o + idx) = __floats2bfloat162_rn(x, y);
+                else *(float2 *)((float *)a.o + idx) = make_float2(x, y);
+            }
+            if (a.lse && t4 == 0)
+                a.lse[((int64_t)b * a.h + h) * lq + row] = sum > 0.f ? (mx[r] * rf[r] + log2f(sum)) * 0.69314718055994531f + a.qsh[((int64_t)b * a.h + h) * lq + row] : -INFINITY;
+        }
+    }
+}
+
+template <int D, bool BF16> cudaError_t quantize(qattn_cuda_args &a, const i8_layout &L, unsigned char *ws, cudaStream_t st) {
+    float *part = (float *)(ws + L.part);
+    int8_t *qi = (int8_t *)(ws + L.qi), *ki = (int8_t *)(ws + L.ki), *vt = (int8_t *)(ws + L.vt);
+    float *sq = (float *)(ws + L.sq), *sk = (float *)(ws + L.sk), *sv = (float *)(ws + L.sv);
+    const unsigned bhk = (unsigned)(a.batch * a.hk);
+    float *stat = (float *)(ws + L.stat), *qsh = (float *)(ws + L.qsh);
+    int64_t nq = (int64_t)a.batch * a.lq * a.h;
+    cudaError_t e;
+    if (a.lk > 0) {
+        kv_stats_kernel<D, BF16><<<dim3(NCH, bhk), 256, 0, st>>>(a, part);
+        if ((e = cudaGetLastError()) != cudaSuccess) return e;
+        kv_reduce_kernel<D><<<bhk, D, 0, st>>>(a, part, stat);
+        if ((e = cudaGetLastError()) != cudaSuccess) return e;
+        int64_t nk = (int64_t)a.batch * a.lk * a.hk;
+        quant_rows_kernel<D, BF16, true><<<(unsigned)((nk + 7) / 8), 256, 0, st>>>(a, ki, sk, a.lk_pad, stat, nullptr);
+        if ((e = cudaGetLastError()) != cudaSuccess) return e;
+        quant_v_kernel<D, BF16><<<dim3((unsigned)(a.lk_pad / BN), bhk), 256, 0, st>>>(a, vt, sv, stat, a.lk_pad);
+        if ((e = cudaGetLastError()) != cudaSuccess) return e;
+        if (nq > 0) {
+            quant_rows_kernel<D, BF16, false><<<(unsigned)((nq + 7) / 8), 256, 0, st>>>(a, qi, sq, a.lq, stat, qsh);
+            if ((e = cudaGetLastError()) != cudaSuccess) return e;
+        }
+    }
+    a.qsh = qsh;
+    a.qi = qi, a.ki = ki, a.vt = vt, a.sq = sq, a.sk = sk, a.sv = sv;
+    return cudaSuccess;
+}
+
+template <int D> cudaError_t launch(const qattn_cuda_args &a, cudaStream_t stream) {
+    dim3 grid((unsigned)((a.lq + BM - 1) / BM), (unsigned)a.h, (unsigned)a.batch);
+    fwd_i8_kernel<D><<<grid, NTHREADS, i8_smem_bytes<D>(), stream>>>(a);
+    return cudaGetLastError();
+}
+
+} // namespace
+
+size_t qattn_cuda_i8_workspace(const qattn_cuda_args &a) { return layout(a, lk_padded(a.lk)).total; }
+
+cudaError_t qattn_cuda_quantize_i8(qattn_cuda_args &a, int bf16, void *ws, cudaStream_t stream) {
+    a.lk_pad = lk_padded(a.lk);
+    i8_layout L = layout(a, a.lk_pad);
+    unsigned char *w = (unsigned char *)ws;
+    switch (a.d) {
+    case 64: return bf16 ? quantize<64, true>(a, L, w, stream) : quantize<64, false>(a, L, w, stream);
+    case 128: return bf16 ? quantize<128, true>(a, L, w, stream) : quantize<128, false>(a, L, w, stream);
+    }
+    return cudaErrorInvalidValue;
+}
+
+cudaError_t qattn_cuda_prepare_i8(void) {
+    cudaError_t e = cudaFuncSetAttribute(fwd_i8_kernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, i8_smem_bytes<64>());
+    if (e != cudaSuccess) return e;
+    return cudaFuncSetAttribute(fwd_i8_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, i8_smem_bytes<128>());
+}
+
+cudaError_t qattn_cuda_launch_i8(const qattn_cuda_args &a, cudaStream_t stream) {
+    switch (a.d) {
+    case 64: return launch<64>(a, stream);
+    case 128: return launch<128>(a, stream);
+    }
+    return cudaErrorInvalidValue;
+}
