@@ -255,7 +255,8 @@ QATTN_API qattn_status qattn_oracle_f64(qattn_ctx *ctx, const qattn_params *p, d
  *   PER_CHANNEL: [B, Ht, D]                                one channel over all tokens of one
  *                                                          sequence and head
  * Integer Q K^T needs Q and K scales constant along D (not PER_CHANNEL); integer P V needs V
- * scales constant along the keys (PER_HEAD or PER_CHANNEL). */
+ * scales constant along the keys (PER_HEAD or PER_CHANNEL), unless the scheme folds V's token
+ * scales into P (the default scheme does). */
 typedef enum qattn_quant_granularity {
     QATTN_QUANT_PER_TOKEN = 0,
     QATTN_QUANT_PER_BLOCK = 1,
@@ -307,9 +308,10 @@ QATTN_API qattn_status qattn_dequantize_int8(qattn_ctx *ctx, const qattn_params 
 /* Attention on pre-quantized inputs: shapes, masks, GQA, varlen, o, lse, scale and
  * int8_scheme come from p (p->q/k/v and qkv_dtype are ignored and may be NULL/anything);
  * the inputs are qi. Computes attention of the dequantized tensors with INT8 x INT8 -> INT32
- * products: scheme DEFAULT quantizes P to u8 codes (x255) against each block's own row max,
+ * products: scheme DEFAULT folds V's token scales into P and quantizes that to u8 codes (x255)
+ * against each block's own row max,
  * INTFA to codes x127 against the running max, SAGE keeps P and V in FP32 (V dequantized).
- * Q and K scales: any granularity but PER_CHANNEL; V: PER_HEAD or PER_CHANNEL (SAGE: any).
+ * Q and K scales: any granularity but PER_CHANNEL; V: any (INTFA: PER_HEAD or PER_CHANNEL).
  * Scales must be finite and >= 0. CPU backend only. */
 QATTN_API qattn_status qattn_forward_quantized(qattn_ctx *ctx, const qattn_params *p, const qattn_int8_inputs *qi);
 

@@ -388,11 +388,11 @@ static void test_forward_quantized(void) {
             CHECK(e < 0.02, "forward_quantized sage with int8 V: rel L2 %.3e", e);
         }
         if (sc == 0) {
-            /* V per token is refused for integer P V; a -128 code is read as -127; bad scales refused */
-            int32_t g = qi.v.granularity;
-            qi.v.granularity = QATTN_QUANT_PER_TOKEN;
-            CHECK(qattn_forward_quantized(ctx, &pq, &qi) == QATTN_ERR_UNSUPPORTED, "per-token V accepted");
-            qi.v.granularity = g;
+            /* K per channel is refused for integer Q K^T; a -128 code is read as -127; bad scales refused */
+            int32_t g = qi.k.granularity;
+            qi.k.granularity = QATTN_QUANT_PER_CHANNEL;
+            CHECK(qattn_forward_quantized(ctx, &pq, &qi) == QATTN_ERR_UNSUPPORTED, "per-channel K accepted");
+            qi.k.granularity = g;
             float keep = qi.k.scale[3];
             qi.k.scale[3] = NAN;
             CHECK(qattn_forward_quantized(ctx, &pq, &qi) == QATTN_ERR_INVALID_ARGUMENT, "NaN scale accepted");

@@ -9,10 +9,12 @@
  *     online softmax in FP32; P -> 8-bit codes                  (kernel softmax)
  *     PV = Pc Vc                   8-bit x int8 -> int32       (kernel pv)
  *     acc = acc * alpha + (fac[row] * sv[channel]) * PV        (FP32, here)
- * P modes (src/quant/lowp.h): DEFAULT quantizes each block's P against the block's own row max
- * (codes 0..255, the max is exactly 255) and folds beta = exp2(m_block - m_running) into fac,
- * with the running sum built from the codes actually multiplied; INT-FA quantizes against the
- * running max with x127 and sums the unquantized P; SAGE keeps P and V in FP32.
+ * P modes (src/quant/lowp.h): DEFAULT (P_U8_VSCALED) has per-token V scales sv[key]: it forms
+ * w = exp2(s - m_block) * sv[key], quantizes w to u8 codes x255 against the block's own row max
+ * of w (so the largest gets 255) and folds beta = exp2(m_block - m_running) * max(w) / 255 into
+ * fac; the row sum adds beta * sum(exp2(s - m_block)). P_U8_BLOCKMAX does the same without V
+ * scales (sum from the codes actually multiplied); INT-FA quantizes against the running max with
+ * x127 and sums the unquantized P; SAGE keeps P and V in FP32.
  * K smoothing shifts every score of a row by q . mean_k: softmax is unchanged and the LSE gets
  * scale * q . mean_k back; V smoothing adds mean_v to each normalised output row.
  * The split of the work depends on the shape only, and every float step runs in a fixed order:
@@ -45,9 +47,9 @@ void qattn_lowp_scheme_cfg(int32_t scheme, qattn_lowp_cfg *cfg) {
         cfg->p_mode = QATTN_P_FP32;
         break;
     default: /* qattn (docs/FORMAT.md, "Choosing the default scheme") */
-        cfg->q_gran = QATTN_QUANT_PER_TOKEN, cfg->k_gran = QATTN_QUANT_PER_TOKEN, cfg->v_gran = QATTN_QUANT_PER_CHANNEL;
+        cfg->q_gran = QATTN_QUANT_PER_TOKEN, cfg->k_gran = QATTN_QUANT_PER_TOKEN, cfg->v_gran = QATTN_QUANT_PER_TOKEN;
         cfg->k_smooth = 1, cfg->v_smooth = 1;
-        cfg->p_mode = QATTN_P_U8_BLOCKMAX;
+        cfg->p_mode = QATTN_P_U8_VSCALED;
         break;
     }
 }
@@ -87,6 +89,7 @@ typedef struct wmem {
     int32_t *lo, *hi;
     float *alpha, *fac;
     float *sv, *mv;  /* [D] V channel scales and V mean of the unit's (b, g) */
+    float *svk;      /* [TILE] V token scales (P_U8_VSCALED) */
 } wmem;
 
 static size_t wmem_layout(const lplan *pl, unsigned char *base, wmem *w) {
@@ -113,6 +116,7 @@ static size_t wmem_layout(const lplan *pl, unsigned char *base, wmem *w) {
     TAKE(fac, float *, R * 4);
     TAKE(sv, float *, D * 4);
     TAKE(mv, float *, D * 4);
+    TAKE(svk, float *, T * 4);
 #undef TAKE
     return off;
 }
@@ -228,14 +232,18 @@ static void pack_k(const lplan *pl, int64_t b, int g, int64_t t0, int n, int npa
     }
 }
 
-static void pack_v_i16(const lplan *pl, int64_t b, int g, int64_t t0, int n, int npad, int16_t *vp) {
+static void pack_v_i16(const lplan *pl, int64_t b, int g, int64_t t0, int n, int npad, int16_t *vp, float *svk) {
     const qattn_params *p = pl->p;
     const qattn_int8_tensor *t = &pl->qi->v;
     int D = p->head_dim;
-    int64_t off = i8_off(p, t, p->cu_seqlens_k, b);
+    int64_t off = i8_off(p, t, p->cu_seqlens_k, b), tb = tok_base(p->cu_seqlens_k, b, p->seqlen_k);
+    bool per_key = pl->p_mode == QATTN_P_U8_VSCALED && t->granularity != QATTN_QUANT_PER_CHANNEL;
     for (int j = 0; j < npad; j++) {
         const int8_t *src = j < n ? t->data + off + (t0 + j) * t->seq_stride + (int64_t)g * t->head_stride : NULL;
         for (int c = 0; c < D; c++) vp[(j / 2) * D * 2 + c * 2 + j % 2] = src ? clamp_code(src[c]) : 0;
+        svk[j] = !src ? 0.0f
+                 : per_key ? t->scale[qattn_scale_index(t->granularity, t->block_size, b, tb + t0 + j, t0 + j, g, p->n_kv_heads, p->seqlen_k, D, 0)]
+                           : 1.0f;
     }
 }
 
@@ -272,7 +280,9 @@ static void v_channel_info(const lplan *pl, int64_t b, int g, float *sv, float *
     const qattn_int8_tensor *t = &pl->qi->v;
     int D = p->head_dim;
     for (int c = 0; c < D; c++) {
+        bool token_scales = pl->p_mode == QATTN_P_U8_VSCALED && t->granularity != QATTN_QUANT_PER_CHANNEL;
         sv[c] = pl->p_mode == QATTN_P_FP32 ? 0.0f
+                : token_scales             ? 1.0f
                                            : t->scale[qattn_scale_index(t->granularity, t->block_size, b, 0, 0, g, p->n_kv_heads, p->seqlen_k, D, c)];
         mv[c] = (pl->p_mode != QATTN_P_FP32 && t->mean) ? t->mean[((int64_t)b * p->n_kv_heads + g) * D + c] : 0.0f;
     }
@@ -320,7 +330,7 @@ static void attend_tile(const lplan *pl, wmem *w, int m, int n, qattn_tile_state
     int32_t mode = pl->p_mode;
     bool fp = mode == QATTN_P_FP32;
     float mult = (mode == QATTN_P_S8_RUNNING || mode == QATTN_P_S8_BLOCKMAX) ? 127.0f : 255.0f;
-    bool blockmax = mode == QATTN_P_U8_BLOCKMAX || mode == QATTN_P_S8_BLOCKMAX;
+    bool blockmax = mode == QATTN_P_U8_BLOCKMAX || mode == QATTN_P_S8_BLOCKMAX || mode == QATTN_P_U8_VSCALED;
     K->qk(w->qc, m, D, w->kp, npad, w->s);
     K->scores(w->s, m, npad, w->sq, w->sk, w->sf);
     int16_t *codes = fp ? NULL : (int16_t *)w->pc;
@@ -343,19 +353,35 @@ static void attend_tile(const lplan *pl, wmem *w, int m, int n, qattn_tile_state
         float ref = blockmax ? mb : m_new;
         int32_t csum;
         float esum;
-        K->softmax(sf, lo, hi, npad, ref, mult, codes ? codes + (size_t)r * npad : NULL, pf ? pf + (size_t)r * npad : NULL, &csum,
-                   &esum);
         float beta = blockmax ? exp2f(mb - m_new) : 1.0f;
-        float add;
-        switch (mode) {
-        case QATTN_P_S8_RUNNING:
-        case QATTN_P_FP32: add = esum; break;
-        default: add = beta / mult * (float)csum; break;
+        float add, fac = fp ? 1.0f : beta / mult;
+        if (mode == QATTN_P_U8_VSCALED) {
+            /* e = exp2(s - m_block); codes of e * sv[key] against their row max (exact 255 at the max) */
+            float *e = w->sf + (size_t)r * npad; /* in place: sf is not needed after this */
+            K->softmax(sf, lo, hi, npad, ref, 1.0f, NULL, e, &csum, &esum);
+            float wmax = 0.0f;
+            for (int j = lo; j < hi; j++) {
+                e[j] *= w->svk[j];
+                wmax = e[j] > wmax ? e[j] : wmax;
+            }
+            int16_t *cr = codes + (size_t)r * npad;
+            float inv = wmax > 0.0f ? 255.0f / wmax : 0.0f;
+            for (int j = 0; j < npad; j++) cr[j] = (j >= lo && j < hi) ? (int16_t)lrintf(e[j] * inv) : 0;
+            add = beta * esum;
+            fac = beta * wmax / 255.0f;
+        } else {
+            K->softmax(sf, lo, hi, npad, ref, mult, codes ? codes + (size_t)r * npad : NULL, pf ? pf + (size_t)r * npad : NULL, &csum,
+                       &esum);
+            switch (mode) {
+            case QATTN_P_S8_RUNNING:
+            case QATTN_P_FP32: add = esum; break;
+            default: add = beta / mult * (float)csum; break;
+            }
         }
         st->row_sum[r] = st->row_sum[r] * alpha + add;
         st->row_max[r] = m_new;
         w->alpha[r] = alpha;
-        w->fac[r] = fp ? 1.0f : beta / mult;
+        w->fac[r] = fac;
     }
     if (fp) {
         float *pv = w->pv;
@@ -421,7 +447,7 @@ static void run_unit(void *arg, int64_t task, int worker) {
         if (pl->p_mode == QATTN_P_FP32)
             pack_v_f32(pl, u.b, u.g, t0, n, npad, w.vp);
         else
-            pack_v_i16(pl, u.b, u.g, t0, n, npad, w.vp);
+            pack_v_i16(pl, u.b, u.g, t0, n, npad, w.vp, w.svk);
         attend_tile(pl, &w, m, n, &st);
     }
     if (!split) write_rows(pl, u.b, i0, n_pos, u.g, &st, w.corr, w.mv);
@@ -506,9 +532,10 @@ static void qbufs_layout(const qattn_params *p, const qattn_lowp_cfg *cfg, qbufs
 static qattn_status check_cfg(qattn_ctx *ctx, const qattn_lowp_cfg *cfg) {
     if (cfg->q_gran == QATTN_QUANT_PER_CHANNEL || cfg->k_gran == QATTN_QUANT_PER_CHANNEL)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "q and k scales cannot be PER_CHANNEL");
-    if (cfg->p_mode != QATTN_P_FP32 && cfg->v_gran != QATTN_QUANT_PER_HEAD && cfg->v_gran != QATTN_QUANT_PER_CHANNEL)
+    if (cfg->p_mode != QATTN_P_FP32 && cfg->p_mode != QATTN_P_U8_VSCALED && cfg->v_gran != QATTN_QUANT_PER_HEAD &&
+        cfg->v_gran != QATTN_QUANT_PER_CHANNEL)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "v scales must be PER_HEAD or PER_CHANNEL for integer P V");
-    if (cfg->p_mode < QATTN_P_U8_BLOCKMAX || cfg->p_mode > QATTN_P_FP32)
+    if (cfg->p_mode < QATTN_P_U8_BLOCKMAX || cfg->p_mode > QATTN_P_U8_VSCALED)
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "p_mode %d is not a qattn_p_mode", cfg->p_mode);
     for (int w = 0; w < 3; w++) {
         int32_t g = w == 0 ? cfg->q_gran : w == 1 ? cfg->k_gran : cfg->v_gran;

@@ -87,6 +87,8 @@ typedef enum qattn_p_mode {
     QATTN_P_U8_RUNNING = 2,  /* u8 codes x255 against the running max; sum of the codes */
     QATTN_P_S8_BLOCKMAX = 3, /* codes x127 against the block row max; sum of the codes */
     QATTN_P_FP32 = 4,        /* P and V in FP32 (SageAttention-1 style) */
+    QATTN_P_U8_VSCALED = 5,  /* u8 codes x255 of P * sv[key] (V's token scales folded into P) against
+                                the block's row max of that product; sum of unquantized P */
 } qattn_p_mode;
 
 typedef struct qattn_lowp_cfg {

@@ -305,7 +305,8 @@ qattn_status qattn_forward_quantized(qattn_ctx *ctx, const qattn_params *p, cons
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "q and k scales cannot be PER_CHANNEL: integer Q K^T sums over channels");
     if (qi->q.mean)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "q smoothing (q.mean) would change the softmax; give q.mean = NULL");
-    if (cfg.p_mode != QATTN_P_FP32 && qi->v.granularity != QATTN_QUANT_PER_HEAD && qi->v.granularity != QATTN_QUANT_PER_CHANNEL)
+    if (cfg.p_mode != QATTN_P_FP32 && cfg.p_mode != QATTN_P_U8_VSCALED && qi->v.granularity != QATTN_QUANT_PER_HEAD &&
+        qi->v.granularity != QATTN_QUANT_PER_CHANNEL)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED,
                           "v scales must be PER_HEAD or PER_CHANNEL for integer P V (scheme sage accepts any v granularity)");
     for (int32_t w = 0; w < 3; w++) {
