@@ -1,6 +1,6 @@
 /* Times one ISA's attend_tile_f32 on cache-resident data (m rows x n keys x d), no driver.
  * Build: cc -O2 -std=gnu11 -Iinclude -Isrc -DQATTN_HAVE_X86 dev/cpu_fp/tile_bench.c build-avx2/libqattn.a -lpthread -lm -o build-avx2/tile_bench
- * Run:   build-avx2/tile_bench [m n d] */
+ * Run:   build-avx2/tile_bench [m n d]   (process CPU time, so other load on the machine matters less) */
 #define _POSIX_C_SOURCE 199309L
 #include "qattn_internal.h"
 
@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <time.h>
 
-static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }
+static double now(void) { struct timespec t; clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }
 
 int main(int argc, char **argv) {
     int m = argc > 1 ? atoi(argv[1]) : 64, n = argc > 2 ? atoi(argv[2]) : 64, d = argc > 3 ? atoi(argv[3]) : 128;
