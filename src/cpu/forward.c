@@ -10,7 +10,8 @@
 
 #include "cpu/threads.h"
 
-#define BLOCK_ROWS 128       /* query rows (positions x group heads) per unit; 128 beat 64 by 9% on prefill (half the K/V packing) */
+#define BLOCK_ROWS 128       /* query rows (positions x group heads) per unit: 128 beat 64 by 9% on prefill (half the
+                                K/V packing); 256 gained only 2-4% more for 2x fewer units to share among threads */
 #define TILE_KEYS 64         /* keys per K/V tile */
 #define DECODE_TILE_KEYS 32  /* ...for decode: 16 and 32 measured alike, 64 and 128 slower (FP32 64: +35%) */
 #define SPLIT_MIN_KEYS 512   /* a KV split covers at least this many keys */
