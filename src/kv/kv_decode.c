@@ -121,14 +121,21 @@ static qattn_tile_state state_view(float *base, int m, int d) {
     return st;
 }
 
-/* Ask for the next physical block while this one is computed (blocks of a sequence need not be
- * adjacent in the arena). */
-static void prefetch_block(const qattn_kv_cache *c, int32_t phys) {
-#if defined(__GNUC__) && !defined(QATTN_KV_NO_PREFETCH)
-    const uint8_t *blk = qattn_kv_block(c, phys);
-    for (int64_t o = 0; o < c->block_bytes; o += 64) __builtin_prefetch(blk + o, 0, 0);
+/* Software prefetch of the next physical block (blocks of a sequence need not be adjacent in the
+ * arena), one kv head's K and V regions at a time, interleaved with the compute of the current
+ * block so that few misses are outstanding at once. QATTN_KV_PREFETCH (build-time, for
+ * experiments): 0 none, 1 whole next block at once (NTA), 2 per head (default). */
+#ifndef QATTN_KV_PREFETCH
+#define QATTN_KV_PREFETCH 2
+#endif
+static void prefetch_range(const uint8_t *p, int64_t bytes) {
+#if defined(__GNUC__)
+    for (int64_t o = 0; o < bytes; o += 64) {
+        if (QATTN_KV_PREFETCH == 1) __builtin_prefetch(p + o, 0, 0);
+        else __builtin_prefetch(p + o, 0, 3);
+    }
 #else
-    (void)c, (void)phys;
+    (void)p, (void)bytes;
 #endif
 }
 
@@ -176,7 +183,8 @@ static void run_unit(void *arg, int64_t task, int worker) {
         int64_t lb = t0 / BS, blk_start = lb * BS;
         int64_t t1 = blk_start + BS < k_end ? blk_start + BS : k_end;
         int n = (int)(t1 - t0);
-        if (t1 < k_end) prefetch_block(c, table[lb + 1]);
+        const uint8_t *next = t1 < k_end ? qattn_kv_block(c, table[lb + 1]) : NULL;
+        if (next && QATTN_KV_PREFETCH == 1) prefetch_range(next, c->block_bytes);
         for (int r = 0; r < m; r++) {
             int64_t a, e;
             qattn_key_range(r / pl->group, Lq, L, dp->window_left, pl->wr, &a, &e);
@@ -194,6 +202,11 @@ static void run_unit(void *arg, int64_t task, int worker) {
             if (c->dtype == QATTN_DTYPE_I8) {
                 ks = (const float *)(blk + c->ks_offset) + (int64_t)g * BS + off;
                 vs = (const float *)(blk + c->vs_offset) + (int64_t)g * BS + off;
+            }
+            if (next && QATTN_KV_PREFETCH == 2) {
+                prefetch_range(next + (int64_t)g * c->head_bytes, c->head_bytes);
+                prefetch_range(next + c->v_offset + (int64_t)g * c->head_bytes, c->head_bytes);
+                if (g == 0 && c->ks_offset) prefetch_range(next + c->ks_offset, c->block_bytes - c->ks_offset);
             }
             qattn_tile_state st = {.row_max = all.row_max + (int64_t)g * m, .row_sum = all.row_sum + (int64_t)g * m,
                                    .acc = all.acc + (int64_t)g * m * D, .ld_acc = D};
