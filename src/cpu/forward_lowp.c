@@ -68,6 +68,11 @@ typedef struct lplan {
     size_t worker_bytes;
     unsigned char *scratch;
     float *partials;
+    /* K/V packed once per call: slot (tile_base(b) + t) * n_kv_heads + g holds keys
+     * [64 t, 64 t + 64) of sequence b, kv head g: K pack, V pack (int16 or float), sk, svk. */
+    int64_t n_slots, max_tiles;
+    size_t slot_bytes, pack_bytes;
+    unsigned char *packs;
 } lplan;
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -75,10 +80,10 @@ static size_t al64(size_t x) { return (x + 63) / 64 * 64; }
 
 /* Per-worker scratch, each piece 64-byte aligned. */
 typedef struct wmem {
-    int8_t *qc;      /* [rows][D] */
+    int16_t *qc;     /* [rows][D] */
     float *sq;       /* [rows] q scale * scale * log2e */
     float *corr;     /* [rows] LSE correction (natural log) from K smoothing */
-    int8_t *kp;      /* K pack */
+    int16_t *kp;     /* K pack (16-bit, qk16 layout) */
     float *sk;       /* [TILE] */
     void *vp;        /* V pack: int16 [TILE][D] or float [TILE][D] */
     int32_t *s;      /* [rows][TILE] */
@@ -99,10 +104,10 @@ static size_t wmem_layout(const lplan *pl, unsigned char *base, wmem *w) {
         if (w) w->field = (type)(void *)(base + off);             \
         off += al64(bytes);                                       \
     } while (0)
-    TAKE(qc, int8_t *, R * D);
+    TAKE(qc, int16_t *, R * D * 2);
     TAKE(sq, float *, R * 4);
     TAKE(corr, float *, R * 4);
-    TAKE(kp, int8_t *, T * D);
+    TAKE(kp, int16_t *, T * D * 2);
     TAKE(sk, float *, T * 4);
     TAKE(vp, void *, T * D * 4);
     TAKE(s, int32_t *, R * T * 4);
@@ -141,6 +146,34 @@ static void make_plan(lplan *pl, const qattn_ctx *ctx, const qattn_params *p) {
     pl->scale = qattn_effective_scale(p);
     pl->qscale = pl->scale * LOG2E;
     pl->worker_bytes = wmem_layout(pl, NULL, NULL);
+    pl->max_tiles = ceil_div(p->seqlen_k, TILE_KEYS);
+    pl->n_slots = (p->cu_seqlens_k ? p->cu_seqlens_k[p->batch] / TILE_KEYS + p->batch : p->batch * pl->max_tiles) * p->n_kv_heads;
+    size_t T = TILE_KEYS, D = (size_t)p->head_dim;
+    pl->slot_bytes = al64(T * D * 2) + al64(T * D * 4) + 2 * al64(T * 4); /* V room for float (P_FP32) */
+    pl->pack_bytes = (size_t)pl->n_slots * pl->slot_bytes;
+}
+
+/* First slot of sequence b: sum of ceil(len / 64) over earlier sequences is at most this. */
+static int64_t tile_base(const lplan *pl, int64_t b) {
+    const qattn_params *p = pl->p;
+    return p->cu_seqlens_k ? p->cu_seqlens_k[b] / TILE_KEYS + b : b * pl->max_tiles;
+}
+
+typedef struct kvslot {
+    int16_t *kp;
+    void *vp;
+    float *sk, *svk;
+} kvslot;
+
+static kvslot slot_of(const lplan *pl, int64_t b, int g, int64_t tile) {
+    unsigned char *base = pl->packs + (size_t)((tile_base(pl, b) + tile) * pl->p->n_kv_heads + g) * pl->slot_bytes;
+    size_t T = TILE_KEYS, D = (size_t)pl->p->head_dim;
+    kvslot k;
+    k.kp = (int16_t *)(void *)base;
+    k.vp = base + al64(T * D * 2);
+    k.sk = (float *)(void *)(base + al64(T * D * 2) + al64(T * D * 4));
+    k.svk = k.sk + al64(T * 4) / 4;
+    return k;
 }
 
 static int plan_workers(const qattn_ctx *ctx, const lplan *pl) {
@@ -154,7 +187,7 @@ static size_t partial_floats(const lplan *pl) { return (size_t)pl->rows * (size_
 
 static size_t plan_bytes(const lplan *pl, int nw) {
     size_t partials = pl->n_split > 1 ? (size_t)pl->n_units * partial_floats(pl) * sizeof(float) : 0;
-    return (size_t)nw * pl->worker_bytes + partials;
+    return (size_t)nw * pl->worker_bytes + partials + pl->pack_bytes;
 }
 
 size_t qattn_lowp_run_bytes(const qattn_ctx *ctx, const qattn_params *p) {
@@ -190,7 +223,7 @@ static int64_t tok_base(const int32_t *cu, int64_t b, int64_t max_len) { return 
 static inline int8_t clamp_code(int8_t c) { return c == -128 ? (int8_t)-127 : c; }
 
 /* Q codes, row scales and LSE corrections of a unit's rows; qc may be NULL (merge phase). */
-static void pack_q(const lplan *pl, int64_t b, int64_t i0, int n_pos, int g, int8_t *qc, float *sq, float *corr) {
+static void pack_q(const lplan *pl, int64_t b, int64_t i0, int n_pos, int g, int16_t *qc, float *sq, float *corr) {
     const qattn_params *p = pl->p;
     const qattn_int8_tensor *tq = &pl->qi->q, *tk = &pl->qi->k;
     int D = p->head_dim;
@@ -213,8 +246,8 @@ static void pack_q(const lplan *pl, int64_t b, int64_t i0, int n_pos, int g, int
         }
 }
 
-/* K tile: keys t0 .. t0+n of (b, g) into the VNNI-style pack, zero-padded to npad. */
-static void pack_k(const lplan *pl, int64_t b, int g, int64_t t0, int n, int npad, int8_t *kp, float *sk) {
+/* K tile: keys t0 .. t0+n of (b, g) into the 16-bit pack of qk16, zero-padded to npad. */
+static void pack_k(const lplan *pl, int64_t b, int g, int64_t t0, int n, int npad, int16_t *kp, float *sk) {
     const qattn_params *p = pl->p;
     const qattn_int8_tensor *t = &pl->qi->k;
     int D = p->head_dim;
@@ -223,10 +256,10 @@ static void pack_k(const lplan *pl, int64_t b, int g, int64_t t0, int n, int npa
         if (j < n) {
             int64_t i = t0 + j;
             const int8_t *src = t->data + off + i * t->seq_stride + (int64_t)g * t->head_stride;
-            for (int c = 0; c < D; c++) kp[(c / 4) * npad * 4 + j * 4 + c % 4] = clamp_code(src[c]);
+            for (int c = 0; c < D; c++) kp[(c / 2) * npad * 2 + j * 2 + c % 2] = clamp_code(src[c]);
             sk[j] = t->scale[qattn_scale_index(t->granularity, t->block_size, b, tb + i, i, g, p->n_kv_heads, p->seqlen_k, D, 0)];
         } else {
-            for (int c = 0; c < D; c++) kp[(c / 4) * npad * 4 + j * 4 + c % 4] = 0;
+            for (int c = 0; c < D; c++) kp[(c / 2) * npad * 2 + j * 2 + c % 2] = 0;
             sk[j] = 0.0f;
         }
     }
@@ -288,6 +321,25 @@ static void v_channel_info(const lplan *pl, int64_t b, int g, float *sv, float *
     }
 }
 
+/* Pack task: one (sequence, tile, kv head) slot. */
+static void pack_unit(void *arg, int64_t task, int worker) {
+    (void)worker;
+    const lplan *pl = arg;
+    const qattn_params *p = pl->p;
+    int g = (int)(task % p->n_kv_heads);
+    int64_t t = (task / p->n_kv_heads) % pl->max_tiles, b = task / p->n_kv_heads / pl->max_tiles;
+    qattn_seq s = qattn_seq_view(p, b);
+    int64_t t0 = t * TILE_KEYS;
+    if (t0 >= s.lk) return;
+    int n = (int)(s.lk - t0 < TILE_KEYS ? s.lk - t0 : TILE_KEYS), npad = (n + 7) / 8 * 8;
+    kvslot k = slot_of(pl, b, g, t);
+    pack_k(pl, b, g, t0, n, npad, k.kp, k.sk);
+    if (pl->p_mode == QATTN_P_FP32)
+        pack_v_f32(pl, b, g, t0, n, npad, k.vp);
+    else
+        pack_v_i16(pl, b, g, t0, n, npad, k.vp, k.svk);
+}
+
 /* ---------------------------------------------------------------- state */
 
 static qattn_tile_state state_view(float *base, int m, int d) {
@@ -331,7 +383,7 @@ static void attend_tile(const lplan *pl, wmem *w, int m, int n, qattn_tile_state
     bool fp = mode == QATTN_P_FP32;
     float mult = (mode == QATTN_P_S8_RUNNING || mode == QATTN_P_S8_BLOCKMAX) ? 127.0f : 255.0f;
     bool blockmax = mode == QATTN_P_U8_BLOCKMAX || mode == QATTN_P_S8_BLOCKMAX || mode == QATTN_P_U8_VSCALED;
-    K->qk(w->qc, m, D, w->kp, npad, w->s);
+    K->qk16(w->qc, m, D, w->kp, npad, w->s);
     K->scores(w->s, m, npad, w->sq, w->sk, w->sf);
     int16_t *codes = fp ? NULL : (int16_t *)w->pc;
     float *pf = fp ? (float *)w->pc : NULL;
@@ -345,8 +397,7 @@ static void attend_tile(const lplan *pl, wmem *w, int m, int n, qattn_tile_state
             w->fac[r] = 0.0f;
             continue;
         }
-        float mb = sf[lo];
-        for (int j = lo + 1; j < hi; j++) mb = sf[j] > mb ? sf[j] : mb;
+        float mb = K->rowmax(sf, lo, hi);
         float m_old = st->row_max[r];
         float m_new = m_old > mb ? m_old : mb;
         float alpha = m_old == -INFINITY ? 0.0f : exp2f(m_old - m_new);
@@ -357,16 +408,8 @@ static void attend_tile(const lplan *pl, wmem *w, int m, int n, qattn_tile_state
         float add, fac = fp ? 1.0f : beta / mult;
         if (mode == QATTN_P_U8_VSCALED) {
             /* e = exp2(s - m_block); codes of e * sv[key] against their row max (exact 255 at the max) */
-            float *e = w->sf + (size_t)r * npad; /* in place: sf is not needed after this */
-            K->softmax(sf, lo, hi, npad, ref, 1.0f, NULL, e, &csum, &esum);
-            float wmax = 0.0f;
-            for (int j = lo; j < hi; j++) {
-                e[j] *= w->svk[j];
-                wmax = e[j] > wmax ? e[j] : wmax;
-            }
-            int16_t *cr = codes + (size_t)r * npad;
-            float inv = wmax > 0.0f ? 255.0f / wmax : 0.0f;
-            for (int j = 0; j < npad; j++) cr[j] = (j >= lo && j < hi) ? (int16_t)lrintf(e[j] * inv) : 0;
+            float wmax;
+            K->softmax_vs(sf, lo, hi, npad, ref, w->svk, codes + (size_t)r * npad, &esum, &wmax);
             add = beta * esum;
             fac = beta * wmax / 255.0f;
         } else {
@@ -393,14 +436,7 @@ static void attend_tile(const lplan *pl, wmem *w, int m, int n, qattn_tile_state
             for (int c = 0; c < D; c++) acc[c] = acc[c] * a + t[c];
         }
     } else {
-        int32_t *pv = w->pv;
-        K->pv(codes, m, npad, w->vp, D, pv);
-        for (int r = 0; r < m; r++) {
-            if (w->lo[r] >= w->hi[r]) continue;
-            float a = w->alpha[r], f = w->fac[r], *acc = st->acc + (size_t)r * st->ld_acc;
-            const int32_t *t = pv + (size_t)r * D;
-            for (int c = 0; c < D; c++) acc[c] = acc[c] * a + (f * w->sv[c]) * (float)t[c];
-        }
+        K->pv_acc(codes, m, npad, w->vp, D, w->alpha, w->fac, w->sv, w->lo, w->hi, st->acc, st->ld_acc);
     }
 }
 
@@ -431,23 +467,25 @@ static void run_unit(void *arg, int64_t task, int worker) {
 
     pack_q(pl, u.b, i0, n_pos, u.g, w.qc, w.sq, w.corr);
     v_channel_info(pl, u.b, u.g, w.sv, w.mv);
-    for (int64_t t0 = k_begin; t0 < k_end; t0 += TILE_KEYS) {
-        int n = (int)(k_end - t0 < TILE_KEYS ? k_end - t0 : TILE_KEYS);
-        int npad = (n + 7) / 8 * 8;
+    /* whole packed tiles (aligned to 64 keys of the sequence); per-row ranges mask the rest */
+    for (int64_t t0 = k_begin / TILE_KEYS * TILE_KEYS; t0 < k_end; t0 += TILE_KEYS) {
+        int n = (int)(s.lk - t0 < TILE_KEYS ? s.lk - t0 : TILE_KEYS);
+        bool any = false;
         for (int r = 0; r < m; r++) {
             int64_t a, b;
             qattn_key_range(i0 + r / pl->group, s.lq, s.lk, p->window_left, qattn_window_right(p), &a, &b);
+            if (a < k_begin) a = k_begin;
+            if (b > k_end) b = k_end;
             a = a < t0 ? 0 : a - t0;
             b = b > t0 + n ? n : b - t0;
             if (b < a) b = a;
             w.lo[r] = (int32_t)a;
             w.hi[r] = (int32_t)b;
+            any |= a < b;
         }
-        pack_k(pl, u.b, u.g, t0, n, npad, w.kp, w.sk);
-        if (pl->p_mode == QATTN_P_FP32)
-            pack_v_f32(pl, u.b, u.g, t0, n, npad, w.vp);
-        else
-            pack_v_i16(pl, u.b, u.g, t0, n, npad, w.vp, w.svk);
+        if (!any) continue;
+        kvslot k = slot_of(pl, u.b, u.g, t0 / TILE_KEYS);
+        w.kp = k.kp, w.vp = k.vp, w.sk = k.sk, w.svk = k.svk;
         attend_tile(pl, &w, m, n, &st);
     }
     if (!split) write_rows(pl, u.b, i0, n_pos, u.g, &st, w.corr, w.mv);
@@ -495,7 +533,12 @@ qattn_status qattn_lowp_run_quantized(qattn_ctx *ctx, const qattn_params *p, con
         if (!mem) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of workspace", need);
     }
     pl.scratch = mem;
-    pl.partials = (float *)(void *)(pl.scratch + (size_t)nw * pl.worker_bytes);
+    pl.packs = pl.scratch + (size_t)nw * pl.worker_bytes;
+    pl.partials = (float *)(void *)(pl.packs + pl.pack_bytes);
+    int64_t pack_tasks = p->batch * pl.max_tiles * p->n_kv_heads;
+    int pw = ctx->n_threads < 1 ? 1 : ctx->n_threads > QATTN_MAX_THREADS ? QATTN_MAX_THREADS : ctx->n_threads;
+    if (pw > pack_tasks) pw = (int)(pack_tasks > 0 ? pack_tasks : 1);
+    if (pack_tasks > 0) qattn_parallel_for(pw, pack_tasks, pack_unit, &pl);
     qattn_parallel_for(nw, pl.n_units, run_unit, &pl);
     if (pl.n_split > 1) qattn_parallel_for(nw, pl.n_units / pl.n_split, merge_unit, &pl);
     if (mem != workspace) qattn_free(ctx, mem);

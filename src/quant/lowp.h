@@ -32,6 +32,27 @@ typedef void (*qattn_i8_softmax_fn)(const float *sf, int lo, int hi, int npad, f
 /* O[r * d + c] = sum_j p[r * npad + j] * v[j * d + c], j ascending, fused multiply-add. */
 typedef void (*qattn_f32_pv_fn)(const float *p, int m, int npad, const float *v, int d, float *o);
 
+/* As qk with 16-bit operands (the driver's layout: pmaddwd forms exact pair sums, no
+ * saturation bound to keep): q[r * d + c] int16, K pack kp[(c / 2) * npad * 2 + j * 2 + c % 2]
+ * int16 ("2 channels of 8 keys" per 32-byte vector). Same exact int32 S. */
+typedef void (*qattn_i16_qk_fn)(const int16_t *q, int m, int d, const int16_t *kpack, int npad, int32_t *s);
+/* Row max of sf[lo .. hi) (lo < hi), returned plus 0.0f (so a -0 max reads +0 on every ISA). */
+typedef float (*qattn_i8_rowmax_fn)(const float *sf, int lo, int hi);
+/* The default scheme's P row (P_U8_VSCALED), for j < npad: e_j = exp2(sf[j] - ref) (qattn_exp2_poly)
+ * for lo <= j < hi, else 0; w_j = e_j * svk[j]; *w_max = max(0, max w_j); inv = w_max > 0 ?
+ * 255 / w_max : 0; codes[j] = rint(w_j * inv) (0 outside [lo, hi)); *e_sum = sum of e in the
+ * softmax kernel's fixed 8-lane order. */
+typedef void (*qattn_i8_softmax_vs_fn)(const float *sf, int lo, int hi, int npad, float ref, const float *svk, int16_t *codes,
+                                       float *e_sum, float *w_max);
+/* For each row r < m with lo[r] < hi[r]: acc[r * ld + c] = acc[r * ld + c] * alpha[r] +
+ * (fac[r] * sv[c]) * (float)PV[r][c], PV[r][c] = sum_j pc[r][j] * v[j][c] exactly (as the pv kernel);
+ * rows with lo[r] >= hi[r] untouched. Three roundings, in this order, no fusion. */
+typedef void (*qattn_i8_pv_acc_fn)(const int16_t *pc, int m, int npad, const int16_t *vpack, int d, const float *alpha,
+                                   const float *fac, const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld);
+/* Quantize one row: dst[c] = clamp(nearbyint(y[c] * inv), -127, 127) (the exact float product,
+ * round to nearest even), c < d. */
+typedef void (*qattn_i8_quant_row_fn)(const float *y, int d, float inv, int8_t *dst);
+
 typedef struct qattn_int8_kernels {
     const char *name;
     qattn_i8_qk_fn qk;
@@ -39,6 +60,11 @@ typedef struct qattn_int8_kernels {
     qattn_i8_scores_fn scores;
     qattn_i8_softmax_fn softmax;
     qattn_f32_pv_fn pv_f32;
+    qattn_i8_rowmax_fn rowmax;
+    qattn_i8_softmax_vs_fn softmax_vs;
+    qattn_i8_pv_acc_fn pv_acc;
+    qattn_i8_quant_row_fn quant_row;
+    qattn_i16_qk_fn qk16;
 } qattn_int8_kernels;
 
 extern const qattn_int8_kernels qattn_int8_kernels_ref;

@@ -71,6 +71,7 @@ typedef struct qjob {
     const qattn_params *p;
     tview v;
     qattn_int8_tensor *t;
+    const qattn_int8_kernels *kern;
     int64_t *bad; /* per task: 0, or 1 + the element's (pos * D + c) of the first non-finite value */
 } qjob;
 
@@ -78,9 +79,23 @@ static inline float ld(const qjob *j, int64_t off, int64_t pos, int64_t c) {
     return qattn_load(j->v.src, j->p->qkv_dtype, off + pos * j->v.ss + c);
 }
 
-static inline int8_t to_code(float x, float amax) {
-    if (amax == 0.0f) return 0;
-    float c = nearbyintf(x / amax * 127.0f); /* |x / amax| <= 1: never overflows */
+/* Row pos of the FP source as float. */
+static void ld_row(const qjob *j, int64_t off, int64_t pos, int64_t d, float *dst) {
+    int64_t base = off + pos * j->v.ss;
+    if (j->p->qkv_dtype == QATTN_DTYPE_F32) {
+        memcpy(dst, (const float *)j->v.src + base, (size_t)d * sizeof(float));
+        return;
+    }
+    for (int64_t c = 0; c < d; c++) dst[c] = qattn_load(j->v.src, j->p->qkv_dtype, base + c);
+}
+
+/* 127 / amax, or 0 for an all-zero group: codes are clamp(nearbyint(y * inv), -127, 127), the
+ * quant_row kernels' rule (x * inv with |x| <= amax cannot overflow; the clamp catches the
+ * product rounding to just above 127). */
+static inline float inv_scale(float amax) { return amax > 0.0f ? 127.0f / amax : 0.0f; }
+
+static inline int8_t to_code(float y, float inv) {
+    float c = nearbyintf(y * inv);
     c = c > 127.0f ? 127.0f : (c < -127.0f ? -127.0f : c);
     return (int8_t)c;
 }
@@ -95,28 +110,49 @@ static void quant_task(void *arg, int64_t task, int worker) {
     int64_t n = seq_len(&j->v, b), tok0 = seq_tok0(&j->v, b);
     int64_t off = seq_off(&j->v, b, j->v.bs, j->v.ss) + h * j->v.hs;
     int64_t toff = seq_off(&j->v, b, t->batch_stride, t->seq_stride) + h * t->head_stride;
-    float mu_buf[256];
-    for (int64_t c = 0; c < D; c++) mu_buf[c] = 0.0f;
+    float mu_buf[256], row[256], y[256];
+    double acc[256];
+    for (int64_t c = 0; c < D; c++) mu_buf[c] = 0.0f, acc[c] = 0.0;
 
-    for (int64_t i = 0; i < n; i++)
-        for (int64_t c = 0; c < D; c++)
-            if (!isfinite(ld(j, off, i, c))) {
-                j->bad[task] = 1 + i * D + c;
-                return;
-            }
+    /* non-finite check (first in (position, channel) order) and the mean, in one row-wise pass;
+     * each channel's sum runs over positions in ascending order */
+    for (int64_t i = 0; i < n; i++) {
+        ld_row(j, off, i, D, row);
+        float z = 0.0f; /* x * 0 is NaN exactly for inf and NaN */
+        for (int64_t c = 0; c < D; c++) z += row[c] * 0.0f;
+        if (z != z) {
+            for (int64_t c = 0; c < D; c++)
+                if (!isfinite(row[c])) {
+                    j->bad[task] = 1 + i * D + c;
+                    return;
+                }
+        }
+        if (t->mean)
+            for (int64_t c = 0; c < D; c++) acc[c] += row[c];
+    }
     if (t->mean) {
         for (int64_t c = 0; c < D; c++) {
-            double acc = 0.0;
-            for (int64_t i = 0; i < n; i++) acc += ld(j, off, i, c);
-            mu_buf[c] = n > 0 ? (float)(acc / (double)n) : 0.0f;
+            mu_buf[c] = n > 0 ? (float)(acc[c] / (double)n) : 0.0f;
             t->mean[(b * Ht + h) * D + c] = mu_buf[c];
         }
     }
     const float *mu = mu_buf;
     int8_t *dst = t->data + toff;
     int32_t gran = t->granularity;
-    if (gran == QATTN_QUANT_PER_TOKEN || gran == QATTN_QUANT_PER_BLOCK || gran == QATTN_QUANT_PER_HEAD) {
-        int64_t span = gran == QATTN_QUANT_PER_TOKEN ? 1 : gran == QATTN_QUANT_PER_BLOCK ? t->block_size : (n > 0 ? n : 1);
+    if (gran == QATTN_QUANT_PER_TOKEN) {
+        for (int64_t i = 0; i < n; i++) {
+            ld_row(j, off, i, D, row);
+            float amax = 0.0f;
+            for (int64_t c = 0; c < D; c++) {
+                y[c] = row[c] - mu[c];
+                float a = fabsf(y[c]);
+                amax = a > amax ? a : amax;
+            }
+            j->kern->quant_row(y, (int)D, inv_scale(amax), dst + i * t->seq_stride);
+            t->scale[(tok0 + i) * Ht + h] = amax / 127.0f;
+        }
+    } else if (gran == QATTN_QUANT_PER_BLOCK || gran == QATTN_QUANT_PER_HEAD) {
+        int64_t span = gran == QATTN_QUANT_PER_BLOCK ? t->block_size : (n > 0 ? n : 1);
         if (gran == QATTN_QUANT_PER_BLOCK) { /* blocks past this sequence's end (varlen) */
             int64_t nblk = (j->v.max_len + span - 1) / span;
             for (int64_t k = 0; k < nblk; k++) t->scale[(b * Ht + h) * nblk + k] = 0.0f;
@@ -125,13 +161,19 @@ static void quant_task(void *arg, int64_t task, int worker) {
         for (int64_t i0 = 0; i0 < n; i0 += span) {
             int64_t i1 = i0 + span < n ? i0 + span : n;
             float amax = 0.0f;
-            for (int64_t i = i0; i < i1; i++)
+            for (int64_t i = i0; i < i1; i++) {
+                ld_row(j, off, i, D, row);
                 for (int64_t c = 0; c < D; c++) {
-                    float a = fabsf(ld(j, off, i, c) - mu[c]);
+                    float a = fabsf(row[c] - mu[c]);
                     amax = a > amax ? a : amax;
                 }
-            for (int64_t i = i0; i < i1; i++)
-                for (int64_t c = 0; c < D; c++) dst[i * t->seq_stride + c] = to_code(ld(j, off, i, c) - mu[c], amax);
+            }
+            float inv = inv_scale(amax);
+            for (int64_t i = i0; i < i1; i++) {
+                ld_row(j, off, i, D, row);
+                for (int64_t c = 0; c < D; c++) y[c] = row[c] - mu[c];
+                j->kern->quant_row(y, (int)D, inv, dst + i * t->seq_stride);
+            }
             int64_t si = qattn_scale_index(gran, t->block_size, b, tok0 + i0, i0, h, Ht, j->v.max_len, D, 0);
             t->scale[si] = amax / 127.0f;
         }
@@ -142,7 +184,8 @@ static void quant_task(void *arg, int64_t task, int worker) {
                 float a = fabsf(ld(j, off, i, c) - mu[c]);
                 amax = a > amax ? a : amax;
             }
-            for (int64_t i = 0; i < n; i++) dst[i * t->seq_stride + c] = to_code(ld(j, off, i, c) - mu[c], amax);
+            float inv = inv_scale(amax);
+            for (int64_t i = 0; i < n; i++) dst[i * t->seq_stride + c] = to_code(ld(j, off, i, c) - mu[c], inv);
             t->scale[(b * Ht + h) * D + c] = amax / 127.0f;
         }
     }
@@ -151,7 +194,7 @@ static void quant_task(void *arg, int64_t task, int worker) {
 static const char *tensor_name(int32_t which) { return which == QATTN_TENSOR_Q ? "q" : which == QATTN_TENSOR_K ? "k" : "v"; }
 
 qattn_status qattn_quantize_tensor(qattn_ctx *ctx, const qattn_params *p, int32_t which, qattn_int8_tensor *t) {
-    qjob j = {.p = p, .v = view_of(p, which), .t = t};
+    qjob j = {.p = p, .v = view_of(p, which), .t = t, .kern = qattn_int8_kernels_for(ctx)};
     int64_t tasks = p->batch * j.v.n_heads;
     if (tasks == 0) return QATTN_OK;
     j.bad = qattn_alloc(ctx, (size_t)tasks * sizeof(int64_t));

@@ -196,7 +196,168 @@ static void pv_f32_avx2(const float *p, int m, int npad, const float *v, int d, 
     }
 }
 
+/* 16-bit Q K^T: mr rows x nv groups of 8 keys; pmaddwd's pair sums are exact in 32 bits
+ * (|q0 k0 + q1 k1| <= 2 * 127 * 127), one instruction per 16 products. */
+static ALWAYS_INLINE void qk16_block(const int16_t *q, int mr, int d, const int16_t *kpack, int npad, int j, int nv, int32_t *s) {
+    __m256i acc[6][2];
+    for (int i = 0; i < mr; i++)
+        for (int v = 0; v < nv; v++) acc[i][v] = _mm256_setzero_si256();
+    for (int cp = 0; cp < d / 2; cp++) {
+        const int16_t *kb = kpack + (size_t)cp * (size_t)npad * 2 + (size_t)j * 2;
+        __m256i kv[2];
+        for (int v = 0; v < nv; v++) kv[v] = _mm256_loadu_si256((const __m256i *)(kb + 16 * v));
+        for (int i = 0; i < mr; i++) {
+            __m256i qb = _mm256_set1_epi32(load_i32(q + (size_t)i * d + (size_t)cp * 2));
+            for (int v = 0; v < nv; v++) acc[i][v] = _mm256_add_epi32(acc[i][v], _mm256_madd_epi16(qb, kv[v]));
+        }
+    }
+    for (int i = 0; i < mr; i++)
+        for (int v = 0; v < nv; v++) _mm256_storeu_si256((__m256i *)(s + (size_t)i * npad + j + 8 * v), acc[i][v]);
+}
+
+static void qk16_avx2(const int16_t *q, int m, int d, const int16_t *kpack, int npad, int32_t *s) {
+    int r = 0;
+#define QK16_ROWS(MR)                                                                                                    \
+    do {                                                                                                                 \
+        int j = 0;                                                                                                       \
+        for (; j + 16 <= npad; j += 16) qk16_block(q + (size_t)r * d, MR, d, kpack, npad, j, 2, s + (size_t)r * npad);   \
+        for (; j < npad; j += 8) qk16_block(q + (size_t)r * d, MR, d, kpack, npad, j, 1, s + (size_t)r * npad);          \
+    } while (0)
+    for (; r + 6 <= m; r += 6) QK16_ROWS(6);
+    for (; r + 4 <= m; r += 4) QK16_ROWS(4);
+    for (; r < m; r++) QK16_ROWS(1);
+#undef QK16_ROWS
+}
+
+static float hmax8(__m256 v) {
+    float l[8];
+    _mm256_storeu_ps(l, v);
+    float m = l[0];
+    for (int i = 1; i < 8; i++) m = l[i] > m ? l[i] : m;
+    return m;
+}
+
+/* Max is exact and the inputs are finite: only the sign of a zero max could depend on the
+ * order, and adding +0.0f makes it +0 on both ISAs. */
+static float rowmax_avx2(const float *sf, int lo, int hi) {
+    int j = lo;
+    float mb = sf[lo];
+    if (hi - lo >= 8) {
+        __m256 m = _mm256_loadu_ps(sf + lo);
+        for (j = lo + 8; j + 8 <= hi; j += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(sf + j));
+        mb = hmax8(m);
+    } else {
+        j = lo + 1;
+    }
+    for (; j < hi; j++) mb = sf[j] > mb ? sf[j] : mb;
+    return mb + 0.0f;
+}
+
+static void softmax_vs_avx2(const float *sf, int lo, int hi, int npad, float ref, const float *svk, int16_t *codes, float *e_sum,
+                            float *w_max) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i vlo = _mm256_set1_epi32(lo - 1), vhi = _mm256_set1_epi32(hi);
+    const __m256 vref = _mm256_set1_ps(ref);
+    __m256 esum = _mm256_setzero_ps(), wmax = _mm256_setzero_ps();
+    float wbuf[QATTN_I8_TILE];
+    for (int j = 0; j < npad; j += 8) {
+        __m256i idx = _mm256_add_epi32(lane, _mm256_set1_epi32(j));
+        __m256i in = _mm256_and_si256(_mm256_cmpgt_epi32(idx, vlo), _mm256_cmpgt_epi32(vhi, idx));
+        __m256 e = exp2_poly8(_mm256_sub_ps(_mm256_loadu_ps(sf + j), vref));
+        e = _mm256_and_ps(e, _mm256_castsi256_ps(in));
+        esum = _mm256_add_ps(esum, e);
+        __m256 w = _mm256_mul_ps(e, _mm256_loadu_ps(svk + j)); /* 0 outside [lo, hi) (svk finite) */
+        wmax = _mm256_max_ps(wmax, w);
+        _mm256_storeu_ps(wbuf + j, w);
+    }
+    float wm = hmax8(wmax);
+    float inv = wm > 0.0f ? 255.0f / wm : 0.0f;
+    const __m256 vinv = _mm256_set1_ps(inv);
+    for (int j = 0; j < npad; j += 8) {
+        __m256i code = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(wbuf + j), vinv));
+        __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(code, code), 0x08);
+        _mm_storeu_si128((__m128i *)(codes + j), _mm256_castsi256_si128(packed));
+    }
+    float l[8];
+    _mm256_storeu_ps(l, esum);
+    *e_sum = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+    *w_max = wm;
+}
+
+/* pv_block with the accumulator update instead of a store. */
+static ALWAYS_INLINE void pv_acc_block(const int16_t *pc, int mr, int npad, const int16_t *vpack, int d, int c, int nv,
+                                       const float *alpha, const float *fac, const float *sv, const int32_t *lo, const int32_t *hi,
+                                       float *accp, int64_t ld) {
+    __m256i acc[4][3];
+    for (int i = 0; i < mr; i++)
+        for (int v = 0; v < nv; v++) acc[i][v] = _mm256_setzero_si256();
+    for (int jp = 0; jp < npad / 2; jp++) {
+        const int16_t *vb = vpack + (size_t)jp * d * 2 + (size_t)c * 2;
+        __m256i vv[3];
+        for (int v = 0; v < nv; v++) vv[v] = _mm256_loadu_si256((const __m256i *)(vb + 16 * v));
+        for (int i = 0; i < mr; i++) {
+            __m256i pb = _mm256_set1_epi32(load_i32(pc + (size_t)i * npad + 2 * jp));
+            for (int v = 0; v < nv; v++) acc[i][v] = _mm256_add_epi32(acc[i][v], _mm256_madd_epi16(pb, vv[v]));
+        }
+    }
+    for (int i = 0; i < mr; i++) {
+        if (lo[i] >= hi[i]) continue;
+        __m256 a = _mm256_set1_ps(alpha[i]), f = _mm256_set1_ps(fac[i]);
+        for (int v = 0; v < nv; v++) {
+            float *dst = accp + (size_t)i * (size_t)ld + c + 8 * v;
+            __m256 x = _mm256_mul_ps(_mm256_loadu_ps(dst), a);
+            __m256 y = _mm256_mul_ps(_mm256_mul_ps(f, _mm256_loadu_ps(sv + c + 8 * v)), _mm256_cvtepi32_ps(acc[i][v]));
+            _mm256_storeu_ps(dst, _mm256_add_ps(x, y));
+        }
+    }
+}
+
+static void pv_acc_avx2(const int16_t *pc, int m, int npad, const int16_t *vpack, int d, const float *alpha, const float *fac,
+                        const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld) {
+    int r = 0;
+    for (; r + 4 <= m; r += 4) {
+        const int16_t *p = pc + (size_t)r * npad;
+        float *o = acc + (size_t)r * (size_t)ld;
+        int c = 0;
+        for (; c + 24 <= d; c += 24) pv_acc_block(p, 4, npad, vpack, d, c, 3, alpha + r, fac + r, sv, lo + r, hi + r, o, ld);
+        for (; c < d; c += 8) pv_acc_block(p, 4, npad, vpack, d, c, 1, alpha + r, fac + r, sv, lo + r, hi + r, o, ld);
+    }
+    for (; r < m; r++) {
+        const int16_t *p = pc + (size_t)r * npad;
+        float *o = acc + (size_t)r * (size_t)ld;
+        int c = 0;
+        for (; c + 24 <= d; c += 24) pv_acc_block(p, 1, npad, vpack, d, c, 3, alpha + r, fac + r, sv, lo + r, hi + r, o, ld);
+        for (; c < d; c += 8) pv_acc_block(p, 1, npad, vpack, d, c, 1, alpha + r, fac + r, sv, lo + r, hi + r, o, ld);
+    }
+}
+
+static void quant_row_avx2(const float *y, int d, float inv, int8_t *dst) {
+    const __m256 vinv = _mm256_set1_ps(inv), hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
+    int c = 0;
+    for (; c + 32 <= d; c += 32) {
+        __m256i q[4];
+        for (int k = 0; k < 4; k++) {
+            __m256 x = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(y + c + 8 * k), vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            q[k] = _mm256_cvtps_epi32(_mm256_max_ps(_mm256_min_ps(x, hi), lo));
+        }
+        __m256i a = _mm256_packs_epi32(q[0], q[1]), b = _mm256_packs_epi32(q[2], q[3]);
+        __m256i bytes = _mm256_packs_epi16(a, b); /* lanes: q0[0:4] q1[0:4] q2[0:4] q3[0:4] | q0[4:8] ... */
+        bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)(dst + c), bytes);
+    }
+    for (; c < d; c++) {
+        float q = nearbyintf(y[c] * inv);
+        q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
+        dst[c] = (int8_t)q;
+    }
+}
+
 const qattn_int8_kernels qattn_int8_kernels_avx2 = {
+    .rowmax = rowmax_avx2,
+    .softmax_vs = softmax_vs_avx2,
+    .pv_acc = pv_acc_avx2,
+    .quant_row = quant_row_avx2,
+    .qk16 = qk16_avx2,
     .name = "avx2",
     .qk = qk_avx2,
     .pv = pv_avx2,
