@@ -1,16 +1,20 @@
 /* INT8 flash attention forward with mma.sync.m16n8k32 (sm_80+), and the on-the-fly quantization
  * kernels that feed it from FP16/BF16 inputs (non-varlen).
  *
- * Scheme (the CUDA side of int8_scheme DEFAULT; docs/gpu.md):
+ * Scheme (the CUDA side of int8_scheme DEFAULT, docs/FORMAT.md section 3, with V per channel):
  *   K smoothing: K' = K - mean over tokens of K, per (batch, kv head, channel). Exact for softmax
- *     (every score of a query row shifts by the same q.mean).
+ *     (every score of a query row shifts by the same q.mean); the LSE gets scale * q.mean back.
+ *   V smoothing: V' = V - mean over tokens of V (per channel); O = P V' + mean (rows sum to 1).
  *   Q, K': per-token symmetric INT8, scale = max|x| / 127 (sq [B,H,Lq], sk [B,HK,Lk_pad]).
- *   V: per-channel symmetric INT8 over all tokens, scale sv [B,HK,D] = max|v| / 127.
+ *   V': per-channel symmetric INT8 over all tokens, sv [B,HK,2,D] = (max|v'| / 127 | mean).
  *   S = sq_i * sk_j * (Qi . Ki_j)                 mma s8 x s8 -> s32
- *   P = exp2(...) in [0, 1] against the running row max, quantized per tile as u8 = rn(255 p)
- *   O += P_u8 x V_s8                               mma u8 x s8 -> s32 (the .u8.s8 form of m16n8k32:
- *     P keeps 8 bits instead of 7), dequantized in registers (acc * alpha + int), and at the end
- *     O = acc * sv_d / (255 * l) with l the FP32 sum of the unquantized p.
+ *   P = exp2(s - m_tile) against the tile's own row max (as the CPU scheme: the largest p of the tile
+ *     gets code 255 whatever the running max), u8 = rn(255 p); O += P_u8 x V_s8 (mma u8 x s8 -> s32:
+ *     the .u8.s8 form of m16n8k32 keeps 8 bits of P), and the FP32 accumulation
+ *     acc = acc * exp2(m_old - m_new) + exp2(m_tile - m_new) * PV, l likewise with the FP32 sum of the
+ *     unquantized p; at the end O = acc * sv_d / (255 * l) + mean_d.
+ *   Round 1 quantized P against the running max: small late probabilities lost bits as L grew
+ *   (rel L1 1.6e-2 at L 1k to 2.4e-2 at 16k, D 128); the tile max makes the error independent of L.
  * Layouts in the workspace (all contiguous): Qi [B,H,Lq,D] s8; Ki [B,HK,Lk,D] s8;
  * Vt [B,HK,D,Lk_pad] s8, transposed so the PV B-fragments load with ldmatrix, keys permuted inside
  * each 16-key group to match the P fragment held in the S accumulators (see vt_perm). */
@@ -22,7 +26,14 @@
 
 namespace {
 
-constexpr int BM = 128, BN = 64, NWARPS = 8, NTHREADS = NWARPS * 32;
+/* BN 128 keys per tile (round 1: 64): twice the s8 mma work per softmax step and per O rescale. */
+constexpr int BM = 128, BN = 128, NWARPS = 8, NTHREADS = NWARPS * 32;
+constexpr int VT = 64;  /* tokens per block of the V quantization kernel */
+/* Blocks per SM asked of ptxas at D 64: 1 = 255 registers, no spill; 2 = 128 registers with ~300 B of
+ * spill (ptxas -v, sm_90a). Tuning knob (docs/gpu.md has the measured choice). */
+#ifndef QATTN_I8_D64_BLOCKS
+#define QATTN_I8_D64_BLOCKS 2
+#endif
 constexpr int NCH = 32; /* token chunks of the K-mean / V-max reduction */
 
 inline size_t align256(size_t x) { return (x + 255) / 256 * 256; }
@@ -40,9 +51,9 @@ i8_layout layout(const qattn_cuda_args &a, int lk_pad) {
     L.ki = off, off += align256(B * HK * lk * D);
     L.sk = off, off += align256(B * HK * (size_t)lk_pad * 4);
     L.vt = off, off += align256(B * HK * D * (size_t)lk_pad);
-    L.sv = off, off += align256(B * HK * D * 4);
-    L.part = off, off += align256(B * HK * NCH * D * 2 * 4);
-    L.stat = off, off += align256(B * HK * D * 2 * 4);
+    L.sv = off, off += align256(B * HK * 2 * D * 4);
+    L.part = off, off += align256(B * HK * NCH * D * 4 * 4);
+    L.stat = off, off += align256(B * HK * D * 3 * 4);
     L.qsh = off, off += align256(B * H * lq * 4);
     L.total = off;
     return L;
@@ -77,15 +88,17 @@ template <bool BF16> __device__ __forceinline__ void ld8(const uint16_t *p, floa
 
 __device__ __forceinline__ int q8(float x, float inv) { return max(-127, min(127, __float2int_rn(x * inv))); }
 
-/* Partial per-channel sums of K and max|V| over token chunk blockIdx.x of (b, hk) = blockIdx.y.
- * part [B*HK][NCH][2][D]. Fixed reduction order: deterministic. */
+/* Partial per-channel sums of K and V, max and min of V over token chunk blockIdx.x of
+ * (b, hk) = blockIdx.y. part [B*HK][NCH][4][D]. Fixed reduction order: deterministic. */
 template <int D, bool BF16> __global__ void __launch_bounds__(256) kv_stats_kernel(const qattn_cuda_args a, float *part) {
     constexpr int TPR = D / 8, RPI = 256 / TPR; /* threads per row, rows per iteration */
-    __shared__ float ssum[RPI][D], smax[RPI][D];
+    __shared__ float ssum[RPI][D], svs[RPI][D], smax[RPI][D], smin[RPI][D];
     const int bh = blockIdx.y, b = bh / a.hk, hk = bh % a.hk;
     const int c = blockIdx.x, t0 = (int)((int64_t)a.lk * c / NCH), t1 = (int)((int64_t)a.lk * (c + 1) / NCH);
     const int tr = threadIdx.x / TPR, tc = (threadIdx.x % TPR) * 8;
-    float s[8] = {0}, m[8] = {0};
+    float s[8] = {0}, vs[8] = {0}, m[8], mn[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) m[i] = -INFINITY, mn[i] = INFINITY;
     const uint16_t *kg = (const uint16_t *)a.k + (int64_t)b * a.k_bs + (int64_t)hk * a.k_hs + tc;
     const uint16_t *vg = (const uint16_t *)a.v + (int64_t)b * a.v_bs + (int64_t)hk * a.v_hs + tc;
     for (int t = t0 + tr; t < t1; t += RPI) {
@@ -95,38 +108,51 @@ template <int D, bool BF16> __global__ void __launch_bounds__(256) kv_stats_kern
 #pragma unroll
         for (int i = 0; i < 8; i++) {
             s[i] += kf[i];
-            m[i] = fmaxf(m[i], fabsf(vf[i]));
+            vs[i] += vf[i];
+            m[i] = fmaxf(m[i], vf[i]);
+            mn[i] = fminf(mn[i], vf[i]);
         }
     }
 #pragma unroll
     for (int i = 0; i < 8; i++) {
         ssum[tr][tc + i] = s[i];
+        svs[tr][tc + i] = vs[i];
         smax[tr][tc + i] = m[i];
+        smin[tr][tc + i] = mn[i];
     }
     __syncthreads();
     for (int d = threadIdx.x; d < D; d += 256) {
-        float su = 0.f, mx = 0.f;
+        float su = 0.f, sv = 0.f, mx = -INFINITY, mi = INFINITY;
         for (int r = 0; r < RPI; r++) {
             su += ssum[r][d];
+            sv += svs[r][d];
             mx = fmaxf(mx, smax[r][d]);
+            mi = fminf(mi, smin[r][d]);
         }
-        float *pp = part + ((size_t)bh * NCH + c) * 2 * D;
+        float *pp = part + ((size_t)bh * NCH + c) * 4 * D;
         pp[d] = su;
-        pp[D + d] = mx;
+        pp[D + d] = sv;
+        pp[2 * D + d] = mx;
+        pp[3 * D + d] = mi;
     }
 }
 
-/* stat [B*HK][2][D]: the K mean over tokens and max|V|, from the NCH partials (fixed order). */
+/* stat [B*HK][3][D]: the K mean and V mean over tokens and max|V - V mean|, from the NCH partials
+ * (fixed order). Chunks without tokens hold max -inf / min +inf. */
 template <int D> __global__ void kv_reduce_kernel(const qattn_cuda_args a, const float *part, float *stat) {
     const int bh = blockIdx.x, d = threadIdx.x;
-    const float *pp = part + (size_t)bh * NCH * 2 * D;
-    float su = 0.f, mx = 0.f;
+    const float *pp = part + (size_t)bh * NCH * 4 * D;
+    float su = 0.f, sv = 0.f, mx = -INFINITY, mi = INFINITY;
     for (int c = 0; c < NCH; c++) {
-        su += pp[c * 2 * D + d];
-        mx = fmaxf(mx, pp[c * 2 * D + D + d]);
+        su += pp[c * 4 * D + d];
+        sv += pp[c * 4 * D + D + d];
+        mx = fmaxf(mx, pp[c * 4 * D + 2 * D + d]);
+        mi = fminf(mi, pp[c * 4 * D + 3 * D + d]);
     }
-    stat[(size_t)bh * 2 * D + d] = su / (float)a.lk;
-    stat[(size_t)bh * 2 * D + D + d] = mx;
+    const float vm = sv / (float)a.lk;
+    stat[(size_t)bh * 3 * D + d] = su / (float)a.lk;
+    stat[(size_t)bh * 3 * D + D + d] = vm;
+    stat[(size_t)bh * 3 * D + 2 * D + d] = fmaxf(mx - vm, vm - mi);
 }
 
 /* Per-token quantization of Q (IS_K false) or K - mean (IS_K true). One warp per (token, head);
@@ -148,7 +174,7 @@ __global__ void __launch_bounds__(256) quant_rows_kernel(const qattn_cuda_args a
                                    : (const uint16_t *)a.q + (int64_t)b * a.q_bs + (int64_t)t * a.q_ss + (int64_t)h * a.q_hs;
         ld8<BF16>(src + lane * 8, f);
         if (IS_K) {
-            const float *mean = stat + (size_t)(b * a.hk + h) * 2 * D + lane * 8;
+            const float *mean = stat + (size_t)(b * a.hk + h) * 3 * D + lane * 8;
 #pragma unroll
             for (int i = 0; i < 8; i++) f[i] -= mean[i];
         }
@@ -156,7 +182,7 @@ __global__ void __launch_bounds__(256) quant_rows_kernel(const qattn_cuda_args a
     if (!IS_K && qshift) { /* q . mean_k * scale: what smoothing removed from this row's scores (for LSE) */
         float dot = 0.f;
         if (act) {
-            const float *mean = stat + (size_t)(b * a.hk + h / (a.h / a.hk)) * 2 * D + lane * 8;
+            const float *mean = stat + (size_t)(b * a.hk + h / (a.h / a.hk)) * 3 * D + lane * 8;
 #pragma unroll
             for (int i = 0; i < 8; i++) dot = fmaf(f[i], mean[i], dot);
         }
@@ -186,28 +212,39 @@ __global__ void __launch_bounds__(256) quant_rows_kernel(const qattn_cuda_args a
  * a thread's S accumulators (keys 2t, 2t+1 of each 8-key tile) form the u8 A-fragment. */
 __device__ __forceinline__ int vt_perm(int l) { return 8 * ((l & 3) >> 1) + 2 * (l >> 2) + (l & 1); }
 
-/* V -> Vt [B, HK, D, Lk_pad] s8 with per-channel scales; one block per 64 tokens of one (b, hk). */
+/* V - mean -> Vt [B, HK, D, Lk_pad] s8 with per-channel scales (V smoothing: O = P (V - mean) + mean,
+ * exact since the softmax rows sum to 1); one block per VT tokens of one (b, hk).
+ * sv [B, HK, 2, D] = scale | mean. */
 template <int D, bool BF16>
 __global__ void __launch_bounds__(256) quant_v_kernel(const qattn_cuda_args a, int8_t *vt, float *sv, const float *stat, int lk_pad) {
-    __shared__ float vs[BN][D + 1];
-    __shared__ float inv[D];
-    const int bh = blockIdx.y, b = bh / a.hk, hk = bh % a.hk, n0 = blockIdx.x * BN;
+    __shared__ float vs[VT][D + 1];
+    __shared__ float inv[D], mean[D];
+    const int bh = blockIdx.y, b = bh / a.hk, hk = bh % a.hk, n0 = blockIdx.x * VT;
     for (int d = threadIdx.x; d < D; d += 256) {
-        const float m = stat[(size_t)bh * 2 * D + D + d];
+        const float m = stat[(size_t)bh * 3 * D + 2 * D + d];
+        mean[d] = stat[(size_t)bh * 3 * D + D + d];
         inv[d] = m > 0.f ? 127.f / m : 0.f;
-        if (blockIdx.x == 0) sv[(size_t)bh * D + d] = m / 127.f;
+        if (blockIdx.x == 0) {
+            sv[(size_t)bh * 2 * D + d] = m / 127.f;
+            sv[(size_t)bh * 2 * D + D + d] = mean[d];
+        }
     }
+    __syncthreads();
     constexpr int TPR = D / 8;
-    for (int idx = threadIdx.x; idx < BN * TPR; idx += 256) {
+    for (int idx = threadIdx.x; idx < VT * TPR; idx += 256) {
         int r = idx / TPR, c = (idx % TPR) * 8;
         float f[8] = {0};
-        if (n0 + r < a.lk) ld8<BF16>((const uint16_t *)a.v + (int64_t)b * a.v_bs + (int64_t)(n0 + r) * a.v_ss + (int64_t)hk * a.v_hs + c, f);
+        if (n0 + r < a.lk) {
+            ld8<BF16>((const uint16_t *)a.v + (int64_t)b * a.v_bs + (int64_t)(n0 + r) * a.v_ss + (int64_t)hk * a.v_hs + c, f);
+#pragma unroll
+            for (int i = 0; i < 8; i++) f[i] -= mean[c + i];
+        }
 #pragma unroll
         for (int i = 0; i < 8; i++) vs[r][c + i] = f[i];
     }
     __syncthreads();
-    for (int idx = threadIdx.x; idx < D * (BN / 4); idx += 256) {
-        int d = idx / (BN / 4), l0 = (idx % (BN / 4)) * 4;
+    for (int idx = threadIdx.x; idx < D * (VT / 4); idx += 256) {
+        int d = idx / (VT / 4), l0 = (idx % (VT / 4)) * 4;
         uint32_t w = 0;
 #pragma unroll
         for (int u = 0; u < 4; u++) {
@@ -250,8 +287,6 @@ __device__ __forceinline__ void mma_u8s8(int c[4], const uint32_t a[4], uint32_t
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-/* int32 (|x| < 2^22) to float without I2F: add the exponent of 1.5 * 2^23 and subtract it back. */
-__device__ __forceinline__ float i2f(int x) { return __int_as_float(x + 0x4B400000) - 12582912.f; }
 /* p in [0, 1] -> the low byte of rn(255 p) (1.5 * 2^23 + 255 p keeps the integer in the mantissa). */
 __device__ __forceinline__ uint32_t p2u8bits(float p) { return __float_as_uint(fmaf(p, 255.f, 12582912.f)); }
 /* Pack the low bytes of four words, first in the lowest byte. */
@@ -268,11 +303,30 @@ __device__ __forceinline__ void key_range(int i, int lq, int lk, int wl, int wr,
 
 template <int D> constexpr int i8_smem_bytes() { return BM * D + 2 * BN * D + 2 * D * BN + 2 * BN * 4; }
 
+/* mma whose accumulator starts from cin (first k step) rather than from its own output. */
+__device__ __forceinline__ void mma_s8_c(int d[4], const uint32_t a[4], uint32_t b0, uint32_t b1, int cin) {
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};\n"
+                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(cin));
+}
+__device__ __forceinline__ void mma_u8s8_c(int d[4], const uint32_t a[4], uint32_t b0, uint32_t b1, int cin) {
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};\n"
+                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(cin));
+}
+
+/* Integer accumulators start at the bit pattern of 1.5 * 2^23 (I2F_BIAS): while |sum| < 2^22 the
+ * int32 result read as a float is exactly 1.5 * 2^23 + sum, so the conversion costs nothing and the
+ * bias folds into the FMA that scales it (x * s - 1.5 * 2^23 * s). */
+constexpr int I2F_BIAS = 0x4B400000;
+constexpr float I2F_BIASF = 12582912.f;
+
 template <int D>
-__global__ void __launch_bounds__(NTHREADS, D == 128 ? 1 : 2) fwd_i8_kernel(const qattn_cuda_args a) {
+__global__ void __launch_bounds__(NTHREADS, D == 128 ? 1 : QATTN_I8_D64_BLOCKS) fwd_i8_kernel(const qattn_cuda_args a) {
     extern __shared__ __align__(128) unsigned char smem[];
     constexpr int CPR = D / 16;      /* chunks per Q/K row */
-    constexpr int VCPR = BN / 16;    /* chunks per Vt row (4) */
+    constexpr int VCPR = BN / 16;    /* chunks per Vt row (8) */
+    static_assert(BN == 128 && 255 * 127 * BN < (1 << 22) && 127 * 127 * D < (1 << 22), "biased-float accumulators need |sum| < 2^22");
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int g = lane / 4, t4 = lane % 4;
     const int b = blockIdx.z, h = blockIdx.y, hk = h / (a.h / a.hk);
@@ -285,7 +339,7 @@ __global__ void __launch_bounds__(NTHREADS, D == 128 ? 1 : 2) fwd_i8_kernel(cons
     const int8_t *kg = a.ki + ((int64_t)b * a.hk + hk) * lk * D;
     const int8_t *vg = a.vt + ((int64_t)b * a.hk + hk) * D * a.lk_pad;
     const float *skg = a.sk + ((int64_t)b * a.hk + hk) * a.lk_pad;
-    const float *svg = a.sv + ((int64_t)b * a.hk + hk) * D;
+    const float *svg = a.sv + ((int64_t)b * a.hk + hk) * 2 * D; /* [scale | mean] */
 
     int lo_first, hi_first, lo_last, hi_last;
     key_range(m0, lq, lk, a.wl, a.wr, lo_first, hi_first);
@@ -296,7 +350,10 @@ __global__ void __launch_bounds__(NTHREADS, D == 128 ? 1 : 2) fwd_i8_kernel(cons
     key_range(row0, lq, lk, a.wl, a.wr, lo0, hi0);
     key_range(row1, lq, lk, a.wl, a.wr, lo1, hi1);
     const float *sqg = a.sq + ((int64_t)b * a.h + h) * lq;
-    const float rf[2] = {row0 < lq ? sqg[row0] * a.scale_log2 : 0.f, row1 < lq ? sqg[row1] * a.scale_log2 : 0.f};
+    /* Row factor sq * scale * log2 e, kept > 0 so that a masked -inf score stays -inf (an all-zero
+     * Q row has sq 0: its scores are exactly 0 whatever the factor). */
+    float rf[2] = {row0 < lq ? sqg[row0] * a.scale_log2 : 0.f, row1 < lq ? sqg[row1] * a.scale_log2 : 0.f};
+    rf[0] = fmaxf(rf[0], 1e-30f), rf[1] = fmaxf(rf[1], 1e-30f);
 
     float o[D / 8][4];
 #pragma unroll
@@ -323,40 +380,53 @@ __global__ void __launch_bounds__(NTHREADS, D == 128 ? 1 : 2) fwd_i8_kernel(cons
         };
         load_kv(0, t_first * BN);
         qattn_cp_async_commit();
+        qattn_cp_async_wait<0>();
+        __syncthreads();
+        /* This warp's Q fragments stay in registers for the whole row of tiles. */
+        uint32_t qa[D / 32][4];
+#pragma unroll
+        for (int kk = 0; kk < D / 32; kk++) qattn_ldsm_x4(qa[kk], swz8<CPR>(sQ, warp * 16 + (lane % 16), kk * 2 + lane / 16));
         for (int tt = t_first; tt < t_last; tt++) {
             const int buf = (tt - t_first) & 1;
-            qattn_cp_async_wait<0>();
-            __syncthreads();
+            if (tt > t_first) {
+                qattn_cp_async_wait<0>();
+                __syncthreads();
+            }
             if (tt + 1 < t_last) load_kv(buf ^ 1, (tt + 1) * BN);
             qattn_cp_async_commit();
             const uint32_t kb = sK + buf * BN * D, vb = sV + buf * D * BN;
             const float *skt = sSf + buf * BN;
             const int n0 = tt * BN;
 
+            /* S = Q K^T as biased floats (1.5 * 2^23 + s). */
             int si[BN / 8][4];
 #pragma unroll
-            for (int i = 0; i < BN / 8; i++) si[i][0] = si[i][1] = si[i][2] = si[i][3] = 0;
-#pragma unroll
             for (int kk = 0; kk < D / 32; kk++) {
-                uint32_t qa[4];
-                qattn_ldsm_x4(qa, swz8<CPR>(sQ, warp * 16 + (lane % 16), kk * 2 + lane / 16));
 #pragma unroll
                 for (int np = 0; np < BN / 16; np++) {
                     uint32_t kr[4];
                     qattn_ldsm_x4(kr, swz8<CPR>(kb, np * 16 + (lane % 8) + (lane / 16) * 8, kk * 2 + (lane / 8) % 2));
-                    mma_s8(si[2 * np], qa, kr[0], kr[1]);
-                    mma_s8(si[2 * np + 1], qa, kr[2], kr[3]);
+                    if (kk == 0) {
+                        mma_s8_c(si[2 * np], qa[kk], kr[0], kr[1], I2F_BIAS);
+                        mma_s8_c(si[2 * np + 1], qa[kk], kr[2], kr[3], I2F_BIAS);
+                    } else {
+                        mma_s8(si[2 * np], qa[kk], kr[0], kr[1]);
+                        mma_s8(si[2 * np + 1], qa[kk], kr[2], kr[3]);
+                    }
                 }
             }
+            /* s = (Q.K) * sk_j (the row factor sq * scale * log2 e is applied in the exponent). */
             float s[BN / 8][4];
 #pragma unroll
             for (int n = 0; n < BN / 8; n++) {
-                float2 skv = *(const float2 *)(skt + n * 8 + 2 * t4);
-                s[n][0] = i2f(si[n][0]) * skv.x;
-                s[n][1] = i2f(si[n][1]) * skv.y;
-                s[n][2] = i2f(si[n][2]) * skv.x;
-                s[n][3] = i2f(si[n][3]) * skv.y;
+                const float2 skv = *(const float2 *)(skt + n * 8 + 2 * t4);
+                const float bx = -I2F_BIASF * skv.x, by = -I2F_BIASF * skv.y;
+                s[n][0] = fmaf(__int_as_float(si[n][0]), skv.x, bx);
+                s[n][1] = fmaf(__int_as_float(si[n][1]), skv.y, by);
+                s[n][2] = fmaf(__int_as_float(si[n][2]), skv.x, bx);
+                s[n][3] = fmaf(__int_as_float(si[n][3]), skv.y, by);
             }
+            /* Masks only on the tiles some row of the block does not fully see. */
             if (!(n0 >= lo_last && n0 + BN <= hi_first)) {
 #pragma unroll
                 for (int n = 0; n < BN / 8; n++)
@@ -367,17 +437,23 @@ __global__ void __launch_bounds__(NTHREADS, D == 128 ? 1 : 2) fwd_i8_kernel(cons
                         if (!vis) s[n][e] = -INFINITY;
                     }
             }
-            float alpha[2];
+            /* P against the tile's own row max mb (the largest visible p gets code 255 whatever the
+             * running max is); exp2(mb - m_run) goes into the FP32 factor beta of the tile's P V and
+             * row sum, exp2(m_old - m_run) into alpha. */
+            float alpha[2], nbb[2], beta[2];
 #pragma unroll
             for (int r = 0; r < 2; r++) {
-                float m = mx[r];
+                float mb = -INFINITY;
 #pragma unroll
-                for (int n = 0; n < BN / 8; n++) m = fmaxf(m, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
-                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-                const float msc = m == -INFINITY ? 0.f : m * rf[r];
-                alpha[r] = mx[r] == -INFINITY ? 0.f : qattn_ex2(mx[r] * rf[r] - msc);
-                mx[r] = m;
+                for (int n = 0; n < BN / 8; n++) mb = fmaxf(mb, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
+                mb = fmaxf(mb, __shfl_xor_sync(0xffffffffu, mb, 1));
+                mb = fmaxf(mb, __shfl_xor_sync(0xffffffffu, mb, 2));
+                const float mn = fmaxf(mx[r], mb);
+                alpha[r] = mx[r] == -INFINITY ? 0.f : qattn_ex2((mx[r] - mn) * rf[r]);
+                beta[r] = mb == -INFINITY ? 0.f : qattn_ex2((mb - mn) * rf[r]);
+                nbb[r] = -I2F_BIASF * beta[r];
+                mx[r] = mn;
+                const float msc = mb == -INFINITY ? 0.f : mb * rf[r];
                 float sum = 0.f;
 #pragma unroll
                 for (int n = 0; n < BN / 8; n++) {
@@ -387,7 +463,7 @@ __global__ void __launch_bounds__(NTHREADS, D == 128 ? 1 : 2) fwd_i8_kernel(cons
                     s[n][2 * r + 1] = p1;
                     sum += p0 + p1;
                 }
-                l[r] = l[r] * alpha[r] + sum;
+                l[r] = fmaf(l[r], alpha[r], sum * beta[r]);
             }
             /* P as u8 A-fragments, one per 32 keys (keys permuted as Vt expects). */
             uint32_t pa[BN / 32][4];
@@ -398,27 +474,33 @@ __global__ void __launch_bounds__(NTHREADS, D == 128 ? 1 : 2) fwd_i8_kernel(cons
                 pa[kk][2] = pack4(p2u8bits(s[4 * kk + 2][0]), p2u8bits(s[4 * kk + 2][1]), p2u8bits(s[4 * kk + 3][0]), p2u8bits(s[4 * kk + 3][1]));
                 pa[kk][3] = pack4(p2u8bits(s[4 * kk + 2][2]), p2u8bits(s[4 * kk + 2][3]), p2u8bits(s[4 * kk + 3][2]), p2u8bits(s[4 * kk + 3][3]));
             }
-            /* O = O * alpha + P V, a pair of 8-wide d tiles at a time. */
+            /* O = O * alpha + beta * (P V), a pair of 8-wide d tiles at a time. */
 #pragma unroll
             for (int dp = 0; dp < D / 16; dp++) {
-                int c0[4] = {0, 0, 0, 0}, c1[4] = {0, 0, 0, 0};
+                int c0[4], c1[4];
 #pragma unroll
                 for (int kk = 0; kk < BN / 32; kk++) {
                     uint32_t vr[4];
                     qattn_ldsm_x4(vr, swz8<VCPR>(vb, dp * 16 + (lane % 8) + (lane / 16) * 8, kk * 2 + (lane / 8) % 2));
-                    mma_u8s8(c0, pa[kk], vr[0], vr[1]);
-                    mma_u8s8(c1, pa[kk], vr[2], vr[3]);
+                    if (kk == 0) {
+                        mma_u8s8_c(c0, pa[kk], vr[0], vr[1], I2F_BIAS);
+                        mma_u8s8_c(c1, pa[kk], vr[2], vr[3], I2F_BIAS);
+                    } else {
+                        mma_u8s8(c0, pa[kk], vr[0], vr[1]);
+                        mma_u8s8(c1, pa[kk], vr[2], vr[3]);
+                    }
                 }
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                    o[2 * dp][e] = fmaf(o[2 * dp][e], alpha[e >> 1], i2f(c0[e]));
-                    o[2 * dp + 1][e] = fmaf(o[2 * dp + 1][e], alpha[e >> 1], i2f(c1[e]));
+                    o[2 * dp][e] = fmaf(o[2 * dp][e], alpha[e >> 1], fmaf(__int_as_float(c0[e]), beta[e >> 1], nbb[e >> 1]));
+                    o[2 * dp + 1][e] = fmaf(o[2 * dp + 1][e], alpha[e >> 1], fmaf(__int_as_float(c1[e]), beta[e >> 1], nbb[e >> 1]));
                 }
             }
         }
         qattn_cp_async_wait<0>();
     }
 
+    /* O = acc * sv_d / (255 l) + mean_v[d] (V smoothing; rows that see no key stay 0). */
     const int64_t ooff = (int64_t)b * a.o_bs + (int64_t)h * a.o_hs;
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -426,13 +508,14 @@ __global__ void __launch_bounds__(NTHREADS, D == 128 ? 1 : 2) fwd_i8_kernel(cons
         sum += __shfl_xor_sync(0xffffffffu, sum, 1);
         sum += __shfl_xor_sync(0xffffffffu, sum, 2);
         const int row = r == 0 ? row0 : row1;
-        const float inv = sum > 0.f ? 1.f / (255.f * sum) : 0.f;
+        const float inv = sum > 0.f ? 1.f / (255.f * sum) : 0.f, mf = sum > 0.f ? 1.f : 0.f;
         if (row < lq) {
             int64_t base = ooff + (int64_t)row * a.o_ss + 2 * t4;
 #pragma unroll
             for (int i = 0; i < D / 8; i++) {
-                float2 svv = *(const float2 *)(svg + i * 8 + 2 * t4);
-                float x = o[i][2 * r] * inv * svv.x, y = o[i][2 * r + 1] * inv * svv.y;
+                const float2 svv = *(const float2 *)(svg + i * 8 + 2 * t4);
+                const float2 mv = *(const float2 *)(svg + D + i * 8 + 2 * t4);
+                float x = fmaf(o[i][2 * r] * inv, svv.x, mv.x * mf), y = fmaf(o[i][2 * r + 1] * inv, svv.y, mv.y * mf);
                 int64_t idx = base + i * 8;
                 if (a.o_dtype == 1) *(__half2 *)((__half *)a.o + idx) = __floats2half2_rn(x, y);
                 else if (a.o_dtype == 2) *(__nv_bfloat162 *)((__nv_bfloat16 *)a.o + idx) = __floats2bfloat162_rn(x, y);
@@ -460,7 +543,7 @@ template <int D, bool BF16> cudaError_t quantize(qattn_cuda_args &a, const i8_la
         int64_t nk = (int64_t)a.batch * a.lk * a.hk;
         quant_rows_kernel<D, BF16, true><<<(unsigned)((nk + 7) / 8), 256, 0, st>>>(a, ki, sk, a.lk_pad, stat, nullptr);
         if ((e = cudaGetLastError()) != cudaSuccess) return e;
-        quant_v_kernel<D, BF16><<<dim3((unsigned)(a.lk_pad / BN), bhk), 256, 0, st>>>(a, vt, sv, stat, a.lk_pad);
+        quant_v_kernel<D, BF16><<<dim3((unsigned)(a.lk_pad / VT), bhk), 256, 0, st>>>(a, vt, sv, stat, a.lk_pad);
         if ((e = cudaGetLastError()) != cudaSuccess) return e;
         if (nq > 0) {
             quant_rows_kernel<D, BF16, false><<<(unsigned)((nq + 7) / 8), 256, 0, st>>>(a, qi, sq, a.lq, stat, qsh);
