@@ -109,8 +109,9 @@ static void make_plan(dplan *pl, qattn_ctx *ctx, const qattn_kv_cache *c, const 
     pl->qscale = (dp->scale != 0.0f ? dp->scale : 1.0f / sqrtf((float)c->head_dim)) * LOG2E;
     pl->wr = dp->causal ? 0 : -1;
     int64_t m = pl->rows, M = pl->all_rows, D = pl->D, n = c->block_size;
-    /* q pack, state (max, sum, acc) of all heads, kernel scratch (2*max(m,4)*n), lo/hi int32 */
-    pl->worker_floats = (size_t)(M * D + M * (D + 2) + 2 * (m > 4 ? m : 4) * n + 2 * m);
+    int64_t dq = (D + 15) / 16 * 16;
+    /* q pack, state (max, sum, acc) of all heads, kernel scratch, lo/hi int32, q16 [M][dq] + scales */
+    pl->worker_floats = (size_t)(M * D + M * (D + 2) + QATTN_KV_SCRATCH_FLOATS(m, n) + 2 * m + M * dq / 2 + M);
     pl->worker_floats = (pl->worker_floats + 15) / 16 * 16;
 }
 
@@ -128,9 +129,12 @@ static qattn_tile_state state_view(float *base, int m, int d) {
 #ifndef QATTN_KV_PREFETCH
 #define QATTN_KV_PREFETCH 2
 #endif
+#ifndef QATTN_KV_PREFETCH_STRIDE
+#define QATTN_KV_PREFETCH_STRIDE 64
+#endif
 static void prefetch_range(const uint8_t *p, int64_t bytes) {
 #if defined(__GNUC__)
-    for (int64_t o = 0; o < bytes; o += 64) {
+    for (int64_t o = 0; o < bytes; o += QATTN_KV_PREFETCH_STRIDE) {
         if (QATTN_KV_PREFETCH == 1) __builtin_prefetch(p + o, 0, 0);
         else __builtin_prefetch(p + o, 0, 3);
     }
@@ -153,8 +157,12 @@ static void run_unit(void *arg, int64_t task, int worker) {
     float *qpack = w;
     float *state_mem = qpack + (int64_t)M * D;
     float *kscratch = state_mem + (int64_t)M * (D + 2);
-    int32_t *lo = (int32_t *)(kscratch + 2 * (int64_t)(m > 4 ? m : 4) * BS);
+    int32_t *lo = (int32_t *)(kscratch + QATTN_KV_SCRATCH_FLOATS(m, BS));
     int32_t *hi = lo + m;
+    int64_t dq = (D + 15) / 16 * 16;
+    int16_t *q16 = (int16_t *)(hi + m);
+    float *qsc = (float *)(q16 + (int64_t)M * dq);
+    bool i8 = c->dtype == QATTN_DTYPE_I8;
     float *base = pl->n_split > 1 ? pl->partials + (size_t)task * partial_floats(pl) : state_mem;
     qattn_tile_state all = state_view(base, M, D);
     for (int r = 0; r < M; r++) {
@@ -177,6 +185,10 @@ static void run_unit(void *arg, int64_t task, int worker) {
         int h = g * pl->group + r % pl->group;
         int64_t qi = (((int64_t)b * Lq + r / pl->group) * H + h) * D;
         for (int cc = 0; cc < D; cc++) qpack[(int64_t)R * D + cc] = qattn_load(dp->q, dp->q_dtype, qi + cc) * pl->qscale;
+        if (i8) {
+            qattn_kv_quantize_q16(qpack + (int64_t)R * D, D, q16 + (int64_t)R * dq, qsc + R);
+            for (int64_t cc = D; cc < dq; cc++) q16[(int64_t)R * dq + cc] = 0;
+        }
     }
     const int32_t *table = c->block_table + (int64_t)id * c->max_blocks_per_seq;
     for (int64_t t0 = k_begin; t0 < k_end;) {
@@ -210,7 +222,7 @@ static void run_unit(void *arg, int64_t task, int worker) {
             }
             qattn_tile_state st = {.row_max = all.row_max + (int64_t)g * m, .row_sum = all.row_sum + (int64_t)g * m,
                                    .acc = all.acc + (int64_t)g * m * D, .ld_acc = D};
-            pl->attend(qpack + (int64_t)g * m * D, m, D, c->dtype, blk + code, blk + c->v_offset + code, ks, vs, n, lo, hi, &st, kscratch);
+            pl->attend(qpack + (int64_t)g * m * D, i8 ? q16 + (int64_t)g * m * dq : NULL, i8 ? qsc + (int64_t)g * m : NULL, m, D, c->dtype, blk + code, blk + c->v_offset + code, ks, vs, n, lo, hi, &st, kscratch);
         }
         t0 = t1;
     }

@@ -37,23 +37,36 @@ static inline uint8_t *qattn_kv_block(const qattn_kv_cache *c, int32_t phys) {
 /* Update the online-softmax state of m query rows with n consecutive tokens of one kv head
  * held in one cache block.
  *   q:      [m][d] FP32, already multiplied by scale*log2(e)
+ *   q16, qsc: INT8 cache only (else NULL): q as int16 codes [m][ldq], ldq = d rounded up to 16
+ *           (the pad is zero), with one scale per row,
+ *           q ~= qsc[r] * q16 (symmetric, max |q16| = 32767; qsc NaN for a non-finite row)
  *   kc, vc: codes [n][d]: uint16 FP16/BF16 or int8, by dtype (QATTN_DTYPE_F16/BF16/I8)
  *   ks, vs: INT8 per-token scales [n] (NULL otherwise); the value is scale * code
  *   lo[r], hi[r]: tokens row r sees, 0 <= lo <= hi <= n; others are skipped (never times 0)
- *   scratch: at least 2*max(m,4)*n floats
- * Reference semantics (src/kv/kv_attend_ref.c): score s_j = ks_j * sum_c q[c]*code[c] (INT8)
- * or sum_c q[c]*v(k[c]); rescale only when the max grows; p_j = exp2(s_j - max);
- * acc += (p_j*vs_j) * vcode (INT8) or p_j * v. */
-typedef void (*qattn_kv_attend_fn)(const float *q, int m, int d, int32_t dtype, const void *kc, const void *vc, const float *ks,
-                                   const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st,
-                                   float *scratch);
+ *   scratch: at least QATTN_KV_SCRATCH_FLOATS(m, n) floats
+ * FP16/BF16 (reference semantics, src/kv/kv_attend_ref.c): s_j = sum_c q[c]*v(k[c]) in FP32;
+ * rescale only when the max grows; p_j = exp2(s_j - max); acc += p_j * v_j.
+ * INT8: integer products, exact in int32 in every implementation:
+ *   s_j = ((float)sum_c q16[c]*k8[c] * qsc) * ks_j
+ *   w_j = p_j * vs_j;  W = max_j w_j over the row's tokens;  w16_j = rint(w_j * 32767 / W)
+ *   acc[c] += (float)(sum_j w16_j * v8_j[c]) * (W / 32767)   (int32 sums over <= 256 tokens)
+ * so the only approximations beyond the stored codes are q and the softmax weights held to
+ * 16 bits (relative error ~2^-16, far below the INT8 codes' own). */
+#define QATTN_KV_SCRATCH_FLOATS(m, n) ((int64_t)3 * ((m) > 4 ? (m) : 4) * (n) + 64)
+typedef void (*qattn_kv_attend_fn)(const float *q, const int16_t *q16, const float *qsc, int m, int d, int32_t dtype, const void *kc,
+                                   const void *vc, const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi,
+                                   qattn_tile_state *st, float *scratch);
 
-void qattn_kv_attend_ref(const float *q, int m, int d, int32_t dtype, const void *kc, const void *vc, const float *ks, const float *vs,
-                         int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st, float *scratch);
+void qattn_kv_attend_ref(const float *q, const int16_t *q16, const float *qsc, int m, int d, int32_t dtype, const void *kc, const void *vc,
+                         const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st, float *scratch);
 #if defined(QATTN_HAVE_X86)
-void qattn_kv_attend_avx2(const float *q, int m, int d, int32_t dtype, const void *kc, const void *vc, const float *ks, const float *vs,
-                          int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st, float *scratch);
+void qattn_kv_attend_avx2(const float *q, const int16_t *q16, const float *qsc, int m, int d, int32_t dtype, const void *kc,
+                          const void *vc, const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st,
+                          float *scratch);
 #endif
+
+/* q rows to int16 codes with one scale per row (see above); d values. */
+void qattn_kv_quantize_q16(const float *q, int d, int16_t *q16, float *qsc);
 
 /* Symmetric per-token INT8 quantization of d values: scale = max|x|/127, code = rint(x/scale)
  * clamped to [-127, 127] (0 scale and 0 codes for an all-zero row). Returns the scale. */
