@@ -25,7 +25,7 @@ struct qattn_cuda_args {
     float scale_log2;           /* scale * log2(e) */
     /* INT8 path: quantized tensors and scales in the workspace (see fwd_mma_i8.cu). */
     const int8_t *qi, *ki, *vt;
-    const float *sq, *sk, *sv;
+    const float *sq, *sk, *sv, *vm; /* sv per (kv head, key tile, channel); vm: V smoothing mean */
     const float *qsh;           /* per query row: scale * q . mean_k (LSE correction of K smoothing) */
     int32_t lk_pad;             /* Lk rounded up to the INT8 key tile (Vt row length) */
 };

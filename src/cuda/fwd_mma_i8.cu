@@ -39,7 +39,7 @@ constexpr int NCH = 32; /* token chunks of the K-mean / V-max reduction */
 inline size_t align256(size_t x) { return (x + 255) / 256 * 256; }
 
 struct i8_layout {
-    size_t qi, sq, ki, sk, vt, sv, part, stat, qsh, total;
+    size_t qi, sq, ki, sk, vt, sv, vm, part, stat, qsh, total;
 };
 
 i8_layout layout(const qattn_cuda_args &a, int lk_pad) {
@@ -51,7 +51,8 @@ i8_layout layout(const qattn_cuda_args &a, int lk_pad) {
     L.ki = off, off += align256(B * HK * lk * D);
     L.sk = off, off += align256(B * HK * (size_t)lk_pad * 4);
     L.vt = off, off += align256(B * HK * D * (size_t)lk_pad);
-    L.sv = off, off += align256(B * HK * 2 * D * 4);
+    L.sv = off, off += align256(B * HK * (size_t)(lk_pad / BN) * D * 4);
+    L.vm = off, off += align256(B * HK * D * 4);
     L.part = off, off += align256(B * HK * NCH * D * 4 * 4);
     L.stat = off, off += align256(B * HK * D * 3 * 4);
     L.qsh = off, off += align256(B * H * lq * 4);
@@ -212,24 +213,36 @@ __global__ void __launch_bounds__(256) quant_rows_kernel(const qattn_cuda_args a
  * a thread's S accumulators (keys 2t, 2t+1 of each 8-key tile) form the u8 A-fragment. */
 __device__ __forceinline__ int vt_perm(int l) { return 8 * ((l & 3) >> 1) + 2 * (l >> 2) + (l & 1); }
 
-/* V - mean -> Vt [B, HK, D, Lk_pad] s8 with per-channel scales (V smoothing: O = P (V - mean) + mean,
- * exact since the softmax rows sum to 1); one block per VT tokens of one (b, hk).
- * sv [B, HK, 2, D] = scale | mean. */
+/* V - mean -> Vt [B, HK, D, Lk_pad] s8 (V smoothing: O = P (V - mean) + mean, exact since the softmax
+ * rows sum to 1), scales per channel and per BN-key tile of the attention kernel: sv [B, HK, Lk_pad / BN, D]
+ * = max over the tile's tokens of |v - mean| / 127; vm [B, HK, D] = mean. One block per VT tokens. */
 template <int D, bool BF16>
-__global__ void __launch_bounds__(256) quant_v_kernel(const qattn_cuda_args a, int8_t *vt, float *sv, const float *stat, int lk_pad) {
+__global__ void __launch_bounds__(256) quant_v_kernel(const qattn_cuda_args a, int8_t *vt, float *sv, float *vm, const float *stat, int lk_pad) {
     __shared__ float vs[VT][D + 1];
-    __shared__ float inv[D], mean[D];
+    __shared__ float inv[D], mean[D], pmax[256 / D][D];
     const int bh = blockIdx.y, b = bh / a.hk, hk = bh % a.hk, n0 = blockIdx.x * VT;
+    const int tile = n0 / BN, t0 = tile * BN;
     for (int d = threadIdx.x; d < D; d += 256) {
-        const float m = stat[(size_t)bh * 3 * D + 2 * D + d];
         mean[d] = stat[(size_t)bh * 3 * D + D + d];
-        inv[d] = m > 0.f ? 127.f / m : 0.f;
-        if (blockIdx.x == 0) {
-            sv[(size_t)bh * 2 * D + d] = m / 127.f;
-            sv[(size_t)bh * 2 * D + D + d] = mean[d];
-        }
+        if (blockIdx.x == 0) vm[(size_t)bh * D + d] = mean[d];
     }
     __syncthreads();
+    { /* max |v - mean| over the BN tokens of this tile (each of the tile's blocks computes it alike) */
+        const int d = threadIdx.x % D, part = threadIdx.x / D;
+        constexpr int NP = 256 / D;
+        float m = 0.f;
+        const uint16_t *vg = (const uint16_t *)a.v + (int64_t)b * a.v_bs + (int64_t)hk * a.v_hs + d;
+        for (int t = t0 + part; t < min(t0 + BN, a.lk); t += NP) m = fmaxf(m, fabsf(ld16<BF16>(vg + (int64_t)t * a.v_ss) - mean[d]));
+        pmax[part][d] = m;
+        __syncthreads();
+        if (threadIdx.x < D) {
+            float mm = 0.f;
+            for (int i = 0; i < NP; i++) mm = fmaxf(mm, pmax[i][d]);
+            inv[d] = mm > 0.f ? 127.f / mm : 0.f;
+            if (n0 == t0) sv[((size_t)bh * (lk_pad / BN) + tile) * D + d] = mm / 127.f;
+        }
+        __syncthreads();
+    }
     constexpr int TPR = D / 8;
     for (int idx = threadIdx.x; idx < VT * TPR; idx += 256) {
         int r = idx / TPR, c = (idx % TPR) * 8;
@@ -301,7 +314,7 @@ __device__ __forceinline__ void key_range(int i, int lq, int lk, int wl, int wr,
     if (hi < lo) hi = lo;
 }
 
-template <int D> constexpr int i8_smem_bytes() { return BM * D + 2 * BN * D + 2 * D * BN + 2 * BN * 4; }
+template <int D> constexpr int i8_smem_bytes() { return BM * D + 2 * BN * D + 2 * D * BN + 2 * BN * 4 + 2 * D * 4; }
 
 /* mma whose accumulator starts from cin (first k step) rather than from its own output. */
 __device__ __forceinline__ void mma_s8_c(int d[4], const uint32_t a[4], uint32_t b0, uint32_t b1, int cin) {
@@ -339,7 +352,8 @@ __global__ void __launch_bounds__(NTHREADS, D == 128 ? 1 : QATTN_I8_D64_BLOCKS) 
     const int8_t *kg = a.ki + ((int64_t)b * a.hk + hk) * lk * D;
     const int8_t *vg = a.vt + ((int64_t)b * a.hk + hk) * D * a.lk_pad;
     const float *skg = a.sk + ((int64_t)b * a.hk + hk) * a.lk_pad;
-    const float *svg = a.sv + ((int64_t)b * a.hk + hk) * 2 * D; /* [scale | mean] */
+    const float *svg = a.sv + ((int64_t)b * a.hk + hk) * (a.lk_pad / BN) * D; /* [tile][D] */
+    const float *vmg = a.vm + ((int64_t)b * a.hk + hk) * D;
 
     int lo_first, hi_first, lo_last, hi_last;
     key_range(m0, lq, lk, a.wl, a.wr, lo_first, hi_first);
@@ -365,6 +379,8 @@ __global__ void __launch_bounds__(NTHREADS, D == 128 ? 1 : QATTN_I8_D64_BLOCKS) 
     const uint32_t sV = sK + 2 * BN * D;
     const uint32_t sS = sV + 2 * D * BN;
     const float *sSf = (const float *)(smem + BM * D + 2 * BN * D + 2 * D * BN);
+    const uint32_t sVs = sS + 2 * BN * 4;
+    const float *sVsf = sSf + 2 * BN;
 
     if (kend > kbeg) {
         const int t_first = kbeg / BN, t_last = (kend + BN - 1) / BN;
@@ -376,6 +392,9 @@ __global__ void __launch_bounds__(NTHREADS, D == 128 ? 1 : QATTN_I8_D64_BLOCKS) 
                 int rem = (lk - n0 - tid * 4) * 4;
                 rem = rem < 0 ? 0 : rem > 16 ? 16 : rem;
                 qattn_cp_async16(sS + buf * BN * 4 + tid * 16, rem ? (const void *)(skg + n0 + tid * 4) : (const void *)skg, rem);
+            } else if (tid < BN / 4 + D / 4) {
+                const int c = tid - BN / 4;
+                qattn_cp_async16(sVs + buf * D * 4 + c * 16, svg + (n0 / BN) * D + c * 4, 16);
             }
         };
         load_kv(0, t_first * BN);
@@ -396,6 +415,7 @@ __global__ void __launch_bounds__(NTHREADS, D == 128 ? 1 : QATTN_I8_D64_BLOCKS) 
             qattn_cp_async_commit();
             const uint32_t kb = sK + buf * BN * D, vb = sV + buf * D * BN;
             const float *skt = sSf + buf * BN;
+            const float *svt = sVsf + buf * D;
             const int n0 = tt * BN;
 
             /* S = Q K^T as biased floats (1.5 * 2^23 + s). */
@@ -440,7 +460,7 @@ __global__ void __launch_bounds__(NTHREADS, D == 128 ? 1 : QATTN_I8_D64_BLOCKS) 
             /* P against the tile's own row max mb (the largest visible p gets code 255 whatever the
              * running max is); exp2(mb - m_run) goes into the FP32 factor beta of the tile's P V and
              * row sum, exp2(m_old - m_run) into alpha. */
-            float alpha[2], nbb[2], beta[2];
+            float alpha[2], beta[2];
 #pragma unroll
             for (int r = 0; r < 2; r++) {
                 float mb = -INFINITY;
@@ -451,7 +471,6 @@ __global__ void __launch_bounds__(NTHREADS, D == 128 ? 1 : QATTN_I8_D64_BLOCKS) 
                 const float mn = fmaxf(mx[r], mb);
                 alpha[r] = mx[r] == -INFINITY ? 0.f : qattn_ex2((mx[r] - mn) * rf[r]);
                 beta[r] = mb == -INFINITY ? 0.f : qattn_ex2((mb - mn) * rf[r]);
-                nbb[r] = -I2F_BIASF * beta[r];
                 mx[r] = mn;
                 const float msc = mb == -INFINITY ? 0.f : mb * rf[r];
                 float sum = 0.f;
@@ -490,17 +509,22 @@ __global__ void __launch_bounds__(NTHREADS, D == 128 ? 1 : QATTN_I8_D64_BLOCKS) 
                         mma_u8s8(c1, pa[kk], vr[2], vr[3]);
                     }
                 }
+                /* the tile's V scales of this thread's 4 channels, and the bias they remove */
+                const float2 v0 = *(const float2 *)(svt + dp * 16 + 2 * t4), v1 = *(const float2 *)(svt + dp * 16 + 8 + 2 * t4);
+                const float vs0[2] = {v0.x, v0.y}, vs1[2] = {v1.x, v1.y};
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                    o[2 * dp][e] = fmaf(o[2 * dp][e], alpha[e >> 1], fmaf(__int_as_float(c0[e]), beta[e >> 1], nbb[e >> 1]));
-                    o[2 * dp + 1][e] = fmaf(o[2 * dp + 1][e], alpha[e >> 1], fmaf(__int_as_float(c1[e]), beta[e >> 1], nbb[e >> 1]));
+                    const float x0 = fmaf(__int_as_float(c0[e]), vs0[e & 1], -I2F_BIASF * vs0[e & 1]);
+                    const float x1 = fmaf(__int_as_float(c1[e]), vs1[e & 1], -I2F_BIASF * vs1[e & 1]);
+                    o[2 * dp][e] = fmaf(o[2 * dp][e], alpha[e >> 1], x0 * beta[e >> 1]);
+                    o[2 * dp + 1][e] = fmaf(o[2 * dp + 1][e], alpha[e >> 1], x1 * beta[e >> 1]);
                 }
             }
         }
         qattn_cp_async_wait<0>();
     }
 
-    /* O = acc * sv_d / (255 l) + mean_v[d] (V smoothing; rows that see no key stay 0). */
+    /* O = acc / (255 l) + mean_v[d] (V smoothing; rows that see no key stay 0). */
     const int64_t ooff = (int64_t)b * a.o_bs + (int64_t)h * a.o_hs;
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -513,9 +537,8 @@ __global__ void __launch_bounds__(NTHREADS, D == 128 ? 1 : QATTN_I8_D64_BLOCKS) 
             int64_t base = ooff + (int64_t)row * a.o_ss + 2 * t4;
 #pragma unroll
             for (int i = 0; i < D / 8; i++) {
-                const float2 svv = *(const float2 *)(svg + i * 8 + 2 * t4);
-                const float2 mv = *(const float2 *)(svg + D + i * 8 + 2 * t4);
-                float x = fmaf(o[i][2 * r] * inv, svv.x, mv.x * mf), y = fmaf(o[i][2 * r + 1] * inv, svv.y, mv.y * mf);
+                const float2 mv = *(const float2 *)(vmg + i * 8 + 2 * t4);
+                float x = fmaf(o[i][2 * r], inv, mv.x * mf), y = fmaf(o[i][2 * r + 1], inv, mv.y * mf);
                 int64_t idx = base + i * 8;
                 if (a.o_dtype == 1) *(__half2 *)((__half *)a.o + idx) = __floats2half2_rn(x, y);
                 else if (a.o_dtype == 2) *(__nv_bfloat162 *)((__nv_bfloat16 *)a.o + idx) = __floats2bfloat162_rn(x, y);
@@ -530,7 +553,7 @@ __global__ void __launch_bounds__(NTHREADS, D == 128 ? 1 : QATTN_I8_D64_BLOCKS) 
 template <int D, bool BF16> cudaError_t quantize(qattn_cuda_args &a, const i8_layout &L, unsigned char *ws, cudaStream_t st) {
     float *part = (float *)(ws + L.part);
     int8_t *qi = (int8_t *)(ws + L.qi), *ki = (int8_t *)(ws + L.ki), *vt = (int8_t *)(ws + L.vt);
-    float *sq = (float *)(ws + L.sq), *sk = (float *)(ws + L.sk), *sv = (float *)(ws + L.sv);
+    float *sq = (float *)(ws + L.sq), *sk = (float *)(ws + L.sk), *sv = (float *)(ws + L.sv), *vm = (float *)(ws + L.vm);
     const unsigned bhk = (unsigned)(a.batch * a.hk);
     float *stat = (float *)(ws + L.stat), *qsh = (float *)(ws + L.qsh);
     int64_t nq = (int64_t)a.batch * a.lq * a.h;
@@ -543,7 +566,7 @@ template <int D, bool BF16> cudaError_t quantize(qattn_cuda_args &a, const i8_la
         int64_t nk = (int64_t)a.batch * a.lk * a.hk;
         quant_rows_kernel<D, BF16, true><<<(unsigned)((nk + 7) / 8), 256, 0, st>>>(a, ki, sk, a.lk_pad, stat, nullptr);
         if ((e = cudaGetLastError()) != cudaSuccess) return e;
-        quant_v_kernel<D, BF16><<<dim3((unsigned)(a.lk_pad / VT), bhk), 256, 0, st>>>(a, vt, sv, stat, a.lk_pad);
+        quant_v_kernel<D, BF16><<<dim3((unsigned)(a.lk_pad / VT), bhk), 256, 0, st>>>(a, vt, sv, vm, stat, a.lk_pad);
         if ((e = cudaGetLastError()) != cudaSuccess) return e;
         if (nq > 0) {
             quant_rows_kernel<D, BF16, false><<<(unsigned)((nq + 7) / 8), 256, 0, st>>>(a, qi, sq, a.lq, stat, qsh);
@@ -551,7 +574,7 @@ template <int D, bool BF16> cudaError_t quantize(qattn_cuda_args &a, const i8_la
         }
     }
     a.qsh = qsh;
-    a.qi = qi, a.ki = ki, a.vt = vt, a.sq = sq, a.sk = sk, a.sv = sv;
+    a.qi = qi, a.ki = ki, a.vt = vt, a.sq = sq, a.sk = sk, a.sv = sv, a.vm = vm;
     return cudaSuccess;
 }
 
