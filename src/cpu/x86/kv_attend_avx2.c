@@ -272,6 +272,8 @@ ALWAYS_INLINE void attend_rows(int R, const float *q, const int16_t *q16, const 
         h = _mm_add_ss(h, _mm_movehdup_ps(h));
         st->row_sum[r0 + r] += _mm_cvtss_f32(h) + tail;
     }
+    /* Tuning (Zen3, B1 H32 HK8 D128, L2-resident, 1 thread): all-float INT8 path 0.72 ms,
+     * integer scores + float P.V 0.69 ms, integer scores + integer P.V (this) 0.65 ms. */
     if (dtype == QATTN_DTYPE_I8) {
         /* weights to int16 relative to jlo, zero outside each row's range; chunks of <= 256 tokens */
         int16_t *w16 = (int16_t *)(w + (int64_t)4 * n);
