@@ -341,6 +341,15 @@ static int parse_bench_args(int argc, char **argv, cli_opts *o) {
     return 0;
 }
 
+/* With no --backend and no QATTN_BACKEND, bench the best backend found: the GPU when this build
+ * has CUDA and a device is visible, in FP16 (its native input type) unless --precision says. */
+static void choose_best_backend(cli_opts *o) {
+    const char *env = getenv("QATTN_BACKEND");
+    if (o->backend != QATTN_BACKEND_AUTO || (env && *env) || !cli_device_available()) return;
+    o->backend = QATTN_BACKEND_CUDA;
+    if (!o->precision_given) o->precision = QATTN_PRECISION_FP16;
+}
+
 int qattn_cli_bench(int argc, char **argv) {
     cli_opts o;
     int parsed = parse_bench_args(argc, argv, &o);
@@ -350,6 +359,7 @@ int qattn_cli_bench(int argc, char **argv) {
     }
     if (parsed < 0) return CLI_EXIT_USAGE;
 
+    choose_best_backend(&o);
     qattn_ctx_options copt;
     cli_opts_to_ctx_options(&o, &copt);
     qattn_ctx *ctx = NULL;

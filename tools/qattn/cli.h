@@ -48,6 +48,7 @@ typedef struct cli_opts {
     float scale;          /* --scale S (0 = 1/sqrt(D)) */
 
     int32_t precision;   /* --precision fp32|fp16|bf16|int8 (qattn_precision; default FP32) */
+    int precision_given; /* 1 if --precision was on the command line */
     int32_t int8_scheme; /* --int8-scheme qattn|intfa|sage */
     int32_t backend;     /* --backend cpu|cuda (qattn_backend; AUTO if not given) */
     int32_t isa;         /* --isa ref|avx2 (qattn_isa; AUTO if not given) */

@@ -241,6 +241,7 @@ cli_flag_result cli_opts_parse_flag(cli_opts *o, int argc, char **argv, int *i, 
             return CLI_FLAG_ERROR;
         }
         o->precision = p;
+        o->precision_given = 1;
         return CLI_FLAG_CONSUMED;
     }
     if ((r = cli_flag_value(argc, argv, i, "--int8-scheme", &value, command)) != 0) {
@@ -301,7 +302,7 @@ void cli_opts_print_help(FILE *f) {
           "  --precision P       fp32|fp16|bf16|int8 (also fp8_e4m3, fp8_e5m2)\n"
           "  --int8-scheme S     qattn|intfa|sage (with --precision int8)\n"
           "Execution:\n"
-          "  --backend B         cpu|cuda (default: QATTN_BACKEND, else cpu)\n"
+          "  --backend B         cpu|cuda (default: QATTN_BACKEND, else cuda if a GPU is visible, else cpu)\n"
           "  --isa I             ref|avx2 (default: QATTN_ISA, else the best available)\n"
           "  --threads T         CPU threads (0 = all online cores)\n"
           "  --iters N           timed iterations, median reported (default 5)\n"
