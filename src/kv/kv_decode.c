@@ -124,7 +124,7 @@ static qattn_tile_state state_view(float *base, int m, int d) {
 
 /* Software prefetch of the next physical block (blocks of a sequence need not be adjacent in the
  * arena), one kv head's K and V regions at a time, interleaved with the compute of the current
- * block so that few misses are outstanding at once. Tuning (Zen3, 2 threads, 32k tokens, FP16):
+ * block so that few misses are outstanding at once. Tuning (2-vCPU Xeon dev VM, 2 threads, 32k, FP16):
  * none 5.6-6.1 GB/s, whole next block at once (NTA) 1.6-2.9 GB/s, per head every line (this)
  * 7.3-8.0 GB/s, per head every 2nd or 4th line 5.0-5.7 GB/s. */
 static void prefetch_range(const uint8_t *p, int64_t bytes) {

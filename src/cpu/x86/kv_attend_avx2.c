@@ -2,7 +2,7 @@
  * src/kv/kv_internal.h; reference: src/kv/kv_attend_ref.c). Codes are converted to FP32 in
  * registers (F16C for FP16, shift for BF16, sign-extend + convert for INT8) and never written
  * back: each token's K and V codes are read once per call for all m rows (the query group).
- * FP16/BF16: FP32 FMAs. INT8: integer products (no VNNI on this target, so vpmaddwd): K codes
+ * FP16/BF16: FP32 FMAs. INT8: integer products (AVX2 has no VNNI, so vpmaddwd): K codes
  * sign-extended to int16 times q held as int16 (16 products per instruction), and P.V with the
  * weights p*vs held as int16 against pairs of tokens interleaved on the fly, so both halves use
  * the integer pipes as well as the FMA pipes. Integer sums are exact; semantics in kv_internal.h.
@@ -272,7 +272,7 @@ ALWAYS_INLINE void attend_rows(int R, const float *q, const int16_t *q16, const 
         h = _mm_add_ss(h, _mm_movehdup_ps(h));
         st->row_sum[r0 + r] += _mm_cvtss_f32(h) + tail;
     }
-    /* Tuning (Zen3, B1 H32 HK8 D128, L2-resident, 1 thread): all-float INT8 path 0.72 ms,
+    /* Tuning (the 2-vCPU Xeon dev VM, B1 H32 HK8 D128, L2-resident, 1 thread): all-float INT8 path 0.72 ms,
      * integer scores + float P.V 0.69 ms, integer scores + integer P.V (this) 0.65 ms. */
     if (dtype == QATTN_DTYPE_I8) {
         /* weights to int16 relative to jlo, zero outside each row's range; chunks of <= 256 tokens */
