@@ -339,12 +339,57 @@ static void test_decode_bad_args(void) {
     th_set_context(NULL);
 }
 
+/* A NaN in one query row reaches exactly that row's output (and LSE), on every storage dtype and ISA. */
+static void test_decode_nan_query(void) {
+    th_set_context("decode NaN query row");
+    printf("  decode NaN query row\n");
+    const int H = 4, HK = 2, D = 64, L = 300;
+    static const int32_t dtypes[] = {QATTN_DTYPE_F16, QATTN_DTYPE_BF16, QATTN_DTYPE_I8};
+    float *k = th_xmalloc((size_t)L * HK * D * 4), *v = th_xmalloc((size_t)L * HK * D * 4);
+    float q[4 * 64], o[4 * 64], lse[4];
+    th_rng rng;
+    th_rng_init(&rng, th_derive_seed(2000));
+    th_fill_normal(k, (size_t)L * HK * D, &rng, 0, 1);
+    th_fill_normal(v, (size_t)L * HK * D, &rng, 0, 1);
+    th_fill_normal(q, 4 * 64, &rng, 0, 1);
+    q[1 * D + 5] = NAN; /* head 1 (kv head 0) */
+    for (int ii = 0; ii < g_n_isas; ii++)
+        for (int t = 0; t < 3; t++) {
+            qattn_ctx *ctx = th_ctx(g_isas[ii], 2);
+            if (!ctx) continue;
+            qattn_kv_cache *c = make_cache(ctx, HK, D, 16, dtypes[t], 32, 1);
+            if (c && qattn_kv_cache_append(ctx, c, 0, k, v, L, QATTN_DTYPE_F32) == QATTN_OK) {
+                int32_t id = 0;
+                qattn_decode_params dp;
+                qattn_decode_params_init(&dp);
+                dp.q = q, dp.o = o, dp.lse = lse, dp.seq_ids = &id, dp.n_seqs = 1, dp.n_heads = H;
+                TH_CHECK(qattn_kv_decode(ctx, c, &dp) == QATTN_OK, "decode: %s", qattn_ctx_last_error(ctx));
+                for (int h = 0; h < H; h++) {
+                    bool all_nan = true, all_finite = true;
+                    for (int cc = 0; cc < D; cc++) {
+                        all_nan = all_nan && isnan(o[h * D + cc]);
+                        all_finite = all_finite && isfinite(o[h * D + cc]);
+                    }
+                    if (h == 1)
+                        TH_CHECK(all_nan && isnan(lse[h]), "%s %s: the NaN query row is not NaN", th_isa_name(g_isas[ii]), dt_name(dtypes[t]));
+                    else
+                        TH_CHECK(all_finite && isfinite(lse[h]), "%s %s: NaN spread to head %d", th_isa_name(g_isas[ii]), dt_name(dtypes[t]), h);
+                }
+            }
+            qattn_kv_cache_destroy(ctx, c);
+            qattn_ctx_destroy(ctx);
+        }
+    free(k), free(v);
+    th_set_context(NULL);
+}
+
 int main(void) {
     th_init("test_kv_cache");
     g_isas[g_n_isas++] = QATTN_ISA_REF;
     if (th_cpu_has_avx2()) g_isas[g_n_isas++] = QATTN_ISA_AVX2;
     test_cache_ops();
     test_decode_bad_args();
+    test_decode_nan_query();
     static const dcase cases[] = {
         /* H HK  D  BS Lq causal wl  n  lens */
         {8, 2, 64, 16, 1, 1, -1, 3, {1000, 37, 513}},   /* GQA 4, uneven lengths, split-KV */

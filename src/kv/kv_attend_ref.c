@@ -28,6 +28,11 @@ static void attend_fp_ref(const float *q, int m, int d, int32_t dtype, const voi
         float old_max = st->row_max[r];
         float new_max = tile_max > old_max ? tile_max : old_max;
         float *acc = st->acc + r * st->ld_acc;
+        if (new_max == -INFINITY) { /* the row saw keys but no score is above -inf: all NaN (or -inf) */
+            for (int c = 0; c < d; c++) acc[c] = NAN;
+            st->row_max[r] = st->row_sum[r] = NAN; /* never a hidden "empty" row */
+            continue;
+        }
         if (new_max > old_max) {
             float alpha = exp2f(old_max - new_max);
             st->row_sum[r] *= alpha;

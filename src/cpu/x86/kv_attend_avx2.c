@@ -228,6 +228,13 @@ ALWAYS_INLINE void attend_rows(int R, const float *q, const int16_t *q16, const 
             if (sr[j] > tile_max) tile_max = sr[j];
         float old_max = st->row_max[r0 + r];
         float new_max = tile_max > old_max ? tile_max : old_max;
+        if (new_max == -INFINITY) { /* keys seen but no score above -inf (all NaN): a NaN row, never "empty" */
+            for (int c = 0; c < d; c++) acc[r][c] = NAN;
+            st->row_max[r0 + r] = st->row_sum[r0 + r] = NAN;
+            for (int j = lo[r]; j < hi[r]; j++) wr[j] = 0.0f;
+            wnan[r] = true;
+            continue;
+        }
         if (new_max > old_max) {
             float alpha = exp2f(old_max - new_max);
             st->row_sum[r0 + r] *= alpha;
