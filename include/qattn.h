@@ -403,6 +403,39 @@ QATTN_API void qattn_decode_params_init(qattn_decode_params *dp);
  * Memory: O(n_seqs * HK * splits * rows * D) scratch, never O(L^2). */
 QATTN_API qattn_status qattn_kv_decode(qattn_ctx *ctx, const qattn_kv_cache *cache, const qattn_decode_params *dp);
 
+/* ---- GPU decode over a device copy of the cache (docs/gpu_decode.md) ----
+ * The cache itself lives in host memory (created and appended on a CPU context). Its layout is
+ * pointer-free, so a byte copy of the arena and of the int32 block table in device memory is a
+ * valid device cache: qattn_kv_cache_export gives the host arena and table, the caller copies
+ * them (cudaMemcpy, whole or only the blocks/rows that changed) and passes the device pointers
+ * to qattn_kv_decode_cuda. Sequence lengths are read from the host cache (they must describe
+ * the device copy). */
+typedef struct qattn_kv_cache_layout {
+    const void *arena;          /* host: n_blocks * block_bytes bytes */
+    const int32_t *block_table; /* host: [max_seqs][max_blocks_per_seq] physical ids, -1 unused */
+    int64_t arena_bytes;
+    int64_t table_entries;      /* max_seqs * max_blocks_per_seq */
+    int64_t n_blocks, block_bytes, max_blocks_per_seq;
+    int64_t head_bytes;         /* one kv head's codes in one block: block_size * D * elem_bytes */
+    int64_t v_offset, ks_offset, vs_offset; /* byte offsets inside a block (scales: INT8 only, else 0) */
+    int32_t n_kv_heads, head_dim, block_size, dtype, max_seqs, reserved;
+} qattn_kv_cache_layout;
+
+QATTN_API qattn_status qattn_kv_cache_export(qattn_ctx *ctx, const qattn_kv_cache *cache, qattn_kv_cache_layout *layout);
+
+typedef struct qattn_kv_device_cache {
+    const void *arena;          /* device copy of the arena, 16-byte aligned */
+    const int32_t *block_table; /* device copy of the block table */
+    void *stream;               /* cudaStream_t; NULL = the legacy default stream */
+} qattn_kv_device_cache;
+
+/* Split-KV decode on the GPU (ctx: backend cuda). dp as for qattn_kv_decode except that q, o
+ * and lse are device pointers; seq_ids stays in host memory. head_dim 64 or 128. Queued on
+ * dev->stream, not synchronised; per-call scratch comes from cudaMallocAsync on that stream.
+ * The split partials are merged in a fixed order: results are run-to-run deterministic. */
+QATTN_API qattn_status qattn_kv_decode_cuda(qattn_ctx *ctx, const qattn_kv_cache *cache, const qattn_kv_device_cache *dev,
+                                            const qattn_decode_params *dp);
+
 #ifdef __cplusplus
 }
 #endif

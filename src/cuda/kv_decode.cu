@@ -1,0 +1,490 @@
+/* GPU split-KV decode (FlashDecoding style) over a device copy of the paged KV cache
+ * (qattn_kv_decode_cuda; layout: src/kv/kv_internal.h, scheme: docs/gpu_decode.md).
+ *
+ * Split kernel: one thread block per (row chunk, KV split, kv head, sequence). A row chunk is up
+ * to 4 query rows of one kv head's group (GQA heads x new tokens), held in registers, so each
+ * K/V token is read once per group (row chunks of one split are adjacent block ids: for more
+ * than 4 rows the extra reads of a token mostly hit L2). Each lane owns 16 bytes of a token row
+ * (16 INT8 or 8 FP16/BF16 channels); D*elem/16 lanes make one token, a warp streams 32*16/(D*elem)
+ * consecutive tokens per load, 4 (INT8) or 2 (FP16) loads in flight per lane for K and for V.
+ * INT8 codes are dequantized in registers (byte_perm + one FADD, exact), the per-token scales
+ * applied to the score (K) and to the softmax weight (V). Online softmax in FP32 with exp2.
+ * Partials (max, sum, acc[D]) per split go to scratch; the merge kernel combines the splits of a
+ * row in split order (fixed order: results are run-to-run deterministic) and writes o and lse. */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+extern "C" {
+#include "kv/kv_internal.h"
+}
+#include "cuda_common.cuh"
+
+namespace {
+
+constexpr int NW = 4;          /* warps per split block */
+constexpr int SEQ_CHUNK = 128; /* sequences per launch: their ids and lengths ride in the kernel arguments */
+
+struct kvd_args {
+    const uint8_t *arena;
+    const int32_t *table;
+    const void *q;
+    void *o;
+    float *lse;
+    float *part; /* [n_seqs_chunk][hk][nsplit][rows_pad][D+2] */
+    int64_t table_ld, block_bytes, head_bytes, v_off, ks_off, vs_off;
+    int32_t bs, bs_shift;           /* bs_shift >= 0 when bs is a power of two */
+    int32_t b0;                     /* first sequence of this chunk (index into dp's arrays) */
+    int32_t lq, h, hk, group, rows, n_rc, rows_pad;
+    int32_t split_tokens, nsplit;
+    int32_t q_dtype, o_dtype, causal, wl;
+    float qscale;
+    int32_t seq_id[SEQ_CHUNK];
+    int32_t seq_len[SEQ_CHUNK];
+};
+
+__device__ __forceinline__ float ld_any(const void *p, int dt, int64_t i) {
+    if (dt == QATTN_DTYPE_F32) return ((const float *)p)[i];
+    if (dt == QATTN_DTYPE_F16) return __half2float(((const __half *)p)[i]);
+    return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+}
+
+__device__ __forceinline__ void st_any(void *p, int dt, int64_t i, float x) {
+    if (dt == QATTN_DTYPE_F32) ((float *)p)[i] = x;
+    else if (dt == QATTN_DTYPE_F16) ((__half *)p)[i] = __float2half_rn(x);
+    else ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn(x);
+}
+
+/* Keys row (query i of Lq) sees: bottom-right aligned, as qattn_key_range. */
+__device__ __forceinline__ void key_range(int i, int lq, int L, int causal, int wl, int &lo, int &hi) {
+    int diag = i + L - lq;
+    int a = wl < 0 ? 0 : diag - wl;
+    int b = causal ? diag + 1 : L;
+    if (a < 0) a = 0;
+    if (b > L) b = L;
+    if (b < a) b = a;
+    lo = a;
+    hi = b;
+}
+
+/* 16 bytes of codes to C floats. DT: 0 FP16, 1 BF16, 2 INT8. */
+template <int DT> __device__ __forceinline__ void codes_to_f32(const uint4 &r, float *f) {
+    const uint32_t w[4] = {r.x, r.y, r.z, r.w};
+    if (DT == 2) {
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            uint32_t u = w[k] ^ 0x80808080u; /* signed codes to code + 128 */
+#pragma unroll
+            for (int j = 0; j < 4; j++) f[4 * k + j] = __int_as_float((int)__byte_perm(u, 0x4B000000u, 0x7440u | j)) - 8388736.0f;
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            float2 x;
+            if (DT == 0) x = __half22float2(*reinterpret_cast<const __half2 *>(&w[k]));
+            else x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&w[k]));
+            f[2 * k] = x.x;
+            f[2 * k + 1] = x.y;
+        }
+    }
+}
+
+template <int D, int DT, int M> __global__ void __launch_bounds__(NW * 32) kvd_split(const __grid_constant__ kvd_args a) {
+    constexpr bool I8 = DT == 2;
+    constexpr int EB = I8 ? 1 : 2;
+    constexpr int C = 16 / EB;   /* channels per lane */
+    constexpr int LPT = D / C;   /* lanes per token */
+    constexpr int TPW = 32 / LPT; /* tokens per warp load */
+    constexpr int U = I8 ? 4 : 2; /* loads in flight per lane, for K and for V */
+    static_assert(LPT >= 1 && LPT <= 32 && 32 % LPT == 0, "D");
+    __shared__ float red_m[NW][M], red_l[NW][M];
+    __shared__ float red_acc[NW][M][D];
+
+    const int rc = blockIdx.x % a.n_rc, split = blockIdx.x / a.n_rc, g = blockIdx.y, bl = blockIdx.z;
+    const int id = a.seq_id[bl], L = a.seq_len[bl];
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, tg = lane / LPT, li = lane % LPT;
+    const int b = a.b0 + bl;
+
+    int lo[M], hi[M];
+    int kb = L, ke = 0;
+    float q[M][C];
+#pragma unroll
+    for (int r = 0; r < M; r++) {
+        int R = rc * M + r;
+        lo[r] = hi[r] = 0;
+        if (R < a.rows) {
+            int i = R / a.group, hh = g * a.group + R % a.group;
+            key_range(i, a.lq, L, a.causal, a.wl, lo[r], hi[r]);
+            if (lo[r] < hi[r]) {
+                kb = min(kb, lo[r]);
+                ke = max(ke, hi[r]);
+            }
+            int64_t qb = (((int64_t)b * a.lq + i) * a.h + hh) * D + li * C;
+#pragma unroll
+            for (int c = 0; c < C; c++) q[r][c] = ld_any(a.q, a.q_dtype, qb + c) * a.qscale;
+        } else {
+#pragma unroll
+            for (int c = 0; c < C; c++) q[r][c] = 0.0f;
+        }
+    }
+    const int c0 = split * a.split_tokens;
+    kb = max(kb, c0);
+    ke = min(ke, min(L, c0 + a.split_tokens));
+
+    float mx[M], l[M], acc[M][C];
+#pragma unroll
+    for (int r = 0; r < M; r++) {
+        mx[r] = -INFINITY;
+        l[r] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < C; c++) acc[r][c] = 0.0f;
+    }
+    const int32_t *tab = a.table + (int64_t)id * a.table_ld;
+    const int64_t head_off = (int64_t)g * a.head_bytes + li * 16;
+    constexpr int STEP = NW * TPW * U;
+    for (int base = kb; base < ke; base += STEP) { /* uniform over the block: shuffles below are safe */
+        uint4 kr[U], vr[U];
+        float ksc[U], vsc[U];
+        int tok[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int t = base + (u * NW + w) * TPW + tg;
+            tok[u] = t;
+            ksc[u] = vsc[u] = 0.0f;
+            kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
+            if (t < ke) {
+                int lb = a.bs_shift >= 0 ? t >> a.bs_shift : t / a.bs;
+                int off = t - lb * a.bs;
+                const uint8_t *blk = a.arena + (int64_t)__ldg(tab + lb) * a.block_bytes;
+                int64_t co = head_off + (int64_t)off * (D * EB);
+                kr[u] = __ldg(reinterpret_cast<const uint4 *>(blk + co));
+                vr[u] = __ldg(reinterpret_cast<const uint4 *>(blk + a.v_off + co));
+                if (I8) {
+                    ksc[u] = __ldg(reinterpret_cast<const float *>(blk + a.ks_off) + g * a.bs + off);
+                    vsc[u] = __ldg(reinterpret_cast<const float *>(blk + a.vs_off) + g * a.bs + off);
+                }
+            }
+        }
+        float s[M][U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            float kf[C];
+            codes_to_f32<DT>(kr[u], kf);
+#pragma unroll
+            for (int r = 0; r < M; r++) {
+                float d0 = 0.0f, d1 = 0.0f;
+#pragma unroll
+                for (int c = 0; c < C; c += 2) {
+                    d0 = fmaf(q[r][c], kf[c], d0);
+                    d1 = fmaf(q[r][c + 1], kf[c + 1], d1);
+                }
+                s[r][u] = d0 + d1;
+            }
+        }
+#pragma unroll
+        for (int o = LPT / 2; o > 0; o >>= 1)
+#pragma unroll
+            for (int r = 0; r < M; r++)
+#pragma unroll
+                for (int u = 0; u < U; u++) s[r][u] += __shfl_xor_sync(0xffffffffu, s[r][u], o);
+        float p[M][U];
+#pragma unroll
+        for (int r = 0; r < M; r++) {
+            float tmax = -INFINITY;
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                float x = I8 ? s[r][u] * ksc[u] : s[r][u];
+                bool vis = tok[u] < ke && tok[u] >= lo[r] && tok[u] < hi[r];
+                s[r][u] = vis ? x : -INFINITY;
+                tmax = fmaxf(tmax, s[r][u]);
+            }
+            float nm = fmaxf(mx[r], tmax);
+            if (nm == -INFINITY) {
+#pragma unroll
+                for (int u = 0; u < U; u++) p[r][u] = 0.0f;
+                continue;
+            }
+            if (nm > mx[r]) {
+                float alpha = qattn_ex2(mx[r] - nm);
+                l[r] *= alpha;
+#pragma unroll
+                for (int c = 0; c < C; c++) acc[r][c] *= alpha;
+                mx[r] = nm;
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                p[r][u] = qattn_ex2(s[r][u] - nm);
+                l[r] += p[r][u];
+                if (I8) p[r][u] *= vsc[u];
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            float vf[C];
+            codes_to_f32<DT>(vr[u], vf);
+#pragma unroll
+            for (int r = 0; r < M; r++)
+#pragma unroll
+                for (int c = 0; c < C; c++) acc[r][c] = fmaf(p[r][u], vf[c], acc[r][c]);
+        }
+    }
+    /* merge the token groups of the warp (lanes li + k*LPT), then the warps */
+#pragma unroll
+    for (int o = LPT; o < 32; o <<= 1) {
+#pragma unroll
+        for (int r = 0; r < M; r++) {
+            float mo = __shfl_xor_sync(0xffffffffu, mx[r], o);
+            float lo2 = __shfl_xor_sync(0xffffffffu, l[r], o);
+            float nm = fmaxf(mx[r], mo);
+            float a1 = nm == -INFINITY ? 0.0f : qattn_ex2(mx[r] - nm);
+            float a2 = nm == -INFINITY ? 0.0f : qattn_ex2(mo - nm);
+            l[r] = l[r] * a1 + lo2 * a2;
+#pragma unroll
+            for (int c = 0; c < C; c++) {
+                float ao = __shfl_xor_sync(0xffffffffu, acc[r][c], o);
+                acc[r][c] = acc[r][c] * a1 + ao * a2;
+            }
+            mx[r] = nm;
+        }
+    }
+    if (tg == 0) {
+#pragma unroll
+        for (int r = 0; r < M; r++) {
+            if (li == 0) {
+                red_m[w][r] = mx[r];
+                red_l[w][r] = l[r];
+            }
+#pragma unroll
+            for (int c = 0; c < C; c++) red_acc[w][r][li * C + c] = acc[r][c];
+        }
+    }
+    __syncthreads();
+    for (int x = threadIdx.x; x < M * D; x += NW * 32) {
+        int r = x / D, c = x % D, R = rc * M + r;
+        if (R >= a.rows) continue;
+        float m = -INFINITY;
+#pragma unroll
+        for (int k = 0; k < NW; k++) m = fmaxf(m, red_m[k][r]);
+        float sl = 0.0f, sa = 0.0f;
+        if (m != -INFINITY) {
+#pragma unroll
+            for (int k = 0; k < NW; k++) {
+                float f = qattn_ex2(red_m[k][r] - m);
+                sl += red_l[k][r] * f;
+                sa += red_acc[k][r][c] * f;
+            }
+        }
+        float *dst = a.part + ((((int64_t)bl * a.hk + g) * a.nsplit + split) * a.rows_pad + R) * (D + 2);
+        if (c == 0) {
+            dst[0] = m;
+            dst[1] = sl;
+        }
+        dst[2 + c] = sa;
+    }
+}
+
+/* One block per (row, kv head, sequence): the splits in order. */
+__global__ void __launch_bounds__(128) kvd_merge(const __grid_constant__ kvd_args a, int D) {
+    const int R = blockIdx.x, g = blockIdx.y, bl = blockIdx.z, b = a.b0 + bl;
+    const float *p0 = a.part + (((int64_t)bl * a.hk + g) * a.nsplit * a.rows_pad + R) * (D + 2);
+    const int64_t sstride = (int64_t)a.rows_pad * (D + 2);
+    float m = -INFINITY;
+    for (int s = 0; s < a.nsplit; s++) m = fmaxf(m, p0[s * sstride]);
+    float L = 0.0f;
+    if (m != -INFINITY)
+        for (int s = 0; s < a.nsplit; s++) L += p0[s * sstride + 1] * exp2f(p0[s * sstride] - m);
+    const int i = R / a.group, hh = g * a.group + R % a.group;
+    const int64_t ob = (((int64_t)b * a.lq + i) * a.h + hh) * D;
+    const bool empty = m == -INFINITY;
+    for (int c = threadIdx.x; c < D; c += blockDim.x) {
+        float o = 0.0f;
+        if (!empty) {
+            for (int s = 0; s < a.nsplit; s++) o += p0[s * sstride + 2 + c] * exp2f(p0[s * sstride] - m);
+            o /= L;
+        }
+        st_any(a.o, a.o_dtype, ob + c, o);
+    }
+    if (a.lse && threadIdx.x == 0) a.lse[((int64_t)b * a.h + hh) * a.lq + i] = empty ? -INFINITY : (m + log2f(L)) * 0.69314718055994531f;
+}
+
+template <int D, int DT> cudaError_t launch_split_d(const kvd_args &a, int M, dim3 grid, cudaStream_t st) {
+    if (M == 1) kvd_split<D, DT, 1><<<grid, NW * 32, 0, st>>>(a);
+    else if (M == 2) kvd_split<D, DT, 2><<<grid, NW * 32, 0, st>>>(a);
+    else kvd_split<D, DT, 4><<<grid, NW * 32, 0, st>>>(a);
+    return cudaGetLastError();
+}
+
+cudaError_t launch_split(const kvd_args &a, int D, int dtype, int M, dim3 grid, cudaStream_t st) {
+    int DT = dtype == QATTN_DTYPE_I8 ? 2 : dtype == QATTN_DTYPE_BF16 ? 1 : 0;
+    if (D == 64) return DT == 2 ? launch_split_d<64, 2>(a, M, grid, st) : DT == 1 ? launch_split_d<64, 1>(a, M, grid, st) : launch_split_d<64, 0>(a, M, grid, st);
+    return DT == 2 ? launch_split_d<128, 2>(a, M, grid, st) : DT == 1 ? launch_split_d<128, 1>(a, M, grid, st) : launch_split_d<128, 0>(a, M, grid, st);
+}
+
+/* Blocks resident per SM for the split kernel (for the split count). */
+int resident_per_sm(int D, int dtype, int M) {
+    int n = 0;
+    cudaError_t e;
+    if (dtype == QATTN_DTYPE_I8) e = D == 64 ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kvd_split<64, 2, 4>, NW * 32, 0)
+                                             : cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kvd_split<128, 2, 4>, NW * 32, 0);
+    else e = D == 64 ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kvd_split<64, 0, 4>, NW * 32, 0)
+                     : cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kvd_split<128, 0, 4>, NW * 32, 0);
+    (void)M;
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return 4;
+    }
+    return n > 0 ? n : 1;
+}
+
+struct dev_guard {
+    int prev = -1;
+    cudaError_t err = cudaSuccess;
+    explicit dev_guard(int dev) {
+        if ((err = cudaGetDevice(&prev)) != cudaSuccess) return;
+        if (prev != dev) err = cudaSetDevice(dev);
+    }
+    ~dev_guard() {
+        int cur;
+        if (prev >= 0 && cudaGetDevice(&cur) == cudaSuccess && cur != prev) cudaSetDevice(prev);
+    }
+};
+
+} // namespace
+
+extern "C" qattn_status qattn_kv_decode_cuda(qattn_ctx *ctx, const qattn_kv_cache *c, const qattn_kv_device_cache *dev,
+                                             const qattn_decode_params *dp) {
+    if (!ctx) return QATTN_ERR_NULL_POINTER;
+    if (!c || !dev || !dp)
+        return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "qattn_kv_decode_cuda: %s is NULL", !c ? "cache" : !dev ? "device cache" : "params");
+    if (ctx->backend != QATTN_BACKEND_CUDA)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "qattn_kv_decode_cuda needs a context with backend cuda");
+    if (c->head_dim != 64 && c->head_dim != 128)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "qattn_kv_decode_cuda supports head_dim 64 and 128 (the cache has %d)", c->head_dim);
+    if (dp->n_seqs < 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode_cuda: n_seqs is %d", dp->n_seqs);
+    if (dp->seqlen_q < 1 || dp->seqlen_q > 64)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode_cuda: seqlen_q is %d; it must be 1..64", dp->seqlen_q);
+    if (dp->n_heads < 1 || dp->n_heads > 4096 || dp->n_heads % c->n_kv_heads != 0)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode_cuda: n_heads %d is not a multiple (<= 4096) of the cache's %d kv heads",
+                          dp->n_heads, c->n_kv_heads);
+    int32_t dts[2] = {dp->q_dtype, dp->o_dtype};
+    for (int i = 0; i < 2; i++)
+        if (dts[i] != QATTN_DTYPE_F32 && dts[i] != QATTN_DTYPE_F16 && dts[i] != QATTN_DTYPE_BF16)
+            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode_cuda: %s is %d; expected f32, f16 or bf16", i ? "o_dtype" : "q_dtype", dts[i]);
+    if (dp->causal != 0 && dp->causal != 1)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode_cuda: causal is %d; it must be 0 or 1", dp->causal);
+    if (dp->window_left < -1)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode_cuda: window_left is %d; it must be >= 0 or -1", dp->window_left);
+    if (!isfinite(dp->scale))
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode_cuda: scale is %g; it must be finite", (double)dp->scale);
+    if (dp->n_seqs == 0) return QATTN_OK;
+    if (!dp->q || !dp->o || !dp->seq_ids)
+        return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "qattn_kv_decode_cuda: %s is NULL", !dp->q ? "q" : !dp->o ? "o" : "seq_ids");
+    if (!dev->arena || !dev->block_table)
+        return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "qattn_kv_decode_cuda: device %s is NULL", !dev->arena ? "arena" : "block_table");
+    if ((uintptr_t)dev->arena % 16 != 0)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode_cuda: the device arena must be 16-byte aligned (%p)", dev->arena);
+    int64_t max_len = 0;
+    for (int32_t b = 0; b < dp->n_seqs; b++) {
+        int32_t id = dp->seq_ids[b];
+        if (id < 0 || id >= c->max_seqs)
+            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode_cuda: seq_ids[%d] is %d, out of range 0..%d", b, id, c->max_seqs - 1);
+        if (c->seq_len[id] < dp->seqlen_q)
+            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT,
+                              "qattn_kv_decode_cuda: sequence %d holds %lld tokens, fewer than seqlen_q %d (append the new tokens first)", id,
+                              (long long)c->seq_len[id], dp->seqlen_q);
+        if (c->seq_len[id] > max_len) max_len = c->seq_len[id];
+    }
+    dev_guard guard(ctx->cuda_device);
+    if (guard.err != cudaSuccess) return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaSetDevice(%d): %s", ctx->cuda_device, cudaGetErrorString(guard.err));
+    cudaStream_t st = (cudaStream_t)dev->stream;
+    const int D = c->head_dim, HK = c->n_kv_heads, group = dp->n_heads / HK, rows = group * dp->seqlen_q;
+    const int M = rows >= 3 ? 4 : rows, n_rc = (rows + M - 1) / M;
+
+    kvd_args a;
+    memset(&a, 0, sizeof a);
+    a.arena = (const uint8_t *)dev->arena;
+    a.table = dev->block_table;
+    a.q = dp->q;
+    a.o = dp->o;
+    a.lse = dp->lse;
+    a.table_ld = c->max_blocks_per_seq;
+    a.block_bytes = c->block_bytes;
+    a.head_bytes = c->head_bytes;
+    a.v_off = c->v_offset;
+    a.ks_off = c->ks_offset;
+    a.vs_off = c->vs_offset;
+    a.bs = c->block_size;
+    a.bs_shift = -1;
+    for (int sft = 0; sft < 11; sft++)
+        if ((1 << sft) == c->block_size) a.bs_shift = sft;
+    a.lq = dp->seqlen_q;
+    a.h = dp->n_heads;
+    a.hk = HK;
+    a.group = group;
+    a.rows = rows;
+    a.n_rc = n_rc;
+    a.rows_pad = n_rc * M;
+    a.q_dtype = dp->q_dtype;
+    a.o_dtype = dp->o_dtype;
+    a.causal = dp->causal;
+    a.wl = dp->window_left;
+    a.qscale = (dp->scale != 0.0f ? dp->scale : 1.0f / sqrtf((float)D)) * 1.4426950408889634f;
+
+    /* Split count: about 8 waves of resident blocks over the sequences of one launch, at least
+     * 256 tokens per split, split length a multiple of 64 tokens. */
+    int sms = 132;
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, ctx->cuda_device) != cudaSuccess) {
+        cudaGetLastError();
+        sms = 132;
+    }
+    int32_t chunk = dp->n_seqs < SEQ_CHUNK ? dp->n_seqs : SEQ_CHUNK;
+    int64_t units = (int64_t)chunk * HK * n_rc;
+    int64_t resident = (int64_t)resident_per_sm(D, c->dtype, M) * sms;
+    int64_t want = (8 * resident + units - 1) / units;
+    int64_t most = (max_len + 255) / 256;
+    int64_t nsplit = want < most ? want : most;
+    if (nsplit < 1) nsplit = 1;
+    int64_t split_tokens = ((max_len + nsplit - 1) / nsplit + 63) / 64 * 64;
+    nsplit = (max_len + split_tokens - 1) / split_tokens;
+    if (nsplit < 1) nsplit = 1;
+    a.split_tokens = (int32_t)split_tokens;
+    a.nsplit = (int32_t)nsplit;
+    if ((int64_t)n_rc * nsplit > INT32_MAX / 2)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "qattn_kv_decode_cuda: too many row chunks x splits (%d x %lld)", n_rc, (long long)nsplit);
+
+    size_t part_bytes = (size_t)chunk * HK * nsplit * a.rows_pad * (D + 2) * sizeof(float);
+    void *part = NULL;
+    cudaError_t e = cudaMallocAsync(&part, part_bytes, st);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "qattn_kv_decode_cuda: cudaMallocAsync of %zu bytes of split partials: %s", part_bytes,
+                          cudaGetErrorString(e));
+    }
+    a.part = (float *)part;
+    qattn_status status = QATTN_OK;
+    for (int32_t b0 = 0; b0 < dp->n_seqs && status == QATTN_OK; b0 += SEQ_CHUNK) {
+        int32_t n = dp->n_seqs - b0 < SEQ_CHUNK ? dp->n_seqs - b0 : SEQ_CHUNK;
+        a.b0 = b0;
+        for (int32_t k = 0; k < n; k++) {
+            a.seq_id[k] = dp->seq_ids[b0 + k];
+            a.seq_len[k] = (int32_t)c->seq_len[dp->seq_ids[b0 + k]];
+        }
+        dim3 grid((unsigned)(n_rc * nsplit), (unsigned)HK, (unsigned)n);
+        if ((e = launch_split(a, D, c->dtype, M, grid, st)) != cudaSuccess)
+            status = qattn_fail(ctx, QATTN_ERR_BACKEND, "qattn_kv_decode_cuda: split kernel launch (%u x %u x %u blocks): %s", grid.x, grid.y, grid.z,
+                                cudaGetErrorString(e));
+        else {
+            kvd_merge<<<dim3((unsigned)rows, (unsigned)HK, (unsigned)n), 128, 0, st>>>(a, D);
+            if ((e = cudaGetLastError()) != cudaSuccess)
+                status = qattn_fail(ctx, QATTN_ERR_BACKEND, "qattn_kv_decode_cuda: merge kernel launch: %s", cudaGetErrorString(e));
+        }
+    }
+    if ((e = cudaFreeAsync(part, st)) != cudaSuccess && status == QATTN_OK) {
+        cudaGetLastError();
+        status = qattn_fail(ctx, QATTN_ERR_BACKEND, "qattn_kv_decode_cuda: cudaFreeAsync: %s", cudaGetErrorString(e));
+    }
+    return status;
+}
