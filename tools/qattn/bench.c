@@ -47,6 +47,8 @@ static void print_bench_help(void) {
            "Times qattn_forward on random inputs (N(0,1) by default) and checks it against the FP64\n"
            "oracle. Without shape options: prefill B1 H8 L1024/2048 D64/128 (causal and not) and\n"
            "decode B1 H32 HK8 Lq1 Lk 8192/32768 D128.\n"
+           "  qattn bench --decode --kv-len N --kv-dtype fp16|bf16|int8 ...: decode over a paged KV cache\n"
+           "            (qattn bench --decode --help lists its options).\n"
            "  GFLOP/s = 4*H*D*(visible query-key pairs, summed over the batch) / median time;\n"
            "            causal and windowed shapes count exactly the visible pairs.\n"
            "  GB/s    = bytes of Q, K, V read once (fp16/bf16: 2-byte inputs) + O written once\n"
@@ -351,6 +353,8 @@ static void choose_best_backend(cli_opts *o) {
 }
 
 int qattn_cli_bench(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) /* decode over a paged KV cache has its own flags */
+        if (cli_flag_is(argv[i], "--decode")) return qattn_cli_bench_decode(argc, argv);
     cli_opts o;
     int parsed = parse_bench_args(argc, argv, &o);
     if (parsed == 1) {

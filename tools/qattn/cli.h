@@ -17,6 +17,7 @@ int qattn_cli_info(int argc, char **argv);
 int qattn_cli_bench(int argc, char **argv);
 int qattn_cli_run(int argc, char **argv);
 int qattn_cli_accuracy(int argc, char **argv); /* tools/qattn/accuracy.c */
+int qattn_cli_bench_decode(int argc, char **argv); /* tools/qattn/bench_decode.c: qattn bench --decode */
 
 /* Exit statuses. */
 enum { CLI_EXIT_OK = 0, CLI_EXIT_FAILURE = 1, CLI_EXIT_USAGE = 2 };
