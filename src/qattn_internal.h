@@ -257,6 +257,21 @@ static inline bool qattn_precision_is_lowp(int32_t precision) {
     return precision == QATTN_PRECISION_INT8 || precision == QATTN_PRECISION_FP8_E4M3 || precision == QATTN_PRECISION_FP8_E5M2;
 }
 
+/* State views into a contiguous block laid out as max[m], sum[m], acc[m][d]. */
+static inline qattn_tile_state qattn_state_view(float *base, int m, int d) {
+    qattn_tile_state st = {.row_max = base, .row_sum = base + m, .acc = base + 2 * m, .ld_acc = d};
+    return st;
+}
+
+/* The state of rows that have seen no key: max -inf, sum 0, acc 0. */
+static inline void qattn_state_reset(qattn_tile_state *st, int m, int d) {
+    for (int r = 0; r < m; r++) {
+        st->row_max[r] = -INFINITY;
+        st->row_sum[r] = 0.0f;
+    }
+    memset(st->acc, 0, (size_t)m * (size_t)d * sizeof(float));
+}
+
 /* Online merge of partial state b into a for m rows, width d (exact; fixed order). */
 void qattn_state_merge(qattn_tile_state *a, const qattn_tile_state *b, int m, int d);
 

@@ -97,20 +97,6 @@ static size_t plan_bytes(const plan *pl, int n_workers) {
     return ((size_t)n_workers * pl->worker_floats + partials) * sizeof(float);
 }
 
-/* State views into a contiguous block laid out as max[m], sum[m], acc[m][D]. */
-static qattn_tile_state state_view(float *base, int m, int d) {
-    qattn_tile_state st = {.row_max = base, .row_sum = base + m, .acc = base + 2 * m, .ld_acc = d};
-    return st;
-}
-
-static void state_reset(qattn_tile_state *st, int m, int d) {
-    for (int r = 0; r < m; r++) {
-        st->row_max[r] = -INFINITY;
-        st->row_sum[r] = 0.0f;
-    }
-    memset(st->acc, 0, (size_t)m * (size_t)d * sizeof(float));
-}
-
 void qattn_state_merge(qattn_tile_state *a, const qattn_tile_state *b, int m, int d) {
     for (int r = 0; r < m; r++) {
         float mb = b->row_max[r];
@@ -207,8 +193,8 @@ static void run_unit(void *arg, int64_t task, int worker) {
     qattn_tile_state st[QATTN_MAX_UNIT_HEADS];
     int H = pl->heads;
     for (int hh = 0; hh < H; hh++) {
-        st[hh] = state_view(state_base + (size_t)hh * (size_t)pl->rows * (size_t)(D + 2), m, D);
-        state_reset(&st[hh], m, D);
+        st[hh] = qattn_state_view(state_base + (size_t)hh * (size_t)pl->rows * (size_t)(D + 2), m, D);
+        qattn_state_reset(&st[hh], m, D);
     }
 
     /* Keys this unit may touch: the union of its rows' intervals, cut to its split. */
@@ -264,10 +250,10 @@ static void merge_unit(void *arg, int64_t task, int worker) {
     int m = n_pos * pl->group, D = p->head_dim;
     size_t head_floats = (size_t)pl->rows * (size_t)(D + 2);
     for (int hh = 0; hh < pl->heads; hh++) {
-        qattn_tile_state total = state_view(pl->partials + (size_t)(task * pl->n_split) * partial_floats(pl) + hh * head_floats, m, D);
+        qattn_tile_state total = qattn_state_view(pl->partials + (size_t)(task * pl->n_split) * partial_floats(pl) + hh * head_floats, m, D);
         for (int64_t k = 1; k < pl->n_split; k++) {
             qattn_tile_state part =
-                state_view(pl->partials + (size_t)(task * pl->n_split + k) * partial_floats(pl) + hh * head_floats, m, D);
+                qattn_state_view(pl->partials + (size_t)(task * pl->n_split + k) * partial_floats(pl) + hh * head_floats, m, D);
             qattn_state_merge(&total, &part, m, D);
         }
         write_rows(pl, &s, i0, n_pos, u.g + hh, &total);

@@ -342,19 +342,6 @@ static void pack_unit(void *arg, int64_t task, int worker) {
 
 /* ---------------------------------------------------------------- state */
 
-static qattn_tile_state state_view(float *base, int m, int d) {
-    qattn_tile_state st = {.row_max = base, .row_sum = base + m, .acc = base + 2 * m, .ld_acc = d};
-    return st;
-}
-
-static void state_reset(qattn_tile_state *st, int m, int d) {
-    for (int r = 0; r < m; r++) {
-        st->row_max[r] = -INFINITY;
-        st->row_sum[r] = 0.0f;
-    }
-    memset(st->acc, 0, (size_t)m * (size_t)d * sizeof(float));
-}
-
 static void write_rows(const lplan *pl, int64_t b, int64_t i0, int n_pos, int g, const qattn_tile_state *st, const float *corr,
                        const float *mv) {
     const qattn_params *p = pl->p;
@@ -454,8 +441,8 @@ static void run_unit(void *arg, int64_t task, int worker) {
 
     bool split = pl->n_split > 1;
     float *state_base = split ? pl->partials + (size_t)task * partial_floats(pl) : w.state;
-    qattn_tile_state st = state_view(state_base, m, D);
-    state_reset(&st, m, D);
+    qattn_tile_state st = qattn_state_view(state_base, m, D);
+    qattn_state_reset(&st, m, D);
 
     int64_t klo_first, khi_first, klo_last, khi_last;
     qattn_key_range(i0, s.lq, s.lk, p->window_left, qattn_window_right(p), &klo_first, &khi_first);
@@ -504,9 +491,9 @@ static void merge_unit(void *arg, int64_t task, int worker) {
     wmem_layout(pl, pl->scratch + (size_t)worker * pl->worker_bytes, &w);
     pack_q(pl, u.b, i0, n_pos, u.g, NULL, w.sq, w.corr);
     v_channel_info(pl, u.b, u.g, w.sv, w.mv);
-    qattn_tile_state total = state_view(pl->partials + (size_t)(task * pl->n_split) * partial_floats(pl), m, D);
+    qattn_tile_state total = qattn_state_view(pl->partials + (size_t)(task * pl->n_split) * partial_floats(pl), m, D);
     for (int64_t k = 1; k < pl->n_split; k++) {
-        qattn_tile_state part = state_view(pl->partials + (size_t)(task * pl->n_split + k) * partial_floats(pl), m, D);
+        qattn_tile_state part = qattn_state_view(pl->partials + (size_t)(task * pl->n_split + k) * partial_floats(pl), m, D);
         qattn_state_merge(&total, &part, m, D);
     }
     write_rows(pl, u.b, i0, n_pos, u.g, &total, w.corr, w.mv);
