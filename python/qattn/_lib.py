@@ -100,9 +100,13 @@ class Params(ctypes.Structure):
     ]
 
 
-# Structs of the INT8 and KV-cache sections of qattn.h (being added by other engineers). Only
-# the layouts are mirrored so far, checked by tests/test_abi.py when the header declares them;
-# the functions using them are not bound yet (python/README.md, "Not yet bound").
+# Structs of the INT8 and KV-cache sections of qattn.h (checked by tests/test_abi.py).
+
+GRANULARITIES = {"token": 0, "block": 1, "head": 2, "channel": 3}
+GRANULARITY_NAMES = {v: k for k, v in GRANULARITIES.items()}
+TENSOR_IDS = {"q": 0, "k": 1, "v": 2}
+KV_DTYPES = {"fp16": DTYPE_F16, "bf16": DTYPE_BF16, "int8": DTYPE_I8}
+KV_DTYPE_NAMES = {v: k for k, v in KV_DTYPES.items()}
 
 class Int8Tensor(ctypes.Structure):
     """qattn_int8_tensor (64 bytes)."""
@@ -171,6 +175,38 @@ class DecodeParams(ctypes.Structure):
     ]
 
 
+class KVCacheLayout(ctypes.Structure):
+    """qattn_kv_cache_layout (qattn_kv_cache_export)."""
+    _fields_ = [
+        ("arena", ctypes.c_void_p),
+        ("block_table", ctypes.c_void_p),
+        ("arena_bytes", ctypes.c_int64),
+        ("table_entries", ctypes.c_int64),
+        ("n_blocks", ctypes.c_int64),
+        ("block_bytes", ctypes.c_int64),
+        ("max_blocks_per_seq", ctypes.c_int64),
+        ("head_bytes", ctypes.c_int64),
+        ("v_offset", ctypes.c_int64),
+        ("ks_offset", ctypes.c_int64),
+        ("vs_offset", ctypes.c_int64),
+        ("n_kv_heads", ctypes.c_int32),
+        ("head_dim", ctypes.c_int32),
+        ("block_size", ctypes.c_int32),
+        ("dtype", ctypes.c_int32),
+        ("max_seqs", ctypes.c_int32),
+        ("reserved", ctypes.c_int32),
+    ]
+
+
+class KVDeviceCache(ctypes.Structure):
+    """qattn_kv_device_cache (qattn_kv_decode_cuda)."""
+    _fields_ = [
+        ("arena", ctypes.c_void_p),
+        ("block_table", ctypes.c_void_p),
+        ("stream", ctypes.c_void_p),
+    ]
+
+
 # ---------------------------------------------------------------- loading
 
 _LIB_NAMES = ("libqattn.so", "libqattn.dylib", "qattn.dll")
@@ -234,6 +270,29 @@ def _prototype(lib):
         "qattn_forward": (S, [c.c_void_p, P(Params)]),
         "qattn_oracle_f64": (S, [c.c_void_p, P(Params), c.c_void_p, c.c_void_p]),
     }
+    V = c.c_void_p
+    i32, i64 = c.c_int32, c.c_int64
+    # INT8 quantization and KV cache sections: prototyped only where this build exports them
+    # (an older libqattn.so still loads; the Python functions then say what is missing).
+    optional = {
+        "qattn_int8_scale_count": (S, [V, P(Params), i32, i32, i32, P(i64)]),
+        "qattn_quantize_int8": (S, [V, P(Params), i32, P(Int8Tensor)]),
+        "qattn_dequantize_int8": (S, [V, P(Params), i32, P(Int8Tensor), V]),
+        "qattn_forward_quantized": (S, [V, P(Params), P(Int8Inputs)]),
+        "qattn_kv_cache_create": (S, [V, P(KVCacheOptions), P(V)]),
+        "qattn_kv_cache_destroy": (None, [V, V]),
+        "qattn_kv_cache_append": (S, [V, V, i32, V, V, i64, i32]),
+        "qattn_kv_cache_free_seq": (S, [V, V, i32]),
+        "qattn_kv_cache_fork": (S, [V, V, i32, i32]),
+        "qattn_kv_cache_seq_len": (S, [V, V, i32, P(i64)]),
+        "qattn_kv_cache_get_info": (S, [V, V, P(KVCacheInfo)]),
+        "qattn_kv_cache_read": (S, [V, V, i32, i64, i64, V, V]),
+        "qattn_decode_params_init": (None, [P(DecodeParams)]),
+        "qattn_kv_decode": (S, [V, V, P(DecodeParams)]),
+        "qattn_kv_cache_export": (S, [V, V, P(KVCacheLayout)]),
+        "qattn_kv_decode_cuda": (S, [V, V, P(KVDeviceCache), P(DecodeParams)]),
+    }
+    protos.update({k: v for k, v in optional.items() if hasattr(lib, k)})
     for name, (res, args) in protos.items():
         fn = getattr(lib, name)
         fn.restype = res
@@ -251,5 +310,11 @@ def status_str(status):
 
 
 def has_symbol(name):
-    """For the INT8 / KV-cache sections being added to qattn.h: bind them only when present."""
+    """Whether this libqattn exports `name` (the INT8 / KV-cache functions are optional)."""
     return hasattr(lib, name)
+
+
+def require(name, what):
+    if not has_symbol(name):
+        raise NotImplementedError("%s needs %s, which %s does not export (an older libqattn?); rebuild it"
+                                  % (what, name, library_path))

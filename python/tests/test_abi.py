@@ -16,7 +16,8 @@ STRUCTS = {"qattn_params": _lib.Params, "qattn_ctx_options": _lib.CtxOptions, "q
 # Mirrored ahead of their bindings; checked only once the header declares them.
 OPTIONAL = {"qattn_int8_tensor": _lib.Int8Tensor, "qattn_int8_inputs": _lib.Int8Inputs,
             "qattn_kv_cache_options": _lib.KVCacheOptions, "qattn_kv_cache_info": _lib.KVCacheInfo,
-            "qattn_decode_params": _lib.DecodeParams}
+            "qattn_decode_params": _lib.DecodeParams, "qattn_kv_cache_layout": _lib.KVCacheLayout,
+            "qattn_kv_device_cache": _lib.KVDeviceCache}
 
 
 def _declared(name):
@@ -74,3 +75,23 @@ def test_params_init_defaults():
     _lib.lib.qattn_params_init(ctypes.byref(p))
     assert (p.window_left, p.window_right, p.scale, p.causal, p.batch) == (-1, -1, 0.0, 0, 0)
     assert (p.qkv_dtype, p.o_dtype, p.precision, p.stream) == (_lib.DTYPE_F32, _lib.DTYPE_F32, 0, None)
+
+
+def test_every_header_struct_is_mirrored():
+    """A struct added to qattn.h without a ctypes mirror (or a mirror the ABI check skips) fails here."""
+    import re
+    path = os.path.join(HEADER_DIR, "qattn.h")
+    if not os.path.isfile(path):
+        pytest.skip("include/qattn.h not found (installed package outside a checkout)")
+    declared = set(re.findall(r"typedef struct (\w+) \{", open(path).read()))
+    assert declared == set(STRUCTS), "unmirrored: %s; stale: %s" % (declared - set(STRUCTS), set(STRUCTS) - declared)
+
+
+def test_decode_params_init_defaults():
+    if not _lib.has_symbol("qattn_decode_params_init"):
+        pytest.skip("this libqattn has no KV cache section")
+    dp = _lib.DecodeParams()
+    ctypes.memset(ctypes.byref(dp), 0xAB, ctypes.sizeof(dp))
+    _lib.lib.qattn_decode_params_init(ctypes.byref(dp))
+    assert (dp.q_dtype, dp.o_dtype, dp.seqlen_q, dp.causal, dp.window_left, dp.scale) == (0, 0, 1, 1, -1, 0.0)
+    assert (dp.q, dp.o, dp.lse, dp.seq_ids, dp.n_seqs) == (None, None, None, None, 0)
