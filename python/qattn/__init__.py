@@ -5,6 +5,10 @@
     o = qattn.attention(q, k, v, layout="bhsd")          # torch SDPA's [batch, heads, seq, dim]
     ref = qattn.oracle(q, k, v, causal=True)             # FP64 numpy reference
     qattn.info()                                         # backend, ISA, threads, version
+    qk = qattn.quantize(k, "token", smooth=True)         # INT8 codes, scales, mean (qattn.h layouts)
+    o = qattn.attention_quantized(qq, qk, qv)            # attention on pre-quantized inputs
+    with qattn.KVCache(kv_heads=2, head_dim=64, dtype="int8", capacity_blocks=256, max_seqs=8) as c:
+        c.append(0, k0, v0); o = c.decode(q0, [0])       # paged KV cache and decode
 
 The library is found in the package folder, $QATTN_LIBRARY, or the build*/ folders of the
 checkout (see qattn._lib.candidate_paths).
@@ -12,19 +16,16 @@ checkout (see qattn._lib.candidate_paths).
 import atexit as _atexit
 
 from . import _lib
-from ._core import (QattnError, QattnMemoryError, QattnUnsupportedError, QattnValueError, attention, info,
+from ._core import (QattnCapacityError, QattnError, QattnMemoryError, QattnUnsupportedError, QattnValueError, attention, info,
                     oracle, _destroy_contexts)
 
 __version__ = _lib.lib.qattn_version().decode()
 library_path = _lib.library_path
 
-# TODO(int8, kv-cache): qattn.h's "INT8 quantization" and "KV cache and decode" sections are
-# empty in this version of the library; qattn.quantize() and qattn.KVCache will mirror them
-# (structs in _lib.py, checked by tests/test_abi.py) once they land. precision="int8" is
-# already passed through to qattn_forward and raises NotImplementedError until a backend
-# implements it.
+from ._int8 import QuantizedTensor, attention_quantized, quantize
+from ._kvcache import KVCache
 
 _atexit.register(_destroy_contexts)
 
-__all__ = ["attention", "oracle", "info", "QattnError", "QattnValueError", "QattnUnsupportedError",
-           "QattnMemoryError", "__version__", "library_path"]
+__all__ = ["QattnCapacityError", "attention", "oracle", "info", "QattnError", "QattnValueError", "QattnUnsupportedError",
+           "QattnMemoryError", "QuantizedTensor", "quantize", "attention_quantized", "KVCache", "__version__", "library_path"]

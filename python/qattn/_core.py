@@ -9,6 +9,7 @@ import ctypes
 import math
 import sys
 import threading
+import weakref
 
 import numpy as np
 
@@ -39,6 +40,11 @@ class QattnMemoryError(QattnError, MemoryError):
     """QATTN_ERR_OUT_OF_MEMORY."""
 
 
+class QattnCapacityError(QattnError):
+    """QATTN_ERR_CAPACITY: a fixed-size resource (KV cache blocks, a block table row, the
+    workspace) is exhausted. The failed call changed nothing."""
+
+
 def _raise_status(status, detail):
     msg = "%s: %s" % (_lib.status_str(status), detail) if detail else _lib.status_str(status)
     if status in (_lib.QATTN_ERR_INVALID_ARGUMENT, _lib.QATTN_ERR_NULL_POINTER, _lib.QATTN_ERR_OVERFLOW):
@@ -47,6 +53,8 @@ def _raise_status(status, detail):
         raise QattnUnsupportedError(status, msg)
     if status == _lib.QATTN_ERR_OUT_OF_MEMORY:
         raise QattnMemoryError(status, msg)
+    if status == _lib.QATTN_ERR_CAPACITY:
+        raise QattnCapacityError(status, msg)
     raise QattnError(status, msg)
 
 
@@ -114,7 +122,14 @@ def _get_context(backend, threads=None, isa=None, device=0):
         return ctx
 
 
+# Objects owning library memory tied to a context (KV caches): closed before the contexts
+# at exit, since a cache must be destroyed through the context that created it.
+_dependents = weakref.WeakSet()
+
+
 def _destroy_contexts():
+    for obj in list(_dependents):
+        obj.close()
     with _contexts_lock:
         for ctx in _contexts.values():
             ctx.destroy()
