@@ -64,3 +64,23 @@ def test_cuda_errors():
         qattn.attention(q, q.clone(), q.clone(), backend="cpu")
     with pytest.raises(ValueError, match="out is a torch on cpu"):
         qattn.attention(q, q.clone(), q.clone(), out=torch.empty(q.shape, dtype=q.dtype))
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "int8"])
+def test_kv_cache_decode_cuda_vs_cpu(dtype):
+    """KVCache.decode on a CUDA q (qattn_kv_decode_cuda over a device copy) vs the CPU decode of
+    the same cache; the device copy is refreshed after an append."""
+    if not qattn._lib.has_symbol("qattn_kv_decode_cuda"):
+        pytest.skip("libqattn has no qattn_kv_decode_cuda")
+    g = torch.Generator().manual_seed(3)
+    with qattn.KVCache(2, 128, block_size=16, dtype=dtype, capacity_blocks=64, max_seqs=3) as c:
+        for sid, n in ((0, 70), (2, 300)):
+            c.append(sid, torch.randn(n, 2, 128, generator=g), torch.randn(n, 2, 128, generator=g))
+        for step in range(2):
+            q = torch.randn(2, 2, 8, 128, generator=g)
+            o_cpu, l_cpu = c.decode(q, [2, 0], return_lse=True)
+            o_gpu, l_gpu = c.decode(q.cuda(), [2, 0], return_lse=True)
+            torch.cuda.synchronize()
+            assert o_gpu.is_cuda and rel_l2(o_gpu.cpu().numpy(), o_cpu.numpy()) < 1e-3
+            assert rel_l2(l_gpu.cpu().numpy(), l_cpu.numpy()) < 1e-4
+            c.append(0, torch.randn(5, 2, 128, generator=g), torch.randn(5, 2, 128, generator=g))
