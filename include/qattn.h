@@ -116,6 +116,7 @@ typedef enum qattn_isa {
     QATTN_ISA_AUTO = 0, /* QATTN_ISA env var if set, else the best the CPU and OS support */
     QATTN_ISA_REF = 1,  /* portable scalar C */
     QATTN_ISA_AVX2 = 2, /* AVX2 + FMA + F16C */
+    QATTN_ISA_AVXVNNI = 3, /* AVX2 + AVX-VNNI (vpdpbusd): INT8 kernels; FP kernels as AVX2 */
 } qattn_isa;
 
 /* ---------------------------------------------------------------- context */
@@ -146,7 +147,7 @@ typedef struct qattn_ctx_info {
     int32_t isa;       /* qattn_isa actually used */
     int32_t n_threads;
     int32_t cuda_available; /* 1 if this build has CUDA and a device is visible */
-    char isa_name[16];      /* "ref", "avx2" */
+    char isa_name[16];      /* "ref", "avx2", "avxvnni" */
     char device_name[96];   /* CPU model or GPU name */
 } qattn_ctx_info;
 

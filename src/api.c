@@ -77,6 +77,7 @@ static int32_t isa_from_env(void) {
     if (!s || !*s) return QATTN_ISA_AUTO;
     if (!strcmp(s, "ref")) return QATTN_ISA_REF;
     if (!strcmp(s, "avx2")) return QATTN_ISA_AVX2;
+    if (!strcmp(s, "avxvnni")) return QATTN_ISA_AVXVNNI;
     return -1;
 }
 
@@ -92,19 +93,22 @@ static qattn_status choose_isa(qattn_ctx *ctx, int32_t requested) {
     int32_t isa = requested;
     if (isa == QATTN_ISA_AUTO) {
         isa = isa_from_env();
-        if (isa < 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "QATTN_ISA=%s is not one of ref, avx2", getenv("QATTN_ISA"));
+        if (isa < 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "QATTN_ISA=%s is not one of ref, avx2, avxvnni", getenv("QATTN_ISA"));
     }
 #if defined(QATTN_HAVE_X86)
     bool have_avx2 = qattn_cpu_has_avx2();
+    bool have_vnni = have_avx2 && qattn_cpu_has_avxvnni();
 #else
-    bool have_avx2 = false;
+    bool have_avx2 = false, have_vnni = false;
 #endif
-    if (isa == QATTN_ISA_AUTO) isa = have_avx2 ? QATTN_ISA_AVX2 : QATTN_ISA_REF;
+    if (isa == QATTN_ISA_AUTO) isa = have_vnni ? QATTN_ISA_AVXVNNI : have_avx2 ? QATTN_ISA_AVX2 : QATTN_ISA_REF;
     if (isa == QATTN_ISA_AVX2 && !have_avx2)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "ISA avx2 requested but this CPU/OS does not support AVX2+FMA+F16C");
+    if (isa == QATTN_ISA_AVXVNNI && !have_vnni)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "ISA avxvnni requested but this CPU/OS does not support AVX2+FMA+F16C+AVX-VNNI");
     ctx->isa = isa;
 #if defined(QATTN_HAVE_X86)
-    ctx->kernels = isa == QATTN_ISA_AVX2 ? &qattn_kernels_avx2 : &qattn_kernels_ref;
+    ctx->kernels = isa == QATTN_ISA_AVXVNNI ? &qattn_kernels_avxvnni : isa == QATTN_ISA_AVX2 ? &qattn_kernels_avx2 : &qattn_kernels_ref;
 #else
     ctx->kernels = &qattn_kernels_ref;
 #endif
@@ -137,7 +141,7 @@ qattn_status qattn_ctx_create(qattn_ctx **out, const qattn_ctx_options *options)
     if (options) opt = *options;
     if ((opt.alloc == NULL) != (opt.free == NULL)) return QATTN_ERR_INVALID_ARGUMENT;
     if (opt.backend < QATTN_BACKEND_AUTO || opt.backend > QATTN_BACKEND_CUDA) return QATTN_ERR_INVALID_ARGUMENT;
-    if (opt.isa < QATTN_ISA_AUTO || opt.isa > QATTN_ISA_AVX2) return QATTN_ERR_INVALID_ARGUMENT;
+    if (opt.isa < QATTN_ISA_AUTO || opt.isa > QATTN_ISA_AVXVNNI) return QATTN_ERR_INVALID_ARGUMENT;
     if (opt.n_threads < 0 || opt.cuda_device < 0) return QATTN_ERR_INVALID_ARGUMENT;
 
     void *(*alloc)(size_t, void *) = opt.alloc ? opt.alloc : default_alloc;

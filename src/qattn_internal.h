@@ -69,8 +69,13 @@ void qattn_pack_rows_f32_ref(const void *src, int32_t dtype, int32_t precision, 
                              float mul, float *dst, int64_t ldd);
 #if defined(QATTN_HAVE_X86)
 extern const qattn_cpu_kernels qattn_kernels_avx2;
-bool qattn_cpu_has_avx2(void); /* CPUID + XGETBV */
+extern const qattn_cpu_kernels qattn_kernels_avxvnni; /* the AVX2 FP entries, named "avxvnni" */
+bool qattn_cpu_has_avx2(void);    /* CPUID + XGETBV */
+bool qattn_cpu_has_avxvnni(void); /* CPUID.(7,1):EAX[4] + XGETBV; check qattn_cpu_has_avx2 too */
 #endif
+
+/* Whether the ISA runs the AVX2 kernels (AVX-VNNI is AVX2 plus vpdpbusd: every AVX2 kernel applies). */
+static inline bool qattn_isa_has_avx2(int32_t isa) { return isa == QATTN_ISA_AVX2 || isa == QATTN_ISA_AVXVNNI; }
 
 /* ---------------------------------------------------------------- context */
 

@@ -283,6 +283,8 @@ static void test_ctx_options(void) {
     TH_CHECK(create_with(&ctx, 7, 0, 0) == QATTN_ERR_INVALID_ARGUMENT && ctx == NULL, "backend 7");
     TH_CHECK(create_with(&ctx, -1, 0, 0) == QATTN_ERR_INVALID_ARGUMENT && ctx == NULL, "backend -1");
     TH_CHECK(create_with(&ctx, QATTN_BACKEND_CPU, 9, 0) == QATTN_ERR_INVALID_ARGUMENT && ctx == NULL, "isa 9");
+    TH_CHECK(create_with(&ctx, QATTN_BACKEND_CPU, QATTN_ISA_AVXVNNI + 1, 0) == QATTN_ERR_INVALID_ARGUMENT && ctx == NULL, "isa 4 (one past the last)");
+    TH_CHECK(create_with(&ctx, QATTN_BACKEND_CPU, -1, 0) == QATTN_ERR_INVALID_ARGUMENT && ctx == NULL, "isa -1");
     TH_CHECK(create_with(&ctx, QATTN_BACKEND_CPU, 0, -1) == QATTN_ERR_INVALID_ARGUMENT && ctx == NULL, "n_threads -1");
     memset(&o, 0, sizeof o);
     o.cuda_device = -1;
@@ -347,6 +349,15 @@ static void test_env_override(void) {
     } else {
         TH_CHECK(s == QATTN_ERR_UNSUPPORTED && ctx == NULL, "QATTN_ISA=avx2 without AVX2: %s", qattn_status_str(s));
     }
+    setenv("QATTN_ISA", "avxvnni", 1); /* supported (then exactly that ISA) or refused as UNSUPPORTED */
+    s = create_with(&ctx, QATTN_BACKEND_CPU, QATTN_ISA_AUTO, 1);
+    if (s == QATTN_OK) {
+        TH_CHECK(avx2 && qattn_ctx_get_info(ctx, &info) == QATTN_OK && info.isa == QATTN_ISA_AVXVNNI && !strcmp(info.isa_name, "avxvnni"),
+                 "QATTN_ISA=avxvnni gives isa %d '%s'", info.isa, info.isa_name);
+        qattn_ctx_destroy(ctx);
+    } else {
+        TH_CHECK(s == QATTN_ERR_UNSUPPORTED && ctx == NULL, "QATTN_ISA=avxvnni: %s", qattn_status_str(s));
+    }
     unsetenv("QATTN_ISA");
     setenv("QATTN_BACKEND", "bogus", 1);
     TH_CHECK(create_with(&ctx, QATTN_BACKEND_AUTO, QATTN_ISA_AUTO, 1) == QATTN_ERR_INVALID_ARGUMENT && ctx == NULL,
@@ -391,7 +402,7 @@ static void test_ctx_info_and_threads(void) {
     qattn_ctx *ctx = NULL;
     if (TH_CHECK(qattn_ctx_create(&ctx, NULL) == QATTN_OK, "create with NULL options")) {
         qattn_ctx_info info;
-        TH_CHECK(qattn_ctx_get_info(ctx, &info) == QATTN_OK && info.n_threads >= 1 && (info.isa == QATTN_ISA_REF || info.isa == QATTN_ISA_AVX2),
+        TH_CHECK(qattn_ctx_get_info(ctx, &info) == QATTN_OK && info.n_threads >= 1 && (info.isa == QATTN_ISA_REF || info.isa == QATTN_ISA_AVX2 || info.isa == QATTN_ISA_AVXVNNI),
                  "default ctx info: isa %d threads %d", info.isa, info.n_threads);
         qattn_ctx_destroy(ctx);
     }

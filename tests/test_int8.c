@@ -64,17 +64,17 @@ static qattn_ctx *make_ctx(int32_t isa, int threads) {
     return ctx;
 }
 
-/* ---------------------------------------------------------------- kernels: avx2 == ref */
+/* ---------------------------------------------------------------- kernels: avx2 == ref, avxvnni == ref */
 
-static void test_kernels(void) {
 #if defined(QATTN_HAVE_X86)
-    qattn_ctx *probe = make_ctx(QATTN_ISA_AVX2, 1);
+static void test_kernels_isa(int32_t isa, const qattn_int8_kernels *A) {
+    qattn_ctx *probe = make_ctx(isa, 1);
     if (!probe) {
-        printf("kernels: no AVX2 on this machine, skipped\n");
+        printf("kernels: no %s on this machine, skipped\n", isa == QATTN_ISA_AVX2 ? "AVX2" : "AVX-VNNI");
         return;
     }
     qattn_ctx_destroy(probe);
-    const qattn_int8_kernels *R = &qattn_int8_kernels_ref, *A = &qattn_int8_kernels_avx2;
+    const qattn_int8_kernels *R = &qattn_int8_kernels_ref;
     int dims[] = {32, 64, 80, 128, 256};
     int ms[] = {1, 3, 4, 7, 64};
     int ns[] = {1, 8, 17, 63, 64};
@@ -93,10 +93,27 @@ static void test_kernels(void) {
                 for (int i = 0; i < m * npad; i++) pc[i] = extreme ? 255 : (int16_t)(rnd_u64() % 256);
                 R->qk(q, m, d, kp, npad, s1);
                 A->qk(q, m, d, kp, npad, s2);
-                CHECK(!memcmp(s1, s2, (size_t)m * npad * 4), "qk avx2 != ref (d %d m %d n %d)", d, m, n);
+                CHECK(!memcmp(s1, s2, (size_t)m * npad * 4), "qk %s != ref (d %d m %d n %d)", A->name, d, m, n);
                 R->pv(pc, m, npad, vp, d, o1);
                 A->pv(pc, m, npad, vp, d, o2);
-                CHECK(!memcmp(o1, o2, (size_t)m * d * 4), "pv avx2 != ref (d %d m %d n %d)", d, m, n);
+                CHECK(!memcmp(o1, o2, (size_t)m * d * 4), "pv %s != ref (d %d m %d n %d)", A->name, d, m, n);
+                { /* pv_acc (16-bit V pack) == pv_acc8 (8-bit vp8 of the same codes), ref and this ISA */
+                    int8_t *vp8 = xcalloc((size_t)npad * d);
+                    for (int j = 0; j < npad; j++)
+                        for (int c = 0; c < d; c++) vp8[(j / 4) * d * 4 + c * 4 + j % 4] = (int8_t)vp[(j / 2) * d * 2 + c * 2 + j % 2];
+                    float *al = xcalloc((size_t)m * 4), *fa = xcalloc((size_t)m * 4), *sv = xcalloc((size_t)d * 4);
+                    int32_t *lo = xcalloc((size_t)m * 4), *hi = xcalloc((size_t)m * 4);
+                    float *a1 = xcalloc((size_t)m * d * 4), *a2 = xcalloc((size_t)m * d * 4), *a3 = xcalloc((size_t)m * d * 4);
+                    for (int r = 0; r < m; r++) al[r] = (float)rnd_unif(), fa[r] = (float)rnd_unif() * 1e-3f, lo[r] = 0, hi[r] = r % 5 == 2 ? 0 : n;
+                    for (int c = 0; c < d; c++) sv[c] = (float)rnd_unif();
+                    for (int i = 0; i < m * d; i++) a1[i] = a2[i] = a3[i] = (float)rnd_norm();
+                    R->pv_acc(pc, m, npad, vp, d, al, fa, sv, lo, hi, a1, d);
+                    R->pv_acc8(pc, m, npad, vp8, d, al, fa, sv, lo, hi, a2, d);
+                    A->pv_acc8(pc, m, npad, vp8, d, al, fa, sv, lo, hi, a3, d);
+                    CHECK(!memcmp(a1, a2, (size_t)m * d * 4) && !memcmp(a1, a3, (size_t)m * d * 4), "pv_acc8 %s != pv_acc ref (d %d m %d n %d)",
+                          A->name, d, m, n);
+                    free(vp8), free(al), free(fa), free(sv), free(lo), free(hi), free(a1), free(a2), free(a3);
+                }
                 if (extreme) { /* exact values: no saturation */
                     int64_t want = 0;
                     for (int c = 0; c < d; c++) want += (int64_t)q[c] * kp[(c / 4) * npad * 4 + c % 4];
@@ -141,7 +158,14 @@ static void test_kernels(void) {
         worst = rel > worst ? rel : worst;
     }
     CHECK(worst < 1e-6 && qattn_exp2_poly(0.0f) == 1.0f && qattn_exp2_poly(-INFINITY) == 0.0f, "exp2 poly rel err %g", worst);
-    printf("kernels: avx2 == ref bit for bit; exp2 poly max rel err %.2e\n", worst);
+    printf("kernels: %s == ref bit for bit; exp2 poly max rel err %.2e\n", A->name, worst);
+}
+#endif
+
+static void test_kernels(void) {
+#if defined(QATTN_HAVE_X86)
+    test_kernels_isa(QATTN_ISA_AVX2, &qattn_int8_kernels_avx2);
+    test_kernels_isa(QATTN_ISA_AVXVNNI, &qattn_int8_kernels_avxvnni);
 #endif
 }
 
@@ -272,7 +296,7 @@ static const double scheme_k[3] = {3.0, 4.0, 2.0};
  * 1 thread == 2 threads bitwise. */
 static void check_schemes(prob *pr, const char *what) {
     qattn_ctx *ref1 = make_ctx(QATTN_ISA_REF, 1), *ref2 = make_ctx(QATTN_ISA_REF, 2);
-    qattn_ctx *avx = make_ctx(QATTN_ISA_AVX2, 2);
+    qattn_ctx *avx = make_ctx(QATTN_ISA_AVX2, 2), *vnni = make_ctx(QATTN_ISA_AVXVNNI, 2); /* NULL where the CPU lacks it */
     CHECK(qattn_oracle_f64(ref1, &pr->p, pr->o64, pr->lse64) == QATTN_OK, "oracle: %s", qattn_ctx_last_error(ref1));
     float *o_a = xcalloc((size_t)pr->no * 4), *lse_a = xcalloc((size_t)pr->nlse * 4);
     for (int sc = 0; sc < 3; sc++) {
@@ -311,9 +335,14 @@ static void check_schemes(prob *pr, const char *what) {
             CHECK(!memcmp(o_a, pr->o, (size_t)pr->no * 4) && !memcmp(lse_a, pr->lse, (size_t)pr->nlse * 4), "%s %s: ref vs avx2 differ", what,
                   scheme_name[sc]);
         }
+        if (vnni) {
+            CHECK(qattn_forward(vnni, &p) == QATTN_OK, "avxvnni");
+            CHECK(!memcmp(o_a, pr->o, (size_t)pr->no * 4) && !memcmp(lse_a, pr->lse, (size_t)pr->nlse * 4), "%s %s: ref vs avxvnni differ", what,
+                  scheme_name[sc]);
+        }
     }
     free(o_a), free(lse_a);
-    qattn_ctx_destroy(ref1), qattn_ctx_destroy(ref2), qattn_ctx_destroy(avx);
+    qattn_ctx_destroy(ref1), qattn_ctx_destroy(ref2), qattn_ctx_destroy(avx), qattn_ctx_destroy(vnni);
 }
 
 static void test_schemes(void) {

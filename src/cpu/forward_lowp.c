@@ -18,7 +18,8 @@
  * K smoothing shifts every score of a row by q . mean_k: softmax is unchanged and the LSE gets
  * scale * q . mean_k back; V smoothing adds mean_v to each normalised output row.
  * The split of the work depends on the shape only, and every float step runs in a fixed order:
- * results are bitwise identical for any thread count, and between the ref and avx2 kernels. */
+ * results are bitwise identical for any thread count, and between the ref, avx2 and avxvnni kernels
+ * (the table's pack8 picks 16-bit packs + qk16/pv_acc or 8-bit packs + qk/pv_acc8: same exact sums). */
 #include "quant/lowp.h"
 
 #include "cpu/threads.h"
@@ -239,27 +240,36 @@ static void pack_q(const lplan *pl, int64_t b, int64_t i0, int n_pos, int g, int
             float dot = 0.0f;
             for (int c = 0; c < D; c++) {
                 int8_t code = clamp_code(src[c]);
-                if (qc) qc[r * D + c] = code;
+                if (qc && pl->kern->pack8) ((int8_t *)qc)[r * D + c] = code; /* qk's 8-bit rows */
+                else if (qc) qc[r * D + c] = code;
                 if (mk) dot += (float)code * mk[c];
             }
             corr[r] = mk ? dot * s * pl->scale : 0.0f;
         }
 }
 
-/* K tile: keys t0 .. t0+n of (b, g) into the 16-bit pack of qk16, zero-padded to npad. */
+/* K tile: keys t0 .. t0+n of (b, g) into the 16-bit pack of qk16 (or the 8-bit pack of qk when the
+ * table says pack8), zero-padded to npad. */
 static void pack_k(const lplan *pl, int64_t b, int g, int64_t t0, int n, int npad, int16_t *kp, float *sk) {
     const qattn_params *p = pl->p;
     const qattn_int8_tensor *t = &pl->qi->k;
     int D = p->head_dim;
     int64_t off = i8_off(p, t, p->cu_seqlens_k, b), tb = tok_base(p->cu_seqlens_k, b, p->seqlen_k);
+    int8_t *kp8 = pl->kern->pack8 ? (int8_t *)(void *)kp : NULL;
     for (int j = 0; j < npad; j++) {
         if (j < n) {
             int64_t i = t0 + j;
             const int8_t *src = t->data + off + i * t->seq_stride + (int64_t)g * t->head_stride;
-            for (int c = 0; c < D; c++) kp[(c / 2) * npad * 2 + j * 2 + c % 2] = clamp_code(src[c]);
+            if (kp8)
+                for (int c = 0; c < D; c++) kp8[(c / 4) * npad * 4 + j * 4 + c % 4] = clamp_code(src[c]);
+            else
+                for (int c = 0; c < D; c++) kp[(c / 2) * npad * 2 + j * 2 + c % 2] = clamp_code(src[c]);
             sk[j] = t->scale[qattn_scale_index(t->granularity, t->block_size, b, tb + i, i, g, p->n_kv_heads, p->seqlen_k, D, 0)];
         } else {
-            for (int c = 0; c < D; c++) kp[(c / 2) * npad * 2 + j * 2 + c % 2] = 0;
+            for (int c = 0; c < D; c++) {
+                if (kp8) kp8[(c / 4) * npad * 4 + j * 4 + c % 4] = 0;
+                else kp[(c / 2) * npad * 2 + j * 2 + c % 2] = 0;
+            }
             sk[j] = 0.0f;
         }
     }
@@ -273,7 +283,10 @@ static void pack_v_i16(const lplan *pl, int64_t b, int g, int64_t t0, int n, int
     bool per_key = pl->p_mode == QATTN_P_U8_VSCALED && t->granularity != QATTN_QUANT_PER_CHANNEL;
     for (int j = 0; j < npad; j++) {
         const int8_t *src = j < n ? t->data + off + (t0 + j) * t->seq_stride + (int64_t)g * t->head_stride : NULL;
-        for (int c = 0; c < D; c++) vp[(j / 2) * D * 2 + c * 2 + j % 2] = src ? clamp_code(src[c]) : 0;
+        if (pl->kern->pack8) /* pv_acc8's vp8: 4 keys of each channel adjacent */
+            for (int c = 0; c < D; c++) ((int8_t *)(void *)vp)[(j / 4) * D * 4 + c * 4 + j % 4] = src ? clamp_code(src[c]) : 0;
+        else
+            for (int c = 0; c < D; c++) vp[(j / 2) * D * 2 + c * 2 + j % 2] = src ? clamp_code(src[c]) : 0;
         svk[j] = !src ? 0.0f
                  : per_key ? t->scale[qattn_scale_index(t->granularity, t->block_size, b, tb + t0 + j, t0 + j, g, p->n_kv_heads, p->seqlen_k, D, 0)]
                            : 1.0f;
@@ -370,7 +383,10 @@ static void attend_tile(const lplan *pl, wmem *w, int m, int n, qattn_tile_state
     bool fp = mode == QATTN_P_FP32;
     float mult = (mode == QATTN_P_S8_RUNNING || mode == QATTN_P_S8_BLOCKMAX) ? 127.0f : 255.0f;
     bool blockmax = mode == QATTN_P_U8_BLOCKMAX || mode == QATTN_P_S8_BLOCKMAX || mode == QATTN_P_U8_VSCALED;
-    K->qk16(w->qc, m, D, w->kp, npad, w->s);
+    if (K->pack8) /* 8-bit packs (AVX-VNNI); the same exact S */
+        K->qk((const int8_t *)(const void *)w->qc, m, D, (const int8_t *)(const void *)w->kp, npad, w->s);
+    else
+        K->qk16(w->qc, m, D, w->kp, npad, w->s);
     K->scores(w->s, m, npad, w->sq, w->sk, w->sf);
     int16_t *codes = fp ? NULL : (int16_t *)w->pc;
     float *pf = fp ? (float *)w->pc : NULL;
@@ -423,7 +439,10 @@ static void attend_tile(const lplan *pl, wmem *w, int m, int n, qattn_tile_state
             for (int c = 0; c < D; c++) acc[c] = acc[c] * a + t[c];
         }
     } else {
-        K->pv_acc(codes, m, npad, w->vp, D, w->alpha, w->fac, w->sv, w->lo, w->hi, st->acc, st->ld_acc);
+        if (K->pack8)
+            K->pv_acc8(codes, m, npad, w->vp, D, w->alpha, w->fac, w->sv, w->lo, w->hi, st->acc, st->ld_acc);
+        else
+            K->pv_acc(codes, m, npad, w->vp, D, w->alpha, w->fac, w->sv, w->lo, w->hi, st->acc, st->ld_acc);
     }
 }
 

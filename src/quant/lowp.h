@@ -1,5 +1,5 @@
 /* Internals of the INT8 / FP8 paths: the INT8 micro-kernel table (scalar reference in
- * src/ref/int8_ref.c, AVX2 in src/cpu/x86/int8_avx2.c), the packed tile layouts they share,
+ * src/ref/int8_ref.c, AVX2 in src/cpu/x86/int8_avx2.c, AVX-VNNI in int8_vnni.c), the packed tile layouts they share,
  * the scheme configuration of the low-precision driver (src/cpu/forward_lowp.c) and the
  * FP8 rounding (src/ref/fp8_ref.c). Nothing here is public. */
 #ifndef QATTN_QUANT_LOWP_H
@@ -12,6 +12,8 @@
  *   K pack (int8):  kp[(c / 4) * npad * 4 + j * 4 + c % 4] = k[j][c]   ("4 channels of 8 keys"
  *                   per 32-byte vector, the VNNI layout), c < D (D % 8 == 0).
  *   V pack (int16): vp[(j / 2) * D * 2 + c * 2 + j % 2] = v[j][c]      (key pairs interleaved)
+ *   V pack (int8):  vp8[(j / 4) * D * 4 + c * 4 + j % 4] = v[j][c]     ("4 keys of 8 channels" per
+ *                   32-byte vector, the vpdpbusd layout; kernel pv_acc8)
  *   P codes (int16): pc[r * npad + j], 0 <= code <= 255, zero for masked and padded keys.
  *   Q codes (int8): q[r * D + c], codes in [-127, 127] (packers turn -128 into -127).
  * Every code in a pack is in [-127, 127] (K, V, Q) or [0, 255] (P). */
@@ -52,6 +54,10 @@ typedef void (*qattn_i8_pv_acc_fn)(const int16_t *pc, int m, int npad, const int
 /* Quantize one row: dst[c] = clamp(nearbyint(y[c] * inv), -127, 127) (the exact float product,
  * round to nearest even), c < d. */
 typedef void (*qattn_i8_quant_row_fn)(const float *y, int d, float inv, int8_t *dst);
+/* pv_acc with the 8-bit V pack vp8 (layout above; npad % 4 == 0, npad <= QATTN_I8_TILE): the same
+ * exact PV, the same float update, so the same result bit for bit. */
+typedef void (*qattn_i8_pv_acc8_fn)(const int16_t *pc, int m, int npad, const int8_t *vpack8, int d, const float *alpha,
+                                    const float *fac, const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld);
 
 typedef struct qattn_int8_kernels {
     const char *name;
@@ -65,17 +71,25 @@ typedef struct qattn_int8_kernels {
     qattn_i8_pv_acc_fn pv_acc;
     qattn_i8_quant_row_fn quant_row;
     qattn_i16_qk_fn qk16;
+    qattn_i8_pv_acc8_fn pv_acc8;
+    /* Which products the driver uses: 0 = 16-bit packs, qk16 + pv_acc (AVX2: pmaddwd is the fast
+     * multiply); 1 = 8-bit Q codes, K pack and vp8, qk + pv_acc8 (AVX-VNNI: vpdpbusd). Same result. */
+    int32_t pack8;
 } qattn_int8_kernels;
 
 extern const qattn_int8_kernels qattn_int8_kernels_ref;
+void qattn_i8_pv_acc8_ref(const int16_t *pc, int m, int npad, const int8_t *vpack8, int d, const float *alpha, const float *fac,
+                          const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld); /* for ISA tables */
 #if defined(QATTN_HAVE_X86)
 extern const qattn_int8_kernels qattn_int8_kernels_avx2;
+extern const qattn_int8_kernels qattn_int8_kernels_avxvnni;
 #endif
 
 /* The table for ctx->isa. */
 static inline const qattn_int8_kernels *qattn_int8_kernels_for(const qattn_ctx *ctx) {
 #if defined(QATTN_HAVE_X86)
     if (ctx->isa == QATTN_ISA_AVX2) return &qattn_int8_kernels_avx2;
+    if (ctx->isa == QATTN_ISA_AVXVNNI) return &qattn_int8_kernels_avxvnni;
 #endif
     (void)ctx;
     return &qattn_int8_kernels_ref;

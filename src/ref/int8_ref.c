@@ -113,6 +113,21 @@ static void pv_acc_ref(const int16_t *pc, int m, int npad, const int16_t *vpack,
     }
 }
 
+void qattn_i8_pv_acc8_ref(const int16_t *pc, int m, int npad, const int8_t *vpack8, int d, const float *alpha, const float *fac,
+                          const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld) {
+    for (int r = 0; r < m; r++) {
+        if (lo[r] >= hi[r]) continue;
+        for (int c = 0; c < d; c++) {
+            int32_t t = 0;
+            for (int j = 0; j < npad; j++) t += (int32_t)pc[r * npad + j] * (int32_t)vpack8[(j / 4) * d * 4 + c * 4 + j % 4];
+            float *a = acc + r * ld + c;
+            float x = *a * alpha[r];
+            float y = (fac[r] * sv[c]) * (float)t;
+            *a = x + y;
+        }
+    }
+}
+
 static void quant_row_ref(const float *y, int d, float inv, int8_t *dst) {
     for (int c = 0; c < d; c++) {
         float q = nearbyintf(y[c] * inv);
@@ -127,6 +142,8 @@ const qattn_int8_kernels qattn_int8_kernels_ref = {
     .pv_acc = pv_acc_ref,
     .quant_row = quant_row_ref,
     .qk16 = qk16_ref,
+    .pv_acc8 = qattn_i8_pv_acc8_ref,
+    .pack8 = 0,
     .name = "ref",
     .qk = qk_ref,
     .pv = pv_ref,

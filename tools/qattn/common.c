@@ -76,6 +76,7 @@ const char *cli_isa_name(int32_t isa) {
     case QATTN_ISA_AUTO: return "auto";
     case QATTN_ISA_REF: return "ref";
     case QATTN_ISA_AVX2: return "avx2";
+    case QATTN_ISA_AVXVNNI: return "avxvnni";
     default: return "?";
     }
 }
@@ -268,8 +269,9 @@ cli_flag_result cli_opts_parse_flag(cli_opts *o, int argc, char **argv, int *i, 
         if (r < 0) return CLI_FLAG_ERROR;
         if (!strcmp(value, "ref")) o->isa = QATTN_ISA_REF;
         else if (!strcmp(value, "avx2")) o->isa = QATTN_ISA_AVX2;
+        else if (!strcmp(value, "avxvnni")) o->isa = QATTN_ISA_AVXVNNI;
         else {
-            cli_error(command, "--isa: '%s' is not one of ref, avx2", value);
+            cli_error(command, "--isa: '%s' is not one of ref, avx2, avxvnni", value);
             return CLI_FLAG_ERROR;
         }
         return CLI_FLAG_CONSUMED;
@@ -303,7 +305,7 @@ void cli_opts_print_help(FILE *f) {
           "  --int8-scheme S     qattn|intfa|sage (with --precision int8)\n"
           "Execution:\n"
           "  --backend B         cpu|cuda (default: QATTN_BACKEND, else cuda if a GPU is visible, else cpu)\n"
-          "  --isa I             ref|avx2 (default: QATTN_ISA, else the best available)\n"
+          "  --isa I             ref|avx2|avxvnni (default: QATTN_ISA, else the best available)\n"
           "  --threads T         CPU threads (0 = all online cores)\n"
           "  --iters N           timed iterations, median reported (default 5)\n"
           "  --warmup N          untimed iterations first (default 1)\n"

@@ -358,6 +358,7 @@ const qattn_int8_kernels qattn_int8_kernels_avx2 = {
     .pv_acc = pv_acc_avx2,
     .quant_row = quant_row_avx2,
     .qk16 = qk16_avx2,
+    .pv_acc8 = qattn_i8_pv_acc8_ref, /* unused here (pack8 0); the AVX-VNNI table has the fast one */
     .name = "avx2",
     .qk = qk_avx2,
     .pv = pv_avx2,

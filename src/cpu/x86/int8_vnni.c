@@ -1,0 +1,212 @@
+/* AVX-VNNI INT8 micro-kernels (compiled with -mavx2 -mfma -mf16c -mavxvnni; chosen when ctx->isa is
+ * AVXVNNI, which api.c grants only where CPUID.(7,1):EAX[4] and XGETBV say so). Contracts and packed
+ * layouts: src/quant/lowp.h. The two integer products use vpdpbusd (u8 x s8, four adjacent byte
+ * products summed into each s32 lane together with the accumulator: 32 multiply-adds per
+ * instruction, no intermediate rounding or saturation in this non-"s" form); every other slot is
+ * the AVX2 kernel. Table flag pack8 = 1: the driver hands qk 8-bit Q codes and the 8-bit K pack,
+ * and pv_acc8 the 8-bit V pack vp8. Results equal the scalar references bit for bit
+ * (tests/test_int8.c): the integer sums are exact, so they are the same int32 values, and the float
+ * epilogue is the AVX2 one (the reference's operations in its order).
+ *
+ * Why nothing overflows (also docs/FORMAT.md §5, "AVX-VNNI kernels"). Codes: Q, K, V in
+ * [-127, 127] (the packers turn -128 into -127; the arguments below hold for -128 as well), P in
+ * [0, 255]; D <= 256 (the API's largest head dim), npad <= QATTN_I8_TILE = 64 keys.
+ *
+ * Q K^T (qk_vnni). vpdpbusd wants one unsigned operand; q and k are both signed. The +128 offset
+ * trick: a = k XOR 0x80 is the byte k + 128 read as u8 (in [1, 255]), b = q (s8), so
+ *     acc = sum_c (k_c + 128) q_c = S + 128 * sum_c q_c,   S = acc - 128 * qsum[row].
+ * Bounds: each vpdpbusd adds four products, |4 * 255 * 127| = 129 540; every partial acc is a
+ * sum of at most D such terms, |acc| <= 256 * 255 * 127 = 8 290 560 < 2^31; |128 * qsum| <=
+ * 128 * 256 * 127 = 4 161 536; |S| <= 256 * 127 * 127 = 4 129 024 < 2^24. No s32 lane ever
+ * wraps, so S is the exact integer the reference sums (and (float)S is exact).
+ * (The alternative |q| x sign(k, q) needs a vpsignb per product instruction; the offset costs one
+ * vpxor per K vector, shared by all rows of the block, and one qsum per row.)
+ *
+ * P V (pv_acc8_vnni). a = P code (u8, <= 255), b = V code (s8): four products per lane per
+ * instruction, |4 * 255 * 127| = 129 540; over npad <= 64 keys |PV| <= 64 * 255 * 127 = 2 072 640
+ * < 2^24 < 2^31: exact, and exact in float. The int16 P codes of a 4-row block are narrowed to u8
+ * once (vpackuswb: exact for codes in [0, 255]) into a stack buffer. */
+#include "quant/lowp.h"
+
+#include <immintrin.h>
+
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
+static ALWAYS_INLINE int32_t load_i32(const void *p) {
+    int32_t w;
+    memcpy(&w, p, 4);
+    return w;
+}
+
+/* ---------------------------------------------------------------- Q K^T */
+
+/* Sum of one row of d codes (d % 8 == 0): vpdpbusd against bytes of 1, then a scalar tail. */
+static ALWAYS_INLINE int32_t row_sum_i8(const int8_t *q, int d) {
+    const __m256i ones = _mm256_set1_epi8(1);
+    __m256i acc = _mm256_setzero_si256();
+    int c = 0;
+    for (; c + 32 <= d; c += 32) acc = _mm256_dpbusd_avx_epi32(acc, ones, _mm256_loadu_si256((const __m256i *)(q + c)));
+    int32_t l[8];
+    _mm256_storeu_si256((__m256i *)l, acc);
+    int32_t sum = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+    for (; c < d; c++) sum += q[c];
+    return sum;
+}
+
+/* mr rows x nv groups of 8 keys starting at key j; qoff[i] = 128 * qsum of row i. */
+static ALWAYS_INLINE void qk_block(const int8_t *q, int mr, int d, const int8_t *kpack, int npad, int j, int nv, const int32_t *qoff,
+                                   int32_t *s) {
+    const __m256i bias = _mm256_set1_epi8((char)0x80);
+    __m256i acc[6][2];
+    for (int i = 0; i < mr; i++)
+        for (int v = 0; v < nv; v++) acc[i][v] = _mm256_setzero_si256();
+    const int8_t *kb = kpack + (size_t)j * 4;
+    for (int g = 0; g < d / 4; g++, kb += (size_t)npad * 4) {
+        __m256i ku[2];
+        for (int v = 0; v < nv; v++) ku[v] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(kb + 32 * v)), bias); /* k + 128 */
+        for (int i = 0; i < mr; i++) {
+            __m256i qb = _mm256_set1_epi32(load_i32(q + (size_t)i * d + (size_t)g * 4));
+            for (int v = 0; v < nv; v++) acc[i][v] = _mm256_dpbusd_avx_epi32(acc[i][v], ku[v], qb);
+        }
+    }
+    for (int i = 0; i < mr; i++) {
+        __m256i off = _mm256_set1_epi32(qoff[i]);
+        for (int v = 0; v < nv; v++)
+            _mm256_storeu_si256((__m256i *)(s + (size_t)i * npad + j + 8 * v), _mm256_sub_epi32(acc[i][v], off));
+    }
+}
+
+static void qk_vnni(const int8_t *q, int m, int d, const int8_t *kpack, int npad, int32_t *s) {
+    int r = 0;
+    int32_t qoff[6];
+#define QK_ROWS(MR)                                                                                                                   \
+    do {                                                                                                                              \
+        for (int i = 0; i < MR; i++) qoff[i] = 128 * row_sum_i8(q + (size_t)(r + i) * d, d);                                          \
+        int j = 0;                                                                                                                    \
+        for (; j + 16 <= npad; j += 16) qk_block(q + (size_t)r * d, MR, d, kpack, npad, j, 2, qoff, s + (size_t)r * npad);            \
+        for (; j < npad; j += 8) qk_block(q + (size_t)r * d, MR, d, kpack, npad, j, 1, qoff, s + (size_t)r * npad);                   \
+    } while (0)
+    for (; r + 6 <= m; r += 6) QK_ROWS(6);
+    for (; r + 4 <= m; r += 4) QK_ROWS(4);
+    for (; r < m; r++) QK_ROWS(1);
+#undef QK_ROWS
+}
+
+/* ---------------------------------------------------------------- P V + accumulator update */
+
+/* mr rows x nv groups of 8 channels starting at channel c; p8: the rows' u8 codes, stride
+ * QATTN_I8_TILE. Epilogue as pv_acc_avx2: acc = acc * alpha + (fac * sv) * (float)PV. */
+static ALWAYS_INLINE void pv_acc8_block(const uint8_t *p8, int mr, int npad, const int8_t *vp8, int d, int c, int nv,
+                                        const float *alpha, const float *fac, const float *sv, const int32_t *lo, const int32_t *hi,
+                                        float *accp, int64_t ld) {
+    __m256i acc[4][3];
+    for (int i = 0; i < mr; i++)
+        for (int v = 0; v < nv; v++) acc[i][v] = _mm256_setzero_si256();
+    const int8_t *vb = vp8 + (size_t)c * 4;
+    for (int jq = 0; jq < npad / 4; jq++, vb += (size_t)d * 4) {
+        __m256i vv[3];
+        for (int v = 0; v < nv; v++) vv[v] = _mm256_loadu_si256((const __m256i *)(vb + 32 * v)); /* 8 channels x 4 keys */
+        for (int i = 0; i < mr; i++) {
+            __m256i pb = _mm256_set1_epi32(load_i32(p8 + (size_t)i * QATTN_I8_TILE + 4 * jq)); /* p[4jq .. 4jq+3] */
+            for (int v = 0; v < nv; v++) acc[i][v] = _mm256_dpbusd_avx_epi32(acc[i][v], pb, vv[v]);
+        }
+    }
+    for (int i = 0; i < mr; i++) {
+        if (lo[i] >= hi[i]) continue;
+        __m256 a = _mm256_set1_ps(alpha[i]), f = _mm256_set1_ps(fac[i]);
+        for (int v = 0; v < nv; v++) {
+            float *dst = accp + (size_t)i * (size_t)ld + c + 8 * v;
+            __m256 x = _mm256_mul_ps(_mm256_loadu_ps(dst), a);
+            __m256 y = _mm256_mul_ps(_mm256_mul_ps(f, _mm256_loadu_ps(sv + c + 8 * v)), _mm256_cvtepi32_ps(acc[i][v]));
+            _mm256_storeu_ps(dst, _mm256_add_ps(x, y));
+        }
+    }
+}
+
+/* Codes [0, 255] of mr rows (int16, stride npad) as u8 rows of stride QATTN_I8_TILE; npad % 8 == 0. */
+static ALWAYS_INLINE void narrow_codes(const int16_t *pc, int mr, int npad, uint8_t *p8) {
+    for (int i = 0; i < mr; i++) {
+        const int16_t *src = pc + (size_t)i * npad;
+        uint8_t *dst = p8 + (size_t)i * QATTN_I8_TILE;
+        int j = 0;
+        for (; j + 16 <= npad; j += 16) {
+            __m128i a = _mm_loadu_si128((const __m128i *)(src + j)), b = _mm_loadu_si128((const __m128i *)(src + j + 8));
+            _mm_storeu_si128((__m128i *)(dst + j), _mm_packus_epi16(a, b));
+        }
+        for (; j < npad; j += 8) {
+            __m128i a = _mm_loadu_si128((const __m128i *)(src + j));
+            _mm_storel_epi64((__m128i *)(dst + j), _mm_packus_epi16(a, a));
+        }
+    }
+}
+
+static void pv_acc8_vnni(const int16_t *pc, int m, int npad, const int8_t *vpack8, int d, const float *alpha, const float *fac,
+                         const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld) {
+    _Alignas(64) uint8_t p8[4 * QATTN_I8_TILE];
+    int r = 0;
+#define PV_ROWS(MR)                                                                                                                   \
+    do {                                                                                                                              \
+        narrow_codes(pc + (size_t)r * npad, MR, npad, p8);                                                                            \
+        float *o = acc + (size_t)r * (size_t)ld;                                                                                      \
+        int c = 0;                                                                                                                    \
+        for (; c + 24 <= d; c += 24) pv_acc8_block(p8, MR, npad, vpack8, d, c, 3, alpha + r, fac + r, sv, lo + r, hi + r, o, ld);     \
+        for (; c < d; c += 8) pv_acc8_block(p8, MR, npad, vpack8, d, c, 1, alpha + r, fac + r, sv, lo + r, hi + r, o, ld);            \
+    } while (0)
+    for (; r + 4 <= m; r += 4) PV_ROWS(4);
+    for (; r < m; r++) PV_ROWS(1);
+#undef PV_ROWS
+}
+
+/* ---------------------------------------------------------------- the tables */
+
+/* The other slots are the AVX2 kernels (static in int8_avx2.c), reached through its table: one
+ * predicted indirect jump per call (per tile or per row, not per element). */
+static const qattn_int8_kernels *const A = &qattn_int8_kernels_avx2;
+static void pv_w(const int16_t *pc, int m, int npad, const int16_t *vpack, int d, int32_t *o) { A->pv(pc, m, npad, vpack, d, o); }
+static void scores_w(const int32_t *s, int m, int npad, const float *sq, const float *sk, float *sf) { A->scores(s, m, npad, sq, sk, sf); }
+static void softmax_w(const float *sf, int lo, int hi, int npad, float ref, float mult, int16_t *codes, float *pf, int32_t *code_sum,
+                      float *e_sum) {
+    A->softmax(sf, lo, hi, npad, ref, mult, codes, pf, code_sum, e_sum);
+}
+static void pv_f32_w(const float *p, int m, int npad, const float *v, int d, float *o) { A->pv_f32(p, m, npad, v, d, o); }
+static float rowmax_w(const float *sf, int lo, int hi) { return A->rowmax(sf, lo, hi); }
+static void softmax_vs_w(const float *sf, int lo, int hi, int npad, float ref, const float *svk, int16_t *codes, float *e_sum,
+                         float *w_max) {
+    A->softmax_vs(sf, lo, hi, npad, ref, svk, codes, e_sum, w_max);
+}
+static void pv_acc_w(const int16_t *pc, int m, int npad, const int16_t *vpack, int d, const float *alpha, const float *fac, const float *sv,
+                     const int32_t *lo, const int32_t *hi, float *acc, int64_t ld) {
+    A->pv_acc(pc, m, npad, vpack, d, alpha, fac, sv, lo, hi, acc, ld);
+}
+static void quant_row_w(const float *y, int d, float inv, int8_t *dst) { A->quant_row(y, d, inv, dst); }
+static void qk16_w(const int16_t *q, int m, int d, const int16_t *kpack, int npad, int32_t *s) { A->qk16(q, m, d, kpack, npad, s); }
+
+const qattn_int8_kernels qattn_int8_kernels_avxvnni = {
+    .name = "avxvnni",
+    .qk = qk_vnni,
+    .pv = pv_w,
+    .scores = scores_w,
+    .softmax = softmax_w,
+    .pv_f32 = pv_f32_w,
+    .rowmax = rowmax_w,
+    .softmax_vs = softmax_vs_w,
+    .pv_acc = pv_acc_w,
+    .quant_row = quant_row_w,
+    .qk16 = qk16_w,
+    .pv_acc8 = pv_acc8_vnni,
+    .pack8 = 1,
+};
+
+/* The FP kernel table of this ISA: the AVX2 kernels (DESIGN.md §4), under the ISA's name. */
+static void attend_tile_w(const float *q, int64_t ldq, int m, int d, const float *k, const float *v, int64_t ldkv, int n, const int32_t *lo,
+                          const int32_t *hi, qattn_tile_state *st, float *scratch) {
+    qattn_kernels_avx2.attend_tile_f32(q, ldq, m, d, k, v, ldkv, n, lo, hi, st, scratch);
+}
+void qattn_pack_rows_f32_avx2(const void *src, int32_t dtype, int32_t precision, int64_t idx0, int64_t src_stride, int rows, int d,
+                              float mul, float *dst, int64_t ldd); /* pack_avx2.c */
+
+const qattn_cpu_kernels qattn_kernels_avxvnni = {
+    .name = "avxvnni",
+    .attend_tile_f32 = attend_tile_w,
+    .pack_rows_f32 = qattn_pack_rows_f32_avx2,
+};
