@@ -140,13 +140,13 @@ ALWAYS_INLINE void scores_rows_i8(int R, const int16_t *q16, const float *qsc, i
     for (; j < j1; j += 2) {
         bool two = j + 1 < j1;
         __m256i a[4][2];
-        for (int r = 0; r < R; r++) a[r][0] = a[r][1] = _mm256_setzero_si256();
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) a[r][0] = a[r][1] = _mm256_setzero_si256();
         const int8_t *k0p = kc + (int64_t)j * d, *k1p = two ? k0p + d : k0p;
         for (int c = 0; c < d; c += 16) {
             bool full = c + 16 <= d; /* else 8 channels (d is a multiple of 8): upper lanes zero */
             __m256i k0 = _mm256_cvtepi8_epi16(full ? _mm_loadu_si128((const __m128i *)(k0p + c)) : _mm_loadl_epi64((const __m128i *)(k0p + c)));
             __m256i k1 = _mm256_cvtepi8_epi16(full ? _mm_loadu_si128((const __m128i *)(k1p + c)) : _mm_loadl_epi64((const __m128i *)(k1p + c)));
-            for (int r = 0; r < R; r++) {
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
                 __m256i qv = _mm256_loadu_si256((const __m256i *)(qr[r] + c));
                 a[r][0] = _mm256_add_epi32(a[r][0], _mm256_madd_epi16(qv, k0));
                 a[r][1] = _mm256_add_epi32(a[r][1], _mm256_madd_epi16(qv, k1));
@@ -172,7 +172,7 @@ ALWAYS_INLINE void pv_rows_i8(int R, const int8_t *vc, int d, int j0, int j1, co
     int pairs = (j1 - j0 + 1) / 2;
     for (int c = 0; c < d; c += 16) {
         __m256i a[4][2];
-        for (int r = 0; r < R; r++) a[r][0] = a[r][1] = _mm256_setzero_si256();
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) a[r][0] = a[r][1] = _mm256_setzero_si256();
         bool full = c + 16 <= d; /* else 8 channels: only the low half is used and stored */
         for (int t = 0; t < pairs; t++) {
             int j = j0 + 2 * t;
@@ -181,7 +181,7 @@ ALWAYS_INLINE void pv_rows_i8(int R, const int8_t *vc, int d, int j0, int j1, co
             __m128i x1 = j + 1 >= j1 ? _mm_setzero_si128() : full ? _mm_loadu_si128((const __m128i *)p1) : _mm_loadl_epi64((const __m128i *)p1);
             __m256i lo = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(x0, x1)); /* channels c..c+7, tokens j, j+1 */
             __m256i hi = _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(x0, x1)); /* channels c+8..c+15 */
-            for (int r = 0; r < R; r++) {
+            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
                 int32_t wp;
                 memcpy(&wp, w16 + (int64_t)r * ldw + 2 * t, 4);
                 __m256i wv = _mm256_set1_epi32(wp);
