@@ -12,6 +12,8 @@
 
 #include <immintrin.h>
 
+#include "cpu/x86/exp2_avx2.h"
+
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
 ALWAYS_INLINE __m256 load8(int32_t dtype, const void *base, int64_t idx) {
@@ -26,26 +28,6 @@ ALWAYS_INLINE __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
     __m256 ab = _mm256_hadd_ps(a, b), cd = _mm256_hadd_ps(c, d);
     __m256 abcd = _mm256_hadd_ps(ab, cd);
     return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
-}
-
-/* 2^x, relative error ~2e-7 (Cephes exp2f polynomial on [-0.5, 0.5]); 0 below -126; NaN stays NaN. */
-ALWAYS_INLINE __m256 exp2_ps(__m256 x) {
-    __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
-    __m256 under = _mm256_cmp_ps(x, _mm256_set1_ps(-126.0f), _CMP_LT_OQ);
-    __m256 xc = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-126.0f)), _mm256_set1_ps(127.0f));
-    __m256 n = _mm256_round_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 f = _mm256_sub_ps(xc, n);
-    __m256 p = _mm256_set1_ps(1.535336188319500e-4f);
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339887440266574e-3f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618437357674640e-3f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550332471162809e-2f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402264791363012e-1f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931472028550421e-1f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    __m256 r = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-    r = _mm256_andnot_ps(under, r);
-    return _mm256_blendv_ps(r, x, nan);
 }
 
 /* Scores of rows r0..r0+R-1 for tokens [j0, j1): s[r*n + j] = (q_r . k_j) * ks_j. */
@@ -245,7 +227,7 @@ ALWAYS_INLINE void attend_rows(int R, const float *q, const int16_t *q16, const 
         __m256 mv = _mm256_set1_ps(new_max), sum = _mm256_setzero_ps(), wmv = _mm256_setzero_ps(), nanv = _mm256_setzero_ps();
         int j = lo[r];
         for (; j + 8 <= hi[r]; j += 8) {
-            __m256 p = exp2_ps(_mm256_sub_ps(_mm256_loadu_ps(sr + j), mv));
+            __m256 p = qattn_exp2_avx2(_mm256_sub_ps(_mm256_loadu_ps(sr + j), mv));
             sum = _mm256_add_ps(sum, p);
             if (dtype == QATTN_DTYPE_I8) {
                 p = _mm256_mul_ps(p, _mm256_loadu_ps(vs + j));
@@ -259,7 +241,7 @@ ALWAYS_INLINE void attend_rows(int R, const float *q, const int16_t *q16, const 
             float buf[8] = {0}, out[8];
             int k = hi[r] - j;
             for (int i = 0; i < k; i++) buf[i] = sr[j + i] - new_max;
-            _mm256_storeu_ps(out, exp2_ps(_mm256_loadu_ps(buf)));
+            _mm256_storeu_ps(out, qattn_exp2_avx2(_mm256_loadu_ps(buf)));
             for (int i = 0; i < k; i++) {
                 tail += out[i];
                 float wv = dtype == QATTN_DTYPE_I8 ? out[i] * vs[j + i] : out[i];
