@@ -150,22 +150,40 @@ __global__ void __launch_bounds__(NTHREADS, min_blocks<D>()) fwd_f16_kernel(cons
 
     if (kend > kbeg) {
         const int t_first = kbeg / BN, t_last = (kend + BN - 1) / BN; /* [t_first, t_last) */
+        /* Per-thread ldmatrix byte offsets. Every fragment row this lane addresses has row & 7 == lane & 7,
+         * and chunk 2 j + b (j = kk & 3, b the lane's half) stays below 8, so the swizzled chunk is
+         * 8 (kk >> 2) + ((2 j + b) ^ (lane & 7)): four registers per operand, the rest immediates. Round 2
+         * computed the swizzle per (kk, np) and ptxas hoisted ~54 addresses out of the loop: 216 B spill at D 128. */
+        const int x7 = lane & 7;
+        uint32_t qo[4], ko[4], vo[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            qo[j] = (uint32_t)(((warp * 16 * MT + lane % 16) * (D / 8) + ((2 * j + lane / 16) ^ x7)) * 16);
+            ko[j] = (uint32_t)(((lane % 8 + (lane / 16) * 8) * (D / 8) + ((2 * j + (lane / 8) % 2) ^ x7)) * 16);
+            vo[j] = (uint32_t)(((lane % 16) * (D / 8) + ((2 * j + lane / 16) ^ x7)) * 16);
+        }
         load_tile<D, BM>(sQ, qg, a.q_ss, mrows, tid);
         {
             int n0 = t_first * BN;
             load_tile<D, BN>(sK, kg + (int64_t)n0 * a.k_ss, a.k_ss, lk - n0, tid);
+            qattn_cp_async_commit(); /* group: Q + K(first) */
             load_tile<D, BN>(sV, vg + (int64_t)n0 * a.v_ss, a.v_ss, lk - n0, tid);
+            qattn_cp_async_commit(); /* group: V(first) */
         }
-        qattn_cp_async_commit();
 
         for (int tt = t_first; tt < t_last; tt++) {
             const int buf = (tt - t_first) & 1;
-            qattn_cp_async_wait<0>();
-            __syncthreads();
+            /* K and V travel in separate cp.async groups: QK^T waits for K only, P V for V. Pending here:
+             * K(tt), V(tt). */
+            qattn_cp_async_wait<1>();
+            __syncthreads(); /* K(tt) visible; every warp is done with tile tt - 1 (buffers buf ^ 1 free) */
             if (tt + 1 < t_last) {
                 int n1 = (tt + 1) * BN;
                 load_tile<D, BN>(sK + (buf ^ 1) * BN * D * 2, kg + (int64_t)n1 * a.k_ss, a.k_ss, lk - n1, tid);
+                qattn_cp_async_commit();
                 load_tile<D, BN>(sV + (buf ^ 1) * BN * D * 2, vg + (int64_t)n1 * a.v_ss, a.v_ss, lk - n1, tid);
+            } else {
+                qattn_cp_async_commit();
             }
             qattn_cp_async_commit();
             const uint32_t kb = sK + buf * BN * D * 2, vb = sV + buf * BN * D * 2;
@@ -181,11 +199,11 @@ __global__ void __launch_bounds__(NTHREADS, min_blocks<D>()) fwd_f16_kernel(cons
             for (int kk = 0; kk < D / 16; kk++) {
                 uint32_t qa[MT][4];
 #pragma unroll
-                for (int mt = 0; mt < MT; mt++) qattn_ldsm_x4(qa[mt], swz<D>(sQ, warp * 16 * MT + mt * 16 + (lane % 16), kk * 2 + lane / 16));
+                for (int mt = 0; mt < MT; mt++) qattn_ldsm_x4(qa[mt], sQ + qo[kk & 3] + (kk >> 2) * 128 + mt * 16 * D * 2);
 #pragma unroll
                 for (int np = 0; np < BN / 16; np++) {
                     uint32_t kr[4];
-                    qattn_ldsm_x4(kr, swz<D>(kb, np * 16 + (lane % 8) + (lane / 16) * 8, kk * 2 + (lane / 8) % 2));
+                    qattn_ldsm_x4(kr, kb + ko[kk & 3] + (kk >> 2) * 128 + np * 16 * D * 2);
 #pragma unroll
                     for (int mt = 0; mt < MT; mt++) {
                         mma16816<BF16>(s[mt][2 * np], qa[mt], kr[0], kr[1]);
@@ -210,7 +228,9 @@ __global__ void __launch_bounds__(NTHREADS, min_blocks<D>()) fwd_f16_kernel(cons
                             }
                     }
             }
-            /* Online softmax (base 2). A row with no visible key so far keeps max -inf. */
+            /* Online softmax (base 2, the scale folded into one FFMA per score). A row with no visible key so
+             * far keeps max -inf. P is packed to 16 bits as it is made (pa: the PV A fragments). */
+            uint32_t pa[MT][BN / 16][4];
 #pragma unroll
             for (int mt = 0; mt < MT; mt++)
 #pragma unroll
@@ -228,8 +248,7 @@ __global__ void __launch_bounds__(NTHREADS, min_blocks<D>()) fwd_f16_kernel(cons
                     for (int n = 0; n < BN / 8; n++) {
                         float p0 = qattn_ex2(fmaf(s[mt][n][2 * r], a.scale_log2, -msc));
                         float p1 = qattn_ex2(fmaf(s[mt][n][2 * r + 1], a.scale_log2, -msc));
-                        s[mt][n][2 * r] = p0;
-                        s[mt][n][2 * r + 1] = p1;
+                        pa[mt][n / 2][(n & 1) * 2 + r] = pack2<BF16>(p0, p1);
                         sum += p0 + p1;
                     }
                     l[mt][r] = l[mt][r] * alpha + sum;
@@ -239,25 +258,19 @@ __global__ void __launch_bounds__(NTHREADS, min_blocks<D>()) fwd_f16_kernel(cons
                         o[mt][i][2 * r + 1] *= alpha;
                     }
                 }
+            qattn_cp_async_wait<2>(); /* V(tt) landed (K(tt + 1), V(tt + 1) may still be in flight) */
+            __syncthreads();
             /* O += P V: each V fragment serves the MT m-tiles. */
 #pragma unroll
             for (int kk = 0; kk < BN / 16; kk++) {
-                uint32_t pa[MT][4];
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++) {
-                    pa[mt][0] = pack2<BF16>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-                    pa[mt][1] = pack2<BF16>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-                    pa[mt][2] = pack2<BF16>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-                    pa[mt][3] = pack2<BF16>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-                }
 #pragma unroll
                 for (int dp = 0; dp < D / 16; dp++) {
                     uint32_t vr[4];
-                    qattn_ldsm_x4_t(vr, swz<D>(vb, kk * 16 + (lane % 16), dp * 2 + lane / 16));
+                    qattn_ldsm_x4_t(vr, vb + vo[dp & 3] + (dp >> 2) * 128 + kk * 16 * D * 2);
 #pragma unroll
                     for (int mt = 0; mt < MT; mt++) {
-                        mma16816<BF16>(o[mt][2 * dp], pa[mt], vr[0], vr[1]);
-                        mma16816<BF16>(o[mt][2 * dp + 1], pa[mt], vr[2], vr[3]);
+                        mma16816<BF16>(o[mt][2 * dp], pa[mt][kk], vr[0], vr[1]);
+                        mma16816<BF16>(o[mt][2 * dp + 1], pa[mt][kk], vr[2], vr[3]);
                     }
                 }
             }

@@ -28,6 +28,10 @@ namespace {
 
 /* BN 128 keys per tile (round 1: 64): twice the s8 mma work per softmax step and per O rescale. */
 constexpr int BM = 128, BN = 128, NWARPS = 8, NTHREADS = NWARPS * 32;
+#ifndef QATTN_I8_DPB
+#define QATTN_I8_DPB 2
+#endif
+constexpr int DPB = QATTN_I8_DPB; /* d-tile pairs per PV accumulator block (tuning knob, docs/gpu.md) */
 constexpr int VT = 64;  /* tokens per block of the V quantization kernel */
 /* Blocks per SM asked of ptxas at D 64: 1 = 255 registers, no spill; 2 = 128 registers with ~300 B of
  * spill (ptxas -v, sm_90a). Tuning knob (docs/gpu.md has the measured choice). */
@@ -307,6 +311,14 @@ __device__ __forceinline__ uint32_t pack4(uint32_t x0, uint32_t x1, uint32_t x2,
     return __byte_perm(__byte_perm(x0, x1, 0x0040), __byte_perm(x2, x3, 0x0040), 0x5410);
 }
 
+/* max that propagates NaN (max.NaN, sm_80+): a non-finite score makes the tile's beta NaN, and so the
+ * row's O and l, since the row sum is counted from the u8 codes (which cannot hold a NaN). */
+__device__ __forceinline__ float fmax_nan(float x, float y) {
+    float r;
+    asm("max.NaN.f32 %0, %1, %2;\n" : "=f"(r) : "f"(x), "f"(y));
+    return r;
+}
+
 __device__ __forceinline__ void key_range(int i, int lq, int lk, int wl, int wr, int &lo, int &hi) {
     int diag = i + lk - lq;
     lo = wl < 0 ? 0 : max(diag - wl, 0);
@@ -405,6 +417,13 @@ __global__ void __launch_bounds__(NTHREADS, D == 128 ? 1 : QATTN_I8_D64_BLOCKS) 
         uint32_t qa[D / 32][4];
 #pragma unroll
         for (int kk = 0; kk < D / 32; kk++) qattn_ldsm_x4(qa[kk], swz8<CPR>(sQ, warp * 16 + (lane % 16), kk * 2 + lane / 16));
+        /* Per-thread ldmatrix byte offsets of the K and Vt fragments for each 32-wide k step (the row
+         * parts np * 16 and dp * 16 keep the swizzle phase, so they become immediates). */
+        uint32_t ko[D / 32], vo[BN / 32];
+#pragma unroll
+        for (int kk = 0; kk < D / 32; kk++) ko[kk] = swz8<CPR>(0, (lane % 8) + (lane / 16) * 8, kk * 2 + (lane / 8) % 2);
+#pragma unroll
+        for (int kk = 0; kk < BN / 32; kk++) vo[kk] = swz8<VCPR>(0, (lane % 8) + (lane / 16) * 8, kk * 2 + (lane / 8) % 2);
         for (int tt = t_first; tt < t_last; tt++) {
             const int buf = (tt - t_first) & 1;
             if (tt > t_first) {
@@ -425,7 +444,7 @@ __global__ void __launch_bounds__(NTHREADS, D == 128 ? 1 : QATTN_I8_D64_BLOCKS) 
 #pragma unroll
                 for (int np = 0; np < BN / 16; np++) {
                     uint32_t kr[4];
-                    qattn_ldsm_x4(kr, swz8<CPR>(kb, np * 16 + (lane % 8) + (lane / 16) * 8, kk * 2 + (lane / 8) % 2));
+                    qattn_ldsm_x4(kr, kb + ko[kk] + np * 16 * D);
                     if (kk == 0) {
                         mma_s8_c(si[2 * np], qa[kk], kr[0], kr[1], I2F_BIAS);
                         mma_s8_c(si[2 * np + 1], qa[kk], kr[2], kr[3], I2F_BIAS);
@@ -465,24 +484,19 @@ __global__ void __launch_bounds__(NTHREADS, D == 128 ? 1 : QATTN_I8_D64_BLOCKS) 
             for (int r = 0; r < 2; r++) {
                 float mb = -INFINITY;
 #pragma unroll
-                for (int n = 0; n < BN / 8; n++) mb = fmaxf(mb, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
-                mb = fmaxf(mb, __shfl_xor_sync(0xffffffffu, mb, 1));
-                mb = fmaxf(mb, __shfl_xor_sync(0xffffffffu, mb, 2));
+                for (int n = 0; n < BN / 8; n++) mb = fmax_nan(mb, fmax_nan(s[n][2 * r], s[n][2 * r + 1]));
+                mb = fmax_nan(mb, __shfl_xor_sync(0xffffffffu, mb, 1));
+                mb = fmax_nan(mb, __shfl_xor_sync(0xffffffffu, mb, 2));
                 const float mn = fmaxf(mx[r], mb);
                 alpha[r] = mx[r] == -INFINITY ? 0.f : qattn_ex2((mx[r] - mn) * rf[r]);
                 beta[r] = mb == -INFINITY ? 0.f : qattn_ex2((mb - mn) * rf[r]);
                 mx[r] = mn;
                 const float msc = mb == -INFINITY ? 0.f : mb * rf[r];
-                float sum = 0.f;
 #pragma unroll
                 for (int n = 0; n < BN / 8; n++) {
-                    float p0 = qattn_ex2(fmaf(s[n][2 * r], rf[r], -msc));
-                    float p1 = qattn_ex2(fmaf(s[n][2 * r + 1], rf[r], -msc));
-                    s[n][2 * r] = p0;
-                    s[n][2 * r + 1] = p1;
-                    sum += p0 + p1;
+                    s[n][2 * r] = qattn_ex2(fmaf(s[n][2 * r], rf[r], -msc));
+                    s[n][2 * r + 1] = qattn_ex2(fmaf(s[n][2 * r + 1], rf[r], -msc));
                 }
-                l[r] = fmaf(l[r], alpha[r], sum * beta[r]);
             }
             /* P as u8 A-fragments, one per 32 keys (keys permuted as Vt expects). */
             uint32_t pa[BN / 32][4];
@@ -493,38 +507,58 @@ __global__ void __launch_bounds__(NTHREADS, D == 128 ? 1 : QATTN_I8_D64_BLOCKS) 
                 pa[kk][2] = pack4(p2u8bits(s[4 * kk + 2][0]), p2u8bits(s[4 * kk + 2][1]), p2u8bits(s[4 * kk + 3][0]), p2u8bits(s[4 * kk + 3][1]));
                 pa[kk][3] = pack4(p2u8bits(s[4 * kk + 2][2]), p2u8bits(s[4 * kk + 2][3]), p2u8bits(s[4 * kk + 3][2]), p2u8bits(s[4 * kk + 3][3]));
             }
-            /* O = O * alpha + beta * (P V), a pair of 8-wide d tiles at a time. */
-#pragma unroll
-            for (int dp = 0; dp < D / 16; dp++) {
-                int c0[4], c1[4];
+            /* Row sums of the codes actually used (dp4a: 4 codes per instruction, exact): the normalisation
+             * matches the numerator's weights. Round 2 summed the FP32 p (one FADD per score). */
+            {
+                unsigned cs0 = 0u, cs1 = 0u;
 #pragma unroll
                 for (int kk = 0; kk < BN / 32; kk++) {
-                    uint32_t vr[4];
-                    qattn_ldsm_x4(vr, swz8<VCPR>(vb, dp * 16 + (lane % 8) + (lane / 16) * 8, kk * 2 + (lane / 8) % 2));
-                    if (kk == 0) {
-                        mma_u8s8_c(c0, pa[kk], vr[0], vr[1], I2F_BIAS);
-                        mma_u8s8_c(c1, pa[kk], vr[2], vr[3], I2F_BIAS);
-                    } else {
-                        mma_u8s8(c0, pa[kk], vr[0], vr[1]);
-                        mma_u8s8(c1, pa[kk], vr[2], vr[3]);
+                    cs0 = __dp4a(pa[kk][0], 0x01010101u, cs0), cs0 = __dp4a(pa[kk][2], 0x01010101u, cs0);
+                    cs1 = __dp4a(pa[kk][1], 0x01010101u, cs1), cs1 = __dp4a(pa[kk][3], 0x01010101u, cs1);
+                }
+                l[0] = fmaf(l[0], alpha[0], (float)cs0 * beta[0]);
+                l[1] = fmaf(l[1], alpha[1], (float)cs1 * beta[1]);
+            }
+            /* O = O * alpha + beta * (P V), DPB pairs of 8-wide d tiles at a time: 2 DPB independent
+             * accumulator chains of BN / 32 mma each (round 2: DPB 1, chains of 2). */
+#pragma unroll
+            for (int dp0 = 0; dp0 < D / 16; dp0 += DPB) {
+                int c[DPB][2][4];
+#pragma unroll
+                for (int kk = 0; kk < BN / 32; kk++) {
+#pragma unroll
+                    for (int u = 0; u < DPB; u++) {
+                        uint32_t vr[4];
+                        qattn_ldsm_x4(vr, vb + vo[kk] + (dp0 + u) * 16 * BN);
+                        if (kk == 0) {
+                            mma_u8s8_c(c[u][0], pa[kk], vr[0], vr[1], I2F_BIAS);
+                            mma_u8s8_c(c[u][1], pa[kk], vr[2], vr[3], I2F_BIAS);
+                        } else {
+                            mma_u8s8(c[u][0], pa[kk], vr[0], vr[1]);
+                            mma_u8s8(c[u][1], pa[kk], vr[2], vr[3]);
+                        }
                     }
                 }
-                /* the tile's V scales of this thread's 4 channels, and the bias they remove */
-                const float2 v0 = *(const float2 *)(svt + dp * 16 + 2 * t4), v1 = *(const float2 *)(svt + dp * 16 + 8 + 2 * t4);
-                const float vs0[2] = {v0.x, v0.y}, vs1[2] = {v1.x, v1.y};
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const float x0 = fmaf(__int_as_float(c0[e]), vs0[e & 1], -I2F_BIASF * vs0[e & 1]);
-                    const float x1 = fmaf(__int_as_float(c1[e]), vs1[e & 1], -I2F_BIASF * vs1[e & 1]);
-                    o[2 * dp][e] = fmaf(o[2 * dp][e], alpha[e >> 1], x0 * beta[e >> 1]);
-                    o[2 * dp + 1][e] = fmaf(o[2 * dp + 1][e], alpha[e >> 1], x1 * beta[e >> 1]);
+                for (int u = 0; u < DPB; u++) {
+                    const int dp = dp0 + u;
+                    /* the tile's V scales of this thread's 4 channels, and the bias they remove */
+                    const float2 v0 = *(const float2 *)(svt + dp * 16 + 2 * t4), v1 = *(const float2 *)(svt + dp * 16 + 8 + 2 * t4);
+                    const float vs0[2] = {v0.x, v0.y}, vs1[2] = {v1.x, v1.y};
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const float x0 = fmaf(__int_as_float(c[u][0][e]), vs0[e & 1], -I2F_BIASF * vs0[e & 1]);
+                        const float x1 = fmaf(__int_as_float(c[u][1][e]), vs1[e & 1], -I2F_BIASF * vs1[e & 1]);
+                        o[2 * dp][e] = fmaf(o[2 * dp][e], alpha[e >> 1], x0 * beta[e >> 1]);
+                        o[2 * dp + 1][e] = fmaf(o[2 * dp + 1][e], alpha[e >> 1], x1 * beta[e >> 1]);
+                    }
                 }
             }
         }
         qattn_cp_async_wait<0>();
     }
 
-    /* O = acc / (255 l) + mean_v[d] (V smoothing; rows that see no key stay 0). */
+    /* O = acc / l + mean_v[d] (l counts P codes) (V smoothing; rows that see no key stay 0). */
     const int64_t ooff = (int64_t)b * a.o_bs + (int64_t)h * a.o_hs;
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -532,7 +566,7 @@ __global__ void __launch_bounds__(NTHREADS, D == 128 ? 1 : QATTN_I8_D64_BLOCKS) 
         sum += __shfl_xor_sync(0xffffffffu, sum, 1);
         sum += __shfl_xor_sync(0xffffffffu, sum, 2);
         const int row = r == 0 ? row0 : row1;
-        const float inv = sum > 0.f ? 1.f / (255.f * sum) : 0.f, mf = sum > 0.f ? 1.f : 0.f;
+        const float inv = sum > 0.f ? 1.f / sum : 0.f, mf = sum > 0.f ? 1.f : 0.f; /* sum: in code units (255 p) */
         if (row < lq) {
             int64_t base = ooff + (int64_t)row * a.o_ss + 2 * t4;
 #pragma unroll
@@ -545,7 +579,7 @@ __global__ void __launch_bounds__(NTHREADS, D == 128 ? 1 : QATTN_I8_D64_BLOCKS) 
                 else *(float2 *)((float *)a.o + idx) = make_float2(x, y);
             }
             if (a.lse && t4 == 0)
-                a.lse[((int64_t)b * a.h + h) * lq + row] = sum > 0.f ? (mx[r] * rf[r] + log2f(sum)) * 0.69314718055994531f + a.qsh[((int64_t)b * a.h + h) * lq + row] : -INFINITY;
+                a.lse[((int64_t)b * a.h + h) * lq + row] = sum > 0.f ? (mx[r] * rf[r] + log2f(sum * (1.f / 255.f))) * 0.69314718055994531f + a.qsh[((int64_t)b * a.h + h) * lq + row] : -INFINITY;
         }
     }
 }
