@@ -75,10 +75,10 @@ static void test_kernels_isa(int32_t isa, const qattn_int8_kernels *A) {
     }
     qattn_ctx_destroy(probe);
     const qattn_int8_kernels *R = &qattn_int8_kernels_ref;
-    int dims[] = {32, 64, 80, 128, 256};
+    int dims[] = {32, 64, 80, 128, 256, 40}; /* 40: a D % 16 == 8 tail */
     int ms[] = {1, 3, 4, 7, 64};
     int ns[] = {1, 8, 17, 63, 64};
-    for (int di = 0; di < 5; di++)
+    for (int di = 0; di < 6; di++)
         for (int mi = 0; mi < 5; mi++)
             for (int ni = 0; ni < 5; ni++) {
                 int d = dims[di], m = ms[mi], n = ns[ni], npad = (n + 7) / 8 * 8;
