@@ -12,6 +12,7 @@
  * Partials (max, sum, acc[D]) per split go to scratch; the merge kernel combines the splits of a
  * row in split order (fixed order: results are run-to-run deterministic) and writes o and lse. */
 #include <math.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -286,6 +287,357 @@ template <int D, int DT, int M> __global__ void __launch_bounds__(NW * 32) kvd_s
     }
 }
 
+/* ---- Pipelined split kernel (default). Each warp streams its own tiles of T2 consecutive
+ * tokens (K codes, V codes, INT8 scales) through a private ST2-stage shared-memory ring with
+ * cp.async, so the loads of the next ST2-1 tiles are in flight while a tile is computed, and no
+ * load registers are held. Warp w takes tiles w, w+NW2, ... of the block's split. Compute reads
+ * its 16-byte piece of a token row from shared memory (conflict-free: a warp reads 512
+ * consecutive bytes). INT8: q is quantized per row to int16 codes (as the CPU decode,
+ * qattn_kv_quantize_q16) held as signed-high / unsigned-low int8 halves, and the K dot product is
+ * exact int32 dp4a (hi*256 + lo); V stays dequantized FP32 FMA. FP16/BF16: FP32 FMA as before. */
+constexpr int T2 = 16, ST2 = 3, NW2 = 4;
+
+template <int D, int DT> struct kvd2_cfg {
+    static constexpr int EB = DT == 2 ? 1 : 2;
+    static constexpr int ROW = D * EB;
+    static constexpr int STAGE = 2 * T2 * ROW + 2 * T2 * 4;
+    static constexpr int WARP = ST2 * STAGE;
+    static constexpr int SMEM = NW2 * WARP;
+};
+
+__device__ __forceinline__ void kvd_cp4(uint32_t dst, const void *src, int n) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(n));
+}
+__device__ __forceinline__ int kvd_dp4a_us(uint32_t a, uint32_t b, int c) {
+    int d;
+    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+template <int D, int DT, int M> __global__ void __launch_bounds__(NW2 * 32, DT == 2 ? 3 : 2) kvd_split2(const __grid_constant__ kvd_args a) {
+    using CF = kvd2_cfg<D, DT>;
+    constexpr bool I8 = DT == 2;
+    constexpr int EB = CF::EB, ROW = CF::ROW;
+    constexpr int C = 16 / EB;    /* channels per lane */
+    constexpr int LPT = D / C;    /* lanes per token */
+    constexpr int TPW = 32 / LPT; /* tokens per warp pass */
+    constexpr int U = T2 / TPW;   /* passes per tile */
+    constexpr int NCH = T2 * ROW / 16 / 32; /* 16-byte chunks per lane per tile, for K and for V */
+    static_assert(LPT >= 1 && LPT <= 32 && 32 % LPT == 0 && U >= 1 && NCH >= 1, "D");
+    static_assert(!I8 || 2 * T2 == 32, "scales: one per lane");
+    static_assert((2 * M + M * D) * 4 <= CF::WARP, "reduction area");
+    extern __shared__ __align__(16) uint8_t kvd_smem[];
+
+    const int rc = blockIdx.x % a.n_rc, split = blockIdx.x / a.n_rc, g = blockIdx.y, bl = blockIdx.z;
+    const int id = a.seq_id[bl], L = a.seq_len[bl];
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, tg = lane / LPT, li = lane % LPT;
+    const int b = a.b0 + bl;
+
+    int lo[M], hi[M];
+    int kb = L, ke = 0;
+    float q[M][I8 ? 1 : C];
+    uint32_t qh[M][I8 ? 4 : 1], ql[M][I8 ? 4 : 1];
+    float qsc[M];
+#pragma unroll
+    for (int r = 0; r < M; r++) {
+        int R = rc * M + r;
+        lo[r] = hi[r] = 0;
+        float qf[C];
+        bool valid = R < a.rows;
+        if (valid) {
+            int i = R / a.group, hh = g * a.group + R % a.group;
+            key_range(i, a.lq, L, a.causal, a.wl, lo[r], hi[r]);
+            if (lo[r] < hi[r]) {
+                kb = min(kb, lo[r]);
+                ke = max(ke, hi[r]);
+            }
+            int64_t qb = (((int64_t)b * a.lq + i) * a.h + hh) * D + li * C;
+#pragma unroll
+            for (int c = 0; c < C; c++) qf[c] = ld_any(a.q, a.q_dtype, qb + c) * a.qscale;
+        } else {
+#pragma unroll
+            for (int c = 0; c < C; c++) qf[c] = 0.0f;
+        }
+        if constexpr (I8) {
+            float am = 0.0f;
+#pragma unroll
+            for (int c = 0; c < C; c++) {
+                float x = fabsf(qf[c]);
+                am = !(x <= 3.4e38f) ? INFINITY : fmaxf(am, x);
+            }
+#pragma unroll
+            for (int o = LPT / 2; o > 0; o >>= 1) am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, o));
+            float inv = 0.0f;
+            qsc[r] = 0.0f;
+            if (am == INFINITY) qsc[r] = NAN;
+            else if (am > 0.0f) {
+                inv = 32767.0f / am;
+                qsc[r] = am / 32767.0f;
+            }
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                uint32_t h4 = 0, l4 = 0;
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    float t = rintf(__fmul_rn(qf[4 * k + j], inv));
+                    t = fminf(fmaxf(t, -32767.0f), 32767.0f);
+                    int v = (int)t;
+                    h4 |= (uint32_t)((v >> 8) & 0xFF) << (8 * j);
+                    l4 |= (uint32_t)(v & 0xFF) << (8 * j);
+                }
+                qh[r][k] = h4;
+                ql[r][k] = l4;
+            }
+        } else {
+#pragma unroll
+            for (int c = 0; c < C; c++) q[r][c] = qf[c];
+            qsc[r] = 1.0f;
+        }
+    }
+    const int c0 = split * a.split_tokens;
+    kb = max(kb, c0);
+    ke = min(ke, min(L, c0 + a.split_tokens));
+
+    float mx[M], l[M], acc[M][C];
+#pragma unroll
+    for (int r = 0; r < M; r++) {
+        mx[r] = -INFINITY;
+        l[r] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < C; c++) acc[r][c] = 0.0f;
+    }
+    const int32_t *tab = a.table + (int64_t)id * a.table_ld;
+    uint8_t *wbase = kvd_smem + w * CF::WARP;
+    const uint32_t wsm = qattn_smem_u32(wbase);
+    const int ntile = ke > kb ? (ke - kb + T2 - 1) / T2 : 0;
+
+    auto issue = [&](int j, int stage) {
+        const int tb = kb + j * T2;
+        const uint32_t sK = wsm + stage * CF::STAGE, sV = sK + T2 * ROW, sS = sV + T2 * ROW;
+#pragma unroll
+        for (int i = 0; i < NCH; i++) {
+            const int cidx = lane + 32 * i, tt = cidx / LPT, pc = cidx % LPT, t = tb + tt;
+            const uint8_t *srcK = a.arena, *srcV = a.arena;
+            int n = 0;
+            if (t < ke) {
+                int lb = a.bs_shift >= 0 ? t >> a.bs_shift : t / a.bs;
+                int off = t - lb * a.bs;
+                const uint8_t *blk = a.arena + (int64_t)__ldg(tab + lb) * a.block_bytes;
+                int64_t co = (int64_t)g * a.head_bytes + (int64_t)off * ROW + pc * 16;
+                srcK = blk + co;
+                srcV = blk + a.v_off + co;
+                n = 16;
+            }
+            qattn_cp_async16(sK + tt * ROW + pc * 16, srcK, n);
+            qattn_cp_async16(sV + tt * ROW + pc * 16, srcV, n);
+        }
+        if constexpr (I8) {
+            const int tt = lane % T2, t = tb + tt;
+            const uint8_t *src = a.arena;
+            int n = 0;
+            if (t < ke) {
+                int lb = a.bs_shift >= 0 ? t >> a.bs_shift : t / a.bs;
+                int off = t - lb * a.bs;
+                src = a.arena + (int64_t)__ldg(tab + lb) * a.block_bytes + (lane < T2 ? a.ks_off : a.vs_off) + ((int64_t)g * a.bs + off) * 4;
+                n = 4;
+            }
+            kvd_cp4(sS + lane * 4, src, n);
+        }
+    };
+
+#pragma unroll
+    for (int s = 0; s < ST2 - 1; s++) {
+        if (w + s * NW2 < ntile) issue(w + s * NW2, s);
+        qattn_cp_async_commit();
+    }
+    for (int n = 0; w + n * NW2 < ntile; n++) { /* warp-uniform */
+        {
+            const int jn = w + (n + ST2 - 1) * NW2;
+            if (jn < ntile) issue(jn, (n + ST2 - 1) % ST2);
+            qattn_cp_async_commit();
+        }
+        qattn_cp_async_wait<ST2 - 1>();
+        __syncwarp();
+        const uint8_t *stg = wbase + (n % ST2) * CF::STAGE;
+        const int tb = kb + (w + n * NW2) * T2;
+        float s[M][U];
+        float ksc[U], vsc[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int tt = u * TPW + tg;
+            const uint4 kr = *reinterpret_cast<const uint4 *>(stg + tt * ROW + li * 16);
+            if constexpr (I8) {
+                ksc[u] = reinterpret_cast<const float *>(stg + 2 * T2 * ROW)[tt];
+                vsc[u] = reinterpret_cast<const float *>(stg + 2 * T2 * ROW)[T2 + tt];
+                const uint32_t kw[4] = {kr.x, kr.y, kr.z, kr.w};
+#pragma unroll
+                for (int r = 0; r < M; r++) {
+                    int h = 0, lw = 0;
+#pragma unroll
+                    for (int k = 0; k < 4; k++) {
+                        h = __dp4a((int)qh[r][k], (int)kw[k], h);
+                        lw = kvd_dp4a_us(ql[r][k], kw[k], lw);
+                    }
+                    int part = h * 256 + lw;
+#pragma unroll
+                    for (int o = LPT / 2; o > 0; o >>= 1) part += __shfl_xor_sync(0xffffffffu, part, o);
+                    s[r][u] = (float)part * qsc[r] * ksc[u];
+                }
+            } else {
+                ksc[u] = vsc[u] = 1.0f;
+                float kf[C];
+                codes_to_f32<DT>(kr, kf);
+#pragma unroll
+                for (int r = 0; r < M; r++) {
+                    float d0 = 0.0f, d1 = 0.0f;
+#pragma unroll
+                    for (int c = 0; c < C; c += 2) {
+                        d0 = fmaf(q[r][c], kf[c], d0);
+                        d1 = fmaf(q[r][c + 1], kf[c + 1], d1);
+                    }
+                    s[r][u] = d0 + d1;
+                }
+            }
+        }
+        if constexpr (!I8) {
+#pragma unroll
+            for (int o = LPT / 2; o > 0; o >>= 1)
+#pragma unroll
+                for (int r = 0; r < M; r++)
+#pragma unroll
+                    for (int u = 0; u < U; u++) s[r][u] += __shfl_xor_sync(0xffffffffu, s[r][u], o);
+        }
+        float p[M][U];
+#pragma unroll
+        for (int r = 0; r < M; r++) {
+            float tmax = -INFINITY;
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int t = tb + u * TPW + tg;
+                bool vis = t < ke && t >= lo[r] && t < hi[r];
+                s[r][u] = vis ? s[r][u] : -INFINITY;
+                tmax = fmaxf(tmax, s[r][u]);
+            }
+            float nm = fmaxf(mx[r], tmax);
+            if (nm == -INFINITY) {
+#pragma unroll
+                for (int u = 0; u < U; u++) p[r][u] = 0.0f;
+                continue;
+            }
+            if (nm > mx[r]) {
+                float alpha = qattn_ex2(mx[r] - nm);
+                l[r] *= alpha;
+#pragma unroll
+                for (int c = 0; c < C; c++) acc[r][c] *= alpha;
+                mx[r] = nm;
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                p[r][u] = qattn_ex2(s[r][u] - nm);
+                l[r] += p[r][u];
+                if (I8) p[r][u] *= vsc[u];
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int tt = u * TPW + tg;
+            const uint4 vr = *reinterpret_cast<const uint4 *>(stg + T2 * ROW + tt * ROW + li * 16);
+            float vf[C];
+            codes_to_f32<DT>(vr, vf);
+#pragma unroll
+            for (int r = 0; r < M; r++)
+#pragma unroll
+                for (int c = 0; c < C; c++) acc[r][c] = fmaf(p[r][u], vf[c], acc[r][c]);
+        }
+        __syncwarp(); /* the stage is refilled at the next iteration */
+    }
+    qattn_cp_async_wait<0>();
+    __syncwarp();
+    /* merge the token groups of the warp (lanes li + k*LPT), then the warps */
+#pragma unroll
+    for (int o = LPT; o < 32; o <<= 1) {
+#pragma unroll
+        for (int r = 0; r < M; r++) {
+            float mo = __shfl_xor_sync(0xffffffffu, mx[r], o);
+            float lo2 = __shfl_xor_sync(0xffffffffu, l[r], o);
+            float nm = fmaxf(mx[r], mo);
+            float a1 = nm == -INFINITY ? 0.0f : qattn_ex2(mx[r] - nm);
+            float a2 = nm == -INFINITY ? 0.0f : qattn_ex2(mo - nm);
+            l[r] = l[r] * a1 + lo2 * a2;
+#pragma unroll
+            for (int c = 0; c < C; c++) {
+                float ao = __shfl_xor_sync(0xffffffffu, acc[r][c], o);
+                acc[r][c] = acc[r][c] * a1 + ao * a2;
+            }
+            mx[r] = nm;
+        }
+    }
+    /* reduction area: the start of each warp's own ring (its copies are complete) */
+    float *red = reinterpret_cast<float *>(wbase);
+    if (tg == 0) {
+#pragma unroll
+        for (int r = 0; r < M; r++) {
+            if (li == 0) {
+                red[r] = mx[r];
+                red[M + r] = l[r];
+            }
+#pragma unroll
+            for (int c = 0; c < C; c++) red[2 * M + r * D + li * C + c] = acc[r][c];
+        }
+    }
+    __syncthreads();
+    for (int x = threadIdx.x; x < M * D; x += NW2 * 32) {
+        int r = x / D, c = x % D, R = rc * M + r;
+        if (R >= a.rows) continue;
+        float m = -INFINITY;
+#pragma unroll
+        for (int k = 0; k < NW2; k++) m = fmaxf(m, reinterpret_cast<const float *>(kvd_smem + k * CF::WARP)[r]);
+        float sl = 0.0f, sa = 0.0f;
+        if (m != -INFINITY) {
+#pragma unroll
+            for (int k = 0; k < NW2; k++) {
+                const float *rk = reinterpret_cast<const float *>(kvd_smem + k * CF::WARP);
+                float f = qattn_ex2(rk[r] - m);
+                sl += rk[M + r] * f;
+                sa += rk[2 * M + r * D + c] * f;
+            }
+        }
+        float *dst = a.part + ((((int64_t)bl * a.hk + g) * a.nsplit + split) * a.rows_pad + R) * (D + 2);
+        if (c == 0) {
+            dst[0] = m;
+            dst[1] = sl;
+        }
+        dst[2 + c] = sa;
+    }
+}
+
+template <int D, int DT, int M> cudaError_t launch2_m(const kvd_args &a, dim3 grid, cudaStream_t st) {
+    constexpr int SM = kvd2_cfg<D, DT>::SMEM;
+    cudaError_t e = cudaFuncSetAttribute(kvd_split2<D, DT, M>, cudaFuncAttributeMaxDynamicSharedMemorySize, SM);
+    if (e != cudaSuccess) return e;
+    kvd_split2<D, DT, M><<<grid, NW2 * 32, SM, st>>>(a);
+    return cudaGetLastError();
+}
+
+template <int D, int DT> cudaError_t launch2_d(const kvd_args &a, int M, dim3 grid, cudaStream_t st) {
+    if (M == 1) return launch2_m<D, DT, 1>(a, grid, st);
+    if (M == 2) return launch2_m<D, DT, 2>(a, grid, st);
+    return launch2_m<D, DT, 4>(a, grid, st);
+}
+
+cudaError_t launch_split2(const kvd_args &a, int D, int dtype, int M, dim3 grid, cudaStream_t st) {
+    int DT = dtype == QATTN_DTYPE_I8 ? 2 : dtype == QATTN_DTYPE_BF16 ? 1 : 0;
+    if (D == 64) return DT == 2 ? launch2_d<64, 2>(a, M, grid, st) : DT == 1 ? launch2_d<64, 1>(a, M, grid, st) : launch2_d<64, 0>(a, M, grid, st);
+    return DT == 2 ? launch2_d<128, 2>(a, M, grid, st) : DT == 1 ? launch2_d<128, 1>(a, M, grid, st) : launch2_d<128, 0>(a, M, grid, st);
+}
+
+template <int D, int DT> int resident2(int *n) {
+    constexpr int SM = kvd2_cfg<D, DT>::SMEM;
+    cudaError_t e = cudaFuncSetAttribute(kvd_split2<D, DT, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, SM);
+    if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(n, kvd_split2<D, DT, 4>, NW2 * 32, SM);
+    return e == cudaSuccess;
+}
+
 /* One block per (row, kv head, sequence): the splits in order. */
 __global__ void __launch_bounds__(128) kvd_merge(const __grid_constant__ kvd_args a, int D) {
     const int R = blockIdx.x, g = blockIdx.y, bl = blockIdx.z, b = a.b0 + bl;
@@ -323,10 +675,19 @@ cudaError_t launch_split(const kvd_args &a, int D, int dtype, int M, dim3 grid, 
     return DT == 2 ? launch_split_d<128, 2>(a, M, grid, st) : DT == 1 ? launch_split_d<128, 1>(a, M, grid, st) : launch_split_d<128, 0>(a, M, grid, st);
 }
 
-/* Blocks resident per SM for the split kernel (for the split count). */
-int resident_per_sm(int D, int dtype, int M) {
+/* Blocks resident per SM for the split kernel (for the split count). v1: the first-version kernel. */
+int resident_per_sm(int D, int dtype, int M, bool v1) {
     int n = 0;
-    cudaError_t e;
+    cudaError_t e = cudaSuccess;
+    if (!v1) {
+        int ok = dtype == QATTN_DTYPE_I8 ? (D == 64 ? resident2<64, 2>(&n) : resident2<128, 2>(&n))
+                                         : (D == 64 ? resident2<64, 0>(&n) : resident2<128, 0>(&n));
+        if (!ok) {
+            cudaGetLastError();
+            return 2;
+        }
+        return n > 0 ? n : 1;
+    }
     if (dtype == QATTN_DTYPE_I8) e = D == 64 ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kvd_split<64, 2, 4>, NW * 32, 0)
                                              : cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kvd_split<128, 2, 4>, NW * 32, 0);
     else e = D == 64 ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kvd_split<64, 0, 4>, NW * 32, 0)
@@ -433,8 +794,13 @@ extern "C" qattn_status qattn_kv_decode_cuda(qattn_ctx *ctx, const qattn_kv_cach
     a.wl = dp->window_left;
     a.qscale = (dp->scale != 0.0f ? dp->scale : 1.0f / sqrtf((float)D)) * 1.4426950408889634f;
 
-    /* Split count: about 8 waves of resident blocks over the sequences of one launch, at least
-     * 256 tokens per split, split length a multiple of 64 tokens. */
+    /* Kernel: the pipelined one, unless QATTN_KVD_KERNEL=1 asks for the first version (kept for
+     * comparison). Split count: the split length (a multiple of 64 tokens, >= 256) that minimises
+     * (waves of resident blocks, rounded up) x (tokens per split + 64 of fixed cost), over
+     * 1 .. 4x the split count that gives 8 waves: fills the SMs several times without a ragged
+     * last wave. */
+    const char *kenv = getenv("QATTN_KVD_KERNEL");
+    const bool v1 = kenv && kenv[0] == '1';
     int sms = 132;
     if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, ctx->cuda_device) != cudaSuccess) {
         cudaGetLastError();
@@ -442,14 +808,27 @@ extern "C" qattn_status qattn_kv_decode_cuda(qattn_ctx *ctx, const qattn_kv_cach
     }
     int32_t chunk = dp->n_seqs < SEQ_CHUNK ? dp->n_seqs : SEQ_CHUNK;
     int64_t units = (int64_t)chunk * HK * n_rc;
-    int64_t resident = (int64_t)resident_per_sm(D, c->dtype, M) * sms;
+    int64_t resident = (int64_t)resident_per_sm(D, c->dtype, M, v1) * sms;
     int64_t want = (8 * resident + units - 1) / units;
     int64_t most = (max_len + 255) / 256;
-    int64_t nsplit = want < most ? want : most;
-    if (nsplit < 1) nsplit = 1;
-    int64_t split_tokens = ((max_len + nsplit - 1) / nsplit + 63) / 64 * 64;
-    nsplit = (max_len + split_tokens - 1) / split_tokens;
-    if (nsplit < 1) nsplit = 1;
+    if (most < 1) most = 1;
+    int64_t hi_ns = 4 * want < most ? 4 * want : most;
+    if (hi_ns < 1) hi_ns = 1;
+    int64_t split_tokens = 0, nsplit = 0;
+    double best = 0.0;
+    for (int64_t ns = 1; ns <= hi_ns; ns++) {
+        int64_t stk = ((max_len + ns - 1) / ns + 63) / 64 * 64;
+        if (stk < 64) stk = 64;
+        int64_t real = (max_len + stk - 1) / stk;
+        if (real < 1) real = 1;
+        int64_t waves = (units * real + resident - 1) / resident;
+        double cost = (double)waves * (double)(stk + 64);
+        if (nsplit == 0 || cost < best) {
+            best = cost;
+            split_tokens = stk;
+            nsplit = real;
+        }
+    }
     a.split_tokens = (int32_t)split_tokens;
     a.nsplit = (int32_t)nsplit;
     if ((int64_t)n_rc * nsplit > INT32_MAX / 2)
@@ -473,7 +852,7 @@ extern "C" qattn_status qattn_kv_decode_cuda(qattn_ctx *ctx, const qattn_kv_cach
             a.seq_len[k] = (int32_t)c->seq_len[dp->seq_ids[b0 + k]];
         }
         dim3 grid((unsigned)(n_rc * nsplit), (unsigned)HK, (unsigned)n);
-        if ((e = launch_split(a, D, c->dtype, M, grid, st)) != cudaSuccess)
+        if ((e = v1 ? launch_split(a, D, c->dtype, M, grid, st) : launch_split2(a, D, c->dtype, M, grid, st)) != cudaSuccess)
             status = qattn_fail(ctx, QATTN_ERR_BACKEND, "qattn_kv_decode_cuda: split kernel launch (%u x %u x %u blocks): %s", grid.x, grid.y, grid.z,
                                 cudaGetErrorString(e));
         else {
