@@ -151,6 +151,7 @@ const char *th_isa_name(int32_t isa) {
     case QATTN_ISA_AUTO: return "auto";
     case QATTN_ISA_REF: return "ref";
     case QATTN_ISA_AVX2: return "avx2";
+    case QATTN_ISA_AVXVNNI: return "avxvnni";
     }
     return "?";
 }
@@ -509,14 +510,23 @@ qattn_ctx *th_ctx(int32_t isa, int32_t n_threads) {
     return s == QATTN_OK ? ctx : NULL;
 }
 
-bool th_cpu_has_avx2(void) {
+static bool isa_available(int32_t isa) {
     qattn_ctx_options opt;
     memset(&opt, 0, sizeof opt);
     opt.backend = QATTN_BACKEND_CPU;
-    opt.isa = QATTN_ISA_AVX2;
+    opt.isa = isa;
     opt.n_threads = 1;
     qattn_ctx *ctx = NULL;
     if (qattn_ctx_create(&ctx, &opt) != QATTN_OK) return false;
     qattn_ctx_destroy(ctx);
     return true;
+}
+
+bool th_cpu_has_avx2(void) { return isa_available(QATTN_ISA_AVX2); }
+
+int th_available_isas(int32_t isas[TH_MAX_ISAS]) {
+    int n = 0;
+    for (int32_t isa = QATTN_ISA_REF; isa <= QATTN_ISA_AVXVNNI; isa++)
+        if (isa == QATTN_ISA_REF || isa_available(isa)) isas[n++] = isa;
+    return n;
 }

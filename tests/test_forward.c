@@ -332,13 +332,9 @@ static void test_workspace(const th_case *base, int case_index, int32_t isa) {
 
 int main(void) {
     th_init("test_forward");
-    int32_t isas[2];
-    int n_isas = 0;
-    isas[n_isas++] = QATTN_ISA_REF;
-    if (th_cpu_has_avx2())
-        isas[n_isas++] = QATTN_ISA_AVX2;
-    else
-        printf("  (this CPU/OS has no AVX2+FMA+F16C: testing ISA ref only)\n");
+    int32_t isas[TH_MAX_ISAS];
+    int n_isas = th_available_isas(isas);
+    if (n_isas == 1) printf("  (this CPU/OS has no AVX2+FMA+F16C: testing ISA ref only)\n");
 
     static th_case cases[MAX_CASES];
     int n = build_cases(cases);

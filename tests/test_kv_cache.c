@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int32_t g_isas[2];
+static int32_t g_isas[TH_MAX_ISAS];
 static int g_n_isas = 0;
 
 static const char *dt_name(int32_t t) { return t == QATTN_DTYPE_F16 ? "f16" : t == QATTN_DTYPE_BF16 ? "bf16" : "i8"; }
@@ -385,8 +385,7 @@ static void test_decode_nan_query(void) {
 
 int main(void) {
     th_init("test_kv_cache");
-    g_isas[g_n_isas++] = QATTN_ISA_REF;
-    if (th_cpu_has_avx2()) g_isas[g_n_isas++] = QATTN_ISA_AVX2;
+    g_n_isas = th_available_isas(g_isas);
     test_cache_ops();
     test_decode_bad_args();
     test_decode_nan_query();

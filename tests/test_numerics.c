@@ -15,7 +15,7 @@
 #define FP32_REL_L2 1e-5
 #define FP32_LSE_REL 1e-5
 
-static int32_t g_isas[2];
+static int32_t g_isas[TH_MAX_ISAS];
 static int g_n_isas = 0;
 static int g_case_index = 0;
 
@@ -415,8 +415,7 @@ static void test_zero_q_scale_constant(void) {
 
 int main(void) {
     th_init("test_numerics");
-    g_isas[g_n_isas++] = QATTN_ISA_REF;
-    if (th_cpu_has_avx2()) g_isas[g_n_isas++] = QATTN_ISA_AVX2;
+    g_n_isas = th_available_isas(g_isas);
     test_fully_masked();
     test_nan_inf();
     test_huge_scores();

@@ -88,7 +88,7 @@ static void make_plan(dplan *pl, qattn_ctx *ctx, const qattn_kv_cache *c, const 
     pl->dp = dp;
     pl->attend = qattn_kv_attend_ref;
 #if defined(QATTN_HAVE_X86)
-    if (ctx->isa == QATTN_ISA_AVX2) pl->attend = qattn_kv_attend_avx2;
+    if (qattn_isa_has_avx2(ctx->isa)) pl->attend = qattn_kv_attend_avx2;
 #endif
     pl->D = c->head_dim;
     pl->group = dp->n_heads / c->n_kv_heads;

@@ -372,6 +372,7 @@ int qattn_cli_bench(int argc, char **argv) {
         /* The library cannot say why (the message dies with the context): give the likely reason. */
         const char *hint = copt.backend == QATTN_BACKEND_CUDA ? " (this build has no CUDA backend, or no device is visible)"
                            : copt.isa == QATTN_ISA_AVX2   ? " (this CPU or OS lacks AVX2/FMA/F16C)"
+                           : copt.isa == QATTN_ISA_AVXVNNI ? " (this CPU or OS lacks AVX-VNNI)"
                                                           : "";
         cli_error(CMD, "cannot create a context (backend %s, isa %s): %s%s", cli_backend_name(copt.backend), cli_isa_name(copt.isa),
                   qattn_status_str(s), hint);

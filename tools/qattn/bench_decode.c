@@ -140,8 +140,8 @@ static int parse(int argc, char **argv, dopts *o) {
         }
         if ((r = cli_flag_value(argc, argv, &i, "--isa", &val, CMD)) != 0) {
             if (r < 0) return -1;
-            o->isa = !strcmp(val, "ref") ? QATTN_ISA_REF : !strcmp(val, "avx2") ? QATTN_ISA_AVX2 : -1;
-            if (o->isa < 0) { cli_error(CMD, "--isa '%s': expected ref or avx2", val); return -1; }
+            o->isa = cli_isa_from_name(val);
+            if (o->isa < 0) { cli_error(CMD, "--isa '%s': expected ref, avx2 or avxvnni", val); return -1; }
             continue;
         }
         if ((r = cli_flag_value(argc, argv, &i, "--seed", &val, CMD)) != 0) {

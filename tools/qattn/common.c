@@ -71,6 +71,13 @@ const char *cli_backend_name(int32_t backend) {
     }
 }
 
+int32_t cli_isa_from_name(const char *name) {
+    if (!strcmp(name, "ref")) return QATTN_ISA_REF;
+    if (!strcmp(name, "avx2")) return QATTN_ISA_AVX2;
+    if (!strcmp(name, "avxvnni")) return QATTN_ISA_AVXVNNI;
+    return -1;
+}
+
 const char *cli_isa_name(int32_t isa) {
     switch (isa) {
     case QATTN_ISA_AUTO: return "auto";
@@ -267,10 +274,8 @@ cli_flag_result cli_opts_parse_flag(cli_opts *o, int argc, char **argv, int *i, 
     }
     if ((r = cli_flag_value(argc, argv, i, "--isa", &value, command)) != 0) {
         if (r < 0) return CLI_FLAG_ERROR;
-        if (!strcmp(value, "ref")) o->isa = QATTN_ISA_REF;
-        else if (!strcmp(value, "avx2")) o->isa = QATTN_ISA_AVX2;
-        else if (!strcmp(value, "avxvnni")) o->isa = QATTN_ISA_AVXVNNI;
-        else {
+        o->isa = cli_isa_from_name(value);
+        if (o->isa < 0) {
             cli_error(command, "--isa: '%s' is not one of ref, avx2, avxvnni", value);
             return CLI_FLAG_ERROR;
         }
