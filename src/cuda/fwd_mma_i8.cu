@@ -11,8 +11,9 @@
  *   P = exp2(s - m_tile) against the tile's own row max (as the CPU scheme: the largest p of the tile
  *     gets code 255 whatever the running max), u8 = rn(255 p); O += P_u8 x V_s8 (mma u8 x s8 -> s32:
  *     the .u8.s8 form of m16n8k32 keeps 8 bits of P), and the FP32 accumulation
- *     acc = acc * exp2(m_old - m_new) + exp2(m_tile - m_new) * PV, l likewise with the FP32 sum of the
- *     unquantized p; at the end O = acc * sv_d / (255 * l) + mean_d.
+ *     acc = acc * exp2(m_old - m_new) + exp2(m_tile - m_new) * PV * sv_d(tile), l likewise with the integer
+ *     sum of the tile's u8 codes (dp4a; round 2: the FP32 sum of the unquantized p); at the end
+ *     O = acc / l + mean_d.
  *   Round 1 quantized P against the running max: small late probabilities lost bits as L grew
  *   (rel L1 1.6e-2 at L 1k to 2.4e-2 at 16k, D 128); the tile max makes the error independent of L.
  * Layouts in the workspace (all contiguous): Qi [B,H,Lq,D] s8; Ki [B,HK,Lk,D] s8;
@@ -27,11 +28,21 @@
 namespace {
 
 /* BN 128 keys per tile (round 1: 64): twice the s8 mma work per softmax step and per O rescale. */
-constexpr int BM = 128, BN = 128, NWARPS = 8, NTHREADS = NWARPS * 32;
+/* Query rows per block = 16 per warp. NWARPS 4 (round 3): 64-row blocks, two per SM at D 128 (the same 8 warps
+ * and 255 registers per SM as 8 warps x 1 block, but the two blocks' barriers are independent, so one block's
+ * softmax overlaps the other's mma; K/V come from L2 twice as often). Measured 2026-11-23 on H100, INT8 kernel
+ * TOPS at D 128, L 4k / 4k causal / 16k / 16k causal: NWARPS 4 402 353 435 435, NWARPS 8 392 337 424 419
+ * (same call; D 64 and L 1k also 1-10% faster with 4). */
+#ifndef QATTN_I8_NWARPS
+#define QATTN_I8_NWARPS 4
+#endif
+constexpr int NWARPS = QATTN_I8_NWARPS, BM = 16 * NWARPS, BN = 128, NTHREADS = NWARPS * 32;
 #ifndef QATTN_I8_DPB
 #define QATTN_I8_DPB 2
 #endif
-constexpr int DPB = QATTN_I8_DPB; /* d-tile pairs per PV accumulator block (tuning knob, docs/gpu.md) */
+/* d-tile pairs per PV accumulator block. Measured 2026-11-23 (H100, 8 warps, D 128, L 4k / 4k c / 16k / 16k c, TOPS):
+ * DPB 1 385 334 418 415, DPB 2 392 337 421 420, DPB 4 388 335 418 416: within ~2%, 2 kept. */
+constexpr int DPB = QATTN_I8_DPB;
 constexpr int VT = 64;  /* tokens per block of the V quantization kernel */
 /* Blocks per SM asked of ptxas at D 64: 1 = 255 registers, no spill; 2 = 128 registers with ~300 B of
  * spill (ptxas -v, sm_90a). Tuning knob (docs/gpu.md has the measured choice). */
@@ -347,7 +358,7 @@ constexpr int I2F_BIAS = 0x4B400000;
 constexpr float I2F_BIASF = 12582912.f;
 
 template <int D>
-__global__ void __launch_bounds__(NTHREADS, D == 128 ? 1 : QATTN_I8_D64_BLOCKS) fwd_i8_kernel(const qattn_cuda_args a) {
+__global__ void __launch_bounds__(NTHREADS, (8 / NWARPS) * (D == 128 ? 1 : QATTN_I8_D64_BLOCKS)) fwd_i8_kernel(const qattn_cuda_args a) {
     extern __shared__ __align__(128) unsigned char smem[];
     constexpr int CPR = D / 16;      /* chunks per Q/K row */
     constexpr int VCPR = BN / 16;    /* chunks per Vt row (8) */
