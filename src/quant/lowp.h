@@ -59,6 +59,17 @@ typedef void (*qattn_i8_quant_row_fn)(const float *y, int d, float inv, int8_t *
 typedef void (*qattn_i8_pv_acc8_fn)(const int16_t *pc, int m, int npad, const int8_t *vpack8, int d, const float *alpha,
                                     const float *fac, const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld);
 
+/* The whole default-scheme (P_U8_VSCALED) P step of a tile, fused: for each row r < m, from the
+ * exact S (int32, stride npad): sf = scores(S) (the scores kernel's clamp((float)S * sq[r] * sk[j])),
+ * mb = rowmax(sf, lo[r], hi[r]), then the driver's state update (m_new, alpha = exp2f(m_old - m_new)
+ * or 0, beta = exp2f(mb - m_new)) and softmax_vs(sf, ..., ref = mb), row_sum = row_sum * alpha +
+ * beta * e_sum, row_max = m_new, fac = beta * w_max / 255; rows with lo >= hi get zero codes,
+ * alpha 1, fac 0 and keep their state. Bit for bit the unfused sequence (scores, rowmax,
+ * softmax_vs and the driver's float steps); NULL in a table means "run the unfused sequence". */
+typedef void (*qattn_i8_p_vs_tile_fn)(const int32_t *s, int m, int npad, const float *sq, const float *sk, const int32_t *lo,
+                                      const int32_t *hi, const float *svk, float *row_max, float *row_sum, int16_t *codes, float *alpha,
+                                      float *fac);
+
 typedef struct qattn_int8_kernels {
     const char *name;
     qattn_i8_qk_fn qk;
@@ -75,6 +86,7 @@ typedef struct qattn_int8_kernels {
     /* Which products the driver uses: 0 = 16-bit packs, qk16 + pv_acc (AVX2: pmaddwd is the fast
      * multiply); 1 = 8-bit Q codes, K pack and vp8, qk + pv_acc8 (AVX-VNNI: vpdpbusd). Same result. */
     int32_t pack8;
+    qattn_i8_p_vs_tile_fn p_vs_tile; /* may be NULL */
 } qattn_int8_kernels;
 
 extern const qattn_int8_kernels qattn_int8_kernels_ref;
@@ -83,6 +95,22 @@ void qattn_i8_pv_acc8_ref(const int16_t *pc, int m, int npad, const int8_t *vpac
 #if defined(QATTN_HAVE_X86)
 extern const qattn_int8_kernels qattn_int8_kernels_avx2;
 extern const qattn_int8_kernels qattn_int8_kernels_avxvnni;
+/* The AVX2 kernels (int8_avx2.c), exported so that the AVX-VNNI table points at them directly. */
+void qattn_i8_qk_avx2(const int8_t *q, int m, int d, const int8_t *kpack, int npad, int32_t *s);
+void qattn_i8_pv_avx2(const int16_t *pc, int m, int npad, const int16_t *vpack, int d, int32_t *o);
+void qattn_i8_scores_avx2(const int32_t *s, int m, int npad, const float *sq, const float *sk, float *sf);
+void qattn_i8_softmax_avx2(const float *sf, int lo, int hi, int npad, float ref, float mult, int16_t *codes, float *pf,
+                           int32_t *code_sum, float *e_sum);
+void qattn_i8_pv_f32_avx2(const float *p, int m, int npad, const float *v, int d, float *o);
+void qattn_i8_qk16_avx2(const int16_t *q, int m, int d, const int16_t *kpack, int npad, int32_t *s);
+float qattn_i8_rowmax_avx2(const float *sf, int lo, int hi);
+void qattn_i8_softmax_vs_avx2(const float *sf, int lo, int hi, int npad, float ref, const float *svk, int16_t *codes, float *e_sum,
+                              float *w_max);
+void qattn_i8_pv_acc_avx2(const int16_t *pc, int m, int npad, const int16_t *vpack, int d, const float *alpha, const float *fac,
+                          const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld);
+void qattn_i8_quant_row_avx2(const float *y, int d, float inv, int8_t *dst);
+void qattn_i8_p_vs_tile_avx2(const int32_t *s, int m, int npad, const float *sq, const float *sk, const int32_t *lo, const int32_t *hi,
+                             const float *svk, float *row_max, float *row_sum, int16_t *codes, float *alpha, float *fac);
 #endif
 
 /* The table for ctx->isa. */

@@ -79,14 +79,45 @@ static inline float ld(const qjob *j, int64_t off, int64_t pos, int64_t c) {
     return qattn_load(j->v.src, j->p->qkv_dtype, off + pos * j->v.ss + c);
 }
 
-/* Row pos of the FP source as float. */
-static void ld_row(const qjob *j, int64_t off, int64_t pos, int64_t d, float *dst) {
+/* Row pos of the FP source as float: a pointer into the source for F32 (no copy), else converted
+ * into dst. */
+static const float *ld_row(const qjob *j, int64_t off, int64_t pos, int64_t d, float *dst) {
     int64_t base = off + pos * j->v.ss;
-    if (j->p->qkv_dtype == QATTN_DTYPE_F32) {
-        memcpy(dst, (const float *)j->v.src + base, (size_t)d * sizeof(float));
-        return;
-    }
+    if (j->p->qkv_dtype == QATTN_DTYPE_F32) return (const float *)j->v.src + base;
     for (int64_t c = 0; c < d; c++) dst[c] = qattn_load(j->v.src, j->p->qkv_dtype, base + c);
+    return dst;
+}
+
+/* Whether a row (d % 8 == 0) has a non-finite value: x * 0 is NaN exactly for inf and NaN, and a
+ * sum with a NaN term is NaN in any order, so 8 independent lanes (vectorisable) decide it. */
+static inline bool row_nonfinite(const float *row, int64_t d) {
+    float z[8] = {0};
+    for (int64_t c = 0; c < d; c += 8)
+        for (int k = 0; k < 8; k++) z[k] += row[c + k] * 0.0f;
+    float t = ((z[0] + z[1]) + (z[2] + z[3])) + ((z[4] + z[5]) + (z[6] + z[7]));
+    return t != t;
+}
+
+/* y = row - mu and the largest |y| (max is exact: any order gives the same value). */
+static inline float row_center_amax(const float *row, const float *mu, int64_t d, float *y) {
+    float m[8] = {0};
+    for (int64_t c = 0; c < d; c += 8)
+        for (int k = 0; k < 8; k++) {
+            float v = row[c + k] - mu[c + k];
+            y[c + k] = v;
+            float a = fabsf(v);
+            m[k] = a > m[k] ? a : m[k];
+        }
+    float a = m[0];
+    for (int k = 1; k < 8; k++) a = m[k] > a ? m[k] : a;
+    return a;
+}
+
+/* First non-finite element of a row (one is known to exist). */
+static int64_t first_bad(const float *row, int64_t d) {
+    for (int64_t c = 0; c < d; c++)
+        if (!isfinite(row[c])) return c;
+    return 0;
 }
 
 /* 127 / amax, or 0 for an all-zero group: codes are clamp(nearbyint(y * inv), -127, 127), the
@@ -110,22 +141,35 @@ static void quant_task(void *arg, int64_t task, int worker) {
     int64_t n = seq_len(&j->v, b), tok0 = seq_tok0(&j->v, b);
     int64_t off = seq_off(&j->v, b, j->v.bs, j->v.ss) + h * j->v.hs;
     int64_t toff = seq_off(&j->v, b, t->batch_stride, t->seq_stride) + h * t->head_stride;
-    float mu_buf[256], row[256], y[256];
+    float mu_buf[256], rowbuf[256], y[256];
     double acc[256];
     for (int64_t c = 0; c < D; c++) mu_buf[c] = 0.0f, acc[c] = 0.0;
+    int8_t *dst = t->data + toff;
+    int32_t gran = t->granularity;
+
+    if (!t->mean && gran == QATTN_QUANT_PER_TOKEN) {
+        /* one pass: each row is checked (rows in ascending order, so the first non-finite
+         * position is the one reported), then quantized */
+        for (int64_t i = 0; i < n; i++) {
+            const float *row = ld_row(j, off, i, D, rowbuf);
+            if (row_nonfinite(row, D)) {
+                j->bad[task] = 1 + i * D + first_bad(row, D);
+                return;
+            }
+            float amax = row_center_amax(row, mu_buf, D, y);
+            j->kern->quant_row(y, (int)D, inv_scale(amax), dst + i * t->seq_stride);
+            t->scale[(tok0 + i) * Ht + h] = amax / 127.0f;
+        }
+        return;
+    }
 
     /* non-finite check (first in (position, channel) order) and the mean, in one row-wise pass;
      * each channel's sum runs over positions in ascending order */
     for (int64_t i = 0; i < n; i++) {
-        ld_row(j, off, i, D, row);
-        float z = 0.0f; /* x * 0 is NaN exactly for inf and NaN */
-        for (int64_t c = 0; c < D; c++) z += row[c] * 0.0f;
-        if (z != z) {
-            for (int64_t c = 0; c < D; c++)
-                if (!isfinite(row[c])) {
-                    j->bad[task] = 1 + i * D + c;
-                    return;
-                }
+        const float *row = ld_row(j, off, i, D, rowbuf);
+        if (row_nonfinite(row, D)) {
+            j->bad[task] = 1 + i * D + first_bad(row, D);
+            return;
         }
         if (t->mean)
             for (int64_t c = 0; c < D; c++) acc[c] += row[c];
@@ -137,17 +181,10 @@ static void quant_task(void *arg, int64_t task, int worker) {
         }
     }
     const float *mu = mu_buf;
-    int8_t *dst = t->data + toff;
-    int32_t gran = t->granularity;
     if (gran == QATTN_QUANT_PER_TOKEN) {
         for (int64_t i = 0; i < n; i++) {
-            ld_row(j, off, i, D, row);
-            float amax = 0.0f;
-            for (int64_t c = 0; c < D; c++) {
-                y[c] = row[c] - mu[c];
-                float a = fabsf(y[c]);
-                amax = a > amax ? a : amax;
-            }
+            const float *row = ld_row(j, off, i, D, rowbuf);
+            float amax = row_center_amax(row, mu, D, y);
             j->kern->quant_row(y, (int)D, inv_scale(amax), dst + i * t->seq_stride);
             t->scale[(tok0 + i) * Ht + h] = amax / 127.0f;
         }
@@ -162,7 +199,7 @@ static void quant_task(void *arg, int64_t task, int worker) {
             int64_t i1 = i0 + span < n ? i0 + span : n;
             float amax = 0.0f;
             for (int64_t i = i0; i < i1; i++) {
-                ld_row(j, off, i, D, row);
+                const float *row = ld_row(j, off, i, D, rowbuf);
                 for (int64_t c = 0; c < D; c++) {
                     float a = fabsf(row[c] - mu[c]);
                     amax = a > amax ? a : amax;
@@ -170,7 +207,7 @@ static void quant_task(void *arg, int64_t task, int worker) {
             }
             float inv = inv_scale(amax);
             for (int64_t i = i0; i < i1; i++) {
-                ld_row(j, off, i, D, row);
+                const float *row = ld_row(j, off, i, D, rowbuf);
                 for (int64_t c = 0; c < D; c++) y[c] = row[c] - mu[c];
                 j->kern->quant_row(y, (int)D, inv, dst + i * t->seq_stride);
             }

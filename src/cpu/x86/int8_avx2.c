@@ -27,6 +27,7 @@
 #include "quant/lowp.h"
 
 #include <float.h>
+#include <math.h>
 #include <immintrin.h>
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
@@ -61,7 +62,7 @@ static ALWAYS_INLINE void qk_block(const int8_t *q, int mr, int d, const int8_t 
         for (int v = 0; v < nv; v++) _mm256_storeu_si256((__m256i *)(s + (size_t)i * npad + j + 8 * v), acc[i][v]);
 }
 
-static void qk_avx2(const int8_t *q, int m, int d, const int8_t *kpack, int npad, int32_t *s) {
+void qattn_i8_qk_avx2(const int8_t *q, int m, int d, const int8_t *kpack, int npad, int32_t *s) {
     int r = 0;
     for (; r + 4 <= m; r += 4) {
         int j = 0;
@@ -93,7 +94,7 @@ static ALWAYS_INLINE void pv_block(const int16_t *pc, int mr, int npad, const in
         for (int v = 0; v < nv; v++) _mm256_storeu_si256((__m256i *)(o + (size_t)i * d + c + 8 * v), acc[i][v]);
 }
 
-static void pv_avx2(const int16_t *pc, int m, int npad, const int16_t *vpack, int d, int32_t *o) {
+void qattn_i8_pv_avx2(const int16_t *pc, int m, int npad, const int16_t *vpack, int d, int32_t *o) {
     int r = 0;
     for (; r + 4 <= m; r += 4) {
         int c = 0;
@@ -107,7 +108,7 @@ static void pv_avx2(const int16_t *pc, int m, int npad, const int16_t *vpack, in
     }
 }
 
-static void scores_avx2(const int32_t *s, int m, int npad, const float *sq, const float *sk, float *sf) {
+void qattn_i8_scores_avx2(const int32_t *s, int m, int npad, const float *sq, const float *sk, float *sf) {
     const __m256 hi = _mm256_set1_ps(FLT_MAX), lo = _mm256_set1_ps(-FLT_MAX);
     for (int r = 0; r < m; r++) {
         __m256 a = _mm256_set1_ps(sq[r]);
@@ -136,7 +137,7 @@ static ALWAYS_INLINE __m256 exp2_poly8(__m256 x) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(e, 23)));
 }
 
-static void softmax_avx2(const float *sf, int lo, int hi, int npad, float ref, float mult, int16_t *codes, float *pf,
+void qattn_i8_softmax_avx2(const float *sf, int lo, int hi, int npad, float ref, float mult, int16_t *codes, float *pf,
                          int32_t *code_sum, float *e_sum) {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i vlo = _mm256_set1_epi32(lo - 1), vhi = _mm256_set1_epi32(hi);
@@ -182,7 +183,7 @@ static ALWAYS_INLINE void pvf_block(const float *p, int mr, int npad, const floa
         for (int k = 0; k < nv; k++) _mm256_storeu_ps(o + (size_t)i * d + c + 8 * k, acc[i][k]);
 }
 
-static void pv_f32_avx2(const float *p, int m, int npad, const float *v, int d, float *o) {
+void qattn_i8_pv_f32_avx2(const float *p, int m, int npad, const float *v, int d, float *o) {
     int r = 0;
     for (; r + 4 <= m; r += 4) {
         int c = 0;
@@ -215,7 +216,7 @@ static ALWAYS_INLINE void qk16_block(const int16_t *q, int mr, int d, const int1
         for (int v = 0; v < nv; v++) _mm256_storeu_si256((__m256i *)(s + (size_t)i * npad + j + 8 * v), acc[i][v]);
 }
 
-static void qk16_avx2(const int16_t *q, int m, int d, const int16_t *kpack, int npad, int32_t *s) {
+void qattn_i8_qk16_avx2(const int16_t *q, int m, int d, const int16_t *kpack, int npad, int32_t *s) {
     int r = 0;
 #define QK16_ROWS(MR)                                                                                                    \
     do {                                                                                                                 \
@@ -239,7 +240,7 @@ static float hmax8(__m256 v) {
 
 /* Max is exact and the inputs are finite: only the sign of a zero max could depend on the
  * order, and adding +0.0f makes it +0 on both ISAs. */
-static float rowmax_avx2(const float *sf, int lo, int hi) {
+float qattn_i8_rowmax_avx2(const float *sf, int lo, int hi) {
     int j = lo;
     float mb = sf[lo];
     if (hi - lo >= 8) {
@@ -253,7 +254,7 @@ static float rowmax_avx2(const float *sf, int lo, int hi) {
     return mb + 0.0f;
 }
 
-static void softmax_vs_avx2(const float *sf, int lo, int hi, int npad, float ref, const float *svk, int16_t *codes, float *e_sum,
+void qattn_i8_softmax_vs_avx2(const float *sf, int lo, int hi, int npad, float ref, const float *svk, int16_t *codes, float *e_sum,
                             float *w_max) {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i vlo = _mm256_set1_epi32(lo - 1), vhi = _mm256_set1_epi32(hi);
@@ -312,7 +313,7 @@ static ALWAYS_INLINE void pv_acc_block(const int16_t *pc, int mr, int npad, cons
     }
 }
 
-static void pv_acc_avx2(const int16_t *pc, int m, int npad, const int16_t *vpack, int d, const float *alpha, const float *fac,
+void qattn_i8_pv_acc_avx2(const int16_t *pc, int m, int npad, const int16_t *vpack, int d, const float *alpha, const float *fac,
                         const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld) {
     int r = 0;
     for (; r + 4 <= m; r += 4) {
@@ -331,7 +332,7 @@ static void pv_acc_avx2(const int16_t *pc, int m, int npad, const int16_t *vpack
     }
 }
 
-static void quant_row_avx2(const float *y, int d, float inv, int8_t *dst) {
+void qattn_i8_quant_row_avx2(const float *y, int d, float inv, int8_t *dst) {
     const __m256 vinv = _mm256_set1_ps(inv), hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
     int c = 0;
     for (; c + 32 <= d; c += 32) {
@@ -352,17 +353,96 @@ static void quant_row_avx2(const float *y, int d, float inv, int8_t *dst) {
     }
 }
 
+/* One row of the fused P step, NV groups of 8 keys (npad = 8 NV), the row's values in registers. */
+static ALWAYS_INLINE void p_vs_row(const int32_t *srow, int nv, float sqr, const float *sk, int lo, int hi, const float *svk,
+                                   float *row_max, float *row_sum, int16_t *codes, float *alpha, float *fac) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256 fmax = _mm256_set1_ps(FLT_MAX), fmin = _mm256_set1_ps(-FLT_MAX), ninf = _mm256_set1_ps(-INFINITY);
+    const __m256i vlo = _mm256_set1_epi32(lo - 1), vhi = _mm256_set1_epi32(hi);
+    const __m256 a = _mm256_set1_ps(sqr);
+    __m256 x[8] = {0};
+    __m256i in[8] = {0};
+    __m256 mx = ninf;
+#pragma GCC unroll 8
+    for (int v = 0; v < nv; v++) {
+        __m256 t = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(srow + 8 * v)));
+        t = _mm256_mul_ps(_mm256_mul_ps(t, a), _mm256_loadu_ps(sk + 8 * v));
+        x[v] = _mm256_max_ps(_mm256_min_ps(t, fmax), fmin);
+        __m256i idx = _mm256_add_epi32(lane, _mm256_set1_epi32(8 * v));
+        in[v] = _mm256_and_si256(_mm256_cmpgt_epi32(idx, vlo), _mm256_cmpgt_epi32(vhi, idx));
+        mx = _mm256_max_ps(mx, _mm256_blendv_ps(ninf, x[v], _mm256_castsi256_ps(in[v])));
+    }
+    /* max is exact; + 0.0f makes a zero max +0 whatever the order (as rowmax) */
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+    float mb = _mm_cvtss_f32(m4) + 0.0f;
+    float m_old = *row_max;
+    float m_new = m_old > mb ? m_old : mb;
+    float al = m_old == -INFINITY ? 0.0f : exp2f(m_old - m_new);
+    float beta = exp2f(mb - m_new);
+    const __m256 vref = _mm256_set1_ps(mb);
+    __m256 esum = _mm256_setzero_ps(), wmax = _mm256_setzero_ps();
+#pragma GCC unroll 8
+    for (int v = 0; v < nv; v++) {
+        __m256 e = exp2_poly8(_mm256_sub_ps(x[v], vref));
+        e = _mm256_and_ps(e, _mm256_castsi256_ps(in[v]));
+        esum = _mm256_add_ps(esum, e);
+        x[v] = _mm256_mul_ps(e, _mm256_loadu_ps(svk + 8 * v)); /* w */
+        wmax = _mm256_max_ps(wmax, x[v]);
+    }
+    __m128 w4 = _mm_max_ps(_mm256_castps256_ps128(wmax), _mm256_extractf128_ps(wmax, 1));
+    w4 = _mm_max_ps(w4, _mm_movehl_ps(w4, w4));
+    w4 = _mm_max_ss(w4, _mm_shuffle_ps(w4, w4, 1));
+    float wm = _mm_cvtss_f32(w4); /* >= +0: every w is +0 or positive */
+    float inv = wm > 0.0f ? 255.0f / wm : 0.0f;
+    const __m256 vinv = _mm256_set1_ps(inv);
+#pragma GCC unroll 8
+    for (int v = 0; v < nv; v++) {
+        __m256i code = _mm256_cvtps_epi32(_mm256_mul_ps(x[v], vinv));
+        __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(code, code), 0x08);
+        _mm_storeu_si128((__m128i *)(codes + 8 * v), _mm256_castsi256_si128(packed));
+    }
+    float l[8];
+    _mm256_storeu_ps(l, esum);
+    float es = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+    *row_sum = *row_sum * al + beta * es;
+    *row_max = m_new;
+    *alpha = al;
+    *fac = beta * wm / 255.0f;
+}
+
+void qattn_i8_p_vs_tile_avx2(const int32_t *s, int m, int npad, const float *sq, const float *sk, const int32_t *lo, const int32_t *hi,
+                             const float *svk, float *row_max, float *row_sum, int16_t *codes, float *alpha, float *fac) {
+    int nv = npad / 8;
+    for (int r = 0; r < m; r++) {
+        int16_t *cr = codes + (size_t)r * npad;
+        if (lo[r] >= hi[r]) {
+            memset(cr, 0, (size_t)npad * sizeof(int16_t));
+            alpha[r] = 1.0f;
+            fac[r] = 0.0f;
+            continue;
+        }
+        const int32_t *sr = s + (size_t)r * npad;
+        if (nv == 8)
+            p_vs_row(sr, 8, sq[r], sk, lo[r], hi[r], svk, row_max + r, row_sum + r, cr, alpha + r, fac + r);
+        else
+            p_vs_row(sr, nv, sq[r], sk, lo[r], hi[r], svk, row_max + r, row_sum + r, cr, alpha + r, fac + r);
+    }
+}
+
 const qattn_int8_kernels qattn_int8_kernels_avx2 = {
-    .rowmax = rowmax_avx2,
-    .softmax_vs = softmax_vs_avx2,
-    .pv_acc = pv_acc_avx2,
-    .quant_row = quant_row_avx2,
-    .qk16 = qk16_avx2,
+    .rowmax = qattn_i8_rowmax_avx2,
+    .softmax_vs = qattn_i8_softmax_vs_avx2,
+    .pv_acc = qattn_i8_pv_acc_avx2,
+    .quant_row = qattn_i8_quant_row_avx2,
+    .qk16 = qattn_i8_qk16_avx2,
     .pv_acc8 = qattn_i8_pv_acc8_ref, /* unused here (pack8 0); the AVX-VNNI table has the fast one */
     .name = "avx2",
-    .qk = qk_avx2,
-    .pv = pv_avx2,
-    .scores = scores_avx2,
-    .softmax = softmax_avx2,
-    .pv_f32 = pv_f32_avx2,
+    .qk = qattn_i8_qk_avx2,
+    .pv = qattn_i8_pv_avx2,
+    .scores = qattn_i8_scores_avx2,
+    .softmax = qattn_i8_softmax_avx2,
+    .pv_f32 = qattn_i8_pv_f32_avx2,
+    .p_vs_tile = qattn_i8_p_vs_tile_avx2,
 };

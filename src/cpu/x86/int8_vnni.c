@@ -263,42 +263,22 @@ static void pv_acc8_vnni(const int16_t *pc, int m, int npad, const int8_t *vpack
 
 /* ---------------------------------------------------------------- the tables */
 
-/* The other slots are the AVX2 kernels (static in int8_avx2.c), reached through its table: one
- * predicted indirect jump per call (per tile or per row, not per element). */
-static const qattn_int8_kernels *const A = &qattn_int8_kernels_avx2;
-static void pv_w(const int16_t *pc, int m, int npad, const int16_t *vpack, int d, int32_t *o) { A->pv(pc, m, npad, vpack, d, o); }
-static void scores_w(const int32_t *s, int m, int npad, const float *sq, const float *sk, float *sf) { A->scores(s, m, npad, sq, sk, sf); }
-static void softmax_w(const float *sf, int lo, int hi, int npad, float ref, float mult, int16_t *codes, float *pf, int32_t *code_sum,
-                      float *e_sum) {
-    A->softmax(sf, lo, hi, npad, ref, mult, codes, pf, code_sum, e_sum);
-}
-static void pv_f32_w(const float *p, int m, int npad, const float *v, int d, float *o) { A->pv_f32(p, m, npad, v, d, o); }
-static float rowmax_w(const float *sf, int lo, int hi) { return A->rowmax(sf, lo, hi); }
-static void softmax_vs_w(const float *sf, int lo, int hi, int npad, float ref, const float *svk, int16_t *codes, float *e_sum,
-                         float *w_max) {
-    A->softmax_vs(sf, lo, hi, npad, ref, svk, codes, e_sum, w_max);
-}
-static void pv_acc_w(const int16_t *pc, int m, int npad, const int16_t *vpack, int d, const float *alpha, const float *fac, const float *sv,
-                     const int32_t *lo, const int32_t *hi, float *acc, int64_t ld) {
-    A->pv_acc(pc, m, npad, vpack, d, alpha, fac, sv, lo, hi, acc, ld);
-}
-static void quant_row_w(const float *y, int d, float inv, int8_t *dst) { A->quant_row(y, d, inv, dst); }
-static void qk16_w(const int16_t *q, int m, int d, const int16_t *kpack, int npad, int32_t *s) { A->qk16(q, m, d, kpack, npad, s); }
-
+/* The other slots are the AVX2 kernels (exported by int8_avx2.c), called directly: no wrappers. */
 const qattn_int8_kernels qattn_int8_kernels_avxvnni = {
     .name = "avxvnni",
     .qk = qk_vnni,
-    .pv = pv_w,
-    .scores = scores_w,
-    .softmax = softmax_w,
-    .pv_f32 = pv_f32_w,
-    .rowmax = rowmax_w,
-    .softmax_vs = softmax_vs_w,
-    .pv_acc = pv_acc_w,
-    .quant_row = quant_row_w,
-    .qk16 = qk16_w,
+    .pv = qattn_i8_pv_avx2,
+    .scores = qattn_i8_scores_avx2,
+    .softmax = qattn_i8_softmax_avx2,
+    .pv_f32 = qattn_i8_pv_f32_avx2,
+    .rowmax = qattn_i8_rowmax_avx2,
+    .softmax_vs = qattn_i8_softmax_vs_avx2,
+    .pv_acc = qattn_i8_pv_acc_avx2,
+    .quant_row = qattn_i8_quant_row_avx2,
+    .qk16 = qattn_i8_qk16_avx2,
     .pv_acc8 = pv_acc8_vnni,
     .pack8 = 1,
+    .p_vs_tile = qattn_i8_p_vs_tile_avx2,
 };
 
 /* The FP kernel table of this ISA: the AVX2 kernels (DESIGN.md §4), under the ISA's name. */
