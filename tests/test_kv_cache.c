@@ -10,6 +10,11 @@
  * 2e-4 for INT8, whose integer kernels also hold q and the softmax weights to 16 bits. */
 #include "harness.h"
 
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(QATTN_HAVE_X86)
+#define QATTN_HAVE_X86 1 /* the library's x86 kernels exist on these targets (CMakeLists.txt) */
+#endif
+#include "kv/kv_internal.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -383,12 +388,110 @@ static void test_decode_nan_query(void) {
     th_set_context(NULL);
 }
 
+/* ------------------------------------------------------------ kernel-level reference equality
+ * The INT8 decode kernels (ref, AVX2, AVX-VNNI where this CPU has it) called directly on one block.
+ * Integer parts against the scalar reference, bit for bit:
+ *   Q.K: each row sees one token, so row_max is that token's score ((float)dot * qsc) * ks;
+ *   P.V: qsc = 0 makes every score 0 and every p exactly 1 in every exp2, so the int16 weights
+ *        are rint(vs * 32767 / max vs) in all kernels and acc (from 0, one chunk) is
+ *        (float)(integer P.V sum) * ws: bitwise the reference's.
+ * Whole kernel: AVX-VNNI against AVX2 bit for bit (same integers, same float epilogue), with
+ * random q, state carried across calls, ranges per row and > 256 tokens (two P.V chunks).
+ * Codes span [-128, 127] (the overflow bounds allow -128) and q16 [-32767, 32767]. */
+typedef struct kcase {
+    int m, d, n;
+} kcase;
+
+static void fill_codes(int8_t *x, size_t n, th_rng *rng) {
+    for (size_t i = 0; i < n; i++) x[i] = (int8_t)((int)(th_rng_u64(rng) % 256) - 128);
+}
+
+static void kernel_state_init(qattn_tile_state *st, float *mem, int m, int d) {
+    st->row_max = mem, st->row_sum = mem + m, st->acc = mem + 2 * m, st->ld_acc = d;
+    for (int r = 0; r < m; r++) st->row_max[r] = -INFINITY, st->row_sum[r] = 0.0f;
+    memset(st->acc, 0, (size_t)m * d * sizeof(float));
+}
+
+static void test_kernel_i8_equality(void) {
+    static const kcase cases[] = {{4, 128, 16}, {1, 64, 7}, {3, 80, 33}, {5, 256, 16}, {8, 128, 300}, {4, 72, 1}, {6, 128, 257}};
+    qattn_kv_attend_fn fns[3] = {qattn_kv_attend_ref, NULL, NULL};
+    const char *names[3] = {"ref", "avx2", "avxvnni"};
+#if defined(QATTN_HAVE_X86)
+    for (int i = 0; i < g_n_isas; i++) {
+        if (g_isas[i] == QATTN_ISA_AVX2) fns[1] = qattn_kv_attend_avx2;
+        if (g_isas[i] == QATTN_ISA_AVXVNNI) fns[2] = qattn_kv_attend_vnni;
+    }
+#endif
+    th_rng rng;
+    th_rng_init(&rng, 0x5eed4b1d);
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        int m = cases[ci].m, d = cases[ci].d, n = cases[ci].n, ldq = (d + 15) / 16 * 16;
+        int8_t *kc = th_xmalloc((size_t)n * d), *vc = th_xmalloc((size_t)n * d);
+        float *ks = th_xmalloc((size_t)n * 4), *vs = th_xmalloc((size_t)n * 4), *qsc = th_xmalloc((size_t)m * 4), *q = th_xmalloc((size_t)m * d * 4);
+        int16_t *q16 = th_xmalloc((size_t)m * ldq * 2);
+        size_t sf = (size_t)QATTN_KV_SCRATCH_FLOATS(m, n);
+        float *scratch = th_xmalloc(sf * 4), *mem[3];
+        int32_t lo[8], hi[8];
+        for (int f = 0; f < 3; f++) mem[f] = th_xmalloc((size_t)m * (d + 2) * 4);
+        fill_codes(kc, (size_t)n * d, &rng);
+        fill_codes(vc, (size_t)n * d, &rng);
+        for (int j = 0; j < n; j++) ks[j] = (float)th_rng_uniform(&rng, 1e-3, 2e-2), vs[j] = (float)th_rng_uniform(&rng, 1e-3, 2e-2);
+        for (int r = 0; r < m; r++) {
+            for (int c = 0; c < ldq; c++) q16[(size_t)r * ldq + c] = c < d ? (int16_t)((int)(th_rng_u64(&rng) % 65535) - 32767) : 0;
+            qsc[r] = (float)th_rng_uniform(&rng, 1e-6, 1e-5);
+        }
+        qattn_tile_state st[3];
+        /* Q.K: row r sees token (j0 + r) only */
+        bool ok = true;
+        for (int j0 = 0; j0 < n && ok; j0 += m) {
+            for (int r = 0; r < m; r++) lo[r] = j0 + r < n ? j0 + r : n, hi[r] = j0 + r < n ? j0 + r + 1 : n;
+            for (int f = 0; f < 3; f++) {
+                if (!fns[f]) continue;
+                kernel_state_init(&st[f], mem[f], m, d);
+                fns[f](q, q16, qsc, m, d, QATTN_DTYPE_I8, kc, vc, ks, vs, n, lo, hi, &st[f], scratch);
+                if (f > 0) ok = ok && memcmp(st[f].row_max, st[0].row_max, (size_t)m * 4) == 0;
+            }
+        }
+        TH_CHECK(ok, "kernel Q.K m %d d %d n %d: scores differ from the reference", m, d, n);
+        /* P.V: qsc 0, rows' ranges staggered, one chunk (<= 256 tokens) */
+        float zero[8] = {0};
+        int nn = n > 256 ? 256 : n;
+        for (int r = 0; r < m; r++) lo[r] = (r * 3) % (nn > 1 ? nn / 2 + 1 : 1), hi[r] = nn - (r % 2) * (nn / 3);
+        for (int f = 0; f < 3; f++) {
+            if (!fns[f]) continue;
+            kernel_state_init(&st[f], mem[f], m, d);
+            fns[f](q, q16, zero, m, d, QATTN_DTYPE_I8, kc, vc, ks, vs, nn, lo, hi, &st[f], scratch);
+            if (f == 0) continue;
+            bool same_max = true; /* == here: the max of all-zero scores may be -0 in one kernel and +0 in another */
+            for (int r = 0; r < m; r++) same_max = same_max && st[f].row_max[r] == st[0].row_max[r];
+            TH_CHECK(same_max && memcmp(st[f].row_sum, st[0].row_sum, (size_t)m * (d + 1) * 4) == 0,
+                     "kernel P.V %s m %d d %d n %d: state differs from the reference", names[f], m, d, nn);
+        }
+        /* whole kernel, AVX-VNNI vs AVX2: two calls carrying state, random scores */
+        if (fns[1] && fns[2]) {
+            for (int f = 1; f < 3; f++) kernel_state_init(&st[f], mem[f], m, d);
+            for (int call = 0; call < 2; call++) {
+                for (int r = 0; r < m; r++) {
+                    qsc[r] = (float)th_rng_uniform(&rng, 1e-5, 1e-4);
+                    lo[r] = call == 0 ? 0 : r % 3 < n ? r % 3 : n, hi[r] = call == 0 ? n : n - (r % 2 ? n / 4 : 0);
+                }
+                for (int f = 1; f < 3; f++) fns[f](q, q16, qsc, m, d, QATTN_DTYPE_I8, kc, vc, ks, vs, n, lo, hi, &st[f], scratch);
+            }
+            TH_CHECK(memcmp(mem[1], mem[2], (size_t)m * (d + 2) * 4) == 0, "kernel avxvnni vs avx2 m %d d %d n %d: not bitwise identical", m, d, n);
+        }
+        free(kc), free(vc), free(ks), free(vs), free(qsc), free(q), free(q16), free(scratch);
+        for (int f = 0; f < 3; f++) free(mem[f]);
+    }
+    printf("  kernel INT8 equality: ref%s%s\n", fns[1] ? ", avx2" : "", fns[2] ? ", avxvnni" : "");
+}
+
 int main(void) {
     th_init("test_kv_cache");
     g_n_isas = th_available_isas(g_isas);
     test_cache_ops();
     test_decode_bad_args();
     test_decode_nan_query();
+    test_kernel_i8_equality();
     static const dcase cases[] = {
         /* H HK  D  BS Lq causal wl  n  lens */
         {8, 2, 64, 16, 1, 1, -1, 3, {1000, 37, 513}},   /* GQA 4, uneven lengths, split-KV */

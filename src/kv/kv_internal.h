@@ -63,6 +63,11 @@ void qattn_kv_attend_ref(const float *q, const int16_t *q16, const float *qsc, i
 void qattn_kv_attend_avx2(const float *q, const int16_t *q16, const float *qsc, int m, int d, int32_t dtype, const void *kc,
                           const void *vc, const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st,
                           float *scratch);
+/* AVX-VNNI (src/cpu/x86/kv_attend_vnni.c): INT8 via vpdpwssd, bitwise equal to the AVX2 kernel;
+ * other dtypes forward to the AVX2 kernel. Call only when ctx->isa is QATTN_ISA_AVXVNNI. */
+void qattn_kv_attend_vnni(const float *q, const int16_t *q16, const float *qsc, int m, int d, int32_t dtype, const void *kc,
+                          const void *vc, const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st,
+                          float *scratch);
 #endif
 
 /* q rows to int16 codes with one scale per row (see above); d values. */

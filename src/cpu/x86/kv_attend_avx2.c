@@ -30,8 +30,8 @@ ALWAYS_INLINE __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
     return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
 }
 
-/* Scores of rows r0..r0+R-1 for tokens [j0, j1): s[r*n + j] = (q_r . k_j) * ks_j. */
-ALWAYS_INLINE void scores_rows(int R, const float *q, int d, int32_t dtype, const void *kc, const float *ks, int n, int j0, int j1,
+/* FP16/BF16 scores of rows r0..r0+R-1 for tokens [j0, j1): s[r*n + j] = q_r . k_j. */
+ALWAYS_INLINE void scores_rows(int R, const float *q, int d, int32_t dtype, const void *kc, int n, int j0, int j1,
                                float *s) {
     const float *qr[4];
     for (int r = 0; r < 4; r++) qr[r] = q + (int64_t)(r < R ? r : 0) * d;
@@ -51,10 +51,6 @@ ALWAYS_INLINE void scores_rows(int R, const float *q, int d, int32_t dtype, cons
         for (int r = R; r < 4; r++) a[r][0] = a[r][1] = _mm256_setzero_ps();
         __m128 s0 = hsum4(a[0][0], a[1][0], a[2][0], a[3][0]);
         __m128 s1 = hsum4(a[0][1], a[1][1], a[2][1], a[3][1]);
-        if (dtype == QATTN_DTYPE_I8) {
-            s0 = _mm_mul_ps(s0, _mm_set1_ps(ks[j]));
-            s1 = _mm_mul_ps(s1, _mm_set1_ps(ks[j + 1]));
-        }
         float t0[4], t1[4];
         _mm_storeu_ps(t0, s0);
         _mm_storeu_ps(t1, s1);
@@ -72,7 +68,6 @@ ALWAYS_INLINE void scores_rows(int R, const float *q, int d, int32_t dtype, cons
             for (int r = 0; r < R; r++) a[r] = _mm256_fmadd_ps(_mm256_loadu_ps(qr[r] + c), k0, a[r]);
         }
         __m128 s0 = hsum4(a[0], a[1], a[2], a[3]);
-        if (dtype == QATTN_DTYPE_I8) s0 = _mm_mul_ps(s0, _mm_set1_ps(ks[j]));
         float t0[4];
         _mm_storeu_ps(t0, s0);
         for (int r = 0; r < R; r++) s[(int64_t)r * n + j] = t0[r];
@@ -107,22 +102,60 @@ ALWAYS_INLINE void pv_chunk(int R, bool check, int32_t dtype, const void *vc, in
 }
 
 
-/* INT8 scores of rows r0..r0+R-1 for tokens [j0, j1): s = ((float)(q16 . k8) * qsc) * ks_j. */
-ALWAYS_INLINE void scores_rows_i8(int R, const int16_t *q16, const float *qsc, int d, const int8_t *kc, const float *ks, int n, int j0,
-                                  int j1, float *s) {
+/* ---------------------------------------------------------------- INT8
+ * Layout inside one call (rows r0..r0+3 of a 4-row block, tokens relative to jlo, the union of
+ * the rows' ranges): scores and weights token-major, s[t*4 + r], so one 8-lane vector holds two
+ * tokens x four rows and every pass (max, exp2, sum, weight max, int16 conversion) is vector-wide
+ * with no per-row scalar loop; (row, token) pairs outside the row's [lo, hi) hold -inf scores,
+ * hence exactly 0 weights, so P.V needs no range checks. Weights go to int16 pairs by token pair,
+ * wp[t*4 + r] = (w16[2t][r], w16[2t+1][r]) as one int32: P.V broadcasts one int32 per row and pair.
+ *
+ * Integer products. AVX2: vpmaddwd (two s16 x s16 products summed into s32) + vpaddd. AVX-VNNI
+ * (kv_attend_vnni.c includes this file with QATTN_KV_VNNI): vpdpwssd, the same two products and
+ * the same s32 add in one instruction (non-saturating form, wraps like vpaddd); the pair sum
+ * itself is exact in both (|2 * 32767 * 128| < 2^31; vpmaddwd's only wrap, -32768 * -32768 twice,
+ * cannot occur since q16 >= -32767). So both give the same int32 values as the scalar reference.
+ * Why no s32 lane overflows (codes bounded by 128 in magnitude, even though stored codes are
+ * clamped to [-127, 127]; head_dim <= 256; block_size <= 1024 but P.V sums <= 256 tokens):
+ *   Q.K: |q16| <= 32767, |k8| <= 128: every partial sum of the D <= 256 products is bounded by
+ *        256 * 32767 * 128 = 1 073 709 056 < 2^31 - 1 = 2 147 483 647 (any lane, any hadd step).
+ *   P.V: 0 <= w16 <= 32767, |v8| <= 128, <= 256 tokens per chunk: 256 * 32767 * 128 =
+ *        1 073 709 056 < 2^31 - 1. */
+#if defined(QATTN_KV_VNNI)
+#define DOT_ACC(acc, a, b) _mm256_dpwssd_avx_epi32((acc), (a), (b))
+#else
+#define DOT_ACC(acc, a, b) _mm256_add_epi32((acc), _mm256_madd_epi16((a), (b)))
+#endif
+
+/* Two tokens' per-token scales as [x[j] x4 | x[j+1] x4] (x[j] twice when !two: no read past n). */
+ALWAYS_INLINE __m256 pair_scale(const float *x, int j, bool two) {
+    __m128 a = _mm_set1_ps(x[j]), b = two ? _mm_set1_ps(x[j + 1]) : a;
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(a), b, 1);
+}
+
+/* INT8 scores of rows 0..R-1 for tokens [jlo, jhi): s[(j - jlo)*4 + r] = ((float)(q16 . k8) * qsc) * ks_j,
+ * -inf outside the row's [lo, hi) and for rows >= R (the pad token of an odd count included). */
+ALWAYS_INLINE void scores_rows_i8(int R, const int16_t *q16, const float *qsc, int d, const int8_t *kc, const float *ks, int jlo, int jhi,
+                                  const int32_t *lo, const int32_t *hi, float *s) {
     const int16_t *qr[4];
-    float qs[4];
     const int64_t ldq = (d + 15) / 16 * 16; /* q16 rows are zero-padded to a multiple of 16 */
+    int32_t lo4[4], hi4[4];
+    float qs[4];
     for (int r = 0; r < 4; r++) {
         qr[r] = q16 + (int64_t)(r < R ? r : 0) * ldq;
         qs[r] = qsc[r < R ? r : 0];
+        lo4[r] = r < R ? lo[r] : 0;
+        hi4[r] = r < R ? hi[r] : 0;
     }
-    __m128 qsv = _mm_loadu_ps(qs);
-    int j = j0;
-    for (; j < j1; j += 2) {
-        bool two = j + 1 < j1;
+    const __m256 qsv = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(qs)), _mm_loadu_ps(qs), 1);
+    const __m128i lov = _mm_loadu_si128((const __m128i *)lo4), hiv = _mm_loadu_si128((const __m128i *)hi4);
+    const __m256i lo8 = _mm256_insertf128_si256(_mm256_castsi128_si256(lov), lov, 1);
+    const __m256i hi8 = _mm256_insertf128_si256(_mm256_castsi128_si256(hiv), hiv, 1);
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    for (int j = jlo; j < jhi; j += 2) {
+        bool two = j + 1 < jhi;
         __m256i a[4][2];
-        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) a[r][0] = a[r][1] = _mm256_setzero_si256();
+        _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) a[r][0] = a[r][1] = _mm256_setzero_si256();
         const int8_t *k0p = kc + (int64_t)j * d, *k1p = two ? k0p + d : k0p;
         for (int c = 0; c < d; c += 16) {
             bool full = c + 16 <= d; /* else 8 channels (d is a multiple of 8): upper lanes zero */
@@ -130,27 +163,24 @@ ALWAYS_INLINE void scores_rows_i8(int R, const int16_t *q16, const float *qsc, i
             __m256i k1 = _mm256_cvtepi8_epi16(full ? _mm_loadu_si128((const __m128i *)(k1p + c)) : _mm_loadl_epi64((const __m128i *)(k1p + c)));
             _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
                 __m256i qv = _mm256_loadu_si256((const __m256i *)(qr[r] + c));
-                a[r][0] = _mm256_add_epi32(a[r][0], _mm256_madd_epi16(qv, k0));
-                a[r][1] = _mm256_add_epi32(a[r][1], _mm256_madd_epi16(qv, k1));
+                a[r][0] = DOT_ACC(a[r][0], qv, k0);
+                a[r][1] = DOT_ACC(a[r][1], qv, k1);
             }
         }
-        for (int r = R; r < 4; r++) a[r][0] = a[r][1] = _mm256_setzero_si256();
-        for (int t = 0; t < (two ? 2 : 1); t++) {
-            __m256i ab = _mm256_hadd_epi32(a[0][t], a[1][t]), cd = _mm256_hadd_epi32(a[2][t], a[3][t]);
-            __m256i abcd = _mm256_hadd_epi32(ab, cd);
-            __m128i dot = _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1));
-            __m128 sv = _mm_mul_ps(_mm_mul_ps(_mm_cvtepi32_ps(dot), qsv), _mm_set1_ps(ks[j + t]));
-            float tmp[4];
-            _mm_storeu_ps(tmp, sv);
-            for (int r = 0; r < R; r++) s[(int64_t)r * n + j + t] = tmp[r];
-        }
+        /* 8 accumulators -> [t0: rows 0..3 | t1: rows 0..3] (integer adds: exact in any order) */
+        __m256i x0 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0][0], a[1][0]), _mm256_hadd_epi32(a[2][0], a[3][0]));
+        __m256i x1 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0][1], a[1][1]), _mm256_hadd_epi32(a[2][1], a[3][1]));
+        __m256i dot = _mm256_add_epi32(_mm256_permute2x128_si256(x0, x1, 0x20), _mm256_permute2x128_si256(x0, x1, 0x31));
+        __m256 sv = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), qsv), pair_scale(ks, j, two));
+        __m256i jv = _mm256_add_epi32(_mm256_set1_epi32(j), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
+        __m256i out = _mm256_or_si256(_mm256_cmpgt_epi32(lo8, jv), _mm256_cmpgt_epi32(_mm256_add_epi32(jv, _mm256_set1_epi32(1)), hi8));
+        _mm256_storeu_ps(s + (int64_t)(j - jlo) * 4, _mm256_blendv_ps(sv, ninf, _mm256_castsi256_ps(out)));
     }
 }
 
-/* INT8 P.V for rows r0..r0+R-1 over tokens [j0, j1) (at most 256): w16 [R][pairs*2] int16 weights
- * relative to j0 (0 outside each row's range and in the pad slot), ws[r] their scales. */
-ALWAYS_INLINE void pv_rows_i8(int R, const int8_t *vc, int d, int j0, int j1, const int16_t *w16, int64_t ldw, const float *ws,
-                              float *const *acc) {
+/* INT8 P.V for rows 0..R-1 over tokens [j0, j1) (at most 256; wp from j0's pair, j1 - j0 even
+ * or the pad weight 0): acc[r] += (float)(sum_j w16[j][r] * v8_j) * ws[r]. */
+ALWAYS_INLINE void pv_rows_i8(int R, const int8_t *vc, int d, int j0, int j1, const int32_t *wp, const float *ws, float *const *acc) {
     int pairs = (j1 - j0 + 1) / 2;
     for (int c = 0; c < d; c += 16) {
         __m256i a[4][2];
@@ -161,17 +191,15 @@ ALWAYS_INLINE void pv_rows_i8(int R, const int8_t *vc, int d, int j0, int j1, co
             const int8_t *p0 = vc + (int64_t)j * d + c, *p1 = p0 + d;
             __m128i x0 = full ? _mm_loadu_si128((const __m128i *)p0) : _mm_loadl_epi64((const __m128i *)p0);
             __m128i x1 = j + 1 >= j1 ? _mm_setzero_si128() : full ? _mm_loadu_si128((const __m128i *)p1) : _mm_loadl_epi64((const __m128i *)p1);
-            __m256i lo = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(x0, x1)); /* channels c..c+7, tokens j, j+1 */
-            __m256i hi = _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(x0, x1)); /* channels c+8..c+15 */
+            __m256i vlo = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(x0, x1)); /* channels c..c+7, tokens j, j+1 */
+            __m256i vhi = _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(x0, x1)); /* channels c+8..c+15 */
             _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
-                int32_t wp;
-                memcpy(&wp, w16 + (int64_t)r * ldw + 2 * t, 4);
-                __m256i wv = _mm256_set1_epi32(wp);
-                a[r][0] = _mm256_add_epi32(a[r][0], _mm256_madd_epi16(lo, wv));
-                a[r][1] = _mm256_add_epi32(a[r][1], _mm256_madd_epi16(hi, wv));
+                __m256i wv = _mm256_set1_epi32(wp[(int64_t)t * 4 + r]);
+                a[r][0] = DOT_ACC(a[r][0], vlo, wv);
+                a[r][1] = DOT_ACC(a[r][1], vhi, wv);
             }
         }
-        for (int r = 0; r < R; r++) {
+        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
             __m256 sc = _mm256_set1_ps(ws[r]);
             _mm256_storeu_ps(acc[r] + c, _mm256_fmadd_ps(_mm256_cvtepi32_ps(a[r][0]), sc, _mm256_loadu_ps(acc[r] + c)));
             if (full) _mm256_storeu_ps(acc[r] + c + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(a[r][1]), sc, _mm256_loadu_ps(acc[r] + c + 8)));
@@ -179,9 +207,96 @@ ALWAYS_INLINE void pv_rows_i8(int R, const int8_t *vc, int d, int j0, int j1, co
     }
 }
 
-/* Rows r0..r0+R-1 (R <= 4) through scores, online softmax and P.V. */
-ALWAYS_INLINE void attend_rows(int R, const float *q, const int16_t *q16, const float *qsc, int d, int32_t dtype, const void *kc, const void *vc, const float *ks,
-                               const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st, int r0, float *s,
+ALWAYS_INLINE __m128 hmax_halves(__m256 v) { return _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)); }
+
+/* INT8 rows r0..r0+R-1 (R <= 4): scores, online softmax, weights to int16, P.V. */
+ALWAYS_INLINE void attend_rows_i8(int R, const int16_t *q16, const float *qsc, int d, const int8_t *kc, const int8_t *vc, const float *ks,
+                                  const float *vs, const int32_t *lo, const int32_t *hi, qattn_tile_state *st, int r0, float *s) {
+    int jlo = 1 << 30, jhi = 0;
+    bool active[4] = {false, false, false, false};
+    for (int r = 0; r < R; r++)
+        if (lo[r] < hi[r]) {
+            active[r] = true;
+            if (lo[r] < jlo) jlo = lo[r];
+            if (hi[r] > jhi) jhi = hi[r];
+        }
+    if (jlo >= jhi) return;
+    int nt = jhi - jlo, np = (nt + 1) / 2; /* tokens, token pairs (the last maybe padded) */
+    scores_rows_i8(R, q16, qsc, d, kc, ks, jlo, jhi, lo, hi, s);
+    /* tile max per row: max_ps(s, m) keeps m when s is NaN, like the reference's `s > max` */
+    __m256 mx = _mm256_set1_ps(-INFINITY);
+    for (int t = 0; t < np; t++) mx = _mm256_max_ps(_mm256_loadu_ps(s + 8 * t), mx);
+    float tmax[4], mrow[4] = {0, 0, 0, 0};
+    _mm_storeu_ps(tmax, hmax_halves(mx));
+    float *acc[4];
+    bool nanrow[4] = {false, false, false, false};
+    for (int r = 0; r < R; r++) {
+        acc[r] = st->acc + (int64_t)(r0 + r) * st->ld_acc;
+        if (!active[r]) continue; /* mrow 0: its -inf scores give weights 0 */
+        float old_max = st->row_max[r0 + r];
+        float new_max = tmax[r] > old_max ? tmax[r] : old_max;
+        if (new_max == -INFINITY) { /* keys seen but no score above -inf (all NaN): a NaN row */
+            nanrow[r] = true;
+            continue;
+        }
+        if (new_max > old_max) {
+            float alpha = exp2f(old_max - new_max);
+            st->row_sum[r0 + r] *= alpha;
+            __m256 av = _mm256_set1_ps(alpha);
+            for (int c = 0; c < d; c += 8) _mm256_storeu_ps(acc[r] + c, _mm256_mul_ps(_mm256_loadu_ps(acc[r] + c), av));
+            st->row_max[r0 + r] = new_max;
+        }
+        mrow[r] = new_max; /* NaN when the state is NaN already: weights NaN, the row stays NaN */
+    }
+    /* p = exp2(s - max), w = p * vs in place; row sums of p, row max of w, NaN flags */
+    const __m256 mv = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(mrow)), _mm_loadu_ps(mrow), 1);
+    __m256 sum = _mm256_setzero_ps(), wmv = _mm256_setzero_ps(), nanv = _mm256_setzero_ps();
+    for (int t = 0; t < np; t++) {
+        __m256 p = qattn_exp2_avx2(_mm256_sub_ps(_mm256_loadu_ps(s + 8 * t), mv));
+        sum = _mm256_add_ps(sum, p);
+        p = _mm256_mul_ps(p, pair_scale(vs, jlo + 2 * t, jlo + 2 * t + 1 < jhi));
+        wmv = _mm256_max_ps(wmv, p);
+        nanv = _mm256_or_ps(nanv, _mm256_cmp_ps(p, p, _CMP_UNORD_Q));
+        _mm256_storeu_ps(s + 8 * t, p);
+    }
+    float rsum[4], wmax[4], inv[4], ws[4];
+    _mm_storeu_ps(rsum, _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1)));
+    _mm_storeu_ps(wmax, hmax_halves(wmv));
+    int nanm = _mm256_movemask_ps(nanv);
+    for (int r = 0; r < 4; r++) {
+        if (r < R && active[r] && ((nanm >> r) & 1 || (nanm >> (r + 4)) & 1)) nanrow[r] = true;
+        bool use = r < R && active[r] && !nanrow[r] && wmax[r] > 0.0f;
+        inv[r] = use ? 32767.0f / wmax[r] : 0.0f; /* 0: the row's weights all become 0 */
+        ws[r] = use ? wmax[r] / 32767.0f : 0.0f;
+        if (r >= R || !active[r]) continue;
+        if (nanrow[r]) { /* a NaN weight or score (NaN query): the row's state becomes NaN */
+            for (int c = 0; c < d; c++) acc[r][c] = NAN;
+            st->row_max[r0 + r] = NAN;
+            st->row_sum[r0 + r] = NAN;
+        } else {
+            st->row_sum[r0 + r] += rsum[r];
+        }
+    }
+    /* weights to int16 pairs: w16 = rint(w * 32767 / wmax) (cvtps rounds to nearest even) */
+    int32_t *wp = (int32_t *)(s + 8 * np);
+    const __m256 iv = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(inv)), _mm_loadu_ps(inv), 1);
+    for (int t = 0; t < np; t++) {
+        __m256i x = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(s + 8 * t), iv)); /* NaN * 0 rows: zeroed below */
+        __m128i p16 = _mm_packs_epi32(_mm256_castsi256_si128(x), _mm256_extracti128_si256(x, 1)); /* t0 r0..3, t1 r0..3 */
+        _mm_storeu_si128((__m128i *)(wp + 4 * t), _mm_unpacklo_epi16(p16, _mm_unpackhi_epi64(p16, p16)));
+    }
+    if (nanrow[0] | nanrow[1] | nanrow[2] | nanrow[3])
+        for (int t = 0; t < np; t++)
+            for (int r = 0; r < 4; r++)
+                if (nanrow[r]) wp[4 * t + r] = 0;
+    for (int j0 = jlo; j0 < jhi; j0 += 256) {
+        int j1 = j0 + 256 < jhi ? j0 + 256 : jhi;
+        pv_rows_i8(R, vc, d, j0, j1, wp + (j0 - jlo) / 2 * 4, ws, acc);
+    }
+}
+
+/* FP16/BF16 rows r0..r0+R-1 (R <= 4) through scores, online softmax and P.V. */
+ALWAYS_INLINE void attend_rows(int R, const float *q, int d, int32_t dtype, const void *kc, const void *vc, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st, int r0, float *s,
                                float *w) {
     int jlo = n, jhi = 0, jc0 = 0, jc1 = n;
     for (int r = 0; r < R; r++) {
@@ -193,12 +308,7 @@ ALWAYS_INLINE void attend_rows(int R, const float *q, const int16_t *q16, const 
         if (hi[r] < jc1) jc1 = hi[r];
     }
     if (jlo >= jhi) return;
-    if (dtype == QATTN_DTYPE_I8)
-        scores_rows_i8(R, q16, qsc, d, kc, ks, n, jlo, jhi, s);
-    else
-        scores_rows(R, q, d, dtype, kc, ks, n, jlo, jhi, s);
-    float wmax[4] = {0, 0, 0, 0};
-    bool wnan[4] = {false, false, false, false};
+    scores_rows(R, q, d, dtype, kc, n, jlo, jhi, s);
     float *acc[4];
     for (int r = 0; r < R; r++) {
         acc[r] = st->acc + (int64_t)(r0 + r) * st->ld_acc;
@@ -214,7 +324,6 @@ ALWAYS_INLINE void attend_rows(int R, const float *q, const int16_t *q16, const 
             for (int c = 0; c < d; c++) acc[r][c] = NAN;
             st->row_max[r0 + r] = st->row_sum[r0 + r] = NAN;
             for (int j = lo[r]; j < hi[r]; j++) wr[j] = 0.0f;
-            wnan[r] = true;
             continue;
         }
         if (new_max > old_max) {
@@ -224,16 +333,11 @@ ALWAYS_INLINE void attend_rows(int R, const float *q, const int16_t *q16, const 
             for (int c = 0; c < d; c += 8) _mm256_storeu_ps(acc[r] + c, _mm256_mul_ps(_mm256_loadu_ps(acc[r] + c), av));
             st->row_max[r0 + r] = new_max;
         }
-        __m256 mv = _mm256_set1_ps(new_max), sum = _mm256_setzero_ps(), wmv = _mm256_setzero_ps(), nanv = _mm256_setzero_ps();
+        __m256 mv = _mm256_set1_ps(new_max), sum = _mm256_setzero_ps();
         int j = lo[r];
         for (; j + 8 <= hi[r]; j += 8) {
             __m256 p = qattn_exp2_avx2(_mm256_sub_ps(_mm256_loadu_ps(sr + j), mv));
             sum = _mm256_add_ps(sum, p);
-            if (dtype == QATTN_DTYPE_I8) {
-                p = _mm256_mul_ps(p, _mm256_loadu_ps(vs + j));
-                wmv = _mm256_max_ps(wmv, p);
-                nanv = _mm256_or_ps(nanv, _mm256_cmp_ps(p, p, _CMP_UNORD_Q));
-            }
             _mm256_storeu_ps(wr + j, p);
         }
         float tail = 0.0f;
@@ -244,57 +348,13 @@ ALWAYS_INLINE void attend_rows(int R, const float *q, const int16_t *q16, const 
             _mm256_storeu_ps(out, qattn_exp2_avx2(_mm256_loadu_ps(buf)));
             for (int i = 0; i < k; i++) {
                 tail += out[i];
-                float wv = dtype == QATTN_DTYPE_I8 ? out[i] * vs[j + i] : out[i];
-                wr[j + i] = wv;
-                if (wv > wmax[r]) wmax[r] = wv;
-                if (wv != wv) wnan[r] = true;
+                wr[j + i] = out[i];
             }
-        }
-        if (dtype == QATTN_DTYPE_I8) {
-            float t8[8];
-            _mm256_storeu_ps(t8, wmv);
-            for (int i = 0; i < 8; i++) wmax[r] = t8[i] > wmax[r] ? t8[i] : wmax[r];
-            if (_mm256_movemask_ps(nanv)) wnan[r] = true;
         }
         __m128 h = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
         h = _mm_add_ps(h, _mm_movehl_ps(h, h));
         h = _mm_add_ss(h, _mm_movehdup_ps(h));
         st->row_sum[r0 + r] += _mm_cvtss_f32(h) + tail;
-    }
-    /* Tuning (the 2-vCPU Xeon dev VM, B1 H32 HK8 D128, L2-resident, 1 thread): all-float INT8 path 0.72 ms,
-     * integer scores + float P.V 0.69 ms, integer scores + integer P.V (this) 0.65 ms. */
-    if (dtype == QATTN_DTYPE_I8) {
-        /* weights to int16 relative to jlo, zero outside each row's range; chunks of <= 256 tokens */
-        int16_t *w16 = (int16_t *)(w + (int64_t)4 * n);
-        int64_t ldw = n + 2;
-        float ws[4];
-        for (int r = 0; r < R; r++) {
-            int16_t *wr16 = w16 + (int64_t)r * ldw;
-            const float *wr = w + (int64_t)r * n;
-            float inv = wmax[r] > 0.0f ? 32767.0f / wmax[r] : 0.0f;
-            ws[r] = wmax[r] / 32767.0f;
-            __m256 iv = _mm256_set1_ps(inv);
-            int j = jlo;
-            for (; j < jhi && j < lo[r]; j++) wr16[j - jlo] = 0;
-            for (; j + 8 <= hi[r]; j += 8) {
-                __m256i x = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(wr + j), iv));
-                __m128i p16 = _mm_packs_epi32(_mm256_castsi256_si128(x), _mm256_extracti128_si256(x, 1));
-                _mm_storeu_si128((__m128i *)(wr16 + (j - jlo)), p16);
-            }
-            for (; j < hi[r]; j++) wr16[j - jlo] = (int16_t)lrintf(wr[j] * inv);
-            for (; j < jhi + 1; j++) wr16[j - jlo] = 0; /* the rest of the union and the pad slot */
-            if (wnan[r]) { /* a NaN weight (NaN query): the row's state becomes NaN */
-                for (int c = 0; c < d; c++) acc[r][c] = NAN;
-                st->row_max[r0 + r] = NAN;
-                st->row_sum[r0 + r] = NAN;
-                for (int t = 0; t < jhi + 1 - jlo; t++) wr16[t] = 0;
-            }
-        }
-        for (int j0 = jlo; j0 < jhi; j0 += 256) {
-            int j1 = j0 + 256 < jhi ? j0 + 256 : jhi;
-            pv_rows_i8(R, (const int8_t *)vc, d, j0, j1, w16 + (j0 - jlo), ldw, ws, acc);
-        }
-        return;
     }
     if (jc0 < jc1) {
         pv_chunk(R, true, dtype, vc, d, n, jlo, jc0, w, lo, hi, acc);
@@ -305,26 +365,53 @@ ALWAYS_INLINE void attend_rows(int R, const float *q, const int16_t *q16, const 
     }
 }
 
-ALWAYS_INLINE void attend_dtype(int32_t dtype, const float *q, const int16_t *q16, const float *qsc, int m, int d, const void *kc, const void *vc, const float *ks,
-                                const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st, float *scratch) {
+#if !defined(QATTN_KV_VNNI)
+ALWAYS_INLINE void attend_fp(int32_t dtype, const float *q, int m, int d, const void *kc, const void *vc, int n, const int32_t *lo,
+                             const int32_t *hi, qattn_tile_state *st, float *scratch) {
     float *s = scratch, *w = scratch + (int64_t)4 * n;
     int r0 = 0;
-    for (; r0 + 4 <= m; r0 += 4)
-        attend_rows(4, q + (int64_t)r0 * d, q16 ? q16 + (int64_t)r0 * ((d + 15) / 16 * 16) : NULL, qsc ? qsc + r0 : NULL, d, dtype, kc, vc, ks, vs, n, lo + r0, hi + r0, st, r0, s, w);
+    for (; r0 + 4 <= m; r0 += 4) attend_rows(4, q + (int64_t)r0 * d, d, dtype, kc, vc, n, lo + r0, hi + r0, st, r0, s, w);
     switch (m - r0) {
-    case 3: attend_rows(3, q + (int64_t)r0 * d, q16 ? q16 + (int64_t)r0 * ((d + 15) / 16 * 16) : NULL, qsc ? qsc + r0 : NULL, d, dtype, kc, vc, ks, vs, n, lo + r0, hi + r0, st, r0, s, w); break;
-    case 2: attend_rows(2, q + (int64_t)r0 * d, q16 ? q16 + (int64_t)r0 * ((d + 15) / 16 * 16) : NULL, qsc ? qsc + r0 : NULL, d, dtype, kc, vc, ks, vs, n, lo + r0, hi + r0, st, r0, s, w); break;
-    case 1: attend_rows(1, q + (int64_t)r0 * d, q16 ? q16 + (int64_t)r0 * ((d + 15) / 16 * 16) : NULL, qsc ? qsc + r0 : NULL, d, dtype, kc, vc, ks, vs, n, lo + r0, hi + r0, st, r0, s, w); break;
+    case 3: attend_rows(3, q + (int64_t)r0 * d, d, dtype, kc, vc, n, lo + r0, hi + r0, st, r0, s, w); break;
+    case 2: attend_rows(2, q + (int64_t)r0 * d, d, dtype, kc, vc, n, lo + r0, hi + r0, st, r0, s, w); break;
+    case 1: attend_rows(1, q + (int64_t)r0 * d, d, dtype, kc, vc, n, lo + r0, hi + r0, st, r0, s, w); break;
+    default: break;
+    }
+}
+#endif
+
+static void attend_i8(const int16_t *q16, const float *qsc, int m, int d, const int8_t *kc, const int8_t *vc, const float *ks, const float *vs,
+                      const int32_t *lo, const int32_t *hi, qattn_tile_state *st, float *scratch) {
+    const int64_t ldq = (d + 15) / 16 * 16;
+    int r0 = 0;
+    for (; r0 + 4 <= m; r0 += 4) attend_rows_i8(4, q16 + r0 * ldq, qsc + r0, d, kc, vc, ks, vs, lo + r0, hi + r0, st, r0, scratch);
+    switch (m - r0) {
+    case 3: attend_rows_i8(3, q16 + r0 * ldq, qsc + r0, d, kc, vc, ks, vs, lo + r0, hi + r0, st, r0, scratch); break;
+    case 2: attend_rows_i8(2, q16 + r0 * ldq, qsc + r0, d, kc, vc, ks, vs, lo + r0, hi + r0, st, r0, scratch); break;
+    case 1: attend_rows_i8(1, q16 + r0 * ldq, qsc + r0, d, kc, vc, ks, vs, lo + r0, hi + r0, st, r0, scratch); break;
     default: break;
     }
 }
 
+#if defined(QATTN_KV_VNNI)
+/* The AVX-VNNI entry (kv_attend_vnni.c): INT8 with vpdpwssd; FP16/BF16 go to the AVX2 kernel. */
+void qattn_kv_attend_vnni(const float *q, const int16_t *q16, const float *qsc, int m, int d, int32_t dtype, const void *kc,
+                          const void *vc, const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st,
+                          float *scratch) {
+    if (dtype != QATTN_DTYPE_I8) {
+        qattn_kv_attend_avx2(q, q16, qsc, m, d, dtype, kc, vc, ks, vs, n, lo, hi, st, scratch);
+        return;
+    }
+    attend_i8(q16, qsc, m, d, kc, vc, ks, vs, lo, hi, st, scratch);
+}
+#else
 void qattn_kv_attend_avx2(const float *q, const int16_t *q16, const float *qsc, int m, int d, int32_t dtype, const void *kc,
                           const void *vc, const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st,
                           float *scratch) {
     switch (dtype) {
-    case QATTN_DTYPE_F16: attend_dtype(QATTN_DTYPE_F16, q, NULL, NULL, m, d, kc, vc, ks, vs, n, lo, hi, st, scratch); break;
-    case QATTN_DTYPE_BF16: attend_dtype(QATTN_DTYPE_BF16, q, NULL, NULL, m, d, kc, vc, ks, vs, n, lo, hi, st, scratch); break;
-    default: attend_dtype(QATTN_DTYPE_I8, q, q16, qsc, m, d, kc, vc, ks, vs, n, lo, hi, st, scratch); break;
+    case QATTN_DTYPE_F16: attend_fp(QATTN_DTYPE_F16, q, m, d, kc, vc, n, lo, hi, st, scratch); break;
+    case QATTN_DTYPE_BF16: attend_fp(QATTN_DTYPE_BF16, q, m, d, kc, vc, n, lo, hi, st, scratch); break;
+    default: attend_i8(q16, qsc, m, d, kc, vc, ks, vs, lo, hi, st, scratch); break;
     }
 }
+#endif
