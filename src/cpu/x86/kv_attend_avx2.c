@@ -122,7 +122,15 @@ ALWAYS_INLINE void pv_chunk(int R, bool check, int32_t dtype, const void *vc, in
  *   P.V: 0 <= w16 <= 32767, |v8| <= 128, <= 256 tokens per chunk: 256 * 32767 * 128 =
  *        1 073 709 056 < 2^31 - 1. */
 #if defined(QATTN_KV_VNNI)
-#define DOT_ACC(acc, a, b) _mm256_dpwssd_avx_epi32((acc), (a), (b))
+/* vpdpwssd through inline asm: with the _mm256_dpwssd_avx_epi32 builtin (its accumulator is tied
+ * to the destination) GCC 13 copied every loop-carried accumulator through another register and
+ * the stack on each iteration (perf annotate: ~1/3 of the kernel's cycles on vmovdqa); "+x"
+ * keeps each accumulator in one register. Same instruction, same result. */
+ALWAYS_INLINE __m256i dot_acc_vnni(__m256i acc, __m256i a, __m256i b) {
+    __asm__("%{vex%} vpdpwssd %2, %1, %0" : "+x"(acc) : "x"(a), "x"(b));
+    return acc;
+}
+#define DOT_ACC(acc, a, b) dot_acc_vnni((acc), (a), (b))
 #else
 #define DOT_ACC(acc, a, b) _mm256_add_epi32((acc), _mm256_madd_epi16((a), (b)))
 #endif
@@ -133,16 +141,22 @@ ALWAYS_INLINE __m256 pair_scale(const float *x, int j, bool two) {
     return _mm256_insertf128_ps(_mm256_castps128_ps256(a), b, 1);
 }
 
-/* INT8 scores of rows 0..R-1 for tokens [jlo, jhi): s[(j - jlo)*4 + r] = ((float)(q16 . k8) * qsc) * ks_j,
- * -inf outside the row's [lo, hi) and for rows >= R (the pad token of an odd count included). */
+/* 16 (full) or 8 int8 codes at p, sign-extended to int16 (upper lanes zero when 8). */
+ALWAYS_INLINE __m256i load_k16(const int8_t *p, bool full) {
+    return _mm256_cvtepi8_epi16(full ? _mm_loadu_si128((const __m128i *)p) : _mm_loadl_epi64((const __m128i *)p));
+}
+
+/* INT8 scores of 4 rows for tokens [jlo, jhi): s[(j - jlo)*4 + r] = ((float)(q16 . k8) * qsc) * ks_j,
+ * -inf outside the row's [lo, hi) (rows >= R: lo = hi = 0; the pad token of an odd count is >= hi).
+ * Always 4 rows (rows >= R reuse row 0's q and are masked): fixed named accumulators keep GCC from
+ * shuffling them through extra registers and the stack (vpdpwssd ties its accumulator). */
 ALWAYS_INLINE void scores_rows_i8(int R, const int16_t *q16, const float *qsc, int d, const int8_t *kc, const float *ks, int jlo, int jhi,
                                   const int32_t *lo, const int32_t *hi, float *s) {
-    const int16_t *qr[4];
     const int64_t ldq = (d + 15) / 16 * 16; /* q16 rows are zero-padded to a multiple of 16 */
+    const int16_t *q0 = q16, *q1 = q16 + (R > 1 ? ldq : 0), *q2 = q16 + (R > 2 ? 2 * ldq : 0), *q3 = q16 + (R > 3 ? 3 * ldq : 0);
     int32_t lo4[4], hi4[4];
     float qs[4];
     for (int r = 0; r < 4; r++) {
-        qr[r] = q16 + (int64_t)(r < R ? r : 0) * ldq;
         qs[r] = qsc[r < R ? r : 0];
         lo4[r] = r < R ? lo[r] : 0;
         hi4[r] = r < R ? hi[r] : 0;
@@ -152,24 +166,29 @@ ALWAYS_INLINE void scores_rows_i8(int R, const int16_t *q16, const float *qsc, i
     const __m256i lo8 = _mm256_insertf128_si256(_mm256_castsi128_si256(lov), lov, 1);
     const __m256i hi8 = _mm256_insertf128_si256(_mm256_castsi128_si256(hiv), hiv, 1);
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    const int dfull = d & ~15;
     for (int j = jlo; j < jhi; j += 2) {
         bool two = j + 1 < jhi;
-        __m256i a[4][2];
-        _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) a[r][0] = a[r][1] = _mm256_setzero_si256();
+        __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
         const int8_t *k0p = kc + (int64_t)j * d, *k1p = two ? k0p + d : k0p;
-        for (int c = 0; c < d; c += 16) {
-            bool full = c + 16 <= d; /* else 8 channels (d is a multiple of 8): upper lanes zero */
-            __m256i k0 = _mm256_cvtepi8_epi16(full ? _mm_loadu_si128((const __m128i *)(k0p + c)) : _mm_loadl_epi64((const __m128i *)(k0p + c)));
-            __m256i k1 = _mm256_cvtepi8_epi16(full ? _mm_loadu_si128((const __m128i *)(k1p + c)) : _mm_loadl_epi64((const __m128i *)(k1p + c)));
-            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
-                __m256i qv = _mm256_loadu_si256((const __m256i *)(qr[r] + c));
-                a[r][0] = DOT_ACC(a[r][0], qv, k0);
-                a[r][1] = DOT_ACC(a[r][1], qv, k1);
-            }
-        }
+#define QK_STEP(c, full)                                                                                                                   \
+    do {                                                                                                                                   \
+        __m256i k0 = load_k16(k0p + (c), full), k1 = load_k16(k1p + (c), full), qv;                                                       \
+        qv = _mm256_loadu_si256((const __m256i *)(q0 + (c)));                                                                              \
+        a00 = DOT_ACC(a00, qv, k0), a01 = DOT_ACC(a01, qv, k1);                                                                            \
+        qv = _mm256_loadu_si256((const __m256i *)(q1 + (c)));                                                                              \
+        a10 = DOT_ACC(a10, qv, k0), a11 = DOT_ACC(a11, qv, k1);                                                                            \
+        qv = _mm256_loadu_si256((const __m256i *)(q2 + (c)));                                                                              \
+        a20 = DOT_ACC(a20, qv, k0), a21 = DOT_ACC(a21, qv, k1);                                                                            \
+        qv = _mm256_loadu_si256((const __m256i *)(q3 + (c)));                                                                              \
+        a30 = DOT_ACC(a30, qv, k0), a31 = DOT_ACC(a31, qv, k1);                                                                            \
+    } while (0)
+        for (int c = 0; c < dfull; c += 16) QK_STEP(c, true);
+        if (dfull < d) QK_STEP(dfull, false); /* 8 channels (d is a multiple of 8) */
+#undef QK_STEP
         /* 8 accumulators -> [t0: rows 0..3 | t1: rows 0..3] (integer adds: exact in any order) */
-        __m256i x0 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0][0], a[1][0]), _mm256_hadd_epi32(a[2][0], a[3][0]));
-        __m256i x1 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0][1], a[1][1]), _mm256_hadd_epi32(a[2][1], a[3][1]));
+        __m256i x0 = _mm256_hadd_epi32(_mm256_hadd_epi32(a00, a10), _mm256_hadd_epi32(a20, a30));
+        __m256i x1 = _mm256_hadd_epi32(_mm256_hadd_epi32(a01, a11), _mm256_hadd_epi32(a21, a31));
         __m256i dot = _mm256_add_epi32(_mm256_permute2x128_si256(x0, x1, 0x20), _mm256_permute2x128_si256(x0, x1, 0x31));
         __m256 sv = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), qsv), pair_scale(ks, j, two));
         __m256i jv = _mm256_add_epi32(_mm256_set1_epi32(j), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
@@ -178,32 +197,62 @@ ALWAYS_INLINE void scores_rows_i8(int R, const int16_t *q16, const float *qsc, i
     }
 }
 
-/* INT8 P.V for rows 0..R-1 over tokens [j0, j1) (at most 256; wp from j0's pair, j1 - j0 even
- * or the pad weight 0): acc[r] += (float)(sum_j w16[j][r] * v8_j) * ws[r]. */
+/* INT8 P.V for 4 rows over tokens [j0, j1) (at most 256; wp from j0's pair; an odd count's pad
+ * weight is 0, so its V operand may be any codes: token j0 + 2t is used, no branch):
+ * acc[r] += (float)(sum_j w16[j][r] * v8_j) * ws[r], stored for rows < R (rows >= R have weight 0). */
 ALWAYS_INLINE void pv_rows_i8(int R, const int8_t *vc, int d, int j0, int j1, const int32_t *wp, const float *ws, float *const *acc) {
-    int pairs = (j1 - j0 + 1) / 2;
+    const int pairs = (j1 - j0 + 1) / 2, full_pairs = (j1 - j0) / 2;
     for (int c = 0; c < d; c += 16) {
-        __m256i a[4][2];
-        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) a[r][0] = a[r][1] = _mm256_setzero_si256();
-        bool full = c + 16 <= d; /* else 8 channels: only the low half is used and stored */
-        for (int t = 0; t < pairs; t++) {
-            int j = j0 + 2 * t;
-            const int8_t *p0 = vc + (int64_t)j * d + c, *p1 = p0 + d;
-            __m128i x0 = full ? _mm_loadu_si128((const __m128i *)p0) : _mm_loadl_epi64((const __m128i *)p0);
-            __m128i x1 = j + 1 >= j1 ? _mm_setzero_si128() : full ? _mm_loadu_si128((const __m128i *)p1) : _mm_loadl_epi64((const __m128i *)p1);
-            __m256i vlo = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(x0, x1)); /* channels c..c+7, tokens j, j+1 */
-            __m256i vhi = _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(x0, x1)); /* channels c+8..c+15 */
-            _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
-                __m256i wv = _mm256_set1_epi32(wp[(int64_t)t * 4 + r]);
-                a[r][0] = DOT_ACC(a[r][0], vlo, wv);
-                a[r][1] = DOT_ACC(a[r][1], vhi, wv);
+        const bool full = c + 16 <= d; /* else 8 channels: only the low half is used and stored */
+        __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+        const int8_t *p = vc + (int64_t)j0 * d + c;
+        const int64_t step = 2 * (int64_t)d;
+#define PV_STEP(t, x0, x1)                                                                                                                 \
+    do {                                                                                                                                   \
+        __m256i vlo = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(x0, x1)); /* channels c..c+7, tokens j, j+1 */                              \
+        __m256i vhi = _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(x0, x1)); /* channels c+8..c+15 */                                          \
+        const int32_t *w = wp + (int64_t)(t) * 4;                                                                                          \
+        __m256i wv = _mm256_set1_epi32(w[0]);                                                                                              \
+        a00 = DOT_ACC(a00, vlo, wv), a01 = DOT_ACC(a01, vhi, wv);                                                                          \
+        wv = _mm256_set1_epi32(w[1]);                                                                                                      \
+        a10 = DOT_ACC(a10, vlo, wv), a11 = DOT_ACC(a11, vhi, wv);                                                                          \
+        wv = _mm256_set1_epi32(w[2]);                                                                                                      \
+        a20 = DOT_ACC(a20, vlo, wv), a21 = DOT_ACC(a21, vhi, wv);                                                                          \
+        wv = _mm256_set1_epi32(w[3]);                                                                                                      \
+        a30 = DOT_ACC(a30, vlo, wv), a31 = DOT_ACC(a31, vhi, wv);                                                                          \
+    } while (0)
+        if (full) {
+            for (int t = 0; t < full_pairs; t++, p += step) {
+                __m128i x0 = _mm_loadu_si128((const __m128i *)p), x1 = _mm_loadu_si128((const __m128i *)(p + d));
+                PV_STEP(t, x0, x1);
+            }
+            if (full_pairs < pairs) {
+                __m128i x0 = _mm_loadu_si128((const __m128i *)p);
+                PV_STEP(full_pairs, x0, x0);
+            }
+        } else {
+            for (int t = 0; t < full_pairs; t++, p += step) {
+                __m128i x0 = _mm_loadl_epi64((const __m128i *)p), x1 = _mm_loadl_epi64((const __m128i *)(p + d));
+                PV_STEP(t, x0, x1);
+            }
+            if (full_pairs < pairs) {
+                __m128i x0 = _mm_loadl_epi64((const __m128i *)p);
+                PV_STEP(full_pairs, x0, x0);
             }
         }
-        _Pragma("GCC unroll 4") for (int r = 0; r < R; r++) {
-            __m256 sc = _mm256_set1_ps(ws[r]);
-            _mm256_storeu_ps(acc[r] + c, _mm256_fmadd_ps(_mm256_cvtepi32_ps(a[r][0]), sc, _mm256_loadu_ps(acc[r] + c)));
-            if (full) _mm256_storeu_ps(acc[r] + c + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(a[r][1]), sc, _mm256_loadu_ps(acc[r] + c + 8)));
-        }
+#undef PV_STEP
+#define PV_STORE(r, lo_, hi_)                                                                                                              \
+    do {                                                                                                                                   \
+        float *o = acc[r] + c;                                                                                                             \
+        __m256 sc = _mm256_broadcast_ss(ws + (r));                                                                                         \
+        _mm256_storeu_ps(o, _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo_), sc, _mm256_loadu_ps(o)));                                             \
+        if (full) _mm256_storeu_ps(o + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi_), sc, _mm256_loadu_ps(o + 8)));                        \
+    } while (0)
+        PV_STORE(0, a00, a01);
+        if (R > 1) PV_STORE(1, a10, a11);
+        if (R > 2) PV_STORE(2, a20, a21);
+        if (R > 3) PV_STORE(3, a30, a31);
+#undef PV_STORE
     }
 }
 
