@@ -149,8 +149,10 @@ ALWAYS_INLINE __m256i load_k16(const int8_t *p, bool full) {
 /* INT8 scores of 4 rows for tokens [jlo, jhi): s[(j - jlo)*4 + r] = ((float)(q16 . k8) * qsc) * ks_j,
  * -inf outside the row's [lo, hi) (rows >= R: lo = hi = 0; the pad token of an odd count is >= hi).
  * Always 4 rows (rows >= R reuse row 0's q and are masked): fixed named accumulators keep GCC from
- * shuffling them through extra registers and the stack (vpdpwssd ties its accumulator). */
-ALWAYS_INLINE void scores_rows_i8(int R, const int16_t *q16, const float *qsc, int d, const int8_t *kc, const float *ks, int jlo, int jhi,
+ * shuffling them through extra registers and the stack (vpdpwssd ties its accumulator); noinline
+ * (here and in pv_rows_i8) gives the loops all 16 ymm registers: inlined into the softmax code,
+ * GCC kept its constants live and spilled a V operand in the P.V loop. */
+static __attribute__((noinline)) void scores_rows_i8(int R, const int16_t *q16, const float *qsc, int d, const int8_t *kc, const float *ks, int jlo, int jhi,
                                   const int32_t *lo, const int32_t *hi, float *s) {
     const int64_t ldq = (d + 15) / 16 * 16; /* q16 rows are zero-padded to a multiple of 16 */
     const int16_t *q0 = q16, *q1 = q16 + (R > 1 ? ldq : 0), *q2 = q16 + (R > 2 ? 2 * ldq : 0), *q3 = q16 + (R > 3 ? 3 * ldq : 0);
@@ -200,7 +202,7 @@ ALWAYS_INLINE void scores_rows_i8(int R, const int16_t *q16, const float *qsc, i
 /* INT8 P.V for 4 rows over tokens [j0, j1) (at most 256; wp from j0's pair; an odd count's pad
  * weight is 0, so its V operand may be any codes: token j0 + 2t is used, no branch):
  * acc[r] += (float)(sum_j w16[j][r] * v8_j) * ws[r], stored for rows < R (rows >= R have weight 0). */
-ALWAYS_INLINE void pv_rows_i8(int R, const int8_t *vc, int d, int j0, int j1, const int32_t *wp, const float *ws, float *const *acc) {
+static __attribute__((noinline)) void pv_rows_i8(int R, const int8_t *vc, int d, int j0, int j1, const int32_t *wp, const float *ws, float *const *acc) {
     const int pairs = (j1 - j0 + 1) / 2, full_pairs = (j1 - j0) / 2;
     for (int c = 0; c < d; c += 16) {
         const bool full = c + 16 <= d; /* else 8 channels: only the low half is used and stored */
