@@ -388,8 +388,11 @@ static void attend_tile(const lplan *pl, wmem *w, int m, int n, qattn_tile_state
     else
         K->qk16(w->qc, m, D, w->kp, npad, w->s);
     if (mode == QATTN_P_U8_VSCALED && K->p_vs_tile) { /* scores, row max, state and P codes in one pass */
-        K->p_vs_tile(w->s, m, npad, w->sq, w->sk, w->lo, w->hi, w->svk, st->row_max, st->row_sum, (int16_t *)w->pc, w->alpha, w->fac);
-        if (K->pack8)
+        bool u8 = K->pack8 && K->pv_acc8u;
+        K->p_vs_tile(w->s, m, npad, w->sq, w->sk, w->lo, w->hi, w->svk, st->row_max, st->row_sum, w->pc, u8, w->alpha, w->fac);
+        if (u8)
+            K->pv_acc8u((const uint8_t *)w->pc, m, npad, w->vp, D, w->alpha, w->fac, w->sv, w->lo, w->hi, st->acc, st->ld_acc);
+        else if (K->pack8)
             K->pv_acc8((int16_t *)w->pc, m, npad, w->vp, D, w->alpha, w->fac, w->sv, w->lo, w->hi, st->acc, st->ld_acc);
         else
             K->pv_acc((int16_t *)w->pc, m, npad, w->vp, D, w->alpha, w->fac, w->sv, w->lo, w->hi, st->acc, st->ld_acc);

@@ -65,10 +65,14 @@ typedef void (*qattn_i8_pv_acc8_fn)(const int16_t *pc, int m, int npad, const in
  * or 0, beta = exp2f(mb - m_new)) and softmax_vs(sf, ..., ref = mb), row_sum = row_sum * alpha +
  * beta * e_sum, row_max = m_new, fac = beta * w_max / 255; rows with lo >= hi get zero codes,
  * alpha 1, fac 0 and keep their state. Bit for bit the unfused sequence (scores, rowmax,
- * softmax_vs and the driver's float steps); NULL in a table means "run the unfused sequence". */
+ * softmax_vs and the driver's float steps); NULL in a table means "run the unfused sequence".
+ * codes: int16 [m][npad], or u8 [m][npad] when u8 is non-zero (codes are in [0, 255] either way). */
 typedef void (*qattn_i8_p_vs_tile_fn)(const int32_t *s, int m, int npad, const float *sq, const float *sk, const int32_t *lo,
-                                      const int32_t *hi, const float *svk, float *row_max, float *row_sum, int16_t *codes, float *alpha,
-                                      float *fac);
+                                      const int32_t *hi, const float *svk, float *row_max, float *row_sum, void *codes, int u8,
+                                      float *alpha, float *fac);
+/* pv_acc8 with u8 P codes pc8[r * npad + j]: the same exact PV and float update. */
+typedef void (*qattn_i8_pv_acc8u_fn)(const uint8_t *pc8, int m, int npad, const int8_t *vpack8, int d, const float *alpha,
+                                     const float *fac, const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld);
 
 typedef struct qattn_int8_kernels {
     const char *name;
@@ -87,6 +91,10 @@ typedef struct qattn_int8_kernels {
      * multiply); 1 = 8-bit Q codes, K pack and vp8, qk + pv_acc8 (AVX-VNNI: vpdpbusd). Same result. */
     int32_t pack8;
     qattn_i8_p_vs_tile_fn p_vs_tile; /* may be NULL */
+    qattn_i8_pv_acc8u_fn pv_acc8u;   /* may be NULL; used with p_vs_tile's u8 codes when pack8 */
+    /* y[c] = row[c] - mu[c] (c < d, d % 8 == 0), returns max |y[c]| (exact; +0 for all zeros); NULL:
+     * the quantizer's scalar loop. */
+    float (*center_amax)(const float *row, const float *mu, int d, float *y);
 } qattn_int8_kernels;
 
 extern const qattn_int8_kernels qattn_int8_kernels_ref;
@@ -109,8 +117,9 @@ void qattn_i8_softmax_vs_avx2(const float *sf, int lo, int hi, int npad, float r
 void qattn_i8_pv_acc_avx2(const int16_t *pc, int m, int npad, const int16_t *vpack, int d, const float *alpha, const float *fac,
                           const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld);
 void qattn_i8_quant_row_avx2(const float *y, int d, float inv, int8_t *dst);
+float qattn_i8_center_amax_avx2(const float *row, const float *mu, int d, float *y);
 void qattn_i8_p_vs_tile_avx2(const int32_t *s, int m, int npad, const float *sq, const float *sk, const int32_t *lo, const int32_t *hi,
-                             const float *svk, float *row_max, float *row_sum, int16_t *codes, float *alpha, float *fac);
+                             const float *svk, float *row_max, float *row_sum, void *codes, int u8, float *alpha, float *fac);
 #endif
 
 /* The table for ctx->isa. */

@@ -73,6 +73,7 @@ typedef struct qjob {
     qattn_int8_tensor *t;
     const qattn_int8_kernels *kern;
     int64_t *bad; /* per task: 0, or 1 + the element's (pos * D + c) of the first non-finite value */
+    int64_t hper; /* heads per quant_mean_task */
 } qjob;
 
 static inline float ld(const qjob *j, int64_t off, int64_t pos, int64_t c) {
@@ -90,7 +91,7 @@ static const float *ld_row(const qjob *j, int64_t off, int64_t pos, int64_t d, f
 
 /* Whether a row (d % 8 == 0) has a non-finite value: x * 0 is NaN exactly for inf and NaN, and a
  * sum with a NaN term is NaN in any order, so 8 independent lanes (vectorisable) decide it. */
-static inline bool row_nonfinite(const float *row, int64_t d) {
+static inline bool row_nonfinite(const float *restrict row, int64_t d) {
     float z[8] = {0};
     for (int64_t c = 0; c < d; c += 8)
         for (int k = 0; k < 8; k++) z[k] += row[c + k] * 0.0f;
@@ -99,14 +100,13 @@ static inline bool row_nonfinite(const float *row, int64_t d) {
 }
 
 /* y = row - mu and the largest |y| (max is exact: any order gives the same value). */
-static inline float row_center_amax(const float *row, const float *mu, int64_t d, float *y) {
+static inline float row_center_amax(const float *restrict row, const float *restrict mu, int64_t d, float *restrict y) {
+    for (int64_t c = 0; c < d; c++) y[c] = row[c] - mu[c];
     float m[8] = {0};
     for (int64_t c = 0; c < d; c += 8)
         for (int k = 0; k < 8; k++) {
-            float v = row[c + k] - mu[c + k];
-            y[c + k] = v;
-            float a = fabsf(v);
-            m[k] = a > m[k] ? a : m[k];
+            float a = fabsf(y[c + k]);
+            m[k] = m[k] < a ? a : m[k];
         }
     float a = m[0];
     for (int k = 1; k < 8; k++) a = m[k] > a ? m[k] : a;
@@ -131,6 +131,7 @@ static inline int8_t to_code(float y, float inv) {
     return (int8_t)c;
 }
 
+/* PER_BLOCK, PER_HEAD and PER_CHANNEL (PER_TOKEN: quant_tok_task, quant_mean_task): task = (b, h). */
 static void quant_task(void *arg, int64_t task, int worker) {
     (void)worker;
     const qjob *j = arg;
@@ -146,22 +147,6 @@ static void quant_task(void *arg, int64_t task, int worker) {
     for (int64_t c = 0; c < D; c++) mu_buf[c] = 0.0f, acc[c] = 0.0;
     int8_t *dst = t->data + toff;
     int32_t gran = t->granularity;
-
-    if (!t->mean && gran == QATTN_QUANT_PER_TOKEN) {
-        /* one pass: each row is checked (rows in ascending order, so the first non-finite
-         * position is the one reported), then quantized */
-        for (int64_t i = 0; i < n; i++) {
-            const float *row = ld_row(j, off, i, D, rowbuf);
-            if (row_nonfinite(row, D)) {
-                j->bad[task] = 1 + i * D + first_bad(row, D);
-                return;
-            }
-            float amax = row_center_amax(row, mu_buf, D, y);
-            j->kern->quant_row(y, (int)D, inv_scale(amax), dst + i * t->seq_stride);
-            t->scale[(tok0 + i) * Ht + h] = amax / 127.0f;
-        }
-        return;
-    }
 
     /* non-finite check (first in (position, channel) order) and the mean, in one row-wise pass;
      * each channel's sum runs over positions in ascending order */
@@ -181,14 +166,7 @@ static void quant_task(void *arg, int64_t task, int worker) {
         }
     }
     const float *mu = mu_buf;
-    if (gran == QATTN_QUANT_PER_TOKEN) {
-        for (int64_t i = 0; i < n; i++) {
-            const float *row = ld_row(j, off, i, D, rowbuf);
-            float amax = row_center_amax(row, mu, D, y);
-            j->kern->quant_row(y, (int)D, inv_scale(amax), dst + i * t->seq_stride);
-            t->scale[(tok0 + i) * Ht + h] = amax / 127.0f;
-        }
-    } else if (gran == QATTN_QUANT_PER_BLOCK || gran == QATTN_QUANT_PER_HEAD) {
+    if (gran == QATTN_QUANT_PER_BLOCK || gran == QATTN_QUANT_PER_HEAD) {
         int64_t span = gran == QATTN_QUANT_PER_BLOCK ? t->block_size : (n > 0 ? n : 1);
         if (gran == QATTN_QUANT_PER_BLOCK) { /* blocks past this sequence's end (varlen) */
             int64_t nblk = (j->v.max_len + span - 1) / span;
@@ -228,18 +206,111 @@ static void quant_task(void *arg, int64_t task, int worker) {
     }
 }
 
+/* Token-major pass for PER_TOKEN without a mean (Q): task = (sequence, QCHUNK positions), each
+ * position's heads in memory order (one contiguous token when heads are packed), so reads
+ * stream instead of hopping a token stride per row. The same per-row codes and scales as
+ * quant_task. bad2[(b * Ht + h) * nchunk + chunk]: the first non-finite of that head in the chunk. */
+#define QCHUNK 32
+#define QUANT_HGROUP 8
+static void quant_tok_task(void *arg, int64_t task, int worker) {
+    (void)worker;
+    const qjob *j = arg;
+    const qattn_params *p = j->p;
+    qattn_int8_tensor *t = j->t;
+    int64_t Ht = j->v.n_heads, D = p->head_dim, nchunk = (j->v.max_len + QCHUNK - 1) / QCHUNK;
+    int64_t b = task / nchunk, ch = task % nchunk;
+    int64_t n = seq_len(&j->v, b), tok0 = seq_tok0(&j->v, b);
+    int64_t i0 = ch * QCHUNK, i1 = i0 + QCHUNK < n ? i0 + QCHUNK : n;
+    int64_t off0 = seq_off(&j->v, b, j->v.bs, j->v.ss);
+    int64_t toff0 = seq_off(&j->v, b, t->batch_stride, t->seq_stride);
+    float rowbuf[256], y[256];
+    static const float zero_mu[256];
+    for (int64_t i = i0; i < i1; i++)
+        for (int64_t h = 0; h < Ht; h++) {
+            const float *row = ld_row(j, off0 + h * j->v.hs, i, D, rowbuf);
+            const float *mu = t->mean ? t->mean + (b * Ht + h) * D : zero_mu; /* checked by quant_mean_task */
+            if (t->mean) {
+                float amax = j->kern->center_amax ? j->kern->center_amax(row, mu, (int)D, y) : row_center_amax(row, mu, D, y);
+                j->kern->quant_row(y, (int)D, inv_scale(amax), t->data + toff0 + h * t->head_stride + i * t->seq_stride);
+                t->scale[(tok0 + i) * Ht + h] = amax / 127.0f;
+                continue;
+            }
+            if (row_nonfinite(row, D)) {
+                int64_t *slot = &j->bad[(b * Ht + h) * nchunk + ch];
+                if (!*slot) *slot = 1 + i * D + first_bad(row, D);
+                continue;
+            }
+            float amax = j->kern->center_amax ? j->kern->center_amax(row, zero_mu, (int)D, y) : row_center_amax(row, zero_mu, D, y);
+            j->kern->quant_row(y, (int)D, inv_scale(amax), t->data + toff0 + h * t->head_stride + i * t->seq_stride);
+            t->scale[(tok0 + i) * Ht + h] = amax / 127.0f;
+        }
+}
+
+/* PER_TOKEN with a mean, first phase: the non-finite check and the means of the heads
+ * [hg * hper, hg * hper + hper) of sequence b (task = b * ngroups + hg), token by token so that
+ * the group's rows are read together; each channel's sum runs over positions in ascending order
+ * (double), as quant_task's. bad[b * Ht + h]: 1 + the first non-finite (pos * D + c) of head h. */
+static void quant_mean_task(void *arg, int64_t task, int worker) {
+    (void)worker;
+    const qjob *j = arg;
+    const qattn_params *p = j->p;
+    qattn_int8_tensor *t = j->t;
+    int64_t Ht = j->v.n_heads, D = p->head_dim, hper = j->hper, ng = (Ht + hper - 1) / hper;
+    int64_t b = task / ng, h0 = (task % ng) * hper, h1 = h0 + hper < Ht ? h0 + hper : Ht;
+    int64_t n = seq_len(&j->v, b);
+    int64_t off0 = seq_off(&j->v, b, j->v.bs, j->v.ss);
+    float rowbuf[256];
+    double acc[QUANT_HGROUP][256];
+    for (int64_t h = h0; h < h1; h++)
+        for (int64_t c = 0; c < D; c++) acc[h - h0][c] = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t h = h0; h < h1; h++) {
+            if (j->bad[b * Ht + h]) continue;
+            const float *row = ld_row(j, off0 + h * j->v.hs, i, D, rowbuf);
+            if (row_nonfinite(row, D)) {
+                j->bad[b * Ht + h] = 1 + i * D + first_bad(row, D);
+                continue;
+            }
+            double *a = acc[h - h0];
+            for (int64_t c = 0; c < D; c++) a[c] += row[c];
+        }
+    for (int64_t h = h0; h < h1; h++)
+        for (int64_t c = 0; c < D; c++) t->mean[(b * Ht + h) * D + c] = n > 0 ? (float)(acc[h - h0][c] / (double)n) : 0.0f;
+}
+
 static const char *tensor_name(int32_t which) { return which == QATTN_TENSOR_Q ? "q" : which == QATTN_TENSOR_K ? "k" : "v"; }
 
 qattn_status qattn_quantize_tensor(qattn_ctx *ctx, const qattn_params *p, int32_t which, qattn_int8_tensor *t) {
     qjob j = {.p = p, .v = view_of(p, which), .t = t, .kern = qattn_int8_kernels_for(ctx)};
     int64_t tasks = p->batch * j.v.n_heads;
     if (tasks == 0) return QATTN_OK;
-    j.bad = qattn_alloc(ctx, (size_t)tasks * sizeof(int64_t));
-    if (!j.bad) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cannot allocate %lld bytes", (long long)(tasks * 8));
-    memset(j.bad, 0, (size_t)tasks * sizeof(int64_t));
+    bool tok_major = t->granularity == QATTN_QUANT_PER_TOKEN;
+    bool two_phase = tok_major && t->mean; /* means first (quant_mean_task), then the codes */
+    int64_t nchunk = tok_major && !t->mean ? (j.v.max_len + QCHUNK - 1) / QCHUNK : 1;
+    size_t nbad = (size_t)(tasks * nchunk);
+    j.bad = qattn_alloc(ctx, nbad * sizeof(int64_t));
+    if (!j.bad) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes", nbad * 8);
+    memset(j.bad, 0, nbad * sizeof(int64_t));
     int nt = ctx->n_threads < 1 ? 1 : (ctx->n_threads > QATTN_MAX_THREADS ? QATTN_MAX_THREADS : ctx->n_threads);
-    if (nt > tasks) nt = (int)tasks;
-    qattn_parallel_for(nt, tasks, quant_task, &j);
+    int64_t qchunks = (j.v.max_len + QCHUNK - 1) / QCHUNK;
+    int64_t run_tasks = tok_major ? p->batch * qchunks : tasks;
+    if (two_phase) {
+        /* head groups: as few as keep every thread busy, at most QUANT_HGROUP heads each */
+        int64_t per = p->batch >= nt ? j.v.n_heads : j.v.n_heads * p->batch / nt;
+        j.hper = per < 1 ? 1 : per > QUANT_HGROUP ? QUANT_HGROUP : per;
+        int64_t ng = (j.v.n_heads + j.hper - 1) / j.hper, mtasks = p->batch * ng;
+        qattn_parallel_for(nt > mtasks ? (int)mtasks : nt, mtasks, quant_mean_task, &j);
+        for (int64_t k = 0; k < tasks; k++)
+            if (j.bad[k]) run_tasks = 0; /* refused below; no codes needed */
+    }
+    if (nt > run_tasks) nt = (int)(run_tasks > 0 ? run_tasks : 1);
+    if (run_tasks > 0) qattn_parallel_for(nt, run_tasks, tok_major ? quant_tok_task : quant_task, &j);
+    if (tok_major && !t->mean) /* per (sequence, head): the first chunk with a non-finite value (positions ascend) */
+        for (int64_t k = 0; k < tasks; k++) {
+            int64_t first = 0;
+            for (int64_t c = 0; c < nchunk && !first; c++) first = j.bad[k * nchunk + c];
+            j.bad[k] = first;
+        }
     qattn_status s = QATTN_OK;
     for (int64_t k = 0; k < tasks; k++)
         if (j.bad[k]) {

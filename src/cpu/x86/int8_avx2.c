@@ -353,9 +353,20 @@ void qattn_i8_quant_row_avx2(const float *y, int d, float inv, int8_t *dst) {
     }
 }
 
+float qattn_i8_center_amax_avx2(const float *row, const float *mu, int d, float *y) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 m = _mm256_setzero_ps();
+    for (int c = 0; c < d; c += 8) {
+        __m256 v = _mm256_sub_ps(_mm256_loadu_ps(row + c), _mm256_loadu_ps(mu + c));
+        _mm256_storeu_ps(y + c, v);
+        m = _mm256_max_ps(m, _mm256_and_ps(v, absmask)); /* finite inputs: max is exact */
+    }
+    return hmax8(m);
+}
+
 /* One row of the fused P step, NV groups of 8 keys (npad = 8 NV), the row's values in registers. */
 static ALWAYS_INLINE void p_vs_row(const int32_t *srow, int nv, float sqr, const float *sk, int lo, int hi, const float *svk,
-                                   float *row_max, float *row_sum, int16_t *codes, float *alpha, float *fac) {
+                                   float *row_max, float *row_sum, void *codes, int u8, float *alpha, float *fac) {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256 fmax = _mm256_set1_ps(FLT_MAX), fmin = _mm256_set1_ps(-FLT_MAX), ninf = _mm256_set1_ps(-INFINITY);
     const __m256i vlo = _mm256_set1_epi32(lo - 1), vhi = _mm256_set1_epi32(hi);
@@ -397,11 +408,28 @@ static ALWAYS_INLINE void p_vs_row(const int32_t *srow, int nv, float sqr, const
     float wm = _mm_cvtss_f32(w4); /* >= +0: every w is +0 or positive */
     float inv = wm > 0.0f ? 255.0f / wm : 0.0f;
     const __m256 vinv = _mm256_set1_ps(inv);
+    if (u8) { /* codes in [0, 255]: packs (exact) then packus (exact) */
+        uint8_t *c8 = codes;
+        int v = 0;
+        for (; v + 2 <= nv; v += 2) {
+            __m256i c0 = _mm256_cvtps_epi32(_mm256_mul_ps(x[v], vinv)), c1 = _mm256_cvtps_epi32(_mm256_mul_ps(x[v + 1], vinv));
+            __m256i w16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(c0, c1), 0xD8); /* c0[0:8] c1[0:8] as int16 */
+            __m128i b = _mm_packus_epi16(_mm256_castsi256_si128(w16), _mm256_extracti128_si256(w16, 1));
+            _mm_storeu_si128((__m128i *)(c8 + 8 * v), b);
+        }
+        if (v < nv) {
+            __m256i c0 = _mm256_cvtps_epi32(_mm256_mul_ps(x[v], vinv));
+            __m128i w16 = _mm_packs_epi32(_mm256_castsi256_si128(c0), _mm256_extracti128_si256(c0, 1));
+            _mm_storel_epi64((__m128i *)(c8 + 8 * v), _mm_packus_epi16(w16, w16));
+        }
+    } else {
+        int16_t *c16 = codes;
 #pragma GCC unroll 8
-    for (int v = 0; v < nv; v++) {
-        __m256i code = _mm256_cvtps_epi32(_mm256_mul_ps(x[v], vinv));
-        __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(code, code), 0x08);
-        _mm_storeu_si128((__m128i *)(codes + 8 * v), _mm256_castsi256_si128(packed));
+        for (int v = 0; v < nv; v++) {
+            __m256i code = _mm256_cvtps_epi32(_mm256_mul_ps(x[v], vinv));
+            __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(code, code), 0x08);
+            _mm_storeu_si128((__m128i *)(c16 + 8 * v), _mm256_castsi256_si128(packed));
+        }
     }
     float l[8];
     _mm256_storeu_ps(l, esum);
@@ -413,21 +441,22 @@ static ALWAYS_INLINE void p_vs_row(const int32_t *srow, int nv, float sqr, const
 }
 
 void qattn_i8_p_vs_tile_avx2(const int32_t *s, int m, int npad, const float *sq, const float *sk, const int32_t *lo, const int32_t *hi,
-                             const float *svk, float *row_max, float *row_sum, int16_t *codes, float *alpha, float *fac) {
+                             const float *svk, float *row_max, float *row_sum, void *codes, int u8, float *alpha, float *fac) {
     int nv = npad / 8;
+    size_t esz = u8 ? 1 : 2;
     for (int r = 0; r < m; r++) {
-        int16_t *cr = codes + (size_t)r * npad;
+        void *cr = (unsigned char *)codes + (size_t)r * npad * esz;
         if (lo[r] >= hi[r]) {
-            memset(cr, 0, (size_t)npad * sizeof(int16_t));
+            memset(cr, 0, (size_t)npad * esz);
             alpha[r] = 1.0f;
             fac[r] = 0.0f;
             continue;
         }
         const int32_t *sr = s + (size_t)r * npad;
         if (nv == 8)
-            p_vs_row(sr, 8, sq[r], sk, lo[r], hi[r], svk, row_max + r, row_sum + r, cr, alpha + r, fac + r);
+            p_vs_row(sr, 8, sq[r], sk, lo[r], hi[r], svk, row_max + r, row_sum + r, cr, u8, alpha + r, fac + r);
         else
-            p_vs_row(sr, nv, sq[r], sk, lo[r], hi[r], svk, row_max + r, row_sum + r, cr, alpha + r, fac + r);
+            p_vs_row(sr, nv, sq[r], sk, lo[r], hi[r], svk, row_max + r, row_sum + r, cr, u8, alpha + r, fac + r);
     }
 }
 
@@ -445,4 +474,5 @@ const qattn_int8_kernels qattn_int8_kernels_avx2 = {
     .softmax = qattn_i8_softmax_avx2,
     .pv_f32 = qattn_i8_pv_f32_avx2,
     .p_vs_tile = qattn_i8_p_vs_tile_avx2,
+    .center_amax = qattn_i8_center_amax_avx2,
 };

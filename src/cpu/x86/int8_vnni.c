@@ -143,7 +143,7 @@ static void qk_vnni(const int8_t *q, int m, int d, const int8_t *kpack, int npad
 
 /* mr rows x nv groups of 8 channels starting at channel c; p8: the rows' u8 codes, stride
  * QATTN_I8_TILE. Epilogue as pv_acc_avx2: acc = acc * alpha + (fac * sv) * (float)PV. */
-static ALWAYS_INLINE void pv_acc8_block(const uint8_t *p8, int mr, int npad, const int8_t *vp8, int d, int c, int nv,
+static ALWAYS_INLINE void pv_acc8_block(const uint8_t *p8, int ps, int mr, int npad, const int8_t *vp8, int d, int c, int nv,
                                         const float *alpha, const float *fac, const float *sv, const int32_t *lo, const int32_t *hi,
                                         float *accp, int64_t ld) {
     __m256i acc[4][3];
@@ -156,7 +156,7 @@ static ALWAYS_INLINE void pv_acc8_block(const uint8_t *p8, int mr, int npad, con
         for (int v = 0; v < nv; v++) vv[v] = _mm256_loadu_si256((const __m256i *)(vb + 32 * v)); /* 8 channels x 4 keys */
 #pragma GCC unroll 6
         for (int i = 0; i < mr; i++) {
-            __m256i pb = _mm256_set1_epi32(load_i32(p8 + (size_t)i * QATTN_I8_TILE + 4 * jq)); /* p[4jq .. 4jq+3] */
+            __m256i pb = _mm256_set1_epi32(load_i32(p8 + (size_t)i * ps + 4 * jq)); /* p[4jq .. 4jq+3] */
 #pragma GCC unroll 3
             for (int v = 0; v < nv; v++) acc[i][v] = _mm256_dpbusd_avx_epi32(acc[i][v], pb, vv[v]);
         }
@@ -174,13 +174,13 @@ static ALWAYS_INLINE void pv_acc8_block(const uint8_t *p8, int mr, int npad, con
 }
 
 /* The main block, 6 rows x 16 channels, named accumulators (see qk_block_6x2). */
-static void pv_acc8_6x2(const uint8_t *p8, int npad, const int8_t *vp8, int d, int c, const float *alpha, const float *fac, const float *sv,
+static void pv_acc8_6x2(const uint8_t *p8, int ps, int npad, const int8_t *vp8, int d, int c, const float *alpha, const float *fac, const float *sv,
                         const int32_t *lo, const int32_t *hi, float *accp, int64_t ld) {
     __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00;
     __m256i a30 = a00, a31 = a00, a40 = a00, a41 = a00, a50 = a00, a51 = a00;
     const int8_t *vb = vp8 + (size_t)c * 4;
-    const uint8_t *p0 = p8, *p1 = p8 + QATTN_I8_TILE, *p2 = p8 + 2 * QATTN_I8_TILE, *p3 = p8 + 3 * QATTN_I8_TILE;
-    const uint8_t *p4 = p8 + 4 * QATTN_I8_TILE, *p5 = p8 + 5 * QATTN_I8_TILE;
+    const uint8_t *p0 = p8, *p1 = p8 + ps, *p2 = p8 + 2 * (size_t)ps, *p3 = p8 + 3 * (size_t)ps;
+    const uint8_t *p4 = p8 + 4 * (size_t)ps, *p5 = p8 + 5 * (size_t)ps;
     for (int j = 0; j < npad; j += 4, vb += (size_t)d * 4) {
         __m256i v0 = _mm256_loadu_si256((const __m256i *)vb), v1 = _mm256_loadu_si256((const __m256i *)(vb + 32));
         __m256i b = _mm256_set1_epi32(load_i32(p0 + j));
@@ -233,32 +233,55 @@ static ALWAYS_INLINE void narrow_codes(const int16_t *pc, int mr, int npad, uint
     }
 }
 
+/* pv_acc8 over u8 code rows p8 (stride ps). */
+static ALWAYS_INLINE void pv_acc8_rows(const uint8_t *p8, int ps, int mr, int npad, const int8_t *vpack8, int d, const float *alpha,
+                                       const float *fac, const float *sv, const int32_t *lo, const int32_t *hi, float *o, int64_t ld) {
+    int c = 0;
+    if (mr == 6) {
+        for (; c + 16 <= d; c += 16) pv_acc8_6x2(p8, ps, npad, vpack8, d, c, alpha, fac, sv, lo, hi, o, ld);
+        if (c < d) { /* 8 channels left: two 3-row blocks */
+            pv_acc8_block(p8, ps, 3, npad, vpack8, d, c, 1, alpha, fac, sv, lo, hi, o, ld);
+            pv_acc8_block(p8 + 3 * (size_t)ps, ps, 3, npad, vpack8, d, c, 1, alpha + 3, fac + 3, sv, lo + 3, hi + 3, o + 3 * (size_t)ld, ld);
+        }
+        return;
+    }
+    if (mr == 4) {
+        for (; c + 24 <= d; c += 24) pv_acc8_block(p8, ps, 4, npad, vpack8, d, c, 3, alpha, fac, sv, lo, hi, o, ld);
+        for (; c < d; c += 8) pv_acc8_block(p8, ps, 4, npad, vpack8, d, c, 1, alpha, fac, sv, lo, hi, o, ld);
+        return;
+    }
+    for (; c + 24 <= d; c += 24) pv_acc8_block(p8, ps, 1, npad, vpack8, d, c, 3, alpha, fac, sv, lo, hi, o, ld);
+    for (; c < d; c += 8) pv_acc8_block(p8, ps, 1, npad, vpack8, d, c, 1, alpha, fac, sv, lo, hi, o, ld);
+}
+
 static void pv_acc8_vnni(const int16_t *pc, int m, int npad, const int8_t *vpack8, int d, const float *alpha, const float *fac,
                          const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld) {
     _Alignas(64) uint8_t p8[6 * QATTN_I8_TILE];
     int r = 0;
     for (; r + 6 <= m; r += 6) {
         narrow_codes(pc + (size_t)r * npad, 6, npad, p8);
-        float *o = acc + (size_t)r * (size_t)ld;
-        int c = 0;
-        for (; c + 16 <= d; c += 16) pv_acc8_6x2(p8, npad, vpack8, d, c, alpha + r, fac + r, sv, lo + r, hi + r, o, ld);
-        if (c < d) { /* 8 channels left: two 3-row blocks */
-            pv_acc8_block(p8, 3, npad, vpack8, d, c, 1, alpha + r, fac + r, sv, lo + r, hi + r, o, ld);
-            pv_acc8_block(p8 + 3 * QATTN_I8_TILE, 3, npad, vpack8, d, c, 1, alpha + r + 3, fac + r + 3, sv, lo + r + 3, hi + r + 3,
-                          o + 3 * (size_t)ld, ld);
-        }
+        pv_acc8_rows(p8, QATTN_I8_TILE, 6, npad, vpack8, d, alpha + r, fac + r, sv, lo + r, hi + r, acc + (size_t)r * (size_t)ld, ld);
     }
-#define PV_ROWS(MR)                                                                                                                   \
-    do {                                                                                                                              \
-        narrow_codes(pc + (size_t)r * npad, MR, npad, p8);                                                                            \
-        float *o = acc + (size_t)r * (size_t)ld;                                                                                      \
-        int c = 0;                                                                                                                    \
-        for (; c + 24 <= d; c += 24) pv_acc8_block(p8, MR, npad, vpack8, d, c, 3, alpha + r, fac + r, sv, lo + r, hi + r, o, ld);     \
-        for (; c < d; c += 8) pv_acc8_block(p8, MR, npad, vpack8, d, c, 1, alpha + r, fac + r, sv, lo + r, hi + r, o, ld);            \
-    } while (0)
-    for (; r + 4 <= m; r += 4) PV_ROWS(4);
-    for (; r < m; r++) PV_ROWS(1);
-#undef PV_ROWS
+    for (; r + 4 <= m; r += 4) {
+        narrow_codes(pc + (size_t)r * npad, 4, npad, p8);
+        pv_acc8_rows(p8, QATTN_I8_TILE, 4, npad, vpack8, d, alpha + r, fac + r, sv, lo + r, hi + r, acc + (size_t)r * (size_t)ld, ld);
+    }
+    for (; r < m; r++) {
+        narrow_codes(pc + (size_t)r * npad, 1, npad, p8);
+        pv_acc8_rows(p8, QATTN_I8_TILE, 1, npad, vpack8, d, alpha + r, fac + r, sv, lo + r, hi + r, acc + (size_t)r * (size_t)ld, ld);
+    }
+}
+
+/* pv_acc8 with u8 codes pc8[r * npad + j] (the fused P step's output for pack8 tables): no narrowing. */
+static void pv_acc8u_vnni(const uint8_t *pc8, int m, int npad, const int8_t *vpack8, int d, const float *alpha, const float *fac,
+                          const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld) {
+    int r = 0;
+    for (; r + 6 <= m; r += 6)
+        pv_acc8_rows(pc8 + (size_t)r * npad, npad, 6, npad, vpack8, d, alpha + r, fac + r, sv, lo + r, hi + r, acc + (size_t)r * (size_t)ld, ld);
+    for (; r + 4 <= m; r += 4)
+        pv_acc8_rows(pc8 + (size_t)r * npad, npad, 4, npad, vpack8, d, alpha + r, fac + r, sv, lo + r, hi + r, acc + (size_t)r * (size_t)ld, ld);
+    for (; r < m; r++)
+        pv_acc8_rows(pc8 + (size_t)r * npad, npad, 1, npad, vpack8, d, alpha + r, fac + r, sv, lo + r, hi + r, acc + (size_t)r * (size_t)ld, ld);
 }
 
 /* ---------------------------------------------------------------- the tables */
@@ -278,7 +301,9 @@ const qattn_int8_kernels qattn_int8_kernels_avxvnni = {
     .qk16 = qattn_i8_qk16_avx2,
     .pv_acc8 = pv_acc8_vnni,
     .pack8 = 1,
+    .pv_acc8u = pv_acc8u_vnni,
     .p_vs_tile = qattn_i8_p_vs_tile_avx2,
+    .center_amax = qattn_i8_center_amax_avx2,
 };
 
 /* The FP kernel table of this ISA: the AVX2 kernels (DESIGN.md §4), under the ISA's name. */
