@@ -364,24 +364,31 @@ float qattn_i8_center_amax_avx2(const float *row, const float *mu, int d, float 
     return hmax8(m);
 }
 
-/* One row of the fused P step, NV groups of 8 keys (npad = 8 NV), the row's values in registers. */
-static ALWAYS_INLINE void p_vs_row(const int32_t *srow, int nv, float sqr, const float *sk, int lo, int hi, const float *svk,
+/* exp2f(x), with exp2f(0) = 1 taken without the call (one of the driver's two exp2f per row has a
+ * zero argument, since m_new is the larger of m_old and mb). */
+static ALWAYS_INLINE float exp2f_or_1(float x) { return x == 0.0f ? 1.0f : exp2f(x); }
+
+/* Keys lo <= j < hi of group v (8 keys from 8 v) as an all-ones lane mask. */
+static ALWAYS_INLINE __m256 key_mask(int v, __m256i vlo, __m256i vhi) {
+    __m256i idx = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(8 * v));
+    return _mm256_castsi256_ps(_mm256_and_si256(_mm256_cmpgt_epi32(idx, vlo), _mm256_cmpgt_epi32(vhi, idx)));
+}
+
+/* One row of the fused P step, NV groups of 8 keys (npad = 8 NV), the row's values in registers;
+ * FULL: every key visible (lo = 0, hi = npad), no masks. */
+static ALWAYS_INLINE void p_vs_row(const int32_t *srow, int nv, bool full, float sqr, const float *sk, int lo, int hi, const float *svk,
                                    float *row_max, float *row_sum, void *codes, int u8, float *alpha, float *fac) {
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256 fmax = _mm256_set1_ps(FLT_MAX), fmin = _mm256_set1_ps(-FLT_MAX), ninf = _mm256_set1_ps(-INFINITY);
     const __m256i vlo = _mm256_set1_epi32(lo - 1), vhi = _mm256_set1_epi32(hi);
     const __m256 a = _mm256_set1_ps(sqr);
     __m256 x[8] = {0};
-    __m256i in[8] = {0};
     __m256 mx = ninf;
 #pragma GCC unroll 8
     for (int v = 0; v < nv; v++) {
         __m256 t = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(srow + 8 * v)));
         t = _mm256_mul_ps(_mm256_mul_ps(t, a), _mm256_loadu_ps(sk + 8 * v));
         x[v] = _mm256_max_ps(_mm256_min_ps(t, fmax), fmin);
-        __m256i idx = _mm256_add_epi32(lane, _mm256_set1_epi32(8 * v));
-        in[v] = _mm256_and_si256(_mm256_cmpgt_epi32(idx, vlo), _mm256_cmpgt_epi32(vhi, idx));
-        mx = _mm256_max_ps(mx, _mm256_blendv_ps(ninf, x[v], _mm256_castsi256_ps(in[v])));
+        mx = _mm256_max_ps(mx, full ? x[v] : _mm256_blendv_ps(ninf, x[v], key_mask(v, vlo, vhi)));
     }
     /* max is exact; + 0.0f makes a zero max +0 whatever the order (as rowmax) */
     __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
@@ -390,14 +397,14 @@ static ALWAYS_INLINE void p_vs_row(const int32_t *srow, int nv, float sqr, const
     float mb = _mm_cvtss_f32(m4) + 0.0f;
     float m_old = *row_max;
     float m_new = m_old > mb ? m_old : mb;
-    float al = m_old == -INFINITY ? 0.0f : exp2f(m_old - m_new);
-    float beta = exp2f(mb - m_new);
+    float al = m_old == -INFINITY ? 0.0f : exp2f_or_1(m_old - m_new);
+    float beta = exp2f_or_1(mb - m_new);
     const __m256 vref = _mm256_set1_ps(mb);
     __m256 esum = _mm256_setzero_ps(), wmax = _mm256_setzero_ps();
 #pragma GCC unroll 8
     for (int v = 0; v < nv; v++) {
         __m256 e = exp2_poly8(_mm256_sub_ps(x[v], vref));
-        e = _mm256_and_ps(e, _mm256_castsi256_ps(in[v]));
+        if (!full) e = _mm256_and_ps(e, key_mask(v, vlo, vhi));
         esum = _mm256_add_ps(esum, e);
         x[v] = _mm256_mul_ps(e, _mm256_loadu_ps(svk + 8 * v)); /* w */
         wmax = _mm256_max_ps(wmax, x[v]);
@@ -453,10 +460,12 @@ void qattn_i8_p_vs_tile_avx2(const int32_t *s, int m, int npad, const float *sq,
             continue;
         }
         const int32_t *sr = s + (size_t)r * npad;
-        if (nv == 8)
-            p_vs_row(sr, 8, sq[r], sk, lo[r], hi[r], svk, row_max + r, row_sum + r, cr, u8, alpha + r, fac + r);
+        if (nv == 8 && lo[r] == 0 && hi[r] == 64)
+            p_vs_row(sr, 8, true, sq[r], sk, 0, 64, svk, row_max + r, row_sum + r, cr, u8, alpha + r, fac + r);
+        else if (nv == 8)
+            p_vs_row(sr, 8, false, sq[r], sk, lo[r], hi[r], svk, row_max + r, row_sum + r, cr, u8, alpha + r, fac + r);
         else
-            p_vs_row(sr, nv, sq[r], sk, lo[r], hi[r], svk, row_max + r, row_sum + r, cr, u8, alpha + r, fac + r);
+            p_vs_row(sr, nv, false, sq[r], sk, lo[r], hi[r], svk, row_max + r, row_sum + r, cr, u8, alpha + r, fac + r);
     }
 }
 
