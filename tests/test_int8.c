@@ -85,7 +85,6 @@ static void test_kernels_isa(int32_t isa, const qattn_int8_kernels *A) {
                 int8_t *q = xcalloc((size_t)m * d), *kp = xcalloc((size_t)npad * d);
                 int16_t *vp = xcalloc((size_t)npad * d * 2), *pc = xcalloc((size_t)m * npad * 2);
                 int32_t *s1 = xcalloc((size_t)m * npad * 4), *s2 = xcalloc((size_t)m * npad * 4);
-                int32_t *o1 = xcalloc((size_t)m * d * 4), *o2 = xcalloc((size_t)m * d * 4);
                 bool extreme = (ni + mi) % 2 == 0; /* all codes at the edges: worst case for saturation */
                 for (int i = 0; i < m * d; i++) q[i] = extreme ? (rnd_u64() & 1 ? 127 : -127) : (int8_t)((int)(rnd_u64() % 255) - 127);
                 for (int i = 0; i < npad * d; i++) kp[i] = extreme ? (rnd_u64() & 1 ? 127 : -127) : (int8_t)((int)(rnd_u64() % 255) - 127);
@@ -94,9 +93,6 @@ static void test_kernels_isa(int32_t isa, const qattn_int8_kernels *A) {
                 R->qk(q, m, d, kp, npad, s1);
                 A->qk(q, m, d, kp, npad, s2);
                 CHECK(!memcmp(s1, s2, (size_t)m * npad * 4), "qk %s != ref (d %d m %d n %d)", A->name, d, m, n);
-                R->pv(pc, m, npad, vp, d, o1);
-                A->pv(pc, m, npad, vp, d, o2);
-                CHECK(!memcmp(o1, o2, (size_t)m * d * 4), "pv %s != ref (d %d m %d n %d)", A->name, d, m, n);
                 { /* pv_acc (16-bit V pack) == pv_acc8 (8-bit vp8 of the same codes), ref and this ISA */
                     int8_t *vp8 = xcalloc((size_t)npad * d);
                     for (int j = 0; j < npad; j++)
@@ -147,7 +143,7 @@ static void test_kernels_isa(int32_t isa, const qattn_int8_kernels *A) {
                 R->pv_f32(pf, m, npad, vf, d, g1);
                 A->pv_f32(pf, m, npad, vf, d, g2);
                 CHECK(!memcmp(g1, g2, (size_t)m * d * 4), "pv_f32 avx2 != ref (d %d m %d n %d)", d, m, n);
-                free(q), free(kp), free(vp), free(pc), free(s1), free(s2), free(o1), free(o2);
+                free(q), free(kp), free(vp), free(pc), free(s1), free(s2);
                 free(sq), free(sk), free(f1), free(f2), free(pf), free(vf), free(g1), free(g2);
             }
     /* exp2 polynomial: accuracy and the exact 1 at 0 */

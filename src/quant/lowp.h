@@ -22,7 +22,6 @@
 /* S[r * npad + j] = sum_c q[r][c] * k[j][c]   (exact int32; |S| <= 256 * 127 * 127). */
 typedef void (*qattn_i8_qk_fn)(const int8_t *q, int m, int d, const int8_t *kpack, int npad, int32_t *s);
 /* O[r * d + c] = sum_j pc[r][j] * v[j][c]      (exact int32; |O| <= 64 * 255 * 127). */
-typedef void (*qattn_i8_pv_fn)(const int16_t *pc, int m, int npad, const int16_t *vpack, int d, int32_t *o);
 /* sf[r * npad + j] = clamp((float)S[r * npad + j] * sq[r] * sk[j], -FLT_MAX, FLT_MAX). */
 typedef void (*qattn_i8_scores_fn)(const int32_t *s, int m, int npad, const float *sq, const float *sk, float *sf);
 /* One row: for lo <= j < hi, e = exp2(sf[j] - ref) (qattn_exp2_poly), code = rint(e * mult);
@@ -77,7 +76,6 @@ typedef void (*qattn_i8_pv_acc8u_fn)(const uint8_t *pc8, int m, int npad, const 
 typedef struct qattn_int8_kernels {
     const char *name;
     qattn_i8_qk_fn qk;
-    qattn_i8_pv_fn pv;
     qattn_i8_scores_fn scores;
     qattn_i8_softmax_fn softmax;
     qattn_f32_pv_fn pv_f32;
@@ -104,8 +102,7 @@ void qattn_i8_pv_acc8_ref(const int16_t *pc, int m, int npad, const int8_t *vpac
 extern const qattn_int8_kernels qattn_int8_kernels_avx2;
 extern const qattn_int8_kernels qattn_int8_kernels_avxvnni;
 /* The AVX2 kernels (int8_avx2.c), exported so that the AVX-VNNI table points at them directly. */
-void qattn_i8_qk_avx2(const int8_t *q, int m, int d, const int8_t *kpack, int npad, int32_t *s);
-void qattn_i8_pv_avx2(const int16_t *pc, int m, int npad, const int16_t *vpack, int d, int32_t *o);
+void qattn_i8_qk_ref(const int8_t *q, int m, int d, const int8_t *kpack, int npad, int32_t *s);
 void qattn_i8_scores_avx2(const int32_t *s, int m, int npad, const float *sq, const float *sk, float *sf);
 void qattn_i8_softmax_avx2(const float *sf, int lo, int hi, int npad, float ref, float mult, int16_t *codes, float *pf,
                            int32_t *code_sum, float *e_sum);

@@ -6,21 +6,12 @@
 
 #include <float.h>
 
-static void qk_ref(const int8_t *q, int m, int d, const int8_t *kpack, int npad, int32_t *s) {
+void qattn_i8_qk_ref(const int8_t *q, int m, int d, const int8_t *kpack, int npad, int32_t *s) {
     for (int r = 0; r < m; r++)
         for (int j = 0; j < npad; j++) {
             int32_t acc = 0;
             for (int c = 0; c < d; c++) acc += (int32_t)q[r * d + c] * (int32_t)kpack[(c / 4) * npad * 4 + j * 4 + c % 4];
             s[r * npad + j] = acc;
-        }
-}
-
-static void pv_ref(const int16_t *pc, int m, int npad, const int16_t *vpack, int d, int32_t *o) {
-    for (int r = 0; r < m; r++)
-        for (int c = 0; c < d; c++) {
-            int32_t acc = 0;
-            for (int j = 0; j < npad; j++) acc += (int32_t)pc[r * npad + j] * (int32_t)vpack[(j / 2) * d * 2 + c * 2 + j % 2];
-            o[r * d + c] = acc;
         }
 }
 
@@ -145,8 +136,7 @@ const qattn_int8_kernels qattn_int8_kernels_ref = {
     .pv_acc8 = qattn_i8_pv_acc8_ref,
     .pack8 = 0,
     .name = "ref",
-    .qk = qk_ref,
-    .pv = pv_ref,
+    .qk = qattn_i8_qk_ref,
     .scores = scores_ref,
     .softmax = softmax_ref,
     .pv_f32 = pv_f32_ref,

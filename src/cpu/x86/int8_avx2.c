@@ -4,21 +4,15 @@
  *
  * Why no intermediate saturates (also in docs/FORMAT.md, "AVX2 kernels"):
  *
- * Q K^T (qk_avx2). _mm256_maddubs_epi16(a, b) multiplies UNSIGNED bytes a by SIGNED bytes b
- * and adds adjacent pairs into a signed 16-bit lane WITH SATURATION. Feeding it u8 x s8 codes
- * of full range would reach 255 * 127 * 2 = 64770 > 32767. We use the sign trick instead:
- *     a = |q|            (_mm256_sign_epi8(q, q); q in [-127, 127], so 0 <= a <= 127)
- *     b = sign(k, q)     (_mm256_sign_epi8(k, q): k, -k or 0 as q > 0, < 0, = 0; k in
- *                         [-127, 127] so -k is representable)
- *     a * b = q * k exactly, and |a0*b0 + a1*b1| <= 2 * 127 * 127 = 32258 <= 32767.
- * The packers clamp every code to [-127, 127] (a stored -128 is read as -127), which is what
- * makes both bounds hold. The 16-bit pair sums are widened by _mm256_madd_epi16(x, 1):
- * |sum of 2| <= 64516, then added in 32-bit lanes: |S| <= D * 127 * 127 <= 256 * 16129 =
- * 4 129 024 < 2^31 (and < 2^24, so the float conversion of S is exact).
+ * Q K^T (qk16). Codes are widened to 16 bits by the packers and multiplied with
+ * _mm256_madd_epi16, which forms s16 x s16 products and adds pairs exactly in 32 bits: codes are
+ * in [-127, 127] (a stored -128 is read as -127), so |q0*k0 + q1*k1| <= 2 * 127 * 127 = 32258,
+ * and |S| <= D * 127 * 127 <= 256 * 16129 = 4 129 024 < 2^24 (the float conversion is exact).
+ * (maddubs, u8 x s8 with s16 saturation, would need the |q| x sign(k, q) trick and measured slower.)
  *
- * P V (pv_avx2). P codes are u8 in [0, 255] and V codes s8: maddubs would saturate (above),
- * so the packer widens both to 16 bits and we use _mm256_madd_epi16, which multiplies s16 by
- * s16 into exact 32-bit products and adds pairs in 32 bits: |p0*v0 + p1*v1| <= 2 * 255 * 127 =
+ * P V (pv_acc). P codes are u8 in [0, 255] and V codes s8: maddubs would saturate
+ * (255 * 127 * 2 = 64770 > 32767), so the packer widens both to 16 bits and _mm256_madd_epi16
+ * multiplies s16 by s16 into exact 32-bit products and adds pairs in 32 bits: |p0*v0 + p1*v1| <= 2 * 255 * 127 =
  * 64770, no saturation anywhere; over a tile of at most 64 keys |O| <= 64 * 255 * 127 =
  * 2 072 640 < 2^24 (exact in float).
  *
@@ -36,76 +30,6 @@ static ALWAYS_INLINE int32_t load_i32(const void *p) {
     int32_t w;
     memcpy(&w, p, 4);
     return w;
-}
-
-/* mr rows x nv groups of 8 keys. */
-static ALWAYS_INLINE void qk_block(const int8_t *q, int mr, int d, const int8_t *kpack, int npad, int j, int nv, int32_t *s) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256i acc[4][2];
-    for (int i = 0; i < mr; i++)
-        for (int v = 0; v < nv; v++) acc[i][v] = _mm256_setzero_si256();
-    int ng = d / 4;
-    for (int g = 0; g < ng; g++) {
-        const int8_t *kb = kpack + (size_t)g * (size_t)npad * 4 + (size_t)j * 4;
-        __m256i kv[2];
-        for (int v = 0; v < nv; v++) kv[v] = _mm256_loadu_si256((const __m256i *)(kb + 32 * v));
-        for (int i = 0; i < mr; i++) {
-            __m256i qb = _mm256_set1_epi32(load_i32(q + (size_t)i * d + (size_t)g * 4));
-            __m256i qa = _mm256_sign_epi8(qb, qb); /* |q| <= 127 */
-            for (int v = 0; v < nv; v++) {
-                __m256i prod = _mm256_maddubs_epi16(qa, _mm256_sign_epi8(kv[v], qb)); /* |pair| <= 32258 */
-                acc[i][v] = _mm256_add_epi32(acc[i][v], _mm256_madd_epi16(prod, ones));
-            }
-        }
-    }
-    for (int i = 0; i < mr; i++)
-        for (int v = 0; v < nv; v++) _mm256_storeu_si256((__m256i *)(s + (size_t)i * npad + j + 8 * v), acc[i][v]);
-}
-
-void qattn_i8_qk_avx2(const int8_t *q, int m, int d, const int8_t *kpack, int npad, int32_t *s) {
-    int r = 0;
-    for (; r + 4 <= m; r += 4) {
-        int j = 0;
-        for (; j + 16 <= npad; j += 16) qk_block(q + (size_t)r * d, 4, d, kpack, npad, j, 2, s + (size_t)r * npad);
-        for (; j < npad; j += 8) qk_block(q + (size_t)r * d, 4, d, kpack, npad, j, 1, s + (size_t)r * npad);
-    }
-    for (; r < m; r++) {
-        int j = 0;
-        for (; j + 16 <= npad; j += 16) qk_block(q + (size_t)r * d, 1, d, kpack, npad, j, 2, s + (size_t)r * npad);
-        for (; j < npad; j += 8) qk_block(q + (size_t)r * d, 1, d, kpack, npad, j, 1, s + (size_t)r * npad);
-    }
-}
-
-/* mr rows x nv groups of 8 channels starting at channel c. */
-static ALWAYS_INLINE void pv_block(const int16_t *pc, int mr, int npad, const int16_t *vpack, int d, int c, int nv, int32_t *o) {
-    __m256i acc[4][3];
-    for (int i = 0; i < mr; i++)
-        for (int v = 0; v < nv; v++) acc[i][v] = _mm256_setzero_si256();
-    for (int jp = 0; jp < npad / 2; jp++) {
-        const int16_t *vb = vpack + (size_t)jp * d * 2 + (size_t)c * 2;
-        __m256i vv[3];
-        for (int v = 0; v < nv; v++) vv[v] = _mm256_loadu_si256((const __m256i *)(vb + 16 * v));
-        for (int i = 0; i < mr; i++) {
-            __m256i pb = _mm256_set1_epi32(load_i32(pc + (size_t)i * npad + 2 * jp)); /* (p[2jp], p[2jp+1]) */
-            for (int v = 0; v < nv; v++) acc[i][v] = _mm256_add_epi32(acc[i][v], _mm256_madd_epi16(pb, vv[v]));
-        }
-    }
-    for (int i = 0; i < mr; i++)
-        for (int v = 0; v < nv; v++) _mm256_storeu_si256((__m256i *)(o + (size_t)i * d + c + 8 * v), acc[i][v]);
-}
-
-void qattn_i8_pv_avx2(const int16_t *pc, int m, int npad, const int16_t *vpack, int d, int32_t *o) {
-    int r = 0;
-    for (; r + 4 <= m; r += 4) {
-        int c = 0;
-        for (; c + 24 <= d; c += 24) pv_block(pc + (size_t)r * npad, 4, npad, vpack, d, c, 3, o + (size_t)r * d);
-        for (; c < d; c += 8) pv_block(pc + (size_t)r * npad, 4, npad, vpack, d, c, 1, o + (size_t)r * d);
-    }
-    for (; r < m; r++) {
-        int c = 0;
-        for (; c + 24 <= d; c += 24) pv_block(pc + (size_t)r * npad, 1, npad, vpack, d, c, 3, o + (size_t)r * d);
-        for (; c < d; c += 8) pv_block(pc + (size_t)r * npad, 1, npad, vpack, d, c, 1, o + (size_t)r * d);
-    }
 }
 
 void qattn_i8_scores_avx2(const int32_t *s, int m, int npad, const float *sq, const float *sk, float *sf) {
@@ -285,7 +209,7 @@ void qattn_i8_softmax_vs_avx2(const float *sf, int lo, int hi, int npad, float r
     *w_max = wm;
 }
 
-/* pv_block with the accumulator update instead of a store. */
+/* acc[r][c] = alpha[r] * acc[r][c] + fac[r] * sv[c] * (P V)[r][c] for mr rows x nv groups of 8 channels; P V exact in int32 (pmaddwd). */
 static ALWAYS_INLINE void pv_acc_block(const int16_t *pc, int mr, int npad, const int16_t *vpack, int d, int c, int nv,
                                        const float *alpha, const float *fac, const float *sv, const int32_t *lo, const int32_t *hi,
                                        float *accp, int64_t ld) {
@@ -477,8 +401,7 @@ const qattn_int8_kernels qattn_int8_kernels_avx2 = {
     .qk16 = qattn_i8_qk16_avx2,
     .pv_acc8 = qattn_i8_pv_acc8_ref, /* unused here (pack8 0); the AVX-VNNI table has the fast one */
     .name = "avx2",
-    .qk = qattn_i8_qk_avx2,
-    .pv = qattn_i8_pv_avx2,
+    .qk = qattn_i8_qk_ref, /* unused here (pack8 0): the AVX-VNNI table has the fast 8-bit one */
     .scores = qattn_i8_scores_avx2,
     .softmax = qattn_i8_softmax_avx2,
     .pv_f32 = qattn_i8_pv_f32_avx2,

@@ -290,7 +290,6 @@ static void pv_acc8u_vnni(const uint8_t *pc8, int m, int npad, const int8_t *vpa
 const qattn_int8_kernels qattn_int8_kernels_avxvnni = {
     .name = "avxvnni",
     .qk = qk_vnni,
-    .pv = qattn_i8_pv_avx2,
     .scores = qattn_i8_scores_avx2,
     .softmax = qattn_i8_softmax_avx2,
     .pv_f32 = qattn_i8_pv_f32_avx2,
