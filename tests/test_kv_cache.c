@@ -448,7 +448,7 @@ static void test_kernel_i8_equality(void) {
             for (int f = 0; f < 3; f++) {
                 if (!fns[f]) continue;
                 kernel_state_init(&st[f], mem[f], m, d);
-                fns[f](q, q16, qsc, m, d, QATTN_DTYPE_I8, kc, vc, ks, vs, n, lo, hi, &st[f], scratch);
+                fns[f](q, q16, qsc, m, d, QATTN_DTYPE_I8, kc, vc, ks, vs, n, lo, hi, &st[f], scratch, NULL);
                 if (f > 0) ok = ok && memcmp(st[f].row_max, st[0].row_max, (size_t)m * 4) == 0;
             }
         }
@@ -460,7 +460,7 @@ static void test_kernel_i8_equality(void) {
         for (int f = 0; f < 3; f++) {
             if (!fns[f]) continue;
             kernel_state_init(&st[f], mem[f], m, d);
-            fns[f](q, q16, zero, m, d, QATTN_DTYPE_I8, kc, vc, ks, vs, nn, lo, hi, &st[f], scratch);
+            fns[f](q, q16, zero, m, d, QATTN_DTYPE_I8, kc, vc, ks, vs, nn, lo, hi, &st[f], scratch, NULL);
             if (f == 0) continue;
             bool same_max = true; /* == here: the max of all-zero scores may be -0 in one kernel and +0 in another */
             for (int r = 0; r < m; r++) same_max = same_max && st[f].row_max[r] == st[0].row_max[r];
@@ -475,7 +475,7 @@ static void test_kernel_i8_equality(void) {
                     qsc[r] = (float)th_rng_uniform(&rng, 1e-5, 1e-4);
                     lo[r] = call == 0 ? 0 : r % 3 < n ? r % 3 : n, hi[r] = call == 0 ? n : n - (r % 2 ? n / 4 : 0);
                 }
-                for (int f = 1; f < 3; f++) fns[f](q, q16, qsc, m, d, QATTN_DTYPE_I8, kc, vc, ks, vs, n, lo, hi, &st[f], scratch);
+                for (int f = 1; f < 3; f++) fns[f](q, q16, qsc, m, d, QATTN_DTYPE_I8, kc, vc, ks, vs, n, lo, hi, &st[f], scratch, NULL);
             }
             TH_CHECK(memcmp(mem[1], mem[2], (size_t)m * (d + 2) * 4) == 0, "kernel avxvnni vs avx2 m %d d %d n %d: not bitwise identical", m, d, n);
         }

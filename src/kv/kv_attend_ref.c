@@ -104,7 +104,9 @@ static void attend_i8_ref(const int16_t *q16, const float *qsc, int m, int d, co
 }
 
 void qattn_kv_attend_ref(const float *q, const int16_t *q16, const float *qsc, int m, int d, int32_t dtype, const void *kc, const void *vc,
-                         const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st, float *scratch) {
+                         const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st, float *scratch,
+                         const qattn_kv_prefetch *pf) {
+    (void)pf; /* a hint; the reference leaves memory to the hardware */
     if (dtype == QATTN_DTYPE_I8)
         attend_i8_ref(q16, qsc, m, d, kc, vc, ks, vs, n, lo, hi, st, scratch);
     else

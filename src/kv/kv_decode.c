@@ -207,14 +207,16 @@ static void run_unit(void *arg, int64_t task, int worker) {
                 ks = (const float *)(blk + c->ks_offset) + (int64_t)g * BS + off;
                 vs = (const float *)(blk + c->vs_offset) + (int64_t)g * BS + off;
             }
-            if (next) {
-                prefetch_range(next + (int64_t)g * c->head_bytes, c->head_bytes);
-                prefetch_range(next + c->v_offset + (int64_t)g * c->head_bytes, c->head_bytes);
+            qattn_kv_prefetch pf = {NULL, NULL, 0};
+            if (next) { /* head g's K and V codes of the next block: issued by the kernel, between its loads */
+                pf.k = next + (int64_t)g * c->head_bytes;
+                pf.v = next + c->v_offset + (int64_t)g * c->head_bytes;
+                pf.bytes = c->head_bytes;
                 if (g == 0 && c->ks_offset) prefetch_range(next + c->ks_offset, c->block_bytes - c->ks_offset);
             }
             qattn_tile_state st = {.row_max = all.row_max + (int64_t)g * m, .row_sum = all.row_sum + (int64_t)g * m,
                                    .acc = all.acc + (int64_t)g * m * D, .ld_acc = D};
-            pl->attend(qpack + (int64_t)g * m * D, i8 ? q16 + (int64_t)g * m * dq : NULL, i8 ? qsc + (int64_t)g * m : NULL, m, D, c->dtype, blk + code, blk + c->v_offset + code, ks, vs, n, lo, hi, &st, kscratch);
+            pl->attend(qpack + (int64_t)g * m * D, i8 ? q16 + (int64_t)g * m * dq : NULL, i8 ? qsc + (int64_t)g * m : NULL, m, D, c->dtype, blk + code, blk + c->v_offset + code, ks, vs, n, lo, hi, &st, kscratch, next ? &pf : NULL);
         }
         t0 = t1;
     }

@@ -52,22 +52,31 @@ static inline uint8_t *qattn_kv_block(const qattn_kv_cache *c, int32_t phys) {
  *   acc[c] += (float)(sum_j w16_j * v8_j[c]) * (W / 32767)   (int32 sums over <= 256 tokens)
  * so the only approximations beyond the stored codes are q and the softmax weights held to
  * 16 bits (relative error ~2^-16, far below the INT8 codes' own). */
+/* pf (may be NULL): regions of the next cache block to software-prefetch during the call, one kv
+ * head's K codes and V codes (bytes each). A hint only: kernels may ignore it (the reference
+ * does); the SIMD kernels spread the prefetches over their compute loops (INT8) or issue them
+ * up front (FP16/BF16), so memory traffic overlaps the arithmetic. */
+typedef struct qattn_kv_prefetch {
+    const uint8_t *k, *v;
+    int64_t bytes;
+} qattn_kv_prefetch;
 #define QATTN_KV_SCRATCH_FLOATS(m, n) ((int64_t)3 * ((m) > 4 ? (m) : 4) * (n) + 64)
 typedef void (*qattn_kv_attend_fn)(const float *q, const int16_t *q16, const float *qsc, int m, int d, int32_t dtype, const void *kc,
                                    const void *vc, const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi,
-                                   qattn_tile_state *st, float *scratch);
+                                   qattn_tile_state *st, float *scratch, const qattn_kv_prefetch *pf);
 
 void qattn_kv_attend_ref(const float *q, const int16_t *q16, const float *qsc, int m, int d, int32_t dtype, const void *kc, const void *vc,
-                         const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st, float *scratch);
+                         const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st, float *scratch,
+                         const qattn_kv_prefetch *pf);
 #if defined(QATTN_HAVE_X86)
 void qattn_kv_attend_avx2(const float *q, const int16_t *q16, const float *qsc, int m, int d, int32_t dtype, const void *kc,
                           const void *vc, const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st,
-                          float *scratch);
+                          float *scratch, const qattn_kv_prefetch *pf);
 /* AVX-VNNI (src/cpu/x86/kv_attend_vnni.c): INT8 via vpdpwssd, bitwise equal to the AVX2 kernel;
  * other dtypes forward to the AVX2 kernel. Call only when ctx->isa is QATTN_ISA_AVXVNNI. */
 void qattn_kv_attend_vnni(const float *q, const int16_t *q16, const float *qsc, int m, int d, int32_t dtype, const void *kc,
                           const void *vc, const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st,
-                          float *scratch);
+                          float *scratch, const qattn_kv_prefetch *pf);
 #endif
 
 /* q rows to int16 codes with one scale per row (see above); d values. */

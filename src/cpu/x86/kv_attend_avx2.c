@@ -135,6 +135,15 @@ ALWAYS_INLINE __m256i dot_acc_vnni(__m256i acc, __m256i a, __m256i b) {
 #define DOT_ACC(acc, a, b) _mm256_add_epi32((acc), _mm256_madd_epi16((a), (b)))
 #endif
 
+/* Software prefetch of bytes [from, to) of p (to clamped to end), whole 64-byte lines. */
+ALWAYS_INLINE void prefetch_lines(const uint8_t *p, int64_t from, int64_t to, int64_t end) {
+    if (to > end) to = end;
+    for (int64_t o = from; o < to; o += 64) _mm_prefetch((const char *)(p + o), _MM_HINT_T0);
+}
+
+/* Bytes of a prefetch region to issue per loop iteration so that `iters` iterations cover it. */
+ALWAYS_INLINE int64_t prefetch_step(int64_t bytes, int64_t iters) { return iters > 0 ? ((bytes + iters - 1) / iters + 63) & ~(int64_t)63 : bytes; }
+
 /* Two tokens' per-token scales as [x[j] x4 | x[j+1] x4] (x[j] twice when !two: no read past n). */
 ALWAYS_INLINE __m256 pair_scale(const float *x, int j, bool two) {
     __m128 a = _mm_set1_ps(x[j]), b = two ? _mm_set1_ps(x[j + 1]) : a;
@@ -153,7 +162,7 @@ ALWAYS_INLINE __m256i load_k16(const int8_t *p, bool full) {
  * (here and in pv_rows_i8) gives the loops all 16 ymm registers: inlined into the softmax code,
  * GCC kept its constants live and spilled a V operand in the P.V loop. */
 static __attribute__((noinline)) void scores_rows_i8(int R, const int16_t *q16, const float *qsc, int d, const int8_t *kc, const float *ks, int jlo, int jhi,
-                                  const int32_t *lo, const int32_t *hi, float *s) {
+                                  const int32_t *lo, const int32_t *hi, float *s, const uint8_t *pf, int64_t pf_bytes) {
     const int64_t ldq = (d + 15) / 16 * 16; /* q16 rows are zero-padded to a multiple of 16 */
     const int16_t *q0 = q16, *q1 = q16 + (R > 1 ? ldq : 0), *q2 = q16 + (R > 2 ? 2 * ldq : 0), *q3 = q16 + (R > 3 ? 3 * ldq : 0);
     int32_t lo4[4], hi4[4];
@@ -169,8 +178,12 @@ static __attribute__((noinline)) void scores_rows_i8(int R, const int16_t *q16, 
     const __m256i hi8 = _mm256_insertf128_si256(_mm256_castsi128_si256(hiv), hiv, 1);
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
     const int dfull = d & ~15;
+    const int64_t pf_step = prefetch_step(pf_bytes, (jhi - jlo + 1) / 2);
+    int64_t pf_at = 0;
     for (int j = jlo; j < jhi; j += 2) {
         bool two = j + 1 < jhi;
+        prefetch_lines(pf, pf_at, pf_at + pf_step, pf_bytes); /* next block's K, spread over the loop */
+        pf_at += pf_step;
         __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
         const int8_t *k0p = kc + (int64_t)j * d, *k1p = two ? k0p + d : k0p;
 #define QK_STEP(c, full)                                                                                                                   \
@@ -202,9 +215,14 @@ static __attribute__((noinline)) void scores_rows_i8(int R, const int16_t *q16, 
 /* INT8 P.V for 4 rows over tokens [j0, j1) (at most 256; wp from j0's pair; an odd count's pad
  * weight is 0, so its V operand may be any codes: token j0 + 2t is used, no branch):
  * acc[r] += (float)(sum_j w16[j][r] * v8_j) * ws[r], stored for rows < R (rows >= R have weight 0). */
-static __attribute__((noinline)) void pv_rows_i8(int R, const int8_t *vc, int d, int j0, int j1, const int32_t *wp, const float *ws, float *const *acc) {
+static __attribute__((noinline)) void pv_rows_i8(int R, const int8_t *vc, int d, int j0, int j1, const int32_t *wp, const float *ws, float *const *acc,
+                                                  const uint8_t *pf, int64_t pf_bytes) {
     const int pairs = (j1 - j0 + 1) / 2, full_pairs = (j1 - j0) / 2;
+    const int64_t pf_step = prefetch_step(pf_bytes, (d + 15) / 16);
+    int64_t pf_at = 0;
     for (int c = 0; c < d; c += 16) {
+        prefetch_lines(pf, pf_at, pf_at + pf_step, pf_bytes); /* next block's V, spread over the loop */
+        pf_at += pf_step;
         const bool full = c + 16 <= d; /* else 8 channels: only the low half is used and stored */
         __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
         const int8_t *p = vc + (int64_t)j0 * d + c;
@@ -262,7 +280,8 @@ ALWAYS_INLINE __m128 hmax_halves(__m256 v) { return _mm_max_ps(_mm256_castps256_
 
 /* INT8 rows r0..r0+R-1 (R <= 4): scores, online softmax, weights to int16, P.V. */
 ALWAYS_INLINE void attend_rows_i8(int R, const int16_t *q16, const float *qsc, int d, const int8_t *kc, const int8_t *vc, const float *ks,
-                                  const float *vs, const int32_t *lo, const int32_t *hi, qattn_tile_state *st, int r0, float *s) {
+                                  const float *vs, const int32_t *lo, const int32_t *hi, qattn_tile_state *st, int r0, float *s,
+                                  const qattn_kv_prefetch *pf) {
     int jlo = 1 << 30, jhi = 0;
     bool active[4] = {false, false, false, false};
     for (int r = 0; r < R; r++)
@@ -271,9 +290,12 @@ ALWAYS_INLINE void attend_rows_i8(int R, const int16_t *q16, const float *qsc, i
             if (lo[r] < jlo) jlo = lo[r];
             if (hi[r] > jhi) jhi = hi[r];
         }
-    if (jlo >= jhi) return;
+    if (jlo >= jhi) {
+        if (pf) prefetch_lines(pf->k, 0, pf->bytes, pf->bytes), prefetch_lines(pf->v, 0, pf->bytes, pf->bytes);
+        return;
+    }
     int nt = jhi - jlo, np = (nt + 1) / 2; /* tokens, token pairs (the last maybe padded) */
-    scores_rows_i8(R, q16, qsc, d, kc, ks, jlo, jhi, lo, hi, s);
+    scores_rows_i8(R, q16, qsc, d, kc, ks, jlo, jhi, lo, hi, s, pf ? pf->k : NULL, pf ? pf->bytes : 0);
     /* tile max per row: max_ps(s, m) keeps m when s is NaN, like the reference's `s > max` */
     __m256 mx = _mm256_set1_ps(-INFINITY);
     for (int t = 0; t < np; t++) mx = _mm256_max_ps(_mm256_loadu_ps(s + 8 * t), mx);
@@ -342,7 +364,8 @@ ALWAYS_INLINE void attend_rows_i8(int R, const int16_t *q16, const float *qsc, i
                 if (nanrow[r]) wp[4 * t + r] = 0;
     for (int j0 = jlo; j0 < jhi; j0 += 256) {
         int j1 = j0 + 256 < jhi ? j0 + 256 : jhi;
-        pv_rows_i8(R, vc, d, j0, j1, wp + (j0 - jlo) / 2 * 4, ws, acc);
+        bool first = j0 == jlo && pf;
+        pv_rows_i8(R, vc, d, j0, j1, wp + (j0 - jlo) / 2 * 4, ws, acc, first ? pf->v : NULL, first ? pf->bytes : 0);
     }
 }
 
@@ -432,14 +455,15 @@ ALWAYS_INLINE void attend_fp(int32_t dtype, const float *q, int m, int d, const 
 #endif
 
 static void attend_i8(const int16_t *q16, const float *qsc, int m, int d, const int8_t *kc, const int8_t *vc, const float *ks, const float *vs,
-                      const int32_t *lo, const int32_t *hi, qattn_tile_state *st, float *scratch) {
+                      const int32_t *lo, const int32_t *hi, qattn_tile_state *st, float *scratch, const qattn_kv_prefetch *pf) {
     const int64_t ldq = (d + 15) / 16 * 16;
-    int r0 = 0;
-    for (; r0 + 4 <= m; r0 += 4) attend_rows_i8(4, q16 + r0 * ldq, qsc + r0, d, kc, vc, ks, vs, lo + r0, hi + r0, st, r0, scratch);
+    int r0 = 0; /* the prefetch goes with the first group of 4 rows */
+    for (; r0 + 4 <= m; r0 += 4) attend_rows_i8(4, q16 + r0 * ldq, qsc + r0, d, kc, vc, ks, vs, lo + r0, hi + r0, st, r0, scratch, r0 ? NULL : pf);
+    const qattn_kv_prefetch *pf1 = r0 ? NULL : pf;
     switch (m - r0) {
-    case 3: attend_rows_i8(3, q16 + r0 * ldq, qsc + r0, d, kc, vc, ks, vs, lo + r0, hi + r0, st, r0, scratch); break;
-    case 2: attend_rows_i8(2, q16 + r0 * ldq, qsc + r0, d, kc, vc, ks, vs, lo + r0, hi + r0, st, r0, scratch); break;
-    case 1: attend_rows_i8(1, q16 + r0 * ldq, qsc + r0, d, kc, vc, ks, vs, lo + r0, hi + r0, st, r0, scratch); break;
+    case 3: attend_rows_i8(3, q16 + r0 * ldq, qsc + r0, d, kc, vc, ks, vs, lo + r0, hi + r0, st, r0, scratch, pf1); break;
+    case 2: attend_rows_i8(2, q16 + r0 * ldq, qsc + r0, d, kc, vc, ks, vs, lo + r0, hi + r0, st, r0, scratch, pf1); break;
+    case 1: attend_rows_i8(1, q16 + r0 * ldq, qsc + r0, d, kc, vc, ks, vs, lo + r0, hi + r0, st, r0, scratch, pf1); break;
     default: break;
     }
 }
@@ -448,21 +472,25 @@ static void attend_i8(const int16_t *q16, const float *qsc, int m, int d, const 
 /* The AVX-VNNI entry (kv_attend_vnni.c): INT8 with vpdpwssd; FP16/BF16 go to the AVX2 kernel. */
 void qattn_kv_attend_vnni(const float *q, const int16_t *q16, const float *qsc, int m, int d, int32_t dtype, const void *kc,
                           const void *vc, const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st,
-                          float *scratch) {
+                          float *scratch, const qattn_kv_prefetch *pf) {
     if (dtype != QATTN_DTYPE_I8) {
-        qattn_kv_attend_avx2(q, q16, qsc, m, d, dtype, kc, vc, ks, vs, n, lo, hi, st, scratch);
+        qattn_kv_attend_avx2(q, q16, qsc, m, d, dtype, kc, vc, ks, vs, n, lo, hi, st, scratch, pf);
         return;
     }
-    attend_i8(q16, qsc, m, d, kc, vc, ks, vs, lo, hi, st, scratch);
+    attend_i8(q16, qsc, m, d, kc, vc, ks, vs, lo, hi, st, scratch, pf);
 }
 #else
 void qattn_kv_attend_avx2(const float *q, const int16_t *q16, const float *qsc, int m, int d, int32_t dtype, const void *kc,
                           const void *vc, const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st,
-                          float *scratch) {
+                          float *scratch, const qattn_kv_prefetch *pf) {
+    if (dtype != QATTN_DTYPE_I8 && pf) { /* FP16/BF16: the whole head up front (measured best for them, kv_decode.c) */
+        prefetch_lines(pf->k, 0, pf->bytes, pf->bytes);
+        prefetch_lines(pf->v, 0, pf->bytes, pf->bytes);
+    }
     switch (dtype) {
     case QATTN_DTYPE_F16: attend_fp(QATTN_DTYPE_F16, q, m, d, kc, vc, n, lo, hi, st, scratch); break;
     case QATTN_DTYPE_BF16: attend_fp(QATTN_DTYPE_BF16, q, m, d, kc, vc, n, lo, hi, st, scratch); break;
-    default: attend_i8(q16, qsc, m, d, kc, vc, ks, vs, lo, hi, st, scratch); break;
+    default: attend_i8(q16, qsc, m, d, kc, vc, ks, vs, lo, hi, st, scratch, pf); break;
     }
 }
 #endif
