@@ -165,15 +165,20 @@ static __attribute__((noinline)) void scores_rows_i8(int R, const int16_t *q16, 
                                   const int32_t *lo, const int32_t *hi, float *s, const uint8_t *pf, int64_t pf_bytes) {
     const int64_t ldq = (d + 15) / 16 * 16; /* q16 rows are zero-padded to a multiple of 16 */
     const int16_t *q0 = q16, *q1 = q16 + (R > 1 ? ldq : 0), *q2 = q16 + (R > 2 ? 2 * ldq : 0), *q3 = q16 + (R > 3 ? 3 * ldq : 0);
-    int32_t lo4[4], hi4[4];
-    float qs[4];
-    for (int r = 0; r < 4; r++) {
-        qs[r] = qsc[r < R ? r : 0];
-        lo4[r] = r < R ? lo[r] : 0;
-        hi4[r] = r < R ? hi[r] : 0;
+    /* per-row constants as vectors; R == 4 straight from the arrays (GCC built the padded copies
+     * with 32-bit stores read back by 128-bit loads: store-forwarding stalls on every call) */
+    __m128 qs4;
+    __m128i lov, hiv;
+    if (R == 4) {
+        qs4 = _mm_loadu_ps(qsc);
+        lov = _mm_loadu_si128((const __m128i *)lo);
+        hiv = _mm_loadu_si128((const __m128i *)hi);
+    } else {
+        qs4 = _mm_setr_ps(qsc[0], qsc[R > 1 ? 1 : 0], qsc[R > 2 ? 2 : 0], qsc[0]);
+        lov = _mm_setr_epi32(lo[0], R > 1 ? lo[1] : 0, R > 2 ? lo[2] : 0, 0);
+        hiv = _mm_setr_epi32(hi[0], R > 1 ? hi[1] : 0, R > 2 ? hi[2] : 0, 0);
     }
-    const __m256 qsv = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(qs)), _mm_loadu_ps(qs), 1);
-    const __m128i lov = _mm_loadu_si128((const __m128i *)lo4), hiv = _mm_loadu_si128((const __m128i *)hi4);
+    const __m256 qsv = _mm256_insertf128_ps(_mm256_castps128_ps256(qs4), qs4, 1);
     const __m256i lo8 = _mm256_insertf128_si256(_mm256_castsi128_si256(lov), lov, 1);
     const __m256i hi8 = _mm256_insertf128_si256(_mm256_castsi128_si256(hiv), hiv, 1);
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
@@ -332,15 +337,19 @@ ALWAYS_INLINE void attend_rows_i8(int R, const int16_t *q16, const float *qsc, i
         nanv = _mm256_or_ps(nanv, _mm256_cmp_ps(p, p, _CMP_UNORD_Q));
         _mm256_storeu_ps(s + 8 * t, p);
     }
-    float rsum[4], wmax[4], inv[4], ws[4];
+    float rsum[4], wmax[4], inv[4], ws[4], invd[4], wsd[4];
     _mm_storeu_ps(rsum, _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1)));
-    _mm_storeu_ps(wmax, hmax_halves(wmv));
+    const __m128 wm4 = hmax_halves(wmv), big = _mm_set1_ps(32767.0f);
+    _mm_storeu_ps(wmax, wm4);
+    /* the 8 divisions as 2 vector ones (IEEE division: the same values as the scalar ones) */
+    _mm_storeu_ps(invd, _mm_div_ps(big, wm4));
+    _mm_storeu_ps(wsd, _mm_div_ps(wm4, big));
     int nanm = _mm256_movemask_ps(nanv);
     for (int r = 0; r < 4; r++) {
         if (r < R && active[r] && ((nanm >> r) & 1 || (nanm >> (r + 4)) & 1)) nanrow[r] = true;
         bool use = r < R && active[r] && !nanrow[r] && wmax[r] > 0.0f;
-        inv[r] = use ? 32767.0f / wmax[r] : 0.0f; /* 0: the row's weights all become 0 */
-        ws[r] = use ? wmax[r] / 32767.0f : 0.0f;
+        inv[r] = use ? invd[r] : 0.0f; /* 32767 / wmax; 0: the row's weights all become 0 */
+        ws[r] = use ? wsd[r] : 0.0f;      /* wmax / 32767 */
         if (r >= R || !active[r]) continue;
         if (nanrow[r]) { /* a NaN weight or score (NaN query): the row's state becomes NaN */
             for (int c = 0; c < d; c++) acc[r][c] = NAN;
