@@ -33,6 +33,10 @@ typedef struct dplan {
     size_t worker_floats;
     float *scratch;
     float *partials; /* n_units * rows * (D + 2) when n_split > 1 */
+    /* n_split > 1: the scaled queries (and INT8 codes) of each listed sequence, prepared once per
+     * decode instead of once per split (the same values: the same function on the same input) */
+    float *qall, *qscall; /* [n_seqs][all_rows][D], [n_seqs][all_rows] */
+    int16_t *q16all;      /* [n_seqs][all_rows][dq] */
 } dplan;
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -136,6 +140,32 @@ static void prefetch_range(const uint8_t *p, int64_t bytes) {
 #endif
 }
 
+/* Sequence b's queries for the kernels: qpack [M][D] (times scale*log2 e), for INT8 also q16
+ * [M][dq] (zero pad) and qsc [M]. Row R = g*m + r (kv head g, its row r). */
+static void prep_q(const dplan *pl, int32_t b, float *qpack, int16_t *q16, float *qsc) {
+    const qattn_decode_params *dp = pl->dp;
+    int m = pl->rows, M = pl->all_rows, D = pl->D, H = dp->n_heads;
+    int64_t Lq = dp->seqlen_q, dq = (D + 15) / 16 * 16;
+    bool i8 = pl->c->dtype == QATTN_DTYPE_I8;
+    for (int R = 0; R < M; R++) {
+        int g = R / m, r = R % m;
+        int h = g * pl->group + r % pl->group;
+        int64_t qi = (((int64_t)b * Lq + r / pl->group) * H + h) * D;
+        for (int cc = 0; cc < D; cc++) qpack[(int64_t)R * D + cc] = qattn_load(dp->q, dp->q_dtype, qi + cc) * pl->qscale;
+        if (i8) {
+            qattn_kv_quantize_q16(qpack + (int64_t)R * D, D, q16 + (int64_t)R * dq, qsc + R);
+            for (int64_t cc = D; cc < dq; cc++) q16[(int64_t)R * dq + cc] = 0;
+        }
+    }
+}
+
+static void prep_q_task(void *arg, int64_t b, int worker) {
+    (void)worker;
+    const dplan *pl = arg;
+    int64_t M = pl->all_rows, D = pl->D, dq = (D + 15) / 16 * 16;
+    prep_q(pl, (int32_t)b, pl->qall + b * M * D, pl->q16all + b * M * dq, pl->qscall + b * M);
+}
+
 static void run_unit(void *arg, int64_t task, int worker) {
     const dplan *pl = arg;
     const qattn_kv_cache *c = pl->c;
@@ -144,7 +174,7 @@ static void run_unit(void *arg, int64_t task, int worker) {
     int32_t b = (int32_t)(task / pl->n_split);
     int32_t id = dp->seq_ids[b];
     int64_t L = c->seq_len[id], Lq = dp->seqlen_q;
-    int m = pl->rows, M = pl->all_rows, D = pl->D, BS = c->block_size, H = dp->n_heads, HK = c->n_kv_heads;
+    int m = pl->rows, M = pl->all_rows, D = pl->D, BS = c->block_size, HK = c->n_kv_heads;
 
     float *w = pl->scratch + (size_t)worker * pl->worker_floats;
     float *qpack = w;
@@ -173,15 +203,12 @@ static void run_unit(void *arg, int64_t task, int worker) {
     if (k_end > c1) k_end = c1;
     if (k_begin >= k_end) return;
 
-    for (int R = 0; R < M; R++) {
-        int g = R / m, r = R % m;
-        int h = g * pl->group + r % pl->group;
-        int64_t qi = (((int64_t)b * Lq + r / pl->group) * H + h) * D;
-        for (int cc = 0; cc < D; cc++) qpack[(int64_t)R * D + cc] = qattn_load(dp->q, dp->q_dtype, qi + cc) * pl->qscale;
-        if (i8) {
-            qattn_kv_quantize_q16(qpack + (int64_t)R * D, D, q16 + (int64_t)R * dq, qsc + R);
-            for (int64_t cc = D; cc < dq; cc++) q16[(int64_t)R * dq + cc] = 0;
-        }
+    if (pl->qall) { /* prepared once per sequence (prep_q_task) */
+        qpack = pl->qall + (int64_t)b * M * D;
+        q16 = pl->q16all + (int64_t)b * M * dq;
+        qsc = pl->qscall + (int64_t)b * M;
+    } else {
+        prep_q(pl, b, qpack, q16, qsc);
     }
     const int32_t *table = c->block_table + (int64_t)id * c->max_blocks_per_seq;
     for (int64_t t0 = k_begin; t0 < k_end;) {
@@ -271,11 +298,21 @@ qattn_status qattn_kv_decode(qattn_ctx *ctx, const qattn_kv_cache *cache, const 
     if (nw > pl.n_units) nw = pl.n_units;
     if (nw > QATTN_MAX_THREADS) nw = QATTN_MAX_THREADS;
     size_t partials = pl.n_split > 1 ? (size_t)pl.n_units * partial_floats(&pl) : 0;
-    size_t need = ((size_t)nw * pl.worker_floats + partials) * sizeof(float);
+    /* shared prepared queries (n_split > 1): qall + qscall floats, q16all int16 (as floats, rounded up) */
+    size_t dq = (size_t)(pl.D + 15) / 16 * 16, qrows = (size_t)dp->n_seqs * (size_t)pl.all_rows;
+    size_t qprep = pl.n_split > 1 ? (qrows * (size_t)pl.D + qrows + (qrows * dq + 1) / 2 + 15) / 16 * 16 : 0;
+    size_t need = ((size_t)nw * pl.worker_floats + partials + qprep) * sizeof(float);
     float *mem = qattn_alloc(ctx, need);
     if (!mem) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "qattn_kv_decode: cannot allocate %zu bytes of scratch", need);
     pl.scratch = mem;
     pl.partials = mem + (size_t)nw * pl.worker_floats;
+    if (qprep) {
+        pl.qall = pl.partials + partials;
+        pl.qscall = pl.qall + qrows * (size_t)pl.D;
+        pl.q16all = (int16_t *)(pl.qscall + qrows);
+        int nwq = nw < dp->n_seqs ? (int)nw : dp->n_seqs;
+        qattn_parallel_for(nwq, dp->n_seqs, prep_q_task, &pl);
+    }
     qattn_parallel_for((int)nw, pl.n_units, run_unit_and_write, &pl);
     if (pl.n_split > 1) qattn_parallel_for((int)nw, pl.n_units / pl.n_split, merge_pair, &pl);
     qattn_free(ctx, mem);
