@@ -247,6 +247,8 @@ static void test_decode(const dcase *dc, int32_t dtype, uint64_t seed) {
     /* an outlier channel in K and a louder head, like real activations */
     for (size_t t = 0; t < tk; t++) k[t * HK * D + 3] *= 8.0f;
     int32_t ids[4];
+    float *o_simd = th_xmalloc(q_e * 4); /* INT8: the first SIMD ISA's output; the others must equal it bitwise */
+    bool have_simd = false;
     for (int ii = 0; ii < g_n_isas; ii++) {
         qattn_ctx *ctx = th_ctx(g_isas[ii], 1);
         if (!ctx) continue;
@@ -296,6 +298,14 @@ static void test_decode(const dcase *dc, int32_t dtype, uint64_t seed) {
         TH_CHECK(mo.rel_l2 < tol_orig(dtype), "%s: rel L2 vs the original values %.3e (tolerance %.1e)", th_isa_name(g_isas[ii]), mo.rel_l2,
                  tol_orig(dtype));
         TH_CHECK(lerr < (dtype == QATTN_DTYPE_I8 ? 1e-4 : 1e-5), "%s: lse error %.3e", th_isa_name(g_isas[ii]), lerr);
+#if defined(QATTN_HAVE_X86)
+        if (dtype == QATTN_DTYPE_I8 && (g_isas[ii] == QATTN_ISA_AVX2 || g_isas[ii] == QATTN_ISA_AVXVNNI)) {
+            if (have_simd)
+                TH_CHECK(memcmp(o1, o_simd, q_e * 4) == 0, "%s: INT8 decode not bitwise identical to the other SIMD ISA's", th_isa_name(g_isas[ii]));
+            else
+                memcpy(o_simd, o1, q_e * 4), have_simd = true;
+        }
+#endif
         static const int threads[] = {2, 3, 8};
         for (int t = 0; t < 3; t++) {
             qattn_ctx_set_threads(ctx, threads[t]);
@@ -308,6 +318,7 @@ static void test_decode(const dcase *dc, int32_t dtype, uint64_t seed) {
         qattn_kv_cache_destroy(ctx, c);
         qattn_ctx_destroy(ctx);
     }
+    free(o_simd);
     free(k), free(v), free(kd), free(vd), free(q), free(o1), free(o2), free(lse1), free(lse2), free(ref_d), free(ref_o), free(lse_d);
     th_set_context(NULL);
 }
