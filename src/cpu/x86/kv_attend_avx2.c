@@ -162,7 +162,7 @@ ALWAYS_INLINE __m256i load_k16(const int8_t *p, bool full) {
  * (here and in pv_rows_i8) gives the loops all 16 ymm registers: inlined into the softmax code,
  * GCC kept its constants live and spilled a V operand in the P.V loop. */
 static __attribute__((noinline)) void scores_rows_i8(int R, const int16_t *q16, const float *qsc, int d, const int8_t *kc, const float *ks, int jlo, int jhi,
-                                  const int32_t *lo, const int32_t *hi, float *s, const uint8_t *pf, int64_t pf_bytes) {
+                                  const int32_t *lo, const int32_t *hi, float *s, const uint8_t *pf, int64_t pf_bytes, __m256 *mx_out) {
     const int64_t ldq = (d + 15) / 16 * 16; /* q16 rows are zero-padded to a multiple of 16 */
     const int16_t *q0 = q16, *q1 = q16 + (R > 1 ? ldq : 0), *q2 = q16 + (R > 2 ? 2 * ldq : 0), *q3 = q16 + (R > 3 ? 3 * ldq : 0);
     /* per-row constants as vectors; R == 4 straight from the arrays (GCC built the padded copies
@@ -185,6 +185,11 @@ static __attribute__((noinline)) void scores_rows_i8(int R, const int16_t *q16, 
     const int dfull = d & ~15;
     const int64_t pf_step = prefetch_step(pf_bytes, (jhi - jlo + 1) / 2);
     int64_t pf_at = 0;
+    /* all 4 rows see all of [jlo, jhi) (the usual decode block): no -inf mask (an odd count's pad
+     * token still needs it: its lanes are masked below) */
+    bool all_visible = R == 4 && ((jhi - jlo) & 1) == 0;
+    for (int r = 0; r < R && all_visible; r++) all_visible = lo[r] <= jlo && hi[r] >= jhi;
+    __m256 mx = _mm256_set1_ps(-INFINITY); /* per-row tile max, [t0 rows | t1 rows] */
     for (int j = jlo; j < jhi; j += 2) {
         bool two = j + 1 < jhi;
         prefetch_lines(pf, pf_at, pf_at + pf_step, pf_bytes); /* next block's K, spread over the loop */
@@ -211,10 +216,15 @@ static __attribute__((noinline)) void scores_rows_i8(int R, const int16_t *q16, 
         __m256i x1 = _mm256_hadd_epi32(_mm256_hadd_epi32(a01, a11), _mm256_hadd_epi32(a21, a31));
         __m256i dot = _mm256_add_epi32(_mm256_permute2x128_si256(x0, x1, 0x20), _mm256_permute2x128_si256(x0, x1, 0x31));
         __m256 sv = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), qsv), pair_scale(ks, j, two));
-        __m256i jv = _mm256_add_epi32(_mm256_set1_epi32(j), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
-        __m256i out = _mm256_or_si256(_mm256_cmpgt_epi32(lo8, jv), _mm256_cmpgt_epi32(_mm256_add_epi32(jv, _mm256_set1_epi32(1)), hi8));
-        _mm256_storeu_ps(s + (int64_t)(j - jlo) * 4, _mm256_blendv_ps(sv, ninf, _mm256_castsi256_ps(out)));
+        if (!all_visible) {
+            __m256i jv = _mm256_add_epi32(_mm256_set1_epi32(j), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
+            __m256i out = _mm256_or_si256(_mm256_cmpgt_epi32(lo8, jv), _mm256_cmpgt_epi32(_mm256_add_epi32(jv, _mm256_set1_epi32(1)), hi8));
+            sv = _mm256_blendv_ps(sv, ninf, _mm256_castsi256_ps(out));
+        }
+        _mm256_storeu_ps(s + (int64_t)(j - jlo) * 4, sv);
+        mx = _mm256_max_ps(sv, mx); /* keeps mx when sv is NaN, like the reference's `s > max` */
     }
+    *mx_out = mx;
 }
 
 /* INT8 P.V for 4 rows over tokens [j0, j1) (at most 256; wp from j0's pair; an odd count's pad
@@ -300,10 +310,8 @@ ALWAYS_INLINE void attend_rows_i8(int R, const int16_t *q16, const float *qsc, i
         return;
     }
     int nt = jhi - jlo, np = (nt + 1) / 2; /* tokens, token pairs (the last maybe padded) */
-    scores_rows_i8(R, q16, qsc, d, kc, ks, jlo, jhi, lo, hi, s, pf ? pf->k : NULL, pf ? pf->bytes : 0);
-    /* tile max per row: max_ps(s, m) keeps m when s is NaN, like the reference's `s > max` */
-    __m256 mx = _mm256_set1_ps(-INFINITY);
-    for (int t = 0; t < np; t++) mx = _mm256_max_ps(_mm256_loadu_ps(s + 8 * t), mx);
+    __m256 mx; /* tile max per row (scores_rows_i8) */
+    scores_rows_i8(R, q16, qsc, d, kc, ks, jlo, jhi, lo, hi, s, pf ? pf->k : NULL, pf ? pf->bytes : 0, &mx);
     float tmax[4], mrow[4] = {0, 0, 0, 0};
     _mm_storeu_ps(tmax, hmax_halves(mx));
     float *acc[4];
