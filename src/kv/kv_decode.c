@@ -239,6 +239,10 @@ static void run_unit(void *arg, int64_t task, int worker) {
                 pf.k = next + (int64_t)g * c->head_bytes;
                 pf.v = next + c->v_offset + (int64_t)g * c->head_bytes;
                 pf.bytes = c->head_bytes;
+                if (pl->attend == qattn_kv_attend_ref) { /* the reference ignores the hint: issue it here */
+                    prefetch_range(pf.k, pf.bytes);
+                    prefetch_range(pf.v, pf.bytes);
+                }
                 if (g == 0 && c->ks_offset) prefetch_range(next + c->ks_offset, c->block_bytes - c->ks_offset);
             }
             qattn_tile_state st = {.row_max = all.row_max + (int64_t)g * m, .row_sum = all.row_sum + (int64_t)g * m,
