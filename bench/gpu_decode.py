@@ -260,7 +260,6 @@ def bench(lib, out):
     q = torch.randn(B, 1, H, D, dtype=torch.float16, device="cuda")
     seq_ids = list(range(B))
     rows = []
-    first = []
     kd = kh.cuda().permute(0, 2, 1, 3).contiguous()  # [B, HK, L, D]
     vd = vh.cuda().permute(0, 2, 1, 3).contiguous()
     # FP64 reference on the original values, for 4 sequences (all heads)
@@ -275,18 +274,9 @@ def bench(lib, out):
         p, ids = keep
         fn = lambda: lib.L.qattn_kv_decode_cuda(lib.gpu, cache.c, C.byref(cache.dev), C.byref(p))
         bytes_read = B * HK * L * (2 * D * (1 if dtype == I8 else 2) + (8 if dtype == I8 else 0))
-        # first-version kernel (QATTN_KVD_KERNEL=1), timed for comparison, then the default
-        os.environ["QATTN_KVD_KERNEL"] = "1"
-        o1, _, keep1 = decode(lib, cache, q, seq_ids, H, 1, o_dtype=F16)
-        p1 = keep1[0]
-        t1 = timeit(lambda: lib.L.qattn_kv_decode_cuda(lib.gpu, cache.c, C.byref(cache.dev), C.byref(p1)))
-        del os.environ["QATTN_KVD_KERNEL"]
-        first.append(dict(name=name + " (first version)", t_us=t1 * 1e6, bytes_read=bytes_read, GBps=bytes_read / t1 / 1e9,
-                          frac_copy=bytes_read / t1 / copy_bw, tok_s=B / t1,
-                          relL2_orig=statistics.mean(rel_l2(o1[b, 0], ref_orig[b][0]) for b in range(NREF))))
         t = timeit(fn)
         t_again = timeit(fn)
-        print("%s: %.1f us, again %.1f us (first version %.1f us)" % (name, t * 1e6, t_again * 1e6, t1 * 1e6), flush=True)
+        print("%s: %.1f us, again %.1f us" % (name, t * 1e6, t_again * 1e6), flush=True)
         e_deq = statistics.mean(rel_l2(o[b, 0], ref_decode(*cache.dequant(b), q[b].float(), L, 1, 1, -1)[0].cpu().to(o.device)) for b in range(NREF))
         e_orig = statistics.mean(rel_l2(o[b, 0], ref_orig[b][0]) for b in range(NREF))
         oc, _, _ = decode(lib, cache, q.float().cpu(), seq_ids, H, 1, gpu=False)
@@ -314,7 +304,6 @@ def bench(lib, out):
                      relL2_orig=statistics.mean(rel_l2(og[b, :, 0], ref_orig[b][0]) for b in range(NREF))))
     sdpa_t = rows[-1]["t_us"]
     gqa = [r for r in rows if "enable_gqa" in r["name"]]
-    rows += first
     for r in rows:
         r["speedup_vs_sdpa_expanded"] = sdpa_t / r["t_us"]
         r["speedup_vs_sdpa_gqa"] = gqa[0]["t_us"] / r["t_us"] if gqa else float("nan")

@@ -1,18 +1,16 @@
 /* GPU split-KV decode (FlashDecoding style) over a device copy of the paged KV cache
- * (qattn_kv_decode_cuda; layout: src/kv/kv_internal.h, scheme: docs/gpu_decode.md).
+ * (qattn_kv_decode_cuda; layout: src/kv/kv_internal.h, scheme and measurements: docs/gpu_decode.md).
  *
  * Split kernel: one thread block per (row chunk, KV split, kv head, sequence). A row chunk is up
  * to 4 query rows of one kv head's group (GQA heads x new tokens), held in registers, so each
- * K/V token is read once per group (row chunks of one split are adjacent block ids: for more
- * than 4 rows the extra reads of a token mostly hit L2). Each lane owns 16 bytes of a token row
- * (16 INT8 or 8 FP16/BF16 channels); D*elem/16 lanes make one token, a warp streams 32*16/(D*elem)
- * consecutive tokens per load, 4 (INT8) or 2 (FP16) loads in flight per lane for K and for V.
- * INT8 codes are dequantized in registers (byte_perm + one FADD, exact), the per-token scales
- * applied to the score (K) and to the softmax weight (V). Online softmax in FP32 with exp2.
- * Partials (max, sum, acc[D]) per split go to scratch; the merge kernel combines the splits of a
- * row in split order (fixed order: results are run-to-run deterministic) and writes o and lse. */
+ * K/V token is read once per group. Each warp streams its own tiles of 16 tokens through a
+ * 3-stage cp.async ring in shared memory (kernel kvd_split2 below). Online softmax in FP32 with
+ * exp2. Partials (max, sum, acc[D]) per split go to scratch; the merge kernel combines the splits
+ * of a row in split order (fixed order: results are run-to-run deterministic) and writes o and
+ * lse. A first version without the shared-memory pipeline (loads held in registers, 250
+ * registers per thread for INT8) measured 752-807 us against 617 us for INT8 at B16 H32 HK8
+ * D128 kv-len 32k on the H100 and was removed (docs/gpu_decode.md keeps its figures). */
 #include <math.h>
-#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -26,7 +24,6 @@ extern "C" {
 
 namespace {
 
-constexpr int NW = 4;          /* warps per split block */
 constexpr int SEQ_CHUNK = 128; /* sequences per launch: their ids and lengths ride in the kernel arguments */
 
 struct kvd_args {
@@ -90,200 +87,6 @@ template <int DT> __device__ __forceinline__ void codes_to_f32(const uint4 &r, f
             f[2 * k] = x.x;
             f[2 * k + 1] = x.y;
         }
-    }
-}
-
-template <int D, int DT, int M> __global__ void __launch_bounds__(NW * 32) kvd_split(const __grid_constant__ kvd_args a) {
-    constexpr bool I8 = DT == 2;
-    constexpr int EB = I8 ? 1 : 2;
-    constexpr int C = 16 / EB;   /* channels per lane */
-    constexpr int LPT = D / C;   /* lanes per token */
-    constexpr int TPW = 32 / LPT; /* tokens per warp load */
-    constexpr int U = I8 ? 4 : 2; /* loads in flight per lane, for K and for V */
-    static_assert(LPT >= 1 && LPT <= 32 && 32 % LPT == 0, "D");
-    __shared__ float red_m[NW][M], red_l[NW][M];
-    __shared__ float red_acc[NW][M][D];
-
-    const int rc = blockIdx.x % a.n_rc, split = blockIdx.x / a.n_rc, g = blockIdx.y, bl = blockIdx.z;
-    const int id = a.seq_id[bl], L = a.seq_len[bl];
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, tg = lane / LPT, li = lane % LPT;
-    const int b = a.b0 + bl;
-
-    int lo[M], hi[M];
-    int kb = L, ke = 0;
-    float q[M][C];
-#pragma unroll
-    for (int r = 0; r < M; r++) {
-        int R = rc * M + r;
-        lo[r] = hi[r] = 0;
-        if (R < a.rows) {
-            int i = R / a.group, hh = g * a.group + R % a.group;
-            key_range(i, a.lq, L, a.causal, a.wl, lo[r], hi[r]);
-            if (lo[r] < hi[r]) {
-                kb = min(kb, lo[r]);
-                ke = max(ke, hi[r]);
-            }
-            int64_t qb = (((int64_t)b * a.lq + i) * a.h + hh) * D + li * C;
-#pragma unroll
-            for (int c = 0; c < C; c++) q[r][c] = ld_any(a.q, a.q_dtype, qb + c) * a.qscale;
-        } else {
-#pragma unroll
-            for (int c = 0; c < C; c++) q[r][c] = 0.0f;
-        }
-    }
-    const int c0 = split * a.split_tokens;
-    kb = max(kb, c0);
-    ke = min(ke, min(L, c0 + a.split_tokens));
-
-    float mx[M], l[M], acc[M][C];
-#pragma unroll
-    for (int r = 0; r < M; r++) {
-        mx[r] = -INFINITY;
-        l[r] = 0.0f;
-#pragma unroll
-        for (int c = 0; c < C; c++) acc[r][c] = 0.0f;
-    }
-    const int32_t *tab = a.table + (int64_t)id * a.table_ld;
-    const int64_t head_off = (int64_t)g * a.head_bytes + li * 16;
-    constexpr int STEP = NW * TPW * U;
-    for (int base = kb; base < ke; base += STEP) { /* uniform over the block: shuffles below are safe */
-        uint4 kr[U], vr[U];
-        float ksc[U], vsc[U];
-        int tok[U];
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            int t = base + (u * NW + w) * TPW + tg;
-            tok[u] = t;
-            ksc[u] = vsc[u] = 0.0f;
-            kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
-            if (t < ke) {
-                int lb = a.bs_shift >= 0 ? t >> a.bs_shift : t / a.bs;
-                int off = t - lb * a.bs;
-                const uint8_t *blk = a.arena + (int64_t)__ldg(tab + lb) * a.block_bytes;
-                int64_t co = head_off + (int64_t)off * (D * EB);
-                kr[u] = __ldg(reinterpret_cast<const uint4 *>(blk + co));
-                vr[u] = __ldg(reinterpret_cast<const uint4 *>(blk + a.v_off + co));
-                if (I8) {
-                    ksc[u] = __ldg(reinterpret_cast<const float *>(blk + a.ks_off) + g * a.bs + off);
-                    vsc[u] = __ldg(reinterpret_cast<const float *>(blk + a.vs_off) + g * a.bs + off);
-                }
-            }
-        }
-        float s[M][U];
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            float kf[C];
-            codes_to_f32<DT>(kr[u], kf);
-#pragma unroll
-            for (int r = 0; r < M; r++) {
-                float d0 = 0.0f, d1 = 0.0f;
-#pragma unroll
-                for (int c = 0; c < C; c += 2) {
-                    d0 = fmaf(q[r][c], kf[c], d0);
-                    d1 = fmaf(q[r][c + 1], kf[c + 1], d1);
-                }
-                s[r][u] = d0 + d1;
-            }
-        }
-#pragma unroll
-        for (int o = LPT / 2; o > 0; o >>= 1)
-#pragma unroll
-            for (int r = 0; r < M; r++)
-#pragma unroll
-                for (int u = 0; u < U; u++) s[r][u] += __shfl_xor_sync(0xffffffffu, s[r][u], o);
-        float p[M][U];
-#pragma unroll
-        for (int r = 0; r < M; r++) {
-            float tmax = -INFINITY;
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                float x = I8 ? s[r][u] * ksc[u] : s[r][u];
-                bool vis = tok[u] < ke && tok[u] >= lo[r] && tok[u] < hi[r];
-                s[r][u] = vis ? x : -INFINITY;
-                tmax = fmaxf(tmax, s[r][u]);
-            }
-            float nm = fmaxf(mx[r], tmax);
-            if (nm == -INFINITY) {
-#pragma unroll
-                for (int u = 0; u < U; u++) p[r][u] = 0.0f;
-                continue;
-            }
-            if (nm > mx[r]) {
-                float alpha = qattn_ex2(mx[r] - nm);
-                l[r] *= alpha;
-#pragma unroll
-                for (int c = 0; c < C; c++) acc[r][c] *= alpha;
-                mx[r] = nm;
-            }
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                p[r][u] = qattn_ex2(s[r][u] - nm);
-                l[r] += p[r][u];
-                if (I8) p[r][u] *= vsc[u];
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            float vf[C];
-            codes_to_f32<DT>(vr[u], vf);
-#pragma unroll
-            for (int r = 0; r < M; r++)
-#pragma unroll
-                for (int c = 0; c < C; c++) acc[r][c] = fmaf(p[r][u], vf[c], acc[r][c]);
-        }
-    }
-    /* merge the token groups of the warp (lanes li + k*LPT), then the warps */
-#pragma unroll
-    for (int o = LPT; o < 32; o <<= 1) {
-#pragma unroll
-        for (int r = 0; r < M; r++) {
-            float mo = __shfl_xor_sync(0xffffffffu, mx[r], o);
-            float lo2 = __shfl_xor_sync(0xffffffffu, l[r], o);
-            float nm = fmaxf(mx[r], mo);
-            float a1 = nm == -INFINITY ? 0.0f : qattn_ex2(mx[r] - nm);
-            float a2 = nm == -INFINITY ? 0.0f : qattn_ex2(mo - nm);
-            l[r] = l[r] * a1 + lo2 * a2;
-#pragma unroll
-            for (int c = 0; c < C; c++) {
-                float ao = __shfl_xor_sync(0xffffffffu, acc[r][c], o);
-                acc[r][c] = acc[r][c] * a1 + ao * a2;
-            }
-            mx[r] = nm;
-        }
-    }
-    if (tg == 0) {
-#pragma unroll
-        for (int r = 0; r < M; r++) {
-            if (li == 0) {
-                red_m[w][r] = mx[r];
-                red_l[w][r] = l[r];
-            }
-#pragma unroll
-            for (int c = 0; c < C; c++) red_acc[w][r][li * C + c] = acc[r][c];
-        }
-    }
-    __syncthreads();
-    for (int x = threadIdx.x; x < M * D; x += NW * 32) {
-        int r = x / D, c = x % D, R = rc * M + r;
-        if (R >= a.rows) continue;
-        float m = -INFINITY;
-#pragma unroll
-        for (int k = 0; k < NW; k++) m = fmaxf(m, red_m[k][r]);
-        float sl = 0.0f, sa = 0.0f;
-        if (m != -INFINITY) {
-#pragma unroll
-            for (int k = 0; k < NW; k++) {
-                float f = qattn_ex2(red_m[k][r] - m);
-                sl += red_l[k][r] * f;
-                sa += red_acc[k][r][c] * f;
-            }
-        }
-        float *dst = a.part + ((((int64_t)bl * a.hk + g) * a.nsplit + split) * a.rows_pad + R) * (D + 2);
-        if (c == 0) {
-            dst[0] = m;
-            dst[1] = sl;
-        }
-        dst[2 + c] = sa;
     }
 }
 
@@ -662,40 +465,14 @@ __global__ void __launch_bounds__(128) kvd_merge(const __grid_constant__ kvd_arg
     if (a.lse && threadIdx.x == 0) a.lse[((int64_t)b * a.h + hh) * a.lq + i] = empty ? -INFINITY : (m + log2f(L)) * 0.69314718055994531f;
 }
 
-template <int D, int DT> cudaError_t launch_split_d(const kvd_args &a, int M, dim3 grid, cudaStream_t st) {
-    if (M == 1) kvd_split<D, DT, 1><<<grid, NW * 32, 0, st>>>(a);
-    else if (M == 2) kvd_split<D, DT, 2><<<grid, NW * 32, 0, st>>>(a);
-    else kvd_split<D, DT, 4><<<grid, NW * 32, 0, st>>>(a);
-    return cudaGetLastError();
-}
-
-cudaError_t launch_split(const kvd_args &a, int D, int dtype, int M, dim3 grid, cudaStream_t st) {
-    int DT = dtype == QATTN_DTYPE_I8 ? 2 : dtype == QATTN_DTYPE_BF16 ? 1 : 0;
-    if (D == 64) return DT == 2 ? launch_split_d<64, 2>(a, M, grid, st) : DT == 1 ? launch_split_d<64, 1>(a, M, grid, st) : launch_split_d<64, 0>(a, M, grid, st);
-    return DT == 2 ? launch_split_d<128, 2>(a, M, grid, st) : DT == 1 ? launch_split_d<128, 1>(a, M, grid, st) : launch_split_d<128, 0>(a, M, grid, st);
-}
-
-/* Blocks resident per SM for the split kernel (for the split count). v1: the first-version kernel. */
-int resident_per_sm(int D, int dtype, int M, bool v1) {
+/* Blocks of the split kernel resident per SM (for the split count). */
+int resident_per_sm(int D, int dtype) {
     int n = 0;
-    cudaError_t e = cudaSuccess;
-    if (!v1) {
-        int ok = dtype == QATTN_DTYPE_I8 ? (D == 64 ? resident2<64, 2>(&n) : resident2<128, 2>(&n))
-                                         : (D == 64 ? resident2<64, 0>(&n) : resident2<128, 0>(&n));
-        if (!ok) {
-            cudaGetLastError();
-            return 2;
-        }
-        return n > 0 ? n : 1;
-    }
-    if (dtype == QATTN_DTYPE_I8) e = D == 64 ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kvd_split<64, 2, 4>, NW * 32, 0)
-                                             : cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kvd_split<128, 2, 4>, NW * 32, 0);
-    else e = D == 64 ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kvd_split<64, 0, 4>, NW * 32, 0)
-                     : cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kvd_split<128, 0, 4>, NW * 32, 0);
-    (void)M;
-    if (e != cudaSuccess) {
+    int ok = dtype == QATTN_DTYPE_I8 ? (D == 64 ? resident2<64, 2>(&n) : resident2<128, 2>(&n))
+                                     : (D == 64 ? resident2<64, 0>(&n) : resident2<128, 0>(&n));
+    if (!ok) {
         cudaGetLastError();
-        return 4;
+        return 2;
     }
     return n > 0 ? n : 1;
 }
@@ -794,13 +571,10 @@ extern "C" qattn_status qattn_kv_decode_cuda(qattn_ctx *ctx, const qattn_kv_cach
     a.wl = dp->window_left;
     a.qscale = (dp->scale != 0.0f ? dp->scale : 1.0f / sqrtf((float)D)) * 1.4426950408889634f;
 
-    /* Kernel: the pipelined one, unless QATTN_KVD_KERNEL=1 asks for the first version (kept for
-     * comparison). Split count: the split length (a multiple of 64 tokens, >= 256) that minimises
+    /* Split count: the split length (a multiple of 64 tokens, >= 256) that minimises
      * (waves of resident blocks, rounded up) x (tokens per split + 64 of fixed cost), over
      * 1 .. 4x the split count that gives 8 waves: fills the SMs several times without a ragged
      * last wave. */
-    const char *kenv = getenv("QATTN_KVD_KERNEL");
-    const bool v1 = kenv && kenv[0] == '1';
     int sms = 132;
     if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, ctx->cuda_device) != cudaSuccess) {
         cudaGetLastError();
@@ -808,7 +582,7 @@ extern "C" qattn_status qattn_kv_decode_cuda(qattn_ctx *ctx, const qattn_kv_cach
     }
     int32_t chunk = dp->n_seqs < SEQ_CHUNK ? dp->n_seqs : SEQ_CHUNK;
     int64_t units = (int64_t)chunk * HK * n_rc;
-    int64_t resident = (int64_t)resident_per_sm(D, c->dtype, M, v1) * sms;
+    int64_t resident = (int64_t)resident_per_sm(D, c->dtype) * sms;
     int64_t want = (8 * resident + units - 1) / units;
     int64_t most = (max_len + 255) / 256;
     if (most < 1) most = 1;
@@ -852,7 +626,7 @@ extern "C" qattn_status qattn_kv_decode_cuda(qattn_ctx *ctx, const qattn_kv_cach
             a.seq_len[k] = (int32_t)c->seq_len[dp->seq_ids[b0 + k]];
         }
         dim3 grid((unsigned)(n_rc * nsplit), (unsigned)HK, (unsigned)n);
-        if ((e = v1 ? launch_split(a, D, c->dtype, M, grid, st) : launch_split2(a, D, c->dtype, M, grid, st)) != cudaSuccess)
+        if ((e = launch_split2(a, D, c->dtype, M, grid, st)) != cudaSuccess)
             status = qattn_fail(ctx, QATTN_ERR_BACKEND, "qattn_kv_decode_cuda: split kernel launch (%u x %u x %u blocks): %s", grid.x, grid.y, grid.z,
                                 cudaGetErrorString(e));
         else {
