@@ -24,6 +24,8 @@
 #include <math.h>
 #include <immintrin.h>
 
+#include "cpu/x86/int8_acc_avx2.h"
+
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
 static ALWAYS_INLINE int32_t load_i32(const void *p) {
@@ -228,12 +230,7 @@ static ALWAYS_INLINE void pv_acc_block(const int16_t *pc, int mr, int npad, cons
     for (int i = 0; i < mr; i++) {
         if (lo[i] >= hi[i]) continue;
         __m256 a = _mm256_set1_ps(alpha[i]), f = _mm256_set1_ps(fac[i]);
-        for (int v = 0; v < nv; v++) {
-            float *dst = accp + (size_t)i * (size_t)ld + c + 8 * v;
-            __m256 x = _mm256_mul_ps(_mm256_loadu_ps(dst), a);
-            __m256 y = _mm256_mul_ps(_mm256_mul_ps(f, _mm256_loadu_ps(sv + c + 8 * v)), _mm256_cvtepi32_ps(acc[i][v]));
-            _mm256_storeu_ps(dst, _mm256_add_ps(x, y));
-        }
+        for (int v = 0; v < nv; v++) qattn_i8_acc_update8(accp + (size_t)i * (size_t)ld + c + 8 * v, a, f, sv + c + 8 * v, acc[i][v]);
     }
 }
 

@@ -30,6 +30,8 @@
 
 #include <immintrin.h>
 
+#include "cpu/x86/int8_acc_avx2.h"
+
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
 static ALWAYS_INLINE int32_t load_i32(const void *p) {
@@ -164,12 +166,7 @@ static ALWAYS_INLINE void pv_acc8_block(const uint8_t *p8, int ps, int mr, int n
     for (int i = 0; i < mr; i++) {
         if (lo[i] >= hi[i]) continue;
         __m256 a = _mm256_set1_ps(alpha[i]), f = _mm256_set1_ps(fac[i]);
-        for (int v = 0; v < nv; v++) {
-            float *dst = accp + (size_t)i * (size_t)ld + c + 8 * v;
-            __m256 x = _mm256_mul_ps(_mm256_loadu_ps(dst), a);
-            __m256 y = _mm256_mul_ps(_mm256_mul_ps(f, _mm256_loadu_ps(sv + c + 8 * v)), _mm256_cvtepi32_ps(acc[i][v]));
-            _mm256_storeu_ps(dst, _mm256_add_ps(x, y));
-        }
+        for (int v = 0; v < nv; v++) qattn_i8_acc_update8(accp + (size_t)i * (size_t)ld + c + 8 * v, a, f, sv + c + 8 * v, acc[i][v]);
     }
 }
 
@@ -201,10 +198,8 @@ static void pv_acc8_6x2(const uint8_t *p8, int ps, int npad, const int8_t *vp8, 
         if (lo[I] < hi[I]) {                                                                                                          \
             __m256 al = _mm256_set1_ps(alpha[I]), f = _mm256_set1_ps(fac[I]);                                                         \
             float *dst = accp + (size_t)(I) * (size_t)ld + c;                                                                         \
-            __m256 y0 = _mm256_mul_ps(_mm256_mul_ps(f, _mm256_loadu_ps(sv + c)), _mm256_cvtepi32_ps(X0));                             \
-            __m256 y1 = _mm256_mul_ps(_mm256_mul_ps(f, _mm256_loadu_ps(sv + c + 8)), _mm256_cvtepi32_ps(X1));                         \
-            _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(dst), al), y0));                                        \
-            _mm256_storeu_ps(dst + 8, _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(dst + 8), al), y1));                                \
+            qattn_i8_acc_update8(dst, al, f, sv + c, X0);                                                                             \
+            qattn_i8_acc_update8(dst + 8, al, f, sv + c + 8, X1);                                                                     \
         }                                                                                                                             \
     } while (0)
     PV_UPDATE(0, a00, a01);

@@ -291,6 +291,17 @@ static __attribute__((noinline)) void pv_rows_i8(int R, const int8_t *vc, int d,
     }
 }
 
+/* The online-softmax rule (DESIGN.md §4), for both the INT8 and the FP16/BF16 rows: rescale the
+ * row's sum and accumulator only when its max grows. */
+ALWAYS_INLINE void raise_row_max(qattn_tile_state *st, int row, float *acc, int d, float old_max, float new_max) {
+    if (!(new_max > old_max)) return;
+    float alpha = exp2f(old_max - new_max);
+    st->row_sum[row] *= alpha;
+    __m256 av = _mm256_set1_ps(alpha);
+    for (int c = 0; c < d; c += 8) _mm256_storeu_ps(acc + c, _mm256_mul_ps(_mm256_loadu_ps(acc + c), av));
+    st->row_max[row] = new_max;
+}
+
 ALWAYS_INLINE __m128 hmax_halves(__m256 v) { return _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)); }
 
 /* INT8 rows r0..r0+R-1 (R <= 4): scores, online softmax, weights to int16, P.V. */
@@ -325,13 +336,7 @@ ALWAYS_INLINE void attend_rows_i8(int R, const int16_t *q16, const float *qsc, i
             nanrow[r] = true;
             continue;
         }
-        if (new_max > old_max) {
-            float alpha = exp2f(old_max - new_max);
-            st->row_sum[r0 + r] *= alpha;
-            __m256 av = _mm256_set1_ps(alpha);
-            for (int c = 0; c < d; c += 8) _mm256_storeu_ps(acc[r] + c, _mm256_mul_ps(_mm256_loadu_ps(acc[r] + c), av));
-            st->row_max[r0 + r] = new_max;
-        }
+        raise_row_max(st, r0 + r, acc[r], d, old_max, new_max);
         mrow[r] = new_max; /* NaN when the state is NaN already: weights NaN, the row stays NaN */
     }
     /* p = exp2(s - max), w = p * vs in place; row sums of p, row max of w, NaN flags */
@@ -417,13 +422,7 @@ ALWAYS_INLINE void attend_rows(int R, const float *q, int d, int32_t dtype, cons
             for (int j = lo[r]; j < hi[r]; j++) wr[j] = 0.0f;
             continue;
         }
-        if (new_max > old_max) {
-            float alpha = exp2f(old_max - new_max);
-            st->row_sum[r0 + r] *= alpha;
-            __m256 av = _mm256_set1_ps(alpha);
-            for (int c = 0; c < d; c += 8) _mm256_storeu_ps(acc[r] + c, _mm256_mul_ps(_mm256_loadu_ps(acc[r] + c), av));
-            st->row_max[r0 + r] = new_max;
-        }
+        raise_row_max(st, r0 + r, acc[r], d, old_max, new_max);
         __m256 mv = _mm256_set1_ps(new_max), sum = _mm256_setzero_ps();
         int j = lo[r];
         for (; j + 8 <= hi[r]; j += 8) {
