@@ -176,7 +176,7 @@ def main():
         if not args.no_int8:
             p8 = qa.params(q, k, v, o8, causal, PREC_INT8)
             row["qattn_i8_ms"], _ = time_ms(lambda: qa.forward(p8), reps=args.reps)
-            row["qattn_i8_kernel_ms"] = kernel_ms(lambda: qa.forward(p8), "fwd_i8_kernel")
+            row["qattn_i8_kernel_ms"] = kernel_ms(lambda: qa.forward(p8), "fwd_i8")
         qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         outs = {}
         for name, be in (("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):

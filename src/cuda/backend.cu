@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 extern "C" {
@@ -26,6 +27,7 @@ struct cuda_state {
     int device;
     int sm_count;
     int cc_major, cc_minor;
+    int i8_wgmma; /* INT8 D 128 on the sm_90a wgmma kernel (QATTN_CUDA_I8_KERNEL=mma forces mma.sync) */
     void *ws;
     size_t ws_bytes;
 };
@@ -144,7 +146,8 @@ extern "C" qattn_status qattn_cuda_init(qattn_ctx *ctx) {
                           ctx->cuda_device, prop.name, prop.major, prop.minor);
     device_guard guard(ctx->cuda_device);
     if (guard.err != cudaSuccess) return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaSetDevice(%d): %s", ctx->cuda_device, cudaGetErrorString(guard.err));
-    if ((e = qattn_cuda_prepare_f16()) != cudaSuccess || (e = qattn_cuda_prepare_i8()) != cudaSuccess)
+    if ((e = qattn_cuda_prepare_f16()) != cudaSuccess || (e = qattn_cuda_prepare_i8()) != cudaSuccess ||
+        (e = qattn_cuda_prepare_i8_wgmma()) != cudaSuccess)
         return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaFuncSetAttribute (shared memory limit): %s", cudaGetErrorString(e));
     cuda_state *st = (cuda_state *)qattn_alloc(ctx, sizeof(cuda_state));
     if (!st) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cannot allocate the CUDA backend state");
@@ -153,6 +156,10 @@ extern "C" qattn_status qattn_cuda_init(qattn_ctx *ctx) {
     st->sm_count = prop.multiProcessorCount;
     st->cc_major = prop.major;
     st->cc_minor = prop.minor;
+    { /* wgmma is sm_90a machine code: compute capability 9.0 exactly */
+        const char *k = getenv("QATTN_CUDA_I8_KERNEL");
+        st->i8_wgmma = prop.major == 9 && prop.minor == 0 && !(k && strcmp(k, "mma") == 0);
+    }
     ctx->cuda_state = st;
     return QATTN_OK;
 }
@@ -213,9 +220,10 @@ extern "C" qattn_status qattn_cuda_forward(qattn_ctx *ctx, const qattn_params *p
             }
             ws = st->ws;
         }
+        a.i8_wgmma = st->i8_wgmma && a.d == 128;
         if ((e = qattn_cuda_quantize_i8(a, input_is_bf16(p), ws, stream)) != cudaSuccess)
             return qattn_fail(ctx, QATTN_ERR_BACKEND, "INT8 quantization kernels: %s", cudaGetErrorString(e));
-        if (p->seqlen_k > 0 && (e = qattn_cuda_launch_i8(a, stream)) != cudaSuccess)
+        if (p->seqlen_k > 0 && (e = a.i8_wgmma ? qattn_cuda_launch_i8_wgmma(a, stream) : qattn_cuda_launch_i8(a, stream)) != cudaSuccess)
             return qattn_fail(ctx, QATTN_ERR_BACKEND, "INT8 attention kernel launch: %s", cudaGetErrorString(e));
         if (p->seqlen_k == 0 && (e = qattn_cuda_launch_f16(a, input_is_bf16(p), stream)) != cudaSuccess)
             return qattn_fail(ctx, QATTN_ERR_BACKEND, "attention kernel launch (empty keys): %s", cudaGetErrorString(e));

@@ -28,6 +28,8 @@ struct qattn_cuda_args {
     const float *sq, *sk, *sv, *vm; /* sv per (kv head, key tile, channel); vm: V smoothing mean */
     const float *qsh;           /* per query row: scale * q . mean_k (LSE correction of K smoothing) */
     int32_t lk_pad;             /* Lk rounded up to the INT8 key tile (Vt row length) */
+    int32_t lq_pad;             /* Lq rounded up to the largest INT8 query block (Qi, sq, qsh row length) */
+    int32_t i8_wgmma;           /* 1: the sm_90a wgmma kernel (fwd_wgmma_i8.cu) and its tiled, pre-swizzled layout */
 };
 
 /* Launchers: return the launch's cudaError_t (cudaGetLastError after the launch). */
@@ -35,6 +37,8 @@ cudaError_t qattn_cuda_launch_f16(const qattn_cuda_args &a, int bf16, cudaStream
 cudaError_t qattn_cuda_prepare_f16(void); /* raise the dynamic shared-memory limits once */
 cudaError_t qattn_cuda_launch_i8(const qattn_cuda_args &a, cudaStream_t stream);
 cudaError_t qattn_cuda_prepare_i8(void);
+cudaError_t qattn_cuda_launch_i8_wgmma(const qattn_cuda_args &a, cudaStream_t stream); /* D 128, sm_90a only */
+cudaError_t qattn_cuda_prepare_i8_wgmma(void);
 /* Quantize f16/bf16 q, k, v of a (non-varlen) into the INT8 workspace layout.
  * ws: device scratch of qattn_cuda_i8_workspace bytes; fills a.qi/ki/vt/sq/sk/sv. */
 size_t qattn_cuda_i8_workspace(const qattn_cuda_args &a);

@@ -16,9 +16,13 @@
  *     O = acc / l + mean_d.
  *   Round 1 quantized P against the running max: small late probabilities lost bits as L grew
  *   (rel L1 1.6e-2 at L 1k to 2.4e-2 at 16k, D 128); the tile max makes the error independent of L.
- * Layouts in the workspace (all contiguous): Qi [B,H,Lq,D] s8; Ki [B,HK,Lk,D] s8;
- * Vt [B,HK,D,Lk_pad] s8, transposed so the PV B-fragments load with ldmatrix, keys permuted inside
- * each 16-key group to match the P fragment held in the S accumulators (see vt_perm). */
+ * Layouts in the workspace (all contiguous, rows padded with zero codes and zero scales):
+ * Qi [B,H,Lq_pad,D] s8; Ki [B,HK,Lk_pad,D] s8; Vt [B,HK,D,Lk_pad] s8, transposed so the PV B-fragments
+ * load with ldmatrix, keys permuted inside each 16-key group to match the P fragment held in the S
+ * accumulators (see vt_perm). With a.i8_wgmma (the sm_90a kernel, fwd_wgmma_i8.cu) the same codes are
+ * stored as the shared-memory image of its tiles, so one bulk copy per tile lands them ready for wgmma:
+ * the 16-byte chunk c of a 128-byte row r sits at chunk c ^ (r & 7) (the 128-byte swizzle), and Vt is
+ * tile-major [B,HK,Lk_pad/128][D][128]. */
 #include "cuda_common.cuh"
 
 #include <cuda_bf16.h>
@@ -50,6 +54,7 @@ constexpr int VT = 64;  /* tokens per block of the V quantization kernel */
 #define QATTN_I8_D64_BLOCKS 2
 #endif
 constexpr int NCH = 32; /* token chunks of the K-mean / V-max reduction */
+constexpr int QPAD = 128; /* Qi rows are padded to the wgmma kernel's query block */
 
 inline size_t align256(size_t x) { return (x + 255) / 256 * 256; }
 
@@ -59,18 +64,19 @@ struct i8_layout {
 
 i8_layout layout(const qattn_cuda_args &a, int lk_pad) {
     i8_layout L;
-    size_t B = (size_t)a.batch, H = (size_t)a.h, HK = (size_t)a.hk, D = (size_t)a.d, lq = (size_t)a.lq, lk = (size_t)a.lk;
+    size_t B = (size_t)a.batch, H = (size_t)a.h, HK = (size_t)a.hk, D = (size_t)a.d, lq = (size_t)a.lq;
     size_t off = 0;
-    L.qi = off, off += align256(B * H * lq * D);
-    L.sq = off, off += align256(B * H * lq * 4);
-    L.ki = off, off += align256(B * HK * lk * D);
+    const size_t lq_pad = (lq + QPAD - 1) / QPAD * QPAD;
+    L.qi = off, off += align256(B * H * lq_pad * D);
+    L.sq = off, off += align256(B * H * lq_pad * 4);
+    L.ki = off, off += align256(B * HK * (size_t)lk_pad * D);
     L.sk = off, off += align256(B * HK * (size_t)lk_pad * 4);
     L.vt = off, off += align256(B * HK * D * (size_t)lk_pad);
     L.sv = off, off += align256(B * HK * (size_t)(lk_pad / BN) * D * 4);
     L.vm = off, off += align256(B * HK * D * 4);
     L.part = off, off += align256(B * HK * NCH * D * 4 * 4);
     L.stat = off, off += align256(B * HK * D * 3 * 4);
-    L.qsh = off, off += align256(B * H * lq * 4);
+    L.qsh = off, off += align256(B * H * lq_pad * 4);
     L.total = off;
     return L;
 }
@@ -172,20 +178,21 @@ template <int D> __global__ void kv_reduce_kernel(const qattn_cuda_args a, const
 }
 
 /* Per-token quantization of Q (IS_K false) or K - mean (IS_K true). One warp per (token, head);
- * D/8 lanes hold 8 elements each. out [B, nh, L, D]; scale [B, nh, ldscale]. */
+ * D/8 lanes hold 8 elements each. out [B, nh, ldscale, D]; scale [B, nh, ldscale]; rows past the
+ * length (up to ldscale, the padded length) get zero codes and scale 0. */
 template <int D, bool BF16, bool IS_K>
 __global__ void __launch_bounds__(256) quant_rows_kernel(const qattn_cuda_args a, int8_t *out, float *scale, int ldscale, const float *stat,
                                                           float *qshift) {
-    const int nh = IS_K ? a.hk : a.h, L = IS_K ? a.lk : a.lq;
-    const int64_t row = (int64_t)blockIdx.x * 8 + threadIdx.x / 32; /* over B * L * nh, head fastest */
+    const int nh = IS_K ? a.hk : a.h, L = IS_K ? a.lk : a.lq, LP = ldscale;
+    const int64_t row = (int64_t)blockIdx.x * 8 + threadIdx.x / 32; /* over B * LP * nh, head fastest */
     const int lane = threadIdx.x % 32;
-    if (row >= (int64_t)a.batch * L * nh) return;
+    if (row >= (int64_t)a.batch * LP * nh) return;
     const int h = (int)(row % nh);
     const int64_t bt = row / nh;
-    const int t = (int)(bt % L), b = (int)(bt / L);
+    const int t = (int)(bt % LP), b = (int)(bt / LP);
     const bool act = lane < D / 8;
     float f[8] = {0};
-    if (act) {
+    if (act && t < L) {
         const uint16_t *src = IS_K ? (const uint16_t *)a.k + (int64_t)b * a.k_bs + (int64_t)t * a.k_ss + (int64_t)h * a.k_hs
                                    : (const uint16_t *)a.q + (int64_t)b * a.q_bs + (int64_t)t * a.q_ss + (int64_t)h * a.q_hs;
         ld8<BF16>(src + lane * 8, f);
@@ -219,7 +226,9 @@ __global__ void __launch_bounds__(256) quant_rows_kernel(const qattn_cuda_args a
         for (int j = 0; j < 2; j++)
             w[j] = (uint32_t)(q8(f[4 * j], inv) & 0xff) | (uint32_t)(q8(f[4 * j + 1], inv) & 0xff) << 8 |
                    (uint32_t)(q8(f[4 * j + 2], inv) & 0xff) << 16 | (uint32_t)(q8(f[4 * j + 3], inv) & 0xff) << 24;
-        *(uint2 *)(out + (((int64_t)b * nh + h) * L + t) * D + lane * 8) = make_uint2(w[0], w[1]);
+        /* wgmma layout: 16-byte chunk lane / 2 of the 128-byte row t sits at chunk (lane / 2) ^ (t & 7) */
+        const int pos = (D == 128 && a.i8_wgmma) ? (((lane >> 1) ^ (t & 7)) << 4) | ((lane & 1) << 3) : lane * 8;
+        *(uint2 *)(out + (((int64_t)b * nh + h) * LP + t) * D + pos) = make_uint2(w[0], w[1]);
     }
     if (lane == 0) scale[((int64_t)b * nh + h) * ldscale + t] = sc;
 }
@@ -279,7 +288,14 @@ __global__ void __launch_bounds__(256) quant_v_kernel(const qattn_cuda_args a, i
             int l = l0 + u, pk = (l & ~15) + vt_perm(l & 15);
             w |= (uint32_t)(q8(vs[pk][d], inv[d]) & 0xff) << (8 * u);
         }
-        *(uint32_t *)(vt + ((size_t)bh * D + d) * lk_pad + n0 + l0) = w;
+        size_t at;
+        if (D == 128 && a.i8_wgmma) { /* tile-major [tile][D][BN], chunk c of row d at c ^ (d & 7) */
+            const int k = n0 + l0, kin = k % BN;
+            at = (((size_t)bh * (lk_pad / BN) + k / BN) * D + d) * BN + ((((kin >> 4) ^ (d & 7)) << 4) | (kin & 15));
+        } else {
+            at = ((size_t)bh * D + d) * lk_pad + n0 + l0;
+        }
+        *(uint32_t *)(vt + at) = w;
     }
 }
 
@@ -371,8 +387,8 @@ __global__ void __launch_bounds__(NTHREADS, (8 / NWARPS) * (D == 128 ? 1 : QATTN
     const int m0 = mblk * BM;
     const int mrows = min(BM, lq - m0);
 
-    const int8_t *qg = a.qi + (((int64_t)b * a.h + h) * lq + m0) * D;
-    const int8_t *kg = a.ki + ((int64_t)b * a.hk + hk) * lk * D;
+    const int8_t *qg = a.qi + (((int64_t)b * a.h + h) * a.lq_pad + m0) * D;
+    const int8_t *kg = a.ki + ((int64_t)b * a.hk + hk) * a.lk_pad * D;
     const int8_t *vg = a.vt + ((int64_t)b * a.hk + hk) * D * a.lk_pad;
     const float *skg = a.sk + ((int64_t)b * a.hk + hk) * a.lk_pad;
     const float *svg = a.sv + ((int64_t)b * a.hk + hk) * (a.lk_pad / BN) * D; /* [tile][D] */
@@ -386,7 +402,7 @@ __global__ void __launch_bounds__(NTHREADS, (8 / NWARPS) * (D == 128 ? 1 : QATTN
     int lo0, hi0, lo1, hi1;
     key_range(row0, lq, lk, a.wl, a.wr, lo0, hi0);
     key_range(row1, lq, lk, a.wl, a.wr, lo1, hi1);
-    const float *sqg = a.sq + ((int64_t)b * a.h + h) * lq;
+    const float *sqg = a.sq + ((int64_t)b * a.h + h) * a.lq_pad;
     /* Row factor sq * scale * log2 e, kept > 0 so that a masked -inf score stays -inf (an all-zero
      * Q row has sq 0: its scores are exactly 0 whatever the factor). */
     float rf[2] = {row0 < lq ? sqg[row0] * a.scale_log2 : 0.f, row1 < lq ? sqg[row1] * a.scale_log2 : 0.f};
@@ -590,7 +606,7 @@ __global__ void __launch_bounds__(NTHREADS, (8 / NWARPS) * (D == 128 ? 1 : QATTN
                 else *(float2 *)((float *)a.o + idx) = make_float2(x, y);
             }
             if (a.lse && t4 == 0)
-                a.lse[((int64_t)b * a.h + h) * lq + row] = sum > 0.f ? (mx[r] * rf[r] + log2f(sum * (1.f / 255.f))) * 0.69314718055994531f + a.qsh[((int64_t)b * a.h + h) * lq + row] : -INFINITY;
+                a.lse[((int64_t)b * a.h + h) * lq + row] = sum > 0.f ? (mx[r] * rf[r] + log2f(sum * (1.f / 255.f))) * 0.69314718055994531f + a.qsh[((int64_t)b * a.h + h) * a.lq_pad + row] : -INFINITY;
         }
     }
 }
@@ -601,20 +617,20 @@ template <int D, bool BF16> cudaError_t quantize(qattn_cuda_args &a, const i8_la
     float *sq = (float *)(ws + L.sq), *sk = (float *)(ws + L.sk), *sv = (float *)(ws + L.sv), *vm = (float *)(ws + L.vm);
     const unsigned bhk = (unsigned)(a.batch * a.hk);
     float *stat = (float *)(ws + L.stat), *qsh = (float *)(ws + L.qsh);
-    int64_t nq = (int64_t)a.batch * a.lq * a.h;
+    int64_t nq = (int64_t)a.batch * a.lq_pad * a.h;
     cudaError_t e;
     if (a.lk > 0) {
         kv_stats_kernel<D, BF16><<<dim3(NCH, bhk), 256, 0, st>>>(a, part);
         if ((e = cudaGetLastError()) != cudaSuccess) return e;
         kv_reduce_kernel<D><<<bhk, D, 0, st>>>(a, part, stat);
         if ((e = cudaGetLastError()) != cudaSuccess) return e;
-        int64_t nk = (int64_t)a.batch * a.lk * a.hk;
+        int64_t nk = (int64_t)a.batch * a.lk_pad * a.hk;
         quant_rows_kernel<D, BF16, true><<<(unsigned)((nk + 7) / 8), 256, 0, st>>>(a, ki, sk, a.lk_pad, stat, nullptr);
         if ((e = cudaGetLastError()) != cudaSuccess) return e;
         quant_v_kernel<D, BF16><<<dim3((unsigned)(a.lk_pad / VT), bhk), 256, 0, st>>>(a, vt, sv, vm, stat, a.lk_pad);
         if ((e = cudaGetLastError()) != cudaSuccess) return e;
         if (nq > 0) {
-            quant_rows_kernel<D, BF16, false><<<(unsigned)((nq + 7) / 8), 256, 0, st>>>(a, qi, sq, a.lq, stat, qsh);
+            quant_rows_kernel<D, BF16, false><<<(unsigned)((nq + 7) / 8), 256, 0, st>>>(a, qi, sq, a.lq_pad, stat, qsh);
             if ((e = cudaGetLastError()) != cudaSuccess) return e;
         }
     }
@@ -635,6 +651,7 @@ size_t qattn_cuda_i8_workspace(const qattn_cuda_args &a) { return layout(a, lk_p
 
 cudaError_t qattn_cuda_quantize_i8(qattn_cuda_args &a, int bf16, void *ws, cudaStream_t stream) {
     a.lk_pad = lk_padded(a.lk);
+    a.lq_pad = (a.lq + QPAD - 1) / QPAD * QPAD;
     i8_layout L = layout(a, a.lk_pad);
     unsigned char *w = (unsigned char *)ws;
     switch (a.d) {
