@@ -1,15 +1,17 @@
 /* GPU split-KV decode (FlashDecoding style) over a device copy of the paged KV cache
  * (qattn_kv_decode_cuda; layout: src/kv/kv_internal.h, scheme and measurements: docs/gpu_decode.md).
  *
- * Split kernel: one thread block per (row chunk, KV split, kv head, sequence). A row chunk is up
- * to 4 query rows of one kv head's group (GQA heads x new tokens), held in registers, so each
- * K/V token is read once per group. Each warp streams its own tiles of 16 tokens through a
- * 3-stage cp.async ring in shared memory (kernel kvd_split2 below). Online softmax in FP32 with
- * exp2. Partials (max, sum, acc[D]) per split go to scratch; the merge kernel combines the splits
- * of a row in split order (fixed order: results are run-to-run deterministic) and writes o and
- * lse. A first version without the shared-memory pipeline (loads held in registers, 250
- * registers per thread for INT8) measured 752-807 us against 617 us for INT8 at B16 H32 HK8
- * D128 kv-len 32k on the H100 and was removed (docs/gpu_decode.md keeps its figures). */
+ * Split kernels: one thread block per (row chunk, KV split, kv head, sequence). A row chunk is a
+ * few query rows of one kv head's group (GQA heads x new tokens), so each K/V token is read once
+ * per chunk. Each warp streams its own tiles of 16 tokens through a 3-stage cp.async ring in
+ * shared memory. INT8 cache: kvd_mma (chunks of 8 or 16 rows; S = q K^T and O^T = V^T P^T on
+ * mma.sync tensor cores); FP16/BF16 cache: kvd_split2 (chunks of up to 4 rows, FP32 FMA; INT8 with
+ * dp4a when built with -DQATTN_KVD_I8_DP4A, for comparison). Online softmax in FP32 with exp2.
+ * Partials (max, sum, acc[D]) per split go to scratch; the merge kernel combines the splits of a
+ * row in split order (fixed order: results are run-to-run deterministic) and writes o and lse.
+ * A first version without the shared-memory pipeline (loads held in registers, 250 registers per
+ * thread for INT8) measured 752-807 us against 617 us for INT8 at B16 H32 HK8 D128 kv-len 32k on
+ * the H100 and was removed (docs/gpu_decode.md keeps its figures). */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -441,6 +443,437 @@ template <int D, int DT> int resident2(int *n) {
     return e == cudaSuccess;
 }
 
+/* ---- INT8 tensor-core split kernel (default for the INT8 cache). Same frame as kvd_split2
+ * (one block of NWM warps per (row chunk, KV split, kv head, sequence), each warp streaming its
+ * own 16-token tiles through a private STM-stage cp.async ring, split partials merged in a fixed
+ * order), with the per-token arithmetic on mma.sync (sm_80+). A row chunk is NR = 8 * R8 query rows
+ * of one kv head's group (GQA heads x new tokens; R8 2 when there are more than 8).
+ *   S = q K^T  (rows x 16 tokens): mma.m16n8k32 s8.s8 (q16 high byte, signed) and u8.s8 (low
+ *       byte, unsigned) into int32, s = hi * 256 + lo exactly (|s| <= 32767 * 127 * 128 < 2^31),
+ *       scaled as the CPU decode: ((float)s * qsc_row) * ksc_token. K B-fragments come from the
+ *       [token][D] tile with ldmatrix (rows of 16 bytes swizzled by the cp.async writes).
+ *   O^T += V^T P^T (D x rows, 16 tokens per mma.m16n8k16 f16 -> f32): the rows are the N = 8
+ *       side, so an 8-row chunk fills the mma (no padding rows in the P.V work). P^T's B fragment
+ *       is the S accumulator layout itself (tokens 2t, 2t+1 of row g), weights w = p * vsc_token
+ *       split into f16 hi + f16 lo (two mma: ~22 bits, FP32-level). V^T A-fragments: ldmatrix.trans
+ *       of the int8 tile viewed as b16 gives a thread tokens (2t, 2t+1) x channels (2g, 2g+1);
+ *       one prmt into 0x64xx halves (code + 128 + 1024 after an xor 0x80) and one f16x2 subtract
+ *       of 1152 give the exact codes for the channel-even and the channel-odd M rows.
+ * Online softmax in FP32 (exp2), the running max per row; acc rescaled only when some row's max
+ * grows (warp vote), alpha brought to the accumulator rows by two shuffles. */
+#ifndef QATTN_KVD_MMA_STAGES
+#define QATTN_KVD_MMA_STAGES 3
+#endif
+constexpr int TM = 16, STM = QATTN_KVD_MMA_STAGES, NWM = 4;
+
+template <int D> struct kvdm_cfg {
+    static constexpr int ROW = D;      /* int8 codes per token row */
+    static constexpr int CPR = D / 16; /* 16-byte chunks per row */
+    static constexpr int STAGE = 2 * TM * ROW + 2 * TM * 4;
+    static constexpr int WARP = STM * STAGE;
+    static constexpr int SMEM = NWM * WARP;
+};
+
+/* Byte offset of 16-byte chunk c of token row r in a [TM][D] int8 tile: chunks XOR-swizzled so
+ * that the 8 rows an ldmatrix matrix reads (same logical chunk) fall in 8 distinct bank groups. */
+template <int CPR> __device__ __forceinline__ uint32_t kvdm_off(int r, int c) {
+    return (uint32_t)((r * CPR + (CPR >= 8 ? (c ^ (r & 7)) : (c ^ ((r >> 1) & 3)))) * 16);
+}
+__device__ __forceinline__ void kvdm_mma_s8(int c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void kvdm_mma_u8(int c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void kvdm_mma_f16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+/* Two int8 codes (bytes sel of x ^ 0x80808080, i.e. code + 128) to an exact f16 pair. */
+__device__ __forceinline__ uint32_t kvdm_v2h(uint32_t xx, uint32_t sel) {
+    uint32_t r = __byte_perm(xx, 0x64646464u, sel), d; /* 1024 + code + 128 */
+    asm("sub.f16x2 %0, %1, %2;\n" : "=r"(d) : "r"(r), "r"(0x64806480u)); /* - 1152 */
+    return d;
+}
+__device__ __forceinline__ uint32_t kvdm_h2(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi); /* lo -> low 16 bits (the smaller k index) */
+    return *reinterpret_cast<uint32_t *>(&h);
+}
+
+template <int D, int R8> __global__ void __launch_bounds__(NWM * 32, R8 == 1 && STM <= 3 ? 4 : 3) kvd_mma(const __grid_constant__ kvd_args a) {
+    using CF = kvdm_cfg<D>;
+    constexpr int ROW = CF::ROW, CPR = CF::CPR, KC = D / 32, NR = 8 * R8;
+    constexpr int TPP = 32 / CPR, NP = TM / TPP; /* tokens per copy pass, passes per tile */
+    static_assert(CPR == 4 || CPR == 8, "D 64 or 128");
+    static_assert((2 * NR + NR * D) * 4 <= CF::WARP, "reduction area");
+    extern __shared__ __align__(16) uint8_t kvd_smem[];
+
+    const int rc = blockIdx.x % a.n_rc, split = blockIdx.x / a.n_rc, kh = blockIdx.y, bl = blockIdx.z;
+    const int id = a.seq_id[bl], L = a.seq_len[bl], b = a.b0 + bl;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g8 = lane >> 2, t4 = lane & 3;
+    const int c0 = split * a.split_tokens, c1 = min(L, c0 + a.split_tokens);
+
+    /* Rows ri * 8 + g8 of the chunk: key ranges clipped to the split, q as int16 codes in
+     * m16n8k32 A fragments (this thread: channels kc*32 + {0,16} + 4*t4 + 0..3). */
+    int vlo[R8], vhi[R8];
+    bool valid[R8];
+    float qsc[R8];
+    uint32_t qah[KC][4], qal[KC][4];
+    int kb = c1, ke = c0;
+#pragma unroll
+    for (int ri = 0; ri < R8; ri++) {
+        const int R = rc * NR + ri * 8 + g8;
+        valid[ri] = R < a.rows;
+        int lo = 0, hi = 0;
+        float qf[KC][2][4];
+        if (valid[ri]) {
+            const int i = R / a.group, hh = kh * a.group + R % a.group;
+            key_range(i, a.lq, L, a.causal, a.wl, lo, hi);
+            lo = max(lo, c0);
+            hi = min(hi, c1);
+            if (lo < hi) {
+                kb = min(kb, lo);
+                ke = max(ke, hi);
+            }
+            const int64_t qb = (((int64_t)b * a.lq + i) * a.h + hh) * D + 4 * t4;
+#pragma unroll
+            for (int kc = 0; kc < KC; kc++)
+#pragma unroll
+                for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+                    for (int j = 0; j < 4; j++) qf[kc][hf][j] = ld_any(a.q, a.q_dtype, qb + kc * 32 + hf * 16 + j) * a.qscale;
+        } else {
+#pragma unroll
+            for (int kc = 0; kc < KC; kc++)
+#pragma unroll
+                for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+                    for (int j = 0; j < 4; j++) qf[kc][hf][j] = 0.0f;
+        }
+        vlo[ri] = lo;
+        vhi[ri] = hi;
+        /* as qattn_kv_quantize_q16: max |q16| 32767, scale per row, NaN scale for a non-finite row */
+        float am = 0.0f;
+#pragma unroll
+        for (int kc = 0; kc < KC; kc++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    float x = fabsf(qf[kc][hf][j]);
+                    am = !(x <= 3.4e38f) ? INFINITY : fmaxf(am, x);
+                }
+        am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, 1));
+        am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, 2));
+        float inv = 0.0f;
+        qsc[ri] = 0.0f;
+        if (am == INFINITY) qsc[ri] = NAN;
+        else if (am > 0.0f) {
+            inv = 32767.0f / am;
+            qsc[ri] = am / 32767.0f;
+        }
+#pragma unroll
+        for (int kc = 0; kc < KC; kc++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                uint32_t h4 = 0, l4 = 0;
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    float t = rintf(__fmul_rn(qf[kc][hf][j], inv));
+                    t = fminf(fmaxf(t, -32767.0f), 32767.0f);
+                    int v = (int)t;
+                    h4 |= (uint32_t)((v >> 8) & 0xFF) << (8 * j);
+                    l4 |= (uint32_t)(v & 0xFF) << (8 * j);
+                }
+                qah[kc][2 * hf + ri] = h4; /* a0 / a2: row g8; a1 / a3: row g8 + 8 */
+                qal[kc][2 * hf + ri] = l4;
+            }
+    }
+    if (R8 == 1)
+#pragma unroll
+        for (int kc = 0; kc < KC; kc++) qah[kc][1] = qah[kc][3] = qal[kc][1] = qal[kc][3] = 0u;
+    /* the tokens any row of the chunk sees in this split */
+#pragma unroll
+    for (int o = 4; o < 32; o <<= 1) {
+        kb = min(kb, __shfl_xor_sync(0xffffffffu, kb, o));
+        ke = max(ke, __shfl_xor_sync(0xffffffffu, ke, o));
+    }
+    /* invalid rows see everything (their q is 0, their output is dropped); tiles inside every
+     * row's range [wlo, whi) need no mask */
+    int wlo = kb, whi = ke;
+#pragma unroll
+    for (int ri = 0; ri < R8; ri++) {
+        if (!valid[ri]) {
+            vlo[ri] = kb;
+            vhi[ri] = ke;
+        }
+        wlo = max(wlo, vlo[ri]);
+        whi = min(whi, vhi[ri]);
+    }
+#pragma unroll
+    for (int o = 4; o < 32; o <<= 1) {
+        wlo = max(wlo, __shfl_xor_sync(0xffffffffu, wlo, o));
+        whi = min(whi, __shfl_xor_sync(0xffffffffu, whi, o));
+    }
+
+    float mx[R8], l[R8], acc[R8][D / 16][4];
+#pragma unroll
+    for (int ri = 0; ri < R8; ri++) {
+        mx[ri] = -INFINITY;
+        l[ri] = 0.0f;
+#pragma unroll
+        for (int cb = 0; cb < D / 16; cb++) acc[ri][cb][0] = acc[ri][cb][1] = acc[ri][cb][2] = acc[ri][cb][3] = 0.0f;
+    }
+    const int32_t *tab = a.table + (int64_t)id * a.table_ld;
+    uint8_t *wbase = kvd_smem + w * CF::WARP;
+    const uint32_t wsm = qattn_smem_u32(wbase);
+    const int ts = kb & ~(TM - 1); /* tiles aligned to 16 tokens: one cache block when bs % 16 == 0 */
+    const int ntile = ke > kb ? (ke - ts + TM - 1) / TM : 0;
+    const bool blk16 = a.bs % TM == 0;
+    /* copy: lane -> chunk cpc of tokens ctr + i * TPP */
+    const int cpc = lane % CPR, ctr = lane / CPR;
+    uint32_t dsto[NP];
+#pragma unroll
+    for (int i = 0; i < NP; i++) dsto[i] = kvdm_off<CPR>(ctr + i * TPP, cpc);
+    /* ldmatrix row addresses: K (x4 per 32 channels: tokens 0-7 / 8-15 x first / second 16
+     * channels), V (x4 per 32 channels: tokens 0-7 / 8-15 x channel blocks 2p, 2p + 1) */
+    uint32_t koff[KC], voff[KC];
+#pragma unroll
+    for (int kc = 0; kc < KC; kc++) {
+        koff[kc] = kvdm_off<CPR>(((lane >> 4) << 3) + (lane & 7), 2 * kc + ((lane >> 3) & 1));
+        voff[kc] = kvdm_off<CPR>(lane & 15, 2 * kc + (lane >> 4));
+    }
+
+    auto issue = [&](int j, int stage) {
+        const int tb = ts + j * TM;
+        const uint32_t sK = wsm + stage * CF::STAGE, sV = sK + TM * ROW, sS = sV + TM * ROW;
+        if (blk16) { /* warp-uniform: the whole tile lies in one block, every address is valid */
+            const int lb = a.bs_shift >= 0 ? tb >> a.bs_shift : tb / a.bs;
+            const int off0 = tb - lb * a.bs;
+            const uint8_t *blk = a.arena + (int64_t)__ldg(tab + lb) * a.block_bytes;
+            const uint8_t *pk = blk + (int64_t)kh * a.head_bytes + (int64_t)(off0 + ctr) * ROW + cpc * 16;
+#pragma unroll
+            for (int i = 0; i < NP; i++) {
+                qattn_cp_async16(sK + dsto[i], pk + i * TPP * ROW, 16);
+                qattn_cp_async16(sV + dsto[i], pk + a.v_off + i * TPP * ROW, 16);
+            }
+            if (lane < 8)
+                qattn_cp_async16(sS + lane * 16, blk + (lane < 4 ? a.ks_off : a.vs_off) + ((int64_t)kh * a.bs + off0 + 4 * (lane & 3)) * 4, 16);
+        } else { /* per token; tokens outside [kb, ke) zero-filled */
+#pragma unroll
+            for (int i = 0; i < NP; i++) {
+                const int t = tb + ctr + i * TPP;
+                const uint8_t *srcK = a.arena, *srcV = a.arena;
+                int n = 0;
+                if (t >= kb && t < ke) {
+                    const int lb = a.bs_shift >= 0 ? t >> a.bs_shift : t / a.bs;
+                    const uint8_t *blk = a.arena + (int64_t)__ldg(tab + lb) * a.block_bytes;
+                    srcK = blk + (int64_t)kh * a.head_bytes + (int64_t)(t - lb * a.bs) * ROW + cpc * 16;
+                    srcV = srcK + a.v_off;
+                    n = 16;
+                }
+                qattn_cp_async16(sK + dsto[i], srcK, n);
+                qattn_cp_async16(sV + dsto[i], srcV, n);
+            }
+            const int t = tb + (lane & 15);
+            const uint8_t *src = a.arena;
+            int n = 0;
+            if (t >= kb && t < ke) {
+                const int lb = a.bs_shift >= 0 ? t >> a.bs_shift : t / a.bs;
+                src = a.arena + (int64_t)__ldg(tab + lb) * a.block_bytes + (lane < 16 ? a.ks_off : a.vs_off) +
+                      ((int64_t)kh * a.bs + (t - lb * a.bs)) * 4;
+                n = 4;
+            }
+            kvd_cp4(sS + lane * 4, src, n);
+        }
+    };
+
+#pragma unroll
+    for (int s = 0; s < STM - 1; s++) {
+        if (w + s * NWM < ntile) issue(w + s * NWM, s);
+        qattn_cp_async_commit();
+    }
+    for (int n = 0; w + n * NWM < ntile; n++) { /* warp-uniform */
+        {
+            const int jn = w + (n + STM - 1) * NWM;
+            if (jn < ntile) issue(jn, (n + STM - 1) % STM);
+            qattn_cp_async_commit();
+        }
+        qattn_cp_async_wait<STM - 1>();
+        __syncwarp();
+        const int st = n % STM;
+        const uint32_t sK = wsm + st * CF::STAGE, sV = sK + TM * ROW;
+        const float *scl = reinterpret_cast<const float *>(wbase + st * CF::STAGE + 2 * TM * ROW);
+        const int tb = ts + (w + n * NWM) * TM;
+
+        /* S: [nt] = tokens nt * 8 .. + 7; C fragment e: row g8 (+8 for e >= 2), token 2 * t4 + (e & 1) */
+        int sh[2][4] = {}, sl[2][4] = {};
+#pragma unroll
+        for (int kc = 0; kc < KC; kc++) {
+            uint32_t kr[4];
+            qattn_ldsm_x4(kr, sK + koff[kc]);
+            kvdm_mma_s8(sh[0], qah[kc], kr[0], kr[1]);
+            kvdm_mma_s8(sh[1], qah[kc], kr[2], kr[3]);
+            kvdm_mma_u8(sl[0], qal[kc], kr[0], kr[1]);
+            kvdm_mma_u8(sl[1], qal[kc], kr[2], kr[3]);
+        }
+        const float2 ks0 = *reinterpret_cast<const float2 *>(scl + 2 * t4), ks1 = *reinterpret_cast<const float2 *>(scl + 8 + 2 * t4);
+        const float2 vs0 = *reinterpret_cast<const float2 *>(scl + TM + 2 * t4), vs1 = *reinterpret_cast<const float2 *>(scl + TM + 8 + 2 * t4);
+        const float ksc[2][2] = {{ks0.x, ks0.y}, {ks1.x, ks1.y}}, vsc[2][2] = {{vs0.x, vs0.y}, {vs1.x, vs1.y}};
+        float s[R8][2][2];
+#pragma unroll
+        for (int ri = 0; ri < R8; ri++)
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) s[ri][nt][e] = ((float)(sh[nt][2 * ri + e] * 256 + sl[nt][2 * ri + e]) * qsc[ri]) * ksc[nt][e];
+        const bool full = tb >= wlo && tb + TM <= whi; /* warp-uniform */
+        if (!full)
+#pragma unroll
+            for (int ri = 0; ri < R8; ri++)
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        const int t = tb + nt * 8 + 2 * t4 + e;
+                        if (!(t >= vlo[ri] && t < vhi[ri])) s[ri][nt][e] = -INFINITY;
+                    }
+        /* online softmax; rescale only when some row's max grows */
+        float alpha[R8];
+        bool grow = false;
+#pragma unroll
+        for (int ri = 0; ri < R8; ri++) {
+            float tm = fmaxf(fmaxf(s[ri][0][0], s[ri][0][1]), fmaxf(s[ri][1][0], s[ri][1][1]));
+            tm = fmaxf(tm, __shfl_xor_sync(0xffffffffu, tm, 1));
+            tm = fmaxf(tm, __shfl_xor_sync(0xffffffffu, tm, 2));
+            const float nm = fmaxf(mx[ri], tm);
+            alpha[ri] = 1.0f;
+            if (nm > mx[ri]) {
+                alpha[ri] = qattn_ex2(mx[ri] - nm); /* 0 from -inf */
+                grow = true;
+            }
+            mx[ri] = nm;
+        }
+        if (__any_sync(0xffffffffu, grow)) {
+#pragma unroll
+            for (int ri = 0; ri < R8; ri++) {
+                l[ri] *= alpha[ri];
+                const float a0 = __shfl_sync(0xffffffffu, alpha[ri], 8 * t4), a1 = __shfl_sync(0xffffffffu, alpha[ri], 8 * t4 + 4);
+#pragma unroll
+                for (int cb = 0; cb < D / 16; cb++) {
+                    acc[ri][cb][0] *= a0;
+                    acc[ri][cb][1] *= a1;
+                    acc[ri][cb][2] *= a0;
+                    acc[ri][cb][3] *= a1;
+                }
+            }
+        }
+        /* P^T B fragments: weights p * vsc as f16 hi + lo */
+        uint32_t bh[R8][2], bo[R8][2];
+#pragma unroll
+        for (int ri = 0; ri < R8; ri++) {
+            const float mref = mx[ri] == -INFINITY ? 0.0f : mx[ri];
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++) {
+                float wv[2];
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const float p = qattn_ex2(s[ri][nt][e] - mref);
+                    l[ri] += p;
+                    wv[e] = p * vsc[nt][e];
+                    if (!full && s[ri][nt][e] == -INFINITY) wv[e] = 0.0f; /* masked: never times a scale */
+                }
+                bh[ri][nt] = kvdm_h2(wv[0], wv[1]);
+                const float2 hf = __half22float2(*reinterpret_cast<const __half2 *>(&bh[ri][nt]));
+                bo[ri][nt] = kvdm_h2(wv[0] - hf.x, wv[1] - hf.y);
+            }
+        }
+        /* O^T += V^T P^T: M = 16 channels (cb * 16 + 2 * g8 for m = g8, + 1 for m = g8 + 8) */
+#pragma unroll
+        for (int p = 0; p < KC; p++) {
+            uint32_t vr[4];
+            qattn_ldsm_x4_t(vr, sV + voff[p]);
+#pragma unroll
+            for (int u = 0; u < 2; u++) {
+                const uint32_t x = vr[2 * u] ^ 0x80808080u, y = vr[2 * u + 1] ^ 0x80808080u;
+                const uint32_t va[4] = {kvdm_v2h(x, 0x4240u), kvdm_v2h(x, 0x4341u), kvdm_v2h(y, 0x4240u), kvdm_v2h(y, 0x4341u)};
+#pragma unroll
+                for (int ri = 0; ri < R8; ri++) {
+                    kvdm_mma_f16(acc[ri][2 * p + u], va, bh[ri][0], bh[ri][1]);
+                    kvdm_mma_f16(acc[ri][2 * p + u], va, bo[ri][0], bo[ri][1]);
+                }
+            }
+        }
+        __syncwarp(); /* the stage is refilled at the next iteration */
+    }
+    qattn_cp_async_wait<0>();
+    __syncwarp();
+    /* row sums over the quad; the warp's state to the start of its own ring (copies complete) */
+    float *red = reinterpret_cast<float *>(wbase);
+#pragma unroll
+    for (int ri = 0; ri < R8; ri++) {
+        l[ri] += __shfl_xor_sync(0xffffffffu, l[ri], 1);
+        l[ri] += __shfl_xor_sync(0xffffffffu, l[ri], 2);
+        if (t4 == 0) {
+            red[ri * 8 + g8] = mx[ri];
+            red[NR + ri * 8 + g8] = l[ri];
+        }
+#pragma unroll
+        for (int cb = 0; cb < D / 16; cb++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) red[2 * NR + (ri * 8 + 2 * t4 + (e & 1)) * D + cb * 16 + 2 * g8 + (e >> 1)] = acc[ri][cb][e];
+    }
+    __syncthreads();
+    for (int x = threadIdx.x; x < NR * D; x += NWM * 32) {
+        const int r = x / D, c = x % D, R = rc * NR + r;
+        if (R >= a.rows) continue;
+        float m = -INFINITY;
+#pragma unroll
+        for (int k = 0; k < NWM; k++) m = fmaxf(m, reinterpret_cast<const float *>(kvd_smem + k * CF::WARP)[r]);
+        float sl = 0.0f, sa = 0.0f;
+        if (m != -INFINITY) {
+#pragma unroll
+            for (int k = 0; k < NWM; k++) {
+                const float *rk = reinterpret_cast<const float *>(kvd_smem + k * CF::WARP);
+                const float f = qattn_ex2(rk[r] - m);
+                sl += rk[NR + r] * f;
+                sa += rk[2 * NR + r * D + c] * f;
+            }
+        }
+        float *dst = a.part + ((((int64_t)bl * a.hk + kh) * a.nsplit + split) * a.rows_pad + R) * (D + 2);
+        if (c == 0) {
+            dst[0] = m;
+            dst[1] = sl;
+        }
+        dst[2 + c] = sa;
+    }
+}
+
+template <int D, int R8> cudaError_t launchm(const kvd_args &a, dim3 grid, cudaStream_t st) {
+    constexpr int SM = kvdm_cfg<D>::SMEM;
+    cudaError_t e = cudaFuncSetAttribute(kvd_mma<D, R8>, cudaFuncAttributeMaxDynamicSharedMemorySize, SM);
+    if (e != cudaSuccess) return e;
+    kvd_mma<D, R8><<<grid, NWM * 32, SM, st>>>(a);
+    return cudaGetLastError();
+}
+
+cudaError_t launch_mma(const kvd_args &a, int D, int R8, dim3 grid, cudaStream_t st) {
+    if (D == 64) return R8 == 1 ? launchm<64, 1>(a, grid, st) : launchm<64, 2>(a, grid, st);
+    return R8 == 1 ? launchm<128, 1>(a, grid, st) : launchm<128, 2>(a, grid, st);
+}
+
+template <int D, int R8> int residentm(int *n) {
+    constexpr int SM = kvdm_cfg<D>::SMEM;
+    cudaError_t e = cudaFuncSetAttribute(kvd_mma<D, R8>, cudaFuncAttributeMaxDynamicSharedMemorySize, SM);
+    if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(n, kvd_mma<D, R8>, NWM * 32, SM);
+    return e == cudaSuccess;
+}
+
 /* One block per (row, kv head, sequence): the splits in order. */
 __global__ void __launch_bounds__(128) kvd_merge(const __grid_constant__ kvd_args a, int D) {
     const int R = blockIdx.x, g = blockIdx.y, bl = blockIdx.z, b = a.b0 + bl;
@@ -465,11 +898,21 @@ __global__ void __launch_bounds__(128) kvd_merge(const __grid_constant__ kvd_arg
     if (a.lse && threadIdx.x == 0) a.lse[((int64_t)b * a.h + hh) * a.lq + i] = empty ? -INFINITY : (m + log2f(L)) * 0.69314718055994531f;
 }
 
-/* Blocks of the split kernel resident per SM (for the split count). */
-int resident_per_sm(int D, int dtype) {
+/* INT8: the tensor-core kernel unless built with -DQATTN_KVD_I8_DP4A (the dp4a kvd_split2 path,
+ * kept for one side-by-side measurement). */
+#ifdef QATTN_KVD_I8_DP4A
+constexpr bool I8_MMA = false;
+#else
+constexpr bool I8_MMA = true;
+#endif
+
+/* Blocks of the split kernel resident per SM (for the split count). R8: row groups of kvd_mma. */
+int resident_per_sm(int D, int dtype, int R8) {
     int n = 0;
-    int ok = dtype == QATTN_DTYPE_I8 ? (D == 64 ? resident2<64, 2>(&n) : resident2<128, 2>(&n))
-                                     : (D == 64 ? resident2<64, 0>(&n) : resident2<128, 0>(&n));
+    int ok = dtype == QATTN_DTYPE_I8 && I8_MMA
+                 ? (D == 64 ? (R8 == 1 ? residentm<64, 1>(&n) : residentm<64, 2>(&n)) : (R8 == 1 ? residentm<128, 1>(&n) : residentm<128, 2>(&n)))
+             : dtype == QATTN_DTYPE_I8 ? (D == 64 ? resident2<64, 2>(&n) : resident2<128, 2>(&n))
+                                       : (D == 64 ? resident2<64, 0>(&n) : resident2<128, 0>(&n));
     if (!ok) {
         cudaGetLastError();
         return 2;
@@ -539,7 +982,10 @@ extern "C" qattn_status qattn_kv_decode_cuda(qattn_ctx *ctx, const qattn_kv_cach
     if (guard.err != cudaSuccess) return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaSetDevice(%d): %s", ctx->cuda_device, cudaGetErrorString(guard.err));
     cudaStream_t st = (cudaStream_t)dev->stream;
     const int D = c->head_dim, HK = c->n_kv_heads, group = dp->n_heads / HK, rows = group * dp->seqlen_q;
-    const int M = rows >= 3 ? 4 : rows, n_rc = (rows + M - 1) / M;
+    /* rows per chunk: kvd_mma 8 or 16 (R8 1 or 2); kvd_split2 4 (fewer when there are fewer) */
+    const bool mma = c->dtype == QATTN_DTYPE_I8 && I8_MMA;
+    const int R8 = rows > 8 ? 2 : 1;
+    const int M = mma ? 8 * R8 : rows >= 3 ? 4 : rows, n_rc = (rows + M - 1) / M;
 
     kvd_args a;
     memset(&a, 0, sizeof a);
@@ -582,7 +1028,7 @@ extern "C" qattn_status qattn_kv_decode_cuda(qattn_ctx *ctx, const qattn_kv_cach
     }
     int32_t chunk = dp->n_seqs < SEQ_CHUNK ? dp->n_seqs : SEQ_CHUNK;
     int64_t units = (int64_t)chunk * HK * n_rc;
-    int64_t resident = (int64_t)resident_per_sm(D, c->dtype) * sms;
+    int64_t resident = (int64_t)resident_per_sm(D, c->dtype, R8) * sms;
     int64_t want = (8 * resident + units - 1) / units;
     int64_t most = (max_len + 255) / 256;
     if (most < 1) most = 1;
@@ -626,7 +1072,7 @@ extern "C" qattn_status qattn_kv_decode_cuda(qattn_ctx *ctx, const qattn_kv_cach
             a.seq_len[k] = (int32_t)c->seq_len[dp->seq_ids[b0 + k]];
         }
         dim3 grid((unsigned)(n_rc * nsplit), (unsigned)HK, (unsigned)n);
-        if ((e = launch_split2(a, D, c->dtype, M, grid, st)) != cudaSuccess)
+        if ((e = mma ? launch_mma(a, D, R8, grid, st) : launch_split2(a, D, c->dtype, M, grid, st)) != cudaSuccess)
             status = qattn_fail(ctx, QATTN_ERR_BACKEND, "qattn_kv_decode_cuda: split kernel launch (%u x %u x %u blocks): %s", grid.x, grid.y, grid.z,
                                 cudaGetErrorString(e));
         else {
