@@ -30,6 +30,12 @@ namespace {
 #ifndef QATTN_I8W_STAGES
 #define QATTN_I8W_STAGES 3
 #endif
+#ifndef QATTN_I8W_PINGPONG
+#define QATTN_I8W_PINGPONG 1
+#endif
+#ifndef QATTN_I8W_TAU /* see the softmax step */
+#define QATTN_I8W_TAU 8
+#endif
 constexpr int D = 128, BM = 128, BN = 128, NST = QATTN_I8W_STAGES, NTHREADS = 384;
 constexpr int TILE = BN * D;                     /* bytes of a K or Vt tile */
 constexpr int OFF_Q = 0, OFF_K = OFF_Q + BM * D; /* all tile offsets are multiples of 1024 */
@@ -74,6 +80,11 @@ __device__ __forceinline__ uint64_t desc_sw128(uint32_t saddr) {
     return (uint64_t)((saddr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) | ((uint64_t)1 << 62);
 }
 
+#if QATTN_I8W_PINGPONG
+/* Named barriers 1 and 2 (0 is __syncthreads): the consumer warpgroups' turns, 256 threads each. */
+__device__ __forceinline__ void named_sync(int id) { asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory"); }
+__device__ __forceinline__ void named_arrive(int id) { asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory"); }
+#endif
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N> __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
@@ -115,6 +126,146 @@ __device__ __forceinline__ void key_range(int i, int lq, int lk, int wl, int wr,
     lo = wl < 0 ? 0 : max(diag - wl, 0);
     hi = wr < 0 ? lk : min(diag + wr + 1, lk);
     if (hi < lo) hi = lo;
+}
+
+/* The consumer steps (inlined; the arrays stay in registers). */
+__device__ __forceinline__ void fence64(int r[64]) {
+#pragma unroll
+    for (int i = 0; i < 64; i++) reg_fence(r[i]);
+}
+__device__ __forceinline__ void fence_pa(uint32_t pa[4][4]) {
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) reg_fence(pa[kk][j]);
+}
+/* Ping-pong (FlashAttention-3): the two consumer warpgroups take turns at issuing their GEMMs, so
+ * one's softmax runs while the tensor cores work for the other. */
+__device__ __forceinline__ void turn_begin(int wg) {
+#if QATTN_I8W_PINGPONG
+    named_sync(1 + wg);
+#endif
+}
+__device__ __forceinline__ void turn_end(int wg) {
+#if QATTN_I8W_PINGPONG
+    named_arrive(2 - wg);
+#endif
+}
+/* S = Q K^T as biased floats (accumulators start at 1.5 * 2^23) */
+__device__ __forceinline__ void issue_s(int si[64], uint64_t dq, uint32_t sk_tile) {
+#pragma unroll
+    for (int i = 0; i < 64; i++) si[i] = I2F_BIAS;
+    const uint64_t dk = desc_sw128(sk_tile);
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 32; kk++) wgmma_ss_s8(si, dq + 2 * kk, dk + 2 * kk);
+    wg_commit();
+}
+__device__ __forceinline__ void issue_pv(int pv[64], const uint32_t pa[4][4], uint32_t sv_tile) {
+#pragma unroll
+    for (int i = 0; i < 64; i++) pv[i] = I2F_BIAS;
+    const uint64_t dv = desc_sw128(sv_tile);
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < BN / 32; kk++) wgmma_rs_u8s8(pv, pa[kk], dv + 2 * kk);
+    wg_commit();
+}
+/* O = O * alpha + beta * (P V) * sv_d(tile); alpha is 1 for the whole warp on most tiles */
+__device__ __forceinline__ void o_update(float o[D / 8][4], const int pv[64], const float *svt, int t4, const float alpha[2], const float beta[2],
+                                         bool rescale) {
+    if (rescale) {
+#pragma unroll
+        for (int j = 0; j < D / 8; j++) {
+            const float2 vs = *(const float2 *)(svt + j * 8 + 2 * t4);
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const float v = (e & 1) ? vs.y : vs.x;
+                const float x = fmaf(__int_as_float(pv[4 * j + e]), v, -I2F_BIASF * v);
+                o[j][e] = fmaf(o[j][e], alpha[e >> 1], x * beta[e >> 1]);
+            }
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < D / 8; j++) {
+            const float2 vs = *(const float2 *)(svt + j * 8 + 2 * t4);
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const float v = (e & 1) ? vs.y : vs.x;
+                const float x = fmaf(__int_as_float(pv[4 * j + e]), v, -I2F_BIASF * v);
+                o[j][e] = fmaf(x, beta[e >> 1], o[j][e]);
+            }
+        }
+    }
+}
+/* Scores of key tile n0 (stage s) to the P codes pa, the row statistics and the factors of its P V. */
+__device__ __forceinline__ void softmax_step(const int si[64], const float *skt, int n0, int wlo_last, int whi_first, int lo0, int hi0,
+                                             int lo1, int hi1, int t4, const float rf[2], float mx[2], float l[2], float alpha[2], float beta[2],
+                                             bool &rescale, uint32_t pa[4][4]) {
+    float sf[64];
+#pragma unroll
+    for (int n = 0; n < BN / 8; n++) {
+        const float2 skv = *(const float2 *)(skt + n * 8 + 2 * t4);
+        const float bx = -I2F_BIASF * skv.x, by = -I2F_BIASF * skv.y;
+        sf[4 * n + 0] = fmaf(__int_as_float(si[4 * n + 0]), skv.x, bx);
+        sf[4 * n + 1] = fmaf(__int_as_float(si[4 * n + 1]), skv.y, by);
+        sf[4 * n + 2] = fmaf(__int_as_float(si[4 * n + 2]), skv.x, bx);
+        sf[4 * n + 3] = fmaf(__int_as_float(si[4 * n + 3]), skv.y, by);
+    }
+    /* masks on the tiles some row of this warpgroup does not fully see */
+    if (!(n0 >= wlo_last && n0 + BN <= whi_first)) {
+#pragma unroll
+        for (int n = 0; n < BN / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int col = n0 + n * 8 + 2 * t4 + (e & 1);
+                const bool vis = e < 2 ? (col >= lo0 && col < hi0) : (col >= lo1 && col < hi1);
+                if (!vis) sf[4 * n + e] = -INFINITY;
+            }
+    }
+    /* P against the tile's own row max mb. The reference max mx (that O and l are relative to) moves
+     * only when mb exceeds it by more than TAU in the exponent (beta = exp2(mb - mx) then stays
+     * <= 2^TAU, harmless in FP32), so O needs no alpha rescale on most tiles. TAU 0 is the mma.sync
+     * kernel's rule (the reference is the running max). */
+    bool grow = false;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float mb = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < BN / 8; n++) mb = fmax_nan(mb, fmax_nan(sf[4 * n + 2 * r], sf[4 * n + 2 * r + 1]));
+        mb = fmax_nan(mb, __shfl_xor_sync(0xffffffffu, mb, 1));
+        mb = fmax_nan(mb, __shfl_xor_sync(0xffffffffu, mb, 2));
+        const bool up = (mb - mx[r]) * rf[r] > (float)QATTN_I8W_TAU; /* false for NaN; true from -inf */
+        const float mn = up ? mb : mx[r];
+        alpha[r] = mx[r] == -INFINITY ? 0.f : up ? qattn_ex2((mx[r] - mn) * rf[r]) : 1.f;
+        beta[r] = mb == -INFINITY ? 0.f : qattn_ex2((mb - mn) * rf[r]);
+        grow |= up;
+        mx[r] = mn;
+        const float msc = mb == -INFINITY ? 0.f : mb * rf[r];
+#pragma unroll
+        for (int n = 0; n < BN / 8; n++) {
+            sf[4 * n + 2 * r] = qattn_ex2(fmaf(sf[4 * n + 2 * r], rf[r], -msc));
+            sf[4 * n + 2 * r + 1] = qattn_ex2(fmaf(sf[4 * n + 2 * r + 1], rf[r], -msc));
+        }
+    }
+    rescale = __any_sync(0xffffffffu, grow);
+    /* P as u8 A fragments of 32 keys (the S accumulator layout; Vt keys permuted to match) */
+#pragma unroll
+    for (int kk = 0; kk < BN / 32; kk++) {
+        const float *x = sf + 16 * kk;
+        pa[kk][0] = pack4(p2u8bits(x[0]), p2u8bits(x[1]), p2u8bits(x[4]), p2u8bits(x[5]));
+        pa[kk][1] = pack4(p2u8bits(x[2]), p2u8bits(x[3]), p2u8bits(x[6]), p2u8bits(x[7]));
+        pa[kk][2] = pack4(p2u8bits(x[8]), p2u8bits(x[9]), p2u8bits(x[12]), p2u8bits(x[13]));
+        pa[kk][3] = pack4(p2u8bits(x[10]), p2u8bits(x[11]), p2u8bits(x[14]), p2u8bits(x[15]));
+    }
+    /* row sums of the codes actually used (exact) */
+    unsigned cs0 = 0u, cs1 = 0u;
+#pragma unroll
+    for (int kk = 0; kk < BN / 32; kk++) {
+        cs0 = __dp4a(pa[kk][0], 0x01010101u, cs0), cs0 = __dp4a(pa[kk][2], 0x01010101u, cs0);
+        cs1 = __dp4a(pa[kk][1], 0x01010101u, cs1), cs1 = __dp4a(pa[kk][3], 0x01010101u, cs1);
+    }
+    l[0] = fmaf(l[0], alpha[0], (float)cs0 * beta[0]);
+    l[1] = fmaf(l[1], alpha[1], (float)cs1 * beta[1]);
 }
 #endif
 
@@ -185,135 +336,52 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
 
     if (t_last > t_first) {
         const uint64_t dq = desc_sw128(sbase + OFF_Q + wg * 64 * D);
-        int pv[64];          /* P V of the previous tile, in flight across the next S */
+        int pv[64];          /* P V of the previous tile, issued with the next S */
         uint32_t pa[4][4];   /* its A operand (P codes), kept intact until it completes */
+        int si[64];
         float alpha_p[2] = {1.f, 1.f}, beta_p[2] = {0.f, 0.f};
-        int s_prev = 0;
+        bool rescale_p = true;
         mbar_wait(bar_q, 0);
-        for (int tt = t_first, it = 0; tt < t_last; tt++, it++) {
+#if QATTN_I8W_PINGPONG
+        if (wg == 1) named_arrive(1); /* warpgroup 0 issues first */
+#endif
+        /* Prologue: S(t_first). Then each step issues P V(t - 1) and S(t) back to back (one "GEMM
+         * phase"), updates O with P V(t - 1) and makes P(t). Epilogue: the last P V. */
+        mbar_wait(bar_full, 0);
+        turn_begin(wg);
+        issue_s(si, dq, sbase + OFF_K);
+        turn_end(wg);
+        wg_wait<0>();
+        fence64(si);
+        softmax_step(si, (const float *)(smem + OFF_SK), t_first * BN, wlo_last, whi_first, lo0, hi0, lo1, hi1, t4, rf, mx, l, alpha_p, beta_p, rescale_p, pa);
+        int s_prev = 0;
+        for (int tt = t_first + 1, it = 1; tt < t_last; tt++, it++) {
             const int s = it % NST;
-            const int n0 = tt * BN;
             mbar_wait(bar_full + 8 * s, (it / NST) & 1);
-            /* S = Q K^T as biased floats */
-            int si[64];
-#pragma unroll
-            for (int i = 0; i < 64; i++) si[i] = I2F_BIAS;
-            const uint64_t dk = desc_sw128(sbase + OFF_K + s * TILE);
-            wg_fence();
-#pragma unroll
-            for (int kk = 0; kk < D / 32; kk++) wgmma_ss_s8(si, dq + 2 * kk, dk + 2 * kk);
-            wg_commit();
-            wg_wait<0>(); /* S(t) and P V(t-1) */
-#pragma unroll
-            for (int i = 0; i < 64; i++) reg_fence(si[i]);
-            if (it > 0) {
-#pragma unroll
-                for (int i = 0; i < 64; i++) reg_fence(pv[i]);
-#pragma unroll
-                for (int kk = 0; kk < 4; kk++)
-#pragma unroll
-                    for (int j = 0; j < 4; j++) reg_fence(pa[kk][j]);
-                /* O = O * alpha + beta * (P V) * sv_d(tile) */
-                const float *svt = (const float *)(smem + OFF_SV + s_prev * D * 4);
-#pragma unroll
-                for (int j = 0; j < D / 8; j++) {
-                    const float2 vs = *(const float2 *)(svt + j * 8 + 2 * t4);
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const float v = (e & 1) ? vs.y : vs.x;
-                        const float x = fmaf(__int_as_float(pv[4 * j + e]), v, -I2F_BIASF * v);
-                        o[j][e] = fmaf(o[j][e], alpha_p[e >> 1], x * beta_p[e >> 1]);
-                    }
-                }
-                mbar_arrive(bar_empty + 8 * s_prev);
-            }
-            /* s = (Q.K) * sk_j; masks on the tiles some row of this warpgroup does not fully see */
-            const float *skt = (const float *)(smem + OFF_SK + s * BN * 4);
-            float sf[64];
-#pragma unroll
-            for (int n = 0; n < BN / 8; n++) {
-                const float2 skv = *(const float2 *)(skt + n * 8 + 2 * t4);
-                const float bx = -I2F_BIASF * skv.x, by = -I2F_BIASF * skv.y;
-                sf[4 * n + 0] = fmaf(__int_as_float(si[4 * n + 0]), skv.x, bx);
-                sf[4 * n + 1] = fmaf(__int_as_float(si[4 * n + 1]), skv.y, by);
-                sf[4 * n + 2] = fmaf(__int_as_float(si[4 * n + 2]), skv.x, bx);
-                sf[4 * n + 3] = fmaf(__int_as_float(si[4 * n + 3]), skv.y, by);
-            }
-            if (!(n0 >= wlo_last && n0 + BN <= whi_first)) {
-#pragma unroll
-                for (int n = 0; n < BN / 8; n++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const int col = n0 + n * 8 + 2 * t4 + (e & 1);
-                        const bool vis = e < 2 ? (col >= lo0 && col < hi0) : (col >= lo1 && col < hi1);
-                        if (!vis) sf[4 * n + e] = -INFINITY;
-                    }
-            }
-            float alpha[2], beta[2];
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                float mb = -INFINITY;
-#pragma unroll
-                for (int n = 0; n < BN / 8; n++) mb = fmax_nan(mb, fmax_nan(sf[4 * n + 2 * r], sf[4 * n + 2 * r + 1]));
-                mb = fmax_nan(mb, __shfl_xor_sync(0xffffffffu, mb, 1));
-                mb = fmax_nan(mb, __shfl_xor_sync(0xffffffffu, mb, 2));
-                const float mn = fmaxf(mx[r], mb);
-                alpha[r] = mx[r] == -INFINITY ? 0.f : qattn_ex2((mx[r] - mn) * rf[r]);
-                beta[r] = mb == -INFINITY ? 0.f : qattn_ex2((mb - mn) * rf[r]);
-                mx[r] = mn;
-                const float msc = mb == -INFINITY ? 0.f : mb * rf[r];
-#pragma unroll
-                for (int n = 0; n < BN / 8; n++) {
-                    sf[4 * n + 2 * r] = qattn_ex2(fmaf(sf[4 * n + 2 * r], rf[r], -msc));
-                    sf[4 * n + 2 * r + 1] = qattn_ex2(fmaf(sf[4 * n + 2 * r + 1], rf[r], -msc));
-                }
-            }
-            /* P as u8 A fragments of 32 keys (the S accumulator layout; Vt keys permuted to match) */
-#pragma unroll
-            for (int kk = 0; kk < BN / 32; kk++) {
-                const float *x = sf + 16 * kk;
-                pa[kk][0] = pack4(p2u8bits(x[0]), p2u8bits(x[1]), p2u8bits(x[4]), p2u8bits(x[5]));
-                pa[kk][1] = pack4(p2u8bits(x[2]), p2u8bits(x[3]), p2u8bits(x[6]), p2u8bits(x[7]));
-                pa[kk][2] = pack4(p2u8bits(x[8]), p2u8bits(x[9]), p2u8bits(x[12]), p2u8bits(x[13]));
-                pa[kk][3] = pack4(p2u8bits(x[10]), p2u8bits(x[11]), p2u8bits(x[14]), p2u8bits(x[15]));
-            }
-            {
-                unsigned cs0 = 0u, cs1 = 0u;
-#pragma unroll
-                for (int kk = 0; kk < BN / 32; kk++) {
-                    cs0 = __dp4a(pa[kk][0], 0x01010101u, cs0), cs0 = __dp4a(pa[kk][2], 0x01010101u, cs0);
-                    cs1 = __dp4a(pa[kk][1], 0x01010101u, cs1), cs1 = __dp4a(pa[kk][3], 0x01010101u, cs1);
-                }
-                l[0] = fmaf(l[0], alpha[0], (float)cs0 * beta[0]);
-                l[1] = fmaf(l[1], alpha[1], (float)cs1 * beta[1]);
-            }
-            /* P V(t), left running */
-#pragma unroll
-            for (int i = 0; i < 64; i++) pv[i] = I2F_BIAS;
-            const uint64_t dv = desc_sw128(sbase + OFF_V + s * TILE);
-            wg_fence();
-#pragma unroll
-            for (int kk = 0; kk < BN / 32; kk++) wgmma_rs_u8s8(pv, pa[kk], dv + 2 * kk);
-            wg_commit();
-            alpha_p[0] = alpha[0], alpha_p[1] = alpha[1], beta_p[0] = beta[0], beta_p[1] = beta[1];
+            turn_begin(wg);
+            issue_pv(pv, pa, sbase + OFF_V + s_prev * TILE);
+            issue_s(si, dq, sbase + OFF_K + s * TILE);
+            turn_end(wg);
+            wg_wait<1>(); /* P V(t - 1) done; S(t) may still run */
+            fence64(pv);
+            fence_pa(pa);
+            o_update(o, pv, (const float *)(smem + OFF_SV + s_prev * D * 4), t4, alpha_p, beta_p, rescale_p);
+            mbar_arrive(bar_empty + 8 * s_prev);
+            wg_wait<0>();
+            fence64(si);
+            softmax_step(si, (const float *)(smem + OFF_SK + s * BN * 4), tt * BN, wlo_last, whi_first, lo0, hi0, lo1, hi1, t4, rf, mx, l, alpha_p, beta_p, rescale_p, pa);
             s_prev = s;
         }
+        turn_begin(wg);
+        issue_pv(pv, pa, sbase + OFF_V + s_prev * TILE);
+        turn_end(wg);
         wg_wait<0>();
-#pragma unroll
-        for (int i = 0; i < 64; i++) reg_fence(pv[i]);
-        {
-            const float *svt = (const float *)(smem + OFF_SV + s_prev * D * 4);
-#pragma unroll
-            for (int j = 0; j < D / 8; j++) {
-                const float2 vs = *(const float2 *)(svt + j * 8 + 2 * t4);
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const float v = (e & 1) ? vs.y : vs.x;
-                    const float x = fmaf(__int_as_float(pv[4 * j + e]), v, -I2F_BIASF * v);
-                    o[j][e] = fmaf(o[j][e], alpha_p[e >> 1], x * beta_p[e >> 1]);
-                }
-            }
-        }
+        fence64(pv);
+        fence_pa(pa);
+        o_update(o, pv, (const float *)(smem + OFF_SV + s_prev * D * 4), t4, alpha_p, beta_p, rescale_p);
+#if QATTN_I8W_PINGPONG
+        if (wg == 0) named_sync(1); /* consume warpgroup 1's last turn hand-over */
+#endif
     }
 
     /* O = acc / l + mean_v[d] (l counts P codes; V smoothing; rows that see no key stay 0) */
