@@ -70,6 +70,28 @@ __device__ __forceinline__ float qattn_ex2(float x) {
     asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
     return y;
 }
+/* Keys [lo, hi) that query row i of the forward sees (bottom-right aligned windows, qattn.h rule;
+ * causal is wr = 0). */
+__device__ __forceinline__ void qattn_fwd_key_range(int i, int lq, int lk, int wl, int wr, int &lo, int &hi) {
+    int diag = i + lk - lq;
+    lo = wl < 0 ? 0 : max(diag - wl, 0);
+    hi = wr < 0 ? lk : min(diag + wr + 1, lk);
+    if (hi < lo) hi = lo;
+}
+/* INT8 P codes: p in [0, 1] -> the low byte of rn(255 p) (1.5 * 2^23 + 255 p keeps the integer in the
+ * mantissa). */
+__device__ __forceinline__ uint32_t qattn_p2u8bits(float p) { return __float_as_uint(fmaf(p, 255.f, 12582912.f)); }
+/* Pack the low bytes of four words, first in the lowest byte. */
+__device__ __forceinline__ uint32_t qattn_pack4(uint32_t x0, uint32_t x1, uint32_t x2, uint32_t x3) {
+    return __byte_perm(__byte_perm(x0, x1, 0x0040), __byte_perm(x2, x3, 0x0040), 0x5410);
+}
+/* max that propagates NaN (max.NaN, sm_80+): a non-finite score makes the tile's beta NaN, and so the
+ * row's O and l, since the INT8 row sum is counted from the u8 codes (which cannot hold a NaN). */
+__device__ __forceinline__ float qattn_fmax_nan(float x, float y) {
+    float r;
+    asm("max.NaN.f32 %0, %1, %2;\n" : "=f"(r) : "f"(x), "f"(y));
+    return r;
+}
 #endif
 
 #endif /* QATTN_CUDA_COMMON_CUH */

@@ -80,14 +80,6 @@ __device__ __forceinline__ void store2(void *o, int dtype, int64_t idx, float x,
     }
 }
 
-/* Visible keys [lo, hi) of query row i (bottom-right aligned; see qattn.h). */
-__device__ __forceinline__ void key_range(int i, int lq, int lk, int wl, int wr, int &lo, int &hi) {
-    int diag = i + lk - lq;
-    lo = wl < 0 ? 0 : max(diag - wl, 0);
-    hi = wr < 0 ? lk : min(diag + wr + 1, lk);
-    if (hi < lo) hi = lo;
-}
-
 template <int D, bool BF16>
 __global__ void __launch_bounds__(NTHREADS, min_blocks<D>()) fwd_f16_kernel(const qattn_cuda_args a) {
     extern __shared__ __align__(128) unsigned char smem[];
@@ -127,8 +119,8 @@ __global__ void __launch_bounds__(NTHREADS, min_blocks<D>()) fwd_f16_kernel(cons
     const uint16_t *vg = (const uint16_t *)a.v + voff + (int64_t)hk * a.v_hs;
 
     int lo_first, hi_first, lo_last, hi_last;
-    key_range(m0, lq, lk, a.wl, a.wr, lo_first, hi_first);
-    key_range(m0 + mrows - 1, lq, lk, a.wl, a.wr, lo_last, hi_last);
+    qattn_fwd_key_range(m0, lq, lk, a.wl, a.wr, lo_first, hi_first);
+    qattn_fwd_key_range(m0 + mrows - 1, lq, lk, a.wl, a.wr, lo_last, hi_last);
     const int kbeg = lo_first, kend = hi_last;
 
     /* This thread's rows: g and g + 8 of each of its warp's MT m-tiles (rw0 + 16 mt + 8 r); their key
@@ -218,7 +210,7 @@ __global__ void __launch_bounds__(NTHREADS, min_blocks<D>()) fwd_f16_kernel(cons
 #pragma unroll
                     for (int r = 0; r < 2; r++) {
                         int lo, hi;
-                        key_range(rw0 + 16 * mt + 8 * r, lq, lk, a.wl, a.wr, lo, hi);
+                        qattn_fwd_key_range(rw0 + 16 * mt + 8 * r, lq, lk, a.wl, a.wr, lo, hi);
 #pragma unroll
                         for (int n = 0; n < BN / 8; n++)
 #pragma unroll

@@ -331,27 +331,6 @@ __device__ __forceinline__ void mma_u8s8(int c[4], const uint32_t a[4], uint32_t
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-/* p in [0, 1] -> the low byte of rn(255 p) (1.5 * 2^23 + 255 p keeps the integer in the mantissa). */
-__device__ __forceinline__ uint32_t p2u8bits(float p) { return __float_as_uint(fmaf(p, 255.f, 12582912.f)); }
-/* Pack the low bytes of four words, first in the lowest byte. */
-__device__ __forceinline__ uint32_t pack4(uint32_t x0, uint32_t x1, uint32_t x2, uint32_t x3) {
-    return __byte_perm(__byte_perm(x0, x1, 0x0040), __byte_perm(x2, x3, 0x0040), 0x5410);
-}
-
-/* max that propagates NaN (max.NaN, sm_80+): a non-finite score makes the tile's beta NaN, and so the
- * row's O and l, since the row sum is counted from the u8 codes (which cannot hold a NaN). */
-__device__ __forceinline__ float fmax_nan(float x, float y) {
-    float r;
-    asm("max.NaN.f32 %0, %1, %2;\n" : "=f"(r) : "f"(x), "f"(y));
-    return r;
-}
-
-__device__ __forceinline__ void key_range(int i, int lq, int lk, int wl, int wr, int &lo, int &hi) {
-    int diag = i + lk - lq;
-    lo = wl < 0 ? 0 : max(diag - wl, 0);
-    hi = wr < 0 ? lk : min(diag + wr + 1, lk);
-    if (hi < lo) hi = lo;
-}
 
 template <int D> constexpr int i8_smem_bytes() { return BM * D + 2 * BN * D + 2 * D * BN + 2 * BN * 4 + 2 * D * 4; }
 
@@ -395,13 +374,13 @@ __global__ void __launch_bounds__(NTHREADS, (8 / NWARPS) * (D == 128 ? 1 : QATTN
     const float *vmg = a.vm + ((int64_t)b * a.hk + hk) * D;
 
     int lo_first, hi_first, lo_last, hi_last;
-    key_range(m0, lq, lk, a.wl, a.wr, lo_first, hi_first);
-    key_range(m0 + mrows - 1, lq, lk, a.wl, a.wr, lo_last, hi_last);
+    qattn_fwd_key_range(m0, lq, lk, a.wl, a.wr, lo_first, hi_first);
+    qattn_fwd_key_range(m0 + mrows - 1, lq, lk, a.wl, a.wr, lo_last, hi_last);
     const int kbeg = lo_first, kend = hi_last;
     const int row0 = m0 + warp * 16 + g, row1 = row0 + 8;
     int lo0, hi0, lo1, hi1;
-    key_range(row0, lq, lk, a.wl, a.wr, lo0, hi0);
-    key_range(row1, lq, lk, a.wl, a.wr, lo1, hi1);
+    qattn_fwd_key_range(row0, lq, lk, a.wl, a.wr, lo0, hi0);
+    qattn_fwd_key_range(row1, lq, lk, a.wl, a.wr, lo1, hi1);
     const float *sqg = a.sq + ((int64_t)b * a.h + h) * a.lq_pad;
     /* Row factor sq * scale * log2 e, kept > 0 so that a masked -inf score stays -inf (an all-zero
      * Q row has sq 0: its scores are exactly 0 whatever the factor). */
@@ -511,9 +490,9 @@ __global__ void __launch_bounds__(NTHREADS, (8 / NWARPS) * (D == 128 ? 1 : QATTN
             for (int r = 0; r < 2; r++) {
                 float mb = -INFINITY;
 #pragma unroll
-                for (int n = 0; n < BN / 8; n++) mb = fmax_nan(mb, fmax_nan(s[n][2 * r], s[n][2 * r + 1]));
-                mb = fmax_nan(mb, __shfl_xor_sync(0xffffffffu, mb, 1));
-                mb = fmax_nan(mb, __shfl_xor_sync(0xffffffffu, mb, 2));
+                for (int n = 0; n < BN / 8; n++) mb = qattn_fmax_nan(mb, qattn_fmax_nan(s[n][2 * r], s[n][2 * r + 1]));
+                mb = qattn_fmax_nan(mb, __shfl_xor_sync(0xffffffffu, mb, 1));
+                mb = qattn_fmax_nan(mb, __shfl_xor_sync(0xffffffffu, mb, 2));
                 const float mn = fmaxf(mx[r], mb);
                 alpha[r] = mx[r] == -INFINITY ? 0.f : qattn_ex2((mx[r] - mn) * rf[r]);
                 beta[r] = mb == -INFINITY ? 0.f : qattn_ex2((mb - mn) * rf[r]);
@@ -529,10 +508,10 @@ __global__ void __launch_bounds__(NTHREADS, (8 / NWARPS) * (D == 128 ? 1 : QATTN
             uint32_t pa[BN / 32][4];
 #pragma unroll
             for (int kk = 0; kk < BN / 32; kk++) {
-                pa[kk][0] = pack4(p2u8bits(s[4 * kk][0]), p2u8bits(s[4 * kk][1]), p2u8bits(s[4 * kk + 1][0]), p2u8bits(s[4 * kk + 1][1]));
-                pa[kk][1] = pack4(p2u8bits(s[4 * kk][2]), p2u8bits(s[4 * kk][3]), p2u8bits(s[4 * kk + 1][2]), p2u8bits(s[4 * kk + 1][3]));
-                pa[kk][2] = pack4(p2u8bits(s[4 * kk + 2][0]), p2u8bits(s[4 * kk + 2][1]), p2u8bits(s[4 * kk + 3][0]), p2u8bits(s[4 * kk + 3][1]));
-                pa[kk][3] = pack4(p2u8bits(s[4 * kk + 2][2]), p2u8bits(s[4 * kk + 2][3]), p2u8bits(s[4 * kk + 3][2]), p2u8bits(s[4 * kk + 3][3]));
+                pa[kk][0] = qattn_pack4(qattn_p2u8bits(s[4 * kk][0]), qattn_p2u8bits(s[4 * kk][1]), qattn_p2u8bits(s[4 * kk + 1][0]), qattn_p2u8bits(s[4 * kk + 1][1]));
+                pa[kk][1] = qattn_pack4(qattn_p2u8bits(s[4 * kk][2]), qattn_p2u8bits(s[4 * kk][3]), qattn_p2u8bits(s[4 * kk + 1][2]), qattn_p2u8bits(s[4 * kk + 1][3]));
+                pa[kk][2] = qattn_pack4(qattn_p2u8bits(s[4 * kk + 2][0]), qattn_p2u8bits(s[4 * kk + 2][1]), qattn_p2u8bits(s[4 * kk + 3][0]), qattn_p2u8bits(s[4 * kk + 3][1]));
+                pa[kk][3] = qattn_pack4(qattn_p2u8bits(s[4 * kk + 2][2]), qattn_p2u8bits(s[4 * kk + 2][3]), qattn_p2u8bits(s[4 * kk + 3][2]), qattn_p2u8bits(s[4 * kk + 3][3]));
             }
             /* Row sums of the codes actually used (dp4a: 4 codes per instruction, exact): the normalisation
              * matches the numerator's weights. Round 2 summed the FP32 p (one FADD per score). */

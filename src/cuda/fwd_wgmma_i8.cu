@@ -112,21 +112,6 @@ __device__ __forceinline__ void wgmma_rs_u8s8(int d[64], const uint32_t a[4], ui
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
 }
 
-__device__ __forceinline__ uint32_t p2u8bits(float p) { return __float_as_uint(fmaf(p, 255.f, 12582912.f)); }
-__device__ __forceinline__ uint32_t pack4(uint32_t x0, uint32_t x1, uint32_t x2, uint32_t x3) {
-    return __byte_perm(__byte_perm(x0, x1, 0x0040), __byte_perm(x2, x3, 0x0040), 0x5410);
-}
-__device__ __forceinline__ float fmax_nan(float x, float y) {
-    float r;
-    asm("max.NaN.f32 %0, %1, %2;\n" : "=f"(r) : "f"(x), "f"(y));
-    return r;
-}
-__device__ __forceinline__ void key_range(int i, int lq, int lk, int wl, int wr, int &lo, int &hi) {
-    int diag = i + lk - lq;
-    lo = wl < 0 ? 0 : max(diag - wl, 0);
-    hi = wr < 0 ? lk : min(diag + wr + 1, lk);
-    if (hi < lo) hi = lo;
-}
 
 /* The consumer steps (inlined; the arrays stay in registers). */
 __device__ __forceinline__ void fence64(int r[64]) {
@@ -231,9 +216,9 @@ __device__ __forceinline__ void softmax_step(const int si[64], const float *skt,
     for (int r = 0; r < 2; r++) {
         float mb = -INFINITY;
 #pragma unroll
-        for (int n = 0; n < BN / 8; n++) mb = fmax_nan(mb, fmax_nan(sf[4 * n + 2 * r], sf[4 * n + 2 * r + 1]));
-        mb = fmax_nan(mb, __shfl_xor_sync(0xffffffffu, mb, 1));
-        mb = fmax_nan(mb, __shfl_xor_sync(0xffffffffu, mb, 2));
+        for (int n = 0; n < BN / 8; n++) mb = qattn_fmax_nan(mb, qattn_fmax_nan(sf[4 * n + 2 * r], sf[4 * n + 2 * r + 1]));
+        mb = qattn_fmax_nan(mb, __shfl_xor_sync(0xffffffffu, mb, 1));
+        mb = qattn_fmax_nan(mb, __shfl_xor_sync(0xffffffffu, mb, 2));
         const bool up = (mb - mx[r]) * rf[r] > (float)QATTN_I8W_TAU; /* false for NaN; true from -inf */
         const float mn = up ? mb : mx[r];
         alpha[r] = mx[r] == -INFINITY ? 0.f : up ? qattn_ex2((mx[r] - mn) * rf[r]) : 1.f;
@@ -252,10 +237,10 @@ __device__ __forceinline__ void softmax_step(const int si[64], const float *skt,
 #pragma unroll
     for (int kk = 0; kk < BN / 32; kk++) {
         const float *x = sf + 16 * kk;
-        pa[kk][0] = pack4(p2u8bits(x[0]), p2u8bits(x[1]), p2u8bits(x[4]), p2u8bits(x[5]));
-        pa[kk][1] = pack4(p2u8bits(x[2]), p2u8bits(x[3]), p2u8bits(x[6]), p2u8bits(x[7]));
-        pa[kk][2] = pack4(p2u8bits(x[8]), p2u8bits(x[9]), p2u8bits(x[12]), p2u8bits(x[13]));
-        pa[kk][3] = pack4(p2u8bits(x[10]), p2u8bits(x[11]), p2u8bits(x[14]), p2u8bits(x[15]));
+        pa[kk][0] = qattn_pack4(qattn_p2u8bits(x[0]), qattn_p2u8bits(x[1]), qattn_p2u8bits(x[4]), qattn_p2u8bits(x[5]));
+        pa[kk][1] = qattn_pack4(qattn_p2u8bits(x[2]), qattn_p2u8bits(x[3]), qattn_p2u8bits(x[6]), qattn_p2u8bits(x[7]));
+        pa[kk][2] = qattn_pack4(qattn_p2u8bits(x[8]), qattn_p2u8bits(x[9]), qattn_p2u8bits(x[12]), qattn_p2u8bits(x[13]));
+        pa[kk][3] = qattn_pack4(qattn_p2u8bits(x[10]), qattn_p2u8bits(x[11]), qattn_p2u8bits(x[14]), qattn_p2u8bits(x[15]));
     }
     /* row sums of the codes actually used (exact) */
     unsigned cs0 = 0u, cs1 = 0u;
@@ -281,8 +266,8 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
     const int m0 = (int)(gridDim.x - 1 - blockIdx.x) * BM; /* heavy (late) causal blocks first */
     const int mrows = min(BM, lq - m0);
     int lo_first, hi_first, lo_last, hi_last;
-    key_range(m0, lq, lk, a.wl, a.wr, lo_first, hi_first);
-    key_range(m0 + mrows - 1, lq, lk, a.wl, a.wr, lo_last, hi_last);
+    qattn_fwd_key_range(m0, lq, lk, a.wl, a.wr, lo_first, hi_first);
+    qattn_fwd_key_range(m0 + mrows - 1, lq, lk, a.wl, a.wr, lo_last, hi_last);
     const int t_first = lo_first / BN, t_last = hi_last > lo_first ? (hi_last + BN - 1) / BN : t_first;
     const int64_t bhk = (int64_t)b * a.hk + hk, ntile_all = a.lk_pad / BN;
 
@@ -320,11 +305,11 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
     const int row0 = m0 + wg * 64 + warp * 16 + g, row1 = row0 + 8;
     /* this warpgroup's rows: the tiles every one of them sees in full need no mask */
     int wlo_first, whi_first, wlo_last, whi_last;
-    key_range(min(m0 + wg * 64, lq - 1), lq, lk, a.wl, a.wr, wlo_first, whi_first);
-    key_range(min(m0 + wg * 64 + 63, lq - 1), lq, lk, a.wl, a.wr, wlo_last, whi_last);
+    qattn_fwd_key_range(min(m0 + wg * 64, lq - 1), lq, lk, a.wl, a.wr, wlo_first, whi_first);
+    qattn_fwd_key_range(min(m0 + wg * 64 + 63, lq - 1), lq, lk, a.wl, a.wr, wlo_last, whi_last);
     int lo0, hi0, lo1, hi1;
-    key_range(row0, lq, lk, a.wl, a.wr, lo0, hi0);
-    key_range(row1, lq, lk, a.wl, a.wr, lo1, hi1);
+    qattn_fwd_key_range(row0, lq, lk, a.wl, a.wr, lo0, hi0);
+    qattn_fwd_key_range(row1, lq, lk, a.wl, a.wr, lo1, hi1);
     const float *sqg = a.sq + ((int64_t)b * a.h + h) * a.lq_pad;
     float rf[2] = {row0 < lq ? sqg[row0] * a.scale_log2 : 0.f, row1 < lq ? sqg[row1] * a.scale_log2 : 0.f};
     rf[0] = fmaxf(rf[0], 1e-30f), rf[1] = fmaxf(rf[1], 1e-30f);
