@@ -24,6 +24,7 @@
  * the 16-byte chunk c of a 128-byte row r sits at chunk c ^ (r & 7) (the 128-byte swizzle), and Vt is
  * tile-major [B,HK,Lk_pad/128][D][128]. */
 #include "cuda_common.cuh"
+#include "i8_rows.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -371,7 +372,6 @@ __global__ void __launch_bounds__(NTHREADS, (8 / NWARPS) * (D == 128 ? 1 : QATTN
     const int8_t *vg = a.vt + ((int64_t)b * a.hk + hk) * D * a.lk_pad;
     const float *skg = a.sk + ((int64_t)b * a.hk + hk) * a.lk_pad;
     const float *svg = a.sv + ((int64_t)b * a.hk + hk) * (a.lk_pad / BN) * D; /* [tile][D] */
-    const float *vmg = a.vm + ((int64_t)b * a.hk + hk) * D;
 
     int lo_first, hi_first, lo_last, hi_last;
     qattn_fwd_key_range(m0, lq, lk, a.wl, a.wr, lo_first, hi_first);
@@ -381,11 +381,8 @@ __global__ void __launch_bounds__(NTHREADS, (8 / NWARPS) * (D == 128 ? 1 : QATTN
     int lo0, hi0, lo1, hi1;
     qattn_fwd_key_range(row0, lq, lk, a.wl, a.wr, lo0, hi0);
     qattn_fwd_key_range(row1, lq, lk, a.wl, a.wr, lo1, hi1);
-    const float *sqg = a.sq + ((int64_t)b * a.h + h) * a.lq_pad;
-    /* Row factor sq * scale * log2 e, kept > 0 so that a masked -inf score stays -inf (an all-zero
-     * Q row has sq 0: its scores are exactly 0 whatever the factor). */
-    float rf[2] = {row0 < lq ? sqg[row0] * a.scale_log2 : 0.f, row1 < lq ? sqg[row1] * a.scale_log2 : 0.f};
-    rf[0] = fmaxf(rf[0], 1e-30f), rf[1] = fmaxf(rf[1], 1e-30f);
+    float rf[2];
+    qattn_i8_row_factors(a, b, h, row0, rf);
 
     float o[D / 8][4];
 #pragma unroll
@@ -564,30 +561,7 @@ __global__ void __launch_bounds__(NTHREADS, (8 / NWARPS) * (D == 128 ? 1 : QATTN
         qattn_cp_async_wait<0>();
     }
 
-    /* O = acc / l + mean_v[d] (l counts P codes) (V smoothing; rows that see no key stay 0). */
-    const int64_t ooff = (int64_t)b * a.o_bs + (int64_t)h * a.o_hs;
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        float sum = l[r];
-        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-        const int row = r == 0 ? row0 : row1;
-        const float inv = sum > 0.f ? 1.f / sum : 0.f, mf = sum > 0.f ? 1.f : 0.f; /* sum: in code units (255 p) */
-        if (row < lq) {
-            int64_t base = ooff + (int64_t)row * a.o_ss + 2 * t4;
-#pragma unroll
-            for (int i = 0; i < D / 8; i++) {
-                const float2 mv = *(const float2 *)(vmg + i * 8 + 2 * t4);
-                float x = fmaf(o[i][2 * r], inv, mv.x * mf), y = fmaf(o[i][2 * r + 1], inv, mv.y * mf);
-                int64_t idx = base + i * 8;
-                if (a.o_dtype == 1) *(__half2 *)((__half *)a.o + idx) = __floats2half2_rn(x, y);
-                else if (a.o_dtype == 2) *(__nv_bfloat162 *)((__nv_bfloat16 *)a.o + idx) = __floats2bfloat162_rn(x, y);
-                else *(float2 *)((float *)a.o + idx) = make_float2(x, y);
-            }
-            if (a.lse && t4 == 0)
-                a.lse[((int64_t)b * a.h + h) * lq + row] = sum > 0.f ? (mx[r] * rf[r] + log2f(sum * (1.f / 255.f))) * 0.69314718055994531f + a.qsh[((int64_t)b * a.h + h) * a.lq_pad + row] : -INFINITY;
-        }
-    }
+    qattn_i8_store_rows<D>(a, b, h, (int64_t)b * a.hk + hk, row0, t4, o, mx, l, rf);
 }
 
 template <int D, bool BF16> cudaError_t quantize(qattn_cuda_args &a, const i8_layout &L, unsigned char *ws, cudaStream_t st) {

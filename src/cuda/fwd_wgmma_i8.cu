@@ -20,6 +20,7 @@
  * Integer accumulators start at the bit pattern of 1.5 * 2^23 (as in the mma.sync kernel) so the
  * int -> float conversion is free. */
 #include "cuda_common.cuh"
+#include "i8_rows.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -310,9 +311,8 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
     int lo0, hi0, lo1, hi1;
     qattn_fwd_key_range(row0, lq, lk, a.wl, a.wr, lo0, hi0);
     qattn_fwd_key_range(row1, lq, lk, a.wl, a.wr, lo1, hi1);
-    const float *sqg = a.sq + ((int64_t)b * a.h + h) * a.lq_pad;
-    float rf[2] = {row0 < lq ? sqg[row0] * a.scale_log2 : 0.f, row1 < lq ? sqg[row1] * a.scale_log2 : 0.f};
-    rf[0] = fmaxf(rf[0], 1e-30f), rf[1] = fmaxf(rf[1], 1e-30f);
+    float rf[2];
+    qattn_i8_row_factors(a, b, h, row0, rf);
 
     float o[D / 8][4];
 #pragma unroll
@@ -369,33 +369,7 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
 #endif
     }
 
-    /* O = acc / l + mean_v[d] (l counts P codes; V smoothing; rows that see no key stay 0) */
-    const float *vmg = a.vm + bhk * D;
-    const int64_t ooff = (int64_t)b * a.o_bs + (int64_t)h * a.o_hs;
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        float sum = l[r];
-        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-        const int row = r == 0 ? row0 : row1;
-        const float inv = sum > 0.f ? 1.f / sum : 0.f, mf = sum > 0.f ? 1.f : 0.f;
-        if (row < lq) {
-            const int64_t base = ooff + (int64_t)row * a.o_ss + 2 * t4;
-#pragma unroll
-            for (int i = 0; i < D / 8; i++) {
-                const float2 mv = *(const float2 *)(vmg + i * 8 + 2 * t4);
-                const float x = fmaf(o[i][2 * r], inv, mv.x * mf), y = fmaf(o[i][2 * r + 1], inv, mv.y * mf);
-                const int64_t idx = base + i * 8;
-                if (a.o_dtype == 1) *(__half2 *)((__half *)a.o + idx) = __floats2half2_rn(x, y);
-                else if (a.o_dtype == 2) *(__nv_bfloat162 *)((__nv_bfloat16 *)a.o + idx) = __floats2bfloat162_rn(x, y);
-                else *(float2 *)((float *)a.o + idx) = make_float2(x, y);
-            }
-            if (a.lse && t4 == 0)
-                a.lse[((int64_t)b * a.h + h) * lq + row] =
-                    sum > 0.f ? (mx[r] * rf[r] + log2f(sum * (1.f / 255.f))) * 0.69314718055994531f + a.qsh[((int64_t)b * a.h + h) * a.lq_pad + row]
-                              : -INFINITY;
-        }
-    }
+    qattn_i8_store_rows<D>(a, b, h, bhk, row0, t4, o, mx, l, rf);
 #else
     __trap(); /* built without sm_90a: the host never launches this kernel there */
 #endif
