@@ -221,6 +221,7 @@ extern "C" qattn_status qattn_cuda_forward(qattn_ctx *ctx, const qattn_params *p
             ws = st->ws;
         }
         a.i8_wgmma = st->i8_wgmma && a.d == 128;
+        a.n_sm = st->sm_count;
         if ((e = qattn_cuda_quantize_i8(a, input_is_bf16(p), ws, stream)) != cudaSuccess)
             return qattn_fail(ctx, QATTN_ERR_BACKEND, "INT8 quantization kernels: %s", cudaGetErrorString(e));
         if (p->seqlen_k > 0 && (e = a.i8_wgmma ? qattn_cuda_launch_i8_wgmma(a, stream) : qattn_cuda_launch_i8(a, stream)) != cudaSuccess)

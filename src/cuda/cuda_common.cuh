@@ -30,6 +30,8 @@ struct qattn_cuda_args {
     int32_t lk_pad;             /* Lk rounded up to the INT8 key tile (Vt row length) */
     int32_t lq_pad;             /* Lq rounded up to the largest INT8 query block (Qi, sq, qsh row length) */
     int32_t i8_wgmma;           /* 1: the sm_90a wgmma kernel (fwd_wgmma_i8.cu) and its tiled, pre-swizzled layout */
+    int32_t *sched;             /* the wgmma kernel's work counter (workspace; zeroed by the quantization pass) */
+    int32_t n_sm;               /* multiprocessors of the device (persistent grids) */
 };
 
 /* Launchers: return the launch's cudaError_t (cudaGetLastError after the launch). */

@@ -60,7 +60,7 @@ constexpr int QPAD = 128; /* Qi rows are padded to the wgmma kernel's query bloc
 inline size_t align256(size_t x) { return (x + 255) / 256 * 256; }
 
 struct i8_layout {
-    size_t qi, sq, ki, sk, vt, sv, vm, part, stat, qsh, total;
+    size_t qi, sq, ki, sk, vt, sv, vm, part, stat, qsh, sched, total;
 };
 
 i8_layout layout(const qattn_cuda_args &a, int lk_pad) {
@@ -78,6 +78,7 @@ i8_layout layout(const qattn_cuda_args &a, int lk_pad) {
     L.part = off, off += align256(B * HK * NCH * D * 4 * 4);
     L.stat = off, off += align256(B * HK * D * 3 * 4);
     L.qsh = off, off += align256(B * H * lq_pad * 4);
+    L.sched = off, off += 256;
     L.total = off;
     return L;
 }
@@ -162,8 +163,9 @@ template <int D, bool BF16> __global__ void __launch_bounds__(256) kv_stats_kern
 
 /* stat [B*HK][3][D]: the K mean and V mean over tokens and max|V - V mean|, from the NCH partials
  * (fixed order). Chunks without tokens hold max -inf / min +inf. */
-template <int D> __global__ void kv_reduce_kernel(const qattn_cuda_args a, const float *part, float *stat) {
+template <int D> __global__ void kv_reduce_kernel(const qattn_cuda_args a, const float *part, float *stat, int32_t *sched) {
     const int bh = blockIdx.x, d = threadIdx.x;
+    if (bh == 0 && d == 0) *sched = 0; /* the wgmma kernel's work counter, for the launch that follows */
     const float *pp = part + (size_t)bh * NCH * 4 * D;
     float su = 0.f, sv = 0.f, mx = -INFINITY, mi = INFINITY;
     for (int c = 0; c < NCH; c++) {
@@ -575,7 +577,7 @@ template <int D, bool BF16> cudaError_t quantize(qattn_cuda_args &a, const i8_la
     if (a.lk > 0) {
         kv_stats_kernel<D, BF16><<<dim3(NCH, bhk), 256, 0, st>>>(a, part);
         if ((e = cudaGetLastError()) != cudaSuccess) return e;
-        kv_reduce_kernel<D><<<bhk, D, 0, st>>>(a, part, stat);
+        kv_reduce_kernel<D><<<bhk, D, 0, st>>>(a, part, stat, (int32_t *)(ws + L.sched));
         if ((e = cudaGetLastError()) != cudaSuccess) return e;
         int64_t nk = (int64_t)a.batch * a.lk_pad * a.hk;
         quant_rows_kernel<D, BF16, true><<<(unsigned)((nk + 7) / 8), 256, 0, st>>>(a, ki, sk, a.lk_pad, stat, nullptr);
@@ -589,6 +591,7 @@ template <int D, bool BF16> cudaError_t quantize(qattn_cuda_args &a, const i8_la
     }
     a.qsh = qsh;
     a.qi = qi, a.ki = ki, a.vt = vt, a.sq = sq, a.sk = sk, a.sv = sv, a.vm = vm;
+    a.sched = (int32_t *)(ws + L.sched);
     return cudaSuccess;
 }
 

@@ -5,8 +5,9 @@
  * max, O += P V as u8 x s8 -> s32 with the per-tile V scales, dequantization in FP32 registers.
  * What changes is the schedule, the reason being that the mma.sync kernel is bound by instruction
  * issue and by the latency of its dependent chains (two warps per scheduler, docs/gpu.md):
- * - One block = 128 query rows of one (batch, head): warpgroup 0 is the producer, warpgroups 1 and 2
- *   are consumers of 64 rows each. The producer's single thread streams the K, Vt and scale tiles of
+ * - Persistent grid: one block per SM takes work items of 128 query rows of one (batch, head) from an
+ *   atomic counter until they run out (decode_item: the order). Warpgroup 0 is the producer, warpgroups
+ *   1 and 2 are consumers of 64 rows each. The producer's single thread streams the K, Vt and scale tiles of
  *   128 keys with 1-D bulk copies (cp.async.bulk, completion on an mbarrier) into NST stages; the
  *   quantization kernels wrote the codes as the shared-memory image of a tile (128-byte swizzle), so
  *   a tile is one contiguous copy and needs no address arithmetic per element.
@@ -39,12 +40,22 @@ namespace {
 #endif
 constexpr int D = 128, BM = 128, BN = 128, NST = QATTN_I8W_STAGES, NTHREADS = 384;
 constexpr int TILE = BN * D;                     /* bytes of a K or Vt tile */
-constexpr int OFF_Q = 0, OFF_K = OFF_Q + BM * D; /* all tile offsets are multiples of 1024 */
+constexpr int OFF_Q = 0, OFF_K = OFF_Q + 2 * BM * D; /* two Q buffers; all tile offsets are multiples of 1024 */
 constexpr int OFF_V = OFF_K + NST * TILE;
 constexpr int OFF_SK = OFF_V + NST * TILE;
 constexpr int OFF_SV = OFF_SK + NST * BN * 4;
-constexpr int OFF_BAR = OFF_SV + NST * D * 4;
-constexpr int SMEM = OFF_BAR + (2 * NST + 1) * 8 + 1024; /* + alignment slack of the dynamic base */
+constexpr int OFF_BAR = OFF_SV + NST * D * 4;      /* full[NST], empty[NST], Q full[2], Q empty[2] */
+constexpr int OFF_ITEM = OFF_BAR + (2 * NST + 4) * 8; /* the item of each Q buffer */
+constexpr int SMEM = OFF_ITEM + 2 * 4 + 1024;        /* + alignment slack of the dynamic base */
+
+/* What a consumer thread needs of the item in hand: where its rows go, their row factors, the key
+ * ranges of its two rows and of its warpgroup's rows (masks), the item's key tiles and Q buffer. */
+struct item_rows {
+    int b, h, m0, qb, t_first, t_last;
+    int64_t bhk;
+    float rf[2];
+    int lo0, hi0, lo1, hi1, wlo_last, whi_first;
+};
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define QATTN_WGMMA_OK 1
@@ -184,9 +195,9 @@ __device__ __forceinline__ void o_update(float o[D / 8][4], const int pv[64], co
     }
 }
 /* Scores of key tile n0 (stage s) to the P codes pa, the row statistics and the factors of its P V. */
-__device__ __forceinline__ void softmax_step(const int si[64], const float *skt, int n0, int wlo_last, int whi_first, int lo0, int hi0,
-                                             int lo1, int hi1, int t4, const float rf[2], float mx[2], float l[2], float alpha[2], float beta[2],
-                                             bool &rescale, uint32_t pa[4][4]) {
+__device__ __forceinline__ void softmax_step(const int si[64], const float *skt, int n0, const item_rows &w, int t4, float mx[2], float l[2],
+                                             float alpha[2], float beta[2], bool &rescale, uint32_t pa[4][4]) {
+    const float *rf = w.rf;
     float sf[64];
 #pragma unroll
     for (int n = 0; n < BN / 8; n++) {
@@ -198,13 +209,13 @@ __device__ __forceinline__ void softmax_step(const int si[64], const float *skt,
         sf[4 * n + 3] = fmaf(__int_as_float(si[4 * n + 3]), skv.y, by);
     }
     /* masks on the tiles some row of this warpgroup does not fully see */
-    if (!(n0 >= wlo_last && n0 + BN <= whi_first)) {
+    if (!(n0 >= w.wlo_last && n0 + BN <= w.whi_first)) {
 #pragma unroll
         for (int n = 0; n < BN / 8; n++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int col = n0 + n * 8 + 2 * t4 + (e & 1);
-                const bool vis = e < 2 ? (col >= lo0 && col < hi0) : (col >= lo1 && col < hi1);
+                const bool vis = e < 2 ? (col >= w.lo0 && col < w.hi0) : (col >= w.lo1 && col < w.hi1);
                 if (!vis) sf[4 * n + e] = -INFINITY;
             }
     }
@@ -255,46 +266,139 @@ __device__ __forceinline__ void softmax_step(const int si[64], const float *skt,
 }
 #endif
 
-__global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_constant__ qattn_cuda_args a) {
+#if defined(QATTN_WGMMA_OK)
+/* The work items of a launch: (query block, batch, head) triples, taken by the blocks of the persistent
+ * grid from an atomic counter in the order below. Heads go in groups of hg (batch, head) pairs; inside a
+ * group the heavy (late) causal query blocks come first, over all heads of the group, so the longest items
+ * start first (near-perfect balance for causal) while the blocks in flight at any time share the K/V of
+ * a few heads in L2. */
+struct work_item {
+    int b, h, m0, t_first, t_last; /* key tiles [t_first, t_last) */
+};
+__device__ __forceinline__ work_item decode_item(const qattn_cuda_args &a, int item, int hg) {
+    const int n_mblk = (a.lq + BM - 1) / BM, n_bh = a.batch * a.h, grp = item / (hg * n_mblk), r = item - grp * (hg * n_mblk);
+    const int in_grp = min(hg, n_bh - grp * hg), bh = grp * hg + r % in_grp;
+    work_item w;
+    w.b = bh / a.h, w.h = bh - w.b * a.h;
+    w.m0 = (n_mblk - 1 - r / in_grp) * BM;
+    int lo_first, hi_first, lo_last, hi_last;
+    qattn_fwd_key_range(w.m0, a.lq, a.lk, a.wl, a.wr, lo_first, hi_first);
+    qattn_fwd_key_range(min(w.m0 + BM, a.lq) - 1, a.lq, a.lk, a.wl, a.wr, lo_last, hi_last);
+    w.t_first = lo_first / BN;
+    w.t_last = hi_last > lo_first ? (hi_last + BN - 1) / BN : w.t_first;
+    return w;
+}
+
+/* Rows of an item that sees no key: zeros, LSE -inf (the rule of qattn.h). */
+__device__ __forceinline__ void store_empty_rows(const qattn_cuda_args &a, int b, int h, int row0, int t4) {
+    const int64_t ooff = (int64_t)b * a.o_bs + (int64_t)h * a.o_hs;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int row = row0 + 8 * r;
+        if (row >= a.lq) continue;
+        const int64_t base = ooff + (int64_t)row * a.o_ss + 2 * t4;
+#pragma unroll
+        for (int i = 0; i < D / 8; i++) {
+            const int64_t idx = base + i * 8;
+            if (a.o_dtype == 1) *(__half2 *)((__half *)a.o + idx) = __floats2half2_rn(0.f, 0.f);
+            else if (a.o_dtype == 2) *(__nv_bfloat162 *)((__nv_bfloat16 *)a.o + idx) = __floats2bfloat162_rn(0.f, 0.f);
+            else *(float2 *)((float *)a.o + idx) = make_float2(0.f, 0.f);
+        }
+        if (a.lse && t4 == 0) a.lse[((int64_t)b * a.h + h) * a.lq + row] = -INFINITY;
+    }
+}
+
+/* A consumer takes the next item the producer announced (Q buffer j & 1), storing the rows of items
+ * with no key on the way. False (cur unchanged) when the items have run out. */
+__device__ __forceinline__ bool next_item(const qattn_cuda_args &a, int hg, volatile int *item_slot, uint32_t bar_qfull, uint32_t bar_qempty,
+                                          int wg, int roff, int t4, int &j, item_rows &cur) {
+    for (;;) {
+        const int qb = j & 1;
+        mbar_wait(bar_qfull + 8 * qb, (j >> 1) & 1);
+        const int item = item_slot[qb];
+        if (item < 0) return false;
+        j++;
+        const work_item w = decode_item(a, item, hg);
+        if (w.t_last == w.t_first) {
+            store_empty_rows(a, w.b, w.h, w.m0 + roff, t4);
+            mbar_arrive(bar_qempty + 8 * qb);
+            continue;
+        }
+        cur.b = w.b, cur.h = w.h, cur.m0 = w.m0, cur.qb = qb, cur.t_first = w.t_first, cur.t_last = w.t_last;
+        cur.bhk = (int64_t)w.b * a.hk + w.h / (a.h / a.hk);
+        const int row0 = w.m0 + roff;
+        qattn_i8_row_factors(a, w.b, w.h, row0, cur.rf);
+        /* the tiles every row of this warpgroup sees in full need no mask */
+        int lo, hi;
+        qattn_fwd_key_range(min(w.m0 + wg * 64, a.lq - 1), a.lq, a.lk, a.wl, a.wr, lo, cur.whi_first);
+        qattn_fwd_key_range(min(w.m0 + wg * 64 + 63, a.lq - 1), a.lq, a.lk, a.wl, a.wr, cur.wlo_last, hi);
+        qattn_fwd_key_range(row0, a.lq, a.lk, a.wl, a.wr, cur.lo0, cur.hi0);
+        qattn_fwd_key_range(row0 + 8, a.lq, a.lk, a.wl, a.wr, cur.lo1, cur.hi1);
+        return true;
+    }
+}
+
+#endif
+
+/* Persistent grid (one block per SM, each running items until the counter runs out) with the pipeline
+ * kept full across items: the producer loads the next item's Q (two Q buffers) and tiles while the
+ * consumers finish the current one, and the consumers issue the last P V of an item together with the
+ * first S of the next, storing the finished rows while that S runs. Against one block per item this
+ * removes the per-block fixed cost (launch, barrier setup, the first loads, a first S and a last P V that
+ * overlap nothing): about 5 tile-times per item measured at L 4k (docs/gpu.md, round 4). */
+__global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_constant__ qattn_cuda_args a, int hg, int n_items) {
 #if defined(QATTN_WGMMA_OK)
     extern __shared__ unsigned char smem_raw[];
     const uint32_t sbase = (qattn_smem_u32(smem_raw) + 1023u) & ~1023u;
     unsigned char *smem = smem_raw + (sbase - qattn_smem_u32(smem_raw));
-    const uint32_t bar_full = sbase + OFF_BAR, bar_empty = bar_full + NST * 8, bar_q = bar_empty + NST * 8;
-
-    const int b = blockIdx.z, h = blockIdx.y, hk = h / (a.h / a.hk);
-    const int lq = a.lq, lk = a.lk;
-    const int m0 = (int)(gridDim.x - 1 - blockIdx.x) * BM; /* heavy (late) causal blocks first */
-    const int mrows = min(BM, lq - m0);
-    int lo_first, hi_first, lo_last, hi_last;
-    qattn_fwd_key_range(m0, lq, lk, a.wl, a.wr, lo_first, hi_first);
-    qattn_fwd_key_range(m0 + mrows - 1, lq, lk, a.wl, a.wr, lo_last, hi_last);
-    const int t_first = lo_first / BN, t_last = hi_last > lo_first ? (hi_last + BN - 1) / BN : t_first;
-    const int64_t bhk = (int64_t)b * a.hk + hk, ntile_all = a.lk_pad / BN;
+    const uint32_t bar_full = sbase + OFF_BAR, bar_empty = bar_full + NST * 8, bar_qfull = bar_empty + NST * 8, bar_qempty = bar_qfull + 16;
+    volatile int *item_slot = (volatile int *)(smem + OFF_ITEM); /* the item in each Q buffer; -1: no more */
+    const int64_t ntile_all = a.lk_pad / BN;
 
     if (threadIdx.x == 0) {
         for (int s = 0; s < NST; s++) {
             mbar_init(bar_full + 8 * s, 1);
             mbar_init(bar_empty + 8 * s, 256);
         }
-        mbar_init(bar_q, 1);
+        for (int i = 0; i < 2; i++) {
+            mbar_init(bar_qfull + 8 * i, 1);
+            mbar_init(bar_qempty + 8 * i, 256);
+        }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
 
     if (threadIdx.x < 128) { /* producer warpgroup: one thread issues every copy */
         asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n");
-        if (threadIdx.x == 0 && t_last > t_first) {
-            mbar_expect_tx(bar_q, BM * D);
-            bulk_g2s(sbase + OFF_Q, a.qi + (((int64_t)b * a.h + h) * a.lq_pad + m0) * D, BM * D, bar_q);
-            for (int tt = t_first, it = 0; tt < t_last; tt++, it++) {
-                const int s = it % NST;
-                mbar_wait(bar_empty + 8 * s, ((it / NST) & 1) ^ 1);
-                mbar_expect_tx(bar_full + 8 * s, 2 * TILE + BN * 4 + D * 4);
-                bulk_g2s(sbase + OFF_K + s * TILE, a.ki + (bhk * a.lk_pad + (int64_t)tt * BN) * D, TILE, bar_full + 8 * s);
-                bulk_g2s(sbase + OFF_V + s * TILE, a.vt + (bhk * ntile_all + tt) * TILE, TILE, bar_full + 8 * s);
-                bulk_g2s(sbase + OFF_SK + s * BN * 4, a.sk + bhk * a.lk_pad + (int64_t)tt * BN, BN * 4, bar_full + 8 * s);
-                bulk_g2s(sbase + OFF_SV + s * D * 4, a.sv + (bhk * ntile_all + tt) * D, D * 4, bar_full + 8 * s);
+        if (threadIdx.x == 0) {
+            int item = blockIdx.x, it = 0;
+            for (int j = 0;; j++) {
+                const int qb = j & 1;
+                mbar_wait(bar_qempty + 8 * qb, ((j >> 1) & 1) ^ 1);
+                if (item >= n_items) {
+                    item_slot[qb] = -1;
+                    mbar_arrive(bar_qfull + 8 * qb);
+                    break;
+                }
+                const work_item w = decode_item(a, item, hg);
+                const int64_t bhk = (int64_t)w.b * a.hk + w.h / (a.h / a.hk);
+                item_slot[qb] = item;
+                if (w.t_last > w.t_first) {
+                    mbar_expect_tx(bar_qfull + 8 * qb, BM * D);
+                    bulk_g2s(sbase + OFF_Q + qb * BM * D, a.qi + (((int64_t)w.b * a.h + w.h) * a.lq_pad + w.m0) * D, BM * D, bar_qfull + 8 * qb);
+                } else {
+                    mbar_arrive(bar_qfull + 8 * qb);
+                }
+                for (int tt = w.t_first; tt < w.t_last; tt++, it++) {
+                    const int s = it % NST;
+                    mbar_wait(bar_empty + 8 * s, ((it / NST) & 1) ^ 1);
+                    mbar_expect_tx(bar_full + 8 * s, 2 * TILE + BN * 4 + D * 4);
+                    bulk_g2s(sbase + OFF_K + s * TILE, a.ki + (bhk * a.lk_pad + (int64_t)tt * BN) * D, TILE, bar_full + 8 * s);
+                    bulk_g2s(sbase + OFF_V + s * TILE, a.vt + (bhk * ntile_all + tt) * TILE, TILE, bar_full + 8 * s);
+                    bulk_g2s(sbase + OFF_SK + s * BN * 4, a.sk + bhk * a.lk_pad + (int64_t)tt * BN, BN * 4, bar_full + 8 * s);
+                    bulk_g2s(sbase + OFF_SV + s * D * 4, a.sv + (bhk * ntile_all + tt) * D, D * 4, bar_full + 8 * s);
+                }
+                item = gridDim.x + atomicAdd(a.sched, 1);
             }
         }
         return;
@@ -302,61 +406,69 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
     asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n");
 
     const int wg = threadIdx.x / 128 - 1, tw = threadIdx.x % 128, warp = tw / 32, lane = tw % 32;
-    const int g = lane / 4, t4 = lane % 4;
-    const int row0 = m0 + wg * 64 + warp * 16 + g, row1 = row0 + 8;
-    /* this warpgroup's rows: the tiles every one of them sees in full need no mask */
-    int wlo_first, whi_first, wlo_last, whi_last;
-    qattn_fwd_key_range(min(m0 + wg * 64, lq - 1), lq, lk, a.wl, a.wr, wlo_first, whi_first);
-    qattn_fwd_key_range(min(m0 + wg * 64 + 63, lq - 1), lq, lk, a.wl, a.wr, wlo_last, whi_last);
-    int lo0, hi0, lo1, hi1;
-    qattn_fwd_key_range(row0, lq, lk, a.wl, a.wr, lo0, hi0);
-    qattn_fwd_key_range(row1, lq, lk, a.wl, a.wr, lo1, hi1);
-    float rf[2];
-    qattn_i8_row_factors(a, b, h, row0, rf);
+    const int g = lane / 4, t4 = lane % 4, roff = wg * 64 + warp * 16 + g; /* this thread's rows: m0 + roff, + 8 */
 
     float o[D / 8][4];
 #pragma unroll
     for (int i = 0; i < D / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
     float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-
-    if (t_last > t_first) {
-        const uint64_t dq = desc_sw128(sbase + OFF_Q + wg * 64 * D);
-        int pv[64];          /* P V of the previous tile, issued with the next S */
-        uint32_t pa[4][4];   /* its A operand (P codes), kept intact until it completes */
-        int si[64];
-        float alpha_p[2] = {1.f, 1.f}, beta_p[2] = {0.f, 0.f};
-        bool rescale_p = true;
-        mbar_wait(bar_q, 0);
+    int pv[64];        /* P V of the previous tile, issued with the next S */
+    uint32_t pa[4][4]; /* its A operand (P codes), kept intact until it completes */
+    int si[64];
+    float alpha_p[2] = {1.f, 1.f}, beta_p[2] = {0.f, 0.f};
+    bool rescale_p = true;
+    int j = 0;     /* items taken so far (Q buffer j & 1) */
+    item_rows cur; /* the item of the tile in hand */
+    if (!next_item(a, hg, item_slot, bar_qfull, bar_qempty, wg, roff, t4, j, cur)) return;
 #if QATTN_I8W_PINGPONG
-        if (wg == 1) named_arrive(1); /* warpgroup 0 issues first */
+    if (wg == 1) named_arrive(1); /* warpgroup 0 issues first */
 #endif
-        /* Prologue: S(t_first). Then each step issues P V(t - 1) and S(t) back to back (one "GEMM
-         * phase"), updates O with P V(t - 1) and makes P(t). Epilogue: the last P V. */
-        mbar_wait(bar_full, 0);
+    /* Prologue: S of the first tile. Then each step issues P V of the previous tile and S of the next
+     * one, which may be the next item's first (one "GEMM phase"), updates O with that P V, stores the
+     * previous item's rows when the step crossed into a new item, and makes P of the new tile. */
+    int tt = cur.t_first, it = 0;
+    mbar_wait(bar_full, 0);
+    turn_begin(wg);
+    issue_s(si, desc_sw128(sbase + OFF_Q + cur.qb * BM * D + wg * 64 * D), sbase + OFF_K);
+    turn_end(wg);
+    wg_wait<0>();
+    fence64(si);
+    softmax_step(si, (const float *)(smem + OFF_SK), tt * BN, cur, t4, mx, l, alpha_p, beta_p, rescale_p, pa);
+    for (;;) {
+        const int s_prev = it % NST;
+        item_rows prev = cur;
+        const bool crossed = ++tt == cur.t_last;
+        if (crossed) {
+            if (!next_item(a, hg, item_slot, bar_qfull, bar_qempty, wg, roff, t4, j, cur)) break;
+            tt = cur.t_first;
+        }
+        it++;
+        const int s = it % NST;
+        mbar_wait(bar_full + 8 * s, (it / NST) & 1);
         turn_begin(wg);
-        issue_s(si, dq, sbase + OFF_K);
+        issue_pv(pv, pa, sbase + OFF_V + s_prev * TILE);
+        issue_s(si, desc_sw128(sbase + OFF_Q + cur.qb * BM * D + wg * 64 * D), sbase + OFF_K + s * TILE);
         turn_end(wg);
+        wg_wait<1>(); /* P V done; S may still run */
+        fence64(pv);
+        fence_pa(pa);
+        o_update(o, pv, (const float *)(smem + OFF_SV + s_prev * D * 4), t4, alpha_p, beta_p, rescale_p);
+        mbar_arrive(bar_empty + 8 * s_prev);
+        if (crossed) { /* that P V finished the previous item: its rows out, its Q buffer free */
+            qattn_i8_store_rows<D>(a, prev.b, prev.h, prev.bhk, prev.m0 + roff, t4, o, mx, l, prev.rf);
+            mbar_arrive(bar_qempty + 8 * prev.qb);
+#pragma unroll
+            for (int i = 0; i < D / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+            mx[0] = mx[1] = -INFINITY;
+            l[0] = l[1] = 0.f;
+        }
         wg_wait<0>();
         fence64(si);
-        softmax_step(si, (const float *)(smem + OFF_SK), t_first * BN, wlo_last, whi_first, lo0, hi0, lo1, hi1, t4, rf, mx, l, alpha_p, beta_p, rescale_p, pa);
-        int s_prev = 0;
-        for (int tt = t_first + 1, it = 1; tt < t_last; tt++, it++) {
-            const int s = it % NST;
-            mbar_wait(bar_full + 8 * s, (it / NST) & 1);
-            turn_begin(wg);
-            issue_pv(pv, pa, sbase + OFF_V + s_prev * TILE);
-            issue_s(si, dq, sbase + OFF_K + s * TILE);
-            turn_end(wg);
-            wg_wait<1>(); /* P V(t - 1) done; S(t) may still run */
-            fence64(pv);
-            fence_pa(pa);
-            o_update(o, pv, (const float *)(smem + OFF_SV + s_prev * D * 4), t4, alpha_p, beta_p, rescale_p);
-            mbar_arrive(bar_empty + 8 * s_prev);
-            wg_wait<0>();
-            fence64(si);
-            softmax_step(si, (const float *)(smem + OFF_SK + s * BN * 4), tt * BN, wlo_last, whi_first, lo0, hi0, lo1, hi1, t4, rf, mx, l, alpha_p, beta_p, rescale_p, pa);
-            s_prev = s;
-        }
+        softmax_step(si, (const float *)(smem + OFF_SK + s * BN * 4), tt * BN, cur, t4, mx, l, alpha_p, beta_p, rescale_p, pa);
+    }
+    /* Epilogue: the last P V, the last item's rows. */
+    {
+        const int s_prev = it % NST;
         turn_begin(wg);
         issue_pv(pv, pa, sbase + OFF_V + s_prev * TILE);
         turn_end(wg);
@@ -364,12 +476,11 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
         fence64(pv);
         fence_pa(pa);
         o_update(o, pv, (const float *)(smem + OFF_SV + s_prev * D * 4), t4, alpha_p, beta_p, rescale_p);
-#if QATTN_I8W_PINGPONG
-        if (wg == 0) named_sync(1); /* consume warpgroup 1's last turn hand-over */
-#endif
+        qattn_i8_store_rows<D>(a, cur.b, cur.h, cur.bhk, cur.m0 + roff, t4, o, mx, l, cur.rf);
     }
-
-    qattn_i8_store_rows<D>(a, b, h, bhk, row0, t4, o, mx, l, rf);
+#if QATTN_I8W_PINGPONG
+    if (wg == 0) named_sync(1); /* consume warpgroup 1's last turn hand-over */
+#endif
 #else
     __trap(); /* built without sm_90a: the host never launches this kernel there */
 #endif
@@ -382,8 +493,13 @@ cudaError_t qattn_cuda_prepare_i8_wgmma(void) {
 }
 
 cudaError_t qattn_cuda_launch_i8_wgmma(const qattn_cuda_args &a, cudaStream_t stream) {
-    if (a.d != D) return cudaErrorInvalidValue;
-    dim3 grid((unsigned)((a.lq + BM - 1) / BM), (unsigned)a.h, (unsigned)a.batch);
-    fwd_i8_wgmma_kernel<<<grid, NTHREADS, SMEM, stream>>>(a);
+    if (a.d != D || a.n_sm < 1) return cudaErrorInvalidValue;
+    const int64_t n_mblk = (a.lq + BM - 1) / BM, n_bh = (int64_t)a.batch * a.h, n_items = n_mblk * n_bh;
+    if (n_items > INT32_MAX / 2) return cudaErrorInvalidValue;
+    const int grid = (int)(n_items < a.n_sm ? n_items : a.n_sm);
+    /* head groups of at least two grids' worth of items (see decode_item) */
+    int64_t hg = (2 * (int64_t)grid + n_mblk - 1) / n_mblk;
+    if (hg > n_bh) hg = n_bh;
+    fwd_i8_wgmma_kernel<<<grid, NTHREADS, SMEM, stream>>>(a, (int)hg, (int)n_items);
     return cudaGetLastError();
 }

@@ -318,6 +318,9 @@ int main(int argc, char **argv) {
         {1, 203, 113, 4, 2, 128, 1, -1, -1, F16, F32, P, 0, 0, {0}, {0}},  /* D 128, Lq > Lk */
         {1, 300, 517, 2, 1, 128, 0, 37, 5, F16, F32, P, 0, 0, {0}, {0}},   /* D 128 window */
         {2, 640, 1111, 8, 2, 128, 0, -1, -1, F16, F32, P, 0, 0, {0}, {0}}, /* D 128, many key tiles */
+        /* more query blocks than multiprocessors (the persistent INT8 grid takes several items per block) */
+        {3, 520, 390, 16, 4, 128, 0, -1, -1, F16, F16, P, 0, 0, {0}, {0}},
+        {2, 1200, 700, 24, 6, 128, 1, -1, -1, BF, F32, P, 0, 0, {0}, {0}}, /* Lq > Lk: items with no key among the others */
     };
     tcase *cases = small ? small_cases : full_cases;
     int n = small ? (int)(sizeof small_cases / sizeof *small_cases) : (int)(sizeof full_cases / sizeof *full_cases);

@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Side-by-side timing of the INT8 attention kernel from several builds of qattn in one process.
+
+For each standard D 128 shape of BENCHMARKS.md (B*L = 16k tokens, H*D = 2048, N(0,1) FP16 inputs):
+the INT8 attention kernel alone (torch profiler, median of 20) of every library given, in
+alternating order, twice (the spread between the two rounds is the noise floor), and SDPA's
+FlashAttention-2 backend in the same run; the outputs of the builds are compared with the first one.
+
+Usage: python3 bench/gpu_i8_ab.py --lib new=build-gpu/libqattn.so --lib base=build-base/libqattn.so [--shapes 4k,4kc,16k,16kc]
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_compare import PREC_INT8, QAttn, kernel_ms, time_ms  # noqa: E402
+
+SHAPES = {"1k": (1024, False), "1kc": (1024, True), "4k": (4096, False), "4kc": (4096, True), "16k": (16384, False), "16kc": (16384, True)}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lib", action="append", required=True, help="NAME=PATH, first one is the reference for the output comparison")
+    ap.add_argument("--shapes", default="4k,4kc,16k,16kc")
+    ap.add_argument("--out", default=os.environ.get("OUT", "out"))
+    args = ap.parse_args()
+    libs = [(s.split("=", 1)[0], QAttn(s.split("=", 1)[1])) for s in args.lib]
+    D, rows = 128, []
+    for sname in args.shapes.split(","):
+        L, causal = SHAPES[sname]
+        B, H = 16384 // L, 2048 // D
+        q, k, v = (torch.randn(B, L, H, D, device="cuda", dtype=torch.float16) for _ in range(3))
+        flops = 4.0 * B * H * L * L * D / (2 if causal else 1)
+        row = dict(shape=sname, B=B, L=L, H=H, causal=causal)
+        outs, params = {}, {}
+        for name, qa in libs:
+            outs[name] = torch.full_like(q, float("nan"))
+            params[name] = qa.params(q, k, v, outs[name], causal, PREC_INT8)
+        for rnd in range(2):
+            for name, qa in (libs if rnd == 0 else libs[::-1]):
+                row.setdefault(name, []).append(flops / (kernel_ms(lambda: qa.forward(params[name]), "fwd_i8") * 1e-3) / 1e12)
+        qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            row["fa2"] = flops / (time_ms(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal))[0] * 1e-3) / 1e12
+        for name, qa in libs:
+            qa.forward(params[name])
+        torch.cuda.synchronize()
+        ref = outs[libs[0][0]].float()
+        for name, _ in libs:
+            o = outs[name].float()
+            row[name + "_nonfinite"] = int((~torch.isfinite(o)).sum().item())
+            row[name + "_maxdiff"] = float(((o - ref).abs().max() / ref.abs().max()).item())
+        rows.append(row)
+        print("done", row, flush=True)
+        del q, k, v, outs, params
+        torch.cuda.empty_cache()
+    names = [n for n, _ in libs]
+    print("\nINT8 kernel TOPS (two rounds, alternating order) and / SDPA FA2 (same run), device %s" % torch.cuda.get_device_name())
+    print("| shape | " + " | ".join("%s TOPS | %s /FA2" % (n, n) for n in names) + " | FA2 | max|d|/max|o| vs %s | nonfinite |" % names[0])
+    print("|---|" + "---|---|" * len(names) + "---|---|---|")
+    for r in rows:
+        cells = []
+        for n in names:
+            cells.append("%.0f / %.0f" % tuple(r[n]))
+            cells.append("%.2f" % (max(r[n]) / r["fa2"]))
+        print("| %s | %s | %.0f | %s | %s |" % (r["shape"], " | ".join(cells), r["fa2"], " ".join("%.1e" % r[n + "_maxdiff"] for n in names[1:]),
+                                              " ".join(str(r[n + "_nonfinite"]) for n in names)))
+    with open(os.path.join(args.out, "gpu_i8_ab.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
