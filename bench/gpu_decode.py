@@ -5,10 +5,18 @@ Correctness first (small caches, poisoned outputs, GPU vs CPU qattn_kv_decode on
 run-to-run determinism), then the benchmark: B 16, H 32, HK 8, D 128, kv-len 32k, Lq 1, block 16:
 qattn INT8-cache and FP16-cache decode, SDPA FP16 with K/V expanded to 32 heads and with
 enable_gqa=True, device copy bandwidth (clone of a 4 GB tensor, read + written), all in one run.
-CUDA events, warm-up, median of 20. Errors: relative L2 vs an FP64 reference on the dequantized
-cache and on the original FP16 values.
+Three times per row:
+  time:    one call between two CUDA events, synchronised after each (the latency of one call,
+           host work before the first launch included); warm-up, median of 20.
+  b2b:     20 calls enqueued back to back between two events, / 20 (throughput: the host work
+           overlaps the previous call's kernels); median of 5.
+  kernels: device time of the call's kernels alone, from torch.profiler (as bench/gpu_compare.py):
+           qattn: the median split kernel (kvd_*; the merge is fused into it, so one kernel per
+           call), SDPA: all its kernels per call; --no-kprof skips it.
+"of copy bw" is for time, "b2b of copy bw" for b2b. Errors: relative L2 vs an FP64 reference on
+the dequantized cache and on the original FP16 values.
 
-Usage: python3 bench/gpu_decode.py --lib build-gpu/libqattn.so [--small] [--out DIR]
+Usage: python3 bench/gpu_decode.py --lib build-gpu/libqattn.so [--small] [--out DIR] [--no-kprof]
 """
 import argparse
 import ctypes as C
@@ -244,7 +252,48 @@ def timeit(fn, iters=20, warm=3):
     return statistics.median(ts)
 
 
-def bench(lib, out, profile=False):
+def timeit_b2b(fn, n=20, reps=5, warm=3):
+    """Seconds per call of n calls enqueued back to back between two events; median of reps."""
+    for _ in range(warm):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(n):
+            fn()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b) / 1e3 / n)
+    return statistics.median(ts)
+
+
+def kernel_time(fn, name_parts=None, reps=20):
+    """Device time from torch.profiler (CUPTI sees the kernels of the ctypes library too), as
+    bench/gpu_compare.py kernel_ms: (seconds, kernels per call). name_parts given: the median of the
+    kernels whose name contains one of them; else all the kernels of a call, summed (mean per call)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    try:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                fn()
+            torch.cuda.synchronize()
+        ks = [e for e in prof.events() if e.device_type == DeviceType.CUDA and not e.name.startswith(("Memcpy", "Memset"))]
+    except Exception as e:  # no CUPTI: the other figures stand
+        print("torch.profiler failed (%s): no kernel times" % e, flush=True)
+        return float("nan"), float("nan")
+    per_call = len(ks) / reps
+    if name_parts:
+        durs = [e.time_range.elapsed_us() for e in ks if any(n in e.name for n in name_parts)]
+        return (statistics.median(durs) / 1e6 if durs else float("nan")), per_call
+    return (sum(e.time_range.elapsed_us() for e in ks) / reps / 1e6 if ks else float("nan")), per_call
+
+
+def bench(lib, out, profile=False, kprof=True):
     B, H, HK, D, L, BS = 16, 32, 8, 128, 32768, 16
     torch.manual_seed(0)
     res = {"device": torch.cuda.get_device_name(), "shape": dict(B=B, H=H, HK=HK, D=D, L=L, Lq=1, block_size=BS)}
@@ -282,43 +331,55 @@ def bench(lib, out, profile=False):
         bytes_read = B * HK * L * (2 * D * (1 if dtype == I8 else 2) + (8 if dtype == I8 else 0))
         t = timeit(fn)
         t_again = timeit(fn)
-        print("%s: %.1f us, again %.1f us" % (name, t * 1e6, t_again * 1e6), flush=True)
+        t_b2b = timeit_b2b(fn)
+        t_k, kpc = kernel_time(fn, ("kvd_mma", "kvd_split2")) if kprof else (float("nan"), float("nan"))
+        print("%s: %.1f us, again %.1f us, back-to-back %.1f us, split kernel alone %.1f us (%.2g kernels per call)"
+              % (name, t * 1e6, t_again * 1e6, t_b2b * 1e6, t_k * 1e6, kpc), flush=True)
         e_deq = statistics.mean(rel_l2(o[b, 0], ref_decode(*cache.dequant(b), q[b].float(), L, 1, 1, -1)[0].cpu().to(o.device)) for b in range(NREF))
         e_orig = statistics.mean(rel_l2(o[b, 0], ref_orig[b][0]) for b in range(NREF))
         oc, _, _ = decode(lib, cache, q.float().cpu(), seq_ids, H, 1, gpu=False)
         d_cpu = float((o.float().cpu() - oc).abs().max() / oc.abs().max())
-        rows.append(dict(name=name, t_us=t * 1e6, bytes_read=bytes_read, GBps=bytes_read / t / 1e9, frac_copy=bytes_read / t / copy_bw,
+        rows.append(dict(name=name, t_us=t * 1e6, t_us_b2b=t_b2b * 1e6, t_us_kernel=t_k * 1e6, kernels_per_call=kpc, bytes_read=bytes_read,
+                         GBps=bytes_read / t / 1e9, frac_copy=bytes_read / t / copy_bw, frac_copy_b2b=bytes_read / t_b2b / copy_bw,
                          tok_s=B / t, relL2_dequant=e_deq, relL2_orig=e_orig, gpu_vs_cpu=d_cpu))
         cache.destroy()
         del cache
         torch.cuda.empty_cache()
+    if profile:
+        return
     qs = q.view(B, H, 1, D)  # [B, H, 1, D] (Lq = 1)
-    try:
-        t = timeit(lambda: F.scaled_dot_product_attention(qs, kd, vd, enable_gqa=True))
-        og = F.scaled_dot_product_attention(qs, kd, vd, enable_gqa=True)
-        rows.append(dict(name="SDPA FP16 enable_gqa (unexpanded)", t_us=t * 1e6, bytes_read=B * HK * L * D * 4, GBps=B * HK * L * D * 4 / t / 1e9,
-                         frac_copy=B * HK * L * D * 4 / t / copy_bw, tok_s=B / t,
+
+    def sdpa_row(name, fn, nb):
+        t, t_b2b = timeit(fn), timeit_b2b(fn)
+        t_k, kpc = kernel_time(fn) if kprof else (float("nan"), float("nan"))
+        print("%s: %.1f us, back-to-back %.1f us, kernels %.1f us (%.2g per call)" % (name, t * 1e6, t_b2b * 1e6, t_k * 1e6, kpc), flush=True)
+        og = fn()
+        rows.append(dict(name=name, t_us=t * 1e6, t_us_b2b=t_b2b * 1e6, t_us_kernel=t_k * 1e6, kernels_per_call=kpc, bytes_read=nb, GBps=nb / t / 1e9,
+                         frac_copy=nb / t / copy_bw, frac_copy_b2b=nb / t_b2b / copy_bw, tok_s=B / t,
                          relL2_orig=statistics.mean(rel_l2(og[b, :, 0], ref_orig[b][0]) for b in range(NREF))))
+
+    try:
+        F.scaled_dot_product_attention(qs, kd, vd, enable_gqa=True)
     except Exception as e:  # older torch
         print("SDPA enable_gqa: not available (%s)" % e, flush=True)
+    else:
+        sdpa_row("SDPA FP16 enable_gqa (unexpanded)", lambda: F.scaled_dot_product_attention(qs, kd, vd, enable_gqa=True), B * HK * L * D * 4)
     ke = kd.repeat_interleave(H // HK, dim=1)
     ve = vd.repeat_interleave(H // HK, dim=1)
-    t = timeit(lambda: F.scaled_dot_product_attention(qs, ke, ve))
-    og = F.scaled_dot_product_attention(qs, ke, ve)
-    nb = B * H * L * D * 4
-    rows.append(dict(name="SDPA FP16 expanded K/V (32 heads)", t_us=t * 1e6, bytes_read=nb, GBps=nb / t / 1e9, frac_copy=nb / t / copy_bw, tok_s=B / t,
-                     relL2_orig=statistics.mean(rel_l2(og[b, :, 0], ref_orig[b][0]) for b in range(NREF))))
+    sdpa_row("SDPA FP16 expanded K/V (32 heads)", lambda: F.scaled_dot_product_attention(qs, ke, ve), B * H * L * D * 4)
     sdpa_t = rows[-1]["t_us"]
     gqa = [r for r in rows if "enable_gqa" in r["name"]]
     for r in rows:
         r["speedup_vs_sdpa_expanded"] = sdpa_t / r["t_us"]
         r["speedup_vs_sdpa_gqa"] = gqa[0]["t_us"] / r["t_us"] if gqa else float("nan")
     res["rows"] = rows
-    print("| kernel | time (us) | tokens/s | bytes read (GB) | GB/s read | of copy bw | vs SDPA expanded | vs SDPA enable_gqa | relL2 vs fp64 (dequant) | relL2 vs fp64 (orig) | GPU vs CPU |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| kernel | time (us) | b2b (us) | kernels (us) | tokens/s | bytes read (GB) | GB/s read | of copy bw | b2b of copy bw "
+          "| vs SDPA expanded | vs SDPA enable_gqa | relL2 vs fp64 (dequant) | relL2 vs fp64 (orig) | GPU vs CPU |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print("| %s | %.0f | %.0f | %.3f | %.0f | %.1f%% | %.2fx | %.2fx | %s | %.2e | %s |" % (
-            r["name"], r["t_us"], r["tok_s"], r["bytes_read"] / 1e9, r["GBps"], 100 * r["frac_copy"], r["speedup_vs_sdpa_expanded"], r["speedup_vs_sdpa_gqa"],
+        print("| %s | %.0f | %.0f | %s | %.0f | %.3f | %.0f | %.1f%% | %.1f%% | %.2fx | %.2fx | %s | %.2e | %s |" % (
+            r["name"], r["t_us"], r["t_us_b2b"], "%.0f" % r["t_us_kernel"] if r["t_us_kernel"] == r["t_us_kernel"] else "-", r["tok_s"],
+            r["bytes_read"] / 1e9, r["GBps"], 100 * r["frac_copy"], 100 * r["frac_copy_b2b"], r["speedup_vs_sdpa_expanded"], r["speedup_vs_sdpa_gqa"],
             "%.2e" % r["relL2_dequant"] if "relL2_dequant" in r else "-", r["relL2_orig"],
             "%.1e" % r["gpu_vs_cpu"] if "gpu_vs_cpu" in r else "-"), flush=True)
     with open(os.path.join(out, "gpu_decode.json"), "w") as f:
@@ -331,6 +392,7 @@ def main():
     ap.add_argument("--small", action="store_true", help="tiny correctness cases only (for compute-sanitizer)")
     ap.add_argument("--out", default=os.environ.get("OUT", "out"))
     ap.add_argument("--profile", action="store_true", help="only two decodes per cache dtype at the benchmark shape (for ncu)")
+    ap.add_argument("--no-kprof", action="store_true", help="skip the torch.profiler kernel times")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     lib = Lib(a.lib)
@@ -339,7 +401,7 @@ def main():
         return
     ok = correctness(lib, a.small)
     if not a.small:
-        bench(lib, a.out)
+        bench(lib, a.out, kprof=not a.no_kprof)
     sys.exit(0 if ok else 1)
 
 

@@ -432,8 +432,11 @@ typedef struct qattn_kv_device_cache {
 
 /* Split-KV decode on the GPU (ctx: backend cuda). dp as for qattn_kv_decode except that q, o
  * and lse are device pointers; seq_ids stays in host memory. head_dim 64 or 128. Queued on
- * dev->stream, not synchronised; per-call scratch comes from cudaMallocAsync on that stream.
- * The split partials are merged in a fixed order: results are run-to-run deterministic. */
+ * dev->stream (one kernel launch per 128 sequences), not synchronised. The split scratch is cached
+ * in ctx: allocated by the first call that needs it and grown when a call needs more (cudaMalloc,
+ * which synchronises the device); it serialises ctx's decodes (a call on another stream than the
+ * previous call's waits for that call on the device). The split partials are merged in a fixed
+ * order: results are run-to-run deterministic. */
 QATTN_API qattn_status qattn_kv_decode_cuda(qattn_ctx *ctx, const qattn_kv_cache *cache, const qattn_kv_device_cache *dev,
                                             const qattn_decode_params *dp);
 

@@ -16,6 +16,7 @@ extern "C" {
 #include "qattn_internal.h"
 }
 #include "cuda_common.cuh"
+#include "kv_decode.cuh"
 
 namespace {
 
@@ -30,6 +31,7 @@ struct cuda_state {
     int i8_wgmma; /* INT8 D 128 on the sm_90a wgmma kernel (QATTN_CUDA_I8_KERNEL=mma forces mma.sync) */
     void *ws;
     size_t ws_bytes;
+    qattn_kvd_state kvd; /* GPU decode: residency table, cached split scratch (kv_decode.cu) */
 };
 
 /* Make ctx's device current for the duration of a call; restore the caller's device after. */
@@ -160,16 +162,27 @@ extern "C" qattn_status qattn_cuda_init(qattn_ctx *ctx) {
         const char *k = getenv("QATTN_CUDA_I8_KERNEL");
         st->i8_wgmma = prop.major == 9 && prop.minor == 0 && !(k && strcmp(k, "mma") == 0);
     }
+    if ((e = qattn_cuda_prepare_kvd(&st->kvd, st->sm_count)) != cudaSuccess) {
+        cudaGetLastError();
+        qattn_free(ctx, st);
+        return qattn_fail(ctx, QATTN_ERR_BACKEND, "decode kernels (shared memory limit, occupancy, event): %s", cudaGetErrorString(e));
+    }
     ctx->cuda_state = st;
     return QATTN_OK;
+}
+
+qattn_kvd_state *qattn_cuda_kvd_state(qattn_ctx *ctx) {
+    cuda_state *st = (cuda_state *)ctx->cuda_state;
+    return st ? &st->kvd : NULL;
 }
 
 extern "C" void qattn_cuda_release(qattn_ctx *ctx) {
     cuda_state *st = (cuda_state *)ctx->cuda_state;
     if (!st) return;
-    if (st->ws) {
+    {
         device_guard guard(st->device);
-        cudaFree(st->ws); /* synchronises the device: contexts are destroyed off the hot path */
+        if (st->ws) cudaFree(st->ws); /* synchronises the device: contexts are destroyed off the hot path */
+        qattn_cuda_release_kvd(&st->kvd);
     }
     qattn_free(ctx, st);
     ctx->cuda_state = NULL;

@@ -7,8 +7,11 @@
  * shared memory. INT8 cache: kvd_mma (chunks of 8 or 16 rows; S = q K^T and O^T = V^T P^T on
  * mma.sync tensor cores); FP16/BF16 cache: kvd_split2 (chunks of up to 4 rows, FP32 FMA; INT8 with
  * dp4a when built with -DQATTN_KVD_I8_DP4A, for comparison). Online softmax in FP32 with exp2.
- * Partials (max, sum, acc[D]) per split go to scratch; the merge kernel combines the splits of a
- * row in split order (fixed order: results are run-to-run deterministic) and writes o and lse.
+ * Partials (max, sum, acc[D]) per split go to scratch; the last block of a unit to finish (an
+ * arrival counter per unit) combines the unit's splits in split order (fixed order: results are
+ * run-to-run deterministic) and writes o and lse, so a decode is one launch per 128 sequences.
+ * The residency of each split kernel (for the split count) is measured once per context
+ * (qattn_cuda_prepare_kvd) and the scratch is cached in the context (kv_decode.cuh).
  * A first version without the shared-memory pipeline (loads held in registers, 250 registers per
  * thread for INT8) measured 752-807 us against 617 us for INT8 at B16 H32 HK8 D128 kv-len 32k on
  * the H100 and was removed (docs/gpu_decode.md keeps its figures). */
@@ -23,6 +26,7 @@ extern "C" {
 #include "kv/kv_internal.h"
 }
 #include "cuda_common.cuh"
+#include "kv_decode.cuh"
 
 namespace {
 
@@ -35,6 +39,7 @@ struct kvd_args {
     void *o;
     float *lse;
     float *part; /* [n_seqs_chunk][hk][nsplit][rows_pad][D+2] */
+    unsigned *cnt; /* [n_seqs_chunk][hk][n_rc] blocks of the unit done; 0 before and after a launch */
     int64_t table_ld, block_bytes, head_bytes, v_off, ks_off, vs_off;
     int32_t bs, bs_shift;           /* bs_shift >= 0 when bs is a power of two */
     int32_t b0;                     /* first sequence of this chunk (index into dp's arrays) */
@@ -68,6 +73,62 @@ __device__ __forceinline__ void key_range(int i, int lq, int L, int causal, int 
     if (b < a) b = a;
     lo = a;
     hi = b;
+}
+
+/* End of a split block, after its partial (rows rc * M .. of kv head g, sequence bl) is stored:
+ * the block counts itself in its unit (row chunk, kv head, sequence) and the unit's last block
+ * merges the unit's nsplit partials, in split order with the arithmetic of the former merge
+ * kernel (bitwise the same results), then puts the counter back to 0 for the next launch.
+ * Memory order (as a CUTLASS semaphore): the barrier puts the block's partial stores before
+ * thread 0's fence + count (a release that covers them); the last block's thread 0 fences after
+ * the count (acquire), then the barrier, then the block reads the partials, through L2. An empty
+ * split (past the sequence's end) counts like any other, with m = -inf. nsplit 1: the one block
+ * is the last and reads back its own partial. One warp per row, lanes over the channels. */
+template <int D, int M, int NW> __device__ __forceinline__ void kvd_finish(const kvd_args &a, int rc, int g, int bl) {
+    __syncthreads();
+    int last = 0;
+    if (threadIdx.x == 0) {
+        __threadfence();
+        unsigned *cnt = a.cnt + ((int64_t)bl * a.hk + g) * a.n_rc + rc;
+        last = atomicAdd(cnt, 1u) == (unsigned)a.nsplit - 1u;
+        if (last) {
+            *cnt = 0u; /* no other block of this launch touches it again */
+            __threadfence();
+        }
+    }
+    if (!__syncthreads_or(last)) return;
+    constexpr int CL = D / 32; /* channels per lane */
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, b = a.b0 + bl;
+    const int64_t sstride = (int64_t)a.rows_pad * (D + 2);
+    for (int r = w; r < M; r += NW) { /* warp-uniform */
+        const int R = rc * M + r;
+        if (R >= a.rows) break;
+        const float *p0 = a.part + (((int64_t)bl * a.hk + g) * a.nsplit * a.rows_pad + R) * (D + 2);
+        float m = -INFINITY;
+        for (int s = 0; s < a.nsplit; s++) m = fmaxf(m, __ldcg(p0 + s * sstride));
+        float L = 0.0f;
+        if (m != -INFINITY)
+            for (int s = 0; s < a.nsplit; s++) L += __ldcg(p0 + s * sstride + 1) * exp2f(__ldcg(p0 + s * sstride) - m);
+        const int i = R / a.group, hh = g * a.group + R % a.group;
+        const int64_t ob = (((int64_t)b * a.lq + i) * a.h + hh) * D;
+        const bool empty = m == -INFINITY;
+        float o[CL];
+#pragma unroll
+        for (int k = 0; k < CL; k++) o[k] = 0.0f;
+        if (!empty) {
+            for (int s = 0; s < a.nsplit; s++) {
+                const float *ps = p0 + s * sstride;
+                const float f = exp2f(__ldcg(ps) - m);
+#pragma unroll
+                for (int k = 0; k < CL; k++) o[k] += __ldcg(ps + 2 + lane + 32 * k) * f;
+            }
+#pragma unroll
+            for (int k = 0; k < CL; k++) o[k] /= L;
+        }
+#pragma unroll
+        for (int k = 0; k < CL; k++) st_any(a.o, a.o_dtype, ob + lane + 32 * k, o[k]);
+        if (a.lse && lane == 0) a.lse[((int64_t)b * a.h + hh) * a.lq + i] = empty ? -INFINITY : (m + log2f(L)) * 0.69314718055994531f;
+    }
 }
 
 /* 16 bytes of codes to C floats. DT: 0 FP16, 1 BF16, 2 INT8. */
@@ -414,13 +475,12 @@ template <int D, int DT, int M> __global__ void __launch_bounds__(NW2 * 32, DT =
         }
         dst[2 + c] = sa;
     }
+    kvd_finish<D, M, NW2>(a, rc, g, bl);
 }
 
+/* Launchers: the shared-memory limits were raised once per context (qattn_cuda_prepare_kvd). */
 template <int D, int DT, int M> cudaError_t launch2_m(const kvd_args &a, dim3 grid, cudaStream_t st) {
-    constexpr int SM = kvd2_cfg<D, DT>::SMEM;
-    cudaError_t e = cudaFuncSetAttribute(kvd_split2<D, DT, M>, cudaFuncAttributeMaxDynamicSharedMemorySize, SM);
-    if (e != cudaSuccess) return e;
-    kvd_split2<D, DT, M><<<grid, NW2 * 32, SM, st>>>(a);
+    kvd_split2<D, DT, M><<<grid, NW2 * 32, kvd2_cfg<D, DT>::SMEM, st>>>(a);
     return cudaGetLastError();
 }
 
@@ -430,17 +490,9 @@ template <int D, int DT> cudaError_t launch2_d(const kvd_args &a, int M, dim3 gr
     return launch2_m<D, DT, 4>(a, grid, st);
 }
 
-cudaError_t launch_split2(const kvd_args &a, int D, int dtype, int M, dim3 grid, cudaStream_t st) {
-    int DT = dtype == QATTN_DTYPE_I8 ? 2 : dtype == QATTN_DTYPE_BF16 ? 1 : 0;
+cudaError_t launch_split2(const kvd_args &a, int D, int DT, int M, dim3 grid, cudaStream_t st) {
     if (D == 64) return DT == 2 ? launch2_d<64, 2>(a, M, grid, st) : DT == 1 ? launch2_d<64, 1>(a, M, grid, st) : launch2_d<64, 0>(a, M, grid, st);
     return DT == 2 ? launch2_d<128, 2>(a, M, grid, st) : DT == 1 ? launch2_d<128, 1>(a, M, grid, st) : launch2_d<128, 0>(a, M, grid, st);
-}
-
-template <int D, int DT> int resident2(int *n) {
-    constexpr int SM = kvd2_cfg<D, DT>::SMEM;
-    cudaError_t e = cudaFuncSetAttribute(kvd_split2<D, DT, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, SM);
-    if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(n, kvd_split2<D, DT, 4>, NW2 * 32, SM);
-    return e == cudaSuccess;
 }
 
 /* ---- INT8 tensor-core split kernel (default for the INT8 cache). Same frame as kvd_split2
@@ -855,50 +907,17 @@ template <int D, int R8> __global__ void __launch_bounds__(NWM * 32, R8 == 1 && 
         }
         dst[2 + c] = sa;
     }
+    kvd_finish<D, NR, NWM>(a, rc, kh, bl);
 }
 
 template <int D, int R8> cudaError_t launchm(const kvd_args &a, dim3 grid, cudaStream_t st) {
-    constexpr int SM = kvdm_cfg<D>::SMEM;
-    cudaError_t e = cudaFuncSetAttribute(kvd_mma<D, R8>, cudaFuncAttributeMaxDynamicSharedMemorySize, SM);
-    if (e != cudaSuccess) return e;
-    kvd_mma<D, R8><<<grid, NWM * 32, SM, st>>>(a);
+    kvd_mma<D, R8><<<grid, NWM * 32, kvdm_cfg<D>::SMEM, st>>>(a);
     return cudaGetLastError();
 }
 
 cudaError_t launch_mma(const kvd_args &a, int D, int R8, dim3 grid, cudaStream_t st) {
     if (D == 64) return R8 == 1 ? launchm<64, 1>(a, grid, st) : launchm<64, 2>(a, grid, st);
     return R8 == 1 ? launchm<128, 1>(a, grid, st) : launchm<128, 2>(a, grid, st);
-}
-
-template <int D, int R8> int residentm(int *n) {
-    constexpr int SM = kvdm_cfg<D>::SMEM;
-    cudaError_t e = cudaFuncSetAttribute(kvd_mma<D, R8>, cudaFuncAttributeMaxDynamicSharedMemorySize, SM);
-    if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(n, kvd_mma<D, R8>, NWM * 32, SM);
-    return e == cudaSuccess;
-}
-
-/* One block per (row, kv head, sequence): the splits in order. */
-__global__ void __launch_bounds__(128) kvd_merge(const __grid_constant__ kvd_args a, int D) {
-    const int R = blockIdx.x, g = blockIdx.y, bl = blockIdx.z, b = a.b0 + bl;
-    const float *p0 = a.part + (((int64_t)bl * a.hk + g) * a.nsplit * a.rows_pad + R) * (D + 2);
-    const int64_t sstride = (int64_t)a.rows_pad * (D + 2);
-    float m = -INFINITY;
-    for (int s = 0; s < a.nsplit; s++) m = fmaxf(m, p0[s * sstride]);
-    float L = 0.0f;
-    if (m != -INFINITY)
-        for (int s = 0; s < a.nsplit; s++) L += p0[s * sstride + 1] * exp2f(p0[s * sstride] - m);
-    const int i = R / a.group, hh = g * a.group + R % a.group;
-    const int64_t ob = (((int64_t)b * a.lq + i) * a.h + hh) * D;
-    const bool empty = m == -INFINITY;
-    for (int c = threadIdx.x; c < D; c += blockDim.x) {
-        float o = 0.0f;
-        if (!empty) {
-            for (int s = 0; s < a.nsplit; s++) o += p0[s * sstride + 2 + c] * exp2f(p0[s * sstride] - m);
-            o /= L;
-        }
-        st_any(a.o, a.o_dtype, ob + c, o);
-    }
-    if (a.lse && threadIdx.x == 0) a.lse[((int64_t)b * a.h + hh) * a.lq + i] = empty ? -INFINITY : (m + log2f(L)) * 0.69314718055994531f;
 }
 
 /* INT8: the tensor-core kernel unless built with -DQATTN_KVD_I8_DP4A (the dp4a kvd_split2 path,
@@ -909,18 +928,63 @@ constexpr bool I8_MMA = false;
 constexpr bool I8_MMA = true;
 #endif
 
-/* Blocks of the split kernel resident per SM (for the split count). R8: row groups of kvd_mma. */
-int resident_per_sm(int D, int dtype, int R8) {
-    int n = 0;
-    int ok = dtype == QATTN_DTYPE_I8 && I8_MMA
-                 ? (D == 64 ? (R8 == 1 ? residentm<64, 1>(&n) : residentm<64, 2>(&n)) : (R8 == 1 ? residentm<128, 1>(&n) : residentm<128, 2>(&n)))
-             : dtype == QATTN_DTYPE_I8 ? (D == 64 ? resident2<64, 2>(&n) : resident2<128, 2>(&n))
-                                       : (D == 64 ? resident2<64, 0>(&n) : resident2<128, 0>(&n));
-    if (!ok) {
-        cudaGetLastError();
-        return 2;
+/* Residency slots (qattn_kvd_state.resident), in the order of kvd_preps. DT: 0 FP16, 1 BF16, 2 INT8. */
+int kvd_slot_mma(int D, int R8) { return (D == 128 ? 2 : 0) + (R8 == 2 ? 1 : 0); }
+int kvd_slot2(int D, int DT, int M) { return 4 + ((D == 128 ? 3 : 0) + DT) * 3 + (M == 1 ? 0 : M == 2 ? 1 : 2); }
+
+/* Raise an instance's shared-memory limit, then its blocks resident per SM (for the split count). */
+template <int D, int R8> cudaError_t prep_mma(int *n) {
+    cudaError_t e = cudaFuncSetAttribute(kvd_mma<D, R8>, cudaFuncAttributeMaxDynamicSharedMemorySize, kvdm_cfg<D>::SMEM);
+    return e != cudaSuccess ? e : cudaOccupancyMaxActiveBlocksPerMultiprocessor(n, kvd_mma<D, R8>, NWM * 32, kvdm_cfg<D>::SMEM);
+}
+template <int D, int DT, int M> cudaError_t prep_split2(int *n) {
+    cudaError_t e = cudaFuncSetAttribute(kvd_split2<D, DT, M>, cudaFuncAttributeMaxDynamicSharedMemorySize, kvd2_cfg<D, DT>::SMEM);
+    return e != cudaSuccess ? e : cudaOccupancyMaxActiveBlocksPerMultiprocessor(n, kvd_split2<D, DT, M>, NW2 * 32, kvd2_cfg<D, DT>::SMEM);
+}
+using kvd_prep_fn = cudaError_t (*)(int *);
+const kvd_prep_fn kvd_preps[] = {
+    prep_mma<64, 1>,        prep_mma<64, 2>,        prep_mma<128, 1>,       prep_mma<128, 2>,
+    prep_split2<64, 0, 1>,  prep_split2<64, 0, 2>,  prep_split2<64, 0, 4>,  /* D 64 FP16 */
+    prep_split2<64, 1, 1>,  prep_split2<64, 1, 2>,  prep_split2<64, 1, 4>,  /* D 64 BF16 */
+    prep_split2<64, 2, 1>,  prep_split2<64, 2, 2>,  prep_split2<64, 2, 4>,  /* D 64 INT8 (dp4a) */
+    prep_split2<128, 0, 1>, prep_split2<128, 0, 2>, prep_split2<128, 0, 4>, /* D 128 FP16 */
+    prep_split2<128, 1, 1>, prep_split2<128, 1, 2>, prep_split2<128, 1, 4>, /* D 128 BF16 */
+    prep_split2<128, 2, 1>, prep_split2<128, 2, 2>, prep_split2<128, 2, 4>, /* D 128 INT8 (dp4a) */
+};
+static_assert(sizeof kvd_preps / sizeof kvd_preps[0] == QATTN_KVD_SLOTS, "one residency slot per split-kernel instance");
+
+/* The context's scratch, grown to at least part_bytes of partials and cnt_bytes of counters.
+ * Cached rather than cudaMallocAsync per call: with the default pool's release threshold (0) the
+ * pool may hand its memory back at every synchronisation, so a call after a sync can pay for a
+ * fresh mapping on the host before its launch, and per-call counters would need a memset per
+ * call; the cached counters are zeroed once here and stay zero (the last block of each unit
+ * resets its own). Growing frees the old
+ * buffer with cudaFree, which waits for the device (as the INT8 prefill workspace in backend.cu),
+ * so no earlier call still uses it; it happens on the first calls of a larger shape only. */
+cudaError_t kvd_scratch(qattn_kvd_state *s, size_t part_bytes, size_t cnt_bytes, cudaStream_t st) {
+    cudaError_t e;
+    if (s->part_bytes < part_bytes) {
+        if (s->part) cudaFree(s->part);
+        s->part = NULL;
+        s->part_bytes = 0;
+        if ((e = cudaMalloc(&s->part, part_bytes)) != cudaSuccess) {
+            s->part = NULL;
+            return e;
+        }
+        s->part_bytes = part_bytes;
     }
-    return n > 0 ? n : 1;
+    if (s->cnt_bytes < cnt_bytes) {
+        if (s->cnt) cudaFree(s->cnt);
+        s->cnt = NULL;
+        s->cnt_bytes = 0;
+        if ((e = cudaMalloc(&s->cnt, cnt_bytes)) != cudaSuccess) {
+            s->cnt = NULL;
+            return e;
+        }
+        if ((e = cudaMemsetAsync(s->cnt, 0, cnt_bytes, st)) != cudaSuccess) return e; /* stays unusable: cnt_bytes 0 */
+        s->cnt_bytes = cnt_bytes;
+    }
+    return cudaSuccess;
 }
 
 struct dev_guard {
@@ -937,6 +1001,28 @@ struct dev_guard {
 };
 
 } // namespace
+
+cudaError_t qattn_cuda_prepare_kvd(qattn_kvd_state *s, int sm_count) {
+    memset(s, 0, sizeof *s);
+    s->sm_count = sm_count > 0 ? sm_count : 1;
+    for (int i = 0; i < QATTN_KVD_SLOTS; i++) {
+        int n = 0;
+        cudaError_t e = kvd_preps[i](&n);
+        if (e != cudaSuccess) return e;
+        s->resident[i] = n > 0 ? n : 1;
+    }
+    cudaEvent_t ev;
+    cudaError_t e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming);
+    if (e == cudaSuccess) s->done = ev;
+    return e;
+}
+
+void qattn_cuda_release_kvd(qattn_kvd_state *s) {
+    if (s->part) cudaFree(s->part);
+    if (s->cnt) cudaFree(s->cnt);
+    if (s->done) cudaEventDestroy(s->done);
+    memset(s, 0, sizeof *s);
+}
 
 extern "C" qattn_status qattn_kv_decode_cuda(qattn_ctx *ctx, const qattn_kv_cache *c, const qattn_kv_device_cache *dev,
                                              const qattn_decode_params *dp) {
@@ -981,12 +1067,15 @@ extern "C" qattn_status qattn_kv_decode_cuda(qattn_ctx *ctx, const qattn_kv_cach
                               (long long)c->seq_len[id], dp->seqlen_q);
         if (c->seq_len[id] > max_len) max_len = c->seq_len[id];
     }
+    qattn_kvd_state *ks = qattn_cuda_kvd_state(ctx);
+    if (!ks) return qattn_fail(ctx, QATTN_ERR_BACKEND, "qattn_kv_decode_cuda: the context has no CUDA state");
     dev_guard guard(ctx->cuda_device);
     if (guard.err != cudaSuccess) return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaSetDevice(%d): %s", ctx->cuda_device, cudaGetErrorString(guard.err));
     cudaStream_t st = (cudaStream_t)dev->stream;
     const int D = c->head_dim, HK = c->n_kv_heads, group = dp->n_heads / HK, rows = group * dp->seqlen_q;
     /* rows per chunk: kvd_mma 8 or 16 (R8 1 or 2); kvd_split2 4 (fewer when there are fewer) */
     const bool mma = c->dtype == QATTN_DTYPE_I8 && I8_MMA;
+    const int DT = c->dtype == QATTN_DTYPE_I8 ? 2 : c->dtype == QATTN_DTYPE_BF16 ? 1 : 0;
     const int R8 = rows > 8 ? 2 : 1;
     const int M = mma ? 8 * R8 : rows >= 3 ? 4 : rows, n_rc = (rows + M - 1) / M;
 
@@ -1024,14 +1113,9 @@ extern "C" qattn_status qattn_kv_decode_cuda(qattn_ctx *ctx, const qattn_kv_cach
      * (waves of resident blocks, rounded up) x (tokens per split + 64 of fixed cost), over
      * 1 .. 4x the split count that gives 8 waves: fills the SMs several times without a ragged
      * last wave. */
-    int sms = 132;
-    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, ctx->cuda_device) != cudaSuccess) {
-        cudaGetLastError();
-        sms = 132;
-    }
     int32_t chunk = dp->n_seqs < SEQ_CHUNK ? dp->n_seqs : SEQ_CHUNK;
     int64_t units = (int64_t)chunk * HK * n_rc;
-    int64_t resident = (int64_t)resident_per_sm(D, c->dtype, R8) * sms;
+    int64_t resident = (int64_t)ks->resident[mma ? kvd_slot_mma(D, R8) : kvd_slot2(D, DT, M)] * ks->sm_count;
     int64_t want = (8 * resident + units - 1) / units;
     int64_t most = (max_len + 255) / 256;
     if (most < 1) most = 1;
@@ -1057,15 +1141,23 @@ extern "C" qattn_status qattn_kv_decode_cuda(qattn_ctx *ctx, const qattn_kv_cach
     if ((int64_t)n_rc * nsplit > INT32_MAX / 2)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "qattn_kv_decode_cuda: too many row chunks x splits (%d x %lld)", n_rc, (long long)nsplit);
 
+    /* scratch: cached in the context (kvd_scratch); counters per unit of one launch, reused by the
+     * next launch of the loop (stream order: they are back to 0 when it starts) */
     size_t part_bytes = (size_t)chunk * HK * nsplit * a.rows_pad * (D + 2) * sizeof(float);
-    void *part = NULL;
-    cudaError_t e = cudaMallocAsync(&part, part_bytes, st);
+    size_t cnt_bytes = (size_t)units * sizeof(unsigned);
+    cudaError_t e = kvd_scratch(ks, part_bytes, cnt_bytes, st);
     if (e != cudaSuccess) {
         cudaGetLastError();
-        return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "qattn_kv_decode_cuda: cudaMallocAsync of %zu bytes of split partials: %s", part_bytes,
-                          cudaGetErrorString(e));
+        return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "qattn_kv_decode_cuda: %zu bytes of split partials and %zu of counters: %s", part_bytes,
+                          cnt_bytes, cudaGetErrorString(e));
     }
-    a.part = (float *)part;
+    /* the scratch serialises the context's callers: wait for the previous call if it ran on another stream */
+    if (ks->used && ks->last_stream != (void *)st && (e = cudaStreamWaitEvent(st, ks->done, 0)) != cudaSuccess) {
+        cudaGetLastError();
+        return qattn_fail(ctx, QATTN_ERR_BACKEND, "qattn_kv_decode_cuda: cudaStreamWaitEvent (the previous call's stream): %s", cudaGetErrorString(e));
+    }
+    a.part = (float *)ks->part;
+    a.cnt = (unsigned *)ks->cnt;
     qattn_status status = QATTN_OK;
     for (int32_t b0 = 0; b0 < dp->n_seqs && status == QATTN_OK; b0 += SEQ_CHUNK) {
         int32_t n = dp->n_seqs - b0 < SEQ_CHUNK ? dp->n_seqs - b0 : SEQ_CHUNK;
@@ -1075,18 +1167,19 @@ extern "C" qattn_status qattn_kv_decode_cuda(qattn_ctx *ctx, const qattn_kv_cach
             a.seq_len[k] = (int32_t)c->seq_len[dp->seq_ids[b0 + k]];
         }
         dim3 grid((unsigned)(n_rc * nsplit), (unsigned)HK, (unsigned)n);
-        if ((e = mma ? launch_mma(a, D, R8, grid, st) : launch_split2(a, D, c->dtype, M, grid, st)) != cudaSuccess)
+        if ((e = mma ? launch_mma(a, D, R8, grid, st) : launch_split2(a, D, DT, M, grid, st)) != cudaSuccess) {
+            cudaGetLastError();
             status = qattn_fail(ctx, QATTN_ERR_BACKEND, "qattn_kv_decode_cuda: split kernel launch (%u x %u x %u blocks): %s", grid.x, grid.y, grid.z,
                                 cudaGetErrorString(e));
-        else {
-            kvd_merge<<<dim3((unsigned)rows, (unsigned)HK, (unsigned)n), 128, 0, st>>>(a, D);
-            if ((e = cudaGetLastError()) != cudaSuccess)
-                status = qattn_fail(ctx, QATTN_ERR_BACKEND, "qattn_kv_decode_cuda: merge kernel launch: %s", cudaGetErrorString(e));
         }
     }
-    if ((e = cudaFreeAsync(part, st)) != cudaSuccess && status == QATTN_OK) {
+    /* after whatever was queued, failed launch or not */
+    if ((e = cudaEventRecord(ks->done, st)) != cudaSuccess) {
         cudaGetLastError();
-        status = qattn_fail(ctx, QATTN_ERR_BACKEND, "qattn_kv_decode_cuda: cudaFreeAsync: %s", cudaGetErrorString(e));
+        if (status == QATTN_OK) status = qattn_fail(ctx, QATTN_ERR_BACKEND, "qattn_kv_decode_cuda: cudaEventRecord: %s", cudaGetErrorString(e));
+    } else {
+        ks->used = 1;
+        ks->last_stream = (void *)st;
     }
     return status;
 }

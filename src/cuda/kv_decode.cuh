@@ -1,0 +1,40 @@
+/* The GPU decode's per-context state (src/cuda/kv_decode.cu), held inside the CUDA backend's state
+ * (backend.cu: cuda_state.kvd). Filled once by qattn_cuda_prepare_kvd when the context is created,
+ * so the hot path makes no device query; the split scratch is cached here (see kv_decode.cu). */
+#ifndef QATTN_CUDA_KV_DECODE_CUH
+#define QATTN_CUDA_KV_DECODE_CUH
+
+#include <cuda_runtime.h>
+#include <stddef.h>
+
+struct qattn_ctx;
+
+/* Split-kernel instances with a residency slot: kvd_mma<D 64|128, R8 1|2> (4) and
+ * kvd_split2<D 64|128, DT 0|1|2, M 1|2|4> (18); the index is kvd_slot() in kv_decode.cu. */
+constexpr int QATTN_KVD_SLOTS = 22;
+
+struct qattn_kvd_state {
+    int sm_count;
+    int resident[QATTN_KVD_SLOTS]; /* blocks of each split-kernel instance resident per SM (>= 1) */
+    /* Cached scratch: split partials (not initialised) and the arrival counters, zero between
+     * calls (zeroed when allocated; the last block of each unit puts its counter back to 0). */
+    void *part;
+    size_t part_bytes;
+    void *cnt;
+    size_t cnt_bytes;
+    /* The scratch serialises the context's callers: recorded after each call's kernels; a call on
+     * another stream than the previous one waits for it first. */
+    cudaEvent_t done;
+    void *last_stream;
+    int used;
+};
+
+/* Once per context, with its device current: raise the split kernels' shared-memory limits,
+ * record their residency, create the event. */
+cudaError_t qattn_cuda_prepare_kvd(qattn_kvd_state *s, int sm_count);
+/* With the context's device current: free the scratch and the event (synchronises the device). */
+void qattn_cuda_release_kvd(qattn_kvd_state *s);
+/* ctx's decode state (backend.cu), or NULL when ctx has no CUDA state. */
+qattn_kvd_state *qattn_cuda_kvd_state(qattn_ctx *ctx);
+
+#endif
