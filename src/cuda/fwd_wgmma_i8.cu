@@ -35,8 +35,8 @@ namespace {
 #ifndef QATTN_I8W_PINGPONG
 #define QATTN_I8W_PINGPONG 1
 #endif
-#ifndef QATTN_I8W_POLY /* exponentials on the FMA pipe: this many of the 16 key groups of 8 (see exp2_fma) */
-#define QATTN_I8W_POLY 0
+#ifndef QATTN_I8W_TREEMAX /* row max of a tile as a tree (1) or a chain (0), for timing the two */
+#define QATTN_I8W_TREEMAX 1
 #endif
 #ifndef QATTN_I8W_TAU /* see the softmax step */
 #define QATTN_I8W_TAU 8
@@ -197,22 +197,6 @@ __device__ __forceinline__ void o_update(float o[D / 8][4], const int pv[64], co
         }
     }
 }
-/* 2^x for x <= 0 on the FMA pipe, for some of the scores: the MUFU unit does 16 exponentials per SM
- * per cycle, 512 cycles of a warp's tile, in the critical path of its softmax, while the issue slots
- * sit idle. Round to nearest integer n by the 1.5 * 2^23 trick, 2^f on [-1/2, 1/2] by a degree-5 fit
- * (max relative error 3.4e-7 in FP32, as ex2.approx), n added to the exponent bits. x < -120 (masked
- * -inf too) gives below 2^-120, a P code of 0 either way; NaN also lands there, but a NaN score has
- * already made the tile max, beta and so the row NaN. */
-__device__ __forceinline__ float exp2_fma(float x) {
-    x = fmaxf(x, -120.f);
-    const float t = x + 12582912.f, f = x - (t - 12582912.f);
-    float p = fmaf(0.0012915670f, f, 0.0096685309f);
-    p = fmaf(p, f, 0.055516887f);
-    p = fmaf(p, f, 0.24022265f);
-    p = fmaf(p, f, 0.69314647f);
-    p = fmaf(p, f, 1.0f);
-    return __int_as_float(__float_as_int(p) + (__float_as_int(t) << 23));
-}
 /* Scores of key tile n0 (stage s) to the P codes pa, the row statistics and the factors of its P V. */
 __device__ __forceinline__ void softmax_step(const int si[64], const float *skt, int n0, const item_rows &w, int t4, float mx[2], float l[2],
                                              float alpha[2], float beta[2], bool &rescale, uint32_t pa[4][4]) {
@@ -245,6 +229,7 @@ __device__ __forceinline__ void softmax_step(const int si[64], const float *skt,
     bool grow = false;
 #pragma unroll
     for (int r = 0; r < 2; r++) {
+#if QATTN_I8W_TREEMAX
         /* a tree (depth 5, not a chain of 32): max is exact, so the order changes nothing but the latency */
         float t16[BN / 8];
 #pragma unroll
@@ -258,6 +243,11 @@ __device__ __forceinline__ void softmax_step(const int si[64], const float *skt,
         for (int n = 0; n < 2; n++) t16[n] = qattn_fmax_nan(t16[n], t16[n + 2]);
         t16[0] = qattn_fmax_nan(t16[0], t16[1]);
         float mb = t16[0];
+#else
+        float mb = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < BN / 8; n++) mb = qattn_fmax_nan(mb, qattn_fmax_nan(sf[4 * n + 2 * r], sf[4 * n + 2 * r + 1]));
+#endif
         mb = qattn_fmax_nan(mb, __shfl_xor_sync(0xffffffffu, mb, 1));
         mb = qattn_fmax_nan(mb, __shfl_xor_sync(0xffffffffu, mb, 2));
         const bool up = (mb - mx[r]) * rf[r] > (float)QATTN_I8W_TAU; /* false for NaN; true from -inf */
@@ -269,10 +259,8 @@ __device__ __forceinline__ void softmax_step(const int si[64], const float *skt,
         const float msc = mb == -INFINITY ? 0.f : mb * rf[r];
 #pragma unroll
         for (int n = 0; n < BN / 8; n++) {
-            const float x0 = fmaf(sf[4 * n + 2 * r], rf[r], -msc), x1 = fmaf(sf[4 * n + 2 * r + 1], rf[r], -msc);
-            const bool on_fma = QATTN_I8W_POLY > 0 && n % (BN / 8 / (QATTN_I8W_POLY > 0 ? QATTN_I8W_POLY : 1)) == 0;
-            sf[4 * n + 2 * r] = on_fma ? exp2_fma(x0) : qattn_ex2(x0);
-            sf[4 * n + 2 * r + 1] = on_fma ? exp2_fma(x1) : qattn_ex2(x1);
+            sf[4 * n + 2 * r] = qattn_ex2(fmaf(sf[4 * n + 2 * r], rf[r], -msc));
+            sf[4 * n + 2 * r + 1] = qattn_ex2(fmaf(sf[4 * n + 2 * r + 1], rf[r], -msc));
         }
     }
     rescale = __any_sync(0xffffffffu, grow);

@@ -167,6 +167,10 @@ static int run_case(qattn_ctx *gpu, qattn_ctx *gpu_alt, qattn_ctx *cpu, const tc
     p.q = dq, p.k = dk, p.v = dv, p.o = dout, p.lse = dlse;
     p.cu_seqlens_q = dcuq, p.cu_seqlens_k = dcuk;
     p.stream = stream;
+    /* The copies and memsets above are on the legacy stream, which a non-blocking stream does not
+     * wait for (and a pageable host-to-device copy may return before its DMA ends): without this the
+     * kernel could read the previous case's inputs or have its outputs re-poisoned (seen under load). */
+    CK(cudaDeviceSynchronize());
     qattn_status s = qattn_forward(gpu, &p);
     if (c->precision == QATTN_PRECISION_INT8 && c->varlen) { /* not implemented on the INT8 path: must be refused */
         printf("%s %-72s -> %s: %s\n", s == QATTN_ERR_UNSUPPORTED ? "ok  " : "FAIL", desc, qattn_status_str(s), qattn_ctx_last_error(gpu));
@@ -188,6 +192,7 @@ static int run_case(qattn_ctx *gpu, qattn_ctx *gpu_alt, qattn_ctx *cpu, const tc
     if (gpu_alt && c->precision == QATTN_PRECISION_INT8) {
         void *hout2 = malloc(nq * osz);
         CK(cudaMemset(dout, 0xff, nq * osz));
+        CK(cudaDeviceSynchronize()); /* the poison first (legacy stream, see above) */
         s = qattn_forward(gpu_alt, &p);
         if (s != QATTN_OK) {
             printf("FAIL %s: qattn_forward (other INT8 kernel): %s: %s\n", desc, qattn_status_str(s), qattn_ctx_last_error(gpu_alt));
