@@ -35,9 +35,6 @@ namespace {
 #ifndef QATTN_I8W_PINGPONG
 #define QATTN_I8W_PINGPONG 1
 #endif
-#ifndef QATTN_I8W_TREEMAX /* row max of a tile as a tree (1) or a chain (0), for timing the two */
-#define QATTN_I8W_TREEMAX 1
-#endif
 #ifndef QATTN_I8W_TAU /* see the softmax step */
 #define QATTN_I8W_TAU 8
 #endif
@@ -229,25 +226,11 @@ __device__ __forceinline__ void softmax_step(const int si[64], const float *skt,
     bool grow = false;
 #pragma unroll
     for (int r = 0; r < 2; r++) {
-#if QATTN_I8W_TREEMAX
-        /* a tree (depth 5, not a chain of 32): max is exact, so the order changes nothing but the latency */
-        float t16[BN / 8];
-#pragma unroll
-        for (int n = 0; n < BN / 8; n++) t16[n] = qattn_fmax_nan(sf[4 * n + 2 * r], sf[4 * n + 2 * r + 1]);
-        static_assert(BN / 8 == 16, "the tree below halves 16 partial maxima");
-#pragma unroll
-        for (int n = 0; n < 8; n++) t16[n] = qattn_fmax_nan(t16[n], t16[n + 8]);
-#pragma unroll
-        for (int n = 0; n < 4; n++) t16[n] = qattn_fmax_nan(t16[n], t16[n + 4]);
-#pragma unroll
-        for (int n = 0; n < 2; n++) t16[n] = qattn_fmax_nan(t16[n], t16[n + 2]);
-        t16[0] = qattn_fmax_nan(t16[0], t16[1]);
-        float mb = t16[0];
-#else
+        /* a chain: a tree of the same maxima (depth 5 instead of 16) measured 3-4% slower (H200,
+         * 2026-12-01, bench/gpu_i8_ab.py, docs/gpu.md round 5) */
         float mb = -INFINITY;
 #pragma unroll
         for (int n = 0; n < BN / 8; n++) mb = qattn_fmax_nan(mb, qattn_fmax_nan(sf[4 * n + 2 * r], sf[4 * n + 2 * r + 1]));
-#endif
         mb = qattn_fmax_nan(mb, __shfl_xor_sync(0xffffffffu, mb, 1));
         mb = qattn_fmax_nan(mb, __shfl_xor_sync(0xffffffffu, mb, 2));
         const bool up = (mb - mx[r]) * rf[r] > (float)QATTN_I8W_TAU; /* false for NaN; true from -inf */
