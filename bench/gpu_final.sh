@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
-# One device call: build (default + a decode-stages variant), GPU tests (FP16, INT8 with the
-# wgmma-vs-mma.sync cross-check), memcheck of the INT8 forward and of the decode small cases,
-# the decode benchmark (default and variant), then the full bench/gpu_compare.py table.
+# One device call: build, the GPU tests (FP16; INT8 with the wgmma-vs-mma.sync cross-check; run side by
+# side on purpose), compute-sanitizer memcheck and racecheck of the INT8 forward and of the decode small
+# cases, the Python binding's GPU tests, the decode benchmark, then the full bench/gpu_compare.py table.
+# Logs under $OUT (default ./out); the tables are printed last.
 set -u
 OUT=${OUT:-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-( cmake -S . -B build-st6 -DQATTN_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DQATTN_BUILD_TESTS=OFF -DCMAKE_CUDA_FLAGS=-DQATTN_KVD_MMA_STAGES=6 && \
-  cmake --build build-st6 -j6 --target qattn ) > /tmp/b6.log 2>&1 &
-{ cmake -S . -B build-gpu -DQATTN_CUDA=ON -DCMAKE_BUILD_TYPE=Release && cmake --build build-gpu -j10 --target qattn qattn_gpu_test; } > /tmp/b.log 2>&1 \
+nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu,power.draw --format=csv,noheader
+{ cmake -S . -B build-gpu -DQATTN_CUDA=ON -DCMAKE_BUILD_TYPE=Release && cmake --build build-gpu -j16 --target qattn qattn_gpu_test; } > /tmp/b.log 2>&1 \
   || { tail -30 /tmp/b.log; exit 1; }
 T=build-gpu/tests/gpu/qattn_gpu_test
-timeout 200 $T > /tmp/t16.log 2>&1; echo "test f16 rc=$?"; grep -E "FAIL|PASSED|FAILED" /tmp/t16.log
-timeout 200 $T --int8 > "$OUT/test_i8.log" 2>&1; echo "test int8 rc=$?"; grep -E "FAIL|PASSED|FAILED" "$OUT/test_i8.log"
-timeout 200 compute-sanitizer --tool memcheck --error-exitcode 3 $T --small --int8 > /tmp/m1.log 2>&1; echo "memcheck fwd int8 rc=$?"; tail -1 /tmp/m1.log
-timeout 200 compute-sanitizer --tool memcheck python3 bench/gpu_decode.py --lib build-gpu/libqattn.so --small --out /tmp/s1 > /tmp/m2.log 2>&1; echo "memcheck decode rc=$?"; grep -E "CORRECTNESS|ERROR SUMMARY" /tmp/m2.log
-timeout 240 python3 bench/gpu_decode.py --lib build-gpu/libqattn.so --out "$OUT" 2>&1 | tee "$OUT/decode.log" | grep -E "FAIL|CORRECTNESS|copy|^\|"
+( timeout 300 stdbuf -oL $T > "$OUT/test_f16.log" 2>&1; echo "rc=$?" >> "$OUT/test_f16.log" ) &
+( timeout 300 stdbuf -oL $T --int8 > "$OUT/test_i8.log" 2>&1; echo "rc=$?" >> "$OUT/test_i8.log" ) &
 wait
-[ -f build-st6/libqattn.so ] && timeout 200 python3 bench/gpu_decode.py --lib build-st6/libqattn.so --out /tmp/st6 2>&1 | grep -E "FAIL|CORRECTNESS|copy|^\| qattn" | tee "$OUT/decode_st6.log"
-timeout 300 python3 bench/gpu_compare.py --lib build-gpu/libqattn.so --out "$OUT" --reps 20 2>&1 | tee "$OUT/bench.log" | grep -E "^\|"
+for f in "$OUT/test_f16.log" "$OUT/test_i8.log"; do echo "$f: ok $(grep -c '^ok' $f), FAIL $(grep -c FAIL $f), $(tail -1 $f)"; grep FAIL $f | head -5; done
+for tool in memcheck racecheck; do
+  timeout 200 compute-sanitizer --tool $tool --error-exitcode 3 $T --small --int8 > /tmp/s_$tool.log 2>&1; echo "$tool int8 forward rc=$?: $(tail -1 /tmp/s_$tool.log)"
+  timeout 150 compute-sanitizer --tool $tool python3 bench/gpu_decode.py --lib build-gpu/libqattn.so --small --out /tmp/s_$tool > /tmp/d_$tool.log 2>&1
+  echo "$tool decode rc=$?: $(grep -E 'CORRECTNESS|SUMMARY' /tmp/d_$tool.log | tr '\n' ' ')"
+done
+QATTN_LIBRARY=$PWD/build-gpu/libqattn.so PYTHONPATH=$PWD/python timeout 200 python3 -m pytest -q python/tests/test_gpu.py 2>&1 | tail -1
+timeout 240 python3 bench/gpu_decode.py --lib build-gpu/libqattn.so --out "$OUT" > "$OUT/decode.log" 2>&1; grep -E "FAIL|CORRECTNESS|copy|^\|" "$OUT/decode.log"
+timeout 300 python3 bench/gpu_compare.py --lib build-gpu/libqattn.so --out "$OUT" --reps 20 > "$OUT/bench.log" 2>&1; grep -E "^\||Error" "$OUT/bench.log"
