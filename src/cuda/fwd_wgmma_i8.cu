@@ -35,9 +35,6 @@ namespace {
 #ifndef QATTN_I8W_PINGPONG
 #define QATTN_I8W_PINGPONG 1
 #endif
-#ifndef QATTN_I8W_EARLY_INIT /* 1: accumulators reset to the bias as soon as they are read, not before the next GEMM */
-#define QATTN_I8W_EARLY_INIT 0
-#endif
 #ifndef QATTN_I8W_TAU /* see the softmax step */
 #define QATTN_I8W_TAU 8
 #endif
@@ -103,9 +100,6 @@ __device__ __forceinline__ void named_arrive(int id) { asm volatile("bar.arrive 
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N> __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
-/* An accumulator set to the bias 1.5 * 2^23 at this point of the program (volatile: the compiler would
- * otherwise sink the moves to the wgmma that reads them, in the path to its issue). */
-__device__ __forceinline__ void bias_now(int &r) { asm volatile("mov.b32 %0, 0x4B400000;\n" : "=r"(r)); }
 /* Pin a register's value at this point of the program (accumulators of in-flight wgmma). */
 __device__ __forceinline__ void reg_fence(int &r) { asm volatile("" : "+r"(r)::"memory"); }
 __device__ __forceinline__ void reg_fence(uint32_t &r) { asm volatile("" : "+r"(r)::"memory"); }
@@ -157,7 +151,7 @@ __device__ __forceinline__ void turn_end(int wg) {
 /* S = Q K^T as biased floats (accumulators start at 1.5 * 2^23) */
 __device__ __forceinline__ void issue_s(int si[64], uint64_t dq, uint32_t sk_tile) {
 #pragma unroll
-    for (int i = 0; i < 64 && !QATTN_I8W_EARLY_INIT; i++) si[i] = I2F_BIAS;
+    for (int i = 0; i < 64; i++) si[i] = I2F_BIAS;
     const uint64_t dk = desc_sw128(sk_tile);
     wg_fence();
 #pragma unroll
@@ -166,7 +160,7 @@ __device__ __forceinline__ void issue_s(int si[64], uint64_t dq, uint32_t sk_til
 }
 __device__ __forceinline__ void issue_pv(int pv[64], const uint32_t pa[4][4], uint32_t sv_tile) {
 #pragma unroll
-    for (int i = 0; i < 64 && !QATTN_I8W_EARLY_INIT; i++) pv[i] = I2F_BIAS;
+    for (int i = 0; i < 64; i++) pv[i] = I2F_BIAS;
     const uint64_t dv = desc_sw128(sv_tile);
     wg_fence();
 #pragma unroll
@@ -201,8 +195,8 @@ __device__ __forceinline__ void o_update(float o[D / 8][4], const int pv[64], co
     }
 }
 /* Scores of key tile n0 (stage s) to the P codes pa, the row statistics and the factors of its P V. */
-__device__ __forceinline__ void softmax_step(int si[64], const float *skt, int n0, const item_rows &w, int t4, float mx[2], float l[2],
-                                             float alpha[2], float beta[2], bool &rescale, uint32_t pa[4][4], int pv[64]) {
+__device__ __forceinline__ void softmax_step(const int si[64], const float *skt, int n0, const item_rows &w, int t4, float mx[2], float l[2],
+                                             float alpha[2], float beta[2], bool &rescale, uint32_t pa[4][4]) {
     const float *rf = w.rf;
     float sf[64];
 #pragma unroll
@@ -214,7 +208,6 @@ __device__ __forceinline__ void softmax_step(int si[64], const float *skt, int n
         sf[4 * n + 2] = fmaf(__int_as_float(si[4 * n + 2]), skv.x, bx);
         sf[4 * n + 3] = fmaf(__int_as_float(si[4 * n + 3]), skv.y, by);
     }
-
     /* masks on the tiles some row of this warpgroup does not fully see */
     if (!(n0 >= w.wlo_last && n0 + BN <= w.whi_first)) {
 #pragma unroll
@@ -272,11 +265,6 @@ __device__ __forceinline__ void softmax_step(int si[64], const float *skt, int n
     }
     l[0] = fmaf(l[0], alpha[0], (float)cs0 * beta[0]);
     l[1] = fmaf(l[1], alpha[1], (float)cs1 * beta[1]);
-#if QATTN_I8W_EARLY_INIT
-    /* both accumulator sets are dead here: set them for the next GEMM phase before the turn's wait */
-#pragma unroll
-    for (int i = 0; i < 64; i++) bias_now(si[i]), bias_now(pv[i]);
-#endif
 }
 #endif
 
@@ -429,10 +417,6 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
     int pv[64];        /* P V of the previous tile, issued with the next S */
     uint32_t pa[4][4]; /* its A operand (P codes), kept intact until it completes */
     int si[64];
-#if QATTN_I8W_EARLY_INIT
-#pragma unroll
-    for (int i = 0; i < 64; i++) bias_now(pv[i]), bias_now(si[i]);
-#endif
     float alpha_p[2] = {1.f, 1.f}, beta_p[2] = {0.f, 0.f};
     bool rescale_p = true;
     int j = 0;     /* items taken so far (Q buffer j & 1) */
@@ -452,7 +436,7 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
     wg_wait<0>();
     fence64(si);
     if (tt == cur.t_last - 1) mbar_arrive(bar_qempty + 8 * cur.qb); /* the item's last S has read its Q */
-    softmax_step(si, (const float *)(smem + OFF_SK), tt * BN, cur, t4, mx, l, alpha_p, beta_p, rescale_p, pa, pv);
+    softmax_step(si, (const float *)(smem + OFF_SK), tt * BN, cur, t4, mx, l, alpha_p, beta_p, rescale_p, pa);
     for (;;) {
         const int s_prev = it % NST;
         item_rows prev = cur;
@@ -485,7 +469,7 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
         /* Q is released as soon as the item's last S has read it, not when its rows are stored: the next
          * item may have no key, and the one after it then needs this buffer before this step can end */
         if (tt == cur.t_last - 1) mbar_arrive(bar_qempty + 8 * cur.qb);
-        softmax_step(si, (const float *)(smem + OFF_SK + s * BN * 4), tt * BN, cur, t4, mx, l, alpha_p, beta_p, rescale_p, pa, pv);
+        softmax_step(si, (const float *)(smem + OFF_SK + s * BN * 4), tt * BN, cur, t4, mx, l, alpha_p, beta_p, rescale_p, pa);
     }
     /* Epilogue: the last P V, the last item's rows. */
     {
