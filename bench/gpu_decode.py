@@ -237,7 +237,9 @@ def correctness(lib, small):
     return ok
 
 
-def timeit(fn, iters=20, warm=3):
+def timeit(fn, iters=20, warm=3, calls=1):
+    """Median over iters of the seconds per call of `calls` calls enqueued back to back between two
+    events (calls 1: the latency of one call, host work included)."""
     for _ in range(warm):
         fn()
     torch.cuda.synchronize()
@@ -245,28 +247,17 @@ def timeit(fn, iters=20, warm=3):
     for _ in range(iters):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) / 1e3)
-    return statistics.median(ts)
-
-
-def timeit_b2b(fn, n=20, reps=5, warm=3):
-    """Seconds per call of n calls enqueued back to back between two events; median of reps."""
-    for _ in range(warm):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(n):
+        for _ in range(calls):
             fn()
         b.record()
         b.synchronize()
-        ts.append(a.elapsed_time(b) / 1e3 / n)
+        ts.append(a.elapsed_time(b) / 1e3 / calls)
     return statistics.median(ts)
+
+
+def timeit_b2b(fn):
+    """Seconds per call of 20 calls back to back (median of 5)."""
+    return timeit(fn, iters=5, calls=20)
 
 
 def kernel_time(fn, name_parts=None, reps=20):

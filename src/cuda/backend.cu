@@ -34,20 +34,6 @@ struct cuda_state {
     qattn_kvd_state kvd; /* GPU decode: residency table, cached split scratch (kv_decode.cu) */
 };
 
-/* Make ctx's device current for the duration of a call; restore the caller's device after. */
-struct device_guard {
-    int prev = -1;
-    cudaError_t err = cudaSuccess;
-    explicit device_guard(int dev) {
-        if ((err = cudaGetDevice(&prev)) != cudaSuccess) return;
-        if (prev != dev) err = cudaSetDevice(dev);
-    }
-    ~device_guard() {
-        int cur;
-        if (prev >= 0 && cudaGetDevice(&cur) == cudaSuccess && cur != prev) cudaSetDevice(prev);
-    }
-};
-
 bool is_varlen(const qattn_params *p) { return p->cu_seqlens_q != NULL; }
 
 int input_is_bf16(const qattn_params *p) { return p->qkv_dtype == QATTN_DTYPE_BF16; }
@@ -146,7 +132,7 @@ extern "C" qattn_status qattn_cuda_init(qattn_ctx *ctx) {
     if (prop.major < 8)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "device %d (%s) has compute capability %d.%d; the CUDA backend needs 8.0 or newer",
                           ctx->cuda_device, prop.name, prop.major, prop.minor);
-    device_guard guard(ctx->cuda_device);
+    qattn_device_guard guard(ctx->cuda_device);
     if (guard.err != cudaSuccess) return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaSetDevice(%d): %s", ctx->cuda_device, cudaGetErrorString(guard.err));
     if ((e = qattn_cuda_prepare_f16()) != cudaSuccess || (e = qattn_cuda_prepare_i8()) != cudaSuccess ||
         (e = qattn_cuda_prepare_i8_wgmma()) != cudaSuccess)
@@ -180,7 +166,7 @@ extern "C" void qattn_cuda_release(qattn_ctx *ctx) {
     cuda_state *st = (cuda_state *)ctx->cuda_state;
     if (!st) return;
     {
-        device_guard guard(st->device);
+        qattn_device_guard guard(st->device);
         if (st->ws) cudaFree(st->ws); /* synchronises the device: contexts are destroyed off the hot path */
         qattn_cuda_release_kvd(&st->kvd);
     }
@@ -207,7 +193,7 @@ extern "C" qattn_status qattn_cuda_forward(qattn_ctx *ctx, const qattn_params *p
     cuda_state *st = (cuda_state *)ctx->cuda_state;
     if (!st) return qattn_fail(ctx, QATTN_ERR_BACKEND, "the context has no CUDA state (created with backend cuda?)");
     if (p->seqlen_q == 0) return QATTN_OK;
-    device_guard guard(st->device);
+    qattn_device_guard guard(st->device);
     if (guard.err != cudaSuccess) return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaSetDevice(%d): %s", st->device, cudaGetErrorString(guard.err));
     cudaStream_t stream = (cudaStream_t)p->stream;
     qattn_cuda_args a = make_args(p);
@@ -220,16 +206,9 @@ extern "C" qattn_status qattn_cuda_forward(qattn_ctx *ctx, const qattn_params *p
                 return qattn_fail(ctx, QATTN_ERR_CAPACITY, "workspace_size is %zu bytes; this call needs %zu (qattn_workspace_size)", p->workspace_size, need);
             if ((uintptr_t)ws % 256 != 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "workspace must be 256-byte aligned (cudaMalloc memory is)");
         } else {
-            if (st->ws_bytes < need) {
-                if (st->ws) cudaFree(st->ws);
-                st->ws = NULL;
-                st->ws_bytes = 0;
-                if ((e = cudaMalloc(&st->ws, need)) != cudaSuccess) {
-                    st->ws = NULL;
-                    cudaGetLastError();
-                    return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cudaMalloc of %zu bytes of INT8 workspace: %s", need, cudaGetErrorString(e));
-                }
-                st->ws_bytes = need;
+            if ((e = qattn_cuda_grow(&st->ws, &st->ws_bytes, need)) != cudaSuccess) {
+                cudaGetLastError();
+                return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cudaMalloc of %zu bytes of INT8 workspace: %s", need, cudaGetErrorString(e));
             }
             ws = st->ws;
         }

@@ -46,6 +46,36 @@ cudaError_t qattn_cuda_prepare_i8_wgmma(void);
 size_t qattn_cuda_i8_workspace(const qattn_cuda_args &a);
 cudaError_t qattn_cuda_quantize_i8(qattn_cuda_args &a, int bf16, void *ws, cudaStream_t stream);
 
+/* ---------------------------------------------------------------- host helpers */
+/* Make a device current for a scope (a library call); the caller's device is restored after. */
+struct qattn_device_guard {
+    int prev = -1;
+    cudaError_t err = cudaSuccess;
+    explicit qattn_device_guard(int dev) {
+        if ((err = cudaGetDevice(&prev)) != cudaSuccess) return;
+        if (prev != dev) err = cudaSetDevice(dev);
+    }
+    ~qattn_device_guard() {
+        int cur;
+        if (prev >= 0 && cudaGetDevice(&cur) == cudaSuccess && cur != prev) cudaSetDevice(prev);
+    }
+};
+/* Grow a device buffer cached in a context to at least need bytes. cudaFree and cudaMalloc wait for
+ * the device, so no earlier call still uses the old buffer; on failure the cache is left empty. */
+inline cudaError_t qattn_cuda_grow(void **buf, size_t *bytes, size_t need) {
+    if (*bytes >= need) return cudaSuccess;
+    if (*buf) cudaFree(*buf);
+    *buf = NULL;
+    *bytes = 0;
+    cudaError_t e = cudaMalloc(buf, need);
+    if (e != cudaSuccess) {
+        *buf = NULL;
+        return e;
+    }
+    *bytes = need;
+    return cudaSuccess;
+}
+
 /* ---------------------------------------------------------------- device helpers */
 #if defined(__CUDACC__)
 __device__ __forceinline__ uint32_t qattn_smem_u32(const void *p) {

@@ -962,43 +962,13 @@ static_assert(sizeof kvd_preps / sizeof kvd_preps[0] == QATTN_KVD_SLOTS, "one re
  * buffer with cudaFree, which waits for the device (as the INT8 prefill workspace in backend.cu),
  * so no earlier call still uses it; it happens on the first calls of a larger shape only. */
 cudaError_t kvd_scratch(qattn_kvd_state *s, size_t part_bytes, size_t cnt_bytes, cudaStream_t st) {
-    cudaError_t e;
-    if (s->part_bytes < part_bytes) {
-        if (s->part) cudaFree(s->part);
-        s->part = NULL;
-        s->part_bytes = 0;
-        if ((e = cudaMalloc(&s->part, part_bytes)) != cudaSuccess) {
-            s->part = NULL;
-            return e;
-        }
-        s->part_bytes = part_bytes;
-    }
-    if (s->cnt_bytes < cnt_bytes) {
-        if (s->cnt) cudaFree(s->cnt);
-        s->cnt = NULL;
-        s->cnt_bytes = 0;
-        if ((e = cudaMalloc(&s->cnt, cnt_bytes)) != cudaSuccess) {
-            s->cnt = NULL;
-            return e;
-        }
-        if ((e = cudaMemsetAsync(s->cnt, 0, cnt_bytes, st)) != cudaSuccess) return e; /* stays unusable: cnt_bytes 0 */
-        s->cnt_bytes = cnt_bytes;
-    }
-    return cudaSuccess;
+    cudaError_t e = qattn_cuda_grow(&s->part, &s->part_bytes, part_bytes);
+    if (e != cudaSuccess) return e;
+    const bool fresh = s->cnt_bytes < cnt_bytes;
+    if ((e = qattn_cuda_grow(&s->cnt, &s->cnt_bytes, cnt_bytes)) != cudaSuccess) return e;
+    if (fresh && (e = cudaMemsetAsync(s->cnt, 0, s->cnt_bytes, st)) != cudaSuccess) s->cnt_bytes = 0; /* reallocated next call */
+    return e;
 }
-
-struct dev_guard {
-    int prev = -1;
-    cudaError_t err = cudaSuccess;
-    explicit dev_guard(int dev) {
-        if ((err = cudaGetDevice(&prev)) != cudaSuccess) return;
-        if (prev != dev) err = cudaSetDevice(dev);
-    }
-    ~dev_guard() {
-        int cur;
-        if (prev >= 0 && cudaGetDevice(&cur) == cudaSuccess && cur != prev) cudaSetDevice(prev);
-    }
-};
 
 } // namespace
 
@@ -1069,7 +1039,7 @@ extern "C" qattn_status qattn_kv_decode_cuda(qattn_ctx *ctx, const qattn_kv_cach
     }
     qattn_kvd_state *ks = qattn_cuda_kvd_state(ctx);
     if (!ks) return qattn_fail(ctx, QATTN_ERR_BACKEND, "qattn_kv_decode_cuda: the context has no CUDA state");
-    dev_guard guard(ctx->cuda_device);
+    qattn_device_guard guard(ctx->cuda_device);
     if (guard.err != cudaSuccess) return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaSetDevice(%d): %s", ctx->cuda_device, cudaGetErrorString(guard.err));
     cudaStream_t st = (cudaStream_t)dev->stream;
     const int D = c->head_dim, HK = c->n_kv_heads, group = dp->n_heads / HK, rows = group * dp->seqlen_q;
