@@ -346,8 +346,8 @@ __device__ __forceinline__ bool next_item(const qattn_cuda_args &a, int hg, vola
  * kept full across items: the producer loads the next item's Q (two Q buffers) and tiles while the
  * consumers finish the current one, and the consumers issue the last P V of an item together with the
  * first S of the next, storing the finished rows while that S runs. Against one block per item this
- * removes the per-block fixed cost (launch, barrier setup, the first loads, a first S and a last P V that
- * overlap nothing): about 5 tile-times per item measured at L 4k (docs/gpu.md, round 4). */
+ * removes the per-block start and end (launch, barrier setup, the first loads, a first S and a last P V
+ * that overlap nothing): measured +4-5% at L 4k and 16k, +8% at 1k (H200, docs/gpu.md round 5). */
 __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_constant__ qattn_cuda_args a, int hg, int n_items) {
 #if defined(QATTN_WGMMA_OK)
     extern __shared__ unsigned char smem_raw[];
