@@ -201,7 +201,9 @@ typedef struct qattn_params {
     const int32_t *cu_seqlens_q;
     const int32_t *cu_seqlens_k;
 
-    /* Optional scratch memory (see qattn_workspace_size); NULL = the library allocates. */
+    /* Optional scratch memory (see qattn_workspace_size); NULL = the library allocates (CUDA: once
+     * per context, grown when a call needs more; the calls that use it run in call order, a call on
+     * another stream than the previous one waiting for it). */
     void *workspace;
     size_t workspace_size;
 

@@ -23,7 +23,7 @@ namespace {
 /* Per-context state (ctx->cuda_state). The workspace cache is used only when the caller
  * passes no workspace: allocated on the first call that needs it, grown when a call needs
  * more (cudaMalloc synchronises the device: pass params.workspace to avoid that), freed
- * with the context. */
+ * with the context; the calls that use it are kept in order across streams (ws_serial). */
 struct cuda_state {
     int device;
     int sm_count;
@@ -31,6 +31,7 @@ struct cuda_state {
     int i8_wgmma; /* INT8 D 128 on the sm_90a wgmma kernel (QATTN_CUDA_I8_KERNEL=mma forces mma.sync) */
     void *ws;
     size_t ws_bytes;
+    qattn_cuda_serial ws_serial;
     qattn_kvd_state kvd; /* GPU decode: residency table, cached split scratch (kv_decode.cu) */
 };
 
@@ -105,6 +106,19 @@ qattn_cuda_args make_args(const qattn_params *p) {
     return a;
 }
 
+/* The INT8 forward's kernels on stream: quantization into ws, then the attention kernel (the FP16
+ * kernel's empty-key rule when there is no key). */
+qattn_status enqueue_i8(qattn_ctx *ctx, qattn_cuda_args &a, int bf16, void *ws, cudaStream_t stream) {
+    cudaError_t e;
+    if ((e = qattn_cuda_quantize_i8(a, bf16, ws, stream)) != cudaSuccess)
+        return qattn_fail(ctx, QATTN_ERR_BACKEND, "INT8 quantization kernels: %s", cudaGetErrorString(e));
+    if (a.lk > 0 && (e = a.i8_wgmma ? qattn_cuda_launch_i8_wgmma(a, stream) : qattn_cuda_launch_i8(a, stream)) != cudaSuccess)
+        return qattn_fail(ctx, QATTN_ERR_BACKEND, "INT8 attention kernel launch: %s", cudaGetErrorString(e));
+    if (a.lk == 0 && (e = qattn_cuda_launch_f16(a, bf16, stream)) != cudaSuccess)
+        return qattn_fail(ctx, QATTN_ERR_BACKEND, "attention kernel launch (empty keys): %s", cudaGetErrorString(e));
+    return QATTN_OK;
+}
+
 } // namespace
 
 extern "C" int qattn_cuda_device_count(void) {
@@ -148,8 +162,14 @@ extern "C" qattn_status qattn_cuda_init(qattn_ctx *ctx) {
         const char *k = getenv("QATTN_CUDA_I8_KERNEL");
         st->i8_wgmma = prop.major == 9 && prop.minor == 0 && !(k && strcmp(k, "mma") == 0);
     }
+    if ((e = qattn_cuda_serial_init(&st->ws_serial)) != cudaSuccess) {
+        cudaGetLastError();
+        qattn_free(ctx, st);
+        return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaEventCreate: %s", cudaGetErrorString(e));
+    }
     if ((e = qattn_cuda_prepare_kvd(&st->kvd, st->sm_count)) != cudaSuccess) {
         cudaGetLastError();
+        qattn_cuda_serial_release(&st->ws_serial);
         qattn_free(ctx, st);
         return qattn_fail(ctx, QATTN_ERR_BACKEND, "decode kernels (shared memory limit, occupancy, event): %s", cudaGetErrorString(e));
     }
@@ -168,6 +188,7 @@ extern "C" void qattn_cuda_release(qattn_ctx *ctx) {
     {
         qattn_device_guard guard(st->device);
         if (st->ws) cudaFree(st->ws); /* synchronises the device: contexts are destroyed off the hot path */
+        qattn_cuda_serial_release(&st->ws_serial);
         qattn_cuda_release_kvd(&st->kvd);
     }
     qattn_free(ctx, st);
@@ -214,13 +235,17 @@ extern "C" qattn_status qattn_cuda_forward(qattn_ctx *ctx, const qattn_params *p
         }
         a.i8_wgmma = st->i8_wgmma && a.d == 128;
         a.n_sm = st->sm_count;
-        if ((e = qattn_cuda_quantize_i8(a, input_is_bf16(p), ws, stream)) != cudaSuccess)
-            return qattn_fail(ctx, QATTN_ERR_BACKEND, "INT8 quantization kernels: %s", cudaGetErrorString(e));
-        if (p->seqlen_k > 0 && (e = a.i8_wgmma ? qattn_cuda_launch_i8_wgmma(a, stream) : qattn_cuda_launch_i8(a, stream)) != cudaSuccess)
-            return qattn_fail(ctx, QATTN_ERR_BACKEND, "INT8 attention kernel launch: %s", cudaGetErrorString(e));
-        if (p->seqlen_k == 0 && (e = qattn_cuda_launch_f16(a, input_is_bf16(p), stream)) != cudaSuccess)
-            return qattn_fail(ctx, QATTN_ERR_BACKEND, "attention kernel launch (empty keys): %s", cudaGetErrorString(e));
-        return QATTN_OK;
+        const bool cached = p->workspace == NULL;
+        if (cached && (e = qattn_cuda_serial_begin(&st->ws_serial, stream)) != cudaSuccess) {
+            cudaGetLastError();
+            return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaStreamWaitEvent (the previous INT8 call's stream): %s", cudaGetErrorString(e));
+        }
+        s = enqueue_i8(ctx, a, input_is_bf16(p), ws, stream);
+        if (cached && (e = qattn_cuda_serial_end(&st->ws_serial, stream)) != cudaSuccess) { /* after whatever was queued */
+            cudaGetLastError();
+            if (s == QATTN_OK) s = qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaEventRecord: %s", cudaGetErrorString(e));
+        }
+        return s;
     }
     if ((e = qattn_cuda_launch_f16(a, input_is_bf16(p), stream)) != cudaSuccess)
         return qattn_fail(ctx, QATTN_ERR_BACKEND, "attention kernel launch (d %d, %s): %s", p->head_dim, input_is_bf16(p) ? "bf16" : "f16",

@@ -76,6 +76,31 @@ inline cudaError_t qattn_cuda_grow(void **buf, size_t *bytes, size_t need) {
     return cudaSuccess;
 }
 
+/* Calls of a context that share its cached scratch, kept in order: a call on another stream than the
+ * previous one first waits for the event recorded after that one (same stream: stream order). */
+struct qattn_cuda_serial {
+    cudaEvent_t done;
+    void *last; /* the previous call's stream */
+    int used;
+};
+inline cudaError_t qattn_cuda_serial_init(qattn_cuda_serial *s) {
+    s->last = NULL;
+    s->used = 0;
+    return cudaEventCreateWithFlags(&s->done, cudaEventDisableTiming);
+}
+inline void qattn_cuda_serial_release(qattn_cuda_serial *s) {
+    if (s->done) cudaEventDestroy(s->done);
+    s->done = NULL;
+}
+inline cudaError_t qattn_cuda_serial_begin(const qattn_cuda_serial *s, cudaStream_t st) {
+    return s->used && s->last != (void *)st ? cudaStreamWaitEvent(st, s->done, 0) : cudaSuccess;
+}
+inline cudaError_t qattn_cuda_serial_end(qattn_cuda_serial *s, cudaStream_t st) {
+    cudaError_t e = cudaEventRecord(s->done, st);
+    if (e == cudaSuccess) s->used = 1, s->last = (void *)st;
+    return e;
+}
+
 /* ---------------------------------------------------------------- device helpers */
 #if defined(__CUDACC__)
 __device__ __forceinline__ uint32_t qattn_smem_u32(const void *p) {

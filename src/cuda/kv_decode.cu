@@ -981,16 +981,13 @@ cudaError_t qattn_cuda_prepare_kvd(qattn_kvd_state *s, int sm_count) {
         if (e != cudaSuccess) return e;
         s->resident[i] = n > 0 ? n : 1;
     }
-    cudaEvent_t ev;
-    cudaError_t e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming);
-    if (e == cudaSuccess) s->done = ev;
-    return e;
+    return qattn_cuda_serial_init(&s->serial);
 }
 
 void qattn_cuda_release_kvd(qattn_kvd_state *s) {
     if (s->part) cudaFree(s->part);
     if (s->cnt) cudaFree(s->cnt);
-    if (s->done) cudaEventDestroy(s->done);
+    qattn_cuda_serial_release(&s->serial);
     memset(s, 0, sizeof *s);
 }
 
@@ -1122,7 +1119,7 @@ extern "C" qattn_status qattn_kv_decode_cuda(qattn_ctx *ctx, const qattn_kv_cach
                           cnt_bytes, cudaGetErrorString(e));
     }
     /* the scratch serialises the context's callers: wait for the previous call if it ran on another stream */
-    if (ks->used && ks->last_stream != (void *)st && (e = cudaStreamWaitEvent(st, ks->done, 0)) != cudaSuccess) {
+    if ((e = qattn_cuda_serial_begin(&ks->serial, st)) != cudaSuccess) {
         cudaGetLastError();
         return qattn_fail(ctx, QATTN_ERR_BACKEND, "qattn_kv_decode_cuda: cudaStreamWaitEvent (the previous call's stream): %s", cudaGetErrorString(e));
     }
@@ -1144,12 +1141,9 @@ extern "C" qattn_status qattn_kv_decode_cuda(qattn_ctx *ctx, const qattn_kv_cach
         }
     }
     /* after whatever was queued, failed launch or not */
-    if ((e = cudaEventRecord(ks->done, st)) != cudaSuccess) {
+    if ((e = qattn_cuda_serial_end(&ks->serial, st)) != cudaSuccess) {
         cudaGetLastError();
         if (status == QATTN_OK) status = qattn_fail(ctx, QATTN_ERR_BACKEND, "qattn_kv_decode_cuda: cudaEventRecord: %s", cudaGetErrorString(e));
-    } else {
-        ks->used = 1;
-        ks->last_stream = (void *)st;
     }
     return status;
 }

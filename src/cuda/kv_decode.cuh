@@ -7,6 +7,8 @@
 #include <cuda_runtime.h>
 #include <stddef.h>
 
+#include "cuda_common.cuh"
+
 struct qattn_ctx;
 
 /* Split-kernel instances with a residency slot: kvd_mma<D 64|128, R8 1|2> (4) and
@@ -22,11 +24,7 @@ struct qattn_kvd_state {
     size_t part_bytes;
     void *cnt;
     size_t cnt_bytes;
-    /* The scratch serialises the context's callers: recorded after each call's kernels; a call on
-     * another stream than the previous one waits for it first. */
-    cudaEvent_t done;
-    void *last_stream;
-    int used;
+    qattn_cuda_serial serial; /* the scratch serialises the context's decodes */
 };
 
 /* Once per context, with its device current: raise the split kernels' shared-memory limits,
