@@ -384,7 +384,7 @@ __global__ void __launch_bounds__(NTHREADS, (8 / NWARPS) * (D == 128 ? 1 : QATTN
     qattn_fwd_key_range(row0, lq, lk, a.wl, a.wr, lo0, hi0);
     qattn_fwd_key_range(row1, lq, lk, a.wl, a.wr, lo1, hi1);
     float rf[2];
-    qattn_i8_row_factors(a, b, h, row0, rf);
+    qattn_i8_row_factors(a, a.sq + ((int64_t)b * a.h + h) * a.lq_pad + row0, row0, rf);
 
     float o[D / 8][4];
 #pragma unroll

@@ -44,7 +44,8 @@ constexpr int OFF_Q = 0, OFF_K = OFF_Q + 2 * BM * D; /* two Q buffers; all tile 
 constexpr int OFF_V = OFF_K + NST * TILE;
 constexpr int OFF_SK = OFF_V + NST * TILE;
 constexpr int OFF_SV = OFF_SK + NST * BN * 4;
-constexpr int OFF_BAR = OFF_SV + NST * D * 4;      /* full[NST], empty[NST], Q full[2], Q empty[2] */
+constexpr int OFF_SQ = OFF_SV + NST * D * 4;      /* the Q rows' scales, per Q buffer */
+constexpr int OFF_BAR = OFF_SQ + 2 * BM * 4;       /* full[NST], empty[NST], Q full[2], Q empty[2] */
 constexpr int OFF_ITEM = OFF_BAR + (2 * NST + 4) * 8; /* the item of each Q buffer */
 constexpr int SMEM = OFF_ITEM + 2 * 4 + 1024;        /* + alignment slack of the dynamic base */
 
@@ -312,8 +313,8 @@ __device__ __forceinline__ void store_empty_rows(const qattn_cuda_args &a, int b
 
 /* A consumer takes the next item the producer announced (Q buffer j & 1), storing the rows of items
  * with no key on the way. False (cur unchanged) when the items have run out. */
-__device__ __forceinline__ bool next_item(const qattn_cuda_args &a, int hg, volatile int *item_slot, uint32_t bar_qfull, uint32_t bar_qempty,
-                                          int wg, int roff, int t4, int &j, item_rows &cur) {
+__device__ __forceinline__ bool next_item(const qattn_cuda_args &a, int hg, volatile int *item_slot, const float *sq_s, uint32_t bar_qfull,
+                                          uint32_t bar_qempty, int wg, int roff, int t4, int &j, item_rows &cur) {
     for (;;) {
         const int qb = j & 1;
         mbar_wait(bar_qfull + 8 * qb, (j >> 1) & 1);
@@ -329,7 +330,7 @@ __device__ __forceinline__ bool next_item(const qattn_cuda_args &a, int hg, vola
         cur.b = w.b, cur.h = w.h, cur.m0 = w.m0, cur.qb = qb, cur.t_first = w.t_first, cur.t_last = w.t_last;
         cur.bhk = (int64_t)w.b * a.hk + w.h / (a.h / a.hk);
         const int row0 = w.m0 + roff;
-        qattn_i8_row_factors(a, w.b, w.h, row0, cur.rf);
+        qattn_i8_row_factors(a, sq_s + qb * BM + roff, row0, cur.rf);
         /* the tiles every row of this warpgroup sees in full need no mask */
         int lo, hi;
         qattn_fwd_key_range(min(w.m0 + wg * 64, a.lq - 1), a.lq, a.lk, a.wl, a.wr, lo, cur.whi_first);
@@ -386,8 +387,11 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
                 const int64_t bhk = (int64_t)w.b * a.hk + w.h / (a.h / a.hk);
                 item_slot[qb] = item;
                 if (w.t_last > w.t_first) {
-                    mbar_expect_tx(bar_qfull + 8 * qb, BM * D);
-                    bulk_g2s(sbase + OFF_Q + qb * BM * D, a.qi + (((int64_t)w.b * a.h + w.h) * a.lq_pad + w.m0) * D, BM * D, bar_qfull + 8 * qb);
+                    /* Q and its rows' scales (lq_pad is a multiple of BM: both copies are whole and aligned) */
+                    const int64_t row = ((int64_t)w.b * a.h + w.h) * a.lq_pad + w.m0;
+                    mbar_expect_tx(bar_qfull + 8 * qb, BM * D + BM * 4);
+                    bulk_g2s(sbase + OFF_Q + qb * BM * D, a.qi + row * D, BM * D, bar_qfull + 8 * qb);
+                    bulk_g2s(sbase + OFF_SQ + qb * BM * 4, a.sq + row, BM * 4, bar_qfull + 8 * qb);
                 } else {
                     mbar_arrive(bar_qfull + 8 * qb);
                 }
@@ -421,7 +425,7 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
     bool rescale_p = true;
     int j = 0;     /* items taken so far (Q buffer j & 1) */
     item_rows cur; /* the item of the tile in hand */
-    if (!next_item(a, hg, item_slot, bar_qfull, bar_qempty, wg, roff, t4, j, cur)) return;
+    if (!next_item(a, hg, item_slot, (const float *)(smem + OFF_SQ), bar_qfull, bar_qempty, wg, roff, t4, j, cur)) return;
 #if QATTN_I8W_PINGPONG
     if (wg == 1) named_arrive(1); /* warpgroup 0 issues first */
 #endif
@@ -442,7 +446,7 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
         item_rows prev = cur;
         const bool crossed = ++tt == cur.t_last;
         if (crossed) {
-            if (!next_item(a, hg, item_slot, bar_qfull, bar_qempty, wg, roff, t4, j, cur)) break;
+            if (!next_item(a, hg, item_slot, (const float *)(smem + OFF_SQ), bar_qfull, bar_qempty, wg, roff, t4, j, cur)) break;
             tt = cur.t_first;
         }
         it++;

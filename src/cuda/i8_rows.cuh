@@ -9,19 +9,28 @@
 #include <cuda_fp16.h>
 
 /* Row factors sq * scale * log2 e, kept > 0 so that a masked -inf score stays -inf (an all-zero Q row
- * has sq 0: its scores are exactly 0 whatever the factor). */
-__device__ __forceinline__ void qattn_i8_row_factors(const qattn_cuda_args &a, int b, int h, int row0, float rf[2]) {
-    const float *sqg = a.sq + ((int64_t)b * a.h + h) * a.lq_pad;
-    rf[0] = fmaxf(row0 < a.lq ? sqg[row0] * a.scale_log2 : 0.f, 1e-30f);
-    rf[1] = fmaxf(row0 + 8 < a.lq ? sqg[row0 + 8] * a.scale_log2 : 0.f, 1e-30f);
+ * has sq 0: its scores are exactly 0 whatever the factor). sq_row0: the scale of row0, in global or
+ * shared memory, with row0 + 8 behind it. */
+__device__ __forceinline__ void qattn_i8_row_factors(const qattn_cuda_args &a, const float *sq_row0, int row0, float rf[2]) {
+    rf[0] = fmaxf(row0 < a.lq ? sq_row0[0] * a.scale_log2 : 0.f, 1e-30f);
+    rf[1] = fmaxf(row0 + 8 < a.lq ? sq_row0[8] * a.scale_log2 : 0.f, 1e-30f);
 }
 
 /* O = acc / l + mean_v[d] (l counts P codes, in units of 255 p; V smoothing adds the mean back; rows
- * that see no key stay 0) and LSE = ln(sum p) + the K-smoothing shift; l is summed over the quad. */
+ * that see no key stay 0) and LSE = ln(sum p) + the K-smoothing shift; l is summed over the quad.
+ * Every load comes before the first store: the compiler cannot tell the output from the inputs, so a
+ * load placed after a store waits for it, and the interleaved version made 32 dependent round trips
+ * to L2 per item (about 9600 cycles, the cost of 2-3 key tiles; traced on an H200, docs/gpu.md). */
 template <int D>
 __device__ __forceinline__ void qattn_i8_store_rows(const qattn_cuda_args &a, int b, int h, int64_t bhk, int row0, int t4,
                                                     const float (&o)[D / 8][4], const float mx[2], const float l[2], const float rf[2]) {
     const float *vmg = a.vm + bhk * D; /* bhk = b * HK + the kv head of h */
+    float2 mv[D / 8];
+#pragma unroll
+    for (int i = 0; i < D / 8; i++) mv[i] = *(const float2 *)(vmg + i * 8 + 2 * t4);
+    const bool lse = a.lse && t4 == 0;
+    const float *qshg = a.qsh + ((int64_t)b * a.h + h) * a.lq_pad + row0; /* rows < lq_pad: always readable */
+    const float qsh[2] = {lse ? qshg[0] : 0.f, lse ? qshg[8] : 0.f};
     const int64_t ooff = (int64_t)b * a.o_bs + (int64_t)h * a.o_hs;
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -34,17 +43,15 @@ __device__ __forceinline__ void qattn_i8_store_rows(const qattn_cuda_args &a, in
             const int64_t base = ooff + (int64_t)row * a.o_ss + 2 * t4;
 #pragma unroll
             for (int i = 0; i < D / 8; i++) {
-                const float2 mv = *(const float2 *)(vmg + i * 8 + 2 * t4);
-                const float x = fmaf(o[i][2 * r], inv, mv.x * mf), y = fmaf(o[i][2 * r + 1], inv, mv.y * mf);
+                const float x = fmaf(o[i][2 * r], inv, mv[i].x * mf), y = fmaf(o[i][2 * r + 1], inv, mv[i].y * mf);
                 const int64_t idx = base + i * 8;
                 if (a.o_dtype == 1) *(__half2 *)((__half *)a.o + idx) = __floats2half2_rn(x, y);
                 else if (a.o_dtype == 2) *(__nv_bfloat162 *)((__nv_bfloat16 *)a.o + idx) = __floats2bfloat162_rn(x, y);
                 else *(float2 *)((float *)a.o + idx) = make_float2(x, y);
             }
-            if (a.lse && t4 == 0)
+            if (lse)
                 a.lse[((int64_t)b * a.h + h) * a.lq + row] =
-                    sum > 0.f ? (mx[r] * rf[r] + log2f(sum * (1.f / 255.f))) * 0.69314718055994531f + a.qsh[((int64_t)b * a.h + h) * a.lq_pad + row]
-                              : -INFINITY;
+                    sum > 0.f ? (mx[r] * rf[r] + log2f(sum * (1.f / 255.f))) * 0.69314718055994531f + qsh[r] : -INFINITY;
         }
     }
 }
