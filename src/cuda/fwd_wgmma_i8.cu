@@ -23,8 +23,6 @@
 #include "cuda_common.cuh"
 #include "i8_rows.cuh"
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <math.h>
 
 namespace {
@@ -46,8 +44,8 @@ constexpr int OFF_SK = OFF_V + NST * TILE;
 constexpr int OFF_SV = OFF_SK + NST * BN * 4;
 constexpr int OFF_SQ = OFF_SV + NST * D * 4;      /* the Q rows' scales, per Q buffer */
 constexpr int OFF_BAR = OFF_SQ + 2 * BM * 4;       /* full[NST], empty[NST], Q full[2], Q empty[2] */
-constexpr int OFF_ITEM = OFF_BAR + (2 * NST + 4) * 8; /* the item of each Q buffer */
-constexpr int SMEM = OFF_ITEM + 2 * 4 + 1024;        /* + alignment slack of the dynamic base */
+constexpr int OFF_ITEM = OFF_BAR + (2 * NST + 4) * 8; /* the work_item of each Q buffer */
+constexpr int SMEM = OFF_ITEM + 2 * 32 + 1024;       /* + alignment slack of the dynamic base */
 
 /* What a consumer thread needs of the item in hand: where its rows go, their row factors, the key
  * ranges of its two rows and of its warpgroup's rows (masks), the item's key tiles and Q buffer. */
@@ -274,15 +272,16 @@ __device__ __forceinline__ void softmax_step(const int si[64], const float *skt,
  * grid from an atomic counter in the order below. Heads go in groups of hg (batch, head) pairs; inside a
  * group the heavy (late) causal query blocks come first, over all heads of the group, so the longest items
  * start first (near-perfect balance for causal) while the blocks in flight at any time share the K/V of
- * a few heads in L2. */
+ * a few heads in L2. The producer decodes each item once and passes it to the consumers with its Q (the
+ * divisions cost a consumer ~1000 cycles at every item crossing, traced). */
 struct work_item {
-    int b, h, m0, t_first, t_last; /* key tiles [t_first, t_last) */
+    int b, h, hkv, m0, t_first, t_last; /* b < 0: no more items; key tiles [t_first, t_last) */
 };
 __device__ __forceinline__ work_item decode_item(const qattn_cuda_args &a, int item, int hg) {
     const int n_mblk = (a.lq + BM - 1) / BM, n_bh = a.batch * a.h, grp = item / (hg * n_mblk), r = item - grp * (hg * n_mblk);
     const int in_grp = min(hg, n_bh - grp * hg), bh = grp * hg + r % in_grp;
     work_item w;
-    w.b = bh / a.h, w.h = bh - w.b * a.h;
+    w.b = bh / a.h, w.h = bh - w.b * a.h, w.hkv = w.h / (a.h / a.hk);
     w.m0 = (n_mblk - 1 - r / in_grp) * BM;
     int lo_first, hi_first, lo_last, hi_last;
     qattn_fwd_key_range(w.m0, a.lq, a.lk, a.wl, a.wr, lo_first, hi_first);
@@ -292,43 +291,37 @@ __device__ __forceinline__ work_item decode_item(const qattn_cuda_args &a, int i
     return w;
 }
 
-/* Rows of an item that sees no key: zeros, LSE -inf (the rule of qattn.h). */
+/* Rows of an item that sees no key: zeros, LSE -inf (the rule of qattn.h). Zero has the same bits in
+ * every output dtype; rows are 16-byte aligned (the backend's rule), so the quad writes 16-byte chunks. */
 __device__ __forceinline__ void store_empty_rows(const qattn_cuda_args &a, int b, int h, int row0, int t4) {
-    const int64_t ooff = (int64_t)b * a.o_bs + (int64_t)h * a.o_hs;
+    const int64_t es = a.o_dtype == 0 ? 4 : 2, ooff = (int64_t)b * a.o_bs + (int64_t)h * a.o_hs;
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         const int row = row0 + 8 * r;
         if (row >= a.lq) continue;
-        const int64_t base = ooff + (int64_t)row * a.o_ss + 2 * t4;
-#pragma unroll
-        for (int i = 0; i < D / 8; i++) {
-            const int64_t idx = base + i * 8;
-            if (a.o_dtype == 1) *(__half2 *)((__half *)a.o + idx) = __floats2half2_rn(0.f, 0.f);
-            else if (a.o_dtype == 2) *(__nv_bfloat162 *)((__nv_bfloat16 *)a.o + idx) = __floats2bfloat162_rn(0.f, 0.f);
-            else *(float2 *)((float *)a.o + idx) = make_float2(0.f, 0.f);
-        }
+        unsigned char *rowp = (unsigned char *)a.o + (ooff + (int64_t)row * a.o_ss) * es;
+        for (int c = t4; c < D * es / 16; c += 4) *(uint4 *)(rowp + 16 * c) = make_uint4(0u, 0u, 0u, 0u);
         if (a.lse && t4 == 0) a.lse[((int64_t)b * a.h + h) * a.lq + row] = -INFINITY;
     }
 }
 
 /* A consumer takes the next item the producer announced (Q buffer j & 1), storing the rows of items
  * with no key on the way. False (cur unchanged) when the items have run out. */
-__device__ __forceinline__ bool next_item(const qattn_cuda_args &a, int hg, volatile int *item_slot, const float *sq_s, uint32_t bar_qfull,
+__device__ __forceinline__ bool next_item(const qattn_cuda_args &a, const work_item *slot, const float *sq_s, uint32_t bar_qfull,
                                           uint32_t bar_qempty, int wg, int roff, int t4, int &j, item_rows &cur) {
     for (;;) {
         const int qb = j & 1;
         mbar_wait(bar_qfull + 8 * qb, (j >> 1) & 1);
-        const int item = item_slot[qb];
-        if (item < 0) return false;
+        const work_item w = slot[qb];
+        if (w.b < 0) return false;
         j++;
-        const work_item w = decode_item(a, item, hg);
         if (w.t_last == w.t_first) {
             store_empty_rows(a, w.b, w.h, w.m0 + roff, t4);
             mbar_arrive(bar_qempty + 8 * qb);
             continue;
         }
         cur.b = w.b, cur.h = w.h, cur.m0 = w.m0, cur.qb = qb, cur.t_first = w.t_first, cur.t_last = w.t_last;
-        cur.bhk = (int64_t)w.b * a.hk + w.h / (a.h / a.hk);
+        cur.bhk = (int64_t)w.b * a.hk + w.hkv;
         const int row0 = w.m0 + roff;
         qattn_i8_row_factors(a, sq_s + qb * BM + roff, row0, cur.rf);
         /* the tiles every row of this warpgroup sees in full need no mask */
@@ -355,7 +348,7 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
     const uint32_t sbase = (qattn_smem_u32(smem_raw) + 1023u) & ~1023u;
     unsigned char *smem = smem_raw + (sbase - qattn_smem_u32(smem_raw));
     const uint32_t bar_full = sbase + OFF_BAR, bar_empty = bar_full + NST * 8, bar_qfull = bar_empty + NST * 8, bar_qempty = bar_qfull + 16;
-    volatile int *item_slot = (volatile int *)(smem + OFF_ITEM); /* the item in each Q buffer; -1: no more */
+    work_item *slot = (work_item *)(smem + OFF_ITEM); /* the item in each Q buffer */
     const int64_t ntile_all = a.lk_pad / BN;
 
     if (threadIdx.x == 0) {
@@ -379,13 +372,13 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
                 const int qb = j & 1;
                 mbar_wait(bar_qempty + 8 * qb, ((j >> 1) & 1) ^ 1);
                 if (item >= n_items) {
-                    item_slot[qb] = -1;
+                    slot[qb].b = -1;
                     mbar_arrive(bar_qfull + 8 * qb);
                     break;
                 }
                 const work_item w = decode_item(a, item, hg);
-                const int64_t bhk = (int64_t)w.b * a.hk + w.h / (a.h / a.hk);
-                item_slot[qb] = item;
+                const int64_t bhk = (int64_t)w.b * a.hk + w.hkv;
+                slot[qb] = w;
                 if (w.t_last > w.t_first) {
                     /* Q and its rows' scales (lq_pad is a multiple of BM: both copies are whole and aligned) */
                     const int64_t row = ((int64_t)w.b * a.h + w.h) * a.lq_pad + w.m0;
@@ -425,7 +418,7 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
     bool rescale_p = true;
     int j = 0;     /* items taken so far (Q buffer j & 1) */
     item_rows cur; /* the item of the tile in hand */
-    if (!next_item(a, hg, item_slot, (const float *)(smem + OFF_SQ), bar_qfull, bar_qempty, wg, roff, t4, j, cur)) return;
+    if (!next_item(a, slot, (const float *)(smem + OFF_SQ), bar_qfull, bar_qempty, wg, roff, t4, j, cur)) return;
 #if QATTN_I8W_PINGPONG
     if (wg == 1) named_arrive(1); /* warpgroup 0 issues first */
 #endif
@@ -446,7 +439,7 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
         item_rows prev = cur;
         const bool crossed = ++tt == cur.t_last;
         if (crossed) {
-            if (!next_item(a, hg, item_slot, (const float *)(smem + OFF_SQ), bar_qfull, bar_qempty, wg, roff, t4, j, cur)) break;
+            if (!next_item(a, slot, (const float *)(smem + OFF_SQ), bar_qfull, bar_qempty, wg, roff, t4, j, cur)) break;
             tt = cur.t_first;
         }
         it++;
