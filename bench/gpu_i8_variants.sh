@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call for the INT8 attention kernel: the default build, compile-time alternatives
-# (VARIANTS="name=-DFLAG=VALUE ...") and optionally another commit's source tree (BASE=dir, e.g. made with
+# (VARIANTS="name=-DFLAG=VALUE ...", "__" between two flags of one variant) and optionally another commit's source tree (BASE=dir, e.g. made with
 # `git archive OLD | tar -x -C .ab/base`, carried with the call), built concurrently; the INT8 GPU tests of
 # every build (side by side); then bench/gpu_i8_ab.py times every build's kernel in one process, alternating.
 set -u
@@ -8,7 +8,7 @@ OUT=${OUT:-out}
 VARIANTS=${VARIANTS:-}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-build() { (cmake -S "$1" -B "$2" -DQATTN_CUDA=ON -DCMAKE_BUILD_TYPE=Release "-DCMAKE_CUDA_FLAGS=$3" && cmake --build "$2" -j6 --target qattn qattn_gpu_test) \
+build() { (cmake -S "$1" -B "$2" -DQATTN_CUDA=ON -DCMAKE_BUILD_TYPE=Release "-DCMAKE_CUDA_FLAGS=${3//__/ }" && cmake --build "$2" -j6 --target qattn qattn_gpu_test) \
   > "$2.log" 2>&1 || { echo "build $2 failed"; tail -20 "$2.log"; }; }
 libs=(--lib default=/tmp/v-default/libqattn.so)
 build . /tmp/v-default "" &
