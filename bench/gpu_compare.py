@@ -149,6 +149,8 @@ def main():
     ap.add_argument("--lib", default="build-gpu/libqattn.so")
     ap.add_argument("--out", default=os.environ.get("OUT", "out"))
     ap.add_argument("--quick", action="store_true", help="D 128 only, L 4k and 16k")
+    ap.add_argument("--dims", default=None, help="head dims, e.g. 96,256 (H = 2048 // D); default 64,128 (128 with --quick)")
+    ap.add_argument("--lens", default=None, help="sequence lengths, e.g. 4096; default 1024,4096,16384 (4096,16384 with --quick)")
     ap.add_argument("--no-int8", action="store_true")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--ref-heads", type=int, default=2, help="heads of the FP32 reference")
@@ -158,8 +160,10 @@ def main():
     qa = QAttn(args.lib)
     dev = torch.cuda.get_device_name()
     shapes = []
-    for D in ([128] if args.quick else [64, 128]):
-        for L in ([4096, 16384] if args.quick else [1024, 4096, 16384]):
+    dims = [int(x) for x in args.dims.split(",")] if args.dims else ([128] if args.quick else [64, 128])
+    lens = [int(x) for x in args.lens.split(",")] if args.lens else ([4096, 16384] if args.quick else [1024, 4096, 16384])
+    for D in dims:
+        for L in lens:
             for causal in (False, True):
                 shapes.append((16384 // L, L, 2048 // D, D, causal))
     rows = []

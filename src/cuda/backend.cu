@@ -42,8 +42,8 @@ int input_is_bf16(const qattn_params *p) { return p->qkv_dtype == QATTN_DTYPE_BF
 qattn_status check(qattn_ctx *ctx, const qattn_params *p) {
     if (p->qkv_dtype != QATTN_DTYPE_F16 && p->qkv_dtype != QATTN_DTYPE_BF16)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA backend takes f16 or bf16 q/k/v (qkv_dtype is %d)", p->qkv_dtype);
-    if (p->head_dim != 64 && p->head_dim != 128)
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA backend supports head_dim 64 and 128 (head_dim is %d)", p->head_dim);
+    if (p->head_dim != 64 && p->head_dim != 96 && p->head_dim != 128 && p->head_dim != 256)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA backend supports head_dim 64, 96, 128 and 256 (head_dim is %d)", p->head_dim);
     switch (p->precision) {
     case QATTN_PRECISION_AUTO: break;
     case QATTN_PRECISION_FP16:
@@ -56,6 +56,8 @@ qattn_status check(qattn_ctx *ctx, const qattn_params *p) {
         if (p->int8_scheme != QATTN_INT8_DEFAULT)
             return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA INT8 path implements int8_scheme DEFAULT only (got %d)", p->int8_scheme);
         if (is_varlen(p)) return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA INT8 path does not support cu_seqlens (varlen) yet");
+        if (p->head_dim != 64 && p->head_dim != 128)
+            return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA INT8 path supports head_dim 64 and 128 (head_dim is %d)", p->head_dim);
         break;
     default:
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "precision %d is not supported by the CUDA backend (AUTO, FP16, BF16, INT8 are)", p->precision);

@@ -1,11 +1,11 @@
 /* FP16/BF16 flash attention forward with mma.sync.m16n8k16 (sm_80+; also the sm_90a build).
  * FlashAttention-2 schedule: a block owns BM = 128 query rows of one (batch, head), NWARPS warps of
- * 16 * MT rows each; K/V tiles of BN = 64 keys stream through shared memory with cp.async double
- * buffering; S = Q K^T and the online softmax stay in registers; P (rounded to the input dtype)
+ * 16 * MT rows each; K/V tiles of BN keys (64; 32 at D 256) stream through shared memory with cp.async
+ * double buffering; S = Q K^T and the online softmax stay in registers; P (rounded to the input dtype)
  * times V accumulates in FP32 registers.
  * Shapes: q [.., Lq, H, D], k/v [.., Lk, HK, D], o [.., Lq, H, D] through element strides
  * (head_dim contiguous, every stride and base 16-byte aligned); lse FP32 [B, H, Lq]
- * (varlen [H, total_q]). D is 64 or 128 (a two-case switch in the launcher). */
+ * (varlen [H, total_q]). D is 64, 96, 128 or 256 (f16_cfg: the shape per head dim). */
 #include "cuda_common.cuh"
 
 #include <cuda_bf16.h>
@@ -22,28 +22,39 @@ namespace {
 #ifndef QATTN_F16_MT
 #define QATTN_F16_MT 2
 #endif
-constexpr int MT = QATTN_F16_MT, BM = 128, BN = 64, NWARPS = 8 / MT, NTHREADS = NWARPS * 32;
-template <int D> constexpr int min_blocks() { return MT == 2 ? (D == 128 ? 2 : 3) : (D == 128 ? 1 : 2); }
+constexpr int BM = 128;
+/* The shape per head dim. DP: the row length of the shared-memory tiles; D 96 is laid out as 128 (the
+ * 8-chunk swizzle and the ldmatrix offsets below work in groups of 64 elements), with the products
+ * running over the 96 real columns only and the last 32 never loaded or read. D 256: one m-tile per
+ * warp (O alone is 128 registers a thread) and key tiles of 32 (128 KB of shared memory, within
+ * sm_80's 163 KB). */
+template <int D> struct f16_cfg {
+    static constexpr int DP = D == 96 ? 128 : D;
+    static constexpr int MT = D == 256 ? 1 : QATTN_F16_MT;
+    static constexpr int BN = D == 256 ? 32 : 64;
+    static constexpr int NWARPS = 8 / MT, NTHREADS = NWARPS * 32;
+    static constexpr int MIN_BLOCKS = D == 256 ? 1 : MT == 2 ? (DP == 128 ? 2 : 3) : (DP == 128 ? 1 : 2);
+    static constexpr int SMEM = (BM * DP + 4 * BN * DP) * 2;
+};
 
-template <int D> constexpr int smem_bytes() { return (BM * D + 4 * BN * D) * 2; }
-
-/* Swizzled address (bytes) of 16-byte chunk c of row r in a [rows][D] 16-bit tile. */
-template <int D> __device__ __forceinline__ uint32_t swz(uint32_t base, int r, int c) {
-    return base + (uint32_t)((r * (D / 8) + (c ^ (r & 7))) * 16);
+/* Swizzled address (bytes) of 16-byte chunk c of row r in a [rows][DP] 16-bit tile. */
+template <int DP> __device__ __forceinline__ uint32_t swz(uint32_t base, int r, int c) {
+    return base + (uint32_t)((r * (DP / 8) + (c ^ (r & 7))) * 16);
 }
 
-/* Copy rows [0, nrows) of a [rows][D] tile (global row stride ld elements) into smem; rows
- * at or past nvalid are zero-filled. */
+/* Copy the D columns of rows [0, ROWS) of a tile (global row stride ld elements) into smem rows of DP
+ * elements; rows at or past nvalid are zero-filled. */
 template <int D, int ROWS>
 __device__ __forceinline__ void load_tile(uint32_t sbase, const uint16_t *g, int64_t ld, int nvalid, int tid) {
-    constexpr int CPR = D / 8; /* chunks per row */
+    constexpr int CPR = D / 8, NT = f16_cfg<D>::NTHREADS; /* chunks per row */
+    static_assert(ROWS * CPR % NT == 0, "whole chunks per thread");
 #pragma unroll
-    for (int i = 0; i < ROWS * CPR / NTHREADS; i++) {
-        int idx = tid + i * NTHREADS;
+    for (int i = 0; i < ROWS * CPR / NT; i++) {
+        int idx = tid + i * NT;
         int r = idx / CPR, c = idx % CPR;
         bool ok = r < nvalid;
         const uint16_t *src = ok ? g + (int64_t)r * ld + c * 8 : g;
-        qattn_cp_async16(swz<D>(sbase, r, c), src, ok ? 16 : 0);
+        qattn_cp_async16(swz<f16_cfg<D>::DP>(sbase, r, c), src, ok ? 16 : 0);
     }
 }
 
@@ -81,7 +92,8 @@ __device__ __forceinline__ void store2(void *o, int dtype, int64_t idx, float x,
 }
 
 template <int D, bool BF16>
-__global__ void __launch_bounds__(NTHREADS, min_blocks<D>()) fwd_f16_kernel(const qattn_cuda_args a) {
+__global__ void __launch_bounds__(f16_cfg<D>::NTHREADS, f16_cfg<D>::MIN_BLOCKS) fwd_f16_kernel(const qattn_cuda_args a) {
+    constexpr int DP = f16_cfg<D>::DP, MT = f16_cfg<D>::MT, BN = f16_cfg<D>::BN;
     extern __shared__ __align__(128) unsigned char smem[];
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int g = lane / 4, t4 = lane % 4;
@@ -137,8 +149,8 @@ __global__ void __launch_bounds__(NTHREADS, min_blocks<D>()) fwd_f16_kernel(cons
     for (int mt = 0; mt < MT; mt++) mx[mt][0] = mx[mt][1] = -INFINITY, l[mt][0] = l[mt][1] = 0.f;
 
     const uint32_t sQ = qattn_smem_u32(smem);
-    const uint32_t sK = sQ + BM * D * 2;
-    const uint32_t sV = sK + 2 * BN * D * 2;
+    const uint32_t sK = sQ + BM * DP * 2;
+    const uint32_t sV = sK + 2 * BN * DP * 2;
 
     if (kend > kbeg) {
         const int t_first = kbeg / BN, t_last = (kend + BN - 1) / BN; /* [t_first, t_last) */
@@ -150,9 +162,9 @@ __global__ void __launch_bounds__(NTHREADS, min_blocks<D>()) fwd_f16_kernel(cons
         uint32_t qo[4], ko[4], vo[4];
 #pragma unroll
         for (int j = 0; j < 4; j++) {
-            qo[j] = (uint32_t)(((warp * 16 * MT + lane % 16) * (D / 8) + ((2 * j + lane / 16) ^ x7)) * 16);
-            ko[j] = (uint32_t)(((lane % 8 + (lane / 16) * 8) * (D / 8) + ((2 * j + (lane / 8) % 2) ^ x7)) * 16);
-            vo[j] = (uint32_t)(((lane % 16) * (D / 8) + ((2 * j + lane / 16) ^ x7)) * 16);
+            qo[j] = (uint32_t)(((warp * 16 * MT + lane % 16) * (DP / 8) + ((2 * j + lane / 16) ^ x7)) * 16);
+            ko[j] = (uint32_t)(((lane % 8 + (lane / 16) * 8) * (DP / 8) + ((2 * j + (lane / 8) % 2) ^ x7)) * 16);
+            vo[j] = (uint32_t)(((lane % 16) * (DP / 8) + ((2 * j + lane / 16) ^ x7)) * 16);
         }
         load_tile<D, BM>(sQ, qg, a.q_ss, mrows, tid);
         {
@@ -171,14 +183,14 @@ __global__ void __launch_bounds__(NTHREADS, min_blocks<D>()) fwd_f16_kernel(cons
             __syncthreads(); /* K(tt) visible; every warp is done with tile tt - 1 (buffers buf ^ 1 free) */
             if (tt + 1 < t_last) {
                 int n1 = (tt + 1) * BN;
-                load_tile<D, BN>(sK + (buf ^ 1) * BN * D * 2, kg + (int64_t)n1 * a.k_ss, a.k_ss, lk - n1, tid);
+                load_tile<D, BN>(sK + (buf ^ 1) * BN * DP * 2, kg + (int64_t)n1 * a.k_ss, a.k_ss, lk - n1, tid);
                 qattn_cp_async_commit();
-                load_tile<D, BN>(sV + (buf ^ 1) * BN * D * 2, vg + (int64_t)n1 * a.v_ss, a.v_ss, lk - n1, tid);
+                load_tile<D, BN>(sV + (buf ^ 1) * BN * DP * 2, vg + (int64_t)n1 * a.v_ss, a.v_ss, lk - n1, tid);
             } else {
                 qattn_cp_async_commit();
             }
             qattn_cp_async_commit();
-            const uint32_t kb = sK + buf * BN * D * 2, vb = sV + buf * BN * D * 2;
+            const uint32_t kb = sK + buf * BN * DP * 2, vb = sV + buf * BN * DP * 2;
             const int n0 = tt * BN;
 
             /* S = Q K^T for this warp's 16 MT rows x BN keys: each K fragment serves the MT m-tiles. */
@@ -191,11 +203,11 @@ __global__ void __launch_bounds__(NTHREADS, min_blocks<D>()) fwd_f16_kernel(cons
             for (int kk = 0; kk < D / 16; kk++) {
                 uint32_t qa[MT][4];
 #pragma unroll
-                for (int mt = 0; mt < MT; mt++) qattn_ldsm_x4(qa[mt], sQ + qo[kk & 3] + (kk >> 2) * 128 + mt * 16 * D * 2);
+                for (int mt = 0; mt < MT; mt++) qattn_ldsm_x4(qa[mt], sQ + qo[kk & 3] + (kk >> 2) * 128 + mt * 16 * DP * 2);
 #pragma unroll
                 for (int np = 0; np < BN / 16; np++) {
                     uint32_t kr[4];
-                    qattn_ldsm_x4(kr, kb + ko[kk & 3] + (kk >> 2) * 128 + np * 16 * D * 2);
+                    qattn_ldsm_x4(kr, kb + ko[kk & 3] + (kk >> 2) * 128 + np * 16 * DP * 2);
 #pragma unroll
                     for (int mt = 0; mt < MT; mt++) {
                         mma16816<BF16>(s[mt][2 * np], qa[mt], kr[0], kr[1]);
@@ -258,7 +270,7 @@ __global__ void __launch_bounds__(NTHREADS, min_blocks<D>()) fwd_f16_kernel(cons
 #pragma unroll
                 for (int dp = 0; dp < D / 16; dp++) {
                     uint32_t vr[4];
-                    qattn_ldsm_x4_t(vr, vb + vo[dp & 3] + (dp >> 2) * 128 + kk * 16 * D * 2);
+                    qattn_ldsm_x4_t(vr, vb + vo[dp & 3] + (dp >> 2) * 128 + kk * 16 * DP * 2);
 #pragma unroll
                     for (int mt = 0; mt < MT; mt++) {
                         mma16816<BF16>(o[mt][2 * dp], pa[mt][kk], vr[0], vr[1]);
@@ -293,28 +305,29 @@ __global__ void __launch_bounds__(NTHREADS, min_blocks<D>()) fwd_f16_kernel(cons
 
 template <int D, bool BF16> cudaError_t launch(const qattn_cuda_args &a, cudaStream_t stream) {
     dim3 grid((unsigned)((a.lq + BM - 1) / BM), (unsigned)a.h, (unsigned)a.batch);
-    fwd_f16_kernel<D, BF16><<<grid, NTHREADS, smem_bytes<D>(), stream>>>(a);
+    fwd_f16_kernel<D, BF16><<<grid, f16_cfg<D>::NTHREADS, f16_cfg<D>::SMEM, stream>>>(a);
     return cudaGetLastError();
 }
 
-template <int D, bool BF16> cudaError_t prepare() {
-    return cudaFuncSetAttribute(fwd_f16_kernel<D, BF16>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes<D>());
+template <int D> cudaError_t prepare() {
+    cudaError_t e = cudaFuncSetAttribute(fwd_f16_kernel<D, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, f16_cfg<D>::SMEM);
+    return e != cudaSuccess ? e : cudaFuncSetAttribute(fwd_f16_kernel<D, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, f16_cfg<D>::SMEM);
 }
 
 } // namespace
 
 cudaError_t qattn_cuda_prepare_f16(void) {
     cudaError_t e;
-    if ((e = prepare<64, false>()) != cudaSuccess) return e;
-    if ((e = prepare<64, true>()) != cudaSuccess) return e;
-    if ((e = prepare<128, false>()) != cudaSuccess) return e;
-    return prepare<128, true>();
+    if ((e = prepare<64>()) != cudaSuccess || (e = prepare<96>()) != cudaSuccess || (e = prepare<128>()) != cudaSuccess) return e;
+    return prepare<256>();
 }
 
 cudaError_t qattn_cuda_launch_f16(const qattn_cuda_args &a, int bf16, cudaStream_t stream) {
     switch (a.d) {
     case 64: return bf16 ? launch<64, true>(a, stream) : launch<64, false>(a, stream);
+    case 96: return bf16 ? launch<96, true>(a, stream) : launch<96, false>(a, stream);
     case 128: return bf16 ? launch<128, true>(a, stream) : launch<128, false>(a, stream);
+    case 256: return bf16 ? launch<256, true>(a, stream) : launch<256, false>(a, stream);
     }
     return cudaErrorInvalidValue; /* qattn_cuda_supports rejects other head dims first */
 }

@@ -172,7 +172,8 @@ static int run_case(qattn_ctx *gpu, qattn_ctx *gpu_alt, qattn_ctx *cpu, const tc
      * kernel could read the previous case's inputs or have its outputs re-poisoned (seen under load). */
     CK(cudaDeviceSynchronize());
     qattn_status s = qattn_forward(gpu, &p);
-    if (c->precision == QATTN_PRECISION_INT8 && c->varlen) { /* not implemented on the INT8 path: must be refused */
+    /* not implemented on the INT8 path (varlen, head dims other than 64 and 128): must be refused */
+    if (c->precision == QATTN_PRECISION_INT8 && (c->varlen || (c->d != 64 && c->d != 128))) {
         printf("%s %-72s -> %s: %s\n", s == QATTN_ERR_UNSUPPORTED ? "ok  " : "FAIL", desc, qattn_status_str(s), qattn_ctx_last_error(gpu));
         cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dout), cudaFree(dlse), cudaFree(dcuq), cudaFree(dcuk);
         free(hq), free(hk), free(hv);
@@ -306,6 +307,8 @@ int main(int argc, char **argv) {
         {3, 40, 70, 2, 1, 128, 1, -1, -1, BF, BF, P, 1, 0, {17, 0, 40}, {33, 5, 70}},
         {1, 130, 130, 1, 1, 64, 1, -1, -1, F16, F16, P, 0, 1, {0}, {0}},
         {1, 1100, 300, 16, 2, 128, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}}, /* more items than SMs, the first 6 query blocks see no key */
+        {1, 113, 203, 2, 1, 96, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}},
+        {1, 70, 130, 2, 2, 256, 1, -1, -1, BF, F32, P, 0, 0, {0}, {0}},
     };
     tcase full_cases[] = {
         {1, 1, 1, 1, 1, 64, 0, -1, -1, F16, F16, P, 0, 0, {0}, {0}},
@@ -327,6 +330,13 @@ int main(int argc, char **argv) {
         /* more query blocks than multiprocessors (the persistent INT8 grid takes several items per block) */
         {3, 520, 390, 16, 4, 128, 0, -1, -1, F16, F16, P, 0, 0, {0}, {0}},
         {2, 1200, 700, 24, 6, 128, 1, -1, -1, BF, F32, P, 0, 0, {0}, {0}}, /* Lq > Lk: items with no key among the others */
+        /* head dims 96 (laid out as 128) and 256 (one m-tile per warp, 32-key tiles): FP16/BF16 only */
+        {2, 203, 300, 4, 2, 96, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}},
+        {1, 300, 517, 2, 1, 96, 0, 37, 5, BF, F32, P, 0, 0, {0}, {0}},
+        {3, 129, 257, 4, 2, 96, 0, -1, -1, F16, BF, P, 1, 0, {129, 17, 0}, {257, 0, 64}},
+        {2, 1, 203, 4, 2, 256, 1, -1, -1, F16, F32, P, 0, 0, {0}, {0}},
+        {2, 203, 113, 4, 2, 256, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}}, /* Lq > Lk: first rows see nothing */
+        {1, 777, 1000, 2, 1, 256, 0, -1, -1, BF, BF, P, 0, 1, {0}, {0}},
     };
     tcase *cases = small ? small_cases : full_cases;
     int n = small ? (int)(sizeof small_cases / sizeof *small_cases) : (int)(sizeof full_cases / sizeof *full_cases);
