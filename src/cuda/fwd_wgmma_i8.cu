@@ -449,6 +449,7 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
         issue_pv(pv, pa, sbase + OFF_V + s_prev * TILE);
         issue_s(si, desc_sw128(sbase + OFF_Q + cur.qb * BM * D + wg * 64 * D), sbase + OFF_K + s * TILE);
         turn_end(wg);
+        const float *svt = (const float *)(smem + OFF_SV + s_prev * D * 4), *skt = (const float *)(smem + OFF_SK + s * BN * 4);
         if (!crossed) {
             /* The O update of the previous tile and the softmax of this one in one block, after both
              * products: the compiler fills the softmax's dependent chains (row max, exponentials) with
@@ -460,7 +461,6 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
             fence_pa(pa);
             fence64(si);
             if (tt == cur.t_last - 1) mbar_arrive(bar_qempty + 8 * cur.qb);
-            const float *svt = (const float *)(smem + OFF_SV + s_prev * D * 4), *skt = (const float *)(smem + OFF_SK + s * BN * 4);
             if (rescale_p) {
                 o_update(o, pv, svt, t4, alpha_p, beta_p, true);
                 softmax_step(si, skt, tt * BN, cur, t4, mx, l, alpha_p, beta_p, rescale_p, pa);
@@ -476,7 +476,7 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
         wg_wait<1>(); /* P V done; S may still run */
         fence64(pv);
         fence_pa(pa);
-        o_update(o, pv, (const float *)(smem + OFF_SV + s_prev * D * 4), t4, alpha_p, beta_p, rescale_p);
+        o_update(o, pv, svt, t4, alpha_p, beta_p, rescale_p);
         mbar_arrive(bar_empty + 8 * s_prev);
         qattn_i8_store_rows<D>(a, prev.b, prev.h, prev.bhk, prev.m0 + roff, t4, o, mx, l, prev.rf);
 #pragma unroll
@@ -488,7 +488,7 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
         /* Q is released as soon as the item's last S has read it, not when its rows are stored: the next
          * item may have no key, and the one after it then needs this buffer before this step can end */
         if (tt == cur.t_last - 1) mbar_arrive(bar_qempty + 8 * cur.qb);
-        softmax_step(si, (const float *)(smem + OFF_SK + s * BN * 4), tt * BN, cur, t4, mx, l, alpha_p, beta_p, rescale_p, pa);
+        softmax_step(si, skt, tt * BN, cur, t4, mx, l, alpha_p, beta_p, rescale_p, pa);
     }
     /* Epilogue: the last P V, the last item's rows. */
     {
