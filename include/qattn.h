@@ -123,11 +123,15 @@ typedef enum qattn_isa {
 
 typedef struct qattn_ctx qattn_ctx;
 
+/* The largest thread count a context accepts (qattn_ctx_create, qattn_ctx_set_threads): the
+ * CPU backend's per-worker scratch is sized by it, and the online-core default is capped to it. */
+#define QATTN_MAX_THREADS 256
+
 /* Options for qattn_ctx_create; zero-initialise, or pass NULL for all defaults. */
 typedef struct qattn_ctx_options {
     int32_t backend;     /* qattn_backend */
     int32_t isa;         /* qattn_isa (CPU backend) */
-    int32_t n_threads;   /* CPU threads; 0 = the number of online cores */
+    int32_t n_threads;   /* CPU threads: 0 = the number of online cores, else 1..QATTN_MAX_THREADS */
     int32_t cuda_device; /* CUDA device ordinal */
     /* Allocator hooks; both NULL = malloc/free. alloc must return 64-byte aligned memory. */
     void *(*alloc)(size_t bytes, void *user);
@@ -136,6 +140,11 @@ typedef struct qattn_ctx_options {
 } qattn_ctx_options;
 
 QATTN_API qattn_status qattn_ctx_create(qattn_ctx **ctx, const qattn_ctx_options *options);
+
+/* qattn_ctx_create that also says why it failed: on error *ctx is NULL and, when message is not
+ * NULL, message holds the reason (at most message_size bytes, NUL-terminated; "" on success),
+ * e.g. "QATTN_ISA=bogus is not one of ...". No global state is involved. */
+QATTN_API qattn_status qattn_ctx_create_ex(qattn_ctx **ctx, const qattn_ctx_options *options, char *message, size_t message_size);
 QATTN_API void qattn_ctx_destroy(qattn_ctx *ctx); /* NULL is a no-op */
 
 /* The message of the last failed call on ctx ("" after a success). Valid until the next call. */
@@ -153,7 +162,7 @@ typedef struct qattn_ctx_info {
 
 QATTN_API qattn_status qattn_ctx_get_info(const qattn_ctx *ctx, qattn_ctx_info *info);
 
-/* Change the thread count of a CPU context (0 = online cores). */
+/* Change the thread count of a CPU context (0 = online cores, else 1..QATTN_MAX_THREADS). */
 QATTN_API qattn_status qattn_ctx_set_threads(qattn_ctx *ctx, int32_t n_threads);
 
 /* ---------------------------------------------------------------- parameters */
@@ -215,7 +224,8 @@ typedef struct qattn_params {
 QATTN_API void qattn_params_init(qattn_params *p);
 
 /* Fill all strides for contiguous [B, L, H, D] tensors (packed [total, H, D] with cu_seqlens)
- * from batch, seqlen_q, seqlen_k, n_heads, n_kv_heads and head_dim. */
+ * from batch, seqlen_q, seqlen_k, n_heads, n_kv_heads and head_dim. A stride whose product
+ * overflows int64 is set to INT64_MAX, which qattn_forward then refuses (QATTN_ERR_OVERFLOW). */
 QATTN_API void qattn_params_set_contiguous(qattn_params *p);
 
 /* ---------------------------------------------------------------- attention */

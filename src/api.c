@@ -67,7 +67,7 @@ void qattn_free(qattn_ctx *ctx, void *ptr) {
 
 static int online_cores(void) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n < 1 ? 1 : (n > 1024 ? 1024 : (int)n);
+    return n < 1 ? 1 : (n > QATTN_MAX_THREADS ? QATTN_MAX_THREADS : (int)n);
 }
 
 /* Environment override (QATTN_ISA / QATTN_BACKEND) applies only where the option is AUTO.
@@ -133,21 +133,42 @@ static qattn_status choose_backend(qattn_ctx *ctx, int32_t requested) {
     return QATTN_OK;
 }
 
-qattn_status qattn_ctx_create(qattn_ctx **out, const qattn_ctx_options *options) {
-    if (!out) return QATTN_ERR_NULL_POINTER;
+/* A creation failure before the context exists: the message goes to the caller's buffer. */
+static qattn_status create_fail(char *message, size_t message_size, qattn_status status, const char *fmt, ...) QATTN_PRINTF(4, 5);
+static qattn_status create_fail(char *message, size_t message_size, qattn_status status, const char *fmt, ...) {
+    if (message && message_size > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(message, message_size, fmt, ap);
+        va_end(ap);
+    }
+    return status;
+}
+
+qattn_status qattn_ctx_create_ex(qattn_ctx **out, const qattn_ctx_options *options, char *message, size_t message_size) {
+    if (message && message_size > 0) message[0] = '\0';
+    if (!out) return create_fail(message, message_size, QATTN_ERR_NULL_POINTER, "ctx (the output pointer) is NULL");
     *out = NULL;
     qattn_ctx_options opt;
     memset(&opt, 0, sizeof opt);
     if (options) opt = *options;
-    if ((opt.alloc == NULL) != (opt.free == NULL)) return QATTN_ERR_INVALID_ARGUMENT;
-    if (opt.backend < QATTN_BACKEND_AUTO || opt.backend > QATTN_BACKEND_CUDA) return QATTN_ERR_INVALID_ARGUMENT;
-    if (opt.isa < QATTN_ISA_AUTO || opt.isa > QATTN_ISA_AVXVNNI) return QATTN_ERR_INVALID_ARGUMENT;
-    if (opt.n_threads < 0 || opt.cuda_device < 0) return QATTN_ERR_INVALID_ARGUMENT;
+    if ((opt.alloc == NULL) != (opt.free == NULL))
+        return create_fail(message, message_size, QATTN_ERR_INVALID_ARGUMENT, "alloc and free hooks must be given together (alloc %s, free %s)",
+                           opt.alloc ? "set" : "NULL", opt.free ? "set" : "NULL");
+    if (opt.backend < QATTN_BACKEND_AUTO || opt.backend > QATTN_BACKEND_CUDA)
+        return create_fail(message, message_size, QATTN_ERR_INVALID_ARGUMENT, "backend %d is not a qattn_backend (0 auto, 1 cpu, 2 cuda)", opt.backend);
+    if (opt.isa < QATTN_ISA_AUTO || opt.isa > QATTN_ISA_AVXVNNI)
+        return create_fail(message, message_size, QATTN_ERR_INVALID_ARGUMENT, "isa %d is not a qattn_isa", opt.isa);
+    if (opt.n_threads < 0 || opt.n_threads > QATTN_MAX_THREADS)
+        return create_fail(message, message_size, QATTN_ERR_INVALID_ARGUMENT, "n_threads is %d; expected 0 (all cores) to %d", opt.n_threads,
+                           QATTN_MAX_THREADS);
+    if (opt.cuda_device < 0)
+        return create_fail(message, message_size, QATTN_ERR_INVALID_ARGUMENT, "cuda_device is %d; it must be >= 0", opt.cuda_device);
 
     void *(*alloc)(size_t, void *) = opt.alloc ? opt.alloc : default_alloc;
     void (*dealloc)(void *, void *) = opt.free ? opt.free : default_free;
     qattn_ctx *ctx = alloc(sizeof *ctx, opt.alloc_user);
-    if (!ctx) return QATTN_ERR_OUT_OF_MEMORY;
+    if (!ctx) return create_fail(message, message_size, QATTN_ERR_OUT_OF_MEMORY, "out of memory allocating the context (%zu bytes)", sizeof *ctx);
     memset(ctx, 0, sizeof *ctx);
     ctx->alloc = alloc;
     ctx->free = dealloc;
@@ -158,13 +179,15 @@ qattn_status qattn_ctx_create(qattn_ctx **out, const qattn_ctx_options *options)
     qattn_status s = choose_isa(ctx, opt.isa);
     if (s == QATTN_OK) s = choose_backend(ctx, opt.backend);
     if (s != QATTN_OK) {
-        /* The message is lost with the context: print nothing, return the status. */
+        create_fail(message, message_size, s, "%s", ctx->last_error); /* the context dies here: hand its reason over */
         dealloc(ctx, opt.alloc_user);
         return s;
     }
     *out = ctx;
     return QATTN_OK;
 }
+
+qattn_status qattn_ctx_create(qattn_ctx **out, const qattn_ctx_options *options) { return qattn_ctx_create_ex(out, options, NULL, 0); }
 
 void qattn_ctx_destroy(qattn_ctx *ctx) {
     if (!ctx) return;
@@ -181,8 +204,8 @@ const char *qattn_ctx_last_error(const qattn_ctx *ctx) {
 qattn_status qattn_ctx_set_threads(qattn_ctx *ctx, int32_t n_threads) {
     if (!ctx) return QATTN_ERR_NULL_POINTER;
     ctx->last_error[0] = '\0';
-    if (n_threads < 0 || n_threads > 1024)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "n_threads is %d; expected 0 (all cores) to 1024", n_threads);
+    if (n_threads < 0 || n_threads > QATTN_MAX_THREADS)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "n_threads is %d; expected 0 (all cores) to %d", n_threads, QATTN_MAX_THREADS);
     ctx->n_threads = n_threads ? n_threads : online_cores();
     return QATTN_OK;
 }
@@ -234,15 +257,21 @@ void qattn_params_init(qattn_params *p) {
     p->window_right = -1;
 }
 
+/* a * b * c, saturated to INT64_MAX when it overflows (qattn_validate then refuses the params). */
+static int64_t stride_product(int64_t a, int64_t b, int64_t c) {
+    int64_t ab, abc;
+    return qattn_mul_i64(a, b, &ab) && qattn_mul_i64(ab, c, &abc) ? abc : INT64_MAX;
+}
+
 void qattn_params_set_contiguous(qattn_params *p) {
     if (!p) return;
     int64_t D = p->head_dim, H = p->n_heads, HK = p->n_kv_heads;
     p->q_head_stride = p->o_head_stride = D;
-    p->q_seq_stride = p->o_seq_stride = H * D;
+    p->q_seq_stride = p->o_seq_stride = stride_product(H, D, 1);
     p->k_head_stride = p->v_head_stride = D;
-    p->k_seq_stride = p->v_seq_stride = HK * D;
-    p->q_batch_stride = p->o_batch_stride = p->seqlen_q * H * D;
-    p->k_batch_stride = p->v_batch_stride = p->seqlen_k * HK * D;
+    p->k_seq_stride = p->v_seq_stride = stride_product(HK, D, 1);
+    p->q_batch_stride = p->o_batch_stride = stride_product(p->seqlen_q, H, D);
+    p->k_batch_stride = p->v_batch_stride = stride_product(p->seqlen_k, HK, D);
 }
 
 /* ---------------------------------------------------------------- validation */
@@ -261,11 +290,9 @@ static const char *dtype_name(int32_t d) {
  * or -1 on overflow. Extents are >= 1 here. */
 static int64_t max_index(int64_t n0, int64_t s0, int64_t n1, int64_t s1, int64_t n2, int64_t s2, int64_t d) {
     int64_t terms[3], total = d - 1;
-    if (__builtin_mul_overflow(n0 - 1, s0, &terms[0]) || __builtin_mul_overflow(n1 - 1, s1, &terms[1]) ||
-        __builtin_mul_overflow(n2 - 1, s2, &terms[2]))
-        return -1;
+    if (!qattn_mul_i64(n0 - 1, s0, &terms[0]) || !qattn_mul_i64(n1 - 1, s1, &terms[1]) || !qattn_mul_i64(n2 - 1, s2, &terms[2])) return -1;
     for (int i = 0; i < 3; i++)
-        if (__builtin_add_overflow(total, terms[i], &total)) return -1;
+        if (!qattn_add_i64(total, terms[i], &total)) return -1;
     return total;
 }
 
@@ -358,9 +385,11 @@ qattn_status qattn_validate(qattn_ctx *ctx, const qattn_params *p, bool read_off
     /* Row counts must fit int64 whatever the strides (a zero stride makes the element-index
      * checks below blind to the size of the problem). */
     int64_t rows_q, rows_k;
-    if (__builtin_mul_overflow(p->batch, p->seqlen_q, &rows_q) || __builtin_mul_overflow(rows_q, (int64_t)p->n_heads * p->head_dim, &rows_q) ||
-        __builtin_mul_overflow(p->batch, p->seqlen_k, &rows_k) || __builtin_mul_overflow(rows_k, (int64_t)p->n_kv_heads * p->head_dim, &rows_k))
-        return qattn_fail(ctx, QATTN_ERR_OVERFLOW, "batch x seqlen x heads x head_dim overflows int64");
+    if (!qattn_mul_i64(p->batch, p->seqlen_q, &rows_q) || !qattn_mul_i64(rows_q, (int64_t)p->n_heads * p->head_dim, &rows_q) ||
+        !qattn_mul_i64(p->batch, p->seqlen_k, &rows_k) || !qattn_mul_i64(rows_k, (int64_t)p->n_kv_heads * p->head_dim, &rows_k))
+        return qattn_fail(ctx, QATTN_ERR_OVERFLOW,
+                          "batch %lld x seqlen (q %lld, k %lld) x heads (q %d, kv %d) x head_dim %d overflows int64", (long long)p->batch,
+                          (long long)p->seqlen_q, (long long)p->seqlen_k, p->n_heads, p->n_kv_heads, p->head_dim);
     if (p->batch == 0) return QATTN_OK; /* nothing to read or write */
     if (!p->q || !p->k || !p->v || !p->o)
         return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "%s is NULL", !p->q ? "q" : !p->k ? "k" : !p->v ? "v" : "o");
@@ -377,7 +406,7 @@ qattn_status qattn_validate(qattn_ctx *ctx, const qattn_params *p, bool read_off
     if (varlen) {
         if (!read_offsets) {
             /* Device offsets: bound the extents by batch * max length. */
-            if (__builtin_mul_overflow(p->batch, p->seqlen_q, &lq) || __builtin_mul_overflow(p->batch, p->seqlen_k, &lk))
+            if (!qattn_mul_i64(p->batch, p->seqlen_q, &lq) || !qattn_mul_i64(p->batch, p->seqlen_k, &lk))
                 return qattn_fail(ctx, QATTN_ERR_OVERFLOW, "batch * seqlen overflows int64");
         } else {
             lq = p->cu_seqlens_q[p->batch];
@@ -400,12 +429,72 @@ qattn_status qattn_validate(qattn_ctx *ctx, const qattn_params *p, bool read_off
     return QATTN_OK;
 }
 
+/* ---------------------------------------------------------------- aliasing */
+
+qattn_extent qattn_view_extent(const char *name, const void *base, int64_t elem_bytes, int64_t n0, int64_t s0, int64_t n1, int64_t s1,
+                               int64_t n2, int64_t s2, int64_t d) {
+    qattn_extent e = {name, (uintptr_t)base, (uintptr_t)base};
+    if (!base || n0 <= 0 || n1 <= 0 || n2 <= 0 || d <= 0) return e;
+    int64_t top = max_index(n0, s0, n1, s1, n2, s2, d), bytes;
+    if (top < 0 || !qattn_mul_i64(top + 1, elem_bytes, &bytes) || (uint64_t)bytes > UINTPTR_MAX - e.lo) e.hi = UINTPTR_MAX;
+    else e.hi = e.lo + (uintptr_t)bytes;
+    return e;
+}
+
+static bool extents_overlap(const qattn_extent *a, const qattn_extent *b) {
+    return a->lo < a->hi && b->lo < b->hi && a->lo < b->hi && b->lo < a->hi;
+}
+
+qattn_status qattn_check_disjoint(qattn_ctx *ctx, const char *function, const qattn_extent *outs, int n_outs, const qattn_extent *ins,
+                                  int n_ins) {
+    for (int i = 0; i < n_outs; i++) {
+        for (int j = 0; j < n_ins; j++)
+            if (extents_overlap(&outs[i], &ins[j]))
+                return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT,
+                                  "%s: output %s overlaps input %s (bytes [%p, %p) and [%p, %p)); qattn does not compute in place", function,
+                                  outs[i].name, ins[j].name, (void *)outs[i].lo, (void *)outs[i].hi, (void *)ins[j].lo, (void *)ins[j].hi);
+        for (int j = 0; j < i; j++)
+            if (extents_overlap(&outs[i], &outs[j]))
+                return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s: outputs %s and %s overlap (bytes [%p, %p) and [%p, %p))", function,
+                                  outs[j].name, outs[i].name, (void *)outs[j].lo, (void *)outs[j].hi, (void *)outs[i].lo, (void *)outs[i].hi);
+    }
+    return QATTN_OK;
+}
+
+static int64_t dtype_bytes(int32_t d) { return d == QATTN_DTYPE_F32 ? 4 : d == QATTN_DTYPE_I8 ? 1 : 2; }
+
+qattn_status qattn_check_params_disjoint(qattn_ctx *ctx, const qattn_params *p, int64_t qkv_elem_bytes) {
+    if (p->batch == 0) return QATTN_OK;
+    bool varlen = p->cu_seqlens_q != NULL;
+    int64_t nb = varlen ? 1 : p->batch, lq = p->seqlen_q, lk = p->seqlen_k, D = p->head_dim;
+    if (varlen && ctx->backend == QATTN_BACKEND_CPU) { /* host offsets, validated: the packed totals */
+        lq = p->cu_seqlens_q[p->batch];
+        lk = p->cu_seqlens_k[p->batch];
+    } else if (varlen) { /* device offsets are not read: batch * max length bounds the totals */
+        if (!qattn_mul_i64(p->batch, p->seqlen_q, &lq)) lq = INT64_MAX;
+        if (!qattn_mul_i64(p->batch, p->seqlen_k, &lk)) lk = INT64_MAX;
+    }
+    qattn_extent ins[3] = {
+        qattn_view_extent("q", p->q, qkv_elem_bytes, nb, p->q_batch_stride, lq, p->q_seq_stride, p->n_heads, p->q_head_stride, D),
+        qattn_view_extent("k", p->k, qkv_elem_bytes, nb, p->k_batch_stride, lk, p->k_seq_stride, p->n_kv_heads, p->k_head_stride, D),
+        qattn_view_extent("v", p->v, qkv_elem_bytes, nb, p->v_batch_stride, lk, p->v_seq_stride, p->n_kv_heads, p->v_head_stride, D),
+    };
+    qattn_extent outs[2] = {
+        qattn_view_extent("o", p->o, dtype_bytes(p->o_dtype), nb, p->o_batch_stride, lq, p->o_seq_stride, p->n_heads, p->o_head_stride, D),
+        /* lse: contiguous [B, H, Lq] (varlen [H, total_q]) floats */
+        qattn_view_extent("lse", p->lse, 4, 1, 0, 1, 0, nb * p->n_heads, lq, lq),
+    };
+    return qattn_check_disjoint(ctx, "qattn_forward", outs, 2, ins, 3);
+}
+
 /* ---------------------------------------------------------------- dispatch */
 
 static qattn_status begin(qattn_ctx *ctx, const qattn_params *p) {
     ctx->last_error[0] = '\0';
     bool host = ctx->backend == QATTN_BACKEND_CPU;
-    return qattn_validate(ctx, p, host);
+    qattn_status s = qattn_validate(ctx, p, host);
+    if (s == QATTN_OK) s = qattn_check_params_disjoint(ctx, p, dtype_bytes(p->qkv_dtype));
+    return s;
 }
 
 qattn_status qattn_supports(qattn_ctx *ctx, const qattn_params *p) {

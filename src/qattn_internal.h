@@ -103,6 +103,31 @@ void qattn_free(qattn_ctx *ctx, void *ptr);
  * read_offsets is true (host memory). Returns the status and sets the message. */
 qattn_status qattn_validate(qattn_ctx *ctx, const qattn_params *p, bool read_offsets);
 
+/* Overflow-checked int64 arithmetic, the one place for it: true and *out = a op b when the
+ * result fits, false (and *out unspecified) when it overflows. */
+static inline bool qattn_mul_i64(int64_t a, int64_t b, int64_t *out) { return !__builtin_mul_overflow(a, b, out); }
+static inline bool qattn_add_i64(int64_t a, int64_t b, int64_t *out) { return !__builtin_add_overflow(a, b, out); }
+
+/* The bytes a tensor argument may touch, [lo, hi) as addresses (lo == hi: touches nothing). */
+typedef struct qattn_extent {
+    const char *name;
+    uintptr_t lo, hi;
+} qattn_extent;
+
+/* The extent of a [n0, n1, n2, d] view with element strides s0, s1, s2, 1 of elem_bytes-byte
+ * elements at base (an overflowing size reaches to the end of the address space). */
+qattn_extent qattn_view_extent(const char *name, const void *base, int64_t elem_bytes, int64_t n0, int64_t s0, int64_t n1, int64_t s1,
+                               int64_t n2, int64_t s2, int64_t d);
+
+/* QATTN_ERR_INVALID_ARGUMENT naming the first output that overlaps an input or another output
+ * (in place computation is not supported: the kernels read inputs after writing outputs). */
+qattn_status qattn_check_disjoint(qattn_ctx *ctx, const char *function, const qattn_extent *outs, int n_outs, const qattn_extent *ins,
+                                  int n_ins);
+
+/* The same check for the tensors of p (o, lse against q, k, v and each other), with q/k/v
+ * elements of qkv_elem_bytes bytes (1 for pre-quantized inputs). p is validated. */
+qattn_status qattn_check_params_disjoint(qattn_ctx *ctx, const qattn_params *p, int64_t qkv_elem_bytes);
+
 /* The softmax scale p asks for (0 means 1/sqrt(D)). */
 static inline float qattn_effective_scale(const qattn_params *p) {
     return p->scale != 0.0f ? p->scale : 1.0f / sqrtf((float)p->head_dim);

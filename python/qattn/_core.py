@@ -71,14 +71,12 @@ class _Context:
         opt.n_threads = threads
         opt.cuda_device = device
         handle = ctypes.c_void_p()
-        s = lib.qattn_ctx_create(ctypes.byref(handle), ctypes.byref(opt))
+        why = ctypes.create_string_buffer(512)
+        s = lib.qattn_ctx_create_ex(ctypes.byref(handle), ctypes.byref(opt), why, len(why))
         if s != _lib.QATTN_OK:
-            # The context (and its message) is gone: say what was asked for instead.
-            hint = ""
-            if backend == "cuda":
-                hint = " (is this libqattn built with CUDA? %s)" % _lib.library_path
-            _raise_status(s, "cannot create a context for backend=%s isa=%s threads=%d device=%d%s"
-                          % (backend, isa, threads, device, hint))
+            # The library's reason (e.g. "QATTN_ISA=bogus is not one of ref, avx2, avxvnni").
+            _raise_status(s, "cannot create a context for backend=%s isa=%s threads=%d device=%d: %s"
+                          % (backend, isa, threads, device, why.value.decode(errors="replace")))
         self.handle = handle
         self.lock = threading.Lock()
 
@@ -110,7 +108,7 @@ def _int_arg(name, value, lo, hi):
 def _get_context(backend, threads=None, isa=None, device=0):
     if backend not in ("cpu", "cuda"):
         raise ValueError("backend must be 'cpu' or 'cuda', got %r" % (backend,))
-    threads = 0 if threads is None else _int_arg("threads", threads, 0, 1024)
+    threads = 0 if threads is None else _int_arg("threads", threads, 0, _lib.MAX_THREADS)
     isa = "auto" if isa is None else isa
     if isa not in _lib.ISAS:
         raise ValueError("isa must be one of %s, got %r" % (sorted(_lib.ISAS), isa))

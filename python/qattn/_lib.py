@@ -23,10 +23,11 @@ QATTN_ERR_CAPACITY = -7
 DTYPE_F32, DTYPE_F16, DTYPE_BF16, DTYPE_I8 = 0, 1, 2, 3
 
 PRECISIONS = {"auto": 0, "fp32": 1, "fp16": 2, "bf16": 3, "int8": 4, "fp8_e4m3": 5, "fp8_e5m2": 6}
-INT8_SCHEMES = {"qattn": 0, "default": 0, "intfa": 1, "sage": 2}
+INT8_SCHEMES = {"qattn": 0, "intfa": 1, "sage": 2}  # the names include/qattn.h and docs/FORMAT.md give
 BACKENDS = {"auto": 0, "cpu": 1, "cuda": 2}
 BACKEND_NAMES = {v: k for k, v in BACKENDS.items()}
 ISAS = {"auto": 0, "ref": 1, "avx2": 2, "avxvnni": 3}
+MAX_THREADS = 256  # QATTN_MAX_THREADS (tests/test_abi.py checks it against the header)
 
 
 # ---------------------------------------------------------------- structs
@@ -259,6 +260,7 @@ def _prototype(lib):
         "qattn_status_str": (c.c_char_p, [c.c_int]),
         "qattn_version": (c.c_char_p, []),
         "qattn_ctx_create": (S, [P(c.c_void_p), P(CtxOptions)]),
+        "qattn_ctx_create_ex": (S, [P(c.c_void_p), P(CtxOptions), c.c_char_p, c.c_size_t]),
         "qattn_ctx_destroy": (None, [c.c_void_p]),
         "qattn_ctx_last_error": (c.c_char_p, [c.c_void_p]),
         "qattn_ctx_get_info": (S, [c.c_void_p, P(CtxInfo)]),

@@ -2,9 +2,9 @@
 #ifndef QATTN_CPU_THREADS_H
 #define QATTN_CPU_THREADS_H
 
-#include <stdint.h>
+#include "qattn.h" /* QATTN_MAX_THREADS: the one thread limit, public */
 
-#define QATTN_MAX_THREADS 256
+#include <stdint.h>
 
 /* Runs fn(arg, task, worker) for every task in [0, n_tasks); worker is in [0, n_threads)
  * and identifies per-thread scratch. Returns when all tasks are done. */

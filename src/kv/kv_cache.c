@@ -36,6 +36,7 @@ qattn_status qattn_kv_cache_create(qattn_ctx *ctx, const qattn_kv_cache_options 
     if (opt->n_blocks < 1 || opt->n_blocks > INT32_MAX)
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "n_blocks is %lld; it must be 1..2^31-1", (long long)opt->n_blocks);
     if (opt->max_seqs < 1) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "max_seqs is %d; it must be >= 1", opt->max_seqs);
+    if (opt->reserved != 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_cache_options.reserved is %d; it must be 0", opt->reserved);
     int64_t width = opt->max_blocks_per_seq == 0 ? opt->n_blocks : opt->max_blocks_per_seq;
     if (width < 1 || width > opt->n_blocks)
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "max_blocks_per_seq is %lld; it must be 0 (= n_blocks) or 1..n_blocks (%lld)",
@@ -276,9 +277,16 @@ qattn_status qattn_kv_cache_read(qattn_ctx *ctx, const qattn_kv_cache *cache, in
     qattn_status s = check_cache_seq(ctx, cache, seq, "qattn_kv_cache_read");
     if (s != QATTN_OK) return s;
     int64_t len = cache->seq_len[seq];
-    if (start < 0 || n < 0 || start > len || n > len - start)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_cache_read: tokens [%lld, %lld) are outside sequence %d of length %lld",
-                          (long long)start, (long long)(start + n), seq, (long long)len);
+    if (start < 0 || n < 0 || start > len || n > len - start) /* no start + n: it may overflow */
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT,
+                          "qattn_kv_cache_read: %lld tokens from token %lld are outside sequence %d of length %lld", (long long)n,
+                          (long long)start, seq, (long long)len);
+    if (k && v) {
+        int64_t row = (int64_t)cache->n_kv_heads * cache->head_dim; /* one token: [HK, D] floats */
+        qattn_extent outs[2] = {qattn_view_extent("k", k, 4, 1, 0, 1, 0, n, row, row), qattn_view_extent("v", v, 4, 1, 0, 1, 0, n, row, row)};
+        s = qattn_check_disjoint(ctx, "qattn_kv_cache_read", outs, 2, NULL, 0);
+        if (s != QATTN_OK) return s;
+    }
     const qattn_kv_cache *c = cache;
     const int32_t *table = table_of(c, seq);
     int D = c->head_dim;

@@ -83,7 +83,11 @@ static qattn_status validate(qattn_ctx *ctx, const qattn_kv_cache *c, const qatt
                               "qattn_kv_decode: sequence %d holds %lld tokens, fewer than seqlen_q %d (append the new tokens first)", id,
                               (long long)c->seq_len[id], dp->seqlen_q);
     }
-    return QATTN_OK;
+    int64_t rows = (int64_t)dp->n_seqs * dp->seqlen_q * dp->n_heads, D = c->head_dim; /* < 2^31 * 64 * 4096: fits */
+    int64_t qb = dp->q_dtype == QATTN_DTYPE_F32 ? 4 : 2, ob = dp->o_dtype == QATTN_DTYPE_F32 ? 4 : 2;
+    qattn_extent in = qattn_view_extent("q", dp->q, qb, 1, 0, 1, 0, rows, D, D);
+    qattn_extent outs[2] = {qattn_view_extent("o", dp->o, ob, 1, 0, 1, 0, rows, D, D), qattn_view_extent("lse", dp->lse, 4, 1, 0, 1, 0, rows, 1, 1)};
+    return qattn_check_disjoint(ctx, "qattn_kv_decode", outs, 2, &in, 1);
 }
 
 static void make_plan(dplan *pl, qattn_ctx *ctx, const qattn_kv_cache *c, const qattn_decode_params *dp) {

@@ -333,6 +333,9 @@ static qattn_status check_int8_tensor(qattn_ctx *ctx, const qattn_params *p, int
     if (!t) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "the int8 tensor for %s is NULL", tensor_name(which));
     qattn_status s = qattn_quant_check_tensor(ctx, which, t->granularity, t->block_size);
     if (s != QATTN_OK) return s;
+    if (t->reserved != 0)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s: the int8 tensor's reserved field is %lld; it must be 0", tensor_name(which),
+                          (long long)t->reserved);
     if (p->batch == 0) return QATTN_OK;
     if (need_data && (!t->data || !t->scale))
         return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "%s: int8 data or scale is NULL", tensor_name(which));
@@ -444,6 +447,7 @@ qattn_status qattn_forward_quantized(qattn_ctx *ctx, const qattn_params *p, cons
     pc.qkv_dtype = QATTN_DTYPE_F32; /* element strides are dtype-independent; validation only */
     pc.precision = QATTN_PRECISION_INT8;
     qattn_status s = qattn_validate(ctx, &pc, true);
+    if (s == QATTN_OK) s = qattn_check_params_disjoint(ctx, &pc, 1); /* int8 codes: one byte each */
     if (s != QATTN_OK || pc.batch == 0) return s;
     const qattn_int8_tensor *ts[3] = {&qi->q, &qi->k, &qi->v};
     for (int32_t w = 0; w < 3; w++) {

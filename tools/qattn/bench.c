@@ -91,19 +91,30 @@ static int fill_random(const cli_opts *o, cli_rng *rng, void *dst, int32_t dtype
     return 0;
 }
 
+/* Allocates all four or none, and says why in one line (the sizes, the total). */
 static int make_tensors(const cli_opts *o, const qattn_params *p, bench_tensors *t) {
     memset(t, 0, sizeof *t);
     size_t es = cli_dtype_size(p->qkv_dtype);
-    int64_t q_count = p->batch * p->seqlen_q * p->n_heads * p->head_dim;
-    int64_t kv_count = p->batch * p->seqlen_k * p->n_kv_heads * p->head_dim;
-    t->q_bytes = (size_t)q_count * es;
-    t->kv_bytes = (size_t)kv_count * es;
-    t->o_bytes = (size_t)q_count * cli_dtype_size(p->o_dtype);
-    t->q = cli_alloc(t->q_bytes, "Q", CMD);
-    t->k = cli_alloc(t->kv_bytes, "K", CMD);
-    t->v = cli_alloc(t->kv_bytes, "V", CMD);
-    t->o = cli_alloc(t->o_bytes, "O", CMD);
-    if (!t->q || !t->k || !t->v || !t->o) return -1;
+    int64_t q_dims[4] = {p->batch, p->seqlen_q, p->n_heads, p->head_dim}, kv_dims[4] = {p->batch, p->seqlen_k, p->n_kv_heads, p->head_dim};
+    int64_t q_count, kv_count, o_count;
+    size_t total;
+    if (cli_tensor_size(q_dims, 4, es, &q_count, &t->q_bytes) || cli_tensor_size(kv_dims, 4, es, &kv_count, &t->kv_bytes) ||
+        cli_tensor_size(q_dims, 4, cli_dtype_size(p->o_dtype), &o_count, &t->o_bytes) ||
+        __builtin_add_overflow(t->q_bytes, t->kv_bytes, &total) || __builtin_add_overflow(total, t->kv_bytes, &total) ||
+        __builtin_add_overflow(total, t->o_bytes, &total)) {
+        cli_error(CMD, "Q [%lld, %lld, %lld, %lld] and K, V [%lld, %lld, %lld, %lld] are too large: their byte sizes overflow 64 bits",
+                  (long long)q_dims[0], (long long)q_dims[1], (long long)q_dims[2], (long long)q_dims[3], (long long)kv_dims[0],
+                  (long long)kv_dims[1], (long long)kv_dims[2], (long long)kv_dims[3]);
+        return -1;
+    }
+    t->q = cli_alloc(t->q_bytes, "Q", NULL);
+    t->k = t->q ? cli_alloc(t->kv_bytes, "K", NULL) : NULL;
+    t->v = t->k ? cli_alloc(t->kv_bytes, "V", NULL) : NULL;
+    t->o = t->v ? cli_alloc(t->o_bytes, "O", NULL) : NULL;
+    if (!t->o) {
+        cli_error(CMD, "out of memory allocating Q, K, V and O (%zu bytes in all)", total);
+        return -1;
+    }
     cli_rng rng;
     cli_rng_seed(&rng, o->seed);
     if (fill_random(o, &rng, t->q, p->qkv_dtype, q_count) || fill_random(o, &rng, t->k, p->qkv_dtype, kv_count) ||
@@ -261,11 +272,9 @@ static int run_case(qattn_ctx *ctx, const cli_opts *o, const qattn_params *proto
     double oracle_work = (double)p.n_heads * p.head_dim * pairs;
     r->oracle_rows = oracle_work <= ORACLE_FULL_WORK_LIMIT || p.seqlen_q <= ORACLE_SAMPLE_ROWS ? p.seqlen_q : ORACLE_SAMPLE_ROWS;
     /* The oracle runs on the host: it gets a CPU context for its error messages. */
-    qattn_ctx *host = NULL;
-    if (qattn_ctx_create(&host, NULL) != QATTN_OK) {
-        cli_error(CMD, "cannot create a CPU context for the oracle");
-        goto done;
-    }
+    qattn_ctx_options host_opt = {.backend = QATTN_BACKEND_CPU};
+    qattn_ctx *host = cli_ctx_create(&host_opt, CMD);
+    if (!host) goto done;
     int checked = check_against_oracle(host, &p, o_f32, r->oracle_rows, &r->err) == 0;
     qattn_ctx_destroy(host);
     if (!checked) goto done;
@@ -366,18 +375,8 @@ int qattn_cli_bench(int argc, char **argv) {
     choose_best_backend(&o);
     qattn_ctx_options copt;
     cli_opts_to_ctx_options(&o, &copt);
-    qattn_ctx *ctx = NULL;
-    qattn_status s = qattn_ctx_create(&ctx, &copt);
-    if (s != QATTN_OK) {
-        /* The library cannot say why (the message dies with the context): give the likely reason. */
-        const char *hint = copt.backend == QATTN_BACKEND_CUDA ? " (this build has no CUDA backend, or no device is visible)"
-                           : copt.isa == QATTN_ISA_AVX2   ? " (this CPU or OS lacks AVX2/FMA/F16C)"
-                           : copt.isa == QATTN_ISA_AVXVNNI ? " (this CPU or OS lacks AVX-VNNI)"
-                                                          : "";
-        cli_error(CMD, "cannot create a context (backend %s, isa %s): %s%s", cli_backend_name(copt.backend), cli_isa_name(copt.isa),
-                  qattn_status_str(s), hint);
-        return CLI_EXIT_FAILURE;
-    }
+    qattn_ctx *ctx = cli_ctx_create(&copt, CMD);
+    if (!ctx) return CLI_EXIT_FAILURE;
     qattn_ctx_info info;
     qattn_ctx_get_info(ctx, &info);
     int on_device = info.backend == QATTN_BACKEND_CUDA;
@@ -401,7 +400,7 @@ int qattn_cli_bench(int argc, char **argv) {
         /* Ask first, so an unsupported case costs no allocation; its reason is printed. */
         qattn_params probe = p;
         probe.batch = 0; /* shape checks without tensors */
-        s = qattn_supports(ctx, &probe);
+        qattn_status s = qattn_supports(ctx, &probe);
         bench_result r;
         if (s != QATTN_OK) {
             cli_error(CMD, "%s: %s", qattn_status_str(s), qattn_ctx_last_error(ctx));

@@ -117,7 +117,7 @@ static int parse(int argc, char **argv, dopts *o) {
         int64_t *dst, lo, hi;
     } ints[] = {{"--kv-len", &o->kv_len, 1, 1 << 24},   {"--batch", &o->batch, 1, 4096},     {"--heads", &o->heads, 1, 4096},
                 {"--kv-heads", &o->kv_heads, 1, 4096},  {"--head-dim", &o->head_dim, 32, 256}, {"--seqlen-q", &o->seqlen_q, 1, 64},
-                {"--threads", &o->threads, 0, 1024},    {"--iters", &o->iters, 1, 100000},  {"--block-size", &o->block_size, 1, 1024}};
+                {"--threads", &o->threads, 0, QATTN_MAX_THREADS},    {"--iters", &o->iters, 1, 100000},  {"--block-size", &o->block_size, 1, 1024}};
     for (int i = 1; i < argc; i++) {
         const char *val = NULL;
         int r, done = 0;
@@ -255,11 +255,8 @@ int qattn_cli_bench_decode(int argc, char **argv) {
     co.backend = QATTN_BACKEND_CPU;
     co.isa = o.isa;
     co.n_threads = (int32_t)o.threads;
-    qattn_ctx *ctx = NULL;
-    if (qattn_ctx_create(&ctx, &co) != QATTN_OK) {
-        cli_error(CMD, "cannot create a CPU context%s", o.isa ? " with that --isa" : "");
-        return CLI_EXIT_FAILURE;
-    }
+    qattn_ctx *ctx = cli_ctx_create(&co, CMD);
+    if (!ctx) return CLI_EXIT_FAILURE;
     qattn_ctx_info info;
     qattn_ctx_get_info(ctx, &info);
     double bw = probe_read_bandwidth(info.n_threads);

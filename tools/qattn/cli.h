@@ -88,6 +88,10 @@ void cli_opts_to_params(const cli_opts *o, qattn_params *p);
 /* Context options (backend, isa, threads) from o. */
 void cli_opts_to_ctx_options(const cli_opts *o, qattn_ctx_options *c);
 
+/* qattn_ctx_create_ex; on failure prints "qattn <command>: cannot create a context (backend B,
+ * isa I): <the library's reason>" and returns NULL. */
+qattn_ctx *cli_ctx_create(const qattn_ctx_options *c, const char *command);
+
 /* Helpers for a command's own flags. If argv[*i] is `name` or `name=...`, set *value to
  * the flag's value (the next argument, advancing *i, or the text after '='), and return 1;
  * a missing value prints an error and returns -1; any other argument returns 0. */
@@ -172,8 +176,11 @@ double cli_median(double *values, int n); /* sorts values in place */
 int64_t cli_visible_pairs(const qattn_params *p);
 
 /* Allocate n bytes (64-byte aligned, zeroed) or print "qattn <command>: out of memory ..." and
- * return NULL. Free with cli_free. */
+ * return NULL (command NULL: print nothing, the caller reports). Free with cli_free. */
 void *cli_alloc(size_t n, const char *what, const char *command);
 void cli_free(void *p);
+
+/* The element count (product of dims) and its bytes; -1 when either overflows int64/size_t. */
+int cli_tensor_size(const int64_t *dims, int ndim, size_t elem_bytes, int64_t *count, size_t *bytes);
 
 #endif /* QATTN_CLI_H */

@@ -203,7 +203,7 @@ cli_flag_result cli_opts_parse_flag(cli_opts *o, int argc, char **argv, int *i, 
     static const int_flag int_flags[] = {
         {"--batch", 1, INT32_MAX, 1},   {"--heads", 1, 4096, 1},       {"--kv-heads", 1, 4096, 1},
         {"--seqlen-q", 1, INT32_MAX, 1}, {"--seqlen-k", 1, INT32_MAX, 1}, {"--head-dim", 1, 4096, 1},
-        {"--threads", 0, 1024, 0},      {"--iters", 1, 1000000, 0},    {"--warmup", 0, 1000000, 0},
+        {"--threads", 0, QATTN_MAX_THREADS, 0},     {"--iters", 1, 1000000, 0},    {"--warmup", 0, 1000000, 0},
         {"--seed", 0, INT64_MAX, 0},
     };
     const char *arg = argv[*i];
@@ -341,6 +341,18 @@ void cli_opts_to_ctx_options(const cli_opts *o, qattn_ctx_options *c) {
     c->backend = o->backend;
     c->isa = o->isa;
     c->n_threads = o->threads;
+}
+
+qattn_ctx *cli_ctx_create(const qattn_ctx_options *c, const char *command) {
+    qattn_ctx *ctx = NULL;
+    char why[256];
+    qattn_status s = qattn_ctx_create_ex(&ctx, c, why, sizeof why);
+    if (s != QATTN_OK) {
+        cli_error(command, "cannot create a context (backend %s, isa %s): %s", c ? cli_backend_name(c->backend) : "auto",
+                  c ? cli_isa_name(c->isa) : "auto", why[0] ? why : qattn_status_str(s));
+        return NULL;
+    }
+    return ctx;
 }
 
 /* ---------------------------------------------------------------- PRNG */
@@ -507,7 +519,7 @@ void *cli_alloc(size_t n, const char *what, const char *command) {
     if (n == 0) rounded = 64;
     void *p = rounded ? aligned_alloc(64, rounded) : NULL;
     if (!p) {
-        cli_error(command, "out of memory allocating %s (%zu bytes)", what, n);
+        if (command) cli_error(command, "out of memory allocating %s (%zu bytes)", what, n);
         return NULL;
     }
     memset(p, 0, rounded);
@@ -515,3 +527,13 @@ void *cli_alloc(size_t n, const char *what, const char *command) {
 }
 
 void cli_free(void *p) { free(p); }
+
+int cli_tensor_size(const int64_t *dims, int ndim, size_t elem_bytes, int64_t *count, size_t *bytes) {
+    int64_t n = 1, b;
+    for (int d = 0; d < ndim; d++)
+        if (!qattn_mul_i64(n, dims[d], &n)) return -1;
+    if (!qattn_mul_i64(n, (int64_t)elem_bytes, &b) || (uint64_t)b > SIZE_MAX) return -1;
+    *count = n;
+    *bytes = (size_t)b;
+    return 0;
+}

@@ -28,14 +28,10 @@ int qattn_cli_info(int argc, char **argv) {
     qattn_ctx_options copt;
     cli_opts_to_ctx_options(&o, &copt);
     copt.backend = QATTN_BACKEND_CPU;
-    qattn_ctx *ctx = NULL;
-    qattn_status s = qattn_ctx_create(&ctx, &copt);
-    if (s != QATTN_OK) {
-        cli_error("info", "cannot create a CPU context: %s", qattn_status_str(s));
-        return CLI_EXIT_FAILURE;
-    }
+    qattn_ctx *ctx = cli_ctx_create(&copt, "info");
+    if (!ctx) return CLI_EXIT_FAILURE;
     qattn_ctx_info info;
-    s = qattn_ctx_get_info(ctx, &info);
+    qattn_status s = qattn_ctx_get_info(ctx, &info);
     qattn_ctx_destroy(ctx);
     if (s != QATTN_OK) {
         cli_error("info", "qattn_ctx_get_info: %s", qattn_status_str(s));

@@ -164,13 +164,9 @@ static int unify_dtypes(cli_npy_array *arrays[3], int32_t *qkv_dtype) {
 static int compute_attention(const run_args *a, qattn_params *p, float **o, float **lse) {
     qattn_ctx_options copt;
     cli_opts_to_ctx_options(&a->opts, &copt);
-    qattn_ctx *ctx = NULL;
-    qattn_status s = qattn_ctx_create(&ctx, &copt);
-    if (s != QATTN_OK) {
-        cli_error(CMD, "cannot create a context (backend %s, isa %s, threads %d): %s", cli_backend_name(copt.backend),
-                  cli_isa_name(copt.isa), copt.n_threads, qattn_status_str(s));
-        return -1;
-    }
+    qattn_ctx *ctx = cli_ctx_create(&copt, CMD);
+    if (!ctx) return -1;
+    qattn_status s;
     int rc = -1;
     /* Sizes were checked by the npy reader (Q fits in memory, so O, same count, does too). */
     size_t o_count = (size_t)(p->batch * p->seqlen_q * p->n_heads * p->head_dim);
