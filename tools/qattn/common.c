@@ -71,21 +71,32 @@ const char *cli_backend_name(int32_t backend) {
     }
 }
 
+/* The one table of ISA names (qattn_isa values): parsing, printing, help and messages. */
+static const struct {
+    const char *name;
+    int32_t isa;
+} isa_table[] = {{"ref", QATTN_ISA_REF}, {"avx2", QATTN_ISA_AVX2}, {"avxvnni", QATTN_ISA_AVXVNNI}};
+#define ISA_COUNT (sizeof isa_table / sizeof isa_table[0])
+
 int32_t cli_isa_from_name(const char *name) {
-    if (!strcmp(name, "ref")) return QATTN_ISA_REF;
-    if (!strcmp(name, "avx2")) return QATTN_ISA_AVX2;
-    if (!strcmp(name, "avxvnni")) return QATTN_ISA_AVXVNNI;
+    for (size_t i = 0; i < ISA_COUNT; i++)
+        if (!strcmp(name, isa_table[i].name)) return isa_table[i].isa;
     return -1;
 }
 
 const char *cli_isa_name(int32_t isa) {
-    switch (isa) {
-    case QATTN_ISA_AUTO: return "auto";
-    case QATTN_ISA_REF: return "ref";
-    case QATTN_ISA_AVX2: return "avx2";
-    case QATTN_ISA_AVXVNNI: return "avxvnni";
-    default: return "?";
-    }
+    if (isa == QATTN_ISA_AUTO) return "auto";
+    for (size_t i = 0; i < ISA_COUNT; i++)
+        if (isa_table[i].isa == isa) return isa_table[i].name;
+    return "?";
+}
+
+const char *cli_isa_names(void) {
+    static char list[128];
+    if (!list[0])
+        for (size_t i = 0, n = 0; i < ISA_COUNT && n < sizeof list; i++)
+            n += (size_t)snprintf(list + n, sizeof list - n, "%s%s", i ? "|" : "", isa_table[i].name);
+    return list;
 }
 
 /* ---------------------------------------------------------------- flag parsing */
@@ -132,6 +143,10 @@ int cli_parse_float(const char *text, float *out, const char *flag, const char *
     double v = strtod(text, &end);
     if (text[0] == '\0' || *end != '\0' || !isfinite(v) || fabs(v) > FLT_MAX) {
         cli_error(command, "%s: '%s' is not a finite number", flag, text);
+        return -1;
+    }
+    if (v != 0.0 && (float)v == 0.0f) {
+        cli_error(command, "%s: '%s' is below the smallest float32 (about 1.4e-45): it would round to 0", flag, text);
         return -1;
     }
     *out = (float)v;
@@ -276,7 +291,7 @@ cli_flag_result cli_opts_parse_flag(cli_opts *o, int argc, char **argv, int *i, 
         if (r < 0) return CLI_FLAG_ERROR;
         o->isa = cli_isa_from_name(value);
         if (o->isa < 0) {
-            cli_error(command, "--isa: '%s' is not one of ref, avx2, avxvnni", value);
+            cli_error(command, "--isa: '%s' is not one of %s", value, cli_isa_names());
             return CLI_FLAG_ERROR;
         }
         return CLI_FLAG_CONSUMED;
@@ -310,7 +325,7 @@ void cli_opts_print_help(FILE *f) {
           "  --int8-scheme S     qattn|intfa|sage (with --precision int8)\n"
           "Execution:\n"
           "  --backend B         cpu|cuda (default: QATTN_BACKEND, else cuda if a GPU is visible, else cpu)\n"
-          "  --isa I             ref|avx2|avxvnni (default: QATTN_ISA, else the best available)\n"
+          "  --isa I             ISA (default: QATTN_ISA, else the best available)\n"
           "  --threads T         CPU threads (0 = all online cores)\n"
           "  --iters N           timed iterations, median reported (default 5)\n"
           "  --warmup N          untimed iterations first (default 1)\n"
@@ -318,6 +333,7 @@ void cli_opts_print_help(FILE *f) {
           "  --dist D            normal|uniform: N(0,1) or U(0,1) inputs (default normal)\n"
           "  --json              one JSON object per line\n",
           f);
+    fprintf(f, "ISAs: %s\n", cli_isa_names());
 }
 
 void cli_opts_to_params(const cli_opts *o, qattn_params *p) {

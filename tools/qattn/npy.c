@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -209,12 +210,25 @@ static int read_header(FILE *f, cli_npy_array *out, long long *header_end, char 
 
 int cli_npy_read(const char *path, cli_npy_array *out, char *err, size_t err_len) {
     memset(out, 0, sizeof *out);
-    FILE *f = fopen(path, "rb");
-    if (!f) return fail(err, err_len, "cannot open: %s", strerror(errno));
+    /* O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever. The
+     * type is checked on the descriptor itself (no race with a rename between stat and open). */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return fail(err, err_len, "cannot open: %s", strerror(errno));
     struct stat st;
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
-        fclose(f);
-        return fail(err, err_len, "not a regular file");
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return fail(err, err_len, "cannot stat: %s", strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return fail(err, err_len, "not a regular file (%s)", S_ISFIFO(st.st_mode) ? "a FIFO" : S_ISDIR(st.st_mode) ? "a directory" : "a device or socket");
+    }
+    int flags = fcntl(fd, F_GETFL);
+    FILE *f = flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0 ? NULL : fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return fail(err, err_len, "cannot open: %s", strerror(errno));
     }
     long long header_end = 0;
     size_t bytes = 0;
@@ -282,7 +296,9 @@ static size_t format_header(char *buf, size_t buf_len, int ndim, const int64_t *
     return total;
 }
 
-int cli_npy_write_f32(const char *path, const float *data, int ndim, const int64_t *shape, char *err, size_t err_len) {
+int cli_npy_write_f32_temp(const char *path, const float *data, int ndim, const int64_t *shape, char **tmp_path, char *err,
+                           size_t err_len) {
+    *tmp_path = NULL;
     if (ndim < 0 || ndim > CLI_NPY_MAX_DIMS) return fail(err, err_len, "cannot write %d dimensions", ndim);
     size_t count = 1;
     for (int d = 0; d < ndim; d++) count *= (size_t)shape[d];
@@ -311,8 +327,7 @@ int cli_npy_write_f32(const char *path, const float *data, int ndim, const int64
         /* mkstemp makes the file 0600; give it the usual permissions of a new file. */
         mode_t mask = umask(0);
         umask(mask);
-        chmod(tmp, 0666 & ~mask);
-        ok = rename(tmp, path) == 0;
+        ok = chmod(tmp, 0666 & ~mask) == 0;
     }
     if (!ok) {
         int e = errno;
@@ -320,6 +335,6 @@ int cli_npy_write_f32(const char *path, const float *data, int ndim, const int64
         free(tmp);
         return fail(err, err_len, "write failed: %s", strerror(e));
     }
-    free(tmp);
+    *tmp_path = tmp;
     return 0;
 }

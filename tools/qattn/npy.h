@@ -4,8 +4,8 @@
  * header length, the header dict (exactly the keys descr, fortran_order, shape), sizes
  * (overflow), and the file length, which must be exactly header + data: a truncated file
  * and trailing bytes are both errors, since either means the file is not what its header says.
- * Writes version 1.0 float32 files through a temporary file renamed on success, so a failed
- * write never leaves a partial output. Errors are one line (no path, no newline) in err. */
+ * Writes version 1.0 float32 files to temporary files that the caller renames once every output
+ * is written, so a failed run never leaves a partial output nor touches an existing one. Errors are one line (no path, no newline) in err. */
 #ifndef QATTN_CLI_NPY_H
 #define QATTN_CLI_NPY_H
 
@@ -34,8 +34,10 @@ int cli_npy_read(const char *path, cli_npy_array *out, char *err, size_t err_len
 
 void cli_npy_free(cli_npy_array *a);
 
-/* Write float32 data of the given shape to path (atomically: temp file + rename).
- * 0 on success, -1 with err filled and no file at path created or changed. */
-int cli_npy_write_f32(const char *path, const float *data, int ndim, const int64_t *shape, char *err, size_t err_len);
+/* Write float32 data of the given shape to a new temporary file next to path (same folder, so a
+ * rename() to path is atomic). 0 on success with *tmp_path (malloc'ed) naming it: the caller
+ * renames or removes it, then frees the name. -1 with err filled and nothing left behind. */
+int cli_npy_write_f32_temp(const char *path, const float *data, int ndim, const int64_t *shape, char **tmp_path, char *err,
+                           size_t err_len);
 
 #endif /* QATTN_CLI_NPY_H */

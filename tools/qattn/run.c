@@ -1,14 +1,21 @@
 /* qattn run: attention on .npy inputs.
  *   Q [B, Lq, H, D], K and V [B, Lk, HK, D] (float32 or float16, C order)
  *   -> O float32 [B, Lq, H, D], optionally LSE float32 [B, H, Lq].
- * Any bad input ends the command with one line on stderr, a non-zero status and no output
- * file: inputs are all checked and the forward runs before anything is written, and each
- * output is written to a temporary file renamed on success. */
+ * Any bad input ends the command with one line on stderr, a non-zero status and every existing
+ * file as it was: inputs are all checked and the forward runs before anything is written, both
+ * outputs are written to temporary files in their folders, and renamed over the targets only
+ * when both were written. Only regular files are read or replaced. */
+#define _XOPEN_SOURCE 700 /* realpath */
 #include "cli.h"
 #include "npy.h"
 
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static const char *const CMD = "run";
 
@@ -22,16 +29,32 @@ static void print_run_help(void) {
            "  --window L,R        local window (-1 = unbounded side)\n"
            "  --scale S           softmax scale (default 1/sqrt(D))\n"
            "  --precision P       fp32|fp16|bf16|int8 (default: the inputs' dtype)\n"
-           "  --int8-scheme S     qattn|intfa|sage\n"
+           "  --int8-scheme S     qattn|intfa|sage (with --precision int8)\n"
            "  --threads T         CPU threads (0 = all online cores)\n"
-           "  --isa I             ref|avx2\n"
-           "  --backend cpu       (the only backend for run)\n");
+           "  --isa I             %s\n"
+           "  --backend cpu       (the only backend for run)\n"
+           "Each flag may be given once. --out and --lse must be distinct regular files (or new ones).\n",
+           cli_isa_names());
 }
 
 typedef struct run_args {
     const char *q_path, *k_path, *v_path, *out_path, *lse_path;
     cli_opts opts;
 } run_args;
+
+/* The common flags that describe benchmarks, not a run: refused rather than ignored. */
+static const char *const unused_flags[] = {"--json", "--iters", "--warmup", "--seed", "--dist"};
+
+/* The flag name of an argument ("--x" of "--x=v"), in buf; "" for a non-flag. */
+static const char *flag_name(const char *arg, char *buf, size_t len) {
+    buf[0] = '\0';
+    if (strncmp(arg, "--", 2) != 0) return buf;
+    size_t n = strcspn(arg, "=");
+    if (n >= len) n = len - 1;
+    memcpy(buf, arg, n);
+    buf[n] = '\0';
+    return buf;
+}
 
 /* Parse argv into a; returns -1 after printing the problem, 1 for --help, 0 otherwise. */
 static int parse_run_args(int argc, char **argv, run_args *a) {
@@ -42,8 +65,25 @@ static int parse_run_args(int argc, char **argv, run_args *a) {
         const char *flag;
         const char **dest;
     } paths[] = {{"--q", &a->q_path}, {"--k", &a->k_path}, {"--v", &a->v_path}, {"--out", &a->out_path}, {"--lse", &a->lse_path}};
+    int scheme_given = 0;
+    char seen[32][32]; /* the flags so far: more than there are distinct flags means a repeat */
+    int n_seen = 0;
     for (int i = 1; i < argc; i++) {
         if (cli_flag_is(argv[i], "--help") || cli_flag_is(argv[i], "-h")) return 1;
+        char name[32];
+        flag_name(argv[i], name, sizeof name);
+        for (int j = 0; j < n_seen && name[0]; j++)
+            if (!strcmp(seen[j], name)) {
+                cli_error(CMD, "%s is given twice", name);
+                return -1;
+            }
+        if (name[0] && n_seen < 32) memcpy(seen[n_seen++], name, sizeof name);
+        for (size_t u = 0; u < sizeof unused_flags / sizeof unused_flags[0]; u++)
+            if (!strcmp(name, unused_flags[u])) {
+                cli_error(CMD, "%s is not used by run (it writes .npy files; see qattn run --help)", name);
+                return -1;
+            }
+        scheme_given |= !strcmp(name, "--int8-scheme");
         int matched = 0;
         for (size_t p = 0; p < sizeof paths / sizeof paths[0] && !matched; p++) {
             int r = cli_flag_value(argc, argv, &i, paths[p].flag, paths[p].dest, CMD);
@@ -66,6 +106,10 @@ static int parse_run_args(int argc, char **argv, run_args *a) {
         cli_error(CMD, "shape options are not used by run: the shapes come from the .npy files");
         return -1;
     }
+    if (scheme_given && a->opts.precision != QATTN_PRECISION_INT8) {
+        cli_error(CMD, "--int8-scheme needs --precision int8 (precision is %s)", cli_precision_name(a->opts.precision));
+        return -1;
+    }
     if (a->opts.backend == QATTN_BACKEND_CUDA) {
         cli_error(CMD, "--backend cuda is not supported by run (host .npy data): use --backend cpu");
         return -1;
@@ -75,8 +119,58 @@ static int parse_run_args(int argc, char **argv, run_args *a) {
         cli_error(CMD, "missing %s (try qattn run --help)", !a->q_path ? "--q" : !a->k_path ? "--k" : !a->v_path ? "--v" : "--out");
         return -1;
     }
-    if (a->lse_path && !strcmp(a->lse_path, a->out_path)) {
-        cli_error(CMD, "--out and --lse name the same file '%s'", a->out_path);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- output paths */
+
+/* The path with its folder resolved (symlinks, "." and ".."), for a file that may not exist yet;
+ * NULL when the folder cannot be resolved. malloc'ed. */
+static char *resolve_parent(const char *path) {
+    char *dir_copy = strdup(path), *base_copy = strdup(path);
+    char *resolved = NULL, *out = NULL;
+    if (dir_copy && base_copy) resolved = realpath(dirname(dir_copy), NULL);
+    if (resolved) {
+        const char *base = basename(base_copy);
+        size_t n = strlen(resolved) + strlen(base) + 2;
+        out = malloc(n);
+        if (out) snprintf(out, n, "%s/%s", resolved, base);
+    }
+    free(resolved);
+    free(dir_copy);
+    free(base_copy);
+    return out;
+}
+
+/* 1 when a and b name the same file: the same (device, inode) if both exist, else the same
+ * path once their folders are resolved (or, unresolvable, the same text). */
+static int same_file(const char *a, const char *b) {
+    struct stat sa, sb;
+    if (lstat(a, &sa) == 0 && lstat(b, &sb) == 0) return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+    char *ra = resolve_parent(a), *rb = resolve_parent(b);
+    int same = ra && rb ? !strcmp(ra, rb) : !strcmp(a, b);
+    free(ra);
+    free(rb);
+    return same;
+}
+
+/* An existing output must be a regular file (not a symlink, device, FIFO or folder): renaming
+ * over anything else would replace it rather than write into it, which is not what was asked. */
+static int check_output_path(const char *flag, const char *path) {
+    struct stat st;
+    if (lstat(path, &st) != 0) return 0; /* absent (or unreachable: the write will say why) */
+    if (!S_ISREG(st.st_mode)) {
+        cli_error(CMD, "%s %s exists and is not a regular file (%s); refusing to replace it", flag, path,
+                  S_ISLNK(st.st_mode) ? "a symbolic link" : S_ISDIR(st.st_mode) ? "a directory" : S_ISFIFO(st.st_mode) ? "a FIFO" : "a device or socket");
+        return -1;
+    }
+    return 0;
+}
+
+static int check_output_paths(const run_args *a) {
+    if (check_output_path("--out", a->out_path) || (a->lse_path && check_output_path("--lse", a->lse_path))) return -1;
+    if (a->lse_path && same_file(a->out_path, a->lse_path)) {
+        cli_error(CMD, "--out '%s' and --lse '%s' name the same file", a->out_path, a->lse_path);
         return -1;
     }
     return 0;
@@ -188,22 +282,41 @@ done:
     return rc;
 }
 
+/* Both outputs go to temporary files first; the targets are replaced only once both exist. */
 static int write_outputs(const run_args *a, const qattn_params *p, const float *o, const float *lse) {
     char err[CLI_NPY_ERR_LEN];
+    char *o_tmp = NULL, *lse_tmp = NULL;
     int64_t o_shape[4] = {p->batch, p->seqlen_q, p->n_heads, p->head_dim};
-    if (cli_npy_write_f32(a->out_path, o, 4, o_shape, err, sizeof err)) {
+    int64_t lse_shape[3] = {p->batch, p->n_heads, p->seqlen_q};
+    int rc = -1;
+    if (cli_npy_write_f32_temp(a->out_path, o, 4, o_shape, &o_tmp, err, sizeof err)) {
         cli_error(CMD, "%s: %s", a->out_path, err);
-        return -1;
+        goto done;
     }
-    if (a->lse_path) {
-        int64_t lse_shape[3] = {p->batch, p->n_heads, p->seqlen_q};
-        if (cli_npy_write_f32(a->lse_path, lse, 3, lse_shape, err, sizeof err)) {
-            cli_error(CMD, "%s: %s", a->lse_path, err);
-            remove(a->out_path); /* all outputs or none */
-            return -1;
-        }
+    if (a->lse_path && cli_npy_write_f32_temp(a->lse_path, lse, 3, lse_shape, &lse_tmp, err, sizeof err)) {
+        cli_error(CMD, "%s: %s", a->lse_path, err);
+        goto done;
     }
-    return 0;
+    if (rename(o_tmp, a->out_path) != 0) {
+        cli_error(CMD, "%s: cannot replace it: %s", a->out_path, strerror(errno));
+        goto done;
+    }
+    free(o_tmp);
+    o_tmp = NULL;
+    /* Same folder as its temporary file: this rename fails only if the folder changed meanwhile. */
+    if (lse_tmp && rename(lse_tmp, a->lse_path) != 0) {
+        cli_error(CMD, "%s: cannot replace it: %s (%s was written)", a->lse_path, strerror(errno), a->out_path);
+        goto done;
+    }
+    free(lse_tmp);
+    lse_tmp = NULL;
+    rc = 0;
+done:
+    if (o_tmp) remove(o_tmp);
+    if (lse_tmp) remove(lse_tmp);
+    free(o_tmp);
+    free(lse_tmp);
+    return rc;
 }
 
 int qattn_cli_run(int argc, char **argv) {
@@ -214,6 +327,7 @@ int qattn_cli_run(int argc, char **argv) {
         return CLI_EXIT_OK;
     }
     if (parsed < 0) return CLI_EXIT_USAGE;
+    if (check_output_paths(&a)) return CLI_EXIT_USAGE;
 
     cli_npy_array q, k, v;
     memset(&q, 0, sizeof q);
