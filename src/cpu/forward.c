@@ -10,6 +10,9 @@
 
 #include "cpu/threads.h"
 
+#include <float.h>
+#include <stdatomic.h>
+
 #define BLOCK_ROWS 128       /* query rows (positions x group heads) per unit: 128 beat 64 by 9% on prefill (half the
                                 K/V packing); 256 gained only 2-4% more for 2x fewer units to share among threads */
 #define TILE_KEYS 64         /* keys per K/V tile */
@@ -43,6 +46,9 @@ typedef struct plan {
     size_t worker_floats; /* floats of scratch per worker */
     float *scratch;       /* n_workers * worker_floats */
     float *partials;      /* n_units * rows * (D + 2), when n_split > 1 */
+    /* The first (lowest (b, h, i)) query row whose scaled scores overflowed float32 with finite
+     * q and k; INT64_MAX if none. Written by workers, hence atomic. */
+    atomic_llong overflow_row;
 } plan;
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -150,8 +156,35 @@ static void pack_kv(const plan *pl, const void *src, int64_t off, int64_t seq_st
                             p->head_dim, 1.0f, dst, p->head_dim);
 }
 
+/* Whether a row is finite as the kernels saw it (rounded to the call's precision: 1e5 is Inf in FP16). */
+static bool row_is_finite(const plan *pl, const void *src, int64_t base, int d) {
+    for (int c = 0; c < d; c++)
+        if (!isfinite(qattn_round_to(pl->precision, qattn_load(src, pl->p->qkv_dtype, base + c)))) return false;
+    return true;
+}
+
+/* A row whose state is not finite either saw a non-finite q/k value (reported as NaN/Inf by
+ * design) or had finite inputs whose scaled scores overflowed float32 (scale * log2e * q.k
+ * beyond FLT_MAX: Inf - Inf in the softmax). The kernels cannot tell the two apart; this rare
+ * path (taken only for non-finite rows) can, by reading the row's q and visible keys again.
+ * The overflow is recorded; qattn_cpu_forward then refuses the call with the row named. */
+static void note_if_overflow(const plan *pl, const qattn_seq *s, int64_t b, int64_t i, int h) {
+    const qattn_params *p = pl->p;
+    int D = p->head_dim, g = h / pl->group;
+    if (!row_is_finite(pl, p->q, s->q_off + i * p->q_seq_stride + (int64_t)h * p->q_head_stride, D)) return;
+    int64_t lo, hi;
+    qattn_key_range(i, s->lq, s->lk, p->window_left, qattn_window_right(p), &lo, &hi);
+    for (int64_t j = lo; j < hi; j++)
+        if (!row_is_finite(pl, p->k, s->k_off + j * p->k_seq_stride + (int64_t)g * p->k_head_stride, D)) return;
+    long long row = ((long long)b * p->n_heads + h) * p->seqlen_q + i;
+    atomic_llong *first = (atomic_llong *)&pl->overflow_row;
+    long long seen = atomic_load(first);
+    while (row < seen && !atomic_compare_exchange_weak(first, &seen, row)) {
+    }
+}
+
 /* Normalise a finished state and write O and LSE for the unit's rows. */
-static void write_rows(const plan *pl, const qattn_seq *s, int64_t i0, int n_pos, int g, const qattn_tile_state *st) {
+static void write_rows(const plan *pl, const qattn_seq *s, int64_t b, int64_t i0, int n_pos, int g, const qattn_tile_state *st) {
     const qattn_params *p = pl->p;
     int D = p->head_dim;
     for (int pi = 0; pi < n_pos; pi++)
@@ -162,6 +195,7 @@ static void write_rows(const plan *pl, const qattn_seq *s, int64_t i0, int n_pos
             float l = st->row_sum[r], mx = st->row_max[r];
             const float *acc = st->acc + r * st->ld_acc;
             bool empty = mx == -INFINITY; /* saw no key: zeros, LSE -inf, never 0/0 */
+            if (!empty && !(isfinite(l) && isfinite(mx))) note_if_overflow(pl, s, b, i, h);
             float inv = empty ? 0.0f : 1.0f / l;
             for (int c = 0; c < D; c++) qattn_store(p->o, p->o_dtype, base + c, empty ? 0.0f : acc[c] * inv);
             if (p->lse) p->lse[s->lse_off + (int64_t)h * s->lse_head_stride + i] = empty ? -INFINITY : (mx + log2f(l)) * LN2;
@@ -234,7 +268,7 @@ static void run_unit(void *arg, int64_t task, int worker) {
         }
     }
     if (!split)
-        for (int hh = 0; hh < H; hh++) write_rows(pl, &s, i0, n_pos, u.g + hh, &st[hh]);
+        for (int hh = 0; hh < H; hh++) write_rows(pl, &s, u.b, i0, n_pos, u.g + hh, &st[hh]);
 }
 
 /* Second phase of a split run: merge the partials of one (b, g, qblock) in split order. */
@@ -256,7 +290,7 @@ static void merge_unit(void *arg, int64_t task, int worker) {
                 qattn_state_view(pl->partials + (size_t)(task * pl->n_split + k) * partial_floats(pl) + hh * head_floats, m, D);
             qattn_state_merge(&total, &part, m, D);
         }
-        write_rows(pl, &s, i0, n_pos, u.g + hh, &total);
+        write_rows(pl, &s, u.b, i0, n_pos, u.g + hh, &total);
     }
 }
 
@@ -307,8 +341,17 @@ qattn_status qattn_cpu_forward(qattn_ctx *ctx, const qattn_params *p) {
     }
     pl.scratch = mem;
     pl.partials = pl.scratch + (size_t)nw * pl.worker_floats;
+    atomic_init(&pl.overflow_row, INT64_MAX);
     qattn_parallel_for(nw, pl.n_units, run_unit, &pl);
     if (pl.n_split > 1) qattn_parallel_for(nw, pl.n_units / pl.n_split, merge_unit, &pl);
     if (mem != p->workspace) qattn_free(ctx, mem);
+    long long row = atomic_load(&pl.overflow_row);
+    if (row != INT64_MAX) {
+        long long i = row % p->seqlen_q, h = row / p->seqlen_q % p->n_heads, b = row / p->seqlen_q / p->n_heads;
+        return qattn_fail(ctx, QATTN_ERR_OVERFLOW,
+                          "scale %g: the scaled scores of query row %lld (sequence %lld, head %lld) overflow float32 although q and k "
+                          "are finite (|scale * q.k| must stay below %g); scale the inputs or the scale down",
+                          (double)qattn_effective_scale(p), i, b, h, (double)(FLT_MAX / LOG2E));
+    }
     return QATTN_OK;
 }
