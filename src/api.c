@@ -492,14 +492,13 @@ qattn_status qattn_check_params_disjoint(qattn_ctx *ctx, const qattn_params *p, 
 static qattn_status begin(qattn_ctx *ctx, const qattn_params *p) {
     ctx->last_error[0] = '\0';
     bool host = ctx->backend == QATTN_BACKEND_CPU;
-    qattn_status s = qattn_validate(ctx, p, host);
-    if (s == QATTN_OK) s = qattn_check_params_disjoint(ctx, p, dtype_bytes(p->qkv_dtype));
-    return s;
+    return qattn_validate(ctx, p, host);
 }
 
 qattn_status qattn_supports(qattn_ctx *ctx, const qattn_params *p) {
     if (!ctx) return QATTN_ERR_NULL_POINTER;
     qattn_status s = begin(ctx, p);
+    if (s == QATTN_OK) s = qattn_check_params_disjoint(ctx, p, dtype_bytes(p->qkv_dtype));
     if (s != QATTN_OK) return s;
 #if defined(QATTN_HAVE_CUDA)
     if (ctx->backend == QATTN_BACKEND_CUDA) return qattn_cuda_supports(ctx, p);
@@ -523,6 +522,7 @@ qattn_status qattn_workspace_size(qattn_ctx *ctx, const qattn_params *p, size_t 
 qattn_status qattn_forward(qattn_ctx *ctx, const qattn_params *p) {
     if (!ctx) return QATTN_ERR_NULL_POINTER;
     qattn_status s = begin(ctx, p);
+    if (s == QATTN_OK) s = qattn_check_params_disjoint(ctx, p, dtype_bytes(p->qkv_dtype));
     if (s != QATTN_OK) return s;
     if (p->batch == 0) return QATTN_OK;
 #if defined(QATTN_HAVE_CUDA)

@@ -95,3 +95,15 @@ def test_decode_params_init_defaults():
     _lib.lib.qattn_decode_params_init(ctypes.byref(dp))
     assert (dp.q_dtype, dp.o_dtype, dp.seqlen_q, dp.causal, dp.window_left, dp.scale) == (0, 0, 1, 1, -1, 0.0)
     assert (dp.q, dp.o, dp.lse, dp.seq_ids, dp.n_seqs) == (None, None, None, None, 0)
+
+
+def test_max_threads_matches_header(tmp_path):
+    """_lib.MAX_THREADS mirrors QATTN_MAX_THREADS (the one thread limit)."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not cc or not os.path.isfile(os.path.join(HEADER_DIR, "qattn.h")):
+        pytest.skip("no C compiler or no header")
+    src = tmp_path / "t.c"
+    src.write_text('#include <stdio.h>\n#include "qattn.h"\nint main(void) { printf("%d\\n", QATTN_MAX_THREADS); return 0; }\n')
+    subprocess.run([cc, "-std=c11", "-I", HEADER_DIR, str(src), "-o", str(tmp_path / "t")], check=True)
+    out = subprocess.run([str(tmp_path / "t")], check=True, capture_output=True, text=True).stdout
+    assert int(out) == _lib.MAX_THREADS

@@ -183,3 +183,28 @@ def test_info_errors():
         qattn.info(backend="gpu")
     with pytest.raises(ValueError, match="isa"):
         qattn.info(isa="avx512")
+
+
+def test_context_failure_raises_the_librarys_reason(qkv, monkeypatch):
+    """QATTN_ISA=bogus used to raise a generic 'invalid argument': the reason comes from
+    qattn_ctx_create_ex now. threads=7 gives a context not cached by earlier tests."""
+    q, k, v = qkv
+    monkeypatch.setenv("QATTN_ISA", "bogus")
+    with pytest.raises(qattn.QattnValueError, match="QATTN_ISA=bogus is not one of"):
+        qattn.attention(q, k, v, threads=7)
+
+
+def test_thread_limit_is_the_librarys(qkv):
+    q, k, v = qkv
+    from qattn import _lib
+    with pytest.raises(ValueError, match="threads"):
+        qattn.attention(q, k, v, threads=_lib.MAX_THREADS + 1)
+
+
+def test_only_documented_scheme_names(qkv):
+    """'default' was accepted although no document names it; the schemes are qattn, intfa, sage."""
+    q, k, v = qkv
+    from qattn import _lib
+    assert sorted(_lib.INT8_SCHEMES) == ["intfa", "qattn", "sage"]
+    with pytest.raises(ValueError, match="int8_scheme"):
+        qattn.attention(q, k, v, precision="int8", int8_scheme="default")

@@ -442,3 +442,144 @@ def test_help(cmd):
 def test_unknown_command():
     r = run_cli("frobnicate")
     assert r.returncode != 0 and len(r.stderr.splitlines()) == 1
+
+
+# ---------------------------------------------------------------- reliability (issue 12, part 1)
+
+
+def good_inputs(tmp_path, L=8):
+    """Small valid inputs (values in [-1, 1]); returns the run arguments naming them."""
+    rng = np.random.default_rng(12)
+    q, k, v = (rng.uniform(-1, 1, (1, L, 2, 64)).astype(np.float32) for _ in range(3))
+    qp, kp, vp = save_inputs(tmp_path, q, k, v)
+    return ["run", "--q", qp, "--k", kp, "--v", vp]
+
+
+def test_failed_lse_keeps_existing_out(tmp_path):
+    """--lse in a missing folder used to delete the file already at --out."""
+    out = tmp_path / "exist.npy"
+    out.write_bytes(b"previous")
+    r = run_cli(*good_inputs(tmp_path), "--out", out, "--lse", tmp_path / "nonexistent_dir" / "lse.npy")
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert out.read_bytes() == b"previous"
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp." in p.name]
+
+
+def test_failed_lse_keeps_input_named_as_out(tmp_path):
+    """--out equal to an input: a failed run must not delete the input."""
+    args = good_inputs(tmp_path)
+    before = (tmp_path / "q.npy").read_bytes()
+    r = run_cli(*args, "--out", tmp_path / "q.npy", "--lse", tmp_path / "nonexistent_dir" / "lse.npy")
+    assert r.returncode == 1, r.stderr
+    assert (tmp_path / "q.npy").read_bytes() == before
+
+
+@pytest.mark.parametrize("lse_name", ["./same.npy", "sub/../same.npy", "link_dir/same.npy"])
+def test_out_and_lse_same_file_by_identity(tmp_path, lse_name):
+    """--out same.npy --lse ./same.npy exited 0 and lost O: compare files, not strings."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link_dir").symlink_to(tmp_path)
+    args = good_inputs(tmp_path)
+    r = subprocess.run([str(CLI), *map(str, args), "--out", "same.npy", "--lse", lse_name], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=60)
+    assert r.returncode == 2 and "same file" in r.stderr, r.stderr
+    assert not (tmp_path / "same.npy").exists()
+
+
+def test_out_and_lse_hard_links_are_the_same_file(tmp_path):
+    out = tmp_path / "o.npy"
+    out.write_bytes(b"x")
+    os.link(out, tmp_path / "alias.npy")
+    r = run_cli(*good_inputs(tmp_path), "--out", out, "--lse", tmp_path / "alias.npy")
+    assert r.returncode == 2 and "same file" in r.stderr, r.stderr
+    assert out.read_bytes() == b"x"
+
+
+def test_fifo_input_is_refused_not_waited_on(tmp_path):
+    args = good_inputs(tmp_path)
+    fifo = tmp_path / "fifo.npy"
+    os.mkfifo(fifo)
+    args[2] = fifo  # --q
+    r = run_cli(*args, "--out", tmp_path / "o.npy", timeout=20)
+    assert r.returncode == 1 and "not a regular file" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    assert not (tmp_path / "o.npy").exists()
+
+
+def test_non_regular_outputs_are_refused(tmp_path):
+    target = tmp_path / "target.npy"
+    target.write_bytes(b"keep")
+    (tmp_path / "link.npy").symlink_to(target)
+    args = good_inputs(tmp_path)
+    for flag, path in (("--out", tmp_path / "link.npy"), ("--out", "/dev/null"), ("--lse", tmp_path / "link.npy"),
+                       ("--out", tmp_path)):
+        extra = ["--out", tmp_path / "o.npy"] if flag == "--lse" else []
+        r = run_cli(*args, *extra, flag, path)
+        assert r.returncode == 2 and "not a regular file" in r.stderr, (flag, path, r.stderr)
+    assert (tmp_path / "link.npy").is_symlink() and target.read_bytes() == b"keep"
+    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--int8-scheme", "sage"], "needs --precision int8"),
+    (["--precision", "fp32", "--int8-scheme", "intfa"], "needs --precision int8"),
+    (["--json"], "not used by run"),
+    (["--iters", "3"], "not used by run"),
+    (["--causal", "--causal"], "given twice"),
+    (["--threads", "1", "--threads=2"], "given twice"),
+    (["--precision", "fp32", "--precision", "fp16"], "given twice"),
+    (["--scale", "1e-50"], "below the smallest float32"),
+    (["--threads", "100000"], "--threads"),
+])
+def test_run_rejects_ignored_or_repeated_flags(tmp_path, flags, message):
+    out = tmp_path / "o.npy"
+    r = run_cli(*good_inputs(tmp_path), "--out", out, *flags)
+    assert r.returncode == 2 and message in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    assert not out.exists()
+
+
+def test_repeated_path_flag_is_rejected(tmp_path):
+    args = good_inputs(tmp_path)
+    r = run_cli(*args, "--out", tmp_path / "a.npy", "--out", tmp_path / "b.npy")
+    assert r.returncode == 2 and "--out is given twice" in r.stderr, r.stderr
+
+
+def test_int8_scheme_with_int8_precision_runs(tmp_path):
+    r = run_cli(*good_inputs(tmp_path), "--out", tmp_path / "o.npy", "--precision", "int8", "--int8-scheme", "sage")
+    assert r.returncode == 0, r.stderr
+
+
+def test_context_failure_says_why(tmp_path):
+    """QATTN_ISA=bogus gave a generic 'invalid argument'."""
+    env = dict(os.environ, QATTN_ISA="bogus")
+    for cmd in (["info"], [*good_inputs(tmp_path), "--out", tmp_path / "o.npy"]):
+        r = subprocess.run([str(CLI), *map(str, cmd)], capture_output=True, text=True, env=env, timeout=60)
+        assert r.returncode == 1 and "QATTN_ISA=bogus is not one of" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+
+
+def test_help_lists_every_isa():
+    info = run_cli("info", "--json")
+    for cmd in (["run"], ["bench"]):
+        r = run_cli(*cmd, "--help")
+        assert r.returncode == 0
+        for isa in ("ref", "avx2", "avxvnni"):
+            assert isa in r.stdout, (cmd, isa)
+    assert json.loads(info.stdout)["isa"] in run_cli("run", "--help").stdout
+
+
+def test_scale_overflow_is_an_error_not_nan(tmp_path):
+    """scale 3e37 on finite inputs gave NaN outputs with exit 0."""
+    out = tmp_path / "o.npy"
+    for precision in ("fp32", "fp16", "bf16"):
+        r = run_cli(*good_inputs(tmp_path, L=64), "--out", out, "--scale", "3e37", "--precision", precision)
+        assert r.returncode == 1 and "overflow float32" in r.stderr, r.stderr
+        assert not out.exists()
+
+
+def test_bench_size_overflow_and_oom_are_one_line():
+    r = run_cli("bench", "--batch", 2147483647, "--seqlen-q", 2147483647, "--heads", 4096, "--head-dim", 256, "--iters", 1)
+    err = r.stderr.splitlines()
+    assert r.returncode == 1 and len(err) == 1 and "2147483647" in err[0] and "overflow" in err[0], r.stderr
+    # 2^31 * 8 * 128 * 4 bytes per tensor: far beyond any machine's memory, but no overflow
+    r = run_cli("bench", "--batch", 2147483647, "--seqlen-q", 1, "--seqlen-k", 1000000, "--heads", 8, "--head-dim", 128, "--iters", 1)
+    err = r.stderr.splitlines()
+    assert r.returncode == 1 and len(err) == 1 and "out of memory" in err[0], r.stderr
