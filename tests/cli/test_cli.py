@@ -583,3 +583,30 @@ def test_bench_size_overflow_and_oom_are_one_line():
     r = run_cli("bench", "--batch", 2147483647, "--seqlen-q", 1, "--seqlen-k", 1000000, "--heads", 8, "--head-dim", 128, "--iters", 1)
     err = r.stderr.splitlines()
     assert r.returncode == 1 and len(err) == 1 and "out of memory" in err[0], r.stderr
+
+
+def test_bench_int8_row_has_a_baseline_verdict():
+    r = run_cli("bench", "--seqlen-q", 64, "--heads", 2, "--head-dim", 64, "--iters", 1, "--precision", "int8", "--json")
+    assert r.returncode == 0, r.stderr
+    row = json.loads(r.stdout)
+    assert row["precision"] == "int8" and row["int8_scheme"] == "qattn"
+    assert 0 < row["int8_baseline"] < row["rel_l2"] * 2  # the scheme's error is of the baseline's order
+    assert row["tolerance"] == pytest.approx(3 * row["int8_baseline"] + 1e-6) and row["within_tolerance"] is True
+    r = run_cli("bench", "--seqlen-q", 64, "--heads", 2, "--head-dim", 64, "--iters", 1)
+    assert r.returncode == 0 and "ok: rel_l2" in r.stdout and "verdict" in r.stdout, r.stdout
+
+
+@pytest.mark.skipif(os.environ.get("QATTN_SANITIZE") == "ON", reason="the whole main job under ASan takes minutes")
+def test_bench_main_job_has_int8_rows_with_speedup_and_verdict():
+    """`qattn bench` with no flags showed FP32 rows only."""
+    r = run_cli("bench", "--iters", 1, "--warmup", 0, "--json", timeout=600)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(l) for l in r.stdout.splitlines()]
+    fp32 = [x for x in rows if x["precision"] == "fp32"]
+    int8 = [x for x in rows if x["precision"] == "int8"]
+    assert len(fp32) == len(int8) >= 8
+    for a, b in zip(fp32, int8):
+        assert (a["seqlen_q"], a["head_dim"], a["causal"]) == (b["seqlen_q"], b["head_dim"], b["causal"])
+        assert b["speedup_vs_fp32"] == pytest.approx(a["ms"] / b["ms"], rel=1e-6)
+        assert a["within_tolerance"] and b["within_tolerance"]
+        assert b["int8_scheme"] == "qattn" and b["tolerance"] > a["tolerance"]

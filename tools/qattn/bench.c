@@ -40,7 +40,17 @@ typedef struct bench_result {
     cli_metrics err;
     int64_t oracle_rows; /* query rows per sequence the oracle checked */
     int checked;         /* 0 if the oracle could not run */
+    double speedup;      /* FP32 ms of the same shape, same run / ms; 0 = no FP32 row to compare */
+    double tolerance;    /* the largest rel_l2 accepted (see row_tolerance); 0 = none defined */
+    double baseline;     /* INT8 default scheme: rel_l2 of FP64 attention on the quantize-dequantized inputs */
 } bench_result;
+
+/* FP32/FP16/BF16: the kernel's own error (the oracle reads the same rounded inputs), bounded as
+ * in tests/test_forward.c (FP32 accumulation over Lk terms and exp2f: 1e-5 leaves ~3x margin at
+ * Lk 3000). INT8 default scheme: 3 x the error of quantizing and dequantizing Q, K, V alone, the
+ * rule of tests/test_int8.c (docs/FORMAT.md §6). */
+#define FP_REL_L2_TOLERANCE 1e-5
+#define INT8_BASELINE_FACTOR 3.0
 
 static void print_bench_help(void) {
     printf("usage: qattn bench [options]\n"
@@ -55,8 +65,13 @@ static void print_bench_help(void) {
            "            (float32) / median time.\n"
            "  Error   = relative L2 and max abs against qattn_oracle_f64 on the same inputs; on all\n"
            "            rows when H*D*pairs <= 1e9, else on the last %d query rows of each sequence\n"
-           "            (column 'oracle' / key oracle_rows says which).\n\n",
-           ORACLE_SAMPLE_ROWS);
+           "            (column 'oracle' / key oracle_rows says which).\n"
+           "  Without shape and precision options on the CPU, each shape runs in fp32 and in int8\n"
+           "  (default scheme); vs_fp32 = the fp32 row's ms / this row's ms, same run.\n"
+           "  Verdict = rel_l2 within the tolerance: %.0e for fp32/fp16/bf16 (the kernel's own error),\n"
+           "            %.0f x the int8 baseline (FP64 attention of quantize-dequantized Q, K, V) + 1e-6\n"
+           "            for int8's default scheme. A row over its tolerance makes the exit status 1.\n\n",
+           ORACLE_SAMPLE_ROWS, FP_REL_L2_TOLERANCE, INT8_BASELINE_FACTOR);
     cli_opts_print_help(stdout);
 }
 
@@ -184,25 +199,36 @@ done:
 
 /* ---------------------------------------------------------------- oracle check */
 
-/* Compare the host output o_f32 [B, Lq, H, D] with the oracle, on all rows or on the last
- * `rows` rows of each sequence (see ORACLE_SAMPLE_ROWS). */
-static int check_against_oracle(qattn_ctx *ctx, const qattn_params *p, const float *o_f32, int64_t rows, cli_metrics *m) {
+/* The FP64 oracle of the last `rows` query rows of each sequence of p (all rows when rows ==
+ * Lq; see ORACLE_SAMPLE_ROWS), contiguous [B, rows, H, D]: *ref, allocated. */
+static int oracle_rows(qattn_ctx *ctx, const qattn_params *p, int64_t rows, double **ref) {
     int64_t H = p->n_heads, D = p->head_dim, B = p->batch, Lq = p->seqlen_q;
     qattn_params sub = *p;
     sub.seqlen_q = rows;
     sub.q = (const char *)p->q + (size_t)((Lq - rows) * p->q_seq_stride) * cli_dtype_size(p->qkv_dtype);
     sub.o = (char *)p->o + (size_t)((Lq - rows) * p->o_seq_stride) * cli_dtype_size(p->o_dtype);
     sub.lse = NULL;
-    size_t n = (size_t)(B * rows * H * D);
-    double *ref = cli_alloc(n * sizeof(double), "the oracle output", CMD);
-    float *got = cli_alloc(n * sizeof(float), "the sampled output", CMD);
-    int rc = -1;
-    if (!ref || !got) goto done;
-    qattn_status s = qattn_oracle_f64(ctx, &sub, ref, NULL);
+    *ref = cli_alloc((size_t)(B * rows * H * D) * sizeof(double), "the oracle output", CMD);
+    if (!*ref) return -1;
+    qattn_status s = qattn_oracle_f64(ctx, &sub, *ref, NULL);
     if (s != QATTN_OK) {
         cli_error(CMD, "oracle: %s", qattn_ctx_last_error(ctx));
-        goto done;
+        cli_free(*ref);
+        *ref = NULL;
+        return -1;
     }
+    return 0;
+}
+
+/* Compare the host output o_f32 [B, Lq, H, D] with the oracle, on all rows or on the last
+ * `rows` rows of each sequence (see ORACLE_SAMPLE_ROWS). */
+static int check_against_oracle(qattn_ctx *ctx, const qattn_params *p, const float *o_f32, int64_t rows, cli_metrics *m) {
+    int64_t H = p->n_heads, D = p->head_dim, B = p->batch, Lq = p->seqlen_q;
+    size_t n = (size_t)(B * rows * H * D);
+    double *ref = NULL;
+    float *got = cli_alloc(n * sizeof(float), "the sampled output", CMD);
+    int rc = -1;
+    if (!got || oracle_rows(ctx, p, rows, &ref)) goto done;
     /* Gather the same rows of the output (contiguous [B, Lq, H, D]). */
     for (int64_t b = 0; b < B; b++)
         memcpy(got + (size_t)(b * rows * H * D), o_f32 + (size_t)((b * Lq + (Lq - rows)) * H * D), (size_t)(rows * H * D) * sizeof(float));
@@ -211,6 +237,71 @@ static int check_against_oracle(qattn_ctx *ctx, const qattn_params *p, const flo
 done:
     cli_free(ref);
     cli_free(got);
+    return rc;
+}
+
+/* x (F32, contiguous [B, L, Ht, D] as tensor `which` of p) replaced by dequantize(quantize(x)),
+ * token scales, with the smoothing mean for K and V: the formats of precision int8 (dynamic,
+ * default scheme). */
+static int quantize_roundtrip(qattn_ctx *ctx, const qattn_params *p, int32_t which, float *x) {
+    int64_t n_scales = 0, ht = which == QATTN_TENSOR_Q ? p->n_heads : p->n_kv_heads;
+    int64_t L = which == QATTN_TENSOR_Q ? p->seqlen_q : p->seqlen_k, n = p->batch * L * ht * p->head_dim;
+    qattn_int8_tensor t;
+    memset(&t, 0, sizeof t);
+    t.granularity = QATTN_QUANT_PER_TOKEN;
+    t.block_size = 1;
+    t.head_stride = p->head_dim, t.seq_stride = ht * p->head_dim, t.batch_stride = L * ht * p->head_dim;
+    if (qattn_int8_scale_count(ctx, p, which, t.granularity, t.block_size, &n_scales) != QATTN_OK) {
+        cli_error(CMD, "int8 baseline: %s", qattn_ctx_last_error(ctx));
+        return -1;
+    }
+    t.data = cli_alloc((size_t)n, "int8 codes", CMD);
+    t.scale = cli_alloc((size_t)n_scales * sizeof(float), "int8 scales", CMD);
+    t.mean = which == QATTN_TENSOR_Q ? NULL : cli_alloc((size_t)(p->batch * ht * p->head_dim) * sizeof(float), "int8 means", CMD);
+    int rc = -1;
+    if (t.data && t.scale && (t.mean || which == QATTN_TENSOR_Q)) {
+        qattn_status s = qattn_quantize_int8(ctx, p, which, &t);
+        if (s == QATTN_OK) s = qattn_dequantize_int8(ctx, p, which, &t, x);
+        if (s == QATTN_OK) rc = 0;
+        else cli_error(CMD, "int8 baseline: %s", qattn_ctx_last_error(ctx));
+    }
+    cli_free(t.data);
+    cli_free(t.scale);
+    cli_free(t.mean);
+    return rc;
+}
+
+/* The INT8 default scheme's baseline: rel_l2 of FP64 attention on quantize-dequantized Q, K, V
+ * against FP64 attention on the originals, on the rows the oracle checks. */
+static int int8_baseline(qattn_ctx *ctx, const qattn_params *p, int64_t rows, double *baseline) {
+    int64_t q_n = p->batch * p->seqlen_q * p->n_heads * p->head_dim, kv_n = p->batch * p->seqlen_k * p->n_kv_heads * p->head_dim;
+    float *q = cli_alloc((size_t)q_n * sizeof(float), "the int8 baseline", CMD);
+    float *k = q ? cli_alloc((size_t)kv_n * sizeof(float), "the int8 baseline", CMD) : NULL;
+    float *v = k ? cli_alloc((size_t)kv_n * sizeof(float), "the int8 baseline", CMD) : NULL;
+    double *ref = NULL, *deq = NULL;
+    float *deq_f32 = NULL;
+    int rc = -1;
+    if (!v) goto done;
+    qattn_params d = *p;
+    d.q = q, d.k = k, d.v = v;
+    if (quantize_roundtrip(ctx, p, QATTN_TENSOR_Q, q) || quantize_roundtrip(ctx, p, QATTN_TENSOR_K, k) ||
+        quantize_roundtrip(ctx, p, QATTN_TENSOR_V, v) || oracle_rows(ctx, p, rows, &ref) || oracle_rows(ctx, &d, rows, &deq))
+        goto done;
+    size_t n = (size_t)(p->batch * rows * p->n_heads * p->head_dim);
+    deq_f32 = cli_alloc(n * sizeof(float), "the int8 baseline", CMD);
+    if (!deq_f32) goto done;
+    for (size_t i = 0; i < n; i++) deq_f32[i] = (float)deq[i]; /* 6e-8 relative: nothing next to a 1e-2 baseline */
+    cli_metrics m;
+    cli_metrics_compute(deq_f32, ref, (int64_t)n, &m);
+    *baseline = m.rel_l2;
+    rc = 0;
+done:
+    cli_free(q);
+    cli_free(k);
+    cli_free(v);
+    cli_free(ref);
+    cli_free(deq);
+    cli_free(deq_f32);
     return rc;
 }
 
@@ -276,6 +367,12 @@ static int run_case(qattn_ctx *ctx, const cli_opts *o, const qattn_params *proto
     qattn_ctx *host = cli_ctx_create(&host_opt, CMD);
     if (!host) goto done;
     int checked = check_against_oracle(host, &p, o_f32, r->oracle_rows, &r->err) == 0;
+    if (checked && p.precision == QATTN_PRECISION_INT8 && p.int8_scheme == QATTN_INT8_DEFAULT) {
+        checked = int8_baseline(host, &p, r->oracle_rows, &r->baseline) == 0;
+        r->tolerance = INT8_BASELINE_FACTOR * r->baseline + 1e-6;
+    } else if (p.precision != QATTN_PRECISION_INT8 && p.precision != QATTN_PRECISION_FP8_E4M3 && p.precision != QATTN_PRECISION_FP8_E5M2) {
+        r->tolerance = FP_REL_L2_TOLERANCE;
+    }
     qattn_ctx_destroy(host);
     if (!checked) goto done;
     r->checked = 1;
@@ -293,17 +390,35 @@ static void print_table_header(const qattn_ctx_info *info, const cli_opts *o) {
     printf("qattn %s bench: backend %s, isa %s, threads %d, %s inputs, %s\n", qattn_version(), cli_backend_name(info->backend),
            info->isa_name, info->n_threads, o->distribution == CLI_DIST_UNIFORM ? "U(0,1)" : "N(0,1)", info->device_name);
     printf("median of %d iters after %d warm-up; GFLOP/s counts 4*H*D per visible (query,key) pair\n", o->iters, o->warmup);
-    printf("%-5s %3s %4s %4s %6s %6s %4s %-6s %10s %9s %8s %10s %10s %s\n", "prec", "B", "H", "HK", "Lq", "Lk", "D", "causal", "ms",
-           "GFLOP/s", "GB/s", "rel_l2", "max_abs", "oracle");
+    printf("%-5s %3s %4s %4s %6s %6s %4s %-6s %10s %9s %8s %10s %10s %-14s %7s %s\n", "prec", "B", "H", "HK", "Lq", "Lk", "D", "causal",
+           "ms", "GFLOP/s", "GB/s", "rel_l2", "max_abs", "oracle", "vs_fp32", "verdict");
 }
 
-static void print_table_row(const cli_opts *o, const qattn_params *p, const bench_result *r) {
-    char oracle[32];
+/* "ok: 1.3e-02 <= 3.8e-02 (3 x int8 baseline 1.3e-02)", "OVER: ...", or "-" without a tolerance. */
+static void format_verdict(const bench_result *r, char *buf, size_t len) {
+    if (r->tolerance <= 0) {
+        snprintf(buf, len, "- (no tolerance defined for this precision/scheme)");
+        return;
+    }
+    const char *word = r->err.rel_l2 <= r->tolerance ? "ok" : "OVER TOLERANCE";
+    if (r->baseline > 0)
+        snprintf(buf, len, "%s: rel_l2 %.1e vs %.1e (%.0f x int8 baseline %.1e)", word, r->err.rel_l2, r->tolerance, INT8_BASELINE_FACTOR,
+                 r->baseline);
+    else snprintf(buf, len, "%s: rel_l2 %.1e vs %.1e", word, r->err.rel_l2, r->tolerance);
+}
+
+static int row_within_tolerance(const bench_result *r) { return r->tolerance <= 0 || r->err.rel_l2 <= r->tolerance; }
+
+static void print_table_row(const qattn_params *p, const bench_result *r) {
+    char oracle[32], speedup[16], verdict[128];
     if (r->oracle_rows == p->seqlen_q) snprintf(oracle, sizeof oracle, "all rows");
     else snprintf(oracle, sizeof oracle, "last %lld rows", (long long)r->oracle_rows);
-    printf("%-5s %3lld %4d %4d %6lld %6lld %4d %-6s %10.3f %9.2f %8.2f %10.3e %10.3e %s\n", cli_precision_name(o->precision),
+    if (r->speedup > 0) snprintf(speedup, sizeof speedup, "%.2fx", r->speedup);
+    else snprintf(speedup, sizeof speedup, "-");
+    format_verdict(r, verdict, sizeof verdict);
+    printf("%-5s %3lld %4d %4d %6lld %6lld %4d %-6s %10.3f %9.2f %8.2f %10.3e %10.3e %-14s %7s %s\n", cli_precision_name(p->precision),
            (long long)p->batch, p->n_heads, p->n_kv_heads, (long long)p->seqlen_q, (long long)p->seqlen_k, p->head_dim,
-           p->causal ? "yes" : "no", r->ms, r->gflops, r->gbps, r->err.rel_l2, r->err.max_abs, oracle);
+           p->causal ? "yes" : "no", r->ms, r->gflops, r->gbps, r->err.rel_l2, r->err.max_abs, oracle, speedup, verdict);
     fflush(stdout);
 }
 
@@ -312,8 +427,8 @@ static void print_json_row(const qattn_ctx_info *info, const cli_opts *o, const 
     cli_json_begin(&j, stdout);
     cli_json_str(&j, "backend", cli_backend_name(info->backend));
     cli_json_str(&j, "isa", info->isa_name);
-    cli_json_str(&j, "precision", cli_precision_name(o->precision));
-    if (o->precision == QATTN_PRECISION_INT8) cli_json_str(&j, "int8_scheme", cli_int8_scheme_name(o->int8_scheme));
+    cli_json_str(&j, "precision", cli_precision_name(p->precision));
+    if (p->precision == QATTN_PRECISION_INT8) cli_json_str(&j, "int8_scheme", cli_int8_scheme_name(p->int8_scheme));
     cli_json_int(&j, "threads", info->n_threads);
     cli_json_int(&j, "batch", p->batch);
     cli_json_int(&j, "heads", p->n_heads);
@@ -333,6 +448,12 @@ static void print_json_row(const qattn_ctx_info *info, const cli_opts *o, const 
     cli_json_num(&j, "rel_l1", r->err.rel_l1);
     cli_json_num(&j, "cosine", r->err.cosine);
     cli_json_int(&j, "oracle_rows", r->oracle_rows);
+    if (r->speedup > 0) cli_json_num(&j, "speedup_vs_fp32", r->speedup);
+    if (r->tolerance > 0) {
+        cli_json_num(&j, "tolerance", r->tolerance);
+        if (r->baseline > 0) cli_json_num(&j, "int8_baseline", r->baseline);
+        cli_json_bool(&j, "within_tolerance", row_within_tolerance(r));
+    }
     cli_json_end(&j);
 }
 
@@ -392,27 +513,40 @@ int qattn_cli_bench(int argc, char **argv) {
         cases = &single;
         n_cases = 1;
     }
+    /* The main job (no shape, no precision, CPU): each shape in FP32 and in INT8 (default
+     * scheme), the INT8 row with its speed-up over the FP32 row just measured. */
+    int with_int8 = !o.shape_given && !o.precision_given && !on_device;
+    int32_t precisions[2] = {o.precision, QATTN_PRECISION_INT8};
     if (!o.json) print_table_header(&info, &o);
     int failures = 0;
     for (size_t c = 0; c < n_cases; c++) {
-        qattn_params p;
-        fill_case_params(&o, &cases[c], &p);
-        /* Ask first, so an unsupported case costs no allocation; its reason is printed. */
-        qattn_params probe = p;
-        probe.batch = 0; /* shape checks without tensors */
-        qattn_status s = qattn_supports(ctx, &probe);
-        bench_result r;
-        if (s != QATTN_OK) {
-            cli_error(CMD, "%s: %s", qattn_status_str(s), qattn_ctx_last_error(ctx));
-            failures++;
-            continue;
+        double fp32_ms = 0;
+        for (int pi = 0; pi < (with_int8 ? 2 : 1); pi++) {
+            cli_opts row_opts = o;
+            row_opts.precision = precisions[pi];
+            if (pi == 1) row_opts.int8_scheme = QATTN_INT8_DEFAULT;
+            qattn_params p;
+            fill_case_params(&row_opts, &cases[c], &p);
+            /* Ask first, so an unsupported case costs no allocation; its reason is printed. */
+            qattn_params probe = p;
+            probe.batch = 0; /* shape checks without tensors */
+            qattn_status s = qattn_supports(ctx, &probe);
+            bench_result r;
+            if (s != QATTN_OK) {
+                cli_error(CMD, "%s: %s", qattn_status_str(s), qattn_ctx_last_error(ctx));
+                failures++;
+                continue;
+            }
+            if (run_case(ctx, &row_opts, &p, on_device, &r)) {
+                failures++;
+                continue;
+            }
+            if (p.precision == QATTN_PRECISION_FP32) fp32_ms = r.ms;
+            if (fp32_ms > 0 && r.ms > 0) r.speedup = fp32_ms / r.ms;
+            failures += !row_within_tolerance(&r);
+            if (o.json) print_json_row(&info, &o, &p, &r);
+            else print_table_row(&p, &r);
         }
-        if (run_case(ctx, &o, &p, on_device, &r)) {
-            failures++;
-            continue;
-        }
-        if (o.json) print_json_row(&info, &o, &p, &r);
-        else print_table_row(&o, &p, &r);
     }
     qattn_ctx_destroy(ctx);
     return failures ? CLI_EXIT_FAILURE : CLI_EXIT_OK;
