@@ -259,6 +259,48 @@ static void test_score_overflow(void) {
     th_set_context(NULL);
 }
 
+/* Decode over the cache at scale 3e37: NaN rows (ref FP16/BF16, every INT8 kernel) before; now
+ * either finite outputs (the AVX2 FP16 kernel gets the hard max right) or QATTN_ERR_OVERFLOW. */
+static void test_decode_score_overflow(void) {
+    int32_t isas[TH_MAX_ISAS];
+    int n_isas = th_available_isas(isas);
+    static const int32_t dtypes[] = {QATTN_DTYPE_F16, QATTN_DTYPE_BF16, QATTN_DTYPE_I8};
+    float kv[64 * 2 * 64], q[4 * 64], o[4 * 64];
+    th_rng rng;
+    th_rng_init(&rng, th_derive_seed(3));
+    th_fill_uniform(kv, 64 * 2 * 64, &rng, -1.0, 1.0);
+    th_fill_uniform(q, 4 * 64, &rng, -1.0, 1.0);
+    for (int ii = 0; ii < n_isas; ii++)
+        for (int di = 0; di < 3; di++) {
+            char label[96];
+            snprintf(label, sizeof label, "decode score overflow, isa %s, cache %s", th_isa_name(isas[ii]), th_dtype_name(dtypes[di]));
+            th_set_context(label);
+            qattn_ctx *ctx = th_ctx(isas[ii], 2);
+            if (!ctx) continue;
+            qattn_kv_cache_options ko;
+            memset(&ko, 0, sizeof ko);
+            ko.n_kv_heads = 2, ko.head_dim = 64, ko.block_size = 16, ko.dtype = dtypes[di], ko.n_blocks = 8, ko.max_seqs = 1;
+            qattn_kv_cache *cache = NULL;
+            if (TH_CHECK(qattn_kv_cache_create(ctx, &ko, &cache) == QATTN_OK, "create: %s", qattn_ctx_last_error(ctx)) &&
+                TH_CHECK(qattn_kv_cache_append(ctx, cache, 0, kv, kv, 64, QATTN_DTYPE_F32) == QATTN_OK, "append")) {
+                qattn_decode_params dp;
+                qattn_decode_params_init(&dp);
+                int32_t ids[1] = {0};
+                dp.q = q, dp.o = o, dp.seq_ids = ids, dp.n_seqs = 1, dp.n_heads = 4, dp.scale = 3e37f;
+                qattn_status s = qattn_kv_decode(ctx, cache, &dp);
+                bool finite = true;
+                for (int i = 0; i < 4 * 64; i++) finite &= isfinite(o[i]);
+                TH_CHECK((s == QATTN_OK && finite) || (s == QATTN_ERR_OVERFLOW && contains(qattn_ctx_last_error(ctx), "overflow float32")),
+                         "scale 3e37: %s, outputs %s, '%s'", qattn_status_str(s), finite ? "finite" : "NOT finite", qattn_ctx_last_error(ctx));
+                dp.scale = 0.125f;
+                TH_CHECK(qattn_kv_decode(ctx, cache, &dp) == QATTN_OK, "scale 0.125: %s", qattn_ctx_last_error(ctx));
+            }
+            qattn_kv_cache_destroy(ctx, cache);
+            qattn_ctx_destroy(ctx);
+        }
+    th_set_context(NULL);
+}
+
 /* ---------------------------------------------------------------- size overflow */
 
 static void test_size_overflow(qattn_ctx *ctx) {
@@ -289,5 +331,6 @@ int main(void) {
     test_size_overflow(ctx);
     qattn_ctx_destroy(ctx);
     test_score_overflow();
+    test_decode_score_overflow();
     return th_finish();
 }

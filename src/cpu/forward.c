@@ -350,7 +350,7 @@ qattn_status qattn_cpu_forward(qattn_ctx *ctx, const qattn_params *p) {
         long long i = row % p->seqlen_q, h = row / p->seqlen_q % p->n_heads, b = row / p->seqlen_q / p->n_heads;
         return qattn_fail(ctx, QATTN_ERR_OVERFLOW,
                           "scale %g: the scaled scores of query row %lld (sequence %lld, head %lld) overflow float32 although q and k "
-                          "are finite (|scale * q.k| must stay below %g); scale the inputs or the scale down",
+                          "are finite (|scale * q.k| must stay well below %g); scale the inputs or the scale down",
                           (double)qattn_effective_scale(p), i, b, h, (double)(FLT_MAX / LOG2E));
     }
     return QATTN_OK;

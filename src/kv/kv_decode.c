@@ -13,6 +13,9 @@
 
 #include "cpu/threads.h"
 
+#include <float.h>
+#include <stdatomic.h>
+
 #define SPLIT_MIN_TOKENS 512 /* a split covers at least this many tokens */
 #define SPLIT_UNITS_BELOW 64 /* split when fewer sequences than this are listed */
 #define SPLIT_TARGET 64      /* ...aiming at about this many units */
@@ -37,6 +40,9 @@ typedef struct dplan {
      * decode instead of once per split (the same values: the same function on the same input) */
     float *qall, *qscall; /* [n_seqs][all_rows][D], [n_seqs][all_rows] */
     int16_t *q16all;      /* [n_seqs][all_rows][dq] */
+    /* The first (lowest b * H * Lq + h * Lq + i) row whose scaled scores overflowed float32 with
+     * finite q and keys (see note_if_overflow); INT64_MAX if none. */
+    atomic_llong overflow_row;
 } dplan;
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -257,6 +263,38 @@ static void run_unit(void *arg, int64_t task, int worker) {
     }
 }
 
+/* Whether token t of seq's kv head g holds finite K codes (FP16/BF16; INT8 appends refuse
+ * non-finite values, so INT8 keys always are). */
+static bool key_is_finite(const qattn_kv_cache *c, int32_t seq, int g, int64_t t) {
+    if (c->dtype == QATTN_DTYPE_I8) return true;
+    const uint8_t *blk = qattn_kv_block(c, c->block_table[(int64_t)seq * c->max_blocks_per_seq + t / c->block_size]);
+    const uint16_t *k = (const uint16_t *)(blk + (int64_t)g * c->head_bytes + (t % c->block_size) * c->head_dim * c->elem_bytes);
+    for (int i = 0; i < c->head_dim; i++)
+        if (!isfinite(c->dtype == QATTN_DTYPE_F16 ? qattn_f16_to_f32(k[i]) : qattn_bf16_to_f32(k[i]))) return false;
+    return true;
+}
+
+/* A non-finite row with a finite q row and finite visible keys overflowed float32 in
+ * scale * log2e * q.k (the kernels cannot tell that from a non-finite input; this rare path,
+ * taken for non-finite rows only, can). Recorded; qattn_kv_decode then returns QATTN_ERR_OVERFLOW. */
+static void note_if_overflow(const dplan *pl, int64_t b, int h, int i) {
+    const qattn_decode_params *dp = pl->dp;
+    int D = pl->D, H = dp->n_heads, Lq = dp->seqlen_q, g = h / pl->group;
+    int64_t qi = ((b * Lq + i) * H + h) * D;
+    for (int c = 0; c < D; c++)
+        if (!isfinite(qattn_load(dp->q, dp->q_dtype, qi + c))) return;
+    int32_t seq = dp->seq_ids[b];
+    int64_t lo, hi;
+    qattn_key_range(i, Lq, pl->c->seq_len[seq], dp->window_left, pl->wr, &lo, &hi);
+    for (int64_t t = lo; t < hi; t++)
+        if (!key_is_finite(pl->c, seq, g, t)) return;
+    long long row = (b * H + h) * (long long)Lq + i;
+    atomic_llong *first = (atomic_llong *)&pl->overflow_row;
+    long long seen = atomic_load(first);
+    while (row < seen && !atomic_compare_exchange_weak(first, &seen, row)) {
+    }
+}
+
 static void write_rows(const dplan *pl, int64_t b, const qattn_tile_state *st) {
     const qattn_decode_params *dp = pl->dp;
     int D = pl->D, H = dp->n_heads, Lq = dp->seqlen_q, m = pl->rows;
@@ -267,6 +305,7 @@ static void write_rows(const dplan *pl, int64_t b, const qattn_tile_state *st) {
         float l = st->row_sum[R], mx = st->row_max[R];
         const float *acc = st->acc + (int64_t)R * st->ld_acc;
         bool empty = mx == -INFINITY;
+        if (!empty && !(isfinite(l) && isfinite(mx))) note_if_overflow(pl, b, h, i);
         float inv = empty ? 0.0f : 1.0f / l;
         for (int cc = 0; cc < D; cc++) qattn_store(dp->o, dp->o_dtype, oi + cc, empty ? 0.0f : acc[cc] * inv);
         if (dp->lse) dp->lse[(b * H + h) * Lq + i] = empty ? -INFINITY : (mx + log2f(l)) * LN2;
@@ -321,8 +360,18 @@ qattn_status qattn_kv_decode(qattn_ctx *ctx, const qattn_kv_cache *cache, const 
         int nwq = nw < dp->n_seqs ? (int)nw : dp->n_seqs;
         qattn_parallel_for(nwq, dp->n_seqs, prep_q_task, &pl);
     }
+    atomic_init(&pl.overflow_row, INT64_MAX);
     qattn_parallel_for((int)nw, pl.n_units, run_unit_and_write, &pl);
     if (pl.n_split > 1) qattn_parallel_for((int)nw, pl.n_units / pl.n_split, merge_pair, &pl);
     qattn_free(ctx, mem);
+    long long row = atomic_load(&pl.overflow_row);
+    if (row != INT64_MAX) {
+        long long Lq = dp->seqlen_q, H = dp->n_heads;
+        return qattn_fail(ctx, QATTN_ERR_OVERFLOW,
+                          "qattn_kv_decode: scale %g: the scaled scores of query %lld (listed sequence %lld, head %lld) overflow float32 "
+                          "in the kernel although q and the cached keys are finite (|scale * q.k| must stay well below %g; the INT8 cache's "
+                          "int32 products meet float32 scales before the key scale); scale the inputs or the scale down",
+                          (double)(pl.qscale / LOG2E), row % Lq, row / Lq / H, row / Lq % H, (double)(FLT_MAX / LOG2E));
+    }
     return QATTN_OK;
 }
