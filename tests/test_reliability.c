@@ -215,19 +215,20 @@ static void test_kv_aliasing_and_ranges(qattn_ctx *ctx) {
 /* ---------------------------------------------------------------- score overflow */
 
 /* scale 3e37 on inputs in [-1, 1] at D 64: scale*log2e*q.k overflows float32 (the FP64 oracle
- * is finite), which gave NaN rows in every FP kernel. Now: QATTN_ERR_OVERFLOW naming a row. A
+ * is finite), which gave NaN rows in every FP kernel and the FP8 emulation. Now: QATTN_ERR_OVERFLOW naming a row. A
  * scale below the limit still gives finite outputs equal to the oracle's hard max. */
 static void test_score_overflow(void) {
     int32_t isas[TH_MAX_ISAS];
     int n_isas = th_available_isas(isas);
-    static const int32_t precisions[] = {QATTN_PRECISION_FP32, QATTN_PRECISION_FP16, QATTN_PRECISION_BF16};
+    static const int32_t precisions[] = {QATTN_PRECISION_FP32, QATTN_PRECISION_FP16, QATTN_PRECISION_BF16, QATTN_PRECISION_FP8_E4M3,
+                                         QATTN_PRECISION_FP8_E5M2};
     small_problem sp;
     small_make(&sp);
     double *o64 = th_xmalloc((size_t)sp.n * sizeof(double));
     for (int ii = 0; ii < n_isas; ii++) {
         qattn_ctx *ctx = th_ctx(isas[ii], 2);
         if (!ctx) continue;
-        for (size_t pi = 0; pi < 3; pi++) {
+        for (size_t pi = 0; pi < sizeof precisions / sizeof precisions[0]; pi++) {
             char label[96];
             snprintf(label, sizeof label, "score overflow, isa %s, precision %s", th_isa_name(isas[ii]), th_precision_name(precisions[pi]));
             th_set_context(label);

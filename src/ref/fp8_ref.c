@@ -9,6 +9,9 @@
 
 #include "cpu/threads.h"
 
+#include <float.h>
+#include <stdatomic.h>
+
 static float round_fp8(float x, int mbits, int emin, float maxv) {
     if (isnan(x)) return x;
     float a = fabsf(x);
@@ -30,6 +33,7 @@ typedef struct fjob {
     const qattn_params *p;
     float *q, *k, *v; /* rounded copies, contiguous [tokens][heads][D] */
     float (*rnd)(float);
+    atomic_int overflow; /* a row's scaled scores overflowed float32 (the inputs are finite here) */
 } fjob;
 
 #define FP8_ROWS 16
@@ -122,6 +126,7 @@ static void fp8_task(void *arg, int64_t task, int worker) {
         }
         int64_t ob = s.o_off + i * p->o_seq_stride + h * p->o_head_stride;
         bool empty = m == -INFINITY;
+        if (!empty && !(isfinite(l) && isfinite(m))) atomic_store((atomic_int *)&j->overflow, 1);
         for (int64_t c = 0; c < D; c++) qattn_store(p->o, p->o_dtype, ob + c, empty ? 0.0f : acc[c] / l);
         if (p->lse) p->lse[s.lse_off + h * s.lse_head_stride + i] = empty ? -INFINITY : (m + log2f(l)) * 0.6931471805599453f;
     }
@@ -159,7 +164,12 @@ qattn_status qattn_fp8_forward(qattn_ctx *ctx, const qattn_params *p) {
     if (s == QATTN_OK) {
         int64_t tasks = p->batch * p->n_heads * ((p->seqlen_q + FP8_ROWS - 1) / FP8_ROWS);
         int nt = ctx->n_threads < 1 ? 1 : (ctx->n_threads > QATTN_MAX_THREADS ? QATTN_MAX_THREADS : ctx->n_threads);
+        atomic_init(&j.overflow, 0);
         if (tasks > 0) qattn_parallel_for(nt, tasks, fp8_task, &j);
+        if (atomic_load(&j.overflow))
+            s = qattn_fail(ctx, QATTN_ERR_OVERFLOW, "scale %g: scaled scores overflow float32 although the inputs are finite "
+                           "(|scale * q.k| must stay well below %g); scale the inputs or the scale down",
+                           (double)qattn_effective_scale(p), (double)(FLT_MAX / 1.4426950408889634));
     }
     if (mem != p->workspace) qattn_free(ctx, mem);
     return s;
