@@ -558,7 +558,7 @@ def test_context_failure_says_why(tmp_path):
 
 def test_help_lists_every_isa():
     info = run_cli("info", "--json")
-    for cmd in (["run"], ["bench"]):
+    for cmd in (["run"], ["bench"], ["info"], ["bench", "--decode"], []):
         r = run_cli(*cmd, "--help")
         assert r.returncode == 0
         for isa in ("ref", "avx2", "avxvnni"):

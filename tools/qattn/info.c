@@ -4,9 +4,10 @@
 #include <string.h>
 
 static void print_info_help(void) {
-    printf("usage: qattn info [--isa ref|avx2] [--threads T] [--json]\n"
+    printf("usage: qattn info [--isa %s] [--threads T] [--json]\n"
            "Prints the version, the backends found (cpu; cuda when this build has it and a\n"
-           "device is visible), the ISA a context chooses, its threads and the CPU model.\n");
+           "device is visible), the ISA a context chooses, its threads and the CPU model.\n",
+           cli_isa_names());
 }
 
 int qattn_cli_info(int argc, char **argv) {
