@@ -11,7 +11,6 @@
 #include "cpu/threads.h"
 
 #include <float.h>
-#include <stdatomic.h>
 
 #define BLOCK_ROWS 128       /* query rows (positions x group heads) per unit: 128 beat 64 by 9% on prefill (half the
                                 K/V packing); 256 gained only 2-4% more for 2x fewer units to share among threads */
@@ -177,10 +176,7 @@ static void note_if_overflow(const plan *pl, const qattn_seq *s, int64_t b, int6
     for (int64_t j = lo; j < hi; j++)
         if (!row_is_finite(pl, p->k, s->k_off + j * p->k_seq_stride + (int64_t)g * p->k_head_stride, D)) return;
     long long row = ((long long)b * p->n_heads + h) * p->seqlen_q + i;
-    atomic_llong *first = (atomic_llong *)&pl->overflow_row;
-    long long seen = atomic_load(first);
-    while (row < seen && !atomic_compare_exchange_weak(first, &seen, row)) {
-    }
+    qattn_atomic_min((atomic_llong *)&pl->overflow_row, row);
 }
 
 /* Normalise a finished state and write O and LSE for the unit's rows. */

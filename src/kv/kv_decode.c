@@ -14,7 +14,6 @@
 #include "cpu/threads.h"
 
 #include <float.h>
-#include <stdatomic.h>
 
 #define SPLIT_MIN_TOKENS 512 /* a split covers at least this many tokens */
 #define SPLIT_UNITS_BELOW 64 /* split when fewer sequences than this are listed */
@@ -289,10 +288,7 @@ static void note_if_overflow(const dplan *pl, int64_t b, int h, int i) {
     for (int64_t t = lo; t < hi; t++)
         if (!key_is_finite(pl->c, seq, g, t)) return;
     long long row = (b * H + h) * (long long)Lq + i;
-    atomic_llong *first = (atomic_llong *)&pl->overflow_row;
-    long long seen = atomic_load(first);
-    while (row < seen && !atomic_compare_exchange_weak(first, &seen, row)) {
-    }
+    qattn_atomic_min((atomic_llong *)&pl->overflow_row, row);
 }
 
 static void write_rows(const dplan *pl, int64_t b, const qattn_tile_state *st) {
