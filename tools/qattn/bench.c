@@ -1,7 +1,9 @@
 /* qattn bench: time attention on random inputs and check it against the FP64 oracle.
- * With no shape flag it runs a default set of prefill and decode shapes sized to finish in
- * about a minute on a 2-core machine. Reports per shape: median ms over --iters (after
- * --warmup), effective GFLOP/s, GB/s and the error against qattn_oracle_f64.
+ * With no shape flag it runs a default set of prefill and decode shapes; without --precision
+ * on the CPU each shape runs in FP32 and in INT8 (default scheme), about 80 s on a shared 2-core
+ * machine. Reports per row: median ms over --iters (after --warmup), effective GFLOP/s, GB/s,
+ * the error against qattn_oracle_f64, the speed-up over the shape's FP32 row and a verdict
+ * (error within the row's tolerance or not).
  *   FLOPs = 4 * H * D * (visible (query, key) pairs summed over the batch): exactly
  *           4*B*H*Lq*Lk*D without a mask; with causal/window only the visible pairs count.
  *   Bytes = Q, K, V read once (in the precision's dtype: FP16/BF16 inputs for fp16/bf16, else
