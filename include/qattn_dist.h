@@ -65,6 +65,8 @@ typedef struct qattn_dist_info {
     double comm_seconds;  /* wall time this rank spent in them (NCCL: the stream is synchronised
                              before and after each, so this excludes queued compute) */
     double compute_seconds; /* wall time in the local attention and the merge */
+    double sync_seconds;    /* the part of comm_seconds spent in the descriptor exchange that opens
+                               each call: mostly waiting for the slowest rank (load imbalance) */
 } qattn_dist_info;
 
 QATTN_API qattn_status qattn_dist_get_info(const qattn_dist *dist, qattn_dist_info *info);

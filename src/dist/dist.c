@@ -264,7 +264,9 @@ static qattn_status agree(qattn_ctx *ctx, qattn_dist *d, where w, int64_t *desc,
     double t0;
     begin_comm(w, &t0);
     qattn_status s = d->ops->allgather_i64(ctx, d, desc, all, DESC_N);
+    double c0 = d->stats.comm_seconds;
     s = end_comm(d, w, t0, (int64_t)(d->size - 1) * DESC_N * 8, s);
+    d->stats.sync_seconds += d->stats.comm_seconds - c0;
     if (s == QATTN_OK && local != QATTN_OK) s = local; /* this rank's own message stays */
     for (int r = 0; s == QATTN_OK && r < d->size; r++)
         if (all[r * DESC_N + DESC_STATUS] != QATTN_OK)
