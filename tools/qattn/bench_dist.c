@@ -535,6 +535,12 @@ static void print_result(const world *w, const dist_opts *d, const qattn_ctx_inf
 static int start_world(const dist_opts *d, world *w, int *argc, char ***argv) {
     memset(w, 0, sizeof *w);
     w->size = 1;
+#if !defined(QATTN_HAVE_NCCL)
+    if (d->transport == QATTN_DIST_NCCL) {
+        cli_error(CMD, "--dist nccl: this qattn was built without NCCL (needs the CUDA backend and nccl.h)");
+        return -1;
+    }
+#endif
 #if defined(QATTN_HAVE_MPI)
     int init = 0;
     MPI_Initialized(&init);
