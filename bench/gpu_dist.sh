@@ -10,10 +10,14 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$OUT/nvidia_smi.txt" 2>&1
 cat "$OUT/nvidia_smi.txt"
 B=build-gpu-dist
-{ cmake -S . -B $B -DQATTN_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DQATTN_BUILD_TESTS=ON &&
-  cmake --build $B -j16 --target qattn_cli qattn_dist_nccl_test; } > "$OUT/build.log" 2>&1
+cmake -S . -B $B -DQATTN_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DQATTN_BUILD_TESTS=ON > "$OUT/build.log" 2>&1
+grep "qattn_dist:" "$OUT/build.log"
+if ! grep -q "qattn_dist: MPI [A-Z]*, NCCL ON" "$OUT/build.log"; then
+  echo "NCCL not found by CMake (nccl.h / libnccl next to the CUDA toolkit): nothing to run"; tail -20 "$OUT/build.log"; exit 1
+fi
+cmake --build $B -j16 --target qattn_cli qattn_dist_nccl_test >> "$OUT/build.log" 2>&1
 rc=$?
-grep -E "qattn_dist:|error|warning" "$OUT/build.log" | head -20
+grep -E "error|warning" "$OUT/build.log" | head -20
 if [ $rc -ne 0 ]; then tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1; fi
 T=$B/tests/gpu/qattn_dist_nccl_test
 Q=$B/qattn
