@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # qattn_dist on the GPU (NCCL): build with CUDA (NCCL from the CUDA toolkit; MPI when installed),
 # run the NCCL test with one rank (and with every GPU when mpirun and >= 2 GPUs are there), then
-# time qattn bench --dist nccl (exact and Star) against the plain single-GPU bench of the same
-# shape. Logs and JSON lines under $OUT (default ./out).
+# time qattn bench --dist nccl (exact, Star, decode) against the plain single-GPU bench of the
+# same shape. Logs and JSON lines under $OUT (default ./out).
 # Usage: bench/gpu_dist.sh            Env: LENS="32768 131072" (exact-mode lengths)
 set -u
 OUT=${OUT:-out}
@@ -49,5 +49,9 @@ for n in $ranks; do
   launch "$n" $Q bench --dist nccl --mode star --heads 16 --head-dim 128 --seqlen-k 131072 --seqlen-q 256 --anchor 8192 \
     --precision fp16 --iters 5 --warmup 2 --json >> "$OUT/bench_dist_star.jsonl" 2>> "$OUT/bench.err"
 done
-cat "$OUT/bench_single_gpu.jsonl" "$OUT/bench_dist_nccl.jsonl" "$OUT/bench_dist_star.jsonl" 2>/dev/null
+for n in $ranks; do
+  launch "$n" $Q bench --dist nccl --mode decode --kv-len 131072 --kv-dtype fp16 --heads 32 --kv-heads 8 --head-dim 128 \
+    --iters 20 --warmup 3 --json >> "$OUT/bench_dist_decode.jsonl" 2>> "$OUT/bench.err"
+done
+cat "$OUT/bench_single_gpu.jsonl" "$OUT/bench_dist_nccl.jsonl" "$OUT/bench_dist_star.jsonl" "$OUT/bench_dist_decode.jsonl" 2>/dev/null
 tail -5 "$OUT/bench.err" 2>/dev/null

@@ -1,5 +1,5 @@
 """`qattn bench --dist mpi|nccl` (tools/qattn/bench_dist.c), run as a subprocess: the JSON line
-of rank 0 for the exact and Star modes under mpirun with 1 and 2 ranks (skipped without mpirun
+of rank 0 for the exact, Star and decode modes under mpirun with 1 and 2 ranks (skipped without mpirun
 or without MPI in the build), and clean usage errors."""
 import json
 import os
@@ -51,9 +51,21 @@ def test_star_json():
     assert 0 < j["phase1_rel_l1_vs_exact"] < 2  # block-local phase 1 differs from exact attention
 
 
+@pytest.mark.skipif(MPIRUN is None, reason="mpirun not installed")
+@pytest.mark.parametrize("kv_dtype, tol", [("fp16", 2e-6), ("int8", 2e-4)])
+def test_decode_json(kv_dtype, tol):
+    j = mpi_json(2, "--mode", "decode", "--kv-len", 1000, "--batch", 3, "--seqlen-q", 4, "--heads", 8, "--kv-heads", 2,
+                 "--head-dim", 64, "--kv-dtype", kv_dtype, "--iters", 2, "--warmup", 0)
+    assert j["mode"] == "decode" and j["kv_len"] == 1000 and j["seqlen_k"] == 1000 and j["kv_dtype"] == kv_dtype
+    assert j["bytes_sent"] == 80 + 2 * 6 * 8 * 65 * 4  # chunk = ceil(3*4/2) rows of 8 heads
+    assert j["rel_l2_vs_single"] < tol  # the bounds of tests/test_dist.c
+
+
 @pytest.mark.parametrize("args, text", [(["--dist", "tcp"], "not one of normal, uniform"),
                                         (["--dist", "mpi", "--mode", "ring"], "--mode"),
-                                        (["--dist", "mpi", "--shards", "odd"], "--shards")])
+                                        (["--dist", "mpi", "--shards", "odd"], "--shards"),
+                                        (["--dist", "mpi", "--mode", "decode", "--seqlen-q", "65"], "1..64"),
+                                        (["--dist", "mpi", "--kv-dtype", "fp8"], "--kv-dtype")])
 def test_usage_errors(args, text):
     r = run_cli("bench", *args)
     assert r.returncode == 2 and text in r.stderr and r.stderr.count("\n") == 1

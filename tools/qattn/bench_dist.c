@@ -4,6 +4,7 @@
  *   mpirun -np 2 qattn bench --dist mpi --seqlen-q 32768 --heads 1 --head-dim 64 --threads 1
  *   mpirun -np 2 qattn bench --dist mpi --mode star --seqlen-k 32768 --seqlen-q 64 --anchor 4096
  *   qattn bench --dist nccl --seqlen-q 131072 --heads 8 --head-dim 128 --causal
+ *   mpirun -np 2 qattn bench --dist mpi --mode decode --kv-len 32768 --kv-dtype int8 --heads 32 --kv-heads 8
  *
  * exact: qattn_dist_forward, the keys sharded in contiguous ranges (causal: ranges balanced by
  *        visible (query, key) pairs, so that every rank has the same work; --shards even to
@@ -12,6 +13,9 @@
  *        anchor) and phase 2 (seqlen_q query tokens over every block plus their own KV, exact),
  *        each timed; accuracy: phase 1's rel-L1 against exact causal attention on the last rows
  *        of every block, phase 2's against the FP64 oracle.
+ * decode: qattn_dist_kv_decode, --batch sequences of --kv-len tokens in a paged cache
+ *        (--kv-dtype fp16|int8) sharded over the ranks, --seqlen-q new tokens on the last rank;
+ *        one step timed; rank 0 compares with single-process decode of the whole cache.
  * Every rank generates the same inputs from --seed and keeps its shard. JSON (rank 0) adds
  * ranks, bytes_sent (per rank per call), comm_ms (sync_ms of it: the opening descriptor exchange,
  * mostly waiting for the slowest rank), compute_ms and cpu_ms (per call, the slowest rank). */
@@ -36,7 +40,8 @@
 static const char *const CMD = "bench --dist";
 #define ORACLE_ROWS 64
 
-enum { MODE_EXACT = 0, MODE_STAR = 1 };
+enum { MODE_EXACT = 0, MODE_STAR = 1, MODE_DECODE = 2 };
+static const char *const mode_names[] = {"exact", "star", "decode"};
 
 typedef struct dist_opts {
     cli_opts o;
@@ -44,6 +49,9 @@ typedef struct dist_opts {
     int mode;
     int64_t anchor;  /* star: anchor tokens (0 = one block, as in the paper) */
     int even_shards; /* exact: equal key counts even when causal */
+    int64_t kv_len;  /* decode: tokens per sequence (default 32768) */
+    int32_t kv_dtype; /* decode: cache storage, QATTN_DTYPE_F16 or QATTN_DTYPE_I8 */
+    int seqlen_q_given;
 } dist_opts;
 
 /* The communicator's world: rank, size, and how to reduce a double across ranks. */
@@ -91,6 +99,9 @@ static void print_help(void) {
            "  --mode exact     qattn_dist_forward: all queries, keys sharded in contiguous ranges (default)\n"
            "  --mode star      Star Attention: phase 1 (blocks of seqlen-k/N context tokens with the anchor),\n"
            "                   phase 2 (seqlen-q query tokens over every block, exact)\n"
+           "  --mode decode    qattn_dist_kv_decode: --batch sequences of --kv-len tokens (default 32768) in a\n"
+           "                   paged cache (--kv-dtype fp16|int8) sharded over the ranks, --seqlen-q new tokens\n"
+           "                   (default 1) on the last rank; one step timed, compared with single-process decode\n"
            "  --anchor A       star: anchor tokens (default: one block)\n"
            "  --shards even    exact: equal key counts (default for causal: ranges with equal visible pairs)\n"
            "Rank 0 prints; JSON adds ranks, bytes_sent, comm_ms, compute_ms.\n\n");
@@ -101,6 +112,8 @@ static int parse_args(int argc, char **argv, dist_opts *d) {
     memset(d, 0, sizeof *d);
     cli_opts_init(&d->o);
     d->o.iters = 3;
+    d->kv_len = 32768;
+    d->kv_dtype = QATTN_DTYPE_F16;
     for (int i = 1; i < argc; i++) {
         const char *v = NULL;
         int r;
@@ -119,14 +132,29 @@ static int parse_args(int argc, char **argv, dist_opts *d) {
             if (r < 0) return -1;
             if (!strcmp(v, "exact")) d->mode = MODE_EXACT;
             else if (!strcmp(v, "star")) d->mode = MODE_STAR;
+            else if (!strcmp(v, "decode")) d->mode = MODE_DECODE;
             else {
-                cli_error(CMD, "--mode: '%s' is not exact or star", v);
+                cli_error(CMD, "--mode: '%s' is not exact, star or decode", v);
                 return -1;
             }
             continue;
         }
         if ((r = cli_flag_value(argc, argv, &i, "--anchor", &v, CMD)) != 0) {
             if (r < 0 || cli_parse_int64(v, 0, INT32_MAX, &d->anchor, "--anchor", CMD)) return -1;
+            continue;
+        }
+        if ((r = cli_flag_value(argc, argv, &i, "--kv-len", &v, CMD)) != 0) {
+            if (r < 0 || cli_parse_int64(v, 1, INT32_MAX, &d->kv_len, "--kv-len", CMD)) return -1;
+            continue;
+        }
+        if ((r = cli_flag_value(argc, argv, &i, "--kv-dtype", &v, CMD)) != 0) {
+            if (r < 0) return -1;
+            if (!strcmp(v, "fp16")) d->kv_dtype = QATTN_DTYPE_F16;
+            else if (!strcmp(v, "int8")) d->kv_dtype = QATTN_DTYPE_I8;
+            else {
+                cli_error(CMD, "--kv-dtype: '%s' is not fp16 or int8", v);
+                return -1;
+            }
             continue;
         }
         if ((r = cli_flag_value(argc, argv, &i, "--shards", &v, CMD)) != 0) {
@@ -138,6 +166,7 @@ static int parse_args(int argc, char **argv, dist_opts *d) {
             d->even_shards = !strcmp(v, "even");
             continue;
         }
+        if (!strcmp(argv[i], "--seqlen-q") || !strncmp(argv[i], "--seqlen-q=", 11)) d->seqlen_q_given = 1;
         cli_flag_result fr = cli_opts_parse_flag(&d->o, argc, argv, &i, CMD);
         if (fr == CLI_FLAG_ERROR) return -1;
         if (fr == CLI_FLAG_UNKNOWN) {
@@ -146,6 +175,13 @@ static int parse_args(int argc, char **argv, dist_opts *d) {
         }
     }
     if (d->transport == QATTN_DIST_NCCL && !d->o.precision_given) d->o.precision = QATTN_PRECISION_FP16;
+    if (d->mode == MODE_DECODE) {
+        if (!d->seqlen_q_given) d->o.seqlen_q = 1;
+        if (d->o.seqlen_q > 64 || d->o.seqlen_q > d->kv_len) {
+            cli_error(CMD, "--mode decode: --seqlen-q %lld must be 1..64 and at most --kv-len", (long long)d->o.seqlen_q);
+            return -1;
+        }
+    }
     return 0;
 }
 
@@ -333,6 +369,20 @@ static qattn_status call_star_encode(void *a) {
     return qattn_star_encode(f->ctx, f->p, f->anchor_k, f->anchor_v, f->anchor_len);
 }
 
+typedef struct decode_arg {
+    qattn_ctx *ctx;
+    qattn_dist *dist;
+    const qattn_kv_cache *cache;
+    const qattn_kv_device_cache *dev;
+    const qattn_decode_params *dp;
+    int32_t tail;
+} decode_arg;
+
+static qattn_status call_dist_decode(void *a) {
+    decode_arg *f = a;
+    return qattn_dist_kv_decode(f->ctx, f->dist, f->cache, f->dev, f->dp, f->tail);
+}
+
 /* Exact mode. */
 static int run_exact(const world *w, const dist_opts *d, qattn_ctx *ctx, qattn_ctx *host, qattn_dist *dist, qattn_params *proto,
                      dist_result *r) {
@@ -473,6 +523,109 @@ done:
     return rc;
 }
 
+/* Decode mode: B sequences of kv_len tokens; rank r < N-1 holds tokens [r*piece, (r+1)*piece),
+ * the last rank the rest (with the Lq new tokens). One decode step is timed; rank 0 also builds
+ * the whole cache and compares with single-process decode. */
+static int run_decode(const world *w, const dist_opts *d, qattn_ctx *ctx, qattn_ctx *host, qattn_dist *dist, const qattn_params *p,
+                      dist_result *r) {
+    const cli_opts *o = &d->o;
+    int64_t L = d->kv_len, Lq = p->seqlen_q, B = p->batch, H = p->n_heads, HK = p->n_kv_heads, D = p->head_dim;
+    int64_t piece = (L - Lq) / w->size, off = piece * w->rank, len = w->rank == w->size - 1 ? L - off : piece;
+    if (piece < Lq && w->rank != w->size - 1) len = 0, off = 0; /* a non-tail shard must hold 0 or >= Lq tokens */
+    if (piece < Lq && w->rank == w->size - 1) off = 0, len = L;
+    int64_t bs = 16, per_seq = (len + bs - 1) / bs, whole_seq = (L + bs - 1) / bs;
+    qattn_kv_cache_options co;
+    memset(&co, 0, sizeof co);
+    co.n_kv_heads = (int32_t)HK, co.head_dim = (int32_t)D, co.block_size = (int32_t)bs, co.dtype = d->kv_dtype;
+    co.max_seqs = (int32_t)B, co.n_blocks = B * (per_seq > 0 ? per_seq : 1);
+    qattn_kv_cache *mine = NULL, *whole = NULL;
+    float *kv = NULL, *q = NULL, *out = NULL, *ref = NULL;
+    int32_t *ids = NULL;
+    placed pl = {.on_device = d->transport == QATTN_DIST_NCCL};
+    void *arena = NULL, *table = NULL;
+    int rc = -1;
+    qattn_status s = qattn_kv_cache_create(host, &co, &mine);
+    if (s == QATTN_OK && w->rank == 0) {
+        co.n_blocks = B * whole_seq;
+        s = qattn_kv_cache_create(host, &co, &whole);
+    }
+    if (s != QATTN_OK) {
+        fail_status(host, s, "creating the KV cache");
+        goto done;
+    }
+    size_t row = (size_t)(HK * D);
+    kv = cli_alloc((size_t)L * row * 2 * sizeof(float), "K/V", CMD);
+    q = cli_alloc((size_t)(B * Lq * H * D) * sizeof(float), "queries", CMD);
+    out = cli_alloc((size_t)(B * Lq * H * D) * sizeof(float), "output", CMD);
+    ids = cli_alloc((size_t)B * sizeof(int32_t), "sequence ids", CMD);
+    if (!kv || !q || !out || !ids) goto done;
+    cli_rng rng;
+    cli_rng_seed(&rng, o->seed);
+    for (int64_t b = 0; b < B; b++) {
+        ids[b] = (int32_t)b;
+        cli_fill_normal(&rng, kv, L * (int64_t)row * 2, 0.0f, 1.0f); /* K then V of sequence b */
+        const float *k = kv, *v = kv + L * row;
+        if (len > 0) s = qattn_kv_cache_append(host, mine, (int32_t)b, k + off * row, v + off * row, len, QATTN_DTYPE_F32);
+        if (s == QATTN_OK && whole) s = qattn_kv_cache_append(host, whole, (int32_t)b, k, v, L, QATTN_DTYPE_F32);
+        if (s != QATTN_OK) {
+            fail_status(host, s, "appending to the KV cache");
+            goto done;
+        }
+    }
+    cli_fill_normal(&rng, q, B * Lq * H * D, 0.0f, 1.0f);
+    qattn_decode_params dp;
+    qattn_decode_params_init(&dp);
+    dp.seq_ids = ids, dp.n_seqs = (int32_t)B, dp.seqlen_q = (int32_t)Lq, dp.n_heads = (int32_t)H, dp.causal = 1;
+    size_t qbytes = (size_t)(B * Lq * H * D) * sizeof(float);
+    dp.q = place(&pl, q, qbytes);
+    dp.o = place_out(&pl, out, qbytes);
+    qattn_kv_device_cache dev = {0};
+    if (pl.on_device) {
+        qattn_kv_cache_layout lay;
+        qattn_kv_cache_export(host, mine, &lay);
+        arena = (void *)place(&pl, lay.arena, (size_t)lay.arena_bytes);
+        table = (void *)place(&pl, lay.block_table, (size_t)lay.table_entries * sizeof(int32_t));
+        dev.arena = arena, dev.block_table = table;
+    }
+    if (!dp.q || !dp.o || (pl.on_device && (!arena || !table))) {
+        cli_error(CMD, "cannot allocate or copy device memory");
+        goto done;
+    }
+    decode_arg da = {ctx, dist, mine, pl.on_device ? &dev : NULL, &dp, w->size - 1};
+    if (time_calls(w, o, ctx, dist, call_dist_decode, &da, r)) goto done;
+    if (fetch(&pl, out, dp.o, qbytes)) {
+        cli_error(CMD, "cannot copy the output back");
+        goto done;
+    }
+    r->gflops = 4.0 * H * D * (double)(B * Lq) * (double)L / (r->ms * 1e-3) * 1e-9; /* causal among the new tokens ignored */
+    r->oracle_rows = 0;
+    if (whole) { /* rank 0: single-process decode of the whole cache */
+        ref = cli_alloc(qbytes, "reference", CMD);
+        if (!ref) goto done;
+        qattn_decode_params sp = dp;
+        sp.q = q, sp.o = ref;
+        s = qattn_kv_decode(host, whole, &sp);
+        if (s != QATTN_OK) {
+            fail_status(host, s, "single-process decode");
+            goto done;
+        }
+        double num = 0, den = 0, l1 = 0, l1d = 0;
+        for (size_t i = 0; i < qbytes / sizeof(float); i++) {
+            double e = (double)out[i] - ref[i];
+            num += e * e, den += (double)ref[i] * ref[i], l1 += fabs(e), l1d += fabs(ref[i]);
+        }
+        r->err.rel_l2 = den > 0 ? sqrt(num / den) : sqrt(num);
+        r->err.rel_l1 = l1d > 0 ? l1 / l1d : l1;
+    }
+    rc = 0;
+done:
+    unplace(&pl);
+    qattn_kv_cache_destroy(host, mine);
+    qattn_kv_cache_destroy(host, whole);
+    cli_free(kv), cli_free(q), cli_free(out), cli_free(ref), cli_free(ids);
+    return rc;
+}
+
 /* ---------------------------------------------------------------- output */
 
 static void print_result(const world *w, const dist_opts *d, const qattn_ctx_info *info, const qattn_params *p, const dist_result *r) {
@@ -481,7 +634,7 @@ static void print_result(const world *w, const dist_opts *d, const qattn_ctx_inf
     if (o->json) {
         cli_json j;
         cli_json_begin(&j, stdout);
-        cli_json_str(&j, "mode", d->mode == MODE_STAR ? "star" : "exact");
+        cli_json_str(&j, "mode", mode_names[d->mode]);
         cli_json_str(&j, "transport", transport);
         cli_json_int(&j, "ranks", w->size);
         cli_json_str(&j, "backend", cli_backend_name(info->backend));
@@ -504,30 +657,43 @@ static void print_result(const world *w, const dist_opts *d, const qattn_ctx_inf
         cli_json_num(&j, "compute_ms", r->compute_ms);
         cli_json_num(&j, "cpu_ms", r->cpu_ms);
         cli_json_int(&j, "bytes_sent", (int64_t)r->bytes_sent);
+        if (d->mode == MODE_DECODE) {
+            cli_json_int(&j, "kv_len", d->kv_len);
+            cli_json_str(&j, "kv_dtype", d->kv_dtype == QATTN_DTYPE_I8 ? "int8" : "fp16");
+            cli_json_num(&j, "tokens_per_s", (double)p->batch * p->seqlen_q / (r->ms * 1e-3));
+        }
         if (d->mode == MODE_STAR) {
             cli_json_int(&j, "anchor", d->anchor > 0 ? d->anchor : p->seqlen_k / w->size);
             cli_json_num(&j, "phase1_ms", r->phase1_ms);
             cli_json_num(&j, "phase1_rel_l1_vs_exact", r->star_rel_l1);
         }
-        cli_json_num(&j, "rel_l1", r->err.rel_l1);
-        cli_json_num(&j, "rel_l2", r->err.rel_l2);
-        cli_json_num(&j, "max_abs", r->err.max_abs);
-        cli_json_int(&j, "oracle_rows", r->oracle_rows);
+        if (d->mode == MODE_DECODE) {
+            cli_json_num(&j, "rel_l2_vs_single", r->err.rel_l2);
+        } else {
+            cli_json_num(&j, "rel_l1", r->err.rel_l1);
+            cli_json_num(&j, "rel_l2", r->err.rel_l2);
+            cli_json_num(&j, "max_abs", r->err.max_abs);
+            cli_json_int(&j, "oracle_rows", r->oracle_rows);
+        }
         cli_json_end(&j);
         return;
     }
     printf("qattn %s bench --dist %s --mode %s: %d rank(s), backend %s, isa %s, threads %d, %s\n", qattn_version(), transport,
-           d->mode == MODE_STAR ? "star" : "exact", w->size, cli_backend_name(info->backend), info->isa_name, info->n_threads,
+           mode_names[d->mode], w->size, cli_backend_name(info->backend), info->isa_name, info->n_threads,
            info->device_name);
     printf("B %lld H %d HK %d Lq %lld Lk %lld D %d causal %s precision %s\n", (long long)p->batch, p->n_heads, p->n_kv_heads,
            (long long)p->seqlen_q, (long long)p->seqlen_k, p->head_dim, p->causal ? "yes" : "no", cli_precision_name(o->precision));
     if (d->mode == MODE_STAR)
         printf("phase 1: %.3f ms (rel L1 vs exact causal on the last %d rows of each block: %.3e)\n", r->phase1_ms, ORACLE_ROWS, r->star_rel_l1);
     printf("%s: %.3f ms (median of %d), %.2f GFLOP/s, communication %.3f ms (of which waiting for the slowest rank %.3f), compute %.3f ms, CPU %.3f ms, %.0f bytes sent per rank\n",
-           d->mode == MODE_STAR ? "phase 2" : "call", r->ms, o->iters, r->gflops, r->comm_ms, r->sync_ms, r->compute_ms, r->cpu_ms,
+           d->mode == MODE_STAR ? "phase 2" : d->mode == MODE_DECODE ? "step" : "call", r->ms, o->iters, r->gflops, r->comm_ms, r->sync_ms, r->compute_ms, r->cpu_ms,
            r->bytes_sent);
-    printf("error vs FP64 oracle (last %lld rows): rel L1 %.3e, rel L2 %.3e, max abs %.3e\n", (long long)r->oracle_rows, r->err.rel_l1,
-           r->err.rel_l2, r->err.max_abs);
+    if (d->mode == MODE_DECODE)
+        printf("kv-len %lld, %s cache; rel L2 vs single-process decode of the whole cache: %.3e\n", (long long)d->kv_len,
+               d->kv_dtype == QATTN_DTYPE_I8 ? "int8" : "fp16", r->err.rel_l2);
+    else
+        printf("error vs FP64 oracle (last %lld rows): rel L1 %.3e, rel L2 %.3e, max abs %.3e\n", (long long)r->oracle_rows, r->err.rel_l1,
+               r->err.rel_l2, r->err.max_abs);
 }
 
 /* ---------------------------------------------------------------- command */
@@ -650,11 +816,14 @@ int qattn_cli_bench_dist(int argc, char **argv) {
     p.qkv_dtype = storage_dtype(d.o.precision);
     p.o_dtype = QATTN_DTYPE_F32;
     if (d.transport == QATTN_DIST_NCCL && p.qkv_dtype == QATTN_DTYPE_F32) p.qkv_dtype = QATTN_DTYPE_F16; /* the GPU takes f16/bf16 */
-    if (d.mode == MODE_STAR) p.causal = 1, p.window_left = p.window_right = -1; /* a causal LM's context */
+    if (d.mode != MODE_EXACT) p.causal = 1, p.window_left = p.window_right = -1; /* a causal LM's context */
+    if (d.mode == MODE_DECODE) p.seqlen_k = d.kv_len;
     if (d.transport == QATTN_DIST_NCCL) qattn_params_set_contiguous(&p);
     dist_result r;
     memset(&r, 0, sizeof r);
-    int bad = d.mode == MODE_STAR ? run_star(&w, &d, ctx, host, dist, &p, &r) : run_exact(&w, &d, ctx, host, dist, &p, &r);
+    int bad = d.mode == MODE_STAR     ? run_star(&w, &d, ctx, host, dist, &p, &r)
+              : d.mode == MODE_DECODE ? run_decode(&w, &d, ctx, host, dist, &p, &r)
+                                      : run_exact(&w, &d, ctx, host, dist, &p, &r);
     if (!bad && w.rank == 0) print_result(&w, &d, &info, &p, &r);
     rc = bad ? CLI_EXIT_FAILURE : CLI_EXIT_OK;
 done:
