@@ -75,9 +75,9 @@ QATTN_API qattn_status qattn_dist_reset_stats(qattn_dist *dist);
 /* (a) Exact sequence-parallel attention. p describes this rank's problem: the full queries
  * q [B, Lq, H, D], this rank's keys/values k, v [B, seqlen_k, HK, D] (its shard: global keys
  * key_offset .. key_offset + seqlen_k - 1), o [B, Lq, H, D] and optional lse [B, H, Lq] for the
- * merged result. Masks (causal, window_right) refer to global positions: key j of
- * seqlen_k_total is visible to query i when j <= i + seqlen_k_total - Lq + window_right.
- * window_left must be -1. No cu_seqlens. The shards of all ranks must tile
+ * merged result. Masks (causal, windows) refer to global positions, as in qattn.h with
+ * Lk = seqlen_k_total: key j is visible to query i when
+ * i + seqlen_k_total - Lq - window_left <= j <= i + seqlen_k_total - Lq + window_right. No cu_seqlens. The shards of all ranks must tile
  * [0, seqlen_k_total) without overlap (checked); a shard may be empty. Precisions: those
  * qattn_forward supports on ctx (FP32/FP16/BF16/INT8 on the CPU); INT8 quantizes per token, so
  * sharding changes only the per-tile rounding of P. MPI: host pointers; NCCL: device pointers,

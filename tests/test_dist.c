@@ -118,19 +118,23 @@ static double rel_l2(const float *a, const float *b, size_t n) {
 typedef struct fcase {
     const char *name;
     int64_t batch, lq, lk;
-    int32_t h, hk, d, causal, window_right, dtype, precision;
+    int32_t h, hk, d, causal, window_left, window_right, dtype, precision;
     int reversed; /* shards assigned in reverse rank order, plus an empty one */
 } fcase;
 
 static const fcase fcases[] = {
-    {"causal Lq<Lk GQA fp32", 1, 113, 203, 4, 2, 64, 1, -1, QATTN_DTYPE_F32, QATTN_PRECISION_FP32, 0},
-    {"non-causal B2 D80 fp32", 2, 17, 300, 2, 2, 80, 0, -1, QATTN_DTYPE_F32, QATTN_PRECISION_FP32, 0},
-    {"causal square GQA f16", 1, 203, 203, 8, 2, 128, 1, -1, QATTN_DTYPE_F16, QATTN_PRECISION_AUTO, 0},
-    {"one query MQA D256", 1, 1, 1000, 8, 1, 256, 1, -1, QATTN_DTYPE_F32, QATTN_PRECISION_FP32, 0},
-    {"causal Lq>Lk (empty rows)", 1, 203, 113, 2, 1, 64, 1, -1, QATTN_DTYPE_F32, QATTN_PRECISION_FP32, 0},
-    {"window_right 5 reversed shards", 1, 64, 517, 2, 2, 64, 0, 5, QATTN_DTYPE_F32, QATTN_PRECISION_FP32, 1},
-    {"causal int8 GQA", 1, 113, 517, 4, 2, 64, 1, -1, QATTN_DTYPE_F32, QATTN_PRECISION_INT8, 0},
-    {"non-causal int8 reversed", 2, 64, 300, 2, 1, 128, 0, -1, QATTN_DTYPE_F32, QATTN_PRECISION_INT8, 1},
+    {"causal Lq<Lk GQA fp32", 1, 113, 203, 4, 2, 64, 1, -1, -1, QATTN_DTYPE_F32, QATTN_PRECISION_FP32, 0},
+    {"non-causal B2 D80 fp32", 2, 17, 300, 2, 2, 80, 0, -1, -1, QATTN_DTYPE_F32, QATTN_PRECISION_FP32, 0},
+    {"causal square GQA f16", 1, 203, 203, 8, 2, 128, 1, -1, -1, QATTN_DTYPE_F16, QATTN_PRECISION_AUTO, 0},
+    {"one query MQA D256", 1, 1, 1000, 8, 1, 256, 1, -1, -1, QATTN_DTYPE_F32, QATTN_PRECISION_FP32, 0},
+    {"causal Lq>Lk (empty rows)", 1, 203, 113, 2, 1, 64, 1, -1, -1, QATTN_DTYPE_F32, QATTN_PRECISION_FP32, 0},
+    {"window_right 5 reversed shards", 1, 64, 517, 2, 2, 64, 0, -1, 5, QATTN_DTYPE_F32, QATTN_PRECISION_FP32, 1},
+    {"sliding window 50 causal", 1, 203, 517, 4, 2, 64, 1, 50, -1, QATTN_DTYPE_F32, QATTN_PRECISION_FP32, 0},
+    {"window 100,20 B2 reversed shards", 2, 64, 300, 2, 1, 64, 0, 100, 20, QATTN_DTYPE_F32, QATTN_PRECISION_FP32, 1},
+    {"one query window 256 f16", 1, 1, 1000, 8, 2, 128, 1, 256, -1, QATTN_DTYPE_F16, QATTN_PRECISION_AUTO, 0},
+    {"causal int8 GQA", 1, 113, 517, 4, 2, 64, 1, -1, -1, QATTN_DTYPE_F32, QATTN_PRECISION_INT8, 0},
+    {"non-causal int8 reversed", 2, 64, 300, 2, 1, 128, 0, -1, -1, QATTN_DTYPE_F32, QATTN_PRECISION_INT8, 1},
+    {"sliding window 64 int8", 1, 113, 517, 4, 2, 64, 1, 64, -1, QATTN_DTYPE_F32, QATTN_PRECISION_INT8, 0},
 };
 
 static void shard_of(const fcase *c, int64_t *off, int64_t *len) {
@@ -152,7 +156,7 @@ static void fill_params(qattn_params *p, const fcase *c, const void *q, const vo
     p->batch = c->batch, p->seqlen_q = c->lq, p->seqlen_k = lk;
     p->n_heads = c->h, p->n_kv_heads = c->hk, p->head_dim = c->d;
     p->qkv_dtype = c->dtype, p->o_dtype = QATTN_DTYPE_F32, p->precision = c->precision;
-    p->causal = c->causal, p->window_right = c->window_right;
+    p->causal = c->causal, p->window_left = c->window_left, p->window_right = c->window_right;
     qattn_params_set_contiguous(p);
 }
 
@@ -411,8 +415,11 @@ static void test_bad_arguments(void) {
     TH_CHECK(qattn_dist_forward(g_ctx, g_dist, &p, off, L) == QATTN_OK, "baseline call: %s", qattn_ctx_last_error(g_ctx));
 
     qattn_params b = p;
-    if (g_rank == 0) b.window_left = 3; /* one rank only: every rank must fail */
-    expect_everywhere(qattn_dist_forward(g_ctx, g_dist, &b, off, L), QATTN_ERR_UNSUPPORTED, "window_left on rank 0");
+    if (g_rank == 0) b.cu_seqlens_q = b.cu_seqlens_k = (const int32_t *)q; /* one rank only: every rank must fail */
+    expect_everywhere(qattn_dist_forward(g_ctx, g_dist, &b, off, L), QATTN_ERR_UNSUPPORTED, "cu_seqlens on rank 0");
+    b = p;
+    b.window_left = g_rank == 0 ? -2 : -1;
+    expect_everywhere(qattn_dist_forward(g_ctx, g_dist, &b, off, L), QATTN_ERR_INVALID_ARGUMENT, "window_left -2 on rank 0");
     expect_everywhere(qattn_dist_forward(g_ctx, g_dist, g_rank == 0 ? NULL : &p, off, L), QATTN_ERR_NULL_POINTER, "NULL params on rank 0");
     b = p;
     b.head_dim = g_rank == g_size - 1 ? 17 : 32; /* a bad value on the last rank */

@@ -99,17 +99,18 @@ static qattn_status rec_set_empty(qattn_ctx *ctx, where w, float *rec, int64_t n
     return QATTN_OK;
 }
 
-/* lse [B, H, Lq] into float 0 of record (b*Lq + i)*H + h. */
-static qattn_status rec_put_lse(qattn_ctx *ctx, where w, float *rec, const float *lse, int64_t B, int32_t H, int64_t Lq, int R) {
+/* lse [B, H, m] of the first m query rows (of Lq per sequence) into float 0 of record
+ * (b*Lq + i)*H + h. */
+static qattn_status rec_put_lse(qattn_ctx *ctx, where w, float *rec, const float *lse, int64_t B, int32_t H, int64_t Lq, int64_t m, int R) {
 #if defined(QATTN_HAVE_CUDA)
     if (w.dev) {
-        int e = qattn_dist_dev_put_lse(rec, lse, B, H, Lq, R, w.stream);
+        int e = qattn_dist_dev_put_lse(rec, lse, B, H, Lq, m, R, w.stream);
         return e ? cuda_failed(ctx, "put_lse", e) : QATTN_OK;
     }
 #endif
     for (int64_t b = 0; b < B; b++)
         for (int32_t h = 0; h < H; h++)
-            for (int64_t i = 0; i < Lq; i++) rec[((b * Lq + i) * H + h) * R] = lse[(b * H + h) * Lq + i];
+            for (int64_t i = 0; i < m; i++) rec[((b * Lq + i) * H + h) * R] = lse[(b * H + h) * m + i];
     return QATTN_OK;
 }
 
@@ -375,38 +376,48 @@ static qattn_status forward_local(qattn_ctx *ctx, qattn_dist *d, const qattn_par
     qattn_status s = check_transport(ctx, d, fn);
     if (s != QATTN_OK) return s;
     if (p->cu_seqlens_q || p->cu_seqlens_k) return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "%s: cu_seqlens (varlen) are not supported", fn);
-    if (p->window_left != -1)
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "%s: window_left is %d; only -1 (unbounded) is supported across ranks", fn, p->window_left);
     if (key_offset < 0 || total < 0 || total > INT32_MAX || p->seqlen_k < 0 || key_offset > total - p->seqlen_k)
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT,
                           "%s: key_offset %lld with seqlen_k %lld does not fit in seqlen_k_total %lld (0 <= total < 2^31)", fn,
                           (long long)key_offset, (long long)p->seqlen_k, (long long)total);
-    /* Local keys sit shift positions before the end of the global sequence: the global mask
-     * j_global <= i + total - Lq + wr is j_local <= i + Lk - Lq + (wr + shift) locally. */
-    int64_t shift = total - key_offset - p->seqlen_k;
-    int32_t wr = qattn_window_right(p);
-    int64_t wr_local = wr < 0 ? -1 : wr + shift;
-    if (wr_local > INT32_MAX)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s: window_right %d plus %lld later keys exceeds 2^31", fn, wr, (long long)shift);
+    s = qattn_supports(ctx, p); /* the shard's problem with the global mask: valid in the same cases */
+    if (s != QATTN_OK) return s;
     qattn_params lp = *p;
     lp.causal = 0;
-    lp.window_left = -1;
-    lp.window_right = (int32_t)wr_local;
-    s = qattn_supports(ctx, &lp);
-    if (s != QATTN_OK) return s;
+    /* Global key j = off + j' is visible to query i when i + c - wl <= j' <= i + c + wr with
+     * c = n - Lq + shift, shift = total - off - n the keys after this shard (qattn.h's
+     * bottom-right alignment to the global lengths). A finite left window hides the shard from
+     * the queries from m = Lq - shift + wl on; called on the first m queries (aligned to their
+     * own end), the local diagonal sits a = m - Lq + shift = min(shift, wl) after the local
+     * one, so the local windows are wl - a >= 0 and wr + a >= 0. The later rows keep empty
+     * records. (Without a left window m = Lq and a = shift: the whole query set.) */
+    int64_t Lq = p->seqlen_q, n = p->seqlen_k, shift = total - key_offset - n;
+    int64_t wl = p->window_left, wr = qattn_window_right(p);
+    int64_t m = wl < 0 ? Lq : Lq - shift + wl;
+    if (m > Lq) m = Lq;
+    if (m < 0) m = 0;
+    int64_t a = m - Lq + shift;
+    int64_t wl_local = wl < 0 ? -1 : wl - a, wr_local = wr < 0 ? -1 : wr + a;
+    if (wr_local > INT32_MAX)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s: window_right %lld plus %lld later keys exceeds 2^31", fn, (long long)wr,
+                          (long long)shift);
     j->w = (where){ctx->backend == QATTN_BACKEND_CUDA, p->stream};
-    int64_t rows = p->batch * p->seqlen_q;
+    int64_t rows = p->batch * Lq;
     s = job_alloc(ctx, j, d->size, rows, p->n_heads, p->head_dim);
-    if (s == QATTN_OK) s = buf_alloc(ctx, j->w, (size_t)(p->batch * p->n_heads * p->seqlen_q) * sizeof(float), (void **)&j->lse_tmp);
-    if (s != QATTN_OK || rows == 0) return s;
+    if (s == QATTN_OK) s = buf_alloc(ctx, j->w, (size_t)(p->batch * p->n_heads * m) * sizeof(float), (void **)&j->lse_tmp);
+    if (s == QATTN_OK && m < Lq) s = rec_set_empty(ctx, j->w, j->send, rows * p->n_heads, j->R);
+    if (s != QATTN_OK || rows == 0 || m == 0) return s;
+    lp.seqlen_q = m;
+    lp.window_left = (int32_t)wl_local;
+    lp.window_right = (int32_t)wr_local;
     lp.o = j->send + j->hdr;
     lp.o_dtype = QATTN_DTYPE_F32;
     lp.o_head_stride = j->R;
     lp.o_seq_stride = (int64_t)p->n_heads * j->R;
-    lp.o_batch_stride = p->seqlen_q * lp.o_seq_stride;
+    lp.o_batch_stride = Lq * lp.o_seq_stride;
     lp.lse = j->lse_tmp;
     s = qattn_forward(ctx, &lp);
-    if (s == QATTN_OK) s = rec_put_lse(ctx, j->w, j->send, j->lse_tmp, p->batch, p->n_heads, p->seqlen_q, j->R);
+    if (s == QATTN_OK) s = rec_put_lse(ctx, j->w, j->send, j->lse_tmp, p->batch, p->n_heads, Lq, m, j->R);
     return s;
 }
 
@@ -479,7 +490,7 @@ qattn_status qattn_star_encode(qattn_ctx *ctx, const qattn_params *p, const void
             ps[k]->o_batch_stride = p->seqlen_q * ps[k]->o_seq_stride;
             ps[k]->lse = j.lse_tmp;
             s = qattn_forward(ctx, ps[k]);
-            if (s == QATTN_OK) s = rec_put_lse(ctx, j.w, parts + k * part, j.lse_tmp, p->batch, p->n_heads, p->seqlen_q, j.R);
+            if (s == QATTN_OK) s = rec_put_lse(ctx, j.w, parts + k * part, j.lse_tmp, p->batch, p->n_heads, p->seqlen_q, p->seqlen_q, j.R);
         }
         if (s == QATTN_OK) s = rec_merge(ctx, j.w, parts, 2, part, n_rec, p->head_dim, j.R, j.hdr, parts);
         qattn_dist_out out = {p->o, p->o_dtype, p->o_batch_stride, p->o_seq_stride, p->o_head_stride, p->lse, p->batch, p->seqlen_q, p->n_heads, p->head_dim};
@@ -540,7 +551,7 @@ static qattn_status decode_local(qattn_ctx *ctx, qattn_dist *d, const qattn_kv_c
     if (n_listed == dp->n_seqs) {
         s = dev ? qattn_kv_decode_cuda(ctx, c, dev, &lp) : qattn_kv_decode(ctx, c, &lp);
         if (s == QATTN_OK) s = rec_put_o(ctx, j->w, j->send, j->o_tmp, n_rec, D, j->R, j->hdr);
-        if (s == QATTN_OK) s = rec_put_lse(ctx, j->w, j->send, j->lse_tmp, dp->n_seqs, H, Lq, j->R);
+        if (s == QATTN_OK) s = rec_put_lse(ctx, j->w, j->send, j->lse_tmp, dp->n_seqs, H, Lq, Lq, j->R);
         return s;
     }
     /* Host only: decode the sequences this shard holds, the others stay empty records. */

@@ -53,7 +53,7 @@ int qattn_dist_dev_alloc(void **ptr, size_t bytes);
 void qattn_dist_dev_free(void *ptr);
 int qattn_dist_dev_sync(void *stream);
 int qattn_dist_dev_set_empty(float *rec, int64_t n_rec, int R, void *stream);
-int qattn_dist_dev_put_lse(float *rec, const float *lse, int64_t batch, int32_t H, int64_t Lq, int R, void *stream);
+int qattn_dist_dev_put_lse(float *rec, const float *lse, int64_t batch, int32_t H, int64_t Lq, int64_t m, int R, void *stream);
 int qattn_dist_dev_put_o(float *rec, const float *o, int64_t n_rec, int D, int R, int hdr, void *stream);
 int qattn_dist_dev_merge(const float *in, int n_parts, int64_t part_floats, int64_t n_rec, int D, int R, int hdr, float *out,
                          void *stream);

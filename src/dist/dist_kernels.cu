@@ -26,10 +26,11 @@ __global__ void set_empty_kernel(float *rec, int64_t n, int R) {
         rec[x] = x % R == 0 ? -INFINITY : 0.0f;
 }
 
-__global__ void put_lse_kernel(float *rec, const float *lse, int64_t B, int H, int64_t Lq, int R) {
-    int64_t n = B * H * Lq;
+/* lse [B, H, m] of the first m query rows (of Lq) into the records. */
+__global__ void put_lse_kernel(float *rec, const float *lse, int64_t B, int H, int64_t Lq, int64_t m, int R) {
+    int64_t n = B * H * m;
     for (int64_t x = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; x < n; x += (int64_t)gridDim.x * blockDim.x) {
-        int64_t i = x % Lq, bh = x / Lq, h = bh % H, b = bh / H;
+        int64_t i = x % m, bh = x / m, h = bh % H, b = bh / H;
         rec[((b * Lq + i) * H + h) * R] = lse[x];
     }
 }
@@ -108,8 +109,8 @@ extern "C" int qattn_dist_dev_set_empty(float *rec, int64_t n_rec, int R, void *
     return last_error();
 }
 
-extern "C" int qattn_dist_dev_put_lse(float *rec, const float *lse, int64_t B, int32_t H, int64_t Lq, int R, void *stream) {
-    put_lse_kernel<<<grid_for(B * H * Lq), kThreads, 0, (cudaStream_t)stream>>>(rec, lse, B, H, Lq, R);
+extern "C" int qattn_dist_dev_put_lse(float *rec, const float *lse, int64_t B, int32_t H, int64_t Lq, int64_t m, int R, void *stream) {
+    put_lse_kernel<<<grid_for(B * H * m), kThreads, 0, (cudaStream_t)stream>>>(rec, lse, B, H, Lq, m, R);
     return last_error();
 }
 

@@ -282,14 +282,15 @@ int main(int argc, char **argv) {
         test_star(2048, 256, 8, 2, 128, 500);
         test_decode(5000, 1, 600);
         test_decode(5000, 4, 610);
-        /* bad arguments reach every rank: host pointers are refused on no rank, a window on all */
+        /* a bad argument on rank 0 fails every rank */
         qattn_params p;
         qattn_params_init(&p);
-        p.batch = 1, p.seqlen_q = p.seqlen_k = 8, p.n_heads = p.n_kv_heads = 1, p.head_dim = 64, p.window_left = 2;
+        p.batch = 1, p.seqlen_q = p.seqlen_k = 8, p.n_heads = p.n_kv_heads = 1, p.head_dim = 64;
+        if (g_rank == 0) p.cu_seqlens_q = p.cu_seqlens_k = &g_rank;
         p.qkv_dtype = QATTN_DTYPE_F16;
         qattn_params_set_contiguous(&p);
         s = qattn_dist_forward(g_ctx, g_dist, &p, g_rank * 8, 8 * g_size);
-        CHECK(s == QATTN_ERR_UNSUPPORTED, "window_left: %s", qattn_status_str(s));
+        CHECK(s == QATTN_ERR_UNSUPPORTED, "cu_seqlens on rank 0: %s", qattn_status_str(s));
         qattn_dist_info info;
         qattn_dist_get_info(g_dist, &info);
         if (g_rank == 0) printf("counters: %lld collectives, %lld bytes sent, %.3f ms communicating\n", (long long)info.collectives,

@@ -6,8 +6,8 @@
  *   qattn bench --dist nccl --seqlen-q 131072 --heads 8 --head-dim 128 --causal
  *   mpirun -np 2 qattn bench --dist mpi --mode decode --kv-len 32768 --kv-dtype int8 --heads 32 --kv-heads 8
  *
- * exact: qattn_dist_forward, the keys sharded in contiguous ranges (causal: ranges balanced by
- *        visible (query, key) pairs, so that every rank has the same work; --shards even to
+ * exact: qattn_dist_forward, the keys sharded in contiguous ranges (with a mask: ranges balanced
+ *        by visible (query, key) pairs, so that every rank has the same work; --shards even to
  *        cut equal key counts). Time = max over ranks of one call, median over --iters.
  * star:  phase 1 (qattn_star_encode of each rank's context block of seqlen_k / N tokens with the
  *        anchor) and phase 2 (seqlen_q query tokens over every block plus their own KV, exact),
@@ -191,23 +191,24 @@ static int parse_args(int argc, char **argv, dist_opts *d) {
  * (query, key) pairs crosses r/N of the total, the mask of p deciding visibility. */
 static void key_shard(const qattn_params *p, int balanced, int r, int n, int64_t *off, int64_t *len) {
     int64_t lk = p->seqlen_k, lq = p->seqlen_q;
-    int32_t wr = p->causal ? 0 : p->window_right;
-    if (!balanced || wr < 0) {
+    int32_t wr = p->causal ? 0 : p->window_right, wl = p->window_left;
+    if (!balanced || (wr < 0 && wl < 0)) {
         int64_t base = lk / n, extra = lk % n;
         *off = r * base + (r < extra ? r : extra);
         *len = base + (r < extra ? 1 : 0);
         return;
     }
-    /* key j is seen by the queries i >= j - (lk - lq) - wr */
+    /* key j is seen by the queries j - (lk - lq) - wr <= i <= j - (lk - lq) + wl (-1: unbounded) */
     double total = (double)cli_visible_pairs(p) / (double)p->batch, run = 0;
     int64_t cut[2] = {-1, -1};
     for (int64_t j = 0; j <= lk; j++) {
         if (cut[0] < 0 && run >= total * r / n) cut[0] = j;
         if (cut[1] < 0 && (run >= total * (r + 1) / n || j == lk)) cut[1] = r == n - 1 ? lk : j;
         if (j == lk) break;
-        int64_t first = j - (lk - lq) - wr;
+        int64_t first = wr < 0 ? 0 : j - (lk - lq) - wr, last = wl < 0 ? lq - 1 : j - (lk - lq) + wl;
         if (first < 0) first = 0;
-        run += first < lq ? (double)(lq - first) : 0.0;
+        if (last > lq - 1) last = lq - 1;
+        run += last >= first ? (double)(last - first + 1) : 0.0;
     }
     if (cut[0] < 0) cut[0] = lk;
     if (r == n - 1) cut[1] = lk;
