@@ -487,6 +487,7 @@ static void choose_best_backend(cli_opts *o) {
 int qattn_cli_bench(int argc, char **argv) {
     for (int i = 1; i < argc; i++) /* decode over a paged KV cache has its own flags */
         if (cli_flag_is(argv[i], "--decode")) return qattn_cli_bench_decode(argc, argv);
+    if (qattn_cli_bench_dist_wanted(argc, argv)) return qattn_cli_bench_dist(argc, argv); /* across ranks */
     cli_opts o;
     int parsed = parse_bench_args(argc, argv, &o);
     if (parsed == 1) {

@@ -18,6 +18,9 @@ int qattn_cli_bench(int argc, char **argv);
 int qattn_cli_run(int argc, char **argv);
 int qattn_cli_accuracy(int argc, char **argv); /* tools/qattn/accuracy.c */
 int qattn_cli_bench_decode(int argc, char **argv); /* tools/qattn/bench_decode.c: qattn bench --decode */
+/* tools/qattn/bench_dist.c: qattn bench --dist mpi|nccl (wanted: 1 if argv asks for it) */
+int qattn_cli_bench_dist(int argc, char **argv);
+int qattn_cli_bench_dist_wanted(int argc, char **argv);
 
 /* Exit statuses. */
 enum { CLI_EXIT_OK = 0, CLI_EXIT_FAILURE = 1, CLI_EXIT_USAGE = 2 };
