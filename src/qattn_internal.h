@@ -257,6 +257,10 @@ qattn_status qattn_cpu_workspace_size(qattn_ctx *ctx, const qattn_params *p, siz
 /* Low-precision CPU paths (precision INT8 / FP8_E4M3 / FP8_E5M2), src/cpu/forward_lowp.c. */
 qattn_status qattn_cpu_forward_lowp(qattn_ctx *ctx, const qattn_params *p);
 qattn_status qattn_cpu_lowp_workspace_size(qattn_ctx *ctx, const qattn_params *p, size_t *bytes);
+/* INT8 default scheme with a calibration's static channel transforms (p and cal validated). */
+qattn_status qattn_cpu_forward_calibrated(qattn_ctx *ctx, const qattn_params *p, const qattn_calibration *cal);
+/* qattn_calibrate's work, src/quant/calib.c (p and cal validated). */
+qattn_status qattn_calib_accumulate(qattn_ctx *ctx, const qattn_params *p, qattn_calibration *cal);
 
 static inline bool qattn_precision_is_lowp(int32_t precision) {
     return precision == QATTN_PRECISION_INT8 || precision == QATTN_PRECISION_FP8_E4M3 || precision == QATTN_PRECISION_FP8_E5M2;

@@ -621,9 +621,155 @@ static void test_channel_transforms(void) {
     }
 }
 
+/* ---------------------------------------------------------------- calibration */
+
+typedef struct calib_buf {
+    qattn_calibration cal;
+    float *mem;
+} calib_buf;
+
+static void calib_init(calib_buf *c, int HK, int D) {
+    memset(c, 0, sizeof *c);
+    c->mem = xcalloc((size_t)6 * HK * D * 4);
+    c->cal.n_kv_heads = HK, c->cal.head_dim = D;
+    float **arr[6] = {&c->cal.k_factor, &c->cal.k_mean, &c->cal.v_mean, &c->cal.q_absmax, &c->cal.k_min, &c->cal.k_max};
+    for (int i = 0; i < 6; i++) *arr[i] = c->mem + (size_t)i * HK * D;
+}
+
+/* Round trip (calibrated on the very inputs of a single sequence = the dynamic path, bit for
+ * bit: the same statistics in the same order, one pass instead of two), running statistics
+ * over two calls (extremes exact, means within float rounding), accuracy with a calibration
+ * from other samples of the same distribution, and bad arguments. */
+static void test_calibration(void) {
+    qattn_ctx *ctx = make_ctx(QATTN_ISA_AUTO, 2);
+    struct {
+        int64_t L;
+        int H, HK, D, causal, dist;
+    } cases[] = {{200, 8, 2, 128, 1, DIST_OUTLIER}, {113, 3, 1, 80, 0, DIST_NORMAL}, {64, 2, 2, 256, 0, DIST_SPREAD}};
+    for (size_t ci = 0; ci < 3; ci++) {
+        prob pr;
+        prob_make(&pr, 1, cases[ci].L, cases[ci].L, cases[ci].H, cases[ci].HK, cases[ci].D, cases[ci].causal, cases[ci].dist, NULL, NULL);
+        qattn_params p = pr.p;
+        p.precision = QATTN_PRECISION_INT8;
+        calib_buf cb;
+        calib_init(&cb, cases[ci].HK, cases[ci].D);
+        CHECK(qattn_calibrate(ctx, &p, &cb.cal) == QATTN_OK, "calibrate: %s", qattn_ctx_last_error(ctx));
+        CHECK(cb.cal.tokens == cases[ci].L, "tokens %lld", (long long)cb.cal.tokens);
+        CHECK(qattn_forward(ctx, &p) == QATTN_OK, "forward");
+        float *o_dyn = xcalloc((size_t)pr.no * 4), *l_dyn = xcalloc((size_t)pr.nlse * 4);
+        memcpy(o_dyn, pr.o, (size_t)pr.no * 4), memcpy(l_dyn, pr.lse, (size_t)pr.nlse * 4);
+        memset(pr.o, 0xff, (size_t)pr.no * 4); /* poisoned */
+        CHECK(qattn_forward_calibrated(ctx, &p, &cb.cal) == QATTN_OK, "forward_calibrated: %s", qattn_ctx_last_error(ctx));
+        CHECK(!memcmp(o_dyn, pr.o, (size_t)pr.no * 4) && !memcmp(l_dyn, pr.lse, (size_t)pr.nlse * 4),
+              "case %zu: calibrated on its own inputs differs from the dynamic path", ci);
+        /* two calls, the K/V tokens split [0, L/2) + [L/2, L) (Q: all rows in the first call) */
+        calib_buf c2;
+        calib_init(&c2, cases[ci].HK, cases[ci].D);
+        qattn_params h = p;
+        h.seqlen_k = p.seqlen_k / 2;
+        CHECK(qattn_calibrate(ctx, &h, &c2.cal) == QATTN_OK, "calibrate half 1: %s", qattn_ctx_last_error(ctx));
+        h.seqlen_k = p.seqlen_k - p.seqlen_k / 2, h.seqlen_q = 1;
+        h.k = pr.k + (p.seqlen_k / 2) * p.k_seq_stride, h.v = pr.v + (p.seqlen_k / 2) * p.v_seq_stride;
+        qattn_params_set_contiguous(&h);
+        CHECK(qattn_calibrate(ctx, &h, &c2.cal) == QATTN_OK, "calibrate half 2: %s", qattn_ctx_last_error(ctx));
+        int64_t n = (int64_t)cases[ci].HK * cases[ci].D;
+        bool ext = true, fac = true;
+        double mean_err = 0;
+        for (int64_t i = 0; i < n; i++) {
+            ext &= c2.cal.k_min[i] == cb.cal.k_min[i] && c2.cal.k_max[i] == cb.cal.k_max[i] && c2.cal.q_absmax[i] == cb.cal.q_absmax[i];
+            fac &= c2.cal.k_factor[i] == cb.cal.k_factor[i];
+            double e = fabs(c2.cal.k_mean[i] - cb.cal.k_mean[i]) + fabs(c2.cal.v_mean[i] - cb.cal.v_mean[i]);
+            mean_err = e > mean_err ? e : mean_err;
+        }
+        /* means: two float roundings of the merged mean (|mean| <= 15 here): below 1e-5 */
+        CHECK(ext && fac && mean_err < 1e-5 && c2.cal.tokens == cases[ci].L, "case %zu: running statistics differ (mean err %.2e)", ci, mean_err);
+        /* calibrated on other samples of the same distribution: a factor may differ by one power of
+         * two from the inputs' own, which moves a channel's share of a row's range by at most 2x:
+         * error variance at most 2x, so rel L2 within sqrt(2) (1.5 allowed) of the dynamic error */
+        prob other;
+        prob_make(&other, 1, cases[ci].L, cases[ci].L, cases[ci].H, cases[ci].HK, cases[ci].D, cases[ci].causal, cases[ci].dist, NULL, NULL);
+        calib_buf c3;
+        calib_init(&c3, cases[ci].HK, cases[ci].D);
+        CHECK(qattn_calibrate(ctx, &other.p, &c3.cal) == QATTN_OK, "calibrate other");
+        CHECK(qattn_oracle_f64(ctx, &pr.p, pr.o64, NULL) == QATTN_OK, "oracle");
+        double e_dyn = rel_l2(o_dyn, pr.o64, pr.no);
+        CHECK(qattn_forward_calibrated(ctx, &p, &c3.cal) == QATTN_OK, "forward_calibrated other: %s", qattn_ctx_last_error(ctx));
+        double e_cal = rel_l2(pr.o, pr.o64, pr.no);
+        printf("  calibration case %zu: dynamic rel L2 %.3e, calibrated on other samples %.3e (%.2fx)\n", ci, e_dyn, e_cal, e_cal / e_dyn);
+        CHECK(e_cal <= 1.5 * e_dyn, "case %zu: calibrated error %.3e > 1.5 x dynamic %.3e", ci, e_cal, e_dyn);
+        prob_free(&other);
+        free(c2.mem), free(c3.mem), free(o_dyn), free(l_dyn);
+
+        if (ci == 0) { /* bad arguments */
+            qattn_calibration bad = cb.cal;
+            CHECK(qattn_calibrate(NULL, &p, &bad) == QATTN_ERR_NULL_POINTER, "NULL ctx");
+            CHECK(qattn_calibrate(ctx, NULL, &bad) == QATTN_ERR_NULL_POINTER, "NULL params");
+            CHECK(qattn_calibrate(ctx, &p, NULL) == QATTN_ERR_NULL_POINTER && strstr(qattn_ctx_last_error(ctx), "cal"), "NULL cal");
+            bad.k_min = NULL;
+            CHECK(qattn_calibrate(ctx, &p, &bad) == QATTN_ERR_NULL_POINTER && strstr(qattn_ctx_last_error(ctx), "k_min"), "NULL k_min: %s",
+                  qattn_ctx_last_error(ctx));
+            bad = cb.cal, bad.head_dim = 64;
+            CHECK(qattn_calibrate(ctx, &p, &bad) == QATTN_ERR_INVALID_ARGUMENT && strstr(qattn_ctx_last_error(ctx), "dim 64"), "shape: %s",
+                  qattn_ctx_last_error(ctx));
+            bad = cb.cal, bad.n_kv_heads = 1;
+            CHECK(qattn_forward_calibrated(ctx, &p, &bad) == QATTN_ERR_INVALID_ARGUMENT, "kv heads mismatch");
+            bad = cb.cal, bad.tokens = -1;
+            CHECK(qattn_calibrate(ctx, &p, &bad) == QATTN_ERR_INVALID_ARGUMENT, "negative tokens");
+            qattn_params pq = p;
+            pq.q = NULL;
+            CHECK(qattn_calibrate(ctx, &pq, &cb.cal) == QATTN_ERR_NULL_POINTER, "NULL q");
+            /* NaN in a sample: refused naming it, cal unchanged */
+            float *snap = xcalloc((size_t)6 * n * 4);
+            memcpy(snap, cb.mem, (size_t)6 * n * 4);
+            int64_t tok = cb.cal.tokens;
+            float keep = pr.k[5 * p.k_seq_stride + 3];
+            pr.k[5 * p.k_seq_stride + 3] = NAN;
+            qattn_status s = qattn_calibrate(ctx, &p, &cb.cal);
+            CHECK(s == QATTN_ERR_INVALID_ARGUMENT && strstr(qattn_ctx_last_error(ctx), "k has a non-finite value at (sequence 0, position 5, head 0, channel 3)"),
+                  "NaN in k: %s", qattn_ctx_last_error(ctx));
+            CHECK(!memcmp(snap, cb.mem, (size_t)6 * n * 4) && cb.cal.tokens == tok, "a refused call changed the calibration");
+            pr.k[5 * p.k_seq_stride + 3] = keep;
+            /* the consumer's checks: factors powers of two in range, finite means, INT8 default only */
+            float kf = cb.cal.k_factor[7];
+            cb.cal.k_factor[7] = 3.0f;
+            CHECK(qattn_forward_calibrated(ctx, &p, &cb.cal) == QATTN_ERR_INVALID_ARGUMENT && strstr(qattn_ctx_last_error(ctx), "k_factor[7]"),
+                  "factor 3: %s", qattn_ctx_last_error(ctx));
+            cb.cal.k_factor[7] = 0x1p40f;
+            CHECK(qattn_forward_calibrated(ctx, &p, &cb.cal) == QATTN_ERR_INVALID_ARGUMENT, "factor 2^40 accepted");
+            cb.cal.k_factor[7] = kf;
+            float km = cb.cal.v_mean[2];
+            cb.cal.v_mean[2] = INFINITY;
+            CHECK(qattn_forward_calibrated(ctx, &p, &cb.cal) == QATTN_ERR_INVALID_ARGUMENT && strstr(qattn_ctx_last_error(ctx), "v_mean[2]"),
+                  "inf mean: %s", qattn_ctx_last_error(ctx));
+            cb.cal.v_mean[2] = km;
+            qattn_params pf = p;
+            pf.precision = QATTN_PRECISION_FP32;
+            CHECK(qattn_forward_calibrated(ctx, &pf, &cb.cal) == QATTN_ERR_INVALID_ARGUMENT, "FP32 accepted");
+            pf = p, pf.int8_scheme = QATTN_INT8_SAGE;
+            CHECK(qattn_forward_calibrated(ctx, &pf, &cb.cal) == QATTN_ERR_INVALID_ARGUMENT, "sage accepted");
+            CHECK(qattn_forward_calibrated(ctx, &p, NULL) == QATTN_ERR_NULL_POINTER, "NULL cal (forward)");
+            CHECK(qattn_forward_calibrated(ctx, NULL, &cb.cal) != QATTN_OK, "NULL params (forward)");
+            pq = p, pq.q = NULL;
+            CHECK(qattn_forward_calibrated(ctx, &pq, &cb.cal) != QATTN_OK, "NULL q (forward)");
+            /* a NaN in the forward's own inputs is still refused in the one-pass path */
+            keep = pr.q[9];
+            pr.q[9] = NAN;
+            CHECK(qattn_forward_calibrated(ctx, &p, &cb.cal) == QATTN_ERR_INVALID_ARGUMENT && strstr(qattn_ctx_last_error(ctx), "q has"),
+                  "NaN q in forward_calibrated: %s", qattn_ctx_last_error(ctx));
+            pr.q[9] = keep;
+            free(snap);
+        }
+        free(cb.mem);
+        prob_free(&pr);
+    }
+    qattn_ctx_destroy(ctx);
+    printf("calibration: round trip bitwise, running statistics, other-sample accuracy, bad arguments\n");
+}
+
 int main(void) {
     test_kernels();
     test_channel_transforms();
+    test_calibration();
     test_schemes();
     test_forward_quantized();
     test_hostile();

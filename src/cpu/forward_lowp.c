@@ -685,6 +685,13 @@ qattn_status qattn_cpu_forward_lowp(qattn_ctx *ctx, const qattn_params *p) {
     return qattn_lowp_forward_cfg(ctx, p, &cfg);
 }
 
+qattn_status qattn_cpu_forward_calibrated(qattn_ctx *ctx, const qattn_params *p, const qattn_calibration *cal) {
+    qattn_lowp_cfg cfg;
+    qattn_lowp_scheme_cfg(QATTN_INT8_DEFAULT, &cfg);
+    qattn_lowp_static st = {cal->k_factor, cal->k_mean, cal->v_mean};
+    return qattn_lowp_forward_static(ctx, p, &cfg, &st);
+}
+
 qattn_status qattn_cpu_lowp_workspace_size(qattn_ctx *ctx, const qattn_params *p, size_t *bytes) {
     *bytes = 0;
     if (p->precision == QATTN_PRECISION_FP8_E4M3 || p->precision == QATTN_PRECISION_FP8_E5M2) {
