@@ -227,16 +227,28 @@ int qattn_rotate_block(int d) {
     return n > 128 ? 128 : n;
 }
 
+/* The 8-point butterfly of stages len = 1, 2, 4 on y[0..8), in the stage order of the definition. */
+static inline void fwht8(float *y) {
+    float a0 = y[0] + y[1], a1 = y[0] - y[1], a2 = y[2] + y[3], a3 = y[2] - y[3];
+    float a4 = y[4] + y[5], a5 = y[4] - y[5], a6 = y[6] + y[7], a7 = y[6] - y[7];
+    float b0 = a0 + a2, b2 = a0 - a2, b1 = a1 + a3, b3 = a1 - a3;
+    float b4 = a4 + a6, b6 = a4 - a6, b5 = a5 + a7, b7 = a5 - a7;
+    y[0] = b0 + b4, y[4] = b0 - b4, y[1] = b1 + b5, y[5] = b1 - b5;
+    y[2] = b2 + b6, y[6] = b2 - b6, y[3] = b3 + b7, y[7] = b3 - b7;
+}
+
 float qattn_rotate_row(float *y, int d, float post) {
     int n = qattn_rotate_block(d);
-    for (int b0 = 0; b0 < d; b0 += n)
-        for (int len = 1; len < n; len <<= 1)
+    for (int b0 = 0; b0 < d; b0 += n) {
+        for (int g = b0; g < b0 + n; g += 8) fwht8(y + g); /* stages 1, 2, 4 */
+        for (int len = 8; len < n; len <<= 1)            /* stages 8 .. n/2: whole 8-lane runs */
             for (int i = b0; i < b0 + n; i += 2 * len)
                 for (int k = i; k < i + len; k++) {
                     float a = y[k], c = y[k + len];
                     y[k] = a + c;
                     y[k + len] = a - c;
                 }
+    }
     float m[8] = {0};
     for (int c = 0; c < d; c += 8)
         for (int k = 0; k < 8; k++) {
@@ -287,8 +299,12 @@ static void quant_tok_task(void *arg, int64_t task, int worker) {
             const float *mu = t->mean ? t->mean + (b * Ht + h) * D : zero_mu;
             float amax;
             if (j->mul) {
-                amax = scale_center_amax(row, j->mul + b * j->mul_bstride + (h / j->mul_group) * D, mu, D, y);
-                if (j->rotate) amax = qattn_rotate_row(y, (int)D, j->post);
+                const float *f = j->mul + b * j->mul_bstride + (h / j->mul_group) * D;
+                if (j->rotate) {
+                    for (int64_t c = 0; c < D; c++) y[c] = row[c] * f[c] - mu[c];
+                    amax = qattn_rotate_row(y, (int)D, j->post);
+                } else
+                    amax = scale_center_amax(row, f, mu, D, y);
             } else
                 amax = j->kern->center_amax ? j->kern->center_amax(row, mu, (int)D, y) : row_center_amax(row, mu, D, y);
             j->kern->quant_row(y, (int)D, inv_scale(amax), t->data + toff0 + h * t->head_stride + i * t->seq_stride);

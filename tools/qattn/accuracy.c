@@ -115,7 +115,7 @@ static void make_inputs(int which, const qattn_params *p, float *q, float *k, fl
 typedef struct method {
     const char *name;
     int32_t precision, scheme;
-    int candidate; /* index into cands + 1, or 0 */
+    int candidate; /* index into cands + 1, or 0; -1: the default scheme with a calibration */
 } method;
 
 /* The candidates for the default scheme (docs/FORMAT.md, "Choosing the default scheme"). */
@@ -176,7 +176,9 @@ static void cand_list(cand *c, int *n) {
 static void usage(void) {
     printf("usage: qattn accuracy [options]\n"
            "  --inputs LIST    comma-separated: normal,uniform,outlier,sink,heads,rotary,sinkout (default all)\n"
-           "  --methods LIST   comma-separated: fp16,bf16,fp8-e4m3,fp8-e5m2,int8-intfa,int8-sage,int8 (default all)\n"
+           "  --methods LIST   comma-separated: fp16,bf16,fp8-e4m3,fp8-e5m2,int8-intfa,int8-sage,int8,int8-calibrated\n"
+           "                   (default all; int8-calibrated: the default scheme with static transforms from\n"
+           "                   qattn_calibrate on another draw of the same inputs, another seed)\n"
            "  --candidates     also the candidate INT8 configurations for the default scheme\n"
            "  --full           L 1k and 4k, causal and not, GQA and MHA, and L 16k (several minutes);\n"
            "                   default: one quick shape (B 1, H 8, HK 2, L 1024, D 128); shape flags: that shape\n");
@@ -214,7 +216,7 @@ int qattn_cli_accuracy(int argc, char **argv) {
     cli_opts o;
     cli_opts_init(&o);
     const char *inputs = "normal,uniform,outlier,sink,heads,rotary,sinkout";
-    const char *methods = "fp16,bf16,fp8-e4m3,fp8-e5m2,int8-intfa,int8-sage,int8";
+    const char *methods = "fp16,bf16,fp8-e4m3,fp8-e5m2,int8-intfa,int8-sage,int8,int8-calibrated";
     int candidates = 0, full = 0;
     for (int i = 1; i < argc; i++) {
         const char *val;
@@ -291,6 +293,7 @@ int qattn_cli_accuracy(int argc, char **argv) {
         {"fp8-e4m3", QATTN_PRECISION_FP8_E4M3, 0, 0},  {"fp8-e5m2", QATTN_PRECISION_FP8_E5M2, 0, 0},
         {"int8-intfa", QATTN_PRECISION_INT8, QATTN_INT8_INTFA, 0}, {"int8-sage", QATTN_PRECISION_INT8, QATTN_INT8_SAGE, 0},
         {"int8", QATTN_PRECISION_INT8, QATTN_INT8_DEFAULT, 0},
+        {"int8-calibrated", QATTN_PRECISION_INT8, QATTN_INT8_DEFAULT, -1},
     };
     for (size_t k = 0; k < sizeof known / sizeof known[0]; k++)
         if (in_list(methods, known[k].name)) all[nm++] = known[k];
@@ -324,8 +327,12 @@ int qattn_cli_accuracy(int argc, char **argv) {
         float *q = cli_alloc((size_t)nq * 4, "q", CMD), *k = cli_alloc((size_t)nk * 4, "k", CMD), *v = cli_alloc((size_t)nk * 4, "v", CMD);
         float *out = cli_alloc((size_t)nq * 4, "o", CMD);
         double *ref = cli_alloc((size_t)nq * 8, "oracle", CMD);
-        if (!q || !k || !v || !out || !ref) {
-            cli_free(q), cli_free(k), cli_free(v), cli_free(out), cli_free(ref);
+        int64_t ncal = (int64_t)p.n_kv_heads * p.head_dim;
+        float *calmem = cli_alloc((size_t)(6 * ncal) * 4, "calibration", CMD);
+        qattn_calibration cal = {p.n_kv_heads, p.head_dim, 0, calmem, calmem + ncal, calmem + 2 * ncal, calmem + 3 * ncal,
+                                 calmem + 4 * ncal, calmem + 5 * ncal};
+        if (!q || !k || !v || !out || !ref || !calmem) {
+            cli_free(q), cli_free(k), cli_free(v), cli_free(out), cli_free(ref), cli_free(calmem);
             rc = CLI_EXIT_FAILURE;
             break;
         }
@@ -342,6 +349,17 @@ int qattn_cli_accuracy(int argc, char **argv) {
             step++;
             fprintf(stderr, "qattn accuracy: [%d/%d] %s, inputs %s (%.0f s so far)\n", step, total, where, input_names[in],
                     cli_now_seconds() - t_start);
+            int want_cal = 0;
+            for (int mi = 0; mi < nm; mi++) want_cal |= all[mi].candidate < 0;
+            if (want_cal) { /* calibration samples: the same generator, another seed */
+                make_inputs(in, &p, q, k, v, o.seed + 1000 + (uint64_t)in);
+                cal.tokens = 0;
+                if (qattn_calibrate(ctx, &p, &cal) != QATTN_OK) {
+                    cli_error(CMD, "calibrate: %s", qattn_ctx_last_error(ctx));
+                    rc = CLI_EXIT_FAILURE;
+                    break;
+                }
+            }
             make_inputs(in, &p, q, k, v, o.seed + (uint64_t)in);
             double t0 = cli_now_seconds();
             qattn_status s = qattn_oracle_f64(ctx, &p, ref, NULL);
@@ -358,7 +376,9 @@ int qattn_cli_accuracy(int argc, char **argv) {
                 pm.precision = all[mi].precision;
                 pm.int8_scheme = all[mi].scheme;
                 double t1 = cli_now_seconds();
-                s = all[mi].candidate ? qattn_lowp_forward_cfg(ctx, &pm, &cands[all[mi].candidate - 1].cfg) : qattn_forward(ctx, &pm);
+                s = all[mi].candidate > 0   ? qattn_lowp_forward_cfg(ctx, &pm, &cands[all[mi].candidate - 1].cfg)
+                    : all[mi].candidate < 0 ? qattn_forward_calibrated(ctx, &pm, &cal)
+                                            : qattn_forward(ctx, &pm);
                 double secs = cli_now_seconds() - t1;
                 if (s != QATTN_OK) {
                     cli_error(CMD, "%s: %s", all[mi].name, qattn_ctx_last_error(ctx));
@@ -401,7 +421,7 @@ int qattn_cli_accuracy(int argc, char **argv) {
                 }
             }
         }
-        cli_free(q), cli_free(k), cli_free(v), cli_free(out), cli_free(ref);
+        cli_free(q), cli_free(k), cli_free(v), cli_free(out), cli_free(ref), cli_free(calmem);
     }
     /* one line per method: its worst rel L1 against the INT8 bar */
     if (!o.json) printf("\nverdict (INT8 bar: rel L1 <= %.3g on every input, <= %.3g on normal)\n", BAR_ANY, BAR_NORMAL);
