@@ -400,6 +400,15 @@ QATTN_API void qattn_kv_cache_destroy(qattn_ctx *ctx, qattn_kv_cache *cache); /*
 QATTN_API qattn_status qattn_kv_cache_append(qattn_ctx *ctx, qattn_kv_cache *cache, int32_t seq, const void *k, const void *v,
                                              int64_t n_tokens, int32_t in_dtype);
 
+/* Give an empty INT8 cache static channel transforms (cal's k_factor, k_mean, v_mean, [HK][D];
+ * qattn_calibrate; docs/KVCACHE.md): appends then store K as codes of H(k / f - k_mean / f) (the
+ * default INT8 scheme's smoothing and Hadamard rotation, docs/FORMAT.md section 7) and V as codes
+ * of v - v_mean; qattn_kv_decode transforms q to match and adds the means back (output and LSE);
+ * qattn_kv_cache_read returns the original domain. A calibration of factors 1 and means 0 gives
+ * the rotation alone. Refused unless every sequence is empty. The GPU decode does not apply it:
+ * qattn_kv_cache_export refuses such a cache. The arrays are copied. */
+QATTN_API qattn_status qattn_kv_cache_set_calibration(qattn_ctx *ctx, qattn_kv_cache *cache, const qattn_calibration *cal);
+
 /* Drop all tokens of seq; its blocks return to the free list when no other sequence shares them. */
 QATTN_API qattn_status qattn_kv_cache_free_seq(qattn_ctx *ctx, qattn_kv_cache *cache, int32_t seq);
 

@@ -444,34 +444,6 @@ qattn_status qattn_forward(qattn_ctx *ctx, const qattn_params *p) {
 
 /* ---------------------------------------------------------------- INT8 calibration */
 
-/* cal's shape against p, its arrays, and (consumer) the values a forward relies on: factors
- * powers of two within 2^-32 .. 2^32 (so Q times f and K over f are exact), means finite. */
-static qattn_status check_calibration(qattn_ctx *ctx, const qattn_calibration *cal, const qattn_params *p, bool stats) {
-    if (!cal) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "cal (the calibration) is NULL");
-    if (cal->n_kv_heads != p->n_kv_heads || cal->head_dim != p->head_dim)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "calibration is for %d kv heads of dim %d; the call has %d of dim %d",
-                          cal->n_kv_heads, cal->head_dim, p->n_kv_heads, p->head_dim);
-    if (cal->tokens < 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "calibration tokens is %lld", (long long)cal->tokens);
-    const float *arr[6] = {cal->k_factor, cal->k_mean, cal->v_mean, cal->q_absmax, cal->k_min, cal->k_max};
-    static const char *name[6] = {"k_factor", "k_mean", "v_mean", "q_absmax", "k_min", "k_max"};
-    for (int i = 0; i < (stats ? 6 : 3); i++)
-        if (!arr[i]) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "calibration %s is NULL", name[i]);
-    if (stats) return QATTN_OK; /* qattn_calibrate overwrites the factors; the statistics are its own */
-    int64_t n = (int64_t)cal->n_kv_heads * cal->head_dim;
-    for (int64_t i = 0; i < n; i++) {
-        float f = cal->k_factor[i];
-        int e;
-        if (!(f >= 0x1p-32f && f <= 0x1p32f) || frexpf(f, &e) != 0.5f)
-            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "calibration k_factor[%lld] is %g; factors are powers of two in 2^-32 .. 2^32",
-                              (long long)i, (double)f);
-        if (!isfinite(cal->k_mean[i]) || !isfinite(cal->v_mean[i]))
-            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "calibration %s[%lld] is %g; means must be finite",
-                              isfinite(cal->k_mean[i]) ? "v_mean" : "k_mean", (long long)i,
-                              (double)(isfinite(cal->k_mean[i]) ? cal->v_mean[i] : cal->k_mean[i]));
-    }
-    return QATTN_OK;
-}
-
 qattn_status qattn_calibrate(qattn_ctx *ctx, const qattn_params *p, qattn_calibration *cal) {
     if (!ctx) return QATTN_ERR_NULL_POINTER;
     ctx->last_error[0] = '\0';
@@ -484,7 +456,7 @@ qattn_status qattn_calibrate(qattn_ctx *ctx, const qattn_params *p, qattn_calibr
     pc.o = dummy, pc.lse = NULL, pc.o_dtype = QATTN_DTYPE_F32, pc.workspace = NULL, pc.workspace_size = 0;
     pc.o_head_stride = pc.head_dim, pc.o_seq_stride = (int64_t)pc.n_heads * pc.head_dim, pc.o_batch_stride = pc.seqlen_q * pc.o_seq_stride;
     qattn_status s = qattn_validate(ctx, &pc, true);
-    if (s == QATTN_OK) s = check_calibration(ctx, cal, &pc, true);
+    if (s == QATTN_OK) s = qattn_check_calibration(ctx, cal, pc.n_kv_heads, pc.head_dim, true);
     if (s != QATTN_OK) return s;
     return qattn_calib_accumulate(ctx, &pc, cal);
 }
@@ -499,7 +471,7 @@ qattn_status qattn_forward_calibrated(qattn_ctx *ctx, const qattn_params *p, con
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT,
                           "qattn_forward_calibrated needs precision INT8 (%d) and int8_scheme DEFAULT (0); got precision %d, scheme %d",
                           QATTN_PRECISION_INT8, p->precision, p->int8_scheme);
-    s = check_calibration(ctx, cal, p, false);
+    s = qattn_check_calibration(ctx, cal, p->n_kv_heads, p->head_dim, false);
     if (s != QATTN_OK || p->batch == 0) return s;
     return qattn_cpu_forward_calibrated(ctx, p, cal);
 }

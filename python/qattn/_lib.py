@@ -296,6 +296,7 @@ def _prototype(lib):
         "qattn_forward_quantized": (S, [V, P(Params), P(Int8Inputs)]),
         "qattn_calibrate": (S, [V, P(Params), P(CalibrationStruct)]),
         "qattn_forward_calibrated": (S, [V, P(Params), P(CalibrationStruct)]),
+        "qattn_kv_cache_set_calibration": (S, [V, V, P(CalibrationStruct)]),
         "qattn_kv_cache_create": (S, [V, P(KVCacheOptions), P(V)]),
         "qattn_kv_cache_destroy": (None, [V, V]),
         "qattn_kv_cache_append": (S, [V, V, i32, V, V, i64, i32]),

@@ -1,8 +1,35 @@
 /* INT8 calibration (qattn_calibrate): running per-(kv head, channel) statistics of sample Q, K, V
  * and the power-of-two Q/K factors derived from them, the static form of what the default
  * scheme's quantization pass computes per call (src/quant/quant.c, docs/FORMAT.md section 7).
- * Arguments are validated by src/api.c. */
+ * Arguments are validated by src/api.c (with qattn_check_calibration, here for the KV cache too). */
 #include "quant/lowp.h"
+
+/* Factors powers of two within 2^-32 .. 2^32 (so Q times f and K over f are exact), means finite. */
+qattn_status qattn_check_calibration(qattn_ctx *ctx, const qattn_calibration *cal, int32_t kv_heads, int32_t head_dim, bool stats) {
+    if (!cal) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "cal (the calibration) is NULL");
+    if (cal->n_kv_heads != kv_heads || cal->head_dim != head_dim)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "calibration is for %d kv heads of dim %d; the call has %d of dim %d",
+                          cal->n_kv_heads, cal->head_dim, kv_heads, head_dim);
+    if (cal->tokens < 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "calibration tokens is %lld", (long long)cal->tokens);
+    const float *arr[6] = {cal->k_factor, cal->k_mean, cal->v_mean, cal->q_absmax, cal->k_min, cal->k_max};
+    static const char *name[6] = {"k_factor", "k_mean", "v_mean", "q_absmax", "k_min", "k_max"};
+    for (int i = 0; i < (stats ? 6 : 3); i++)
+        if (!arr[i]) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "calibration %s is NULL", name[i]);
+    if (stats) return QATTN_OK; /* qattn_calibrate overwrites the factors; the statistics are its own */
+    int64_t n = (int64_t)cal->n_kv_heads * cal->head_dim;
+    for (int64_t i = 0; i < n; i++) {
+        float f = cal->k_factor[i];
+        int e;
+        if (!(f >= 0x1p-32f && f <= 0x1p32f) || frexpf(f, &e) != 0.5f)
+            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "calibration k_factor[%lld] is %g; factors are powers of two in 2^-32 .. 2^32",
+                              (long long)i, (double)f);
+        if (!isfinite(cal->k_mean[i]) || !isfinite(cal->v_mean[i]))
+            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "calibration %s[%lld] is %g; means must be finite",
+                              isfinite(cal->k_mean[i]) ? "v_mean" : "k_mean", (long long)i,
+                              (double)(isfinite(cal->k_mean[i]) ? cal->v_mean[i] : cal->k_mean[i]));
+    }
+    return QATTN_OK;
+}
 
 /* The first non-finite element of tensor `which` (0 when all are finite), as 1 + its index in
  * (sequence, position, head, channel) order, and its coordinates. */
