@@ -115,8 +115,32 @@ static void make_inputs(int which, const qattn_params *p, float *q, float *k, fl
 typedef struct method {
     const char *name;
     int32_t precision, scheme;
-    int candidate; /* index into cands + 1, or 0; -1: the default scheme with a calibration */
+    int candidate; /* index into cands + 1, or 0; CAL_*: the calibrated prefill or an INT8 KV-cache decode */
 } method;
+
+enum { CAL_PREFILL = -1, KV_PLAIN = -2, KV_CALIBRATED = -3 };
+#define KV_ROWS 64 /* decode: the last KV_ROWS query positions as new tokens over the whole cache */
+
+/* INT8 KV-cache decode of batch entry 0 (p: B 1, Lq == Lk): K, V appended, the last n query
+ * positions decoded (causal as p: bottom-right aligned, so each row sees what it sees in the
+ * prefill), written to out rows [Lq - n, Lq). cal: NULL, or set on the cache first. */
+static qattn_status kv_decode_rows(qattn_ctx *ctx, const qattn_params *p, const qattn_calibration *cal, float *out, int64_t n) {
+    qattn_kv_cache_options ko = {p->n_kv_heads, p->head_dim, 16, QATTN_DTYPE_I8, p->seqlen_k / 16 + 2, 1, 0, 0};
+    qattn_kv_cache *c;
+    qattn_status s = qattn_kv_cache_create(ctx, &ko, &c);
+    if (s != QATTN_OK) return s;
+    if (cal) s = qattn_kv_cache_set_calibration(ctx, c, cal);
+    if (s == QATTN_OK) s = qattn_kv_cache_append(ctx, c, 0, p->k, p->v, p->seqlen_k, QATTN_DTYPE_F32);
+    int64_t row = (int64_t)p->n_heads * p->head_dim, first = p->seqlen_q - n;
+    int32_t id = 0;
+    qattn_decode_params dp;
+    qattn_decode_params_init(&dp);
+    dp.q = (const float *)p->q + first * row, dp.o = out + first * row, dp.seq_ids = &id, dp.n_seqs = 1;
+    dp.seqlen_q = (int32_t)n, dp.n_heads = p->n_heads, dp.causal = p->causal, dp.scale = p->scale;
+    if (s == QATTN_OK) s = qattn_kv_decode(ctx, c, &dp);
+    qattn_kv_cache_destroy(ctx, c);
+    return s;
+}
 
 /* The candidates for the default scheme (docs/FORMAT.md, "Choosing the default scheme"). */
 typedef struct cand {
@@ -179,6 +203,8 @@ static void usage(void) {
            "  --methods LIST   comma-separated: fp16,bf16,fp8-e4m3,fp8-e5m2,int8-intfa,int8-sage,int8,int8-calibrated\n"
            "                   (default all; int8-calibrated: the default scheme with static transforms from\n"
            "                   qattn_calibrate on another draw of the same inputs, another seed)\n"
+           "                   kv-int8,kv-int8-calibrated (decode of the last 64 positions over an INT8 KV cache,\n"
+           "                   plain or with that calibration; errors over those rows; B 1, Lq = Lk only)\n"
            "  --candidates     also the candidate INT8 configurations for the default scheme\n"
            "  --full           L 1k and 4k, causal and not, GQA and MHA, and L 16k (several minutes);\n"
            "                   default: one quick shape (B 1, H 8, HK 2, L 1024, D 128); shape flags: that shape\n");
@@ -216,7 +242,7 @@ int qattn_cli_accuracy(int argc, char **argv) {
     cli_opts o;
     cli_opts_init(&o);
     const char *inputs = "normal,uniform,outlier,sink,heads,rotary,sinkout";
-    const char *methods = "fp16,bf16,fp8-e4m3,fp8-e5m2,int8-intfa,int8-sage,int8,int8-calibrated";
+    const char *methods = "fp16,bf16,fp8-e4m3,fp8-e5m2,int8-intfa,int8-sage,int8,int8-calibrated,kv-int8,kv-int8-calibrated";
     int candidates = 0, full = 0;
     for (int i = 1; i < argc; i++) {
         const char *val;
@@ -293,10 +319,15 @@ int qattn_cli_accuracy(int argc, char **argv) {
         {"fp8-e4m3", QATTN_PRECISION_FP8_E4M3, 0, 0},  {"fp8-e5m2", QATTN_PRECISION_FP8_E5M2, 0, 0},
         {"int8-intfa", QATTN_PRECISION_INT8, QATTN_INT8_INTFA, 0}, {"int8-sage", QATTN_PRECISION_INT8, QATTN_INT8_SAGE, 0},
         {"int8", QATTN_PRECISION_INT8, QATTN_INT8_DEFAULT, 0},
-        {"int8-calibrated", QATTN_PRECISION_INT8, QATTN_INT8_DEFAULT, -1},
+        {"int8-calibrated", QATTN_PRECISION_INT8, QATTN_INT8_DEFAULT, CAL_PREFILL},
+        {"kv-int8 (decode, last 64 rows)", QATTN_PRECISION_INT8, 0, KV_PLAIN},
+        {"kv-int8-calibrated (decode, last 64)", QATTN_PRECISION_INT8, 0, KV_CALIBRATED},
     };
-    for (size_t k = 0; k < sizeof known / sizeof known[0]; k++)
-        if (in_list(methods, known[k].name)) all[nm++] = known[k];
+    for (size_t k = 0; k < sizeof known / sizeof known[0]; k++) {
+        char key[32]; /* the list name: up to the first space */
+        snprintf(key, sizeof key, "%.*s", (int)strcspn(known[k].name, " "), known[k].name);
+        if (in_list(methods, key)) all[nm++] = known[k];
+    }
     cand cands[24];
     int nc = 0;
     if (candidates) {
@@ -350,7 +381,7 @@ int qattn_cli_accuracy(int argc, char **argv) {
             fprintf(stderr, "qattn accuracy: [%d/%d] %s, inputs %s (%.0f s so far)\n", step, total, where, input_names[in],
                     cli_now_seconds() - t_start);
             int want_cal = 0;
-            for (int mi = 0; mi < nm; mi++) want_cal |= all[mi].candidate < 0;
+            for (int mi = 0; mi < nm; mi++) want_cal |= all[mi].candidate == CAL_PREFILL || all[mi].candidate == KV_CALIBRATED;
             if (want_cal) { /* calibration samples: the same generator, another seed */
                 make_inputs(in, &p, q, k, v, o.seed + 1000 + (uint64_t)in);
                 cal.tokens = 0;
@@ -375,10 +406,15 @@ int qattn_cli_accuracy(int argc, char **argv) {
                 qattn_params pm = p;
                 pm.precision = all[mi].precision;
                 pm.int8_scheme = all[mi].scheme;
+                int kv = all[mi].candidate == KV_PLAIN || all[mi].candidate == KV_CALIBRATED;
+                if (kv && (p.batch != 1 || p.seqlen_q != p.seqlen_k)) continue; /* decode rows need B 1, Lq = Lk */
+                int64_t nrows = kv ? (p.seqlen_q < KV_ROWS ? p.seqlen_q : KV_ROWS) : p.seqlen_q;
+                int64_t first = (p.seqlen_q - nrows) * p.n_heads * p.head_dim;
                 double t1 = cli_now_seconds();
-                s = all[mi].candidate > 0   ? qattn_lowp_forward_cfg(ctx, &pm, &cands[all[mi].candidate - 1].cfg)
-                    : all[mi].candidate < 0 ? qattn_forward_calibrated(ctx, &pm, &cal)
-                                            : qattn_forward(ctx, &pm);
+                s = all[mi].candidate > 0                  ? qattn_lowp_forward_cfg(ctx, &pm, &cands[all[mi].candidate - 1].cfg)
+                    : all[mi].candidate == CAL_PREFILL     ? qattn_forward_calibrated(ctx, &pm, &cal)
+                    : kv                                   ? kv_decode_rows(ctx, &pm, all[mi].candidate == KV_CALIBRATED ? &cal : NULL, out, nrows)
+                                                           : qattn_forward(ctx, &pm);
                 double secs = cli_now_seconds() - t1;
                 if (s != QATTN_OK) {
                     cli_error(CMD, "%s: %s", all[mi].name, qattn_ctx_last_error(ctx));
@@ -387,7 +423,7 @@ int qattn_cli_accuracy(int argc, char **argv) {
                     continue;
                 }
                 cli_metrics m;
-                cli_metrics_compute(out, ref, nq, &m);
+                cli_metrics_compute(out + first, ref + first, nq - first, &m);
                 verdict *w = &vd[mi];
                 w->runs++;
                 if (!(m.rel_l1 <= w->worst)) {
