@@ -15,6 +15,9 @@
  * fac; the row sum adds beta * sum(exp2(s - m_block)). P_U8_BLOCKMAX does the same without V
  * scales (sum from the codes actually multiplied); INT-FA quantizes against the running max with
  * x127 and sums the unquantized P; SAGE keeps P and V in FP32.
+ * DEFAULT also smooths and rotates Q and K per channel before rounding (src/quant/quant.c,
+ * docs/FORMAT.md section 7); the driver sees only their codes, scales and K's mean in the codes'
+ * domain, so nothing here depends on it.
  * K smoothing shifts every score of a row by q . mean_k: softmax is unchanged and the LSE gets
  * scale * q . mean_k back; V smoothing adds mean_v to each normalised output row.
  * The split of the work depends on the shape only, and every float step runs in a fixed order:
@@ -662,13 +665,11 @@ qattn_status qattn_lowp_forward_static(qattn_ctx *ctx, const qattn_params *p, co
             for (int64_t b = 0; b < p->batch; b++)
                 memcpy(t->mean + b * heads * p->head_dim, stat->v_mean, (size_t)(heads * p->head_dim) * sizeof(float));
             s = qattn_quantize_tensor_fixed_mean(ctx, p, w, t);
-        } else if (w == 1 && qk_joint)
-        {
+        } else if (w == 1 && qk_joint) { /* Q (set up at w = 0) and K together */
             qattn_qk_static qs = {stat ? stat->k_factor : NULL, stat ? stat->k_mean : NULL};
-            s = qattn_quantize_qk_smoothed(ctx, p, cfg->qk_smooth, cfg->qk_smooth_min_exp, cfg->qk_rotate, qs.k_factor && qs.k_mean ? &qs : NULL, &qi.q,
-                                           &qi.k, NULL);
-        }
-        else if (w != 0 || !qk_joint)
+            s = qattn_quantize_qk_smoothed(ctx, p, cfg->qk_smooth, cfg->qk_smooth_min_exp, cfg->qk_rotate, qs.k_factor && qs.k_mean ? &qs : NULL,
+                                           &qi.q, &qi.k, NULL);
+        } else if (w != 0 || !qk_joint)
             s = qattn_quantize_tensor(ctx, p, w, t);
     }
     if (s == QATTN_OK)

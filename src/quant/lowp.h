@@ -226,9 +226,11 @@ qattn_status qattn_quant_check_tensor(qattn_ctx *ctx, int32_t which, int32_t gra
 qattn_status qattn_quantize_tensor(qattn_ctx *ctx, const qattn_params *p, int32_t which, qattn_int8_tensor *t);
 int64_t qattn_quant_scale_count(const qattn_params *p, int32_t which, int32_t granularity, int32_t block_size);
 
-/* Per-channel Q/K smoothing (docs/FORMAT.md, "Channel smoothing"): factors f[g][c] = 2^e shared by
- * kv head g and its query heads; Q codes hold q_c * f, K codes (k_c - mu_c) / f, so Q K^T is
- * unchanged and tk->mean holds mu_c / f (the driver's LSE correction q . mu stays exact).
+/* Per-channel Q/K smoothing (docs/FORMAT.md section 7): factors f[g][c] = 2^e (|e| <= max_exp; 1
+ * where |e| < min_exp) shared by kv head g and its query heads; Q codes hold q_c * f, K codes
+ * (k_c - mu_c) / f, then (rotate) both rows rotated (qattn_rotate_row; Q also times 1/n), so
+ * Q K^T is unchanged; tk->mean holds mu / f (rotated likewise), so the driver's LSE correction
+ * q . mean stays exact.
  * Dynamic (stat == NULL): mu and the channel ranges come from this call's Q and K (a statistics
  * pass, then one pass of codes); factors written to factor_out[(b * HK + g) * D + c] if not NULL.
  * Static (stat != NULL): stat->k_factor and stat->k_mean ([HK][D], every sequence) are used as
