@@ -403,7 +403,7 @@ QATTN_API qattn_status qattn_kv_cache_append(qattn_ctx *ctx, qattn_kv_cache *cac
                                              int64_t n_tokens, int32_t in_dtype);
 
 /* Give an empty INT8 cache static channel transforms (cal's k_factor, k_mean, v_mean, [HK][D];
- * qattn_calibrate; docs/KVCACHE.md): appends then store K as codes of H(k / f - k_mean / f) (the
+ * qattn_calibrate; docs/KVCACHE.md): appends then store K as codes of H((k - k_mean) / (f n)) (the
  * default INT8 scheme's smoothing and Hadamard rotation, docs/FORMAT.md section 7) and V as codes
  * of v - v_mean; qattn_kv_decode transforms q to match and adds the means back (output and LSE);
  * qattn_kv_cache_read returns the original domain. A calibration of factors 1 and means 0 gives

@@ -512,6 +512,21 @@ static void test_hostile(void) {
         CHECK(qattn_forward(ctx, &p) == QATTN_OK && all_finite(h.o, h.no), "scores ~1e60: not finite");
         prob_free(&h);
     }
+    /* Q and K near FLT_MAX (|x| up to ~5e37): the default scheme's rotation works on H(y / n), which
+     * never exceeds max |y|, so no code is formed from an overflowed value; outputs stay finite */
+    {
+        prob h;
+        prob_make(&h, 1, 24, 40, 2, 1, 128, 1, DIST_NORMAL, NULL, NULL);
+        for (int64_t i = 0; i < h.nq; i++) h.q[i] *= 1e37f;
+        for (int64_t i = 0; i < h.nk; i++) h.k[i] *= 1e37f;
+        for (int sc = 0; sc < 3; sc++) {
+            qattn_params p = h.p;
+            p.precision = QATTN_PRECISION_INT8, p.int8_scheme = sc;
+            memset(h.o, 0xff, (size_t)h.no * 4);
+            CHECK(qattn_forward(ctx, &p) == QATTN_OK && all_finite(h.o, h.no), "Q, K ~1e37, %s: not finite", scheme_name[sc]);
+        }
+        prob_free(&h);
+    }
     /* NaN / Inf: a clear error naming the tensor and position, never a crash */
     float bads[] = {NAN, INFINITY, -INFINITY};
     for (int bi = 0; bi < 3; bi++)
@@ -586,7 +601,7 @@ static void test_channel_transforms(void) {
         int n = qattn_rotate_block(d);
         CHECK(n >= 8 && d % n == 0 && n <= 128, "rotation block %d for d %d", n, d);
         qattn_rotate_row(y, d, 1.0f);
-        float a = qattn_rotate_row(y, d, 1.0f / (float)n);
+        float a = qattn_rotate_row(y, d, 1.0f / (float)n); /* H(H x / n) = x */
         bool same = true;
         float amax = 0.0f;
         for (int c = 0; c < d; c++) same &= y[c] == x[c], amax = fabsf(x[c]) > amax ? fabsf(x[c]) : amax;

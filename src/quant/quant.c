@@ -80,8 +80,9 @@ typedef struct qjob {
     float *cmin, *cmax; /* PER_TOKEN first phase: per-channel min / max, [(b * Ht + h) * D + c], or NULL */
     const float *mul;   /* PER_TOKEN codes: row * mul[b * mul_bstride + (h / mul_group) * D + c] - mean, or NULL */
     int64_t mul_bstride, mul_group;
-    bool rotate;        /* with mul: then the block Hadamard transform times post (qattn_rotate_row) */
-    float post;
+    bool rotate;        /* with mul: then y times pre and the block Hadamard transform (qattn_rotate_row) */
+    float pre;
+    int32_t scale_shift; /* PER_TOKEN codes: stored scale = (amax / 127) * 2^scale_shift */
 } qjob;
 
 static inline float ld(const qjob *j, int64_t off, int64_t pos, int64_t c) {
@@ -243,8 +244,10 @@ static inline void fwht8(float *y) {
     y[2] = b2 + b6, y[6] = b2 - b6, y[3] = b3 + b7, y[7] = b3 - b7;
 }
 
-float qattn_rotate_row(float *y, int d, float post) {
+float qattn_rotate_row(float *y, int d, float pre) {
     int n = qattn_rotate_block(d);
+    if (pre != 1.0f)
+        for (int c = 0; c < d; c++) y[c] *= pre;
     for (int b0 = 0; b0 < d; b0 += n) {
         for (int g = b0; g < b0 + n; g += 8) fwht8(y + g); /* stages 1, 2, 4 */
         for (int len = 8; len < n; len <<= 1)            /* stages 8 .. n/2: whole 8-lane runs */
@@ -255,8 +258,6 @@ float qattn_rotate_row(float *y, int d, float post) {
                     y[k + len] = a - c;
                 }
     }
-    if (post != 1.0f)
-        for (int c = 0; c < d; c++) y[c] *= post;
     return amax8(y, d);
 }
 
@@ -293,13 +294,13 @@ static void quant_tok_task(void *arg, int64_t task, int worker) {
                 const float *f = j->mul + b * j->mul_bstride + (h / j->mul_group) * D;
                 if (j->rotate) {
                     for (int64_t c = 0; c < D; c++) y[c] = row[c] * f[c] - mu[c];
-                    amax = qattn_rotate_row(y, (int)D, j->post);
+                    amax = qattn_rotate_row(y, (int)D, j->pre);
                 } else
                     amax = scale_center_amax(row, f, mu, D, y);
             } else
                 amax = j->kern->center_amax ? j->kern->center_amax(row, mu, (int)D, y) : row_center_amax(row, mu, D, y);
             j->kern->quant_row(y, (int)D, inv_scale(amax), t->data + toff0 + h * t->head_stride + i * t->seq_stride);
-            t->scale[(tok0 + i) * Ht + h] = amax / 127.0f;
+            t->scale[(tok0 + i) * Ht + h] = ldexpf(amax / 127.0f, j->scale_shift);
         }
 }
 
@@ -518,12 +519,15 @@ qattn_status qattn_quantize_qk_smoothed(qattn_ctx *ctx, const qattn_params *p, i
     }
     for (size_t i = 0; i < nfac; i++) inv[i] = 1.0f / fac[i]; /* powers of two: exact */
     jk.mul = inv, jk.mul_bstride = jq.mul_bstride, jk.mul_group = 1;
+    /* rotated rows are H(y / n): never above max |y| (no overflow); Q's scales carry the n back */
+    int nb = qattn_rotate_block((int)D);
     jq.rotate = jk.rotate = rotate != 0;
-    jq.post = 1.0f / (float)qattn_rotate_block((int)D), jk.post = 1.0f;
+    jq.pre = jk.pre = 1.0f / (float)nb;
+    jq.scale_shift = rotate ? ilogb((float)nb) : 0;
     run_codes(ctx, &jq);
     run_codes(ctx, &jk);
-    if (rotate) /* the driver's mean is in the codes' domain: H (mu / f) */
-        for (int64_t i = 0; i < B * HK; i++) (void)qattn_rotate_row(tk->mean + i * D, (int)D, 1.0f);
+    if (rotate) /* the driver's mean is in K's codes' domain: H(mu / f / n) */
+        for (int64_t i = 0; i < B * HK; i++) (void)qattn_rotate_row(tk->mean + i * D, (int)D, jk.pre);
     if (!dyn) {
         s = report_bad(ctx, &jq, QATTN_TENSOR_Q, nchunk_q);
         if (s == QATTN_OK) s = report_bad(ctx, &jk, QATTN_TENSOR_K, nchunk_k);
