@@ -1,8 +1,9 @@
 /* Token-level symmetric INT8 quantization of Q, K, V (docs/FORMAT.md): per token, per block of
  * tokens, per head or per channel, with optional smoothing (mean over tokens subtracted), its
  * inverse, the default scheme's joint Q/K channel transforms (power-of-two smoothing factors and
- * a block Hadamard rotation, docs/FORMAT.md section 7), and the pre-quantized forward entry point. Work is split over (sequence, head), each
- * task independent, so results do not depend on the thread count. */
+ * a block Hadamard rotation, docs/FORMAT.md section 7), and the pre-quantized forward entry point.
+ * Work is split over (sequence, head) or (sequence, positions), each task independent, so results
+ * do not depend on the thread count. */
 #include "quant/lowp.h"
 
 #include "cpu/threads.h"
