@@ -1000,6 +1000,8 @@ extern "C" qattn_status qattn_kv_decode_cuda(qattn_ctx *ctx, const qattn_kv_cach
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "qattn_kv_decode_cuda needs a context with backend cuda");
     if (c->head_dim != 64 && c->head_dim != 128)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "qattn_kv_decode_cuda supports head_dim 64 and 128 (the cache has %d)", c->head_dim);
+    if (c->calib) /* the device cache holds the export of an uncalibrated cache: its codes would be read wrongly */
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "qattn_kv_decode_cuda: the cache is calibrated (qattn_kv_cache_set_calibration); the CUDA decode reads uncalibrated INT8 caches only");
     if (dp->n_seqs < 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode_cuda: n_seqs is %d", dp->n_seqs);
     if (dp->seqlen_q < 1 || dp->seqlen_q > 64)
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode_cuda: seqlen_q is %d; it must be 1..64", dp->seqlen_q);

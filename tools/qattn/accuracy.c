@@ -306,11 +306,8 @@ int qattn_cli_accuracy(int argc, char **argv) {
     }
     qattn_ctx_options co;
     cli_opts_to_ctx_options(&o, &co);
-    qattn_ctx *ctx;
-    if (qattn_ctx_create(&ctx, &co) != QATTN_OK) {
-        cli_error(CMD, "cannot create a context (backend/isa options)");
-        return CLI_EXIT_FAILURE;
-    }
+    qattn_ctx *ctx = cli_ctx_create(&co, CMD);
+    if (!ctx) return CLI_EXIT_FAILURE;
 
     method all[32];
     int nm = 0;

@@ -804,10 +804,7 @@ int qattn_cli_bench_dist(int argc, char **argv) {
     qattn_dist *dist = NULL;
     void *nccl_comm = NULL;
     int rc = CLI_EXIT_FAILURE;
-    if (qattn_ctx_create(&ctx, &copt) != QATTN_OK || qattn_ctx_create(&host, NULL) != QATTN_OK) {
-        cli_error(CMD, "cannot create a %s context", d.transport == QATTN_DIST_NCCL ? "CUDA" : "CPU");
-        goto done;
-    }
+    if (!(ctx = cli_ctx_create(&copt, CMD)) || !(host = cli_ctx_create(NULL, CMD))) goto done;
     if (make_comm(&d, &w, ctx, &dist, &nccl_comm)) goto done;
     qattn_ctx_info info;
     qattn_ctx_get_info(ctx, &info);

@@ -6,6 +6,8 @@
 #include "cli.h"
 #include "npy.h"
 
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -84,11 +86,8 @@ int qattn_cli_calibrate(int argc, char **argv) {
     qattn_ctx_options co;
     cli_opts_to_ctx_options(&o, &co);
     co.backend = QATTN_BACKEND_CPU;
-    qattn_ctx *ctx;
-    if (qattn_ctx_create(&ctx, &co) != QATTN_OK) {
-        cli_error(CMD, "cannot create a context (isa/threads options)");
-        return CLI_EXIT_FAILURE;
-    }
+    qattn_ctx *ctx = cli_ctx_create(&co, CMD);
+    if (!ctx) return CLI_EXIT_FAILURE;
     int rc = CLI_EXIT_FAILURE;
     float *mem = NULL;
     qattn_calibration cal;
@@ -141,10 +140,18 @@ int qattn_cli_calibrate(int argc, char **argv) {
     {
         char err[CLI_NPY_ERR_LEN];
         int64_t shape[3] = {3, cal.n_kv_heads, cal.head_dim};
-        if (cli_npy_write_f32(out, mem, 3, shape, err, sizeof err)) {
+        char *tmp = NULL;
+        if (cli_npy_write_f32_temp(out, mem, 3, shape, &tmp, err, sizeof err)) {
             cli_error(CMD, "%s: %s", out, err);
             goto done;
         }
+        if (rename(tmp, out) != 0) { /* the file appears whole or not at all */
+            cli_error(CMD, "%s: %s", out, strerror(errno));
+            remove(tmp);
+            free(tmp);
+            goto done;
+        }
+        free(tmp);
         printf("qattn calibrate: %lld key tokens, %d kv heads, head dim %d -> %s\n", (long long)cal.tokens, cal.n_kv_heads, cal.head_dim, out);
     }
     rc = CLI_EXIT_OK;
