@@ -133,8 +133,8 @@ def time_ms(fn, warmup=5, reps=30):
     return statistics.median(times), times
 
 
-def kernel_ms(fn, name_part, reps=20):
-    """Median device time of kernels whose name contains name_part (torch profiler)."""
+def kernel_durations_us(fn, name_part, reps=20):
+    """Device times (us) of the kernels whose name contains name_part over reps calls (torch profiler)."""
     from torch.profiler import ProfilerActivity, profile
     fn()
     torch.cuda.synchronize()
@@ -143,21 +143,18 @@ def kernel_ms(fn, name_part, reps=20):
             fn()
         torch.cuda.synchronize()
     durs = [e.device_time for e in prof.events() if name_part in e.name and e.device_time > 0]
-    if not durs:
-        durs = [e.cuda_time for e in prof.events() if name_part in e.name]
+    return durs or [e.cuda_time for e in prof.events() if name_part in e.name]
+
+
+def kernel_ms(fn, name_part, reps=20):
+    """Median device time of one kernel whose name contains name_part."""
+    durs = kernel_durations_us(fn, name_part, reps)
     return statistics.median(durs) / 1000.0 if durs else float("nan")
 
 
 def kernels_per_call_ms(fn, name_part, reps=20):
-    """Total device time per call of the kernels whose name contains name_part (torch profiler)."""
-    from torch.profiler import ProfilerActivity, profile
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            fn()
-        torch.cuda.synchronize()
-    durs = [e.device_time for e in prof.events() if name_part in e.name and e.device_time > 0]
+    """Total device time per call of the kernels whose name contains name_part."""
+    durs = kernel_durations_us(fn, name_part, reps)
     return sum(durs) / reps / 1000.0 if durs else float("nan")
 
 

@@ -1,9 +1,9 @@
 /* The INT8 path's quantization pass (int8_scheme DEFAULT, non-varlen): f16/bf16 Q, K, V into the
  * workspace codes, scales and means that the attention kernels (fwd_mma_i8.cu, fwd_wgmma_i8.cu) read.
  * Scheme and layouts: fwd_mma_i8.cu's header. Three streaming kernels (a fourth only when LSE is asked):
- *   1. i8q_stats_q: Q rows quantized (per token, no mean) and, in the same launch, per-chunk statistics
- *      of K and V per (sequence, kv head, channel): the sum in double, the sum of |x| and the smallest
- *      nonzero |x| (the last two prove the sum exact, below).
+ *   1. i8q_stats_q: per-chunk statistics of K and V per (sequence, kv head, channel): the sum in double,
+ *      the sum of |x| and the smallest nonzero |x| (the last two prove the sum exact, below); in the
+ *      same launch, Q rows quantized (per token, no mean).
  *   2. i8q_mean: the K and V means from the chunk statistics, and the wgmma kernel's work counter reset.
  *   3. i8q_kv: per 128-key tile, K rows (per token, mean subtracted) and V (transposed, per channel and
  *      tile, mean subtracted), both written as the attention kernels' images.
@@ -141,23 +141,24 @@ template <bool BF16> __device__ __forceinline__ void stats_add(chan_stats &st, c
     for (int j = 0; j < 4; j++) st.mn[j] = __vminu2(st.mn[j], __vsub2(w[j] & 0x7fff7fffu, 0x00010001u));
 }
 
-/* Kernel 1. Blocks [0, nqb): Q rows, QRI * (NT / (D/8)) per block, rows over [B, lq_pad, H] (head
- * fastest: the input's order) into Qi [B, H, lq_pad, D], sq [B, H, lq_pad]; rows past lq get zero codes
- * and scale 0. Blocks [nqb, nqb + B*HK*nch): chunk c of (b, kv head) bh: per channel and tensor (K 0, V 1)
- * partial statistics psum/pabs/pmin [bh][c][2][D]. Q first: the statistics' K/V reads come last, and the
- * K/V kernel starts with the tail they leave in L2. */
+/* Kernel 1. Blocks [0, nst = B*HK*nch): chunk c of (b, kv head) bh: per channel and tensor (K 0, V 1)
+ * partial statistics psum/pabs/pmin [bh][c][2][D]. Blocks [nst, nst + nqb): Q rows, QRI * (NT / (D/8)) per
+ * block, rows over [B, lq_pad, H] (head fastest: the input's order) into Qi [B, H, lq_pad, D],
+ * sq [B, H, lq_pad]; rows past lq get zero codes and scale 0. The long statistics blocks (256 KB of
+ * loads each) go first and the short Q blocks fill the tail. */
 template <int D, bool BF16>
-__global__ void __launch_bounds__(NT) i8q_stats_q_kernel(const qattn_cuda_args a, int nqb, int nch, int8_t *qi, float *sq, double *psum,
+__global__ void __launch_bounds__(NT) i8q_stats_q_kernel(const qattn_cuda_args a, int nst, int nch, int8_t *qi, float *sq, double *psum,
                                                           float *pabs, uint32_t *pmin) {
     constexpr int G = D / 8, RG = NT / G;
     const int cg = threadIdx.x % G, rg = threadIdx.x / G;
-    if ((int)blockIdx.x < nqb) {
+    if ((int)blockIdx.x >= nst) {
+        const int qb = (int)blockIdx.x - nst;
         const int64_t nrow = (int64_t)a.batch * a.lq_pad * a.h;
         uint4 u[QRI];
         int64_t row[QRI];
 #pragma unroll
         for (int k = 0; k < QRI; k++) {
-            row[k] = ((int64_t)blockIdx.x * QRI + k) * RG + rg;
+            row[k] = ((int64_t)qb * QRI + k) * RG + rg;
             const int h = (int)(row[k] % a.h);
             const int64_t bt = row[k] / a.h;
             const int t = (int)(bt % a.lq_pad), b = (int)(bt / a.lq_pad);
@@ -183,7 +184,7 @@ __global__ void __launch_bounds__(NT) i8q_stats_q_kernel(const qattn_cuda_args a
     __shared__ double rs[RG][D];
     __shared__ float ra[RG][D];
     __shared__ uint32_t rm[RG][D];
-    const int s = blockIdx.x - nqb, bh = s / nch, c = s % nch, b = bh / a.hk, hk = bh % a.hk;
+    const int s = blockIdx.x, bh = s / nch, c = s % nch, b = bh / a.hk, hk = bh % a.hk;
     const int t0 = c * CH, t1 = min(a.lk, t0 + CH);
     const int64_t kb = (int64_t)b * a.k_bs + (int64_t)hk * a.k_hs + cg * 8, vb = (int64_t)b * a.v_bs + (int64_t)hk * a.v_hs + cg * 8;
     chan_stats st[2];
@@ -257,7 +258,8 @@ __global__ void __launch_bounds__(2 * D) i8q_mean_kernel(const qattn_cuda_args a
     (x ? vm : km)[(size_t)bh * D + d] = (float)(su / (double)a.lk);
 }
 
-/* Kernel 3. One block per 128-key tile of one (b, kv head), in reverse order (see kernel 1). Lane group
+/* Kernel 3. One block per 128-key tile of one (b, kv head), last first (the K/V of the last statistics
+ * blocks may still be in L2). Lane group
  * (rg, cg) holds the keys 16 g + 2 j + {0, 1, 8, 9} of the words w = rg + RG k (g = w / 4, j = w % 4): the
  * four keys whose V codes form word w of a Vt row (the key order of the P fragments, vt_perm in the mma
  * kernel). K: per-token codes of k - mean into Ki [bh][lk_pad][D], sk [bh][lk_pad]. V: y = v - mean,
@@ -379,10 +381,10 @@ template <int D, bool BF16> cudaError_t quantize(qattn_cuda_args &a, const i8_la
     if (a.lk == 0) return cudaSuccess; /* the FP16 kernel's empty-key rule runs instead */
     const int64_t bhk = (int64_t)a.batch * a.hk, nq = (int64_t)a.batch * a.lq_pad * a.h;
     const int nch = n_chunks(a.lk), ntiles = a.lk_pad / BN;
-    const int64_t nqb = (nq + QRI * RG - 1) / (QRI * RG), nb1 = nqb + bhk * nch, nb3 = bhk * ntiles;
+    const int64_t nqb = (nq + QRI * RG - 1) / (QRI * RG), nst = bhk * nch, nb1 = nst + nqb, nb3 = bhk * ntiles;
     if (nb1 > INT32_MAX || nb3 > INT32_MAX || bhk > INT32_MAX) return cudaErrorInvalidConfiguration;
     cudaError_t e;
-    i8q_stats_q_kernel<D, BF16><<<(unsigned)nb1, NT, 0, st>>>(a, (int)nqb, nch, qi, sq, (double *)(ws + L.psum), (float *)(ws + L.pabs),
+    i8q_stats_q_kernel<D, BF16><<<(unsigned)nb1, NT, 0, st>>>(a, (int)nst, nch, qi, sq, (double *)(ws + L.psum), (float *)(ws + L.pabs),
                                                               (uint32_t *)(ws + L.pmin));
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
     i8q_mean_kernel<D, BF16><<<(unsigned)bhk, 2 * D, 0, st>>>(a, nch, (const double *)(ws + L.psum), (const float *)(ws + L.pabs),
