@@ -249,7 +249,7 @@ __global__ void __launch_bounds__(2 * D) i8q_mean_kernel(const qattn_cuda_args a
     /* the smallest nonzero |x| has bits mn + 1; its last mantissa bit weighs 2^lsb */
     const int e = (int)((mn + 1) >> MB), lsb = (e ? e : 1) - BIAS - MB;
     const bool exact = mn == 0xffffu || (a.lk < (1 << 23) && (double)ab < ldexp(1.0, 52 + lsb));
-    if (!exact && isfinite(ab)) { /* the CPU's order: positions ascending */
+    if (!exact && isfinite(su)) { /* the CPU's order (non-finite inputs: the result is non-finite anyway) */
         const int b = bh / a.hk, hk = bh % a.hk;
         const void *base = x ? a.v : a.k;
         const int64_t ss = x ? a.v_ss : a.k_ss, off = x ? (int64_t)b * a.v_bs + (int64_t)hk * a.v_hs + d : (int64_t)b * a.k_bs + (int64_t)hk * a.k_hs + d;

@@ -97,7 +97,9 @@ static double out_rel_diff(const void *x, const void *y, size_t n, int dt) {
 void qattn_cuda_i8_offsets(const qattn_params *p, size_t off[8], int32_t pads[2]);
 
 typedef struct qcase {
-    int b, lq, lk, h, hk, d, dtype, kv_pad, wide; /* wide: |x| spread over 2^-40..2^40 (bf16): the means' exact-sum check fails */
+    int b, lq, lk, h, hk, d, dtype, kv_pad;
+    int wide; /* bf16 only. 1: |x| spread over 2^-40..2^40 (the means' exact-sum check fails, the CPU's order is redone);
+               * 2: |x| ~ 2^100..2^120 (the float sum of |x| overflows, the double sums do not) */
 } qcase;
 
 static int bits_differ(float x, float y) { return memcmp(&x, &y, 4) != 0; }
@@ -115,7 +117,8 @@ static int check_i8_quant(qattn_ctx *gpu, int wgmma, qattn_ctx *cpu, const qcase
     for (size_t i = 0; i < nq; i++) hq[i] = bf ? f2bf(nrand()) : f2h(nrand());
     for (size_t i = 0; i < nk; i++) {
         float sk = 1.f, sv = 1.f;
-        if (c->wide) sk = ldexpf(1.f, (int)(urand() * 81) - 40), sv = ldexpf(1.f, (int)(urand() * 81) - 40);
+        if (c->wide == 1) sk = ldexpf(1.f, (int)(urand() * 81) - 40), sv = ldexpf(1.f, (int)(urand() * 81) - 40);
+        if (c->wide == 2) sk = ldexpf(1.f, 100 + (int)(urand() * 21)), sv = ldexpf(1.f, 100 + (int)(urand() * 21));
         hk[i] = bf ? f2bf(nrand() * sk + 0.5f * sk) : f2h(nrand() + 0.5f); /* a nonzero mean */
         hv[i] = bf ? f2bf(nrand() * sv - 0.25f * sv) : f2h(nrand() - 0.25f);
     }
@@ -222,7 +225,7 @@ static int check_i8_quant(qattn_ctx *gpu, int wgmma, qattn_ctx *cpu, const qcase
         }
     const int fail = bad_q || bad_k || bad_v || bad_m;
     printf("%s quant vs CPU b%d lq%d lk%d h%d hk%d d%d %s%s%s %s: Q codes/scales %zu differ, K %zu, V %zu, means %zu\n", fail ? "FAIL" : "ok  ",
-           c->b, c->lq, c->lk, c->h, c->hk, D, bf ? "bf16" : "f16", c->kv_pad ? " kv-strided" : "", c->wide ? " wide-range" : "",
+           c->b, c->lq, c->lk, c->h, c->hk, D, bf ? "bf16" : "f16", c->kv_pad ? " kv-strided" : "", c->wide == 1 ? " wide-range" : c->wide == 2 ? " huge" : "",
            wgmma ? "wgmma layout" : "mma layout", bad_q, bad_k, bad_v, bad_m);
     free(hq), free(hk), free(hv), free(hw), free(cq), free(ck), free(cv), free(csq), free(csk), free(ckm), free(cvm), free(cvs);
     cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dout), cudaFree(dlse), cudaFree(ws);
@@ -484,6 +487,7 @@ int main(int argc, char **argv) {
         const qcase qfull[] = {
             {2, 203, 1100, 4, 2, 128, F16, 0, 0}, {1, 17, 113, 2, 1, 64, BF, 0, 0},  {3, 130, 600, 6, 3, 128, BF, 1, 0},
             {1, 64, 700, 2, 2, 64, BF, 0, 1},     {1, 1, 2500, 4, 1, 128, BF, 0, 1}, {2, 300, 1, 2, 2, 128, F16, 0, 0},
+            {1, 64, 700, 2, 1, 64, BF, 0, 2},
         };
         const qcase *qc = small ? qsmall : qfull;
         const int nqc = small ? (int)(sizeof qsmall / sizeof *qsmall) : (int)(sizeof qfull / sizeof *qfull);
