@@ -7,7 +7,16 @@ qattn FP16, qattn INT8 (quantization + kernel, and the attention kernel alone fr
 profiler), SDPA FLASH_ATTENTION and CUDNN_ATTENTION. CUDA events, warm-up, median of >= 20.
 Accuracy: whole-tensor relative L1 / L2 against an FP32 torch reference on a subset of heads.
 
-Usage: python3 bench/gpu_compare.py --lib build-gpu/libqattn.so [--out DIR] [--quick] [--no-int8]
+Peers, each when importable (else skipped with the reason printed), same process and inputs:
+FlashInfer's prefill with backend "fa3" (FP16: the ragged batch wrapper; FP8 e4m3 with per-head
+scales: single_prefill_with_kv_cache per sequence, inputs quantized outside the timing),
+flash-attn-4 (flash_attn.cute.flash_attn_func), SageAttention 1 (sageattention.sageattn, Triton;
+it subtracts K's mean in place, so it gets a clone of K made once outside the timing: the repeated
+subtraction of a ~0 mean leaves the work unchanged). The INT8 quantization pass is timed alone
+(the i8q_ kernels' device time per call, torch profiler) against a device-to-device copy of the
+same bytes measured in the same run.
+
+Usage: python3 bench/gpu_compare.py --lib build-gpu/libqattn.so [--out DIR] [--quick] [--no-int8] [--no-peers]
 Writes DIR/gpu_compare.json and DIR/gpu_compare.png (DIR defaults to $OUT or ./out).
 qattn is called through a minimal ctypes loader (qattn_params mirrored from include/qattn.h).
 """
@@ -18,6 +27,7 @@ import math
 import os
 import statistics
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -123,8 +133,8 @@ def time_ms(fn, warmup=5, reps=30):
     return statistics.median(times), times
 
 
-def kernel_ms(fn, name_part, reps=20):
-    """Median device time of kernels whose name contains name_part (torch profiler)."""
+def kernel_durations_us(fn, name_part, reps=20):
+    """Device times (us) of the kernels whose name contains name_part over reps calls (torch profiler)."""
     from torch.profiler import ProfilerActivity, profile
     fn()
     torch.cuda.synchronize()
@@ -133,9 +143,90 @@ def kernel_ms(fn, name_part, reps=20):
             fn()
         torch.cuda.synchronize()
     durs = [e.device_time for e in prof.events() if name_part in e.name and e.device_time > 0]
-    if not durs:
-        durs = [e.cuda_time for e in prof.events() if name_part in e.name]
+    return durs or [e.cuda_time for e in prof.events() if name_part in e.name]
+
+
+def kernel_ms(fn, name_part, reps=20):
+    """Median device time of one kernel whose name contains name_part."""
+    durs = kernel_durations_us(fn, name_part, reps)
     return statistics.median(durs) / 1000.0 if durs else float("nan")
+
+
+def kernels_per_call_ms(fn, name_part, reps=20):
+    """Total device time per call of the kernels whose name contains name_part."""
+    durs = kernel_durations_us(fn, name_part, reps)
+    return sum(durs) / reps / 1000.0 if durs else float("nan")
+
+
+def copy_gbps(nbytes, reps=20):
+    """Device-to-device copy bandwidth, bytes read + written per second (GB/s)."""
+    x = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    ms, _ = time_ms(lambda: y.copy_(x), reps=reps)
+    del x, y
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def quant_bytes(B, L, H, HK, D):
+    """(bytes the INT8 pass moves, bytes of one read of Q, K, V and one write of the codes). The pass
+    reads K and V twice: once for the means, once for the codes (quant_i8.cu)."""
+    lp = (L + 127) // 128 * 128
+    q, kv = B * L * H * D * 2, 2 * B * L * HK * D * 2
+    codes = B * H * lp * D + 2 * B * HK * lp * D
+    scales = 4 * (B * H * lp + B * HK * lp + B * HK * (lp // 128) * D)
+    return q + 2 * kv + codes + scales, q + kv + codes + scales
+
+
+def peer_fns(q, k, v, causal):
+    """name -> (timed callable, callable returning the output [B, L, H, D]) for the importable peers."""
+    B, L, H, D = q.shape
+    HK = k.shape[2]
+    peers = {}
+    try:
+        import flashinfer
+        ws = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+        w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(ws, "NHD", backend="fa3")
+        ind = torch.arange(0, (B + 1) * L, L, dtype=torch.int32, device="cuda")
+        w.plan(ind, ind, H, HK, D, causal=causal, q_data_type=torch.float16, kv_data_type=torch.float16)
+        q2, k2, v2 = q.reshape(B * L, H, D), k.reshape(B * L, HK, D), v.reshape(B * L, HK, D)
+        ofi = torch.empty_like(q2)
+        peers["fi_fa3"] = (lambda: w.run(q2, k2, v2, out=ofi), lambda: ofi.view(B, L, H, D))
+        f8 = torch.float8_e4m3fn
+
+        def q8(x):  # per-head scale: max |x| / 448
+            s_ = x.abs().amax(dim=(0, 1, 3)).float().clamp_min(1e-8) / 448.0
+            return (x.float() / s_.view(1, 1, -1, 1)).to(f8), s_
+        (qq, sq), (kq, sk), (vq, sv) = q8(q), q8(k), q8(v)
+        o8 = [None] * B
+
+        def run8():
+            for b in range(B):
+                o8[b] = flashinfer.single_prefill_with_kv_cache(qq[b], kq[b], vq[b], scale_q=sq, scale_k=sk, scale_v=sv,
+                                                                o_dtype=torch.float16, causal=causal, backend="fa3")
+        peers["fi_fa3_fp8"] = (run8, lambda: torch.stack(o8, 0))
+    except Exception as e:
+        print("flashinfer skipped: %s: %s" % (type(e).__name__, e), file=sys.stderr)
+    try:
+        from flash_attn.cute import flash_attn_func
+        o4 = [None]
+
+        def run4():
+            r = flash_attn_func(q, k, v, causal=causal)
+            o4[0] = r[0] if isinstance(r, tuple) else r
+        peers["fa4"] = (run4, lambda: o4[0])
+    except Exception as e:
+        print("flash-attn-4 skipped: %s: %s" % (type(e).__name__, e), file=sys.stderr)
+    try:
+        from sageattention import sageattn
+        kc = k.clone()
+        os_ = [None]
+
+        def runs():
+            os_[0] = sageattn(q, kc, v, tensor_layout="NHD", is_causal=causal)
+        peers["sage"] = (runs, lambda: os_[0])
+    except Exception as e:
+        print("sageattention skipped: %s: %s" % (type(e).__name__, e), file=sys.stderr)
+    return peers
 
 
 def rel_err(o, r):
@@ -152,11 +243,26 @@ def main():
     ap.add_argument("--dims", default=None, help="head dims, e.g. 96,256 (H = 2048 // D); default 64,128 (128 with --quick)")
     ap.add_argument("--lens", default=None, help="sequence lengths, e.g. 4096; default 1024,4096,16384 (4096,16384 with --quick)")
     ap.add_argument("--no-int8", action="store_true")
+    ap.add_argument("--no-peers", action="store_true", help="SDPA only (no FlashInfer, flash-attn-4, SageAttention)")
+    ap.add_argument("--warm-peers", action="store_true",
+                    help="only call each peer once on small inputs (D 128, FP16, causal and not), to fill JIT caches, and exit")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--ref-heads", type=int, default=2, help="heads of the FP32 reference")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(0)
+    if args.warm_peers:
+        for causal in (False, True):
+            x = [torch.randn(2, 256, 16, 128, device="cuda", dtype=torch.float16) for _ in range(3)]
+            for name, (fn, _) in peer_fns(*x, causal).items():
+                t0 = time.time()
+                try:
+                    fn()
+                    torch.cuda.synchronize()
+                    print("warm %s causal=%d: %.1f s" % (name, causal, time.time() - t0), flush=True)
+                except Exception as e:
+                    print("warm %s causal=%d failed: %s: %s" % (name, causal, type(e).__name__, e), flush=True)
+        return
     qa = QAttn(args.lib)
     dev = torch.cuda.get_device_name()
     shapes = []
@@ -181,6 +287,10 @@ def main():
             p8 = qa.params(q, k, v, o8, causal, PREC_INT8)
             row["qattn_i8_ms"], _ = time_ms(lambda: qa.forward(p8), reps=args.reps)
             row["qattn_i8_kernel_ms"] = kernel_ms(lambda: qa.forward(p8), "fwd_i8")
+            row["qattn_i8_quant_ms"] = kernels_per_call_ms(lambda: qa.forward(p8), "i8q_")
+            row["quant_bytes"], row["quant_min_bytes"] = quant_bytes(B, L, H, H, D)
+            row["copy_GBps"] = copy_gbps(row["quant_min_bytes"])
+            row["quant_GBps"] = row["quant_bytes"] / (row["qattn_i8_quant_ms"] * 1e-3) / 1e9
         qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         outs = {}
         for name, be in (("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):
@@ -191,6 +301,20 @@ def main():
             except Exception as e:  # a backend missing on this build
                 print("%s unavailable: %s" % (name, e), file=sys.stderr)
                 row[name + "_ms"] = float("nan")
+        peer_out = {}
+        if not args.no_peers:
+            for name, (fn, get) in peer_fns(q, k, v, causal).items():
+                try:
+                    t0 = time.time()
+                    fn()
+                    torch.cuda.synchronize()
+                    row[name + "_first_call_s"] = time.time() - t0  # JIT compilation included
+                    row[name + "_ms"], _ = time_ms(fn, reps=args.reps)
+                    fn()
+                    peer_out[name] = get()
+                except Exception as e:
+                    print("%s failed: %s: %s" % (name, type(e).__name__, e), file=sys.stderr)
+                    row[name + "_ms"] = float("nan")
         # Accuracy over whole tensors of a subset of heads, FP32 reference.
         hs = slice(0, args.ref_heads)
         ref = []
@@ -206,6 +330,7 @@ def main():
             cands["qattn_i8"] = o8
         for name, t in outs.items():
             cands[name] = t.transpose(1, 2)
+        cands.update(peer_out)
         torch.cuda.synchronize()
         for name, t in cands.items():
             sub = t[:, :, hs].float()
@@ -213,11 +338,11 @@ def main():
             row[name + "_rel_l1"], row[name + "_rel_l2"] = rel_err(sub, ref)
         del ref
         for key in list(row):
-            if key.endswith("_ms"):
+            if key.endswith("_ms") and key != "qattn_i8_quant_ms":
                 row[key.replace("_ms", "_tflops")] = flops / (row[key] * 1e-3) / 1e12 if row[key] == row[key] else float("nan")
         rows.append(row)
         print("done", B, L, H, D, causal, {k_: round(v_, 3) for k_, v_ in row.items() if k_.endswith("_tflops")}, flush=True)
-        del q, k, v, o16, o8, outs, cands
+        del q, k, v, o16, o8, outs, cands, peer_out
         torch.cuda.empty_cache()
 
     hdr = ("D", "L", "causal", "qattn f16", "/FA2", "/cuDNN", "i8 all", "i8 kern", "/FA2", "/cuDNN", "FA2", "cuDNN",
@@ -236,6 +361,23 @@ def main():
                 "%.1e" % r.get("qattn_i8_rel_l1", nan), "%.1e" % r.get("qattn_i8_rel_l2", nan),
                 "%.1e" % r.get("sdpa_flash_rel_l1", nan), "%.1e" % r.get("sdpa_cudnn_rel_l1", nan))
         print("| " + " | ".join(str(x) for x in vals) + " |")
+    print("\nPeers (TFLOP/s, TOPS for INT8) and the INT8 quantization pass, same run")
+    names = ["sdpa_cudnn", "fi_fa3", "fi_fa3_fp8", "fa4", "sage"]
+    hdr = ("D", "L", "causal", "qattn i8 all", "i8 kern") + tuple(names) + ("i8 all/cuDNN", "i8 kern/cuDNN", "quant ms", "quant GB/s",
+                                                                           "copy GB/s", "quant/copy", "min-traffic/copy")
+    print("| " + " | ".join(hdr) + " |")
+    print("|" + "---|" * len(hdr))
+    for r in rows:
+        cu = r.get("sdpa_cudnn_tflops", nan)
+        qms, qb, qmin, cp = r.get("qattn_i8_quant_ms", nan), r.get("quant_GBps", nan), r.get("quant_min_bytes", nan), r.get("copy_GBps", nan)
+        vals = (r["D"], r["L"], "yes" if r["causal"] else "no", "%.0f" % r.get("qattn_i8_tflops", nan), "%.0f" % r.get("qattn_i8_kernel_tflops", nan)) \
+            + tuple("%.0f" % r.get(n + "_tflops", nan) for n in names) \
+            + ("%.2f" % (r.get("qattn_i8_tflops", nan) / cu), "%.2f" % (r.get("qattn_i8_kernel_tflops", nan) / cu), "%.3f" % qms, "%.0f" % qb,
+               "%.0f" % cp, "%.2f" % (qb / cp), "%.2f" % (qmin / (qms * 1e-3) / 1e9 / cp))
+        print("| " + " | ".join(str(x) for x in vals) + " |")
+    print("accuracy rel L1: " + "; ".join("D%d L%d%s: " % (r["D"], r["L"], " c" if r["causal"] else "") +
+                                         ", ".join("%s %.1e" % (n, r[n + "_rel_l1"]) for n in ["qattn_i8"] + names if n + "_rel_l1" in r)
+                                         for r in rows))
     with open(os.path.join(args.out, "gpu_compare.json"), "w") as f:
         json.dump(dict(device=dev, torch=torch.__version__, rows=rows), f, indent=1)
     try:

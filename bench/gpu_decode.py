@@ -13,6 +13,9 @@ Three times per row:
   kernels: device time of the call's kernels alone, from torch.profiler (as bench/gpu_compare.py):
            qattn: the median split kernel (kvd_*; the merge is fused into it, so one kernel per
            call), SDPA: all its kernels per call; --no-kprof skips it.
+Peer (when importable, else skipped with the reason): FlashInfer's batch decode
+(BatchDecodeWithPagedKVCacheWrapper, 16-token pages, NHD) on an FP16 cache and on an FP8 e4m3 cache
+with one scale per tensor (k_scale, v_scale: max |x| / 448).
 "of copy bw" is for time, "b2b of copy bw" for b2b. Errors: relative L2 vs an FP64 reference on
 the dequantized cache and on the original FP16 values.
 
@@ -359,6 +362,35 @@ def bench(lib, out, profile=False, kprof=True):
     ve = vd.repeat_interleave(H // HK, dim=1)
     sdpa_row("SDPA FP16 expanded K/V (32 heads)", lambda: F.scaled_dot_product_attention(qs, ke, ve), B * H * L * D * 4)
     sdpa_t = rows[-1]["t_us"]
+    del ke, ve
+    try:
+        import flashinfer
+        fws = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+        npg = L // BS
+        kp = kd.permute(0, 2, 1, 3).reshape(B * npg, BS, HK, D)  # pages [B * L / BS, BS, HK, D]
+        vp = vd.permute(0, 2, 1, 3).reshape(B * npg, BS, HK, D)
+        indptr = torch.arange(0, (B + 1) * npg, npg, dtype=torch.int32, device="cuda")
+        indices = torch.arange(B * npg, dtype=torch.int32, device="cuda")
+        last = torch.full((B,), BS, dtype=torch.int32, device="cuda")
+        q3 = q.view(B, H, D)
+        for fp8 in (False, True):
+            w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(fws, "NHD", use_tensor_cores=True)
+            kdt = torch.float8_e4m3fn if fp8 else torch.float16
+            if fp8:
+                ks, vs = kp.abs().amax().float().item() / 448.0, vp.abs().amax().float().item() / 448.0
+                kc, vc = (kp.float() / ks).to(kdt), (vp.float() / vs).to(kdt)
+            else:
+                ks, vs, kc, vc = None, None, kp, vp
+            w.plan(indptr, indices, last, H, HK, D, BS, q_data_type=torch.float16, kv_data_type=kdt)
+            fn = (lambda w=w, kc=kc, vc=vc, ks=ks, vs=vs: w.run(q3, (kc, vc), k_scale=ks, v_scale=vs).view(B, H, 1, D))
+            t0 = time.time()
+            fn()
+            torch.cuda.synchronize()
+            print("FlashInfer decode %s: first call %.1f s (JIT compilation included)" % ("FP8" if fp8 else "FP16", time.time() - t0), flush=True)
+            sdpa_row("FlashInfer batch decode %s cache" % ("FP8 e4m3" if fp8 else "FP16"), fn, B * HK * L * D * 2 * (1 if fp8 else 2))
+            del kc, vc
+    except Exception as e:
+        print("FlashInfer decode skipped: %s: %s" % (type(e).__name__, e), flush=True)
     gqa = [r for r in rows if "enable_gqa" in r["name"]]
     for r in rows:
         r["speedup_vs_sdpa_expanded"] = sdpa_t / r["t_us"]

@@ -23,7 +23,7 @@ struct qattn_cuda_args {
     int32_t wl, wr;             /* windows, -1 = unbounded (causal already folded into wr = 0) */
     float scale;                /* softmax scale */
     float scale_log2;           /* scale * log2(e) */
-    /* INT8 path: quantized tensors and scales in the workspace (see fwd_mma_i8.cu). */
+    /* INT8 path: quantized tensors and scales in the workspace (layouts: fwd_mma_i8.cu; written by quant_i8.cu). */
     const int8_t *qi, *ki, *vt;
     const float *sq, *sk, *sv, *vm; /* sv per (kv head, key tile, channel); vm: V smoothing mean */
     const float *qsh;           /* per query row: scale * q . mean_k (LSE correction of K smoothing) */

@@ -1,12 +1,13 @@
-/* INT8 flash attention forward with mma.sync.m16n8k32 (sm_80+), and the on-the-fly quantization
- * kernels that feed it from FP16/BF16 inputs (non-varlen).
+/* INT8 flash attention forward with mma.sync.m16n8k32 (sm_80+); quant_i8.cu quantizes the FP16/BF16
+ * inputs (non-varlen) into the layouts below.
  *
  * Scheme (the CUDA side of int8_scheme DEFAULT, docs/FORMAT.md section 3, with V per channel):
  *   K smoothing: K' = K - mean over tokens of K, per (batch, kv head, channel). Exact for softmax
  *     (every score of a query row shifts by the same q.mean); the LSE gets scale * q.mean back.
  *   V smoothing: V' = V - mean over tokens of V (per channel); O = P V' + mean (rows sum to 1).
  *   Q, K': per-token symmetric INT8, scale = max|x| / 127 (sq [B,H,Lq], sk [B,HK,Lk_pad]).
- *   V': per-channel symmetric INT8 over all tokens, sv [B,HK,2,D] = (max|v'| / 127 | mean).
+ *   V': symmetric INT8 per channel and 128-key tile, sv [B,HK,Lk_pad/128,D] = max|v'| / 127; vm [B,HK,D] = mean.
+ *   Q, K', the means: bitwise the CPU's (quant_i8.cu).
  *   S = sq_i * sk_j * (Qi . Ki_j)                 mma s8 x s8 -> s32
  *   P = exp2(s - m_tile) against the tile's own row max (as the CPU scheme: the largest p of the tile
  *     gets code 255 whatever the running max), u8 = rn(255 p); O += P_u8 x V_s8 (mma u8 x s8 -> s32:
@@ -19,7 +20,8 @@
  * Layouts in the workspace (all contiguous, rows padded with zero codes and zero scales):
  * Qi [B,H,Lq_pad,D] s8; Ki [B,HK,Lk_pad,D] s8; Vt [B,HK,D,Lk_pad] s8, transposed so the PV B-fragments
  * load with ldmatrix, keys permuted inside each 16-key group to match the P fragment held in the S
- * accumulators (see vt_perm). With a.i8_wgmma (the sm_90a kernel, fwd_wgmma_i8.cu) the same codes are
+ * accumulators (vt_perm: position l of a 16-key group holds key 8 ((l & 3) >> 1) + 2 (l >> 2) + (l & 1)).
+ * With a.i8_wgmma (the sm_90a kernel, fwd_wgmma_i8.cu) the same codes are
  * stored as the shared-memory image of its tiles, so one bulk copy per tile lands them ready for wgmma:
  * the 16-byte chunk c of a 128-byte row r sits at chunk c ^ (r & 7) (the 128-byte swizzle), and Vt is
  * tile-major [B,HK,Lk_pad/128][D][128]. */
@@ -48,259 +50,11 @@ constexpr int NWARPS = QATTN_I8_NWARPS, BM = 16 * NWARPS, BN = 128, NTHREADS = N
 /* d-tile pairs per PV accumulator block. Measured 2026-11-23 (H100, 8 warps, D 128, L 4k / 4k c / 16k / 16k c, TOPS):
  * DPB 1 385 334 418 415, DPB 2 392 337 421 420, DPB 4 388 335 418 416: within ~2%, 2 kept. */
 constexpr int DPB = QATTN_I8_DPB;
-constexpr int VT = 64;  /* tokens per block of the V quantization kernel */
 /* Blocks per SM asked of ptxas at D 64: 1 = 255 registers, no spill; 2 = 128 registers with ~300 B of
  * spill (ptxas -v, sm_90a). Tuning knob (docs/gpu.md has the measured choice). */
 #ifndef QATTN_I8_D64_BLOCKS
 #define QATTN_I8_D64_BLOCKS 2
 #endif
-constexpr int NCH = 32; /* token chunks of the K-mean / V-max reduction */
-constexpr int QPAD = 128; /* Qi rows are padded to the wgmma kernel's query block */
-
-inline size_t align256(size_t x) { return (x + 255) / 256 * 256; }
-
-struct i8_layout {
-    size_t qi, sq, ki, sk, vt, sv, vm, part, stat, qsh, sched, total;
-};
-
-i8_layout layout(const qattn_cuda_args &a, int lk_pad) {
-    i8_layout L;
-    size_t B = (size_t)a.batch, H = (size_t)a.h, HK = (size_t)a.hk, D = (size_t)a.d, lq = (size_t)a.lq;
-    size_t off = 0;
-    const size_t lq_pad = (lq + QPAD - 1) / QPAD * QPAD;
-    L.qi = off, off += align256(B * H * lq_pad * D);
-    L.sq = off, off += align256(B * H * lq_pad * 4);
-    L.ki = off, off += align256(B * HK * (size_t)lk_pad * D);
-    L.sk = off, off += align256(B * HK * (size_t)lk_pad * 4);
-    L.vt = off, off += align256(B * HK * D * (size_t)lk_pad);
-    L.sv = off, off += align256(B * HK * (size_t)(lk_pad / BN) * D * 4);
-    L.vm = off, off += align256(B * HK * D * 4);
-    L.part = off, off += align256(B * HK * NCH * D * 4 * 4);
-    L.stat = off, off += align256(B * HK * D * 3 * 4);
-    L.qsh = off, off += align256(B * H * lq_pad * 4);
-    L.sched = off, off += 256;
-    L.total = off;
-    return L;
-}
-
-int lk_padded(int lk) { return (lk + BN - 1) / BN * BN; }
-
-template <bool BF16> __device__ __forceinline__ float ld16(const uint16_t *p) {
-    uint16_t v = *p;
-    if (BF16) return __uint_as_float((uint32_t)v << 16);
-    return __half2float(__ushort_as_half(v));
-}
-
-/* 8 consecutive elements (16 bytes) as float. */
-template <bool BF16> __device__ __forceinline__ void ld8(const uint16_t *p, float f[8]) {
-    uint4 u = *(const uint4 *)p;
-    uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        if (BF16) {
-            f[2 * i] = __uint_as_float(w[i] << 16);
-            f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-        } else {
-            __half2 h;
-            memcpy(&h, &w[i], 4);
-            float2 x = __half22float2(h);
-            f[2 * i] = x.x;
-            f[2 * i + 1] = x.y;
-        }
-    }
-}
-
-__device__ __forceinline__ int q8(float x, float inv) { return max(-127, min(127, __float2int_rn(x * inv))); }
-
-/* Partial per-channel sums of K and V, max and min of V over token chunk blockIdx.x of
- * (b, hk) = blockIdx.y. part [B*HK][NCH][4][D]. Fixed reduction order: deterministic. */
-template <int D, bool BF16> __global__ void __launch_bounds__(256) kv_stats_kernel(const qattn_cuda_args a, float *part) {
-    constexpr int TPR = D / 8, RPI = 256 / TPR; /* threads per row, rows per iteration */
-    __shared__ float ssum[RPI][D], svs[RPI][D], smax[RPI][D], smin[RPI][D];
-    const int bh = blockIdx.y, b = bh / a.hk, hk = bh % a.hk;
-    const int c = blockIdx.x, t0 = (int)((int64_t)a.lk * c / NCH), t1 = (int)((int64_t)a.lk * (c + 1) / NCH);
-    const int tr = threadIdx.x / TPR, tc = (threadIdx.x % TPR) * 8;
-    float s[8] = {0}, vs[8] = {0}, m[8], mn[8];
-#pragma unroll
-    for (int i = 0; i < 8; i++) m[i] = -INFINITY, mn[i] = INFINITY;
-    const uint16_t *kg = (const uint16_t *)a.k + (int64_t)b * a.k_bs + (int64_t)hk * a.k_hs + tc;
-    const uint16_t *vg = (const uint16_t *)a.v + (int64_t)b * a.v_bs + (int64_t)hk * a.v_hs + tc;
-    for (int t = t0 + tr; t < t1; t += RPI) {
-        float kf[8], vf[8];
-        ld8<BF16>(kg + (int64_t)t * a.k_ss, kf);
-        ld8<BF16>(vg + (int64_t)t * a.v_ss, vf);
-#pragma unroll
-        for (int i = 0; i < 8; i++) {
-            s[i] += kf[i];
-            vs[i] += vf[i];
-            m[i] = fmaxf(m[i], vf[i]);
-            mn[i] = fminf(mn[i], vf[i]);
-        }
-    }
-#pragma unroll
-    for (int i = 0; i < 8; i++) {
-        ssum[tr][tc + i] = s[i];
-        svs[tr][tc + i] = vs[i];
-        smax[tr][tc + i] = m[i];
-        smin[tr][tc + i] = mn[i];
-    }
-    __syncthreads();
-    for (int d = threadIdx.x; d < D; d += 256) {
-        float su = 0.f, sv = 0.f, mx = -INFINITY, mi = INFINITY;
-        for (int r = 0; r < RPI; r++) {
-            su += ssum[r][d];
-            sv += svs[r][d];
-            mx = fmaxf(mx, smax[r][d]);
-            mi = fminf(mi, smin[r][d]);
-        }
-        float *pp = part + ((size_t)bh * NCH + c) * 4 * D;
-        pp[d] = su;
-        pp[D + d] = sv;
-        pp[2 * D + d] = mx;
-        pp[3 * D + d] = mi;
-    }
-}
-
-/* stat [B*HK][3][D]: the K mean and V mean over tokens and max|V - V mean|, from the NCH partials
- * (fixed order). Chunks without tokens hold max -inf / min +inf. */
-template <int D> __global__ void kv_reduce_kernel(const qattn_cuda_args a, const float *part, float *stat, int32_t *sched) {
-    const int bh = blockIdx.x, d = threadIdx.x;
-    if (bh == 0 && d == 0) *sched = 0; /* the wgmma kernel's work counter, for the launch that follows */
-    const float *pp = part + (size_t)bh * NCH * 4 * D;
-    float su = 0.f, sv = 0.f, mx = -INFINITY, mi = INFINITY;
-    for (int c = 0; c < NCH; c++) {
-        su += pp[c * 4 * D + d];
-        sv += pp[c * 4 * D + D + d];
-        mx = fmaxf(mx, pp[c * 4 * D + 2 * D + d]);
-        mi = fminf(mi, pp[c * 4 * D + 3 * D + d]);
-    }
-    const float vm = sv / (float)a.lk;
-    stat[(size_t)bh * 3 * D + d] = su / (float)a.lk;
-    stat[(size_t)bh * 3 * D + D + d] = vm;
-    stat[(size_t)bh * 3 * D + 2 * D + d] = fmaxf(mx - vm, vm - mi);
-}
-
-/* Per-token quantization of Q (IS_K false) or K - mean (IS_K true). One warp per (token, head);
- * D/8 lanes hold 8 elements each. out [B, nh, ldscale, D]; scale [B, nh, ldscale]; rows past the
- * length (up to ldscale, the padded length) get zero codes and scale 0. */
-template <int D, bool BF16, bool IS_K>
-__global__ void __launch_bounds__(256) quant_rows_kernel(const qattn_cuda_args a, int8_t *out, float *scale, int ldscale, const float *stat,
-                                                          float *qshift) {
-    const int nh = IS_K ? a.hk : a.h, L = IS_K ? a.lk : a.lq, LP = ldscale;
-    const int64_t row = (int64_t)blockIdx.x * 8 + threadIdx.x / 32; /* over B * LP * nh, head fastest */
-    const int lane = threadIdx.x % 32;
-    if (row >= (int64_t)a.batch * LP * nh) return;
-    const int h = (int)(row % nh);
-    const int64_t bt = row / nh;
-    const int t = (int)(bt % LP), b = (int)(bt / LP);
-    const bool act = lane < D / 8;
-    float f[8] = {0};
-    if (act && t < L) {
-        const uint16_t *src = IS_K ? (const uint16_t *)a.k + (int64_t)b * a.k_bs + (int64_t)t * a.k_ss + (int64_t)h * a.k_hs
-                                   : (const uint16_t *)a.q + (int64_t)b * a.q_bs + (int64_t)t * a.q_ss + (int64_t)h * a.q_hs;
-        ld8<BF16>(src + lane * 8, f);
-        if (IS_K) {
-            const float *mean = stat + (size_t)(b * a.hk + h) * 3 * D + lane * 8;
-#pragma unroll
-            for (int i = 0; i < 8; i++) f[i] -= mean[i];
-        }
-    }
-    if (!IS_K && qshift) { /* q . mean_k * scale: what smoothing removed from this row's scores (for LSE) */
-        float dot = 0.f;
-        if (act) {
-            const float *mean = stat + (size_t)(b * a.hk + h / (a.h / a.hk)) * 3 * D + lane * 8;
-#pragma unroll
-            for (int i = 0; i < 8; i++) dot = fmaf(f[i], mean[i], dot);
-        }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-        if (lane == 0) qshift[((int64_t)b * nh + h) * ldscale + t] = dot * a.scale;
-    }
-    float m = 0.f;
-#pragma unroll
-    for (int i = 0; i < 8; i++) m = fmaxf(m, fabsf(f[i]));
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-    /* NaN/Inf in the row: the scale becomes NaN and so does every score of the row. */
-    const float sc = m / 127.f, inv = m > 0.f ? 127.f / m : 0.f;
-    if (act) {
-        uint32_t w[2];
-#pragma unroll
-        for (int j = 0; j < 2; j++)
-            w[j] = (uint32_t)(q8(f[4 * j], inv) & 0xff) | (uint32_t)(q8(f[4 * j + 1], inv) & 0xff) << 8 |
-                   (uint32_t)(q8(f[4 * j + 2], inv) & 0xff) << 16 | (uint32_t)(q8(f[4 * j + 3], inv) & 0xff) << 24;
-        /* wgmma layout: 16-byte chunk lane / 2 of the 128-byte row t sits at chunk (lane / 2) ^ (t & 7) */
-        const int pos = (D == 128 && a.i8_wgmma) ? (((lane >> 1) ^ (t & 7)) << 4) | ((lane & 1) << 3) : lane * 8;
-        *(uint2 *)(out + (((int64_t)b * nh + h) * LP + t) * D + pos) = make_uint2(w[0], w[1]);
-    }
-    if (lane == 0) scale[((int64_t)b * nh + h) * ldscale + t] = sc;
-}
-
-/* Physical key (0..15) held at logical position l (0..15) of a 16-key group: the order in which
- * a thread's S accumulators (keys 2t, 2t+1 of each 8-key tile) form the u8 A-fragment. */
-__device__ __forceinline__ int vt_perm(int l) { return 8 * ((l & 3) >> 1) + 2 * (l >> 2) + (l & 1); }
-
-/* V - mean -> Vt [B, HK, D, Lk_pad] s8 (V smoothing: O = P (V - mean) + mean, exact since the softmax
- * rows sum to 1), scales per channel and per BN-key tile of the attention kernel: sv [B, HK, Lk_pad / BN, D]
- * = max over the tile's tokens of |v - mean| / 127; vm [B, HK, D] = mean. One block per VT tokens. */
-template <int D, bool BF16>
-__global__ void __launch_bounds__(256) quant_v_kernel(const qattn_cuda_args a, int8_t *vt, float *sv, float *vm, const float *stat, int lk_pad) {
-    __shared__ float vs[VT][D + 1];
-    __shared__ float inv[D], mean[D], pmax[256 / D][D];
-    const int bh = blockIdx.y, b = bh / a.hk, hk = bh % a.hk, n0 = blockIdx.x * VT;
-    const int tile = n0 / BN, t0 = tile * BN;
-    for (int d = threadIdx.x; d < D; d += 256) {
-        mean[d] = stat[(size_t)bh * 3 * D + D + d];
-        if (blockIdx.x == 0) vm[(size_t)bh * D + d] = mean[d];
-    }
-    __syncthreads();
-    { /* max |v - mean| over the BN tokens of this tile (each of the tile's blocks computes it alike) */
-        const int d = threadIdx.x % D, part = threadIdx.x / D;
-        constexpr int NP = 256 / D;
-        float m = 0.f;
-        const uint16_t *vg = (const uint16_t *)a.v + (int64_t)b * a.v_bs + (int64_t)hk * a.v_hs + d;
-        for (int t = t0 + part; t < min(t0 + BN, a.lk); t += NP) m = fmaxf(m, fabsf(ld16<BF16>(vg + (int64_t)t * a.v_ss) - mean[d]));
-        pmax[part][d] = m;
-        __syncthreads();
-        if (threadIdx.x < D) {
-            float mm = 0.f;
-            for (int i = 0; i < NP; i++) mm = fmaxf(mm, pmax[i][d]);
-            inv[d] = mm > 0.f ? 127.f / mm : 0.f;
-            if (n0 == t0) sv[((size_t)bh * (lk_pad / BN) + tile) * D + d] = mm / 127.f;
-        }
-        __syncthreads();
-    }
-    constexpr int TPR = D / 8;
-    for (int idx = threadIdx.x; idx < VT * TPR; idx += 256) {
-        int r = idx / TPR, c = (idx % TPR) * 8;
-        float f[8] = {0};
-        if (n0 + r < a.lk) {
-            ld8<BF16>((const uint16_t *)a.v + (int64_t)b * a.v_bs + (int64_t)(n0 + r) * a.v_ss + (int64_t)hk * a.v_hs + c, f);
-#pragma unroll
-            for (int i = 0; i < 8; i++) f[i] -= mean[c + i];
-        }
-#pragma unroll
-        for (int i = 0; i < 8; i++) vs[r][c + i] = f[i];
-    }
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < D * (VT / 4); idx += 256) {
-        int d = idx / (VT / 4), l0 = (idx % (VT / 4)) * 4;
-        uint32_t w = 0;
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            int l = l0 + u, pk = (l & ~15) + vt_perm(l & 15);
-            w |= (uint32_t)(q8(vs[pk][d], inv[d]) & 0xff) << (8 * u);
-        }
-        size_t at;
-        if (D == 128 && a.i8_wgmma) { /* tile-major [tile][D][BN], chunk c of row d at c ^ (d & 7) */
-            const int k = n0 + l0, kin = k % BN;
-            at = (((size_t)bh * (lk_pad / BN) + k / BN) * D + d) * BN + ((((kin >> 4) ^ (d & 7)) << 4) | (kin & 15));
-        } else {
-            at = ((size_t)bh * D + d) * lk_pad + n0 + l0;
-        }
-        *(uint32_t *)(vt + at) = w;
-    }
-}
 
 /* ---------------------------------------------------------------- attention kernel */
 
@@ -566,35 +320,6 @@ __global__ void __launch_bounds__(NTHREADS, (8 / NWARPS) * (D == 128 ? 1 : QATTN
     qattn_i8_store_rows<D>(a, b, h, (int64_t)b * a.hk + hk, row0, t4, o, mx, l, rf);
 }
 
-template <int D, bool BF16> cudaError_t quantize(qattn_cuda_args &a, const i8_layout &L, unsigned char *ws, cudaStream_t st) {
-    float *part = (float *)(ws + L.part);
-    int8_t *qi = (int8_t *)(ws + L.qi), *ki = (int8_t *)(ws + L.ki), *vt = (int8_t *)(ws + L.vt);
-    float *sq = (float *)(ws + L.sq), *sk = (float *)(ws + L.sk), *sv = (float *)(ws + L.sv), *vm = (float *)(ws + L.vm);
-    const unsigned bhk = (unsigned)(a.batch * a.hk);
-    float *stat = (float *)(ws + L.stat), *qsh = (float *)(ws + L.qsh);
-    int64_t nq = (int64_t)a.batch * a.lq_pad * a.h;
-    cudaError_t e;
-    if (a.lk > 0) {
-        kv_stats_kernel<D, BF16><<<dim3(NCH, bhk), 256, 0, st>>>(a, part);
-        if ((e = cudaGetLastError()) != cudaSuccess) return e;
-        kv_reduce_kernel<D><<<bhk, D, 0, st>>>(a, part, stat, (int32_t *)(ws + L.sched));
-        if ((e = cudaGetLastError()) != cudaSuccess) return e;
-        int64_t nk = (int64_t)a.batch * a.lk_pad * a.hk;
-        quant_rows_kernel<D, BF16, true><<<(unsigned)((nk + 7) / 8), 256, 0, st>>>(a, ki, sk, a.lk_pad, stat, nullptr);
-        if ((e = cudaGetLastError()) != cudaSuccess) return e;
-        quant_v_kernel<D, BF16><<<dim3((unsigned)(a.lk_pad / VT), bhk), 256, 0, st>>>(a, vt, sv, vm, stat, a.lk_pad);
-        if ((e = cudaGetLastError()) != cudaSuccess) return e;
-        if (nq > 0) {
-            quant_rows_kernel<D, BF16, false><<<(unsigned)((nq + 7) / 8), 256, 0, st>>>(a, qi, sq, a.lq_pad, stat, qsh);
-            if ((e = cudaGetLastError()) != cudaSuccess) return e;
-        }
-    }
-    a.qsh = qsh;
-    a.qi = qi, a.ki = ki, a.vt = vt, a.sq = sq, a.sk = sk, a.sv = sv, a.vm = vm;
-    a.sched = (int32_t *)(ws + L.sched);
-    return cudaSuccess;
-}
-
 template <int D> cudaError_t launch(const qattn_cuda_args &a, cudaStream_t stream) {
     dim3 grid((unsigned)((a.lq + BM - 1) / BM), (unsigned)a.h, (unsigned)a.batch);
     fwd_i8_kernel<D><<<grid, NTHREADS, i8_smem_bytes<D>(), stream>>>(a);
@@ -602,20 +327,6 @@ template <int D> cudaError_t launch(const qattn_cuda_args &a, cudaStream_t strea
 }
 
 } // namespace
-
-size_t qattn_cuda_i8_workspace(const qattn_cuda_args &a) { return layout(a, lk_padded(a.lk)).total; }
-
-cudaError_t qattn_cuda_quantize_i8(qattn_cuda_args &a, int bf16, void *ws, cudaStream_t stream) {
-    a.lk_pad = lk_padded(a.lk);
-    a.lq_pad = (a.lq + QPAD - 1) / QPAD * QPAD;
-    i8_layout L = layout(a, a.lk_pad);
-    unsigned char *w = (unsigned char *)ws;
-    switch (a.d) {
-    case 64: return bf16 ? quantize<64, true>(a, L, w, stream) : quantize<64, false>(a, L, w, stream);
-    case 128: return bf16 ? quantize<128, true>(a, L, w, stream) : quantize<128, false>(a, L, w, stream);
-    }
-    return cudaErrorInvalidValue;
-}
 
 cudaError_t qattn_cuda_prepare_i8(void) {
     cudaError_t e = cudaFuncSetAttribute(fwd_i8_kernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, i8_smem_bytes<64>());

@@ -1,7 +1,7 @@
 /* INT8 flash attention forward for Hopper (sm_90a): wgmma for both products, head dim 128.
  *
- * Same scheme and numerics as the mma.sync kernel (fwd_mma_i8.cu, whose quantization kernels feed
- * this one): S = Q K^T as s8 x s8 -> s32, P = u8 codes of exp2(s - m_tile) against the tile's own row
+ * Same scheme and numerics as the mma.sync kernel (fwd_mma_i8.cu; quant_i8.cu's kernels feed both
+ * of them): S = Q K^T as s8 x s8 -> s32, P = u8 codes of exp2(s - m_tile) against the tile's own row
  * max, O += P V as u8 x s8 -> s32 with the per-tile V scales, dequantization in FP32 registers.
  * What changes is the schedule, the reason being that the mma.sync kernel is bound by instruction
  * issue and by the latency of its dependent chains (two warps per scheduler, docs/gpu.md):

@@ -1,6 +1,7 @@
 /* GPU correctness test for the CUDA backend: every case runs qattn_forward on the device with
  * poisoned outputs (NaN bit patterns) and compares the whole output and LSE with the FP64
  * oracle (qattn_oracle_f64) on the same f16/bf16 inputs. Exits 77 (skip) without a device.
+ * With --int8 it also checks the quantization pass bitwise against the CPU's (check_i8_quant).
  * Not registered with CTest (CPU CI has no GPU). Usage: qattn_gpu_test [--small] [--int8]
  *   --small: a handful of small cases (for compute-sanitizer memcheck / racecheck). */
 #define _POSIX_C_SOURCE 200809L /* setenv */
@@ -90,6 +91,145 @@ static double out_rel_diff(const void *x, const void *y, size_t n, int dt) {
         if (fabs(b) > my) my = fabs(b);
     }
     return my > 0 ? md / my : md;
+}
+
+/* Test hook of the CUDA backend (src/cuda/quant_i8.cu): workspace offsets of qi, sq, ki, sk, vt, sv, vm, km. */
+void qattn_cuda_i8_offsets(const qattn_params *p, size_t off[8], int32_t pads[2]);
+
+typedef struct qcase {
+    int b, lq, lk, h, hk, d, dtype, kv_pad;
+    int wide; /* bf16 only. 1: |x| spread over 2^-40..2^40 (the means' exact-sum check fails, the CPU's order is redone);
+               * 2: |x| ~ 2^100..2^120 (the float sum of |x| overflows, the double sums do not) */
+} qcase;
+
+static int bits_differ(float x, float y) { return memcmp(&x, &y, 4) != 0; }
+
+/* Runs an INT8 forward with a caller workspace, then compares the workspace with the CPU: Q and K codes and
+ * scales (qattn_quantize_int8 PER_TOKEN; K with its mean), the K and V means (the CPU's double sums), and V's
+ * codes and per-(channel, 128-key tile) scales recomputed here from the CPU's V mean with the CPU's rule
+ * (y = v - mean, inv = 127 / max|y|, clamp(rne(y * inv))). All bit for bit; padding rows zero.
+ * wgmma: the context stores the wgmma kernel's swizzled, tile-major images (D 128 on compute capability 9.0). */
+static int check_i8_quant(qattn_ctx *gpu, int wgmma, qattn_ctx *cpu, const qcase *c, cudaStream_t stream) {
+    const int D = c->d, HKS = c->hk + c->kv_pad, bf = c->dtype == QATTN_DTYPE_BF16;
+    wgmma = wgmma && D == 128;
+    const size_t nq = (size_t)c->b * c->lq * c->h * D, nk = (size_t)c->b * c->lk * HKS * D;
+    uint16_t *hq = malloc(nq * 2), *hk = malloc(nk * 2), *hv = malloc(nk * 2);
+    for (size_t i = 0; i < nq; i++) hq[i] = bf ? f2bf(nrand()) : f2h(nrand());
+    for (size_t i = 0; i < nk; i++) {
+        float sk = 1.f, sv = 1.f;
+        if (c->wide == 1) sk = ldexpf(1.f, (int)(urand() * 81) - 40), sv = ldexpf(1.f, (int)(urand() * 81) - 40);
+        if (c->wide == 2) sk = ldexpf(1.f, 100 + (int)(urand() * 21)), sv = ldexpf(1.f, 100 + (int)(urand() * 21));
+        hk[i] = bf ? f2bf(nrand() * sk + 0.5f * sk) : f2h(nrand() + 0.5f); /* a nonzero mean */
+        hv[i] = bf ? f2bf(nrand() * sv - 0.25f * sv) : f2h(nrand() - 0.25f);
+    }
+    qattn_params p;
+    qattn_params_init(&p);
+    p.batch = c->b, p.seqlen_q = c->lq, p.seqlen_k = c->lk, p.n_heads = c->h, p.n_kv_heads = c->hk, p.head_dim = D;
+    p.qkv_dtype = c->dtype, p.o_dtype = QATTN_DTYPE_F32, p.precision = QATTN_PRECISION_INT8;
+    qattn_params_set_contiguous(&p);
+    p.k_seq_stride = p.v_seq_stride = (int64_t)HKS * D;
+    p.k_batch_stride = p.v_batch_stride = (int64_t)c->lk * HKS * D;
+    void *dq, *dk, *dv, *dout, *ws;
+    float *dlse;
+    size_t wsz = 0;
+    CK(cudaMalloc(&dq, nq * 2));
+    CK(cudaMalloc(&dk, nk * 2));
+    CK(cudaMalloc(&dv, nk * 2));
+    CK(cudaMalloc(&dout, nq * 4));
+    CK(cudaMalloc((void **)&dlse, (size_t)c->b * c->h * c->lq * 4));
+    CK(cudaMemcpy(dq, hq, nq * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dk, hk, nk * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dv, hv, nk * 2, cudaMemcpyHostToDevice));
+    p.q = dq, p.k = dk, p.v = dv, p.o = dout, p.lse = dlse, p.stream = stream;
+    if (qattn_workspace_size(gpu, &p, &wsz) != QATTN_OK) return printf("FAIL quant: workspace_size: %s\n", qattn_ctx_last_error(gpu)), 1;
+    CK(cudaMalloc(&ws, wsz));
+    CK(cudaMemset(ws, 0x5a, wsz)); /* poison: every byte the checks read must be written */
+    CK(cudaDeviceSynchronize());
+    p.workspace = ws, p.workspace_size = wsz;
+    qattn_status s = qattn_forward(gpu, &p);
+    if (s != QATTN_OK) return printf("FAIL quant: forward: %s: %s\n", qattn_status_str(s), qattn_ctx_last_error(gpu)), 1;
+    CK(cudaStreamSynchronize(stream));
+    unsigned char *hw = malloc(wsz);
+    CK(cudaMemcpy(hw, ws, wsz, cudaMemcpyDeviceToHost));
+    size_t off[8];
+    int32_t pads[2];
+    qattn_cuda_i8_offsets(&p, off, pads);
+    const int LQP = pads[0], LKP = pads[1], NT = LKP / 128;
+    const int8_t *gqi = (const int8_t *)(hw + off[0]), *gki = (const int8_t *)(hw + off[2]), *gvt = (const int8_t *)(hw + off[4]);
+    const float *gsq = (const float *)(hw + off[1]), *gsk = (const float *)(hw + off[3]), *gsv = (const float *)(hw + off[5]);
+    const float *gvm = (const float *)(hw + off[6]), *gkm = (const float *)(hw + off[7]);
+
+    /* the CPU's quantization of the same host data */
+    qattn_params hp = p;
+    hp.q = hq, hp.k = hk, hp.v = hv, hp.o = hw, hp.lse = NULL, hp.stream = NULL, hp.workspace = NULL, hp.workspace_size = 0;
+    int8_t *cq = malloc(nq), *ck = malloc((size_t)c->b * c->lk * c->hk * D), *cv = malloc((size_t)c->b * c->lk * c->hk * D);
+    float *csq = malloc((size_t)c->b * c->lq * c->h * 4), *csk = malloc((size_t)c->b * c->lk * c->hk * 4);
+    float *ckm = malloc((size_t)c->b * c->hk * D * 4), *cvm = malloc((size_t)c->b * c->hk * D * 4), *cvs = malloc((size_t)c->b * c->hk * D * 4);
+    qattn_int8_tensor tq = {cq, csq, NULL, QATTN_QUANT_PER_TOKEN, 1, (int64_t)c->lq * c->h * D, (int64_t)c->h * D, D, 0};
+    qattn_int8_tensor tk = {ck, csk, ckm, QATTN_QUANT_PER_TOKEN, 1, (int64_t)c->lk * c->hk * D, (int64_t)c->hk * D, D, 0};
+    qattn_int8_tensor tv = {cv, cvs, cvm, QATTN_QUANT_PER_CHANNEL, 1, (int64_t)c->lk * c->hk * D, (int64_t)c->hk * D, D, 0};
+    const qattn_int8_tensor *ts[3] = {&tq, &tk, &tv};
+    for (int w = 0; w < 3; w++)
+        if ((s = qattn_quantize_int8(cpu, &hp, w, (qattn_int8_tensor *)ts[w])) != QATTN_OK)
+            return printf("FAIL quant: CPU quantize %d: %s: %s\n", w, qattn_status_str(s), qattn_ctx_last_error(cpu)), 1;
+
+    size_t bad_q = 0, bad_k = 0, bad_v = 0, bad_m = 0;
+    for (int b = 0; b < c->b; b++) /* Q: Qi [B, H, LQP, D] */
+        for (int h = 0; h < c->h; h++)
+            for (int t = 0; t < LQP; t++) {
+                const int64_t r = ((int64_t)b * c->h + h) * LQP + t;
+                const int in = t < c->lq;
+                bad_q += bits_differ(gsq[r], in ? csq[((int64_t)b * c->lq + t) * c->h + h] : 0.f);
+                for (int x = 0; x < D; x++) {
+                    const int pos = wgmma ? ((((x >> 4) ^ (t & 7)) << 4) | (x & 15)) : x;
+                    bad_q += gqi[r * D + pos] != (in ? cq[(((int64_t)b * c->lq + t) * c->h + h) * D + x] : 0);
+                }
+            }
+    for (int b = 0; b < c->b; b++)
+        for (int h = 0; h < c->hk; h++) {
+            const int64_t bh = (int64_t)b * c->hk + h;
+            for (int x = 0; x < D; x++) bad_m += bits_differ(gkm[bh * D + x], ckm[bh * D + x]) + bits_differ(gvm[bh * D + x], cvm[bh * D + x]);
+            for (int t = 0; t < LKP; t++) { /* K: Ki [B, HK, LKP, D] */
+                const int64_t r = bh * LKP + t;
+                const int in = t < c->lk;
+                bad_k += bits_differ(gsk[r], in ? csk[((int64_t)b * c->lk + t) * c->hk + h] : 0.f);
+                for (int x = 0; x < D; x++) {
+                    const int pos = wgmma ? ((((x >> 4) ^ (t & 7)) << 4) | (x & 15)) : x;
+                    bad_k += gki[r * D + pos] != (in ? ck[(((int64_t)b * c->lk + t) * c->hk + h) * D + x] : 0);
+                }
+            }
+            for (int tile = 0; tile < NT; tile++) /* V: per (channel, tile) scale, keys permuted in groups of 16 */
+                for (int x = 0; x < D; x++) {
+                    const float mu = cvm[bh * D + x];
+                    float amax = 0.f;
+                    for (int t = tile * 128; t < tile * 128 + 128 && t < c->lk; t++) {
+                        const uint16_t raw = hv[((int64_t)b * c->lk + t) * HKS * D + (int64_t)h * D + x];
+                        const float y = fabsf((bf ? bf2f(raw) : h2f(raw)) - mu);
+                        amax = y > amax ? y : amax;
+                    }
+                    const float inv = amax > 0.f ? 127.0f / amax : 0.0f;
+                    bad_v += bits_differ(gsv[(bh * NT + tile) * D + x], amax / 127.0f);
+                    for (int l = 0; l < 128; l++) {
+                        const int lg = l & 15, t = tile * 128 + (l & ~15) + 8 * ((lg & 3) >> 1) + 2 * (lg >> 2) + (lg & 1);
+                        int8_t want = 0;
+                        if (t < c->lk) {
+                            const uint16_t raw = hv[((int64_t)b * c->lk + t) * HKS * D + (int64_t)h * D + x];
+                            float q = nearbyintf(((bf ? bf2f(raw) : h2f(raw)) - mu) * inv);
+                            want = (int8_t)(q > 127.f ? 127.f : q < -127.f ? -127.f : q);
+                        }
+                        const size_t at = wgmma ? ((size_t)(bh * NT + tile) * D + x) * 128 + ((((l >> 4) ^ (x & 7)) << 4) | (l & 15))
+                                                : (size_t)(bh * D + x) * LKP + tile * 128 + l;
+                        bad_v += gvt[at] != want;
+                    }
+                }
+        }
+    const int fail = bad_q || bad_k || bad_v || bad_m;
+    printf("%s quant vs CPU b%d lq%d lk%d h%d hk%d d%d %s%s%s %s: Q codes/scales %zu differ, K %zu, V %zu, means %zu\n", fail ? "FAIL" : "ok  ",
+           c->b, c->lq, c->lk, c->h, c->hk, D, bf ? "bf16" : "f16", c->kv_pad ? " kv-strided" : "", c->wide == 1 ? " wide-range" : c->wide == 2 ? " huge" : "",
+           wgmma ? "wgmma layout" : "mma layout", bad_q, bad_k, bad_v, bad_m);
+    free(hq), free(hk), free(hv), free(hw), free(cq), free(ck), free(cv), free(csq), free(csk), free(ckm), free(cvm), free(cvs);
+    cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dout), cudaFree(dlse), cudaFree(ws);
+    return fail;
 }
 
 /* gpu_alt: NULL, or a second CUDA context whose INT8 path runs the other kernel (mma.sync where
@@ -342,6 +482,23 @@ int main(int argc, char **argv) {
     int n = small ? (int)(sizeof small_cases / sizeof *small_cases) : (int)(sizeof full_cases / sizeof *full_cases);
     int fails = 0;
     for (int i = 0; i < n; i++) fails += run_case(gpu, gpu_alt, cpu, &cases[i], stream);
+    if (int8) { /* the quantization pass, bitwise against the CPU, in both kernels' layouts */
+        const qcase qsmall[] = {{1, 203, 300, 2, 1, 128, F16, 0, 0}, {1, 17, 700, 2, 2, 64, BF, 0, 1}};
+        const qcase qfull[] = {
+            {2, 203, 1100, 4, 2, 128, F16, 0, 0}, {1, 17, 113, 2, 1, 64, BF, 0, 0},  {3, 130, 600, 6, 3, 128, BF, 1, 0},
+            {1, 64, 700, 2, 2, 64, BF, 0, 1},     {1, 1, 2500, 4, 1, 128, BF, 0, 1}, {2, 300, 1, 2, 2, 128, F16, 0, 0},
+            {1, 64, 700, 2, 1, 64, BF, 0, 2},
+        };
+        const qcase *qc = small ? qsmall : qfull;
+        const int nqc = small ? (int)(sizeof qsmall / sizeof *qsmall) : (int)(sizeof qfull / sizeof *qfull);
+        struct cudaDeviceProp prop;
+        CK(cudaGetDeviceProperties(&prop, 0));
+        const int wg = prop.major == 9 && prop.minor == 0; /* the default context's INT8 kernel at D 128 */
+        for (int i = 0; i < nqc; i++) {
+            fails += check_i8_quant(gpu, wg, cpu, &qc[i], stream);
+            fails += check_i8_quant(gpu_alt, 0, cpu, &qc[i], stream);
+        }
+    }
     /* Unsupported combinations must be refused with a message. */
     {
         qattn_params p;
