@@ -29,6 +29,7 @@ struct cuda_state {
     int sm_count;
     int cc_major, cc_minor;
     int i8_wgmma; /* INT8 D 128 on the sm_90a wgmma kernel (QATTN_CUDA_I8_KERNEL=mma forces mma.sync) */
+    int f16_wgmma; /* FP16/BF16 D 128 on the sm_90a wgmma kernel (QATTN_CUDA_F16_KERNEL=mma forces mma.sync) */
     void *ws;
     size_t ws_bytes;
     qattn_cuda_serial ws_serial;
@@ -151,7 +152,7 @@ extern "C" qattn_status qattn_cuda_init(qattn_ctx *ctx) {
     qattn_device_guard guard(ctx->cuda_device);
     if (guard.err != cudaSuccess) return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaSetDevice(%d): %s", ctx->cuda_device, cudaGetErrorString(guard.err));
     if ((e = qattn_cuda_prepare_f16()) != cudaSuccess || (e = qattn_cuda_prepare_i8()) != cudaSuccess ||
-        (e = qattn_cuda_prepare_i8_wgmma()) != cudaSuccess)
+        (e = qattn_cuda_prepare_i8_wgmma()) != cudaSuccess || (e = qattn_cuda_prepare_f16_wgmma()) != cudaSuccess)
         return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaFuncSetAttribute (shared memory limit): %s", cudaGetErrorString(e));
     cuda_state *st = (cuda_state *)qattn_alloc(ctx, sizeof(cuda_state));
     if (!st) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cannot allocate the CUDA backend state");
@@ -163,6 +164,8 @@ extern "C" qattn_status qattn_cuda_init(qattn_ctx *ctx) {
     { /* wgmma is sm_90a machine code: compute capability 9.0 exactly */
         const char *k = getenv("QATTN_CUDA_I8_KERNEL");
         st->i8_wgmma = prop.major == 9 && prop.minor == 0 && !(k && strcmp(k, "mma") == 0);
+        const char *kf = getenv("QATTN_CUDA_F16_KERNEL");
+        st->f16_wgmma = prop.major == 9 && prop.minor == 0 && !(kf && strcmp(kf, "mma") == 0);
     }
     if ((e = qattn_cuda_serial_init(&st->ws_serial)) != cudaSuccess) {
         cudaGetLastError();
@@ -248,6 +251,15 @@ extern "C" qattn_status qattn_cuda_forward(qattn_ctx *ctx, const qattn_params *p
             if (s == QATTN_OK) s = qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaEventRecord: %s", cudaGetErrorString(e));
         }
         return s;
+    }
+    if (st->f16_wgmma && a.d == 128 && !a.cu_q && a.lk > 0) { /* the wgmma kernel where its tensor maps can describe the tensors */
+        a.n_sm = st->sm_count;
+        e = qattn_cuda_launch_f16_wgmma(a, input_is_bf16(p), stream);
+        if (e != cudaErrorNotSupported) {
+            if (e == cudaSuccess) return QATTN_OK;
+            return qattn_fail(ctx, QATTN_ERR_BACKEND, "attention kernel launch (wgmma, d %d, %s): %s", p->head_dim, input_is_bf16(p) ? "bf16" : "f16",
+                              cudaGetErrorString(e));
+        }
     }
     if ((e = qattn_cuda_launch_f16(a, input_is_bf16(p), stream)) != cudaSuccess)
         return qattn_fail(ctx, QATTN_ERR_BACKEND, "attention kernel launch (d %d, %s): %s", p->head_dim, input_is_bf16(p) ? "bf16" : "f16",

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# One device call for the FP16/BF16 wgmma kernel (src/cuda/fwd_wgmma_f16.cu, compute capability 9.0):
+# build; a smoke run of the small cases (stops here if it hangs); the full GPU test with every FP16/BF16
+# case also run on the mma.sync kernel and compared (--alt), the INT8 small cases (shared PTX wrappers),
+# compute-sanitizer memcheck / racecheck / synccheck of the small cases; then, alone on the GPU, qattn
+# (wgmma), qattn (mma.sync), SDPA FLASH and CUDNN in one process at D 128, L 1k/4k/16k, B*L = 16k,
+# H*D = 2048, causal and not (FP16; BF16 at 4k/16k). Logs under $OUT (flat names f16w_*); summary on
+# stdout and in $OUT/f16w.log. About 4-6 minutes on an H100/H200.
+set -u
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+exec > >(tee "$OUT/f16w.log") 2>&1
+T0=$(date +%s)
+el() { echo "[$(($(date +%s) - T0)) s] $*"; }
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv,noheader
+git log --oneline -1 2>/dev/null
+{ cmake -S . -B build-gpu -DQATTN_CUDA=ON -DCMAKE_BUILD_TYPE=Release && cmake --build build-gpu -j16 --target qattn qattn_gpu_test; } > "$OUT/f16w_build.log" 2>&1 \
+  || { tail -30 "$OUT/f16w_build.log"; exit 1; }
+el "built"
+# registers / spills of the new kernel (sm_90a)
+nvcc -gencode=arch=compute_90a,code=sm_90a -O3 -std=c++17 -Iinclude -Isrc --expt-relaxed-constexpr -Xptxas -v -cubin -o /tmp/f16w.cubin \
+  src/cuda/fwd_wgmma_f16.cu > "$OUT/f16w_ptxas.log" 2>&1
+grep -E "registers|spill" "$OUT/f16w_ptxas.log" | sort | uniq -c
+T=build-gpu/tests/gpu/qattn_gpu_test
+
+timeout 60 $T --small --alt > "$OUT/f16w_small.log" 2>&1
+rc=$?
+el "smoke (small cases, wgmma + mma.sync cross-check) rc=$rc"
+cat "$OUT/f16w_small.log"
+if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+  echo "HANG in the small cases: the same cases on the mma.sync kernels, then stop"
+  timeout 60 $T --small --mma > "$OUT/f16w_small_mma.log" 2>&1
+  echo "mma.sync small rc=$?"; tail -3 "$OUT/f16w_small_mma.log"
+  exit 1
+fi
+
+# correctness, all at once (none of it is timed)
+( timeout 200 stdbuf -oL $T --alt > "$OUT/f16w_test.log" 2>&1; echo "rc=$?" >> "$OUT/f16w_test.log" ) &
+( timeout 150 stdbuf -oL $T --small --int8 > "$OUT/f16w_i8small.log" 2>&1; echo "rc=$?" >> "$OUT/f16w_i8small.log" ) &
+for tool in memcheck racecheck synccheck; do
+  ( timeout 200 compute-sanitizer --tool $tool --error-exitcode 3 $T --small > "$OUT/f16w_$tool.log" 2>&1; echo "rc=$?" >> "$OUT/f16w_$tool.log" ) &
+done
+wait
+el "tests and sanitizers"
+for f in test i8small; do
+  L="$OUT/f16w_$f.log"; echo "$f: ok $(grep -c '^ok' $L), FAIL $(grep -c FAIL $L), $(tail -2 $L | tr '\n' ' ')"; grep FAIL $L | head -8
+done
+for tool in memcheck racecheck synccheck; do
+  echo "$tool: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$OUT/f16w_$tool.log" | tr '\n' ' ') $(tail -1 "$OUT/f16w_$tool.log")"
+done
+grep -h -B2 -A12 "Invalid\|Race reported\|Barrier error\|hazard" "$OUT"/f16w_memcheck.log "$OUT"/f16w_racecheck.log "$OUT"/f16w_synccheck.log 2>/dev/null | head -40
+
+# timing, alone on the GPU
+timeout 200 python3 bench/gpu_compare.py --lib build-gpu/libqattn.so --out "$OUT" --no-int8 --f16-mma --dims 128 --lens 1024,4096,16384 --reps 20 \
+  > "$OUT/f16w_bench.log" 2>&1
+el "FP16 timing rc=$?"
+mv -f "$OUT/gpu_compare.json" "$OUT/f16w_bench_f16.json" 2>/dev/null; mv -f "$OUT/gpu_compare.png" "$OUT/f16w_bench_f16.png" 2>/dev/null
+timeout 120 python3 bench/gpu_compare.py --lib build-gpu/libqattn.so --out "$OUT" --no-int8 --f16-mma --dtype bf16 --dims 128 --lens 4096,16384 --reps 20 \
+  > "$OUT/f16w_bench_bf16.log" 2>&1
+el "BF16 timing rc=$?"
+mv -f "$OUT/gpu_compare.json" "$OUT/f16w_bench_bf16.json" 2>/dev/null; mv -f "$OUT/gpu_compare.png" "$OUT/f16w_bench_bf16.png" 2>/dev/null
+for f in f16w_bench f16w_bench_bf16; do
+  echo; grep -E "Error|error|Traceback" "$OUT/$f.log" | head -5
+  sed -n '/kernels, TFLOP/,$p' "$OUT/$f.log"
+done
+el "done"
