@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call for the FP16/BF16 wgmma kernel (src/cuda/fwd_wgmma_f16.cu, compute capability 9.0):
-# build; a smoke run of the small cases (stops here if it hangs); the full GPU test with every FP16/BF16
+# build; a smoke run of the small cases (stops here if it hangs); bench/gpu_f16_diag.py; the full GPU test with every FP16/BF16
 # case also run on the mma.sync kernel and compared (--alt), the INT8 small cases (shared PTX wrappers),
 # compute-sanitizer memcheck / racecheck / synccheck of the small cases; then, alone on the GPU, qattn
 # (wgmma), qattn (mma.sync), SDPA FLASH and CUDNN in one process at D 128, L 1k/4k/16k, B*L = 16k,
@@ -34,6 +34,10 @@ if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
   echo "mma.sync small rc=$?"; tail -3 "$OUT/f16w_small_mma.log"
   exit 1
 fi
+
+# structured inputs that tell which stage is wrong (S, softmax, P layout, P V), against torch
+timeout 90 python3 bench/gpu_f16_diag.py --lib build-gpu/libqattn.so > "$OUT/f16w_diag.log" 2>&1
+el "diag rc=$?"; cat "$OUT/f16w_diag.log"
 
 # correctness, all at once (none of it is timed)
 ( timeout 200 stdbuf -oL $T --alt > "$OUT/f16w_test.log" 2>&1; echo "rc=$?" >> "$OUT/f16w_test.log" ) &
