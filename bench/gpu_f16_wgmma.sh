@@ -3,8 +3,8 @@
 # build; a smoke run of the small cases (stops here if it hangs); bench/gpu_f16_diag.py; the full GPU test with every FP16/BF16
 # case also run on the mma.sync kernel and compared (--alt), the INT8 small cases (shared PTX wrappers),
 # compute-sanitizer memcheck / racecheck / synccheck of the small cases; then, alone on the GPU, qattn
-# (wgmma), qattn (mma.sync), SDPA FLASH and CUDNN in one process at D 128, L 1k/4k/16k, B*L = 16k,
-# H*D = 2048, causal and not (FP16; BF16 at 4k/16k). Logs under $OUT (flat names f16w_*); summary on
+# (wgmma), qattn (mma.sync), SDPA FLASH and CUDNN in one process at D 128 and 64, L 1k/4k/16k, B*L = 16k,
+# H*D = 2048, causal and not (FP16; BF16 at D 128, 4k/16k). Logs under $OUT (flat names f16w_*); summary on
 # stdout and in $OUT/f16w.log. About 4-6 minutes on an H100/H200.
 set -u
 OUT=${OUT:-out}
@@ -40,12 +40,14 @@ timeout 90 python3 bench/gpu_f16_diag.py --lib build-gpu/libqattn.so > "$OUT/f16
 el "diag rc=$?"; cat "$OUT/f16w_diag.log"
 
 # correctness, all at once (none of it is timed)
-( timeout 200 stdbuf -oL $T --alt > "$OUT/f16w_test.log" 2>&1; echo "rc=$?" >> "$OUT/f16w_test.log" ) &
-( timeout 150 stdbuf -oL $T --small --int8 > "$OUT/f16w_i8small.log" 2>&1; echo "rc=$?" >> "$OUT/f16w_i8small.log" ) &
+PIDS=""
+( timeout 150 stdbuf -oL $T --alt > "$OUT/f16w_test.log" 2>&1; echo "rc=$?" >> "$OUT/f16w_test.log" ) & PIDS="$PIDS $!"
+( timeout 120 stdbuf -oL $T --small --int8 > "$OUT/f16w_i8small.log" 2>&1; echo "rc=$?" >> "$OUT/f16w_i8small.log" ) & PIDS="$PIDS $!"
 for tool in memcheck racecheck synccheck; do
-  ( timeout 200 compute-sanitizer --tool $tool --error-exitcode 3 $T --small > "$OUT/f16w_$tool.log" 2>&1; echo "rc=$?" >> "$OUT/f16w_$tool.log" ) &
+  ( timeout 150 compute-sanitizer --tool $tool --error-exitcode 3 $T --small > "$OUT/f16w_$tool.log" 2>&1; echo "rc=$?" >> "$OUT/f16w_$tool.log" ) &
+  PIDS="$PIDS $!"
 done
-wait
+wait $PIDS
 el "tests and sanitizers"
 for f in test i8small; do
   L="$OUT/f16w_$f.log"; echo "$f: ok $(grep -c '^ok' $L), FAIL $(grep -c FAIL $L), $(tail -2 $L | tr '\n' ' ')"; grep FAIL $L | head -8
@@ -56,7 +58,7 @@ done
 grep -h -B2 -A12 "Invalid\|Race reported\|Barrier error\|hazard" "$OUT"/f16w_memcheck.log "$OUT"/f16w_racecheck.log "$OUT"/f16w_synccheck.log 2>/dev/null | head -40
 
 # timing, alone on the GPU
-timeout 200 python3 bench/gpu_compare.py --lib build-gpu/libqattn.so --out "$OUT" --no-int8 --f16-mma --dims 128 --lens 1024,4096,16384 --reps 20 \
+timeout 200 python3 bench/gpu_compare.py --lib build-gpu/libqattn.so --out "$OUT" --no-int8 --f16-mma --dims 128,64 --lens 1024,4096,16384 --reps 20 \
   > "$OUT/f16w_bench.log" 2>&1
 el "FP16 timing rc=$?"
 mv -f "$OUT/gpu_compare.json" "$OUT/f16w_bench_f16.json" 2>/dev/null; mv -f "$OUT/gpu_compare.png" "$OUT/f16w_bench_f16.png" 2>/dev/null

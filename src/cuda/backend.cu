@@ -152,7 +152,9 @@ extern "C" qattn_status qattn_cuda_init(qattn_ctx *ctx) {
     qattn_device_guard guard(ctx->cuda_device);
     if (guard.err != cudaSuccess) return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaSetDevice(%d): %s", ctx->cuda_device, cudaGetErrorString(guard.err));
     if ((e = qattn_cuda_prepare_f16()) != cudaSuccess || (e = qattn_cuda_prepare_i8()) != cudaSuccess ||
-        (e = qattn_cuda_prepare_i8_wgmma()) != cudaSuccess || (e = qattn_cuda_prepare_f16_wgmma()) != cudaSuccess)
+        (e = qattn_cuda_prepare_i8_wgmma()) != cudaSuccess ||
+        /* 193 KB of shared memory: more than sm_80 allows, and only ever launched on 9.0 */
+        (prop.major == 9 && prop.minor == 0 && (e = qattn_cuda_prepare_f16_wgmma()) != cudaSuccess))
         return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaFuncSetAttribute (shared memory limit): %s", cudaGetErrorString(e));
     cuda_state *st = (cuda_state *)qattn_alloc(ctx, sizeof(cuda_state));
     if (!st) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cannot allocate the CUDA backend state");
@@ -252,7 +254,7 @@ extern "C" qattn_status qattn_cuda_forward(qattn_ctx *ctx, const qattn_params *p
         }
         return s;
     }
-    if (st->f16_wgmma && a.d == 128 && !a.cu_q && a.lk > 0) { /* the wgmma kernel where its tensor maps can describe the tensors */
+    if (st->f16_wgmma && (a.d == 64 || a.d == 128) && !a.cu_q && a.lk > 0) { /* the wgmma kernel where its tensor maps can describe the tensors */
         a.n_sm = st->sm_count;
         e = qattn_cuda_launch_f16_wgmma(a, input_is_bf16(p), stream);
         if (e != cudaErrorNotSupported) {

@@ -1,4 +1,4 @@
-/* FP16/BF16 flash attention forward for Hopper (sm_90a): wgmma for both products, head dim 128,
+/* FP16/BF16 flash attention forward for Hopper (sm_90a): wgmma for both products, head dims 64 and 128,
  * non-varlen; the backend runs everything else (and every other chip) on the mma.sync kernel
  * (fwd_mma_f16.cu), whose semantics this one keeps (masks, windows, GQA, LSE, output dtypes, empty rows).
  * Schedule (FlashAttention-3's, and the INT8 wgmma kernel's, fwd_wgmma_i8.cu):
@@ -28,13 +28,17 @@
 namespace {
 using namespace qattn_sm90;
 
-constexpr int D = 128, BM = 128, BN = 128, NST = 2, NTHREADS = 384;
-constexpr int HALF_COLS = 64;                   /* columns of a 128-byte row: a tile is two halves of D */
-constexpr int QTILE = BM * D * 2, KTILE = BN * D * 2; /* bytes (32 KB); a half is 16 KB, all offsets multiples of 1024 */
-constexpr int OFF_Q = 0, OFF_K = OFF_Q + 2 * QTILE, OFF_V = OFF_K + NST * KTILE;
-constexpr int OFF_BAR = OFF_V + NST * KTILE;          /* K full[NST], K empty[NST], V full[NST], V empty[NST], Q full[2], Q empty[2] */
-constexpr int OFF_ITEM = OFF_BAR + (4 * NST + 4) * 8; /* the work_item of each Q buffer */
-constexpr int SMEM = OFF_ITEM + 2 * 32 + 1024;        /* + alignment slack of the dynamic base */
+constexpr int BM = 128, BN = 128, NST = 2, NTHREADS = 384;
+constexpr int HALF_COLS = 64;                 /* columns of a 128-byte row: a tile is D / 64 such column halves */
+constexpr int QHALF = BM * 128, KHALF = BN * 128; /* bytes of a half of a Q / K or V tile (16 KB) */
+/* Shared memory per head dim (64 or 128); every offset is a multiple of 1024 (the swizzle's period). */
+template <int D> struct f16w_cfg {
+    static constexpr int QTILE = BM * D * 2, KTILE = BN * D * 2; /* bytes */
+    static constexpr int OFF_Q = 0, OFF_K = OFF_Q + 2 * QTILE, OFF_V = OFF_K + NST * KTILE;
+    static constexpr int OFF_BAR = OFF_V + NST * KTILE;          /* K full[NST], K empty[NST], V full[NST], V empty[NST], Q full[2], Q empty[2] */
+    static constexpr int OFF_ITEM = OFF_BAR + (4 * NST + 4) * 8; /* the work_item of each Q buffer */
+    static constexpr int SMEM = OFF_ITEM + 2 * 32 + 1024;        /* + alignment slack of the dynamic base */
+};
 
 /* What a consumer thread needs of the item in hand: where its rows go, the key ranges of its two rows
  * and of its warpgroup's rows (masks), the item's key tiles and Q buffer. */
@@ -61,9 +65,18 @@ template <bool BF16> __device__ __forceinline__ void wgmma_ss(float d[64], uint6
                        QATTN_WG_F8(56)
                      : "l"(da), "l"(db), "r"(acc));
 }
-/* d[64] += A (64 x 16, registers) * B (16 x 128, shared, MN-major: imm-trans-b 1) */
-template <bool BF16> __device__ __forceinline__ void wgmma_rs(float d[64], const uint32_t a[4], uint64_t db) {
-    if (BF16)
+/* d[N / 2] += A (64 x 16, registers) * B (16 x N, shared, MN-major: imm-trans-b 1), N 64 or 128 */
+template <bool BF16, int N> __device__ __forceinline__ void wgmma_rs(float *d, const uint32_t a[4], uint64_t db) {
+    if (N == 64) {
+        if (BF16)
+            asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " QATTN_WG_D32 ", {%32,%33,%34,%35}, %36, 1, 1, 1, 1;\n"
+                         : QATTN_WG_F8(0), QATTN_WG_F8(8), QATTN_WG_F8(16), QATTN_WG_F8(24)
+                         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+        else
+            asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " QATTN_WG_D32 ", {%32,%33,%34,%35}, %36, 1, 1, 1, 1;\n"
+                         : QATTN_WG_F8(0), QATTN_WG_F8(8), QATTN_WG_F8(16), QATTN_WG_F8(24)
+                         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+    } else if (BF16)
         asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " QATTN_WG_D64 ", {%64,%65,%66,%67}, %68, 1, 1, 1, 1;\n"
                      : QATTN_WG_F8(0), QATTN_WG_F8(8), QATTN_WG_F8(16), QATTN_WG_F8(24), QATTN_WG_F8(32), QATTN_WG_F8(40), QATTN_WG_F8(48),
                        QATTN_WG_F8(56)
@@ -75,9 +88,9 @@ template <bool BF16> __device__ __forceinline__ void wgmma_rs(float d[64], const
                      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
 }
 
-__device__ __forceinline__ void fence64(float r[64]) {
+template <int N> __device__ __forceinline__ void fence_regs(float *r) {
 #pragma unroll
-    for (int i = 0; i < 64; i++) reg_fence(r[i]);
+    for (int i = 0; i < N; i++) reg_fence(r[i]);
 }
 __device__ __forceinline__ void fence_pa(uint32_t pa[BN / 16][4]) {
 #pragma unroll
@@ -90,22 +103,22 @@ __device__ __forceinline__ void turn_begin(int wg) { named_sync<256>(1 + wg); }
 __device__ __forceinline__ void turn_end(int wg) { named_arrive<256>(2 - wg); }
 
 /* S = Q K^T: q_rows, this warpgroup's 64 rows of the Q buffer (first half); k_tile, the K stage. A k
- * step of 16 columns is 32 bytes inside the swizzled row (+2 in the descriptor), the second half of the
- * columns QTILE / 2 (KTILE / 2) bytes further. */
-template <bool BF16> __device__ __forceinline__ void issue_s(float si[64], uint32_t q_rows, uint32_t k_tile) {
+ * step of 16 columns is 32 bytes inside the swizzled row (+2 in the descriptor), the next half of the
+ * columns QHALF (KHALF) bytes further. */
+template <int D, bool BF16> __device__ __forceinline__ void issue_s(float si[64], uint32_t q_rows, uint32_t k_tile) {
     const uint64_t dq = desc_sw128(q_rows), dk = desc_sw128(k_tile);
     wg_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++)
-        wgmma_ss<BF16>(si, dq + (kk / 4) * (QTILE / 2 / 16) + (kk % 4) * 2, dk + (kk / 4) * (KTILE / 2 / 16) + (kk % 4) * 2, kk > 0);
+        wgmma_ss<BF16>(si, dq + (kk / 4) * (QHALF / 16) + (kk % 4) * 2, dk + (kk / 4) * (KHALF / 16) + (kk % 4) * 2, kk > 0);
     wg_commit();
 }
-/* O += P V: V's rows are keys (a k step of 16 keys is 2048 bytes), its two column halves KTILE / 2
- * apart (the MN-major leading byte offset). */
-template <bool BF16> __device__ __forceinline__ void issue_pv(float o[64], const uint32_t pa[BN / 16][4], uint32_t v_tile) {
+/* O += P V: V's rows are keys (a k step of 16 keys is 2048 bytes), its column halves KHALF apart (the
+ * MN-major leading byte offset; unused at D 64). */
+template <int D, bool BF16> __device__ __forceinline__ void issue_pv(float o[D / 2], const uint32_t pa[BN / 16][4], uint32_t v_tile) {
     wg_fence();
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; kk++) wgmma_rs<BF16>(o, pa[kk], desc_sw128_mn(v_tile + kk * 16 * 128, KTILE / 2));
+    for (int kk = 0; kk < BN / 16; kk++) wgmma_rs<BF16, D>(o, pa[kk], desc_sw128_mn(v_tile + kk * 16 * 128, KHALF));
     wg_commit();
 }
 
@@ -166,17 +179,18 @@ template <bool BF16> __device__ __forceinline__ void make_pa(const float s[64], 
         }
 }
 /* O *= alpha, skipped by a warp where no row max grew (most tiles past the first few) */
-__device__ __forceinline__ void rescale_o(float o[64], const float alpha[2]) {
+template <int D> __device__ __forceinline__ void rescale_o(float o[D / 2], const float alpha[2]) {
     if (!__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) return;
 #pragma unroll
-    for (int i = 0; i < 64; i++) o[i] *= alpha[(i >> 1) & 1];
+    for (int i = 0; i < D / 2; i++) o[i] *= alpha[(i >> 1) & 1];
 }
 
 /* O / l and LSE of this thread's rows row0 and row0 + 8 (the mma.sync kernel's epilogue: rows that saw
  * no key get 0 and LSE -inf). Every load of the item came before (a load after a store would wait for
  * it); the quad transposes its column groups so that each lane stores 16-byte chunks (as the INT8
  * kernels' qattn_i8_store_rows, which measured the gain). */
-__device__ __forceinline__ void store_rows(const qattn_cuda_args &a, int b, int h, int row0, int t4, const float o[64], const float mx[2],
+template <int D>
+__device__ __forceinline__ void store_rows(const qattn_cuda_args &a, int b, int h, int row0, int t4, const float o[D / 2], const float mx[2],
                                            const float l[2]) {
     const int64_t ooff = (int64_t)b * a.o_bs + (int64_t)h * a.o_hs;
 #pragma unroll
@@ -223,6 +237,7 @@ __device__ __forceinline__ void store_rows(const qattn_cuda_args &a, int b, int 
 
 /* A consumer takes the next item the producer announced (Q buffer j & 1), storing the rows of items
  * with no key on the way. False (cur unchanged) when the items have run out. */
+template <int D>
 __device__ __forceinline__ bool next_item(const qattn_cuda_args &a, const work_item *slot, uint32_t bar_qfull, uint32_t bar_qempty, int wg, int roff,
                                           int t4, int &j, item_rows &cur) {
     for (;;) {
@@ -253,17 +268,18 @@ __device__ __forceinline__ bool next_item(const qattn_cuda_args &a, const work_i
  * tiles while the consumers finish the current one; the last P V of an item is issued with the first S
  * of the next). Tensor maps: q [D, H, Lq, B], k and v [D, HK, Lk, B] (innermost first), boxes of 64 x 1
  * x 128 x 1 with the 128-byte swizzle. */
-template <bool BF16>
+template <int D, bool BF16>
 __global__ void __launch_bounds__(NTHREADS, 1)
     fwd_f16_wgmma_kernel(const __grid_constant__ qattn_cuda_args a, const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                          const __grid_constant__ CUtensorMap tm_v, int hg, int n_items) {
 #if defined(QATTN_F16W_OK)
+    using C = f16w_cfg<D>;
     extern __shared__ unsigned char smem_raw[];
     const uint32_t sbase = (qattn_smem_u32(smem_raw) + 1023u) & ~1023u;
     unsigned char *smem = smem_raw + (sbase - qattn_smem_u32(smem_raw));
-    const uint32_t bar_kfull = sbase + OFF_BAR, bar_kempty = bar_kfull + NST * 8, bar_vfull = bar_kempty + NST * 8, bar_vempty = bar_vfull + NST * 8;
+    const uint32_t bar_kfull = sbase + C::OFF_BAR, bar_kempty = bar_kfull + NST * 8, bar_vfull = bar_kempty + NST * 8, bar_vempty = bar_vfull + NST * 8;
     const uint32_t bar_qfull = bar_vempty + NST * 8, bar_qempty = bar_qfull + 16;
-    work_item *slot = (work_item *)(smem + OFF_ITEM); /* the item in each Q buffer */
+    work_item *slot = (work_item *)(smem + C::OFF_ITEM); /* the item in each Q buffer */
 
     if (threadIdx.x == 0) {
         for (int s = 0; s < NST; s++) {
@@ -300,24 +316,24 @@ __global__ void __launch_bounds__(NTHREADS, 1)
                 const work_item w = decode_item<BM, BN>(a, item, hg);
                 slot[qb] = w;
                 if (w.t_last > w.t_first) {
-                    mbar_expect_tx(bar_qfull + 8 * qb, QTILE);
-                    for (int c = 0; c < 2; c++)
-                        tma_load_4d(sbase + OFF_Q + qb * QTILE + c * (QTILE / 2), &tm_q, c * HALF_COLS, w.h, w.m0, w.b, bar_qfull + 8 * qb);
+                    mbar_expect_tx(bar_qfull + 8 * qb, C::QTILE);
+                    for (int c = 0; c < D / 64; c++)
+                        tma_load_4d(sbase + C::OFF_Q + qb * C::QTILE + c * QHALF, &tm_q, c * HALF_COLS, w.h, w.m0, w.b, bar_qfull + 8 * qb);
                 } else {
                     mbar_arrive(bar_qfull + 8 * qb);
                 }
                 for (int tt = w.t_first; tt < w.t_last; tt++, g++) {
                     const int s = g % NST;
                     mbar_wait(bar_kempty + 8 * s, ((g / NST) & 1) ^ 1);
-                    mbar_expect_tx(bar_kfull + 8 * s, KTILE);
-                    for (int c = 0; c < 2; c++)
-                        tma_load_4d(sbase + OFF_K + s * KTILE + c * (KTILE / 2), &tm_k, c * HALF_COLS, w.hkv, tt * BN, w.b, bar_kfull + 8 * s);
+                    mbar_expect_tx(bar_kfull + 8 * s, C::KTILE);
+                    for (int c = 0; c < D / 64; c++)
+                        tma_load_4d(sbase + C::OFF_K + s * C::KTILE + c * KHALF, &tm_k, c * HALF_COLS, w.hkv, tt * BN, w.b, bar_kfull + 8 * s);
                     if (g > 0) {
                         const int sp = (g - 1) % NST;
                         mbar_wait(bar_vempty + 8 * sp, (((g - 1) / NST) & 1) ^ 1);
-                        mbar_expect_tx(bar_vfull + 8 * sp, KTILE);
-                        for (int c = 0; c < 2; c++)
-                            tma_load_4d(sbase + OFF_V + sp * KTILE + c * (KTILE / 2), &tm_v, c * HALF_COLS, pv_hkv, pv_row, pv_b, bar_vfull + 8 * sp);
+                        mbar_expect_tx(bar_vfull + 8 * sp, C::KTILE);
+                        for (int c = 0; c < D / 64; c++)
+                            tma_load_4d(sbase + C::OFF_V + sp * C::KTILE + c * KHALF, &tm_v, c * HALF_COLS, pv_hkv, pv_row, pv_b, bar_vfull + 8 * sp);
                     }
                     pv_hkv = w.hkv, pv_row = tt * BN, pv_b = w.b;
                 }
@@ -325,9 +341,9 @@ __global__ void __launch_bounds__(NTHREADS, 1)
             if (g > 0) { /* the last V */
                 const int sp = (g - 1) % NST;
                 mbar_wait(bar_vempty + 8 * sp, (((g - 1) / NST) & 1) ^ 1);
-                mbar_expect_tx(bar_vfull + 8 * sp, KTILE);
-                for (int c = 0; c < 2; c++)
-                    tma_load_4d(sbase + OFF_V + sp * KTILE + c * (KTILE / 2), &tm_v, c * HALF_COLS, pv_hkv, pv_row, pv_b, bar_vfull + 8 * sp);
+                mbar_expect_tx(bar_vfull + 8 * sp, C::KTILE);
+                for (int c = 0; c < D / 64; c++)
+                    tma_load_4d(sbase + C::OFF_V + sp * C::KTILE + c * KHALF, &tm_v, c * HALF_COLS, pv_hkv, pv_row, pv_b, bar_vfull + 8 * sp);
             }
         }
         return;
@@ -338,26 +354,26 @@ __global__ void __launch_bounds__(NTHREADS, 1)
     const int t4 = lane % 4, roff = wg * 64 + warp * 16 + lane / 4; /* this thread's rows: m0 + roff, + 8 */
     const float sl2 = a.scale_log2;
 
-    float o[64], si[64];
+    float o[D / 2], si[64];
     uint32_t pa[BN / 16][4]; /* P of the tile in hand, kept intact until its P V completes */
     float mx[2], l[2], alpha[2];
     int j = 0;     /* items taken so far (Q buffer j & 1) */
     item_rows cur; /* the item of the tile in hand */
-    if (!next_item(a, slot, bar_qfull, bar_qempty, wg, roff, t4, j, cur)) return;
+    if (!next_item<D>(a, slot, bar_qfull, bar_qempty, wg, roff, t4, j, cur)) return;
     if (wg == 1) named_arrive<256>(1); /* warpgroup 0 issues first */
     /* Prologue: S of the first tile. Then each step issues S of the next tile (which may be the next
      * item's first) with P V of the previous one. */
     int tt = cur.t_first, g = 0;
     mbar_wait(bar_kfull, 0);
     turn_begin(wg);
-    issue_s<BF16>(si, sbase + OFF_Q + cur.qb * QTILE + wg * 64 * 128, sbase + OFF_K);
+    issue_s<D, BF16>(si, sbase + C::OFF_Q + cur.qb * C::QTILE + wg * 64 * 128, sbase + C::OFF_K);
     turn_end(wg);
     wg_wait<0>();
-    fence64(si);
+    fence_regs<64>(si);
     mbar_arrive(bar_kempty);
     if (tt == cur.t_last - 1) mbar_arrive(bar_qempty + 8 * cur.qb); /* the item's last S has read its Q */
 #pragma unroll
-    for (int i = 0; i < 64; i++) o[i] = 0.f;
+    for (int i = 0; i < D / 2; i++) o[i] = 0.f;
     mx[0] = mx[1] = -INFINITY;
     l[0] = l[1] = 0.f;
     softmax_step(si, tt * BN, cur, t4, sl2, mx, l, alpha);
@@ -367,49 +383,49 @@ __global__ void __launch_bounds__(NTHREADS, 1)
         const item_rows prev = cur;
         const bool crossed = ++tt == cur.t_last;
         if (crossed) {
-            if (!next_item(a, slot, bar_qfull, bar_qempty, wg, roff, t4, j, cur)) break;
+            if (!next_item<D>(a, slot, bar_qfull, bar_qempty, wg, roff, t4, j, cur)) break;
             tt = cur.t_first;
         }
         g++;
         const int s = g % NST, sp = gp % NST;
-        const uint32_t q_rows = sbase + OFF_Q + cur.qb * QTILE + wg * 64 * 128;
+        const uint32_t q_rows = sbase + C::OFF_Q + cur.qb * C::QTILE + wg * 64 * 128;
         mbar_wait(bar_kfull + 8 * s, (g / NST) & 1);
         mbar_wait(bar_vfull + 8 * sp, (gp / NST) & 1);
         if (!crossed) {
             turn_begin(wg);
-            issue_s<BF16>(si, q_rows, sbase + OFF_K + s * KTILE);
-            issue_pv<BF16>(o, pa, sbase + OFF_V + sp * KTILE);
+            issue_s<D, BF16>(si, q_rows, sbase + C::OFF_K + s * C::KTILE);
+            issue_pv<D, BF16>(o, pa, sbase + C::OFF_V + sp * C::KTILE);
             turn_end(wg);
             wg_wait<1>(); /* S done; P V may still run */
-            fence64(si);
+            fence_regs<64>(si);
             mbar_arrive(bar_kempty + 8 * s);
             if (tt == cur.t_last - 1) mbar_arrive(bar_qempty + 8 * cur.qb);
             softmax_step(si, tt * BN, cur, t4, sl2, mx, l, alpha);
             wg_wait<0>();
-            fence64(o);
+            fence_regs<D / 2>(o);
             fence_pa(pa);
             mbar_arrive(bar_vempty + 8 * sp);
-            rescale_o(o, alpha);
+            rescale_o<D>(o, alpha);
             make_pa<BF16>(si, pa);
             continue;
         }
         /* Crossing into a new item: that P V finishes the previous item, issued first so that its rows
          * are stored while the new item's first S runs. */
         turn_begin(wg);
-        issue_pv<BF16>(o, pa, sbase + OFF_V + sp * KTILE);
-        issue_s<BF16>(si, q_rows, sbase + OFF_K + s * KTILE);
+        issue_pv<D, BF16>(o, pa, sbase + C::OFF_V + sp * C::KTILE);
+        issue_s<D, BF16>(si, q_rows, sbase + C::OFF_K + s * C::KTILE);
         turn_end(wg);
         wg_wait<1>(); /* P V done */
-        fence64(o);
+        fence_regs<D / 2>(o);
         fence_pa(pa);
         mbar_arrive(bar_vempty + 8 * sp);
-        store_rows(a, prev.b, prev.h, prev.m0 + roff, t4, o, mx, l);
+        store_rows<D>(a, prev.b, prev.h, prev.m0 + roff, t4, o, mx, l);
 #pragma unroll
-        for (int i = 0; i < 64; i++) o[i] = 0.f;
+        for (int i = 0; i < D / 2; i++) o[i] = 0.f;
         mx[0] = mx[1] = -INFINITY;
         l[0] = l[1] = 0.f;
         wg_wait<0>();
-        fence64(si);
+        fence_regs<64>(si);
         mbar_arrive(bar_kempty + 8 * s);
         /* Q is released as soon as the item's last S has read it (the next item may have no key, and the
          * one after it then needs this buffer before this step can end) */
@@ -422,13 +438,13 @@ __global__ void __launch_bounds__(NTHREADS, 1)
         const int sp = g % NST;
         mbar_wait(bar_vfull + 8 * sp, (g / NST) & 1);
         turn_begin(wg);
-        issue_pv<BF16>(o, pa, sbase + OFF_V + sp * KTILE);
+        issue_pv<D, BF16>(o, pa, sbase + C::OFF_V + sp * C::KTILE);
         turn_end(wg);
         wg_wait<0>();
-        fence64(o);
+        fence_regs<D / 2>(o);
         fence_pa(pa);
         mbar_arrive(bar_vempty + 8 * sp);
-        store_rows(a, cur.b, cur.h, cur.m0 + roff, t4, o, mx, l);
+        store_rows<D>(a, cur.b, cur.h, cur.m0 + roff, t4, o, mx, l);
     }
     if (wg == 0) named_sync<256>(1); /* consume warpgroup 1's last turn hand-over */
 #else
@@ -455,7 +471,7 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
 /* Map of a [B, L, heads, D] tensor (element strides bs, ss, hs; D contiguous) as [D, heads, L, B] with
  * boxes of 64 x 1 x rows x 1. Strides of dimensions of size 1 are never used; they are given a legal
  * value. False if the driver refuses (alignment, strides): the caller falls back to mma.sync. */
-bool make_map(CUtensorMap *m, const void *base, int bf16, int64_t batch, int64_t len, int heads, int64_t bs, int64_t ss, int64_t hs, int rows) {
+bool make_map(CUtensorMap *m, const void *base, int bf16, int D, int64_t batch, int64_t len, int heads, int64_t bs, int64_t ss, int64_t hs, int rows) {
     PFN_cuTensorMapEncodeTiled_v12000 enc = encode_fn();
     if (!enc) return false;
     cuuint64_t dim[4] = {(cuuint64_t)D, (cuuint64_t)heads, (cuuint64_t)len, (cuuint64_t)batch};
@@ -471,24 +487,36 @@ bool make_map(CUtensorMap *m, const void *base, int bf16, int64_t batch, int64_t
     return r == CUDA_SUCCESS;
 }
 
+template <int D> cudaError_t prepare() {
+    cudaError_t e = cudaFuncSetAttribute(fwd_f16_wgmma_kernel<D, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, f16w_cfg<D>::SMEM);
+    return e != cudaSuccess ? e : cudaFuncSetAttribute(fwd_f16_wgmma_kernel<D, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, f16w_cfg<D>::SMEM);
+}
+
+template <int D>
+void launch(const qattn_cuda_args &a, int bf16, const CUtensorMap &tq, const CUtensorMap &tk, const CUtensorMap &tv, int grid, int hg, int n_items,
+            cudaStream_t stream) {
+    if (bf16) fwd_f16_wgmma_kernel<D, true><<<grid, NTHREADS, f16w_cfg<D>::SMEM, stream>>>(a, tq, tk, tv, hg, n_items);
+    else fwd_f16_wgmma_kernel<D, false><<<grid, NTHREADS, f16w_cfg<D>::SMEM, stream>>>(a, tq, tk, tv, hg, n_items);
+}
+
 } // namespace
 
 cudaError_t qattn_cuda_prepare_f16_wgmma(void) {
-    cudaError_t e = cudaFuncSetAttribute(fwd_f16_wgmma_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM);
-    return e != cudaSuccess ? e : cudaFuncSetAttribute(fwd_f16_wgmma_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM);
+    cudaError_t e = prepare<64>();
+    return e != cudaSuccess ? e : prepare<128>();
 }
 
 cudaError_t qattn_cuda_launch_f16_wgmma(const qattn_cuda_args &a, int bf16, cudaStream_t stream) {
-    if (a.d != D || a.n_sm < 1 || a.cu_q || a.lq < 1 || a.lk < 1 || a.batch < 1) return cudaErrorNotSupported;
+    if ((a.d != 64 && a.d != 128) || a.n_sm < 1 || a.cu_q || a.lq < 1 || a.lk < 1 || a.batch < 1) return cudaErrorNotSupported;
     const int64_t n_mblk = (a.lq + BM - 1) / BM, n_bh = (int64_t)a.batch * a.h, n_items = n_mblk * n_bh;
     if (n_items > INT32_MAX / 2) return cudaErrorNotSupported;
     CUtensorMap tq, tk, tv;
-    if (!make_map(&tq, a.q, bf16, a.batch, a.lq, a.h, a.q_bs, a.q_ss, a.q_hs, BM) ||
-        !make_map(&tk, a.k, bf16, a.batch, a.lk, a.hk, a.k_bs, a.k_ss, a.k_hs, BN) ||
-        !make_map(&tv, a.v, bf16, a.batch, a.lk, a.hk, a.v_bs, a.v_ss, a.v_hs, BN))
+    if (!make_map(&tq, a.q, bf16, a.d, a.batch, a.lq, a.h, a.q_bs, a.q_ss, a.q_hs, BM) ||
+        !make_map(&tk, a.k, bf16, a.d, a.batch, a.lk, a.hk, a.k_bs, a.k_ss, a.k_hs, BN) ||
+        !make_map(&tv, a.v, bf16, a.d, a.batch, a.lk, a.hk, a.v_bs, a.v_ss, a.v_hs, BN))
         return cudaErrorNotSupported;
     const int grid = (int)(n_items < a.n_sm ? n_items : a.n_sm), hg = qattn_sm90_head_group(n_mblk, n_bh, grid);
-    if (bf16) fwd_f16_wgmma_kernel<true><<<grid, NTHREADS, SMEM, stream>>>(a, tq, tk, tv, hg, (int)n_items);
-    else fwd_f16_wgmma_kernel<false><<<grid, NTHREADS, SMEM, stream>>>(a, tq, tk, tv, hg, (int)n_items);
+    if (a.d == 64) launch<64>(a, bf16, tq, tk, tv, grid, hg, (int)n_items, stream);
+    else launch<128>(a, bf16, tq, tk, tv, grid, hg, (int)n_items, stream);
     return cudaGetLastError();
 }

@@ -129,10 +129,11 @@ inline int qattn_sm90_head_group(int64_t n_mblk, int64_t n_bh, int grid) {
     return (int)(hg > n_bh ? n_bh : hg);
 }
 
-/* The 64 accumulator operands of an m64n128 wgmma ({%0..%63}); QATTN_WG_R8 / QATTN_WG_F8: 8 of them
+/* The 32 / 64 accumulator operands of an m64n64 / m64n128 wgmma ({%0..%31} / {%0..%63}); QATTN_WG_R8 / QATTN_WG_F8: 8 of them
  * as integer / float in-out operands of array d. */
 #define QATTN_WG_R8(i) "+r"(d[i]), "+r"(d[i + 1]), "+r"(d[i + 2]), "+r"(d[i + 3]), "+r"(d[i + 4]), "+r"(d[i + 5]), "+r"(d[i + 6]), "+r"(d[i + 7])
 #define QATTN_WG_F8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
+#define QATTN_WG_D32 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}"
 #define QATTN_WG_D64                                                                                                                               \
     "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"                     \
     "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}"
