@@ -1,21 +1,22 @@
-/* FP16/BF16 flash attention forward for Hopper (sm_90a): wgmma for both products, head dims 64 and 128,
- * non-varlen; the backend runs everything else (and every other chip) on the mma.sync kernel
+/* FP16/BF16 flash attention forward for Hopper (sm_90a): wgmma for both products, head dims 64, 128
+ * and 256, non-varlen; the backend runs everything else (and every other chip) on the mma.sync kernel
  * (fwd_mma_f16.cu), whose semantics this one keeps (masks, windows, GQA, LSE, output dtypes, empty rows).
  * Schedule (FlashAttention-3's, and the INT8 wgmma kernel's, fwd_wgmma_i8.cu):
  * - Persistent grid: one block per SM takes work items of 128 query rows of one (batch, head), the
  *   i-th block items i, i + grid, ... in decode_item's order (heavy causal blocks first). Warpgroup 0 is
  *   the producer: one thread loads the user's strided [B, L, H, D] tensors with TMA tensor copies
- *   (box 64 x 128 rows, 128-byte swizzle: a tile is two boxes, one per 64 columns; rows past the
- *   sequence arrive as zeros) into two Q buffers and NST stages of K and of V, each with its own
+ *   (boxes of 64 columns x the tile's rows, 128-byte swizzle: a tile is D / 64 boxes; rows past the
+ *   sequence arrive as zeros) into the Q buffers and NST stages of K and of V, each with its own
  *   mbarriers, so that K(t) is released as soon as S(t) has read it.
- * - Warpgroups 1 and 2 take 64 query rows each. S(t) = Q K(t)^T: eight wgmma m64n128k16 from shared
+ * - Warpgroups 1 and 2 take 64 query rows each. S(t) = Q K(t)^T: D / 16 wgmma m64nBNk16 from shared
  *   memory (K-major descriptors); online softmax in FP32 registers; P(t) rounded to the input dtype in
  *   registers is the A operand of O += P(t) V(t) (the accumulator layout is the A fragment), V from
  *   shared memory as an MN-major (transposed) operand. P V(t) is issued together with S(t + 1); the
  *   softmax of t + 1 runs while P V(t) is still on the tensor cores, then O is rescaled (only when a
  *   row max grew) and P(t + 1) made. The two consumer warpgroups take turns at issuing (named
  *   barriers), so one's softmax overlaps the other's products.
- * - setmaxnreg: the producer drops to 24 registers, consumers rise to 240 (O 64 + S 64 + P 32). */
+ * - setmaxnreg: the producer drops to 24 registers, consumers rise to 240 (D 128: O 64 + S 64 + P 32;
+ *   D 256: O 128 + S 32 + P 16). */
 #include "hopper.cuh"
 #include "i8_rows.cuh" /* qattn_quad_transpose */
 
@@ -28,16 +29,21 @@
 namespace {
 using namespace qattn_sm90;
 
-constexpr int BM = 128, BN = 128, NST = 2, NTHREADS = 384;
-constexpr int HALF_COLS = 64;                 /* columns of a 128-byte row: a tile is D / 64 such column halves */
-constexpr int QHALF = BM * 128, KHALF = BN * 128; /* bytes of a half of a Q / K or V tile (16 KB) */
-/* Shared memory per head dim (64 or 128); every offset is a multiple of 1024 (the swizzle's period). */
+constexpr int BM = 128, NST = 2, NTHREADS = 384;
+constexpr int HALF_COLS = 64;   /* columns of a 128-byte row: a tile is D / 64 such column blocks */
+constexpr int QHALF = BM * 128; /* bytes of a 64-column block of a Q tile (16 KB) */
+/* The shape per head dim; every shared-memory offset is a multiple of 1024 (the swizzle's period).
+ * D 64 and 128: key tiles of 128, two Q buffers (the next item's Q loads while the current one runs).
+ * D 256: O alone is 128 registers a thread, so key tiles of 64 (S 32 + P 16 registers) and one Q
+ * buffer (64 KB): the next item's Q loads after the current item's last S. */
 template <int D> struct f16w_cfg {
+    static constexpr int BN = D == 256 ? 64 : 128, NQ = D == 256 ? 1 : 2;
+    static constexpr int KHALF = BN * 128;                       /* bytes of a 64-column block of a K or V tile */
     static constexpr int QTILE = BM * D * 2, KTILE = BN * D * 2; /* bytes */
-    static constexpr int OFF_Q = 0, OFF_K = OFF_Q + 2 * QTILE, OFF_V = OFF_K + NST * KTILE;
-    static constexpr int OFF_BAR = OFF_V + NST * KTILE;          /* K full[NST], K empty[NST], V full[NST], V empty[NST], Q full[2], Q empty[2] */
-    static constexpr int OFF_ITEM = OFF_BAR + (4 * NST + 4) * 8; /* the work_item of each Q buffer */
-    static constexpr int SMEM = OFF_ITEM + 2 * 32 + 1024;        /* + alignment slack of the dynamic base */
+    static constexpr int OFF_Q = 0, OFF_K = OFF_Q + NQ * QTILE, OFF_V = OFF_K + NST * KTILE;
+    static constexpr int OFF_BAR = OFF_V + NST * KTILE;           /* K full[NST], K empty[NST], V full[NST], V empty[NST], Q full[NQ], Q empty[NQ] */
+    static constexpr int OFF_ITEM = OFF_BAR + (4 * NST + 2 * NQ) * 8; /* the work_item of each Q buffer */
+    static constexpr int SMEM = OFF_ITEM + NQ * 32 + 1024;            /* + alignment slack of the dynamic base */
 };
 
 /* What a consumer thread needs of the item in hand: where its rows go, the key ranges of its two rows
@@ -50,9 +56,20 @@ struct item_rows {
 #if defined(QATTN_SM90A_DEVICE)
 #define QATTN_F16W_OK 1
 
-/* d[64] (+)= A (64 x 16, shared, K-major) * B (16 x 128, shared, K-major); acc 0: d = A B */
-template <bool BF16> __device__ __forceinline__ void wgmma_ss(float d[64], uint64_t da, uint64_t db, int acc) {
-    if (BF16)
+/* d[N / 2] (+)= A (64 x 16, shared, K-major) * B (16 x N, shared, K-major), N 64 or 128; acc 0: d = A B */
+template <bool BF16, int N> __device__ __forceinline__ void wgmma_ss(float *d, uint64_t da, uint64_t db, int acc) {
+    if (N == 64) {
+        if (BF16)
+            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                         "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " QATTN_WG_D32 ", %32, %33, p, 1, 1, 0, 0;\n}\n"
+                         : QATTN_WG_F8(0), QATTN_WG_F8(8), QATTN_WG_F8(16), QATTN_WG_F8(24)
+                         : "l"(da), "l"(db), "r"(acc));
+        else
+            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                         "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " QATTN_WG_D32 ", %32, %33, p, 1, 1, 0, 0;\n}\n"
+                         : QATTN_WG_F8(0), QATTN_WG_F8(8), QATTN_WG_F8(16), QATTN_WG_F8(24)
+                         : "l"(da), "l"(db), "r"(acc));
+    } else if (BF16)
         asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
                      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " QATTN_WG_D64 ", %64, %65, p, 1, 1, 0, 0;\n}\n"
                      : QATTN_WG_F8(0), QATTN_WG_F8(8), QATTN_WG_F8(16), QATTN_WG_F8(24), QATTN_WG_F8(32), QATTN_WG_F8(40), QATTN_WG_F8(48),
@@ -65,9 +82,22 @@ template <bool BF16> __device__ __forceinline__ void wgmma_ss(float d[64], uint6
                        QATTN_WG_F8(56)
                      : "l"(da), "l"(db), "r"(acc));
 }
-/* d[N / 2] += A (64 x 16, registers) * B (16 x N, shared, MN-major: imm-trans-b 1), N 64 or 128 */
+/* d[N / 2] += A (64 x 16, registers) * B (16 x N, shared, MN-major: imm-trans-b 1), N 64, 128 or 256 */
 template <bool BF16, int N> __device__ __forceinline__ void wgmma_rs(float *d, const uint32_t a[4], uint64_t db) {
-    if (N == 64) {
+    if (N == 256) {
+        if (BF16)
+            asm volatile("wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " QATTN_WG_D128 ", {%128,%129,%130,%131}, %132, 1, 1, 1, 1;\n"
+                         : QATTN_WG_F8(0), QATTN_WG_F8(8), QATTN_WG_F8(16), QATTN_WG_F8(24), QATTN_WG_F8(32), QATTN_WG_F8(40), QATTN_WG_F8(48),
+                           QATTN_WG_F8(56), QATTN_WG_F8(64), QATTN_WG_F8(72), QATTN_WG_F8(80), QATTN_WG_F8(88), QATTN_WG_F8(96), QATTN_WG_F8(104),
+                           QATTN_WG_F8(112), QATTN_WG_F8(120)
+                         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+        else
+            asm volatile("wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 " QATTN_WG_D128 ", {%128,%129,%130,%131}, %132, 1, 1, 1, 1;\n"
+                         : QATTN_WG_F8(0), QATTN_WG_F8(8), QATTN_WG_F8(16), QATTN_WG_F8(24), QATTN_WG_F8(32), QATTN_WG_F8(40), QATTN_WG_F8(48),
+                           QATTN_WG_F8(56), QATTN_WG_F8(64), QATTN_WG_F8(72), QATTN_WG_F8(80), QATTN_WG_F8(88), QATTN_WG_F8(96), QATTN_WG_F8(104),
+                           QATTN_WG_F8(112), QATTN_WG_F8(120)
+                         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+    } else if (N == 64) {
         if (BF16)
             asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " QATTN_WG_D32 ", {%32,%33,%34,%35}, %36, 1, 1, 1, 1;\n"
                          : QATTN_WG_F8(0), QATTN_WG_F8(8), QATTN_WG_F8(16), QATTN_WG_F8(24)
@@ -92,7 +122,7 @@ template <int N> __device__ __forceinline__ void fence_regs(float *r) {
 #pragma unroll
     for (int i = 0; i < N; i++) reg_fence(r[i]);
 }
-__device__ __forceinline__ void fence_pa(uint32_t pa[BN / 16][4]) {
+template <int BN> __device__ __forceinline__ void fence_pa(uint32_t pa[BN / 16][4]) {
 #pragma unroll
     for (int kk = 0; kk < BN / 16; kk++)
 #pragma unroll
@@ -105,20 +135,23 @@ __device__ __forceinline__ void turn_end(int wg) { named_arrive<256>(2 - wg); }
 /* S = Q K^T: q_rows, this warpgroup's 64 rows of the Q buffer (first half); k_tile, the K stage. A k
  * step of 16 columns is 32 bytes inside the swizzled row (+2 in the descriptor), the next half of the
  * columns QHALF (KHALF) bytes further. */
-template <int D, bool BF16> __device__ __forceinline__ void issue_s(float si[64], uint32_t q_rows, uint32_t k_tile) {
+template <int D, bool BF16> __device__ __forceinline__ void issue_s(float *si, uint32_t q_rows, uint32_t k_tile) {
+    using C = f16w_cfg<D>;
     const uint64_t dq = desc_sw128(q_rows), dk = desc_sw128(k_tile);
     wg_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++)
-        wgmma_ss<BF16>(si, dq + (kk / 4) * (QHALF / 16) + (kk % 4) * 2, dk + (kk / 4) * (KHALF / 16) + (kk % 4) * 2, kk > 0);
+        wgmma_ss<BF16, C::BN>(si, dq + (kk / 4) * (QHALF / 16) + (kk % 4) * 2, dk + (kk / 4) * (C::KHALF / 16) + (kk % 4) * 2, kk > 0);
     wg_commit();
 }
 /* O += P V: V's rows are keys (a k step of 16 keys is 2048 bytes), its column halves KHALF apart (the
  * MN-major leading byte offset; unused at D 64). */
-template <int D, bool BF16> __device__ __forceinline__ void issue_pv(float o[D / 2], const uint32_t pa[BN / 16][4], uint32_t v_tile) {
+template <int D, bool BF16>
+__device__ __forceinline__ void issue_pv(float *o, const uint32_t pa[f16w_cfg<D>::BN / 16][4], uint32_t v_tile) {
+    using C = f16w_cfg<D>;
     wg_fence();
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; kk++) wgmma_rs<BF16, D>(o, pa[kk], desc_sw128_mn(v_tile + kk * 16 * 128, KHALF));
+    for (int kk = 0; kk < C::BN / 16; kk++) wgmma_rs<BF16, D>(o, pa[kk], desc_sw128_mn(v_tile + kk * 16 * 128, C::KHALF));
     wg_commit();
 }
 
@@ -126,7 +159,8 @@ template <int D, bool BF16> __device__ __forceinline__ void issue_pv(float o[D /
  * score, the reference is the running max, fmaxf drops NaN scores from the max and the exponential
  * propagates them): scores to unnormalised probabilities in place, the running max and sum, and the
  * factor alpha of O (exactly 1 where the max did not grow). */
-__device__ __forceinline__ void softmax_step(float s[64], int n0, const item_rows &w, int t4, float sl2, float mx[2], float l[2], float alpha[2]) {
+template <int BN>
+__device__ __forceinline__ void softmax_step(float *s, int n0, const item_rows &w, int t4, float sl2, float mx[2], float l[2], float alpha[2]) {
     /* masks on the tiles some row of this warpgroup does not fully see */
     if (!(n0 >= w.wlo_last && n0 + BN <= w.whi_first)) {
 #pragma unroll
@@ -163,7 +197,7 @@ __device__ __forceinline__ void softmax_step(float s[64], int n0, const item_row
     }
 }
 /* P (the S accumulator layout) as the A fragments of the 16-key steps, rounded to the input dtype */
-template <bool BF16> __device__ __forceinline__ void make_pa(const float s[64], uint32_t pa[BN / 16][4]) {
+template <bool BF16, int BN> __device__ __forceinline__ void make_pa(const float *s, uint32_t pa[BN / 16][4]) {
 #pragma unroll
     for (int kk = 0; kk < BN / 16; kk++)
 #pragma unroll
@@ -235,14 +269,15 @@ __device__ __forceinline__ void store_rows(const qattn_cuda_args &a, int b, int 
     }
 }
 
-/* A consumer takes the next item the producer announced (Q buffer j & 1), storing the rows of items
+/* A consumer takes the next item the producer announced (Q buffer j % NQ), storing the rows of items
  * with no key on the way. False (cur unchanged) when the items have run out. */
 template <int D>
 __device__ __forceinline__ bool next_item(const qattn_cuda_args &a, const work_item *slot, uint32_t bar_qfull, uint32_t bar_qempty, int wg, int roff,
                                           int t4, int &j, item_rows &cur) {
     for (;;) {
-        const int qb = j & 1;
-        mbar_wait(bar_qfull + 8 * qb, (j >> 1) & 1);
+        constexpr int NQ = f16w_cfg<D>::NQ;
+        const int qb = j % NQ;
+        mbar_wait(bar_qfull + 8 * qb, (j / NQ) & 1);
         const work_item w = slot[qb];
         if (w.b < 0) return false;
         j++;
@@ -274,11 +309,12 @@ __global__ void __launch_bounds__(NTHREADS, 1)
                          const __grid_constant__ CUtensorMap tm_v, int hg, int n_items) {
 #if defined(QATTN_F16W_OK)
     using C = f16w_cfg<D>;
+    constexpr int BN = C::BN, NQ = C::NQ;
     extern __shared__ unsigned char smem_raw[];
     const uint32_t sbase = (qattn_smem_u32(smem_raw) + 1023u) & ~1023u;
     unsigned char *smem = smem_raw + (sbase - qattn_smem_u32(smem_raw));
     const uint32_t bar_kfull = sbase + C::OFF_BAR, bar_kempty = bar_kfull + NST * 8, bar_vfull = bar_kempty + NST * 8, bar_vempty = bar_vfull + NST * 8;
-    const uint32_t bar_qfull = bar_vempty + NST * 8, bar_qempty = bar_qfull + 16;
+    const uint32_t bar_qfull = bar_vempty + NST * 8, bar_qempty = bar_qfull + NQ * 8;
     work_item *slot = (work_item *)(smem + C::OFF_ITEM); /* the item in each Q buffer */
 
     if (threadIdx.x == 0) {
@@ -288,7 +324,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
             mbar_init(bar_vfull + 8 * s, 1);
             mbar_init(bar_vempty + 8 * s, 256);
         }
-        for (int i = 0; i < 2; i++) {
+        for (int i = 0; i < NQ; i++) {
             mbar_init(bar_qfull + 8 * i, 1);
             mbar_init(bar_qempty + 8 * i, 256);
         }
@@ -306,8 +342,8 @@ __global__ void __launch_bounds__(NTHREADS, 1)
              * K(g) is loaded before V(g - 1); pv_* hold the V copy still to issue. */
             int g = 0, pv_hkv = 0, pv_row = 0, pv_b = 0;
             for (int j = 0, item = blockIdx.x;; j++, item += gridDim.x) {
-                const int qb = j & 1;
-                mbar_wait(bar_qempty + 8 * qb, ((j >> 1) & 1) ^ 1);
+                const int qb = j % NQ;
+                mbar_wait(bar_qempty + 8 * qb, ((j / NQ) & 1) ^ 1);
                 if (item >= n_items) {
                     slot[qb].b = -1;
                     mbar_arrive(bar_qfull + 8 * qb);
@@ -327,13 +363,13 @@ __global__ void __launch_bounds__(NTHREADS, 1)
                     mbar_wait(bar_kempty + 8 * s, ((g / NST) & 1) ^ 1);
                     mbar_expect_tx(bar_kfull + 8 * s, C::KTILE);
                     for (int c = 0; c < D / 64; c++)
-                        tma_load_4d(sbase + C::OFF_K + s * C::KTILE + c * KHALF, &tm_k, c * HALF_COLS, w.hkv, tt * BN, w.b, bar_kfull + 8 * s);
+                        tma_load_4d(sbase + C::OFF_K + s * C::KTILE + c * C::KHALF, &tm_k, c * HALF_COLS, w.hkv, tt * BN, w.b, bar_kfull + 8 * s);
                     if (g > 0) {
                         const int sp = (g - 1) % NST;
                         mbar_wait(bar_vempty + 8 * sp, (((g - 1) / NST) & 1) ^ 1);
                         mbar_expect_tx(bar_vfull + 8 * sp, C::KTILE);
                         for (int c = 0; c < D / 64; c++)
-                            tma_load_4d(sbase + C::OFF_V + sp * C::KTILE + c * KHALF, &tm_v, c * HALF_COLS, pv_hkv, pv_row, pv_b, bar_vfull + 8 * sp);
+                            tma_load_4d(sbase + C::OFF_V + sp * C::KTILE + c * C::KHALF, &tm_v, c * HALF_COLS, pv_hkv, pv_row, pv_b, bar_vfull + 8 * sp);
                     }
                     pv_hkv = w.hkv, pv_row = tt * BN, pv_b = w.b;
                 }
@@ -343,7 +379,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
                 mbar_wait(bar_vempty + 8 * sp, (((g - 1) / NST) & 1) ^ 1);
                 mbar_expect_tx(bar_vfull + 8 * sp, C::KTILE);
                 for (int c = 0; c < D / 64; c++)
-                    tma_load_4d(sbase + C::OFF_V + sp * C::KTILE + c * KHALF, &tm_v, c * HALF_COLS, pv_hkv, pv_row, pv_b, bar_vfull + 8 * sp);
+                    tma_load_4d(sbase + C::OFF_V + sp * C::KTILE + c * C::KHALF, &tm_v, c * HALF_COLS, pv_hkv, pv_row, pv_b, bar_vfull + 8 * sp);
             }
         }
         return;
@@ -354,10 +390,10 @@ __global__ void __launch_bounds__(NTHREADS, 1)
     const int t4 = lane % 4, roff = wg * 64 + warp * 16 + lane / 4; /* this thread's rows: m0 + roff, + 8 */
     const float sl2 = a.scale_log2;
 
-    float o[D / 2], si[64];
+    float o[D / 2], si[BN / 2];
     uint32_t pa[BN / 16][4]; /* P of the tile in hand, kept intact until its P V completes */
     float mx[2], l[2], alpha[2];
-    int j = 0;     /* items taken so far (Q buffer j & 1) */
+    int j = 0;     /* items taken so far (Q buffer j % NQ) */
     item_rows cur; /* the item of the tile in hand */
     if (!next_item<D>(a, slot, bar_qfull, bar_qempty, wg, roff, t4, j, cur)) return;
     if (wg == 1) named_arrive<256>(1); /* warpgroup 0 issues first */
@@ -369,18 +405,18 @@ __global__ void __launch_bounds__(NTHREADS, 1)
     issue_s<D, BF16>(si, sbase + C::OFF_Q + cur.qb * C::QTILE + wg * 64 * 128, sbase + C::OFF_K);
     turn_end(wg);
     wg_wait<0>();
-    fence_regs<64>(si);
+    fence_regs<BN / 2>(si);
     mbar_arrive(bar_kempty);
     if (tt == cur.t_last - 1) mbar_arrive(bar_qempty + 8 * cur.qb); /* the item's last S has read its Q */
 #pragma unroll
     for (int i = 0; i < D / 2; i++) o[i] = 0.f;
     mx[0] = mx[1] = -INFINITY;
     l[0] = l[1] = 0.f;
-    softmax_step(si, tt * BN, cur, t4, sl2, mx, l, alpha);
-    make_pa<BF16>(si, pa);
+    softmax_step<BN>(si, tt * BN, cur, t4, sl2, mx, l, alpha);
+    make_pa<BF16, BN>(si, pa);
     for (;;) {
         const int gp = g;
-        const item_rows prev = cur;
+        const int prev_b = cur.b, prev_h = cur.h, prev_m0 = cur.m0; /* where the rows go if this step crosses */
         const bool crossed = ++tt == cur.t_last;
         if (crossed) {
             if (!next_item<D>(a, slot, bar_qfull, bar_qempty, wg, roff, t4, j, cur)) break;
@@ -397,16 +433,16 @@ __global__ void __launch_bounds__(NTHREADS, 1)
             issue_pv<D, BF16>(o, pa, sbase + C::OFF_V + sp * C::KTILE);
             turn_end(wg);
             wg_wait<1>(); /* S done; P V may still run */
-            fence_regs<64>(si);
+            fence_regs<BN / 2>(si);
             mbar_arrive(bar_kempty + 8 * s);
             if (tt == cur.t_last - 1) mbar_arrive(bar_qempty + 8 * cur.qb);
-            softmax_step(si, tt * BN, cur, t4, sl2, mx, l, alpha);
+            softmax_step<BN>(si, tt * BN, cur, t4, sl2, mx, l, alpha);
             wg_wait<0>();
             fence_regs<D / 2>(o);
-            fence_pa(pa);
+            fence_pa<BN>(pa);
             mbar_arrive(bar_vempty + 8 * sp);
             rescale_o<D>(o, alpha);
-            make_pa<BF16>(si, pa);
+            make_pa<BF16, BN>(si, pa);
             continue;
         }
         /* Crossing into a new item: that P V finishes the previous item, issued first so that its rows
@@ -417,21 +453,21 @@ __global__ void __launch_bounds__(NTHREADS, 1)
         turn_end(wg);
         wg_wait<1>(); /* P V done */
         fence_regs<D / 2>(o);
-        fence_pa(pa);
+        fence_pa<BN>(pa);
         mbar_arrive(bar_vempty + 8 * sp);
-        store_rows<D>(a, prev.b, prev.h, prev.m0 + roff, t4, o, mx, l);
+        store_rows<D>(a, prev_b, prev_h, prev_m0 + roff, t4, o, mx, l);
 #pragma unroll
         for (int i = 0; i < D / 2; i++) o[i] = 0.f;
         mx[0] = mx[1] = -INFINITY;
         l[0] = l[1] = 0.f;
         wg_wait<0>();
-        fence_regs<64>(si);
+        fence_regs<BN / 2>(si);
         mbar_arrive(bar_kempty + 8 * s);
         /* Q is released as soon as the item's last S has read it (the next item may have no key, and the
          * one after it then needs this buffer before this step can end) */
         if (tt == cur.t_last - 1) mbar_arrive(bar_qempty + 8 * cur.qb);
-        softmax_step(si, tt * BN, cur, t4, sl2, mx, l, alpha);
-        make_pa<BF16>(si, pa);
+        softmax_step<BN>(si, tt * BN, cur, t4, sl2, mx, l, alpha);
+        make_pa<BF16, BN>(si, pa);
     }
     /* Epilogue: the last P V, the last item's rows. */
     {
@@ -442,7 +478,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
         turn_end(wg);
         wg_wait<0>();
         fence_regs<D / 2>(o);
-        fence_pa(pa);
+        fence_pa<BN>(pa);
         mbar_arrive(bar_vempty + 8 * sp);
         store_rows<D>(a, cur.b, cur.h, cur.m0 + roff, t4, o, mx, l);
     }
@@ -502,21 +538,24 @@ void launch(const qattn_cuda_args &a, int bf16, const CUtensorMap &tq, const CUt
 } // namespace
 
 cudaError_t qattn_cuda_prepare_f16_wgmma(void) {
-    cudaError_t e = prepare<64>();
-    return e != cudaSuccess ? e : prepare<128>();
+    cudaError_t e;
+    if ((e = prepare<64>()) != cudaSuccess || (e = prepare<128>()) != cudaSuccess) return e;
+    return prepare<256>();
 }
 
 cudaError_t qattn_cuda_launch_f16_wgmma(const qattn_cuda_args &a, int bf16, cudaStream_t stream) {
-    if ((a.d != 64 && a.d != 128) || a.n_sm < 1 || a.cu_q || a.lq < 1 || a.lk < 1 || a.batch < 1) return cudaErrorNotSupported;
+    if ((a.d != 64 && a.d != 128 && a.d != 256) || a.n_sm < 1 || a.cu_q || a.lq < 1 || a.lk < 1 || a.batch < 1) return cudaErrorNotSupported;
     const int64_t n_mblk = (a.lq + BM - 1) / BM, n_bh = (int64_t)a.batch * a.h, n_items = n_mblk * n_bh;
     if (n_items > INT32_MAX / 2) return cudaErrorNotSupported;
+    const int bn = a.d == 256 ? f16w_cfg<256>::BN : f16w_cfg<128>::BN;
     CUtensorMap tq, tk, tv;
     if (!make_map(&tq, a.q, bf16, a.d, a.batch, a.lq, a.h, a.q_bs, a.q_ss, a.q_hs, BM) ||
-        !make_map(&tk, a.k, bf16, a.d, a.batch, a.lk, a.hk, a.k_bs, a.k_ss, a.k_hs, BN) ||
-        !make_map(&tv, a.v, bf16, a.d, a.batch, a.lk, a.hk, a.v_bs, a.v_ss, a.v_hs, BN))
+        !make_map(&tk, a.k, bf16, a.d, a.batch, a.lk, a.hk, a.k_bs, a.k_ss, a.k_hs, bn) ||
+        !make_map(&tv, a.v, bf16, a.d, a.batch, a.lk, a.hk, a.v_bs, a.v_ss, a.v_hs, bn))
         return cudaErrorNotSupported;
     const int grid = (int)(n_items < a.n_sm ? n_items : a.n_sm), hg = qattn_sm90_head_group(n_mblk, n_bh, grid);
     if (a.d == 64) launch<64>(a, bf16, tq, tk, tv, grid, hg, (int)n_items, stream);
-    else launch<128>(a, bf16, tq, tk, tv, grid, hg, (int)n_items, stream);
+    else if (a.d == 128) launch<128>(a, bf16, tq, tk, tv, grid, hg, (int)n_items, stream);
+    else launch<256>(a, bf16, tq, tk, tv, grid, hg, (int)n_items, stream);
     return cudaGetLastError();
 }
