@@ -4,7 +4,7 @@
 Runs qattn FP16 (the kernel the context chooses; --mma: the mma.sync one) on
   uniform:  K = 0 (every score equal): O = the mean of the visible V rows; tests loads of V and P V only
   onehot:   V[key, d] = [key == d] over 128 keys: O = P itself; tests S, the softmax and the P layout
-  random:   N(0, 1) at L 128, 200, 1000 (one tile, a tail, many tiles), causal and not, B 2, H 2, GQA 2:1, D 128, 64 and 256
+  random:   N(0, 1) at L 128, 200, 1000 (one tile, a tail, many tiles), causal and not, B 2, H 2, GQA 2:1, D 128, 64, 256 and 96
 and prints, per case, the relative error and, when it is large, the error per 8-row group and per
 8-column group of the first (batch, head) (a wrong descriptor or fragment layout shows as a pattern).
 Usage: python3 bench/gpu_f16_diag.py --lib build-gpu/libqattn.so [--mma]
@@ -74,7 +74,7 @@ def main():
         k = torch.randn(1, L, 1, D, device=dev, dtype=dt)
         v = torch.eye(L, D, device=dev, dtype=dt).view(1, L, 1, D)
         ok &= report("onehot L %d causal %d" % (L, causal), run(q, k, v, causal), ref(q, k, v, causal))
-    for hd, L in ((128, 128), (128, 200), (128, 1000), (64, 200), (64, 1000), (256, 200), (256, 1000)):
+    for hd, L in ((128, 128), (128, 200), (128, 1000), (64, 200), (64, 1000), (256, 200), (256, 1000), (96, 200), (96, 1000)):
         for causal in (False, True):
             q = torch.randn(2, L, 2, hd, device=dev, dtype=dt)
             k = torch.randn(2, L, 1, hd, device=dev, dtype=dt)

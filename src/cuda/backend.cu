@@ -254,7 +254,7 @@ extern "C" qattn_status qattn_cuda_forward(qattn_ctx *ctx, const qattn_params *p
         }
         return s;
     }
-    if (st->f16_wgmma && (a.d == 64 || a.d == 128 || a.d == 256) && !a.cu_q && a.lk > 0) { /* the wgmma kernel where its tensor maps can describe the tensors */
+    if (st->f16_wgmma && !a.cu_q && a.lk > 0) { /* the wgmma kernel (every head dim the backend admits) where its tensor maps can describe the tensors */
         a.n_sm = st->sm_count;
         e = qattn_cuda_launch_f16_wgmma(a, input_is_bf16(p), stream);
         if (e != cudaErrorNotSupported) {

@@ -223,7 +223,7 @@ template <int D> __device__ __forceinline__ void rescale_o(float o[D / 2], const
  * no key get 0 and LSE -inf). Every load of the item came before (a load after a store would wait for
  * it); the quad transposes its column groups so that each lane stores 16-byte chunks (as the INT8
  * kernels' qattn_i8_store_rows, which measured the gain). */
-template <int D>
+template <int D, int DV>
 __device__ __forceinline__ void store_rows(const qattn_cuda_args &a, int b, int h, int row0, int t4, const float o[D / 2], const float mx[2],
                                            const float l[2]) {
     const int64_t ooff = (int64_t)b * a.o_bs + (int64_t)h * a.o_hs;
@@ -236,7 +236,7 @@ __device__ __forceinline__ void store_rows(const qattn_cuda_args &a, int b, int 
         const float inv = sum > 0.f ? 1.f / sum : 0.f;
         const int64_t rbase = ooff + (int64_t)row * a.o_ss; /* all four lanes of a quad hold the same row */
 #pragma unroll
-        for (int k = 0; k < D / 32; k++) {
+        for (int k = 0; k < DV / 32; k++) { /* DV: the real head dim (96 is laid out as 128) */
             const int64_t idx = rbase + (4 * k + t4) * 8;
             if (a.o_dtype == 0) {
                 uint32_t xs[4], ys[4];
@@ -271,7 +271,7 @@ __device__ __forceinline__ void store_rows(const qattn_cuda_args &a, int b, int 
 
 /* A consumer takes the next item the producer announced (Q buffer j % NQ), storing the rows of items
  * with no key on the way. False (cur unchanged) when the items have run out. */
-template <int D>
+template <int D, int DV>
 __device__ __forceinline__ bool next_item(const qattn_cuda_args &a, const work_item *slot, uint32_t bar_qfull, uint32_t bar_qempty, int wg, int roff,
                                           int t4, int &j, item_rows &cur) {
     for (;;) {
@@ -282,7 +282,7 @@ __device__ __forceinline__ bool next_item(const qattn_cuda_args &a, const work_i
         if (w.b < 0) return false;
         j++;
         if (w.t_last == w.t_first) {
-            store_empty_rows<D>(a, w.b, w.h, w.m0 + roff, t4);
+            store_empty_rows<DV>(a, w.b, w.h, w.m0 + roff, t4);
             mbar_arrive(bar_qempty + 8 * qb);
             continue;
         }
@@ -301,9 +301,11 @@ __device__ __forceinline__ bool next_item(const qattn_cuda_args &a, const work_i
 
 /* Persistent grid with the pipeline kept full across items (the producer loads the next item's Q and
  * tiles while the consumers finish the current one; the last P V of an item is issued with the first S
- * of the next). Tensor maps: q [D, H, Lq, B], k and v [D, HK, Lk, B] (innermost first), boxes of 64 x 1
- * x 128 x 1 with the 128-byte swizzle. */
-template <int D, bool BF16>
+ * of the next). Tensor maps: q [DV, H, Lq, B], k and v [DV, HK, Lk, B] (innermost first), boxes of 64 x 1
+ * x rows x 1 with the 128-byte swizzle. D: the shared-memory layout's head dim; DV: the real one, less
+ * at D 96 (laid out as 128: the boxes' columns past 96 arrive as zeros, so both products run over
+ * zero padding, and only the 96 columns are stored). */
+template <int D, int DV, bool BF16>
 __global__ void __launch_bounds__(NTHREADS, 1)
     fwd_f16_wgmma_kernel(const __grid_constant__ qattn_cuda_args a, const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                          const __grid_constant__ CUtensorMap tm_v, int hg, int n_items) {
@@ -395,7 +397,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
     float mx[2], l[2], alpha[2];
     int j = 0;     /* items taken so far (Q buffer j % NQ) */
     item_rows cur; /* the item of the tile in hand */
-    if (!next_item<D>(a, slot, bar_qfull, bar_qempty, wg, roff, t4, j, cur)) return;
+    if (!next_item<D, DV>(a, slot, bar_qfull, bar_qempty, wg, roff, t4, j, cur)) return;
     if (wg == 1) named_arrive<256>(1); /* warpgroup 0 issues first */
     /* Prologue: S of the first tile. Then each step issues S of the next tile (which may be the next
      * item's first) with P V of the previous one. */
@@ -419,7 +421,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
         const int prev_b = cur.b, prev_h = cur.h, prev_m0 = cur.m0; /* where the rows go if this step crosses */
         const bool crossed = ++tt == cur.t_last;
         if (crossed) {
-            if (!next_item<D>(a, slot, bar_qfull, bar_qempty, wg, roff, t4, j, cur)) break;
+            if (!next_item<D, DV>(a, slot, bar_qfull, bar_qempty, wg, roff, t4, j, cur)) break;
             tt = cur.t_first;
         }
         g++;
@@ -455,7 +457,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
         fence_regs<D / 2>(o);
         fence_pa<BN>(pa);
         mbar_arrive(bar_vempty + 8 * sp);
-        store_rows<D>(a, prev_b, prev_h, prev_m0 + roff, t4, o, mx, l);
+        store_rows<D, DV>(a, prev_b, prev_h, prev_m0 + roff, t4, o, mx, l);
 #pragma unroll
         for (int i = 0; i < D / 2; i++) o[i] = 0.f;
         mx[0] = mx[1] = -INFINITY;
@@ -480,7 +482,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
         fence_regs<D / 2>(o);
         fence_pa<BN>(pa);
         mbar_arrive(bar_vempty + 8 * sp);
-        store_rows<D>(a, cur.b, cur.h, cur.m0 + roff, t4, o, mx, l);
+        store_rows<D, DV>(a, cur.b, cur.h, cur.m0 + roff, t4, o, mx, l);
     }
     if (wg == 0) named_sync<256>(1); /* consume warpgroup 1's last turn hand-over */
 #else
@@ -505,7 +507,7 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
 }
 
 /* Map of a [B, L, heads, D] tensor (element strides bs, ss, hs; D contiguous) as [D, heads, L, B] with
- * boxes of 64 x 1 x rows x 1. Strides of dimensions of size 1 are never used; they are given a legal
+ * boxes of 64 x 1 x rows x 1 (at D 96 the second box is half outside: zeros). Strides of dimensions of size 1 are never used; they are given a legal
  * value. False if the driver refuses (alignment, strides): the caller falls back to mma.sync. */
 bool make_map(CUtensorMap *m, const void *base, int bf16, int D, int64_t batch, int64_t len, int heads, int64_t bs, int64_t ss, int64_t hs, int rows) {
     PFN_cuTensorMapEncodeTiled_v12000 enc = encode_fn();
@@ -523,28 +525,28 @@ bool make_map(CUtensorMap *m, const void *base, int bf16, int D, int64_t batch, 
     return r == CUDA_SUCCESS;
 }
 
-template <int D> cudaError_t prepare() {
-    cudaError_t e = cudaFuncSetAttribute(fwd_f16_wgmma_kernel<D, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, f16w_cfg<D>::SMEM);
-    return e != cudaSuccess ? e : cudaFuncSetAttribute(fwd_f16_wgmma_kernel<D, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, f16w_cfg<D>::SMEM);
+template <int D, int DV> cudaError_t prepare() {
+    cudaError_t e = cudaFuncSetAttribute(fwd_f16_wgmma_kernel<D, DV, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, f16w_cfg<D>::SMEM);
+    return e != cudaSuccess ? e : cudaFuncSetAttribute(fwd_f16_wgmma_kernel<D, DV, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, f16w_cfg<D>::SMEM);
 }
 
-template <int D>
+template <int D, int DV>
 void launch(const qattn_cuda_args &a, int bf16, const CUtensorMap &tq, const CUtensorMap &tk, const CUtensorMap &tv, int grid, int hg, int n_items,
             cudaStream_t stream) {
-    if (bf16) fwd_f16_wgmma_kernel<D, true><<<grid, NTHREADS, f16w_cfg<D>::SMEM, stream>>>(a, tq, tk, tv, hg, n_items);
-    else fwd_f16_wgmma_kernel<D, false><<<grid, NTHREADS, f16w_cfg<D>::SMEM, stream>>>(a, tq, tk, tv, hg, n_items);
+    if (bf16) fwd_f16_wgmma_kernel<D, DV, true><<<grid, NTHREADS, f16w_cfg<D>::SMEM, stream>>>(a, tq, tk, tv, hg, n_items);
+    else fwd_f16_wgmma_kernel<D, DV, false><<<grid, NTHREADS, f16w_cfg<D>::SMEM, stream>>>(a, tq, tk, tv, hg, n_items);
 }
 
 } // namespace
 
 cudaError_t qattn_cuda_prepare_f16_wgmma(void) {
     cudaError_t e;
-    if ((e = prepare<64>()) != cudaSuccess || (e = prepare<128>()) != cudaSuccess) return e;
-    return prepare<256>();
+    if ((e = prepare<64, 64>()) != cudaSuccess || (e = prepare<128, 96>()) != cudaSuccess || (e = prepare<128, 128>()) != cudaSuccess) return e;
+    return prepare<256, 256>();
 }
 
 cudaError_t qattn_cuda_launch_f16_wgmma(const qattn_cuda_args &a, int bf16, cudaStream_t stream) {
-    if ((a.d != 64 && a.d != 128 && a.d != 256) || a.n_sm < 1 || a.cu_q || a.lq < 1 || a.lk < 1 || a.batch < 1) return cudaErrorNotSupported;
+    if ((a.d != 64 && a.d != 96 && a.d != 128 && a.d != 256) || a.n_sm < 1 || a.cu_q || a.lq < 1 || a.lk < 1 || a.batch < 1) return cudaErrorNotSupported;
     const int64_t n_mblk = (a.lq + BM - 1) / BM, n_bh = (int64_t)a.batch * a.h, n_items = n_mblk * n_bh;
     if (n_items > INT32_MAX / 2) return cudaErrorNotSupported;
     const int bn = a.d == 256 ? f16w_cfg<256>::BN : f16w_cfg<128>::BN;
@@ -554,8 +556,11 @@ cudaError_t qattn_cuda_launch_f16_wgmma(const qattn_cuda_args &a, int bf16, cuda
         !make_map(&tv, a.v, bf16, a.d, a.batch, a.lk, a.hk, a.v_bs, a.v_ss, a.v_hs, bn))
         return cudaErrorNotSupported;
     const int grid = (int)(n_items < a.n_sm ? n_items : a.n_sm), hg = qattn_sm90_head_group(n_mblk, n_bh, grid);
-    if (a.d == 64) launch<64>(a, bf16, tq, tk, tv, grid, hg, (int)n_items, stream);
-    else if (a.d == 128) launch<128>(a, bf16, tq, tk, tv, grid, hg, (int)n_items, stream);
-    else launch<256>(a, bf16, tq, tk, tv, grid, hg, (int)n_items, stream);
+    switch (a.d) {
+    case 64: launch<64, 64>(a, bf16, tq, tk, tv, grid, hg, (int)n_items, stream); break;
+    case 96: launch<128, 96>(a, bf16, tq, tk, tv, grid, hg, (int)n_items, stream); break;
+    case 128: launch<128, 128>(a, bf16, tq, tk, tv, grid, hg, (int)n_items, stream); break;
+    default: launch<256, 256>(a, bf16, tq, tk, tv, grid, hg, (int)n_items, stream);
+    }
     return cudaGetLastError();
 }
