@@ -29,8 +29,17 @@ timeout 60 $T --small --alt > "$OUT/f16w_small.log" 2>&1
 rc=$?
 el "smoke (small cases, wgmma + mma.sync cross-check) rc=$rc"
 cat "$OUT/f16w_small.log"
+# A hang: rebuild with the watchdog wait (dev/cuda_f16_wgmma/variant.sh) that names the stuck barrier, rerun.
+watchdog() {
+  echo "HANG ($1): rebuilding with the mbarrier watchdog"
+  bash dev/cuda_f16_wgmma/variant.sh watchdog apply && cmake --build build-gpu -j16 --target qattn qattn_gpu_test > "$OUT/f16w_build_wd.log" 2>&1
+  timeout 120 $T $2 > "$OUT/f16w_watchdog.log" 2>&1
+  echo "watchdog run rc=$?"; grep -E "stuck|^ok|FAIL|PASSED|FAILED|error" "$OUT/f16w_watchdog.log" | head -40
+  bash dev/cuda_f16_wgmma/variant.sh revert
+}
 if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
-  echo "HANG in the small cases: the same cases on the mma.sync kernels, then stop"
+  watchdog "small cases" --small
+  echo "the same cases on the mma.sync kernels:"
   timeout 60 $T --small --mma > "$OUT/f16w_small_mma.log" 2>&1
   echo "mma.sync small rc=$?"; tail -3 "$OUT/f16w_small_mma.log"
   exit 1
@@ -69,6 +78,11 @@ for tool in memcheck racecheck synccheck; do
   echo "$tool: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$OUT/f16w_$tool.log" | tr '\n' ' ') $(tail -1 "$OUT/f16w_$tool.log")"
 done
 grep -h -B2 -A12 "Invalid\|Race reported\|Barrier error\|hazard" "$OUT"/f16w_memcheck.log "$OUT"/f16w_racecheck.log "$OUT"/f16w_synccheck.log 2>/dev/null | head -40
+
+if grep -qE "^rc=(124|137)" "$OUT/f16w_test.log"; then
+  watchdog "full test" ""
+  exit 1
+fi
 
 # timing, alone on the GPU
 timeout 200 python3 bench/gpu_compare.py --lib build-gpu/libqattn.so --out "$OUT" --no-int8 --f16-mma --dims 128,64 --lens 1024,4096,16384 --reps 20 \

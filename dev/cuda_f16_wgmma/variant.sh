@@ -4,15 +4,22 @@
 #   variant.sh revert       put the original back
 # NAME: rescale_always  O *= alpha on every tile (FlashAttention-3's habit), no warp vote
 #       no_pingpong     the consumer warpgroups issue their products whenever ready (no named-barrier turns)
+#       watchdog        (a diagnosis, not a schedule) an mbarrier wait that spins for seconds prints the
+#                       block, thread, barrier address and parity, then traps (src/cuda/hopper.cuh)
 set -eu
-F=src/cuda/fwd_wgmma_f16.cu
-sub() { perl -0pi -e "$1" $F; }
 case "${1:-}" in
-revert) [ -f $F.orig ] && mv -f $F.orig $F && touch $F; exit 0 ;; # touch: make rebuilds it
+revert)
+  for F in src/cuda/fwd_wgmma_f16.cu src/cuda/hopper.cuh; do [ -f $F.orig ] && mv -f $F.orig $F && touch $F; done # touch: make rebuilds it
+  exit 0 ;;
+watchdog) F=src/cuda/hopper.cuh ;;
+*) F=src/cuda/fwd_wgmma_f16.cu ;;
 esac
+sub() { perl -0pi -e "$1" $F; }
 [ "${2:-}" = apply ] || { echo "usage: $0 NAME apply | $0 revert"; exit 2; }
 [ -f $F.orig ] || cp $F $F.orig
 case "$1" in
+watchdog)
+  sub 's/(__device__ __forceinline__ void mbar_wait\(uint32_t bar, int parity\) \{\n).*?\n\}\n/$1    for (long long i = 0;; i++) {\n        uint32_t ok;\n        asm volatile("{\\n.reg .pred p;\\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\\nselp.u32 %0, 1, 0, p;\\n}\\n" : "=r"(ok) : "r"(bar), "r"(parity) : "memory");\n        if (ok) return;\n        if (i == (1ll << 22)) {\n            if ((threadIdx.x & 31) == 0) printf("mbar_wait stuck: block %d thread %d bar 0x%x parity %d\\n", (int)blockIdx.x, (int)threadIdx.x, bar, parity);\n            __trap();\n        }\n    }\n}\n/s' ;;
 rescale_always)
   sub 's/\Q    if (!__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) return;\E\n//' ;;
 no_pingpong)
