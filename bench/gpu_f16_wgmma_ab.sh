@@ -4,10 +4,10 @@
 # recompiles) and copying the library aside; the source is restored and rebuilt at the end. Then
 # bench/gpu_i8_ab.py --f16 times every copy (and the mma.sync kernel, SDPA FA2 and cuDNN) in one process,
 # alternating, and compares their outputs. Needs a configured build-gpu (bench/gpu_f16_wgmma.sh makes it).
-# Usage: VARIANTS="rescale_always no_pingpong" SHAPES=4k,4kc,16k,16kc bash bench/gpu_f16_wgmma_ab.sh
+# Usage: VARIANTS="static_schedule nq1_nst3" SHAPES=4k,4kc,16k,16kc bash bench/gpu_f16_wgmma_ab.sh
 set -u
 OUT=${OUT:-out}
-VARIANTS=${VARIANTS:-rescale_always no_pingpong}
+VARIANTS=${VARIANTS:-static_schedule nq1_nst3}
 A=/tmp/f16ab
 mkdir -p "$OUT" $A
 cmake --build build-gpu -j16 --target qattn > $A/build.log 2>&1 && cp -L build-gpu/libqattn.so $A/default.so || { tail -20 $A/build.log; exit 1; }

@@ -2,7 +2,8 @@
 # Schedule alternatives of src/cuda/fwd_wgmma_f16.cu for a same-call A/B (see README.md):
 #   variant.sh NAME apply   edit the source (a copy of the original is kept beside it)
 #   variant.sh revert       put the original back
-# NAME: rescale_always  O *= alpha on every tile (FlashAttention-3's habit), no warp vote
+# NAME: static_schedule block i takes items i, i + grid, ... (no atomic counter; run 1's schedule)
+#       nq1_nst3        D 128: one Q buffer and three stages of K and of V (224 KB) instead of two and two
 #       no_pingpong     the consumer warpgroups issue their products whenever ready (no named-barrier turns)
 #       watchdog        (a diagnosis, not a schedule) an mbarrier wait that spins for seconds prints the
 #                       block, thread, barrier address and parity, then traps (src/cuda/hopper.cuh)
@@ -20,8 +21,10 @@ sub() { perl -0pi -e "$1" $F; }
 case "$1" in
 watchdog)
   sub 's/(__device__ __forceinline__ void mbar_wait\(uint32_t bar, int parity\) \{\n).*?\n\}\n/$1    for (long long i = 0;; i++) {\n        uint32_t ok;\n        asm volatile("{\\n.reg .pred p;\\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\\nselp.u32 %0, 1, 0, p;\\n}\\n" : "=r"(ok) : "r"(bar), "r"(parity) : "memory");\n        if (ok) return;\n        if (i == (1ll << 22)) {\n            if ((threadIdx.x & 31) == 0) printf("mbar_wait stuck: block %d thread %d bar 0x%x parity %d\\n", (int)blockIdx.x, (int)threadIdx.x, bar, parity);\n            __trap();\n        }\n    }\n}\n/s' ;;
-rescale_always)
-  sub 's/\Q    if (!__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) return;\E\n//' ;;
+static_schedule)
+  sub 's/\Q                const int next = gridDim.x + atomicAdd(a.sched, 1);\E/                const int next = item + gridDim.x;/' ;;
+nq1_nst3)
+  sub 's/\QNQ = D == 256 ? 1 : 2, NST = 2;\E/NQ = D == 64 ? 2 : 1, NST = D == 128 ? 3 : 2;/' ;;
 no_pingpong)
   sub 's/\Q{ named_sync<256>(1 + wg); }\E/{}/; s/\Q{ named_arrive<256>(2 - wg); }\E/{}/; s/\Q    if (wg == 1) named_arrive<256>(1);\E/    \/\/ no turns/; s/\Q    if (wg == 0) named_sync<256>(1);\E/    \/\/ no turns/' ;;
 *) echo "unknown variant $1"; exit 2 ;;

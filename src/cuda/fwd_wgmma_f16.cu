@@ -2,8 +2,9 @@
  * and 256, non-varlen; the backend runs everything else (and every other chip) on the mma.sync kernel
  * (fwd_mma_f16.cu), whose semantics this one keeps (masks, windows, GQA, LSE, output dtypes, empty rows).
  * Schedule (FlashAttention-3's, and the INT8 wgmma kernel's, fwd_wgmma_i8.cu):
- * - Persistent grid: one block per SM takes work items of 128 query rows of one (batch, head), the
- *   i-th block items i, i + grid, ... in decode_item's order (heavy causal blocks first). Warpgroup 0 is
+ * - Persistent grid: one block per SM takes work items of 128 query rows of one (batch, head) in
+ *   decode_item's order (heavy causal blocks first) from an atomic counter (a.sched, zeroed before each
+ *   launch), claiming its next item when it starts one. Warpgroup 0 is
  *   the producer: one thread loads the user's strided [B, L, H, D] tensors with TMA tensor copies
  *   (boxes of 64 columns x the tile's rows, 128-byte swizzle: a tile is D / 64 boxes; rows past the
  *   sequence arrive as zeros) into the Q buffers and NST stages of K and of V, each with its own
@@ -29,7 +30,7 @@
 namespace {
 using namespace qattn_sm90;
 
-constexpr int BM = 128, NST = 2, NTHREADS = 384;
+constexpr int BM = 128, NTHREADS = 384;
 constexpr int HALF_COLS = 64;   /* columns of a 128-byte row: a tile is D / 64 such column blocks */
 constexpr int QHALF = BM * 128; /* bytes of a 64-column block of a Q tile (16 KB) */
 /* The shape per head dim; every shared-memory offset is a multiple of 1024 (the swizzle's period).
@@ -37,7 +38,7 @@ constexpr int QHALF = BM * 128; /* bytes of a 64-column block of a Q tile (16 KB
  * D 256: O alone is 128 registers a thread, so key tiles of 64 (S 32 + P 16 registers) and one Q
  * buffer (64 KB): the next item's Q loads after the current item's last S. */
 template <int D> struct f16w_cfg {
-    static constexpr int BN = D == 256 ? 64 : 128, NQ = D == 256 ? 1 : 2;
+    static constexpr int BN = D == 256 ? 64 : 128, NQ = D == 256 ? 1 : 2, NST = 2; /* NST: stages of K and of V */
     static constexpr int KHALF = BN * 128;                       /* bytes of a 64-column block of a K or V tile */
     static constexpr int QTILE = BM * D * 2, KTILE = BN * D * 2; /* bytes */
     static constexpr int OFF_Q = 0, OFF_K = OFF_Q + NQ * QTILE, OFF_V = OFF_K + NST * KTILE;
@@ -212,9 +213,9 @@ template <bool BF16, int BN> __device__ __forceinline__ void make_pa(const float
             }
         }
 }
-/* O *= alpha, skipped by a warp where no row max grew (most tiles past the first few) */
+/* O *= alpha on every tile. Skipping it where no row max of the warp grew (a warp vote and a branch)
+ * measured 3-5% slower at D 128, L 4k/16k (H100, 2026-12-05, same-process A/B, docs/gpu.md round 7). */
 template <int D> __device__ __forceinline__ void rescale_o(float o[D / 2], const float alpha[2]) {
-    if (!__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) return;
 #pragma unroll
     for (int i = 0; i < D / 2; i++) o[i] *= alpha[(i >> 1) & 1];
 }
@@ -311,7 +312,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
                          const __grid_constant__ CUtensorMap tm_v, int hg, int n_items) {
 #if defined(QATTN_F16W_OK)
     using C = f16w_cfg<D>;
-    constexpr int BN = C::BN, NQ = C::NQ;
+    constexpr int BN = C::BN, NQ = C::NQ, NST = C::NST;
     extern __shared__ unsigned char smem_raw[];
     const uint32_t sbase = (qattn_smem_u32(smem_raw) + 1023u) & ~1023u;
     unsigned char *smem = smem_raw + (sbase - qattn_smem_u32(smem_raw));
@@ -343,7 +344,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
             /* The consumers issue S(g) with P V(g - 1) (g: tiles counted over all items of the block), so
              * K(g) is loaded before V(g - 1); pv_* hold the V copy still to issue. */
             int g = 0, pv_hkv = 0, pv_row = 0, pv_b = 0;
-            for (int j = 0, item = blockIdx.x;; j++, item += gridDim.x) {
+            for (int j = 0, item = blockIdx.x;; j++) {
                 const int qb = j % NQ;
                 mbar_wait(bar_qempty + 8 * qb, ((j / NQ) & 1) ^ 1);
                 if (item >= n_items) {
@@ -353,6 +354,8 @@ __global__ void __launch_bounds__(NTHREADS, 1)
                 }
                 const work_item w = decode_item<BM, BN>(a, item, hg);
                 slot[qb] = w;
+                /* the block's next item, claimed now so that its index is known before this item's loads end */
+                const int next = gridDim.x + atomicAdd(a.sched, 1);
                 if (w.t_last > w.t_first) {
                     mbar_expect_tx(bar_qfull + 8 * qb, C::QTILE);
                     for (int c = 0; c < D / 64; c++)
@@ -375,6 +378,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
                     }
                     pv_hkv = w.hkv, pv_row = tt * BN, pv_b = w.b;
                 }
+                item = next;
             }
             if (g > 0) { /* the last V */
                 const int sp = (g - 1) % NST;
