@@ -529,6 +529,17 @@ bool make_map(CUtensorMap *m, const void *base, int bf16, int D, int64_t batch, 
     return r == CUDA_SUCCESS;
 }
 
+/* Head groups (decode_item) for causal and windowed launches, whose items differ in cost: each group
+ * lists its heavy items first, so a last group smaller than the others puts heavy items at the end of
+ * the order, where the other blocks idle behind them. The smallest divisor of n_bh from hg to 2 hg makes
+ * the groups equal (B*L = 16k, H 16, simulated with the atomic counter: the makespan over the mean falls
+ * from 1.10 to 1.02 at L 4k and 16k, from 1.05 to 1.02 at 1k); none there: hg as it is. */
+int even_head_group(int hg, int64_t n_bh) {
+    for (int64_t d = hg; d <= 2 * (int64_t)hg && d <= n_bh; d++)
+        if (n_bh % d == 0) return (int)d;
+    return hg;
+}
+
 template <int D, int DV> cudaError_t prepare() {
     cudaError_t e = cudaFuncSetAttribute(fwd_f16_wgmma_kernel<D, DV, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, f16w_cfg<D>::SMEM);
     return e != cudaSuccess ? e : cudaFuncSetAttribute(fwd_f16_wgmma_kernel<D, DV, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, f16w_cfg<D>::SMEM);
@@ -559,7 +570,9 @@ cudaError_t qattn_cuda_launch_f16_wgmma(const qattn_cuda_args &a, int bf16, cuda
         !make_map(&tk, a.k, bf16, a.d, a.batch, a.lk, a.hk, a.k_bs, a.k_ss, a.k_hs, bn) ||
         !make_map(&tv, a.v, bf16, a.d, a.batch, a.lk, a.hk, a.v_bs, a.v_ss, a.v_hs, bn))
         return cudaErrorNotSupported;
-    const int grid = (int)(n_items < a.n_sm ? n_items : a.n_sm), hg = qattn_sm90_head_group(n_mblk, n_bh, grid);
+    const int grid = (int)(n_items < a.n_sm ? n_items : a.n_sm);
+    int hg = qattn_sm90_head_group(n_mblk, n_bh, grid);
+    if (a.wl >= 0 || a.wr >= 0) hg = even_head_group(hg, n_bh);
     switch (a.d) {
     case 64: launch<64, 64>(a, bf16, tq, tk, tv, grid, hg, (int)n_items, stream); break;
     case 96: launch<128, 96>(a, bf16, tq, tk, tv, grid, hg, (int)n_items, stream); break;
