@@ -37,8 +37,18 @@ watchdog() {
   echo "watchdog run rc=$?"; grep -E "stuck|^ok|FAIL|PASSED|FAILED|error" "$OUT/f16w_watchdog.log" | head -40
   bash dev/cuda_f16_wgmma/variant.sh revert
 }
+# Run 1 (commit 0d02f60) passed with the static item order: on a failure, the same tests with that order.
+recheck_static() {
+  echo "RECHECK with the static item order (dev/cuda_f16_wgmma/variant.sh static_schedule): $1"
+  bash dev/cuda_f16_wgmma/variant.sh static_schedule apply && cmake --build build-gpu -j16 --target qattn qattn_gpu_test > "$OUT/f16w_build_static.log" 2>&1
+  timeout 150 $T $1 > "$OUT/f16w_test_static.log" 2>&1
+  echo "static order rc=$?: ok $(grep -c '^ok' "$OUT/f16w_test_static.log"), FAIL $(grep -c FAIL "$OUT/f16w_test_static.log")"
+  grep FAIL "$OUT/f16w_test_static.log" | head -8
+  bash dev/cuda_f16_wgmma/variant.sh revert && cmake --build build-gpu -j16 --target qattn qattn_gpu_test > "$OUT/f16w_build_static.log" 2>&1
+}
 if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
   watchdog "small cases" --small
+  recheck_static "--small --alt"
   echo "the same cases on the mma.sync kernels:"
   timeout 60 $T --small --mma > "$OUT/f16w_small_mma.log" 2>&1
   echo "mma.sync small rc=$?"; tail -3 "$OUT/f16w_small_mma.log"
@@ -81,8 +91,10 @@ grep -h -B2 -A12 "Invalid\|Race reported\|Barrier error\|hazard" "$OUT"/f16w_mem
 
 if grep -qE "^rc=(124|137)" "$OUT/f16w_test.log"; then
   watchdog "full test" ""
+  recheck_static "--alt"
   exit 1
 fi
+grep -q "^PASSED" "$OUT/f16w_test.log" || recheck_static "--alt"
 
 # timing, alone on the GPU
 timeout 200 python3 bench/gpu_compare.py --lib build-gpu/libqattn.so --out "$OUT" --no-int8 --f16-mma --dims 128,64 --lens 1024,4096,16384 --reps 20 \
