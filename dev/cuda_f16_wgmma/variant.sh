@@ -5,6 +5,7 @@
 # NAME: static_schedule block i takes items i, i + grid, ... (no atomic counter; run 1's schedule)
 #       nq1_nst3        D 128: one Q buffer and three stages of K and of V (224 KB) instead of two and two
 #       uneven_groups   causal: the head groups of the INT8 kernel (the last group may be smaller)
+#       bn176           D 96/128: key tiles of 176 and one Q buffer (dev/cuda_f16_wgmma/bn176.py)
 #       no_pingpong     the consumer warpgroups issue their products whenever ready (no named-barrier turns)
 #       watchdog        (a diagnosis, not a schedule) an mbarrier wait that spins for seconds prints the
 #                       block, thread, barrier address and parity, then traps (src/cuda/hopper.cuh)
@@ -26,6 +27,8 @@ static_schedule)
   sub 's/\Q                const int next = gridDim.x + atomicAdd(a.sched, 1);\E/                const int next = item + gridDim.x;/' ;;
 uneven_groups)
   sub 's/\Q    if (a.wl >= 0 || a.wr >= 0) hg = even_head_group(hg, n_bh);\E\n//' ;;
+bn176)
+  python3 dev/cuda_f16_wgmma/bn176.py $F ;;
 nq1_nst3)
   sub 's/\QNQ = D == 256 ? 1 : 2, NST = 2;\E/NQ = D == 64 ? 2 : 1, NST = D == 128 ? 3 : 2;/' ;;
 no_pingpong)
