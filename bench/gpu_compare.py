@@ -62,7 +62,8 @@ PREC_AUTO, PREC_INT8 = 0, 4
 
 
 class QAttn:
-    def __init__(self, path):
+    def __init__(self, path, env=None):
+        """env: variables set while the context is created (the kernel choice, e.g. QATTN_CUDA_F16_KERNEL=mma)."""
         # RTLD_LAZY: an unrelated undefined symbol (a CPU path mid-change) must not stop the GPU bench.
         self.lib = C.CDLL(path, mode=os.RTLD_LAZY | os.RTLD_LOCAL)
         L = self.lib
@@ -79,7 +80,14 @@ class QAttn:
         L.qattn_workspace_size.restype = C.c_int
         self.ctx = C.c_void_p()
         opt = CtxOptions(backend=2, cuda_device=torch.cuda.current_device())
+        saved = {k_: os.environ.get(k_) for k_ in (env or {})}
+        os.environ.update(env or {})
         s = L.qattn_ctx_create(C.byref(self.ctx), C.byref(opt))
+        for k_, v_ in saved.items():
+            if v_ is None:
+                del os.environ[k_]
+            else:
+                os.environ[k_] = v_
         if s != 0:
             raise RuntimeError("qattn_ctx_create(cuda): " + L.qattn_status_str(s).decode())
         self.ws = None
@@ -246,6 +254,9 @@ def main():
     ap.add_argument("--no-peers", action="store_true", help="SDPA only (no FlashInfer, flash-attn-4, SageAttention)")
     ap.add_argument("--warm-peers", action="store_true",
                     help="only call each peer once on small inputs (D 128, FP16, causal and not), to fill JIT caches, and exit")
+    ap.add_argument("--f16-mma", action="store_true",
+                    help="also time qattn FP16 on the mma.sync kernel (QATTN_CUDA_F16_KERNEL=mma) and check which kernel the default ran")
+    ap.add_argument("--dtype", default="f16", choices=("f16", "bf16"), help="input dtype of every contender")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--ref-heads", type=int, default=2, help="heads of the FP32 reference")
     args = ap.parse_args()
@@ -264,6 +275,8 @@ def main():
                     print("warm %s causal=%d failed: %s: %s" % (name, causal, type(e).__name__, e), flush=True)
         return
     qa = QAttn(args.lib)
+    qa_mma = QAttn(args.lib, {"QATTN_CUDA_F16_KERNEL": "mma"}) if args.f16_mma else None
+    dt = torch.bfloat16 if args.dtype == "bf16" else torch.float16
     dev = torch.cuda.get_device_name()
     shapes = []
     dims = [int(x) for x in args.dims.split(",")] if args.dims else ([128] if args.quick else [64, 128])
@@ -274,15 +287,21 @@ def main():
                 shapes.append((16384 // L, L, 2048 // D, D, causal))
     rows = []
     for (B, L, H, D, causal) in shapes:
-        q = torch.randn(B, L, H, D, device="cuda", dtype=torch.float16)
-        k = torch.randn(B, L, H, D, device="cuda", dtype=torch.float16)
-        v = torch.randn(B, L, H, D, device="cuda", dtype=torch.float16)
+        q = torch.randn(B, L, H, D, device="cuda", dtype=dt)
+        k = torch.randn(B, L, H, D, device="cuda", dtype=dt)
+        v = torch.randn(B, L, H, D, device="cuda", dtype=dt)
         o16 = torch.empty_like(q)
         o8 = torch.empty_like(q)
         flops = 4.0 * B * H * L * L * D / (2 if causal else 1)
         row = dict(B=B, L=L, H=H, D=D, causal=causal, flops=flops)
         p16 = qa.params(q, k, v, o16, causal)
         row["qattn_f16_ms"], _ = time_ms(lambda: qa.forward(p16), reps=args.reps)
+        if qa_mma is not None:
+            om = torch.empty_like(q)
+            pm = qa_mma.params(q, k, v, om, causal)
+            row["qattn_f16_mma_ms"], _ = time_ms(lambda: qa_mma.forward(pm), reps=args.reps)
+            # which kernel the default context ran (profiler names): the wgmma one on compute capability 9.0
+            row["f16_kernel_wgmma"] = not math.isnan(kernel_ms(lambda: qa.forward(p16), "f16_wgmma", reps=3))
         if not args.no_int8:
             p8 = qa.params(q, k, v, o8, causal, PREC_INT8)
             row["qattn_i8_ms"], _ = time_ms(lambda: qa.forward(p8), reps=args.reps)
@@ -325,6 +344,9 @@ def main():
         ref = torch.cat(ref, 0).view(args.ref_heads, B, L, D).permute(1, 2, 0, 3)  # [B, L, h, D]
         qa.forward(p16)
         cands = {"qattn_f16": o16}
+        if qa_mma is not None:
+            qa_mma.forward(pm)
+            cands["qattn_f16_mma"] = om
         if not args.no_int8:
             qa.forward(p8)
             cands["qattn_i8"] = o8
@@ -343,6 +365,7 @@ def main():
         rows.append(row)
         print("done", B, L, H, D, causal, {k_: round(v_, 3) for k_, v_ in row.items() if k_.endswith("_tflops")}, flush=True)
         del q, k, v, o16, o8, outs, cands, peer_out
+        om = pm = None
         torch.cuda.empty_cache()
 
     hdr = ("D", "L", "causal", "qattn f16", "/FA2", "/cuDNN", "i8 all", "i8 kern", "/FA2", "/cuDNN", "FA2", "cuDNN",
@@ -378,6 +401,18 @@ def main():
     print("accuracy rel L1: " + "; ".join("D%d L%d%s: " % (r["D"], r["L"], " c" if r["causal"] else "") +
                                          ", ".join("%s %.1e" % (n, r[n + "_rel_l1"]) for n in ["qattn_i8"] + names if n + "_rel_l1" in r)
                                          for r in rows))
+    if qa_mma is not None:
+        hdr = ("D", "L", "causal", "wgmma", "mma", "FA2", "cuDNN", "wgmma/cuDNN", "mma/cuDNN", "wgmma/mma", "wgmma L1", "mma L1", "cuDNN L1",
+               "wgmma ran")
+        print("\nqattn %s kernels, TFLOP/s, device %s" % (args.dtype.upper(), dev))
+        print("| " + " | ".join(hdr) + " |")
+        print("|" + "---|" * len(hdr))
+        for r in rows:
+            w, m, fa, cu = r["qattn_f16_tflops"], r["qattn_f16_mma_tflops"], r.get("sdpa_flash_tflops", nan), r.get("sdpa_cudnn_tflops", nan)
+            vals = (r["D"], r["L"], "yes" if r["causal"] else "no", "%.0f" % w, "%.0f" % m, "%.0f" % fa, "%.0f" % cu, "%.2f" % (w / cu),
+                    "%.2f" % (m / cu), "%.2f" % (w / m), "%.1e" % r["qattn_f16_rel_l1"], "%.1e" % r["qattn_f16_mma_rel_l1"],
+                    "%.1e" % r.get("sdpa_cudnn_rel_l1", nan), "yes" if r["f16_kernel_wgmma"] else "no")
+            print("| " + " | ".join(str(x) for x in vals) + " |")
     with open(os.path.join(args.out, "gpu_compare.json"), "w") as f:
         json.dump(dict(device=dev, torch=torch.__version__, rows=rows), f, indent=1)
     try:

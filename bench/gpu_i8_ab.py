@@ -7,6 +7,9 @@ alternating order, twice (the spread between the two rounds is the noise floor),
 FlashAttention-2 backend in the same run; the outputs of the builds are compared with the first one.
 
 Usage: python3 bench/gpu_i8_ab.py --lib new=build-gpu/libqattn.so --lib base=build-base/libqattn.so [--shapes 4k,4kc,16k,16kc]
+--f16: the FP16 forward instead (precision AUTO: the wgmma kernel on compute capability 9.0), with SDPA's
+cuDNN backend timed too, and --f16-mma adds the first library's mma.sync kernel (QATTN_CUDA_F16_KERNEL=mma)
+as one more contender.
 """
 import argparse
 import json
@@ -18,7 +21,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_compare import PREC_INT8, QAttn, kernel_ms, time_ms  # noqa: E402
+from gpu_compare import PREC_AUTO, PREC_INT8, QAttn, kernel_ms, time_ms  # noqa: E402
 
 SHAPES = {"1k": (1024, False), "1kc": (1024, True), "4k": (4096, False), "4kc": (4096, True), "16k": (16384, False), "16kc": (16384, True)}
 
@@ -28,8 +31,13 @@ def main():
     ap.add_argument("--lib", action="append", required=True, help="NAME=PATH, first one is the reference for the output comparison")
     ap.add_argument("--shapes", default="4k,4kc,16k,16kc")
     ap.add_argument("--out", default=os.environ.get("OUT", "out"))
+    ap.add_argument("--f16", action="store_true", help="time the FP16 forward (and SDPA cuDNN) instead of the INT8 kernel")
+    ap.add_argument("--f16-mma", action="store_true", help="with --f16: the first library's mma.sync kernel as one more contender")
     args = ap.parse_args()
     libs = [(s.split("=", 1)[0], QAttn(s.split("=", 1)[1])) for s in args.lib]
+    if args.f16 and args.f16_mma:
+        libs.append(("mma", QAttn(args.lib[0].split("=", 1)[1], {"QATTN_CUDA_F16_KERNEL": "mma"})))
+    prec, kname, unit = (PREC_AUTO, "fwd_f16", "TFLOP/s") if args.f16 else (PREC_INT8, "fwd_i8", "TOPS")
     D, rows = 128, []
     for sname in args.shapes.split(","):
         L, causal = SHAPES[sname]
@@ -40,13 +48,16 @@ def main():
         outs, params = {}, {}
         for name, qa in libs:
             outs[name] = torch.full_like(q, float("nan"))
-            params[name] = qa.params(q, k, v, outs[name], causal, PREC_INT8)
+            params[name] = qa.params(q, k, v, outs[name], causal, prec)
         for rnd in range(2):
             for name, qa in (libs if rnd == 0 else libs[::-1]):
-                row.setdefault(name, []).append(flops / (kernel_ms(lambda: qa.forward(params[name]), "fwd_i8") * 1e-3) / 1e12)
+                row.setdefault(name, []).append(flops / (kernel_ms(lambda: qa.forward(params[name]), kname) * 1e-3) / 1e12)
         qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
             row["fa2"] = flops / (time_ms(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal))[0] * 1e-3) / 1e12
+        if args.f16:
+            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+                row["cudnn"] = flops / (time_ms(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal))[0] * 1e-3) / 1e12
         for name, qa in libs:
             qa.forward(params[name])
         torch.cuda.synchronize()
@@ -65,8 +76,11 @@ def main():
         del q, k, v, outs, params
         torch.cuda.empty_cache()
     names = [n for n, _ in libs]
-    print("\nINT8 kernel TOPS (two rounds, alternating order) and / SDPA FA2 (same run), device %s" % torch.cuda.get_device_name())
-    print("| shape | " + " | ".join("%s TOPS | %s /FA2" % (n, n) for n in names) + " | FA2 | max|d|/max|o| vs %s | rel L1 | nonfinite |" % names[0])
+    print("\n%s kernel %s (two rounds, alternating order) and / SDPA FA2 (same run), device %s" % ("FP16" if args.f16 else "INT8", unit, torch.cuda.get_device_name()))
+    if args.f16:
+        print("SDPA cuDNN (same run): " + ", ".join("%s %.0f (best qattn / cuDNN: %s)" % (r["shape"], r["cudnn"], " ".join(
+            "%s %.2f" % (n, max(r[n]) / r["cudnn"]) for n in names)) for r in rows))
+    print("| shape | " + " | ".join("%s %s | %s /FA2" % (n, unit, n) for n in names) + " | FA2 | max|d|/max|o| vs %s | rel L1 | nonfinite |" % names[0])
     print("|---|" + "---|---|" * len(names) + "---|---|---|---|")
     for r in rows:
         cells = []

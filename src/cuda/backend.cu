@@ -29,6 +29,9 @@ struct cuda_state {
     int sm_count;
     int cc_major, cc_minor;
     int i8_wgmma; /* INT8 D 128 on the sm_90a wgmma kernel (QATTN_CUDA_I8_KERNEL=mma forces mma.sync) */
+    int f16_wgmma; /* FP16/BF16 on the sm_90a wgmma kernel (QATTN_CUDA_F16_KERNEL=mma forces mma.sync) */
+    int32_t *f16_sched; /* its work counter (zeroed before each launch); calls that use it run in order (f16_serial) */
+    qattn_cuda_serial f16_serial;
     void *ws;
     size_t ws_bytes;
     qattn_cuda_serial ws_serial;
@@ -151,7 +154,9 @@ extern "C" qattn_status qattn_cuda_init(qattn_ctx *ctx) {
     qattn_device_guard guard(ctx->cuda_device);
     if (guard.err != cudaSuccess) return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaSetDevice(%d): %s", ctx->cuda_device, cudaGetErrorString(guard.err));
     if ((e = qattn_cuda_prepare_f16()) != cudaSuccess || (e = qattn_cuda_prepare_i8()) != cudaSuccess ||
-        (e = qattn_cuda_prepare_i8_wgmma()) != cudaSuccess)
+        (e = qattn_cuda_prepare_i8_wgmma()) != cudaSuccess ||
+        /* 193 KB of shared memory: more than sm_80 allows, and only ever launched on 9.0 */
+        (prop.major == 9 && prop.minor == 0 && (e = qattn_cuda_prepare_f16_wgmma()) != cudaSuccess))
         return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaFuncSetAttribute (shared memory limit): %s", cudaGetErrorString(e));
     cuda_state *st = (cuda_state *)qattn_alloc(ctx, sizeof(cuda_state));
     if (!st) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cannot allocate the CUDA backend state");
@@ -163,15 +168,27 @@ extern "C" qattn_status qattn_cuda_init(qattn_ctx *ctx) {
     { /* wgmma is sm_90a machine code: compute capability 9.0 exactly */
         const char *k = getenv("QATTN_CUDA_I8_KERNEL");
         st->i8_wgmma = prop.major == 9 && prop.minor == 0 && !(k && strcmp(k, "mma") == 0);
+        const char *kf = getenv("QATTN_CUDA_F16_KERNEL");
+        st->f16_wgmma = prop.major == 9 && prop.minor == 0 && !(kf && strcmp(kf, "mma") == 0);
     }
     if ((e = qattn_cuda_serial_init(&st->ws_serial)) != cudaSuccess) {
         cudaGetLastError();
         qattn_free(ctx, st);
         return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaEventCreate: %s", cudaGetErrorString(e));
     }
+    if (st->f16_wgmma && ((e = qattn_cuda_serial_init(&st->f16_serial)) != cudaSuccess ||
+                          (e = cudaMalloc((void **)&st->f16_sched, sizeof(int32_t))) != cudaSuccess)) {
+        cudaGetLastError();
+        qattn_cuda_serial_release(&st->f16_serial);
+        qattn_cuda_serial_release(&st->ws_serial);
+        qattn_free(ctx, st);
+        return qattn_fail(ctx, QATTN_ERR_BACKEND, "the FP16 wgmma kernel's work counter (cudaEventCreate, cudaMalloc): %s", cudaGetErrorString(e));
+    }
     if ((e = qattn_cuda_prepare_kvd(&st->kvd, st->sm_count)) != cudaSuccess) {
         cudaGetLastError();
         qattn_cuda_serial_release(&st->ws_serial);
+        if (st->f16_sched) cudaFree(st->f16_sched);
+        qattn_cuda_serial_release(&st->f16_serial);
         qattn_free(ctx, st);
         return qattn_fail(ctx, QATTN_ERR_BACKEND, "decode kernels (shared memory limit, occupancy, event): %s", cudaGetErrorString(e));
     }
@@ -190,7 +207,9 @@ extern "C" void qattn_cuda_release(qattn_ctx *ctx) {
     {
         qattn_device_guard guard(st->device);
         if (st->ws) cudaFree(st->ws); /* synchronises the device: contexts are destroyed off the hot path */
+        if (st->f16_sched) cudaFree(st->f16_sched);
         qattn_cuda_serial_release(&st->ws_serial);
+        qattn_cuda_serial_release(&st->f16_serial);
         qattn_cuda_release_kvd(&st->kvd);
     }
     qattn_free(ctx, st);
@@ -248,6 +267,24 @@ extern "C" qattn_status qattn_cuda_forward(qattn_ctx *ctx, const qattn_params *p
             if (s == QATTN_OK) s = qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaEventRecord: %s", cudaGetErrorString(e));
         }
         return s;
+    }
+    if (st->f16_wgmma && !a.cu_q && a.lk > 0) { /* the wgmma kernel (every head dim the backend admits) where its tensor maps can describe the tensors */
+        a.n_sm = st->sm_count;
+        a.sched = st->f16_sched;
+        if ((e = qattn_cuda_serial_begin(&st->f16_serial, stream)) != cudaSuccess) {
+            cudaGetLastError();
+            return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaStreamWaitEvent (the previous FP16 call's stream): %s", cudaGetErrorString(e));
+        }
+        e = cudaMemsetAsync(a.sched, 0, sizeof(int32_t), stream);
+        if (e == cudaSuccess) e = qattn_cuda_launch_f16_wgmma(a, input_is_bf16(p), stream);
+        const cudaError_t e_end = qattn_cuda_serial_end(&st->f16_serial, stream); /* after whatever was queued */
+        if (e == cudaSuccess && e_end != cudaSuccess) e = e_end;
+        if (e != cudaErrorNotSupported) {
+            if (e == cudaSuccess) return QATTN_OK;
+            cudaGetLastError();
+            return qattn_fail(ctx, QATTN_ERR_BACKEND, "attention kernel launch (wgmma, d %d, %s): %s", p->head_dim, input_is_bf16(p) ? "bf16" : "f16",
+                              cudaGetErrorString(e));
+        }
     }
     if ((e = qattn_cuda_launch_f16(a, input_is_bf16(p), stream)) != cudaSuccess)
         return qattn_fail(ctx, QATTN_ERR_BACKEND, "attention kernel launch (d %d, %s): %s", p->head_dim, input_is_bf16(p) ? "bf16" : "f16",

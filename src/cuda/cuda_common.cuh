@@ -41,6 +41,10 @@ cudaError_t qattn_cuda_launch_i8(const qattn_cuda_args &a, cudaStream_t stream);
 cudaError_t qattn_cuda_prepare_i8(void);
 cudaError_t qattn_cuda_launch_i8_wgmma(const qattn_cuda_args &a, cudaStream_t stream); /* D 128, sm_90a only */
 cudaError_t qattn_cuda_prepare_i8_wgmma(void);
+/* D 64, 96, 128 and 256, non-varlen, sm_90a only; cudaErrorNotSupported (nothing launched) where the TMA tensor maps
+ * cannot describe the tensors: the caller runs the mma.sync kernel instead. */
+cudaError_t qattn_cuda_launch_f16_wgmma(const qattn_cuda_args &a, int bf16, cudaStream_t stream);
+cudaError_t qattn_cuda_prepare_f16_wgmma(void);
 /* Quantize f16/bf16 q, k, v of a (non-varlen) into the INT8 workspace layout.
  * ws: device scratch of qattn_cuda_i8_workspace bytes; fills a.qi/ki/vt/sq/sk/sv. */
 size_t qattn_cuda_i8_workspace(const qattn_cuda_args &a);

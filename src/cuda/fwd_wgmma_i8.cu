@@ -21,11 +21,13 @@
  * Integer accumulators start at the bit pattern of 1.5 * 2^23 (as in the mma.sync kernel) so the
  * int -> float conversion is free. */
 #include "cuda_common.cuh"
+#include "hopper.cuh"
 #include "i8_rows.cuh"
 
 #include <math.h>
 
 namespace {
+using namespace qattn_sm90;
 
 #ifndef QATTN_I8W_STAGES
 #define QATTN_I8W_STAGES 3
@@ -56,70 +58,23 @@ struct item_rows {
     int lo0, hi0, lo1, hi1, wlo_last, whi_first;
 };
 
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#if defined(QATTN_SM90A_DEVICE)
 #define QATTN_WGMMA_OK 1
 constexpr int I2F_BIAS = 0x4B400000;
 constexpr float I2F_BIASF = 12582912.f;
 
-__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
-}
-__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, int bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint32_t bar, int parity) {
-    asm volatile("{\n.reg .pred p;\nWAIT_%=:\n"
-                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-                 "@!p bra WAIT_%=;\n}\n" ::"r"(bar),
-                 "r"(parity)
-                 : "memory");
-}
-/* bytes (multiple of 16) from global to shared, completing as transaction bytes on bar */
-__device__ __forceinline__ void bulk_g2s(uint32_t dst, const void *src, int bytes, uint32_t bar) {
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst), "l"(src), "r"(bytes),
-                 "r"(bar)
-                 : "memory");
-}
-
-/* Shared-memory matrix descriptor of a K-major tile of 128-byte rows with the 128-byte swizzle:
- * 8-row groups 1024 bytes apart (stride byte offset), leading byte offset unused (1). The k step of
- * 32 bytes inside the swizzled row is an address offset (+2 in 16-byte units). */
-__device__ __forceinline__ uint64_t desc_sw128(uint32_t saddr) {
-    return (uint64_t)((saddr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) | ((uint64_t)1 << 62);
-}
-
-#if QATTN_I8W_PINGPONG
-/* Named barriers 1 and 2 (0 is __syncthreads): the consumer warpgroups' turns, 256 threads each. */
-__device__ __forceinline__ void named_sync(int id) { asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory"); }
-__device__ __forceinline__ void named_arrive(int id) { asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory"); }
-#endif
-__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N> __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
-/* Pin a register's value at this point of the program (accumulators of in-flight wgmma). */
-__device__ __forceinline__ void reg_fence(int &r) { asm volatile("" : "+r"(r)::"memory"); }
-__device__ __forceinline__ void reg_fence(uint32_t &r) { asm volatile("" : "+r"(r)::"memory"); }
-
-#define QATTN_R8(i) "+r"(d[i]), "+r"(d[i + 1]), "+r"(d[i + 2]), "+r"(d[i + 3]), "+r"(d[i + 4]), "+r"(d[i + 5]), "+r"(d[i + 6]), "+r"(d[i + 7])
-#define QATTN_D64                                                                                                                                  \
-    "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"                     \
-    "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}"
-
 /* d[64] += A (64 x 32 s8, shared) * B (32 x 128 s8, shared, K-major) */
 __device__ __forceinline__ void wgmma_ss_s8(int d[64], uint64_t da, uint64_t db) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 " QATTN_D64 ", %64, %65, p;\n}\n"
-                 : QATTN_R8(0), QATTN_R8(8), QATTN_R8(16), QATTN_R8(24), QATTN_R8(32), QATTN_R8(40), QATTN_R8(48), QATTN_R8(56)
+                 "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 " QATTN_WG_D64 ", %64, %65, p;\n}\n"
+                 : QATTN_WG_R8(0), QATTN_WG_R8(8), QATTN_WG_R8(16), QATTN_WG_R8(24), QATTN_WG_R8(32), QATTN_WG_R8(40), QATTN_WG_R8(48), QATTN_WG_R8(56)
                  : "l"(da), "l"(db), "r"(1));
 }
 /* d[64] += A (64 x 32 u8, registers) * B (32 x 128 s8, shared, K-major) */
 __device__ __forceinline__ void wgmma_rs_u8s8(int d[64], const uint32_t a[4], uint64_t db) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k32.s32.u8.s8 " QATTN_D64 ", {%64,%65,%66,%67}, %68, p;\n}\n"
-                 : QATTN_R8(0), QATTN_R8(8), QATTN_R8(16), QATTN_R8(24), QATTN_R8(32), QATTN_R8(40), QATTN_R8(48), QATTN_R8(56)
+                 "wgmma.mma_async.sync.aligned.m64n128k32.s32.u8.s8 " QATTN_WG_D64 ", {%64,%65,%66,%67}, %68, p;\n}\n"
+                 : QATTN_WG_R8(0), QATTN_WG_R8(8), QATTN_WG_R8(16), QATTN_WG_R8(24), QATTN_WG_R8(32), QATTN_WG_R8(40), QATTN_WG_R8(48), QATTN_WG_R8(56)
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
 }
 
@@ -139,12 +94,12 @@ __device__ __forceinline__ void fence_pa(uint32_t pa[4][4]) {
  * one's softmax runs while the tensor cores work for the other. */
 __device__ __forceinline__ void turn_begin(int wg) {
 #if QATTN_I8W_PINGPONG
-    named_sync(1 + wg);
+    named_sync<256>(1 + wg);
 #endif
 }
 __device__ __forceinline__ void turn_end(int wg) {
 #if QATTN_I8W_PINGPONG
-    named_arrive(2 - wg);
+    named_arrive<256>(2 - wg);
 #endif
 }
 /* S = Q K^T as biased floats (accumulators start at 1.5 * 2^23) */
@@ -268,43 +223,6 @@ __device__ __forceinline__ void softmax_step(const int si[64], const float *skt,
 #endif
 
 #if defined(QATTN_WGMMA_OK)
-/* The work items of a launch: (query block, batch, head) triples, taken by the blocks of the persistent
- * grid from an atomic counter in the order below. Heads go in groups of hg (batch, head) pairs; inside a
- * group the heavy (late) causal query blocks come first, over all heads of the group, so the longest items
- * start first (near-perfect balance for causal) while the blocks in flight at any time share the K/V of
- * a few heads in L2. The producer decodes each item once and passes it to the consumers with its Q (the
- * divisions cost a consumer ~700 cycles at every item crossing: traced, docs/gpu.md round 6). */
-struct work_item {
-    int b, h, hkv, m0, t_first, t_last; /* b < 0: no more items; key tiles [t_first, t_last) */
-};
-__device__ __forceinline__ work_item decode_item(const qattn_cuda_args &a, int item, int hg) {
-    const int n_mblk = (a.lq + BM - 1) / BM, n_bh = a.batch * a.h, grp = item / (hg * n_mblk), r = item - grp * (hg * n_mblk);
-    const int in_grp = min(hg, n_bh - grp * hg), bh = grp * hg + r % in_grp;
-    work_item w;
-    w.b = bh / a.h, w.h = bh - w.b * a.h, w.hkv = w.h / (a.h / a.hk);
-    w.m0 = (n_mblk - 1 - r / in_grp) * BM;
-    int lo_first, hi_first, lo_last, hi_last;
-    qattn_fwd_key_range(w.m0, a.lq, a.lk, a.wl, a.wr, lo_first, hi_first);
-    qattn_fwd_key_range(min(w.m0 + BM, a.lq) - 1, a.lq, a.lk, a.wl, a.wr, lo_last, hi_last);
-    w.t_first = lo_first / BN;
-    w.t_last = hi_last > lo_first ? (hi_last + BN - 1) / BN : w.t_first;
-    return w;
-}
-
-/* Rows of an item that sees no key: zeros, LSE -inf (the rule of qattn.h). Zero has the same bits in
- * every output dtype; rows are 16-byte aligned (the backend's rule), so the quad writes 16-byte chunks. */
-__device__ __forceinline__ void store_empty_rows(const qattn_cuda_args &a, int b, int h, int row0, int t4) {
-    const int64_t es = a.o_dtype == 0 ? 4 : 2, ooff = (int64_t)b * a.o_bs + (int64_t)h * a.o_hs;
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        const int row = row0 + 8 * r;
-        if (row >= a.lq) continue;
-        unsigned char *rowp = (unsigned char *)a.o + (ooff + (int64_t)row * a.o_ss) * es;
-        for (int c = t4; c < D * es / 16; c += 4) *(uint4 *)(rowp + 16 * c) = make_uint4(0u, 0u, 0u, 0u);
-        if (a.lse && t4 == 0) a.lse[((int64_t)b * a.h + h) * a.lq + row] = -INFINITY;
-    }
-}
-
 /* A consumer takes the next item the producer announced (Q buffer j & 1), storing the rows of items
  * with no key on the way. False (cur unchanged) when the items have run out. */
 __device__ __forceinline__ bool next_item(const qattn_cuda_args &a, const work_item *slot, const float *sq_s, uint32_t bar_qfull,
@@ -316,7 +234,7 @@ __device__ __forceinline__ bool next_item(const qattn_cuda_args &a, const work_i
         if (w.b < 0) return false;
         j++;
         if (w.t_last == w.t_first) {
-            store_empty_rows(a, w.b, w.h, w.m0 + roff, t4);
+            store_empty_rows<D>(a, w.b, w.h, w.m0 + roff, t4);
             mbar_arrive(bar_qempty + 8 * qb);
             continue;
         }
@@ -360,12 +278,12 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
             mbar_init(bar_qfull + 8 * i, 1);
             mbar_init(bar_qempty + 8 * i, 256);
         }
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        mbar_init_fence();
     }
     __syncthreads();
 
     if (threadIdx.x < 128) { /* producer warpgroup: one thread issues every copy */
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n");
+        setmaxnreg_dec<24>();
         if (threadIdx.x == 0) {
             int item = blockIdx.x, it = 0;
             for (int j = 0;; j++) {
@@ -376,7 +294,7 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
                     mbar_arrive(bar_qfull + 8 * qb);
                     break;
                 }
-                const work_item w = decode_item(a, item, hg);
+                const work_item w = decode_item<BM, BN>(a, item, hg);
                 const int64_t bhk = (int64_t)w.b * a.hk + w.hkv;
                 slot[qb] = w;
                 if (w.t_last > w.t_first) {
@@ -402,7 +320,7 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
         }
         return;
     }
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n");
+    setmaxnreg_inc<240>();
 
     const int wg = threadIdx.x / 128 - 1, tw = threadIdx.x % 128, warp = tw / 32, lane = tw % 32;
     const int g = lane / 4, t4 = lane % 4, roff = wg * 64 + warp * 16 + g; /* this thread's rows: m0 + roff, + 8 */
@@ -420,7 +338,7 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
     item_rows cur; /* the item of the tile in hand */
     if (!next_item(a, slot, (const float *)(smem + OFF_SQ), bar_qfull, bar_qempty, wg, roff, t4, j, cur)) return;
 #if QATTN_I8W_PINGPONG
-    if (wg == 1) named_arrive(1); /* warpgroup 0 issues first */
+    if (wg == 1) named_arrive<256>(1); /* warpgroup 0 issues first */
 #endif
     /* Prologue: S of the first tile. Then each step issues P V of the previous tile and S of the next
      * one, which may be the next item's first (one "GEMM phase"), updates O with that P V, stores the
@@ -503,7 +421,7 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
         qattn_i8_store_rows<D>(a, cur.b, cur.h, cur.bhk, cur.m0 + roff, t4, o, mx, l, cur.rf);
     }
 #if QATTN_I8W_PINGPONG
-    if (wg == 0) named_sync(1); /* consume warpgroup 1's last turn hand-over */
+    if (wg == 0) named_sync<256>(1); /* consume warpgroup 1's last turn hand-over */
 #endif
 #else
     __trap(); /* built without sm_90a: the host never launches this kernel there */
@@ -521,9 +439,6 @@ cudaError_t qattn_cuda_launch_i8_wgmma(const qattn_cuda_args &a, cudaStream_t st
     const int64_t n_mblk = (a.lq + BM - 1) / BM, n_bh = (int64_t)a.batch * a.h, n_items = n_mblk * n_bh;
     if (n_items > INT32_MAX / 2) return cudaErrorInvalidValue;
     const int grid = (int)(n_items < a.n_sm ? n_items : a.n_sm);
-    /* head groups of at least two grids' worth of items (see decode_item) */
-    int64_t hg = (2 * (int64_t)grid + n_mblk - 1) / n_mblk;
-    if (hg > n_bh) hg = n_bh;
-    fwd_i8_wgmma_kernel<<<grid, NTHREADS, SMEM, stream>>>(a, (int)hg, (int)n_items);
+    fwd_i8_wgmma_kernel<<<grid, NTHREADS, SMEM, stream>>>(a, qattn_sm90_head_group(n_mblk, n_bh, grid), (int)n_items);
     return cudaGetLastError();
 }

@@ -2,8 +2,10 @@
  * poisoned outputs (NaN bit patterns) and compares the whole output and LSE with the FP64
  * oracle (qattn_oracle_f64) on the same f16/bf16 inputs. Exits 77 (skip) without a device.
  * With --int8 it also checks the quantization pass bitwise against the CPU's (check_i8_quant).
- * Not registered with CTest (CPU CI has no GPU). Usage: qattn_gpu_test [--small] [--int8]
- *   --small: a handful of small cases (for compute-sanitizer memcheck / racecheck). */
+ * Not registered with CTest (CPU CI has no GPU). Usage: qattn_gpu_test [--small] [--int8] [--mma | --alt]
+ *   --small: a handful of small cases (for compute-sanitizer memcheck / racecheck).
+ *   --mma: the mma.sync kernels only (what sm_80 runs); --alt: FP16/BF16 cases also run on the mma.sync
+ *   kernel and the two outputs are compared (the INT8 run always does this). */
 #define _POSIX_C_SOURCE 200809L /* setenv */
 #include "qattn.h"
 
@@ -232,8 +234,11 @@ static int check_i8_quant(qattn_ctx *gpu, int wgmma, qattn_ctx *cpu, const qcase
     return fail;
 }
 
-/* gpu_alt: NULL, or a second CUDA context whose INT8 path runs the other kernel (mma.sync where
- * gpu runs wgmma): its output must match gpu's up to FP32 rounding. */
+/* gpu_alt: NULL, or a second CUDA context that runs the mma.sync kernel where gpu runs a wgmma kernel
+ * (compute capability 9.0). INT8: its output must match gpu's up to FP32 rounding (same arithmetic).
+ * FP16/BF16: the two round P to the input dtype against running maxima of different key tiles (64 and
+ * 128 keys), so they agree to a few units of that rounding; the bound catches layout and schedule
+ * errors (whole wrong rows or columns give differences of the order of the outputs). */
 static int run_case(qattn_ctx *gpu, qattn_ctx *gpu_alt, qattn_ctx *cpu, const tcase *c, cudaStream_t stream) {
     char desc[256];
     describe(c, desc, sizeof desc);
@@ -330,13 +335,13 @@ static int run_case(qattn_ctx *gpu, qattn_ctx *gpu_alt, qattn_ctx *cpu, const tc
     CK(cudaMemcpy(hout, dout, nq * osz, cudaMemcpyDeviceToHost));
     CK(cudaMemcpy(hlse, dlse, nlse * 4, cudaMemcpyDeviceToHost));
     double alt_diff = 0;
-    if (gpu_alt && c->precision == QATTN_PRECISION_INT8) {
+    if (gpu_alt) {
         void *hout2 = malloc(nq * osz);
         CK(cudaMemset(dout, 0xff, nq * osz));
         CK(cudaDeviceSynchronize()); /* the poison first (legacy stream, see above) */
         s = qattn_forward(gpu_alt, &p);
         if (s != QATTN_OK) {
-            printf("FAIL %s: qattn_forward (other INT8 kernel): %s: %s\n", desc, qattn_status_str(s), qattn_ctx_last_error(gpu_alt));
+            printf("FAIL %s: qattn_forward (the mma.sync kernel): %s: %s\n", desc, qattn_status_str(s), qattn_ctx_last_error(gpu_alt));
             return 1;
         }
         CK(cudaStreamSynchronize(stream));
@@ -388,11 +393,14 @@ static int run_case(qattn_ctx *gpu, qattn_ctx *gpu_alt, qattn_ctx *cpu, const tc
     double lse_tol = c->precision == QATTN_PRECISION_INT8 ? 0.1 : 1e-2;
     /* The two INT8 kernels share the arithmetic (exact integer products, the same FP32 formulas): a
      * difference above FP32 rounding of the output means a layout or schedule error, not quantization. */
-    const double alt_tol = c->odtype == QATTN_DTYPE_F32 ? 1e-5 : c->odtype == QATTN_DTYPE_BF16 ? 8e-3 : 1e-3;
+    const double alt_tol = c->precision != QATTN_PRECISION_INT8 ? (c->dtype == QATTN_DTYPE_BF16 ? 4e-2 : 1e-2)
+                           : c->odtype == QATTN_DTYPE_F32         ? 1e-5
+                           : c->odtype == QATTN_DTYPE_BF16        ? 8e-3
+                                                                  : 1e-3;
     int fail = bad || lse_bad || !(rel2 <= tol) || !(lse_err <= lse_tol) || !(alt_diff <= alt_tol);
     printf("%s %-72s relL1 %.2e relL2 %.2e (tol %.0e) maxabs %.2e lse %.2e nonfinite %zu lse_bad %zu", fail ? "FAIL" : "ok  ", desc, rel1,
            rel2, tol, maxabs, lse_err, bad, lse_bad);
-    if (gpu_alt && c->precision == QATTN_PRECISION_INT8 && !c->varlen) printf(" wgmma-vs-mma %.1e (tol %.0e)", alt_diff, alt_tol);
+    if (gpu_alt && !c->varlen) printf(" wgmma-vs-mma %.1e (tol %.0e)", alt_diff, alt_tol);
     printf("\n");
     free(hq), free(hk), free(hv), free(hout), free(hlse), free(o64), free(l64);
     cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dout), cudaFree(dlse);
@@ -400,11 +408,61 @@ static int run_case(qattn_ctx *gpu, qattn_ctx *gpu_alt, qattn_ctx *cpu, const tc
     return fail;
 }
 
+/* Two calls of one context on two streams, queued back to back: the wgmma kernel's work counter is per
+ * context, so the second call must wait for the first (a shared counter reset mid-run skips or repeats
+ * items: rows left at the NaN poison, or different bits). Both outputs must be complete and equal. */
+static int two_streams(qattn_ctx *gpu) {
+    const int B = 2, L = 1000, H = 8, HK = 2, D = 128;
+    const size_t nq = (size_t)B * L * H * D, nk = (size_t)B * L * HK * D;
+    uint16_t *h = malloc((nq + 2 * nk) * 2), *o1 = malloc(nq * 2), *o2 = malloc(nq * 2);
+    for (size_t i = 0; i < nq + 2 * nk; i++) h[i] = f2h(nrand());
+    void *dqkv, *d1, *d2;
+    CK(cudaMalloc(&dqkv, (nq + 2 * nk) * 2));
+    CK(cudaMalloc(&d1, nq * 2));
+    CK(cudaMalloc(&d2, nq * 2));
+    CK(cudaMemcpy(dqkv, h, (nq + 2 * nk) * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemset(d1, 0xff, nq * 2));
+    CK(cudaMemset(d2, 0xff, nq * 2));
+    CK(cudaDeviceSynchronize());
+    cudaStream_t s1, s2;
+    CK(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking));
+    CK(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
+    qattn_params p;
+    qattn_params_init(&p);
+    p.batch = B, p.seqlen_q = p.seqlen_k = L, p.n_heads = H, p.n_kv_heads = HK, p.head_dim = D;
+    p.qkv_dtype = p.o_dtype = QATTN_DTYPE_F16;
+    p.causal = 1;
+    qattn_params_set_contiguous(&p);
+    p.q = dqkv, p.k = (uint16_t *)dqkv + nq, p.v = (uint16_t *)dqkv + nq + nk;
+    int fail = 0;
+    p.o = d1, p.stream = s1;
+    fail |= qattn_forward(gpu, &p) != QATTN_OK;
+    p.o = d2, p.stream = s2;
+    fail |= qattn_forward(gpu, &p) != QATTN_OK;
+    CK(cudaDeviceSynchronize());
+    CK(cudaMemcpy(o1, d1, nq * 2, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(o2, d2, nq * 2, cudaMemcpyDeviceToHost));
+    size_t nan = 0, diff = 0;
+    for (size_t i = 0; i < nq; i++) {
+        nan += (isnan(h2f(o1[i])) != 0) + (isnan(h2f(o2[i])) != 0);
+        diff += o1[i] != o2[i];
+    }
+    fail |= nan != 0 || diff != 0;
+    printf("%s two streams, one context (b%d l%d h%d hk%d d%d causal f16): nonfinite %zu, differing outputs %zu\n", fail ? "FAIL" : "ok  ", B, L, H,
+           HK, D, nan, diff);
+    cudaStreamDestroy(s1), cudaStreamDestroy(s2);
+    cudaFree(dqkv), cudaFree(d1), cudaFree(d2);
+    free(h), free(o1), free(o2);
+    return fail;
+}
+
 int main(int argc, char **argv) {
-    int small = 0, int8 = 0;
+    int small = 0, int8 = 0, mma = 0, alt = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--small")) small = 1;
         if (!strcmp(argv[i], "--int8")) int8 = 1;
+        if (!strcmp(argv[i], "--mma")) mma = 1; /* the mma.sync kernels only (as on sm_80) */
+        if (!strcmp(argv[i], "--alt")) alt = 1; /* FP16/BF16: also run the mma.sync kernel and compare */
     }
     int ndev = 0;
     if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
@@ -422,18 +480,21 @@ int main(int argc, char **argv) {
     memset(&o, 0, sizeof o);
     o.backend = QATTN_BACKEND_CUDA;
     qattn_ctx *gpu = NULL, *cpu = NULL;
+    if (mma) setenv("QATTN_CUDA_I8_KERNEL", "mma", 1), setenv("QATTN_CUDA_F16_KERNEL", "mma", 1);
     qattn_status s = qattn_ctx_create(&gpu, &o);
     if (s != QATTN_OK) {
         printf("FAIL: ctx_create(cuda): %s\n", qattn_status_str(s));
         return 1;
     }
     qattn_ctx *gpu_alt = NULL;
-    if (int8) { /* the mma.sync INT8 kernel, to compare with the default (wgmma on compute capability 9.0) */
+    if ((int8 || alt) && !mma) { /* the mma.sync kernels, to compare with the default (wgmma on compute capability 9.0) */
         setenv("QATTN_CUDA_I8_KERNEL", "mma", 1);
+        setenv("QATTN_CUDA_F16_KERNEL", "mma", 1);
         s = qattn_ctx_create(&gpu_alt, &o);
-        unsetenv("QATTN_CUDA_I8_KERNEL");
         if (s != QATTN_OK) return 1;
     }
+    unsetenv("QATTN_CUDA_I8_KERNEL");
+    unsetenv("QATTN_CUDA_F16_KERNEL");
     o.backend = QATTN_BACKEND_CPU;
     if (qattn_ctx_create(&cpu, &o) != QATTN_OK) return 1;
     cudaStream_t stream;
@@ -477,6 +538,13 @@ int main(int argc, char **argv) {
         {2, 1, 203, 4, 2, 256, 1, -1, -1, F16, F32, P, 0, 0, {0}, {0}},
         {2, 203, 113, 4, 2, 256, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}}, /* Lq > Lk: first rows see nothing */
         {1, 777, 1000, 2, 1, 256, 0, -1, -1, BF, BF, P, 0, 1, {0}, {0}},
+        /* D 128 on the wgmma kernels (compute capability 9.0): long rows (row max growing over many tiles),
+         * GQA 4:1 with strided K/V, bf16 with a window over tile edges, one key, Lq > Lk with empty items */
+        {1, 3000, 3000, 4, 1, 128, 1, -1, -1, F16, BF, P, 0, 1, {0}, {0}},
+        {2, 2100, 1800, 4, 2, 128, 0, -1, -1, BF, F32, P, 0, 0, {0}, {0}},
+        {1, 700, 900, 4, 4, 128, 0, 200, 130, BF, F16, P, 0, 0, {0}, {0}},
+        {3, 130, 1, 4, 2, 128, 0, -1, -1, F16, F16, P, 0, 0, {0}, {0}},
+        {2, 1000, 300, 8, 8, 128, 1, -1, -1, F16, F32, P, 0, 1, {0}, {0}},
     };
     tcase *cases = small ? small_cases : full_cases;
     int n = small ? (int)(sizeof small_cases / sizeof *small_cases) : (int)(sizeof full_cases / sizeof *full_cases);
@@ -496,8 +564,10 @@ int main(int argc, char **argv) {
         const int wg = prop.major == 9 && prop.minor == 0; /* the default context's INT8 kernel at D 128 */
         for (int i = 0; i < nqc; i++) {
             fails += check_i8_quant(gpu, wg, cpu, &qc[i], stream);
-            fails += check_i8_quant(gpu_alt, 0, cpu, &qc[i], stream);
+            if (gpu_alt) fails += check_i8_quant(gpu_alt, 0, cpu, &qc[i], stream);
         }
+    } else {
+        fails += two_streams(gpu);
     }
     /* Unsupported combinations must be refused with a message. */
     {
