@@ -78,6 +78,7 @@ static int32_t isa_from_env(void) {
     if (!strcmp(s, "ref")) return QATTN_ISA_REF;
     if (!strcmp(s, "avx2")) return QATTN_ISA_AVX2;
     if (!strcmp(s, "avxvnni")) return QATTN_ISA_AVXVNNI;
+    if (!strcmp(s, "avx512")) return QATTN_ISA_AVX512;
     return -1;
 }
 
@@ -93,22 +94,30 @@ static qattn_status choose_isa(qattn_ctx *ctx, int32_t requested) {
     int32_t isa = requested;
     if (isa == QATTN_ISA_AUTO) {
         isa = isa_from_env();
-        if (isa < 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "QATTN_ISA=%s is not one of ref, avx2, avxvnni", getenv("QATTN_ISA"));
+        if (isa < 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "QATTN_ISA=%s is not one of ref, avx2, avxvnni, avx512", getenv("QATTN_ISA"));
     }
 #if defined(QATTN_HAVE_X86)
     bool have_avx2 = qattn_cpu_has_avx2();
     bool have_vnni = have_avx2 && qattn_cpu_has_avxvnni();
+    bool have_avx512 = qattn_cpu_has_avx512();
 #else
-    bool have_avx2 = false, have_vnni = false;
+    bool have_avx2 = false, have_vnni = false, have_avx512 = false;
 #endif
-    if (isa == QATTN_ISA_AUTO) isa = have_vnni ? QATTN_ISA_AVXVNNI : have_avx2 ? QATTN_ISA_AVX2 : QATTN_ISA_REF;
+    if (isa == QATTN_ISA_AUTO)
+        isa = have_avx512 ? QATTN_ISA_AVX512 : have_vnni ? QATTN_ISA_AVXVNNI : have_avx2 ? QATTN_ISA_AVX2 : QATTN_ISA_REF;
     if (isa == QATTN_ISA_AVX2 && !have_avx2)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "ISA avx2 requested but this CPU/OS does not support AVX2+FMA+F16C");
     if (isa == QATTN_ISA_AVXVNNI && !have_vnni)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "ISA avxvnni requested but this CPU/OS does not support AVX2+FMA+F16C+AVX-VNNI");
+    if (isa == QATTN_ISA_AVX512 && !have_avx512)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED,
+                          "ISA avx512 requested but this CPU/OS does not support AVX-512 F/BW/VL/DQ+AVX512-VNNI with ZMM state");
     ctx->isa = isa;
 #if defined(QATTN_HAVE_X86)
-    ctx->kernels = isa == QATTN_ISA_AVXVNNI ? &qattn_kernels_avxvnni : isa == QATTN_ISA_AVX2 ? &qattn_kernels_avx2 : &qattn_kernels_ref;
+    ctx->kernels = isa == QATTN_ISA_AVX512    ? &qattn_kernels_avx512
+                   : isa == QATTN_ISA_AVXVNNI ? &qattn_kernels_avxvnni
+                   : isa == QATTN_ISA_AVX2    ? &qattn_kernels_avx2
+                                              : &qattn_kernels_ref;
 #else
     ctx->kernels = &qattn_kernels_ref;
 #endif
@@ -141,7 +150,7 @@ qattn_status qattn_ctx_create(qattn_ctx **out, const qattn_ctx_options *options)
     if (options) opt = *options;
     if ((opt.alloc == NULL) != (opt.free == NULL)) return QATTN_ERR_INVALID_ARGUMENT;
     if (opt.backend < QATTN_BACKEND_AUTO || opt.backend > QATTN_BACKEND_CUDA) return QATTN_ERR_INVALID_ARGUMENT;
-    if (opt.isa < QATTN_ISA_AUTO || opt.isa > QATTN_ISA_AVXVNNI) return QATTN_ERR_INVALID_ARGUMENT;
+    if (opt.isa < QATTN_ISA_AUTO || opt.isa > QATTN_ISA_AVX512) return QATTN_ERR_INVALID_ARGUMENT;
     if (opt.n_threads < 0 || opt.cuda_device < 0) return QATTN_ERR_INVALID_ARGUMENT;
 
     void *(*alloc)(size_t, void *) = opt.alloc ? opt.alloc : default_alloc;
@@ -186,6 +195,12 @@ qattn_status qattn_ctx_set_threads(qattn_ctx *ctx, int32_t n_threads) {
     ctx->n_threads = n_threads ? n_threads : online_cores();
     return QATTN_OK;
 }
+
+#if !defined(QATTN_HAVE_X86)
+void qattn_cpu_feature_list(char *buf, size_t len) { /* x86 builds: src/cpu/x86/cpu_features.c */
+    if (len) buf[0] = '\0';
+}
+#endif
 
 static void cpu_model_name(char *buf, size_t len) {
     snprintf(buf, len, "cpu");

@@ -283,7 +283,7 @@ static void test_ctx_options(void) {
     TH_CHECK(create_with(&ctx, 7, 0, 0) == QATTN_ERR_INVALID_ARGUMENT && ctx == NULL, "backend 7");
     TH_CHECK(create_with(&ctx, -1, 0, 0) == QATTN_ERR_INVALID_ARGUMENT && ctx == NULL, "backend -1");
     TH_CHECK(create_with(&ctx, QATTN_BACKEND_CPU, 9, 0) == QATTN_ERR_INVALID_ARGUMENT && ctx == NULL, "isa 9");
-    TH_CHECK(create_with(&ctx, QATTN_BACKEND_CPU, QATTN_ISA_AVXVNNI + 1, 0) == QATTN_ERR_INVALID_ARGUMENT && ctx == NULL, "isa 4 (one past the last)");
+    TH_CHECK(create_with(&ctx, QATTN_BACKEND_CPU, QATTN_ISA_AVX512 + 1, 0) == QATTN_ERR_INVALID_ARGUMENT && ctx == NULL, "isa 5 (one past the last)");
     TH_CHECK(create_with(&ctx, QATTN_BACKEND_CPU, -1, 0) == QATTN_ERR_INVALID_ARGUMENT && ctx == NULL, "isa -1");
     TH_CHECK(create_with(&ctx, QATTN_BACKEND_CPU, 0, -1) == QATTN_ERR_INVALID_ARGUMENT && ctx == NULL, "n_threads -1");
     memset(&o, 0, sizeof o);
@@ -358,6 +358,15 @@ static void test_env_override(void) {
     } else {
         TH_CHECK(s == QATTN_ERR_UNSUPPORTED && ctx == NULL, "QATTN_ISA=avxvnni: %s", qattn_status_str(s));
     }
+    setenv("QATTN_ISA", "avx512", 1); /* supported (then exactly that ISA, which implies AVX2) or refused as UNSUPPORTED */
+    s = create_with(&ctx, QATTN_BACKEND_CPU, QATTN_ISA_AUTO, 1);
+    if (s == QATTN_OK) {
+        TH_CHECK(avx2 && qattn_ctx_get_info(ctx, &info) == QATTN_OK && info.isa == QATTN_ISA_AVX512 && !strcmp(info.isa_name, "avx512"),
+                 "QATTN_ISA=avx512 gives isa %d '%s'", info.isa, info.isa_name);
+        qattn_ctx_destroy(ctx);
+    } else {
+        TH_CHECK(s == QATTN_ERR_UNSUPPORTED && ctx == NULL, "QATTN_ISA=avx512: %s", qattn_status_str(s));
+    }
     unsetenv("QATTN_ISA");
     setenv("QATTN_BACKEND", "bogus", 1);
     TH_CHECK(create_with(&ctx, QATTN_BACKEND_AUTO, QATTN_ISA_AUTO, 1) == QATTN_ERR_INVALID_ARGUMENT && ctx == NULL,
@@ -373,8 +382,8 @@ static void test_env_override(void) {
 
 static void test_ctx_info_and_threads(void) {
     th_set_context("qattn_ctx_get_info / set_threads");
-    int32_t isas[2] = {QATTN_ISA_REF, QATTN_ISA_AVX2};
-    int n_isas = th_cpu_has_avx2() ? 2 : 1;
+    int32_t isas[TH_MAX_ISAS];
+    int n_isas = th_available_isas(isas);
     for (int i = 0; i < n_isas; i++) {
         qattn_ctx *ctx = th_ctx(isas[i], 3);
         if (!ctx) continue;
@@ -398,12 +407,12 @@ static void test_ctx_info_and_threads(void) {
                  "set_threads(0) gives %d", info.n_threads);
         qattn_ctx_destroy(ctx);
     }
-    /* default options: some ISA, at least one thread */
+    /* default options: the best ISA available (the tiers are numbered in order of preference), at least one thread */
     qattn_ctx *ctx = NULL;
     if (TH_CHECK(qattn_ctx_create(&ctx, NULL) == QATTN_OK, "create with NULL options")) {
         qattn_ctx_info info;
-        TH_CHECK(qattn_ctx_get_info(ctx, &info) == QATTN_OK && info.n_threads >= 1 && (info.isa == QATTN_ISA_REF || info.isa == QATTN_ISA_AVX2 || info.isa == QATTN_ISA_AVXVNNI),
-                 "default ctx info: isa %d threads %d", info.isa, info.n_threads);
+        TH_CHECK(qattn_ctx_get_info(ctx, &info) == QATTN_OK && info.n_threads >= 1 && info.isa == isas[n_isas - 1],
+                 "default ctx info: isa %d (want %d) threads %d", info.isa, isas[n_isas - 1], info.n_threads);
         qattn_ctx_destroy(ctx);
     }
     th_set_context(NULL);

@@ -182,4 +182,4 @@ def test_info_errors():
     with pytest.raises(ValueError, match="backend"):
         qattn.info(backend="gpu")
     with pytest.raises(ValueError, match="isa"):
-        qattn.info(isa="avx512")
+        qattn.info(isa="avx1024")

@@ -373,6 +373,7 @@ int qattn_cli_bench(int argc, char **argv) {
         const char *hint = copt.backend == QATTN_BACKEND_CUDA ? " (this build has no CUDA backend, or no device is visible)"
                            : copt.isa == QATTN_ISA_AVX2   ? " (this CPU or OS lacks AVX2/FMA/F16C)"
                            : copt.isa == QATTN_ISA_AVXVNNI ? " (this CPU or OS lacks AVX-VNNI)"
+                           : copt.isa == QATTN_ISA_AVX512 ? " (this CPU or OS lacks AVX-512 F/BW/VL/DQ+VNNI)"
                                                           : "";
         cli_error(CMD, "cannot create a context (backend %s, isa %s): %s%s", cli_backend_name(copt.backend), cli_isa_name(copt.isa),
                   qattn_status_str(s), hint);

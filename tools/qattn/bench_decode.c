@@ -99,7 +99,7 @@ static int parse_dtypes(const char *text, dopts *o) {
 static void usage(FILE *f) {
     fprintf(f, "usage: qattn bench --decode [--kv-len N] [--kv-dtype fp16|bf16|int8[,...]] [--batch B] [--heads H]\n"
                "         [--kv-heads HK] [--head-dim D] [--seqlen-q LQ] [--threads T] [--iters N] [--block-size BS]\n"
-               "         [--isa ref|avx2] [--seed S] [--no-check] [--json]\n"
+               "         [--isa ref|avx2|avxvnni|avx512] [--seed S] [--no-check] [--json]\n"
                "Decode over the paged KV cache. Defaults: --kv-len 32768 --kv-dtype fp16,int8 --batch 1 --heads 32\n"
                "--kv-heads 8 --head-dim 128 --seqlen-q 1 --threads 0 (all cores) --iters 20 --block-size 16.\n"
                "Reports tokens/s, GB/s of cache read, the fraction of this machine's read bandwidth (a 256 MiB\n"
@@ -141,7 +141,7 @@ static int parse(int argc, char **argv, dopts *o) {
         if ((r = cli_flag_value(argc, argv, &i, "--isa", &val, CMD)) != 0) {
             if (r < 0) return -1;
             o->isa = cli_isa_from_name(val);
-            if (o->isa < 0) { cli_error(CMD, "--isa '%s': expected ref, avx2 or avxvnni", val); return -1; }
+            if (o->isa < 0) { cli_error(CMD, "--isa '%s': expected ref, avx2, avxvnni or avx512", val); return -1; }
             continue;
         }
         if ((r = cli_flag_value(argc, argv, &i, "--seed", &val, CMD)) != 0) {

@@ -107,7 +107,7 @@ int cli_int8_scheme_from_name(const char *name);
 const char *cli_int8_scheme_name(int32_t scheme);
 const char *cli_backend_name(int32_t backend);
 const char *cli_isa_name(int32_t isa);
-int32_t cli_isa_from_name(const char *name); /* ref, avx2, avxvnni; -1 if unknown */
+int32_t cli_isa_from_name(const char *name); /* ref, avx2, avxvnni, avx512; -1 if unknown */
 
 /* ---------------------------------------------------------------- random inputs */
 

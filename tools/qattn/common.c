@@ -75,6 +75,7 @@ int32_t cli_isa_from_name(const char *name) {
     if (!strcmp(name, "ref")) return QATTN_ISA_REF;
     if (!strcmp(name, "avx2")) return QATTN_ISA_AVX2;
     if (!strcmp(name, "avxvnni")) return QATTN_ISA_AVXVNNI;
+    if (!strcmp(name, "avx512")) return QATTN_ISA_AVX512;
     return -1;
 }
 
@@ -84,6 +85,7 @@ const char *cli_isa_name(int32_t isa) {
     case QATTN_ISA_REF: return "ref";
     case QATTN_ISA_AVX2: return "avx2";
     case QATTN_ISA_AVXVNNI: return "avxvnni";
+    case QATTN_ISA_AVX512: return "avx512";
     default: return "?";
     }
 }
@@ -276,7 +278,7 @@ cli_flag_result cli_opts_parse_flag(cli_opts *o, int argc, char **argv, int *i, 
         if (r < 0) return CLI_FLAG_ERROR;
         o->isa = cli_isa_from_name(value);
         if (o->isa < 0) {
-            cli_error(command, "--isa: '%s' is not one of ref, avx2, avxvnni", value);
+            cli_error(command, "--isa: '%s' is not one of ref, avx2, avxvnni, avx512", value);
             return CLI_FLAG_ERROR;
         }
         return CLI_FLAG_CONSUMED;
@@ -310,7 +312,7 @@ void cli_opts_print_help(FILE *f) {
           "  --int8-scheme S     qattn|intfa|sage (with --precision int8)\n"
           "Execution:\n"
           "  --backend B         cpu|cuda (default: QATTN_BACKEND, else cuda if a GPU is visible, else cpu)\n"
-          "  --isa I             ref|avx2|avxvnni (default: QATTN_ISA, else the best available)\n"
+          "  --isa I             ref|avx2|avxvnni|avx512 (default: QATTN_ISA, else the best available)\n"
           "  --threads T         CPU threads (0 = all online cores)\n"
           "  --iters N           timed iterations, median reported (default 5)\n"
           "  --warmup N          untimed iterations first (default 1)\n"

@@ -22,7 +22,7 @@ static void print_usage(FILE *f) {
     fprintf(f, "usage: qattn <command> [options]   (qattn %s)\n\ncommands:\n", qattn_version());
     for (size_t c = 0; c < sizeof commands / sizeof commands[0]; c++) fprintf(f, "  %-9s %s\n", commands[c].name, commands[c].summary);
     fprintf(f, "\n`qattn <command> --help` describes a command's options.\n"
-               "Environment: QATTN_ISA=ref|avx2 and QATTN_BACKEND=cpu|cuda force a path.\n");
+               "Environment: QATTN_ISA=ref|avx2|avxvnni|avx512 and QATTN_BACKEND=cpu|cuda force a path.\n");
 }
 
 int main(int argc, char **argv) {
