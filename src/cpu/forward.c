@@ -307,8 +307,8 @@ qattn_status qattn_cpu_forward(qattn_ctx *ctx, const qattn_params *p) {
     }
     pl.scratch = mem;
     pl.partials = pl.scratch + (size_t)nw * pl.worker_floats;
-    qattn_parallel_for(nw, pl.n_units, run_unit, &pl);
-    if (pl.n_split > 1) qattn_parallel_for(nw, pl.n_units / pl.n_split, merge_unit, &pl);
+    qattn_parallel_for(ctx->pool, nw, pl.n_units, run_unit, &pl);
+    if (pl.n_split > 1) qattn_parallel_for(ctx->pool, nw, pl.n_units / pl.n_split, merge_unit, &pl);
     if (mem != p->workspace) qattn_free(ctx, mem);
     return QATTN_OK;
 }
