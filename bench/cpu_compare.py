@@ -12,7 +12,11 @@ D128, one query over 32768 keys, FP32 and BF16. FLOPs: 4 * B * H * D * (visible 
 pairs), the FlashAttention convention with causal counted exactly. Both sides get the same
 tensors in torch SDPA's [B, H, L, D] layout (qattn reads it through strides, no copy); for GQA
 torch gets enable_gqa=True (the same [B, HK, L, D] K/V), or, where its SDPA lacks it, K/V
-expanded to H heads outside the timed region. Timing: --iters rounds after one warm-up of each;
+expanded to H heads outside the timed region. --ggml adds ggml's CPU flash attention
+(ggml_flash_attn_ext, the kernel llama.cpp runs on CPU) through the ggml-python package
+(`pip install ggml-python`, which builds its vendored ggml from source with -march=native), with
+the same values as FP32 K/V (ggml-python has no BF16 arrays), an F16 -inf mask for causal, graph
+built once, ggml_graph_compute_with_ctx timed. Timing: --iters rounds after one warm-up of each;
 in each round every contender runs once, in turn (so a load change on a shared machine hits all
 alike); medians per contender, ratio = torch median / qattn median.
 """
@@ -27,6 +31,35 @@ import qattn
 PREFILL = [(1, 8, 8, L, L, 128, causal) for L in (2048, 4096) for causal in (False, True)]
 DECODE = [(1, 32, 8, 1, 32768, 128, False)]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def ggml_fn(q, k, v, causal, threads):
+    """ggml_flash_attn_ext on the same values (FP32), graph built once; returns (run, result)."""
+    import ctypes
+    import math
+    import numpy as np
+    import ggml
+    import ggml.utils as gu
+    b, h, lq, d = q.shape
+    lk = k.shape[2]
+    pad = (lq + 63) // 64 * 64  # mask rows padded (ggml asks for GGML_KQ_MASK_PAD)
+    mem = (q.numel() + 2 * k.numel() + b * h * lq * d) * 4 + lk * pad * 2 + (64 << 20)
+    ctx = ggml.ggml_init(ggml.ggml_init_params(mem_size=mem, mem_buffer=None, no_alloc=False))
+    # torch [B, H, L, D] contiguous is ggml's ne = [D, L, H, B]: the same bytes
+    gq, gk, gv = (gu.from_numpy(np.ascontiguousarray(x.float().numpy()), ctx) for x in (q, k, v))
+    mask = None
+    if causal:
+        m = np.zeros((pad, lk), np.float16)
+        m[np.triu_indices(lq, lk - lq + 1, lk)] = -np.inf  # bottom-right aligned, as qattn
+        mask = gu.from_numpy(m, ctx)
+    out = ggml.ggml_flash_attn_ext(ctx, gq, gk, gv, mask, 1.0 / math.sqrt(d), 0.0, 0.0)
+    gf = ggml.ggml_new_graph(ctx)
+    ggml.ggml_build_forward_expand(gf, out)
+    run = lambda: ggml.ggml_graph_compute_with_ctx(ctx, gf, threads)
+    # out: ne = [D, H, Lq, B] -> [B, Lq, H, D] -> [B, H, Lq, D]
+    result = lambda: torch.from_numpy(gu.to_numpy(out).copy()).reshape(b, lq, h, d).permute(0, 2, 1, 3)
+    run.keep = (ctx, gq, gk, gv, mask, out, gf)  # alive as long as run
+    return run, result
 
 
 def visible_pairs(lq, lk, causal):
@@ -49,7 +82,7 @@ def sdpa_fn(q, k, v, causal):
     return lambda: f(q, k, v, is_causal=causal), ""
 
 
-def run_case(shape, dtype_name, isas, threads, iters):
+def run_case(shape, dtype_name, isas, threads, iters, with_ggml):
     b, h, hk, lq, lk, d, causal = shape
     if causal and lq != lk:
         raise SystemExit("causal Lq != Lk differs between SDPA (top-left) and qattn (bottom-right)")
@@ -62,6 +95,8 @@ def run_case(shape, dtype_name, isas, threads, iters):
     for isa in isas:
         fns[isa] = (lambda isa=isa: qattn.attention(q, k, v, causal=causal, layout="bhsd", threads=threads,
                                                     isa=None if isa == "auto" else isa))
+    if with_ggml:
+        fns["ggml"], ggml_result = ggml_fn(q, k, v, causal, threads)
     times = {name: [] for name in fns}
     for f in fns.values():
         f()  # warm-up (and the context cache)
@@ -79,6 +114,10 @@ def run_case(shape, dtype_name, isas, threads, iters):
         row[f"qattn_{isa}_gflops"] = flops / med / 1e9
         row[f"ratio_{isa}"] = statistics.median(times["torch"]) / med
         row[f"max_abs_diff_{isa}"] = (fns[isa]().float() - ref).abs().max().item()
+    if with_ggml:
+        med = statistics.median(times["ggml"])
+        row["ggml_gflops"], row["ratio_ggml"] = flops / med / 1e9, statistics.median(times["torch"]) / med
+        row["max_abs_diff_ggml"] = (ggml_result() - ref).abs().max().item()
     return row
 
 
@@ -89,6 +128,7 @@ def main():
     ap.add_argument("--isa", default="auto", help="comma-separated qattn ISA tiers (auto, avx2, avx512, ...)")
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--only", choices=("prefill", "decode"), default=None)
+    ap.add_argument("--ggml", action="store_true", help="add ggml_flash_attn_ext (needs the ggml-python package)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     isas = args.isa.split(",")
@@ -99,17 +139,19 @@ def main():
         print(f"qattn {qattn.__version__} (default isa {qattn.info()['isa']}) vs torch {torch.__version__} SDPA "
               f"(cpu capability {torch.backends.cpu.get_cpu_capability()}), CPU, {args.threads} threads, "
               f"medians of {args.iters} alternated rounds")
-        cols = " ".join(f"{'qattn ' + i:>13} {'ratio':>6}" for i in isas)
+        cols = " ".join(f"{'qattn ' + i:>13} {'ratio':>6}" for i in isas) + (f" {'ggml':>7} {'ratio':>6}" if args.ggml else "")
         print(f"{'dtype':>5} {'B':>2} {'H':>3} {'HK':>3} {'Lq':>6} {'Lk':>6} {'D':>4} {'causal':>6} | {'torch GF/s':>10} {cols} {'max|diff|':>9}")
     for dtype_name in args.dtypes.split(","):
         for shape in shapes:
-            row = run_case(shape, dtype_name, isas, args.threads, args.iters)
+            row = run_case(shape, dtype_name, isas, args.threads, args.iters, args.ggml)
             if args.json:
                 print(json.dumps(row), flush=True)
                 continue
             b, h, hk, lq, lk, d, causal = shape
             cols = " ".join(f"{row[f'qattn_{i}_gflops']:>13.1f} {row[f'ratio_{i}']:>6.2f}" for i in isas)
-            diff = max(row[f"max_abs_diff_{i}"] for i in isas)
+            if args.ggml:
+                cols += f" {row['ggml_gflops']:>7.1f} {row['ratio_ggml']:>6.2f}"
+            diff = max(row[f"max_abs_diff_{i}"] for i in isas + (["ggml"] if args.ggml else []))
             print(f"{dtype_name:>5} {b:>2} {h:>3} {hk:>3} {lq:>6} {lk:>6} {d:>4} {str(causal):>6} | {row['torch_gflops']:>10.1f} "
                   f"{cols} {diff:>9.1e}", flush=True)
 
