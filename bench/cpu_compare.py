@@ -11,8 +11,9 @@ accumulates in FP32 in both; torch's BF16 SDPA is its own kernel); decode with G
 D128, one query over 32768 keys, FP32 and BF16. FLOPs: 4 * B * H * D * (visible query/key
 pairs), the FlashAttention convention with causal counted exactly. Both sides get the same
 tensors in torch SDPA's [B, H, L, D] layout (qattn reads it through strides, no copy); for GQA
-torch gets enable_gqa=True (the same [B, HK, L, D] K/V), or, where its SDPA lacks it, K/V
-expanded to H heads outside the timed region. --ggml adds ggml's CPU flash attention
+torch gets enable_gqa=True (the same [B, HK, L, D] K/V), or, with --torch-kv expanded or where
+its SDPA lacks enable_gqa, K/V expanded to H heads outside the timed region (torch 2.15's CPU
+decode is several times faster that way). --ggml adds ggml's CPU flash attention
 (ggml_flash_attn_ext, the kernel llama.cpp runs on CPU) through the ggml-python package
 (`pip install ggml-python`, which builds its vendored ggml from source with -march=native), with
 the same values as FP32 K/V (ggml-python has no BF16 arrays), an F16 -inf mask for causal, graph
@@ -68,10 +69,14 @@ def visible_pairs(lq, lk, causal):
     return sum(max(0, min(lk, i + lk - lq + 1)) for i in range(lq))
 
 
-def sdpa_fn(q, k, v, causal):
-    """torch SDPA on [B, H, L, D] q and [B, HK, L, D] k/v; GQA natively where torch has it."""
+def sdpa_fn(q, k, v, causal, expand_kv):
+    """torch SDPA on [B, H, L, D] q and [B, HK, L, D] k/v; GQA natively where torch has it, unless
+    expand_kv (K/V repeated to H heads outside the timed region: torch's fastest decode form)."""
     h, hk = q.shape[1], k.shape[1]
     f = torch.nn.functional.scaled_dot_product_attention
+    if h != hk and expand_kv:
+        ke, ve = k.repeat_interleave(h // hk, dim=1), v.repeat_interleave(h // hk, dim=1)
+        return lambda: f(q, ke, ve, is_causal=causal), "expanded K/V"
     if h != hk:
         try:
             f(q[:, :, :1], k[:, :, :1], v[:, :, :1], enable_gqa=True)
@@ -82,7 +87,7 @@ def sdpa_fn(q, k, v, causal):
     return lambda: f(q, k, v, is_causal=causal), ""
 
 
-def run_case(shape, dtype_name, isas, threads, iters, with_ggml):
+def run_case(shape, dtype_name, isas, threads, iters, with_ggml, expand_kv):
     b, h, hk, lq, lk, d, causal = shape
     if causal and lq != lk:
         raise SystemExit("causal Lq != Lk differs between SDPA (top-left) and qattn (bottom-right)")
@@ -90,7 +95,7 @@ def run_case(shape, dtype_name, isas, threads, iters, with_ggml):
     q = torch.randn(b, h, lq, d).to(dt)
     k = torch.randn(b, hk, lk, d).to(dt)
     v = torch.randn(b, hk, lk, d).to(dt)
-    sdpa, gqa_note = sdpa_fn(q, k, v, causal)
+    sdpa, gqa_note = sdpa_fn(q, k, v, causal, expand_kv)
     fns = {"torch": sdpa}
     for isa in isas:
         fns[isa] = (lambda isa=isa: qattn.attention(q, k, v, causal=causal, layout="bhsd", threads=threads,
@@ -129,6 +134,8 @@ def main():
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--only", choices=("prefill", "decode"), default=None)
     ap.add_argument("--ggml", action="store_true", help="add ggml_flash_attn_ext (needs the ggml-python package)")
+    ap.add_argument("--torch-kv", choices=("native", "expanded"), default="native",
+                    help="GQA for torch: enable_gqa on the same K/V (default), or K/V expanded to H heads beforehand")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     isas = args.isa.split(",")
@@ -143,7 +150,7 @@ def main():
         print(f"{'dtype':>5} {'B':>2} {'H':>3} {'HK':>3} {'Lq':>6} {'Lk':>6} {'D':>4} {'causal':>6} | {'torch GF/s':>10} {cols} {'max|diff|':>9}")
     for dtype_name in args.dtypes.split(","):
         for shape in shapes:
-            row = run_case(shape, dtype_name, isas, args.threads, args.iters, args.ggml)
+            row = run_case(shape, dtype_name, isas, args.threads, args.iters, args.ggml, args.torch_kv == "expanded")
             if args.json:
                 print(json.dumps(row), flush=True)
                 continue
