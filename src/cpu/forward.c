@@ -1,6 +1,7 @@
 /* The CPU driver for FP32/FP16/BF16 attention: cuts the problem into work units, packs Q and
  * K/V tiles to FP32 (rounded to the call's precision), runs the ISA's tile kernel, merges
- * split-KV partials in a fixed order and writes O and LSE. Memory is O(tile), never Lq x Lk.
+ * split-KV partials in a fixed order and writes O and LSE. Memory is O(tile) per thread plus,
+ * for prefill, one FP32 copy of K/V (O(Lk x D), capped: see make_plan), never Lq x Lk.
  *
  * Work unit = (sequence b, kv head g, block of query positions, KV split). The rows of a unit
  * are all query heads of group g at those positions, so each K/V tile is packed once per
