@@ -117,6 +117,10 @@ typedef enum qattn_isa {
     QATTN_ISA_REF = 1,  /* portable scalar C */
     QATTN_ISA_AVX2 = 2, /* AVX2 + FMA + F16C */
     QATTN_ISA_AVXVNNI = 3, /* AVX2 + AVX-VNNI (vpdpbusd): INT8 kernels; FP kernels as AVX2 */
+    /* AVX-512 F/BW/VL/DQ + AVX512-VNNI (EVEX vpdpbusd, which the INT8 kernels rely on), ZMM state
+     * enabled by the OS; also runs the AVX2 kernels, so it needs AVX2+FMA+F16C as well. A CPU with
+     * AVX-512 but without VNNI (Skylake-X) gets avx2. Zen 4, Ice Lake / Sapphire Rapids and later. */
+    QATTN_ISA_AVX512 = 4,
 } qattn_isa;
 
 /* ---------------------------------------------------------------- context */
@@ -156,7 +160,7 @@ typedef struct qattn_ctx_info {
     int32_t isa;       /* qattn_isa actually used */
     int32_t n_threads;
     int32_t cuda_available; /* 1 if this build has CUDA and a device is visible */
-    char isa_name[16];      /* "ref", "avx2", "avxvnni" */
+    char isa_name[16];      /* "ref", "avx2", "avxvnni", "avx512" */
     char device_name[96];   /* CPU model or GPU name */
 } qattn_ctx_info;
 

@@ -3,6 +3,8 @@
 #define _POSIX_C_SOURCE 200809L
 #include "qattn_internal.h"
 
+#include "cpu/threads.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -78,6 +80,7 @@ static int32_t isa_from_env(void) {
     if (!strcmp(s, "ref")) return QATTN_ISA_REF;
     if (!strcmp(s, "avx2")) return QATTN_ISA_AVX2;
     if (!strcmp(s, "avxvnni")) return QATTN_ISA_AVXVNNI;
+    if (!strcmp(s, "avx512")) return QATTN_ISA_AVX512;
     return -1;
 }
 
@@ -93,22 +96,30 @@ static qattn_status choose_isa(qattn_ctx *ctx, int32_t requested) {
     int32_t isa = requested;
     if (isa == QATTN_ISA_AUTO) {
         isa = isa_from_env();
-        if (isa < 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "QATTN_ISA=%s is not one of ref, avx2, avxvnni", getenv("QATTN_ISA"));
+        if (isa < 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "QATTN_ISA=%s is not one of ref, avx2, avxvnni, avx512", getenv("QATTN_ISA"));
     }
 #if defined(QATTN_HAVE_X86)
     bool have_avx2 = qattn_cpu_has_avx2();
     bool have_vnni = have_avx2 && qattn_cpu_has_avxvnni();
+    bool have_avx512 = qattn_cpu_has_avx512();
 #else
-    bool have_avx2 = false, have_vnni = false;
+    bool have_avx2 = false, have_vnni = false, have_avx512 = false;
 #endif
-    if (isa == QATTN_ISA_AUTO) isa = have_vnni ? QATTN_ISA_AVXVNNI : have_avx2 ? QATTN_ISA_AVX2 : QATTN_ISA_REF;
+    if (isa == QATTN_ISA_AUTO)
+        isa = have_avx512 ? QATTN_ISA_AVX512 : have_vnni ? QATTN_ISA_AVXVNNI : have_avx2 ? QATTN_ISA_AVX2 : QATTN_ISA_REF;
     if (isa == QATTN_ISA_AVX2 && !have_avx2)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "ISA avx2 requested but this CPU/OS does not support AVX2+FMA+F16C");
     if (isa == QATTN_ISA_AVXVNNI && !have_vnni)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "ISA avxvnni requested but this CPU/OS does not support AVX2+FMA+F16C+AVX-VNNI");
+    if (isa == QATTN_ISA_AVX512 && !have_avx512)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED,
+                          "ISA avx512 requested but this CPU/OS does not support AVX-512 F/BW/VL/DQ+AVX512-VNNI with ZMM state");
     ctx->isa = isa;
 #if defined(QATTN_HAVE_X86)
-    ctx->kernels = isa == QATTN_ISA_AVXVNNI ? &qattn_kernels_avxvnni : isa == QATTN_ISA_AVX2 ? &qattn_kernels_avx2 : &qattn_kernels_ref;
+    ctx->kernels = isa == QATTN_ISA_AVX512    ? &qattn_kernels_avx512
+                   : isa == QATTN_ISA_AVXVNNI ? &qattn_kernels_avxvnni
+                   : isa == QATTN_ISA_AVX2    ? &qattn_kernels_avx2
+                                              : &qattn_kernels_ref;
 #else
     ctx->kernels = &qattn_kernels_ref;
 #endif
@@ -157,7 +168,7 @@ qattn_status qattn_ctx_create_ex(qattn_ctx **out, const qattn_ctx_options *optio
                            opt.alloc ? "set" : "NULL", opt.free ? "set" : "NULL");
     if (opt.backend < QATTN_BACKEND_AUTO || opt.backend > QATTN_BACKEND_CUDA)
         return create_fail(message, message_size, QATTN_ERR_INVALID_ARGUMENT, "backend %d is not a qattn_backend (0 auto, 1 cpu, 2 cuda)", opt.backend);
-    if (opt.isa < QATTN_ISA_AUTO || opt.isa > QATTN_ISA_AVXVNNI)
+    if (opt.isa < QATTN_ISA_AUTO || opt.isa > QATTN_ISA_AVX512)
         return create_fail(message, message_size, QATTN_ERR_INVALID_ARGUMENT, "isa %d is not a qattn_isa", opt.isa);
     if (opt.n_threads < 0 || opt.n_threads > QATTN_MAX_THREADS)
         return create_fail(message, message_size, QATTN_ERR_INVALID_ARGUMENT, "n_threads is %d; expected 0 (all cores) to %d", opt.n_threads,
@@ -177,8 +188,10 @@ qattn_status qattn_ctx_create_ex(qattn_ctx **out, const qattn_ctx_options *optio
     ctx->cuda_device = opt.cuda_device;
 
     qattn_status s = choose_isa(ctx, opt.isa);
+    if (s == QATTN_OK && !(ctx->pool = qattn_pool_create(ctx))) s = qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cannot create the thread pool");
     if (s == QATTN_OK) s = choose_backend(ctx, opt.backend);
     if (s != QATTN_OK) {
+        qattn_pool_destroy(ctx, ctx->pool);
         create_fail(message, message_size, s, "%s", ctx->last_error); /* the context dies here: hand its reason over */
         dealloc(ctx, opt.alloc_user);
         return s;
@@ -194,6 +207,7 @@ void qattn_ctx_destroy(qattn_ctx *ctx) {
 #if defined(QATTN_HAVE_CUDA)
     qattn_cuda_release(ctx);
 #endif
+    qattn_pool_destroy(ctx, ctx->pool);
     ctx->free(ctx, ctx->alloc_user);
 }
 
@@ -207,8 +221,15 @@ qattn_status qattn_ctx_set_threads(qattn_ctx *ctx, int32_t n_threads) {
     if (n_threads < 0 || n_threads > QATTN_MAX_THREADS)
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "n_threads is %d; expected 0 (all cores) to %d", n_threads, QATTN_MAX_THREADS);
     ctx->n_threads = n_threads ? n_threads : online_cores();
+    qattn_pool_resize(ctx->pool, ctx->n_threads);
     return QATTN_OK;
 }
+
+#if !defined(QATTN_HAVE_X86)
+void qattn_cpu_feature_list(char *buf, size_t len) { /* x86 builds: src/cpu/x86/cpu_features.c */
+    if (len) buf[0] = '\0';
+}
+#endif
 
 static void cpu_model_name(char *buf, size_t len) {
     snprintf(buf, len, "cpu");

@@ -72,10 +72,16 @@ extern const qattn_cpu_kernels qattn_kernels_avx2;
 extern const qattn_cpu_kernels qattn_kernels_avxvnni; /* the AVX2 FP entries, named "avxvnni" */
 bool qattn_cpu_has_avx2(void);    /* CPUID + XGETBV */
 bool qattn_cpu_has_avxvnni(void); /* CPUID.(7,1):EAX[4] + XGETBV; check qattn_cpu_has_avx2 too */
+extern const qattn_cpu_kernels qattn_kernels_avx512;
+bool qattn_cpu_has_avx512(void);     /* AVX-512 F/BW/VL/DQ + AVX512-VNNI + ZMM state + the AVX2 tier */
+bool qattn_cpu_has_avx512bf16(void); /* CPUID.(7,1):EAX[5] + ZMM state */
 #endif
+/* The CPU features found, space-separated ("" on non-x86 builds), for qattn info. */
+void qattn_cpu_feature_list(char *buf, size_t len);
 
-/* Whether the ISA runs the AVX2 kernels (AVX-VNNI is AVX2 plus vpdpbusd: every AVX2 kernel applies). */
-static inline bool qattn_isa_has_avx2(int32_t isa) { return isa == QATTN_ISA_AVX2 || isa == QATTN_ISA_AVXVNNI; }
+/* Whether the ISA runs the AVX2 kernels (AVX-VNNI is AVX2 plus vpdpbusd, AVX-512 a superset of
+ * both except the VEX vpdpbusd: every AVX2 kernel applies to both). */
+static inline bool qattn_isa_has_avx2(int32_t isa) { return isa == QATTN_ISA_AVX2 || isa == QATTN_ISA_AVXVNNI || isa == QATTN_ISA_AVX512; }
 
 /* ---------------------------------------------------------------- context */
 
@@ -89,6 +95,7 @@ struct qattn_ctx {
     void (*free)(void *ptr, void *user);
     void *alloc_user;
     void *cuda_state; /* owned by the CUDA backend */
+    struct qattn_pool *pool; /* the CPU worker threads (src/cpu/threads.c), started on first use */
     char last_error[QATTN_ERR_LEN];
 };
 

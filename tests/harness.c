@@ -152,6 +152,7 @@ const char *th_isa_name(int32_t isa) {
     case QATTN_ISA_REF: return "ref";
     case QATTN_ISA_AVX2: return "avx2";
     case QATTN_ISA_AVXVNNI: return "avxvnni";
+    case QATTN_ISA_AVX512: return "avx512";
     }
     return "?";
 }
@@ -526,7 +527,7 @@ bool th_cpu_has_avx2(void) { return isa_available(QATTN_ISA_AVX2); }
 
 int th_available_isas(int32_t isas[TH_MAX_ISAS]) {
     int n = 0;
-    for (int32_t isa = QATTN_ISA_REF; isa <= QATTN_ISA_AVXVNNI; isa++)
+    for (int32_t isa = QATTN_ISA_REF; isa <= QATTN_ISA_AVX512; isa++)
         if (isa == QATTN_ISA_REF || isa_available(isa)) isas[n++] = isa;
     return n;
 }

@@ -146,7 +146,7 @@ void *th_xmalloc(size_t bytes); /* aborts the test program (not the library) on 
 /* A context with the given ISA and threads; NULL (reported) on failure. */
 qattn_ctx *th_ctx(int32_t isa, int32_t n_threads);
 bool th_cpu_has_avx2(void); /* whether an avx2 context can be created */
-#define TH_MAX_ISAS 3
+#define TH_MAX_ISAS 4
 /* Every CPU ISA a context can be created for on this machine, ref first; returns the count. */
 int th_available_isas(int32_t isas[TH_MAX_ISAS]);
 double th_seconds(void);

@@ -283,7 +283,7 @@ static void test_ctx_options(void) {
     TH_CHECK(create_with(&ctx, 7, 0, 0) == QATTN_ERR_INVALID_ARGUMENT && ctx == NULL, "backend 7");
     TH_CHECK(create_with(&ctx, -1, 0, 0) == QATTN_ERR_INVALID_ARGUMENT && ctx == NULL, "backend -1");
     TH_CHECK(create_with(&ctx, QATTN_BACKEND_CPU, 9, 0) == QATTN_ERR_INVALID_ARGUMENT && ctx == NULL, "isa 9");
-    TH_CHECK(create_with(&ctx, QATTN_BACKEND_CPU, QATTN_ISA_AVXVNNI + 1, 0) == QATTN_ERR_INVALID_ARGUMENT && ctx == NULL, "isa 4 (one past the last)");
+    TH_CHECK(create_with(&ctx, QATTN_BACKEND_CPU, QATTN_ISA_AVX512 + 1, 0) == QATTN_ERR_INVALID_ARGUMENT && ctx == NULL, "isa 5 (one past the last)");
     TH_CHECK(create_with(&ctx, QATTN_BACKEND_CPU, -1, 0) == QATTN_ERR_INVALID_ARGUMENT && ctx == NULL, "isa -1");
     TH_CHECK(create_with(&ctx, QATTN_BACKEND_CPU, 0, -1) == QATTN_ERR_INVALID_ARGUMENT && ctx == NULL, "n_threads -1");
     memset(&o, 0, sizeof o);
@@ -358,6 +358,15 @@ static void test_env_override(void) {
     } else {
         TH_CHECK(s == QATTN_ERR_UNSUPPORTED && ctx == NULL, "QATTN_ISA=avxvnni: %s", qattn_status_str(s));
     }
+    setenv("QATTN_ISA", "avx512", 1); /* supported (then exactly that ISA, which implies AVX2) or refused as UNSUPPORTED */
+    s = create_with(&ctx, QATTN_BACKEND_CPU, QATTN_ISA_AUTO, 1);
+    if (s == QATTN_OK) {
+        TH_CHECK(avx2 && qattn_ctx_get_info(ctx, &info) == QATTN_OK && info.isa == QATTN_ISA_AVX512 && !strcmp(info.isa_name, "avx512"),
+                 "QATTN_ISA=avx512 gives isa %d '%s'", info.isa, info.isa_name);
+        qattn_ctx_destroy(ctx);
+    } else {
+        TH_CHECK(s == QATTN_ERR_UNSUPPORTED && ctx == NULL, "QATTN_ISA=avx512: %s", qattn_status_str(s));
+    }
     unsetenv("QATTN_ISA");
     setenv("QATTN_BACKEND", "bogus", 1);
     TH_CHECK(create_with(&ctx, QATTN_BACKEND_AUTO, QATTN_ISA_AUTO, 1) == QATTN_ERR_INVALID_ARGUMENT && ctx == NULL,
@@ -373,8 +382,8 @@ static void test_env_override(void) {
 
 static void test_ctx_info_and_threads(void) {
     th_set_context("qattn_ctx_get_info / set_threads");
-    int32_t isas[2] = {QATTN_ISA_REF, QATTN_ISA_AVX2};
-    int n_isas = th_cpu_has_avx2() ? 2 : 1;
+    int32_t isas[TH_MAX_ISAS];
+    int n_isas = th_available_isas(isas);
     for (int i = 0; i < n_isas; i++) {
         qattn_ctx *ctx = th_ctx(isas[i], 3);
         if (!ctx) continue;
@@ -398,12 +407,12 @@ static void test_ctx_info_and_threads(void) {
                  "set_threads(0) gives %d", info.n_threads);
         qattn_ctx_destroy(ctx);
     }
-    /* default options: some ISA, at least one thread */
+    /* default options: the best ISA available (the tiers are numbered in order of preference), at least one thread */
     qattn_ctx *ctx = NULL;
     if (TH_CHECK(qattn_ctx_create(&ctx, NULL) == QATTN_OK, "create with NULL options")) {
         qattn_ctx_info info;
-        TH_CHECK(qattn_ctx_get_info(ctx, &info) == QATTN_OK && info.n_threads >= 1 && (info.isa == QATTN_ISA_REF || info.isa == QATTN_ISA_AVX2 || info.isa == QATTN_ISA_AVXVNNI),
-                 "default ctx info: isa %d threads %d", info.isa, info.n_threads);
+        TH_CHECK(qattn_ctx_get_info(ctx, &info) == QATTN_OK && info.n_threads >= 1 && info.isa == isas[n_isas - 1],
+                 "default ctx info: isa %d (want %d) threads %d", info.isa, isas[n_isas - 1], info.n_threads);
         qattn_ctx_destroy(ctx);
     }
     th_set_context(NULL);
@@ -492,6 +501,50 @@ static void test_memory_linear(void) {
     th_set_context(NULL);
 }
 
+/* The context's thread pool: workers persist across calls and across qattn_ctx_set_threads (grow
+ * lazily, shrink by joining); every call, whatever the count, gives the 1-thread bits. A decode-
+ * shaped call (split KV: two parallel phases) and a prefill one, 60 calls each on one context. */
+static void test_thread_pool(void) {
+    th_set_context("thread pool across calls and set_threads");
+    int32_t isas[TH_MAX_ISAS];
+    int n_isas = th_available_isas(isas);
+    th_case c;
+    memset(&c, 0, sizeof c);
+    c.name = "pool";
+    c.batch = 1, c.n_heads = 8, c.n_kv_heads = 2, c.head_dim = 64;
+    c.qkv_dtype = c.o_dtype = QATTN_DTYPE_F32;
+    c.window_left = c.window_right = -1;
+    c.with_lse = true;
+    const int64_t lq[2] = {1, 200}, lk[2] = {3000, 203};
+    for (int shape = 0; shape < 2; shape++) {
+        c.seqlen_q = lq[shape], c.seqlen_k = lk[shape];
+        c.seed = th_derive_seed(900 + shape);
+        th_problem pr;
+        if (!th_problem_make(&pr, &c)) return;
+        size_t no = pr.o.elems * (size_t)4;
+        float *o1 = th_xmalloc(no), *l1 = th_xmalloc(pr.lse_elems * 4);
+        qattn_ctx *ctx = th_ctx(isas[n_isas - 1], 1);
+        th_problem_poison(&pr); /* the padding too: o1 is compared whole */
+        if (ctx && TH_CHECK(qattn_forward(ctx, &pr.p) == QATTN_OK, "1 thread: %s", qattn_ctx_last_error(ctx))) {
+            memcpy(o1, pr.o.buf, no), memcpy(l1, pr.lse, pr.lse_elems * 4);
+            const int counts[6] = {4, 2, 7, 1, 3, 4};
+            for (int i = 0; i < 60; i++) {
+                if (i % 10 == 0) TH_CHECK(qattn_ctx_set_threads(ctx, counts[i / 10]) == QATTN_OK, "set_threads(%d)", counts[i / 10]);
+                th_problem_poison(&pr);
+                if (!TH_CHECK(qattn_forward(ctx, &pr.p) == QATTN_OK, "call %d: %s", i, qattn_ctx_last_error(ctx))) break;
+                if (!TH_CHECK(!memcmp(o1, pr.o.buf, no) && !memcmp(l1, pr.lse, pr.lse_elems * 4),
+                              "Lq %lld Lk %lld call %d (%d threads): not bitwise the 1-thread result", (long long)lq[shape], (long long)lk[shape],
+                              i, counts[i / 10]))
+                    break;
+            }
+        }
+        qattn_ctx_destroy(ctx);
+        free(o1), free(l1);
+        th_problem_free(&pr);
+    }
+    th_set_context(NULL);
+}
+
 int main(void) {
     th_init("test_api");
     g_ctx = th_ctx(QATTN_ISA_REF, 2);
@@ -517,6 +570,7 @@ int main(void) {
     test_params_helpers();
     test_supports_agrees();
     test_memory_linear();
+    test_thread_pool();
 
     th_problem_free(&g_pr);
     qattn_ctx_destroy(g_ctx);

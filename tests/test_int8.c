@@ -64,13 +64,13 @@ static qattn_ctx *make_ctx(int32_t isa, int threads) {
     return ctx;
 }
 
-/* ---------------------------------------------------------------- kernels: avx2 == ref, avxvnni == ref */
+/* ---------------------------------------------------------------- kernels: avx2, avxvnni, avx512 == ref */
 
 #if defined(QATTN_HAVE_X86)
 static void test_kernels_isa(int32_t isa, const qattn_int8_kernels *A) {
     qattn_ctx *probe = make_ctx(isa, 1);
     if (!probe) {
-        printf("kernels: no %s on this machine, skipped\n", isa == QATTN_ISA_AVX2 ? "AVX2" : "AVX-VNNI");
+        printf("kernels: no %s on this machine, skipped\n", A->name);
         return;
     }
     qattn_ctx_destroy(probe);
@@ -162,6 +162,7 @@ static void test_kernels(void) {
 #if defined(QATTN_HAVE_X86)
     test_kernels_isa(QATTN_ISA_AVX2, &qattn_int8_kernels_avx2);
     test_kernels_isa(QATTN_ISA_AVXVNNI, &qattn_int8_kernels_avxvnni);
+    test_kernels_isa(QATTN_ISA_AVX512, &qattn_int8_kernels_avx512);
 #endif
 }
 
@@ -305,7 +306,10 @@ static const double scheme_k[3] = {3.0, 4.0, 2.0};
  * 1 thread == 2 threads bitwise. */
 static void check_schemes(prob *pr, const char *what) {
     qattn_ctx *ref1 = make_ctx(QATTN_ISA_REF, 1), *ref2 = make_ctx(QATTN_ISA_REF, 2);
-    qattn_ctx *avx = make_ctx(QATTN_ISA_AVX2, 2), *vnni = make_ctx(QATTN_ISA_AVXVNNI, 2); /* NULL where the CPU lacks it */
+    const int32_t simd_isas[3] = {QATTN_ISA_AVX2, QATTN_ISA_AVXVNNI, QATTN_ISA_AVX512};
+    const char *simd_names[3] = {"avx2", "avxvnni", "avx512"};
+    qattn_ctx *simd[3]; /* NULL where the CPU lacks it */
+    for (int i = 0; i < 3; i++) simd[i] = make_ctx(simd_isas[i], 2);
     CHECK(qattn_oracle_f64(ref1, &pr->p, pr->o64, pr->lse64) == QATTN_OK, "oracle: %s", qattn_ctx_last_error(ref1));
     float *o_a = xcalloc((size_t)pr->no * 4), *lse_a = xcalloc((size_t)pr->nlse * 4);
     for (int sc = 0; sc < 3; sc++) {
@@ -339,19 +343,16 @@ static void check_schemes(prob *pr, const char *what) {
         CHECK(qattn_forward(ref2, &p) == QATTN_OK, "2 threads");
         CHECK(!memcmp(o_a, pr->o, (size_t)pr->no * 4) && !memcmp(lse_a, pr->lse, (size_t)pr->nlse * 4), "%s %s: 1 vs 2 threads differ", what,
               scheme_name[sc]);
-        if (avx) {
-            CHECK(qattn_forward(avx, &p) == QATTN_OK, "avx2");
-            CHECK(!memcmp(o_a, pr->o, (size_t)pr->no * 4) && !memcmp(lse_a, pr->lse, (size_t)pr->nlse * 4), "%s %s: ref vs avx2 differ", what,
-                  scheme_name[sc]);
-        }
-        if (vnni) {
-            CHECK(qattn_forward(vnni, &p) == QATTN_OK, "avxvnni");
-            CHECK(!memcmp(o_a, pr->o, (size_t)pr->no * 4) && !memcmp(lse_a, pr->lse, (size_t)pr->nlse * 4), "%s %s: ref vs avxvnni differ", what,
-                  scheme_name[sc]);
+        for (int i = 0; i < 3; i++) {
+            if (!simd[i]) continue;
+            CHECK(qattn_forward(simd[i], &p) == QATTN_OK, "%s", simd_names[i]);
+            CHECK(!memcmp(o_a, pr->o, (size_t)pr->no * 4) && !memcmp(lse_a, pr->lse, (size_t)pr->nlse * 4), "%s %s: ref vs %s differ", what,
+                  scheme_name[sc], simd_names[i]);
         }
     }
     free(o_a), free(lse_a);
-    qattn_ctx_destroy(ref1), qattn_ctx_destroy(ref2), qattn_ctx_destroy(avx), qattn_ctx_destroy(vnni);
+    qattn_ctx_destroy(ref1), qattn_ctx_destroy(ref2);
+    for (int i = 0; i < 3; i++) qattn_ctx_destroy(simd[i]);
 }
 
 static void test_schemes(void) {

@@ -74,7 +74,7 @@ class _Context:
         why = ctypes.create_string_buffer(512)
         s = lib.qattn_ctx_create_ex(ctypes.byref(handle), ctypes.byref(opt), why, len(why))
         if s != _lib.QATTN_OK:
-            # The library's reason (e.g. "QATTN_ISA=bogus is not one of ref, avx2, avxvnni").
+            # The library's reason (e.g. "QATTN_ISA=bogus is not one of ref, avx2, avxvnni, avx512").
             _raise_status(s, "cannot create a context for backend=%s isa=%s threads=%d device=%d: %s"
                           % (backend, isa, threads, device, why.value.decode(errors="replace")))
         self.handle = handle

@@ -26,7 +26,7 @@ PRECISIONS = {"auto": 0, "fp32": 1, "fp16": 2, "bf16": 3, "int8": 4, "fp8_e4m3":
 INT8_SCHEMES = {"qattn": 0, "intfa": 1, "sage": 2}  # the names include/qattn.h and docs/FORMAT.md give
 BACKENDS = {"auto": 0, "cpu": 1, "cuda": 2}
 BACKEND_NAMES = {v: k for k, v in BACKENDS.items()}
-ISAS = {"auto": 0, "ref": 1, "avx2": 2, "avxvnni": 3}
+ISAS = {"auto": 0, "ref": 1, "avx2": 2, "avxvnni": 3, "avx512": 4}
 MAX_THREADS = 256  # QATTN_MAX_THREADS (tests/test_abi.py checks it against the header)
 
 

@@ -152,7 +152,7 @@ def test_threads_and_isa_give_identical_results(rng):
 def test_info():
     i = qattn.info()
     assert i["version"] == qattn.__version__ == "%d.%d.%d" % (0, 1, 0) or i["version"] == qattn.__version__
-    assert i["backend"] == "cpu" and i["n_threads"] >= 1 and i["isa"] in ("ref", "avx2", "avxvnni")
+    assert i["backend"] == "cpu" and i["n_threads"] >= 1 and i["isa"] in ("ref", "avx2", "avxvnni", "avx512")
     assert isinstance(i["cuda_available"], bool) and i["library"] == qattn.library_path
 
 

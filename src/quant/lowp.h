@@ -101,6 +101,7 @@ void qattn_i8_pv_acc8_ref(const int16_t *pc, int m, int npad, const int8_t *vpac
 #if defined(QATTN_HAVE_X86)
 extern const qattn_int8_kernels qattn_int8_kernels_avx2;
 extern const qattn_int8_kernels qattn_int8_kernels_avxvnni;
+extern const qattn_int8_kernels qattn_int8_kernels_avx512; /* src/cpu/x86/int8_avx512.c */
 /* The AVX2 kernels (int8_avx2.c), exported so that the AVX-VNNI table points at them directly. */
 void qattn_i8_qk_ref(const int8_t *q, int m, int d, const int8_t *kpack, int npad, int32_t *s);
 void qattn_i8_scores_avx2(const int32_t *s, int m, int npad, const float *sq, const float *sk, float *sf);
@@ -124,6 +125,7 @@ static inline const qattn_int8_kernels *qattn_int8_kernels_for(const qattn_ctx *
 #if defined(QATTN_HAVE_X86)
     if (ctx->isa == QATTN_ISA_AVX2) return &qattn_int8_kernels_avx2;
     if (ctx->isa == QATTN_ISA_AVXVNNI) return &qattn_int8_kernels_avxvnni;
+    if (ctx->isa == QATTN_ISA_AVX512) return &qattn_int8_kernels_avx512;
 #endif
     (void)ctx;
     return &qattn_int8_kernels_ref;

@@ -365,7 +365,7 @@ static bool run_stats(qattn_ctx *ctx, qjob *j) {
     int64_t per = B >= nt ? Ht : Ht * B / nt;
     j->hper = per < 1 ? 1 : per > QUANT_HGROUP ? QUANT_HGROUP : per;
     int64_t ng = (Ht + j->hper - 1) / j->hper, mtasks = B * ng;
-    qattn_parallel_for(nt > mtasks ? (int)mtasks : nt, mtasks, quant_mean_task, j);
+    qattn_parallel_for(ctx->pool, nt > mtasks ? (int)mtasks : nt, mtasks, quant_mean_task, j);
     for (int64_t k = 0; k < B * Ht; k++)
         if (j->bad[k]) return false;
     return true;
@@ -376,7 +376,7 @@ static void run_codes(qattn_ctx *ctx, qjob *j) {
     int nt = nthreads(ctx);
     int64_t tasks = j->p->batch * ((j->v.max_len + QCHUNK - 1) / QCHUNK);
     if (nt > tasks) nt = (int)(tasks > 0 ? tasks : 1);
-    if (tasks > 0) qattn_parallel_for(nt, tasks, quant_tok_task, j);
+    if (tasks > 0) qattn_parallel_for(ctx->pool, nt, tasks, quant_tok_task, j);
 }
 
 /* bad[] -> the status naming the first non-finite input (sequences, then heads, ascending);
@@ -416,7 +416,7 @@ qattn_status qattn_quantize_tensor(qattn_ctx *ctx, const qattn_params *p, int32_
     } else {
         int nt = nthreads(ctx);
         if (nt > tasks) nt = (int)tasks;
-        qattn_parallel_for(nt, tasks, quant_task, &j);
+        qattn_parallel_for(ctx->pool, nt, tasks, quant_task, &j);
     }
     qattn_status s = report_bad(ctx, &j, which, nchunk);
     qattn_free(ctx, j.bad);

@@ -165,7 +165,7 @@ qattn_status qattn_fp8_forward(qattn_ctx *ctx, const qattn_params *p) {
         int64_t tasks = p->batch * p->n_heads * ((p->seqlen_q + FP8_ROWS - 1) / FP8_ROWS);
         int nt = ctx->n_threads < 1 ? 1 : (ctx->n_threads > QATTN_MAX_THREADS ? QATTN_MAX_THREADS : ctx->n_threads);
         atomic_init(&j.overflow, 0);
-        if (tasks > 0) qattn_parallel_for(nt, tasks, fp8_task, &j);
+        if (tasks > 0) qattn_parallel_for(ctx->pool, nt, tasks, fp8_task, &j);
         if (atomic_load(&j.overflow))
             s = qattn_fail(ctx, QATTN_ERR_OVERFLOW, "scale %g: scaled scores overflow float32 although the inputs are finite "
                            "(|scale * q.k| must stay well below %g); scale the inputs or the scale down",

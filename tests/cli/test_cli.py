@@ -427,7 +427,9 @@ def test_info():
     r = run_cli("info", "--json")
     assert r.returncode == 0
     info = json.loads(r.stdout)
-    assert {"version", "backends", "isa", "threads", "cpu"} <= info.keys()
+    assert {"version", "backends", "isa", "threads", "cpu", "cpu_features"} <= info.keys()
+    if info["isa"] == "avx512":  # the tier needs these bits, and qattn info names what it found
+        assert {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "os:zmm"} <= set(info["cpu_features"].split())
 
 
 @pytest.mark.parametrize("cmd", [[], ["info"], ["bench"], ["run"], ["accuracy"]])
@@ -561,7 +563,7 @@ def test_help_lists_every_isa():
     for cmd in (["run"], ["bench"], ["info"], ["bench", "--decode"], []):
         r = run_cli(*cmd, "--help")
         assert r.returncode == 0
-        for isa in ("ref", "avx2", "avxvnni"):
+        for isa in ("ref", "avx2", "avxvnni", "avx512"):
             assert isa in r.stdout, (cmd, isa)
     assert json.loads(info.stdout)["isa"] in run_cli("run", "--help").stdout
 

@@ -75,7 +75,7 @@ const char *cli_backend_name(int32_t backend) {
 static const struct {
     const char *name;
     int32_t isa;
-} isa_table[] = {{"ref", QATTN_ISA_REF}, {"avx2", QATTN_ISA_AVX2}, {"avxvnni", QATTN_ISA_AVXVNNI}};
+} isa_table[] = {{"ref", QATTN_ISA_REF}, {"avx2", QATTN_ISA_AVX2}, {"avxvnni", QATTN_ISA_AVXVNNI}, {"avx512", QATTN_ISA_AVX512}};
 #define ISA_COUNT (sizeof isa_table / sizeof isa_table[0])
 
 int32_t cli_isa_from_name(const char *name) {

@@ -1,12 +1,14 @@
 /* qattn info: what this build and machine offer, and what a default context chooses. */
 #include "cli.h"
+#include "qattn_internal.h" /* qattn_cpu_feature_list */
 
 #include <string.h>
 
 static void print_info_help(void) {
     printf("usage: qattn info [--isa %s] [--threads T] [--json]\n"
            "Prints the version, the backends found (cpu; cuda when this build has it and a\n"
-           "device is visible), the ISA a context chooses, its threads and the CPU model.\n",
+           "device is visible), the ISA a context chooses, its threads, the CPU model and the\n"
+           "CPU features found (CPUID with the register state the OS enables).\n",
            cli_isa_names());
 }
 
@@ -39,6 +41,8 @@ int qattn_cli_info(int argc, char **argv) {
         return CLI_EXIT_FAILURE;
     }
     const char *backends = info.cuda_available ? "cpu cuda" : "cpu";
+    char features[256];
+    qattn_cpu_feature_list(features, sizeof features);
     if (o.json) {
         cli_json j;
         cli_json_begin(&j, stdout);
@@ -48,6 +52,7 @@ int qattn_cli_info(int argc, char **argv) {
         cli_json_str(&j, "isa", info.isa_name);
         cli_json_int(&j, "threads", info.n_threads);
         cli_json_str(&j, "cpu", info.device_name);
+        cli_json_str(&j, "cpu_features", features);
         cli_json_end(&j);
     } else {
         printf("qattn %s\n", qattn_version());
@@ -55,6 +60,7 @@ int qattn_cli_info(int argc, char **argv) {
         printf("isa:      %s\n", info.isa_name);
         printf("threads:  %d\n", info.n_threads);
         printf("cpu:      %s\n", info.device_name);
+        printf("features: %s\n", features);
     }
     return CLI_EXIT_OK;
 }
