@@ -1,7 +1,7 @@
-/* Kernel lab for the CPU FP path: checks QATTN_ISA avx2 against ref and the FP64 oracle on
- * awkward shapes, then times the standard shapes.
- * Build: cc -O2 -std=c11 -Iinclude dev/cpu_fp/check.c build-avx2/libqattn.a -lpthread -lm -o build-avx2/cpu_fp_check
- * Run:   build-avx2/cpu_fp_check check | bench [threads] */
+/* Kernel lab for the CPU FP path: checks a SIMD ISA (avx2 or avx512) against ref and the FP64 oracle
+ * on awkward shapes, then times the standard shapes (ref, avx2, avx512 where the CPU has them).
+ * Build: cc -O2 -std=c11 -Iinclude dev/cpu_fp/check.c build/libqattn.a -lpthread -lm -o build/cpu_fp_check
+ * Run:   build/cpu_fp_check check [avx2|avx512] | bench [threads] [reps] [prefill|decode|all] */
 #define _POSIX_C_SOURCE 199309L
 #include "qattn.h"
 
@@ -33,6 +33,9 @@ static double now(void) {
 }
 
 typedef struct { int B, Lq, Lk, H, HK, D, causal, wl, wr, dtype, nan_k, nan_v, threads; } cs;
+
+static const char *isa_name(int isa) { return isa == QATTN_ISA_REF ? "ref" : isa == QATTN_ISA_AVX2 ? "avx2" : isa == QATTN_ISA_AVX512 ? "avx512" : "?"; }
+static int simd_isa = QATTN_ISA_AVX2; /* the ISA check_case compares against ref */
 
 static qattn_ctx *make_ctx(int isa, int threads) {
     qattn_ctx_options o = {0};
@@ -68,7 +71,7 @@ static int check_case(const cs *c) {
     size_t no = (size_t)c->B * c->Lq * c->H * c->D, nl = (size_t)c->B * c->H * c->Lq;
     float *o_ref = malloc(no * 4), *o_avx = malloc(no * 4), *o_avx1 = malloc(no * 4), *l_ref = malloc(nl * 4), *l_avx = malloc(nl * 4);
     double *o64 = malloc(no * 8), *l64 = malloc(nl * 8);
-    qattn_ctx *cr = make_ctx(QATTN_ISA_REF, 2), *ca = make_ctx(QATTN_ISA_AVX2, 2), *ca1 = make_ctx(QATTN_ISA_AVX2, 1);
+    qattn_ctx *cr = make_ctx(QATTN_ISA_REF, 2), *ca = make_ctx(simd_isa, 2), *ca1 = make_ctx(simd_isa, 1);
     int st = 0;
     p.o = o_ref; p.lse = l_ref; st |= qattn_forward(cr, &p);
     p.o = o_avx; p.lse = l_avx; st |= qattn_forward(ca, &p);
@@ -90,8 +93,8 @@ static int check_case(const cs *c) {
     int bit = memcmp(o_avx, o_avx1, no * 4) == 0;
     double rel = r2 > 0 ? sqrt(e2 / r2) : sqrt(e2), relr = r2 > 0 ? sqrt(e2r / r2) : sqrt(e2r);
     int bad = nan_mismatch || !bit || rel > 5e-6 || lmax > 1e-4;
-    printf("%s B%d Lq%d Lk%d H%d HK%d D%d c%d w%d/%d dt%d nanK%d infV%d: relL2 avx %.2e ref %.2e maxabs %.1e lse %.1e nanmis %ld bitwise1v2 %d\n",
-           bad ? "FAIL" : "ok  ", c->B, c->Lq, c->Lk, c->H, c->HK, c->D, c->causal, c->wl, c->wr, c->dtype, c->nan_k, c->nan_v, rel, relr, maxe, lmax,
+    printf("%s %s B%d Lq%d Lk%d H%d HK%d D%d c%d w%d/%d dt%d nanK%d infV%d: relL2 simd %.2e ref %.2e maxabs %.1e lse %.1e nanmis %ld bitwise1v2 %d\n",
+           bad ? "FAIL" : "ok  ", isa_name(simd_isa), c->B, c->Lq, c->Lk, c->H, c->HK, c->D, c->causal, c->wl, c->wr, c->dtype, c->nan_k, c->nan_v, rel, relr, maxe, lmax,
            nan_mismatch, bit);
     qattn_ctx_destroy(cr); qattn_ctx_destroy(ca); qattn_ctx_destroy(ca1);
     free(q); free(k); free(v); free(o_ref); free(o_avx); free(o_avx1); free(l_ref); free(l_avx); free(o64); free(l64);
@@ -114,7 +117,7 @@ static void bench(const cs *c, int isa, int threads, int reps) {
     double flops = 4.0 * c->B * c->H * (double)c->Lq * c->Lk * c->D * (c->causal ? 0.5 : 1.0);
     double kvbytes = 2.0 * c->B * c->HK * (double)c->Lk * c->D * (c->dtype == QATTN_DTYPE_F32 ? 4 : 2);
     printf("%-4s t%d B%d H%d HK%d D%d Lq%d Lk%d causal%d dt%d: best %.3f ms med %.3f ms  %.1f GFLOP/s (best) %.1f (med)  KV %.1f GB/s\n",
-           isa == QATTN_ISA_REF ? "ref" : "avx2", threads, c->B, c->H, c->HK, c->D, c->Lq, c->Lk, c->causal, c->dtype, best * 1e3, med * 1e3,
+           isa_name(isa), threads, c->B, c->H, c->HK, c->D, c->Lq, c->Lk, c->causal, c->dtype, best * 1e3, med * 1e3,
            flops / best * 1e-9, flops / med * 1e-9, kvbytes / best * 1e-9);
     (void)tot;
     qattn_ctx_destroy(ctx); free(q); free(k); free(v); free(o);
@@ -123,6 +126,7 @@ static void bench(const cs *c, int isa, int threads, int reps) {
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "check";
     if (!strcmp(mode, "check")) {
+        if (argc > 2) simd_isa = !strcmp(argv[2], "avx512") ? QATTN_ISA_AVX512 : QATTN_ISA_AVX2;
         int fails = 0, Ls[] = {1, 17, 113, 203}, Ds[] = {32, 64, 80, 128, 256, 40};
         for (int li = 0; li < 4; li++)
             for (int di = 0; di < 6; di++) {
@@ -155,8 +159,13 @@ int main(int argc, char **argv) {
     const char *which = argc > 4 ? argv[4] : "all";
     cs pre = {1, 2048, 2048, 8, 8, 128, 0, -1, -1, 0, -1, -1, 0};
     cs dec = {1, 1, 32768, 32, 8, 128, 0, -1, -1, 0, -1, -1, 0};
-    for (int isa = QATTN_ISA_REF; isa <= QATTN_ISA_AVX2; isa++) {
-        if (!strcmp(mode, "bench-avx2") && isa == QATTN_ISA_REF) continue;
+    for (int isa = QATTN_ISA_REF; isa <= QATTN_ISA_AVX512; isa++) {
+        if (isa == QATTN_ISA_AVXVNNI || (!strcmp(mode, "bench-simd") && isa == QATTN_ISA_REF)) continue;
+        qattn_ctx_options o = {0};
+        qattn_ctx *probe;
+        o.isa = isa;
+        if (qattn_ctx_create(&probe, &o) != QATTN_OK) continue; /* not on this CPU */
+        qattn_ctx_destroy(probe);
         if (strcmp(which, "decode")) {
             pre.causal = 0; bench(&pre, isa, threads, isa == QATTN_ISA_REF ? 1 : reps);
             pre.causal = 1; bench(&pre, isa, threads, isa == QATTN_ISA_REF ? 1 : reps);
