@@ -424,13 +424,16 @@ static void kernel_state_init(qattn_tile_state *st, float *mem, int m, int d) {
 }
 
 static void test_kernel_i8_equality(void) {
-    static const kcase cases[] = {{4, 128, 16}, {1, 64, 7}, {3, 80, 33}, {5, 256, 16}, {8, 128, 300}, {4, 72, 1}, {6, 128, 257}};
-    qattn_kv_attend_fn fns[3] = {qattn_kv_attend_ref, NULL, NULL};
-    const char *names[3] = {"ref", "avx2", "avxvnni"};
+    static const kcase cases[] = {{4, 128, 16}, {1, 64, 7}, {3, 80, 33}, {5, 256, 16}, {8, 128, 300}, {4, 72, 1}, {6, 128, 257},
+                                  {4, 40, 19},  {2, 48, 35}, {4, 88, 64},  {7, 136, 31}}; /* d % 32: 8, 16, 24 tails */
+    enum { NK = 4 };
+    qattn_kv_attend_fn fns[NK] = {qattn_kv_attend_ref, NULL, NULL, NULL};
+    const char *names[NK] = {"ref", "avx2", "avxvnni", "avx512"};
 #if defined(QATTN_HAVE_X86)
     for (int i = 0; i < g_n_isas; i++) {
         if (g_isas[i] == QATTN_ISA_AVX2) fns[1] = qattn_kv_attend_avx2;
         if (g_isas[i] == QATTN_ISA_AVXVNNI) fns[2] = qattn_kv_attend_vnni;
+        if (g_isas[i] == QATTN_ISA_AVX512) fns[3] = qattn_kv_attend_avx512;
     }
 #endif
     th_rng rng;
@@ -441,9 +444,9 @@ static void test_kernel_i8_equality(void) {
         float *ks = th_xmalloc((size_t)n * 4), *vs = th_xmalloc((size_t)n * 4), *qsc = th_xmalloc((size_t)m * 4), *q = th_xmalloc((size_t)m * d * 4);
         int16_t *q16 = th_xmalloc((size_t)m * ldq * 2);
         size_t sf = (size_t)QATTN_KV_SCRATCH_FLOATS(m, n);
-        float *scratch = th_xmalloc(sf * 4), *mem[3];
+        float *scratch = th_xmalloc(sf * 4), *mem[NK];
         int32_t lo[8], hi[8];
-        for (int f = 0; f < 3; f++) mem[f] = th_xmalloc((size_t)m * (d + 2) * 4);
+        for (int f = 0; f < NK; f++) mem[f] = th_xmalloc((size_t)m * (d + 2) * 4);
         fill_codes(kc, (size_t)n * d, &rng);
         fill_codes(vc, (size_t)n * d, &rng);
         for (int j = 0; j < n; j++) ks[j] = (float)th_rng_uniform(&rng, 1e-3, 2e-2), vs[j] = (float)th_rng_uniform(&rng, 1e-3, 2e-2);
@@ -451,12 +454,12 @@ static void test_kernel_i8_equality(void) {
             for (int c = 0; c < ldq; c++) q16[(size_t)r * ldq + c] = c < d ? (int16_t)((int)(th_rng_u64(&rng) % 65535) - 32767) : 0;
             qsc[r] = (float)th_rng_uniform(&rng, 1e-6, 1e-5);
         }
-        qattn_tile_state st[3];
+        qattn_tile_state st[NK];
         /* Q.K: row r sees token (j0 + r) only */
         bool ok = true;
         for (int j0 = 0; j0 < n && ok; j0 += m) {
             for (int r = 0; r < m; r++) lo[r] = j0 + r < n ? j0 + r : n, hi[r] = j0 + r < n ? j0 + r + 1 : n;
-            for (int f = 0; f < 3; f++) {
+            for (int f = 0; f < NK; f++) {
                 if (!fns[f]) continue;
                 kernel_state_init(&st[f], mem[f], m, d);
                 fns[f](q, q16, qsc, m, d, QATTN_DTYPE_I8, kc, vc, ks, vs, n, lo, hi, &st[f], scratch, NULL);
@@ -468,7 +471,7 @@ static void test_kernel_i8_equality(void) {
         float zero[8] = {0};
         int nn = n > 256 ? 256 : n;
         for (int r = 0; r < m; r++) lo[r] = (r * 3) % (nn > 1 ? nn / 2 + 1 : 1), hi[r] = nn - (r % 2) * (nn / 3);
-        for (int f = 0; f < 3; f++) {
+        for (int f = 0; f < NK; f++) {
             if (!fns[f]) continue;
             kernel_state_init(&st[f], mem[f], m, d);
             fns[f](q, q16, zero, m, d, QATTN_DTYPE_I8, kc, vc, ks, vs, nn, lo, hi, &st[f], scratch, NULL);
@@ -478,22 +481,26 @@ static void test_kernel_i8_equality(void) {
             TH_CHECK(same_max && memcmp(st[f].row_sum, st[0].row_sum, (size_t)m * (d + 1) * 4) == 0,
                      "kernel P.V %s m %d d %d n %d: state differs from the reference", names[f], m, d, nn);
         }
-        /* whole kernel, AVX-VNNI vs AVX2: two calls carrying state, random scores */
-        if (fns[1] && fns[2]) {
-            for (int f = 1; f < 3; f++) kernel_state_init(&st[f], mem[f], m, d);
+        /* whole kernel, AVX-VNNI and AVX-512 vs AVX2: two calls carrying state, random scores */
+        for (int f = 2; f < NK; f++) {
+            if (!fns[1] || !fns[f]) continue;
+            kernel_state_init(&st[1], mem[1], m, d);
+            kernel_state_init(&st[f], mem[f], m, d);
             for (int call = 0; call < 2; call++) {
                 for (int r = 0; r < m; r++) {
                     qsc[r] = (float)th_rng_uniform(&rng, 1e-5, 1e-4);
                     lo[r] = call == 0 ? 0 : r % 3 < n ? r % 3 : n, hi[r] = call == 0 ? n : n - (r % 2 ? n / 4 : 0);
                 }
-                for (int f = 1; f < 3; f++) fns[f](q, q16, qsc, m, d, QATTN_DTYPE_I8, kc, vc, ks, vs, n, lo, hi, &st[f], scratch, NULL);
+                fns[1](q, q16, qsc, m, d, QATTN_DTYPE_I8, kc, vc, ks, vs, n, lo, hi, &st[1], scratch, NULL);
+                fns[f](q, q16, qsc, m, d, QATTN_DTYPE_I8, kc, vc, ks, vs, n, lo, hi, &st[f], scratch, NULL);
             }
-            TH_CHECK(memcmp(mem[1], mem[2], (size_t)m * (d + 2) * 4) == 0, "kernel avxvnni vs avx2 m %d d %d n %d: not bitwise identical", m, d, n);
+            TH_CHECK(memcmp(mem[1], mem[f], (size_t)m * (d + 2) * 4) == 0, "kernel %s vs avx2 m %d d %d n %d: not bitwise identical", names[f], m,
+                     d, n);
         }
         free(kc), free(vc), free(ks), free(vs), free(qsc), free(q), free(q16), free(scratch);
-        for (int f = 0; f < 3; f++) free(mem[f]);
+        for (int f = 0; f < NK; f++) free(mem[f]);
     }
-    printf("  kernel INT8 equality: ref%s%s\n", fns[1] ? ", avx2" : "", fns[2] ? ", avxvnni" : "");
+    printf("  kernel INT8 equality: ref%s%s%s\n", fns[1] ? ", avx2" : "", fns[2] ? ", avxvnni" : "", fns[3] ? ", avx512" : "");
 }
 
 int main(void) {

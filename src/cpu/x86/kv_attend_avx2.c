@@ -155,6 +155,13 @@ ALWAYS_INLINE __m256i load_k16(const int8_t *p, bool full) {
     return _mm256_cvtepi8_epi16(full ? _mm_loadu_si128((const __m128i *)p) : _mm_loadl_epi64((const __m128i *)p));
 }
 
+#if defined(QATTN_KV_AVX512)
+/* The ZMM engines, defined in kv_attend_avx512.c after this file (same contracts as below). */
+static void scores_rows_i8(int R, const int16_t *q16, const float *qsc, int d, const int8_t *kc, const float *ks, int jlo, int jhi,
+                           const int32_t *lo, const int32_t *hi, float *s, const uint8_t *pf, int64_t pf_bytes, __m256 *mx_out);
+static void pv_rows_i8(int R, const int8_t *vc, int d, int j0, int j1, const int32_t *wp, const float *ws, float *const *acc,
+                       const uint8_t *pf, int64_t pf_bytes);
+#else
 /* INT8 scores of 4 rows for tokens [jlo, jhi): s[(j - jlo)*4 + r] = ((float)(q16 . k8) * qsc) * ks_j,
  * -inf outside the row's [lo, hi) (rows >= R: lo = hi = 0; the pad token of an odd count is >= hi).
  * Always 4 rows (rows >= R reuse row 0's q and are masked): fixed named accumulators keep GCC from
@@ -290,6 +297,8 @@ static __attribute__((noinline)) void pv_rows_i8(int R, const int8_t *vc, int d,
 #undef PV_STORE
     }
 }
+
+#endif
 
 /* The online-softmax rule (DESIGN.md §4), for both the INT8 and the FP16/BF16 rows: rescale the
  * row's sum and accumulator only when its max grows. */
@@ -455,7 +464,7 @@ ALWAYS_INLINE void attend_rows(int R, const float *q, int d, int32_t dtype, cons
     }
 }
 
-#if !defined(QATTN_KV_VNNI)
+#if !defined(QATTN_KV_VNNI) && !defined(QATTN_KV_AVX512)
 ALWAYS_INLINE void attend_fp(int32_t dtype, const float *q, int m, int d, const void *kc, const void *vc, int n, const int32_t *lo,
                              const int32_t *hi, qattn_tile_state *st, float *scratch) {
     float *s = scratch, *w = scratch + (int64_t)4 * n;
@@ -484,7 +493,18 @@ static void attend_i8(const int16_t *q16, const float *qsc, int m, int d, const 
     }
 }
 
-#if defined(QATTN_KV_VNNI)
+#if defined(QATTN_KV_AVX512)
+/* The AVX-512 entry (kv_attend_avx512.c): INT8 with the ZMM engines; FP16/BF16 go to the AVX2 kernel. */
+void qattn_kv_attend_avx512(const float *q, const int16_t *q16, const float *qsc, int m, int d, int32_t dtype, const void *kc,
+                            const void *vc, const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st,
+                            float *scratch, const qattn_kv_prefetch *pf) {
+    if (dtype != QATTN_DTYPE_I8) {
+        qattn_kv_attend_avx2(q, q16, qsc, m, d, dtype, kc, vc, ks, vs, n, lo, hi, st, scratch, pf);
+        return;
+    }
+    attend_i8(q16, qsc, m, d, kc, vc, ks, vs, lo, hi, st, scratch, pf);
+}
+#elif defined(QATTN_KV_VNNI)
 /* The AVX-VNNI entry (kv_attend_vnni.c): INT8 with vpdpwssd; FP16/BF16 go to the AVX2 kernel. */
 void qattn_kv_attend_vnni(const float *q, const int16_t *q16, const float *qsc, int m, int d, int32_t dtype, const void *kc,
                           const void *vc, const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st,

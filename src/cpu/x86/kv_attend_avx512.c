@@ -1,0 +1,168 @@
+/* AVX-512 decode kernel over one cache block (contract: qattn_kv_attend_fn in src/kv/kv_internal.h),
+ * chosen by src/kv/kv_decode.c when ctx->isa is QATTN_ISA_AVX512. It is the AVX2 kernel (included
+ * below with QATTN_KV_AVX512) with its two INT8 integer engines on ZMM: Q.K and P.V by vpdpwssd
+ * (s16 x s16 pairs summed into s32, non-saturating), 32 products per instruction where the AVX2
+ * kernel forms 16 with vpmaddwd + vpaddd. The int32 sums are exact (bounds in kv_attend_avx2.c,
+ * "INT8"), so they are the same values, and the float steps around them (scores, softmax, weights,
+ * the per-chunk fused multiply-add into acc) are the AVX2 kernel's, element for element: the
+ * output is bitwise the AVX2 kernel's (tests/test_kv_cache.c). FP16/BF16 caches take the AVX2 path.
+ *
+ * Layout on ZMM. Q.K: 32 channels per step (K codes of two tokens sign-extended to int16, the 4
+ * rows' q16 rows), 4 rows x 2 tokens of accumulators folded to 256 bits (an exact integer add)
+ * before the AVX2 reduction. P.V: 32 channels of two tokens are byte-interleaved within 128-bit
+ * lanes and sign-extended, so the accumulators hold channels [0..7 | 16..23] and [8..15 | 24..31];
+ * two lane shuffles restore channel order before the store. d % 32 != 0 tails use masked loads. */
+#define QATTN_KV_AVX512 1
+#include "cpu/x86/kv_attend_avx2.c"
+
+/* acc + vpdpwssd(a, b) through inline asm ("+v": one register per accumulator; the builtin ties
+ * the accumulator and made GCC copy it through other registers, see kv_attend_avx2.c). */
+ALWAYS_INLINE __m512i dot_acc_zmm(__m512i acc, __m512i a, __m512i b) {
+    __asm__("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+    return acc;
+}
+
+/* Bytes [0, n) of 32 (n >= 32: all). */
+ALWAYS_INLINE __mmask32 bytes32(int n) { return n >= 32 ? ~(__mmask32)0 : (((__mmask32)1 << n) - 1); }
+
+ALWAYS_INLINE __m256i fold256(__m512i a) { return _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64(a, 1)); }
+
+/* As the AVX2 scores_rows_i8 (same arguments, same outputs). */
+static __attribute__((noinline)) void scores_rows_i8(int R, const int16_t *q16, const float *qsc, int d, const int8_t *kc, const float *ks, int jlo,
+                                                     int jhi, const int32_t *lo, const int32_t *hi, float *s, const uint8_t *pf, int64_t pf_bytes,
+                                                     __m256 *mx_out) {
+    const int64_t ldq = (d + 15) / 16 * 16;
+    const int16_t *q0 = q16, *q1 = q16 + (R > 1 ? ldq : 0), *q2 = q16 + (R > 2 ? 2 * ldq : 0), *q3 = q16 + (R > 3 ? 3 * ldq : 0);
+    __m128 qs4;
+    __m128i lov, hiv;
+    if (R == 4) {
+        qs4 = _mm_loadu_ps(qsc);
+        lov = _mm_loadu_si128((const __m128i *)lo);
+        hiv = _mm_loadu_si128((const __m128i *)hi);
+    } else {
+        qs4 = _mm_setr_ps(qsc[0], qsc[R > 1 ? 1 : 0], qsc[R > 2 ? 2 : 0], qsc[0]);
+        lov = _mm_setr_epi32(lo[0], R > 1 ? lo[1] : 0, R > 2 ? lo[2] : 0, 0);
+        hiv = _mm_setr_epi32(hi[0], R > 1 ? hi[1] : 0, R > 2 ? hi[2] : 0, 0);
+    }
+    const __m256 qsv = _mm256_insertf128_ps(_mm256_castps128_ps256(qs4), qs4, 1);
+    const __m256i lo8 = _mm256_insertf128_si256(_mm256_castsi128_si256(lov), lov, 1);
+    const __m256i hi8 = _mm256_insertf128_si256(_mm256_castsi128_si256(hiv), hiv, 1);
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    const int dfull = d & ~31;
+    const __mmask32 tail = bytes32(d - dfull); /* d % 32 channels (a multiple of 8) */
+    const int64_t pf_step = prefetch_step(pf_bytes, (jhi - jlo + 1) / 2);
+    int64_t pf_at = 0;
+    bool all_visible = R == 4 && ((jhi - jlo) & 1) == 0;
+    for (int r = 0; r < R && all_visible; r++) all_visible = lo[r] <= jlo && hi[r] >= jhi;
+    __m256 mx = _mm256_set1_ps(-INFINITY);
+    for (int j = jlo; j < jhi; j += 2) {
+        bool two = j + 1 < jhi;
+        prefetch_lines(pf, pf_at, pf_at + pf_step, pf_bytes);
+        pf_at += pf_step;
+        __m512i a00 = _mm512_setzero_si512(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+        const int8_t *k0p = kc + (int64_t)j * d, *k1p = two ? k0p + d : k0p;
+#define QK_STEP(c, K0, K1, QLOAD)                                                                                                          \
+    do {                                                                                                                                   \
+        __m512i k0 = (K0), k1 = (K1), qv;                                                                                                 \
+        qv = QLOAD(q0 + (c));                                                                                                              \
+        a00 = dot_acc_zmm(a00, qv, k0), a01 = dot_acc_zmm(a01, qv, k1);                                                                    \
+        qv = QLOAD(q1 + (c));                                                                                                              \
+        a10 = dot_acc_zmm(a10, qv, k0), a11 = dot_acc_zmm(a11, qv, k1);                                                                    \
+        qv = QLOAD(q2 + (c));                                                                                                              \
+        a20 = dot_acc_zmm(a20, qv, k0), a21 = dot_acc_zmm(a21, qv, k1);                                                                    \
+        qv = QLOAD(q3 + (c));                                                                                                              \
+        a30 = dot_acc_zmm(a30, qv, k0), a31 = dot_acc_zmm(a31, qv, k1);                                                                    \
+    } while (0)
+#define QLOAD_FULL(p) _mm512_loadu_si512((const void *)(p))
+#define QLOAD_TAIL(p) _mm512_maskz_loadu_epi16(tail, (p))
+        for (int c = 0; c < dfull; c += 32)
+            QK_STEP(c, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(k0p + c))),
+                    _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(k1p + c))), QLOAD_FULL);
+        if (dfull < d)
+            QK_STEP(dfull, _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(tail, k0p + dfull)),
+                    _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(tail, k1p + dfull)), QLOAD_TAIL);
+#undef QLOAD_TAIL
+#undef QLOAD_FULL
+#undef QK_STEP
+        /* 8 accumulators -> [t0: rows 0..3 | t1: rows 0..3] (integer adds: exact in any order) */
+        __m256i x0 = _mm256_hadd_epi32(_mm256_hadd_epi32(fold256(a00), fold256(a10)), _mm256_hadd_epi32(fold256(a20), fold256(a30)));
+        __m256i x1 = _mm256_hadd_epi32(_mm256_hadd_epi32(fold256(a01), fold256(a11)), _mm256_hadd_epi32(fold256(a21), fold256(a31)));
+        __m256i dot = _mm256_add_epi32(_mm256_permute2x128_si256(x0, x1, 0x20), _mm256_permute2x128_si256(x0, x1, 0x31));
+        __m256 sv = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), qsv), pair_scale(ks, j, two));
+        if (!all_visible) {
+            __m256i jv = _mm256_add_epi32(_mm256_set1_epi32(j), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
+            __m256i out = _mm256_or_si256(_mm256_cmpgt_epi32(lo8, jv), _mm256_cmpgt_epi32(_mm256_add_epi32(jv, _mm256_set1_epi32(1)), hi8));
+            sv = _mm256_blendv_ps(sv, ninf, _mm256_castsi256_ps(out));
+        }
+        _mm256_storeu_ps(s + (int64_t)(j - jlo) * 4, sv);
+        mx = _mm256_max_ps(sv, mx);
+    }
+    *mx_out = mx;
+}
+
+/* As the AVX2 pv_rows_i8 (same arguments, same outputs), 32 channels per pass. */
+static __attribute__((noinline)) void pv_rows_i8(int R, const int8_t *vc, int d, int j0, int j1, const int32_t *wp, const float *ws,
+                                                 float *const *acc, const uint8_t *pf, int64_t pf_bytes) {
+    const int pairs = (j1 - j0 + 1) / 2, full_pairs = (j1 - j0) / 2;
+    const int64_t pf_step = prefetch_step(pf_bytes, (d + 31) / 32);
+    int64_t pf_at = 0;
+    for (int c = 0; c < d; c += 32) {
+        prefetch_lines(pf, pf_at, pf_at + pf_step, pf_bytes);
+        pf_at += pf_step;
+        const __mmask32 k = bytes32(d - c);
+        __m512i a00 = _mm512_setzero_si512(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+        const int8_t *p = vc + (int64_t)j0 * d + c;
+        const int64_t step = 2 * (int64_t)d;
+#define PV_STEP(t, x0, x1)                                                                                                                 \
+    do {                                                                                                                                   \
+        __m512i vlo = _mm512_cvtepi8_epi16(_mm256_unpacklo_epi8(x0, x1)); /* channels [0..7 | 16..23], tokens j, j+1 */                    \
+        __m512i vhi = _mm512_cvtepi8_epi16(_mm256_unpackhi_epi8(x0, x1)); /* channels [8..15 | 24..31] */                                  \
+        const int32_t *w = wp + (int64_t)(t) * 4;                                                                                          \
+        __m512i wv = _mm512_set1_epi32(w[0]);                                                                                              \
+        a00 = dot_acc_zmm(a00, vlo, wv), a01 = dot_acc_zmm(a01, vhi, wv);                                                                  \
+        wv = _mm512_set1_epi32(w[1]);                                                                                                      \
+        a10 = dot_acc_zmm(a10, vlo, wv), a11 = dot_acc_zmm(a11, vhi, wv);                                                                  \
+        wv = _mm512_set1_epi32(w[2]);                                                                                                      \
+        a20 = dot_acc_zmm(a20, vlo, wv), a21 = dot_acc_zmm(a21, vhi, wv);                                                                  \
+        wv = _mm512_set1_epi32(w[3]);                                                                                                      \
+        a30 = dot_acc_zmm(a30, vlo, wv), a31 = dot_acc_zmm(a31, vhi, wv);                                                                  \
+    } while (0)
+        if (c + 32 <= d) {
+            for (int t = 0; t < full_pairs; t++, p += step) {
+                __m256i x0 = _mm256_loadu_si256((const __m256i *)p), x1 = _mm256_loadu_si256((const __m256i *)(p + d));
+                PV_STEP(t, x0, x1);
+            }
+            if (full_pairs < pairs) {
+                __m256i x0 = _mm256_loadu_si256((const __m256i *)p);
+                PV_STEP(full_pairs, x0, x0);
+            }
+        } else {
+            for (int t = 0; t < full_pairs; t++, p += step) {
+                __m256i x0 = _mm256_maskz_loadu_epi8(k, p), x1 = _mm256_maskz_loadu_epi8(k, p + d);
+                PV_STEP(t, x0, x1);
+            }
+            if (full_pairs < pairs) {
+                __m256i x0 = _mm256_maskz_loadu_epi8(k, p);
+                PV_STEP(full_pairs, x0, x0);
+            }
+        }
+#undef PV_STEP
+        /* channel order back: [0..15] = [lo(A) | lo(B)], [16..31] = [hi(A) | hi(B)]; acc += (float)sum * ws */
+        const int nch = d - c < 32 ? d - c : 32;
+        const __mmask16 m0 = nch >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nch) - 1u);
+        const __mmask16 m1 = nch >= 32 ? (__mmask16)0xFFFF : nch > 16 ? (__mmask16)((1u << (nch - 16)) - 1u) : (__mmask16)0;
+#define PV_STORE(r, A, B)                                                                                                                  \
+    do {                                                                                                                                   \
+        float *o = acc[r] + c;                                                                                                             \
+        __m512 sc = _mm512_set1_ps(ws[r]);                                                                                                 \
+        __m512i c0 = _mm512_inserti64x4((A), _mm512_castsi512_si256(B), 1), c1 = _mm512_shuffle_i64x2((A), (B), 0xEE);                    \
+        _mm512_mask_storeu_ps(o, m0, _mm512_fmadd_ps(_mm512_cvtepi32_ps(c0), sc, _mm512_maskz_loadu_ps(m0, o)));                           \
+        if (m1) _mm512_mask_storeu_ps(o + 16, m1, _mm512_fmadd_ps(_mm512_cvtepi32_ps(c1), sc, _mm512_maskz_loadu_ps(m1, o + 16)));        \
+    } while (0)
+        PV_STORE(0, a00, a01);
+        if (R > 1) PV_STORE(1, a10, a11);
+        if (R > 2) PV_STORE(2, a20, a21);
+        if (R > 3) PV_STORE(3, a30, a31);
+#undef PV_STORE
+    }
+}
