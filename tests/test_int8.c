@@ -525,14 +525,16 @@ static void test_forward_quantized(void) {
             CHECK(qattn_forward_quantized(ctx, &pq, &qi) == QATTN_ERR_INVALID_ARGUMENT, "negative scale accepted");
             qi.k.scale[3] = keep;
             CHECK(qattn_forward_quantized(ctx, &pq, NULL) == QATTN_ERR_NULL_POINTER, "NULL qi accepted");
-            int8_t c0 = qi.k.data[0];
-            qi.k.data[0] = -127;
+            /* K and V codes at every byte position of a 4-byte group (the packers clamp 4 at a time) */
+            static const int at[] = {0, 1, 2, 3, 6, 64 + 5, 130, 131};
+            int8_t keep_k[8], keep_v[8];
+            for (int i = 0; i < 8; i++) keep_k[i] = qi.k.data[at[i]], keep_v[i] = qi.v.data[at[i]], qi.k.data[at[i]] = qi.v.data[at[i]] = -127;
             qattn_forward_quantized(ctx, &pq, &qi);
             memcpy(o_dyn, pr.o, (size_t)pr.no * 4);
-            qi.k.data[0] = -128;
+            for (int i = 0; i < 8; i++) qi.k.data[at[i]] = qi.v.data[at[i]] = -128;
             qattn_forward_quantized(ctx, &pq, &qi);
             CHECK(!memcmp(o_dyn, pr.o, (size_t)pr.no * 4), "code -128 is not read as -127");
-            qi.k.data[0] = c0;
+            for (int i = 0; i < 8; i++) qi.k.data[at[i]] = keep_k[i], qi.v.data[at[i]] = keep_v[i];
         }
         for (int w = 0; w < 3; w++) free(ts[w]->data), free(ts[w]->scale), free(ts[w]->mean);
         free(o_dyn);
