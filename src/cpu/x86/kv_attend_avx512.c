@@ -25,7 +25,20 @@ ALWAYS_INLINE __m512i dot_acc_zmm(__m512i acc, __m512i a, __m512i b) {
 /* Bytes [0, n) of 32 (n >= 32: all). */
 ALWAYS_INLINE __mmask32 bytes32(int n) { return n >= 32 ? ~(__mmask32)0 : (((__mmask32)1 << n) - 1); }
 
-ALWAYS_INLINE __m256i fold256(__m512i a) { return _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64(a, 1)); }
+/* Lane sums of a0..a3 (t0: rows 0..3) and b0..b3 (t1) as [t0 r0..3 | t1 r0..3] (integer adds:
+ * exact in any order). Per 128-bit lane: unpack + add pairs rows (lanes alternate r0/r1), unpack +
+ * add again (lanes r0..r3), then the four lanes are summed across: 24 operations where folding each
+ * accumulator to 256 bits for the AVX2 hadd tree took 37. */
+ALWAYS_INLINE __m256i reduce8(__m512i a0, __m512i a1, __m512i a2, __m512i a3, __m512i b0, __m512i b1, __m512i b2, __m512i b3) {
+#define PAIR32(x, y) _mm512_add_epi32(_mm512_unpacklo_epi32((x), (y)), _mm512_unpackhi_epi32((x), (y)))
+#define PAIR64(x, y) _mm512_add_epi32(_mm512_unpacklo_epi64((x), (y)), _mm512_unpackhi_epi64((x), (y)))
+    __m512i q0 = PAIR64(PAIR32(a0, a1), PAIR32(a2, a3)), q1 = PAIR64(PAIR32(b0, b1), PAIR32(b2, b3));
+#undef PAIR64
+#undef PAIR32
+    __m512i s = _mm512_add_epi32(_mm512_shuffle_i32x4(q0, q1, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_i32x4(q0, q1, _MM_SHUFFLE(3, 2, 3, 2)));
+    __m512i t = _mm512_add_epi32(_mm512_shuffle_i32x4(s, s, _MM_SHUFFLE(3, 1, 2, 0)), _mm512_shuffle_i32x4(s, s, _MM_SHUFFLE(2, 0, 3, 1)));
+    return _mm512_castsi512_si256(t);
+}
 
 /* As the AVX2 scores_rows_i8 (same arguments, same outputs). */
 static __attribute__((noinline)) void scores_rows_i8(int R, const int16_t *q16, const float *qsc, int d, const int8_t *kc, const float *ks, int jlo,
@@ -85,9 +98,7 @@ static __attribute__((noinline)) void scores_rows_i8(int R, const int16_t *q16, 
 #undef QLOAD_FULL
 #undef QK_STEP
         /* 8 accumulators -> [t0: rows 0..3 | t1: rows 0..3] (integer adds: exact in any order) */
-        __m256i x0 = _mm256_hadd_epi32(_mm256_hadd_epi32(fold256(a00), fold256(a10)), _mm256_hadd_epi32(fold256(a20), fold256(a30)));
-        __m256i x1 = _mm256_hadd_epi32(_mm256_hadd_epi32(fold256(a01), fold256(a11)), _mm256_hadd_epi32(fold256(a21), fold256(a31)));
-        __m256i dot = _mm256_add_epi32(_mm256_permute2x128_si256(x0, x1, 0x20), _mm256_permute2x128_si256(x0, x1, 0x31));
+        __m256i dot = reduce8(a00, a10, a20, a30, a01, a11, a21, a31);
         __m256 sv = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), qsv), pair_scale(ks, j, two));
         if (!all_visible) {
             __m256i jv = _mm256_add_epi32(_mm256_set1_epi32(j), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
@@ -100,69 +111,70 @@ static __attribute__((noinline)) void scores_rows_i8(int R, const int16_t *q16, 
     *mx_out = mx;
 }
 
-/* As the AVX2 pv_rows_i8 (same arguments, same outputs), 32 channels per pass. */
+/* P.V of 4 rows over NB blocks of 32 channels from c (NB = 2: 64 channels, 16 accumulators;
+ * NB = 1 with `k` masking a tail): per token pair, the V codes of both tokens interleaved by byte
+ * and sign-extended (channels [0..7 | 16..23] and [8..15 | 24..31] of each block), then one
+ * vpdpwssd per row and vector with the row's pair of int16 weights broadcast. */
+ALWAYS_INLINE void pv_cols(int NB, __mmask32 k, int R, const int8_t *vc, int d, int c, int pairs, int full_pairs, const int32_t *wp,
+                           const float *ws, float *const *acc) {
+    __m512i a[4][4];
+    for (int r = 0; r < 4; r++)
+        for (int x = 0; x < 2 * NB; x++) a[r][x] = _mm512_setzero_si512();
+    for (int t = 0; t < pairs; t++) {
+        const int8_t *p0 = vc + c + (int64_t)(2 * t) * d; /* tokens 2t, 2t + 1 of the chunk (vc: its first token) */
+        const int8_t *p1 = t < full_pairs ? p0 + d : p0;  /* an odd count's pad token: weight 0, any codes */
+        __m512i v[4];
+#pragma GCC unroll 2
+        for (int b = 0; b < NB; b++) {
+            __m256i x0 = NB == 1 ? _mm256_maskz_loadu_epi8(k, p0 + 32 * b) : _mm256_loadu_si256((const __m256i *)(p0 + 32 * b));
+            __m256i x1 = NB == 1 ? _mm256_maskz_loadu_epi8(k, p1 + 32 * b) : _mm256_loadu_si256((const __m256i *)(p1 + 32 * b));
+            v[2 * b] = _mm512_cvtepi8_epi16(_mm256_unpacklo_epi8(x0, x1));     /* channels [0..7 | 16..23] */
+            v[2 * b + 1] = _mm512_cvtepi8_epi16(_mm256_unpackhi_epi8(x0, x1)); /* channels [8..15 | 24..31] */
+        }
+        const int32_t *w = wp + (int64_t)t * 4;
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            __m512i wv = _mm512_set1_epi32(w[r]);
+#pragma GCC unroll 4
+            for (int x = 0; x < 2 * NB; x++) a[r][x] = dot_acc_zmm(a[r][x], v[x], wv);
+        }
+    }
+    /* channel order back: [0..15] = [lo(A) | lo(B)], [16..31] = [hi(A) | hi(B)]; acc += (float)sum * ws */
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) {
+        if (r >= R) break;
+        __m512 sc = _mm512_set1_ps(ws[r]);
+#pragma GCC unroll 2
+        for (int b = 0; b < NB; b++) {
+            float *o = acc[r] + c + 32 * b;
+            int nch = NB == 1 ? d - c : 32;
+            if (nch > 32) nch = 32;
+            const __mmask16 m0 = nch >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nch) - 1u);
+            const __mmask16 m1 = nch >= 32 ? (__mmask16)0xFFFF : nch > 16 ? (__mmask16)((1u << (nch - 16)) - 1u) : (__mmask16)0;
+            __m512i A = a[r][2 * b], B = a[r][2 * b + 1];
+            __m512i c0 = _mm512_inserti64x4(A, _mm512_castsi512_si256(B), 1), c1 = _mm512_shuffle_i64x2(A, B, 0xEE);
+            _mm512_mask_storeu_ps(o, m0, _mm512_fmadd_ps(_mm512_cvtepi32_ps(c0), sc, _mm512_maskz_loadu_ps(m0, o)));
+            if (m1) _mm512_mask_storeu_ps(o + 16, m1, _mm512_fmadd_ps(_mm512_cvtepi32_ps(c1), sc, _mm512_maskz_loadu_ps(m1, o + 16)));
+        }
+    }
+}
+
+/* As the AVX2 pv_rows_i8 (same arguments, same outputs): 64 channels per pass, then 32 or a tail. */
 static __attribute__((noinline)) void pv_rows_i8(int R, const int8_t *vc, int d, int j0, int j1, const int32_t *wp, const float *ws,
                                                  float *const *acc, const uint8_t *pf, int64_t pf_bytes) {
     const int pairs = (j1 - j0 + 1) / 2, full_pairs = (j1 - j0) / 2;
-    const int64_t pf_step = prefetch_step(pf_bytes, (d + 31) / 32);
+    const int64_t pf_step = prefetch_step(pf_bytes, (d + 63) / 64);
     int64_t pf_at = 0;
-    for (int c = 0; c < d; c += 32) {
+    const int8_t *v0 = vc + (int64_t)j0 * d;
+    int c = 0;
+    for (; c + 64 <= d; c += 64) {
+        prefetch_lines(pf, pf_at, pf_at + pf_step, pf_bytes); /* next block's V, spread over the passes */
+        pf_at += pf_step;
+        pv_cols(2, ~(__mmask32)0, R, v0, d, c, pairs, full_pairs, wp, ws, acc);
+    }
+    for (; c < d; c += 32) {
         prefetch_lines(pf, pf_at, pf_at + pf_step, pf_bytes);
         pf_at += pf_step;
-        const __mmask32 k = bytes32(d - c);
-        __m512i a00 = _mm512_setzero_si512(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
-        const int8_t *p = vc + (int64_t)j0 * d + c;
-        const int64_t step = 2 * (int64_t)d;
-#define PV_STEP(t, x0, x1)                                                                                                                 \
-    do {                                                                                                                                   \
-        __m512i vlo = _mm512_cvtepi8_epi16(_mm256_unpacklo_epi8(x0, x1)); /* channels [0..7 | 16..23], tokens j, j+1 */                    \
-        __m512i vhi = _mm512_cvtepi8_epi16(_mm256_unpackhi_epi8(x0, x1)); /* channels [8..15 | 24..31] */                                  \
-        const int32_t *w = wp + (int64_t)(t) * 4;                                                                                          \
-        __m512i wv = _mm512_set1_epi32(w[0]);                                                                                              \
-        a00 = dot_acc_zmm(a00, vlo, wv), a01 = dot_acc_zmm(a01, vhi, wv);                                                                  \
-        wv = _mm512_set1_epi32(w[1]);                                                                                                      \
-        a10 = dot_acc_zmm(a10, vlo, wv), a11 = dot_acc_zmm(a11, vhi, wv);                                                                  \
-        wv = _mm512_set1_epi32(w[2]);                                                                                                      \
-        a20 = dot_acc_zmm(a20, vlo, wv), a21 = dot_acc_zmm(a21, vhi, wv);                                                                  \
-        wv = _mm512_set1_epi32(w[3]);                                                                                                      \
-        a30 = dot_acc_zmm(a30, vlo, wv), a31 = dot_acc_zmm(a31, vhi, wv);                                                                  \
-    } while (0)
-        if (c + 32 <= d) {
-            for (int t = 0; t < full_pairs; t++, p += step) {
-                __m256i x0 = _mm256_loadu_si256((const __m256i *)p), x1 = _mm256_loadu_si256((const __m256i *)(p + d));
-                PV_STEP(t, x0, x1);
-            }
-            if (full_pairs < pairs) {
-                __m256i x0 = _mm256_loadu_si256((const __m256i *)p);
-                PV_STEP(full_pairs, x0, x0);
-            }
-        } else {
-            for (int t = 0; t < full_pairs; t++, p += step) {
-                __m256i x0 = _mm256_maskz_loadu_epi8(k, p), x1 = _mm256_maskz_loadu_epi8(k, p + d);
-                PV_STEP(t, x0, x1);
-            }
-            if (full_pairs < pairs) {
-                __m256i x0 = _mm256_maskz_loadu_epi8(k, p);
-                PV_STEP(full_pairs, x0, x0);
-            }
-        }
-#undef PV_STEP
-        /* channel order back: [0..15] = [lo(A) | lo(B)], [16..31] = [hi(A) | hi(B)]; acc += (float)sum * ws */
-        const int nch = d - c < 32 ? d - c : 32;
-        const __mmask16 m0 = nch >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nch) - 1u);
-        const __mmask16 m1 = nch >= 32 ? (__mmask16)0xFFFF : nch > 16 ? (__mmask16)((1u << (nch - 16)) - 1u) : (__mmask16)0;
-#define PV_STORE(r, A, B)                                                                                                                  \
-    do {                                                                                                                                   \
-        float *o = acc[r] + c;                                                                                                             \
-        __m512 sc = _mm512_set1_ps(ws[r]);                                                                                                 \
-        __m512i c0 = _mm512_inserti64x4((A), _mm512_castsi512_si256(B), 1), c1 = _mm512_shuffle_i64x2((A), (B), 0xEE);                    \
-        _mm512_mask_storeu_ps(o, m0, _mm512_fmadd_ps(_mm512_cvtepi32_ps(c0), sc, _mm512_maskz_loadu_ps(m0, o)));                           \
-        if (m1) _mm512_mask_storeu_ps(o + 16, m1, _mm512_fmadd_ps(_mm512_cvtepi32_ps(c1), sc, _mm512_maskz_loadu_ps(m1, o + 16)));        \
-    } while (0)
-        PV_STORE(0, a00, a01);
-        if (R > 1) PV_STORE(1, a10, a11);
-        if (R > 2) PV_STORE(2, a20, a21);
-        if (R > 3) PV_STORE(3, a30, a31);
-#undef PV_STORE
+        pv_cols(1, bytes32(d - c), R, v0, d, c, pairs, full_pairs, wp, ws, acc);
     }
 }
