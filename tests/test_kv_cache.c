@@ -399,6 +399,53 @@ static void test_decode_nan_query(void) {
     th_set_context(NULL);
 }
 
+/* Tokens a row cannot see are skipped, never multiplied by a zero weight. Lq 3 causal, window 30,
+ * group 2 (a kernel block of 4 rows holds positions 0 and 1, which see tokens [8, 38] and [9, 39]):
+ * an Inf in the K and V of token 39 (inside the block's token range, invisible to position 0) must
+ * leave position 0 finite; an Inf at token 8 (visible to position 0 only) must leave positions 1
+ * and 2 finite. FP16/BF16 caches (the codes hold Inf), every ISA. */
+static void test_decode_masked_inf(void) {
+    th_set_context("decode masked Inf");
+    printf("  decode masked Inf\n");
+    const int H = 4, HK = 2, D = 72, L = 41, LQ = 3; /* D % 16 == 8: the ZMM kernels' tail */
+    static const int32_t dtypes[] = {QATTN_DTYPE_F16, QATTN_DTYPE_BF16};
+    float *k = th_xmalloc((size_t)L * HK * D * 4), *v = th_xmalloc((size_t)L * HK * D * 4);
+    float q[3 * 4 * 72], o[3 * 4 * 72], lse[4 * 3];
+    th_rng rng;
+    th_rng_init(&rng, th_derive_seed(2001));
+    th_fill_normal(q, (size_t)LQ * H * D, &rng, 0, 1);
+    for (int sc = 0; sc < 2; sc++) {
+        int bad = sc == 0 ? 39 : 8;
+        th_fill_normal(k, (size_t)L * HK * D, &rng, 0, 1);
+        th_fill_normal(v, (size_t)L * HK * D, &rng, 0, 1);
+        for (int i = 0; i < HK * D; i++) k[(size_t)bad * HK * D + i] = v[(size_t)bad * HK * D + i] = INFINITY;
+        for (int ii = 0; ii < g_n_isas; ii++)
+            for (int t = 0; t < 2; t++) {
+                qattn_ctx *ctx = th_ctx(g_isas[ii], 2);
+                if (!ctx) continue;
+                qattn_kv_cache *c = make_cache(ctx, HK, D, 16, dtypes[t], 8, 1);
+                if (c && qattn_kv_cache_append(ctx, c, 0, k, v, L, QATTN_DTYPE_F32) == QATTN_OK) {
+                    int32_t id = 0;
+                    qattn_decode_params dp;
+                    qattn_decode_params_init(&dp);
+                    dp.q = q, dp.o = o, dp.lse = lse, dp.seq_ids = &id, dp.n_seqs = 1, dp.n_heads = H, dp.seqlen_q = LQ, dp.window_left = 30;
+                    TH_CHECK(qattn_kv_decode(ctx, c, &dp) == QATTN_OK, "decode: %s", qattn_ctx_last_error(ctx));
+                    bool finite = true;
+                    for (int i = sc == 0 ? 0 : 1; i < (sc == 0 ? 1 : LQ); i++)
+                        for (int h = 0; h < H; h++) {
+                            for (int cc = 0; cc < D; cc++) finite = finite && isfinite(o[((size_t)i * H + h) * D + cc]);
+                            finite = finite && isfinite(lse[h * LQ + i]);
+                        }
+                    TH_CHECK(finite, "%s %s: an Inf in token %d reached a row that cannot see it", th_isa_name(g_isas[ii]), dt_name(dtypes[t]), bad);
+                }
+                qattn_kv_cache_destroy(ctx, c);
+                qattn_ctx_destroy(ctx);
+            }
+    }
+    free(k), free(v);
+    th_set_context(NULL);
+}
+
 /* ------------------------------------------------------------ kernel-level reference equality
  * The INT8 decode kernels (ref, AVX2, AVX-VNNI where this CPU has it) called directly on one block.
  * Integer parts against the scalar reference, bit for bit:
@@ -509,6 +556,7 @@ int main(void) {
     test_cache_ops();
     test_decode_bad_args();
     test_decode_nan_query();
+    test_decode_masked_inf();
     test_kernel_i8_equality();
     static const dcase cases[] = {
         /* H HK  D  BS Lq causal wl  n  lens */

@@ -161,6 +161,9 @@ static void scores_rows_i8(int R, const int16_t *q16, const float *qsc, int d, c
                            const int32_t *lo, const int32_t *hi, float *s, const uint8_t *pf, int64_t pf_bytes, __m256 *mx_out);
 static void pv_rows_i8(int R, const int8_t *vc, int d, int j0, int j1, const int32_t *wp, const float *ws, float *const *acc,
                        const uint8_t *pf, int64_t pf_bytes);
+/* The FP16/BF16 path on ZMM (kv_attend_avx512.c). */
+static void attend_fp_avx512(int32_t dtype, const float *q, int m, int d, const void *kc, const void *vc, const int32_t *lo, const int32_t *hi,
+                             qattn_tile_state *st, float *scratch);
 #else
 /* INT8 scores of 4 rows for tokens [jlo, jhi): s[(j - jlo)*4 + r] = ((float)(q16 . k8) * qsc) * ks_j,
  * -inf outside the row's [lo, hi) (rows >= R: lo = hi = 0; the pad token of an odd count is >= hi).
@@ -494,12 +497,17 @@ static void attend_i8(const int16_t *q16, const float *qsc, int m, int d, const 
 }
 
 #if defined(QATTN_KV_AVX512)
-/* The AVX-512 entry (kv_attend_avx512.c): INT8 with the ZMM engines; FP16/BF16 go to the AVX2 kernel. */
+/* The AVX-512 entry (kv_attend_avx512.c): INT8 with the ZMM engines, FP16/BF16 with the ZMM path. */
 void qattn_kv_attend_avx512(const float *q, const int16_t *q16, const float *qsc, int m, int d, int32_t dtype, const void *kc,
                             const void *vc, const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st,
                             float *scratch, const qattn_kv_prefetch *pf) {
+    (void)n;
     if (dtype != QATTN_DTYPE_I8) {
-        qattn_kv_attend_avx2(q, q16, qsc, m, d, dtype, kc, vc, ks, vs, n, lo, hi, st, scratch, pf);
+        if (pf) { /* FP16/BF16: the whole head up front (as the AVX2 kernel) */
+            prefetch_lines(pf->k, 0, pf->bytes, pf->bytes);
+            prefetch_lines(pf->v, 0, pf->bytes, pf->bytes);
+        }
+        attend_fp_avx512(dtype, q, m, d, kc, vc, lo, hi, st, scratch);
         return;
     }
     attend_i8(q16, qsc, m, d, kc, vc, ks, vs, lo, hi, st, scratch, pf);

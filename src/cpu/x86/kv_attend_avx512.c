@@ -178,3 +178,196 @@ static __attribute__((noinline)) void pv_rows_i8(int R, const int8_t *vc, int d,
         pv_cols(1, bytes32(d - c), R, v0, d, c, pairs, full_pairs, wp, ws, acc);
     }
 }
+
+/* ---------------------------------------------------------------- FP16 / BF16
+ * The INT8 path's layout with FP32 arithmetic: scores token-major, s[(j - jlo) * 4 + r], -inf for
+ * (row, token) pairs outside the row's range, so the softmax passes are vector-wide; Q.K on 16
+ * channels per step for 2 tokens x 4 rows (FMA), reduced as in the INT8 path; P.V over 64
+ * channels per pass (16 accumulators), skipping a row's invisible tokens at the range edges (never
+ * multiplying them by 0: an Inf or NaN code there must not reach the row). Reference semantics
+ * (kv_attend_ref.c), within the FP32 tolerance: the sums run in another order. */
+
+/* Codes c .. c+15 of a row (FP16 or BF16) as FP32; k masks a d % 16 == 8 tail. */
+ALWAYS_INLINE __m512 load16h(int32_t dtype, const void *base, int64_t idx, __mmask16 k) {
+    __m256i h = _mm256_maskz_loadu_epi16(k, (const uint16_t *)base + idx);
+    if (dtype == QATTN_DTYPE_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* reduce8 for FP32 accumulators. */
+ALWAYS_INLINE __m256 reduce8f(__m512 a0, __m512 a1, __m512 a2, __m512 a3, __m512 b0, __m512 b1, __m512 b2, __m512 b3) {
+#define PAIR32(x, y) _mm512_add_ps(_mm512_unpacklo_ps((x), (y)), _mm512_unpackhi_ps((x), (y)))
+#define PAIR64(x, y)                                                                                                                       \
+    _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(x), _mm512_castps_pd(y))),                                          \
+                  _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(x), _mm512_castps_pd(y))))
+    __m512 q0 = PAIR64(PAIR32(a0, a1), PAIR32(a2, a3)), q1 = PAIR64(PAIR32(b0, b1), PAIR32(b2, b3));
+#undef PAIR64
+#undef PAIR32
+    __m512 s = _mm512_add_ps(_mm512_shuffle_f32x4(q0, q1, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_f32x4(q0, q1, _MM_SHUFFLE(3, 2, 3, 2)));
+    __m512 t = _mm512_add_ps(_mm512_shuffle_f32x4(s, s, _MM_SHUFFLE(3, 1, 2, 0)), _mm512_shuffle_f32x4(s, s, _MM_SHUFFLE(2, 0, 3, 1)));
+    return _mm512_castps512_ps256(t);
+}
+
+/* Scores of 4 rows (rows >= R reuse row 0 and are masked) for tokens [jlo, jhi), token-major, -inf
+ * outside each row's range; *mx_out: [t even rows | t odd rows] maxima (NaN scores skipped). */
+ALWAYS_INLINE void scores_rows_fp(int32_t dtype, int R, const float *q, int d, const void *kc, int jlo, int jhi, const int32_t *lo,
+                                  const int32_t *hi, float *s, __m256 *mx_out) {
+    const float *q0 = q, *q1 = q + (R > 1 ? d : 0), *q2 = q + (R > 2 ? 2 * d : 0), *q3 = q + (R > 3 ? 3 * d : 0);
+    const __m128i lov = _mm_setr_epi32(lo[0], R > 1 ? lo[1] : 0, R > 2 ? lo[2] : 0, R > 3 ? lo[3] : 0);
+    const __m128i hiv = _mm_setr_epi32(hi[0], R > 1 ? hi[1] : 0, R > 2 ? hi[2] : 0, R > 3 ? hi[3] : 0);
+    const __m256i lo8 = _mm256_insertf128_si256(_mm256_castsi128_si256(lov), lov, 1);
+    const __m256i hi8 = _mm256_insertf128_si256(_mm256_castsi128_si256(hiv), hiv, 1);
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    bool all_visible = R == 4 && ((jhi - jlo) & 1) == 0;
+    for (int r = 0; r < R && all_visible; r++) all_visible = lo[r] <= jlo && hi[r] >= jhi;
+    __m256 mx = ninf;
+    for (int j = jlo; j < jhi; j += 2) {
+        const int64_t b0 = (int64_t)j * d, b1 = j + 1 < jhi ? b0 + d : b0;
+        __m512 a00 = _mm512_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+        for (int c = 0; c < d; c += 16) {
+            const __mmask16 k = d - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)0x00FF;
+            __m512 k0 = load16h(dtype, kc, b0 + c, k), k1 = load16h(dtype, kc, b1 + c, k), qv;
+            qv = _mm512_maskz_loadu_ps(k, q0 + c);
+            a00 = _mm512_fmadd_ps(qv, k0, a00), a01 = _mm512_fmadd_ps(qv, k1, a01);
+            qv = _mm512_maskz_loadu_ps(k, q1 + c);
+            a10 = _mm512_fmadd_ps(qv, k0, a10), a11 = _mm512_fmadd_ps(qv, k1, a11);
+            qv = _mm512_maskz_loadu_ps(k, q2 + c);
+            a20 = _mm512_fmadd_ps(qv, k0, a20), a21 = _mm512_fmadd_ps(qv, k1, a21);
+            qv = _mm512_maskz_loadu_ps(k, q3 + c);
+            a30 = _mm512_fmadd_ps(qv, k0, a30), a31 = _mm512_fmadd_ps(qv, k1, a31);
+        }
+        __m256 sv = reduce8f(a00, a10, a20, a30, a01, a11, a21, a31);
+        if (!all_visible) {
+            __m256i jv = _mm256_add_epi32(_mm256_set1_epi32(j), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
+            __m256i out = _mm256_or_si256(_mm256_cmpgt_epi32(lo8, jv), _mm256_cmpgt_epi32(_mm256_add_epi32(jv, _mm256_set1_epi32(1)), hi8));
+            sv = _mm256_blendv_ps(sv, ninf, _mm256_castsi256_ps(out));
+        }
+        _mm256_storeu_ps(s + (int64_t)(j - jlo) * 4, sv);
+        mx = _mm256_max_ps(sv, mx); /* keeps mx when sv is NaN, like the reference's `s > max` */
+    }
+    *mx_out = mx;
+}
+
+/* acc[r][c ..] += sum_j p[(j - jlo) * 4 + r] * v_j over tokens [j0, j1), NV vectors of 16 channels
+ * from c (the last masked by `last`); CHECK: skip tokens outside each row's [lo, hi). */
+ALWAYS_INLINE void pv_rows_fp(int32_t dtype, int R, int NV, __mmask16 last, bool check, const void *vc, int d, int c, int jlo, int j0, int j1,
+                              const float *p, const int32_t *lo, const int32_t *hi, float *const *acc) {
+    __m512 a[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++)
+#pragma GCC unroll 4
+        for (int x = 0; x < NV; x++) a[r][x] = r < R ? _mm512_maskz_loadu_ps(x == NV - 1 ? last : (__mmask16)0xFFFF, acc[r] + c + 16 * x) : _mm512_setzero_ps();
+    for (int j = j0; j < j1; j++) {
+        __m512 v[4];
+#pragma GCC unroll 4
+        for (int x = 0; x < NV; x++) v[x] = load16h(dtype, vc, (int64_t)j * d + c + 16 * x, x == NV - 1 ? last : (__mmask16)0xFFFF);
+        const float *pj = p + (int64_t)(j - jlo) * 4;
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            if (r >= R || (check && (j < lo[r] || j >= hi[r]))) continue;
+            __m512 pb = _mm512_set1_ps(pj[r]);
+#pragma GCC unroll 4
+            for (int x = 0; x < NV; x++) a[r][x] = _mm512_fmadd_ps(pb, v[x], a[r][x]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++)
+#pragma GCC unroll 4
+        for (int x = 0; x < NV; x++)
+            if (r < R) _mm512_mask_storeu_ps(acc[r] + c + 16 * x, x == NV - 1 ? last : (__mmask16)0xFFFF, a[r][x]);
+}
+
+ALWAYS_INLINE void pv_range_fp(int32_t dtype, int R, bool check, const void *vc, int d, int jlo, int j0, int j1, const float *p, const int32_t *lo,
+                               const int32_t *hi, float *const *acc) {
+    if (j0 >= j1) return;
+    int c = 0;
+    for (; c + 64 <= d; c += 64) pv_rows_fp(dtype, R, 4, 0xFFFF, check, vc, d, c, jlo, j0, j1, p, lo, hi, acc);
+    int rest = d - c, nv = (rest + 15) / 16;
+    __mmask16 last = rest % 16 ? (__mmask16)0x00FF : (__mmask16)0xFFFF;
+    switch (nv) {
+    case 3: pv_rows_fp(dtype, R, 3, last, check, vc, d, c, jlo, j0, j1, p, lo, hi, acc); break;
+    case 2: pv_rows_fp(dtype, R, 2, last, check, vc, d, c, jlo, j0, j1, p, lo, hi, acc); break;
+    case 1: pv_rows_fp(dtype, R, 1, last, check, vc, d, c, jlo, j0, j1, p, lo, hi, acc); break;
+    default: break;
+    }
+}
+
+/* FP16/BF16 rows r0..r0+R-1 (R <= 4): scores, online softmax (rescale only when the max grows),
+ * P.V. */
+ALWAYS_INLINE void attend_rows_fp(int32_t dtype, int R, const float *q, int d, const void *kc, const void *vc, const int32_t *lo, const int32_t *hi,
+                                  qattn_tile_state *st, int r0, float *s) {
+    int jlo = 1 << 30, jhi = 0, jc0 = 0, jc1 = 1 << 30; /* union of the ranges; [jc0, jc1): seen by every row */
+    bool active[4] = {false, false, false, false};
+    for (int r = 0; r < R; r++) {
+        if (lo[r] < hi[r]) {
+            active[r] = true;
+            if (lo[r] < jlo) jlo = lo[r];
+            if (hi[r] > jhi) jhi = hi[r];
+        }
+        if (lo[r] > jc0) jc0 = lo[r];
+        if (hi[r] < jc1) jc1 = hi[r];
+    }
+    if (jlo >= jhi) return;
+    int np = (jhi - jlo + 1) / 2;
+    __m256 mx;
+    scores_rows_fp(dtype, R, q, d, kc, jlo, jhi, lo, hi, s, &mx);
+    float tmax[4], mrow[4] = {0, 0, 0, 0};
+    _mm_storeu_ps(tmax, hmax_halves(mx));
+    float *acc[4];
+    bool nanrow[4] = {false, false, false, false};
+    for (int r = 0; r < R; r++) {
+        acc[r] = st->acc + (int64_t)(r0 + r) * st->ld_acc;
+        if (!active[r]) continue; /* mrow 0: its -inf scores give p = 0 */
+        float old_max = st->row_max[r0 + r];
+        float new_max = tmax[r] > old_max ? tmax[r] : old_max;
+        if (new_max == -INFINITY) { /* keys seen but no score above -inf (all NaN): a NaN row, never "empty" */
+            nanrow[r] = true;
+            continue;
+        }
+        raise_row_max(st, r0 + r, acc[r], d, old_max, new_max);
+        mrow[r] = new_max;
+    }
+    /* p = exp2(s - max) in place, row sums ([t even | t odd] halves added at the end) */
+    const __m256 mv = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(mrow)), _mm_loadu_ps(mrow), 1);
+    __m256 sum = _mm256_setzero_ps();
+    for (int t = 0; t < np; t++) {
+        __m256 pt = qattn_exp2_avx2(_mm256_sub_ps(_mm256_loadu_ps(s + 8 * t), mv));
+        sum = _mm256_add_ps(sum, pt);
+        _mm256_storeu_ps(s + 8 * t, pt);
+    }
+    float rsum[4];
+    _mm_storeu_ps(rsum, _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1)));
+    for (int r = 0; r < R; r++) {
+        if (!active[r]) continue;
+        if (nanrow[r]) {
+            for (int c = 0; c < d; c++) acc[r][c] = NAN;
+            st->row_max[r0 + r] = st->row_sum[r0 + r] = NAN;
+        } else {
+            st->row_sum[r0 + r] += rsum[r];
+        }
+    }
+    /* NaN rows: their p may be anything; they are NaN already and stay so (p = 0 for their tokens
+     * keeps the other rows' arithmetic untouched: rows never mix) */
+    if (jc0 < jc1) {
+        pv_range_fp(dtype, R, true, vc, d, jlo, jlo, jc0, s, lo, hi, acc);
+        pv_range_fp(dtype, R, false, vc, d, jlo, jc0, jc1, s, lo, hi, acc);
+        pv_range_fp(dtype, R, true, vc, d, jlo, jc1, jhi, s, lo, hi, acc);
+    } else {
+        pv_range_fp(dtype, R, true, vc, d, jlo, jlo, jhi, s, lo, hi, acc);
+    }
+}
+
+static void attend_fp_avx512(int32_t dtype, const float *q, int m, int d, const void *kc, const void *vc, const int32_t *lo, const int32_t *hi,
+                             qattn_tile_state *st, float *scratch) {
+#define ROWS(R) (dtype == QATTN_DTYPE_F16 ? attend_rows_fp(QATTN_DTYPE_F16, R, q + (int64_t)r0 * d, d, kc, vc, lo + r0, hi + r0, st, r0, scratch) \
+                                          : attend_rows_fp(QATTN_DTYPE_BF16, R, q + (int64_t)r0 * d, d, kc, vc, lo + r0, hi + r0, st, r0, scratch))
+    int r0 = 0;
+    for (; r0 + 4 <= m; r0 += 4) ROWS(4);
+    switch (m - r0) {
+    case 3: ROWS(3); break;
+    case 2: ROWS(2); break;
+    case 1: ROWS(1); break;
+    default: break;
+    }
+#undef ROWS
+}
