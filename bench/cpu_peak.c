@@ -1,8 +1,12 @@
-/* cpu_peak: the machine's FP32 FMA peak (GFLOP/s, 1 thread and all threads) and its memory
- * bandwidth (memcpy and read-only, GB/s), the ceilings CPU attention figures are compared to.
- * Built by CMake as target cpu_peak (AVX2+FMA flags on this file only). Run: build/cpu_peak [threads]
- * FMA: 12 independent accumulator chains per thread (latency 4 x 2 ports needs >= 8), so the
- * loop is bound by FMA throughput, not latency. Bandwidth: 256 MiB buffers, far beyond cache. */
+/* cpu_peak: the machine's FP32 FMA peak (GFLOP/s, 1 thread and all threads; 8-lane AVX2 and, where
+ * the CPU has it, 16-lane AVX-512) and its memory bandwidth (memcpy and read-only, GB/s), the
+ * ceilings CPU attention figures are compared to. Built by CMake as target cpu_peak (AVX2+FMA flags
+ * on this file only; the AVX-512 loop has its own target attribute and runs only where
+ * __builtin_cpu_supports says so). Run: build/cpu_peak [threads]
+ * FMA: 12 (AVX2) or 16 (AVX-512) independent accumulator chains per thread (latency 4 x 2 ports
+ * needs >= 8), so the loop is bound by FMA throughput, not latency. Zen 4 runs a 16-lane FMA as two
+ * 8-lane halves (same peak as AVX2); Intel server cores with two 512-bit ports double it.
+ * Bandwidth: 256 MiB buffers, far beyond cache. */
 #define _POSIX_C_SOURCE 200112L
 #include <immintrin.h>
 #include <pthread.h>
@@ -43,6 +47,27 @@ static void *fma_worker(void *out) {
     return NULL;
 }
 
+#define FMA512_CHAIN(i) a##i = _mm512_fmadd_ps(a##i, m, c)
+__attribute__((target("avx512f"))) static void *fma512_worker(void *out) {
+    __m512 a0 = _mm512_set1_ps(1.00f), a1 = _mm512_set1_ps(1.01f), a2 = _mm512_set1_ps(1.02f), a3 = _mm512_set1_ps(1.03f);
+    __m512 a4 = _mm512_set1_ps(1.04f), a5 = _mm512_set1_ps(1.05f), a6 = _mm512_set1_ps(1.06f), a7 = _mm512_set1_ps(1.07f);
+    __m512 a8 = _mm512_set1_ps(1.08f), a9 = _mm512_set1_ps(1.09f), a10 = _mm512_set1_ps(1.10f), a11 = _mm512_set1_ps(1.11f);
+    __m512 a12 = _mm512_set1_ps(1.12f), a13 = _mm512_set1_ps(1.13f), a14 = _mm512_set1_ps(1.14f), a15 = _mm512_set1_ps(1.15f);
+    const __m512 m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
+    for (long i = 0; i < FMA_ITERS / 2; i++) { 
+        FMA512_CHAIN(0); FMA512_CHAIN(1); FMA512_CHAIN(2); FMA512_CHAIN(3); FMA512_CHAIN(4); FMA512_CHAIN(5); FMA512_CHAIN(6); FMA512_CHAIN(7);
+        FMA512_CHAIN(8); FMA512_CHAIN(9); FMA512_CHAIN(10); FMA512_CHAIN(11); FMA512_CHAIN(12); FMA512_CHAIN(13); FMA512_CHAIN(14);
+        FMA512_CHAIN(15);
+        __asm__ volatile("" : "+v"(a0), "+v"(a1), "+v"(a2), "+v"(a3), "+v"(a4), "+v"(a5), "+v"(a6), "+v"(a7));
+        __asm__ volatile("" : "+v"(a8), "+v"(a9), "+v"(a10), "+v"(a11), "+v"(a12), "+v"(a13), "+v"(a14), "+v"(a15));
+    }
+    __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)), _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
+    s = _mm512_add_ps(s, _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)),
+                                       _mm512_add_ps(_mm512_add_ps(a12, a13), _mm512_add_ps(a14, a15))));
+    _mm512_storeu_ps(out, s);
+    return NULL;
+}
+
 typedef struct bw_job {
     char *src, *dst;
     size_t bytes;
@@ -70,15 +95,17 @@ static void *bw_worker(void *arg) {
     return NULL;
 }
 
-static double run_fma(int nt) {
+/* wide: the 16-lane loop (16 chains x 16 lanes x FMA_ITERS/2), else the 8-lane one (12 x 8 x FMA_ITERS) */
+static double run_fma(int nt, int wide) {
     pthread_t th[256];
-    float out[256][8];
+    static float out[256][16];
     double best = 0;
     for (int rep = 0; rep < 3; rep++) {
         double t0 = now();
-        for (int i = 0; i < nt; i++) pthread_create(&th[i], NULL, fma_worker, out[i]);
+        for (int i = 0; i < nt; i++) pthread_create(&th[i], NULL, wide ? fma512_worker : fma_worker, out[i]);
         for (int i = 0; i < nt; i++) pthread_join(th[i], NULL);
-        double g = (double)nt * FMA_ITERS * 12 * 8 * 2 / (now() - t0) * 1e-9;
+        double flops = wide ? (double)FMA_ITERS / 2 * 16 * 16 * 2 : (double)FMA_ITERS * 12 * 8 * 2;
+        double g = nt * flops / (now() - t0) * 1e-9;
         if (g > best) best = g;
     }
     return best;
@@ -114,7 +141,11 @@ int main(int argc, char **argv) {
     memset(src, 1, bytes);
     memset(dst, 0, bytes);
     printf("%-28s %12s %12s\n", "ceiling", "1 thread", "threads");
-    printf("%-28s %12.1f %12.1f   (%d threads)\n", "FP32 FMA peak, GFLOP/s", run_fma(1), run_fma(all), all);
+    printf("%-28s %12.1f %12.1f   (%d threads)\n", "FP32 FMA peak, GFLOP/s", run_fma(1, 0), run_fma(all, 0), all);
+    if (__builtin_cpu_supports("avx512f"))
+        printf("%-28s %12.1f %12.1f   (%d threads)\n", "FP32 AVX-512 FMA peak", run_fma(1, 1), run_fma(all, 1), all);
+    else
+        printf("%-28s %12s %12s\n", "FP32 AVX-512 FMA peak", "no AVX-512", "-");
     printf("%-28s %12.1f %12.1f\n", "memcpy (read+write), GB/s", run_bw(1, 1, src, dst, bytes), run_bw(all, 1, src, dst, bytes));
     printf("%-28s %12.1f %12.1f\n", "read-only, GB/s", run_bw(1, 0, src, dst, bytes), run_bw(all, 0, src, dst, bytes));
     free(src);

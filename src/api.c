@@ -3,6 +3,8 @@
 #define _POSIX_C_SOURCE 200809L
 #include "qattn_internal.h"
 
+#include "cpu/threads.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -165,8 +167,10 @@ qattn_status qattn_ctx_create(qattn_ctx **out, const qattn_ctx_options *options)
     ctx->cuda_device = opt.cuda_device;
 
     qattn_status s = choose_isa(ctx, opt.isa);
+    if (s == QATTN_OK && !(ctx->pool = qattn_pool_create(ctx))) s = QATTN_ERR_OUT_OF_MEMORY;
     if (s == QATTN_OK) s = choose_backend(ctx, opt.backend);
     if (s != QATTN_OK) {
+        qattn_pool_destroy(ctx, ctx->pool);
         /* The message is lost with the context: print nothing, return the status. */
         dealloc(ctx, opt.alloc_user);
         return s;
@@ -180,6 +184,7 @@ void qattn_ctx_destroy(qattn_ctx *ctx) {
 #if defined(QATTN_HAVE_CUDA)
     qattn_cuda_release(ctx);
 #endif
+    qattn_pool_destroy(ctx, ctx->pool);
     ctx->free(ctx, ctx->alloc_user);
 }
 
@@ -193,6 +198,7 @@ qattn_status qattn_ctx_set_threads(qattn_ctx *ctx, int32_t n_threads) {
     if (n_threads < 0 || n_threads > 1024)
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "n_threads is %d; expected 0 (all cores) to 1024", n_threads);
     ctx->n_threads = n_threads ? n_threads : online_cores();
+    qattn_pool_resize(ctx->pool, ctx->n_threads);
     return QATTN_OK;
 }
 

@@ -95,6 +95,7 @@ struct qattn_ctx {
     void (*free)(void *ptr, void *user);
     void *alloc_user;
     void *cuda_state; /* owned by the CUDA backend */
+    struct qattn_pool *pool; /* the CPU worker threads (src/cpu/threads.c), started on first use */
     char last_error[QATTN_ERR_LEN];
 };
 

@@ -501,6 +501,50 @@ static void test_memory_linear(void) {
     th_set_context(NULL);
 }
 
+/* The context's thread pool: workers persist across calls and across qattn_ctx_set_threads (grow
+ * lazily, shrink by joining); every call, whatever the count, gives the 1-thread bits. A decode-
+ * shaped call (split KV: two parallel phases) and a prefill one, 60 calls each on one context. */
+static void test_thread_pool(void) {
+    th_set_context("thread pool across calls and set_threads");
+    int32_t isas[TH_MAX_ISAS];
+    int n_isas = th_available_isas(isas);
+    th_case c;
+    memset(&c, 0, sizeof c);
+    c.name = "pool";
+    c.batch = 1, c.n_heads = 8, c.n_kv_heads = 2, c.head_dim = 64;
+    c.qkv_dtype = c.o_dtype = QATTN_DTYPE_F32;
+    c.window_left = c.window_right = -1;
+    c.with_lse = true;
+    const int64_t lq[2] = {1, 200}, lk[2] = {3000, 203};
+    for (int shape = 0; shape < 2; shape++) {
+        c.seqlen_q = lq[shape], c.seqlen_k = lk[shape];
+        c.seed = th_derive_seed(900 + shape);
+        th_problem pr;
+        if (!th_problem_make(&pr, &c)) return;
+        size_t no = pr.o.elems * (size_t)4;
+        float *o1 = th_xmalloc(no), *l1 = th_xmalloc(pr.lse_elems * 4);
+        qattn_ctx *ctx = th_ctx(isas[n_isas - 1], 1);
+        th_problem_poison(&pr); /* the padding too: o1 is compared whole */
+        if (ctx && TH_CHECK(qattn_forward(ctx, &pr.p) == QATTN_OK, "1 thread: %s", qattn_ctx_last_error(ctx))) {
+            memcpy(o1, pr.o.buf, no), memcpy(l1, pr.lse, pr.lse_elems * 4);
+            const int counts[6] = {4, 2, 7, 1, 3, 4};
+            for (int i = 0; i < 60; i++) {
+                if (i % 10 == 0) TH_CHECK(qattn_ctx_set_threads(ctx, counts[i / 10]) == QATTN_OK, "set_threads(%d)", counts[i / 10]);
+                th_problem_poison(&pr);
+                if (!TH_CHECK(qattn_forward(ctx, &pr.p) == QATTN_OK, "call %d: %s", i, qattn_ctx_last_error(ctx))) break;
+                if (!TH_CHECK(!memcmp(o1, pr.o.buf, no) && !memcmp(l1, pr.lse, pr.lse_elems * 4),
+                              "Lq %lld Lk %lld call %d (%d threads): not bitwise the 1-thread result", (long long)lq[shape], (long long)lk[shape],
+                              i, counts[i / 10]))
+                    break;
+            }
+        }
+        qattn_ctx_destroy(ctx);
+        free(o1), free(l1);
+        th_problem_free(&pr);
+    }
+    th_set_context(NULL);
+}
+
 int main(void) {
     th_init("test_api");
     g_ctx = th_ctx(QATTN_ISA_REF, 2);
@@ -526,6 +570,7 @@ int main(void) {
     test_params_helpers();
     test_supports_agrees();
     test_memory_linear();
+    test_thread_pool();
 
     th_problem_free(&g_pr);
     qattn_ctx_destroy(g_ctx);

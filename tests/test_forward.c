@@ -97,6 +97,11 @@ static int build_cases(th_case *cases) {
     c = make_case("D80", 1, 113, 90, 2, 1, 80), c.causal = 1, ADD(c);
     ADD(make_case("D128", 1, 70, 113, 2, 2, 128));
     c = make_case("D256", 1, 40, 113, 2, 1, 256), c.causal = 1, ADD(c);
+    /* D % 16 == 8: the 16-lane kernels' masked half vectors (QK, P V, packer), with many rows per
+     * unit (transposed-K products) and with few (12 rows: dot products, K/V read in place) */
+    c = make_case("D40", 1, 113, 203, 4, 2, 40), c.causal = 1, ADD(c);
+    ADD(make_case("D200-few-rows", 2, 3, 203, 4, 1, 200));
+    c = make_case("D72-f16", 1, 113, 113, 2, 1, 72), c.qkv_dtype = QATTN_DTYPE_F16, ADD(c);
     /* GQA ratios 1, 4, 8 (MQA) */
     c = make_case("gqa1", 1, 113, 113, 8, 8, 64), c.causal = 1, ADD(c);
     c = make_case("gqa4", 2, 113, 203, 8, 2, 64), c.causal = 1, ADD(c);

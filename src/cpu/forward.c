@@ -10,8 +10,10 @@
 
 #include "cpu/threads.h"
 
-#define BLOCK_ROWS 128       /* query rows (positions x group heads) per unit: 128 beat 64 by 9% on prefill (half the
-                                K/V packing); 256 gained only 2-4% more for 2x fewer units to share among threads */
+#define BLOCK_ROWS 256       /* query rows (positions x group heads) per unit: each unit packs every K/V tile once,
+                                so more rows, less packing per FLOP: 128 beat 64 by 9% on prefill; 256 beats 128 by
+                                3-4% (Zen 4, avx512 and avx2, 1 thread), 512 by 6-7% but with twice the L2 footprint
+                                (Q + acc 512 KiB at D 128) and half the units to share among threads */
 #define TILE_KEYS 64         /* keys per K/V tile */
 #define DECODE_TILE_KEYS 32  /* ...for decode: 16 and 32 measured alike, 64 and 128 slower (FP32 64: +35%) */
 #define SPLIT_MIN_KEYS 512   /* a KV split covers at least this many keys */
@@ -78,7 +80,9 @@ static void make_plan(plan *pl, const qattn_ctx *ctx, const qattn_params *p) {
     pl->direct_kv = p->qkv_dtype == QATTN_DTYPE_F32 && pl->precision == QATTN_PRECISION_FP32 && p->k_seq_stride == p->v_seq_stride &&
                     (p->seqlen_q < pl->block_pos ? p->seqlen_q : pl->block_pos) * pl->group <= DIRECT_KV_MAX_ROWS;
     /* Tried and dropped: software prefetch of the next tile's K/V rows (no gain for decode once
-     * its units read whole contiguous [HK, D] rows; about 10% loss for prefill); packing all the
+     * its units read whole contiguous [HK, D] rows; about 10% loss for prefill; on Zen 4 with
+     * 256-row units, every line of the next tile's rows to L2: -2% to +4%, within the noise);
+     * reading FP32 K/V in place for prefill too (Zen 4, avx512: within the noise); packing all the
      * unit's heads in one sequential sweep of [n][HK*D] rows (FP16 decode unchanged, FP32 packed
      * that way 25% slower than read in place). */
     pl->tile_keys = (pl->direct_kv || pl->heads > 1) ? DECODE_TILE_KEYS : TILE_KEYS;
@@ -307,8 +311,8 @@ qattn_status qattn_cpu_forward(qattn_ctx *ctx, const qattn_params *p) {
     }
     pl.scratch = mem;
     pl.partials = pl.scratch + (size_t)nw * pl.worker_floats;
-    qattn_parallel_for(nw, pl.n_units, run_unit, &pl);
-    if (pl.n_split > 1) qattn_parallel_for(nw, pl.n_units / pl.n_split, merge_unit, &pl);
+    qattn_parallel_for(ctx->pool, nw, pl.n_units, run_unit, &pl);
+    if (pl.n_split > 1) qattn_parallel_for(ctx->pool, nw, pl.n_units / pl.n_split, merge_unit, &pl);
     if (mem != p->workspace) qattn_free(ctx, mem);
     return QATTN_OK;
 }

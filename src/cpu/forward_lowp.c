@@ -618,9 +618,9 @@ qattn_status qattn_lowp_run_quantized(qattn_ctx *ctx, const qattn_params *p, con
     int64_t pack_tasks = p->batch * pl.max_tiles * p->n_kv_heads;
     int pw = ctx->n_threads < 1 ? 1 : ctx->n_threads > QATTN_MAX_THREADS ? QATTN_MAX_THREADS : ctx->n_threads;
     if (pw > pack_tasks) pw = (int)(pack_tasks > 0 ? pack_tasks : 1);
-    if (pack_tasks > 0) qattn_parallel_for(pw, pack_tasks, pack_unit, &pl);
-    qattn_parallel_for(nw, pl.n_units, run_unit, &pl);
-    if (pl.n_split > 1) qattn_parallel_for(nw, pl.n_units / pl.n_split, merge_unit, &pl);
+    if (pack_tasks > 0) qattn_parallel_for(ctx->pool, pw, pack_tasks, pack_unit, &pl);
+    qattn_parallel_for(ctx->pool, nw, pl.n_units, run_unit, &pl);
+    if (pl.n_split > 1) qattn_parallel_for(ctx->pool, nw, pl.n_units / pl.n_split, merge_unit, &pl);
     if (mem != workspace) qattn_free(ctx, mem);
     return QATTN_OK;
 }

@@ -316,10 +316,10 @@ qattn_status qattn_kv_decode(qattn_ctx *ctx, const qattn_kv_cache *cache, const 
         pl.qscall = pl.qall + qrows * (size_t)pl.D;
         pl.q16all = (int16_t *)(pl.qscall + qrows);
         int nwq = nw < dp->n_seqs ? (int)nw : dp->n_seqs;
-        qattn_parallel_for(nwq, dp->n_seqs, prep_q_task, &pl);
+        qattn_parallel_for(ctx->pool, nwq, dp->n_seqs, prep_q_task, &pl);
     }
-    qattn_parallel_for((int)nw, pl.n_units, run_unit_and_write, &pl);
-    if (pl.n_split > 1) qattn_parallel_for((int)nw, pl.n_units / pl.n_split, merge_pair, &pl);
+    qattn_parallel_for(ctx->pool, (int)nw, pl.n_units, run_unit_and_write, &pl);
+    if (pl.n_split > 1) qattn_parallel_for(ctx->pool, (int)nw, pl.n_units / pl.n_split, merge_pair, &pl);
     qattn_free(ctx, mem);
     return QATTN_OK;
 }

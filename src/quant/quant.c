@@ -299,12 +299,12 @@ qattn_status qattn_quantize_tensor(qattn_ctx *ctx, const qattn_params *p, int32_
         int64_t per = p->batch >= nt ? j.v.n_heads : j.v.n_heads * p->batch / nt;
         j.hper = per < 1 ? 1 : per > QUANT_HGROUP ? QUANT_HGROUP : per;
         int64_t ng = (j.v.n_heads + j.hper - 1) / j.hper, mtasks = p->batch * ng;
-        qattn_parallel_for(nt > mtasks ? (int)mtasks : nt, mtasks, quant_mean_task, &j);
+        qattn_parallel_for(ctx->pool, nt > mtasks ? (int)mtasks : nt, mtasks, quant_mean_task, &j);
         for (int64_t k = 0; k < tasks; k++)
             if (j.bad[k]) run_tasks = 0; /* refused below; no codes needed */
     }
     if (nt > run_tasks) nt = (int)(run_tasks > 0 ? run_tasks : 1);
-    if (run_tasks > 0) qattn_parallel_for(nt, run_tasks, tok_major ? quant_tok_task : quant_task, &j);
+    if (run_tasks > 0) qattn_parallel_for(ctx->pool, nt, run_tasks, tok_major ? quant_tok_task : quant_task, &j);
     if (tok_major && !t->mean) /* per (sequence, head): the first chunk with a non-finite value (positions ascend) */
         for (int64_t k = 0; k < tasks; k++) {
             int64_t first = 0;

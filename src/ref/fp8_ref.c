@@ -159,7 +159,7 @@ qattn_status qattn_fp8_forward(qattn_ctx *ctx, const qattn_params *p) {
     if (s == QATTN_OK) {
         int64_t tasks = p->batch * p->n_heads * ((p->seqlen_q + FP8_ROWS - 1) / FP8_ROWS);
         int nt = ctx->n_threads < 1 ? 1 : (ctx->n_threads > QATTN_MAX_THREADS ? QATTN_MAX_THREADS : ctx->n_threads);
-        if (tasks > 0) qattn_parallel_for(nt, tasks, fp8_task, &j);
+        if (tasks > 0) qattn_parallel_for(ctx->pool, nt, tasks, fp8_task, &j);
     }
     if (mem != p->workspace) qattn_free(ctx, mem);
     return s;
