@@ -322,6 +322,41 @@ QATTN_API qattn_status qattn_dequantize_int8(qattn_ctx *ctx, const qattn_params 
  * Scales must be finite and >= 0. CPU backend only. */
 QATTN_API qattn_status qattn_forward_quantized(qattn_ctx *ctx, const qattn_params *p, const qattn_int8_inputs *qi);
 
+/* ---- INT8 calibration: static channel transforms (docs/FORMAT.md section 7) ----
+ * The default INT8 scheme transforms Q and K per (kv head, channel) before rounding: K minus its
+ * mean, divided by a power-of-two factor f, Q times the f of its kv head (the query heads of a
+ * group share it), both then rotated by a block Hadamard transform (Q K^T unchanged); V minus its
+ * mean. qattn_forward derives mean and f from each call's own Q, K, V (a statistics pass over
+ * every sequence before the codes). A calibration fixes them from sample data of the layer;
+ * qattn_forward_calibrated and an INT8 KV cache (qattn_kv_cache_set_calibration) then quantize
+ * in one pass (per-token scales are still computed per call, so nothing saturates). */
+typedef struct qattn_calibration {
+    int32_t n_kv_heads; /* HK */
+    int32_t head_dim;   /* D */
+    int64_t tokens;     /* key/value tokens accumulated so far; 0 = empty (the next call starts over) */
+    /* Caller-owned float32 arrays [HK][D]. qattn_calibrate reads and updates all six; the
+     * consumers read k_factor, k_mean and v_mean only (the others may be NULL there). */
+    float *k_factor; /* f = 2^e, |e| <= 32: Q channel times f, K channel (minus k_mean) divided by f */
+    float *k_mean;   /* running mean of K over tokens */
+    float *v_mean;   /* running mean of V over tokens */
+    float *q_absmax; /* running max |q| over the group's query heads and positions */
+    float *k_min;    /* running min of K */
+    float *k_max;    /* running max of K */
+} qattn_calibration;
+
+/* Accumulate the statistics of p's q, k, v (every sequence, all positions: masks ignored; o, lse
+ * not needed and may be NULL; any qkv_dtype; CPU backend) into cal (cal->tokens == 0 starts them),
+ * then set cal->k_factor from them: e = ceil(ilogb(ka / qa) / 2) clamped to [-32, 32], qa =
+ * q_absmax, ka = max(k_max - k_mean, k_mean - k_min) (0 when either is 0 or not normal). Non-finite
+ * samples are refused (QATTN_ERR_INVALID_ARGUMENT naming the tensor and position) and cal is
+ * left unchanged on any error. */
+QATTN_API qattn_status qattn_calibrate(qattn_ctx *ctx, const qattn_params *p, qattn_calibration *cal);
+
+/* qattn_forward at precision INT8, scheme DEFAULT, with cal's k_factor, k_mean and v_mean in place
+ * of the per-call statistics (every sequence uses them). Results equal qattn_forward's when cal was
+ * computed from the same single sequence. CPU backend only; same workspace as qattn_forward. */
+QATTN_API qattn_status qattn_forward_calibrated(qattn_ctx *ctx, const qattn_params *p, const qattn_calibration *cal);
+
 /* ---------------------------------------------------------------- KV cache and decode */
 /* (section: paged KV cache with FP16/BF16/INT8 storage and decode forward) */
 
@@ -368,6 +403,15 @@ QATTN_API void qattn_kv_cache_destroy(qattn_ctx *ctx, qattn_kv_cache *cache); /*
  * INT8 storage rejects non-finite values (QATTN_ERR_INVALID_ARGUMENT, cache unchanged). */
 QATTN_API qattn_status qattn_kv_cache_append(qattn_ctx *ctx, qattn_kv_cache *cache, int32_t seq, const void *k, const void *v,
                                              int64_t n_tokens, int32_t in_dtype);
+
+/* Give an empty INT8 cache static channel transforms (cal's k_factor, k_mean, v_mean, [HK][D];
+ * qattn_calibrate; docs/KVCACHE.md): appends then store K as codes of H(k / f - k_mean / f) (the
+ * default INT8 scheme's smoothing and Hadamard rotation, docs/FORMAT.md section 7) and V as codes
+ * of v - v_mean; qattn_kv_decode transforms q to match and adds the means back (output and LSE);
+ * qattn_kv_cache_read returns the original domain. A calibration of factors 1 and means 0 gives
+ * the rotation alone. Refused unless every sequence is empty. The GPU decode does not apply it:
+ * qattn_kv_cache_export refuses such a cache. The arrays are copied. */
+QATTN_API qattn_status qattn_kv_cache_set_calibration(qattn_ctx *ctx, qattn_kv_cache *cache, const qattn_calibration *cal);
 
 /* Drop all tokens of seq; its blocks return to the free list when no other sequence shares them. */
 QATTN_API qattn_status qattn_kv_cache_free_seq(qattn_ctx *ctx, qattn_kv_cache *cache, int32_t seq);

@@ -264,6 +264,13 @@ qattn_status qattn_cpu_workspace_size(qattn_ctx *ctx, const qattn_params *p, siz
 /* Low-precision CPU paths (precision INT8 / FP8_E4M3 / FP8_E5M2), src/cpu/forward_lowp.c. */
 qattn_status qattn_cpu_forward_lowp(qattn_ctx *ctx, const qattn_params *p);
 qattn_status qattn_cpu_lowp_workspace_size(qattn_ctx *ctx, const qattn_params *p, size_t *bytes);
+/* INT8 default scheme with a calibration's static channel transforms (p and cal validated). */
+qattn_status qattn_cpu_forward_calibrated(qattn_ctx *ctx, const qattn_params *p, const qattn_calibration *cal);
+/* qattn_calibrate's work, src/quant/calib.c (p and cal validated). */
+qattn_status qattn_calib_accumulate(qattn_ctx *ctx, const qattn_params *p, qattn_calibration *cal);
+/* A calibration's shape and arrays (stats: all six, for qattn_calibrate), and for a consumer
+ * (!stats) its factors (powers of two in 2^-32 .. 2^32) and finite means; src/quant/calib.c. */
+qattn_status qattn_check_calibration(qattn_ctx *ctx, const qattn_calibration *cal, int32_t kv_heads, int32_t head_dim, bool stats);
 
 static inline bool qattn_precision_is_lowp(int32_t precision) {
     return precision == QATTN_PRECISION_INT8 || precision == QATTN_PRECISION_FP8_E4M3 || precision == QATTN_PRECISION_FP8_E5M2;

@@ -275,7 +275,7 @@ typedef struct prob {
     int32_t cu_q[9], cu_k[9];
 } prob;
 
-enum { DIST_NORMAL, DIST_UNIFORM, DIST_OUTLIER, DIST_SINK };
+enum { DIST_NORMAL, DIST_UNIFORM, DIST_OUTLIER, DIST_SINK, DIST_SPREAD };
 
 static void prob_make(prob *pr, int64_t B, int64_t Lq, int64_t Lk, int H, int HK, int D, int causal, int dist, const int32_t *lens_q,
                       const int32_t *lens_k) {
@@ -308,6 +308,12 @@ static void prob_make(prob *pr, int64_t B, int64_t Lq, int64_t Lk, int H, int HK
             int c = (int)(i % D);
             if (c % 32 == 3) pr->k[i] = pr->k[i] * 20.0f + 15.0f;
         }
+    if (dist == DIST_SPREAD) /* zero-mean outliers (as RoPE makes of fast-rotating large pairs): K x10, Q x2 in 4 channels */
+        for (int64_t i = 0; i < pr->nk; i++)
+            if ((int)(i % D) % 32 == 7) pr->k[i] *= 10.0f;
+    if (dist == DIST_SPREAD)
+        for (int64_t i = 0; i < pr->nq; i++)
+            if ((int)(i % D) % 32 == 7) pr->q[i] *= 2.0f;
     if (dist == DIST_SINK) /* token 0 of every K sequence aligned with all queries: an attention sink */
         for (int64_t t = 0; t < tk; t++) {
             bool first = lens_q ? false : t % Lk == 0;
@@ -352,6 +358,8 @@ static double baseline_error(qattn_ctx *ctx, prob *pr, const qattn_lowp_cfg *cfg
     int64_t nel[3] = {pr->nq, pr->nk, pr->nk};
     int32_t gran[3] = {cfg->q_gran, cfg->k_gran, cfg->v_gran}, blk[3] = {cfg->q_block, cfg->k_block, cfg->v_block};
     int32_t smooth[3] = {0, cfg->k_smooth, cfg->v_smooth};
+    qattn_int8_tensor t[3];
+    memset(t, 0, sizeof t);
     for (int w = 0; w < 3; w++) {
         deq[w] = xcalloc((size_t)nel[w] * 4);
         if (w == 2 && cfg->p_mode == QATTN_P_FP32) {
@@ -360,19 +368,24 @@ static double baseline_error(qattn_ctx *ctx, prob *pr, const qattn_lowp_cfg *cfg
         }
         int64_t ns;
         qattn_int8_scale_count(ctx, &p, w, gran[w], blk[w], &ns);
-        qattn_int8_tensor t;
-        memset(&t, 0, sizeof t);
-        t.data = xcalloc((size_t)nel[w]);
-        t.scale = xcalloc((size_t)ns * 4 + 4);
-        t.mean = smooth[w] ? xcalloc((size_t)p.batch * (w ? p.n_kv_heads : p.n_heads) * p.head_dim * 4) : NULL;
-        t.granularity = gran[w], t.block_size = blk[w];
-        t.head_stride = p.head_dim, t.seq_stride = (int64_t)(w ? p.n_kv_heads : p.n_heads) * p.head_dim;
-        t.batch_stride = (w ? p.seqlen_k : p.seqlen_q) * t.seq_stride;
-        qattn_status s = qattn_quantize_int8(ctx, &p, w, &t);
+        t[w].data = xcalloc((size_t)nel[w]);
+        t[w].scale = xcalloc((size_t)ns * 4 + 4);
+        t[w].mean = smooth[w] ? xcalloc((size_t)p.batch * (w ? p.n_kv_heads : p.n_heads) * p.head_dim * 4) : NULL;
+        t[w].granularity = gran[w], t[w].block_size = blk[w];
+        t[w].head_stride = p.head_dim, t[w].seq_stride = (int64_t)(w ? p.n_kv_heads : p.n_heads) * p.head_dim;
+        t[w].batch_stride = (w ? p.seqlen_k : p.seqlen_q) * t[w].seq_stride;
+        qattn_status s = QATTN_OK;
+        if (w == 1 && cfg->qk_smooth) /* Q and K together: codes of the transformed rows (Q' K'^T = Q K^T) */
+            s = qattn_quantize_qk_smoothed(ctx, &p, cfg->qk_smooth, cfg->qk_smooth_min_exp, cfg->qk_rotate, NULL, &t[0], &t[1], NULL);
+        else if (w != 0 || !cfg->qk_smooth)
+            s = qattn_quantize_int8(ctx, &p, w, &t[w]);
         CHECK(s == QATTN_OK, "quantize %d: %s", w, qattn_ctx_last_error(ctx));
-        s = qattn_dequantize_int8(ctx, &p, w, &t, deq[w]);
+    }
+    for (int w = 0; w < 3; w++) {
+        if (!t[w].data) continue;
+        qattn_status s = qattn_dequantize_int8(ctx, &p, w, &t[w], deq[w]);
         CHECK(s == QATTN_OK, "dequantize %d: %s", w, qattn_ctx_last_error(ctx));
-        free(t.data), free(t.scale), free(t.mean);
+        free(t[w].data), free(t[w].scale), free(t[w].mean);
     }
     p.q = deq[0], p.k = deq[1], p.v = deq[2];
     double *o = xcalloc((size_t)pr->no * 8), *lse = xcalloc((size_t)pr->nlse * 8);
@@ -479,11 +492,14 @@ static void test_forward_quantized(void) {
     for (int sc = 0; sc < 3; sc++) {
         qattn_params p = pr.p;
         p.precision = QATTN_PRECISION_INT8, p.int8_scheme = sc;
-        CHECK(qattn_forward(ctx, &p) == QATTN_OK, "dynamic %s", scheme_name[sc]);
-        float *o_dyn = xcalloc((size_t)pr.no * 4);
-        memcpy(o_dyn, pr.o, (size_t)pr.no * 4);
         qattn_lowp_cfg cfg;
         qattn_lowp_scheme_cfg(sc, &cfg);
+        /* per-tensor codes (qattn_quantize_int8) carry no joint Q/K channel transform: the same as the
+         * dynamic path without it */
+        cfg.qk_smooth = cfg.qk_rotate = 0;
+        CHECK(qattn_lowp_forward_cfg(ctx, &p, &cfg) == QATTN_OK, "dynamic %s", scheme_name[sc]);
+        float *o_dyn = xcalloc((size_t)pr.no * 4);
+        memcpy(o_dyn, pr.o, (size_t)pr.no * 4);
         qattn_int8_inputs qi;
         memset(&qi, 0, sizeof qi);
         qattn_int8_tensor *ts[3] = {&qi.q, &qi.k, &qi.v};
@@ -647,8 +663,247 @@ static void test_fp8(void) {
     prob_free(&pr);
 }
 
+/* ---------------------------------------------------------------- channel transforms */
+
+/* The remedies of the default scheme one by one (none; Q/K channel smoothing; smoothing and the
+ * Hadamard rotation = the default), on keys with outlier channels (offset and spread) and on
+ * zero-mean spread outliers, causal GQA. Each against the FP64 oracle within k = 3 x its own
+ * baseline (the same derivation as the schemes': the baseline is the error of the remedy's own Q,
+ * K, V codes, the kernel adds only the 8-bit P rounding), and each remedy must lower the baseline
+ * of the one before by the margin the channel arithmetic predicts (docs/FORMAT.md): smoothing
+ * balances a x20 channel into ~x4.5 on each side (error variance down > 2x, so the baseline
+ * falls below 0.8x), the rotation spreads what is left over 128 channels (below 0.8x again). */
+static void test_channel_transforms(void) {
+    /* exact pieces: the exponent rule and H H = n I */
+    CHECK(qattn_qk_smooth_exp(1.0f, 1.0f, 32, 0) == 0 && qattn_qk_smooth_exp(1.0f, 4.0f, 32, 0) == 1 &&
+              qattn_qk_smooth_exp(1.0f, 16.5f, 32, 0) == 2 && qattn_qk_smooth_exp(1.0f, 2.0f, 32, 0) == 1 &&
+              qattn_qk_smooth_exp(4.0f, 1.0f, 32, 0) == -1 && qattn_qk_smooth_exp(8.0f, 1.0f, 32, 0) == -1 &&
+              qattn_qk_smooth_exp(0.0f, 5.0f, 32, 0) == 0 && qattn_qk_smooth_exp(1.0f, 0x1p120f, 32, 0) == 0 &&
+              qattn_qk_smooth_exp(0x1p-80f, 0x1p-10f, 32, 0) == 32 && qattn_qk_smooth_exp(0x1p-90f, 0x1p90f, 32, 0) == 0 && qattn_qk_smooth_exp(1.0f, 4.0f, 32, 2) == 0 &&
+              qattn_qk_smooth_exp(1e-40f, 1.0f, 32, 0) == 0,
+          "qattn_qk_smooth_exp rule");
+    for (int d = 32; d <= 256; d += 8) {
+        float x[256], y[256];
+        for (int c = 0; c < d; c++) x[c] = y[c] = (float)((int)(rnd_u64() % 201) - 100);
+        int n = qattn_rotate_block(d);
+        CHECK(n >= 8 && d % n == 0 && n <= 128, "rotation block %d for d %d", n, d);
+        qattn_rotate_row(y, d, 1.0f);
+        float a = qattn_rotate_row(y, d, 1.0f / (float)n);
+        bool same = true;
+        float amax = 0.0f;
+        for (int c = 0; c < d; c++) same &= y[c] == x[c], amax = fabsf(x[c]) > amax ? fabsf(x[c]) : amax;
+        CHECK(same && a == amax, "H H / n is not the identity at d %d", d);
+    }
+    struct {
+        const char *name;
+        int dist;
+    } cases[] = {{"outlier channels (x20, +15)", DIST_OUTLIER}, {"spread channels (K x10, Q x2)", DIST_SPREAD}};
+    for (size_t i = 0; i < 2; i++) {
+        prob pr;
+        prob_make(&pr, 1, 256, 256, 4, 2, 128, 1, cases[i].dist, NULL, NULL);
+        qattn_ctx *ctx = make_ctx(QATTN_ISA_AUTO, 2);
+        CHECK(qattn_oracle_f64(ctx, &pr.p, pr.o64, pr.lse64) == QATTN_OK, "oracle");
+        double prev = 0;
+        for (int r = 0; r < 3; r++) {
+            qattn_lowp_cfg cfg;
+            qattn_lowp_scheme_cfg(QATTN_INT8_DEFAULT, &cfg);
+            cfg.qk_smooth = r >= 1 ? QATTN_QK_SMOOTH_MAX_EXP : 0, cfg.qk_rotate = r >= 2;
+            qattn_params p = pr.p;
+            p.precision = QATTN_PRECISION_INT8;
+            CHECK(qattn_lowp_forward_cfg(ctx, &p, &cfg) == QATTN_OK, "forward: %s", qattn_ctx_last_error(ctx));
+            double err = rel_l2(pr.o, pr.o64, pr.no), base = baseline_error(ctx, &pr, &cfg);
+            static const char *rname[3] = {"none", "smoothing", "smoothing+rotation"};
+            printf("  %-30s %-19s rel L2 %.3e  baseline %.3e (%.2fx)\n", cases[i].name, rname[r], err, base, err / base);
+            CHECK(err <= 3.0 * base + 1e-6, "%s, %s: rel L2 %.3e > 3 x baseline %.3e", cases[i].name, rname[r], err, base);
+            if (r > 0) CHECK(base < 0.8 * prev, "%s: %s does not lower the baseline (%.3e vs %.3e)", cases[i].name, rname[r], base, prev);
+            prev = base;
+        }
+        qattn_ctx_destroy(ctx);
+        prob_free(&pr);
+    }
+}
+
+/* ---------------------------------------------------------------- calibration */
+
+typedef struct calib_buf {
+    qattn_calibration cal;
+    float *mem;
+} calib_buf;
+
+static void calib_init(calib_buf *c, int HK, int D) {
+    memset(c, 0, sizeof *c);
+    c->mem = xcalloc((size_t)6 * HK * D * 4);
+    c->cal.n_kv_heads = HK, c->cal.head_dim = D;
+    float **arr[6] = {&c->cal.k_factor, &c->cal.k_mean, &c->cal.v_mean, &c->cal.q_absmax, &c->cal.k_min, &c->cal.k_max};
+    for (int i = 0; i < 6; i++) *arr[i] = c->mem + (size_t)i * HK * D;
+}
+
+/* Round trip (calibrated on the very inputs of a single sequence = the dynamic path, bit for
+ * bit: the same statistics in the same order, one pass instead of two), running statistics
+ * over two calls (extremes exact, means within float rounding), accuracy with a calibration
+ * from other samples of the same distribution, and bad arguments. */
+static void test_calibration(void) {
+    qattn_ctx *ctx = make_ctx(QATTN_ISA_AUTO, 2);
+    struct {
+        int64_t L;
+        int H, HK, D, causal, dist;
+    } cases[] = {{200, 8, 2, 128, 1, DIST_OUTLIER}, {113, 3, 1, 80, 0, DIST_NORMAL}, {64, 2, 2, 256, 0, DIST_SPREAD}};
+    for (size_t ci = 0; ci < 3; ci++) {
+        prob pr;
+        prob_make(&pr, 1, cases[ci].L, cases[ci].L, cases[ci].H, cases[ci].HK, cases[ci].D, cases[ci].causal, cases[ci].dist, NULL, NULL);
+        qattn_params p = pr.p;
+        p.precision = QATTN_PRECISION_INT8;
+        calib_buf cb;
+        calib_init(&cb, cases[ci].HK, cases[ci].D);
+        CHECK(qattn_calibrate(ctx, &p, &cb.cal) == QATTN_OK, "calibrate: %s", qattn_ctx_last_error(ctx));
+        CHECK(cb.cal.tokens == cases[ci].L, "tokens %lld", (long long)cb.cal.tokens);
+        CHECK(qattn_forward(ctx, &p) == QATTN_OK, "forward");
+        float *o_dyn = xcalloc((size_t)pr.no * 4), *l_dyn = xcalloc((size_t)pr.nlse * 4);
+        memcpy(o_dyn, pr.o, (size_t)pr.no * 4), memcpy(l_dyn, pr.lse, (size_t)pr.nlse * 4);
+        memset(pr.o, 0xff, (size_t)pr.no * 4); /* poisoned */
+        CHECK(qattn_forward_calibrated(ctx, &p, &cb.cal) == QATTN_OK, "forward_calibrated: %s", qattn_ctx_last_error(ctx));
+        CHECK(!memcmp(o_dyn, pr.o, (size_t)pr.no * 4) && !memcmp(l_dyn, pr.lse, (size_t)pr.nlse * 4),
+              "case %zu: calibrated on its own inputs differs from the dynamic path", ci);
+        /* two calls, the K/V tokens split [0, L/2) + [L/2, L) (Q: all rows in the first call) */
+        calib_buf c2;
+        calib_init(&c2, cases[ci].HK, cases[ci].D);
+        qattn_params h = p;
+        h.seqlen_k = p.seqlen_k / 2;
+        CHECK(qattn_calibrate(ctx, &h, &c2.cal) == QATTN_OK, "calibrate half 1: %s", qattn_ctx_last_error(ctx));
+        h.seqlen_k = p.seqlen_k - p.seqlen_k / 2, h.seqlen_q = 1;
+        h.k = pr.k + (p.seqlen_k / 2) * p.k_seq_stride, h.v = pr.v + (p.seqlen_k / 2) * p.v_seq_stride;
+        qattn_params_set_contiguous(&h);
+        CHECK(qattn_calibrate(ctx, &h, &c2.cal) == QATTN_OK, "calibrate half 2: %s", qattn_ctx_last_error(ctx));
+        int64_t n = (int64_t)cases[ci].HK * cases[ci].D;
+        bool ext = true, fac = true;
+        double mean_err = 0;
+        for (int64_t i = 0; i < n; i++) {
+            ext &= c2.cal.k_min[i] == cb.cal.k_min[i] && c2.cal.k_max[i] == cb.cal.k_max[i] && c2.cal.q_absmax[i] == cb.cal.q_absmax[i];
+            fac &= c2.cal.k_factor[i] == cb.cal.k_factor[i];
+            double e = fabs(c2.cal.k_mean[i] - cb.cal.k_mean[i]) + fabs(c2.cal.v_mean[i] - cb.cal.v_mean[i]);
+            mean_err = e > mean_err ? e : mean_err;
+        }
+        /* means: two float roundings of the merged mean (|mean| <= 15 here): below 1e-5 */
+        CHECK(ext && fac && mean_err < 1e-5 && c2.cal.tokens == cases[ci].L, "case %zu: running statistics differ (mean err %.2e)", ci, mean_err);
+        /* calibrated on other samples of the same distribution: a factor may differ by one power of
+         * two from the inputs' own, which moves a channel's share of a row's range by at most 2x:
+         * error variance at most 2x, so rel L2 within sqrt(2) (1.5 allowed) of the dynamic error */
+        prob other;
+        prob_make(&other, 1, cases[ci].L, cases[ci].L, cases[ci].H, cases[ci].HK, cases[ci].D, cases[ci].causal, cases[ci].dist, NULL, NULL);
+        calib_buf c3;
+        calib_init(&c3, cases[ci].HK, cases[ci].D);
+        CHECK(qattn_calibrate(ctx, &other.p, &c3.cal) == QATTN_OK, "calibrate other");
+        CHECK(qattn_oracle_f64(ctx, &pr.p, pr.o64, NULL) == QATTN_OK, "oracle");
+        double e_dyn = rel_l2(o_dyn, pr.o64, pr.no);
+        CHECK(qattn_forward_calibrated(ctx, &p, &c3.cal) == QATTN_OK, "forward_calibrated other: %s", qattn_ctx_last_error(ctx));
+        double e_cal = rel_l2(pr.o, pr.o64, pr.no);
+        printf("  calibration case %zu: dynamic rel L2 %.3e, calibrated on other samples %.3e (%.2fx)\n", ci, e_dyn, e_cal, e_cal / e_dyn);
+        CHECK(e_cal <= 1.5 * e_dyn, "case %zu: calibrated error %.3e > 1.5 x dynamic %.3e", ci, e_cal, e_dyn);
+        prob_free(&other);
+        free(c2.mem), free(c3.mem), free(o_dyn), free(l_dyn);
+
+        if (ci == 0) { /* bad arguments */
+            qattn_calibration bad = cb.cal;
+            CHECK(qattn_calibrate(NULL, &p, &bad) == QATTN_ERR_NULL_POINTER, "NULL ctx");
+            CHECK(qattn_calibrate(ctx, NULL, &bad) == QATTN_ERR_NULL_POINTER, "NULL params");
+            CHECK(qattn_calibrate(ctx, &p, NULL) == QATTN_ERR_NULL_POINTER && strstr(qattn_ctx_last_error(ctx), "cal"), "NULL cal");
+            bad.k_min = NULL;
+            CHECK(qattn_calibrate(ctx, &p, &bad) == QATTN_ERR_NULL_POINTER && strstr(qattn_ctx_last_error(ctx), "k_min"), "NULL k_min: %s",
+                  qattn_ctx_last_error(ctx));
+            bad = cb.cal, bad.head_dim = 64;
+            CHECK(qattn_calibrate(ctx, &p, &bad) == QATTN_ERR_INVALID_ARGUMENT && strstr(qattn_ctx_last_error(ctx), "dim 64"), "shape: %s",
+                  qattn_ctx_last_error(ctx));
+            bad = cb.cal, bad.n_kv_heads = 1;
+            CHECK(qattn_forward_calibrated(ctx, &p, &bad) == QATTN_ERR_INVALID_ARGUMENT, "kv heads mismatch");
+            bad = cb.cal, bad.tokens = -1;
+            CHECK(qattn_calibrate(ctx, &p, &bad) == QATTN_ERR_INVALID_ARGUMENT, "negative tokens");
+            qattn_params pq = p;
+            pq.q = NULL;
+            CHECK(qattn_calibrate(ctx, &pq, &cb.cal) == QATTN_ERR_NULL_POINTER, "NULL q");
+            /* NaN in a sample: refused naming it, cal unchanged */
+            float *snap = xcalloc((size_t)6 * n * 4);
+            memcpy(snap, cb.mem, (size_t)6 * n * 4);
+            int64_t tok = cb.cal.tokens;
+            float keep = pr.k[5 * p.k_seq_stride + 3];
+            pr.k[5 * p.k_seq_stride + 3] = NAN;
+            qattn_status s = qattn_calibrate(ctx, &p, &cb.cal);
+            CHECK(s == QATTN_ERR_INVALID_ARGUMENT && strstr(qattn_ctx_last_error(ctx), "k has a non-finite value at (sequence 0, position 5, head 0, channel 3)"),
+                  "NaN in k: %s", qattn_ctx_last_error(ctx));
+            CHECK(!memcmp(snap, cb.mem, (size_t)6 * n * 4) && cb.cal.tokens == tok, "a refused call changed the calibration");
+            pr.k[5 * p.k_seq_stride + 3] = keep;
+            /* the consumer's checks: factors powers of two in range, finite means, INT8 default only */
+            float kf = cb.cal.k_factor[7];
+            cb.cal.k_factor[7] = 3.0f;
+            CHECK(qattn_forward_calibrated(ctx, &p, &cb.cal) == QATTN_ERR_INVALID_ARGUMENT && strstr(qattn_ctx_last_error(ctx), "k_factor[7]"),
+                  "factor 3: %s", qattn_ctx_last_error(ctx));
+            cb.cal.k_factor[7] = 0x1p40f;
+            CHECK(qattn_forward_calibrated(ctx, &p, &cb.cal) == QATTN_ERR_INVALID_ARGUMENT, "factor 2^40 accepted");
+            cb.cal.k_factor[7] = kf;
+            float km = cb.cal.v_mean[2];
+            cb.cal.v_mean[2] = INFINITY;
+            CHECK(qattn_forward_calibrated(ctx, &p, &cb.cal) == QATTN_ERR_INVALID_ARGUMENT && strstr(qattn_ctx_last_error(ctx), "v_mean[2]"),
+                  "inf mean: %s", qattn_ctx_last_error(ctx));
+            cb.cal.v_mean[2] = km;
+            qattn_params pf = p;
+            pf.precision = QATTN_PRECISION_FP32;
+            CHECK(qattn_forward_calibrated(ctx, &pf, &cb.cal) == QATTN_ERR_INVALID_ARGUMENT, "FP32 accepted");
+            pf = p, pf.int8_scheme = QATTN_INT8_SAGE;
+            CHECK(qattn_forward_calibrated(ctx, &pf, &cb.cal) == QATTN_ERR_INVALID_ARGUMENT, "sage accepted");
+            CHECK(qattn_forward_calibrated(ctx, &p, NULL) == QATTN_ERR_NULL_POINTER, "NULL cal (forward)");
+            CHECK(qattn_forward_calibrated(ctx, NULL, &cb.cal) != QATTN_OK, "NULL params (forward)");
+            pq = p, pq.q = NULL;
+            CHECK(qattn_forward_calibrated(ctx, &pq, &cb.cal) != QATTN_OK, "NULL q (forward)");
+            /* a NaN in the forward's own inputs is still refused in the one-pass path */
+            keep = pr.q[9];
+            pr.q[9] = NAN;
+            CHECK(qattn_forward_calibrated(ctx, &p, &cb.cal) == QATTN_ERR_INVALID_ARGUMENT && strstr(qattn_ctx_last_error(ctx), "q has"),
+                  "NaN q in forward_calibrated: %s", qattn_ctx_last_error(ctx));
+            pr.q[9] = keep;
+            free(snap);
+        }
+        free(cb.mem);
+        prob_free(&pr);
+    }
+    /* varlen with a calibration: nothing is shared between sequences in the static path, so each
+     * sequence's rows equal a single-sequence call's bit for bit (an empty sequence included) */
+    {
+        int32_t lq[3] = {37, 0, 90}, lk[3] = {70, 33, 90};
+        prob pr;
+        prob_make(&pr, 3, 0, 0, 4, 2, 64, 1, DIST_OUTLIER, lq, lk);
+        qattn_params p = pr.p;
+        p.precision = QATTN_PRECISION_INT8;
+        calib_buf cb;
+        calib_init(&cb, 2, 64);
+        CHECK(qattn_calibrate(ctx, &p, &cb.cal) == QATTN_OK, "calibrate varlen: %s", qattn_ctx_last_error(ctx));
+        CHECK(cb.cal.tokens == 70 + 33 + 90, "varlen tokens %lld", (long long)cb.cal.tokens);
+        CHECK(qattn_forward_calibrated(ctx, &p, &cb.cal) == QATTN_OK, "forward_calibrated varlen: %s", qattn_ctx_last_error(ctx));
+        bool same = true;
+        for (int b = 0; b < 3; b++) {
+            if (lq[b] == 0) continue;
+            qattn_params s1;
+            qattn_params_init(&s1);
+            s1.batch = 1, s1.seqlen_q = lq[b], s1.seqlen_k = lk[b], s1.n_heads = 4, s1.n_kv_heads = 2, s1.head_dim = 64, s1.causal = 1;
+            s1.precision = QATTN_PRECISION_INT8;
+            qattn_params_set_contiguous(&s1);
+            float *o1 = xcalloc((size_t)lq[b] * 4 * 64 * 4);
+            s1.q = pr.q + (size_t)pr.cu_q[b] * 4 * 64, s1.k = pr.k + (size_t)pr.cu_k[b] * 2 * 64, s1.v = pr.v + (size_t)pr.cu_k[b] * 2 * 64;
+            s1.o = o1;
+            CHECK(qattn_forward_calibrated(ctx, &s1, &cb.cal) == QATTN_OK, "single sequence %d", b);
+            same &= !memcmp(o1, pr.o + (size_t)pr.cu_q[b] * 4 * 64, (size_t)lq[b] * 4 * 64 * 4);
+            free(o1);
+        }
+        CHECK(same, "varlen calibrated forward differs from per-sequence calls");
+        free(cb.mem);
+        prob_free(&pr);
+    }
+    qattn_ctx_destroy(ctx);
+    printf("calibration: round trip bitwise, running statistics, other-sample accuracy, varlen, bad arguments\n");
+}
+
 int main(void) {
     test_kernels();
+    test_channel_transforms();
+    test_calibration();
     test_schemes();
     test_forward_quantized();
     test_hostile();

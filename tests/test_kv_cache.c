@@ -222,9 +222,30 @@ static void run_oracle(qattn_ctx *ctx, const dcase *dc, const float *q, const fl
     TH_CHECK(s == QATTN_OK, "oracle: %s: %s", qattn_status_str(s), qattn_ctx_last_error(ctx));
 }
 
-static void test_decode(const dcase *dc, int32_t dtype, uint64_t seed) {
+/* A calibration of the decode case's own K, V and queries (varlen, one sequence per entry). */
+static void calibrate_case(qattn_ctx *ctx, const dcase *dc, const float *q, const float *k, const float *v, const int32_t *cu_q,
+                           const int32_t *cu_k, qattn_calibration *cal, float *mem) {
+    int64_t n = (int64_t)dc->HK * dc->D;
+    *cal = (qattn_calibration){dc->HK, dc->D, 0, mem, mem + n, mem + 2 * n, mem + 3 * n, mem + 4 * n, mem + 5 * n};
+    qattn_params p;
+    qattn_params_init(&p);
+    p.q = q, p.k = k, p.v = v;
+    p.batch = dc->n_seqs, p.n_heads = dc->H, p.n_kv_heads = dc->HK, p.head_dim = dc->D;
+    p.seqlen_q = dc->Lq;
+    for (int b = 0; b < dc->n_seqs; b++) p.seqlen_k = dc->lens[b] > p.seqlen_k ? dc->lens[b] : p.seqlen_k;
+    p.cu_seqlens_q = cu_q, p.cu_seqlens_k = cu_k;
+    qattn_params_set_contiguous(&p);
+    qattn_status s = qattn_calibrate(ctx, &p, cal);
+    TH_CHECK(s == QATTN_OK, "calibrate: %s", qattn_ctx_last_error(ctx));
+}
+
+/* calib: an INT8 cache with static channel transforms (qattn_kv_cache_set_calibration) from the
+ * case's own data; the same checks (the read-back is in the original domain, so "vs dequantized"
+ * keeps its meaning and tolerance). */
+static void test_decode(const dcase *dc, int32_t dtype, uint64_t seed, bool calib) {
     char desc[256];
-    snprintf(desc, sizeof desc, "decode %s H %d HK %d D %d block %d Lq %d causal %d window_left %d lens %d,%d,%d,%d (n %d) seed %llu", dt_name(dtype),
+    snprintf(desc, sizeof desc, "decode %s%s H %d HK %d D %d block %d Lq %d causal %d window_left %d lens %d,%d,%d,%d (n %d) seed %llu", dt_name(dtype),
+             calib ? " calibrated" : "",
              dc->H, dc->HK, dc->D, dc->BS, dc->Lq, dc->causal, dc->window_left, dc->lens[0], dc->lens[1], dc->lens[2], dc->lens[3], dc->n_seqs,
              (unsigned long long)seed);
     if (!th_selected(desc)) return;
@@ -258,6 +279,14 @@ static void test_decode(const dcase *dc, int32_t dtype, uint64_t seed) {
         if (!c) {
             qattn_ctx_destroy(ctx);
             continue;
+        }
+        if (calib) {
+            float *mem = th_xmalloc((size_t)6 * HK * D * 4);
+            qattn_calibration cal;
+            calibrate_case(ctx, dc, q, k, v, cu_q, cu_k, &cal, mem);
+            qattn_status s = qattn_kv_cache_set_calibration(ctx, c, &cal);
+            TH_CHECK(s == QATTN_OK, "set_calibration: %s", qattn_ctx_last_error(ctx));
+            free(mem);
         }
         for (int b = 0; b < B; b++) {
             ids[b] = 7 - 2 * b; /* ids need not be dense or ordered */
@@ -320,6 +349,75 @@ static void test_decode(const dcase *dc, int32_t dtype, uint64_t seed) {
     }
     free(o_simd);
     free(k), free(v), free(kd), free(vd), free(q), free(o1), free(o2), free(lse1), free(lse2), free(ref_d), free(ref_o), free(lse_d);
+    th_set_context(NULL);
+}
+
+/* The calibrated INT8 cache against the plain one on keys with outlier channels (offset +10,
+ * spread x12 in 4 of 128 channels, as qattn accuracy's "outlier"): the per-token K scale is set
+ * by the outliers in the plain cache (step ~46/127 for N(0,1) channels); smoothing and rotation
+ * bring it near the N(0,1) channels' own range (FORMAT.md section 7 predicts ~4x less K noise),
+ * so the error against the original values must fall below half. Then the calibration's own
+ * refusals: a non-empty or FP16 cache, bad factors, and export of a calibrated cache. */
+static void test_decode_calibration_gain(void) {
+    th_set_context("decode calibration gain");
+    printf("  decode calibration gain and refusals\n");
+    qattn_ctx *ctx = th_ctx(QATTN_ISA_AUTO, 2);
+    if (!ctx) return;
+    dcase dc = {8, 2, 128, 16, 4, 1, -1, 1, {700}};
+    int32_t cu_q[2] = {0, 4}, cu_k[2] = {0, 700};
+    size_t kv_e = (size_t)700 * 2 * 128, q_e = (size_t)4 * 8 * 128;
+    float *k = th_xmalloc(kv_e * 4), *v = th_xmalloc(kv_e * 4), *q = th_xmalloc(q_e * 4), *o = th_xmalloc(q_e * 4);
+    double *ref = th_xmalloc(q_e * 8);
+    float *mem = th_xmalloc((size_t)6 * 2 * 128 * 4);
+    th_rng rng;
+    th_rng_init(&rng, th_derive_seed(1000));
+    th_fill_normal(k, kv_e, &rng, 0, 1), th_fill_normal(v, kv_e, &rng, 0, 1), th_fill_normal(q, q_e, &rng, 0, 1);
+    for (size_t i = 0; i < kv_e; i++)
+        if (i % 128 % 32 == 5) k[i] = k[i] * 12.0f + 10.0f;
+    run_oracle(ctx, &dc, q, k, v, cu_q, cu_k, ref, NULL);
+    qattn_calibration cal;
+    calibrate_case(ctx, &dc, q, k, v, cu_q, cu_k, &cal, mem);
+    double err[2];
+    int32_t id = 0;
+    for (int calib = 0; calib < 2; calib++) {
+        qattn_kv_cache *c = make_cache(ctx, 2, 128, 16, QATTN_DTYPE_I8, 50, 2);
+        if (!c) break;
+        if (calib) TH_CHECK(qattn_kv_cache_set_calibration(ctx, c, &cal) == QATTN_OK, "set: %s", qattn_ctx_last_error(ctx));
+        TH_CHECK(qattn_kv_cache_append(ctx, c, 0, k, v, 700, QATTN_DTYPE_F32) == QATTN_OK, "append");
+        qattn_decode_params dp;
+        qattn_decode_params_init(&dp);
+        dp.q = q, dp.o = o, dp.seq_ids = &id, dp.n_seqs = 1, dp.seqlen_q = 4, dp.n_heads = 8;
+        TH_CHECK(qattn_kv_decode(ctx, c, &dp) == QATTN_OK, "decode: %s", qattn_ctx_last_error(ctx));
+        err[calib] = th_compare(o, ref, q_e).rel_l2;
+        if (calib) {
+            qattn_kv_cache_layout lay;
+            TH_CHECK(qattn_kv_cache_export(ctx, c, &lay) == QATTN_ERR_UNSUPPORTED, "export of a calibrated cache accepted");
+            TH_CHECK(qattn_kv_cache_set_calibration(ctx, c, &cal) == QATTN_ERR_INVALID_ARGUMENT &&
+                         strstr(qattn_ctx_last_error(ctx), "holds 700 tokens"),
+                     "set on a non-empty cache: %s", qattn_ctx_last_error(ctx));
+        }
+        qattn_kv_cache_destroy(ctx, c);
+    }
+    printf("    INT8 decode vs original, outlier keys: plain %.3e, calibrated %.3e\n", err[0], err[1]);
+    TH_CHECK(err[1] < 0.5 * err[0], "calibration does not halve the decode error (%.3e vs %.3e)", err[1], err[0]);
+    qattn_kv_cache *f16 = make_cache(ctx, 2, 128, 16, QATTN_DTYPE_F16, 4, 1), *i8 = make_cache(ctx, 2, 128, 16, QATTN_DTYPE_I8, 4, 1);
+    if (f16 && i8) {
+        TH_CHECK(qattn_kv_cache_set_calibration(ctx, f16, &cal) == QATTN_ERR_INVALID_ARGUMENT, "fp16 cache accepted a calibration");
+        TH_CHECK(qattn_kv_cache_set_calibration(ctx, NULL, &cal) == QATTN_ERR_NULL_POINTER, "NULL cache");
+        TH_CHECK(qattn_kv_cache_set_calibration(ctx, i8, NULL) == QATTN_ERR_NULL_POINTER, "NULL cal");
+        qattn_calibration bad = cal;
+        bad.head_dim = 64;
+        TH_CHECK(qattn_kv_cache_set_calibration(ctx, i8, &bad) == QATTN_ERR_INVALID_ARGUMENT, "head_dim mismatch");
+        float keep = cal.k_factor[0];
+        cal.k_factor[0] = 0.0f;
+        TH_CHECK(qattn_kv_cache_set_calibration(ctx, i8, &cal) == QATTN_ERR_INVALID_ARGUMENT, "factor 0 accepted");
+        cal.k_factor[0] = keep;
+        cal.k_mean[1] = NAN;
+        TH_CHECK(qattn_kv_cache_set_calibration(ctx, i8, &cal) == QATTN_ERR_INVALID_ARGUMENT, "NaN mean accepted");
+    }
+    qattn_kv_cache_destroy(ctx, f16), qattn_kv_cache_destroy(ctx, i8);
+    free(k), free(v), free(q), free(o), free(ref), free(mem);
+    qattn_ctx_destroy(ctx);
     th_set_context(NULL);
 }
 
@@ -570,6 +668,7 @@ int main(void) {
     static const int32_t dtypes[] = {QATTN_DTYPE_F16, QATTN_DTYPE_BF16, QATTN_DTYPE_I8};
     uint64_t idx = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        for (int t = 0; t < 3; t++) test_decode(&cases[i], dtypes[t], th_derive_seed(idx++));
+        for (int t = 0; t < 4; t++) test_decode(&cases[i], dtypes[t < 3 ? t : 2], th_derive_seed(idx++), t == 3);
+    test_decode_calibration_gain();
     return th_finish();
 }

@@ -7,6 +7,8 @@
     qattn.info()                                         # backend, ISA, threads, version
     qk = qattn.quantize(k, "token", smooth=True)         # INT8 codes, scales, mean (qattn.h layouts)
     o = qattn.attention_quantized(qq, qk, qv)            # attention on pre-quantized inputs
+    cal = qattn.calibrate(q, k, v)                       # INT8 static channel transforms of a layer
+    o = qattn.attention(q, k, v, precision="int8", calibration=cal)
     with qattn.KVCache(kv_heads=2, head_dim=64, dtype="int8", capacity_blocks=256, max_seqs=8) as c:
         c.append(0, k0, v0); o = c.decode(q0, [0])       # paged KV cache and decode
 
@@ -22,10 +24,10 @@ from ._core import (QattnCapacityError, QattnError, QattnMemoryError, QattnUnsup
 __version__ = _lib.lib.qattn_version().decode()
 library_path = _lib.library_path
 
-from ._int8 import QuantizedTensor, attention_quantized, quantize
+from ._int8 import Calibration, QuantizedTensor, attention_quantized, calibrate, quantize
 from ._kvcache import KVCache
 
 _atexit.register(_destroy_contexts)
 
 __all__ = ["QattnCapacityError", "attention", "oracle", "info", "QattnError", "QattnValueError", "QattnUnsupportedError",
-           "QattnMemoryError", "QuantizedTensor", "quantize", "attention_quantized", "KVCache", "__version__", "library_path"]
+           "QattnMemoryError", "QuantizedTensor", "quantize", "attention_quantized", "Calibration", "calibrate", "KVCache", "__version__", "library_path"]

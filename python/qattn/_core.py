@@ -467,7 +467,7 @@ def _overlaps(a, b):
 
 def attention(q, k, v, *, causal=False, scale=None, window=None, precision=None, int8_scheme=None,
               cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None,
-              return_lse=False, backend=None, out=None, layout="bshd", threads=None, isa=None):
+              return_lse=False, backend=None, out=None, layout="bshd", threads=None, isa=None, calibration=None):
     """softmax(scale * q k^T + mask) v without materialising the score matrix.
 
     q: [B, Lq, H, D], k/v: [B, Lk, HK, D] (layout="bshd", flash-attn's flash_attn_func) or
@@ -487,12 +487,16 @@ def attention(q, k, v, *, causal=False, scale=None, window=None, precision=None,
     "fp8_e4m3", "fp8_e5m2" (where the backend supports them; otherwise NotImplementedError
     with the library's message). backend: None = from the tensors' device. threads: CPU
     threads (None = all cores). Forward only: no autograd.
+    calibration: a qattn.Calibration (qattn.calibrate) for precision "int8", scheme "qattn", CPU:
+    its static channel transforms replace the per-call statistics (qattn_forward_calibrated).
     """
     p, qt, kt, vt, meta, keep = _build(q, k, v, causal=causal, scale=scale, window=window, precision=precision,
                                        int8_scheme=int8_scheme, cu_seqlens_q=cu_seqlens_q,
                                        cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q,
                                        max_seqlen_k=max_seqlen_k, layout=layout)
     on_cuda = qt.device.startswith("cuda")
+    if calibration is not None and on_cuda:
+        raise ValueError("calibration runs on the CPU backend only (qattn_forward_calibrated)")
     if backend is None:
         backend = "cuda" if on_cuda else "cpu"
     if backend not in ("cpu", "cuda"):
@@ -524,6 +528,13 @@ def attention(q, k, v, *, causal=False, scale=None, window=None, precision=None,
             p.stream = torch.cuda.current_stream(qt.obj.device).cuda_stream
             with ctx.lock:
                 ctx.check(lib.qattn_forward(ctx.handle, ctypes.byref(p)))
+    elif calibration is not None:
+        from ._int8 import _calibration_struct
+        _lib.require("qattn_forward_calibrated", "qattn.attention(calibration=...)")
+        cs, ckeep = _calibration_struct(calibration, p.n_kv_heads, p.head_dim)
+        with ctx.lock:
+            ctx.check(lib.qattn_forward_calibrated(ctx.handle, ctypes.byref(p), ctypes.byref(cs)))
+        del ckeep
     else:
         with ctx.lock:
             ctx.check(lib.qattn_forward(ctx.handle, ctypes.byref(p)))

@@ -277,3 +277,91 @@ def attention_quantized(q, k, v, *, causal=False, scale=None, window=None, int8_
         ctx.check(lib.qattn_forward_quantized(ctx.handle, ctypes.byref(p), ctypes.byref(qi)))
     del keep, keep2
     return (ot.obj, lse) if return_lse else ot.obj
+
+
+@dataclasses.dataclass
+class Calibration:
+    """Static channel transforms of the default INT8 scheme for one layer (qattn_calibration,
+    docs/FORMAT.md section 7): float32 numpy arrays [HK, D].
+
+    k_factor: powers of two f (Q channel times f, K channel minus k_mean divided by f);
+    k_mean, v_mean: means over the calibration tokens; q_absmax, k_min, k_max: the running
+    statistics qattn.calibrate accumulates (None after load(): a file holds the first three).
+    tokens: key tokens seen."""
+    k_factor: np.ndarray
+    k_mean: np.ndarray
+    v_mean: np.ndarray
+    q_absmax: Optional[np.ndarray] = None
+    k_min: Optional[np.ndarray] = None
+    k_max: Optional[np.ndarray] = None
+    tokens: int = 0
+
+    @property
+    def shape(self):
+        return tuple(self.k_factor.shape)
+
+    def save(self, path):
+        """Write the file `qattn calibrate` writes: float32 .npy [3, HK, D] = k_factor, k_mean, v_mean."""
+        np.save(path, np.stack([self.k_factor, self.k_mean, self.v_mean]).astype(np.float32))
+
+    @classmethod
+    def load(cls, path):
+        """Read a calibration file (qattn calibrate, Calibration.save)."""
+        a = np.load(path)
+        if a.dtype != np.float32 or a.ndim != 3 or a.shape[0] != 3:
+            raise ValueError("%s: a calibration file is float32 [3, HK, D]; got %s %s" % (path, a.dtype, a.shape))
+        return cls(np.ascontiguousarray(a[0]), np.ascontiguousarray(a[1]), np.ascontiguousarray(a[2]))
+
+
+_CAL_FIELDS = ("k_factor", "k_mean", "v_mean", "q_absmax", "k_min", "k_max")
+
+
+def _calibration_struct(cal, kv_heads, head_dim, stats=False):
+    """A qattn_calibration over cal's arrays (checked: float32, contiguous, [HK, D])."""
+    if not isinstance(cal, Calibration):
+        raise TypeError("calibration must be a qattn.Calibration (from qattn.calibrate or Calibration.load), got %s"
+                        % type(cal).__name__)
+    cs = _lib.CalibrationStruct()
+    cs.n_kv_heads, cs.head_dim, cs.tokens = kv_heads, head_dim, int(cal.tokens)
+    keep = []
+    for name in _CAL_FIELDS[:6 if stats else 3]:
+        a = getattr(cal, name)
+        if a is None:
+            raise ValueError("calibration.%s is None; qattn.calibrate needs the running statistics (start from "
+                             "calibration=None to begin new ones)" % name)
+        if not isinstance(a, np.ndarray) or a.dtype != np.float32 or not a.flags.c_contiguous or a.shape != (kv_heads, head_dim):
+            raise ValueError("calibration.%s must be a contiguous float32 numpy array of shape %s, got %s"
+                             % (name, (kv_heads, head_dim), getattr(a, "shape", type(a).__name__)))
+        if not a.flags.writeable and stats:
+            raise ValueError("calibration.%s is read-only" % name)
+        setattr(cs, name, a.ctypes.data)
+        keep.append(a)
+    return cs, keep
+
+
+def calibrate(q, k, v, *, calibration=None, layout="bshd", cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
+              max_seqlen_k=None, threads=None):
+    """Accumulate sample q, k, v of one layer into a Calibration (qattn_calibrate), CPU only.
+
+    Shapes, layouts and dtypes as in qattn.attention (every position counts; no mask). With
+    calibration=None, new statistics start; otherwise the given Calibration (from an earlier
+    call) is updated in place. Returns it; pass it as qattn.attention(..., precision="int8",
+    calibration=cal), or save it (Calibration.save, the `qattn calibrate` file format).
+    Non-finite samples raise QattnValueError and leave the calibration unchanged."""
+    _lib.require("qattn_calibrate", "qattn.calibrate")
+    p, qt, _, _, meta, keep = _build(q, k, v, causal=False, scale=None, window=None, precision=None, int8_scheme=None,
+                                     cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q,
+                                     max_seqlen_k=max_seqlen_k, layout=layout)
+    if qt.device != "cpu":
+        raise ValueError("q is on %s; qattn.calibrate reads host memory: call .cpu() first" % qt.device)
+    hk, d = p.n_kv_heads, p.head_dim
+    if calibration is None:
+        z = lambda: np.zeros((hk, d), dtype=np.float32)
+        calibration = Calibration(z(), z(), z(), z(), z(), z(), 0)
+    cs, ckeep = _calibration_struct(calibration, hk, d, stats=True)
+    ctx = _get_context("cpu", threads)
+    with ctx.lock:
+        ctx.check(lib.qattn_calibrate(ctx.handle, ctypes.byref(p), ctypes.byref(cs)))
+    calibration.tokens = int(cs.tokens)
+    del keep, ckeep
+    return calibration

@@ -194,6 +194,17 @@ class KVCache:
                    v.ctypes.data if v.size else _EMPTY_PTR)
         return k, v
 
+    def set_calibration(self, calibration):
+        """qattn_kv_cache_set_calibration: static channel transforms (a qattn.Calibration of this
+        cache's kv_heads x head_dim) for an empty INT8 cache; decode and read apply them. The GPU
+        decode does not: export (and a CUDA decode) of such a cache is refused."""
+        _lib.require("qattn_kv_cache_set_calibration", "KVCache.set_calibration")
+        from ._int8 import _calibration_struct
+        cs, keep = _calibration_struct(calibration, self.kv_heads, self.head_dim)
+        self._call(lib.qattn_kv_cache_set_calibration, ctypes.byref(cs))
+        self._version += 1
+        del keep
+
     def export(self):
         """qattn_kv_cache_export: the pointer-free layout as a dict, with copies of the arena
         (uint8 [arena_bytes]) and block table (int32 [max_seqs, max_blocks_per_seq], -1 unused)."""

@@ -128,6 +128,21 @@ class Int8Inputs(ctypes.Structure):
     _fields_ = [("q", Int8Tensor), ("k", Int8Tensor), ("v", Int8Tensor)]
 
 
+class CalibrationStruct(ctypes.Structure):
+    """qattn_calibration."""
+    _fields_ = [
+        ("n_kv_heads", ctypes.c_int32),
+        ("head_dim", ctypes.c_int32),
+        ("tokens", ctypes.c_int64),
+        ("k_factor", ctypes.c_void_p),
+        ("k_mean", ctypes.c_void_p),
+        ("v_mean", ctypes.c_void_p),
+        ("q_absmax", ctypes.c_void_p),
+        ("k_min", ctypes.c_void_p),
+        ("k_max", ctypes.c_void_p),
+    ]
+
+
 class KVCacheOptions(ctypes.Structure):
     """qattn_kv_cache_options."""
     _fields_ = [
@@ -279,6 +294,9 @@ def _prototype(lib):
         "qattn_quantize_int8": (S, [V, P(Params), i32, P(Int8Tensor)]),
         "qattn_dequantize_int8": (S, [V, P(Params), i32, P(Int8Tensor), V]),
         "qattn_forward_quantized": (S, [V, P(Params), P(Int8Inputs)]),
+        "qattn_calibrate": (S, [V, P(Params), P(CalibrationStruct)]),
+        "qattn_forward_calibrated": (S, [V, P(Params), P(CalibrationStruct)]),
+        "qattn_kv_cache_set_calibration": (S, [V, V, P(CalibrationStruct)]),
         "qattn_kv_cache_create": (S, [V, P(KVCacheOptions), P(V)]),
         "qattn_kv_cache_destroy": (None, [V, V]),
         "qattn_kv_cache_append": (S, [V, V, i32, V, V, i64, i32]),

@@ -217,3 +217,41 @@ def test_bad_inputs(rng):
     c.close()
     with pytest.raises(ValueError, match="closed"):
         c.decode(q, [0])
+
+
+@pytest.mark.skipif(not qattn._lib.has_symbol("qattn_kv_cache_set_calibration"), reason="no KV cache calibration")
+def test_calibrated_int8_cache(rng):
+    """An INT8 cache with static channel transforms (qattn.calibrate on the same data): decode
+    within the same tolerances as the plain cache against its own read-back (which is in the
+    original domain), and more accurate against the original values on keys with an outlier
+    channel (x12 spread, +10 offset: the plain cache's per-token K scale is set by it). A
+    non-empty or FP16 cache refuses a calibration; export refuses a calibrated cache."""
+    H, n, lq = 4, 300, 2
+    k, v, q = randn(rng, (n, HK, D)), randn(rng, (n, HK, D)), randn(rng, (1, lq, H, D))
+    k[..., 7] = k[..., 7] * 12 + 10
+    cal = qattn.calibrate(q, k[None], v[None])
+    o_orig, _ = ref_attention(q, k[None], v[None], causal=True)
+    errs = []
+    for calibrated in (False, True):
+        with qattn.KVCache(HK, D, block_size=16, dtype="int8", capacity_blocks=32, max_seqs=2) as c:
+            if calibrated:
+                c.set_calibration(cal)
+            c.append(0, k, v)
+            o, lse = c.decode(q, [0], return_lse=True)
+            kd, vd = c.read(0)
+            o_deq, lse_deq = ref_attention(q, kd[None], vd[None], causal=True)
+            assert rel_l2(o, o_deq) < TOL["int8"][0]
+            np.testing.assert_allclose(lse[0], lse_deq[0], rtol=1e-4, atol=1e-4)
+            errs.append(rel_l2(o, o_orig))
+            if calibrated:
+                with pytest.raises(qattn.QattnValueError, match="holds 300 tokens"):
+                    c.set_calibration(cal)
+                with pytest.raises(qattn.QattnUnsupportedError, match="calibration"):
+                    c.export()
+    assert errs[1] < 0.5 * errs[0], errs
+    with qattn.KVCache(HK, D, dtype="fp16", capacity_blocks=4) as c:
+        with pytest.raises(qattn.QattnValueError, match="INT8"):
+            c.set_calibration(cal)
+    with qattn.KVCache(HK, D, dtype="int8", capacity_blocks=4) as c:
+        with pytest.raises(ValueError, match="shape"):
+            c.set_calibration(qattn.calibrate(q[:, :, :2], k[None, :, :1], v[None, :, :1]))

@@ -15,6 +15,9 @@
  * fac; the row sum adds beta * sum(exp2(s - m_block)). P_U8_BLOCKMAX does the same without V
  * scales (sum from the codes actually multiplied); INT-FA quantizes against the running max with
  * x127 and sums the unquantized P; SAGE keeps P and V in FP32.
+ * DEFAULT also smooths and rotates Q and K per channel before rounding (src/quant/quant.c,
+ * docs/FORMAT.md section 7); the driver sees only their codes, scales and K's mean in the codes'
+ * domain, so nothing here depends on it.
  * K smoothing shifts every score of a row by q . mean_k: softmax is unchanged and the LSE gets
  * scale * q . mean_k back; V smoothing adds mean_v to each normalised output row.
  * The split of the work depends on the shape only, and every float step runs in a fixed order:
@@ -51,6 +54,7 @@ void qattn_lowp_scheme_cfg(int32_t scheme, qattn_lowp_cfg *cfg) {
         cfg->q_gran = QATTN_QUANT_PER_TOKEN, cfg->k_gran = QATTN_QUANT_PER_TOKEN, cfg->v_gran = QATTN_QUANT_PER_TOKEN;
         cfg->k_smooth = 1, cfg->v_smooth = 1;
         cfg->p_mode = QATTN_P_U8_VSCALED;
+        cfg->qk_smooth = QATTN_QK_SMOOTH_MAX_EXP, cfg->qk_rotate = 1; /* candidate O */
         break;
     }
 }
@@ -658,6 +662,8 @@ static qattn_status check_cfg(qattn_ctx *ctx, const qattn_lowp_cfg *cfg) {
     if (cfg->p_mode != QATTN_P_FP32 && cfg->p_mode != QATTN_P_U8_VSCALED && cfg->v_gran != QATTN_QUANT_PER_HEAD &&
         cfg->v_gran != QATTN_QUANT_PER_CHANNEL)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "v scales must be PER_HEAD or PER_CHANNEL for integer P V");
+    if (cfg->qk_smooth && (cfg->q_gran != QATTN_QUANT_PER_TOKEN || cfg->k_gran != QATTN_QUANT_PER_TOKEN || !cfg->k_smooth))
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "q/k channel smoothing needs PER_TOKEN q and k scales and k smoothing");
     if (cfg->p_mode < QATTN_P_U8_BLOCKMAX || cfg->p_mode > QATTN_P_U8_VSCALED)
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "p_mode %d is not a qattn_p_mode", cfg->p_mode);
     for (int w = 0; w < 3; w++) {
@@ -677,6 +683,10 @@ static size_t dynamic_bytes(const qattn_ctx *ctx, const qattn_params *p, const q
 }
 
 qattn_status qattn_lowp_forward_cfg(qattn_ctx *ctx, const qattn_params *p, const qattn_lowp_cfg *cfg) {
+    return qattn_lowp_forward_static(ctx, p, cfg, NULL);
+}
+
+qattn_status qattn_lowp_forward_static(qattn_ctx *ctx, const qattn_params *p, const qattn_lowp_cfg *cfg, const qattn_lowp_static *stat) {
     if (!ctx) return QATTN_ERR_NULL_POINTER;
     qattn_status s = qattn_validate(ctx, p, true);
     if (s == QATTN_OK) s = check_cfg(ctx, cfg);
@@ -700,6 +710,7 @@ qattn_status qattn_lowp_forward_cfg(qattn_ctx *ctx, const qattn_params *p, const
     int32_t blk[3] = {cfg->q_block, cfg->k_block, cfg->v_block};
     int32_t smooth[3] = {0, cfg->k_smooth, cfg->v_smooth};
     bool fp_v = cfg->p_mode == QATTN_P_FP32;
+    bool qk_joint = cfg->qk_smooth > 0; /* Q and K in one call (channel smoothing) */
     s = QATTN_OK;
     for (int w = 0; w < 3 && s == QATTN_OK; w++) {
         if (w == 2 && fp_v) continue;
@@ -713,7 +724,16 @@ qattn_status qattn_lowp_forward_cfg(qattn_ctx *ctx, const qattn_params *p, const
         t->head_stride = p->head_dim;
         t->seq_stride = heads * p->head_dim;
         t->batch_stride = len * t->seq_stride;
-        s = qattn_quantize_tensor(ctx, p, w, t);
+        if (w == 2 && stat && stat->v_mean && t->mean) { /* static: the calibrated V mean, one pass */
+            for (int64_t b = 0; b < p->batch; b++)
+                memcpy(t->mean + b * heads * p->head_dim, stat->v_mean, (size_t)(heads * p->head_dim) * sizeof(float));
+            s = qattn_quantize_tensor_fixed_mean(ctx, p, w, t);
+        } else if (w == 1 && qk_joint) { /* Q (set up at w = 0) and K together */
+            qattn_qk_static qs = {stat ? stat->k_factor : NULL, stat ? stat->k_mean : NULL};
+            s = qattn_quantize_qk_smoothed(ctx, p, cfg->qk_smooth, cfg->qk_smooth_min_exp, cfg->qk_rotate, qs.k_factor && qs.k_mean ? &qs : NULL,
+                                           &qi.q, &qi.k, NULL);
+        } else if (w != 0 || !qk_joint)
+            s = qattn_quantize_tensor(ctx, p, w, t);
     }
     if (s == QATTN_OK)
         s = qattn_lowp_run_quantized(ctx, p, &qi, cfg->p_mode, fp_v ? p->v : NULL, mem ? mem + qb.total : NULL,
@@ -727,6 +747,13 @@ qattn_status qattn_cpu_forward_lowp(qattn_ctx *ctx, const qattn_params *p) {
     qattn_lowp_cfg cfg;
     qattn_lowp_scheme_cfg(p->int8_scheme, &cfg);
     return qattn_lowp_forward_cfg(ctx, p, &cfg);
+}
+
+qattn_status qattn_cpu_forward_calibrated(qattn_ctx *ctx, const qattn_params *p, const qattn_calibration *cal) {
+    qattn_lowp_cfg cfg;
+    qattn_lowp_scheme_cfg(QATTN_INT8_DEFAULT, &cfg);
+    qattn_lowp_static st = {cal->k_factor, cal->k_mean, cal->v_mean};
+    return qattn_lowp_forward_static(ctx, p, &cfg, &st);
 }
 
 qattn_status qattn_cpu_lowp_workspace_size(qattn_ctx *ctx, const qattn_params *p, size_t *bytes) {

@@ -3,6 +3,7 @@
  * Every operation checks all of its arguments and its capacity before changing anything, so a
  * failed call leaves the cache exactly as it was. Layout: kv_internal.h; scheme: docs/KVCACHE.md. */
 #include "kv/kv_internal.h"
+#include "quant/lowp.h"
 
 #include <stdlib.h>
 
@@ -103,6 +104,7 @@ void qattn_kv_cache_destroy(qattn_ctx *ctx, qattn_kv_cache *cache) {
     qattn_free(ctx, cache->seq_len);
     qattn_free(ctx, cache->refcount);
     qattn_free(ctx, cache->free_stack);
+    qattn_free(ctx, cache->calib);
     qattn_free(ctx, cache);
 }
 
@@ -141,6 +143,13 @@ static void store_token(qattn_kv_cache *c, int32_t phys, int off, int h, const f
             for (int i = 0; i < D; i++) ((uint16_t *)dst)[i] = qattn_f32_to_bf16(x[i]);
             break;
         default: {
+            float y[256];
+            if (c->calib) { /* K: H(k / f - mu_k / f); V: v - mu_v (docs/KVCACHE.md, calibration) */
+                const float *f = qattn_kv_cal(c, QATTN_KV_CAL_F, h), *mu = qattn_kv_cal(c, which ? QATTN_KV_CAL_MUV : QATTN_KV_CAL_MUKF, h);
+                for (int i = 0; i < D; i++) y[i] = which ? x[i] - mu[i] : x[i] / f[i] - mu[i];
+                if (!which) (void)qattn_rotate_row(y, D, 1.0f);
+                x = y;
+            }
             float s = qattn_kv_quantize_row(x, D, (int8_t *)dst);
             ((float *)(blk + (which ? c->vs_offset : c->ks_offset)))[scale_idx] = s;
         }
@@ -304,10 +313,46 @@ qattn_status qattn_kv_cache_read(qattn_ctx *ctx, const qattn_kv_cache *cache, in
                 default: {
                     float sc = ((const float *)(blk + (which ? c->vs_offset : c->ks_offset)))[si];
                     for (int i = 0; i < D; i++) dst[i] = sc * (float)((const int8_t *)src)[i];
+                    if (c->calib && which) { /* v = y + mu_v */
+                        const float *mu = qattn_kv_cal(c, QATTN_KV_CAL_MUV, h);
+                        for (int i = 0; i < D; i++) dst[i] += mu[i];
+                    } else if (c->calib) { /* k = f * H(y + H(mu_k / f)) / n */
+                        const float *f = qattn_kv_cal(c, QATTN_KV_CAL_F, h), *mr = qattn_kv_cal(c, QATTN_KV_CAL_MUKR, h);
+                        for (int i = 0; i < D; i++) dst[i] += mr[i];
+                        (void)qattn_rotate_row(dst, D, 1.0f / (float)qattn_rotate_block(D));
+                        for (int i = 0; i < D; i++) dst[i] *= f[i];
+                    }
                 }
                 }
             }
         }
     }
+    return QATTN_OK;
+}
+
+qattn_status qattn_kv_cache_set_calibration(qattn_ctx *ctx, qattn_kv_cache *cache, const qattn_calibration *cal) {
+    if (!ctx) return QATTN_ERR_NULL_POINTER;
+    ctx->last_error[0] = '\0';
+    if (!cache) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "qattn_kv_cache_set_calibration: cache is NULL");
+    if (cache->dtype != QATTN_DTYPE_I8)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_cache_set_calibration: the cache stores %s; calibration is for INT8 caches",
+                          dtype_name(cache->dtype));
+    for (int32_t s = 0; s < cache->max_seqs; s++)
+        if (cache->seq_len[s] != 0)
+            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT,
+                              "qattn_kv_cache_set_calibration: sequence %d holds %lld tokens; calibrate an empty cache (its codes would change meaning)",
+                              s, (long long)cache->seq_len[s]);
+    qattn_status st = qattn_check_calibration(ctx, cal, cache->n_kv_heads, cache->head_dim, false);
+    if (st != QATTN_OK) return st;
+    int64_t n = (int64_t)cache->n_kv_heads * cache->head_dim;
+    float *m = cache->calib ? cache->calib : qattn_alloc(ctx, (size_t)(5 * n) * sizeof(float));
+    if (!m) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "qattn_kv_cache_set_calibration: cannot allocate %lld bytes", (long long)(20 * n));
+    if (!cache->calib) cache->bytes_total += 5 * n * (int64_t)sizeof(float);
+    for (int64_t i = 0; i < n; i++) {
+        m[i] = cal->k_factor[i], m[n + i] = cal->k_mean[i], m[2 * n + i] = cal->v_mean[i];
+        m[3 * n + i] = m[4 * n + i] = cal->k_mean[i] / cal->k_factor[i]; /* exact: powers of two */
+    }
+    for (int64_t g = 0; g < cache->n_kv_heads; g++) (void)qattn_rotate_row(m + 4 * n + g * cache->head_dim, cache->head_dim, 1.0f);
+    cache->calib = m;
     return QATTN_OK;
 }

@@ -12,6 +12,7 @@
 #include "kv/kv_internal.h"
 
 #include "cpu/threads.h"
+#include "quant/lowp.h"
 
 #define SPLIT_MIN_TOKENS 512 /* a split covers at least this many tokens */
 #define SPLIT_UNITS_BELOW 64 /* split when fewer sequences than this are listed */
@@ -28,7 +29,7 @@ typedef struct dplan {
     int group, rows, D; /* rows: of one kv head (group * seqlen_q) */
     int all_rows;       /* rows * HK */
     int64_t n_split, split_tokens, n_units;
-    float qscale;
+    float qscale, scale;
     int32_t wr; /* window_right: 0 when causal, else -1 */
     size_t worker_floats;
     float *scratch;
@@ -112,7 +113,8 @@ static void make_plan(dplan *pl, qattn_ctx *ctx, const qattn_kv_cache *c, const 
     pl->split_tokens = ceil_div(ceil_div(max_len > 0 ? max_len : 1, pl->n_split), c->block_size) * c->block_size;
     pl->n_split = ceil_div(max_len > 0 ? max_len : 1, pl->split_tokens);
     pl->n_units = pairs * pl->n_split;
-    pl->qscale = (dp->scale != 0.0f ? dp->scale : 1.0f / sqrtf((float)c->head_dim)) * LOG2E;
+    pl->scale = dp->scale != 0.0f ? dp->scale : 1.0f / sqrtf((float)c->head_dim);
+    pl->qscale = pl->scale * LOG2E;
     pl->wr = dp->causal ? 0 : -1;
     int64_t m = pl->rows, M = pl->all_rows, D = pl->D, n = c->block_size;
     int64_t dq = (D + 15) / 16 * 16;
@@ -153,6 +155,11 @@ static void prep_q(const dplan *pl, int32_t b, float *qpack, int16_t *q16, float
         int h = g * pl->group + r % pl->group;
         int64_t qi = (((int64_t)b * Lq + r / pl->group) * H + h) * D;
         for (int cc = 0; cc < D; cc++) qpack[(int64_t)R * D + cc] = qattn_load(dp->q, dp->q_dtype, qi + cc) * pl->qscale;
+        if (pl->c->calib) { /* the keys' domain: H(q f) / n (docs/KVCACHE.md, calibration) */
+            const float *f = qattn_kv_cal(pl->c, QATTN_KV_CAL_F, g);
+            for (int cc = 0; cc < D; cc++) qpack[(int64_t)R * D + cc] *= f[cc];
+            (void)qattn_rotate_row(qpack + (int64_t)R * D, D, 1.0f / (float)qattn_rotate_block(D));
+        }
         if (i8) {
             qattn_kv_quantize_q16(qpack + (int64_t)R * D, D, q16 + (int64_t)R * dq, qsc + R);
             for (int64_t cc = D; cc < dq; cc++) q16[(int64_t)R * dq + cc] = 0;
@@ -265,8 +272,15 @@ static void write_rows(const dplan *pl, int64_t b, const qattn_tile_state *st) {
         const float *acc = st->acc + (int64_t)R * st->ld_acc;
         bool empty = mx == -INFINITY;
         float inv = empty ? 0.0f : 1.0f / l;
-        for (int cc = 0; cc < D; cc++) qattn_store(dp->o, dp->o_dtype, oi + cc, empty ? 0.0f : acc[cc] * inv);
-        if (dp->lse) dp->lse[(b * H + h) * Lq + i] = empty ? -INFINITY : (mx + log2f(l)) * LN2;
+        const float *mv = pl->c->calib ? qattn_kv_cal(pl->c, QATTN_KV_CAL_MUV, g) : NULL;
+        for (int cc = 0; cc < D; cc++) qattn_store(dp->o, dp->o_dtype, oi + cc, empty ? 0.0f : acc[cc] * inv + (mv ? mv[cc] : 0.0f));
+        float corr = 0.0f; /* K smoothing shifted every score of the row by scale * q . mu_k */
+        if (pl->c->calib && dp->lse && !empty) {
+            const float *mk = qattn_kv_cal(pl->c, QATTN_KV_CAL_MUK, g);
+            for (int cc = 0; cc < D; cc++) corr += qattn_load(dp->q, dp->q_dtype, oi + cc) * mk[cc];
+            corr *= pl->scale;
+        }
+        if (dp->lse) dp->lse[(b * H + h) * Lq + i] = empty ? -INFINITY : (mx + log2f(l)) * LN2 + corr;
     }
 }
 

@@ -28,7 +28,17 @@ struct qattn_kv_cache {
     int32_t *free_stack;     /* [n_blocks]; free_stack[0..n_free) are free, the top is used next */
     int64_t n_free;
     int64_t bytes_total;
+    /* INT8 with static channel transforms (qattn_kv_cache_set_calibration), else NULL:
+     * [5][HK][D] = f, mu_k, mu_v, mu_k / f, H(mu_k / f) (the codes' domain, src/quant/lowp.h). K rows are
+     * stored as codes of H(k / f - mu_k / f), V rows of v - mu_v; decode turns q into H(q f) / n. */
+    float *calib;
 };
+
+/* The calibration arrays of a cache (c->calib != NULL). */
+enum { QATTN_KV_CAL_F = 0, QATTN_KV_CAL_MUK = 1, QATTN_KV_CAL_MUV = 2, QATTN_KV_CAL_MUKF = 3, QATTN_KV_CAL_MUKR = 4 };
+static inline const float *qattn_kv_cal(const qattn_kv_cache *c, int which, int g) {
+    return c->calib + ((int64_t)which * c->n_kv_heads + g) * c->head_dim;
+}
 
 static inline uint8_t *qattn_kv_block(const qattn_kv_cache *c, int32_t phys) {
     return c->arena + (int64_t)phys * c->block_bytes;

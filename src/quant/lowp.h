@@ -172,7 +172,16 @@ typedef struct qattn_lowp_cfg {
     int32_t q_block, k_block, v_block; /* tokens per scale for PER_BLOCK */
     int32_t k_smooth, v_smooth;        /* subtract the mean over tokens */
     int32_t p_mode;                    /* qattn_p_mode */
+    /* Q/K channel smoothing (PER_TOKEN Q and K only; qattn_quantize_qk_smoothed): 0 = none, else the
+     * largest |exponent| of the power-of-two factors (QATTN_QK_SMOOTH_MAX_EXP for the default). */
+    int32_t qk_smooth;
+    /* Factors whose |exponent| is below this are set to 1 (a dead zone, for the candidates). */
+    int32_t qk_smooth_min_exp;
+    /* With qk_smooth: also rotate Q and K rows by the block Hadamard transform (qattn_rotate_row). */
+    int32_t qk_rotate;
 } qattn_lowp_cfg;
+
+#define QATTN_QK_SMOOTH_MAX_EXP 32
 
 /* The configuration of a named scheme (qattn_int8_scheme). */
 void qattn_lowp_scheme_cfg(int32_t scheme, qattn_lowp_cfg *cfg);
@@ -180,6 +189,14 @@ void qattn_lowp_scheme_cfg(int32_t scheme, qattn_lowp_cfg *cfg);
 /* qattn_forward at precision INT8 with an explicit configuration (for measuring candidate
  * schemes: tools/qattn/accuracy.c, tests). p is validated here. */
 qattn_status qattn_lowp_forward_cfg(qattn_ctx *ctx, const qattn_params *p, const qattn_lowp_cfg *cfg);
+
+/* Static (calibrated) channel transforms: Q/K smoothing factors and K mean (qk, used when
+ * cfg->qk_smooth), V mean (used when cfg->v_smooth), all [HK][D] for every sequence; NULL
+ * pointers fall back to the dynamic statistics. No statistics pass for what is given. */
+typedef struct qattn_lowp_static {
+    const float *k_factor, *k_mean, *v_mean;
+} qattn_lowp_static;
+qattn_status qattn_lowp_forward_static(qattn_ctx *ctx, const qattn_params *p, const qattn_lowp_cfg *cfg, const qattn_lowp_static *stat);
 
 /* The pre-quantized driver behind qattn_forward_quantized; p and qi validated, p_mode given.
  * v_fp: when not NULL (P_FP32 mode), V is read from it (dtype, p's v strides) instead of qi->v. */
@@ -210,6 +227,34 @@ qattn_status qattn_quant_check_tensor(qattn_ctx *ctx, int32_t which, int32_t gra
 /* Quantize one tensor of p without re-validating p (threads over (sequence, head)). */
 qattn_status qattn_quantize_tensor(qattn_ctx *ctx, const qattn_params *p, int32_t which, qattn_int8_tensor *t);
 int64_t qattn_quant_scale_count(const qattn_params *p, int32_t which, int32_t granularity, int32_t block_size);
+
+/* Per-channel Q/K smoothing (docs/FORMAT.md section 7): factors f[g][c] = 2^e (|e| <= max_exp; 1
+ * where |e| < min_exp) shared by kv head g and its query heads; Q codes hold q_c * f, K codes
+ * (k_c - mu_c) / f, then (rotate) both rows rotated (qattn_rotate_row; Q also times 1/n), so
+ * Q K^T is unchanged; tk->mean holds mu / f (rotated likewise), so the driver's LSE correction
+ * q . mean stays exact.
+ * Dynamic (stat == NULL): mu and the channel ranges come from this call's Q and K (a statistics
+ * pass, then one pass of codes); factors written to factor_out[(b * HK + g) * D + c] if not NULL.
+ * Static (stat != NULL): stat->k_factor and stat->k_mean ([HK][D], every sequence) are used as
+ * given, one pass. tq, tk: PER_TOKEN, tk->mean set. */
+typedef struct qattn_qk_static {
+    const float *k_factor, *k_mean; /* [HK][D] */
+} qattn_qk_static;
+qattn_status qattn_quantize_qk_smoothed(qattn_ctx *ctx, const qattn_params *p, int32_t max_exp, int32_t min_exp, int32_t rotate,
+                                        const qattn_qk_static *stat, qattn_int8_tensor *tq, qattn_int8_tensor *tk, float *factor_out);
+/* Block Hadamard rotation: blocks of n = qattn_rotate_block(d) channels (the largest power of two
+ * dividing d, at most 128), each transformed in place by the unnormalised Walsh-Hadamard butterfly
+ * (stages len = 1, 2, 4, .., n/2; pairs (k, k + len): y[k] = a + c, y[k + len] = a - c), then every
+ * value times post; returns max |y|. H H = n I, so Q rows rotated with post = 1/n (exact) and K rows
+ * with post = 1 keep Q K^T. */
+int qattn_rotate_block(int d);
+float qattn_rotate_row(float *y, int d, float post);
+/* The factor exponent for channel ranges qa (Q, over the group's heads) and ka (K about its mean):
+ * e = ceil(ilogb(ka / qa) / 2) (round(log2(ka / qa) / 2) to within one half), 0 when either is 0
+ * or not normal or the ratio is not finite, clamped to [-max_exp, max_exp], 0 when |e| < min_exp. */
+int32_t qattn_qk_smooth_exp(float qa, float ka, int32_t max_exp, int32_t min_exp);
+/* PER_TOKEN with t->mean given (not computed): one pass, codes of x - mean. */
+qattn_status qattn_quantize_tensor_fixed_mean(qattn_ctx *ctx, const qattn_params *p, int32_t which, qattn_int8_tensor *t);
 
 /* ---------------------------------------------------------------- FP8 (src/ref/fp8_ref.c) */
 

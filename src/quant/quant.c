@@ -1,6 +1,7 @@
 /* Token-level symmetric INT8 quantization of Q, K, V (docs/FORMAT.md): per token, per block of
  * tokens, per head or per channel, with optional smoothing (mean over tokens subtracted), its
- * inverse, and the pre-quantized forward entry point. Work is split over (sequence, head), each
+ * inverse, the default scheme's joint Q/K channel transforms (power-of-two smoothing factors and
+ * a block Hadamard rotation, docs/FORMAT.md section 7), and the pre-quantized forward entry point. Work is split over (sequence, head), each
  * task independent, so results do not depend on the thread count. */
 #include "quant/lowp.h"
 
@@ -74,6 +75,13 @@ typedef struct qjob {
     const qattn_int8_kernels *kern;
     int64_t *bad; /* per task: 0, or 1 + the element's (pos * D + c) of the first non-finite value */
     int64_t hper; /* heads per quant_mean_task */
+    bool checked;   /* PER_TOKEN: the first phase checked finiteness */
+    bool want_mean; /* PER_TOKEN first phase: compute t->mean */
+    float *cmin, *cmax; /* PER_TOKEN first phase: per-channel min / max, [(b * Ht + h) * D + c], or NULL */
+    const float *mul;   /* PER_TOKEN codes: row * mul[b * mul_bstride + (h / mul_group) * D + c] - mean, or NULL */
+    int64_t mul_bstride, mul_group;
+    bool rotate;        /* with mul: then the block Hadamard transform times post (qattn_rotate_row) */
+    float post;
 } qjob;
 
 static inline float ld(const qjob *j, int64_t off, int64_t pos, int64_t c) {
@@ -206,12 +214,68 @@ static void quant_task(void *arg, int64_t task, int worker) {
     }
 }
 
-/* Token-major pass for PER_TOKEN without a mean (Q): task = (sequence, QCHUNK positions), each
- * position's heads in memory order (one contiguous token when heads are packed), so reads
- * stream instead of hopping a token stride per row. The same per-row codes and scales as
- * quant_task. bad2[(b * Ht + h) * nchunk + chunk]: the first non-finite of that head in the chunk. */
+/* Token-major pass for PER_TOKEN: task = (sequence, QCHUNK positions), each position's heads in
+ * memory order (one contiguous token when heads are packed), so reads stream instead of hopping a
+ * token stride per row. Row y = x * f - mu (f: the smoothing factors j->mul, powers of two, or 1;
+ * mu: t->mean, or 0), then the per-row codes and scale. Without a first phase (!j->checked) the
+ * non-finite check runs here: bad[(b * Ht + h) * nchunk + chunk] = the first non-finite of that
+ * head in the chunk. */
 #define QCHUNK 32
 #define QUANT_HGROUP 8
+
+int qattn_rotate_block(int d) {
+    int n = d & -d; /* the largest power of two dividing d */
+    return n > 128 ? 128 : n;
+}
+
+/* The 8-point butterfly of stages len = 1, 2, 4 on y[0..8), in the stage order of the definition. */
+static inline void fwht8(float *y) {
+    float a0 = y[0] + y[1], a1 = y[0] - y[1], a2 = y[2] + y[3], a3 = y[2] - y[3];
+    float a4 = y[4] + y[5], a5 = y[4] - y[5], a6 = y[6] + y[7], a7 = y[6] - y[7];
+    float b0 = a0 + a2, b2 = a0 - a2, b1 = a1 + a3, b3 = a1 - a3;
+    float b4 = a4 + a6, b6 = a4 - a6, b5 = a5 + a7, b7 = a5 - a7;
+    y[0] = b0 + b4, y[4] = b0 - b4, y[1] = b1 + b5, y[5] = b1 - b5;
+    y[2] = b2 + b6, y[6] = b2 - b6, y[3] = b3 + b7, y[7] = b3 - b7;
+}
+
+float qattn_rotate_row(float *y, int d, float post) {
+    int n = qattn_rotate_block(d);
+    for (int b0 = 0; b0 < d; b0 += n) {
+        for (int g = b0; g < b0 + n; g += 8) fwht8(y + g); /* stages 1, 2, 4 */
+        for (int len = 8; len < n; len <<= 1)            /* stages 8 .. n/2: whole 8-lane runs */
+            for (int i = b0; i < b0 + n; i += 2 * len)
+                for (int k = i; k < i + len; k++) {
+                    float a = y[k], c = y[k + len];
+                    y[k] = a + c;
+                    y[k + len] = a - c;
+                }
+    }
+    float m[8] = {0};
+    for (int c = 0; c < d; c += 8)
+        for (int k = 0; k < 8; k++) {
+            y[c + k] *= post;
+            float a = fabsf(y[c + k]);
+            m[k] = m[k] < a ? a : m[k];
+        }
+    float a = m[0];
+    for (int k = 1; k < 8; k++) a = m[k] > a ? m[k] : a;
+    return a;
+}
+
+/* y = row * f - mu and max |y| (each step exactly rounded, in channel order; the max is exact). */
+static float scale_center_amax(const float *restrict row, const float *restrict f, const float *restrict mu, int64_t d, float *restrict y) {
+    for (int64_t c = 0; c < d; c++) y[c] = row[c] * f[c] - mu[c];
+    float m[8] = {0};
+    for (int64_t c = 0; c < d; c += 8)
+        for (int k = 0; k < 8; k++) {
+            float a = fabsf(y[c + k]);
+            m[k] = m[k] < a ? a : m[k];
+        }
+    float a = m[0];
+    for (int k = 1; k < 8; k++) a = m[k] > a ? m[k] : a;
+    return a;
+}
+
 static void quant_tok_task(void *arg, int64_t task, int worker) {
     (void)worker;
     const qjob *j = arg;
@@ -228,25 +292,29 @@ static void quant_tok_task(void *arg, int64_t task, int worker) {
     for (int64_t i = i0; i < i1; i++)
         for (int64_t h = 0; h < Ht; h++) {
             const float *row = ld_row(j, off0 + h * j->v.hs, i, D, rowbuf);
-            const float *mu = t->mean ? t->mean + (b * Ht + h) * D : zero_mu; /* checked by quant_mean_task */
-            if (t->mean) {
-                float amax = j->kern->center_amax ? j->kern->center_amax(row, mu, (int)D, y) : row_center_amax(row, mu, D, y);
-                j->kern->quant_row(y, (int)D, inv_scale(amax), t->data + toff0 + h * t->head_stride + i * t->seq_stride);
-                t->scale[(tok0 + i) * Ht + h] = amax / 127.0f;
-                continue;
-            }
-            if (row_nonfinite(row, D)) {
+            if (!j->checked && row_nonfinite(row, D)) {
                 int64_t *slot = &j->bad[(b * Ht + h) * nchunk + ch];
                 if (!*slot) *slot = 1 + i * D + first_bad(row, D);
                 continue;
             }
-            float amax = j->kern->center_amax ? j->kern->center_amax(row, zero_mu, (int)D, y) : row_center_amax(row, zero_mu, D, y);
+            const float *mu = t->mean ? t->mean + (b * Ht + h) * D : zero_mu;
+            float amax;
+            if (j->mul) {
+                const float *f = j->mul + b * j->mul_bstride + (h / j->mul_group) * D;
+                if (j->rotate) {
+                    for (int64_t c = 0; c < D; c++) y[c] = row[c] * f[c] - mu[c];
+                    amax = qattn_rotate_row(y, (int)D, j->post);
+                } else
+                    amax = scale_center_amax(row, f, mu, D, y);
+            } else
+                amax = j->kern->center_amax ? j->kern->center_amax(row, mu, (int)D, y) : row_center_amax(row, mu, D, y);
             j->kern->quant_row(y, (int)D, inv_scale(amax), t->data + toff0 + h * t->head_stride + i * t->seq_stride);
             t->scale[(tok0 + i) * Ht + h] = amax / 127.0f;
         }
 }
 
-/* PER_TOKEN with a mean, first phase: the non-finite check and the means of the heads
+/* PER_TOKEN first phase: the non-finite check, and (j->want_mean) the means into t->mean and
+ * (j->cmin) the per-channel min and max into cmin / cmax [(b * Ht + h) * D + c], of the heads
  * [hg * hper, hg * hper + hper) of sequence b (task = b * ngroups + hg), token by token so that
  * the group's rows are read together; each channel's sum runs over positions in ascending order
  * (double), as quant_task's. bad[b * Ht + h]: 1 + the first non-finite (pos * D + c) of head h. */
@@ -262,7 +330,10 @@ static void quant_mean_task(void *arg, int64_t task, int worker) {
     float rowbuf[256];
     double acc[QUANT_HGROUP][256];
     for (int64_t h = h0; h < h1; h++)
-        for (int64_t c = 0; c < D; c++) acc[h - h0][c] = 0.0;
+        for (int64_t c = 0; c < D; c++) {
+            acc[h - h0][c] = 0.0;
+            if (j->cmin) j->cmin[(b * Ht + h) * D + c] = INFINITY, j->cmax[(b * Ht + h) * D + c] = -INFINITY;
+        }
     for (int64_t i = 0; i < n; i++)
         for (int64_t h = h0; h < h1; h++) {
             if (j->bad[b * Ht + h]) continue;
@@ -271,14 +342,69 @@ static void quant_mean_task(void *arg, int64_t task, int worker) {
                 j->bad[b * Ht + h] = 1 + i * D + first_bad(row, D);
                 continue;
             }
-            double *a = acc[h - h0];
-            for (int64_t c = 0; c < D; c++) a[c] += row[c];
+            if (j->want_mean) {
+                double *a = acc[h - h0];
+                for (int64_t c = 0; c < D; c++) a[c] += row[c];
+            }
+            if (j->cmin) {
+                float *mn = j->cmin + (b * Ht + h) * D, *mx = j->cmax + (b * Ht + h) * D;
+                for (int64_t c = 0; c < D; c++) {
+                    mn[c] = row[c] < mn[c] ? row[c] : mn[c];
+                    mx[c] = row[c] > mx[c] ? row[c] : mx[c];
+                }
+            }
         }
-    for (int64_t h = h0; h < h1; h++)
-        for (int64_t c = 0; c < D; c++) t->mean[(b * Ht + h) * D + c] = n > 0 ? (float)(acc[h - h0][c] / (double)n) : 0.0f;
+    if (j->want_mean)
+        for (int64_t h = h0; h < h1; h++)
+            for (int64_t c = 0; c < D; c++) t->mean[(b * Ht + h) * D + c] = n > 0 ? (float)(acc[h - h0][c] / (double)n) : 0.0f;
 }
 
 static const char *tensor_name(int32_t which) { return which == QATTN_TENSOR_Q ? "q" : which == QATTN_TENSOR_K ? "k" : "v"; }
+
+static int nthreads(const qattn_ctx *ctx) {
+    return ctx->n_threads < 1 ? 1 : (ctx->n_threads > QATTN_MAX_THREADS ? QATTN_MAX_THREADS : ctx->n_threads);
+}
+
+/* Phase 1 of a PER_TOKEN tensor (quant_mean_task over head groups); returns whether it is finite. */
+static bool run_stats(qattn_ctx *ctx, qjob *j) {
+    int nt = nthreads(ctx);
+    int64_t B = j->p->batch, Ht = j->v.n_heads;
+    /* head groups: as few as keep every thread busy, at most QUANT_HGROUP heads each */
+    int64_t per = B >= nt ? Ht : Ht * B / nt;
+    j->hper = per < 1 ? 1 : per > QUANT_HGROUP ? QUANT_HGROUP : per;
+    int64_t ng = (Ht + j->hper - 1) / j->hper, mtasks = B * ng;
+    qattn_parallel_for(ctx->pool, nt > mtasks ? (int)mtasks : nt, mtasks, quant_mean_task, j);
+    for (int64_t k = 0; k < B * Ht; k++)
+        if (j->bad[k]) return false;
+    return true;
+}
+
+/* Phase 2 of a PER_TOKEN tensor: codes and scales (quant_tok_task). */
+static void run_codes(qattn_ctx *ctx, qjob *j) {
+    int nt = nthreads(ctx);
+    int64_t tasks = j->p->batch * ((j->v.max_len + QCHUNK - 1) / QCHUNK);
+    if (nt > tasks) nt = (int)(tasks > 0 ? tasks : 1);
+    if (tasks > 0) qattn_parallel_for(ctx->pool, nt, tasks, quant_tok_task, j);
+}
+
+/* bad[] -> the status naming the first non-finite input (sequences, then heads, ascending);
+ * nchunk > 1: per-chunk slots (positions ascend with the chunk). */
+static qattn_status report_bad(qattn_ctx *ctx, const qjob *j, int32_t which, int64_t nchunk) {
+    int64_t tasks = j->p->batch * j->v.n_heads, D = j->p->head_dim;
+    for (int64_t k = 0; k < tasks; k++) {
+        int64_t first = 0;
+        for (int64_t c = 0; c < nchunk && !first; c++) first = j->bad[k * nchunk + c];
+        if (first) {
+            int64_t e = first - 1;
+            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT,
+                              "%s has a non-finite value at (sequence %lld, position %lld, head %lld, channel %lld): INT8 quantization "
+                              "needs finite inputs",
+                              tensor_name(which), (long long)(k / j->v.n_heads), (long long)(e / D), (long long)(k % j->v.n_heads),
+                              (long long)(e % D));
+        }
+    }
+    return QATTN_OK;
+}
 
 qattn_status qattn_quantize_tensor(qattn_ctx *ctx, const qattn_params *p, int32_t which, qattn_int8_tensor *t) {
     qjob j = {.p = p, .v = view_of(p, which), .t = t, .kern = qattn_int8_kernels_for(ctx)};
@@ -286,43 +412,134 @@ qattn_status qattn_quantize_tensor(qattn_ctx *ctx, const qattn_params *p, int32_
     if (tasks == 0) return QATTN_OK;
     bool tok_major = t->granularity == QATTN_QUANT_PER_TOKEN;
     bool two_phase = tok_major && t->mean; /* means first (quant_mean_task), then the codes */
-    int64_t nchunk = tok_major && !t->mean ? (j.v.max_len + QCHUNK - 1) / QCHUNK : 1;
+    int64_t nchunk = tok_major && !two_phase ? (j.v.max_len + QCHUNK - 1) / QCHUNK : 1;
     size_t nbad = (size_t)(tasks * nchunk);
     j.bad = qattn_alloc(ctx, nbad * sizeof(int64_t));
     if (!j.bad) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes", nbad * 8);
     memset(j.bad, 0, nbad * sizeof(int64_t));
-    int nt = ctx->n_threads < 1 ? 1 : (ctx->n_threads > QATTN_MAX_THREADS ? QATTN_MAX_THREADS : ctx->n_threads);
-    int64_t qchunks = (j.v.max_len + QCHUNK - 1) / QCHUNK;
-    int64_t run_tasks = tok_major ? p->batch * qchunks : tasks;
-    if (two_phase) {
-        /* head groups: as few as keep every thread busy, at most QUANT_HGROUP heads each */
-        int64_t per = p->batch >= nt ? j.v.n_heads : j.v.n_heads * p->batch / nt;
-        j.hper = per < 1 ? 1 : per > QUANT_HGROUP ? QUANT_HGROUP : per;
-        int64_t ng = (j.v.n_heads + j.hper - 1) / j.hper, mtasks = p->batch * ng;
-        qattn_parallel_for(ctx->pool, nt > mtasks ? (int)mtasks : nt, mtasks, quant_mean_task, &j);
-        for (int64_t k = 0; k < tasks; k++)
-            if (j.bad[k]) run_tasks = 0; /* refused below; no codes needed */
+    if (tok_major) {
+        j.want_mean = two_phase;
+        j.checked = two_phase;
+        if (!two_phase || run_stats(ctx, &j)) run_codes(ctx, &j);
+    } else {
+        int nt = nthreads(ctx);
+        if (nt > tasks) nt = (int)tasks;
+        qattn_parallel_for(ctx->pool, nt, tasks, quant_task, &j);
     }
-    if (nt > run_tasks) nt = (int)(run_tasks > 0 ? run_tasks : 1);
-    if (run_tasks > 0) qattn_parallel_for(ctx->pool, nt, run_tasks, tok_major ? quant_tok_task : quant_task, &j);
-    if (tok_major && !t->mean) /* per (sequence, head): the first chunk with a non-finite value (positions ascend) */
-        for (int64_t k = 0; k < tasks; k++) {
-            int64_t first = 0;
-            for (int64_t c = 0; c < nchunk && !first; c++) first = j.bad[k * nchunk + c];
-            j.bad[k] = first;
-        }
-    qattn_status s = QATTN_OK;
-    for (int64_t k = 0; k < tasks; k++)
-        if (j.bad[k]) {
-            int64_t e = j.bad[k] - 1, D = p->head_dim;
-            s = qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT,
-                           "%s has a non-finite value at (sequence %lld, position %lld, head %lld, channel %lld): INT8 quantization "
-                           "needs finite inputs",
-                           tensor_name(which), (long long)(k / j.v.n_heads), (long long)(e / D), (long long)(k % j.v.n_heads),
-                           (long long)(e % D));
-            break;
-        }
+    qattn_status s = report_bad(ctx, &j, which, nchunk);
     qattn_free(ctx, j.bad);
+    return s;
+}
+
+qattn_status qattn_quantize_tensor_fixed_mean(qattn_ctx *ctx, const qattn_params *p, int32_t which, qattn_int8_tensor *t) {
+    qjob j = {.p = p, .v = view_of(p, which), .t = t, .kern = qattn_int8_kernels_for(ctx)};
+    int64_t nchunk = (j.v.max_len + QCHUNK - 1) / QCHUNK;
+    size_t nbad = (size_t)(p->batch * j.v.n_heads * nchunk);
+    if (nbad == 0) return QATTN_OK;
+    j.bad = qattn_alloc(ctx, nbad * sizeof(int64_t));
+    if (!j.bad) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes", nbad * 8);
+    memset(j.bad, 0, nbad * sizeof(int64_t));
+    run_codes(ctx, &j);
+    qattn_status s = report_bad(ctx, &j, which, nchunk);
+    qattn_free(ctx, j.bad);
+    return s;
+}
+
+int32_t qattn_qk_smooth_exp(float qa, float ka, int32_t max_exp, int32_t min_exp) {
+    if (!(isnormal(qa) && isnormal(ka)) || qa > 0x1p100f || ka > 0x1p100f) return 0; /* no overflow in q * f, k / f */
+    float r = ka / qa;
+    if (!isnormal(r)) return 0;
+    int32_t n = ilogbf(r);           /* floor(log2 r), exact */
+    int32_t e = n >= 0 ? (n + 1) / 2 : -((-n) / 2); /* ceil(n / 2) */
+    if (e > max_exp) e = max_exp;
+    if (e < -max_exp) e = -max_exp;
+    if (e < min_exp && e > -min_exp) e = 0;
+    return e;
+}
+
+qattn_status qattn_quantize_qk_smoothed(qattn_ctx *ctx, const qattn_params *p, int32_t max_exp, int32_t min_exp, int32_t rotate,
+                                        const qattn_qk_static *stat, qattn_int8_tensor *tq, qattn_int8_tensor *tk, float *factor_out) {
+    int64_t B = p->batch, H = p->n_heads, HK = p->n_kv_heads, D = p->head_dim, group = H / HK;
+    if (B == 0) return QATTN_OK;
+    qjob jq = {.p = p, .v = view_of(p, QATTN_TENSOR_Q), .t = tq, .kern = qattn_int8_kernels_for(ctx)};
+    qjob jk = {.p = p, .v = view_of(p, QATTN_TENSOR_K), .t = tk, .kern = qattn_int8_kernels_for(ctx)};
+    int64_t nchunk_q = (jq.v.max_len + QCHUNK - 1) / QCHUNK, nchunk_k = (jk.v.max_len + QCHUNK - 1) / QCHUNK;
+    bool dyn = stat == NULL;
+    /* one allocation: bad flags of Q and K, factors (dynamic: [B][HK][D]; static: [HK][D]) and,
+     * dynamic, Q's and K's channel min/max */
+    size_t nfac = (size_t)((dyn ? B : 1) * HK * D);
+    size_t nbq = (size_t)(B * H * (dyn ? 1 : nchunk_q)), nbk = (size_t)(B * HK * (dyn ? 1 : nchunk_k));
+    size_t nst = dyn ? (size_t)(2 * B * H * D + 2 * B * HK * D) : 0;
+    size_t bytes = (nbq + nbk) * sizeof(int64_t) + (nfac + nst) * sizeof(float);
+    unsigned char *mem = qattn_alloc(ctx, bytes);
+    if (!mem) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes", bytes);
+    memset(mem, 0, (nbq + nbk) * sizeof(int64_t));
+    jq.bad = (int64_t *)(void *)mem, jk.bad = jq.bad + nbq;
+    float *fac = (float *)(void *)(jk.bad + nbk), *st = fac + nfac;
+    qattn_status s = QATTN_OK;
+    if (dyn) {
+        jq.cmin = st, jq.cmax = st + B * H * D;
+        jk.cmin = st + 2 * B * H * D, jk.cmax = jk.cmin + B * HK * D;
+        jk.want_mean = true;
+        jq.checked = jk.checked = true;
+        bool ok = run_stats(ctx, &jq);
+        if (ok) ok = run_stats(ctx, &jk);
+        if (!ok) {
+            s = report_bad(ctx, &jq, QATTN_TENSOR_Q, 1);
+            if (s == QATTN_OK) s = report_bad(ctx, &jk, QATTN_TENSOR_K, 1);
+            qattn_free(ctx, mem);
+            return s;
+        }
+        /* factor per (b, g, c): Q's range over the group's heads, K's about its mean; K's mean
+         * moves into the smoothed domain (mu / f, exact) */
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t g = 0; g < HK; g++)
+                for (int64_t c = 0; c < D; c++) {
+                    float qa = 0.0f;
+                    for (int64_t h = g * group; h < (g + 1) * group; h++) {
+                        int64_t i = (b * H + h) * D + c;
+                        float a = jq.cmax[i] > -jq.cmin[i] ? jq.cmax[i] : -jq.cmin[i];
+                        qa = a > qa ? a : qa; /* n = 0: -inf max, 0 stays */
+                    }
+                    int64_t i = (b * HK + g) * D + c;
+                    float mu = tk->mean[i];
+                    float hi = jk.cmax[i] - mu, lo = mu - jk.cmin[i];
+                    float ka = hi > lo ? hi : lo;
+                    if (!(ka > 0.0f)) ka = 0.0f;
+                    int32_t e = qattn_qk_smooth_exp(qa, ka, max_exp, min_exp);
+                    fac[i] = ldexpf(1.0f, e);
+                    tk->mean[i] = mu * ldexpf(1.0f, -e);
+                    if (factor_out) factor_out[i] = fac[i];
+                }
+    } else {
+        for (int64_t i = 0; i < HK * D; i++) fac[i] = stat->k_factor[i];
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t i = 0; i < HK * D; i++) tk->mean[b * HK * D + i] = stat->k_mean[i] / fac[i];
+    }
+    /* codes: Q rows times f (of their kv head), K rows times 1 / f minus mu / f */
+    jq.mul = fac, jq.mul_bstride = dyn ? HK * D : 0, jq.mul_group = group;
+    jq.t = tq;
+    float *inv = NULL;
+    size_t ninv = nfac * sizeof(float);
+    inv = qattn_alloc(ctx, ninv);
+    if (!inv) {
+        qattn_free(ctx, mem);
+        return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes", ninv);
+    }
+    for (size_t i = 0; i < nfac; i++) inv[i] = 1.0f / fac[i]; /* powers of two: exact */
+    jk.mul = inv, jk.mul_bstride = jq.mul_bstride, jk.mul_group = 1;
+    jq.rotate = jk.rotate = rotate != 0;
+    jq.post = 1.0f / (float)qattn_rotate_block((int)D), jk.post = 1.0f;
+    run_codes(ctx, &jq);
+    run_codes(ctx, &jk);
+    if (rotate) /* the driver's mean is in the codes' domain: H (mu / f) */
+        for (int64_t i = 0; i < B * HK; i++) (void)qattn_rotate_row(tk->mean + i * D, (int)D, 1.0f);
+    if (!dyn) {
+        s = report_bad(ctx, &jq, QATTN_TENSOR_Q, nchunk_q);
+        if (s == QATTN_OK) s = report_bad(ctx, &jk, QATTN_TENSOR_K, nchunk_k);
+    }
+    qattn_free(ctx, inv);
+    qattn_free(ctx, mem);
     return s;
 }
 

@@ -444,3 +444,47 @@ def test_help(cmd):
 def test_unknown_command():
     r = run_cli("frobnicate")
     assert r.returncode != 0 and len(r.stderr.splitlines()) == 1
+
+
+# ---------------------------------------------------------------- qattn calibrate
+
+
+def test_calibrate_writes_static_transforms_and_run_uses_them(tmp_path):
+    """qattn calibrate on one sequence's own Q, K, V, then qattn run --calibration: the same bits as
+    the dynamic --precision int8 (the same statistics, docs/FORMAT.md section 7); the file is
+    float32 [3, HK, D] with power-of-two factors. Two samples accumulate."""
+    rng = np.random.default_rng(11)
+    q, k, v = random_qkv(rng, 1, 70, 70, 4, 2, 64)
+    k[..., 9] = k[..., 9] * 12 + 5
+    qp, kp, vp = save_inputs(tmp_path, q, k, v)
+    cal = tmp_path / "cal.npy"
+    r = run_cli("calibrate", "--out", cal, qp, kp, vp)
+    assert r.returncode == 0, r.stderr
+    c = np.load(cal)
+    assert c.dtype == np.float32 and c.shape == (3, 2, 64)
+    m, _ = np.frexp(c[0])
+    assert np.all(m == 0.5) and c[0][:, 9].min() >= 2  # powers of two; the outlier channel scaled
+    o_dyn = run_attention(tmp_path, q, k, v, "--precision", "int8", "--causal", name="dyn")
+    o_cal = run_attention(tmp_path, q, k, v, "--precision", "int8", "--causal", "--calibration", cal, name="cal")
+    np.testing.assert_array_equal(o_dyn, o_cal)
+    r = run_cli("calibrate", "--out", tmp_path / "two.npy", qp, kp, vp, qp, kp, vp)
+    assert r.returncode == 0 and "140 key tokens" in r.stdout, r.stdout + r.stderr
+
+
+def test_calibrate_and_run_refuse_bad_input(tmp_path):
+    rng = np.random.default_rng(12)
+    q, k, v = random_qkv(rng, 1, 8, 8, 2, 2, 32)
+    qp, kp, vp = save_inputs(tmp_path, q, k, v)
+    out = tmp_path / "cal.npy"
+    for args in (["calibrate", qp, kp, vp], ["calibrate", "--out", out, qp, kp], ["calibrate", "--out", out, qp, kp, vp, "--heads", "2"]):
+        r = run_cli(*args)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and not out.exists(), (args, r.stderr)
+    bad = v.copy()
+    bad[0, 3, 1, 2] = np.inf
+    np.save(tmp_path / "bad.npy", bad)
+    r = run_cli("calibrate", "--out", out, qp, kp, tmp_path / "bad.npy")
+    assert r.returncode == 1 and "non-finite" in r.stderr and len(r.stderr.strip().splitlines()) == 1 and not out.exists()
+    np.save(tmp_path / "wrong.npy", np.ones((3, 4, 32), np.float32))  # 4 kv heads, inputs have 2
+    r = run_cli("run", "--q", qp, "--k", kp, "--v", vp, "--out", tmp_path / "o.npy", "--precision", "int8",
+                "--calibration", tmp_path / "wrong.npy")
+    assert r.returncode != 0 and "[3, 2, 32]" in r.stderr and not (tmp_path / "o.npy").exists(), r.stderr

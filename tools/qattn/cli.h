@@ -17,6 +17,10 @@ int qattn_cli_info(int argc, char **argv);
 int qattn_cli_bench(int argc, char **argv);
 int qattn_cli_run(int argc, char **argv);
 int qattn_cli_accuracy(int argc, char **argv); /* tools/qattn/accuracy.c */
+int qattn_cli_calibrate(int argc, char **argv); /* tools/qattn/calibrate.c */
+/* Read a calibration file of `qattn calibrate` ([3, HK, D] float32) into cal (k_factor, k_mean,
+ * v_mean point into *mem; free(*mem) when done). 0, or -1 after printing why. */
+int cli_load_calibration(const char *path, int32_t kv_heads, int32_t head_dim, qattn_calibration *cal, float **mem, const char *command);
 int qattn_cli_bench_decode(int argc, char **argv); /* tools/qattn/bench_decode.c: qattn bench --decode */
 
 /* Exit statuses. */

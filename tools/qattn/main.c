@@ -16,6 +16,7 @@ static const cli_command commands[] = {
     {"bench", qattn_cli_bench, "time attention shapes: ms, GFLOP/s, GB/s, error against the FP64 oracle"},
     {"run", qattn_cli_run, "attention on .npy inputs, writing .npy outputs"},
     {"accuracy", qattn_cli_accuracy, "accuracy of a precision/scheme against the FP64 oracle"},
+    {"calibrate", qattn_cli_calibrate, "INT8 static channel transforms from sample Q/K/V .npy files (writes .npy)"},
 };
 
 static void print_usage(FILE *f) {

@@ -23,6 +23,7 @@ static void print_run_help(void) {
            "  --scale S           softmax scale (default 1/sqrt(D))\n"
            "  --precision P       fp32|fp16|bf16|int8 (default: the inputs' dtype)\n"
            "  --int8-scheme S     qattn|intfa|sage\n"
+           "  --calibration C.npy with --precision int8 (scheme qattn): static channel transforms from qattn calibrate\n"
            "  --threads T         CPU threads (0 = all online cores)\n"
            "  --isa I             ref|avx2\n"
            "  --backend cpu       (the only backend for run)\n");
@@ -30,6 +31,7 @@ static void print_run_help(void) {
 
 typedef struct run_args {
     const char *q_path, *k_path, *v_path, *out_path, *lse_path;
+    const char *cal_path; /* --calibration: qattn_forward_calibrated */
     cli_opts opts;
 } run_args;
 
@@ -41,7 +43,8 @@ static int parse_run_args(int argc, char **argv, run_args *a) {
     struct {
         const char *flag;
         const char **dest;
-    } paths[] = {{"--q", &a->q_path}, {"--k", &a->k_path}, {"--v", &a->v_path}, {"--out", &a->out_path}, {"--lse", &a->lse_path}};
+    } paths[] = {{"--q", &a->q_path}, {"--k", &a->k_path}, {"--v", &a->v_path}, {"--out", &a->out_path}, {"--lse", &a->lse_path},
+                 {"--calibration", &a->cal_path}};
     for (int i = 1; i < argc; i++) {
         if (cli_flag_is(argv[i], "--help") || cli_flag_is(argv[i], "-h")) return 1;
         int matched = 0;
@@ -181,7 +184,11 @@ static int compute_attention(const run_args *a, qattn_params *p, float **o, floa
     p->o = *o;
     p->lse = *lse;
     s = qattn_supports(ctx, p);
-    if (s == QATTN_OK) s = qattn_forward(ctx, p);
+    float *cal_mem = NULL;
+    qattn_calibration cal;
+    if (a->cal_path && cli_load_calibration(a->cal_path, p->n_kv_heads, p->head_dim, &cal, &cal_mem, CMD)) goto done;
+    if (s == QATTN_OK) s = a->cal_path ? qattn_forward_calibrated(ctx, p, &cal) : qattn_forward(ctx, p);
+    cli_free(cal_mem);
     if (s != QATTN_OK) {
         cli_error(CMD, "%s", qattn_ctx_last_error(ctx)[0] ? qattn_ctx_last_error(ctx) : qattn_status_str(s));
         goto done;
