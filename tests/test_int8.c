@@ -163,6 +163,45 @@ static void test_fused_slots(const qattn_int8_kernels *A) {
         }
         free(row), free(mu), free(y1), free(y2), free(q1), free(q2);
     }
+    /* the quantizer's row slots: smoothing, Hadamard rotation (every block size n = 8 .. 128), statistics */
+    int qdims[] = {40, 64, 80, 96, 128, 136, 192, 200, 256};
+    for (int di = 0; di < 9; di++) {
+        int d = qdims[di];
+        float *row = xcalloc((size_t)d * 4), *f = xcalloc((size_t)d * 4), *mu = xcalloc((size_t)d * 4), *y1 = xcalloc((size_t)d * 4),
+              *y2 = xcalloc((size_t)d * 4), *mn1 = xcalloc((size_t)d * 4), *mx1 = xcalloc((size_t)d * 4), *mn2 = xcalloc((size_t)d * 4),
+              *mx2 = xcalloc((size_t)d * 4);
+        double *s1 = xcalloc((size_t)d * 8), *s2 = xcalloc((size_t)d * 8);
+        for (int c = 0; c < d; c++) row[c] = (float)(rnd_norm() * 3.0), f[c] = ldexpf(1.0f, (int)(rnd_u64() % 9) - 4), mu[c] = (float)rnd_norm();
+        if (A->scale_center_amax) {
+            float amax = 0.0f;
+            for (int c = 0; c < d; c++) y1[c] = row[c] * f[c] - mu[c], amax = fabsf(y1[c]) > amax ? fabsf(y1[c]) : amax;
+            float got = A->scale_center_amax(row, f, mu, d, y2);
+            CHECK(got == amax && !memcmp(y1, y2, (size_t)d * 4), "scale_center_amax %s (d %d)", A->name, d);
+        }
+        if (A->rotate_row)
+            for (int k = 0; k < 2; k++) { /* post 1 (K rows) and 1 / n (Q rows) */
+                float post = k ? 1.0f / (float)qattn_rotate_block(d) : 1.0f;
+                for (int c = 0; c < d; c++) y1[c] = y2[c] = row[c] * f[c] - mu[c];
+                float a1 = qattn_rotate_row(y1, d, post), a2 = A->rotate_row(y2, d, post);
+                CHECK(a1 == a2 && !memcmp(y1, y2, (size_t)d * 4), "rotate_row %s (d %d, post %g)", A->name, d, post);
+            }
+        if (A->stats_row) {
+            for (int c = 0; c < d; c++) s1[c] = s2[c] = rnd_norm(), mn1[c] = mn2[c] = INFINITY, mx1[c] = mx2[c] = -INFINITY;
+            for (int i = 0; i < 5; i++) { /* five rows, the first two zeros of opposite signs (ties keep the old value) */
+                for (int c = 0; c < d; c++) row[c] = i < 2 ? ((c + i) % 2 ? -0.0f : 0.0f) : (float)(rnd_norm() * 3.0);
+                for (int c = 0; c < d; c++) {
+                    s1[c] += row[c];
+                    mn1[c] = row[c] < mn1[c] ? row[c] : mn1[c];
+                    mx1[c] = row[c] > mx1[c] ? row[c] : mx1[c];
+                }
+                A->stats_row(row, d, s2, mn2, mx2);
+            }
+            A->stats_row(row, d, NULL, NULL, NULL); /* nothing asked: nothing written */
+            CHECK(!memcmp(s1, s2, (size_t)d * 8) && !memcmp(mn1, mn2, (size_t)d * 4) && !memcmp(mx1, mx2, (size_t)d * 4), "stats_row %s (d %d)",
+                  A->name, d);
+        }
+        free(row), free(f), free(mu), free(y1), free(y2), free(mn1), free(mx1), free(mn2), free(mx2), free(s1), free(s2);
+    }
 }
 
 static void test_kernels_isa(int32_t isa, const qattn_int8_kernels *A) {

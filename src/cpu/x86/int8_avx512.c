@@ -342,6 +342,76 @@ static float center_amax_avx512(const float *row, const float *mu, int d, float 
     return _mm512_reduce_max_ps(m);
 }
 
+/* y = row * f - mu (a product then a difference: two roundings, as the scalar loop) and max |y|. */
+static float scale_center_amax_avx512(const float *row, const float *f, const float *mu, int d, float *y) {
+    __m512 m = _mm512_setzero_ps();
+    for (int c = 0; c < d; c += 16) {
+        __mmask16 k = lanes16(d - c);
+        __m512 v = _mm512_sub_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, row + c), _mm512_maskz_loadu_ps(k, f + c)), _mm512_maskz_loadu_ps(k, mu + c));
+        _mm512_mask_storeu_ps(y + c, k, v);
+        m = _mm512_max_ps(m, _mm512_abs_ps(v)); /* exact; masked lanes are +0 */
+    }
+    return _mm512_reduce_max_ps(m);
+}
+
+/* One in-register butterfly stage of pairs (k, k + len), len = 1, 2, 4, 8 (pairs inside a vector):
+ * sw is v with each pair's lanes swapped; the lower lane keeps v + sw = y[k] + y[k + len] (a + c,
+ * and IEEE addition commutes), the upper one sw - v = y[k] - y[k + len] (a - c): the definition's
+ * two operations on the same operands. */
+static ALWAYS_INLINE __m512 bfly_in(__m512 v, __m512 sw, __mmask16 upper) {
+    return _mm512_mask_blend_ps(upper, _mm512_add_ps(v, sw), _mm512_sub_ps(sw, v));
+}
+
+/* qattn_rotate_row on up to 16 vectors held in registers: stages 1, 2, 4 (8) inside vectors,
+ * 16 .. n/2 between vectors, in the definition's order; d % 16 == 8 happens only with n = 8. */
+static float rotate_row_avx512(float *y, int d, float post) {
+    int n = qattn_rotate_block(d), nv = (d + 15) / 16;
+    __m512 v[16];
+    for (int i = 0; i < nv; i++) {
+        v[i] = _mm512_maskz_loadu_ps(lanes16(d - 16 * i), y + 16 * i);
+        v[i] = bfly_in(v[i], _mm512_permute_ps(v[i], _MM_SHUFFLE(2, 3, 0, 1)), 0xAAAA);
+        v[i] = bfly_in(v[i], _mm512_permute_ps(v[i], _MM_SHUFFLE(1, 0, 3, 2)), 0xCCCC);
+        v[i] = bfly_in(v[i], _mm512_shuffle_f32x4(v[i], v[i], _MM_SHUFFLE(2, 3, 0, 1)), 0xF0F0);
+        if (n >= 16) v[i] = bfly_in(v[i], _mm512_shuffle_f32x4(v[i], v[i], _MM_SHUFFLE(1, 0, 3, 2)), 0xFF00);
+    }
+    for (int step = 1; 16 * step < n; step <<= 1) /* len = 16 step: whole vectors */
+        for (int i = 0; i < nv; i += 2 * step)
+            for (int k = i; k < i + step; k++) {
+                __m512 a = v[k], c = v[k + step];
+                v[k] = _mm512_add_ps(a, c);
+                v[k + step] = _mm512_sub_ps(a, c);
+            }
+    const __m512 vp = _mm512_set1_ps(post);
+    __m512 m = _mm512_setzero_ps();
+    for (int i = 0; i < nv; i++) {
+        __m512 x = _mm512_mul_ps(v[i], vp);
+        _mm512_mask_storeu_ps(y + 16 * i, lanes16(d - 16 * i), x);
+        m = _mm512_max_ps(m, _mm512_abs_ps(x)); /* exact; masked lanes are +0 */
+    }
+    return _mm512_reduce_max_ps(m);
+}
+
+/* The statistics pass's row: double sums (each element converted exactly, then one add, as the
+ * scalar a[c] += row[c]) and the channel min / max (vminps/vmaxps return their second operand
+ * unless the first is smaller / larger: the scalar selects, row finite). */
+static void stats_row_avx512(const float *row, int d, double *acc, float *mn, float *mx) {
+    for (int c = 0; c < d; c += 16) {
+        __mmask16 k = lanes16(d - c);
+        __m512 r = _mm512_maskz_loadu_ps(k, row + c);
+        if (acc) {
+            __mmask8 k0 = (__mmask8)(k & 0xFF), k1 = (__mmask8)(k >> 8);
+            _mm512_mask_storeu_pd(acc + c, k0, _mm512_add_pd(_mm512_maskz_loadu_pd(k0, acc + c), _mm512_cvtps_pd(_mm512_castps512_ps256(r))));
+            if (k1)
+                _mm512_mask_storeu_pd(acc + c + 8, k1,
+                                      _mm512_add_pd(_mm512_maskz_loadu_pd(k1, acc + c + 8), _mm512_cvtps_pd(_mm512_extractf32x8_ps(r, 1))));
+        }
+        if (mn) {
+            _mm512_mask_storeu_ps(mn + c, k, _mm512_min_ps(r, _mm512_maskz_loadu_ps(k, mn + c)));
+            _mm512_mask_storeu_ps(mx + c, k, _mm512_max_ps(r, _mm512_maskz_loadu_ps(k, mx + c)));
+        }
+    }
+}
+
 /* ---------------------------------------------------------------- the table */
 
 const qattn_int8_kernels qattn_int8_kernels_avx512 = {
@@ -360,4 +430,7 @@ const qattn_int8_kernels qattn_int8_kernels_avx512 = {
     .p_vs_tile = p_vs_tile_avx512,
     .pv_acc8u = pv_acc8u_avx512,
     .center_amax = center_amax_avx512,
+    .scale_center_amax = scale_center_amax_avx512,
+    .rotate_row = rotate_row_avx512,
+    .stats_row = stats_row_avx512,
 };
