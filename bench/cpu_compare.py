@@ -87,7 +87,7 @@ def sdpa_fn(q, k, v, causal, expand_kv):
     return lambda: f(q, k, v, is_causal=causal), ""
 
 
-def run_case(shape, dtype_name, isas, threads, iters, with_ggml, expand_kv):
+def run_case(shape, dtype_name, isas, threads, iters, with_ggml, expand_kv, clock):
     b, h, hk, lq, lk, d, causal = shape
     if causal and lq != lk:
         raise SystemExit("causal Lq != Lk differs between SDPA (top-left) and qattn (bottom-right)")
@@ -107,9 +107,9 @@ def run_case(shape, dtype_name, isas, threads, iters, with_ggml, expand_kv):
         f()  # warm-up (and the context cache)
     for _ in range(iters):
         for name, f in fns.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             f()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     ref = sdpa().float()
     flops = 4.0 * b * h * d * visible_pairs(lq, lk, causal)
     row = dict(batch=b, heads=h, kv_heads=hk, seqlen_q=lq, seqlen_k=lk, head_dim=d, causal=causal, dtype=dtype_name,
@@ -136,21 +136,26 @@ def main():
     ap.add_argument("--ggml", action="store_true", help="add ggml_flash_attn_ext (needs the ggml-python package)")
     ap.add_argument("--torch-kv", choices=("native", "expanded"), default="native",
                     help="GQA for torch: enable_gqa on the same K/V (default), or K/V expanded to H heads beforehand")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: process CPU time (with --threads 1 only; other load on a shared machine then matters less)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     isas = args.isa.split(",")
+    if args.clock == "cpu" and args.threads != 1:
+        raise SystemExit("--clock cpu needs --threads 1 (process CPU time sums over threads)")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     shapes = (PREFILL if args.only != "decode" else []) + (DECODE if args.only != "prefill" else [])
     if not args.json:
         print(f"qattn {qattn.__version__} (default isa {qattn.info()['isa']}) vs torch {torch.__version__} SDPA "
               f"(cpu capability {torch.backends.cpu.get_cpu_capability()}), CPU, {args.threads} threads, "
-              f"medians of {args.iters} alternated rounds")
+              f"medians of {args.iters} alternated rounds, {args.clock} clock")
         cols = " ".join(f"{'qattn ' + i:>13} {'ratio':>6}" for i in isas) + (f" {'ggml':>7} {'ratio':>6}" if args.ggml else "")
         print(f"{'dtype':>5} {'B':>2} {'H':>3} {'HK':>3} {'Lq':>6} {'Lk':>6} {'D':>4} {'causal':>6} | {'torch GF/s':>10} {cols} {'max|diff|':>9}")
     for dtype_name in args.dtypes.split(","):
         for shape in shapes:
-            row = run_case(shape, dtype_name, isas, args.threads, args.iters, args.ggml, args.torch_kv == "expanded")
+            row = run_case(shape, dtype_name, isas, args.threads, args.iters, args.ggml, args.torch_kv == "expanded", clock)
             if args.json:
                 print(json.dumps(row), flush=True)
                 continue

@@ -102,6 +102,14 @@ static int build_cases(th_case *cases) {
     c = make_case("D40", 1, 113, 203, 4, 2, 40), c.causal = 1, ADD(c);
     ADD(make_case("D200-few-rows", 2, 3, 203, 4, 1, 200));
     c = make_case("D72-f16", 1, 113, 113, 2, 1, 72), c.qkv_dtype = QATTN_DTYPE_F16, ADD(c);
+    /* several query blocks per kv head (K/V pre-packed once for all units): F16 inputs, FP32
+     * inputs rounded to BF16, varlen with strided K/V, all with 8 query heads per kv head */
+    c = make_case("prepack-f16-causal", 1, 300, 300, 8, 1, 64), c.qkv_dtype = QATTN_DTYPE_F16, c.causal = 1, ADD(c);
+    c = make_case("prepack-prec-bf16", 2, 203, 113, 8, 1, 80), c.precision = QATTN_PRECISION_BF16, ADD(c);
+    {
+        static const int32_t cu_q[] = {0, 70, 70, 183, 184}, cu_k[] = {0, 90, 95, 95, 298};
+        c = make_case("prepack-varlen-kv-cache", 0, 0, 0, 8, 1, 64), set_varlen(&c, 4, cu_q, cu_k), c.kv_cache = true, c.causal = 1, ADD(c);
+    }
     /* GQA ratios 1, 4, 8 (MQA) */
     c = make_case("gqa1", 1, 113, 113, 8, 8, 64), c.causal = 1, ADD(c);
     c = make_case("gqa4", 2, 113, 203, 8, 2, 64), c.causal = 1, ADD(c);

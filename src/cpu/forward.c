@@ -1,6 +1,7 @@
 /* The CPU driver for FP32/FP16/BF16 attention: cuts the problem into work units, packs Q and
  * K/V tiles to FP32 (rounded to the call's precision), runs the ISA's tile kernel, merges
- * split-KV partials in a fixed order and writes O and LSE. Memory is O(tile), never Lq x Lk.
+ * split-KV partials in a fixed order and writes O and LSE. Memory is O(tile) per thread plus,
+ * for prefill, one FP32 copy of K/V (O(Lk x D), capped: see make_plan), never Lq x Lk.
  *
  * Work unit = (sequence b, kv head g, block of query positions, KV split). The rows of a unit
  * are all query heads of group g at those positions, so each K/V tile is packed once per
@@ -22,6 +23,8 @@
 #define DIRECT_KV_MAX_ROWS 16 /* FP32 K/V are read in place when a unit has at most this many rows */
 #define DECODE_MAX_ROWS 64    /* a unit takes all kv heads when they have at most this many rows in all */
 #define QATTN_MAX_UNIT_HEADS DECODE_MAX_ROWS /* so at most this many heads per unit */
+#define PREPACK_KEYS 256                      /* keys per task of the K/V pre-pack pass */
+#define PREPACK_MAX_BYTES ((size_t)512 << 20) /* above this, units pack their own tiles */
 
 static const float LOG2E = 1.4426950408889634f;
 static const float LN2 = 0.6931471805599453f;
@@ -40,11 +43,15 @@ typedef struct plan {
     float qscale;       /* scale * log2(e) */
     int32_t precision;
     bool direct_kv;     /* the kernel reads K/V in place (see make_plan) */
+    bool prepack;       /* K/V packed once for all units, per kv head (see make_plan) */
+    int64_t total_k;    /* keys over the batch (the pre-pack's token axis) */
+    int64_t n_kchunks;  /* pre-pack tasks per sequence */
     int tile_keys;      /* keys per tile: TILE_KEYS, or DECODE_TILE_KEYS for decode-shaped plans */
     /* workspace */
     size_t worker_floats; /* floats of scratch per worker */
     float *scratch;       /* n_workers * worker_floats */
     float *partials;      /* n_units * rows * (D + 2), when n_split > 1 */
+    float *kv_packed;     /* K then V, each [HK][total_k][D], when prepack */
 } plan;
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -86,6 +93,15 @@ static void make_plan(plan *pl, const qattn_ctx *ctx, const qattn_params *p) {
      * unit's heads in one sequential sweep of [n][HK*D] rows (FP16 decode unchanged, FP32 packed
      * that way 25% slower than read in place). */
     pl->tile_keys = (pl->direct_kv || pl->heads > 1) ? DECODE_TILE_KEYS : TILE_KEYS;
+    /* Prefill: every unit of a kv head walks the same K/V, and packing a 64-key tile reads 64 rows
+     * H*D elements apart (a new page each at H*D >= 1024 FP32), which waits on L3 and page walks:
+     * 14% of a 1-thread L2048 D128 run with 256-row units (perf, Zen 4). So when several units
+     * share a head's keys, one pass packs K/V first, reading whole [HK, D] token rows in order,
+     * and units read their tiles from it: the same values, so the same results. */
+    pl->total_k = p->cu_seqlens_k ? p->cu_seqlens_k[p->batch] : p->batch * p->seqlen_k;
+    pl->n_kchunks = ceil_div(p->seqlen_k > 0 ? p->seqlen_k : 1, PREPACK_KEYS);
+    size_t prepack_bytes = (size_t)2 * (size_t)p->n_kv_heads * (size_t)pl->total_k * (size_t)p->head_dim * sizeof(float);
+    pl->prepack = !pl->direct_kv && pl->heads == 1 && pl->n_qblocks >= 2 && pl->total_k > 0 && prepack_bytes <= PREPACK_MAX_BYTES;
     int64_t D = p->head_dim, m = pl->rows, hm = (int64_t)pl->rows * pl->heads;
     /* q pack and state (max, sum, acc) for every head of the unit, k pack, v pack, scores, lo/hi */
     pl->worker_floats = (size_t)(hm * D + 2 * TILE_KEYS * D + m * TILE_KEYS + hm * (D + 2) + 2 * m);
@@ -96,9 +112,37 @@ static size_t partial_floats(const plan *pl) {
     return (size_t)pl->rows * (size_t)pl->heads * (size_t)(pl->p->head_dim + 2);
 }
 
+static size_t prepack_floats(const plan *pl) {
+    return pl->prepack ? (size_t)2 * (size_t)pl->p->n_kv_heads * (size_t)pl->total_k * (size_t)pl->p->head_dim : 0;
+}
+
 static size_t plan_bytes(const plan *pl, int n_workers) {
     size_t partials = pl->n_split > 1 ? (size_t)pl->n_units * partial_floats(pl) : 0;
-    return ((size_t)n_workers * pl->worker_floats + partials) * sizeof(float);
+    return ((size_t)n_workers * pl->worker_floats + partials + prepack_floats(pl)) * sizeof(float);
+}
+
+/* Token index of sequence b's first key on the pre-pack's axis. */
+static int64_t packed_key_base(const plan *pl, int64_t b) {
+    return pl->p->cu_seqlens_k ? pl->p->cu_seqlens_k[b] : b * pl->p->seqlen_k;
+}
+
+/* Pre-pack task (sequence b, chunk of PREPACK_KEYS keys): each key's [HK, D] row of K, then of V,
+ * to kv_packed[head][token][D] (rounded to the call's precision, as the units' own packing). */
+static void prepack_task(void *arg, int64_t task, int worker) {
+    (void)worker;
+    const plan *pl = arg;
+    const qattn_params *p = pl->p;
+    int64_t b = task / pl->n_kchunks, t0 = task % pl->n_kchunks * PREPACK_KEYS;
+    qattn_seq s = qattn_seq_view(p, b);
+    int64_t t1 = t0 + PREPACK_KEYS < s.lk ? t0 + PREPACK_KEYS : s.lk, base = packed_key_base(pl, b), D = p->head_dim;
+    int64_t plane = pl->total_k * D; /* one kv head's [total_k][D] */
+    float *kdst = pl->kv_packed, *vdst = pl->kv_packed + (size_t)p->n_kv_heads * (size_t)plane;
+    for (int64_t t = t0; t < t1; t++) {
+        pl->kern->pack_rows_f32(p->k, p->qkv_dtype, pl->precision, s.k_off + t * p->k_seq_stride, p->k_head_stride, p->n_kv_heads, (int)D,
+                                1.0f, kdst + (base + t) * D, plane);
+        pl->kern->pack_rows_f32(p->v, p->qkv_dtype, pl->precision, s.v_off + t * p->v_seq_stride, p->v_head_stride, p->n_kv_heads, (int)D,
+                                1.0f, vdst + (base + t) * D, plane);
+    }
 }
 
 void qattn_state_merge(qattn_tile_state *a, const qattn_tile_state *b, int m, int d) {
@@ -226,7 +270,11 @@ static void run_unit(void *arg, int64_t task, int worker) {
         for (int hh = 0; hh < H; hh++) {
             int g = u.g + hh;
             const float *qh = qpack + (int64_t)hh * pl->rows * D;
-            if (pl->direct_kv) {
+            if (pl->prepack) {
+                size_t at = ((size_t)g * (size_t)pl->total_k + (size_t)(packed_key_base(pl, u.b) + t0)) * (size_t)D;
+                const float *kp = pl->kv_packed + at, *vp = pl->kv_packed + (size_t)p->n_kv_heads * (size_t)pl->total_k * (size_t)D + at;
+                pl->kern->attend_tile_f32(qh, D, m, D, kp, vp, D, n, lo, hi, &st[hh], scores);
+            } else if (pl->direct_kv) {
                 const float *kd = (const float *)p->k + s.k_off + t0 * p->k_seq_stride + (int64_t)g * p->k_head_stride;
                 const float *vd = (const float *)p->v + s.v_off + t0 * p->v_seq_stride + (int64_t)g * p->v_head_stride;
                 pl->kern->attend_tile_f32(qh, D, m, D, kd, vd, p->k_seq_stride, n, lo, hi, &st[hh], scores);
@@ -311,6 +359,8 @@ qattn_status qattn_cpu_forward(qattn_ctx *ctx, const qattn_params *p) {
     }
     pl.scratch = mem;
     pl.partials = pl.scratch + (size_t)nw * pl.worker_floats;
+    pl.kv_packed = pl.partials + (pl.n_split > 1 ? (size_t)pl.n_units * partial_floats(&pl) : 0);
+    if (pl.prepack) qattn_parallel_for(ctx->pool, ctx->n_threads, p->batch * pl.n_kchunks, prepack_task, &pl);
     qattn_parallel_for(ctx->pool, nw, pl.n_units, run_unit, &pl);
     if (pl.n_split > 1) qattn_parallel_for(ctx->pool, nw, pl.n_units / pl.n_split, merge_unit, &pl);
     if (mem != p->workspace) qattn_free(ctx, mem);
