@@ -488,3 +488,22 @@ def test_calibrate_and_run_refuse_bad_input(tmp_path):
     r = run_cli("run", "--q", qp, "--k", kp, "--v", vp, "--out", tmp_path / "o.npy", "--precision", "int8",
                 "--calibration", tmp_path / "wrong.npy")
     assert r.returncode != 0 and "[3, 2, 32]" in r.stderr and not (tmp_path / "o.npy").exists(), r.stderr
+
+
+# ---------------------------------------------------------------- qattn accuracy
+
+
+def test_accuracy_progress_and_verdict():
+    """qattn accuracy on a small shape: the tables on stdout, one progress line per input on
+    stderr, a verdict line per method; --full with shape flags and unknown inputs are refused."""
+    r = run_cli("accuracy", "--seqlen-q", "96", "--heads", "4", "--kv-heads", "2", "--head-dim", "64",
+                "--inputs", "normal,rotary,sinkout", "--methods", "int8,int8-calibrated,kv-int8-calibrated", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "[1/3]" in r.stderr and "[3/3]" in r.stderr and "inputs sinkout" in r.stderr
+    verdicts = [l for l in r.stdout.splitlines() if "meets the bar" in l or "does not meet the bar" in l]
+    assert len(verdicts) == 3, r.stdout
+    assert "kv-int8-calibrated" in r.stdout and "inputs rotary" in r.stdout
+    r = run_cli("accuracy", "--full", "--seqlen-q", "64")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("accuracy", "--inputs", "normal,bogus")
+    assert r.returncode == 2 and "bogus" in r.stderr
