@@ -5,8 +5,8 @@ tokens, GQA (H query heads, HK kv heads).
     PYTHONPATH=python QATTN_LIBRARY=build/libqattn.so python3 bench/cpu_kv_decode.py --threads 2
 
 torch gets K/V as [B, H, L, D] tensors in the dtype named (fp32 and bf16 by default), expanded to
-the H query heads outside the timed region (as bench/cpu_compare.py does: its CPU SDPA with
-enable_gqa=True measured ~10x slower); qattn reads its GQA cache (codes + scales) once per group. Times: median and best of
+the H query heads outside the timed region (as bench/cpu_compare.py does; SDPA with enable_gqa=True
+took about as long in one loaded run); qattn reads its GQA cache (codes + scales) once per group. Times: median and best of
 --iters calls after one warm-up, the rows alternated --rounds times. The ratio column is torch /
 qattn of the medians. MB: bytes each side reads per call (K and V once).
 """
