@@ -13,6 +13,12 @@
  * lanes and sign-extended, so the accumulators hold channels [0..7 | 16..23] and [8..15 | 24..31];
  * two lane shuffles restore channel order before the store. d % 32 != 0 tails use masked loads. */
 #define QATTN_KV_AVX512 1
+/* The next block's codes are prefetched into L2, not L1: with the faster ZMM engines the L1
+ * prefetches of a whole head's K and V (64 lines per call) stalled on full miss buffers (perf: a
+ * quarter of the engines' samples on prefetcht0). Zen 4 VM, INT8 cache, B1 H32 HK8 D128 kv 32k, 2
+ * threads, 3 alternated rounds under load 2.8: T1 6.93 / 6.97 / 6.74 ms, T0 9.73 / 8.32 / 8.52,
+ * T2 7.71 / 6.79 / 11.33 (medians of 30 calls). */
+#define KV_PF_HINT _MM_HINT_T1
 #include "cpu/x86/kv_attend_avx2.c"
 
 /* acc + vpdpwssd(a, b) through inline asm ("+v": one register per accumulator; the builtin ties
@@ -46,27 +52,11 @@ static __attribute__((noinline)) void scores_rows_i8(int R, const int16_t *q16, 
                                                      __m256 *mx_out) {
     const int64_t ldq = (d + 15) / 16 * 16;
     const int16_t *q0 = q16, *q1 = q16 + (R > 1 ? ldq : 0), *q2 = q16 + (R > 2 ? 2 * ldq : 0), *q3 = q16 + (R > 3 ? 3 * ldq : 0);
-    __m128 qs4;
-    __m128i lov, hiv;
-    if (R == 4) {
-        qs4 = _mm_loadu_ps(qsc);
-        lov = _mm_loadu_si128((const __m128i *)lo);
-        hiv = _mm_loadu_si128((const __m128i *)hi);
-    } else {
-        qs4 = _mm_setr_ps(qsc[0], qsc[R > 1 ? 1 : 0], qsc[R > 2 ? 2 : 0], qsc[0]);
-        lov = _mm_setr_epi32(lo[0], R > 1 ? lo[1] : 0, R > 2 ? lo[2] : 0, 0);
-        hiv = _mm_setr_epi32(hi[0], R > 1 ? hi[1] : 0, R > 2 ? hi[2] : 0, 0);
-    }
-    const __m256 qsv = _mm256_insertf128_ps(_mm256_castps128_ps256(qs4), qs4, 1);
-    const __m256i lo8 = _mm256_insertf128_si256(_mm256_castsi128_si256(lov), lov, 1);
-    const __m256i hi8 = _mm256_insertf128_si256(_mm256_castsi128_si256(hiv), hiv, 1);
-    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    const rows4 rc = rows4_of(R, qsc, lo, hi, jlo, jhi);
     const int dfull = d & ~31;
     const __mmask32 tail = bytes32(d - dfull); /* d % 32 channels (a multiple of 8) */
     const int64_t pf_step = prefetch_step(pf_bytes, (jhi - jlo + 1) / 2);
     int64_t pf_at = 0;
-    bool all_visible = R == 4 && ((jhi - jlo) & 1) == 0;
-    for (int r = 0; r < R && all_visible; r++) all_visible = lo[r] <= jlo && hi[r] >= jhi;
     __m256 mx = _mm256_set1_ps(-INFINITY);
     for (int j = jlo; j < jhi; j += 2) {
         bool two = j + 1 < jhi;
@@ -98,13 +88,7 @@ static __attribute__((noinline)) void scores_rows_i8(int R, const int16_t *q16, 
 #undef QLOAD_FULL
 #undef QK_STEP
         /* 8 accumulators -> [t0: rows 0..3 | t1: rows 0..3] (integer adds: exact in any order) */
-        __m256i dot = reduce8(a00, a10, a20, a30, a01, a11, a21, a31);
-        __m256 sv = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), qsv), pair_scale(ks, j, two));
-        if (!all_visible) {
-            __m256i jv = _mm256_add_epi32(_mm256_set1_epi32(j), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
-            __m256i out = _mm256_or_si256(_mm256_cmpgt_epi32(lo8, jv), _mm256_cmpgt_epi32(_mm256_add_epi32(jv, _mm256_set1_epi32(1)), hi8));
-            sv = _mm256_blendv_ps(sv, ninf, _mm256_castsi256_ps(out));
-        }
+        __m256 sv = scores_pair_i8(reduce8(a00, a10, a20, a30, a01, a11, a21, a31), ks, j, two, &rc);
         _mm256_storeu_ps(s + (int64_t)(j - jlo) * 4, sv);
         mx = _mm256_max_ps(sv, mx);
     }
@@ -213,14 +197,8 @@ ALWAYS_INLINE __m256 reduce8f(__m512 a0, __m512 a1, __m512 a2, __m512 a3, __m512
 ALWAYS_INLINE void scores_rows_fp(int32_t dtype, int R, const float *q, int d, const void *kc, int jlo, int jhi, const int32_t *lo,
                                   const int32_t *hi, float *s, __m256 *mx_out) {
     const float *q0 = q, *q1 = q + (R > 1 ? d : 0), *q2 = q + (R > 2 ? 2 * d : 0), *q3 = q + (R > 3 ? 3 * d : 0);
-    const __m128i lov = _mm_setr_epi32(lo[0], R > 1 ? lo[1] : 0, R > 2 ? lo[2] : 0, R > 3 ? lo[3] : 0);
-    const __m128i hiv = _mm_setr_epi32(hi[0], R > 1 ? hi[1] : 0, R > 2 ? hi[2] : 0, R > 3 ? hi[3] : 0);
-    const __m256i lo8 = _mm256_insertf128_si256(_mm256_castsi128_si256(lov), lov, 1);
-    const __m256i hi8 = _mm256_insertf128_si256(_mm256_castsi128_si256(hiv), hiv, 1);
-    const __m256 ninf = _mm256_set1_ps(-INFINITY);
-    bool all_visible = R == 4 && ((jhi - jlo) & 1) == 0;
-    for (int r = 0; r < R && all_visible; r++) all_visible = lo[r] <= jlo && hi[r] >= jhi;
-    __m256 mx = ninf;
+    const rows4 rc = rows4_of(R, NULL, lo, hi, jlo, jhi);
+    __m256 mx = _mm256_set1_ps(-INFINITY);
     for (int j = jlo; j < jhi; j += 2) {
         const int64_t b0 = (int64_t)j * d, b1 = j + 1 < jhi ? b0 + d : b0;
         __m512 a00 = _mm512_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
@@ -236,12 +214,7 @@ ALWAYS_INLINE void scores_rows_fp(int32_t dtype, int R, const float *q, int d, c
             qv = _mm512_maskz_loadu_ps(k, q3 + c);
             a30 = _mm512_fmadd_ps(qv, k0, a30), a31 = _mm512_fmadd_ps(qv, k1, a31);
         }
-        __m256 sv = reduce8f(a00, a10, a20, a30, a01, a11, a21, a31);
-        if (!all_visible) {
-            __m256i jv = _mm256_add_epi32(_mm256_set1_epi32(j), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
-            __m256i out = _mm256_or_si256(_mm256_cmpgt_epi32(lo8, jv), _mm256_cmpgt_epi32(_mm256_add_epi32(jv, _mm256_set1_epi32(1)), hi8));
-            sv = _mm256_blendv_ps(sv, ninf, _mm256_castsi256_ps(out));
-        }
+        __m256 sv = mask_pair(reduce8f(a00, a10, a20, a30, a01, a11, a21, a31), j, &rc);
         _mm256_storeu_ps(s + (int64_t)(j - jlo) * 4, sv);
         mx = _mm256_max_ps(sv, mx); /* keeps mx when sv is NaN, like the reference's `s > max` */
     }
@@ -311,22 +284,9 @@ ALWAYS_INLINE void attend_rows_fp(int32_t dtype, int R, const float *q, int d, c
     int np = (jhi - jlo + 1) / 2;
     __m256 mx;
     scores_rows_fp(dtype, R, q, d, kc, jlo, jhi, lo, hi, s, &mx);
-    float tmax[4], mrow[4] = {0, 0, 0, 0};
-    _mm_storeu_ps(tmax, hmax_halves(mx));
-    float *acc[4];
+    float mrow[4] = {0, 0, 0, 0}, *acc[4];
     bool nanrow[4] = {false, false, false, false};
-    for (int r = 0; r < R; r++) {
-        acc[r] = st->acc + (int64_t)(r0 + r) * st->ld_acc;
-        if (!active[r]) continue; /* mrow 0: its -inf scores give p = 0 */
-        float old_max = st->row_max[r0 + r];
-        float new_max = tmax[r] > old_max ? tmax[r] : old_max;
-        if (new_max == -INFINITY) { /* keys seen but no score above -inf (all NaN): a NaN row, never "empty" */
-            nanrow[r] = true;
-            continue;
-        }
-        raise_row_max(st, r0 + r, acc[r], d, old_max, new_max);
-        mrow[r] = new_max;
-    }
+    update_row_max4(R, active, mx, st, r0, d, acc, mrow, nanrow);
     /* p = exp2(s - max) in place, row sums ([t even | t odd] halves added at the end) */
     const __m256 mv = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(mrow)), _mm_loadu_ps(mrow), 1);
     __m256 sum = _mm256_setzero_ps();
