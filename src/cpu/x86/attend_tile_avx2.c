@@ -104,37 +104,7 @@ QATTN_INLINE void pv_rows(const int R, const float *p, int64_t ldp, const float 
     for (; c < d; c += 8) pv_block(R, 1, p, ldp, v + c, ldv, j0, j1, acc + c, lda);
 }
 
-/* One row over keys [j0, j1) (the parts of a row's interval outside its block's common one). */
-static void pv_one(const float *p, const float *v, int64_t ldv, int d, int j0, int j1, float *acc) {
-    if (j0 < j1) pv_rows(1, p, 0, v, ldv, d, j0, j1, acc, 0);
-}
-
-/* Rows [r0, r0+R) of P V: the keys every row of the block sees go through the R-row kernel,
- * the rest of each row's interval through the one-row kernel (skipped keys stay skipped). */
-static void pv_row_block(int R, const float *p, int64_t ldp, const float *v, int64_t ldv, int d, const int32_t *lo, const int32_t *hi,
-                         float *acc, int64_t lda) {
-    int a = 0, b = 1 << 30;
-    for (int r = 0; r < R; r++) {
-        if (lo[r] > a) a = lo[r];
-        if (hi[r] < b) b = hi[r];
-    }
-    if (a >= b) { /* no key common to all rows (or an empty row): row by row */
-        for (int r = 0; r < R; r++) pv_one(p + r * ldp, v, ldv, d, lo[r], hi[r], acc + r * lda);
-        return;
-    }
-    switch (R) {
-    case 6: pv_rows(6, p, ldp, v, ldv, d, a, b, acc, lda); break;
-    case 5: pv_rows(5, p, ldp, v, ldv, d, a, b, acc, lda); break;
-    case 4: pv_rows(4, p, ldp, v, ldv, d, a, b, acc, lda); break;
-    case 3: pv_rows(3, p, ldp, v, ldv, d, a, b, acc, lda); break;
-    case 2: pv_rows(2, p, ldp, v, ldv, d, a, b, acc, lda); break;
-    default: pv_rows(1, p, ldp, v, ldv, d, a, b, acc, lda); break;
-    }
-    for (int r = 0; r < R; r++) {
-        pv_one(p + r * ldp, v, ldv, d, lo[r], a, acc + r * lda);
-        pv_one(p + r * ldp, v, ldv, d, b, hi[r], acc + r * lda);
-    }
-}
+#include "cpu/x86/tile_shared.h" /* softmax_update_state; pv_one, pv_row_block on the pv_rows above */
 
 /* Online-softmax update of one row: scores s[lo, hi) -> probabilities in place, the running
  * max/sum/acc rescaled only when the max grows. Same rules as the reference kernel. */
@@ -145,24 +115,8 @@ static void softmax_row(float *s, int lo, int hi, int d, float *row_max, float *
     float tile_max = hmax_ps(vmax);
     for (; j < hi; j++)
         if (s[j] > tile_max) tile_max = s[j];
-    if (!(tile_max > -INFINITY)) {
-        /* The row sees keys but every score is NaN or -inf (a non-finite input): the row is NaN,
-         * as in the reference kernel (row_max -inf would make it a zero row and hide the NaN).
-         * Its P V update below then only adds to NaN. */
-        *row_max = NAN;
-        *row_sum = NAN;
-        for (int c = 0; c < d; c++) acc[c] = NAN;
-        return;
-    }
-    float old_max = *row_max;
-    float new_max = tile_max > old_max ? tile_max : old_max;
-    if (new_max > old_max) { /* rescale only when the max grows */
-        float alpha = exp2f(old_max - new_max);
-        *row_sum *= alpha;
-        __m256 va = _mm256_set1_ps(alpha);
-        for (int c = 0; c < d; c += 8) _mm256_storeu_ps(acc + c, _mm256_mul_ps(_mm256_loadu_ps(acc + c), va));
-        *row_max = new_max;
-    }
+    float new_max;
+    if (!softmax_update_state(tile_max, d, row_max, row_sum, acc, &new_max)) return;
     __m256 vm = _mm256_set1_ps(new_max), vsum = _mm256_setzero_ps();
     for (j = lo; j + 8 <= hi; j += 8) {
         __m256 pj = qattn_exp2_avx2(_mm256_sub_ps(_mm256_loadu_ps(s + j), vm));

@@ -7,6 +7,8 @@
  * at most one 8-lane half, done with a mask). Scores live in scratch as s[m][n], then p in place. */
 #include "qattn_internal.h"
 
+#include "cpu/x86/pack_kind.h"
+
 #include <immintrin.h>
 
 #include "cpu/x86/exp2_avx512.h"
@@ -247,37 +249,7 @@ QATTN_INLINE void pv_rows(const int R, const float *p, int64_t ldp, const float 
     }
 }
 
-/* One row over keys [j0, j1) (the parts of a row's interval outside its block's common one). */
-static void pv_one(const float *p, const float *v, int64_t ldv, int d, int j0, int j1, float *acc) {
-    if (j0 < j1) pv_rows(1, p, 0, v, ldv, d, j0, j1, acc, 0);
-}
-
-/* Rows [r0, r0+R) of P V: the keys every row of the block sees go through the R-row kernel, the
- * rest of each row's interval through the one-row kernel (skipped keys stay skipped). */
-static void pv_row_block(int R, const float *p, int64_t ldp, const float *v, int64_t ldv, int d, const int32_t *lo, const int32_t *hi,
-                         float *acc, int64_t lda) {
-    int a = 0, b = 1 << 30;
-    for (int r = 0; r < R; r++) {
-        if (lo[r] > a) a = lo[r];
-        if (hi[r] < b) b = hi[r];
-    }
-    if (a >= b) { /* no key common to all rows (or an empty row): row by row */
-        for (int r = 0; r < R; r++) pv_one(p + r * ldp, v, ldv, d, lo[r], hi[r], acc + r * lda);
-        return;
-    }
-    switch (R) {
-    case 6: pv_rows(6, p, ldp, v, ldv, d, a, b, acc, lda); break;
-    case 5: pv_rows(5, p, ldp, v, ldv, d, a, b, acc, lda); break;
-    case 4: pv_rows(4, p, ldp, v, ldv, d, a, b, acc, lda); break;
-    case 3: pv_rows(3, p, ldp, v, ldv, d, a, b, acc, lda); break;
-    case 2: pv_rows(2, p, ldp, v, ldv, d, a, b, acc, lda); break;
-    default: pv_rows(1, p, ldp, v, ldv, d, a, b, acc, lda); break;
-    }
-    for (int r = 0; r < R; r++) {
-        pv_one(p + r * ldp, v, ldv, d, lo[r], a, acc + r * lda);
-        pv_one(p + r * ldp, v, ldv, d, b, hi[r], acc + r * lda);
-    }
-}
+#include "cpu/x86/tile_shared.h" /* softmax_update_state; pv_one, pv_row_block on the pv_rows above */
 
 /* ---------------------------------------------------------------- online softmax */
 
@@ -289,27 +261,8 @@ static void softmax_row(float *s, int lo, int hi, int d, float *row_max, float *
     __m512 vmax = neg_inf;
     for (int j = lo; j < hi; j += 16) /* a NaN score loses in max_ps(score, running) */
         vmax = _mm512_max_ps(_mm512_mask_loadu_ps(neg_inf, lanes(hi - j), s + j), vmax);
-    float tile_max = _mm512_reduce_max_ps(vmax);
-    if (!(tile_max > -INFINITY)) {
-        /* Every visible score is NaN or -inf (a non-finite input): the row is NaN, as in the
-         * reference kernel. Its P V update then only adds to NaN. */
-        *row_max = NAN;
-        *row_sum = NAN;
-        for (int c = 0; c < d; c++) acc[c] = NAN;
-        return;
-    }
-    float old_max = *row_max;
-    float new_max = tile_max > old_max ? tile_max : old_max;
-    if (new_max > old_max) { /* rescale only when the max grows */
-        float alpha = exp2f(old_max - new_max);
-        *row_sum *= alpha;
-        __m512 va = _mm512_set1_ps(alpha);
-        for (int c = 0; c < d; c += 16) {
-            __mmask16 cm = lanes(d - c);
-            _mm512_mask_storeu_ps(acc + c, cm, _mm512_mul_ps(_mm512_maskz_loadu_ps(cm, acc + c), va));
-        }
-        *row_max = new_max;
-    }
+    float new_max;
+    if (!softmax_update_state(_mm512_reduce_max_ps(vmax), d, row_max, row_sum, acc, &new_max)) return;
     __m512 vm = _mm512_set1_ps(new_max), vsum = _mm512_setzero_ps();
     for (int j = lo; j < hi; j += 16) {
         __mmask16 km = lanes(hi - j);
@@ -347,10 +300,8 @@ static void attend_tile_f32_avx512(const float *q, int64_t ldq, int m, int d, co
  * nearest even, as the scalar qattn_f32_to_f16); other dtype/precision pairs go to the reference. */
 static void pack_rows_f32_avx512(const void *src, int32_t dtype, int32_t precision, int64_t idx0, int64_t src_stride, int rows, int d,
                                  float mul, float *dst, int64_t ldd) {
-    bool widen_f16 = dtype == QATTN_DTYPE_F16 && (precision == QATTN_PRECISION_FP32 || precision == QATTN_PRECISION_FP16);
-    bool widen_bf16 = dtype == QATTN_DTYPE_BF16 && (precision == QATTN_PRECISION_FP32 || precision == QATTN_PRECISION_BF16);
-    bool f32 = dtype == QATTN_DTYPE_F32 && (precision == QATTN_PRECISION_FP32 || precision == QATTN_PRECISION_FP16);
-    if ((d & 7) || !(widen_f16 || widen_bf16 || f32)) {
+    qattn_pack_kind kind = qattn_pack_kind_of(dtype, precision, d);
+    if (kind == QATTN_PACK_REF) {
         qattn_pack_rows_f32_ref(src, dtype, precision, idx0, src_stride, rows, d, mul, dst, ldd);
         return;
     }
@@ -362,9 +313,9 @@ static void pack_rows_f32_avx512(const void *src, int32_t dtype, int32_t precisi
         for (int c = 0; c < d; c += 16) {
             __mmask16 cm = lanes(d - c);
             __m512 x;
-            if (widen_f16) {
+            if (kind == QATTN_PACK_WIDEN_F16) {
                 x = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(cm, (const uint16_t *)src + base + c));
-            } else if (widen_bf16) {
+            } else if (kind == QATTN_PACK_WIDEN_BF16) {
                 __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(cm, (const uint16_t *)src + base + c));
                 x = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
             } else {

@@ -4,6 +4,8 @@
  * qattn_f32_to_f16); the other precision/dtype pairs go to the reference packer. */
 #include "qattn_internal.h"
 
+#include "cpu/x86/pack_kind.h"
+
 #include <immintrin.h>
 
 void qattn_pack_rows_f32_avx2(const void *src, int32_t dtype, int32_t precision, int64_t idx0, int64_t src_stride, int rows, int d,
@@ -12,10 +14,8 @@ void qattn_pack_rows_f32_avx2(const void *src, int32_t dtype, int32_t precision,
 /* d is a multiple of 8 (validated), so no tail loop. */
 void qattn_pack_rows_f32_avx2(const void *src, int32_t dtype, int32_t precision, int64_t idx0, int64_t src_stride, int rows, int d,
                               float mul, float *dst, int64_t ldd) {
-    bool widen_f16 = dtype == QATTN_DTYPE_F16 && (precision == QATTN_PRECISION_FP32 || precision == QATTN_PRECISION_FP16);
-    bool widen_bf16 = dtype == QATTN_DTYPE_BF16 && (precision == QATTN_PRECISION_FP32 || precision == QATTN_PRECISION_BF16);
-    bool f32 = dtype == QATTN_DTYPE_F32 && (precision == QATTN_PRECISION_FP32 || precision == QATTN_PRECISION_FP16);
-    if ((d & 7) || !(widen_f16 || widen_bf16 || f32)) {
+    qattn_pack_kind kind = qattn_pack_kind_of(dtype, precision, d);
+    if (kind == QATTN_PACK_REF) {
         qattn_pack_rows_f32_ref(src, dtype, precision, idx0, src_stride, rows, d, mul, dst, ldd);
         return;
     }
@@ -26,9 +26,9 @@ void qattn_pack_rows_f32_avx2(const void *src, int32_t dtype, int32_t precision,
         float *row = dst + r * ldd;
         for (int c = 0; c < d; c += 8) {
             __m256 x;
-            if (widen_f16) {
+            if (kind == QATTN_PACK_WIDEN_F16) {
                 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)src + base + c)));
-            } else if (widen_bf16) {
+            } else if (kind == QATTN_PACK_WIDEN_BF16) {
                 __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)src + base + c)));
                 x = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
             } else {
