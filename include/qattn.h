@@ -319,7 +319,9 @@ QATTN_API qattn_status qattn_dequantize_int8(qattn_ctx *ctx, const qattn_params 
  * against each block's own row max,
  * INTFA to codes x127 against the running max, SAGE keeps P and V in FP32 (V dequantized).
  * Q and K scales: any granularity but PER_CHANNEL; V: any (INTFA: PER_HEAD or PER_CHANNEL).
- * Scales must be finite and >= 0. CPU backend only. */
+ * Scales must be finite and >= 0. CPU backend only. qattn_forward's DEFAULT scheme also smooths
+ * and rotates Q and K jointly before rounding (docs/FORMAT.md section 7), which per-tensor
+ * qattn_quantize_int8 cannot: on its codes this is the DEFAULT scheme without that step. */
 QATTN_API qattn_status qattn_forward_quantized(qattn_ctx *ctx, const qattn_params *p, const qattn_int8_inputs *qi);
 
 /* ---- INT8 calibration: static channel transforms (docs/FORMAT.md section 7) ----
@@ -405,7 +407,7 @@ QATTN_API qattn_status qattn_kv_cache_append(qattn_ctx *ctx, qattn_kv_cache *cac
                                              int64_t n_tokens, int32_t in_dtype);
 
 /* Give an empty INT8 cache static channel transforms (cal's k_factor, k_mean, v_mean, [HK][D];
- * qattn_calibrate; docs/KVCACHE.md): appends then store K as codes of H(k / f - k_mean / f) (the
+ * qattn_calibrate; docs/KVCACHE.md): appends then store K as codes of H((k - k_mean) / (f n)) (the
  * default INT8 scheme's smoothing and Hadamard rotation, docs/FORMAT.md section 7) and V as codes
  * of v - v_mean; qattn_kv_decode transforms q to match and adds the means back (output and LSE);
  * qattn_kv_cache_read returns the original domain. A calibration of factors 1 and means 0 gives

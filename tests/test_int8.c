@@ -179,11 +179,11 @@ static void test_fused_slots(const qattn_int8_kernels *A) {
             CHECK(got == amax && !memcmp(y1, y2, (size_t)d * 4), "scale_center_amax %s (d %d)", A->name, d);
         }
         if (A->rotate_row)
-            for (int k = 0; k < 2; k++) { /* post 1 (K rows) and 1 / n (Q rows) */
-                float post = k ? 1.0f / (float)qattn_rotate_block(d) : 1.0f;
+            for (int k = 0; k < 2; k++) { /* pre 1 and 1 / n (the default scheme's) */
+                float pre = k ? 1.0f / (float)qattn_rotate_block(d) : 1.0f;
                 for (int c = 0; c < d; c++) y1[c] = y2[c] = row[c] * f[c] - mu[c];
-                float a1 = qattn_rotate_row(y1, d, post), a2 = A->rotate_row(y2, d, post);
-                CHECK(a1 == a2 && !memcmp(y1, y2, (size_t)d * 4), "rotate_row %s (d %d, post %g)", A->name, d, post);
+                float a1 = qattn_rotate_row(y1, d, pre), a2 = A->rotate_row(y2, d, pre);
+                CHECK(a1 == a2 && !memcmp(y1, y2, (size_t)d * 4), "rotate_row %s (d %d, pre %g)", A->name, d, pre);
             }
         if (A->stats_row) {
             for (int c = 0; c < d; c++) s1[c] = s2[c] = rnd_norm(), mn1[c] = mn2[c] = INFINITY, mx1[c] = mx2[c] = -INFINITY;
@@ -653,6 +653,21 @@ static void test_hostile(void) {
         CHECK(qattn_forward(ctx, &p) == QATTN_OK && all_finite(h.o, h.no), "scores ~1e60: not finite");
         prob_free(&h);
     }
+    /* Q and K near FLT_MAX (|x| up to ~5e37): the default scheme's rotation works on H(y / n), which
+     * never exceeds max |y|, so no code is formed from an overflowed value; outputs stay finite */
+    {
+        prob h;
+        prob_make(&h, 1, 24, 40, 2, 1, 128, 1, DIST_NORMAL, NULL, NULL);
+        for (int64_t i = 0; i < h.nq; i++) h.q[i] *= 1e37f;
+        for (int64_t i = 0; i < h.nk; i++) h.k[i] *= 1e37f;
+        for (int sc = 0; sc < 3; sc++) {
+            qattn_params p = h.p;
+            p.precision = QATTN_PRECISION_INT8, p.int8_scheme = sc;
+            memset(h.o, 0xff, (size_t)h.no * 4);
+            CHECK(qattn_forward(ctx, &p) == QATTN_OK && all_finite(h.o, h.no), "Q, K ~1e37, %s: not finite", scheme_name[sc]);
+        }
+        prob_free(&h);
+    }
     /* NaN / Inf: a clear error naming the tensor and position, never a crash */
     float bads[] = {NAN, INFINITY, -INFINITY};
     for (int bi = 0; bi < 3; bi++)
@@ -727,7 +742,7 @@ static void test_channel_transforms(void) {
         int n = qattn_rotate_block(d);
         CHECK(n >= 8 && d % n == 0 && n <= 128, "rotation block %d for d %d", n, d);
         qattn_rotate_row(y, d, 1.0f);
-        float a = qattn_rotate_row(y, d, 1.0f / (float)n);
+        float a = qattn_rotate_row(y, d, 1.0f / (float)n); /* H(H x / n) = x */
         bool same = true;
         float amax = 0.0f;
         for (int c = 0; c < d; c++) same &= y[c] == x[c], amax = fabsf(x[c]) > amax ? fabsf(x[c]) : amax;

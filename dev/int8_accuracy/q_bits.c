@@ -71,7 +71,8 @@ int main(int argc, char **argv) {
                     float *y = qd + r * D;
                     const float *f = fac + (r % H / G) * D;
                     for (int c = 0; c < D; c++) y[c] = q[r * D + c] * f[c];
-                    float amax = qattn_rotate_row(y, D, 1.0f / (float)qattn_rotate_block(D));
+                    float amax = qattn_rotate_row(y, D, 1.0f / (float)qattn_rotate_block(D)) * (float)qattn_rotate_block(D);
+                    for (int c = 0; c < D; c++) y[c] *= (float)qattn_rotate_block(D); /* Q's rows: H(q f), the codes' scale carries n */
                     if (bits && amax > 0)
                         for (int c = 0; c < D; c++) y[c] = nearbyintf(y[c] * (top / amax)) * (amax / top);
                 }

@@ -147,7 +147,7 @@ static void store_token(qattn_kv_cache *c, int32_t phys, int off, int h, const f
             if (c->calib) { /* K: H(k / f - mu_k / f); V: v - mu_v (docs/KVCACHE.md, calibration) */
                 const float *f = qattn_kv_cal(c, QATTN_KV_CAL_F, h), *mu = qattn_kv_cal(c, which ? QATTN_KV_CAL_MUV : QATTN_KV_CAL_MUKF, h);
                 for (int i = 0; i < D; i++) y[i] = which ? x[i] - mu[i] : x[i] / f[i] - mu[i];
-                if (!which) (void)qattn_rotate_row(y, D, 1.0f);
+                if (!which) (void)qattn_rotate_row(y, D, 1.0f / (float)qattn_rotate_block(D));
                 x = y;
             }
             float s = qattn_kv_quantize_row(x, D, (int8_t *)dst);
@@ -316,10 +316,10 @@ qattn_status qattn_kv_cache_read(qattn_ctx *ctx, const qattn_kv_cache *cache, in
                     if (c->calib && which) { /* v = y + mu_v */
                         const float *mu = qattn_kv_cal(c, QATTN_KV_CAL_MUV, h);
                         for (int i = 0; i < D; i++) dst[i] += mu[i];
-                    } else if (c->calib) { /* k = f * H(y + H(mu_k / f)) / n */
+                    } else if (c->calib) { /* k = f * H(y + H(mu_k / f / n)), H H = n I */
                         const float *f = qattn_kv_cal(c, QATTN_KV_CAL_F, h), *mr = qattn_kv_cal(c, QATTN_KV_CAL_MUKR, h);
                         for (int i = 0; i < D; i++) dst[i] += mr[i];
-                        (void)qattn_rotate_row(dst, D, 1.0f / (float)qattn_rotate_block(D));
+                        (void)qattn_rotate_row(dst, D, 1.0f);
                         for (int i = 0; i < D; i++) dst[i] *= f[i];
                     }
                 }
@@ -352,7 +352,8 @@ qattn_status qattn_kv_cache_set_calibration(qattn_ctx *ctx, qattn_kv_cache *cach
         m[i] = cal->k_factor[i], m[n + i] = cal->k_mean[i], m[2 * n + i] = cal->v_mean[i];
         m[3 * n + i] = m[4 * n + i] = cal->k_mean[i] / cal->k_factor[i]; /* exact: powers of two */
     }
-    for (int64_t g = 0; g < cache->n_kv_heads; g++) (void)qattn_rotate_row(m + 4 * n + g * cache->head_dim, cache->head_dim, 1.0f);
+    for (int64_t g = 0; g < cache->n_kv_heads; g++)
+        (void)qattn_rotate_row(m + 4 * n + g * cache->head_dim, cache->head_dim, 1.0f / (float)qattn_rotate_block(cache->head_dim));
     cache->calib = m;
     return QATTN_OK;
 }

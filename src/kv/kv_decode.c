@@ -155,13 +155,15 @@ static void prep_q(const dplan *pl, int32_t b, float *qpack, int16_t *q16, float
         int h = g * pl->group + r % pl->group;
         int64_t qi = (((int64_t)b * Lq + r / pl->group) * H + h) * D;
         for (int cc = 0; cc < D; cc++) qpack[(int64_t)R * D + cc] = qattn_load(dp->q, dp->q_dtype, qi + cc) * pl->qscale;
-        if (pl->c->calib) { /* the keys' domain: H(q f) / n (docs/KVCACHE.md, calibration) */
+        int nb = pl->c->calib ? qattn_rotate_block(D) : 1;
+        if (pl->c->calib) { /* the keys' domain: H(q f / n), its scale times n (docs/KVCACHE.md, calibration) */
             const float *f = qattn_kv_cal(pl->c, QATTN_KV_CAL_F, g);
             for (int cc = 0; cc < D; cc++) qpack[(int64_t)R * D + cc] *= f[cc];
-            (void)qattn_rotate_row(qpack + (int64_t)R * D, D, 1.0f / (float)qattn_rotate_block(D));
+            (void)qattn_rotate_row(qpack + (int64_t)R * D, D, 1.0f / (float)nb);
         }
         if (i8) {
             qattn_kv_quantize_q16(qpack + (int64_t)R * D, D, q16 + (int64_t)R * dq, qsc + R);
+            qsc[R] *= (float)nb;
             for (int64_t cc = D; cc < dq; cc++) q16[(int64_t)R * dq + cc] = 0;
         }
     }

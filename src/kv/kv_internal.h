@@ -29,8 +29,9 @@ struct qattn_kv_cache {
     int64_t n_free;
     int64_t bytes_total;
     /* INT8 with static channel transforms (qattn_kv_cache_set_calibration), else NULL:
-     * [5][HK][D] = f, mu_k, mu_v, mu_k / f, H(mu_k / f) (the codes' domain, src/quant/lowp.h). K rows are
-     * stored as codes of H(k / f - mu_k / f), V rows of v - mu_v; decode turns q into H(q f) / n. */
+     * [5][HK][D] = f, mu_k, mu_v, mu_k / f, H(mu_k / f / n) (the codes' domain, src/quant/lowp.h). K rows
+     * are stored as codes of H((k / f - mu_k / f) / n), V rows of v - mu_v; decode turns q into
+     * H(q f / n) with its int16 scale times n. */
     float *calib;
 };
 

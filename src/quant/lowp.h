@@ -97,8 +97,8 @@ typedef struct qattn_int8_kernels {
      * the scalar definition: */
     /* y[c] = row[c] * f[c] - mu[c] (two roundings, no fusion), returns max |y[c]| (d % 8 == 0). */
     float (*scale_center_amax)(const float *row, const float *f, const float *mu, int d, float *y);
-    /* qattn_rotate_row (below): the same butterfly additions, then y *= post, returns max |y|. */
-    float (*rotate_row)(float *y, int d, float post);
+    /* qattn_rotate_row (below): y *= pre, the same butterfly additions, returns max |y|. */
+    float (*rotate_row)(float *y, int d, float pre);
     /* One row of the statistics pass: acc[c] += (double)row[c] if acc; mn[c] = row[c] < mn[c] ?
      * row[c] : mn[c] and mx[c] = row[c] > mx[c] ? row[c] : mx[c] if mn (row finite, d % 8 == 0). */
     void (*stats_row)(const float *row, int d, double *acc, float *mn, float *mx);
@@ -239,8 +239,8 @@ int64_t qattn_quant_scale_count(const qattn_params *p, int32_t which, int32_t gr
 
 /* Per-channel Q/K smoothing (docs/FORMAT.md section 7): factors f[g][c] = 2^e (|e| <= max_exp; 1
  * where |e| < min_exp) shared by kv head g and its query heads; Q codes hold q_c * f, K codes
- * (k_c - mu_c) / f, then (rotate) both rows rotated (qattn_rotate_row; Q also times 1/n), so
- * Q K^T is unchanged; tk->mean holds mu / f (rotated likewise), so the driver's LSE correction
+ * (k_c - mu_c) / f, then (rotate) both rows H(y / n) (qattn_rotate_row) with Q's scales times n,
+ * so Q K^T is unchanged; tk->mean holds mu / f (rotated likewise), so the driver's LSE correction
  * q . mean stays exact.
  * Dynamic (stat == NULL): mu and the channel ranges come from this call's Q and K (a statistics
  * pass, then one pass of codes); factors written to factor_out[(b * HK + g) * D + c] if not NULL.
@@ -251,13 +251,13 @@ typedef struct qattn_qk_static {
 } qattn_qk_static;
 qattn_status qattn_quantize_qk_smoothed(qattn_ctx *ctx, const qattn_params *p, int32_t max_exp, int32_t min_exp, int32_t rotate,
                                         const qattn_qk_static *stat, qattn_int8_tensor *tq, qattn_int8_tensor *tk, float *factor_out);
-/* Block Hadamard rotation: blocks of n = qattn_rotate_block(d) channels (the largest power of two
- * dividing d, at most 128), each transformed in place by the unnormalised Walsh-Hadamard butterfly
- * (stages len = 1, 2, 4, .., n/2; pairs (k, k + len): y[k] = a + c, y[k + len] = a - c), then every
- * value times post; returns max |y|. H H = n I, so Q rows rotated with post = 1/n (exact) and K rows
- * with post = 1 keep Q K^T. */
+/* Block Hadamard rotation: every value times pre, then blocks of n = qattn_rotate_block(d) channels
+ * (the largest power of two dividing d, at most 128) each transformed in place by the unnormalised
+ * Walsh-Hadamard butterfly (stages len = 1, 2, 4, .., n/2; pairs (k, k + len): y[k] = a + c,
+ * y[k + len] = a - c); returns max |y|. H H = n I: the default scheme rotates Q and K rows with
+ * pre = 1/n (so no value grows: |H(y / n)| <= max |y|) and multiplies Q's scales by n. */
 int qattn_rotate_block(int d);
-float qattn_rotate_row(float *y, int d, float post);
+float qattn_rotate_row(float *y, int d, float pre);
 /* The factor exponent for channel ranges qa (Q, over the group's heads) and ka (K about its mean):
  * e = ceil(ilogb(ka / qa) / 2) (round(log2(ka / qa) / 2) to within one half), 0 when either is 0
  * or not normal or the ratio is not finite, clamped to [-max_exp, max_exp], 0 when |e| < min_exp. */

@@ -1,8 +1,9 @@
 /* Token-level symmetric INT8 quantization of Q, K, V (docs/FORMAT.md): per token, per block of
  * tokens, per head or per channel, with optional smoothing (mean over tokens subtracted), its
  * inverse, the default scheme's joint Q/K channel transforms (power-of-two smoothing factors and
- * a block Hadamard rotation, docs/FORMAT.md section 7), and the pre-quantized forward entry point. Work is split over (sequence, head), each
- * task independent, so results do not depend on the thread count. */
+ * a block Hadamard rotation, docs/FORMAT.md section 7), and the pre-quantized forward entry point.
+ * Work is split over (sequence, head) or (sequence, positions), each task independent, so results
+ * do not depend on the thread count. */
 #include "quant/lowp.h"
 
 #include "cpu/threads.h"
@@ -80,8 +81,9 @@ typedef struct qjob {
     float *cmin, *cmax; /* PER_TOKEN first phase: per-channel min / max, [(b * Ht + h) * D + c], or NULL */
     const float *mul;   /* PER_TOKEN codes: row * mul[b * mul_bstride + (h / mul_group) * D + c] - mean, or NULL */
     int64_t mul_bstride, mul_group;
-    bool rotate;        /* with mul: then the block Hadamard transform times post (qattn_rotate_row) */
-    float post;
+    bool rotate;        /* with mul: then y times pre and the block Hadamard transform (qattn_rotate_row) */
+    float pre;
+    int32_t scale_shift; /* PER_TOKEN codes: stored scale = (amax / 127) * 2^scale_shift */
 } qjob;
 
 static inline float ld(const qjob *j, int64_t off, int64_t pos, int64_t c) {
@@ -107,9 +109,8 @@ static inline bool row_nonfinite(const float *restrict row, int64_t d) {
     return t != t;
 }
 
-/* y = row - mu and the largest |y| (max is exact: any order gives the same value). */
-static inline float row_center_amax(const float *restrict row, const float *restrict mu, int64_t d, float *restrict y) {
-    for (int64_t c = 0; c < d; c++) y[c] = row[c] - mu[c];
+/* max |y[c]|, c < d (d % 8 == 0): 8 lanes, vectorisable; exact (any order gives the same max). */
+static inline float amax8(const float *restrict y, int64_t d) {
     float m[8] = {0};
     for (int64_t c = 0; c < d; c += 8)
         for (int k = 0; k < 8; k++) {
@@ -119,6 +120,12 @@ static inline float row_center_amax(const float *restrict row, const float *rest
     float a = m[0];
     for (int k = 1; k < 8; k++) a = m[k] > a ? m[k] : a;
     return a;
+}
+
+/* y = row - mu and the largest |y|. */
+static inline float row_center_amax(const float *restrict row, const float *restrict mu, int64_t d, float *restrict y) {
+    for (int64_t c = 0; c < d; c++) y[c] = row[c] - mu[c];
+    return amax8(y, d);
 }
 
 /* First non-finite element of a row (one is known to exist). */
@@ -238,8 +245,10 @@ static inline void fwht8(float *y) {
     y[2] = b2 + b6, y[6] = b2 - b6, y[3] = b3 + b7, y[7] = b3 - b7;
 }
 
-float qattn_rotate_row(float *y, int d, float post) {
+float qattn_rotate_row(float *y, int d, float pre) {
     int n = qattn_rotate_block(d);
+    if (pre != 1.0f)
+        for (int c = 0; c < d; c++) y[c] *= pre;
     for (int b0 = 0; b0 < d; b0 += n) {
         for (int g = b0; g < b0 + n; g += 8) fwht8(y + g); /* stages 1, 2, 4 */
         for (int len = 8; len < n; len <<= 1)            /* stages 8 .. n/2: whole 8-lane runs */
@@ -250,30 +259,13 @@ float qattn_rotate_row(float *y, int d, float post) {
                     y[k + len] = a - c;
                 }
     }
-    float m[8] = {0};
-    for (int c = 0; c < d; c += 8)
-        for (int k = 0; k < 8; k++) {
-            y[c + k] *= post;
-            float a = fabsf(y[c + k]);
-            m[k] = m[k] < a ? a : m[k];
-        }
-    float a = m[0];
-    for (int k = 1; k < 8; k++) a = m[k] > a ? m[k] : a;
-    return a;
+    return amax8(y, d);
 }
 
 /* y = row * f - mu and max |y| (each step exactly rounded, in channel order; the max is exact). */
 static float scale_center_amax(const float *restrict row, const float *restrict f, const float *restrict mu, int64_t d, float *restrict y) {
     for (int64_t c = 0; c < d; c++) y[c] = row[c] * f[c] - mu[c];
-    float m[8] = {0};
-    for (int64_t c = 0; c < d; c += 8)
-        for (int k = 0; k < 8; k++) {
-            float a = fabsf(y[c + k]);
-            m[k] = m[k] < a ? a : m[k];
-        }
-    float a = m[0];
-    for (int k = 1; k < 8; k++) a = m[k] > a ? m[k] : a;
-    return a;
+    return amax8(y, d);
 }
 
 static void quant_tok_task(void *arg, int64_t task, int worker) {
@@ -305,13 +297,13 @@ static void quant_tok_task(void *arg, int64_t task, int worker) {
                 if (j->rotate) {
                     if (K->scale_center_amax) (void)K->scale_center_amax(row, f, mu, (int)D, y);
                     else for (int64_t c = 0; c < D; c++) y[c] = row[c] * f[c] - mu[c];
-                    amax = K->rotate_row ? K->rotate_row(y, (int)D, j->post) : qattn_rotate_row(y, (int)D, j->post);
+                    amax = K->rotate_row ? K->rotate_row(y, (int)D, j->pre) : qattn_rotate_row(y, (int)D, j->pre);
                 } else
                     amax = K->scale_center_amax ? K->scale_center_amax(row, f, mu, (int)D, y) : scale_center_amax(row, f, mu, D, y);
             } else
                 amax = j->kern->center_amax ? j->kern->center_amax(row, mu, (int)D, y) : row_center_amax(row, mu, D, y);
             j->kern->quant_row(y, (int)D, inv_scale(amax), t->data + toff0 + h * t->head_stride + i * t->seq_stride);
-            t->scale[(tok0 + i) * Ht + h] = amax / 127.0f;
+            t->scale[(tok0 + i) * Ht + h] = ldexpf(amax / 127.0f, j->scale_shift);
         }
 }
 
@@ -535,12 +527,15 @@ qattn_status qattn_quantize_qk_smoothed(qattn_ctx *ctx, const qattn_params *p, i
     }
     for (size_t i = 0; i < nfac; i++) inv[i] = 1.0f / fac[i]; /* powers of two: exact */
     jk.mul = inv, jk.mul_bstride = jq.mul_bstride, jk.mul_group = 1;
+    /* rotated rows are H(y / n): never above max |y| (no overflow); Q's scales carry the n back */
+    int nb = qattn_rotate_block((int)D);
     jq.rotate = jk.rotate = rotate != 0;
-    jq.post = 1.0f / (float)qattn_rotate_block((int)D), jk.post = 1.0f;
+    jq.pre = jk.pre = 1.0f / (float)nb;
+    jq.scale_shift = rotate ? ilogb((float)nb) : 0;
     run_codes(ctx, &jq);
     run_codes(ctx, &jk);
-    if (rotate) /* the driver's mean is in the codes' domain: H (mu / f) */
-        for (int64_t i = 0; i < B * HK; i++) (void)qattn_rotate_row(tk->mean + i * D, (int)D, 1.0f);
+    if (rotate) /* the driver's mean is in K's codes' domain: H(mu / f / n) */
+        for (int64_t i = 0; i < B * HK; i++) (void)qattn_rotate_row(tk->mean + i * D, (int)D, jk.pre);
     if (!dyn) {
         s = report_bad(ctx, &jq, QATTN_TENSOR_Q, nchunk_q);
         if (s == QATTN_OK) s = report_bad(ctx, &jk, QATTN_TENSOR_K, nchunk_k);

@@ -436,7 +436,10 @@ int qattn_cli_accuracy(int argc, char **argv) {
                     cli_json_begin(&j, stdout);
                     cli_json_str(&j, "command", "accuracy");
                     cli_json_str(&j, "inputs", input_names[in]);
-                    cli_json_str(&j, "method", all[mi].name);
+                    char key[48]; /* the --methods name, without the table label's note */
+                    snprintf(key, sizeof key, "%.*s", (int)strcspn(all[mi].name, all[mi].candidate > 0 ? "" : " "), all[mi].name);
+                    cli_json_str(&j, "method", key);
+                    if (kv) cli_json_int(&j, "decode_rows", nrows);
                     cli_json_int(&j, "batch", p.batch);
                     cli_json_int(&j, "heads", p.n_heads);
                     cli_json_int(&j, "kv_heads", p.n_kv_heads);
@@ -469,7 +472,9 @@ int qattn_cli_accuracy(int argc, char **argv) {
             cli_json j;
             cli_json_begin(&j, stdout);
             cli_json_str(&j, "command", "accuracy-verdict");
-            cli_json_str(&j, "method", all[mi].name);
+            char key[48];
+            snprintf(key, sizeof key, "%.*s", (int)strcspn(all[mi].name, all[mi].candidate > 0 ? "" : " "), all[mi].name);
+            cli_json_str(&j, "method", key);
             cli_json_num(&j, "worst_rel_l1", w->worst);
             cli_json_str(&j, "worst_at", w->worst_at);
             if (w->normal_worst >= 0) cli_json_num(&j, "normal_rel_l1", w->normal_worst);

@@ -362,13 +362,15 @@ static ALWAYS_INLINE __m512 bfly_in(__m512 v, __m512 sw, __mmask16 upper) {
     return _mm512_mask_blend_ps(upper, _mm512_add_ps(v, sw), _mm512_sub_ps(sw, v));
 }
 
-/* qattn_rotate_row on up to 16 vectors held in registers: stages 1, 2, 4 (8) inside vectors,
- * 16 .. n/2 between vectors, in the definition's order; d % 16 == 8 happens only with n = 8. */
-static float rotate_row_avx512(float *y, int d, float post) {
+/* qattn_rotate_row on up to 16 vectors held in registers: y *= pre on the load (the scalar
+ * multiplies only when pre != 1, and y * 1 = y), stages 1, 2, 4 (8) inside vectors, 16 .. n/2
+ * between vectors, in the definition's order; d % 16 == 8 happens only with n = 8. */
+static float rotate_row_avx512(float *y, int d, float pre) {
     int n = qattn_rotate_block(d), nv = (d + 15) / 16;
+    const __m512 vp = _mm512_set1_ps(pre);
     __m512 v[16];
     for (int i = 0; i < nv; i++) {
-        v[i] = _mm512_maskz_loadu_ps(lanes16(d - 16 * i), y + 16 * i);
+        v[i] = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes16(d - 16 * i), y + 16 * i), vp);
         v[i] = bfly_in(v[i], _mm512_permute_ps(v[i], _MM_SHUFFLE(2, 3, 0, 1)), 0xAAAA);
         v[i] = bfly_in(v[i], _mm512_permute_ps(v[i], _MM_SHUFFLE(1, 0, 3, 2)), 0xCCCC);
         v[i] = bfly_in(v[i], _mm512_shuffle_f32x4(v[i], v[i], _MM_SHUFFLE(2, 3, 0, 1)), 0xF0F0);
@@ -381,12 +383,10 @@ static float rotate_row_avx512(float *y, int d, float post) {
                 v[k] = _mm512_add_ps(a, c);
                 v[k + step] = _mm512_sub_ps(a, c);
             }
-    const __m512 vp = _mm512_set1_ps(post);
     __m512 m = _mm512_setzero_ps();
     for (int i = 0; i < nv; i++) {
-        __m512 x = _mm512_mul_ps(v[i], vp);
-        _mm512_mask_storeu_ps(y + 16 * i, lanes16(d - 16 * i), x);
-        m = _mm512_max_ps(m, _mm512_abs_ps(x)); /* exact; masked lanes are +0 */
+        _mm512_mask_storeu_ps(y + 16 * i, lanes16(d - 16 * i), v[i]);
+        m = _mm512_max_ps(m, _mm512_abs_ps(v[i])); /* exact; masked lanes are +0 */
     }
     return _mm512_reduce_max_ps(m);
 }
