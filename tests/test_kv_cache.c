@@ -453,6 +453,25 @@ static void test_decode_bad_args(void) {
     th_set_context(NULL);
 }
 
+/* One decode of sequence 0 over a fresh cache of dtype holding the L tokens of k and v (HK heads of
+ * D, blocks of 16), on isa with 2 threads; dp: the caller's q, o, lse and shape fields (seq_ids and
+ * n_seqs are set here). Returns false when this CPU lacks the ISA (nothing run). */
+static bool decode_fresh(int32_t isa, int32_t dtype, int HK, int D, int64_t n_blocks, const float *k, const float *v, int L,
+                         qattn_decode_params *dp) {
+    qattn_ctx *ctx = th_ctx(isa, 2);
+    if (!ctx) return false;
+    qattn_kv_cache *c = make_cache(ctx, HK, D, 16, dtype, n_blocks, 1);
+    int32_t id = 0;
+    bool ok = c && qattn_kv_cache_append(ctx, c, 0, k, v, L, QATTN_DTYPE_F32) == QATTN_OK;
+    TH_CHECK(ok, "append: %s", qattn_ctx_last_error(ctx));
+    dp->seq_ids = &id, dp->n_seqs = 1;
+    if (ok) TH_CHECK(qattn_kv_decode(ctx, c, dp) == QATTN_OK, "decode: %s", qattn_ctx_last_error(ctx));
+    dp->seq_ids = NULL;
+    qattn_kv_cache_destroy(ctx, c);
+    qattn_ctx_destroy(ctx);
+    return ok;
+}
+
 /* A NaN in one query row reaches exactly that row's output (and LSE), on every storage dtype and ISA. */
 static void test_decode_nan_query(void) {
     th_set_context("decode NaN query row");
@@ -469,29 +488,21 @@ static void test_decode_nan_query(void) {
     q[1 * D + 5] = NAN; /* head 1 (kv head 0) */
     for (int ii = 0; ii < g_n_isas; ii++)
         for (int t = 0; t < 3; t++) {
-            qattn_ctx *ctx = th_ctx(g_isas[ii], 2);
-            if (!ctx) continue;
-            qattn_kv_cache *c = make_cache(ctx, HK, D, 16, dtypes[t], 32, 1);
-            if (c && qattn_kv_cache_append(ctx, c, 0, k, v, L, QATTN_DTYPE_F32) == QATTN_OK) {
-                int32_t id = 0;
-                qattn_decode_params dp;
-                qattn_decode_params_init(&dp);
-                dp.q = q, dp.o = o, dp.lse = lse, dp.seq_ids = &id, dp.n_seqs = 1, dp.n_heads = H;
-                TH_CHECK(qattn_kv_decode(ctx, c, &dp) == QATTN_OK, "decode: %s", qattn_ctx_last_error(ctx));
-                for (int h = 0; h < H; h++) {
-                    bool all_nan = true, all_finite = true;
-                    for (int cc = 0; cc < D; cc++) {
-                        all_nan = all_nan && isnan(o[h * D + cc]);
-                        all_finite = all_finite && isfinite(o[h * D + cc]);
-                    }
-                    if (h == 1)
-                        TH_CHECK(all_nan && isnan(lse[h]), "%s %s: the NaN query row is not NaN", th_isa_name(g_isas[ii]), dt_name(dtypes[t]));
-                    else
-                        TH_CHECK(all_finite && isfinite(lse[h]), "%s %s: NaN spread to head %d", th_isa_name(g_isas[ii]), dt_name(dtypes[t]), h);
+            qattn_decode_params dp;
+            qattn_decode_params_init(&dp);
+            dp.q = q, dp.o = o, dp.lse = lse, dp.n_heads = H;
+            if (!decode_fresh(g_isas[ii], dtypes[t], HK, D, 32, k, v, L, &dp)) continue;
+            for (int h = 0; h < H; h++) {
+                bool all_nan = true, all_finite = true;
+                for (int cc = 0; cc < D; cc++) {
+                    all_nan = all_nan && isnan(o[h * D + cc]);
+                    all_finite = all_finite && isfinite(o[h * D + cc]);
                 }
+                if (h == 1)
+                    TH_CHECK(all_nan && isnan(lse[h]), "%s %s: the NaN query row is not NaN", th_isa_name(g_isas[ii]), dt_name(dtypes[t]));
+                else
+                    TH_CHECK(all_finite && isfinite(lse[h]), "%s %s: NaN spread to head %d", th_isa_name(g_isas[ii]), dt_name(dtypes[t]), h);
             }
-            qattn_kv_cache_destroy(ctx, c);
-            qattn_ctx_destroy(ctx);
         }
     free(k), free(v);
     th_set_context(NULL);
@@ -519,25 +530,17 @@ static void test_decode_masked_inf(void) {
         for (int i = 0; i < HK * D; i++) k[(size_t)bad * HK * D + i] = v[(size_t)bad * HK * D + i] = INFINITY;
         for (int ii = 0; ii < g_n_isas; ii++)
             for (int t = 0; t < 2; t++) {
-                qattn_ctx *ctx = th_ctx(g_isas[ii], 2);
-                if (!ctx) continue;
-                qattn_kv_cache *c = make_cache(ctx, HK, D, 16, dtypes[t], 8, 1);
-                if (c && qattn_kv_cache_append(ctx, c, 0, k, v, L, QATTN_DTYPE_F32) == QATTN_OK) {
-                    int32_t id = 0;
-                    qattn_decode_params dp;
-                    qattn_decode_params_init(&dp);
-                    dp.q = q, dp.o = o, dp.lse = lse, dp.seq_ids = &id, dp.n_seqs = 1, dp.n_heads = H, dp.seqlen_q = LQ, dp.window_left = 30;
-                    TH_CHECK(qattn_kv_decode(ctx, c, &dp) == QATTN_OK, "decode: %s", qattn_ctx_last_error(ctx));
-                    bool finite = true;
-                    for (int i = sc == 0 ? 0 : 1; i < (sc == 0 ? 1 : LQ); i++)
-                        for (int h = 0; h < H; h++) {
-                            for (int cc = 0; cc < D; cc++) finite = finite && isfinite(o[((size_t)i * H + h) * D + cc]);
-                            finite = finite && isfinite(lse[h * LQ + i]);
-                        }
-                    TH_CHECK(finite, "%s %s: an Inf in token %d reached a row that cannot see it", th_isa_name(g_isas[ii]), dt_name(dtypes[t]), bad);
-                }
-                qattn_kv_cache_destroy(ctx, c);
-                qattn_ctx_destroy(ctx);
+                qattn_decode_params dp;
+                qattn_decode_params_init(&dp);
+                dp.q = q, dp.o = o, dp.lse = lse, dp.n_heads = H, dp.seqlen_q = LQ, dp.window_left = 30;
+                if (!decode_fresh(g_isas[ii], dtypes[t], HK, D, 8, k, v, L, &dp)) continue;
+                bool finite = true;
+                for (int i = sc == 0 ? 0 : 1; i < (sc == 0 ? 1 : LQ); i++)
+                    for (int h = 0; h < H; h++) {
+                        for (int cc = 0; cc < D; cc++) finite = finite && isfinite(o[((size_t)i * H + h) * D + cc]);
+                        finite = finite && isfinite(lse[h * LQ + i]);
+                    }
+                TH_CHECK(finite, "%s %s: an Inf in token %d reached a row that cannot see it", th_isa_name(g_isas[ii]), dt_name(dtypes[t]), bad);
             }
     }
     free(k), free(v);
