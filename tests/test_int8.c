@@ -67,6 +67,143 @@ static qattn_ctx *make_ctx(int32_t isa, int threads) {
 /* ---------------------------------------------------------------- kernels: avx2, avxvnni, avx512 == ref */
 
 #if defined(QATTN_HAVE_X86)
+/* The default scheme's P step done the unfused way with the reference kernels (scores, rowmax,
+ * the driver's float steps, softmax_vs): what a table's fused p_vs_tile must equal bit for bit. */
+static void p_vs_unfused(const int32_t *s, int m, int npad, const float *sq, const float *sk, const int32_t *lo, const int32_t *hi,
+                         const float *svk, float *row_max, float *row_sum, int16_t *codes, float *alpha, float *fac) {
+    const qattn_int8_kernels *R = &qattn_int8_kernels_ref;
+    float *sf = xcalloc((size_t)m * npad * 4);
+    R->scores(s, m, npad, sq, sk, sf);
+    for (int r = 0; r < m; r++) {
+        if (lo[r] >= hi[r]) {
+            memset(codes + (size_t)r * npad, 0, (size_t)npad * 2);
+            alpha[r] = 1.0f, fac[r] = 0.0f;
+            continue;
+        }
+        float mb = R->rowmax(sf + (size_t)r * npad, lo[r], hi[r]), m_old = row_max[r], m_new = m_old > mb ? m_old : mb;
+        float al = m_old == -INFINITY ? 0.0f : exp2f(m_old - m_new), beta = exp2f(mb - m_new), esum, wmax;
+        R->softmax_vs(sf + (size_t)r * npad, lo[r], hi[r], npad, mb, svk, codes + (size_t)r * npad, &esum, &wmax);
+        row_sum[r] = row_sum[r] * al + beta * esum;
+        row_max[r] = m_new;
+        alpha[r] = al, fac[r] = beta * wmax / 255.0f;
+    }
+    free(sf);
+}
+
+/* A table's fused and quantization slots (p_vs_tile, pv_acc8u, quant_row, center_amax) against the
+ * reference, bit for bit, on awkward sizes: partial and empty rows, first tiles (max -inf), npad %
+ * 16 == 8, D % 16 == 8, and scores that overflow to the FLT_MAX clamp. */
+static void test_fused_slots(const qattn_int8_kernels *A) {
+    const qattn_int8_kernels *R = &qattn_int8_kernels_ref;
+    int dims[] = {40, 80, 128, 136, 256};
+    int ms[] = {1, 3, 4, 5, 8, 17, 64};
+    int ns[] = {1, 8, 9, 24, 40, 63, 64};
+    for (int di = 0; di < 5; di++)
+        for (int mi = 0; mi < 7; mi++)
+            for (int ni = 0; ni < 7; ni++) {
+                int d = dims[di], m = ms[mi], n = ns[ni], npad = (n + 7) / 8 * 8;
+                int32_t *s = xcalloc((size_t)m * npad * 4), *lo = xcalloc((size_t)m * 4), *hi = xcalloc((size_t)m * 4);
+                float *sq = xcalloc((size_t)m * 4), *sk = xcalloc((size_t)npad * 4), *svk = xcalloc((size_t)npad * 4);
+                float *st = xcalloc((size_t)m * 4 * 6); /* row_max, row_sum, alpha, fac: reference copy, then this table's */
+                int16_t *c1 = xcalloc((size_t)m * npad * 2), *c2 = xcalloc((size_t)m * npad * 2);
+                uint8_t *c8 = xcalloc((size_t)m * npad);
+                for (int i = 0; i < m * npad; i++) s[i] = (int32_t)(rnd_u64() % 8000001) - 4000000;
+                for (int j = 0; j < npad; j++) sk[j] = j < n ? (float)(rnd_unif() * 1e-2) : 0.0f, svk[j] = j < n ? (float)rnd_unif() : 0.0f;
+                for (int r = 0; r < m; r++) {
+                    sq[r] = (float)(rnd_unif() * 1e-4);
+                    int kind = (int)(rnd_u64() % 4); /* full, partial, empty, full again */
+                    lo[r] = kind == 1 ? (int)(rnd_u64() % (n + 1)) : 0;
+                    hi[r] = kind == 2 ? 0 : kind == 1 ? lo[r] + (int)(rnd_u64() % (n - lo[r] + 1)) : n;
+                }
+                if (ni % 2) sq[0] = 1e30f, sk[0] = 1e30f; /* overflow: clamped to FLT_MAX */
+                for (int u8 = 0; u8 < 2; u8++) {
+                    float *rm1 = st, *rs1 = st + m, *rm2 = st + 2 * m, *rs2 = st + 3 * m, a1[64], f1[64], a2[64], f2[64];
+                    for (int r = 0; r < m; r++) {
+                        rm1[r] = rm2[r] = r % 3 == 0 ? -INFINITY : (float)(rnd_unif() * 400.0 - 200.0);
+                        rs1[r] = rs2[r] = r % 3 == 0 ? 0.0f : (float)rnd_unif();
+                    }
+                    memset(c2, 0x55, (size_t)m * npad * 2), memset(c8, 0x55, (size_t)m * npad); /* poisoned */
+                    p_vs_unfused(s, m, npad, sq, sk, lo, hi, svk, rm1, rs1, c1, a1, f1);
+                    A->p_vs_tile(s, m, npad, sq, sk, lo, hi, svk, rm2, rs2, u8 ? (void *)c8 : (void *)c2, u8, a2, f2);
+                    bool same = !memcmp(rm1, rm2, (size_t)m * 4) && !memcmp(rs1, rs2, (size_t)m * 4) && !memcmp(a1, a2, (size_t)m * 4) &&
+                                !memcmp(f1, f2, (size_t)m * 4);
+                    for (int i = 0; i < m * npad; i++) same = same && (u8 ? c8[i] == c1[i] : c2[i] == c1[i]);
+                    CHECK(same, "p_vs_tile %s (u8 %d) != unfused ref (m %d n %d)", A->name, u8, m, n);
+                }
+                if (A->pv_acc8u) { /* the u8 codes just made, through pv_acc8u == pv_acc8 ref on the same codes */
+                    int8_t *vp8 = xcalloc((size_t)npad * d);
+                    float *sv = xcalloc((size_t)d * 4), *o1 = xcalloc((size_t)m * d * 4), *o2 = xcalloc((size_t)m * d * 4), al[64], fa[64];
+                    for (int i = 0; i < npad * d; i++) vp8[i] = (int8_t)((int)(rnd_u64() % 255) - 127);
+                    for (int c = 0; c < d; c++) sv[c] = (float)rnd_unif();
+                    for (int r = 0; r < m; r++) al[r] = (float)rnd_unif(), fa[r] = (float)rnd_unif() * 1e-3f;
+                    for (int i = 0; i < m * d; i++) o1[i] = o2[i] = (float)rnd_norm();
+                    R->pv_acc8(c1, m, npad, vp8, d, al, fa, sv, lo, hi, o1, d);
+                    A->pv_acc8u(c8, m, npad, vp8, d, al, fa, sv, lo, hi, o2, d);
+                    CHECK(!memcmp(o1, o2, (size_t)m * d * 4), "pv_acc8u %s != pv_acc8 ref (d %d m %d n %d)", A->name, d, m, n);
+                    free(vp8), free(sv), free(o1), free(o2);
+                }
+                free(s), free(lo), free(hi), free(sq), free(sk), free(svk), free(st), free(c1), free(c2), free(c8);
+            }
+    for (int di = 0; di < 5; di++) { /* quantization rows */
+        int d = dims[di];
+        float *row = xcalloc((size_t)d * 4), *mu = xcalloc((size_t)d * 4), *y1 = xcalloc((size_t)d * 4), *y2 = xcalloc((size_t)d * 4);
+        int8_t *q1 = xcalloc((size_t)d), *q2 = xcalloc((size_t)d);
+        for (int c = 0; c < d; c++) row[c] = (float)(rnd_norm() * 3.0), mu[c] = (float)rnd_norm();
+        float amax = 0.0f;
+        for (int c = 0; c < d; c++) y1[c] = row[c] - mu[c], amax = fabsf(y1[c]) > amax ? fabsf(y1[c]) : amax;
+        float got = A->center_amax ? A->center_amax(row, mu, d, y2) : amax;
+        if (!A->center_amax) memcpy(y2, y1, (size_t)d * 4);
+        CHECK(got == amax && !memcmp(y1, y2, (size_t)d * 4), "center_amax %s (d %d)", A->name, d);
+        for (int scale = 0; scale < 2; scale++) { /* 127 / amax, and 0 (an all-zero group) */
+            float inv = scale ? 127.0f / amax : 0.0f;
+            memset(q2, 0x55, (size_t)d);
+            R->quant_row(y1, d, inv, q1);
+            A->quant_row(y1, d, inv, q2);
+            CHECK(!memcmp(q1, q2, (size_t)d), "quant_row %s (d %d)", A->name, d);
+        }
+        free(row), free(mu), free(y1), free(y2), free(q1), free(q2);
+    }
+    /* the quantizer's row slots: smoothing, Hadamard rotation (every block size n = 8 .. 128), statistics */
+    int qdims[] = {40, 64, 80, 96, 128, 136, 192, 200, 256};
+    for (int di = 0; di < 9; di++) {
+        int d = qdims[di];
+        float *row = xcalloc((size_t)d * 4), *f = xcalloc((size_t)d * 4), *mu = xcalloc((size_t)d * 4), *y1 = xcalloc((size_t)d * 4),
+              *y2 = xcalloc((size_t)d * 4), *mn1 = xcalloc((size_t)d * 4), *mx1 = xcalloc((size_t)d * 4), *mn2 = xcalloc((size_t)d * 4),
+              *mx2 = xcalloc((size_t)d * 4);
+        double *s1 = xcalloc((size_t)d * 8), *s2 = xcalloc((size_t)d * 8);
+        for (int c = 0; c < d; c++) row[c] = (float)(rnd_norm() * 3.0), f[c] = ldexpf(1.0f, (int)(rnd_u64() % 9) - 4), mu[c] = (float)rnd_norm();
+        if (A->scale_center_amax) {
+            float amax = 0.0f;
+            for (int c = 0; c < d; c++) y1[c] = row[c] * f[c] - mu[c], amax = fabsf(y1[c]) > amax ? fabsf(y1[c]) : amax;
+            float got = A->scale_center_amax(row, f, mu, d, y2);
+            CHECK(got == amax && !memcmp(y1, y2, (size_t)d * 4), "scale_center_amax %s (d %d)", A->name, d);
+        }
+        if (A->rotate_row)
+            for (int k = 0; k < 2; k++) { /* pre 1 and 1 / n (the default scheme's) */
+                float pre = k ? 1.0f / (float)qattn_rotate_block(d) : 1.0f;
+                for (int c = 0; c < d; c++) y1[c] = y2[c] = row[c] * f[c] - mu[c];
+                float a1 = qattn_rotate_row(y1, d, pre), a2 = A->rotate_row(y2, d, pre);
+                CHECK(a1 == a2 && !memcmp(y1, y2, (size_t)d * 4), "rotate_row %s (d %d, pre %g)", A->name, d, pre);
+            }
+        if (A->stats_row) {
+            for (int c = 0; c < d; c++) s1[c] = s2[c] = rnd_norm(), mn1[c] = mn2[c] = INFINITY, mx1[c] = mx2[c] = -INFINITY;
+            for (int i = 0; i < 5; i++) { /* five rows, the first two zeros of opposite signs (ties keep the old value) */
+                for (int c = 0; c < d; c++) row[c] = i < 2 ? ((c + i) % 2 ? -0.0f : 0.0f) : (float)(rnd_norm() * 3.0);
+                for (int c = 0; c < d; c++) {
+                    s1[c] += row[c];
+                    mn1[c] = row[c] < mn1[c] ? row[c] : mn1[c];
+                    mx1[c] = row[c] > mx1[c] ? row[c] : mx1[c];
+                }
+                A->stats_row(row, d, s2, mn2, mx2);
+            }
+            A->stats_row(row, d, NULL, NULL, NULL); /* nothing asked: nothing written */
+            CHECK(!memcmp(s1, s2, (size_t)d * 8) && !memcmp(mn1, mn2, (size_t)d * 4) && !memcmp(mx1, mx2, (size_t)d * 4), "stats_row %s (d %d)",
+                  A->name, d);
+        }
+        free(row), free(f), free(mu), free(y1), free(y2), free(mn1), free(mx1), free(mn2), free(mx2), free(s1), free(s2);
+    }
+}
+
 static void test_kernels_isa(int32_t isa, const qattn_int8_kernels *A) {
     qattn_ctx *probe = make_ctx(isa, 1);
     if (!probe) {
@@ -154,6 +291,7 @@ static void test_kernels_isa(int32_t isa, const qattn_int8_kernels *A) {
         worst = rel > worst ? rel : worst;
     }
     CHECK(worst < 1e-6 && qattn_exp2_poly(0.0f) == 1.0f && qattn_exp2_poly(-INFINITY) == 0.0f, "exp2 poly rel err %g", worst);
+    if (A->p_vs_tile) test_fused_slots(A);
     printf("kernels: %s == ref bit for bit; exp2 poly max rel err %.2e\n", A->name, worst);
 }
 #endif
@@ -442,14 +580,16 @@ static void test_forward_quantized(void) {
             CHECK(qattn_forward_quantized(ctx, &pq, &qi) == QATTN_ERR_INVALID_ARGUMENT, "negative scale accepted");
             qi.k.scale[3] = keep;
             CHECK(qattn_forward_quantized(ctx, &pq, NULL) == QATTN_ERR_NULL_POINTER, "NULL qi accepted");
-            int8_t c0 = qi.k.data[0];
-            qi.k.data[0] = -127;
+            /* K and V codes at every byte position of a 4-byte group (the packers clamp 4 at a time) */
+            static const int at[] = {0, 1, 2, 3, 6, 64 + 5, 130, 131};
+            int8_t keep_k[8], keep_v[8];
+            for (int i = 0; i < 8; i++) keep_k[i] = qi.k.data[at[i]], keep_v[i] = qi.v.data[at[i]], qi.k.data[at[i]] = qi.v.data[at[i]] = -127;
             qattn_forward_quantized(ctx, &pq, &qi);
             memcpy(o_dyn, pr.o, (size_t)pr.no * 4);
-            qi.k.data[0] = -128;
+            for (int i = 0; i < 8; i++) qi.k.data[at[i]] = qi.v.data[at[i]] = -128;
             qattn_forward_quantized(ctx, &pq, &qi);
             CHECK(!memcmp(o_dyn, pr.o, (size_t)pr.no * 4), "code -128 is not read as -127");
-            qi.k.data[0] = c0;
+            for (int i = 0; i < 8; i++) qi.k.data[at[i]] = keep_k[i], qi.v.data[at[i]] = keep_v[i];
         }
         for (int w = 0; w < 3; w++) free(ts[w]->data), free(ts[w]->scale), free(ts[w]->mean);
         free(o_dyn);

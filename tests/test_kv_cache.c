@@ -453,6 +453,25 @@ static void test_decode_bad_args(void) {
     th_set_context(NULL);
 }
 
+/* One decode of sequence 0 over a fresh cache of dtype holding the L tokens of k and v (HK heads of
+ * D, blocks of 16), on isa with 2 threads; dp: the caller's q, o, lse and shape fields (seq_ids and
+ * n_seqs are set here). Returns false when this CPU lacks the ISA (nothing run). */
+static bool decode_fresh(int32_t isa, int32_t dtype, int HK, int D, int64_t n_blocks, const float *k, const float *v, int L,
+                         qattn_decode_params *dp) {
+    qattn_ctx *ctx = th_ctx(isa, 2);
+    if (!ctx) return false;
+    qattn_kv_cache *c = make_cache(ctx, HK, D, 16, dtype, n_blocks, 1);
+    int32_t id = 0;
+    bool ok = c && qattn_kv_cache_append(ctx, c, 0, k, v, L, QATTN_DTYPE_F32) == QATTN_OK;
+    TH_CHECK(ok, "append: %s", qattn_ctx_last_error(ctx));
+    dp->seq_ids = &id, dp->n_seqs = 1;
+    if (ok) TH_CHECK(qattn_kv_decode(ctx, c, dp) == QATTN_OK, "decode: %s", qattn_ctx_last_error(ctx));
+    dp->seq_ids = NULL;
+    qattn_kv_cache_destroy(ctx, c);
+    qattn_ctx_destroy(ctx);
+    return ok;
+}
+
 /* A NaN in one query row reaches exactly that row's output (and LSE), on every storage dtype and ISA. */
 static void test_decode_nan_query(void) {
     th_set_context("decode NaN query row");
@@ -469,30 +488,61 @@ static void test_decode_nan_query(void) {
     q[1 * D + 5] = NAN; /* head 1 (kv head 0) */
     for (int ii = 0; ii < g_n_isas; ii++)
         for (int t = 0; t < 3; t++) {
-            qattn_ctx *ctx = th_ctx(g_isas[ii], 2);
-            if (!ctx) continue;
-            qattn_kv_cache *c = make_cache(ctx, HK, D, 16, dtypes[t], 32, 1);
-            if (c && qattn_kv_cache_append(ctx, c, 0, k, v, L, QATTN_DTYPE_F32) == QATTN_OK) {
-                int32_t id = 0;
+            qattn_decode_params dp;
+            qattn_decode_params_init(&dp);
+            dp.q = q, dp.o = o, dp.lse = lse, dp.n_heads = H;
+            if (!decode_fresh(g_isas[ii], dtypes[t], HK, D, 32, k, v, L, &dp)) continue;
+            for (int h = 0; h < H; h++) {
+                bool all_nan = true, all_finite = true;
+                for (int cc = 0; cc < D; cc++) {
+                    all_nan = all_nan && isnan(o[h * D + cc]);
+                    all_finite = all_finite && isfinite(o[h * D + cc]);
+                }
+                if (h == 1)
+                    TH_CHECK(all_nan && isnan(lse[h]), "%s %s: the NaN query row is not NaN", th_isa_name(g_isas[ii]), dt_name(dtypes[t]));
+                else
+                    TH_CHECK(all_finite && isfinite(lse[h]), "%s %s: NaN spread to head %d", th_isa_name(g_isas[ii]), dt_name(dtypes[t]), h);
+            }
+        }
+    free(k), free(v);
+    th_set_context(NULL);
+}
+
+/* Tokens a row cannot see are skipped, never multiplied by a zero weight. Lq 3 causal, window 30,
+ * group 2 (a kernel block of 4 rows holds positions 0 and 1, which see tokens [8, 38] and [9, 39]):
+ * an Inf in the K and V of token 39 (inside the block's token range, invisible to position 0) must
+ * leave position 0 finite; an Inf at token 8 (visible to position 0 only) must leave positions 1
+ * and 2 finite. FP16/BF16 caches (the codes hold Inf), every ISA. */
+static void test_decode_masked_inf(void) {
+    th_set_context("decode masked Inf");
+    printf("  decode masked Inf\n");
+    const int H = 4, HK = 2, D = 72, L = 41, LQ = 3; /* D % 16 == 8: the ZMM kernels' tail */
+    static const int32_t dtypes[] = {QATTN_DTYPE_F16, QATTN_DTYPE_BF16};
+    float *k = th_xmalloc((size_t)L * HK * D * 4), *v = th_xmalloc((size_t)L * HK * D * 4);
+    float q[3 * 4 * 72], o[3 * 4 * 72], lse[4 * 3];
+    th_rng rng;
+    th_rng_init(&rng, th_derive_seed(2001));
+    th_fill_normal(q, (size_t)LQ * H * D, &rng, 0, 1);
+    for (int sc = 0; sc < 2; sc++) {
+        int bad = sc == 0 ? 39 : 8;
+        th_fill_normal(k, (size_t)L * HK * D, &rng, 0, 1);
+        th_fill_normal(v, (size_t)L * HK * D, &rng, 0, 1);
+        for (int i = 0; i < HK * D; i++) k[(size_t)bad * HK * D + i] = v[(size_t)bad * HK * D + i] = INFINITY;
+        for (int ii = 0; ii < g_n_isas; ii++)
+            for (int t = 0; t < 2; t++) {
                 qattn_decode_params dp;
                 qattn_decode_params_init(&dp);
-                dp.q = q, dp.o = o, dp.lse = lse, dp.seq_ids = &id, dp.n_seqs = 1, dp.n_heads = H;
-                TH_CHECK(qattn_kv_decode(ctx, c, &dp) == QATTN_OK, "decode: %s", qattn_ctx_last_error(ctx));
-                for (int h = 0; h < H; h++) {
-                    bool all_nan = true, all_finite = true;
-                    for (int cc = 0; cc < D; cc++) {
-                        all_nan = all_nan && isnan(o[h * D + cc]);
-                        all_finite = all_finite && isfinite(o[h * D + cc]);
+                dp.q = q, dp.o = o, dp.lse = lse, dp.n_heads = H, dp.seqlen_q = LQ, dp.window_left = 30;
+                if (!decode_fresh(g_isas[ii], dtypes[t], HK, D, 8, k, v, L, &dp)) continue;
+                bool finite = true;
+                for (int i = sc == 0 ? 0 : 1; i < (sc == 0 ? 1 : LQ); i++)
+                    for (int h = 0; h < H; h++) {
+                        for (int cc = 0; cc < D; cc++) finite = finite && isfinite(o[((size_t)i * H + h) * D + cc]);
+                        finite = finite && isfinite(lse[h * LQ + i]);
                     }
-                    if (h == 1)
-                        TH_CHECK(all_nan && isnan(lse[h]), "%s %s: the NaN query row is not NaN", th_isa_name(g_isas[ii]), dt_name(dtypes[t]));
-                    else
-                        TH_CHECK(all_finite && isfinite(lse[h]), "%s %s: NaN spread to head %d", th_isa_name(g_isas[ii]), dt_name(dtypes[t]), h);
-                }
+                TH_CHECK(finite, "%s %s: an Inf in token %d reached a row that cannot see it", th_isa_name(g_isas[ii]), dt_name(dtypes[t]), bad);
             }
-            qattn_kv_cache_destroy(ctx, c);
-            qattn_ctx_destroy(ctx);
-        }
+    }
     free(k), free(v);
     th_set_context(NULL);
 }
@@ -522,13 +572,16 @@ static void kernel_state_init(qattn_tile_state *st, float *mem, int m, int d) {
 }
 
 static void test_kernel_i8_equality(void) {
-    static const kcase cases[] = {{4, 128, 16}, {1, 64, 7}, {3, 80, 33}, {5, 256, 16}, {8, 128, 300}, {4, 72, 1}, {6, 128, 257}};
-    qattn_kv_attend_fn fns[3] = {qattn_kv_attend_ref, NULL, NULL};
-    const char *names[3] = {"ref", "avx2", "avxvnni"};
+    static const kcase cases[] = {{4, 128, 16}, {1, 64, 7}, {3, 80, 33}, {5, 256, 16}, {8, 128, 300}, {4, 72, 1}, {6, 128, 257},
+                                  {4, 40, 19},  {2, 48, 35}, {4, 88, 64},  {7, 136, 31}}; /* d % 32: 8, 16, 24 tails */
+    enum { NK = 4 };
+    qattn_kv_attend_fn fns[NK] = {qattn_kv_attend_ref, NULL, NULL, NULL};
+    const char *names[NK] = {"ref", "avx2", "avxvnni", "avx512"};
 #if defined(QATTN_HAVE_X86)
     for (int i = 0; i < g_n_isas; i++) {
         if (g_isas[i] == QATTN_ISA_AVX2) fns[1] = qattn_kv_attend_avx2;
         if (g_isas[i] == QATTN_ISA_AVXVNNI) fns[2] = qattn_kv_attend_vnni;
+        if (g_isas[i] == QATTN_ISA_AVX512) fns[3] = qattn_kv_attend_avx512;
     }
 #endif
     th_rng rng;
@@ -539,9 +592,9 @@ static void test_kernel_i8_equality(void) {
         float *ks = th_xmalloc((size_t)n * 4), *vs = th_xmalloc((size_t)n * 4), *qsc = th_xmalloc((size_t)m * 4), *q = th_xmalloc((size_t)m * d * 4);
         int16_t *q16 = th_xmalloc((size_t)m * ldq * 2);
         size_t sf = (size_t)QATTN_KV_SCRATCH_FLOATS(m, n);
-        float *scratch = th_xmalloc(sf * 4), *mem[3];
+        float *scratch = th_xmalloc(sf * 4), *mem[NK];
         int32_t lo[8], hi[8];
-        for (int f = 0; f < 3; f++) mem[f] = th_xmalloc((size_t)m * (d + 2) * 4);
+        for (int f = 0; f < NK; f++) mem[f] = th_xmalloc((size_t)m * (d + 2) * 4);
         fill_codes(kc, (size_t)n * d, &rng);
         fill_codes(vc, (size_t)n * d, &rng);
         for (int j = 0; j < n; j++) ks[j] = (float)th_rng_uniform(&rng, 1e-3, 2e-2), vs[j] = (float)th_rng_uniform(&rng, 1e-3, 2e-2);
@@ -549,12 +602,12 @@ static void test_kernel_i8_equality(void) {
             for (int c = 0; c < ldq; c++) q16[(size_t)r * ldq + c] = c < d ? (int16_t)((int)(th_rng_u64(&rng) % 65535) - 32767) : 0;
             qsc[r] = (float)th_rng_uniform(&rng, 1e-6, 1e-5);
         }
-        qattn_tile_state st[3];
+        qattn_tile_state st[NK];
         /* Q.K: row r sees token (j0 + r) only */
         bool ok = true;
         for (int j0 = 0; j0 < n && ok; j0 += m) {
             for (int r = 0; r < m; r++) lo[r] = j0 + r < n ? j0 + r : n, hi[r] = j0 + r < n ? j0 + r + 1 : n;
-            for (int f = 0; f < 3; f++) {
+            for (int f = 0; f < NK; f++) {
                 if (!fns[f]) continue;
                 kernel_state_init(&st[f], mem[f], m, d);
                 fns[f](q, q16, qsc, m, d, QATTN_DTYPE_I8, kc, vc, ks, vs, n, lo, hi, &st[f], scratch, NULL);
@@ -566,7 +619,7 @@ static void test_kernel_i8_equality(void) {
         float zero[8] = {0};
         int nn = n > 256 ? 256 : n;
         for (int r = 0; r < m; r++) lo[r] = (r * 3) % (nn > 1 ? nn / 2 + 1 : 1), hi[r] = nn - (r % 2) * (nn / 3);
-        for (int f = 0; f < 3; f++) {
+        for (int f = 0; f < NK; f++) {
             if (!fns[f]) continue;
             kernel_state_init(&st[f], mem[f], m, d);
             fns[f](q, q16, zero, m, d, QATTN_DTYPE_I8, kc, vc, ks, vs, nn, lo, hi, &st[f], scratch, NULL);
@@ -576,22 +629,26 @@ static void test_kernel_i8_equality(void) {
             TH_CHECK(same_max && memcmp(st[f].row_sum, st[0].row_sum, (size_t)m * (d + 1) * 4) == 0,
                      "kernel P.V %s m %d d %d n %d: state differs from the reference", names[f], m, d, nn);
         }
-        /* whole kernel, AVX-VNNI vs AVX2: two calls carrying state, random scores */
-        if (fns[1] && fns[2]) {
-            for (int f = 1; f < 3; f++) kernel_state_init(&st[f], mem[f], m, d);
+        /* whole kernel, AVX-VNNI and AVX-512 vs AVX2: two calls carrying state, random scores */
+        for (int f = 2; f < NK; f++) {
+            if (!fns[1] || !fns[f]) continue;
+            kernel_state_init(&st[1], mem[1], m, d);
+            kernel_state_init(&st[f], mem[f], m, d);
             for (int call = 0; call < 2; call++) {
                 for (int r = 0; r < m; r++) {
                     qsc[r] = (float)th_rng_uniform(&rng, 1e-5, 1e-4);
                     lo[r] = call == 0 ? 0 : r % 3 < n ? r % 3 : n, hi[r] = call == 0 ? n : n - (r % 2 ? n / 4 : 0);
                 }
-                for (int f = 1; f < 3; f++) fns[f](q, q16, qsc, m, d, QATTN_DTYPE_I8, kc, vc, ks, vs, n, lo, hi, &st[f], scratch, NULL);
+                fns[1](q, q16, qsc, m, d, QATTN_DTYPE_I8, kc, vc, ks, vs, n, lo, hi, &st[1], scratch, NULL);
+                fns[f](q, q16, qsc, m, d, QATTN_DTYPE_I8, kc, vc, ks, vs, n, lo, hi, &st[f], scratch, NULL);
             }
-            TH_CHECK(memcmp(mem[1], mem[2], (size_t)m * (d + 2) * 4) == 0, "kernel avxvnni vs avx2 m %d d %d n %d: not bitwise identical", m, d, n);
+            TH_CHECK(memcmp(mem[1], mem[f], (size_t)m * (d + 2) * 4) == 0, "kernel %s vs avx2 m %d d %d n %d: not bitwise identical", names[f], m,
+                     d, n);
         }
         free(kc), free(vc), free(ks), free(vs), free(qsc), free(q), free(q16), free(scratch);
-        for (int f = 0; f < 3; f++) free(mem[f]);
+        for (int f = 0; f < NK; f++) free(mem[f]);
     }
-    printf("  kernel INT8 equality: ref%s%s\n", fns[1] ? ", avx2" : "", fns[2] ? ", avxvnni" : "");
+    printf("  kernel INT8 equality: ref%s%s%s\n", fns[1] ? ", avx2" : "", fns[2] ? ", avxvnni" : "", fns[3] ? ", avx512" : "");
 }
 
 int main(void) {
@@ -600,6 +657,7 @@ int main(void) {
     test_cache_ops();
     test_decode_bad_args();
     test_decode_nan_query();
+    test_decode_masked_inf();
     test_kernel_i8_equality();
     static const dcase cases[] = {
         /* H HK  D  BS Lq causal wl  n  lens */

@@ -227,29 +227,71 @@ static int64_t tok_base(const int32_t *cu, int64_t b, int64_t max_len) { return 
 
 static inline int8_t clamp_code(int8_t c) { return c == -128 ? (int8_t)-127 : c; }
 
+/* clamp_code on the 4 bytes of w: t has a zero byte exactly where w has 0x80; z gets 0x80 in
+ * those bytes only (no carry crosses a byte: (b & 0x7f) + 0x7f <= 0xfe); adding z >> 7 turns each
+ * 0x80 into 0x81 (-127), again without a carry. */
+static inline uint32_t clamp_code4(uint32_t w) {
+    uint32_t t = w ^ 0x80808080u;
+    uint32_t z = ~(((t & 0x7f7f7f7fu) + 0x7f7f7f7fu) | t | 0x7f7f7f7fu);
+    return w + (z >> 7);
+}
+
+/* w[k] holds bytes (k, 0..3) of a 4 x 4 byte matrix (byte c of w[k] is element (k, c), little
+ * endian); afterwards w[c] holds (0..3, c): 4 keys' codes of channel c, as vp8 wants them. */
+static inline void transpose4x4_bytes(uint32_t w[4]) {
+    uint32_t t0 = (w[0] & 0x00ff00ffu) | ((w[1] & 0x00ff00ffu) << 8); /* (0,0) (1,0) (0,2) (1,2) */
+    uint32_t t1 = ((w[0] >> 8) & 0x00ff00ffu) | (w[1] & 0xff00ff00u); /* (0,1) (1,1) (0,3) (1,3) */
+    uint32_t t2 = (w[2] & 0x00ff00ffu) | ((w[3] & 0x00ff00ffu) << 8);
+    uint32_t t3 = ((w[2] >> 8) & 0x00ff00ffu) | (w[3] & 0xff00ff00u);
+    w[0] = (t0 & 0xffffu) | (t2 << 16);
+    w[1] = (t1 & 0xffffu) | (t3 << 16);
+    w[2] = (t0 >> 16) | (t2 & 0xffff0000u);
+    w[3] = (t1 >> 16) | (t3 & 0xffff0000u);
+}
+
 /* Q codes, row scales and LSE corrections of a unit's rows; qc may be NULL (merge phase). */
+/* Row r of a unit (position i0 + r / group, head g * group + r % group): its Q codes and head. */
+static const int8_t *q_row(const lplan *pl, int64_t off, int64_t i0, int g, int r, int *head) {
+    const qattn_int8_tensor *tq = &pl->qi->q;
+    *head = g * pl->group + r % pl->group;
+    return tq->data + off + (i0 + r / pl->group) * tq->seq_stride + (int64_t)*head * tq->head_stride;
+}
+
 static void pack_q(const lplan *pl, int64_t b, int64_t i0, int n_pos, int g, int16_t *qc, float *sq, float *corr) {
     const qattn_params *p = pl->p;
     const qattn_int8_tensor *tq = &pl->qi->q, *tk = &pl->qi->k;
-    int D = p->head_dim;
+    int D = p->head_dim, m = n_pos * pl->group;
     int64_t off = i8_off(p, tq, p->cu_seqlens_q, b), tb = tok_base(p->cu_seqlens_q, b, p->seqlen_q);
     const float *mk = tk->mean ? tk->mean + ((int64_t)b * p->n_kv_heads + g) * D : NULL;
-    for (int pi = 0; pi < n_pos; pi++)
-        for (int hg = 0; hg < pl->group; hg++) {
-            int r = pi * pl->group + hg, h = g * pl->group + hg;
-            int64_t i = i0 + pi;
-            const int8_t *src = tq->data + off + i * tq->seq_stride + (int64_t)h * tq->head_stride;
-            float s = tq->scale[qattn_scale_index(tq->granularity, tq->block_size, b, tb + i, i, h, p->n_heads, p->seqlen_q, D, 0)];
-            sq[r] = s * pl->qscale;
-            float dot = 0.0f;
-            for (int c = 0; c < D; c++) {
-                int8_t code = clamp_code(src[c]);
-                if (qc && pl->kern->pack8) ((int8_t *)qc)[r * D + c] = code; /* qk's 8-bit rows */
-                else if (qc) qc[r * D + c] = code;
-                if (mk) dot += (float)code * mk[c];
+    for (int r = 0; r < m; r++) {
+        int h;
+        int64_t i = i0 + r / pl->group;
+        const int8_t *src = q_row(pl, off, i0, g, r, &h);
+        float s = tq->scale[qattn_scale_index(tq->granularity, tq->block_size, b, tb + i, i, h, p->n_heads, p->seqlen_q, D, 0)];
+        sq[r] = s * pl->qscale;
+        corr[r] = s; /* times q . mean_k * scale below */
+        if (qc && pl->kern->pack8) /* qk's 8-bit rows, 4 codes at a time */
+            for (int c = 0; c < D; c += 4) {
+                uint32_t w;
+                memcpy(&w, src + c, 4);
+                w = clamp_code4(w);
+                memcpy((int8_t *)qc + (size_t)r * D + c, &w, 4);
             }
-            corr[r] = mk ? dot * s * pl->scale : 0.0f;
-        }
+        else if (qc)
+            for (int c = 0; c < D; c++) qc[r * D + c] = clamp_code(src[c]);
+    }
+    /* LSE corrections: dot = sum_c code * mean_k[c], c ascending, 4 rows interleaved (independent
+     * chains of adds: one row alone waits on each add) */
+    for (int r0 = 0; r0 < m; r0 += 4) {
+        int nr = m - r0 < 4 ? m - r0 : 4, h;
+        const int8_t *src[4];
+        float dot[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int k = 0; k < 4; k++) src[k] = q_row(pl, off, i0, g, r0 + (k < nr ? k : 0), &h);
+        if (mk)
+            for (int c = 0; c < D; c++)
+                for (int k = 0; k < 4; k++) dot[k] += (float)clamp_code(src[k][c]) * mk[c];
+        for (int k = 0; k < nr; k++) corr[r0 + k] = mk ? dot[k] * corr[r0 + k] * pl->scale : 0.0f;
+    }
 }
 
 /* K tile: keys t0 .. t0+n of (b, g) into the 16-bit pack of qk16 (or the 8-bit pack of qk when the
@@ -264,15 +306,20 @@ static void pack_k(const lplan *pl, int64_t b, int g, int64_t t0, int n, int npa
         if (j < n) {
             int64_t i = t0 + j;
             const int8_t *src = t->data + off + i * t->seq_stride + (int64_t)g * t->head_stride;
-            if (kp8)
-                for (int c = 0; c < D; c++) kp8[(c / 4) * npad * 4 + j * 4 + c % 4] = clamp_code(src[c]);
+            if (kp8) /* 4 channels at a time: one 32-bit word per group */
+                for (int c = 0; c < D; c += 4) {
+                    uint32_t w;
+                    memcpy(&w, src + c, 4);
+                    w = clamp_code4(w);
+                    memcpy(kp8 + (size_t)(c / 4) * npad * 4 + (size_t)j * 4, &w, 4);
+                }
             else
                 for (int c = 0; c < D; c++) kp[(c / 2) * npad * 2 + j * 2 + c % 2] = clamp_code(src[c]);
             sk[j] = t->scale[qattn_scale_index(t->granularity, t->block_size, b, tb + i, i, g, p->n_kv_heads, p->seqlen_k, D, 0)];
         } else {
-            for (int c = 0; c < D; c++) {
-                if (kp8) kp8[(c / 4) * npad * 4 + j * 4 + c % 4] = 0;
-                else kp[(c / 2) * npad * 2 + j * 2 + c % 2] = 0;
+            for (int c = 0; c < D; c += 4) {
+                if (kp8) memset(kp8 + (size_t)(c / 4) * npad * 4 + (size_t)j * 4, 0, 4);
+                else memset(kp + (size_t)(c / 2) * npad * 2 + (size_t)j * 2, 0, 4), memset(kp + (size_t)(c / 2 + 1) * npad * 2 + (size_t)j * 2, 0, 4);
             }
             sk[j] = 0.0f;
         }
@@ -285,11 +332,22 @@ static void pack_v_i16(const lplan *pl, int64_t b, int g, int64_t t0, int n, int
     int D = p->head_dim;
     int64_t off = i8_off(p, t, p->cu_seqlens_k, b), tb = tok_base(p->cu_seqlens_k, b, p->seqlen_k);
     bool per_key = pl->p_mode == QATTN_P_U8_VSCALED && t->granularity != QATTN_QUANT_PER_CHANNEL;
+    if (pl->kern->pack8) /* pv_acc8's vp8: 4 keys of each channel adjacent; 4 keys x 4 channels per step */
+        for (int j = 0; j < npad; j += 4) {
+            const int8_t *src[4];
+            for (int k = 0; k < 4; k++) src[k] = j + k < n ? t->data + off + (t0 + j + k) * t->seq_stride + (int64_t)g * t->head_stride : NULL;
+            uint8_t *dst = (uint8_t *)vp + (size_t)(j / 4) * D * 4;
+            for (int c = 0; c < D; c += 4) {
+                uint32_t w[4] = {0, 0, 0, 0};
+                for (int k = 0; k < 4; k++)
+                    if (src[k]) memcpy(&w[k], src[k] + c, 4), w[k] = clamp_code4(w[k]);
+                transpose4x4_bytes(w);
+                memcpy(dst + (size_t)c * 4, w, 16);
+            }
+        }
     for (int j = 0; j < npad; j++) {
         const int8_t *src = j < n ? t->data + off + (t0 + j) * t->seq_stride + (int64_t)g * t->head_stride : NULL;
-        if (pl->kern->pack8) /* pv_acc8's vp8: 4 keys of each channel adjacent */
-            for (int c = 0; c < D; c++) ((int8_t *)(void *)vp)[(j / 4) * D * 4 + c * 4 + j % 4] = src ? clamp_code(src[c]) : 0;
-        else
+        if (!pl->kern->pack8)
             for (int c = 0; c < D; c++) vp[(j / 2) * D * 2 + c * 2 + j % 2] = src ? clamp_code(src[c]) : 0;
         svk[j] = !src ? 0.0f
                  : per_key ? t->scale[qattn_scale_index(t->granularity, t->block_size, b, tb + t0 + j, t0 + j, g, p->n_kv_heads, p->seqlen_k, D, 0)]
@@ -373,7 +431,12 @@ static void write_rows(const lplan *pl, int64_t b, int64_t i0, int n_pos, int g,
             const float *acc = st->acc + r * st->ld_acc;
             bool empty = mx == -INFINITY;
             float inv = empty ? 0.0f : 1.0f / l;
-            for (int c = 0; c < D; c++) qattn_store(p->o, p->o_dtype, base + c, empty ? 0.0f : acc[c] * inv + mv[c]);
+            if (!empty && p->o_dtype == QATTN_DTYPE_F32) { /* the common case as a plain loop (vectorised) */
+                float *dst = (float *)p->o + base;
+                for (int c = 0; c < D; c++) dst[c] = acc[c] * inv + mv[c];
+            } else {
+                for (int c = 0; c < D; c++) qattn_store(p->o, p->o_dtype, base + c, empty ? 0.0f : acc[c] * inv + mv[c]);
+            }
             if (p->lse) p->lse[s.lse_off + (int64_t)h * s.lse_head_stride + i] = empty ? -INFINITY : (mx + log2f(l)) * LN2 + corr[r];
         }
 }

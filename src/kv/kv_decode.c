@@ -104,6 +104,7 @@ static void make_plan(dplan *pl, qattn_ctx *ctx, const qattn_kv_cache *c, const 
 #if defined(QATTN_HAVE_X86)
     if (qattn_isa_has_avx2(ctx->isa)) pl->attend = qattn_kv_attend_avx2;
     if (ctx->isa == QATTN_ISA_AVXVNNI && c->dtype == QATTN_DTYPE_I8) pl->attend = qattn_kv_attend_vnni;
+    if (ctx->isa == QATTN_ISA_AVX512) pl->attend = qattn_kv_attend_avx512;
 #endif
     pl->D = c->head_dim;
     pl->group = dp->n_heads / c->n_kv_heads;

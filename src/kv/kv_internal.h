@@ -88,6 +88,11 @@ void qattn_kv_attend_avx2(const float *q, const int16_t *q16, const float *qsc, 
 void qattn_kv_attend_vnni(const float *q, const int16_t *q16, const float *qsc, int m, int d, int32_t dtype, const void *kc,
                           const void *vc, const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st,
                           float *scratch, const qattn_kv_prefetch *pf);
+/* AVX-512 (src/cpu/x86/kv_attend_avx512.c): INT8 via vpdpwssd on ZMM, bitwise equal to the AVX2
+ * kernel; other dtypes forward to the AVX2 kernel. Call only when ctx->isa is QATTN_ISA_AVX512. */
+void qattn_kv_attend_avx512(const float *q, const int16_t *q16, const float *qsc, int m, int d, int32_t dtype, const void *kc,
+                            const void *vc, const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st,
+                            float *scratch, const qattn_kv_prefetch *pf);
 #endif
 
 /* q rows to int16 codes with one scale per row (see above); d values. */

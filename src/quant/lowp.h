@@ -93,6 +93,15 @@ typedef struct qattn_int8_kernels {
     /* y[c] = row[c] - mu[c] (c < d, d % 8 == 0), returns max |y[c]| (exact; +0 for all zeros); NULL:
      * the quantizer's scalar loop. */
     float (*center_amax)(const float *row, const float *mu, int d, float *y);
+    /* The quantizer's per-row passes (src/quant/quant.c; NULL: its scalar loops), each bit for bit
+     * the scalar definition: */
+    /* y[c] = row[c] * f[c] - mu[c] (two roundings, no fusion), returns max |y[c]| (d % 8 == 0). */
+    float (*scale_center_amax)(const float *row, const float *f, const float *mu, int d, float *y);
+    /* qattn_rotate_row (below): y *= pre, the same butterfly additions, returns max |y|. */
+    float (*rotate_row)(float *y, int d, float pre);
+    /* One row of the statistics pass: acc[c] += (double)row[c] if acc; mn[c] = row[c] < mn[c] ?
+     * row[c] : mn[c] and mx[c] = row[c] > mx[c] ? row[c] : mx[c] if mn (row finite, d % 8 == 0). */
+    void (*stats_row)(const float *row, int d, double *acc, float *mn, float *mx);
 } qattn_int8_kernels;
 
 extern const qattn_int8_kernels qattn_int8_kernels_ref;

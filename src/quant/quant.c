@@ -293,11 +293,13 @@ static void quant_tok_task(void *arg, int64_t task, int worker) {
             float amax;
             if (j->mul) {
                 const float *f = j->mul + b * j->mul_bstride + (h / j->mul_group) * D;
+                const qattn_int8_kernels *K = j->kern; /* vector slots where the table has them: same bits */
                 if (j->rotate) {
-                    for (int64_t c = 0; c < D; c++) y[c] = row[c] * f[c] - mu[c];
-                    amax = qattn_rotate_row(y, (int)D, j->pre);
+                    if (K->scale_center_amax) (void)K->scale_center_amax(row, f, mu, (int)D, y);
+                    else for (int64_t c = 0; c < D; c++) y[c] = row[c] * f[c] - mu[c];
+                    amax = K->rotate_row ? K->rotate_row(y, (int)D, j->pre) : qattn_rotate_row(y, (int)D, j->pre);
                 } else
-                    amax = scale_center_amax(row, f, mu, D, y);
+                    amax = K->scale_center_amax ? K->scale_center_amax(row, f, mu, (int)D, y) : scale_center_amax(row, f, mu, D, y);
             } else
                 amax = j->kern->center_amax ? j->kern->center_amax(row, mu, (int)D, y) : row_center_amax(row, mu, D, y);
             j->kern->quant_row(y, (int)D, inv_scale(amax), t->data + toff0 + h * t->head_stride + i * t->seq_stride);
@@ -332,6 +334,11 @@ static void quant_mean_task(void *arg, int64_t task, int worker) {
             const float *row = ld_row(j, off0 + h * j->v.hs, i, D, rowbuf);
             if (row_nonfinite(row, D)) {
                 j->bad[b * Ht + h] = 1 + i * D + first_bad(row, D);
+                continue;
+            }
+            if (j->kern->stats_row) { /* the vector slot: the same adds and comparisons */
+                float *mn = j->cmin ? j->cmin + (b * Ht + h) * D : NULL, *mx = j->cmin ? j->cmax + (b * Ht + h) * D : NULL;
+                j->kern->stats_row(row, (int)D, j->want_mean ? acc[h - h0] : NULL, mn, mx);
                 continue;
             }
             if (j->want_mean) {

@@ -1,20 +1,436 @@
-/* The INT8 kernel table of the avx512 tier (compiled with the AVX-512 flags, the *_avx512.c rule in
- * CMakeLists.txt). Its slots are the AVX2 kernels until AVX-512 ones (vpdpbusd on ZMM) replace
- * them; the AVX-VNNI kernels cannot be used here: Zen 4 has no VEX vpdpbusd. */
+/* AVX-512 INT8 micro-kernels (the *_avx512.c flags: AVX-512 F/BW/VL/DQ, AVX512-VNNI; chosen when
+ * ctx->isa is AVX512). Contracts and packed layouts: src/quant/lowp.h. The same 8-bit packs as the
+ * AVX-VNNI table (pack8 = 1): a 64-byte load of the K pack at group c/4 is 16 keys x 4 channels,
+ * and of vp8 at key quad j/4 is 16 channels x 4 keys, so the layouts serve 16-lane vectors as they
+ * are; npad % 16 == 8 and D % 16 == 8 tails use masked loads and stores.
+ *
+ * Integer products: vpdpbusd on ZMM (u8 x s8, four adjacent byte products summed into each s32
+ * lane with the accumulator, no saturation in this non-"s" form): 64 multiply-adds per
+ * instruction. Q K^T uses the +128 offset of the AVX-VNNI kernel (k XOR 0x80 is k + 128 as u8, so
+ * acc = S + 128 * sum_c q_c and S = acc - 128 * qsum[row]); P V multiplies the u8 P codes by the s8
+ * V codes directly. The bounds are those of int8_vnni.c (|acc| <= 256 * 255 * 127 < 2^31,
+ * |S| < 2^24, |PV| <= 64 * 255 * 127 < 2^24): every sum is exact, so it is the reference's int32.
+ *
+ * Float steps (the fused P step, quant_row, center_amax) do the reference's operations per element
+ * in its order; only sums whose order the contract fixes need care: e_sum is the 8-lane chain
+ * (lane j % 8, keys ascending), so the 16-lane e vectors are added to an 8-lane accumulator one
+ * 256-bit half at a time (keys 16v..16v+7, then 16v+8..16v+15). Maxima are exact in any order (the
+ * + 0.0f of the contract fixes the sign of a zero max). So every slot equals the scalar reference
+ * bit for bit (tests/test_int8.c). The non-default P modes' slots (scores, softmax, rowmax,
+ * softmax_vs, pv_f32) and the 16-bit ones (unused here) are the AVX2 kernels. */
 #include "quant/lowp.h"
+
+#include <float.h>
+#include <math.h>
+#include <immintrin.h>
+
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
+static ALWAYS_INLINE int32_t load_i32(const void *p) {
+    int32_t w;
+    memcpy(&w, p, 4);
+    return w;
+}
+
+/* acc + vpdpbusd(a u8, b s8) through inline asm: with the _mm512_dpbusd_epi32 builtin (its
+ * accumulator is tied to the destination) GCC 12 copied accumulators through other registers and
+ * the stack inside the 6 x 4 block loops (perf annotate: 5 vmovdqa32 to the stack per 24 vpdpbusd);
+ * "+v" keeps each accumulator in one of the 32 ZMM registers. Same instruction, same result. */
+static ALWAYS_INLINE __m512i dpbusd(__m512i acc, __m512i a, __m512i b) {
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+    return acc;
+}
+
+/* The first n lanes (n >= 16: all). */
+static ALWAYS_INLINE __mmask16 lanes16(int n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u); }
+
+/* ---------------------------------------------------------------- Q K^T */
+
+/* Sum of one row of d codes (exact: integer adds in any order). */
+static ALWAYS_INLINE int32_t row_sum_i8(const int8_t *q, int d) {
+    const __m512i ones = _mm512_set1_epi8(1);
+    __m512i acc = _mm512_setzero_si512();
+    for (int c = 0; c < d; c += 64) {
+        __mmask64 k = d - c >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (d - c)) - 1);
+        acc = _mm512_dpbusd_epi32(acc, ones, _mm512_maskz_loadu_epi8(k, q + c));
+    }
+    return _mm512_reduce_add_epi32(acc);
+}
+
+/* MR rows x NV vectors of 16 keys from key j (the last vector's lanes: `last`); qoff[i] = 128 *
+ * qsum of row i. Per group of 4 channels: NV K loads (+128 by XOR, shared by the rows), then one
+ * vpdpbusd per row and vector with the row's 4 Q codes broadcast from memory. */
+static ALWAYS_INLINE void qk_block(const int8_t *q, int mr, int d, const int8_t *kpack, int npad, int j, int nv, __mmask16 last,
+                                   const int32_t *qoff, int32_t *s) {
+    const __m512i bias = _mm512_set1_epi8((char)0x80);
+    __m512i acc[6][4];
+#pragma GCC unroll 6
+    for (int i = 0; i < mr; i++)
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) acc[i][v] = _mm512_setzero_si512();
+    const int8_t *kb = kpack + (size_t)j * 4;
+    for (int c = 0; c < d; c += 4, kb += (size_t)npad * 4) {
+        __m512i ku[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++)
+            ku[v] = _mm512_xor_si512(_mm512_maskz_loadu_epi32(v == nv - 1 ? last : (__mmask16)0xFFFF, kb + 64 * v), bias); /* k + 128 */
+#pragma GCC unroll 6
+        for (int i = 0; i < mr; i++) {
+            __m512i qb = _mm512_set1_epi32(load_i32(q + (size_t)i * d + c));
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++) acc[i][v] = dpbusd(acc[i][v], ku[v], qb);
+        }
+    }
+#pragma GCC unroll 6
+    for (int i = 0; i < mr; i++) {
+        __m512i off = _mm512_set1_epi32(qoff[i]);
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++)
+            _mm512_mask_storeu_epi32(s + (size_t)i * npad + j + 16 * v, v == nv - 1 ? last : (__mmask16)0xFFFF, _mm512_sub_epi32(acc[i][v], off));
+    }
+}
+
+/* MR rows (a compile-time constant at each call) over all npad keys. */
+static ALWAYS_INLINE void qk_rows(const int8_t *q, int mr, int d, const int8_t *kpack, int npad, int32_t *s) {
+    int32_t qoff[6];
+    for (int i = 0; i < mr; i++) qoff[i] = 128 * row_sum_i8(q + (size_t)i * d, d);
+    int nv = (npad + 15) / 16;
+    __mmask16 last = lanes16(npad - 16 * (nv - 1));
+    switch (nv) {
+    case 4: qk_block(q, mr, d, kpack, npad, 0, 4, last, qoff, s); break;
+    case 3: qk_block(q, mr, d, kpack, npad, 0, 3, last, qoff, s); break;
+    case 2: qk_block(q, mr, d, kpack, npad, 0, 2, last, qoff, s); break;
+    default: qk_block(q, mr, d, kpack, npad, 0, 1, last, qoff, s); break;
+    }
+}
+
+static void qk_avx512(const int8_t *q, int m, int d, const int8_t *kpack, int npad, int32_t *s) {
+    int r = 0;
+    for (; r + 6 <= m; r += 6) qk_rows(q + (size_t)r * d, 6, d, kpack, npad, s + (size_t)r * npad);
+    for (; r + 3 <= m; r += 3) qk_rows(q + (size_t)r * d, 3, d, kpack, npad, s + (size_t)r * npad);
+    for (; r < m; r++) qk_rows(q + (size_t)r * d, 1, d, kpack, npad, s + (size_t)r * npad);
+}
+
+/* ---------------------------------------------------------------- P V + accumulator update */
+
+/* dst = dst * alpha + (fac * sv) * (float)pv on the lanes of m: three roundings, no fusion, the
+ * reference's order (as qattn_i8_acc_update8). */
+static ALWAYS_INLINE void acc_update16(float *dst, __mmask16 m, __m512 alpha, __m512 fac, const float *sv, __m512i pv) {
+    __m512 y = _mm512_mul_ps(_mm512_mul_ps(fac, _mm512_maskz_loadu_ps(m, sv)), _mm512_cvtepi32_ps(pv));
+    _mm512_mask_storeu_ps(dst, m, _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, dst), alpha), y));
+}
+
+/* MR rows x NV vectors of 16 channels from channel c (the last vector's lanes: `last`); p8: the
+ * rows' u8 codes, stride ps. Per quad of keys: NV V loads (16 channels x 4 keys each), then one
+ * vpdpbusd per row and vector with the row's 4 codes broadcast. */
+static ALWAYS_INLINE void pv_block(const uint8_t *p8, int ps, int mr, int npad, const int8_t *vp8, int d, int c, int nv, __mmask16 last,
+                                   const float *alpha, const float *fac, const float *sv, const int32_t *lo, const int32_t *hi,
+                                   float *accp, int64_t ld) {
+    __m512i acc[6][4];
+#pragma GCC unroll 6
+    for (int i = 0; i < mr; i++)
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) acc[i][v] = _mm512_setzero_si512();
+    const int8_t *vb = vp8 + (size_t)c * 4;
+    for (int j = 0; j < npad; j += 4, vb += (size_t)d * 4) {
+        __m512i vv[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) vv[v] = _mm512_maskz_loadu_epi32(v == nv - 1 ? last : (__mmask16)0xFFFF, vb + 64 * v);
+#pragma GCC unroll 6
+        for (int i = 0; i < mr; i++) {
+            __m512i pb = _mm512_set1_epi32(load_i32(p8 + (size_t)i * ps + j)); /* codes of keys j .. j+3 */
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++) acc[i][v] = dpbusd(acc[i][v], pb, vv[v]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int i = 0; i < mr; i++) {
+        if (lo[i] >= hi[i]) continue;
+        __m512 a = _mm512_set1_ps(alpha[i]), f = _mm512_set1_ps(fac[i]);
+        float *dst = accp + (size_t)i * (size_t)ld + c;
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) acc_update16(dst + 16 * v, v == nv - 1 ? last : (__mmask16)0xFFFF, a, f, sv + c + 16 * v, acc[i][v]);
+    }
+}
+
+/* MR rows (compile-time constant at each call), all d channels: blocks of 64, then the rest. */
+static ALWAYS_INLINE void pv_rows(const uint8_t *p8, int ps, int mr, int npad, const int8_t *vp8, int d, const float *alpha,
+                                  const float *fac, const float *sv, const int32_t *lo, const int32_t *hi, float *o, int64_t ld) {
+    int c = 0;
+    for (; c + 64 <= d; c += 64) pv_block(p8, ps, mr, npad, vp8, d, c, 4, 0xFFFF, alpha, fac, sv, lo, hi, o, ld);
+    int rest = d - c, nv = (rest + 15) / 16;
+    __mmask16 last = lanes16(rest - 16 * (nv - 1));
+    switch (nv) {
+    case 3: pv_block(p8, ps, mr, npad, vp8, d, c, 3, last, alpha, fac, sv, lo, hi, o, ld); break;
+    case 2: pv_block(p8, ps, mr, npad, vp8, d, c, 2, last, alpha, fac, sv, lo, hi, o, ld); break;
+    case 1: pv_block(p8, ps, mr, npad, vp8, d, c, 1, last, alpha, fac, sv, lo, hi, o, ld); break;
+    default: break;
+    }
+}
+
+/* pv_acc8 with u8 codes pc8[r * npad + j] (the fused P step's output): 6-row blocks, then 3, then 1. */
+static void pv_acc8u_avx512(const uint8_t *pc8, int m, int npad, const int8_t *vpack8, int d, const float *alpha, const float *fac,
+                            const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld) {
+    int r = 0;
+#define PV_ROWS(MR)                                                                                                                   \
+    pv_rows(pc8 + (size_t)r * npad, npad, MR, npad, vpack8, d, alpha + r, fac + r, sv, lo + r, hi + r, acc + (size_t)r * (size_t)ld, ld)
+    for (; r + 6 <= m; r += 6) PV_ROWS(6);
+    for (; r + 3 <= m; r += 3) PV_ROWS(3);
+    for (; r < m; r++) PV_ROWS(1);
+#undef PV_ROWS
+}
+
+/* pv_acc8 with int16 codes: each row narrowed to u8 once (vpmovwb truncates: exact for [0, 255]). */
+static void pv_acc8_avx512(const int16_t *pc, int m, int npad, const int8_t *vpack8, int d, const float *alpha, const float *fac,
+                           const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld) {
+    _Alignas(64) uint8_t p8[QATTN_I8_TILE];
+    for (int r = 0; r < m; r++) {
+        for (int j = 0; j < npad; j += 32) {
+            __mmask32 k = npad - j >= 32 ? ~(__mmask32)0 : (((__mmask32)1 << (npad - j)) - 1);
+            _mm256_mask_storeu_epi8(p8 + j, k, _mm512_cvtepi16_epi8(_mm512_maskz_loadu_epi16(k, pc + (size_t)r * npad + j)));
+        }
+        pv_rows(p8, QATTN_I8_TILE, 1, npad, vpack8, d, alpha + r, fac + r, sv, lo + r, hi + r, acc + (size_t)r * (size_t)ld, ld);
+    }
+}
+
+/* ---------------------------------------------------------------- the fused P step */
+
+/* qattn_exp2_poly on 16 lanes: the same operations (vroundscaleps nearest = vroundps nearest). */
+static ALWAYS_INLINE __m512 exp2_poly16(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-127.0f));
+    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(1.5252733804059841e-05f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.5403530393381610e-04f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-03f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-03f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-02f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-01f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-01f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(_mm512_slli_epi32(e, 23)));
+}
+
+static ALWAYS_INLINE float exp2f_or_1(float x) { return x == 0.0f ? 1.0f : exp2f(x); }
+
+/* Keys 16 v .. 16 v + 15 inside [lo, hi). */
+static ALWAYS_INLINE __mmask16 key_mask16(int v, int lo, int hi) {
+    __m512i idx = _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(16 * v));
+    return _mm512_cmpge_epi32_mask(idx, _mm512_set1_epi32(lo)) & _mm512_cmplt_epi32_mask(idx, _mm512_set1_epi32(hi));
+}
+
+/* G rows of the fused P step over npad keys (NV = ceil(npad / 16) vectors per row, the rows in
+ * registers); FULL: lo = 0, hi = npad = 64 for every row, no masks. Lanes at or past npad are
+ * loaded as 0, lie outside [lo, hi) and are never stored. G > 1 interleaves independent rows: one
+ * row alone is a chain of dependent steps (loads, scores, max reduction, exp2f, exp2 polynomial,
+ * max reduction, division, codes) that left the vector units mostly idle (measured: 115 TSC ticks
+ * per 64-key row alone, see docs/int8_results.md). pc: the rows' codes (stride npad). */
+static ALWAYS_INLINE void p_vs_rows16(int G, const int32_t *s, int npad, int nv, bool full, const float *sq, const float *sk, const int32_t *lo,
+                                      const int32_t *hi, const float *svk, float *row_max, float *row_sum, void *pc, int u8, float *alpha,
+                                      float *fac) {
+    const __m512 fmax = _mm512_set1_ps(FLT_MAX), fmin = _mm512_set1_ps(-FLT_MAX);
+    __m512 x[4][4];
+    __mmask16 in[4][4];
+    for (int r = 0; r < 4; r++)
+        for (int v = 0; v < 4; v++) x[r][v] = _mm512_setzero_ps(), in[r][v] = 0;
+    float mb[4], al[4], beta[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < G; r++) {
+        const __m512 a = _mm512_set1_ps(sq[r]);
+        __m512 mx = _mm512_set1_ps(-INFINITY);
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) {
+            __mmask16 ld = full ? (__mmask16)0xFFFF : lanes16(npad - 16 * v);
+            __m512 t = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(ld, s + (size_t)r * npad + 16 * v));
+            t = _mm512_mul_ps(_mm512_mul_ps(t, a), _mm512_maskz_loadu_ps(ld, sk + 16 * v));
+            x[r][v] = _mm512_max_ps(_mm512_min_ps(t, fmax), fmin);
+            in[r][v] = full ? (__mmask16)0xFFFF : key_mask16(v, lo[r], hi[r]);
+            mx = full ? _mm512_max_ps(mx, x[r][v]) : _mm512_mask_max_ps(mx, in[r][v], mx, x[r][v]);
+        }
+        mb[r] = _mm512_reduce_max_ps(mx) + 0.0f; /* exact; + 0.0f: a zero max is +0 whatever the order */
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < G; r++) {
+        float m_old = row_max[r], m_new = m_old > mb[r] ? m_old : mb[r];
+        al[r] = m_old == -INFINITY ? 0.0f : exp2f_or_1(m_old - m_new);
+        beta[r] = exp2f_or_1(mb[r] - m_new);
+        row_max[r] = m_new;
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < G; r++) {
+        const __m512 vref = _mm512_set1_ps(mb[r]);
+        __m256 esum = _mm256_setzero_ps(); /* the contract's 8-lane chain */
+        __m512 wmax = _mm512_setzero_ps();
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) {
+            __m512 e = exp2_poly16(_mm512_sub_ps(x[r][v], vref));
+            if (!full) e = _mm512_maskz_mov_ps(in[r][v], e);
+            esum = _mm256_add_ps(esum, _mm512_castps512_ps256(e));
+            if (full || 16 * v + 8 < npad) esum = _mm256_add_ps(esum, _mm512_extractf32x8_ps(e, 1));
+            __mmask16 ld = full ? (__mmask16)0xFFFF : lanes16(npad - 16 * v);
+            x[r][v] = _mm512_mul_ps(e, _mm512_maskz_loadu_ps(ld, svk + 16 * v)); /* w; 0 outside [lo, hi) */
+            wmax = _mm512_max_ps(wmax, x[r][v]);
+        }
+        float wm = _mm512_reduce_max_ps(wmax); /* >= +0: every w is +0 or positive */
+        float inv = wm > 0.0f ? 255.0f / wm : 0.0f;
+        const __m512 vinv = _mm512_set1_ps(inv);
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) {
+            __mmask16 st = full ? (__mmask16)0xFFFF : lanes16(npad - 16 * v);
+            __m512i code = _mm512_cvtps_epi32(_mm512_mul_ps(x[r][v], vinv)); /* round to nearest even; in [0, 255] */
+            if (u8)
+                _mm512_mask_cvtusepi32_storeu_epi8((uint8_t *)pc + (size_t)r * npad + 16 * v, st, code);
+            else
+                _mm512_mask_cvtepi32_storeu_epi16((int16_t *)pc + (size_t)r * npad + 16 * v, st, code);
+        }
+        float l[8];
+        _mm256_storeu_ps(l, esum);
+        float es = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+        row_sum[r] = row_sum[r] * al[r] + beta[r] * es;
+        alpha[r] = al[r];
+        fac[r] = beta[r] * wm / 255.0f;
+    }
+}
+
+static ALWAYS_INLINE bool row_full(const int32_t *lo, const int32_t *hi, int r) { return lo[r] == 0 && hi[r] == 64; }
+
+static void p_vs_tile_avx512(const int32_t *s, int m, int npad, const float *sq, const float *sk, const int32_t *lo, const int32_t *hi,
+                             const float *svk, float *row_max, float *row_sum, void *codes, int u8, float *alpha, float *fac) {
+    size_t esz = u8 ? 1 : 2;
+    int nv = (npad + 15) / 16;
+    int r = 0;
+    while (r < m) {
+        unsigned char *cr = (unsigned char *)codes + (size_t)r * npad * esz;
+        if (npad == 64 && r + 4 <= m && row_full(lo, hi, r) && row_full(lo, hi, r + 1) && row_full(lo, hi, r + 2) && row_full(lo, hi, r + 3)) {
+            p_vs_rows16(4, s + (size_t)r * npad, 64, 4, true, sq + r, sk, lo + r, hi + r, svk, row_max + r, row_sum + r, cr, u8, alpha + r, fac + r);
+            r += 4;
+            continue;
+        }
+        if (lo[r] >= hi[r]) {
+            memset(cr, 0, (size_t)npad * esz);
+            alpha[r] = 1.0f;
+            fac[r] = 0.0f;
+        } else {
+            p_vs_rows16(1, s + (size_t)r * npad, npad, nv, false, sq + r, sk, lo + r, hi + r, svk, row_max + r, row_sum + r, cr, u8, alpha + r,
+                        fac + r);
+        }
+        r++;
+    }
+}
+
+/* ---------------------------------------------------------------- quantization rows */
+
+static void quant_row_avx512(const float *y, int d, float inv, int8_t *dst) {
+    const __m512 vinv = _mm512_set1_ps(inv), hi = _mm512_set1_ps(127.0f), lo = _mm512_set1_ps(-127.0f);
+    for (int c = 0; c < d; c += 16) {
+        __mmask16 k = lanes16(d - c);
+        __m512 x = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, y + c), vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        x = _mm512_max_ps(_mm512_min_ps(x, hi), lo);
+        _mm512_mask_cvtsepi32_storeu_epi8(dst + c, k, _mm512_cvtps_epi32(x)); /* in [-127, 127]: no saturation */
+    }
+}
+
+static float center_amax_avx512(const float *row, const float *mu, int d, float *y) {
+    __m512 m = _mm512_setzero_ps();
+    for (int c = 0; c < d; c += 16) {
+        __mmask16 k = lanes16(d - c);
+        __m512 v = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, row + c), _mm512_maskz_loadu_ps(k, mu + c));
+        _mm512_mask_storeu_ps(y + c, k, v);
+        m = _mm512_max_ps(m, _mm512_abs_ps(v)); /* finite inputs: max is exact; masked lanes are +0 */
+    }
+    return _mm512_reduce_max_ps(m);
+}
+
+/* y = row * f - mu (a product then a difference: two roundings, as the scalar loop) and max |y|. */
+static float scale_center_amax_avx512(const float *row, const float *f, const float *mu, int d, float *y) {
+    __m512 m = _mm512_setzero_ps();
+    for (int c = 0; c < d; c += 16) {
+        __mmask16 k = lanes16(d - c);
+        __m512 v = _mm512_sub_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, row + c), _mm512_maskz_loadu_ps(k, f + c)), _mm512_maskz_loadu_ps(k, mu + c));
+        _mm512_mask_storeu_ps(y + c, k, v);
+        m = _mm512_max_ps(m, _mm512_abs_ps(v)); /* exact; masked lanes are +0 */
+    }
+    return _mm512_reduce_max_ps(m);
+}
+
+/* One in-register butterfly stage of pairs (k, k + len), len = 1, 2, 4, 8 (pairs inside a vector):
+ * sw is v with each pair's lanes swapped; the lower lane keeps v + sw = y[k] + y[k + len] (a + c,
+ * and IEEE addition commutes), the upper one sw - v = y[k] - y[k + len] (a - c): the definition's
+ * two operations on the same operands. */
+static ALWAYS_INLINE __m512 bfly_in(__m512 v, __m512 sw, __mmask16 upper) {
+    return _mm512_mask_blend_ps(upper, _mm512_add_ps(v, sw), _mm512_sub_ps(sw, v));
+}
+
+/* qattn_rotate_row on up to 16 vectors held in registers: y *= pre on the load (the scalar
+ * multiplies only when pre != 1, and y * 1 = y), stages 1, 2, 4 (8) inside vectors, 16 .. n/2
+ * between vectors, in the definition's order; d % 16 == 8 happens only with n = 8. */
+static float rotate_row_avx512(float *y, int d, float pre) {
+    int n = qattn_rotate_block(d), nv = (d + 15) / 16;
+    const __m512 vp = _mm512_set1_ps(pre);
+    __m512 v[16];
+    for (int i = 0; i < nv; i++) {
+        v[i] = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes16(d - 16 * i), y + 16 * i), vp);
+        v[i] = bfly_in(v[i], _mm512_permute_ps(v[i], _MM_SHUFFLE(2, 3, 0, 1)), 0xAAAA);
+        v[i] = bfly_in(v[i], _mm512_permute_ps(v[i], _MM_SHUFFLE(1, 0, 3, 2)), 0xCCCC);
+        v[i] = bfly_in(v[i], _mm512_shuffle_f32x4(v[i], v[i], _MM_SHUFFLE(2, 3, 0, 1)), 0xF0F0);
+        if (n >= 16) v[i] = bfly_in(v[i], _mm512_shuffle_f32x4(v[i], v[i], _MM_SHUFFLE(1, 0, 3, 2)), 0xFF00);
+    }
+    for (int step = 1; 16 * step < n; step <<= 1) /* len = 16 step: whole vectors */
+        for (int i = 0; i < nv; i += 2 * step)
+            for (int k = i; k < i + step; k++) {
+                __m512 a = v[k], c = v[k + step];
+                v[k] = _mm512_add_ps(a, c);
+                v[k + step] = _mm512_sub_ps(a, c);
+            }
+    __m512 m = _mm512_setzero_ps();
+    for (int i = 0; i < nv; i++) {
+        _mm512_mask_storeu_ps(y + 16 * i, lanes16(d - 16 * i), v[i]);
+        m = _mm512_max_ps(m, _mm512_abs_ps(v[i])); /* exact; masked lanes are +0 */
+    }
+    return _mm512_reduce_max_ps(m);
+}
+
+/* The statistics pass's row: double sums (each element converted exactly, then one add, as the
+ * scalar a[c] += row[c]) and the channel min / max (vminps/vmaxps return their second operand
+ * unless the first is smaller / larger: the scalar selects, row finite). */
+static void stats_row_avx512(const float *row, int d, double *acc, float *mn, float *mx) {
+    for (int c = 0; c < d; c += 16) {
+        __mmask16 k = lanes16(d - c);
+        __m512 r = _mm512_maskz_loadu_ps(k, row + c);
+        if (acc) {
+            __mmask8 k0 = (__mmask8)(k & 0xFF), k1 = (__mmask8)(k >> 8);
+            _mm512_mask_storeu_pd(acc + c, k0, _mm512_add_pd(_mm512_maskz_loadu_pd(k0, acc + c), _mm512_cvtps_pd(_mm512_castps512_ps256(r))));
+            if (k1)
+                _mm512_mask_storeu_pd(acc + c + 8, k1,
+                                      _mm512_add_pd(_mm512_maskz_loadu_pd(k1, acc + c + 8), _mm512_cvtps_pd(_mm512_extractf32x8_ps(r, 1))));
+        }
+        if (mn) {
+            _mm512_mask_storeu_ps(mn + c, k, _mm512_min_ps(r, _mm512_maskz_loadu_ps(k, mn + c)));
+            _mm512_mask_storeu_ps(mx + c, k, _mm512_max_ps(r, _mm512_maskz_loadu_ps(k, mx + c)));
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- the table */
 
 const qattn_int8_kernels qattn_int8_kernels_avx512 = {
     .name = "avx512",
-    .qk = qattn_i8_qk_ref, /* unused (pack8 0) */
+    .qk = qk_avx512,
     .scores = qattn_i8_scores_avx2,
     .softmax = qattn_i8_softmax_avx2,
     .pv_f32 = qattn_i8_pv_f32_avx2,
     .rowmax = qattn_i8_rowmax_avx2,
     .softmax_vs = qattn_i8_softmax_vs_avx2,
     .pv_acc = qattn_i8_pv_acc_avx2,
-    .quant_row = qattn_i8_quant_row_avx2,
+    .quant_row = quant_row_avx512,
     .qk16 = qattn_i8_qk16_avx2,
-    .pv_acc8 = qattn_i8_pv_acc8_ref, /* unused (pack8 0) */
-    .p_vs_tile = qattn_i8_p_vs_tile_avx2,
-    .center_amax = qattn_i8_center_amax_avx2,
+    .pv_acc8 = pv_acc8_avx512,
+    .pack8 = 1,
+    .p_vs_tile = p_vs_tile_avx512,
+    .pv_acc8u = pv_acc8u_avx512,
+    .center_amax = center_amax_avx512,
+    .scale_center_amax = scale_center_amax_avx512,
+    .rotate_row = rotate_row_avx512,
+    .stats_row = stats_row_avx512,
 };

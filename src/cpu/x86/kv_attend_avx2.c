@@ -135,10 +135,13 @@ ALWAYS_INLINE __m256i dot_acc_vnni(__m256i acc, __m256i a, __m256i b) {
 #define DOT_ACC(acc, a, b) _mm256_add_epi32((acc), _mm256_madd_epi16((a), (b)))
 #endif
 
+#ifndef KV_PF_HINT /* the cache level the next block is prefetched into (kv_attend_avx512.c: L2) */
+#define KV_PF_HINT _MM_HINT_T0
+#endif
 /* Software prefetch of bytes [from, to) of p (to clamped to end), whole 64-byte lines. */
 ALWAYS_INLINE void prefetch_lines(const uint8_t *p, int64_t from, int64_t to, int64_t end) {
     if (to > end) to = end;
-    for (int64_t o = from; o < to; o += 64) _mm_prefetch((const char *)(p + o), _MM_HINT_T0);
+    for (int64_t o = from; o < to; o += 64) _mm_prefetch((const char *)(p + o), KV_PF_HINT);
 }
 
 /* Bytes of a prefetch region to issue per loop iteration so that `iters` iterations cover it. */
@@ -155,6 +158,61 @@ ALWAYS_INLINE __m256i load_k16(const int8_t *p, bool full) {
     return _mm256_cvtepi8_epi16(full ? _mm_loadu_si128((const __m128i *)p) : _mm_loadl_epi64((const __m128i *)p));
 }
 
+/* The per-row constants of a 4-row block for the token-major score layout [t0 rows | t1 rows]:
+ * q scales (qsc NULL: unused), lo and hi, and whether all 4 rows see all of [jlo, jhi) with an
+ * even count (then no -inf mask is needed; an odd count's pad token still needs it). Rows >= R:
+ * row 0's scale and an empty range. R == 4 reads the arrays straight (GCC built the padded copies
+ * with 32-bit stores read back by 128-bit loads: store-forwarding stalls on every call). */
+typedef struct rows4 {
+    __m256 qs;
+    __m256i lo, hi;
+    bool all_visible;
+} rows4;
+
+ALWAYS_INLINE rows4 rows4_of(int R, const float *qsc, const int32_t *lo, const int32_t *hi, int jlo, int jhi) {
+    __m128 qs4 = _mm_setzero_ps();
+    __m128i lov, hiv;
+    if (R == 4) {
+        if (qsc) qs4 = _mm_loadu_ps(qsc);
+        lov = _mm_loadu_si128((const __m128i *)lo);
+        hiv = _mm_loadu_si128((const __m128i *)hi);
+    } else {
+        if (qsc) qs4 = _mm_setr_ps(qsc[0], qsc[R > 1 ? 1 : 0], qsc[R > 2 ? 2 : 0], qsc[0]);
+        lov = _mm_setr_epi32(lo[0], R > 1 ? lo[1] : 0, R > 2 ? lo[2] : 0, 0);
+        hiv = _mm_setr_epi32(hi[0], R > 1 ? hi[1] : 0, R > 2 ? hi[2] : 0, 0);
+    }
+    rows4 c;
+    c.qs = _mm256_insertf128_ps(_mm256_castps128_ps256(qs4), qs4, 1);
+    c.lo = _mm256_insertf128_si256(_mm256_castsi128_si256(lov), lov, 1);
+    c.hi = _mm256_insertf128_si256(_mm256_castsi128_si256(hiv), hiv, 1);
+    c.all_visible = R == 4 && ((jhi - jlo) & 1) == 0;
+    for (int r = 0; r < R && c.all_visible; r++) c.all_visible = lo[r] <= jlo && hi[r] >= jhi;
+    return c;
+}
+
+/* Scores sv of tokens j, j + 1 ([t0 rows | t1 rows]) to -inf where a row cannot see the token. */
+ALWAYS_INLINE __m256 mask_pair(__m256 sv, int j, const rows4 *c) {
+    if (c->all_visible) return sv;
+    __m256i jv = _mm256_add_epi32(_mm256_set1_epi32(j), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
+    __m256i out = _mm256_or_si256(_mm256_cmpgt_epi32(c->lo, jv), _mm256_cmpgt_epi32(_mm256_add_epi32(jv, _mm256_set1_epi32(1)), c->hi));
+    return _mm256_blendv_ps(sv, _mm256_set1_ps(-INFINITY), _mm256_castsi256_ps(out));
+}
+
+/* The INT8 pair's integer dots to scores: ((float)dot * qsc) * ks_j, masked. */
+ALWAYS_INLINE __m256 scores_pair_i8(__m256i dot, const float *ks, int j, bool two, const rows4 *c) {
+    return mask_pair(_mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), c->qs), pair_scale(ks, j, two)), j, c);
+}
+
+#if defined(QATTN_KV_AVX512)
+/* The ZMM engines, defined in kv_attend_avx512.c after this file (same contracts as below). */
+static void scores_rows_i8(int R, const int16_t *q16, const float *qsc, int d, const int8_t *kc, const float *ks, int jlo, int jhi,
+                           const int32_t *lo, const int32_t *hi, float *s, const uint8_t *pf, int64_t pf_bytes, __m256 *mx_out);
+static void pv_rows_i8(int R, const int8_t *vc, int d, int j0, int j1, const int32_t *wp, const float *ws, float *const *acc,
+                       const uint8_t *pf, int64_t pf_bytes);
+/* The FP16/BF16 path on ZMM (kv_attend_avx512.c). */
+static void attend_fp_avx512(int32_t dtype, const float *q, int m, int d, const void *kc, const void *vc, const int32_t *lo, const int32_t *hi,
+                             qattn_tile_state *st, float *scratch);
+#else
 /* INT8 scores of 4 rows for tokens [jlo, jhi): s[(j - jlo)*4 + r] = ((float)(q16 . k8) * qsc) * ks_j,
  * -inf outside the row's [lo, hi) (rows >= R: lo = hi = 0; the pad token of an odd count is >= hi).
  * Always 4 rows (rows >= R reuse row 0's q and are masked): fixed named accumulators keep GCC from
@@ -165,30 +223,10 @@ static __attribute__((noinline)) void scores_rows_i8(int R, const int16_t *q16, 
                                   const int32_t *lo, const int32_t *hi, float *s, const uint8_t *pf, int64_t pf_bytes, __m256 *mx_out) {
     const int64_t ldq = (d + 15) / 16 * 16; /* q16 rows are zero-padded to a multiple of 16 */
     const int16_t *q0 = q16, *q1 = q16 + (R > 1 ? ldq : 0), *q2 = q16 + (R > 2 ? 2 * ldq : 0), *q3 = q16 + (R > 3 ? 3 * ldq : 0);
-    /* per-row constants as vectors; R == 4 straight from the arrays (GCC built the padded copies
-     * with 32-bit stores read back by 128-bit loads: store-forwarding stalls on every call) */
-    __m128 qs4;
-    __m128i lov, hiv;
-    if (R == 4) {
-        qs4 = _mm_loadu_ps(qsc);
-        lov = _mm_loadu_si128((const __m128i *)lo);
-        hiv = _mm_loadu_si128((const __m128i *)hi);
-    } else {
-        qs4 = _mm_setr_ps(qsc[0], qsc[R > 1 ? 1 : 0], qsc[R > 2 ? 2 : 0], qsc[0]);
-        lov = _mm_setr_epi32(lo[0], R > 1 ? lo[1] : 0, R > 2 ? lo[2] : 0, 0);
-        hiv = _mm_setr_epi32(hi[0], R > 1 ? hi[1] : 0, R > 2 ? hi[2] : 0, 0);
-    }
-    const __m256 qsv = _mm256_insertf128_ps(_mm256_castps128_ps256(qs4), qs4, 1);
-    const __m256i lo8 = _mm256_insertf128_si256(_mm256_castsi128_si256(lov), lov, 1);
-    const __m256i hi8 = _mm256_insertf128_si256(_mm256_castsi128_si256(hiv), hiv, 1);
-    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    const rows4 rc = rows4_of(R, qsc, lo, hi, jlo, jhi);
     const int dfull = d & ~15;
     const int64_t pf_step = prefetch_step(pf_bytes, (jhi - jlo + 1) / 2);
     int64_t pf_at = 0;
-    /* all 4 rows see all of [jlo, jhi) (the usual decode block): no -inf mask (an odd count's pad
-     * token still needs it: its lanes are masked below) */
-    bool all_visible = R == 4 && ((jhi - jlo) & 1) == 0;
-    for (int r = 0; r < R && all_visible; r++) all_visible = lo[r] <= jlo && hi[r] >= jhi;
     __m256 mx = _mm256_set1_ps(-INFINITY); /* per-row tile max, [t0 rows | t1 rows] */
     for (int j = jlo; j < jhi; j += 2) {
         bool two = j + 1 < jhi;
@@ -215,12 +253,7 @@ static __attribute__((noinline)) void scores_rows_i8(int R, const int16_t *q16, 
         __m256i x0 = _mm256_hadd_epi32(_mm256_hadd_epi32(a00, a10), _mm256_hadd_epi32(a20, a30));
         __m256i x1 = _mm256_hadd_epi32(_mm256_hadd_epi32(a01, a11), _mm256_hadd_epi32(a21, a31));
         __m256i dot = _mm256_add_epi32(_mm256_permute2x128_si256(x0, x1, 0x20), _mm256_permute2x128_si256(x0, x1, 0x31));
-        __m256 sv = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), qsv), pair_scale(ks, j, two));
-        if (!all_visible) {
-            __m256i jv = _mm256_add_epi32(_mm256_set1_epi32(j), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
-            __m256i out = _mm256_or_si256(_mm256_cmpgt_epi32(lo8, jv), _mm256_cmpgt_epi32(_mm256_add_epi32(jv, _mm256_set1_epi32(1)), hi8));
-            sv = _mm256_blendv_ps(sv, ninf, _mm256_castsi256_ps(out));
-        }
+        __m256 sv = scores_pair_i8(dot, ks, j, two, &rc);
         _mm256_storeu_ps(s + (int64_t)(j - jlo) * 4, sv);
         mx = _mm256_max_ps(sv, mx); /* keeps mx when sv is NaN, like the reference's `s > max` */
     }
@@ -291,6 +324,8 @@ static __attribute__((noinline)) void pv_rows_i8(int R, const int8_t *vc, int d,
     }
 }
 
+#endif
+
 /* The online-softmax rule (DESIGN.md §4), for both the INT8 and the FP16/BF16 rows: rescale the
  * row's sum and accumulator only when its max grows. */
 ALWAYS_INLINE void raise_row_max(qattn_tile_state *st, int row, float *acc, int d, float old_max, float new_max) {
@@ -303,6 +338,28 @@ ALWAYS_INLINE void raise_row_max(qattn_tile_state *st, int row, float *acc, int 
 }
 
 ALWAYS_INLINE __m128 hmax_halves(__m256 v) { return _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)); }
+
+/* After the scores of a 4-row block (token-major, block maxima mx = [t even rows | t odd rows]):
+ * acc[r] for r < R; each active row's new max, the state rescaled when it grows; mrow[r] = the max
+ * to subtract (0 for inactive rows: their -inf scores give 0); nanrow[r] for a row that saw keys
+ * but no score above -inf (all NaN; its state is made NaN by the caller, never "empty"). */
+ALWAYS_INLINE void update_row_max4(int R, const bool *active, __m256 mx, qattn_tile_state *st, int r0, int d, float **acc, float *mrow,
+                                   bool *nanrow) {
+    float tmax[4];
+    _mm_storeu_ps(tmax, hmax_halves(mx));
+    for (int r = 0; r < R; r++) {
+        acc[r] = st->acc + (int64_t)(r0 + r) * st->ld_acc;
+        if (!active[r]) continue;
+        float old_max = st->row_max[r0 + r];
+        float new_max = tmax[r] > old_max ? tmax[r] : old_max;
+        if (new_max == -INFINITY) {
+            nanrow[r] = true;
+            continue;
+        }
+        raise_row_max(st, r0 + r, acc[r], d, old_max, new_max);
+        mrow[r] = new_max; /* NaN when the state is NaN already: the row stays NaN */
+    }
+}
 
 /* INT8 rows r0..r0+R-1 (R <= 4): scores, online softmax, weights to int16, P.V. */
 ALWAYS_INLINE void attend_rows_i8(int R, const int16_t *q16, const float *qsc, int d, const int8_t *kc, const int8_t *vc, const float *ks,
@@ -323,22 +380,9 @@ ALWAYS_INLINE void attend_rows_i8(int R, const int16_t *q16, const float *qsc, i
     int nt = jhi - jlo, np = (nt + 1) / 2; /* tokens, token pairs (the last maybe padded) */
     __m256 mx; /* tile max per row (scores_rows_i8) */
     scores_rows_i8(R, q16, qsc, d, kc, ks, jlo, jhi, lo, hi, s, pf ? pf->k : NULL, pf ? pf->bytes : 0, &mx);
-    float tmax[4], mrow[4] = {0, 0, 0, 0};
-    _mm_storeu_ps(tmax, hmax_halves(mx));
-    float *acc[4];
+    float mrow[4] = {0, 0, 0, 0}, *acc[4];
     bool nanrow[4] = {false, false, false, false};
-    for (int r = 0; r < R; r++) {
-        acc[r] = st->acc + (int64_t)(r0 + r) * st->ld_acc;
-        if (!active[r]) continue; /* mrow 0: its -inf scores give weights 0 */
-        float old_max = st->row_max[r0 + r];
-        float new_max = tmax[r] > old_max ? tmax[r] : old_max;
-        if (new_max == -INFINITY) { /* keys seen but no score above -inf (all NaN): a NaN row */
-            nanrow[r] = true;
-            continue;
-        }
-        raise_row_max(st, r0 + r, acc[r], d, old_max, new_max);
-        mrow[r] = new_max; /* NaN when the state is NaN already: weights NaN, the row stays NaN */
-    }
+    update_row_max4(R, active, mx, st, r0, d, acc, mrow, nanrow);
     /* p = exp2(s - max), w = p * vs in place; row sums of p, row max of w, NaN flags */
     const __m256 mv = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(mrow)), _mm_loadu_ps(mrow), 1);
     __m256 sum = _mm256_setzero_ps(), wmv = _mm256_setzero_ps(), nanv = _mm256_setzero_ps();
@@ -455,7 +499,7 @@ ALWAYS_INLINE void attend_rows(int R, const float *q, int d, int32_t dtype, cons
     }
 }
 
-#if !defined(QATTN_KV_VNNI)
+#if !defined(QATTN_KV_VNNI) && !defined(QATTN_KV_AVX512)
 ALWAYS_INLINE void attend_fp(int32_t dtype, const float *q, int m, int d, const void *kc, const void *vc, int n, const int32_t *lo,
                              const int32_t *hi, qattn_tile_state *st, float *scratch) {
     float *s = scratch, *w = scratch + (int64_t)4 * n;
@@ -484,7 +528,23 @@ static void attend_i8(const int16_t *q16, const float *qsc, int m, int d, const 
     }
 }
 
-#if defined(QATTN_KV_VNNI)
+#if defined(QATTN_KV_AVX512)
+/* The AVX-512 entry (kv_attend_avx512.c): INT8 with the ZMM engines, FP16/BF16 with the ZMM path. */
+void qattn_kv_attend_avx512(const float *q, const int16_t *q16, const float *qsc, int m, int d, int32_t dtype, const void *kc,
+                            const void *vc, const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st,
+                            float *scratch, const qattn_kv_prefetch *pf) {
+    (void)n;
+    if (dtype != QATTN_DTYPE_I8) {
+        if (pf) { /* FP16/BF16: the whole head up front (as the AVX2 kernel) */
+            prefetch_lines(pf->k, 0, pf->bytes, pf->bytes);
+            prefetch_lines(pf->v, 0, pf->bytes, pf->bytes);
+        }
+        attend_fp_avx512(dtype, q, m, d, kc, vc, lo, hi, st, scratch);
+        return;
+    }
+    attend_i8(q16, qsc, m, d, kc, vc, ks, vs, lo, hi, st, scratch, pf);
+}
+#elif defined(QATTN_KV_VNNI)
 /* The AVX-VNNI entry (kv_attend_vnni.c): INT8 with vpdpwssd; FP16/BF16 go to the AVX2 kernel. */
 void qattn_kv_attend_vnni(const float *q, const int16_t *q16, const float *qsc, int m, int d, int32_t dtype, const void *kc,
                           const void *vc, const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st,
