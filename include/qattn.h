@@ -221,6 +221,29 @@ typedef struct qattn_params {
     size_t workspace_size;
 
     void *stream; /* cudaStream_t for the CUDA backend; NULL = the default stream */
+
+    /* ---- score modifiers and block sparsity (FlashAttention's names and conventions) ----
+     * The score of query i and key j (positions within their sequence) is
+     *     s = scale * q_i . k_j
+     *     s = softcap * tanh(s / softcap)            when softcap > 0
+     *     s = s - slope_h * |i + Lk - Lq - j|        when alibi_slopes is given (h: the query head)
+     * and a key hidden by the window/causal mask or by a zero block of block_mask gets no weight.
+     * The log-sum-exp is that of these final scores. */
+    const float *alibi_slopes;  /* float32 [H], or [B, H] rows alibi_batch_stride apart; NULL = none.
+                                   Finite. Host memory on the CPU backend, device memory on CUDA. */
+    int64_t alibi_batch_stride; /* elements between sequences' slopes (>= H); 0 = one [H] array for all */
+    float softcap;              /* 0 = off; else finite and > 0 */
+    int32_t block_mask_q;       /* query rows per block of block_mask: a positive multiple of 16 */
+    /* Block-sparse attention (BlockBERT): a uint8 bitmap of (query block, key block) pairs,
+     * [B, H, ceil(Lq / block_mask_q), ceil(Lk / block_mask_k)] through the element strides below
+     * (the key-block axis contiguous; a stride of 0 shares the map along that axis, e.g. one map
+     * for every head). Nonzero: the pair is computed (then subject to the other masks); zero: the
+     * pair is skipped and its keys get no weight. Blocks count from the first token of each
+     * sequence (varlen too). NULL = dense. Host memory on the CPU backend, device memory on CUDA. */
+    const uint8_t *block_mask;
+    int32_t block_mask_k;       /* keys per block of block_mask: a positive multiple of 16 */
+    int32_t reserved0;          /* 0 */
+    int64_t block_mask_batch_stride, block_mask_head_stride, block_mask_row_stride;
 } qattn_params;
 
 /* Defaults: F32 in and out, precision AUTO, no mask, window -1/-1, scale 0 (= 1/sqrt(D)),

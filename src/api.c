@@ -365,6 +365,40 @@ static qattn_status check_offsets(qattn_ctx *ctx, const char *name, const int32_
     return QATTN_OK;
 }
 
+/* ALiBi, softcap and the block mask: values the header allows. read_host: the slopes are in host
+ * memory and can be checked for finiteness. */
+static qattn_status check_score_modifiers(qattn_ctx *ctx, const qattn_params *p, bool read_host) {
+    if (p->reserved0 != 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "reserved0 is %d; it must be 0", p->reserved0);
+    if (!isfinite(p->softcap) || p->softcap < 0.0f)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "softcap is %g; it must be 0 (off) or finite and > 0", (double)p->softcap);
+    if (p->alibi_slopes) {
+        if (p->alibi_batch_stride != 0 && p->alibi_batch_stride < p->n_heads)
+            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "alibi_batch_stride is %lld; it must be 0 (shared) or >= n_heads %d",
+                              (long long)p->alibi_batch_stride, p->n_heads);
+        int64_t rows = p->alibi_batch_stride ? p->batch : 1, last;
+        if (rows > 0 && !qattn_mul_i64(rows - 1, p->alibi_batch_stride, &last))
+            return qattn_fail(ctx, QATTN_ERR_OVERFLOW, "alibi_batch_stride %lld x batch %lld overflows int64", (long long)p->alibi_batch_stride,
+                              (long long)p->batch);
+        for (int64_t b = 0; read_host && b < rows; b++)
+            for (int32_t h = 0; h < p->n_heads; h++)
+                if (!isfinite(p->alibi_slopes[b * p->alibi_batch_stride + h]))
+                    return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "alibi_slopes[%lld, %d] is %g; slopes must be finite", (long long)b, h,
+                                      (double)p->alibi_slopes[b * p->alibi_batch_stride + h]);
+    }
+    if (p->block_mask) {
+        if (p->block_mask_q < 16 || p->block_mask_q % 16 || p->block_mask_k < 16 || p->block_mask_k % 16)
+            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "block mask blocks are %d x %d; each side must be a positive multiple of 16",
+                              p->block_mask_q, p->block_mask_k);
+        if (p->block_mask_batch_stride < 0 || p->block_mask_head_stride < 0 || p->block_mask_row_stride < 0)
+            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "block mask strides (%lld, %lld, %lld) must be >= 0",
+                              (long long)p->block_mask_batch_stride, (long long)p->block_mask_head_stride, (long long)p->block_mask_row_stride);
+    }
+    /* Declared in the header, implemented by no backend yet. */
+    if (p->alibi_slopes || p->softcap != 0.0f || p->block_mask)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "%s is not implemented yet", p->alibi_slopes ? "alibi_slopes" : p->softcap != 0.0f ? "softcap" : "block_mask");
+    return QATTN_OK;
+}
+
 qattn_status qattn_validate(qattn_ctx *ctx, const qattn_params *p, bool read_offsets) {
     if (!p) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "params is NULL");
     if (p->batch < 0 || p->seqlen_q < 0 || p->seqlen_k < 0)
@@ -402,6 +436,8 @@ qattn_status qattn_validate(qattn_ctx *ctx, const qattn_params *p, bool read_off
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "cu_seqlens_q and cu_seqlens_k must be given together");
     if (p->workspace == NULL && p->workspace_size != 0)
         return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "workspace_size is %zu but workspace is NULL", p->workspace_size);
+    qattn_status sm = check_score_modifiers(ctx, p, read_offsets);
+    if (sm != QATTN_OK) return sm;
 
     /* Row counts must fit int64 whatever the strides (a zero stride makes the element-index
      * checks below blind to the size of the problem). */

@@ -98,6 +98,16 @@ class Params(ctypes.Structure):
         ("workspace", ctypes.c_void_p),
         ("workspace_size", ctypes.c_size_t),
         ("stream", ctypes.c_void_p),
+        ("alibi_slopes", ctypes.c_void_p),
+        ("alibi_batch_stride", ctypes.c_int64),
+        ("softcap", ctypes.c_float),
+        ("block_mask_q", ctypes.c_int32),
+        ("block_mask", ctypes.c_void_p),
+        ("block_mask_k", ctypes.c_int32),
+        ("reserved0", ctypes.c_int32),
+        ("block_mask_batch_stride", ctypes.c_int64),
+        ("block_mask_head_stride", ctypes.c_int64),
+        ("block_mask_row_stride", ctypes.c_int64),
     ]
 
 
