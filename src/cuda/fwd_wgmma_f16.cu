@@ -1,21 +1,21 @@
-/* FP16/BF16 flash attention forward for Hopper (sm_90a): wgmma for both products, head dims 64, 128
- * and 256, non-varlen; the backend runs everything else (and every other chip) on the mma.sync kernel
- * (fwd_mma_f16.cu), whose semantics this one keeps (masks, windows, GQA, LSE, output dtypes, empty rows).
- * Schedule (FlashAttention-3's, and the INT8 wgmma kernel's, fwd_wgmma_i8.cu):
+/* FP16/BF16 flash attention forward for Hopper (sm_90a): wgmma for both products, head dims 64, 96
+ * (laid out as 128), 128 and 256, non-varlen; the backend runs everything else (and every other chip)
+ * on the mma.sync kernel (fwd_mma_f16.cu), whose semantics this one keeps (masks, windows, GQA, LSE,
+ * output dtypes, empty rows). Schedule (FlashAttention-3's, and the INT8 wgmma kernel's):
  * - Persistent grid: one block per SM takes work items of 128 query rows of one (batch, head) in
  *   decode_item's order (heavy causal blocks first) from an atomic counter (a.sched, zeroed before each
- *   launch), claiming its next item when it starts one. Warpgroup 0 is
- *   the producer: one thread loads the user's strided [B, L, H, D] tensors with TMA tensor copies
- *   (boxes of 64 columns x the tile's rows, 128-byte swizzle: a tile is D / 64 boxes; rows past the
- *   sequence arrive as zeros) into the Q buffers and NST stages of K and of V, each with its own
- *   mbarriers, so that K(t) is released as soon as S(t) has read it.
+ *   launch), claiming its next item when it starts one. Warpgroup 0 is the producer: one thread loads
+ *   the user's strided [B, L, H, D] tensors with TMA tensor copies (boxes of 64 columns x the tile's
+ *   rows, 128-byte swizzle: a tile is D / 64 boxes; rows past the sequence arrive as zeros) into the Q
+ *   buffers and NST stages of K and of V, each with its own mbarriers, so that K(t) is released as soon
+ *   as S(t) has read it.
  * - Warpgroups 1 and 2 take 64 query rows each. S(t) = Q K(t)^T: D / 16 wgmma m64nBNk16 from shared
  *   memory (K-major descriptors); online softmax in FP32 registers; P(t) rounded to the input dtype in
  *   registers is the A operand of O += P(t) V(t) (the accumulator layout is the A fragment), V from
  *   shared memory as an MN-major (transposed) operand. P V(t) is issued together with S(t + 1); the
- *   softmax of t + 1 runs while P V(t) is still on the tensor cores, then O is rescaled (only when a
- *   row max grew) and P(t + 1) made. The two consumer warpgroups take turns at issuing (named
- *   barriers), so one's softmax overlaps the other's products.
+ *   softmax of t + 1 runs while P V(t) is still on the tensor cores, then O is rescaled and P(t + 1)
+ *   made. The two consumer warpgroups take turns at issuing (named barriers), so one's softmax
+ *   overlaps the other's products.
  * - setmaxnreg: the producer drops to 24 registers, consumers rise to 240 (D 128: O 64 + S 64 + P 32;
  *   D 256: O 128 + S 32 + P 16). */
 #include "hopper.cuh"
