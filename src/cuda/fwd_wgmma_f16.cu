@@ -1,25 +1,25 @@
-/* FP16/BF16 flash attention forward for Hopper (sm_90a): wgmma for both products, head dims 64, 128
- * and 256, non-varlen; the backend runs everything else (and every other chip) on the mma.sync kernel
- * (fwd_mma_f16.cu), whose semantics this one keeps (masks, windows, GQA, LSE, output dtypes, empty rows).
- * Schedule (FlashAttention-3's, and the INT8 wgmma kernel's, fwd_wgmma_i8.cu):
+/* FP16/BF16 flash attention forward for Hopper (sm_90a): wgmma for both products, head dims 64, 96
+ * (laid out as 128), 128 and 256, non-varlen; the backend runs everything else (and every other chip)
+ * on the mma.sync kernel (fwd_mma_f16.cu), whose semantics this one keeps (masks, windows, GQA, LSE,
+ * output dtypes, empty rows). Schedule (FlashAttention-3's, and the INT8 wgmma kernel's):
  * - Persistent grid: one block per SM takes work items of 128 query rows of one (batch, head) in
  *   decode_item's order (heavy causal blocks first) from an atomic counter (a.sched, zeroed before each
- *   launch), claiming its next item when it starts one. Warpgroup 0 is
- *   the producer: one thread loads the user's strided [B, L, H, D] tensors with TMA tensor copies
- *   (boxes of 64 columns x the tile's rows, 128-byte swizzle: a tile is D / 64 boxes; rows past the
- *   sequence arrive as zeros) into the Q buffers and NST stages of K and of V, each with its own
- *   mbarriers, so that K(t) is released as soon as S(t) has read it.
+ *   launch), claiming its next item when it starts one. Warpgroup 0 is the producer: one thread loads
+ *   the user's strided [B, L, H, D] tensors with TMA tensor copies (boxes of 64 columns x the tile's
+ *   rows, 128-byte swizzle: a tile is D / 64 boxes; rows past the sequence arrive as zeros) into the Q
+ *   buffers and NST stages of K and of V, each with its own mbarriers, so that K(t) is released as soon
+ *   as S(t) has read it.
  * - Warpgroups 1 and 2 take 64 query rows each. S(t) = Q K(t)^T: D / 16 wgmma m64nBNk16 from shared
  *   memory (K-major descriptors); online softmax in FP32 registers; P(t) rounded to the input dtype in
  *   registers is the A operand of O += P(t) V(t) (the accumulator layout is the A fragment), V from
  *   shared memory as an MN-major (transposed) operand. P V(t) is issued together with S(t + 1); the
- *   softmax of t + 1 runs while P V(t) is still on the tensor cores, then O is rescaled (only when a
- *   row max grew) and P(t + 1) made. The two consumer warpgroups take turns at issuing (named
- *   barriers), so one's softmax overlaps the other's products.
+ *   softmax of t + 1 runs while P V(t) is still on the tensor cores, then O is rescaled and P(t + 1)
+ *   made. The two consumer warpgroups take turns at issuing (named barriers), so one's softmax
+ *   overlaps the other's products.
  * - setmaxnreg: the producer drops to 24 registers, consumers rise to 240 (D 128: O 64 + S 64 + P 32;
  *   D 256: O 128 + S 32 + P 16). */
 #include "hopper.cuh"
-#include "i8_rows.cuh" /* qattn_quad_transpose */
+#include "rows.cuh"
 
 #include <cuda.h> /* CUtensorMap and the encode function's types only: the entry point comes from the runtime */
 #include <cuda_bf16.h>
@@ -221,9 +221,8 @@ template <int D> __device__ __forceinline__ void rescale_o(float o[D / 2], const
 }
 
 /* O / l and LSE of this thread's rows row0 and row0 + 8 (the mma.sync kernel's epilogue: rows that saw
- * no key get 0 and LSE -inf). Every load of the item came before (a load after a store would wait for
- * it); the quad transposes its column groups so that each lane stores 16-byte chunks (as the INT8
- * kernels' qattn_i8_store_rows, which measured the gain). */
+ * no key get 0 and LSE -inf), the first DV columns. Every load of the item came before (a load after a
+ * store would wait for it, traced in the INT8 wgmma kernel). */
 template <int D, int DV>
 __device__ __forceinline__ void store_rows(const qattn_cuda_args &a, int b, int h, int row0, int t4, const float o[D / 2], const float mx[2],
                                            const float l[2]) {
@@ -235,36 +234,12 @@ __device__ __forceinline__ void store_rows(const qattn_cuda_args &a, int b, int 
         sum += __shfl_xor_sync(0xffffffffu, sum, 2);
         const int row = row0 + 8 * r;
         const float inv = sum > 0.f ? 1.f / sum : 0.f;
-        const int64_t rbase = ooff + (int64_t)row * a.o_ss; /* all four lanes of a quad hold the same row */
 #pragma unroll
-        for (int k = 0; k < DV / 32; k++) { /* DV: the real head dim (96 is laid out as 128) */
-            const int64_t idx = rbase + (4 * k + t4) * 8;
-            if (a.o_dtype == 0) {
-                uint32_t xs[4], ys[4];
+        for (int k = 0; k < DV / 32; k++) { /* 32 columns at a time: x and y of the whole row cost D 256 a spill */
+            float x[4], y[4];
 #pragma unroll
-                for (int e = 0; e < 4; e++) xs[e] = __float_as_uint(o[4 * (4 * k + e) + 2 * r] * inv), ys[e] = __float_as_uint(o[4 * (4 * k + e) + 2 * r + 1] * inv);
-                qattn_quad_transpose(xs, t4);
-                qattn_quad_transpose(ys, t4);
-                if (row < a.lq) {
-                    *(uint4 *)((float *)a.o + idx) = make_uint4(xs[0], ys[0], xs[1], ys[1]);
-                    *(uint4 *)((float *)a.o + idx + 4) = make_uint4(xs[2], ys[2], xs[3], ys[3]);
-                }
-            } else {
-                uint32_t w[4];
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const float x = o[4 * (4 * k + e) + 2 * r] * inv, y = o[4 * (4 * k + e) + 2 * r + 1] * inv;
-                    if (a.o_dtype == 1) {
-                        const __half2 v = __floats2half2_rn(x, y);
-                        w[e] = *(const uint32_t *)&v;
-                    } else {
-                        const __nv_bfloat162 v = __floats2bfloat162_rn(x, y);
-                        w[e] = *(const uint32_t *)&v;
-                    }
-                }
-                qattn_quad_transpose(w, t4);
-                if (row < a.lq) *(uint4 *)((uint16_t *)a.o + idx) = make_uint4(w[0], w[1], w[2], w[3]);
-            }
+            for (int e = 0; e < 4; e++) x[e] = o[4 * (4 * k + e) + 2 * r] * inv, y[e] = o[4 * (4 * k + e) + 2 * r + 1] * inv;
+            qattn_store_row<4>(a, ooff + (int64_t)row * a.o_ss + 32 * k, row, t4, x, y);
         }
         if (a.lse && t4 == 0 && row < a.lq) a.lse[((int64_t)b * a.h + h) * a.lq + row] = sum > 0.f ? mx[r] * a.scale + logf(sum) : -INFINITY;
     }

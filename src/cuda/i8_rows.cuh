@@ -3,10 +3,7 @@
 #ifndef QATTN_CUDA_I8_ROWS_CUH
 #define QATTN_CUDA_I8_ROWS_CUH
 
-#include "cuda_common.cuh"
-
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+#include "rows.cuh"
 
 /* Row factors sq * scale * log2 e, kept > 0 so that a masked -inf score stays -inf (an all-zero Q row
  * has sq 0: its scores are exactly 0 whatever the factor). sq_row0: the scale of row0, in global or
@@ -16,31 +13,13 @@ __device__ __forceinline__ void qattn_i8_row_factors(const qattn_cuda_args &a, c
     rf[1] = fmaxf(row0 + 8 < a.lq ? sq_row0[8] * a.scale_log2 : 0.f, 1e-30f);
 }
 
-/* 4 x 4 transpose of 32-bit words across the lanes of a quad (two butterfly stages): lane t4 ends with
- * x[e] = the word x[t4] of lane e. */
-__device__ __forceinline__ void qattn_quad_transpose(uint32_t x[4], int t4) {
-#pragma unroll
-    for (int m = 1; m <= 2; m <<= 1)
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            if (e & m) continue;
-            const bool hi = t4 & m;
-            const uint32_t recv = __shfl_xor_sync(0xffffffffu, hi ? x[e] : x[e ^ m], m);
-            if (hi) x[e] = recv;
-            else x[e ^ m] = recv;
-        }
-}
-
 /* O = acc / l + mean_v[d] (l counts P codes, in units of 255 p; V smoothing adds the mean back; rows
  * that see no key stay 0) and LSE = ln(sum p) + the K-smoothing shift; l is summed over the quad.
  * Two costs of this store showed in a per-step clock trace of the wgmma kernel (H200, docs/gpu.md):
  * - every load comes before the first store: the compiler cannot tell the output from the inputs, so
  *   a load placed after a store waits for it (interleaved: 32 dependent round trips to L2 per item,
  *   about 9600 cycles, the cost of 2-3 key tiles);
- * - a thread holds two columns of each group of 8, so a direct store is 4 bytes a lane and touches 8
- *   rows per instruction; the quad first transposes its groups so that each lane writes 8 whole columns
- *   in 16-byte stores (4x fewer store instructions). The backend admits only 16-byte aligned outputs
- *   with strides of multiples of 8 elements, so these are always aligned. */
+ * - 4-byte stores touching 8 rows per instruction: qattn_store_row (rows.cuh) writes 16-byte chunks. */
 template <int D>
 __device__ __forceinline__ void qattn_i8_store_rows(const qattn_cuda_args &a, int b, int h, int64_t bhk, int row0, int t4,
                                                     const float (&o)[D / 8][4], const float mx[2], const float l[2], const float rf[2]) {
@@ -62,36 +41,7 @@ __device__ __forceinline__ void qattn_i8_store_rows(const qattn_cuda_args &a, in
         float x[D / 8], y[D / 8];
 #pragma unroll
         for (int i = 0; i < D / 8; i++) x[i] = fmaf(o[i][2 * r], inv, mv[i].x * mf), y[i] = fmaf(o[i][2 * r + 1], inv, mv[i].y * mf);
-        const int64_t rbase = ooff + (int64_t)row * a.o_ss; /* all four lanes of a quad hold the same row */
-#pragma unroll
-        for (int k = 0; k < D / 32; k++) {
-            const int64_t idx = rbase + (4 * k + t4) * 8;
-            if (a.o_dtype == 0) {
-                uint32_t xs[4], ys[4];
-#pragma unroll
-                for (int e = 0; e < 4; e++) xs[e] = __float_as_uint(x[4 * k + e]), ys[e] = __float_as_uint(y[4 * k + e]);
-                qattn_quad_transpose(xs, t4);
-                qattn_quad_transpose(ys, t4);
-                if (row < a.lq) {
-                    *(uint4 *)((float *)a.o + idx) = make_uint4(xs[0], ys[0], xs[1], ys[1]);
-                    *(uint4 *)((float *)a.o + idx + 4) = make_uint4(xs[2], ys[2], xs[3], ys[3]);
-                }
-            } else {
-                uint32_t w[4];
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    if (a.o_dtype == 1) {
-                        const __half2 v = __floats2half2_rn(x[4 * k + e], y[4 * k + e]);
-                        w[e] = *(const uint32_t *)&v;
-                    } else {
-                        const __nv_bfloat162 v = __floats2bfloat162_rn(x[4 * k + e], y[4 * k + e]);
-                        w[e] = *(const uint32_t *)&v;
-                    }
-                }
-                qattn_quad_transpose(w, t4);
-                if (row < a.lq) *(uint4 *)((uint16_t *)a.o + idx) = make_uint4(w[0], w[1], w[2], w[3]);
-            }
-        }
+        qattn_store_row<D / 8>(a, ooff + (int64_t)row * a.o_ss, row, t4, x, y);
         if (lse && row < a.lq)
             a.lse[((int64_t)b * a.h + h) * a.lq + row] =
                 sum > 0.f ? (mx[r] * rf[r] + log2f(sum * (1.f / 255.f))) * 0.69314718055994531f + qsh[r] : -INFINITY;
