@@ -35,7 +35,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 class Params(C.Structure):
-    """Mirror of qattn_params (include/qattn.h), field for field."""
+    """Mirror of qattn_params (include/qattn.h), field for field, as python/qattn/_lib.py (tests/test_abi.py checks that one)."""
     _fields_ = [
         ("q", C.c_void_p), ("k", C.c_void_p), ("v", C.c_void_p), ("o", C.c_void_p), ("lse", C.c_void_p),
         ("batch", C.c_int64), ("seqlen_q", C.c_int64), ("seqlen_k", C.c_int64),
@@ -49,6 +49,9 @@ class Params(C.Structure):
         ("cu_seqlens_q", C.c_void_p), ("cu_seqlens_k", C.c_void_p),
         ("workspace", C.c_void_p), ("workspace_size", C.c_size_t),
         ("stream", C.c_void_p),
+        ("alibi_slopes", C.c_void_p), ("alibi_batch_stride", C.c_int64), ("softcap", C.c_float),
+        ("block_mask_q", C.c_int32), ("block_mask", C.c_void_p), ("block_mask_k", C.c_int32), ("reserved0", C.c_int32),
+        ("block_mask_batch_stride", C.c_int64), ("block_mask_head_stride", C.c_int64), ("block_mask_row_stride", C.c_int64),
     ]
 
 

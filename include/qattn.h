@@ -268,7 +268,8 @@ QATTN_API qattn_status qattn_workspace_size(qattn_ctx *ctx, const qattn_params *
  * o and lse must not overlap q, k, v or each other (byte ranges from the shapes, strides and
  * dtypes): in-place attention is refused with QATTN_ERR_INVALID_ARGUMENT naming both tensors
  * (qattn_supports says the same; the same rule holds for qattn_forward_quantized, qattn_kv_decode
- * and the k/v outputs of qattn_kv_cache_read). Scaled scores scale * q.k must fit float32
+ * and the k/v outputs of qattn_kv_cache_read; on the CUDA backend with cu_seqlens, whose offsets
+ * stay in device memory, it is not checked). Scaled scores scale * q.k must fit float32
  * (|scale * q.k| < FLT_MAX / log2(e), about 2.4e38): a row whose scores overflow with finite
  * inputs makes the call return QATTN_ERR_OVERFLOW naming the row (o is then unspecified), where
  * the float kernels would otherwise give NaN. */

@@ -524,12 +524,13 @@ qattn_status qattn_check_params_disjoint(qattn_ctx *ctx, const qattn_params *p, 
     if (p->batch == 0) return QATTN_OK;
     bool varlen = p->cu_seqlens_q != NULL;
     int64_t nb = varlen ? 1 : p->batch, lq = p->seqlen_q, lk = p->seqlen_k, D = p->head_dim;
-    if (varlen && ctx->backend == QATTN_BACKEND_CPU) { /* host offsets, validated: the packed totals */
+    /* Device offsets are not read (that would synchronise the stream), and batch * max length only
+     * bounds the packed totals: tensors allocated back to back would look overlapping. The check is
+     * then not made (qattn.h says so). */
+    if (varlen && ctx->backend != QATTN_BACKEND_CPU) return QATTN_OK;
+    if (varlen) { /* host offsets, validated: the packed totals */
         lq = p->cu_seqlens_q[p->batch];
         lk = p->cu_seqlens_k[p->batch];
-    } else if (varlen) { /* device offsets are not read: batch * max length bounds the totals */
-        if (!qattn_mul_i64(p->batch, p->seqlen_q, &lq)) lq = INT64_MAX;
-        if (!qattn_mul_i64(p->batch, p->seqlen_k, &lk)) lk = INT64_MAX;
     }
     qattn_extent ins[3] = {
         qattn_view_extent("q", p->q, qkv_elem_bytes, nb, p->q_batch_stride, lq, p->q_seq_stride, p->n_heads, p->q_head_stride, D),

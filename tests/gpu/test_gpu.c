@@ -576,7 +576,9 @@ int main(int argc, char **argv) {
         p.batch = 1, p.seqlen_q = p.seqlen_k = 8, p.n_heads = p.n_kv_heads = 1, p.head_dim = 80;
         p.qkv_dtype = F16, p.o_dtype = F16;
         qattn_params_set_contiguous(&p);
-        p.q = p.k = p.v = p.o = (void *)(uintptr_t)256;
+        /* distinct fake addresses (never dereferenced): the overlap check must not be what refuses */
+        p.q = (void *)(uintptr_t)0x10000, p.k = (void *)(uintptr_t)0x20000, p.v = (void *)(uintptr_t)0x30000;
+        p.o = (void *)(uintptr_t)0x40000;
         s = qattn_supports(gpu, &p);
         printf("%s supports(head_dim 80) -> %s: %s\n", s == QATTN_ERR_UNSUPPORTED ? "ok  " : "FAIL", qattn_status_str(s), qattn_ctx_last_error(gpu));
         fails += s != QATTN_ERR_UNSUPPORTED;
