@@ -375,7 +375,9 @@ int main(void) {
     /* user workspace: a plain case and a split-KV decode case (which needs partials) */
     for (int ii = 0; ii < n_isas; ii++) {
         for (int i = 0; i < n; i++)
-            if (!strcmp(cases[i].name, "gqa4") || !strcmp(cases[i].name, "decode-split")) test_workspace(&cases[i], 1000 + i, isas[ii]);
+            if (!strcmp(cases[i].name, "gqa4") || !strcmp(cases[i].name, "decode-split") || !strcmp(cases[i].name, "D8-causal-lq<lk") ||
+                !strcmp(cases[i].name, "D16-decode-split"))
+                test_workspace(&cases[i], 1000 + i, isas[ii]);
     }
     printf("  %d cases, %ld forward runs\n", n, g_cases_run);
     return th_finish();

@@ -167,6 +167,12 @@ static void test_cache_ops(void) {
     qattn_kv_cache *bc = NULL;
     TH_CHECK(qattn_kv_cache_create(ctx, &o, &bc) == QATTN_ERR_INVALID_ARGUMENT && bc == NULL && strstr(qattn_ctx_last_error(ctx), "head_dim"),
              "head_dim 30 accepted or message '%s'", qattn_ctx_last_error(ctx));
+    for (int bad_d = 4; bad_d <= 264; bad_d += 260) { /* below and above the range: the message gives it */
+        o.head_dim = bad_d;
+        TH_CHECK(qattn_kv_cache_create(ctx, &o, &bc) == QATTN_ERR_INVALID_ARGUMENT && bc == NULL &&
+                     strstr(qattn_ctx_last_error(ctx), "8..256 in steps of 8"),
+                 "head_dim %d accepted or message '%s'", bad_d, qattn_ctx_last_error(ctx));
+    }
     o.head_dim = 64, o.dtype = QATTN_DTYPE_F32;
     TH_CHECK(qattn_kv_cache_create(ctx, &o, &bc) == QATTN_ERR_INVALID_ARGUMENT, "f32 storage accepted");
     o.dtype = QATTN_DTYPE_I8, o.block_size = 0;
