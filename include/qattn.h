@@ -189,7 +189,9 @@ typedef struct qattn_params {
     int64_t seqlen_k; /* Lk; likewise */
     int32_t n_heads;    /* H */
     int32_t n_kv_heads; /* HK; H % HK == 0 (GQA / MQA) */
-    int32_t head_dim;   /* D: 32..256, a multiple of 8 */
+    /* D: 8..256, a multiple of 8 (the CPU backend runs every such D; the CUDA backend 64, 96, 128
+     * and 256, INT8 64 and 128, and returns QATTN_ERR_UNSUPPORTED for the others) */
+    int32_t head_dim;
 
     int32_t qkv_dtype; /* qattn_dtype of q, k and v (F32, F16 or BF16) */
     int32_t o_dtype;   /* qattn_dtype of o (F32, F16 or BF16) */
@@ -416,7 +418,7 @@ typedef struct qattn_kv_cache qattn_kv_cache;
 
 typedef struct qattn_kv_cache_options {
     int32_t n_kv_heads; /* HK >= 1 */
-    int32_t head_dim;   /* D: 32..256, a multiple of 8 */
+    int32_t head_dim;   /* D: 8..256, a multiple of 8 (qattn_kv_decode_cuda: 64 or 128) */
     int32_t block_size; /* tokens per block: 1..1024 (16 or 32 are typical) */
     int32_t dtype;      /* storage: QATTN_DTYPE_F16, QATTN_DTYPE_BF16 or QATTN_DTYPE_I8 */
     int64_t n_blocks;   /* capacity in blocks, >= 1 */

@@ -413,8 +413,8 @@ qattn_status qattn_validate(qattn_ctx *ctx, const qattn_params *p, bool read_off
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "k has %d heads, which does not divide q's %d heads", p->n_kv_heads, p->n_heads);
     if (p->head_dim < 1)
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "head_dim is %d; it must be positive", p->head_dim);
-    if (p->head_dim < 32 || p->head_dim > 256 || p->head_dim % 8 != 0)
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "head_dim %d is not supported; qattn supports 32..256 in steps of 8", p->head_dim);
+    if (!qattn_head_dim_supported(p->head_dim))
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "head_dim %d is not supported; qattn supports " QATTN_HEAD_DIM_RANGE, p->head_dim);
     if (p->qkv_dtype == QATTN_DTYPE_I8)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "qkv_dtype i8: pre-quantized inputs go through qattn_forward_quantized");
     if (p->qkv_dtype < QATTN_DTYPE_F32 || p->qkv_dtype > QATTN_DTYPE_BF16)

@@ -106,6 +106,19 @@ qattn_status qattn_fail(qattn_ctx *ctx, qattn_status status, const char *fmt, ..
 void *qattn_alloc(qattn_ctx *ctx, size_t bytes);
 void qattn_free(qattn_ctx *ctx, void *ptr);
 
+/* The head dims qattn accepts (the CPU backend runs all of them; the CUDA backend a listed few,
+ * refused by its own supports check): QATTN_HEAD_DIM_MIN .. QATTN_HEAD_DIM_MAX in steps of
+ * QATTN_HEAD_DIM_STEP. The CPU kernels work on 8-float (32-byte) groups of channels, and the
+ * INT8 packs on 4- and 8-channel groups, so every multiple of 8 is whole vectors or masked ones.
+ * QATTN_HEAD_DIM_RANGE is the phrase every refusal message uses. */
+#define QATTN_HEAD_DIM_MIN 8
+#define QATTN_HEAD_DIM_MAX 256
+#define QATTN_HEAD_DIM_STEP 8
+#define QATTN_HEAD_DIM_RANGE "8..256 in steps of 8"
+static inline bool qattn_head_dim_supported(int32_t d) {
+    return d >= QATTN_HEAD_DIM_MIN && d <= QATTN_HEAD_DIM_MAX && d % QATTN_HEAD_DIM_STEP == 0;
+}
+
 /* Checks every field of p that every backend relies on; reads cu_seqlens only when
  * read_offsets is true (host memory). Returns the status and sets the message. */
 qattn_status qattn_validate(qattn_ctx *ctx, const qattn_params *p, bool read_offsets);

@@ -31,7 +31,8 @@ static void n_heads_zero(qattn_params *p) { p->n_heads = 0; }
 static void n_kv_heads_negative(qattn_params *p) { p->n_kv_heads = -2; }
 static void heads_not_divisible(qattn_params *p) { p->n_heads = 4, p->n_kv_heads = 3; }
 static void head_dim_zero(qattn_params *p) { p->head_dim = 0; }
-static void head_dim_small(qattn_params *p) { p->head_dim = 16; }
+static void head_dim_small(qattn_params *p) { p->head_dim = 4; }
+static void head_dim_not_step(qattn_params *p) { p->head_dim = 12; }
 static void head_dim_large(qattn_params *p) { p->head_dim = 264; }
 static void head_dim_odd(qattn_params *p) { p->head_dim = 60; }
 static void qkv_dtype_bad(qattn_params *p) { p->qkv_dtype = 7; }
@@ -98,8 +99,9 @@ static const bad_arg BAD_ARGS[] = {
     {"n_kv_heads < 0", n_kv_heads_negative, QATTN_ERR_INVALID_ARGUMENT, "n_kv_heads"},
     {"H % HK != 0", heads_not_divisible, QATTN_ERR_INVALID_ARGUMENT, "does not divide"},
     {"head_dim 0", head_dim_zero, QATTN_ERR_INVALID_ARGUMENT, "head_dim"},
-    {"head_dim 16", head_dim_small, QATTN_ERR_UNSUPPORTED, "head_dim 16"},
-    {"head_dim 264", head_dim_large, QATTN_ERR_UNSUPPORTED, "head_dim 264"},
+    {"head_dim 4", head_dim_small, QATTN_ERR_UNSUPPORTED, "8..256 in steps of 8"},
+    {"head_dim 12", head_dim_not_step, QATTN_ERR_UNSUPPORTED, "head_dim 12"},
+    {"head_dim 264", head_dim_large, QATTN_ERR_UNSUPPORTED, "8..256 in steps of 8"},
     {"head_dim 60", head_dim_odd, QATTN_ERR_UNSUPPORTED, "head_dim 60"},
     {"qkv_dtype 7", qkv_dtype_bad, QATTN_ERR_INVALID_ARGUMENT, "qkv_dtype"},
     {"qkv_dtype -1", qkv_dtype_negative, QATTN_ERR_INVALID_ARGUMENT, "qkv_dtype"},

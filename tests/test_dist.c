@@ -135,6 +135,9 @@ static const fcase fcases[] = {
     {"causal int8 GQA", 1, 113, 517, 4, 2, 64, 1, -1, -1, QATTN_DTYPE_F32, QATTN_PRECISION_INT8, 0},
     {"non-causal int8 reversed", 2, 64, 300, 2, 1, 128, 0, -1, -1, QATTN_DTYPE_F32, QATTN_PRECISION_INT8, 1},
     {"sliding window 64 int8", 1, 113, 517, 4, 2, 64, 1, 64, -1, QATTN_DTYPE_F32, QATTN_PRECISION_INT8, 0},
+    {"causal Lq<Lk GQA D8 fp32", 1, 113, 203, 4, 2, 8, 1, -1, -1, QATTN_DTYPE_F32, QATTN_PRECISION_FP32, 0},
+    {"one query D16 f16 reversed", 1, 1, 517, 4, 1, 16, 1, -1, -1, QATTN_DTYPE_F16, QATTN_PRECISION_AUTO, 1},
+    {"causal int8 D24", 1, 113, 300, 2, 2, 24, 1, -1, -1, QATTN_DTYPE_F32, QATTN_PRECISION_INT8, 0},
 };
 
 static void shard_of(const fcase *c, int64_t *off, int64_t *len) {
@@ -342,10 +345,10 @@ static qattn_kv_cache *make_cache(int hk, int d, int32_t dtype, int64_t blocks, 
     return c;
 }
 
-static void test_decode(int32_t dtype, int32_t lq, uint64_t seed) {
+static void test_decode(int32_t dtype, int32_t lq, int D, uint64_t seed) {
     enum { NS = 3 };
     const int64_t lens[NS] = {300, 5, 1000}; /* 5 tokens: empty non-tail shards at Lq 4 */
-    const int H = 8, HK = 2, D = 64;
+    const int H = 8, HK = 2;
     char label[128];
     snprintf(label, sizeof label, "decode %s Lq %d H%d HK%d D%d ranks %d", dtype == QATTN_DTYPE_I8 ? "int8" : "f16", lq, H, HK, D, g_size);
     if (!th_selected(label)) return;
@@ -526,11 +529,13 @@ int main(int argc, char **argv) {
         if (g_rank == 0) printf("[test_dist] %d rank(s)\n", g_size);
         for (size_t i = 0; i < sizeof fcases / sizeof fcases[0]; i++) test_forward_case(&fcases[i], th_derive_seed(100 + 10 * i));
         test_star(397, 17, 37, 4, 2, 64, th_derive_seed(500), true);
+        test_star(397, 17, 37, 4, 2, 8, th_derive_seed(505), true);
         test_star(4096, 64, 512, 2, 1, 64, th_derive_seed(510), false); /* the long-context sample */
         int32_t dts[2] = {QATTN_DTYPE_F16, QATTN_DTYPE_I8};
         for (int t = 0; t < 2; t++) {
-            test_decode(dts[t], 1, th_derive_seed(600 + t));
-            test_decode(dts[t], 4, th_derive_seed(610 + t));
+            test_decode(dts[t], 1, 64, th_derive_seed(600 + t));
+            test_decode(dts[t], 4, 64, th_derive_seed(610 + t));
+            test_decode(dts[t], 4, 16, th_derive_seed(620 + t)); /* a head dim below one 32-byte step */
         }
         test_bad_arguments();
         test_counters();

@@ -102,6 +102,25 @@ static int build_cases(th_case *cases) {
     c = make_case("D40", 1, 113, 203, 4, 2, 40), c.causal = 1, ADD(c);
     ADD(make_case("D200-few-rows", 2, 3, 203, 4, 1, 200));
     c = make_case("D72-f16", 1, 113, 113, 2, 1, 72), c.qkv_dtype = QATTN_DTYPE_F16, ADD(c);
+    c = make_case("D136-win", 1, 113, 203, 4, 2, 136), c.window_left = 30, ADD(c);
+    /* D below 32 (one 8-float vector per row at D 8; less than one 16-lane vector below 16): with
+     * many rows per unit (AVX-512: transposed K, masked 8-lane rows), with few (dot products),
+     * causal with Lq != Lk both ways, GQA, one query, varlen with empty sequences, half dtypes. */
+    c = make_case("D8-causal-lq<lk", 2, 113, 203, 4, 2, 8), c.causal = 1, ADD(c);
+    c = make_case("D8-causal-lq>lk", 1, 203, 17, 4, 1, 8), c.causal = 1, ADD(c);
+    ADD(make_case("D8-lq1", 3, 1, 113, 8, 2, 8));
+    c = make_case("D16-gqa4-few-rows", 2, 3, 203, 8, 2, 16), c.causal = 1, ADD(c);
+    c = make_case("D16-bf16", 1, 113, 113, 4, 2, 16), c.qkv_dtype = c.o_dtype = QATTN_DTYPE_BF16, ADD(c);
+    c = make_case("D24-f16-in", 1, 203, 113, 4, 4, 24), c.qkv_dtype = QATTN_DTYPE_F16, c.window_left = 9, c.window_right = 4, ADD(c);
+    c = make_case("D24-prec-fp16", 1, 113, 113, 4, 2, 24), c.precision = QATTN_PRECISION_FP16, c.causal = 1, ADD(c);
+    {
+        static const int32_t cu_q[] = {0, 17, 17, 130, 131}, cu_k[] = {0, 40, 45, 45, 248};
+        c = make_case("D24-varlen-causal-strided", 0, 0, 0, 4, 2, 24), set_varlen(&c, 4, cu_q, cu_k), c.causal = 1, c.kv_cache = true,
+        c.qo_bhld = true, ADD(c);
+        c = make_case("D8-varlen-prepack", 0, 0, 0, 8, 1, 8), set_varlen(&c, 4, cu_q, cu_k), ADD(c);
+    }
+    ADD(make_case("D16-decode-split", 1, 1, 3000, 8, 2, 16));
+    c = make_case("D8-decode-split-lq4-causal", 2, 4, 2048, 4, 1, 8), c.causal = 1, c.kv_cache = true, ADD(c);
     /* several query blocks per kv head (K/V pre-packed once for all units): F16 inputs, FP32
      * inputs rounded to BF16, varlen with strided K/V, all with 8 query heads per kv head */
     c = make_case("prepack-f16-causal", 1, 300, 300, 8, 1, 64), c.qkv_dtype = QATTN_DTYPE_F16, c.causal = 1, ADD(c);
@@ -356,7 +375,9 @@ int main(void) {
     /* user workspace: a plain case and a split-KV decode case (which needs partials) */
     for (int ii = 0; ii < n_isas; ii++) {
         for (int i = 0; i < n; i++)
-            if (!strcmp(cases[i].name, "gqa4") || !strcmp(cases[i].name, "decode-split")) test_workspace(&cases[i], 1000 + i, isas[ii]);
+            if (!strcmp(cases[i].name, "gqa4") || !strcmp(cases[i].name, "decode-split") || !strcmp(cases[i].name, "D8-causal-lq<lk") ||
+                !strcmp(cases[i].name, "D16-decode-split"))
+                test_workspace(&cases[i], 1000 + i, isas[ii]);
     }
     printf("  %d cases, %ld forward runs\n", n, g_cases_run);
     return th_finish();

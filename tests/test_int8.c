@@ -10,6 +10,14 @@
  * we allow k = 3 (default, x255 P against the block max), k = 4 for intfa (x127 P, rounded
  * against a running max, so small probabilities vanish) and 2 for sage (P in FP32), plus an
  * absolute floor of 1e-6 for problems whose baseline error is ~0.
+ *
+ * Small head dims (D 8..24) keep the same k, derived rather than loosened (docs/FORMAT.md §6):
+ * with per-token scales amax / 127 and scale 1/sqrt(D), a score's rounding error has standard
+ * deviation sigma_q sigma_k c(D) / (127 sqrt 6), c(D) = E max over D channels of |N(0,1)| (1.78 at
+ * D 8, 2.60 at D 64): fewer channels make the input rounding error, hence the baseline, smaller
+ * (0.69x at D 8), while the P rounding error does not depend on D. err^2 ~ base^2 + eP^2, so the
+ * ratio needed is sqrt(1 + (r64 c(64) / c(D))^2) with r64 = eP / base at D 64: measured r64 0.55
+ * (qattn) and at most 1.37 (intfa) give 1.28 and 2.24 at D 8, inside k = 3 and 4.
  * Self-contained (local helpers), so it builds without the shared harness. */
 #include "qattn.h"
 #include "quant/lowp.h"
@@ -95,10 +103,11 @@ static void p_vs_unfused(const int32_t *s, int m, int npad, const float *sq, con
  * 16 == 8, D % 16 == 8, and scores that overflow to the FLT_MAX clamp. */
 static void test_fused_slots(const qattn_int8_kernels *A) {
     const qattn_int8_kernels *R = &qattn_int8_kernels_ref;
-    int dims[] = {40, 80, 128, 136, 256};
+    int dims[] = {8, 16, 24, 40, 80, 128, 136, 256}; /* 8 .. 24: less than one 32-channel step */
+    const int n_dims = (int)(sizeof dims / sizeof dims[0]);
     int ms[] = {1, 3, 4, 5, 8, 17, 64};
     int ns[] = {1, 8, 9, 24, 40, 63, 64};
-    for (int di = 0; di < 5; di++)
+    for (int di = 0; di < n_dims; di++)
         for (int mi = 0; mi < 7; mi++)
             for (int ni = 0; ni < 7; ni++) {
                 int d = dims[di], m = ms[mi], n = ns[ni], npad = (n + 7) / 8 * 8;
@@ -144,7 +153,7 @@ static void test_fused_slots(const qattn_int8_kernels *A) {
                 }
                 free(s), free(lo), free(hi), free(sq), free(sk), free(svk), free(st), free(c1), free(c2), free(c8);
             }
-    for (int di = 0; di < 5; di++) { /* quantization rows */
+    for (int di = 0; di < n_dims; di++) { /* quantization rows */
         int d = dims[di];
         float *row = xcalloc((size_t)d * 4), *mu = xcalloc((size_t)d * 4), *y1 = xcalloc((size_t)d * 4), *y2 = xcalloc((size_t)d * 4);
         int8_t *q1 = xcalloc((size_t)d), *q2 = xcalloc((size_t)d);
@@ -164,8 +173,8 @@ static void test_fused_slots(const qattn_int8_kernels *A) {
         free(row), free(mu), free(y1), free(y2), free(q1), free(q2);
     }
     /* the quantizer's row slots: smoothing, Hadamard rotation (every block size n = 8 .. 128), statistics */
-    int qdims[] = {40, 64, 80, 96, 128, 136, 192, 200, 256};
-    for (int di = 0; di < 9; di++) {
+    int qdims[] = {8, 16, 24, 40, 64, 80, 96, 128, 136, 192, 200, 256};
+    for (int di = 0; di < (int)(sizeof qdims / sizeof qdims[0]); di++) {
         int d = qdims[di];
         float *row = xcalloc((size_t)d * 4), *f = xcalloc((size_t)d * 4), *mu = xcalloc((size_t)d * 4), *y1 = xcalloc((size_t)d * 4),
               *y2 = xcalloc((size_t)d * 4), *mn1 = xcalloc((size_t)d * 4), *mx1 = xcalloc((size_t)d * 4), *mn2 = xcalloc((size_t)d * 4),
@@ -212,10 +221,10 @@ static void test_kernels_isa(int32_t isa, const qattn_int8_kernels *A) {
     }
     qattn_ctx_destroy(probe);
     const qattn_int8_kernels *R = &qattn_int8_kernels_ref;
-    int dims[] = {32, 64, 80, 128, 256, 40}; /* 40: a D % 16 == 8 tail */
+    int dims[] = {8, 16, 24, 32, 64, 80, 128, 256, 40}; /* 8, 24, 40: a D % 16 == 8 tail; 8 .. 24: below one 32-byte step */
     int ms[] = {1, 3, 4, 7, 64};
     int ns[] = {1, 8, 17, 63, 64};
-    for (int di = 0; di < 6; di++)
+    for (int di = 0; di < (int)(sizeof dims / sizeof dims[0]); di++)
         for (int mi = 0; mi < 5; mi++)
             for (int ni = 0; ni < 5; ni++) {
                 int d = dims[di], m = ms[mi], n = ns[ni], npad = (n + 7) / 8 * 8;
@@ -508,6 +517,18 @@ static void test_schemes(void) {
         {"outlier channels in K, L 300", 1, 300, 300, 2, 2, 128, 0, DIST_OUTLIER, -1, -1},
         {"attention sink, causal L 300", 1, 300, 300, 2, 2, 128, 1, DIST_SINK, -1, -1},
         {"split-KV decode Lq 1 Lk 3000", 1, 1, 3000, 2, 1, 64, 0, DIST_NORMAL, -1, -1},
+        {"D8 normal L 203", 1, 203, 203, 4, 2, 8, 0, DIST_NORMAL, -1, -1},
+        {"D8 causal Lq 17 < Lk 203 MQA", 2, 17, 203, 4, 1, 8, 1, DIST_NORMAL, -1, -1},
+        {"D8 outlier channels in K, L 300", 1, 300, 300, 2, 2, 8, 0, DIST_OUTLIER, -1, -1},
+        {"D16 causal Lq 203 > Lk 113 GQA", 1, 203, 113, 4, 2, 16, 1, DIST_NORMAL, -1, -1},
+        {"D16 uniform L 256", 1, 256, 256, 2, 2, 16, 0, DIST_UNIFORM, -1, -1},
+        {"D16 split-KV decode Lq 1 Lk 3000", 1, 1, 3000, 2, 1, 16, 0, DIST_NORMAL, -1, -1},
+        {"D24 attention sink, causal L 300", 1, 300, 300, 2, 2, 24, 1, DIST_SINK, -1, -1},
+        {"D24 window 16,3 L 150", 1, 150, 150, 3, 1, 24, 0, DIST_NORMAL, 16, 3},
+        {"D40 spread channels L 203", 1, 203, 203, 2, 1, 40, 0, DIST_SPREAD, -1, -1},
+        {"D72 causal L 113", 1, 113, 113, 2, 2, 72, 1, DIST_NORMAL, -1, -1},
+        {"D136 GQA Lq 17 Lk 203", 1, 17, 203, 4, 2, 136, 0, DIST_NORMAL, -1, -1},
+        {"D200 causal L 150", 1, 150, 150, 2, 1, 200, 1, DIST_NORMAL, -1, -1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         prob_make(&pr, cases[i].B, cases[i].Lq, cases[i].Lk, cases[i].H, cases[i].HK, cases[i].D, cases[i].causal, cases[i].dist, NULL,
@@ -520,13 +541,16 @@ static void test_schemes(void) {
     prob_make(&pr, 3, 0, 0, 4, 2, 64, 1, DIST_NORMAL, lq, lk);
     check_schemes(&pr, "varlen causal (5|0|70 x 90|33|70)");
     prob_free(&pr);
+    prob_make(&pr, 3, 0, 0, 4, 2, 8, 1, DIST_NORMAL, lq, lk);
+    check_schemes(&pr, "D8 varlen causal (5|0|70 x 90|33|70)");
+    prob_free(&pr);
 }
 
 /* ---------------------------------------------------------------- pre-quantized entry point */
 
-static void test_forward_quantized(void) {
+static void test_forward_quantized(int D) {
     prob pr;
-    prob_make(&pr, 2, 70, 90, 4, 2, 64, 1, DIST_NORMAL, NULL, NULL);
+    prob_make(&pr, 2, 70, 90, 4, 2, D, 1, DIST_NORMAL, NULL, NULL);
     qattn_ctx *ctx = make_ctx(QATTN_ISA_AUTO, 2);
     for (int sc = 0; sc < 3; sc++) {
         qattn_params p = pr.p;
@@ -599,7 +623,7 @@ static void test_forward_quantized(void) {
     bad.qkv_dtype = QATTN_DTYPE_I8;
     CHECK(qattn_forward(ctx, &bad) == QATTN_ERR_UNSUPPORTED && strstr(qattn_ctx_last_error(ctx), "qattn_forward_quantized"),
           "qkv i8 through qattn_forward: %s", qattn_ctx_last_error(ctx));
-    printf("forward_quantized: same results as the dynamic path; bad scales/granularities refused\n");
+    printf("forward_quantized (D %d): same results as the dynamic path; bad scales/granularities refused\n", D);
     qattn_ctx_destroy(ctx);
     prob_free(&pr);
 }
@@ -694,7 +718,7 @@ static void test_hostile(void) {
 
 /* ---------------------------------------------------------------- FP8 emulation */
 
-static void test_fp8(void) {
+static void test_fp8(int D) {
     CHECK(qattn_round_fp8_e4m3(448.0f) == 448.0f && qattn_round_fp8_e4m3(1e6f) == 448.0f && qattn_round_fp8_e4m3(-500.0f) == -448.0f,
           "e4m3 saturation");
     CHECK(qattn_round_fp8_e4m3(1.0625f) == 1.0f && qattn_round_fp8_e4m3(1.1875f) == 1.25f, "e4m3 round to nearest even");
@@ -702,7 +726,7 @@ static void test_fp8(void) {
     CHECK(qattn_round_fp8_e5m2(57344.0f) == 57344.0f && qattn_round_fp8_e5m2(INFINITY) == 57344.0f && qattn_round_fp8_e5m2(1.125f) == 1.0f,
           "e5m2 rounding");
     prob pr;
-    prob_make(&pr, 1, 64, 64, 2, 1, 64, 1, DIST_NORMAL, NULL, NULL);
+    prob_make(&pr, 1, 64, 64, 2, 1, D, 1, DIST_NORMAL, NULL, NULL);
     qattn_ctx *ctx = make_ctx(QATTN_ISA_AUTO, 2);
     qattn_oracle_f64(ctx, &pr.p, pr.o64, NULL);
     for (int prec = QATTN_PRECISION_FP8_E4M3; prec <= QATTN_PRECISION_FP8_E5M2; prec++) {
@@ -711,7 +735,7 @@ static void test_fp8(void) {
         CHECK(qattn_forward(ctx, &p) == QATTN_OK, "fp8 %d", prec);
         double e = rel_l2(pr.o, pr.o64, pr.no);
         CHECK(e < (prec == QATTN_PRECISION_FP8_E4M3 ? 0.06 : 0.12), "fp8 %d rel L2 %.3e", prec, e);
-        printf("fp8 %s: rel L2 %.3e\n", prec == QATTN_PRECISION_FP8_E4M3 ? "e4m3" : "e5m2", e);
+        printf("fp8 %s (D %d): rel L2 %.3e\n", prec == QATTN_PRECISION_FP8_E4M3 ? "e4m3" : "e5m2", D, e);
     }
     qattn_ctx_destroy(ctx);
     prob_free(&pr);
@@ -736,7 +760,7 @@ static void test_channel_transforms(void) {
               qattn_qk_smooth_exp(0x1p-80f, 0x1p-10f, 32, 0) == 32 && qattn_qk_smooth_exp(0x1p-90f, 0x1p90f, 32, 0) == 0 && qattn_qk_smooth_exp(1.0f, 4.0f, 32, 2) == 0 &&
               qattn_qk_smooth_exp(1e-40f, 1.0f, 32, 0) == 0,
           "qattn_qk_smooth_exp rule");
-    for (int d = 32; d <= 256; d += 8) {
+    for (int d = 8; d <= 256; d += 8) {
         float x[256], y[256];
         for (int c = 0; c < d; c++) x[c] = y[c] = (float)((int)(rnd_u64() % 201) - 100);
         int n = qattn_rotate_block(d);
@@ -801,8 +825,9 @@ static void test_calibration(void) {
     struct {
         int64_t L;
         int H, HK, D, causal, dist;
-    } cases[] = {{200, 8, 2, 128, 1, DIST_OUTLIER}, {113, 3, 1, 80, 0, DIST_NORMAL}, {64, 2, 2, 256, 0, DIST_SPREAD}};
-    for (size_t ci = 0; ci < 3; ci++) {
+    } cases[] = {{200, 8, 2, 128, 1, DIST_OUTLIER}, {113, 3, 1, 80, 0, DIST_NORMAL}, {64, 2, 2, 256, 0, DIST_SPREAD},
+                 {200, 4, 2, 16, 1, DIST_OUTLIER}, {113, 2, 1, 8, 0, DIST_NORMAL}, {150, 3, 1, 24, 1, DIST_SPREAD}};
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         prob pr;
         prob_make(&pr, 1, cases[ci].L, cases[ci].L, cases[ci].H, cases[ci].HK, cases[ci].D, cases[ci].causal, cases[ci].dist, NULL, NULL);
         qattn_params p = pr.p;
@@ -959,9 +984,13 @@ int main(void) {
     test_channel_transforms();
     test_calibration();
     test_schemes();
-    test_forward_quantized();
+    test_forward_quantized(64);
+    test_forward_quantized(8);
+    test_forward_quantized(24);
     test_hostile();
-    test_fp8();
+    test_fp8(64);
+    test_fp8(8);
+    test_fp8(16);
     printf("test_int8: %d checks, %d failed\n", n_checks, n_failed);
     return n_failed ? 1 : 0;
 }

@@ -167,6 +167,12 @@ static void test_cache_ops(void) {
     qattn_kv_cache *bc = NULL;
     TH_CHECK(qattn_kv_cache_create(ctx, &o, &bc) == QATTN_ERR_INVALID_ARGUMENT && bc == NULL && strstr(qattn_ctx_last_error(ctx), "head_dim"),
              "head_dim 30 accepted or message '%s'", qattn_ctx_last_error(ctx));
+    for (int bad_d = 4; bad_d <= 264; bad_d += 260) { /* below and above the range: the message gives it */
+        o.head_dim = bad_d;
+        TH_CHECK(qattn_kv_cache_create(ctx, &o, &bc) == QATTN_ERR_INVALID_ARGUMENT && bc == NULL &&
+                     strstr(qattn_ctx_last_error(ctx), "8..256 in steps of 8"),
+                 "head_dim %d accepted or message '%s'", bad_d, qattn_ctx_last_error(ctx));
+    }
     o.head_dim = 64, o.dtype = QATTN_DTYPE_F32;
     TH_CHECK(qattn_kv_cache_create(ctx, &o, &bc) == QATTN_ERR_INVALID_ARGUMENT, "f32 storage accepted");
     o.dtype = QATTN_DTYPE_I8, o.block_size = 0;
@@ -573,7 +579,8 @@ static void kernel_state_init(qattn_tile_state *st, float *mem, int m, int d) {
 
 static void test_kernel_i8_equality(void) {
     static const kcase cases[] = {{4, 128, 16}, {1, 64, 7}, {3, 80, 33}, {5, 256, 16}, {8, 128, 300}, {4, 72, 1}, {6, 128, 257},
-                                  {4, 40, 19},  {2, 48, 35}, {4, 88, 64},  {7, 136, 31}}; /* d % 32: 8, 16, 24 tails */
+                                  {4, 40, 19},  {2, 48, 35}, {4, 88, 64},  {7, 136, 31}, /* d % 32: 8, 16, 24 tails */
+                                  {4, 8, 33},   {1, 8, 1},   {3, 16, 40},  {8, 24, 300}, {5, 16, 257}}; /* d < 32: tails only */
     enum { NK = 4 };
     qattn_kv_attend_fn fns[NK] = {qattn_kv_attend_ref, NULL, NULL, NULL};
     const char *names[NK] = {"ref", "avx2", "avxvnni", "avx512"};
@@ -667,6 +674,11 @@ int main(void) {
         {6, 2, 80, 32, 4, 0, -1, 2, {113, 1200}},       /* D 80, non-causal Lq 4 */
         {8, 1, 64, 16, 5, 1, 17, 4, {17, 64, 1100, 5}}, /* MQA, window shorter than a block, Lq 5 */
         {2, 2, 256, 16, 1, 1, -1, 1, {2500}},           /* D 256 */
+        {8, 2, 8, 16, 1, 1, -1, 3, {1000, 37, 513}},    /* D 8: less than one 16-lane vector, split-KV */
+        {4, 1, 16, 7, 3, 1, -1, 2, {203, 3}},           /* D 16, MQA, odd block, Lq 3 causal */
+        {6, 2, 24, 32, 4, 0, 40, 2, {113, 1200}},       /* D 24, non-causal Lq 4, window */
+        {4, 2, 40, 16, 2, 1, -1, 1, {700}},             /* D 40 */
+        {4, 4, 136, 16, 1, 1, -1, 2, {300, 1}},         /* D 136, a one-token sequence */
     };
     static const int32_t dtypes[] = {QATTN_DTYPE_F16, QATTN_DTYPE_BF16, QATTN_DTYPE_I8};
     uint64_t idx = 0;

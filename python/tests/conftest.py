@@ -66,6 +66,24 @@ def rel_l2(a, ref):
     return np.linalg.norm(a - ref) / (den if den > 0 else 1.0)
 
 
+def cpu_isas():
+    """Every CPU ISA a context can be created for here, "ref" first."""
+    import qattn
+    found = []
+    for isa in ("ref", "avx2", "avxvnni", "avx512"):
+        try:
+            qattn.info(isa=isa)
+        except qattn.QattnError:
+            continue
+        found.append(isa)
+    return found
+
+
+# Head dims below 32 (one or two 8-float groups, less than a 16-lane vector at 8 and 24) and
+# D % 16 == 8 tails above it: the sizes the CPU kernels handle with partial vectors.
+SMALL_AND_TAIL_DIMS = [8, 16, 24, 40, 72, 136, 200]
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

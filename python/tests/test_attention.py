@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import qattn
-from conftest import randn, ref_attention, ref_varlen, rel_l2
+from conftest import SMALL_AND_TAIL_DIMS, cpu_isas, randn, ref_attention, ref_varlen, rel_l2
 
 FP32_TOL = 1e-5
 
@@ -17,6 +17,10 @@ CASES = [
     (2, 33, 57, 8, 2, 80, False, (8, 4)),  # sliding window, both sides
     (1, 64, 64, 2, 1, 256, False, (16, -1)),
     (3, 5, 300, 4, 4, 96, False, None),    # decode-like: split-KV path
+    (2, 17, 113, 4, 2, 8, True, None),     # head dims below 32: causal Lq < Lk, GQA
+    (1, 113, 17, 4, 1, 16, True, None),    # causal Lq > Lk, MQA
+    (1, 33, 57, 4, 2, 24, False, (8, 4)),  # window
+    (3, 1, 300, 4, 2, 8, False, None),     # one query
 ]
 
 
@@ -126,6 +130,28 @@ def test_varlen_with_empty_sequences(causal, rng):
     # explicit (larger) max_seqlen is fine
     o2 = qattn.attention(q, k, v, causal=causal, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=64, max_seqlen_k=64)
     np.testing.assert_array_equal(o2, o)
+
+
+@pytest.mark.parametrize("D", SMALL_AND_TAIL_DIMS)
+def test_head_dims_on_every_isa(D, rng):
+    """Every head dim the CPU kernels do with partial vectors, on every ISA this machine has, into a
+    NaN-poisoned output: all of it written, each ISA within the FP32 tolerance of FP64, causal Lq != Lk,
+    GQA, and varlen with an empty sequence."""
+    B, Lq, Lk, H, HK = 2, 37, 70, 4, 2
+    q, k, v = randn(rng, (B, Lq, H, D)), randn(rng, (B, Lk, HK, D)), randn(rng, (B, Lk, HK, D))
+    ref, ref_lse = ref_attention(q, k, v, causal=True)
+    cu_q, cu_k = np.array([0, 5, 5, 22], np.int32), np.array([0, 30, 41, 41], np.int32)
+    qv, kv, vv = randn(rng, (22, H, D)), randn(rng, (41, HK, D)), randn(rng, (41, HK, D))
+    ref_v, _ = ref_varlen(qv, kv, vv, cu_q, cu_k, causal=True)
+    for isa in cpu_isas():
+        out = np.full(q.shape, np.nan, np.float32)
+        o, lse = qattn.attention(q, k, v, causal=True, out=out, return_lse=True, isa=isa)
+        assert o is out and np.isfinite(o).all(), isa
+        assert rel_l2(o, ref) <= FP32_TOL, (isa, rel_l2(o, ref))
+        np.testing.assert_allclose(lse, ref_lse, rtol=1e-5, atol=1e-5)
+        out_v = np.full(qv.shape, np.nan, np.float32)
+        qattn.attention(qv, kv, vv, causal=True, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, out=out_v, isa=isa)
+        assert np.isfinite(out_v).all() and rel_l2(out_v, ref_v) <= FP32_TOL, isa
 
 
 def test_empty_shapes(rng):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import qattn
-from conftest import randn, ref_attention, rel_l2
+from conftest import cpu_isas, randn, ref_attention, rel_l2
 
 pytestmark = pytest.mark.skipif(not qattn._lib.has_symbol("qattn_kv_cache_create"),
                                 reason="this libqattn has no KV cache section")
@@ -38,7 +38,8 @@ def assert_same(a, b):
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "int8", "bf16"])
-def test_append_across_blocks_and_read(rng, dtype):
+@pytest.mark.parametrize("D", [D, 8, 24])
+def test_append_across_blocks_and_read(rng, dtype, D):
     with qattn.KVCache(HK, D, block_size=7, dtype=dtype, capacity_blocks=32, max_seqs=4) as c:
         k, v = randn(rng, (41, HK, D)), randn(rng, (41, HK, D))
         pos = 0
@@ -123,7 +124,8 @@ TOL = {"fp16": (2e-5, 2e-3), "bf16": (2e-5, 1.5e-2), "int8": (2e-4, 4e-2)}
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16", "int8"])
 @pytest.mark.parametrize("lq,causal,window", [(1, True, None), (3, True, None), (2, False, None), (3, True, 9)])
-def test_decode_vs_fp64(rng, dtype, lq, causal, window):
+@pytest.mark.parametrize("D", [D, 8, 16, 24])
+def test_decode_vs_fp64(rng, dtype, lq, causal, window, D):
     H = 4  # GQA 2
     lens = [lq, 40, 130]
     c = qattn.KVCache(HK, D, block_size=16, dtype=dtype, capacity_blocks=64, max_seqs=5)
@@ -145,6 +147,29 @@ def test_decode_vs_fp64(rng, dtype, lq, causal, window):
         assert rel_l2(o[i:i + 1], o_orig) < tol_orig, (sid, rel_l2(o[i:i + 1], o_orig))
         np.testing.assert_allclose(lse[i], lse_deq[0], rtol=1e-4, atol=1e-4)
     c.close()
+
+
+@pytest.mark.parametrize("D", [8, 16, 24, 40, 136])
+def test_int8_decode_bit_identical_across_isas(rng, D):
+    """The INT8 cache's decode is integer arithmetic with a fixed float epilogue: the SIMD ISAs agree
+    bit for bit (and with the reference within its tolerance), into a NaN-poisoned output."""
+    isas = cpu_isas()
+    k, v = randn(rng, (300, HK, D)), randn(rng, (300, HK, D))
+    q = randn(rng, (1, 2, 4, D))
+    outs = {}
+    for isa in isas:
+        with qattn.KVCache(HK, D, block_size=16, dtype="int8", capacity_blocks=32, max_seqs=1, isa=isa) as c:
+            c.append(0, k, v)
+            out = np.full(q.shape, np.nan, np.float32)
+            c.decode(q, [0], out=out)
+            assert np.isfinite(out).all(), isa
+            kd, vd = c.read(0)
+            o_deq, _ = ref_attention(q, kd[None], vd[None], causal=True)
+            assert rel_l2(out, o_deq) < TOL["int8"][0], (isa, rel_l2(out, o_deq))
+            outs[isa] = out
+    simd = [outs[i] for i in isas if i != "ref"]
+    for o in simd[1:]:
+        np.testing.assert_array_equal(o, simd[0])
 
 
 def test_decode_dtypes_and_out(rng):

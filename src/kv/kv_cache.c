@@ -27,8 +27,8 @@ qattn_status qattn_kv_cache_create(qattn_ctx *ctx, const qattn_kv_cache_options 
     if (ctx->backend != QATTN_BACKEND_CPU)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the KV cache is implemented for the CPU backend only in this build");
     if (opt->n_kv_heads < 1) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "n_kv_heads is %d; it must be >= 1", opt->n_kv_heads);
-    if (opt->head_dim < 32 || opt->head_dim > 256 || opt->head_dim % 8 != 0)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "head_dim is %d; the KV cache supports 32..256 in steps of 8", opt->head_dim);
+    if (!qattn_head_dim_supported(opt->head_dim))
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "head_dim is %d; the KV cache supports " QATTN_HEAD_DIM_RANGE, opt->head_dim);
     if (opt->block_size < 1 || opt->block_size > 1024)
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "block_size is %d; it must be 1..1024 tokens", opt->block_size);
     if (opt->dtype != QATTN_DTYPE_F16 && opt->dtype != QATTN_DTYPE_BF16 && opt->dtype != QATTN_DTYPE_I8)

@@ -146,6 +146,9 @@ SHAPES = [
     (1, 1, 203, 8, 8, 128, False, (-1, -1)),  # decode
     (1, 113, 113, 4, 2, 80, False, (16, 0)),  # sliding window
     (1, 64, 96, 2, 2, 64, False, (8, 8)),  # two-sided window, Lq != Lk
+    (2, 17, 113, 4, 2, 8, True, (-1, -1)),  # head dims below 32: causal Lq < Lk, GQA
+    (1, 113, 17, 4, 1, 16, True, (-1, -1)),  # causal Lq > Lk, MQA
+    (1, 1, 203, 4, 4, 24, False, (-1, -1)),  # decode
 ]
 
 
@@ -439,6 +442,11 @@ def test_help(cmd):
         pytest.skip("accuracy is a stub in this build")
     assert r.returncode == 0, r.stderr
     assert "usage" in r.stdout.lower()
+
+
+def test_help_gives_the_head_dim_range():
+    r = run_cli("bench", "--help")
+    assert r.returncode == 0 and "8..256 step 8" in r.stdout
 
 
 def test_unknown_command():

@@ -236,6 +236,42 @@ static void test_decode(int64_t L, int32_t lq, uint64_t seed) {
     cudaFree(wa), cudaFree(wt), cudaFree(ma), cudaFree(mt), cudaFree(dq), cudaFree(dO), cudaFree(dO1);
 }
 
+/* A head dim the CPU backend runs but the CUDA backend does not (16): the distributed forward and
+ * decode over NCCL fail on every rank with QATTN_ERR_UNSUPPORTED (the backend's supports check and
+ * qattn_kv_decode_cuda's), never reaching a kernel. */
+static void test_refused_head_dim(void) {
+    const int D = 16, H = 4, HK = 2, n = 20;
+    qattn_params p;
+    qattn_params_init(&p);
+    p.batch = 1, p.seqlen_q = p.seqlen_k = 8, p.n_heads = H, p.n_kv_heads = HK, p.head_dim = D;
+    p.qkv_dtype = QATTN_DTYPE_F16;
+    qattn_params_set_contiguous(&p);
+    p.q = p.k = p.v = p.o = (void *)(uintptr_t)256; /* never dereferenced: refused first */
+    qattn_status s = qattn_dist_forward(g_ctx, g_dist, &p, g_rank * 8, 8 * g_size);
+    CHECK(s == QATTN_ERR_UNSUPPORTED, "dist forward at head_dim %d: %s", D, qattn_status_str(s));
+    qattn_kv_cache_options co;
+    memset(&co, 0, sizeof co);
+    co.n_kv_heads = HK, co.head_dim = D, co.block_size = 16, co.dtype = QATTN_DTYPE_F16, co.n_blocks = 4, co.max_seqs = 1;
+    qattn_kv_cache *c = NULL;
+    CHECK(qattn_kv_cache_create(g_host, &co, &c) == QATTN_OK, "cache create at head_dim %d", D);
+    if (!c) return;
+    float *kv = calloc((size_t)n * HK * D, 4);
+    qattn_kv_cache_append(g_host, c, 0, kv, kv, n, QATTN_DTYPE_F32);
+    void *arena, *table;
+    qattn_kv_device_cache dev = upload_cache(c, &arena, &table);
+    float *dq = dev_alloc((size_t)H * D * 4), *dO = dev_alloc((size_t)H * D * 4);
+    int32_t id = 0;
+    qattn_decode_params dp;
+    qattn_decode_params_init(&dp);
+    dp.q = dq, dp.o = dO, dp.seq_ids = &id, dp.n_seqs = 1, dp.seqlen_q = 1, dp.n_heads = H;
+    s = qattn_dist_kv_decode(g_ctx, g_dist, c, &dev, &dp, g_size - 1);
+    CHECK(s == QATTN_ERR_UNSUPPORTED, "dist decode at head_dim %d: %s", D, qattn_status_str(s));
+    if (g_rank == 0) printf("head_dim %d refused by the NCCL forward and decode: %s\n", D, qattn_ctx_last_error(g_ctx));
+    qattn_kv_cache_destroy(g_host, c);
+    free(kv);
+    cudaFree(arena), cudaFree(table), cudaFree(dq), cudaFree(dO);
+}
+
 int main(int argc, char **argv) {
 #if defined(QATTN_HAVE_MPI)
     MPI_Init(&argc, &argv);
@@ -282,6 +318,7 @@ int main(int argc, char **argv) {
         test_star(2048, 256, 8, 2, 128, 500);
         test_decode(5000, 1, 600);
         test_decode(5000, 4, 610);
+        test_refused_head_dim();
         /* a bad argument on rank 0 fails every rank */
         qattn_params p;
         qattn_params_init(&p);

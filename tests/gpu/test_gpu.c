@@ -456,6 +456,51 @@ static int two_streams(qattn_ctx *gpu) {
     return fail;
 }
 
+/* Head dims the CPU backend runs but this backend does not (8, 16, 24): qattn_supports, qattn_forward
+ * (FP16 and INT8) and the GPU KV decode must return QATTN_ERR_UNSUPPORTED naming the head dim,
+ * before any tensor is touched (the pointers below are never dereferenced). */
+static int refuse_small_head_dims(qattn_ctx *gpu, qattn_ctx *cpu) {
+    int fails = 0;
+    for (int D = 8; D <= 24; D += 8)
+        for (int i8 = 0; i8 < 2; i8++) {
+            qattn_params p;
+            qattn_params_init(&p);
+            p.batch = 1, p.seqlen_q = p.seqlen_k = 8, p.n_heads = p.n_kv_heads = 1, p.head_dim = D;
+            p.qkv_dtype = p.o_dtype = QATTN_DTYPE_F16;
+            p.precision = i8 ? QATTN_PRECISION_INT8 : QATTN_PRECISION_AUTO;
+            qattn_params_set_contiguous(&p);
+            p.q = p.k = p.v = p.o = (void *)(uintptr_t)256;
+            qattn_status sup = qattn_supports(gpu, &p), fwd = qattn_forward(gpu, &p);
+            int ok = sup == QATTN_ERR_UNSUPPORTED && fwd == QATTN_ERR_UNSUPPORTED && strstr(qattn_ctx_last_error(gpu), "head_dim") != NULL;
+            printf("%s forward(head_dim %d, %s) -> %s: %s\n", ok ? "ok  " : "FAIL", D, i8 ? "int8" : "f16", qattn_status_str(fwd),
+                   qattn_ctx_last_error(gpu));
+            fails += !ok;
+        }
+    for (int D = 8; D <= 24; D += 8) { /* the cache lives on the CPU context; the decode is refused first */
+        qattn_kv_cache_options co;
+        memset(&co, 0, sizeof co);
+        co.n_kv_heads = 1, co.head_dim = D, co.block_size = 16, co.dtype = QATTN_DTYPE_I8, co.n_blocks = 4, co.max_seqs = 1;
+        qattn_kv_cache *c = NULL;
+        qattn_status s = qattn_kv_cache_create(cpu, &co, &c);
+        if (s != QATTN_OK) {
+            printf("FAIL kv_cache_create(head_dim %d): %s\n", D, qattn_ctx_last_error(cpu));
+            fails++;
+            continue;
+        }
+        qattn_decode_params dp;
+        qattn_decode_params_init(&dp);
+        int32_t id = 0;
+        dp.q = dp.o = (void *)(uintptr_t)256, dp.seq_ids = &id, dp.n_seqs = 1, dp.n_heads = 1;
+        qattn_kv_device_cache dev = {(const void *)(uintptr_t)256, (const int32_t *)(uintptr_t)256, NULL};
+        s = qattn_kv_decode_cuda(gpu, c, &dev, &dp);
+        int ok = s == QATTN_ERR_UNSUPPORTED && strstr(qattn_ctx_last_error(gpu), "head_dim") != NULL;
+        printf("%s kv_decode_cuda(head_dim %d) -> %s: %s\n", ok ? "ok  " : "FAIL", D, qattn_status_str(s), qattn_ctx_last_error(gpu));
+        fails += !ok;
+        qattn_kv_cache_destroy(cpu, c);
+    }
+    return fails;
+}
+
 int main(int argc, char **argv) {
     int small = 0, int8 = 0, mma = 0, alt = 0;
     for (int i = 1; i < argc; i++) {
@@ -588,6 +633,7 @@ int main(int argc, char **argv) {
         printf("%s supports(f32 inputs) -> %s: %s\n", s == QATTN_ERR_UNSUPPORTED ? "ok  " : "FAIL", qattn_status_str(s), qattn_ctx_last_error(gpu));
         fails += s != QATTN_ERR_UNSUPPORTED;
     }
+    fails += refuse_small_head_dims(gpu, cpu);
     printf("%s: %d failure(s)\n", fails ? "FAILED" : "PASSED", fails);
     cudaStreamDestroy(stream);
     qattn_ctx_destroy(gpu);

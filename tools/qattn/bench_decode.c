@@ -116,7 +116,7 @@ static int parse(int argc, char **argv, dopts *o) {
         const char *name;
         int64_t *dst, lo, hi;
     } ints[] = {{"--kv-len", &o->kv_len, 1, 1 << 24},   {"--batch", &o->batch, 1, 4096},     {"--heads", &o->heads, 1, 4096},
-                {"--kv-heads", &o->kv_heads, 1, 4096},  {"--head-dim", &o->head_dim, 32, 256}, {"--seqlen-q", &o->seqlen_q, 1, 64},
+                {"--kv-heads", &o->kv_heads, 1, 4096},  {"--head-dim", &o->head_dim, 8, 256}, {"--seqlen-q", &o->seqlen_q, 1, 64},
                 {"--threads", &o->threads, 0, QATTN_MAX_THREADS},    {"--iters", &o->iters, 1, 100000},  {"--block-size", &o->block_size, 1, 1024}};
     for (int i = 1; i < argc; i++) {
         const char *val = NULL;

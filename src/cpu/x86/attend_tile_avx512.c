@@ -31,7 +31,7 @@
 #define DOT_KEYS 4
 #define PV_ROWS 6
 #define PV_VECS 4
-#define MAX_D 256 /* qattn_validate: head_dim 32..256 */
+#define MAX_D QATTN_HEAD_DIM_MAX /* the kt buffer: qattn_validate caps head_dim */
 
 /* Lanes [0, count) of a 16-lane vector (count may exceed 16). */
 QATTN_INLINE __mmask16 lanes(int count) { return count >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << count) - 1u); }
