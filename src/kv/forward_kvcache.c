@@ -93,8 +93,9 @@ static qattn_status check_cache(qattn_ctx *ctx, const qattn_params *p, const qat
         if (kv->max_blocks < 1 || kv->block_table_stride < kv->max_blocks)
             return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s: max_blocks is %lld and block_table_stride %lld; need max_blocks >= 1 and stride >= max_blocks",
                               FN, (long long)kv->max_blocks, (long long)kv->block_table_stride);
-        int64_t last;
-        if (p->batch > 0 && !qattn_mul_i64(p->batch - 1, kv->block_table_stride, &last))
+        int64_t last; /* the table's last entry, as a byte offset too */
+        if (p->batch > 0 && (!qattn_mul_i64(p->batch - 1, kv->block_table_stride, &last) || !qattn_add_i64(last, kv->max_blocks, &last) ||
+                             last > INT64_MAX / 4))
             return qattn_fail(ctx, QATTN_ERR_OVERFLOW, "%s: block_table_stride %lld x batch %lld overflows", FN, (long long)kv->block_table_stride,
                               (long long)p->batch);
         if (!qattn_mul_i64(kv->max_blocks, kv->page_size, capacity))
