@@ -2,7 +2,8 @@
  * helpers (qattn_rotary_apply, qattn_kv_cache_append_rotary).
  *
  * Each case builds a cache (paged with shuffled page ids and a block table whose unused entries
- * are invalid, or contiguous; padded strides; every slot that holds no token poisoned with NaN),
+ * are invalid, or contiguous; padded strides, so FP32 decode reads K/V in place and the other
+ * cases pack them; every slot that holds no token poisoned with NaN),
  * appends new tokens with rotary embedding and attends, on every ISA this CPU has, then checks:
  * - the cache after the call equals the cache before with exactly the appended slots replaced by
  *   the new V and the new K rotated by this file's own FP64 rotary (rounded once to float, then to
@@ -157,9 +158,9 @@ static void kprob_make(kprob *pr, const kcase *c, uint64_t seed) {
         n0 = B, n1 = pr->capacity;
     }
     qattn_kvcache_params_set_contiguous(kv, p);
-    /* K: padded rows and pages (a strided view); V: contiguous */
-    kv->k_seq_stride = HK * D + 8;
-    kv->k_page_stride = n1 * kv->k_seq_stride + 16;
+    /* padded rows and pages (strided views); K and V alike, so FP32 decode reads them in place */
+    kv->k_seq_stride = kv->v_seq_stride = HK * D + 8;
+    kv->k_page_stride = kv->v_page_stride = n1 * kv->k_seq_stride + 16;
     int64_t kelems = n0 * kv->k_page_stride, velems = n0 * kv->v_page_stride;
     pr->cache_bytes = (size_t)((kelems > velems ? kelems : velems) * eb);
     pr->kc = th_xmalloc(pr->cache_bytes), pr->vc = th_xmalloc(pr->cache_bytes);
