@@ -143,8 +143,8 @@ static int64_t kv_token_offset(const plan *pl, int64_t b, int64_t seq_off, int64
     return page * batch_stride + t % kv->page_size * seq_stride;
 }
 
-/* The end of the run of keys from t whose rows are evenly strided (one page when paged), so that
- * a key tile, which the kernels read with one stride, never spans two pages. */
+/* The end of the run of keys from t whose rows are evenly strided (one page when paged): a tile the
+ * kernel reads in place (one stride) stops there; a packed tile is gathered run by run. */
 static int64_t kv_run_end(const plan *pl, int64_t t) {
     if (!pl->kv || !pl->kv->block_table) return INT64_MAX;
     return (t / pl->kv->page_size + 1) * pl->kv->page_size;
@@ -222,11 +222,17 @@ static void pack_q(const plan *pl, const qattn_seq *s, int64_t i0, int n_pos, in
     }
 }
 
-/* n rows of kv head g from token offset off (kv_token_offset of the tile's first key). */
-static void pack_kv(const plan *pl, const void *src, int64_t off, int64_t seq_stride, int64_t head_stride, int g, int n, float *dst) {
+/* Keys t0 .. t0+n-1 of kv head g of sequence b (src starting at seq_off) to dst [n][D], one pack
+ * per run of evenly strided rows (the whole tile unless paged). */
+static void pack_kv(const plan *pl, const void *src, int64_t b, int64_t seq_off, int64_t batch_stride, int64_t seq_stride, int64_t head_stride,
+                    int g, int64_t t0, int64_t n, float *dst) {
     const qattn_params *p = pl->p;
-    pl->kern->pack_rows_f32(src, p->qkv_dtype, pl->precision, off + (int64_t)g * head_stride, seq_stride, n, p->head_dim, 1.0f, dst,
-                            p->head_dim);
+    for (int64_t t = t0, e; t < t0 + n; t = e) {
+        e = kv_run_end(pl, t) < t0 + n ? kv_run_end(pl, t) : t0 + n;
+        int64_t off = kv_token_offset(pl, b, seq_off, t, batch_stride, seq_stride) + (int64_t)g * head_stride;
+        pl->kern->pack_rows_f32(src, p->qkv_dtype, pl->precision, off, seq_stride, (int)(e - t), p->head_dim, 1.0f, dst + (t - t0) * p->head_dim,
+                                p->head_dim);
+    }
 }
 
 /* Whether a row is finite as the kernels saw it (rounded to the call's precision: 1e5 is Inf in FP16). */
@@ -314,7 +320,7 @@ static void run_unit(void *arg, int64_t task, int worker) {
     if (k_begin < k_end)
         for (int hh = 0; hh < H; hh++) pack_q(pl, &s, i0, n_pos, u.g + hh, qpack + (int64_t)hh * pl->rows * D);
     for (int64_t t0 = k_begin, n; t0 < k_end; t0 += n) {
-        int64_t t1 = kv_run_end(pl, t0);
+        int64_t t1 = pl->direct_kv ? kv_run_end(pl, t0) : INT64_MAX; /* read in place: one stride, one page */
         if (t1 > k_end) t1 = k_end;
         n = t1 - t0 < pl->tile_keys ? t1 - t0 : pl->tile_keys;
         for (int r = 0; r < m; r++) {
@@ -340,10 +346,8 @@ static void run_unit(void *arg, int64_t task, int worker) {
                                   (int64_t)g * p->v_head_stride;
                 pl->kern->attend_tile_f32(qh, D, m, D, kd, vd, p->k_seq_stride, (int)n, lo, hi, &st[hh], scores);
             } else {
-                pack_kv(pl, p->k, kv_token_offset(pl, u.b, s.k_off, t0, p->k_batch_stride, p->k_seq_stride), p->k_seq_stride, p->k_head_stride, g,
-                        (int)n, kpack);
-                pack_kv(pl, p->v, kv_token_offset(pl, u.b, s.v_off, t0, p->v_batch_stride, p->v_seq_stride), p->v_seq_stride, p->v_head_stride, g,
-                        (int)n, vpack);
+                pack_kv(pl, p->k, u.b, s.k_off, p->k_batch_stride, p->k_seq_stride, p->k_head_stride, g, t0, n, kpack);
+                pack_kv(pl, p->v, u.b, s.v_off, p->v_batch_stride, p->v_seq_stride, p->v_head_stride, g, t0, n, vpack);
                 pl->kern->attend_tile_f32(qh, D, m, D, kpack, vpack, D, (int)n, lo, hi, &st[hh], scores);
             }
         }

@@ -229,10 +229,13 @@ int qattn_cli_bench_kvcache(int argc, char **argv) {
         cli_json_num(&j, "rel_l2", e_kv), cli_json_num(&j, "forward_rel_l2", e_fw);
         cli_json_end(&j);
     } else {
-        printf("kvcache B %lld H %lld HK %lld D %lld Lq %lld kv-len %lld %s%lld rotary %lld %s, %s, %d threads\n"
+        char layout[32];
+        if (P) snprintf(layout, sizeof layout, "page %lld", (long long)P);
+        else snprintf(layout, sizeof layout, "contiguous");
+        printf("kvcache B %lld H %lld HK %lld D %lld Lq %lld kv-len %lld %s rotary %lld %s, %s, %d threads\n"
                "%-22s %10s %10s %12s %12s\n",
-               (long long)B, (long long)H, (long long)HK, (long long)D, (long long)Lq, (long long)L, P ? "page " : "contiguous", P ? (long long)P : 0LL,
-               (long long)rd, dname(o.dtype), info.isa_name, info.n_threads, "call", "ms", "best_ms", "ratio", "rel_l2");
+               (long long)B, (long long)H, (long long)HK, (long long)D, (long long)Lq, (long long)L, layout, (long long)rd, dname(o.dtype),
+               info.isa_name, info.n_threads, "call", "ms", "best_ms", "ratio", "rel_l2");
         printf("%-22s %10.3f %10.3f %11.2fx %12.3e\n", "qattn_forward_kvcache", t_kv * 1e3, b_kv * 1e3, t_fw / t_kv, e_kv);
         printf("%-22s %10.3f %10.3f %11.2fx %12.3e\n", "qattn_forward (peer)", t_fw * 1e3, b_fw * 1e3, 1.0, e_fw);
     }
