@@ -352,7 +352,7 @@ QATTN_API void qattn_kvcache_params_set_contiguous(qattn_kvcache_params *kv, con
  * (rotated) over its Lk_b cached keys. Any seqlen_q >= 0: prefill with a cached prefix, chunked
  * prefill, decode, speculative decode; causal and both windows as in qattn_forward (this also
  * covers what qattn_kv_decode does not: more than 64 queries, a right window), through the same
- * CPU driver and kernels as qattn_forward (key tiles cut at page ends); bitwise identical for any
+ * CPU driver and kernels as qattn_forward (key tiles gathered page by page); bitwise identical for any
  * thread count on a given ISA. cache_seqlens is not changed: the caller advances it by seqlen_new.
  * p gives q, o, lse, batch, seqlen_q, n_heads, n_kv_heads, head_dim, dtypes, precision (AUTO,
  * FP32, FP16 or BF16; INT8/FP8 are refused: use the INT8 KV cache object above), causal, windows,
