@@ -38,6 +38,7 @@ typedef struct kcase {
     int causal, wl, wr;
     int rd, inter;     /* rotary_dim (0: none), interleaved */
     int32_t dtype;     /* of q, caches, new tokens */
+    int q_bhld;        /* q stored [B, H, Lq, D] (a strided view) instead of [B, Lq, H, D] */
 } kcase;
 
 static int64_t esize(int32_t dt) { return dt == QATTN_DTYPE_F32 ? 4 : 2; }
@@ -120,6 +121,7 @@ static void kprob_make(kprob *pr, const kcase *c, uint64_t seed) {
     p->batch = B, p->seqlen_q = c->Lq, p->n_heads = c->H, p->n_kv_heads = c->HK, p->head_dim = c->D;
     p->qkv_dtype = c->dtype, p->o_dtype = QATTN_DTYPE_F32, p->causal = c->causal, p->window_left = c->wl, p->window_right = c->wr;
     qattn_params_set_contiguous(p);
+    if (c->q_bhld) p->q_head_stride = (int64_t)c->Lq * D, p->q_seq_stride = D;
     p->k_batch_stride = p->k_seq_stride = p->k_head_stride = p->v_batch_stride = p->v_seq_stride = p->v_head_stride = 0;
 
     qattn_kvcache_params *kv = &pr->kv;
@@ -243,7 +245,8 @@ static void oracle(const kprob *pr, double *o64, double *lse_bhq) {
         for (int64_t i = 0; i < Lq; i++)
             for (int64_t h = 0; h < H; h++) {
                 float *row = qf + ((b * Lq + i) * H + h) * D;
-                for (int64_t d = 0; d < D; d++) row[d] = qattn_load(pr->q, dt, ((b * Lq + i) * H + h) * D + d);
+                int64_t qi = b * pr->p.q_batch_stride + i * pr->p.q_seq_stride + h * pr->p.q_head_stride;
+                for (int64_t d = 0; d < D; d++) row[d] = qattn_load(pr->q, dt, qi + d);
                 if (c->rd) {
                     rotate64(pr->cos, pr->sin, c->rd, c->inter, c->cs[b] + (per_pos ? i : 0), row);
                     for (int64_t d = 0; d < D; d++) row[d] = in_dtype(c->dtype, row[d]);
@@ -278,10 +281,10 @@ static void describe(const kcase *c, int32_t isa, char *buf, size_t len) {
     char layout[32];
     if (c->page) snprintf(layout, sizeof layout, "page %d", c->page);
     else snprintf(layout, sizeof layout, "contiguous");
-    snprintf(buf, len, "%s: B %d Lq %d new %d H %d HK %d D %d %s cs {%d,%d,%d} causal %d window (%d,%d) rotary %d%s %s isa %s", c->name, c->B,
+    snprintf(buf, len, "%s: B %d Lq %d new %d H %d HK %d D %d %s cs {%d,%d,%d} causal %d window (%d,%d) rotary %d%s %s%s isa %s", c->name, c->B,
              c->Lq, c->Sn, c->H, c->HK, c->D, layout, c->cs[0], c->B > 1 ? c->cs[1] : -1,
              c->B > 2 ? c->cs[2] : -1, c->causal, c->wl, c->wr, c->rd, c->rd ? (c->inter ? " interleaved" : " halves") : "",
-             th_dtype_name(c->dtype), th_isa_name(isa));
+             th_dtype_name(c->dtype), c->q_bhld ? " q [B,H,L,D]" : "", th_isa_name(isa));
 }
 
 static void run_case(const kcase *c, uint64_t seed) {
@@ -341,24 +344,24 @@ static void run_case(const kcase *c, uint64_t seed) {
 
 static const kcase CASES[] = {
     /* decode, FP32 (K/V read in place), shuffled pages of 16, an empty sequence */
-    {"decode", 3, 1, 1, 8, 2, 64, 16, {0, 17, 40}, 1, -1, -1, 64, 1, QATTN_DTYPE_F32},
+    {"decode", 3, 1, 1, 8, 2, 64, 16, {0, 17, 40}, 1, -1, -1, 64, 1, QATTN_DTYPE_F32, 0},
     /* speculative decode, FP16, pages of 32, GQA off, rotary on half the channels (NeoX halves) */
-    {"speculative", 2, 5, 5, 4, 4, 80, 32, {31, 70}, 1, -1, -1, 32, 0, QATTN_DTYPE_F16},
+    {"speculative", 2, 5, 5, 4, 4, 80, 32, {31, 70}, 1, -1, -1, 32, 0, QATTN_DTYPE_F16, 0},
     /* chunked prefill with a cached prefix, BF16, pages of 256, MQA, the pre-pack path */
-    {"chunked prefill", 2, 100, 100, 4, 1, 128, 256, {0, 300}, 1, -1, -1, 64, 1, QATTN_DTYPE_BF16},
+    {"chunked prefill", 2, 100, 100, 4, 1, 128, 256, {0, 300}, 1, -1, -1, 64, 1, QATTN_DTYPE_BF16, 0},
     /* no new tokens, contiguous cache, not causal, no rotary */
-    {"no append", 2, 5, 0, 6, 3, 64, 0, {0, 150}, 0, -1, -1, 0, 0, QATTN_DTYPE_F32},
+    {"no append", 2, 5, 0, 6, 3, 64, 0, {0, 150}, 0, -1, -1, 0, 0, QATTN_DTYPE_F32, 1},
     /* fewer new tokens than queries, a two-sided window (queries rotated per position) */
-    {"window", 3, 5, 7, 4, 2, 64, 16, {3, 0, 50}, 0, 20, 3, 48, 0, QATTN_DTYPE_F32},
+    {"window", 3, 5, 7, 4, 2, 64, 16, {3, 0, 50}, 0, 20, 3, 48, 0, QATTN_DTYPE_F32, 1},
     /* not causal, not windowed: every query rotated at cache_seqlens; contiguous, FP16 */
-    {"bidirectional rotary", 2, 5, 1, 4, 2, 128, 0, {10, 88}, 0, -1, -1, 128, 1, QATTN_DTYPE_F16},
+    {"bidirectional rotary", 2, 5, 1, 4, 2, 128, 0, {10, 88}, 0, -1, -1, 128, 1, QATTN_DTYPE_F16, 0},
     /* causal with Lq > Lk: rows that see no key (zeros, lse -inf) */
-    {"causal Lq > Lk", 2, 100, 7, 2, 2, 64, 16, {0, 5}, 1, -1, -1, 0, 0, QATTN_DTYPE_F32},
+    {"causal Lq > Lk", 2, 100, 7, 2, 2, 64, 16, {0, 5}, 1, -1, -1, 0, 0, QATTN_DTYPE_F32, 0},
     /* long decode: the KV axis is split across units (merge of partials over pages) */
-    {"split decode", 1, 1, 1, 8, 1, 128, 16, {1500}, 1, -1, -1, 64, 1, QATTN_DTYPE_F32},
-    {"split decode f16", 2, 1, 1, 8, 2, 64, 32, {1100, 7}, 1, 100, -1, 64, 0, QATTN_DTYPE_F16},
+    {"split decode", 1, 1, 1, 8, 1, 128, 16, {1500}, 1, -1, -1, 64, 1, QATTN_DTYPE_F32, 0},
+    {"split decode f16", 2, 1, 1, 8, 2, 64, 32, {1100, 7}, 1, 100, -1, 64, 0, QATTN_DTYPE_F16, 0},
     /* a query block of 100 with a left window crossing page ends, D 80 */
-    {"prefill window", 1, 100, 7, 4, 2, 80, 16, {200}, 1, 37, -1, 80, 1, QATTN_DTYPE_F32},
+    {"prefill window", 1, 100, 7, 4, 2, 80, 16, {200}, 1, 37, -1, 80, 1, QATTN_DTYPE_F32, 0},
 };
 
 /* ---------------------------------------------------------------- bad arguments */
