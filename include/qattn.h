@@ -284,6 +284,101 @@ QATTN_API qattn_status qattn_forward(qattn_ctx *ctx, const qattn_params *p);
  * lse64 [B, H, Lq] (varlen: [H, total_q]). Memory: O(Lk) scratch. */
 QATTN_API qattn_status qattn_oracle_f64(qattn_ctx *ctx, const qattn_params *p, double *o64, double *lse64);
 
+/* ---------------------------------------------------------------- attention over a KV cache */
+/* (section: FlashAttention's flash_attn_with_kvcache on caller-owned cache tensors; docs/KVCACHE.md) */
+
+/* The cache of qattn_forward_kvcache: caller-owned K/V tensors, paged through a block table or
+ * contiguous per sequence, plus the new tokens to append and the rotary tables. Initialise with
+ * qattn_kvcache_params_init. Every array is host memory (CPU backend). Shapes use p's batch B,
+ * n_kv_heads HK, head_dim D and qkv_dtype (the caches, k_new and v_new all have it).
+ *
+ * Sequence b holds cache_seqlens[b] tokens before the call; its seqlen_new new tokens (k_new,
+ * v_new) are written at positions cache_seqlens[b] .. + seqlen_new - 1 (K rotated first, see
+ * rotary below), then its queries attend to all Lk_b = cache_seqlens[b] + seqlen_new keys with
+ * qattn.h's mask rule (bottom-right aligned: Lq = p->seqlen_q, Lk = Lk_b per sequence). */
+typedef struct qattn_kvcache_params {
+    /* Paged (block_table given): [n_pages, page_size, HK, D]; contiguous: [B, cache_len, HK, D].
+     * Element strides: page_stride steps pages (paged) or sequences (contiguous); the head_dim
+     * axis is contiguous. Updated in place when seqlen_new > 0. */
+    void *k_cache;
+    void *v_cache;
+    int64_t k_page_stride, k_seq_stride, k_head_stride;
+    int64_t v_page_stride, v_seq_stride, v_head_stride;
+    /* Paged: int32 [B, max_blocks], rows block_table_stride (>= max_blocks) apart; entry
+     * [b, j] is the page holding tokens j*page_size .. (j+1)*page_size - 1 of sequence b (only the
+     * entries a sequence's Lk_b tokens reach are read, each checked to be in 0..n_pages-1).
+     * NULL: contiguous cache of cache_len tokens per sequence. */
+    const int32_t *block_table;
+    int64_t block_table_stride;
+    int64_t max_blocks;
+    int64_t n_pages;    /* paged: pages in k_cache / v_cache */
+    int64_t cache_len;  /* contiguous: token capacity per sequence */
+    int32_t page_size;  /* paged: tokens per page, a positive multiple of 16 */
+    int32_t rotary_dim; /* 0 (no rotary) or even, 2..D: channels 0..rotary_dim-1 rotated */
+    const int32_t *cache_seqlens; /* int32 [B], >= 0: tokens already in the cache */
+    /* New tokens [B, seqlen_new, HK, D] (element strides; head_dim contiguous); NULL when
+     * seqlen_new is 0. All or nothing: Lk_b beyond the capacity (max_blocks * page_size, or
+     * cache_len) is QATTN_ERR_CAPACITY before anything is written. */
+    const void *k_new;
+    const void *v_new;
+    int64_t seqlen_new;
+    int64_t k_new_batch_stride, k_new_seq_stride, k_new_head_stride;
+    int64_t v_new_batch_stride, v_new_seq_stride, v_new_head_stride;
+    /* Rotary embedding (RoPE), FlashAttention's semantics. cos, sin: float32 [rotary_len,
+     * rotary_dim / 2] contiguous; both or neither; given only with new tokens (seqlen_new >= 1).
+     * New key j of sequence b is rotated at position cache_seqlens[b] + j before it is stored;
+     * query i at cache_seqlens[b] + i when causal or windowed (window_left or window_right not
+     * -1), else every query at cache_seqlens[b]. A position at or beyond rotary_len is refused.
+     * Pair (x, y) at angle index c becomes (x cos - y sin, x sin + y cos), computed in double and
+     * rounded once to float32, then to qkv_dtype (queries and keys alike); the pairs are channels
+     * (2c, 2c+1) when rotary_interleaved (GPT-J), (c, c + rotary_dim/2) otherwise (GPT-NeoX).
+     * Channels rotary_dim..D-1 pass unchanged. */
+    const float *rotary_cos;
+    const float *rotary_sin;
+    int64_t rotary_len;
+    int32_t rotary_interleaved; /* 0 or 1 */
+    int32_t reserved0;          /* 0 */
+    int64_t reserved[4];        /* 0 */
+} qattn_kvcache_params;
+
+/* Defaults: everything zero (no cache, no rotary). */
+QATTN_API void qattn_kvcache_params_init(qattn_kvcache_params *kv);
+
+/* Fill kv's strides for contiguous caches ([n_pages, page_size, HK, D] when block_table is set,
+ * else [B, cache_len, HK, D]) and contiguous [B, seqlen_new, HK, D] new tokens, from p's
+ * n_kv_heads and head_dim and kv's page_size / cache_len and seqlen_new. An overflowing stride
+ * is set to INT64_MAX, which qattn_forward_kvcache refuses. */
+QATTN_API void qattn_kvcache_params_set_contiguous(qattn_kvcache_params *kv, const qattn_params *p);
+
+/* Append then attend, in one call (flash_attn_with_kvcache): for each sequence b, stores its new
+ * K (rotated) and V in the cache at cache_seqlens[b], then computes attention of its queries
+ * (rotated) over its Lk_b cached keys. Any seqlen_q >= 0: prefill with a cached prefix, chunked
+ * prefill, decode, speculative decode; causal and both windows as in qattn_forward (this also
+ * covers what qattn_kv_decode does not: more than 64 queries, a right window), through the same
+ * CPU driver and kernels as qattn_forward (key tiles gathered page by page); bitwise identical for any
+ * thread count on a given ISA. cache_seqlens is not changed: the caller advances it by seqlen_new.
+ * p gives q, o, lse, batch, seqlen_q, n_heads, n_kv_heads, head_dim, dtypes, precision (AUTO,
+ * FP32, FP16 or BF16; INT8/FP8 are refused: use the INT8 KV cache object above), causal, windows,
+ * scale and q/o strides. p->k, p->v, p->seqlen_k, p->cu_seqlens_* and p->workspace must be
+ * NULL/0 (the cache replaces them; scratch is allocated per call); p's k/v strides are ignored;
+ * alibi_slopes, softcap and block_mask are refused. o and lse must not overlap any input or the
+ * caches; the caches must not overlap q, k_new, v_new or the tables (k_cache may not be
+ * v_cache). Appends are written in sequence order before any attention: a page listed by
+ * several sequences sees all their appends. Every argument (page ids of the entries used,
+ * cache_seqlens, capacity, rotary positions, overlaps) is checked before anything is written;
+ * a failure after the append (QATTN_ERR_OUT_OF_MEMORY, or QATTN_ERR_OVERFLOW for overflowing
+ * scores as in qattn_forward) leaves the new tokens stored. CPU backend only. */
+QATTN_API qattn_status qattn_forward_kvcache(qattn_ctx *ctx, const qattn_params *p, const qattn_kvcache_params *kv);
+
+/* Rotate x in place: float32/float16/bfloat16 (dtype) contiguous [n_tokens, n_heads, head_dim],
+ * token t at position + t, with the rotary rule of qattn_kvcache_params (cos, sin [rotary_len,
+ * rotary_dim / 2]; interleaved 0 or 1). For the queries of a decode over the INT8 cache object
+ * (qattn_kv_cache_append_rotary rotates its keys the same way). Positions beyond rotary_len are
+ * refused; x is unchanged on error. */
+QATTN_API qattn_status qattn_rotary_apply(qattn_ctx *ctx, void *x, int32_t dtype, int64_t n_tokens, int32_t n_heads, int32_t head_dim,
+                                          int64_t position, const float *cos, const float *sin, int64_t rotary_len, int32_t rotary_dim,
+                                          int32_t interleaved);
+
 /* ---------------------------------------------------------------- INT8 quantization */
 /* (section: INT8 formats, quantization API and pre-quantized forward; see docs/FORMAT.md) */
 
@@ -449,6 +544,16 @@ QATTN_API void qattn_kv_cache_destroy(qattn_ctx *ctx, qattn_kv_cache *cache); /*
 QATTN_API qattn_status qattn_kv_cache_append(qattn_ctx *ctx, qattn_kv_cache *cache, int32_t seq, const void *k, const void *v,
                                              int64_t n_tokens, int32_t in_dtype);
 
+/* qattn_kv_cache_append with rotary embedding on the keys: token t of k is rotated at position
+ * len + t (len: the sequence's length before the call) with the rule of qattn_kvcache_params
+ * (cos, sin float32 [rotary_len, rotary_dim / 2]; rotary_dim even, 2..head_dim; interleaved 0
+ * or 1), in FP32 before the storage rounding or INT8 quantization (and before a calibration's
+ * transforms). V is stored as given. Rotate the queries with qattn_rotary_apply at the same
+ * positions. A position at or beyond rotary_len is refused; the cache is then unchanged. */
+QATTN_API qattn_status qattn_kv_cache_append_rotary(qattn_ctx *ctx, qattn_kv_cache *cache, int32_t seq, const void *k, const void *v,
+                                                    int64_t n_tokens, int32_t in_dtype, const float *cos, const float *sin,
+                                                    int64_t rotary_len, int32_t rotary_dim, int32_t interleaved);
+
 /* Give an empty INT8 cache static channel transforms (cal's k_factor, k_mean, v_mean, [HK][D];
  * qattn_calibrate; docs/KVCACHE.md): appends then store K as codes of H((k - k_mean) / (f n)) (the
  * default INT8 scheme's smoothing and Hadamard rotation, docs/FORMAT.md section 7) and V as codes
@@ -482,7 +587,7 @@ typedef struct qattn_decode_params {
     float *lse;             /* optional [n_seqs, n_heads, seqlen_q], natural log; -inf for no key */
     const int32_t *seq_ids; /* [n_seqs] sequence ids, each holding >= seqlen_q tokens */
     int32_t n_seqs;         /* >= 0 */
-    int32_t seqlen_q;       /* Lq: 1..64 new tokens per sequence */
+    int32_t seqlen_q;       /* Lq: 1..64 new tokens per sequence (more, or a right window: qattn_forward_kvcache) */
     int32_t n_heads;        /* H, a multiple of the cache's n_kv_heads (GQA) */
     int32_t q_dtype;        /* F32, F16 or BF16 */
     int32_t o_dtype;        /* F32, F16 or BF16 */

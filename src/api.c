@@ -337,6 +337,15 @@ static bool output_is_injective(const int64_t ext[4], const int64_t str[4]) {
     return true;
 }
 
+int64_t qattn_view_max_index(int64_t n0, int64_t s0, int64_t n1, int64_t s1, int64_t n2, int64_t s2, int64_t d) {
+    return max_index(n0, s0, n1, s1, n2, s2, d);
+}
+
+bool qattn_view_is_injective(int64_t n0, int64_t s0, int64_t n1, int64_t s1, int64_t n2, int64_t s2, int64_t d) {
+    int64_t ext[4] = {n0, n1, n2, d}, str[4] = {s0, s1, s2, 1};
+    return output_is_injective(ext, str);
+}
+
 static qattn_status check_view(qattn_ctx *ctx, const char *name, int64_t nb, int64_t bs, int64_t ns, int64_t ss,
                                int64_t nh, int64_t hs, int64_t d) {
     if (bs < 0 || ss < 0 || hs < 0)

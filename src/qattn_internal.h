@@ -297,6 +297,28 @@ static inline float qattn_round_to(int32_t precision, float x) {
 
 /* CPU backend (src/cpu/forward.c). p is validated. */
 qattn_status qattn_cpu_forward(qattn_ctx *ctx, const qattn_params *p);
+
+/* Where the CPU driver finds K/V rows when they are not p's plain views (qattn_forward_kvcache):
+ * sequence b has seqlens_k[b] keys (p->seqlen_k is then their maximum). Without a block table,
+ * token t of sequence b is at b * k_batch_stride + t * k_seq_stride as usual. With one, it is at
+ * page * k_batch_stride + (t % page_size) * k_seq_stride, page = block_table[b * block_table_stride
+ * + t / page_size] (the batch stride steps pages); likewise for v. Page ids are validated. */
+typedef struct qattn_kv_rows {
+    const int32_t *seqlens_k;   /* [B] */
+    const int32_t *block_table; /* NULL: not paged */
+    int64_t block_table_stride;
+    int32_t page_size;
+} qattn_kv_rows;
+
+/* qattn_cpu_forward with K/V rows from kv (p validated apart from its k/v views, which kv
+ * describes; p->cu_seqlens_* NULL). kv NULL is qattn_cpu_forward. */
+qattn_status qattn_cpu_forward_kv(qattn_ctx *ctx, const qattn_params *p, const qattn_kv_rows *kv);
+
+/* Whether a [n0, n1, n2, d] view with element strides s0, s1, s2, 1 maps distinct indices to
+ * distinct elements (an output written through it never writes one element twice). */
+bool qattn_view_is_injective(int64_t n0, int64_t s0, int64_t n1, int64_t s1, int64_t n2, int64_t s2, int64_t d);
+/* The largest element index of such a view with every extent >= 1, or -1 when it overflows int64. */
+int64_t qattn_view_max_index(int64_t n0, int64_t s0, int64_t n1, int64_t s1, int64_t n2, int64_t s2, int64_t d);
 qattn_status qattn_cpu_workspace_size(qattn_ctx *ctx, const qattn_params *p, size_t *bytes);
 
 /* Low-precision CPU paths (precision INT8 / FP8_E4M3 / FP8_E5M2), src/cpu/forward_lowp.c. */

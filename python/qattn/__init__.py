@@ -11,6 +11,8 @@
     o = qattn.attention(q, k, v, precision="int8", calibration=cal)
     with qattn.KVCache(kv_heads=2, head_dim=64, dtype="int8", capacity_blocks=256, max_seqs=8) as c:
         c.append(0, k0, v0); o = c.decode(q0, [0])       # paged KV cache and decode
+    o = qattn.attention_with_kvcache(q, k_cache, v_cache, k, v, cache_seqlens=lens,
+                                     block_table=table, causal=True)  # flash_attn_with_kvcache
 
 The library is found in the package folder, $QATTN_LIBRARY, or the build*/ folders of the
 checkout (see qattn._lib.candidate_paths).
@@ -26,8 +28,9 @@ library_path = _lib.library_path
 
 from ._int8 import Calibration, QuantizedTensor, attention_quantized, calibrate, quantize
 from ._kvcache import KVCache
+from ._kvfwd import attention_with_kvcache, rotary_apply
 
 _atexit.register(_destroy_contexts)
 
 __all__ = ["QattnCapacityError", "attention", "oracle", "info", "QattnError", "QattnValueError", "QattnUnsupportedError",
-           "QattnMemoryError", "QuantizedTensor", "quantize", "attention_quantized", "Calibration", "calibrate", "KVCache", "__version__", "library_path"]
+           "QattnMemoryError", "QuantizedTensor", "quantize", "attention_quantized", "Calibration", "calibrate", "KVCache", "attention_with_kvcache", "rotary_apply", "__version__", "library_path"]

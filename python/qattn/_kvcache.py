@@ -116,18 +116,32 @@ class KVCache:
 
     # ------------------------------------------------------------ cache operations
 
-    def append(self, seq_id, k, v):
+    def append(self, seq_id, k, v, rotary_cos=None, rotary_sin=None, rotary_interleaved=True):
         """Append tokens to sequence seq_id: k, v [n_tokens, kv_heads, head_dim] (a 2-D
         [kv_heads, head_dim] is one token), float32/float16 numpy or float32/float16/bfloat16
         torch on the CPU. All or nothing: QattnCapacityError when the blocks (including a
-        copy-on-write block) run out; INT8 storage refuses non-finite values (QattnValueError)."""
+        copy-on-write block) run out; INT8 storage refuses non-finite values (QattnValueError).
+        With rotary_cos/rotary_sin ([rotary_len, rotary_dim / 2]), the keys are rotated at positions
+        seq_len(seq_id) + t before they are stored (qattn_kv_cache_append_rotary); rotate the
+        queries with qattn.rotary_apply at the same positions."""
         seq = self._seq("seq_id", seq_id)
         kt, vt = self._kv_input("k", k), self._kv_input("v", v)
         if kt.dtype != vt.dtype:
             raise TypeError("k has dtype %s but v has dtype %s; they must match" % (kt.obj.dtype, vt.obj.dtype))
         if kt.shape != vt.shape:
             raise ValueError("k has shape %s but v has shape %s; they must match" % (kt.shape, vt.shape))
-        self._call(lib.qattn_kv_cache_append, seq, kt.ptr, vt.ptr, kt.shape[0], kt.dtype)
+        if (rotary_cos is None) != (rotary_sin is None):
+            raise ValueError("rotary_cos and rotary_sin must be given together")
+        if rotary_cos is None:
+            self._call(lib.qattn_kv_cache_append, seq, kt.ptr, vt.ptr, kt.shape[0], kt.dtype)
+        else:
+            from ._kvfwd import _host_array
+            _lib.require("qattn_kv_cache_append_rotary", "KVCache.append(rotary_cos=...)")
+            cos_a, sin_a = _host_array("rotary_cos", rotary_cos, np.float32, 2), _host_array("rotary_sin", rotary_sin, np.float32, 2)
+            if cos_a.shape != sin_a.shape:
+                raise ValueError("rotary_cos has shape %s but rotary_sin has %s" % (cos_a.shape, sin_a.shape))
+            self._call(lib.qattn_kv_cache_append_rotary, seq, kt.ptr, vt.ptr, kt.shape[0], kt.dtype, cos_a.ctypes.data,
+                       sin_a.ctypes.data, cos_a.shape[0], 2 * cos_a.shape[1], 1 if rotary_interleaved else 0)
         self._version += 1
 
     def _kv_input(self, name, x):

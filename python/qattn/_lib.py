@@ -111,6 +111,43 @@ class Params(ctypes.Structure):
     ]
 
 
+class KVCacheParams(ctypes.Structure):
+    """qattn_kvcache_params (qattn_forward_kvcache)."""
+    _fields_ = [
+        ("k_cache", ctypes.c_void_p),
+        ("v_cache", ctypes.c_void_p),
+        ("k_page_stride", ctypes.c_int64),
+        ("k_seq_stride", ctypes.c_int64),
+        ("k_head_stride", ctypes.c_int64),
+        ("v_page_stride", ctypes.c_int64),
+        ("v_seq_stride", ctypes.c_int64),
+        ("v_head_stride", ctypes.c_int64),
+        ("block_table", ctypes.c_void_p),
+        ("block_table_stride", ctypes.c_int64),
+        ("max_blocks", ctypes.c_int64),
+        ("n_pages", ctypes.c_int64),
+        ("cache_len", ctypes.c_int64),
+        ("page_size", ctypes.c_int32),
+        ("rotary_dim", ctypes.c_int32),
+        ("cache_seqlens", ctypes.c_void_p),
+        ("k_new", ctypes.c_void_p),
+        ("v_new", ctypes.c_void_p),
+        ("seqlen_new", ctypes.c_int64),
+        ("k_new_batch_stride", ctypes.c_int64),
+        ("k_new_seq_stride", ctypes.c_int64),
+        ("k_new_head_stride", ctypes.c_int64),
+        ("v_new_batch_stride", ctypes.c_int64),
+        ("v_new_seq_stride", ctypes.c_int64),
+        ("v_new_head_stride", ctypes.c_int64),
+        ("rotary_cos", ctypes.c_void_p),
+        ("rotary_sin", ctypes.c_void_p),
+        ("rotary_len", ctypes.c_int64),
+        ("rotary_interleaved", ctypes.c_int32),
+        ("reserved0", ctypes.c_int32),
+        ("reserved", ctypes.c_int64 * 4),
+    ]
+
+
 # Structs of the INT8 and KV-cache sections of qattn.h (checked by tests/test_abi.py).
 
 GRANULARITIES = {"token": 0, "block": 1, "head": 2, "channel": 3}
@@ -321,6 +358,11 @@ def _prototype(lib):
         "qattn_kv_decode": (S, [V, V, P(DecodeParams)]),
         "qattn_kv_cache_export": (S, [V, V, P(KVCacheLayout)]),
         "qattn_kv_decode_cuda": (S, [V, V, P(KVDeviceCache), P(DecodeParams)]),
+        "qattn_kv_cache_append_rotary": (S, [V, V, i32, V, V, i64, i32, V, V, i64, i32, i32]),
+        "qattn_kvcache_params_init": (None, [P(KVCacheParams)]),
+        "qattn_kvcache_params_set_contiguous": (None, [P(KVCacheParams), P(Params)]),
+        "qattn_forward_kvcache": (S, [V, P(Params), P(KVCacheParams)]),
+        "qattn_rotary_apply": (S, [V, V, i32, i64, i32, i32, i64, V, V, i64, i32, i32]),
     }
     protos.update({k: v for k, v in optional.items() if hasattr(lib, k)})
     for name, (res, args) in protos.items():

@@ -17,7 +17,8 @@ STRUCTS = {"qattn_params": _lib.Params, "qattn_ctx_options": _lib.CtxOptions, "q
 OPTIONAL = {"qattn_int8_tensor": _lib.Int8Tensor, "qattn_int8_inputs": _lib.Int8Inputs,
             "qattn_kv_cache_options": _lib.KVCacheOptions, "qattn_kv_cache_info": _lib.KVCacheInfo,
             "qattn_decode_params": _lib.DecodeParams, "qattn_kv_cache_layout": _lib.KVCacheLayout,
-            "qattn_kv_device_cache": _lib.KVDeviceCache, "qattn_calibration": _lib.CalibrationStruct}
+            "qattn_kv_device_cache": _lib.KVDeviceCache, "qattn_calibration": _lib.CalibrationStruct,
+            "qattn_kvcache_params": _lib.KVCacheParams}
 
 
 def _declared(name):

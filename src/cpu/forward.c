@@ -33,6 +33,7 @@ static const float LN2 = 0.6931471805599453f;
 
 typedef struct plan {
     const qattn_params *p;
+    const qattn_kv_rows *kv; /* K/V rows through a page table / per-sequence key counts; NULL: p's views */
     const qattn_cpu_kernels *kern;
     int group;          /* query heads per kv head */
     int block_pos;      /* query positions per unit */
@@ -126,6 +127,29 @@ static size_t plan_bytes(const plan *pl, int n_workers) {
     return ((size_t)n_workers * pl->worker_floats + partials + prepack_floats(pl)) * sizeof(float);
 }
 
+/* Sequence b's geometry; with kv, its own key count. */
+static qattn_seq seq_view(const plan *pl, int64_t b) {
+    qattn_seq s = qattn_seq_view(pl->p, b);
+    if (pl->kv) s.lk = pl->kv->seqlens_k[b];
+    return s;
+}
+
+/* Element offset of key/value token t (head 0) of sequence b in a tensor with these batch and
+ * sequence strides, whose sequence b starts at seq_off: p's view, or a page of a paged cache. */
+static int64_t kv_token_offset(const plan *pl, int64_t b, int64_t seq_off, int64_t t, int64_t batch_stride, int64_t seq_stride) {
+    const qattn_kv_rows *kv = pl->kv;
+    if (!kv || !kv->block_table) return seq_off + t * seq_stride;
+    int64_t page = kv->block_table[b * kv->block_table_stride + t / kv->page_size];
+    return page * batch_stride + t % kv->page_size * seq_stride;
+}
+
+/* The end of the run of keys from t whose rows are evenly strided (one page when paged): a tile the
+ * kernel reads in place (one stride) stops there; a packed tile is gathered run by run. */
+static int64_t kv_run_end(const plan *pl, int64_t t) {
+    if (!pl->kv || !pl->kv->block_table) return INT64_MAX;
+    return (t / pl->kv->page_size + 1) * pl->kv->page_size;
+}
+
 /* Token index of sequence b's first key on the pre-pack's axis. */
 static int64_t packed_key_base(const plan *pl, int64_t b) {
     return pl->p->cu_seqlens_k ? pl->p->cu_seqlens_k[b] : b * pl->p->seqlen_k;
@@ -138,15 +162,17 @@ static void prepack_task(void *arg, int64_t task, int worker) {
     const plan *pl = arg;
     const qattn_params *p = pl->p;
     int64_t b = task / pl->n_kchunks, t0 = task % pl->n_kchunks * PREPACK_KEYS;
-    qattn_seq s = qattn_seq_view(p, b);
+    qattn_seq s = seq_view(pl, b);
     int64_t t1 = t0 + PREPACK_KEYS < s.lk ? t0 + PREPACK_KEYS : s.lk, base = packed_key_base(pl, b), D = p->head_dim;
     int64_t plane = pl->total_k * D; /* one kv head's [total_k][D] */
     float *kdst = pl->kv_packed, *vdst = pl->kv_packed + (size_t)p->n_kv_heads * (size_t)plane;
     for (int64_t t = t0; t < t1; t++) {
-        pl->kern->pack_rows_f32(p->k, p->qkv_dtype, pl->precision, s.k_off + t * p->k_seq_stride, p->k_head_stride, p->n_kv_heads, (int)D,
-                                1.0f, kdst + (base + t) * D, plane);
-        pl->kern->pack_rows_f32(p->v, p->qkv_dtype, pl->precision, s.v_off + t * p->v_seq_stride, p->v_head_stride, p->n_kv_heads, (int)D,
-                                1.0f, vdst + (base + t) * D, plane);
+        int64_t koff = kv_token_offset(pl, b, s.k_off, t, p->k_batch_stride, p->k_seq_stride);
+        int64_t voff = kv_token_offset(pl, b, s.v_off, t, p->v_batch_stride, p->v_seq_stride);
+        pl->kern->pack_rows_f32(p->k, p->qkv_dtype, pl->precision, koff, p->k_head_stride, p->n_kv_heads, (int)D, 1.0f, kdst + (base + t) * D,
+                                plane);
+        pl->kern->pack_rows_f32(p->v, p->qkv_dtype, pl->precision, voff, p->v_head_stride, p->n_kv_heads, (int)D, 1.0f, vdst + (base + t) * D,
+                                plane);
     }
 }
 
@@ -196,11 +222,17 @@ static void pack_q(const plan *pl, const qattn_seq *s, int64_t i0, int n_pos, in
     }
 }
 
-static void pack_kv(const plan *pl, const void *src, int64_t off, int64_t seq_stride, int64_t head_stride, int g, int64_t t0, int n,
-                    float *dst) {
+/* Keys t0 .. t0+n-1 of kv head g of sequence b (src starting at seq_off) to dst [n][D], one pack
+ * per run of evenly strided rows (the whole tile unless paged). */
+static void pack_kv(const plan *pl, const void *src, int64_t b, int64_t seq_off, int64_t batch_stride, int64_t seq_stride, int64_t head_stride,
+                    int g, int64_t t0, int64_t n, float *dst) {
     const qattn_params *p = pl->p;
-    pl->kern->pack_rows_f32(src, p->qkv_dtype, pl->precision, off + t0 * seq_stride + (int64_t)g * head_stride, seq_stride, n,
-                            p->head_dim, 1.0f, dst, p->head_dim);
+    for (int64_t t = t0, e; t < t0 + n; t = e) {
+        e = kv_run_end(pl, t) < t0 + n ? kv_run_end(pl, t) : t0 + n;
+        int64_t off = kv_token_offset(pl, b, seq_off, t, batch_stride, seq_stride) + (int64_t)g * head_stride;
+        pl->kern->pack_rows_f32(src, p->qkv_dtype, pl->precision, off, seq_stride, (int)(e - t), p->head_dim, 1.0f, dst + (t - t0) * p->head_dim,
+                                p->head_dim);
+    }
 }
 
 /* Whether a row is finite as the kernels saw it (rounded to the call's precision: 1e5 is Inf in FP16). */
@@ -222,7 +254,8 @@ static void note_if_overflow(const plan *pl, const qattn_seq *s, int64_t b, int6
     int64_t lo, hi;
     qattn_key_range(i, s->lq, s->lk, p->window_left, qattn_window_right(p), &lo, &hi);
     for (int64_t j = lo; j < hi; j++)
-        if (!row_is_finite(pl, p->k, s->k_off + j * p->k_seq_stride + (int64_t)g * p->k_head_stride, D)) return;
+        if (!row_is_finite(pl, p->k, kv_token_offset(pl, b, s->k_off, j, p->k_batch_stride, p->k_seq_stride) + (int64_t)g * p->k_head_stride, D))
+            return;
     long long row = ((long long)b * p->n_heads + h) * p->seqlen_q + i;
     qattn_atomic_min((atomic_llong *)&pl->overflow_row, row);
 }
@@ -250,7 +283,7 @@ static void run_unit(void *arg, int64_t task, int worker) {
     const plan *pl = arg;
     const qattn_params *p = pl->p;
     unit u = unit_of(pl, task);
-    qattn_seq s = qattn_seq_view(p, u.b);
+    qattn_seq s = seq_view(pl, u.b);
     int64_t i0 = u.qb * pl->block_pos;
     if (i0 >= s.lq) return; /* a shorter sequence of a varlen batch */
     int n_pos = (int)(s.lq - i0 < pl->block_pos ? s.lq - i0 : pl->block_pos);
@@ -286,8 +319,10 @@ static void run_unit(void *arg, int64_t task, int worker) {
 
     if (k_begin < k_end)
         for (int hh = 0; hh < H; hh++) pack_q(pl, &s, i0, n_pos, u.g + hh, qpack + (int64_t)hh * pl->rows * D);
-    for (int64_t t0 = k_begin; t0 < k_end; t0 += pl->tile_keys) {
-        int n = (int)(k_end - t0 < pl->tile_keys ? k_end - t0 : pl->tile_keys);
+    for (int64_t t0 = k_begin, n; t0 < k_end; t0 += n) {
+        int64_t t1 = pl->direct_kv ? kv_run_end(pl, t0) : INT64_MAX; /* read in place: one stride, one page */
+        if (t1 > k_end) t1 = k_end;
+        n = t1 - t0 < pl->tile_keys ? t1 - t0 : pl->tile_keys;
         for (int r = 0; r < m; r++) {
             int64_t a, b;
             qattn_key_range(i0 + r / pl->group, s.lq, s.lk, p->window_left, qattn_window_right(p), &a, &b);
@@ -303,15 +338,17 @@ static void run_unit(void *arg, int64_t task, int worker) {
             if (pl->prepack) {
                 size_t at = ((size_t)g * (size_t)pl->total_k + (size_t)(packed_key_base(pl, u.b) + t0)) * (size_t)D;
                 const float *kp = pl->kv_packed + at, *vp = pl->kv_packed + (size_t)p->n_kv_heads * (size_t)pl->total_k * (size_t)D + at;
-                pl->kern->attend_tile_f32(qh, D, m, D, kp, vp, D, n, lo, hi, &st[hh], scores);
+                pl->kern->attend_tile_f32(qh, D, m, D, kp, vp, D, (int)n, lo, hi, &st[hh], scores);
             } else if (pl->direct_kv) {
-                const float *kd = (const float *)p->k + s.k_off + t0 * p->k_seq_stride + (int64_t)g * p->k_head_stride;
-                const float *vd = (const float *)p->v + s.v_off + t0 * p->v_seq_stride + (int64_t)g * p->v_head_stride;
-                pl->kern->attend_tile_f32(qh, D, m, D, kd, vd, p->k_seq_stride, n, lo, hi, &st[hh], scores);
+                const float *kd = (const float *)p->k + kv_token_offset(pl, u.b, s.k_off, t0, p->k_batch_stride, p->k_seq_stride) +
+                                  (int64_t)g * p->k_head_stride;
+                const float *vd = (const float *)p->v + kv_token_offset(pl, u.b, s.v_off, t0, p->v_batch_stride, p->v_seq_stride) +
+                                  (int64_t)g * p->v_head_stride;
+                pl->kern->attend_tile_f32(qh, D, m, D, kd, vd, p->k_seq_stride, (int)n, lo, hi, &st[hh], scores);
             } else {
-                pack_kv(pl, p->k, s.k_off, p->k_seq_stride, p->k_head_stride, g, t0, n, kpack);
-                pack_kv(pl, p->v, s.v_off, p->v_seq_stride, p->v_head_stride, g, t0, n, vpack);
-                pl->kern->attend_tile_f32(qh, D, m, D, kpack, vpack, D, n, lo, hi, &st[hh], scores);
+                pack_kv(pl, p->k, u.b, s.k_off, p->k_batch_stride, p->k_seq_stride, p->k_head_stride, g, t0, n, kpack);
+                pack_kv(pl, p->v, u.b, s.v_off, p->v_batch_stride, p->v_seq_stride, p->v_head_stride, g, t0, n, vpack);
+                pl->kern->attend_tile_f32(qh, D, m, D, kpack, vpack, D, (int)n, lo, hi, &st[hh], scores);
             }
         }
     }
@@ -325,7 +362,7 @@ static void merge_unit(void *arg, int64_t task, int worker) {
     const plan *pl = arg;
     const qattn_params *p = pl->p;
     unit u = unit_of(pl, task * pl->n_split);
-    qattn_seq s = qattn_seq_view(p, u.b);
+    qattn_seq s = seq_view(pl, u.b);
     int64_t i0 = u.qb * pl->block_pos;
     if (i0 >= s.lq) return;
     int n_pos = (int)(s.lq - i0 < pl->block_pos ? s.lq - i0 : pl->block_pos);
@@ -369,11 +406,14 @@ qattn_status qattn_cpu_workspace_size(qattn_ctx *ctx, const qattn_params *p, siz
     return QATTN_OK;
 }
 
-qattn_status qattn_cpu_forward(qattn_ctx *ctx, const qattn_params *p) {
+qattn_status qattn_cpu_forward(qattn_ctx *ctx, const qattn_params *p) { return qattn_cpu_forward_kv(ctx, p, NULL); }
+
+qattn_status qattn_cpu_forward_kv(qattn_ctx *ctx, const qattn_params *p, const qattn_kv_rows *kv) {
     qattn_status s = check_precision(ctx, p);
     if (s != QATTN_OK) return s;
     plan pl;
     make_plan(&pl, ctx, p);
+    pl.kv = kv;
     if (pl.n_units == 0) return QATTN_OK; /* no query rows anywhere */
     int nw = n_workers(ctx, &pl);
     size_t need = plan_bytes(&pl, nw);

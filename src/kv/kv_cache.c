@@ -158,33 +158,37 @@ static void store_token(qattn_kv_cache *c, int32_t phys, int off, int h, const f
     }
 }
 
-qattn_status qattn_kv_cache_append(qattn_ctx *ctx, qattn_kv_cache *cache, int32_t seq, const void *k, const void *v, int64_t n_tokens,
-                                   int32_t in_dtype) {
-    if (!ctx) return QATTN_ERR_NULL_POINTER;
-    qattn_status s = check_cache_seq(ctx, cache, seq, "qattn_kv_cache_append");
+/* The appends, with rotary keys (rot given, checked) or without (rot NULL); fn names the caller. */
+static qattn_status append_tokens(qattn_ctx *ctx, qattn_kv_cache *cache, int32_t seq, const void *k, const void *v, int64_t n_tokens,
+                                  int32_t in_dtype, const qattn_rotary *rot, const char *fn) {
+    qattn_status s = check_cache_seq(ctx, cache, seq, fn);
     if (s != QATTN_OK) return s;
-    if (n_tokens < 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_cache_append: n_tokens is %lld", (long long)n_tokens);
-    if (n_tokens == 0) return QATTN_OK;
-    if (!k || !v) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "qattn_kv_cache_append: %s is NULL", !k ? "k" : "v");
+    if (n_tokens < 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s: n_tokens is %lld", fn, (long long)n_tokens);
+    if (rot) s = qattn_rotary_check(ctx, fn, rot, cache->head_dim);
+    if (s != QATTN_OK || n_tokens == 0) return s;
+    if (!k || !v) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "%s: %s is NULL", fn, !k ? "k" : "v");
     if (in_dtype != QATTN_DTYPE_F32 && in_dtype != QATTN_DTYPE_F16 && in_dtype != QATTN_DTYPE_BF16)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_cache_append: input dtype %d (%s) is not f32, f16 or bf16", in_dtype,
-                          dtype_name(in_dtype));
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s: input dtype %d (%s) is not f32, f16 or bf16", fn, in_dtype, dtype_name(in_dtype));
     qattn_kv_cache *c = cache;
     int64_t len = c->seq_len[seq], BS = c->block_size;
+    if (rot) {
+        s = qattn_rotary_check_positions(ctx, fn, rot, "the keys", len, n_tokens);
+        if (s != QATTN_OK) return s;
+    }
     if (n_tokens > INT32_MAX || len + n_tokens > INT32_MAX)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_cache_append: sequence %d would hold %lld tokens (limit 2^31-1)", seq,
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s: sequence %d would hold %lld tokens (limit 2^31-1)", fn, seq,
                           (long long)(len + n_tokens));
     int64_t nb_old = ceil_div(len, BS), nb_new = ceil_div(len + n_tokens, BS);
     if (nb_new > c->max_blocks_per_seq)
         return qattn_fail(ctx, QATTN_ERR_CAPACITY,
-                          "qattn_kv_cache_append: sequence %d would need %lld blocks; the block table holds %lld per sequence", seq,
+                          "%s: sequence %d would need %lld blocks; the block table holds %lld per sequence", fn, seq,
                           (long long)nb_new, (long long)c->max_blocks_per_seq);
     int32_t *table = table_of(c, seq);
     bool cow = len % BS != 0 && c->refcount[table[nb_old - 1]] > 1;
     int64_t need = nb_new - nb_old + (cow ? 1 : 0);
     if (need > c->n_free)
         return qattn_fail(ctx, QATTN_ERR_CAPACITY,
-                          "qattn_kv_cache_append: %lld tokens for sequence %d need %lld free blocks%s; %lld of %lld are free", (long long)n_tokens,
+                          "%s: %lld tokens for sequence %d need %lld free blocks%s; %lld of %lld are free", fn, (long long)n_tokens,
                           seq, (long long)need, cow ? " (one for copy-on-write)" : "", (long long)c->n_free, (long long)c->n_blocks);
     int64_t row = (int64_t)c->n_kv_heads * c->head_dim;
     if (c->dtype == QATTN_DTYPE_I8) { /* a non-finite value has no INT8 code: refuse before changing anything */
@@ -193,9 +197,16 @@ qattn_status qattn_kv_cache_append(qattn_ctx *ctx, qattn_kv_cache *cache, int32_
                 float x = qattn_load(which ? v : k, in_dtype, i);
                 if (!isfinite(x))
                     return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT,
-                                      "qattn_kv_cache_append: %s[%lld] is %g; an INT8 cache stores finite values only", which ? "v" : "k",
+                                      "%s: %s[%lld] is %g; an INT8 cache stores finite values only", fn, which ? "v" : "k",
                                       (long long)i, (double)x);
             }
+    }
+    if (c->dtype == QATTN_DTYPE_I8 && rot) { /* finite keys stay finite under a finite rotation: check the table rows used */
+        int half = rot->dim / 2;
+        for (int64_t i = len * half; i < (len + n_tokens) * half; i++)
+            if (!isfinite(rot->cos[i]) || !isfinite(rot->sin[i]))
+                return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s: rotary table entry %lld (row %lld) is not finite; an INT8 cache stores finite values only",
+                                  fn, (long long)i, (long long)(i / half));
     }
     /* From here on nothing can fail. */
     if (cow) {
@@ -215,11 +226,27 @@ qattn_status qattn_kv_cache_append(qattn_ctx *ctx, qattn_kv_cache *cache, int32_
                 kx[i] = qattn_load(k, in_dtype, base + i);
                 vx[i] = qattn_load(v, in_dtype, base + i);
             }
+            if (rot) qattn_rotary_row(rot, pos, kx);
             store_token(c, phys, (int)(pos % BS), h, kx, vx);
         }
     }
     c->seq_len[seq] = len + n_tokens;
     return QATTN_OK;
+}
+
+qattn_status qattn_kv_cache_append(qattn_ctx *ctx, qattn_kv_cache *cache, int32_t seq, const void *k, const void *v, int64_t n_tokens,
+                                   int32_t in_dtype) {
+    if (!ctx) return QATTN_ERR_NULL_POINTER;
+    return append_tokens(ctx, cache, seq, k, v, n_tokens, in_dtype, NULL, "qattn_kv_cache_append");
+}
+
+qattn_status qattn_kv_cache_append_rotary(qattn_ctx *ctx, qattn_kv_cache *cache, int32_t seq, const void *k, const void *v, int64_t n_tokens,
+                                          int32_t in_dtype, const float *cos, const float *sin, int64_t rotary_len, int32_t rotary_dim,
+                                          int32_t interleaved) {
+    if (!ctx) return QATTN_ERR_NULL_POINTER;
+    ctx->last_error[0] = '\0';
+    qattn_rotary rot = {cos, sin, rotary_len, rotary_dim, interleaved};
+    return append_tokens(ctx, cache, seq, k, v, n_tokens, in_dtype, &rot, "qattn_kv_cache_append_rotary");
 }
 
 qattn_status qattn_kv_cache_free_seq(qattn_ctx *ctx, qattn_kv_cache *cache, int32_t seq) {

@@ -102,4 +102,24 @@ void qattn_kv_quantize_q16(const float *q, int d, int16_t *q16, float *qsc);
  * clamped to [-127, 127] (0 scale and 0 codes for an all-zero row). Returns the scale. */
 float qattn_kv_quantize_row(const float *x, int d, int8_t *codes);
 
+/* Rotary embedding tables (src/kv/rotary.c): cos, sin float32 [len][dim / 2]; dim even, 2..D;
+ * interleaved: channel pairs (2c, 2c+1), else (c, c + dim/2). Rule: include/qattn.h,
+ * qattn_kvcache_params. */
+typedef struct qattn_rotary {
+    const float *cos, *sin;
+    int64_t len;
+    int32_t dim, interleaved;
+} qattn_rotary;
+
+/* Checks a rotary description for rows of head_dim values; messages start with fn. */
+qattn_status qattn_rotary_check(qattn_ctx *ctx, const char *fn, const qattn_rotary *r, int32_t head_dim);
+
+/* QATTN_ERR_INVALID_ARGUMENT naming `what` when positions first .. first + n - 1 (n >= 1) do not
+ * all lie in the table (first < 0 or first + n > len). */
+qattn_status qattn_rotary_check_positions(qattn_ctx *ctx, const char *fn, const qattn_rotary *r, const char *what, int64_t first, int64_t n);
+
+/* Rotates the first r->dim values of row x at table row pos (checked by the caller), each pair in
+ * double, rounded once to float. */
+void qattn_rotary_row(const qattn_rotary *r, int64_t pos, float *x);
+
 #endif

@@ -568,7 +568,7 @@ def test_context_failure_says_why(tmp_path):
 
 def test_help_lists_every_isa():
     info = run_cli("info", "--json")
-    for cmd in (["run"], ["bench"], ["info"], ["bench", "--decode"], []):
+    for cmd in (["run"], ["bench"], ["info"], ["bench", "--decode"], ["bench", "--kvcache"], []):
         r = run_cli(*cmd, "--help")
         assert r.returncode == 0
         for isa in ("ref", "avx2", "avxvnni", "avx512"):
@@ -684,3 +684,19 @@ def test_accuracy_progress_and_verdict():
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     r = run_cli("accuracy", "--inputs", "normal,bogus")
     assert r.returncode == 2 and "bogus" in r.stderr
+
+
+def test_bench_kvcache_json_and_errors():
+    """qattn bench --kvcache: one JSON line whose outputs match the FP64 oracle as closely as the
+    plain forward on the gathered keys; a page size the library refuses is one stderr line, exit 1."""
+    for page in (16, 0):
+        r = run_cli("bench", "--kvcache", "--kv-len", 77, "--seqlen-q", 5, "--heads", 4, "--kv-heads", 2, "--head-dim", 64,
+                    "--page-size", page, "--rotary-dim", 32, "--dtype", "fp32", "--iters", 1, "--threads", 1, "--json")
+        assert r.returncode == 0, r.stderr
+        row = json.loads(r.stdout)
+        assert row["bench"] == "kvcache" and row["page_size"] == page and row["kv_len"] == 77
+        assert row["rel_l2"] < 1e-5 and row["forward_rel_l2"] < 1e-5 and row["seconds"] > 0
+    r = run_cli("bench", "--kvcache", "--page-size", 24, "--kv-len", 40, "--iters", 1)
+    assert r.returncode == 1 and "page_size is 24" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    r = run_cli("bench", "--kvcache", "--rotary-dim", 7)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr

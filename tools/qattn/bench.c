@@ -61,6 +61,8 @@ static void print_bench_help(void) {
            "decode B1 H32 HK8 Lq1 Lk 8192/32768 D128.\n"
            "  qattn bench --decode --kv-len N --kv-dtype fp16|bf16|int8 ...: decode over a paged KV cache\n"
            "            (qattn bench --decode --help lists its options).\n"
+           "  qattn bench --kvcache --kv-len N --page-size P ...: qattn_forward_kvcache (append, rotary, attention over\n"
+           "            paged cache tensors) vs qattn_forward on the gathered keys (qattn bench --kvcache --help).\n"
            "  GFLOP/s = 4*H*D*(visible query-key pairs, summed over the batch) / median time;\n"
            "            causal and windowed shapes count exactly the visible pairs.\n"
            "  GB/s    = bytes of Q, K, V read once (fp16/bf16: 2-byte inputs) + O written once\n"
@@ -487,6 +489,8 @@ static void choose_best_backend(cli_opts *o) {
 int qattn_cli_bench(int argc, char **argv) {
     for (int i = 1; i < argc; i++) /* decode over a paged KV cache has its own flags */
         if (cli_flag_is(argv[i], "--decode")) return qattn_cli_bench_decode(argc, argv);
+    for (int i = 1; i < argc; i++) /* append + rotary + attention over cache tensors: its own flags too */
+        if (cli_flag_is(argv[i], "--kvcache")) return qattn_cli_bench_kvcache(argc, argv);
     if (qattn_cli_bench_dist_wanted(argc, argv)) return qattn_cli_bench_dist(argc, argv); /* across ranks */
     cli_opts o;
     int parsed = parse_bench_args(argc, argv, &o);

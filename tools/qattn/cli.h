@@ -22,6 +22,7 @@ int qattn_cli_calibrate(int argc, char **argv); /* tools/qattn/calibrate.c */
  * v_mean point into *mem; free(*mem) when done). 0, or -1 after printing why. */
 int cli_load_calibration(const char *path, int32_t kv_heads, int32_t head_dim, qattn_calibration *cal, float **mem, const char *command);
 int qattn_cli_bench_decode(int argc, char **argv); /* tools/qattn/bench_decode.c: qattn bench --decode */
+int qattn_cli_bench_kvcache(int argc, char **argv); /* tools/qattn/bench_kvcache.c: qattn bench --kvcache */
 /* tools/qattn/bench_dist.c: qattn bench --dist mpi|nccl (wanted: 1 if argv asks for it) */
 int qattn_cli_bench_dist(int argc, char **argv);
 int qattn_cli_bench_dist_wanted(int argc, char **argv);
