@@ -97,6 +97,7 @@ typedef enum qattn_precision {
     QATTN_PRECISION_INT8 = 4,     /* dynamic token-level INT8 quantization, see int8_scheme */
     QATTN_PRECISION_FP8_E4M3 = 5, /* emulated FP8 attention (accuracy comparisons, CPU only) */
     QATTN_PRECISION_FP8_E5M2 = 6,
+    QATTN_PRECISION_INT4 = 7,     /* Q, K as 4-bit codes [-7, 7] (INT8 default scheme otherwise; CPU only; docs/FORMAT.md section 8) */
 } qattn_precision;
 
 /* INT8 schemes (docs/FORMAT.md describes each). */
