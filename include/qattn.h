@@ -5,7 +5,8 @@
  *     O = softmax(scale * Q K^T + mask) V
  *
  * without ever materialising the Lq x Lk score matrix (online softmax, in tiles),
- * for Q, K, V in FP32 / FP16 / BF16 (FP32 accumulation) and, approximately, in INT8.
+ * for Q, K, V in FP32 / FP16 / BF16 (FP32 accumulation) and, approximately, in INT8 (and, on the
+ * CPU, with 4-bit Q/K codes: QATTN_PRECISION_INT4).
  *
  * Usage:
  *
