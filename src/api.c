@@ -430,7 +430,7 @@ qattn_status qattn_validate(qattn_ctx *ctx, const qattn_params *p, bool read_off
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qkv_dtype %d is not a qattn_dtype (f32, f16, bf16)", p->qkv_dtype);
     if (p->o_dtype < QATTN_DTYPE_F32 || p->o_dtype > QATTN_DTYPE_BF16)
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "o_dtype %d (%s) is not an output dtype (f32, f16, bf16)", p->o_dtype, dtype_name(p->o_dtype));
-    if (p->precision < QATTN_PRECISION_AUTO || p->precision > QATTN_PRECISION_FP8_E5M2)
+    if (p->precision < QATTN_PRECISION_AUTO || p->precision > QATTN_PRECISION_INT4)
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "precision %d is not a qattn_precision", p->precision);
     if (p->int8_scheme < QATTN_INT8_DEFAULT || p->int8_scheme > QATTN_INT8_SAGE)
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "int8_scheme %d is not a qattn_int8_scheme", p->int8_scheme);

@@ -321,7 +321,7 @@ bool qattn_view_is_injective(int64_t n0, int64_t s0, int64_t n1, int64_t s1, int
 int64_t qattn_view_max_index(int64_t n0, int64_t s0, int64_t n1, int64_t s1, int64_t n2, int64_t s2, int64_t d);
 qattn_status qattn_cpu_workspace_size(qattn_ctx *ctx, const qattn_params *p, size_t *bytes);
 
-/* Low-precision CPU paths (precision INT8 / FP8_E4M3 / FP8_E5M2), src/cpu/forward_lowp.c. */
+/* Low-precision CPU paths (precision INT8 / INT4 / FP8_E4M3 / FP8_E5M2), src/cpu/forward_lowp.c. */
 qattn_status qattn_cpu_forward_lowp(qattn_ctx *ctx, const qattn_params *p);
 qattn_status qattn_cpu_lowp_workspace_size(qattn_ctx *ctx, const qattn_params *p, size_t *bytes);
 /* INT8 default scheme with a calibration's static channel transforms (p and cal validated). */
@@ -333,7 +333,8 @@ qattn_status qattn_calib_accumulate(qattn_ctx *ctx, const qattn_params *p, qattn
 qattn_status qattn_check_calibration(qattn_ctx *ctx, const qattn_calibration *cal, int32_t kv_heads, int32_t head_dim, bool stats);
 
 static inline bool qattn_precision_is_lowp(int32_t precision) {
-    return precision == QATTN_PRECISION_INT8 || precision == QATTN_PRECISION_FP8_E4M3 || precision == QATTN_PRECISION_FP8_E5M2;
+    return precision == QATTN_PRECISION_INT8 || precision == QATTN_PRECISION_INT4 || precision == QATTN_PRECISION_FP8_E4M3 ||
+           precision == QATTN_PRECISION_FP8_E5M2;
 }
 
 /* State views into a contiguous block laid out as max[m], sum[m], acc[m][d]. */

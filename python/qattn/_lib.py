@@ -22,7 +22,7 @@ QATTN_ERR_CAPACITY = -7
 
 DTYPE_F32, DTYPE_F16, DTYPE_BF16, DTYPE_I8 = 0, 1, 2, 3
 
-PRECISIONS = {"auto": 0, "fp32": 1, "fp16": 2, "bf16": 3, "int8": 4, "fp8_e4m3": 5, "fp8_e5m2": 6}
+PRECISIONS = {"auto": 0, "fp32": 1, "fp16": 2, "bf16": 3, "int8": 4, "fp8_e4m3": 5, "fp8_e5m2": 6, "int4": 7}
 INT8_SCHEMES = {"qattn": 0, "intfa": 1, "sage": 2}  # the names include/qattn.h and docs/FORMAT.md give
 BACKENDS = {"auto": 0, "cpu": 1, "cuda": 2}
 BACKEND_NAMES = {v: k for k, v in BACKENDS.items()}

@@ -711,6 +711,7 @@ qattn_status qattn_lowp_forward_static(qattn_ctx *ctx, const qattn_params *p, co
     int32_t smooth[3] = {0, cfg->k_smooth, cfg->v_smooth};
     bool fp_v = cfg->p_mode == QATTN_P_FP32;
     bool qk_joint = cfg->qk_smooth > 0; /* Q and K in one call (channel smoothing) */
+    int32_t qk_code_max = cfg->qk_code_max > 0 ? cfg->qk_code_max : 127; /* 7: INT4 */
     s = QATTN_OK;
     for (int w = 0; w < 3 && s == QATTN_OK; w++) {
         if (w == 2 && fp_v) continue;
@@ -730,10 +731,10 @@ qattn_status qattn_lowp_forward_static(qattn_ctx *ctx, const qattn_params *p, co
             s = qattn_quantize_tensor_fixed_mean(ctx, p, w, t);
         } else if (w == 1 && qk_joint) { /* Q (set up at w = 0) and K together */
             qattn_qk_static qs = {stat ? stat->k_factor : NULL, stat ? stat->k_mean : NULL};
-            s = qattn_quantize_qk_smoothed(ctx, p, cfg->qk_smooth, cfg->qk_smooth_min_exp, cfg->qk_rotate, qs.k_factor && qs.k_mean ? &qs : NULL,
-                                           &qi.q, &qi.k, NULL);
+            s = qattn_quantize_qk_smoothed(ctx, p, cfg->qk_smooth, cfg->qk_smooth_min_exp, cfg->qk_rotate, qk_code_max,
+                                           qs.k_factor && qs.k_mean ? &qs : NULL, &qi.q, &qi.k, NULL);
         } else if (w != 0 || !qk_joint)
-            s = qattn_quantize_tensor(ctx, p, w, t);
+            s = qattn_quantize_tensor_codes(ctx, p, w, t, w < 2 ? qk_code_max : 127);
     }
     if (s == QATTN_OK)
         s = qattn_lowp_run_quantized(ctx, p, &qi, cfg->p_mode, fp_v ? p->v : NULL, mem ? mem + qb.total : NULL,
@@ -742,10 +743,16 @@ qattn_status qattn_lowp_forward_static(qattn_ctx *ctx, const qattn_params *p, co
     return s;
 }
 
+/* The configuration p asks for: precision INT4's, else its INT8 scheme's. */
+static void cfg_of(const qattn_params *p, qattn_lowp_cfg *cfg) {
+    if (p->precision == QATTN_PRECISION_INT4) qattn_lowp_int4_cfg(cfg);
+    else qattn_lowp_scheme_cfg(p->int8_scheme, cfg);
+}
+
 qattn_status qattn_cpu_forward_lowp(qattn_ctx *ctx, const qattn_params *p) {
     if (p->precision == QATTN_PRECISION_FP8_E4M3 || p->precision == QATTN_PRECISION_FP8_E5M2) return qattn_fp8_forward(ctx, p);
     qattn_lowp_cfg cfg;
-    qattn_lowp_scheme_cfg(p->int8_scheme, &cfg);
+    cfg_of(p, &cfg);
     return qattn_lowp_forward_cfg(ctx, p, &cfg);
 }
 
@@ -766,7 +773,7 @@ qattn_status qattn_cpu_lowp_workspace_size(qattn_ctx *ctx, const qattn_params *p
         return QATTN_OK;
     }
     qattn_lowp_cfg cfg;
-    qattn_lowp_scheme_cfg(p->int8_scheme, &cfg);
+    cfg_of(p, &cfg);
     *bytes = p->batch == 0 ? 0 : dynamic_bytes(ctx, p, &cfg, NULL);
     return QATTN_OK;
 }

@@ -62,6 +62,8 @@ qattn_status check(qattn_ctx *ctx, const qattn_params *p) {
         if (p->head_dim != 64 && p->head_dim != 128)
             return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA INT8 path supports head_dim 64 and 128 (head_dim is %d)", p->head_dim);
         break;
+    case QATTN_PRECISION_INT4:
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "precision INT4 runs on the CPU backend only (the CUDA backend has no 4-bit kernels)");
     default:
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "precision %d is not supported by the CUDA backend (AUTO, FP16, BF16, INT8 are)", p->precision);
     }

@@ -188,12 +188,18 @@ typedef struct qattn_lowp_cfg {
     int32_t qk_smooth_min_exp;
     /* With qk_smooth: also rotate Q and K rows by the block Hadamard transform (qattn_rotate_row). */
     int32_t qk_rotate;
+    /* Largest Q/K code: 0 = 127 (INT8); 7 = INT4 codes in [-7, 7] (precision INT4), held one per
+     * int8 so that the INT8 kernels and driver run them unchanged. */
+    int32_t qk_code_max;
 } qattn_lowp_cfg;
 
 #define QATTN_QK_SMOOTH_MAX_EXP 32
 
 /* The configuration of a named scheme (qattn_int8_scheme). */
 void qattn_lowp_scheme_cfg(int32_t scheme, qattn_lowp_cfg *cfg);
+/* The configuration of precision INT4 (src/cpu/lowp_int4.c, docs/FORMAT.md section 8): the default
+ * scheme with 4-bit Q and K codes. */
+void qattn_lowp_int4_cfg(qattn_lowp_cfg *cfg);
 
 /* qattn_forward at precision INT8 with an explicit configuration (for measuring candidate
  * schemes: tools/qattn/accuracy.c, tests). p is validated here. */
@@ -235,6 +241,10 @@ static inline int64_t qattn_scale_index(int32_t gran, int32_t block, int64_t b, 
 qattn_status qattn_quant_check_tensor(qattn_ctx *ctx, int32_t which, int32_t granularity, int32_t block_size);
 /* Quantize one tensor of p without re-validating p (threads over (sequence, head)). */
 qattn_status qattn_quantize_tensor(qattn_ctx *ctx, const qattn_params *p, int32_t which, qattn_int8_tensor *t);
+/* The same with codes in [-code_max, code_max] (1 <= code_max <= 127; scale = amax / code_max):
+ * 127 is INT8, 7 the INT4 precision's Q and K codes (docs/FORMAT.md section 8), still one code per
+ * int8. PER_TOKEN and PER_BLOCK honour code_max; PER_HEAD too; PER_CHANNEL (V only) is INT8. */
+qattn_status qattn_quantize_tensor_codes(qattn_ctx *ctx, const qattn_params *p, int32_t which, qattn_int8_tensor *t, int32_t code_max);
 int64_t qattn_quant_scale_count(const qattn_params *p, int32_t which, int32_t granularity, int32_t block_size);
 
 /* Per-channel Q/K smoothing (docs/FORMAT.md section 7): factors f[g][c] = 2^e (|e| <= max_exp; 1
@@ -249,8 +259,10 @@ int64_t qattn_quant_scale_count(const qattn_params *p, int32_t which, int32_t gr
 typedef struct qattn_qk_static {
     const float *k_factor, *k_mean; /* [HK][D] */
 } qattn_qk_static;
+/* code_max: the codes' range [-code_max, code_max] (127 INT8, 7 INT4), scales amax / code_max. */
 qattn_status qattn_quantize_qk_smoothed(qattn_ctx *ctx, const qattn_params *p, int32_t max_exp, int32_t min_exp, int32_t rotate,
-                                        const qattn_qk_static *stat, qattn_int8_tensor *tq, qattn_int8_tensor *tk, float *factor_out);
+                                        int32_t code_max, const qattn_qk_static *stat, qattn_int8_tensor *tq, qattn_int8_tensor *tk,
+                                        float *factor_out);
 /* Block Hadamard rotation: every value times pre, then blocks of n = qattn_rotate_block(d) channels
  * (the largest power of two dividing d, at most 128) each transformed in place by the unnormalised
  * Walsh-Hadamard butterfly (stages len = 1, 2, 4, .., n/2; pairs (k, k + len): y[k] = a + c,

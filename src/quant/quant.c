@@ -83,8 +83,12 @@ typedef struct qjob {
     int64_t mul_bstride, mul_group;
     bool rotate;        /* with mul: then y times pre and the block Hadamard transform (qattn_rotate_row) */
     float pre;
-    int32_t scale_shift; /* PER_TOKEN codes: stored scale = (amax / 127) * 2^scale_shift */
+    int32_t scale_shift; /* PER_TOKEN codes: stored scale = (amax / cmax) * 2^scale_shift */
+    float code_max;      /* cmax, the largest code: 0 = 127 (INT8); 7 for INT4's Q and K */
 } qjob;
+
+/* The code range of a job: [-cmax, cmax]. */
+static inline float job_code_max(const qjob *j) { return j->code_max > 0.0f ? j->code_max : 127.0f; }
 
 static inline float ld(const qjob *j, int64_t off, int64_t pos, int64_t c) {
     return qattn_load(j->v.src, j->p->qkv_dtype, off + pos * j->v.ss + c);
@@ -135,10 +139,11 @@ static int64_t first_bad(const float *row, int64_t d) {
     return 0;
 }
 
-/* 127 / amax, or 0 for an all-zero group: codes are clamp(nearbyint(y * inv), -127, 127), the
+/* cmax / amax, or 0 for an all-zero group: codes are clamp(nearbyint(y * inv), -127, 127), the
  * quant_row kernels' rule (x * inv with |x| <= amax cannot overflow; the clamp catches the
- * product rounding to just above 127). */
-static inline float inv_scale(float amax) { return amax > 0.0f ? 127.0f / amax : 0.0f; }
+ * product rounding to just above 127). With cmax = 7 (INT4) |y * inv| <= 7 (1 + 2^-22), which
+ * rounds to at most 7: the same kernels give codes in [-7, 7] without another clamp. */
+static inline float inv_scale(float amax, float cmax) { return amax > 0.0f ? cmax / amax : 0.0f; }
 
 static inline int8_t to_code(float y, float inv) {
     float c = nearbyintf(y * inv);
@@ -198,14 +203,14 @@ static void quant_task(void *arg, int64_t task, int worker) {
                     amax = a > amax ? a : amax;
                 }
             }
-            float inv = inv_scale(amax);
+            float inv = inv_scale(amax, job_code_max(j));
             for (int64_t i = i0; i < i1; i++) {
                 const float *row = ld_row(j, off, i, D, rowbuf);
                 for (int64_t c = 0; c < D; c++) y[c] = row[c] - mu[c];
                 j->kern->quant_row(y, (int)D, inv, dst + i * t->seq_stride);
             }
             int64_t si = qattn_scale_index(gran, t->block_size, b, tok0 + i0, i0, h, Ht, j->v.max_len, D, 0);
-            t->scale[si] = amax / 127.0f;
+            t->scale[si] = amax / job_code_max(j);
         }
     } else { /* PER_CHANNEL */
         for (int64_t c = 0; c < D; c++) {
@@ -214,7 +219,7 @@ static void quant_task(void *arg, int64_t task, int worker) {
                 float a = fabsf(ld(j, off, i, c) - mu[c]);
                 amax = a > amax ? a : amax;
             }
-            float inv = inv_scale(amax);
+            float inv = inv_scale(amax, 127.0f); /* V only: never INT4 */
             for (int64_t i = 0; i < n; i++) dst[i * t->seq_stride + c] = to_code(ld(j, off, i, c) - mu[c], inv);
             t->scale[(b * Ht + h) * D + c] = amax / 127.0f;
         }
@@ -302,8 +307,8 @@ static void quant_tok_task(void *arg, int64_t task, int worker) {
                     amax = K->scale_center_amax ? K->scale_center_amax(row, f, mu, (int)D, y) : scale_center_amax(row, f, mu, D, y);
             } else
                 amax = j->kern->center_amax ? j->kern->center_amax(row, mu, (int)D, y) : row_center_amax(row, mu, D, y);
-            j->kern->quant_row(y, (int)D, inv_scale(amax), t->data + toff0 + h * t->head_stride + i * t->seq_stride);
-            t->scale[(tok0 + i) * Ht + h] = ldexpf(amax / 127.0f, j->scale_shift);
+            j->kern->quant_row(y, (int)D, inv_scale(amax, job_code_max(j)), t->data + toff0 + h * t->head_stride + i * t->seq_stride);
+            t->scale[(tok0 + i) * Ht + h] = ldexpf(amax / job_code_max(j), j->scale_shift);
         }
 }
 
@@ -406,7 +411,11 @@ static qattn_status report_bad(qattn_ctx *ctx, const qjob *j, int32_t which, int
 }
 
 qattn_status qattn_quantize_tensor(qattn_ctx *ctx, const qattn_params *p, int32_t which, qattn_int8_tensor *t) {
-    qjob j = {.p = p, .v = view_of(p, which), .t = t, .kern = qattn_int8_kernels_for(ctx)};
+    return qattn_quantize_tensor_codes(ctx, p, which, t, 127);
+}
+
+qattn_status qattn_quantize_tensor_codes(qattn_ctx *ctx, const qattn_params *p, int32_t which, qattn_int8_tensor *t, int32_t code_max) {
+    qjob j = {.p = p, .v = view_of(p, which), .t = t, .kern = qattn_int8_kernels_for(ctx), .code_max = (float)code_max};
     int64_t tasks = p->batch * j.v.n_heads;
     if (tasks == 0) return QATTN_OK;
     bool tok_major = t->granularity == QATTN_QUANT_PER_TOKEN;
@@ -457,11 +466,12 @@ int32_t qattn_qk_smooth_exp(float qa, float ka, int32_t max_exp, int32_t min_exp
 }
 
 qattn_status qattn_quantize_qk_smoothed(qattn_ctx *ctx, const qattn_params *p, int32_t max_exp, int32_t min_exp, int32_t rotate,
-                                        const qattn_qk_static *stat, qattn_int8_tensor *tq, qattn_int8_tensor *tk, float *factor_out) {
+                                        int32_t code_max, const qattn_qk_static *stat, qattn_int8_tensor *tq, qattn_int8_tensor *tk,
+                                        float *factor_out) {
     int64_t B = p->batch, H = p->n_heads, HK = p->n_kv_heads, D = p->head_dim, group = H / HK;
     if (B == 0) return QATTN_OK;
-    qjob jq = {.p = p, .v = view_of(p, QATTN_TENSOR_Q), .t = tq, .kern = qattn_int8_kernels_for(ctx)};
-    qjob jk = {.p = p, .v = view_of(p, QATTN_TENSOR_K), .t = tk, .kern = qattn_int8_kernels_for(ctx)};
+    qjob jq = {.p = p, .v = view_of(p, QATTN_TENSOR_Q), .t = tq, .kern = qattn_int8_kernels_for(ctx), .code_max = (float)code_max};
+    qjob jk = {.p = p, .v = view_of(p, QATTN_TENSOR_K), .t = tk, .kern = qattn_int8_kernels_for(ctx), .code_max = (float)code_max};
     int64_t nchunk_q = (jq.v.max_len + QCHUNK - 1) / QCHUNK, nchunk_k = (jk.v.max_len + QCHUNK - 1) / QCHUNK;
     bool dyn = stat == NULL;
     /* one allocation: bad flags of Q and K, factors (dynamic: [B][HK][D]; static: [HK][D]) and,

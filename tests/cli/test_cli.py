@@ -700,3 +700,26 @@ def test_bench_kvcache_json_and_errors():
     assert r.returncode == 1 and "page_size is 24" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
     r = run_cli("bench", "--kvcache", "--rotary-dim", 7)
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+
+
+# ---------------------------------------------------------------- precision int4
+
+
+def test_run_int4_is_worse_than_int8_and_bench_has_no_verdict(tmp_path):
+    """--precision int4 in run (4-bit Q/K: error ~0.1-0.2 on N(0,1), far above int8's) and in bench
+    (no tolerance defined: the row says so), and the accuracy tool's int4 row and verdict."""
+    rng = np.random.default_rng(17)
+    q, k, v = random_qkv(rng, 1, 113, 113, 4, 2, 64)
+    exact, _ = attention_f64(q, k, v, True, (-1, -1))
+    o4 = run_attention(tmp_path, q, k, v, "--precision", "int4", "--causal")
+    o8 = run_attention(tmp_path, q, k, v, "--precision", "int8", "--causal")
+    e4, e8 = rel_l2(o4, exact), rel_l2(o8, exact)
+    assert e4 < 0.3 and e8 < e4 / 4, (e4, e8)
+    r = run_cli("bench", "--seqlen-q", "64", "--heads", "2", "--head-dim", "64", "--precision", "int4", "--iters", "1")
+    assert r.returncode == 0 and "int4" in r.stdout, r.stdout + r.stderr
+    r = run_cli("accuracy", "--seqlen-q", "64", "--heads", "2", "--kv-heads", "1", "--head-dim", "64",
+                "--inputs", "normal", "--methods", "int4", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert any(l.strip().startswith("int4") and "bar" in l for l in r.stdout.splitlines()), r.stdout
+    r = run_cli(*good_inputs(tmp_path), "--out", tmp_path / "o.npy", "--precision", "int3")
+    assert r.returncode == 2 and "int4" in r.stderr

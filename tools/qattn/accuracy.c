@@ -1,7 +1,9 @@
 /* qattn accuracy: whole-tensor error of every precision / INT8 scheme against the FP64 oracle,
  * on N(0,1), U(0,1) and realistic inputs (outlier channels in K, an attention sink, heads of
  * very different scale, rotary-embedded keys with large channels, a sink plus outliers), and a
- * one-line verdict per method against the INT8 bar (rel L1 <= 0.02 everywhere, <= 0.013 on N(0,1)).
+ * one-line verdict per method against the INT8 bar (rel L1 <= 0.02 everywhere, <= 0.013 on N(0,1));
+ * int4 (4-bit Q/K codes) is far less accurate than INT8 and is held to the same bar, so its verdict
+ * says how far it is from INT8's.
  * Default (quick): B 1, H 8, HK 2, L 1024, D 128, non-causal (about half a minute on two cores).
  * --full: L 1k and 4k, causal and not, GQA and MHA, plus L 16k (H 2, HK 1, causal) on the inputs
  * with structure (several minutes: the FP64 oracle of L 4k costs ~17 GFLOP). Shape flags: that shape only.
@@ -197,15 +199,41 @@ static void cand_list(cand *c, int *n) {
     *n = i;
 }
 
+/* The candidates for precision int4 (docs/FORMAT.md section 8): which Q/K groups share a scale
+ * and whether the default scheme's channel transforms run before rounding to 4 bits. P and V are
+ * the INT8 default scheme's in all of them. */
+static void cand_list_int4(cand *c, int *n) {
+    qattn_lowp_cfg base;
+    qattn_lowp_scheme_cfg(QATTN_INT8_DEFAULT, &base);
+    base.qk_code_max = 7;
+    base.qk_smooth = base.qk_rotate = 0;
+    int i = *n;
+    c[i].name = "int4 T per token, no Q/K transform", c[i++].cfg = base;
+    qattn_lowp_cfg x = base;
+    x.q_gran = x.k_gran = QATTN_QUANT_PER_BLOCK;
+    x.q_block = x.k_block = 64;
+    c[i].name = "int4 B per block of 64 tokens", c[i++].cfg = x;
+    x = base;
+    x.qk_smooth = QATTN_QK_SMOOTH_MAX_EXP;
+    c[i].name = "int4 S T + channel balancing (2^e)", c[i++].cfg = x;
+    x = base;
+    x.qk_smooth = 1, x.qk_smooth_min_exp = 2, x.qk_rotate = 1; /* every factor 1: the rotation alone */
+    c[i].name = "int4 R T + Hadamard rotation", c[i++].cfg = x;
+    x.qk_smooth = QATTN_QK_SMOOTH_MAX_EXP, x.qk_smooth_min_exp = 0;
+    c[i].name = "int4 SR T + balancing + rotation", c[i++].cfg = x;
+    *n = i;
+}
+
 static void usage(void) {
     printf("usage: qattn accuracy [options]\n"
            "  --inputs LIST    comma-separated: normal,uniform,outlier,sink,heads,rotary,sinkout (default all)\n"
-           "  --methods LIST   comma-separated: fp16,bf16,fp8-e4m3,fp8-e5m2,int8-intfa,int8-sage,int8,int8-calibrated\n"
+           "  --methods LIST   comma-separated: fp16,bf16,fp8-e4m3,fp8-e5m2,int8-intfa,int8-sage,int8,int8-calibrated,int4\n"
            "                   (default all; int8-calibrated: the default scheme with static transforms from\n"
            "                   qattn_calibrate on another draw of the same inputs, another seed)\n"
            "                   kv-int8,kv-int8-calibrated (decode of the last 64 positions over an INT8 KV cache,\n"
            "                   plain or with that calibration; errors over those rows; B 1, Lq = Lk only)\n"
-           "  --candidates     also the candidate INT8 configurations for the default scheme\n"
+           "  --candidates     also the candidate INT8 configurations for the default scheme and the\n"
+           "                   candidate INT4 configurations (scale groups, Q/K transforms)\n"
            "  --full           L 1k and 4k, causal and not, GQA and MHA, and L 16k (several minutes);\n"
            "                   default: one quick shape (B 1, H 8, HK 2, L 1024, D 128); shape flags: that shape\n");
     cli_opts_print_help(stdout);
@@ -242,7 +270,7 @@ int qattn_cli_accuracy(int argc, char **argv) {
     cli_opts o;
     cli_opts_init(&o);
     const char *inputs = "normal,uniform,outlier,sink,heads,rotary,sinkout";
-    const char *methods = "fp16,bf16,fp8-e4m3,fp8-e5m2,int8-intfa,int8-sage,int8,int8-calibrated,kv-int8,kv-int8-calibrated";
+    const char *methods = "fp16,bf16,fp8-e4m3,fp8-e5m2,int8-intfa,int8-sage,int8,int8-calibrated,int4,kv-int8,kv-int8-calibrated";
     int candidates = 0, full = 0;
     for (int i = 1; i < argc; i++) {
         const char *val;
@@ -309,7 +337,7 @@ int qattn_cli_accuracy(int argc, char **argv) {
     qattn_ctx *ctx = cli_ctx_create(&co, CMD);
     if (!ctx) return CLI_EXIT_FAILURE;
 
-    method all[32];
+    method all[48];
     int nm = 0;
     static const method known[] = {
         {"fp16", QATTN_PRECISION_FP16, 0, 0},          {"bf16", QATTN_PRECISION_BF16, 0, 0},
@@ -317,6 +345,7 @@ int qattn_cli_accuracy(int argc, char **argv) {
         {"int8-intfa", QATTN_PRECISION_INT8, QATTN_INT8_INTFA, 0}, {"int8-sage", QATTN_PRECISION_INT8, QATTN_INT8_SAGE, 0},
         {"int8", QATTN_PRECISION_INT8, QATTN_INT8_DEFAULT, 0},
         {"int8-calibrated", QATTN_PRECISION_INT8, QATTN_INT8_DEFAULT, CAL_PREFILL},
+        {"int4", QATTN_PRECISION_INT4, 0, 0},
         {"kv-int8 (decode, last 64 rows)", QATTN_PRECISION_INT8, 0, KV_PLAIN},
         {"kv-int8-calibrated (decode, last 64)", QATTN_PRECISION_INT8, 0, KV_CALIBRATED},
     };
@@ -325,13 +354,14 @@ int qattn_cli_accuracy(int argc, char **argv) {
         snprintf(key, sizeof key, "%.*s", (int)strcspn(known[k].name, " "), known[k].name);
         if (in_list(methods, key)) all[nm++] = known[k];
     }
-    cand cands[24];
+    cand cands[32];
     int nc = 0;
     if (candidates) {
         cand_list(cands, &nc);
+        cand_list_int4(cands, &nc);
         for (int c = 0; c < nc; c++) all[nm++] = (method){cands[c].name, QATTN_PRECISION_INT8, 0, c + 1};
     }
-    verdict vd[32];
+    verdict vd[48];
     memset(vd, 0, sizeof vd);
     for (int mi = 0; mi < nm; mi++) vd[mi].worst = vd[mi].normal_worst = -1.0;
 

@@ -374,7 +374,8 @@ static int run_case(qattn_ctx *ctx, const cli_opts *o, const qattn_params *proto
     if (checked && p.precision == QATTN_PRECISION_INT8 && p.int8_scheme == QATTN_INT8_DEFAULT) {
         checked = int8_baseline(host, &p, r->oracle_rows, &r->baseline) == 0;
         r->tolerance = INT8_BASELINE_FACTOR * r->baseline + 1e-6;
-    } else if (p.precision != QATTN_PRECISION_INT8 && p.precision != QATTN_PRECISION_FP8_E4M3 && p.precision != QATTN_PRECISION_FP8_E5M2) {
+    } else if (p.precision != QATTN_PRECISION_INT8 && p.precision != QATTN_PRECISION_INT4 && p.precision != QATTN_PRECISION_FP8_E4M3 &&
+               p.precision != QATTN_PRECISION_FP8_E5M2) { /* quantized rows without a baseline get no tolerance */
         r->tolerance = FP_REL_L2_TOLERANCE;
     }
     qattn_ctx_destroy(host);

@@ -28,6 +28,7 @@ int cli_precision_from_name(const char *name) {
     if (!strcmp(name, "fp16")) return QATTN_PRECISION_FP16;
     if (!strcmp(name, "bf16")) return QATTN_PRECISION_BF16;
     if (!strcmp(name, "int8")) return QATTN_PRECISION_INT8;
+    if (!strcmp(name, "int4")) return QATTN_PRECISION_INT4;
     if (!strcmp(name, "fp8_e4m3")) return QATTN_PRECISION_FP8_E4M3;
     if (!strcmp(name, "fp8_e5m2")) return QATTN_PRECISION_FP8_E5M2;
     return -1;
@@ -40,6 +41,7 @@ const char *cli_precision_name(int32_t precision) {
     case QATTN_PRECISION_FP16: return "fp16";
     case QATTN_PRECISION_BF16: return "bf16";
     case QATTN_PRECISION_INT8: return "int8";
+    case QATTN_PRECISION_INT4: return "int4";
     case QATTN_PRECISION_FP8_E4M3: return "fp8_e4m3";
     case QATTN_PRECISION_FP8_E5M2: return "fp8_e5m2";
     default: return "?";
@@ -260,7 +262,7 @@ cli_flag_result cli_opts_parse_flag(cli_opts *o, int argc, char **argv, int *i, 
         if (r < 0) return CLI_FLAG_ERROR;
         int p = cli_precision_from_name(value);
         if (p < 0) {
-            cli_error(command, "--precision: '%s' is not one of fp32, fp16, bf16, int8, fp8_e4m3, fp8_e5m2", value);
+            cli_error(command, "--precision: '%s' is not one of fp32, fp16, bf16, int8, int4, fp8_e4m3, fp8_e5m2", value);
             return CLI_FLAG_ERROR;
         }
         o->precision = p;
@@ -321,7 +323,7 @@ void cli_opts_print_help(FILE *f) {
           "  --causal            causal mask, aligned to the bottom-right corner\n"
           "  --window L,R        local window (-1 = unbounded side)\n"
           "  --scale S           softmax scale (default 1/sqrt(D))\n"
-          "  --precision P       fp32|fp16|bf16|int8 (also fp8_e4m3, fp8_e5m2)\n"
+          "  --precision P       fp32|fp16|bf16|int8 (also int4: 4-bit Q/K codes, CPU; fp8_e4m3, fp8_e5m2)\n"
           "  --int8-scheme S     qattn|intfa|sage (with --precision int8)\n"
           "Execution:\n"
           "  --backend B         cpu|cuda (default: QATTN_BACKEND, else cuda if a GPU is visible, else cpu)\n"
