@@ -16,6 +16,7 @@
  * larger than INT8's on the same inputs (the codes really are 4-bit). LSE: within 2x the
  * baseline's largest LSE error + 0.05. */
 #define _POSIX_C_SOURCE 200112L /* posix_memalign */
+#include "harness.h"
 #include "qattn.h"
 #include "quant/lowp.h"
 
@@ -24,30 +25,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int n_checks, n_failed;
-#define CHECK(cond, ...)                                         \
-    do {                                                         \
-        n_checks++;                                              \
-        if (!(cond)) {                                           \
-            n_failed++;                                          \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                        \
-            fputc('\n', stderr);                                 \
-        }                                                        \
-    } while (0)
-
-static uint64_t rng_state = 0x51a7e4u;
-static uint64_t rnd_u64(void) {
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-static double rnd_unif(void) { return (double)(rnd_u64() >> 11) * (1.0 / 9007199254740992.0); }
-static double rnd_norm(void) {
-    double u = rnd_unif(), v = rnd_unif();
-    return sqrt(-2.0 * log(u + 1e-300)) * cos(6.283185307179586 * v);
-}
+/* Checks and the PRNG come from the shared harness (seed: QATTN_TEST_SEED, printed by th_init). */
+#define CHECK(cond, ...) TH_CHECK((cond), __VA_ARGS__)
+static th_rng rng;
+static double rnd_norm(void) { return th_rng_normal(&rng); }
 static void *xcalloc(size_t n) {
     void *p = calloc(n ? n : 1, 1);
     if (!p) {
@@ -273,9 +254,10 @@ static void check_bad_inputs(void) {
 }
 
 int main(void) {
+    th_init("test_int4");
+    th_rng_init(&rng, th_base_seed());
     printf("test_int4: precision INT4 against the FP64 oracle (tolerance 1.5 x the 4-bit baseline)\n");
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_case(&cases[i]);
     check_bad_inputs();
-    printf("test_int4: %d checks, %d failed\n", n_checks, n_failed);
-    return n_failed ? 1 : 0;
+    return th_finish();
 }
