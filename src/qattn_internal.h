@@ -41,7 +41,7 @@ typedef struct qattn_tile_state {
  *                 mask qattn supports is one). Keys outside it are skipped, not multiplied by 0,
  *                 so NaN/Inf in a masked key never reaches the row.
  *   scratch: at least m*n floats.
- * Rules (DESIGN.md §4): rescale only when the max grows; a row with no visible key so far keeps
+ * Rules: rescale only when the max grows; a row with no visible key so far keeps
  * row_max -inf, row_sum 0, acc 0. */
 typedef void (*qattn_attend_tile_fn)(const float *q, int64_t ldq, int m, int d,
                                      const float *k, const float *v, int64_t ldkv, int n,
