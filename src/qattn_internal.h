@@ -34,6 +34,57 @@ typedef struct qattn_tile_state {
     int64_t ld_acc;
 } qattn_tile_state;
 
+/* Score modifiers of one tile (softcap and ALiBi, qattn_params), in the kernels' base-2 units
+ * (a score is log2(e) * scale * q.k). Applied once per score, after Q K^T and before the row max:
+ *   s = cap * tanh(s / cap)                 when cap > 0   (cap = softcap * log2(e))
+ *   s = s - slope[r] * |diag[r] - j|        when slope != NULL (slope = ALiBi slope * log2(e))
+ * diag[r]: the tile-local key index on row r's diagonal, i + Lk - Lq - t0 (it may lie outside the
+ * tile); float, so distances are exact below 2^24 keys. The LSE of these scores is the LSE the
+ * header promises. NULL (or cap 0 and slope NULL) = no modifier. */
+typedef struct qattn_score_mod {
+    float cap;          /* 0 = no softcap */
+    float inv_cap;      /* 1 / cap */
+    const float *slope; /* [m] or NULL */
+    const float *diag;  /* [m], with slope */
+} qattn_score_mod;
+
+/* tanh for FP32: Eigen's odd rational approximation (degree 13 / 6 in x) on [-7.905, 7.905],
+ * where tanh rounds to +-1 beyond; x itself below 4e-4. Relative error at most 2.9e-7 (5 ulp)
+ * against FP64 tanh over all floats in [-20, 20] (checked exhaustively when written); NaN stays
+ * NaN, +-inf gives +-1. Written with fmaf so that a vector port in the same order gives the same
+ * bits; inline so that kernel files compiled with -mfma get vfmadd. */
+static inline float qattn_tanhf(float x) {
+    const float clamp = 7.90531110763549805f;
+    if (fabsf(x) < 0.0004f) return x;
+    float xc = x < -clamp ? -clamp : (x > clamp ? clamp : x); /* NaN passes through */
+    float x2 = xc * xc;
+    float p = fmaf(x2, -2.76076847742355e-16f, 2.00018790482477e-13f);
+    p = fmaf(p, x2, -8.60467152213735e-11f);
+    p = fmaf(p, x2, 5.12229709037114e-08f);
+    p = fmaf(p, x2, 1.48572235717979e-05f);
+    p = fmaf(p, x2, 6.37261928875436e-04f);
+    p = fmaf(p, x2, 4.89352455891786e-03f);
+    float q = fmaf(x2, 1.19825839466702e-06f, 1.18534705686654e-04f);
+    q = fmaf(q, x2, 2.26843463243900e-03f);
+    q = fmaf(q, x2, 4.89352518554385e-03f);
+    return p * xc / q;
+}
+
+static inline bool qattn_score_mod_active(const qattn_score_mod *mod) { return mod && (mod->cap > 0.0f || mod->slope); }
+
+/* Row r's scores s[lo, hi) (tile-local key indices) with mod applied in place. Kernels call it
+ * once per row, only when qattn_score_mod_active: no cost without modifiers. */
+static inline void qattn_score_mod_row(const qattn_score_mod *mod, int r, float *s, int lo, int hi) {
+    if (mod->cap > 0.0f) {
+        float cap = mod->cap, inv = mod->inv_cap;
+        for (int j = lo; j < hi; j++) s[j] = cap * qattn_tanhf(s[j] * inv);
+    }
+    if (mod->slope) {
+        float slope = mod->slope[r], diag = mod->diag[r];
+        for (int j = lo; j < hi; j++) s[j] -= slope * fabsf(diag - (float)j);
+    }
+}
+
 /* Update the state of m query rows with n keys of one K/V tile.
  *   q:   [m][ldq] FP32, already multiplied by scale*log2(e)
  *   k,v: [n][ldkv] FP32 (rounded to the call's precision by the packer)
@@ -41,11 +92,12 @@ typedef struct qattn_tile_state {
  *                 mask qattn supports is one). Keys outside it are skipped, not multiplied by 0,
  *                 so NaN/Inf in a masked key never reaches the row.
  *   scratch: at least m*n floats.
+ *   mod: softcap / ALiBi of the tile's rows (qattn_score_mod), or NULL.
  * Rules (DESIGN.md §4): rescale only when the max grows; a row with no visible key so far keeps
  * row_max -inf, row_sum 0, acc 0. */
 typedef void (*qattn_attend_tile_fn)(const float *q, int64_t ldq, int m, int d,
                                      const float *k, const float *v, int64_t ldkv, int n,
-                                     const int32_t *lo, const int32_t *hi,
+                                     const int32_t *lo, const int32_t *hi, const qattn_score_mod *mod,
                                      qattn_tile_state *st, float *scratch);
 
 /* Pack rows of a Q/K/V tensor to FP32 rounded to the call's precision, times mul:
@@ -64,7 +116,7 @@ typedef struct qattn_cpu_kernels {
 extern const qattn_cpu_kernels qattn_kernels_ref;
 /* The reference entries, for ISA tables to start from. */
 void qattn_attend_tile_f32_ref(const float *q, int64_t ldq, int m, int d, const float *k, const float *v, int64_t ldkv, int n,
-                               const int32_t *lo, const int32_t *hi, qattn_tile_state *st, float *scratch);
+                               const int32_t *lo, const int32_t *hi, const qattn_score_mod *mod, qattn_tile_state *st, float *scratch);
 void qattn_pack_rows_f32_ref(const void *src, int32_t dtype, int32_t precision, int64_t idx0, int64_t src_stride, int rows, int d,
                              float mul, float *dst, int64_t ldd);
 #if defined(QATTN_HAVE_X86)
