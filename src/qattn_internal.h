@@ -55,7 +55,6 @@ typedef struct qattn_score_mod {
  * bits; inline so that kernel files compiled with -mfma get vfmadd. */
 static inline float qattn_tanhf(float x) {
     const float clamp = 7.90531110763549805f;
-    if (fabsf(x) < 0.0004f) return x;
     float xc = x < -clamp ? -clamp : (x > clamp ? clamp : x); /* NaN passes through */
     float x2 = xc * xc;
     float p = fmaf(x2, -2.76076847742355e-16f, 2.00018790482477e-13f);
@@ -67,22 +66,30 @@ static inline float qattn_tanhf(float x) {
     float q = fmaf(x2, 1.19825839466702e-06f, 1.18534705686654e-04f);
     q = fmaf(q, x2, 2.26843463243900e-03f);
     q = fmaf(q, x2, 4.89352518554385e-03f);
-    return p * xc / q;
+    float r = p * xc / q;
+    return fabsf(x) < 0.0004f ? x : r; /* a select, not a branch: the row loops stay vectorisable */
 }
 
 static inline bool qattn_score_mod_active(const qattn_score_mod *mod) { return mod && (mod->cap > 0.0f || mod->slope); }
 
+/* The two steps of qattn_score_mod_row, for kernels that replace one with their own vector code. */
+static inline void qattn_score_softcap_row(const qattn_score_mod *mod, float *s, int lo, int hi) {
+    float cap = mod->cap, inv = mod->inv_cap;
+    for (int j = lo; j < hi; j++) s[j] = cap * qattn_tanhf(s[j] * inv);
+}
+
+static inline void qattn_score_alibi_row(const qattn_score_mod *mod, int r, float *s, int lo, int hi) {
+    float slope = mod->slope[r], diag = mod->diag[r];
+    for (int j = lo; j < hi; j++) s[j] -= slope * fabsf(diag - (float)j);
+}
+
 /* Row r's scores s[lo, hi) (tile-local key indices) with mod applied in place. Kernels call it
- * once per row, only when qattn_score_mod_active: no cost without modifiers. */
+ * once per row, only when qattn_score_mod_active: no cost without modifiers. GCC vectorises both
+ * loops for AVX-512 (masked lanes); for AVX2 it leaves the tanh loop scalar, so the AVX2 kernel has
+ * its own (attend_tile_avx2.c). */
 static inline void qattn_score_mod_row(const qattn_score_mod *mod, int r, float *s, int lo, int hi) {
-    if (mod->cap > 0.0f) {
-        float cap = mod->cap, inv = mod->inv_cap;
-        for (int j = lo; j < hi; j++) s[j] = cap * qattn_tanhf(s[j] * inv);
-    }
-    if (mod->slope) {
-        float slope = mod->slope[r], diag = mod->diag[r];
-        for (int j = lo; j < hi; j++) s[j] -= slope * fabsf(diag - (float)j);
-    }
+    if (mod->cap > 0.0f) qattn_score_softcap_row(mod, s, lo, hi);
+    if (mod->slope) qattn_score_alibi_row(mod, r, s, lo, hi);
 }
 
 /* Update the state of m query rows with n keys of one K/V tile.
