@@ -232,7 +232,11 @@ typedef struct qattn_params {
      *     s = softcap * tanh(s / softcap)            when softcap > 0
      *     s = s - slope_h * |i + Lk - Lq - j|        when alibi_slopes is given (h: the query head)
      * and a key hidden by the window/causal mask or by a zero block of block_mask gets no weight.
-     * The log-sum-exp is that of these final scores. */
+     * The log-sum-exp is that of these final scores (the FP64 oracle applies the same formula).
+     * softcap and alibi_slopes are implemented on the CPU backend at precision AUTO, FP32, FP16 and
+     * BF16, by qattn_forward and qattn_forward_kvcache (Lk = that sequence's key count), in every
+     * ISA's kernels. Refused with QATTN_ERR_UNSUPPORTED: at INT8, INT4 and FP8 (qattn_forward,
+     * qattn_forward_quantized, qattn_forward_calibrated), on the CUDA backend, and by qattn_dist. */
     const float *alibi_slopes;  /* float32 [H], or [B, H] rows alibi_batch_stride apart; NULL = none.
                                    Finite. Host memory on the CPU backend, device memory on CUDA. */
     int64_t alibi_batch_stride; /* elements between sequences' slopes (>= H); 0 = one [H] array for all */
@@ -363,7 +367,8 @@ QATTN_API void qattn_kvcache_params_set_contiguous(qattn_kvcache_params *kv, con
  * FP32, FP16 or BF16; INT8/FP8 are refused: use the INT8 KV cache object above), causal, windows,
  * scale and q/o strides. p->k, p->v, p->seqlen_k, p->cu_seqlens_* and p->workspace must be
  * NULL/0 (the cache replaces them; scratch is allocated per call); p's k/v strides are ignored;
- * alibi_slopes, softcap and block_mask are refused. o and lse must not overlap any input or the
+ * alibi_slopes and softcap apply as in qattn_forward (Lk = Lk_b); block_mask is refused. o and lse
+ * must not overlap any input (alibi_slopes included) or the
  * caches; the caches must not overlap q, k_new, v_new or the tables (k_cache may not be
  * v_cache). Appends are written in sequence order before any attention: a page listed by
  * several sequences sees all their appends. Every argument (page ids of the entries used,

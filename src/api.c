@@ -402,9 +402,9 @@ static qattn_status check_score_modifiers(qattn_ctx *ctx, const qattn_params *p,
             return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "block mask strides (%lld, %lld, %lld) must be >= 0",
                               (long long)p->block_mask_batch_stride, (long long)p->block_mask_head_stride, (long long)p->block_mask_row_stride);
     }
-    /* Declared in the header, implemented by no backend yet. */
-    if (p->alibi_slopes || p->softcap != 0.0f || p->block_mask)
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "%s is not implemented yet", p->alibi_slopes ? "alibi_slopes" : p->softcap != 0.0f ? "softcap" : "block_mask");
+    /* Declared in the header, implemented by no backend yet. (ALiBi and softcap: each backend that
+     * lacks them refuses them where it checks support.) */
+    if (p->block_mask) return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "block_mask is not implemented yet");
     return QATTN_OK;
 }
 
@@ -541,17 +541,20 @@ qattn_status qattn_check_params_disjoint(qattn_ctx *ctx, const qattn_params *p, 
         lq = p->cu_seqlens_q[p->batch];
         lk = p->cu_seqlens_k[p->batch];
     }
-    qattn_extent ins[3] = {
+    qattn_extent ins[4] = {
         qattn_view_extent("q", p->q, qkv_elem_bytes, nb, p->q_batch_stride, lq, p->q_seq_stride, p->n_heads, p->q_head_stride, D),
         qattn_view_extent("k", p->k, qkv_elem_bytes, nb, p->k_batch_stride, lk, p->k_seq_stride, p->n_kv_heads, p->k_head_stride, D),
         qattn_view_extent("v", p->v, qkv_elem_bytes, nb, p->v_batch_stride, lk, p->v_seq_stride, p->n_kv_heads, p->v_head_stride, D),
+        /* alibi_slopes: [B, H] with batch stride alibi_batch_stride, or one shared [H] row */
+        qattn_view_extent("alibi_slopes", p->alibi_slopes, 4, p->alibi_batch_stride ? p->batch : 1, p->alibi_batch_stride, 1, 0, 1, 0,
+                          p->n_heads),
     };
     qattn_extent outs[2] = {
         qattn_view_extent("o", p->o, dtype_bytes(p->o_dtype), nb, p->o_batch_stride, lq, p->o_seq_stride, p->n_heads, p->o_head_stride, D),
         /* lse: contiguous [B, H, Lq] (varlen [H, total_q]) floats */
         qattn_view_extent("lse", p->lse, 4, 1, 0, 1, 0, nb * p->n_heads, lq, lq),
     };
-    return qattn_check_disjoint(ctx, "qattn_forward", outs, 2, ins, 3);
+    return qattn_check_disjoint(ctx, "qattn_forward", outs, 2, ins, 4);
 }
 
 /* ---------------------------------------------------------------- dispatch */

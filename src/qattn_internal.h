@@ -34,6 +34,64 @@ typedef struct qattn_tile_state {
     int64_t ld_acc;
 } qattn_tile_state;
 
+/* Score modifiers of one tile (softcap and ALiBi, qattn_params), in the kernels' base-2 units
+ * (a score is log2(e) * scale * q.k). Applied once per score, after Q K^T and before the row max:
+ *   s = cap * tanh(s / cap)                 when cap > 0   (cap = softcap * log2(e))
+ *   s = s - slope[r] * |diag[r] - j|        when slope != NULL (slope = ALiBi slope * log2(e))
+ * diag[r]: the tile-local key index on row r's diagonal, i + Lk - Lq - t0 (it may lie outside the
+ * tile); float, so distances are exact below 2^24 keys. The LSE of these scores is the LSE the
+ * header promises. NULL (or cap 0 and slope NULL) = no modifier. */
+typedef struct qattn_score_mod {
+    float cap;          /* 0 = no softcap */
+    float inv_cap;      /* 1 / cap */
+    const float *slope; /* [m] or NULL */
+    const float *diag;  /* [m], with slope */
+} qattn_score_mod;
+
+/* tanh for FP32: Eigen's odd rational approximation (degree 13 / 6 in x) on [-7.905, 7.905],
+ * where tanh rounds to +-1 beyond; x itself below 4e-4. Relative error at most 2.9e-7 (5 ulp)
+ * against FP64 tanh over all floats in [-20, 20] (checked exhaustively when written); NaN stays
+ * NaN, +-inf gives +-1. Written with fmaf so that a vector port in the same order gives the same
+ * bits; inline so that kernel files compiled with -mfma get vfmadd. */
+static inline float qattn_tanhf(float x) {
+    const float clamp = 7.90531110763549805f;
+    float xc = x < -clamp ? -clamp : (x > clamp ? clamp : x); /* NaN passes through */
+    float x2 = xc * xc;
+    float p = fmaf(x2, -2.76076847742355e-16f, 2.00018790482477e-13f);
+    p = fmaf(p, x2, -8.60467152213735e-11f);
+    p = fmaf(p, x2, 5.12229709037114e-08f);
+    p = fmaf(p, x2, 1.48572235717979e-05f);
+    p = fmaf(p, x2, 6.37261928875436e-04f);
+    p = fmaf(p, x2, 4.89352455891786e-03f);
+    float q = fmaf(x2, 1.19825839466702e-06f, 1.18534705686654e-04f);
+    q = fmaf(q, x2, 2.26843463243900e-03f);
+    q = fmaf(q, x2, 4.89352518554385e-03f);
+    float r = p * xc / q;
+    return fabsf(x) < 0.0004f ? x : r; /* a select, not a branch: the row loops stay vectorisable */
+}
+
+static inline bool qattn_score_mod_active(const qattn_score_mod *mod) { return mod && (mod->cap > 0.0f || mod->slope); }
+
+/* The two steps of qattn_score_mod_row, for kernels that replace one with their own vector code. */
+static inline void qattn_score_softcap_row(const qattn_score_mod *mod, float *s, int lo, int hi) {
+    float cap = mod->cap, inv = mod->inv_cap;
+    for (int j = lo; j < hi; j++) s[j] = cap * qattn_tanhf(s[j] * inv);
+}
+
+static inline void qattn_score_alibi_row(const qattn_score_mod *mod, int r, float *s, int lo, int hi) {
+    float slope = mod->slope[r], diag = mod->diag[r];
+    for (int j = lo; j < hi; j++) s[j] -= slope * fabsf(diag - (float)j);
+}
+
+/* Row r's scores s[lo, hi) (tile-local key indices) with mod applied in place. Kernels call it
+ * once per row, only when qattn_score_mod_active: no cost without modifiers. GCC vectorises both
+ * loops for AVX-512 (masked lanes); for AVX2 it leaves the tanh loop scalar, so the AVX2 kernel has
+ * its own (attend_tile_avx2.c). */
+static inline void qattn_score_mod_row(const qattn_score_mod *mod, int r, float *s, int lo, int hi) {
+    if (mod->cap > 0.0f) qattn_score_softcap_row(mod, s, lo, hi);
+    if (mod->slope) qattn_score_alibi_row(mod, r, s, lo, hi);
+}
+
 /* Update the state of m query rows with n keys of one K/V tile.
  *   q:   [m][ldq] FP32, already multiplied by scale*log2(e)
  *   k,v: [n][ldkv] FP32 (rounded to the call's precision by the packer)
@@ -41,11 +99,12 @@ typedef struct qattn_tile_state {
  *                 mask qattn supports is one). Keys outside it are skipped, not multiplied by 0,
  *                 so NaN/Inf in a masked key never reaches the row.
  *   scratch: at least m*n floats.
+ *   mod: softcap / ALiBi of the tile's rows (qattn_score_mod), or NULL.
  * Rules: rescale only when the max grows; a row with no visible key so far keeps
  * row_max -inf, row_sum 0, acc 0. */
 typedef void (*qattn_attend_tile_fn)(const float *q, int64_t ldq, int m, int d,
                                      const float *k, const float *v, int64_t ldkv, int n,
-                                     const int32_t *lo, const int32_t *hi,
+                                     const int32_t *lo, const int32_t *hi, const qattn_score_mod *mod,
                                      qattn_tile_state *st, float *scratch);
 
 /* Pack rows of a Q/K/V tensor to FP32 rounded to the call's precision, times mul:
@@ -64,7 +123,7 @@ typedef struct qattn_cpu_kernels {
 extern const qattn_cpu_kernels qattn_kernels_ref;
 /* The reference entries, for ISA tables to start from. */
 void qattn_attend_tile_f32_ref(const float *q, int64_t ldq, int m, int d, const float *k, const float *v, int64_t ldkv, int n,
-                               const int32_t *lo, const int32_t *hi, qattn_tile_state *st, float *scratch);
+                               const int32_t *lo, const int32_t *hi, const qattn_score_mod *mod, qattn_tile_state *st, float *scratch);
 void qattn_pack_rows_f32_ref(const void *src, int32_t dtype, int32_t precision, int64_t idx0, int64_t src_stride, int rows, int d,
                              float mul, float *dst, int64_t ldd);
 #if defined(QATTN_HAVE_X86)
@@ -144,7 +203,7 @@ qattn_extent qattn_view_extent(const char *name, const void *base, int64_t elem_
 qattn_status qattn_check_disjoint(qattn_ctx *ctx, const char *function, const qattn_extent *outs, int n_outs, const qattn_extent *ins,
                                   int n_ins);
 
-/* The same check for the tensors of p (o, lse against q, k, v and each other), with q/k/v
+/* The same check for the tensors of p (o, lse against q, k, v, alibi_slopes and each other), with q/k/v
  * elements of qkv_elem_bytes bytes (1 for pre-quantized inputs). p is validated. */
 qattn_status qattn_check_params_disjoint(qattn_ctx *ctx, const qattn_params *p, int64_t qkv_elem_bytes);
 

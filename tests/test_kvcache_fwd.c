@@ -13,6 +13,9 @@
  *   the kernels see (inputs exact in their dtype, o float32), so only FP32 accumulation differs:
  *   relative L2 <= 1e-5 and |lse - ref| <= 1e-5 (1 + |ref|), the FP32 bounds of tests/test_forward.c
  *   (sqrt(D + Lk) * 2^-24 ~ 4e-6 at D 128, Lk 1500, with headroom; a wrong key or mask is >= 1e-3);
+ *   cases with softcap and ALiBi slopes [B, H] too (the oracle applies them in FP64 with libm's
+ *   tanh; their FP32 rounding is far below the bound: tests/test_score_mods.c), so ALiBi distances
+ *   must come from each sequence's own key count cache_seqlens[b] + seqlen_new;
  * - 1 and 3 threads bitwise identical;
  * and that bad arguments are refused with a message and the cache unchanged. */
 #include "harness.h"
@@ -39,6 +42,8 @@ typedef struct kcase {
     int rd, inter;     /* rotary_dim (0: none), interleaved */
     int32_t dtype;     /* of q, caches, new tokens */
     int q_bhld;        /* q stored [B, H, Lq, D] (a strided view) instead of [B, Lq, H, D] */
+    float softcap;     /* 0 = off */
+    int alibi;         /* 1: ALiBi slopes [B, H] (alibi_batch_stride H), different per sequence */
 } kcase;
 
 static int64_t esize(int32_t dt) { return dt == QATTN_DTYPE_F32 ? 4 : 2; }
@@ -77,6 +82,7 @@ typedef struct kprob {
     float *cos, *sin;
     int64_t capacity, max_blocks, n_pages, table_stride;
     float *o, *lse;
+    float *slopes;           /* [B, H] when c->alibi */
 } kprob;
 
 static int64_t slot(const kprob *pr, int which, int64_t b, int64_t t, int g) {
@@ -105,6 +111,7 @@ static int64_t rotary_rows_needed(const kcase *c) {
 static void kprob_free(kprob *pr) {
     free(pr->kc), free(pr->vc), free(pr->kc_before), free(pr->vc_before), free(pr->kc_expect), free(pr->vc_expect);
     free(pr->q), free(pr->knew), free(pr->vnew), free(pr->table), free(pr->cos), free(pr->sin), free(pr->o), free(pr->lse);
+    free(pr->slopes);
     memset(pr, 0, sizeof *pr);
 }
 
@@ -195,6 +202,12 @@ static void kprob_make(kprob *pr, const kcase *c, uint64_t seed) {
     pr->o = th_xmalloc((size_t)qn * sizeof(float) + 4);
     pr->lse = th_xmalloc((size_t)(B * c->H * c->Lq) * sizeof(float) + 4);
     p->o = pr->o, p->lse = pr->lse;
+    p->softcap = c->softcap;
+    if (c->alibi) {
+        pr->slopes = th_xmalloc((size_t)(B * c->H) * sizeof(float));
+        for (int64_t i = 0; i < B * c->H; i++) pr->slopes[i] = 0.02f + 0.07f * (float)(i % c->H) + 0.03f * (float)(i / c->H);
+        p->alibi_slopes = pr->slopes, p->alibi_batch_stride = c->H;
+    }
 
     /* the cache before, and what it must hold after */
     pr->kc_before = th_xmalloc(pr->cache_bytes), pr->vc_before = th_xmalloc(pr->cache_bytes);
@@ -265,6 +278,7 @@ static void oracle(const kprob *pr, double *o64, double *lse_bhq) {
     op.batch = B, op.seqlen_q = Lq, op.seqlen_k = max_lk, op.n_heads = (int32_t)H, op.n_kv_heads = (int32_t)HK, op.head_dim = (int32_t)D;
     op.causal = c->causal, op.window_left = c->wl, op.window_right = c->wr;
     op.cu_seqlens_q = cu_q, op.cu_seqlens_k = cu_k;
+    op.softcap = pr->p.softcap, op.alibi_slopes = pr->p.alibi_slopes, op.alibi_batch_stride = pr->p.alibi_batch_stride;
     qattn_params_set_contiguous(&op);
     double *lse_hq = th_xmalloc((size_t)(H * B * Lq) * sizeof(double) + 8);
     qattn_ctx *ctx = th_ctx(QATTN_ISA_REF, 1);
@@ -281,10 +295,10 @@ static void describe(const kcase *c, int32_t isa, char *buf, size_t len) {
     char layout[32];
     if (c->page) snprintf(layout, sizeof layout, "page %d", c->page);
     else snprintf(layout, sizeof layout, "contiguous");
-    snprintf(buf, len, "%s: B %d Lq %d new %d H %d HK %d D %d %s cs {%d,%d,%d} causal %d window (%d,%d) rotary %d%s %s%s isa %s", c->name, c->B,
-             c->Lq, c->Sn, c->H, c->HK, c->D, layout, c->cs[0], c->B > 1 ? c->cs[1] : -1,
+    snprintf(buf, len, "%s: B %d Lq %d new %d H %d HK %d D %d %s cs {%d,%d,%d} causal %d window (%d,%d) rotary %d%s %s%s softcap %g alibi %d isa %s",
+             c->name, c->B, c->Lq, c->Sn, c->H, c->HK, c->D, layout, c->cs[0], c->B > 1 ? c->cs[1] : -1,
              c->B > 2 ? c->cs[2] : -1, c->causal, c->wl, c->wr, c->rd, c->rd ? (c->inter ? " interleaved" : " halves") : "",
-             th_dtype_name(c->dtype), c->q_bhld ? " q [B,H,L,D]" : "", th_isa_name(isa));
+             th_dtype_name(c->dtype), c->q_bhld ? " q [B,H,L,D]" : "", (double)c->softcap, c->alibi, th_isa_name(isa));
 }
 
 static void run_case(const kcase *c, uint64_t seed) {
@@ -344,24 +358,30 @@ static void run_case(const kcase *c, uint64_t seed) {
 
 static const kcase CASES[] = {
     /* decode, FP32 (K/V read in place), shuffled pages of 16, an empty sequence */
-    {"decode", 3, 1, 1, 8, 2, 64, 16, {0, 17, 40}, 1, -1, -1, 64, 1, QATTN_DTYPE_F32, 0},
+    {"decode", 3, 1, 1, 8, 2, 64, 16, {0, 17, 40}, 1, -1, -1, 64, 1, QATTN_DTYPE_F32, 0, 0.0f, 0},
     /* speculative decode, FP16, pages of 32, GQA off, rotary on half the channels (NeoX halves) */
-    {"speculative", 2, 5, 5, 4, 4, 80, 32, {31, 70}, 1, -1, -1, 32, 0, QATTN_DTYPE_F16, 0},
+    {"speculative", 2, 5, 5, 4, 4, 80, 32, {31, 70}, 1, -1, -1, 32, 0, QATTN_DTYPE_F16, 0, 0.0f, 0},
     /* chunked prefill with a cached prefix, BF16, pages of 256, MQA, the pre-pack path */
-    {"chunked prefill", 2, 100, 100, 4, 1, 128, 256, {0, 300}, 1, -1, -1, 64, 1, QATTN_DTYPE_BF16, 0},
+    {"chunked prefill", 2, 100, 100, 4, 1, 128, 256, {0, 300}, 1, -1, -1, 64, 1, QATTN_DTYPE_BF16, 0, 0.0f, 0},
     /* no new tokens, contiguous cache, not causal, no rotary */
-    {"no append", 2, 5, 0, 6, 3, 64, 0, {0, 150}, 0, -1, -1, 0, 0, QATTN_DTYPE_F32, 1},
+    {"no append", 2, 5, 0, 6, 3, 64, 0, {0, 150}, 0, -1, -1, 0, 0, QATTN_DTYPE_F32, 1, 0.0f, 0},
     /* fewer new tokens than queries, a two-sided window (queries rotated per position) */
-    {"window", 3, 5, 7, 4, 2, 64, 16, {3, 0, 50}, 0, 20, 3, 48, 0, QATTN_DTYPE_F32, 1},
+    {"window", 3, 5, 7, 4, 2, 64, 16, {3, 0, 50}, 0, 20, 3, 48, 0, QATTN_DTYPE_F32, 1, 0.0f, 0},
     /* not causal, not windowed: every query rotated at cache_seqlens; contiguous, FP16 */
-    {"bidirectional rotary", 2, 5, 1, 4, 2, 128, 0, {10, 88}, 0, -1, -1, 128, 1, QATTN_DTYPE_F16, 0},
+    {"bidirectional rotary", 2, 5, 1, 4, 2, 128, 0, {10, 88}, 0, -1, -1, 128, 1, QATTN_DTYPE_F16, 0, 0.0f, 0},
     /* causal with Lq > Lk: rows that see no key (zeros, lse -inf) */
-    {"causal Lq > Lk", 2, 100, 7, 2, 2, 64, 16, {0, 5}, 1, -1, -1, 0, 0, QATTN_DTYPE_F32, 0},
+    {"causal Lq > Lk", 2, 100, 7, 2, 2, 64, 16, {0, 5}, 1, -1, -1, 0, 0, QATTN_DTYPE_F32, 0, 0.0f, 0},
     /* long decode: the KV axis is split across units (merge of partials over pages) */
-    {"split decode", 1, 1, 1, 8, 1, 128, 16, {1500}, 1, -1, -1, 64, 1, QATTN_DTYPE_F32, 0},
-    {"split decode f16", 2, 1, 1, 8, 2, 64, 32, {1100, 7}, 1, 100, -1, 64, 0, QATTN_DTYPE_F16, 0},
+    {"split decode", 1, 1, 1, 8, 1, 128, 16, {1500}, 1, -1, -1, 64, 1, QATTN_DTYPE_F32, 0, 0.0f, 0},
+    {"split decode f16", 2, 1, 1, 8, 2, 64, 32, {1100, 7}, 1, 100, -1, 64, 0, QATTN_DTYPE_F16, 0, 0.0f, 0},
     /* a query block of 100 with a left window crossing page ends, D 80 */
-    {"prefill window", 1, 100, 7, 4, 2, 80, 16, {200}, 1, 37, -1, 80, 1, QATTN_DTYPE_F32, 0},
+    {"prefill window", 1, 100, 7, 4, 2, 80, 16, {200}, 1, 37, -1, 80, 1, QATTN_DTYPE_F32, 0, 0.0f, 0},
+    /* softcap and ALiBi: decode read in place over pages, an empty sequence */
+    {"decode softcap alibi", 3, 1, 1, 8, 2, 64, 16, {0, 17, 40}, 1, -1, -1, 64, 1, QATTN_DTYPE_F32, 0, 30.0f, 1},
+    /* ...chunked prefill with a cached prefix, FP16, a left window, saturating softcap */
+    {"prefill softcap alibi", 2, 37, 37, 4, 2, 80, 16, {0, 150}, 1, 50, -1, 0, 0, QATTN_DTYPE_F16, 0, 5.0f, 1},
+    /* ...ALiBi alone on a split decode (partials merged across pages), BF16, not causal, Lq > new */
+    {"split decode alibi", 2, 3, 1, 4, 1, 128, 32, {1100, 7}, 0, -1, -1, 0, 0, QATTN_DTYPE_BF16, 1, 0.0f, 1},
 };
 
 /* ---------------------------------------------------------------- bad arguments */
@@ -435,8 +455,17 @@ static void test_bad_arguments(void) {
     pr.p.precision = QATTN_PRECISION_INT8;
     expect_refused(&pr, QATTN_ERR_UNSUPPORTED, "INT8 precision");
     pr.p = p0;
-    pr.p.softcap = 30.0f;
-    expect_refused(&pr, QATTN_ERR_UNSUPPORTED, "softcap");
+    static const uint8_t one_block = 1;
+    pr.p.block_mask = &one_block, pr.p.block_mask_q = pr.p.block_mask_k = 16;
+    expect_refused(&pr, QATTN_ERR_UNSUPPORTED, "block_mask");
+    pr.p = p0;
+    float bad_slopes[64] = {0.5f, NAN};
+    pr.p.alibi_slopes = bad_slopes;
+    expect_refused(&pr, QATTN_ERR_INVALID_ARGUMENT, "a NaN ALiBi slope");
+    pr.p = p0;
+    memset(pr.o, 0, 64 * sizeof(float)); /* finite slopes, so the overlap is what is refused */
+    pr.p.alibi_slopes = pr.o;
+    expect_refused(&pr, QATTN_ERR_INVALID_ARGUMENT, "alibi_slopes overlapping o");
     pr.p = p0;
     pr.p.head_dim = 36;
     expect_refused(&pr, QATTN_ERR_UNSUPPORTED, "head_dim 36");

@@ -27,7 +27,7 @@ int main(int argc, char **argv) {
     for (int rep = 0; rep < 5; rep++)
         for (int t = 0; t < n_ks; t++) {
             double t0 = now();
-            for (int i = 0; i < iters; i++) ks[t]->attend_tile_f32(q, d, m, d, k, v, d, n, lo, hi, &st, scr);
+            for (int i = 0; i < iters; i++) ks[t]->attend_tile_f32(q, d, m, d, k, v, d, n, lo, hi, NULL, &st, scr);
             double e = now() - t0;
             if (e < best[t]) best[t] = e;
         }

@@ -463,9 +463,50 @@ def _overlaps(a, b):
 
 # ---------------------------------------------------------------- public functions
 
+def _set_score_mods(p, qt, alibi_slopes, softcap, keep):
+    """softcap and ALiBi slopes into p (flash-attn's names). Slopes: float32 [H] or [B, H], host
+    memory for CPU tensors (numpy or torch), a CUDA tensor for CUDA inputs."""
+    if softcap is not None and softcap != 0:
+        try:
+            softcap = float(softcap)
+        except (TypeError, ValueError):
+            raise ValueError("softcap must be a number, got %r" % (softcap,))
+        if not (softcap > 0 and softcap != float("inf")):
+            raise ValueError("softcap is %r; it must be 0/None (off) or finite and > 0" % (softcap,))
+        p.softcap = softcap
+    if alibi_slopes is None:
+        return
+    if _is_torch(alibi_slopes):
+        torch = _torch()
+        if alibi_slopes.dtype != torch.float32:
+            raise ValueError("alibi_slopes must be float32, got %s" % (alibi_slopes.dtype,))
+        on_cuda = alibi_slopes.device.type == "cuda"
+        if on_cuda != qt.device.startswith("cuda"):
+            raise ValueError("alibi_slopes is on %s but q is on %s" % (alibi_slopes.device, qt.device))
+        slopes = alibi_slopes.detach().contiguous() if on_cuda else alibi_slopes.detach().contiguous().numpy()
+    else:
+        if qt.device.startswith("cuda"):
+            raise ValueError("alibi_slopes must be a CUDA tensor when q is on %s" % qt.device)
+        arr = np.asarray(alibi_slopes)
+        if arr.dtype != np.float32:
+            raise ValueError("alibi_slopes must be float32, got %s" % (arr.dtype,))
+        slopes = np.ascontiguousarray(arr)
+    shape = tuple(slopes.shape)
+    H, B = p.n_heads, p.batch
+    if shape == (H,):
+        p.alibi_batch_stride = 0
+    elif len(shape) == 2 and shape == (B, H):
+        p.alibi_batch_stride = H
+    else:
+        raise ValueError("alibi_slopes has shape %s; expected [%d] (n_heads) or [%d, %d] (batch, n_heads)" % (shape, H, B, H))
+    p.alibi_slopes = slopes.data_ptr() if _is_torch(slopes) else slopes.ctypes.data
+    keep.append(slopes)
+
+
 def attention(q, k, v, *, causal=False, scale=None, window=None, precision=None, int8_scheme=None,
               cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None,
-              return_lse=False, backend=None, out=None, layout="bshd", threads=None, isa=None, calibration=None):
+              return_lse=False, backend=None, out=None, layout="bshd", threads=None, isa=None, calibration=None,
+              alibi_slopes=None, softcap=0.0):
     """softmax(scale * q k^T + mask) v without materialising the score matrix.
 
     q: [B, Lq, H, D], k/v: [B, Lk, HK, D] (layout="bshd", flash-attn's flash_attn_func) or
@@ -488,11 +529,16 @@ def attention(q, k, v, *, causal=False, scale=None, window=None, precision=None,
     threads (None = all cores). Forward only: no autograd.
     calibration: a qattn.Calibration (qattn.calibrate) for precision "int8", scheme "qattn", CPU:
     its static channel transforms replace the per-call statistics (qattn_forward_calibrated).
+    alibi_slopes: float32 [H] or [B, H] (flash-attn's flash_attn_func): the score of query i and key
+    j gets - slope[h] * |i + Lk - Lq - j|. softcap: 0 = off, else scores become
+    softcap * tanh(score / softcap) before ALiBi. CPU backend, precisions auto/fp32/fp16/bf16 only
+    (others raise NotImplementedError with the library's message).
     """
     p, qt, kt, vt, meta, keep = _build(q, k, v, causal=causal, scale=scale, window=window, precision=precision,
                                        int8_scheme=int8_scheme, cu_seqlens_q=cu_seqlens_q,
                                        cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q,
                                        max_seqlen_k=max_seqlen_k, layout=layout)
+    _set_score_mods(p, qt, alibi_slopes, softcap, keep)
     on_cuda = qt.device.startswith("cuda")
     if calibration is not None and on_cuda:
         raise ValueError("calibration runs on the CPU backend only (qattn_forward_calibrated)")
@@ -542,7 +588,7 @@ def attention(q, k, v, *, causal=False, scale=None, window=None, precision=None,
 
 
 def oracle(q, k, v, *, causal=False, scale=None, window=None, cu_seqlens_q=None, cu_seqlens_k=None,
-           max_seqlen_q=None, max_seqlen_k=None, return_lse=False, layout="bshd"):
+           max_seqlen_q=None, max_seqlen_k=None, return_lse=False, layout="bshd", alibi_slopes=None, softcap=0.0):
     """The library's FP64 naive attention (qattn_oracle_f64) on the CPU, for checking results.
     Same arguments as attention(); CUDA tensors are copied to the host. Returns float64 numpy
     arrays in q's layout (and the LSE [B, H, Lq] / [H, total_q] with return_lse)."""
@@ -554,6 +600,9 @@ def oracle(q, k, v, *, causal=False, scale=None, window=None, cu_seqlens_q=None,
                                        int8_scheme=None, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
                                        max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, layout=layout,
                                        for_oracle=True)
+    if _is_torch(alibi_slopes):
+        alibi_slopes = alibi_slopes.detach().cpu()
+    _set_score_mods(p, qt, alibi_slopes, softcap, keep)
     # The oracle writes contiguous [B, Lq, H, D] (varlen [total, H, D]) whatever the layout.
     if meta["varlen"]:
         o_bshd = meta["o_shape"]

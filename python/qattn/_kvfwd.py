@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _lib
 from ._lib import lib, Params, KVCacheParams
-from ._core import _empty_like_kind, _get_context, _int_arg, _is_torch, _wrap
+from ._core import _empty_like_kind, _get_context, _int_arg, _is_torch, _set_score_mods, _wrap
 
 _I32_MAX = 2**31 - 1
 
@@ -45,7 +45,7 @@ def _scale_arg(scale):
 
 def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None, cache_seqlens=None,
                            block_table=None, softmax_scale=None, causal=False, window_size=(-1, -1), rotary_interleaved=True,
-                           return_lse=False, threads=None, isa=None):
+                           return_lse=False, threads=None, isa=None, softcap=0.0, alibi_slopes=None):
     """flash_attn_with_kvcache on the CPU: append k, v to the caches *in place* (k rotated), then attend.
 
     q: [B, Lq, H, D]. k_cache, v_cache: [B, cache_len, HK, D] (contiguous per sequence) or, with
@@ -60,6 +60,8 @@ def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None,
     window_size: (left, right), -1 unbounded, relative to the end of each sequence's keys
     (bottom-right aligned). numpy (float32/float16) or CPU torch (also bfloat16), one dtype for q,
     caches, k and v. Returns o like q (and the float32 LSE [B, H, Lq] with return_lse).
+    softcap, alibi_slopes (float32 [H] or [B, H]): as in qattn.attention, the ALiBi distance of query
+    i and key j being |i + Lk_b - Lq - j| with Lk_b = cache_seqlens[b] + seqlen_new.
     """
     _lib.require("qattn_forward_kvcache", "qattn.attention_with_kvcache")
     qt = _wrap("q", q)
@@ -106,6 +108,7 @@ def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None,
     kv = KVCacheParams()
     lib.qattn_kvcache_params_init(ctypes.byref(kv))
     keep = [qt, kct, vct] + [t for t in news if t is not None]
+    _set_score_mods(p, qt, alibi_slopes, softcap, keep)
     kv.k_cache, kv.v_cache = kct.ptr, vct.ptr
     kv.k_page_stride, kv.k_seq_stride, kv.k_head_stride = kct.strides[:3]
     kv.v_page_stride, kv.v_seq_stride, kv.v_head_stride = vct.strides[:3]

@@ -139,6 +139,40 @@ def test_matches_reference(rng, page, dtype, causal, window, interleaved, rd, Lq
     assert np.all(np.abs(lse[fin] - lse_ref[fin]) <= 1e-5 * (1 + np.abs(lse_ref[fin])))
 
 
+@pytest.mark.parametrize("causal,Lq,sn,softcap,shared", [
+    (True, 1, 1, 30.0, False),   # decode, slopes [B, H]
+    (True, 9, 9, 5.0, True),     # chunked prefill, saturating softcap, one [H] row of slopes
+    (False, 4, 2, 0.0, False),   # ALiBi alone, not causal, Lq > seqlen_new
+])
+def test_softcap_alibi_match_oracle(rng, causal, Lq, sn, softcap, shared):
+    """softcap and ALiBi over a paged cache: the FP64 oracle (qattn.oracle, same modifiers) on each
+    sequence's gathered keys, so the ALiBi distance counts from that sequence's own Lk_b."""
+    B, H, HK, D, page = 3, 4, 2, 64, 16
+    cache_seqlens = np.array([0, 17, 40], dtype=np.int32)
+    lens = cache_seqlens + sn
+    kc, vc, table = paged_cache(rng, B, lens, page, HK, D, np.float32)
+    fill_prefix(rng, kc, vc, table, cache_seqlens)
+    q = rng.standard_normal((B, Lq, H, D)).astype(np.float32)
+    k = rng.standard_normal((B, sn, HK, D)).astype(np.float32)
+    v = rng.standard_normal((B, sn, HK, D)).astype(np.float32)
+    slopes = rng.uniform(0.02, 0.6, (H,) if shared else (B, H)).astype(np.float32)
+    o, lse = qattn.attention_with_kvcache(q, kc, vc, k, v, cache_seqlens=cache_seqlens, block_table=table, causal=causal,
+                                          return_lse=True, softcap=softcap, alibi_slopes=slopes)
+    for b in range(B):
+        lk = int(lens[b])
+        pages = table[b, : -(-lk // page)]
+        kb = kc[pages].reshape(-1, HK, D)[None, :lk]
+        vb = vc[pages].reshape(-1, HK, D)[None, :lk]
+        sb = slopes if shared else slopes[b]
+        ob, lb = qattn.oracle(q[b: b + 1], kb, vb, causal=causal, return_lse=True, softcap=softcap, alibi_slopes=sb)
+        assert rel_l2(o[b: b + 1], ob) <= 1e-5, b
+        fin = np.isfinite(lb)
+        assert np.array_equal(np.isfinite(lse[b: b + 1]), fin)
+        assert np.all(np.abs(lse[b: b + 1][fin] - lb[fin]) <= 1e-5 * (1 + np.abs(lb[fin])))
+    with pytest.raises(ValueError):
+        qattn.attention_with_kvcache(q, kc, vc, cache_seqlens=lens, block_table=table, alibi_slopes=np.ones(H + 1, np.float32))
+
+
 def test_torch_bf16_paged(rng):
     torch = pytest.importorskip("torch")
     B, H, HK, D, page, sn = 2, 4, 1, 128, 16, 3

@@ -50,6 +50,8 @@ typedef struct plan {
     int64_t total_k;    /* keys over the batch (the pre-pack's token axis) */
     int64_t n_kchunks;  /* pre-pack tasks per sequence */
     int tile_keys;      /* keys per tile: TILE_KEYS, or DECODE_TILE_KEYS for decode-shaped plans */
+    float softcap2;     /* softcap * log2(e): the kernels' base-2 units; 0 = off */
+    bool alibi;         /* p->alibi_slopes given */
     /* workspace */
     size_t worker_floats; /* floats of scratch per worker */
     float *scratch;       /* n_workers * worker_floats */
@@ -109,8 +111,11 @@ static void make_plan(plan *pl, const qattn_ctx *ctx, const qattn_params *p) {
     size_t prepack_bytes = (size_t)2 * (size_t)p->n_kv_heads * (size_t)pl->total_k * (size_t)p->head_dim * sizeof(float);
     pl->prepack = !pl->direct_kv && pl->heads == 1 && pl->n_qblocks >= 2 && pl->total_k > 0 && prepack_bytes <= PREPACK_MAX_BYTES;
     int64_t D = p->head_dim, m = pl->rows, hm = (int64_t)pl->rows * pl->heads;
-    /* q pack and state (max, sum, acc) for every head of the unit, k pack, v pack, scores, lo/hi */
-    pl->worker_floats = (size_t)(hm * D + 2 * TILE_KEYS * D + m * TILE_KEYS + hm * (D + 2) + 2 * m);
+    pl->softcap2 = p->softcap * LOG2E;
+    pl->alibi = p->alibi_slopes != NULL;
+    /* q pack and state (max, sum, acc) for every head of the unit, k pack, v pack, scores, lo/hi,
+     * ALiBi slopes of every row of every head and the rows' diagonals */
+    pl->worker_floats = (size_t)(hm * D + 2 * TILE_KEYS * D + m * TILE_KEYS + hm * (D + 2) + 2 * m + hm + m);
     pl->worker_floats = (pl->worker_floats + 15) / 16 * 16; /* keep each worker 64-byte aligned */
 }
 
@@ -298,6 +303,8 @@ static void run_unit(void *arg, int64_t task, int worker) {
     float *state_mem = scores + (int64_t)pl->rows * pl->tile_keys;
     int32_t *lo = (int32_t *)(state_mem + hm * (D + 2));
     int32_t *hi = lo + pl->rows;
+    float *slopes = (float *)(hi + pl->rows); /* [heads][rows], base-2 units */
+    float *diag = slopes + hm;                /* [rows] */
 
     bool split = pl->n_split > 1;
     float *state_base = split ? pl->partials + (size_t)task * partial_floats(pl) : state_mem;
@@ -319,6 +326,14 @@ static void run_unit(void *arg, int64_t task, int worker) {
 
     if (k_begin < k_end)
         for (int hh = 0; hh < H; hh++) pack_q(pl, &s, i0, n_pos, u.g + hh, qpack + (int64_t)hh * pl->rows * D);
+    qattn_score_mod mods[QATTN_MAX_UNIT_HEADS];
+    bool modified = pl->softcap2 > 0.0f || pl->alibi;
+    for (int hh = 0; modified && hh < H; hh++) {
+        mods[hh] = (qattn_score_mod){.cap = pl->softcap2, .inv_cap = pl->softcap2 > 0.0f ? 1.0f / pl->softcap2 : 0.0f,
+                                     .slope = pl->alibi ? slopes + (int64_t)hh * pl->rows : NULL, .diag = diag};
+        for (int r = 0; pl->alibi && r < m; r++) /* row r is query head (u.g + hh) * group + r % group */
+            slopes[(int64_t)hh * pl->rows + r] = p->alibi_slopes[u.b * p->alibi_batch_stride + (u.g + hh) * pl->group + r % pl->group] * LOG2E;
+    }
     for (int64_t t0 = k_begin, n; t0 < k_end; t0 += n) {
         int64_t t1 = pl->direct_kv ? kv_run_end(pl, t0) : INT64_MAX; /* read in place: one stride, one page */
         if (t1 > k_end) t1 = k_end;
@@ -331,6 +346,7 @@ static void run_unit(void *arg, int64_t task, int worker) {
             if (b < a) b = a;
             lo[r] = (int32_t)a;
             hi[r] = (int32_t)b;
+            diag[r] = (float)(i0 + r / pl->group + s.lk - s.lq - t0);
         }
         for (int hh = 0; hh < H; hh++) {
             int g = u.g + hh;
@@ -338,17 +354,17 @@ static void run_unit(void *arg, int64_t task, int worker) {
             if (pl->prepack) {
                 size_t at = ((size_t)g * (size_t)pl->total_k + (size_t)(packed_key_base(pl, u.b) + t0)) * (size_t)D;
                 const float *kp = pl->kv_packed + at, *vp = pl->kv_packed + (size_t)p->n_kv_heads * (size_t)pl->total_k * (size_t)D + at;
-                pl->kern->attend_tile_f32(qh, D, m, D, kp, vp, D, (int)n, lo, hi, &st[hh], scores);
+                pl->kern->attend_tile_f32(qh, D, m, D, kp, vp, D, (int)n, lo, hi, modified ? &mods[hh] : NULL, &st[hh], scores);
             } else if (pl->direct_kv) {
                 const float *kd = (const float *)p->k + kv_token_offset(pl, u.b, s.k_off, t0, p->k_batch_stride, p->k_seq_stride) +
                                   (int64_t)g * p->k_head_stride;
                 const float *vd = (const float *)p->v + kv_token_offset(pl, u.b, s.v_off, t0, p->v_batch_stride, p->v_seq_stride) +
                                   (int64_t)g * p->v_head_stride;
-                pl->kern->attend_tile_f32(qh, D, m, D, kd, vd, p->k_seq_stride, (int)n, lo, hi, &st[hh], scores);
+                pl->kern->attend_tile_f32(qh, D, m, D, kd, vd, p->k_seq_stride, (int)n, lo, hi, modified ? &mods[hh] : NULL, &st[hh], scores);
             } else {
                 pack_kv(pl, p->k, u.b, s.k_off, p->k_batch_stride, p->k_seq_stride, p->k_head_stride, g, t0, n, kpack);
                 pack_kv(pl, p->v, u.b, s.v_off, p->v_batch_stride, p->v_seq_stride, p->v_head_stride, g, t0, n, vpack);
-                pl->kern->attend_tile_f32(qh, D, m, D, kpack, vpack, D, (int)n, lo, hi, &st[hh], scores);
+                pl->kern->attend_tile_f32(qh, D, m, D, kpack, vpack, D, (int)n, lo, hi, modified ? &mods[hh] : NULL, &st[hh], scores);
             }
         }
     }

@@ -81,6 +81,14 @@ typedef struct lplan {
 } lplan;
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* Softcap and ALiBi are implemented by the FP paths only so far (docs/FORMAT.md says what the
+ * INT8 schemes need for them: softcap is not shift-invariant, so K smoothing must be undone first). */
+static qattn_status refuse_score_mods(qattn_ctx *ctx, const qattn_params *p) {
+    if (!p->alibi_slopes && p->softcap == 0.0f) return QATTN_OK;
+    return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "%s is not implemented for precision %d (INT8/FP8) on the CPU backend yet; use FP32, FP16 or BF16",
+                      p->alibi_slopes ? "alibi_slopes" : "softcap", p->precision);
+}
 static size_t al64(size_t x) { return (x + 63) / 64 * 64; }
 
 /* Per-worker scratch, each piece 64-byte aligned. */
@@ -598,6 +606,8 @@ static void merge_unit(void *arg, int64_t task, int worker) {
 
 qattn_status qattn_lowp_run_quantized(qattn_ctx *ctx, const qattn_params *p, const qattn_int8_inputs *qi, int32_t p_mode,
                                       const void *v_fp, void *workspace, size_t workspace_size) {
+    qattn_status refused = refuse_score_mods(ctx, p);
+    if (refused != QATTN_OK) return refused;
     lplan pl;
     make_plan(&pl, ctx, p);
     pl.qi = qi;
@@ -689,6 +699,7 @@ qattn_status qattn_lowp_forward_cfg(qattn_ctx *ctx, const qattn_params *p, const
 qattn_status qattn_lowp_forward_static(qattn_ctx *ctx, const qattn_params *p, const qattn_lowp_cfg *cfg, const qattn_lowp_static *stat) {
     if (!ctx) return QATTN_ERR_NULL_POINTER;
     qattn_status s = qattn_validate(ctx, p, true);
+    if (s == QATTN_OK) s = refuse_score_mods(ctx, p);
     if (s == QATTN_OK) s = check_cfg(ctx, cfg);
     if (s != QATTN_OK || p->batch == 0) return s;
     qbufs qb;
@@ -750,6 +761,8 @@ static void cfg_of(const qattn_params *p, qattn_lowp_cfg *cfg) {
 }
 
 qattn_status qattn_cpu_forward_lowp(qattn_ctx *ctx, const qattn_params *p) {
+    qattn_status refused = refuse_score_mods(ctx, p);
+    if (refused != QATTN_OK) return refused;
     if (p->precision == QATTN_PRECISION_FP8_E4M3 || p->precision == QATTN_PRECISION_FP8_E5M2) return qattn_fp8_forward(ctx, p);
     qattn_lowp_cfg cfg;
     cfg_of(p, &cfg);
@@ -765,6 +778,8 @@ qattn_status qattn_cpu_forward_calibrated(qattn_ctx *ctx, const qattn_params *p,
 
 qattn_status qattn_cpu_lowp_workspace_size(qattn_ctx *ctx, const qattn_params *p, size_t *bytes) {
     *bytes = 0;
+    qattn_status refused = refuse_score_mods(ctx, p);
+    if (refused != QATTN_OK) return refused;
     if (p->precision == QATTN_PRECISION_FP8_E4M3 || p->precision == QATTN_PRECISION_FP8_E5M2) {
         /* FP8 emulation: FP32 copies of Q, K, V plus per-worker rows */
         int64_t tq = p->cu_seqlens_q ? p->cu_seqlens_q[p->batch] : p->batch * p->seqlen_q;

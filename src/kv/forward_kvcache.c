@@ -43,9 +43,9 @@ static qattn_status check_attention_params(qattn_ctx *ctx, const qattn_params *p
                           FN);
     if (p->workspace || p->workspace_size)
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s: p->workspace must be NULL (this call allocates its scratch)", FN);
-    if (p->alibi_slopes || p->softcap != 0.0f || p->block_mask)
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "%s: %s is not supported with a KV cache yet", FN,
-                          p->alibi_slopes ? "alibi_slopes" : p->softcap != 0.0f ? "softcap" : "block_mask");
+    /* softcap and alibi_slopes run as in qattn_forward (the driver measures ALiBi distances from
+     * each sequence's own key count, cache_seqlens + seqlen_new) */
+    if (p->block_mask) return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "%s: block_mask is not supported with a KV cache yet", FN);
     if (qattn_precision_is_lowp(p->precision))
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED,
                           "%s: precision %d (INT8/FP8) is not supported over cache tensors; use precision AUTO/FP32/FP16/BF16, or the INT8 "
@@ -180,7 +180,7 @@ static qattn_status check_overlaps(qattn_ctx *ctx, const qattn_params *p, const 
     int64_t B = p->batch, HK = p->n_kv_heads, D = p->head_dim, eb = dtype_bytes(p->qkv_dtype);
     bool paged = kv->block_table != NULL;
     int64_t n0 = paged ? kv->n_pages : B, n1 = paged ? kv->page_size : kv->cache_len;
-    qattn_extent ins[9] = {
+    qattn_extent ins[10] = {
         qattn_view_extent("q", p->q, eb, B, p->q_batch_stride, p->seqlen_q, p->q_seq_stride, p->n_heads, p->q_head_stride, D),
         qattn_view_extent("k_new", kv->k_new, eb, B, kv->k_new_batch_stride, kv->seqlen_new, kv->k_new_seq_stride, HK, kv->k_new_head_stride, D),
         qattn_view_extent("v_new", kv->v_new, eb, B, kv->v_new_batch_stride, kv->seqlen_new, kv->v_new_seq_stride, HK, kv->v_new_head_stride, D),
@@ -188,6 +188,7 @@ static qattn_status check_overlaps(qattn_ctx *ctx, const qattn_params *p, const 
         qattn_view_extent("block_table", kv->block_table, 4, 1, 0, B, kv->block_table_stride, 1, 0, kv->max_blocks),
         qattn_view_extent("rotary_cos", kv->rotary_cos, 4, 1, 0, 1, 0, kv->rotary_len, kv->rotary_dim / 2, kv->rotary_dim / 2),
         qattn_view_extent("rotary_sin", kv->rotary_sin, 4, 1, 0, 1, 0, kv->rotary_len, kv->rotary_dim / 2, kv->rotary_dim / 2),
+        qattn_view_extent("alibi_slopes", p->alibi_slopes, 4, p->alibi_batch_stride ? B : 1, p->alibi_batch_stride, 1, 0, 1, 0, p->n_heads),
         qattn_view_extent("k_cache", kv->k_cache, eb, n0, kv->k_page_stride, n1, kv->k_seq_stride, HK, kv->k_head_stride, D),
         qattn_view_extent("v_cache", kv->v_cache, eb, n0, kv->v_page_stride, n1, kv->v_seq_stride, HK, kv->v_head_stride, D),
     };
@@ -195,10 +196,10 @@ static qattn_status check_overlaps(qattn_ctx *ctx, const qattn_params *p, const 
         qattn_view_extent("o", p->o, dtype_bytes(p->o_dtype), B, p->o_batch_stride, p->seqlen_q, p->o_seq_stride, p->n_heads, p->o_head_stride, D),
         qattn_view_extent("lse", p->lse, 4, 1, 0, 1, 0, B * p->n_heads, p->seqlen_q, p->seqlen_q),
     };
-    qattn_status s = qattn_check_disjoint(ctx, FN, outs, 2, ins, 9);
+    qattn_status s = qattn_check_disjoint(ctx, FN, outs, 2, ins, 10);
     /* k_cache and v_cache are not compared with each other: interleaved [.., 2, HK, D] caches
      * share a byte range without sharing an element. */
-    for (int c = 0; s == QATTN_OK && kv->seqlen_new > 0 && c < 2; c++) s = qattn_check_disjoint(ctx, FN, &ins[7 + c], 1, ins, 7);
+    for (int c = 0; s == QATTN_OK && kv->seqlen_new > 0 && c < 2; c++) s = qattn_check_disjoint(ctx, FN, &ins[8 + c], 1, ins, 8);
     return s;
 }
 

@@ -4,8 +4,9 @@
 #include "qattn_internal.h"
 
 void qattn_attend_tile_f32_ref(const float *q, int64_t ldq, int m, int d, const float *k, const float *v, int64_t ldkv, int n,
-                                const int32_t *lo, const int32_t *hi, qattn_tile_state *st, float *scratch) {
+                                const int32_t *lo, const int32_t *hi, const qattn_score_mod *mod, qattn_tile_state *st, float *scratch) {
     (void)n;
+    bool modified = qattn_score_mod_active(mod);
     for (int r = 0; r < m; r++) {
         if (lo[r] >= hi[r]) continue;
         const float *qr = q + r * ldq;
@@ -16,8 +17,10 @@ void qattn_attend_tile_f32_ref(const float *q, int64_t ldq, int m, int d, const 
             float dot = 0.0f;
             for (int c = 0; c < d; c++) dot += qr[c] * kj[c];
             s[j] = dot;
-            if (dot > tile_max) tile_max = dot; /* NaN never wins: it reaches the row through exp2 below */
         }
+        if (modified) qattn_score_mod_row(mod, r, s, lo[r], hi[r]);
+        for (int j = lo[r]; j < hi[r]; j++)
+            if (s[j] > tile_max) tile_max = s[j]; /* NaN never wins: it reaches the row through exp2 below */
         if (!(tile_max > -INFINITY)) {
             /* The row sees keys but every score is NaN or -inf (a non-finite input): its result
              * is NaN, not "no key" (row_max -inf would turn it into a zero row, hiding the NaN). */

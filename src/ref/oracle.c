@@ -5,7 +5,14 @@
 
 #include <stdlib.h>
 
-static void oracle_row(const qattn_params *p, const qattn_seq *s, int64_t i, int h, double scale, double *scores,
+/* Softcap, then ALiBi (the header's order), in FP64 with libm's tanh. */
+static double modified_score(const qattn_params *p, double score, double slope, int64_t i, int64_t j, const qattn_seq *s) {
+    if (p->softcap > 0.0f) score = (double)p->softcap * tanh(score / (double)p->softcap);
+    if (p->alibi_slopes) score -= slope * fabs((double)(i + s->lk - s->lq - j));
+    return score;
+}
+
+static void oracle_row(const qattn_params *p, const qattn_seq *s, int64_t b, int64_t i, int h, double scale, double *scores,
                        double *o64, double *lse64) {
     int D = p->head_dim;
     int g = h / (p->n_heads / p->n_kv_heads);
@@ -18,12 +25,13 @@ static void oracle_row(const qattn_params *p, const qattn_seq *s, int64_t i, int
     }
     int64_t qb = s->q_off + i * p->q_seq_stride + (int64_t)h * p->q_head_stride;
     double mx = -INFINITY;
+    double slope = p->alibi_slopes ? (double)p->alibi_slopes[b * p->alibi_batch_stride + h] : 0.0;
     for (int64_t j = lo; j < hi; j++) {
         int64_t kb = s->k_off + j * p->k_seq_stride + (int64_t)g * p->k_head_stride;
         double dot = 0.0;
         for (int d = 0; d < D; d++)
             dot += (double)qattn_load(p->q, p->qkv_dtype, qb + d) * (double)qattn_load(p->k, p->qkv_dtype, kb + d);
-        scores[j - lo] = dot * scale;
+        scores[j - lo] = modified_score(p, dot * scale, slope, i, j, s);
         if (scores[j - lo] > mx) mx = scores[j - lo];
     }
     double sum = 0.0;
@@ -55,7 +63,7 @@ qattn_status qattn_oracle_f64(qattn_ctx *ctx, const qattn_params *p, double *o64
         for (int64_t i = 0; i < s.lq; i++, row++)
             for (int h = 0; h < H; h++) {
                 double *lse = lse64 ? &lse64[s.lse_off + (int64_t)h * s.lse_head_stride + i] : NULL;
-                oracle_row(p, &s, i, h, scale, scores, &o64[(row * H + h) * D], lse);
+                oracle_row(p, &s, b, i, h, scale, scores, &o64[(row * H + h) * D], lse);
             }
     }
     free(scores);

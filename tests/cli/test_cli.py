@@ -723,3 +723,65 @@ def test_run_int4_is_worse_than_int8_and_bench_has_no_verdict(tmp_path):
     assert any(l.strip().startswith("int4") and "bar" in l for l in r.stdout.splitlines()), r.stdout
     r = run_cli(*good_inputs(tmp_path), "--out", tmp_path / "o.npy", "--precision", "int3")
     assert r.returncode == 2 and "int4" in r.stderr
+
+
+# ---------------------------------------------------------------- softcap and ALiBi
+
+
+def paper_slopes(H):
+    """The ALiBi paper's slopes (its reference get_slopes), written independently of the CLI."""
+    def pow2(n):
+        start = 2.0 ** (-(2.0 ** -(np.log2(n) - 3)))
+        return [start * start ** i for i in range(n)]
+    if np.log2(H).is_integer():
+        return pow2(H)
+    closest = 2 ** int(np.floor(np.log2(H)))
+    return pow2(closest) + paper_slopes(2 * closest)[0::2][: H - closest]
+
+
+def modified_attention_f64(q, k, v, causal, softcap, slopes):
+    q, k, v = (np.asarray(t, dtype=np.float64) for t in (q, k, v))
+    B, Lq, H, D = q.shape
+    Lk, HK = k.shape[1], k.shape[2]
+    k, v = np.repeat(k, H // HK, axis=2), np.repeat(v, H // HK, axis=2)
+    s = np.einsum("bihd,bjhd->bhij", q, k) * float(np.float32(1) / np.sqrt(np.float32(D)))
+    if softcap:
+        s = softcap * np.tanh(s / softcap)
+    i, j = np.arange(Lq)[:, None], np.arange(Lk)[None, :]
+    s = s - np.broadcast_to(np.asarray(slopes, np.float64), (B, H))[:, :, None, None] * np.abs(i + Lk - Lq - j)
+    if causal:
+        s = np.where(j <= i + Lk - Lq, s, -np.inf)
+    e = np.exp(s - s.max(-1, keepdims=True))
+    return np.einsum("bhij,bjhd->bihd", e / e.sum(-1, keepdims=True), v)
+
+
+@pytest.mark.parametrize("H", [8, 6])
+def test_run_softcap_and_paper_alibi(tmp_path, H):
+    rng = np.random.default_rng(7)
+    q, k, v = random_qkv(rng, 2, 40, 70, H, 2, 64)
+    o = run_attention(tmp_path, q, k, v, "--causal", "--softcap", "5", "--alibi")
+    ref = modified_attention_f64(q, k, v, True, 5.0, np.array(paper_slopes(H)))
+    assert rel_l2(o, ref) <= 1e-5
+
+
+def test_run_alibi_slopes_file(tmp_path):
+    rng = np.random.default_rng(8)
+    q, k, v = random_qkv(rng, 2, 30, 30, 4, 4, 64)
+    slopes = rng.uniform(0.01, 0.5, (2, 4)).astype(np.float32)
+    np.save(tmp_path / "slopes.npy", slopes)
+    o = run_attention(tmp_path, q, k, v, "--alibi-slopes", tmp_path / "slopes.npy")
+    assert rel_l2(o, modified_attention_f64(q, k, v, False, 0.0, slopes)) <= 1e-5
+    np.save(tmp_path / "bad.npy", slopes[:, :3])
+    qp, kp, vp = save_inputs(tmp_path, q, k, v)
+    r = run_cli("run", "--q", qp, "--k", kp, "--v", vp, "--out", tmp_path / "x.npy", "--alibi-slopes", tmp_path / "bad.npy")
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.npy").exists()
+
+
+def test_bench_json_echoes_score_mods():
+    r = run_cli("bench", "--heads", 4, "--seqlen-q", 50, "--head-dim", 64, "--softcap", 20, "--alibi", "--iters", 1, "--json")
+    assert r.returncode == 0, r.stderr
+    row = json.loads(r.stdout.strip().splitlines()[0])
+    assert row["softcap"] == 20 and row["alibi"] == "paper" and row["rel_l2"] <= 1e-5
+    for bad in (["--softcap", "0"], ["--softcap", "nan"], ["--alibi", "--alibi-slopes", "x.npy"]):
+        r = run_cli("bench", "--heads", 4, "--seqlen-q", 50, *bad)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1

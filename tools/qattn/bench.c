@@ -77,6 +77,7 @@ static void print_bench_help(void) {
            "            for int8's default scheme. A row over its tolerance makes the exit status 1.\n\n",
            ORACLE_SAMPLE_ROWS, FP_REL_L2_TOLERANCE, INT8_BASELINE_FACTOR);
     cli_opts_print_help(stdout);
+    cli_score_mods_print_help(stdout);
 }
 
 /* The dtype Q, K, V (and O) are stored in for a precision: its own for FP16/BF16, else FP32. */
@@ -427,7 +428,8 @@ static void print_table_row(const qattn_params *p, const bench_result *r) {
     fflush(stdout);
 }
 
-static void print_json_row(const qattn_ctx_info *info, const cli_opts *o, const qattn_params *p, const bench_result *r) {
+static void print_json_row(const qattn_ctx_info *info, const cli_opts *o, const cli_score_mods *mods, const qattn_params *p,
+                           const bench_result *r) {
     cli_json j;
     cli_json_begin(&j, stdout);
     cli_json_str(&j, "backend", cli_backend_name(info->backend));
@@ -444,6 +446,8 @@ static void print_json_row(const qattn_ctx_info *info, const cli_opts *o, const 
     cli_json_bool(&j, "causal", p->causal);
     cli_json_int(&j, "window_left", p->window_left);
     cli_json_int(&j, "window_right", p->window_right);
+    cli_json_num(&j, "softcap", p->softcap);
+    cli_json_str(&j, "alibi", cli_score_mods_alibi_name(mods));
     cli_json_int(&j, "iters", o->iters);
     cli_json_num(&j, "ms", r->ms);
     cli_json_num(&j, "gflops", r->gflops);
@@ -464,11 +468,15 @@ static void print_json_row(const qattn_ctx_info *info, const cli_opts *o, const 
 
 /* ---------------------------------------------------------------- command */
 
-static int parse_bench_args(int argc, char **argv, cli_opts *o) {
+static int parse_bench_args(int argc, char **argv, cli_opts *o, cli_score_mods *mods) {
     cli_opts_init(o);
+    memset(mods, 0, sizeof *mods);
     for (int i = 1; i < argc; i++) {
         if (cli_flag_is(argv[i], "--help") || cli_flag_is(argv[i], "-h")) return 1;
-        cli_flag_result r = cli_opts_parse_flag(o, argc, argv, &i, CMD);
+        cli_flag_result r = cli_score_mods_parse_flag(mods, argc, argv, &i, CMD);
+        if (r == CLI_FLAG_ERROR) return -1;
+        if (r == CLI_FLAG_CONSUMED) continue;
+        r = cli_opts_parse_flag(o, argc, argv, &i, CMD);
         if (r == CLI_FLAG_ERROR) return -1;
         if (r == CLI_FLAG_UNKNOWN) {
             cli_error(CMD, "unknown option '%s' (try qattn bench --help)", argv[i]);
@@ -494,7 +502,8 @@ int qattn_cli_bench(int argc, char **argv) {
         if (cli_flag_is(argv[i], "--kvcache")) return qattn_cli_bench_kvcache(argc, argv);
     if (qattn_cli_bench_dist_wanted(argc, argv)) return qattn_cli_bench_dist(argc, argv); /* across ranks */
     cli_opts o;
-    int parsed = parse_bench_args(argc, argv, &o);
+    cli_score_mods mods;
+    int parsed = parse_bench_args(argc, argv, &o, &mods);
     if (parsed == 1) {
         print_bench_help();
         return CLI_EXIT_OK;
@@ -535,6 +544,11 @@ int qattn_cli_bench(int argc, char **argv) {
             if (pi == 1) row_opts.int8_scheme = QATTN_INT8_DEFAULT;
             qattn_params p;
             fill_case_params(&row_opts, &cases[c], &p);
+            float *slopes = NULL;
+            if (cli_score_mods_apply(&mods, &p, &slopes, CMD)) {
+                failures++;
+                continue;
+            }
             /* Ask first, so an unsupported case costs no allocation; its reason is printed. */
             qattn_params probe = p;
             probe.batch = 0; /* shape checks without tensors */
@@ -543,17 +557,21 @@ int qattn_cli_bench(int argc, char **argv) {
             if (s != QATTN_OK) {
                 cli_error(CMD, "%s: %s", qattn_status_str(s), qattn_ctx_last_error(ctx));
                 failures++;
+                cli_free(slopes);
                 continue;
             }
-            if (run_case(ctx, &row_opts, &p, on_device, &r)) {
+            int failed = run_case(ctx, &row_opts, &p, on_device, &r);
+            if (failed) {
                 failures++;
+                cli_free(slopes);
                 continue;
             }
             if (p.precision == QATTN_PRECISION_FP32) fp32_ms = r.ms;
             if (fp32_ms > 0 && r.ms > 0) r.speedup = fp32_ms / r.ms;
             failures += !row_within_tolerance(&r);
-            if (o.json) print_json_row(&info, &o, &p, &r);
+            if (o.json) print_json_row(&info, &o, &mods, &p, &r);
             else print_table_row(&p, &r);
+            cli_free(slopes);
         }
     }
     qattn_ctx_destroy(ctx);

@@ -93,6 +93,26 @@ void cli_opts_print_help(FILE *f);
  * scheme) from o, plus contiguous strides. Pointers and dtypes are left to the caller. */
 void cli_opts_to_params(const cli_opts *o, qattn_params *p);
 
+/* Score modifiers of run and bench (qattn_params softcap / alibi_slopes): --softcap X, --alibi (the
+ * ALiBi paper's slopes for H heads) or --alibi-slopes FILE.npy (float32 [H] or [B, H]). */
+typedef struct cli_score_mods {
+    float softcap;          /* 0 = off */
+    int alibi;              /* --alibi */
+    const char *alibi_path; /* --alibi-slopes */
+} cli_score_mods;
+
+/* Offer argv[*i] to the score-modifier flags (as cli_opts_parse_flag). */
+cli_flag_result cli_score_mods_parse_flag(cli_score_mods *m, int argc, char **argv, int *i, const char *command);
+void cli_score_mods_print_help(FILE *f);
+/* The ALiBi paper's slopes for `heads` heads: 2^(-8(h+1)/H) for a power-of-two H; otherwise those
+ * of the power of two n below H, then every other slope of 2n, until there are H. */
+void cli_alibi_standard_slopes(int32_t heads, float *out);
+/* Set p->softcap and p->alibi_slopes / alibi_batch_stride from m for p's n_heads and batch; the
+ * slopes live in *mem (NULL when none; free with cli_free). 0, or -1 after printing why. */
+int cli_score_mods_apply(const cli_score_mods *m, qattn_params *p, float **mem, const char *command);
+/* "none", "paper" or the slopes file, for JSON output. */
+const char *cli_score_mods_alibi_name(const cli_score_mods *m);
+
 /* Context options (backend, isa, threads) from o. */
 void cli_opts_to_ctx_options(const cli_opts *o, qattn_ctx_options *c);
 

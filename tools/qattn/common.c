@@ -2,6 +2,7 @@
  * timing. Declared (and documented) in cli.h. */
 #define _POSIX_C_SOURCE 200809L
 #include "cli.h"
+#include "npy.h"
 #include "qattn_internal.h" /* scalar FP16/BF16 conversions only */
 
 #include <errno.h>
@@ -353,6 +354,92 @@ void cli_opts_to_params(const cli_opts *o, qattn_params *p) {
     p->int8_scheme = o->int8_scheme;
     qattn_params_set_contiguous(p);
 }
+
+/* ---------------------------------------------------------------- score modifiers */
+
+cli_flag_result cli_score_mods_parse_flag(cli_score_mods *m, int argc, char **argv, int *i, const char *command) {
+    const char *value = NULL;
+    int r;
+    if (cli_flag_is(argv[*i], "--alibi")) {
+        if (m->alibi_path) {
+            cli_error(command, "--alibi and --alibi-slopes exclude each other");
+            return CLI_FLAG_ERROR;
+        }
+        m->alibi = 1;
+        return CLI_FLAG_CONSUMED;
+    }
+    if ((r = cli_flag_value(argc, argv, i, "--alibi-slopes", &value, command)) != 0) {
+        if (r < 0) return CLI_FLAG_ERROR;
+        if (m->alibi || !value[0]) {
+            cli_error(command, m->alibi ? "--alibi and --alibi-slopes exclude each other" : "--alibi-slopes: empty path");
+            return CLI_FLAG_ERROR;
+        }
+        m->alibi_path = value;
+        return CLI_FLAG_CONSUMED;
+    }
+    if ((r = cli_flag_value(argc, argv, i, "--softcap", &value, command)) != 0) {
+        if (r < 0 || cli_parse_float(value, &m->softcap, "--softcap", command)) return CLI_FLAG_ERROR;
+        if (!(m->softcap > 0.0f) || !isfinite(m->softcap)) {
+            cli_error(command, "--softcap is %s; it must be finite and > 0 (omit it for no softcap)", value);
+            return CLI_FLAG_ERROR;
+        }
+        return CLI_FLAG_CONSUMED;
+    }
+    return CLI_FLAG_UNKNOWN;
+}
+
+void cli_score_mods_print_help(FILE *f) {
+    fputs("Score modifiers (CPU backend, fp32/fp16/bf16):\n"
+          "  --softcap X         scores become X * tanh(score / X) (X > 0)\n"
+          "  --alibi             ALiBi with the paper's slopes for H heads (2^(-8(h+1)/H) for a power of two)\n"
+          "  --alibi-slopes F    ALiBi slopes from a float32 .npy, [H] or [B, H]\n",
+          f);
+}
+
+void cli_alibi_standard_slopes(int32_t heads, float *out) {
+    int32_t n = 1;
+    while (n * 2 <= heads) n *= 2; /* the largest power of two <= heads */
+    for (int32_t h = 0; h < n; h++) out[h] = (float)exp2(-8.0 * (h + 1) / n);
+    /* the rest: slopes of 2n heads at odd positions 2^(-8(2k+1)/(2n)), k = 0, 1, ... */
+    for (int32_t k = 0; n + k < heads; k++) out[n + k] = (float)exp2(-8.0 * (2 * k + 1) / (2.0 * n));
+}
+
+int cli_score_mods_apply(const cli_score_mods *m, qattn_params *p, float **mem, const char *command) {
+    *mem = NULL;
+    p->softcap = m->softcap;
+    p->alibi_slopes = NULL;
+    p->alibi_batch_stride = 0;
+    if (m->alibi) {
+        if (!(*mem = cli_alloc((size_t)p->n_heads * sizeof(float), "the ALiBi slopes", command))) return -1;
+        cli_alibi_standard_slopes(p->n_heads, *mem);
+    } else if (m->alibi_path) {
+        cli_npy_array a;
+        char err[CLI_NPY_ERR_LEN];
+        if (cli_npy_read(m->alibi_path, &a, err, sizeof err)) {
+            cli_error(command, "--alibi-slopes %s: %s", m->alibi_path, err);
+            return -1;
+        }
+        bool per_head = a.ndim == 1 && a.shape[0] == p->n_heads;
+        bool per_seq = a.ndim == 2 && a.shape[0] == p->batch && a.shape[1] == p->n_heads;
+        if (a.dtype != CLI_NPY_F32 || !(per_head || per_seq)) {
+            cli_error(command, "--alibi-slopes %s: expected float32 [%d] or [%lld, %d]", m->alibi_path, p->n_heads, (long long)p->batch,
+                      p->n_heads);
+            cli_npy_free(&a);
+            return -1;
+        }
+        if (!(*mem = cli_alloc((size_t)a.count * sizeof(float), "the ALiBi slopes", command))) {
+            cli_npy_free(&a);
+            return -1;
+        }
+        memcpy(*mem, a.data, (size_t)a.count * sizeof(float));
+        p->alibi_batch_stride = per_seq ? p->n_heads : 0;
+        cli_npy_free(&a);
+    }
+    p->alibi_slopes = *mem;
+    return 0;
+}
+
+const char *cli_score_mods_alibi_name(const cli_score_mods *m) { return m->alibi ? "paper" : m->alibi_path ? m->alibi_path : "none"; }
 
 void cli_opts_to_ctx_options(const cli_opts *o, qattn_ctx_options *c) {
     memset(c, 0, sizeof *c);

@@ -30,6 +30,9 @@ static void print_run_help(void) {
            "  --precision P       fp32|fp16|bf16|int8 (default: the inputs' dtype)\n"
            "  --int8-scheme S     qattn|intfa|sage (with --precision int8)\n"
            "  --calibration C.npy with --precision int8 (scheme qattn): static channel transforms from qattn calibrate\n"
+           "  --softcap X         scores become X * tanh(score / X) (X > 0)\n"
+           "  --alibi             ALiBi, the paper's slopes for H heads (2^(-8(h+1)/H) for a power of two)\n"
+           "  --alibi-slopes F    ALiBi slopes from a float32 .npy, [H] or [B, H]\n"
            "  --threads T         CPU threads (0 = all online cores)\n"
            "  --isa I             %s\n"
            "  --backend cpu       (the only backend for run)\n"
@@ -41,6 +44,7 @@ typedef struct run_args {
     const char *q_path, *k_path, *v_path, *out_path, *lse_path;
     const char *cal_path; /* --calibration: qattn_forward_calibrated */
     cli_opts opts;
+    cli_score_mods mods; /* --softcap, --alibi, --alibi-slopes */
 } run_args;
 
 /* The common flags that describe benchmarks, not a run: refused rather than ignored. */
@@ -97,7 +101,10 @@ static int parse_run_args(int argc, char **argv, run_args *a) {
             matched = r > 0;
         }
         if (matched) continue;
-        cli_flag_result r = cli_opts_parse_flag(&a->opts, argc, argv, &i, CMD);
+        cli_flag_result r = cli_score_mods_parse_flag(&a->mods, argc, argv, &i, CMD);
+        if (r == CLI_FLAG_ERROR) return -1;
+        if (r == CLI_FLAG_CONSUMED) continue;
+        r = cli_opts_parse_flag(&a->opts, argc, argv, &i, CMD);
         if (r == CLI_FLAG_ERROR) return -1;
         if (r == CLI_FLAG_UNKNOWN) {
             cli_error(CMD, "unknown option '%s' (try qattn run --help)", argv[i]);
@@ -344,7 +351,7 @@ int qattn_cli_run(int argc, char **argv) {
     memset(&k, 0, sizeof k);
     memset(&v, 0, sizeof v);
     cli_npy_array *arrays[3] = {&q, &k, &v};
-    float *o = NULL, *lse = NULL;
+    float *o = NULL, *lse = NULL, *slopes = NULL;
     int status = CLI_EXIT_FAILURE;
     qattn_params p;
     qattn_params_init(&p);
@@ -362,11 +369,13 @@ int qattn_cli_run(int argc, char **argv) {
     p.precision = a.opts.precision;
     p.int8_scheme = a.opts.int8_scheme;
     qattn_params_set_contiguous(&p);
+    if (cli_score_mods_apply(&a.mods, &p, &slopes, CMD)) goto done;
     if (compute_attention(&a, &p, &o, &lse) || write_outputs(&a, &p, o, lse)) goto done;
     status = CLI_EXIT_OK;
 done:
     cli_free(o);
     cli_free(lse);
+    cli_free(slopes);
     for (int t = 0; t < 3; t++) cli_npy_free(arrays[t]);
     return status;
 }

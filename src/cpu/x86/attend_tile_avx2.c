@@ -132,8 +132,41 @@ static void softmax_row(float *s, int lo, int hi, int d, float *row_max, float *
     *row_sum += hsum_ps(vsum);
 }
 
+/* qattn_tanhf on 8 lanes: the same operations in the same order (fused multiply-adds, one
+ * division), so each lane gives the scalar function's bits. NaN stays NaN: max_ps/min_ps return
+ * their second operand when either is NaN. */
+QATTN_INLINE __m256 tanh_avx2(__m256 x) {
+    const __m256 clamp = _mm256_set1_ps(7.90531110763549805f);
+    __m256 xc = _mm256_min_ps(clamp, _mm256_max_ps(_mm256_sub_ps(_mm256_setzero_ps(), clamp), x));
+    __m256 x2 = _mm256_mul_ps(xc, xc);
+    __m256 p = _mm256_fmadd_ps(x2, _mm256_set1_ps(-2.76076847742355e-16f), _mm256_set1_ps(2.00018790482477e-13f));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-8.60467152213735e-11f));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(5.12229709037114e-08f));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(1.48572235717979e-05f));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(6.37261928875436e-04f));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(4.89352455891786e-03f));
+    __m256 q = _mm256_fmadd_ps(x2, _mm256_set1_ps(1.19825839466702e-06f), _mm256_set1_ps(1.18534705686654e-04f));
+    q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(2.26843463243900e-03f));
+    q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(4.89352518554385e-03f));
+    __m256 r = _mm256_div_ps(_mm256_mul_ps(p, xc), q);
+    __m256 ax = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
+    return _mm256_blendv_ps(r, x, _mm256_cmp_ps(ax, _mm256_set1_ps(0.0004f), _CMP_LT_OQ));
+}
+
+/* Softcap and ALiBi of one row (qattn_score_mod_row), the tanh 8 lanes at a time. */
+static void score_mod_row(const qattn_score_mod *mod, int r, float *s, int lo, int hi) {
+    if (mod->cap > 0.0f) {
+        __m256 cap = _mm256_set1_ps(mod->cap), inv = _mm256_set1_ps(mod->inv_cap);
+        int j = lo;
+        for (; j + 8 <= hi; j += 8) _mm256_storeu_ps(s + j, _mm256_mul_ps(cap, tanh_avx2(_mm256_mul_ps(_mm256_loadu_ps(s + j), inv))));
+        qattn_score_softcap_row(mod, s, j, hi);
+    }
+    if (mod->slope) qattn_score_alibi_row(mod, r, s, lo, hi);
+}
+
 static void qattn_attend_tile_f32_avx2(const float *q, int64_t ldq, int m, int d, const float *k, const float *v, int64_t ldkv, int n,
-                                       const int32_t *lo, const int32_t *hi, qattn_tile_state *st, float *scratch) {
+                                       const int32_t *lo, const int32_t *hi, const qattn_score_mod *mod, qattn_tile_state *st,
+                                   float *scratch) {
     float *s = scratch; /* [m][n] */
     int64_t lds = n;
 
@@ -164,6 +197,8 @@ static void qattn_attend_tile_f32_avx2(const float *q, int64_t ldq, int m, int d
         r0 = r_next;
     }
 
+    if (qattn_score_mod_active(mod)) /* softcap / ALiBi: one pass over each row's visible scores */
+        for (int r = 0; r < m; r++) score_mod_row(mod, r, s + r * lds, lo[r], hi[r]);
     for (int r = 0; r < m; r++)
         if (lo[r] < hi[r]) softmax_row(s + r * lds, lo[r], hi[r], d, st->row_max + r, st->row_sum + r, st->acc + r * st->ld_acc);
 

@@ -276,7 +276,8 @@ static void softmax_row(float *s, int lo, int hi, int d, float *row_max, float *
 /* ---------------------------------------------------------------- the tile */
 
 static void attend_tile_f32_avx512(const float *q, int64_t ldq, int m, int d, const float *k, const float *v, int64_t ldkv, int n,
-                                   const int32_t *lo, const int32_t *hi, qattn_tile_state *st, float *scratch) {
+                                   const int32_t *lo, const int32_t *hi, const qattn_score_mod *mod, qattn_tile_state *st,
+                                   float *scratch) {
     float *s = scratch; /* [m][n] */
     int64_t lds = n;
     if (m >= KT_MIN_ROWS)
@@ -284,6 +285,8 @@ static void attend_tile_f32_avx512(const float *q, int64_t ldq, int m, int d, co
     else
         qk_dot(q, ldq, m, d, k, ldkv, lo, hi, s, lds);
 
+    if (qattn_score_mod_active(mod)) /* softcap / ALiBi: one pass over each row's visible scores */
+        for (int r = 0; r < m; r++) qattn_score_mod_row(mod, r, s + r * lds, lo[r], hi[r]);
     for (int r = 0; r < m; r++)
         if (lo[r] < hi[r]) softmax_row(s + r * lds, lo[r], hi[r], d, st->row_max + r, st->row_sum + r, st->acc + r * st->ld_acc);
 

@@ -302,8 +302,8 @@ const qattn_int8_kernels qattn_int8_kernels_avxvnni = {
 
 /* The FP kernel table of this ISA: the AVX2 kernels, under the ISA's name. */
 static void attend_tile_w(const float *q, int64_t ldq, int m, int d, const float *k, const float *v, int64_t ldkv, int n, const int32_t *lo,
-                          const int32_t *hi, qattn_tile_state *st, float *scratch) {
-    qattn_kernels_avx2.attend_tile_f32(q, ldq, m, d, k, v, ldkv, n, lo, hi, st, scratch);
+                          const int32_t *hi, const qattn_score_mod *mod, qattn_tile_state *st, float *scratch) {
+    qattn_kernels_avx2.attend_tile_f32(q, ldq, m, d, k, v, ldkv, n, lo, hi, mod, st, scratch);
 }
 void qattn_pack_rows_f32_avx2(const void *src, int32_t dtype, int32_t precision, int64_t idx0, int64_t src_stride, int rows, int d,
                               float mul, float *dst, int64_t ldd); /* pack_avx2.c */
