@@ -43,6 +43,8 @@ bool is_varlen(const qattn_params *p) { return p->cu_seqlens_q != NULL; }
 int input_is_bf16(const qattn_params *p) { return p->qkv_dtype == QATTN_DTYPE_BF16; }
 
 qattn_status check(qattn_ctx *ctx, const qattn_params *p) {
+    if (p->block_mask)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA backend does not implement block_mask (block-sparse attention) yet; the CPU backend does");
     if (p->qkv_dtype != QATTN_DTYPE_F16 && p->qkv_dtype != QATTN_DTYPE_BF16)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA backend takes f16 or bf16 q/k/v (qkv_dtype is %d)", p->qkv_dtype);
     if (p->head_dim != 64 && p->head_dim != 96 && p->head_dim != 128 && p->head_dim != 256)
