@@ -13,7 +13,7 @@ import weakref
 
 import numpy as np
 
-from . import _lib
+from . import _blockmask, _lib
 from ._lib import lib, Params, CtxOptions, CtxInfo
 
 # ---------------------------------------------------------------- errors
@@ -465,7 +465,8 @@ def _overlaps(a, b):
 
 def attention(q, k, v, *, causal=False, scale=None, window=None, precision=None, int8_scheme=None,
               cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None,
-              return_lse=False, backend=None, out=None, layout="bshd", threads=None, isa=None, calibration=None):
+              return_lse=False, backend=None, out=None, layout="bshd", threads=None, isa=None, calibration=None,
+              block_mask=None, block_size=64):
     """softmax(scale * q k^T + mask) v without materialising the score matrix.
 
     q: [B, Lq, H, D], k/v: [B, Lk, HK, D] (layout="bshd", flash-attn's flash_attn_func) or
@@ -487,11 +488,18 @@ def attention(q, k, v, *, causal=False, scale=None, window=None, precision=None,
     threads (None = all cores). Forward only: no autograd.
     calibration: a qattn.Calibration (qattn.calibrate) for precision "int8", scheme "qattn", CPU:
     its static channel transforms replace the per-call statistics (qattn_forward_calibrated).
+    block_mask: block-sparse attention (BlockBERT; CPU backend): uint8/bool [H, nq, nk] or
+    [B, H, nq, nk] (an axis of 1 is shared), nq = ceil(Lq / block_q), nk = ceil(Lk / block_k);
+    zero skips that (query block, key block) pair (on top of causal/window; blocks count from
+    each sequence's start). block_size: block_q = block_k, or a pair (block_q, block_k),
+    multiples of 16. qattn.block_mask(...) builds the random / blockbert / window patterns.
     """
     p, qt, kt, vt, meta, keep = _build(q, k, v, causal=causal, scale=scale, window=window, precision=precision,
                                        int8_scheme=int8_scheme, cu_seqlens_q=cu_seqlens_q,
                                        cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q,
                                        max_seqlen_k=max_seqlen_k, layout=layout)
+    if block_mask is not None:
+        _blockmask.attach(p, block_mask, block_size, qt, keep)
     on_cuda = qt.device.startswith("cuda")
     if calibration is not None and on_cuda:
         raise ValueError("calibration runs on the CPU backend only (qattn_forward_calibrated)")
@@ -541,7 +549,7 @@ def attention(q, k, v, *, causal=False, scale=None, window=None, precision=None,
 
 
 def oracle(q, k, v, *, causal=False, scale=None, window=None, cu_seqlens_q=None, cu_seqlens_k=None,
-           max_seqlen_q=None, max_seqlen_k=None, return_lse=False, layout="bshd"):
+           max_seqlen_q=None, max_seqlen_k=None, return_lse=False, layout="bshd", block_mask=None, block_size=64):
     """The library's FP64 naive attention (qattn_oracle_f64) on the CPU, for checking results.
     Same arguments as attention(); CUDA tensors are copied to the host. Returns float64 numpy
     arrays in q's layout (and the LSE [B, H, Lq] / [H, total_q] with return_lse)."""
@@ -553,6 +561,10 @@ def oracle(q, k, v, *, causal=False, scale=None, window=None, cu_seqlens_q=None,
                                        int8_scheme=None, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
                                        max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, layout=layout,
                                        for_oracle=True)
+    if block_mask is not None:
+        if _is_torch(block_mask):
+            block_mask = block_mask.detach().cpu()
+        _blockmask.attach(p, block_mask, block_size, qt, keep)
     # The oracle writes contiguous [B, Lq, H, D] (varlen [total, H, D]) whatever the layout.
     if meta["varlen"]:
         o_bshd = meta["o_shape"]
