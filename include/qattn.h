@@ -247,7 +247,10 @@ typedef struct qattn_params {
      * (the key-block axis contiguous; a stride of 0 shares the map along that axis, e.g. one map
      * for every head). Nonzero: the pair is computed (then subject to the other masks); zero: the
      * pair is skipped and its keys get no weight. Blocks count from the first token of each
-     * sequence (varlen too). NULL = dense. Host memory on the CPU backend, device memory on CUDA. */
+     * sequence (varlen too). NULL = dense. Host memory on the CPU backend (FP32/FP16/BF16, INT8 and
+     * FP8: skipped pairs cost no products, so time follows the density; softcap and alibi_slopes
+     * combine with it on the FP paths); the CUDA backend, qattn_dist and qattn_forward_kvcache
+     * refuse it (QATTN_ERR_UNSUPPORTED). The map's bytes must not overlap o or lse. */
     const uint8_t *block_mask;
     int32_t block_mask_k;       /* keys per block of block_mask: a positive multiple of 16 */
     int32_t reserved0;          /* 0 */

@@ -401,10 +401,18 @@ static qattn_status check_score_modifiers(qattn_ctx *ctx, const qattn_params *p,
         if (p->block_mask_batch_stride < 0 || p->block_mask_head_stride < 0 || p->block_mask_row_stride < 0)
             return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "block mask strides (%lld, %lld, %lld) must be >= 0",
                               (long long)p->block_mask_batch_stride, (long long)p->block_mask_head_stride, (long long)p->block_mask_row_stride);
+        /* The last byte of [B, H, ceil(Lq / bq), ceil(Lk / bk)] must be addressable (varlen: seqlen_q/k
+         * bound every sequence, whose blocks count from its own start). */
+        int64_t nq = (p->seqlen_q + p->block_mask_q - 1) / p->block_mask_q, nk = (p->seqlen_k + p->block_mask_k - 1) / p->block_mask_k;
+        if (p->batch > 0 && nq > 0 && nk > 0 &&
+            max_index(p->batch, p->block_mask_batch_stride, p->n_heads, p->block_mask_head_stride, nq, p->block_mask_row_stride, nk) < 0)
+            return qattn_fail(ctx, QATTN_ERR_OVERFLOW,
+                              "block mask [%lld, %d, %lld, %lld] with strides (%lld, %lld, %lld): the largest index overflows int64",
+                              (long long)p->batch, p->n_heads, (long long)nq, (long long)nk, (long long)p->block_mask_batch_stride,
+                              (long long)p->block_mask_head_stride, (long long)p->block_mask_row_stride);
     }
-    /* Declared in the header, implemented by no backend yet. (ALiBi and softcap: each backend that
-     * lacks them refuses them where it checks support.) */
-    if (p->block_mask) return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "block_mask is not implemented yet");
+    /* Each backend that lacks a modifier refuses it where it checks support (the INT8/FP8 drivers,
+     * CUDA, qattn_dist, qattn_forward_kvcache). */
     return QATTN_OK;
 }
 
@@ -541,7 +549,7 @@ qattn_status qattn_check_params_disjoint(qattn_ctx *ctx, const qattn_params *p, 
         lq = p->cu_seqlens_q[p->batch];
         lk = p->cu_seqlens_k[p->batch];
     }
-    qattn_extent ins[4] = {
+    qattn_extent ins[5] = {
         qattn_view_extent("q", p->q, qkv_elem_bytes, nb, p->q_batch_stride, lq, p->q_seq_stride, p->n_heads, p->q_head_stride, D),
         qattn_view_extent("k", p->k, qkv_elem_bytes, nb, p->k_batch_stride, lk, p->k_seq_stride, p->n_kv_heads, p->k_head_stride, D),
         qattn_view_extent("v", p->v, qkv_elem_bytes, nb, p->v_batch_stride, lk, p->v_seq_stride, p->n_kv_heads, p->v_head_stride, D),
@@ -554,7 +562,11 @@ qattn_status qattn_check_params_disjoint(qattn_ctx *ctx, const qattn_params *p, 
         /* lse: contiguous [B, H, Lq] (varlen [H, total_q]) floats */
         qattn_view_extent("lse", p->lse, 4, 1, 0, 1, 0, nb * p->n_heads, lq, lq),
     };
-    return qattn_check_disjoint(ctx, "qattn_forward", outs, 2, ins, 4);
+    int64_t nq = p->block_mask ? (p->seqlen_q + p->block_mask_q - 1) / p->block_mask_q : 0;
+    int64_t nk = p->block_mask ? (p->seqlen_k + p->block_mask_k - 1) / p->block_mask_k : 0;
+    ins[4] = qattn_view_extent("block_mask", p->block_mask, 1, p->batch, p->block_mask_batch_stride, p->n_heads, p->block_mask_head_stride,
+                               nq, p->block_mask_row_stride, nk);
+    return qattn_check_disjoint(ctx, "qattn_forward", outs, 2, ins, 5);
 }
 
 /* ---------------------------------------------------------------- dispatch */

@@ -267,6 +267,20 @@ static inline void qattn_key_range(int64_t i, int64_t lq, int64_t lk, int32_t wi
     *hi = b;
 }
 
+/* ---------------------------------------------------------------- block mask (BlockBERT) */
+
+/* Row qblock of p's block mask for sequence b and query head h: one byte per key block, nonzero
+ * where the (query block, key block) pair is computed. p->block_mask must not be NULL. */
+static inline const uint8_t *qattn_block_mask_row(const qattn_params *p, int64_t b, int h, int64_t qblock) {
+    return p->block_mask + b * p->block_mask_batch_stride + (int64_t)h * p->block_mask_head_stride + qblock * p->block_mask_row_stride;
+}
+
+/* Whether key j may be seen by query i (positions in sequence b) of query head h as far as the
+ * block mask goes (true without one); the window/causal mask applies on top. */
+static inline bool qattn_block_mask_allows(const qattn_params *p, int64_t b, int h, int64_t i, int64_t j) {
+    return !p->block_mask || qattn_block_mask_row(p, b, h, i / p->block_mask_q)[j / p->block_mask_k] != 0;
+}
+
 /* ---------------------------------------------------------------- scalar conversions */
 
 static inline float qattn_f16_to_f32(uint16_t h) {

@@ -438,6 +438,12 @@ static void test_bad_arguments(void) {
     b = p;
     b.cu_seqlens_q = b.cu_seqlens_k = (const int32_t *)q;
     expect_everywhere(qattn_dist_forward(g_ctx, g_dist, &b, off, L), QATTN_ERR_UNSUPPORTED, "cu_seqlens");
+    static const uint8_t dense_map[64] = {1}; /* block-sparse attention: CPU qattn_forward only */
+    b = p;
+    b.block_mask = dense_map, b.block_mask_q = b.block_mask_k = 64;
+    expect_everywhere(qattn_dist_forward(g_ctx, g_dist, &b, off, L), QATTN_ERR_UNSUPPORTED, "block_mask");
+    b.seqlen_k = b.seqlen_q = 8;
+    expect_everywhere(qattn_star_encode(g_ctx, &b, k, k, 4), QATTN_ERR_UNSUPPORTED, "star: block_mask");
     expect_everywhere(qattn_dist_forward(g_ctx, NULL, &p, off, L), QATTN_ERR_NULL_POINTER, "NULL dist (local)");
     TH_CHECK(qattn_dist_forward(NULL, g_dist, &p, off, L) == QATTN_ERR_NULL_POINTER, "NULL ctx");
 

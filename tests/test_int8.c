@@ -546,6 +546,79 @@ static void test_schemes(void) {
     prob_free(&pr);
 }
 
+/* ---------------------------------------------------------------- block-sparse attention */
+
+/* A random block mask on pr: [B, H, nq, nk] (share_heads: one [nq, nk] map for all heads, stride
+ * 0), each pair computed with probability density; row_zero > 0 empties every row_zero-th row.
+ * Returns the bytes (caller frees). */
+static uint8_t *attach_block_mask(prob *pr, int bq, int bk, double density, bool share_heads, int row_zero) {
+    qattn_params *p = &pr->p;
+    int64_t nq = (p->seqlen_q + bq - 1) / bq, nk = (p->seqlen_k + bk - 1) / bk, heads = share_heads ? 1 : p->n_heads;
+    if (nq < 1) nq = 1;
+    if (nk < 1) nk = 1;
+    int64_t rows = p->batch * heads * nq;
+    uint8_t *m = xcalloc((size_t)(rows * nk));
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < nk; j++) m[r * nk + j] = row_zero > 0 && r % row_zero == 0 ? 0 : rnd_unif() < density;
+    p->block_mask = m, p->block_mask_q = bq, p->block_mask_k = bk;
+    p->block_mask_row_stride = nk, p->block_mask_head_stride = share_heads ? 0 : nq * nk, p->block_mask_batch_stride = heads * nq * nk;
+    return m;
+}
+
+/* Every INT8 scheme with a block mask (check_schemes: k x its own baseline, which the oracle
+ * computes with the same mask; ref == avx2 == avxvnni == avx512 bitwise; 1 == 2 threads), mask
+ * blocks narrower than, equal to and wider than the 64-key tiles; then FP8 with a mask. */
+static void test_block_mask(void) {
+    prob pr;
+    struct {
+        const char *name;
+        int64_t B, Lq, Lk;
+        int H, HK, D, causal, bq, bk;
+        double density;
+        bool shared;
+        int row_zero;
+    } cases[] = {
+        {"block mask 64x64 per head L 300", 2, 300, 300, 4, 4, 64, 0, 64, 64, 0.4, false, 0},
+        {"block mask 16x16 causal Lq 200 < Lk 333 GQA shared", 1, 200, 333, 8, 2, 64, 1, 16, 16, 0.5, true, 0},
+        {"block mask 128x128 causal D128 L 517", 1, 517, 517, 2, 1, 128, 1, 128, 128, 0.5, false, 0},
+        {"block mask 32x48 Lq 203 > Lk 150 zero rows", 1, 203, 150, 4, 2, 64, 0, 32, 48, 0.6, false, 3},
+        {"block mask 16x128 split-KV decode Lq 1 Lk 3000", 1, 1, 3000, 4, 1, 64, 0, 16, 128, 0.3, false, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        prob_make(&pr, cases[i].B, cases[i].Lq, cases[i].Lk, cases[i].H, cases[i].HK, cases[i].D, cases[i].causal, DIST_NORMAL, NULL, NULL);
+        uint8_t *m = attach_block_mask(&pr, cases[i].bq, cases[i].bk, cases[i].density, cases[i].shared, cases[i].row_zero);
+        check_schemes(&pr, cases[i].name);
+        free(m);
+        prob_free(&pr);
+    }
+    int32_t lq[3] = {100, 0, 150}, lk[3] = {120, 40, 200};
+    prob_make(&pr, 3, 0, 0, 4, 2, 64, 1, DIST_NORMAL, lq, lk);
+    uint8_t *m = attach_block_mask(&pr, 32, 64, 0.5, false, 0);
+    check_schemes(&pr, "block mask 32x64 varlen causal (100|0|150 x 120|40|200)");
+    free(m);
+    prob_free(&pr);
+
+    /* FP8 emulation: the bounds of test_fp8 (the same rounding; the mask only removes keys) */
+    prob_make(&pr, 1, 150, 200, 2, 1, 64, 1, DIST_NORMAL, NULL, NULL);
+    m = attach_block_mask(&pr, 16, 48, 0.5, false, 4);
+    qattn_ctx *ctx = make_ctx(QATTN_ISA_AUTO, 2);
+    qattn_oracle_f64(ctx, &pr.p, pr.o64, pr.lse64);
+    for (int prec = QATTN_PRECISION_FP8_E4M3; prec <= QATTN_PRECISION_FP8_E5M2; prec++) {
+        qattn_params p = pr.p;
+        p.precision = prec;
+        CHECK(qattn_forward(ctx, &p) == QATTN_OK, "fp8 %d with a block mask: %s", prec, qattn_ctx_last_error(ctx));
+        double e = rel_l2(pr.o, pr.o64, pr.no);
+        CHECK(e < (prec == QATTN_PRECISION_FP8_E4M3 ? 0.06 : 0.12), "fp8 %d with a block mask: rel L2 %.3e", prec, e);
+        int64_t lse_bad = 0;
+        for (int64_t r = 0; r < pr.nlse; r++) lse_bad += isinf(pr.lse64[r]) != isinf(pr.lse[r]);
+        CHECK(lse_bad == 0, "fp8 %d with a block mask: %lld rows with LSE -inf in one and not the other", prec, (long long)lse_bad);
+        printf("  block mask fp8 %s: rel L2 %.3e\n", prec == QATTN_PRECISION_FP8_E4M3 ? "e4m3" : "e5m2", e);
+    }
+    qattn_ctx_destroy(ctx);
+    free(m);
+    prob_free(&pr);
+}
+
 /* ---------------------------------------------------------------- pre-quantized entry point */
 
 static void test_forward_quantized(int D) {
@@ -991,6 +1064,7 @@ int main(void) {
     test_fp8(64);
     test_fp8(8);
     test_fp8(16);
+    test_block_mask();
     printf("test_int8: %d checks, %d failed\n", n_checks, n_failed);
     return n_failed ? 1 : 0;
 }

@@ -204,11 +204,20 @@ static void test_refusals(void) {
         if (bad[i].want == QATTN_ERR_INVALID_ARGUMENT)
             TH_CHECK(qattn_oracle_f64(ctx, &p, o64, NULL) == bad[i].want, "%s: the oracle accepted it", bad[i].what);
     }
-    /* block_mask stays refused (not implemented) */
+    /* with a block mask (one all-ones row shared by every row, head and sequence): softcap and ALiBi
+     * run on FP32 (tests/test_blocksparse.c checks the values) and are refused at INT8 */
     qattn_params p = pr.p;
-    static const uint8_t map[1] = {1};
+    static uint8_t map[256];
+    memset(map, 1, sizeof map);
+    static const float mask_slopes[64] = {0.25f, 0.5f, 0.125f, 0.0625f, 0.25f, 0.5f, 0.125f, 0.0625f};
     p.block_mask = map, p.block_mask_q = 16, p.block_mask_k = 16;
-    TH_CHECK(qattn_forward(ctx, &p) == QATTN_ERR_UNSUPPORTED, "block_mask is not refused");
+    p.softcap = 10.0f, p.alibi_slopes = mask_slopes, p.alibi_batch_stride = 0;
+    qattn_status s = qattn_forward(ctx, &p);
+    TH_CHECK(s == QATTN_OK, "softcap and ALiBi with a block mask: %s (%s)", qattn_status_str(s), qattn_ctx_last_error(ctx));
+    p.precision = QATTN_PRECISION_INT8;
+    s = qattn_forward(ctx, &p);
+    TH_CHECK(s == QATTN_ERR_UNSUPPORTED && strstr(qattn_ctx_last_error(ctx), "not implemented for precision"),
+             "INT8 with a block mask, softcap and ALiBi: %s (%s)", qattn_status_str(s), qattn_ctx_last_error(ctx));
     qattn_ctx_destroy(ctx);
     th_problem_free(&pr);
     th_set_context(NULL);

@@ -4,6 +4,8 @@
     o = qattn.attention(q, k, v, causal=True)            # q, k, v: [batch, seq, heads, dim]
     o = qattn.attention(q, k, v, layout="bhsd")          # torch SDPA's [batch, heads, seq, dim]
     ref = qattn.oracle(q, k, v, causal=True)             # FP64 numpy reference
+    m = qattn.block_mask("random", 8, 4096, density=0.1)  # block-sparse map [H, nq, nk], 64 x 64 blocks
+    o = qattn.attention(q, k, v, block_mask=m, block_size=64)
     qattn.info()                                         # backend, ISA, threads, version
     qk = qattn.quantize(k, "token", smooth=True)         # INT8 codes, scales, mean (qattn.h layouts)
     o = qattn.attention_quantized(qq, qk, qv)            # attention on pre-quantized inputs
@@ -26,6 +28,7 @@ from ._core import (QattnCapacityError, QattnError, QattnMemoryError, QattnUnsup
 __version__ = _lib.lib.qattn_version().decode()
 library_path = _lib.library_path
 
+from ._blockmask import block_mask
 from ._int8 import Calibration, QuantizedTensor, attention_quantized, calibrate, quantize
 from ._kvcache import KVCache
 from ._kvfwd import attention_with_kvcache, rotary_apply
@@ -33,4 +36,4 @@ from ._kvfwd import attention_with_kvcache, rotary_apply
 _atexit.register(_destroy_contexts)
 
 __all__ = ["QattnCapacityError", "attention", "oracle", "info", "QattnError", "QattnValueError", "QattnUnsupportedError",
-           "QattnMemoryError", "QuantizedTensor", "quantize", "attention_quantized", "Calibration", "calibrate", "KVCache", "attention_with_kvcache", "rotary_apply", "__version__", "library_path"]
+           "QattnMemoryError", "QuantizedTensor", "quantize", "attention_quantized", "Calibration", "calibrate", "KVCache", "attention_with_kvcache", "rotary_apply", "block_mask", "__version__", "library_path"]

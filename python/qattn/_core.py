@@ -13,7 +13,7 @@ import weakref
 
 import numpy as np
 
-from . import _lib
+from . import _blockmask, _lib
 from ._lib import lib, Params, CtxOptions, CtxInfo
 
 # ---------------------------------------------------------------- errors
@@ -506,7 +506,7 @@ def _set_score_mods(p, qt, alibi_slopes, softcap, keep):
 def attention(q, k, v, *, causal=False, scale=None, window=None, precision=None, int8_scheme=None,
               cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None,
               return_lse=False, backend=None, out=None, layout="bshd", threads=None, isa=None, calibration=None,
-              alibi_slopes=None, softcap=0.0):
+              alibi_slopes=None, softcap=0.0, block_mask=None, block_size=64):
     """softmax(scale * q k^T + mask) v without materialising the score matrix.
 
     q: [B, Lq, H, D], k/v: [B, Lk, HK, D] (layout="bshd", flash-attn's flash_attn_func) or
@@ -533,12 +533,19 @@ def attention(q, k, v, *, causal=False, scale=None, window=None, precision=None,
     j gets - slope[h] * |i + Lk - Lq - j|. softcap: 0 = off, else scores become
     softcap * tanh(score / softcap) before ALiBi. CPU backend, precisions auto/fp32/fp16/bf16 only
     (others raise NotImplementedError with the library's message).
+    block_mask: block-sparse attention (BlockBERT; CPU backend): uint8/bool [H, nq, nk] or
+    [B, H, nq, nk] (an axis of 1 is shared), nq = ceil(Lq / block_q), nk = ceil(Lk / block_k);
+    zero skips that (query block, key block) pair (on top of causal/window; blocks count from
+    each sequence's start). block_size: block_q = block_k, or a pair (block_q, block_k),
+    multiples of 16. qattn.block_mask(...) builds the random / blockbert / window patterns.
     """
     p, qt, kt, vt, meta, keep = _build(q, k, v, causal=causal, scale=scale, window=window, precision=precision,
                                        int8_scheme=int8_scheme, cu_seqlens_q=cu_seqlens_q,
                                        cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q,
                                        max_seqlen_k=max_seqlen_k, layout=layout)
     _set_score_mods(p, qt, alibi_slopes, softcap, keep)
+    if block_mask is not None:
+        _blockmask.attach(p, block_mask, block_size, qt, keep)
     on_cuda = qt.device.startswith("cuda")
     if calibration is not None and on_cuda:
         raise ValueError("calibration runs on the CPU backend only (qattn_forward_calibrated)")
@@ -588,7 +595,8 @@ def attention(q, k, v, *, causal=False, scale=None, window=None, precision=None,
 
 
 def oracle(q, k, v, *, causal=False, scale=None, window=None, cu_seqlens_q=None, cu_seqlens_k=None,
-           max_seqlen_q=None, max_seqlen_k=None, return_lse=False, layout="bshd", alibi_slopes=None, softcap=0.0):
+           max_seqlen_q=None, max_seqlen_k=None, return_lse=False, layout="bshd", alibi_slopes=None, softcap=0.0,
+           block_mask=None, block_size=64):
     """The library's FP64 naive attention (qattn_oracle_f64) on the CPU, for checking results.
     Same arguments as attention(); CUDA tensors are copied to the host. Returns float64 numpy
     arrays in q's layout (and the LSE [B, H, Lq] / [H, total_q] with return_lse)."""
@@ -603,6 +611,10 @@ def oracle(q, k, v, *, causal=False, scale=None, window=None, cu_seqlens_q=None,
     if _is_torch(alibi_slopes):
         alibi_slopes = alibi_slopes.detach().cpu()
     _set_score_mods(p, qt, alibi_slopes, softcap, keep)
+    if block_mask is not None:
+        if _is_torch(block_mask):
+            block_mask = block_mask.detach().cpu()
+        _blockmask.attach(p, block_mask, block_size, qt, keep)
     # The oracle writes contiguous [B, Lq, H, D] (varlen [total, H, D]) whatever the layout.
     if meta["varlen"]:
         o_bshd = meta["o_shape"]

@@ -9,6 +9,7 @@
  * thread count, so results are bitwise identical for any number of threads. */
 #include "qattn_internal.h"
 
+#include "cpu/block_mask.h"
 #include "cpu/threads.h"
 
 #include <float.h>
@@ -57,6 +58,7 @@ typedef struct plan {
     float *scratch;       /* n_workers * worker_floats */
     float *partials;      /* n_units * rows * (D + 2), when n_split > 1 */
     float *kv_packed;     /* K then V, each [HK][total_k][D], when prepack */
+    qattn_bm_unit_cost *order; /* with a block mask: the units, longest first (see qattn_cpu_forward) */
     /* The first (lowest (b, h, i)) query row whose scaled scores overflowed float32 with finite
      * q and k; INT64_MAX if none. Written by workers, hence atomic. */
     atomic_llong overflow_row;
@@ -114,8 +116,8 @@ static void make_plan(plan *pl, const qattn_ctx *ctx, const qattn_params *p) {
     pl->softcap2 = p->softcap * LOG2E;
     pl->alibi = p->alibi_slopes != NULL;
     /* q pack and state (max, sum, acc) for every head of the unit, k pack, v pack, scores, lo/hi,
-     * ALiBi slopes of every row of every head and the rows' diagonals */
-    pl->worker_floats = (size_t)(hm * D + 2 * TILE_KEYS * D + m * TILE_KEYS + hm * (D + 2) + 2 * m + hm + m);
+     * lo/hi after the block mask, ALiBi slopes of every row of every head and the rows' diagonals */
+    pl->worker_floats = (size_t)(hm * D + 2 * TILE_KEYS * D + m * TILE_KEYS + hm * (D + 2) + 4 * m + hm + m);
     pl->worker_floats = (pl->worker_floats + 15) / 16 * 16; /* keep each worker 64-byte aligned */
 }
 
@@ -127,9 +129,13 @@ static size_t prepack_floats(const plan *pl) {
     return pl->prepack ? (size_t)2 * (size_t)pl->p->n_kv_heads * (size_t)pl->total_k * (size_t)pl->p->head_dim : 0;
 }
 
+static size_t order_bytes(const plan *pl) {
+    return pl->p->block_mask ? (size_t)pl->n_units * sizeof(qattn_bm_unit_cost) : 0;
+}
+
 static size_t plan_bytes(const plan *pl, int n_workers) {
     size_t partials = pl->n_split > 1 ? (size_t)pl->n_units * partial_floats(pl) : 0;
-    return ((size_t)n_workers * pl->worker_floats + partials + prepack_floats(pl)) * sizeof(float);
+    return ((size_t)n_workers * pl->worker_floats + partials + prepack_floats(pl)) * sizeof(float) + order_bytes(pl);
 }
 
 /* Sequence b's geometry; with kv, its own key count. */
@@ -284,9 +290,92 @@ static void write_rows(const plan *pl, const qattn_seq *s, int64_t b, int64_t i0
         }
 }
 
+/* Keys [*k_begin, *k_end) unit u may touch: the union of its rows' window intervals, cut to its
+ * KV split. Without a block mask the splits are equal key ranges; with one they hold equal
+ * numbers of the unit's live key blocks (qattn_bm_split_start), so sparse units split evenly. */
+static void unit_key_range(const plan *pl, const unit *u, const qattn_seq *s, int64_t i0, int n_pos, const qattn_bm_rows *bm,
+                           int64_t *k_begin, int64_t *k_end) {
+    const qattn_params *p = pl->p;
+    int64_t klo_first, khi_first, klo_last, khi_last;
+    qattn_key_range(i0, s->lq, s->lk, p->window_left, qattn_window_right(p), &klo_first, &khi_first);
+    qattn_key_range(i0 + n_pos - 1, s->lq, s->lk, p->window_left, qattn_window_right(p), &klo_last, &khi_last);
+    int64_t c0 = u->split * pl->split_keys, c1 = c0 + pl->split_keys;
+    if (bm && pl->n_split > 1) {
+        c0 = qattn_bm_split_start(bm, klo_first, khi_last, u->split, pl->n_split, s->lk);
+        c1 = qattn_bm_split_start(bm, klo_first, khi_last, u->split + 1, pl->n_split, s->lk);
+    }
+    *k_begin = klo_first > c0 ? klo_first : c0;
+    *k_end = khi_last < c1 ? khi_last : c1;
+}
+
+/* lo/hi of the unit's m rows (position i0 + r / group) for keys [t0, t0 + n): their window. */
+static void window_intervals(const plan *pl, const qattn_seq *s, int64_t i0, int m, int64_t t0, int n, int32_t *lo, int32_t *hi) {
+    const qattn_params *p = pl->p;
+    for (int r = 0; r < m; r++) {
+        int64_t a, b;
+        qattn_key_range(i0 + r / pl->group, s->lq, s->lk, p->window_left, qattn_window_right(p), &a, &b);
+        a = a < t0 ? 0 : a - t0;
+        b = b > t0 + n ? n : b - t0;
+        if (b < a) b = a;
+        lo[r] = (int32_t)a;
+        hi[r] = (int32_t)b;
+    }
+}
+
+/* The window intervals lo/hi of kv head g's rows narrowed by the block mask to mlo/mhi for a tile
+ * starting at key t0 (the tile lies in blocks of one mask pattern: qattn_bm_uniform_end), so a
+ * row keeps its whole interval or none. */
+static void mask_intervals(const plan *pl, int64_t b, int64_t i0, int m, int g, int64_t t0, const int32_t *lo, const int32_t *hi,
+                           int32_t *mlo, int32_t *mhi) {
+    const qattn_params *p = pl->p;
+    int64_t kb = t0 / p->block_mask_k;
+    for (int r = 0; r < m; r++) {
+        int h = g * pl->group + r % pl->group;
+        bool live = qattn_block_mask_row(p, b, h, (i0 + r / pl->group) / p->block_mask_q)[kb] != 0;
+        mlo[r] = live ? lo[r] : 0;
+        mhi[r] = live ? hi[r] : 0;
+    }
+}
+
+/* Runs the tile kernel on the rows that see some key of the tile: one call per run of consecutive
+ * mask query blocks that have such a row (rows of a block no row of which sees the tile are not
+ * multiplied at all). q, k, v, ldkv, n, mod and st are the tile kernel's arguments for all m rows
+ * (mod's per-row slopes and diagonals are offset to each run, as q and st are). */
+static void attend_live_runs(const plan *pl, int64_t i0, int n_pos, const float *q, const float *k, const float *v, int64_t ldkv, int n,
+                             const int32_t *lo, const int32_t *hi, const qattn_score_mod *mod, qattn_tile_state *st, float *scores) {
+    const qattn_params *p = pl->p;
+    int G = pl->group, D = p->head_dim;
+    int64_t bq = p->block_mask_q;
+    int run_start = -1; /* first position of the current run, or -1 */
+    for (int pos = 0; pos <= n_pos;) {
+        int end = pos; /* the mask query block of position pos, cut to the unit */
+        bool live = false;
+        if (pos < n_pos) {
+            end = (int)(((i0 + pos) / bq + 1) * bq - i0);
+            if (end > n_pos) end = n_pos;
+            for (int r = pos * G; r < end * G && !live; r++) live = lo[r] < hi[r];
+        }
+        if (live && run_start < 0) run_start = pos;
+        if (!live && run_start >= 0) { /* the run [run_start, pos) ends */
+            int r0 = run_start * G, mr = (pos - run_start) * G;
+            qattn_tile_state sub = {st->row_max + r0, st->row_sum + r0, st->acc + (int64_t)r0 * st->ld_acc, st->ld_acc};
+            qattn_score_mod sub_mod;
+            if (mod) {
+                sub_mod = *mod;
+                if (mod->slope) sub_mod.slope = mod->slope + r0, sub_mod.diag = mod->diag + r0;
+            }
+            pl->kern->attend_tile_f32(q + (int64_t)r0 * D, D, mr, D, k, v, ldkv, n, lo + r0, hi + r0, mod ? &sub_mod : NULL, &sub, scores);
+            run_start = -1;
+        }
+        if (pos == n_pos) break;
+        pos = end;
+    }
+}
+
 static void run_unit(void *arg, int64_t task, int worker) {
     const plan *pl = arg;
     const qattn_params *p = pl->p;
+    if (pl->order) task = pl->order[task].unit; /* the longest units first; what a unit computes does not depend on when */
     unit u = unit_of(pl, task);
     qattn_seq s = seq_view(pl, u.b);
     int64_t i0 = u.qb * pl->block_pos;
@@ -303,8 +392,9 @@ static void run_unit(void *arg, int64_t task, int worker) {
     float *state_mem = scores + (int64_t)pl->rows * pl->tile_keys;
     int32_t *lo = (int32_t *)(state_mem + hm * (D + 2));
     int32_t *hi = lo + pl->rows;
-    float *slopes = (float *)(hi + pl->rows); /* [heads][rows], base-2 units */
-    float *diag = slopes + hm;                /* [rows] */
+    int32_t *mlo = hi + pl->rows, *mhi = mlo + pl->rows; /* lo/hi narrowed by the block mask */
+    float *slopes = (float *)(mhi + pl->rows);           /* [heads][rows], base-2 units */
+    float *diag = slopes + hm;                           /* [rows] */
 
     bool split = pl->n_split > 1;
     float *state_base = split ? pl->partials + (size_t)task * partial_floats(pl) : state_mem;
@@ -315,14 +405,14 @@ static void run_unit(void *arg, int64_t task, int worker) {
         qattn_state_reset(&st[hh], m, D);
     }
 
-    /* Keys this unit may touch: the union of its rows' intervals, cut to its split. */
-    int64_t klo_first, khi_first, klo_last, khi_last;
-    qattn_key_range(i0, s.lq, s.lk, p->window_left, qattn_window_right(p), &klo_first, &khi_first);
-    qattn_key_range(i0 + n_pos - 1, s.lq, s.lk, p->window_left, qattn_window_right(p), &klo_last, &khi_last);
-    int64_t k_begin = klo_first, k_end = khi_last;
-    int64_t c0 = u.split * pl->split_keys, c1 = c0 + pl->split_keys;
-    if (k_begin < c0) k_begin = c0;
-    if (k_end > c1) k_end = c1;
+    qattn_bm_rows bm_rows, *bm = NULL; /* the unit's rows of the block mask, if any */
+    if (p->block_mask) {
+        bm_rows = qattn_bm_rows_of(p, u.b, u.g * pl->group, (u.g + H) * pl->group, i0, i0 + n_pos);
+        bm = &bm_rows;
+    }
+    int64_t k_begin, k_end;
+    unit_key_range(pl, &u, &s, i0, n_pos, bm, &k_begin, &k_end);
+    if (bm) k_begin = qattn_bm_next_live(bm, k_begin, k_end);
 
     if (k_begin < k_end)
         for (int hh = 0; hh < H; hh++) pack_q(pl, &s, i0, n_pos, u.g + hh, qpack + (int64_t)hh * pl->rows * D);
@@ -334,39 +424,48 @@ static void run_unit(void *arg, int64_t task, int worker) {
         for (int r = 0; pl->alibi && r < m; r++) /* row r is query head (u.g + hh) * group + r % group */
             slopes[(int64_t)hh * pl->rows + r] = p->alibi_slopes[u.b * p->alibi_batch_stride + (u.g + hh) * pl->group + r % pl->group] * LOG2E;
     }
-    for (int64_t t0 = k_begin, n; t0 < k_end; t0 += n) {
-        int64_t t1 = pl->direct_kv ? kv_run_end(pl, t0) : INT64_MAX; /* read in place: one stride, one page */
-        if (t1 > k_end) t1 = k_end;
-        n = t1 - t0 < pl->tile_keys ? t1 - t0 : pl->tile_keys;
-        for (int r = 0; r < m; r++) {
-            int64_t a, b;
-            qattn_key_range(i0 + r / pl->group, s.lq, s.lk, p->window_left, qattn_window_right(p), &a, &b);
-            a = a < t0 ? 0 : a - t0;
-            b = b > t0 + n ? n : b - t0;
-            if (b < a) b = a;
-            lo[r] = (int32_t)a;
-            hi[r] = (int32_t)b;
-            diag[r] = (float)(i0 + r / pl->group + s.lk - s.lq - t0);
-        }
+    /* Tiles of tile_keys keys; a tile read in place ends with its page (one stride); with a block
+     * mask, key blocks no row computes are jumped over and a tile ends where the mask pattern
+     * changes, so each row sees all of a tile or none of it. */
+    for (int64_t t0 = k_begin; t0 < k_end;) {
+        int64_t t1 = t0 + pl->tile_keys < k_end ? t0 + pl->tile_keys : k_end;
+        if (pl->direct_kv && kv_run_end(pl, t0) < t1) t1 = kv_run_end(pl, t0);
+        if (bm) t1 = qattn_bm_uniform_end(bm, t0, t1);
+        int n = (int)(t1 - t0);
+        window_intervals(pl, &s, i0, m, t0, n, lo, hi);
+        for (int r = 0; pl->alibi && r < m; r++) diag[r] = (float)(i0 + r / pl->group + s.lk - s.lq - t0);
         for (int hh = 0; hh < H; hh++) {
             int g = u.g + hh;
             const float *qh = qpack + (int64_t)hh * pl->rows * D;
+            const float *kt, *vt;
+            int64_t ldkv = D;
+            if (bm) {
+                mask_intervals(pl, u.b, i0, m, g, t0, lo, hi, mlo, mhi);
+                bool any = false;
+                for (int r = 0; r < m && !any; r++) any = mlo[r] < mhi[r];
+                if (!any) continue; /* this kv head's rows skip the tile: no loads, no products */
+            }
             if (pl->prepack) {
                 size_t at = ((size_t)g * (size_t)pl->total_k + (size_t)(packed_key_base(pl, u.b) + t0)) * (size_t)D;
-                const float *kp = pl->kv_packed + at, *vp = pl->kv_packed + (size_t)p->n_kv_heads * (size_t)pl->total_k * (size_t)D + at;
-                pl->kern->attend_tile_f32(qh, D, m, D, kp, vp, D, (int)n, lo, hi, modified ? &mods[hh] : NULL, &st[hh], scores);
+                kt = pl->kv_packed + at, vt = pl->kv_packed + (size_t)p->n_kv_heads * (size_t)pl->total_k * (size_t)D + at;
             } else if (pl->direct_kv) {
-                const float *kd = (const float *)p->k + kv_token_offset(pl, u.b, s.k_off, t0, p->k_batch_stride, p->k_seq_stride) +
-                                  (int64_t)g * p->k_head_stride;
-                const float *vd = (const float *)p->v + kv_token_offset(pl, u.b, s.v_off, t0, p->v_batch_stride, p->v_seq_stride) +
-                                  (int64_t)g * p->v_head_stride;
-                pl->kern->attend_tile_f32(qh, D, m, D, kd, vd, p->k_seq_stride, (int)n, lo, hi, modified ? &mods[hh] : NULL, &st[hh], scores);
+                kt = (const float *)p->k + kv_token_offset(pl, u.b, s.k_off, t0, p->k_batch_stride, p->k_seq_stride) +
+                     (int64_t)g * p->k_head_stride;
+                vt = (const float *)p->v + kv_token_offset(pl, u.b, s.v_off, t0, p->v_batch_stride, p->v_seq_stride) +
+                     (int64_t)g * p->v_head_stride;
+                ldkv = p->k_seq_stride;
             } else {
                 pack_kv(pl, p->k, u.b, s.k_off, p->k_batch_stride, p->k_seq_stride, p->k_head_stride, g, t0, n, kpack);
                 pack_kv(pl, p->v, u.b, s.v_off, p->v_batch_stride, p->v_seq_stride, p->v_head_stride, g, t0, n, vpack);
-                pl->kern->attend_tile_f32(qh, D, m, D, kpack, vpack, D, (int)n, lo, hi, modified ? &mods[hh] : NULL, &st[hh], scores);
+                kt = kpack, vt = vpack;
             }
+            const qattn_score_mod *mod = modified ? &mods[hh] : NULL;
+            if (bm)
+                attend_live_runs(pl, i0, n_pos, qh, kt, vt, ldkv, n, mlo, mhi, mod, &st[hh], scores);
+            else
+                pl->kern->attend_tile_f32(qh, D, m, D, kt, vt, ldkv, n, lo, hi, mod, &st[hh], scores);
         }
+        t0 = bm ? qattn_bm_next_live(bm, t1, k_end) : t1;
     }
     if (!split)
         for (int hh = 0; hh < H; hh++) write_rows(pl, &s, u.b, i0, n_pos, u.g + hh, &st[hh]);
@@ -393,6 +492,29 @@ static void merge_unit(void *arg, int64_t task, int worker) {
         }
         write_rows(pl, &s, u.b, i0, n_pos, u.g + hh, &total);
     }
+}
+
+/* Block mask: the units in order of decreasing live work (qattn_bm_cost), so the dynamic hand-out
+ * of the thread pool does not leave one thread with a dense unit at the end. Scheduling only:
+ * every unit computes the same values whichever thread runs it, whenever. */
+static void order_units(plan *pl, qattn_bm_unit_cost *order) {
+    const qattn_params *p = pl->p;
+    for (int64_t t = 0; t < pl->n_units; t++) {
+        unit u = unit_of(pl, t);
+        qattn_seq s = seq_view(pl, u.b);
+        int64_t i0 = u.qb * pl->block_pos, cost = 0;
+        if (i0 < s.lq) {
+            int n_pos = (int)(s.lq - i0 < pl->block_pos ? s.lq - i0 : pl->block_pos);
+            qattn_bm_rows bm = qattn_bm_rows_of(p, u.b, u.g * pl->group, (u.g + pl->heads) * pl->group, i0, i0 + n_pos);
+            int64_t k0, k1;
+            unit_key_range(pl, &u, &s, i0, n_pos, &bm, &k0, &k1);
+            cost = qattn_bm_cost(&bm, i0, i0 + n_pos, k0, k1);
+        }
+        order[t].cost = cost;
+        order[t].unit = t;
+    }
+    qattn_bm_sort_units(order, pl->n_units);
+    pl->order = order;
 }
 
 static int n_workers(const qattn_ctx *ctx, const plan *pl) {
@@ -446,6 +568,7 @@ qattn_status qattn_cpu_forward_kv(qattn_ctx *ctx, const qattn_params *p, const q
     pl.scratch = mem;
     pl.partials = pl.scratch + (size_t)nw * pl.worker_floats;
     pl.kv_packed = pl.partials + (pl.n_split > 1 ? (size_t)pl.n_units * partial_floats(&pl) : 0);
+    if (p->block_mask) order_units(&pl, (qattn_bm_unit_cost *)(void *)(pl.kv_packed + prepack_floats(&pl)));
     if (pl.prepack) qattn_parallel_for(ctx->pool, ctx->n_threads, p->batch * pl.n_kchunks, prepack_task, &pl);
     atomic_init(&pl.overflow_row, INT64_MAX);
     qattn_parallel_for(ctx->pool, nw, pl.n_units, run_unit, &pl);

@@ -25,6 +25,7 @@
  * (the table's pack8 picks 16-bit packs + qk16/pv_acc or 8-bit packs + qk/pv_acc8: same exact sums). */
 #include "quant/lowp.h"
 
+#include "cpu/block_mask.h"
 #include "cpu/threads.h"
 
 #define BLOCK_ROWS 64
@@ -78,6 +79,7 @@ typedef struct lplan {
     int64_t n_slots, max_tiles;
     size_t slot_bytes, pack_bytes;
     unsigned char *packs;
+    qattn_bm_unit_cost *order; /* with a block mask: the units, longest first (see order_units) */
 } lplan;
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -86,7 +88,7 @@ static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
  * INT8 schemes need for them: softcap is not shift-invariant, so K smoothing must be undone first). */
 static qattn_status refuse_score_mods(qattn_ctx *ctx, const qattn_params *p) {
     if (!p->alibi_slopes && p->softcap == 0.0f) return QATTN_OK;
-    return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "%s is not implemented for precision %d (INT8/FP8) on the CPU backend yet; use FP32, FP16 or BF16",
+    return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "%s is not implemented for precision %d (INT8/INT4/FP8) on the CPU backend yet; use FP32, FP16 or BF16",
                       p->alibi_slopes ? "alibi_slopes" : "softcap", p->precision);
 }
 static size_t al64(size_t x) { return (x + 63) / 64 * 64; }
@@ -198,9 +200,13 @@ static int plan_workers(const qattn_ctx *ctx, const lplan *pl) {
 
 static size_t partial_floats(const lplan *pl) { return (size_t)pl->rows * (size_t)(pl->p->head_dim + 2); }
 
+static size_t order_bytes(const lplan *pl) {
+    return pl->p->block_mask ? (size_t)pl->n_units * sizeof(qattn_bm_unit_cost) : 0;
+}
+
 static size_t plan_bytes(const lplan *pl, int nw) {
     size_t partials = pl->n_split > 1 ? (size_t)pl->n_units * partial_floats(pl) * sizeof(float) : 0;
-    return (size_t)nw * pl->worker_bytes + partials + pl->pack_bytes;
+    return (size_t)nw * pl->worker_bytes + partials + pl->pack_bytes + order_bytes(pl);
 }
 
 size_t qattn_lowp_run_bytes(const qattn_ctx *ctx, const qattn_params *p) {
@@ -532,9 +538,50 @@ static void attend_tile(const lplan *pl, wmem *w, int m, int n, qattn_tile_state
     }
 }
 
+/* Keys [*k_begin, *k_end) unit u may touch: the union of its rows' window intervals, cut to its
+ * KV split (with a block mask, splits of equal live key blocks: qattn_bm_split_start). */
+static void unit_key_range(const lplan *pl, const unit *u, const qattn_seq *s, int64_t i0, int n_pos, const qattn_bm_rows *bm,
+                           int64_t *k_begin, int64_t *k_end) {
+    const qattn_params *p = pl->p;
+    int64_t klo_first, khi_first, klo_last, khi_last;
+    qattn_key_range(i0, s->lq, s->lk, p->window_left, qattn_window_right(p), &klo_first, &khi_first);
+    qattn_key_range(i0 + n_pos - 1, s->lq, s->lk, p->window_left, qattn_window_right(p), &klo_last, &khi_last);
+    int64_t c0 = u->split * pl->split_keys, c1 = c0 + pl->split_keys;
+    if (bm && pl->n_split > 1) {
+        c0 = qattn_bm_split_start(bm, klo_first, khi_last, u->split, pl->n_split, s->lk);
+        c1 = qattn_bm_split_start(bm, klo_first, khi_last, u->split + 1, pl->n_split, s->lk);
+    }
+    *k_begin = klo_first > c0 ? klo_first : c0;
+    *k_end = khi_last < c1 ? khi_last : c1;
+}
+
+/* Per-row key intervals of the tile at t0 (n keys), for keys [a, z) of it: each row's window cut
+ * to [a, z), emptied for rows whose block mask hides the key block of a (the caller cuts [a, z)
+ * so that no row's mask changes inside it). True when some row sees a key. */
+static bool tile_intervals(const lplan *pl, const qattn_seq *s, int64_t b, int64_t i0, int m, int g, int64_t t0, int n, int64_t a,
+                           int64_t z, int32_t *lo, int32_t *hi) {
+    const qattn_params *p = pl->p;
+    bool any = false;
+    for (int r = 0; r < m; r++) {
+        int64_t i = i0 + r / pl->group, x, y;
+        qattn_key_range(i, s->lq, s->lk, p->window_left, qattn_window_right(p), &x, &y);
+        if (x < a) x = a;
+        if (y > z) y = z;
+        if (p->block_mask && !qattn_block_mask_row(p, b, g * pl->group + r % pl->group, i / p->block_mask_q)[a / p->block_mask_k]) y = x;
+        x = x < t0 ? 0 : x - t0;
+        y = y > t0 + n ? n : y - t0;
+        if (y < x) y = x;
+        lo[r] = (int32_t)x;
+        hi[r] = (int32_t)y;
+        any |= x < y;
+    }
+    return any;
+}
+
 static void run_unit(void *arg, int64_t task, int worker) {
     const lplan *pl = arg;
     const qattn_params *p = pl->p;
+    if (pl->order) task = pl->order[task].unit; /* the longest units first; what a unit computes does not depend on when */
     unit u = unit_of(pl, task);
     qattn_seq s = qattn_seq_view(p, u.b);
     int64_t i0 = u.qb * pl->block_pos;
@@ -549,38 +596,57 @@ static void run_unit(void *arg, int64_t task, int worker) {
     qattn_tile_state st = qattn_state_view(state_base, m, D);
     qattn_state_reset(&st, m, D);
 
-    int64_t klo_first, khi_first, klo_last, khi_last;
-    qattn_key_range(i0, s.lq, s.lk, p->window_left, qattn_window_right(p), &klo_first, &khi_first);
-    qattn_key_range(i0 + n_pos - 1, s.lq, s.lk, p->window_left, qattn_window_right(p), &klo_last, &khi_last);
-    int64_t k_begin = klo_first, k_end = khi_last;
-    int64_t c0 = u.split * pl->split_keys, c1 = c0 + pl->split_keys;
-    if (k_begin < c0) k_begin = c0;
-    if (k_end > c1) k_end = c1;
+    qattn_bm_rows bm_rows, *bm = NULL; /* the unit's rows of the block mask, if any */
+    if (p->block_mask) {
+        bm_rows = qattn_bm_rows_of(p, u.b, u.g * pl->group, (u.g + 1) * pl->group, i0, i0 + n_pos);
+        bm = &bm_rows;
+    }
+    int64_t k_begin, k_end;
+    unit_key_range(pl, &u, &s, i0, n_pos, bm, &k_begin, &k_end);
 
     pack_q(pl, u.b, i0, n_pos, u.g, w.qc, w.sq, w.corr);
     v_channel_info(pl, u.b, u.g, w.sv, w.mv);
-    /* whole packed tiles (aligned to 64 keys of the sequence); per-row ranges mask the rest */
+    /* whole packed tiles (aligned to 64 keys of the sequence); per-row ranges mask the rest. With
+     * a block mask, tiles whose keys no row computes are skipped (no loads, no products), and a
+     * tile holding blocks of different patterns (blocks narrower than 64 keys) runs once per
+     * pattern, each run seeing only its keys (exact: the runs are disjoint key sets). */
     for (int64_t t0 = k_begin / TILE_KEYS * TILE_KEYS; t0 < k_end; t0 += TILE_KEYS) {
         int n = (int)(s.lk - t0 < TILE_KEYS ? s.lk - t0 : TILE_KEYS);
-        bool any = false;
-        for (int r = 0; r < m; r++) {
-            int64_t a, b;
-            qattn_key_range(i0 + r / pl->group, s.lq, s.lk, p->window_left, qattn_window_right(p), &a, &b);
-            if (a < k_begin) a = k_begin;
-            if (b > k_end) b = k_end;
-            a = a < t0 ? 0 : a - t0;
-            b = b > t0 + n ? n : b - t0;
-            if (b < a) b = a;
-            w.lo[r] = (int32_t)a;
-            w.hi[r] = (int32_t)b;
-            any |= a < b;
+        int64_t a = t0 > k_begin ? t0 : k_begin, tile_end = t0 + n < k_end ? t0 + n : k_end;
+        if (bm) a = qattn_bm_next_live(bm, a, tile_end);
+        while (a < tile_end) {
+            int64_t z = bm ? qattn_bm_uniform_end(bm, a, tile_end) : tile_end;
+            if (tile_intervals(pl, &s, u.b, i0, m, u.g, t0, n, a, z, w.lo, w.hi)) {
+                kvslot k = slot_of(pl, u.b, u.g, t0 / TILE_KEYS);
+                w.kp = k.kp, w.vp = k.vp, w.sk = k.sk, w.svk = k.svk;
+                attend_tile(pl, &w, m, n, &st);
+            }
+            a = bm ? qattn_bm_next_live(bm, z, tile_end) : tile_end;
         }
-        if (!any) continue;
-        kvslot k = slot_of(pl, u.b, u.g, t0 / TILE_KEYS);
-        w.kp = k.kp, w.vp = k.vp, w.sk = k.sk, w.svk = k.svk;
-        attend_tile(pl, &w, m, n, &st);
     }
     if (!split) write_rows(pl, u.b, i0, n_pos, u.g, &st, w.corr, w.mv);
+}
+
+/* Block mask: the units in order of decreasing live work (qattn_bm_cost), so the dynamic hand-out
+ * of the thread pool ends balanced. Scheduling only: results do not depend on it. */
+static void order_units(lplan *pl, qattn_bm_unit_cost *order) {
+    const qattn_params *p = pl->p;
+    for (int64_t t = 0; t < pl->n_units; t++) {
+        unit u = unit_of(pl, t);
+        qattn_seq s = qattn_seq_view(p, u.b);
+        int64_t i0 = u.qb * pl->block_pos, cost = 0;
+        if (i0 < s.lq) {
+            int n_pos = (int)(s.lq - i0 < pl->block_pos ? s.lq - i0 : pl->block_pos);
+            qattn_bm_rows bm = qattn_bm_rows_of(p, u.b, u.g * pl->group, (u.g + 1) * pl->group, i0, i0 + n_pos);
+            int64_t k0, k1;
+            unit_key_range(pl, &u, &s, i0, n_pos, &bm, &k0, &k1);
+            cost = qattn_bm_cost(&bm, i0, i0 + n_pos, k0, k1);
+        }
+        order[t].cost = cost;
+        order[t].unit = t;
+    }
+    qattn_bm_sort_units(order, pl->n_units);
+    pl->order = order;
 }
 
 static void merge_unit(void *arg, int64_t task, int worker) {
@@ -629,6 +695,9 @@ qattn_status qattn_lowp_run_quantized(qattn_ctx *ctx, const qattn_params *p, con
     pl.scratch = mem;
     pl.packs = pl.scratch + (size_t)nw * pl.worker_bytes;
     pl.partials = (float *)(void *)(pl.packs + pl.pack_bytes);
+    if (p->block_mask)
+        order_units(&pl, (qattn_bm_unit_cost *)(void *)((unsigned char *)pl.partials +
+                                                        (pl.n_split > 1 ? (size_t)pl.n_units * partial_floats(&pl) * sizeof(float) : 0)));
     int64_t pack_tasks = p->batch * pl.max_tiles * p->n_kv_heads;
     int pw = ctx->n_threads < 1 ? 1 : ctx->n_threads > QATTN_MAX_THREADS ? QATTN_MAX_THREADS : ctx->n_threads;
     if (pw > pack_tasks) pw = (int)(pack_tasks > 0 ? pack_tasks : 1);

@@ -46,6 +46,8 @@ qattn_status check(qattn_ctx *ctx, const qattn_params *p) {
     if (p->alibi_slopes || p->softcap != 0.0f)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA backend does not implement %s yet (the CPU backend does)",
                           p->alibi_slopes ? "alibi_slopes" : "softcap");
+    if (p->block_mask)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA backend does not implement block_mask (block-sparse attention) yet; the CPU backend does");
     if (p->qkv_dtype != QATTN_DTYPE_F16 && p->qkv_dtype != QATTN_DTYPE_BF16)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA backend takes f16 or bf16 q/k/v (qkv_dtype is %d)", p->qkv_dtype);
     if (p->head_dim != 64 && p->head_dim != 96 && p->head_dim != 128 && p->head_dim != 256)

@@ -381,6 +381,7 @@ static qattn_status forward_local(qattn_ctx *ctx, qattn_dist *d, const qattn_par
     if (p->alibi_slopes || p->softcap != 0.0f)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "%s: %s is not supported by the distributed layer", fn,
                           p->alibi_slopes ? "alibi_slopes" : "softcap");
+    if (p->block_mask) return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "%s: block_mask (block-sparse attention) is not supported by qattn_dist", fn);
     if (key_offset < 0 || total < 0 || total > INT32_MAX || p->seqlen_k < 0 || key_offset > total - p->seqlen_k)
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT,
                           "%s: key_offset %lld with seqlen_k %lld does not fit in seqlen_k_total %lld (0 <= total < 2^31)", fn,
@@ -463,6 +464,7 @@ static qattn_status star_check(qattn_ctx *ctx, const qattn_params *p, const void
     if (p->alibi_slopes || p->softcap != 0.0f)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "%s: %s is not supported by the distributed layer", fn,
                           p->alibi_slopes ? "alibi_slopes" : "softcap");
+    if (p->block_mask) return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "%s: block_mask (block-sparse attention) is not supported by qattn_dist", fn);
     if (p->window_left != -1 || (!p->causal && p->window_right != -1))
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "%s: windows (left %d, right %d) are not supported; use causal or no mask", fn,
                           p->window_left, p->window_right);

@@ -96,8 +96,17 @@ static void fp8_task(void *arg, int64_t task, int worker) {
         qattn_key_range(i, s.lq, s.lk, p->window_left, qattn_window_right(p), &lo, &hi);
         float m = -INFINITY, l = 0.0f;
         for (int64_t c = 0; c < D; c++) acc[c] = 0.0f;
-        for (int64_t t0 = lo; t0 < hi; t0 += FP8_TILE) {
-            int64_t n = hi - t0 < FP8_TILE ? hi - t0 : FP8_TILE;
+        for (int64_t t0 = lo, n; t0 < hi; t0 += n) {
+            int64_t end = hi; /* a tile stays inside one key block of the block mask; hidden blocks are skipped */
+            if (p->block_mask) {
+                int64_t bk = p->block_mask_k, next = (t0 / bk + 1) * bk;
+                if (!qattn_block_mask_allows(p, b, (int)h, i, t0)) {
+                    n = (next < hi ? next : hi) - t0;
+                    continue;
+                }
+                if (next < end) end = next;
+            }
+            n = end - t0 < FP8_TILE ? end - t0 : FP8_TILE;
             float mb = -INFINITY;
             for (int64_t jj = 0; jj < n; jj++) {
                 const float *k = j->k + ((k0 + t0 + jj) * HK + g) * D;

@@ -1,6 +1,7 @@
 /* The FP64 oracle: naive attention in double precision, one query row at a time.
- * It shares nothing with the fast paths but the mask geometry (qattn_key_range), so it can
- * judge them. Memory: one row of Lk scores. */
+ * It shares nothing with the fast paths but the mask geometry (qattn_key_range and the block
+ * mask's byte lookup, qattn_block_mask_allows), so it can judge them. Memory: one row of Lk
+ * scores. */
 #include "qattn_internal.h"
 
 #include <stdlib.h>
@@ -19,23 +20,27 @@ static void oracle_row(const qattn_params *p, const qattn_seq *s, int64_t b, int
     int64_t lo, hi;
     qattn_key_range(i, s->lq, s->lk, p->window_left, qattn_window_right(p), &lo, &hi);
     for (int d = 0; d < D; d++) o64[d] = 0.0;
-    if (lo >= hi) {
-        if (lse64) *lse64 = -INFINITY;
-        return;
-    }
     int64_t qb = s->q_off + i * p->q_seq_stride + (int64_t)h * p->q_head_stride;
     double mx = -INFINITY;
     double slope = p->alibi_slopes ? (double)p->alibi_slopes[b * p->alibi_batch_stride + h] : 0.0;
+    bool any = false; /* a key survived both masks */
     for (int64_t j = lo; j < hi; j++) {
+        if (!qattn_block_mask_allows(p, b, h, i, j)) continue;
         int64_t kb = s->k_off + j * p->k_seq_stride + (int64_t)g * p->k_head_stride;
         double dot = 0.0;
         for (int d = 0; d < D; d++)
             dot += (double)qattn_load(p->q, p->qkv_dtype, qb + d) * (double)qattn_load(p->k, p->qkv_dtype, kb + d);
         scores[j - lo] = modified_score(p, dot * scale, slope, i, j, s);
         if (scores[j - lo] > mx) mx = scores[j - lo];
+        any = true;
+    }
+    if (!any) { /* no visible key: zero row, LSE -inf */
+        if (lse64) *lse64 = -INFINITY;
+        return;
     }
     double sum = 0.0;
     for (int64_t j = lo; j < hi; j++) {
+        if (!qattn_block_mask_allows(p, b, h, i, j)) continue;
         double e = exp(scores[j - lo] - mx);
         sum += e;
         int64_t vb = s->v_off + j * p->v_seq_stride + (int64_t)g * p->v_head_stride;

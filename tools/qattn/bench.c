@@ -9,6 +9,7 @@
  *   Bytes = Q, K, V read once (in the precision's dtype: FP16/BF16 inputs for fp16/bf16, else
  *           FP32) + O written once (always FP32).
  * The oracle reads the same (already rounded) inputs, so the error is the kernel's own. */
+#include "block_mask.h"
 #include "cli.h"
 #include "device.h"
 
@@ -45,6 +46,7 @@ typedef struct bench_result {
     double speedup;      /* FP32 ms of the same shape, same run / ms; 0 = no FP32 row to compare */
     double tolerance;    /* the largest rel_l2 accepted (see row_tolerance); 0 = none defined */
     double baseline;     /* INT8 default scheme: rel_l2 of FP64 attention on the quantize-dequantized inputs */
+    double density;      /* block mask: computed pairs / pairs the window alone shows (1 without a mask) */
 } bench_result;
 
 /* FP32/FP16/BF16: the kernel's own error (the oracle reads the same rounded inputs), bounded as
@@ -78,6 +80,8 @@ static void print_bench_help(void) {
            ORACLE_SAMPLE_ROWS, FP_REL_L2_TOLERANCE, INT8_BASELINE_FACTOR);
     cli_opts_print_help(stdout);
     cli_score_mods_print_help(stdout);
+    printf("Block-sparse attention (GFLOP/s then counts the computed pairs only; density column):\n");
+    cli_block_mask_print_help(stdout, 1);
 }
 
 /* The dtype Q, K, V (and O) are stored in for a precision: its own for FP16/BF16, else FP32. */
@@ -213,6 +217,9 @@ static int oracle_rows(qattn_ctx *ctx, const qattn_params *p, int64_t rows, doub
     sub.q = (const char *)p->q + (size_t)((Lq - rows) * p->q_seq_stride) * cli_dtype_size(p->qkv_dtype);
     sub.o = (char *)p->o + (size_t)((Lq - rows) * p->o_seq_stride) * cli_dtype_size(p->o_dtype);
     sub.lse = NULL;
+    /* the sample starts on a mask block boundary (run_case picks rows so): its first query block
+     * is row (Lq - rows) / BQ of the map */
+    if (p->block_mask) sub.block_mask += (Lq - rows) / p->block_mask_q * p->block_mask_row_stride;
     *ref = cli_alloc((size_t)(B * rows * H * D) * sizeof(double), "the oracle output", CMD);
     if (!*ref) return -1;
     qattn_status s = qattn_oracle_f64(ctx, &sub, *ref, NULL);
@@ -329,14 +336,18 @@ static void fill_case_params(const cli_opts *o, const bench_case *c, qattn_param
     p->o_dtype = QATTN_DTYPE_F32;
 }
 
-static int run_case(qattn_ctx *ctx, const cli_opts *o, const qattn_params *proto, int on_device, bench_result *r) {
+static int run_case(qattn_ctx *ctx, const cli_opts *o, const cli_block_mask_opts *mo, const qattn_params *proto, int on_device,
+                    bench_result *r) {
     memset(r, 0, sizeof *r);
     qattn_params p = *proto;
     bench_tensors t;
+    memset(&t, 0, sizeof t);
     device_tensors d;
     memset(&d, 0, sizeof d);
     float *o_f32 = NULL;
+    uint8_t *mask = NULL;
     int rc = -1;
+    if (cli_block_mask_attach(mo, &p, o->seed, &mask, CMD)) goto done;
     if (make_tensors(o, &p, &t)) goto done;
     p.q = t.q;
     p.k = t.k;
@@ -356,7 +367,8 @@ static int run_case(qattn_ctx *ctx, const cli_opts *o, const qattn_params *proto
         goto done;
     }
 
-    double pairs = (double)cli_visible_pairs(&p);
+    double pairs = (double)cli_live_pairs(&p) / p.n_heads; /* per head, as the window-only count */
+    r->density = p.block_mask ? pairs / (double)cli_visible_pairs(&p) : 1.0;
     double seconds = r->ms * 1e-3;
     r->gflops = 4.0 * p.n_heads * p.head_dim * pairs / seconds * 1e-9;
     r->gbps = (double)(t.q_bytes + 2 * t.kv_bytes + t.o_bytes) / seconds * 1e-9;
@@ -367,6 +379,8 @@ static int run_case(qattn_ctx *ctx, const cli_opts *o, const qattn_params *proto
     cli_convert_to_f32(t.o, p.o_dtype, o_f32, o_count);
     double oracle_work = (double)p.n_heads * p.head_dim * pairs;
     r->oracle_rows = oracle_work <= ORACLE_FULL_WORK_LIMIT || p.seqlen_q <= ORACLE_SAMPLE_ROWS ? p.seqlen_q : ORACLE_SAMPLE_ROWS;
+    if (p.block_mask && r->oracle_rows < p.seqlen_q) /* start the sample on a mask block boundary */
+        r->oracle_rows = p.seqlen_q - (p.seqlen_q - r->oracle_rows) / p.block_mask_q * p.block_mask_q;
     /* The oracle runs on the host: it gets a CPU context for its error messages. */
     qattn_ctx_options host_opt = {.backend = QATTN_BACKEND_CPU};
     qattn_ctx *host = cli_ctx_create(&host_opt, CMD);
@@ -385,6 +399,7 @@ static int run_case(qattn_ctx *ctx, const cli_opts *o, const qattn_params *proto
     rc = 0;
 done:
     cli_free(o_f32);
+    cli_free(mask);
     free_device(&d);
     free_tensors(&t);
     return rc;
@@ -392,12 +407,15 @@ done:
 
 /* ---------------------------------------------------------------- output */
 
-static void print_table_header(const qattn_ctx_info *info, const cli_opts *o) {
+static void print_table_header(const qattn_ctx_info *info, const cli_opts *o, const cli_block_mask_opts *mo) {
     printf("qattn %s bench: backend %s, isa %s, threads %d, %s inputs, %s\n", qattn_version(), cli_backend_name(info->backend),
            info->isa_name, info->n_threads, o->distribution == CLI_DIST_UNIFORM ? "U(0,1)" : "N(0,1)", info->device_name);
     printf("median of %d iters after %d warm-up; GFLOP/s counts 4*H*D per visible (query,key) pair\n", o->iters, o->warmup);
-    printf("%-5s %3s %4s %4s %6s %6s %4s %-6s %10s %9s %8s %10s %10s %-14s %7s %s\n", "prec", "B", "H", "HK", "Lq", "Lk", "D", "causal",
-           "ms", "GFLOP/s", "GB/s", "rel_l2", "max_abs", "oracle", "vs_fp32", "verdict");
+    if (mo->file || mo->pattern >= 0)
+        printf("block mask: %s %s, blocks %d x %d%s\n", mo->file ? "file" : cli_block_pattern_name(mo->pattern), mo->file ? mo->file : "pattern",
+               mo->bq, mo->bk, mo->pattern >= 0 ? " (density column: computed pairs / pairs the causal/window mask alone shows)" : "");
+    printf("%-5s %3s %4s %4s %6s %6s %4s %-6s %7s %10s %9s %8s %10s %10s %-14s %7s %s\n", "prec", "B", "H", "HK", "Lq", "Lk", "D", "causal",
+           "density", "ms", "GFLOP/s", "GB/s", "rel_l2", "max_abs", "oracle", "vs_fp32", "verdict");
 }
 
 /* "ok: 1.3e-02 <= 3.8e-02 (3 x int8 baseline 1.3e-02)", "OVER: ...", or "-" without a tolerance. */
@@ -422,9 +440,9 @@ static void print_table_row(const qattn_params *p, const bench_result *r) {
     if (r->speedup > 0) snprintf(speedup, sizeof speedup, "%.2fx", r->speedup);
     else snprintf(speedup, sizeof speedup, "-");
     format_verdict(r, verdict, sizeof verdict);
-    printf("%-5s %3lld %4d %4d %6lld %6lld %4d %-6s %10.3f %9.2f %8.2f %10.3e %10.3e %-14s %7s %s\n", cli_precision_name(p->precision),
+    printf("%-5s %3lld %4d %4d %6lld %6lld %4d %-6s %7.3f %10.3f %9.2f %8.2f %10.3e %10.3e %-14s %7s %s\n", cli_precision_name(p->precision),
            (long long)p->batch, p->n_heads, p->n_kv_heads, (long long)p->seqlen_q, (long long)p->seqlen_k, p->head_dim,
-           p->causal ? "yes" : "no", r->ms, r->gflops, r->gbps, r->err.rel_l2, r->err.max_abs, oracle, speedup, verdict);
+           p->causal ? "yes" : "no", r->density, r->ms, r->gflops, r->gbps, r->err.rel_l2, r->err.max_abs, oracle, speedup, verdict);
     fflush(stdout);
 }
 
@@ -448,6 +466,7 @@ static void print_json_row(const qattn_ctx_info *info, const cli_opts *o, const 
     cli_json_int(&j, "window_right", p->window_right);
     cli_json_num(&j, "softcap", p->softcap);
     cli_json_str(&j, "alibi", cli_score_mods_alibi_name(mods));
+    cli_json_num(&j, "density", r->density);
     cli_json_int(&j, "iters", o->iters);
     cli_json_num(&j, "ms", r->ms);
     cli_json_num(&j, "gflops", r->gflops);
@@ -468,12 +487,16 @@ static void print_json_row(const qattn_ctx_info *info, const cli_opts *o, const 
 
 /* ---------------------------------------------------------------- command */
 
-static int parse_bench_args(int argc, char **argv, cli_opts *o, cli_score_mods *mods) {
+static int parse_bench_args(int argc, char **argv, cli_opts *o, cli_score_mods *mods, cli_block_mask_opts *m) {
     cli_opts_init(o);
     memset(mods, 0, sizeof *mods);
+    cli_block_mask_opts_init(m);
     for (int i = 1; i < argc; i++) {
         if (cli_flag_is(argv[i], "--help") || cli_flag_is(argv[i], "-h")) return 1;
         cli_flag_result r = cli_score_mods_parse_flag(mods, argc, argv, &i, CMD);
+        if (r == CLI_FLAG_ERROR) return -1;
+        if (r == CLI_FLAG_CONSUMED) continue;
+        r = cli_block_mask_parse_flag(m, argc, argv, &i, 1, CMD);
         if (r == CLI_FLAG_ERROR) return -1;
         if (r == CLI_FLAG_CONSUMED) continue;
         r = cli_opts_parse_flag(o, argc, argv, &i, CMD);
@@ -503,7 +526,9 @@ int qattn_cli_bench(int argc, char **argv) {
     if (qattn_cli_bench_dist_wanted(argc, argv)) return qattn_cli_bench_dist(argc, argv); /* across ranks */
     cli_opts o;
     cli_score_mods mods;
-    int parsed = parse_bench_args(argc, argv, &o, &mods);
+    cli_block_mask_opts mo;
+    int parsed = parse_bench_args(argc, argv, &o, &mods, &mo);
+    if (parsed == 0 && cli_block_mask_check(&mo, CMD)) parsed = -1;
     if (parsed == 1) {
         print_bench_help();
         return CLI_EXIT_OK;
@@ -534,7 +559,7 @@ int qattn_cli_bench(int argc, char **argv) {
      * scheme), the INT8 row with its speed-up over the FP32 row just measured. */
     int with_int8 = !o.shape_given && !o.precision_given && !on_device;
     int32_t precisions[2] = {o.precision, QATTN_PRECISION_INT8};
-    if (!o.json) print_table_header(&info, &o);
+    if (!o.json) print_table_header(&info, &o, &mo);
     int failures = 0;
     for (size_t c = 0; c < n_cases; c++) {
         double fp32_ms = 0;
@@ -560,7 +585,7 @@ int qattn_cli_bench(int argc, char **argv) {
                 cli_free(slopes);
                 continue;
             }
-            int failed = run_case(ctx, &row_opts, &p, on_device, &r);
+            int failed = run_case(ctx, &row_opts, &mo, &p, on_device, &r);
             if (failed) {
                 failures++;
                 cli_free(slopes);

@@ -121,9 +121,10 @@ static int parse_shape(cursor *c, cli_npy_array *out, char *err, size_t err_len)
 static int parse_descr(const char *descr, cli_npy_array *out, char *err, size_t err_len) {
     if (!strcmp(descr, "<f4")) out->dtype = CLI_NPY_F32;
     else if (!strcmp(descr, "<f2")) out->dtype = CLI_NPY_F16;
+    else if (!strcmp(descr, "|u1") || !strcmp(descr, "|b1")) out->dtype = CLI_NPY_U8; /* byte maps (a block mask) */
     else {
         char shown[64];
-        return fail(err, err_len, "dtype '%s' is not supported (want little-endian float32 '<f4' or float16 '<f2')",
+        return fail(err, err_len, "dtype '%s' is not supported (want little-endian float32 '<f4' or float16 '<f2', or uint8 '|u1' / bool '|b1' for a mask)",
                     printable(descr, shown, sizeof shown));
     }
     return 0;
@@ -178,7 +179,7 @@ static int data_size(cli_npy_array *a, size_t *bytes, char *err, size_t err_len)
         if (a->shape[d] != 0 && count > INT64_MAX / a->shape[d]) return fail(err, err_len, "the shape's element count overflows 64 bits");
         count *= a->shape[d];
     }
-    size_t elem = a->dtype == CLI_NPY_F32 ? 4 : 2;
+    size_t elem = a->dtype == CLI_NPY_F32 ? 4 : a->dtype == CLI_NPY_F16 ? 2 : 1;
     if ((uint64_t)count > SIZE_MAX / elem) return fail(err, err_len, "the data size overflows this machine's size_t");
     a->count = count;
     *bytes = (size_t)count * elem;
@@ -208,7 +209,14 @@ static int read_header(FILE *f, cli_npy_array *out, long long *header_end, char 
     return rc;
 }
 
-int cli_npy_read(const char *path, cli_npy_array *out, char *err, size_t err_len) {
+/* Read a whole file whose dtype is byte maps (want_bytes) or floats (!want_bytes). */
+static int read_npy(const char *path, cli_npy_array *out, int want_bytes, char *err, size_t err_len);
+
+int cli_npy_read(const char *path, cli_npy_array *out, char *err, size_t err_len) { return read_npy(path, out, 0, err, err_len); }
+
+int cli_npy_read_u8(const char *path, cli_npy_array *out, char *err, size_t err_len) { return read_npy(path, out, 1, err, err_len); }
+
+static int read_npy(const char *path, cli_npy_array *out, int want_bytes, char *err, size_t err_len) {
     memset(out, 0, sizeof *out);
     /* O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever. The
      * type is checked on the descriptor itself (no race with a rename between stat and open). */
@@ -236,6 +244,12 @@ int cli_npy_read(const char *path, cli_npy_array *out, char *err, size_t err_len
         fclose(f);
         memset(out, 0, sizeof *out);
         return -1;
+    }
+    if ((out->dtype == CLI_NPY_U8) != (want_bytes != 0)) {
+        fclose(f);
+        memset(out, 0, sizeof *out);
+        return fail(err, err_len, want_bytes ? "dtype is a float; a mask is uint8 '|u1' or bool '|b1'"
+                                             : "dtype uint8/bool is not supported here (want little-endian float32 '<f4' or float16 '<f2')");
     }
     /* The file must hold exactly the header and the data. */
     long long file_size = (long long)st.st_size;

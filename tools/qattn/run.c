@@ -6,6 +6,7 @@
  * outputs are written to temporary files in their folders, and renamed over the targets only
  * when both were written. Only regular files are read or replaced. */
 #define _XOPEN_SOURCE 700 /* realpath */
+#include "block_mask.h"
 #include "cli.h"
 #include "npy.h"
 
@@ -33,6 +34,9 @@ static void print_run_help(void) {
            "  --softcap X         scores become X * tanh(score / X) (X > 0)\n"
            "  --alibi             ALiBi, the paper's slopes for H heads (2^(-8(h+1)/H) for a power of two)\n"
            "  --alibi-slopes F    ALiBi slopes from a float32 .npy, [H] or [B, H]\n"
+           "  --block-mask M.npy  block-sparse attention: uint8/bool map [H, nq, nk] or [B, H, nq, nk],\n"
+           "                      nq = ceil(Lq / BQ), nk = ceil(Lk / BK); 0 = the pair of blocks is skipped\n"
+           "  --block-size BQ[,BK] query and key rows per mask block, multiples of 16 (default 64)\n"
            "  --threads T         CPU threads (0 = all online cores)\n"
            "  --isa I             %s\n"
            "  --backend cpu       (the only backend for run)\n"
@@ -45,6 +49,7 @@ typedef struct run_args {
     const char *cal_path; /* --calibration: qattn_forward_calibrated */
     cli_opts opts;
     cli_score_mods mods; /* --softcap, --alibi, --alibi-slopes */
+    cli_block_mask_opts mask; /* --block-mask, --block-size */
 } run_args;
 
 /* The common flags that describe benchmarks, not a run: refused rather than ignored. */
@@ -65,6 +70,7 @@ static const char *flag_name(const char *arg, char *buf, size_t len) {
 static int parse_run_args(int argc, char **argv, run_args *a) {
     memset(a, 0, sizeof *a);
     cli_opts_init(&a->opts);
+    cli_block_mask_opts_init(&a->mask);
     a->opts.precision = QATTN_PRECISION_AUTO; /* the inputs' own dtype unless asked */
     struct {
         const char *flag;
@@ -104,6 +110,9 @@ static int parse_run_args(int argc, char **argv, run_args *a) {
         cli_flag_result r = cli_score_mods_parse_flag(&a->mods, argc, argv, &i, CMD);
         if (r == CLI_FLAG_ERROR) return -1;
         if (r == CLI_FLAG_CONSUMED) continue;
+        r = cli_block_mask_parse_flag(&a->mask, argc, argv, &i, 0, CMD);
+        if (r == CLI_FLAG_ERROR) return -1;
+        if (r == CLI_FLAG_CONSUMED) continue;
         r = cli_opts_parse_flag(&a->opts, argc, argv, &i, CMD);
         if (r == CLI_FLAG_ERROR) return -1;
         if (r == CLI_FLAG_UNKNOWN) {
@@ -111,6 +120,7 @@ static int parse_run_args(int argc, char **argv, run_args *a) {
             return -1;
         }
     }
+    if (cli_block_mask_check(&a->mask, CMD)) return -1;
     if (a->opts.shape_given) {
         cli_error(CMD, "shape options are not used by run: the shapes come from the .npy files");
         return -1;
@@ -352,6 +362,7 @@ int qattn_cli_run(int argc, char **argv) {
     memset(&v, 0, sizeof v);
     cli_npy_array *arrays[3] = {&q, &k, &v};
     float *o = NULL, *lse = NULL, *slopes = NULL;
+    uint8_t *mask = NULL;
     int status = CLI_EXIT_FAILURE;
     qattn_params p;
     qattn_params_init(&p);
@@ -370,12 +381,14 @@ int qattn_cli_run(int argc, char **argv) {
     p.int8_scheme = a.opts.int8_scheme;
     qattn_params_set_contiguous(&p);
     if (cli_score_mods_apply(&a.mods, &p, &slopes, CMD)) goto done;
+    if (cli_block_mask_attach(&a.mask, &p, 0, &mask, CMD)) goto done;
     if (compute_attention(&a, &p, &o, &lse) || write_outputs(&a, &p, o, lse)) goto done;
     status = CLI_EXIT_OK;
 done:
     cli_free(o);
     cli_free(lse);
     cli_free(slopes);
+    cli_free(mask);
     for (int t = 0; t < 3; t++) cli_npy_free(arrays[t]);
     return status;
 }
