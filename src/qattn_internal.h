@@ -1,25 +1,19 @@
-/* qattn internals shared by api.c and the backends: the context, error reporting,
- * scalar conversions, the mask and sequence geometry, and the CPU kernel table.
+/* qattn internals shared by api.c and the backends: the core (context, error reporting,
+ * allocation, CPU features: the headers of src/core, included here), scalar conversions, the mask and sequence geometry, and the CPU kernel table.
  * Nothing here is public; nothing here exits or aborts. */
 #ifndef QATTN_INTERNAL_H
 #define QATTN_INTERNAL_H
 
 #include "qattn.h"
 
+#include "core/context.h"
+#include "core/cpu_features.h"
+
 #include <math.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
-
-#if defined(__GNUC__)
-#define QATTN_PRINTF(a, b) __attribute__((format(printf, a, b)))
-#else
-#define QATTN_PRINTF(a, b)
-#endif
-
-#define QATTN_ERR_LEN 512
-#define QATTN_ALIGN 64
 
 /* ---------------------------------------------------------------- CPU kernel table */
 
@@ -70,41 +64,14 @@ void qattn_pack_rows_f32_ref(const void *src, int32_t dtype, int32_t precision, 
 #if defined(QATTN_HAVE_X86)
 extern const qattn_cpu_kernels qattn_kernels_avx2;
 extern const qattn_cpu_kernels qattn_kernels_avxvnni; /* the AVX2 FP entries, named "avxvnni" */
-bool qattn_cpu_has_avx2(void);    /* CPUID + XGETBV */
-bool qattn_cpu_has_avxvnni(void); /* CPUID.(7,1):EAX[4] + XGETBV; check qattn_cpu_has_avx2 too */
 extern const qattn_cpu_kernels qattn_kernels_avx512;
-bool qattn_cpu_has_avx512(void);     /* AVX-512 F/BW/VL/DQ + AVX512-VNNI + ZMM state + the AVX2 tier */
-bool qattn_cpu_has_avx512bf16(void); /* CPUID.(7,1):EAX[5] + ZMM state */
 #endif
-/* The CPU features found, space-separated ("" on non-x86 builds), for qattn info. */
-void qattn_cpu_feature_list(char *buf, size_t len);
 
 /* Whether the ISA runs the AVX2 kernels (AVX-VNNI is AVX2 plus vpdpbusd, AVX-512 a superset of
  * both except the VEX vpdpbusd: every AVX2 kernel applies to both). */
 static inline bool qattn_isa_has_avx2(int32_t isa) { return isa == QATTN_ISA_AVX2 || isa == QATTN_ISA_AVXVNNI || isa == QATTN_ISA_AVX512; }
 
-/* ---------------------------------------------------------------- context */
-
-struct qattn_ctx {
-    int32_t backend; /* qattn_backend, resolved (never AUTO) */
-    int32_t isa;     /* qattn_isa, resolved (never AUTO) */
-    int32_t n_threads;
-    int32_t cuda_device;
-    const qattn_cpu_kernels *kernels;
-    void *(*alloc)(size_t bytes, void *user);
-    void (*free)(void *ptr, void *user);
-    void *alloc_user;
-    void *cuda_state; /* owned by the CUDA backend */
-    struct qattn_pool *pool; /* the CPU worker threads (src/cpu/threads.c), started on first use */
-    char last_error[QATTN_ERR_LEN];
-};
-
-/* Record a message on ctx and return status (so callers write `return qattn_fail(...)`). */
-qattn_status qattn_fail(qattn_ctx *ctx, qattn_status status, const char *fmt, ...) QATTN_PRINTF(3, 4);
-
-/* 64-byte aligned allocation through the context's hooks; NULL on failure or bytes == 0. */
-void *qattn_alloc(qattn_ctx *ctx, size_t bytes);
-void qattn_free(qattn_ctx *ctx, void *ptr);
+/* ---------------------------------------------------------------- validation */
 
 /* Checks every field of p that every backend relies on; reads cu_seqlens only when
  * read_offsets is true (host memory). Returns the status and sets the message. */
