@@ -79,14 +79,13 @@ typedef struct dopts {
     uint64_t seed;
 } dopts;
 
-static const char *dname(int32_t t) { return t == QATTN_DTYPE_F16 ? "fp16" : t == QATTN_DTYPE_BF16 ? "bf16" : "int8"; }
-
 static int parse_dtypes(const char *text, dopts *o) {
     char buf[64];
     snprintf(buf, sizeof buf, "%s", text);
     o->n_dtypes = 0;
     for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
-        int32_t t = !strcmp(tok, "fp16") ? QATTN_DTYPE_F16 : !strcmp(tok, "bf16") ? QATTN_DTYPE_BF16 : !strcmp(tok, "int8") ? QATTN_DTYPE_I8 : -1;
+        int32_t t = qattn_dtype_from_name(tok);
+        if (t != QATTN_DTYPE_F16 && t != QATTN_DTYPE_BF16 && t != QATTN_DTYPE_I8) t = -1; /* storage dtypes only */
         if (t < 0 || o->n_dtypes == 3) {
             cli_error(CMD, "--kv-dtype '%s': expected a comma list of fp16, bf16, int8 (at most 3)", text);
             return -1;
@@ -140,7 +139,7 @@ static int parse(int argc, char **argv, dopts *o) {
         }
         if ((r = cli_flag_value(argc, argv, &i, "--isa", &val, CMD)) != 0) {
             if (r < 0) return -1;
-            o->isa = cli_isa_from_name(val);
+            o->isa = qattn_isa_from_name(val);
             if (o->isa < 0) { cli_error(CMD, "--isa '%s': expected one of %s", val, cli_isa_names()); return -1; }
             continue;
         }
@@ -284,7 +283,7 @@ int qattn_cli_bench_decode(int argc, char **argv) {
             cli_json j;
             cli_json_begin(&j, stdout);
             cli_json_str(&j, "bench", "decode");
-            cli_json_str(&j, "kv_dtype", dname(o.dtypes[i]));
+            cli_json_str(&j, "kv_dtype", qattn_dtype_name(o.dtypes[i]));
             cli_json_int(&j, "batch", B), cli_json_int(&j, "heads", H), cli_json_int(&j, "kv_heads", HK);
             cli_json_int(&j, "head_dim", D), cli_json_int(&j, "seqlen_q", Lq), cli_json_int(&j, "kv_len", L);
             cli_json_int(&j, "block_size", o.block_size), cli_json_int(&j, "threads", info.n_threads);
@@ -301,7 +300,7 @@ int qattn_cli_bench_decode(int argc, char **argv) {
             cli_json_num(&j, "rel_l2_dequant", r.rel_l2_dequant);
             cli_json_end(&j);
         } else {
-            printf("%-5s %10.3f %10.3f %12.1f %8.2f %8.3f %7.2fx %12.3e %14.3e\n", dname(o.dtypes[i]), r.seconds * 1e3, r.best_seconds * 1e3, r.tokens_per_s, r.gbps,
+            printf("%-5s %10.3f %10.3f %12.1f %8.2f %8.3f %7.2fx %12.3e %14.3e\n", qattn_dtype_name(o.dtypes[i]), r.seconds * 1e3, r.best_seconds * 1e3, r.tokens_per_s, r.gbps,
                    r.bw_fraction, r.tokens_per_s / base, r.rel_l2, r.rel_l2_dequant);
         }
         fflush(stdout);

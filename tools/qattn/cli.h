@@ -8,6 +8,8 @@
 
 #include "qattn.h"
 
+#include "core/names.h"
+
 #include <stdint.h>
 #include <stdio.h>
 
@@ -111,15 +113,9 @@ int cli_flag_is(const char *arg, const char *name);
 int cli_parse_int64(const char *text, int64_t min, int64_t max, int64_t *out, const char *flag, const char *command);
 int cli_parse_float(const char *text, float *out, const char *flag, const char *command);
 
-/* Names <-> enum values. The parse functions return -1 for an unknown name. */
-int cli_precision_from_name(const char *name);
-const char *cli_precision_name(int32_t precision);
-int cli_int8_scheme_from_name(const char *name);
-const char *cli_int8_scheme_name(int32_t scheme);
-const char *cli_backend_name(int32_t backend);
-const char *cli_isa_name(int32_t isa);
-int32_t cli_isa_from_name(const char *name); /* a name of cli_isa_names(); -1 if unknown */
-const char *cli_isa_names(void);             /* every ISA name, "ref|avx2|...", from the one table */
+/* Names <-> enum values: src/core/names.h (qattn_precision_name, qattn_isa_from_name, ...), the
+ * library's one table per enum, so flags, JSON and library messages spell values alike. */
+const char *cli_isa_names(void); /* every ISA name, "ref|avx2|...", for help texts */
 
 /* ---------------------------------------------------------------- random inputs */
 

@@ -21,81 +21,11 @@ void cli_error(const char *command, const char *fmt, ...) {
     fputc('\n', stderr);
 }
 
-/* ---------------------------------------------------------------- names */
-
-int cli_precision_from_name(const char *name) {
-    if (!strcmp(name, "fp32")) return QATTN_PRECISION_FP32;
-    if (!strcmp(name, "fp16")) return QATTN_PRECISION_FP16;
-    if (!strcmp(name, "bf16")) return QATTN_PRECISION_BF16;
-    if (!strcmp(name, "int8")) return QATTN_PRECISION_INT8;
-    if (!strcmp(name, "fp8_e4m3")) return QATTN_PRECISION_FP8_E4M3;
-    if (!strcmp(name, "fp8_e5m2")) return QATTN_PRECISION_FP8_E5M2;
-    return -1;
-}
-
-const char *cli_precision_name(int32_t precision) {
-    switch (precision) {
-    case QATTN_PRECISION_AUTO: return "auto";
-    case QATTN_PRECISION_FP32: return "fp32";
-    case QATTN_PRECISION_FP16: return "fp16";
-    case QATTN_PRECISION_BF16: return "bf16";
-    case QATTN_PRECISION_INT8: return "int8";
-    case QATTN_PRECISION_FP8_E4M3: return "fp8_e4m3";
-    case QATTN_PRECISION_FP8_E5M2: return "fp8_e5m2";
-    default: return "?";
-    }
-}
-
-int cli_int8_scheme_from_name(const char *name) {
-    if (!strcmp(name, "qattn")) return QATTN_INT8_DEFAULT;
-    if (!strcmp(name, "intfa")) return QATTN_INT8_INTFA;
-    if (!strcmp(name, "sage")) return QATTN_INT8_SAGE;
-    return -1;
-}
-
-const char *cli_int8_scheme_name(int32_t scheme) {
-    switch (scheme) {
-    case QATTN_INT8_DEFAULT: return "qattn";
-    case QATTN_INT8_INTFA: return "intfa";
-    case QATTN_INT8_SAGE: return "sage";
-    default: return "?";
-    }
-}
-
-const char *cli_backend_name(int32_t backend) {
-    switch (backend) {
-    case QATTN_BACKEND_AUTO: return "auto";
-    case QATTN_BACKEND_CPU: return "cpu";
-    case QATTN_BACKEND_CUDA: return "cuda";
-    default: return "?";
-    }
-}
-
-/* The one table of ISA names (qattn_isa values): parsing, printing, help and messages. */
-static const struct {
-    const char *name;
-    int32_t isa;
-} isa_table[] = {{"ref", QATTN_ISA_REF}, {"avx2", QATTN_ISA_AVX2}, {"avxvnni", QATTN_ISA_AVXVNNI}, {"avx512", QATTN_ISA_AVX512}};
-#define ISA_COUNT (sizeof isa_table / sizeof isa_table[0])
-
-int32_t cli_isa_from_name(const char *name) {
-    for (size_t i = 0; i < ISA_COUNT; i++)
-        if (!strcmp(name, isa_table[i].name)) return isa_table[i].isa;
-    return -1;
-}
-
-const char *cli_isa_name(int32_t isa) {
-    if (isa == QATTN_ISA_AUTO) return "auto";
-    for (size_t i = 0; i < ISA_COUNT; i++)
-        if (isa_table[i].isa == isa) return isa_table[i].name;
-    return "?";
-}
+/* ---------------------------------------------------------------- names (the tables: src/core/names.c) */
 
 const char *cli_isa_names(void) {
     static char list[128];
-    if (!list[0])
-        for (size_t i = 0, n = 0; i < ISA_COUNT && n < sizeof list; i++)
-            n += (size_t)snprintf(list + n, sizeof list - n, "%s%s", i ? "|" : "", isa_table[i].name);
+    if (!list[0]) qattn_isa_name_list("|", list, sizeof list);
     return list;
 }
 
@@ -258,7 +188,7 @@ cli_flag_result cli_opts_parse_flag(cli_opts *o, int argc, char **argv, int *i, 
     }
     if ((r = cli_flag_value(argc, argv, i, "--precision", &value, command)) != 0) {
         if (r < 0) return CLI_FLAG_ERROR;
-        int p = cli_precision_from_name(value);
+        int p = qattn_precision_from_name(value);
         if (p < 0) {
             cli_error(command, "--precision: '%s' is not one of fp32, fp16, bf16, int8, fp8_e4m3, fp8_e5m2", value);
             return CLI_FLAG_ERROR;
@@ -269,7 +199,7 @@ cli_flag_result cli_opts_parse_flag(cli_opts *o, int argc, char **argv, int *i, 
     }
     if ((r = cli_flag_value(argc, argv, i, "--int8-scheme", &value, command)) != 0) {
         if (r < 0) return CLI_FLAG_ERROR;
-        int s = cli_int8_scheme_from_name(value);
+        int s = qattn_int8_scheme_from_name(value);
         if (s < 0) {
             cli_error(command, "--int8-scheme: '%s' is not one of qattn, intfa, sage", value);
             return CLI_FLAG_ERROR;
@@ -289,7 +219,7 @@ cli_flag_result cli_opts_parse_flag(cli_opts *o, int argc, char **argv, int *i, 
     }
     if ((r = cli_flag_value(argc, argv, i, "--isa", &value, command)) != 0) {
         if (r < 0) return CLI_FLAG_ERROR;
-        o->isa = cli_isa_from_name(value);
+        o->isa = qattn_isa_from_name(value);
         if (o->isa < 0) {
             cli_error(command, "--isa: '%s' is not one of %s", value, cli_isa_names());
             return CLI_FLAG_ERROR;
@@ -364,8 +294,8 @@ qattn_ctx *cli_ctx_create(const qattn_ctx_options *c, const char *command) {
     char why[256];
     qattn_status s = qattn_ctx_create_ex(&ctx, c, why, sizeof why);
     if (s != QATTN_OK) {
-        cli_error(command, "cannot create a context (backend %s, isa %s): %s", c ? cli_backend_name(c->backend) : "auto",
-                  c ? cli_isa_name(c->isa) : "auto", why[0] ? why : qattn_status_str(s));
+        cli_error(command, "cannot create a context (backend %s, isa %s): %s", c ? qattn_backend_name(c->backend) : "auto",
+                  c ? qattn_isa_name(c->isa) : "auto", why[0] ? why : qattn_status_str(s));
         return NULL;
     }
     return ctx;
