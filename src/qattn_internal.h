@@ -7,7 +7,9 @@
 #include "qattn.h"
 
 #include "core/context.h"
+#include "core/checked.h"
 #include "core/cpu_features.h"
+#include "core/extent.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -35,7 +37,7 @@ typedef struct qattn_tile_state {
  *                 mask qattn supports is one). Keys outside it are skipped, not multiplied by 0,
  *                 so NaN/Inf in a masked key never reaches the row.
  *   scratch: at least m*n floats.
- * Rules (DESIGN.md §4): rescale only when the max grows; a row with no visible key so far keeps
+ * Rules (docs/ARCHITECTURE.md "Numerics"): rescale only when the max grows; a row with no visible key so far keeps
  * row_max -inf, row_sum 0, acc 0. */
 typedef void (*qattn_attend_tile_fn)(const float *q, int64_t ldq, int m, int d,
                                      const float *k, const float *v, int64_t ldkv, int n,
@@ -76,31 +78,6 @@ static inline bool qattn_isa_has_avx2(int32_t isa) { return isa == QATTN_ISA_AVX
 /* Checks every field of p that every backend relies on; reads cu_seqlens only when
  * read_offsets is true (host memory). Returns the status and sets the message. */
 qattn_status qattn_validate(qattn_ctx *ctx, const qattn_params *p, bool read_offsets);
-
-/* Overflow-checked int64 arithmetic, the one place for it: true and *out = a op b when the
- * result fits, false (and *out unspecified) when it overflows. */
-static inline bool qattn_mul_i64(int64_t a, int64_t b, int64_t *out) { return !__builtin_mul_overflow(a, b, out); }
-static inline bool qattn_add_i64(int64_t a, int64_t b, int64_t *out) { return !__builtin_add_overflow(a, b, out); }
-
-/* The bytes a tensor argument may touch, [lo, hi) as addresses (lo == hi: touches nothing). */
-typedef struct qattn_extent {
-    const char *name;
-    uintptr_t lo, hi;
-} qattn_extent;
-
-/* The extent of a [n0, n1, n2, d] view with element strides s0, s1, s2, 1 of elem_bytes-byte
- * elements at base (an overflowing size reaches to the end of the address space). */
-qattn_extent qattn_view_extent(const char *name, const void *base, int64_t elem_bytes, int64_t n0, int64_t s0, int64_t n1, int64_t s1,
-                               int64_t n2, int64_t s2, int64_t d);
-
-/* QATTN_ERR_INVALID_ARGUMENT naming the first output that overlaps an input or another output
- * (in place computation is not supported: the kernels read inputs after writing outputs). */
-qattn_status qattn_check_disjoint(qattn_ctx *ctx, const char *function, const qattn_extent *outs, int n_outs, const qattn_extent *ins,
-                                  int n_ins);
-
-/* The same check for the tensors of p (o, lse against q, k, v and each other), with q/k/v
- * elements of qkv_elem_bytes bytes (1 for pre-quantized inputs). p is validated. */
-qattn_status qattn_check_params_disjoint(qattn_ctx *ctx, const qattn_params *p, int64_t qkv_elem_bytes);
 
 /* The softmax scale p asks for (0 means 1/sqrt(D)). */
 static inline float qattn_effective_scale(const qattn_params *p) {
