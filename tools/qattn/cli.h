@@ -135,7 +135,7 @@ void cli_fill_uniform(cli_rng *r, float *x, int64_t n, float lo, float hi);
 
 /* ---------------------------------------------------------------- accuracy metrics */
 
-/* Whole-tensor error of an output against a reference (BENCHMARKS.md "Accuracy"). */
+/* Whole-tensor error of an output against a reference (docs/benchmarks.md, "Conventions"). */
 typedef struct cli_metrics {
     double rel_l1;   /* sum|o-r| / sum|r| */
     double rel_l2;   /* ||o-r|| / ||r|| */
