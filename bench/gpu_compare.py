@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """qattn (CUDA backend) side by side with torch SDPA (FlashAttention-2 and cuDNN backends).
 
-Standard shapes of BENCHMARKS.md: B*L = 16k tokens, H*D = 2048, D in {64, 128},
+The standard shapes (docs/benchmarks.md, "GPU"): B*L = 16k tokens, H*D = 2048, D in {64, 128},
 L in {1k, 4k, 16k}, causal and not, Q/K/V ~ N(0, 1) in FP16. For each shape, in the same run:
 qattn FP16, qattn INT8 (quantization + kernel, and the attention kernel alone from the
 profiler), SDPA FLASH_ATTENTION and CUDNN_ATTENTION. CUDA events, warm-up, median of >= 20.

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Side-by-side timing of the INT8 attention kernel from several builds of qattn in one process.
 
-For each standard D 128 shape of BENCHMARKS.md (B*L = 16k tokens, H*D = 2048, N(0,1) FP16 inputs):
+For each standard D 128 shape (docs/benchmarks.md) (B*L = 16k tokens, H*D = 2048, N(0,1) FP16 inputs):
 the INT8 attention kernel alone (torch profiler, median of 20) of every library given, in
 alternating order, twice (the spread between the two rounds is the noise floor), and SDPA's
 FlashAttention-2 backend in the same run; the outputs of the builds are compared with the first one.

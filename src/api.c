@@ -1,269 +1,9 @@
-/* The public entry points: context, status strings, the one validation function, dispatch
- * to a backend. Every argument problem becomes a status plus a message naming the value. */
-#define _POSIX_C_SOURCE 200809L
+/* The public entry points above the context (src/core/context.c): params init, the one validation
+ * function, dispatch to a backend. Every argument problem becomes a status plus a message naming
+ * the value. */
 #include "qattn_internal.h"
 
-#include "cpu/threads.h"
-
-#include <stdio.h>
-#include <stdlib.h>
-#include <unistd.h>
-
-#define QATTN_STR2(x) #x
-#define QATTN_STR(x) QATTN_STR2(x)
-
-const char *qattn_version(void) {
-    return QATTN_STR(QATTN_VERSION_MAJOR) "." QATTN_STR(QATTN_VERSION_MINOR) "." QATTN_STR(QATTN_VERSION_PATCH);
-}
-
-const char *qattn_status_str(qattn_status status) {
-    switch (status) {
-    case QATTN_OK: return "QATTN_OK: success";
-    case QATTN_ERR_NULL_POINTER: return "QATTN_ERR_NULL_POINTER: a required pointer is NULL";
-    case QATTN_ERR_INVALID_ARGUMENT: return "QATTN_ERR_INVALID_ARGUMENT: invalid argument";
-    case QATTN_ERR_UNSUPPORTED: return "QATTN_ERR_UNSUPPORTED: not supported by this backend";
-    case QATTN_ERR_OUT_OF_MEMORY: return "QATTN_ERR_OUT_OF_MEMORY: out of memory";
-    case QATTN_ERR_OVERFLOW: return "QATTN_ERR_OVERFLOW: size computation overflows";
-    case QATTN_ERR_BACKEND: return "QATTN_ERR_BACKEND: backend failure";
-    case QATTN_ERR_CAPACITY: return "QATTN_ERR_CAPACITY: capacity exhausted";
-    }
-    return "unknown qattn status";
-}
-
-qattn_status qattn_fail(qattn_ctx *ctx, qattn_status status, const char *fmt, ...) {
-    if (ctx) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(ctx->last_error, sizeof ctx->last_error, fmt, ap);
-        va_end(ap);
-    }
-    return status;
-}
-
-/* ---------------------------------------------------------------- allocation */
-
-static void *default_alloc(size_t bytes, void *user) {
-    (void)user;
-    void *ptr = NULL;
-    size_t rounded = (bytes + QATTN_ALIGN - 1) / QATTN_ALIGN * QATTN_ALIGN;
-    if (rounded < bytes) return NULL;
-    if (posix_memalign(&ptr, QATTN_ALIGN, rounded) != 0) return NULL;
-    return ptr;
-}
-
-static void default_free(void *ptr, void *user) {
-    (void)user;
-    free(ptr);
-}
-
-void *qattn_alloc(qattn_ctx *ctx, size_t bytes) {
-    if (bytes == 0) return NULL;
-    return ctx->alloc(bytes, ctx->alloc_user);
-}
-
-void qattn_free(qattn_ctx *ctx, void *ptr) {
-    if (ptr) ctx->free(ptr, ctx->alloc_user);
-}
-
-/* ---------------------------------------------------------------- context */
-
-static int online_cores(void) {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n < 1 ? 1 : (n > QATTN_MAX_THREADS ? QATTN_MAX_THREADS : (int)n);
-}
-
-/* Environment override (QATTN_ISA / QATTN_BACKEND) applies only where the option is AUTO.
- * Returns -1 for an unknown name so the caller can report it. */
-static int32_t isa_from_env(void) {
-    const char *s = getenv("QATTN_ISA");
-    if (!s || !*s) return QATTN_ISA_AUTO;
-    if (!strcmp(s, "ref")) return QATTN_ISA_REF;
-    if (!strcmp(s, "avx2")) return QATTN_ISA_AVX2;
-    if (!strcmp(s, "avxvnni")) return QATTN_ISA_AVXVNNI;
-    if (!strcmp(s, "avx512")) return QATTN_ISA_AVX512;
-    return -1;
-}
-
-static int32_t backend_from_env(void) {
-    const char *s = getenv("QATTN_BACKEND");
-    if (!s || !*s) return QATTN_BACKEND_AUTO;
-    if (!strcmp(s, "cpu")) return QATTN_BACKEND_CPU;
-    if (!strcmp(s, "cuda")) return QATTN_BACKEND_CUDA;
-    return -1;
-}
-
-static qattn_status choose_isa(qattn_ctx *ctx, int32_t requested) {
-    int32_t isa = requested;
-    if (isa == QATTN_ISA_AUTO) {
-        isa = isa_from_env();
-        if (isa < 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "QATTN_ISA=%s is not one of ref, avx2, avxvnni, avx512", getenv("QATTN_ISA"));
-    }
-#if defined(QATTN_HAVE_X86)
-    bool have_avx2 = qattn_cpu_has_avx2();
-    bool have_vnni = have_avx2 && qattn_cpu_has_avxvnni();
-    bool have_avx512 = qattn_cpu_has_avx512();
-#else
-    bool have_avx2 = false, have_vnni = false, have_avx512 = false;
-#endif
-    if (isa == QATTN_ISA_AUTO)
-        isa = have_avx512 ? QATTN_ISA_AVX512 : have_vnni ? QATTN_ISA_AVXVNNI : have_avx2 ? QATTN_ISA_AVX2 : QATTN_ISA_REF;
-    if (isa == QATTN_ISA_AVX2 && !have_avx2)
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "ISA avx2 requested but this CPU/OS does not support AVX2+FMA+F16C");
-    if (isa == QATTN_ISA_AVXVNNI && !have_vnni)
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "ISA avxvnni requested but this CPU/OS does not support AVX2+FMA+F16C+AVX-VNNI");
-    if (isa == QATTN_ISA_AVX512 && !have_avx512)
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED,
-                          "ISA avx512 requested but this CPU/OS does not support AVX-512 F/BW/VL/DQ+AVX512-VNNI with ZMM state");
-    ctx->isa = isa;
-#if defined(QATTN_HAVE_X86)
-    ctx->kernels = isa == QATTN_ISA_AVX512    ? &qattn_kernels_avx512
-                   : isa == QATTN_ISA_AVXVNNI ? &qattn_kernels_avxvnni
-                   : isa == QATTN_ISA_AVX2    ? &qattn_kernels_avx2
-                                              : &qattn_kernels_ref;
-#else
-    ctx->kernels = &qattn_kernels_ref;
-#endif
-    return QATTN_OK;
-}
-
-static qattn_status choose_backend(qattn_ctx *ctx, int32_t requested) {
-    int32_t backend = requested;
-    if (backend == QATTN_BACKEND_AUTO) {
-        backend = backend_from_env();
-        if (backend < 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "QATTN_BACKEND=%s is not one of cpu, cuda", getenv("QATTN_BACKEND"));
-        if (backend == QATTN_BACKEND_AUTO) backend = QATTN_BACKEND_CPU;
-    }
-    ctx->backend = backend;
-    if (backend == QATTN_BACKEND_CUDA) {
-#if defined(QATTN_HAVE_CUDA)
-        return qattn_cuda_init(ctx);
-#else
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "backend cuda requested but this build of qattn has no CUDA backend");
-#endif
-    }
-    return QATTN_OK;
-}
-
-/* A creation failure before the context exists: the message goes to the caller's buffer. */
-static qattn_status create_fail(char *message, size_t message_size, qattn_status status, const char *fmt, ...) QATTN_PRINTF(4, 5);
-static qattn_status create_fail(char *message, size_t message_size, qattn_status status, const char *fmt, ...) {
-    if (message && message_size > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(message, message_size, fmt, ap);
-        va_end(ap);
-    }
-    return status;
-}
-
-qattn_status qattn_ctx_create_ex(qattn_ctx **out, const qattn_ctx_options *options, char *message, size_t message_size) {
-    if (message && message_size > 0) message[0] = '\0';
-    if (!out) return create_fail(message, message_size, QATTN_ERR_NULL_POINTER, "ctx (the output pointer) is NULL");
-    *out = NULL;
-    qattn_ctx_options opt;
-    memset(&opt, 0, sizeof opt);
-    if (options) opt = *options;
-    if ((opt.alloc == NULL) != (opt.free == NULL))
-        return create_fail(message, message_size, QATTN_ERR_INVALID_ARGUMENT, "alloc and free hooks must be given together (alloc %s, free %s)",
-                           opt.alloc ? "set" : "NULL", opt.free ? "set" : "NULL");
-    if (opt.backend < QATTN_BACKEND_AUTO || opt.backend > QATTN_BACKEND_CUDA)
-        return create_fail(message, message_size, QATTN_ERR_INVALID_ARGUMENT, "backend %d is not a qattn_backend (0 auto, 1 cpu, 2 cuda)", opt.backend);
-    if (opt.isa < QATTN_ISA_AUTO || opt.isa > QATTN_ISA_AVX512)
-        return create_fail(message, message_size, QATTN_ERR_INVALID_ARGUMENT, "isa %d is not a qattn_isa", opt.isa);
-    if (opt.n_threads < 0 || opt.n_threads > QATTN_MAX_THREADS)
-        return create_fail(message, message_size, QATTN_ERR_INVALID_ARGUMENT, "n_threads is %d; expected 0 (all cores) to %d", opt.n_threads,
-                           QATTN_MAX_THREADS);
-    if (opt.cuda_device < 0)
-        return create_fail(message, message_size, QATTN_ERR_INVALID_ARGUMENT, "cuda_device is %d; it must be >= 0", opt.cuda_device);
-
-    void *(*alloc)(size_t, void *) = opt.alloc ? opt.alloc : default_alloc;
-    void (*dealloc)(void *, void *) = opt.free ? opt.free : default_free;
-    qattn_ctx *ctx = alloc(sizeof *ctx, opt.alloc_user);
-    if (!ctx) return create_fail(message, message_size, QATTN_ERR_OUT_OF_MEMORY, "out of memory allocating the context (%zu bytes)", sizeof *ctx);
-    memset(ctx, 0, sizeof *ctx);
-    ctx->alloc = alloc;
-    ctx->free = dealloc;
-    ctx->alloc_user = opt.alloc_user;
-    ctx->n_threads = opt.n_threads ? opt.n_threads : online_cores();
-    ctx->cuda_device = opt.cuda_device;
-
-    qattn_status s = choose_isa(ctx, opt.isa);
-    if (s == QATTN_OK && !(ctx->pool = qattn_pool_create(ctx))) s = qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cannot create the thread pool");
-    if (s == QATTN_OK) s = choose_backend(ctx, opt.backend);
-    if (s != QATTN_OK) {
-        qattn_pool_destroy(ctx, ctx->pool);
-        create_fail(message, message_size, s, "%s", ctx->last_error); /* the context dies here: hand its reason over */
-        dealloc(ctx, opt.alloc_user);
-        return s;
-    }
-    *out = ctx;
-    return QATTN_OK;
-}
-
-qattn_status qattn_ctx_create(qattn_ctx **out, const qattn_ctx_options *options) { return qattn_ctx_create_ex(out, options, NULL, 0); }
-
-void qattn_ctx_destroy(qattn_ctx *ctx) {
-    if (!ctx) return;
-#if defined(QATTN_HAVE_CUDA)
-    qattn_cuda_release(ctx);
-#endif
-    qattn_pool_destroy(ctx, ctx->pool);
-    ctx->free(ctx, ctx->alloc_user);
-}
-
-const char *qattn_ctx_last_error(const qattn_ctx *ctx) {
-    return ctx ? ctx->last_error : "qattn_ctx_last_error: ctx is NULL";
-}
-
-qattn_status qattn_ctx_set_threads(qattn_ctx *ctx, int32_t n_threads) {
-    if (!ctx) return QATTN_ERR_NULL_POINTER;
-    ctx->last_error[0] = '\0';
-    if (n_threads < 0 || n_threads > QATTN_MAX_THREADS)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "n_threads is %d; expected 0 (all cores) to %d", n_threads, QATTN_MAX_THREADS);
-    ctx->n_threads = n_threads ? n_threads : online_cores();
-    qattn_pool_resize(ctx->pool, ctx->n_threads);
-    return QATTN_OK;
-}
-
-#if !defined(QATTN_HAVE_X86)
-void qattn_cpu_feature_list(char *buf, size_t len) { /* x86 builds: src/cpu/x86/cpu_features.c */
-    if (len) buf[0] = '\0';
-}
-#endif
-
-static void cpu_model_name(char *buf, size_t len) {
-    snprintf(buf, len, "cpu");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (!f) return;
-    char line[256];
-    while (fgets(line, sizeof line, f)) {
-        if (!strncmp(line, "model name", 10)) {
-            char *colon = strchr(line, ':');
-            if (colon) {
-                colon++;
-                while (*colon == ' ') colon++;
-                colon[strcspn(colon, "\n")] = '\0';
-                snprintf(buf, len, "%s", colon);
-            }
-            break;
-        }
-    }
-    fclose(f);
-}
-
-qattn_status qattn_ctx_get_info(const qattn_ctx *ctx, qattn_ctx_info *info) {
-    if (!ctx || !info) return QATTN_ERR_NULL_POINTER;
-    memset(info, 0, sizeof *info);
-    info->backend = ctx->backend;
-    info->isa = ctx->isa;
-    info->n_threads = ctx->n_threads;
-    snprintf(info->isa_name, sizeof info->isa_name, "%s", ctx->kernels->name);
-#if defined(QATTN_HAVE_CUDA)
-    info->cuda_available = qattn_cuda_device_count() > 0;
-#endif
-    cpu_model_name(info->device_name, sizeof info->device_name);
-    return QATTN_OK;
-}
+#include "core/names.h"
 
 /* ---------------------------------------------------------------- parameters */
 
@@ -297,55 +37,6 @@ void qattn_params_set_contiguous(qattn_params *p) {
 
 /* ---------------------------------------------------------------- validation */
 
-static const char *dtype_name(int32_t d) {
-    switch (d) {
-    case QATTN_DTYPE_F32: return "f32";
-    case QATTN_DTYPE_F16: return "f16";
-    case QATTN_DTYPE_BF16: return "bf16";
-    case QATTN_DTYPE_I8: return "i8";
-    }
-    return "unknown";
-}
-
-/* The largest element index a [n0, n1, n2, D] view with strides s0, s1, s2, 1 reaches,
- * or -1 on overflow. Extents are >= 1 here. */
-static int64_t max_index(int64_t n0, int64_t s0, int64_t n1, int64_t s1, int64_t n2, int64_t s2, int64_t d) {
-    int64_t terms[3], total = d - 1;
-    if (!qattn_mul_i64(n0 - 1, s0, &terms[0]) || !qattn_mul_i64(n1 - 1, s1, &terms[1]) || !qattn_mul_i64(n2 - 1, s2, &terms[2])) return -1;
-    for (int i = 0; i < 3; i++)
-        if (!qattn_add_i64(total, terms[i], &total)) return -1;
-    return total;
-}
-
-/* True when distinct (i0, i1, i2, d) of the output map to distinct elements: sorted by stride,
- * each axis must step past everything the smaller axes reach. */
-static bool output_is_injective(const int64_t ext[4], const int64_t str[4]) {
-    int idx[4] = {0, 1, 2, 3};
-    for (int a = 1; a < 4; a++)
-        for (int b = a; b > 0 && str[idx[b]] < str[idx[b - 1]]; b--) {
-            int t = idx[b];
-            idx[b] = idx[b - 1];
-            idx[b - 1] = t;
-        }
-    int64_t reach = 0; /* largest offset reached by the axes so far */
-    for (int a = 0; a < 4; a++) {
-        int i = idx[a];
-        if (ext[i] <= 1) continue;
-        if (str[i] <= reach) return false;
-        reach += (ext[i] - 1) * str[i];
-    }
-    return true;
-}
-
-int64_t qattn_view_max_index(int64_t n0, int64_t s0, int64_t n1, int64_t s1, int64_t n2, int64_t s2, int64_t d) {
-    return max_index(n0, s0, n1, s1, n2, s2, d);
-}
-
-bool qattn_view_is_injective(int64_t n0, int64_t s0, int64_t n1, int64_t s1, int64_t n2, int64_t s2, int64_t d) {
-    int64_t ext[4] = {n0, n1, n2, d}, str[4] = {s0, s1, s2, 1};
-    return output_is_injective(ext, str);
-}
-
 static qattn_status check_view(qattn_ctx *ctx, const char *name, int64_t nb, int64_t bs, int64_t ns, int64_t ss,
                                int64_t nh, int64_t hs, int64_t d) {
     if (bs < 0 || ss < 0 || hs < 0)
@@ -354,7 +45,7 @@ static qattn_status check_view(qattn_ctx *ctx, const char *name, int64_t nb, int
     if (nb == 0 || ns == 0) return QATTN_OK;
     /* The byte offset (index * element size, at most 4 bytes) must fit too, or the pointer
      * arithmetic of the kernels overflows. */
-    int64_t top = max_index(nb, bs, ns, ss, nh, hs, d);
+    int64_t top = qattn_view_max_index(nb, bs, ns, ss, nh, hs, d);
     if (top < 0 || top > INT64_MAX / 4)
         return qattn_fail(ctx, QATTN_ERR_OVERFLOW, "%s: the largest byte offset overflows int64 (strides %lld, %lld, %lld)", name,
                           (long long)bs, (long long)ss, (long long)hs);
@@ -405,7 +96,7 @@ static qattn_status check_score_modifiers(qattn_ctx *ctx, const qattn_params *p,
          * bound every sequence, whose blocks count from its own start). */
         int64_t nq = (p->seqlen_q + p->block_mask_q - 1) / p->block_mask_q, nk = (p->seqlen_k + p->block_mask_k - 1) / p->block_mask_k;
         if (p->batch > 0 && nq > 0 && nk > 0 &&
-            max_index(p->batch, p->block_mask_batch_stride, p->n_heads, p->block_mask_head_stride, nq, p->block_mask_row_stride, nk) < 0)
+            qattn_view_max_index(p->batch, p->block_mask_batch_stride, p->n_heads, p->block_mask_head_stride, nq, p->block_mask_row_stride, nk) < 0)
             return qattn_fail(ctx, QATTN_ERR_OVERFLOW,
                               "block mask [%lld, %d, %lld, %lld] with strides (%lld, %lld, %lld): the largest index overflows int64",
                               (long long)p->batch, p->n_heads, (long long)nq, (long long)nk, (long long)p->block_mask_batch_stride,
@@ -437,7 +128,7 @@ qattn_status qattn_validate(qattn_ctx *ctx, const qattn_params *p, bool read_off
     if (p->qkv_dtype < QATTN_DTYPE_F32 || p->qkv_dtype > QATTN_DTYPE_BF16)
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qkv_dtype %d is not a qattn_dtype (f32, f16, bf16)", p->qkv_dtype);
     if (p->o_dtype < QATTN_DTYPE_F32 || p->o_dtype > QATTN_DTYPE_BF16)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "o_dtype %d (%s) is not an output dtype (f32, f16, bf16)", p->o_dtype, dtype_name(p->o_dtype));
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "o_dtype %d (%s) is not an output dtype (f32, f16, bf16)", p->o_dtype, qattn_dtype_name(p->o_dtype));
     if (p->precision < QATTN_PRECISION_AUTO || p->precision > QATTN_PRECISION_INT4)
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "precision %d is not a qattn_precision", p->precision);
     if (p->int8_scheme < QATTN_INT8_DEFAULT || p->int8_scheme > QATTN_INT8_SAGE)
@@ -493,80 +184,12 @@ qattn_status qattn_validate(qattn_ctx *ctx, const qattn_params *p, bool read_off
     if (s == QATTN_OK) s = check_view(ctx, "v", nb, p->v_batch_stride, lk, p->v_seq_stride, p->n_kv_heads, p->v_head_stride, D);
     if (s == QATTN_OK) s = check_view(ctx, "o", nb, p->o_batch_stride, lq, p->o_seq_stride, p->n_heads, p->o_head_stride, D);
     if (s != QATTN_OK) return s;
-    int64_t ext[4] = {nb, lq, p->n_heads, D};
-    int64_t str[4] = {p->o_batch_stride, p->o_seq_stride, p->o_head_stride, 1};
     bool empty_output = nb == 0 || lq == 0; /* no element is written, whatever the strides */
-    if (!empty_output && !output_is_injective(ext, str))
+    if (!empty_output && !qattn_view_is_injective(nb, p->o_batch_stride, lq, p->o_seq_stride, p->n_heads, p->o_head_stride, D))
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT,
                           "o's strides (batch %lld, seq %lld, head %lld) make output elements overlap", (long long)p->o_batch_stride,
                           (long long)p->o_seq_stride, (long long)p->o_head_stride);
     return QATTN_OK;
-}
-
-/* ---------------------------------------------------------------- aliasing */
-
-qattn_extent qattn_view_extent(const char *name, const void *base, int64_t elem_bytes, int64_t n0, int64_t s0, int64_t n1, int64_t s1,
-                               int64_t n2, int64_t s2, int64_t d) {
-    qattn_extent e = {name, (uintptr_t)base, (uintptr_t)base};
-    if (!base || n0 <= 0 || n1 <= 0 || n2 <= 0 || d <= 0) return e;
-    int64_t top = max_index(n0, s0, n1, s1, n2, s2, d), bytes;
-    if (top < 0 || !qattn_mul_i64(top + 1, elem_bytes, &bytes) || (uint64_t)bytes > UINTPTR_MAX - e.lo) e.hi = UINTPTR_MAX;
-    else e.hi = e.lo + (uintptr_t)bytes;
-    return e;
-}
-
-static bool extents_overlap(const qattn_extent *a, const qattn_extent *b) {
-    return a->lo < a->hi && b->lo < b->hi && a->lo < b->hi && b->lo < a->hi;
-}
-
-qattn_status qattn_check_disjoint(qattn_ctx *ctx, const char *function, const qattn_extent *outs, int n_outs, const qattn_extent *ins,
-                                  int n_ins) {
-    for (int i = 0; i < n_outs; i++) {
-        for (int j = 0; j < n_ins; j++)
-            if (extents_overlap(&outs[i], &ins[j]))
-                return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT,
-                                  "%s: output %s overlaps input %s (bytes [%p, %p) and [%p, %p)); qattn does not compute in place", function,
-                                  outs[i].name, ins[j].name, (void *)outs[i].lo, (void *)outs[i].hi, (void *)ins[j].lo, (void *)ins[j].hi);
-        for (int j = 0; j < i; j++)
-            if (extents_overlap(&outs[i], &outs[j]))
-                return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s: outputs %s and %s overlap (bytes [%p, %p) and [%p, %p))", function,
-                                  outs[j].name, outs[i].name, (void *)outs[j].lo, (void *)outs[j].hi, (void *)outs[i].lo, (void *)outs[i].hi);
-    }
-    return QATTN_OK;
-}
-
-static int64_t dtype_bytes(int32_t d) { return d == QATTN_DTYPE_F32 ? 4 : d == QATTN_DTYPE_I8 ? 1 : 2; }
-
-qattn_status qattn_check_params_disjoint(qattn_ctx *ctx, const qattn_params *p, int64_t qkv_elem_bytes) {
-    if (p->batch == 0) return QATTN_OK;
-    bool varlen = p->cu_seqlens_q != NULL;
-    int64_t nb = varlen ? 1 : p->batch, lq = p->seqlen_q, lk = p->seqlen_k, D = p->head_dim;
-    /* Device offsets are not read (that would synchronise the stream), and batch * max length only
-     * bounds the packed totals: tensors allocated back to back would look overlapping. The check is
-     * then not made (qattn.h says so). */
-    if (varlen && ctx->backend != QATTN_BACKEND_CPU) return QATTN_OK;
-    if (varlen) { /* host offsets, validated: the packed totals */
-        lq = p->cu_seqlens_q[p->batch];
-        lk = p->cu_seqlens_k[p->batch];
-    }
-    qattn_extent ins[5] = {
-        qattn_view_extent("q", p->q, qkv_elem_bytes, nb, p->q_batch_stride, lq, p->q_seq_stride, p->n_heads, p->q_head_stride, D),
-        qattn_view_extent("k", p->k, qkv_elem_bytes, nb, p->k_batch_stride, lk, p->k_seq_stride, p->n_kv_heads, p->k_head_stride, D),
-        qattn_view_extent("v", p->v, qkv_elem_bytes, nb, p->v_batch_stride, lk, p->v_seq_stride, p->n_kv_heads, p->v_head_stride, D),
-        /* alibi_slopes: [B, H] with batch stride alibi_batch_stride, or one shared [H] row */
-        qattn_view_extent("alibi_slopes", p->alibi_slopes, 4, p->alibi_batch_stride ? p->batch : 1, p->alibi_batch_stride, 1, 0, 1, 0,
-                          p->n_heads),
-    };
-    qattn_extent outs[2] = {
-        qattn_view_extent("o", p->o, dtype_bytes(p->o_dtype), nb, p->o_batch_stride, lq, p->o_seq_stride, p->n_heads, p->o_head_stride, D),
-        /* lse: contiguous [B, H, Lq] (varlen [H, total_q]) floats */
-        qattn_view_extent("lse", p->lse, 4, 1, 0, 1, 0, nb * p->n_heads, lq, lq),
-    };
-    int64_t nq = p->block_mask ? (p->seqlen_q + p->block_mask_q - 1) / p->block_mask_q : 0;
-    int64_t nk = p->block_mask ? (p->seqlen_k + p->block_mask_k - 1) / p->block_mask_k : 0;
-    ins[4] = qattn_view_extent("block_mask", p->block_mask, 1, p->batch, p->block_mask_batch_stride, p->n_heads, p->block_mask_head_stride,
-                               nq, p->block_mask_row_stride, nk);
-    return qattn_check_disjoint(ctx, "qattn_forward", outs, 2, ins, 5);
 }
 
 /* ---------------------------------------------------------------- dispatch */
@@ -580,7 +203,7 @@ static qattn_status begin(qattn_ctx *ctx, const qattn_params *p) {
 qattn_status qattn_supports(qattn_ctx *ctx, const qattn_params *p) {
     if (!ctx) return QATTN_ERR_NULL_POINTER;
     qattn_status s = begin(ctx, p);
-    if (s == QATTN_OK) s = qattn_check_params_disjoint(ctx, p, dtype_bytes(p->qkv_dtype));
+    if (s == QATTN_OK) s = qattn_check_params_disjoint(ctx, p, qattn_dtype_bytes(p->qkv_dtype));
     if (s != QATTN_OK) return s;
 #if defined(QATTN_HAVE_CUDA)
     if (ctx->backend == QATTN_BACKEND_CUDA) return qattn_cuda_supports(ctx, p);
@@ -604,7 +227,7 @@ qattn_status qattn_workspace_size(qattn_ctx *ctx, const qattn_params *p, size_t 
 qattn_status qattn_forward(qattn_ctx *ctx, const qattn_params *p) {
     if (!ctx) return QATTN_ERR_NULL_POINTER;
     qattn_status s = begin(ctx, p);
-    if (s == QATTN_OK) s = qattn_check_params_disjoint(ctx, p, dtype_bytes(p->qkv_dtype));
+    if (s == QATTN_OK) s = qattn_check_params_disjoint(ctx, p, qattn_dtype_bytes(p->qkv_dtype));
     if (s != QATTN_OK) return s;
     if (p->batch == 0) return QATTN_OK;
 #if defined(QATTN_HAVE_CUDA)

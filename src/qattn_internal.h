@@ -1,25 +1,21 @@
-/* qattn internals shared by api.c and the backends: the context, error reporting,
- * scalar conversions, the mask and sequence geometry, and the CPU kernel table.
+/* qattn internals shared by api.c and the backends: the core (context, error reporting,
+ * allocation, CPU features: the headers of src/core, included here), scalar conversions, the mask and sequence geometry, and the CPU kernel table.
  * Nothing here is public; nothing here exits or aborts. */
 #ifndef QATTN_INTERNAL_H
 #define QATTN_INTERNAL_H
 
 #include "qattn.h"
 
+#include "core/context.h"
+#include "core/checked.h"
+#include "core/cpu_features.h"
+#include "core/extent.h"
+
 #include <math.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
-
-#if defined(__GNUC__)
-#define QATTN_PRINTF(a, b) __attribute__((format(printf, a, b)))
-#else
-#define QATTN_PRINTF(a, b)
-#endif
-
-#define QATTN_ERR_LEN 512
-#define QATTN_ALIGN 64
 
 /* ---------------------------------------------------------------- CPU kernel table */
 
@@ -100,7 +96,7 @@ static inline void qattn_score_mod_row(const qattn_score_mod *mod, int r, float 
  *                 so NaN/Inf in a masked key never reaches the row.
  *   scratch: at least m*n floats.
  *   mod: softcap / ALiBi of the tile's rows (qattn_score_mod), or NULL.
- * Rules: rescale only when the max grows; a row with no visible key so far keeps
+ * Rules (docs/ARCHITECTURE.md "Numerics"): rescale only when the max grows; a row with no visible key so far keeps
  * row_max -inf, row_sum 0, acc 0. */
 typedef void (*qattn_attend_tile_fn)(const float *q, int64_t ldq, int m, int d,
                                      const float *k, const float *v, int64_t ldkv, int n,
@@ -129,41 +125,14 @@ void qattn_pack_rows_f32_ref(const void *src, int32_t dtype, int32_t precision, 
 #if defined(QATTN_HAVE_X86)
 extern const qattn_cpu_kernels qattn_kernels_avx2;
 extern const qattn_cpu_kernels qattn_kernels_avxvnni; /* the AVX2 FP entries, named "avxvnni" */
-bool qattn_cpu_has_avx2(void);    /* CPUID + XGETBV */
-bool qattn_cpu_has_avxvnni(void); /* CPUID.(7,1):EAX[4] + XGETBV; check qattn_cpu_has_avx2 too */
 extern const qattn_cpu_kernels qattn_kernels_avx512;
-bool qattn_cpu_has_avx512(void);     /* AVX-512 F/BW/VL/DQ + AVX512-VNNI + ZMM state + the AVX2 tier */
-bool qattn_cpu_has_avx512bf16(void); /* CPUID.(7,1):EAX[5] + ZMM state */
 #endif
-/* The CPU features found, space-separated ("" on non-x86 builds), for qattn info. */
-void qattn_cpu_feature_list(char *buf, size_t len);
 
 /* Whether the ISA runs the AVX2 kernels (AVX-VNNI is AVX2 plus vpdpbusd, AVX-512 a superset of
  * both except the VEX vpdpbusd: every AVX2 kernel applies to both). */
 static inline bool qattn_isa_has_avx2(int32_t isa) { return isa == QATTN_ISA_AVX2 || isa == QATTN_ISA_AVXVNNI || isa == QATTN_ISA_AVX512; }
 
-/* ---------------------------------------------------------------- context */
-
-struct qattn_ctx {
-    int32_t backend; /* qattn_backend, resolved (never AUTO) */
-    int32_t isa;     /* qattn_isa, resolved (never AUTO) */
-    int32_t n_threads;
-    int32_t cuda_device;
-    const qattn_cpu_kernels *kernels;
-    void *(*alloc)(size_t bytes, void *user);
-    void (*free)(void *ptr, void *user);
-    void *alloc_user;
-    void *cuda_state; /* owned by the CUDA backend */
-    struct qattn_pool *pool; /* the CPU worker threads (src/cpu/threads.c), started on first use */
-    char last_error[QATTN_ERR_LEN];
-};
-
-/* Record a message on ctx and return status (so callers write `return qattn_fail(...)`). */
-qattn_status qattn_fail(qattn_ctx *ctx, qattn_status status, const char *fmt, ...) QATTN_PRINTF(3, 4);
-
-/* 64-byte aligned allocation through the context's hooks; NULL on failure or bytes == 0. */
-void *qattn_alloc(qattn_ctx *ctx, size_t bytes);
-void qattn_free(qattn_ctx *ctx, void *ptr);
+/* ---------------------------------------------------------------- validation */
 
 /* The head dims qattn accepts (the CPU backend runs all of them; the CUDA backend a listed few,
  * refused by its own supports check): QATTN_HEAD_DIM_MIN .. QATTN_HEAD_DIM_MAX in steps of
@@ -181,31 +150,6 @@ static inline bool qattn_head_dim_supported(int32_t d) {
 /* Checks every field of p that every backend relies on; reads cu_seqlens only when
  * read_offsets is true (host memory). Returns the status and sets the message. */
 qattn_status qattn_validate(qattn_ctx *ctx, const qattn_params *p, bool read_offsets);
-
-/* Overflow-checked int64 arithmetic, the one place for it: true and *out = a op b when the
- * result fits, false (and *out unspecified) when it overflows. */
-static inline bool qattn_mul_i64(int64_t a, int64_t b, int64_t *out) { return !__builtin_mul_overflow(a, b, out); }
-static inline bool qattn_add_i64(int64_t a, int64_t b, int64_t *out) { return !__builtin_add_overflow(a, b, out); }
-
-/* The bytes a tensor argument may touch, [lo, hi) as addresses (lo == hi: touches nothing). */
-typedef struct qattn_extent {
-    const char *name;
-    uintptr_t lo, hi;
-} qattn_extent;
-
-/* The extent of a [n0, n1, n2, d] view with element strides s0, s1, s2, 1 of elem_bytes-byte
- * elements at base (an overflowing size reaches to the end of the address space). */
-qattn_extent qattn_view_extent(const char *name, const void *base, int64_t elem_bytes, int64_t n0, int64_t s0, int64_t n1, int64_t s1,
-                               int64_t n2, int64_t s2, int64_t d);
-
-/* QATTN_ERR_INVALID_ARGUMENT naming the first output that overlaps an input or another output
- * (in place computation is not supported: the kernels read inputs after writing outputs). */
-qattn_status qattn_check_disjoint(qattn_ctx *ctx, const char *function, const qattn_extent *outs, int n_outs, const qattn_extent *ins,
-                                  int n_ins);
-
-/* The same check for the tensors of p (o, lse against q, k, v, alibi_slopes and each other), with q/k/v
- * elements of qkv_elem_bytes bytes (1 for pre-quantized inputs). p is validated. */
-qattn_status qattn_check_params_disjoint(qattn_ctx *ctx, const qattn_params *p, int64_t qkv_elem_bytes);
 
 /* The softmax scale p asks for (0 means 1/sqrt(D)). */
 static inline float qattn_effective_scale(const qattn_params *p) {
@@ -387,11 +331,7 @@ typedef struct qattn_kv_rows {
  * describes; p->cu_seqlens_* NULL). kv NULL is qattn_cpu_forward. */
 qattn_status qattn_cpu_forward_kv(qattn_ctx *ctx, const qattn_params *p, const qattn_kv_rows *kv);
 
-/* Whether a [n0, n1, n2, d] view with element strides s0, s1, s2, 1 maps distinct indices to
- * distinct elements (an output written through it never writes one element twice). */
-bool qattn_view_is_injective(int64_t n0, int64_t s0, int64_t n1, int64_t s1, int64_t n2, int64_t s2, int64_t d);
-/* The largest element index of such a view with every extent >= 1, or -1 when it overflows int64. */
-int64_t qattn_view_max_index(int64_t n0, int64_t s0, int64_t n1, int64_t s1, int64_t n2, int64_t s2, int64_t d);
+/* (qattn_view_is_injective and qattn_view_max_index, for views of caches: src/core/extent.h) */
 qattn_status qattn_cpu_workspace_size(qattn_ctx *ctx, const qattn_params *p, size_t *bytes);
 
 /* Low-precision CPU paths (precision INT8 / INT4 / FP8_E4M3 / FP8_E5M2), src/cpu/forward_lowp.c. */

@@ -1,6 +1,6 @@
 /* The shared C test harness: seeded PRNG, fills, table-driven attention cases with a
  * describe() string that reproduces them, strided/poisoned tensors, whole-tensor metrics
- * (DESIGN.md §5) and check counting. Test programs print a summary and return non-zero
+ * (docs/ARCHITECTURE.md "Tolerances") and check counting. Test programs print a summary and return non-zero
  * on failure (th_finish).
  *
  * Reproducing a failure: every case prints its description, which includes its seed;
@@ -106,7 +106,7 @@ typedef struct th_problem {
 bool th_problem_make(th_problem *pr, const th_case *c);
 void th_problem_free(th_problem *pr);
 /* A copy whose q, k, v are FP32 holding the inputs rounded to `precision` (the baseline of
- * DESIGN.md §5), same strides; o and lse are not allocated (oracle use only). */
+ * docs/ARCHITECTURE.md "Tolerances"), same strides; o and lse are not allocated (oracle use only). */
 bool th_problem_rounded_copy(th_problem *dst, const th_problem *src, int32_t precision);
 /* Sequence b's rows of q/k (packed index with varlen). */
 int64_t th_seq_len_q(const th_problem *pr, int64_t b);

@@ -1,5 +1,5 @@
 /* The public API's contract outside the numbers: every bad argument gives the documented
- * status and a last-error message naming the problem (DESIGN.md §3), nothing is written on
+ * status and a last-error message naming the problem (docs/ARCHITECTURE.md "Contracts"), nothing is written on
  * failure, qattn_supports / qattn_workspace_size agree with qattn_forward, context options
  * and the QATTN_ISA / QATTN_BACKEND environment overrides, ctx info, status strings, and the
  * O(L) memory promise of qattn_workspace_size. */

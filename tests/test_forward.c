@@ -1,8 +1,8 @@
 /* qattn_forward on the CPU against the FP64 oracle: every ISA this CPU has, 1/2/3 threads,
  * awkward sizes, masks, GQA, varlen, strided views, dtypes, precisions, split-KV decode and
  * user workspace. Every output element and LSE entry must be written (poisoned buffers), the
- * same ISA must give bitwise identical results for any thread count (DESIGN.md §4), and the
- * error must stay inside a tolerance derived from a baseline (DESIGN.md §5, below). */
+ * same ISA must give bitwise identical results for any thread count (docs/ARCHITECTURE.md "Numerics"), and the
+ * error must stay inside a tolerance derived from a baseline (docs/ARCHITECTURE.md "Tolerances", below). */
 #define _POSIX_C_SOURCE 200809L
 #include "harness.h"
 

@@ -3,7 +3,7 @@
  * GQA, varlen with an empty sequence), outputs poisoned first; the Q/K codes in [-7, 7]; results
  * bit-identical across ref / avx2 / avxvnni / avx512 and thread counts; bad inputs refused.
  *
- * Tolerance (DESIGN.md §5, docs/FORMAT.md section 8). Baseline = relative L2 error of "quantize Q
+ * Tolerance (docs/ARCHITECTURE.md "Tolerances", docs/FORMAT.md section 8). Baseline = relative L2 error of "quantize Q
  * and K to 4-bit codes exactly as precision INT4 does (channel balancing, rotation, per-token
  * scales amax / 7), V to INT8 per token minus its mean, dequantize, then FP64 attention". A 4-bit
  * step is amax / 7, 127 / 7 = 18x the INT8 step, so the Q/K rounding noise (variance step^2 / 12

@@ -3,7 +3,7 @@
  * thread-count and ISA reproducibility, the pre-quantized entry point, and hostile inputs
  * (all-zero and constant rows, NaN/Inf, huge and tiny magnitudes).
  *
- * Tolerance (DESIGN.md §5): baseline = relative L2 error of "quantize then dequantize Q, K, V
+ * Tolerance (docs/ARCHITECTURE.md "Tolerances"): baseline = relative L2 error of "quantize then dequantize Q, K, V
  * exactly as the scheme does (same granularity, smoothing), then exact FP64 attention". The
  * kernel may add the error of quantizing P (8 bits) on top; its size is of the same order as
  * the input quantization error of V (8 bits too), so it at most roughly doubles the error:

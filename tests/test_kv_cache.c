@@ -6,7 +6,7 @@
  * bitwise identical, Lq > 1 causal, GQA, windows, every ISA this CPU has.
  * Tolerances vs the original values (relative L2, N(0,1) data, D 64..128): FP16 storage 2e-3,
  * BF16 1.5e-2, INT8 (per-token scales) 4e-2 -- 1.5..3x the errors measured (docs/KVCACHE.md); the INT8
- * rule of DESIGN.md §5 (within k x of "dequantize, then exact attention") is tol_deq: 2e-5 for FP16/BF16,
+ * rule of docs/ARCHITECTURE.md "Tolerances" (within k x of "dequantize, then exact attention") is tol_deq: 2e-5 for FP16/BF16,
  * 2e-4 for INT8, whose integer kernels also hold q and the softmax weights to 16 bits. */
 #include "harness.h"
 

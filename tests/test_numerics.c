@@ -1,4 +1,4 @@
-/* Numerical edge cases of qattn_forward (DESIGN.md §4-§5, qattn.h "Masks" and "NaN/Inf"):
+/* Numerical edge cases of qattn_forward (docs/ARCHITECTURE.md "Numerics" and "Tolerances", qattn.h "Masks" and "NaN/Inf"):
  * fully masked rows give exact zeros and LSE -inf (never NaN); NaN/Inf in one token or row
  * reaches exactly the rows that use it; huge scores neither overflow nor lose accuracy;
  * all-zero Q is uniform attention; the scale is honoured; constant rows. Every check runs on

@@ -461,6 +461,16 @@ def _overlaps(a, b):
     return a0 < b1 and b0 < a1
 
 
+def _lse_output(p, like, shape, keep):
+    """A float32 LSE output [shape] of like's kind (numpy or torch, like's device), set as p.lse and
+    kept alive in keep."""
+    lse = _empty_like_kind(like, shape, _lib.DTYPE_F32)
+    lt = _wrap("lse", lse, output=True)
+    p.lse = lt.ptr
+    keep.append(lt)
+    return lse
+
+
 # ---------------------------------------------------------------- public functions
 
 def _set_score_mods(p, qt, alibi_slopes, softcap, keep):
@@ -568,10 +578,7 @@ def attention(q, k, v, *, causal=False, scale=None, window=None, precision=None,
     keep.append(ot)
     lse = None
     if return_lse:
-        lse = _empty_like_kind(qt, meta["lse_shape"], _lib.DTYPE_F32)
-        lt = _wrap("lse", lse, output=True)
-        p.lse = lt.ptr
-        keep.append(lt)
+        lse = _lse_output(p, qt, meta["lse_shape"], keep)
 
     ctx = _get_context(backend, threads if backend == "cpu" else None, isa, qt.device_index)
     if on_cuda:

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import _lib
 from ._lib import lib, Int8Tensor, Int8Inputs
-from ._core import (_build, _get_context, _int_arg, _is_torch, _set_output, _torch, _wrap, _empty_like_kind,
+from ._core import (_build, _get_context, _int_arg, _is_torch, _lse_output, _set_output, _torch, _wrap, _empty_like_kind,
                     _EMPTY_PTR)
 
 
@@ -268,10 +268,7 @@ def attention_quantized(q, k, v, *, causal=False, scale=None, window=None, int8_
     _set_output(p, ot, meta)
     lse = None
     if return_lse:
-        lse = _empty_like_kind(ot, meta["lse_shape"], _lib.DTYPE_F32)
-        lt = _wrap("lse", lse, output=True)
-        p.lse = lt.ptr
-        keep.append(lt)
+        lse = _lse_output(p, ot, meta["lse_shape"], keep)
     ctx = _get_context("cpu", threads, isa)
     with ctx.lock:
         ctx.check(lib.qattn_forward_quantized(ctx.handle, ctypes.byref(p), ctypes.byref(qi)))

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _lib
 from ._lib import lib, Params, KVCacheParams
-from ._core import _empty_like_kind, _get_context, _int_arg, _is_torch, _set_score_mods, _wrap
+from ._core import _empty_like_kind, _get_context, _int_arg, _is_torch, _lse_output, _set_score_mods, _wrap
 
 _I32_MAX = 2**31 - 1
 
@@ -165,10 +165,7 @@ def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None,
     keep.append(ot)
     lse = None
     if return_lse:
-        lse = _empty_like_kind(qt, (B, H, Lq), _lib.DTYPE_F32)
-        lt = _wrap("lse", lse, output=True)
-        p.lse = lt.ptr
-        keep.append(lt)
+        lse = _lse_output(p, qt, (B, H, Lq), keep)
     ctx = _get_context("cpu", threads, isa)
     with ctx.lock:
         ctx.check(lib.qattn_forward_kvcache(ctx.handle, ctypes.byref(p), ctypes.byref(kv)))

@@ -51,7 +51,7 @@ def test_fp32_matches_fp64(case, rng):
 
 @pytest.mark.parametrize("case", CASES[1:4], ids=describe)
 def test_fp16_within_2x_of_input_rounding(case, rng):
-    """An FP16 run stays within 2x the error of 'round inputs to FP16, then exact'."""
+    """docs/ARCHITECTURE.md "Tolerances": an FP16 run stays within 2x the error of 'round inputs to FP16, then exact'."""
     B, Lq, Lk, H, HK, D, causal, window = case
     q, k, v = randn(rng, (B, Lq, H, D)), randn(rng, (B, Lk, HK, D)), randn(rng, (B, Lk, HK, D))
     ref, _ = ref_attention(q, k, v, causal=causal)
@@ -166,7 +166,7 @@ def test_empty_shapes(rng):
 
 
 def test_threads_and_isa_give_identical_results(rng):
-    """Bitwise reproducible for a fixed ISA whatever the thread count."""
+    """docs/ARCHITECTURE.md "Numerics": bitwise reproducible for a fixed ISA whatever the thread count."""
     q, k, v = randn(rng, (1, 2, 4, 64)), randn(rng, (1, 999, 4, 64)), randn(rng, (1, 999, 4, 64))
     a = qattn.attention(q, k, v, threads=1)
     b = qattn.attention(q, k, v, threads=2)

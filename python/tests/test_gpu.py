@@ -35,7 +35,7 @@ def test_cuda_vs_sdpa_and_cpu(dtype, D, causal):
     sd = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
     cpu = qattn.attention(q.cpu(), k.cpu(), v.cpu(), causal=causal, layout="bhsd")
     torch.cuda.synchronize()
-    # within 2x of the peer's error (SDPA) / the output rounding, not a guessed tolerance
+    # docs/ARCHITECTURE.md "Tolerances": within 2x of the peer's error (SDPA) / the output rounding, not a guessed tolerance
     err, err_sdpa, err_cpu = rel_l2(f64(o), ref), rel_l2(f64(sd), ref), rel_l2(f64(cpu), ref)
     assert err <= 2 * max(err_sdpa, err_cpu), (err, err_sdpa, err_cpu)
 

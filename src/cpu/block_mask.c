@@ -82,3 +82,27 @@ static int by_cost_desc(const void *a, const void *b) {
 }
 
 void qattn_bm_sort_units(qattn_bm_unit_cost *units, int64_t n) { qsort(units, (size_t)n, sizeof *units, by_cost_desc); }
+
+void qattn_bm_unit_key_range(const qattn_params *p, const qattn_seq *s, int64_t i0, int n_pos, int64_t split, int64_t n_split,
+                             int64_t split_keys, const qattn_bm_rows *bm, int64_t *k_begin, int64_t *k_end) {
+    int64_t klo_first, khi_first, klo_last, khi_last;
+    qattn_key_range(i0, s->lq, s->lk, p->window_left, qattn_window_right(p), &klo_first, &khi_first);
+    qattn_key_range(i0 + n_pos - 1, s->lq, s->lk, p->window_left, qattn_window_right(p), &klo_last, &khi_last);
+    int64_t c0 = split * split_keys, c1 = c0 + split_keys;
+    if (bm && n_split > 1) {
+        c0 = qattn_bm_split_start(bm, klo_first, khi_last, split, n_split, s->lk);
+        c1 = qattn_bm_split_start(bm, klo_first, khi_last, split + 1, n_split, s->lk);
+    }
+    *k_begin = klo_first > c0 ? klo_first : c0;
+    *k_end = khi_last < c1 ? khi_last : c1;
+}
+
+int64_t qattn_bm_unit_cost_of(const qattn_params *p, const qattn_seq *s, int64_t b, int h0, int h1, int64_t i0, int block_pos, int64_t split,
+                              int64_t n_split, int64_t split_keys) {
+    if (i0 >= s->lq) return 0;
+    int n_pos = (int)(s->lq - i0 < block_pos ? s->lq - i0 : block_pos);
+    qattn_bm_rows bm = qattn_bm_rows_of(p, b, h0, h1, i0, i0 + n_pos);
+    int64_t k0, k1;
+    qattn_bm_unit_key_range(p, s, i0, n_pos, split, n_split, split_keys, &bm, &k0, &k1);
+    return qattn_bm_cost(&bm, i0, i0 + n_pos, k0, k1);
+}

@@ -37,9 +37,21 @@ int64_t qattn_bm_uniform_end(const qattn_bm_rows *r, int64_t t0, int64_t t1);
  * split has the same work whatever the density; split 0 starts at 0 and split n_split at lk. */
 int64_t qattn_bm_split_start(const qattn_bm_rows *r, int64_t k0, int64_t k1, int64_t split, int64_t n_split, int64_t lk);
 
+/* Keys [*k_begin, *k_end) a work unit may touch: the union of the window intervals of query
+ * positions [i0, i0 + n_pos) of sequence s, cut to KV split `split` of n_split. Without a block
+ * mask (bm NULL, or one split) a split is keys [split * split_keys, + split_keys); with one, the
+ * splits hold equal numbers of the unit's live key blocks (qattn_bm_split_start). Both CPU drivers. */
+void qattn_bm_unit_key_range(const qattn_params *p, const qattn_seq *s, int64_t i0, int n_pos, int64_t split, int64_t n_split,
+                             int64_t split_keys, const qattn_bm_rows *bm, int64_t *k_begin, int64_t *k_end);
+
 /* Work estimate of a unit: for each of its query blocks, its positions in [i0, i1) times the key
  * blocks meeting [k0, k1) that some head computes for it. Only orders units (never changes results). */
 int64_t qattn_bm_cost(const qattn_bm_rows *r, int64_t i0, int64_t i1, int64_t k0, int64_t k1);
+
+/* qattn_bm_cost of the unit of query heads [h0, h1) at positions [i0, i0 + block_pos) (cut to the
+ * sequence) of sequence b, KV split `split` (as qattn_bm_unit_key_range); 0 when i0 >= s->lq. */
+int64_t qattn_bm_unit_cost_of(const qattn_params *p, const qattn_seq *s, int64_t b, int h0, int h1, int64_t i0, int block_pos, int64_t split,
+                              int64_t n_split, int64_t split_keys);
 
 /* A unit and its cost; qattn_bm_sort_units orders them by cost, largest first (ties: lower unit
  * first), so the thread pool's dynamic hand-out starts the long units early and ends balanced. */

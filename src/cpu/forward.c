@@ -290,22 +290,10 @@ static void write_rows(const plan *pl, const qattn_seq *s, int64_t b, int64_t i0
         }
 }
 
-/* Keys [*k_begin, *k_end) unit u may touch: the union of its rows' window intervals, cut to its
- * KV split. Without a block mask the splits are equal key ranges; with one they hold equal
- * numbers of the unit's live key blocks (qattn_bm_split_start), so sparse units split evenly. */
+/* Keys [*k_begin, *k_end) unit u may touch (qattn_bm_unit_key_range). */
 static void unit_key_range(const plan *pl, const unit *u, const qattn_seq *s, int64_t i0, int n_pos, const qattn_bm_rows *bm,
                            int64_t *k_begin, int64_t *k_end) {
-    const qattn_params *p = pl->p;
-    int64_t klo_first, khi_first, klo_last, khi_last;
-    qattn_key_range(i0, s->lq, s->lk, p->window_left, qattn_window_right(p), &klo_first, &khi_first);
-    qattn_key_range(i0 + n_pos - 1, s->lq, s->lk, p->window_left, qattn_window_right(p), &klo_last, &khi_last);
-    int64_t c0 = u->split * pl->split_keys, c1 = c0 + pl->split_keys;
-    if (bm && pl->n_split > 1) {
-        c0 = qattn_bm_split_start(bm, klo_first, khi_last, u->split, pl->n_split, s->lk);
-        c1 = qattn_bm_split_start(bm, klo_first, khi_last, u->split + 1, pl->n_split, s->lk);
-    }
-    *k_begin = klo_first > c0 ? klo_first : c0;
-    *k_end = khi_last < c1 ? khi_last : c1;
+    qattn_bm_unit_key_range(pl->p, s, i0, n_pos, u->split, pl->n_split, pl->split_keys, bm, k_begin, k_end);
 }
 
 /* lo/hi of the unit's m rows (position i0 + r / group) for keys [t0, t0 + n): their window. */
@@ -502,16 +490,9 @@ static void order_units(plan *pl, qattn_bm_unit_cost *order) {
     for (int64_t t = 0; t < pl->n_units; t++) {
         unit u = unit_of(pl, t);
         qattn_seq s = seq_view(pl, u.b);
-        int64_t i0 = u.qb * pl->block_pos, cost = 0;
-        if (i0 < s.lq) {
-            int n_pos = (int)(s.lq - i0 < pl->block_pos ? s.lq - i0 : pl->block_pos);
-            qattn_bm_rows bm = qattn_bm_rows_of(p, u.b, u.g * pl->group, (u.g + pl->heads) * pl->group, i0, i0 + n_pos);
-            int64_t k0, k1;
-            unit_key_range(pl, &u, &s, i0, n_pos, &bm, &k0, &k1);
-            cost = qattn_bm_cost(&bm, i0, i0 + n_pos, k0, k1);
-        }
-        order[t].cost = cost;
-        order[t].unit = t;
+        int64_t cost = qattn_bm_unit_cost_of(p, &s, u.b, u.g * pl->group, (u.g + pl->heads) * pl->group, u.qb * pl->block_pos, pl->block_pos, u.split,
+                                             pl->n_split, pl->split_keys);
+        order[t] = (qattn_bm_unit_cost){cost, t};
     }
     qattn_bm_sort_units(order, pl->n_units);
     pl->order = order;

@@ -14,6 +14,7 @@
 
 extern "C" {
 #include "qattn_internal.h"
+#include "core/names.h"
 }
 #include "cuda_common.cuh"
 #include "kv_decode.cuh"
@@ -49,7 +50,8 @@ qattn_status check(qattn_ctx *ctx, const qattn_params *p) {
     if (p->block_mask)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA backend does not implement block_mask (block-sparse attention) yet; the CPU backend does");
     if (p->qkv_dtype != QATTN_DTYPE_F16 && p->qkv_dtype != QATTN_DTYPE_BF16)
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA backend takes f16 or bf16 q/k/v (qkv_dtype is %d)", p->qkv_dtype);
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA backend takes fp16 or bf16 q/k/v (qkv_dtype is %d, %s)", p->qkv_dtype,
+                          qattn_dtype_name(p->qkv_dtype));
     if (p->head_dim != 64 && p->head_dim != 96 && p->head_dim != 128 && p->head_dim != 256)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA backend supports head_dim 64, 96, 128 and 256 (head_dim is %d)", p->head_dim);
     switch (p->precision) {
@@ -58,7 +60,7 @@ qattn_status check(qattn_ctx *ctx, const qattn_params *p) {
     case QATTN_PRECISION_BF16:
         if ((p->precision == QATTN_PRECISION_BF16) != (p->qkv_dtype == QATTN_DTYPE_BF16))
             return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA backend computes in the inputs' dtype: precision %s with %s inputs is not supported",
-                              p->precision == QATTN_PRECISION_BF16 ? "BF16" : "FP16", p->qkv_dtype == QATTN_DTYPE_BF16 ? "bf16" : "f16");
+                              qattn_precision_name(p->precision), qattn_dtype_name(p->qkv_dtype));
         break;
     case QATTN_PRECISION_INT8:
         if (p->int8_scheme != QATTN_INT8_DEFAULT)
@@ -289,12 +291,12 @@ extern "C" qattn_status qattn_cuda_forward(qattn_ctx *ctx, const qattn_params *p
         if (e != cudaErrorNotSupported) {
             if (e == cudaSuccess) return QATTN_OK;
             cudaGetLastError();
-            return qattn_fail(ctx, QATTN_ERR_BACKEND, "attention kernel launch (wgmma, d %d, %s): %s", p->head_dim, input_is_bf16(p) ? "bf16" : "f16",
+            return qattn_fail(ctx, QATTN_ERR_BACKEND, "attention kernel launch (wgmma, d %d, %s): %s", p->head_dim, qattn_dtype_name(p->qkv_dtype),
                               cudaGetErrorString(e));
         }
     }
     if ((e = qattn_cuda_launch_f16(a, input_is_bf16(p), stream)) != cudaSuccess)
-        return qattn_fail(ctx, QATTN_ERR_BACKEND, "attention kernel launch (d %d, %s): %s", p->head_dim, input_is_bf16(p) ? "bf16" : "f16",
+        return qattn_fail(ctx, QATTN_ERR_BACKEND, "attention kernel launch (d %d, %s): %s", p->head_dim, qattn_dtype_name(p->qkv_dtype),
                           cudaGetErrorString(e));
     return QATTN_OK;
 }

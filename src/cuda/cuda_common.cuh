@@ -1,6 +1,6 @@
 /* Shared pieces of the CUDA backend (C++ side only): the kernel argument struct, the
  * mma.sync / ldmatrix / cp.async wrappers, and the launch entry points of each kernel file.
- * Kernels take qattn_cuda_args by value. */
+ * Kernels take qattn_cuda_args by value (docs/ARCHITECTURE.md "Numerics"). */
 #ifndef QATTN_CUDA_COMMON_CUH
 #define QATTN_CUDA_COMMON_CUH
 

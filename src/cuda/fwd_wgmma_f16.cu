@@ -214,7 +214,7 @@ template <bool BF16, int BN> __device__ __forceinline__ void make_pa(const float
         }
 }
 /* O *= alpha on every tile. Skipping it where no row max of the warp grew (a warp vote and a branch)
- * measured 3-5% slower at D 128, L 4k/16k (H100, 2026-12-05, same-process A/B, docs/gpu.md round 7). */
+ * measured 3-5% slower at D 128, L 4k/16k (H100, 2026-12-05, same-process A/B, docs/notes/gpu_history.md round 7). */
 template <int D> __device__ __forceinline__ void rescale_o(float o[D / 2], const float alpha[2]) {
 #pragma unroll
     for (int i = 0; i < D / 2; i++) o[i] *= alpha[(i >> 1) & 1];

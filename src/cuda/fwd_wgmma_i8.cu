@@ -181,7 +181,7 @@ __device__ __forceinline__ void softmax_step(const int si[64], const float *skt,
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         /* a chain: a tree of the same maxima (depth 5 instead of 16) measured 3-4% slower (H200,
-         * 2026-12-01, bench/gpu_i8_ab.py, docs/gpu.md round 5) */
+         * 2026-12-01, bench/gpu_i8_ab.py, docs/notes/gpu_history.md round 5) */
         float mb = -INFINITY;
 #pragma unroll
         for (int n = 0; n < BN / 8; n++) mb = qattn_fmax_nan(mb, qattn_fmax_nan(sf[4 * n + 2 * r], sf[4 * n + 2 * r + 1]));
@@ -259,7 +259,7 @@ __device__ __forceinline__ bool next_item(const qattn_cuda_args &a, const work_i
  * consumers finish the current one, and the consumers issue the last P V of an item together with the
  * first S of the next, storing the finished rows while that S runs. Against one block per item this
  * removes the per-block start and end (launch, barrier setup, the first loads, a first S and a last P V
- * that overlap nothing): measured +4-5% at L 4k and 16k, +8% at 1k (H200, docs/gpu.md round 5). */
+ * that overlap nothing): measured +4-5% at L 4k and 16k, +8% at 1k (H200, docs/notes/gpu_history.md round 5). */
 __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_constant__ qattn_cuda_args a, int hg, int n_items) {
 #if defined(QATTN_WGMMA_OK)
     extern __shared__ unsigned char smem_raw[];
@@ -372,7 +372,7 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
             /* The O update of the previous tile and the softmax of this one in one block, after both
              * products: the compiler fills the softmax's dependent chains (row max, exponentials) with
              * the update's independent FMAs. Against updating O while S still runs: +3-6% at L >= 4k,
-             * -3% at 1k (H200, docs/gpu.md round 6). The rescale branch is taken outside, so that each
+             * -3% at 1k (H200, docs/notes/gpu_history.md round 6). The rescale branch is taken outside, so that each
              * path is one block. Q is released as soon as the item's last S has read it (see below). */
             wg_wait<0>();
             fence64(pv);

@@ -88,7 +88,7 @@ __device__ __forceinline__ void reg_fence(float &r) { asm volatile("" : "+f"(r):
  * heavy (late) causal query blocks come first, over all heads of the group, so the longest items start
  * first (near-perfect balance for causal) while the blocks in flight at any time share the K/V of a
  * few heads in L2. The producer decodes each item once and passes it to the consumers with its Q (the
- * divisions cost a consumer ~700 cycles at every item crossing: traced, docs/gpu.md round 6). */
+ * divisions cost a consumer ~700 cycles at every item crossing: traced, docs/notes/gpu_history.md round 6). */
 struct work_item {
     int b, h, hkv, m0, t_first, t_last; /* b < 0: no more items; key tiles of BN: [t_first, t_last) */
 };

@@ -14,7 +14,7 @@
  * (qattn_cuda_prepare_kvd) and the scratch is cached in the context (kv_decode.cuh).
  * A first version without the shared-memory pipeline (loads held in registers, 250 registers per
  * thread for INT8) measured 752-807 us against 617 us for INT8 at B16 H32 HK8 D128 kv-len 32k on
- * the H100 and was removed (docs/gpu_decode.md keeps its figures). */
+ * the H100 and was removed (docs/notes/gpu_decode_history.md keeps its figures). */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>

@@ -3,22 +3,13 @@
  * Every operation checks all of its arguments and its capacity before changing anything, so a
  * failed call leaves the cache exactly as it was. Layout: kv_internal.h; scheme: docs/KVCACHE.md. */
 #include "kv/kv_internal.h"
+#include "core/names.h"
 #include "quant/lowp.h"
 
 #include <stdlib.h>
 
 static int64_t align64(int64_t x) { return (x + 63) / 64 * 64; }
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-static const char *dtype_name(int32_t t) {
-    switch (t) {
-    case QATTN_DTYPE_F32: return "f32";
-    case QATTN_DTYPE_F16: return "f16";
-    case QATTN_DTYPE_BF16: return "bf16";
-    case QATTN_DTYPE_I8: return "i8";
-    default: return "unknown";
-    }
-}
 
 qattn_status qattn_kv_cache_create(qattn_ctx *ctx, const qattn_kv_cache_options *opt, qattn_kv_cache **out) {
     if (!ctx) return QATTN_ERR_NULL_POINTER;
@@ -33,7 +24,7 @@ qattn_status qattn_kv_cache_create(qattn_ctx *ctx, const qattn_kv_cache_options 
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "block_size is %d; it must be 1..1024 tokens", opt->block_size);
     if (opt->dtype != QATTN_DTYPE_F16 && opt->dtype != QATTN_DTYPE_BF16 && opt->dtype != QATTN_DTYPE_I8)
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "KV cache dtype %d (%s) is not a storage dtype (f16, bf16, i8)", opt->dtype,
-                          dtype_name(opt->dtype));
+                          qattn_dtype_name(opt->dtype));
     if (opt->n_blocks < 1 || opt->n_blocks > INT32_MAX)
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "n_blocks is %lld; it must be 1..2^31-1", (long long)opt->n_blocks);
     if (opt->max_seqs < 1) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "max_seqs is %d; it must be >= 1", opt->max_seqs);
@@ -168,7 +159,8 @@ static qattn_status append_tokens(qattn_ctx *ctx, qattn_kv_cache *cache, int32_t
     if (s != QATTN_OK || n_tokens == 0) return s;
     if (!k || !v) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "%s: %s is NULL", fn, !k ? "k" : "v");
     if (in_dtype != QATTN_DTYPE_F32 && in_dtype != QATTN_DTYPE_F16 && in_dtype != QATTN_DTYPE_BF16)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s: input dtype %d (%s) is not f32, f16 or bf16", fn, in_dtype, dtype_name(in_dtype));
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s: input dtype %d (%s) is not f32, f16 or bf16", fn, in_dtype,
+                          qattn_dtype_name(in_dtype));
     qattn_kv_cache *c = cache;
     int64_t len = c->seq_len[seq], BS = c->block_size;
     if (rot) {
@@ -371,7 +363,7 @@ qattn_status qattn_kv_cache_set_calibration(qattn_ctx *ctx, qattn_kv_cache *cach
     if (!cache) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "qattn_kv_cache_set_calibration: cache is NULL");
     if (cache->dtype != QATTN_DTYPE_I8)
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_cache_set_calibration: the cache stores %s; calibration is for INT8 caches",
-                          dtype_name(cache->dtype));
+                          qattn_dtype_name(cache->dtype));
     for (int32_t s = 0; s < cache->max_seqs; s++)
         if (cache->seq_len[s] != 0)
             return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT,

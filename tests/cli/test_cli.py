@@ -188,7 +188,7 @@ def test_scale_flag(tmp_path):
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 @pytest.mark.parametrize("shape", [SHAPES[2], SHAPES[3], SHAPES[5], SHAPES[6]], ids=shape_id)
 def test_low_precision_within_2x_of_rounding_baseline(tmp_path, precision, shape):
-    """FlashAttention's rule (DESIGN.md §5): error within 2x that of rounding Q, K, V to the
+    """FlashAttention's rule (docs/ARCHITECTURE.md "Tolerances"): error within 2x that of rounding Q, K, V to the
     precision and then computing exactly."""
     B, Lq, Lk, H, HK, D, causal, window = shape
     rng = np.random.default_rng(11)

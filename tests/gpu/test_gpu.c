@@ -2,7 +2,7 @@
  * poisoned outputs (NaN bit patterns) and compares the whole output and LSE with the FP64
  * oracle (qattn_oracle_f64) on the same f16/bf16 inputs. Exits 77 (skip) without a device.
  * With --int8 it also checks the quantization pass bitwise against the CPU's (check_i8_quant).
- * Not registered with CTest (CPU CI has no GPU). Usage: qattn_gpu_test [--small] [--int8] [--mma | --alt]
+ * CTest runs it as gpu_forward and gpu_forward_int8 (label gpu; skipped without a device). Usage: qattn_gpu_test [--small] [--int8] [--mma | --alt]
  *   --small: a handful of small cases (for compute-sanitizer memcheck / racecheck).
  *   --mma: the mma.sync kernels only (what sm_80 runs); --alt: FP16/BF16 cases also run on the mma.sync
  *   kernel and the two outputs are compared (the INT8 run always does this). */

@@ -408,7 +408,7 @@ done:
 /* ---------------------------------------------------------------- output */
 
 static void print_table_header(const qattn_ctx_info *info, const cli_opts *o, const cli_block_mask_opts *mo) {
-    printf("qattn %s bench: backend %s, isa %s, threads %d, %s inputs, %s\n", qattn_version(), cli_backend_name(info->backend),
+    printf("qattn %s bench: backend %s, isa %s, threads %d, %s inputs, %s\n", qattn_version(), qattn_backend_name(info->backend),
            info->isa_name, info->n_threads, o->distribution == CLI_DIST_UNIFORM ? "U(0,1)" : "N(0,1)", info->device_name);
     printf("median of %d iters after %d warm-up; GFLOP/s counts 4*H*D per visible (query,key) pair\n", o->iters, o->warmup);
     if (mo->file || mo->pattern >= 0)
@@ -440,7 +440,7 @@ static void print_table_row(const qattn_params *p, const bench_result *r) {
     if (r->speedup > 0) snprintf(speedup, sizeof speedup, "%.2fx", r->speedup);
     else snprintf(speedup, sizeof speedup, "-");
     format_verdict(r, verdict, sizeof verdict);
-    printf("%-5s %3lld %4d %4d %6lld %6lld %4d %-6s %7.3f %10.3f %9.2f %8.2f %10.3e %10.3e %-14s %7s %s\n", cli_precision_name(p->precision),
+    printf("%-5s %3lld %4d %4d %6lld %6lld %4d %-6s %7.3f %10.3f %9.2f %8.2f %10.3e %10.3e %-14s %7s %s\n", qattn_precision_name(p->precision),
            (long long)p->batch, p->n_heads, p->n_kv_heads, (long long)p->seqlen_q, (long long)p->seqlen_k, p->head_dim,
            p->causal ? "yes" : "no", r->density, r->ms, r->gflops, r->gbps, r->err.rel_l2, r->err.max_abs, oracle, speedup, verdict);
     fflush(stdout);
@@ -450,10 +450,10 @@ static void print_json_row(const qattn_ctx_info *info, const cli_opts *o, const 
                            const bench_result *r) {
     cli_json j;
     cli_json_begin(&j, stdout);
-    cli_json_str(&j, "backend", cli_backend_name(info->backend));
+    cli_json_str(&j, "backend", qattn_backend_name(info->backend));
     cli_json_str(&j, "isa", info->isa_name);
-    cli_json_str(&j, "precision", cli_precision_name(p->precision));
-    if (p->precision == QATTN_PRECISION_INT8) cli_json_str(&j, "int8_scheme", cli_int8_scheme_name(p->int8_scheme));
+    cli_json_str(&j, "precision", qattn_precision_name(p->precision));
+    if (p->precision == QATTN_PRECISION_INT8) cli_json_str(&j, "int8_scheme", qattn_int8_scheme_name(p->int8_scheme));
     cli_json_int(&j, "threads", info->n_threads);
     cli_json_int(&j, "batch", p->batch);
     cli_json_int(&j, "heads", p->n_heads);

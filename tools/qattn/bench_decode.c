@@ -75,18 +75,18 @@ typedef struct dopts {
     int64_t kv_len, batch, heads, kv_heads, head_dim, seqlen_q, threads, iters, block_size;
     int32_t dtypes[3];
     int n_dtypes;
-    int json, check, isa;
+    int json, check;
+    int32_t isa;
     uint64_t seed;
 } dopts;
-
-static const char *dname(int32_t t) { return t == QATTN_DTYPE_F16 ? "fp16" : t == QATTN_DTYPE_BF16 ? "bf16" : "int8"; }
 
 static int parse_dtypes(const char *text, dopts *o) {
     char buf[64];
     snprintf(buf, sizeof buf, "%s", text);
     o->n_dtypes = 0;
     for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
-        int32_t t = !strcmp(tok, "fp16") ? QATTN_DTYPE_F16 : !strcmp(tok, "bf16") ? QATTN_DTYPE_BF16 : !strcmp(tok, "int8") ? QATTN_DTYPE_I8 : -1;
+        int32_t t = qattn_dtype_from_name(tok);
+        if (t != QATTN_DTYPE_F16 && t != QATTN_DTYPE_BF16 && t != QATTN_DTYPE_I8) t = -1; /* storage dtypes only */
         if (t < 0 || o->n_dtypes == 3) {
             cli_error(CMD, "--kv-dtype '%s': expected a comma list of fp16, bf16, int8 (at most 3)", text);
             return -1;
@@ -112,42 +112,22 @@ static int parse(int argc, char **argv, dopts *o) {
     o->kv_len = 32768, o->batch = 1, o->heads = 32, o->kv_heads = 8, o->head_dim = 128, o->seqlen_q = 1;
     o->iters = 20, o->block_size = 16, o->check = 1, o->seed = 1;
     o->dtypes[0] = QATTN_DTYPE_F16, o->dtypes[1] = QATTN_DTYPE_I8, o->n_dtypes = 2;
-    struct {
-        const char *name;
-        int64_t *dst, lo, hi;
-    } ints[] = {{"--kv-len", &o->kv_len, 1, 1 << 24},   {"--batch", &o->batch, 1, 4096},     {"--heads", &o->heads, 1, 4096},
+    const cli_int_flag ints[] = {{"--kv-len", &o->kv_len, 1, 1 << 24},   {"--batch", &o->batch, 1, 4096},     {"--heads", &o->heads, 1, 4096},
                 {"--kv-heads", &o->kv_heads, 1, 4096},  {"--head-dim", &o->head_dim, 8, 256}, {"--seqlen-q", &o->seqlen_q, 1, 64},
                 {"--threads", &o->threads, 0, QATTN_MAX_THREADS},    {"--iters", &o->iters, 1, 100000},  {"--block-size", &o->block_size, 1, 1024}};
     for (int i = 1; i < argc; i++) {
         const char *val = NULL;
-        int r, done = 0;
+        int r;
         if (cli_flag_is(argv[i], "--decode")) continue;
         if (cli_flag_is(argv[i], "--json")) { o->json = 1; continue; }
         if (cli_flag_is(argv[i], "--no-check")) { o->check = 0; continue; }
         if (cli_flag_is(argv[i], "--help") || cli_flag_is(argv[i], "-h")) { usage(stdout); return 1; }
-        for (size_t k = 0; k < sizeof ints / sizeof ints[0] && !done; k++) {
-            r = cli_flag_value(argc, argv, &i, ints[k].name, &val, CMD);
-            if (r < 0) return -1;
-            if (r == 1) {
-                if (cli_parse_int64(val, ints[k].lo, ints[k].hi, ints[k].dst, ints[k].name, CMD) != 0) return -1;
-                done = 1;
-            }
-        }
-        if (done) continue;
+        cli_flag_result fr = cli_int_flags_parse(ints, sizeof ints / sizeof ints[0], argc, argv, &i, CMD);
+        if (fr == CLI_FLAG_UNKNOWN) fr = cli_isa_seed_parse(&o->isa, &o->seed, argc, argv, &i, CMD);
+        if (fr == CLI_FLAG_ERROR) return -1;
+        if (fr == CLI_FLAG_CONSUMED) continue;
         if ((r = cli_flag_value(argc, argv, &i, "--kv-dtype", &val, CMD)) != 0) {
             if (r < 0 || parse_dtypes(val, o) != 0) return -1;
-            continue;
-        }
-        if ((r = cli_flag_value(argc, argv, &i, "--isa", &val, CMD)) != 0) {
-            if (r < 0) return -1;
-            o->isa = cli_isa_from_name(val);
-            if (o->isa < 0) { cli_error(CMD, "--isa '%s': expected one of %s", val, cli_isa_names()); return -1; }
-            continue;
-        }
-        if ((r = cli_flag_value(argc, argv, &i, "--seed", &val, CMD)) != 0) {
-            int64_t s;
-            if (r < 0 || cli_parse_int64(val, 0, INT64_MAX, &s, "--seed", CMD) != 0) return -1;
-            o->seed = (uint64_t)s;
             continue;
         }
         cli_error(CMD, "unknown option '%s' (try qattn bench --decode --help)", argv[i]);
@@ -179,6 +159,16 @@ static qattn_status oracle(qattn_ctx *ctx, const dopts *o, const float *q, const
     return qattn_oracle_f64(ctx, &p, o64, NULL);
 }
 
+typedef struct decode_call {
+    qattn_kv_cache *cache;
+    const qattn_decode_params *dp;
+} decode_call;
+
+static qattn_status call_decode(qattn_ctx *ctx, void *arg) {
+    const decode_call *c = arg;
+    return qattn_kv_decode(ctx, c->cache, c->dp);
+}
+
 static int run_dtype(qattn_ctx *ctx, const dopts *o, int32_t dtype, const float *q, const float *k, const float *v, double bw, result *res) {
     memset(res, 0, sizeof *res);
     int64_t B = o->batch, L = o->kv_len, HK = o->kv_heads, D = o->head_dim, H = o->heads, Lq = o->seqlen_q;
@@ -201,18 +191,8 @@ static int run_dtype(qattn_ctx *ctx, const dopts *o, int32_t dtype, const float 
     qattn_decode_params dp;
     qattn_decode_params_init(&dp);
     dp.q = q, dp.o = out, dp.seq_ids = ids, dp.n_seqs = (int32_t)B, dp.seqlen_q = (int32_t)Lq, dp.n_heads = (int32_t)H;
-    double *times = cli_alloc((size_t)o->iters * sizeof(double), "times", CMD);
-    if (!times) return -1;
-    s = qattn_kv_decode(ctx, cache, &dp); /* warm-up */
-    for (int64_t it = 0; it < o->iters && s == QATTN_OK; it++) {
-        double t0 = cli_now_seconds();
-        s = qattn_kv_decode(ctx, cache, &dp);
-        times[it] = cli_now_seconds() - t0;
-    }
-    if (s != QATTN_OK) { cli_error(CMD, "kv_decode: %s", qattn_ctx_last_error(ctx)); return -1; }
-    res->best_seconds = times[0];
-    for (int64_t it = 1; it < o->iters; it++) res->best_seconds = times[it] < res->best_seconds ? times[it] : res->best_seconds;
-    res->seconds = cli_median(times, (int)o->iters);
+    decode_call call = {cache, &dp};
+    if (cli_time_calls(ctx, call_decode, &call, o->iters, &res->seconds, &res->best_seconds, "kv_decode", CMD)) return -1;
     /* bytes: every token's K and V codes (and INT8 scales) of every kv head, read once per group */
     double per_token = (double)HK * (2.0 * (double)D * (dtype == QATTN_DTYPE_I8 ? 1 : 2) + (dtype == QATTN_DTYPE_I8 ? 8 : 0));
     res->bytes = per_token * (double)L * (double)B;
@@ -241,7 +221,7 @@ static int run_dtype(qattn_ctx *ctx, const dopts *o, int32_t dtype, const float 
         cli_free(kd), cli_free(vd), cli_free(ref), cli_free(cu_q), cli_free(cu_k);
     }
     res->ok = 1;
-    cli_free(times), cli_free(ids), cli_free(out);
+    cli_free(ids), cli_free(out);
     qattn_kv_cache_destroy(ctx, cache);
     return 0;
 }
@@ -284,7 +264,7 @@ int qattn_cli_bench_decode(int argc, char **argv) {
             cli_json j;
             cli_json_begin(&j, stdout);
             cli_json_str(&j, "bench", "decode");
-            cli_json_str(&j, "kv_dtype", dname(o.dtypes[i]));
+            cli_json_str(&j, "kv_dtype", qattn_dtype_name(o.dtypes[i]));
             cli_json_int(&j, "batch", B), cli_json_int(&j, "heads", H), cli_json_int(&j, "kv_heads", HK);
             cli_json_int(&j, "head_dim", D), cli_json_int(&j, "seqlen_q", Lq), cli_json_int(&j, "kv_len", L);
             cli_json_int(&j, "block_size", o.block_size), cli_json_int(&j, "threads", info.n_threads);
@@ -301,7 +281,7 @@ int qattn_cli_bench_decode(int argc, char **argv) {
             cli_json_num(&j, "rel_l2_dequant", r.rel_l2_dequant);
             cli_json_end(&j);
         } else {
-            printf("%-5s %10.3f %10.3f %12.1f %8.2f %8.3f %7.2fx %12.3e %14.3e\n", dname(o.dtypes[i]), r.seconds * 1e3, r.best_seconds * 1e3, r.tokens_per_s, r.gbps,
+            printf("%-5s %10.3f %10.3f %12.1f %8.2f %8.3f %7.2fx %12.3e %14.3e\n", qattn_dtype_name(o.dtypes[i]), r.seconds * 1e3, r.best_seconds * 1e3, r.tokens_per_s, r.gbps,
                    r.bw_fraction, r.tokens_per_s / base, r.rel_l2, r.rel_l2_dequant);
         }
         fflush(stdout);

@@ -149,9 +149,8 @@ static int parse_args(int argc, char **argv, dist_opts *d) {
         }
         if ((r = cli_flag_value(argc, argv, &i, "--kv-dtype", &v, CMD)) != 0) {
             if (r < 0) return -1;
-            if (!strcmp(v, "fp16")) d->kv_dtype = QATTN_DTYPE_F16;
-            else if (!strcmp(v, "int8")) d->kv_dtype = QATTN_DTYPE_I8;
-            else {
+            d->kv_dtype = qattn_dtype_from_name(v);
+            if (d->kv_dtype != QATTN_DTYPE_F16 && d->kv_dtype != QATTN_DTYPE_I8) {
                 cli_error(CMD, "--kv-dtype: '%s' is not fp16 or int8", v);
                 return -1;
             }
@@ -638,11 +637,11 @@ static void print_result(const world *w, const dist_opts *d, const qattn_ctx_inf
         cli_json_str(&j, "mode", mode_names[d->mode]);
         cli_json_str(&j, "transport", transport);
         cli_json_int(&j, "ranks", w->size);
-        cli_json_str(&j, "backend", cli_backend_name(info->backend));
+        cli_json_str(&j, "backend", qattn_backend_name(info->backend));
         cli_json_str(&j, "isa", info->isa_name);
         cli_json_str(&j, "device", info->device_name);
         cli_json_int(&j, "threads", info->n_threads);
-        cli_json_str(&j, "precision", cli_precision_name(o->precision));
+        cli_json_str(&j, "precision", qattn_precision_name(o->precision));
         cli_json_int(&j, "batch", p->batch);
         cli_json_int(&j, "heads", p->n_heads);
         cli_json_int(&j, "kv_heads", p->n_kv_heads);
@@ -660,7 +659,7 @@ static void print_result(const world *w, const dist_opts *d, const qattn_ctx_inf
         cli_json_int(&j, "bytes_sent", (int64_t)r->bytes_sent);
         if (d->mode == MODE_DECODE) {
             cli_json_int(&j, "kv_len", d->kv_len);
-            cli_json_str(&j, "kv_dtype", d->kv_dtype == QATTN_DTYPE_I8 ? "int8" : "fp16");
+            cli_json_str(&j, "kv_dtype", qattn_dtype_name(d->kv_dtype));
             cli_json_num(&j, "tokens_per_s", (double)p->batch * p->seqlen_q / (r->ms * 1e-3));
         }
         if (d->mode == MODE_STAR) {
@@ -680,10 +679,10 @@ static void print_result(const world *w, const dist_opts *d, const qattn_ctx_inf
         return;
     }
     printf("qattn %s bench --dist %s --mode %s: %d rank(s), backend %s, isa %s, threads %d, %s\n", qattn_version(), transport,
-           mode_names[d->mode], w->size, cli_backend_name(info->backend), info->isa_name, info->n_threads,
+           mode_names[d->mode], w->size, qattn_backend_name(info->backend), info->isa_name, info->n_threads,
            info->device_name);
     printf("B %lld H %d HK %d Lq %lld Lk %lld D %d causal %s precision %s\n", (long long)p->batch, p->n_heads, p->n_kv_heads,
-           (long long)p->seqlen_q, (long long)p->seqlen_k, p->head_dim, p->causal ? "yes" : "no", cli_precision_name(o->precision));
+           (long long)p->seqlen_q, (long long)p->seqlen_k, p->head_dim, p->causal ? "yes" : "no", qattn_precision_name(o->precision));
     if (d->mode == MODE_STAR)
         printf("phase 1: %.3f ms (rel L1 vs exact causal on the last %d rows of each block: %.3e)\n", r->phase1_ms, ORACLE_ROWS, r->star_rel_l1);
     printf("%s: %.3f ms (median of %d), %.2f GFLOP/s, communication %.3f ms (of which waiting for the slowest rank %.3f), compute %.3f ms, CPU %.3f ms, %.0f bytes sent per rank\n",
@@ -691,7 +690,7 @@ static void print_result(const world *w, const dist_opts *d, const qattn_ctx_inf
            r->bytes_sent);
     if (d->mode == MODE_DECODE)
         printf("kv-len %lld, %s cache; rel L2 vs single-process decode of the whole cache: %.3e\n", (long long)d->kv_len,
-               d->kv_dtype == QATTN_DTYPE_I8 ? "int8" : "fp16", r->err.rel_l2);
+               qattn_dtype_name(d->kv_dtype), r->err.rel_l2);
     else
         printf("error vs FP64 oracle (last %lld rows): rel L1 %.3e, rel L2 %.3e, max abs %.3e\n", (long long)r->oracle_rows, r->err.rel_l1,
                r->err.rel_l2, r->err.max_abs);

@@ -24,7 +24,6 @@ typedef struct kopts {
     uint64_t seed;
 } kopts;
 
-static const char *dname(int32_t t) { return t == QATTN_DTYPE_F32 ? "fp32" : t == QATTN_DTYPE_F16 ? "fp16" : "bf16"; }
 
 static void usage(FILE *f) {
     fprintf(f, "usage: qattn bench --kvcache [--kv-len N] [--seqlen-q LQ] [--batch B] [--heads H] [--kv-heads HK] [--head-dim D]\n"
@@ -42,45 +41,25 @@ static int parse(int argc, char **argv, kopts *o) {
     memset(o, 0, sizeof *o);
     o->kv_len = 8192, o->batch = 1, o->heads = 32, o->kv_heads = 8, o->head_dim = 128, o->seqlen_q = 1, o->page_size = 16;
     o->rotary_dim = -1, o->iters = 20, o->check = 1, o->seed = 1, o->dtype = QATTN_DTYPE_F16;
-    struct {
-        const char *name;
-        int64_t *dst, lo, hi;
-    } ints[] = {{"--kv-len", &o->kv_len, 0, 1 << 24},       {"--batch", &o->batch, 1, 4096},        {"--heads", &o->heads, 1, 4096},
+    const cli_int_flag ints[] = {{"--kv-len", &o->kv_len, 0, 1 << 24},       {"--batch", &o->batch, 1, 4096},        {"--heads", &o->heads, 1, 4096},
                 {"--kv-heads", &o->kv_heads, 1, 4096},      {"--head-dim", &o->head_dim, 32, 256},  {"--seqlen-q", &o->seqlen_q, 1, 1 << 20},
                 {"--page-size", &o->page_size, 0, 1 << 16}, {"--rotary-dim", &o->rotary_dim, 0, 256}, {"--threads", &o->threads, 0, QATTN_MAX_THREADS},
                 {"--iters", &o->iters, 1, 100000}};
     for (int i = 1; i < argc; i++) {
         const char *val = NULL;
-        int r, done = 0;
+        int r;
         if (cli_flag_is(argv[i], "--kvcache")) continue;
         if (cli_flag_is(argv[i], "--json")) { o->json = 1; continue; }
         if (cli_flag_is(argv[i], "--no-check")) { o->check = 0; continue; }
         if (cli_flag_is(argv[i], "--help") || cli_flag_is(argv[i], "-h")) { usage(stdout); return 1; }
-        for (size_t k = 0; k < sizeof ints / sizeof ints[0] && !done; k++) {
-            r = cli_flag_value(argc, argv, &i, ints[k].name, &val, CMD);
-            if (r < 0) return -1;
-            if (r == 1) {
-                if (cli_parse_int64(val, ints[k].lo, ints[k].hi, ints[k].dst, ints[k].name, CMD) != 0) return -1;
-                done = 1;
-            }
-        }
-        if (done) continue;
+        cli_flag_result fr = cli_int_flags_parse(ints, sizeof ints / sizeof ints[0], argc, argv, &i, CMD);
+        if (fr == CLI_FLAG_UNKNOWN) fr = cli_isa_seed_parse(&o->isa, &o->seed, argc, argv, &i, CMD);
+        if (fr == CLI_FLAG_ERROR) return -1;
+        if (fr == CLI_FLAG_CONSUMED) continue;
         if ((r = cli_flag_value(argc, argv, &i, "--dtype", &val, CMD)) != 0) {
             if (r < 0) return -1;
-            o->dtype = !strcmp(val, "fp32") ? QATTN_DTYPE_F32 : !strcmp(val, "fp16") ? QATTN_DTYPE_F16 : !strcmp(val, "bf16") ? QATTN_DTYPE_BF16 : -1;
-            if (o->dtype < 0) { cli_error(CMD, "--dtype '%s': expected fp32, fp16 or bf16", val); return -1; }
-            continue;
-        }
-        if ((r = cli_flag_value(argc, argv, &i, "--isa", &val, CMD)) != 0) {
-            if (r < 0) return -1;
-            o->isa = cli_isa_from_name(val);
-            if (o->isa < 0) { cli_error(CMD, "--isa '%s': expected one of %s", val, cli_isa_names()); return -1; }
-            continue;
-        }
-        if ((r = cli_flag_value(argc, argv, &i, "--seed", &val, CMD)) != 0) {
-            int64_t s;
-            if (r < 0 || cli_parse_int64(val, 0, INT64_MAX, &s, "--seed", CMD) != 0) return -1;
-            o->seed = (uint64_t)s;
+            o->dtype = qattn_dtype_from_name(val);
+            if (o->dtype < 0 || o->dtype == QATTN_DTYPE_I8) { cli_error(CMD, "--dtype '%s': expected fp32, fp16 or bf16", val); return -1; }
             continue;
         }
         cli_error(CMD, "unknown option '%s' (try qattn bench --kvcache --help)", argv[i]);
@@ -90,29 +69,6 @@ static int parse(int argc, char **argv, kopts *o) {
     if (o->heads % o->kv_heads != 0) { cli_error(CMD, "--kv-heads %lld does not divide --heads %lld", (long long)o->kv_heads, (long long)o->heads); return -1; }
     if (o->rotary_dim % 2 || o->rotary_dim > o->head_dim) { cli_error(CMD, "--rotary-dim %lld: must be even and <= --head-dim", (long long)o->rotary_dim); return -1; }
     return 0; /* the library checks the rest (page size, head_dim) with its own message */
-}
-
-/* Median (and best) seconds of iters calls of fn; -1 after printing the library's message. */
-typedef qattn_status (*call_fn)(qattn_ctx *ctx, void *arg);
-static int time_calls(qattn_ctx *ctx, call_fn fn, void *arg, int64_t iters, double *median, double *best, const char *what) {
-    double *t = cli_alloc((size_t)iters * sizeof(double), "times", CMD);
-    if (!t) return -1;
-    qattn_status s = fn(ctx, arg); /* warm-up */
-    for (int64_t it = 0; it < iters && s == QATTN_OK; it++) {
-        double t0 = cli_now_seconds();
-        s = fn(ctx, arg);
-        t[it] = cli_now_seconds() - t0;
-    }
-    if (s != QATTN_OK) {
-        cli_error(CMD, "%s: %s: %s", what, qattn_status_str(s), qattn_ctx_last_error(ctx));
-        cli_free(t);
-        return -1;
-    }
-    *best = t[0];
-    for (int64_t it = 1; it < iters; it++) *best = t[it] < *best ? t[it] : *best;
-    *median = cli_median(t, (int)iters);
-    cli_free(t);
-    return 0;
 }
 
 typedef struct kv_call {
@@ -181,7 +137,7 @@ int qattn_cli_bench_kvcache(int argc, char **argv) {
     if (rd) kv->rotary_cos = cs, kv->rotary_sin = sn, kv->rotary_len = Lk, kv->rotary_dim = (int32_t)rd;
     qattn_kvcache_params_set_contiguous(kv, p);
     double t_kv, b_kv, t_fw, b_fw;
-    if (time_calls(ctx, call_kvcache, &kc_call, o.iters, &t_kv, &b_kv, "qattn_forward_kvcache") != 0) goto done;
+    if (cli_time_calls(ctx, call_kvcache, &kc_call, o.iters, &t_kv, &b_kv, "qattn_forward_kvcache", CMD) != 0) goto done;
 
     /* the peer: the same keys gathered (after the append), the queries rotated beforehand */
     for (int64_t b = 0; b < B; b++)
@@ -202,7 +158,7 @@ int qattn_cli_bench_kvcache(int argc, char **argv) {
     pf.q = qr, pf.k = kg, pf.v = vg, pf.o = o2, pf.batch = B, pf.seqlen_q = Lq, pf.seqlen_k = Lk;
     pf.n_heads = (int32_t)H, pf.n_kv_heads = (int32_t)HK, pf.head_dim = (int32_t)D, pf.qkv_dtype = o.dtype, pf.causal = 1;
     qattn_params_set_contiguous(&pf);
-    if (time_calls(ctx, call_forward, &pf, o.iters, &t_fw, &b_fw, "qattn_forward") != 0) goto done;
+    if (cli_time_calls(ctx, call_forward, &pf, o.iters, &t_fw, &b_fw, "qattn_forward", CMD) != 0) goto done;
 
     double e_kv = NAN, e_fw = NAN;
     if (o.check) {
@@ -219,7 +175,7 @@ int qattn_cli_bench_kvcache(int argc, char **argv) {
         cli_json j;
         cli_json_begin(&j, stdout);
         cli_json_str(&j, "bench", "kvcache");
-        cli_json_str(&j, "dtype", dname(o.dtype));
+        cli_json_str(&j, "dtype", qattn_dtype_name(o.dtype));
         cli_json_int(&j, "batch", B), cli_json_int(&j, "heads", H), cli_json_int(&j, "kv_heads", HK), cli_json_int(&j, "head_dim", D);
         cli_json_int(&j, "seqlen_q", Lq), cli_json_int(&j, "kv_len", L), cli_json_int(&j, "page_size", P), cli_json_int(&j, "rotary_dim", rd);
         cli_json_int(&j, "threads", info.n_threads), cli_json_str(&j, "isa", info.isa_name);
@@ -234,7 +190,7 @@ int qattn_cli_bench_kvcache(int argc, char **argv) {
         else snprintf(layout, sizeof layout, "contiguous");
         printf("kvcache B %lld H %lld HK %lld D %lld Lq %lld kv-len %lld %s rotary %lld %s, %s, %d threads\n"
                "%-22s %10s %10s %12s %12s\n",
-               (long long)B, (long long)H, (long long)HK, (long long)D, (long long)Lq, (long long)L, layout, (long long)rd, dname(o.dtype),
+               (long long)B, (long long)H, (long long)HK, (long long)D, (long long)Lq, (long long)L, layout, (long long)rd, qattn_dtype_name(o.dtype),
                info.isa_name, info.n_threads, "call", "ms", "best_ms", "ratio", "rel_l2");
         printf("%-22s %10.3f %10.3f %11.2fx %12.3e\n", "qattn_forward_kvcache", t_kv * 1e3, b_kv * 1e3, t_fw / t_kv, e_kv);
         printf("%-22s %10.3f %10.3f %11.2fx %12.3e\n", "qattn_forward (peer)", t_fw * 1e3, b_fw * 1e3, 1.0, e_fw);

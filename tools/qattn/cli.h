@@ -8,6 +8,8 @@
 
 #include "qattn.h"
 
+#include "core/names.h"
+
 #include <stdint.h>
 #include <stdio.h>
 
@@ -126,21 +128,24 @@ qattn_ctx *cli_ctx_create(const qattn_ctx_options *c, const char *command);
 int cli_flag_value(int argc, char **argv, int *i, const char *name, const char **value, const char *command);
 /* 1 if argv[i] is exactly the boolean flag `name`. */
 int cli_flag_is(const char *arg, const char *name);
+/* Integer flags of a sub-command: `name V` with V in [lo, hi] stored in *dst. Offers argv[*i] to
+ * each (as cli_opts_parse_flag). */
+typedef struct cli_int_flag {
+    const char *name;
+    int64_t *dst, lo, hi;
+} cli_int_flag;
+cli_flag_result cli_int_flags_parse(const cli_int_flag *flags, size_t n, int argc, char **argv, int *i, const char *command);
+/* --isa NAME (qattn_isa_from_name) and --seed S, shared by the bench sub-commands (as above). */
+cli_flag_result cli_isa_seed_parse(int32_t *isa, uint64_t *seed, int argc, char **argv, int *i, const char *command);
 
 /* Strict number parsing: the whole string must be a number within [min, max]. 0 on success;
  * on failure print "qattn <command>: <flag> ..." and return -1. */
 int cli_parse_int64(const char *text, int64_t min, int64_t max, int64_t *out, const char *flag, const char *command);
 int cli_parse_float(const char *text, float *out, const char *flag, const char *command);
 
-/* Names <-> enum values. The parse functions return -1 for an unknown name. */
-int cli_precision_from_name(const char *name);
-const char *cli_precision_name(int32_t precision);
-int cli_int8_scheme_from_name(const char *name);
-const char *cli_int8_scheme_name(int32_t scheme);
-const char *cli_backend_name(int32_t backend);
-const char *cli_isa_name(int32_t isa);
-int32_t cli_isa_from_name(const char *name); /* a name of cli_isa_names(); -1 if unknown */
-const char *cli_isa_names(void);             /* every ISA name, "ref|avx2|...", from the one table */
+/* Names <-> enum values: src/core/names.h (qattn_precision_name, qattn_isa_from_name, ...), the
+ * library's one table per enum, so flags, JSON and library messages spell values alike. */
+const char *cli_isa_names(void); /* every ISA name, "ref|avx2|...", for help texts */
 
 /* ---------------------------------------------------------------- random inputs */
 
@@ -160,7 +165,7 @@ void cli_fill_uniform(cli_rng *r, float *x, int64_t n, float lo, float hi);
 
 /* ---------------------------------------------------------------- accuracy metrics */
 
-/* Whole-tensor error of an output against a reference. */
+/* Whole-tensor error of an output against a reference (docs/benchmarks.md, "Conventions"). */
 typedef struct cli_metrics {
     double rel_l1;   /* sum|o-r| / sum|r| */
     double rel_l2;   /* ||o-r|| / ||r|| */
@@ -199,6 +204,12 @@ void cli_json_end(cli_json *j); /* "}\n" and flush */
 
 double cli_now_seconds(void); /* monotonic clock */
 double cli_median(double *values, int n); /* sorts values in place */
+/* One timed call of a bench (fn(ctx, arg)), and the timing loop of the bench sub-commands: a
+ * warm-up call, then iters timed calls; *median and *best in seconds. 0, or -1 after printing
+ * "<what>: <status>: <the library's message>" (the first failing call ends the loop). */
+typedef qattn_status (*cli_call_fn)(qattn_ctx *ctx, void *arg);
+int cli_time_calls(qattn_ctx *ctx, cli_call_fn fn, void *arg, int64_t iters, double *median, double *best, const char *what,
+                   const char *command);
 
 /* (query, key) pairs visible under the mask of p (causal/window, bottom-right aligned,
  * per the convention in qattn.h), summed over the batch, for one head. Exact, O(B*Lq). */

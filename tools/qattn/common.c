@@ -22,83 +22,11 @@ void cli_error(const char *command, const char *fmt, ...) {
     fputc('\n', stderr);
 }
 
-/* ---------------------------------------------------------------- names */
-
-int cli_precision_from_name(const char *name) {
-    if (!strcmp(name, "fp32")) return QATTN_PRECISION_FP32;
-    if (!strcmp(name, "fp16")) return QATTN_PRECISION_FP16;
-    if (!strcmp(name, "bf16")) return QATTN_PRECISION_BF16;
-    if (!strcmp(name, "int8")) return QATTN_PRECISION_INT8;
-    if (!strcmp(name, "int4")) return QATTN_PRECISION_INT4;
-    if (!strcmp(name, "fp8_e4m3")) return QATTN_PRECISION_FP8_E4M3;
-    if (!strcmp(name, "fp8_e5m2")) return QATTN_PRECISION_FP8_E5M2;
-    return -1;
-}
-
-const char *cli_precision_name(int32_t precision) {
-    switch (precision) {
-    case QATTN_PRECISION_AUTO: return "auto";
-    case QATTN_PRECISION_FP32: return "fp32";
-    case QATTN_PRECISION_FP16: return "fp16";
-    case QATTN_PRECISION_BF16: return "bf16";
-    case QATTN_PRECISION_INT8: return "int8";
-    case QATTN_PRECISION_INT4: return "int4";
-    case QATTN_PRECISION_FP8_E4M3: return "fp8_e4m3";
-    case QATTN_PRECISION_FP8_E5M2: return "fp8_e5m2";
-    default: return "?";
-    }
-}
-
-int cli_int8_scheme_from_name(const char *name) {
-    if (!strcmp(name, "qattn")) return QATTN_INT8_DEFAULT;
-    if (!strcmp(name, "intfa")) return QATTN_INT8_INTFA;
-    if (!strcmp(name, "sage")) return QATTN_INT8_SAGE;
-    return -1;
-}
-
-const char *cli_int8_scheme_name(int32_t scheme) {
-    switch (scheme) {
-    case QATTN_INT8_DEFAULT: return "qattn";
-    case QATTN_INT8_INTFA: return "intfa";
-    case QATTN_INT8_SAGE: return "sage";
-    default: return "?";
-    }
-}
-
-const char *cli_backend_name(int32_t backend) {
-    switch (backend) {
-    case QATTN_BACKEND_AUTO: return "auto";
-    case QATTN_BACKEND_CPU: return "cpu";
-    case QATTN_BACKEND_CUDA: return "cuda";
-    default: return "?";
-    }
-}
-
-/* The one table of ISA names (qattn_isa values): parsing, printing, help and messages. */
-static const struct {
-    const char *name;
-    int32_t isa;
-} isa_table[] = {{"ref", QATTN_ISA_REF}, {"avx2", QATTN_ISA_AVX2}, {"avxvnni", QATTN_ISA_AVXVNNI}, {"avx512", QATTN_ISA_AVX512}};
-#define ISA_COUNT (sizeof isa_table / sizeof isa_table[0])
-
-int32_t cli_isa_from_name(const char *name) {
-    for (size_t i = 0; i < ISA_COUNT; i++)
-        if (!strcmp(name, isa_table[i].name)) return isa_table[i].isa;
-    return -1;
-}
-
-const char *cli_isa_name(int32_t isa) {
-    if (isa == QATTN_ISA_AUTO) return "auto";
-    for (size_t i = 0; i < ISA_COUNT; i++)
-        if (isa_table[i].isa == isa) return isa_table[i].name;
-    return "?";
-}
+/* ---------------------------------------------------------------- names (the tables: src/core/names.c) */
 
 const char *cli_isa_names(void) {
     static char list[128];
-    if (!list[0])
-        for (size_t i = 0, n = 0; i < ISA_COUNT && n < sizeof list; i++)
-            n += (size_t)snprintf(list + n, sizeof list - n, "%s%s", i ? "|" : "", isa_table[i].name);
+    if (!list[0]) qattn_isa_name_list("|", list, sizeof list);
     return list;
 }
 
@@ -261,7 +189,7 @@ cli_flag_result cli_opts_parse_flag(cli_opts *o, int argc, char **argv, int *i, 
     }
     if ((r = cli_flag_value(argc, argv, i, "--precision", &value, command)) != 0) {
         if (r < 0) return CLI_FLAG_ERROR;
-        int p = cli_precision_from_name(value);
+        int p = qattn_precision_from_name(value);
         if (p < 0) {
             cli_error(command, "--precision: '%s' is not one of fp32, fp16, bf16, int8, int4, fp8_e4m3, fp8_e5m2", value);
             return CLI_FLAG_ERROR;
@@ -272,7 +200,7 @@ cli_flag_result cli_opts_parse_flag(cli_opts *o, int argc, char **argv, int *i, 
     }
     if ((r = cli_flag_value(argc, argv, i, "--int8-scheme", &value, command)) != 0) {
         if (r < 0) return CLI_FLAG_ERROR;
-        int s = cli_int8_scheme_from_name(value);
+        int s = qattn_int8_scheme_from_name(value);
         if (s < 0) {
             cli_error(command, "--int8-scheme: '%s' is not one of qattn, intfa, sage", value);
             return CLI_FLAG_ERROR;
@@ -292,7 +220,7 @@ cli_flag_result cli_opts_parse_flag(cli_opts *o, int argc, char **argv, int *i, 
     }
     if ((r = cli_flag_value(argc, argv, i, "--isa", &value, command)) != 0) {
         if (r < 0) return CLI_FLAG_ERROR;
-        o->isa = cli_isa_from_name(value);
+        o->isa = qattn_isa_from_name(value);
         if (o->isa < 0) {
             cli_error(command, "--isa: '%s' is not one of %s", value, cli_isa_names());
             return CLI_FLAG_ERROR;
@@ -453,8 +381,8 @@ qattn_ctx *cli_ctx_create(const qattn_ctx_options *c, const char *command) {
     char why[256];
     qattn_status s = qattn_ctx_create_ex(&ctx, c, why, sizeof why);
     if (s != QATTN_OK) {
-        cli_error(command, "cannot create a context (backend %s, isa %s): %s", c ? cli_backend_name(c->backend) : "auto",
-                  c ? cli_isa_name(c->isa) : "auto", why[0] ? why : qattn_status_str(s));
+        cli_error(command, "cannot create a context (backend %s, isa %s): %s", c ? qattn_backend_name(c->backend) : "auto",
+                  c ? qattn_isa_name(c->isa) : "auto", why[0] ? why : qattn_status_str(s));
         return NULL;
     }
     return ctx;
@@ -602,6 +530,28 @@ double cli_median(double *values, int n) {
     return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
 }
 
+int cli_time_calls(qattn_ctx *ctx, cli_call_fn fn, void *arg, int64_t iters, double *median, double *best, const char *what,
+                   const char *command) {
+    double *t = cli_alloc((size_t)iters * sizeof(double), "times", command);
+    if (!t) return -1;
+    qattn_status s = fn(ctx, arg); /* warm-up */
+    for (int64_t it = 0; it < iters && s == QATTN_OK; it++) {
+        double t0 = cli_now_seconds();
+        s = fn(ctx, arg);
+        t[it] = cli_now_seconds() - t0;
+    }
+    if (s != QATTN_OK) {
+        cli_error(command, "%s: %s: %s", what, qattn_status_str(s), qattn_ctx_last_error(ctx));
+        cli_free(t);
+        return -1;
+    }
+    *best = t[0];
+    for (int64_t it = 1; it < iters; it++) *best = t[it] < *best ? t[it] : *best;
+    *median = cli_median(t, (int)iters);
+    cli_free(t);
+    return 0;
+}
+
 int64_t cli_visible_pairs(const qattn_params *p) {
     int64_t lq = p->seqlen_q, lk = p->seqlen_k, pairs = 0;
     int32_t right = p->causal ? 0 : p->window_right;
@@ -641,4 +591,37 @@ int cli_tensor_size(const int64_t *dims, int ndim, size_t elem_bytes, int64_t *c
     *count = n;
     *bytes = (size_t)b;
     return 0;
+}
+
+/* ---------------------------------------------------------------- sub-command flags */
+
+cli_flag_result cli_int_flags_parse(const cli_int_flag *flags, size_t n, int argc, char **argv, int *i, const char *command) {
+    for (size_t k = 0; k < n; k++) {
+        const char *val = NULL;
+        int r = cli_flag_value(argc, argv, i, flags[k].name, &val, command);
+        if (r < 0) return CLI_FLAG_ERROR;
+        if (r == 1) return cli_parse_int64(val, flags[k].lo, flags[k].hi, flags[k].dst, flags[k].name, command) ? CLI_FLAG_ERROR : CLI_FLAG_CONSUMED;
+    }
+    return CLI_FLAG_UNKNOWN;
+}
+
+cli_flag_result cli_isa_seed_parse(int32_t *isa, uint64_t *seed, int argc, char **argv, int *i, const char *command) {
+    const char *val = NULL;
+    int r;
+    if ((r = cli_flag_value(argc, argv, i, "--isa", &val, command)) != 0) {
+        if (r < 0) return CLI_FLAG_ERROR;
+        *isa = qattn_isa_from_name(val);
+        if (*isa < 0) {
+            cli_error(command, "--isa '%s': expected one of %s", val, cli_isa_names());
+            return CLI_FLAG_ERROR;
+        }
+        return CLI_FLAG_CONSUMED;
+    }
+    if ((r = cli_flag_value(argc, argv, i, "--seed", &val, command)) != 0) {
+        int64_t s;
+        if (r < 0 || cli_parse_int64(val, 0, INT64_MAX, &s, "--seed", command) != 0) return CLI_FLAG_ERROR;
+        *seed = (uint64_t)s;
+        return CLI_FLAG_CONSUMED;
+    }
+    return CLI_FLAG_UNKNOWN;
 }

@@ -126,11 +126,11 @@ static int parse_run_args(int argc, char **argv, run_args *a) {
         return -1;
     }
     if (scheme_given && a->opts.precision != QATTN_PRECISION_INT8) {
-        cli_error(CMD, "--int8-scheme needs --precision int8 (precision is %s)", cli_precision_name(a->opts.precision));
+        cli_error(CMD, "--int8-scheme needs --precision int8 (precision is %s)", qattn_precision_name(a->opts.precision));
         return -1;
     }
     if (a->cal_path && a->opts.precision != QATTN_PRECISION_INT8) {
-        cli_error(CMD, "--calibration needs --precision int8 (precision is %s)", cli_precision_name(a->opts.precision));
+        cli_error(CMD, "--calibration needs --precision int8 (precision is %s)", qattn_precision_name(a->opts.precision));
         return -1;
     }
     if (a->opts.backend == QATTN_BACKEND_CUDA) {

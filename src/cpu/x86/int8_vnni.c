@@ -300,7 +300,7 @@ const qattn_int8_kernels qattn_int8_kernels_avxvnni = {
     .center_amax = qattn_i8_center_amax_avx2,
 };
 
-/* The FP kernel table of this ISA: the AVX2 kernels, under the ISA's name. */
+/* The FP kernel table of this ISA: the AVX2 kernels (docs/ARCHITECTURE.md "Numerics"), under the ISA's name. */
 static void attend_tile_w(const float *q, int64_t ldq, int m, int d, const float *k, const float *v, int64_t ldkv, int n, const int32_t *lo,
                           const int32_t *hi, const qattn_score_mod *mod, qattn_tile_state *st, float *scratch) {
     qattn_kernels_avx2.attend_tile_f32(q, ldq, m, d, k, v, ldkv, n, lo, hi, mod, st, scratch);

@@ -326,7 +326,7 @@ static __attribute__((noinline)) void pv_rows_i8(int R, const int8_t *vc, int d,
 
 #endif
 
-/* The online-softmax rule, for both the INT8 and the FP16/BF16 rows: rescale the
+/* The online-softmax rule (docs/ARCHITECTURE.md "Numerics"), for both the INT8 and the FP16/BF16 rows: rescale the
  * row's sum and accumulator only when its max grows. */
 ALWAYS_INLINE void raise_row_max(qattn_tile_state *st, int row, float *acc, int d, float old_max, float new_max) {
     if (!(new_max > old_max)) return;

@@ -2,7 +2,7 @@
  * then park on a condition variable between calls (no thread is created per call) and are joined
  * by qattn_pool_resize / qattn_pool_destroy. One job at a time: a context is used by one thread at
  * a time (qattn.h), and a nested call runs on its caller's thread. */
-#include "cpu/threads.h"
+#include "core/threads.h"
 
 #include "qattn_internal.h"
 

@@ -1,11 +1,14 @@
 /* Run-time x86 feature detection: AVX2, FMA, F16C, AVX-VNNI and AVX-512 (F/BW/VL/DQ, VNNI, BF16) in
  * CPUID *and* the register state enabled by the OS (XGETBV), so a kernel is only chosen where it can
- * run. qattn_cpu_feature_list names what was found (qattn info prints it). */
-#include "qattn_internal.h"
+ * run. qattn_cpu_feature_list names what was found (qattn info prints it). Compiled without ISA
+ * flags: it must run on any x86-64 CPU, including those it then rules out. */
+#include "core/cpu_features.h"
 
-#include <cpuid.h>
 #include <stdio.h>
 #include <string.h>
+
+#if defined(QATTN_HAVE_X86)
+#include <cpuid.h>
 
 typedef struct cpu_bits {
     bool avx2, fma, f16c, avxvnni;       /* avx2 also needs the OS to save XMM+YMM */
@@ -90,3 +93,11 @@ void qattn_cpu_feature_list(char *buf, size_t len) {
         if (n > 0) at += (size_t)n;
     }
 }
+
+#else /* not x86: no feature to detect; only the reference tier exists */
+
+void qattn_cpu_feature_list(char *buf, size_t len) {
+    if (len) buf[0] = '\0';
+}
+
+#endif
