@@ -469,7 +469,9 @@ static int refuse_small_head_dims(qattn_ctx *gpu, qattn_ctx *cpu) {
             p.qkv_dtype = p.o_dtype = QATTN_DTYPE_F16;
             p.precision = i8 ? QATTN_PRECISION_INT8 : QATTN_PRECISION_AUTO;
             qattn_params_set_contiguous(&p);
-            p.q = p.k = p.v = p.o = (void *)(uintptr_t)256;
+            /* distinct fake addresses: the overlap check must not be what refuses */
+            p.q = (void *)(uintptr_t)0x10000, p.k = (void *)(uintptr_t)0x20000, p.v = (void *)(uintptr_t)0x30000;
+            p.o = (void *)(uintptr_t)0x40000;
             qattn_status sup = qattn_supports(gpu, &p), fwd = qattn_forward(gpu, &p);
             int ok = sup == QATTN_ERR_UNSUPPORTED && fwd == QATTN_ERR_UNSUPPORTED && strstr(qattn_ctx_last_error(gpu), "head_dim") != NULL;
             printf("%s forward(head_dim %d, %s) -> %s: %s\n", ok ? "ok  " : "FAIL", D, i8 ? "int8" : "f16", qattn_status_str(fwd),
@@ -490,7 +492,7 @@ static int refuse_small_head_dims(qattn_ctx *gpu, qattn_ctx *cpu) {
         qattn_decode_params dp;
         qattn_decode_params_init(&dp);
         int32_t id = 0;
-        dp.q = dp.o = (void *)(uintptr_t)256, dp.seq_ids = &id, dp.n_seqs = 1, dp.n_heads = 1;
+        dp.q = (void *)(uintptr_t)0x10000, dp.o = (void *)(uintptr_t)0x20000, dp.seq_ids = &id, dp.n_seqs = 1, dp.n_heads = 1;
         qattn_kv_device_cache dev = {(const void *)(uintptr_t)256, (const int32_t *)(uintptr_t)256, NULL};
         s = qattn_kv_decode_cuda(gpu, c, &dev, &dp);
         int ok = s == QATTN_ERR_UNSUPPORTED && strstr(qattn_ctx_last_error(gpu), "head_dim") != NULL;
