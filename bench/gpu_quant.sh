@@ -12,8 +12,6 @@
 #     quantization alone in GB/s against a device copy of the same run), SDPA FA2/cuDNN and the peers.
 # `bash bench/gpu_quant.sh decode`: steps 1-2, then bench/gpu_decode.py (its correctness checks, qattn's
 # decode against SDPA and FlashInfer's batch decode, FP16 and FP8 caches) instead of 3-5.
-# `bash bench/gpu_quant.sh fused`: steps 1-2, then dev/quant_i8_fused.sh (the one-launch quantization pass,
-# tested and timed against the shipped one in the same call; ~5 minutes).
 # Each step has a timeout; the whole stays under ~9.5 minutes (estimate: build 1.5-2 min, tests with
 # the JIT warm-up 3-4 min, sanitizers 1-2 min, comparison 2 min).
 set -u
@@ -55,12 +53,6 @@ if [ "${1:-}" = decode ]; then
   timeout $(left) python3 bench/gpu_decode.py --lib $LIB --out "$OUT" > "$OUT/decode.log" 2>&1
   echo "decode rc=$?"
   grep -E "FAIL|CORRECTNESS|copy|FlashInfer|^\|" "$OUT/decode.log"
-  stamp "end"
-  exit 0
-fi
-
-if [ "${1:-}" = fused ]; then
-  bash dev/quant_i8_fused.sh
   stamp "end"
   exit 0
 fi
