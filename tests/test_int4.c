@@ -124,7 +124,7 @@ static double baseline_error(qattn_ctx *ctx, const prob *pr, double *lse_err) {
         t[w].batch_stride = (w ? p.seqlen_k : p.seqlen_q) * t[w].seq_stride;
     }
     qattn_status s = qattn_quantize_qk_smoothed(ctx, &p, cfg.qk_smooth, cfg.qk_smooth_min_exp, cfg.qk_rotate, cfg.qk_code_max, NULL, &t[0],
-                                                &t[1], NULL);
+                                                &t[1], NULL, NULL);
     CHECK(s == QATTN_OK, "baseline quantize q/k: %s", qattn_ctx_last_error(ctx));
     s = qattn_quantize_int8(ctx, &p, QATTN_TENSOR_V, &t[2]);
     CHECK(s == QATTN_OK, "baseline quantize v: %s", qattn_ctx_last_error(ctx));

@@ -424,7 +424,7 @@ static double baseline_error(qattn_ctx *ctx, prob *pr, const qattn_lowp_cfg *cfg
         t[w].batch_stride = (w ? p.seqlen_k : p.seqlen_q) * t[w].seq_stride;
         qattn_status s = QATTN_OK;
         if (w == 1 && cfg->qk_smooth) /* Q and K together: codes of the transformed rows (Q' K'^T = Q K^T) */
-            s = qattn_quantize_qk_smoothed(ctx, &p, cfg->qk_smooth, cfg->qk_smooth_min_exp, cfg->qk_rotate, 127, NULL, &t[0], &t[1], NULL);
+            s = qattn_quantize_qk_smoothed(ctx, &p, cfg->qk_smooth, cfg->qk_smooth_min_exp, cfg->qk_rotate, 127, NULL, &t[0], &t[1], NULL, NULL);
         else if (w != 0 || !cfg->qk_smooth)
             s = qattn_quantize_int8(ctx, &p, w, &t[w]);
         CHECK(s == QATTN_OK, "quantize %d: %s", w, qattn_ctx_last_error(ctx));

@@ -56,6 +56,7 @@ void qattn_lowp_scheme_cfg(int32_t scheme, qattn_lowp_cfg *cfg) {
         cfg->k_smooth = 1, cfg->v_smooth = 1;
         cfg->p_mode = QATTN_P_U8_VSCALED;
         cfg->qk_smooth = QATTN_QK_SMOOTH_MAX_EXP, cfg->qk_rotate = 1; /* candidate O */
+        cfg->qk_refine_noise = QATTN_QK_REFINE_NOISE;                 /* sharp units (section 7) */
         break;
     }
 }
@@ -68,6 +69,8 @@ typedef struct lplan {
     const qattn_int8_kernels *kern;
     int32_t p_mode;
     const void *v_fp; /* FP V source (P_FP32 mode, dynamic path), else NULL */
+    const qattn_qk_refine *rf; /* sharp units' residual codes, or NULL */
+    bool refine;               /* slots hold a K residual pack too */
     int group, block_pos, rows;
     int64_t n_qblocks, n_split, split_keys, n_units;
     float scale, qscale;
@@ -75,7 +78,8 @@ typedef struct lplan {
     unsigned char *scratch;
     float *partials;
     /* K/V packed once per call: slot (tile_base(b) + t) * n_kv_heads + g holds keys
-     * [64 t, 64 t + 64) of sequence b, kv head g: K pack, V pack (int16 or float), sk, svk. */
+     * [64 t, 64 t + 64) of sequence b, kv head g: K pack, V pack (int16 or float), sk, svk, and
+     * (refine) the K residual pack, filled for sharp (b, g) only. */
     int64_t n_slots, max_tiles;
     size_t slot_bytes, pack_bytes;
     unsigned char *packs;
@@ -110,6 +114,9 @@ typedef struct wmem {
     float *alpha, *fac;
     float *sv, *mv;  /* [D] V channel scales and V mean of the unit's (b, g) */
     float *svk;      /* [TILE] V token scales (P_U8_VSCALED) */
+    int16_t *qr;     /* [rows][D] Q residual codes (sharp units), qc's layout */
+    int32_t *s2;     /* [rows][TILE] a residual product (sharp units) */
+    int16_t *kr;     /* the tile's K residual pack (sharp units; points into the slot) */
 } wmem;
 
 static size_t wmem_layout(const lplan *pl, unsigned char *base, wmem *w) {
@@ -137,13 +144,16 @@ static size_t wmem_layout(const lplan *pl, unsigned char *base, wmem *w) {
     TAKE(sv, float *, D * 4);
     TAKE(mv, float *, D * 4);
     TAKE(svk, float *, T * 4);
+    TAKE(qr, int16_t *, R * D * 2);
+    TAKE(s2, int32_t *, R * T * 4);
 #undef TAKE
     return off;
 }
 
-static void make_plan(lplan *pl, const qattn_ctx *ctx, const qattn_params *p) {
+static void make_plan(lplan *pl, const qattn_ctx *ctx, const qattn_params *p, bool refine) {
     memset(pl, 0, sizeof *pl);
     pl->p = p;
+    pl->refine = refine;
     pl->kern = qattn_int8_kernels_for(ctx);
     pl->group = p->n_heads / p->n_kv_heads;
     pl->block_pos = pl->group >= BLOCK_ROWS ? 1 : BLOCK_ROWS / pl->group;
@@ -164,7 +174,7 @@ static void make_plan(lplan *pl, const qattn_ctx *ctx, const qattn_params *p) {
     pl->max_tiles = ceil_div(p->seqlen_k, TILE_KEYS);
     pl->n_slots = (p->cu_seqlens_k ? p->cu_seqlens_k[p->batch] / TILE_KEYS + p->batch : p->batch * pl->max_tiles) * p->n_kv_heads;
     size_t T = TILE_KEYS, D = (size_t)p->head_dim;
-    pl->slot_bytes = al64(T * D * 2) + al64(T * D * 4) + 2 * al64(T * 4); /* V room for float (P_FP32) */
+    pl->slot_bytes = al64(T * D * 2) + al64(T * D * 4) + 2 * al64(T * 4) + (refine ? al64(T * D * 2) : 0); /* V room for float (P_FP32) */
     pl->pack_bytes = (size_t)pl->n_slots * pl->slot_bytes;
 }
 
@@ -178,6 +188,7 @@ typedef struct kvslot {
     int16_t *kp;
     void *vp;
     float *sk, *svk;
+    int16_t *kr; /* K residual pack (pl->refine), else NULL */
 } kvslot;
 
 static kvslot slot_of(const lplan *pl, int64_t b, int g, int64_t tile) {
@@ -188,6 +199,7 @@ static kvslot slot_of(const lplan *pl, int64_t b, int g, int64_t tile) {
     k.vp = base + al64(T * D * 2);
     k.sk = (float *)(void *)(base + al64(T * D * 2) + al64(T * D * 4));
     k.svk = k.sk + al64(T * 4) / 4;
+    k.kr = pl->refine ? (int16_t *)(void *)(base + al64(T * D * 2) + al64(T * D * 4) + 2 * al64(T * 4)) : NULL;
     return k;
 }
 
@@ -209,9 +221,9 @@ static size_t plan_bytes(const lplan *pl, int nw) {
     return (size_t)nw * pl->worker_bytes + partials + pl->pack_bytes + order_bytes(pl);
 }
 
-size_t qattn_lowp_run_bytes(const qattn_ctx *ctx, const qattn_params *p) {
+size_t qattn_lowp_run_bytes(const qattn_ctx *ctx, const qattn_params *p, bool refine) {
     lplan pl;
-    make_plan(&pl, ctx, p);
+    make_plan(&pl, ctx, p, refine);
     return pl.n_units > 0 ? plan_bytes(&pl, plan_workers(ctx, &pl)) : 0;
 }
 
@@ -308,18 +320,39 @@ static void pack_q(const lplan *pl, int64_t b, int64_t i0, int n_pos, int g, int
     }
 }
 
+/* Whether (b, g) is a sharp unit (residual codes, docs/FORMAT.md section 7). */
+static bool unit_sharp(const lplan *pl, int64_t b, int g) {
+    return pl->rf && pl->rf->sharp[b * pl->p->n_kv_heads + g];
+}
+
+/* The Q residual codes of a unit's rows into qr, in qc's layout (pack_q's). */
+static void pack_qr(const lplan *pl, int64_t b, int64_t i0, int n_pos, int g, int16_t *qr) {
+    const qattn_params *p = pl->p;
+    const qattn_int8_tensor *tq = &pl->qi->q;
+    int D = p->head_dim, m = n_pos * pl->group;
+    int64_t off = i8_off(p, tq, p->cu_seqlens_q, b);
+    for (int r = 0; r < m; r++) {
+        int h;
+        const int8_t *codes = q_row(pl, off, i0, g, r, &h);
+        const int8_t *src = pl->rf->q_res + (codes - tq->data); /* the same place in the residual array */
+        if (pl->kern->pack8) memcpy((int8_t *)qr + (size_t)r * D, src, (size_t)D);
+        else
+            for (int c = 0; c < D; c++) qr[r * D + c] = src[c];
+    }
+}
+
 /* K tile: keys t0 .. t0+n of (b, g) into the 16-bit pack of qk16 (or the 8-bit pack of qk when the
  * table says pack8), zero-padded to npad. */
-static void pack_k(const lplan *pl, int64_t b, int g, int64_t t0, int n, int npad, int16_t *kp, float *sk) {
+static void pack_k(const lplan *pl, const int8_t *data, int64_t b, int g, int64_t t0, int n, int npad, int16_t *kp, float *sk) {
     const qattn_params *p = pl->p;
-    const qattn_int8_tensor *t = &pl->qi->k;
+    const qattn_int8_tensor *t = &pl->qi->k; /* codes from data (t->data, or the residuals), in t's layout */
     int D = p->head_dim;
     int64_t off = i8_off(p, t, p->cu_seqlens_k, b), tb = tok_base(p->cu_seqlens_k, b, p->seqlen_k);
     int8_t *kp8 = pl->kern->pack8 ? (int8_t *)(void *)kp : NULL;
     for (int j = 0; j < npad; j++) {
         if (j < n) {
             int64_t i = t0 + j;
-            const int8_t *src = t->data + off + i * t->seq_stride + (int64_t)g * t->head_stride;
+            const int8_t *src = data + off + i * t->seq_stride + (int64_t)g * t->head_stride;
             if (kp8) /* 4 channels at a time: one 32-bit word per group */
                 for (int c = 0; c < D; c += 4) {
                     uint32_t w;
@@ -329,13 +362,13 @@ static void pack_k(const lplan *pl, int64_t b, int g, int64_t t0, int n, int npa
                 }
             else
                 for (int c = 0; c < D; c++) kp[(c / 2) * npad * 2 + j * 2 + c % 2] = clamp_code(src[c]);
-            sk[j] = t->scale[qattn_scale_index(t->granularity, t->block_size, b, tb + i, i, g, p->n_kv_heads, p->seqlen_k, D, 0)];
+            if (sk) sk[j] = t->scale[qattn_scale_index(t->granularity, t->block_size, b, tb + i, i, g, p->n_kv_heads, p->seqlen_k, D, 0)];
         } else {
             for (int c = 0; c < D; c += 4) {
                 if (kp8) memset(kp8 + (size_t)(c / 4) * npad * 4 + (size_t)j * 4, 0, 4);
                 else memset(kp + (size_t)(c / 2) * npad * 2 + (size_t)j * 2, 0, 4), memset(kp + (size_t)(c / 2 + 1) * npad * 2 + (size_t)j * 2, 0, 4);
             }
-            sk[j] = 0.0f;
+            if (sk) sk[j] = 0.0f;
         }
     }
 }
@@ -422,7 +455,8 @@ static void pack_unit(void *arg, int64_t task, int worker) {
     if (t0 >= s.lk) return;
     int n = (int)(s.lk - t0 < TILE_KEYS ? s.lk - t0 : TILE_KEYS), npad = (n + 7) / 8 * 8;
     kvslot k = slot_of(pl, b, g, t);
-    pack_k(pl, b, g, t0, n, npad, k.kp, k.sk);
+    pack_k(pl, pl->qi->k.data, b, g, t0, n, npad, k.kp, k.sk);
+    if (unit_sharp(pl, b, g)) pack_k(pl, pl->rf->k_res, b, g, t0, n, npad, k.kr, NULL);
     if (pl->p_mode == QATTN_P_FP32)
         pack_v_f32(pl, b, g, t0, n, npad, k.vp);
     else
@@ -457,17 +491,39 @@ static void write_rows(const lplan *pl, int64_t b, int64_t i0, int n_pos, int g,
 
 /* ---------------------------------------------------------------- one tile */
 
-static void attend_tile(const lplan *pl, wmem *w, int m, int n, qattn_tile_state *st) {
+/* S of a tile: Qc Kc^T, or for a sharp unit 128 Qc Kc^T + Qr Kc^T + Qc Kr^T (the driver's sq already
+ * carries the 1/128). Every product is the table's exact integer kernel, the combination is int32
+ * arithmetic here: the same S on every ISA. Bound for D <= 256 (codes |c| <= 127, residuals
+ * |r| <= 64): 128 * 256 * 127^2 + 2 * 256 * 64 * 127 = 532 643 840 < 2^31 - 1 = 2 147 483 647, and
+ * each kernel's own bound (|Qr Kc^T| <= 2 080 768, the VNNI offset form <= 256 * 255 * 127) holds. */
+static void tile_scores(const lplan *pl, wmem *w, int m, int npad, bool sharp) {
+    const qattn_int8_kernels *K = pl->kern;
+    int D = pl->p->head_dim;
+    if (K->pack8) /* 8-bit packs (AVX-VNNI); the same exact S */
+        K->qk((const int8_t *)(const void *)w->qc, m, D, (const int8_t *)(const void *)w->kp, npad, w->s);
+    else
+        K->qk16(w->qc, m, D, w->kp, npad, w->s);
+    if (!sharp) return;
+    size_t ns = (size_t)m * npad;
+    for (int t = 0; t < 2; t++) {
+        const int16_t *a = t == 0 ? w->qr : w->qc, *kb = t == 0 ? w->kp : w->kr;
+        if (K->pack8) K->qk((const int8_t *)(const void *)a, m, D, (const int8_t *)(const void *)kb, npad, w->s2);
+        else K->qk16(a, m, D, kb, npad, w->s2);
+        if (t == 0)
+            for (size_t i = 0; i < ns; i++) w->s[i] = w->s[i] * 128 + w->s2[i];
+        else
+            for (size_t i = 0; i < ns; i++) w->s[i] += w->s2[i];
+    }
+}
+
+static void attend_tile(const lplan *pl, wmem *w, int m, int n, qattn_tile_state *st, bool sharp) {
     const qattn_int8_kernels *K = pl->kern;
     int D = pl->p->head_dim, npad = (n + 7) / 8 * 8;
     int32_t mode = pl->p_mode;
     bool fp = mode == QATTN_P_FP32;
     float mult = (mode == QATTN_P_S8_RUNNING || mode == QATTN_P_S8_BLOCKMAX) ? 127.0f : 255.0f;
     bool blockmax = mode == QATTN_P_U8_BLOCKMAX || mode == QATTN_P_S8_BLOCKMAX || mode == QATTN_P_U8_VSCALED;
-    if (K->pack8) /* 8-bit packs (AVX-VNNI); the same exact S */
-        K->qk((const int8_t *)(const void *)w->qc, m, D, (const int8_t *)(const void *)w->kp, npad, w->s);
-    else
-        K->qk16(w->qc, m, D, w->kp, npad, w->s);
+    tile_scores(pl, w, m, npad, sharp);
     if (mode == QATTN_P_U8_VSCALED && K->p_vs_tile) { /* scores, row max, state and P codes in one pass */
         bool u8 = K->pack8 && K->pv_acc8u;
         K->p_vs_tile(w->s, m, npad, w->sq, w->sk, w->lo, w->hi, w->svk, st->row_max, st->row_sum, w->pc, u8, w->alpha, w->fac);
@@ -594,6 +650,11 @@ static void run_unit(void *arg, int64_t task, int worker) {
     unit_key_range(pl, &u, &s, i0, n_pos, bm, &k_begin, &k_end);
 
     pack_q(pl, u.b, i0, n_pos, u.g, w.qc, w.sq, w.corr);
+    bool sharp = unit_sharp(pl, u.b, u.g);
+    if (sharp) { /* S carries 128 x the codes' product: 1/128 into the row scales (exact, a power of two) */
+        pack_qr(pl, u.b, i0, n_pos, u.g, w.qr);
+        for (int r = 0; r < m; r++) w.sq[r] *= 0x1p-7f;
+    }
     v_channel_info(pl, u.b, u.g, w.sv, w.mv);
     /* whole packed tiles (aligned to 64 keys of the sequence); per-row ranges mask the rest. With
      * a block mask, tiles whose keys no row computes are skipped (no loads, no products), and a
@@ -607,8 +668,8 @@ static void run_unit(void *arg, int64_t task, int worker) {
             int64_t z = bm ? qattn_bm_uniform_end(bm, a, tile_end) : tile_end;
             if (tile_intervals(pl, &s, u.b, i0, m, u.g, t0, n, a, z, w.lo, w.hi)) {
                 kvslot k = slot_of(pl, u.b, u.g, t0 / TILE_KEYS);
-                w.kp = k.kp, w.vp = k.vp, w.sk = k.sk, w.svk = k.svk;
-                attend_tile(pl, &w, m, n, &st);
+                w.kp = k.kp, w.vp = k.vp, w.sk = k.sk, w.svk = k.svk, w.kr = k.kr;
+                attend_tile(pl, &w, m, n, &st, sharp);
             }
             a = bm ? qattn_bm_next_live(bm, z, tile_end) : tile_end;
         }
@@ -653,12 +714,13 @@ static void merge_unit(void *arg, int64_t task, int worker) {
 }
 
 qattn_status qattn_lowp_run_quantized(qattn_ctx *ctx, const qattn_params *p, const qattn_int8_inputs *qi, int32_t p_mode,
-                                      const void *v_fp, void *workspace, size_t workspace_size) {
+                                      const void *v_fp, const qattn_qk_refine *rf, void *workspace, size_t workspace_size) {
     qattn_status refused = refuse_score_mods(ctx, p);
     if (refused != QATTN_OK) return refused;
     lplan pl;
-    make_plan(&pl, ctx, p);
+    make_plan(&pl, ctx, p, rf != NULL);
     pl.qi = qi;
+    pl.rf = rf;
     pl.p_mode = p_mode;
     pl.v_fp = v_fp;
     if (pl.n_units == 0) return QATTN_OK;
@@ -695,8 +757,14 @@ qattn_status qattn_lowp_run_quantized(qattn_ctx *ctx, const qattn_params *p, con
 /* Bytes of the quantized copies of Q, K, V (codes, scales, means) for cfg, 64-byte pieces. */
 typedef struct qbufs {
     size_t off[3][3]; /* [tensor][codes, scales, means] */
+    size_t res_q, res_k, sharp, sigma; /* refinement (cfg_refines): Q and K residual codes, [B][HK] flags and sigma */
     size_t total;
 } qbufs;
+
+/* Whether cfg refines sharp units (INT8 codes after the joint Q/K transforms). */
+static bool cfg_refines(const qattn_lowp_cfg *cfg) {
+    return cfg->qk_refine_noise > 0.0f && cfg->qk_smooth > 0 && (cfg->qk_code_max == 0 || cfg->qk_code_max == 127);
+}
 
 static void qbufs_layout(const qattn_params *p, const qattn_lowp_cfg *cfg, qbufs *qb) {
     int32_t gran[3] = {cfg->q_gran, cfg->k_gran, cfg->v_gran};
@@ -713,6 +781,15 @@ static void qbufs_layout(const qattn_params *p, const qattn_lowp_cfg *cfg, qbufs
         off += skip ? 0 : al64((size_t)qattn_quant_scale_count(p, w, gran[w], blk[w]) * sizeof(float));
         qb->off[w][2] = off;
         off += skip ? 0 : al64((size_t)(p->batch * heads * p->head_dim) * sizeof(float));
+    }
+    qb->res_q = qb->res_k = qb->sharp = qb->sigma = off;
+    if (cfg_refines(cfg)) {
+        int64_t tq = p->cu_seqlens_q ? p->cu_seqlens_q[p->batch] : p->batch * p->seqlen_q;
+        int64_t tk = p->cu_seqlens_k ? p->cu_seqlens_k[p->batch] : p->batch * p->seqlen_k;
+        qb->res_q = off, off += al64((size_t)(tq * p->n_heads * p->head_dim));
+        qb->res_k = off, off += al64((size_t)(tk * p->n_kv_heads * p->head_dim));
+        qb->sharp = off, off += al64((size_t)(p->batch * p->n_kv_heads));
+        qb->sigma = off, off += al64((size_t)(p->batch * p->n_kv_heads) * sizeof(float));
     }
     qb->total = off;
 }
@@ -740,7 +817,7 @@ static size_t dynamic_bytes(const qattn_ctx *ctx, const qattn_params *p, const q
     qbufs tmp;
     if (!qb) qb = &tmp;
     qbufs_layout(p, cfg, qb);
-    return qb->total + qattn_lowp_run_bytes(ctx, p);
+    return qb->total + qattn_lowp_run_bytes(ctx, p, cfg_refines(cfg));
 }
 
 qattn_status qattn_lowp_forward_cfg(qattn_ctx *ctx, const qattn_params *p, const qattn_lowp_cfg *cfg) {
@@ -774,6 +851,14 @@ qattn_status qattn_lowp_forward_static(qattn_ctx *ctx, const qattn_params *p, co
     bool fp_v = cfg->p_mode == QATTN_P_FP32;
     bool qk_joint = cfg->qk_smooth > 0; /* Q and K in one call (channel smoothing) */
     int32_t qk_code_max = cfg->qk_code_max > 0 ? cfg->qk_code_max : 127; /* 7: INT4 */
+    bool refine = cfg_refines(cfg);
+    qattn_qk_refine rf;
+    memset(&rf, 0, sizeof rf);
+    if (refine) {
+        rf.noise = cfg->qk_refine_noise, rf.scale = qattn_effective_scale(p);
+        rf.q_res = (int8_t *)(mem + qb.res_q), rf.k_res = (int8_t *)(mem + qb.res_k);
+        rf.sharp = mem + qb.sharp, rf.sigma = (float *)(void *)(mem + qb.sigma);
+    }
     s = QATTN_OK;
     for (int w = 0; w < 3 && s == QATTN_OK; w++) {
         if (w == 2 && fp_v) continue;
@@ -794,12 +879,12 @@ qattn_status qattn_lowp_forward_static(qattn_ctx *ctx, const qattn_params *p, co
         } else if (w == 1 && qk_joint) { /* Q (set up at w = 0) and K together */
             qattn_qk_static qs = {stat ? stat->k_factor : NULL, stat ? stat->k_mean : NULL};
             s = qattn_quantize_qk_smoothed(ctx, p, cfg->qk_smooth, cfg->qk_smooth_min_exp, cfg->qk_rotate, qk_code_max,
-                                           qs.k_factor && qs.k_mean ? &qs : NULL, &qi.q, &qi.k, NULL);
+                                           qs.k_factor && qs.k_mean ? &qs : NULL, &qi.q, &qi.k, NULL, refine ? &rf : NULL);
         } else if (w != 0 || !qk_joint)
             s = qattn_quantize_tensor_codes(ctx, p, w, t, w < 2 ? qk_code_max : 127);
     }
     if (s == QATTN_OK)
-        s = qattn_lowp_run_quantized(ctx, p, &qi, cfg->p_mode, fp_v ? p->v : NULL, mem ? mem + qb.total : NULL,
+        s = qattn_lowp_run_quantized(ctx, p, &qi, cfg->p_mode, fp_v ? p->v : NULL, refine ? &rf : NULL, mem ? mem + qb.total : NULL,
                                      mem ? (p->workspace ? p->workspace_size : need) - qb.total : 0);
     if (mem && mem != p->workspace) qattn_free(ctx, mem);
     return s;

@@ -14,4 +14,5 @@ void qattn_lowp_int4_cfg(qattn_lowp_cfg *cfg) {
      * most where a few channels are large, and per-token never loses to per-block. */
     qattn_lowp_scheme_cfg(QATTN_INT8_DEFAULT, cfg);
     cfg->qk_code_max = 7;
+    cfg->qk_refine_noise = 0.0f; /* the residual refinement is for INT8 codes (docs/FORMAT.md section 7) */
 }

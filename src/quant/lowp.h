@@ -191,9 +191,28 @@ typedef struct qattn_lowp_cfg {
     /* Largest Q/K code: 0 = 127 (INT8); 7 = INT4 codes in [-7, 7] (precision INT4), held one per
      * int8 so that the INT8 kernels and driver run them unchanged. */
     int32_t qk_code_max;
+    /* Residual refinement of sharp units (INT8 codes, qk_smooth only; docs/FORMAT.md section 7,
+     * "Sharp units"): a (sequence, kv head) whose predicted logit noise sigma (natural-log units)
+     * exceeds this gets 7 more bits of Q and K (residual codes) in its Q K^T; 0 = never. */
+    float qk_refine_noise;
 } qattn_lowp_cfg;
 
 #define QATTN_QK_SMOOTH_MAX_EXP 32
+/* The default threshold on the predicted logit noise (docs/FORMAT.md section 7, measured). */
+#define QATTN_QK_REFINE_NOISE 0.015f
+
+/* Residual codes of the sharp units (docs/FORMAT.md section 7): with u = y * inv the unrounded code
+ * and c = rne(u) the INT8 code, r = rne(128 (u - c)), |r| <= 64, stored in the layout (strides) of
+ * the codes; the driver's S is 128 Qc Kc^T + Qr Kc^T + Qc Kr^T with the scales / 128.
+ * Filled by qattn_quantize_qk_smoothed (sharp, sigma, and q_res / k_res of the sharp units only),
+ * read by the driver (q_res, k_res, sharp). */
+typedef struct qattn_qk_refine {
+    float noise;           /* threshold on sigma: a unit is sharp when sigma > noise */
+    float scale;           /* the softmax scale (natural log units, qattn_effective_scale) */
+    int8_t *q_res, *k_res; /* residual codes, the layouts of tq->data and tk->data */
+    uint8_t *sharp;        /* [B][HK]: 1 = sharp */
+    float *sigma;          /* [B][HK]: the predicted logit noise, or NULL */
+} qattn_qk_refine;
 
 /* The configuration of a named scheme (qattn_int8_scheme). */
 void qattn_lowp_scheme_cfg(int32_t scheme, qattn_lowp_cfg *cfg);
@@ -215,9 +234,11 @@ qattn_status qattn_lowp_forward_static(qattn_ctx *ctx, const qattn_params *p, co
 
 /* The pre-quantized driver behind qattn_forward_quantized; p and qi validated, p_mode given.
  * v_fp: when not NULL (P_FP32 mode), V is read from it (dtype, p's v strides) instead of qi->v. */
+/* rf: NULL, or the sharp units' residual codes (rf->sharp, q_res, k_res), whose K residual packs
+ * need refine = true in qattn_lowp_run_bytes. */
 qattn_status qattn_lowp_run_quantized(qattn_ctx *ctx, const qattn_params *p, const qattn_int8_inputs *qi, int32_t p_mode,
-                                      const void *v_fp, void *workspace, size_t workspace_size);
-size_t qattn_lowp_run_bytes(const qattn_ctx *ctx, const qattn_params *p);
+                                      const void *v_fp, const qattn_qk_refine *rf, void *workspace, size_t workspace_size);
+size_t qattn_lowp_run_bytes(const qattn_ctx *ctx, const qattn_params *p, bool refine);
 
 /* ---------------------------------------------------------------- quantization internals
  * (src/quant/quant.c) */
@@ -259,10 +280,12 @@ int64_t qattn_quant_scale_count(const qattn_params *p, int32_t which, int32_t gr
 typedef struct qattn_qk_static {
     const float *k_factor, *k_mean; /* [HK][D] */
 } qattn_qk_static;
-/* code_max: the codes' range [-code_max, code_max] (127 INT8, 7 INT4), scales amax / code_max. */
+/* code_max: the codes' range [-code_max, code_max] (127 INT8, 7 INT4), scales amax / code_max.
+ * rf: NULL, or (code_max 127) the sharp-unit refinement: sigma per (b, g) from the codes and
+ * scales, rf->sharp, and the residual codes of the sharp units' Q and K rows. */
 qattn_status qattn_quantize_qk_smoothed(qattn_ctx *ctx, const qattn_params *p, int32_t max_exp, int32_t min_exp, int32_t rotate,
                                         int32_t code_max, const qattn_qk_static *stat, qattn_int8_tensor *tq, qattn_int8_tensor *tk,
-                                        float *factor_out);
+                                        float *factor_out, const qattn_qk_refine *rf);
 /* Block Hadamard rotation: every value times pre, then blocks of n = qattn_rotate_block(d) channels
  * (the largest power of two dividing d, at most 128) each transformed in place by the unnormalised
  * Walsh-Hadamard butterfly (stages len = 1, 2, 4, .., n/2; pairs (k, k + len): y[k] = a + c,

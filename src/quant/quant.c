@@ -85,6 +85,8 @@ typedef struct qjob {
     float pre;
     int32_t scale_shift; /* PER_TOKEN codes: stored scale = (amax / cmax) * 2^scale_shift */
     float code_max;      /* cmax, the largest code: 0 = 127 (INT8); 7 for INT4's Q and K */
+    int8_t *res;          /* refine_tok_task: residual codes (the layout of t->data) */
+    const uint8_t *sharp; /* refine_tok_task: [B][HK] sharp units; head h belongs to kv head h / mul_group */
 } qjob;
 
 /* The code range of a job: [-cmax, cmax]. */
@@ -273,6 +275,25 @@ static float scale_center_amax(const float *restrict row, const float *restrict 
     return amax8(y, d);
 }
 
+/* The row y a PER_TOKEN code pass quantizes for (sequence b, head h) from the source row, and max |y|:
+ * y = row * f - mu (j->mul), then rotated (j->rotate), or row - mu. */
+static float tok_row_y(const qjob *j, const float *row, int64_t b, int64_t h, const float *mu, float *y) {
+    int64_t D = j->p->head_dim;
+    const qattn_int8_kernels *K = j->kern; /* vector slots where the table has them: same bits */
+    if (j->mul) {
+        const float *f = j->mul + b * j->mul_bstride + (h / j->mul_group) * D;
+        if (j->rotate) {
+            if (K->scale_center_amax) (void)K->scale_center_amax(row, f, mu, (int)D, y);
+            else for (int64_t c = 0; c < D; c++) y[c] = row[c] * f[c] - mu[c];
+            return K->rotate_row ? K->rotate_row(y, (int)D, j->pre) : qattn_rotate_row(y, (int)D, j->pre);
+        }
+        return K->scale_center_amax ? K->scale_center_amax(row, f, mu, (int)D, y) : scale_center_amax(row, f, mu, D, y);
+    }
+    return K->center_amax ? K->center_amax(row, mu, (int)D, y) : row_center_amax(row, mu, D, y);
+}
+
+static const float zero_mu[256];
+
 static void quant_tok_task(void *arg, int64_t task, int worker) {
     (void)worker;
     const qjob *j = arg;
@@ -285,7 +306,6 @@ static void quant_tok_task(void *arg, int64_t task, int worker) {
     int64_t off0 = seq_off(&j->v, b, j->v.bs, j->v.ss);
     int64_t toff0 = seq_off(&j->v, b, t->batch_stride, t->seq_stride);
     float rowbuf[256], y[256];
-    static const float zero_mu[256];
     for (int64_t i = i0; i < i1; i++)
         for (int64_t h = 0; h < Ht; h++) {
             const float *row = ld_row(j, off0 + h * j->v.hs, i, D, rowbuf);
@@ -295,20 +315,40 @@ static void quant_tok_task(void *arg, int64_t task, int worker) {
                 continue;
             }
             const float *mu = t->mean ? t->mean + (b * Ht + h) * D : zero_mu;
-            float amax;
-            if (j->mul) {
-                const float *f = j->mul + b * j->mul_bstride + (h / j->mul_group) * D;
-                const qattn_int8_kernels *K = j->kern; /* vector slots where the table has them: same bits */
-                if (j->rotate) {
-                    if (K->scale_center_amax) (void)K->scale_center_amax(row, f, mu, (int)D, y);
-                    else for (int64_t c = 0; c < D; c++) y[c] = row[c] * f[c] - mu[c];
-                    amax = K->rotate_row ? K->rotate_row(y, (int)D, j->pre) : qattn_rotate_row(y, (int)D, j->pre);
-                } else
-                    amax = K->scale_center_amax ? K->scale_center_amax(row, f, mu, (int)D, y) : scale_center_amax(row, f, mu, D, y);
-            } else
-                amax = j->kern->center_amax ? j->kern->center_amax(row, mu, (int)D, y) : row_center_amax(row, mu, D, y);
+            float amax = tok_row_y(j, row, b, h, mu, y);
             j->kern->quant_row(y, (int)D, inv_scale(amax, job_code_max(j)), t->data + toff0 + h * t->head_stride + i * t->seq_stride);
             t->scale[(tok0 + i) * Ht + h] = ldexpf(amax / job_code_max(j), j->scale_shift);
+        }
+}
+
+/* Residual codes of the sharp units (task = (sequence, QCHUNK positions), as quant_tok_task): for
+ * head h of a sharp (b, h / mul_group), the same y and inv as the code pass, u = y * inv (the
+ * code pass's product), c = the stored code (rne(u), clamped), r = rne(128 (u - c)): u - c is exact
+ * (|u - c| <= 1/2, c an integer near u) and so is 128 (u - c), so r is exact rounding of it;
+ * |r| <= 64. Rows of other units are not touched. */
+static void refine_tok_task(void *arg, int64_t task, int worker) {
+    (void)worker;
+    const qjob *j = arg;
+    const qattn_params *p = j->p;
+    const qattn_int8_tensor *t = j->t;
+    int64_t Ht = j->v.n_heads, D = p->head_dim, nchunk = (j->v.max_len + QCHUNK - 1) / QCHUNK, HK = p->n_kv_heads;
+    int64_t b = task / nchunk, ch = task % nchunk;
+    int64_t n = seq_len(&j->v, b);
+    int64_t i0 = ch * QCHUNK, i1 = i0 + QCHUNK < n ? i0 + QCHUNK : n;
+    int64_t off0 = seq_off(&j->v, b, j->v.bs, j->v.ss);
+    int64_t toff0 = seq_off(&j->v, b, t->batch_stride, t->seq_stride);
+    float rowbuf[256], y[256];
+    for (int64_t i = i0; i < i1; i++)
+        for (int64_t h = 0; h < Ht; h++) {
+            if (!j->sharp[b * HK + h / j->mul_group]) continue;
+            const float *row = ld_row(j, off0 + h * j->v.hs, i, D, rowbuf);
+            const float *mu = t->mean ? t->mean + (b * Ht + h) * D : zero_mu;
+            float inv = inv_scale(tok_row_y(j, row, b, h, mu, y), 127.0f);
+            int64_t at = toff0 + h * t->head_stride + i * t->seq_stride;
+            for (int64_t c = 0; c < D; c++) {
+                float u = y[c] * inv, r = nearbyintf(128.0f * (u - (float)t->data[at + c]));
+                j->res[at + c] = (int8_t)(r > 64.0f ? 64.0f : r < -64.0f ? -64.0f : r);
+            }
         }
 }
 
@@ -453,6 +493,75 @@ qattn_status qattn_quantize_tensor_fixed_mean(qattn_ctx *ctx, const qattn_params
     return s;
 }
 
+/* ---------------------------------------------------------------- sharp units (docs/FORMAT.md section 7)
+ * Predicted noise of the scaled logits scale * q~ . k~ of unit (b, g), from the codes and scales
+ * alone (q~ = sq c_q, k~ = sk c_k, the dequantized rows in the codes' domain; their dot product is
+ * q . k minus the per-row K-mean shift). Rounding leaves an error e of variance 1/12 per code
+ * (uniform on [-1/2, 1/2], independent), so
+ *     scale (q~ . k~ - q . k) ~= scale (sq e_q . k~ + sk q~ . e_k)
+ * has variance scale^2 / 12 (sq^2 |k~|^2 + sk^2 |q~|^2); averaged over the unit's rows i and keys j:
+ *     sigma^2 = scale^2 / 12 (mean_i sq_i^2 * mean_j sk_j^2 |c_kj|^2 + mean_j sk_j^2 * mean_i sq_i^2 |c_qi|^2).
+ * Every sum runs in double in a fixed order (positions ascending, heads ascending) in one task per
+ * (b, g): the same sigma for any thread count and ISA (integer |c|^2, IEEE double). */
+typedef struct noise_job {
+    const qattn_params *p;
+    const qattn_int8_tensor *tq, *tk;
+    const qattn_qk_refine *rf;
+} noise_job;
+
+static int32_t code_sq(const int8_t *c, int64_t d) {
+    int32_t s = 0; /* <= 256 * 127^2: no overflow */
+    for (int64_t k = 0; k < d; k++) s += (int32_t)c[k] * c[k];
+    return s;
+}
+
+static void noise_task(void *arg, int64_t task, int worker) {
+    (void)worker;
+    const noise_job *nj = arg;
+    const qattn_params *p = nj->p;
+    const qattn_int8_tensor *tq = nj->tq, *tk = nj->tk;
+    int64_t H = p->n_heads, HK = p->n_kv_heads, G = H / HK, D = p->head_dim, b = task / HK, g = task % HK;
+    tview vq = view_of(p, QATTN_TENSOR_Q), vk = view_of(p, QATTN_TENSOR_K);
+    int64_t nq = seq_len(&vq, b), nk = seq_len(&vk, b), q0 = seq_tok0(&vq, b), k0 = seq_tok0(&vk, b);
+    int64_t qoff = seq_off(&vq, b, tq->batch_stride, tq->seq_stride), koff = seq_off(&vk, b, tk->batch_stride, tk->seq_stride);
+    double aq = 0, cq = 0, ak = 0, ck = 0;
+    for (int64_t i = 0; i < nq; i++)
+        for (int64_t h = g * G; h < (g + 1) * G; h++) {
+            double s2 = (double)tq->scale[(q0 + i) * H + h] * tq->scale[(q0 + i) * H + h];
+            aq += s2, cq += s2 * code_sq(tq->data + qoff + i * tq->seq_stride + h * tq->head_stride, D);
+        }
+    for (int64_t i = 0; i < nk; i++) {
+        double s2 = (double)tk->scale[(k0 + i) * HK + g] * tk->scale[(k0 + i) * HK + g];
+        ak += s2, ck += s2 * code_sq(tk->data + koff + i * tk->seq_stride + g * tk->head_stride, D);
+    }
+    double sigma = 0.0;
+    if (nq > 0 && nk > 0) {
+        double rows = (double)(nq * G), sc = nj->rf->scale;
+        sigma = sqrt(sc * sc / 12.0 * ((aq / rows) * (ck / (double)nk) + (ak / (double)nk) * (cq / rows)));
+    }
+    if (nj->rf->sigma) nj->rf->sigma[task] = (float)sigma;
+    nj->rf->sharp[task] = sigma > (double)nj->rf->noise;
+}
+
+/* sigma and the sharp flags of every (b, g), then the residual codes of the sharp units. */
+static void refine_units(qattn_ctx *ctx, const qattn_params *p, qjob *jq, qjob *jk, const qattn_qk_refine *rf) {
+    int nt = nthreads(ctx);
+    int64_t units = p->batch * p->n_kv_heads;
+    noise_job nj = {p, jq->t, jk->t, rf};
+    qattn_parallel_for(ctx->pool, nt > units ? (int)units : nt, units, noise_task, &nj);
+    bool any = false;
+    for (int64_t u = 0; u < units; u++) any |= rf->sharp[u] != 0;
+    if (!any) return;
+    qjob *js[2] = {jq, jk};
+    int8_t *res[2] = {rf->q_res, rf->k_res};
+    for (int w = 0; w < 2; w++) {
+        qjob *j = js[w];
+        j->res = res[w], j->sharp = rf->sharp;
+        int64_t tasks = p->batch * ((j->v.max_len + QCHUNK - 1) / QCHUNK);
+        if (tasks > 0) qattn_parallel_for(ctx->pool, nt > tasks ? (int)tasks : nt, tasks, refine_tok_task, j);
+    }
+}
+
 int32_t qattn_qk_smooth_exp(float qa, float ka, int32_t max_exp, int32_t min_exp) {
     if (!(isnormal(qa) && isnormal(ka)) || qa > 0x1p100f || ka > 0x1p100f) return 0; /* no overflow in q * f, k / f */
     float r = ka / qa;
@@ -467,7 +576,7 @@ int32_t qattn_qk_smooth_exp(float qa, float ka, int32_t max_exp, int32_t min_exp
 
 qattn_status qattn_quantize_qk_smoothed(qattn_ctx *ctx, const qattn_params *p, int32_t max_exp, int32_t min_exp, int32_t rotate,
                                         int32_t code_max, const qattn_qk_static *stat, qattn_int8_tensor *tq, qattn_int8_tensor *tk,
-                                        float *factor_out) {
+                                        float *factor_out, const qattn_qk_refine *rf) {
     int64_t B = p->batch, H = p->n_heads, HK = p->n_kv_heads, D = p->head_dim, group = H / HK;
     if (B == 0) return QATTN_OK;
     qjob jq = {.p = p, .v = view_of(p, QATTN_TENSOR_Q), .t = tq, .kern = qattn_int8_kernels_for(ctx), .code_max = (float)code_max};
@@ -544,12 +653,14 @@ qattn_status qattn_quantize_qk_smoothed(qattn_ctx *ctx, const qattn_params *p, i
     jq.scale_shift = rotate ? ilogb((float)nb) : 0;
     run_codes(ctx, &jq);
     run_codes(ctx, &jk);
-    if (rotate) /* the driver's mean is in K's codes' domain: H(mu / f / n) */
-        for (int64_t i = 0; i < B * HK; i++) (void)qattn_rotate_row(tk->mean + i * D, (int)D, jk.pre);
     if (!dyn) {
         s = report_bad(ctx, &jq, QATTN_TENSOR_Q, nchunk_q);
         if (s == QATTN_OK) s = report_bad(ctx, &jk, QATTN_TENSOR_K, nchunk_k);
     }
+    /* sharp units: before the mean turns into the rotated domain (the residual pass re-forms y) */
+    if (s == QATTN_OK && rf && code_max == 127) refine_units(ctx, p, &jq, &jk, rf);
+    if (rotate) /* the driver's mean is in K's codes' domain: H(mu / f / n) */
+        for (int64_t i = 0; i < B * HK; i++) (void)qattn_rotate_row(tk->mean + i * D, (int)D, jk.pre);
     qattn_free(ctx, inv);
     qattn_free(ctx, mem);
     return s;
@@ -697,5 +808,5 @@ qattn_status qattn_forward_quantized(qattn_ctx *ctx, const qattn_params *p, cons
         s = check_scales(ctx, &pc, w, ts[w]);
         if (s != QATTN_OK) return s;
     }
-    return qattn_lowp_run_quantized(ctx, &pc, qi, cfg.p_mode, NULL, p->workspace, p->workspace_size);
+    return qattn_lowp_run_quantized(ctx, &pc, qi, cfg.p_mode, NULL, NULL, p->workspace, p->workspace_size);
 }
