@@ -323,7 +323,7 @@ typedef struct prob {
     int32_t cu_q[9], cu_k[9];
 } prob;
 
-enum { DIST_NORMAL, DIST_UNIFORM, DIST_OUTLIER, DIST_SINK, DIST_SPREAD };
+enum { DIST_NORMAL, DIST_UNIFORM, DIST_OUTLIER, DIST_SINK, DIST_SPREAD, DIST_HEADS };
 
 static void prob_make(prob *pr, int64_t B, int64_t Lq, int64_t Lk, int H, int HK, int D, int causal, int dist, const int32_t *lens_q,
                       const int32_t *lens_k) {
@@ -372,6 +372,17 @@ static void prob_make(prob *pr, int64_t B, int64_t Lq, int64_t Lk, int H, int HK
                 for (int c = 0; c < D; c++) pr->k[(t * HK + h) * D + c] = 3.0f, pr->v[(t * HK + h) * D + c] = 0.1f;
             for (int64_t i = 0; i < pr->nq; i++) pr->q[i] = fabsf(pr->q[i]) * 0.5f + 0.2f;
         }
+    if (dist == DIST_HEADS) { /* heads of mixed scale (qattn accuracy's "heads"): Q of head h x 0.3 .. 3, K of kv head g
+                                 x 0.3 .. 3 (3 with one kv head), V x 0.01 .. 100: flat to very peaked softmax */
+        for (int64_t t = 0; t < tq; t++)
+            for (int h = 0; h < H; h++)
+                for (int c = 0; c < D; c++) pr->q[(t * H + h) * D + c] *= 0.3f * powf(10.0f, H > 1 ? (float)h / (float)(H - 1) : 1.0f);
+        for (int64_t t = 0; t < tk; t++)
+            for (int g = 0; g < HK; g++) {
+                float x = HK > 1 ? (float)g / (float)(HK - 1) : 1.0f;
+                for (int c = 0; c < D; c++) pr->k[(t * HK + g) * D + c] *= 0.3f * powf(10.0f, x), pr->v[(t * HK + g) * D + c] *= 0.01f * powf(10.0f, 4.0f * x);
+            }
+    }
     p->q = pr->q, p->k = pr->k, p->v = pr->v, p->o = pr->o, p->lse = pr->lse;
 }
 
@@ -399,8 +410,17 @@ static double rel_l2_dd(const double *o, const double *r, int64_t n) {
 /* Baseline: quantize-dequantize Q, K, V as cfg does, then the FP64 oracle; returns rel L2 vs
  * the exact oracle (pr->o64 must hold it). */
 static double baseline_lse_err;
-static double baseline_error(qattn_ctx *ctx, prob *pr, const qattn_lowp_cfg *cfg) {
+/* With refine (cfg's joint Q/K transforms, no varlen): Q and K of the sharp units dequantized from
+ * their refined codes, (c + r / 128) s; the flags and sigma land in baseline_sharp / baseline_sigma. */
+static uint8_t baseline_sharp[64];
+static float baseline_sigma[64];
+static double baseline_error_rf(qattn_ctx *ctx, prob *pr, const qattn_lowp_cfg *cfg, bool refine);
+static double baseline_error(qattn_ctx *ctx, prob *pr, const qattn_lowp_cfg *cfg) { return baseline_error_rf(ctx, pr, cfg, false); }
+static double baseline_error_rf(qattn_ctx *ctx, prob *pr, const qattn_lowp_cfg *cfg, bool refine) {
     qattn_params p = pr->p;
+    int8_t *res[2] = {NULL, NULL};
+    qattn_qk_refine rf = {cfg->qk_refine_noise, qattn_effective_scale(&p), NULL, NULL, baseline_sharp, baseline_sigma};
+    if (refine) res[0] = rf.q_res = xcalloc((size_t)pr->nq), res[1] = rf.k_res = xcalloc((size_t)pr->nk);
     float *deq[3];
     const float *src[3] = {pr->q, pr->k, pr->v};
     int64_t nel[3] = {pr->nq, pr->nk, pr->nk};
@@ -424,7 +444,8 @@ static double baseline_error(qattn_ctx *ctx, prob *pr, const qattn_lowp_cfg *cfg
         t[w].batch_stride = (w ? p.seqlen_k : p.seqlen_q) * t[w].seq_stride;
         qattn_status s = QATTN_OK;
         if (w == 1 && cfg->qk_smooth) /* Q and K together: codes of the transformed rows (Q' K'^T = Q K^T) */
-            s = qattn_quantize_qk_smoothed(ctx, &p, cfg->qk_smooth, cfg->qk_smooth_min_exp, cfg->qk_rotate, 127, NULL, &t[0], &t[1], NULL, NULL);
+            s = qattn_quantize_qk_smoothed(ctx, &p, cfg->qk_smooth, cfg->qk_smooth_min_exp, cfg->qk_rotate, 127, NULL, &t[0], &t[1], NULL,
+                                           refine ? &rf : NULL);
         else if (w != 0 || !cfg->qk_smooth)
             s = qattn_quantize_int8(ctx, &p, w, &t[w]);
         CHECK(s == QATTN_OK, "quantize %d: %s", w, qattn_ctx_last_error(ctx));
@@ -433,6 +454,13 @@ static double baseline_error(qattn_ctx *ctx, prob *pr, const qattn_lowp_cfg *cfg
         if (!t[w].data) continue;
         qattn_status s = qattn_dequantize_int8(ctx, &p, w, &t[w], deq[w]);
         CHECK(s == QATTN_OK, "dequantize %d: %s", w, qattn_ctx_last_error(ctx));
+        if (w < 2 && res[w]) { /* + r / 128 s in the sharp units (contiguous [B, L, Ht, D]) */
+            int64_t Ht = w ? p.n_kv_heads : p.n_heads, L = w ? p.seqlen_k : p.seqlen_q, D = p.head_dim, G = p.n_heads / p.n_kv_heads;
+            for (int64_t e = 0; e < nel[w]; e++) {
+                int64_t tok = e / (Ht * D), h = (e / D) % Ht, b = tok / L;
+                if (baseline_sharp[b * p.n_kv_heads + (w ? h : h / G)]) deq[w][e] += (float)res[w][e] / 128.0f * t[w].scale[tok * Ht + h];
+            }
+        }
         free(t[w].data), free(t[w].scale), free(t[w].mean);
     }
     p.q = deq[0], p.k = deq[1], p.v = deq[2];
@@ -442,7 +470,7 @@ static double baseline_error(qattn_ctx *ctx, prob *pr, const qattn_lowp_cfg *cfg
     baseline_lse_err = 0;
     for (int64_t i = 0; i < pr->nlse; i++)
         if (isfinite(pr->lse64[i]) && fabs(lse[i] - pr->lse64[i]) > baseline_lse_err) baseline_lse_err = fabs(lse[i] - pr->lse64[i]);
-    free(o), free(lse), free(deq[0]), free(deq[1]), free(deq[2]);
+    free(o), free(lse), free(deq[0]), free(deq[1]), free(deq[2]), free(res[0]), free(res[1]);
     return e;
 }
 
@@ -874,6 +902,169 @@ static void test_channel_transforms(void) {
     }
 }
 
+/* ---------------------------------------------------------------- sharp units (docs/FORMAT.md section 7)
+ * Heads of mixed scale: the kv head whose Q and K are x3 has logits of standard deviation ~9, and
+ * the predicted noise of its INT8 logits (sigma ~ 0.08, natural log) is above the threshold, so it
+ * is a sharp unit and gets residual codes; the x0.3 kv head stays a normal unit.
+ * Tolerance, derived as the schemes' (k = 3 x the baseline of the codes the kernel really uses):
+ * the baseline is FP64 attention on Q and K dequantized from the refined codes (c + r / 128) s in
+ * the sharp units (the plain codes elsewhere) and V from its 8-bit codes; the kernel adds the 8-bit
+ * P rounding (of the order of V's, so at most ~2x) and drops Qr Kr^T (|r| <= 64: 2^-14 of a
+ * step squared, far below the rounding kept). Without the remedy the Q/K rounding of the sharp
+ * unit is back, the error is the unrefined baseline's or more, which is above that bound: checked
+ * too on the cases with at least 256 output rows, so the test is known to fail without the remedy. Normal units must be bit for bit what the
+ * configuration without refinement gives; sharp units bit for bit the same on every ISA and for 1
+ * or 2 threads (integer S from the tables' exact kernels, then the same float epilogue). */
+/* The noise model of the sharp-unit test (docs/FORMAT.md section 7) against the logit error the codes
+ * really make: sigma predicted by the quantization pass vs the root mean square of
+ * scale (q~ . k~ - q . k) over all rows and keys of each unit (B 1, contiguous), each row's errors
+ * centred first (a per-row shift leaves softmax unchanged; K's mean makes one). The model assumes
+ * independent rounding errors uniform on half a step and averages the magnitudes over the unit:
+ * it must hold within 20% (measured 0.97-1.02x). Returns the largest sigma. */
+static float check_sigma_model(qattn_ctx *ctx, prob *pr, const char *what) {
+    qattn_params p = pr->p;
+    int64_t H = p.n_heads, HK = p.n_kv_heads, D = p.head_dim, G = H / HK, Lq = p.seqlen_q, Lk = p.seqlen_k;
+    qattn_int8_tensor t[2];
+    memset(t, 0, sizeof t);
+    float *deq[2];
+    int64_t nel[2] = {pr->nq, pr->nk}, heads[2] = {H, HK}, len[2] = {Lq, Lk};
+    for (int w = 0; w < 2; w++) {
+        t[w].data = xcalloc((size_t)nel[w]), t[w].scale = xcalloc((size_t)(len[w] * heads[w]) * 4);
+        t[w].granularity = QATTN_QUANT_PER_TOKEN, t[w].head_stride = D, t[w].seq_stride = heads[w] * D, t[w].batch_stride = len[w] * heads[w] * D;
+        deq[w] = xcalloc((size_t)nel[w] * 4);
+    }
+    t[1].mean = xcalloc((size_t)(HK * D) * 4);
+    int8_t *res = xcalloc((size_t)(pr->nq + pr->nk));
+    uint8_t sharp[64];
+    float sigma[64];
+    qattn_qk_refine rf = {QATTN_QK_REFINE_NOISE, qattn_effective_scale(&p), res, res + pr->nq, sharp, sigma};
+    CHECK(qattn_quantize_qk_smoothed(ctx, &p, QATTN_QK_SMOOTH_MAX_EXP, 0, 1, 127, NULL, &t[0], &t[1], NULL, &rf) == QATTN_OK, "%s: quantize",
+          what);
+    for (int w = 0; w < 2; w++) CHECK(qattn_dequantize_int8(ctx, &p, w, &t[w], deq[w]) == QATTN_OK, "%s: dequantize", what);
+    double sc = qattn_effective_scale(&p), smax = 0;
+    double *e = xcalloc((size_t)Lk * 8);
+    for (int64_t g = 0; g < HK; g++) {
+        double sum2 = 0;
+        for (int64_t i = 0; i < Lq; i++)
+            for (int64_t h = g * G; h < (g + 1) * G; h++) {
+                const float *q = pr->q + (i * H + h) * D, *qd = deq[0] + (i * H + h) * D;
+                double mean = 0;
+                for (int64_t j = 0; j < Lk; j++) {
+                    const float *k = pr->k + (j * HK + g) * D, *kd = deq[1] + (j * HK + g) * D;
+                    double a = 0, x = 0;
+                    for (int64_t c = 0; c < D; c++) a += (double)qd[c] * kd[c], x += (double)q[c] * k[c];
+                    e[j] = sc * (a - x), mean += e[j] / (double)Lk;
+                }
+                for (int64_t j = 0; j < Lk; j++) sum2 += (e[j] - mean) * (e[j] - mean);
+            }
+        double meas = sqrt(sum2 / (double)(Lq * G * Lk)), pred = sigma[g];
+        printf("  %-40s kv head %lld: predicted logit noise %.4f, measured %.4f (%.2fx)%s\n", what, (long long)g, pred, meas, meas / pred,
+               sharp[g] ? " sharp" : "");
+        CHECK(fabs(meas / pred - 1.0) < 0.2, "%s, kv head %lld: predicted sigma %.4f, measured %.4f", what, (long long)g, pred, meas);
+        CHECK((bool)sharp[g] == (pred > QATTN_QK_REFINE_NOISE), "%s: sharp flag", what);
+        smax = pred > smax ? pred : smax;
+    }
+    free(e), free(res), free(t[1].mean);
+    for (int w = 0; w < 2; w++) free(t[w].data), free(t[w].scale), free(deq[w]);
+    return (float)smax;
+}
+
+static void test_sharp_units(void) {
+    struct {
+        const char *name;
+        int64_t B, Lq, Lk;
+        int H, HK, D, causal;
+    } cases[] = {
+        {"heads L 256 GQA 4:2 D128", 1, 256, 256, 4, 2, 128, 0},
+        {"heads causal Lq 17 < Lk 203 GQA 4:1 D80", 2, 17, 203, 8, 2, 80, 1},
+        {"heads one query Lk 3000 (split-KV) D64", 1, 1, 3000, 2, 1, 64, 0},
+        {"heads causal Lq 203 > Lk 113 D256", 1, 203, 113, 2, 1, 256, 1},
+        {"heads L 203 MHA D64", 1, 203, 203, 2, 2, 64, 0},
+        {"heads causal L 130 GQA 2:1 D128", 1, 130, 130, 4, 2, 128, 1},
+    };
+    qattn_ctx *ref1 = make_ctx(QATTN_ISA_REF, 1), *ref2 = make_ctx(QATTN_ISA_REF, 2);
+    const int32_t simd_isas[3] = {QATTN_ISA_AVX2, QATTN_ISA_AVXVNNI, QATTN_ISA_AVX512};
+    qattn_ctx *simd[3];
+    for (int i = 0; i < 3; i++) simd[i] = make_ctx(simd_isas[i], 2);
+    { /* the noise model; N(0,1) (sigma ~ 0.009) must not be sharp: the default costs nothing there */
+        prob pr;
+        prob_make(&pr, 1, 256, 256, 4, 2, 128, 0, DIST_NORMAL, NULL, NULL);
+        float smax = check_sigma_model(ref1, &pr, "N(0,1) L 256 GQA 4:2 D128");
+        CHECK(smax < QATTN_QK_REFINE_NOISE, "N(0,1): a unit is sharp (sigma %.4f)", (double)smax);
+        prob_free(&pr);
+        prob_make(&pr, 1, 256, 256, 4, 2, 128, 0, DIST_HEADS, NULL, NULL);
+        check_sigma_model(ref1, &pr, "heads L 256 GQA 4:2 D128");
+        prob_free(&pr);
+        prob_make(&pr, 1, 203, 203, 2, 2, 64, 0, DIST_OUTLIER, NULL, NULL);
+        check_sigma_model(ref1, &pr, "outlier K L 203 D64");
+        prob_free(&pr);
+    }
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        prob pr;
+        prob_make(&pr, cases[ci].B, cases[ci].Lq, cases[ci].Lk, cases[ci].H, cases[ci].HK, cases[ci].D, cases[ci].causal, DIST_HEADS, NULL,
+                  NULL);
+        const char *what = cases[ci].name;
+        CHECK(qattn_oracle_f64(ref1, &pr.p, pr.o64, pr.lse64) == QATTN_OK, "oracle");
+        qattn_params p = pr.p;
+        p.precision = QATTN_PRECISION_INT8;
+        qattn_lowp_cfg on, off;
+        qattn_lowp_scheme_cfg(QATTN_INT8_DEFAULT, &on);
+        off = on;
+        off.qk_refine_noise = 0.0f;
+        CHECK(on.qk_refine_noise == QATTN_QK_REFINE_NOISE, "the default scheme refines sharp units");
+        /* without the remedy */
+        CHECK(qattn_lowp_forward_cfg(ref1, &p, &off) == QATTN_OK, "%s: %s", what, qattn_ctx_last_error(ref1));
+        float *o_off = xcalloc((size_t)pr.no * 4), *l_off = xcalloc((size_t)pr.nlse * 4);
+        memcpy(o_off, pr.o, (size_t)pr.no * 4), memcpy(l_off, pr.lse, (size_t)pr.nlse * 4);
+        double err_off = rel_l2(pr.o, pr.o64, pr.no);
+        double base_plain = baseline_error(ref1, &pr, &off);
+        /* with it (qattn_forward: the default scheme) */
+        CHECK(qattn_forward(ref1, &p) == QATTN_OK, "%s: %s", what, qattn_ctx_last_error(ref1));
+        double err = rel_l2(pr.o, pr.o64, pr.no);
+        double base = baseline_error_rf(ref1, &pr, &on, true);
+        int64_t units = p.batch * p.n_kv_heads, n_sharp = 0;
+        for (int64_t u = 0; u < units; u++) n_sharp += baseline_sharp[u];
+        printf("  %-40s sharp %lld/%lld (sigma %.4f .. %.4f)  rel L2 %.3e, refined baseline %.3e (%.2fx); without: %.3e, baseline %.3e\n",
+               what, (long long)n_sharp, (long long)units, (double)baseline_sigma[0], (double)baseline_sigma[units - 1], err, base,
+               err / base, err_off, base_plain);
+        CHECK(n_sharp > 0, "%s: no sharp unit (sigma %.4f .. %.4f)", what, (double)baseline_sigma[0], (double)baseline_sigma[units - 1]);
+        if (p.n_kv_heads > 1) CHECK(n_sharp < units, "%s: every unit sharp; the input has flat heads too", what);
+        CHECK(err <= 3.0 * base + 1e-6, "%s: rel L2 %.3e > 3 x refined baseline %.3e", what, err, base);
+        if (pr.nlse >= 256) /* an error averaged over enough rows (one query's two rows vary too much to say) */
+            CHECK(err_off > 3.0 * base + 1e-6, "%s: without the remedy rel L2 %.3e is within 3 x refined baseline %.3e: the test would not see it",
+                  what, err_off, base);
+        /* normal units: bit for bit the configuration without refinement; sharp ones: changed */
+        int64_t D = p.head_dim, H = p.n_heads, G = H / p.n_kv_heads, tq = p.batch * p.seqlen_q;
+        bool same_normal = true, changed_sharp = false;
+        for (int64_t t = 0; t < tq; t++)
+            for (int64_t h = 0; h < H; h++) {
+                int64_t b = t / p.seqlen_q, at = (t * H + h) * D;
+                bool sh = baseline_sharp[b * p.n_kv_heads + h / G];
+                bool eq = !memcmp(pr.o + at, o_off + at, (size_t)D * 4) && !memcmp(pr.lse + b * H * p.seqlen_q + h * p.seqlen_q + t % p.seqlen_q,
+                                                                                  l_off + b * H * p.seqlen_q + h * p.seqlen_q + t % p.seqlen_q, 4);
+                if (sh) changed_sharp |= !eq;
+                else same_normal &= eq;
+            }
+        CHECK(same_normal, "%s: a normal unit's output changed with the refinement on", what);
+        CHECK(changed_sharp, "%s: the sharp units' output did not change", what);
+        /* bit identity: threads and every ISA */
+        memcpy(o_off, pr.o, (size_t)pr.no * 4), memcpy(l_off, pr.lse, (size_t)pr.nlse * 4);
+        qattn_ctx *others[4] = {ref2, simd[0], simd[1], simd[2]};
+        static const char *oname[4] = {"ref 2 threads", "avx2", "avxvnni", "avx512"};
+        for (int i = 0; i < 4; i++) {
+            if (!others[i]) continue;
+            memset(pr.o, 0, (size_t)pr.no * 4);
+            CHECK(qattn_forward(others[i], &p) == QATTN_OK, "%s %s", what, oname[i]);
+            CHECK(!memcmp(o_off, pr.o, (size_t)pr.no * 4) && !memcmp(l_off, pr.lse, (size_t)pr.nlse * 4), "%s: ref 1 thread vs %s differ", what,
+                  oname[i]);
+        }
+        free(o_off), free(l_off);
+        prob_free(&pr);
+    }
+    qattn_ctx_destroy(ref1), qattn_ctx_destroy(ref2);
+    for (int i = 0; i < 3; i++) qattn_ctx_destroy(simd[i]);
+}
+
 /* ---------------------------------------------------------------- calibration */
 
 typedef struct calib_buf {
@@ -1055,6 +1246,7 @@ static void test_calibration(void) {
 int main(void) {
     test_kernels();
     test_channel_transforms();
+    test_sharp_units();
     test_calibration();
     test_schemes();
     test_forward_quantized(64);

@@ -144,6 +144,31 @@ static qattn_status kv_decode_rows(qattn_ctx *ctx, const qattn_params *p, const 
     return s;
 }
 
+/* --candidates: the default scheme's predicted logit noise sigma of every (sequence, kv head) and
+ * which units are sharp (docs/FORMAT.md section 7, "Sharp units"), printed under the input's table. */
+static void print_sigma(qattn_ctx *ctx, const qattn_params *p) {
+    int64_t H = p->n_heads, HK = p->n_kv_heads, D = p->head_dim, B = p->batch;
+    int64_t nq = B * p->seqlen_q * H * D, nk = B * p->seqlen_k * HK * D, units = B * HK;
+    int8_t *codes = malloc((size_t)(2 * nq + 2 * nk));
+    float *fl = malloc((size_t)(B * p->seqlen_q * H + B * p->seqlen_k * HK + B * HK * D + units) * sizeof(float));
+    uint8_t *sharp = malloc((size_t)units);
+    if (!codes || !fl || !sharp) {
+        free(codes), free(fl), free(sharp);
+        return;
+    }
+    qattn_int8_tensor tq = {codes, fl, NULL, QATTN_QUANT_PER_TOKEN, 0, p->seqlen_q * H * D, H * D, D, 0};
+    qattn_int8_tensor tk = {codes + nq, fl + B * p->seqlen_q * H, fl + B * p->seqlen_q * H + B * p->seqlen_k * HK, QATTN_QUANT_PER_TOKEN, 0,
+                            p->seqlen_k * HK * D, HK * D, D, 0};
+    float *sigma = tk.mean + B * HK * D;
+    qattn_qk_refine rf = {QATTN_QK_REFINE_NOISE, qattn_effective_scale(p), codes + nq + nk, codes + 2 * nq + nk, sharp, sigma};
+    if (qattn_quantize_qk_smoothed(ctx, p, QATTN_QK_SMOOTH_MAX_EXP, 0, 1, 127, NULL, &tq, &tk, NULL, &rf) == QATTN_OK) {
+        printf("  predicted logit noise sigma per (b, kv head), threshold %.3f:", (double)QATTN_QK_REFINE_NOISE);
+        for (int64_t u = 0; u < units && u < 16; u++) printf(" %.4f%s", (double)sigma[u], sharp[u] ? "*" : "");
+        printf("%s\n", units > 16 ? " ..." : "");
+    }
+    free(codes), free(fl), free(sharp);
+}
+
 /* The candidates for the default scheme (docs/FORMAT.md, "Choosing the default scheme"). */
 typedef struct cand {
     const char *name;
@@ -196,6 +221,16 @@ static void cand_list(cand *c, int *n) {
     c[i].name = "P O with |e| <= 1", c[i++].cfg = z;
     z.p_mode = QATTN_P_FP32;
     c[i].name = "X O with FP32 P and V", c[i++].cfg = z;
+    z = y;
+    z.qk_rotate = 1; /* O again: the residual codes of sharp units (docs/FORMAT.md section 7) */
+    z.qk_refine_noise = QATTN_QK_REFINE_NOISE;
+    c[i].name = "Y O + residual Q/K of sharp units", c[i++].cfg = z;
+    z.qk_refine_noise = 0.03f;
+    c[i].name = "Y1 Y with threshold 0.03", c[i++].cfg = z;
+    z.qk_refine_noise = 0.0075f;
+    c[i].name = "Y2 Y with threshold 0.0075", c[i++].cfg = z;
+    z.qk_refine_noise = 1e-30f;
+    c[i].name = "Y3 Y, every unit refined", c[i++].cfg = z;
     *n = i;
 }
 
@@ -486,6 +521,7 @@ int qattn_cli_accuracy(int argc, char **argv) {
                     fflush(stdout);
                 }
             }
+            if (candidates && !o.json) print_sigma(ctx, &p);
         }
         cli_free(q), cli_free(k), cli_free(v), cli_free(out), cli_free(ref), cli_free(calmem);
     }
