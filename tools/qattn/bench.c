@@ -105,11 +105,20 @@ static void free_tensors(bench_tensors *t) {
     memset(t, 0, sizeof *t);
 }
 
-static int fill_random(const cli_opts *o, cli_rng *rng, void *dst, int32_t dtype, int64_t n) {
+/* which: 0 Q, 1 K, 2 V ([.., heads, D] rows, for --dist heads). */
+static int fill_random(const cli_opts *o, cli_rng *rng, void *dst, int32_t dtype, int64_t n, const qattn_params *p, int which) {
     float *tmp = cli_alloc((size_t)n * sizeof(float), "random inputs", CMD);
     if (!tmp) return -1;
     if (o->distribution == CLI_DIST_UNIFORM) cli_fill_uniform(rng, tmp, n, 0.0f, 1.0f);
     else cli_fill_normal(rng, tmp, n, 0.0f, 1.0f);
+    if (o->distribution == CLI_DIST_HEADS) { /* qattn accuracy's "heads" */
+        int64_t D = p->head_dim, Ht = which ? p->n_kv_heads : p->n_heads;
+        for (int64_t i = 0; i < n; i++) {
+            int64_t h = (i / D) % Ht;
+            float x = Ht > 1 ? (float)h / (float)(Ht - 1) : 0.0f;
+            tmp[i] *= which == 2 ? 0.01f * powf(10.0f, 4.0f * x) : 0.3f * powf(10.0f, x);
+        }
+    }
     cli_convert_from_f32(tmp, dst, dtype, n);
     cli_free(tmp);
     return 0;
@@ -141,8 +150,8 @@ static int make_tensors(const cli_opts *o, const qattn_params *p, bench_tensors 
     }
     cli_rng rng;
     cli_rng_seed(&rng, o->seed);
-    if (fill_random(o, &rng, t->q, p->qkv_dtype, q_count) || fill_random(o, &rng, t->k, p->qkv_dtype, kv_count) ||
-        fill_random(o, &rng, t->v, p->qkv_dtype, kv_count))
+    if (fill_random(o, &rng, t->q, p->qkv_dtype, q_count, p, 0) || fill_random(o, &rng, t->k, p->qkv_dtype, kv_count, p, 1) ||
+        fill_random(o, &rng, t->v, p->qkv_dtype, kv_count, p, 2))
         return -1;
     return 0;
 }

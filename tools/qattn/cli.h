@@ -68,11 +68,13 @@ typedef struct cli_opts {
     int iters;           /* --iters N (default 5) */
     int warmup;          /* --warmup N (default 1) */
     uint64_t seed;       /* --seed S (default 1) */
-    int distribution;    /* --dist normal|uniform (cli_distribution) */
+    int distribution;    /* --dist normal|uniform|heads (cli_distribution) */
     int json;            /* --json: one JSON object per line instead of a table */
 } cli_opts;
 
-typedef enum cli_distribution { CLI_DIST_NORMAL = 0, CLI_DIST_UNIFORM = 1 } cli_distribution;
+/* CLI_DIST_HEADS: N(0,1) with heads of mixed scale (qattn accuracy's "heads": Q of head h and K of kv
+ * head g x 0.3 .. 3, V x 0.01 .. 100); qattn bench prefill only, elsewhere N(0,1). */
+typedef enum cli_distribution { CLI_DIST_NORMAL = 0, CLI_DIST_UNIFORM = 1, CLI_DIST_HEADS = 2 } cli_distribution;
 
 void cli_opts_init(cli_opts *o);
 

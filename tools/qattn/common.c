@@ -231,8 +231,9 @@ cli_flag_result cli_opts_parse_flag(cli_opts *o, int argc, char **argv, int *i, 
         if (r < 0) return CLI_FLAG_ERROR;
         if (!strcmp(value, "normal")) o->distribution = CLI_DIST_NORMAL;
         else if (!strcmp(value, "uniform")) o->distribution = CLI_DIST_UNIFORM;
+        else if (!strcmp(value, "heads")) o->distribution = CLI_DIST_HEADS;
         else {
-            cli_error(command, "--dist: '%s' is not one of normal, uniform", value);
+            cli_error(command, "--dist: '%s' is not one of normal, uniform, heads", value);
             return CLI_FLAG_ERROR;
         }
         return CLI_FLAG_CONSUMED;
@@ -261,7 +262,8 @@ void cli_opts_print_help(FILE *f) {
           "  --iters N           timed iterations, median reported (default 5)\n"
           "  --warmup N          untimed iterations first (default 1)\n"
           "  --seed S            PRNG seed for the inputs (default 1)\n"
-          "  --dist D            normal|uniform: N(0,1) or U(0,1) inputs (default normal)\n"
+          "  --dist D            normal|uniform|heads: N(0,1), U(0,1), or N(0,1) with heads of mixed scale\n"
+          "                      (qattn accuracy's 'heads'; prefill bench only, elsewhere N(0,1)) (default normal)\n"
           "  --json              one JSON object per line\n",
           f);
     fprintf(f, "ISAs: %s\n", cli_isa_names());
