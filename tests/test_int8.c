@@ -926,6 +926,7 @@ static void test_channel_transforms(void) {
  * centred first (a per-row shift leaves softmax unchanged; K's mean makes one). The model assumes
  * independent rounding errors uniform on half a step and averages the magnitudes over the unit:
  * it must hold within 20% (measured 0.97-1.02x). Returns the largest sigma. */
+static bool all_finite(const float *x, int64_t n);
 static float check_sigma_model(qattn_ctx *ctx, prob *pr, const char *what) {
     qattn_params p = pr->p;
     int64_t H = p.n_heads, HK = p.n_kv_heads, D = p.head_dim, G = H / HK, Lq = p.seqlen_q, Lk = p.seqlen_k;
@@ -1002,6 +1003,39 @@ static void test_sharp_units(void) {
         prob_free(&pr);
         prob_make(&pr, 1, 203, 203, 2, 2, 64, 0, DIST_OUTLIER, NULL, NULL);
         check_sigma_model(ref1, &pr, "outlier K L 203 D64");
+        prob_free(&pr);
+    }
+    { /* the int32 bound at D 256: rows whose rotated form is A s (s = +-1 in every channel), keys +-, so every
+       * code is +-127 and |Qc Kc^T| = 256 * 127^2 in every score: S = +-128 * 256 * 127^2 = +-528 482 304 (residuals
+       * 0), near the stated bound 532 643 840 < 2^31; the result must be finite, close to the oracle (a hard max
+       * over the + keys) and the same on every ISA */
+        prob pr;
+        prob_make(&pr, 1, 64, 64, 2, 1, 256, 0, DIST_NORMAL, NULL, NULL);
+        float x[256];
+        for (int c = 0; c < 256; c++) x[c] = rnd_u64() % 2 ? 100.0f : -100.0f;
+        qattn_rotate_row(x, 256, 1.0f); /* x = H s A: its rotation H(x / 128) is A s again */
+        for (int64_t i = 0; i < 64; i++)
+            for (int c = 0; c < 256; c++) pr.q[(i * 2 + 0) * 256 + c] = pr.q[(i * 2 + 1) * 256 + c] = x[c], pr.k[i * 256 + c] = i % 2 ? -x[c] : x[c];
+        CHECK(qattn_oracle_f64(ref1, &pr.p, pr.o64, pr.lse64) == QATTN_OK, "oracle");
+        qattn_params p = pr.p;
+        p.precision = QATTN_PRECISION_INT8;
+        CHECK(qattn_forward(ref1, &p) == QATTN_OK, "extreme codes: %s", qattn_ctx_last_error(ref1));
+        qattn_lowp_cfg on;
+        qattn_lowp_scheme_cfg(QATTN_INT8_DEFAULT, &on);
+        double err = rel_l2(pr.o, pr.o64, pr.no), base = baseline_error_rf(ref1, &pr, &on, true);
+        printf("  %-40s sharp %d (sigma %.3g)  rel L2 %.3e, refined baseline %.3e\n", "D256 all codes +-127", baseline_sharp[0],
+               (double)baseline_sigma[0], err, base);
+        CHECK(baseline_sharp[0] && all_finite(pr.o, pr.no) && err <= 3.0 * base + 1e-6, "D256 all codes +-127: sharp %d, rel L2 %.3e, baseline %.3e",
+              baseline_sharp[0], err, base);
+        float *o1 = xcalloc((size_t)pr.no * 4);
+        memcpy(o1, pr.o, (size_t)pr.no * 4);
+        qattn_ctx *others[4] = {ref2, simd[0], simd[1], simd[2]};
+        for (int i = 0; i < 4; i++)
+            if (others[i]) {
+                memset(pr.o, 0, (size_t)pr.no * 4);
+                CHECK(qattn_forward(others[i], &p) == QATTN_OK && !memcmp(o1, pr.o, (size_t)pr.no * 4), "D256 all codes +-127: context %d differs", i);
+            }
+        free(o1);
         prob_free(&pr);
     }
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
