@@ -468,8 +468,10 @@ QATTN_API qattn_status qattn_dequantize_int8(qattn_ctx *ctx, const qattn_params 
  * INTFA to codes x127 against the running max, SAGE keeps P and V in FP32 (V dequantized).
  * Q and K scales: any granularity but PER_CHANNEL; V: any (INTFA: PER_HEAD or PER_CHANNEL).
  * Scales must be finite and >= 0. CPU backend only. qattn_forward's DEFAULT scheme also smooths
- * and rotates Q and K jointly before rounding (docs/FORMAT.md section 7), which per-tensor
- * qattn_quantize_int8 cannot: on its codes this is the DEFAULT scheme without that step. */
+ * and rotates Q and K jointly before rounding, and gives the (sequence, kv head) units whose
+ * predicted logit noise is high 7 more bits of Q and K (residual codes; docs/FORMAT.md section 7),
+ * which per-tensor qattn_quantize_int8 cannot: on its codes this is the DEFAULT scheme without
+ * those steps. */
 QATTN_API qattn_status qattn_forward_quantized(qattn_ctx *ctx, const qattn_params *p, const qattn_int8_inputs *qi);
 
 /* ---- INT8 calibration: static channel transforms (docs/FORMAT.md section 7) ----
