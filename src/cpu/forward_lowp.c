@@ -325,7 +325,9 @@ static bool unit_sharp(const lplan *pl, int64_t b, int g) {
     return pl->rf && pl->rf->sharp[b * pl->p->n_kv_heads + g];
 }
 
-/* The Q residual codes of a unit's rows into qr, in qc's layout (pack_q's). */
+/* The Q residual codes of a unit's rows into qr, in qc's layout (pack_q's): 8-bit r for the pack8
+ * tables; for the 16-bit packs the combined operand 128 c + r (|128 c + r| <= 128 * 127 + 64 = 16 320,
+ * an int16), so that tile_scores needs two products there instead of three. */
 static void pack_qr(const lplan *pl, int64_t b, int64_t i0, int n_pos, int g, int16_t *qr) {
     const qattn_params *p = pl->p;
     const qattn_int8_tensor *tq = &pl->qi->q;
@@ -337,7 +339,7 @@ static void pack_qr(const lplan *pl, int64_t b, int64_t i0, int n_pos, int g, in
         const int8_t *src = pl->rf->q_res + (codes - tq->data); /* the same place in the residual array */
         if (pl->kern->pack8) memcpy((int8_t *)qr + (size_t)r * D, src, (size_t)D);
         else
-            for (int c = 0; c < D; c++) qr[r * D + c] = src[c];
+            for (int c = 0; c < D; c++) qr[r * D + c] = (int16_t)(128 * clamp_code(codes[c]) + src[c]);
     }
 }
 
@@ -495,10 +497,20 @@ static void write_rows(const lplan *pl, int64_t b, int64_t i0, int n_pos, int g,
  * carries the 1/128). Every product is the table's exact integer kernel, the combination is int32
  * arithmetic here: the same S on every ISA. Bound for D <= 256 (codes |c| <= 127, residuals
  * |r| <= 64): 128 * 256 * 127^2 + 2 * 256 * 64 * 127 = 532 643 840 < 2^31 - 1 = 2 147 483 647, and
- * each kernel's own bound (|Qr Kc^T| <= 2 080 768, the VNNI offset form <= 256 * 255 * 127) holds. */
+ * each kernel's own bound (|Qr Kc^T| <= 2 080 768, the VNNI offset form <= 256 * 255 * 127) holds.
+ * 16-bit packs (ref, avx2): the same integer as (128 Qc + Qr) Kc^T + Qc Kr^T (pack_qr), two qk16
+ * products; pmaddwd pair sums |q0 k0 + q1 k1| <= 2 * 16 320 * 127 = 4 145 280, the sum over D as
+ * above. */
 static void tile_scores(const lplan *pl, wmem *w, int m, int npad, bool sharp) {
     const qattn_int8_kernels *K = pl->kern;
     int D = pl->p->head_dim;
+    if (sharp && !K->pack8) {
+        size_t ns = (size_t)m * npad;
+        K->qk16(w->qr, m, D, w->kp, npad, w->s);
+        K->qk16(w->qc, m, D, w->kr, npad, w->s2);
+        for (size_t i = 0; i < ns; i++) w->s[i] += w->s2[i];
+        return;
+    }
     if (K->pack8) /* 8-bit packs (AVX-VNNI); the same exact S */
         K->qk((const int8_t *)(const void *)w->qc, m, D, (const int8_t *)(const void *)w->kp, npad, w->s);
     else
