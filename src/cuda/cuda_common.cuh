@@ -34,16 +34,26 @@ struct qattn_cuda_args {
     int32_t n_sm;               /* multiprocessors of the device (persistent grids) */
 };
 
+/* Block-sparse attention on the sm_90a wgmma kernels (qattn_params.block_mask, device memory): a separate
+ * kernel parameter after the dense ones, so that the dense instantiations keep their parameter offsets and
+ * code. bq is a multiple of the kernels' 128 query rows and bk of their key tile (checked by the backend). */
+struct qattn_cuda_bmask {
+    const uint8_t *m;       /* NULL: dense */
+    int64_t bs, hs, rs;     /* element strides: batch, head, query block (key blocks contiguous) */
+    int32_t bq, bk;         /* query rows and keys per block */
+};
+
 /* Launchers: return the launch's cudaError_t (cudaGetLastError after the launch). */
 cudaError_t qattn_cuda_launch_f16(const qattn_cuda_args &a, int bf16, cudaStream_t stream);
 cudaError_t qattn_cuda_prepare_f16(void); /* raise the dynamic shared-memory limits once */
 cudaError_t qattn_cuda_launch_i8(const qattn_cuda_args &a, cudaStream_t stream);
 cudaError_t qattn_cuda_prepare_i8(void);
-cudaError_t qattn_cuda_launch_i8_wgmma(const qattn_cuda_args &a, cudaStream_t stream); /* D 128, sm_90a only */
+/* D 128, sm_90a only; bm: a block mask or NULL (dense) */
+cudaError_t qattn_cuda_launch_i8_wgmma(const qattn_cuda_args &a, cudaStream_t stream, const qattn_cuda_bmask *bm = nullptr);
 cudaError_t qattn_cuda_prepare_i8_wgmma(void);
 /* D 64, 96, 128 and 256, non-varlen, sm_90a only; cudaErrorNotSupported (nothing launched) where the TMA tensor maps
- * cannot describe the tensors: the caller runs the mma.sync kernel instead. */
-cudaError_t qattn_cuda_launch_f16_wgmma(const qattn_cuda_args &a, int bf16, cudaStream_t stream);
+ * cannot describe the tensors: the caller runs the mma.sync kernel instead (dense) or refuses (bm, a block mask). */
+cudaError_t qattn_cuda_launch_f16_wgmma(const qattn_cuda_args &a, int bf16, cudaStream_t stream, const qattn_cuda_bmask *bm = nullptr);
 cudaError_t qattn_cuda_prepare_f16_wgmma(void);
 /* Quantize f16/bf16 q, k, v of a (non-varlen) into the INT8 workspace layout.
  * ws: device scratch of qattn_cuda_i8_workspace bytes; fills a.qi/ki/vt/sq/sk/sv. */
