@@ -249,8 +249,11 @@ typedef struct qattn_params {
      * pair is skipped and its keys get no weight. Blocks count from the first token of each
      * sequence (varlen too). NULL = dense. Host memory on the CPU backend (FP32/FP16/BF16, INT8 and
      * FP8: skipped pairs cost no products, so time follows the density; softcap and alibi_slopes
-     * combine with it on the FP paths); the CUDA backend, qattn_dist and qattn_forward_kvcache
-     * refuse it (QATTN_ERR_UNSUPPORTED). The map's bytes must not overlap o or lse. */
+     * combine with it on the FP paths). Device memory on the CUDA backend, which runs it on its
+     * sm_90a kernels only (compute capability 9.0; FP16/BF16 at every head dim it takes, INT8 at
+     * 128; not varlen) with block_mask_q a multiple of 128 and block_mask_k of 128 (64 at head_dim
+     * 256), and refuses the rest (QATTN_ERR_UNSUPPORTED, docs/gpu.md). qattn_dist and
+     * qattn_forward_kvcache refuse it. The map's bytes must not overlap o or lse. */
     const uint8_t *block_mask;
     int32_t block_mask_k;       /* keys per block of block_mask: a positive multiple of 16 */
     int32_t reserved0;          /* 0 */

@@ -2,7 +2,8 @@
  * poisoned outputs (NaN bit patterns) and compares the whole output and LSE with the FP64
  * oracle (qattn_oracle_f64) on the same f16/bf16 inputs. Exits 77 (skip) without a device.
  * With --int8 it also checks the quantization pass bitwise against the CPU's (check_i8_quant).
- * CTest runs it as gpu_forward and gpu_forward_int8 (label gpu; skipped without a device). Usage: qattn_gpu_test [--small] [--int8] [--mma | --alt]
+ * CTest runs it as gpu_forward and gpu_forward_int8 (label gpu; skipped without a device). Usage: qattn_gpu_test [--small] [--int8] [--bs] [--mma | --alt]
+ *   --bs: block-sparse cases instead (block_mask; with --int8 at precision INT8).
  *   --small: a handful of small cases (for compute-sanitizer memcheck / racecheck).
  *   --mma: the mma.sync kernels only (what sm_80 runs); --alt: FP16/BF16 cases also run on the mma.sync
  *   kernel and the two outputs are compared (the INT8 run always does this). */
@@ -31,13 +32,21 @@ typedef struct tcase {
     int varlen;        /* 1: cu_seqlens with lengths from lens_q/lens_k */
     int kv_pad;        /* extra heads in the K/V cache (strided views) */
     int lens_q[4], lens_k[4];
+    /* block-sparse (--bs): bq > 0 gives a block mask of bq x bk blocks, kind BM_*, density pct (BM_RANDOM*) */
+    int bq, bk, bm_kind, bm_pct;
 } tcase;
 
+enum { BM_RANDOM = 1, BM_ZERO, BM_ONES, BM_RANDOM_SHARED_EMPTY, BM_WINDOW_GLOBAL };
+
 static void describe(const tcase *c, char *buf, size_t n) {
-    snprintf(buf, n, "b%d lq%d lk%d h%d hk%d d%d causal%d win(%d,%d) %s->%s prec%d%s%s", c->b, c->lq, c->lk, c->h, c->hk, c->d, c->causal,
-             c->wl, c->wr, c->dtype == QATTN_DTYPE_BF16 ? "bf16" : "f16",
-             c->odtype == QATTN_DTYPE_F32 ? "f32" : c->odtype == QATTN_DTYPE_BF16 ? "bf16" : "f16", c->precision, c->varlen ? " varlen" : "",
-             c->kv_pad ? " kv-strided" : "");
+    int k = snprintf(buf, n, "b%d lq%d lk%d h%d hk%d d%d causal%d win(%d,%d) %s->%s prec%d%s%s", c->b, c->lq, c->lk, c->h, c->hk, c->d, c->causal,
+                     c->wl, c->wr, c->dtype == QATTN_DTYPE_BF16 ? "bf16" : "f16",
+                     c->odtype == QATTN_DTYPE_F32 ? "f32" : c->odtype == QATTN_DTYPE_BF16 ? "bf16" : "f16", c->precision, c->varlen ? " varlen" : "",
+                     c->kv_pad ? " kv-strided" : "");
+    static const char *kinds[] = {"", "random", "zero", "ones", "random-shared-emptyrows", "window+global"};
+    if (c->bq > 0 && k > 0 && (size_t)k < n)
+        snprintf(buf + k, n - (size_t)k, " bm%dx%d %s%s%d%%", c->bq, c->bk, kinds[c->bm_kind], c->bm_kind == BM_RANDOM || c->bm_kind == BM_RANDOM_SHARED_EMPTY ? " " : " ~",
+                 c->bm_pct);
 }
 
 static uint64_t rng = 88172645463325252ull;
@@ -283,6 +292,28 @@ static int run_case(qattn_ctx *gpu, qattn_ctx *gpu_alt, qattn_ctx *cpu, const tc
         CK(cudaMemcpy(dcuk, cuk, sizeof cuk, cudaMemcpyHostToDevice));
     }
 
+    /* Block mask [B, H, nqb, nkb] (host copy for the oracle, device copy for the GPU); BM_RANDOM_SHARED_EMPTY: one
+     * map for every head (head stride 0) with every third query block's row zero (rows that see no key). */
+    uint8_t *hbm = NULL, *dbm = NULL;
+    int64_t nqb = 0, nkb = 0;
+    if (c->bq > 0) {
+        nqb = (c->lq + c->bq - 1) / c->bq, nkb = (c->lk + c->bk - 1) / c->bk;
+        const size_t nbm = (size_t)c->b * c->h * nqb * nkb;
+        hbm = malloc(nbm + 1);
+        for (size_t i = 0; i < nbm; i++) {
+            const int64_t kb = (int64_t)(i % nkb), qb = (int64_t)((i / nkb) % nqb);
+            switch (c->bm_kind) {
+            case BM_ZERO: hbm[i] = 0; break;
+            case BM_ONES: hbm[i] = 1; break;
+            case BM_WINDOW_GLOBAL: hbm[i] = (kb >= qb - 1 && kb <= qb + 1) || kb == 0 || qb == 0; break;
+            case BM_RANDOM_SHARED_EMPTY: hbm[i] = qb % 3 == 1 ? 0 : (uint8_t)(urand() * 100 < c->bm_pct ? 1 + (int)(urand() * 200) : 0); break;
+            default: hbm[i] = (uint8_t)(urand() * 100 < c->bm_pct ? 1 + (int)(urand() * 200) : 0); /* any nonzero byte computes */
+            }
+        }
+        CK(cudaMalloc((void **)&dbm, nbm + 16));
+        CK(cudaMemcpy(dbm, hbm, nbm, cudaMemcpyHostToDevice));
+    }
+
     qattn_params p;
     qattn_params_init(&p);
     p.batch = c->b;
@@ -312,16 +343,26 @@ static int run_case(qattn_ctx *gpu, qattn_ctx *gpu_alt, qattn_ctx *cpu, const tc
     p.q = dq, p.k = dk, p.v = dv, p.o = dout, p.lse = dlse;
     p.cu_seqlens_q = dcuq, p.cu_seqlens_k = dcuk;
     p.stream = stream;
+    if (dbm) {
+        p.block_mask = dbm, p.block_mask_q = c->bq, p.block_mask_k = c->bk;
+        p.block_mask_row_stride = nkb;
+        p.block_mask_head_stride = c->bm_kind == BM_RANDOM_SHARED_EMPTY ? 0 : nqb * nkb;
+        p.block_mask_batch_stride = (int64_t)c->h * nqb * nkb;
+    }
     /* The copies and memsets above are on the legacy stream, which a non-blocking stream does not
      * wait for (and a pageable host-to-device copy may return before its DMA ends): without this the
      * kernel could read the previous case's inputs or have its outputs re-poisoned (seen under load). */
     CK(cudaDeviceSynchronize());
     qattn_status s = qattn_forward(gpu, &p);
-    /* not implemented on the INT8 path (varlen, head dims other than 64 and 128): must be refused */
-    if (c->precision == QATTN_PRECISION_INT8 && (c->varlen || (c->d != 64 && c->d != 128))) {
+    /* not implemented on the INT8 path (varlen, head dims other than 64 and 128), nor block masks off the wgmma
+     * kernels' shapes (blocks not multiples of 128 query rows and of the key tile, varlen, INT8 off D 128): must be
+     * refused */
+    const int bs_tile = c->d == 256 ? 64 : 128;
+    if ((c->precision == QATTN_PRECISION_INT8 && (c->varlen || (c->d != 64 && c->d != 128))) ||
+        (c->bq > 0 && (c->bq % 128 || c->bk % bs_tile || c->varlen || (c->precision == QATTN_PRECISION_INT8 && c->d != 128)))) {
         printf("%s %-72s -> %s: %s\n", s == QATTN_ERR_UNSUPPORTED ? "ok  " : "FAIL", desc, qattn_status_str(s), qattn_ctx_last_error(gpu));
-        cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dout), cudaFree(dlse), cudaFree(dcuq), cudaFree(dcuk);
-        free(hq), free(hk), free(hv);
+        cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dout), cudaFree(dlse), cudaFree(dcuq), cudaFree(dcuk), cudaFree(dbm);
+        free(hq), free(hk), free(hv), free(hbm);
         return s != QATTN_ERR_UNSUPPORTED;
     }
     if (s != QATTN_OK) {
@@ -335,7 +376,34 @@ static int run_case(qattn_ctx *gpu, qattn_ctx *gpu_alt, qattn_ctx *cpu, const tc
     CK(cudaMemcpy(hout, dout, nq * osz, cudaMemcpyDeviceToHost));
     CK(cudaMemcpy(hlse, dlse, nlse * 4, cudaMemcpyDeviceToHost));
     double alt_diff = 0;
-    if (gpu_alt) {
+    /* BM_ONES: the dense kernel's output (the same tiles in the same order: bitwise expected, but the two
+     * instantiations' FMA contraction is the compiler's, so only a difference beyond rounding fails) */
+    int bs_bits = 0;
+    double bs_diff = 0;
+    if (dbm && c->bm_kind == BM_ONES) {
+        void *hout2 = malloc(nq * osz);
+        CK(cudaMemset(dout, 0xff, nq * osz));
+        CK(cudaDeviceSynchronize());
+        qattn_params pd = p;
+        pd.block_mask = NULL;
+        s = qattn_forward(gpu, &pd);
+        if (s != QATTN_OK) {
+            printf("FAIL %s: qattn_forward (dense): %s: %s\n", desc, qattn_status_str(s), qattn_ctx_last_error(gpu));
+            return 1;
+        }
+        CK(cudaStreamSynchronize(stream));
+        CK(cudaMemcpy(hout2, dout, nq * osz, cudaMemcpyDeviceToHost));
+        bs_bits = memcmp(hout, hout2, nq * osz) != 0;
+        bs_diff = out_rel_diff(hout, hout2, nq, c->odtype);
+        free(hout2);
+    }
+    if (gpu_alt && dbm) { /* the mma.sync kernels refuse block masks with a message */
+        s = qattn_supports(gpu_alt, &p);
+        if (s != QATTN_ERR_UNSUPPORTED || !strstr(qattn_ctx_last_error(gpu_alt), "block_mask")) {
+            printf("FAIL %s: the mma.sync context accepts the block mask (%s: %s)\n", desc, qattn_status_str(s), qattn_ctx_last_error(gpu_alt));
+            return 1;
+        }
+    } else if (gpu_alt) {
         void *hout2 = malloc(nq * osz);
         CK(cudaMemset(dout, 0xff, nq * osz));
         CK(cudaDeviceSynchronize()); /* the poison first (legacy stream, see above) */
@@ -355,6 +423,7 @@ static int run_case(qattn_ctx *gpu, qattn_ctx *gpu_alt, qattn_ctx *cpu, const tc
     hp.q = hq, hp.k = hk, hp.v = hv, hp.o = NULL, hp.lse = NULL, hp.stream = NULL;
     hp.cu_seqlens_q = c->varlen ? cuq : NULL;
     hp.cu_seqlens_k = c->varlen ? cuk : NULL;
+    hp.block_mask = hbm;
     double *o64 = malloc(nq * sizeof(double)), *l64 = malloc(nlse * sizeof(double));
     hp.o = o64; /* ignored by the oracle, but validation wants non-NULL */
     s = qattn_oracle_f64(cpu, &hp, o64, l64);
@@ -397,14 +466,17 @@ static int run_case(qattn_ctx *gpu, qattn_ctx *gpu_alt, qattn_ctx *cpu, const tc
                            : c->odtype == QATTN_DTYPE_F32         ? 1e-5
                            : c->odtype == QATTN_DTYPE_BF16        ? 8e-3
                                                                   : 1e-3;
-    int fail = bad || lse_bad || !(rel2 <= tol) || !(lse_err <= lse_tol) || !(alt_diff <= alt_tol);
+    int fail = bad || lse_bad || !(rel2 <= tol) || !(lse_err <= lse_tol) || !(alt_diff <= alt_tol) || !(bs_diff <= 1e-3);
     printf("%s %-72s relL1 %.2e relL2 %.2e (tol %.0e) maxabs %.2e lse %.2e nonfinite %zu lse_bad %zu", fail ? "FAIL" : "ok  ", desc, rel1,
            rel2, tol, maxabs, lse_err, bad, lse_bad);
-    if (gpu_alt && !c->varlen) printf(" wgmma-vs-mma %.1e (tol %.0e)", alt_diff, alt_tol);
+    if (gpu_alt && !c->varlen && !dbm) printf(" wgmma-vs-mma %.1e (tol %.0e)", alt_diff, alt_tol);
+    if (dbm && c->bm_kind == BM_ONES) printf(" vs dense: %s %.1e (tol 1e-3)", bs_bits ? "differs" : "bitwise equal", bs_diff);
     printf("\n");
     free(hq), free(hk), free(hv), free(hout), free(hlse), free(o64), free(l64);
     cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dout), cudaFree(dlse);
     if (dcuq) cudaFree(dcuq), cudaFree(dcuk);
+    if (dbm) cudaFree(dbm);
+    free(hbm);
     return fail;
 }
 
@@ -504,12 +576,13 @@ static int refuse_small_head_dims(qattn_ctx *gpu, qattn_ctx *cpu) {
 }
 
 int main(int argc, char **argv) {
-    int small = 0, int8 = 0, mma = 0, alt = 0;
+    int small = 0, int8 = 0, mma = 0, alt = 0, bs = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--small")) small = 1;
         if (!strcmp(argv[i], "--int8")) int8 = 1;
         if (!strcmp(argv[i], "--mma")) mma = 1; /* the mma.sync kernels only (as on sm_80) */
         if (!strcmp(argv[i], "--alt")) alt = 1; /* FP16/BF16: also run the mma.sync kernel and compare */
+        if (!strcmp(argv[i], "--bs")) bs = 1;   /* block-sparse cases (the wgmma kernels, compute capability 9.0) */
     }
     int ndev = 0;
     if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
@@ -534,7 +607,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     qattn_ctx *gpu_alt = NULL;
-    if ((int8 || alt) && !mma) { /* the mma.sync kernels, to compare with the default (wgmma on compute capability 9.0) */
+    if ((int8 || alt || bs) && !mma) { /* the mma.sync kernels, to compare with the default (wgmma on compute capability 9.0) */
         setenv("QATTN_CUDA_I8_KERNEL", "mma", 1);
         setenv("QATTN_CUDA_F16_KERNEL", "mma", 1);
         s = qattn_ctx_create(&gpu_alt, &o);
@@ -593,11 +666,51 @@ int main(int argc, char **argv) {
         {3, 130, 1, 4, 2, 128, 0, -1, -1, F16, F16, P, 0, 0, {0}, {0}},
         {2, 1000, 300, 8, 8, 128, 1, -1, -1, F16, F32, P, 0, 1, {0}, {0}},
     };
-    tcase *cases = small ? small_cases : full_cases;
-    int n = small ? (int)(sizeof small_cases / sizeof *small_cases) : (int)(sizeof full_cases / sizeof *full_cases);
+    /* Block-sparse (--bs, with --int8 at INT8): vs the FP64 oracle with the mask; tails of L off the tiles, GQA,
+     * causal with Lq < Lk and Lq > Lk, windows, zero / full / random / shared maps, query blocks with no key,
+     * mask blocks of several tiles; the all-ones map must match the dense kernel. Shapes the kernels do
+     * not take (blocks off 128 x tile, varlen, INT8 off D 128) must be refused with a message. */
+    const int RND = BM_RANDOM, ZERO = BM_ZERO, ONES = BM_ONES, SHE = BM_RANDOM_SHARED_EMPTY, WG = BM_WINDOW_GLOBAL;
+    tcase bs_small[] = {
+        {1, 300, 400, 2, 1, 128, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 128, 128, RND, 50},
+        {1, 400, 300, 2, 2, 128, 1, -1, -1, F16, F32, P, 0, 0, {0}, {0}, 256, 128, SHE, 50},
+        {1, 200, 300, 2, 2, 128, 0, -1, -1, BF, BF, P, 0, 0, {0}, {0}, 128, 128, ZERO, 0},
+        {1, 260, 260, 2, 1, 128, 0, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 128, 128, ONES, 100},
+        {1, 203, 300, 2, 2, 256, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 128, 64, RND, 50},
+        {1, 150, 200, 2, 2, 64, 0, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 128, 128, WG, 0},
+        {1, 300, 300, 2, 2, 128, 0, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 64, 128, RND, 50}, /* refused: bq 64 */
+    };
+    tcase bs_full[] = {
+        {1, 1000, 1000, 4, 2, 128, 0, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 128, 128, RND, 10},
+        {2, 777, 1500, 4, 1, 128, 1, -1, -1, BF, F32, P, 0, 0, {0}, {0}, 128, 256, RND, 30},
+        {1, 1500, 700, 4, 2, 128, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 256, 128, SHE, 50}, /* Lq > Lk, empty rows */
+        {1, 513, 513, 2, 2, 128, 0, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 128, 128, ZERO, 0},
+        {1, 1000, 1300, 4, 2, 128, 0, -1, -1, F16, F32, P, 0, 0, {0}, {0}, 128, 128, ONES, 100},
+        {1, 2000, 2000, 4, 1, 128, 1, -1, -1, F16, BF, P, 0, 0, {0}, {0}, 128, 128, WG, 0},
+        {3, 520, 390, 16, 4, 128, 0, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 128, 384, RND, 40}, /* 3 tiles per key block */
+        {1, 3000, 3000, 4, 2, 128, 0, -1, -1, BF, BF, P, 0, 0, {0}, {0}, 128, 128, RND, 10},
+        {2, 1000, 300, 8, 8, 128, 1, -1, -1, F16, F32, P, 0, 1, {0}, {0}, 128, 128, RND, 20},  /* strided K/V */
+        {2, 1, 203, 4, 2, 128, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 128, 128, RND, 50},
+        {3, 130, 1, 4, 2, 128, 0, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 128, 128, RND, 50},
+        {1, 700, 900, 4, 4, 128, 0, 200, 130, BF, F16, P, 0, 0, {0}, {0}, 128, 128, RND, 60}, /* window */
+        {2, 700, 900, 4, 2, 64, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 128, 128, RND, 25},
+        {1, 300, 517, 2, 1, 96, 0, 37, 5, BF, F32, P, 0, 0, {0}, {0}, 128, 128, RND, 60},
+        {2, 203, 300, 4, 2, 256, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 128, 64, RND, 50},
+        {1, 777, 1000, 2, 1, 256, 0, -1, -1, BF, BF, P, 0, 1, {0}, {0}, 256, 192, SHE, 40},
+        {1, 300, 700, 2, 1, 256, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 128, 64, ONES, 100},
+        /* refused: bq 64; bk 64 at D 128; varlen */
+        {1, 300, 300, 2, 2, 128, 0, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 64, 128, RND, 50},
+        {1, 300, 300, 2, 2, 128, 0, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 128, 64, RND, 50},
+        {3, 129, 257, 2, 2, 128, 0, -1, -1, BF, F16, P, 1, 0, {129, 17, 0}, {257, 0, 64}, 128, 128, RND, 50},
+    };
+    tcase *cases = bs ? (small ? bs_small : bs_full) : small ? small_cases : full_cases;
+    int n = bs ? (small ? (int)(sizeof bs_small / sizeof *bs_small) : (int)(sizeof bs_full / sizeof *bs_full))
+               : small ? (int)(sizeof small_cases / sizeof *small_cases)
+                       : (int)(sizeof full_cases / sizeof *full_cases);
     int fails = 0;
     for (int i = 0; i < n; i++) fails += run_case(gpu, gpu_alt, cpu, &cases[i], stream);
-    if (int8) { /* the quantization pass, bitwise against the CPU, in both kernels' layouts */
+    if (bs) {
+    } else if (int8) { /* the quantization pass, bitwise against the CPU, in both kernels' layouts */
         const qcase qsmall[] = {{1, 203, 300, 2, 1, 128, F16, 0, 0}, {1, 17, 700, 2, 2, 64, BF, 0, 1}};
         const qcase qfull[] = {
             {2, 203, 1100, 4, 2, 128, F16, 0, 0}, {1, 17, 113, 2, 1, 64, BF, 0, 0},  {3, 130, 600, 6, 3, 128, BF, 1, 0},
