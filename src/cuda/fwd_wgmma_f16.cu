@@ -337,7 +337,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
                 const work_item w = decode_item<BM, BN>(a, item, hg);
                 int n_live = w.t_last - w.t_first;
                 if (BS) { /* the consumers count the live tiles [0, n_live) */
-                    n_live = bm_item_start<BN>(ring + RING_ROW, bm_row(bm, w), bm, w.t_first, w.t_last);
+                    n_live = bm_item_start<BN, PROD_REGS == 32 ? 4 : 1>(ring + RING_ROW, bm_row(bm, w), bm, w.t_first, w.t_last);
                     work_item wc = w;
                     wc.t_first = 0, wc.t_last = n_live;
                     slot[qb] = wc;

@@ -304,7 +304,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
                 const int64_t bhk = (int64_t)w.b * a.hk + w.hkv;
                 int n_live = 0;
                 if (BS) { /* the consumers count the live tiles [0, n_live) */
-                    n_live = bm_item_start<BN>(ring + RING_ROW, bm_row(bm, w), bm, w.t_first, w.t_last);
+                    n_live = bm_item_start<BN, 1>(ring + RING_ROW, bm_row(bm, w), bm, w.t_first, w.t_last);
                     work_item wc = w;
                     wc.t_first = 0, wc.t_last = n_live;
                     slot[qb] = wc;

@@ -118,10 +118,12 @@ __device__ __forceinline__ const uint8_t *bm_row(const qattn_cuda_bmask &bm, con
     return bm.m + (int64_t)w.b * bm.bs + (int64_t)w.h * bm.hs + (int64_t)(w.m0 / bm.bq) * bm.rs;
 }
 /* At an item's start: counts the live tiles of [t_first, t_last) and stores the row pointer at ring +
- * RING_ROW. One division, then the key block advances with the tiles in a loop kept rolled. */
-template <int BN> __device__ __forceinline__ int bm_item_start(uint32_t ra, const uint8_t *row, const qattn_cuda_bmask &bm, int t_first, int t_last) {
+ * RING_ROW. One division, then the key block advances with the tiles. UNROLL 4 lets the byte loads
+ * overlap (the count delays the item's first loads); with 24 producer registers it spills: 1 there. */
+template <int BN, int UNROLL>
+__device__ __forceinline__ int bm_item_start(uint32_t ra, const uint8_t *row, const qattn_cuda_bmask &bm, int t_first, int t_last) {
     int n = 0, kb = (t_first * BN) / bm.bk, off = t_first * BN - kb * bm.bk;
-#pragma unroll 1
+#pragma unroll UNROLL
     for (int tt = t_first; tt < t_last; tt++) {
         n += row[kb] != 0;
         off += BN;
