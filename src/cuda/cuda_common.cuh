@@ -35,8 +35,8 @@ struct qattn_cuda_args {
     /* Score modifiers, the FP16/BF16 mma.sync kernel only (fwd_mma_f16.cu's MODS instantiations; the
      * backend sends no other kernel a call that has them). */
     int32_t mods;               /* 1: softcap and/or ALiBi given */
-    float softcap_in;           /* scale / softcap; 0 = no softcap */
-    float softcap_out;          /* softcap * log2(e) */
+    float softcap_in;           /* scale / softcap */
+    float softcap_out;          /* softcap * log2(e); 0 = no softcap */
     const float *alibi;         /* device slopes [H], or [B, H] rows alibi_bs apart; NULL = none */
     int64_t alibi_bs;           /* 0: one [H] row for every sequence */
 };

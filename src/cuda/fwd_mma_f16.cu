@@ -25,6 +25,11 @@ namespace {
 #define QATTN_F16_MT 2
 #endif
 constexpr int BM = 128;
+/* The shape per head dim (ptxas -v, CUDA 13.0, sm_90a / sm_80, registers and spill bytes of the plain and
+ * MODS instantiations are in docs/gpu.md). The new head dims are chosen spill-free: D 32 with MT 2 at 2
+ * blocks (up to 255 registers; 185-225 used; at 3 blocks, 168, it spilled 44 B); D 80 with MT 1, 8
+ * warps (176-194 registers; MT 2 used 255 and spilled 8 B outside the key loop); D 160 and 192 with MT 1
+ * (226-251 registers). */
 /* The shape per head dim. DP: the row length of the shared-memory tiles, D rounded up to a multiple of
  * 64 (the 8-chunk swizzle and the ldmatrix offsets below work in groups of 64 elements): D 32 is laid
  * out as 64, 80 and 96 as 128, 160 as 192, with the products running over the D real columns only and
@@ -34,10 +39,10 @@ constexpr int BM = 128;
 template <int D> struct f16_cfg {
     static_assert(D % 16 == 0 && D >= 32 && D <= 256, "head dims are multiples of 16 in [32, 256]");
     static constexpr int DP = (D + 63) / 64 * 64;
-    static constexpr int MT = D > 128 ? 1 : QATTN_F16_MT;
+    static constexpr int MT = D > 128 || D == 80 ? 1 : QATTN_F16_MT;
     static constexpr int BN = D == 256 ? 32 : 64;
     static constexpr int NWARPS = 8 / MT, NTHREADS = NWARPS * 32;
-    static constexpr int MIN_BLOCKS = D > 128 ? 1 : MT == 2 ? (DP == 64 ? 3 : 2) : (DP == 64 ? 2 : 1);
+    static constexpr int MIN_BLOCKS = D > 128 || D == 80 ? 1 : D == 32 ? 2 : MT == 2 ? (DP == 64 ? 3 : 2) : (DP == 64 ? 2 : 1);
     static constexpr int SMEM = (BM * DP + 4 * BN * DP) * 2;
 };
 
@@ -51,10 +56,11 @@ template <int DP> __device__ __forceinline__ uint32_t swz(uint32_t base, int r, 
 template <int D, int ROWS>
 __device__ __forceinline__ void load_tile(uint32_t sbase, const uint16_t *g, int64_t ld, int nvalid, int tid) {
     constexpr int CPR = D / 8, NT = f16_cfg<D>::NTHREADS; /* chunks per row */
-    static_assert(ROWS * CPR % NT == 0, "whole chunks per thread");
+    constexpr int N = ROWS * CPR, ITERS = (N + NT - 1) / NT; /* a ragged last round only where NT does not divide N */
 #pragma unroll
-    for (int i = 0; i < ROWS * CPR / NT; i++) {
+    for (int i = 0; i < ITERS; i++) {
         int idx = tid + i * NT;
+        if (N % NT != 0 && i == ITERS - 1 && idx >= N) break;
         int r = idx / CPR, c = idx % CPR;
         bool ok = r < nvalid;
         const uint16_t *src = ok ? g + (int64_t)r * ld + c * 8 : g;
@@ -245,7 +251,7 @@ __global__ void __launch_bounds__(f16_cfg<D>::NTHREADS, f16_cfg<D>::MIN_BLOCKS) 
 #pragma unroll
                             for (int e = 0; e < 2; e++) {
                                 float x = s[mt][n][2 * r + e];
-                                x = a.softcap_in > 0.f ? softcap_log2(x, a.softcap_in, a.softcap_out) : x * a.scale_log2;
+                                x = a.softcap_out > 0.f ? softcap_log2(x, a.softcap_in, a.softcap_out) : x * a.scale_log2;
                                 s[mt][n][2 * r + e] = fmaf(-slope2, fabsf((float)(d0 - n * 8 - e)), x);
                             }
                     }
