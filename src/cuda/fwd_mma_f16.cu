@@ -25,17 +25,14 @@ namespace {
 #define QATTN_F16_MT 2
 #endif
 constexpr int BM = 128;
-/* The shape per head dim (ptxas -v, CUDA 13.0, sm_90a / sm_80, registers and spill bytes of the plain and
- * MODS instantiations are in docs/gpu.md). The new head dims are chosen spill-free: D 32 with MT 2 at 2
- * blocks (up to 255 registers; 185-225 used; at 3 blocks, 168, it spilled 44 B); D 80 with MT 1, 8
- * warps (176-194 registers; MT 2 used 255 and spilled 8 B outside the key loop); D 160 and 192 with MT 1
- * (226-251 registers). */
 /* The shape per head dim. DP: the row length of the shared-memory tiles, D rounded up to a multiple of
  * 64 (the 8-chunk swizzle and the ldmatrix offsets below work in groups of 64 elements): D 32 is laid
  * out as 64, 80 and 96 as 128, 160 as 192, with the products running over the D real columns only and
  * the padding never loaded or read. D above 128: one m-tile per warp (O alone is D / 2 registers a
  * thread); D 256 with key tiles of 32 (128 KB of shared memory, within sm_80's 163 KB), D 160 and 192
- * with 64 (144 KB). */
+ * with 64 (144 KB). D 32, 80, 160 and 192 were shaped spill-free from ptxas -v (CUDA 13.0; the table per
+ * instantiation is in docs/gpu.md): D 32 with MT 2 at 2 blocks (185-225 registers; at 3 blocks, 168, it
+ * spilled 44 B); D 80 with MT 1 (176-194; MT 2 used 255 and spilled 8 B around the key loop). */
 template <int D> struct f16_cfg {
     static_assert(D % 16 == 0 && D >= 32 && D <= 256, "head dims are multiples of 16 in [32, 256]");
     static constexpr int DP = (D + 63) / 64 * 64;
