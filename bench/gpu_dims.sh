@@ -17,8 +17,8 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 T0=$(date +%s)
 stamp() { echo "[$(($(date +%s) - T0)) s] $*"; }
-left() { # seconds left before the 5.6 minute mark (at least 20)
-  local l=$((335 - ($(date +%s) - T0)))
+left() { # seconds left before the 5.6 minute mark, less $1 (at least 20)
+  local l=$((335 - ($(date +%s) - T0) - ${1:-0}))
   echo $((l < 20 ? 20 : l))
 }
 nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu,power.draw --format=csv,noheader
@@ -56,7 +56,7 @@ fi
 stamp "sanitizers done"
 wait $PTX
 cat "$OUT/ptxas_f16.txt"
-timeout $(($(left) - 60)) python3 bench/gpu_compare.py --lib $LIB --out "$OUT" --dims 32,64,80,128,160,192 --lens 1024,4096 \
+timeout $(left 60) python3 bench/gpu_compare.py --lib $LIB --out "$OUT" --dims 32,64,80,128,160,192 --lens 1024,4096 \
   --no-int8 --no-peers --reps 10 > "$OUT/bench.log" 2>&1
 echo "gpu_compare rc=$?"
 grep -E "^\||Error|unavailable|failed|TFLOP" "$OUT/bench.log" | grep -v "^| D | L | causal | qattn i8 all" | head -40

@@ -53,7 +53,8 @@ def main():
                 k = torch.randn(B, L, H, D, device="cuda", dtype=torch.float16)
                 v = torch.randn(B, L, H, D, device="cuda", dtype=torch.float16)
                 slopes = torch.tensor([2.0 ** (-8.0 * (h + 1) / H) for h in range(H)], device="cuda", dtype=torch.float32)
-                flops = 4.0 * B * H * Lq * L * D / (2 if causal and Lq == L else 1)
+                pairs = Lq * (L - Lq) + Lq * (Lq + 1) / 2 if causal else Lq * L  # bottom-right aligned causal, Lq <= Lk
+                flops = 4.0 * B * H * pairs * D
                 row = dict(D=D, Lq=Lq, Lk=L, causal=causal)
                 for name, ctx, softcap, alibi in (("plain", qa, 0.0, False), ("plain_mma", qm, 0.0, False), ("softcap", qa, 30.0, False),
                                                   ("alibi", qa, 0.0, True), ("both", qa, 30.0, True)):
