@@ -191,8 +191,8 @@ typedef struct qattn_params {
     int64_t seqlen_k; /* Lk; likewise */
     int32_t n_heads;    /* H */
     int32_t n_kv_heads; /* HK; H % HK == 0 (GQA / MQA) */
-    /* D: 8..256, a multiple of 8 (the CPU backend runs every such D; the CUDA backend 64, 96, 128
-     * and 256, INT8 64 and 128, and returns QATTN_ERR_UNSUPPORTED for the others) */
+    /* D: 8..256, a multiple of 8 (the CPU backend runs every such D; the CUDA backend 32, 64, 80, 96,
+     * 128, 160, 192 and 256, INT8 64 and 128, and returns QATTN_ERR_UNSUPPORTED for the others) */
     int32_t head_dim;
 
     int32_t qkv_dtype; /* qattn_dtype of q, k and v (F32, F16 or BF16) */
@@ -235,8 +235,10 @@ typedef struct qattn_params {
      * The log-sum-exp is that of these final scores (the FP64 oracle applies the same formula).
      * softcap and alibi_slopes are implemented on the CPU backend at precision AUTO, FP32, FP16 and
      * BF16, by qattn_forward and qattn_forward_kvcache (Lk = that sequence's key count), in every
-     * ISA's kernels. Refused with QATTN_ERR_UNSUPPORTED: at INT8, INT4 and FP8 (qattn_forward,
-     * qattn_forward_quantized, qattn_forward_calibrated), on the CUDA backend, and by qattn_dist. */
+     * ISA's kernels, and by the CUDA backend's qattn_forward with FP16/BF16 inputs (slopes in device
+     * memory; such calls run the mma.sync kernel, also on compute capability 9.0). Refused with
+     * QATTN_ERR_UNSUPPORTED: at INT8, INT4 and FP8 (qattn_forward, qattn_forward_quantized,
+     * qattn_forward_calibrated; on the CUDA backend too), and by qattn_dist. */
     const float *alibi_slopes;  /* float32 [H], or [B, H] rows alibi_batch_stride apart; NULL = none.
                                    Finite. Host memory on the CPU backend, device memory on CUDA. */
     int64_t alibi_batch_stride; /* elements between sequences' slopes (>= H); 0 = one [H] array for all */

@@ -55,6 +55,14 @@ qattn_status check_block_mask(qattn_ctx *ctx, const qattn_params *p) {
                           "not set to mma); the mma.sync kernels do not implement it (the CPU backend does)",
                           i8 ? "I8" : "F16");
     if (is_varlen(p)) return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "block_mask with cu_seqlens (varlen) is not implemented on the CUDA backend (the CPU backend does it)");
+    if (p->alibi_slopes || p->softcap > 0.0f)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED,
+                          "block_mask with %s is not implemented on the CUDA backend (score modifiers run on the mma.sync kernel, block masks on "
+                          "the wgmma kernels; the CPU backend does both)",
+                          p->alibi_slopes ? "alibi_slopes" : "softcap");
+    if (!i8 && p->head_dim != 64 && p->head_dim != 96 && p->head_dim != 128 && p->head_dim != 256)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "block_mask on the CUDA backend needs head_dim 64, 96, 128 or 256 (the wgmma kernel's; head_dim is %d)",
+                          p->head_dim);
     if (i8 && p->head_dim != 128)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "block_mask at precision INT8 on the CUDA backend needs head_dim 128 (head_dim is %d)", p->head_dim);
     const int bn = p->head_dim == 256 ? 64 : 128;
@@ -67,14 +75,11 @@ qattn_status check_block_mask(qattn_ctx *ctx, const qattn_params *p) {
 }
 
 qattn_status check(qattn_ctx *ctx, const qattn_params *p) {
-    if (p->alibi_slopes || p->softcap != 0.0f)
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA backend does not implement %s yet (the CPU backend does)",
-                          p->alibi_slopes ? "alibi_slopes" : "softcap");
     if (p->qkv_dtype != QATTN_DTYPE_F16 && p->qkv_dtype != QATTN_DTYPE_BF16)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA backend takes fp16 or bf16 q/k/v (qkv_dtype is %d, %s)", p->qkv_dtype,
                           qattn_dtype_name(p->qkv_dtype));
-    if (p->head_dim != 64 && p->head_dim != 96 && p->head_dim != 128 && p->head_dim != 256)
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA backend supports head_dim 64, 96, 128 and 256 (head_dim is %d)", p->head_dim);
+    if (!qattn_cuda_f16_head_dim_ok(p->head_dim))
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA backend supports head_dim " QATTN_CUDA_F16_HEAD_DIMS " (head_dim is %d)", p->head_dim);
     switch (p->precision) {
     case QATTN_PRECISION_AUTO: break;
     case QATTN_PRECISION_FP16:
@@ -87,6 +92,9 @@ qattn_status check(qattn_ctx *ctx, const qattn_params *p) {
         if (p->int8_scheme != QATTN_INT8_DEFAULT)
             return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA INT8 path implements int8_scheme DEFAULT only (got %d)", p->int8_scheme);
         if (is_varlen(p)) return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA INT8 path does not support cu_seqlens (varlen) yet");
+        if (p->alibi_slopes || p->softcap > 0.0f)
+            return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA INT8 path does not implement %s (the CUDA FP16/BF16 path does)",
+                              p->alibi_slopes ? "alibi_slopes" : "softcap");
         if (p->head_dim != 64 && p->head_dim != 128)
             return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA INT8 path supports head_dim 64 and 128 (head_dim is %d)", p->head_dim);
         break;
@@ -138,6 +146,11 @@ qattn_cuda_args make_args(const qattn_params *p) {
     a.wr = qattn_window_right(p);
     a.scale = qattn_effective_scale(p);
     a.scale_log2 = a.scale * 1.4426950408889634f;
+    a.mods = p->alibi_slopes != NULL || p->softcap > 0.0f;
+    a.softcap_in = p->softcap > 0.0f ? a.scale / p->softcap : 0.0f;
+    a.softcap_out = p->softcap > 0.0f ? p->softcap * 1.4426950408889634f : 0.0f;
+    a.alibi = p->alibi_slopes;
+    a.alibi_bs = p->alibi_batch_stride;
     return a;
 }
 
@@ -302,7 +315,9 @@ extern "C" qattn_status qattn_cuda_forward(qattn_ctx *ctx, const qattn_params *p
         }
         return s;
     }
-    if (st->f16_wgmma && !a.cu_q && a.lk > 0) { /* the wgmma kernel (every head dim the backend admits) where its tensor maps can describe the tensors */
+    /* The wgmma kernel (D 64, 96, 128, 256) where its tensor maps can describe the tensors; it has no softcap or
+     * ALiBi: such calls, and the other head dims (cudaErrorNotSupported), run the mma.sync kernel. */
+    if (st->f16_wgmma && !a.cu_q && a.lk > 0 && !a.mods) {
         a.n_sm = st->sm_count;
         a.sched = st->f16_sched;
         if ((e = qattn_cuda_serial_begin(&st->f16_serial, stream)) != cudaSuccess) {

@@ -32,6 +32,13 @@ struct qattn_cuda_args {
     int32_t i8_wgmma;           /* 1: the sm_90a wgmma kernel (fwd_wgmma_i8.cu) and its tiled, pre-swizzled layout */
     int32_t *sched;             /* the wgmma kernel's work counter (workspace; zeroed by the quantization pass) */
     int32_t n_sm;               /* multiprocessors of the device (persistent grids) */
+    /* Score modifiers, the FP16/BF16 mma.sync kernel only (fwd_mma_f16.cu's MODS instantiations; the
+     * backend sends no other kernel a call that has them). */
+    int32_t mods;               /* 1: softcap and/or ALiBi given */
+    float softcap_in;           /* scale / softcap */
+    float softcap_out;          /* softcap * log2(e); 0 = no softcap */
+    const float *alibi;         /* device slopes [H], or [B, H] rows alibi_bs apart; NULL = none */
+    int64_t alibi_bs;           /* 0: one [H] row for every sequence */
 };
 
 /* Block-sparse attention on the sm_90a wgmma kernels (qattn_params.block_mask, device memory): a separate
@@ -43,8 +50,15 @@ struct qattn_cuda_bmask {
     int32_t bq, bk;         /* query rows and keys per block */
 };
 
+/* Head dims of the FP16/BF16 mma.sync kernel (fwd_mma_f16.cu); the wgmma kernel takes a subset. */
+inline bool qattn_cuda_f16_head_dim_ok(int d) {
+    return d == 32 || d == 64 || d == 80 || d == 96 || d == 128 || d == 160 || d == 192 || d == 256;
+}
+#define QATTN_CUDA_F16_HEAD_DIMS "32, 64, 80, 96, 128, 160, 192 and 256"
+
+
 /* Launchers: return the launch's cudaError_t (cudaGetLastError after the launch). */
-cudaError_t qattn_cuda_launch_f16(const qattn_cuda_args &a, int bf16, cudaStream_t stream);
+cudaError_t qattn_cuda_launch_f16(const qattn_cuda_args &a, int bf16, cudaStream_t stream); /* every head dim, a.mods too */
 cudaError_t qattn_cuda_prepare_f16(void); /* raise the dynamic shared-memory limits once */
 cudaError_t qattn_cuda_launch_i8(const qattn_cuda_args &a, cudaStream_t stream);
 cudaError_t qattn_cuda_prepare_i8(void);
