@@ -2,6 +2,7 @@
  *
  *   cc -O2 -std=gnu11 -march=native -DQATTN_HAVE_X86 -Iinclude -Isrc dev/kv_decode/kernel_budget.c BUILD/libqattn.a -lpthread -lm -o /tmp/kb
  *   /tmp/kb [passes] [1: no prefetch hints | 2: linear next-block prefetch in run_cache]
+ *   KB_DECODE_ONLY=1 /tmp/kb 200   (the decode alone, for perf record)
  *
  * Prints, min over `passes` (alternated within each pass):
  *   l2     ns per qattn_kv_attend_avx512 call, 4 rows x 16 tokens x D 128, 64 blocks (L2-resident)
@@ -11,6 +12,8 @@
  *   dram   ns per call over 16384 blocks spread over 72 MB (one thread's share of the 32k bench,
  *          next-block prefetch hints as the driver gives them)
  *   cache  as dram, over the cache's block layout and walk (run_cache)
+ *   decode qattn_kv_decode on an INT8 cache of the same shape, per (block, kv head), process CPU
+ *          time (env KB_THREADS: the context's threads, default 1)
  *   read   ns to sum the same bytes (4224 per call) with a scalar 4-accumulator loop (the
  *          bench's probe loop), i.e. the one-thread read time per call
  * The per-key budget: bytes per key and kv head = 2 x 128 codes + 8 scale bytes = 264. */
@@ -21,6 +24,7 @@
 #include <time.h>
 
 #include "kv/kv_internal.h"
+#include "qattn.h"
 
 static int g_nopf, g_linear; /* argv[2] = 1: no prefetch hints; 2: run_cache prefetches the next block linearly */
 
@@ -94,6 +98,39 @@ static double run_cache(const uint8_t *arena, const int16_t *q16, const float *q
     return (now() - t0) / (CB * HK);
 }
 
+/* qattn_kv_decode itself, one thread (it runs on the calling thread): B1 H32 HK8 D128 Lq1, the
+ * INT8 cache of DRB / HK blocks of 16 tokens, ns per (block, kv head) = per kernel call. */
+static qattn_ctx *g_ctx;
+static qattn_kv_cache *g_cache;
+static float *g_q, *g_o;
+static void decode_setup(void) {
+    qattn_ctx_options co = {0};
+    co.backend = QATTN_BACKEND_CPU, co.isa = QATTN_ISA_AVX512, co.n_threads = getenv("KB_THREADS") ? atoi(getenv("KB_THREADS")) : 1;
+    if (qattn_ctx_create(&g_ctx, &co) != QATTN_OK) exit(1);
+    qattn_kv_cache_options o = {.n_kv_heads = HK, .head_dim = D, .block_size = N, .dtype = QATTN_DTYPE_I8, .n_blocks = CB, .max_seqs = 1};
+    if (qattn_kv_cache_create(g_ctx, &o, &g_cache) != QATTN_OK) exit(1);
+    int64_t L = (int64_t)CB * N, per = 1024;
+    float *k = malloc((size_t)per * HK * D * 4), *v = malloc((size_t)per * HK * D * 4);
+    for (int64_t t0 = 0; t0 < L; t0 += per) {
+        for (int64_t i = 0; i < per * HK * D; i++) k[i] = (float)(rand() % 2001 - 1000) / 400.0f, v[i] = (float)(rand() % 2001 - 1000) / 400.0f;
+        if (qattn_kv_cache_append(g_ctx, g_cache, 0, k, v, per, QATTN_DTYPE_F32) != QATTN_OK) exit(1);
+    }
+    free(k), free(v);
+    g_q = malloc(32 * D * 4), g_o = malloc(32 * D * 4);
+    for (int i = 0; i < 32 * D; i++) g_q[i] = (float)(rand() % 2001 - 1000) / 1000.0f;
+}
+static double run_decode(void) {
+    int32_t id = 0;
+    qattn_decode_params dp;
+    qattn_decode_params_init(&dp);
+    dp.q = g_q, dp.o = g_o, dp.seq_ids = &id, dp.n_seqs = 1, dp.seqlen_q = 1, dp.n_heads = 32;
+    struct timespec a, b;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &a); /* all threads' CPU time: per call of work, whatever the thread count */
+    if (qattn_kv_decode(g_ctx, g_cache, &dp) != QATTN_OK) exit(1);
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &b);
+    return ((double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec)) / (CB * HK);
+}
+
 static double read_blocks(const uint8_t *arena, int nb, uint64_t *sink) {
     const uint64_t *p = (const uint64_t *)arena;
     size_t n = (size_t)nb * BLOCK_BYTES / 8;
@@ -122,7 +159,16 @@ int main(int argc, char **argv) {
     float *mem = aligned_alloc(64, 4 * M * (D + 2) + 64), *scratch = aligned_alloc(64, 4 * (size_t)QATTN_KV_SCRATCH_FLOATS(M, N) + 64);
     __m512i acc[16];
     for (int i = 0; i < 16; i++) acc[i] = _mm512_set1_epi32(i);
-    double l2 = 1e9, fl = 1e9, dr = 1e9, rd = 1e9, ca = 1e9;
+    double l2 = 1e9, fl = 1e9, dr = 1e9, rd = 1e9, ca = 1e9, de = 1e9;
+    decode_setup();
+    if (getenv("KB_DECODE_ONLY")) { /* for perf record: the decode alone */
+        for (int p = 0; p < passes; p++) {
+            double t = run_decode();
+            if (t < de) de = t;
+        }
+        printf("qattn_kv_decode (1 thread): %.1f ns per call\n", de * 1e9);
+        return 0;
+    }
     uint64_t sink = 0;
     for (int p = 0; p < passes; p++) {
         for (int rep = 0; rep < 20; rep++) {
@@ -135,6 +181,8 @@ int main(int argc, char **argv) {
         if (t < fl) fl = t;
         t = run_blocks(arena, DRB, q16, qsc, mem, scratch);
         if (t < dr) dr = t;
+        t = run_decode();
+        if (t < de) de = t;
         t = run_cache(arena, q16, qsc, mem, scratch);
         if (t < ca) ca = t;
         t = read_blocks(arena, DRB, &sink);
@@ -142,7 +190,7 @@ int main(int argc, char **argv) {
     }
     printf("per call (4 rows x 16 keys x D 128, %d B): l2 %.1f ns, floor (512 vpdpwssd) %.1f ns, dram %.1f ns, read %.1f ns (%.1f GB/s)\n",
            BLOCK_BYTES - 56, l2 * 1e9, fl * 1e9, dr * 1e9, rd * 1e9, (BLOCK_BYTES - 56) / rd / 1e9);
-    printf("cache layout (%d blocks x %d heads): %.1f ns per call\n", CB, HK, ca * 1e9);
+    printf("cache layout (%d blocks x %d heads): %.1f ns per call; qattn_kv_decode (1 thread, same shape): %.1f ns per call\n", CB, HK, ca * 1e9, de * 1e9);
     printf("l2/floor %.2f  dram/read %.2f  (sink %llu %d)\n", l2 / fl, dr / rd, (unsigned long long)sink, _mm512_reduce_add_epi32(acc[0]) & 1);
     return 0;
 }
