@@ -7,11 +7,12 @@
  * the per-chunk fused multiply-add into acc) are the AVX2 kernel's, element for element: the
  * output is bitwise the AVX2 kernel's (tests/test_kv_cache.c). FP16/BF16 caches take the AVX2 path.
  *
- * Layout on ZMM. Q.K: 32 channels per step (K codes of two tokens sign-extended to int16, the 4
- * rows' q16 rows), 4 rows x 2 tokens of accumulators folded to 256 bits (an exact integer add)
- * before the AVX2 reduction. P.V: 32 channels of two tokens are byte-interleaved within 128-bit
- * lanes and sign-extended, so the accumulators hold channels [0..7 | 16..23] and [8..15 | 24..31];
- * two lane shuffles restore channel order before the store. d % 32 != 0 tails use masked loads. */
+ * Layout on ZMM. Q.K: 32 channels per step (K codes of four tokens sign-extended to int16, the 4
+ * rows' q16 rows), 4 rows x 4 tokens of accumulators reduced to 16 scores at once (reduce16).
+ * P.V: 32 channels of two tokens are byte-interleaved within 128-bit lanes and sign-extended, so
+ * the accumulators hold channels [0..7 | 16..23] and [8..15 | 24..31]; two lane shuffles restore
+ * channel order before the store. d % 32 != 0 tails use masked loads. Why this stays near half the
+ * read bandwidth on Zen 4 (the multiply floor): docs/KVCACHE.md. */
 #define QATTN_KV_AVX512 1
 /* The next block's codes are prefetched into L2, not L1: with the faster ZMM engines the L1
  * prefetches of a whole head's K and V (64 lines per call) stalled on full miss buffers (perf: a
