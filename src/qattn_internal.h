@@ -148,7 +148,7 @@ static inline bool qattn_head_dim_supported(int32_t d) {
 }
 
 /* Checks every field of p that every backend relies on; reads cu_seqlens only when
- * read_offsets is true (host memory). Returns the status and sets the message. */
+ * read_offsets is true (host memory). Returns the status and sets the message. src/core/validate.c. */
 qattn_status qattn_validate(qattn_ctx *ctx, const qattn_params *p, bool read_offsets);
 
 /* The softmax scale p asks for (0 means 1/sqrt(D)). */
