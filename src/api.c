@@ -3,6 +3,8 @@
  * problem becomes a status plus a message naming the value. */
 #include "qattn_internal.h"
 
+#include "quant/lowp.h"
+
 /* ---------------------------------------------------------------- parameters */
 
 void qattn_params_init(qattn_params *p) {
@@ -75,6 +77,32 @@ qattn_status qattn_forward(qattn_ctx *ctx, const qattn_params *p) {
     if (ctx->backend == QATTN_BACKEND_CUDA) return qattn_cuda_forward(ctx, p);
 #endif
     return qattn_precision_is_lowp(p->precision) ? qattn_cpu_forward_lowp(ctx, p) : qattn_cpu_forward(ctx, p);
+}
+
+/* ---------------------------------------------------------------- INT8 pre-quantized inputs */
+
+qattn_status qattn_forward_quantized(qattn_ctx *ctx, const qattn_params *p, const qattn_int8_inputs *qi) {
+    if (!ctx) return QATTN_ERR_NULL_POINTER;
+    ctx->last_error[0] = '\0';
+    if (!p) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "params is NULL");
+    if (!qi) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "qi (the int8 inputs) is NULL");
+    if (ctx->backend != QATTN_BACKEND_CPU)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "qattn_forward_quantized runs on the CPU backend only in this build");
+    qattn_params pc = *p;
+    pc.q = qi->q.data, pc.k = qi->k.data, pc.v = qi->v.data;
+    pc.q_batch_stride = qi->q.batch_stride, pc.q_seq_stride = qi->q.seq_stride, pc.q_head_stride = qi->q.head_stride;
+    pc.k_batch_stride = qi->k.batch_stride, pc.k_seq_stride = qi->k.seq_stride, pc.k_head_stride = qi->k.head_stride;
+    pc.v_batch_stride = qi->v.batch_stride, pc.v_seq_stride = qi->v.seq_stride, pc.v_head_stride = qi->v.head_stride;
+    pc.qkv_dtype = QATTN_DTYPE_F32; /* element strides are dtype-independent; validation only */
+    pc.precision = QATTN_PRECISION_INT8;
+    qattn_status s = qattn_validate(ctx, &pc, true);
+    if (s == QATTN_OK) s = qattn_check_params_disjoint(ctx, &pc, 1); /* int8 codes: one byte each */
+    if (s != QATTN_OK || pc.batch == 0) return s;
+    qattn_lowp_cfg cfg;
+    qattn_lowp_scheme_cfg(p->int8_scheme, &cfg);
+    s = qattn_check_int8_inputs(ctx, &pc, qi, cfg.p_mode);
+    if (s != QATTN_OK) return s;
+    return qattn_lowp_run_quantized(ctx, &pc, qi, cfg.p_mode, NULL, p->workspace, p->workspace_size);
 }
 
 /* ---------------------------------------------------------------- INT8 calibration */
