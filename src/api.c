@@ -1,9 +1,55 @@
-/* The public entry points above the context (src/core/context.c): params init, then for each call
- * validation (qattn_validate, src/core/validate.c) and dispatch to a backend. Every argument
- * problem becomes a status plus a message naming the value. */
+/* The public entry points: context creation and destruction (the state from src/core/context.c,
+ * then the backend binding), params init, then for each call validation (qattn_validate,
+ * src/core/validate.c) and dispatch to a backend. Every argument problem becomes a status plus a
+ * message naming the value. */
 #include "qattn_internal.h"
 
 #include "quant/lowp.h"
+
+/* ---------------------------------------------------------------- context */
+
+/* The backend half of context creation: the ISA's CPU kernel table, and the CUDA backend's state
+ * when the context's backend is CUDA (so that creation fails at once on a missing GPU). */
+static qattn_status bind_backend(qattn_ctx *ctx) {
+    ctx->kernels = qattn_cpu_kernel_table(ctx->isa);
+    if (ctx->backend == QATTN_BACKEND_CUDA) {
+#if defined(QATTN_HAVE_CUDA)
+        return qattn_cuda_init(ctx);
+#else
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "backend cuda requested but this build of qattn has no CUDA backend");
+#endif
+    }
+    return QATTN_OK;
+}
+
+qattn_status qattn_ctx_create_ex(qattn_ctx **out, const qattn_ctx_options *options, char *message, size_t message_size) {
+    qattn_status s = qattn_ctx_new(out, options, message, message_size);
+    if (s != QATTN_OK) return s;
+    s = bind_backend(*out);
+    if (s != QATTN_OK) {
+        qattn_ctx_delete(*out, message, message_size); /* the context dies here: hand its reason over */
+        *out = NULL;
+    }
+    return s;
+}
+
+qattn_status qattn_ctx_create(qattn_ctx **out, const qattn_ctx_options *options) { return qattn_ctx_create_ex(out, options, NULL, 0); }
+
+void qattn_ctx_destroy(qattn_ctx *ctx) {
+    if (!ctx) return;
+#if defined(QATTN_HAVE_CUDA)
+    qattn_cuda_release(ctx);
+#endif
+    qattn_ctx_delete(ctx, NULL, 0);
+}
+
+qattn_status qattn_ctx_get_info(const qattn_ctx *ctx, qattn_ctx_info *info) {
+    qattn_status s = qattn_ctx_describe(ctx, info);
+#if defined(QATTN_HAVE_CUDA)
+    if (s == QATTN_OK) info->cuda_available = qattn_cuda_device_count() > 0;
+#endif
+    return s;
+}
 
 /* ---------------------------------------------------------------- parameters */
 
