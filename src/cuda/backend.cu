@@ -239,9 +239,12 @@ extern "C" qattn_status qattn_cuda_init(qattn_ctx *ctx) {
     return QATTN_OK;
 }
 
-qattn_kvd_state *qattn_cuda_kvd_state(qattn_ctx *ctx) {
-    cuda_state *st = (cuda_state *)ctx->cuda_state;
-    return st ? &st->kvd : NULL;
+/* The GPU decode (kv_decode.cu) with the context's decode state (NULL when ctx has no CUDA state:
+ * qattn_cuda_kv_decode refuses it after checking its arguments). */
+extern "C" qattn_status qattn_kv_decode_cuda(qattn_ctx *ctx, const qattn_kv_cache *c, const qattn_kv_device_cache *dev,
+                                             const qattn_decode_params *dp) {
+    cuda_state *st = ctx ? (cuda_state *)ctx->cuda_state : NULL;
+    return qattn_cuda_kv_decode(ctx, st ? &st->kvd : NULL, c, dev, dp);
 }
 
 extern "C" void qattn_cuda_release(qattn_ctx *ctx) {
