@@ -2,20 +2,21 @@
 """Which src/ file calls which, and the calls that go against the layer order.
 
 Usage: python3 dev/include_graph.py [BUILD_DIR]   (default: build; needs nm and a built tree)
+CTest runs it on its own build as the test layer_graph.
 
 Layers, top to bottom (docs/ARCHITECTURE.md):
   clients  src/dist (libqattn_dist, a library on top of libqattn: it calls the public API)
   api      src/api.c
-  drivers  src/cpu/forward*.c, src/kv (cache and decode), src/cuda/backend.cu,
-           src/quant (the public quantization entry points)
+  drivers  src/cpu (but x86: forward*.c, block_mask.c, lowp_*.c, kernel_tables.c), src/kv (cache
+           and decode), src/cuda/backend.cu, src/quant (the quantization entry points and passes)
   kernels  src/cpu/x86, src/ref, src/kv/kv_attend_*, the other src/cuda files
   core     src/core
 A file may call its own layer or any layer below. The graph comes from the object files (`nm`:
 which file defines each global symbol, which file uses it), so it sees exactly what links, inline
 functions excepted; a CPU-only build has no CUDA edges. #include lines add one check: a core file
 includes only core headers (and the umbrella qattn_internal.h, which includes them).
-Prints the cycles between files (strongly connected components) and the upward edges, and exits 0:
-it reports, it does not gate (the graph is not clean yet).
+Prints the cycles between files (strongly connected components), the upward edges and the core
+include problems, and exits 1 when there is any of them (0 when the graph is clean, 2 without a build).
 """
 import collections
 import os
@@ -135,7 +136,7 @@ def main():
     nodes, graph = call_graph(build)
     if not nodes:
         print("no object files from src/ under %s: build first" % build)
-        return 1
+        return 2
     print("files: %d, file-to-file call edges: %d" % (len(nodes), sum(len(v) for v in graph.values())))
     comps = cycles(nodes, graph)
     print("cycles: %d" % len(comps))
@@ -154,7 +155,7 @@ def main():
     print("core includes of non-core headers: %d" % len(inc))
     for line in inc:
         print("  " + line)
-    return 0
+    return 1 if comps or upward or inc else 0
 
 
 if __name__ == "__main__":

@@ -191,8 +191,8 @@ typedef struct qattn_params {
     int64_t seqlen_k; /* Lk; likewise */
     int32_t n_heads;    /* H */
     int32_t n_kv_heads; /* HK; H % HK == 0 (GQA / MQA) */
-    /* D: 8..256, a multiple of 8 (the CPU backend runs every such D; the CUDA backend 64, 96, 128
-     * and 256, INT8 64 and 128, and returns QATTN_ERR_UNSUPPORTED for the others) */
+    /* D: 8..256, a multiple of 8 (the CPU backend runs every such D; the CUDA backend 32, 64, 80, 96,
+     * 128, 160, 192 and 256, INT8 64 and 128, and returns QATTN_ERR_UNSUPPORTED for the others) */
     int32_t head_dim;
 
     int32_t qkv_dtype; /* qattn_dtype of q, k and v (F32, F16 or BF16) */
@@ -235,8 +235,10 @@ typedef struct qattn_params {
      * The log-sum-exp is that of these final scores (the FP64 oracle applies the same formula).
      * softcap and alibi_slopes are implemented on the CPU backend at precision AUTO, FP32, FP16 and
      * BF16, by qattn_forward and qattn_forward_kvcache (Lk = that sequence's key count), in every
-     * ISA's kernels. Refused with QATTN_ERR_UNSUPPORTED: at INT8, INT4 and FP8 (qattn_forward,
-     * qattn_forward_quantized, qattn_forward_calibrated), on the CUDA backend, and by qattn_dist. */
+     * ISA's kernels, and by the CUDA backend's qattn_forward with FP16/BF16 inputs (slopes in device
+     * memory; such calls run the mma.sync kernel, also on compute capability 9.0). Refused with
+     * QATTN_ERR_UNSUPPORTED: at INT8, INT4 and FP8 (qattn_forward, qattn_forward_quantized,
+     * qattn_forward_calibrated; on the CUDA backend too), and by qattn_dist. */
     const float *alibi_slopes;  /* float32 [H], or [B, H] rows alibi_batch_stride apart; NULL = none.
                                    Finite. Host memory on the CPU backend, device memory on CUDA. */
     int64_t alibi_batch_stride; /* elements between sequences' slopes (>= H); 0 = one [H] array for all */
@@ -249,8 +251,11 @@ typedef struct qattn_params {
      * pair is skipped and its keys get no weight. Blocks count from the first token of each
      * sequence (varlen too). NULL = dense. Host memory on the CPU backend (FP32/FP16/BF16, INT8 and
      * FP8: skipped pairs cost no products, so time follows the density; softcap and alibi_slopes
-     * combine with it on the FP paths); the CUDA backend, qattn_dist and qattn_forward_kvcache
-     * refuse it (QATTN_ERR_UNSUPPORTED). The map's bytes must not overlap o or lse. */
+     * combine with it on the FP paths). Device memory on the CUDA backend, which runs it on its
+     * sm_90a kernels only (compute capability 9.0; FP16/BF16 at every head dim it takes, INT8 at
+     * 128; not varlen) with block_mask_q a multiple of 128 and block_mask_k of 128 (64 at head_dim
+     * 256), and refuses the rest (QATTN_ERR_UNSUPPORTED, docs/gpu.md). qattn_dist and
+     * qattn_forward_kvcache refuse it. The map's bytes must not overlap o or lse. */
     const uint8_t *block_mask;
     int32_t block_mask_k;       /* keys per block of block_mask: a positive multiple of 16 */
     int32_t reserved0;          /* 0 */

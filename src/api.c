@@ -1,9 +1,55 @@
-/* The public entry points above the context (src/core/context.c): params init, the one validation
- * function, dispatch to a backend. Every argument problem becomes a status plus a message naming
- * the value. */
+/* The public entry points: context creation and destruction (the state from src/core/context.c,
+ * then the backend binding), params init, then for each call validation (qattn_validate,
+ * src/core/validate.c) and dispatch to a backend. Every argument problem becomes a status plus a
+ * message naming the value. */
 #include "qattn_internal.h"
 
-#include "core/names.h"
+#include "quant/lowp.h"
+
+/* ---------------------------------------------------------------- context */
+
+/* The backend half of context creation: the ISA's CPU kernel table, and the CUDA backend's state
+ * when the context's backend is CUDA (so that creation fails at once on a missing GPU). */
+static qattn_status bind_backend(qattn_ctx *ctx) {
+    ctx->kernels = qattn_cpu_kernel_table(ctx->isa);
+    if (ctx->backend == QATTN_BACKEND_CUDA) {
+#if defined(QATTN_HAVE_CUDA)
+        return qattn_cuda_init(ctx);
+#else
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "backend cuda requested but this build of qattn has no CUDA backend");
+#endif
+    }
+    return QATTN_OK;
+}
+
+qattn_status qattn_ctx_create_ex(qattn_ctx **out, const qattn_ctx_options *options, char *message, size_t message_size) {
+    qattn_status s = qattn_ctx_new(out, options, message, message_size);
+    if (s != QATTN_OK) return s;
+    s = bind_backend(*out);
+    if (s != QATTN_OK) {
+        qattn_ctx_delete(*out, message, message_size); /* the context dies here: hand its reason over */
+        *out = NULL;
+    }
+    return s;
+}
+
+qattn_status qattn_ctx_create(qattn_ctx **out, const qattn_ctx_options *options) { return qattn_ctx_create_ex(out, options, NULL, 0); }
+
+void qattn_ctx_destroy(qattn_ctx *ctx) {
+    if (!ctx) return;
+#if defined(QATTN_HAVE_CUDA)
+    qattn_cuda_release(ctx);
+#endif
+    qattn_ctx_delete(ctx, NULL, 0);
+}
+
+qattn_status qattn_ctx_get_info(const qattn_ctx *ctx, qattn_ctx_info *info) {
+    qattn_status s = qattn_ctx_describe(ctx, info);
+#if defined(QATTN_HAVE_CUDA)
+    if (s == QATTN_OK) info->cuda_available = qattn_cuda_device_count() > 0;
+#endif
+    return s;
+}
 
 /* ---------------------------------------------------------------- parameters */
 
@@ -33,163 +79,6 @@ void qattn_params_set_contiguous(qattn_params *p) {
     p->k_seq_stride = p->v_seq_stride = stride_product(HK, D, 1);
     p->q_batch_stride = p->o_batch_stride = stride_product(p->seqlen_q, H, D);
     p->k_batch_stride = p->v_batch_stride = stride_product(p->seqlen_k, HK, D);
-}
-
-/* ---------------------------------------------------------------- validation */
-
-static qattn_status check_view(qattn_ctx *ctx, const char *name, int64_t nb, int64_t bs, int64_t ns, int64_t ss,
-                               int64_t nh, int64_t hs, int64_t d) {
-    if (bs < 0 || ss < 0 || hs < 0)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s has a negative stride (batch %lld, seq %lld, head %lld)", name,
-                          (long long)bs, (long long)ss, (long long)hs);
-    if (nb == 0 || ns == 0) return QATTN_OK;
-    /* The byte offset (index * element size, at most 4 bytes) must fit too, or the pointer
-     * arithmetic of the kernels overflows. */
-    int64_t top = qattn_view_max_index(nb, bs, ns, ss, nh, hs, d);
-    if (top < 0 || top > INT64_MAX / 4)
-        return qattn_fail(ctx, QATTN_ERR_OVERFLOW, "%s: the largest byte offset overflows int64 (strides %lld, %lld, %lld)", name,
-                          (long long)bs, (long long)ss, (long long)hs);
-    return QATTN_OK;
-}
-
-static qattn_status check_offsets(qattn_ctx *ctx, const char *name, const int32_t *cu, int64_t batch, int64_t max_len) {
-    if (cu[0] != 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s[0] is %d; it must be 0", name, cu[0]);
-    for (int64_t b = 0; b < batch; b++) {
-        int64_t len = (int64_t)cu[b + 1] - cu[b];
-        if (len < 0)
-            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s decreases at %lld (%d then %d)", name, (long long)b, cu[b], cu[b + 1]);
-        if (len > max_len)
-            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s: sequence %lld has length %lld, above the maximum %lld given in the params",
-                              name, (long long)b, (long long)len, (long long)max_len);
-    }
-    return QATTN_OK;
-}
-
-/* ALiBi, softcap and the block mask: values the header allows. read_host: the slopes are in host
- * memory and can be checked for finiteness. */
-static qattn_status check_score_modifiers(qattn_ctx *ctx, const qattn_params *p, bool read_host) {
-    if (p->reserved0 != 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "reserved0 is %d; it must be 0", p->reserved0);
-    if (!isfinite(p->softcap) || p->softcap < 0.0f)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "softcap is %g; it must be 0 (off) or finite and > 0", (double)p->softcap);
-    if (p->alibi_slopes) {
-        if (p->alibi_batch_stride != 0 && p->alibi_batch_stride < p->n_heads)
-            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "alibi_batch_stride is %lld; it must be 0 (shared) or >= n_heads %d",
-                              (long long)p->alibi_batch_stride, p->n_heads);
-        int64_t rows = p->alibi_batch_stride ? p->batch : 1, last;
-        if (rows > 0 && !qattn_mul_i64(rows - 1, p->alibi_batch_stride, &last))
-            return qattn_fail(ctx, QATTN_ERR_OVERFLOW, "alibi_batch_stride %lld x batch %lld overflows int64", (long long)p->alibi_batch_stride,
-                              (long long)p->batch);
-        for (int64_t b = 0; read_host && b < rows; b++)
-            for (int32_t h = 0; h < p->n_heads; h++)
-                if (!isfinite(p->alibi_slopes[b * p->alibi_batch_stride + h]))
-                    return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "alibi_slopes[%lld, %d] is %g; slopes must be finite", (long long)b, h,
-                                      (double)p->alibi_slopes[b * p->alibi_batch_stride + h]);
-    }
-    if (p->block_mask) {
-        if (p->block_mask_q < 16 || p->block_mask_q % 16 || p->block_mask_k < 16 || p->block_mask_k % 16)
-            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "block mask blocks are %d x %d; each side must be a positive multiple of 16",
-                              p->block_mask_q, p->block_mask_k);
-        if (p->block_mask_batch_stride < 0 || p->block_mask_head_stride < 0 || p->block_mask_row_stride < 0)
-            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "block mask strides (%lld, %lld, %lld) must be >= 0",
-                              (long long)p->block_mask_batch_stride, (long long)p->block_mask_head_stride, (long long)p->block_mask_row_stride);
-        /* The last byte of [B, H, ceil(Lq / bq), ceil(Lk / bk)] must be addressable (varlen: seqlen_q/k
-         * bound every sequence, whose blocks count from its own start). */
-        int64_t nq = (p->seqlen_q + p->block_mask_q - 1) / p->block_mask_q, nk = (p->seqlen_k + p->block_mask_k - 1) / p->block_mask_k;
-        if (p->batch > 0 && nq > 0 && nk > 0 &&
-            qattn_view_max_index(p->batch, p->block_mask_batch_stride, p->n_heads, p->block_mask_head_stride, nq, p->block_mask_row_stride, nk) < 0)
-            return qattn_fail(ctx, QATTN_ERR_OVERFLOW,
-                              "block mask [%lld, %d, %lld, %lld] with strides (%lld, %lld, %lld): the largest index overflows int64",
-                              (long long)p->batch, p->n_heads, (long long)nq, (long long)nk, (long long)p->block_mask_batch_stride,
-                              (long long)p->block_mask_head_stride, (long long)p->block_mask_row_stride);
-    }
-    /* Each backend that lacks a modifier refuses it where it checks support (the INT8/FP8 drivers,
-     * CUDA, qattn_dist, qattn_forward_kvcache). */
-    return QATTN_OK;
-}
-
-qattn_status qattn_validate(qattn_ctx *ctx, const qattn_params *p, bool read_offsets) {
-    if (!p) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "params is NULL");
-    if (p->batch < 0 || p->seqlen_q < 0 || p->seqlen_k < 0)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "negative size: batch %lld, seqlen_q %lld, seqlen_k %lld", (long long)p->batch,
-                          (long long)p->seqlen_q, (long long)p->seqlen_k);
-    if (p->batch > INT32_MAX || p->seqlen_q > INT32_MAX || p->seqlen_k > INT32_MAX)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "batch and sequence lengths must be below 2^31 (batch %lld, seqlen_q %lld, seqlen_k %lld)",
-                          (long long)p->batch, (long long)p->seqlen_q, (long long)p->seqlen_k);
-    if (p->n_heads < 1 || p->n_kv_heads < 1)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "n_heads is %d and n_kv_heads is %d; both must be >= 1", p->n_heads, p->n_kv_heads);
-    if (p->n_heads % p->n_kv_heads != 0)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "k has %d heads, which does not divide q's %d heads", p->n_kv_heads, p->n_heads);
-    if (p->head_dim < 1)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "head_dim is %d; it must be positive", p->head_dim);
-    if (!qattn_head_dim_supported(p->head_dim))
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "head_dim %d is not supported; qattn supports " QATTN_HEAD_DIM_RANGE, p->head_dim);
-    if (p->qkv_dtype == QATTN_DTYPE_I8)
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "qkv_dtype i8: pre-quantized inputs go through qattn_forward_quantized");
-    if (p->qkv_dtype < QATTN_DTYPE_F32 || p->qkv_dtype > QATTN_DTYPE_BF16)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qkv_dtype %d is not a qattn_dtype (f32, f16, bf16)", p->qkv_dtype);
-    if (p->o_dtype < QATTN_DTYPE_F32 || p->o_dtype > QATTN_DTYPE_BF16)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "o_dtype %d (%s) is not an output dtype (f32, f16, bf16)", p->o_dtype, qattn_dtype_name(p->o_dtype));
-    if (p->precision < QATTN_PRECISION_AUTO || p->precision > QATTN_PRECISION_INT4)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "precision %d is not a qattn_precision", p->precision);
-    if (p->int8_scheme < QATTN_INT8_DEFAULT || p->int8_scheme > QATTN_INT8_SAGE)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "int8_scheme %d is not a qattn_int8_scheme", p->int8_scheme);
-    if (p->causal != 0 && p->causal != 1)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "causal is %d; it must be 0 or 1", p->causal);
-    if (p->window_left < -1 || p->window_right < -1)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "window (%d, %d): each side must be >= 0, or -1 for unbounded", p->window_left,
-                          p->window_right);
-    if (!isfinite(p->scale))
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "scale is %g; it must be finite (0 means 1/sqrt(head_dim))", (double)p->scale);
-    if ((p->cu_seqlens_q == NULL) != (p->cu_seqlens_k == NULL))
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "cu_seqlens_q and cu_seqlens_k must be given together");
-    if (p->workspace == NULL && p->workspace_size != 0)
-        return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "workspace_size is %zu but workspace is NULL", p->workspace_size);
-    qattn_status sm = check_score_modifiers(ctx, p, read_offsets);
-    if (sm != QATTN_OK) return sm;
-
-    /* Row counts must fit int64 whatever the strides (a zero stride makes the element-index
-     * checks below blind to the size of the problem). */
-    int64_t rows_q, rows_k;
-    if (!qattn_mul_i64(p->batch, p->seqlen_q, &rows_q) || !qattn_mul_i64(rows_q, (int64_t)p->n_heads * p->head_dim, &rows_q) ||
-        !qattn_mul_i64(p->batch, p->seqlen_k, &rows_k) || !qattn_mul_i64(rows_k, (int64_t)p->n_kv_heads * p->head_dim, &rows_k))
-        return qattn_fail(ctx, QATTN_ERR_OVERFLOW,
-                          "batch %lld x seqlen (q %lld, k %lld) x heads (q %d, kv %d) x head_dim %d overflows int64", (long long)p->batch,
-                          (long long)p->seqlen_q, (long long)p->seqlen_k, p->n_heads, p->n_kv_heads, p->head_dim);
-    if (p->batch == 0) return QATTN_OK; /* nothing to read or write */
-    if (!p->q || !p->k || !p->v || !p->o)
-        return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "%s is NULL", !p->q ? "q" : !p->k ? "k" : !p->v ? "v" : "o");
-
-    bool varlen = p->cu_seqlens_q != NULL;
-    if (varlen && read_offsets) {
-        qattn_status s = check_offsets(ctx, "cu_seqlens_q", p->cu_seqlens_q, p->batch, p->seqlen_q);
-        if (s == QATTN_OK) s = check_offsets(ctx, "cu_seqlens_k", p->cu_seqlens_k, p->batch, p->seqlen_k);
-        if (s != QATTN_OK) return s;
-    }
-    /* With varlen the packed token axis plays the sequence axis; its extent is the total. */
-    int64_t nb = varlen ? 1 : p->batch;
-    int64_t lq = p->seqlen_q, lk = p->seqlen_k;
-    if (varlen) {
-        if (!read_offsets) {
-            /* Device offsets: bound the extents by batch * max length. */
-            if (!qattn_mul_i64(p->batch, p->seqlen_q, &lq) || !qattn_mul_i64(p->batch, p->seqlen_k, &lk))
-                return qattn_fail(ctx, QATTN_ERR_OVERFLOW, "batch * seqlen overflows int64");
-        } else {
-            lq = p->cu_seqlens_q[p->batch];
-            lk = p->cu_seqlens_k[p->batch];
-        }
-    }
-    int64_t D = p->head_dim;
-    qattn_status s = check_view(ctx, "q", nb, p->q_batch_stride, lq, p->q_seq_stride, p->n_heads, p->q_head_stride, D);
-    if (s == QATTN_OK) s = check_view(ctx, "k", nb, p->k_batch_stride, lk, p->k_seq_stride, p->n_kv_heads, p->k_head_stride, D);
-    if (s == QATTN_OK) s = check_view(ctx, "v", nb, p->v_batch_stride, lk, p->v_seq_stride, p->n_kv_heads, p->v_head_stride, D);
-    if (s == QATTN_OK) s = check_view(ctx, "o", nb, p->o_batch_stride, lq, p->o_seq_stride, p->n_heads, p->o_head_stride, D);
-    if (s != QATTN_OK) return s;
-    bool empty_output = nb == 0 || lq == 0; /* no element is written, whatever the strides */
-    if (!empty_output && !qattn_view_is_injective(nb, p->o_batch_stride, lq, p->o_seq_stride, p->n_heads, p->o_head_stride, D))
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT,
-                          "o's strides (batch %lld, seq %lld, head %lld) make output elements overlap", (long long)p->o_batch_stride,
-                          (long long)p->o_seq_stride, (long long)p->o_head_stride);
-    return QATTN_OK;
 }
 
 /* ---------------------------------------------------------------- dispatch */
@@ -234,6 +123,32 @@ qattn_status qattn_forward(qattn_ctx *ctx, const qattn_params *p) {
     if (ctx->backend == QATTN_BACKEND_CUDA) return qattn_cuda_forward(ctx, p);
 #endif
     return qattn_precision_is_lowp(p->precision) ? qattn_cpu_forward_lowp(ctx, p) : qattn_cpu_forward(ctx, p);
+}
+
+/* ---------------------------------------------------------------- INT8 pre-quantized inputs */
+
+qattn_status qattn_forward_quantized(qattn_ctx *ctx, const qattn_params *p, const qattn_int8_inputs *qi) {
+    if (!ctx) return QATTN_ERR_NULL_POINTER;
+    ctx->last_error[0] = '\0';
+    if (!p) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "params is NULL");
+    if (!qi) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "qi (the int8 inputs) is NULL");
+    if (ctx->backend != QATTN_BACKEND_CPU)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "qattn_forward_quantized runs on the CPU backend only in this build");
+    qattn_params pc = *p;
+    pc.q = qi->q.data, pc.k = qi->k.data, pc.v = qi->v.data;
+    pc.q_batch_stride = qi->q.batch_stride, pc.q_seq_stride = qi->q.seq_stride, pc.q_head_stride = qi->q.head_stride;
+    pc.k_batch_stride = qi->k.batch_stride, pc.k_seq_stride = qi->k.seq_stride, pc.k_head_stride = qi->k.head_stride;
+    pc.v_batch_stride = qi->v.batch_stride, pc.v_seq_stride = qi->v.seq_stride, pc.v_head_stride = qi->v.head_stride;
+    pc.qkv_dtype = QATTN_DTYPE_F32; /* element strides are dtype-independent; validation only */
+    pc.precision = QATTN_PRECISION_INT8;
+    qattn_status s = qattn_validate(ctx, &pc, true);
+    if (s == QATTN_OK) s = qattn_check_params_disjoint(ctx, &pc, 1); /* int8 codes: one byte each */
+    if (s != QATTN_OK || pc.batch == 0) return s;
+    qattn_lowp_cfg cfg;
+    qattn_lowp_scheme_cfg(p->int8_scheme, &cfg);
+    s = qattn_check_int8_inputs(ctx, &pc, qi, cfg.p_mode);
+    if (s != QATTN_OK) return s;
+    return qattn_lowp_run_quantized(ctx, &pc, qi, cfg.p_mode, NULL, NULL, p->workspace, p->workspace_size);
 }
 
 /* ---------------------------------------------------------------- INT8 calibration */

@@ -127,6 +127,8 @@ extern const qattn_cpu_kernels qattn_kernels_avx2;
 extern const qattn_cpu_kernels qattn_kernels_avxvnni; /* the AVX2 FP entries, named "avxvnni" */
 extern const qattn_cpu_kernels qattn_kernels_avx512;
 #endif
+/* The table of a resolved ISA (ref when the build has no x86 kernels), src/cpu/kernel_tables.c. */
+const qattn_cpu_kernels *qattn_cpu_kernel_table(int32_t isa);
 
 /* Whether the ISA runs the AVX2 kernels (AVX-VNNI is AVX2 plus vpdpbusd, AVX-512 a superset of
  * both except the VEX vpdpbusd: every AVX2 kernel applies to both). */
@@ -148,7 +150,7 @@ static inline bool qattn_head_dim_supported(int32_t d) {
 }
 
 /* Checks every field of p that every backend relies on; reads cu_seqlens only when
- * read_offsets is true (host memory). Returns the status and sets the message. */
+ * read_offsets is true (host memory). Returns the status and sets the message. src/core/validate.c. */
 qattn_status qattn_validate(qattn_ctx *ctx, const qattn_params *p, bool read_offsets);
 
 /* The softmax scale p asks for (0 means 1/sqrt(D)). */

@@ -1,6 +1,8 @@
-/* The context: allocation through its hooks, creation (options checked, ISA and backend chosen,
- * thread pool made), destruction, threads and info. Every layer allocates and reports through the
- * context; QATTN_ISA / QATTN_BACKEND are read here and nowhere else. */
+/* The context's state: allocation through its hooks, creation (options checked, ISA and backend
+ * chosen, thread pool made), deletion, threads and info. The backend binding (the ISA's kernel
+ * table, the CUDA state) is api.c's, which creates and destroys contexts through these. Every
+ * layer allocates and reports through the context; QATTN_ISA / QATTN_BACKEND are read here and
+ * nowhere else. */
 #define _POSIX_C_SOURCE 200809L
 #include "qattn_internal.h"
 
@@ -25,15 +27,6 @@ static void *default_alloc(size_t bytes, void *user) {
 static void default_free(void *ptr, void *user) {
     (void)user;
     free(ptr);
-}
-
-void *qattn_alloc(qattn_ctx *ctx, size_t bytes) {
-    if (bytes == 0) return NULL;
-    return ctx->alloc(bytes, ctx->alloc_user);
-}
-
-void qattn_free(qattn_ctx *ctx, void *ptr) {
-    if (ptr) ctx->free(ptr, ctx->alloc_user);
 }
 
 /* ---------------------------------------------------------------- context */
@@ -82,14 +75,6 @@ static qattn_status choose_isa(qattn_ctx *ctx, int32_t requested) {
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED,
                           "ISA avx512 requested but this CPU/OS does not support AVX-512 F/BW/VL/DQ+AVX512-VNNI with ZMM state");
     ctx->isa = isa;
-#if defined(QATTN_HAVE_X86)
-    ctx->kernels = isa == QATTN_ISA_AVX512    ? &qattn_kernels_avx512
-                   : isa == QATTN_ISA_AVXVNNI ? &qattn_kernels_avxvnni
-                   : isa == QATTN_ISA_AVX2    ? &qattn_kernels_avx2
-                                              : &qattn_kernels_ref;
-#else
-    ctx->kernels = &qattn_kernels_ref;
-#endif
     return QATTN_OK;
 }
 
@@ -101,13 +86,6 @@ static qattn_status choose_backend(qattn_ctx *ctx, int32_t requested) {
         if (backend == QATTN_BACKEND_AUTO) backend = QATTN_BACKEND_CPU;
     }
     ctx->backend = backend;
-    if (backend == QATTN_BACKEND_CUDA) {
-#if defined(QATTN_HAVE_CUDA)
-        return qattn_cuda_init(ctx);
-#else
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "backend cuda requested but this build of qattn has no CUDA backend");
-#endif
-    }
     return QATTN_OK;
 }
 
@@ -123,7 +101,7 @@ static qattn_status create_fail(char *message, size_t message_size, qattn_status
     return status;
 }
 
-qattn_status qattn_ctx_create_ex(qattn_ctx **out, const qattn_ctx_options *options, char *message, size_t message_size) {
+qattn_status qattn_ctx_new(qattn_ctx **out, const qattn_ctx_options *options, char *message, size_t message_size) {
     if (message && message_size > 0) message[0] = '\0';
     if (!out) return create_fail(message, message_size, QATTN_ERR_NULL_POINTER, "ctx (the output pointer) is NULL");
     *out = NULL;
@@ -167,14 +145,9 @@ qattn_status qattn_ctx_create_ex(qattn_ctx **out, const qattn_ctx_options *optio
     return QATTN_OK;
 }
 
-qattn_status qattn_ctx_create(qattn_ctx **out, const qattn_ctx_options *options) { return qattn_ctx_create_ex(out, options, NULL, 0); }
-
-void qattn_ctx_destroy(qattn_ctx *ctx) {
-    if (!ctx) return;
-#if defined(QATTN_HAVE_CUDA)
-    qattn_cuda_release(ctx);
-#endif
+void qattn_ctx_delete(qattn_ctx *ctx, char *message, size_t message_size) {
     qattn_pool_destroy(ctx, ctx->pool);
+    create_fail(message, message_size, QATTN_OK, "%s", ctx->last_error);
     ctx->free(ctx, ctx->alloc_user);
 }
 
@@ -212,16 +185,13 @@ static void cpu_model_name(char *buf, size_t len) {
     fclose(f);
 }
 
-qattn_status qattn_ctx_get_info(const qattn_ctx *ctx, qattn_ctx_info *info) {
+qattn_status qattn_ctx_describe(const qattn_ctx *ctx, qattn_ctx_info *info) {
     if (!ctx || !info) return QATTN_ERR_NULL_POINTER;
     memset(info, 0, sizeof *info);
     info->backend = ctx->backend;
     info->isa = ctx->isa;
     info->n_threads = ctx->n_threads;
     snprintf(info->isa_name, sizeof info->isa_name, "%s", ctx->kernels->name);
-#if defined(QATTN_HAVE_CUDA)
-    info->cuda_available = qattn_cuda_device_count() > 0;
-#endif
     cpu_model_name(info->device_name, sizeof info->device_name);
     return QATTN_OK;
 }

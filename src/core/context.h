@@ -35,7 +35,18 @@ struct qattn_ctx {
 /* Record a message on ctx and return status (so callers write `return qattn_fail(...)`). */
 qattn_status qattn_fail(qattn_ctx *ctx, qattn_status status, const char *fmt, ...) QATTN_PRINTF(3, 4);
 
-/* 64-byte aligned allocation through the context's hooks; NULL on failure or bytes == 0. */
+/* qattn_ctx_create_ex without the backend binding (api.c does it: ctx->kernels, the CUDA state):
+ * options checked, context allocated, ISA and backend resolved, thread pool made. On success *out
+ * is the new context; on failure *out is NULL and message says why. src/core/context.c. */
+qattn_status qattn_ctx_new(qattn_ctx **out, const qattn_ctx_options *options, char *message, size_t message_size);
+/* Joins ctx's threads and frees it through its own hooks (its backend released by the caller);
+ * message, when not NULL, receives ctx's last error first (a creation failing after qattn_ctx_new). */
+void qattn_ctx_delete(qattn_ctx *ctx, char *message, size_t message_size);
+/* qattn_ctx_get_info's fields but cuda_available (the CUDA backend's, filled by api.c). */
+qattn_status qattn_ctx_describe(const qattn_ctx *ctx, qattn_ctx_info *info);
+
+/* 64-byte aligned allocation through the context's hooks; NULL on failure or bytes == 0.
+ * src/core/alloc.c. */
 void *qattn_alloc(qattn_ctx *ctx, size_t bytes);
 void qattn_free(qattn_ctx *ctx, void *ptr);
 

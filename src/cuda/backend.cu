@@ -43,17 +43,43 @@ bool is_varlen(const qattn_params *p) { return p->cu_seqlens_q != NULL; }
 
 int input_is_bf16(const qattn_params *p) { return p->qkv_dtype == QATTN_DTYPE_BF16; }
 
-qattn_status check(qattn_ctx *ctx, const qattn_params *p) {
-    if (p->alibi_slopes || p->softcap != 0.0f)
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA backend does not implement %s yet (the CPU backend does)",
+/* Block-sparse attention runs on the sm_90a wgmma kernels only (FP16/BF16 at every head dim they take,
+ * INT8 at D 128), whose items are 128 query rows and key tiles 128 keys (64 at D 256): a mask block must
+ * hold whole items and whole tiles, so that tiles are skipped whole (fwd_wgmma_f16.cu, docs/gpu.md). */
+qattn_status check_block_mask(qattn_ctx *ctx, const qattn_params *p) {
+    const cuda_state *st = (const cuda_state *)ctx->cuda_state;
+    const bool i8 = p->precision == QATTN_PRECISION_INT8;
+    if (!st || !(i8 ? st->i8_wgmma : st->f16_wgmma))
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED,
+                          "block_mask on the CUDA backend runs on the sm_90a wgmma kernels only (compute capability 9.0, QATTN_CUDA_%s_KERNEL "
+                          "not set to mma); the mma.sync kernels do not implement it (the CPU backend does)",
+                          i8 ? "I8" : "F16");
+    if (is_varlen(p)) return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "block_mask with cu_seqlens (varlen) is not implemented on the CUDA backend (the CPU backend does it)");
+    if (p->alibi_slopes || p->softcap > 0.0f)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED,
+                          "block_mask with %s is not implemented on the CUDA backend (score modifiers run on the mma.sync kernel, block masks on "
+                          "the wgmma kernels; the CPU backend does both)",
                           p->alibi_slopes ? "alibi_slopes" : "softcap");
-    if (p->block_mask)
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA backend does not implement block_mask (block-sparse attention) yet; the CPU backend does");
+    if (!i8 && p->head_dim != 64 && p->head_dim != 96 && p->head_dim != 128 && p->head_dim != 256)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "block_mask on the CUDA backend needs head_dim 64, 96, 128 or 256 (the wgmma kernel's; head_dim is %d)",
+                          p->head_dim);
+    if (i8 && p->head_dim != 128)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "block_mask at precision INT8 on the CUDA backend needs head_dim 128 (head_dim is %d)", p->head_dim);
+    const int bn = p->head_dim == 256 ? 64 : 128;
+    if (p->block_mask_q % 128 != 0 || p->block_mask_k % bn != 0)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED,
+                          "block_mask blocks of %d x %d: the CUDA kernels need block_mask_q a multiple of 128 and block_mask_k a multiple of %d "
+                          "(their query rows per item and keys per tile at head_dim %d); the CPU backend takes any multiples of 16",
+                          p->block_mask_q, p->block_mask_k, bn, p->head_dim);
+    return QATTN_OK;
+}
+
+qattn_status check(qattn_ctx *ctx, const qattn_params *p) {
     if (p->qkv_dtype != QATTN_DTYPE_F16 && p->qkv_dtype != QATTN_DTYPE_BF16)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA backend takes fp16 or bf16 q/k/v (qkv_dtype is %d, %s)", p->qkv_dtype,
                           qattn_dtype_name(p->qkv_dtype));
-    if (p->head_dim != 64 && p->head_dim != 96 && p->head_dim != 128 && p->head_dim != 256)
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA backend supports head_dim 64, 96, 128 and 256 (head_dim is %d)", p->head_dim);
+    if (!qattn_cuda_f16_head_dim_ok(p->head_dim))
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA backend supports head_dim " QATTN_CUDA_F16_HEAD_DIMS " (head_dim is %d)", p->head_dim);
     switch (p->precision) {
     case QATTN_PRECISION_AUTO: break;
     case QATTN_PRECISION_FP16:
@@ -66,6 +92,9 @@ qattn_status check(qattn_ctx *ctx, const qattn_params *p) {
         if (p->int8_scheme != QATTN_INT8_DEFAULT)
             return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA INT8 path implements int8_scheme DEFAULT only (got %d)", p->int8_scheme);
         if (is_varlen(p)) return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA INT8 path does not support cu_seqlens (varlen) yet");
+        if (p->alibi_slopes || p->softcap > 0.0f)
+            return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA INT8 path does not implement %s (the CUDA FP16/BF16 path does)",
+                              p->alibi_slopes ? "alibi_slopes" : "softcap");
         if (p->head_dim != 64 && p->head_dim != 128)
             return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA INT8 path supports head_dim 64 and 128 (head_dim is %d)", p->head_dim);
         break;
@@ -89,7 +118,7 @@ qattn_status check(qattn_ctx *ctx, const qattn_params *p) {
     if ((int64_t)p->batch > 65535 || p->n_heads > 65535)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA backend supports batch and n_heads up to 65535 (batch %lld, n_heads %d)",
                           (long long)p->batch, p->n_heads);
-    return QATTN_OK;
+    return p->block_mask ? check_block_mask(ctx, p) : QATTN_OK;
 }
 
 qattn_cuda_args make_args(const qattn_params *p) {
@@ -117,16 +146,21 @@ qattn_cuda_args make_args(const qattn_params *p) {
     a.wr = qattn_window_right(p);
     a.scale = qattn_effective_scale(p);
     a.scale_log2 = a.scale * 1.4426950408889634f;
+    a.mods = p->alibi_slopes != NULL || p->softcap > 0.0f;
+    a.softcap_in = p->softcap > 0.0f ? a.scale / p->softcap : 0.0f;
+    a.softcap_out = p->softcap > 0.0f ? p->softcap * 1.4426950408889634f : 0.0f;
+    a.alibi = p->alibi_slopes;
+    a.alibi_bs = p->alibi_batch_stride;
     return a;
 }
 
 /* The INT8 forward's kernels on stream: quantization into ws, then the attention kernel (the FP16
  * kernel's empty-key rule when there is no key). */
-qattn_status enqueue_i8(qattn_ctx *ctx, qattn_cuda_args &a, int bf16, void *ws, cudaStream_t stream) {
+qattn_status enqueue_i8(qattn_ctx *ctx, qattn_cuda_args &a, int bf16, void *ws, const qattn_cuda_bmask *bm, cudaStream_t stream) {
     cudaError_t e;
     if ((e = qattn_cuda_quantize_i8(a, bf16, ws, stream)) != cudaSuccess)
         return qattn_fail(ctx, QATTN_ERR_BACKEND, "INT8 quantization kernels: %s", cudaGetErrorString(e));
-    if (a.lk > 0 && (e = a.i8_wgmma ? qattn_cuda_launch_i8_wgmma(a, stream) : qattn_cuda_launch_i8(a, stream)) != cudaSuccess)
+    if (a.lk > 0 && (e = a.i8_wgmma ? qattn_cuda_launch_i8_wgmma(a, stream, bm) : qattn_cuda_launch_i8(a, stream)) != cudaSuccess)
         return qattn_fail(ctx, QATTN_ERR_BACKEND, "INT8 attention kernel launch: %s", cudaGetErrorString(e));
     if (a.lk == 0 && (e = qattn_cuda_launch_f16(a, bf16, stream)) != cudaSuccess)
         return qattn_fail(ctx, QATTN_ERR_BACKEND, "attention kernel launch (empty keys): %s", cudaGetErrorString(e));
@@ -205,9 +239,12 @@ extern "C" qattn_status qattn_cuda_init(qattn_ctx *ctx) {
     return QATTN_OK;
 }
 
-qattn_kvd_state *qattn_cuda_kvd_state(qattn_ctx *ctx) {
-    cuda_state *st = (cuda_state *)ctx->cuda_state;
-    return st ? &st->kvd : NULL;
+/* The GPU decode (kv_decode.cu) with the context's decode state (NULL when ctx has no CUDA state:
+ * qattn_cuda_kv_decode refuses it after checking its arguments). */
+extern "C" qattn_status qattn_kv_decode_cuda(qattn_ctx *ctx, const qattn_kv_cache *c, const qattn_kv_device_cache *dev,
+                                             const qattn_decode_params *dp) {
+    cuda_state *st = ctx ? (cuda_state *)ctx->cuda_state : NULL;
+    return qattn_cuda_kv_decode(ctx, st ? &st->kvd : NULL, c, dev, dp);
 }
 
 extern "C" void qattn_cuda_release(qattn_ctx *ctx) {
@@ -248,6 +285,10 @@ extern "C" qattn_status qattn_cuda_forward(qattn_ctx *ctx, const qattn_params *p
     if (guard.err != cudaSuccess) return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaSetDevice(%d): %s", st->device, cudaGetErrorString(guard.err));
     cudaStream_t stream = (cudaStream_t)p->stream;
     qattn_cuda_args a = make_args(p);
+    qattn_cuda_bmask bm;
+    memset(&bm, 0, sizeof bm);
+    bm.m = p->block_mask, bm.bs = p->block_mask_batch_stride, bm.hs = p->block_mask_head_stride, bm.rs = p->block_mask_row_stride;
+    bm.bq = p->block_mask_q, bm.bk = p->block_mask_k;
     cudaError_t e;
     if (p->precision == QATTN_PRECISION_INT8) {
         size_t need = qattn_cuda_i8_workspace(a);
@@ -270,14 +311,16 @@ extern "C" qattn_status qattn_cuda_forward(qattn_ctx *ctx, const qattn_params *p
             cudaGetLastError();
             return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaStreamWaitEvent (the previous INT8 call's stream): %s", cudaGetErrorString(e));
         }
-        s = enqueue_i8(ctx, a, input_is_bf16(p), ws, stream);
+        s = enqueue_i8(ctx, a, input_is_bf16(p), ws, p->block_mask ? &bm : NULL, stream);
         if (cached && (e = qattn_cuda_serial_end(&st->ws_serial, stream)) != cudaSuccess) { /* after whatever was queued */
             cudaGetLastError();
             if (s == QATTN_OK) s = qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaEventRecord: %s", cudaGetErrorString(e));
         }
         return s;
     }
-    if (st->f16_wgmma && !a.cu_q && a.lk > 0) { /* the wgmma kernel (every head dim the backend admits) where its tensor maps can describe the tensors */
+    /* The wgmma kernel (D 64, 96, 128, 256) where its tensor maps can describe the tensors; it has no softcap or
+     * ALiBi: such calls, and the other head dims (cudaErrorNotSupported), run the mma.sync kernel. */
+    if (st->f16_wgmma && !a.cu_q && a.lk > 0 && !a.mods) {
         a.n_sm = st->sm_count;
         a.sched = st->f16_sched;
         if ((e = qattn_cuda_serial_begin(&st->f16_serial, stream)) != cudaSuccess) {
@@ -285,9 +328,13 @@ extern "C" qattn_status qattn_cuda_forward(qattn_ctx *ctx, const qattn_params *p
             return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaStreamWaitEvent (the previous FP16 call's stream): %s", cudaGetErrorString(e));
         }
         e = cudaMemsetAsync(a.sched, 0, sizeof(int32_t), stream);
-        if (e == cudaSuccess) e = qattn_cuda_launch_f16_wgmma(a, input_is_bf16(p), stream);
+        if (e == cudaSuccess) e = qattn_cuda_launch_f16_wgmma(a, input_is_bf16(p), stream, p->block_mask ? &bm : NULL);
         const cudaError_t e_end = qattn_cuda_serial_end(&st->f16_serial, stream); /* after whatever was queued */
         if (e == cudaSuccess && e_end != cudaSuccess) e = e_end;
+        if (e == cudaErrorNotSupported && p->block_mask)
+            return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED,
+                              "block_mask: the wgmma kernel's TMA tensor maps cannot describe these q/k/v strides, and the mma.sync kernel "
+                              "does not implement block masks");
         if (e != cudaErrorNotSupported) {
             if (e == cudaSuccess) return QATTN_OK;
             cudaGetLastError();
@@ -295,6 +342,7 @@ extern "C" qattn_status qattn_cuda_forward(qattn_ctx *ctx, const qattn_params *p
                               cudaGetErrorString(e));
         }
     }
+    /* here with a block mask only when there is no key (every row empty whatever the mask) */
     if ((e = qattn_cuda_launch_f16(a, input_is_bf16(p), stream)) != cudaSuccess)
         return qattn_fail(ctx, QATTN_ERR_BACKEND, "attention kernel launch (d %d, %s): %s", p->head_dim, qattn_dtype_name(p->qkv_dtype),
                           cudaGetErrorString(e));

@@ -32,18 +32,42 @@ struct qattn_cuda_args {
     int32_t i8_wgmma;           /* 1: the sm_90a wgmma kernel (fwd_wgmma_i8.cu) and its tiled, pre-swizzled layout */
     int32_t *sched;             /* the wgmma kernel's work counter (workspace; zeroed by the quantization pass) */
     int32_t n_sm;               /* multiprocessors of the device (persistent grids) */
+    /* Score modifiers, the FP16/BF16 mma.sync kernel only (fwd_mma_f16.cu's MODS instantiations; the
+     * backend sends no other kernel a call that has them). */
+    int32_t mods;               /* 1: softcap and/or ALiBi given */
+    float softcap_in;           /* scale / softcap */
+    float softcap_out;          /* softcap * log2(e); 0 = no softcap */
+    const float *alibi;         /* device slopes [H], or [B, H] rows alibi_bs apart; NULL = none */
+    int64_t alibi_bs;           /* 0: one [H] row for every sequence */
 };
 
+/* Block-sparse attention on the sm_90a wgmma kernels (qattn_params.block_mask, device memory): a separate
+ * kernel parameter after the dense ones, so that the dense instantiations keep their parameter offsets and
+ * code. bq is a multiple of the kernels' 128 query rows and bk of their key tile (checked by the backend). */
+struct qattn_cuda_bmask {
+    const uint8_t *m;       /* NULL: dense */
+    int64_t bs, hs, rs;     /* element strides: batch, head, query block (key blocks contiguous) */
+    int32_t bq, bk;         /* query rows and keys per block */
+};
+
+/* Head dims of the FP16/BF16 mma.sync kernel (fwd_mma_f16.cu); the wgmma kernel takes a subset. */
+inline bool qattn_cuda_f16_head_dim_ok(int d) {
+    return d == 32 || d == 64 || d == 80 || d == 96 || d == 128 || d == 160 || d == 192 || d == 256;
+}
+#define QATTN_CUDA_F16_HEAD_DIMS "32, 64, 80, 96, 128, 160, 192 and 256"
+
+
 /* Launchers: return the launch's cudaError_t (cudaGetLastError after the launch). */
-cudaError_t qattn_cuda_launch_f16(const qattn_cuda_args &a, int bf16, cudaStream_t stream);
+cudaError_t qattn_cuda_launch_f16(const qattn_cuda_args &a, int bf16, cudaStream_t stream); /* every head dim, a.mods too */
 cudaError_t qattn_cuda_prepare_f16(void); /* raise the dynamic shared-memory limits once */
 cudaError_t qattn_cuda_launch_i8(const qattn_cuda_args &a, cudaStream_t stream);
 cudaError_t qattn_cuda_prepare_i8(void);
-cudaError_t qattn_cuda_launch_i8_wgmma(const qattn_cuda_args &a, cudaStream_t stream); /* D 128, sm_90a only */
+/* D 128, sm_90a only; bm: a block mask or NULL (dense) */
+cudaError_t qattn_cuda_launch_i8_wgmma(const qattn_cuda_args &a, cudaStream_t stream, const qattn_cuda_bmask *bm = nullptr);
 cudaError_t qattn_cuda_prepare_i8_wgmma(void);
 /* D 64, 96, 128 and 256, non-varlen, sm_90a only; cudaErrorNotSupported (nothing launched) where the TMA tensor maps
- * cannot describe the tensors: the caller runs the mma.sync kernel instead. */
-cudaError_t qattn_cuda_launch_f16_wgmma(const qattn_cuda_args &a, int bf16, cudaStream_t stream);
+ * cannot describe the tensors: the caller runs the mma.sync kernel instead (dense) or refuses (bm, a block mask). */
+cudaError_t qattn_cuda_launch_f16_wgmma(const qattn_cuda_args &a, int bf16, cudaStream_t stream, const qattn_cuda_bmask *bm = nullptr);
 cudaError_t qattn_cuda_prepare_f16_wgmma(void);
 /* Quantize f16/bf16 q, k, v of a (non-varlen) into the INT8 workspace layout.
  * ws: device scratch of qattn_cuda_i8_workspace bytes; fills a.qi/ki/vt/sq/sk/sv. */

@@ -5,7 +5,9 @@
  * times V accumulates in FP32 registers.
  * Shapes: q [.., Lq, H, D], k/v [.., Lk, HK, D], o [.., Lq, H, D] through element strides
  * (head_dim contiguous, every stride and base 16-byte aligned); lse FP32 [B, H, Lq]
- * (varlen [H, total_q]). D is 64, 96, 128 or 256 (f16_cfg: the shape per head dim). */
+ * (varlen [H, total_q]). D is 32, 64, 80, 96, 128, 160, 192 or 256 (f16_cfg: the shape per head dim).
+ * MODS (a second instantiation per head dim): softcap and ALiBi (qattn.h's formula, scores kept in base-2
+ * units); the plain instantiation compiles to the same code as without them. */
 #include "cuda_common.cuh"
 
 #include <cuda_bf16.h>
@@ -23,17 +25,21 @@ namespace {
 #define QATTN_F16_MT 2
 #endif
 constexpr int BM = 128;
-/* The shape per head dim. DP: the row length of the shared-memory tiles; D 96 is laid out as 128 (the
- * 8-chunk swizzle and the ldmatrix offsets below work in groups of 64 elements), with the products
- * running over the 96 real columns only and the last 32 never loaded or read. D 256: one m-tile per
- * warp (O alone is 128 registers a thread) and key tiles of 32 (128 KB of shared memory, within
- * sm_80's 163 KB). */
+/* The shape per head dim. DP: the row length of the shared-memory tiles, D rounded up to a multiple of
+ * 64 (the 8-chunk swizzle and the ldmatrix offsets below work in groups of 64 elements): D 32 is laid
+ * out as 64, 80 and 96 as 128, 160 as 192, with the products running over the D real columns only and
+ * the padding never loaded or read. D above 128: one m-tile per warp (O alone is D / 2 registers a
+ * thread); D 256 with key tiles of 32 (128 KB of shared memory, within sm_80's 163 KB), D 160 and 192
+ * with 64 (144 KB). D 32, 80, 160 and 192 were shaped spill-free from ptxas -v (CUDA 13.0; the table per
+ * instantiation is in docs/gpu.md): D 32 with MT 2 at 2 blocks (185-225 registers; at 3 blocks, 168, it
+ * spilled 44 B); D 80 with MT 1 (176-194; MT 2 used 255 and spilled 8 B around the key loop). */
 template <int D> struct f16_cfg {
-    static constexpr int DP = D == 96 ? 128 : D;
-    static constexpr int MT = D == 256 ? 1 : QATTN_F16_MT;
+    static_assert(D % 16 == 0 && D >= 32 && D <= 256, "head dims are multiples of 16 in [32, 256]");
+    static constexpr int DP = (D + 63) / 64 * 64;
+    static constexpr int MT = D > 128 || D == 80 ? 1 : QATTN_F16_MT;
     static constexpr int BN = D == 256 ? 32 : 64;
     static constexpr int NWARPS = 8 / MT, NTHREADS = NWARPS * 32;
-    static constexpr int MIN_BLOCKS = D == 256 ? 1 : MT == 2 ? (DP == 128 ? 2 : 3) : (DP == 128 ? 1 : 2);
+    static constexpr int MIN_BLOCKS = D > 128 || D == 80 ? 1 : D == 32 ? 2 : MT == 2 ? (DP == 64 ? 3 : 2) : (DP == 64 ? 2 : 1);
     static constexpr int SMEM = (BM * DP + 4 * BN * DP) * 2;
 };
 
@@ -47,10 +53,11 @@ template <int DP> __device__ __forceinline__ uint32_t swz(uint32_t base, int r, 
 template <int D, int ROWS>
 __device__ __forceinline__ void load_tile(uint32_t sbase, const uint16_t *g, int64_t ld, int nvalid, int tid) {
     constexpr int CPR = D / 8, NT = f16_cfg<D>::NTHREADS; /* chunks per row */
-    static_assert(ROWS * CPR % NT == 0, "whole chunks per thread");
+    constexpr int N = ROWS * CPR, ITERS = (N + NT - 1) / NT; /* a ragged last round only where NT does not divide N */
 #pragma unroll
-    for (int i = 0; i < ROWS * CPR / NT; i++) {
+    for (int i = 0; i < ITERS; i++) {
         int idx = tid + i * NT;
+        if (N % NT != 0 && i == ITERS - 1 && idx >= N) break;
         int r = idx / CPR, c = idx % CPR;
         bool ok = r < nvalid;
         const uint16_t *src = ok ? g + (int64_t)r * ld + c * 8 : g;
@@ -91,7 +98,18 @@ __device__ __forceinline__ void store2(void *o, int dtype, int64_t idx, float x,
     }
 }
 
-template <int D, bool BF16>
+/* softcap * tanh(scale * s / softcap) in base-2 units (cin = scale / softcap, cout = softcap * log2(e)),
+ * tanh(y) = 1 - 2 / (e^(2y) + 1): absolute error a few FP32 ulps of 1 (ex2.approx, the approximate
+ * division), so the score's is a few ulps of softcap; |y| is clamped at 15 (tanh(15) is 1 in FP32) to
+ * keep e^(2y) finite; a NaN score stays NaN. */
+__device__ __forceinline__ float softcap_log2(float s, float cin, float cout) {
+    const float y = s * cin;
+    const float e = qattn_ex2(fminf(fmaxf(y, -15.f), 15.f) * 2.8853900817779268f);
+    const float t = 1.f - __fdividef(2.f, e + 1.f);
+    return y != y ? y : cout * t;
+}
+
+template <int D, bool BF16, bool MODS>
 __global__ void __launch_bounds__(f16_cfg<D>::NTHREADS, f16_cfg<D>::MIN_BLOCKS) fwd_f16_kernel(const qattn_cuda_args a) {
     constexpr int DP = f16_cfg<D>::DP, MT = f16_cfg<D>::MT, BN = f16_cfg<D>::BN;
     extern __shared__ __align__(128) unsigned char smem[];
@@ -125,6 +143,10 @@ __global__ void __launch_bounds__(f16_cfg<D>::NTHREADS, f16_cfg<D>::MIN_BLOCKS) 
     const int m0 = mblk * BM;
     if (m0 >= lq) return;
     const int mrows = min(BM, lq - m0);
+    /* MODS: scores become base-2 logits (softcap, then ALiBi) before the mask, so the softmax multiplies
+     * by 1 instead of scale * log2(e) and the LSE converts with ln 2. */
+    const float sl2 = MODS ? 1.f : a.scale_log2;
+    const float slope2 = MODS && a.alibi ? a.alibi[(int64_t)b * a.alibi_bs + h] * 1.4426950408889634f : 0.f;
 
     const uint16_t *qg = (const uint16_t *)a.q + qoff + (int64_t)h * a.q_hs + (int64_t)m0 * a.q_ss;
     const uint16_t *kg = (const uint16_t *)a.k + koff + (int64_t)hk * a.k_hs;
@@ -215,6 +237,22 @@ __global__ void __launch_bounds__(f16_cfg<D>::NTHREADS, f16_cfg<D>::MIN_BLOCKS) 
                     }
                 }
             }
+            if (MODS) { /* qattn.h: s = softcap * tanh(s / softcap), then s -= slope * |i + Lk - Lq - j| */
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                    for (int r = 0; r < 2; r++) {
+                        const int d0 = rw0 + 16 * mt + 8 * r + lk - lq - n0 - 2 * t4; /* i + Lk - Lq - j at column 0 */
+#pragma unroll
+                        for (int n = 0; n < BN / 8; n++)
+#pragma unroll
+                            for (int e = 0; e < 2; e++) {
+                                float x = s[mt][n][2 * r + e];
+                                x = a.softcap_out > 0.f ? softcap_log2(x, a.softcap_in, a.softcap_out) : x * a.scale_log2;
+                                s[mt][n][2 * r + e] = fmaf(-slope2, fabsf((float)(d0 - n * 8 - e)), x);
+                            }
+                    }
+            }
             /* Mask only the tiles some row of the block does not fully see. */
             if (!(n0 >= lo_last && n0 + BN <= hi_first)) {
 #pragma unroll
@@ -244,14 +282,14 @@ __global__ void __launch_bounds__(f16_cfg<D>::NTHREADS, f16_cfg<D>::MIN_BLOCKS) 
                     for (int n = 0; n < BN / 8; n++) m = fmaxf(m, fmaxf(s[mt][n][2 * r], s[mt][n][2 * r + 1]));
                     m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
                     m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-                    const float msc = m == -INFINITY ? 0.f : m * a.scale_log2;
-                    const float alpha = qattn_ex2(mx[mt][r] * a.scale_log2 - msc);
+                    const float msc = m == -INFINITY ? 0.f : m * sl2;
+                    const float alpha = qattn_ex2(mx[mt][r] * sl2 - msc);
                     mx[mt][r] = m;
                     float sum = 0.f;
 #pragma unroll
                     for (int n = 0; n < BN / 8; n++) {
-                        float p0 = qattn_ex2(fmaf(s[mt][n][2 * r], a.scale_log2, -msc));
-                        float p1 = qattn_ex2(fmaf(s[mt][n][2 * r + 1], a.scale_log2, -msc));
+                        float p0 = qattn_ex2(fmaf(s[mt][n][2 * r], sl2, -msc));
+                        float p1 = qattn_ex2(fmaf(s[mt][n][2 * r + 1], sl2, -msc));
                         pa[mt][n / 2][(n & 1) * 2 + r] = pack2<BF16>(p0, p1);
                         sum += p0 + p1;
                     }
@@ -298,36 +336,54 @@ __global__ void __launch_bounds__(f16_cfg<D>::NTHREADS, f16_cfg<D>::MIN_BLOCKS) 
 #pragma unroll
                 for (int i = 0; i < D / 8; i++) store2(ob, a.o_dtype, base + i * 8, o[mt][i][2 * r] * inv, o[mt][i][2 * r + 1] * inv);
                 if (a.lse && t4 == 0)
-                    a.lse[lse_off + row] = sum > 0.f ? mx[mt][r] * a.scale + logf(sum) : -INFINITY;
+                    a.lse[lse_off + row] = sum > 0.f ? mx[mt][r] * (MODS ? 0.6931471805599453f : a.scale) + logf(sum) : -INFINITY;
             }
         }
 }
 
-template <int D, bool BF16> cudaError_t launch(const qattn_cuda_args &a, cudaStream_t stream) {
+template <int D, bool BF16, bool MODS> cudaError_t launch(const qattn_cuda_args &a, cudaStream_t stream) {
     dim3 grid((unsigned)((a.lq + BM - 1) / BM), (unsigned)a.h, (unsigned)a.batch);
-    fwd_f16_kernel<D, BF16><<<grid, f16_cfg<D>::NTHREADS, f16_cfg<D>::SMEM, stream>>>(a);
+    fwd_f16_kernel<D, BF16, MODS><<<grid, f16_cfg<D>::NTHREADS, f16_cfg<D>::SMEM, stream>>>(a);
     return cudaGetLastError();
 }
 
+template <int D> cudaError_t launch_d(const qattn_cuda_args &a, int bf16, cudaStream_t stream) {
+    if (a.mods) return bf16 ? launch<D, true, true>(a, stream) : launch<D, false, true>(a, stream);
+    return bf16 ? launch<D, true, false>(a, stream) : launch<D, false, false>(a, stream);
+}
+
 template <int D> cudaError_t prepare() {
-    cudaError_t e = cudaFuncSetAttribute(fwd_f16_kernel<D, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, f16_cfg<D>::SMEM);
-    return e != cudaSuccess ? e : cudaFuncSetAttribute(fwd_f16_kernel<D, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, f16_cfg<D>::SMEM);
+    const void *k[4] = {(const void *)fwd_f16_kernel<D, false, false>, (const void *)fwd_f16_kernel<D, true, false>,
+                        (const void *)fwd_f16_kernel<D, false, true>, (const void *)fwd_f16_kernel<D, true, true>};
+    for (int i = 0; i < 4; i++) {
+        cudaError_t e = cudaFuncSetAttribute(k[i], cudaFuncAttributeMaxDynamicSharedMemorySize, f16_cfg<D>::SMEM);
+        if (e != cudaSuccess) return e;
+    }
+    return cudaSuccess;
 }
 
 } // namespace
 
+/* The head dims of qattn_cuda_f16_head_dim_ok (cuda_common.cuh). */
 cudaError_t qattn_cuda_prepare_f16(void) {
     cudaError_t e;
-    if ((e = prepare<64>()) != cudaSuccess || (e = prepare<96>()) != cudaSuccess || (e = prepare<128>()) != cudaSuccess) return e;
+    if ((e = prepare<32>()) != cudaSuccess || (e = prepare<64>()) != cudaSuccess || (e = prepare<80>()) != cudaSuccess ||
+        (e = prepare<96>()) != cudaSuccess || (e = prepare<128>()) != cudaSuccess || (e = prepare<160>()) != cudaSuccess ||
+        (e = prepare<192>()) != cudaSuccess)
+        return e;
     return prepare<256>();
 }
 
 cudaError_t qattn_cuda_launch_f16(const qattn_cuda_args &a, int bf16, cudaStream_t stream) {
     switch (a.d) {
-    case 64: return bf16 ? launch<64, true>(a, stream) : launch<64, false>(a, stream);
-    case 96: return bf16 ? launch<96, true>(a, stream) : launch<96, false>(a, stream);
-    case 128: return bf16 ? launch<128, true>(a, stream) : launch<128, false>(a, stream);
-    case 256: return bf16 ? launch<256, true>(a, stream) : launch<256, false>(a, stream);
+    case 32: return launch_d<32>(a, bf16, stream);
+    case 64: return launch_d<64>(a, bf16, stream);
+    case 80: return launch_d<80>(a, bf16, stream);
+    case 96: return launch_d<96>(a, bf16, stream);
+    case 128: return launch_d<128>(a, bf16, stream);
+    case 160: return launch_d<160>(a, bf16, stream);
+    case 192: return launch_d<192>(a, bf16, stream);
+    case 256: return launch_d<256>(a, bf16, stream);
     }
     return cudaErrorInvalidValue; /* qattn_cuda_supports rejects other head dims first */
 }

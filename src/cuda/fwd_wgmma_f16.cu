@@ -26,6 +26,7 @@
 #include <cuda_fp16.h>
 #include <cudaTypedefs.h>
 #include <math.h>
+#include <string.h>
 
 namespace {
 using namespace qattn_sm90;
@@ -44,7 +45,9 @@ template <int D> struct f16w_cfg {
     static constexpr int OFF_Q = 0, OFF_K = OFF_Q + NQ * QTILE, OFF_V = OFF_K + NST * KTILE;
     static constexpr int OFF_BAR = OFF_V + NST * KTILE;           /* K full[NST], K empty[NST], V full[NST], V empty[NST], Q full[NQ], Q empty[NQ] */
     static constexpr int OFF_ITEM = OFF_BAR + (4 * NST + 2 * NQ) * 8; /* the work_item of each Q buffer */
-    static constexpr int SMEM = OFF_ITEM + NQ * 32 + 1024;            /* + alignment slack of the dynamic base */
+    static constexpr int OFF_RING = OFF_ITEM + NQ * 32;                /* block-sparse: the key tile of each stage */
+    static constexpr int SMEM = OFF_RING + RING_BYTES + 1024;          /* + alignment slack of the dynamic base */
+    static_assert(OFF_RING % 8 == 0 && NST <= 4, "the block-sparse ring");
 };
 
 /* What a consumer thread needs of the item in hand: where its rows go, the key ranges of its two rows
@@ -281,19 +284,23 @@ __device__ __forceinline__ bool next_item(const qattn_cuda_args &a, const work_i
  * x rows x 1 with the 128-byte swizzle. D: the shared-memory layout's head dim; DV: the real one, less
  * at D 96 (laid out as 128: the boxes' columns past 96 arrive as zeros, so both products run over
  * zero padding, and only the 96 columns are stored). */
-template <int D, int DV, bool BF16>
+template <int D, int DV, bool BF16, bool BS>
 __global__ void __launch_bounds__(NTHREADS, 1)
     fwd_f16_wgmma_kernel(const __grid_constant__ qattn_cuda_args a, const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
-                         const __grid_constant__ CUtensorMap tm_v, int hg, int n_items) {
+                         const __grid_constant__ CUtensorMap tm_v, int hg, int n_items, const __grid_constant__ qattn_cuda_bmask bm) {
 #if defined(QATTN_F16W_OK)
     using C = f16w_cfg<D>;
     constexpr int BN = C::BN, NQ = C::NQ, NST = C::NST;
+    /* Block-sparse at D <= 128: the producer's mask walk spilled at 24 registers, the consumers fit in 232
+     * (128 x 32 + 256 x 232 <= 384 x 168); at D 256 the consumers need their 240 (ptxas -v, docs/gpu.md). */
+    constexpr int PROD_REGS = BS && D <= 128 ? 32 : 24, CONS_REGS = BS && D <= 128 ? 232 : 240;
     extern __shared__ unsigned char smem_raw[];
     const uint32_t sbase = (qattn_smem_u32(smem_raw) + 1023u) & ~1023u;
     unsigned char *smem = smem_raw + (sbase - qattn_smem_u32(smem_raw));
     const uint32_t bar_kfull = sbase + C::OFF_BAR, bar_kempty = bar_kfull + NST * 8, bar_vfull = bar_kempty + NST * 8, bar_vempty = bar_vfull + NST * 8;
     const uint32_t bar_qfull = bar_vempty + NST * 8, bar_qempty = bar_qfull + NQ * 8;
     work_item *slot = (work_item *)(smem + C::OFF_ITEM); /* the item in each Q buffer */
+    const uint32_t ring = sbase + C::OFF_RING;             /* BS: the key tile in each K stage */
 
     if (threadIdx.x == 0) {
         for (int s = 0; s < NST; s++) {
@@ -311,7 +318,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
     __syncthreads();
 
     if (threadIdx.x < 128) { /* producer warpgroup: one thread issues every copy */
-        setmaxnreg_dec<24>();
+        setmaxnreg_dec<PROD_REGS>();
         if (threadIdx.x == 0) {
             tma_prefetch_desc(&tm_q);
             tma_prefetch_desc(&tm_k);
@@ -328,10 +335,18 @@ __global__ void __launch_bounds__(NTHREADS, 1)
                     break;
                 }
                 const work_item w = decode_item<BM, BN>(a, item, hg);
-                slot[qb] = w;
+                int n_live = w.t_last - w.t_first;
+                if (BS) { /* the consumers count the live tiles [0, n_live) */
+                    n_live = bm_item_start<BN, PROD_REGS == 32 ? 4 : 1>(ring + RING_ROW, bm_row(bm, w), bm, w.t_first, w.t_last);
+                    work_item wc = w;
+                    wc.t_first = 0, wc.t_last = n_live;
+                    slot[qb] = wc;
+                } else {
+                    slot[qb] = w;
+                }
                 /* the block's next item, claimed now so that its index is known before this item's loads end */
                 const int next = gridDim.x + atomicAdd(a.sched, 1);
-                if (w.t_last > w.t_first) {
+                if (BS ? n_live > 0 : w.t_last > w.t_first) {
                     mbar_expect_tx(bar_qfull + 8 * qb, C::QTILE);
                     for (int c = 0; c < D / 64; c++)
                         tma_load_4d(sbase + C::OFF_Q + qb * C::QTILE + c * QHALF, &tm_q, c * HALF_COLS, w.h, w.m0, w.b, bar_qfull + 8 * qb);
@@ -339,8 +354,13 @@ __global__ void __launch_bounds__(NTHREADS, 1)
                     mbar_arrive(bar_qfull + 8 * qb);
                 }
                 for (int tt = w.t_first; tt < w.t_last; tt++, g++) {
+                    if (BS) { /* skip the tiles of zero mask blocks */
+                        tt = bm_next<BN>(ring + RING_ROW, bm, tt, w.t_last);
+                        if (tt == w.t_last) break;
+                    }
                     const int s = g % NST;
                     mbar_wait(bar_kempty + 8 * s, ((g / NST) & 1) ^ 1);
+                    if (BS) ring_write(ring + 4 * s, tt); /* before the arrive below */
                     mbar_expect_tx(bar_kfull + 8 * s, C::KTILE);
                     for (int c = 0; c < D / 64; c++)
                         tma_load_4d(sbase + C::OFF_K + s * C::KTILE + c * C::KHALF, &tm_k, c * HALF_COLS, w.hkv, tt * BN, w.b, bar_kfull + 8 * s);
@@ -365,7 +385,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
         }
         return;
     }
-    setmaxnreg_inc<240>();
+    setmaxnreg_inc<CONS_REGS>();
 
     const int wg = threadIdx.x / 128 - 1, tw = threadIdx.x % 128, warp = tw / 32, lane = tw % 32;
     const int t4 = lane % 4, roff = wg * 64 + warp * 16 + lane / 4; /* this thread's rows: m0 + roff, + 8 */
@@ -382,6 +402,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
      * item's first) with P V of the previous one. */
     int tt = cur.t_first, g = 0;
     mbar_wait(bar_kfull, 0);
+    int kt = BS ? ring_read(ring) : tt; /* the key tile (BS: tt counts the item's live tiles) */
     turn_begin(wg);
     issue_s<D, BF16>(si, sbase + C::OFF_Q + cur.qb * C::QTILE + wg * 64 * 128, sbase + C::OFF_K);
     turn_end(wg);
@@ -393,7 +414,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
     for (int i = 0; i < D / 2; i++) o[i] = 0.f;
     mx[0] = mx[1] = -INFINITY;
     l[0] = l[1] = 0.f;
-    softmax_step<BN>(si, tt * BN, cur, t4, sl2, mx, l, alpha);
+    softmax_step<BN>(si, kt * BN, cur, t4, sl2, mx, l, alpha);
     make_pa<BF16, BN>(si, pa);
     for (;;) {
         const int gp = g;
@@ -407,6 +428,8 @@ __global__ void __launch_bounds__(NTHREADS, 1)
         const int s = g % NST, sp = gp % NST;
         const uint32_t q_rows = sbase + C::OFF_Q + cur.qb * C::QTILE + wg * 64 * 128;
         mbar_wait(bar_kfull + 8 * s, (g / NST) & 1);
+        if (BS) kt = ring_read(ring + 4 * s);
+        else kt = tt;
         mbar_wait(bar_vfull + 8 * sp, (gp / NST) & 1);
         if (!crossed) {
             turn_begin(wg);
@@ -417,7 +440,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
             fence_regs<BN / 2>(si);
             mbar_arrive(bar_kempty + 8 * s);
             if (tt == cur.t_last - 1) mbar_arrive(bar_qempty + 8 * cur.qb);
-            softmax_step<BN>(si, tt * BN, cur, t4, sl2, mx, l, alpha);
+            softmax_step<BN>(si, kt * BN, cur, t4, sl2, mx, l, alpha);
             wg_wait<0>();
             fence_regs<D / 2>(o);
             fence_pa<BN>(pa);
@@ -447,7 +470,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
         /* Q is released as soon as the item's last S has read it (the next item may have no key, and the
          * one after it then needs this buffer before this step can end) */
         if (tt == cur.t_last - 1) mbar_arrive(bar_qempty + 8 * cur.qb);
-        softmax_step<BN>(si, tt * BN, cur, t4, sl2, mx, l, alpha);
+        softmax_step<BN>(si, kt * BN, cur, t4, sl2, mx, l, alpha);
         make_pa<BF16, BN>(si, pa);
     }
     /* Epilogue: the last P V, the last item's rows. */
@@ -516,15 +539,26 @@ int even_head_group(int hg, int64_t n_bh) {
 }
 
 template <int D, int DV> cudaError_t prepare() {
-    cudaError_t e = cudaFuncSetAttribute(fwd_f16_wgmma_kernel<D, DV, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, f16w_cfg<D>::SMEM);
-    return e != cudaSuccess ? e : cudaFuncSetAttribute(fwd_f16_wgmma_kernel<D, DV, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, f16w_cfg<D>::SMEM);
+    constexpr int SM = f16w_cfg<D>::SMEM;
+    cudaError_t e;
+    if ((e = cudaFuncSetAttribute(fwd_f16_wgmma_kernel<D, DV, false, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, SM)) != cudaSuccess ||
+        (e = cudaFuncSetAttribute(fwd_f16_wgmma_kernel<D, DV, true, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, SM)) != cudaSuccess ||
+        (e = cudaFuncSetAttribute(fwd_f16_wgmma_kernel<D, DV, false, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, SM)) != cudaSuccess)
+        return e;
+    return cudaFuncSetAttribute(fwd_f16_wgmma_kernel<D, DV, true, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, SM);
 }
 
 template <int D, int DV>
 void launch(const qattn_cuda_args &a, int bf16, const CUtensorMap &tq, const CUtensorMap &tk, const CUtensorMap &tv, int grid, int hg, int n_items,
-            cudaStream_t stream) {
-    if (bf16) fwd_f16_wgmma_kernel<D, DV, true><<<grid, NTHREADS, f16w_cfg<D>::SMEM, stream>>>(a, tq, tk, tv, hg, n_items);
-    else fwd_f16_wgmma_kernel<D, DV, false><<<grid, NTHREADS, f16w_cfg<D>::SMEM, stream>>>(a, tq, tk, tv, hg, n_items);
+            const qattn_cuda_bmask &bm, cudaStream_t stream) {
+    constexpr int SM = f16w_cfg<D>::SMEM;
+    if (bm.m) {
+        if (bf16) fwd_f16_wgmma_kernel<D, DV, true, true><<<grid, NTHREADS, SM, stream>>>(a, tq, tk, tv, hg, n_items, bm);
+        else fwd_f16_wgmma_kernel<D, DV, false, true><<<grid, NTHREADS, SM, stream>>>(a, tq, tk, tv, hg, n_items, bm);
+    } else if (bf16)
+        fwd_f16_wgmma_kernel<D, DV, true, false><<<grid, NTHREADS, SM, stream>>>(a, tq, tk, tv, hg, n_items, bm);
+    else
+        fwd_f16_wgmma_kernel<D, DV, false, false><<<grid, NTHREADS, SM, stream>>>(a, tq, tk, tv, hg, n_items, bm);
 }
 
 } // namespace
@@ -535,7 +569,7 @@ cudaError_t qattn_cuda_prepare_f16_wgmma(void) {
     return prepare<256, 256>();
 }
 
-cudaError_t qattn_cuda_launch_f16_wgmma(const qattn_cuda_args &a, int bf16, cudaStream_t stream) {
+cudaError_t qattn_cuda_launch_f16_wgmma(const qattn_cuda_args &a, int bf16, cudaStream_t stream, const qattn_cuda_bmask *bmp) {
     if ((a.d != 64 && a.d != 96 && a.d != 128 && a.d != 256) || a.n_sm < 1 || a.cu_q || a.lq < 1 || a.lk < 1 || a.batch < 1) return cudaErrorNotSupported;
     const int64_t n_mblk = (a.lq + BM - 1) / BM, n_bh = (int64_t)a.batch * a.h, n_items = n_mblk * n_bh;
     if (n_items > INT32_MAX / 2) return cudaErrorNotSupported;
@@ -548,11 +582,17 @@ cudaError_t qattn_cuda_launch_f16_wgmma(const qattn_cuda_args &a, int bf16, cuda
     const int grid = (int)(n_items < a.n_sm ? n_items : a.n_sm);
     int hg = qattn_sm90_head_group(n_mblk, n_bh, grid);
     if (a.wl >= 0 || a.wr >= 0) hg = even_head_group(hg, n_bh);
+    qattn_cuda_bmask bm;
+    memset(&bm, 0, sizeof bm);
+    if (bmp && bmp->m) {
+        if (bmp->bq % BM != 0 || bmp->bk % bn != 0) return cudaErrorInvalidValue; /* the backend refuses these first */
+        bm = *bmp;
+    }
     switch (a.d) {
-    case 64: launch<64, 64>(a, bf16, tq, tk, tv, grid, hg, (int)n_items, stream); break;
-    case 96: launch<128, 96>(a, bf16, tq, tk, tv, grid, hg, (int)n_items, stream); break;
-    case 128: launch<128, 128>(a, bf16, tq, tk, tv, grid, hg, (int)n_items, stream); break;
-    default: launch<256, 256>(a, bf16, tq, tk, tv, grid, hg, (int)n_items, stream);
+    case 64: launch<64, 64>(a, bf16, tq, tk, tv, grid, hg, (int)n_items, bm, stream); break;
+    case 96: launch<128, 96>(a, bf16, tq, tk, tv, grid, hg, (int)n_items, bm, stream); break;
+    case 128: launch<128, 128>(a, bf16, tq, tk, tv, grid, hg, (int)n_items, bm, stream); break;
+    default: launch<256, 256>(a, bf16, tq, tk, tv, grid, hg, (int)n_items, bm, stream);
     }
     return cudaGetLastError();
 }

@@ -25,6 +25,7 @@
 #include "i8_rows.cuh"
 
 #include <math.h>
+#include <string.h>
 
 namespace {
 using namespace qattn_sm90;
@@ -47,7 +48,9 @@ constexpr int OFF_SV = OFF_SK + NST * BN * 4;
 constexpr int OFF_SQ = OFF_SV + NST * D * 4;      /* the Q rows' scales, per Q buffer */
 constexpr int OFF_BAR = OFF_SQ + 2 * BM * 4;       /* full[NST], empty[NST], Q full[2], Q empty[2] */
 constexpr int OFF_ITEM = OFF_BAR + (2 * NST + 4) * 8; /* the work_item of each Q buffer */
-constexpr int SMEM = OFF_ITEM + 2 * 32 + 1024;       /* + alignment slack of the dynamic base */
+constexpr int OFF_RING = OFF_ITEM + 2 * 32;          /* block-sparse: the key tile of each stage */
+constexpr int SMEM = OFF_RING + RING_BYTES + 1024;   /* + alignment slack of the dynamic base */
+static_assert(OFF_RING % 8 == 0 && NST <= 4, "the block-sparse ring");
 
 /* What a consumer thread needs of the item in hand: where its rows go, their row factors, the key
  * ranges of its two rows and of its warpgroup's rows (masks), the item's key tiles and Q buffer. */
@@ -260,13 +263,16 @@ __device__ __forceinline__ bool next_item(const qattn_cuda_args &a, const work_i
  * first S of the next, storing the finished rows while that S runs. Against one block per item this
  * removes the per-block start and end (launch, barrier setup, the first loads, a first S and a last P V
  * that overlap nothing): measured +4-5% at L 4k and 16k, +8% at 1k (H200, docs/notes/gpu_history.md round 5). */
-__global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_constant__ qattn_cuda_args a, int hg, int n_items) {
+template <bool BS>
+__global__ void __launch_bounds__(NTHREADS, 1)
+    fwd_i8_wgmma_kernel(const __grid_constant__ qattn_cuda_args a, int hg, int n_items, const __grid_constant__ qattn_cuda_bmask bm) {
 #if defined(QATTN_WGMMA_OK)
     extern __shared__ unsigned char smem_raw[];
     const uint32_t sbase = (qattn_smem_u32(smem_raw) + 1023u) & ~1023u;
     unsigned char *smem = smem_raw + (sbase - qattn_smem_u32(smem_raw));
     const uint32_t bar_full = sbase + OFF_BAR, bar_empty = bar_full + NST * 8, bar_qfull = bar_empty + NST * 8, bar_qempty = bar_qfull + 16;
     work_item *slot = (work_item *)(smem + OFF_ITEM); /* the item in each Q buffer */
+    const uint32_t ring = sbase + OFF_RING;           /* BS: the key tile in each stage */
     const int64_t ntile_all = a.lk_pad / BN;
 
     if (threadIdx.x == 0) {
@@ -283,7 +289,7 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
     __syncthreads();
 
     if (threadIdx.x < 128) { /* producer warpgroup: one thread issues every copy */
-        setmaxnreg_dec<24>();
+        setmaxnreg_dec<24>(); /* BS too: with 32 / 232 the consumers spilled (ptxas -v) */
         if (threadIdx.x == 0) {
             int item = blockIdx.x, it = 0;
             for (int j = 0;; j++) {
@@ -296,8 +302,16 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
                 }
                 const work_item w = decode_item<BM, BN>(a, item, hg);
                 const int64_t bhk = (int64_t)w.b * a.hk + w.hkv;
-                slot[qb] = w;
-                if (w.t_last > w.t_first) {
+                int n_live = 0;
+                if (BS) { /* the consumers count the live tiles [0, n_live) */
+                    n_live = bm_item_start<BN, 1>(ring + RING_ROW, bm_row(bm, w), bm, w.t_first, w.t_last);
+                    work_item wc = w;
+                    wc.t_first = 0, wc.t_last = n_live;
+                    slot[qb] = wc;
+                } else {
+                    slot[qb] = w;
+                }
+                if (BS ? n_live > 0 : w.t_last > w.t_first) {
                     /* Q and its rows' scales (lq_pad is a multiple of BM: both copies are whole and aligned) */
                     const int64_t row = ((int64_t)w.b * a.h + w.h) * a.lq_pad + w.m0;
                     mbar_expect_tx(bar_qfull + 8 * qb, BM * D + BM * 4);
@@ -307,8 +321,13 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
                     mbar_arrive(bar_qfull + 8 * qb);
                 }
                 for (int tt = w.t_first; tt < w.t_last; tt++, it++) {
+                    if (BS) { /* skip the tiles of zero mask blocks */
+                        tt = bm_next<BN>(ring + RING_ROW, bm, tt, w.t_last);
+                        if (tt == w.t_last) break;
+                    }
                     const int s = it % NST;
                     mbar_wait(bar_empty + 8 * s, ((it / NST) & 1) ^ 1);
+                    if (BS) ring_write(ring + 4 * s, tt); /* before the arrive below */
                     mbar_expect_tx(bar_full + 8 * s, 2 * TILE + BN * 4 + D * 4);
                     bulk_g2s(sbase + OFF_K + s * TILE, a.ki + (bhk * a.lk_pad + (int64_t)tt * BN) * D, TILE, bar_full + 8 * s);
                     bulk_g2s(sbase + OFF_V + s * TILE, a.vt + (bhk * ntile_all + tt) * TILE, TILE, bar_full + 8 * s);
@@ -345,13 +364,14 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
      * previous item's rows when the step crossed into a new item, and makes P of the new tile. */
     int tt = cur.t_first, it = 0;
     mbar_wait(bar_full, 0);
+    int kt = BS ? ring_read(ring) : tt; /* the key tile (BS: tt counts the item's live tiles) */
     turn_begin(wg);
     issue_s(si, desc_sw128(sbase + OFF_Q + cur.qb * BM * D + wg * 64 * D), sbase + OFF_K);
     turn_end(wg);
     wg_wait<0>();
     fence64(si);
     if (tt == cur.t_last - 1) mbar_arrive(bar_qempty + 8 * cur.qb); /* the item's last S has read its Q */
-    softmax_step(si, (const float *)(smem + OFF_SK), tt * BN, cur, t4, mx, l, alpha_p, beta_p, rescale_p, pa);
+    softmax_step(si, (const float *)(smem + OFF_SK), kt * BN, cur, t4, mx, l, alpha_p, beta_p, rescale_p, pa);
     for (;;) {
         const int s_prev = it % NST;
         item_rows prev = cur;
@@ -363,6 +383,8 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
         it++;
         const int s = it % NST;
         mbar_wait(bar_full + 8 * s, (it / NST) & 1);
+        if (BS) kt = ring_read(ring + 4 * s);
+        else kt = tt;
         turn_begin(wg);
         issue_pv(pv, pa, sbase + OFF_V + s_prev * TILE);
         issue_s(si, desc_sw128(sbase + OFF_Q + cur.qb * BM * D + wg * 64 * D), sbase + OFF_K + s * TILE);
@@ -381,10 +403,10 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
             if (tt == cur.t_last - 1) mbar_arrive(bar_qempty + 8 * cur.qb);
             if (rescale_p) {
                 o_update(o, pv, svt, t4, alpha_p, beta_p, true);
-                softmax_step(si, skt, tt * BN, cur, t4, mx, l, alpha_p, beta_p, rescale_p, pa);
+                softmax_step(si, skt, kt * BN, cur, t4, mx, l, alpha_p, beta_p, rescale_p, pa);
             } else {
                 o_update(o, pv, svt, t4, alpha_p, beta_p, false);
-                softmax_step(si, skt, tt * BN, cur, t4, mx, l, alpha_p, beta_p, rescale_p, pa);
+                softmax_step(si, skt, kt * BN, cur, t4, mx, l, alpha_p, beta_p, rescale_p, pa);
             }
             mbar_arrive(bar_empty + 8 * s_prev);
             continue;
@@ -406,7 +428,7 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
         /* Q is released as soon as the item's last S has read it, not when its rows are stored: the next
          * item may have no key, and the one after it then needs this buffer before this step can end */
         if (tt == cur.t_last - 1) mbar_arrive(bar_qempty + 8 * cur.qb);
-        softmax_step(si, skt, tt * BN, cur, t4, mx, l, alpha_p, beta_p, rescale_p, pa);
+        softmax_step(si, skt, kt * BN, cur, t4, mx, l, alpha_p, beta_p, rescale_p, pa);
     }
     /* Epilogue: the last P V, the last item's rows. */
     {
@@ -431,14 +453,23 @@ __global__ void __launch_bounds__(NTHREADS, 1) fwd_i8_wgmma_kernel(const __grid_
 } // namespace
 
 cudaError_t qattn_cuda_prepare_i8_wgmma(void) {
-    return cudaFuncSetAttribute(fwd_i8_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM);
+    cudaError_t e = cudaFuncSetAttribute(fwd_i8_wgmma_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM);
+    return e != cudaSuccess ? e : cudaFuncSetAttribute(fwd_i8_wgmma_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM);
 }
 
-cudaError_t qattn_cuda_launch_i8_wgmma(const qattn_cuda_args &a, cudaStream_t stream) {
+cudaError_t qattn_cuda_launch_i8_wgmma(const qattn_cuda_args &a, cudaStream_t stream, const qattn_cuda_bmask *bmp) {
     if (a.d != D || a.n_sm < 1) return cudaErrorInvalidValue;
     const int64_t n_mblk = (a.lq + BM - 1) / BM, n_bh = (int64_t)a.batch * a.h, n_items = n_mblk * n_bh;
     if (n_items > INT32_MAX / 2) return cudaErrorInvalidValue;
     const int grid = (int)(n_items < a.n_sm ? n_items : a.n_sm);
-    fwd_i8_wgmma_kernel<<<grid, NTHREADS, SMEM, stream>>>(a, qattn_sm90_head_group(n_mblk, n_bh, grid), (int)n_items);
+    const int hg = qattn_sm90_head_group(n_mblk, n_bh, grid);
+    if (bmp && bmp->m) {
+        if (bmp->bq % BM != 0 || bmp->bk % BN != 0) return cudaErrorInvalidValue; /* the backend refuses these first */
+        fwd_i8_wgmma_kernel<true><<<grid, NTHREADS, SMEM, stream>>>(a, hg, (int)n_items, *bmp);
+    } else {
+        qattn_cuda_bmask none;
+        memset(&none, 0, sizeof none);
+        fwd_i8_wgmma_kernel<false><<<grid, NTHREADS, SMEM, stream>>>(a, hg, (int)n_items, none);
+    }
     return cudaGetLastError();
 }

@@ -12,6 +12,8 @@
 #endif
 
 namespace qattn_sm90 {
+/* Block-sparse kernels' shared ring (see bm_row): NST <= 4 key tile indices, then the mask row pointer. */
+constexpr int RING_ROW = 16, RING_BYTES = 24; /* + the row pointer (bm_item_start) */
 #if defined(QATTN_SM90A_DEVICE)
 
 __device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
@@ -105,6 +107,46 @@ template <int BM, int BN> __device__ __forceinline__ work_item decode_item(const
     w.t_last = hi_last > lo_first ? (hi_last + BN - 1) / BN : w.t_first;
     return w;
 }
+
+/* Block-sparse items (qattn_cuda_bmask; the kernels' BS instantiations). The item's BM rows lie in one
+ * query block of the mask (bq % BM == 0) and each key tile of BN in one key block (bk % BN == 0), so a tile
+ * is either skipped whole or computed with the dense masks only. The producer counts the item's live tiles
+ * (the consumers see the count as [0, n)) and writes each live tile's index into a ring of NST ints next to
+ * its stage, before the arrive that completes the stage's barrier, so a consumer reads it after its wait.
+ * The ring is NST ints, then (8-byte aligned, at +RING_ROW) the item's mask row pointer. */
+__device__ __forceinline__ const uint8_t *bm_row(const qattn_cuda_bmask &bm, const work_item &w) {
+    return bm.m + (int64_t)w.b * bm.bs + (int64_t)w.h * bm.hs + (int64_t)(w.m0 / bm.bq) * bm.rs;
+}
+/* At an item's start: counts the live tiles of [t_first, t_last) and stores the row pointer at ring +
+ * RING_ROW. One division, then the key block advances with the tiles. UNROLL 4 lets the byte loads
+ * overlap (the count delays the item's first loads); with 24 producer registers it spills: 1 there. */
+template <int BN, int UNROLL>
+__device__ __forceinline__ int bm_item_start(uint32_t ra, const uint8_t *row, const qattn_cuda_bmask &bm, int t_first, int t_last) {
+    int n = 0, kb = (t_first * BN) / bm.bk, off = t_first * BN - kb * bm.bk;
+#pragma unroll UNROLL
+    for (int tt = t_first; tt < t_last; tt++) {
+        n += row[kb] != 0;
+        off += BN;
+        if (off >= bm.bk) off -= bm.bk, kb++;
+    }
+    asm volatile("st.shared.b64 [%0], %1;\n" ::"r"(ra), "l"((uint64_t)row) : "memory");
+    return n;
+}
+/* The first live tile in [tt, t_last), t_last if none (the row pointer from shared memory: held in a
+ * register across the producer's loop it spilled). */
+template <int BN> __device__ __forceinline__ int bm_next(uint32_t ra, const qattn_cuda_bmask &bm, int tt, int t_last) {
+    uint64_t row;
+    asm volatile("ld.shared.b64 %0, [%1];\n" : "=l"(row) : "r"(ra) : "memory");
+#pragma unroll 1
+    while (tt < t_last && ((const uint8_t *)row)[(tt * BN) / bm.bk] == 0) tt++;
+    return tt;
+}
+__device__ __forceinline__ int ring_read(uint32_t addr) {
+    int v;
+    asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
+    return v;
+}
+__device__ __forceinline__ void ring_write(uint32_t addr, int v) { asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory"); }
 
 /* Rows of an item that see no key: zeros, LSE -inf (the rule of qattn.h). Zero has the same bits in
  * every output dtype; rows are 16-byte aligned (the backend's rule), so the quad writes 16-byte chunks.

@@ -991,8 +991,8 @@ void qattn_cuda_release_kvd(qattn_kvd_state *s) {
     memset(s, 0, sizeof *s);
 }
 
-extern "C" qattn_status qattn_kv_decode_cuda(qattn_ctx *ctx, const qattn_kv_cache *c, const qattn_kv_device_cache *dev,
-                                             const qattn_decode_params *dp) {
+qattn_status qattn_cuda_kv_decode(qattn_ctx *ctx, qattn_kvd_state *ks, const qattn_kv_cache *c, const qattn_kv_device_cache *dev,
+                                  const qattn_decode_params *dp) {
     if (!ctx) return QATTN_ERR_NULL_POINTER;
     if (!c || !dev || !dp)
         return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "qattn_kv_decode_cuda: %s is NULL", !c ? "cache" : !dev ? "device cache" : "params");
@@ -1036,7 +1036,6 @@ extern "C" qattn_status qattn_kv_decode_cuda(qattn_ctx *ctx, const qattn_kv_cach
                               (long long)c->seq_len[id], dp->seqlen_q);
         if (c->seq_len[id] > max_len) max_len = c->seq_len[id];
     }
-    qattn_kvd_state *ks = qattn_cuda_kvd_state(ctx);
     if (!ks) return qattn_fail(ctx, QATTN_ERR_BACKEND, "qattn_kv_decode_cuda: the context has no CUDA state");
     qattn_device_guard guard(ctx->cuda_device);
     if (guard.err != cudaSuccess) return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaSetDevice(%d): %s", ctx->cuda_device, cudaGetErrorString(guard.err));

@@ -1,15 +1,16 @@
 /* The GPU decode's per-context state (src/cuda/kv_decode.cu), held inside the CUDA backend's state
  * (backend.cu: cuda_state.kvd). Filled once by qattn_cuda_prepare_kvd when the context is created,
- * so the hot path makes no device query; the split scratch is cached here (see kv_decode.cu). */
+ * so the hot path makes no device query; the split scratch is cached here (see kv_decode.cu).
+ * backend.cu hands it to the decode (qattn_cuda_kv_decode), which never reaches into the backend. */
 #ifndef QATTN_CUDA_KV_DECODE_CUH
 #define QATTN_CUDA_KV_DECODE_CUH
 
 #include <cuda_runtime.h>
 #include <stddef.h>
 
-#include "cuda_common.cuh"
+#include "qattn.h"
 
-struct qattn_ctx;
+#include "cuda_common.cuh"
 
 /* Split-kernel instances with a residency slot: kvd_mma<D 64|128, R8 1|2> (4) and
  * kvd_split2<D 64|128, DT 0|1|2, M 1|2|4> (18); the index is kvd_slot() in kv_decode.cu. */
@@ -32,7 +33,9 @@ struct qattn_kvd_state {
 cudaError_t qattn_cuda_prepare_kvd(qattn_kvd_state *s, int sm_count);
 /* With the context's device current: free the scratch and the event (synchronises the device). */
 void qattn_cuda_release_kvd(qattn_kvd_state *s);
-/* ctx's decode state (backend.cu), or NULL when ctx has no CUDA state. */
-qattn_kvd_state *qattn_cuda_kvd_state(qattn_ctx *ctx);
+/* qattn_kv_decode_cuda (include/qattn.h) with ctx's decode state ks, which backend.cu passes
+ * (NULL when ctx has no CUDA state: refused after the arguments are checked). */
+qattn_status qattn_cuda_kv_decode(qattn_ctx *ctx, qattn_kvd_state *ks, const qattn_kv_cache *c, const qattn_kv_device_cache *dev,
+                                  const qattn_decode_params *dp);
 
 #endif

@@ -214,7 +214,7 @@ typedef struct qattn_qk_refine {
     float *sigma;          /* [B][HK]: the predicted logit noise, or NULL */
 } qattn_qk_refine;
 
-/* The configuration of a named scheme (qattn_int8_scheme). */
+/* The configuration of a named scheme (qattn_int8_scheme), src/cpu/lowp_schemes.c. */
 void qattn_lowp_scheme_cfg(int32_t scheme, qattn_lowp_cfg *cfg);
 /* The configuration of precision INT4 (src/cpu/lowp_int4.c, docs/FORMAT.md section 8): the default
  * scheme with 4-bit Q and K codes. */
@@ -260,6 +260,10 @@ static inline int64_t qattn_scale_index(int32_t gran, int32_t block, int64_t b, 
 
 /* Validation shared by the public functions: which, granularity and block size. */
 qattn_status qattn_quant_check_tensor(qattn_ctx *ctx, int32_t which, int32_t granularity, int32_t block_size);
+/* qattn_forward_quantized's checks of its int8 inputs (p: the call's params carrying qi's data and
+ * strides, validated; p_mode: the scheme's): each tensor's layout and arrays, the granularities the
+ * integer products accept, finite scales and means. */
+qattn_status qattn_check_int8_inputs(qattn_ctx *ctx, const qattn_params *p, const qattn_int8_inputs *qi, int32_t p_mode);
 /* Quantize one tensor of p without re-validating p (threads over (sequence, head)). */
 qattn_status qattn_quantize_tensor(qattn_ctx *ctx, const qattn_params *p, int32_t which, qattn_int8_tensor *t);
 /* The same with codes in [-code_max, code_max] (1 <= code_max <= 127; scale = amax / code_max):
@@ -291,7 +295,10 @@ qattn_status qattn_quantize_qk_smoothed(qattn_ctx *ctx, const qattn_params *p, i
  * Walsh-Hadamard butterfly (stages len = 1, 2, 4, .., n/2; pairs (k, k + len): y[k] = a + c,
  * y[k + len] = a - c); returns max |y|. H H = n I: the default scheme rotates Q and K rows with
  * pre = 1/n (so no value grows: |H(y / n)| <= max |y|) and multiplies Q's scales by n. */
-int qattn_rotate_block(int d);
+static inline int qattn_rotate_block(int d) {
+    int n = d & -d; /* the largest power of two dividing d */
+    return n > 128 ? 128 : n;
+}
 float qattn_rotate_row(float *y, int d, float pre);
 /* The factor exponent for channel ranges qa (Q, over the group's heads) and ka (K about its mean):
  * e = ceil(ilogb(ka / qa) / 2) (round(log2(ka / qa) / 2) to within one half), 0 when either is 0

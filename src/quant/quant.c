@@ -1,7 +1,8 @@
 /* Token-level symmetric INT8 quantization of Q, K, V (docs/FORMAT.md): per token, per block of
  * tokens, per head or per channel, with optional smoothing (mean over tokens subtracted), its
  * inverse, the default scheme's joint Q/K channel transforms (power-of-two smoothing factors and
- * a block Hadamard rotation, docs/FORMAT.md section 7), and the pre-quantized forward entry point.
+ * a block Hadamard rotation, docs/FORMAT.md section 7), and the checks of the pre-quantized
+ * forward's int8 inputs (its entry point, qattn_forward_quantized, is in src/api.c).
  * Work is split over (sequence, head) or (sequence, positions), each task independent, so results
  * do not depend on the thread count. */
 #include "quant/lowp.h"
@@ -236,11 +237,6 @@ static void quant_task(void *arg, int64_t task, int worker) {
  * head in the chunk. */
 #define QCHUNK 32
 #define QUANT_HGROUP 8
-
-int qattn_rotate_block(int d) {
-    int n = d & -d; /* the largest power of two dividing d */
-    return n > 128 ? 128 : n;
-}
 
 /* The 8-point butterfly of stages len = 1, 2, 4 on y[0..8), in the stage order of the definition. */
 static inline void fwht8(float *y) {
@@ -772,41 +768,24 @@ static qattn_status check_scales(qattn_ctx *ctx, const qattn_params *p, int32_t 
     return QATTN_OK;
 }
 
-qattn_status qattn_forward_quantized(qattn_ctx *ctx, const qattn_params *p, const qattn_int8_inputs *qi) {
-    if (!ctx) return QATTN_ERR_NULL_POINTER;
-    ctx->last_error[0] = '\0';
-    if (!p) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "params is NULL");
-    if (!qi) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "qi (the int8 inputs) is NULL");
-    if (ctx->backend != QATTN_BACKEND_CPU)
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "qattn_forward_quantized runs on the CPU backend only in this build");
-    qattn_params pc = *p;
-    pc.q = qi->q.data, pc.k = qi->k.data, pc.v = qi->v.data;
-    pc.q_batch_stride = qi->q.batch_stride, pc.q_seq_stride = qi->q.seq_stride, pc.q_head_stride = qi->q.head_stride;
-    pc.k_batch_stride = qi->k.batch_stride, pc.k_seq_stride = qi->k.seq_stride, pc.k_head_stride = qi->k.head_stride;
-    pc.v_batch_stride = qi->v.batch_stride, pc.v_seq_stride = qi->v.seq_stride, pc.v_head_stride = qi->v.head_stride;
-    pc.qkv_dtype = QATTN_DTYPE_F32; /* element strides are dtype-independent; validation only */
-    pc.precision = QATTN_PRECISION_INT8;
-    qattn_status s = qattn_validate(ctx, &pc, true);
-    if (s == QATTN_OK) s = qattn_check_params_disjoint(ctx, &pc, 1); /* int8 codes: one byte each */
-    if (s != QATTN_OK || pc.batch == 0) return s;
+qattn_status qattn_check_int8_inputs(qattn_ctx *ctx, const qattn_params *p, const qattn_int8_inputs *qi, int32_t p_mode) {
+    qattn_status s;
     const qattn_int8_tensor *ts[3] = {&qi->q, &qi->k, &qi->v};
     for (int32_t w = 0; w < 3; w++) {
-        s = check_int8_tensor(ctx, &pc, w, ts[w], true);
+        s = check_int8_tensor(ctx, p, w, ts[w], true);
         if (s != QATTN_OK) return s;
     }
-    qattn_lowp_cfg cfg;
-    qattn_lowp_scheme_cfg(p->int8_scheme, &cfg);
     if (qi->q.granularity == QATTN_QUANT_PER_CHANNEL || qi->k.granularity == QATTN_QUANT_PER_CHANNEL)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "q and k scales cannot be PER_CHANNEL: integer Q K^T sums over channels");
     if (qi->q.mean)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "q smoothing (q.mean) would change the softmax; give q.mean = NULL");
-    if (cfg.p_mode != QATTN_P_FP32 && cfg.p_mode != QATTN_P_U8_VSCALED && qi->v.granularity != QATTN_QUANT_PER_HEAD &&
+    if (p_mode != QATTN_P_FP32 && p_mode != QATTN_P_U8_VSCALED && qi->v.granularity != QATTN_QUANT_PER_HEAD &&
         qi->v.granularity != QATTN_QUANT_PER_CHANNEL)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED,
                           "v scales must be PER_HEAD or PER_CHANNEL for integer P V (scheme sage accepts any v granularity)");
     for (int32_t w = 0; w < 3; w++) {
-        s = check_scales(ctx, &pc, w, ts[w]);
+        s = check_scales(ctx, p, w, ts[w]);
         if (s != QATTN_OK) return s;
     }
-    return qattn_lowp_run_quantized(ctx, &pc, qi, cfg.p_mode, NULL, NULL, p->workspace, p->workspace_size);
+    return QATTN_OK;
 }

@@ -1,8 +1,11 @@
 /* GPU correctness test for the CUDA backend: every case runs qattn_forward on the device with
  * poisoned outputs (NaN bit patterns) and compares the whole output and LSE with the FP64
  * oracle (qattn_oracle_f64) on the same f16/bf16 inputs. Exits 77 (skip) without a device.
- * With --int8 it also checks the quantization pass bitwise against the CPU's (check_i8_quant).
- * CTest runs it as gpu_forward and gpu_forward_int8 (label gpu; skipped without a device). Usage: qattn_gpu_test [--small] [--int8] [--mma | --alt]
+ * With --int8 it also checks the quantization pass bitwise against the CPU's (check_i8_quant). Head dims 32, 64,
+ * 80, 96, 128, 160, 192, 256 and softcap / ALiBi run at FP16/BF16; the INT8 run checks that what its path
+ * lacks (other head dims than 64 and 128, varlen, softcap, ALiBi) is refused.
+ * CTest runs it as gpu_forward and gpu_forward_int8 (label gpu; skipped without a device). Usage: qattn_gpu_test [--small] [--int8] [--bs] [--mma | --alt]
+ *   --bs: block-sparse cases instead (block_mask; with --int8 at precision INT8).
  *   --small: a handful of small cases (for compute-sanitizer memcheck / racecheck).
  *   --mma: the mma.sync kernels only (what sm_80 runs); --alt: FP16/BF16 cases also run on the mma.sync
  *   kernel and the two outputs are compared (the INT8 run always does this). */
@@ -31,13 +34,26 @@ typedef struct tcase {
     int varlen;        /* 1: cu_seqlens with lengths from lens_q/lens_k */
     int kv_pad;        /* extra heads in the K/V cache (strided views) */
     int lens_q[4], lens_k[4];
+    /* block-sparse (--bs): bq > 0 gives a block mask of bq x bk blocks, kind BM_*, density pct (BM_RANDOM*) */
+    int bq, bk, bm_kind, bm_pct;
+    float softcap;     /* 0 = off */
+    int alibi;         /* 0 none, 1 slopes [H] (ALiBi's geometric 2^(-8 (h + 1) / H)), 2 [B, H] (random in [0, 0.3), rows H + 3 apart) */
 } tcase;
 
+enum { BM_RANDOM = 1, BM_ZERO, BM_ONES, BM_RANDOM_SHARED_EMPTY, BM_WINDOW_GLOBAL };
+
 static void describe(const tcase *c, char *buf, size_t n) {
-    snprintf(buf, n, "b%d lq%d lk%d h%d hk%d d%d causal%d win(%d,%d) %s->%s prec%d%s%s", c->b, c->lq, c->lk, c->h, c->hk, c->d, c->causal,
-             c->wl, c->wr, c->dtype == QATTN_DTYPE_BF16 ? "bf16" : "f16",
-             c->odtype == QATTN_DTYPE_F32 ? "f32" : c->odtype == QATTN_DTYPE_BF16 ? "bf16" : "f16", c->precision, c->varlen ? " varlen" : "",
-             c->kv_pad ? " kv-strided" : "");
+    char mods[48] = "";
+    if (c->softcap > 0.0f) snprintf(mods, sizeof mods, " softcap%g", (double)c->softcap);
+    if (c->alibi) snprintf(mods + strlen(mods), sizeof mods - strlen(mods), " alibi%s", c->alibi == 1 ? "[H]" : "[B,H]");
+    int k = snprintf(buf, n, "b%d lq%d lk%d h%d hk%d d%d causal%d win(%d,%d) %s->%s prec%d%s%s%s", c->b, c->lq, c->lk, c->h, c->hk, c->d, c->causal,
+                     c->wl, c->wr, c->dtype == QATTN_DTYPE_BF16 ? "bf16" : "f16",
+                     c->odtype == QATTN_DTYPE_F32 ? "f32" : c->odtype == QATTN_DTYPE_BF16 ? "bf16" : "f16", c->precision, c->varlen ? " varlen" : "",
+                     c->kv_pad ? " kv-strided" : "", mods);
+    static const char *kinds[] = {"", "random", "zero", "ones", "random-shared-emptyrows", "window+global"};
+    if (c->bq > 0 && k > 0 && (size_t)k < n)
+        snprintf(buf + k, n - (size_t)k, " bm%dx%d %s%s%d%%", c->bq, c->bk, kinds[c->bm_kind], c->bm_kind == BM_RANDOM || c->bm_kind == BM_RANDOM_SHARED_EMPTY ? " " : " ~",
+                 c->bm_pct);
 }
 
 static uint64_t rng = 88172645463325252ull;
@@ -276,11 +292,42 @@ static int run_case(qattn_ctx *gpu, qattn_ctx *gpu_alt, qattn_ctx *cpu, const tc
     CK(cudaMemcpy(dv, hv, nk * 2, cudaMemcpyHostToDevice));
     CK(cudaMemset(dout, 0xff, nq * osz)); /* NaN in every output dtype */
     CK(cudaMemset(dlse, 0xff, nlse * 4));
+    float *hslopes = NULL, *dslopes = NULL;
+    const int64_t slope_bs = c->alibi == 2 ? c->h + 3 : 0;
+    if (c->alibi) {
+        const size_t ns = c->alibi == 2 ? (size_t)c->b * (size_t)slope_bs : (size_t)c->h;
+        hslopes = malloc(ns * 4);
+        for (size_t i = 0; i < ns; i++) hslopes[i] = c->alibi == 1 ? exp2f(-8.0f * (float)(i + 1) / (float)c->h) : (float)(urand() * 0.3);
+        CK(cudaMalloc((void **)&dslopes, ns * 4));
+        CK(cudaMemcpy(dslopes, hslopes, ns * 4, cudaMemcpyHostToDevice));
+    }
     if (c->varlen) {
         CK(cudaMalloc((void **)&dcuq, sizeof cuq));
         CK(cudaMalloc((void **)&dcuk, sizeof cuk));
         CK(cudaMemcpy(dcuq, cuq, sizeof cuq, cudaMemcpyHostToDevice));
         CK(cudaMemcpy(dcuk, cuk, sizeof cuk, cudaMemcpyHostToDevice));
+    }
+
+    /* Block mask [B, H, nqb, nkb] (host copy for the oracle, device copy for the GPU); BM_RANDOM_SHARED_EMPTY: one
+     * map for every head (head stride 0) with every third query block's row zero (rows that see no key). */
+    uint8_t *hbm = NULL, *dbm = NULL;
+    int64_t nqb = 0, nkb = 0;
+    if (c->bq > 0) {
+        nqb = (c->lq + c->bq - 1) / c->bq, nkb = (c->lk + c->bk - 1) / c->bk;
+        const size_t nbm = (size_t)c->b * c->h * nqb * nkb;
+        hbm = malloc(nbm + 1);
+        for (size_t i = 0; i < nbm; i++) {
+            const int64_t kb = (int64_t)(i % nkb), qb = (int64_t)((i / nkb) % nqb);
+            switch (c->bm_kind) {
+            case BM_ZERO: hbm[i] = 0; break;
+            case BM_ONES: hbm[i] = 1; break;
+            case BM_WINDOW_GLOBAL: hbm[i] = (kb >= qb - 1 && kb <= qb + 1) || kb == 0 || qb == 0; break;
+            case BM_RANDOM_SHARED_EMPTY: hbm[i] = qb % 3 == 1 ? 0 : (uint8_t)(urand() * 100 < c->bm_pct ? 1 + (int)(urand() * 200) : 0); break;
+            default: hbm[i] = (uint8_t)(urand() * 100 < c->bm_pct ? 1 + (int)(urand() * 200) : 0); /* any nonzero byte computes */
+            }
+        }
+        CK(cudaMalloc((void **)&dbm, nbm + 16));
+        CK(cudaMemcpy(dbm, hbm, nbm, cudaMemcpyHostToDevice));
     }
 
     qattn_params p;
@@ -312,16 +359,28 @@ static int run_case(qattn_ctx *gpu, qattn_ctx *gpu_alt, qattn_ctx *cpu, const tc
     p.q = dq, p.k = dk, p.v = dv, p.o = dout, p.lse = dlse;
     p.cu_seqlens_q = dcuq, p.cu_seqlens_k = dcuk;
     p.stream = stream;
+    if (dbm) {
+        p.block_mask = dbm, p.block_mask_q = c->bq, p.block_mask_k = c->bk;
+        p.block_mask_row_stride = nkb;
+        p.block_mask_head_stride = c->bm_kind == BM_RANDOM_SHARED_EMPTY ? 0 : nqb * nkb;
+        p.block_mask_batch_stride = (int64_t)c->h * nqb * nkb;
+    }
+    p.softcap = c->softcap;
+    p.alibi_slopes = dslopes, p.alibi_batch_stride = slope_bs;
     /* The copies and memsets above are on the legacy stream, which a non-blocking stream does not
      * wait for (and a pageable host-to-device copy may return before its DMA ends): without this the
      * kernel could read the previous case's inputs or have its outputs re-poisoned (seen under load). */
     CK(cudaDeviceSynchronize());
     qattn_status s = qattn_forward(gpu, &p);
-    /* not implemented on the INT8 path (varlen, head dims other than 64 and 128): must be refused */
-    if (c->precision == QATTN_PRECISION_INT8 && (c->varlen || (c->d != 64 && c->d != 128))) {
+    /* not implemented on the INT8 path (varlen, head dims other than 64 and 128, softcap, ALiBi), nor block masks off the
+     * wgmma kernels' shapes (blocks not multiples of 128 query rows and of the key tile, varlen, INT8 off D 128): must be
+     * refused */
+    const int bs_tile = c->d == 256 ? 64 : 128;
+    if ((c->precision == QATTN_PRECISION_INT8 && (c->varlen || (c->d != 64 && c->d != 128) || c->softcap > 0.0f || c->alibi)) ||
+        (c->bq > 0 && (c->bq % 128 || c->bk % bs_tile || c->varlen || (c->precision == QATTN_PRECISION_INT8 && c->d != 128)))) {
         printf("%s %-72s -> %s: %s\n", s == QATTN_ERR_UNSUPPORTED ? "ok  " : "FAIL", desc, qattn_status_str(s), qattn_ctx_last_error(gpu));
-        cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dout), cudaFree(dlse), cudaFree(dcuq), cudaFree(dcuk);
-        free(hq), free(hk), free(hv);
+        cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dout), cudaFree(dlse), cudaFree(dcuq), cudaFree(dcuk), cudaFree(dbm), cudaFree(dslopes);
+        free(hq), free(hk), free(hv), free(hbm), free(hslopes);
         return s != QATTN_ERR_UNSUPPORTED;
     }
     if (s != QATTN_OK) {
@@ -335,7 +394,34 @@ static int run_case(qattn_ctx *gpu, qattn_ctx *gpu_alt, qattn_ctx *cpu, const tc
     CK(cudaMemcpy(hout, dout, nq * osz, cudaMemcpyDeviceToHost));
     CK(cudaMemcpy(hlse, dlse, nlse * 4, cudaMemcpyDeviceToHost));
     double alt_diff = 0;
-    if (gpu_alt) {
+    /* BM_ONES: the dense kernel's output (the same tiles in the same order: bitwise expected, but the two
+     * instantiations' FMA contraction is the compiler's, so only a difference beyond rounding fails) */
+    int bs_bits = 0;
+    double bs_diff = 0;
+    if (dbm && c->bm_kind == BM_ONES) {
+        void *hout2 = malloc(nq * osz);
+        CK(cudaMemset(dout, 0xff, nq * osz));
+        CK(cudaDeviceSynchronize());
+        qattn_params pd = p;
+        pd.block_mask = NULL;
+        s = qattn_forward(gpu, &pd);
+        if (s != QATTN_OK) {
+            printf("FAIL %s: qattn_forward (dense): %s: %s\n", desc, qattn_status_str(s), qattn_ctx_last_error(gpu));
+            return 1;
+        }
+        CK(cudaStreamSynchronize(stream));
+        CK(cudaMemcpy(hout2, dout, nq * osz, cudaMemcpyDeviceToHost));
+        bs_bits = memcmp(hout, hout2, nq * osz) != 0;
+        bs_diff = out_rel_diff(hout, hout2, nq, c->odtype);
+        free(hout2);
+    }
+    if (gpu_alt && dbm) { /* the mma.sync kernels refuse block masks with a message */
+        s = qattn_supports(gpu_alt, &p);
+        if (s != QATTN_ERR_UNSUPPORTED || !strstr(qattn_ctx_last_error(gpu_alt), "block_mask")) {
+            printf("FAIL %s: the mma.sync context accepts the block mask (%s: %s)\n", desc, qattn_status_str(s), qattn_ctx_last_error(gpu_alt));
+            return 1;
+        }
+    } else if (gpu_alt) {
         void *hout2 = malloc(nq * osz);
         CK(cudaMemset(dout, 0xff, nq * osz));
         CK(cudaDeviceSynchronize()); /* the poison first (legacy stream, see above) */
@@ -355,6 +441,8 @@ static int run_case(qattn_ctx *gpu, qattn_ctx *gpu_alt, qattn_ctx *cpu, const tc
     hp.q = hq, hp.k = hk, hp.v = hv, hp.o = NULL, hp.lse = NULL, hp.stream = NULL;
     hp.cu_seqlens_q = c->varlen ? cuq : NULL;
     hp.cu_seqlens_k = c->varlen ? cuk : NULL;
+    hp.block_mask = hbm;
+    hp.alibi_slopes = hslopes;
     double *o64 = malloc(nq * sizeof(double)), *l64 = malloc(nlse * sizeof(double));
     hp.o = o64; /* ignored by the oracle, but validation wants non-NULL */
     s = qattn_oracle_f64(cpu, &hp, o64, l64);
@@ -397,14 +485,17 @@ static int run_case(qattn_ctx *gpu, qattn_ctx *gpu_alt, qattn_ctx *cpu, const tc
                            : c->odtype == QATTN_DTYPE_F32         ? 1e-5
                            : c->odtype == QATTN_DTYPE_BF16        ? 8e-3
                                                                   : 1e-3;
-    int fail = bad || lse_bad || !(rel2 <= tol) || !(lse_err <= lse_tol) || !(alt_diff <= alt_tol);
+    int fail = bad || lse_bad || !(rel2 <= tol) || !(lse_err <= lse_tol) || !(alt_diff <= alt_tol) || !(bs_diff <= 1e-3);
     printf("%s %-72s relL1 %.2e relL2 %.2e (tol %.0e) maxabs %.2e lse %.2e nonfinite %zu lse_bad %zu", fail ? "FAIL" : "ok  ", desc, rel1,
            rel2, tol, maxabs, lse_err, bad, lse_bad);
-    if (gpu_alt && !c->varlen) printf(" wgmma-vs-mma %.1e (tol %.0e)", alt_diff, alt_tol);
+    if (gpu_alt && !c->varlen && !dbm) printf(" wgmma-vs-mma %.1e (tol %.0e)", alt_diff, alt_tol);
+    if (dbm && c->bm_kind == BM_ONES) printf(" vs dense: %s %.1e (tol 1e-3)", bs_bits ? "differs" : "bitwise equal", bs_diff);
     printf("\n");
-    free(hq), free(hk), free(hv), free(hout), free(hlse), free(o64), free(l64);
-    cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dout), cudaFree(dlse);
+    free(hq), free(hk), free(hv), free(hout), free(hlse), free(o64), free(l64), free(hslopes);
+    cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dout), cudaFree(dlse), cudaFree(dslopes);
     if (dcuq) cudaFree(dcuq), cudaFree(dcuk);
+    if (dbm) cudaFree(dbm);
+    free(hbm);
     return fail;
 }
 
@@ -504,12 +595,13 @@ static int refuse_small_head_dims(qattn_ctx *gpu, qattn_ctx *cpu) {
 }
 
 int main(int argc, char **argv) {
-    int small = 0, int8 = 0, mma = 0, alt = 0;
+    int small = 0, int8 = 0, mma = 0, alt = 0, bs = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--small")) small = 1;
         if (!strcmp(argv[i], "--int8")) int8 = 1;
         if (!strcmp(argv[i], "--mma")) mma = 1; /* the mma.sync kernels only (as on sm_80) */
         if (!strcmp(argv[i], "--alt")) alt = 1; /* FP16/BF16: also run the mma.sync kernel and compare */
+        if (!strcmp(argv[i], "--bs")) bs = 1;   /* block-sparse cases (the wgmma kernels, compute capability 9.0) */
     }
     int ndev = 0;
     if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
@@ -534,7 +626,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     qattn_ctx *gpu_alt = NULL;
-    if ((int8 || alt) && !mma) { /* the mma.sync kernels, to compare with the default (wgmma on compute capability 9.0) */
+    if ((int8 || alt || bs) && !mma) { /* the mma.sync kernels, to compare with the default (wgmma on compute capability 9.0) */
         setenv("QATTN_CUDA_I8_KERNEL", "mma", 1);
         setenv("QATTN_CUDA_F16_KERNEL", "mma", 1);
         s = qattn_ctx_create(&gpu_alt, &o);
@@ -557,6 +649,12 @@ int main(int argc, char **argv) {
         {1, 1100, 300, 16, 2, 128, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}}, /* more items than SMs, the first 6 query blocks see no key */
         {1, 113, 203, 2, 1, 96, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}},
         {1, 70, 130, 2, 2, 256, 1, -1, -1, BF, F32, P, 0, 0, {0}, {0}},
+        /* head dims 32, 80, 160, 192 and the score modifiers (FP16/BF16; refused at INT8) */
+        {1, 70, 130, 2, 1, 32, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}},
+        {1, 113, 70, 2, 2, 80, 1, -1, -1, BF, F32, P, 0, 1, {0}, {0}, 0, 0, 0, 0, 0.f, 2},
+        {2, 40, 70, 2, 1, 160, 0, 9, 3, F16, F16, P, 0, 0, {0}, {0}, 0, 0, 0, 0, 5.f, 1},
+        {3, 40, 70, 2, 1, 192, 1, -1, -1, BF, BF, P, 1, 0, {17, 0, 40}, {33, 5, 70}, 0, 0, 0, 0, 30.f, 2},
+        {1, 113, 203, 2, 1, 128, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 0, 0, 0, 0, 2.f, 1},
     };
     tcase full_cases[] = {
         {1, 1, 1, 1, 1, 64, 0, -1, -1, F16, F16, P, 0, 0, {0}, {0}},
@@ -592,12 +690,88 @@ int main(int argc, char **argv) {
         {1, 700, 900, 4, 4, 128, 0, 200, 130, BF, F16, P, 0, 0, {0}, {0}},
         {3, 130, 1, 4, 2, 128, 0, -1, -1, F16, F16, P, 0, 0, {0}, {0}},
         {2, 1000, 300, 8, 8, 128, 1, -1, -1, F16, F32, P, 0, 1, {0}, {0}},
+        /* head dims 32 (laid out as 64), 80 (as 128), 160 (as 192) and 192 on the mma.sync kernel: causal with
+         * Lq < Lk and Lq > Lk, windows, varlen with empty sequences, strided K/V, one query (FP16/BF16 only) */
+        {2, 203, 300, 4, 2, 32, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}},
+        {1, 300, 517, 2, 1, 32, 0, 37, 5, BF, F32, P, 0, 0, {0}, {0}},
+        {3, 129, 257, 4, 2, 32, 0, -1, -1, F16, BF, P, 1, 0, {129, 17, 0}, {257, 0, 64}},
+        {1, 1000, 1000, 4, 1, 32, 1, -1, -1, F16, F16, P, 0, 1, {0}, {0}},
+        {2, 203, 113, 4, 2, 80, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}},
+        {1, 777, 1000, 2, 1, 80, 0, -1, -1, BF, BF, P, 0, 1, {0}, {0}},
+        {3, 129, 257, 4, 2, 80, 0, -1, -1, F16, F32, P, 1, 0, {129, 17, 0}, {257, 0, 64}},
+        {2, 1, 203, 4, 2, 80, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}},
+        {1, 300, 517, 2, 1, 80, 0, 37, 5, F16, F16, P, 0, 0, {0}, {0}},
+        {2, 203, 300, 4, 2, 160, 1, -1, -1, F16, F32, P, 0, 0, {0}, {0}},
+        {1, 300, 517, 2, 1, 160, 0, 37, 5, BF, BF, P, 0, 0, {0}, {0}},
+        {3, 129, 257, 4, 2, 160, 0, -1, -1, F16, F16, P, 1, 0, {129, 17, 0}, {257, 0, 64}},
+        {2, 203, 113, 4, 2, 160, 1, -1, -1, BF, F32, P, 0, 1, {0}, {0}},
+        {2, 113, 203, 4, 1, 192, 1, -1, -1, BF, F16, P, 0, 0, {0}, {0}},
+        {1, 1000, 1000, 2, 2, 192, 1, -1, -1, F16, F16, P, 0, 1, {0}, {0}},
+        {2, 203, 113, 4, 2, 192, 1, -1, -1, F16, F32, P, 0, 0, {0}, {0}},
+        {3, 129, 257, 4, 2, 192, 0, 37, 5, BF, F32, P, 1, 0, {129, 17, 0}, {257, 0, 64}},
+        {2, 1, 203, 4, 2, 192, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}},
+        /* softcap and ALiBi ([H] and [B, H]; FlashAttention's bottom-right alignment |i + Lk - Lq - j|): causal
+         * with Lq < Lk and Lq > Lk, windows, varlen (per-sequence Lq, Lk), GQA, every head dim; D 128 and the
+         * other wgmma head dims run the mma.sync kernel when a modifier is given */
+        {2, 113, 203, 4, 2, 128, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 0, 0, 0, 0, 0.f, 1},
+        {2, 203, 113, 4, 2, 64, 1, -1, -1, BF, F32, P, 0, 0, {0}, {0}, 0, 0, 0, 0, 0.f, 2},
+        {1, 300, 517, 4, 1, 96, 0, 37, 5, F16, F32, P, 0, 0, {0}, {0}, 0, 0, 0, 0, 0.f, 1},
+        {2, 777, 1000, 4, 2, 128, 0, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 0, 0, 0, 0, 30.f, 0},
+        {2, 203, 300, 4, 2, 256, 1, -1, -1, BF, BF, P, 0, 0, {0}, {0}, 0, 0, 0, 0, 5.f, 2},
+        {3, 129, 257, 4, 2, 80, 0, -1, -1, F16, F16, P, 1, 0, {129, 17, 0}, {257, 0, 64}, 0, 0, 0, 0, 1.5f, 2},
+        {4, 203, 203, 4, 2, 128, 1, -1, -1, F16, F16, P, 1, 0, {113, 0, 203, 1}, {113, 17, 150, 1}, 0, 0, 0, 0, 0.f, 2},
+        {1, 1000, 1000, 2, 2, 160, 1, -1, -1, F16, F16, P, 0, 1, {0}, {0}, 0, 0, 0, 0, 2.f, 1},
+        {2, 1, 203, 4, 2, 192, 1, -1, -1, F16, F32, P, 0, 0, {0}, {0}, 0, 0, 0, 0, 0.f, 2},
+        {1, 203, 113, 2, 1, 32, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 0, 0, 0, 0, 30.f, 1},
+        {1, 700, 900, 4, 4, 128, 0, 200, 130, BF, F16, P, 0, 0, {0}, {0}, 0, 0, 0, 0, 10.f, 2},
+        {1, 2048, 2048, 2, 1, 128, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 0, 0, 0, 0, 0.f, 1},
+        {2, 640, 1111, 8, 2, 64, 0, -1, -1, F16, BF, P, 0, 0, {0}, {0}, 0, 0, 0, 0, 50.f, 0},
     };
-    tcase *cases = small ? small_cases : full_cases;
-    int n = small ? (int)(sizeof small_cases / sizeof *small_cases) : (int)(sizeof full_cases / sizeof *full_cases);
+    /* Block-sparse (--bs, with --int8 at INT8): vs the FP64 oracle with the mask; tails of L off the tiles, GQA,
+     * causal with Lq < Lk and Lq > Lk, windows, zero / full / random / shared maps, query blocks with no key,
+     * mask blocks of several tiles; the all-ones map must match the dense kernel. Shapes the kernels do
+     * not take (blocks off 128 x tile, varlen, INT8 off D 128) must be refused with a message. */
+    const int RND = BM_RANDOM, ZERO = BM_ZERO, ONES = BM_ONES, SHE = BM_RANDOM_SHARED_EMPTY, WG = BM_WINDOW_GLOBAL;
+    tcase bs_small[] = {
+        {1, 300, 400, 2, 1, 128, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 128, 128, RND, 50},
+        {1, 400, 300, 2, 2, 128, 1, -1, -1, F16, F32, P, 0, 0, {0}, {0}, 256, 128, SHE, 50},
+        {1, 200, 300, 2, 2, 128, 0, -1, -1, BF, BF, P, 0, 0, {0}, {0}, 128, 128, ZERO, 0},
+        {1, 260, 260, 2, 1, 128, 0, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 128, 128, ONES, 100},
+        {1, 203, 300, 2, 2, 256, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 128, 64, RND, 50},
+        {1, 150, 200, 2, 2, 64, 0, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 128, 128, WG, 0},
+        {1, 300, 300, 2, 2, 128, 0, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 64, 128, RND, 50}, /* refused: bq 64 */
+    };
+    tcase bs_full[] = {
+        {1, 1000, 1000, 4, 2, 128, 0, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 128, 128, RND, 10},
+        {2, 777, 1500, 4, 1, 128, 1, -1, -1, BF, F32, P, 0, 0, {0}, {0}, 128, 256, RND, 30},
+        {1, 1500, 700, 4, 2, 128, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 256, 128, SHE, 50}, /* Lq > Lk, empty rows */
+        {1, 513, 513, 2, 2, 128, 0, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 128, 128, ZERO, 0},
+        {1, 1000, 1300, 4, 2, 128, 0, -1, -1, F16, F32, P, 0, 0, {0}, {0}, 128, 128, ONES, 100},
+        {1, 2000, 2000, 4, 1, 128, 1, -1, -1, F16, BF, P, 0, 0, {0}, {0}, 128, 128, WG, 0},
+        {3, 520, 390, 16, 4, 128, 0, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 128, 384, RND, 40}, /* 3 tiles per key block */
+        {1, 3000, 3000, 4, 2, 128, 0, -1, -1, BF, BF, P, 0, 0, {0}, {0}, 128, 128, RND, 10},
+        {2, 1000, 300, 8, 8, 128, 1, -1, -1, F16, F32, P, 0, 1, {0}, {0}, 128, 128, RND, 20},  /* strided K/V */
+        {2, 1, 203, 4, 2, 128, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 128, 128, RND, 50},
+        {3, 130, 1, 4, 2, 128, 0, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 128, 128, RND, 50},
+        {1, 700, 900, 4, 4, 128, 0, 200, 130, BF, F16, P, 0, 0, {0}, {0}, 128, 128, RND, 60}, /* window */
+        {2, 700, 900, 4, 2, 64, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 128, 128, RND, 25},
+        {1, 300, 517, 2, 1, 96, 0, 37, 5, BF, F32, P, 0, 0, {0}, {0}, 128, 128, RND, 60},
+        {2, 203, 300, 4, 2, 256, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 128, 64, RND, 50},
+        {1, 777, 1000, 2, 1, 256, 0, -1, -1, BF, BF, P, 0, 1, {0}, {0}, 256, 192, SHE, 40},
+        {1, 300, 700, 2, 1, 256, 1, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 128, 64, ONES, 100},
+        /* refused: bq 64; bk 64 at D 128; varlen */
+        {1, 300, 300, 2, 2, 128, 0, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 64, 128, RND, 50},
+        {1, 300, 300, 2, 2, 128, 0, -1, -1, F16, F16, P, 0, 0, {0}, {0}, 128, 64, RND, 50},
+        {3, 129, 257, 2, 2, 128, 0, -1, -1, BF, F16, P, 1, 0, {129, 17, 0}, {257, 0, 64}, 128, 128, RND, 50},
+    };
+    tcase *cases = bs ? (small ? bs_small : bs_full) : small ? small_cases : full_cases;
+    int n = bs ? (small ? (int)(sizeof bs_small / sizeof *bs_small) : (int)(sizeof bs_full / sizeof *bs_full))
+               : small ? (int)(sizeof small_cases / sizeof *small_cases)
+                       : (int)(sizeof full_cases / sizeof *full_cases);
     int fails = 0;
     for (int i = 0; i < n; i++) fails += run_case(gpu, gpu_alt, cpu, &cases[i], stream);
-    if (int8) { /* the quantization pass, bitwise against the CPU, in both kernels' layouts */
+    if (bs) {
+    } else if (int8) { /* the quantization pass, bitwise against the CPU, in both kernels' layouts */
         const qcase qsmall[] = {{1, 203, 300, 2, 1, 128, F16, 0, 0}, {1, 17, 700, 2, 2, 64, BF, 0, 1}};
         const qcase qfull[] = {
             {2, 203, 1100, 4, 2, 128, F16, 0, 0}, {1, 17, 113, 2, 1, 64, BF, 0, 0},  {3, 130, 600, 6, 3, 128, BF, 1, 0},
@@ -620,15 +794,35 @@ int main(int argc, char **argv) {
     {
         qattn_params p;
         qattn_params_init(&p);
-        p.batch = 1, p.seqlen_q = p.seqlen_k = 8, p.n_heads = p.n_kv_heads = 1, p.head_dim = 80;
+        p.batch = 1, p.seqlen_q = p.seqlen_k = 8, p.n_heads = p.n_kv_heads = 1;
         p.qkv_dtype = F16, p.o_dtype = F16;
-        qattn_params_set_contiguous(&p);
         /* distinct fake addresses (never dereferenced): the overlap check must not be what refuses */
         p.q = (void *)(uintptr_t)0x10000, p.k = (void *)(uintptr_t)0x20000, p.v = (void *)(uintptr_t)0x30000;
         p.o = (void *)(uintptr_t)0x40000;
-        s = qattn_supports(gpu, &p);
-        printf("%s supports(head_dim 80) -> %s: %s\n", s == QATTN_ERR_UNSUPPORTED ? "ok  " : "FAIL", qattn_status_str(s), qattn_ctx_last_error(gpu));
-        fails += s != QATTN_ERR_UNSUPPORTED;
+        /* head dims the CPU runs but the GPU does not: refused naming the supported ones */
+        const int odd_dims[] = {40, 48, 56, 72, 88, 104, 112, 120, 136, 144, 176, 208, 224, 240, 248};
+        for (size_t i = 0; i < sizeof odd_dims / sizeof *odd_dims; i++) {
+            p.head_dim = odd_dims[i];
+            qattn_params_set_contiguous(&p);
+            qattn_status sup = qattn_supports(gpu, &p), fwd = qattn_forward(gpu, &p);
+            const int ok = sup == QATTN_ERR_UNSUPPORTED && fwd == QATTN_ERR_UNSUPPORTED && strstr(qattn_ctx_last_error(gpu), "head_dim 32, 64, 80") != NULL;
+            printf("%s forward(head_dim %d) -> %s: %s\n", ok ? "ok  " : "FAIL", odd_dims[i], qattn_status_str(fwd), qattn_ctx_last_error(gpu));
+            fails += !ok;
+        }
+        /* softcap and ALiBi at INT8: refused, naming the modifier */
+        p.head_dim = 64, p.precision = QATTN_PRECISION_INT8;
+        qattn_params_set_contiguous(&p);
+        for (int m = 0; m < 2; m++) {
+            p.softcap = m == 0 ? 30.0f : 0.0f;
+            p.alibi_slopes = m == 1 ? (const float *)(uintptr_t)0x50000 : NULL;
+            qattn_status sup = qattn_supports(gpu, &p), fwd = qattn_forward(gpu, &p);
+            const int ok = sup == QATTN_ERR_UNSUPPORTED && fwd == QATTN_ERR_UNSUPPORTED &&
+                           strstr(qattn_ctx_last_error(gpu), m == 0 ? "softcap" : "alibi_slopes") != NULL;
+            printf("%s forward(int8, %s) -> %s: %s\n", ok ? "ok  " : "FAIL", m == 0 ? "softcap" : "alibi_slopes", qattn_status_str(fwd),
+                   qattn_ctx_last_error(gpu));
+            fails += !ok;
+        }
+        p.softcap = 0.0f, p.alibi_slopes = NULL, p.precision = QATTN_PRECISION_AUTO;
         p.head_dim = 64, p.qkv_dtype = F32, p.o_dtype = F32;
         qattn_params_set_contiguous(&p);
         s = qattn_supports(gpu, &p);

@@ -248,7 +248,7 @@ void cli_opts_print_help(FILE *f) {
           "  --kv-heads HK       key/value heads, H % HK == 0 (default H)\n"
           "  --seqlen-q LQ       query length (default 1024)\n"
           "  --seqlen-k LK       key length (default LQ)\n"
-          "  --head-dim D        head dimension, 8..256 step 8 (default 128; CUDA: 64, 96, 128, 256)\n"
+          "  --head-dim D        head dimension, 8..256 step 8 (default 128; CUDA: 32, 64, 80, 96, 128, 160, 192, 256)\n"
           "Mask and math:\n"
           "  --causal            causal mask, aligned to the bottom-right corner\n"
           "  --window L,R        local window (-1 = unbounded side)\n"

@@ -7,11 +7,12 @@
  * the per-chunk fused multiply-add into acc) are the AVX2 kernel's, element for element: the
  * output is bitwise the AVX2 kernel's (tests/test_kv_cache.c). FP16/BF16 caches take the AVX2 path.
  *
- * Layout on ZMM. Q.K: 32 channels per step (K codes of two tokens sign-extended to int16, the 4
- * rows' q16 rows), 4 rows x 2 tokens of accumulators folded to 256 bits (an exact integer add)
- * before the AVX2 reduction. P.V: 32 channels of two tokens are byte-interleaved within 128-bit
- * lanes and sign-extended, so the accumulators hold channels [0..7 | 16..23] and [8..15 | 24..31];
- * two lane shuffles restore channel order before the store. d % 32 != 0 tails use masked loads. */
+ * Layout on ZMM. Q.K: 32 channels per step (K codes of four tokens sign-extended to int16, the 4
+ * rows' q16 rows), 4 rows x 4 tokens of accumulators reduced to 16 scores at once (reduce16).
+ * P.V: 32 channels of two tokens are byte-interleaved within 128-bit lanes and sign-extended, so
+ * the accumulators hold channels [0..7 | 16..23] and [8..15 | 24..31]; two lane shuffles restore
+ * channel order before the store. d % 32 != 0 tails use masked loads. Why this stays near half the
+ * read bandwidth on Zen 4 (the multiply floor): docs/KVCACHE.md. */
 #define QATTN_KV_AVX512 1
 /* The next block's codes are prefetched into L2, not L1: with the faster ZMM engines the L1
  * prefetches of a whole head's K and V (64 lines per call) stalled on full miss buffers (perf: a
@@ -31,68 +32,105 @@ ALWAYS_INLINE __m512i dot_acc_zmm(__m512i acc, __m512i a, __m512i b) {
 /* Bytes [0, n) of 32 (n >= 32: all). */
 ALWAYS_INLINE __mmask32 bytes32(int n) { return n >= 32 ? ~(__mmask32)0 : (((__mmask32)1 << n) - 1); }
 
-/* Lane sums of a0..a3 (t0: rows 0..3) and b0..b3 (t1) as [t0 r0..3 | t1 r0..3] (integer adds:
- * exact in any order). Per 128-bit lane: unpack + add pairs rows (lanes alternate r0/r1), unpack +
- * add again (lanes r0..r3), then the four lanes are summed across: 24 operations where folding each
- * accumulator to 256 bits for the AVX2 hadd tree took 37. */
-ALWAYS_INLINE __m256i reduce8(__m512i a0, __m512i a1, __m512i a2, __m512i a3, __m512i b0, __m512i b1, __m512i b2, __m512i b3) {
+/* Lane sums of the 16 accumulators a[r][t] (row r, token t) as [t0 r0..3 | t1 r0..3 | t2 .. | t3 ..]
+ * (integer adds: exact in any order). Per token the rows are paired within 128-bit lanes (unpack +
+ * add twice: [r0 r1 r2 r3] partials in each of the four lanes); then the four tokens' lane partials
+ * are transposed and added by two rounds of 128-bit shuffles: 45 operations for 16 scores (the
+ * two-token version took 24 per 8 scores). */
+ALWAYS_INLINE __m512i reduce16(__m512i a[4][4]) {
 #define PAIR32(x, y) _mm512_add_epi32(_mm512_unpacklo_epi32((x), (y)), _mm512_unpackhi_epi32((x), (y)))
 #define PAIR64(x, y) _mm512_add_epi32(_mm512_unpacklo_epi64((x), (y)), _mm512_unpackhi_epi64((x), (y)))
-    __m512i q0 = PAIR64(PAIR32(a0, a1), PAIR32(a2, a3)), q1 = PAIR64(PAIR32(b0, b1), PAIR32(b2, b3));
+    __m512i x[4];
+#pragma GCC unroll 4
+    for (int t = 0; t < 4; t++) x[t] = PAIR64(PAIR32(a[0][t], a[1][t]), PAIR32(a[2][t], a[3][t]));
 #undef PAIR64
 #undef PAIR32
-    __m512i s = _mm512_add_epi32(_mm512_shuffle_i32x4(q0, q1, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_i32x4(q0, q1, _MM_SHUFFLE(3, 2, 3, 2)));
-    __m512i t = _mm512_add_epi32(_mm512_shuffle_i32x4(s, s, _MM_SHUFFLE(3, 1, 2, 0)), _mm512_shuffle_i32x4(s, s, _MM_SHUFFLE(2, 0, 3, 1)));
-    return _mm512_castsi512_si256(t);
+    /* x[t] lanes: [c0 c1 c2 c3], each [r0..r3]; s01 = [x0 c0+c2, x0 c1+c3, x1 c0+c2, x1 c1+c3] */
+    __m512i s01 = _mm512_add_epi32(_mm512_shuffle_i32x4(x[0], x[1], _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_i32x4(x[0], x[1], _MM_SHUFFLE(3, 2, 3, 2)));
+    __m512i s23 = _mm512_add_epi32(_mm512_shuffle_i32x4(x[2], x[3], _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_i32x4(x[2], x[3], _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(s01, s23, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_i32x4(s01, s23, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-/* As the AVX2 scores_rows_i8 (same arguments, same outputs). */
-static __attribute__((noinline)) void scores_rows_i8(int R, const int16_t *q16, const float *qsc, int d, const int8_t *kc, const float *ks, int jlo,
-                                                     int jhi, const int32_t *lo, const int32_t *hi, float *s, const uint8_t *pf, int64_t pf_bytes,
-                                                     __m256 *mx_out) {
+/* As the AVX2 scores_rows_i8 (same arguments, same outputs: the same integer dots and the same
+ * two float multiplies per score), four tokens per step: 16 accumulators (4 rows x 4 tokens) keep
+ * 64 independent vpdpwssd per step in flight, one reduce16 per 16 scores, and the scale, mask and
+ * max work on ZMM. With two tokens per step (8 accumulators) Q.K ran at ~2.4x its
+ * vpdpwssd count (dev/kv_decode/kernel_budget.c). Scores are stored for whole steps: tokens past
+ * jhi (at most 3, inside the scratch) get -inf, so the odd count's pad token of the softmax passes
+ * is -inf as before; their codes are token jhi - 1's (no read past the block). */
+ALWAYS_INLINE void scores_rows_i8_body(int R, const int16_t *q16, const float *qsc, int d, const int8_t *kc, const float *ks, int jlo, int jhi,
+                                       const int32_t *lo, const int32_t *hi, float *s, const uint8_t *pf, int64_t pf_bytes, __m256 *mx_out) {
     const int64_t ldq = (d + 15) / 16 * 16;
     const int16_t *q0 = q16, *q1 = q16 + (R > 1 ? ldq : 0), *q2 = q16 + (R > 2 ? 2 * ldq : 0), *q3 = q16 + (R > 3 ? 3 * ldq : 0);
     const rows4 rc = rows4_of(R, qsc, lo, hi, jlo, jhi);
+    const bool no_mask = rc.all_visible && ((jhi - jlo) & 3) == 0;
+    const __m512 qs = _mm512_broadcast_f32x4(_mm256_castps256_ps128(rc.qs));
+    const __m512i lov = _mm512_broadcast_i32x4(_mm256_castsi256_si128(rc.lo)), hiv = _mm512_broadcast_i32x4(_mm256_castsi256_si128(rc.hi));
+    const __m512i tok = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     const int dfull = d & ~31;
     const __mmask32 tail = bytes32(d - dfull); /* d % 32 channels (a multiple of 8) */
-    const int64_t pf_step = prefetch_step(pf_bytes, (jhi - jlo + 1) / 2);
+    const int64_t pf_step = prefetch_step(pf_bytes, (jhi - jlo + 3) / 4);
     int64_t pf_at = 0;
-    __m256 mx = _mm256_set1_ps(-INFINITY);
-    for (int j = jlo; j < jhi; j += 2) {
-        bool two = j + 1 < jhi;
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    for (int j = jlo; j < jhi; j += 4) {
+        const int nj = jhi - j < 4 ? jhi - j : 4;
         prefetch_lines(pf, pf_at, pf_at + pf_step, pf_bytes);
         pf_at += pf_step;
-        __m512i a00 = _mm512_setzero_si512(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
-        const int8_t *k0p = kc + (int64_t)j * d, *k1p = two ? k0p + d : k0p;
-#define QK_STEP(c, K0, K1, QLOAD)                                                                                                          \
+        /* the keys' scales first (loaded after the dot loop, this load held up retirement: perf) */
+        const __m512 ksv = _mm512_permutexvar_ps(tok, _mm512_castps128_ps512(_mm_maskz_loadu_ps((__mmask8)((1u << nj) - 1u), ks + j)));
+        const int8_t *kp[4];
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; t++) kp[t] = kc + (int64_t)(t < nj ? j + t : jhi - 1) * d;
+        __m512i a[4][4];
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++)
+#pragma GCC unroll 4
+            for (int t = 0; t < 4; t++) a[r][t] = _mm512_setzero_si512();
+#define QK_STEP(c, KLOAD, QLOAD)                                                                                                           \
     do {                                                                                                                                   \
-        __m512i k0 = (K0), k1 = (K1), qv;                                                                                                 \
+        __m512i k[4], qv;                                                                                                                  \
+        for (int t = 0; t < 4; t++) k[t] = _mm512_cvtepi8_epi16(KLOAD(kp[t] + (c)));                                                     \
         qv = QLOAD(q0 + (c));                                                                                                              \
-        a00 = dot_acc_zmm(a00, qv, k0), a01 = dot_acc_zmm(a01, qv, k1);                                                                    \
+        for (int t = 0; t < 4; t++) a[0][t] = dot_acc_zmm(a[0][t], qv, k[t]);                                                              \
         qv = QLOAD(q1 + (c));                                                                                                              \
-        a10 = dot_acc_zmm(a10, qv, k0), a11 = dot_acc_zmm(a11, qv, k1);                                                                    \
+        for (int t = 0; t < 4; t++) a[1][t] = dot_acc_zmm(a[1][t], qv, k[t]);                                                              \
         qv = QLOAD(q2 + (c));                                                                                                              \
-        a20 = dot_acc_zmm(a20, qv, k0), a21 = dot_acc_zmm(a21, qv, k1);                                                                    \
+        for (int t = 0; t < 4; t++) a[2][t] = dot_acc_zmm(a[2][t], qv, k[t]);                                                              \
         qv = QLOAD(q3 + (c));                                                                                                              \
-        a30 = dot_acc_zmm(a30, qv, k0), a31 = dot_acc_zmm(a31, qv, k1);                                                                    \
+        for (int t = 0; t < 4; t++) a[3][t] = dot_acc_zmm(a[3][t], qv, k[t]);                                                              \
     } while (0)
+#define KLOAD_FULL(p) _mm256_loadu_si256((const __m256i *)(p))
+#define KLOAD_TAIL(p) _mm256_maskz_loadu_epi8(tail, (p))
 #define QLOAD_FULL(p) _mm512_loadu_si512((const void *)(p))
 #define QLOAD_TAIL(p) _mm512_maskz_loadu_epi16(tail, (p))
-        for (int c = 0; c < dfull; c += 32)
-            QK_STEP(c, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(k0p + c))),
-                    _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(k1p + c))), QLOAD_FULL);
-        if (dfull < d)
-            QK_STEP(dfull, _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(tail, k0p + dfull)),
-                    _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(tail, k1p + dfull)), QLOAD_TAIL);
+#pragma GCC unroll 8
+        for (int c = 0; c < dfull; c += 32) QK_STEP(c, KLOAD_FULL, QLOAD_FULL);
+        if (dfull < d) QK_STEP(dfull, KLOAD_TAIL, QLOAD_TAIL);
 #undef QLOAD_TAIL
 #undef QLOAD_FULL
+#undef KLOAD_TAIL
+#undef KLOAD_FULL
 #undef QK_STEP
-        /* 8 accumulators -> [t0: rows 0..3 | t1: rows 0..3] (integer adds: exact in any order) */
-        __m256 sv = scores_pair_i8(reduce8(a00, a10, a20, a30, a01, a11, a21, a31), ks, j, two, &rc);
-        _mm256_storeu_ps(s + (int64_t)(j - jlo) * 4, sv);
-        mx = _mm256_max_ps(sv, mx);
+        /* ((float)dot * qsc) * ks_j, lane t*4 + r (the pad tokens' scale 0: masked below) */
+        __m512 sv = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(reduce16(a)), qs), ksv);
+        if (!no_mask) {
+            const __m512i jv = _mm512_add_epi32(_mm512_set1_epi32(j), tok);
+            const __mmask16 out = _mm512_cmpgt_epi32_mask(lov, jv) | _mm512_cmpge_epi32_mask(jv, hiv);
+            sv = _mm512_mask_blend_ps(out, sv, _mm512_set1_ps(-INFINITY));
+        }
+        _mm512_storeu_ps(s + (int64_t)(j - jlo) * 4, sv);
+        mx = _mm512_max_ps(sv, mx); /* keeps mx when sv is NaN, like the reference's `s > max` */
     }
-    *mx_out = mx;
+    /* [t even rows | t odd rows] as the AVX2 path's (lanes 0..7 hold tokens 0, 1; 8..15 tokens 2, 3) */
+    *mx_out = _mm256_max_ps(_mm512_castps512_ps256(mx), _mm512_extractf32x8_ps(mx, 1));
+}
+
+/* D 128 (the common head dim) with the channel loop fully unrolled, other D through the loop. */
+static __attribute__((noinline)) void scores_rows_i8(int R, const int16_t *q16, const float *qsc, int d, const int8_t *kc, const float *ks, int jlo,
+                                                     int jhi, const int32_t *lo, const int32_t *hi, float *s, const uint8_t *pf, int64_t pf_bytes,
+                                                     __m256 *mx_out) {
+    if (d == 128) scores_rows_i8_body(R, q16, qsc, 128, kc, ks, jlo, jhi, lo, hi, s, pf, pf_bytes, mx_out);
+    else scores_rows_i8_body(R, q16, qsc, d, kc, ks, jlo, jhi, lo, hi, s, pf, pf_bytes, mx_out);
 }
 
 /* P.V of 4 rows over NB blocks of 32 channels from c (NB = 2: 64 channels, 16 accumulators;
