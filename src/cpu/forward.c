@@ -129,8 +129,16 @@ static size_t prepack_floats(const plan *pl) {
     return pl->prepack ? (size_t)2 * (size_t)pl->p->n_kv_heads * (size_t)pl->total_k * (size_t)pl->p->head_dim : 0;
 }
 
+/* Whether units are handed out longest first (order_units): with a block mask, and with a causal or
+ * windowed mask, where units of one plan differ in cost (causal: the last query block of a head sees
+ * all its keys, the first one tile). */
+static bool wants_order(const plan *pl) {
+    const qattn_params *p = pl->p;
+    return pl->n_units > 1 && (p->block_mask || p->causal || p->window_left >= 0 || p->window_right >= 0);
+}
+
 static size_t order_bytes(const plan *pl) {
-    return pl->p->block_mask ? (size_t)pl->n_units * sizeof(qattn_bm_unit_cost) : 0;
+    return wants_order(pl) ? (size_t)pl->n_units * sizeof(qattn_bm_unit_cost) : 0;
 }
 
 static size_t plan_bytes(const plan *pl, int n_workers) {
@@ -482,16 +490,30 @@ static void merge_unit(void *arg, int64_t task, int worker) {
     }
 }
 
-/* Block mask: the units in order of decreasing live work (qattn_bm_cost), so the dynamic hand-out
- * of the thread pool does not leave one thread with a dense unit at the end. Scheduling only:
- * every unit computes the same values whichever thread runs it, whenever. */
-static void order_units(plan *pl, qattn_bm_unit_cost *order) {
+/* The units in order of decreasing work, so the dynamic hand-out of the thread pool does not leave
+ * one thread with a long unit at the end: live work with a block mask (qattn_bm_cost), else rows x
+ * the unit's key range (causal, window; the diagonal tiles counted whole). Scheduling only: every
+ * unit computes the same values whichever thread runs it, whenever. Causal B1 H8 L2048 with 2
+ * threads in the old order (query blocks ascending per head) ended on the longest unit: up to 1/18
+ * of a thread's work run alone. */
+static int64_t unit_cost(const plan *pl, int64_t t) {
     const qattn_params *p = pl->p;
+    unit u = unit_of(pl, t);
+    qattn_seq s = seq_view(pl, u.b);
+    int64_t i0 = u.qb * pl->block_pos;
+    if (p->block_mask)
+        return qattn_bm_unit_cost_of(p, &s, u.b, u.g * pl->group, (u.g + pl->heads) * pl->group, i0, pl->block_pos, u.split, pl->n_split,
+                                     pl->split_keys);
+    if (i0 >= s.lq) return 0;
+    int n_pos = (int)(s.lq - i0 < pl->block_pos ? s.lq - i0 : pl->block_pos);
+    int64_t k0, k1;
+    unit_key_range(pl, &u, &s, i0, n_pos, NULL, &k0, &k1);
+    return k1 > k0 ? (k1 - k0) * n_pos : 0;
+}
+
+static void order_units(plan *pl, qattn_bm_unit_cost *order) {
     for (int64_t t = 0; t < pl->n_units; t++) {
-        unit u = unit_of(pl, t);
-        qattn_seq s = seq_view(pl, u.b);
-        int64_t cost = qattn_bm_unit_cost_of(p, &s, u.b, u.g * pl->group, (u.g + pl->heads) * pl->group, u.qb * pl->block_pos, pl->block_pos, u.split,
-                                             pl->n_split, pl->split_keys);
+        int64_t cost = unit_cost(pl, t);
         order[t] = (qattn_bm_unit_cost){cost, t};
     }
     qattn_bm_sort_units(order, pl->n_units);
@@ -549,7 +571,7 @@ qattn_status qattn_cpu_forward_kv(qattn_ctx *ctx, const qattn_params *p, const q
     pl.scratch = mem;
     pl.partials = pl.scratch + (size_t)nw * pl.worker_floats;
     pl.kv_packed = pl.partials + (pl.n_split > 1 ? (size_t)pl.n_units * partial_floats(&pl) : 0);
-    if (p->block_mask) order_units(&pl, (qattn_bm_unit_cost *)(void *)(pl.kv_packed + prepack_floats(&pl)));
+    if (wants_order(&pl)) order_units(&pl, (qattn_bm_unit_cost *)(void *)(pl.kv_packed + prepack_floats(&pl)));
     if (pl.prepack) qattn_parallel_for(ctx->pool, ctx->n_threads, p->batch * pl.n_kchunks, prepack_task, &pl);
     atomic_init(&pl.overflow_row, INT64_MAX);
     qattn_parallel_for(ctx->pool, nw, pl.n_units, run_unit, &pl);
