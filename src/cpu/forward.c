@@ -94,15 +94,20 @@ static void make_plan(plan *pl, const qattn_ctx *ctx, const qattn_params *p) {
      * rows, so copying it into a packed tile costs more than reading it strided. With many
      * rows the packed tile wins: rows of stride H*D alias in L1 and would be re-read from L2.
      * Either way the kernel sees the same values, so results do not change. */
-    pl->direct_kv = p->qkv_dtype == QATTN_DTYPE_F32 && pl->precision == QATTN_PRECISION_FP32 && p->k_seq_stride == p->v_seq_stride &&
-                    (p->seqlen_q < pl->block_pos ? p->seqlen_q : pl->block_pos) * pl->group <= DIRECT_KV_MAX_ROWS;
+    bool f32_kv = p->qkv_dtype == QATTN_DTYPE_F32 && pl->precision == QATTN_PRECISION_FP32 && p->k_seq_stride == p->v_seq_stride;
+    bool few_rows = (p->seqlen_q < pl->block_pos ? p->seqlen_q : pl->block_pos) * pl->group <= DIRECT_KV_MAX_ROWS;
+    /* ...and for any row count when a head's K/V rows are already contiguous ([B, HK, L, D], torch's
+     * SDPA layout: seq stride D): the packed copy would hold the same bytes in the same order.
+     * (Zen 4, avx512, 1 thread, B1 H8 L2048/4096 D128 against the pre-pack: see docs/cpu_kernels.md.) */
+    bool rows_contiguous = p->k_seq_stride == p->head_dim;
+    pl->direct_kv = f32_kv && (few_rows || rows_contiguous);
     /* Tried and dropped: software prefetch of the next tile's K/V rows (no gain for decode once
      * its units read whole contiguous [HK, D] rows; about 10% loss for prefill; on Zen 4 with
      * 256-row units, every line of the next tile's rows to L2: -2% to +4%, within the noise);
      * reading FP32 K/V in place for prefill too (Zen 4, avx512: within the noise); packing all the
      * unit's heads in one sequential sweep of [n][HK*D] rows (FP16 decode unchanged, FP32 packed
      * that way 25% slower than read in place). */
-    pl->tile_keys = (pl->direct_kv || pl->heads > 1) ? DECODE_TILE_KEYS : TILE_KEYS;
+    pl->tile_keys = ((pl->direct_kv && few_rows) || pl->heads > 1) ? DECODE_TILE_KEYS : TILE_KEYS;
     /* Prefill: every unit of a kv head walks the same K/V, and packing a 64-key tile reads 64 rows
      * H*D elements apart (a new page each at H*D >= 1024 FP32), which waits on L3 and page walks:
      * 14% of a 1-thread L2048 D128 run with 256-row units (perf, Zen 4). So when several units
@@ -293,7 +298,12 @@ static void write_rows(const plan *pl, const qattn_seq *s, int64_t b, int64_t i0
             bool empty = mx == -INFINITY; /* saw no key: zeros, LSE -inf, never 0/0 */
             if (!empty && !(isfinite(l) && isfinite(mx))) note_if_overflow(pl, s, b, i, h);
             float inv = empty ? 0.0f : 1.0f / l;
-            for (int c = 0; c < D; c++) qattn_store(p->o, p->o_dtype, base + c, empty ? 0.0f : acc[c] * inv);
+            if (p->o_dtype == QATTN_DTYPE_F32 && !empty) { /* the common case, without a dtype switch per element */
+                float *o = (float *)p->o + base;
+                for (int c = 0; c < D; c++) o[c] = acc[c] * inv;
+            } else {
+                for (int c = 0; c < D; c++) qattn_store(p->o, p->o_dtype, base + c, empty ? 0.0f : acc[c] * inv);
+            }
             if (p->lse) p->lse[s->lse_off + (int64_t)h * s->lse_head_stride + i] = empty ? -INFINITY : (mx + log2f(l)) * LN2;
         }
 }
@@ -555,6 +565,10 @@ qattn_status qattn_cpu_forward_kv(qattn_ctx *ctx, const qattn_params *p, const q
     plan pl;
     make_plan(&pl, ctx, p);
     pl.kv = kv;
+    /* A paged cache cuts in-place tiles at page ends: for prefill-shaped plans, whose in-place reading
+     * comes from contiguous rows (make_plan, which does not see kv), the units pack their tiles instead
+     * (no pre-pack: the workspace was sized without it). */
+    if (kv && kv->block_table && pl.direct_kv && pl.tile_keys == TILE_KEYS) pl.direct_kv = false;
     if (pl.n_units == 0) return QATTN_OK; /* no query rows anywhere */
     int nw = n_workers(ctx, &pl);
     size_t need = plan_bytes(&pl, nw);
