@@ -1,7 +1,8 @@
 /* The CPU driver for FP32/FP16/BF16 attention: cuts the problem into work units, packs Q and
  * K/V tiles to FP32 (rounded to the call's precision), runs the ISA's tile kernel, merges
  * split-KV partials in a fixed order and writes O and LSE. Memory is O(tile) per thread plus,
- * for prefill, one FP32 copy of K/V (O(Lk x D), capped: see make_plan), never Lq x Lk.
+ * for prefill, one FP32 copy of K/V (O(Lk x D), capped; none for FP32 K/V with contiguous rows:
+ * see make_plan), never Lq x Lk.
  *
  * Work unit = (sequence b, kv head g, block of query positions, KV split). The rows of a unit
  * are all query heads of group g at those positions, so each K/V tile is packed once per
@@ -104,7 +105,8 @@ static void make_plan(plan *pl, const qattn_ctx *ctx, const qattn_params *p) {
     /* Tried and dropped: software prefetch of the next tile's K/V rows (no gain for decode once
      * its units read whole contiguous [HK, D] rows; about 10% loss for prefill; on Zen 4 with
      * 256-row units, every line of the next tile's rows to L2: -2% to +4%, within the noise);
-     * reading FP32 K/V in place for prefill too (Zen 4, avx512: within the noise); packing all the
+     * reading FP32 K/V in place for prefill when rows are H*D apart ([B, L, H, D]; Zen 4, avx512: within
+     * the noise; contiguous rows are read in place, above); packing all the
      * unit's heads in one sequential sweep of [n][HK*D] rows (FP16 decode unchanged, FP32 packed
      * that way 25% slower than read in place). */
     pl->tile_keys = ((pl->direct_kv && few_rows) || pl->heads > 1) ? DECODE_TILE_KEYS : TILE_KEYS;
@@ -134,9 +136,9 @@ static size_t prepack_floats(const plan *pl) {
     return pl->prepack ? (size_t)2 * (size_t)pl->p->n_kv_heads * (size_t)pl->total_k * (size_t)pl->p->head_dim : 0;
 }
 
-/* Whether units are handed out longest first (order_units): with a block mask, and with a causal or
- * windowed mask, where units of one plan differ in cost (causal: the last query block of a head sees
- * all its keys, the first one tile). */
+/* Whether units are handed out in another order than their index (order_units): with a block mask,
+ * and with a causal or windowed mask, where units of one plan differ in cost (causal: the last query
+ * block of a head sees all its keys, the first one tile). */
 static bool wants_order(const plan *pl) {
     const qattn_params *p = pl->p;
     return pl->n_units > 1 && (p->block_mask || p->causal || p->window_left >= 0 || p->window_right >= 0);
