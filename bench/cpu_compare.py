@@ -5,6 +5,7 @@ inputs, same process, same thread count; prints one table (GFLOP/s and the ratio
     PYTHONPATH=python QATTN_LIBRARY=build/libqattn.so python3 bench/cpu_compare.py --threads 2
     ... --isa avx2,avx512      # one qattn column per ISA tier, timed in the same rounds
     ... --only prefill         # or decode
+    ... --baseline-lib /tmp/old/libqattn.so   # a column 'base' (that build, first --isa tier), same rounds
 
 Cases: prefill B1 H8 L 2048 and 4096 D128, causal and not, FP32 and BF16 inputs (qattn
 accumulates in FP32 in both; torch's BF16 SDPA is its own kernel); decode with GQA, B1 H32 HK8
@@ -22,8 +23,11 @@ in each round every contender runs once, in turn (so a load change on a shared m
 alike); medians per contender, ratio = torch median / qattn median.
 """
 import argparse
+import importlib.util
 import json
+import os
 import statistics
+import sys
 import time
 
 import torch
@@ -63,6 +67,28 @@ def ggml_fn(q, k, v, causal, threads):
     return run, result
 
 
+def load_baseline(path):
+    """A second copy of the qattn package bound to the library at path (before/after in one process)."""
+    pkg = os.path.dirname(os.path.abspath(qattn.__file__))
+    saved = os.environ.get("QATTN_LIBRARY")
+    os.environ["QATTN_LIBRARY"] = path
+    try:
+        spec = importlib.util.spec_from_file_location("qattn_base", os.path.join(pkg, "__init__.py"), submodule_search_locations=[pkg])
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["qattn_base"] = mod
+        spec.loader.exec_module(mod)
+        mod.info()  # loads the library now, while QATTN_LIBRARY names it
+    finally:
+        if saved is None:
+            del os.environ["QATTN_LIBRARY"]
+        else:
+            os.environ["QATTN_LIBRARY"] = saved
+    return mod
+
+
+BASE = {}  # "base" -> (module, isa) with --baseline-lib
+
+
 def visible_pairs(lq, lk, causal):
     if not causal:
         return lq * lk
@@ -98,8 +124,9 @@ def run_case(shape, dtype_name, isas, threads, iters, with_ggml, expand_kv, cloc
     sdpa, gqa_note = sdpa_fn(q, k, v, causal, expand_kv)
     fns = {"torch": sdpa}
     for isa in isas:
-        fns[isa] = (lambda isa=isa: qattn.attention(q, k, v, causal=causal, layout="bhsd", threads=threads,
-                                                    isa=None if isa == "auto" else isa))
+        mod, tier = BASE[isa] if isa in BASE else (qattn, isa)
+        fns[isa] = (lambda mod=mod, tier=tier: mod.attention(q, k, v, causal=causal, layout="bhsd", threads=threads,
+                                                             isa=None if tier == "auto" else tier))
     if with_ggml:
         fns["ggml"], ggml_result = ggml_fn(q, k, v, causal, threads)
     times = {name: [] for name in fns}
@@ -138,9 +165,14 @@ def main():
                     help="GQA for torch: enable_gqa on the same K/V (default), or K/V expanded to H heads beforehand")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu: process CPU time (with --threads 1 only; other load on a shared machine then matters less)")
+    ap.add_argument("--baseline-lib", default=None,
+                    help="another libqattn.so, timed as column 'base' (first --isa tier) in the same rounds")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     isas = args.isa.split(",")
+    if args.baseline_lib:
+        BASE["base"] = (load_baseline(args.baseline_lib), isas[0])
+        isas = ["base"] + isas
     if args.clock == "cpu" and args.threads != 1:
         raise SystemExit("--clock cpu needs --threads 1 (process CPU time sums over threads)")
     clock = time.process_time if args.clock == "cpu" else time.perf_counter

@@ -1,7 +1,8 @@
 /* The CPU driver for FP32/FP16/BF16 attention: cuts the problem into work units, packs Q and
  * K/V tiles to FP32 (rounded to the call's precision), runs the ISA's tile kernel, merges
  * split-KV partials in a fixed order and writes O and LSE. Memory is O(tile) per thread plus,
- * for prefill, one FP32 copy of K/V (O(Lk x D), capped: see make_plan), never Lq x Lk.
+ * for prefill, one FP32 copy of K/V (O(Lk x D), capped; none for FP32 K/V with contiguous rows:
+ * see make_plan), never Lq x Lk.
  *
  * Work unit = (sequence b, kv head g, block of query positions, KV split). The rows of a unit
  * are all query heads of group g at those positions, so each K/V tile is packed once per
@@ -94,15 +95,21 @@ static void make_plan(plan *pl, const qattn_ctx *ctx, const qattn_params *p) {
      * rows, so copying it into a packed tile costs more than reading it strided. With many
      * rows the packed tile wins: rows of stride H*D alias in L1 and would be re-read from L2.
      * Either way the kernel sees the same values, so results do not change. */
-    pl->direct_kv = p->qkv_dtype == QATTN_DTYPE_F32 && pl->precision == QATTN_PRECISION_FP32 && p->k_seq_stride == p->v_seq_stride &&
-                    (p->seqlen_q < pl->block_pos ? p->seqlen_q : pl->block_pos) * pl->group <= DIRECT_KV_MAX_ROWS;
+    bool f32_kv = p->qkv_dtype == QATTN_DTYPE_F32 && pl->precision == QATTN_PRECISION_FP32 && p->k_seq_stride == p->v_seq_stride;
+    bool few_rows = (p->seqlen_q < pl->block_pos ? p->seqlen_q : pl->block_pos) * pl->group <= DIRECT_KV_MAX_ROWS;
+    /* ...and for any row count when a head's K/V rows are already contiguous ([B, HK, L, D], torch's
+     * SDPA layout: seq stride D): the packed copy would hold the same bytes in the same order.
+     * (Zen 4, avx512, 1 thread, B1 H8 L2048/4096 D128 against the pre-pack: see docs/cpu_kernels.md.) */
+    bool rows_contiguous = p->k_seq_stride == p->head_dim;
+    pl->direct_kv = f32_kv && (few_rows || rows_contiguous);
     /* Tried and dropped: software prefetch of the next tile's K/V rows (no gain for decode once
      * its units read whole contiguous [HK, D] rows; about 10% loss for prefill; on Zen 4 with
      * 256-row units, every line of the next tile's rows to L2: -2% to +4%, within the noise);
-     * reading FP32 K/V in place for prefill too (Zen 4, avx512: within the noise); packing all the
+     * reading FP32 K/V in place for prefill when rows are H*D apart ([B, L, H, D]; Zen 4, avx512: within
+     * the noise; contiguous rows are read in place, above); packing all the
      * unit's heads in one sequential sweep of [n][HK*D] rows (FP16 decode unchanged, FP32 packed
      * that way 25% slower than read in place). */
-    pl->tile_keys = (pl->direct_kv || pl->heads > 1) ? DECODE_TILE_KEYS : TILE_KEYS;
+    pl->tile_keys = ((pl->direct_kv && few_rows) || pl->heads > 1) ? DECODE_TILE_KEYS : TILE_KEYS;
     /* Prefill: every unit of a kv head walks the same K/V, and packing a 64-key tile reads 64 rows
      * H*D elements apart (a new page each at H*D >= 1024 FP32), which waits on L3 and page walks:
      * 14% of a 1-thread L2048 D128 run with 256-row units (perf, Zen 4). So when several units
@@ -129,8 +136,16 @@ static size_t prepack_floats(const plan *pl) {
     return pl->prepack ? (size_t)2 * (size_t)pl->p->n_kv_heads * (size_t)pl->total_k * (size_t)pl->p->head_dim : 0;
 }
 
+/* Whether units are handed out in another order than their index (order_units): with a block mask,
+ * and with a causal or windowed mask, where units of one plan differ in cost (causal: the last query
+ * block of a head sees all its keys, the first one tile). */
+static bool wants_order(const plan *pl) {
+    const qattn_params *p = pl->p;
+    return pl->n_units > 1 && (p->block_mask || p->causal || p->window_left >= 0 || p->window_right >= 0);
+}
+
 static size_t order_bytes(const plan *pl) {
-    return pl->p->block_mask ? (size_t)pl->n_units * sizeof(qattn_bm_unit_cost) : 0;
+    return wants_order(pl) ? (size_t)pl->n_units * sizeof(qattn_bm_unit_cost) : 0;
 }
 
 static size_t plan_bytes(const plan *pl, int n_workers) {
@@ -285,7 +300,12 @@ static void write_rows(const plan *pl, const qattn_seq *s, int64_t b, int64_t i0
             bool empty = mx == -INFINITY; /* saw no key: zeros, LSE -inf, never 0/0 */
             if (!empty && !(isfinite(l) && isfinite(mx))) note_if_overflow(pl, s, b, i, h);
             float inv = empty ? 0.0f : 1.0f / l;
-            for (int c = 0; c < D; c++) qattn_store(p->o, p->o_dtype, base + c, empty ? 0.0f : acc[c] * inv);
+            if (p->o_dtype == QATTN_DTYPE_F32 && !empty) { /* the common case, without a dtype switch per element */
+                float *o = (float *)p->o + base;
+                for (int c = 0; c < D; c++) o[c] = acc[c] * inv;
+            } else {
+                for (int c = 0; c < D; c++) qattn_store(p->o, p->o_dtype, base + c, empty ? 0.0f : acc[c] * inv);
+            }
             if (p->lse) p->lse[s->lse_off + (int64_t)h * s->lse_head_stride + i] = empty ? -INFINITY : (mx + log2f(l)) * LN2;
         }
 }
@@ -482,19 +502,30 @@ static void merge_unit(void *arg, int64_t task, int worker) {
     }
 }
 
-/* Block mask: the units in order of decreasing live work (qattn_bm_cost), so the dynamic hand-out
- * of the thread pool does not leave one thread with a dense unit at the end. Scheduling only:
- * every unit computes the same values whichever thread runs it, whenever. */
+/* The order units are handed out in, so the dynamic hand-out of the thread pool does not leave one
+ * thread with a long unit at the end. Block mask: decreasing live work (qattn_bm_cost). Causal or
+ * windowed: each kv head's query blocks last to first (causal: longest first, the one-tile diagonal
+ * block last), heads in order, so consecutive units still share a head's K/V in cache; a global
+ * longest-first sort interleaved the heads and ran 2-3% slower on one thread (Zen 4, L2048/L4096
+ * causal). Causal B1 H8 L2048 with 2 threads in the old order ended on the longest unit (the last
+ * query block of the last head). Scheduling only: every unit computes the same values whichever
+ * thread runs it, whenever. */
 static void order_units(plan *pl, qattn_bm_unit_cost *order) {
     const qattn_params *p = pl->p;
     for (int64_t t = 0; t < pl->n_units; t++) {
+        if (!p->block_mask) { /* qb -> n_qblocks - 1 - qb; split and (b, g) kept */
+            int64_t split = t % pl->n_split, rest = t / pl->n_split;
+            int64_t qb = pl->n_qblocks - 1 - rest % pl->n_qblocks, bg = rest / pl->n_qblocks;
+            order[t] = (qattn_bm_unit_cost){0, (bg * pl->n_qblocks + qb) * pl->n_split + split};
+            continue;
+        }
         unit u = unit_of(pl, t);
         qattn_seq s = seq_view(pl, u.b);
         int64_t cost = qattn_bm_unit_cost_of(p, &s, u.b, u.g * pl->group, (u.g + pl->heads) * pl->group, u.qb * pl->block_pos, pl->block_pos, u.split,
                                              pl->n_split, pl->split_keys);
         order[t] = (qattn_bm_unit_cost){cost, t};
     }
-    qattn_bm_sort_units(order, pl->n_units);
+    if (p->block_mask) qattn_bm_sort_units(order, pl->n_units);
     pl->order = order;
 }
 
@@ -533,6 +564,10 @@ qattn_status qattn_cpu_forward_kv(qattn_ctx *ctx, const qattn_params *p, const q
     plan pl;
     make_plan(&pl, ctx, p);
     pl.kv = kv;
+    /* A paged cache cuts in-place tiles at page ends: for prefill-shaped plans, whose in-place reading
+     * comes from contiguous rows (make_plan, which does not see kv), the units pack their tiles instead
+     * (no pre-pack: the workspace was sized without it). */
+    if (kv && kv->block_table && pl.direct_kv && pl.tile_keys == TILE_KEYS) pl.direct_kv = false;
     if (pl.n_units == 0) return QATTN_OK; /* no query rows anywhere */
     int nw = n_workers(ctx, &pl);
     size_t need = plan_bytes(&pl, nw);
@@ -549,7 +584,7 @@ qattn_status qattn_cpu_forward_kv(qattn_ctx *ctx, const qattn_params *p, const q
     pl.scratch = mem;
     pl.partials = pl.scratch + (size_t)nw * pl.worker_floats;
     pl.kv_packed = pl.partials + (pl.n_split > 1 ? (size_t)pl.n_units * partial_floats(&pl) : 0);
-    if (p->block_mask) order_units(&pl, (qattn_bm_unit_cost *)(void *)(pl.kv_packed + prepack_floats(&pl)));
+    if (wants_order(&pl)) order_units(&pl, (qattn_bm_unit_cost *)(void *)(pl.kv_packed + prepack_floats(&pl)));
     if (pl.prepack) qattn_parallel_for(ctx->pool, ctx->n_threads, p->batch * pl.n_kchunks, prepack_task, &pl);
     atomic_init(&pl.overflow_row, INT64_MAX);
     qattn_parallel_for(ctx->pool, nw, pl.n_units, run_unit, &pl);
