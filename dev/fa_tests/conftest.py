@@ -5,13 +5,12 @@
   (fp16 and bf16); the memory only the "reference implementation OOM" skips.
 - flash_attn.Unsupported (a feature qattn lacks) and qattn.QattnUnsupportedError become skips
   whose reason is the message.
-- FA_SAMPLE=k/n keeps the test cases whose crc32(node id) % n < k (stable across runs); unset = all.
+- FA_MAX_SEQLEN_K=N: skip cases with a sequence longer than N (memory of a shared host).
 - FA_SUMMARY=path: per test function passed / failed / skipped and skip reasons, as text.
 """
 import collections
 import os
 import types
-import zlib
 
 import pytest
 import torch
@@ -33,16 +32,15 @@ def pytest_pyfunc_call(pyfuncitem):
         pytest.skip("unsupported: %s" % str(e).splitlines()[0][:160])
 
 
-def pytest_collection_modifyitems(config, items):
-    spec = os.environ.get("FA_SAMPLE")
-    if not spec:
-        return
-    k, n = (int(x) for x in spec.split("/"))
-    keep, drop = [], []
-    for it in items:
-        (keep if zlib.crc32(it.nodeid.encode()) % n < k else drop).append(it)
-    items[:] = keep
-    config.hook.pytest_deselected(items=drop)
+@pytest.fixture(autouse=True)
+def _seqlen_cap(request):
+    """FA_MAX_SEQLEN_K=N skips cases whose seqlen_k (or seqlen) exceeds N: FlashAttention's references
+    and paged caches at 128k keys take several GB per case, too much for a shared host."""
+    cap = int(os.environ.get("FA_MAX_SEQLEN_K", "0"))
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    lk = max(params.get("seqlen_k", 0), params.get("seqlen_q", 0), params.get("seqlen", 0))
+    if cap and lk > cap:
+        pytest.skip("run configuration: seqlen %d > FA_MAX_SEQLEN_K=%d (host memory)" % (lk, cap))
 
 
 _results = collections.defaultdict(collections.Counter)
@@ -55,7 +53,9 @@ def pytest_runtest_logreport(report):
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
         if report.skipped:
             reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-            reason = reason.replace("Skipped: ", "") or "pytest.skip() without a reason (FA's own condition)"
+            reason = reason.replace("Skipped: ", "")
+            if reason in ("", "Skipped"):
+                reason = "FlashAttention's own pytest.skip() (a combination the test excludes)"
             _results[fn]["skipped"] += 1
             _reasons[fn][reason] += 1
         elif report.failed:
@@ -63,11 +63,16 @@ def pytest_runtest_logreport(report):
             _failed[fn].append(report.nodeid.split("::")[-1])
         else:
             _results[fn]["passed"] += 1
+        if os.environ.get("FA_SUMMARY") and not os.environ.get("PYTEST_XDIST_WORKER") and sum(sum(c.values()) for c in _results.values()) % 25 == 0:
+            _write(os.environ["FA_SUMMARY"], _text() + "\n(partial)")
 
 
-def pytest_terminal_summary(terminalreporter):
-    if not _results:  # xdist controller: the workers' reports arrive here too (logreport runs on it)
-        return
+def _write(path, text):
+    with open(path, "w") as f:
+        f.write(text + "\n")
+
+
+def _text():
     lines = ["", "per test function: passed / failed / skipped"]
     for fn in sorted(_results):
         c = _results[fn]
@@ -76,9 +81,13 @@ def pytest_terminal_summary(terminalreporter):
             lines.append("      skip x%-5d %s" % (n, r))
         for nid in _failed[fn][:20]:
             lines.append("      FAILED %s" % nid)
-    text = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _results or os.environ.get("PYTEST_XDIST_WORKER"):  # the xdist controller gets every report
+        return
+    text = _text()
     terminalreporter.write_line(text)
-    path = os.environ.get("FA_SUMMARY")
-    if path:
-        with open(path, "w") as f:
-            f.write(text + "\n")
+    if os.environ.get("FA_SUMMARY"):
+        _write(os.environ["FA_SUMMARY"], text)

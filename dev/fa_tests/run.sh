@@ -5,8 +5,8 @@
 # usage: dev/fa_tests/run.sh [FA_REPO] [pytest args...]
 #   FA_REPO     FlashAttention git dir or checkout (default /work/.mirror/Dao-AILab+flash-attention/repo)
 #   pytest args: added after the selected functions (e.g. -k "not 59" -x)
-# env: QATTN_LIBRARY (default build/libqattn.so), FA_SAMPLE=k/n (run a stable subset of the cases:
-#      crc32(node id) % n < k), FA_JOBS (pytest-xdist workers, default 2 if installed), FA_SUMMARY
+# env: QATTN_LIBRARY (default build/libqattn.so), FA_SAMPLE=k/n (run a stable subset of each function's cases:
+#      crc32(case id) % n < k, chosen in rewrite.py before collection), FA_JOBS (pytest-xdist workers, default 2 if installed), FA_SUMMARY
 #      (file for the per-function counts), FA_TESTS (function names,
 #      default: the forward ones below), FA_REV (snapshot revision, default HEAD), FA_KEEP=1 (keep tmp dir).
 # Run it niced on a shared machine: nice -n 19 dev/fa_tests/run.sh
@@ -35,7 +35,7 @@ fa_show flash_attn/bert_padding.py > "$tmp/pkg/flash_attn/bert_padding.py"
 fa_show flash_attn/layers/rotary.py > "$tmp/pkg/flash_attn/layers/rotary.py"
 : > "$tmp/pkg/flash_attn/layers/__init__.py"
 fa_show tests/test_flash_attn.py > "$tmp/tests/test_flash_attn.orig.py"
-python3 "$here/rewrite.py" "$tmp/tests/test_flash_attn.orig.py" "$tmp/tests/test_flash_attn.py"
+python3 "$here/rewrite.py" "$tmp/tests/test_flash_attn.orig.py" "$tmp/tests/test_flash_attn.py" ${FA_SAMPLE:-}
 rm "$tmp/tests/test_flash_attn.orig.py"
 cp "$here/conftest.py" "$tmp/tests/conftest.py"
 echo "FlashAttention snapshot: $fa @ $(git -C "$fa" rev-parse "$rev" 2>/dev/null || echo checkout)"
