@@ -1,7 +1,7 @@
 """A CPU stand-in for the `flash_attn` package that maps FlashAttention's Python API onto qattn.
 
 Used only by dev/fa_tests/run.sh to run FlashAttention's own forward tests against qattn; see
-dev/fa_tests/README.md. bert_padding.py and layers/rotary.py are FlashAttention's own files, copied
+docs/fa_compat.md. bert_padding.py and layers/rotary.py are FlashAttention's own files, copied
 from a snapshot into a temporary directory at run time (never into this repository).
 """
 __version__ = "qattn-shim"
