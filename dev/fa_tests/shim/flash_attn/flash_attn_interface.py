@@ -111,12 +111,12 @@ def _varlen_paged(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, seqused_k, bl
     _check(dropout_p)
     d = q.shape[-1]
     scale = softmax_scale if softmax_scale is not None else d ** -0.5
-    if d % 8:
-        raise Unsupported("paged varlen with head_dim %% 8 != 0 (the adapter pads only copies it can afford)")
+    if d % 8:  # FlashAttention's padding rule, on copies (this path only reads the caches)
+        q, k_cache, v_cache = (_pad8(x.detach()) for x in (q, k_cache, v_cache))
     cq = cu_seqlens_q.tolist()
     lk = seqused_k.tolist() if seqused_k is not None else [b - a for a, b in zip(cu_seqlens_k.tolist()[:-1], cu_seqlens_k.tolist()[1:])]
     B, H = len(cq) - 1, q.shape[1]
-    out = torch.empty_like(q)
+    out = torch.empty(q.shape[:-1] + (d,), dtype=q.dtype)
     lse = torch.full((H, q.shape[0]), float("-inf"), dtype=torch.float32)
     slopes = _slopes(alibi_slopes)
     for b in range(B):
@@ -129,7 +129,7 @@ def _varlen_paged(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, seqused_k, bl
                                               causal=bool(causal), window_size=_window(window_size) or (-1, -1),
                                               softcap=float(softcap or 0.0), alibi_slopes=sb, return_lse=True,
                                               threads=_THREADS)
-        out[cq[b]:cq[b + 1]] = ob[0]
+        out[cq[b]:cq[b + 1]] = ob[0][..., :out.shape[-1]]
         lse[:, cq[b]:cq[b + 1]] = lb[0]
     return out, lse
 
