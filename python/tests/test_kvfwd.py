@@ -104,6 +104,7 @@ def fill_prefix(rng, kc, vc, table, cache_seqlens):
     (16, np.float32, False, (20, 3), False, 64, 5, 7),       # two-sided window
     (None, np.float16, False, (-1, -1), True, 64, 5, 1),     # contiguous, every query at cache_seqlens
     (None, np.float32, True, (-1, -1), None, 0, 5, 0),       # no new tokens, no rotary
+    (16, np.float16, False, (30, 7), True, 32, 80, 80),      # > 64 queries per call, right window, rotary_dim < D
 ])
 def test_matches_reference(rng, page, dtype, causal, window, interleaved, rd, Lq, sn):
     B, H, HK, D = 3, 8, 2, 64
@@ -222,7 +223,7 @@ def test_bad_inputs_leave_cache_unchanged(rng):
         qattn.attention_with_kvcache(q, kc, vc, k, v, cache_seqlens=np.array([3, -1], np.int32), block_table=table)
     assert unchanged()
     full = np.array([3, table.shape[1] * page], np.int32)
-    with pytest.raises(qattn.QattnCapacityError):
+    with pytest.raises(qattn.QattnCapacityError, match="block_table row holds"):  # names what limits it (FA's test matches "block_table")
         qattn.attention_with_kvcache(q, kc, vc, k, v, cache_seqlens=full, block_table=table)
     assert unchanged()
     cos, sin = make_tables(rng, 20, 64)  # sequence 1 needs position 20

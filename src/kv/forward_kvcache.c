@@ -147,6 +147,12 @@ static qattn_status check_sequences(qattn_ctx *ctx, const qattn_params *p, const
     for (int64_t b = 0; b < p->batch; b++) {
         int64_t cs = kv->cache_seqlens[b], len = cs + kv->seqlen_new; /* both < 2^31: no overflow */
         if (cs < 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s: cache_seqlens[%lld] is %lld; it must be >= 0", FN, (long long)b, (long long)cs);
+        if (len > capacity && kv->block_table)
+            return qattn_fail(ctx, QATTN_ERR_CAPACITY,
+                              "%s: sequence %lld needs %lld tokens (cache_seqlens %lld + seqlen_new %lld); its block_table row holds %lld "
+                              "(max_blocks %lld x page_size %d)",
+                              FN, (long long)b, (long long)len, (long long)cs, (long long)kv->seqlen_new, (long long)capacity,
+                              (long long)kv->max_blocks, kv->page_size);
         if (len > capacity)
             return qattn_fail(ctx, QATTN_ERR_CAPACITY, "%s: sequence %lld needs %lld tokens (cache_seqlens %lld + seqlen_new %lld); the cache holds %lld per sequence",
                               FN, (long long)b, (long long)len, (long long)cs, (long long)kv->seqlen_new, (long long)capacity);
