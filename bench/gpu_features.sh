@@ -7,7 +7,6 @@
 #  3. compute-sanitizer memcheck of --small, --small --bs and --small --bs --int8, side by side;
 #  4. bench/gpu_blocksparse.py: time vs density at L 16k, B1 H16 D128, FP16 and INT8, dense in the same run;
 #  5. bench/gpu_compare.py at D 32/64/80/128/160/192, L 4k, against SDPA (FP16 only), then bench/gpu_mods.py.
-# bench/gpu_blocksparse.sh and bench/gpu_dims.sh run each half alone with more repetitions.
 set -u
 OUT=${OUT:-out}
 mkdir -p "$OUT"
