@@ -132,7 +132,9 @@ class Cache:
         self.lib.L.qattn_kv_cache_destroy(self.lib.cpu, self.c)
 
     def dequant(self, seq):
-        """FP32 [HK, L, D] K and V from the device arena (what decode sees)."""
+        """FP32 [HK, L, D] K and V from the device arena (what decode sees). INT8: the codes hold
+        H(k) / n (the cache's default transforms: factors 1, means 0, block Hadamard H of n = D
+        channels here, D 64 or 128), so K is H applied to the dequantized codes."""
         lay, HK, D, BS, L = self.lay, self.HK, self.D, self.BS, self.lens[seq]
         nb = (L + BS - 1) // BS
         ids = self.d_table.view(lay.max_seqs, lay.max_blocks_per_seq)[seq, :nb].long()
@@ -147,6 +149,11 @@ class Cache:
             else:
                 x = raw.view(torch.float16 if self.dtype == F16 else torch.bfloat16).view(nb, HK, BS, D).float()
             out.append(x.permute(1, 0, 2, 3).reshape(HK, nb * BS, D)[:, :L])
+        if self.dtype == I8:
+            h = torch.ones(1, 1, device=out[0].device)
+            while h.shape[0] < D:
+                h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+            out[0] = out[0] @ h
         return out
 
 

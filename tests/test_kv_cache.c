@@ -358,22 +358,25 @@ static void test_decode(const dcase *dc, int32_t dtype, uint64_t seed, bool cali
     th_set_context(NULL);
 }
 
-/* The calibrated INT8 cache against the plain one on keys with outlier channels (offset +10,
- * spread x12 in 4 of 128 channels, as qattn accuracy's "outlier"): the per-token K scale is set
- * by the outliers in the plain cache (step ~46/127 for N(0,1) channels); smoothing and rotation
- * bring it near the N(0,1) channels' own range (FORMAT.md section 7 predicts ~4x less K noise),
- * so the error against the original values must fall below half. Then the calibration's own
- * refusals: a non-empty or FP16 cache, bad factors, and export of a calibrated cache. */
+/* The INT8 cache's transforms on keys with outlier channels (offset +10, spread x12 in 4 of 128
+ * channels, as qattn accuracy's "outlier"). Without transforms (plain per-token codes, simulated
+ * here with the cache's own row quantizer and the FP64 oracle) the K scale of every token is set
+ * by the outliers (step ~30/127 against ~3/127 for N(0,1) channels); the default cache's rotation
+ * spreads them over the 128 channels (max |y| ~7), so its error against the original values must
+ * fall below half the plain one; a calibration (means removed, factors) must do better still.
+ * Then the export carries the transforms at the arena's tail, and the calibration's refusals: a
+ * non-empty or FP16 cache, bad factors. */
 static void test_decode_calibration_gain(void) {
     th_set_context("decode calibration gain");
-    printf("  decode calibration gain and refusals\n");
+    printf("  decode transforms gain and refusals\n");
     qattn_ctx *ctx = th_ctx(QATTN_ISA_AUTO, 2);
     if (!ctx) return;
     dcase dc = {8, 2, 128, 16, 4, 1, -1, 1, {700}};
     int32_t cu_q[2] = {0, 4}, cu_k[2] = {0, 700};
     size_t kv_e = (size_t)700 * 2 * 128, q_e = (size_t)4 * 8 * 128;
     float *k = th_xmalloc(kv_e * 4), *v = th_xmalloc(kv_e * 4), *q = th_xmalloc(q_e * 4), *o = th_xmalloc(q_e * 4);
-    double *ref = th_xmalloc(q_e * 8);
+    float *kp = th_xmalloc(kv_e * 4), *vp = th_xmalloc(kv_e * 4);
+    double *ref = th_xmalloc(q_e * 8), *ref_plain = th_xmalloc(q_e * 8);
     float *mem = th_xmalloc((size_t)6 * 2 * 128 * 4);
     th_rng rng;
     th_rng_init(&rng, th_derive_seed(1000));
@@ -381,6 +384,16 @@ static void test_decode_calibration_gain(void) {
     for (size_t i = 0; i < kv_e; i++)
         if (i % 128 % 32 == 5) k[i] = k[i] * 12.0f + 10.0f;
     run_oracle(ctx, &dc, q, k, v, cu_q, cu_k, ref, NULL);
+    int8_t codes[128];
+    for (size_t r = 0; r < kv_e / 128; r++) /* plain per-token codes of each (token, kv head) row */
+        for (int which = 0; which < 2; which++) {
+            const float *x = (which ? v : k) + r * 128;
+            float *y = (which ? vp : kp) + r * 128, sc = qattn_kv_quantize_row(x, 128, codes);
+            for (int i = 0; i < 128; i++) y[i] = sc * (float)codes[i];
+        }
+    run_oracle(ctx, &dc, q, kp, vp, cu_q, cu_k, ref_plain, NULL);
+    for (size_t i = 0; i < q_e; i++) o[i] = (float)ref_plain[i];
+    double err_plain = th_compare(o, ref, q_e).rel_l2;
     qattn_calibration cal;
     calibrate_case(ctx, &dc, q, k, v, cu_q, cu_k, &cal, mem);
     double err[2];
@@ -395,17 +408,26 @@ static void test_decode_calibration_gain(void) {
         dp.q = q, dp.o = o, dp.seq_ids = &id, dp.n_seqs = 1, dp.seqlen_q = 4, dp.n_heads = 8;
         TH_CHECK(qattn_kv_decode(ctx, c, &dp) == QATTN_OK, "decode: %s", qattn_ctx_last_error(ctx));
         err[calib] = th_compare(o, ref, q_e).rel_l2;
-        if (calib) {
-            qattn_kv_cache_layout lay;
-            TH_CHECK(qattn_kv_cache_export(ctx, c, &lay) == QATTN_ERR_UNSUPPORTED, "export of a calibrated cache accepted");
+        qattn_kv_cache_layout lay;
+        TH_CHECK(qattn_kv_cache_export(ctx, c, &lay) == QATTN_OK, "export: %s", qattn_ctx_last_error(ctx));
+        TH_CHECK(lay.arena_bytes == lay.n_blocks * lay.block_bytes + 5 * 2 * 128 * 4, "arena_bytes %lld", (long long)lay.arena_bytes);
+        const float *tail = (const float *)((const uint8_t *)lay.arena + lay.n_blocks * lay.block_bytes);
+        for (int i = 0; i < 2 * 128; i++) { /* factors, then K and V means */
+            if (!TH_CHECK(tail[i] == (calib ? cal.k_factor[i] : 1.0f) && tail[256 + i] == (calib ? cal.k_mean[i] : 0.0f) &&
+                              tail[512 + i] == (calib ? cal.v_mean[i] : 0.0f),
+                          "exported transforms, entry %d", i))
+                break;
+        }
+        if (calib)
             TH_CHECK(qattn_kv_cache_set_calibration(ctx, c, &cal) == QATTN_ERR_INVALID_ARGUMENT &&
                          strstr(qattn_ctx_last_error(ctx), "holds 700 tokens"),
                      "set on a non-empty cache: %s", qattn_ctx_last_error(ctx));
-        }
         qattn_kv_cache_destroy(ctx, c);
     }
-    printf("    INT8 decode vs original, outlier keys: plain %.3e, calibrated %.3e\n", err[0], err[1]);
-    TH_CHECK(err[1] < 0.5 * err[0], "calibration does not halve the decode error (%.3e vs %.3e)", err[1], err[0]);
+    printf("    INT8 decode vs original, outlier keys: plain codes %.3e, default (rotated) %.3e, calibrated %.3e\n", err_plain, err[0],
+           err[1]);
+    TH_CHECK(err[0] < 0.5 * err_plain, "the rotation does not halve the decode error (%.3e vs %.3e)", err[0], err_plain);
+    TH_CHECK(err[1] < err[0], "calibration does not lower the decode error (%.3e vs %.3e)", err[1], err[0]);
     qattn_kv_cache *f16 = make_cache(ctx, 2, 128, 16, QATTN_DTYPE_F16, 4, 1), *i8 = make_cache(ctx, 2, 128, 16, QATTN_DTYPE_I8, 4, 1);
     if (f16 && i8) {
         TH_CHECK(qattn_kv_cache_set_calibration(ctx, f16, &cal) == QATTN_ERR_INVALID_ARGUMENT, "fp16 cache accepted a calibration");
@@ -422,7 +444,7 @@ static void test_decode_calibration_gain(void) {
         TH_CHECK(qattn_kv_cache_set_calibration(ctx, i8, &cal) == QATTN_ERR_INVALID_ARGUMENT, "NaN mean accepted");
     }
     qattn_kv_cache_destroy(ctx, f16), qattn_kv_cache_destroy(ctx, i8);
-    free(k), free(v), free(q), free(o), free(ref), free(mem);
+    free(k), free(v), free(q), free(o), free(ref), free(mem), free(kp), free(vp), free(ref_plain);
     qattn_ctx_destroy(ctx);
     th_set_context(NULL);
 }

@@ -84,3 +84,25 @@ def test_kv_cache_decode_cuda_vs_cpu(dtype):
             assert o_gpu.is_cuda and rel_l2(o_gpu.cpu().numpy(), o_cpu.numpy()) < 1e-3
             assert rel_l2(l_gpu.cpu().numpy(), l_cpu.numpy()) < 1e-4
             c.append(0, torch.randn(5, 2, 128, generator=g), torch.randn(5, 2, 128, generator=g))
+
+
+def test_kv_cache_decode_cuda_calibrated():
+    """An INT8 cache with a calibration (factors other than 1, nonzero means): the GPU decode applies
+    the transforms the export carries at the arena's tail, as the CPU decode does."""
+    if not qattn._lib.has_symbol("qattn_kv_decode_cuda"):
+        pytest.skip("libqattn has no qattn_kv_decode_cuda")
+    g = torch.Generator().manual_seed(5)
+    k = torch.randn(400, 2, 128, generator=g)
+    k[:, :, 5::32] = k[:, :, 5::32] * 12 + 10  # outlier channels, so the factors and means matter
+    v = torch.randn(400, 2, 128, generator=g) + 3
+    q = torch.randn(1, 2, 8, 128, generator=g)
+    cal = qattn.calibrate(q.numpy(), k.unsqueeze(0).numpy(), v.unsqueeze(0).numpy())
+    assert (cal.k_factor != 1).any() and (cal.k_mean != 0).any()
+    with qattn.KVCache(2, 128, block_size=16, dtype="int8", capacity_blocks=64, max_seqs=1) as c:
+        c.set_calibration(cal)
+        c.append(0, k, v)
+        o_cpu, l_cpu = c.decode(q, [0], return_lse=True)
+        o_gpu, l_gpu = c.decode(q.cuda(), [0], return_lse=True)
+        torch.cuda.synchronize()
+        assert rel_l2(o_gpu.cpu().numpy(), o_cpu.numpy()) < 1e-3
+        assert rel_l2(l_gpu.cpu().numpy(), l_cpu.numpy()) < 1e-4

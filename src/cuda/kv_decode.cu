@@ -47,6 +47,8 @@ struct kvd_args {
     int32_t split_tokens, nsplit;
     int32_t q_dtype, o_dtype, causal, wl;
     float qscale;
+    const float *muv;      /* INT8: V's mean [HK][D] (the arena's transforms), added to each output row; else NULL */
+    const float *lse_corr; /* INT8: [n_seqs][H][Lq] scale * q . mu_k, added to the LSE (kvd_prep_q); else NULL */
     int32_t seq_id[SEQ_CHUNK];
     int32_t seq_len[SEQ_CHUNK];
 };
@@ -124,10 +126,46 @@ template <int D, int M, int NW> __device__ __forceinline__ void kvd_finish(const
             }
 #pragma unroll
             for (int k = 0; k < CL; k++) o[k] /= L;
+            if (a.muv)
+#pragma unroll
+                for (int k = 0; k < CL; k++) o[k] += a.muv[(int64_t)g * D + lane + 32 * k];
         }
 #pragma unroll
         for (int k = 0; k < CL; k++) st_any(a.o, a.o_dtype, ob + lane + 32 * k, o[k]);
-        if (a.lse && lane == 0) a.lse[((int64_t)b * a.h + hh) * a.lq + i] = empty ? -INFINITY : (m + log2f(L)) * 0.69314718055994531f;
+        const int64_t li = ((int64_t)b * a.h + hh) * a.lq + i;
+        if (a.lse && lane == 0)
+            a.lse[li] = empty ? -INFINITY : (m + log2f(L)) * 0.69314718055994531f + (a.lse_corr ? a.lse_corr[li] : 0.0f);
+    }
+}
+
+/* INT8 cache: every query row into the codes' domain (src/kv/kv_internal.h), z = H(q qscale f) with
+ * the block Hadamard transform of the CPU (qattn_rotate_row: blocks of NB channels, the same
+ * butterfly stages in the same order) but without its 1/NB, so that the split kernels, reading z
+ * as FP32 with qscale 1, make the int16 codes of the CPU's H(q f / NB) with NB times its scale,
+ * which is the CPU's scale after its own "times NB" (NB a power of two: both exact). Also the
+ * LSE shift of K's mean, scale q . mu_k (FP32, channel order, as the CPU). One block of D threads
+ * per row; rows (b, i, hh) in q's order. */
+template <int D, int NB> __global__ void __launch_bounds__(D) kvd_prep_q(const void *q, int q_dtype, float qscale, float scale,
+                                                                          const float *tf, int hk, int h, int lq, float *z, float *corr) {
+    __shared__ float y[D];
+    const int64_t row = blockIdx.x;
+    const int c = threadIdx.x, hh = (int)(row % h), g = hh / (h / hk);
+    const float *f = tf + (int64_t)g * D, *muk = tf + ((int64_t)hk + g) * D;
+    y[c] = __fmul_rn(__fmul_rn(ld_any(q, q_dtype, row * D + c), qscale), f[c]);
+    __syncthreads();
+#pragma unroll
+    for (int len = 1; len < NB; len <<= 1) {
+        const float mine = y[c], other = y[c ^ len];
+        __syncthreads();
+        y[c] = (c & len) ? __fsub_rn(other, mine) : __fadd_rn(mine, other);
+        __syncthreads();
+    }
+    z[row * D + c] = y[c];
+    if (c == 0) {
+        float s = 0.0f;
+        for (int k = 0; k < D; k++) s = __fadd_rn(s, __fmul_rn(ld_any(q, q_dtype, row * D + k), muk[k]));
+        const int64_t b = row / ((int64_t)lq * h), i = row / h % lq;
+        corr[(b * h + hh) * lq + i] = __fmul_rn(s, scale);
     }
 }
 
@@ -1000,8 +1038,6 @@ qattn_status qattn_cuda_kv_decode(qattn_ctx *ctx, qattn_kvd_state *ks, const qat
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "qattn_kv_decode_cuda needs a context with backend cuda");
     if (c->head_dim != 64 && c->head_dim != 128)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "qattn_kv_decode_cuda supports head_dim 64 and 128 (the cache has %d)", c->head_dim);
-    if (c->calib) /* the device cache holds the export of an uncalibrated cache: its codes would be read wrongly */
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "qattn_kv_decode_cuda: the cache is calibrated (qattn_kv_cache_set_calibration); the CUDA decode reads uncalibrated INT8 caches only");
     if (dp->n_seqs < 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode_cuda: n_seqs is %d", dp->n_seqs);
     if (dp->seqlen_q < 1 || dp->seqlen_q > 64)
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode_cuda: seqlen_q is %d; it must be 1..64", dp->seqlen_q);
@@ -1112,6 +1148,13 @@ qattn_status qattn_cuda_kv_decode(qattn_ctx *ctx, qattn_kvd_state *ks, const qat
     /* scratch: cached in the context (kvd_scratch); counters per unit of one launch, reused by the
      * next launch of the loop (stream order: they are back to 0 when it starts) */
     size_t part_bytes = (size_t)chunk * HK * nsplit * a.rows_pad * (D + 2) * sizeof(float);
+    /* INT8: the transformed queries [n_seqs][Lq][H][D] and their LSE shifts after the partials */
+    const bool i8 = c->dtype == QATTN_DTYPE_I8;
+    const size_t q_rows = (size_t)dp->n_seqs * dp->seqlen_q * dp->n_heads;
+    const size_t z_off = (part_bytes + 255) / 256 * 256, corr_off = z_off + q_rows * D * sizeof(float);
+    if (i8 && q_rows > (size_t)INT32_MAX)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "qattn_kv_decode_cuda: %zu query rows (n_seqs x seqlen_q x n_heads) exceed 2^31-1", q_rows);
+    if (i8) part_bytes = corr_off + q_rows * sizeof(float);
     size_t cnt_bytes = (size_t)units * sizeof(unsigned);
     cudaError_t e = kvd_scratch(ks, part_bytes, cnt_bytes, st);
     if (e != cudaSuccess) {
@@ -1127,6 +1170,20 @@ qattn_status qattn_cuda_kv_decode(qattn_ctx *ctx, qattn_kvd_state *ks, const qat
     a.part = (float *)ks->part;
     a.cnt = (unsigned *)ks->cnt;
     qattn_status status = QATTN_OK;
+    if (i8) { /* the queries into the codes' domain, once for all chunks */
+        float *z = (float *)((char *)ks->part + z_off), *corr = (float *)((char *)ks->part + corr_off);
+        const float *tf = (const float *)(a.arena + c->n_blocks * c->block_bytes); /* [f, mu_k, mu_v, ...][HK][D] */
+        const float scale = dp->scale != 0.0f ? dp->scale : 1.0f / sqrtf((float)D);
+        if (D == 64) kvd_prep_q<64, 64><<<(unsigned)q_rows, 64, 0, st>>>(dp->q, dp->q_dtype, a.qscale, scale, tf, HK, dp->n_heads, dp->seqlen_q, z, corr);
+        else kvd_prep_q<128, 128><<<(unsigned)q_rows, 128, 0, st>>>(dp->q, dp->q_dtype, a.qscale, scale, tf, HK, dp->n_heads, dp->seqlen_q, z, corr);
+        if ((e = cudaGetLastError()) != cudaSuccess)
+            status = qattn_fail(ctx, QATTN_ERR_BACKEND, "qattn_kv_decode_cuda: query transform launch (%zu rows): %s", q_rows, cudaGetErrorString(e));
+        a.q = z;
+        a.q_dtype = QATTN_DTYPE_F32;
+        a.qscale = 1.0f;
+        a.muv = tf + 2 * (int64_t)HK * D;
+        a.lse_corr = corr;
+    }
     for (int32_t b0 = 0; b0 < dp->n_seqs && status == QATTN_OK; b0 += SEQ_CHUNK) {
         int32_t n = dp->n_seqs - b0 < SEQ_CHUNK ? dp->n_seqs - b0 : SEQ_CHUNK;
         a.b0 = b0;

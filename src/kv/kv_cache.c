@@ -60,7 +60,11 @@ qattn_status qattn_kv_cache_create(qattn_ctx *ctx, const qattn_kv_cache_options 
         (uint64_t)(c.n_blocks * c.block_bytes) > (uint64_t)SIZE_MAX)
         return qattn_fail(ctx, QATTN_ERR_OVERFLOW, "KV cache size overflows (%lld blocks of %lld bytes)", (long long)c.n_blocks,
                           (long long)c.block_bytes);
-    size_t arena_b = (size_t)(c.n_blocks * c.block_bytes);
+    int64_t tf_b = qattn_kv_transform_bytes(&c);
+    if ((uint64_t)(c.n_blocks * c.block_bytes) > (uint64_t)SIZE_MAX - (uint64_t)tf_b)
+        return qattn_fail(ctx, QATTN_ERR_OVERFLOW, "KV cache size overflows (%lld blocks of %lld bytes)", (long long)c.n_blocks,
+                          (long long)c.block_bytes);
+    size_t arena_b = (size_t)(c.n_blocks * c.block_bytes + tf_b);
     size_t table_b = (size_t)((int64_t)c.max_seqs * width) * sizeof(int32_t);
     size_t len_b = (size_t)c.max_seqs * sizeof(int64_t);
     size_t rc_b = (size_t)c.n_blocks * sizeof(int32_t);
@@ -79,6 +83,10 @@ qattn_status qattn_kv_cache_create(qattn_ctx *ctx, const qattn_kv_cache_options 
                           arena_b + table_b + len_b + 2 * rc_b, (long long)c.n_blocks, (long long)c.block_bytes);
     }
     memset(cache->arena, 0, arena_b);
+    if (tf_b) { /* INT8: the identity calibration (factors 1, means 0), i.e. the rotation alone */
+        cache->calib = (float *)(cache->arena + c.n_blocks * c.block_bytes);
+        for (int64_t i = 0; i < (int64_t)c.n_kv_heads * c.head_dim; i++) cache->calib[i] = 1.0f;
+    }
     for (int64_t i = 0; i < (int64_t)c.max_seqs * width; i++) cache->block_table[i] = -1;
     memset(cache->seq_len, 0, len_b);
     memset(cache->refcount, 0, rc_b);
@@ -96,7 +104,6 @@ void qattn_kv_cache_destroy(qattn_ctx *ctx, qattn_kv_cache *cache) {
     qattn_free(ctx, cache->seq_len);
     qattn_free(ctx, cache->refcount);
     qattn_free(ctx, cache->free_stack);
-    qattn_free(ctx, cache->calib);
     qattn_free(ctx, cache);
 }
 
@@ -136,7 +143,7 @@ static void store_token(qattn_kv_cache *c, int32_t phys, int off, int h, const f
             break;
         default: {
             float y[256];
-            if (c->calib) { /* K: H(k / f - mu_k / f); V: v - mu_v (docs/KVCACHE.md, calibration) */
+            { /* K: H(k / f - mu_k / f); V: v - mu_v (docs/KVCACHE.md, INT8 scheme) */
                 const float *f = qattn_kv_cal(c, QATTN_KV_CAL_F, h), *mu = qattn_kv_cal(c, which ? QATTN_KV_CAL_MUV : QATTN_KV_CAL_MUKF, h);
                 for (int i = 0; i < D; i++) y[i] = which ? x[i] - mu[i] : x[i] / f[i] - mu[i];
                 if (!which) (void)qattn_rotate_row(y, D, 1.0f / (float)qattn_rotate_block(D));
@@ -340,10 +347,10 @@ qattn_status qattn_kv_cache_read(qattn_ctx *ctx, const qattn_kv_cache *cache, in
                 default: {
                     float sc = ((const float *)(blk + (which ? c->vs_offset : c->ks_offset)))[si];
                     for (int i = 0; i < D; i++) dst[i] = sc * (float)((const int8_t *)src)[i];
-                    if (c->calib && which) { /* v = y + mu_v */
+                    if (which) { /* v = y + mu_v */
                         const float *mu = qattn_kv_cal(c, QATTN_KV_CAL_MUV, h);
                         for (int i = 0; i < D; i++) dst[i] += mu[i];
-                    } else if (c->calib) { /* k = f * H(y + H(mu_k / f / n)), H H = n I */
+                    } else { /* k = f * H(y + H(mu_k / f / n)), H H = n I */
                         const float *f = qattn_kv_cal(c, QATTN_KV_CAL_F, h), *mr = qattn_kv_cal(c, QATTN_KV_CAL_MUKR, h);
                         for (int i = 0; i < D; i++) dst[i] += mr[i];
                         (void)qattn_rotate_row(dst, D, 1.0f);
@@ -372,15 +379,12 @@ qattn_status qattn_kv_cache_set_calibration(qattn_ctx *ctx, qattn_kv_cache *cach
     qattn_status st = qattn_check_calibration(ctx, cal, cache->n_kv_heads, cache->head_dim, false);
     if (st != QATTN_OK) return st;
     int64_t n = (int64_t)cache->n_kv_heads * cache->head_dim;
-    float *m = cache->calib ? cache->calib : qattn_alloc(ctx, (size_t)(5 * n) * sizeof(float));
-    if (!m) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "qattn_kv_cache_set_calibration: cannot allocate %lld bytes", (long long)(20 * n));
-    if (!cache->calib) cache->bytes_total += 5 * n * (int64_t)sizeof(float);
+    float *m = cache->calib; /* the arena's tail, [5][HK][D] (kv_internal.h) */
     for (int64_t i = 0; i < n; i++) {
         m[i] = cal->k_factor[i], m[n + i] = cal->k_mean[i], m[2 * n + i] = cal->v_mean[i];
         m[3 * n + i] = m[4 * n + i] = cal->k_mean[i] / cal->k_factor[i]; /* exact: powers of two */
     }
     for (int64_t g = 0; g < cache->n_kv_heads; g++)
         (void)qattn_rotate_row(m + 4 * n + g * cache->head_dim, cache->head_dim, 1.0f / (float)qattn_rotate_block(cache->head_dim));
-    cache->calib = m;
     return QATTN_OK;
 }

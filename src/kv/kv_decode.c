@@ -165,7 +165,7 @@ static void prep_q(const dplan *pl, int32_t b, float *qpack, int16_t *q16, float
         int64_t qi = (((int64_t)b * Lq + r / pl->group) * H + h) * D;
         for (int cc = 0; cc < D; cc++) qpack[(int64_t)R * D + cc] = qattn_load(dp->q, dp->q_dtype, qi + cc) * pl->qscale;
         int nb = pl->c->calib ? qattn_rotate_block(D) : 1;
-        if (pl->c->calib) { /* the keys' domain: H(q f / n), its scale times n (docs/KVCACHE.md, calibration) */
+        if (pl->c->calib) { /* INT8: the keys' domain, H(q f / n), its scale times n (docs/KVCACHE.md, INT8 scheme) */
             const float *f = qattn_kv_cal(pl->c, QATTN_KV_CAL_F, g);
             for (int cc = 0; cc < D; cc++) qpack[(int64_t)R * D + cc] *= f[cc];
             (void)qattn_rotate_row(qpack + (int64_t)R * D, D, 1.0f / (float)nb);

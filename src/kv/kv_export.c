@@ -6,13 +6,9 @@ qattn_status qattn_kv_cache_export(qattn_ctx *ctx, const qattn_kv_cache *c, qatt
     if (!ctx) return QATTN_ERR_NULL_POINTER;
     if (!c || !l) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "qattn_kv_cache_export: %s is NULL", !c ? "cache" : "layout");
     memset(l, 0, sizeof *l);
-    if (c->calib) /* the GPU decode (src/cuda/kv_decode.cu) does not apply the channel transforms */
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED,
-                          "qattn_kv_cache_export: this cache has a calibration (qattn_kv_cache_set_calibration), which only the CPU "
-                          "decode (qattn_kv_decode) applies");
     l->arena = c->arena;
     l->block_table = c->block_table;
-    l->arena_bytes = c->n_blocks * c->block_bytes;
+    l->arena_bytes = c->n_blocks * c->block_bytes + qattn_kv_transform_bytes(c); /* INT8: the transforms at the tail */
     l->table_entries = (int64_t)c->max_seqs * c->max_blocks_per_seq;
     l->n_blocks = c->n_blocks;
     l->block_bytes = c->block_bytes;

@@ -28,14 +28,21 @@ struct qattn_kv_cache {
     int32_t *free_stack;     /* [n_blocks]; free_stack[0..n_free) are free, the top is used next */
     int64_t n_free;
     int64_t bytes_total;
-    /* INT8 with static channel transforms (qattn_kv_cache_set_calibration), else NULL:
-     * [5][HK][D] = f, mu_k, mu_v, mu_k / f, H(mu_k / f / n) (the codes' domain, src/quant/lowp.h). K rows
-     * are stored as codes of H((k / f - mu_k / f) / n), V rows of v - mu_v; decode turns q into
-     * H(q f / n) with its int16 scale times n. */
+    /* INT8: the channel transforms, [5][HK][D] floats at the arena's tail (arena + n_blocks *
+     * block_bytes, so a byte copy of the arena carries them to a device): f, mu_k, mu_v, mu_k / f,
+     * H(mu_k / f / n) (the codes' domain, src/quant/lowp.h). K rows are stored as codes of
+     * H((k / f - mu_k / f) / n), V rows of v - mu_v; decode turns q into H(q f / n) with its int16
+     * scale times n. Factors 1 and means 0 (the rotation alone) until qattn_kv_cache_set_calibration.
+     * NULL for FP16/BF16. */
     float *calib;
 };
 
-/* The calibration arrays of a cache (c->calib != NULL). */
+/* Bytes of the transforms at the arena's tail: 5 HK D floats for INT8, else 0. */
+static inline int64_t qattn_kv_transform_bytes(const qattn_kv_cache *c) {
+    return c->dtype == QATTN_DTYPE_I8 ? 5 * (int64_t)c->n_kv_heads * c->head_dim * (int64_t)sizeof(float) : 0;
+}
+
+/* The transform arrays of an INT8 cache. */
 enum { QATTN_KV_CAL_F = 0, QATTN_KV_CAL_MUK = 1, QATTN_KV_CAL_MUV = 2, QATTN_KV_CAL_MUKF = 3, QATTN_KV_CAL_MUKR = 4 };
 static inline const float *qattn_kv_cal(const qattn_kv_cache *c, int which, int g) {
     return c->calib + ((int64_t)which * c->n_kv_heads + g) * c->head_dim;
