@@ -1,4 +1,5 @@
-/* CPU attention in INT8 (precision INT8 and qattn_forward_quantized) and emulated FP8.
+/* CPU attention in INT8 (precision INT8 and qattn_forward_quantized) and INT4; FP8 precisions
+ * are handed to their own driver, src/cpu/forward_fp8.c (emulated FP8).
  *
  * INT8: the FP inputs are quantized once into the workspace (token-level PTQ, the scheme's
  * granularities and smoothing, src/quant/quant.c), then the same driver as src/cpu/forward.c
@@ -887,7 +888,7 @@ static void cfg_of(const qattn_params *p, qattn_lowp_cfg *cfg) {
 qattn_status qattn_cpu_forward_lowp(qattn_ctx *ctx, const qattn_params *p) {
     qattn_status refused = refuse_score_mods(ctx, p);
     if (refused != QATTN_OK) return refused;
-    if (p->precision == QATTN_PRECISION_FP8_E4M3 || p->precision == QATTN_PRECISION_FP8_E5M2) return qattn_fp8_forward(ctx, p);
+    if (p->precision == QATTN_PRECISION_FP8_E4M3 || p->precision == QATTN_PRECISION_FP8_E5M2) return qattn_cpu_forward_fp8(ctx, p);
     qattn_lowp_cfg cfg;
     cfg_of(p, &cfg);
     return qattn_lowp_forward_cfg(ctx, p, &cfg);

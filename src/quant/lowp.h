@@ -1,7 +1,7 @@
 /* Internals of the INT8 / FP8 paths: the INT8 micro-kernel table (scalar reference in
  * src/ref/int8_ref.c, AVX2 in src/cpu/x86/int8_avx2.c, AVX-VNNI in int8_vnni.c), the packed tile layouts they share,
  * the scheme configuration of the low-precision driver (src/cpu/forward_lowp.c) and the
- * FP8 rounding (src/ref/fp8_ref.c). Nothing here is public. */
+ * FP8 emulation (kernels src/ref/fp8_ref.c, driver src/cpu/forward_fp8.c). Nothing here is public. */
 #ifndef QATTN_QUANT_LOWP_H
 #define QATTN_QUANT_LOWP_H
 
@@ -307,14 +307,29 @@ int32_t qattn_qk_smooth_exp(float qa, float ka, int32_t max_exp, int32_t min_exp
 /* PER_TOKEN with t->mean given (not computed): one pass, codes of x - mean. */
 qattn_status qattn_quantize_tensor_fixed_mean(qattn_ctx *ctx, const qattn_params *p, int32_t which, qattn_int8_tensor *t);
 
-/* ---------------------------------------------------------------- FP8 (src/ref/fp8_ref.c) */
+/* ---------------------------------------------------------------- FP8
+ * Emulated FP8 attention: reference arithmetic in src/ref/fp8_ref.c, driver in src/cpu/forward_fp8.c. */
 
 /* Round to FP8 E4M3 (max 448) or E5M2 (max 57344), nearest even, saturating to the largest
  * finite value; subnormals kept; NaN stays NaN. Returns the rounded value as float. */
 float qattn_round_fp8_e4m3(float x);
 float qattn_round_fp8_e5m2(float x);
 
-/* Emulated FP8 attention (precision FP8_E4M3 / FP8_E5M2), p validated. */
-qattn_status qattn_fp8_forward(qattn_ctx *ctx, const qattn_params *p);
+/* One scale per tensor: x[i] = rnd(x[i] / s) * s for i < n, s = amax / maxv (maxv: the format's
+ * largest finite value); x unchanged when amax is 0. */
+void qattn_fp8_round_scaled(float *x, int64_t n, float amax, float maxv, float (*rnd)(float));
+
+#define QATTN_FP8_TILE 64
+/* One query row q[d] (d % 4 == 0) against one tile of 1 <= n <= QATTN_FP8_TILE keys, key jj at
+ * k + jj * kv_stride and its value at v + jj * kv_stride (FP8-rounded FP32 copies): scores
+ * s = (q . k) * qs (qs = scale * log2(e)), then the online softmax in base 2 on the row's state
+ * (*m_io running max, -inf before the first key; *l_io running sum of the unrounded exp2(s - m);
+ * acc[d] running sum of rnd(exp2(s - m)) * v, rescaled when the max grows). */
+void qattn_fp8_attend_row_tile(const float *q, const float *k, const float *v, int64_t kv_stride, int64_t d, int64_t n,
+                               float qs, float (*rnd)(float), float *m_io, float *l_io, float *acc);
+
+/* Emulated FP8 attention (precision FP8_E4M3 / FP8_E5M2), p validated: the CPU driver,
+ * src/cpu/forward_fp8.c, called by qattn_cpu_forward_lowp. */
+qattn_status qattn_cpu_forward_fp8(qattn_ctx *ctx, const qattn_params *p);
 
 #endif

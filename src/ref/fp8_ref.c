@@ -1,16 +1,15 @@
-/* Emulated FP8 attention (precision FP8_E4M3 / FP8_E5M2), for accuracy comparisons only:
- * Q, K, V rounded to FP8 with one scale per tensor (amax / fp8_max, as FlashAttention-FP8
- * baselines do), P = exp2(s - m) rounded to FP8 without a scale (it lies in [0, 1]), everything
- * else FP32; the row sum uses the unrounded P (FlashAttention-3's FP8 forward does the same).
- * Rounding: nearest even, saturating to the largest finite value (E4M3 448, E5M2 57344),
- * subnormals kept. Scalar code; work split over (sequence, head, block of rows), so results do
- * not depend on the thread count. */
+/* Emulated FP8 arithmetic (precision FP8_E4M3 / FP8_E5M2), the reference kernels of the FP8
+ * driver src/cpu/forward_fp8.c, for accuracy comparisons only:
+ *   qattn_round_fp8_e4m3 / _e5m2   one value: nearest even, saturating to the largest finite
+ *                                  value (E4M3 448, E5M2 57344), subnormals kept, NaN stays NaN;
+ *   qattn_fp8_round_scaled         one tensor with one scale (amax / fp8_max, as
+ *                                  FlashAttention-FP8 baselines do);
+ *   qattn_fp8_attend_row_tile      one query row against one tile of n <= QATTN_FP8_TILE keys:
+ *                                  P = exp2(s - m) rounded to FP8 without a scale (it lies in
+ *                                  [0, 1]), everything else FP32; the row sum uses the unrounded P
+ *                                  (FlashAttention-3's FP8 forward does the same).
+ * Scalar code; no allocation, no threads, no validation. */
 #include "quant/lowp.h"
-
-#include "cpu/threads.h"
-
-#include <float.h>
-#include <stdatomic.h>
 
 static float round_fp8(float x, int mbits, int emin, float maxv) {
     if (isnan(x)) return x;
@@ -29,157 +28,40 @@ static float round_fp8(float x, int mbits, int emin, float maxv) {
 float qattn_round_fp8_e4m3(float x) { return round_fp8(x, 3, -6, 448.0f); }
 float qattn_round_fp8_e5m2(float x) { return round_fp8(x, 2, -14, 57344.0f); }
 
-typedef struct fjob {
-    const qattn_params *p;
-    float *q, *k, *v; /* rounded copies, contiguous [tokens][heads][D] */
-    float (*rnd)(float);
-    atomic_int overflow; /* a row's scaled scores overflowed float32 (the inputs are finite here) */
-} fjob;
-
-#define FP8_ROWS 16
-#define FP8_TILE 64
-
-static int64_t tokens_of(const qattn_params *p, bool isq) {
-    const int32_t *cu = isq ? p->cu_seqlens_q : p->cu_seqlens_k;
-    return cu ? cu[p->batch] : p->batch * (isq ? p->seqlen_q : p->seqlen_k);
-}
-
-/* Copies tensor which into dst (contiguous), returning its amax in *amax, or the first
- * non-finite value's flat index in *bad (-1 if none). */
-static void gather(const qattn_params *p, int which, float *dst, float *amax, int64_t *bad) {
-    bool isq = which == 0;
-    const void *src = which == 0 ? p->q : which == 1 ? p->k : p->v;
-    int64_t ss = which == 0 ? p->q_seq_stride : which == 1 ? p->k_seq_stride : p->v_seq_stride;
-    int64_t hs = which == 0 ? p->q_head_stride : which == 1 ? p->k_head_stride : p->v_head_stride;
-    int64_t heads = isq ? p->n_heads : p->n_kv_heads, D = p->head_dim;
-    float mx = 0.0f;
-    *bad = -1;
-    int64_t row = 0;
-    for (int64_t b = 0; b < p->batch; b++) {
-        qattn_seq s = qattn_seq_view(p, b);
-        int64_t off = which == 0 ? s.q_off : which == 1 ? s.k_off : s.v_off, n = isq ? s.lq : s.lk;
-        for (int64_t i = 0; i < n; i++, row++)
-            for (int64_t h = 0; h < heads; h++)
-                for (int64_t c = 0; c < D; c++) {
-                    float x = qattn_load(src, p->qkv_dtype, off + i * ss + h * hs + c);
-                    if (!isfinite(x) && *bad < 0) *bad = (row * heads + h) * D + c;
-                    float a = fabsf(x);
-                    mx = a > mx ? a : mx;
-                    dst[(row * heads + h) * D + c] = x;
-                }
-    }
-    *amax = mx;
-}
-
-static void round_all(float *x, int64_t n, float amax, float maxv, float (*rnd)(float)) {
+void qattn_fp8_round_scaled(float *x, int64_t n, float amax, float maxv, float (*rnd)(float)) {
     if (amax == 0.0f) return;
     float s = amax / maxv;
     for (int64_t i = 0; i < n; i++) x[i] = rnd(x[i] / s) * s;
 }
 
-static void fp8_task(void *arg, int64_t task, int worker) {
-    (void)worker;
-    const fjob *j = arg;
-    const qattn_params *p = j->p;
-    int64_t H = p->n_heads, HK = p->n_kv_heads, D = p->head_dim, group = H / HK;
-    int64_t nblk = (p->seqlen_q + FP8_ROWS - 1) / FP8_ROWS;
-    int64_t blk = task % nblk, h = (task / nblk) % H, b = task / nblk / H;
-    qattn_seq s = qattn_seq_view(p, b);
-    int64_t q0 = p->cu_seqlens_q ? p->cu_seqlens_q[b] : b * p->seqlen_q;
-    int64_t k0 = p->cu_seqlens_k ? p->cu_seqlens_k[b] : b * p->seqlen_k;
-    int64_t g = h / group;
-    float qs = qattn_effective_scale(p) * 1.4426950408889634f;
-    float sc[FP8_TILE], acc[256];
-    for (int64_t i = blk * FP8_ROWS; i < s.lq && i < (blk + 1) * FP8_ROWS; i++) {
-        const float *q = j->q + ((q0 + i) * H + h) * D;
-        int64_t lo, hi;
-        qattn_key_range(i, s.lq, s.lk, p->window_left, qattn_window_right(p), &lo, &hi);
-        float m = -INFINITY, l = 0.0f;
-        for (int64_t c = 0; c < D; c++) acc[c] = 0.0f;
-        for (int64_t t0 = lo, n; t0 < hi; t0 += n) {
-            int64_t end = hi; /* a tile stays inside one key block of the block mask; hidden blocks are skipped */
-            if (p->block_mask) {
-                int64_t bk = p->block_mask_k, next = (t0 / bk + 1) * bk;
-                if (!qattn_block_mask_allows(p, b, (int)h, i, t0)) {
-                    n = (next < hi ? next : hi) - t0;
-                    continue;
-                }
-                if (next < end) end = next;
-            }
-            n = end - t0 < FP8_TILE ? end - t0 : FP8_TILE;
-            float mb = -INFINITY;
-            for (int64_t jj = 0; jj < n; jj++) {
-                const float *k = j->k + ((k0 + t0 + jj) * HK + g) * D;
-                float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-                for (int64_t c = 0; c < D; c += 4) {
-                    a0 += q[c] * k[c];
-                    a1 += q[c + 1] * k[c + 1];
-                    a2 += q[c + 2] * k[c + 2];
-                    a3 += q[c + 3] * k[c + 3];
-                }
-                sc[jj] = ((a0 + a1) + (a2 + a3)) * qs;
-                mb = sc[jj] > mb ? sc[jj] : mb;
-            }
-            float mn = m > mb ? m : mb;
-            float alpha = m == -INFINITY ? 0.0f : exp2f(m - mn);
-            l *= alpha;
-            for (int64_t c = 0; c < D; c++) acc[c] *= alpha;
-            for (int64_t jj = 0; jj < n; jj++) {
-                float e = exp2f(sc[jj] - mn);
-                l += e;
-                float pr = j->rnd(e);
-                const float *v = j->v + ((k0 + t0 + jj) * HK + g) * D;
-                for (int64_t c = 0; c < D; c++) acc[c] += pr * v[c];
-            }
-            m = mn;
+void qattn_fp8_attend_row_tile(const float *q, const float *k, const float *v, int64_t kv_stride, int64_t d, int64_t n,
+                               float qs, float (*rnd)(float), float *m_io, float *l_io, float *acc) {
+    float sc[QATTN_FP8_TILE];
+    float m = *m_io, l = *l_io;
+    float mb = -INFINITY;
+    for (int64_t jj = 0; jj < n; jj++) {
+        const float *kr = k + jj * kv_stride;
+        float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+        for (int64_t c = 0; c < d; c += 4) {
+            a0 += q[c] * kr[c];
+            a1 += q[c + 1] * kr[c + 1];
+            a2 += q[c + 2] * kr[c + 2];
+            a3 += q[c + 3] * kr[c + 3];
         }
-        int64_t ob = s.o_off + i * p->o_seq_stride + h * p->o_head_stride;
-        bool empty = m == -INFINITY;
-        if (!empty && !(isfinite(l) && isfinite(m))) atomic_store((atomic_int *)&j->overflow, 1);
-        for (int64_t c = 0; c < D; c++) qattn_store(p->o, p->o_dtype, ob + c, empty ? 0.0f : acc[c] / l);
-        if (p->lse) p->lse[s.lse_off + h * s.lse_head_stride + i] = empty ? -INFINITY : (m + log2f(l)) * 0.6931471805599453f;
+        sc[jj] = ((a0 + a1) + (a2 + a3)) * qs;
+        mb = sc[jj] > mb ? sc[jj] : mb;
     }
-}
-
-qattn_status qattn_fp8_forward(qattn_ctx *ctx, const qattn_params *p) {
-    bool e4m3 = p->precision == QATTN_PRECISION_FP8_E4M3;
-    float maxv = e4m3 ? 448.0f : 57344.0f;
-    int64_t tq = tokens_of(p, true), tk = tokens_of(p, false), D = p->head_dim;
-    size_t nq = (size_t)(tq * p->n_heads * D), nk = (size_t)(tk * p->n_kv_heads * D);
-    size_t need = (nq + 2 * nk) * sizeof(float);
-    if (need == 0) return QATTN_OK;
-    float *mem = p->workspace;
-    if (mem) {
-        if (p->workspace_size < need)
-            return qattn_fail(ctx, QATTN_ERR_CAPACITY, "workspace has %zu bytes; FP8 emulation needs %zu", p->workspace_size, need);
-    } else {
-        mem = qattn_alloc(ctx, need);
-        if (!mem) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of workspace", need);
+    float mn = m > mb ? m : mb;
+    float alpha = m == -INFINITY ? 0.0f : exp2f(m - mn);
+    l *= alpha;
+    for (int64_t c = 0; c < d; c++) acc[c] *= alpha;
+    for (int64_t jj = 0; jj < n; jj++) {
+        float e = exp2f(sc[jj] - mn);
+        l += e;
+        float pr = rnd(e);
+        const float *vr = v + jj * kv_stride;
+        for (int64_t c = 0; c < d; c++) acc[c] += pr * vr[c];
     }
-    fjob j = {.p = p, .q = mem, .k = mem + nq, .v = mem + nq + nk, .rnd = e4m3 ? qattn_round_fp8_e4m3 : qattn_round_fp8_e5m2};
-    float *bufs[3] = {j.q, j.k, j.v};
-    qattn_status s = QATTN_OK;
-    for (int w = 0; w < 3; w++) {
-        float amax;
-        int64_t bad;
-        gather(p, w, bufs[w], &amax, &bad);
-        if (bad >= 0) {
-            s = qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s has a non-finite value (packed element %lld): FP8 emulation needs finite inputs",
-                           w == 0 ? "q" : w == 1 ? "k" : "v", (long long)bad);
-            break;
-        }
-        round_all(bufs[w], w == 0 ? (int64_t)nq : (int64_t)nk, amax, maxv, j.rnd);
-    }
-    if (s == QATTN_OK) {
-        int64_t tasks = p->batch * p->n_heads * ((p->seqlen_q + FP8_ROWS - 1) / FP8_ROWS);
-        int nt = ctx->n_threads < 1 ? 1 : (ctx->n_threads > QATTN_MAX_THREADS ? QATTN_MAX_THREADS : ctx->n_threads);
-        atomic_init(&j.overflow, 0);
-        if (tasks > 0) qattn_parallel_for(ctx->pool, nt, tasks, fp8_task, &j);
-        if (atomic_load(&j.overflow))
-            s = qattn_fail(ctx, QATTN_ERR_OVERFLOW, "scale %g: scaled scores overflow float32 although the inputs are finite "
-                           "(|scale * q.k| must stay well below %g); scale the inputs or the scale down",
-                           (double)qattn_effective_scale(p), (double)(FLT_MAX / 1.4426950408889634));
-    }
-    if (mem != p->workspace) qattn_free(ctx, mem);
-    return s;
+    *m_io = mn;
+    *l_io = l;
 }
