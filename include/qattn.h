@@ -522,7 +522,10 @@ QATTN_API qattn_status qattn_forward_calibrated(qattn_ctx *ctx, const qattn_para
  * sequences share their prefix, copy-on-write of a shared, partially filled last block.
  * Storage FP16, BF16 or INT8. INT8 (docs/KVCACHE.md): symmetric per-token-per-head scales for
  * both K and V (scale = max|x| / 127 over the head_dim values of one token and head), so an
- * append never touches codes already stored. Memory: one arena of n_blocks fixed-size blocks
+ * append never touches codes already stored; each K row is rotated by a block Hadamard
+ * transform before its rounding (outlier channels spread over the block; decode rotates q to
+ * match, so Q K^T is unchanged), and a calibration (qattn_kv_cache_set_calibration) may add
+ * channel smoothing and means. Memory: one arena of n_blocks fixed-size blocks
  * plus O(max_seqs * max_blocks_per_seq) table entries, allocated once through the context
  * allocator. A cache belongs to the context that created it (use it with that context).
  * Sequences are numbered 0..max_seqs-1 by the caller; a sequence that holds no tokens is empty. */
@@ -576,8 +579,9 @@ QATTN_API qattn_status qattn_kv_cache_append_rotary(qattn_ctx *ctx, qattn_kv_cac
  * default INT8 scheme's smoothing and Hadamard rotation, docs/FORMAT.md section 7) and V as codes
  * of v - v_mean; qattn_kv_decode transforms q to match and adds the means back (output and LSE);
  * qattn_kv_cache_read returns the original domain. A calibration of factors 1 and means 0 gives
- * the rotation alone. Refused unless every sequence is empty. The GPU decode does not apply it:
- * qattn_kv_cache_export refuses such a cache. The arrays are copied. */
+ * the rotation alone, which is what every INT8 cache applies until this call. Refused unless
+ * every sequence is empty. The arrays are copied into the cache's arena (its tail), so the export
+ * and a device copy carry them and qattn_kv_decode_cuda applies them as the CPU decode does. */
 QATTN_API qattn_status qattn_kv_cache_set_calibration(qattn_ctx *ctx, qattn_kv_cache *cache, const qattn_calibration *cal);
 
 /* Drop all tokens of seq; its blocks return to the free list when no other sequence shares them. */
@@ -629,7 +633,9 @@ QATTN_API qattn_status qattn_kv_decode(qattn_ctx *ctx, const qattn_kv_cache *cac
  * to qattn_kv_decode_cuda. Sequence lengths are read from the host cache (they must describe
  * the device copy). */
 typedef struct qattn_kv_cache_layout {
-    const void *arena;          /* host: n_blocks * block_bytes bytes */
+    const void *arena;          /* host: arena_bytes = n_blocks * block_bytes, then for INT8 the channel
+                                   transforms (float [5][HK][D], written at creation and by
+                                   qattn_kv_cache_set_calibration: copy them once after those) */
     const int32_t *block_table; /* host: [max_seqs][max_blocks_per_seq] physical ids, -1 unused */
     int64_t arena_bytes;
     int64_t table_entries;      /* max_seqs * max_blocks_per_seq */
