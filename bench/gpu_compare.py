@@ -57,7 +57,8 @@ class Params(C.Structure):
 
 class CtxOptions(C.Structure):
     _fields_ = [("backend", C.c_int32), ("isa", C.c_int32), ("n_threads", C.c_int32), ("cuda_device", C.c_int32),
-                ("alloc", C.c_void_p), ("free", C.c_void_p), ("alloc_user", C.c_void_p)]
+                ("alloc", C.c_void_p), ("free", C.c_void_p), ("alloc_user", C.c_void_p),
+                ("cuda_kernels", C.c_int32), ("reserved", C.c_int32)]
 
 
 DT = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -65,8 +66,8 @@ PREC_AUTO, PREC_INT8 = 0, 4
 
 
 class QAttn:
-    def __init__(self, path, env=None):
-        """env: variables set while the context is created (the kernel choice, e.g. QATTN_CUDA_F16_KERNEL=mma)."""
+    def __init__(self, path, kernels="auto"):
+        """kernels: the context's cuda_kernels option, "auto" (wgmma on compute capability 9.0) or "mma"."""
         # RTLD_LAZY: an unrelated undefined symbol (a CPU path mid-change) must not stop the GPU bench.
         self.lib = C.CDLL(path, mode=os.RTLD_LAZY | os.RTLD_LOCAL)
         L = self.lib
@@ -82,15 +83,8 @@ class QAttn:
         L.qattn_workspace_size.argtypes = [C.c_void_p, C.POINTER(Params), C.POINTER(C.c_size_t)]
         L.qattn_workspace_size.restype = C.c_int
         self.ctx = C.c_void_p()
-        opt = CtxOptions(backend=2, cuda_device=torch.cuda.current_device())
-        saved = {k_: os.environ.get(k_) for k_ in (env or {})}
-        os.environ.update(env or {})
+        opt = CtxOptions(backend=2, cuda_device=torch.cuda.current_device(), cuda_kernels={"auto": 0, "mma": 1}[kernels])
         s = L.qattn_ctx_create(C.byref(self.ctx), C.byref(opt))
-        for k_, v_ in saved.items():
-            if v_ is None:
-                del os.environ[k_]
-            else:
-                os.environ[k_] = v_
         if s != 0:
             raise RuntimeError("qattn_ctx_create(cuda): " + L.qattn_status_str(s).decode())
         self.ws = None
@@ -258,7 +252,8 @@ def main():
     ap.add_argument("--warm-peers", action="store_true",
                     help="only call each peer once on small inputs (D 128, FP16, causal and not), to fill JIT caches, and exit")
     ap.add_argument("--f16-mma", action="store_true",
-                    help="also time qattn FP16 on the mma.sync kernel (QATTN_CUDA_F16_KERNEL=mma) and check which kernel the default ran")
+                    help="also time qattn FP16 on the mma.sync kernel (context option cuda_kernels mma) and check which kernel the default ran")
+    ap.add_argument("--kernels", default="auto", choices=("auto", "mma"), help="the qattn context's cuda_kernels option")
     ap.add_argument("--dtype", default="f16", choices=("f16", "bf16"), help="input dtype of every contender")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--ref-heads", type=int, default=2, help="heads of the FP32 reference")
@@ -277,8 +272,8 @@ def main():
                 except Exception as e:
                     print("warm %s causal=%d failed: %s: %s" % (name, causal, type(e).__name__, e), flush=True)
         return
-    qa = QAttn(args.lib)
-    qa_mma = QAttn(args.lib, {"QATTN_CUDA_F16_KERNEL": "mma"}) if args.f16_mma else None
+    qa = QAttn(args.lib, args.kernels)
+    qa_mma = QAttn(args.lib, "mma") if args.f16_mma else None
     dt = torch.bfloat16 if args.dtype == "bf16" else torch.float16
     dev = torch.cuda.get_device_name()
     shapes = []

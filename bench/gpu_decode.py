@@ -39,7 +39,8 @@ TDT = {F32: torch.float32, F16: torch.float16, BF16: torch.bfloat16}
 
 class CtxOptions(C.Structure):
     _fields_ = [("backend", C.c_int32), ("isa", C.c_int32), ("n_threads", C.c_int32), ("cuda_device", C.c_int32),
-                ("alloc", C.c_void_p), ("free", C.c_void_p), ("alloc_user", C.c_void_p)]
+                ("alloc", C.c_void_p), ("free", C.c_void_p), ("alloc_user", C.c_void_p),
+                ("cuda_kernels", C.c_int32), ("reserved", C.c_int32)]
 
 
 class CacheOptions(C.Structure):

@@ -52,7 +52,7 @@ def main():
     ap.add_argument("--lib", default="build-gpu/libqattn.so")
     ap.add_argument("--mma", action="store_true")
     args = ap.parse_args()
-    qa = QAttn(args.lib, {"QATTN_CUDA_F16_KERNEL": "mma"} if args.mma else None)
+    qa = QAttn(args.lib, "mma" if args.mma else "auto")
     torch.manual_seed(0)
     dev, dt, D = "cuda", torch.float16, 128
     ok = True

@@ -8,7 +8,7 @@ FlashAttention-2 backend in the same run; the outputs of the builds are compared
 
 Usage: python3 bench/gpu_i8_ab.py --lib new=build-gpu/libqattn.so --lib base=build-base/libqattn.so [--shapes 4k,4kc,16k,16kc]
 --f16: the FP16 forward instead (precision AUTO: the wgmma kernel on compute capability 9.0), with SDPA's
-cuDNN backend timed too, and --f16-mma adds the first library's mma.sync kernel (QATTN_CUDA_F16_KERNEL=mma)
+cuDNN backend timed too, and --f16-mma adds the first library's mma.sync kernel (the cuda_kernels option mma)
 as one more contender.
 """
 import argparse
@@ -36,7 +36,7 @@ def main():
     args = ap.parse_args()
     libs = [(s.split("=", 1)[0], QAttn(s.split("=", 1)[1])) for s in args.lib]
     if args.f16 and args.f16_mma:
-        libs.append(("mma", QAttn(args.lib[0].split("=", 1)[1], {"QATTN_CUDA_F16_KERNEL": "mma"})))
+        libs.append(("mma", QAttn(args.lib[0].split("=", 1)[1], "mma")))
     prec, kname, unit = (PREC_AUTO, "fwd_f16", "TFLOP/s") if args.f16 else (PREC_INT8, "fwd_i8", "TOPS")
     D, rows = 128, []
     for sname in args.shapes.split(","):

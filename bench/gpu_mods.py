@@ -42,7 +42,7 @@ def main():
     ap.add_argument("--reps", type=int, default=20)
     args = ap.parse_args()
     qa = QAttn(args.lib)
-    qm = QAttn(args.lib, {"QATTN_CUDA_F16_KERNEL": "mma"})
+    qm = QAttn(args.lib, "mma")
     dev = torch.cuda.get_device_name()
     rows = []
     for D in [int(x) for x in args.dims.split(",")]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call for the INT8 kernels: build, GPU tests (FP16, INT8 with the wgmma-vs-mma.sync
 # cross-check), memcheck on the small INT8 cases, then bench/gpu_compare.py --quick with the default
-# INT8 kernel (wgmma on compute capability 9.0) and with QATTN_CUDA_I8_KERNEL=mma, same call.
+# INT8 kernel (wgmma on compute capability 9.0) and with the mma.sync kernels (--kernels mma), same call.
 set -u
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -14,5 +14,5 @@ timeout 300 $T --int8 > "$OUT/test_i8.log" 2>&1; echo "test int8 rc=$?"; cat "$O
 timeout 300 compute-sanitizer --tool memcheck --error-exitcode 3 $T --small --int8 > "$OUT/san_memcheck_i8.log" 2>&1; echo "memcheck int8 rc=$?"; tail -3 "$OUT/san_memcheck_i8.log"
 PYTHONUNBUFFERED=1 timeout 400 python3 bench/gpu_compare.py --lib build-gpu/libqattn.so --out "$OUT" "$@" 2>&1 | tee "$OUT/bench.log" | grep -vE "^done|Warn|warn_once"
 mkdir -p /tmp/mma
-QATTN_CUDA_I8_KERNEL=mma PYTHONUNBUFFERED=1 timeout 400 python3 bench/gpu_compare.py --lib build-gpu/libqattn.so --out /tmp/mma "$@" 2>&1 | tee "$OUT/mma_bench.log" | grep -vE "^done|Warn|warn_once"
+PYTHONUNBUFFERED=1 timeout 400 python3 bench/gpu_compare.py --lib build-gpu/libqattn.so --kernels mma --out /tmp/mma "$@" 2>&1 | tee "$OUT/mma_bench.log" | grep -vE "^done|Warn|warn_once"
 cp /tmp/mma/gpu_compare.json "$OUT/mma_gpu_compare.json"

@@ -133,6 +133,13 @@ typedef struct qattn_ctx qattn_ctx;
  * CPU backend's per-worker scratch is sized by it, and the online-core default is capped to it. */
 #define QATTN_MAX_THREADS 256
 
+/* Which kernels the CUDA backend runs (qattn_ctx_options.cuda_kernels). */
+typedef enum qattn_cuda_kernels {
+    QATTN_CUDA_KERNELS_AUTO = 0, /* the fastest the device runs: wgmma on compute capability 9.0, else mma.sync */
+    QATTN_CUDA_KERNELS_MMA = 1,  /* the mma.sync kernels (the sm_80 path) on every device, e.g. to compare them;
+                                    block-sparse calls, which only the wgmma kernels run, are then refused */
+} qattn_cuda_kernels;
+
 /* Options for qattn_ctx_create; zero-initialise, or pass NULL for all defaults. */
 typedef struct qattn_ctx_options {
     int32_t backend;     /* qattn_backend */
@@ -143,6 +150,8 @@ typedef struct qattn_ctx_options {
     void *(*alloc)(size_t bytes, void *user);
     void (*free)(void *ptr, void *user);
     void *alloc_user;
+    int32_t cuda_kernels; /* qattn_cuda_kernels (CUDA backend; a CPU context ignores it) */
+    int32_t reserved;     /* 0 */
 } qattn_ctx_options;
 
 QATTN_API qattn_status qattn_ctx_create(qattn_ctx **ctx, const qattn_ctx_options *options);

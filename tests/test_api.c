@@ -291,6 +291,24 @@ static void test_ctx_options(void) {
     memset(&o, 0, sizeof o);
     o.cuda_device = -1;
     TH_CHECK(qattn_ctx_create(&ctx, &o) == QATTN_ERR_INVALID_ARGUMENT && ctx == NULL, "cuda_device -1");
+    {
+        char msg[160];
+        int32_t bad[] = {-1, 2, INT32_MAX};
+        for (int i = 0; i < 3; i++) {
+            memset(&o, 0, sizeof o);
+            o.backend = QATTN_BACKEND_CPU, o.cuda_kernels = bad[i];
+            TH_CHECK(qattn_ctx_create_ex(&ctx, &o, msg, sizeof msg) == QATTN_ERR_INVALID_ARGUMENT && ctx == NULL && strstr(msg, "cuda_kernels"),
+                     "cuda_kernels %d: '%s'", bad[i], msg);
+        }
+        memset(&o, 0, sizeof o);
+        o.backend = QATTN_BACKEND_CPU, o.reserved = 1;
+        TH_CHECK(qattn_ctx_create_ex(&ctx, &o, msg, sizeof msg) == QATTN_ERR_INVALID_ARGUMENT && ctx == NULL && strstr(msg, "reserved"),
+                 "reserved 1: '%s'", msg);
+        o.reserved = 0, o.cuda_kernels = QATTN_CUDA_KERNELS_MMA; /* a CPU context ignores the CUDA kernel choice */
+        TH_CHECK(qattn_ctx_create(&ctx, &o) == QATTN_OK && ctx != NULL, "cpu context with cuda_kernels MMA");
+        qattn_ctx_destroy(ctx);
+        ctx = NULL;
+    }
     alloc_counter counter = {0, 0};
     memset(&o, 0, sizeof o);
     o.alloc = counting_alloc; /* without free */

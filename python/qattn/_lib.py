@@ -43,6 +43,8 @@ class CtxOptions(ctypes.Structure):
         ("alloc", ctypes.c_void_p),
         ("free", ctypes.c_void_p),
         ("alloc_user", ctypes.c_void_p),
+        ("cuda_kernels", ctypes.c_int32),
+        ("reserved", ctypes.c_int32),
     ]
 
 

@@ -120,6 +120,10 @@ qattn_status qattn_ctx_new(qattn_ctx **out, const qattn_ctx_options *options, ch
                            QATTN_MAX_THREADS);
     if (opt.cuda_device < 0)
         return create_fail(message, message_size, QATTN_ERR_INVALID_ARGUMENT, "cuda_device is %d; it must be >= 0", opt.cuda_device);
+    if (opt.cuda_kernels != QATTN_CUDA_KERNELS_AUTO && opt.cuda_kernels != QATTN_CUDA_KERNELS_MMA)
+        return create_fail(message, message_size, QATTN_ERR_INVALID_ARGUMENT, "cuda_kernels is %d; expected 0 (auto) or 1 (mma)", opt.cuda_kernels);
+    if (opt.reserved != 0)
+        return create_fail(message, message_size, QATTN_ERR_INVALID_ARGUMENT, "qattn_ctx_options.reserved is %d; it must be 0", opt.reserved);
 
     void *(*alloc)(size_t, void *) = opt.alloc ? opt.alloc : default_alloc;
     void (*dealloc)(void *, void *) = opt.free ? opt.free : default_free;
@@ -131,6 +135,7 @@ qattn_status qattn_ctx_new(qattn_ctx **out, const qattn_ctx_options *options, ch
     ctx->alloc_user = opt.alloc_user;
     ctx->n_threads = opt.n_threads ? opt.n_threads : online_cores();
     ctx->cuda_device = opt.cuda_device;
+    ctx->cuda_kernels = opt.cuda_kernels;
 
     qattn_status s = choose_isa(ctx, opt.isa);
     if (s == QATTN_OK && !(ctx->pool = qattn_pool_create(ctx))) s = qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cannot create the thread pool");

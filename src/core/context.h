@@ -23,6 +23,7 @@ struct qattn_ctx {
     int32_t isa;     /* qattn_isa, resolved (never AUTO) */
     int32_t n_threads;
     int32_t cuda_device;
+    int32_t cuda_kernels; /* qattn_cuda_kernels */
     const struct qattn_cpu_kernels *kernels; /* the ISA's kernel table (src/ref, src/cpu/x86) */
     void *(*alloc)(size_t bytes, void *user);
     void (*free)(void *ptr, void *user);

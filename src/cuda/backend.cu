@@ -29,8 +29,8 @@ struct cuda_state {
     int device;
     int sm_count;
     int cc_major, cc_minor;
-    int i8_wgmma; /* INT8 D 128 on the sm_90a wgmma kernel (QATTN_CUDA_I8_KERNEL=mma forces mma.sync) */
-    int f16_wgmma; /* FP16/BF16 on the sm_90a wgmma kernel (QATTN_CUDA_F16_KERNEL=mma forces mma.sync) */
+    int i8_wgmma; /* INT8 D 128 on the sm_90a wgmma kernel (cuda_kernels MMA forces mma.sync) */
+    int f16_wgmma; /* FP16/BF16 on the sm_90a wgmma kernel (cuda_kernels MMA forces mma.sync) */
     int32_t *f16_sched; /* its work counter (zeroed before each launch); calls that use it run in order (f16_serial) */
     qattn_cuda_serial f16_serial;
     void *ws;
@@ -51,9 +51,8 @@ qattn_status check_block_mask(qattn_ctx *ctx, const qattn_params *p) {
     const bool i8 = p->precision == QATTN_PRECISION_INT8;
     if (!st || !(i8 ? st->i8_wgmma : st->f16_wgmma))
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED,
-                          "block_mask on the CUDA backend runs on the sm_90a wgmma kernels only (compute capability 9.0, QATTN_CUDA_%s_KERNEL "
-                          "not set to mma); the mma.sync kernels do not implement it (the CPU backend does)",
-                          i8 ? "I8" : "F16");
+                          "block_mask on the CUDA backend runs on the sm_90a wgmma kernels only (compute capability 9.0, context option "
+                          "cuda_kernels not QATTN_CUDA_KERNELS_MMA); the mma.sync kernels do not implement it (the CPU backend does)");
     if (is_varlen(p)) return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "block_mask with cu_seqlens (varlen) is not implemented on the CUDA backend (the CPU backend does it)");
     if (p->alibi_slopes || p->softcap > 0.0f)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED,
@@ -208,12 +207,8 @@ extern "C" qattn_status qattn_cuda_init(qattn_ctx *ctx) {
     st->sm_count = prop.multiProcessorCount;
     st->cc_major = prop.major;
     st->cc_minor = prop.minor;
-    { /* wgmma is sm_90a machine code: compute capability 9.0 exactly */
-        const char *k = getenv("QATTN_CUDA_I8_KERNEL");
-        st->i8_wgmma = prop.major == 9 && prop.minor == 0 && !(k && strcmp(k, "mma") == 0);
-        const char *kf = getenv("QATTN_CUDA_F16_KERNEL");
-        st->f16_wgmma = prop.major == 9 && prop.minor == 0 && !(kf && strcmp(kf, "mma") == 0);
-    }
+    /* wgmma is sm_90a machine code: compute capability 9.0 exactly */
+    st->i8_wgmma = st->f16_wgmma = prop.major == 9 && prop.minor == 0 && ctx->cuda_kernels != QATTN_CUDA_KERNELS_MMA;
     if ((e = qattn_cuda_serial_init(&st->ws_serial)) != cudaSuccess) {
         cudaGetLastError();
         qattn_free(ctx, st);

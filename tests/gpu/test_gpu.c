@@ -619,7 +619,7 @@ int main(int argc, char **argv) {
     memset(&o, 0, sizeof o);
     o.backend = QATTN_BACKEND_CUDA;
     qattn_ctx *gpu = NULL, *cpu = NULL;
-    if (mma) setenv("QATTN_CUDA_I8_KERNEL", "mma", 1), setenv("QATTN_CUDA_F16_KERNEL", "mma", 1);
+    o.cuda_kernels = mma ? QATTN_CUDA_KERNELS_MMA : QATTN_CUDA_KERNELS_AUTO;
     qattn_status s = qattn_ctx_create(&gpu, &o);
     if (s != QATTN_OK) {
         printf("FAIL: ctx_create(cuda): %s\n", qattn_status_str(s));
@@ -627,13 +627,11 @@ int main(int argc, char **argv) {
     }
     qattn_ctx *gpu_alt = NULL;
     if ((int8 || alt || bs) && !mma) { /* the mma.sync kernels, to compare with the default (wgmma on compute capability 9.0) */
-        setenv("QATTN_CUDA_I8_KERNEL", "mma", 1);
-        setenv("QATTN_CUDA_F16_KERNEL", "mma", 1);
+        o.cuda_kernels = QATTN_CUDA_KERNELS_MMA;
         s = qattn_ctx_create(&gpu_alt, &o);
         if (s != QATTN_OK) return 1;
     }
-    unsetenv("QATTN_CUDA_I8_KERNEL");
-    unsetenv("QATTN_CUDA_F16_KERNEL");
+    o.cuda_kernels = QATTN_CUDA_KERNELS_AUTO;
     o.backend = QATTN_BACKEND_CPU;
     if (qattn_ctx_create(&cpu, &o) != QATTN_OK) return 1;
     cudaStream_t stream;

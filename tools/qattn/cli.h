@@ -63,6 +63,7 @@ typedef struct cli_opts {
     int32_t int8_scheme; /* --int8-scheme qattn|intfa|sage */
     int32_t backend;     /* --backend cpu|cuda (qattn_backend; AUTO if not given) */
     int32_t isa;         /* --isa (a name of cli_isa_names(); qattn_isa; AUTO if not given) */
+    int32_t cuda_kernels; /* --cuda-kernels auto|mma (qattn_cuda_kernels; AUTO if not given) */
     int32_t threads;     /* --threads T (0 = all online cores) */
 
     int iters;           /* --iters N (default 5) */

@@ -227,6 +227,16 @@ cli_flag_result cli_opts_parse_flag(cli_opts *o, int argc, char **argv, int *i, 
         }
         return CLI_FLAG_CONSUMED;
     }
+    if ((r = cli_flag_value(argc, argv, i, "--cuda-kernels", &value, command)) != 0) {
+        if (r < 0) return CLI_FLAG_ERROR;
+        if (!strcmp(value, "auto")) o->cuda_kernels = QATTN_CUDA_KERNELS_AUTO;
+        else if (!strcmp(value, "mma")) o->cuda_kernels = QATTN_CUDA_KERNELS_MMA;
+        else {
+            cli_error(command, "--cuda-kernels: '%s' is not one of auto, mma", value);
+            return CLI_FLAG_ERROR;
+        }
+        return CLI_FLAG_CONSUMED;
+    }
     if ((r = cli_flag_value(argc, argv, i, "--dist", &value, command)) != 0) {
         if (r < 0) return CLI_FLAG_ERROR;
         if (!strcmp(value, "normal")) o->distribution = CLI_DIST_NORMAL;
@@ -258,6 +268,7 @@ void cli_opts_print_help(FILE *f) {
           "Execution:\n"
           "  --backend B         cpu|cuda (default: QATTN_BACKEND, else cuda if a GPU is visible, else cpu)\n"
           "  --isa I             ISA (default: QATTN_ISA, else the best available)\n"
+          "  --cuda-kernels K    auto|mma: CUDA kernels (auto: wgmma on compute capability 9.0; mma: mma.sync everywhere)\n"
           "  --threads T         CPU threads (0 = all online cores)\n"
           "  --iters N           timed iterations, median reported (default 5)\n"
           "  --warmup N          untimed iterations first (default 1)\n"
@@ -376,6 +387,7 @@ void cli_opts_to_ctx_options(const cli_opts *o, qattn_ctx_options *c) {
     c->backend = o->backend;
     c->isa = o->isa;
     c->n_threads = o->threads;
+    c->cuda_kernels = o->cuda_kernels;
 }
 
 qattn_ctx *cli_ctx_create(const qattn_ctx_options *c, const char *command) {
