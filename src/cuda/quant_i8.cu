@@ -26,9 +26,16 @@
  * the channel's sum in the CPU's order (one thread, all positions: slow, met only by data mixing
  * magnitudes more than ~2^29 apart, e.g. N(0,1) never does).
  *
- * Per-channel smoothing factors (a per-channel max|Q| over a GQA group and max|K|, applied before the
- * codes) would add two max accumulators to the statistics pass and move Q's quantization after the
- * statistics items (Q read twice: once for the max, once for the codes). */
+ *
+ * Q/K channel transforms (the default scheme's, docs/FORMAT.md section 7, bit for bit the CPU's dynamic
+ * path without the sharp-unit refinement): a fourth item kind comes first in ticket order,
+ *   0. Q ranges (qstat_part): max |q| per (b, kv head g, channel) over the group's heads and a chunk of
+ *      positions, atomicMax into qa, counted in qdone[b, g];
+ * the statistics items also keep K's channel min/max; the last statistics item of bh waits for bh's Q
+ * ranges, then sets the factor f = 2^e of each channel (the CPU's qattn_qk_smooth_exp), mu / f, and the
+ * LSE's mean H(mu / f / n). K rows are coded as H((k / f - mu / f) / n), Q rows as H(q f / n) with their
+ * scales times n (rotate_row8: the CPU's butterfly stages in its order, across the row's lanes), so the
+ * attention kernels and the LSE shift are unchanged. Q is read twice (ranges, then codes). */
 extern "C" {
 #include "qattn.h"
 }
@@ -46,14 +53,17 @@ constexpr int QPAD = 128; /* Qi rows padded to the wgmma kernel's query block */
 constexpr int NT = 256;   /* threads per block, every kernel here */
 constexpr int CH = 512;   /* tokens per chunk of the statistics */
 constexpr int QRI = 4;    /* Q rows per lane group and block (loads issued together) */
+constexpr int QSC = 64;   /* query positions per Q-range item (all heads of one kv head's group) */
+constexpr int QK_MAX_EXP = 32; /* QATTN_QK_SMOOTH_MAX_EXP: the factors' largest |exponent| */
 
 inline size_t align256(size_t x) { return (x + 255) / 256 * 256; }
 
 int lk_padded(int lk) { return (lk + BN - 1) / BN * BN; }
 int n_chunks(int lk) { return (lk + CH - 1) / CH; }
+int n_qchunks(int lq) { return (lq + QSC - 1) / QSC; }
 
 struct i8_layout {
-    size_t qi, sq, ki, sk, vt, sv, vm, km, psum, pabs, pmin, qsh, sched, ctl, total;
+    size_t qi, sq, ki, sk, vt, sv, vm, km, kmf, fk, finv, psum, pabs, pmin, pkmin, pkmax, qsh, sched, ctl, qa, total;
 };
 
 i8_layout layout(const qattn_cuda_args &a, int lk_pad) {
@@ -68,13 +78,19 @@ i8_layout layout(const qattn_cuda_args &a, int lk_pad) {
     L.vt = off, off += align256(B * HK * D * (size_t)lk_pad);
     L.sv = off, off += align256(B * HK * (size_t)(lk_pad / BN) * D * 4);
     L.vm = off, off += align256(B * HK * D * 4);
-    L.km = off, off += align256(B * HK * D * 4);
+    L.km = off, off += align256(B * HK * D * 4);   /* H(mu / f / n): the LSE shift's K mean */
+    L.kmf = off, off += align256(B * HK * D * 4);  /* mu / f: what K rows are centred by */
+    L.fk = off, off += align256(B * HK * D * 4);   /* f */
+    L.finv = off, off += align256(B * HK * D * 4); /* 1 / f */
     L.psum = off, off += align256(nst * 8);
     L.pabs = off, off += align256(nst * 4);
     L.pmin = off, off += align256(nst * 4);
+    L.pkmin = off, off += align256(nst / 2 * 4);
+    L.pkmax = off, off += align256(nst / 2 * 4);
     L.qsh = off, off += align256(B * H * lq_pad * 4);
     L.sched = off, off += 256;
-    L.ctl = off, off += align256((1 + 2 * B * HK) * 4); /* ticket, done[bh], ready[bh]; zeroed with sched */
+    L.ctl = off, off += align256((1 + 3 * B * HK) * 4); /* ticket, done[bh], ready[bh], qdone[bh]; zeroed with sched */
+    L.qa = off, off += align256(B * HK * D * 4);        /* max |q| as float bits (atomicMax), zeroed with sched */
     L.total = off;
     return L;
 }
@@ -125,6 +141,48 @@ template <int D> __device__ __forceinline__ float quant_row8(const float y[8], u
     return m / 127.f;
 }
 
+/* The CPU's fwht8 (src/quant/quant.c): stages len = 1, 2, 4 on 8 values, same expressions. */
+__device__ __forceinline__ void fwht8(float y[8]) {
+    const float a0 = __fadd_rn(y[0], y[1]), a1 = __fsub_rn(y[0], y[1]), a2 = __fadd_rn(y[2], y[3]), a3 = __fsub_rn(y[2], y[3]);
+    const float a4 = __fadd_rn(y[4], y[5]), a5 = __fsub_rn(y[4], y[5]), a6 = __fadd_rn(y[6], y[7]), a7 = __fsub_rn(y[6], y[7]);
+    const float b0 = __fadd_rn(a0, a2), b2 = __fsub_rn(a0, a2), b1 = __fadd_rn(a1, a3), b3 = __fsub_rn(a1, a3);
+    const float b4 = __fadd_rn(a4, a6), b6 = __fsub_rn(a4, a6), b5 = __fadd_rn(a5, a7), b7 = __fsub_rn(a5, a7);
+    y[0] = __fadd_rn(b0, b4), y[4] = __fsub_rn(b0, b4), y[1] = __fadd_rn(b1, b5), y[5] = __fsub_rn(b1, b5);
+    y[2] = __fadd_rn(b2, b6), y[6] = __fsub_rn(b2, b6), y[3] = __fadd_rn(b3, b7), y[7] = __fsub_rn(b3, b7);
+}
+
+/* The CPU's qattn_rotate_row(y, D, 1 / n) on a row held by D/8 lanes (8 consecutive channels each; D 64
+ * or 128, so one block of n = D): every value times 1/n (exact), stages 1, 2, 4 in the lane, then stages
+ * len = 8 .. n/2 between lanes cg and cg ^ (len / 8), the lower lane keeping a + c, the upper a - c. */
+template <int D> __device__ __forceinline__ void rotate_row8(float y[8]) {
+    static_assert(D == 64 || D == 128, "one Hadamard block of D channels");
+#pragma unroll
+    for (int i = 0; i < 8; i++) y[i] = __fmul_rn(y[i], 1.0f / D);
+    fwht8(y);
+    const int cg = threadIdx.x % (D / 8);
+#pragma unroll
+    for (int m = 1; m < D / 8; m <<= 1) {
+        const bool upper = cg & m;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const float o = __shfl_xor_sync(0xffffffffu, y[i], m);
+            y[i] = upper ? __fsub_rn(o, y[i]) : __fadd_rn(y[i], o);
+        }
+    }
+}
+
+/* The CPU's qattn_qk_smooth_exp(qa, ka, 32, 0) for qa, ka >= 0: e = ceil(ilogb(ka / qa) / 2) in
+ * [-32, 32], 0 unless qa, ka and their ratio are normal and qa, ka <= 2^100. */
+__device__ __forceinline__ int smooth_exp(float qa, float ka) {
+    const auto normal = [](float x) { return x >= 1.17549435e-38f && x <= 3.40282347e38f; };
+    if (!(normal(qa) && normal(ka)) || qa > 0x1p100f || ka > 0x1p100f) return 0;
+    const float r = __fdiv_rn(ka, qa);
+    if (!normal(r)) return 0;
+    const int n = ilogbf(r);
+    const int e = n >= 0 ? (n + 1) / 2 : -((-n) / 2);
+    return max(-QK_MAX_EXP, min(QK_MAX_EXP, e));
+}
+
 /* Byte offset in a 128-byte-row image of the 8 codes of lane group cg (channels 8 cg ..) for row t: with
  * the wgmma kernel (D 128) 16-byte chunk c of row t sits at chunk c ^ (t & 7) (its 128-byte swizzle). */
 template <int D> __device__ __forceinline__ int row_pos(const qattn_cuda_args &a, int t, int cg) {
@@ -137,32 +195,85 @@ struct chan_stats {
     double s[8];
     float ab[8];
     uint32_t mn[4];
+    float lo[8], hi[8]; /* the channel's min and max (K's range about its mean, for the factors) */
 };
 
 template <bool BF16> __device__ __forceinline__ void stats_add(chan_stats &st, const uint4 u) {
     float f[8];
     cvt8<BF16>(u, f);
 #pragma unroll
-    for (int i = 0; i < 8; i++) st.s[i] += (double)f[i], st.ab[i] += fabsf(f[i]);
+    for (int i = 0; i < 8; i++) st.s[i] += (double)f[i], st.ab[i] += fabsf(f[i]), st.lo[i] = fminf(st.lo[i], f[i]), st.hi[i] = fmaxf(st.hi[i], f[i]);
     const uint32_t w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
     for (int j = 0; j < 4; j++) st.mn[j] = __vminu2(st.mn[j], __vsub2(w[j] & 0x7fff7fffu, 0x00010001u));
 }
 
+/* Item kind 0. Item it of [0, B*HK*nqc): positions [QSC c, QSC c + QSC) of (b, kv head g) = it / nqc, all the
+ * group's heads: per channel max |q| (NaN propagates), atomicMax into qa[bg][D] (non-negative floats order as
+ * their bits), then qdone[bg] counts the item (after a fence: the statistics item that waits for the count
+ * then reads every max). */
+template <int D, bool BF16>
+__device__ __forceinline__ void qstat_part(const qattn_cuda_args &a, int it, int nqc, unsigned *qa, int *qdone, unsigned char *smem) {
+    constexpr int G = D / 8, RG = NT / G, U = 4;
+    const int cg = threadIdx.x % G, rg = threadIdx.x / G;
+    const int bg = it / nqc, c = it % nqc, b = bg / a.hk, g = bg % a.hk, grp = a.h / a.hk;
+    const int t0 = c * QSC, nrow = (min(a.lq, t0 + QSC) - t0) * grp;
+    float m[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    for (int r = rg; r < nrow; r += U * RG) {
+        uint4 u[U];
+#pragma unroll
+        for (int k = 0; k < U; k++) {
+            const int rr = r + k * RG, t = t0 + rr / grp, h = g * grp + rr % grp;
+            u[k] = rr < nrow ? ld16(a.q, (int64_t)b * a.q_bs + (int64_t)t * a.q_ss + (int64_t)h * a.q_hs + cg * 8) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int k = 0; k < U; k++) {
+            float y[8];
+            cvt8<BF16>(u[k], y);
+#pragma unroll
+            for (int i = 0; i < 8; i++) m[i] = qattn_fmax_nan(m[i], fabsf(y[i]));
+        }
+    }
+    float(*sm)[D] = (float(*)[D])smem;
+#pragma unroll
+    for (int i = 0; i < 8; i++) sm[rg][cg * 8 + i] = m[i];
+    __syncthreads();
+    for (int d = threadIdx.x; d < D; d += NT) {
+        float x = 0.f;
+        for (int k = 0; k < RG; k++) x = qattn_fmax_nan(x, sm[k][d]);
+        atomicMax(qa + (size_t)bg * D + d, __float_as_uint(x));
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) atomicAdd(qdone + bg, 1);
+}
+
+/* The pass's device arrays beyond the attention kernels' (quant_i8.cu's layout). */
+struct i8_aux {
+    double *psum;
+    float *pabs;
+    uint32_t *pmin;
+    float *pkmin, *pkmax; /* [bh][chunk][D]: K's channel min / max per chunk */
+    float *km, *kmf, *fk, *finv, *vm;
+    unsigned *qa; /* [bh][D] max |q| bits */
+    int *done, *ready, *qdone;
+    int nqc; /* Q-range items per (b, kv head) */
+};
+
 /* Item kinds 1 and 3. Items [0, nst = B*HK*nch): chunk c of (b, kv head) bh: per channel and tensor (K 0, V 1)
- * partial statistics psum/pabs/pmin [bh][c][2][D]. Items [nst, nst + nqb): Q rows, QRI * (NT / (D/8)) per
- * item, rows over [B, lq_pad, H] (head fastest: the input's order) into Qi [B, H, lq_pad, D],
- * sq [B, H, lq_pad]; rows past lq get zero codes and scale 0 (the short Q items fill the launch's tail). */
+ * partial statistics psum/pabs/pmin [bh][c][2][D] and K's pkmin/pkmax [bh][c][D]. Items [nst, nst + nqb):
+ * Q rows, QRI * (NT / (D/8)) per item, rows over [B, lq_pad, H] (head fastest: the input's order) into
+ * Qi [B, H, lq_pad, D], sq [B, H, lq_pad], as H(q f / n) (waiting for their (b, kv head)'s factors); rows
+ * past lq get zero codes and scale 0 (the short Q items fill the launch's tail). */
 template <int D, bool BF16>
-__device__ __forceinline__ void mean_one(const qattn_cuda_args &a, int nch, int bh, int x, int d, const double *psum, const float *pabs,
-                                         const uint32_t *pmin, float *km, float *vm);
+__device__ __forceinline__ float mean_one(const qattn_cuda_args &a, int nch, int bh, int x, int d, const i8_aux &w);
 template <int D, bool BF16>
-__device__ __forceinline__ void stats_q_part(const qattn_cuda_args &a, int blk, int nst, int nch, int8_t *qi, float *sq, double *psum,
-                                             float *pabs, uint32_t *pmin, unsigned char *smem, int *done, int *ready, float *km, float *vm) {
+__device__ __forceinline__ void stats_q_part(const qattn_cuda_args &a, int blk, int nst, int nch, int8_t *qi, float *sq, const i8_aux &w,
+                                             unsigned char *smem) {
     constexpr int G = D / 8, RG = NT / G;
     const int cg = threadIdx.x % G, rg = threadIdx.x / G;
     if (blk >= nst) {
-        const int qb = blk - nst;
+        const int qb = blk - nst, grp = a.h / a.hk;
         const int64_t nrow = (int64_t)a.batch * a.lq_pad * a.h;
         uint4 u[QRI];
         int64_t row[QRI];
@@ -174,17 +285,31 @@ __device__ __forceinline__ void stats_q_part(const qattn_cuda_args &a, int blk, 
             const int t = (int)(bt % a.lq_pad), b = (int)(bt / a.lq_pad);
             u[k] = row[k] < nrow && t < a.lq ? ld16(a.q, (int64_t)b * a.q_bs + (int64_t)t * a.q_ss + (int64_t)h * a.q_hs + cg * 8)
                                               : make_uint4(0, 0, 0, 0);
+            /* the factors of the row's (b, kv head): raised by its last statistics item (smaller tickets) */
+            if (row[k] < nrow && t < a.lq) {
+                const int *rd = w.ready + (int64_t)b * a.hk + h / grp;
+                while (atomicAdd((int *)rd, 0) == 0) __nanosleep(100);
+            }
         }
+        __threadfence();
 #pragma unroll
         for (int k = 0; k < QRI; k++) {
-            float y[8];
-            cvt8<BF16>(u[k], y);
-            uint2 codes;
-            const float sc = quant_row8<D>(y, codes);
-            if (row[k] >= nrow) continue;
             const int h = (int)(row[k] % a.h);
             const int64_t bt = row[k] / a.h;
             const int t = (int)(bt % a.lq_pad), b = (int)(bt / a.lq_pad);
+            const bool in = row[k] < nrow && t < a.lq;
+            float y[8], f[8];
+            cvt8<BF16>(u[k], y);
+            if (in) {
+                const float *fp = w.fk + ((int64_t)b * a.hk + h / grp) * D + cg * 8;
+                *(float4 *)f = __ldcg((const float4 *)fp), *(float4 *)(f + 4) = __ldcg((const float4 *)(fp + 4));
+            }
+#pragma unroll
+            for (int i = 0; i < 8; i++) y[i] = in ? __fmul_rn(y[i], f[i]) : 0.f;
+            rotate_row8<D>(y);
+            uint2 codes;
+            const float sc = __fmul_rn(quant_row8<D>(y, codes), (float)D); /* times n: exact */
+            if (row[k] >= nrow) continue;
             const int64_t r = ((int64_t)b * a.h + h) * a.lq_pad + t;
             *(uint2 *)(qi + r * D + row_pos<D>(a, t, cg)) = codes;
             if (cg == 0) sq[r] = sc;
@@ -201,21 +326,24 @@ __device__ __forceinline__ void stats_q_part(const qattn_cuda_args &a, int blk, 
 #pragma unroll
     for (int x = 0; x < 2; x++) {
 #pragma unroll
-        for (int i = 0; i < 8; i++) st[x].s[i] = 0.0, st[x].ab[i] = 0.f;
+        for (int i = 0; i < 8; i++) st[x].s[i] = 0.0, st[x].ab[i] = 0.f, st[x].lo[i] = INFINITY, st[x].hi[i] = -INFINITY;
 #pragma unroll
         for (int j = 0; j < 4; j++) st[x].mn[j] = 0xffffffffu;
     }
     constexpr int U = 2; /* rows per lane in flight */
     for (int t = t0 + rg; t < t1; t += U * RG) {
         uint4 ku[U], vu[U];
+        bool in[U];
 #pragma unroll
         for (int k = 0; k < U; k++) {
             const int tt = t + k * RG;
-            ku[k] = tt < t1 ? ld16(a.k, kb + (int64_t)tt * a.k_ss) : make_uint4(0, 0, 0, 0);
-            vu[k] = tt < t1 ? ld16(a.v, vb + (int64_t)tt * a.v_ss) : make_uint4(0, 0, 0, 0);
+            in[k] = tt < t1;
+            ku[k] = in[k] ? ld16(a.k, kb + (int64_t)tt * a.k_ss) : make_uint4(0, 0, 0, 0);
+            vu[k] = in[k] ? ld16(a.v, vb + (int64_t)tt * a.v_ss) : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
-        for (int k = 0; k < U; k++) stats_add<BF16>(st[0], ku[k]), stats_add<BF16>(st[1], vu[k]);
+        for (int k = 0; k < U; k++)
+            if (in[k]) stats_add<BF16>(st[0], ku[k]), stats_add<BF16>(st[1], vu[k]);
     }
 #pragma unroll
     for (int x = 0; x < 2; x++) {
@@ -233,30 +361,77 @@ __device__ __forceinline__ void stats_q_part(const qattn_cuda_args &a, int blk, 
             uint32_t mn = 0xffffu;
             for (int g = 0; g < RG; g++) su += rs[g][d], ab += ra[g][d], mn = min(mn, rm[g][d]);
             const size_t at = (((size_t)bh * nch + c) * 2 + x) * D + d;
-            psum[at] = su;
-            pabs[at] = ab;
-            pmin[at] = mn;
+            w.psum[at] = su;
+            w.pabs[at] = ab;
+            w.pmin[at] = mn;
         }
     }
-    /* the last chunk block of bh computes its means (threadFenceReduction pattern) and raises ready[bh] */
+    { /* K's channel range over the chunk (reusing rs as two float tables) */
+        __syncthreads();
+        float(*rlo)[D] = (float(*)[D])smem, (*rhi)[D] = (float(*)[D])(smem + RG * D * 4);
+#pragma unroll
+        for (int i = 0; i < 8; i++) rlo[rg][cg * 8 + i] = st[0].lo[i], rhi[rg][cg * 8 + i] = st[0].hi[i];
+        __syncthreads();
+        for (int d = threadIdx.x; d < D; d += NT) {
+            float lo = INFINITY, hi = -INFINITY;
+            for (int g = 0; g < RG; g++) lo = fminf(lo, rlo[g][d]), hi = fmaxf(hi, rhi[g][d]);
+            w.pkmin[((size_t)bh * nch + c) * D + d] = lo;
+            w.pkmax[((size_t)bh * nch + c) * D + d] = hi;
+        }
+    }
+    /* the last chunk block of bh computes its means and factors (threadFenceReduction pattern) and raises ready[bh] */
     __threadfence();
     __syncthreads();
     int *last = (int *)smem;
-    if (threadIdx.x == 0) *last = atomicAdd(done + bh, 1) == nch - 1;
+    if (threadIdx.x == 0) *last = atomicAdd(w.done + bh, 1) == nch - 1;
     __syncthreads();
     if (!*last) return;
     __threadfence();
-    for (int i = threadIdx.x; i < 2 * D; i += NT) mean_one<D, BF16>(a, nch, bh, i / D, i % D, psum, pabs, pmin, km, vm);
+    float *smu = (float *)(smem + 16), *srot = smu + D;
+    for (int i = threadIdx.x; i < 2 * D; i += NT) {
+        const float mu = mean_one<D, BF16>(a, nch, bh, i / D, i % D, w);
+        if (i < D) smu[i] = mu;
+        else w.vm[(size_t)bh * D + i - D] = mu;
+    }
+    if (threadIdx.x == 0 && a.lq > 0) /* bh's Q ranges: items with smaller tickets, running or done */
+        while (atomicAdd(w.qdone + bh, 0) < w.nqc) __nanosleep(100);
+    __syncthreads();
+    __threadfence();
+    /* per channel, as the CPU: ka = max(kmax - mu, mu - kmin) (0 unless > 0), f = 2^e, mu / f */
+    for (int d = threadIdx.x; d < D; d += NT) {
+        float lo = INFINITY, hi = -INFINITY;
+        for (int c2 = 0; c2 < nch; c2++)
+            lo = fminf(lo, __ldcg(w.pkmin + ((size_t)bh * nch + c2) * D + d)), hi = fmaxf(hi, __ldcg(w.pkmax + ((size_t)bh * nch + c2) * D + d));
+        const float mu = smu[d], up = __fsub_rn(hi, mu), dn = __fsub_rn(mu, lo);
+        float ka = up > dn ? up : dn;
+        if (!(ka > 0.f)) ka = 0.f;
+        const int e = smooth_exp(__uint_as_float(__ldcg(w.qa + (size_t)bh * D + d)), ka);
+        const float finv = ldexpf(1.f, -e), muf = __fmul_rn(mu, finv);
+        w.fk[(size_t)bh * D + d] = ldexpf(1.f, e);
+        w.finv[(size_t)bh * D + d] = finv;
+        w.kmf[(size_t)bh * D + d] = muf;
+        srot[d] = __fmul_rn(muf, 1.0f / D);
+    }
+    /* the LSE shift's mean: H(mu / f / n), the CPU's butterfly stages in order */
+    for (int len = 1; len < D; len <<= 1) {
+        __syncthreads();
+        float v = 0.f;
+        const int d = threadIdx.x;
+        if (d < D) v = (d & len) ? __fsub_rn(srot[d ^ len], srot[d]) : __fadd_rn(srot[d], srot[d ^ len]);
+        __syncthreads();
+        if (d < D) srot[d] = v;
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < D; d += NT) w.km[(size_t)bh * D + d] = srot[d];
     __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) atomicExch(ready + bh, 1);
+    if (threadIdx.x == 0) atomicExch(w.ready + bh, 1);
 }
 
-/* For (b, kv head) bh, tensor x and channel d: the mean over the lk tokens, into km (K) or vm (V)
- * [B*HK][D]; run by the last statistics item of bh (its partial sums read through L2: __ldcg). */
+/* For (b, kv head) bh, tensor x and channel d: the mean over the lk tokens (K: x 0, V: x 1); run by the
+ * last statistics item of bh (its partial sums read through L2: __ldcg). */
 template <int D, bool BF16>
-__device__ __forceinline__ void mean_one(const qattn_cuda_args &a, int nch, int bh, int x, int d, const double *psum, const float *pabs,
-                                         const uint32_t *pmin, float *km, float *vm) {
+__device__ __forceinline__ float mean_one(const qattn_cuda_args &a, int nch, int bh, int x, int d, const i8_aux &w) {
     constexpr int MB = BF16 ? 7 : 10, BIAS = BF16 ? 127 : 15; /* mantissa bits, exponent bias */
     double su = 0.0;
     float ab = 0.f;
@@ -264,7 +439,7 @@ __device__ __forceinline__ void mean_one(const qattn_cuda_args &a, int nch, int 
 #pragma unroll 8 /* independent loads in flight: nch is 32 at L 16k, each an L2 round trip */
     for (int c = 0; c < nch; c++) {
         const size_t at = (((size_t)bh * nch + c) * 2 + x) * D + d;
-        su += __ldcg(psum + at), ab += __ldcg(pabs + at), mn = min(mn, __ldcg(pmin + at));
+        su += __ldcg(w.psum + at), ab += __ldcg(w.pabs + at), mn = min(mn, __ldcg(w.pmin + at));
     }
     /* the smallest nonzero |x| has bits mn + 1; its last mantissa bit weighs 2^lsb */
     const int e = (int)((mn + 1) >> MB), lsb = (e ? e : 1) - BIAS - MB;
@@ -276,7 +451,7 @@ __device__ __forceinline__ void mean_one(const qattn_cuda_args &a, int nch, int 
         su = 0.0;
         for (int t = 0; t < a.lk; t++) su += (double)ld1<BF16>(base, off + (int64_t)t * ss);
     }
-    (x ? vm : km)[(size_t)bh * D + d] = (float)(su / (double)a.lk);
+    return (float)(su / (double)a.lk);
 }
 
 /* Item kind 2. One item per 128-key tile of one (b, kv head) (its K/V still in L2 from bh's statistics
@@ -289,8 +464,8 @@ __device__ __forceinline__ void mean_one(const qattn_cuda_args &a, int nch, int 
  * 16-byte stores to Vt (tile-major and swizzled for the wgmma kernel, [bh][D][lk_pad] otherwise). Keys
  * past lk: zero codes, scale 0, not counted in the max. */
 template <int D, bool BF16>
-__device__ __forceinline__ void kv_part(const qattn_cuda_args &a, int bh, int tile, int ntiles, const float *km, const float *vm, int8_t *ki,
-                                        float *sk, int8_t *vt, float *sv, unsigned char *smem, int *ready) {
+__device__ __forceinline__ void kv_part(const qattn_cuda_args &a, int bh, int tile, int ntiles, const i8_aux &w, int8_t *ki, float *sk, int8_t *vt,
+                                        float *sv, unsigned char *smem) {
     constexpr int G = D / 8, RG = NT / G, WPT = 32 / RG, RPT = 4 * WPT;
     float(*smax)[D] = (float(*)[D])smem;
     float *sinv = (float *)(smem + RG * D * 4);
@@ -310,12 +485,17 @@ __device__ __forceinline__ void kv_part(const qattn_cuda_args &a, int bh, int ti
     }
     /* the loads above are in flight while bh's means may still be computed */
     if (threadIdx.x == 0)
-        while (atomicAdd(ready + bh, 0) == 0) __nanosleep(200);
+        while (atomicAdd(w.ready + bh, 0) == 0) __nanosleep(200);
     __syncthreads();
     __threadfence();
-    float kmean[8], vmean[8];
-    *(float4 *)kmean = __ldcg((const float4 *)(km + (size_t)bh * D + c0)), *(float4 *)(kmean + 4) = __ldcg((const float4 *)(km + (size_t)bh * D + c0 + 4));
-    *(float4 *)vmean = __ldcg((const float4 *)(vm + (size_t)bh * D + c0)), *(float4 *)(vmean + 4) = __ldcg((const float4 *)(vm + (size_t)bh * D + c0 + 4));
+    /* mu / f and 1 / f in shared memory (past the tile's V image: registers are at the 128 of two blocks
+     * per SM), V's mean in registers */
+    float *skm = (float *)(smem + RG * D * 4 + D * 4 + D * BN), *skinv = skm + D;
+    for (int d = threadIdx.x; d < D; d += NT) skm[d] = __ldcg(w.kmf + (size_t)bh * D + d), skinv[d] = __ldcg(w.finv + (size_t)bh * D + d);
+    float vmean[8];
+    const size_t at = (size_t)bh * D + c0;
+    *(float4 *)vmean = __ldcg((const float4 *)(w.vm + at)), *(float4 *)(vmean + 4) = __ldcg((const float4 *)(w.vm + at + 4));
+    __syncthreads();
     float vmax[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
 #pragma unroll
     for (int r = 0; r < RPT; r++) {
@@ -323,7 +503,8 @@ __device__ __forceinline__ void kv_part(const qattn_cuda_args &a, int bh, int ti
         float y[8];
         cvt8<BF16>(ku[r], y);
 #pragma unroll
-        for (int i = 0; i < 8; i++) y[i] = in ? y[i] - kmean[i] : 0.f;
+        for (int i = 0; i < 8; i++) y[i] = in ? __fsub_rn(__fmul_rn(y[i], skinv[c0 + i]), skm[c0 + i]) : 0.f; /* k / f - mu / f, two roundings */
+        rotate_row8<D>(y);
         uint2 codes;
         const float sc = quant_row8<D>(y, codes);
         const int64_t row = (int64_t)bh * a.lk_pad + key[r];
@@ -376,32 +557,35 @@ __device__ __forceinline__ void kv_part(const qattn_cuda_args &a, int bh, int ti
 }
 
 /* The fused pass: one launch, work items taken in ticket order (so a waiting item's predecessors are all
- * running or done: no deadlock): the statistics of (b, kv head) bh + lag come just before the K/V tiles of bh,
- * which wait for ready[bh] after issuing their loads; lag keeps ~24 MB of K/V between the two reads, so the
- * tiles' K/V come from L2. The Q blocks come last. */
+ * running or done: no deadlock): the Q ranges first (n_qs items), then the statistics of (b, kv head) bh + lag
+ * just before the K/V tiles of bh, which wait for ready[bh] after issuing their loads; lag keeps ~24 MB of K/V
+ * between the two reads, so the tiles' K/V come from L2. The Q blocks come last. */
 template <int D, bool BF16>
-__global__ void __launch_bounds__(NT, 2) i8q_fused_kernel(const qattn_cuda_args a, int nch, int ntiles, int lag, int nst, int8_t *qi, float *sq,
-                                                          double *psum, float *pabs, uint32_t *pmin, float *km, float *vm, int8_t *ki, float *sk,
-                                                          int8_t *vt, float *sv, int *ctl) {
+__global__ void __launch_bounds__(NT, 2) i8q_fused_kernel(const qattn_cuda_args a, int nch, int ntiles, int lag, int nst, int n_qs, int8_t *qi,
+                                                          float *sq, int8_t *ki, float *sk, int8_t *vt, float *sv, const i8_aux w, int *ctl) {
     constexpr int G = D / 8, RG = NT / G;
-    __shared__ __align__(16) unsigned char smem[RG * D * 16 > RG * D * 4 + D * 4 + D * BN ? RG * D * 16 : RG * D * 4 + D * 4 + D * BN];
+    constexpr int KV_SMEM = RG * D * 4 + D * 4 + D * BN + 2 * D * 4; /* kv_part: V maxima, inverses, the V image, mu / f, 1 / f */
+    __shared__ __align__(16) unsigned char smem[RG * D * 16 > KV_SMEM ? RG * D * 16 : KV_SMEM];
     __shared__ int s_item;
     if (threadIdx.x == 0) s_item = atomicAdd(ctl, 1);
     __syncthreads();
-    const int item = s_item, bhk = a.batch * a.hk, lg = min(lag, bhk), grp = nch + ntiles;
-    int *done = ctl + 1, *ready = ctl + 1 + bhk;
+    if (s_item < n_qs) {
+        qstat_part<D, BF16>(a, s_item, w.nqc, w.qa, w.qdone, smem);
+        return;
+    }
+    const int item = s_item - n_qs, bhk = a.batch * a.hk, lg = min(lag, bhk), grp = nch + ntiles;
     const int n0 = lg * nch, n1 = n0 + (bhk - lg) * grp, n2 = n1 + lg * ntiles;
     if (item < n0) {
-        stats_q_part<D, BF16>(a, item, nst, nch, qi, sq, psum, pabs, pmin, smem, done, ready, km, vm);
+        stats_q_part<D, BF16>(a, item, nst, nch, qi, sq, w, smem);
     } else if (item < n1) {
         const int i = (item - n0) / grp, r = (item - n0) % grp;
-        if (r < nch) stats_q_part<D, BF16>(a, (i + lg) * nch + r, nst, nch, qi, sq, psum, pabs, pmin, smem, done, ready, km, vm);
-        else kv_part<D, BF16>(a, i, r - nch, ntiles, km, vm, ki, sk, vt, sv, smem, ready);
+        if (r < nch) stats_q_part<D, BF16>(a, (i + lg) * nch + r, nst, nch, qi, sq, w, smem);
+        else kv_part<D, BF16>(a, i, r - nch, ntiles, w, ki, sk, vt, sv, smem);
     } else if (item < n2) {
         const int i = bhk - lg + (item - n1) / ntiles;
-        kv_part<D, BF16>(a, i, (item - n1) % ntiles, ntiles, km, vm, ki, sk, vt, sv, smem, ready);
+        kv_part<D, BF16>(a, i, (item - n1) % ntiles, ntiles, w, ki, sk, vt, sv, smem);
     } else {
-        stats_q_part<D, BF16>(a, nst + (item - n2), nst, nch, qi, sq, psum, pabs, pmin, smem, done, ready, km, vm);
+        stats_q_part<D, BF16>(a, nst + (item - n2), nst, nch, qi, sq, w, smem);
     }
 }
 
@@ -442,9 +626,17 @@ template <int D, bool BF16> cudaError_t quantize(qattn_cuda_args &a, const i8_la
     if ((e = cudaMemsetAsync(ws + L.sched, 0, L.total - L.sched, st)) != cudaSuccess) return e; /* sched, ticket, done, ready */
     const int64_t kvb = (int64_t)4 * D * a.lk; /* K + V bytes of one bh */
     const int lag = (int)max((int64_t)1, ((int64_t)24 << 20) / max(kvb, (int64_t)1));
-    i8q_fused_kernel<D, BF16><<<(unsigned)(nb1 + nb3), NT, 0, st>>>(a, nch, ntiles, lag, (int)nst, qi, sq, (double *)(ws + L.psum),
-                                                                 (float *)(ws + L.pabs), (uint32_t *)(ws + L.pmin), km, vm, ki, sk, vt, sv,
-                                                                 (int *)(ws + L.ctl));
+    i8_aux w;
+    int *ctl = (int *)(ws + L.ctl);
+    w.psum = (double *)(ws + L.psum), w.pabs = (float *)(ws + L.pabs), w.pmin = (uint32_t *)(ws + L.pmin);
+    w.pkmin = (float *)(ws + L.pkmin), w.pkmax = (float *)(ws + L.pkmax);
+    w.km = km, w.kmf = (float *)(ws + L.kmf), w.fk = (float *)(ws + L.fk), w.finv = (float *)(ws + L.finv), w.vm = vm;
+    w.qa = (unsigned *)(ws + L.qa);
+    w.done = ctl + 1, w.ready = ctl + 1 + bhk, w.qdone = ctl + 1 + 2 * bhk;
+    w.nqc = n_qchunks(a.lq);
+    const int64_t n_qs = bhk * w.nqc;
+    if (n_qs + nb1 + nb3 > INT32_MAX) return cudaErrorInvalidConfiguration;
+    i8q_fused_kernel<D, BF16><<<(unsigned)(n_qs + nb1 + nb3), NT, 0, st>>>(a, nch, ntiles, lag, (int)nst, (int)n_qs, qi, sq, ki, sk, vt, sv, w, ctl);
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
     if (a.lse) {
         i8q_qshift_kernel<D><<<(unsigned)((nq + RG - 1) / RG), NT, 0, st>>>(a, km, qsh);

@@ -11,6 +11,7 @@
  *   kernel and the two outputs are compared (the INT8 run always does this). */
 #define _POSIX_C_SOURCE 200809L /* setenv */
 #include "qattn.h"
+#include "quant/lowp.h" /* qattn_quantize_qk_smoothed: the CPU side of the transforms (src/ is on this test's include path) */
 
 #include <cuda_runtime_api.h>
 #include <math.h>
@@ -123,7 +124,8 @@ typedef struct qcase {
 static int bits_differ(float x, float y) { return memcmp(&x, &y, 4) != 0; }
 
 /* Runs an INT8 forward with a caller workspace, then compares the workspace with the CPU: Q and K codes and
- * scales (qattn_quantize_int8 PER_TOKEN; K with its mean), the K and V means (the CPU's double sums), and V's
+ * scales with the default scheme's channel transforms (qattn_quantize_qk_smoothed, no sharp-unit residuals),
+ * K's mean in the codes' domain and V's mean (the CPU's double sums), and V's
  * codes and per-(channel, 128-key tile) scales recomputed here from the CPU's V mean with the CPU's rule
  * (y = v - mean, inv = 127 / max|y|, clamp(rne(y * inv))). All bit for bit; padding rows zero.
  * wgmma: the context stores the wgmma kernel's swizzled, tile-major images (D 128 on compute capability 9.0). */
@@ -186,10 +188,11 @@ static int check_i8_quant(qattn_ctx *gpu, int wgmma, qattn_ctx *cpu, const qcase
     qattn_int8_tensor tq = {cq, csq, NULL, QATTN_QUANT_PER_TOKEN, 1, (int64_t)c->lq * c->h * D, (int64_t)c->h * D, D, 0};
     qattn_int8_tensor tk = {ck, csk, ckm, QATTN_QUANT_PER_TOKEN, 1, (int64_t)c->lk * c->hk * D, (int64_t)c->hk * D, D, 0};
     qattn_int8_tensor tv = {cv, cvs, cvm, QATTN_QUANT_PER_CHANNEL, 1, (int64_t)c->lk * c->hk * D, (int64_t)c->hk * D, D, 0};
-    const qattn_int8_tensor *ts[3] = {&tq, &tk, &tv};
-    for (int w = 0; w < 3; w++)
-        if ((s = qattn_quantize_int8(cpu, &hp, w, (qattn_int8_tensor *)ts[w])) != QATTN_OK)
-            return printf("FAIL quant: CPU quantize %d: %s: %s\n", w, qattn_status_str(s), qattn_ctx_last_error(cpu)), 1;
+    /* Q and K: the default scheme's channel transforms (docs/FORMAT.md section 7) without the sharp-unit
+     * residuals; tk's mean is then H(mu / f / n), what the GPU's LSE shift uses */
+    if ((s = qattn_quantize_qk_smoothed(cpu, &hp, QATTN_QK_SMOOTH_MAX_EXP, 0, 1, 127, NULL, &tq, &tk, NULL, NULL)) != QATTN_OK ||
+        (s = qattn_quantize_int8(cpu, &hp, QATTN_TENSOR_V, &tv)) != QATTN_OK)
+        return printf("FAIL quant: CPU quantize: %s: %s\n", qattn_status_str(s), qattn_ctx_last_error(cpu)), 1;
 
     size_t bad_q = 0, bad_k = 0, bad_v = 0, bad_m = 0;
     for (int b = 0; b < c->b; b++) /* Q: Qi [B, H, LQP, D] */
