@@ -8,7 +8,8 @@ Layers, top to bottom (docs/ARCHITECTURE.md):
   clients  src/dist (libqattn_dist, a library on top of libqattn: it calls the public API)
   api      src/api.c
   drivers  src/cpu (but x86: forward*.c, block_mask.c, lowp_*.c, kernel_tables.c), src/kv (cache
-           and decode), src/cuda/backend.cu, src/quant (the quantization entry points and passes)
+           and decode), src/cuda/backend.cu and src/cuda/*_driver.cu (kv_decode_driver.cu),
+           src/quant (the quantization entry points and passes)
   kernels  src/cpu/x86, src/ref, src/kv/kv_attend_*, the other src/cuda files
   core     src/core
 A file may call its own layer or any layer below. The graph comes from the object files (`nm`:
@@ -37,7 +38,8 @@ def layer_of(path):
     if path.startswith("src/cpu/x86/") or path.startswith("src/ref/") or path.startswith("src/kv/kv_attend"):
         return "kernels"
     if path.startswith("src/cuda/"):
-        return "drivers" if os.path.basename(path).startswith("backend.") else "kernels"
+        base = os.path.basename(path)
+        return "drivers" if base.startswith("backend.") or "_driver." in base else "kernels"
     if path.startswith(("src/cpu/", "src/kv/", "src/quant/")):
         return "drivers"
     return None

@@ -1,5 +1,5 @@
 /* qattn internals shared by api.c and the backends: the core (context, error reporting,
- * allocation, CPU features: the headers of src/core, included here), scalar conversions, the mask and sequence geometry, and the CPU kernel table.
+ * allocation, CPU features, the validators: the headers of src/core, included here), scalar conversions, the mask and sequence geometry, and the CPU kernel table.
  * Nothing here is public; nothing here exits or aborts. */
 #ifndef QATTN_INTERNAL_H
 #define QATTN_INTERNAL_H
@@ -10,6 +10,7 @@
 #include "core/checked.h"
 #include "core/cpu_features.h"
 #include "core/extent.h"
+#include "core/validate.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -148,10 +149,6 @@ static inline bool qattn_isa_has_avx2(int32_t isa) { return isa == QATTN_ISA_AVX
 static inline bool qattn_head_dim_supported(int32_t d) {
     return d >= QATTN_HEAD_DIM_MIN && d <= QATTN_HEAD_DIM_MAX && d % QATTN_HEAD_DIM_STEP == 0;
 }
-
-/* Checks every field of p that every backend relies on; reads cu_seqlens only when
- * read_offsets is true (host memory). Returns the status and sets the message. src/core/validate.c. */
-qattn_status qattn_validate(qattn_ctx *ctx, const qattn_params *p, bool read_offsets);
 
 /* The softmax scale p asks for (0 means 1/sqrt(D)). */
 static inline float qattn_effective_scale(const qattn_params *p) {

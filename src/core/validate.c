@@ -1,10 +1,13 @@
 /* qattn_validate: the one check of a qattn_params that every entry point runs before anything
  * else (sizes, dtypes, masks, score modifiers, views and their overflow). Core, so that every
  * layer that validates a params (api.c, the quantization and KV-cache entry points, the oracle)
- * calls it downward. */
+ * calls it downward. qattn_validate_decode: the same for a qattn_decode_params, shared by the CPU
+ * decode (src/kv/kv_decode.c) and the GPU decode (src/cuda/kv_decode_driver.cu). */
 #include "qattn_internal.h"
 
 #include "core/names.h"
+
+#include <stdio.h>
 
 static qattn_status check_view(qattn_ctx *ctx, const char *name, int64_t nb, int64_t bs, int64_t ns, int64_t ss,
                                int64_t nh, int64_t hs, int64_t d) {
@@ -159,4 +162,70 @@ qattn_status qattn_validate(qattn_ctx *ctx, const qattn_params *p, bool read_off
                           "o's strides (batch %lld, seq %lld, head %lld) make output elements overlap", (long long)p->o_batch_stride,
                           (long long)p->o_seq_stride, (long long)p->o_head_stride);
     return QATTN_OK;
+}
+
+/* "64 and 128", "32, 64 and 128": the head dims of a restricted decode, for its refusal. */
+static void head_dim_list(char *buf, size_t size, const int32_t *d, int32_t n) {
+    size_t len = 0;
+    buf[0] = '\0';
+    for (int32_t i = 0; i < n && len < size; i++) {
+        const char *sep = i == 0 ? "" : i == n - 1 ? " and " : ", ";
+        int w = snprintf(buf + len, size - len, "%s%d", sep, d[i]);
+        if (w < 0) break;
+        len += (size_t)w;
+    }
+}
+
+qattn_status qattn_validate_decode(qattn_ctx *ctx, const qattn_decode_params *dp, const qattn_decode_limits *lim, int64_t *max_len) {
+    const char *fn = lim->fn;
+    if (max_len) *max_len = 0;
+    if (lim->n_head_dims > 0) {
+        bool ok = false;
+        for (int32_t i = 0; i < lim->n_head_dims; i++) ok = ok || lim->head_dim == lim->head_dims[i];
+        if (!ok) {
+            char dims[96];
+            head_dim_list(dims, sizeof dims, lim->head_dims, lim->n_head_dims);
+            return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "%s supports head_dim %s (the cache has %d)", fn, dims, lim->head_dim);
+        }
+    }
+    if (dp->n_seqs < 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s: n_seqs is %d", fn, dp->n_seqs);
+    if (dp->seqlen_q < 1 || dp->seqlen_q > lim->max_seqlen_q)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s: seqlen_q is %d; it must be 1..%d", fn, dp->seqlen_q, lim->max_seqlen_q);
+    if (dp->n_heads < 1 || dp->n_heads % lim->n_kv_heads != 0)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s: the cache's %d kv heads do not divide n_heads %d", fn, lim->n_kv_heads,
+                          dp->n_heads);
+    if (dp->n_heads > QATTN_DECODE_MAX_HEADS)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s: n_heads %d is above %d", fn, dp->n_heads, QATTN_DECODE_MAX_HEADS);
+    int32_t dts[2] = {dp->q_dtype, dp->o_dtype};
+    for (int i = 0; i < 2; i++)
+        if (dts[i] != QATTN_DTYPE_F32 && dts[i] != QATTN_DTYPE_F16 && dts[i] != QATTN_DTYPE_BF16)
+            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s: %s is %d; expected f32, f16 or bf16", fn, i ? "o_dtype" : "q_dtype", dts[i]);
+    if (dp->causal != 0 && dp->causal != 1)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s: causal is %d; it must be 0 or 1", fn, dp->causal);
+    if (dp->window_left < -1)
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s: window_left is %d; it must be >= 0 or -1", fn, dp->window_left);
+    if (!isfinite(dp->scale))
+        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s: scale is %g; it must be finite", fn, (double)dp->scale);
+    if (dp->n_seqs == 0) return QATTN_OK;
+    if (!dp->q || !dp->o || !dp->seq_ids)
+        return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "%s: %s is NULL", fn, !dp->q ? "q" : !dp->o ? "o" : "seq_ids");
+    int64_t longest = 0;
+    for (int32_t b = 0; b < dp->n_seqs; b++) {
+        int32_t id = dp->seq_ids[b];
+        if (id < 0 || id >= lim->max_seqs)
+            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "%s: seq_ids[%d] is %d, out of range 0..%d", fn, b, id, lim->max_seqs - 1);
+        if (lim->seq_len[id] < dp->seqlen_q)
+            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT,
+                              "%s: sequence %d holds %lld tokens, fewer than seqlen_q %d (append the new tokens first)", fn, id,
+                              (long long)lim->seq_len[id], dp->seqlen_q);
+        if (lim->seq_len[id] > longest) longest = lim->seq_len[id];
+    }
+    if (max_len) *max_len = longest;
+    if (!lim->check_overlap) return QATTN_OK;
+    /* n_seqs < 2^31, seqlen_q <= max_seqlen_q (64 for both decodes), n_heads <= 4096: fits */
+    int64_t rows = (int64_t)dp->n_seqs * dp->seqlen_q * dp->n_heads, D = lim->head_dim;
+    int64_t qb = dp->q_dtype == QATTN_DTYPE_F32 ? 4 : 2, ob = dp->o_dtype == QATTN_DTYPE_F32 ? 4 : 2;
+    qattn_extent in = qattn_view_extent("q", dp->q, qb, 1, 0, 1, 0, rows, D, D);
+    qattn_extent outs[2] = {qattn_view_extent("o", dp->o, ob, 1, 0, 1, 0, rows, D, D), qattn_view_extent("lse", dp->lse, 4, 1, 0, 1, 0, rows, 1, 1)};
+    return qattn_check_disjoint(ctx, fn, outs, 2, &in, 1);
 }

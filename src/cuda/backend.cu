@@ -36,7 +36,7 @@ struct cuda_state {
     void *ws;
     size_t ws_bytes;
     qattn_cuda_serial ws_serial;
-    qattn_kvd_state kvd; /* GPU decode: residency table, cached split scratch (kv_decode.cu) */
+    qattn_kvd_state kvd; /* GPU decode: residency table, cached split scratch (kv_decode_driver.cu) */
 };
 
 bool is_varlen(const qattn_params *p) { return p->cu_seqlens_q != NULL; }
@@ -234,7 +234,7 @@ extern "C" qattn_status qattn_cuda_init(qattn_ctx *ctx) {
     return QATTN_OK;
 }
 
-/* The GPU decode (kv_decode.cu) with the context's decode state (NULL when ctx has no CUDA state:
+/* The GPU decode (kv_decode_driver.cu) with the context's decode state (NULL when ctx has no CUDA state:
  * qattn_cuda_kv_decode refuses it after checking its arguments). */
 extern "C" qattn_status qattn_kv_decode_cuda(qattn_ctx *ctx, const qattn_kv_cache *c, const qattn_kv_device_cache *dev,
                                              const qattn_decode_params *dp) {

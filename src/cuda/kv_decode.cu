@@ -1,5 +1,7 @@
-/* GPU split-KV decode (FlashDecoding style) over a device copy of the paged KV cache
- * (qattn_kv_decode_cuda; layout: src/kv/kv_internal.h, scheme and measurements: docs/gpu_decode.md).
+/* GPU split-KV decode (FlashDecoding style) over a device copy of the paged KV cache: the kernels
+ * and their thin launch wrappers (kv_decode_kernels.cuh). The driver, kv_decode_driver.cu, checks
+ * the arguments, plans the splits, holds the scratch and calls the wrappers (layout:
+ * src/kv/kv_internal.h, scheme and measurements: docs/gpu_decode.md).
  *
  * Split kernels: one thread block per (row chunk, KV split, kv head, sequence). A row chunk is a
  * few query rows of one kv head's group (GQA heads x new tokens), so each K/V token is read once
@@ -10,48 +12,24 @@
  * Partials (max, sum, acc[D]) per split go to scratch; the last block of a unit to finish (an
  * arrival counter per unit) combines the unit's splits in split order (fixed order: results are
  * run-to-run deterministic) and writes o and lse, so a decode is one launch per 128 sequences.
- * The residency of each split kernel (for the split count) is measured once per context
- * (qattn_cuda_prepare_kvd) and the scratch is cached in the context (kv_decode.cuh).
+ * INT8 queries are first turned into the codes' domain by kvd_prep_q. The residency of each split
+ * kernel (for the split count) is measured once per context (qattn_kvd_prepare_slot, called by
+ * the driver's qattn_cuda_prepare_kvd).
  * A first version without the shared-memory pipeline (loads held in registers, 250 registers per
  * thread for INT8) measured 752-807 us against 617 us for INT8 at B16 H32 HK8 D128 kv-len 32k on
  * the H100 and was removed (docs/notes/gpu_decode_history.md keeps its figures). */
 #include <math.h>
 #include <stdint.h>
-#include <string.h>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-extern "C" {
-#include "kv/kv_internal.h"
-}
+#include "qattn.h"
+
 #include "cuda_common.cuh"
-#include "kv_decode.cuh"
+#include "kv_decode_kernels.cuh"
 
 namespace {
-
-constexpr int SEQ_CHUNK = 128; /* sequences per launch: their ids and lengths ride in the kernel arguments */
-
-struct kvd_args {
-    const uint8_t *arena;
-    const int32_t *table;
-    const void *q;
-    void *o;
-    float *lse;
-    float *part; /* [n_seqs_chunk][hk][nsplit][rows_pad][D+2] */
-    unsigned *cnt; /* [n_seqs_chunk][hk][n_rc] blocks of the unit done; 0 before and after a launch */
-    int64_t table_ld, block_bytes, head_bytes, v_off, ks_off, vs_off;
-    int32_t bs, bs_shift;           /* bs_shift >= 0 when bs is a power of two */
-    int32_t b0;                     /* first sequence of this chunk (index into dp's arrays) */
-    int32_t lq, h, hk, group, rows, n_rc, rows_pad;
-    int32_t split_tokens, nsplit;
-    int32_t q_dtype, o_dtype, causal, wl;
-    float qscale;
-    const float *muv;      /* INT8: V's mean [HK][D] (the arena's transforms), added to each output row; else NULL */
-    const float *lse_corr; /* INT8: [n_seqs][H][Lq] scale * q . mu_k, added to the LSE (kvd_prep_q); else NULL */
-    int32_t seq_id[SEQ_CHUNK];
-    int32_t seq_len[SEQ_CHUNK];
-};
 
 __device__ __forceinline__ float ld_any(const void *p, int dt, int64_t i) {
     if (dt == QATTN_DTYPE_F32) return ((const float *)p)[i];
@@ -86,7 +64,7 @@ __device__ __forceinline__ void key_range(int i, int lq, int L, int causal, int 
  * the count (acquire), then the barrier, then the block reads the partials, through L2. An empty
  * split (past the sequence's end) counts like any other, with m = -inf. nsplit 1: the one block
  * is the last and reads back its own partial. One warp per row, lanes over the channels. */
-template <int D, int M, int NW> __device__ __forceinline__ void kvd_finish(const kvd_args &a, int rc, int g, int bl) {
+template <int D, int M, int NW> __device__ __forceinline__ void kvd_finish(const qattn_kvd_args &a, int rc, int g, int bl) {
     __syncthreads();
     int last = 0;
     if (threadIdx.x == 0) {
@@ -218,7 +196,7 @@ __device__ __forceinline__ int kvd_dp4a_us(uint32_t a, uint32_t b, int c) {
     return d;
 }
 
-template <int D, int DT, int M> __global__ void __launch_bounds__(NW2 * 32, DT == 2 ? 3 : 2) kvd_split2(const __grid_constant__ kvd_args a) {
+template <int D, int DT, int M> __global__ void __launch_bounds__(NW2 * 32, DT == 2 ? 3 : 2) kvd_split2(const __grid_constant__ qattn_kvd_args a) {
     using CF = kvd2_cfg<D, DT>;
     constexpr bool I8 = DT == 2;
     constexpr int EB = CF::EB, ROW = CF::ROW;
@@ -516,21 +494,16 @@ template <int D, int DT, int M> __global__ void __launch_bounds__(NW2 * 32, DT =
     kvd_finish<D, M, NW2>(a, rc, g, bl);
 }
 
-/* Launchers: the shared-memory limits were raised once per context (qattn_cuda_prepare_kvd). */
-template <int D, int DT, int M> cudaError_t launch2_m(const kvd_args &a, dim3 grid, cudaStream_t st) {
+/* Launchers: the shared-memory limits were raised once per context (qattn_kvd_prepare_slot). */
+template <int D, int DT, int M> cudaError_t launch2_m(const qattn_kvd_args &a, dim3 grid, cudaStream_t st) {
     kvd_split2<D, DT, M><<<grid, NW2 * 32, kvd2_cfg<D, DT>::SMEM, st>>>(a);
     return cudaGetLastError();
 }
 
-template <int D, int DT> cudaError_t launch2_d(const kvd_args &a, int M, dim3 grid, cudaStream_t st) {
+template <int D, int DT> cudaError_t launch2_d(const qattn_kvd_args &a, int M, dim3 grid, cudaStream_t st) {
     if (M == 1) return launch2_m<D, DT, 1>(a, grid, st);
     if (M == 2) return launch2_m<D, DT, 2>(a, grid, st);
     return launch2_m<D, DT, 4>(a, grid, st);
-}
-
-cudaError_t launch_split2(const kvd_args &a, int D, int DT, int M, dim3 grid, cudaStream_t st) {
-    if (D == 64) return DT == 2 ? launch2_d<64, 2>(a, M, grid, st) : DT == 1 ? launch2_d<64, 1>(a, M, grid, st) : launch2_d<64, 0>(a, M, grid, st);
-    return DT == 2 ? launch2_d<128, 2>(a, M, grid, st) : DT == 1 ? launch2_d<128, 1>(a, M, grid, st) : launch2_d<128, 0>(a, M, grid, st);
 }
 
 /* ---- INT8 tensor-core split kernel (default for the INT8 cache). Same frame as kvd_split2
@@ -597,7 +570,7 @@ __device__ __forceinline__ uint32_t kvdm_h2(float lo, float hi) {
     return *reinterpret_cast<uint32_t *>(&h);
 }
 
-template <int D, int R8> __global__ void __launch_bounds__(NWM * 32, R8 == 1 && STM <= 3 ? 4 : 3) kvd_mma(const __grid_constant__ kvd_args a) {
+template <int D, int R8> __global__ void __launch_bounds__(NWM * 32, R8 == 1 && STM <= 3 ? 4 : 3) kvd_mma(const __grid_constant__ qattn_kvd_args a) {
     using CF = kvdm_cfg<D>;
     constexpr int ROW = CF::ROW, CPR = CF::CPR, KC = D / 32, NR = 8 * R8;
     constexpr int TPP = 32 / CPR, NP = TM / TPP; /* tokens per copy pass, passes per tile */
@@ -948,27 +921,10 @@ template <int D, int R8> __global__ void __launch_bounds__(NWM * 32, R8 == 1 && 
     kvd_finish<D, NR, NWM>(a, rc, kh, bl);
 }
 
-template <int D, int R8> cudaError_t launchm(const kvd_args &a, dim3 grid, cudaStream_t st) {
+template <int D, int R8> cudaError_t launchm(const qattn_kvd_args &a, dim3 grid, cudaStream_t st) {
     kvd_mma<D, R8><<<grid, NWM * 32, kvdm_cfg<D>::SMEM, st>>>(a);
     return cudaGetLastError();
 }
-
-cudaError_t launch_mma(const kvd_args &a, int D, int R8, dim3 grid, cudaStream_t st) {
-    if (D == 64) return R8 == 1 ? launchm<64, 1>(a, grid, st) : launchm<64, 2>(a, grid, st);
-    return R8 == 1 ? launchm<128, 1>(a, grid, st) : launchm<128, 2>(a, grid, st);
-}
-
-/* INT8: the tensor-core kernel unless built with -DQATTN_KVD_I8_DP4A (the dp4a kvd_split2 path,
- * kept for one side-by-side measurement). */
-#ifdef QATTN_KVD_I8_DP4A
-constexpr bool I8_MMA = false;
-#else
-constexpr bool I8_MMA = true;
-#endif
-
-/* Residency slots (qattn_kvd_state.resident), in the order of kvd_preps. DT: 0 FP16, 1 BF16, 2 INT8. */
-int kvd_slot_mma(int D, int R8) { return (D == 128 ? 2 : 0) + (R8 == 2 ? 1 : 0); }
-int kvd_slot2(int D, int DT, int M) { return 4 + ((D == 128 ? 3 : 0) + DT) * 3 + (M == 1 ? 0 : M == 2 ? 1 : 2); }
 
 /* Raise an instance's shared-memory limit, then its blocks resident per SM (for the split count). */
 template <int D, int R8> cudaError_t prep_mma(int *n) {
@@ -979,6 +935,8 @@ template <int D, int DT, int M> cudaError_t prep_split2(int *n) {
     cudaError_t e = cudaFuncSetAttribute(kvd_split2<D, DT, M>, cudaFuncAttributeMaxDynamicSharedMemorySize, kvd2_cfg<D, DT>::SMEM);
     return e != cudaSuccess ? e : cudaOccupancyMaxActiveBlocksPerMultiprocessor(n, kvd_split2<D, DT, M>, NW2 * 32, kvd2_cfg<D, DT>::SMEM);
 }
+/* One entry per residency slot, in the order of qattn_kvd_slot_mma / qattn_kvd_slot_split2
+ * (kv_decode_kernels.cuh). DT: 0 FP16, 1 BF16, 2 INT8. */
 using kvd_prep_fn = cudaError_t (*)(int *);
 const kvd_prep_fn kvd_preps[] = {
     prep_mma<64, 1>,        prep_mma<64, 2>,        prep_mma<128, 1>,       prep_mma<128, 2>,
@@ -990,218 +948,27 @@ const kvd_prep_fn kvd_preps[] = {
     prep_split2<128, 2, 1>, prep_split2<128, 2, 2>, prep_split2<128, 2, 4>, /* D 128 INT8 (dp4a) */
 };
 static_assert(sizeof kvd_preps / sizeof kvd_preps[0] == QATTN_KVD_SLOTS, "one residency slot per split-kernel instance");
-
-/* The context's scratch, grown to at least part_bytes of partials and cnt_bytes of counters.
- * Cached rather than cudaMallocAsync per call: with the default pool's release threshold (0) the
- * pool may hand its memory back at every synchronisation, so a call after a sync can pay for a
- * fresh mapping on the host before its launch, and per-call counters would need a memset per
- * call; the cached counters are zeroed once here and stay zero (the last block of each unit
- * resets its own). Growing frees the old
- * buffer with cudaFree, which waits for the device (as the INT8 prefill workspace in backend.cu),
- * so no earlier call still uses it; it happens on the first calls of a larger shape only. */
-cudaError_t kvd_scratch(qattn_kvd_state *s, size_t part_bytes, size_t cnt_bytes, cudaStream_t st) {
-    cudaError_t e = qattn_cuda_grow(&s->part, &s->part_bytes, part_bytes);
-    if (e != cudaSuccess) return e;
-    const bool fresh = s->cnt_bytes < cnt_bytes;
-    if ((e = qattn_cuda_grow(&s->cnt, &s->cnt_bytes, cnt_bytes)) != cudaSuccess) return e;
-    if (fresh && (e = cudaMemsetAsync(s->cnt, 0, s->cnt_bytes, st)) != cudaSuccess) s->cnt_bytes = 0; /* reallocated next call */
-    return e;
-}
+static_assert(qattn_kvd_slot_mma(128, 2) == 3 && qattn_kvd_slot_split2(64, 0, 1) == 4 && qattn_kvd_slot_split2(64, 2, 4) == 12 &&
+                  qattn_kvd_slot_split2(128, 0, 1) == 13 && qattn_kvd_slot_split2(128, 2, 4) == QATTN_KVD_SLOTS - 1,
+              "the slot functions follow kvd_preps");
 
 } // namespace
 
-cudaError_t qattn_cuda_prepare_kvd(qattn_kvd_state *s, int sm_count) {
-    memset(s, 0, sizeof *s);
-    s->sm_count = sm_count > 0 ? sm_count : 1;
-    for (int i = 0; i < QATTN_KVD_SLOTS; i++) {
-        int n = 0;
-        cudaError_t e = kvd_preps[i](&n);
-        if (e != cudaSuccess) return e;
-        s->resident[i] = n > 0 ? n : 1;
-    }
-    return qattn_cuda_serial_init(&s->serial);
+cudaError_t qattn_kvd_prepare_slot(int slot, int *resident) { return kvd_preps[slot](resident); }
+
+cudaError_t qattn_kvd_launch_prep_q(int D, unsigned rows, const void *q, int q_dtype, float qscale, float scale, const float *tf, int hk,
+                                    int h, int lq, float *z, float *corr, cudaStream_t st) {
+    if (D == 64) kvd_prep_q<64, 64><<<rows, 64, 0, st>>>(q, q_dtype, qscale, scale, tf, hk, h, lq, z, corr);
+    else kvd_prep_q<128, 128><<<rows, 128, 0, st>>>(q, q_dtype, qscale, scale, tf, hk, h, lq, z, corr);
+    return cudaGetLastError();
 }
 
-void qattn_cuda_release_kvd(qattn_kvd_state *s) {
-    if (s->part) cudaFree(s->part);
-    if (s->cnt) cudaFree(s->cnt);
-    qattn_cuda_serial_release(&s->serial);
-    memset(s, 0, sizeof *s);
+cudaError_t qattn_kvd_launch_split2(const qattn_kvd_args &a, int D, int DT, int M, dim3 grid, cudaStream_t st) {
+    if (D == 64) return DT == 2 ? launch2_d<64, 2>(a, M, grid, st) : DT == 1 ? launch2_d<64, 1>(a, M, grid, st) : launch2_d<64, 0>(a, M, grid, st);
+    return DT == 2 ? launch2_d<128, 2>(a, M, grid, st) : DT == 1 ? launch2_d<128, 1>(a, M, grid, st) : launch2_d<128, 0>(a, M, grid, st);
 }
 
-qattn_status qattn_cuda_kv_decode(qattn_ctx *ctx, qattn_kvd_state *ks, const qattn_kv_cache *c, const qattn_kv_device_cache *dev,
-                                  const qattn_decode_params *dp) {
-    if (!ctx) return QATTN_ERR_NULL_POINTER;
-    if (!c || !dev || !dp)
-        return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "qattn_kv_decode_cuda: %s is NULL", !c ? "cache" : !dev ? "device cache" : "params");
-    if (ctx->backend != QATTN_BACKEND_CUDA)
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "qattn_kv_decode_cuda needs a context with backend cuda");
-    if (c->head_dim != 64 && c->head_dim != 128)
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "qattn_kv_decode_cuda supports head_dim 64 and 128 (the cache has %d)", c->head_dim);
-    if (dp->n_seqs < 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode_cuda: n_seqs is %d", dp->n_seqs);
-    if (dp->seqlen_q < 1 || dp->seqlen_q > 64)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode_cuda: seqlen_q is %d; it must be 1..64", dp->seqlen_q);
-    if (dp->n_heads < 1 || dp->n_heads > 4096 || dp->n_heads % c->n_kv_heads != 0)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode_cuda: n_heads %d is not a multiple (<= 4096) of the cache's %d kv heads",
-                          dp->n_heads, c->n_kv_heads);
-    int32_t dts[2] = {dp->q_dtype, dp->o_dtype};
-    for (int i = 0; i < 2; i++)
-        if (dts[i] != QATTN_DTYPE_F32 && dts[i] != QATTN_DTYPE_F16 && dts[i] != QATTN_DTYPE_BF16)
-            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode_cuda: %s is %d; expected f32, f16 or bf16", i ? "o_dtype" : "q_dtype", dts[i]);
-    if (dp->causal != 0 && dp->causal != 1)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode_cuda: causal is %d; it must be 0 or 1", dp->causal);
-    if (dp->window_left < -1)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode_cuda: window_left is %d; it must be >= 0 or -1", dp->window_left);
-    if (!isfinite(dp->scale))
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode_cuda: scale is %g; it must be finite", (double)dp->scale);
-    if (dp->n_seqs == 0) return QATTN_OK;
-    if (!dp->q || !dp->o || !dp->seq_ids)
-        return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "qattn_kv_decode_cuda: %s is NULL", !dp->q ? "q" : !dp->o ? "o" : "seq_ids");
-    if (!dev->arena || !dev->block_table)
-        return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "qattn_kv_decode_cuda: device %s is NULL", !dev->arena ? "arena" : "block_table");
-    if ((uintptr_t)dev->arena % 16 != 0)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode_cuda: the device arena must be 16-byte aligned (%p)", dev->arena);
-    int64_t max_len = 0;
-    for (int32_t b = 0; b < dp->n_seqs; b++) {
-        int32_t id = dp->seq_ids[b];
-        if (id < 0 || id >= c->max_seqs)
-            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode_cuda: seq_ids[%d] is %d, out of range 0..%d", b, id, c->max_seqs - 1);
-        if (c->seq_len[id] < dp->seqlen_q)
-            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT,
-                              "qattn_kv_decode_cuda: sequence %d holds %lld tokens, fewer than seqlen_q %d (append the new tokens first)", id,
-                              (long long)c->seq_len[id], dp->seqlen_q);
-        if (c->seq_len[id] > max_len) max_len = c->seq_len[id];
-    }
-    if (!ks) return qattn_fail(ctx, QATTN_ERR_BACKEND, "qattn_kv_decode_cuda: the context has no CUDA state");
-    qattn_device_guard guard(ctx->cuda_device);
-    if (guard.err != cudaSuccess) return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaSetDevice(%d): %s", ctx->cuda_device, cudaGetErrorString(guard.err));
-    cudaStream_t st = (cudaStream_t)dev->stream;
-    const int D = c->head_dim, HK = c->n_kv_heads, group = dp->n_heads / HK, rows = group * dp->seqlen_q;
-    /* rows per chunk: kvd_mma 8 or 16 (R8 1 or 2); kvd_split2 4 (fewer when there are fewer) */
-    const bool mma = c->dtype == QATTN_DTYPE_I8 && I8_MMA;
-    const int DT = c->dtype == QATTN_DTYPE_I8 ? 2 : c->dtype == QATTN_DTYPE_BF16 ? 1 : 0;
-    const int R8 = rows > 8 ? 2 : 1;
-    const int M = mma ? 8 * R8 : rows >= 3 ? 4 : rows, n_rc = (rows + M - 1) / M;
-
-    kvd_args a;
-    memset(&a, 0, sizeof a);
-    a.arena = (const uint8_t *)dev->arena;
-    a.table = dev->block_table;
-    a.q = dp->q;
-    a.o = dp->o;
-    a.lse = dp->lse;
-    a.table_ld = c->max_blocks_per_seq;
-    a.block_bytes = c->block_bytes;
-    a.head_bytes = c->head_bytes;
-    a.v_off = c->v_offset;
-    a.ks_off = c->ks_offset;
-    a.vs_off = c->vs_offset;
-    a.bs = c->block_size;
-    a.bs_shift = -1;
-    for (int sft = 0; sft < 11; sft++)
-        if ((1 << sft) == c->block_size) a.bs_shift = sft;
-    a.lq = dp->seqlen_q;
-    a.h = dp->n_heads;
-    a.hk = HK;
-    a.group = group;
-    a.rows = rows;
-    a.n_rc = n_rc;
-    a.rows_pad = n_rc * M;
-    a.q_dtype = dp->q_dtype;
-    a.o_dtype = dp->o_dtype;
-    a.causal = dp->causal;
-    a.wl = dp->window_left;
-    a.qscale = (dp->scale != 0.0f ? dp->scale : 1.0f / sqrtf((float)D)) * 1.4426950408889634f;
-
-    /* Split count: the split length (a multiple of 64 tokens, >= 256) that minimises
-     * (waves of resident blocks, rounded up) x (tokens per split + 64 of fixed cost), over
-     * 1 .. 4x the split count that gives 8 waves: fills the SMs several times without a ragged
-     * last wave. */
-    int32_t chunk = dp->n_seqs < SEQ_CHUNK ? dp->n_seqs : SEQ_CHUNK;
-    int64_t units = (int64_t)chunk * HK * n_rc;
-    int64_t resident = (int64_t)ks->resident[mma ? kvd_slot_mma(D, R8) : kvd_slot2(D, DT, M)] * ks->sm_count;
-    int64_t want = (8 * resident + units - 1) / units;
-    int64_t most = (max_len + 255) / 256;
-    if (most < 1) most = 1;
-    int64_t hi_ns = 4 * want < most ? 4 * want : most;
-    if (hi_ns < 1) hi_ns = 1;
-    int64_t split_tokens = 0, nsplit = 0;
-    double best = 0.0;
-    for (int64_t ns = 1; ns <= hi_ns; ns++) {
-        int64_t stk = ((max_len + ns - 1) / ns + 63) / 64 * 64;
-        if (stk < 64) stk = 64;
-        int64_t real = (max_len + stk - 1) / stk;
-        if (real < 1) real = 1;
-        int64_t waves = (units * real + resident - 1) / resident;
-        double cost = (double)waves * (double)(stk + 64);
-        if (nsplit == 0 || cost < best) {
-            best = cost;
-            split_tokens = stk;
-            nsplit = real;
-        }
-    }
-    a.split_tokens = (int32_t)split_tokens;
-    a.nsplit = (int32_t)nsplit;
-    if ((int64_t)n_rc * nsplit > INT32_MAX / 2)
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "qattn_kv_decode_cuda: too many row chunks x splits (%d x %lld)", n_rc, (long long)nsplit);
-
-    /* scratch: cached in the context (kvd_scratch); counters per unit of one launch, reused by the
-     * next launch of the loop (stream order: they are back to 0 when it starts) */
-    size_t part_bytes = (size_t)chunk * HK * nsplit * a.rows_pad * (D + 2) * sizeof(float);
-    /* INT8: the transformed queries [n_seqs][Lq][H][D] and their LSE shifts after the partials */
-    const bool i8 = c->dtype == QATTN_DTYPE_I8;
-    const size_t q_rows = (size_t)dp->n_seqs * dp->seqlen_q * dp->n_heads;
-    const size_t z_off = (part_bytes + 255) / 256 * 256, corr_off = z_off + q_rows * D * sizeof(float);
-    if (i8 && q_rows > (size_t)INT32_MAX)
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "qattn_kv_decode_cuda: %zu query rows (n_seqs x seqlen_q x n_heads) exceed 2^31-1", q_rows);
-    if (i8) part_bytes = corr_off + q_rows * sizeof(float);
-    size_t cnt_bytes = (size_t)units * sizeof(unsigned);
-    cudaError_t e = kvd_scratch(ks, part_bytes, cnt_bytes, st);
-    if (e != cudaSuccess) {
-        cudaGetLastError();
-        return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "qattn_kv_decode_cuda: %zu bytes of split partials and %zu of counters: %s", part_bytes,
-                          cnt_bytes, cudaGetErrorString(e));
-    }
-    /* the scratch serialises the context's callers: wait for the previous call if it ran on another stream */
-    if ((e = qattn_cuda_serial_begin(&ks->serial, st)) != cudaSuccess) {
-        cudaGetLastError();
-        return qattn_fail(ctx, QATTN_ERR_BACKEND, "qattn_kv_decode_cuda: cudaStreamWaitEvent (the previous call's stream): %s", cudaGetErrorString(e));
-    }
-    a.part = (float *)ks->part;
-    a.cnt = (unsigned *)ks->cnt;
-    qattn_status status = QATTN_OK;
-    if (i8) { /* the queries into the codes' domain, once for all chunks */
-        float *z = (float *)((char *)ks->part + z_off), *corr = (float *)((char *)ks->part + corr_off);
-        const float *tf = (const float *)(a.arena + c->n_blocks * c->block_bytes); /* [f, mu_k, mu_v, ...][HK][D] */
-        const float scale = dp->scale != 0.0f ? dp->scale : 1.0f / sqrtf((float)D);
-        if (D == 64) kvd_prep_q<64, 64><<<(unsigned)q_rows, 64, 0, st>>>(dp->q, dp->q_dtype, a.qscale, scale, tf, HK, dp->n_heads, dp->seqlen_q, z, corr);
-        else kvd_prep_q<128, 128><<<(unsigned)q_rows, 128, 0, st>>>(dp->q, dp->q_dtype, a.qscale, scale, tf, HK, dp->n_heads, dp->seqlen_q, z, corr);
-        if ((e = cudaGetLastError()) != cudaSuccess)
-            status = qattn_fail(ctx, QATTN_ERR_BACKEND, "qattn_kv_decode_cuda: query transform launch (%zu rows): %s", q_rows, cudaGetErrorString(e));
-        a.q = z;
-        a.q_dtype = QATTN_DTYPE_F32;
-        a.qscale = 1.0f;
-        a.muv = tf + 2 * (int64_t)HK * D;
-        a.lse_corr = corr;
-    }
-    for (int32_t b0 = 0; b0 < dp->n_seqs && status == QATTN_OK; b0 += SEQ_CHUNK) {
-        int32_t n = dp->n_seqs - b0 < SEQ_CHUNK ? dp->n_seqs - b0 : SEQ_CHUNK;
-        a.b0 = b0;
-        for (int32_t k = 0; k < n; k++) {
-            a.seq_id[k] = dp->seq_ids[b0 + k];
-            a.seq_len[k] = (int32_t)c->seq_len[dp->seq_ids[b0 + k]];
-        }
-        dim3 grid((unsigned)(n_rc * nsplit), (unsigned)HK, (unsigned)n);
-        if ((e = mma ? launch_mma(a, D, R8, grid, st) : launch_split2(a, D, DT, M, grid, st)) != cudaSuccess) {
-            cudaGetLastError();
-            status = qattn_fail(ctx, QATTN_ERR_BACKEND, "qattn_kv_decode_cuda: split kernel launch (%u x %u x %u blocks): %s", grid.x, grid.y, grid.z,
-                                cudaGetErrorString(e));
-        }
-    }
-    /* after whatever was queued, failed launch or not */
-    if ((e = qattn_cuda_serial_end(&ks->serial, st)) != cudaSuccess) {
-        cudaGetLastError();
-        if (status == QATTN_OK) status = qattn_fail(ctx, QATTN_ERR_BACKEND, "qattn_kv_decode_cuda: cudaEventRecord: %s", cudaGetErrorString(e));
-    }
-    return status;
+cudaError_t qattn_kvd_launch_mma(const qattn_kvd_args &a, int D, int R8, dim3 grid, cudaStream_t st) {
+    if (D == 64) return R8 == 1 ? launchm<64, 1>(a, grid, st) : launchm<64, 2>(a, grid, st);
+    return R8 == 1 ? launchm<128, 1>(a, grid, st) : launchm<128, 2>(a, grid, st);
 }

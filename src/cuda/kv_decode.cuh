@@ -1,7 +1,9 @@
-/* The GPU decode's per-context state (src/cuda/kv_decode.cu), held inside the CUDA backend's state
- * (backend.cu: cuda_state.kvd). Filled once by qattn_cuda_prepare_kvd when the context is created,
- * so the hot path makes no device query; the split scratch is cached here (see kv_decode.cu).
- * backend.cu hands it to the decode (qattn_cuda_kv_decode), which never reaches into the backend. */
+/* The GPU decode's per-context state and driver entry points (src/cuda/kv_decode_driver.cu), the
+ * state held inside the CUDA backend's state (backend.cu: cuda_state.kvd). Filled once by
+ * qattn_cuda_prepare_kvd when the context is created, so the hot path makes no device query; the
+ * split scratch is cached here (see kv_decode_driver.cu). backend.cu hands it to the decode
+ * (qattn_cuda_kv_decode), which never reaches into the backend. The kernels (kv_decode.cu) sit
+ * below the driver, behind kv_decode_kernels.cuh. */
 #ifndef QATTN_CUDA_KV_DECODE_CUH
 #define QATTN_CUDA_KV_DECODE_CUH
 
@@ -11,14 +13,11 @@
 #include "qattn.h"
 
 #include "cuda_common.cuh"
-
-/* Split-kernel instances with a residency slot: kvd_mma<D 64|128, R8 1|2> (4) and
- * kvd_split2<D 64|128, DT 0|1|2, M 1|2|4> (18); the index is kvd_slot() in kv_decode.cu. */
-constexpr int QATTN_KVD_SLOTS = 22;
+#include "kv_decode_kernels.cuh" /* QATTN_KVD_SLOTS */
 
 struct qattn_kvd_state {
     int sm_count;
-    int resident[QATTN_KVD_SLOTS]; /* blocks of each split-kernel instance resident per SM (>= 1) */
+    int resident[QATTN_KVD_SLOTS]; /* blocks of each split-kernel instance resident per SM (>= 1), by qattn_kvd_slot_* */
     /* Cached scratch: split partials (not initialised) and the arrival counters, zero between
      * calls (zeroed when allocated; the last block of each unit puts its counter back to 0). */
     void *part;

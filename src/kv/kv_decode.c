@@ -59,41 +59,10 @@ void qattn_decode_params_init(qattn_decode_params *dp) {
 
 static qattn_status validate(qattn_ctx *ctx, const qattn_kv_cache *c, const qattn_decode_params *dp) {
     if (!c || !dp) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "qattn_kv_decode: %s is NULL", !c ? "cache" : "params");
-    if (dp->n_seqs < 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode: n_seqs is %d", dp->n_seqs);
-    if (dp->seqlen_q < 1 || dp->seqlen_q > MAX_SEQLEN_Q)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode: seqlen_q is %d; it must be 1..%d", dp->seqlen_q, MAX_SEQLEN_Q);
-    if (dp->n_heads < 1 || dp->n_heads % c->n_kv_heads != 0)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode: the cache's %d kv heads do not divide n_heads %d",
-                          c->n_kv_heads, dp->n_heads);
-    if (dp->n_heads > 4096) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode: n_heads %d is above 4096", dp->n_heads);
-    int32_t dts[2] = {dp->q_dtype, dp->o_dtype};
-    for (int i = 0; i < 2; i++)
-        if (dts[i] != QATTN_DTYPE_F32 && dts[i] != QATTN_DTYPE_F16 && dts[i] != QATTN_DTYPE_BF16)
-            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode: %s is %d; expected f32, f16 or bf16", i ? "o_dtype" : "q_dtype",
-                              dts[i]);
-    if (dp->causal != 0 && dp->causal != 1)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode: causal is %d; it must be 0 or 1", dp->causal);
-    if (dp->window_left < -1)
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode: window_left is %d; it must be >= 0 or -1", dp->window_left);
-    if (!isfinite(dp->scale))
-        return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode: scale is %g; it must be finite", (double)dp->scale);
-    if (dp->n_seqs == 0) return QATTN_OK;
-    if (!dp->q || !dp->o || !dp->seq_ids)
-        return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "qattn_kv_decode: %s is NULL", !dp->q ? "q" : !dp->o ? "o" : "seq_ids");
-    for (int32_t b = 0; b < dp->n_seqs; b++) {
-        int32_t id = dp->seq_ids[b];
-        if (id < 0 || id >= c->max_seqs)
-            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "qattn_kv_decode: seq_ids[%d] is %d, out of range 0..%d", b, id, c->max_seqs - 1);
-        if (c->seq_len[id] < dp->seqlen_q)
-            return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT,
-                              "qattn_kv_decode: sequence %d holds %lld tokens, fewer than seqlen_q %d (append the new tokens first)", id,
-                              (long long)c->seq_len[id], dp->seqlen_q);
-    }
-    int64_t rows = (int64_t)dp->n_seqs * dp->seqlen_q * dp->n_heads, D = c->head_dim; /* < 2^31 * 64 * 4096: fits */
-    int64_t qb = dp->q_dtype == QATTN_DTYPE_F32 ? 4 : 2, ob = dp->o_dtype == QATTN_DTYPE_F32 ? 4 : 2;
-    qattn_extent in = qattn_view_extent("q", dp->q, qb, 1, 0, 1, 0, rows, D, D);
-    qattn_extent outs[2] = {qattn_view_extent("o", dp->o, ob, 1, 0, 1, 0, rows, D, D), qattn_view_extent("lse", dp->lse, 4, 1, 0, 1, 0, rows, 1, 1)};
-    return qattn_check_disjoint(ctx, "qattn_kv_decode", outs, 2, &in, 1);
+    qattn_decode_limits lim = qattn_kv_decode_limits(c, "qattn_kv_decode"); /* any head dim the cache holds */
+    lim.max_seqlen_q = MAX_SEQLEN_Q;
+    lim.check_overlap = true; /* host views */
+    return qattn_validate_decode(ctx, dp, &lim, NULL);
 }
 
 static void make_plan(dplan *pl, qattn_ctx *ctx, const qattn_kv_cache *c, const qattn_decode_params *dp) {

@@ -1,5 +1,5 @@
 /* qattn_kv_cache_export: the host cache's pointer-free layout, for a device copy (GPU decode,
- * src/cuda/kv_decode.cu). Without the CUDA backend, qattn_kv_decode_cuda is a stub. */
+ * src/cuda/kv_decode_driver.cu). Without the CUDA backend, qattn_kv_decode_cuda is a stub. */
 #include "kv/kv_internal.h"
 
 qattn_status qattn_kv_cache_export(qattn_ctx *ctx, const qattn_kv_cache *c, qattn_kv_cache_layout *l) {

@@ -48,6 +48,19 @@ static inline const float *qattn_kv_cal(const qattn_kv_cache *c, int which, int 
     return c->calib + ((int64_t)which * c->n_kv_heads + g) * c->head_dim;
 }
 
+/* The cache's shape for qattn_validate_decode (src/core/validate.h), fn naming the decode; the
+ * caller adds its own limits (seqlen_q, head dims, overlap check). */
+static inline qattn_decode_limits qattn_kv_decode_limits(const qattn_kv_cache *c, const char *fn) {
+    qattn_decode_limits lim;
+    memset(&lim, 0, sizeof lim);
+    lim.fn = fn;
+    lim.n_kv_heads = c->n_kv_heads;
+    lim.head_dim = c->head_dim;
+    lim.max_seqs = c->max_seqs;
+    lim.seq_len = c->seq_len;
+    return lim;
+}
+
 static inline uint8_t *qattn_kv_block(const qattn_kv_cache *c, int32_t phys) {
     return c->arena + (int64_t)phys * c->block_bytes;
 }
