@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One device call for the FP16/BF16 wgmma kernel (src/cuda/fwd_wgmma_f16.cu, compute capability 9.0):
-# build; a smoke run of the small cases (stops here if it hangs); bench/gpu_f16_diag.py; the full GPU test with every FP16/BF16
+# build; a smoke run of the small cases (stops here if it hangs); dev/gpu/gpu_f16_diag.py; the full GPU test with every FP16/BF16
 # case also run on the mma.sync kernel and compared (--alt), the INT8 small cases (shared PTX wrappers),
 # compute-sanitizer memcheck / racecheck / synccheck of the small cases; then, alone on the GPU, qattn
 # (wgmma), qattn (mma.sync), SDPA FLASH and CUDNN in one process at D 128 and 64, L 1k/4k/16k, B*L = 16k,
 # H*D = 2048, causal and not (FP16; BF16 at D 128, 4k/16k; FP16 D 96 and 256 at 4k); if under 280 s so far and the tests passed,
-# bench/gpu_f16_wgmma_ab.sh (schedule alternatives, same process). Logs under $OUT (flat names f16w_*);
+# dev/gpu/gpu_f16_wgmma_ab.sh (schedule alternatives, same process). Logs under $OUT (flat names f16w_*);
 # summary on stdout and in $OUT/f16w.log. About 5-7 minutes on an H100/H200.
 set -u
 OUT=${OUT:-out}
@@ -56,7 +56,7 @@ if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
 fi
 
 # structured inputs that tell which stage is wrong (S, softmax, P layout, P V), against torch
-timeout 90 python3 bench/gpu_f16_diag.py --lib build-gpu/libqattn.so > "$OUT/f16w_diag.log" 2>&1
+timeout 90 python3 dev/gpu/gpu_f16_diag.py --lib build-gpu/libqattn.so > "$OUT/f16w_diag.log" 2>&1
 el "diag rc=$?"; cat "$OUT/f16w_diag.log"
 
 # correctness, all at once (none of it is timed)
@@ -103,7 +103,7 @@ for f in f16w_bench f16w_bench_bf16 f16w_bench_d256; do
 done
 # the schedule alternatives, if the kernel passed and time is left (the call must end within 8 minutes)
 if [ $(($(date +%s) - T0)) -lt 280 ] && grep -q "^PASSED" "$OUT/f16w_test.log"; then
-  VARIANTS="static_schedule uneven_groups nq1_nst3 bn176" SHAPES=16kc,4kc,4k,16k,1kc timeout 190 bash bench/gpu_f16_wgmma_ab.sh
+  VARIANTS="static_schedule uneven_groups nq1_nst3 bn176" SHAPES=16kc,4kc,4k,16k,1kc timeout 190 bash dev/gpu/gpu_f16_wgmma_ab.sh
   el "A/B"
 else
   echo "A/B skipped (time or test failures)"

@@ -184,7 +184,7 @@ __device__ __forceinline__ void softmax_step(const int si[64], const float *skt,
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         /* a chain: a tree of the same maxima (depth 5 instead of 16) measured 3-4% slower (H200,
-         * 2026-12-01, bench/gpu_i8_ab.py, docs/notes/gpu_history.md round 5) */
+         * 2026-12-01, dev/gpu/gpu_i8_ab.py, docs/notes/gpu_history.md round 5) */
         float mb = -INFINITY;
 #pragma unroll
         for (int n = 0; n < BN / 8; n++) mb = qattn_fmax_nan(mb, qattn_fmax_nan(sf[4 * n + 2 * r], sf[4 * n + 2 * r + 1]));

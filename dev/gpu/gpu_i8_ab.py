@@ -6,7 +6,7 @@ the INT8 attention kernel alone (torch profiler, median of 20) of every library 
 alternating order, twice (the spread between the two rounds is the noise floor), and SDPA's
 FlashAttention-2 backend in the same run; the outputs of the builds are compared with the first one.
 
-Usage: python3 bench/gpu_i8_ab.py --lib new=build-gpu/libqattn.so --lib base=build-base/libqattn.so [--shapes 4k,4kc,16k,16kc]
+Usage: python3 dev/gpu/gpu_i8_ab.py --lib new=build-gpu/libqattn.so --lib base=build-base/libqattn.so [--shapes 4k,4kc,16k,16kc]
 --f16: the FP16 forward instead (precision AUTO: the wgmma kernel on compute capability 9.0), with SDPA's
 cuDNN backend timed too, and --f16-mma adds the first library's mma.sync kernel (the cuda_kernels option mma)
 as one more contender.
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench"))  # gpu_compare
 from gpu_compare import PREC_AUTO, PREC_INT8, QAttn, kernel_ms, time_ms  # noqa: E402
 
 SHAPES = {"1k": (1024, False), "1kc": (1024, True), "4k": (4096, False), "4kc": (4096, True), "16k": (16384, False), "16kc": (16384, True)}

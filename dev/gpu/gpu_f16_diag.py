@@ -7,7 +7,7 @@ Runs qattn FP16 (the kernel the context chooses; --mma: the mma.sync one) on
   random:   N(0, 1) at L 128, 200, 1000 (one tile, a tail, many tiles), causal and not, B 2, H 2, GQA 2:1, D 128, 64, 256 and 96
 and prints, per case, the relative error and, when it is large, the error per 8-row group and per
 8-column group of the first (batch, head) (a wrong descriptor or fragment layout shows as a pattern).
-Usage: python3 bench/gpu_f16_diag.py --lib build-gpu/libqattn.so [--mma]
+Usage: python3 dev/gpu/gpu_f16_diag.py --lib build-gpu/libqattn.so [--mma]
 """
 import argparse
 import os
@@ -16,7 +16,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench"))  # gpu_compare
 from gpu_compare import QAttn  # noqa: E402
 
 

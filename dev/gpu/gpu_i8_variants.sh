@@ -2,7 +2,7 @@
 # One device call for the INT8 attention kernel: the default build, compile-time alternatives
 # (VARIANTS="name=-DFLAG=VALUE ...", "__" between two flags of one variant) and optionally another commit's source tree (BASE=dir, e.g. made with
 # `git archive OLD | tar -x -C .ab/base`, carried with the call), built concurrently; the INT8 GPU tests of
-# every build (side by side); then bench/gpu_i8_ab.py times every build's kernel in one process, alternating.
+# every build (side by side); then dev/gpu/gpu_i8_ab.py times every build's kernel in one process, alternating.
 set -u
 OUT=${OUT:-out}
 VARIANTS=${VARIANTS:-}
@@ -20,4 +20,4 @@ for d in /tmp/v-*/; do
 done
 wait
 for d in /tmp/v-*/; do echo "$d: ok $(grep -c '^ok' $d/t_i8.log), FAIL $(grep -c FAIL $d/t_i8.log), $(tail -1 $d/t_i8.log)"; done
-timeout 300 python3 bench/gpu_i8_ab.py "${libs[@]}" --shapes "${SHAPES:-4k,4kc,16k,16kc,1k}" --out "$OUT" > "$OUT/ab.log" 2>&1; grep -E "^\||Error" "$OUT/ab.log"
+timeout 300 python3 dev/gpu/gpu_i8_ab.py "${libs[@]}" --shapes "${SHAPES:-4k,4kc,16k,16kc,1k}" --out "$OUT" > "$OUT/ab.log" 2>&1; grep -E "^\||Error" "$OUT/ab.log"

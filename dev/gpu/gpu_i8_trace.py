@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Where the cycles of the wgmma INT8 kernel go: a per-step clock trace.
 
-Needs a library built with bench/gpu_i8_trace.patch (bench/gpu_i8_trace.sh does it on a copy of the
+Needs a library built with dev/gpu/gpu_i8_trace.patch (dev/gpu/gpu_i8_trace.sh does it on a copy of the
 source). Thread 0 of each consumer warpgroup records clock64 at ten points of each of its first 200
 loop steps; this prints, per warpgroup, the median cycles of each segment over the steps that stay
 inside a work item ("normal") and over those that cross into the next item ("crossing"), and the
 kernel's TOPS (the trace itself costs a few percent).
 
-Usage: python3 bench/gpu_i8_trace.py --lib /tmp/v-trace/libqattn.so [--out DIR]
+Usage: python3 dev/gpu/gpu_i8_trace.py --lib /tmp/v-trace/libqattn.so [--out DIR]
 """
 import argparse
 import ctypes as C
@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench"))  # gpu_compare
 from gpu_compare import PREC_INT8, QAttn, kernel_ms  # noqa: E402
 
 NB, TS, TP, TI = 132, 200, 10, 48  # as in the patch

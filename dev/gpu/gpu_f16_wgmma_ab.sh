@@ -2,9 +2,9 @@
 # Same-process A/B of schedule alternatives of the FP16/BF16 wgmma kernel (dev/cuda_f16_wgmma/variant.sh):
 # each variant is built by editing the source, rebuilding libqattn in build-gpu (only fwd_wgmma_f16.cu
 # recompiles) and copying the library aside; the source is restored and rebuilt at the end. Then
-# bench/gpu_i8_ab.py --f16 times every copy (and SDPA FA2 and cuDNN) in one process, alternating, and
+# dev/gpu/gpu_i8_ab.py --f16 times every copy (and SDPA FA2 and cuDNN) in one process, alternating, and
 # compares their outputs; each variant also runs the small GPU test cases. Needs a configured build-gpu (bench/gpu_f16_wgmma.sh makes it).
-# Usage: VARIANTS="static_schedule nq1_nst3" SHAPES=4k,4kc,16k,16kc bash bench/gpu_f16_wgmma_ab.sh
+# Usage: VARIANTS="static_schedule nq1_nst3" SHAPES=4k,4kc,16k,16kc bash dev/gpu/gpu_f16_wgmma_ab.sh
 set -u
 OUT=${OUT:-out}
 VARIANTS=${VARIANTS:-static_schedule nq1_nst3}
@@ -24,5 +24,5 @@ for v in $VARIANTS; do
   bash dev/cuda_f16_wgmma/variant.sh revert
 done
 cmake --build build-gpu -j16 --target qattn qattn_gpu_test > $A/build.log 2>&1 || tail -20 $A/build.log
-timeout 240 python3 bench/gpu_i8_ab.py --f16 "${libs[@]}" --shapes "${SHAPES:-4k,4kc,16k,16kc}" --out $A > "$OUT/f16w_ab.log" 2>&1
+timeout 240 python3 dev/gpu/gpu_i8_ab.py --f16 "${libs[@]}" --shapes "${SHAPES:-4k,4kc,16k,16kc}" --out $A > "$OUT/f16w_ab.log" 2>&1
 echo "A/B rc=$?"; grep -E "^\||cuDNN|Error|error" "$OUT/f16w_ab.log"
