@@ -43,7 +43,8 @@ done
 grep -E "FAIL|CORRECTNESS|rc=" "$OUT/decode.log" | head -12
 grep -E "^\|" "$OUT/decode.log" | head -24
 stamp "tests done"
-(cd python && QATTN_LIBRARY=../$LIB timeout 90 python3 -m pytest -q tests/test_gpu.py > "../$OUT/pytest_gpu.log" 2>&1; echo "rc=$?" >> "../$OUT/pytest_gpu.log")
+ABS_OUT=$(cd "$OUT" && pwd)
+(cd python && QATTN_LIBRARY=../$LIB timeout 90 python3 -m pytest -q tests/test_gpu.py > "$ABS_OUT/pytest_gpu.log" 2>&1; echo "rc=$?" >> "$ABS_OUT/pytest_gpu.log")
 tail -4 "$OUT/pytest_gpu.log"
 PYTHONPATH=python QATTN_LIBRARY=$LIB timeout 90 python3 bench/gpu_accuracy.py > "$OUT/accuracy.log" 2>&1
 echo "gpu_accuracy rc=$?"

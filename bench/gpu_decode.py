@@ -139,7 +139,7 @@ class Cache:
         lay, HK, D, BS, L = self.lay, self.HK, self.D, self.BS, self.lens[seq]
         nb = (L + BS - 1) // BS
         ids = self.d_table.view(lay.max_seqs, lay.max_blocks_per_seq)[seq, :nb].long()
-        blk = self.d_arena.view(lay.n_blocks, lay.block_bytes)[ids]
+        blk = self.d_arena[: lay.n_blocks * lay.block_bytes].view(lay.n_blocks, lay.block_bytes)[ids]  # INT8: transforms follow the blocks
         out = []
         for off, soff in ((0, lay.ks_offset), (lay.v_offset, lay.vs_offset)):
             raw = blk[:, off:off + HK * lay.head_bytes].contiguous()

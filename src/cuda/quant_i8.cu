@@ -285,10 +285,12 @@ __device__ __forceinline__ void stats_q_part(const qattn_cuda_args &a, int blk, 
             const int t = (int)(bt % a.lq_pad), b = (int)(bt / a.lq_pad);
             u[k] = row[k] < nrow && t < a.lq ? ld16(a.q, (int64_t)b * a.q_bs + (int64_t)t * a.q_ss + (int64_t)h * a.q_hs + cg * 8)
                                               : make_uint4(0, 0, 0, 0);
-            /* the factors of the row's (b, kv head): raised by its last statistics item (smaller tickets) */
+            /* the factors of the row's (b, kv head): raised by its last statistics item (smaller tickets).
+             * Polled with plain volatile loads: a block's rows share a few flags on one cache line, and
+             * 256 threads x 4 rows of atomics on it (the first version) serialised into ~2 ms per pass. */
             if (row[k] < nrow && t < a.lq) {
-                const int *rd = w.ready + (int64_t)b * a.hk + h / grp;
-                while (atomicAdd((int *)rd, 0) == 0) __nanosleep(100);
+                const volatile int *rd = w.ready + (int64_t)b * a.hk + h / grp;
+                while (*rd == 0) __nanosleep(100);
             }
         }
         __threadfence();
