@@ -24,6 +24,7 @@
 
 #include <float.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,7 +75,41 @@ static qattn_ctx *make_ctx(int32_t isa, int threads) {
 
 /* ---------------------------------------------------------------- kernels: avx2, avxvnni, avx512 == ref */
 
+/* Every slot of an INT8 kernel table is filled (the reference kernel where an ISA has no vector
+ * one: src/quant/lowp.h), so that no caller tests for NULL. Checked for every table the build has,
+ * whether or not this machine runs it; the size check catches a slot added to the struct but not
+ * to the list (every member but pack8 is a pointer, and pack8 takes a pointer's room). */
+static void test_tables_filled(void) {
+    const qattn_int8_kernels *tabs[] = {
+        &qattn_int8_kernels_ref,
 #if defined(QATTN_HAVE_X86)
+        &qattn_int8_kernels_avx2, &qattn_int8_kernels_avxvnni, &qattn_int8_kernels_avx512,
+#endif
+    };
+#define SLOT(f) {#f, offsetof(qattn_int8_kernels, f)}
+    static const struct {
+        const char *name;
+        size_t off;
+    } slots[] = {SLOT(qk),        SLOT(scores),     SLOT(softmax),    SLOT(pv_f32),      SLOT(rowmax),
+                 SLOT(softmax_vs), SLOT(pv_acc),     SLOT(quant_row),  SLOT(qk16),        SLOT(pv_acc8),
+                 SLOT(p_vs_tile),  SLOT(pv_acc8u),   SLOT(center_amax), SLOT(scale_center_amax),
+                 SLOT(rotate_row), SLOT(stats_row)};
+#undef SLOT
+    const int n_slots = (int)(sizeof slots / sizeof slots[0]);
+    CHECK(sizeof(qattn_int8_kernels) == (size_t)(n_slots + 2) * sizeof(void *), "qattn_int8_kernels has a member this test does not list");
+    for (int t = 0; t < (int)(sizeof tabs / sizeof tabs[0]); t++) {
+        const qattn_int8_kernels *A = tabs[t];
+        CHECK(A->name != NULL, "an INT8 kernel table without a name");
+        for (int i = 0; i < n_slots; i++) {
+            void (*fn)(void);
+            memcpy(&fn, (const char *)A + slots[i].off, sizeof fn);
+            CHECK(fn != NULL, "INT8 kernel table %s: slot %s is NULL", A->name ? A->name : "?", slots[i].name);
+        }
+        CHECK(A->pack8 == 0 || A->pack8 == 1, "INT8 kernel table %s: pack8 %d", A->name, (int)A->pack8);
+    }
+    printf("kernels: %d INT8 tables, every slot filled\n", (int)(sizeof tabs / sizeof tabs[0]));
+}
+
 /* The default scheme's P step done the unfused way with the reference kernels (scores, rowmax,
  * the driver's float steps, softmax_vs): what a table's fused p_vs_tile must equal bit for bit. */
 static void p_vs_unfused(const int32_t *s, int m, int npad, const float *sq, const float *sk, const int32_t *lo, const int32_t *hi,
@@ -139,7 +174,7 @@ static void test_fused_slots(const qattn_int8_kernels *A) {
                     for (int i = 0; i < m * npad; i++) same = same && (u8 ? c8[i] == c1[i] : c2[i] == c1[i]);
                     CHECK(same, "p_vs_tile %s (u8 %d) != unfused ref (m %d n %d)", A->name, u8, m, n);
                 }
-                if (A->pv_acc8u) { /* the u8 codes just made, through pv_acc8u == pv_acc8 ref on the same codes */
+                { /* the u8 codes just made, through pv_acc8u == pv_acc8 ref on the same codes */
                     int8_t *vp8 = xcalloc((size_t)npad * d);
                     float *sv = xcalloc((size_t)d * 4), *o1 = xcalloc((size_t)m * d * 4), *o2 = xcalloc((size_t)m * d * 4), al[64], fa[64];
                     for (int i = 0; i < npad * d; i++) vp8[i] = (int8_t)((int)(rnd_u64() % 255) - 127);
@@ -160,8 +195,7 @@ static void test_fused_slots(const qattn_int8_kernels *A) {
         for (int c = 0; c < d; c++) row[c] = (float)(rnd_norm() * 3.0), mu[c] = (float)rnd_norm();
         float amax = 0.0f;
         for (int c = 0; c < d; c++) y1[c] = row[c] - mu[c], amax = fabsf(y1[c]) > amax ? fabsf(y1[c]) : amax;
-        float got = A->center_amax ? A->center_amax(row, mu, d, y2) : amax;
-        if (!A->center_amax) memcpy(y2, y1, (size_t)d * 4);
+        float got = A->center_amax(row, mu, d, y2);
         CHECK(got == amax && !memcmp(y1, y2, (size_t)d * 4), "center_amax %s (d %d)", A->name, d);
         for (int scale = 0; scale < 2; scale++) { /* 127 / amax, and 0 (an all-zero group) */
             float inv = scale ? 127.0f / amax : 0.0f;
@@ -181,20 +215,19 @@ static void test_fused_slots(const qattn_int8_kernels *A) {
               *mx2 = xcalloc((size_t)d * 4);
         double *s1 = xcalloc((size_t)d * 8), *s2 = xcalloc((size_t)d * 8);
         for (int c = 0; c < d; c++) row[c] = (float)(rnd_norm() * 3.0), f[c] = ldexpf(1.0f, (int)(rnd_u64() % 9) - 4), mu[c] = (float)rnd_norm();
-        if (A->scale_center_amax) {
+        {
             float amax = 0.0f;
             for (int c = 0; c < d; c++) y1[c] = row[c] * f[c] - mu[c], amax = fabsf(y1[c]) > amax ? fabsf(y1[c]) : amax;
             float got = A->scale_center_amax(row, f, mu, d, y2);
             CHECK(got == amax && !memcmp(y1, y2, (size_t)d * 4), "scale_center_amax %s (d %d)", A->name, d);
         }
-        if (A->rotate_row)
-            for (int k = 0; k < 2; k++) { /* pre 1 and 1 / n (the default scheme's) */
-                float pre = k ? 1.0f / (float)qattn_rotate_block(d) : 1.0f;
-                for (int c = 0; c < d; c++) y1[c] = y2[c] = row[c] * f[c] - mu[c];
-                float a1 = qattn_rotate_row(y1, d, pre), a2 = A->rotate_row(y2, d, pre);
-                CHECK(a1 == a2 && !memcmp(y1, y2, (size_t)d * 4), "rotate_row %s (d %d, pre %g)", A->name, d, pre);
-            }
-        if (A->stats_row) {
+        for (int k = 0; k < 2; k++) { /* pre 1 and 1 / n (the default scheme's) */
+            float pre = k ? 1.0f / (float)qattn_rotate_block(d) : 1.0f;
+            for (int c = 0; c < d; c++) y1[c] = y2[c] = row[c] * f[c] - mu[c];
+            float a1 = qattn_rotate_row(y1, d, pre), a2 = A->rotate_row(y2, d, pre);
+            CHECK(a1 == a2 && !memcmp(y1, y2, (size_t)d * 4), "rotate_row %s (d %d, pre %g)", A->name, d, pre);
+        }
+        {
             for (int c = 0; c < d; c++) s1[c] = s2[c] = rnd_norm(), mn1[c] = mn2[c] = INFINITY, mx1[c] = mx2[c] = -INFINITY;
             for (int i = 0; i < 5; i++) { /* five rows, the first two zeros of opposite signs (ties keep the old value) */
                 for (int c = 0; c < d; c++) row[c] = i < 2 ? ((c + i) % 2 ? -0.0f : 0.0f) : (float)(rnd_norm() * 3.0);
@@ -213,6 +246,7 @@ static void test_fused_slots(const qattn_int8_kernels *A) {
     }
 }
 
+#if defined(QATTN_HAVE_X86)
 static void test_kernels_isa(int32_t isa, const qattn_int8_kernels *A) {
     qattn_ctx *probe = make_ctx(isa, 1);
     if (!probe) {
@@ -300,17 +334,23 @@ static void test_kernels_isa(int32_t isa, const qattn_int8_kernels *A) {
         worst = rel > worst ? rel : worst;
     }
     CHECK(worst < 1e-6 && qattn_exp2_poly(0.0f) == 1.0f && qattn_exp2_poly(-INFINITY) == 0.0f, "exp2 poly rel err %g", worst);
-    if (A->p_vs_tile) test_fused_slots(A);
+    test_fused_slots(A);
     printf("kernels: %s == ref bit for bit; exp2 poly max rel err %.2e\n", A->name, worst);
 }
 #endif
 
+/* The kernel tests draw from the shared random stream as many numbers as the machine has ISAs;
+ * the stream is put back afterwards, so the tests after them see the same inputs everywhere. */
 static void test_kernels(void) {
+    uint64_t saved = rng_state;
+    test_tables_filled();
+    test_fused_slots(&qattn_int8_kernels_ref); /* the reference's fused p_vs_tile == its unfused steps */
 #if defined(QATTN_HAVE_X86)
     test_kernels_isa(QATTN_ISA_AVX2, &qattn_int8_kernels_avx2);
     test_kernels_isa(QATTN_ISA_AVXVNNI, &qattn_int8_kernels_avxvnni);
     test_kernels_isa(QATTN_ISA_AVX512, &qattn_int8_kernels_avx512);
 #endif
+    rng_state = saved;
 }
 
 /* ---------------------------------------------------------------- problems */

@@ -23,7 +23,9 @@
  * scale * q . mean_k back; V smoothing adds mean_v to each normalised output row.
  * The split of the work depends on the shape only, and every float step runs in a fixed order:
  * results are bitwise identical for any thread count, and between the ref, avx2 and avxvnni kernels
- * (the table's pack8 picks 16-bit packs + qk16/pv_acc or 8-bit packs + qk/pv_acc8: same exact sums). */
+ * (the table's pack8 picks 16-bit packs + qk16/pv_acc or 8-bit packs + qk/pv_acc8, pv_acc8u after
+ * the default scheme's u8 P codes: same exact sums). Every slot of every table is filled (the
+ * reference kernel where an ISA has no vector one), so each is called without a NULL test. */
 #include "quant/lowp.h"
 
 #include "cpu/block_mask.h"
@@ -511,19 +513,17 @@ static void attend_tile(const lplan *pl, wmem *w, int m, int n, qattn_tile_state
     int32_t mode = pl->p_mode;
     bool fp = mode == QATTN_P_FP32;
     float mult = (mode == QATTN_P_S8_RUNNING || mode == QATTN_P_S8_BLOCKMAX) ? 127.0f : 255.0f;
-    bool blockmax = mode == QATTN_P_U8_BLOCKMAX || mode == QATTN_P_S8_BLOCKMAX || mode == QATTN_P_U8_VSCALED;
+    bool blockmax = mode == QATTN_P_U8_BLOCKMAX || mode == QATTN_P_S8_BLOCKMAX;
     tile_scores(pl, w, m, npad, sharp);
-    if (mode == QATTN_P_U8_VSCALED && K->p_vs_tile) { /* scores, row max, state and P codes in one pass */
-        bool u8 = K->pack8 && K->pv_acc8u;
-        K->p_vs_tile(w->s, m, npad, w->sq, w->sk, w->lo, w->hi, w->svk, st->row_max, st->row_sum, w->pc, u8, w->alpha, w->fac);
-        if (u8)
+    if (mode == QATTN_P_U8_VSCALED) { /* scores, row max, state and P codes in one pass; u8 codes with the 8-bit packs */
+        K->p_vs_tile(w->s, m, npad, w->sq, w->sk, w->lo, w->hi, w->svk, st->row_max, st->row_sum, w->pc, K->pack8, w->alpha, w->fac);
+        if (K->pack8)
             K->pv_acc8u((const uint8_t *)w->pc, m, npad, w->vp, D, w->alpha, w->fac, w->sv, w->lo, w->hi, st->acc, st->ld_acc);
-        else if (K->pack8)
-            K->pv_acc8((int16_t *)w->pc, m, npad, w->vp, D, w->alpha, w->fac, w->sv, w->lo, w->hi, st->acc, st->ld_acc);
         else
             K->pv_acc((int16_t *)w->pc, m, npad, w->vp, D, w->alpha, w->fac, w->sv, w->lo, w->hi, st->acc, st->ld_acc);
         return;
     }
+    /* the other P modes: the unfused steps */
     K->scores(w->s, m, npad, w->sq, w->sk, w->sf);
     int16_t *codes = fp ? NULL : (int16_t *)w->pc;
     float *pf = fp ? (float *)w->pc : NULL;
@@ -546,20 +546,11 @@ static void attend_tile(const lplan *pl, wmem *w, int m, int n, qattn_tile_state
         float esum;
         float beta = blockmax ? exp2f(mb - m_new) : 1.0f;
         float add, fac = fp ? 1.0f : beta / mult;
-        if (mode == QATTN_P_U8_VSCALED) {
-            /* e = exp2(s - m_block); codes of e * sv[key] against their row max (exact 255 at the max) */
-            float wmax;
-            K->softmax_vs(sf, lo, hi, npad, ref, w->svk, codes + (size_t)r * npad, &esum, &wmax);
-            add = beta * esum;
-            fac = beta * wmax / 255.0f;
-        } else {
-            K->softmax(sf, lo, hi, npad, ref, mult, codes ? codes + (size_t)r * npad : NULL, pf ? pf + (size_t)r * npad : NULL, &csum,
-                       &esum);
-            switch (mode) {
-            case QATTN_P_S8_RUNNING:
-            case QATTN_P_FP32: add = esum; break;
-            default: add = beta / mult * (float)csum; break;
-            }
+        K->softmax(sf, lo, hi, npad, ref, mult, codes ? codes + (size_t)r * npad : NULL, pf ? pf + (size_t)r * npad : NULL, &csum, &esum);
+        switch (mode) {
+        case QATTN_P_S8_RUNNING:
+        case QATTN_P_FP32: add = esum; break;
+        default: add = beta / mult * (float)csum; break;
         }
         st->row_sum[r] = st->row_sum[r] * alpha + add;
         st->row_max[r] = m_new;

@@ -1,5 +1,6 @@
 /* Internals of the INT8 / FP8 paths: the INT8 micro-kernel table (scalar reference in
- * src/ref/int8_ref.c, AVX2 in src/cpu/x86/int8_avx2.c, AVX-VNNI in int8_vnni.c), the packed tile layouts they share,
+ * src/ref/int8_ref.c, AVX2 in src/cpu/x86/int8_avx2.c, AVX-VNNI in int8_vnni.c, AVX-512 in
+ * int8_avx512.c; every slot of every table is filled), the packed tile layouts they share,
  * the scheme configuration of the low-precision driver (src/cpu/forward_lowp.c) and the
  * FP8 emulation (kernels src/ref/fp8_ref.c, driver src/cpu/forward_fp8.c). Nothing here is public. */
 #ifndef QATTN_QUANT_LOWP_H
@@ -64,7 +65,8 @@ typedef void (*qattn_i8_pv_acc8_fn)(const int16_t *pc, int m, int npad, const in
  * or 0, beta = exp2f(mb - m_new)) and softmax_vs(sf, ..., ref = mb), row_sum = row_sum * alpha +
  * beta * e_sum, row_max = m_new, fac = beta * w_max / 255; rows with lo >= hi get zero codes,
  * alpha 1, fac 0 and keep their state. Bit for bit the unfused sequence (scores, rowmax,
- * softmax_vs and the driver's float steps); NULL in a table means "run the unfused sequence".
+ * softmax_vs and those float steps), which is what the reference kernel runs; the driver calls
+ * it for every tile of the default scheme.
  * codes: int16 [m][npad], or u8 [m][npad] when u8 is non-zero (codes are in [0, 255] either way). */
 typedef void (*qattn_i8_p_vs_tile_fn)(const int32_t *s, int m, int npad, const float *sq, const float *sk, const int32_t *lo,
                                       const int32_t *hi, const float *svk, float *row_max, float *row_sum, void *codes, int u8,
@@ -73,6 +75,9 @@ typedef void (*qattn_i8_p_vs_tile_fn)(const int32_t *s, int m, int npad, const f
 typedef void (*qattn_i8_pv_acc8u_fn)(const uint8_t *pc8, int m, int npad, const int8_t *vpack8, int d, const float *alpha,
                                      const float *fac, const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld);
 
+/* The INT8 kernel table of an ISA. Every slot is filled (tests/test_int8.c checks it): where an ISA
+ * has no vector version of a kernel, the slot points at the reference one (src/ref/int8_ref.c), so
+ * callers never test for NULL. */
 typedef struct qattn_int8_kernels {
     const char *name;
     qattn_i8_qk_fn qk;
@@ -85,16 +90,16 @@ typedef struct qattn_int8_kernels {
     qattn_i8_quant_row_fn quant_row;
     qattn_i16_qk_fn qk16;
     qattn_i8_pv_acc8_fn pv_acc8;
-    /* Which products the driver uses: 0 = 16-bit packs, qk16 + pv_acc (AVX2: pmaddwd is the fast
-     * multiply); 1 = 8-bit Q codes, K pack and vp8, qk + pv_acc8 (AVX-VNNI: vpdpbusd). Same result. */
+    /* Which products and packs the driver uses (a choice of data layout, not a missing kernel):
+     * 0 = 16-bit packs, qk16 + pv_acc, int16 P codes (AVX2: pmaddwd is the fast multiply); 1 = 8-bit
+     * Q codes, K pack and vp8, qk + pv_acc8 / pv_acc8u with u8 P codes (AVX-VNNI: vpdpbusd). Same result. */
     int32_t pack8;
-    qattn_i8_p_vs_tile_fn p_vs_tile; /* may be NULL */
-    qattn_i8_pv_acc8u_fn pv_acc8u;   /* may be NULL; used with p_vs_tile's u8 codes when pack8 */
-    /* y[c] = row[c] - mu[c] (c < d, d % 8 == 0), returns max |y[c]| (exact; +0 for all zeros); NULL:
-     * the quantizer's scalar loop. */
+    qattn_i8_p_vs_tile_fn p_vs_tile; /* the default scheme's P step (u8 codes when pack8) */
+    qattn_i8_pv_acc8u_fn pv_acc8u;   /* after p_vs_tile's u8 codes, when pack8 */
+    /* y[c] = row[c] - mu[c] (c < d, d % 8 == 0), returns max |y[c]| (exact; +0 for all zeros). */
     float (*center_amax)(const float *row, const float *mu, int d, float *y);
-    /* The quantizer's per-row passes (src/quant/quant.c; NULL: its scalar loops), each bit for bit
-     * the scalar definition: */
+    /* The quantizer's other per-row passes (called by src/quant/quant.c), each bit for bit the
+     * scalar definition (the reference kernels): */
     /* y[c] = row[c] * f[c] - mu[c] (two roundings, no fusion), returns max |y[c]| (d % 8 == 0). */
     float (*scale_center_amax)(const float *row, const float *f, const float *mu, int d, float *y);
     /* qattn_rotate_row (below): y *= pre, the same butterfly additions, returns max |y|. */
@@ -105,8 +110,14 @@ typedef struct qattn_int8_kernels {
 } qattn_int8_kernels;
 
 extern const qattn_int8_kernels qattn_int8_kernels_ref;
+/* Reference kernels exported for the ISA tables' slots that have no vector version (and
+ * qattn_rotate_row, below, the reference rotate_row). */
 void qattn_i8_pv_acc8_ref(const int16_t *pc, int m, int npad, const int8_t *vpack8, int d, const float *alpha, const float *fac,
-                          const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld); /* for ISA tables */
+                          const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld);
+void qattn_i8_pv_acc8u_ref(const uint8_t *pc8, int m, int npad, const int8_t *vpack8, int d, const float *alpha, const float *fac,
+                           const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld);
+float qattn_i8_scale_center_amax_ref(const float *row, const float *f, const float *mu, int d, float *y);
+void qattn_i8_stats_row_ref(const float *row, int d, double *acc, float *mn, float *mx);
 #if defined(QATTN_HAVE_X86)
 extern const qattn_int8_kernels qattn_int8_kernels_avx2;
 extern const qattn_int8_kernels qattn_int8_kernels_avxvnni;
@@ -294,7 +305,9 @@ qattn_status qattn_quantize_qk_smoothed(qattn_ctx *ctx, const qattn_params *p, i
  * (the largest power of two dividing d, at most 128) each transformed in place by the unnormalised
  * Walsh-Hadamard butterfly (stages len = 1, 2, 4, .., n/2; pairs (k, k + len): y[k] = a + c,
  * y[k + len] = a - c); returns max |y|. H H = n I: the default scheme rotates Q and K rows with
- * pre = 1/n (so no value grows: |H(y / n)| <= max |y|) and multiplies Q's scales by n. */
+ * pre = 1/n (so no value grows: |H(y / n)| <= max |y|) and multiplies Q's scales by n.
+ * qattn_rotate_row is the reference kernel (src/ref/int8_ref.c, the rotate_row slot of the tables
+ * without a vector one). */
 static inline int qattn_rotate_block(int d) {
     int n = d & -d; /* the largest power of two dividing d */
     return n > 128 ? 128 : n;

@@ -116,25 +116,6 @@ static inline bool row_nonfinite(const float *restrict row, int64_t d) {
     return t != t;
 }
 
-/* max |y[c]|, c < d (d % 8 == 0): 8 lanes, vectorisable; exact (any order gives the same max). */
-static inline float amax8(const float *restrict y, int64_t d) {
-    float m[8] = {0};
-    for (int64_t c = 0; c < d; c += 8)
-        for (int k = 0; k < 8; k++) {
-            float a = fabsf(y[c + k]);
-            m[k] = m[k] < a ? a : m[k];
-        }
-    float a = m[0];
-    for (int k = 1; k < 8; k++) a = m[k] > a ? m[k] : a;
-    return a;
-}
-
-/* y = row - mu and the largest |y|. */
-static inline float row_center_amax(const float *restrict row, const float *restrict mu, int64_t d, float *restrict y) {
-    for (int64_t c = 0; c < d; c++) y[c] = row[c] - mu[c];
-    return amax8(y, d);
-}
-
 /* First non-finite element of a row (one is known to exist). */
 static int64_t first_bad(const float *row, int64_t d) {
     for (int64_t c = 0; c < d; c++)
@@ -238,54 +219,20 @@ static void quant_task(void *arg, int64_t task, int worker) {
 #define QCHUNK 32
 #define QUANT_HGROUP 8
 
-/* The 8-point butterfly of stages len = 1, 2, 4 on y[0..8), in the stage order of the definition. */
-static inline void fwht8(float *y) {
-    float a0 = y[0] + y[1], a1 = y[0] - y[1], a2 = y[2] + y[3], a3 = y[2] - y[3];
-    float a4 = y[4] + y[5], a5 = y[4] - y[5], a6 = y[6] + y[7], a7 = y[6] - y[7];
-    float b0 = a0 + a2, b2 = a0 - a2, b1 = a1 + a3, b3 = a1 - a3;
-    float b4 = a4 + a6, b6 = a4 - a6, b5 = a5 + a7, b7 = a5 - a7;
-    y[0] = b0 + b4, y[4] = b0 - b4, y[1] = b1 + b5, y[5] = b1 - b5;
-    y[2] = b2 + b6, y[6] = b2 - b6, y[3] = b3 + b7, y[7] = b3 - b7;
-}
-
-float qattn_rotate_row(float *y, int d, float pre) {
-    int n = qattn_rotate_block(d);
-    if (pre != 1.0f)
-        for (int c = 0; c < d; c++) y[c] *= pre;
-    for (int b0 = 0; b0 < d; b0 += n) {
-        for (int g = b0; g < b0 + n; g += 8) fwht8(y + g); /* stages 1, 2, 4 */
-        for (int len = 8; len < n; len <<= 1)            /* stages 8 .. n/2: whole 8-lane runs */
-            for (int i = b0; i < b0 + n; i += 2 * len)
-                for (int k = i; k < i + len; k++) {
-                    float a = y[k], c = y[k + len];
-                    y[k] = a + c;
-                    y[k + len] = a - c;
-                }
-    }
-    return amax8(y, d);
-}
-
-/* y = row * f - mu and max |y| (each step exactly rounded, in channel order; the max is exact). */
-static float scale_center_amax(const float *restrict row, const float *restrict f, const float *restrict mu, int64_t d, float *restrict y) {
-    for (int64_t c = 0; c < d; c++) y[c] = row[c] * f[c] - mu[c];
-    return amax8(y, d);
-}
-
 /* The row y a PER_TOKEN code pass quantizes for (sequence b, head h) from the source row, and max |y|:
  * y = row * f - mu (j->mul), then rotated (j->rotate), or row - mu. */
 static float tok_row_y(const qjob *j, const float *row, int64_t b, int64_t h, const float *mu, float *y) {
     int64_t D = j->p->head_dim;
-    const qattn_int8_kernels *K = j->kern; /* vector slots where the table has them: same bits */
+    const qattn_int8_kernels *K = j->kern; /* every slot filled (the reference where an ISA has no vector one) */
     if (j->mul) {
         const float *f = j->mul + b * j->mul_bstride + (h / j->mul_group) * D;
         if (j->rotate) {
-            if (K->scale_center_amax) (void)K->scale_center_amax(row, f, mu, (int)D, y);
-            else for (int64_t c = 0; c < D; c++) y[c] = row[c] * f[c] - mu[c];
-            return K->rotate_row ? K->rotate_row(y, (int)D, j->pre) : qattn_rotate_row(y, (int)D, j->pre);
+            (void)K->scale_center_amax(row, f, mu, (int)D, y);
+            return K->rotate_row(y, (int)D, j->pre);
         }
-        return K->scale_center_amax ? K->scale_center_amax(row, f, mu, (int)D, y) : scale_center_amax(row, f, mu, D, y);
+        return K->scale_center_amax(row, f, mu, (int)D, y);
     }
-    return K->center_amax ? K->center_amax(row, mu, (int)D, y) : row_center_amax(row, mu, D, y);
+    return K->center_amax(row, mu, (int)D, y);
 }
 
 static const float zero_mu[256];
@@ -377,22 +324,8 @@ static void quant_mean_task(void *arg, int64_t task, int worker) {
                 j->bad[b * Ht + h] = 1 + i * D + first_bad(row, D);
                 continue;
             }
-            if (j->kern->stats_row) { /* the vector slot: the same adds and comparisons */
-                float *mn = j->cmin ? j->cmin + (b * Ht + h) * D : NULL, *mx = j->cmin ? j->cmax + (b * Ht + h) * D : NULL;
-                j->kern->stats_row(row, (int)D, j->want_mean ? acc[h - h0] : NULL, mn, mx);
-                continue;
-            }
-            if (j->want_mean) {
-                double *a = acc[h - h0];
-                for (int64_t c = 0; c < D; c++) a[c] += row[c];
-            }
-            if (j->cmin) {
-                float *mn = j->cmin + (b * Ht + h) * D, *mx = j->cmax + (b * Ht + h) * D;
-                for (int64_t c = 0; c < D; c++) {
-                    mn[c] = row[c] < mn[c] ? row[c] : mn[c];
-                    mx[c] = row[c] > mx[c] ? row[c] : mx[c];
-                }
-            }
+            float *mn = j->cmin ? j->cmin + (b * Ht + h) * D : NULL, *mx = j->cmin ? j->cmax + (b * Ht + h) * D : NULL;
+            j->kern->stats_row(row, (int)D, j->want_mean ? acc[h - h0] : NULL, mn, mx);
         }
     if (j->want_mean)
         for (int64_t h = h0; h < h1; h++)

@@ -127,7 +127,128 @@ static void quant_row_ref(const float *y, int d, float inv, int8_t *dst) {
     }
 }
 
+/* pv_acc8 with u8 codes: the same exact PV and float update. */
+void qattn_i8_pv_acc8u_ref(const uint8_t *pc8, int m, int npad, const int8_t *vpack8, int d, const float *alpha, const float *fac,
+                           const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld) {
+    for (int r = 0; r < m; r++) {
+        if (lo[r] >= hi[r]) continue;
+        for (int c = 0; c < d; c++) {
+            int32_t t = 0;
+            for (int j = 0; j < npad; j++) t += (int32_t)pc8[r * npad + j] * (int32_t)vpack8[(j / 4) * d * 4 + c * 4 + j % 4];
+            float *a = acc + r * ld + c;
+            float x = *a * alpha[r];
+            float y = (fac[r] * sv[c]) * (float)t;
+            *a = x + y;
+        }
+    }
+}
+
+/* The fused P step as the unfused sequence it stands for, literally: scores, rowmax, the driver's
+ * state update and softmax_vs, one row at a time (u8: the int16 codes narrowed, all in [0, 255]). */
+static void p_vs_tile_ref(const int32_t *s, int m, int npad, const float *sq, const float *sk, const int32_t *lo, const int32_t *hi,
+                          const float *svk, float *row_max, float *row_sum, void *codes, int u8, float *alpha, float *fac) {
+    float sf[QATTN_I8_TILE];
+    int16_t c16[QATTN_I8_TILE];
+    size_t esz = u8 ? 1 : 2;
+    for (int r = 0; r < m; r++) {
+        void *cr = (unsigned char *)codes + (size_t)r * npad * esz;
+        if (lo[r] >= hi[r]) { /* nothing visible: zero codes, state untouched */
+            memset(cr, 0, (size_t)npad * esz);
+            alpha[r] = 1.0f;
+            fac[r] = 0.0f;
+            continue;
+        }
+        scores_ref(s + (size_t)r * npad, 1, npad, sq + r, sk, sf);
+        float mb = rowmax_ref(sf, lo[r], hi[r]);
+        float m_old = row_max[r];
+        float m_new = m_old > mb ? m_old : mb;
+        float al = m_old == -INFINITY ? 0.0f : exp2f(m_old - m_new);
+        float beta = exp2f(mb - m_new);
+        float esum, wmax;
+        int16_t *c = u8 ? c16 : (int16_t *)cr;
+        softmax_vs_ref(sf, lo[r], hi[r], npad, mb, svk, c, &esum, &wmax);
+        if (u8)
+            for (int j = 0; j < npad; j++) ((uint8_t *)cr)[j] = (uint8_t)c16[j];
+        row_sum[r] = row_sum[r] * al + beta * esum;
+        row_max[r] = m_new;
+        alpha[r] = al;
+        fac[r] = beta * wmax / 255.0f;
+    }
+}
+
+/* ---------------------------------------------------------------- the quantizer's row passes
+ * (src/quant/quant.c calls them through the table) */
+
+/* max |y[c]|, c < d (d % 8 == 0): 8 lanes, vectorisable; exact (any order gives the same max). */
+static inline float amax8(const float *restrict y, int64_t d) {
+    float m[8] = {0};
+    for (int64_t c = 0; c < d; c += 8)
+        for (int k = 0; k < 8; k++) {
+            float a = fabsf(y[c + k]);
+            m[k] = m[k] < a ? a : m[k];
+        }
+    float a = m[0];
+    for (int k = 1; k < 8; k++) a = m[k] > a ? m[k] : a;
+    return a;
+}
+
+/* y = row - mu and the largest |y|. */
+static float center_amax_ref(const float *restrict row, const float *restrict mu, int d, float *restrict y) {
+    for (int c = 0; c < d; c++) y[c] = row[c] - mu[c];
+    return amax8(y, d);
+}
+
+/* y = row * f - mu and max |y| (each step exactly rounded, in channel order; the max is exact). */
+float qattn_i8_scale_center_amax_ref(const float *restrict row, const float *restrict f, const float *restrict mu, int d,
+                                     float *restrict y) {
+    for (int c = 0; c < d; c++) y[c] = row[c] * f[c] - mu[c];
+    return amax8(y, d);
+}
+
+/* The 8-point butterfly of stages len = 1, 2, 4 on y[0..8), in the stage order of the definition. */
+static inline void fwht8(float *y) {
+    float a0 = y[0] + y[1], a1 = y[0] - y[1], a2 = y[2] + y[3], a3 = y[2] - y[3];
+    float a4 = y[4] + y[5], a5 = y[4] - y[5], a6 = y[6] + y[7], a7 = y[6] - y[7];
+    float b0 = a0 + a2, b2 = a0 - a2, b1 = a1 + a3, b3 = a1 - a3;
+    float b4 = a4 + a6, b6 = a4 - a6, b5 = a5 + a7, b7 = a5 - a7;
+    y[0] = b0 + b4, y[4] = b0 - b4, y[1] = b1 + b5, y[5] = b1 - b5;
+    y[2] = b2 + b6, y[6] = b2 - b6, y[3] = b3 + b7, y[7] = b3 - b7;
+}
+
+float qattn_rotate_row(float *y, int d, float pre) {
+    int n = qattn_rotate_block(d);
+    if (pre != 1.0f)
+        for (int c = 0; c < d; c++) y[c] *= pre;
+    for (int b0 = 0; b0 < d; b0 += n) {
+        for (int g = b0; g < b0 + n; g += 8) fwht8(y + g); /* stages 1, 2, 4 */
+        for (int len = 8; len < n; len <<= 1)            /* stages 8 .. n/2: whole 8-lane runs */
+            for (int i = b0; i < b0 + n; i += 2 * len)
+                for (int k = i; k < i + len; k++) {
+                    float a = y[k], c = y[k + len];
+                    y[k] = a + c;
+                    y[k + len] = a - c;
+                }
+    }
+    return amax8(y, d);
+}
+
+void qattn_i8_stats_row_ref(const float *row, int d, double *acc, float *mn, float *mx) {
+    if (acc)
+        for (int c = 0; c < d; c++) acc[c] += row[c];
+    if (mn)
+        for (int c = 0; c < d; c++) {
+            mn[c] = row[c] < mn[c] ? row[c] : mn[c];
+            mx[c] = row[c] > mx[c] ? row[c] : mx[c];
+        }
+}
+
+/* Every slot filled (tests/test_int8.c checks it): the reference of each kernel. */
 const qattn_int8_kernels qattn_int8_kernels_ref = {
+    .name = "ref",
+    .qk = qattn_i8_qk_ref,
+    .scores = scores_ref,
+    .softmax = softmax_ref,
+    .pv_f32 = pv_f32_ref,
     .rowmax = rowmax_ref,
     .softmax_vs = softmax_vs_ref,
     .pv_acc = pv_acc_ref,
@@ -135,9 +256,10 @@ const qattn_int8_kernels qattn_int8_kernels_ref = {
     .qk16 = qk16_ref,
     .pv_acc8 = qattn_i8_pv_acc8_ref,
     .pack8 = 0,
-    .name = "ref",
-    .qk = qattn_i8_qk_ref,
-    .scores = scores_ref,
-    .softmax = softmax_ref,
-    .pv_f32 = pv_f32_ref,
+    .p_vs_tile = p_vs_tile_ref,
+    .pv_acc8u = qattn_i8_pv_acc8u_ref,
+    .center_amax = center_amax_ref,
+    .scale_center_amax = qattn_i8_scale_center_amax_ref,
+    .rotate_row = qattn_rotate_row,
+    .stats_row = qattn_i8_stats_row_ref,
 };

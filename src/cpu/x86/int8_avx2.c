@@ -403,5 +403,10 @@ const qattn_int8_kernels qattn_int8_kernels_avx2 = {
     .softmax = qattn_i8_softmax_avx2,
     .pv_f32 = qattn_i8_pv_f32_avx2,
     .p_vs_tile = qattn_i8_p_vs_tile_avx2,
+    .pv_acc8u = qattn_i8_pv_acc8u_ref, /* unused here (pack8 0) */
     .center_amax = qattn_i8_center_amax_avx2,
+    /* no AVX2 versions of the quantizer's other row passes: the reference ones */
+    .scale_center_amax = qattn_i8_scale_center_amax_ref,
+    .rotate_row = qattn_rotate_row,
+    .stats_row = qattn_i8_stats_row_ref,
 };

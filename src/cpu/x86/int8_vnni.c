@@ -281,7 +281,8 @@ static void pv_acc8u_vnni(const uint8_t *pc8, int m, int npad, const int8_t *vpa
 
 /* ---------------------------------------------------------------- the tables */
 
-/* The other slots are the AVX2 kernels (exported by int8_avx2.c), called directly: no wrappers. */
+/* The other slots are the AVX2 kernels (exported by int8_avx2.c) or, where AVX2 has none, the
+ * reference ones (src/ref/int8_ref.c), called directly: no wrappers. */
 const qattn_int8_kernels qattn_int8_kernels_avxvnni = {
     .name = "avxvnni",
     .qk = qk_vnni,
@@ -298,6 +299,10 @@ const qattn_int8_kernels qattn_int8_kernels_avxvnni = {
     .pv_acc8u = pv_acc8u_vnni,
     .p_vs_tile = qattn_i8_p_vs_tile_avx2,
     .center_amax = qattn_i8_center_amax_avx2,
+    /* no AVX2 versions of the quantizer's other row passes: the reference ones */
+    .scale_center_amax = qattn_i8_scale_center_amax_ref,
+    .rotate_row = qattn_rotate_row,
+    .stats_row = qattn_i8_stats_row_ref,
 };
 
 /* The FP kernel table of this ISA: the AVX2 kernels (docs/ARCHITECTURE.md "Numerics"), under the ISA's name. */
