@@ -9,37 +9,13 @@
 #  4. compute-sanitizer memcheck of the small FP16 and INT8 sets and of the small decode cases;
 #  5. with the time left, bench/gpu_compare.py at D 128, L 4k and 16k against SDPA (no other peers).
 set -u
-OUT=${OUT:-out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-T0=$(date +%s)
-stamp() { echo "[$(($(date +%s) - T0)) s] $*"; }
-left() { # seconds left before the 9.5 minute mark, less $1
-  local l=$((570 - ($(date +%s) - T0) - ${1:-0}))
-  echo $((l < 10 ? 10 : l))
-}
-nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu,power.draw --format=csv,noheader
-{ cmake -S . -B build-gpu -DQATTN_CUDA=ON -DCMAKE_BUILD_TYPE=Release && timeout 300 cmake --build build-gpu -j16 --target qattn qattn_gpu_test; } \
-  > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
-stamp "built"
-LIB=build-gpu/libqattn.so
-T=build-gpu/tests/gpu/qattn_gpu_test
-run_bg() { # name, timeout, command...
-  local name=$1 t=$2
-  shift 2
-  (timeout "$t" stdbuf -oL "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?" >> "$OUT/$name.log") &
-}
-run_bg test_f16 150 $T
-run_bg test_i8 150 $T --int8
-run_bg test_bs 150 $T --bs
-run_bg test_bs_i8 150 $T --bs --int8
+LIMIT=570
+. "$(dirname "$0")/gpu_lib.sh"
+gpu_build
+start_gpu_tests
 run_bg decode 170 python3 bench/gpu_decode.py --lib $LIB --out "$OUT/decode"
 wait
-for n in f16 i8 bs bs_i8; do
-  f="$OUT/test_$n.log"
-  echo "$n: ok $(grep -c '^ok' "$f"), FAIL $(grep -c FAIL "$f"), $(tail -1 "$f")"
-  grep FAIL "$f" | head -8
-done
+gpu_tests_summary
 grep -E "FAIL|CORRECTNESS|rc=" "$OUT/decode.log" | head -12
 grep -E "^\|" "$OUT/decode.log" | head -24
 stamp "tests done"

@@ -8,36 +8,12 @@
 #  4. bench/gpu_blocksparse.py: time vs density at L 16k, B1 H16 D128, FP16 and INT8, dense in the same run;
 #  5. bench/gpu_compare.py at D 32/64/80/128/160/192, L 4k, against SDPA (FP16 only), then bench/gpu_mods.py.
 set -u
-OUT=${OUT:-out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-T0=$(date +%s)
-stamp() { echo "[$(($(date +%s) - T0)) s] $*"; }
-left() { # seconds left before the 9 minute mark, less $1 (at least 20)
-  local l=$((540 - ($(date +%s) - T0) - ${1:-0}))
-  echo $((l < 20 ? 20 : l))
-}
-nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu,power.draw --format=csv,noheader
-{ cmake -S . -B build-gpu -DQATTN_CUDA=ON -DCMAKE_BUILD_TYPE=Release && timeout 240 cmake --build build-gpu -j16 --target qattn qattn_gpu_test; } \
-  > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
-stamp "built"
-LIB=build-gpu/libqattn.so
-T=build-gpu/tests/gpu/qattn_gpu_test
-run_bg() { # name, timeout, command...
-  local name=$1 t=$2
-  shift 2
-  (timeout "$t" stdbuf -oL "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?" >> "$OUT/$name.log") &
-}
-run_bg test_f16 150 $T
-run_bg test_i8 150 $T --int8
-run_bg test_bs 150 $T --bs
-run_bg test_bs_i8 150 $T --bs --int8
+LIMIT=540
+. "$(dirname "$0")/gpu_lib.sh"
+gpu_build
+start_gpu_tests
 wait
-for n in f16 i8 bs bs_i8; do
-  f="$OUT/test_$n.log"
-  echo "$n: ok $(grep -c '^ok' "$f"), FAIL $(grep -c FAIL "$f"), $(tail -1 "$f")"
-  grep FAIL "$f" | head -8
-done
+gpu_tests_summary
 stamp "tests done"
 run_bg memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 3 $T --small
 run_bg memcheck_bs 120 compute-sanitizer --tool memcheck --error-exitcode 3 $T --small --bs
