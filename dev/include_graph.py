@@ -7,8 +7,8 @@ CTest runs it on its own build as the test layer_graph.
 Layers, top to bottom (docs/ARCHITECTURE.md):
   clients  src/dist (libqattn_dist, a library on top of libqattn: it calls the public API)
   api      src/api.c
-  drivers  src/cpu (but x86: forward*.c, block_mask.c, lowp_*.c, kernel_tables.c), src/kv (cache
-           and decode), src/cuda/backend.cu and src/cuda/*_driver.cu (kv_decode_driver.cu),
+  drivers  src/cpu (but x86: forward*.c, block_mask.c, units.c, lowp_*.c, kernel_tables.c),
+           src/kv (cache and decode), src/cuda/backend.cu and src/cuda/*_driver.cu (kv_decode_driver.cu),
            src/quant (the quantization entry points and passes)
   kernels  src/cpu/x86, src/ref, src/kv/kv_attend_*, the other src/cuda files
   core     src/core

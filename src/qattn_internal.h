@@ -364,7 +364,7 @@ static inline void qattn_state_reset(qattn_tile_state *st, int m, int d) {
     memset(st->acc, 0, (size_t)m * (size_t)d * sizeof(float));
 }
 
-/* Online merge of partial state b into a for m rows, width d (exact; fixed order). */
+/* Online merge of partial state b into a for m rows, width d (exact; fixed order); src/cpu/units.c. */
 void qattn_state_merge(qattn_tile_state *a, const qattn_tile_state *b, int m, int d);
 
 #if defined(QATTN_HAVE_CUDA)

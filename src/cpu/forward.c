@@ -4,14 +4,16 @@
  * for prefill, one FP32 copy of K/V (O(Lk x D), capped; none for FP32 K/V with contiguous rows:
  * see make_plan), never Lq x Lk.
  *
- * Work unit = (sequence b, kv head g, block of query positions, KV split). The rows of a unit
- * are all query heads of group g at those positions, so each K/V tile is packed once per
- * group (GQA). Whether and how the KV axis is split depends on the shape alone, never on the
- * thread count, so results are bitwise identical for any number of threads. */
+ * Work unit = (sequence b, kv head g, block of query positions, KV split): the plan of
+ * src/cpu/units.c, shared with the INT8/INT4 driver. The rows of a unit are all query heads of
+ * group g at those positions, so each K/V tile is packed once per group (GQA). Whether and how
+ * the KV axis is split depends on the shape alone, never on the thread count, so results are
+ * bitwise identical for any number of threads. */
 #include "qattn_internal.h"
 
 #include "cpu/block_mask.h"
 #include "cpu/threads.h"
+#include "cpu/units.h"
 
 #include <float.h>
 
@@ -19,11 +21,8 @@
                                 so more rows, less packing per FLOP: 128 beat 64 by 9% on prefill; 256 beats 128 by
                                 3-4% (Zen 4, avx512 and avx2, 1 thread), 512 by 6-7% but with twice the L2 footprint
                                 (Q + acc 512 KiB at D 128) and half the units to share among threads */
-#define TILE_KEYS 64         /* keys per K/V tile */
-#define DECODE_TILE_KEYS 32  /* ...for decode: 16 and 32 measured alike, 64 and 128 slower (FP32 64: +35%) */
-#define SPLIT_MIN_KEYS 512   /* a KV split covers at least this many keys */
-#define SPLIT_UNITS_BELOW 32 /* split the KV axis only when there are fewer units than this */
-#define SPLIT_TARGET 64      /* ...and aim for about this many units after splitting */
+#define DECODE_TILE_KEYS 32  /* keys per tile for decode (QATTN_TILE_KEYS otherwise): 16 and 32 measured alike,
+                                64 and 128 slower (FP32 64: +35%) */
 #define DIRECT_KV_MAX_ROWS 16 /* FP32 K/V are read in place when a unit has at most this many rows */
 #define DECODE_MAX_ROWS 64    /* a unit takes all kv heads when they have at most this many rows in all */
 #define QATTN_MAX_UNIT_HEADS DECODE_MAX_ROWS /* so at most this many heads per unit */
@@ -37,29 +36,21 @@ typedef struct plan {
     const qattn_params *p;
     const qattn_kv_rows *kv; /* K/V rows through a page table / per-sequence key counts; NULL: p's views */
     const qattn_cpu_kernels *kern;
-    int group;          /* query heads per kv head */
-    int block_pos;      /* query positions per unit */
-    int rows;           /* block_pos * group: rows per kv head of a unit */
-    int heads;          /* kv heads per unit (1, or all of them for decode; see make_plan) */
-    int64_t n_qblocks;  /* per sequence, for the longest sequence */
-    int64_t n_split;    /* KV splits per (b, g, qblock) */
-    int64_t split_keys; /* keys per split (a multiple of TILE_KEYS) */
-    int64_t n_units;    /* batch * HK * n_qblocks * n_split */
+    qattn_units units;  /* the work units, their KV split and hand-out order (src/cpu/units.h) */
     float qscale;       /* scale * log2(e) */
     int32_t precision;
     bool direct_kv;     /* the kernel reads K/V in place (see make_plan) */
     bool prepack;       /* K/V packed once for all units, per kv head (see make_plan) */
     int64_t total_k;    /* keys over the batch (the pre-pack's token axis) */
     int64_t n_kchunks;  /* pre-pack tasks per sequence */
-    int tile_keys;      /* keys per tile: TILE_KEYS, or DECODE_TILE_KEYS for decode-shaped plans */
+    int tile_keys;      /* keys per tile: QATTN_TILE_KEYS, or DECODE_TILE_KEYS for decode-shaped plans */
     float softcap2;     /* softcap * log2(e): the kernels' base-2 units; 0 = off */
     bool alibi;         /* p->alibi_slopes given */
     /* workspace */
     size_t worker_floats; /* floats of scratch per worker */
     float *scratch;       /* n_workers * worker_floats */
-    float *partials;      /* n_units * rows * (D + 2), when n_split > 1 */
+    float *partials;      /* each unit's state when n_split > 1 (qattn_units_partials_floats) */
     float *kv_packed;     /* K then V, each [HK][total_k][D], when prepack */
-    qattn_bm_unit_cost *order; /* with a block mask: the units, longest first (see qattn_cpu_forward) */
     /* The first (lowest (b, h, i)) query row whose scaled scores overflowed float32 with finite
      * q and k; INT64_MAX if none. Written by workers, hence atomic. */
     atomic_llong overflow_row;
@@ -71,24 +62,11 @@ static void make_plan(plan *pl, const qattn_ctx *ctx, const qattn_params *p) {
     memset(pl, 0, sizeof *pl);
     pl->p = p;
     pl->kern = ctx->kernels;
-    pl->group = p->n_heads / p->n_kv_heads;
-    pl->block_pos = pl->group >= BLOCK_ROWS ? 1 : BLOCK_ROWS / pl->group;
-    pl->rows = pl->block_pos * pl->group;
-    pl->n_qblocks = ceil_div(p->seqlen_q, pl->block_pos);
-    /* Decode (few rows per kv head): one unit takes every kv head of its key range, so it reads
-     * whole [heads, D] rows of K/V, contiguous in the usual [B, L, HK, D] layout, instead of one
-     * head's D values per 4 KiB page (which defeats the hardware prefetcher and the TLB). */
-    int64_t eff_rows = (p->seqlen_q < pl->block_pos ? p->seqlen_q : pl->block_pos) * pl->group;
-    pl->heads = eff_rows * p->n_kv_heads <= DECODE_MAX_ROWS ? p->n_kv_heads : 1;
-    int64_t units = p->batch * (p->n_kv_heads / pl->heads) * pl->n_qblocks;
-    pl->n_split = 1;
-    if (units > 0 && units < SPLIT_UNITS_BELOW && p->seqlen_k >= 2 * SPLIT_MIN_KEYS) {
-        int64_t want = ceil_div(SPLIT_TARGET, units);
-        int64_t most = p->seqlen_k / SPLIT_MIN_KEYS;
-        pl->n_split = want < most ? want : most;
-    }
-    pl->split_keys = ceil_div(ceil_div(p->seqlen_k > 0 ? p->seqlen_k : 1, pl->n_split), TILE_KEYS) * TILE_KEYS;
-    pl->n_units = units * pl->n_split;
+    /* Decode (at most DECODE_MAX_ROWS rows over all kv heads): one unit takes every kv head of its
+     * key range, so it reads whole [heads, D] rows of K/V, contiguous in the usual [B, L, HK, D]
+     * layout, instead of one head's D values per 4 KiB page (which defeats the hardware prefetcher
+     * and the TLB). */
+    qattn_units_plan(&pl->units, p, BLOCK_ROWS, DECODE_MAX_ROWS);
     pl->qscale = qattn_effective_scale(p) * LOG2E;
     pl->precision = p->precision == QATTN_PRECISION_AUTO ? QATTN_PRECISION_FP32 : p->precision;
     /* FP32 K/V need no conversion; with few rows per unit (decode) each key is used by few
@@ -96,7 +74,7 @@ static void make_plan(plan *pl, const qattn_ctx *ctx, const qattn_params *p) {
      * rows the packed tile wins: rows of stride H*D alias in L1 and would be re-read from L2.
      * Either way the kernel sees the same values, so results do not change. */
     bool f32_kv = p->qkv_dtype == QATTN_DTYPE_F32 && pl->precision == QATTN_PRECISION_FP32 && p->k_seq_stride == p->v_seq_stride;
-    bool few_rows = (p->seqlen_q < pl->block_pos ? p->seqlen_q : pl->block_pos) * pl->group <= DIRECT_KV_MAX_ROWS;
+    bool few_rows = (p->seqlen_q < pl->units.block_pos ? p->seqlen_q : pl->units.block_pos) * pl->units.group <= DIRECT_KV_MAX_ROWS;
     /* ...and for any row count when a head's K/V rows are already contiguous ([B, HK, L, D], torch's
      * SDPA layout: seq stride D): the packed copy would hold the same bytes in the same order.
      * (Zen 4, avx512, 1 thread, B1 H8 L2048/4096 D128 against the pre-pack: see docs/cpu_kernels.md.) */
@@ -109,7 +87,7 @@ static void make_plan(plan *pl, const qattn_ctx *ctx, const qattn_params *p) {
      * the noise; contiguous rows are read in place, above); packing all the
      * unit's heads in one sequential sweep of [n][HK*D] rows (FP16 decode unchanged, FP32 packed
      * that way 25% slower than read in place). */
-    pl->tile_keys = ((pl->direct_kv && few_rows) || pl->heads > 1) ? DECODE_TILE_KEYS : TILE_KEYS;
+    pl->tile_keys = ((pl->direct_kv && few_rows) || pl->units.heads > 1) ? DECODE_TILE_KEYS : QATTN_TILE_KEYS;
     /* Prefill: every unit of a kv head walks the same K/V, and packing a 64-key tile reads 64 rows
      * H*D elements apart (a new page each at H*D >= 1024 FP32), which waits on L3 and page walks:
      * 14% of a 1-thread L2048 D128 run with 256-row units (perf, Zen 4). So when several units
@@ -118,39 +96,24 @@ static void make_plan(plan *pl, const qattn_ctx *ctx, const qattn_params *p) {
     pl->total_k = p->cu_seqlens_k ? p->cu_seqlens_k[p->batch] : p->batch * p->seqlen_k;
     pl->n_kchunks = ceil_div(p->seqlen_k > 0 ? p->seqlen_k : 1, PREPACK_KEYS);
     size_t prepack_bytes = (size_t)2 * (size_t)p->n_kv_heads * (size_t)pl->total_k * (size_t)p->head_dim * sizeof(float);
-    pl->prepack = !pl->direct_kv && pl->heads == 1 && pl->n_qblocks >= 2 && pl->total_k > 0 && prepack_bytes <= PREPACK_MAX_BYTES;
-    int64_t D = p->head_dim, m = pl->rows, hm = (int64_t)pl->rows * pl->heads;
+    pl->prepack = !pl->direct_kv && pl->units.heads == 1 && pl->units.n_qblocks >= 2 && pl->total_k > 0 && prepack_bytes <= PREPACK_MAX_BYTES;
+    int64_t D = p->head_dim, m = pl->units.rows, hm = (int64_t)pl->units.rows * pl->units.heads;
     pl->softcap2 = p->softcap * LOG2E;
     pl->alibi = p->alibi_slopes != NULL;
     /* q pack and state (max, sum, acc) for every head of the unit, k pack, v pack, scores, lo/hi,
      * lo/hi after the block mask, ALiBi slopes of every row of every head and the rows' diagonals */
-    pl->worker_floats = (size_t)(hm * D + 2 * TILE_KEYS * D + m * TILE_KEYS + hm * (D + 2) + 4 * m + hm + m);
+    pl->worker_floats = (size_t)(hm * D + 2 * QATTN_TILE_KEYS * D + m * QATTN_TILE_KEYS + hm * (D + 2) + 4 * m + hm + m);
     pl->worker_floats = (pl->worker_floats + 15) / 16 * 16; /* keep each worker 64-byte aligned */
-}
-
-static size_t partial_floats(const plan *pl) {
-    return (size_t)pl->rows * (size_t)pl->heads * (size_t)(pl->p->head_dim + 2);
 }
 
 static size_t prepack_floats(const plan *pl) {
     return pl->prepack ? (size_t)2 * (size_t)pl->p->n_kv_heads * (size_t)pl->total_k * (size_t)pl->p->head_dim : 0;
 }
 
-/* Whether units are handed out in another order than their index (order_units): with a block mask,
- * and with a causal or windowed mask, where units of one plan differ in cost (causal: the last query
- * block of a head sees all its keys, the first one tile). */
-static bool wants_order(const plan *pl) {
-    const qattn_params *p = pl->p;
-    return pl->n_units > 1 && (p->block_mask || p->causal || p->window_left >= 0 || p->window_right >= 0);
-}
-
-static size_t order_bytes(const plan *pl) {
-    return wants_order(pl) ? (size_t)pl->n_units * sizeof(qattn_bm_unit_cost) : 0;
-}
-
+/* Workspace: per-worker scratch, split partials, the K/V pre-pack, the units' hand-out order. */
 static size_t plan_bytes(const plan *pl, int n_workers) {
-    size_t partials = pl->n_split > 1 ? (size_t)pl->n_units * partial_floats(pl) : 0;
-    return ((size_t)n_workers * pl->worker_floats + partials + prepack_floats(pl)) * sizeof(float) + order_bytes(pl);
+    size_t partials = qattn_units_partials_floats(&pl->units, pl->p->head_dim);
+    return ((size_t)n_workers * pl->worker_floats + partials + prepack_floats(pl)) * sizeof(float) + qattn_units_order_bytes(&pl->units, pl->p);
 }
 
 /* Sequence b's geometry; with kv, its own key count. */
@@ -202,49 +165,15 @@ static void prepack_task(void *arg, int64_t task, int worker) {
     }
 }
 
-void qattn_state_merge(qattn_tile_state *a, const qattn_tile_state *b, int m, int d) {
-    for (int r = 0; r < m; r++) {
-        float mb = b->row_max[r];
-        if (mb == -INFINITY) continue; /* b saw no key for this row */
-        float ma = a->row_max[r];
-        float mx = ma > mb ? ma : mb;
-        float fa = ma == -INFINITY ? 0.0f : exp2f(ma - mx);
-        float fb = exp2f(mb - mx);
-        float *acc_a = a->acc + r * a->ld_acc;
-        const float *acc_b = b->acc + r * b->ld_acc;
-        for (int c = 0; c < d; c++) acc_a[c] = acc_a[c] * fa + acc_b[c] * fb;
-        a->row_sum[r] = a->row_sum[r] * fa + b->row_sum[r] * fb;
-        a->row_max[r] = mx;
-    }
-}
-
-/* Unit index -> (b, g, qblock, split). */
-typedef struct unit {
-    int64_t b, qb, split;
-    int g;
-} unit;
-
-static unit unit_of(const plan *pl, int64_t task) {
-    unit u;
-    u.split = task % pl->n_split;
-    task /= pl->n_split;
-    u.qb = task % pl->n_qblocks;
-    task /= pl->n_qblocks;
-    int64_t n_hb = pl->p->n_kv_heads / pl->heads;
-    u.g = (int)(task % n_hb) * pl->heads; /* first kv head of the unit */
-    u.b = task / n_hb;
-    return u;
-}
-
 /* Row r of a unit is position i0 + r / group of query head g * group + r % group: the group's
  * heads of one position are rows of stride q_head_stride, packed by one call. */
 static void pack_q(const plan *pl, const qattn_seq *s, int64_t i0, int n_pos, int g, float *qpack) {
     const qattn_params *p = pl->p;
     int D = p->head_dim;
     for (int pi = 0; pi < n_pos; pi++) {
-        int64_t base = s->q_off + (i0 + pi) * p->q_seq_stride + (int64_t)g * pl->group * p->q_head_stride;
-        pl->kern->pack_rows_f32(p->q, p->qkv_dtype, pl->precision, base, p->q_head_stride, pl->group, D, pl->qscale,
-                                qpack + (int64_t)pi * pl->group * D, D);
+        int64_t base = s->q_off + (i0 + pi) * p->q_seq_stride + (int64_t)g * pl->units.group * p->q_head_stride;
+        pl->kern->pack_rows_f32(p->q, p->qkv_dtype, pl->precision, base, p->q_head_stride, pl->units.group, D, pl->qscale,
+                                qpack + (int64_t)pi * pl->units.group * D, D);
     }
 }
 
@@ -275,7 +204,7 @@ static bool row_is_finite(const plan *pl, const void *src, int64_t base, int d) 
  * The overflow is recorded; qattn_cpu_forward then refuses the call with the row named. */
 static void note_if_overflow(const plan *pl, const qattn_seq *s, int64_t b, int64_t i, int h) {
     const qattn_params *p = pl->p;
-    int D = p->head_dim, g = h / pl->group;
+    int D = p->head_dim, g = h / pl->units.group;
     if (!row_is_finite(pl, p->q, s->q_off + i * p->q_seq_stride + (int64_t)h * p->q_head_stride, D)) return;
     int64_t lo, hi;
     qattn_key_range(i, s->lq, s->lk, p->window_left, qattn_window_right(p), &lo, &hi);
@@ -291,8 +220,8 @@ static void write_rows(const plan *pl, const qattn_seq *s, int64_t b, int64_t i0
     const qattn_params *p = pl->p;
     int D = p->head_dim;
     for (int pi = 0; pi < n_pos; pi++)
-        for (int hg = 0; hg < pl->group; hg++) {
-            int r = pi * pl->group + hg, h = g * pl->group + hg;
+        for (int hg = 0; hg < pl->units.group; hg++) {
+            int r = pi * pl->units.group + hg, h = g * pl->units.group + hg;
             int64_t i = i0 + pi;
             int64_t base = s->o_off + i * p->o_seq_stride + (int64_t)h * p->o_head_stride;
             float l = st->row_sum[r], mx = st->row_max[r];
@@ -310,18 +239,12 @@ static void write_rows(const plan *pl, const qattn_seq *s, int64_t b, int64_t i0
         }
 }
 
-/* Keys [*k_begin, *k_end) unit u may touch (qattn_bm_unit_key_range). */
-static void unit_key_range(const plan *pl, const unit *u, const qattn_seq *s, int64_t i0, int n_pos, const qattn_bm_rows *bm,
-                           int64_t *k_begin, int64_t *k_end) {
-    qattn_bm_unit_key_range(pl->p, s, i0, n_pos, u->split, pl->n_split, pl->split_keys, bm, k_begin, k_end);
-}
-
 /* lo/hi of the unit's m rows (position i0 + r / group) for keys [t0, t0 + n): their window. */
 static void window_intervals(const plan *pl, const qattn_seq *s, int64_t i0, int m, int64_t t0, int n, int32_t *lo, int32_t *hi) {
     const qattn_params *p = pl->p;
     for (int r = 0; r < m; r++) {
         int64_t a, b;
-        qattn_key_range(i0 + r / pl->group, s->lq, s->lk, p->window_left, qattn_window_right(p), &a, &b);
+        qattn_key_range(i0 + r / pl->units.group, s->lq, s->lk, p->window_left, qattn_window_right(p), &a, &b);
         a = a < t0 ? 0 : a - t0;
         b = b > t0 + n ? n : b - t0;
         if (b < a) b = a;
@@ -338,8 +261,8 @@ static void mask_intervals(const plan *pl, int64_t b, int64_t i0, int m, int g, 
     const qattn_params *p = pl->p;
     int64_t kb = t0 / p->block_mask_k;
     for (int r = 0; r < m; r++) {
-        int h = g * pl->group + r % pl->group;
-        bool live = qattn_block_mask_row(p, b, h, (i0 + r / pl->group) / p->block_mask_q)[kb] != 0;
+        int h = g * pl->units.group + r % pl->units.group;
+        bool live = qattn_block_mask_row(p, b, h, (i0 + r / pl->units.group) / p->block_mask_q)[kb] != 0;
         mlo[r] = live ? lo[r] : 0;
         mhi[r] = live ? hi[r] : 0;
     }
@@ -352,7 +275,7 @@ static void mask_intervals(const plan *pl, int64_t b, int64_t i0, int m, int g, 
 static void attend_live_runs(const plan *pl, int64_t i0, int n_pos, const float *q, const float *k, const float *v, int64_t ldkv, int n,
                              const int32_t *lo, const int32_t *hi, const qattn_score_mod *mod, qattn_tile_state *st, float *scores) {
     const qattn_params *p = pl->p;
-    int G = pl->group, D = p->head_dim;
+    int G = pl->units.group, D = p->head_dim;
     int64_t bq = p->block_mask_q;
     int run_start = -1; /* first position of the current run, or -1 */
     for (int pos = 0; pos <= n_pos;) {
@@ -383,54 +306,56 @@ static void attend_live_runs(const plan *pl, int64_t i0, int n_pos, const float 
 static void run_unit(void *arg, int64_t task, int worker) {
     const plan *pl = arg;
     const qattn_params *p = pl->p;
-    if (pl->order) task = pl->order[task].unit; /* the longest units first; what a unit computes does not depend on when */
-    unit u = unit_of(pl, task);
+    task = qattn_units_task(&pl->units, task); /* what a unit computes does not depend on when it runs */
+    qattn_unit u = qattn_unit_of(&pl->units, task);
     qattn_seq s = seq_view(pl, u.b);
-    int64_t i0 = u.qb * pl->block_pos;
-    if (i0 >= s.lq) return; /* a shorter sequence of a varlen batch */
-    int n_pos = (int)(s.lq - i0 < pl->block_pos ? s.lq - i0 : pl->block_pos);
-    int m = n_pos * pl->group, D = p->head_dim;
+    int64_t i0;
+    int n_pos = qattn_unit_positions(&pl->units, &u, s.lq, &i0);
+    if (n_pos == 0) return;
+    int m = n_pos * pl->units.group, D = p->head_dim;
 
     float *w = pl->scratch + (size_t)worker * pl->worker_floats;
-    int64_t hm = (int64_t)pl->rows * pl->heads;
+    int64_t hm = (int64_t)pl->units.rows * pl->units.heads;
     float *qpack = w; /* [heads][rows][D] */
     float *kpack = qpack + hm * D;
     float *vpack = kpack + (int64_t)pl->tile_keys * D;
     float *scores = vpack + (int64_t)pl->tile_keys * D;
-    float *state_mem = scores + (int64_t)pl->rows * pl->tile_keys;
+    float *state_mem = scores + (int64_t)pl->units.rows * pl->tile_keys;
     int32_t *lo = (int32_t *)(state_mem + hm * (D + 2));
-    int32_t *hi = lo + pl->rows;
-    int32_t *mlo = hi + pl->rows, *mhi = mlo + pl->rows; /* lo/hi narrowed by the block mask */
-    float *slopes = (float *)(mhi + pl->rows);           /* [heads][rows], base-2 units */
-    float *diag = slopes + hm;                           /* [rows] */
+    int32_t *hi = lo + pl->units.rows;
+    int32_t *mlo = hi + pl->units.rows, *mhi = mlo + pl->units.rows; /* lo/hi narrowed by the block mask */
+    float *slopes = (float *)(mhi + pl->units.rows);                  /* [heads][rows], base-2 units */
+    float *diag = slopes + hm;                                        /* [rows] */
 
-    bool split = pl->n_split > 1;
-    float *state_base = split ? pl->partials + (size_t)task * partial_floats(pl) : state_mem;
+    bool split = pl->units.n_split > 1;
     qattn_tile_state st[QATTN_MAX_UNIT_HEADS];
-    int H = pl->heads;
+    int H = pl->units.heads;
     for (int hh = 0; hh < H; hh++) {
-        st[hh] = qattn_state_view(state_base + (size_t)hh * (size_t)pl->rows * (size_t)(D + 2), m, D);
+        float *state = split ? qattn_unit_partial(&pl->units, pl->partials, task, hh, D)
+                             : state_mem + (size_t)hh * (size_t)pl->units.rows * (size_t)(D + 2);
+        st[hh] = qattn_state_view(state, m, D);
         qattn_state_reset(&st[hh], m, D);
     }
 
     qattn_bm_rows bm_rows, *bm = NULL; /* the unit's rows of the block mask, if any */
     if (p->block_mask) {
-        bm_rows = qattn_bm_rows_of(p, u.b, u.g * pl->group, (u.g + H) * pl->group, i0, i0 + n_pos);
+        bm_rows = qattn_bm_rows_of(p, u.b, u.g * pl->units.group, (u.g + H) * pl->units.group, i0, i0 + n_pos);
         bm = &bm_rows;
     }
     int64_t k_begin, k_end;
-    unit_key_range(pl, &u, &s, i0, n_pos, bm, &k_begin, &k_end);
+    qattn_unit_key_range(&pl->units, p, &u, &s, i0, n_pos, bm, &k_begin, &k_end);
     if (bm) k_begin = qattn_bm_next_live(bm, k_begin, k_end);
 
     if (k_begin < k_end)
-        for (int hh = 0; hh < H; hh++) pack_q(pl, &s, i0, n_pos, u.g + hh, qpack + (int64_t)hh * pl->rows * D);
+        for (int hh = 0; hh < H; hh++) pack_q(pl, &s, i0, n_pos, u.g + hh, qpack + (int64_t)hh * pl->units.rows * D);
     qattn_score_mod mods[QATTN_MAX_UNIT_HEADS];
     bool modified = pl->softcap2 > 0.0f || pl->alibi;
     for (int hh = 0; modified && hh < H; hh++) {
         mods[hh] = (qattn_score_mod){.cap = pl->softcap2, .inv_cap = pl->softcap2 > 0.0f ? 1.0f / pl->softcap2 : 0.0f,
-                                     .slope = pl->alibi ? slopes + (int64_t)hh * pl->rows : NULL, .diag = diag};
+                                     .slope = pl->alibi ? slopes + (int64_t)hh * pl->units.rows : NULL, .diag = diag};
         for (int r = 0; pl->alibi && r < m; r++) /* row r is query head (u.g + hh) * group + r % group */
-            slopes[(int64_t)hh * pl->rows + r] = p->alibi_slopes[u.b * p->alibi_batch_stride + (u.g + hh) * pl->group + r % pl->group] * LOG2E;
+            slopes[(int64_t)hh * pl->units.rows + r] =
+                p->alibi_slopes[u.b * p->alibi_batch_stride + (u.g + hh) * pl->units.group + r % pl->units.group] * LOG2E;
     }
     /* Tiles of tile_keys keys; a tile read in place ends with its page (one stride); with a block
      * mask, key blocks no row computes are jumped over and a tile ends where the mask pattern
@@ -441,10 +366,10 @@ static void run_unit(void *arg, int64_t task, int worker) {
         if (bm) t1 = qattn_bm_uniform_end(bm, t0, t1);
         int n = (int)(t1 - t0);
         window_intervals(pl, &s, i0, m, t0, n, lo, hi);
-        for (int r = 0; pl->alibi && r < m; r++) diag[r] = (float)(i0 + r / pl->group + s.lk - s.lq - t0);
+        for (int r = 0; pl->alibi && r < m; r++) diag[r] = (float)(i0 + r / pl->units.group + s.lk - s.lq - t0);
         for (int hh = 0; hh < H; hh++) {
             int g = u.g + hh;
-            const float *qh = qpack + (int64_t)hh * pl->rows * D;
+            const float *qh = qpack + (int64_t)hh * pl->units.rows * D;
             const float *kt, *vt;
             int64_t ldkv = D;
             if (bm) {
@@ -479,61 +404,20 @@ static void run_unit(void *arg, int64_t task, int worker) {
         for (int hh = 0; hh < H; hh++) write_rows(pl, &s, u.b, i0, n_pos, u.g + hh, &st[hh]);
 }
 
-/* Second phase of a split run: merge the partials of one (b, g, qblock) in split order. */
+/* Second phase of a split run: the partials of one (b, g, qblock), merged in split order, to O and LSE. */
 static void merge_unit(void *arg, int64_t task, int worker) {
     (void)worker;
     const plan *pl = arg;
-    const qattn_params *p = pl->p;
-    unit u = unit_of(pl, task * pl->n_split);
+    qattn_unit u = qattn_units_merge_unit(&pl->units, task);
     qattn_seq s = seq_view(pl, u.b);
-    int64_t i0 = u.qb * pl->block_pos;
-    if (i0 >= s.lq) return;
-    int n_pos = (int)(s.lq - i0 < pl->block_pos ? s.lq - i0 : pl->block_pos);
-    int m = n_pos * pl->group, D = p->head_dim;
-    size_t head_floats = (size_t)pl->rows * (size_t)(D + 2);
-    for (int hh = 0; hh < pl->heads; hh++) {
-        qattn_tile_state total = qattn_state_view(pl->partials + (size_t)(task * pl->n_split) * partial_floats(pl) + hh * head_floats, m, D);
-        for (int64_t k = 1; k < pl->n_split; k++) {
-            qattn_tile_state part =
-                qattn_state_view(pl->partials + (size_t)(task * pl->n_split + k) * partial_floats(pl) + hh * head_floats, m, D);
-            qattn_state_merge(&total, &part, m, D);
-        }
+    int64_t i0;
+    int n_pos = qattn_unit_positions(&pl->units, &u, s.lq, &i0);
+    if (n_pos == 0) return;
+    int m = n_pos * pl->units.group, D = pl->p->head_dim;
+    for (int hh = 0; hh < pl->units.heads; hh++) {
+        qattn_tile_state total = qattn_units_merge_splits(&pl->units, pl->partials, task, hh, m, D);
         write_rows(pl, &s, u.b, i0, n_pos, u.g + hh, &total);
     }
-}
-
-/* The order units are handed out in, so the dynamic hand-out of the thread pool does not leave one
- * thread with a long unit at the end. Block mask: decreasing live work (qattn_bm_cost). Causal or
- * windowed: each kv head's query blocks last to first (causal: longest first, the one-tile diagonal
- * block last), heads in order, so consecutive units still share a head's K/V in cache; a global
- * longest-first sort interleaved the heads and ran 2-3% slower on one thread (Zen 4, L2048/L4096
- * causal). Causal B1 H8 L2048 with 2 threads in the old order ended on the longest unit (the last
- * query block of the last head). Scheduling only: every unit computes the same values whichever
- * thread runs it, whenever. */
-static void order_units(plan *pl, qattn_bm_unit_cost *order) {
-    const qattn_params *p = pl->p;
-    for (int64_t t = 0; t < pl->n_units; t++) {
-        if (!p->block_mask) { /* qb -> n_qblocks - 1 - qb; split and (b, g) kept */
-            int64_t split = t % pl->n_split, rest = t / pl->n_split;
-            int64_t qb = pl->n_qblocks - 1 - rest % pl->n_qblocks, bg = rest / pl->n_qblocks;
-            order[t] = (qattn_bm_unit_cost){0, (bg * pl->n_qblocks + qb) * pl->n_split + split};
-            continue;
-        }
-        unit u = unit_of(pl, t);
-        qattn_seq s = seq_view(pl, u.b);
-        int64_t cost = qattn_bm_unit_cost_of(p, &s, u.b, u.g * pl->group, (u.g + pl->heads) * pl->group, u.qb * pl->block_pos, pl->block_pos, u.split,
-                                             pl->n_split, pl->split_keys);
-        order[t] = (qattn_bm_unit_cost){cost, t};
-    }
-    if (p->block_mask) qattn_bm_sort_units(order, pl->n_units);
-    pl->order = order;
-}
-
-static int n_workers(const qattn_ctx *ctx, const plan *pl) {
-    int64_t n = ctx->n_threads;
-    if (n > pl->n_units) n = pl->n_units;
-    if (n > QATTN_MAX_THREADS) n = QATTN_MAX_THREADS;
-    return n < 1 ? 1 : (int)n;
 }
 
 static qattn_status check_precision(qattn_ctx *ctx, const qattn_params *p) {
@@ -552,7 +436,7 @@ qattn_status qattn_cpu_workspace_size(qattn_ctx *ctx, const qattn_params *p, siz
     if (s != QATTN_OK) return s;
     plan pl;
     make_plan(&pl, ctx, p);
-    *bytes = pl.n_units > 0 ? plan_bytes(&pl, n_workers(ctx, &pl)) : 0;
+    *bytes = pl.units.n_units > 0 ? plan_bytes(&pl, qattn_workers_for(ctx->n_threads, pl.units.n_units)) : 0;
     return QATTN_OK;
 }
 
@@ -567,9 +451,9 @@ qattn_status qattn_cpu_forward_kv(qattn_ctx *ctx, const qattn_params *p, const q
     /* A paged cache cuts in-place tiles at page ends: for prefill-shaped plans, whose in-place reading
      * comes from contiguous rows (make_plan, which does not see kv), the units pack their tiles instead
      * (no pre-pack: the workspace was sized without it). */
-    if (kv && kv->block_table && pl.direct_kv && pl.tile_keys == TILE_KEYS) pl.direct_kv = false;
-    if (pl.n_units == 0) return QATTN_OK; /* no query rows anywhere */
-    int nw = n_workers(ctx, &pl);
+    if (kv && kv->block_table && pl.direct_kv && pl.tile_keys == QATTN_TILE_KEYS) pl.direct_kv = false;
+    if (pl.units.n_units == 0) return QATTN_OK; /* no query rows anywhere */
+    int nw = qattn_workers_for(ctx->n_threads, pl.units.n_units);
     size_t need = plan_bytes(&pl, nw);
     void *mem = p->workspace;
     if (mem) {
@@ -583,12 +467,12 @@ qattn_status qattn_cpu_forward_kv(qattn_ctx *ctx, const qattn_params *p, const q
     }
     pl.scratch = mem;
     pl.partials = pl.scratch + (size_t)nw * pl.worker_floats;
-    pl.kv_packed = pl.partials + (pl.n_split > 1 ? (size_t)pl.n_units * partial_floats(&pl) : 0);
-    if (wants_order(&pl)) order_units(&pl, (qattn_bm_unit_cost *)(void *)(pl.kv_packed + prepack_floats(&pl)));
+    pl.kv_packed = pl.partials + qattn_units_partials_floats(&pl.units, p->head_dim);
+    if (qattn_units_want_order(&pl.units, p))
+        qattn_units_order(&pl.units, p, kv ? kv->seqlens_k : NULL, (qattn_bm_unit_cost *)(void *)(pl.kv_packed + prepack_floats(&pl)));
     if (pl.prepack) qattn_parallel_for(ctx->pool, ctx->n_threads, p->batch * pl.n_kchunks, prepack_task, &pl);
     atomic_init(&pl.overflow_row, INT64_MAX);
-    qattn_parallel_for(ctx->pool, nw, pl.n_units, run_unit, &pl);
-    if (pl.n_split > 1) qattn_parallel_for(ctx->pool, nw, pl.n_units / pl.n_split, merge_unit, &pl);
+    qattn_units_run(ctx->pool, &pl.units, nw, run_unit, merge_unit, &pl);
     if (mem != p->workspace) qattn_free(ctx, mem);
     long long row = atomic_load(&pl.overflow_row);
     if (row != INT64_MAX) {

@@ -2,9 +2,9 @@
  * are handed to their own driver, src/cpu/forward_fp8.c (emulated FP8).
  *
  * INT8: the FP inputs are quantized once into the workspace (token-level PTQ, the scheme's
- * granularities and smoothing, src/quant/quant.c), then the same driver as src/cpu/forward.c
- * runs on the codes: work unit = (sequence, kv head, block of query positions, KV split), whose
- * rows are all query heads of the group; per K/V tile of 64 keys:
+ * granularities and smoothing, src/quant/quant.c), then the codes are cut into work units by the
+ * plan src/cpu/forward.c uses too (src/cpu/units.c): work unit = (sequence, kv head, block of
+ * query positions, KV split), whose rows are all query heads of the group; per K/V tile of 64 keys:
  *     S  = Qc Kc^T                 int8 x int8 -> int32        (kernel qk)
  *     sf = S * sq[row] * sk[key]   scale * log2(e) folded in sq (kernel scores)
  *     online softmax in FP32; P -> 8-bit codes                  (kernel softmax)
@@ -30,12 +30,13 @@
 
 #include "cpu/block_mask.h"
 #include "cpu/threads.h"
+#include "cpu/units.h"
 
-#define BLOCK_ROWS 64
-#define TILE_KEYS QATTN_I8_TILE
-#define SPLIT_MIN_KEYS 512
-#define SPLIT_UNITS_BELOW 32
-#define SPLIT_TARGET 64
+#define BLOCK_ROWS 64 /* query rows (positions x group heads) per unit */
+
+/* A packed K/V slot holds one tile of the plan's QATTN_TILE_KEYS keys, which the INT8 kernels take
+ * whole (npad <= QATTN_I8_TILE); KV splits start on a slot. */
+_Static_assert(QATTN_TILE_KEYS == QATTN_I8_TILE, "a plan tile is one INT8 kernel tile");
 
 static const float LOG2E = 1.4426950408889634f;
 static const float LN2 = 0.6931471805599453f;
@@ -50,8 +51,7 @@ typedef struct lplan {
     const void *v_fp; /* FP V source (P_FP32 mode, dynamic path), else NULL */
     const qattn_qk_refine *rf; /* sharp units' residual codes, or NULL */
     bool refine;               /* slots hold a K residual pack too */
-    int group, block_pos, rows;
-    int64_t n_qblocks, n_split, split_keys, n_units;
+    qattn_units units; /* the work units, their KV split and hand-out order (src/cpu/units.h) */
     float scale, qscale;
     size_t worker_bytes;
     unsigned char *scratch;
@@ -62,7 +62,6 @@ typedef struct lplan {
     int64_t n_slots, max_tiles;
     size_t slot_bytes, pack_bytes;
     unsigned char *packs;
-    qattn_bm_unit_cost *order; /* with a block mask: the units, longest first (see order_units) */
 } lplan;
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -99,7 +98,7 @@ typedef struct wmem {
 } wmem;
 
 static size_t wmem_layout(const lplan *pl, unsigned char *base, wmem *w) {
-    size_t R = (size_t)pl->rows, D = (size_t)pl->p->head_dim, T = TILE_KEYS, off = 0;
+    size_t R = (size_t)pl->units.rows, D = (size_t)pl->p->head_dim, T = QATTN_TILE_KEYS, off = 0;
 #define TAKE(field, type, bytes)                                  \
     do {                                                          \
         if (w) w->field = (type)(void *)(base + off);             \
@@ -134,25 +133,13 @@ static void make_plan(lplan *pl, const qattn_ctx *ctx, const qattn_params *p, bo
     pl->p = p;
     pl->refine = refine;
     pl->kern = qattn_int8_kernels_for(ctx);
-    pl->group = p->n_heads / p->n_kv_heads;
-    pl->block_pos = pl->group >= BLOCK_ROWS ? 1 : BLOCK_ROWS / pl->group;
-    pl->rows = pl->block_pos * pl->group;
-    pl->n_qblocks = ceil_div(p->seqlen_q, pl->block_pos);
-    int64_t units = p->batch * p->n_kv_heads * pl->n_qblocks;
-    pl->n_split = 1;
-    if (units > 0 && units < SPLIT_UNITS_BELOW && p->seqlen_k >= 2 * SPLIT_MIN_KEYS) {
-        int64_t want = ceil_div(SPLIT_TARGET, units);
-        int64_t most = p->seqlen_k / SPLIT_MIN_KEYS;
-        pl->n_split = want < most ? want : most;
-    }
-    pl->split_keys = ceil_div(ceil_div(p->seqlen_k > 0 ? p->seqlen_k : 1, pl->n_split), TILE_KEYS) * TILE_KEYS;
-    pl->n_units = units * pl->n_split;
+    qattn_units_plan(&pl->units, p, BLOCK_ROWS, 0); /* one kv head per unit: the packed slots are per head */
     pl->scale = qattn_effective_scale(p);
     pl->qscale = pl->scale * LOG2E;
     pl->worker_bytes = wmem_layout(pl, NULL, NULL);
-    pl->max_tiles = ceil_div(p->seqlen_k, TILE_KEYS);
-    pl->n_slots = (p->cu_seqlens_k ? p->cu_seqlens_k[p->batch] / TILE_KEYS + p->batch : p->batch * pl->max_tiles) * p->n_kv_heads;
-    size_t T = TILE_KEYS, D = (size_t)p->head_dim;
+    pl->max_tiles = ceil_div(p->seqlen_k, QATTN_TILE_KEYS);
+    pl->n_slots = (p->cu_seqlens_k ? p->cu_seqlens_k[p->batch] / QATTN_TILE_KEYS + p->batch : p->batch * pl->max_tiles) * p->n_kv_heads;
+    size_t T = QATTN_TILE_KEYS, D = (size_t)p->head_dim;
     pl->slot_bytes = al64(T * D * 2) + al64(T * D * 4) + 2 * al64(T * 4) + (refine ? al64(T * D * 2) : 0); /* V room for float (P_FP32) */
     pl->pack_bytes = (size_t)pl->n_slots * pl->slot_bytes;
 }
@@ -160,7 +147,7 @@ static void make_plan(lplan *pl, const qattn_ctx *ctx, const qattn_params *p, bo
 /* First slot of sequence b: sum of ceil(len / 64) over earlier sequences is at most this. */
 static int64_t tile_base(const lplan *pl, int64_t b) {
     const qattn_params *p = pl->p;
-    return p->cu_seqlens_k ? p->cu_seqlens_k[b] / TILE_KEYS + b : b * pl->max_tiles;
+    return p->cu_seqlens_k ? p->cu_seqlens_k[b] / QATTN_TILE_KEYS + b : b * pl->max_tiles;
 }
 
 typedef struct kvslot {
@@ -172,7 +159,7 @@ typedef struct kvslot {
 
 static kvslot slot_of(const lplan *pl, int64_t b, int g, int64_t tile) {
     unsigned char *base = pl->packs + (size_t)((tile_base(pl, b) + tile) * pl->p->n_kv_heads + g) * pl->slot_bytes;
-    size_t T = TILE_KEYS, D = (size_t)pl->p->head_dim;
+    size_t T = QATTN_TILE_KEYS, D = (size_t)pl->p->head_dim;
     kvslot k;
     k.kp = (int16_t *)(void *)base;
     k.vp = base + al64(T * D * 2);
@@ -182,47 +169,19 @@ static kvslot slot_of(const lplan *pl, int64_t b, int g, int64_t tile) {
     return k;
 }
 
-static int plan_workers(const qattn_ctx *ctx, const lplan *pl) {
-    int64_t n = ctx->n_threads;
-    if (n > pl->n_units) n = pl->n_units;
-    if (n > QATTN_MAX_THREADS) n = QATTN_MAX_THREADS;
-    return n < 1 ? 1 : (int)n;
-}
-
-static size_t partial_floats(const lplan *pl) { return (size_t)pl->rows * (size_t)(pl->p->head_dim + 2); }
-
-static size_t order_bytes(const lplan *pl) {
-    return pl->p->block_mask ? (size_t)pl->n_units * sizeof(qattn_bm_unit_cost) : 0;
-}
-
+/* Workspace: per-worker scratch, the packed K/V slots, split partials, the units' hand-out order. */
 static size_t plan_bytes(const lplan *pl, int nw) {
-    size_t partials = pl->n_split > 1 ? (size_t)pl->n_units * partial_floats(pl) * sizeof(float) : 0;
-    return (size_t)nw * pl->worker_bytes + partials + pl->pack_bytes + order_bytes(pl);
+    size_t partials = qattn_units_partials_floats(&pl->units, pl->p->head_dim) * sizeof(float);
+    return (size_t)nw * pl->worker_bytes + pl->pack_bytes + partials + qattn_units_order_bytes(&pl->units, pl->p);
 }
 
 size_t qattn_lowp_run_bytes(const qattn_ctx *ctx, const qattn_params *p, bool refine) {
     lplan pl;
     make_plan(&pl, ctx, p, refine);
-    return pl.n_units > 0 ? plan_bytes(&pl, plan_workers(ctx, &pl)) : 0;
+    return pl.units.n_units > 0 ? plan_bytes(&pl, qattn_workers_for(ctx->n_threads, pl.units.n_units)) : 0;
 }
 
 /* ---------------------------------------------------------------- unit geometry */
-
-typedef struct unit {
-    int64_t b, qb, split;
-    int g;
-} unit;
-
-static unit unit_of(const lplan *pl, int64_t task) {
-    unit u;
-    u.split = task % pl->n_split;
-    task /= pl->n_split;
-    u.qb = task % pl->n_qblocks;
-    task /= pl->n_qblocks;
-    u.g = (int)(task % pl->p->n_kv_heads);
-    u.b = task / pl->p->n_kv_heads;
-    return u;
-}
 
 /* Offsets of sequence b in an int8 tensor (its own strides) and token index base. */
 static int64_t i8_off(const qattn_params *p, const qattn_int8_tensor *t, const int32_t *cu, int64_t b) {
@@ -258,19 +217,19 @@ static inline void transpose4x4_bytes(uint32_t w[4]) {
 /* Row r of a unit (position i0 + r / group, head g * group + r % group): its Q codes and head. */
 static const int8_t *q_row(const lplan *pl, int64_t off, int64_t i0, int g, int r, int *head) {
     const qattn_int8_tensor *tq = &pl->qi->q;
-    *head = g * pl->group + r % pl->group;
-    return tq->data + off + (i0 + r / pl->group) * tq->seq_stride + (int64_t)*head * tq->head_stride;
+    *head = g * pl->units.group + r % pl->units.group;
+    return tq->data + off + (i0 + r / pl->units.group) * tq->seq_stride + (int64_t)*head * tq->head_stride;
 }
 
 static void pack_q(const lplan *pl, int64_t b, int64_t i0, int n_pos, int g, int16_t *qc, float *sq, float *corr) {
     const qattn_params *p = pl->p;
     const qattn_int8_tensor *tq = &pl->qi->q, *tk = &pl->qi->k;
-    int D = p->head_dim, m = n_pos * pl->group;
+    int D = p->head_dim, m = n_pos * pl->units.group;
     int64_t off = i8_off(p, tq, p->cu_seqlens_q, b), tb = tok_base(p->cu_seqlens_q, b, p->seqlen_q);
     const float *mk = tk->mean ? tk->mean + ((int64_t)b * p->n_kv_heads + g) * D : NULL;
     for (int r = 0; r < m; r++) {
         int h;
-        int64_t i = i0 + r / pl->group;
+        int64_t i = i0 + r / pl->units.group;
         const int8_t *src = q_row(pl, off, i0, g, r, &h);
         float s = tq->scale[qattn_scale_index(tq->granularity, tq->block_size, b, tb + i, i, h, p->n_heads, p->seqlen_q, D, 0)];
         sq[r] = s * pl->qscale;
@@ -310,7 +269,7 @@ static bool unit_sharp(const lplan *pl, int64_t b, int g) {
 static void pack_qr(const lplan *pl, int64_t b, int64_t i0, int n_pos, int g, int16_t *qr) {
     const qattn_params *p = pl->p;
     const qattn_int8_tensor *tq = &pl->qi->q;
-    int D = p->head_dim, m = n_pos * pl->group;
+    int D = p->head_dim, m = n_pos * pl->units.group;
     int64_t off = i8_off(p, tq, p->cu_seqlens_q, b);
     for (int r = 0; r < m; r++) {
         int h;
@@ -432,9 +391,9 @@ static void pack_unit(void *arg, int64_t task, int worker) {
     int g = (int)(task % p->n_kv_heads);
     int64_t t = (task / p->n_kv_heads) % pl->max_tiles, b = task / p->n_kv_heads / pl->max_tiles;
     qattn_seq s = qattn_seq_view(p, b);
-    int64_t t0 = t * TILE_KEYS;
+    int64_t t0 = t * QATTN_TILE_KEYS;
     if (t0 >= s.lk) return;
-    int n = (int)(s.lk - t0 < TILE_KEYS ? s.lk - t0 : TILE_KEYS), npad = (n + 7) / 8 * 8;
+    int n = (int)(s.lk - t0 < QATTN_TILE_KEYS ? s.lk - t0 : QATTN_TILE_KEYS), npad = (n + 7) / 8 * 8;
     kvslot k = slot_of(pl, b, g, t);
     pack_k(pl, pl->qi->k.data, b, g, t0, n, npad, k.kp, k.sk);
     if (unit_sharp(pl, b, g)) pack_k(pl, pl->rf->k_res, b, g, t0, n, npad, k.kr, NULL);
@@ -452,8 +411,8 @@ static void write_rows(const lplan *pl, int64_t b, int64_t i0, int n_pos, int g,
     qattn_seq s = qattn_seq_view(p, b);
     int D = p->head_dim;
     for (int pi = 0; pi < n_pos; pi++)
-        for (int hg = 0; hg < pl->group; hg++) {
-            int r = pi * pl->group + hg, h = g * pl->group + hg;
+        for (int hg = 0; hg < pl->units.group; hg++) {
+            int r = pi * pl->units.group + hg, h = g * pl->units.group + hg;
             int64_t i = i0 + pi;
             int64_t base = s.o_off + i * p->o_seq_stride + (int64_t)h * p->o_head_stride;
             float l = st->row_sum[r], mx = st->row_max[r];
@@ -574,12 +533,6 @@ static void attend_tile(const lplan *pl, wmem *w, int m, int n, qattn_tile_state
     }
 }
 
-/* Keys [*k_begin, *k_end) unit u may touch (qattn_bm_unit_key_range). */
-static void unit_key_range(const lplan *pl, const unit *u, const qattn_seq *s, int64_t i0, int n_pos, const qattn_bm_rows *bm,
-                           int64_t *k_begin, int64_t *k_end) {
-    qattn_bm_unit_key_range(pl->p, s, i0, n_pos, u->split, pl->n_split, pl->split_keys, bm, k_begin, k_end);
-}
-
 /* Per-row key intervals of the tile at t0 (n keys), for keys [a, z) of it: each row's window cut
  * to [a, z), emptied for rows whose block mask hides the key block of a (the caller cuts [a, z)
  * so that no row's mask changes inside it). True when some row sees a key. */
@@ -588,11 +541,11 @@ static bool tile_intervals(const lplan *pl, const qattn_seq *s, int64_t b, int64
     const qattn_params *p = pl->p;
     bool any = false;
     for (int r = 0; r < m; r++) {
-        int64_t i = i0 + r / pl->group, x, y;
+        int64_t i = i0 + r / pl->units.group, x, y;
         qattn_key_range(i, s->lq, s->lk, p->window_left, qattn_window_right(p), &x, &y);
         if (x < a) x = a;
         if (y > z) y = z;
-        if (p->block_mask && !qattn_block_mask_row(p, b, g * pl->group + r % pl->group, i / p->block_mask_q)[a / p->block_mask_k]) y = x;
+        if (p->block_mask && !qattn_block_mask_row(p, b, g * pl->units.group + r % pl->units.group, i / p->block_mask_q)[a / p->block_mask_k]) y = x;
         x = x < t0 ? 0 : x - t0;
         y = y > t0 + n ? n : y - t0;
         if (y < x) y = x;
@@ -606,28 +559,27 @@ static bool tile_intervals(const lplan *pl, const qattn_seq *s, int64_t b, int64
 static void run_unit(void *arg, int64_t task, int worker) {
     const lplan *pl = arg;
     const qattn_params *p = pl->p;
-    if (pl->order) task = pl->order[task].unit; /* the longest units first; what a unit computes does not depend on when */
-    unit u = unit_of(pl, task);
+    task = qattn_units_task(&pl->units, task); /* what a unit computes does not depend on when it runs */
+    qattn_unit u = qattn_unit_of(&pl->units, task);
     qattn_seq s = qattn_seq_view(p, u.b);
-    int64_t i0 = u.qb * pl->block_pos;
-    if (i0 >= s.lq) return;
-    int n_pos = (int)(s.lq - i0 < pl->block_pos ? s.lq - i0 : pl->block_pos);
-    int m = n_pos * pl->group, D = p->head_dim;
+    int64_t i0;
+    int n_pos = qattn_unit_positions(&pl->units, &u, s.lq, &i0);
+    if (n_pos == 0) return;
+    int m = n_pos * pl->units.group, D = p->head_dim;
     wmem w;
     wmem_layout(pl, pl->scratch + (size_t)worker * pl->worker_bytes, &w);
 
-    bool split = pl->n_split > 1;
-    float *state_base = split ? pl->partials + (size_t)task * partial_floats(pl) : w.state;
-    qattn_tile_state st = qattn_state_view(state_base, m, D);
+    bool split = pl->units.n_split > 1;
+    qattn_tile_state st = qattn_state_view(split ? qattn_unit_partial(&pl->units, pl->partials, task, 0, D) : w.state, m, D);
     qattn_state_reset(&st, m, D);
 
     qattn_bm_rows bm_rows, *bm = NULL; /* the unit's rows of the block mask, if any */
     if (p->block_mask) {
-        bm_rows = qattn_bm_rows_of(p, u.b, u.g * pl->group, (u.g + 1) * pl->group, i0, i0 + n_pos);
+        bm_rows = qattn_bm_rows_of(p, u.b, u.g * pl->units.group, (u.g + 1) * pl->units.group, i0, i0 + n_pos);
         bm = &bm_rows;
     }
     int64_t k_begin, k_end;
-    unit_key_range(pl, &u, &s, i0, n_pos, bm, &k_begin, &k_end);
+    qattn_unit_key_range(&pl->units, p, &u, &s, i0, n_pos, bm, &k_begin, &k_end);
 
     pack_q(pl, u.b, i0, n_pos, u.g, w.qc, w.sq, w.corr);
     bool sharp = unit_sharp(pl, u.b, u.g);
@@ -640,14 +592,14 @@ static void run_unit(void *arg, int64_t task, int worker) {
      * a block mask, tiles whose keys no row computes are skipped (no loads, no products), and a
      * tile holding blocks of different patterns (blocks narrower than 64 keys) runs once per
      * pattern, each run seeing only its keys (exact: the runs are disjoint key sets). */
-    for (int64_t t0 = k_begin / TILE_KEYS * TILE_KEYS; t0 < k_end; t0 += TILE_KEYS) {
-        int n = (int)(s.lk - t0 < TILE_KEYS ? s.lk - t0 : TILE_KEYS);
+    for (int64_t t0 = k_begin / QATTN_TILE_KEYS * QATTN_TILE_KEYS; t0 < k_end; t0 += QATTN_TILE_KEYS) {
+        int n = (int)(s.lk - t0 < QATTN_TILE_KEYS ? s.lk - t0 : QATTN_TILE_KEYS);
         int64_t a = t0 > k_begin ? t0 : k_begin, tile_end = t0 + n < k_end ? t0 + n : k_end;
         if (bm) a = qattn_bm_next_live(bm, a, tile_end);
         while (a < tile_end) {
             int64_t z = bm ? qattn_bm_uniform_end(bm, a, tile_end) : tile_end;
             if (tile_intervals(pl, &s, u.b, i0, m, u.g, t0, n, a, z, w.lo, w.hi)) {
-                kvslot k = slot_of(pl, u.b, u.g, t0 / TILE_KEYS);
+                kvslot k = slot_of(pl, u.b, u.g, t0 / QATTN_TILE_KEYS);
                 w.kp = k.kp, w.vp = k.vp, w.sk = k.sk, w.svk = k.svk, w.kr = k.kr;
                 attend_tile(pl, &w, m, n, &st, sharp);
             }
@@ -657,39 +609,22 @@ static void run_unit(void *arg, int64_t task, int worker) {
     if (!split) write_rows(pl, u.b, i0, n_pos, u.g, &st, w.corr, w.mv);
 }
 
-/* Block mask: the units in order of decreasing live work (qattn_bm_cost), so the dynamic hand-out
- * of the thread pool ends balanced. Scheduling only: results do not depend on it. */
-static void order_units(lplan *pl, qattn_bm_unit_cost *order) {
-    const qattn_params *p = pl->p;
-    for (int64_t t = 0; t < pl->n_units; t++) {
-        unit u = unit_of(pl, t);
-        qattn_seq s = qattn_seq_view(p, u.b);
-        int64_t cost = qattn_bm_unit_cost_of(p, &s, u.b, u.g * pl->group, (u.g + 1) * pl->group, u.qb * pl->block_pos, pl->block_pos, u.split,
-                                             pl->n_split, pl->split_keys);
-        order[t] = (qattn_bm_unit_cost){cost, t};
-    }
-    qattn_bm_sort_units(order, pl->n_units);
-    pl->order = order;
-}
-
+/* Second phase of a split run: the partials of one (b, g, qblock), merged in split order, to O and LSE
+ * (the rows' LSE corrections and V means again: the worker's scratch holds another unit's). */
 static void merge_unit(void *arg, int64_t task, int worker) {
     const lplan *pl = arg;
     const qattn_params *p = pl->p;
-    unit u = unit_of(pl, task * pl->n_split);
+    qattn_unit u = qattn_units_merge_unit(&pl->units, task);
     qattn_seq s = qattn_seq_view(p, u.b);
-    int64_t i0 = u.qb * pl->block_pos;
-    if (i0 >= s.lq) return;
-    int n_pos = (int)(s.lq - i0 < pl->block_pos ? s.lq - i0 : pl->block_pos);
-    int m = n_pos * pl->group, D = p->head_dim;
+    int64_t i0;
+    int n_pos = qattn_unit_positions(&pl->units, &u, s.lq, &i0);
+    if (n_pos == 0) return;
+    int m = n_pos * pl->units.group, D = p->head_dim;
     wmem w;
     wmem_layout(pl, pl->scratch + (size_t)worker * pl->worker_bytes, &w);
     pack_q(pl, u.b, i0, n_pos, u.g, NULL, w.sq, w.corr);
     v_channel_info(pl, u.b, u.g, w.sv, w.mv);
-    qattn_tile_state total = qattn_state_view(pl->partials + (size_t)(task * pl->n_split) * partial_floats(pl), m, D);
-    for (int64_t k = 1; k < pl->n_split; k++) {
-        qattn_tile_state part = qattn_state_view(pl->partials + (size_t)(task * pl->n_split + k) * partial_floats(pl), m, D);
-        qattn_state_merge(&total, &part, m, D);
-    }
+    qattn_tile_state total = qattn_units_merge_splits(&pl->units, pl->partials, task, 0, m, D);
     write_rows(pl, u.b, i0, n_pos, u.g, &total, w.corr, w.mv);
 }
 
@@ -703,8 +638,8 @@ qattn_status qattn_lowp_run_quantized(qattn_ctx *ctx, const qattn_params *p, con
     pl.rf = rf;
     pl.p_mode = p_mode;
     pl.v_fp = v_fp;
-    if (pl.n_units == 0) return QATTN_OK;
-    int nw = plan_workers(ctx, &pl);
+    if (pl.units.n_units == 0) return QATTN_OK;
+    int nw = qattn_workers_for(ctx->n_threads, pl.units.n_units);
     size_t need = plan_bytes(&pl, nw);
     void *mem = workspace;
     if (mem) {
@@ -719,15 +654,11 @@ qattn_status qattn_lowp_run_quantized(qattn_ctx *ctx, const qattn_params *p, con
     pl.scratch = mem;
     pl.packs = pl.scratch + (size_t)nw * pl.worker_bytes;
     pl.partials = (float *)(void *)(pl.packs + pl.pack_bytes);
-    if (p->block_mask)
-        order_units(&pl, (qattn_bm_unit_cost *)(void *)((unsigned char *)pl.partials +
-                                                        (pl.n_split > 1 ? (size_t)pl.n_units * partial_floats(&pl) * sizeof(float) : 0)));
+    if (qattn_units_want_order(&pl.units, p))
+        qattn_units_order(&pl.units, p, NULL, (qattn_bm_unit_cost *)(void *)(pl.partials + qattn_units_partials_floats(&pl.units, p->head_dim)));
     int64_t pack_tasks = p->batch * pl.max_tiles * p->n_kv_heads;
-    int pw = ctx->n_threads < 1 ? 1 : ctx->n_threads > QATTN_MAX_THREADS ? QATTN_MAX_THREADS : ctx->n_threads;
-    if (pw > pack_tasks) pw = (int)(pack_tasks > 0 ? pack_tasks : 1);
-    if (pack_tasks > 0) qattn_parallel_for(ctx->pool, pw, pack_tasks, pack_unit, &pl);
-    qattn_parallel_for(ctx->pool, nw, pl.n_units, run_unit, &pl);
-    if (pl.n_split > 1) qattn_parallel_for(ctx->pool, nw, pl.n_units / pl.n_split, merge_unit, &pl);
+    if (pack_tasks > 0) qattn_parallel_for(ctx->pool, qattn_workers_for(ctx->n_threads, pack_tasks), pack_tasks, pack_unit, &pl);
+    qattn_units_run(ctx->pool, &pl.units, nw, run_unit, merge_unit, &pl);
     if (mem != workspace) qattn_free(ctx, mem);
     return QATTN_OK;
 }

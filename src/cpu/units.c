@@ -1,0 +1,135 @@
+/* The work-unit plan shared by the FP and INT8/INT4 CPU drivers: see units.h. */
+#include "cpu/units.h"
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+void qattn_units_plan(qattn_units *u, const qattn_params *p, int block_rows, int all_heads_rows) {
+    memset(u, 0, sizeof *u);
+    u->group = p->n_heads / p->n_kv_heads;
+    u->block_pos = u->group >= block_rows ? 1 : block_rows / u->group;
+    u->rows = u->block_pos * u->group;
+    u->n_qblocks = ceil_div(p->seqlen_q, u->block_pos);
+    /* the rows of one kv head in a query block: fewer than rows when there are fewer queries (decode) */
+    int64_t head_rows = (p->seqlen_q < u->block_pos ? p->seqlen_q : u->block_pos) * u->group;
+    u->heads = all_heads_rows > 0 && head_rows * p->n_kv_heads <= all_heads_rows ? p->n_kv_heads : 1;
+    u->head_blocks = p->n_kv_heads / u->heads;
+    int64_t units = p->batch * u->head_blocks * u->n_qblocks;
+    /* Few units leave threads idle: then the KV axis is split, into at most seqlen_k /
+     * SPLIT_MIN_KEYS splits. The count comes from the shape alone, never the thread count. */
+    u->n_split = 1;
+    if (units > 0 && units < QATTN_SPLIT_UNITS_BELOW && p->seqlen_k >= 2 * QATTN_SPLIT_MIN_KEYS) {
+        int64_t want = ceil_div(QATTN_SPLIT_TARGET, units);
+        int64_t most = p->seqlen_k / QATTN_SPLIT_MIN_KEYS;
+        u->n_split = want < most ? want : most;
+    }
+    u->split_keys = ceil_div(ceil_div(p->seqlen_k > 0 ? p->seqlen_k : 1, u->n_split), QATTN_TILE_KEYS) * QATTN_TILE_KEYS;
+    u->n_units = units * u->n_split;
+}
+
+qattn_unit qattn_unit_of(const qattn_units *u, int64_t index) {
+    qattn_unit un;
+    un.split = index % u->n_split;
+    index /= u->n_split;
+    un.qb = index % u->n_qblocks;
+    index /= u->n_qblocks;
+    un.g = (int)(index % u->head_blocks) * u->heads;
+    un.b = index / u->head_blocks;
+    return un;
+}
+
+int qattn_unit_positions(const qattn_units *u, const qattn_unit *un, int64_t lq, int64_t *i0) {
+    *i0 = un->qb * u->block_pos;
+    if (*i0 >= lq) return 0;
+    return (int)(lq - *i0 < u->block_pos ? lq - *i0 : u->block_pos);
+}
+
+void qattn_unit_key_range(const qattn_units *u, const qattn_params *p, const qattn_unit *un, const qattn_seq *s, int64_t i0, int n_pos,
+                          const qattn_bm_rows *bm, int64_t *k_begin, int64_t *k_end) {
+    qattn_bm_unit_key_range(p, s, i0, n_pos, un->split, u->n_split, u->split_keys, bm, k_begin, k_end);
+}
+
+int qattn_workers_for(int n_threads, int64_t n_tasks) {
+    int64_t n = n_threads;
+    if (n > n_tasks) n = n_tasks;
+    if (n > QATTN_MAX_THREADS) n = QATTN_MAX_THREADS;
+    return n < 1 ? 1 : (int)n;
+}
+
+bool qattn_units_want_order(const qattn_units *u, const qattn_params *p) {
+    return u->n_units > 1 && (p->block_mask || p->causal || p->window_left >= 0 || p->window_right >= 0);
+}
+
+size_t qattn_units_order_bytes(const qattn_units *u, const qattn_params *p) {
+    return qattn_units_want_order(u, p) ? (size_t)u->n_units * sizeof(qattn_bm_unit_cost) : 0;
+}
+
+/* The order units are handed out in, so the dynamic hand-out of the thread pool does not leave one
+ * thread with a long unit at the end. Block mask: decreasing live work (qattn_bm_cost). Causal or
+ * windowed: each kv head's query blocks last to first (causal: longest first, the one-tile diagonal
+ * block last), heads in order, so consecutive units still share a head's K/V in cache; a global
+ * longest-first sort interleaved the heads and ran 2-3% slower on one thread (Zen 4, L2048/L4096
+ * causal, FP driver). Causal B1 H8 L2048 with 2 threads in index order ended on the longest unit
+ * (the last query block of the last head). Scheduling only: every unit computes the same values
+ * whichever thread runs it, whenever. */
+void qattn_units_order(qattn_units *u, const qattn_params *p, const int32_t *seqlens_k, qattn_bm_unit_cost *order) {
+    for (int64_t t = 0; t < u->n_units; t++) {
+        if (!p->block_mask) { /* qb -> n_qblocks - 1 - qb; split and (b, g) kept */
+            int64_t split = t % u->n_split, rest = t / u->n_split;
+            int64_t qb = u->n_qblocks - 1 - rest % u->n_qblocks, bg = rest / u->n_qblocks;
+            order[t] = (qattn_bm_unit_cost){0, (bg * u->n_qblocks + qb) * u->n_split + split};
+            continue;
+        }
+        qattn_unit un = qattn_unit_of(u, t);
+        qattn_seq s = qattn_seq_view(p, un.b);
+        if (seqlens_k) s.lk = seqlens_k[un.b];
+        int64_t cost = qattn_bm_unit_cost_of(p, &s, un.b, un.g * u->group, (un.g + u->heads) * u->group, un.qb * u->block_pos, u->block_pos, un.split,
+                                             u->n_split, u->split_keys);
+        order[t] = (qattn_bm_unit_cost){cost, t};
+    }
+    if (p->block_mask) qattn_bm_sort_units(order, u->n_units);
+    u->order = order;
+}
+
+/* Floats of one unit's state: for each of its kv heads, rows x (max, sum, acc[D]). */
+static size_t unit_state_floats(const qattn_units *u, int head_dim) { return (size_t)u->rows * (size_t)u->heads * (size_t)(head_dim + 2); }
+
+size_t qattn_units_partials_floats(const qattn_units *u, int head_dim) {
+    return u->n_split > 1 ? (size_t)u->n_units * unit_state_floats(u, head_dim) : 0;
+}
+
+float *qattn_unit_partial(const qattn_units *u, float *partials, int64_t index, int head, int head_dim) {
+    return partials + (size_t)index * unit_state_floats(u, head_dim) + (size_t)head * (size_t)u->rows * (size_t)(head_dim + 2);
+}
+
+qattn_unit qattn_units_merge_unit(const qattn_units *u, int64_t merge_task) { return qattn_unit_of(u, merge_task * u->n_split); }
+
+void qattn_state_merge(qattn_tile_state *a, const qattn_tile_state *b, int m, int d) {
+    for (int r = 0; r < m; r++) {
+        float mb = b->row_max[r];
+        if (mb == -INFINITY) continue; /* b saw no key for this row */
+        float ma = a->row_max[r];
+        float mx = ma > mb ? ma : mb;
+        float fa = ma == -INFINITY ? 0.0f : exp2f(ma - mx);
+        float fb = exp2f(mb - mx);
+        float *acc_a = a->acc + r * a->ld_acc;
+        const float *acc_b = b->acc + r * b->ld_acc;
+        for (int c = 0; c < d; c++) acc_a[c] = acc_a[c] * fa + acc_b[c] * fb;
+        a->row_sum[r] = a->row_sum[r] * fa + b->row_sum[r] * fb;
+        a->row_max[r] = mx;
+    }
+}
+
+qattn_tile_state qattn_units_merge_splits(const qattn_units *u, float *partials, int64_t merge_task, int head, int m, int head_dim) {
+    int64_t first = merge_task * u->n_split;
+    qattn_tile_state total = qattn_state_view(qattn_unit_partial(u, partials, first, head, head_dim), m, head_dim);
+    for (int64_t k = 1; k < u->n_split; k++) {
+        qattn_tile_state part = qattn_state_view(qattn_unit_partial(u, partials, first + k, head, head_dim), m, head_dim);
+        qattn_state_merge(&total, &part, m, head_dim);
+    }
+    return total;
+}
+
+void qattn_units_run(qattn_pool *pool, const qattn_units *u, int n_workers, qattn_task_fn run_unit, qattn_task_fn merge_unit, void *arg) {
+    qattn_parallel_for(pool, n_workers, u->n_units, run_unit, arg);
+    if (u->n_split > 1) qattn_parallel_for(pool, n_workers, u->n_units / u->n_split, merge_unit, arg);
+}

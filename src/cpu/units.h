@@ -1,0 +1,99 @@
+/* The work-unit plan of the CPU attention drivers (src/cpu/forward.c, FP; src/cpu/forward_lowp.c,
+ * INT8/INT4): how a call is cut into units, how the KV axis is split, how many workers run the
+ * units, in which order the pool hands them out, and how the split partials are merged back.
+ *
+ * Work unit = (sequence b, kv heads [g, g + heads), block of query positions, KV split). The rows
+ * of a unit are all query heads of its kv heads at those positions, so each K/V tile is read once
+ * per group (GQA). Everything here depends on the shape alone, never on the thread count, and the
+ * partials of a split unit are merged in split order: results are bitwise identical for any
+ * number of threads and any hand-out order. What a unit computes (packing, kernels, workspace
+ * layout, writing O and LSE) stays with each driver. */
+#ifndef QATTN_CPU_UNITS_H
+#define QATTN_CPU_UNITS_H
+
+#include "qattn_internal.h"
+
+#include "core/threads.h"
+#include "cpu/block_mask.h"
+
+#define QATTN_TILE_KEYS 64          /* keys per K/V tile of both drivers; a KV split is whole tiles */
+#define QATTN_SPLIT_MIN_KEYS 512    /* a KV split covers at least this many keys */
+#define QATTN_SPLIT_UNITS_BELOW 32  /* split the KV axis only when there are fewer units than this */
+#define QATTN_SPLIT_TARGET 64       /* ...and aim for about this many units after splitting */
+
+typedef struct qattn_units {
+    int group;          /* query heads per kv head */
+    int block_pos;      /* query positions per unit */
+    int rows;           /* block_pos * group: rows per kv head of a unit */
+    int heads;          /* kv heads per unit: 1, or all of them for decode shapes (qattn_units_plan) */
+    int head_blocks;    /* units per (sequence, query block, split): n_kv_heads / heads */
+    int64_t n_qblocks;  /* query blocks per sequence, for the longest sequence */
+    int64_t n_split;    /* KV splits per (b, kv heads, query block) */
+    int64_t split_keys; /* keys per split (whole tiles) */
+    int64_t n_units;    /* batch * head_blocks * n_qblocks * n_split */
+    const qattn_bm_unit_cost *order; /* the hand-out order (qattn_units_order), NULL: index order */
+} qattn_units;
+
+/* The plan for p. A unit holds block_rows query rows (positions x group heads; one position when
+ * a group has more heads). all_heads_rows > 0: when every kv head's rows of a query block total
+ * at most all_heads_rows, one unit takes all kv heads (decode: it reads whole [HK, D] K/V rows,
+ * contiguous, instead of one head's D values per page); 0: one kv head per unit. The KV axis is
+ * split only when there are few units, into whole tiles of at least QATTN_SPLIT_MIN_KEYS keys. */
+void qattn_units_plan(qattn_units *u, const qattn_params *p, int block_rows, int all_heads_rows);
+
+/* One unit: sequence b, first kv head g (the unit has u->heads of them), query block qb, KV split. */
+typedef struct qattn_unit {
+    int64_t b, qb, split;
+    int g;
+} qattn_unit;
+
+/* Unit index -> (b, g, qb, split); the split varies fastest, so the splits of one (b, g, qb) are
+ * consecutive indices and their partials adjacent. */
+qattn_unit qattn_unit_of(const qattn_units *u, int64_t index);
+
+/* The unit the pool's task t runs: t itself, or its place in the hand-out order. */
+static inline int64_t qattn_units_task(const qattn_units *u, int64_t t) { return u->order ? u->order[t].unit : t; }
+
+/* The query positions of unit un in a sequence of lq queries: the first in *i0, their count
+ * returned; 0 when the block lies past the sequence's end (a shorter sequence of a varlen batch). */
+int qattn_unit_positions(const qattn_units *u, const qattn_unit *un, int64_t lq, int64_t *i0);
+
+/* Keys [*k_begin, *k_end) unit un may touch (qattn_bm_unit_key_range with the plan's split). */
+void qattn_unit_key_range(const qattn_units *u, const qattn_params *p, const qattn_unit *un, const qattn_seq *s, int64_t i0, int n_pos,
+                          const qattn_bm_rows *bm, int64_t *k_begin, int64_t *k_end);
+
+/* Workers for n_tasks tasks: n_threads, at most one per task and QATTN_MAX_THREADS, at least one. */
+int qattn_workers_for(int n_threads, int64_t n_tasks);
+
+/* Whether the units are handed out in another order than their index (qattn_units_order): with a
+ * block mask, and with a causal or windowed mask, where the units of one plan differ in cost
+ * (causal: the last query block of a head sees all its keys, the first one tile). */
+bool qattn_units_want_order(const qattn_units *u, const qattn_params *p);
+
+/* Workspace bytes of the hand-out order (0 when qattn_units_want_order is false). */
+size_t qattn_units_order_bytes(const qattn_units *u, const qattn_params *p);
+
+/* Fills order (qattn_units_order_bytes) with the hand-out order and points u->order at it.
+ * seqlens_k: per-sequence key counts when they are not p's (a KV cache), else NULL. */
+void qattn_units_order(qattn_units *u, const qattn_params *p, const int32_t *seqlens_k, qattn_bm_unit_cost *order);
+
+/* Floats of the partial states of all units (each: for each of its kv heads, rows x (max, sum,
+ * acc[D])): 0 without a split (units then write their rows themselves). */
+size_t qattn_units_partials_floats(const qattn_units *u, int head_dim);
+
+/* Where unit `index` keeps the state of its kv head `head` (0 .. heads - 1) when split. */
+float *qattn_unit_partial(const qattn_units *u, float *partials, int64_t index, int head, int head_dim);
+
+/* Merge task -> its unit of split 0 (the merge runs one task per (b, g, qb)). */
+qattn_unit qattn_units_merge_unit(const qattn_units *u, int64_t merge_task);
+
+/* The finished state of kv head `head` (m rows) of merge task merge_task: split 0's partial with
+ * splits 1 .. n_split - 1 merged into it in split order (qattn_state_merge), so the result never
+ * depends on which split finished first. */
+qattn_tile_state qattn_units_merge_splits(const qattn_units *u, float *partials, int64_t merge_task, int head, int m, int head_dim);
+
+/* Runs every unit on n_workers workers, then, when the KV axis is split, one merge task per
+ * (b, g, qb): the merge starts after the last split has finished. */
+void qattn_units_run(qattn_pool *pool, const qattn_units *u, int n_workers, qattn_task_fn run_unit, qattn_task_fn merge_unit, void *arg);
+
+#endif
