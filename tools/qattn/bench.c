@@ -1,14 +1,20 @@
 /* qattn bench: time attention on random inputs and check it against the FP64 oracle.
  * With no shape flag it runs a default set of prefill and decode shapes; without --precision
- * on the CPU each shape runs in FP32 and in INT8 (default scheme), about 80 s on a shared 2-core
- * machine. Reports per row: median ms over --iters (after --warmup), effective GFLOP/s, GB/s,
- * the error against qattn_oracle_f64, the speed-up over the shape's FP32 row and a verdict
- * (error within the row's tolerance or not).
+ * on the CPU (the main job) each shape runs in FP32 and in INT8, about 35 s on a shared 2-core
+ * machine. The INT8 row of a prefill shape is qattn_forward in precision int8 (default scheme);
+ * that of a decode shape (Lq 1) is qattn_kv_decode over an INT8 paged KV cache (label int8kv)
+ * holding the FP32 row's K and V, appended untimed before the timed calls: an inference engine
+ * quantizes K/V once, when tokens are appended, not on every decode step, as a forward in
+ * precision int8 would. Reports per row: median ms over --iters (after --warmup), effective
+ * GFLOP/s, GB/s, the error against qattn_oracle_f64, the speed-up over the shape's FP32 row and a
+ * verdict (error within the row's tolerance or not).
  *   FLOPs = 4 * H * D * (visible (query, key) pairs summed over the batch): exactly
  *           4*B*H*Lq*Lk*D without a mask; with causal/window only the visible pairs count.
  *   Bytes = Q, K, V read once (in the precision's dtype: FP16/BF16 inputs for fp16/bf16, else
- *           FP32) + O written once (always FP32).
- * The oracle reads the same (already rounded) inputs, so the error is the kernel's own. */
+ *           FP32) + O written once (always FP32); the cache row reads K and V as the cache
+ *           stores them (INT8 codes and a float scale per token and kv head).
+ * The oracle reads the same (already rounded) inputs, so the error is the kernel's own; the cache
+ * row's oracle reads the original FP32 K/V, so its error includes the cache's quantization. */
 #include "block_mask.h"
 #include "cli.h"
 #include "device.h"
@@ -45,8 +51,10 @@ typedef struct bench_result {
     int checked;         /* 0 if the oracle could not run */
     double speedup;      /* FP32 ms of the same shape, same run / ms; 0 = no FP32 row to compare */
     double tolerance;    /* the largest rel_l2 accepted (see row_tolerance); 0 = none defined */
-    double baseline;     /* INT8 default scheme: rel_l2 of FP64 attention on the quantize-dequantized inputs */
+    double baseline;     /* INT8 default scheme: rel_l2 of FP64 attention on the quantize-dequantized inputs;
+                            int8kv: on the cache's dequantized K, V (kv_cache_baseline) */
     double density;      /* block mask: computed pairs / pairs the window alone shows (1 without a mask) */
+    int kv_cache;        /* 1: qattn_kv_decode over the INT8 KV cache (the main job's int8kv row) */
 } bench_result;
 
 /* FP32/FP16/BF16: the kernel's own error (the oracle reads the same rounded inputs), bounded as
@@ -55,6 +63,8 @@ typedef struct bench_result {
  * rule of tests/test_int8.c (docs/FORMAT.md §6). */
 #define FP_REL_L2_TOLERANCE 1e-5
 #define INT8_BASELINE_FACTOR 3.0
+/* Tokens per block of the main job's INT8 KV cache: qattn bench --decode's default. */
+#define KV_CACHE_BLOCK_SIZE 16
 
 static void print_bench_help(void) {
     printf("usage: qattn bench [options]\n"
@@ -73,11 +83,17 @@ static void print_bench_help(void) {
            "            rows when H*D*pairs <= 1e9, else on the last %d query rows of each sequence\n"
            "            (column 'oracle' / key oracle_rows says which).\n"
            "  Without shape and precision options on the CPU, each shape runs in fp32 and in int8\n"
-           "  (default scheme); vs_fp32 = the fp32 row's ms / this row's ms, same run.\n"
+           "  (default scheme); vs_fp32 = the fp32 row's ms / this row's ms, same run. A decode\n"
+           "  shape's (Lq 1) int8 row is 'int8kv' (JSON: \"kv_cache\": \"int8\"): qattn_kv_decode over\n"
+           "  an INT8 paged KV cache (blocks of %d tokens) holding the fp32 row's K and V, appended\n"
+           "  untimed, as an inference engine decodes; its GB/s counts the cache's INT8 codes and scales\n"
+           "  (JSON: kv_cache_baseline in place of int8_baseline).\n"
            "  Verdict = rel_l2 within the tolerance: %.0e for fp32/fp16/bf16 (the kernel's own error),\n"
            "            %.0f x the int8 baseline (FP64 attention of quantize-dequantized Q, K, V) + 1e-6\n"
-           "            for int8's default scheme. A row over its tolerance makes the exit status 1.\n\n",
-           ORACLE_SAMPLE_ROWS, FP_REL_L2_TOLERANCE, INT8_BASELINE_FACTOR);
+           "            for int8's default scheme; for int8kv, %.0f x the kv-cache baseline (FP64 attention\n"
+           "            of the cache's dequantized K, V) + 1e-6. A row over its tolerance makes the exit\n"
+           "            status 1.\n\n",
+           ORACLE_SAMPLE_ROWS, KV_CACHE_BLOCK_SIZE, FP_REL_L2_TOLERANCE, INT8_BASELINE_FACTOR, INT8_BASELINE_FACTOR);
     cli_opts_print_help(stdout);
     cli_score_mods_print_help(stdout);
     printf("Block-sparse attention (GFLOP/s then counts the computed pairs only; density column):\n");
@@ -191,14 +207,27 @@ static int upload_tensors(const bench_tensors *t, device_tensors *d) {
 
 /* ---------------------------------------------------------------- timing */
 
-/* Warm up, then time o->iters forwards; *ms is the median. Prints the library's message on failure. */
-static int time_forward(qattn_ctx *ctx, const cli_opts *o, const qattn_params *p, int on_device, double *ms) {
+static qattn_status call_forward(qattn_ctx *ctx, void *params) { return qattn_forward(ctx, params); }
+
+typedef struct kv_decode_call {
+    const qattn_kv_cache *cache;
+    const qattn_decode_params *dp;
+} kv_decode_call;
+
+static qattn_status call_kv_decode(qattn_ctx *ctx, void *arg) {
+    const kv_decode_call *c = arg;
+    return qattn_kv_decode(ctx, c->cache, c->dp);
+}
+
+/* Warm up (o->warmup calls), then time o->iters calls of fn; *ms is the median. Every row of a
+ * table times this way, so its ms columns compare. Prints the library's message on failure. */
+static int time_calls(qattn_ctx *ctx, const cli_opts *o, cli_call_fn fn, void *arg, int on_device, double *ms) {
     double *samples = cli_alloc((size_t)o->iters * sizeof(double), "timings", CMD);
     if (!samples) return -1;
     int rc = -1;
     for (int it = 0; it < o->warmup + o->iters; it++) {
         double t0 = cli_now_seconds();
-        qattn_status s = qattn_forward(ctx, p);
+        qattn_status s = fn(ctx, arg);
         if (s == QATTN_OK && on_device && cli_device_synchronize()) s = QATTN_ERR_BACKEND;
         double t1 = cli_now_seconds();
         if (s != QATTN_OK) {
@@ -292,6 +321,32 @@ static int quantize_roundtrip(qattn_ctx *ctx, const qattn_params *p, int32_t whi
     return rc;
 }
 
+/* rel_l2 of FP64 attention on other inputs (q, k, v: float32, laid out as p's) against FP64
+ * attention on p's own, on the rows the oracle checks: the error that the change of inputs alone
+ * causes, the baseline a quantized row's tolerance is a multiple of. */
+static int oracle_shift(qattn_ctx *ctx, const qattn_params *p, const float *q, const float *k, const float *v, int64_t rows,
+                        double *rel_l2) {
+    qattn_params d = *p;
+    d.q = q, d.k = k, d.v = v;
+    double *ref = NULL, *shifted = NULL;
+    float *shifted_f32 = NULL;
+    int rc = -1;
+    if (oracle_rows(ctx, p, rows, &ref) || oracle_rows(ctx, &d, rows, &shifted)) goto done;
+    size_t n = (size_t)(p->batch * rows * p->n_heads * p->head_dim);
+    shifted_f32 = cli_alloc(n * sizeof(float), "the baseline", CMD);
+    if (!shifted_f32) goto done;
+    for (size_t i = 0; i < n; i++) shifted_f32[i] = (float)shifted[i]; /* 6e-8 relative: nothing next to a 1e-2 baseline */
+    cli_metrics m;
+    cli_metrics_compute(shifted_f32, ref, (int64_t)n, &m);
+    *rel_l2 = m.rel_l2;
+    rc = 0;
+done:
+    cli_free(ref);
+    cli_free(shifted);
+    cli_free(shifted_f32);
+    return rc;
+}
+
 /* The INT8 default scheme's baseline: rel_l2 of FP64 attention on quantize-dequantized Q, K, V
  * against FP64 attention on the originals, on the rows the oracle checks. */
 static int int8_baseline(qattn_ctx *ctx, const qattn_params *p, int64_t rows, double *baseline) {
@@ -299,30 +354,39 @@ static int int8_baseline(qattn_ctx *ctx, const qattn_params *p, int64_t rows, do
     float *q = cli_alloc((size_t)q_n * sizeof(float), "the int8 baseline", CMD);
     float *k = q ? cli_alloc((size_t)kv_n * sizeof(float), "the int8 baseline", CMD) : NULL;
     float *v = k ? cli_alloc((size_t)kv_n * sizeof(float), "the int8 baseline", CMD) : NULL;
-    double *ref = NULL, *deq = NULL;
-    float *deq_f32 = NULL;
     int rc = -1;
-    if (!v) goto done;
-    qattn_params d = *p;
-    d.q = q, d.k = k, d.v = v;
-    if (quantize_roundtrip(ctx, p, QATTN_TENSOR_Q, q) || quantize_roundtrip(ctx, p, QATTN_TENSOR_K, k) ||
-        quantize_roundtrip(ctx, p, QATTN_TENSOR_V, v) || oracle_rows(ctx, p, rows, &ref) || oracle_rows(ctx, &d, rows, &deq))
-        goto done;
-    size_t n = (size_t)(p->batch * rows * p->n_heads * p->head_dim);
-    deq_f32 = cli_alloc(n * sizeof(float), "the int8 baseline", CMD);
-    if (!deq_f32) goto done;
-    for (size_t i = 0; i < n; i++) deq_f32[i] = (float)deq[i]; /* 6e-8 relative: nothing next to a 1e-2 baseline */
-    cli_metrics m;
-    cli_metrics_compute(deq_f32, ref, (int64_t)n, &m);
-    *baseline = m.rel_l2;
-    rc = 0;
-done:
+    if (v && !quantize_roundtrip(ctx, p, QATTN_TENSOR_Q, q) && !quantize_roundtrip(ctx, p, QATTN_TENSOR_K, k) &&
+        !quantize_roundtrip(ctx, p, QATTN_TENSOR_V, v))
+        rc = oracle_shift(ctx, p, q, k, v, rows, baseline);
     cli_free(q);
     cli_free(k);
     cli_free(v);
-    cli_free(ref);
-    cli_free(deq);
-    cli_free(deq_f32);
+    return rc;
+}
+
+/* The int8kv row's baseline: rel_l2 of FP64 attention on the cache's dequantized K, V (what
+ * qattn_kv_cache_read returns, in the original domain) against FP64 attention on the original
+ * K, V, with the same FP32 Q: the error that storing K/V in INT8 alone causes. The decode then
+ * adds only its own arithmetic (INT16 query codes, exact integer dots, FP32 softmax), so its error
+ * against the oracle on the original K/V is this baseline plus a little, and it is held to
+ * INT8_BASELINE_FACTOR x this baseline + 1e-6: the rule the forward's int8 rows follow with their
+ * quantize-dequantize baseline (docs/FORMAT.md §6). cache belongs to ctx; host runs the oracle. */
+static int kv_cache_baseline(qattn_ctx *ctx, const qattn_kv_cache *cache, qattn_ctx *host, const qattn_params *p, int64_t rows,
+                             double *baseline) {
+    int64_t seq_n = p->seqlen_k * p->n_kv_heads * p->head_dim;
+    float *k = cli_alloc((size_t)(p->batch * seq_n) * sizeof(float), "the kv-cache baseline", CMD);
+    float *v = k ? cli_alloc((size_t)(p->batch * seq_n) * sizeof(float), "the kv-cache baseline", CMD) : NULL;
+    int rc = v ? 0 : -1;
+    for (int64_t b = 0; b < p->batch && rc == 0; b++) {
+        qattn_status s = qattn_kv_cache_read(ctx, cache, (int32_t)b, 0, p->seqlen_k, k + b * seq_n, v + b * seq_n);
+        if (s != QATTN_OK) {
+            cli_error(CMD, "kv-cache baseline: %s: %s", qattn_status_str(s), qattn_ctx_last_error(ctx));
+            rc = -1;
+        }
+    }
+    if (rc == 0) rc = oracle_shift(host, p, p->q, k, v, rows, baseline);
+    cli_free(k);
+    cli_free(v);
     return rc;
 }
 
@@ -345,34 +409,107 @@ static void fill_case_params(const cli_opts *o, const bench_case *c, qattn_param
     p->o_dtype = QATTN_DTYPE_F32;
 }
 
+/* Whether the main job's INT8 row of p's shape decodes over the INT8 KV cache: a decode shape
+ * (one query per sequence) that qattn_kv_decode expresses (it has no softcap, ALiBi or block mask;
+ * those rows stay qattn_forward in precision int8). */
+static int decodes_over_kv_cache(const qattn_params *p, const cli_block_mask_opts *mo) {
+    return p->seqlen_q == 1 && p->softcap == 0.0f && !p->alibi_slopes && !mo->file && mo->pattern < 0;
+}
+
+/* Time qattn_forward on p's tensors t (on copies in device memory d when on_device), leaving the
+ * output in t->o. */
+static int time_forward(qattn_ctx *ctx, const cli_opts *o, const qattn_params *p, const bench_tensors *t, int on_device,
+                        device_tensors *d, double *ms) {
+    qattn_params timed = *p;
+    if (on_device) {
+        if (upload_tensors(t, d)) return -1;
+        timed.q = d->q;
+        timed.k = d->k;
+        timed.v = d->v;
+        timed.o = d->o;
+    }
+    if (time_calls(ctx, o, call_forward, &timed, on_device, ms)) return -1;
+    if (on_device && cli_device_download(t->o, d->o, t->o_bytes)) {
+        cli_error(CMD, "--backend cuda: cannot copy the output back");
+        return -1;
+    }
+    return 0;
+}
+
+/* Time qattn_kv_decode of p's Q (float32) over cache, which holds p's K and V, output float32 in
+ * p->o. At Lq 1 the one query is its sequence's last position, so causal and a right window
+ * change nothing there; the left window and the scale carry over. */
+static int time_kv_decode(qattn_ctx *ctx, const cli_opts *o, const qattn_params *p, const qattn_kv_cache *cache, double *ms) {
+    int32_t *ids = cli_alloc((size_t)p->batch * sizeof(int32_t), "sequence ids", CMD);
+    if (!ids) return -1;
+    for (int64_t b = 0; b < p->batch; b++) ids[b] = (int32_t)b;
+    qattn_decode_params dp;
+    qattn_decode_params_init(&dp);
+    dp.q = p->q, dp.o = p->o, dp.seq_ids = ids, dp.n_seqs = (int32_t)p->batch;
+    dp.seqlen_q = (int32_t)p->seqlen_q, dp.n_heads = p->n_heads;
+    dp.causal = p->causal, dp.window_left = p->window_left, dp.scale = p->scale;
+    kv_decode_call call = {cache, &dp};
+    int rc = time_calls(ctx, o, call_kv_decode, &call, 0, ms);
+    cli_free(ids);
+    return rc;
+}
+
+/* Bytes the int8kv row moves: Q read and O written in float32, and of every token and kv head
+ * the K and V codes (D bytes each) and their two float scales, as qattn bench --decode counts. */
+static double kv_cache_row_bytes(const qattn_params *p, const bench_tensors *t) {
+    double per_token = (double)p->n_kv_heads * (2.0 * p->head_dim + 2.0 * sizeof(float));
+    return (double)(t->q_bytes + t->o_bytes) + per_token * (double)p->seqlen_k * (double)p->batch;
+}
+
+/* r's error against the FP64 oracle on p's inputs and its tolerance (see FP_REL_L2_TOLERANCE);
+ * cache: the int8kv row's (it belongs to ctx), else NULL. */
+static int check_row(qattn_ctx *ctx, const qattn_kv_cache *cache, const qattn_params *p, const float *o_f32, bench_result *r) {
+    /* The oracle runs on the host: it gets a CPU context for its error messages. */
+    qattn_ctx_options host_opt = {.backend = QATTN_BACKEND_CPU};
+    qattn_ctx *host = cli_ctx_create(&host_opt, CMD);
+    if (!host) return -1;
+    int rc = check_against_oracle(host, p, o_f32, r->oracle_rows, &r->err);
+    if (rc == 0 && cache) {
+        rc = kv_cache_baseline(ctx, cache, host, p, r->oracle_rows, &r->baseline);
+        r->tolerance = INT8_BASELINE_FACTOR * r->baseline + 1e-6;
+    } else if (rc == 0 && p->precision == QATTN_PRECISION_INT8 && p->int8_scheme == QATTN_INT8_DEFAULT) {
+        rc = int8_baseline(host, p, r->oracle_rows, &r->baseline);
+        r->tolerance = INT8_BASELINE_FACTOR * r->baseline + 1e-6;
+    } else if (p->precision != QATTN_PRECISION_INT8 && p->precision != QATTN_PRECISION_INT4 && p->precision != QATTN_PRECISION_FP8_E4M3 &&
+               p->precision != QATTN_PRECISION_FP8_E5M2) { /* quantized rows without a baseline get no tolerance */
+        r->tolerance = FP_REL_L2_TOLERANCE;
+    }
+    qattn_ctx_destroy(host);
+    return rc;
+}
+
+/* One row: time p's shape (qattn_forward, or with kv_cache_row qattn_kv_decode over an INT8 KV
+ * cache filled untimed with the same K and V), then its rates, error and tolerance. */
 static int run_case(qattn_ctx *ctx, const cli_opts *o, const cli_block_mask_opts *mo, const qattn_params *proto, int on_device,
-                    bench_result *r) {
+                    int kv_cache_row, bench_result *r) {
     memset(r, 0, sizeof *r);
+    r->kv_cache = kv_cache_row;
     qattn_params p = *proto;
     bench_tensors t;
     memset(&t, 0, sizeof t);
     device_tensors d;
     memset(&d, 0, sizeof d);
+    qattn_kv_cache *cache = NULL;
     float *o_f32 = NULL;
     uint8_t *mask = NULL;
     int rc = -1;
     if (cli_block_mask_attach(mo, &p, o->seed, &mask, CMD)) goto done;
-    if (make_tensors(o, &p, &t)) goto done;
+    if (make_tensors(o, &p, &t)) goto done; /* the same seed: the same Q, K, V as the shape's fp32 row */
     p.q = t.q;
     p.k = t.k;
     p.v = t.v;
     p.o = t.o;
-    qattn_params timed = p;
-    if (on_device) {
-        if (upload_tensors(&t, &d)) goto done;
-        timed.q = d.q;
-        timed.k = d.k;
-        timed.v = d.v;
-        timed.o = d.o;
-    }
-    if (time_forward(ctx, o, &timed, on_device, &r->ms)) goto done;
-    if (on_device && cli_device_download(t.o, d.o, t.o_bytes)) {
-        cli_error(CMD, "--backend cuda: cannot copy the output back");
+    double bytes = (double)(t.q_bytes + 2 * t.kv_bytes + t.o_bytes);
+    if (kv_cache_row) {
+        cache = cli_kv_cache_filled(ctx, QATTN_DTYPE_I8, KV_CACHE_BLOCK_SIZE, p.batch, p.seqlen_k, p.n_kv_heads, p.head_dim, t.k, t.v, CMD);
+        if (!cache || time_kv_decode(ctx, o, &p, cache, &r->ms)) goto done;
+        bytes = kv_cache_row_bytes(&p, &t);
+    } else if (time_forward(ctx, o, &p, &t, on_device, &d, &r->ms)) {
         goto done;
     }
 
@@ -380,7 +517,7 @@ static int run_case(qattn_ctx *ctx, const cli_opts *o, const cli_block_mask_opts
     r->density = p.block_mask ? pairs / (double)cli_visible_pairs(&p) : 1.0;
     double seconds = r->ms * 1e-3;
     r->gflops = 4.0 * p.n_heads * p.head_dim * pairs / seconds * 1e-9;
-    r->gbps = (double)(t.q_bytes + 2 * t.kv_bytes + t.o_bytes) / seconds * 1e-9;
+    r->gbps = bytes / seconds * 1e-9;
 
     int64_t o_count = p.batch * p.seqlen_q * p.n_heads * p.head_dim;
     o_f32 = cli_alloc((size_t)o_count * sizeof(float), "O as float32", CMD);
@@ -390,23 +527,11 @@ static int run_case(qattn_ctx *ctx, const cli_opts *o, const cli_block_mask_opts
     r->oracle_rows = oracle_work <= ORACLE_FULL_WORK_LIMIT || p.seqlen_q <= ORACLE_SAMPLE_ROWS ? p.seqlen_q : ORACLE_SAMPLE_ROWS;
     if (p.block_mask && r->oracle_rows < p.seqlen_q) /* start the sample on a mask block boundary */
         r->oracle_rows = p.seqlen_q - (p.seqlen_q - r->oracle_rows) / p.block_mask_q * p.block_mask_q;
-    /* The oracle runs on the host: it gets a CPU context for its error messages. */
-    qattn_ctx_options host_opt = {.backend = QATTN_BACKEND_CPU};
-    qattn_ctx *host = cli_ctx_create(&host_opt, CMD);
-    if (!host) goto done;
-    int checked = check_against_oracle(host, &p, o_f32, r->oracle_rows, &r->err) == 0;
-    if (checked && p.precision == QATTN_PRECISION_INT8 && p.int8_scheme == QATTN_INT8_DEFAULT) {
-        checked = int8_baseline(host, &p, r->oracle_rows, &r->baseline) == 0;
-        r->tolerance = INT8_BASELINE_FACTOR * r->baseline + 1e-6;
-    } else if (p.precision != QATTN_PRECISION_INT8 && p.precision != QATTN_PRECISION_INT4 && p.precision != QATTN_PRECISION_FP8_E4M3 &&
-               p.precision != QATTN_PRECISION_FP8_E5M2) { /* quantized rows without a baseline get no tolerance */
-        r->tolerance = FP_REL_L2_TOLERANCE;
-    }
-    qattn_ctx_destroy(host);
-    if (!checked) goto done;
+    if (check_row(ctx, cache, &p, o_f32, r)) goto done;
     r->checked = 1;
     rc = 0;
 done:
+    qattn_kv_cache_destroy(ctx, cache);
     cli_free(o_f32);
     cli_free(mask);
     free_device(&d);
@@ -423,11 +548,12 @@ static void print_table_header(const qattn_ctx_info *info, const cli_opts *o, co
     if (mo->file || mo->pattern >= 0)
         printf("block mask: %s %s, blocks %d x %d%s\n", mo->file ? "file" : cli_block_pattern_name(mo->pattern), mo->file ? mo->file : "pattern",
                mo->bq, mo->bk, mo->pattern >= 0 ? " (density column: computed pairs / pairs the causal/window mask alone shows)" : "");
-    printf("%-5s %3s %4s %4s %6s %6s %4s %-6s %7s %10s %9s %8s %10s %10s %-14s %7s %s\n", "prec", "B", "H", "HK", "Lq", "Lk", "D", "causal",
+    printf("%-6s %3s %4s %4s %6s %6s %4s %-6s %7s %10s %9s %8s %10s %10s %-14s %7s %s\n", "prec", "B", "H", "HK", "Lq", "Lk", "D", "causal",
            "density", "ms", "GFLOP/s", "GB/s", "rel_l2", "max_abs", "oracle", "vs_fp32", "verdict");
 }
 
-/* "ok: 1.3e-02 <= 3.8e-02 (3 x int8 baseline 1.3e-02)", "OVER: ...", or "-" without a tolerance. */
+/* "ok: rel_l2 1.3e-02 vs 3.8e-02 (3 x int8 baseline 1.3e-02)" (int8kv: "kv-cache baseline"),
+ * "OVER TOLERANCE: ...", or "-" without a tolerance. */
 static void format_verdict(const bench_result *r, char *buf, size_t len) {
     if (r->tolerance <= 0) {
         snprintf(buf, len, "- (no tolerance defined for this precision/scheme)");
@@ -435,12 +561,17 @@ static void format_verdict(const bench_result *r, char *buf, size_t len) {
     }
     const char *word = r->err.rel_l2 <= r->tolerance ? "ok" : "OVER TOLERANCE";
     if (r->baseline > 0)
-        snprintf(buf, len, "%s: rel_l2 %.1e vs %.1e (%.0f x int8 baseline %.1e)", word, r->err.rel_l2, r->tolerance, INT8_BASELINE_FACTOR,
-                 r->baseline);
+        snprintf(buf, len, "%s: rel_l2 %.1e vs %.1e (%.0f x %s baseline %.1e)", word, r->err.rel_l2, r->tolerance, INT8_BASELINE_FACTOR,
+                 r->kv_cache ? "kv-cache" : "int8", r->baseline);
     else snprintf(buf, len, "%s: rel_l2 %.1e vs %.1e", word, r->err.rel_l2, r->tolerance);
 }
 
 static int row_within_tolerance(const bench_result *r) { return r->tolerance <= 0 || r->err.rel_l2 <= r->tolerance; }
+
+/* The prec column: the precision's name, or int8kv for a decode over the INT8 KV cache. */
+static const char *row_label(const qattn_params *p, const bench_result *r) {
+    return r->kv_cache ? "int8kv" : qattn_precision_name(p->precision);
+}
 
 static void print_table_row(const qattn_params *p, const bench_result *r) {
     char oracle[32], speedup[16], verdict[128];
@@ -449,7 +580,7 @@ static void print_table_row(const qattn_params *p, const bench_result *r) {
     if (r->speedup > 0) snprintf(speedup, sizeof speedup, "%.2fx", r->speedup);
     else snprintf(speedup, sizeof speedup, "-");
     format_verdict(r, verdict, sizeof verdict);
-    printf("%-5s %3lld %4d %4d %6lld %6lld %4d %-6s %7.3f %10.3f %9.2f %8.2f %10.3e %10.3e %-14s %7s %s\n", qattn_precision_name(p->precision),
+    printf("%-6s %3lld %4d %4d %6lld %6lld %4d %-6s %7.3f %10.3f %9.2f %8.2f %10.3e %10.3e %-14s %7s %s\n", row_label(p, r),
            (long long)p->batch, p->n_heads, p->n_kv_heads, (long long)p->seqlen_q, (long long)p->seqlen_k, p->head_dim,
            p->causal ? "yes" : "no", r->density, r->ms, r->gflops, r->gbps, r->err.rel_l2, r->err.max_abs, oracle, speedup, verdict);
     fflush(stdout);
@@ -462,7 +593,9 @@ static void print_json_row(const qattn_ctx_info *info, const cli_opts *o, const 
     cli_json_str(&j, "backend", qattn_backend_name(info->backend));
     cli_json_str(&j, "isa", info->isa_name);
     cli_json_str(&j, "precision", qattn_precision_name(p->precision));
-    if (p->precision == QATTN_PRECISION_INT8) cli_json_str(&j, "int8_scheme", qattn_int8_scheme_name(p->int8_scheme));
+    /* the cache has its own INT8 format (docs/KVCACHE.md), not one of the forward's schemes */
+    if (r->kv_cache) cli_json_str(&j, "kv_cache", qattn_dtype_name(QATTN_DTYPE_I8));
+    else if (p->precision == QATTN_PRECISION_INT8) cli_json_str(&j, "int8_scheme", qattn_int8_scheme_name(p->int8_scheme));
     cli_json_int(&j, "threads", info->n_threads);
     cli_json_int(&j, "batch", p->batch);
     cli_json_int(&j, "heads", p->n_heads);
@@ -488,7 +621,7 @@ static void print_json_row(const qattn_ctx_info *info, const cli_opts *o, const 
     if (r->speedup > 0) cli_json_num(&j, "speedup_vs_fp32", r->speedup);
     if (r->tolerance > 0) {
         cli_json_num(&j, "tolerance", r->tolerance);
-        if (r->baseline > 0) cli_json_num(&j, "int8_baseline", r->baseline);
+        if (r->baseline > 0) cli_json_num(&j, r->kv_cache ? "kv_cache_baseline" : "int8_baseline", r->baseline);
         cli_json_bool(&j, "within_tolerance", row_within_tolerance(r));
     }
     cli_json_end(&j);
@@ -564,8 +697,9 @@ int qattn_cli_bench(int argc, char **argv) {
         cases = &single;
         n_cases = 1;
     }
-    /* The main job (no shape, no precision, CPU): each shape in FP32 and in INT8 (default
-     * scheme), the INT8 row with its speed-up over the FP32 row just measured. */
+    /* The main job (no shape, no precision, CPU): each shape in FP32 and in INT8, the INT8 row
+     * with its speed-up over the FP32 row just measured: the default scheme's forward for a
+     * prefill shape, a decode over the INT8 KV cache for a decode shape (decodes_over_kv_cache). */
     int with_int8 = !o.shape_given && !o.precision_given && !on_device;
     int32_t precisions[2] = {o.precision, QATTN_PRECISION_INT8};
     if (!o.json) print_table_header(&info, &o, &mo);
@@ -594,7 +728,8 @@ int qattn_cli_bench(int argc, char **argv) {
                 cli_free(slopes);
                 continue;
             }
-            int failed = run_case(ctx, &row_opts, &mo, &p, on_device, &r);
+            int kv_cache_row = pi == 1 && decodes_over_kv_cache(&p, &mo);
+            int failed = run_case(ctx, &row_opts, &mo, &p, on_device, kv_cache_row, &r);
             if (failed) {
                 failures++;
                 cli_free(slopes);

@@ -226,4 +226,14 @@ void cli_free(void *p);
 /* The element count (product of dims) and its bytes; -1 when either overflows int64/size_t. */
 int cli_tensor_size(const int64_t *dims, int ndim, size_t elem_bytes, int64_t *count, size_t *bytes);
 
+/* ---------------------------------------------------------------- KV cache */
+
+/* A paged KV cache of storage `dtype` (F16, BF16, I8; default options otherwise, block_size tokens a
+ * block, room for exactly these tokens) holding sequences 0..batch-1, sequence b the tokens of b in
+ * the contiguous float32 k, v [batch, len, kv_heads, head_dim], one append each. NULL after printing
+ * "qattn <command>: kv_cache_...: <status>: <the library's message>". Destroy with
+ * qattn_kv_cache_destroy(ctx, cache). */
+qattn_kv_cache *cli_kv_cache_filled(qattn_ctx *ctx, int32_t dtype, int32_t block_size, int64_t batch, int64_t len, int32_t kv_heads,
+                                    int32_t head_dim, const float *k, const float *v, const char *command);
+
 #endif /* QATTN_CLI_H */

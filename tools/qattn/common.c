@@ -607,6 +607,33 @@ int cli_tensor_size(const int64_t *dims, int ndim, size_t elem_bytes, int64_t *c
     return 0;
 }
 
+/* ---------------------------------------------------------------- KV cache */
+
+qattn_kv_cache *cli_kv_cache_filled(qattn_ctx *ctx, int32_t dtype, int32_t block_size, int64_t batch, int64_t len, int32_t kv_heads,
+                                    int32_t head_dim, const float *k, const float *v, const char *command) {
+    qattn_kv_cache_options co;
+    memset(&co, 0, sizeof co);
+    co.n_kv_heads = kv_heads, co.head_dim = head_dim, co.block_size = block_size, co.dtype = dtype;
+    co.n_blocks = batch * ((len + block_size - 1) / block_size); /* room for exactly these tokens */
+    co.max_seqs = (int32_t)batch;
+    qattn_kv_cache *cache = NULL;
+    qattn_status s = qattn_kv_cache_create(ctx, &co, &cache);
+    if (s != QATTN_OK) {
+        cli_error(command, "kv_cache_create: %s: %s", qattn_status_str(s), qattn_ctx_last_error(ctx));
+        return NULL;
+    }
+    int64_t seq_elems = len * kv_heads * head_dim;
+    for (int64_t b = 0; b < batch; b++) {
+        s = qattn_kv_cache_append(ctx, cache, (int32_t)b, k + b * seq_elems, v + b * seq_elems, len, QATTN_DTYPE_F32);
+        if (s != QATTN_OK) {
+            cli_error(command, "kv_cache_append: %s: %s", qattn_status_str(s), qattn_ctx_last_error(ctx));
+            qattn_kv_cache_destroy(ctx, cache);
+            return NULL;
+        }
+    }
+    return cache;
+}
+
 /* ---------------------------------------------------------------- sub-command flags */
 
 cli_flag_result cli_int_flags_parse(const cli_int_flag *flags, size_t n, int argc, char **argv, int *i, const char *command) {
