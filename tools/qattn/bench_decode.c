@@ -172,22 +172,12 @@ static qattn_status call_decode(qattn_ctx *ctx, void *arg) {
 static int run_dtype(qattn_ctx *ctx, const dopts *o, int32_t dtype, const float *q, const float *k, const float *v, double bw, result *res) {
     memset(res, 0, sizeof *res);
     int64_t B = o->batch, L = o->kv_len, HK = o->kv_heads, D = o->head_dim, H = o->heads, Lq = o->seqlen_q;
-    qattn_kv_cache_options co;
-    memset(&co, 0, sizeof co);
-    co.n_kv_heads = (int32_t)HK, co.head_dim = (int32_t)D, co.block_size = (int32_t)o->block_size, co.dtype = dtype;
-    co.n_blocks = B * ((L + o->block_size - 1) / o->block_size);
-    co.max_seqs = (int32_t)B;
-    qattn_kv_cache *cache = NULL;
-    qattn_status s = qattn_kv_cache_create(ctx, &co, &cache);
-    if (s != QATTN_OK) { cli_error(CMD, "kv_cache_create: %s", qattn_ctx_last_error(ctx)); return -1; }
+    qattn_kv_cache *cache = cli_kv_cache_filled(ctx, dtype, (int32_t)o->block_size, B, L, (int32_t)HK, (int32_t)D, k, v, CMD);
+    if (!cache) return -1;
     int32_t *ids = cli_alloc((size_t)B * sizeof(int32_t), "ids", CMD);
     float *out = cli_alloc((size_t)(B * Lq * H * D) * sizeof(float), "output", CMD);
     if (!ids || !out) { qattn_kv_cache_destroy(ctx, cache); cli_free(ids); cli_free(out); return -1; }
-    for (int64_t b = 0; b < B; b++) {
-        ids[b] = (int32_t)b;
-        s = qattn_kv_cache_append(ctx, cache, (int32_t)b, k + b * L * HK * D, v + b * L * HK * D, L, QATTN_DTYPE_F32);
-        if (s != QATTN_OK) { cli_error(CMD, "kv_cache_append: %s", qattn_ctx_last_error(ctx)); return -1; }
-    }
+    for (int64_t b = 0; b < B; b++) ids[b] = (int32_t)b;
     qattn_decode_params dp;
     qattn_decode_params_init(&dp);
     dp.q = q, dp.o = out, dp.seq_ids = ids, dp.n_seqs = (int32_t)B, dp.seqlen_q = (int32_t)Lq, dp.n_heads = (int32_t)H;
