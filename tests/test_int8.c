@@ -178,9 +178,10 @@ static void test_fused_slots(const qattn_int8_kernels *A) {
                     int8_t *vp8 = xcalloc((size_t)npad * d);
                     float *sv = xcalloc((size_t)d * 4), *o1 = xcalloc((size_t)m * d * 4), *o2 = xcalloc((size_t)m * d * 4), al[64], fa[64];
                     for (int i = 0; i < npad * d; i++) vp8[i] = (int8_t)((int)(rnd_u64() % 255) - 127);
-                    for (int c = 0; c < d; c++) sv[c] = (float)rnd_unif();
-                    for (int r = 0; r < m; r++) al[r] = (float)rnd_unif(), fa[r] = (float)rnd_unif() * 1e-3f;
+                    for (int c = 0; c < d; c++) sv[c] = ni % 2 ? (float)rnd_unif() : 1.0f; /* all 1: the default scheme's fast path */
+                    for (int r = 0; r < m; r++) al[r] = r % 2 ? (float)rnd_unif() : 1.0f, fa[r] = (float)rnd_unif() * 1e-3f;
                     for (int i = 0; i < m * d; i++) o1[i] = o2[i] = (float)rnd_norm();
+                    if (m > 1) o1[d] = o2[d] = -0.0f; /* a -0 accumulator under alpha 1 */
                     R->pv_acc8(c1, m, npad, vp8, d, al, fa, sv, lo, hi, o1, d);
                     A->pv_acc8u(c8, m, npad, vp8, d, al, fa, sv, lo, hi, o2, d);
                     CHECK(!memcmp(o1, o2, (size_t)m * d * 4), "pv_acc8u %s != pv_acc8 ref (d %d m %d n %d)", A->name, d, m, n);
@@ -280,8 +281,8 @@ static void test_kernels_isa(int32_t isa, const qattn_int8_kernels *A) {
                     float *al = xcalloc((size_t)m * 4), *fa = xcalloc((size_t)m * 4), *sv = xcalloc((size_t)d * 4);
                     int32_t *lo = xcalloc((size_t)m * 4), *hi = xcalloc((size_t)m * 4);
                     float *a1 = xcalloc((size_t)m * d * 4), *a2 = xcalloc((size_t)m * d * 4), *a3 = xcalloc((size_t)m * d * 4);
-                    for (int r = 0; r < m; r++) al[r] = (float)rnd_unif(), fa[r] = (float)rnd_unif() * 1e-3f, lo[r] = 0, hi[r] = r % 5 == 2 ? 0 : n;
-                    for (int c = 0; c < d; c++) sv[c] = (float)rnd_unif();
+                    for (int r = 0; r < m; r++) al[r] = r % 2 ? (float)rnd_unif() : 1.0f, fa[r] = (float)rnd_unif() * 1e-3f, lo[r] = 0, hi[r] = r % 5 == 2 ? 0 : n;
+                    for (int c = 0; c < d; c++) sv[c] = ni % 2 ? (float)rnd_unif() : 1.0f;
                     for (int i = 0; i < m * d; i++) a1[i] = a2[i] = a3[i] = (float)rnd_norm();
                     R->pv_acc(pc, m, npad, vp, d, al, fa, sv, lo, hi, a1, d);
                     R->pv_acc8(pc, m, npad, vp8, d, al, fa, sv, lo, hi, a2, d);

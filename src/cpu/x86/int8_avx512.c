@@ -46,23 +46,13 @@ static ALWAYS_INLINE __mmask16 lanes16(int n) { return n >= 16 ? (__mmask16)0xFF
 
 /* ---------------------------------------------------------------- Q K^T */
 
-/* Sum of one row of d codes (exact: integer adds in any order). */
-static ALWAYS_INLINE int32_t row_sum_i8(const int8_t *q, int d) {
-    const __m512i ones = _mm512_set1_epi8(1);
-    __m512i acc = _mm512_setzero_si512();
-    for (int c = 0; c < d; c += 64) {
-        __mmask64 k = d - c >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (d - c)) - 1);
-        acc = _mm512_dpbusd_epi32(acc, ones, _mm512_maskz_loadu_epi8(k, q + c));
-    }
-    return _mm512_reduce_add_epi32(acc);
-}
-
-/* MR rows x NV vectors of 16 keys from key j (the last vector's lanes: `last`); qoff[i] = 128 *
- * qsum of row i. Per group of 4 channels: NV K loads (+128 by XOR, shared by the rows), then one
- * vpdpbusd per row and vector with the row's 4 Q codes broadcast from memory. */
-static ALWAYS_INLINE void qk_block(const int8_t *q, int mr, int d, const int8_t *kpack, int npad, int j, int nv, __mmask16 last,
-                                   const int32_t *qoff, int32_t *s) {
-    const __m512i bias = _mm512_set1_epi8((char)0x80);
+/* MR rows x NV vectors of 16 keys from key j (the last vector's lanes: `last`); qu: the rows' codes
+ * + 128 as u8 (stride d), koff[v] = 128 * (sum of the channels of each key of vector v). Per group
+ * of 4 channels: NV K loads (s8, as packed), then one vpdpbusd per row and vector with the row's 4
+ * biased Q codes broadcast: acc = sum_c (q + 128) k = S + 128 * ksum. No other vector operation in
+ * the loop (the earlier form biased K, XOR per load and vector, 4 extra uops per 24 vpdpbusd). */
+static ALWAYS_INLINE void qk_block(const uint8_t *qu, int mr, int d, const int8_t *kpack, int npad, int j, int nv, __mmask16 last,
+                                   const __m512i *koff, int32_t *s) {
     __m512i acc[6][4];
 #pragma GCC unroll 6
     for (int i = 0; i < mr; i++)
@@ -70,45 +60,70 @@ static ALWAYS_INLINE void qk_block(const int8_t *q, int mr, int d, const int8_t 
         for (int v = 0; v < nv; v++) acc[i][v] = _mm512_setzero_si512();
     const int8_t *kb = kpack + (size_t)j * 4;
     for (int c = 0; c < d; c += 4, kb += (size_t)npad * 4) {
-        __m512i ku[4];
+        __m512i kv[4];
 #pragma GCC unroll 4
-        for (int v = 0; v < nv; v++)
-            ku[v] = _mm512_xor_si512(_mm512_maskz_loadu_epi32(v == nv - 1 ? last : (__mmask16)0xFFFF, kb + 64 * v), bias); /* k + 128 */
+        for (int v = 0; v < nv; v++) kv[v] = _mm512_maskz_loadu_epi32(v == nv - 1 ? last : (__mmask16)0xFFFF, kb + 64 * v);
 #pragma GCC unroll 6
         for (int i = 0; i < mr; i++) {
-            __m512i qb = _mm512_set1_epi32(load_i32(q + (size_t)i * d + c));
+            __m512i qb = _mm512_set1_epi32(load_i32(qu + (size_t)i * d + c)); /* 4 codes + 128, u8 */
 #pragma GCC unroll 4
-            for (int v = 0; v < nv; v++) acc[i][v] = dpbusd(acc[i][v], ku[v], qb);
+            for (int v = 0; v < nv; v++) acc[i][v] = dpbusd(acc[i][v], qb, kv[v]);
         }
     }
 #pragma GCC unroll 6
-    for (int i = 0; i < mr; i++) {
-        __m512i off = _mm512_set1_epi32(qoff[i]);
+    for (int i = 0; i < mr; i++)
 #pragma GCC unroll 4
         for (int v = 0; v < nv; v++)
-            _mm512_mask_storeu_epi32(s + (size_t)i * npad + j + 16 * v, v == nv - 1 ? last : (__mmask16)0xFFFF, _mm512_sub_epi32(acc[i][v], off));
-    }
+            _mm512_mask_storeu_epi32(s + (size_t)i * npad + j + 16 * v, v == nv - 1 ? last : (__mmask16)0xFFFF, _mm512_sub_epi32(acc[i][v], koff[v]));
 }
 
 /* MR rows (a compile-time constant at each call) over all npad keys. */
-static ALWAYS_INLINE void qk_rows(const int8_t *q, int mr, int d, const int8_t *kpack, int npad, int32_t *s) {
-    int32_t qoff[6];
-    for (int i = 0; i < mr; i++) qoff[i] = 128 * row_sum_i8(q + (size_t)i * d, d);
-    int nv = (npad + 15) / 16;
-    __mmask16 last = lanes16(npad - 16 * (nv - 1));
+static ALWAYS_INLINE void qk_rows(const uint8_t *qu, int mr, int d, const int8_t *kpack, int npad, int nv, __mmask16 last, const __m512i *koff,
+                                  int32_t *s) {
     switch (nv) {
-    case 4: qk_block(q, mr, d, kpack, npad, 0, 4, last, qoff, s); break;
-    case 3: qk_block(q, mr, d, kpack, npad, 0, 3, last, qoff, s); break;
-    case 2: qk_block(q, mr, d, kpack, npad, 0, 2, last, qoff, s); break;
-    default: qk_block(q, mr, d, kpack, npad, 0, 1, last, qoff, s); break;
+    case 4: qk_block(qu, mr, d, kpack, npad, 0, 4, last, koff, s); break;
+    case 3: qk_block(qu, mr, d, kpack, npad, 0, 3, last, koff, s); break;
+    case 2: qk_block(qu, mr, d, kpack, npad, 0, 2, last, koff, s); break;
+    default: qk_block(qu, mr, d, kpack, npad, 0, 1, last, koff, s); break;
     }
 }
 
+/* Q K^T with the Q codes as the unsigned operand: the tile's key sums once (vpdpbusd of ones, exact),
+ * the rows' codes + 128 once into qu (XOR 0x80), then blocks of 6 rows, the last 1 .. 5 rows as one
+ * block. Bounds as before: |acc| <= 256 * 255 * 127 < 2^31, S exact. */
 static void qk_avx512(const int8_t *q, int m, int d, const int8_t *kpack, int npad, int32_t *s) {
-    int r = 0;
-    for (; r + 6 <= m; r += 6) qk_rows(q + (size_t)r * d, 6, d, kpack, npad, s + (size_t)r * npad);
-    for (; r + 3 <= m; r += 3) qk_rows(q + (size_t)r * d, 3, d, kpack, npad, s + (size_t)r * npad);
-    for (; r < m; r++) qk_rows(q + (size_t)r * d, 1, d, kpack, npad, s + (size_t)r * npad);
+    _Alignas(64) uint8_t qu[QATTN_I8_TILE * 256];
+    int nv = (npad + 15) / 16;
+    __mmask16 last = lanes16(npad - 16 * (nv - 1));
+    __m512i koff[4];
+    const __m512i ones = _mm512_set1_epi8(1);
+    for (int v = 0; v < nv; v++) {
+        __m512i a = _mm512_setzero_si512();
+        for (int c = 0; c < d; c += 4) a = dpbusd(a, ones, _mm512_maskz_loadu_epi32(v == nv - 1 ? last : (__mmask16)0xFFFF, kpack + (size_t)c * npad + 64 * v));
+        koff[v] = _mm512_slli_epi32(a, 7);
+    }
+    const __m512i bias = _mm512_set1_epi8((char)0x80);
+    for (int r0 = 0; r0 < m; r0 += QATTN_I8_TILE) { /* rows in chunks of 64 (a unit has more only with a group above 64) */
+        int mc = m - r0 < QATTN_I8_TILE ? m - r0 : QATTN_I8_TILE;
+        size_t nq = (size_t)mc * d;
+        for (size_t i = 0; i < nq; i += 64) {
+            __mmask64 k = nq - i >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (nq - i)) - 1);
+            _mm512_mask_storeu_epi8(qu + i, k, _mm512_xor_si512(_mm512_maskz_loadu_epi8(k, q + (size_t)r0 * d + i), bias));
+        }
+        int32_t *sc = s + (size_t)r0 * npad;
+        int r = 0;
+        for (; r + 6 <= mc; r += 6) qk_rows(qu + (size_t)r * d, 6, d, kpack, npad, nv, last, koff, sc + (size_t)r * npad);
+        int32_t *sr = sc + (size_t)r * npad;
+        const uint8_t *qr = qu + (size_t)r * d;
+        switch (mc - r) {
+        case 5: qk_rows(qr, 5, d, kpack, npad, nv, last, koff, sr); break;
+        case 4: qk_rows(qr, 4, d, kpack, npad, nv, last, koff, sr); break;
+        case 3: qk_rows(qr, 3, d, kpack, npad, nv, last, koff, sr); break;
+        case 2: qk_rows(qr, 2, d, kpack, npad, nv, last, koff, sr); break;
+        case 1: qk_rows(qr, 1, d, kpack, npad, nv, last, koff, sr); break;
+        default: break;
+        }
+    }
 }
 
 /* ---------------------------------------------------------------- P V + accumulator update */
@@ -121,7 +136,9 @@ static ALWAYS_INLINE void acc_update16(float *dst, __mmask16 m, __m512 alpha, __
 }
 
 /* MR rows x NV vectors of 16 channels from channel c (the last vector's lanes: `last`); p8: the
- * rows' u8 codes, stride ps. Per quad of keys: NV V loads (16 channels x 4 keys each), then one
+ * rows' u8 codes, stride ps; sv NULL: every channel scale is 1 (the default scheme's per-token V
+ * scales), so the epilogue drops the fac * sv product and, for rows with alpha 1, the dst * alpha
+ * one (both exact identities, the same bits). Per quad of keys: NV V loads (16 channels x 4 keys each), then one
  * vpdpbusd per row and vector with the row's 4 codes broadcast. */
 static ALWAYS_INLINE void pv_block(const uint8_t *p8, int ps, int mr, int npad, const int8_t *vp8, int d, int c, int nv, __mmask16 last,
                                    const float *alpha, const float *fac, const float *sv, const int32_t *lo, const int32_t *hi,
@@ -148,8 +165,24 @@ static ALWAYS_INLINE void pv_block(const uint8_t *p8, int ps, int mr, int npad, 
         if (lo[i] >= hi[i]) continue;
         __m512 a = _mm512_set1_ps(alpha[i]), f = _mm512_set1_ps(fac[i]);
         float *dst = accp + (size_t)i * (size_t)ld + c;
+        if (sv) {
 #pragma GCC unroll 4
-        for (int v = 0; v < nv; v++) acc_update16(dst + 16 * v, v == nv - 1 ? last : (__mmask16)0xFFFF, a, f, sv + c + 16 * v, acc[i][v]);
+            for (int v = 0; v < nv; v++) acc_update16(dst + 16 * v, v == nv - 1 ? last : (__mmask16)0xFFFF, a, f, sv + c + 16 * v, acc[i][v]);
+        } else if (alpha[i] == 1.0f) { /* sv = 1, alpha = 1: (fac * 1) * pv = fac * pv and dst * 1 = dst, exactly */
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++) {
+                __mmask16 mv = v == nv - 1 ? last : (__mmask16)0xFFFF;
+                __m512 y = _mm512_mul_ps(f, _mm512_cvtepi32_ps(acc[i][v]));
+                _mm512_mask_storeu_ps(dst + 16 * v, mv, _mm512_add_ps(_mm512_maskz_loadu_ps(mv, dst + 16 * v), y));
+            }
+        } else { /* sv = 1 */
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++) {
+                __mmask16 mv = v == nv - 1 ? last : (__mmask16)0xFFFF;
+                __m512 y = _mm512_mul_ps(f, _mm512_cvtepi32_ps(acc[i][v]));
+                _mm512_mask_storeu_ps(dst + 16 * v, mv, _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mv, dst + 16 * v), a), y));
+            }
+        }
     }
 }
 
@@ -168,15 +201,29 @@ static ALWAYS_INLINE void pv_rows(const uint8_t *p8, int ps, int mr, int npad, c
     }
 }
 
-/* pv_acc8 with u8 codes pc8[r * npad + j] (the fused P step's output): 6-row blocks, then 3, then 1. */
+/* Whether sv[0 .. d) are all exactly 1.0f. */
+static bool all_ones(const float *sv, int d) {
+    __mmask16 bad = 0;
+    for (int c = 0; c < d; c += 16) bad |= _mm512_mask_cmp_ps_mask(lanes16(d - c), _mm512_maskz_loadu_ps(lanes16(d - c), sv + c), _mm512_set1_ps(1.0f), _CMP_NEQ_UQ);
+    return bad == 0;
+}
+
+/* pv_acc8 with u8 codes pc8[r * npad + j] (the fused P step's output): 6-row blocks, then the rest as one. */
 static void pv_acc8u_avx512(const uint8_t *pc8, int m, int npad, const int8_t *vpack8, int d, const float *alpha, const float *fac,
                             const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld) {
+    sv = all_ones(sv, d) ? NULL : sv;
     int r = 0;
 #define PV_ROWS(MR)                                                                                                                   \
     pv_rows(pc8 + (size_t)r * npad, npad, MR, npad, vpack8, d, alpha + r, fac + r, sv, lo + r, hi + r, acc + (size_t)r * (size_t)ld, ld)
     for (; r + 6 <= m; r += 6) PV_ROWS(6);
-    for (; r + 3 <= m; r += 3) PV_ROWS(3);
-    for (; r < m; r++) PV_ROWS(1);
+    switch (m - r) { /* the last 1 .. 5 rows as one block */
+    case 5: PV_ROWS(5); break;
+    case 4: PV_ROWS(4); break;
+    case 3: PV_ROWS(3); break;
+    case 2: PV_ROWS(2); break;
+    case 1: PV_ROWS(1); break;
+    default: break;
+    }
 #undef PV_ROWS
 }
 
@@ -184,12 +231,13 @@ static void pv_acc8u_avx512(const uint8_t *pc8, int m, int npad, const int8_t *v
 static void pv_acc8_avx512(const int16_t *pc, int m, int npad, const int8_t *vpack8, int d, const float *alpha, const float *fac,
                            const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld) {
     _Alignas(64) uint8_t p8[QATTN_I8_TILE];
+    const float *sv1 = all_ones(sv, d) ? NULL : sv;
     for (int r = 0; r < m; r++) {
         for (int j = 0; j < npad; j += 32) {
             __mmask32 k = npad - j >= 32 ? ~(__mmask32)0 : (((__mmask32)1 << (npad - j)) - 1);
             _mm256_mask_storeu_epi8(p8 + j, k, _mm512_cvtepi16_epi8(_mm512_maskz_loadu_epi16(k, pc + (size_t)r * npad + j)));
         }
-        pv_rows(p8, QATTN_I8_TILE, 1, npad, vpack8, d, alpha + r, fac + r, sv, lo + r, hi + r, acc + (size_t)r * (size_t)ld, ld);
+        pv_rows(p8, QATTN_I8_TILE, 1, npad, vpack8, d, alpha + r, fac + r, sv1, lo + r, hi + r, acc + (size_t)r * (size_t)ld, ld);
     }
 }
 
