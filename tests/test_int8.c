@@ -124,7 +124,7 @@ static void p_vs_unfused(const int32_t *s, int m, int npad, const float *sq, con
             continue;
         }
         float mb = R->rowmax(sf + (size_t)r * npad, lo[r], hi[r]), m_old = row_max[r], m_new = m_old > mb ? m_old : mb;
-        float al = m_old == -INFINITY ? 0.0f : exp2f(m_old - m_new), beta = exp2f(mb - m_new), esum, wmax;
+        float al = m_old == -INFINITY ? 0.0f : qattn_exp2f(m_old - m_new), beta = qattn_exp2f(mb - m_new), esum, wmax;
         R->softmax_vs(sf + (size_t)r * npad, lo[r], hi[r], npad, mb, svk, codes + (size_t)r * npad, &esum, &wmax);
         row_sum[r] = row_sum[r] * al + beta * esum;
         row_max[r] = m_new;
@@ -1323,7 +1323,30 @@ static void test_calibration(void) {
     printf("calibration: round trip bitwise, running statistics, other-sample accuracy, varlen, bad arguments\n");
 }
 
+/* qattn_exp2f: the special values, and (on glibc >= 2.28, whose exp2f it writes out) every 251st
+ * float x <= 0 against libm's exp2f, bit for bit (dev/cpu_int8/exp2f_check.c checks all of them and
+ * the AVX-512 8-lane version). */
+static void test_exp2f(void) {
+    CHECK(qattn_exp2f(0.0f) == 1.0f && qattn_exp2f(-0.0f) == 1.0f && qattn_exp2f(-1.0f) == 0.5f && qattn_exp2f(-126.0f) == 0x1p-126f,
+          "qattn_exp2f exact powers of two");
+    CHECK(qattn_exp2f(-INFINITY) == 0.0f && qattn_exp2f(-150.0f) == 0.0f && qattn_exp2f(-149.5f) == 0x1p-149f &&
+              qattn_exp2f(-149.0f) == 0x1p-149f && qattn_exp2f(-FLT_MAX) == 0.0f,
+          "qattn_exp2f underflow");
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 28))
+    int bad = 0;
+    for (uint64_t u = 0x80000000u; u <= 0xff800000u; u += 251) {
+        uint32_t b = (uint32_t)u;
+        float x, a, c;
+        memcpy(&x, &b, 4);
+        a = qattn_exp2f(x), c = exp2f(x);
+        bad += memcmp(&a, &c, 4) != 0;
+    }
+    CHECK(bad == 0, "qattn_exp2f differs from glibc exp2f at %d sampled values", bad);
+#endif
+}
+
 int main(void) {
+    test_exp2f();
     test_kernels();
     test_channel_transforms();
     test_sharp_units();

@@ -260,7 +260,28 @@ static ALWAYS_INLINE __m512 exp2_poly16(__m512 x) {
     return _mm512_mul_ps(p, _mm512_castsi512_ps(_mm512_slli_epi32(e, 23)));
 }
 
-static ALWAYS_INLINE float exp2f_or_1(float x) { return x == 0.0f ? 1.0f : exp2f(x); }
+/* qattn_exp2f (src/quant/lowp.h) on 8 lanes of double, the same operations per lane: kd = x + shift,
+ * ki its bits, r = x - (kd - shift), s = table[ki % 32] + (ki << 47) as a double (the table as four
+ * vectors: two 16-entry two-source permutes, bit 4 of the index picks one), y = fma(fma(r, C0, C1),
+ * r * r, fma(r, C2, 1)) * s, rounded to float; x <= -150 (and -inf) gives 0, -150 < x < -149 gives
+ * 2^-149, as the scalar function. */
+static ALWAYS_INLINE __m256 exp2f_v8(__m256 x) {
+    const __m512d shift = _mm512_set1_pd(QATTN_EXP2F_SHIFT);
+    __m512d xd = _mm512_cvtps_pd(x), kd = _mm512_add_pd(xd, shift);
+    __m512i ki = _mm512_castpd_si512(kd);
+    __m512d r = _mm512_sub_pd(xd, _mm512_sub_pd(kd, shift));
+    const __m512i *tab = (const __m512i *)(const void *)qattn_exp2f_table;
+    __m512i t0 = _mm512_permutex2var_epi64(_mm512_loadu_si512(tab), ki, _mm512_loadu_si512(tab + 1));
+    __m512i t1 = _mm512_permutex2var_epi64(_mm512_loadu_si512(tab + 2), ki, _mm512_loadu_si512(tab + 3));
+    __m512i t = _mm512_mask_blend_epi64(_mm512_test_epi64_mask(ki, _mm512_set1_epi64(16)), t0, t1);
+    __m512d s = _mm512_castsi512_pd(_mm512_add_epi64(t, _mm512_slli_epi64(ki, 47)));
+    __m512d z = _mm512_fmadd_pd(r, _mm512_set1_pd(QATTN_EXP2F_C0), _mm512_set1_pd(QATTN_EXP2F_C1));
+    __m512d y = _mm512_fmadd_pd(r, _mm512_set1_pd(QATTN_EXP2F_C2), _mm512_set1_pd(1.0));
+    y = _mm512_fmadd_pd(z, _mm512_mul_pd(r, r), y);
+    __m256 e = _mm512_cvtpd_ps(_mm512_mul_pd(y, s));
+    e = _mm256_mask_blend_ps(_mm256_cmp_ps_mask(x, _mm256_set1_ps(-149.0f), _CMP_LT_OQ), e, _mm256_set1_ps(0x1p-149f));
+    return _mm256_maskz_mov_ps(_mm256_cmp_ps_mask(x, _mm256_set1_ps(-150.0f), _CMP_GT_OQ), e); /* !(x > -150): 0 */
+}
 
 /* Keys 16 v .. 16 v + 15 inside [lo, hi). */
 static ALWAYS_INLINE __mmask16 key_mask16(int v, int lo, int hi) {
@@ -298,12 +319,20 @@ static ALWAYS_INLINE void p_vs_rows16(int G, const int32_t *s, int npad, int nv,
         }
         mb[r] = _mm512_reduce_max_ps(mx) + 0.0f; /* exact; + 0.0f: a zero max is +0 whatever the order */
     }
+    { /* the state update: alpha and beta of the G rows, one 8-lane exp2f (no libm call, no spill) */
+        _Alignas(32) float arg[8] = {0, 0, 0, 0, 0, 0, 0, 0}, ex[8];
+        bool first[4];
 #pragma GCC unroll 4
-    for (int r = 0; r < G; r++) {
-        float m_old = row_max[r], m_new = m_old > mb[r] ? m_old : mb[r];
-        al[r] = m_old == -INFINITY ? 0.0f : exp2f_or_1(m_old - m_new);
-        beta[r] = exp2f_or_1(mb[r] - m_new);
-        row_max[r] = m_new;
+        for (int r = 0; r < G; r++) {
+            float m_old = row_max[r], m_new = m_old > mb[r] ? m_old : mb[r];
+            first[r] = m_old == -INFINITY;
+            arg[r] = first[r] ? 0.0f : m_old - m_new;
+            arg[4 + r] = mb[r] - m_new;
+            row_max[r] = m_new;
+        }
+        _mm256_store_ps(ex, exp2f_v8(_mm256_load_ps(arg)));
+#pragma GCC unroll 4
+        for (int r = 0; r < G; r++) al[r] = first[r] ? 0.0f : ex[r], beta[r] = ex[4 + r];
     }
 #pragma GCC unroll 4
     for (int r = 0; r < G; r++) {
