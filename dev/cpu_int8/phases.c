@@ -52,7 +52,7 @@ int main(int argc, char **argv) {
     }
     qattn_qk_refine rf = {cfg.qk_refine_noise, qattn_effective_scale(&p), aligned_alloc(64, n), aligned_alloc(64, n), aligned_alloc(64, 64),
                           aligned_alloc(64, 64 * 4)};
-    size_t wsz = qattn_lowp_run_bytes(ctx, &p, true);
+    size_t wsz = qattn_lowp_run_bytes(ctx, &p, true, cfg.p_mode);
     void *ws = aligned_alloc(64, (wsz + 63) / 64 * 64);
     double t[3][64];
     for (int r = 0; r <= rounds; r++) {

@@ -61,6 +61,7 @@ typedef struct lplan {
      * (refine) the K residual pack, filled for sharp (b, g) only. */
     int64_t n_slots, max_tiles;
     size_t slot_bytes, pack_bytes;
+    size_t k_bytes, v_bytes; /* a slot's K pack (and K residual pack) and V pack, 64-byte multiples */
     unsigned char *packs;
 } lplan;
 
@@ -128,7 +129,7 @@ static size_t wmem_layout(const lplan *pl, unsigned char *base, wmem *w) {
     return off;
 }
 
-static void make_plan(lplan *pl, const qattn_ctx *ctx, const qattn_params *p, bool refine) {
+static void make_plan(lplan *pl, const qattn_ctx *ctx, const qattn_params *p, bool refine, int32_t p_mode) {
     memset(pl, 0, sizeof *pl);
     pl->p = p;
     pl->refine = refine;
@@ -139,8 +140,14 @@ static void make_plan(lplan *pl, const qattn_ctx *ctx, const qattn_params *p, bo
     pl->worker_bytes = wmem_layout(pl, NULL, NULL);
     pl->max_tiles = ceil_div(p->seqlen_k, QATTN_TILE_KEYS);
     pl->n_slots = (p->cu_seqlens_k ? p->cu_seqlens_k[p->batch] / QATTN_TILE_KEYS + p->batch : p->batch * pl->max_tiles) * p->n_kv_heads;
-    size_t T = QATTN_TILE_KEYS, D = (size_t)p->head_dim;
-    pl->slot_bytes = al64(T * D * 2) + al64(T * D * 4) + 2 * al64(T * 4) + (refine ? al64(T * D * 2) : 0); /* V room for float (P_FP32) */
+    /* Slots hold the table's own formats only (8-bit K/V packs with pack8, else 16-bit; float V for
+     * P_FP32), so that a kv head's slots, consecutive (slot_of), stay a compact run: with room for
+     * every format (64 KiB a slot at D 128) and the heads interleaved, one head's tiles were 512 KiB
+     * apart, all on the same L2 sets, and a unit's sweep evicted its own K/V packs. */
+    size_t T = QATTN_TILE_KEYS, D = (size_t)p->head_dim, code = pl->kern->pack8 ? 1 : 2;
+    pl->k_bytes = al64(T * D * code);
+    pl->v_bytes = p_mode == QATTN_P_FP32 ? al64(T * D * 4) : al64(T * D * code);
+    pl->slot_bytes = pl->k_bytes + pl->v_bytes + 2 * al64(T * 4) + (refine ? pl->k_bytes : 0);
     pl->pack_bytes = (size_t)pl->n_slots * pl->slot_bytes;
 }
 
@@ -157,15 +164,17 @@ typedef struct kvslot {
     int16_t *kr; /* K residual pack (pl->refine), else NULL */
 } kvslot;
 
+/* Slot (kv head g, tile tile of sequence b): head-major, so a head's tiles are consecutive. */
 static kvslot slot_of(const lplan *pl, int64_t b, int g, int64_t tile) {
-    unsigned char *base = pl->packs + (size_t)((tile_base(pl, b) + tile) * pl->p->n_kv_heads + g) * pl->slot_bytes;
-    size_t T = QATTN_TILE_KEYS, D = (size_t)pl->p->head_dim;
+    int64_t tiles = pl->n_slots / pl->p->n_kv_heads; /* slots per head */
+    unsigned char *base = pl->packs + (size_t)(g * tiles + tile_base(pl, b) + tile) * pl->slot_bytes;
+    size_t T = QATTN_TILE_KEYS;
     kvslot k;
     k.kp = (int16_t *)(void *)base;
-    k.vp = base + al64(T * D * 2);
-    k.sk = (float *)(void *)(base + al64(T * D * 2) + al64(T * D * 4));
+    k.vp = base + pl->k_bytes;
+    k.sk = (float *)(void *)(base + pl->k_bytes + pl->v_bytes);
     k.svk = k.sk + al64(T * 4) / 4;
-    k.kr = pl->refine ? (int16_t *)(void *)(base + al64(T * D * 2) + al64(T * D * 4) + 2 * al64(T * 4)) : NULL;
+    k.kr = pl->refine ? (int16_t *)(void *)(base + pl->k_bytes + pl->v_bytes + 2 * al64(T * 4)) : NULL;
     return k;
 }
 
@@ -175,9 +184,9 @@ static size_t plan_bytes(const lplan *pl, int nw) {
     return (size_t)nw * pl->worker_bytes + pl->pack_bytes + partials + qattn_units_order_bytes(&pl->units, pl->p);
 }
 
-size_t qattn_lowp_run_bytes(const qattn_ctx *ctx, const qattn_params *p, bool refine) {
+size_t qattn_lowp_run_bytes(const qattn_ctx *ctx, const qattn_params *p, bool refine, int32_t p_mode) {
     lplan pl;
-    make_plan(&pl, ctx, p, refine);
+    make_plan(&pl, ctx, p, refine, p_mode);
     return pl.units.n_units > 0 ? plan_bytes(&pl, qattn_workers_for(ctx->n_threads, pl.units.n_units)) : 0;
 }
 
@@ -633,7 +642,7 @@ qattn_status qattn_lowp_run_quantized(qattn_ctx *ctx, const qattn_params *p, con
     qattn_status refused = refuse_score_mods(ctx, p);
     if (refused != QATTN_OK) return refused;
     lplan pl;
-    make_plan(&pl, ctx, p, rf != NULL);
+    make_plan(&pl, ctx, p, rf != NULL, p_mode);
     pl.qi = qi;
     pl.rf = rf;
     pl.p_mode = p_mode;
@@ -728,7 +737,7 @@ static size_t dynamic_bytes(const qattn_ctx *ctx, const qattn_params *p, const q
     qbufs tmp;
     if (!qb) qb = &tmp;
     qbufs_layout(p, cfg, qb);
-    return qb->total + qattn_lowp_run_bytes(ctx, p, cfg_refines(cfg));
+    return qb->total + qattn_lowp_run_bytes(ctx, p, cfg_refines(cfg), cfg->p_mode);
 }
 
 qattn_status qattn_lowp_forward_cfg(qattn_ctx *ctx, const qattn_params *p, const qattn_lowp_cfg *cfg) {

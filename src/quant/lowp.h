@@ -275,10 +275,10 @@ qattn_status qattn_lowp_forward_static(qattn_ctx *ctx, const qattn_params *p, co
 /* The pre-quantized driver behind qattn_forward_quantized; p and qi validated, p_mode given.
  * v_fp: when not NULL (P_FP32 mode), V is read from it (dtype, p's v strides) instead of qi->v. */
 /* rf: NULL, or the sharp units' residual codes (rf->sharp, q_res, k_res), whose K residual packs
- * need refine = true in qattn_lowp_run_bytes. */
+ * need refine = true in qattn_lowp_run_bytes (and its p_mode: P_FP32's slots hold float V). */
 qattn_status qattn_lowp_run_quantized(qattn_ctx *ctx, const qattn_params *p, const qattn_int8_inputs *qi, int32_t p_mode,
                                       const void *v_fp, const qattn_qk_refine *rf, void *workspace, size_t workspace_size);
-size_t qattn_lowp_run_bytes(const qattn_ctx *ctx, const qattn_params *p, bool refine);
+size_t qattn_lowp_run_bytes(const qattn_ctx *ctx, const qattn_params *p, bool refine, int32_t p_mode);
 
 /* ---------------------------------------------------------------- quantization internals
  * (src/quant/quant.c) */
