@@ -256,8 +256,11 @@ static ALWAYS_INLINE __m512 exp2_poly16(__m512 x) {
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-01f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-01f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-    __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
-    return _mm512_mul_ps(p, _mm512_castsi512_ps(_mm512_slli_epi32(e, 23)));
+    /* p * 2^n: vscalefps is the product with the exact power of two, rounded once (the reference's
+     * p * two_n, denormal results included), but 2^n for n = -127 is 0 in the reference (a zero
+     * exponent field): those lanes (x < -126.5, since rint(-126.5) = -126) are zeroed. One
+     * instruction for the conversion, add, shift and multiply of the bit construction. */
+    return _mm512_maskz_scalef_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.5f), _CMP_GE_OQ), p, n);
 }
 
 /* qattn_exp2f (src/quant/lowp.h) on 8 lanes of double, the same operations per lane: kd = x + shift,
@@ -295,9 +298,9 @@ static ALWAYS_INLINE __mmask16 key_mask16(int v, int lo, int hi) {
  * row alone is a chain of dependent steps (loads, scores, max reduction, exp2f, exp2 polynomial,
  * max reduction, division, codes) that left the vector units mostly idle (measured: 115 TSC ticks
  * per 64-key row alone, see docs/int8_results.md). pc: the rows' codes (stride npad). */
-static ALWAYS_INLINE void p_vs_rows16(int G, const int32_t *s, int npad, int nv, bool full, const float *sq, const float *sk, const int32_t *lo,
-                                      const int32_t *hi, const float *svk, float *row_max, float *row_sum, void *pc, int u8, float *alpha,
-                                      float *fac) {
+static ALWAYS_INLINE void p_vs_rows16(int G, const int32_t *s, int npad, int nv, bool full, bool clamp, const float *sq, const float *sk,
+                                      const int32_t *lo, const int32_t *hi, const float *svk, float *row_max, float *row_sum, void *pc, int u8,
+                                      float *alpha, float *fac) {
     const __m512 fmax = _mm512_set1_ps(FLT_MAX), fmin = _mm512_set1_ps(-FLT_MAX);
     __m512 x[4][4];
     __mmask16 in[4][4];
@@ -313,7 +316,7 @@ static ALWAYS_INLINE void p_vs_rows16(int G, const int32_t *s, int npad, int nv,
             __mmask16 ld = full ? (__mmask16)0xFFFF : lanes16(npad - 16 * v);
             __m512 t = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(ld, s + (size_t)r * npad + 16 * v));
             t = _mm512_mul_ps(_mm512_mul_ps(t, a), _mm512_maskz_loadu_ps(ld, sk + 16 * v));
-            x[r][v] = _mm512_max_ps(_mm512_min_ps(t, fmax), fmin);
+            x[r][v] = clamp ? _mm512_max_ps(_mm512_min_ps(t, fmax), fmin) : t; /* !clamp: |t| < FLT_MAX known */
             in[r][v] = full ? (__mmask16)0xFFFF : key_mask16(v, lo[r], hi[r]);
             mx = full ? _mm512_max_ps(mx, x[r][v]) : _mm512_mask_max_ps(mx, in[r][v], mx, x[r][v]);
         }
@@ -352,6 +355,13 @@ static ALWAYS_INLINE void p_vs_rows16(int G, const int32_t *s, int npad, int nv,
         float wm = _mm512_reduce_max_ps(wmax); /* >= +0: every w is +0 or positive */
         float inv = wm > 0.0f ? 255.0f / wm : 0.0f;
         const __m512 vinv = _mm512_set1_ps(inv);
+        if (full && u8) { /* 64 codes in [0, 255]: two saturating packs (exact here), one dword permute, one store */
+            __m512i c0 = _mm512_cvtps_epi32(_mm512_mul_ps(x[r][0], vinv)), c1 = _mm512_cvtps_epi32(_mm512_mul_ps(x[r][1], vinv));
+            __m512i c2 = _mm512_cvtps_epi32(_mm512_mul_ps(x[r][2], vinv)), c3 = _mm512_cvtps_epi32(_mm512_mul_ps(x[r][3], vinv));
+            __m512i b = _mm512_packus_epi16(_mm512_packus_epi32(c0, c1), _mm512_packus_epi32(c2, c3)); /* lane L: c0..c3 [4L, 4L + 4) */
+            b = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), b);
+            _mm512_storeu_si512((uint8_t *)pc + (size_t)r * npad, b);
+        } else
 #pragma GCC unroll 4
         for (int v = 0; v < nv; v++) {
             __mmask16 st = full ? (__mmask16)0xFFFF : lanes16(npad - 16 * v);
@@ -372,15 +382,29 @@ static ALWAYS_INLINE void p_vs_rows16(int G, const int32_t *s, int npad, int nv,
 
 static ALWAYS_INLINE bool row_full(const int32_t *lo, const int32_t *hi, int r) { return lo[r] == 0 && hi[r] == 64; }
 
+/* Whether clamp((float)S * a * sk[j]) needs its clamp for row scale a: not when |a| * max |sk| * 2^32
+ * < FLT_MAX (|S| < 2^31; two roundings add less than a factor 2), where min / max with +-FLT_MAX
+ * return the product unchanged. The bound is taken in double (no overflow; a NaN: clamp). */
+static ALWAYS_INLINE bool needs_clamp(float a, double skmax) { return !((double)fabsf(a) * skmax * 4294967296.0 < (double)FLT_MAX); }
+
 static void p_vs_tile_avx512(const int32_t *s, int m, int npad, const float *sq, const float *sk, const int32_t *lo, const int32_t *hi,
                              const float *svk, float *row_max, float *row_sum, void *codes, int u8, float *alpha, float *fac) {
     size_t esz = u8 ? 1 : 2;
     int nv = (npad + 15) / 16;
+    __m512 kmx = _mm512_setzero_ps();
+    for (int v = 0; v < nv; v++) kmx = _mm512_max_ps(kmx, _mm512_abs_ps(_mm512_maskz_loadu_ps(lanes16(npad - 16 * v), sk + 16 * v)));
+    float skm = _mm512_reduce_max_ps(kmx);
+    double skmax = skm == skm ? (double)skm : INFINITY;
     int r = 0;
     while (r < m) {
         unsigned char *cr = (unsigned char *)codes + (size_t)r * npad * esz;
         if (npad == 64 && r + 4 <= m && row_full(lo, hi, r) && row_full(lo, hi, r + 1) && row_full(lo, hi, r + 2) && row_full(lo, hi, r + 3)) {
-            p_vs_rows16(4, s + (size_t)r * npad, 64, 4, true, sq + r, sk, lo + r, hi + r, svk, row_max + r, row_sum + r, cr, u8, alpha + r, fac + r);
+            if (needs_clamp(sq[r], skmax) || needs_clamp(sq[r + 1], skmax) || needs_clamp(sq[r + 2], skmax) || needs_clamp(sq[r + 3], skmax))
+                p_vs_rows16(4, s + (size_t)r * npad, 64, 4, true, true, sq + r, sk, lo + r, hi + r, svk, row_max + r, row_sum + r, cr, u8, alpha + r,
+                            fac + r);
+            else
+                p_vs_rows16(4, s + (size_t)r * npad, 64, 4, true, false, sq + r, sk, lo + r, hi + r, svk, row_max + r, row_sum + r, cr, u8,
+                            alpha + r, fac + r);
             r += 4;
             continue;
         }
@@ -389,7 +413,7 @@ static void p_vs_tile_avx512(const int32_t *s, int m, int npad, const float *sq,
             alpha[r] = 1.0f;
             fac[r] = 0.0f;
         } else {
-            p_vs_rows16(1, s + (size_t)r * npad, npad, nv, false, sq + r, sk, lo + r, hi + r, svk, row_max + r, row_sum + r, cr, u8, alpha + r,
+            p_vs_rows16(1, s + (size_t)r * npad, npad, nv, false, true, sq + r, sk, lo + r, hi + r, svk, row_max + r, row_sum + r, cr, u8, alpha + r,
                         fac + r);
         }
         r++;
