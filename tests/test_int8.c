@@ -93,7 +93,7 @@ static void test_tables_filled(void) {
     } slots[] = {SLOT(qk),        SLOT(scores),     SLOT(softmax),    SLOT(pv_f32),      SLOT(rowmax),
                  SLOT(softmax_vs), SLOT(pv_acc),     SLOT(quant_row),  SLOT(qk16),        SLOT(pv_acc8),
                  SLOT(p_vs_tile),  SLOT(pv_acc8u),   SLOT(center_amax), SLOT(scale_center_amax),
-                 SLOT(rotate_row), SLOT(stats_row)};
+                 SLOT(rotate_row), SLOT(stats_row), SLOT(lse_dots)};
 #undef SLOT
     const int n_slots = (int)(sizeof slots / sizeof slots[0]);
     CHECK(sizeof(qattn_int8_kernels) == (size_t)(n_slots + 2) * sizeof(void *), "qattn_int8_kernels has a member this test does not list");
@@ -190,6 +190,23 @@ static void test_fused_slots(const qattn_int8_kernels *A) {
                 }
                 free(s), free(lo), free(hi), free(sq), free(sk), free(svk), free(st), free(c1), free(c2), free(c8);
             }
+    for (int di = 0; di < n_dims; di++) { /* lse_dots: rows at scattered offsets, codes with -128 */
+        int d = dims[di];
+        int ms2[] = {1, 5, 16, 17, 64};
+        for (int mi = 0; mi < 5; mi++) {
+            int m = ms2[mi];
+            int8_t *base = xcalloc((size_t)(m * 3 + 2) * d);
+            int32_t off[64];
+            float mk[256], d1[64], d2[64];
+            for (int i = 0; i < (m * 3 + 2) * d; i++) base[i] = (int8_t)((int)(rnd_u64() % 256) - 128);
+            for (int r = 0; r < m; r++) off[r] = (int32_t)((rnd_u64() % (uint64_t)(3 * m)) * (uint64_t)d + (rnd_u64() % 3));
+            for (int c = 0; c < d; c++) mk[c] = (float)(rnd_norm() * (c % 3 ? 1.0 : 1e3));
+            R->lse_dots(base, off, m, d, mk, d1);
+            A->lse_dots(base, off, m, d, mk, d2);
+            CHECK(!memcmp(d1, d2, (size_t)m * 4), "lse_dots %s != ref (d %d m %d)", A->name, d, m);
+            free(base);
+        }
+    }
     for (int di = 0; di < n_dims; di++) { /* quantization rows */
         int d = dims[di];
         float *row = xcalloc((size_t)d * 4), *mu = xcalloc((size_t)d * 4), *y1 = xcalloc((size_t)d * 4), *y2 = xcalloc((size_t)d * 4);

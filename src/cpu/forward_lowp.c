@@ -230,6 +230,8 @@ static const int8_t *q_row(const lplan *pl, int64_t off, int64_t i0, int g, int 
     return tq->data + off + (i0 + r / pl->units.group) * tq->seq_stride + (int64_t)*head * tq->head_stride;
 }
 
+#define LSE_ROWS 64 /* rows per lse_dots call */
+
 static void pack_q(const lplan *pl, int64_t b, int64_t i0, int n_pos, int g, int16_t *qc, float *sq, float *corr) {
     const qattn_params *p = pl->p;
     const qattn_int8_tensor *tq = &pl->qi->q, *tk = &pl->qi->k;
@@ -253,17 +255,28 @@ static void pack_q(const lplan *pl, int64_t b, int64_t i0, int n_pos, int g, int
         else if (qc)
             for (int c = 0; c < D; c++) qc[r * D + c] = clamp_code(src[c]);
     }
-    /* LSE corrections: dot = sum_c code * mean_k[c], c ascending, 4 rows interleaved (independent
-     * chains of adds: one row alone waits on each add) */
-    for (int r0 = 0; r0 < m; r0 += 4) {
-        int nr = m - r0 < 4 ? m - r0 : 4, h;
-        const int8_t *src[4];
-        float dot[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int k = 0; k < 4; k++) src[k] = q_row(pl, off, i0, g, r0 + (k < nr ? k : 0), &h);
-        if (mk)
-            for (int c = 0; c < D; c++)
-                for (int k = 0; k < 4; k++) dot[k] += (float)clamp_code(src[k][c]) * mk[c];
-        for (int k = 0; k < nr; k++) corr[r0 + k] = mk ? dot[k] * corr[r0 + k] * pl->scale : 0.0f;
+    /* LSE corrections: dot = sum_c code * mean_k[c], c ascending (the table's lse_dots, the rows as
+     * offsets from the first one; rows too far apart for int32 offsets take the reference kernel in
+     * groups that fit, the same sums) */
+    if (!mk) {
+        for (int r = 0; r < m; r++) corr[r] = 0.0f;
+        return;
+    }
+    for (int r0 = 0; r0 < m; r0 += LSE_ROWS) {
+        int nr = m - r0 < LSE_ROWS ? m - r0 : LSE_ROWS, h;
+        int32_t roff[LSE_ROWS];
+        float dot[LSE_ROWS];
+        const int8_t *first = q_row(pl, off, i0, g, r0, &h);
+        bool fits = true;
+        for (int k = 0; k < nr; k++) {
+            ptrdiff_t o = q_row(pl, off, i0, g, r0 + k, &h) - first;
+            fits &= o >= 0 && o <= INT32_MAX - D;
+            roff[k] = fits ? (int32_t)o : 0;
+        }
+        if (fits) pl->kern->lse_dots(first, roff, nr, D, mk, dot);
+        else
+            for (int k = 0; k < nr; k++) roff[k] = 0, qattn_i8_lse_dots_ref(q_row(pl, off, i0, g, r0 + k, &h), roff + k, 1, D, mk, dot + k);
+        for (int k = 0; k < nr; k++) corr[r0 + k] = dot[k] * corr[r0 + k] * pl->scale;
     }
 }
 

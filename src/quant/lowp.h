@@ -107,6 +107,10 @@ typedef struct qattn_int8_kernels {
     /* One row of the statistics pass: acc[c] += (double)row[c] if acc; mn[c] = row[c] < mn[c] ?
      * row[c] : mn[c] and mx[c] = row[c] > mx[c] ? row[c] : mx[c] if mn (row finite, d % 8 == 0). */
     void (*stats_row)(const float *row, int d, double *acc, float *mn, float *mx);
+    /* The driver's LSE corrections (K smoothing): for r < m, dot[r] = sum over c < d, ascending, of
+     * (float)code * mk[c], code = base[off[r] + c] with -128 read as -127; each product rounded,
+     * then added to the running float sum (from 0.0f), no fusion (d % 8 == 0, off[r] >= 0). */
+    void (*lse_dots)(const int8_t *base, const int32_t *off, int m, int d, const float *mk, float *dot);
 } qattn_int8_kernels;
 
 extern const qattn_int8_kernels qattn_int8_kernels_ref;
@@ -118,6 +122,7 @@ void qattn_i8_pv_acc8u_ref(const uint8_t *pc8, int m, int npad, const int8_t *vp
                            const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld);
 float qattn_i8_scale_center_amax_ref(const float *row, const float *f, const float *mu, int d, float *y);
 void qattn_i8_stats_row_ref(const float *row, int d, double *acc, float *mn, float *mx);
+void qattn_i8_lse_dots_ref(const int8_t *base, const int32_t *off, int m, int d, const float *mk, float *dot);
 #if defined(QATTN_HAVE_X86)
 extern const qattn_int8_kernels qattn_int8_kernels_avx2;
 extern const qattn_int8_kernels qattn_int8_kernels_avxvnni;

@@ -240,6 +240,19 @@ float qattn_rotate_row(float *y, int d, float pre) {
     return amax8(y, d);
 }
 
+void qattn_i8_lse_dots_ref(const int8_t *base, const int32_t *off, int m, int d, const float *mk, float *dot) {
+    for (int r0 = 0; r0 < m; r0 += 4) { /* 4 rows interleaved: independent chains of adds */
+        int nr = m - r0 < 4 ? m - r0 : 4;
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int c = 0; c < d; c++)
+            for (int k = 0; k < nr; k++) {
+                int8_t q = base[off[r0 + k] + c];
+                acc[k] += (float)(q == -128 ? -127 : q) * mk[c];
+            }
+        for (int k = 0; k < nr; k++) dot[r0 + k] = acc[k];
+    }
+}
+
 void qattn_i8_stats_row_ref(const float *row, int d, double *acc, float *mn, float *mx) {
     if (acc)
         for (int c = 0; c < d; c++) acc[c] += row[c];
@@ -270,4 +283,5 @@ const qattn_int8_kernels qattn_int8_kernels_ref = {
     .scale_center_amax = qattn_i8_scale_center_amax_ref,
     .rotate_row = qattn_rotate_row,
     .stats_row = qattn_i8_stats_row_ref,
+    .lse_dots = qattn_i8_lse_dots_ref,
 };

@@ -409,4 +409,5 @@ const qattn_int8_kernels qattn_int8_kernels_avx2 = {
     .scale_center_amax = qattn_i8_scale_center_amax_ref,
     .rotate_row = qattn_rotate_row,
     .stats_row = qattn_i8_stats_row_ref,
+    .lse_dots = qattn_i8_lse_dots_ref,
 };

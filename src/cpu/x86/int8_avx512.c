@@ -513,6 +513,27 @@ static void stats_row_avx512(const float *row, int d, double *acc, float *mn, fl
     }
 }
 
+/* lse_dots with 16 rows in the lanes: per group of 4 channels, one gather of each row's 4 codes
+ * (-128 -> -127 by a byte max), then per channel its byte sign-extended, converted, times mk[c],
+ * added: each row's sum in the definition's order, one rounding per product and per add. */
+static void lse_dots_avx512(const int8_t *base, const int32_t *off, int m, int d, const float *mk, float *dot) {
+    const __m512i lo = _mm512_set1_epi8(-127);
+    for (int r0 = 0; r0 < m; r0 += 16) {
+        __mmask16 k = lanes16(m - r0);
+        __m512i vo = _mm512_maskz_loadu_epi32(k, off + r0);
+        __m512 acc = _mm512_setzero_ps();
+        for (int c = 0; c < d; c += 4) {
+            __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), k, vo, base + c, 1);
+            g = _mm512_max_epi8(g, lo);
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(g, 24), 24)), _mm512_set1_ps(mk[c])));
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(g, 16), 24)), _mm512_set1_ps(mk[c + 1])));
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(g, 8), 24)), _mm512_set1_ps(mk[c + 2])));
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(g, 24)), _mm512_set1_ps(mk[c + 3])));
+        }
+        _mm512_mask_storeu_ps(dot + r0, k, acc);
+    }
+}
+
 /* ---------------------------------------------------------------- the table */
 
 const qattn_int8_kernels qattn_int8_kernels_avx512 = {
@@ -534,4 +555,5 @@ const qattn_int8_kernels qattn_int8_kernels_avx512 = {
     .scale_center_amax = scale_center_amax_avx512,
     .rotate_row = rotate_row_avx512,
     .stats_row = stats_row_avx512,
+    .lse_dots = lse_dots_avx512,
 };
