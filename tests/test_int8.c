@@ -93,7 +93,7 @@ static void test_tables_filled(void) {
     } slots[] = {SLOT(qk),        SLOT(scores),     SLOT(softmax),    SLOT(pv_f32),      SLOT(rowmax),
                  SLOT(softmax_vs), SLOT(pv_acc),     SLOT(quant_row),  SLOT(qk16),        SLOT(pv_acc8),
                  SLOT(p_vs_tile),  SLOT(pv_acc8u),   SLOT(center_amax), SLOT(scale_center_amax),
-                 SLOT(rotate_row), SLOT(stats_row), SLOT(lse_dots)};
+                 SLOT(rotate_row), SLOT(stats_row), SLOT(lse_dots), SLOT(pack8_k), SLOT(pack8_v)};
 #undef SLOT
     const int n_slots = (int)(sizeof slots / sizeof slots[0]);
     CHECK(sizeof(qattn_int8_kernels) == (size_t)(n_slots + 2) * sizeof(void *), "qattn_int8_kernels has a member this test does not list");
@@ -190,6 +190,23 @@ static void test_fused_slots(const qattn_int8_kernels *A) {
                 }
                 free(s), free(lo), free(hi), free(sq), free(sk), free(svk), free(st), free(c1), free(c2), free(c8);
             }
+    for (int di = 0; di < n_dims; di++) { /* pack8_k / pack8_v: strided rows, -128 codes, n < npad, npad % 16 == 8 */
+        int d = dims[di];
+        int ns2[] = {1, 8, 9, 24, 40, 63, 64};
+        for (int ni = 0; ni < 7; ni++) {
+            int n = ns2[ni], npad = (n + 7) / 8 * 8;
+            int64_t stride = d + 8 * (ni % 3); /* rows packed or apart */
+            int8_t *src = xcalloc((size_t)(64 * stride + d)), *p1 = xcalloc((size_t)64 * d), *p2 = xcalloc((size_t)64 * d);
+            for (int i = 0; i < 64 * stride + d; i++) src[i] = (int8_t)((int)(rnd_u64() % 256) - 128);
+            for (int w = 0; w < 2; w++) {
+                memset(p1, 0x55, (size_t)64 * d), memset(p2, 0x66, (size_t)64 * d);
+                (w ? R->pack8_v : R->pack8_k)(src, stride, n, npad, d, p1);
+                (w ? A->pack8_v : A->pack8_k)(src, stride, n, npad, d, p2);
+                CHECK(!memcmp(p1, p2, (size_t)npad * d), "pack8_%s %s != ref (d %d n %d)", w ? "v" : "k", A->name, d, n);
+            }
+            free(src), free(p1), free(p2);
+        }
+    }
     for (int di = 0; di < n_dims; di++) { /* lse_dots: rows at scattered offsets, codes with -128 */
         int d = dims[di];
         int ms2[] = {1, 5, 16, 17, 64};

@@ -209,19 +209,6 @@ static inline uint32_t clamp_code4(uint32_t w) {
     return w + (z >> 7);
 }
 
-/* w[k] holds bytes (k, 0..3) of a 4 x 4 byte matrix (byte c of w[k] is element (k, c), little
- * endian); afterwards w[c] holds (0..3, c): 4 keys' codes of channel c, as vp8 wants them. */
-static inline void transpose4x4_bytes(uint32_t w[4]) {
-    uint32_t t0 = (w[0] & 0x00ff00ffu) | ((w[1] & 0x00ff00ffu) << 8); /* (0,0) (1,0) (0,2) (1,2) */
-    uint32_t t1 = ((w[0] >> 8) & 0x00ff00ffu) | (w[1] & 0xff00ff00u); /* (0,1) (1,1) (0,3) (1,3) */
-    uint32_t t2 = (w[2] & 0x00ff00ffu) | ((w[3] & 0x00ff00ffu) << 8);
-    uint32_t t3 = ((w[2] >> 8) & 0x00ff00ffu) | (w[3] & 0xff00ff00u);
-    w[0] = (t0 & 0xffffu) | (t2 << 16);
-    w[1] = (t1 & 0xffffu) | (t3 << 16);
-    w[2] = (t0 >> 16) | (t2 & 0xffff0000u);
-    w[3] = (t1 >> 16) | (t3 & 0xffff0000u);
-}
-
 /* Q codes, row scales and LSE corrections of a unit's rows; qc may be NULL (merge phase). */
 /* Row r of a unit (position i0 + r / group, head g * group + r % group): its Q codes and head. */
 static const int8_t *q_row(const lplan *pl, int64_t off, int64_t i0, int g, int r, int *head) {
@@ -310,26 +297,19 @@ static void pack_k(const lplan *pl, const int8_t *data, int64_t b, int g, int64_
     const qattn_int8_tensor *t = &pl->qi->k; /* codes from data (t->data, or the residuals), in t's layout */
     int D = p->head_dim;
     int64_t off = i8_off(p, t, p->cu_seqlens_k, b), tb = tok_base(p->cu_seqlens_k, b, p->seqlen_k);
-    int8_t *kp8 = pl->kern->pack8 ? (int8_t *)(void *)kp : NULL;
+    if (pl->kern->pack8) /* qk's 8-bit pack: the table's packer */
+        pl->kern->pack8_k(data + off + t0 * t->seq_stride + (int64_t)g * t->head_stride, t->seq_stride, n, npad, D, (int8_t *)(void *)kp);
     for (int j = 0; j < npad; j++) {
         if (j < n) {
             int64_t i = t0 + j;
             const int8_t *src = data + off + i * t->seq_stride + (int64_t)g * t->head_stride;
-            if (kp8) /* 4 channels at a time: one 32-bit word per group */
-                for (int c = 0; c < D; c += 4) {
-                    uint32_t w;
-                    memcpy(&w, src + c, 4);
-                    w = clamp_code4(w);
-                    memcpy(kp8 + (size_t)(c / 4) * npad * 4 + (size_t)j * 4, &w, 4);
-                }
-            else
+            if (!pl->kern->pack8)
                 for (int c = 0; c < D; c++) kp[(c / 2) * npad * 2 + j * 2 + c % 2] = clamp_code(src[c]);
             if (sk) sk[j] = t->scale[qattn_scale_index(t->granularity, t->block_size, b, tb + i, i, g, p->n_kv_heads, p->seqlen_k, D, 0)];
         } else {
-            for (int c = 0; c < D; c += 4) {
-                if (kp8) memset(kp8 + (size_t)(c / 4) * npad * 4 + (size_t)j * 4, 0, 4);
-                else memset(kp + (size_t)(c / 2) * npad * 2 + (size_t)j * 2, 0, 4), memset(kp + (size_t)(c / 2 + 1) * npad * 2 + (size_t)j * 2, 0, 4);
-            }
+            if (!pl->kern->pack8)
+                for (int c = 0; c < D; c += 4)
+                    memset(kp + (size_t)(c / 2) * npad * 2 + (size_t)j * 2, 0, 4), memset(kp + (size_t)(c / 2 + 1) * npad * 2 + (size_t)j * 2, 0, 4);
             if (sk) sk[j] = 0.0f;
         }
     }
@@ -341,19 +321,8 @@ static void pack_v_i16(const lplan *pl, int64_t b, int g, int64_t t0, int n, int
     int D = p->head_dim;
     int64_t off = i8_off(p, t, p->cu_seqlens_k, b), tb = tok_base(p->cu_seqlens_k, b, p->seqlen_k);
     bool per_key = pl->p_mode == QATTN_P_U8_VSCALED && t->granularity != QATTN_QUANT_PER_CHANNEL;
-    if (pl->kern->pack8) /* pv_acc8's vp8: 4 keys of each channel adjacent; 4 keys x 4 channels per step */
-        for (int j = 0; j < npad; j += 4) {
-            const int8_t *src[4];
-            for (int k = 0; k < 4; k++) src[k] = j + k < n ? t->data + off + (t0 + j + k) * t->seq_stride + (int64_t)g * t->head_stride : NULL;
-            uint8_t *dst = (uint8_t *)vp + (size_t)(j / 4) * D * 4;
-            for (int c = 0; c < D; c += 4) {
-                uint32_t w[4] = {0, 0, 0, 0};
-                for (int k = 0; k < 4; k++)
-                    if (src[k]) memcpy(&w[k], src[k] + c, 4), w[k] = clamp_code4(w[k]);
-                transpose4x4_bytes(w);
-                memcpy(dst + (size_t)c * 4, w, 16);
-            }
-        }
+    if (pl->kern->pack8) /* pv_acc8's vp8 (4 keys of each channel adjacent): the table's packer */
+        pl->kern->pack8_v(t->data + off + t0 * t->seq_stride + (int64_t)g * t->head_stride, t->seq_stride, n, npad, D, (int8_t *)(void *)vp);
     for (int j = 0; j < npad; j++) {
         const int8_t *src = j < n ? t->data + off + (t0 + j) * t->seq_stride + (int64_t)g * t->head_stride : NULL;
         if (!pl->kern->pack8)

@@ -111,6 +111,12 @@ typedef struct qattn_int8_kernels {
      * (float)code * mk[c], code = base[off[r] + c] with -128 read as -127; each product rounded,
      * then added to the running float sum (from 0.0f), no fusion (d % 8 == 0, off[r] >= 0). */
     void (*lse_dots)(const int8_t *base, const int32_t *off, int m, int d, const float *mk, float *dot);
+    /* The 8-bit packs (pack8 tables) of a tile from n key rows src + j * stride (n <= npad <= 64,
+     * npad % 8 == 0, d % 8 == 0), codes -128 read as -127, keys n .. npad - 1 zero:
+     *   pack8_k: kp[(c / 4) * npad * 4 + j * 4 + c % 4] = code(j, c)   (qk's K pack)
+     *   pack8_v: vp[(j / 4) * d * 4 + c * 4 + j % 4] = code(j, c)      (pv_acc8's vp8) */
+    void (*pack8_k)(const int8_t *src, int64_t stride, int n, int npad, int d, int8_t *kp);
+    void (*pack8_v)(const int8_t *src, int64_t stride, int n, int npad, int d, int8_t *vp);
 } qattn_int8_kernels;
 
 extern const qattn_int8_kernels qattn_int8_kernels_ref;
@@ -123,6 +129,8 @@ void qattn_i8_pv_acc8u_ref(const uint8_t *pc8, int m, int npad, const int8_t *vp
 float qattn_i8_scale_center_amax_ref(const float *row, const float *f, const float *mu, int d, float *y);
 void qattn_i8_stats_row_ref(const float *row, int d, double *acc, float *mn, float *mx);
 void qattn_i8_lse_dots_ref(const int8_t *base, const int32_t *off, int m, int d, const float *mk, float *dot);
+void qattn_i8_pack8_k_ref(const int8_t *src, int64_t stride, int n, int npad, int d, int8_t *kp);
+void qattn_i8_pack8_v_ref(const int8_t *src, int64_t stride, int n, int npad, int d, int8_t *vp);
 #if defined(QATTN_HAVE_X86)
 extern const qattn_int8_kernels qattn_int8_kernels_avx2;
 extern const qattn_int8_kernels qattn_int8_kernels_avxvnni;

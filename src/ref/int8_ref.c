@@ -253,6 +253,22 @@ void qattn_i8_lse_dots_ref(const int8_t *base, const int32_t *off, int m, int d,
     }
 }
 
+static inline int8_t code_or_zero(const int8_t *src, int64_t stride, int n, int j, int c) {
+    if (j >= n) return 0;
+    int8_t q = src[j * stride + c];
+    return q == -128 ? (int8_t)-127 : q;
+}
+
+void qattn_i8_pack8_k_ref(const int8_t *src, int64_t stride, int n, int npad, int d, int8_t *kp) {
+    for (int j = 0; j < npad; j++)
+        for (int c = 0; c < d; c++) kp[(size_t)(c / 4) * npad * 4 + (size_t)j * 4 + c % 4] = code_or_zero(src, stride, n, j, c);
+}
+
+void qattn_i8_pack8_v_ref(const int8_t *src, int64_t stride, int n, int npad, int d, int8_t *vp) {
+    for (int j = 0; j < npad; j++)
+        for (int c = 0; c < d; c++) vp[(size_t)(j / 4) * d * 4 + (size_t)c * 4 + j % 4] = code_or_zero(src, stride, n, j, c);
+}
+
 void qattn_i8_stats_row_ref(const float *row, int d, double *acc, float *mn, float *mx) {
     if (acc)
         for (int c = 0; c < d; c++) acc[c] += row[c];
@@ -284,4 +300,6 @@ const qattn_int8_kernels qattn_int8_kernels_ref = {
     .rotate_row = qattn_rotate_row,
     .stats_row = qattn_i8_stats_row_ref,
     .lse_dots = qattn_i8_lse_dots_ref,
+    .pack8_k = qattn_i8_pack8_k_ref,
+    .pack8_v = qattn_i8_pack8_v_ref,
 };

@@ -410,4 +410,6 @@ const qattn_int8_kernels qattn_int8_kernels_avx2 = {
     .rotate_row = qattn_rotate_row,
     .stats_row = qattn_i8_stats_row_ref,
     .lse_dots = qattn_i8_lse_dots_ref,
+    .pack8_k = qattn_i8_pack8_k_ref,
+    .pack8_v = qattn_i8_pack8_v_ref,
 };

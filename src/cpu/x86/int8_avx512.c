@@ -534,6 +534,81 @@ static void lse_dots_avx512(const int8_t *base, const int32_t *off, int m, int d
     }
 }
 
+/* In-register transpose of a 16 x 16 block of 32-bit lanes: a[i] lane j -> a[j] lane i (four stages
+ * of 16 shuffles: dwords, qwords inside 128-bit lanes, then 128-bit lanes twice). */
+static ALWAYS_INLINE void transpose16(__m512i a[16]) {
+    __m512i b[16], c[16];
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; k++) b[2 * k] = _mm512_unpacklo_epi32(a[2 * k], a[2 * k + 1]), b[2 * k + 1] = _mm512_unpackhi_epi32(a[2 * k], a[2 * k + 1]);
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++) { /* c[4k + m], 128-bit lane L: column 4L + m of rows 4k .. 4k + 3 */
+        c[4 * k + 0] = _mm512_unpacklo_epi64(b[4 * k + 0], b[4 * k + 2]);
+        c[4 * k + 1] = _mm512_unpackhi_epi64(b[4 * k + 0], b[4 * k + 2]);
+        c[4 * k + 2] = _mm512_unpacklo_epi64(b[4 * k + 1], b[4 * k + 3]);
+        c[4 * k + 3] = _mm512_unpackhi_epi64(b[4 * k + 1], b[4 * k + 3]);
+    }
+#pragma GCC unroll 4
+    for (int m = 0; m < 4; m++) {
+        __m512i elo = _mm512_shuffle_i32x4(c[m], c[4 + m], _MM_SHUFFLE(2, 0, 2, 0)), ehi = _mm512_shuffle_i32x4(c[m], c[4 + m], _MM_SHUFFLE(3, 1, 3, 1));
+        __m512i flo = _mm512_shuffle_i32x4(c[8 + m], c[12 + m], _MM_SHUFFLE(2, 0, 2, 0)), fhi = _mm512_shuffle_i32x4(c[8 + m], c[12 + m], _MM_SHUFFLE(3, 1, 3, 1));
+        a[m] = _mm512_shuffle_i32x4(elo, flo, _MM_SHUFFLE(2, 0, 2, 0));
+        a[8 + m] = _mm512_shuffle_i32x4(elo, flo, _MM_SHUFFLE(3, 1, 3, 1));
+        a[4 + m] = _mm512_shuffle_i32x4(ehi, fhi, _MM_SHUFFLE(2, 0, 2, 0));
+        a[12 + m] = _mm512_shuffle_i32x4(ehi, fhi, _MM_SHUFFLE(3, 1, 3, 1));
+    }
+}
+
+/* Row j (j < n) of a tile, channels [c, c + 64) masked to d, -128 -> -127; zero for j >= n. */
+static ALWAYS_INLINE __m512i key_row64(const int8_t *src, int64_t stride, int n, int j, int c, int d) {
+    if (j >= n) return _mm512_setzero_si512();
+    __mmask64 k = d - c >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (d - c)) - 1);
+    return _mm512_max_epi8(_mm512_maskz_loadu_epi8(k, src + j * stride + c), _mm512_set1_epi8(-127));
+}
+
+/* pack8_k: 16 keys x 64 channels at a time, a 16 x 16 transpose of 32-bit lanes ([key][4 channels]
+ * -> [4 channels][key]); each result is one 64-byte run of the pack (8 keys: 32 bytes). */
+static void pack8_k_avx512(const int8_t *src, int64_t stride, int n, int npad, int d, int8_t *kp) {
+    for (int j0 = 0; j0 < npad; j0 += 16) {
+        int nk = npad - j0 < 16 ? npad - j0 : 16; /* 16, or 8 at npad % 16 == 8 */
+        for (int c = 0; c < d; c += 64) {
+            __m512i t[16];
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; i++) t[i] = i < nk ? key_row64(src, stride, n, j0 + i, c, d) : _mm512_setzero_si512();
+            transpose16(t);
+            int ng = (d - c < 64 ? d - c : 64) / 4;
+            for (int gi = 0; gi < ng; gi++)
+                _mm512_mask_storeu_epi32(kp + (size_t)(c / 4 + gi) * npad * 4 + (size_t)j0 * 4, lanes16(nk), t[gi]);
+        }
+    }
+}
+
+/* pack8_v: 4 keys x 64 channels at a time: bytes of keys (0, 1) and (2, 3) interleaved, then pairs,
+ * giving per 128-bit lane 4 channels x 4 keys; a 4 x 4 transpose of 128-bit lanes puts the 64
+ * channels in order (256 bytes). */
+static void pack8_v_avx512(const int8_t *src, int64_t stride, int n, int npad, int d, int8_t *vp) {
+    for (int j = 0; j < npad; j += 4) {
+        int8_t *dst = vp + (size_t)(j / 4) * d * 4;
+        for (int c = 0; c < d; c += 64) {
+            __m512i r0 = key_row64(src, stride, n, j, c, d), r1 = key_row64(src, stride, n, j + 1, c, d);
+            __m512i r2 = key_row64(src, stride, n, j + 2, c, d), r3 = key_row64(src, stride, n, j + 3, c, d);
+            __m512i alo = _mm512_unpacklo_epi8(r0, r1), ahi = _mm512_unpackhi_epi8(r0, r1);
+            __m512i blo = _mm512_unpacklo_epi8(r2, r3), bhi = _mm512_unpackhi_epi8(r2, r3);
+            __m512i v0 = _mm512_unpacklo_epi16(alo, blo), v1 = _mm512_unpackhi_epi16(alo, blo); /* lane L: channels 16L + 0..3, + 4..7 */
+            __m512i v2 = _mm512_unpacklo_epi16(ahi, bhi), v3 = _mm512_unpackhi_epi16(ahi, bhi); /* + 8..11, + 12..15 */
+            __m512i x0 = _mm512_shuffle_i32x4(v0, v1, _MM_SHUFFLE(2, 0, 2, 0)), x1 = _mm512_shuffle_i32x4(v0, v1, _MM_SHUFFLE(3, 1, 3, 1));
+            __m512i x2 = _mm512_shuffle_i32x4(v2, v3, _MM_SHUFFLE(2, 0, 2, 0)), x3 = _mm512_shuffle_i32x4(v2, v3, _MM_SHUFFLE(3, 1, 3, 1));
+            __m512i o[4];
+            o[0] = _mm512_shuffle_i32x4(x0, x2, _MM_SHUFFLE(2, 0, 2, 0)); /* channels 0..15: v0.L0 v1.L0 v2.L0 v3.L0 */
+            o[2] = _mm512_shuffle_i32x4(x0, x2, _MM_SHUFFLE(3, 1, 3, 1)); /* 32..47 */
+            o[1] = _mm512_shuffle_i32x4(x1, x3, _MM_SHUFFLE(2, 0, 2, 0)); /* 16..31 */
+            o[3] = _mm512_shuffle_i32x4(x1, x3, _MM_SHUFFLE(3, 1, 3, 1)); /* 48..63 */
+            int nc = d - c < 64 ? d - c : 64; /* a multiple of 8: whole 32-byte halves */
+            for (int q = 0; q < 4 && 16 * q < nc; q++)
+                _mm512_mask_storeu_epi32(dst + (size_t)(c + 16 * q) * 4, lanes16(nc - 16 * q), o[q]);
+        }
+    }
+}
+
 /* ---------------------------------------------------------------- the table */
 
 const qattn_int8_kernels qattn_int8_kernels_avx512 = {
@@ -556,4 +631,6 @@ const qattn_int8_kernels qattn_int8_kernels_avx512 = {
     .rotate_row = rotate_row_avx512,
     .stats_row = stats_row_avx512,
     .lse_dots = lse_dots_avx512,
+    .pack8_k = pack8_k_avx512,
+    .pack8_v = pack8_v_avx512,
 };
