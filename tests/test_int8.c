@@ -93,7 +93,7 @@ static void test_tables_filled(void) {
     } slots[] = {SLOT(qk),        SLOT(scores),     SLOT(softmax),    SLOT(pv_f32),      SLOT(rowmax),
                  SLOT(softmax_vs), SLOT(pv_acc),     SLOT(quant_row),  SLOT(qk16),        SLOT(pv_acc8),
                  SLOT(p_vs_tile),  SLOT(pv_acc8u),   SLOT(center_amax), SLOT(scale_center_amax),
-                 SLOT(rotate_row), SLOT(stats_row)};
+                 SLOT(rotate_row), SLOT(stats_row), SLOT(lse_dots), SLOT(pack8_k), SLOT(pack8_v)};
 #undef SLOT
     const int n_slots = (int)(sizeof slots / sizeof slots[0]);
     CHECK(sizeof(qattn_int8_kernels) == (size_t)(n_slots + 2) * sizeof(void *), "qattn_int8_kernels has a member this test does not list");
@@ -124,7 +124,7 @@ static void p_vs_unfused(const int32_t *s, int m, int npad, const float *sq, con
             continue;
         }
         float mb = R->rowmax(sf + (size_t)r * npad, lo[r], hi[r]), m_old = row_max[r], m_new = m_old > mb ? m_old : mb;
-        float al = m_old == -INFINITY ? 0.0f : exp2f(m_old - m_new), beta = exp2f(mb - m_new), esum, wmax;
+        float al = m_old == -INFINITY ? 0.0f : qattn_exp2f(m_old - m_new), beta = qattn_exp2f(mb - m_new), esum, wmax;
         R->softmax_vs(sf + (size_t)r * npad, lo[r], hi[r], npad, mb, svk, codes + (size_t)r * npad, &esum, &wmax);
         row_sum[r] = row_sum[r] * al + beta * esum;
         row_max[r] = m_new;
@@ -153,13 +153,14 @@ static void test_fused_slots(const qattn_int8_kernels *A) {
                 uint8_t *c8 = xcalloc((size_t)m * npad);
                 for (int i = 0; i < m * npad; i++) s[i] = (int32_t)(rnd_u64() % 8000001) - 4000000;
                 for (int j = 0; j < npad; j++) sk[j] = j < n ? (float)(rnd_unif() * 1e-2) : 0.0f, svk[j] = j < n ? (float)rnd_unif() : 0.0f;
+                bool all_full = n == 64 && m >= 16 && (mi + di) % 2 == 0; /* AVX-512: the 16-row transposed P step */
                 for (int r = 0; r < m; r++) {
                     sq[r] = (float)(rnd_unif() * 1e-4);
-                    int kind = (int)(rnd_u64() % 4); /* full, partial, empty, full again */
+                    int kind = all_full ? 0 : (int)(rnd_u64() % 4); /* full, partial, empty, full again */
                     lo[r] = kind == 1 ? (int)(rnd_u64() % (n + 1)) : 0;
                     hi[r] = kind == 2 ? 0 : kind == 1 ? lo[r] + (int)(rnd_u64() % (n - lo[r] + 1)) : n;
                 }
-                if (ni % 2) sq[0] = 1e30f, sk[0] = 1e30f; /* overflow: clamped to FLT_MAX */
+                if (ni % 2 || (all_full && di % 3 == 0)) sq[0] = 1e30f, sk[0] = 1e30f; /* overflow: clamped to FLT_MAX */
                 for (int u8 = 0; u8 < 2; u8++) {
                     float *rm1 = st, *rs1 = st + m, *rm2 = st + 2 * m, *rs2 = st + 3 * m, a1[64], f1[64], a2[64], f2[64];
                     for (int r = 0; r < m; r++) {
@@ -178,9 +179,10 @@ static void test_fused_slots(const qattn_int8_kernels *A) {
                     int8_t *vp8 = xcalloc((size_t)npad * d);
                     float *sv = xcalloc((size_t)d * 4), *o1 = xcalloc((size_t)m * d * 4), *o2 = xcalloc((size_t)m * d * 4), al[64], fa[64];
                     for (int i = 0; i < npad * d; i++) vp8[i] = (int8_t)((int)(rnd_u64() % 255) - 127);
-                    for (int c = 0; c < d; c++) sv[c] = (float)rnd_unif();
-                    for (int r = 0; r < m; r++) al[r] = (float)rnd_unif(), fa[r] = (float)rnd_unif() * 1e-3f;
+                    for (int c = 0; c < d; c++) sv[c] = ni % 2 ? (float)rnd_unif() : 1.0f; /* all 1: the default scheme's fast path */
+                    for (int r = 0; r < m; r++) al[r] = r % 2 ? (float)rnd_unif() : 1.0f, fa[r] = (float)rnd_unif() * 1e-3f;
                     for (int i = 0; i < m * d; i++) o1[i] = o2[i] = (float)rnd_norm();
+                    if (m > 1) o1[d] = o2[d] = -0.0f; /* a -0 accumulator under alpha 1 */
                     R->pv_acc8(c1, m, npad, vp8, d, al, fa, sv, lo, hi, o1, d);
                     A->pv_acc8u(c8, m, npad, vp8, d, al, fa, sv, lo, hi, o2, d);
                     CHECK(!memcmp(o1, o2, (size_t)m * d * 4), "pv_acc8u %s != pv_acc8 ref (d %d m %d n %d)", A->name, d, m, n);
@@ -188,6 +190,40 @@ static void test_fused_slots(const qattn_int8_kernels *A) {
                 }
                 free(s), free(lo), free(hi), free(sq), free(sk), free(svk), free(st), free(c1), free(c2), free(c8);
             }
+    for (int di = 0; di < n_dims; di++) { /* pack8_k / pack8_v: strided rows, -128 codes, n < npad, npad % 16 == 8 */
+        int d = dims[di];
+        int ns2[] = {1, 8, 9, 24, 40, 63, 64};
+        for (int ni = 0; ni < 7; ni++) {
+            int n = ns2[ni], npad = (n + 7) / 8 * 8;
+            int64_t stride = d + 8 * (ni % 3); /* rows packed or apart */
+            int8_t *src = xcalloc((size_t)(64 * stride + d)), *p1 = xcalloc((size_t)64 * d), *p2 = xcalloc((size_t)64 * d);
+            for (int i = 0; i < 64 * stride + d; i++) src[i] = (int8_t)((int)(rnd_u64() % 256) - 128);
+            for (int w = 0; w < 2; w++) {
+                memset(p1, 0x55, (size_t)64 * d), memset(p2, 0x66, (size_t)64 * d);
+                (w ? R->pack8_v : R->pack8_k)(src, stride, n, npad, d, p1);
+                (w ? A->pack8_v : A->pack8_k)(src, stride, n, npad, d, p2);
+                CHECK(!memcmp(p1, p2, (size_t)npad * d), "pack8_%s %s != ref (d %d n %d)", w ? "v" : "k", A->name, d, n);
+            }
+            free(src), free(p1), free(p2);
+        }
+    }
+    for (int di = 0; di < n_dims; di++) { /* lse_dots: rows at scattered offsets, codes with -128 */
+        int d = dims[di];
+        int ms2[] = {1, 5, 16, 17, 64};
+        for (int mi = 0; mi < 5; mi++) {
+            int m = ms2[mi];
+            int8_t *base = xcalloc((size_t)(m * 3 + 2) * d);
+            int32_t off[64];
+            float mk[256], d1[64], d2[64];
+            for (int i = 0; i < (m * 3 + 2) * d; i++) base[i] = (int8_t)((int)(rnd_u64() % 256) - 128);
+            for (int r = 0; r < m; r++) off[r] = (int32_t)((rnd_u64() % (uint64_t)(3 * m)) * (uint64_t)d + (rnd_u64() % 3));
+            for (int c = 0; c < d; c++) mk[c] = (float)(rnd_norm() * (c % 3 ? 1.0 : 1e3));
+            R->lse_dots(base, off, m, d, mk, d1);
+            A->lse_dots(base, off, m, d, mk, d2);
+            CHECK(!memcmp(d1, d2, (size_t)m * 4), "lse_dots %s != ref (d %d m %d)", A->name, d, m);
+            free(base);
+        }
+    }
     for (int di = 0; di < n_dims; di++) { /* quantization rows */
         int d = dims[di];
         float *row = xcalloc((size_t)d * 4), *mu = xcalloc((size_t)d * 4), *y1 = xcalloc((size_t)d * 4), *y2 = xcalloc((size_t)d * 4);
@@ -280,8 +316,8 @@ static void test_kernels_isa(int32_t isa, const qattn_int8_kernels *A) {
                     float *al = xcalloc((size_t)m * 4), *fa = xcalloc((size_t)m * 4), *sv = xcalloc((size_t)d * 4);
                     int32_t *lo = xcalloc((size_t)m * 4), *hi = xcalloc((size_t)m * 4);
                     float *a1 = xcalloc((size_t)m * d * 4), *a2 = xcalloc((size_t)m * d * 4), *a3 = xcalloc((size_t)m * d * 4);
-                    for (int r = 0; r < m; r++) al[r] = (float)rnd_unif(), fa[r] = (float)rnd_unif() * 1e-3f, lo[r] = 0, hi[r] = r % 5 == 2 ? 0 : n;
-                    for (int c = 0; c < d; c++) sv[c] = (float)rnd_unif();
+                    for (int r = 0; r < m; r++) al[r] = r % 2 ? (float)rnd_unif() : 1.0f, fa[r] = (float)rnd_unif() * 1e-3f, lo[r] = 0, hi[r] = r % 5 == 2 ? 0 : n;
+                    for (int c = 0; c < d; c++) sv[c] = ni % 2 ? (float)rnd_unif() : 1.0f;
                     for (int i = 0; i < m * d; i++) a1[i] = a2[i] = a3[i] = (float)rnd_norm();
                     R->pv_acc(pc, m, npad, vp, d, al, fa, sv, lo, hi, a1, d);
                     R->pv_acc8(pc, m, npad, vp8, d, al, fa, sv, lo, hi, a2, d);
@@ -1322,7 +1358,30 @@ static void test_calibration(void) {
     printf("calibration: round trip bitwise, running statistics, other-sample accuracy, varlen, bad arguments\n");
 }
 
+/* qattn_exp2f: the special values, and (on glibc >= 2.28, whose exp2f it writes out) every 251st
+ * float x <= 0 against libm's exp2f, bit for bit (dev/cpu_int8/exp2f_check.c checks all of them and
+ * the AVX-512 8-lane version). */
+static void test_exp2f(void) {
+    CHECK(qattn_exp2f(0.0f) == 1.0f && qattn_exp2f(-0.0f) == 1.0f && qattn_exp2f(-1.0f) == 0.5f && qattn_exp2f(-126.0f) == 0x1p-126f,
+          "qattn_exp2f exact powers of two");
+    CHECK(qattn_exp2f(-INFINITY) == 0.0f && qattn_exp2f(-150.0f) == 0.0f && qattn_exp2f(-149.5f) == 0x1p-149f &&
+              qattn_exp2f(-149.0f) == 0x1p-149f && qattn_exp2f(-FLT_MAX) == 0.0f,
+          "qattn_exp2f underflow");
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 28))
+    int bad = 0;
+    for (uint64_t u = 0x80000000u; u <= 0xff800000u; u += 251) {
+        uint32_t b = (uint32_t)u;
+        float x, a, c;
+        memcpy(&x, &b, 4);
+        a = qattn_exp2f(x), c = exp2f(x);
+        bad += memcmp(&a, &c, 4) != 0;
+    }
+    CHECK(bad == 0, "qattn_exp2f differs from glibc exp2f at %d sampled values", bad);
+#endif
+}
+
 int main(void) {
+    test_exp2f();
     test_kernels();
     test_channel_transforms();
     test_sharp_units();

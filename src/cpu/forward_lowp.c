@@ -61,6 +61,7 @@ typedef struct lplan {
      * (refine) the K residual pack, filled for sharp (b, g) only. */
     int64_t n_slots, max_tiles;
     size_t slot_bytes, pack_bytes;
+    size_t k_bytes, v_bytes; /* a slot's K pack (and K residual pack) and V pack, 64-byte multiples */
     unsigned char *packs;
 } lplan;
 
@@ -128,7 +129,7 @@ static size_t wmem_layout(const lplan *pl, unsigned char *base, wmem *w) {
     return off;
 }
 
-static void make_plan(lplan *pl, const qattn_ctx *ctx, const qattn_params *p, bool refine) {
+static void make_plan(lplan *pl, const qattn_ctx *ctx, const qattn_params *p, bool refine, int32_t p_mode) {
     memset(pl, 0, sizeof *pl);
     pl->p = p;
     pl->refine = refine;
@@ -139,8 +140,14 @@ static void make_plan(lplan *pl, const qattn_ctx *ctx, const qattn_params *p, bo
     pl->worker_bytes = wmem_layout(pl, NULL, NULL);
     pl->max_tiles = ceil_div(p->seqlen_k, QATTN_TILE_KEYS);
     pl->n_slots = (p->cu_seqlens_k ? p->cu_seqlens_k[p->batch] / QATTN_TILE_KEYS + p->batch : p->batch * pl->max_tiles) * p->n_kv_heads;
-    size_t T = QATTN_TILE_KEYS, D = (size_t)p->head_dim;
-    pl->slot_bytes = al64(T * D * 2) + al64(T * D * 4) + 2 * al64(T * 4) + (refine ? al64(T * D * 2) : 0); /* V room for float (P_FP32) */
+    /* Slots hold the table's own formats only (8-bit K/V packs with pack8, else 16-bit; float V for
+     * P_FP32), so that a kv head's slots, consecutive (slot_of), stay a compact run: with room for
+     * every format (64 KiB a slot at D 128) and the heads interleaved, one head's tiles were 512 KiB
+     * apart, all on the same L2 sets, and a unit's sweep evicted its own K/V packs. */
+    size_t T = QATTN_TILE_KEYS, D = (size_t)p->head_dim, code = pl->kern->pack8 ? 1 : 2;
+    pl->k_bytes = al64(T * D * code);
+    pl->v_bytes = p_mode == QATTN_P_FP32 ? al64(T * D * 4) : al64(T * D * code);
+    pl->slot_bytes = pl->k_bytes + pl->v_bytes + 2 * al64(T * 4) + (refine ? pl->k_bytes : 0);
     pl->pack_bytes = (size_t)pl->n_slots * pl->slot_bytes;
 }
 
@@ -157,15 +164,17 @@ typedef struct kvslot {
     int16_t *kr; /* K residual pack (pl->refine), else NULL */
 } kvslot;
 
+/* Slot (kv head g, tile tile of sequence b): head-major, so a head's tiles are consecutive. */
 static kvslot slot_of(const lplan *pl, int64_t b, int g, int64_t tile) {
-    unsigned char *base = pl->packs + (size_t)((tile_base(pl, b) + tile) * pl->p->n_kv_heads + g) * pl->slot_bytes;
-    size_t T = QATTN_TILE_KEYS, D = (size_t)pl->p->head_dim;
+    int64_t tiles = pl->n_slots / pl->p->n_kv_heads; /* slots per head */
+    unsigned char *base = pl->packs + (size_t)(g * tiles + tile_base(pl, b) + tile) * pl->slot_bytes;
+    size_t T = QATTN_TILE_KEYS;
     kvslot k;
     k.kp = (int16_t *)(void *)base;
-    k.vp = base + al64(T * D * 2);
-    k.sk = (float *)(void *)(base + al64(T * D * 2) + al64(T * D * 4));
+    k.vp = base + pl->k_bytes;
+    k.sk = (float *)(void *)(base + pl->k_bytes + pl->v_bytes);
     k.svk = k.sk + al64(T * 4) / 4;
-    k.kr = pl->refine ? (int16_t *)(void *)(base + al64(T * D * 2) + al64(T * D * 4) + 2 * al64(T * 4)) : NULL;
+    k.kr = pl->refine ? (int16_t *)(void *)(base + pl->k_bytes + pl->v_bytes + 2 * al64(T * 4)) : NULL;
     return k;
 }
 
@@ -175,9 +184,9 @@ static size_t plan_bytes(const lplan *pl, int nw) {
     return (size_t)nw * pl->worker_bytes + pl->pack_bytes + partials + qattn_units_order_bytes(&pl->units, pl->p);
 }
 
-size_t qattn_lowp_run_bytes(const qattn_ctx *ctx, const qattn_params *p, bool refine) {
+size_t qattn_lowp_run_bytes(const qattn_ctx *ctx, const qattn_params *p, bool refine, int32_t p_mode) {
     lplan pl;
-    make_plan(&pl, ctx, p, refine);
+    make_plan(&pl, ctx, p, refine, p_mode);
     return pl.units.n_units > 0 ? plan_bytes(&pl, qattn_workers_for(ctx->n_threads, pl.units.n_units)) : 0;
 }
 
@@ -200,19 +209,6 @@ static inline uint32_t clamp_code4(uint32_t w) {
     return w + (z >> 7);
 }
 
-/* w[k] holds bytes (k, 0..3) of a 4 x 4 byte matrix (byte c of w[k] is element (k, c), little
- * endian); afterwards w[c] holds (0..3, c): 4 keys' codes of channel c, as vp8 wants them. */
-static inline void transpose4x4_bytes(uint32_t w[4]) {
-    uint32_t t0 = (w[0] & 0x00ff00ffu) | ((w[1] & 0x00ff00ffu) << 8); /* (0,0) (1,0) (0,2) (1,2) */
-    uint32_t t1 = ((w[0] >> 8) & 0x00ff00ffu) | (w[1] & 0xff00ff00u); /* (0,1) (1,1) (0,3) (1,3) */
-    uint32_t t2 = (w[2] & 0x00ff00ffu) | ((w[3] & 0x00ff00ffu) << 8);
-    uint32_t t3 = ((w[2] >> 8) & 0x00ff00ffu) | (w[3] & 0xff00ff00u);
-    w[0] = (t0 & 0xffffu) | (t2 << 16);
-    w[1] = (t1 & 0xffffu) | (t3 << 16);
-    w[2] = (t0 >> 16) | (t2 & 0xffff0000u);
-    w[3] = (t1 >> 16) | (t3 & 0xffff0000u);
-}
-
 /* Q codes, row scales and LSE corrections of a unit's rows; qc may be NULL (merge phase). */
 /* Row r of a unit (position i0 + r / group, head g * group + r % group): its Q codes and head. */
 static const int8_t *q_row(const lplan *pl, int64_t off, int64_t i0, int g, int r, int *head) {
@@ -220,6 +216,8 @@ static const int8_t *q_row(const lplan *pl, int64_t off, int64_t i0, int g, int 
     *head = g * pl->units.group + r % pl->units.group;
     return tq->data + off + (i0 + r / pl->units.group) * tq->seq_stride + (int64_t)*head * tq->head_stride;
 }
+
+#define LSE_ROWS 64 /* rows per lse_dots call */
 
 static void pack_q(const lplan *pl, int64_t b, int64_t i0, int n_pos, int g, int16_t *qc, float *sq, float *corr) {
     const qattn_params *p = pl->p;
@@ -244,17 +242,28 @@ static void pack_q(const lplan *pl, int64_t b, int64_t i0, int n_pos, int g, int
         else if (qc)
             for (int c = 0; c < D; c++) qc[r * D + c] = clamp_code(src[c]);
     }
-    /* LSE corrections: dot = sum_c code * mean_k[c], c ascending, 4 rows interleaved (independent
-     * chains of adds: one row alone waits on each add) */
-    for (int r0 = 0; r0 < m; r0 += 4) {
-        int nr = m - r0 < 4 ? m - r0 : 4, h;
-        const int8_t *src[4];
-        float dot[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int k = 0; k < 4; k++) src[k] = q_row(pl, off, i0, g, r0 + (k < nr ? k : 0), &h);
-        if (mk)
-            for (int c = 0; c < D; c++)
-                for (int k = 0; k < 4; k++) dot[k] += (float)clamp_code(src[k][c]) * mk[c];
-        for (int k = 0; k < nr; k++) corr[r0 + k] = mk ? dot[k] * corr[r0 + k] * pl->scale : 0.0f;
+    /* LSE corrections: dot = sum_c code * mean_k[c], c ascending (the table's lse_dots, the rows as
+     * offsets from the first one; rows too far apart for int32 offsets take the reference kernel in
+     * groups that fit, the same sums) */
+    if (!mk) {
+        for (int r = 0; r < m; r++) corr[r] = 0.0f;
+        return;
+    }
+    for (int r0 = 0; r0 < m; r0 += LSE_ROWS) {
+        int nr = m - r0 < LSE_ROWS ? m - r0 : LSE_ROWS, h;
+        int32_t roff[LSE_ROWS];
+        float dot[LSE_ROWS];
+        const int8_t *first = q_row(pl, off, i0, g, r0, &h);
+        bool fits = true;
+        for (int k = 0; k < nr; k++) {
+            ptrdiff_t o = q_row(pl, off, i0, g, r0 + k, &h) - first;
+            fits &= o >= 0 && o <= INT32_MAX - D;
+            roff[k] = fits ? (int32_t)o : 0;
+        }
+        if (fits) pl->kern->lse_dots(first, roff, nr, D, mk, dot);
+        else
+            for (int k = 0; k < nr; k++) roff[k] = 0, qattn_i8_lse_dots_ref(q_row(pl, off, i0, g, r0 + k, &h), roff + k, 1, D, mk, dot + k);
+        for (int k = 0; k < nr; k++) corr[r0 + k] = dot[k] * corr[r0 + k] * pl->scale;
     }
 }
 
@@ -288,26 +297,19 @@ static void pack_k(const lplan *pl, const int8_t *data, int64_t b, int g, int64_
     const qattn_int8_tensor *t = &pl->qi->k; /* codes from data (t->data, or the residuals), in t's layout */
     int D = p->head_dim;
     int64_t off = i8_off(p, t, p->cu_seqlens_k, b), tb = tok_base(p->cu_seqlens_k, b, p->seqlen_k);
-    int8_t *kp8 = pl->kern->pack8 ? (int8_t *)(void *)kp : NULL;
+    if (pl->kern->pack8) /* qk's 8-bit pack: the table's packer */
+        pl->kern->pack8_k(data + off + t0 * t->seq_stride + (int64_t)g * t->head_stride, t->seq_stride, n, npad, D, (int8_t *)(void *)kp);
     for (int j = 0; j < npad; j++) {
         if (j < n) {
             int64_t i = t0 + j;
             const int8_t *src = data + off + i * t->seq_stride + (int64_t)g * t->head_stride;
-            if (kp8) /* 4 channels at a time: one 32-bit word per group */
-                for (int c = 0; c < D; c += 4) {
-                    uint32_t w;
-                    memcpy(&w, src + c, 4);
-                    w = clamp_code4(w);
-                    memcpy(kp8 + (size_t)(c / 4) * npad * 4 + (size_t)j * 4, &w, 4);
-                }
-            else
+            if (!pl->kern->pack8)
                 for (int c = 0; c < D; c++) kp[(c / 2) * npad * 2 + j * 2 + c % 2] = clamp_code(src[c]);
             if (sk) sk[j] = t->scale[qattn_scale_index(t->granularity, t->block_size, b, tb + i, i, g, p->n_kv_heads, p->seqlen_k, D, 0)];
         } else {
-            for (int c = 0; c < D; c += 4) {
-                if (kp8) memset(kp8 + (size_t)(c / 4) * npad * 4 + (size_t)j * 4, 0, 4);
-                else memset(kp + (size_t)(c / 2) * npad * 2 + (size_t)j * 2, 0, 4), memset(kp + (size_t)(c / 2 + 1) * npad * 2 + (size_t)j * 2, 0, 4);
-            }
+            if (!pl->kern->pack8)
+                for (int c = 0; c < D; c += 4)
+                    memset(kp + (size_t)(c / 2) * npad * 2 + (size_t)j * 2, 0, 4), memset(kp + (size_t)(c / 2 + 1) * npad * 2 + (size_t)j * 2, 0, 4);
             if (sk) sk[j] = 0.0f;
         }
     }
@@ -319,19 +321,8 @@ static void pack_v_i16(const lplan *pl, int64_t b, int g, int64_t t0, int n, int
     int D = p->head_dim;
     int64_t off = i8_off(p, t, p->cu_seqlens_k, b), tb = tok_base(p->cu_seqlens_k, b, p->seqlen_k);
     bool per_key = pl->p_mode == QATTN_P_U8_VSCALED && t->granularity != QATTN_QUANT_PER_CHANNEL;
-    if (pl->kern->pack8) /* pv_acc8's vp8: 4 keys of each channel adjacent; 4 keys x 4 channels per step */
-        for (int j = 0; j < npad; j += 4) {
-            const int8_t *src[4];
-            for (int k = 0; k < 4; k++) src[k] = j + k < n ? t->data + off + (t0 + j + k) * t->seq_stride + (int64_t)g * t->head_stride : NULL;
-            uint8_t *dst = (uint8_t *)vp + (size_t)(j / 4) * D * 4;
-            for (int c = 0; c < D; c += 4) {
-                uint32_t w[4] = {0, 0, 0, 0};
-                for (int k = 0; k < 4; k++)
-                    if (src[k]) memcpy(&w[k], src[k] + c, 4), w[k] = clamp_code4(w[k]);
-                transpose4x4_bytes(w);
-                memcpy(dst + (size_t)c * 4, w, 16);
-            }
-        }
+    if (pl->kern->pack8) /* pv_acc8's vp8 (4 keys of each channel adjacent): the table's packer */
+        pl->kern->pack8_v(t->data + off + t0 * t->seq_stride + (int64_t)g * t->head_stride, t->seq_stride, n, npad, D, (int8_t *)(void *)vp);
     for (int j = 0; j < npad; j++) {
         const int8_t *src = j < n ? t->data + off + (t0 + j) * t->seq_stride + (int64_t)g * t->head_stride : NULL;
         if (!pl->kern->pack8)
@@ -633,7 +624,7 @@ qattn_status qattn_lowp_run_quantized(qattn_ctx *ctx, const qattn_params *p, con
     qattn_status refused = refuse_score_mods(ctx, p);
     if (refused != QATTN_OK) return refused;
     lplan pl;
-    make_plan(&pl, ctx, p, rf != NULL);
+    make_plan(&pl, ctx, p, rf != NULL, p_mode);
     pl.qi = qi;
     pl.rf = rf;
     pl.p_mode = p_mode;
@@ -728,7 +719,7 @@ static size_t dynamic_bytes(const qattn_ctx *ctx, const qattn_params *p, const q
     qbufs tmp;
     if (!qb) qb = &tmp;
     qbufs_layout(p, cfg, qb);
-    return qb->total + qattn_lowp_run_bytes(ctx, p, cfg_refines(cfg));
+    return qb->total + qattn_lowp_run_bytes(ctx, p, cfg_refines(cfg), cfg->p_mode);
 }
 
 qattn_status qattn_lowp_forward_cfg(qattn_ctx *ctx, const qattn_params *p, const qattn_lowp_cfg *cfg) {

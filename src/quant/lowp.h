@@ -61,8 +61,8 @@ typedef void (*qattn_i8_pv_acc8_fn)(const int16_t *pc, int m, int npad, const in
 
 /* The whole default-scheme (P_U8_VSCALED) P step of a tile, fused: for each row r < m, from the
  * exact S (int32, stride npad): sf = scores(S) (the scores kernel's clamp((float)S * sq[r] * sk[j])),
- * mb = rowmax(sf, lo[r], hi[r]), then the driver's state update (m_new, alpha = exp2f(m_old - m_new)
- * or 0, beta = exp2f(mb - m_new)) and softmax_vs(sf, ..., ref = mb), row_sum = row_sum * alpha +
+ * mb = rowmax(sf, lo[r], hi[r]), then the driver's state update (m_new, alpha = qattn_exp2f(m_old - m_new)
+ * or 0, beta = qattn_exp2f(mb - m_new)) and softmax_vs(sf, ..., ref = mb), row_sum = row_sum * alpha +
  * beta * e_sum, row_max = m_new, fac = beta * w_max / 255; rows with lo >= hi get zero codes,
  * alpha 1, fac 0 and keep their state. Bit for bit the unfused sequence (scores, rowmax,
  * softmax_vs and those float steps), which is what the reference kernel runs; the driver calls
@@ -107,6 +107,16 @@ typedef struct qattn_int8_kernels {
     /* One row of the statistics pass: acc[c] += (double)row[c] if acc; mn[c] = row[c] < mn[c] ?
      * row[c] : mn[c] and mx[c] = row[c] > mx[c] ? row[c] : mx[c] if mn (row finite, d % 8 == 0). */
     void (*stats_row)(const float *row, int d, double *acc, float *mn, float *mx);
+    /* The driver's LSE corrections (K smoothing): for r < m, dot[r] = sum over c < d, ascending, of
+     * (float)code * mk[c], code = base[off[r] + c] with -128 read as -127; each product rounded,
+     * then added to the running float sum (from 0.0f), no fusion (d % 8 == 0, off[r] >= 0). */
+    void (*lse_dots)(const int8_t *base, const int32_t *off, int m, int d, const float *mk, float *dot);
+    /* The 8-bit packs (pack8 tables) of a tile from n key rows src + j * stride (n <= npad <= 64,
+     * npad % 8 == 0, d % 8 == 0), codes -128 read as -127, keys n .. npad - 1 zero:
+     *   pack8_k: kp[(c / 4) * npad * 4 + j * 4 + c % 4] = code(j, c)   (qk's K pack)
+     *   pack8_v: vp[(j / 4) * d * 4 + c * 4 + j % 4] = code(j, c)      (pv_acc8's vp8) */
+    void (*pack8_k)(const int8_t *src, int64_t stride, int n, int npad, int d, int8_t *kp);
+    void (*pack8_v)(const int8_t *src, int64_t stride, int n, int npad, int d, int8_t *vp);
 } qattn_int8_kernels;
 
 extern const qattn_int8_kernels qattn_int8_kernels_ref;
@@ -118,6 +128,9 @@ void qattn_i8_pv_acc8u_ref(const uint8_t *pc8, int m, int npad, const int8_t *vp
                            const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld);
 float qattn_i8_scale_center_amax_ref(const float *row, const float *f, const float *mu, int d, float *y);
 void qattn_i8_stats_row_ref(const float *row, int d, double *acc, float *mn, float *mx);
+void qattn_i8_lse_dots_ref(const int8_t *base, const int32_t *off, int m, int d, const float *mk, float *dot);
+void qattn_i8_pack8_k_ref(const int8_t *src, int64_t stride, int n, int npad, int d, int8_t *kp);
+void qattn_i8_pack8_v_ref(const int8_t *src, int64_t stride, int n, int npad, int d, int8_t *vp);
 #if defined(QATTN_HAVE_X86)
 extern const qattn_int8_kernels qattn_int8_kernels_avx2;
 extern const qattn_int8_kernels qattn_int8_kernels_avxvnni;
@@ -172,6 +185,35 @@ static inline float qattn_exp2_poly(float x) {
     float two_n;
     memcpy(&two_n, &bits, 4);
     return p * two_n;
+}
+
+/* 2^x for x <= 0 (and -inf), the default scheme's state-update exponential (alpha and beta of the
+ * fused P step, every table and the reference). It was libm's exp2f; this is the algorithm of glibc
+ * 2.28+ exp2f (from ARM's optimized-routines: x = k/32 + r, 2^(k/32) from a 32-entry table scaled
+ * in the exponent bits, a degree-3 polynomial in r, in double, rounded once to float), written with
+ * explicit fma so that it names every rounding: equal, bit for bit, to glibc 2.36's exp2f (its FMA
+ * variant) for every float x <= 0, denormals and -inf included (checked exhaustively,
+ * docs/int8_results.md), and the same on every platform and ISA, whatever the libm. The AVX-512
+ * kernel evaluates it on 8 lanes of double (src/cpu/x86/int8_avx512.c) with the same operations.
+ * Below -149: 0 (x <= -150, -inf) or 2^-149 (-150 < x < -149), glibc's underflow results. */
+extern const uint64_t qattn_exp2f_table[32]; /* src/ref/int8_ref.c: glibc's __exp2f_data.tab */
+#define QATTN_EXP2F_SHIFT 0x1.8p47             /* 0x1.8p52 / 32: kd = x + shift rounds x to k/32 */
+#define QATTN_EXP2F_C0 0x1.c6af84b912394p-5
+#define QATTN_EXP2F_C1 0x1.ebfce50fac4f3p-3
+#define QATTN_EXP2F_C2 0x1.62e42ff0c52d6p-1
+static inline float qattn_exp2f(float x) {
+    if (!(x > -150.0f)) return 0.0f; /* also -inf */
+    if (x < -149.0f) return 0x1p-149f;
+    double xd = (double)x, kd = xd + QATTN_EXP2F_SHIFT;
+    uint64_t ki, t;
+    memcpy(&ki, &kd, 8);
+    kd -= QATTN_EXP2F_SHIFT;
+    double r = xd - kd, s;
+    t = qattn_exp2f_table[ki % 32] + (ki << 47);
+    memcpy(&s, &t, 8);
+    double z = fma(r, QATTN_EXP2F_C0, QATTN_EXP2F_C1), r2 = r * r, y = fma(r, QATTN_EXP2F_C2, 1.0);
+    y = fma(z, r2, y);
+    return (float)(y * s);
 }
 
 /* ---------------------------------------------------------------- scheme configuration */
@@ -246,10 +288,10 @@ qattn_status qattn_lowp_forward_static(qattn_ctx *ctx, const qattn_params *p, co
 /* The pre-quantized driver behind qattn_forward_quantized; p and qi validated, p_mode given.
  * v_fp: when not NULL (P_FP32 mode), V is read from it (dtype, p's v strides) instead of qi->v. */
 /* rf: NULL, or the sharp units' residual codes (rf->sharp, q_res, k_res), whose K residual packs
- * need refine = true in qattn_lowp_run_bytes. */
+ * need refine = true in qattn_lowp_run_bytes (and its p_mode: P_FP32's slots hold float V). */
 qattn_status qattn_lowp_run_quantized(qattn_ctx *ctx, const qattn_params *p, const qattn_int8_inputs *qi, int32_t p_mode,
                                       const void *v_fp, const qattn_qk_refine *rf, void *workspace, size_t workspace_size);
-size_t qattn_lowp_run_bytes(const qattn_ctx *ctx, const qattn_params *p, bool refine);
+size_t qattn_lowp_run_bytes(const qattn_ctx *ctx, const qattn_params *p, bool refine, int32_t p_mode);
 
 /* ---------------------------------------------------------------- quantization internals
  * (src/quant/quant.c) */

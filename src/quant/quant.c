@@ -87,6 +87,7 @@ typedef struct qjob {
     int32_t scale_shift; /* PER_TOKEN codes: stored scale = (amax / cmax) * 2^scale_shift */
     float code_max;      /* cmax, the largest code: 0 = 127 (INT8); 7 for INT4's Q and K */
     int8_t *res;          /* refine_tok_task: residual codes (the layout of t->data) */
+    int32_t *code_sq;     /* PER_TOKEN codes: sum of the squared codes of each row, [tok * Ht + h] (the scales' index), or NULL */
     const uint8_t *sharp; /* refine_tok_task: [B][HK] sharp units; head h belongs to kv head h / mul_group */
 } qjob;
 
@@ -237,6 +238,13 @@ static float tok_row_y(const qjob *j, const float *row, int64_t b, int64_t h, co
 
 static const float zero_mu[256];
 
+/* Sum of the squared codes of a row (exact: <= 256 * 127^2). */
+static int32_t code_sq(const int8_t *c, int64_t d) {
+    int32_t s = 0;
+    for (int64_t k = 0; k < d; k++) s += (int32_t)c[k] * c[k];
+    return s;
+}
+
 static void quant_tok_task(void *arg, int64_t task, int worker) {
     (void)worker;
     const qjob *j = arg;
@@ -259,8 +267,10 @@ static void quant_tok_task(void *arg, int64_t task, int worker) {
             }
             const float *mu = t->mean ? t->mean + (b * Ht + h) * D : zero_mu;
             float amax = tok_row_y(j, row, b, h, mu, y);
-            j->kern->quant_row(y, (int)D, inv_scale(amax, job_code_max(j)), t->data + toff0 + h * t->head_stride + i * t->seq_stride);
+            int8_t *dst = t->data + toff0 + h * t->head_stride + i * t->seq_stride;
+            j->kern->quant_row(y, (int)D, inv_scale(amax, job_code_max(j)), dst);
             t->scale[(tok0 + i) * Ht + h] = ldexpf(amax / job_code_max(j), j->scale_shift);
+            if (j->code_sq) j->code_sq[(tok0 + i) * Ht + h] = code_sq(dst, D); /* the codes still in L1 */
         }
 }
 
@@ -436,32 +446,26 @@ typedef struct noise_job {
     const qattn_params *p;
     const qattn_int8_tensor *tq, *tk;
     const qattn_qk_refine *rf;
+    const int32_t *sq_q, *sq_k; /* the rows' sums of squared codes (the code pass's code_sq), scale-indexed */
 } noise_job;
-
-static int32_t code_sq(const int8_t *c, int64_t d) {
-    int32_t s = 0; /* <= 256 * 127^2: no overflow */
-    for (int64_t k = 0; k < d; k++) s += (int32_t)c[k] * c[k];
-    return s;
-}
 
 static void noise_task(void *arg, int64_t task, int worker) {
     (void)worker;
     const noise_job *nj = arg;
     const qattn_params *p = nj->p;
     const qattn_int8_tensor *tq = nj->tq, *tk = nj->tk;
-    int64_t H = p->n_heads, HK = p->n_kv_heads, G = H / HK, D = p->head_dim, b = task / HK, g = task % HK;
+    int64_t H = p->n_heads, HK = p->n_kv_heads, G = H / HK, b = task / HK, g = task % HK;
     tview vq = view_of(p, QATTN_TENSOR_Q), vk = view_of(p, QATTN_TENSOR_K);
     int64_t nq = seq_len(&vq, b), nk = seq_len(&vk, b), q0 = seq_tok0(&vq, b), k0 = seq_tok0(&vk, b);
-    int64_t qoff = seq_off(&vq, b, tq->batch_stride, tq->seq_stride), koff = seq_off(&vk, b, tk->batch_stride, tk->seq_stride);
     double aq = 0, cq = 0, ak = 0, ck = 0;
     for (int64_t i = 0; i < nq; i++)
         for (int64_t h = g * G; h < (g + 1) * G; h++) {
             double s2 = (double)tq->scale[(q0 + i) * H + h] * tq->scale[(q0 + i) * H + h];
-            aq += s2, cq += s2 * code_sq(tq->data + qoff + i * tq->seq_stride + h * tq->head_stride, D);
+            aq += s2, cq += s2 * nj->sq_q[(q0 + i) * H + h];
         }
     for (int64_t i = 0; i < nk; i++) {
         double s2 = (double)tk->scale[(k0 + i) * HK + g] * tk->scale[(k0 + i) * HK + g];
-        ak += s2, ck += s2 * code_sq(tk->data + koff + i * tk->seq_stride + g * tk->head_stride, D);
+        ak += s2, ck += s2 * nj->sq_k[(k0 + i) * HK + g];
     }
     double sigma = 0.0;
     if (nq > 0 && nk > 0) {
@@ -476,7 +480,7 @@ static void noise_task(void *arg, int64_t task, int worker) {
 static void refine_units(qattn_ctx *ctx, const qattn_params *p, qjob *jq, qjob *jk, const qattn_qk_refine *rf) {
     int nt = nthreads(ctx);
     int64_t units = p->batch * p->n_kv_heads;
-    noise_job nj = {p, jq->t, jk->t, rf};
+    noise_job nj = {p, jq->t, jk->t, rf, jq->code_sq, jk->code_sq};
     qattn_parallel_for(ctx->pool, nt > units ? (int)units : nt, units, noise_task, &nj);
     bool any = false;
     for (int64_t u = 0; u < units; u++) any |= rf->sharp[u] != 0;
@@ -517,12 +521,20 @@ qattn_status qattn_quantize_qk_smoothed(qattn_ctx *ctx, const qattn_params *p, i
     size_t nfac = (size_t)((dyn ? B : 1) * HK * D);
     size_t nbq = (size_t)(B * H * (dyn ? 1 : nchunk_q)), nbk = (size_t)(B * HK * (dyn ? 1 : nchunk_k));
     size_t nst = dyn ? (size_t)(2 * B * H * D + 2 * B * HK * D) : 0;
-    size_t bytes = (nbq + nbk) * sizeof(int64_t) + (nfac + nst) * sizeof(float);
+    bool want_sq = rf && code_max == 127; /* the sharp-unit noise model reads the rows' sums of squared codes */
+    size_t nsq = want_sq ? (size_t)(qattn_quant_scale_count(p, QATTN_TENSOR_Q, QATTN_QUANT_PER_TOKEN, 1) +
+                                    qattn_quant_scale_count(p, QATTN_TENSOR_K, QATTN_QUANT_PER_TOKEN, 1))
+                         : 0;
+    size_t bytes = (nbq + nbk) * sizeof(int64_t) + (nfac + nst) * sizeof(float) + nsq * sizeof(int32_t);
     unsigned char *mem = qattn_alloc(ctx, bytes);
     if (!mem) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes", bytes);
     memset(mem, 0, (nbq + nbk) * sizeof(int64_t));
     jq.bad = (int64_t *)(void *)mem, jk.bad = jq.bad + nbq;
     float *fac = (float *)(void *)(jk.bad + nbk), *st = fac + nfac;
+    if (want_sq) {
+        jq.code_sq = (int32_t *)(void *)(st + nst);
+        jk.code_sq = jq.code_sq + qattn_quant_scale_count(p, QATTN_TENSOR_Q, QATTN_QUANT_PER_TOKEN, 1);
+    }
     qattn_status s = QATTN_OK;
     if (dyn) {
         jq.cmin = st, jq.cmax = st + B * H * D;

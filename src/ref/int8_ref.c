@@ -6,6 +6,14 @@
 
 #include <float.h>
 
+const uint64_t qattn_exp2f_table[32] = {
+    0x3ff0000000000000, 0x3fefd9b0d3158574, 0x3fefb5586cf9890f, 0x3fef9301d0125b51, 0x3fef72b83c7d517b, 0x3fef54873168b9aa,
+    0x3fef387a6e756238, 0x3fef1e9df51fdee1, 0x3fef06fe0a31b715, 0x3feef1a7373aa9cb, 0x3feedea64c123422, 0x3feece086061892d,
+    0x3feebfdad5362a27, 0x3feeb42b569d4f82, 0x3feeab07dd485429, 0x3feea47eb03a5585, 0x3feea09e667f3bcd, 0x3fee9f75e8ec5f74,
+    0x3feea11473eb0187, 0x3feea589994cce13, 0x3feeace5422aa0db, 0x3feeb737b0cdc5e5, 0x3feec49182a3f090, 0x3feed503b23e255d,
+    0x3feee89f995ad3ad, 0x3feeff76f2fb5e47, 0x3fef199bdd85529c, 0x3fef3720dcef9069, 0x3fef5818dcfba487, 0x3fef7c97337b9b5f,
+    0x3fefa4afa2a490da, 0x3fefd0765b6e4540};
+
 void qattn_i8_qk_ref(const int8_t *q, int m, int d, const int8_t *kpack, int npad, int32_t *s) {
     for (int r = 0; r < m; r++)
         for (int j = 0; j < npad; j++) {
@@ -162,8 +170,8 @@ static void p_vs_tile_ref(const int32_t *s, int m, int npad, const float *sq, co
         float mb = rowmax_ref(sf, lo[r], hi[r]);
         float m_old = row_max[r];
         float m_new = m_old > mb ? m_old : mb;
-        float al = m_old == -INFINITY ? 0.0f : exp2f(m_old - m_new);
-        float beta = exp2f(mb - m_new);
+        float al = m_old == -INFINITY ? 0.0f : qattn_exp2f(m_old - m_new);
+        float beta = qattn_exp2f(mb - m_new);
         float esum, wmax;
         int16_t *c = u8 ? c16 : (int16_t *)cr;
         softmax_vs_ref(sf, lo[r], hi[r], npad, mb, svk, c, &esum, &wmax);
@@ -232,6 +240,35 @@ float qattn_rotate_row(float *y, int d, float pre) {
     return amax8(y, d);
 }
 
+void qattn_i8_lse_dots_ref(const int8_t *base, const int32_t *off, int m, int d, const float *mk, float *dot) {
+    for (int r0 = 0; r0 < m; r0 += 4) { /* 4 rows interleaved: independent chains of adds */
+        int nr = m - r0 < 4 ? m - r0 : 4;
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int c = 0; c < d; c++)
+            for (int k = 0; k < nr; k++) {
+                int8_t q = base[off[r0 + k] + c];
+                acc[k] += (float)(q == -128 ? -127 : q) * mk[c];
+            }
+        for (int k = 0; k < nr; k++) dot[r0 + k] = acc[k];
+    }
+}
+
+static inline int8_t code_or_zero(const int8_t *src, int64_t stride, int n, int j, int c) {
+    if (j >= n) return 0;
+    int8_t q = src[j * stride + c];
+    return q == -128 ? (int8_t)-127 : q;
+}
+
+void qattn_i8_pack8_k_ref(const int8_t *src, int64_t stride, int n, int npad, int d, int8_t *kp) {
+    for (int j = 0; j < npad; j++)
+        for (int c = 0; c < d; c++) kp[(size_t)(c / 4) * npad * 4 + (size_t)j * 4 + c % 4] = code_or_zero(src, stride, n, j, c);
+}
+
+void qattn_i8_pack8_v_ref(const int8_t *src, int64_t stride, int n, int npad, int d, int8_t *vp) {
+    for (int j = 0; j < npad; j++)
+        for (int c = 0; c < d; c++) vp[(size_t)(j / 4) * d * 4 + (size_t)c * 4 + j % 4] = code_or_zero(src, stride, n, j, c);
+}
+
 void qattn_i8_stats_row_ref(const float *row, int d, double *acc, float *mn, float *mx) {
     if (acc)
         for (int c = 0; c < d; c++) acc[c] += row[c];
@@ -262,4 +299,7 @@ const qattn_int8_kernels qattn_int8_kernels_ref = {
     .scale_center_amax = qattn_i8_scale_center_amax_ref,
     .rotate_row = qattn_rotate_row,
     .stats_row = qattn_i8_stats_row_ref,
+    .lse_dots = qattn_i8_lse_dots_ref,
+    .pack8_k = qattn_i8_pack8_k_ref,
+    .pack8_v = qattn_i8_pack8_v_ref,
 };

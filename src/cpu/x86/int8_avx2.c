@@ -285,9 +285,9 @@ float qattn_i8_center_amax_avx2(const float *row, const float *mu, int d, float 
     return hmax8(m);
 }
 
-/* exp2f(x), with exp2f(0) = 1 taken without the call (one of the driver's two exp2f per row has a
- * zero argument, since m_new is the larger of m_old and mb). */
-static ALWAYS_INLINE float exp2f_or_1(float x) { return x == 0.0f ? 1.0f : exp2f(x); }
+/* qattn_exp2f(x), with qattn_exp2f(0) = 1 taken without the evaluation (one of the driver's two per
+ * row has a zero argument, since m_new is the larger of m_old and mb). */
+static ALWAYS_INLINE float exp2f_or_1(float x) { return x == 0.0f ? 1.0f : qattn_exp2f(x); }
 
 /* Keys lo <= j < hi of group v (8 keys from 8 v) as an all-ones lane mask. */
 static ALWAYS_INLINE __m256 key_mask(int v, __m256i vlo, __m256i vhi) {
@@ -409,4 +409,7 @@ const qattn_int8_kernels qattn_int8_kernels_avx2 = {
     .scale_center_amax = qattn_i8_scale_center_amax_ref,
     .rotate_row = qattn_rotate_row,
     .stats_row = qattn_i8_stats_row_ref,
+    .lse_dots = qattn_i8_lse_dots_ref,
+    .pack8_k = qattn_i8_pack8_k_ref,
+    .pack8_v = qattn_i8_pack8_v_ref,
 };

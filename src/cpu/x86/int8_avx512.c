@@ -46,23 +46,13 @@ static ALWAYS_INLINE __mmask16 lanes16(int n) { return n >= 16 ? (__mmask16)0xFF
 
 /* ---------------------------------------------------------------- Q K^T */
 
-/* Sum of one row of d codes (exact: integer adds in any order). */
-static ALWAYS_INLINE int32_t row_sum_i8(const int8_t *q, int d) {
-    const __m512i ones = _mm512_set1_epi8(1);
-    __m512i acc = _mm512_setzero_si512();
-    for (int c = 0; c < d; c += 64) {
-        __mmask64 k = d - c >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (d - c)) - 1);
-        acc = _mm512_dpbusd_epi32(acc, ones, _mm512_maskz_loadu_epi8(k, q + c));
-    }
-    return _mm512_reduce_add_epi32(acc);
-}
-
-/* MR rows x NV vectors of 16 keys from key j (the last vector's lanes: `last`); qoff[i] = 128 *
- * qsum of row i. Per group of 4 channels: NV K loads (+128 by XOR, shared by the rows), then one
- * vpdpbusd per row and vector with the row's 4 Q codes broadcast from memory. */
-static ALWAYS_INLINE void qk_block(const int8_t *q, int mr, int d, const int8_t *kpack, int npad, int j, int nv, __mmask16 last,
-                                   const int32_t *qoff, int32_t *s) {
-    const __m512i bias = _mm512_set1_epi8((char)0x80);
+/* MR rows x NV vectors of 16 keys from key j (the last vector's lanes: `last`); qu: the rows' codes
+ * + 128 as u8 (stride d), koff[v] = 128 * (sum of the channels of each key of vector v). Per group
+ * of 4 channels: NV K loads (s8, as packed), then one vpdpbusd per row and vector with the row's 4
+ * biased Q codes broadcast: acc = sum_c (q + 128) k = S + 128 * ksum. No other vector operation in
+ * the loop (the earlier form biased K, XOR per load and vector, 4 extra uops per 24 vpdpbusd). */
+static ALWAYS_INLINE void qk_block(const uint8_t *qu, int mr, int d, const int8_t *kpack, int npad, int j, int nv, __mmask16 last,
+                                   const __m512i *koff, int32_t *s) {
     __m512i acc[6][4];
 #pragma GCC unroll 6
     for (int i = 0; i < mr; i++)
@@ -70,45 +60,70 @@ static ALWAYS_INLINE void qk_block(const int8_t *q, int mr, int d, const int8_t 
         for (int v = 0; v < nv; v++) acc[i][v] = _mm512_setzero_si512();
     const int8_t *kb = kpack + (size_t)j * 4;
     for (int c = 0; c < d; c += 4, kb += (size_t)npad * 4) {
-        __m512i ku[4];
+        __m512i kv[4];
 #pragma GCC unroll 4
-        for (int v = 0; v < nv; v++)
-            ku[v] = _mm512_xor_si512(_mm512_maskz_loadu_epi32(v == nv - 1 ? last : (__mmask16)0xFFFF, kb + 64 * v), bias); /* k + 128 */
+        for (int v = 0; v < nv; v++) kv[v] = _mm512_maskz_loadu_epi32(v == nv - 1 ? last : (__mmask16)0xFFFF, kb + 64 * v);
 #pragma GCC unroll 6
         for (int i = 0; i < mr; i++) {
-            __m512i qb = _mm512_set1_epi32(load_i32(q + (size_t)i * d + c));
+            __m512i qb = _mm512_set1_epi32(load_i32(qu + (size_t)i * d + c)); /* 4 codes + 128, u8 */
 #pragma GCC unroll 4
-            for (int v = 0; v < nv; v++) acc[i][v] = dpbusd(acc[i][v], ku[v], qb);
+            for (int v = 0; v < nv; v++) acc[i][v] = dpbusd(acc[i][v], qb, kv[v]);
         }
     }
 #pragma GCC unroll 6
-    for (int i = 0; i < mr; i++) {
-        __m512i off = _mm512_set1_epi32(qoff[i]);
+    for (int i = 0; i < mr; i++)
 #pragma GCC unroll 4
         for (int v = 0; v < nv; v++)
-            _mm512_mask_storeu_epi32(s + (size_t)i * npad + j + 16 * v, v == nv - 1 ? last : (__mmask16)0xFFFF, _mm512_sub_epi32(acc[i][v], off));
-    }
+            _mm512_mask_storeu_epi32(s + (size_t)i * npad + j + 16 * v, v == nv - 1 ? last : (__mmask16)0xFFFF, _mm512_sub_epi32(acc[i][v], koff[v]));
 }
 
 /* MR rows (a compile-time constant at each call) over all npad keys. */
-static ALWAYS_INLINE void qk_rows(const int8_t *q, int mr, int d, const int8_t *kpack, int npad, int32_t *s) {
-    int32_t qoff[6];
-    for (int i = 0; i < mr; i++) qoff[i] = 128 * row_sum_i8(q + (size_t)i * d, d);
-    int nv = (npad + 15) / 16;
-    __mmask16 last = lanes16(npad - 16 * (nv - 1));
+static ALWAYS_INLINE void qk_rows(const uint8_t *qu, int mr, int d, const int8_t *kpack, int npad, int nv, __mmask16 last, const __m512i *koff,
+                                  int32_t *s) {
     switch (nv) {
-    case 4: qk_block(q, mr, d, kpack, npad, 0, 4, last, qoff, s); break;
-    case 3: qk_block(q, mr, d, kpack, npad, 0, 3, last, qoff, s); break;
-    case 2: qk_block(q, mr, d, kpack, npad, 0, 2, last, qoff, s); break;
-    default: qk_block(q, mr, d, kpack, npad, 0, 1, last, qoff, s); break;
+    case 4: qk_block(qu, mr, d, kpack, npad, 0, 4, last, koff, s); break;
+    case 3: qk_block(qu, mr, d, kpack, npad, 0, 3, last, koff, s); break;
+    case 2: qk_block(qu, mr, d, kpack, npad, 0, 2, last, koff, s); break;
+    default: qk_block(qu, mr, d, kpack, npad, 0, 1, last, koff, s); break;
     }
 }
 
+/* Q K^T with the Q codes as the unsigned operand: the tile's key sums once (vpdpbusd of ones, exact),
+ * the rows' codes + 128 once into qu (XOR 0x80), then blocks of 6 rows, the last 1 .. 5 rows as one
+ * block. Bounds as before: |acc| <= 256 * 255 * 127 < 2^31, S exact. */
 static void qk_avx512(const int8_t *q, int m, int d, const int8_t *kpack, int npad, int32_t *s) {
-    int r = 0;
-    for (; r + 6 <= m; r += 6) qk_rows(q + (size_t)r * d, 6, d, kpack, npad, s + (size_t)r * npad);
-    for (; r + 3 <= m; r += 3) qk_rows(q + (size_t)r * d, 3, d, kpack, npad, s + (size_t)r * npad);
-    for (; r < m; r++) qk_rows(q + (size_t)r * d, 1, d, kpack, npad, s + (size_t)r * npad);
+    _Alignas(64) uint8_t qu[QATTN_I8_TILE * 256];
+    int nv = (npad + 15) / 16;
+    __mmask16 last = lanes16(npad - 16 * (nv - 1));
+    __m512i koff[4];
+    const __m512i ones = _mm512_set1_epi8(1);
+    for (int v = 0; v < nv; v++) {
+        __m512i a = _mm512_setzero_si512();
+        for (int c = 0; c < d; c += 4) a = dpbusd(a, ones, _mm512_maskz_loadu_epi32(v == nv - 1 ? last : (__mmask16)0xFFFF, kpack + (size_t)c * npad + 64 * v));
+        koff[v] = _mm512_slli_epi32(a, 7);
+    }
+    const __m512i bias = _mm512_set1_epi8((char)0x80);
+    for (int r0 = 0; r0 < m; r0 += QATTN_I8_TILE) { /* rows in chunks of 64 (a unit has more only with a group above 64) */
+        int mc = m - r0 < QATTN_I8_TILE ? m - r0 : QATTN_I8_TILE;
+        size_t nq = (size_t)mc * d;
+        for (size_t i = 0; i < nq; i += 64) {
+            __mmask64 k = nq - i >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (nq - i)) - 1);
+            _mm512_mask_storeu_epi8(qu + i, k, _mm512_xor_si512(_mm512_maskz_loadu_epi8(k, q + (size_t)r0 * d + i), bias));
+        }
+        int32_t *sc = s + (size_t)r0 * npad;
+        int r = 0;
+        for (; r + 6 <= mc; r += 6) qk_rows(qu + (size_t)r * d, 6, d, kpack, npad, nv, last, koff, sc + (size_t)r * npad);
+        int32_t *sr = sc + (size_t)r * npad;
+        const uint8_t *qr = qu + (size_t)r * d;
+        switch (mc - r) {
+        case 5: qk_rows(qr, 5, d, kpack, npad, nv, last, koff, sr); break;
+        case 4: qk_rows(qr, 4, d, kpack, npad, nv, last, koff, sr); break;
+        case 3: qk_rows(qr, 3, d, kpack, npad, nv, last, koff, sr); break;
+        case 2: qk_rows(qr, 2, d, kpack, npad, nv, last, koff, sr); break;
+        case 1: qk_rows(qr, 1, d, kpack, npad, nv, last, koff, sr); break;
+        default: break;
+        }
+    }
 }
 
 /* ---------------------------------------------------------------- P V + accumulator update */
@@ -121,7 +136,9 @@ static ALWAYS_INLINE void acc_update16(float *dst, __mmask16 m, __m512 alpha, __
 }
 
 /* MR rows x NV vectors of 16 channels from channel c (the last vector's lanes: `last`); p8: the
- * rows' u8 codes, stride ps. Per quad of keys: NV V loads (16 channels x 4 keys each), then one
+ * rows' u8 codes, stride ps; sv NULL: every channel scale is 1 (the default scheme's per-token V
+ * scales), so the epilogue drops the fac * sv product and, for rows with alpha 1, the dst * alpha
+ * one (both exact identities, the same bits). Per quad of keys: NV V loads (16 channels x 4 keys each), then one
  * vpdpbusd per row and vector with the row's 4 codes broadcast. */
 static ALWAYS_INLINE void pv_block(const uint8_t *p8, int ps, int mr, int npad, const int8_t *vp8, int d, int c, int nv, __mmask16 last,
                                    const float *alpha, const float *fac, const float *sv, const int32_t *lo, const int32_t *hi,
@@ -148,8 +165,24 @@ static ALWAYS_INLINE void pv_block(const uint8_t *p8, int ps, int mr, int npad, 
         if (lo[i] >= hi[i]) continue;
         __m512 a = _mm512_set1_ps(alpha[i]), f = _mm512_set1_ps(fac[i]);
         float *dst = accp + (size_t)i * (size_t)ld + c;
+        if (sv) {
 #pragma GCC unroll 4
-        for (int v = 0; v < nv; v++) acc_update16(dst + 16 * v, v == nv - 1 ? last : (__mmask16)0xFFFF, a, f, sv + c + 16 * v, acc[i][v]);
+            for (int v = 0; v < nv; v++) acc_update16(dst + 16 * v, v == nv - 1 ? last : (__mmask16)0xFFFF, a, f, sv + c + 16 * v, acc[i][v]);
+        } else if (alpha[i] == 1.0f) { /* sv = 1, alpha = 1: (fac * 1) * pv = fac * pv and dst * 1 = dst, exactly */
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++) {
+                __mmask16 mv = v == nv - 1 ? last : (__mmask16)0xFFFF;
+                __m512 y = _mm512_mul_ps(f, _mm512_cvtepi32_ps(acc[i][v]));
+                _mm512_mask_storeu_ps(dst + 16 * v, mv, _mm512_add_ps(_mm512_maskz_loadu_ps(mv, dst + 16 * v), y));
+            }
+        } else { /* sv = 1 */
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++) {
+                __mmask16 mv = v == nv - 1 ? last : (__mmask16)0xFFFF;
+                __m512 y = _mm512_mul_ps(f, _mm512_cvtepi32_ps(acc[i][v]));
+                _mm512_mask_storeu_ps(dst + 16 * v, mv, _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mv, dst + 16 * v), a), y));
+            }
+        }
     }
 }
 
@@ -168,15 +201,29 @@ static ALWAYS_INLINE void pv_rows(const uint8_t *p8, int ps, int mr, int npad, c
     }
 }
 
-/* pv_acc8 with u8 codes pc8[r * npad + j] (the fused P step's output): 6-row blocks, then 3, then 1. */
+/* Whether sv[0 .. d) are all exactly 1.0f. */
+static bool all_ones(const float *sv, int d) {
+    __mmask16 bad = 0;
+    for (int c = 0; c < d; c += 16) bad |= _mm512_mask_cmp_ps_mask(lanes16(d - c), _mm512_maskz_loadu_ps(lanes16(d - c), sv + c), _mm512_set1_ps(1.0f), _CMP_NEQ_UQ);
+    return bad == 0;
+}
+
+/* pv_acc8 with u8 codes pc8[r * npad + j] (the fused P step's output): 6-row blocks, then the rest as one. */
 static void pv_acc8u_avx512(const uint8_t *pc8, int m, int npad, const int8_t *vpack8, int d, const float *alpha, const float *fac,
                             const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld) {
+    sv = all_ones(sv, d) ? NULL : sv;
     int r = 0;
 #define PV_ROWS(MR)                                                                                                                   \
     pv_rows(pc8 + (size_t)r * npad, npad, MR, npad, vpack8, d, alpha + r, fac + r, sv, lo + r, hi + r, acc + (size_t)r * (size_t)ld, ld)
     for (; r + 6 <= m; r += 6) PV_ROWS(6);
-    for (; r + 3 <= m; r += 3) PV_ROWS(3);
-    for (; r < m; r++) PV_ROWS(1);
+    switch (m - r) { /* the last 1 .. 5 rows as one block */
+    case 5: PV_ROWS(5); break;
+    case 4: PV_ROWS(4); break;
+    case 3: PV_ROWS(3); break;
+    case 2: PV_ROWS(2); break;
+    case 1: PV_ROWS(1); break;
+    default: break;
+    }
 #undef PV_ROWS
 }
 
@@ -184,12 +231,13 @@ static void pv_acc8u_avx512(const uint8_t *pc8, int m, int npad, const int8_t *v
 static void pv_acc8_avx512(const int16_t *pc, int m, int npad, const int8_t *vpack8, int d, const float *alpha, const float *fac,
                            const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld) {
     _Alignas(64) uint8_t p8[QATTN_I8_TILE];
+    const float *sv1 = all_ones(sv, d) ? NULL : sv;
     for (int r = 0; r < m; r++) {
         for (int j = 0; j < npad; j += 32) {
             __mmask32 k = npad - j >= 32 ? ~(__mmask32)0 : (((__mmask32)1 << (npad - j)) - 1);
             _mm256_mask_storeu_epi8(p8 + j, k, _mm512_cvtepi16_epi8(_mm512_maskz_loadu_epi16(k, pc + (size_t)r * npad + j)));
         }
-        pv_rows(p8, QATTN_I8_TILE, 1, npad, vpack8, d, alpha + r, fac + r, sv, lo + r, hi + r, acc + (size_t)r * (size_t)ld, ld);
+        pv_rows(p8, QATTN_I8_TILE, 1, npad, vpack8, d, alpha + r, fac + r, sv1, lo + r, hi + r, acc + (size_t)r * (size_t)ld, ld);
     }
 }
 
@@ -208,11 +256,35 @@ static ALWAYS_INLINE __m512 exp2_poly16(__m512 x) {
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-01f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-01f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-    __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
-    return _mm512_mul_ps(p, _mm512_castsi512_ps(_mm512_slli_epi32(e, 23)));
+    /* p * 2^n: vscalefps is the product with the exact power of two, rounded once (the reference's
+     * p * two_n, denormal results included), but 2^n for n = -127 is 0 in the reference (a zero
+     * exponent field): those lanes (x < -126.5, since rint(-126.5) = -126) are zeroed. One
+     * instruction for the conversion, add, shift and multiply of the bit construction. */
+    return _mm512_maskz_scalef_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.5f), _CMP_GE_OQ), p, n);
 }
 
-static ALWAYS_INLINE float exp2f_or_1(float x) { return x == 0.0f ? 1.0f : exp2f(x); }
+/* qattn_exp2f (src/quant/lowp.h) on 8 lanes of double, the same operations per lane: kd = x + shift,
+ * ki its bits, r = x - (kd - shift), s = table[ki % 32] + (ki << 47) as a double (the table as four
+ * vectors: two 16-entry two-source permutes, bit 4 of the index picks one), y = fma(fma(r, C0, C1),
+ * r * r, fma(r, C2, 1)) * s, rounded to float; x <= -150 (and -inf) gives 0, -150 < x < -149 gives
+ * 2^-149, as the scalar function. */
+static ALWAYS_INLINE __m256 exp2f_v8(__m256 x) {
+    const __m512d shift = _mm512_set1_pd(QATTN_EXP2F_SHIFT);
+    __m512d xd = _mm512_cvtps_pd(x), kd = _mm512_add_pd(xd, shift);
+    __m512i ki = _mm512_castpd_si512(kd);
+    __m512d r = _mm512_sub_pd(xd, _mm512_sub_pd(kd, shift));
+    const __m512i *tab = (const __m512i *)(const void *)qattn_exp2f_table;
+    __m512i t0 = _mm512_permutex2var_epi64(_mm512_loadu_si512(tab), ki, _mm512_loadu_si512(tab + 1));
+    __m512i t1 = _mm512_permutex2var_epi64(_mm512_loadu_si512(tab + 2), ki, _mm512_loadu_si512(tab + 3));
+    __m512i t = _mm512_mask_blend_epi64(_mm512_test_epi64_mask(ki, _mm512_set1_epi64(16)), t0, t1);
+    __m512d s = _mm512_castsi512_pd(_mm512_add_epi64(t, _mm512_slli_epi64(ki, 47)));
+    __m512d z = _mm512_fmadd_pd(r, _mm512_set1_pd(QATTN_EXP2F_C0), _mm512_set1_pd(QATTN_EXP2F_C1));
+    __m512d y = _mm512_fmadd_pd(r, _mm512_set1_pd(QATTN_EXP2F_C2), _mm512_set1_pd(1.0));
+    y = _mm512_fmadd_pd(z, _mm512_mul_pd(r, r), y);
+    __m256 e = _mm512_cvtpd_ps(_mm512_mul_pd(y, s));
+    e = _mm256_mask_blend_ps(_mm256_cmp_ps_mask(x, _mm256_set1_ps(-149.0f), _CMP_LT_OQ), e, _mm256_set1_ps(0x1p-149f));
+    return _mm256_maskz_mov_ps(_mm256_cmp_ps_mask(x, _mm256_set1_ps(-150.0f), _CMP_GT_OQ), e); /* !(x > -150): 0 */
+}
 
 /* Keys 16 v .. 16 v + 15 inside [lo, hi). */
 static ALWAYS_INLINE __mmask16 key_mask16(int v, int lo, int hi) {
@@ -226,9 +298,9 @@ static ALWAYS_INLINE __mmask16 key_mask16(int v, int lo, int hi) {
  * row alone is a chain of dependent steps (loads, scores, max reduction, exp2f, exp2 polynomial,
  * max reduction, division, codes) that left the vector units mostly idle (measured: 115 TSC ticks
  * per 64-key row alone, see docs/int8_results.md). pc: the rows' codes (stride npad). */
-static ALWAYS_INLINE void p_vs_rows16(int G, const int32_t *s, int npad, int nv, bool full, const float *sq, const float *sk, const int32_t *lo,
-                                      const int32_t *hi, const float *svk, float *row_max, float *row_sum, void *pc, int u8, float *alpha,
-                                      float *fac) {
+static ALWAYS_INLINE void p_vs_rows16(int G, const int32_t *s, int npad, int nv, bool full, bool clamp, const float *sq, const float *sk,
+                                      const int32_t *lo, const int32_t *hi, const float *svk, float *row_max, float *row_sum, void *pc, int u8,
+                                      float *alpha, float *fac) {
     const __m512 fmax = _mm512_set1_ps(FLT_MAX), fmin = _mm512_set1_ps(-FLT_MAX);
     __m512 x[4][4];
     __mmask16 in[4][4];
@@ -244,18 +316,26 @@ static ALWAYS_INLINE void p_vs_rows16(int G, const int32_t *s, int npad, int nv,
             __mmask16 ld = full ? (__mmask16)0xFFFF : lanes16(npad - 16 * v);
             __m512 t = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(ld, s + (size_t)r * npad + 16 * v));
             t = _mm512_mul_ps(_mm512_mul_ps(t, a), _mm512_maskz_loadu_ps(ld, sk + 16 * v));
-            x[r][v] = _mm512_max_ps(_mm512_min_ps(t, fmax), fmin);
+            x[r][v] = clamp ? _mm512_max_ps(_mm512_min_ps(t, fmax), fmin) : t; /* !clamp: |t| < FLT_MAX known */
             in[r][v] = full ? (__mmask16)0xFFFF : key_mask16(v, lo[r], hi[r]);
             mx = full ? _mm512_max_ps(mx, x[r][v]) : _mm512_mask_max_ps(mx, in[r][v], mx, x[r][v]);
         }
         mb[r] = _mm512_reduce_max_ps(mx) + 0.0f; /* exact; + 0.0f: a zero max is +0 whatever the order */
     }
+    { /* the state update: alpha and beta of the G rows, one 8-lane exp2f (no libm call, no spill) */
+        _Alignas(32) float arg[8] = {0, 0, 0, 0, 0, 0, 0, 0}, ex[8];
+        bool first[4];
 #pragma GCC unroll 4
-    for (int r = 0; r < G; r++) {
-        float m_old = row_max[r], m_new = m_old > mb[r] ? m_old : mb[r];
-        al[r] = m_old == -INFINITY ? 0.0f : exp2f_or_1(m_old - m_new);
-        beta[r] = exp2f_or_1(mb[r] - m_new);
-        row_max[r] = m_new;
+        for (int r = 0; r < G; r++) {
+            float m_old = row_max[r], m_new = m_old > mb[r] ? m_old : mb[r];
+            first[r] = m_old == -INFINITY;
+            arg[r] = first[r] ? 0.0f : m_old - m_new;
+            arg[4 + r] = mb[r] - m_new;
+            row_max[r] = m_new;
+        }
+        _mm256_store_ps(ex, exp2f_v8(_mm256_load_ps(arg)));
+#pragma GCC unroll 4
+        for (int r = 0; r < G; r++) al[r] = first[r] ? 0.0f : ex[r], beta[r] = ex[4 + r];
     }
 #pragma GCC unroll 4
     for (int r = 0; r < G; r++) {
@@ -275,6 +355,13 @@ static ALWAYS_INLINE void p_vs_rows16(int G, const int32_t *s, int npad, int nv,
         float wm = _mm512_reduce_max_ps(wmax); /* >= +0: every w is +0 or positive */
         float inv = wm > 0.0f ? 255.0f / wm : 0.0f;
         const __m512 vinv = _mm512_set1_ps(inv);
+        if (full && u8) { /* 64 codes in [0, 255]: two saturating packs (exact here), one dword permute, one store */
+            __m512i c0 = _mm512_cvtps_epi32(_mm512_mul_ps(x[r][0], vinv)), c1 = _mm512_cvtps_epi32(_mm512_mul_ps(x[r][1], vinv));
+            __m512i c2 = _mm512_cvtps_epi32(_mm512_mul_ps(x[r][2], vinv)), c3 = _mm512_cvtps_epi32(_mm512_mul_ps(x[r][3], vinv));
+            __m512i b = _mm512_packus_epi16(_mm512_packus_epi32(c0, c1), _mm512_packus_epi32(c2, c3)); /* lane L: c0..c3 [4L, 4L + 4) */
+            b = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), b);
+            _mm512_storeu_si512((uint8_t *)pc + (size_t)r * npad, b);
+        } else
 #pragma GCC unroll 4
         for (int v = 0; v < nv; v++) {
             __mmask16 st = full ? (__mmask16)0xFFFF : lanes16(npad - 16 * v);
@@ -295,15 +382,29 @@ static ALWAYS_INLINE void p_vs_rows16(int G, const int32_t *s, int npad, int nv,
 
 static ALWAYS_INLINE bool row_full(const int32_t *lo, const int32_t *hi, int r) { return lo[r] == 0 && hi[r] == 64; }
 
+/* Whether clamp((float)S * a * sk[j]) needs its clamp for row scale a: not when |a| * max |sk| * 2^32
+ * < FLT_MAX (|S| < 2^31; two roundings add less than a factor 2), where min / max with +-FLT_MAX
+ * return the product unchanged. The bound is taken in double (no overflow; a NaN: clamp). */
+static ALWAYS_INLINE bool needs_clamp(float a, double skmax) { return !((double)fabsf(a) * skmax * 4294967296.0 < (double)FLT_MAX); }
+
 static void p_vs_tile_avx512(const int32_t *s, int m, int npad, const float *sq, const float *sk, const int32_t *lo, const int32_t *hi,
                              const float *svk, float *row_max, float *row_sum, void *codes, int u8, float *alpha, float *fac) {
     size_t esz = u8 ? 1 : 2;
     int nv = (npad + 15) / 16;
+    __m512 kmx = _mm512_setzero_ps();
+    for (int v = 0; v < nv; v++) kmx = _mm512_max_ps(kmx, _mm512_abs_ps(_mm512_maskz_loadu_ps(lanes16(npad - 16 * v), sk + 16 * v)));
+    float skm = _mm512_reduce_max_ps(kmx);
+    double skmax = skm == skm ? (double)skm : INFINITY;
     int r = 0;
     while (r < m) {
         unsigned char *cr = (unsigned char *)codes + (size_t)r * npad * esz;
         if (npad == 64 && r + 4 <= m && row_full(lo, hi, r) && row_full(lo, hi, r + 1) && row_full(lo, hi, r + 2) && row_full(lo, hi, r + 3)) {
-            p_vs_rows16(4, s + (size_t)r * npad, 64, 4, true, sq + r, sk, lo + r, hi + r, svk, row_max + r, row_sum + r, cr, u8, alpha + r, fac + r);
+            if (needs_clamp(sq[r], skmax) || needs_clamp(sq[r + 1], skmax) || needs_clamp(sq[r + 2], skmax) || needs_clamp(sq[r + 3], skmax))
+                p_vs_rows16(4, s + (size_t)r * npad, 64, 4, true, true, sq + r, sk, lo + r, hi + r, svk, row_max + r, row_sum + r, cr, u8, alpha + r,
+                            fac + r);
+            else
+                p_vs_rows16(4, s + (size_t)r * npad, 64, 4, true, false, sq + r, sk, lo + r, hi + r, svk, row_max + r, row_sum + r, cr, u8,
+                            alpha + r, fac + r);
             r += 4;
             continue;
         }
@@ -312,7 +413,7 @@ static void p_vs_tile_avx512(const int32_t *s, int m, int npad, const float *sq,
             alpha[r] = 1.0f;
             fac[r] = 0.0f;
         } else {
-            p_vs_rows16(1, s + (size_t)r * npad, npad, nv, false, sq + r, sk, lo + r, hi + r, svk, row_max + r, row_sum + r, cr, u8, alpha + r,
+            p_vs_rows16(1, s + (size_t)r * npad, npad, nv, false, true, sq + r, sk, lo + r, hi + r, svk, row_max + r, row_sum + r, cr, u8, alpha + r,
                         fac + r);
         }
         r++;
@@ -412,6 +513,102 @@ static void stats_row_avx512(const float *row, int d, double *acc, float *mn, fl
     }
 }
 
+/* lse_dots with 16 rows in the lanes: per group of 4 channels, one gather of each row's 4 codes
+ * (-128 -> -127 by a byte max), then per channel its byte sign-extended, converted, times mk[c],
+ * added: each row's sum in the definition's order, one rounding per product and per add. */
+static void lse_dots_avx512(const int8_t *base, const int32_t *off, int m, int d, const float *mk, float *dot) {
+    const __m512i lo = _mm512_set1_epi8(-127);
+    for (int r0 = 0; r0 < m; r0 += 16) {
+        __mmask16 k = lanes16(m - r0);
+        __m512i vo = _mm512_maskz_loadu_epi32(k, off + r0);
+        __m512 acc = _mm512_setzero_ps();
+        for (int c = 0; c < d; c += 4) {
+            __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), k, vo, base + c, 1);
+            g = _mm512_max_epi8(g, lo);
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(g, 24), 24)), _mm512_set1_ps(mk[c])));
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(g, 16), 24)), _mm512_set1_ps(mk[c + 1])));
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(g, 8), 24)), _mm512_set1_ps(mk[c + 2])));
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(g, 24)), _mm512_set1_ps(mk[c + 3])));
+        }
+        _mm512_mask_storeu_ps(dot + r0, k, acc);
+    }
+}
+
+/* In-register transpose of a 16 x 16 block of 32-bit lanes: a[i] lane j -> a[j] lane i (four stages
+ * of 16 shuffles: dwords, qwords inside 128-bit lanes, then 128-bit lanes twice). */
+static ALWAYS_INLINE void transpose16(__m512i a[16]) {
+    __m512i b[16], c[16];
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; k++) b[2 * k] = _mm512_unpacklo_epi32(a[2 * k], a[2 * k + 1]), b[2 * k + 1] = _mm512_unpackhi_epi32(a[2 * k], a[2 * k + 1]);
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++) { /* c[4k + m], 128-bit lane L: column 4L + m of rows 4k .. 4k + 3 */
+        c[4 * k + 0] = _mm512_unpacklo_epi64(b[4 * k + 0], b[4 * k + 2]);
+        c[4 * k + 1] = _mm512_unpackhi_epi64(b[4 * k + 0], b[4 * k + 2]);
+        c[4 * k + 2] = _mm512_unpacklo_epi64(b[4 * k + 1], b[4 * k + 3]);
+        c[4 * k + 3] = _mm512_unpackhi_epi64(b[4 * k + 1], b[4 * k + 3]);
+    }
+#pragma GCC unroll 4
+    for (int m = 0; m < 4; m++) {
+        __m512i elo = _mm512_shuffle_i32x4(c[m], c[4 + m], _MM_SHUFFLE(2, 0, 2, 0)), ehi = _mm512_shuffle_i32x4(c[m], c[4 + m], _MM_SHUFFLE(3, 1, 3, 1));
+        __m512i flo = _mm512_shuffle_i32x4(c[8 + m], c[12 + m], _MM_SHUFFLE(2, 0, 2, 0)), fhi = _mm512_shuffle_i32x4(c[8 + m], c[12 + m], _MM_SHUFFLE(3, 1, 3, 1));
+        a[m] = _mm512_shuffle_i32x4(elo, flo, _MM_SHUFFLE(2, 0, 2, 0));
+        a[8 + m] = _mm512_shuffle_i32x4(elo, flo, _MM_SHUFFLE(3, 1, 3, 1));
+        a[4 + m] = _mm512_shuffle_i32x4(ehi, fhi, _MM_SHUFFLE(2, 0, 2, 0));
+        a[12 + m] = _mm512_shuffle_i32x4(ehi, fhi, _MM_SHUFFLE(3, 1, 3, 1));
+    }
+}
+
+/* Row j (j < n) of a tile, channels [c, c + 64) masked to d, -128 -> -127; zero for j >= n. */
+static ALWAYS_INLINE __m512i key_row64(const int8_t *src, int64_t stride, int n, int j, int c, int d) {
+    if (j >= n) return _mm512_setzero_si512();
+    __mmask64 k = d - c >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (d - c)) - 1);
+    return _mm512_max_epi8(_mm512_maskz_loadu_epi8(k, src + j * stride + c), _mm512_set1_epi8(-127));
+}
+
+/* pack8_k: 16 keys x 64 channels at a time, a 16 x 16 transpose of 32-bit lanes ([key][4 channels]
+ * -> [4 channels][key]); each result is one 64-byte run of the pack (8 keys: 32 bytes). */
+static void pack8_k_avx512(const int8_t *src, int64_t stride, int n, int npad, int d, int8_t *kp) {
+    for (int j0 = 0; j0 < npad; j0 += 16) {
+        int nk = npad - j0 < 16 ? npad - j0 : 16; /* 16, or 8 at npad % 16 == 8 */
+        for (int c = 0; c < d; c += 64) {
+            __m512i t[16];
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; i++) t[i] = i < nk ? key_row64(src, stride, n, j0 + i, c, d) : _mm512_setzero_si512();
+            transpose16(t);
+            int ng = (d - c < 64 ? d - c : 64) / 4;
+            for (int gi = 0; gi < ng; gi++)
+                _mm512_mask_storeu_epi32(kp + (size_t)(c / 4 + gi) * npad * 4 + (size_t)j0 * 4, lanes16(nk), t[gi]);
+        }
+    }
+}
+
+/* pack8_v: 4 keys x 64 channels at a time: bytes of keys (0, 1) and (2, 3) interleaved, then pairs,
+ * giving per 128-bit lane 4 channels x 4 keys; a 4 x 4 transpose of 128-bit lanes puts the 64
+ * channels in order (256 bytes). */
+static void pack8_v_avx512(const int8_t *src, int64_t stride, int n, int npad, int d, int8_t *vp) {
+    for (int j = 0; j < npad; j += 4) {
+        int8_t *dst = vp + (size_t)(j / 4) * d * 4;
+        for (int c = 0; c < d; c += 64) {
+            __m512i r0 = key_row64(src, stride, n, j, c, d), r1 = key_row64(src, stride, n, j + 1, c, d);
+            __m512i r2 = key_row64(src, stride, n, j + 2, c, d), r3 = key_row64(src, stride, n, j + 3, c, d);
+            __m512i alo = _mm512_unpacklo_epi8(r0, r1), ahi = _mm512_unpackhi_epi8(r0, r1);
+            __m512i blo = _mm512_unpacklo_epi8(r2, r3), bhi = _mm512_unpackhi_epi8(r2, r3);
+            __m512i v0 = _mm512_unpacklo_epi16(alo, blo), v1 = _mm512_unpackhi_epi16(alo, blo); /* lane L: channels 16L + 0..3, + 4..7 */
+            __m512i v2 = _mm512_unpacklo_epi16(ahi, bhi), v3 = _mm512_unpackhi_epi16(ahi, bhi); /* + 8..11, + 12..15 */
+            __m512i x0 = _mm512_shuffle_i32x4(v0, v1, _MM_SHUFFLE(2, 0, 2, 0)), x1 = _mm512_shuffle_i32x4(v0, v1, _MM_SHUFFLE(3, 1, 3, 1));
+            __m512i x2 = _mm512_shuffle_i32x4(v2, v3, _MM_SHUFFLE(2, 0, 2, 0)), x3 = _mm512_shuffle_i32x4(v2, v3, _MM_SHUFFLE(3, 1, 3, 1));
+            __m512i o[4];
+            o[0] = _mm512_shuffle_i32x4(x0, x2, _MM_SHUFFLE(2, 0, 2, 0)); /* channels 0..15: v0.L0 v1.L0 v2.L0 v3.L0 */
+            o[2] = _mm512_shuffle_i32x4(x0, x2, _MM_SHUFFLE(3, 1, 3, 1)); /* 32..47 */
+            o[1] = _mm512_shuffle_i32x4(x1, x3, _MM_SHUFFLE(2, 0, 2, 0)); /* 16..31 */
+            o[3] = _mm512_shuffle_i32x4(x1, x3, _MM_SHUFFLE(3, 1, 3, 1)); /* 48..63 */
+            int nc = d - c < 64 ? d - c : 64; /* a multiple of 8: whole 32-byte halves */
+            for (int q = 0; q < 4 && 16 * q < nc; q++)
+                _mm512_mask_storeu_epi32(dst + (size_t)(c + 16 * q) * 4, lanes16(nc - 16 * q), o[q]);
+        }
+    }
+}
+
 /* ---------------------------------------------------------------- the table */
 
 const qattn_int8_kernels qattn_int8_kernels_avx512 = {
@@ -433,4 +630,7 @@ const qattn_int8_kernels qattn_int8_kernels_avx512 = {
     .scale_center_amax = scale_center_amax_avx512,
     .rotate_row = rotate_row_avx512,
     .stats_row = stats_row_avx512,
+    .lse_dots = lse_dots_avx512,
+    .pack8_k = pack8_k_avx512,
+    .pack8_v = pack8_v_avx512,
 };

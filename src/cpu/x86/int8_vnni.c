@@ -303,6 +303,9 @@ const qattn_int8_kernels qattn_int8_kernels_avxvnni = {
     .scale_center_amax = qattn_i8_scale_center_amax_ref,
     .rotate_row = qattn_rotate_row,
     .stats_row = qattn_i8_stats_row_ref,
+    .lse_dots = qattn_i8_lse_dots_ref,
+    .pack8_k = qattn_i8_pack8_k_ref,
+    .pack8_v = qattn_i8_pack8_v_ref,
 };
 
 /* The FP kernel table of this ISA: the AVX2 kernels (docs/ARCHITECTURE.md "Numerics"), under the ISA's name. */
