@@ -4,7 +4,8 @@
 The standard shapes (docs/benchmarks.md, "GPU"): B*L = 16k tokens, H*D = 2048, D in {64, 128},
 L in {1k, 4k, 16k}, causal and not, Q/K/V ~ N(0, 1) in FP16. For each shape, in the same run:
 qattn FP16, qattn INT8 (quantization + kernel, and the attention kernel alone from the
-profiler), SDPA FLASH_ATTENTION and CUDNN_ATTENTION. CUDA events, warm-up, median of >= 20.
+profiler; and with a calibration from qattn_calibrate on the same inputs, made outside the
+timing: qattn_forward_calibrated, no statistics pass), SDPA FLASH_ATTENTION and CUDNN_ATTENTION. CUDA events, warm-up, median of >= 20.
 Accuracy: whole-tensor relative L1 / L2 against an FP32 torch reference on a subset of heads.
 
 Peers, each when importable (else skipped with the reason printed), same process and inputs:
@@ -55,6 +56,12 @@ class Params(C.Structure):
     ]
 
 
+class Calibration(C.Structure):
+    """Mirror of qattn_calibration (include/qattn.h)."""
+    _fields_ = [("n_kv_heads", C.c_int32), ("head_dim", C.c_int32), ("tokens", C.c_int64)] + \
+        [(n, C.c_void_p) for n in ("k_factor", "k_mean", "v_mean", "q_absmax", "k_min", "k_max")]
+
+
 class CtxOptions(C.Structure):
     _fields_ = [("backend", C.c_int32), ("isa", C.c_int32), ("n_threads", C.c_int32), ("cuda_device", C.c_int32),
                 ("alloc", C.c_void_p), ("free", C.c_void_p), ("alloc_user", C.c_void_p),
@@ -82,6 +89,11 @@ class QAttn:
         L.qattn_forward.restype = C.c_int
         L.qattn_workspace_size.argtypes = [C.c_void_p, C.POINTER(Params), C.POINTER(C.c_size_t)]
         L.qattn_workspace_size.restype = C.c_int
+        L.qattn_calibrate.argtypes = [C.c_void_p, C.POINTER(Params), C.POINTER(Calibration)]
+        L.qattn_calibrate.restype = C.c_int
+        L.qattn_forward_calibrated.argtypes = [C.c_void_p, C.POINTER(Params), C.POINTER(Calibration)]
+        L.qattn_forward_calibrated.restype = C.c_int
+        self.cpu = None
         self.ctx = C.c_void_p()
         opt = CtxOptions(backend=2, cuda_device=torch.cuda.current_device(), cuda_kernels={"auto": 0, "mma": 1}[kernels])
         s = L.qattn_ctx_create(C.byref(self.ctx), C.byref(opt))
@@ -115,6 +127,42 @@ class QAttn:
                 self.ws = torch.empty(ws.value, dtype=torch.uint8, device="cuda")
             p.workspace, p.workspace_size = self.ws.data_ptr(), self.ws.numel()
         return p
+
+    def calibrate(self, q, k, v):
+        """qattn_calibrate (a CPU context) over host copies of q, k, v (every sequence, [B, L, H, D]);
+        returns the qattn_calibration with its k_factor, k_mean, v_mean copied to the device, and the
+        tensors it points to (keep them alive)."""
+        L = self.lib
+        if self.cpu is None:
+            self.cpu = C.c_void_p()
+            opt = CtxOptions(backend=1)
+            if L.qattn_ctx_create(C.byref(self.cpu), C.byref(opt)) != 0:
+                raise RuntimeError("qattn_ctx_create(cpu) failed")
+        qh, kh, vh = q.cpu().contiguous(), k.cpu().contiguous(), v.cpu().contiguous()
+        p = Params()
+        L.qattn_params_init(C.byref(p))
+        B, Lq, H, D = q.shape
+        HK = k.shape[2]
+        p.q, p.k, p.v = qh.data_ptr(), kh.data_ptr(), vh.data_ptr()
+        p.batch, p.seqlen_q, p.seqlen_k, p.n_heads, p.n_kv_heads, p.head_dim = B, Lq, k.shape[1], H, HK, D
+        p.qkv_dtype, p.o_dtype = DT[q.dtype], 0
+        for name, t in (("q", qh), ("k", kh), ("v", vh)):
+            st = t.stride()
+            setattr(p, name + "_batch_stride", st[0])
+            setattr(p, name + "_seq_stride", st[1])
+            setattr(p, name + "_head_stride", st[2])
+        arrs = torch.zeros(6, HK, D, dtype=torch.float32)
+        cal = Calibration(HK, D, 0, *[arrs[i].data_ptr() for i in range(6)])
+        s = L.qattn_calibrate(self.cpu, C.byref(p), C.byref(cal))
+        if s != 0:
+            raise RuntimeError("qattn_calibrate: " + L.qattn_ctx_last_error(self.cpu).decode())
+        dev = arrs[:3].cuda()
+        return Calibration(HK, D, cal.tokens, dev[0].data_ptr(), dev[1].data_ptr(), dev[2].data_ptr()), dev
+
+    def forward_calibrated(self, p, cal):
+        s = self.lib.qattn_forward_calibrated(self.ctx, C.byref(p), C.byref(cal))
+        if s != 0:
+            raise RuntimeError("qattn_forward_calibrated: %s" % self.lib.qattn_ctx_last_error(self.ctx).decode())
 
     def forward(self, p):
         s = self.lib.qattn_forward(self.ctx, C.byref(p))
@@ -308,6 +356,12 @@ def main():
             row["quant_bytes"], row["quant_min_bytes"] = quant_bytes(B, L, H, H, D)
             row["copy_GBps"] = copy_gbps(row["quant_min_bytes"])
             row["quant_GBps"] = row["quant_bytes"] / (row["qattn_i8_quant_ms"] * 1e-3) / 1e9
+            # calibrated (qattn_calibrate on these inputs, outside the timing): no statistics pass
+            cal, cal_keep = qa.calibrate(q, k, v)
+            oc = torch.empty_like(q)
+            pc = qa.params(q, k, v, oc, causal, PREC_INT8)
+            row["qattn_i8cal_ms"], _ = time_ms(lambda: qa.forward_calibrated(pc, cal), reps=args.reps)
+            row["qattn_i8cal_quant_ms"] = kernels_per_call_ms(lambda: qa.forward_calibrated(pc, cal), "i8q_")
         qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         outs = {}
         for name, be in (("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):
@@ -348,6 +402,8 @@ def main():
         if not args.no_int8:
             qa.forward(p8)
             cands["qattn_i8"] = o8
+            qa.forward_calibrated(pc, cal)
+            cands["qattn_i8cal"] = oc
         for name, t in outs.items():
             cands[name] = t.transpose(1, 2)
         cands.update(peer_out)
@@ -358,11 +414,12 @@ def main():
             row[name + "_rel_l1"], row[name + "_rel_l2"] = rel_err(sub, ref)
         del ref
         for key in list(row):
-            if key.endswith("_ms") and key != "qattn_i8_quant_ms":
+            if key.endswith("_ms") and not key.endswith("quant_ms"):
                 row[key.replace("_ms", "_tflops")] = flops / (row[key] * 1e-3) / 1e12 if row[key] == row[key] else float("nan")
         rows.append(row)
         print("done", B, L, H, D, causal, {k_: round(v_, 3) for k_, v_ in row.items() if k_.endswith("_tflops")}, flush=True)
         del q, k, v, o16, o8, outs, cands, peer_out
+        oc = pc = cal = cal_keep = None
         om = pm = None
         torch.cuda.empty_cache()
 
@@ -396,6 +453,18 @@ def main():
             + ("%.2f" % (r.get("qattn_i8_tflops", nan) / cu), "%.2f" % (r.get("qattn_i8_kernel_tflops", nan) / cu), "%.3f" % qms, "%.0f" % qb,
                "%.0f" % cp, "%.2f" % (qb / cp), "%.2f" % (qmin / (qms * 1e-3) / 1e9 / cp))
         print("| " + " | ".join(str(x) for x in vals) + " |")
+    if not args.no_int8:
+        hdr = ("D", "L", "causal", "i8 all", "i8 calibrated all", "calibrated/dynamic", "calibrated/cuDNN", "quant ms", "calibrated quant ms",
+               "i8 L1", "calibrated L1")
+        print("\nINT8 with a calibration (qattn_forward_calibrated: no statistics pass), TOPS, same run")
+        print("| " + " | ".join(hdr) + " |")
+        print("|" + "---|" * len(hdr))
+        for r in rows:
+            a, c, cu = r.get("qattn_i8_tflops", nan), r.get("qattn_i8cal_tflops", nan), r.get("sdpa_cudnn_tflops", nan)
+            vals = (r["D"], r["L"], "yes" if r["causal"] else "no", "%.0f" % a, "%.0f" % c, "%.2f" % (c / a), "%.2f" % (c / cu),
+                    "%.3f" % r.get("qattn_i8_quant_ms", nan), "%.3f" % r.get("qattn_i8cal_quant_ms", nan),
+                    "%.1e" % r.get("qattn_i8_rel_l1", nan), "%.1e" % r.get("qattn_i8cal_rel_l1", nan))
+            print("| " + " | ".join(str(x) for x in vals) + " |")
     print("accuracy rel L1: " + "; ".join("D%d L%d%s: " % (r["D"], r["L"], " c" if r["causal"] else "") +
                                          ", ".join("%s %.1e" % (n, r[n + "_rel_l1"]) for n in ["qattn_i8"] + names if n + "_rel_l1" in r)
                                          for r in rows))

@@ -520,7 +520,11 @@ QATTN_API qattn_status qattn_calibrate(qattn_ctx *ctx, const qattn_params *p, qa
 
 /* qattn_forward at precision INT8, scheme DEFAULT, with cal's k_factor, k_mean and v_mean in place
  * of the per-call statistics (every sequence uses them). Results equal qattn_forward's when cal was
- * computed from the same single sequence. CPU backend only; same workspace as qattn_forward. */
+ * computed from the same single sequence. Same workspace as qattn_forward. On the CUDA backend those
+ * three arrays are device memory (copy a qattn_calibrate result over once) that the host does not
+ * read: a factor that is not a power of two in 2^-32 .. 2^32, or a non-finite mean, makes every
+ * output of its kv head NaN instead of a refusal. There the quantization skips its statistics pass,
+ * so Q, K and V are read once. */
 QATTN_API qattn_status qattn_forward_calibrated(qattn_ctx *ctx, const qattn_params *p, const qattn_calibration *cal);
 
 /* ---------------------------------------------------------------- KV cache and decode */

@@ -165,7 +165,7 @@ qattn_status qattn_calibrate(qattn_ctx *ctx, const qattn_params *p, qattn_calibr
     pc.o = dummy, pc.lse = NULL, pc.o_dtype = QATTN_DTYPE_F32, pc.workspace = NULL, pc.workspace_size = 0;
     pc.o_head_stride = pc.head_dim, pc.o_seq_stride = (int64_t)pc.n_heads * pc.head_dim, pc.o_batch_stride = pc.seqlen_q * pc.o_seq_stride;
     qattn_status s = qattn_validate(ctx, &pc, true);
-    if (s == QATTN_OK) s = qattn_check_calibration(ctx, cal, pc.n_kv_heads, pc.head_dim, true);
+    if (s == QATTN_OK) s = qattn_check_calibration(ctx, cal, pc.n_kv_heads, pc.head_dim, QATTN_CAL_STATS);
     if (s != QATTN_OK) return s;
     return qattn_calib_accumulate(ctx, &pc, cal);
 }
@@ -173,14 +173,17 @@ qattn_status qattn_calibrate(qattn_ctx *ctx, const qattn_params *p, qattn_calibr
 qattn_status qattn_forward_calibrated(qattn_ctx *ctx, const qattn_params *p, const qattn_calibration *cal) {
     if (!ctx) return QATTN_ERR_NULL_POINTER;
     qattn_status s = begin(ctx, p);
+    if (s == QATTN_OK) s = qattn_check_params_disjoint(ctx, p, qattn_dtype_bytes(p->qkv_dtype));
     if (s != QATTN_OK) return s;
-    if (ctx->backend != QATTN_BACKEND_CPU)
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "qattn_forward_calibrated runs on the CPU backend only in this build");
     if (p->precision != QATTN_PRECISION_INT8 || p->int8_scheme != QATTN_INT8_DEFAULT)
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT,
                           "qattn_forward_calibrated needs precision INT8 (%d) and int8_scheme DEFAULT (0); got precision %d, scheme %d",
                           QATTN_PRECISION_INT8, p->precision, p->int8_scheme);
-    s = qattn_check_calibration(ctx, cal, p->n_kv_heads, p->head_dim, false);
+    const bool device = ctx->backend == QATTN_BACKEND_CUDA;
+    s = qattn_check_calibration(ctx, cal, p->n_kv_heads, p->head_dim, device ? QATTN_CAL_DEVICE : QATTN_CAL_HOST);
     if (s != QATTN_OK || p->batch == 0) return s;
+#if defined(QATTN_HAVE_CUDA)
+    if (device) return qattn_cuda_forward_calibrated(ctx, p, cal);
+#endif
     return qattn_cpu_forward_calibrated(ctx, p, cal);
 }

@@ -340,9 +340,12 @@ qattn_status qattn_cpu_lowp_workspace_size(qattn_ctx *ctx, const qattn_params *p
 qattn_status qattn_cpu_forward_calibrated(qattn_ctx *ctx, const qattn_params *p, const qattn_calibration *cal);
 /* qattn_calibrate's work, src/quant/calib.c (p and cal validated). */
 qattn_status qattn_calib_accumulate(qattn_ctx *ctx, const qattn_params *p, qattn_calibration *cal);
-/* A calibration's shape and arrays (stats: all six, for qattn_calibrate), and for a consumer
- * (!stats) its factors (powers of two in 2^-32 .. 2^32) and finite means; src/quant/calib.c. */
-qattn_status qattn_check_calibration(qattn_ctx *ctx, const qattn_calibration *cal, int32_t kv_heads, int32_t head_dim, bool stats);
+/* How a calibration is about to be used: by qattn_calibrate (all six arrays, host), by a host consumer
+ * (k_factor, k_mean, v_mean: read here), by the CUDA backend (the three are device memory: pointers only). */
+typedef enum qattn_cal_use { QATTN_CAL_STATS, QATTN_CAL_HOST, QATTN_CAL_DEVICE } qattn_cal_use;
+/* A calibration's shape and arrays, and for a host consumer its factors (powers of two in
+ * 2^-32 .. 2^32) and finite means; src/quant/calib.c. */
+qattn_status qattn_check_calibration(qattn_ctx *ctx, const qattn_calibration *cal, int32_t kv_heads, int32_t head_dim, qattn_cal_use use);
 
 static inline bool qattn_precision_is_lowp(int32_t precision) {
     return precision == QATTN_PRECISION_INT8 || precision == QATTN_PRECISION_INT4 || precision == QATTN_PRECISION_FP8_E4M3 ||
@@ -373,6 +376,8 @@ qattn_status qattn_cuda_init(qattn_ctx *ctx);
 void qattn_cuda_release(qattn_ctx *ctx);
 qattn_status qattn_cuda_supports(qattn_ctx *ctx, const qattn_params *p);
 qattn_status qattn_cuda_forward(qattn_ctx *ctx, const qattn_params *p);
+/* INT8 default scheme with a calibration whose k_factor, k_mean, v_mean are device arrays (p, cal validated). */
+qattn_status qattn_cuda_forward_calibrated(qattn_ctx *ctx, const qattn_params *p, const qattn_calibration *cal);
 qattn_status qattn_cuda_workspace_size(qattn_ctx *ctx, const qattn_params *p, size_t *bytes);
 int qattn_cuda_device_count(void);
 #endif

@@ -537,8 +537,9 @@ def attention(q, k, v, *, causal=False, scale=None, window=None, precision=None,
     "fp8_e4m3", "fp8_e5m2" (where the backend supports them; otherwise NotImplementedError
     with the library's message). backend: None = from the tensors' device. threads: CPU
     threads (None = all cores). Forward only: no autograd.
-    calibration: a qattn.Calibration (qattn.calibrate) for precision "int8", scheme "qattn", CPU:
-    its static channel transforms replace the per-call statistics (qattn_forward_calibrated).
+    calibration: a qattn.Calibration (qattn.calibrate) for precision "int8", scheme "qattn": its
+    static channel transforms replace the per-call statistics (qattn_forward_calibrated); for CUDA
+    inputs its arrays must be on their device (calibration.to(q.device)).
     alibi_slopes: float32 [H] or [B, H] (flash-attn's flash_attn_func): the score of query i and key
     j gets - slope[h] * |i + Lk - Lq - j|. softcap: 0 = off, else scores become
     softcap * tanh(score / softcap) before ALiBi. CPU backend, precisions auto/fp32/fp16/bf16 only
@@ -557,8 +558,6 @@ def attention(q, k, v, *, causal=False, scale=None, window=None, precision=None,
     if block_mask is not None:
         _blockmask.attach(p, block_mask, block_size, qt, keep)
     on_cuda = qt.device.startswith("cuda")
-    if calibration is not None and on_cuda:
-        raise ValueError("calibration runs on the CPU backend only (qattn_forward_calibrated)")
     if backend is None:
         backend = "cuda" if on_cuda else "cpu"
     if backend not in ("cpu", "cuda"):
@@ -581,19 +580,24 @@ def attention(q, k, v, *, causal=False, scale=None, window=None, precision=None,
         lse = _lse_output(p, qt, meta["lse_shape"], keep)
 
     ctx = _get_context(backend, threads if backend == "cpu" else None, isa, qt.device_index)
+    cs = None
+    if calibration is not None:
+        from ._int8 import _calibration_struct
+        _lib.require("qattn_forward_calibrated", "qattn.attention(calibration=...)")
+        cs, ckeep = _calibration_struct(calibration, p.n_kv_heads, p.head_dim, device=qt.obj.device if on_cuda else None)
+        keep.append(ckeep)
     if on_cuda:
         torch = _torch()
         with torch.cuda.device(qt.obj.device):
             p.stream = torch.cuda.current_stream(qt.obj.device).cuda_stream
             with ctx.lock:
-                ctx.check(lib.qattn_forward(ctx.handle, ctypes.byref(p)))
-    elif calibration is not None:
-        from ._int8 import _calibration_struct
-        _lib.require("qattn_forward_calibrated", "qattn.attention(calibration=...)")
-        cs, ckeep = _calibration_struct(calibration, p.n_kv_heads, p.head_dim)
+                if cs is not None:
+                    ctx.check(lib.qattn_forward_calibrated(ctx.handle, ctypes.byref(p), ctypes.byref(cs)))
+                else:
+                    ctx.check(lib.qattn_forward(ctx.handle, ctypes.byref(p)))
+    elif cs is not None:
         with ctx.lock:
             ctx.check(lib.qattn_forward_calibrated(ctx.handle, ctypes.byref(p), ctypes.byref(cs)))
-        del ckeep
     else:
         with ctx.lock:
             ctx.check(lib.qattn_forward(ctx.handle, ctypes.byref(p)))

@@ -297,6 +297,13 @@ class Calibration:
     def shape(self):
         return tuple(self.k_factor.shape)
 
+    def to(self, device):
+        """A copy whose k_factor, k_mean, v_mean are float32 torch tensors on device (e.g. "cuda:0"),
+        what qattn.attention reads for CUDA inputs (the running statistics stay behind)."""
+        torch = _torch()
+        dev = [torch.as_tensor(np.asarray(getattr(self, n), dtype=np.float32)).to(device).contiguous() for n in _CAL_FIELDS[:3]]
+        return Calibration(dev[0], dev[1], dev[2], tokens=self.tokens)
+
     def save(self, path):
         """Write the file `qattn calibrate` writes: float32 .npy [3, HK, D] = k_factor, k_mean, v_mean."""
         np.save(path, np.stack([self.k_factor, self.k_mean, self.v_mean]).astype(np.float32))
@@ -313,8 +320,9 @@ class Calibration:
 _CAL_FIELDS = ("k_factor", "k_mean", "v_mean", "q_absmax", "k_min", "k_max")
 
 
-def _calibration_struct(cal, kv_heads, head_dim, stats=False):
-    """A qattn_calibration over cal's arrays (checked: float32, contiguous, [HK, D])."""
+def _calibration_struct(cal, kv_heads, head_dim, stats=False, device=None):
+    """A qattn_calibration over cal's arrays (checked: float32, contiguous, [HK, D]): numpy arrays, or
+    with device (a torch device of CUDA inputs) torch tensors on it (Calibration.to)."""
     if not isinstance(cal, Calibration):
         raise TypeError("calibration must be a qattn.Calibration (from qattn.calibrate or Calibration.load), got %s"
                         % type(cal).__name__)
@@ -326,6 +334,16 @@ def _calibration_struct(cal, kv_heads, head_dim, stats=False):
         if a is None:
             raise ValueError("calibration.%s is None; qattn.calibrate needs the running statistics (start from "
                              "calibration=None to begin new ones)" % name)
+        if device is not None:
+            torch = _torch()
+            if (not _is_torch(a) or a.device != device or a.dtype != torch.float32 or not a.is_contiguous()
+                    or tuple(a.shape) != (kv_heads, head_dim)):
+                raise ValueError("calibration.%s must be a contiguous float32 tensor of shape %s on %s for CUDA inputs "
+                                 "(Calibration.to(device)), got %s" % (name, (kv_heads, head_dim), device,
+                                                                       getattr(a, "device", type(a).__name__)))
+            setattr(cs, name, a.data_ptr())
+            keep.append(a)
+            continue
         if not isinstance(a, np.ndarray) or a.dtype != np.float32 or not a.flags.c_contiguous or a.shape != (kv_heads, head_dim):
             raise ValueError("calibration.%s must be a contiguous float32 numpy array of shape %s, got %s"
                              % (name, (kv_heads, head_dim), getattr(a, "shape", type(a).__name__)))

@@ -66,6 +66,21 @@ def test_cuda_errors():
         qattn.attention(q, q.clone(), q.clone(), out=torch.empty(q.shape, dtype=q.dtype))
 
 
+def test_cuda_int8_calibrated():
+    """A calibration (qattn.calibrate on the CPU) moved to the GPU: on the sequence it came from, the
+    calibrated INT8 call equals the dynamic one bitwise (same factors and means); numpy arrays are
+    refused for CUDA inputs."""
+    B, L, H, HK, D = 1, 300, 4, 2, 128
+    q, k, v = rnd((B, L, H, D), torch.float16, 11), rnd((B, L, HK, D), torch.float16, 12) + 2, rnd((B, L, HK, D), torch.float16, 13)
+    cal = qattn.calibrate(q.cpu(), k.cpu(), v.cpu())
+    dyn = qattn.attention(q, k, v, precision="int8", causal=True)
+    calo = qattn.attention(q, k, v, precision="int8", causal=True, calibration=cal.to(q.device))
+    torch.cuda.synchronize()
+    assert torch.equal(dyn, calo)
+    with pytest.raises(ValueError, match="tensor of shape"):
+        qattn.attention(q, k, v, precision="int8", calibration=cal)
+
+
 @pytest.mark.parametrize("dtype", ["fp16", "bf16", "int8"])
 def test_kv_cache_decode_cuda_vs_cpu(dtype):
     """KVCache.decode on a CUDA q (qattn_kv_decode_cuda over a device copy) vs the CPU decode of

@@ -155,9 +155,10 @@ qattn_cuda_args make_args(const qattn_params *p) {
 
 /* The INT8 forward's kernels on stream: quantization into ws, then the attention kernel (the FP16
  * kernel's empty-key rule when there is no key). */
-qattn_status enqueue_i8(qattn_ctx *ctx, qattn_cuda_args &a, int bf16, void *ws, const qattn_cuda_bmask *bm, cudaStream_t stream) {
+qattn_status enqueue_i8(qattn_ctx *ctx, qattn_cuda_args &a, int bf16, void *ws, const qattn_cuda_bmask *bm, const qattn_calibration *cal,
+                        cudaStream_t stream) {
     cudaError_t e;
-    if ((e = qattn_cuda_quantize_i8(a, bf16, ws, stream)) != cudaSuccess)
+    if ((e = qattn_cuda_quantize_i8(a, bf16, ws, stream, cal)) != cudaSuccess)
         return qattn_fail(ctx, QATTN_ERR_BACKEND, "INT8 quantization kernels: %s", cudaGetErrorString(e));
     if (a.lk > 0 && (e = a.i8_wgmma ? qattn_cuda_launch_i8_wgmma(a, stream, bm) : qattn_cuda_launch_i8(a, stream)) != cudaSuccess)
         return qattn_fail(ctx, QATTN_ERR_BACKEND, "INT8 attention kernel launch: %s", cudaGetErrorString(e));
@@ -270,7 +271,8 @@ extern "C" qattn_status qattn_cuda_workspace_size(qattn_ctx *ctx, const qattn_pa
     return QATTN_OK;
 }
 
-extern "C" qattn_status qattn_cuda_forward(qattn_ctx *ctx, const qattn_params *p) {
+/* qattn_cuda_forward and qattn_cuda_forward_calibrated (cal: device arrays, INT8 only). */
+static qattn_status forward(qattn_ctx *ctx, const qattn_params *p, const qattn_calibration *cal) {
     qattn_status s = check(ctx, p);
     if (s != QATTN_OK) return s;
     cuda_state *st = (cuda_state *)ctx->cuda_state;
@@ -306,7 +308,7 @@ extern "C" qattn_status qattn_cuda_forward(qattn_ctx *ctx, const qattn_params *p
             cudaGetLastError();
             return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaStreamWaitEvent (the previous INT8 call's stream): %s", cudaGetErrorString(e));
         }
-        s = enqueue_i8(ctx, a, input_is_bf16(p), ws, p->block_mask ? &bm : NULL, stream);
+        s = enqueue_i8(ctx, a, input_is_bf16(p), ws, p->block_mask ? &bm : NULL, cal, stream);
         if (cached && (e = qattn_cuda_serial_end(&st->ws_serial, stream)) != cudaSuccess) { /* after whatever was queued */
             cudaGetLastError();
             if (s == QATTN_OK) s = qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaEventRecord: %s", cudaGetErrorString(e));
@@ -342,4 +344,10 @@ extern "C" qattn_status qattn_cuda_forward(qattn_ctx *ctx, const qattn_params *p
         return qattn_fail(ctx, QATTN_ERR_BACKEND, "attention kernel launch (d %d, %s): %s", p->head_dim, qattn_dtype_name(p->qkv_dtype),
                           cudaGetErrorString(e));
     return QATTN_OK;
+}
+
+extern "C" qattn_status qattn_cuda_forward(qattn_ctx *ctx, const qattn_params *p) { return forward(ctx, p, NULL); }
+
+extern "C" qattn_status qattn_cuda_forward_calibrated(qattn_ctx *ctx, const qattn_params *p, const qattn_calibration *cal) {
+    return forward(ctx, p, cal);
 }

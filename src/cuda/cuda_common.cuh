@@ -70,9 +70,12 @@ cudaError_t qattn_cuda_prepare_i8_wgmma(void);
 cudaError_t qattn_cuda_launch_f16_wgmma(const qattn_cuda_args &a, int bf16, cudaStream_t stream, const qattn_cuda_bmask *bm = nullptr);
 cudaError_t qattn_cuda_prepare_f16_wgmma(void);
 /* Quantize f16/bf16 q, k, v of a (non-varlen) into the INT8 workspace layout.
- * ws: device scratch of qattn_cuda_i8_workspace bytes; fills a.qi/ki/vt/sq/sk/sv. */
+ * ws: device scratch of qattn_cuda_i8_workspace bytes; fills a.qi/ki/vt/sq/sk/sv.
+ * cal: NULL (the channel transforms from the call's own statistics), or a calibration whose k_factor,
+ * k_mean and v_mean are device arrays [HK][D] (no statistics pass: Q, K, V are read once). */
+struct qattn_calibration;
 size_t qattn_cuda_i8_workspace(const qattn_cuda_args &a);
-cudaError_t qattn_cuda_quantize_i8(qattn_cuda_args &a, int bf16, void *ws, cudaStream_t stream);
+cudaError_t qattn_cuda_quantize_i8(qattn_cuda_args &a, int bf16, void *ws, cudaStream_t stream, const qattn_calibration *cal);
 
 /* ---------------------------------------------------------------- host helpers */
 /* Make a device current for a scope (a library call); the caller's device is restored after. */

@@ -35,7 +35,11 @@
  * ranges, then sets the factor f = 2^e of each channel (the CPU's qattn_qk_smooth_exp), mu / f, and the
  * LSE's mean H(mu / f / n). K rows are coded as H((k / f - mu / f) / n), Q rows as H(q f / n) with their
  * scales times n (rotate_row8: the CPU's butterfly stages in its order, across the row's lanes), so the
- * attention kernels and the LSE shift are unchanged. Q is read twice (ranges, then codes). */
+ * attention kernels and the LSE shift are unchanged. Q is read twice (ranges, then codes).
+ *
+ * Calibrated (qattn_forward_calibrated): the factors and means come from the calibration's device
+ * arrays (i8q_calib_kernel, one small launch before), and the fused launch holds only K/V tiles and Q
+ * rows: Q, K and V are each read once. */
 extern "C" {
 #include "qattn.h"
 }
@@ -611,7 +615,36 @@ template <int D> __global__ void __launch_bounds__(NT) i8q_qshift_kernel(const q
     if (ok && cg == 0) qsh[r] = dot * a.sq[r] * a.scale;
 }
 
-template <int D, bool BF16> cudaError_t quantize(qattn_cuda_args &a, const i8_layout &L, unsigned char *ws, cudaStream_t st) {
+/* Calibrated pass (qattn_forward_calibrated): what the last statistics item of bh computes, from the
+ * calibration's device arrays kf, kmu, vmu [HK][D] instead of the call's statistics, then ready[bh]. One
+ * block of D threads per bh. A factor that is not a power of two in 2^-32 .. 2^32 becomes NaN, and so
+ * every output of its kv head (the host cannot read device arrays to refuse it). */
+template <int D>
+__global__ void __launch_bounds__(D) i8q_calib_kernel(const qattn_cuda_args a, const float *kf, const float *kmu, const float *vmu, const i8_aux w) {
+    __shared__ float srot[D];
+    const int bh = blockIdx.x, d = threadIdx.x;
+    const size_t at = (size_t)bh * D + d, ct = (size_t)(bh % a.hk) * D + d;
+    float f = kf[ct];
+    if (!(f >= 0x1p-32f && f <= 0x1p32f && (__float_as_uint(f) & 0x7fffffu) == 0)) f = __int_as_float(0x7fc00000);
+    const float finv = 1.f / f, muf = __fmul_rn(kmu[ct], finv); /* 1 / f exact: a power of two */
+    w.fk[at] = f;
+    w.finv[at] = finv;
+    w.kmf[at] = muf;
+    w.vm[at] = vmu[ct];
+    srot[d] = __fmul_rn(muf, 1.0f / D);
+    /* the LSE shift's mean H(mu / f / n), as the statistics item */
+    for (int len = 1; len < D; len <<= 1) {
+        __syncthreads();
+        const float v = (d & len) ? __fsub_rn(srot[d ^ len], srot[d]) : __fadd_rn(srot[d], srot[d ^ len]);
+        __syncthreads();
+        srot[d] = v;
+    }
+    w.km[at] = srot[d];
+    if (d == 0) w.ready[bh] = 1; /* read by the next launch */
+}
+
+template <int D, bool BF16>
+cudaError_t quantize(qattn_cuda_args &a, const i8_layout &L, unsigned char *ws, cudaStream_t st, const qattn_calibration *cal) {
     constexpr int G = D / 8, RG = NT / G;
     int8_t *qi = (int8_t *)(ws + L.qi), *ki = (int8_t *)(ws + L.ki), *vt = (int8_t *)(ws + L.vt);
     float *sq = (float *)(ws + L.sq), *sk = (float *)(ws + L.sk), *sv = (float *)(ws + L.sv), *vm = (float *)(ws + L.vm), *km = (float *)(ws + L.km);
@@ -621,7 +654,7 @@ template <int D, bool BF16> cudaError_t quantize(qattn_cuda_args &a, const i8_la
     a.sched = (int32_t *)(ws + L.sched);
     if (a.lk == 0) return cudaSuccess; /* the FP16 kernel's empty-key rule runs instead */
     const int64_t bhk = (int64_t)a.batch * a.hk, nq = (int64_t)a.batch * a.lq_pad * a.h;
-    const int nch = n_chunks(a.lk), ntiles = a.lk_pad / BN;
+    const int nch = cal ? 0 : n_chunks(a.lk), ntiles = a.lk_pad / BN; /* calibrated: no statistics items */
     const int64_t nqb = (nq + QRI * RG - 1) / (QRI * RG), nst = bhk * nch, nb1 = nst + nqb, nb3 = bhk * ntiles;
     if (nb1 > INT32_MAX || nb3 > INT32_MAX || bhk > INT32_MAX) return cudaErrorInvalidConfiguration;
     cudaError_t e;
@@ -636,7 +669,11 @@ template <int D, bool BF16> cudaError_t quantize(qattn_cuda_args &a, const i8_la
     w.qa = (unsigned *)(ws + L.qa);
     w.done = ctl + 1, w.ready = ctl + 1 + bhk, w.qdone = ctl + 1 + 2 * bhk;
     w.nqc = n_qchunks(a.lq);
-    const int64_t n_qs = bhk * w.nqc;
+    const int64_t n_qs = cal ? 0 : bhk * w.nqc; /* calibrated: no Q ranges */
+    if (cal) {
+        i8q_calib_kernel<D><<<(unsigned)bhk, D, 0, st>>>(a, cal->k_factor, cal->k_mean, cal->v_mean, w);
+        if ((e = cudaGetLastError()) != cudaSuccess) return e;
+    }
     if (n_qs + nb1 + nb3 > INT32_MAX) return cudaErrorInvalidConfiguration;
     i8q_fused_kernel<D, BF16><<<(unsigned)(n_qs + nb1 + nb3), NT, 0, st>>>(a, nch, ntiles, lag, (int)nst, (int)n_qs, qi, sq, ki, sk, vt, sv, w, ctl);
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
@@ -651,14 +688,14 @@ template <int D, bool BF16> cudaError_t quantize(qattn_cuda_args &a, const i8_la
 
 size_t qattn_cuda_i8_workspace(const qattn_cuda_args &a) { return layout(a, lk_padded(a.lk)).total; }
 
-cudaError_t qattn_cuda_quantize_i8(qattn_cuda_args &a, int bf16, void *ws, cudaStream_t stream) {
+cudaError_t qattn_cuda_quantize_i8(qattn_cuda_args &a, int bf16, void *ws, cudaStream_t stream, const qattn_calibration *cal) {
     a.lk_pad = lk_padded(a.lk);
     a.lq_pad = (a.lq + QPAD - 1) / QPAD * QPAD;
     const i8_layout L = layout(a, a.lk_pad);
     unsigned char *w = (unsigned char *)ws;
     switch (a.d) {
-    case 64: return bf16 ? quantize<64, true>(a, L, w, stream) : quantize<64, false>(a, L, w, stream);
-    case 128: return bf16 ? quantize<128, true>(a, L, w, stream) : quantize<128, false>(a, L, w, stream);
+    case 64: return bf16 ? quantize<64, true>(a, L, w, stream, cal) : quantize<64, false>(a, L, w, stream, cal);
+    case 128: return bf16 ? quantize<128, true>(a, L, w, stream, cal) : quantize<128, false>(a, L, w, stream, cal);
     }
     return cudaErrorInvalidValue;
 }

@@ -376,7 +376,7 @@ qattn_status qattn_kv_cache_set_calibration(qattn_ctx *ctx, qattn_kv_cache *cach
             return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT,
                               "qattn_kv_cache_set_calibration: sequence %d holds %lld tokens; calibrate an empty cache (its codes would change meaning)",
                               s, (long long)cache->seq_len[s]);
-    qattn_status st = qattn_check_calibration(ctx, cal, cache->n_kv_heads, cache->head_dim, false);
+    qattn_status st = qattn_check_calibration(ctx, cal, cache->n_kv_heads, cache->head_dim, QATTN_CAL_HOST);
     if (st != QATTN_OK) return st;
     int64_t n = (int64_t)cache->n_kv_heads * cache->head_dim;
     float *m = cache->calib; /* the arena's tail, [5][HK][D] (kv_internal.h) */

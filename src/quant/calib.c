@@ -5,7 +5,7 @@
 #include "quant/lowp.h"
 
 /* Factors powers of two within 2^-32 .. 2^32 (so Q times f and K over f are exact), means finite. */
-qattn_status qattn_check_calibration(qattn_ctx *ctx, const qattn_calibration *cal, int32_t kv_heads, int32_t head_dim, bool stats) {
+qattn_status qattn_check_calibration(qattn_ctx *ctx, const qattn_calibration *cal, int32_t kv_heads, int32_t head_dim, qattn_cal_use use) {
     if (!cal) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "cal (the calibration) is NULL");
     if (cal->n_kv_heads != kv_heads || cal->head_dim != head_dim)
         return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "calibration is for %d kv heads of dim %d; the call has %d of dim %d",
@@ -13,9 +13,11 @@ qattn_status qattn_check_calibration(qattn_ctx *ctx, const qattn_calibration *ca
     if (cal->tokens < 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "calibration tokens is %lld", (long long)cal->tokens);
     const float *arr[6] = {cal->k_factor, cal->k_mean, cal->v_mean, cal->q_absmax, cal->k_min, cal->k_max};
     static const char *name[6] = {"k_factor", "k_mean", "v_mean", "q_absmax", "k_min", "k_max"};
-    for (int i = 0; i < (stats ? 6 : 3); i++)
+    for (int i = 0; i < (use == QATTN_CAL_STATS ? 6 : 3); i++)
         if (!arr[i]) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "calibration %s is NULL", name[i]);
-    if (stats) return QATTN_OK; /* qattn_calibrate overwrites the factors; the statistics are its own */
+    /* qattn_calibrate overwrites the factors and the statistics are its own; device arrays are not
+     * readable here (the CUDA kernels turn a bad factor into NaN outputs, qattn.h) */
+    if (use != QATTN_CAL_HOST) return QATTN_OK;
     int64_t n = (int64_t)cal->n_kv_heads * cal->head_dim;
     for (int64_t i = 0; i < n; i++) {
         float f = cal->k_factor[i];

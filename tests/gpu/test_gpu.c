@@ -550,6 +550,131 @@ static int two_streams(qattn_ctx *gpu) {
     return fail;
 }
 
+/* qattn_forward_calibrated on the GPU (the calibration's three arrays in device memory), D d, dtype dt:
+ * 1. one sequence, calibrated with qattn_calibrate (CPU) on that sequence: outputs and LSE bitwise those
+ *    of qattn_forward (the same factors and means, so the same workspace and kernels);
+ * 2. two sequences (GQA, causal, Lq < Lk) with the calibration of the first only: against the FP64
+ *    oracle within the INT8 tolerance of run_case (0.05 relative L2: the factors are exact powers of two
+ *    and the means only centre the codes, so a calibration from similar data costs little accuracy);
+ * 3. a factor that is not a power of two (kv head 0): every output of its query heads NaN, the other
+ *    heads' unchanged (bitwise), the call QATTN_OK (the host does not read device arrays);
+ * 4. refusals: a calibration of another shape, a NULL array. */
+static int check_i8_calibrated(qattn_ctx *gpu, qattn_ctx *cpu, int D, int dt, cudaStream_t stream) {
+    const int B = 2, LQ = 150, LK = 333, H = 4, HK = 2, bf = dt == QATTN_DTYPE_BF16;
+    const size_t nq = (size_t)B * LQ * H * D, nk = (size_t)B * LK * HK * D, nc = (size_t)HK * D;
+    uint16_t *hq = malloc(nq * 2), *hk = malloc(nk * 2), *hv = malloc(nk * 2);
+    for (size_t i = 0; i < nq; i++) hq[i] = bf ? f2bf(nrand()) : f2h(nrand());
+    for (size_t i = 0; i < nk; i++) {
+        const float shift = (float)(i % D % 7) - 3.f; /* channel means, K outlier channels */
+        hk[i] = bf ? f2bf(nrand() * (i % D % 16 == 3 ? 8.f : 1.f) + shift) : f2h(nrand() * (i % D % 16 == 3 ? 8.f : 1.f) + shift);
+        hv[i] = bf ? f2bf(nrand() - 0.5f * shift) : f2h(nrand() - 0.5f * shift);
+    }
+    float *cal_arr = calloc(6 * nc, 4);
+    qattn_calibration cal = {HK, D, 0, cal_arr, cal_arr + nc, cal_arr + 2 * nc, cal_arr + 3 * nc, cal_arr + 4 * nc, cal_arr + 5 * nc};
+    qattn_params p;
+    qattn_params_init(&p);
+    p.batch = 1, p.seqlen_q = LQ, p.seqlen_k = LK, p.n_heads = H, p.n_kv_heads = HK, p.head_dim = D;
+    p.qkv_dtype = dt, p.o_dtype = QATTN_DTYPE_F32, p.precision = QATTN_PRECISION_INT8;
+    qattn_params_set_contiguous(&p);
+    qattn_params hp = p;
+    hp.q = hq, hp.k = hk, hp.v = hv;
+    qattn_status s = qattn_calibrate(cpu, &hp, &cal); /* the first sequence */
+    if (s != QATTN_OK) return printf("FAIL calibrated: qattn_calibrate: %s\n", qattn_ctx_last_error(cpu)), 1;
+    void *dq, *dk, *dv;
+    float *dout, *dlse, *dcal;
+    CK(cudaMalloc(&dq, nq * 2));
+    CK(cudaMalloc(&dk, nk * 2));
+    CK(cudaMalloc(&dv, nk * 2));
+    CK(cudaMalloc((void **)&dout, 2 * nq * 4));
+    CK(cudaMalloc((void **)&dlse, 2 * (size_t)B * H * LQ * 4));
+    CK(cudaMalloc((void **)&dcal, 3 * nc * 4));
+    CK(cudaMemcpy(dq, hq, nq * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dk, hk, nk * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dv, hv, nk * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dcal, cal_arr, 3 * nc * 4, cudaMemcpyHostToDevice));
+    qattn_calibration dcalib = {HK, D, cal.tokens, dcal, dcal + nc, dcal + 2 * nc, NULL, NULL, NULL};
+    p.q = dq, p.k = dk, p.v = dv, p.stream = stream;
+    const size_t no1 = (size_t)LQ * H * D, nl1 = (size_t)H * LQ;
+    float *ho = malloc(2 * nq * 4), *hl = malloc(2 * (size_t)B * H * LQ * 4);
+    int fail = 0;
+    /* 1. one sequence: dynamic into the first halves, calibrated into the second */
+    CK(cudaMemset(dout, 0xff, 2 * nq * 4));
+    CK(cudaMemset(dlse, 0xff, 2 * (size_t)B * H * LQ * 4));
+    CK(cudaDeviceSynchronize());
+    p.o = dout, p.lse = dlse;
+    s = qattn_forward(gpu, &p);
+    qattn_params pc = p;
+    pc.o = dout + no1, pc.lse = dlse + nl1;
+    if (s == QATTN_OK) s = qattn_forward_calibrated(gpu, &pc, &dcalib);
+    if (s != QATTN_OK) return printf("FAIL calibrated: forward: %s: %s\n", qattn_status_str(s), qattn_ctx_last_error(gpu)), 1;
+    CK(cudaStreamSynchronize(stream));
+    CK(cudaMemcpy(ho, dout, 2 * no1 * 4, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(hl, dlse, 2 * nl1 * 4, cudaMemcpyDeviceToHost));
+    size_t nan1 = 0;
+    for (size_t i = 0; i < no1; i++) nan1 += !isfinite(ho[i]);
+    const int same = memcmp(ho, ho + no1, no1 * 4) == 0 && memcmp(hl, hl + nl1, nl1 * 4) == 0;
+    fail |= !same || nan1 > 0;
+    printf("%s calibrated, one sequence (lq%d lk%d h%d hk%d d%d %s): outputs and LSE %s the dynamic pass's, nonfinite %zu\n", !same || nan1 ? "FAIL" : "ok  ",
+           LQ, LK, H, HK, D, bf ? "bf16" : "f16", same ? "bitwise" : "differ from", nan1);
+    /* 2. two sequences, causal, the first one's calibration */
+    p.batch = pc.batch = B, p.causal = pc.causal = 1;
+    qattn_params_set_contiguous(&pc);
+    pc.q = dq, pc.k = dk, pc.v = dv, pc.o = dout, pc.lse = dlse, pc.stream = stream;
+    CK(cudaMemset(dout, 0xff, nq * 4));
+    CK(cudaDeviceSynchronize());
+    s = qattn_forward_calibrated(gpu, &pc, &dcalib);
+    if (s != QATTN_OK) return printf("FAIL calibrated: forward (two sequences): %s\n", qattn_ctx_last_error(gpu)), 1;
+    CK(cudaStreamSynchronize(stream));
+    CK(cudaMemcpy(ho, dout, nq * 4, cudaMemcpyDeviceToHost));
+    double *o64 = malloc(nq * sizeof(double)), *l64 = malloc((size_t)B * H * LQ * sizeof(double));
+    hp = pc;
+    hp.q = hq, hp.k = hk, hp.v = hv, hp.o = o64, hp.lse = NULL, hp.stream = NULL;
+    if ((s = qattn_oracle_f64(cpu, &hp, o64, l64)) != QATTN_OK) return printf("FAIL calibrated: oracle: %s\n", qattn_ctx_last_error(cpu)), 1;
+    double num = 0, den = 0;
+    size_t nan2 = 0;
+    for (size_t i = 0; i < nq; i++) {
+        if (!isfinite(ho[i])) nan2++;
+        else num += (ho[i] - o64[i]) * (ho[i] - o64[i]), den += o64[i] * o64[i];
+    }
+    const double rel2 = sqrt(num / den);
+    fail |= nan2 > 0 || !(rel2 <= 0.05);
+    printf("%s calibrated, two sequences causal with the first's calibration: relL2 %.2e (tol 5e-2) nonfinite %zu\n", nan2 || !(rel2 <= 0.05) ? "FAIL" : "ok  ",
+           rel2, nan2);
+    /* 3. a factor of 3 in kv head 0's channel 5: heads 0 and 1 (kv head 0) NaN, heads 2 and 3 as before */
+    const float three = 3.f;
+    CK(cudaMemcpy(dcal + 5, &three, 4, cudaMemcpyHostToDevice));
+    pc.o = dout + nq;
+    CK(cudaMemset(dout + nq, 0, nq * 4));
+    CK(cudaDeviceSynchronize());
+    s = qattn_forward_calibrated(gpu, &pc, &dcalib);
+    CK(cudaStreamSynchronize(stream));
+    CK(cudaMemcpy(ho + nq, dout + nq, nq * 4, cudaMemcpyDeviceToHost));
+    size_t not_nan = 0, moved = 0;
+    for (size_t i = 0; i < nq; i++) {
+        const int h = (int)(i / D % H);
+        if (h < 2) not_nan += !isnan(ho[nq + i]);
+        else moved += memcmp(&ho[i], &ho[nq + i], 4) != 0;
+    }
+    const int ok3 = s == QATTN_OK && not_nan == 0 && moved == 0;
+    fail |= !ok3;
+    printf("%s calibrated, bad factor in kv head 0 -> %s: its heads' outputs not NaN %zu, other heads changed %zu\n", ok3 ? "ok  " : "FAIL",
+           qattn_status_str(s), not_nan, moved);
+    /* 4. refusals */
+    qattn_calibration bad = dcalib;
+    bad.n_kv_heads = HK + 1;
+    const qattn_status r1 = qattn_forward_calibrated(gpu, &pc, &bad);
+    const int ok4a = r1 == QATTN_ERR_INVALID_ARGUMENT && strstr(qattn_ctx_last_error(gpu), "kv heads") != NULL;
+    bad = dcalib;
+    bad.v_mean = NULL;
+    const qattn_status r2 = qattn_forward_calibrated(gpu, &pc, &bad);
+    const int ok4b = r2 == QATTN_ERR_NULL_POINTER && strstr(qattn_ctx_last_error(gpu), "v_mean") != NULL;
+    fail |= !ok4a || !ok4b;
+    printf("%s calibrated refusals: other shape -> %s, NULL v_mean -> %s\n", ok4a && ok4b ? "ok  " : "FAIL", qattn_status_str(r1), qattn_status_str(r2));
+    free(hq), free(hk), free(hv), free(cal_arr), free(ho), free(hl), free(o64), free(l64);
+    cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dout), cudaFree(dlse), cudaFree(dcal);
+    return fail;
+}
+
 /* Head dims the CPU backend runs but this backend does not (8, 16, 24): qattn_supports, qattn_forward
  * (FP16 and INT8) and the GPU KV decode must return QATTN_ERR_UNSUPPORTED naming the head dim,
  * before any tensor is touched (the pointers below are never dereferenced). */
@@ -788,6 +913,9 @@ int main(int argc, char **argv) {
             fails += check_i8_quant(gpu, wg, cpu, &qc[i], stream);
             if (gpu_alt) fails += check_i8_quant(gpu_alt, 0, cpu, &qc[i], stream);
         }
+        fails += check_i8_calibrated(gpu, cpu, 128, F16, stream);
+        if (!small) fails += check_i8_calibrated(gpu, cpu, 64, BF, stream);
+        if (gpu_alt && !small) fails += check_i8_calibrated(gpu_alt, cpu, 128, BF, stream);
     } else {
         fails += two_streams(gpu);
     }
