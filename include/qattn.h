@@ -501,7 +501,8 @@ typedef struct qattn_calibration {
     int32_t head_dim;   /* D */
     int64_t tokens;     /* key/value tokens accumulated so far; 0 = empty (the next call starts over) */
     /* Caller-owned float32 arrays [HK][D]. qattn_calibrate reads and updates all six; the
-     * consumers read k_factor, k_mean and v_mean only (the others may be NULL there). */
+     * consumers read k_factor, k_mean and v_mean only (the others may be NULL there), from host
+     * memory, or from device memory for qattn_forward_calibrated on the CUDA backend. */
     float *k_factor; /* f = 2^e, |e| <= 32: Q channel times f, K channel (minus k_mean) divided by f */
     float *k_mean;   /* running mean of K over tokens */
     float *v_mean;   /* running mean of V over tokens */
