@@ -175,6 +175,21 @@ template <int D> __device__ __forceinline__ void rotate_row8(float y[8]) {
     }
 }
 
+/* Unnormalized Hadamard transform of srot[0 .. D) in place, the CPU's butterfly stages in order (len 1,
+ * 2, .. D/2, lower index a + c, upper a - c). Called by every thread of a block of at least D threads;
+ * srot written before the call, read after it. */
+template <int D> __device__ __forceinline__ void hadamard_shared(float *srot) {
+    const int d = threadIdx.x;
+    for (int len = 1; len < D; len <<= 1) {
+        __syncthreads();
+        float v = 0.f;
+        if (d < D) v = (d & len) ? __fsub_rn(srot[d ^ len], srot[d]) : __fadd_rn(srot[d], srot[d ^ len]);
+        __syncthreads();
+        if (d < D) srot[d] = v;
+    }
+    __syncthreads();
+}
+
 /* The CPU's qattn_qk_smooth_exp(qa, ka, 32, 0) for qa, ka >= 0: e = ceil(ilogb(ka / qa) / 2) in
  * [-32, 32], 0 unless qa, ka and their ratio are normal and qa, ka <= 2^100. */
 __device__ __forceinline__ int smooth_exp(float qa, float ka) {
@@ -418,16 +433,7 @@ __device__ __forceinline__ void stats_q_part(const qattn_cuda_args &a, int blk, 
         w.kmf[(size_t)bh * D + d] = muf;
         srot[d] = __fmul_rn(muf, 1.0f / D);
     }
-    /* the LSE shift's mean: H(mu / f / n), the CPU's butterfly stages in order */
-    for (int len = 1; len < D; len <<= 1) {
-        __syncthreads();
-        float v = 0.f;
-        const int d = threadIdx.x;
-        if (d < D) v = (d & len) ? __fsub_rn(srot[d ^ len], srot[d]) : __fadd_rn(srot[d], srot[d ^ len]);
-        __syncthreads();
-        if (d < D) srot[d] = v;
-    }
-    __syncthreads();
+    hadamard_shared<D>(srot); /* the LSE shift's mean: H(mu / f / n) */
     for (int d = threadIdx.x; d < D; d += NT) w.km[(size_t)bh * D + d] = srot[d];
     __threadfence();
     __syncthreads();
@@ -632,13 +638,7 @@ __global__ void __launch_bounds__(D) i8q_calib_kernel(const qattn_cuda_args a, c
     w.kmf[at] = muf;
     w.vm[at] = vmu[ct];
     srot[d] = __fmul_rn(muf, 1.0f / D);
-    /* the LSE shift's mean H(mu / f / n), as the statistics item */
-    for (int len = 1; len < D; len <<= 1) {
-        __syncthreads();
-        const float v = (d & len) ? __fsub_rn(srot[d ^ len], srot[d]) : __fadd_rn(srot[d], srot[d ^ len]);
-        __syncthreads();
-        srot[d] = v;
-    }
+    hadamard_shared<D>(srot); /* the LSE shift's mean H(mu / f / n), as the statistics item */
     w.km[at] = srot[d];
     if (d == 0) w.ready[bh] = 1; /* read by the next launch */
 }
