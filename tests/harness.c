@@ -142,6 +142,7 @@ const char *th_precision_name(int32_t precision) {
     case QATTN_PRECISION_INT8: return "int8";
     case QATTN_PRECISION_FP8_E4M3: return "fp8e4m3";
     case QATTN_PRECISION_FP8_E5M2: return "fp8e5m2";
+    case QATTN_PRECISION_INT4: return "int4";
     }
     return "?";
 }

@@ -7,7 +7,7 @@
  * Tolerances. Exact mode, FP32/FP16 inputs: the merge adds, per output, N products w_r * O_r and
  * a division, each rounded once in FP32: relative error <= ~(N + 2) * 2^-24 (2.4e-7 at N 4) over
  * the single-process result. Against the single-process output we allow 2e-6 relative L2 (8x);
- * against the FP64 oracle the single-process bound of test_forward.c (1e-5 relative L2, LSE
+ * against the FP64 oracle the single-process bound of tests/ops.c (1e-5 relative L2, LSE
  * 1e-5 * (1 + |lse|)). One rank must equal qattn_forward bit for bit (weight exp(0) = 1).
  * INT8: sharding moves the tile boundaries at which P is quantized to u8 against the block row
  * max, so the distributed result is a different draw of the same rounding, not a rounding of the

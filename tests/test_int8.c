@@ -1,7 +1,9 @@
-/* INT8 / FP8 tests: the INT8 micro-kernels against their scalar reference (bit for bit), every
- * scheme against the FP64 oracle with a tolerance derived from a baseline, masks / GQA / varlen,
- * thread-count and ISA reproducibility, the pre-quantized entry point, and hostile inputs
- * (all-zero and constant rows, NaN/Inf, huge and tiny magnitudes).
+/* INT8 / FP8 tests that are not one (case x target) oracle check: the INT8 micro-kernels against
+ * their scalar reference (bit for bit), the FP8 roundings, the channel transforms and sharp units
+ * of the default scheme, calibration, the pre-quantized entry point, and hostile inputs (all-zero
+ * and constant rows, NaN/Inf, huge and tiny magnitudes). Every scheme and FP8 against the FP64
+ * oracle on every ISA and thread count, masks / GQA / varlen / block masks and the ISA and thread
+ * reproducibility of the results are cases of the op table (tests/test_ops.c).
  *
  * Tolerance (docs/ARCHITECTURE.md "Tolerances"): baseline = relative L2 error of "quantize then dequantize Q, K, V
  * exactly as the scheme does (same granularity, smoothing), then exact FP64 attention". The
@@ -551,182 +553,6 @@ static double baseline_error_rf(qattn_ctx *ctx, prob *pr, const qattn_lowp_cfg *
 }
 
 static const char *scheme_name[3] = {"qattn", "intfa", "sage"};
-static const double scheme_k[3] = {3.0, 4.0, 2.0};
-
-/* Every scheme on one problem: error within k x baseline, LSE close, ref == avx2 bitwise,
- * 1 thread == 2 threads bitwise. */
-static void check_schemes(prob *pr, const char *what) {
-    qattn_ctx *ref1 = make_ctx(QATTN_ISA_REF, 1), *ref2 = make_ctx(QATTN_ISA_REF, 2);
-    const int32_t simd_isas[3] = {QATTN_ISA_AVX2, QATTN_ISA_AVXVNNI, QATTN_ISA_AVX512};
-    const char *simd_names[3] = {"avx2", "avxvnni", "avx512"};
-    qattn_ctx *simd[3]; /* NULL where the CPU lacks it */
-    for (int i = 0; i < 3; i++) simd[i] = make_ctx(simd_isas[i], 2);
-    CHECK(qattn_oracle_f64(ref1, &pr->p, pr->o64, pr->lse64) == QATTN_OK, "oracle: %s", qattn_ctx_last_error(ref1));
-    float *o_a = xcalloc((size_t)pr->no * 4), *lse_a = xcalloc((size_t)pr->nlse * 4);
-    for (int sc = 0; sc < 3; sc++) {
-        qattn_params p = pr->p;
-        p.precision = QATTN_PRECISION_INT8;
-        p.int8_scheme = sc;
-        qattn_status s = qattn_forward(ref1, &p);
-        CHECK(s == QATTN_OK, "%s %s: %s", what, scheme_name[sc], qattn_ctx_last_error(ref1));
-        qattn_lowp_cfg cfg;
-        qattn_lowp_scheme_cfg(sc, &cfg);
-        double err = rel_l2(pr->o, pr->o64, pr->no), base = baseline_error(ref1, pr, &cfg);
-        double tol = scheme_k[sc] * base + 1e-6;
-        CHECK(err <= tol, "%s %s: rel L2 %.3e > %.1f x baseline %.3e", what, scheme_name[sc], err, scheme_k[sc], base);
-        double lse_err = 0;
-        for (int64_t i = 0; i < pr->nlse; i++) {
-            if (isinf(pr->lse64[i])) {
-                CHECK(isinf(pr->lse[i]) && pr->lse[i] < 0, "%s: lse of an empty row is %g", what, pr->lse[i]);
-                continue;
-            }
-            double e = fabs(pr->lse[i] - pr->lse64[i]);
-            lse_err = e > lse_err ? e : lse_err;
-        }
-        /* LSE: within 3x the baseline's LSE error (a score-scale quantity) + 0.02 for P rounding */
-        CHECK(lse_err < 0.02 + 3 * baseline_lse_err, "%s %s: LSE max abs err %.3e (baseline %.3e)", what, scheme_name[sc], lse_err,
-              baseline_lse_err);
-        printf("  %-34s %-6s rel L2 %.3e  baseline %.3e  (%.2fx)  LSE err %.1e\n", what, scheme_name[sc], err, base, base > 0 ? err / base : 0,
-               lse_err);
-        /* reproducibility: threads and ISA */
-        memcpy(o_a, pr->o, (size_t)pr->no * 4);
-        memcpy(lse_a, pr->lse, (size_t)pr->nlse * 4);
-        CHECK(qattn_forward(ref2, &p) == QATTN_OK, "2 threads");
-        CHECK(!memcmp(o_a, pr->o, (size_t)pr->no * 4) && !memcmp(lse_a, pr->lse, (size_t)pr->nlse * 4), "%s %s: 1 vs 2 threads differ", what,
-              scheme_name[sc]);
-        for (int i = 0; i < 3; i++) {
-            if (!simd[i]) continue;
-            CHECK(qattn_forward(simd[i], &p) == QATTN_OK, "%s", simd_names[i]);
-            CHECK(!memcmp(o_a, pr->o, (size_t)pr->no * 4) && !memcmp(lse_a, pr->lse, (size_t)pr->nlse * 4), "%s %s: ref vs %s differ", what,
-                  scheme_name[sc], simd_names[i]);
-        }
-    }
-    free(o_a), free(lse_a);
-    qattn_ctx_destroy(ref1), qattn_ctx_destroy(ref2);
-    for (int i = 0; i < 3; i++) qattn_ctx_destroy(simd[i]);
-}
-
-static void test_schemes(void) {
-    prob pr;
-    struct {
-        const char *name;
-        int64_t B, Lq, Lk;
-        int H, HK, D, causal, dist, wl, wr;
-    } cases[] = {
-        {"normal B2 L200 H4 D64", 2, 200, 200, 4, 4, 64, 0, DIST_NORMAL, -1, -1},
-        {"uniform L256 D128", 1, 256, 256, 2, 2, 128, 0, DIST_UNIFORM, -1, -1},
-        {"causal Lq 17 < Lk 203 GQA 4:1 D80", 2, 17, 203, 8, 2, 80, 1, DIST_NORMAL, -1, -1},
-        {"causal Lq 203 > Lk 113 (empty rows)", 1, 203, 113, 2, 1, 32, 1, DIST_NORMAL, -1, -1},
-        {"window 16,3 L 150 MQA D256", 1, 150, 150, 3, 1, 256, 0, DIST_NORMAL, 16, 3},
-        {"outlier channels in K, L 300", 1, 300, 300, 2, 2, 128, 0, DIST_OUTLIER, -1, -1},
-        {"attention sink, causal L 300", 1, 300, 300, 2, 2, 128, 1, DIST_SINK, -1, -1},
-        {"split-KV decode Lq 1 Lk 3000", 1, 1, 3000, 2, 1, 64, 0, DIST_NORMAL, -1, -1},
-        {"D8 normal L 203", 1, 203, 203, 4, 2, 8, 0, DIST_NORMAL, -1, -1},
-        {"D8 causal Lq 17 < Lk 203 MQA", 2, 17, 203, 4, 1, 8, 1, DIST_NORMAL, -1, -1},
-        {"D8 outlier channels in K, L 300", 1, 300, 300, 2, 2, 8, 0, DIST_OUTLIER, -1, -1},
-        {"D16 causal Lq 203 > Lk 113 GQA", 1, 203, 113, 4, 2, 16, 1, DIST_NORMAL, -1, -1},
-        {"D16 uniform L 256", 1, 256, 256, 2, 2, 16, 0, DIST_UNIFORM, -1, -1},
-        {"D16 split-KV decode Lq 1 Lk 3000", 1, 1, 3000, 2, 1, 16, 0, DIST_NORMAL, -1, -1},
-        {"D24 attention sink, causal L 300", 1, 300, 300, 2, 2, 24, 1, DIST_SINK, -1, -1},
-        {"D24 window 16,3 L 150", 1, 150, 150, 3, 1, 24, 0, DIST_NORMAL, 16, 3},
-        {"D40 spread channels L 203", 1, 203, 203, 2, 1, 40, 0, DIST_SPREAD, -1, -1},
-        {"D72 causal L 113", 1, 113, 113, 2, 2, 72, 1, DIST_NORMAL, -1, -1},
-        {"D136 GQA Lq 17 Lk 203", 1, 17, 203, 4, 2, 136, 0, DIST_NORMAL, -1, -1},
-        {"D200 causal L 150", 1, 150, 150, 2, 1, 200, 1, DIST_NORMAL, -1, -1},
-    };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        prob_make(&pr, cases[i].B, cases[i].Lq, cases[i].Lk, cases[i].H, cases[i].HK, cases[i].D, cases[i].causal, cases[i].dist, NULL,
-                  NULL);
-        pr.p.window_left = cases[i].wl, pr.p.window_right = cases[i].wr;
-        check_schemes(&pr, cases[i].name);
-        prob_free(&pr);
-    }
-    int32_t lq[3] = {5, 0, 70}, lk[3] = {90, 33, 70};
-    prob_make(&pr, 3, 0, 0, 4, 2, 64, 1, DIST_NORMAL, lq, lk);
-    check_schemes(&pr, "varlen causal (5|0|70 x 90|33|70)");
-    prob_free(&pr);
-    prob_make(&pr, 3, 0, 0, 4, 2, 8, 1, DIST_NORMAL, lq, lk);
-    check_schemes(&pr, "D8 varlen causal (5|0|70 x 90|33|70)");
-    prob_free(&pr);
-    /* sharp units in varlen (kv head 1 of each sequence is sharp; the empty query sequence is not):
-     * within k x the unrefined baseline, reproducible across threads and ISAs */
-    prob_make(&pr, 3, 0, 0, 4, 2, 64, 1, DIST_HEADS, lq, lk);
-    check_schemes(&pr, "heads varlen causal (5|0|70 x 90|33|70)");
-    prob_free(&pr);
-}
-
-/* ---------------------------------------------------------------- block-sparse attention */
-
-/* A random block mask on pr: [B, H, nq, nk] (share_heads: one [nq, nk] map for all heads, stride
- * 0), each pair computed with probability density; row_zero > 0 empties every row_zero-th row.
- * Returns the bytes (caller frees). */
-static uint8_t *attach_block_mask(prob *pr, int bq, int bk, double density, bool share_heads, int row_zero) {
-    qattn_params *p = &pr->p;
-    int64_t nq = (p->seqlen_q + bq - 1) / bq, nk = (p->seqlen_k + bk - 1) / bk, heads = share_heads ? 1 : p->n_heads;
-    if (nq < 1) nq = 1;
-    if (nk < 1) nk = 1;
-    int64_t rows = p->batch * heads * nq;
-    uint8_t *m = xcalloc((size_t)(rows * nk));
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t j = 0; j < nk; j++) m[r * nk + j] = row_zero > 0 && r % row_zero == 0 ? 0 : rnd_unif() < density;
-    p->block_mask = m, p->block_mask_q = bq, p->block_mask_k = bk;
-    p->block_mask_row_stride = nk, p->block_mask_head_stride = share_heads ? 0 : nq * nk, p->block_mask_batch_stride = heads * nq * nk;
-    return m;
-}
-
-/* Every INT8 scheme with a block mask (check_schemes: k x its own baseline, which the oracle
- * computes with the same mask; ref == avx2 == avxvnni == avx512 bitwise; 1 == 2 threads), mask
- * blocks narrower than, equal to and wider than the 64-key tiles; then FP8 with a mask. */
-static void test_block_mask(void) {
-    prob pr;
-    struct {
-        const char *name;
-        int64_t B, Lq, Lk;
-        int H, HK, D, causal, bq, bk;
-        double density;
-        bool shared;
-        int row_zero;
-    } cases[] = {
-        {"block mask 64x64 per head L 300", 2, 300, 300, 4, 4, 64, 0, 64, 64, 0.4, false, 0},
-        {"block mask 16x16 causal Lq 200 < Lk 333 GQA shared", 1, 200, 333, 8, 2, 64, 1, 16, 16, 0.5, true, 0},
-        {"block mask 128x128 causal D128 L 517", 1, 517, 517, 2, 1, 128, 1, 128, 128, 0.5, false, 0},
-        {"block mask 32x48 Lq 203 > Lk 150 zero rows", 1, 203, 150, 4, 2, 64, 0, 32, 48, 0.6, false, 3},
-        {"block mask 16x128 split-KV decode Lq 1 Lk 3000", 1, 1, 3000, 4, 1, 64, 0, 16, 128, 0.3, false, 0},
-    };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        prob_make(&pr, cases[i].B, cases[i].Lq, cases[i].Lk, cases[i].H, cases[i].HK, cases[i].D, cases[i].causal, DIST_NORMAL, NULL, NULL);
-        uint8_t *m = attach_block_mask(&pr, cases[i].bq, cases[i].bk, cases[i].density, cases[i].shared, cases[i].row_zero);
-        check_schemes(&pr, cases[i].name);
-        free(m);
-        prob_free(&pr);
-    }
-    int32_t lq[3] = {100, 0, 150}, lk[3] = {120, 40, 200};
-    prob_make(&pr, 3, 0, 0, 4, 2, 64, 1, DIST_NORMAL, lq, lk);
-    uint8_t *m = attach_block_mask(&pr, 32, 64, 0.5, false, 0);
-    check_schemes(&pr, "block mask 32x64 varlen causal (100|0|150 x 120|40|200)");
-    free(m);
-    prob_free(&pr);
-
-    /* FP8 emulation: the bounds of test_fp8 (the same rounding; the mask only removes keys) */
-    prob_make(&pr, 1, 150, 200, 2, 1, 64, 1, DIST_NORMAL, NULL, NULL);
-    m = attach_block_mask(&pr, 16, 48, 0.5, false, 4);
-    qattn_ctx *ctx = make_ctx(QATTN_ISA_AUTO, 2);
-    qattn_oracle_f64(ctx, &pr.p, pr.o64, pr.lse64);
-    for (int prec = QATTN_PRECISION_FP8_E4M3; prec <= QATTN_PRECISION_FP8_E5M2; prec++) {
-        qattn_params p = pr.p;
-        p.precision = prec;
-        CHECK(qattn_forward(ctx, &p) == QATTN_OK, "fp8 %d with a block mask: %s", prec, qattn_ctx_last_error(ctx));
-        double e = rel_l2(pr.o, pr.o64, pr.no);
-        CHECK(e < (prec == QATTN_PRECISION_FP8_E4M3 ? 0.06 : 0.12), "fp8 %d with a block mask: rel L2 %.3e", prec, e);
-        int64_t lse_bad = 0;
-        for (int64_t r = 0; r < pr.nlse; r++) lse_bad += isinf(pr.lse64[r]) != isinf(pr.lse[r]);
-        CHECK(lse_bad == 0, "fp8 %d with a block mask: %lld rows with LSE -inf in one and not the other", prec, (long long)lse_bad);
-        printf("  block mask fp8 %s: rel L2 %.3e\n", prec == QATTN_PRECISION_FP8_E4M3 ? "e4m3" : "e5m2", e);
-    }
-    qattn_ctx_destroy(ctx);
-    free(m);
-    prob_free(&pr);
-}
 
 /* ---------------------------------------------------------------- pre-quantized entry point */
 
@@ -900,27 +726,14 @@ static void test_hostile(void) {
 
 /* ---------------------------------------------------------------- FP8 emulation */
 
-static void test_fp8(int D) {
+/* The FP8 roundings (qattn_forward at FP8 precision against the oracle: tests/test_ops.c). */
+static void test_fp8_rounding(void) {
     CHECK(qattn_round_fp8_e4m3(448.0f) == 448.0f && qattn_round_fp8_e4m3(1e6f) == 448.0f && qattn_round_fp8_e4m3(-500.0f) == -448.0f,
           "e4m3 saturation");
     CHECK(qattn_round_fp8_e4m3(1.0625f) == 1.0f && qattn_round_fp8_e4m3(1.1875f) == 1.25f, "e4m3 round to nearest even");
     CHECK(qattn_round_fp8_e4m3(0.001953125f) == 0.001953125f && qattn_round_fp8_e4m3(0.0009765625f) == 0.0f, "e4m3 subnormals");
     CHECK(qattn_round_fp8_e5m2(57344.0f) == 57344.0f && qattn_round_fp8_e5m2(INFINITY) == 57344.0f && qattn_round_fp8_e5m2(1.125f) == 1.0f,
           "e5m2 rounding");
-    prob pr;
-    prob_make(&pr, 1, 64, 64, 2, 1, D, 1, DIST_NORMAL, NULL, NULL);
-    qattn_ctx *ctx = make_ctx(QATTN_ISA_AUTO, 2);
-    qattn_oracle_f64(ctx, &pr.p, pr.o64, NULL);
-    for (int prec = QATTN_PRECISION_FP8_E4M3; prec <= QATTN_PRECISION_FP8_E5M2; prec++) {
-        qattn_params p = pr.p;
-        p.precision = prec;
-        CHECK(qattn_forward(ctx, &p) == QATTN_OK, "fp8 %d", prec);
-        double e = rel_l2(pr.o, pr.o64, pr.no);
-        CHECK(e < (prec == QATTN_PRECISION_FP8_E4M3 ? 0.06 : 0.12), "fp8 %d rel L2 %.3e", prec, e);
-        printf("fp8 %s (D %d): rel L2 %.3e\n", prec == QATTN_PRECISION_FP8_E4M3 ? "e4m3" : "e5m2", D, e);
-    }
-    qattn_ctx_destroy(ctx);
-    prob_free(&pr);
 }
 
 /* ---------------------------------------------------------------- channel transforms */
@@ -1386,15 +1199,11 @@ int main(void) {
     test_channel_transforms();
     test_sharp_units();
     test_calibration();
-    test_schemes();
     test_forward_quantized(64);
     test_forward_quantized(8);
     test_forward_quantized(24);
     test_hostile();
-    test_fp8(64);
-    test_fp8(8);
-    test_fp8(16);
-    test_block_mask();
+    test_fp8_rounding();
     printf("test_int8: %d checks, %d failed\n", n_checks, n_failed);
     return n_failed ? 1 : 0;
 }

@@ -11,10 +11,10 @@
  * - o (poisoned before) and lse against the FP64 oracle on the gathered K/V and the rotated Q
  *   (qattn_oracle_f64, varlen over the per-sequence key counts). The oracle sees exactly the values
  *   the kernels see (inputs exact in their dtype, o float32), so only FP32 accumulation differs:
- *   relative L2 <= 1e-5 and |lse - ref| <= 1e-5 (1 + |ref|), the FP32 bounds of tests/test_forward.c
+ *   relative L2 <= 1e-5 and |lse - ref| <= 1e-5 (1 + |ref|), the FP32 bounds of tests/ops.c
  *   (sqrt(D + Lk) * 2^-24 ~ 4e-6 at D 128, Lk 1500, with headroom; a wrong key or mask is >= 1e-3);
  *   cases with softcap and ALiBi slopes [B, H] too (the oracle applies them in FP64 with libm's
- *   tanh; their FP32 rounding is far below the bound: tests/test_score_mods.c), so ALiBi distances
+ *   tanh; their FP32 rounding is far below the bound: tests/ops.c), so ALiBi distances
  *   must come from each sequence's own key count cache_seqlens[b] + seqlen_new;
  * - 1 and 3 threads bitwise identical;
  * and that bad arguments are refused with a message and the cache unchanged. */

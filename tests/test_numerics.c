@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* FP32 tolerance: see test_forward.c (relative L2 over the finite elements). */
+/* FP32 tolerance: see tests/ops.c (relative L2 over the finite elements). */
 #define FP32_REL_L2 1e-5
 #define FP32_LSE_REL 1e-5
 

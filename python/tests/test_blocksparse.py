@@ -2,9 +2,9 @@
 arrays against an independent FP64 numpy attention that applies the same map, the library's oracle with
 the map, the pattern builders, and the errors for bad maps.
 
-Tolerances: FP32 relative L2 1e-5 (tests/test_forward.c: FP32 accumulation over Lk terms, ~3x headroom);
+Tolerances: FP32 relative L2 1e-5 (tests/ops.c: FP32 accumulation over Lk terms, ~3x headroom);
 INT8 default scheme 3.5e-2: 3x its quantize-dequantize baseline, ~1.1e-2 on N(0,1) inputs
-(tests/test_int8.c checks every scheme against its own baseline with the mask)."""
+(tests/test_ops.c checks every scheme against its own baseline with the mask)."""
 import numpy as np
 import pytest
 

@@ -15,7 +15,7 @@ def test_int4_against_reference(causal, lq, lk, h, hk, d):
     o4, lse4 = qattn.attention(q, k, v, causal=causal, precision="int4", return_lse=True)
     o8 = qattn.attention(q, k, v, causal=causal, precision="int8")
     e4, e8 = rel_l2(o4, ref), rel_l2(o8, ref)
-    # 4-bit Q/K steps (amax / 7) put N(0,1) attention at rel L2 0.09-0.17 (tests/test_int4.c
+    # 4-bit Q/K steps (amax / 7) put N(0,1) attention at rel L2 0.09-0.17 (tests/ops.c
     # derives it); 0.3 is twice the worst measured, int8 must be clearly better.
     assert e4 < 0.3, e4
     assert e8 < e4 / 4, (e8, e4)

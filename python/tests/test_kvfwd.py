@@ -5,7 +5,7 @@ new k with a reference rotary (numpy, float64 per pair, rounded to float32 then 
 rule qattn.h documents, so the stored keys match bit for bit), write them into a copy of the cache,
 gather each sequence's keys through the block table, and run the FP64 reference attention
 (conftest.ref_attention) on the gathered cache. Inputs are exact in their dtype, so only FP32
-accumulation separates the library from the reference: relative L2 <= 1e-5 (tests/test_forward.c's
+accumulation separates the library from the reference: relative L2 <= 1e-5 (tests/ops.c's
 FP32 bound), plus 2^-11 when the output is float16 (its rounding).
 """
 import numpy as np

@@ -58,9 +58,9 @@ typedef struct bench_result {
 } bench_result;
 
 /* FP32/FP16/BF16: the kernel's own error (the oracle reads the same rounded inputs), bounded as
- * in tests/test_forward.c (FP32 accumulation over Lk terms and exp2f: 1e-5 leaves ~3x margin at
+ * in tests/ops.c (FP32 accumulation over Lk terms and exp2f: 1e-5 leaves ~3x margin at
  * Lk 3000). INT8 default scheme: 3 x the error of quantizing and dequantizing Q, K, V alone, the
- * rule of tests/test_int8.c (docs/FORMAT.md §6). */
+ * rule of tests/ops.c (docs/FORMAT.md §6). */
 #define FP_REL_L2_TOLERANCE 1e-5
 #define INT8_BASELINE_FACTOR 3.0
 /* Tokens per block of the main job's INT8 KV cache: qattn bench --decode's default. */

@@ -1,0 +1,78 @@
+/* The op table's vocabulary (tests/test_ops.c holds the table, tests/ops.c runs it).
+ *
+ * A case is one qattn_forward call described completely: the harness's th_case (shape, dtypes,
+ * precision, masks, layout) plus what th_case does not know (INT8 scheme, input distribution,
+ * softcap, ALiBi slopes, a block mask, a caller workspace) and the thread counts it runs with.
+ * A target is one way to run it: a CPU context of one ISA and thread count, or a CUDA context of
+ * one kernel choice. The runner makes the case's inputs once, computes the FP64 oracle and the
+ * case's tolerance once, then runs every target with poisoned outputs and checks every output
+ * element written, the error against the oracle, and the cross-target invariants (bitwise
+ * identity across thread counts on one ISA; INT8 and INT4 bitwise identity across ISAs). */
+#ifndef QATTN_TEST_OPS_H
+#define QATTN_TEST_OPS_H
+
+#include "harness.h"
+
+/* ---------------------------------------------------------------- cases */
+
+/* How q, k, v are drawn: N(0, 1) unless named (the INT8 tests' stress inputs). */
+typedef enum op_dist {
+    OP_DIST_NORMAL = 0,
+    OP_DIST_UNIFORM, /* U[0, 1): all-positive scores, flat softmax */
+    OP_DIST_OUTLIER, /* K channels c % 32 == 3 x20 + 15: rotary keys' offset outliers */
+    OP_DIST_SINK,    /* token 0 of every K sequence aligned with all queries: an attention sink */
+    OP_DIST_SPREAD,  /* zero-mean outliers: K x10, Q x2 in channels c % 32 == 7 */
+    OP_DIST_HEADS,   /* heads of mixed scale: Q x0.3..3 per head, K x0.3..3 and V x0.01..100 per kv head */
+    OP_DIST_OUTLIER12, /* K channels c % 32 == 5 x12 + 10 (the accuracy tool's outlier input) */
+} op_dist;
+
+/* A random block mask ([B, H, nq, nk] bytes, qattn.h "Block-sparse attention"). */
+typedef struct op_mask {
+    int bq, bk;        /* 0: no mask */
+    double density;    /* probability that a (query block, key block) pair is computed */
+    bool share_heads;  /* head stride 0: one map for every head */
+    bool share_batch;  /* batch stride 0 */
+    bool zero_rows;    /* every third (head, query block) row all zero */
+    int pad;           /* row stride nk + pad (the padding bytes are never read) */
+    bool nan_dead;     /* key block 1 hidden everywhere, its K and V NaN */
+} op_mask;
+
+/* Thread counts a case runs with on every CPU ISA (a bit per count 1..3). */
+#define OP_T1 (1u << 1)
+#define OP_T2 (1u << 2)
+#define OP_T3 (1u << 3)
+#define OP_T123 (OP_T1 | OP_T2 | OP_T3)
+
+typedef struct op_case {
+    th_case c;
+    int32_t int8_scheme; /* qattn_int8_scheme, with precision INT8 */
+    op_dist dist;
+    float softcap;       /* 0: off */
+    int alibi;           /* 0: none, 1: slopes [H], 2: slopes [B, H] rows H + 3 apart */
+    op_mask mask;
+    bool user_workspace; /* a caller workspace of exactly qattn_workspace_size bytes (and one short: refused) */
+    unsigned threads;    /* OP_T* */
+} op_case;
+
+/* ---------------------------------------------------------------- targets */
+
+typedef struct op_target {
+    char name[24];
+    int32_t backend; /* QATTN_BACKEND_CPU or QATTN_BACKEND_CUDA */
+    int32_t isa, n_threads;
+    int32_t cuda_kernels;
+} op_target;
+
+#define OP_MAX_TARGETS (TH_MAX_ISAS * 3 + 2)
+/* Every target this machine has: each CPU ISA tier x 1, 2, 3 threads, then (when the tests were
+ * built with CUDA and a device is visible) the CUDA backend with each cuda_kernels choice. */
+int op_targets(op_target targets[OP_MAX_TARGETS]);
+
+/* ---------------------------------------------------------------- the runner */
+
+/* Runs case `index` of the table (its seed is th_derive_seed(index)) on every target. */
+void op_run_case(const op_case *oc, int index, const op_target *targets, int n_targets);
+/* Prints how many cases ran on each target and how many a target did not support. */
+void op_print_summary(const op_target *targets, int n_targets);
+
+#endif /* QATTN_TEST_OPS_H */

@@ -1,0 +1,405 @@
+/* The op table: every qattn_forward case, run on every target this machine has against the FP64
+ * oracle (tests/ops.h says what a case and a target are, tests/ops.c how a case runs and what its
+ * tolerance is and why).
+ *
+ * Targets: each CPU ISA tier (ref, avx2, avxvnni, avx512: the ones a context can be created for)
+ * with 1, 2 and 3 threads, then the CUDA backend with each cuda_kernels choice when the tests were
+ * built with CUDA and a device is visible. Since the table enumerates the ISAs itself, CI runs it
+ * once, not once per QATTN_ISA tier (label all-isas, .ci/run).
+ *
+ * Each case runs on the targets of the thread counts it names (OP_T*); every run has poisoned
+ * outputs and must write every output and LSE element and nothing outside them, stay within the
+ * case's bound against the oracle, and agree bitwise with the other thread counts of its ISA; INT8
+ * and INT4 runs agree bitwise across ISAs too.
+ *
+ * Adding a case: append it to the section of its kind in build_table() (make it with fwd(), then
+ * set what differs). A case's seed is its index: adding a case at the end of the table keeps every
+ * other case's data. QATTN_TEST_FILTER=<text> runs the cases whose description contains text. */
+#include "ops.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* A forward case with the defaults: FP32 in and out, precision AUTO, no mask, LSE, contiguous,
+ * 1/2/3 threads. */
+static op_case fwd(const char *name, int64_t B, int64_t Lq, int64_t Lk, int H, int HK, int D) {
+    op_case x;
+    memset(&x, 0, sizeof x);
+    th_case *c = &x.c;
+    c->name = name;
+    c->batch = B, c->seqlen_q = Lq, c->seqlen_k = Lk;
+    c->n_heads = H, c->n_kv_heads = HK, c->head_dim = D;
+    c->qkv_dtype = c->o_dtype = QATTN_DTYPE_F32;
+    c->precision = QATTN_PRECISION_AUTO;
+    c->window_left = c->window_right = -1;
+    c->with_lse = true;
+    x.threads = OP_T123;
+    return x;
+}
+
+/* Varlen over n sequences; seqlen_q/k become the longest (the bound qattn_params passes). */
+static void set_varlen(th_case *c, int n, const int32_t *cu_q, const int32_t *cu_k) {
+    c->varlen = true;
+    c->batch = n;
+    int32_t max_q = 0, max_k = 0;
+    for (int b = 0; b <= n; b++) {
+        c->cu_q[b] = cu_q[b], c->cu_k[b] = cu_k[b];
+        if (b && cu_q[b] - cu_q[b - 1] > max_q) max_q = cu_q[b] - cu_q[b - 1];
+        if (b && cu_k[b] - cu_k[b - 1] > max_k) max_k = cu_k[b] - cu_k[b - 1];
+    }
+    c->seqlen_q = max_q, c->seqlen_k = max_k;
+}
+
+static op_mask mask(int bq, int bk, double density) {
+    op_mask m;
+    memset(&m, 0, sizeof m);
+    m.bq = bq, m.bk = bk, m.density = density;
+    return m;
+}
+
+#define MAX_CASES 320
+
+/* FP32 / FP16 / BF16 inputs, outputs and precisions: tails, Lq != Lk, masks, head dims, GQA,
+ * varlen, strided views, split-KV decode, caller workspace. */
+static int add_forward(op_case *t, int n) {
+    op_case x;
+#define ADD() (t[n++] = x)
+    /* tail sizes, square */
+    x = fwd("tail-L1", 2, 1, 1, 4, 2, 64), ADD();
+    x = fwd("tail-L17", 2, 17, 17, 4, 2, 64), ADD();
+    x = fwd("tail-L113", 2, 113, 113, 4, 2, 64), ADD();
+    x = fwd("tail-L203-nolse", 1, 203, 203, 4, 2, 64), x.c.with_lse = false, ADD();
+    /* Lq != Lk both ways, with and without causal (bottom-right aligned; Lq > Lk causal has empty
+     * first rows) */
+    x = fwd("lq<lk", 2, 17, 203, 4, 4, 64), ADD();
+    x = fwd("lq>lk", 2, 203, 17, 4, 4, 64), ADD();
+    x = fwd("lq<lk-causal", 2, 17, 203, 4, 2, 64), x.c.causal = 1, ADD();
+    x = fwd("lq>lk-causal", 2, 203, 17, 4, 2, 64), x.c.causal = 1, ADD();
+    x = fwd("causal-L113", 1, 113, 113, 4, 4, 64), x.c.causal = 1, ADD();
+    x = fwd("lq1-causal", 3, 1, 113, 4, 2, 64), x.c.causal = 1, ADD();
+    /* head dims */
+    x = fwd("D32", 1, 113, 113, 2, 1, 32), ADD();
+    x = fwd("D80", 1, 113, 90, 2, 1, 80), x.c.causal = 1, ADD();
+    x = fwd("D128", 1, 70, 113, 2, 2, 128), ADD();
+    x = fwd("D256", 1, 40, 113, 2, 1, 256), x.c.causal = 1, ADD();
+    /* D % 16 == 8: the 16-lane kernels' masked half vectors (QK, P V, packer), with many rows per
+     * unit (transposed-K products) and with few (12 rows: dot products, K/V read in place) */
+    x = fwd("D40", 1, 113, 203, 4, 2, 40), x.c.causal = 1, ADD();
+    x = fwd("D200-few-rows", 2, 3, 203, 4, 1, 200), ADD();
+    x = fwd("D72-f16", 1, 113, 113, 2, 1, 72), x.c.qkv_dtype = QATTN_DTYPE_F16, ADD();
+    x = fwd("D136-win", 1, 113, 203, 4, 2, 136), x.c.window_left = 30, ADD();
+    /* D below 32 (one 8-float vector per row at D 8; less than one 16-lane vector below 16): with
+     * many rows per unit (AVX-512: transposed K, masked 8-lane rows), with few (dot products),
+     * causal with Lq != Lk both ways, GQA, one query, varlen with empty sequences, half dtypes. */
+    x = fwd("D8-causal-lq<lk", 2, 113, 203, 4, 2, 8), x.c.causal = 1, ADD();
+    x = fwd("D8-causal-lq>lk", 1, 203, 17, 4, 1, 8), x.c.causal = 1, ADD();
+    x = fwd("D8-lq1", 3, 1, 113, 8, 2, 8), ADD();
+    x = fwd("D16-gqa4-few-rows", 2, 3, 203, 8, 2, 16), x.c.causal = 1, ADD();
+    x = fwd("D16-bf16", 1, 113, 113, 4, 2, 16), x.c.qkv_dtype = x.c.o_dtype = QATTN_DTYPE_BF16, ADD();
+    x = fwd("D24-f16-in", 1, 203, 113, 4, 4, 24), x.c.qkv_dtype = QATTN_DTYPE_F16, x.c.window_left = 9, x.c.window_right = 4, ADD();
+    x = fwd("D24-prec-fp16", 1, 113, 113, 4, 2, 24), x.c.precision = QATTN_PRECISION_FP16, x.c.causal = 1, ADD();
+    {
+        static const int32_t cu_q[] = {0, 17, 17, 130, 131}, cu_k[] = {0, 40, 45, 45, 248};
+        x = fwd("D24-varlen-causal-strided", 0, 0, 0, 4, 2, 24), set_varlen(&x.c, 4, cu_q, cu_k), x.c.causal = 1, x.c.kv_cache = true,
+        x.c.qo_bhld = true, ADD();
+        x = fwd("D8-varlen-prepack", 0, 0, 0, 8, 1, 8), set_varlen(&x.c, 4, cu_q, cu_k), ADD();
+    }
+    x = fwd("D16-decode-split", 1, 1, 3000, 8, 2, 16), ADD();
+    x = fwd("D8-decode-split-lq4-causal", 2, 4, 2048, 4, 1, 8), x.c.causal = 1, x.c.kv_cache = true, ADD();
+    /* several query blocks per kv head (K/V pre-packed once for all units): F16 inputs, FP32
+     * inputs rounded to BF16, varlen with strided K/V, all with 8 query heads per kv head */
+    x = fwd("prepack-f16-causal", 1, 300, 300, 8, 1, 64), x.c.qkv_dtype = QATTN_DTYPE_F16, x.c.causal = 1, ADD();
+    x = fwd("prepack-prec-bf16", 2, 203, 113, 8, 1, 80), x.c.precision = QATTN_PRECISION_BF16, ADD();
+    {
+        static const int32_t cu_q[] = {0, 70, 70, 183, 184}, cu_k[] = {0, 90, 95, 95, 298};
+        x = fwd("prepack-varlen-kv-cache", 0, 0, 0, 8, 1, 64), set_varlen(&x.c, 4, cu_q, cu_k), x.c.kv_cache = true, x.c.causal = 1, ADD();
+    }
+    /* GQA ratios 1, 4, 8 (MQA) */
+    x = fwd("gqa1", 1, 113, 113, 8, 8, 64), x.c.causal = 1, ADD();
+    x = fwd("gqa4", 2, 113, 203, 8, 2, 64), x.c.causal = 1, ADD();
+    x = fwd("mqa8", 1, 203, 113, 8, 1, 64), ADD();
+    x = fwd("mqa8-causal", 1, 17, 203, 8, 1, 64), x.c.causal = 1, ADD();
+    /* windows */
+    x = fwd("win-left", 1, 113, 113, 4, 2, 64), x.c.window_left = 16, ADD();
+    x = fwd("win-right", 1, 113, 113, 4, 2, 64), x.c.window_right = 8, ADD();
+    x = fwd("win-both", 1, 113, 203, 4, 2, 64), x.c.window_left = 7, x.c.window_right = 3, ADD();
+    x = fwd("win-both-lq>lk", 1, 203, 113, 4, 2, 64), x.c.window_left = 20, x.c.window_right = 0, ADD();
+    x = fwd("win-causal", 1, 113, 203, 4, 2, 64), x.c.window_left = 20, x.c.causal = 1, ADD();
+    x = fwd("win-causal-wr-ignored", 1, 113, 113, 4, 2, 64), x.c.window_left = 5, x.c.window_right = 9, x.c.causal = 1, ADD();
+    x = fwd("win-zero", 1, 17, 17, 2, 2, 64), x.c.window_left = 0, x.c.window_right = 0, ADD();
+    /* varlen, with an empty q sequence (k 5 tokens) and an empty k sequence (q 113 rows) */
+    {
+        static const int32_t cu_q[] = {0, 17, 17, 130, 131}, cu_k[] = {0, 40, 45, 45, 248};
+        x = fwd("varlen", 0, 0, 0, 4, 2, 64), set_varlen(&x.c, 4, cu_q, cu_k), ADD();
+        x = fwd("varlen-causal", 0, 0, 0, 4, 2, 64), set_varlen(&x.c, 4, cu_q, cu_k), x.c.causal = 1, ADD();
+        x = fwd("varlen-win-strided", 0, 0, 0, 8, 2, 80), set_varlen(&x.c, 4, cu_q, cu_k), x.c.window_left = 9, x.c.window_right = 4,
+        x.c.kv_cache = true, x.c.qo_bhld = true, ADD();
+        x = fwd("varlen-loose-max-f16", 0, 0, 0, 4, 1, 64), set_varlen(&x.c, 4, cu_q, cu_k), x.c.seqlen_q = 300, x.c.seqlen_k = 250,
+        x.c.qkv_dtype = x.c.o_dtype = QATTN_DTYPE_F16, ADD();
+    }
+    /* strided views: K/V in a bigger cache, q/o as [B, H, L, D] */
+    x = fwd("kv-cache", 2, 113, 203, 4, 2, 64), x.c.kv_cache = true, x.c.causal = 1, ADD();
+    x = fwd("qo-bhld", 2, 113, 113, 4, 2, 64), x.c.qo_bhld = true, ADD();
+    x = fwd("kv-cache-qo-bhld-mqa", 2, 17, 203, 8, 1, 128), x.c.kv_cache = true, x.c.qo_bhld = true, x.c.window_left = 50, ADD();
+    /* dtypes */
+    x = fwd("f16-f16", 1, 113, 113, 4, 2, 64), x.c.qkv_dtype = x.c.o_dtype = QATTN_DTYPE_F16, x.c.causal = 1, ADD();
+    x = fwd("bf16-bf16", 1, 113, 113, 4, 2, 128), x.c.qkv_dtype = x.c.o_dtype = QATTN_DTYPE_BF16, ADD();
+    x = fwd("f16-in-f32-out", 1, 113, 203, 4, 2, 64), x.c.qkv_dtype = QATTN_DTYPE_F16, ADD();
+    x = fwd("bf16-in-f32-out-nolse", 1, 203, 113, 4, 1, 64), x.c.qkv_dtype = QATTN_DTYPE_BF16, x.c.with_lse = false, ADD();
+    x = fwd("f32-in-bf16-out", 1, 113, 113, 4, 2, 64), x.c.o_dtype = QATTN_DTYPE_BF16, ADD();
+    x = fwd("f32-in-f16-out-strided", 1, 113, 113, 4, 2, 64), x.c.o_dtype = QATTN_DTYPE_F16, x.c.kv_cache = true, x.c.qo_bhld = true, ADD();
+    /* precisions on FP32 inputs (and on other-dtype inputs) */
+    x = fwd("prec-fp16", 1, 113, 203, 4, 2, 64), x.c.precision = QATTN_PRECISION_FP16, ADD();
+    x = fwd("prec-bf16", 1, 113, 203, 4, 2, 128), x.c.precision = QATTN_PRECISION_BF16, x.c.causal = 1, ADD();
+    x = fwd("prec-fp16-bf16-in", 1, 113, 113, 4, 2, 64), x.c.precision = QATTN_PRECISION_FP16, x.c.qkv_dtype = QATTN_DTYPE_BF16,
+    x.c.o_dtype = QATTN_DTYPE_F16, ADD();
+    x = fwd("prec-bf16-f16-in-nolse", 1, 113, 113, 4, 2, 64), x.c.precision = QATTN_PRECISION_BF16, x.c.qkv_dtype = QATTN_DTYPE_F16,
+    x.c.with_lse = false, ADD();
+    x = fwd("prec-fp32-explicit", 1, 17, 113, 4, 2, 64), x.c.precision = QATTN_PRECISION_FP32, ADD();
+    x = fwd("prec-fp16-f16-in", 1, 113, 113, 2, 2, 64), x.c.precision = QATTN_PRECISION_FP16, x.c.qkv_dtype = QATTN_DTYPE_F16,
+    x.c.o_dtype = QATTN_DTYPE_F16, ADD();
+    /* explicit scale */
+    x = fwd("scale-0.3", 1, 113, 113, 2, 2, 64), x.c.scale = 0.3f, ADD();
+    /* decode shapes: few units (< 32) and Lk >= 1024, so the driver splits the KV axis */
+    x = fwd("decode-split", 1, 1, 3000, 8, 2, 128), ADD();
+    x = fwd("decode-split-f16-window", 1, 1, 3000, 8, 2, 64), x.c.qkv_dtype = x.c.o_dtype = QATTN_DTYPE_F16, x.c.window_left = 700, ADD();
+    x = fwd("decode-split-lq4-causal-cache", 2, 4, 2048, 4, 1, 64), x.c.causal = 1, x.c.kv_cache = true, ADD();
+    {
+        static const int32_t cu_q[] = {0, 1, 2, 3}, cu_k[] = {0, 1500, 1500, 2600};
+        x = fwd("decode-split-varlen-kempty", 0, 0, 0, 8, 2, 64), set_varlen(&x.c, 3, cu_q, cu_k), ADD();
+    }
+    x = fwd("decode-split-prec-bf16", 1, 1, 2100, 4, 4, 64), x.c.precision = QATTN_PRECISION_BF16, ADD();
+    /* a caller workspace of exactly the size asked for (and one byte short: refused), 3 threads: a
+     * plain case, split-KV decode (which needs partials), D 8 and D 16 */
+    x = fwd("workspace-gqa4", 2, 113, 203, 8, 2, 64), x.c.causal = 1, x.user_workspace = true, x.threads = OP_T3, ADD();
+    x = fwd("workspace-decode-split", 1, 1, 3000, 8, 2, 128), x.user_workspace = true, x.threads = OP_T3, ADD();
+    x = fwd("workspace-D8-causal-lq<lk", 2, 113, 203, 4, 2, 8), x.c.causal = 1, x.user_workspace = true, x.threads = OP_T3, ADD();
+    x = fwd("workspace-D16-decode-split", 1, 1, 3000, 8, 2, 16), x.user_workspace = true, x.threads = OP_T3, ADD();
+#undef ADD
+    return n;
+}
+
+/* Softcap and ALiBi (qattn_params.softcap, alibi_slopes, alibi_batch_stride): causal and not,
+ * Lq != Lk, one query, GQA, varlen with an empty sequence, head_dim 64/80/128/256, softcap 5
+ * (saturating) to 50, slopes [H] and [B, H], both together, FP16 precision and BF16 inputs. */
+static int add_score_mods(op_case *t, int n) {
+    op_case x;
+#define ADD() (t[n++] = x)
+#define MODS(cap, al) (x.softcap = (cap), x.alibi = (al), x.threads = OP_T1 | OP_T3)
+    x = fwd("softcap5", 2, 77, 77, 4, 4, 64), MODS(5.0f, 0), ADD();
+    x = fwd("softcap50-causal", 1, 113, 203, 4, 2, 128), x.c.causal = 1, MODS(50.0f, 0), ADD();
+    x = fwd("alibi-H", 2, 65, 130, 8, 8, 64), MODS(0.0f, 1), ADD();
+    x = fwd("alibi-BH-causal-gqa", 3, 40, 97, 8, 2, 80), x.c.causal = 1, MODS(0.0f, 2), ADD();
+    x = fwd("both-causal-lq>lk", 1, 90, 33, 4, 4, 128), x.c.causal = 1, MODS(5.0f, 1), ADD();
+    x = fwd("both-d256", 2, 17, 150, 2, 1, 256), MODS(20.0f, 2), ADD();
+    x = fwd("both-decode", 2, 1, 700, 8, 2, 128), x.c.causal = 1, MODS(5.0f, 2), ADD();
+    x = fwd("both-decode-split", 1, 1, 1500, 4, 4, 64), MODS(30.0f, 1), ADD();
+    x = fwd("alibi-window", 1, 100, 100, 4, 4, 64), x.c.window_left = 20, x.c.window_right = 7, MODS(0.0f, 1), ADD();
+    {
+        static const int32_t cu_q[] = {0, 30, 30, 71}, cu_k[] = {0, 50, 60, 101};
+        x = fwd("both-varlen-empty", 0, 0, 0, 4, 2, 64), set_varlen(&x.c, 3, cu_q, cu_k), x.c.causal = 1, MODS(5.0f, 2), ADD();
+    }
+    x = fwd("both-fp16", 1, 70, 70, 4, 4, 64), x.c.causal = 1, x.c.precision = QATTN_PRECISION_FP16, MODS(5.0f, 1), ADD();
+    x = fwd("both-bf16-in", 1, 70, 90, 4, 2, 128), x.c.qkv_dtype = x.c.o_dtype = QATTN_DTYPE_BF16, MODS(50.0f, 2), ADD();
+#undef MODS
+#undef ADD
+    return n;
+}
+
+/* Block-sparse attention (qattn_params.block_mask): mask blocks of 16, 48, 64 and 128 against the
+ * kernels' 64-key tiles and 256-row units, causal and windows on top, Lq != Lk, varlen with an
+ * empty sequence, GQA with shared and per-head maps, all-zero mask rows, split-KV decode, NaN in
+ * K/V of blocks no row computes, FP16/BF16, softcap and ALiBi on rows cut into runs of live query
+ * blocks. */
+static int add_block_sparse(op_case *t, int n) {
+    op_case x;
+#define ADD() (t[n++] = x)
+    /* block sizes against the 64-key tiles and the 256-row units */
+    x = fwd("bq64-bk64-perhead", 2, 300, 300, 4, 4, 64), x.mask = mask(64, 64, 0.4), ADD();
+    x = fwd("bq16-bk16-gqa-shared-causal-lq<lk", 1, 200, 333, 8, 2, 64), x.c.causal = 1, x.mask = mask(16, 16, 0.5), x.mask.share_heads = true,
+    ADD();
+    x = fwd("bq128-bk128-causal-D128", 1, 517, 517, 2, 1, 128), x.c.causal = 1, x.mask = mask(128, 128, 0.5), ADD();
+    x = fwd("bq64-bk16-window", 1, 203, 290, 4, 2, 64), x.c.window_left = 70, x.c.window_right = 20, x.mask = mask(64, 16, 0.5), ADD();
+    x = fwd("bq48-bk80-lq>lk-causal", 2, 290, 203, 4, 2, 80), x.c.causal = 1, x.mask = mask(48, 80, 0.6), x.mask.pad = 3, ADD();
+    x = fwd("bq16-bk128-gqa4-perhead", 1, 260, 400, 8, 2, 64), x.mask = mask(16, 128, 0.3), ADD();
+    x = fwd("zero-rows-shared-batch", 2, 150, 150, 4, 2, 64), x.mask = mask(32, 32, 0.7), x.mask.zero_rows = true, x.mask.share_batch = true,
+    ADD();
+    x = fwd("nan-in-hidden-block", 2, 130, 200, 4, 2, 64), x.mask = mask(64, 64, 0.6), x.mask.nan_dead = true, ADD();
+    x = fwd("nan-in-hidden-block-bk16-causal", 1, 150, 150, 8, 1, 64), x.c.causal = 1, x.mask = mask(16, 16, 0.6), x.mask.nan_dead = true,
+    ADD();
+    x = fwd("bs-one-query", 3, 1, 213, 4, 2, 64), x.mask = mask(16, 32, 0.5), ADD();
+    x = fwd("dense-mask", 1, 113, 203, 4, 2, 64), x.mask = mask(64, 64, 1.0), ADD();
+    x = fwd("empty-mask", 1, 113, 203, 4, 2, 64), x.mask = mask(64, 64, 0.0), ADD();
+    /* varlen with an empty q sequence and an empty k sequence; blocks count from each start */
+    {
+        static const int32_t cu_q[] = {0, 100, 100, 360, 361}, cu_k[] = {0, 130, 140, 140, 440};
+        x = fwd("bs-varlen", 0, 0, 0, 4, 2, 64), set_varlen(&x.c, 4, cu_q, cu_k), x.mask = mask(32, 48, 0.5), ADD();
+        x = fwd("bs-varlen-causal-kvcache", 0, 0, 0, 8, 2, 64), set_varlen(&x.c, 4, cu_q, cu_k), x.c.causal = 1, x.c.kv_cache = true,
+        x.mask = mask(64, 64, 0.5), ADD();
+    }
+    /* dtypes and precisions */
+    x = fwd("bs-f16-f16", 1, 300, 300, 4, 2, 64), x.c.qkv_dtype = x.c.o_dtype = QATTN_DTYPE_F16, x.c.causal = 1, x.mask = mask(64, 64, 0.5),
+    ADD();
+    x = fwd("bs-bf16-bf16-D128", 1, 260, 260, 4, 4, 128), x.c.qkv_dtype = x.c.o_dtype = QATTN_DTYPE_BF16, x.mask = mask(128, 64, 0.5), ADD();
+    x = fwd("bs-prec-fp16", 1, 200, 300, 4, 2, 64), x.c.precision = QATTN_PRECISION_FP16, x.mask = mask(16, 64, 0.5), ADD();
+    x = fwd("bs-prec-bf16-qo-bhld", 1, 200, 300, 4, 2, 64), x.c.precision = QATTN_PRECISION_BF16, x.c.qo_bhld = true, x.mask = mask(64, 16, 0.5),
+    ADD();
+    /* decode shapes: few units, split KV (splits cut at equal live blocks), all kv heads per unit */
+    x = fwd("bs-decode-split", 1, 1, 3000, 8, 2, 128), x.mask = mask(16, 64, 0.3), ADD();
+    x = fwd("bs-decode-split-lq4-causal-perhead", 2, 4, 2048, 4, 2, 64), x.c.causal = 1, x.mask = mask(16, 16, 0.2), ADD();
+    x = fwd("bs-decode-split-f32-direct-mqa", 1, 1, 2500, 4, 1, 64), x.mask = mask(16, 128, 0.25), ADD();
+    /* softcap and ALiBi with a mask: per-row slopes and diagonals follow each run of live query
+     * blocks (runs start inside a unit), splits and varlen count distances per sequence */
+    x = fwd("bs-softcap-alibi-bq16-bk64-perhead", 2, 300, 300, 4, 2, 64), x.mask = mask(16, 64, 0.4), x.softcap = 20.0f, x.alibi = 2, ADD();
+    x = fwd("bs-softcap-alibi-causal-lq<lk-gqa4", 1, 260, 400, 8, 2, 80), x.c.causal = 1, x.mask = mask(32, 48, 0.5), x.softcap = 5.0f,
+    x.alibi = 1, ADD();
+    x = fwd("bs-alibi-decode-split-causal", 2, 4, 2048, 4, 2, 64), x.c.causal = 1, x.mask = mask(16, 16, 0.3), x.alibi = 2, ADD();
+    {
+        static const int32_t cu_q[] = {0, 100, 100, 360, 361}, cu_k[] = {0, 130, 140, 140, 440};
+        x = fwd("bs-softcap-alibi-varlen", 0, 0, 0, 4, 2, 64), set_varlen(&x.c, 4, cu_q, cu_k), x.mask = mask(32, 48, 0.5), x.softcap = 30.0f,
+        x.alibi = 2, ADD();
+    }
+    x = fwd("bs-softcap-alibi-prec-bf16", 1, 200, 300, 4, 2, 64), x.c.precision = QATTN_PRECISION_BF16, x.mask = mask(64, 16, 0.5),
+    x.softcap = 10.0f, x.alibi = 1, ADD();
+#undef ADD
+    return n;
+}
+
+/* An INT8 case of every scheme (qattn, intfa, sage), 1 and 2 threads. */
+static int add_int8_schemes(op_case *t, int n, op_case x) {
+    x.c.precision = QATTN_PRECISION_INT8;
+    x.threads = OP_T1 | OP_T2;
+    for (int32_t scheme = QATTN_INT8_DEFAULT; scheme <= QATTN_INT8_SAGE; scheme++) x.int8_scheme = scheme, t[n++] = x;
+    return n;
+}
+
+/* INT8, every scheme: distributions that stress the quantizer (uniform, outlier channels,
+ * attention sinks, spread outliers, heads of mixed scale), causal with Lq != Lk, windows, GQA/MQA,
+ * split-KV decode, varlen with an empty sequence, head dims 8 to 256, block masks. */
+static int add_int8(op_case *t, int n) {
+    op_case x;
+    static const struct {
+        const char *name;
+        int64_t B, Lq, Lk;
+        int H, HK, D, causal;
+        op_dist dist;
+        int wl, wr;
+    } shapes[] = {
+        {"int8-normal-B2-L200", 2, 200, 200, 4, 4, 64, 0, OP_DIST_NORMAL, -1, -1},
+        {"int8-uniform-L256-D128", 1, 256, 256, 2, 2, 128, 0, OP_DIST_UNIFORM, -1, -1},
+        {"int8-causal-lq<lk-gqa4-D80", 2, 17, 203, 8, 2, 80, 1, OP_DIST_NORMAL, -1, -1},
+        {"int8-causal-lq>lk-empty-rows", 1, 203, 113, 2, 1, 32, 1, OP_DIST_NORMAL, -1, -1},
+        {"int8-window-16-3-mqa-D256", 1, 150, 150, 3, 1, 256, 0, OP_DIST_NORMAL, 16, 3},
+        {"int8-outlier-L300", 1, 300, 300, 2, 2, 128, 0, OP_DIST_OUTLIER, -1, -1},
+        {"int8-sink-causal-L300", 1, 300, 300, 2, 2, 128, 1, OP_DIST_SINK, -1, -1},
+        {"int8-decode-split-Lk3000", 1, 1, 3000, 2, 1, 64, 0, OP_DIST_NORMAL, -1, -1},
+        {"int8-D8-L203", 1, 203, 203, 4, 2, 8, 0, OP_DIST_NORMAL, -1, -1},
+        {"int8-D8-causal-lq<lk-mqa", 2, 17, 203, 4, 1, 8, 1, OP_DIST_NORMAL, -1, -1},
+        {"int8-D8-outlier-L300", 1, 300, 300, 2, 2, 8, 0, OP_DIST_OUTLIER, -1, -1},
+        {"int8-D16-causal-lq>lk-gqa", 1, 203, 113, 4, 2, 16, 1, OP_DIST_NORMAL, -1, -1},
+        {"int8-D16-uniform-L256", 1, 256, 256, 2, 2, 16, 0, OP_DIST_UNIFORM, -1, -1},
+        {"int8-D16-decode-split-Lk3000", 1, 1, 3000, 2, 1, 16, 0, OP_DIST_NORMAL, -1, -1},
+        {"int8-D24-sink-causal-L300", 1, 300, 300, 2, 2, 24, 1, OP_DIST_SINK, -1, -1},
+        {"int8-D24-window-16-3", 1, 150, 150, 3, 1, 24, 0, OP_DIST_NORMAL, 16, 3},
+        {"int8-D40-spread-L203", 1, 203, 203, 2, 1, 40, 0, OP_DIST_SPREAD, -1, -1},
+        {"int8-D72-causal-L113", 1, 113, 113, 2, 2, 72, 1, OP_DIST_NORMAL, -1, -1},
+        {"int8-D136-gqa-lq17-lk203", 1, 17, 203, 4, 2, 136, 0, OP_DIST_NORMAL, -1, -1},
+        {"int8-D200-causal-L150", 1, 150, 150, 2, 1, 200, 1, OP_DIST_NORMAL, -1, -1},
+    };
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        x = fwd(shapes[i].name, shapes[i].B, shapes[i].Lq, shapes[i].Lk, shapes[i].H, shapes[i].HK, shapes[i].D);
+        x.c.causal = shapes[i].causal, x.dist = shapes[i].dist, x.c.window_left = shapes[i].wl, x.c.window_right = shapes[i].wr;
+        n = add_int8_schemes(t, n, x);
+    }
+    {
+        static const int32_t cu_q[] = {0, 5, 5, 75}, cu_k[] = {0, 90, 123, 193}; /* lengths 5|0|70 x 90|33|70 */
+        x = fwd("int8-varlen-causal", 0, 0, 0, 4, 2, 64), set_varlen(&x.c, 3, cu_q, cu_k), x.c.causal = 1, n = add_int8_schemes(t, n, x);
+        x = fwd("int8-D8-varlen-causal", 0, 0, 0, 4, 2, 8), set_varlen(&x.c, 3, cu_q, cu_k), x.c.causal = 1, n = add_int8_schemes(t, n, x);
+        /* sharp units in varlen (kv head 1 of each sequence is sharp; the empty query sequence is not) */
+        x = fwd("int8-heads-varlen-causal", 0, 0, 0, 4, 2, 64), set_varlen(&x.c, 3, cu_q, cu_k), x.c.causal = 1, x.dist = OP_DIST_HEADS;
+        n = add_int8_schemes(t, n, x);
+    }
+    /* block masks narrower than, equal to and wider than the 64-key tiles */
+    x = fwd("int8-mask-64x64-perhead-L300", 2, 300, 300, 4, 4, 64), x.mask = mask(64, 64, 0.4), n = add_int8_schemes(t, n, x);
+    x = fwd("int8-mask-16x16-causal-lq<lk-gqa-shared", 1, 200, 333, 8, 2, 64), x.c.causal = 1, x.mask = mask(16, 16, 0.5),
+    x.mask.share_heads = true, n = add_int8_schemes(t, n, x);
+    x = fwd("int8-mask-128x128-causal-D128-L517", 1, 517, 517, 2, 1, 128), x.c.causal = 1, x.mask = mask(128, 128, 0.5),
+    n = add_int8_schemes(t, n, x);
+    x = fwd("int8-mask-32x48-lq>lk-zero-rows", 1, 203, 150, 4, 2, 64), x.mask = mask(32, 48, 0.6), x.mask.zero_rows = true,
+    n = add_int8_schemes(t, n, x);
+    x = fwd("int8-mask-16x128-decode-split", 1, 1, 3000, 4, 1, 64), x.mask = mask(16, 128, 0.3), n = add_int8_schemes(t, n, x);
+    {
+        static const int32_t cu_q[] = {0, 100, 100, 250}, cu_k[] = {0, 120, 160, 360}; /* 100|0|150 x 120|40|200 */
+        x = fwd("int8-mask-32x64-varlen-causal", 0, 0, 0, 4, 2, 64), set_varlen(&x.c, 3, cu_q, cu_k), x.c.causal = 1, x.mask = mask(32, 64, 0.5);
+        n = add_int8_schemes(t, n, x);
+    }
+    return n;
+}
+
+/* FP8 emulation (E4M3, E5M2): head dims 64, 8, 16, and with a block mask. */
+static int add_fp8(op_case *t, int n) {
+    for (int32_t prec = QATTN_PRECISION_FP8_E4M3; prec <= QATTN_PRECISION_FP8_E5M2; prec++) {
+        static const int dims[] = {64, 8, 16};
+        for (int i = 0; i < 3; i++) {
+            op_case x = fwd("fp8-causal-L64", 1, 64, 64, 2, 1, dims[i]);
+            x.c.causal = 1, x.c.precision = prec, x.threads = OP_T1 | OP_T2;
+            t[n++] = x;
+        }
+        op_case x = fwd("fp8-mask-16x48-causal-lq<lk", 1, 150, 200, 2, 1, 64);
+        x.c.causal = 1, x.c.precision = prec, x.threads = OP_T1 | OP_T2;
+        x.mask = mask(16, 48, 0.5), x.mask.zero_rows = true;
+        t[n++] = x;
+    }
+    return n;
+}
+
+/* Precision INT4 (docs/FORMAT.md section 8): D 64/80/128/256, tails, one query, causal with
+ * Lq != Lk, GQA, varlen with an empty sequence, outlier keys. */
+static int add_int4(op_case *t, int n) {
+    op_case x;
+#define ADD() (x.c.precision = QATTN_PRECISION_INT4, x.threads = OP_T1 | OP_T2, t[n++] = x)
+    x = fwd("int4-D128-L203", 2, 203, 203, 4, 4, 128), ADD();
+    x = fwd("int4-D64-causal-lq<lk-gqa", 1, 113, 300, 8, 2, 64), x.c.causal = 1, ADD();
+    x = fwd("int4-D80-causal-L17", 2, 17, 17, 2, 1, 80), x.c.causal = 1, ADD();
+    x = fwd("int4-D256-one-query-mqa", 1, 1, 129, 4, 1, 256), ADD();
+    x = fwd("int4-D128-causal-lq>lk-empty-rows", 1, 300, 113, 2, 2, 128), x.c.causal = 1, ADD();
+    {
+        static const int32_t cu_q[] = {0, 70, 70, 103}, cu_k[] = {0, 90, 90, 131};
+        x = fwd("int4-D64-varlen-empty-gqa", 0, 0, 0, 4, 2, 64), set_varlen(&x.c, 3, cu_q, cu_k), ADD();
+    }
+    {
+        static const int32_t cu_q[] = {0, 0, 65, 82}, cu_k[] = {0, 0, 80, 97};
+        x = fwd("int4-D128-varlen-causal-empty-first", 0, 0, 0, 2, 1, 128), set_varlen(&x.c, 3, cu_q, cu_k), x.c.causal = 1, ADD();
+    }
+    x = fwd("int4-D128-outlier-gqa", 1, 256, 256, 8, 2, 128), x.dist = OP_DIST_OUTLIER12, ADD();
+#undef ADD
+    return n;
+}
+
+static int build_table(op_case *t) {
+    int n = 0;
+    n = add_forward(t, n);
+    n = add_score_mods(t, n);
+    n = add_block_sparse(t, n);
+    n = add_int8(t, n);
+    n = add_fp8(t, n);
+    n = add_int4(t, n);
+    if (n > MAX_CASES) {
+        fprintf(stderr, "test_ops: %d cases, room for %d\n", n, MAX_CASES);
+        return 0;
+    }
+    return n;
+}
+
+int main(void) {
+    th_init("test_ops");
+    op_target targets[OP_MAX_TARGETS];
+    int n_targets = op_targets(targets);
+    static op_case table[MAX_CASES + 64];
+    int n = build_table(table);
+    TH_CHECK(n > 0, "the table is empty or overflowed");
+    for (int i = 0; i < n; i++) op_run_case(&table[i], i, targets, n_targets);
+    printf("  %d cases in the table\n", n);
+    op_print_summary(targets, n_targets);
+    return th_finish();
+}
