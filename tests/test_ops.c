@@ -376,6 +376,64 @@ static int add_int4(op_case *t, int n) {
     return n;
 }
 
+/* qattn_forward_kvcache over a caller's cache (tests/ops_kvcache.c): paged with shuffled pages and
+ * contiguous, FP32/FP16/BF16 caches, append with rotary (halves and interleaved, on part of the
+ * channels) and without new tokens, decode, speculative decode, chunked prefill, windows, causal
+ * with Lq > Lk, split-KV decode over pages, softcap and ALiBi; 1 and 3 threads. */
+static int add_kvcache(op_case *t, int n) {
+    static const struct {
+        const char *name;
+        int B, Lq, Sn, H, HK, D;
+        int page;          /* tokens per page; 0 = contiguous cache */
+        int32_t cs[4];     /* cache_seqlens */
+        int causal, wl, wr;
+        int rd, inter;     /* rotary_dim (0: none), interleaved */
+        int32_t dtype;     /* of q, caches, new tokens */
+        int q_bhld;        /* q stored [B, H, Lq, D] (a strided view) instead of [B, Lq, H, D] */
+        float softcap;     /* 0 = off */
+        int alibi;         /* 1: ALiBi slopes [B, H] (alibi_batch_stride H), different per sequence */
+    } cases[] = {
+        /* decode, FP32 (K/V read in place), shuffled pages of 16, an empty sequence */
+        {"decode", 3, 1, 1, 8, 2, 64, 16, {0, 17, 40}, 1, -1, -1, 64, 1, QATTN_DTYPE_F32, 0, 0.0f, 0},
+        /* speculative decode, FP16, pages of 32, GQA off, rotary on half the channels (NeoX halves) */
+        {"speculative", 2, 5, 5, 4, 4, 80, 32, {31, 70}, 1, -1, -1, 32, 0, QATTN_DTYPE_F16, 0, 0.0f, 0},
+        /* chunked prefill with a cached prefix, BF16, pages of 256, MQA, the pre-pack path */
+        {"chunked prefill", 2, 100, 100, 4, 1, 128, 256, {0, 300}, 1, -1, -1, 64, 1, QATTN_DTYPE_BF16, 0, 0.0f, 0},
+        /* no new tokens, contiguous cache, not causal, no rotary */
+        {"no append", 2, 5, 0, 6, 3, 64, 0, {0, 150}, 0, -1, -1, 0, 0, QATTN_DTYPE_F32, 1, 0.0f, 0},
+        /* fewer new tokens than queries, a two-sided window (queries rotated per position) */
+        {"window", 3, 5, 7, 4, 2, 64, 16, {3, 0, 50}, 0, 20, 3, 48, 0, QATTN_DTYPE_F32, 1, 0.0f, 0},
+        /* not causal, not windowed: every query rotated at cache_seqlens; contiguous, FP16 */
+        {"bidirectional rotary", 2, 5, 1, 4, 2, 128, 0, {10, 88}, 0, -1, -1, 128, 1, QATTN_DTYPE_F16, 0, 0.0f, 0},
+        /* causal with Lq > Lk: rows that see no key (zeros, lse -inf) */
+        {"causal Lq > Lk", 2, 100, 7, 2, 2, 64, 16, {0, 5}, 1, -1, -1, 0, 0, QATTN_DTYPE_F32, 0, 0.0f, 0},
+        /* long decode: the KV axis is split across units (merge of partials over pages) */
+        {"split decode", 1, 1, 1, 8, 1, 128, 16, {1500}, 1, -1, -1, 64, 1, QATTN_DTYPE_F32, 0, 0.0f, 0},
+        {"split decode f16", 2, 1, 1, 8, 2, 64, 32, {1100, 7}, 1, 100, -1, 64, 0, QATTN_DTYPE_F16, 0, 0.0f, 0},
+        /* a query block of 100 with a left window crossing page ends, D 80 */
+        {"prefill window", 1, 100, 7, 4, 2, 80, 16, {200}, 1, 37, -1, 80, 1, QATTN_DTYPE_F32, 0, 0.0f, 0},
+        /* softcap and ALiBi: decode read in place over pages, an empty sequence */
+        {"decode softcap alibi", 3, 1, 1, 8, 2, 64, 16, {0, 17, 40}, 1, -1, -1, 64, 1, QATTN_DTYPE_F32, 0, 30.0f, 1},
+        /* ...chunked prefill with a cached prefix, FP16, a left window, saturating softcap */
+        {"prefill softcap alibi", 2, 37, 37, 4, 2, 80, 16, {0, 150}, 1, 50, -1, 0, 0, QATTN_DTYPE_F16, 0, 5.0f, 1},
+        /* ...ALiBi alone on a split decode (partials merged across pages), BF16, not causal, Lq > new */
+        {"split decode alibi", 2, 3, 1, 4, 1, 128, 32, {1100, 7}, 0, -1, -1, 0, 0, QATTN_DTYPE_BF16, 1, 0.0f, 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        op_case x = fwd(cases[i].name, cases[i].B, cases[i].Lq, 0, cases[i].H, cases[i].HK, cases[i].D);
+        x.kind = OP_FORWARD_KVCACHE;
+        x.c.qkv_dtype = cases[i].dtype, x.c.causal = cases[i].causal, x.c.window_left = cases[i].wl, x.c.window_right = cases[i].wr;
+        x.c.qo_bhld = cases[i].q_bhld != 0;
+        x.kv.seqlen_new = cases[i].Sn, x.kv.page = cases[i].page;
+        memcpy(x.kv.cache_seqlens, cases[i].cs, sizeof x.kv.cache_seqlens);
+        x.kv.rotary_dim = cases[i].rd, x.kv.rotary_interleaved = cases[i].inter;
+        x.softcap = cases[i].softcap, x.alibi = cases[i].alibi;
+        x.threads = OP_T1 | OP_T3;
+        t[n++] = x;
+    }
+    return n;
+}
+
 static int build_table(op_case *t) {
     int n = 0;
     n = add_forward(t, n);
@@ -384,6 +442,7 @@ static int build_table(op_case *t) {
     n = add_int8(t, n);
     n = add_fp8(t, n);
     n = add_int4(t, n);
+    n = add_kvcache(t, n);
     if (n > MAX_CASES) {
         fprintf(stderr, "test_ops: %d cases, room for %d\n", n, MAX_CASES);
         return 0;
