@@ -503,7 +503,21 @@ static void describe_forward(const op_case *oc, const th_case *c, char *buf, siz
         n += snprintf(buf + n, len - (size_t)n, " block_mask=%dx%d density=%.2f%s%s%s%s pad=%d", m->bq, m->bk, m->density,
                       m->share_heads ? " shared-heads" : "", m->share_batch ? " shared-batch" : "", m->zero_rows ? " zero-rows" : "",
                       m->nan_dead ? " nan-in-hidden-block" : "", m->pad);
-    if (oc->user_workspace && (size_t)n < len) snprintf(buf + n, len - (size_t)n, " user-workspace");
+    if (oc->user_workspace && (size_t)n < len) n += snprintf(buf + n, len - (size_t)n, " user-workspace");
+    for (int i = 0; i < 2 && oc->poke[i].tensor && (size_t)n < len; i++) {
+        const op_poke *k = &oc->poke[i];
+        n += snprintf(buf + n, len - (size_t)n, " %c[%lld,%lld,%lld,%lld]=%g", k->tensor, (long long)k->b, (long long)k->pos, (long long)k->head,
+                      (long long)k->c, (double)k->value);
+    }
+}
+
+/* The case's pokes: single input elements set to NaN or Inf. */
+static void apply_pokes(th_problem *pr, const op_case *oc) {
+    for (int i = 0; i < 2 && oc->poke[i].tensor; i++) {
+        const op_poke *k = &oc->poke[i];
+        th_tensor *t = k->tensor == 'q' ? &pr->q : k->tensor == 'k' ? &pr->k : &pr->v;
+        th_problem_set(pr, t, k->b, k->pos, k->head, k->c, k->value);
+    }
 }
 
 static void describe(const op_case *oc, const th_case *c, char *buf, size_t len) {
@@ -526,6 +540,8 @@ static bool state_make_forward(op_state *st, const op_case *oc, const th_case *c
         pr->p.block_mask_row_stride = st->mask.rs;
         if (oc->mask.nan_dead) poison_hidden_block(pr, &oc->mask);
     }
+    if (oc->edit) oc->edit(pr);
+    apply_pokes(pr, oc);
     pr->p.softcap = oc->softcap;
     if (oc->alibi) {
         int64_t stride = 0;
@@ -544,6 +560,7 @@ static bool state_make_forward(op_state *st, const op_case *oc, const th_case *c
         TH_CHECK(d > 1e-3, "the modifiers change the oracle's output by only %.3e", d);
     }
     st->bound = cpu_bound(oc, st);
+    if (oc->rel_l2_bound > 0) st->bound.rel_l2 = oc->rel_l2_bound;
     st->o = pr->o.buf, st->o_size = pr->o.elems * dtype_bytes(pr->o.dtype);
     st->lse = pr->lse, st->lse_elems = pr->lse ? pr->lse_elems : 0;
     return true;
@@ -704,13 +721,17 @@ static void bytes_expect_same(const op_bytes *b, const op_state *st, const char 
     if (st->lse) TH_CHECK(memcmp(b->lse, st->lse, st->lse_elems * sizeof(float)) == 0, "[%s] LSE differs bitwise from %s (%s)", label, b->from, what);
 }
 
-/* LSE entries outside the bound: infinities must match exactly, finite ones within it. */
+/* LSE entries outside the bound: NaN where the oracle's is NaN, infinities exactly, finite ones within it. */
 static size_t lse_outside(const op_state *st, const op_bound *b, size_t *worst) {
     size_t bad = 0;
     double worst_err = 0;
     *worst = 0;
     for (size_t i = 0; i < st->lse_elems; i++) {
         double r = st->ref_lse[i], got = st->lse[i];
+        if (isnan(r) || isnan(got)) {
+            if (!(isnan(r) && isnan(got)) && !bad++) *worst = i;
+            continue;
+        }
         if (isinf(r) || isinf(got)) {
             if (!(r == got) && !bad++) *worst = i;
             continue;
@@ -737,7 +758,7 @@ static bool check_written(const op_state *st, float *out, const char *label) {
 static bool check_run(const op_state *st, const op_bound *b, float *out, const char *label) {
     bool good = check_written(st, out, label);
     th_metrics m = th_compare(out, st->ref, st->n_out);
-    good &= TH_CHECK(m.nonfinite == 0, "[%s] %zu non-finite outputs where the oracle is finite", label, m.nonfinite);
+    good &= TH_CHECK(m.nonfinite == 0, "[%s] %zu outputs differ from the oracle in NaN/Inf-ness", label, m.nonfinite);
     good &= TH_CHECK(m.rel_l2 <= b->rel_l2, "[%s] relative L2 %.3e above the bound %.3e (baseline %.3e)", label, m.rel_l2, b->rel_l2, b->baseline);
     if (b->min_rel_l2 > 0)
         good &= TH_CHECK(m.rel_l2 > b->min_rel_l2, "[%s] relative L2 %.3e not above INT8's %.3e", label, m.rel_l2, b->min_rel_l2);
@@ -788,6 +809,7 @@ void op_run_case(const op_case *oc, int index, const op_target *targets, int n_t
         g_ran[ti]++;
         op_bound b = cpu ? st.bound : cuda_bound(oc, &st.bound);
         check_run(&st, &b, out, t->name);
+        if (oc->property) oc->property(oc, &st.pr, out, t->name);
         double e = th_compare(out, st.ref, st.n_out).rel_l2;
         worst = e > worst ? e : worst;
         if (!cpu) continue;

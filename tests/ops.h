@@ -64,6 +64,19 @@ typedef struct op_kvcache {
     int rotary_interleaved;
 } op_kvcache;
 
+/* One input element set after the draw: a NaN or an Inf where a numerics case wants it. */
+typedef struct op_poke {
+    char tensor; /* 'q', 'k' or 'v'; 0: no poke */
+    int64_t b, pos, head, c;
+    float value;
+} op_poke;
+
+struct op_case;
+/* A property of one run's output that the oracle comparison does not pin down (exact zeros, which
+ * rows are NaN, ...): out is o in the oracle's layout [rows, H, D], the LSE is pr->lse. It reports
+ * through TH_CHECK, naming the target (label). */
+typedef void (*op_property)(const struct op_case *oc, const th_problem *pr, const float *out, const char *label);
+
 typedef struct op_case {
     op_kind kind;
     th_case c;
@@ -75,6 +88,14 @@ typedef struct op_case {
     bool user_workspace; /* a caller workspace of exactly qattn_workspace_size bytes (and one short: refused) */
     unsigned threads;    /* OP_T* */
     op_kvcache kv;       /* OP_FORWARD_KVCACHE */
+    /* Edge cases (OP_FORWARD, tests/test_ops.c's numerics section): inputs edited after the draw, a
+     * property checked on every run after the oracle comparison, a bound of the case's own. */
+    op_poke poke[2];
+    void (*edit)(th_problem *pr);    /* edits of the drawn inputs other than pokes; NULL: none */
+    op_property property;            /* NULL: none */
+    int64_t empty_rows_from, empty_rows_to; /* the property's rows that see no key, [from, to) of every sequence */
+    size_t nonfinite_rows;           /* the property's count of non-finite (row, head) outputs */
+    double rel_l2_bound;             /* 0: the bound of the case's precision (tests/ops.c); else this, derived beside the case */
 } op_case;
 
 /* ---------------------------------------------------------------- targets */
