@@ -2,6 +2,7 @@
  * once; then every target, each run checked the same way. */
 #define _POSIX_C_SOURCE 200809L /* posix_memalign */
 #include "ops.h"
+#include "ops_kvcache.h"
 
 #include "quant/lowp.h" /* the INT8 / INT4 quantizers' configurations, for the baselines */
 
@@ -283,20 +284,28 @@ static float *make_slopes(const op_case *oc, int64_t *stride, size_t *count) {
     return s;
 }
 
-/* A case made concrete: the problem, its attachments, the oracle and the bound. */
+/* A case made concrete: the problem (pr, or kv for OP_FORWARD_KVCACHE), its attachments, the
+ * oracle and the bound, and where a run leaves its output. */
 typedef struct op_state {
+    op_kind kind;
     th_problem pr;
+    op_kv_problem kv;
     mask_buf mask;
     float *slopes;
     size_t n_slopes;
     size_t n_out;
     double *ref, *ref_lse;
     op_bound bound;
+    void *o;      /* the output buffer as the call writes it (padding included), for the bitwise comparisons */
+    size_t o_size;
+    float *lse;   /* and the LSE, in the oracle's layout */
+    size_t lse_elems;
 } op_state;
 
 static void state_free(op_state *st) {
     free(st->mask.bytes), free(st->slopes), free(st->ref), free(st->ref_lse);
-    th_problem_free(&st->pr);
+    if (st->kind == OP_FORWARD_KVCACHE) op_kv_free(&st->kv);
+    else th_problem_free(&st->pr);
 }
 
 /* ---------------------------------------------------------------- baselines */
@@ -479,7 +488,7 @@ static op_bound cuda_bound(const op_case *oc, const op_bound *cpu) {
 
 /* ---------------------------------------------------------------- making a case */
 
-static void describe(const op_case *oc, const th_case *c, char *buf, size_t len) {
+static void describe_forward(const op_case *oc, const th_case *c, char *buf, size_t len) {
     char base[1024];
     th_describe(c, base, sizeof base);
     int n = snprintf(buf, len, "%s", base);
@@ -494,11 +503,29 @@ static void describe(const op_case *oc, const th_case *c, char *buf, size_t len)
         n += snprintf(buf + n, len - (size_t)n, " block_mask=%dx%d density=%.2f%s%s%s%s pad=%d", m->bq, m->bk, m->density,
                       m->share_heads ? " shared-heads" : "", m->share_batch ? " shared-batch" : "", m->zero_rows ? " zero-rows" : "",
                       m->nan_dead ? " nan-in-hidden-block" : "", m->pad);
-    if (oc->user_workspace && (size_t)n < len) snprintf(buf + n, len - (size_t)n, " user-workspace");
+    if (oc->user_workspace && (size_t)n < len) n += snprintf(buf + n, len - (size_t)n, " user-workspace");
+    for (int i = 0; i < 2 && oc->poke[i].tensor && (size_t)n < len; i++) {
+        const op_poke *k = &oc->poke[i];
+        n += snprintf(buf + n, len - (size_t)n, " %c[%lld,%lld,%lld,%lld]=%g", k->tensor, (long long)k->b, (long long)k->pos, (long long)k->head,
+                      (long long)k->c, (double)k->value);
+    }
 }
 
-static bool state_make(op_state *st, const op_case *oc, const th_case *c) {
-    memset(st, 0, sizeof *st);
+/* The case's pokes: single input elements set to NaN or Inf. */
+static void apply_pokes(th_problem *pr, const op_case *oc) {
+    for (int i = 0; i < 2 && oc->poke[i].tensor; i++) {
+        const op_poke *k = &oc->poke[i];
+        th_tensor *t = k->tensor == 'q' ? &pr->q : k->tensor == 'k' ? &pr->k : &pr->v;
+        th_problem_set(pr, t, k->b, k->pos, k->head, k->c, k->value);
+    }
+}
+
+static void describe(const op_case *oc, const th_case *c, char *buf, size_t len) {
+    if (oc->kind == OP_FORWARD_KVCACHE) op_kv_describe(oc, c->seed, buf, len);
+    else describe_forward(oc, c, buf, len);
+}
+
+static bool state_make_forward(op_state *st, const op_case *oc, const th_case *c) {
     if (!th_problem_make(&st->pr, c)) return false;
     th_problem *pr = &st->pr;
     pr->p.int8_scheme = oc->int8_scheme;
@@ -513,6 +540,8 @@ static bool state_make(op_state *st, const op_case *oc, const th_case *c) {
         pr->p.block_mask_row_stride = st->mask.rs;
         if (oc->mask.nan_dead) poison_hidden_block(pr, &oc->mask);
     }
+    if (oc->edit) oc->edit(pr);
+    apply_pokes(pr, oc);
     pr->p.softcap = oc->softcap;
     if (oc->alibi) {
         int64_t stride = 0;
@@ -531,7 +560,32 @@ static bool state_make(op_state *st, const op_case *oc, const th_case *c) {
         TH_CHECK(d > 1e-3, "the modifiers change the oracle's output by only %.3e", d);
     }
     st->bound = cpu_bound(oc, st);
+    if (oc->rel_l2_bound > 0) st->bound.rel_l2 = oc->rel_l2_bound;
+    st->o = pr->o.buf, st->o_size = pr->o.elems * dtype_bytes(pr->o.dtype);
+    st->lse = pr->lse, st->lse_elems = pr->lse ? pr->lse_elems : 0;
     return true;
+}
+
+/* The cache's inputs are exact in their dtype and o is FP32: the FP32 bound (ops_kvcache.c). */
+static bool state_make_kvcache(op_state *st, const op_case *oc, const th_case *c) {
+    op_kv_problem *kv = &st->kv;
+    op_kv_make(kv, oc, c->seed);
+    st->n_out = kv->n_out;
+    st->ref = th_xmalloc(st->n_out * sizeof *st->ref + 8);
+    st->ref_lse = th_xmalloc((kv->n_lse + 1) * sizeof *st->ref_lse);
+    op_kv_oracle(kv, st->ref, st->ref_lse);
+    st->bound.cosine = true;
+    st->bound.rel_l2 = FP32_REL_L2;
+    st->bound.lse_rel = FP32_LSE_REL;
+    st->o = kv->o, st->o_size = kv->n_out * sizeof(float);
+    st->lse = kv->lse, st->lse_elems = kv->n_lse;
+    return true;
+}
+
+static bool state_make(op_state *st, const op_case *oc, const th_case *c) {
+    memset(st, 0, sizeof *st);
+    st->kind = oc->kind;
+    return oc->kind == OP_FORWARD_KVCACHE ? state_make_kvcache(st, oc, c) : state_make_forward(st, oc, c);
 }
 
 /* ---------------------------------------------------------------- running on a target */
@@ -618,6 +672,28 @@ static qattn_status run_on_device(qattn_ctx *ctx, const op_case *oc, op_state *s
 }
 #endif
 
+/* Whether the CUDA backend runs the case: qattn_supports for a forward; qattn_forward_kvcache runs
+ * on the CPU backend only. */
+static bool runs_on_cuda(qattn_ctx *ctx, const op_case *oc, op_state *st) {
+    return oc->kind == OP_FORWARD && qattn_supports(ctx, &st->pr.p) == QATTN_OK;
+}
+
+/* One call on a target, outputs poisoned first (and the cache as it was before any call). */
+static qattn_status run(qattn_ctx *ctx, const op_case *oc, op_state *st, bool cpu) {
+    if (oc->kind == OP_FORWARD_KVCACHE) {
+        op_kv_restore_cache(&st->kv);
+        op_kv_poison_outputs(&st->kv);
+        return qattn_forward_kvcache(ctx, &st->kv.p, &st->kv.kv);
+    }
+    th_problem_poison(&st->pr);
+    if (cpu) return run_on_host(ctx, oc, st);
+#if defined(QATTN_TEST_CUDA)
+    return run_on_device(ctx, oc, st);
+#else
+    return QATTN_ERR_UNSUPPORTED;
+#endif
+}
+
 /* The output and LSE of one run, kept for the bitwise comparisons. */
 typedef struct op_bytes {
     void *o;
@@ -626,12 +702,12 @@ typedef struct op_bytes {
     const char *from; /* the target it came from */
 } op_bytes;
 
-static void bytes_keep(op_bytes *b, const th_problem *pr, const char *from) {
-    b->o_size = pr->o.elems * dtype_bytes(pr->o.dtype);
+static void bytes_keep(op_bytes *b, const op_state *st, const char *from) {
+    b->o_size = st->o_size;
     b->o = th_xmalloc(b->o_size);
-    memcpy(b->o, pr->o.buf, b->o_size);
-    b->lse = pr->lse ? th_xmalloc(pr->lse_elems * sizeof(float) + 1) : NULL;
-    if (pr->lse) memcpy(b->lse, pr->lse, pr->lse_elems * sizeof(float));
+    memcpy(b->o, st->o, b->o_size);
+    b->lse = st->lse ? th_xmalloc(st->lse_elems * sizeof(float) + 1) : NULL;
+    if (st->lse) memcpy(b->lse, st->lse, st->lse_elems * sizeof(float));
     b->from = from;
 }
 
@@ -640,18 +716,22 @@ static void bytes_free(op_bytes *b) {
     memset(b, 0, sizeof *b);
 }
 
-static void bytes_expect_same(const op_bytes *b, const th_problem *pr, const char *label, const char *what) {
-    TH_CHECK(memcmp(b->o, pr->o.buf, b->o_size) == 0, "[%s] output differs bitwise from %s (%s)", label, b->from, what);
-    if (pr->lse) TH_CHECK(memcmp(b->lse, pr->lse, pr->lse_elems * sizeof(float)) == 0, "[%s] LSE differs bitwise from %s (%s)", label, b->from, what);
+static void bytes_expect_same(const op_bytes *b, const op_state *st, const char *label, const char *what) {
+    TH_CHECK(memcmp(b->o, st->o, b->o_size) == 0, "[%s] output differs bitwise from %s (%s)", label, b->from, what);
+    if (st->lse) TH_CHECK(memcmp(b->lse, st->lse, st->lse_elems * sizeof(float)) == 0, "[%s] LSE differs bitwise from %s (%s)", label, b->from, what);
 }
 
-/* LSE entries outside the bound: infinities must match exactly, finite ones within it. */
-static size_t lse_outside(const th_problem *pr, const double *ref_lse, const op_bound *b, size_t *worst) {
+/* LSE entries outside the bound: NaN where the oracle's is NaN, infinities exactly, finite ones within it. */
+static size_t lse_outside(const op_state *st, const op_bound *b, size_t *worst) {
     size_t bad = 0;
     double worst_err = 0;
     *worst = 0;
-    for (size_t i = 0; i < pr->lse_elems; i++) {
-        double r = ref_lse[i], got = pr->lse[i];
+    for (size_t i = 0; i < st->lse_elems; i++) {
+        double r = st->ref_lse[i], got = st->lse[i];
+        if (isnan(r) || isnan(got)) {
+            if (!(isnan(r) && isnan(got)) && !bad++) *worst = i;
+            continue;
+        }
         if (isinf(r) || isinf(got)) {
             if (!(r == got) && !bad++) *worst = i;
             continue;
@@ -663,20 +743,29 @@ static size_t lse_outside(const th_problem *pr, const double *ref_lse, const op_
     return bad;
 }
 
+/* What the call wrote besides o and lse, and whether it wrote all of them: true when right. Then
+ * the output in the oracle's layout. */
+static bool check_written(const op_state *st, float *out, const char *label) {
+    if (st->kind == OP_FORWARD_KVCACHE) {
+        memcpy(out, st->kv.o, st->n_out * sizeof *out);
+        return op_kv_check_after(&st->kv, st->ref, label);
+    }
+    th_problem_gather_o(&st->pr, out);
+    return th_problem_check_written(&st->pr);
+}
+
 /* Every check of one run against the oracle; true when all pass. */
 static bool check_run(const op_state *st, const op_bound *b, float *out, const char *label) {
-    const th_problem *pr = &st->pr;
-    bool good = th_problem_check_written(pr);
-    th_problem_gather_o(pr, out);
+    bool good = check_written(st, out, label);
     th_metrics m = th_compare(out, st->ref, st->n_out);
-    good &= TH_CHECK(m.nonfinite == 0, "[%s] %zu non-finite outputs where the oracle is finite", label, m.nonfinite);
+    good &= TH_CHECK(m.nonfinite == 0, "[%s] %zu outputs differ from the oracle in NaN/Inf-ness", label, m.nonfinite);
     good &= TH_CHECK(m.rel_l2 <= b->rel_l2, "[%s] relative L2 %.3e above the bound %.3e (baseline %.3e)", label, m.rel_l2, b->rel_l2, b->baseline);
     if (b->min_rel_l2 > 0)
         good &= TH_CHECK(m.rel_l2 > b->min_rel_l2, "[%s] relative L2 %.3e not above INT8's %.3e", label, m.rel_l2, b->min_rel_l2);
     if (b->cosine) good &= TH_CHECK(m.cosine >= 1.0 - b->rel_l2, "[%s] cosine %.9f below 1 - %.3e", label, m.cosine, b->rel_l2);
-    if (pr->lse) {
-        size_t worst, bad = lse_outside(pr, st->ref_lse, b, &worst);
-        good &= TH_CHECK(bad == 0, "[%s] %zu LSE entries off (worst %zu: %.9g vs oracle %.9g)", label, bad, worst, (double)pr->lse[worst],
+    if (st->lse) {
+        size_t worst, bad = lse_outside(st, b, &worst);
+        good &= TH_CHECK(bad == 0, "[%s] %zu LSE entries off (worst %zu: %.9g vs oracle %.9g)", label, bad, worst, (double)st->lse[worst],
                          st->ref_lse[worst]);
     }
     if (!good) th_metrics_print(label, &m);
@@ -696,7 +785,6 @@ void op_run_case(const op_case *oc, int index, const op_target *targets, int n_t
         th_set_context(NULL);
         return;
     }
-    th_problem *pr = &st.pr;
     float *out = th_xmalloc(st.n_out * sizeof *out + 4);
     op_bytes per_isa, first_cpu; /* the first run of this ISA; the first CPU run of all */
     memset(&per_isa, 0, sizeof per_isa), memset(&first_cpu, 0, sizeof first_cpu);
@@ -708,33 +796,30 @@ void op_run_case(const op_case *oc, int index, const op_target *targets, int n_t
         if (cpu && !(oc->threads & (1u << t->n_threads))) continue;
         qattn_ctx *ctx = target_ctx(t);
         if (!TH_CHECK(ctx != NULL, "[%s] no context", t->name)) continue;
-        if (!cpu && qattn_supports(ctx, &pr->p) != QATTN_OK) { /* a case the CUDA backend does not run */
+        if (!cpu && !runs_on_cuda(ctx, oc, &st)) {
             g_unsupported[ti]++;
             qattn_ctx_destroy(ctx);
             continue;
         }
-        th_problem_poison(pr);
-        qattn_status s = QATTN_ERR_UNSUPPORTED;
-        if (cpu) s = run_on_host(ctx, oc, &st);
-#if defined(QATTN_TEST_CUDA)
-        else s = run_on_device(ctx, oc, &st);
-#endif
-        bool ok = TH_CHECK(s == QATTN_OK, "[%s] qattn_forward: %s: %s", t->name, qattn_status_str(s), qattn_ctx_last_error(ctx));
+        qattn_status s = run(ctx, oc, &st, cpu);
+        bool ok = TH_CHECK(s == QATTN_OK, "[%s] %s: %s: %s", t->name, oc->kind == OP_FORWARD_KVCACHE ? "qattn_forward_kvcache" : "qattn_forward",
+                           qattn_status_str(s), qattn_ctx_last_error(ctx));
         qattn_ctx_destroy(ctx);
         if (!ok) continue;
         g_ran[ti]++;
         op_bound b = cpu ? st.bound : cuda_bound(oc, &st.bound);
         check_run(&st, &b, out, t->name);
+        if (oc->property) oc->property(oc, &st.pr, out, t->name);
         double e = th_compare(out, st.ref, st.n_out).rel_l2;
         worst = e > worst ? e : worst;
         if (!cpu) continue;
         /* the same ISA gives bitwise identical results for any thread count (docs/ARCHITECTURE.md "Numerics") */
-        if (per_isa.o && per_isa_of == t->isa) bytes_expect_same(&per_isa, pr, t->name, "thread counts");
-        else bytes_free(&per_isa), bytes_keep(&per_isa, pr, t->name), per_isa_of = t->isa;
+        if (per_isa.o && per_isa_of == t->isa) bytes_expect_same(&per_isa, &st, t->name, "thread counts");
+        else bytes_free(&per_isa), bytes_keep(&per_isa, &st, t->name), per_isa_of = t->isa;
         /* the integer paths give bitwise identical results on every ISA */
         if (is_integer(c.precision)) {
-            if (first_cpu.o) bytes_expect_same(&first_cpu, pr, t->name, "ISAs");
-            else bytes_keep(&first_cpu, pr, t->name);
+            if (first_cpu.o) bytes_expect_same(&first_cpu, &st, t->name, "ISAs");
+            else bytes_keep(&first_cpu, &st, t->name);
         }
     }
     printf("  %s\n    worst rel L2 %.3e, bound %.3e", desc, worst, st.bound.rel_l2);

@@ -1,13 +1,16 @@
 /* The op table's vocabulary (tests/test_ops.c holds the table, tests/ops.c runs it).
  *
- * A case is one qattn_forward call described completely: the harness's th_case (shape, dtypes,
- * precision, masks, layout) plus what th_case does not know (INT8 scheme, input distribution,
- * softcap, ALiBi slopes, a block mask, a caller workspace) and the thread counts it runs with.
+ * A case is one call described completely. Its kind says which: qattn_forward (the harness's
+ * th_case: shape, dtypes, precision, masks, layout, plus what th_case does not know: INT8 scheme,
+ * input distribution, softcap, ALiBi slopes, a block mask, a caller workspace) or
+ * qattn_forward_kvcache (th_case's shape and dtype plus the cache: pages, cached lengths, new
+ * tokens, rotary; tests/ops_kvcache.c). Both carry the thread counts they run with.
  * A target is one way to run it: a CPU context of one ISA and thread count, or a CUDA context of
  * one kernel choice. The runner makes the case's inputs once, computes the FP64 oracle and the
  * case's tolerance once, then runs every target with poisoned outputs and checks every output
- * element written, the error against the oracle, and the cross-target invariants (bitwise
- * identity across thread counts on one ISA; INT8 and INT4 bitwise identity across ISAs). */
+ * element written, the error against the oracle, what the kind adds (the cache after the append),
+ * and the cross-target invariants (bitwise identity across thread counts on one ISA; INT8 and
+ * INT4 bitwise identity across ISAs). */
 #ifndef QATTN_TEST_OPS_H
 #define QATTN_TEST_OPS_H
 
@@ -43,15 +46,56 @@ typedef struct op_mask {
 #define OP_T3 (1u << 3)
 #define OP_T123 (OP_T1 | OP_T2 | OP_T3)
 
+/* Which call a case makes. */
+typedef enum op_kind {
+    OP_FORWARD = 0,     /* qattn_forward */
+    OP_FORWARD_KVCACHE, /* qattn_forward_kvcache: append to a caller's cache, then attend over it */
+} op_kind;
+
+/* The cache of an OP_FORWARD_KVCACHE case (tests/ops_kvcache.c makes it). th_case gives the
+ * batch, seqlen_q (queries per sequence), heads, head_dim, qkv_dtype (of q, the caches and the new
+ * tokens), causal, the window and qo_bhld (q only: o is FP32 [B, Lq, H, D], with LSE); of op_case's
+ * own fields, softcap, alibi and threads apply. */
+typedef struct op_kvcache {
+    int seqlen_new;            /* new tokens appended to every sequence */
+    int page;                  /* tokens per page; 0: a contiguous cache */
+    int32_t cache_seqlens[4];  /* tokens cached before the call, per sequence */
+    int rotary_dim;            /* 0: no rotary */
+    int rotary_interleaved;
+} op_kvcache;
+
+/* One input element set after the draw: a NaN or an Inf where a numerics case wants it. */
+typedef struct op_poke {
+    char tensor; /* 'q', 'k' or 'v'; 0: no poke */
+    int64_t b, pos, head, c;
+    float value;
+} op_poke;
+
+struct op_case;
+/* A property of one run's output that the oracle comparison does not pin down (exact zeros, which
+ * rows are NaN, ...): out is o in the oracle's layout [rows, H, D], the LSE is pr->lse. It reports
+ * through TH_CHECK, naming the target (label). */
+typedef void (*op_property)(const struct op_case *oc, const th_problem *pr, const float *out, const char *label);
+
 typedef struct op_case {
+    op_kind kind;
     th_case c;
     int32_t int8_scheme; /* qattn_int8_scheme, with precision INT8 */
     op_dist dist;
     float softcap;       /* 0: off */
-    int alibi;           /* 0: none, 1: slopes [H], 2: slopes [B, H] rows H + 3 apart */
+    int alibi;           /* 0: none, 1: slopes [H], 2: slopes [B, H] rows H + 3 apart (OP_FORWARD_KVCACHE: H apart) */
     op_mask mask;
     bool user_workspace; /* a caller workspace of exactly qattn_workspace_size bytes (and one short: refused) */
     unsigned threads;    /* OP_T* */
+    op_kvcache kv;       /* OP_FORWARD_KVCACHE */
+    /* Edge cases (OP_FORWARD, tests/test_ops.c's numerics section): inputs edited after the draw, a
+     * property checked on every run after the oracle comparison, a bound of the case's own. */
+    op_poke poke[2];
+    void (*edit)(th_problem *pr);    /* edits of the drawn inputs other than pokes; NULL: none */
+    op_property property;            /* NULL: none */
+    int64_t empty_rows_from, empty_rows_to; /* the property's rows that see no key, [from, to) of every sequence */
+    size_t nonfinite_rows;           /* the property's count of non-finite (row, head) outputs */
+    double rel_l2_bound;             /* 0: the bound of the case's precision (tests/ops.c); else this, derived beside the case */
 } op_case;
 
 /* ---------------------------------------------------------------- targets */

@@ -1,6 +1,6 @@
-/* The op table: every qattn_forward case, run on every target this machine has against the FP64
- * oracle (tests/ops.h says what a case and a target are, tests/ops.c how a case runs and what its
- * tolerance is and why).
+/* The op table: every qattn_forward and qattn_forward_kvcache case, run on every target this
+ * machine has against the FP64 oracle (tests/ops.h says what a case and a target are, tests/ops.c
+ * how a case runs and what its tolerance is and why, tests/ops_kvcache.c how a cache case is made).
  *
  * Targets: each CPU ISA tier (ref, avx2, avxvnni, avx512: the ones a context can be created for)
  * with 1, 2 and 3 threads, then the CUDA backend with each cuda_kernels choice when the tests were
@@ -9,14 +9,17 @@
  *
  * Each case runs on the targets of the thread counts it names (OP_T*); every run has poisoned
  * outputs and must write every output and LSE element and nothing outside them, stay within the
- * case's bound against the oracle, and agree bitwise with the other thread counts of its ISA; INT8
- * and INT4 runs agree bitwise across ISAs too.
+ * case's bound against the oracle (NaN and Inf exactly where the oracle has them), and agree
+ * bitwise with the other thread counts of its ISA; INT8 and INT4 runs agree bitwise across ISAs
+ * too. A cache case's cache must hold exactly the expected contents after the append; a numerics
+ * case's property (exact zeros, which rows are NaN, ...) must hold on every run.
  *
- * Adding a case: append it to the section of its kind in build_table() (make it with fwd(), then
- * set what differs). A case's seed is its index: adding a case at the end of the table keeps every
+ * Adding a case: append it to the section of its kind in build_table() (make it with fwd(), or
+ * edge() for numerics, or add a row to the kvcache section's array; then set what differs). A case's seed is its index: adding a case at the end of the table keeps every
  * other case's data. QATTN_TEST_FILTER=<text> runs the cases whose description contains text. */
 #include "ops.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -376,6 +379,263 @@ static int add_int4(op_case *t, int n) {
     return n;
 }
 
+/* qattn_forward_kvcache over a caller's cache (tests/ops_kvcache.c): paged with shuffled pages and
+ * contiguous, FP32/FP16/BF16 caches, append with rotary (halves and interleaved, on part of the
+ * channels) and without new tokens, decode, speculative decode, chunked prefill, windows, causal
+ * with Lq > Lk, split-KV decode over pages, softcap and ALiBi; 1 and 3 threads. */
+static int add_kvcache(op_case *t, int n) {
+    static const struct {
+        const char *name;
+        int B, Lq, Sn, H, HK, D;
+        int page;          /* tokens per page; 0 = contiguous cache */
+        int32_t cs[4];     /* cache_seqlens */
+        int causal, wl, wr;
+        int rd, inter;     /* rotary_dim (0: none), interleaved */
+        int32_t dtype;     /* of q, caches, new tokens */
+        int q_bhld;        /* q stored [B, H, Lq, D] (a strided view) instead of [B, Lq, H, D] */
+        float softcap;     /* 0 = off */
+        int alibi;         /* 1: ALiBi slopes [B, H] (alibi_batch_stride H), different per sequence */
+    } cases[] = {
+        /* decode, FP32 (K/V read in place), shuffled pages of 16, an empty sequence */
+        {"decode", 3, 1, 1, 8, 2, 64, 16, {0, 17, 40}, 1, -1, -1, 64, 1, QATTN_DTYPE_F32, 0, 0.0f, 0},
+        /* speculative decode, FP16, pages of 32, GQA off, rotary on half the channels (NeoX halves) */
+        {"speculative", 2, 5, 5, 4, 4, 80, 32, {31, 70}, 1, -1, -1, 32, 0, QATTN_DTYPE_F16, 0, 0.0f, 0},
+        /* chunked prefill with a cached prefix, BF16, pages of 256, MQA, the pre-pack path */
+        {"chunked prefill", 2, 100, 100, 4, 1, 128, 256, {0, 300}, 1, -1, -1, 64, 1, QATTN_DTYPE_BF16, 0, 0.0f, 0},
+        /* no new tokens, contiguous cache, not causal, no rotary */
+        {"no append", 2, 5, 0, 6, 3, 64, 0, {0, 150}, 0, -1, -1, 0, 0, QATTN_DTYPE_F32, 1, 0.0f, 0},
+        /* fewer new tokens than queries, a two-sided window (queries rotated per position) */
+        {"window", 3, 5, 7, 4, 2, 64, 16, {3, 0, 50}, 0, 20, 3, 48, 0, QATTN_DTYPE_F32, 1, 0.0f, 0},
+        /* not causal, not windowed: every query rotated at cache_seqlens; contiguous, FP16 */
+        {"bidirectional rotary", 2, 5, 1, 4, 2, 128, 0, {10, 88}, 0, -1, -1, 128, 1, QATTN_DTYPE_F16, 0, 0.0f, 0},
+        /* causal with Lq > Lk: rows that see no key (zeros, lse -inf) */
+        {"causal Lq > Lk", 2, 100, 7, 2, 2, 64, 16, {0, 5}, 1, -1, -1, 0, 0, QATTN_DTYPE_F32, 0, 0.0f, 0},
+        /* long decode: the KV axis is split across units (merge of partials over pages) */
+        {"split decode", 1, 1, 1, 8, 1, 128, 16, {1500}, 1, -1, -1, 64, 1, QATTN_DTYPE_F32, 0, 0.0f, 0},
+        {"split decode f16", 2, 1, 1, 8, 2, 64, 32, {1100, 7}, 1, 100, -1, 64, 0, QATTN_DTYPE_F16, 0, 0.0f, 0},
+        /* a query block of 100 with a left window crossing page ends, D 80 */
+        {"prefill window", 1, 100, 7, 4, 2, 80, 16, {200}, 1, 37, -1, 80, 1, QATTN_DTYPE_F32, 0, 0.0f, 0},
+        /* softcap and ALiBi: decode read in place over pages, an empty sequence */
+        {"decode softcap alibi", 3, 1, 1, 8, 2, 64, 16, {0, 17, 40}, 1, -1, -1, 64, 1, QATTN_DTYPE_F32, 0, 30.0f, 1},
+        /* ...chunked prefill with a cached prefix, FP16, a left window, saturating softcap */
+        {"prefill softcap alibi", 2, 37, 37, 4, 2, 80, 16, {0, 150}, 1, 50, -1, 0, 0, QATTN_DTYPE_F16, 0, 5.0f, 1},
+        /* ...ALiBi alone on a split decode (partials merged across pages), BF16, not causal, Lq > new */
+        {"split decode alibi", 2, 3, 1, 4, 1, 128, 32, {1100, 7}, 0, -1, -1, 0, 0, QATTN_DTYPE_BF16, 1, 0.0f, 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        op_case x = fwd(cases[i].name, cases[i].B, cases[i].Lq, 0, cases[i].H, cases[i].HK, cases[i].D);
+        x.kind = OP_FORWARD_KVCACHE;
+        x.c.qkv_dtype = cases[i].dtype, x.c.causal = cases[i].causal, x.c.window_left = cases[i].wl, x.c.window_right = cases[i].wr;
+        x.c.qo_bhld = cases[i].q_bhld != 0;
+        x.kv.seqlen_new = cases[i].Sn, x.kv.page = cases[i].page;
+        memcpy(x.kv.cache_seqlens, cases[i].cs, sizeof x.kv.cache_seqlens);
+        x.kv.rotary_dim = cases[i].rd, x.kv.rotary_interleaved = cases[i].inter;
+        x.softcap = cases[i].softcap, x.alibi = cases[i].alibi;
+        x.threads = OP_T1 | OP_T3;
+        t[n++] = x;
+    }
+    return n;
+}
+
+/* ---------------------------------------------------------------- numerics: edge cases
+ *
+ * docs/ARCHITECTURE.md "Numerics", qattn.h "Masks" and "NaN/Inf": fully masked rows give exact
+ * zeros and LSE -inf (never NaN); NaN/Inf in one token or row reaches exactly the rows that use it
+ * (the oracle's NaN pattern, element for element, plus a count of the rows, so the case cannot
+ * pass by an oracle that lost the NaN); huge scores neither overflow nor lose accuracy; all-zero
+ * Q is uniform attention; the scale is honoured; constant rows. Each case's property runs on
+ * every target after the oracle comparison. */
+
+/* Rows [empty_rows_from, empty_rows_to) of every batch/head must be exactly 0 with LSE -inf; no
+ * NaN anywhere; finite LSE elsewhere. */
+static void check_empty_rows(const op_case *oc, const th_problem *pr, const float *out, const char *label) {
+    int H = pr->c.n_heads, D = pr->c.head_dim;
+    size_t nonzero = 0, nan = 0, lse_bad = 0;
+    for (int64_t b = 0; b < pr->c.batch; b++)
+        for (int64_t i = 0; i < pr->c.seqlen_q; i++)
+            for (int h = 0; h < H; h++) {
+                bool empty = i >= oc->empty_rows_from && i < oc->empty_rows_to;
+                const float *row = out + ((b * pr->c.seqlen_q + i) * H + h) * D;
+                for (int c = 0; c < D; c++) {
+                    nan += isnan(row[c]) != 0;
+                    if (empty && row[c] != 0.0f) nonzero++;
+                }
+                if (pr->lse) {
+                    float l = pr->lse[(b * H + h) * pr->c.seqlen_q + i];
+                    if (empty ? !(isinf(l) && l < 0) : !isfinite(l)) lse_bad++;
+                }
+            }
+    TH_CHECK(nan == 0, "[%s] %zu NaN outputs", label, nan);
+    TH_CHECK(nonzero == 0, "[%s] %zu outputs of fully masked rows are not exactly zero", label, nonzero);
+    TH_CHECK(lse_bad == 0, "[%s] %zu LSE entries wrong (-inf expected exactly on the masked rows, finite elsewhere)", label, lse_bad);
+}
+
+/* Exactly nonfinite_rows (row, head) outputs hold a non-finite value (the oracle comparison has
+ * already matched the NaN/Inf pattern element for element), the rest are finite. */
+static void check_nonfinite_rows(const op_case *oc, const th_problem *pr, const float *out, const char *label) {
+    int H = pr->c.n_heads, D = pr->c.head_dim;
+    size_t nonfinite_rows = 0;
+    for (int64_t r = 0; r < pr->rows * H; r++) {
+        bool any = false;
+        for (int c = 0; c < D; c++) any |= !isfinite(out[r * D + c]);
+        nonfinite_rows += any;
+    }
+    TH_CHECK(nonfinite_rows == oc->nonfinite_rows, "[%s] %zu (row, head) outputs are non-finite; expected %zu", label, nonfinite_rows,
+             oc->nonfinite_rows);
+}
+
+/* Outputs are convex combinations of the visible V rows: each column within [min v, max v]. */
+static void check_convex(const op_case *oc, const th_problem *pr, const float *out, const char *label) {
+    (void)oc;
+    int H = pr->c.n_heads, HK = pr->c.n_kv_heads, D = pr->c.head_dim;
+    size_t outside = 0;
+    for (int64_t b = 0; b < pr->c.batch; b++)
+        for (int h = 0; h < H; h++)
+            for (int c = 0; c < D; c++) {
+                float lo = INFINITY, hi = -INFINITY;
+                for (int64_t j = 0; j < pr->c.seqlen_k; j++) {
+                    float v = th_tensor_get(&pr->v, b, j, h / (H / HK), c);
+                    lo = v < lo ? v : lo;
+                    hi = v > hi ? v : hi;
+                }
+                for (int64_t i = 0; i < pr->c.seqlen_q; i++) {
+                    float o = out[((b * pr->c.seqlen_q + i) * H + h) * D + c];
+                    if (!(o >= lo - 1e-6f * fabsf(lo) && o <= hi + 1e-6f * fabsf(hi))) outside++;
+                }
+            }
+    TH_CHECK(outside == 0, "[%s] %zu outputs outside the range of V (not a convex combination)", label, outside);
+}
+
+/* All-zero Q: every visible key has score 0, so o = mean of the visible V rows and
+ * LSE = ln(number of visible keys). Causal: row i sees i + 1 keys (Lq = Lk, one sequence). */
+static void check_uniform(const op_case *oc, const th_problem *pr, const float *out, const char *label) {
+    (void)oc;
+    (void)out;
+    int H = pr->c.n_heads;
+    size_t bad = 0;
+    for (int h = 0; h < H; h++)
+        for (int64_t i = 0; i < pr->c.seqlen_q; i++) {
+            double want = log((double)(i + 1));
+            double got = pr->lse[h * pr->c.seqlen_q + i];
+            if (!(fabs(got - want) <= 1e-5 * (1.0 + want))) bad++;
+        }
+    TH_CHECK(bad == 0, "[%s] %zu LSE entries differ from ln(visible keys)", label, bad);
+}
+
+/* q -> a q on every element of one sequence per batch entry (not varlen). */
+static void multiply_q(th_problem *pr, float a) {
+    for (int64_t b = 0; b < pr->c.batch; b++)
+        for (int64_t i = 0; i < pr->c.seqlen_q; i++)
+            for (int h = 0; h < pr->c.n_heads; h++)
+                for (int d = 0; d < pr->c.head_dim; d++) th_tensor_set(&pr->q, b, i, h, d, a * th_tensor_get(&pr->q, b, i, h, d));
+}
+
+static void q_times_1250(th_problem *pr) { multiply_q(pr, 1250.0f); }
+static void q_times_150(th_problem *pr) { multiply_q(pr, 150.0f); }
+
+static void zero_q(th_problem *pr) {
+    for (int64_t b = 0; b < pr->c.batch; b++)
+        for (int64_t i = 0; i < pr->c.seqlen_q; i++)
+            for (int h = 0; h < pr->c.n_heads; h++)
+                for (int d = 0; d < pr->c.head_dim; d++) th_tensor_set(&pr->q, b, i, h, d, 0.0f);
+}
+
+/* Every V row of a kv head the same vector: o must equal that row (up to FP32 rounding of the
+ * normalisation). */
+static void constant_v_rows(th_problem *pr) {
+    for (int64_t b = 0; b < pr->c.batch; b++)
+        for (int64_t j = 0; j < pr->c.seqlen_k; j++)
+            for (int g = 0; g < pr->c.n_kv_heads; g++)
+                for (int d = 0; d < pr->c.head_dim; d++) th_tensor_set(&pr->v, b, j, g, d, 0.25f * (float)(d - 32) + (float)g);
+}
+
+/* Every K row the same vector: every score of a row equal, so uniform attention whatever Q is. */
+static void constant_k_rows(th_problem *pr) {
+    for (int64_t b = 0; b < pr->c.batch; b++)
+        for (int64_t j = 0; j < pr->c.seqlen_k; j++)
+            for (int g = 0; g < pr->c.n_kv_heads; g++)
+                for (int d = 0; d < pr->c.head_dim; d++) th_tensor_set(&pr->k, b, j, g, d, 0.125f * (float)((d % 7) - 3));
+}
+
+static op_poke poke(char tensor, int64_t b, int64_t pos, int64_t head, int64_t c, float value) {
+    op_poke k = {tensor, b, pos, head, c, value};
+    return k;
+}
+
+/* A numerics case: 1 and 3 threads, like the loops it replaced. */
+static op_case edge(const char *name, int64_t B, int64_t Lq, int64_t Lk, int H, int HK, int D) {
+    op_case x = fwd(name, B, Lq, Lk, H, HK, D);
+    x.threads = OP_T1 | OP_T3;
+    return x;
+}
+
+static int add_numerics(op_case *t, int n) {
+    op_case x;
+#define ADD() (t[n++] = x)
+#define EMPTY(from, to) (x.property = check_empty_rows, x.empty_rows_from = (from), x.empty_rows_to = (to))
+#define NONFINITE(rows) (x.property = check_nonfinite_rows, x.nonfinite_rows = (rows))
+    /* fully masked rows. Right-only window with Lq > Lk: row i sees keys <= i - 40 + 5, so rows
+     * 0..34 see nothing */
+    x = edge("masked-by-window", 2, 60, 20, 4, 2, 64), x.c.window_right = 5, EMPTY(0, 35), ADD();
+    /* both-sided window: row i sees [i - 40 - 2, i - 40 + 1]: rows 0..38 empty */
+    x = edge("masked-by-window-both", 1, 60, 20, 2, 1, 64), x.c.window_left = 2, x.c.window_right = 1, EMPTY(0, 39), ADD();
+    /* no keys at all */
+    x = edge("seqlen_k-0", 2, 17, 0, 4, 2, 64), EMPTY(0, 17), ADD();
+    /* causal with Lq > Lk (bottom-right aligned): the first Lq - Lk rows see nothing */
+    x = edge("causal-lq>lk", 2, 113, 17, 4, 1, 64), x.c.causal = 1, EMPTY(0, 113 - 17), ADD();
+    /* the same through F16 output: zeros must stay zeros */
+    x = edge("causal-lq>lk-f16", 1, 40, 7, 2, 2, 64), x.c.causal = 1, x.c.qkv_dtype = x.c.o_dtype = QATTN_DTYPE_F16, EMPTY(0, 33), ADD();
+
+    /* NaN / Inf propagation. Causal Lq = Lk = 64, H 4, HK 2: key j is seen by rows i >= j of heads
+     * 0 and 1 (kv head 0): NaN in K token 40 of kv head 0 reaches rows 40..63 of heads 0,1 only */
+    x = edge("nan-k", 1, 64, 64, 4, 2, 64), x.c.causal = 1, x.poke[0] = poke('k', 0, 40, 0, 7, NAN), NONFINITE((64 - 40) * 2), ADD();
+    /* NaN in V token 10, kv head 1, column 5: column 5 of rows 10..63 of heads 2,3 */
+    x = edge("nan-v", 1, 64, 64, 4, 2, 64), x.c.causal = 1, x.poke[0] = poke('v', 0, 10, 1, 5, NAN), NONFINITE((64 - 10) * 2), ADD();
+    /* A NaN key outside a sliding window must not reach anyone who does not see it: NaN in K token
+     * 20, window (4, 0): rows 20..24, both heads */
+    x = edge("nan-k-windowed", 1, 64, 64, 2, 1, 64), x.c.window_left = 4, x.c.window_right = 0, x.poke[0] = poke('k', 0, 20, 0, 0, NAN),
+    NONFINITE(5 * 2), ADD();
+    /* One query row with a NaN: exactly that (row, head) is NaN. */
+    x = edge("nan-q", 1, 64, 64, 4, 2, 64), x.poke[0] = poke('q', 0, 30, 3, 0, NAN), NONFINITE(1), ADD();
+    /* +Inf in one element of a Q row that sees 64 keys: its scores are +-Inf, so softmax is
+     * Inf - Inf = NaN for that (row, head) in exact arithmetic too; everything else is clean. */
+    x = edge("inf-q", 1, 64, 64, 4, 2, 64), x.poke[0] = poke('q', 0, 50, 1, 3, INFINITY), NONFINITE(1), ADD();
+    /* Split-KV decode (Lk 3000, 1 query): a NaN key in one split reaches the merged row of the
+     * heads of its kv group (kv head 1: heads 4..7), and no other; a NaN key outside the window
+     * reaches nothing. */
+    x = edge("nan-k-split", 1, 1, 3000, 8, 2, 64), x.poke[0] = poke('k', 0, 1700, 1, 0, NAN), NONFINITE(4), ADD();
+    x = edge("nan-k-split-outside-window", 1, 1, 3000, 8, 2, 64), x.c.window_left = 600, x.poke[0] = poke('k', 0, 100, 0, 0, NAN),
+    x.poke[1] = poke('v', 0, 2000, 1, 0, NAN), NONFINITE(0), ADD();
+    /* Split-KV decode with a NaN query: its whole row must be NaN, even though every split
+     * of that row sees only NaN scores. */
+    x = edge("nan-q-split", 1, 1, 3000, 8, 2, 64), x.poke[0] = poke('q', 0, 0, 6, 9, NAN), NONFINITE(1), ADD();
+
+    /* huge scores: scale 1, q ~ 1250 N(0,1), k ~ N(0,1), D 64: scores ~ N(0, 1e4^2), i.e. +-1e4 and beyond.
+     * exp of such scores overflows unless the max is subtracted first. Tolerance: the scores
+     * carry an FP32 absolute error of about |s| * 2^-24 * sqrt(D) (~5e-3 at 1e4); softmax
+     * outputs move by at most that much times max|v| (~4) per row, and only on rows whose two
+     * largest scores are within a few units; relative L2 over the tensor is far below 1e-2,
+     * which still catches any overflow (NaN/Inf) or lost row. LSE ~ max score: relative 1e-5. */
+    x = edge("huge-scores", 1, 113, 113, 4, 2, 64), x.c.scale = 1.0f, x.edit = q_times_1250, x.rel_l2_bound = 1e-2, x.property = check_convex, ADD();
+    /* The same in decode with split-KV: partial maxima differ by ~1e4 between splits, so the
+     * merge must rescale without overflow/underflow to NaN. */
+    x = edge("huge-scores-split", 1, 1, 3000, 4, 1, 64), x.c.scale = 8.0f, /* q, k ~ N(0,1): scores ~ N(0, 64^2) * ... ~ +-1e3..1e4 */
+    x.edit = q_times_150, x.rel_l2_bound = 1e-2, x.property = check_convex, ADD();
+
+    /* uniform attention over the visible keys */
+    x = edge("zero-q", 1, 113, 113, 4, 2, 64), x.c.causal = 1, x.edit = zero_q, x.property = check_uniform, ADD();
+    /* scale honoured: explicit, negative (attention to the least similar keys is still a valid
+     * softmax), and large */
+    static const float scales[] = {0.5f, 2.0f, -0.25f};
+    for (int s = 0; s < 3; s++) x = edge("scale", 1, 17, 113, 4, 2, 64), x.c.scale = scales[s], ADD();
+    x = edge("constant-v", 1, 113, 203, 4, 2, 64), x.c.causal = 1, x.edit = constant_v_rows, ADD();
+    x = edge("constant-k", 1, 113, 113, 4, 2, 64), x.c.causal = 1, x.edit = constant_k_rows, ADD();
+#undef NONFINITE
+#undef EMPTY
+#undef ADD
+    return n;
+}
+
 static int build_table(op_case *t) {
     int n = 0;
     n = add_forward(t, n);
@@ -384,6 +644,8 @@ static int build_table(op_case *t) {
     n = add_int8(t, n);
     n = add_fp8(t, n);
     n = add_int4(t, n);
+    n = add_kvcache(t, n);
+    n = add_numerics(t, n);
     if (n > MAX_CASES) {
         fprintf(stderr, "test_ops: %d cases, room for %d\n", n, MAX_CASES);
         return 0;
