@@ -69,12 +69,7 @@ static void make_plan(dplan *pl, qattn_ctx *ctx, const qattn_kv_cache *c, const 
     memset(pl, 0, sizeof *pl);
     pl->c = c;
     pl->dp = dp;
-    pl->attend = qattn_kv_attend_ref;
-#if defined(QATTN_HAVE_X86)
-    if (qattn_isa_has_avx2(ctx->isa)) pl->attend = qattn_kv_attend_avx2;
-    if (ctx->isa == QATTN_ISA_AVXVNNI && c->dtype == QATTN_DTYPE_I8) pl->attend = qattn_kv_attend_vnni;
-    if (ctx->isa == QATTN_ISA_AVX512) pl->attend = qattn_kv_attend_avx512;
-#endif
+    pl->attend = ctx->kernels->kv_attend;
     pl->D = c->head_dim;
     pl->group = dp->n_heads / c->n_kv_heads;
     pl->rows = pl->group * dp->seqlen_q;
@@ -109,8 +104,9 @@ static qattn_tile_state state_view(float *base, int m, int d) {
 }
 
 /* Software prefetch of the next physical block (blocks of a sequence need not be adjacent in the
- * arena), one kv head's K and V regions at a time, interleaved with the compute of the current
- * block so that few misses are outstanding at once. Tuning (2-vCPU Xeon dev VM, 2 threads, 32k, FP16):
+ * arena): the kernel prefetches one kv head's K and V regions at a time (qattn_kv_prefetch),
+ * interleaved with the compute of the current block so that few misses are outstanding at once;
+ * this issues the INT8 scales, once per block. Tuning (2-vCPU Xeon dev VM, 2 threads, 32k, FP16):
  * none 5.6-6.1 GB/s, whole next block at once (NTA) 1.6-2.9 GB/s, per head every line (this)
  * 7.3-8.0 GB/s, per head every 2nd or 4th line 5.0-5.7 GB/s. */
 static void prefetch_range(const uint8_t *p, int64_t bytes) {
@@ -227,10 +223,6 @@ static void run_unit(void *arg, int64_t task, int worker) {
                 pf.k = next + (int64_t)g * c->head_bytes;
                 pf.v = next + c->v_offset + (int64_t)g * c->head_bytes;
                 pf.bytes = c->head_bytes;
-                if (pl->attend == qattn_kv_attend_ref) { /* the reference ignores the hint: issue it here */
-                    prefetch_range(pf.k, pf.bytes);
-                    prefetch_range(pf.v, pf.bytes);
-                }
                 if (g == 0 && c->ks_offset) prefetch_range(next + c->ks_offset, c->block_bytes - c->ks_offset);
             }
             qattn_tile_state st = {.row_max = all.row_max + (int64_t)g * m, .row_sum = all.row_sum + (int64_t)g * m,
