@@ -110,11 +110,19 @@ typedef void (*qattn_attend_tile_fn)(const float *q, int64_t ldq, int m, int d,
 typedef void (*qattn_pack_rows_fn)(const void *src, int32_t dtype, int32_t precision, int64_t idx0, int64_t src_stride, int rows,
                                    int d, float mul, float *dst, int64_t ldd);
 
+/* Update the state of m query rows with n tokens of one kv head held in one KV-cache block: the
+ * decode's kernel. Its contract, next to the cache layout it reads: src/kv/kv_internal.h. */
+typedef struct qattn_kv_prefetch qattn_kv_prefetch;
+typedef void (*qattn_kv_attend_fn)(const float *q, const int16_t *q16, const float *qsc, int m, int d, int32_t dtype, const void *kc,
+                                   const void *vc, const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi,
+                                   qattn_tile_state *st, float *scratch, const qattn_kv_prefetch *pf);
+
 /* One table per ISA. Every slot starts as the reference entry, so no slot is NULL. */
 typedef struct qattn_cpu_kernels {
     const char *name;
     qattn_attend_tile_fn attend_tile_f32;
     qattn_pack_rows_fn pack_rows_f32;
+    qattn_kv_attend_fn kv_attend; /* qattn_kv_decode's kernel */
 } qattn_cpu_kernels;
 
 extern const qattn_cpu_kernels qattn_kernels_ref;
@@ -123,9 +131,12 @@ void qattn_attend_tile_f32_ref(const float *q, int64_t ldq, int m, int d, const 
                                const int32_t *lo, const int32_t *hi, const qattn_score_mod *mod, qattn_tile_state *st, float *scratch);
 void qattn_pack_rows_f32_ref(const void *src, int32_t dtype, int32_t precision, int64_t idx0, int64_t src_stride, int rows, int d,
                              float mul, float *dst, int64_t ldd);
+void qattn_kv_attend_ref(const float *q, const int16_t *q16, const float *qsc, int m, int d, int32_t dtype, const void *kc, const void *vc,
+                         const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st, float *scratch,
+                         const qattn_kv_prefetch *pf); /* src/kv/kv_attend_ref.c */
 #if defined(QATTN_HAVE_X86)
 extern const qattn_cpu_kernels qattn_kernels_avx2;
-extern const qattn_cpu_kernels qattn_kernels_avxvnni; /* the AVX2 FP entries, named "avxvnni" */
+extern const qattn_cpu_kernels qattn_kernels_avxvnni; /* the AVX2 FP entries and the AVX-VNNI decode kernel */
 extern const qattn_cpu_kernels qattn_kernels_avx512;
 #endif
 /* The table of a resolved ISA (ref when the build has no x86 kernels), src/cpu/kernel_tables.c. */

@@ -605,15 +605,12 @@ static void test_kernel_i8_equality(void) {
                                   {4, 40, 19},  {2, 48, 35}, {4, 88, 64},  {7, 136, 31}, /* d % 32: 8, 16, 24 tails */
                                   {4, 8, 33},   {1, 8, 1},   {3, 16, 40},  {8, 24, 300}, {5, 16, 257}}; /* d < 32: tails only */
     enum { NK = 4 };
-    qattn_kv_attend_fn fns[NK] = {qattn_kv_attend_ref, NULL, NULL, NULL};
+    static const int32_t isa_of[NK] = {QATTN_ISA_REF, QATTN_ISA_AVX2, QATTN_ISA_AVXVNNI, QATTN_ISA_AVX512};
+    qattn_kv_attend_fn fns[NK] = {qattn_cpu_kernel_table(QATTN_ISA_REF)->kv_attend, NULL, NULL, NULL};
     const char *names[NK] = {"ref", "avx2", "avxvnni", "avx512"};
-#if defined(QATTN_HAVE_X86)
-    for (int i = 0; i < g_n_isas; i++) {
-        if (g_isas[i] == QATTN_ISA_AVX2) fns[1] = qattn_kv_attend_avx2;
-        if (g_isas[i] == QATTN_ISA_AVXVNNI) fns[2] = qattn_kv_attend_vnni;
-        if (g_isas[i] == QATTN_ISA_AVX512) fns[3] = qattn_kv_attend_avx512;
-    }
-#endif
+    for (int i = 0; i < g_n_isas; i++) /* the decode slot of each kernel table this machine runs */
+        for (int f = 1; f < NK; f++)
+            if (g_isas[i] == isa_of[f]) fns[f] = qattn_cpu_kernel_table(isa_of[f])->kv_attend;
     th_rng rng;
     th_rng_init(&rng, 0x5eed4b1d);
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {

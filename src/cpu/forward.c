@@ -331,9 +331,7 @@ static void run_unit(void *arg, int64_t task, int worker) {
     qattn_tile_state st[QATTN_MAX_UNIT_HEADS];
     int H = pl->units.heads;
     for (int hh = 0; hh < H; hh++) {
-        float *state = split ? qattn_unit_partial(&pl->units, pl->partials, task, hh, D)
-                             : state_mem + (size_t)hh * (size_t)pl->units.rows * (size_t)(D + 2);
-        st[hh] = qattn_state_view(state, m, D);
+        st[hh] = split ? qattn_unit_partial(&pl->units, pl->partials, task, hh, D) : qattn_unit_state(&pl->units, state_mem, hh, D);
         qattn_state_reset(&st[hh], m, D);
     }
 

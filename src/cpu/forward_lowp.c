@@ -561,7 +561,7 @@ static void run_unit(void *arg, int64_t task, int worker) {
     wmem_layout(pl, pl->scratch + (size_t)worker * pl->worker_bytes, &w);
 
     bool split = pl->units.n_split > 1;
-    qattn_tile_state st = qattn_state_view(split ? qattn_unit_partial(&pl->units, pl->partials, task, 0, D) : w.state, m, D);
+    qattn_tile_state st = split ? qattn_unit_partial(&pl->units, pl->partials, task, 0, D) : qattn_state_view(w.state, m, D);
     qattn_state_reset(&st, m, D);
 
     qattn_bm_rows bm_rows, *bm = NULL; /* the unit's rows of the block mask, if any */

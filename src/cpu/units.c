@@ -1,7 +1,21 @@
-/* The work-unit plan shared by the FP and INT8/INT4 CPU drivers: see units.h. */
+/* The work-unit plan shared by the FP and INT8/INT4 CPU drivers and the KV-cache decode: see units.h. */
 #include "cpu/units.h"
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* The KV split of `units` units over n_keys keys. Few units leave threads idle: below units_below
+ * the KV axis is split, into at most n_keys / QATTN_SPLIT_MIN_KEYS splits, each a whole number of
+ * granules (keys). The count comes from the shape alone, never the thread count. */
+static void plan_split(qattn_units *u, int64_t units, int64_t n_keys, int64_t granule, int64_t units_below) {
+    u->n_split = 1;
+    if (units > 0 && units < units_below && n_keys >= 2 * QATTN_SPLIT_MIN_KEYS) {
+        int64_t want = ceil_div(QATTN_SPLIT_TARGET, units);
+        int64_t most = n_keys / QATTN_SPLIT_MIN_KEYS;
+        u->n_split = want < most ? want : most;
+    }
+    u->split_keys = ceil_div(ceil_div(n_keys > 0 ? n_keys : 1, u->n_split), granule) * granule;
+    u->n_units = units * u->n_split;
+}
 
 void qattn_units_plan(qattn_units *u, const qattn_params *p, int block_rows, int all_heads_rows) {
     memset(u, 0, sizeof *u);
@@ -13,17 +27,18 @@ void qattn_units_plan(qattn_units *u, const qattn_params *p, int block_rows, int
     int64_t head_rows = (p->seqlen_q < u->block_pos ? p->seqlen_q : u->block_pos) * u->group;
     u->heads = all_heads_rows > 0 && head_rows * p->n_kv_heads <= all_heads_rows ? p->n_kv_heads : 1;
     u->head_blocks = p->n_kv_heads / u->heads;
-    int64_t units = p->batch * u->head_blocks * u->n_qblocks;
-    /* Few units leave threads idle: then the KV axis is split, into at most seqlen_k /
-     * SPLIT_MIN_KEYS splits. The count comes from the shape alone, never the thread count. */
-    u->n_split = 1;
-    if (units > 0 && units < QATTN_SPLIT_UNITS_BELOW && p->seqlen_k >= 2 * QATTN_SPLIT_MIN_KEYS) {
-        int64_t want = ceil_div(QATTN_SPLIT_TARGET, units);
-        int64_t most = p->seqlen_k / QATTN_SPLIT_MIN_KEYS;
-        u->n_split = want < most ? want : most;
-    }
-    u->split_keys = ceil_div(ceil_div(p->seqlen_k > 0 ? p->seqlen_k : 1, u->n_split), QATTN_TILE_KEYS) * QATTN_TILE_KEYS;
-    u->n_units = units * u->n_split;
+    plan_split(u, p->batch * u->head_blocks * u->n_qblocks, p->seqlen_k, QATTN_TILE_KEYS, QATTN_SPLIT_UNITS_BELOW);
+}
+
+void qattn_units_plan_decode(qattn_units *u, int64_t n_seqs, int n_heads, int n_kv_heads, int seqlen_q, int64_t max_keys, int64_t page_keys) {
+    memset(u, 0, sizeof *u);
+    u->group = n_heads / n_kv_heads;
+    u->block_pos = seqlen_q;
+    u->rows = seqlen_q * u->group;
+    u->heads = n_kv_heads;
+    u->head_blocks = 1;
+    u->n_qblocks = 1;
+    plan_split(u, n_seqs, max_keys, page_keys, QATTN_SPLIT_UNITS_BELOW_DECODE);
 }
 
 qattn_unit qattn_unit_of(const qattn_units *u, int64_t index) {
@@ -90,15 +105,8 @@ void qattn_units_order(qattn_units *u, const qattn_params *p, const int32_t *seq
     u->order = order;
 }
 
-/* Floats of one unit's state: for each of its kv heads, rows x (max, sum, acc[D]). */
-static size_t unit_state_floats(const qattn_units *u, int head_dim) { return (size_t)u->rows * (size_t)u->heads * (size_t)(head_dim + 2); }
-
 size_t qattn_units_partials_floats(const qattn_units *u, int head_dim) {
-    return u->n_split > 1 ? (size_t)u->n_units * unit_state_floats(u, head_dim) : 0;
-}
-
-float *qattn_unit_partial(const qattn_units *u, float *partials, int64_t index, int head, int head_dim) {
-    return partials + (size_t)index * unit_state_floats(u, head_dim) + (size_t)head * (size_t)u->rows * (size_t)(head_dim + 2);
+    return u->n_split > 1 ? (size_t)u->n_units * qattn_unit_state_floats(u, head_dim) : 0;
 }
 
 qattn_unit qattn_units_merge_unit(const qattn_units *u, int64_t merge_task) { return qattn_unit_of(u, merge_task * u->n_split); }
@@ -121,9 +129,9 @@ void qattn_state_merge(qattn_tile_state *a, const qattn_tile_state *b, int m, in
 
 qattn_tile_state qattn_units_merge_splits(const qattn_units *u, float *partials, int64_t merge_task, int head, int m, int head_dim) {
     int64_t first = merge_task * u->n_split;
-    qattn_tile_state total = qattn_state_view(qattn_unit_partial(u, partials, first, head, head_dim), m, head_dim);
+    qattn_tile_state total = qattn_unit_partial(u, partials, first, head, head_dim);
     for (int64_t k = 1; k < u->n_split; k++) {
-        qattn_tile_state part = qattn_state_view(qattn_unit_partial(u, partials, first + k, head, head_dim), m, head_dim);
+        qattn_tile_state part = qattn_unit_partial(u, partials, first + k, head, head_dim);
         qattn_state_merge(&total, &part, m, head_dim);
     }
     return total;

@@ -1,6 +1,7 @@
 /* The work-unit plan of the CPU attention drivers (src/cpu/forward.c, FP; src/cpu/forward_lowp.c,
- * INT8/INT4): how a call is cut into units, how the KV axis is split, how many workers run the
- * units, in which order the pool hands them out, and how the split partials are merged back.
+ * INT8/INT4; src/kv/kv_decode.c, the KV-cache decode): how a call is cut into units, how the KV
+ * axis is split, how many workers run the units, in which order the pool hands them out, and how
+ * the split partials are merged back.
  *
  * Work unit = (sequence b, kv heads [g, g + heads), block of query positions, KV split). The rows
  * of a unit are all query heads of its kv heads at those positions, so each K/V tile is read once
@@ -16,16 +17,21 @@
 #include "core/threads.h"
 #include "cpu/block_mask.h"
 
-#define QATTN_TILE_KEYS 64          /* keys per K/V tile of both drivers; a KV split is whole tiles */
+#define QATTN_TILE_KEYS 64          /* keys per K/V tile of the FP and INT8 drivers; their KV splits are whole tiles */
 #define QATTN_SPLIT_MIN_KEYS 512    /* a KV split covers at least this many keys */
 #define QATTN_SPLIT_UNITS_BELOW 32  /* split the KV axis only when there are fewer units than this */
 #define QATTN_SPLIT_TARGET 64       /* ...and aim for about this many units after splitting */
+/* The KV-cache decode's threshold (qattn_units_plan_decode): its units are (sequence, split), so it
+ * splits below 64 listed sequences. A split costs the decode little (one merge of rows x (D + 2)
+ * floats per kv head against the pages it streams), and 32 would stop splitting 32..63 sequences,
+ * leaving threads idle wherever there are more threads than sequences. */
+#define QATTN_SPLIT_UNITS_BELOW_DECODE 64
 
 typedef struct qattn_units {
     int group;          /* query heads per kv head */
     int block_pos;      /* query positions per unit */
     int rows;           /* block_pos * group: rows per kv head of a unit */
-    int heads;          /* kv heads per unit: 1, or all of them for decode shapes (qattn_units_plan) */
+    int heads;          /* kv heads per unit: 1, or all of them for decode shapes (qattn_units_plan) and the KV-cache decode */
     int head_blocks;    /* units per (sequence, query block, split): n_kv_heads / heads */
     int64_t n_qblocks;  /* query blocks per sequence, for the longest sequence */
     int64_t n_split;    /* KV splits per (b, kv heads, query block) */
@@ -40,6 +46,14 @@ typedef struct qattn_units {
  * contiguous, instead of one head's D values per page); 0: one kv head per unit. The KV axis is
  * split only when there are few units, into whole tiles of at least QATTN_SPLIT_MIN_KEYS keys. */
 void qattn_units_plan(qattn_units *u, const qattn_params *p, int block_rows, int all_heads_rows);
+
+/* The plan of the KV-cache decode (qattn_kv_decode): one unit per (listed sequence, KV split)
+ * takes every kv head and all seqlen_q new positions (one query block, u->rows = group * seqlen_q
+ * rows per kv head). max_keys: the longest listed sequence. The KV axis is split as in
+ * qattn_units_plan, below QATTN_SPLIT_UNITS_BELOW_DECODE units, in whole cache pages of page_keys
+ * tokens, so a unit streams whole physical blocks; a split past a shorter sequence's end (or past
+ * max_keys, where whole pages overshoot) is empty. */
+void qattn_units_plan_decode(qattn_units *u, int64_t n_seqs, int n_heads, int n_kv_heads, int seqlen_q, int64_t max_keys, int64_t page_keys);
 
 /* One unit: sequence b, first kv head g (the unit has u->heads of them), query block qb, KV split. */
 typedef struct qattn_unit {
@@ -77,12 +91,30 @@ size_t qattn_units_order_bytes(const qattn_units *u, const qattn_params *p);
  * seqlens_k: per-sequence key counts when they are not p's (a KV cache), else NULL. */
 void qattn_units_order(qattn_units *u, const qattn_params *p, const int32_t *seqlens_k, qattn_bm_unit_cost *order);
 
-/* Floats of the partial states of all units (each: for each of its kv heads, rows x (max, sum,
- * acc[D])): 0 without a split (units then write their rows themselves). */
+/* Floats of one unit's state: rows x heads x (max, sum, acc[D]). */
+static inline size_t qattn_unit_state_floats(const qattn_units *u, int head_dim) {
+    return (size_t)u->rows * (size_t)u->heads * (size_t)(head_dim + 2);
+}
+
+/* The state of kv head `head` (0 .. heads - 1) in one unit's state at `state`
+ * (qattn_unit_state_floats): max[R], sum[R], acc[R][D] of the unit's R = rows x heads rows, head
+ * h's rows from h x rows on. All heads' rows form one state, so each row of acc sits where a
+ * state of R rows puts it (the decode's acc rows stay 64-byte aligned). A view of m <= rows rows.
+ * Inline: the decode takes a view per (cache page, kv head). */
+static inline qattn_tile_state qattn_unit_state(const qattn_units *u, float *state, int head, int head_dim) {
+    int64_t all = (int64_t)u->rows * u->heads, first = (int64_t)head * u->rows;
+    qattn_tile_state st = {.row_max = state + first, .row_sum = state + all + first, .acc = state + 2 * all + first * head_dim, .ld_acc = head_dim};
+    return st;
+}
+
+/* Floats of the partial states of all units (one unit's state each): 0 without a split (units
+ * then write their rows themselves). */
 size_t qattn_units_partials_floats(const qattn_units *u, int head_dim);
 
-/* Where unit `index` keeps the state of its kv head `head` (0 .. heads - 1) when split. */
-float *qattn_unit_partial(const qattn_units *u, float *partials, int64_t index, int head, int head_dim);
+/* The state of unit `index`'s kv head `head` when split: qattn_unit_state of the unit's partial. */
+static inline qattn_tile_state qattn_unit_partial(const qattn_units *u, float *partials, int64_t index, int head, int head_dim) {
+    return qattn_unit_state(u, partials + (size_t)index * qattn_unit_state_floats(u, head_dim), head, head_dim);
+}
 
 /* Merge task -> its unit of split 0 (the merge runs one task per (b, g, qb)). */
 qattn_unit qattn_units_merge_unit(const qattn_units *u, int64_t merge_task);

@@ -3,6 +3,14 @@
  * tested against it. */
 #include "kv/kv_internal.h"
 
+static void prefetch_range(const uint8_t *p, int64_t bytes) {
+#if defined(__GNUC__)
+    for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + o, 0, 3);
+#else
+    (void)p, (void)bytes;
+#endif
+}
+
 static inline float code_at(int32_t dtype, const void *base, int64_t idx) {
     switch (dtype) {
     case QATTN_DTYPE_F16: return qattn_f16_to_f32(((const uint16_t *)base)[idx]);
@@ -106,7 +114,10 @@ static void attend_i8_ref(const int16_t *q16, const float *qsc, int m, int d, co
 void qattn_kv_attend_ref(const float *q, const int16_t *q16, const float *qsc, int m, int d, int32_t dtype, const void *kc, const void *vc,
                          const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st, float *scratch,
                          const qattn_kv_prefetch *pf) {
-    (void)pf; /* a hint; the reference leaves memory to the hardware */
+    if (pf) { /* the hint, all up front: next to the scalar compute, its timing does not matter */
+        prefetch_range(pf->k, pf->bytes);
+        prefetch_range(pf->v, pf->bytes);
+    }
     if (dtype == QATTN_DTYPE_I8)
         attend_i8_ref(q16, qsc, m, d, kc, vc, ks, vs, n, lo, hi, st, scratch);
     else

@@ -1,24 +1,24 @@
 /* Decode over the paged KV cache: split-KV across threads with an exact fixed-order merge.
  *
- * Work unit = (listed sequence b, KV split). For each cache block of its range it walks the kv
+ * The plan is src/cpu/units.c's (qattn_units_plan_decode): work unit = (listed sequence b, KV
+ * split), taking every kv head. For each cache block of its range it walks the kv
  * heads g in order; the rows of head g are all query heads of group g at all seqlen_q new
  * positions (row g*m + r: position r / group, head g*group + r % group, m = group * seqlen_q), so
  * each block region of a kv head is read once per query group, and a unit streams whole
  * physical blocks sequentially (a per-head unit would touch 2 x block_size*D bytes per block
  * and skip the rest: measured 2-4x slower, a strided pattern the prefetchers do not follow).
- * Splits cut the KV axis at block boundaries; the split length depends on the shape only
- * (n_seqs, the longest listed sequence), never on the thread count, and partials are merged in
- * split order, so results are bitwise identical for any thread count. */
+ * Splits cut the KV axis at block boundaries (the plan's granule is the cache page); the split
+ * length depends on the shape only (n_seqs, the longest listed sequence), never on the thread
+ * count, and partials are merged in split order (qattn_units_merge_splits), so results are
+ * bitwise identical for any thread count. */
 #include "kv/kv_internal.h"
 
 #include "cpu/threads.h"
+#include "cpu/units.h"
 #include "quant/lowp.h"
 
 #include <float.h>
 
-#define SPLIT_MIN_TOKENS 512 /* a split covers at least this many tokens */
-#define SPLIT_UNITS_BELOW 64 /* split when fewer sequences than this are listed */
-#define SPLIT_TARGET 64      /* ...aiming at about this many units */
 #define MAX_SEQLEN_Q 64
 
 static const float LOG2E = 1.4426950408889634f;
@@ -28,15 +28,15 @@ typedef struct dplan {
     const qattn_kv_cache *c;
     const qattn_decode_params *dp;
     qattn_kv_attend_fn attend;
-    int group, rows, D; /* rows: of one kv head (group * seqlen_q) */
-    int all_rows;       /* rows * HK */
-    int64_t n_split, split_tokens, n_units;
+    qattn_units u; /* u.rows: the rows of one kv head (group * seqlen_q) */
+    int all_rows;  /* u.rows * HK: a unit's rows */
+    int D;
     float qscale, scale;
     int32_t wr; /* window_right: 0 when causal, else -1 */
     size_t worker_floats;
     float *scratch;
-    float *partials; /* n_units * rows * (D + 2) when n_split > 1 */
-    /* n_split > 1: the scaled queries (and INT8 codes) of each listed sequence, prepared once per
+    float *partials; /* qattn_units_partials_floats: when the KV axis is split */
+    /* split: the scaled queries (and INT8 codes) of each listed sequence, prepared once per
      * decode instead of once per split (the same values: the same function on the same input) */
     float *qall, *qscall; /* [n_seqs][all_rows][D], [n_seqs][all_rows] */
     int16_t *q16all;      /* [n_seqs][all_rows][dq] */
@@ -44,8 +44,6 @@ typedef struct dplan {
      * finite q and keys (see note_if_overflow); INT64_MAX if none. */
     atomic_llong overflow_row;
 } dplan;
-
-static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 void qattn_decode_params_init(qattn_decode_params *dp) {
     if (!dp) return;
@@ -69,48 +67,38 @@ static void make_plan(dplan *pl, qattn_ctx *ctx, const qattn_kv_cache *c, const 
     memset(pl, 0, sizeof *pl);
     pl->c = c;
     pl->dp = dp;
-    pl->attend = qattn_kv_attend_ref;
-#if defined(QATTN_HAVE_X86)
-    if (qattn_isa_has_avx2(ctx->isa)) pl->attend = qattn_kv_attend_avx2;
-    if (ctx->isa == QATTN_ISA_AVXVNNI && c->dtype == QATTN_DTYPE_I8) pl->attend = qattn_kv_attend_vnni;
-    if (ctx->isa == QATTN_ISA_AVX512) pl->attend = qattn_kv_attend_avx512;
-#endif
+    pl->attend = ctx->kernels->kv_attend;
     pl->D = c->head_dim;
-    pl->group = dp->n_heads / c->n_kv_heads;
-    pl->rows = pl->group * dp->seqlen_q;
-    pl->all_rows = pl->rows * c->n_kv_heads;
     int64_t max_len = 0;
     for (int32_t b = 0; b < dp->n_seqs; b++)
         if (c->seq_len[dp->seq_ids[b]] > max_len) max_len = c->seq_len[dp->seq_ids[b]];
-    int64_t pairs = dp->n_seqs;
-    pl->n_split = 1;
-    if (pairs < SPLIT_UNITS_BELOW && max_len >= 2 * SPLIT_MIN_TOKENS) {
-        int64_t want = ceil_div(SPLIT_TARGET, pairs), most = max_len / SPLIT_MIN_TOKENS;
-        pl->n_split = want < most ? want : most;
-    }
-    pl->split_tokens = ceil_div(ceil_div(max_len > 0 ? max_len : 1, pl->n_split), c->block_size) * c->block_size;
-    pl->n_split = ceil_div(max_len > 0 ? max_len : 1, pl->split_tokens);
-    pl->n_units = pairs * pl->n_split;
+    qattn_units_plan_decode(&pl->u, dp->n_seqs, dp->n_heads, c->n_kv_heads, dp->seqlen_q, max_len, c->block_size);
+    pl->all_rows = pl->u.rows * pl->u.heads;
     pl->scale = dp->scale != 0.0f ? dp->scale : 1.0f / sqrtf((float)c->head_dim);
     pl->qscale = pl->scale * LOG2E;
     pl->wr = dp->causal ? 0 : -1;
-    int64_t m = pl->rows, M = pl->all_rows, D = pl->D, n = c->block_size;
+    int64_t m = pl->u.rows, M = pl->all_rows, D = pl->D, n = c->block_size;
     int64_t dq = (D + 15) / 16 * 16;
-    /* q pack, state (max, sum, acc) of all heads, kernel scratch, lo/hi int32, q16 [M][dq] + scales */
-    pl->worker_floats = (size_t)(M * D + M * (D + 2) + QATTN_KV_SCRATCH_FLOATS(m, n) + 2 * m + M * dq / 2 + M);
+    /* q pack, a unit's state (max, sum, acc of all heads' rows), kernel scratch, lo/hi int32, q16 [M][dq] + scales */
+    pl->worker_floats = (size_t)(M * D) + qattn_unit_state_floats(&pl->u, (int)D) + (size_t)(QATTN_KV_SCRATCH_FLOATS(m, n) + 2 * m + M * dq / 2 + M);
     pl->worker_floats = (pl->worker_floats + 15) / 16 * 16;
 }
 
-static size_t partial_floats(const dplan *pl) { return (size_t)pl->all_rows * (size_t)(pl->D + 2); }
+/* A worker's scratch (worker_floats): q pack [M][D], then the state of a unit (qattn_unit_state),
+ * then the rest (run_unit). */
+static float *worker_scratch(const dplan *pl, int worker) { return pl->scratch + (size_t)worker * pl->worker_floats; }
 
-static qattn_tile_state state_view(float *base, int m, int d) {
-    qattn_tile_state st = {.row_max = base, .row_sum = base + m, .acc = base + 2 * m, .ld_acc = d};
-    return st;
+/* The state of kv head g of unit `task`: its partial when the KV axis is split (merged after all
+ * splits ran), else in the worker's scratch. */
+static qattn_tile_state head_state(const dplan *pl, int64_t task, int worker, int g) {
+    if (pl->u.n_split > 1) return qattn_unit_partial(&pl->u, pl->partials, task, g, pl->D);
+    return qattn_unit_state(&pl->u, worker_scratch(pl, worker) + (int64_t)pl->all_rows * pl->D, g, pl->D);
 }
 
 /* Software prefetch of the next physical block (blocks of a sequence need not be adjacent in the
- * arena), one kv head's K and V regions at a time, interleaved with the compute of the current
- * block so that few misses are outstanding at once. Tuning (2-vCPU Xeon dev VM, 2 threads, 32k, FP16):
+ * arena): the kernel prefetches one kv head's K and V regions at a time (qattn_kv_prefetch),
+ * interleaved with the compute of the current block so that few misses are outstanding at once;
+ * this issues the INT8 scales, once per block. Tuning (2-vCPU Xeon dev VM, 2 threads, 32k, FP16):
  * none 5.6-6.1 GB/s, whole next block at once (NTA) 1.6-2.9 GB/s, per head every line (this)
  * 7.3-8.0 GB/s, per head every 2nd or 4th line 5.0-5.7 GB/s. */
 static void prefetch_range(const uint8_t *p, int64_t bytes) {
@@ -125,13 +113,13 @@ static void prefetch_range(const uint8_t *p, int64_t bytes) {
  * [M][dq] (zero pad) and qsc [M]. Row R = g*m + r (kv head g, its row r). */
 static void prep_q(const dplan *pl, int32_t b, float *qpack, int16_t *q16, float *qsc) {
     const qattn_decode_params *dp = pl->dp;
-    int m = pl->rows, M = pl->all_rows, D = pl->D, H = dp->n_heads;
+    int m = pl->u.rows, M = pl->all_rows, D = pl->D, H = dp->n_heads, group = pl->u.group;
     int64_t Lq = dp->seqlen_q, dq = (D + 15) / 16 * 16;
     bool i8 = pl->c->dtype == QATTN_DTYPE_I8;
     for (int R = 0; R < M; R++) {
         int g = R / m, r = R % m;
-        int h = g * pl->group + r % pl->group;
-        int64_t qi = (((int64_t)b * Lq + r / pl->group) * H + h) * D;
+        int h = g * group + r % group;
+        int64_t qi = (((int64_t)b * Lq + r / group) * H + h) * D;
         for (int cc = 0; cc < D; cc++) qpack[(int64_t)R * D + cc] = qattn_load(dp->q, dp->q_dtype, qi + cc) * pl->qscale;
         int nb = pl->c->calib ? qattn_rotate_block(D) : 1;
         if (pl->c->calib) { /* INT8: the keys' domain, H(q f / n), its scale times n (docs/KVCACHE.md, INT8 scheme) */
@@ -158,35 +146,30 @@ static void run_unit(void *arg, int64_t task, int worker) {
     const dplan *pl = arg;
     const qattn_kv_cache *c = pl->c;
     const qattn_decode_params *dp = pl->dp;
-    int64_t split = task % pl->n_split;
-    int32_t b = (int32_t)(task / pl->n_split);
+    qattn_unit un = qattn_unit_of(&pl->u, task);
+    int32_t b = (int32_t)un.b;
     int32_t id = dp->seq_ids[b];
     int64_t L = c->seq_len[id], Lq = dp->seqlen_q;
-    int m = pl->rows, M = pl->all_rows, D = pl->D, BS = c->block_size, HK = c->n_kv_heads;
+    int m = pl->u.rows, M = pl->all_rows, D = pl->D, BS = c->block_size, HK = c->n_kv_heads, group = pl->u.group;
 
-    float *w = pl->scratch + (size_t)worker * pl->worker_floats;
-    float *qpack = w;
-    float *state_mem = qpack + (int64_t)M * D;
-    float *kscratch = state_mem + (int64_t)M * (D + 2);
+    float *qpack = worker_scratch(pl, worker);
+    float *kscratch = qpack + (int64_t)M * D + qattn_unit_state_floats(&pl->u, D); /* after the unit's state (head_state) */
     int32_t *lo = (int32_t *)(kscratch + QATTN_KV_SCRATCH_FLOATS(m, BS));
     int32_t *hi = lo + m;
     int64_t dq = (D + 15) / 16 * 16;
     int16_t *q16 = (int16_t *)(hi + m);
     float *qsc = (float *)(q16 + (int64_t)M * dq);
     bool i8 = c->dtype == QATTN_DTYPE_I8;
-    float *base = pl->n_split > 1 ? pl->partials + (size_t)task * partial_floats(pl) : state_mem;
-    qattn_tile_state all = state_view(base, M, D);
-    for (int r = 0; r < M; r++) {
-        all.row_max[r] = -INFINITY;
-        all.row_sum[r] = 0.0f;
+    for (int g = 0; g < HK; g++) { /* an empty split (past the sequence's end) leaves these for the merge */
+        qattn_tile_state st = head_state(pl, task, worker, g);
+        qattn_state_reset(&st, m, D);
     }
-    memset(all.acc, 0, (size_t)M * D * sizeof(float));
 
     int64_t a0, b0, a1, b1;
     qattn_key_range(0, Lq, L, dp->window_left, pl->wr, &a0, &b0);
     qattn_key_range(Lq - 1, Lq, L, dp->window_left, pl->wr, &a1, &b1);
     int64_t k_begin = a0, k_end = b1 > b0 ? b1 : b0;
-    int64_t c0 = split * pl->split_tokens, c1 = c0 + pl->split_tokens;
+    int64_t c0 = un.split * pl->u.split_keys, c1 = c0 + pl->u.split_keys;
     if (k_begin < c0) k_begin = c0;
     if (k_end > c1) k_end = c1;
     if (k_begin >= k_end) return;
@@ -206,7 +189,7 @@ static void run_unit(void *arg, int64_t task, int worker) {
         const uint8_t *next = t1 < k_end ? qattn_kv_block(c, table[lb + 1]) : NULL;
         for (int r = 0; r < m; r++) {
             int64_t a, e;
-            qattn_key_range(r / pl->group, Lq, L, dp->window_left, pl->wr, &a, &e);
+            qattn_key_range(r / group, Lq, L, dp->window_left, pl->wr, &a, &e);
             a = a < t0 ? 0 : a - t0;
             e = e > t1 ? n : e - t0;
             if (e < a) e = a;
@@ -227,14 +210,9 @@ static void run_unit(void *arg, int64_t task, int worker) {
                 pf.k = next + (int64_t)g * c->head_bytes;
                 pf.v = next + c->v_offset + (int64_t)g * c->head_bytes;
                 pf.bytes = c->head_bytes;
-                if (pl->attend == qattn_kv_attend_ref) { /* the reference ignores the hint: issue it here */
-                    prefetch_range(pf.k, pf.bytes);
-                    prefetch_range(pf.v, pf.bytes);
-                }
                 if (g == 0 && c->ks_offset) prefetch_range(next + c->ks_offset, c->block_bytes - c->ks_offset);
             }
-            qattn_tile_state st = {.row_max = all.row_max + (int64_t)g * m, .row_sum = all.row_sum + (int64_t)g * m,
-                                   .acc = all.acc + (int64_t)g * m * D, .ld_acc = D};
+            qattn_tile_state st = head_state(pl, task, worker, g);
             pl->attend(qpack + (int64_t)g * m * D, i8 ? q16 + (int64_t)g * m * dq : NULL, i8 ? qsc + (int64_t)g * m : NULL, m, D, c->dtype, blk + code, blk + c->v_offset + code, ks, vs, n, lo, hi, &st, kscratch, next ? &pf : NULL);
         }
         t0 = t1;
@@ -257,7 +235,7 @@ static bool key_is_finite(const qattn_kv_cache *c, int32_t seq, int g, int64_t t
  * taken for non-finite rows only, can). Recorded; qattn_kv_decode then returns QATTN_ERR_OVERFLOW. */
 static void note_if_overflow(const dplan *pl, int64_t b, int h, int i) {
     const qattn_decode_params *dp = pl->dp;
-    int D = pl->D, H = dp->n_heads, Lq = dp->seqlen_q, g = h / pl->group;
+    int D = pl->D, H = dp->n_heads, Lq = dp->seqlen_q, g = h / pl->u.group;
     int64_t qi = ((b * Lq + i) * H + h) * D;
     for (int c = 0; c < D; c++)
         if (!isfinite(qattn_load(dp->q, dp->q_dtype, qi + c))) return;
@@ -270,15 +248,15 @@ static void note_if_overflow(const dplan *pl, int64_t b, int h, int i) {
     qattn_atomic_min((atomic_llong *)&pl->overflow_row, row);
 }
 
-static void write_rows(const dplan *pl, int64_t b, const qattn_tile_state *st) {
+/* O (and LSE) of the rows of listed sequence b's kv head g, from their finished state. */
+static void write_head_rows(const dplan *pl, int64_t b, int g, const qattn_tile_state *st) {
     const qattn_decode_params *dp = pl->dp;
-    int D = pl->D, H = dp->n_heads, Lq = dp->seqlen_q, m = pl->rows;
-    for (int R = 0; R < pl->all_rows; R++) {
-        int g = R / m, r = R % m;
-        int h = g * pl->group + r % pl->group, i = r / pl->group;
+    int D = pl->D, H = dp->n_heads, Lq = dp->seqlen_q, group = pl->u.group;
+    for (int r = 0; r < pl->u.rows; r++) {
+        int h = g * group + r % group, i = r / group;
         int64_t oi = ((b * Lq + i) * H + h) * D;
-        float l = st->row_sum[R], mx = st->row_max[R];
-        const float *acc = st->acc + (int64_t)R * st->ld_acc;
+        float l = st->row_sum[r], mx = st->row_max[r];
+        const float *acc = st->acc + (int64_t)r * st->ld_acc;
         bool empty = mx == -INFINITY;
         if (!empty && !(isfinite(l) && isfinite(mx))) note_if_overflow(pl, b, h, i);
         float inv = empty ? 0.0f : 1.0f / l;
@@ -297,23 +275,22 @@ static void write_rows(const dplan *pl, int64_t b, const qattn_tile_state *st) {
 static void run_unit_and_write(void *arg, int64_t task, int worker) {
     const dplan *pl = arg;
     run_unit(arg, task, worker);
-    if (pl->n_split == 1) {
-        float *w = pl->scratch + (size_t)worker * pl->worker_floats;
-        qattn_tile_state st = state_view(w + (int64_t)pl->all_rows * pl->D, pl->all_rows, pl->D);
-        write_rows(pl, task, &st);
+    if (pl->u.n_split > 1) return; /* merge_unit writes */
+    for (int g = 0; g < pl->u.heads; g++) {
+        qattn_tile_state st = head_state(pl, task, worker, g);
+        write_head_rows(pl, task, g, &st);
     }
 }
 
-static void merge_pair(void *arg, int64_t pair, int worker) {
+/* One listed sequence: its splits merged in split order, then written. */
+static void merge_unit(void *arg, int64_t merge_task, int worker) {
     (void)worker;
     const dplan *pl = arg;
-    int m = pl->all_rows, D = pl->D;
-    qattn_tile_state total = state_view(pl->partials + (size_t)(pair * pl->n_split) * partial_floats(pl), m, D);
-    for (int64_t k = 1; k < pl->n_split; k++) {
-        qattn_tile_state part = state_view(pl->partials + (size_t)(pair * pl->n_split + k) * partial_floats(pl), m, D);
-        qattn_state_merge(&total, &part, m, D);
+    qattn_unit un = qattn_units_merge_unit(&pl->u, merge_task);
+    for (int g = 0; g < pl->u.heads; g++) {
+        qattn_tile_state total = qattn_units_merge_splits(&pl->u, pl->partials, merge_task, g, pl->u.rows, pl->D);
+        write_head_rows(pl, un.b, g, &total);
     }
-    write_rows(pl, pair, &total);
 }
 
 qattn_status qattn_kv_decode(qattn_ctx *ctx, const qattn_kv_cache *cache, const qattn_decode_params *dp) {
@@ -323,13 +300,11 @@ qattn_status qattn_kv_decode(qattn_ctx *ctx, const qattn_kv_cache *cache, const 
     if (dp->n_seqs == 0) return QATTN_OK;
     dplan pl;
     make_plan(&pl, ctx, cache, dp);
-    int64_t nw = ctx->n_threads < 1 ? 1 : ctx->n_threads;
-    if (nw > pl.n_units) nw = pl.n_units;
-    if (nw > QATTN_MAX_THREADS) nw = QATTN_MAX_THREADS;
-    size_t partials = pl.n_split > 1 ? (size_t)pl.n_units * partial_floats(&pl) : 0;
-    /* shared prepared queries (n_split > 1): qall + qscall floats, q16all int16 (as floats, rounded up) */
+    int nw = qattn_workers_for(ctx->n_threads, pl.u.n_units);
+    size_t partials = qattn_units_partials_floats(&pl.u, pl.D);
+    /* shared prepared queries (split): qall + qscall floats, q16all int16 (as floats, rounded up) */
     size_t dq = (size_t)(pl.D + 15) / 16 * 16, qrows = (size_t)dp->n_seqs * (size_t)pl.all_rows;
-    size_t qprep = pl.n_split > 1 ? (qrows * (size_t)pl.D + qrows + (qrows * dq + 1) / 2 + 15) / 16 * 16 : 0;
+    size_t qprep = pl.u.n_split > 1 ? (qrows * (size_t)pl.D + qrows + (qrows * dq + 1) / 2 + 15) / 16 * 16 : 0;
     size_t need = ((size_t)nw * pl.worker_floats + partials + qprep) * sizeof(float);
     float *mem = qattn_alloc(ctx, need);
     if (!mem) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "qattn_kv_decode: cannot allocate %zu bytes of scratch", need);
@@ -339,12 +314,10 @@ qattn_status qattn_kv_decode(qattn_ctx *ctx, const qattn_kv_cache *cache, const 
         pl.qall = pl.partials + partials;
         pl.qscall = pl.qall + qrows * (size_t)pl.D;
         pl.q16all = (int16_t *)(pl.qscall + qrows);
-        int nwq = nw < dp->n_seqs ? (int)nw : dp->n_seqs;
-        qattn_parallel_for(ctx->pool, nwq, dp->n_seqs, prep_q_task, &pl);
+        qattn_parallel_for(ctx->pool, qattn_workers_for(nw, dp->n_seqs), dp->n_seqs, prep_q_task, &pl);
     }
     atomic_init(&pl.overflow_row, INT64_MAX);
-    qattn_parallel_for(ctx->pool, (int)nw, pl.n_units, run_unit_and_write, &pl);
-    if (pl.n_split > 1) qattn_parallel_for(ctx->pool, (int)nw, pl.n_units / pl.n_split, merge_pair, &pl);
+    qattn_units_run(ctx->pool, &pl.u, nw, run_unit_and_write, merge_unit, &pl);
     qattn_free(ctx, mem);
     long long row = atomic_load(&pl.overflow_row);
     if (row != INT64_MAX) {

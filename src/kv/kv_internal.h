@@ -65,8 +65,9 @@ static inline uint8_t *qattn_kv_block(const qattn_kv_cache *c, int32_t phys) {
     return c->arena + (int64_t)phys * c->block_bytes;
 }
 
-/* Update the online-softmax state of m query rows with n consecutive tokens of one kv head
- * held in one cache block.
+/* The decode kernel, qattn_kv_attend_fn (qattn_internal.h; the kv_attend slot of each ISA's
+ * kernel table): update the online-softmax state of m query rows with n consecutive tokens of
+ * one kv head held in one cache block.
  *   q:      [m][d] FP32, already multiplied by scale*log2(e)
  *   q16, qsc: INT8 cache only (else NULL): q as int16 codes [m][ldq], ldq = d rounded up to 16
  *           (the pad is zero), with one scale per row,
@@ -84,32 +85,26 @@ static inline uint8_t *qattn_kv_block(const qattn_kv_cache *c, int32_t phys) {
  * so the only approximations beyond the stored codes are q and the softmax weights held to
  * 16 bits (relative error ~2^-16, far below the INT8 codes' own). */
 /* pf (may be NULL): regions of the next cache block to software-prefetch during the call, one kv
- * head's K codes and V codes (bytes each). A hint only: kernels may ignore it (the reference
- * does); the SIMD kernels spread the prefetches over their compute loops (INT8) or issue them
- * up front (FP16/BF16), so memory traffic overlaps the arithmetic. */
-typedef struct qattn_kv_prefetch {
+ * head's K codes and V codes (bytes each). A hint: the SIMD kernels spread the prefetches over
+ * their compute loops (INT8) or issue them up front (FP16/BF16), so memory traffic overlaps the
+ * arithmetic; the reference issues them up front. */
+struct qattn_kv_prefetch {
     const uint8_t *k, *v;
     int64_t bytes;
-} qattn_kv_prefetch;
+};
 #define QATTN_KV_SCRATCH_FLOATS(m, n) ((int64_t)3 * ((m) > 4 ? (m) : 4) * (n) + 64)
-typedef void (*qattn_kv_attend_fn)(const float *q, const int16_t *q16, const float *qsc, int m, int d, int32_t dtype, const void *kc,
-                                   const void *vc, const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi,
-                                   qattn_tile_state *st, float *scratch, const qattn_kv_prefetch *pf);
 
-void qattn_kv_attend_ref(const float *q, const int16_t *q16, const float *qsc, int m, int d, int32_t dtype, const void *kc, const void *vc,
-                         const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st, float *scratch,
-                         const qattn_kv_prefetch *pf);
 #if defined(QATTN_HAVE_X86)
 void qattn_kv_attend_avx2(const float *q, const int16_t *q16, const float *qsc, int m, int d, int32_t dtype, const void *kc,
                           const void *vc, const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st,
                           float *scratch, const qattn_kv_prefetch *pf);
 /* AVX-VNNI (src/cpu/x86/kv_attend_vnni.c): INT8 via vpdpwssd, bitwise equal to the AVX2 kernel;
- * other dtypes forward to the AVX2 kernel. Call only when ctx->isa is QATTN_ISA_AVXVNNI. */
+ * other dtypes forward to the AVX2 kernel. The AVX-VNNI table's entry. */
 void qattn_kv_attend_vnni(const float *q, const int16_t *q16, const float *qsc, int m, int d, int32_t dtype, const void *kc,
                           const void *vc, const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st,
                           float *scratch, const qattn_kv_prefetch *pf);
 /* AVX-512 (src/cpu/x86/kv_attend_avx512.c): INT8 via vpdpwssd on ZMM, bitwise equal to the AVX2
- * kernel; other dtypes forward to the AVX2 kernel. Call only when ctx->isa is QATTN_ISA_AVX512. */
+ * kernel; FP16/BF16 on ZMM. The AVX-512 table's entry. */
 void qattn_kv_attend_avx512(const float *q, const int16_t *q16, const float *qsc, int m, int d, int32_t dtype, const void *kc,
                             const void *vc, const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st,
                             float *scratch, const qattn_kv_prefetch *pf);

@@ -53,4 +53,5 @@ const qattn_cpu_kernels qattn_kernels_ref = {
     .name = "ref",
     .attend_tile_f32 = qattn_attend_tile_f32_ref,
     .pack_rows_f32 = qattn_pack_rows_f32_ref,
+    .kv_attend = qattn_kv_attend_ref,
 };

@@ -7,6 +7,8 @@
  * Scores live in scratch as s[m][n] and are overwritten in place by the probabilities p. */
 #include "qattn_internal.h"
 
+#include "kv/kv_internal.h" /* the decode kernel of the table */
+
 #include <immintrin.h>
 
 #include "cpu/x86/exp2_avx2.h"
@@ -216,4 +218,5 @@ const qattn_cpu_kernels qattn_kernels_avx2 = {
     .name = "avx2",
     .attend_tile_f32 = qattn_attend_tile_f32_avx2,
     .pack_rows_f32 = qattn_pack_rows_f32_avx2,
+    .kv_attend = qattn_kv_attend_avx2,
 };

@@ -7,6 +7,8 @@
  * at most one 8-lane half, done with a mask). Scores live in scratch as s[m][n], then p in place. */
 #include "qattn_internal.h"
 
+#include "kv/kv_internal.h" /* the decode kernel of the table */
+
 #include "cpu/x86/pack_kind.h"
 
 #include <immintrin.h>
@@ -336,4 +338,5 @@ const qattn_cpu_kernels qattn_kernels_avx512 = {
     .name = "avx512",
     .attend_tile_f32 = attend_tile_f32_avx512,
     .pack_rows_f32 = pack_rows_f32_avx512,
+    .kv_attend = qattn_kv_attend_avx512,
 };

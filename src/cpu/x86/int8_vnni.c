@@ -26,6 +26,7 @@
  * instruction, |4 * 255 * 127| = 129 540; over npad <= 64 keys |PV| <= 64 * 255 * 127 = 2 072 640
  * < 2^24 < 2^31: exact, and exact in float. The int16 P codes of a 4-row block are narrowed to u8
  * once (vpackuswb: exact for codes in [0, 255]) into a stack buffer. */
+#include "kv/kv_internal.h" /* the decode kernel of the table */
 #include "quant/lowp.h"
 
 #include <immintrin.h>
@@ -308,7 +309,8 @@ const qattn_int8_kernels qattn_int8_kernels_avxvnni = {
     .pack8_v = qattn_i8_pack8_v_ref,
 };
 
-/* The FP kernel table of this ISA: the AVX2 kernels (docs/ARCHITECTURE.md "Numerics"), under the ISA's name. */
+/* The FP kernel table of this ISA: the AVX2 tile kernels (docs/ARCHITECTURE.md "Numerics"), under the ISA's name,
+ * and the AVX-VNNI decode kernel. */
 static void attend_tile_w(const float *q, int64_t ldq, int m, int d, const float *k, const float *v, int64_t ldkv, int n, const int32_t *lo,
                           const int32_t *hi, const qattn_score_mod *mod, qattn_tile_state *st, float *scratch) {
     qattn_kernels_avx2.attend_tile_f32(q, ldq, m, d, k, v, ldkv, n, lo, hi, mod, st, scratch);
@@ -320,4 +322,5 @@ const qattn_cpu_kernels qattn_kernels_avxvnni = {
     .name = "avxvnni",
     .attend_tile_f32 = attend_tile_w,
     .pack_rows_f32 = qattn_pack_rows_f32_avx2,
+    .kv_attend = qattn_kv_attend_vnni,
 };

@@ -1,11 +1,11 @@
 /* AVX-512 decode kernel over one cache block (contract: qattn_kv_attend_fn in src/kv/kv_internal.h),
- * chosen by src/kv/kv_decode.c when ctx->isa is QATTN_ISA_AVX512. It is the AVX2 kernel (included
+ * the AVX-512 kernel table's decode entry (kv_attend). It is the AVX2 kernel (included
  * below with QATTN_KV_AVX512) with its two INT8 integer engines on ZMM: Q.K and P.V by vpdpwssd
  * (s16 x s16 pairs summed into s32, non-saturating), 32 products per instruction where the AVX2
  * kernel forms 16 with vpmaddwd + vpaddd. The int32 sums are exact (bounds in kv_attend_avx2.c,
  * "INT8"), so they are the same values, and the float steps around them (scores, softmax, weights,
  * the per-chunk fused multiply-add into acc) are the AVX2 kernel's, element for element: the
- * output is bitwise the AVX2 kernel's (tests/test_kv_cache.c). FP16/BF16 caches take the AVX2 path.
+ * output is bitwise the AVX2 kernel's (tests/test_kv_cache.c). FP16/BF16 caches take the ZMM path below.
  *
  * Layout on ZMM. Q.K: 32 channels per step (K codes of four tokens sign-extended to int16, the 4
  * rows' q16 rows), 4 rows x 4 tokens of accumulators reduced to 16 scores at once (reduce16).
