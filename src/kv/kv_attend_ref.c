@@ -3,13 +3,6 @@
  * tested against it. */
 #include "kv/kv_internal.h"
 
-static void prefetch_range(const uint8_t *p, int64_t bytes) {
-#if defined(__GNUC__)
-    for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + o, 0, 3);
-#else
-    (void)p, (void)bytes;
-#endif
-}
 
 static inline float code_at(int32_t dtype, const void *base, int64_t idx) {
     switch (dtype) {
@@ -115,8 +108,8 @@ void qattn_kv_attend_ref(const float *q, const int16_t *q16, const float *qsc, i
                          const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st, float *scratch,
                          const qattn_kv_prefetch *pf) {
     if (pf) { /* the hint, all up front: next to the scalar compute, its timing does not matter */
-        prefetch_range(pf->k, pf->bytes);
-        prefetch_range(pf->v, pf->bytes);
+        qattn_kv_prefetch_range(pf->k, pf->bytes);
+        qattn_kv_prefetch_range(pf->v, pf->bytes);
     }
     if (dtype == QATTN_DTYPE_I8)
         attend_i8_ref(q16, qsc, m, d, kc, vc, ks, vs, n, lo, hi, st, scratch);

@@ -95,19 +95,12 @@ static qattn_tile_state head_state(const dplan *pl, int64_t task, int worker, in
     return qattn_unit_state(&pl->u, worker_scratch(pl, worker) + (int64_t)pl->all_rows * pl->D, g, pl->D);
 }
 
-/* Software prefetch of the next physical block (blocks of a sequence need not be adjacent in the
+/* The block loop below software-prefetches the next physical block (blocks need not be adjacent in the
  * arena): the kernel prefetches one kv head's K and V regions at a time (qattn_kv_prefetch),
  * interleaved with the compute of the current block so that few misses are outstanding at once;
  * this issues the INT8 scales, once per block. Tuning (2-vCPU Xeon dev VM, 2 threads, 32k, FP16):
  * none 5.6-6.1 GB/s, whole next block at once (NTA) 1.6-2.9 GB/s, per head every line (this)
  * 7.3-8.0 GB/s, per head every 2nd or 4th line 5.0-5.7 GB/s. */
-static void prefetch_range(const uint8_t *p, int64_t bytes) {
-#if defined(__GNUC__)
-    for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + o, 0, 3);
-#else
-    (void)p, (void)bytes;
-#endif
-}
 
 /* Sequence b's queries for the kernels: qpack [M][D] (times scale*log2 e), for INT8 also q16
  * [M][dq] (zero pad) and qsc [M]. Row R = g*m + r (kv head g, its row r). */
@@ -210,7 +203,7 @@ static void run_unit(void *arg, int64_t task, int worker) {
                 pf.k = next + (int64_t)g * c->head_bytes;
                 pf.v = next + c->v_offset + (int64_t)g * c->head_bytes;
                 pf.bytes = c->head_bytes;
-                if (g == 0 && c->ks_offset) prefetch_range(next + c->ks_offset, c->block_bytes - c->ks_offset);
+                if (g == 0 && c->ks_offset) qattn_kv_prefetch_range(next + c->ks_offset, c->block_bytes - c->ks_offset);
             }
             qattn_tile_state st = head_state(pl, task, worker, g);
             pl->attend(qpack + (int64_t)g * m * D, i8 ? q16 + (int64_t)g * m * dq : NULL, i8 ? qsc + (int64_t)g * m : NULL, m, D, c->dtype, blk + code, blk + c->v_offset + code, ks, vs, n, lo, hi, &st, kscratch, next ? &pf : NULL);
