@@ -133,7 +133,7 @@ static void make_plan(lplan *pl, const qattn_ctx *ctx, const qattn_params *p, bo
     memset(pl, 0, sizeof *pl);
     pl->p = p;
     pl->refine = refine;
-    pl->kern = qattn_int8_kernels_for(ctx);
+    pl->kern = ctx->kernels->int8;
     qattn_units_plan(&pl->units, p, BLOCK_ROWS, 0); /* one kv head per unit: the packed slots are per head */
     pl->scale = qattn_effective_scale(p);
     pl->qscale = pl->scale * LOG2E;
