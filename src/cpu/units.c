@@ -1,4 +1,5 @@
-/* The work-unit plan shared by the FP and INT8/INT4 CPU drivers and the KV-cache decode: see units.h. */
+/* The work-unit plan shared by the FP and INT8/INT4 CPU drivers and the KV-cache decode, and the
+ * workspace they take: see units.h. */
 #include "cpu/units.h"
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -140,4 +141,35 @@ qattn_tile_state qattn_units_merge_splits(const qattn_units *u, float *partials,
 void qattn_units_run(qattn_pool *pool, const qattn_units *u, int n_workers, qattn_task_fn run_unit, qattn_task_fn merge_unit, void *arg) {
     qattn_parallel_for(pool, n_workers, u->n_units, run_unit, arg);
     if (u->n_split > 1) qattn_parallel_for(pool, n_workers, u->n_units / u->n_split, merge_unit, arg);
+}
+
+static size_t al64(size_t x) { return (x + 63) / 64 * 64; }
+
+size_t qattn_units_workspace_bytes(const qattn_units *u, const qattn_params *p) {
+    return al64(qattn_units_partials_floats(u, p->head_dim) * sizeof(float)) + al64(qattn_units_order_bytes(u, p));
+}
+
+float *qattn_units_workspace(qattn_units *u, const qattn_params *p, const int32_t *seqlens_k, void *mem) {
+    size_t partials = al64(qattn_units_partials_floats(u, p->head_dim) * sizeof(float));
+    if (qattn_units_want_order(u, p)) qattn_units_order(u, p, seqlens_k, (qattn_bm_unit_cost *)(void *)((unsigned char *)mem + partials));
+    return partials ? mem : NULL;
+}
+
+qattn_status qattn_workspace_take(qattn_ctx *ctx, void *given, size_t given_size, size_t need, void **mem) {
+    *mem = given;
+    if (given) {
+        if (given_size < need)
+            return qattn_fail(ctx, QATTN_ERR_CAPACITY, "workspace has %zu bytes; these parameters need %zu (qattn_workspace_size)", given_size,
+                              need);
+        if ((uintptr_t)given % 64 != 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "workspace must be 64-byte aligned");
+        return QATTN_OK;
+    }
+    if (need == 0) return QATTN_OK;
+    *mem = qattn_alloc(ctx, need);
+    if (!*mem) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of workspace", need);
+    return QATTN_OK;
+}
+
+void qattn_workspace_release(qattn_ctx *ctx, void *mem, const void *given) {
+    if (mem && mem != given) qattn_free(ctx, mem);
 }
