@@ -802,10 +802,7 @@ qattn_status qattn_cpu_lowp_workspace_size(qattn_ctx *ctx, const qattn_params *p
     qattn_status refused = refuse_score_mods(ctx, p);
     if (refused != QATTN_OK) return refused;
     if (p->precision == QATTN_PRECISION_FP8_E4M3 || p->precision == QATTN_PRECISION_FP8_E5M2) {
-        /* FP8 emulation: FP32 copies of Q, K, V plus per-worker rows */
-        int64_t tq = p->cu_seqlens_q ? p->cu_seqlens_q[p->batch] : p->batch * p->seqlen_q;
-        int64_t tk = p->cu_seqlens_k ? p->cu_seqlens_k[p->batch] : p->batch * p->seqlen_k;
-        *bytes = (size_t)(tq * p->n_heads + 2 * tk * p->n_kv_heads) * (size_t)p->head_dim * sizeof(float);
+        *bytes = qattn_cpu_fp8_workspace_bytes(p);
         return QATTN_OK;
     }
     qattn_lowp_cfg cfg;

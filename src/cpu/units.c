@@ -1,4 +1,4 @@
-/* The work-unit plan shared by the FP and INT8/INT4 CPU drivers and the KV-cache decode, and the
+/* The work-unit plan shared by the FP, INT8/INT4 and FP8 CPU drivers and the KV-cache decode, and the
  * workspace they take: see units.h. */
 #include "cpu/units.h"
 
@@ -18,7 +18,8 @@ static void plan_split(qattn_units *u, int64_t units, int64_t n_keys, int64_t gr
     u->n_units = units * u->n_split;
 }
 
-void qattn_units_plan(qattn_units *u, const qattn_params *p, int block_rows, int all_heads_rows) {
+/* qattn_units_plan, splitting below units_below units (0: never). */
+static void plan_units(qattn_units *u, const qattn_params *p, int block_rows, int all_heads_rows, int64_t units_below) {
     memset(u, 0, sizeof *u);
     u->group = p->n_heads / p->n_kv_heads;
     u->block_pos = u->group >= block_rows ? 1 : block_rows / u->group;
@@ -28,8 +29,14 @@ void qattn_units_plan(qattn_units *u, const qattn_params *p, int block_rows, int
     int64_t head_rows = (p->seqlen_q < u->block_pos ? p->seqlen_q : u->block_pos) * u->group;
     u->heads = all_heads_rows > 0 && head_rows * p->n_kv_heads <= all_heads_rows ? p->n_kv_heads : 1;
     u->head_blocks = p->n_kv_heads / u->heads;
-    plan_split(u, p->batch * u->head_blocks * u->n_qblocks, p->seqlen_k, QATTN_TILE_KEYS, QATTN_SPLIT_UNITS_BELOW);
+    plan_split(u, p->batch * u->head_blocks * u->n_qblocks, p->seqlen_k, QATTN_TILE_KEYS, units_below);
 }
+
+void qattn_units_plan(qattn_units *u, const qattn_params *p, int block_rows, int all_heads_rows) {
+    plan_units(u, p, block_rows, all_heads_rows, QATTN_SPLIT_UNITS_BELOW);
+}
+
+void qattn_units_plan_unsplit(qattn_units *u, const qattn_params *p, int block_rows) { plan_units(u, p, block_rows, 0, 0); }
 
 void qattn_units_plan_decode(qattn_units *u, int64_t n_seqs, int n_heads, int n_kv_heads, int seqlen_q, int64_t max_keys, int64_t page_keys) {
     memset(u, 0, sizeof *u);

@@ -1,8 +1,8 @@
 /* The work-unit plan of the CPU attention drivers (src/cpu/forward.c, FP; src/cpu/forward_lowp.c,
- * INT8/INT4; src/kv/kv_decode.c, the KV-cache decode): how a call is cut into units, how the KV
- * axis is split, how many workers run the units, in which order the pool hands them out, where the
- * units' partials and order lie in the workspace, how the split partials are merged back, and how
- * a driver takes its workspace (the caller's or its own).
+ * INT8/INT4; src/cpu/forward_fp8.c, emulated FP8; src/kv/kv_decode.c, the KV-cache decode): how a
+ * call is cut into units, how the KV axis is split, how many workers run the units, in which order
+ * the pool hands them out, where the units' partials and order lie in the workspace, how the split
+ * partials are merged back, and how a driver takes its workspace (the caller's or its own).
  *
  * Work unit = (sequence b, kv heads [g, g + heads), block of query positions, KV split). The rows
  * of a unit are all query heads of its kv heads at those positions, so each K/V tile is read once
@@ -47,6 +47,10 @@ typedef struct qattn_units {
  * contiguous, instead of one head's D values per page); 0: one kv head per unit. The KV axis is
  * split only when there are few units, into whole tiles of at least QATTN_SPLIT_MIN_KEYS keys. */
 void qattn_units_plan(qattn_units *u, const qattn_params *p, int block_rows, int all_heads_rows);
+
+/* qattn_units_plan(u, p, block_rows, 0) with the KV axis never split (n_split 1): for a driver whose
+ * rows' results depend on where their key tiles start (the FP8 emulation, src/cpu/forward_fp8.c). */
+void qattn_units_plan_unsplit(qattn_units *u, const qattn_params *p, int block_rows);
 
 /* The plan of the KV-cache decode (qattn_kv_decode): one unit per (listed sequence, KV split)
  * takes every kv head and all seqlen_q new positions (one query block, u->rows = group * seqlen_q
@@ -137,7 +141,8 @@ qattn_unit qattn_units_merge_unit(const qattn_units *u, int64_t merge_task);
 qattn_tile_state qattn_units_merge_splits(const qattn_units *u, float *partials, int64_t merge_task, int head, int m, int head_dim);
 
 /* Runs every unit on n_workers workers, then, when the KV axis is split, one merge task per
- * (b, g, qb): the merge starts after the last split has finished. */
+ * (b, g, qb): the merge starts after the last split has finished (merge_unit may be NULL for a
+ * plan that never splits). */
 void qattn_units_run(qattn_pool *pool, const qattn_units *u, int n_workers, qattn_task_fn run_unit, qattn_task_fn merge_unit, void *arg);
 
 /* ---------------------------------------------------------------- workspace */

@@ -375,7 +375,9 @@ void qattn_fp8_attend_row_tile(const float *q, const float *k, const float *v, i
                                float qs, float (*rnd)(float), float *m_io, float *l_io, float *acc);
 
 /* Emulated FP8 attention (precision FP8_E4M3 / FP8_E5M2), p validated: the CPU driver,
- * src/cpu/forward_fp8.c, called by qattn_cpu_forward_lowp. */
+ * src/cpu/forward_fp8.c, called by qattn_cpu_forward_lowp; and its workspace bytes (the FP32 copies
+ * of Q, K, V and the units' hand-out order). */
 qattn_status qattn_cpu_forward_fp8(qattn_ctx *ctx, const qattn_params *p);
+size_t qattn_cpu_fp8_workspace_bytes(const qattn_params *p);
 
 #endif
