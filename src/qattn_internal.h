@@ -117,12 +117,19 @@ typedef void (*qattn_kv_attend_fn)(const float *q, const int16_t *q16, const flo
                                    const void *vc, const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi,
                                    qattn_tile_state *st, float *scratch, const qattn_kv_prefetch *pf);
 
-/* One table per ISA. Every slot starts as the reference entry, so no slot is NULL. */
+/* The INT8 micro-kernels of an ISA: their own table (src/quant/lowp.h), held by the CPU table. */
+struct qattn_int8_kernels;
+
+/* One table per ISA, the context's ctx->kernels: every kernel a CPU driver calls, so that no driver
+ * picks kernels by ISA. Every slot starts as the reference entry, so no slot is NULL. */
 typedef struct qattn_cpu_kernels {
     const char *name;
     qattn_attend_tile_fn attend_tile_f32;
     qattn_pack_rows_fn pack_rows_f32;
     qattn_kv_attend_fn kv_attend; /* qattn_kv_decode's kernel */
+    /* The ISA's INT8 table (the INT8/INT4 driver's kernels and the quantizer's row passes; every
+     * slot of it filled too): qattn_int8_kernels_ref, _avx2, _avxvnni or _avx512. */
+    const struct qattn_int8_kernels *int8;
 } qattn_cpu_kernels;
 
 extern const qattn_cpu_kernels qattn_kernels_ref;

@@ -109,7 +109,16 @@ static void test_tables_filled(void) {
         }
         CHECK(A->pack8 == 0 || A->pack8 == 1, "INT8 kernel table %s: pack8 %d", A->name, (int)A->pack8);
     }
-    printf("kernels: %d INT8 tables, every slot filled\n", (int)(sizeof tabs / sizeof tabs[0]));
+    /* The drivers reach an INT8 table only through their context's CPU table (ctx->kernels->int8):
+     * each ISA's CPU table holds that ISA's INT8 table. */
+    static const int32_t isas[] = {QATTN_ISA_REF, QATTN_ISA_AVX2, QATTN_ISA_AVXVNNI, QATTN_ISA_AVX512};
+    for (int t = 0; t < (int)(sizeof tabs / sizeof tabs[0]); t++) {
+        const qattn_cpu_kernels *C = qattn_cpu_kernel_table(isas[t]);
+        CHECK(C->int8 == tabs[t], "CPU kernel table %s holds INT8 table %s, not %s", C->name, C->int8 ? C->int8->name : "NULL", tabs[t]->name);
+        CHECK(C->int8 && strcmp(C->int8->name, C->name) == 0, "CPU kernel table %s: INT8 table named %s", C->name,
+              C->int8 ? C->int8->name : "NULL");
+    }
+    printf("kernels: %d INT8 tables, every slot filled, each in its ISA's CPU table\n", (int)(sizeof tabs / sizeof tabs[0]));
 }
 
 /* The default scheme's P step done the unfused way with the reference kernels (scores, rowmax,

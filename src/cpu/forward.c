@@ -110,10 +110,11 @@ static size_t prepack_floats(const plan *pl) {
     return pl->prepack ? (size_t)2 * (size_t)pl->p->n_kv_heads * (size_t)pl->total_k * (size_t)pl->p->head_dim : 0;
 }
 
-/* Workspace: per-worker scratch, split partials, the K/V pre-pack, the units' hand-out order. */
+/* Workspace: per-worker scratch, the units' split partials and hand-out order (qattn_units_workspace),
+ * the K/V pre-pack; each piece starts 64-byte aligned. */
+static size_t scratch_bytes(const plan *pl, int n_workers) { return (size_t)n_workers * pl->worker_floats * sizeof(float); }
 static size_t plan_bytes(const plan *pl, int n_workers) {
-    size_t partials = qattn_units_partials_floats(&pl->units, pl->p->head_dim);
-    return ((size_t)n_workers * pl->worker_floats + partials + prepack_floats(pl)) * sizeof(float) + qattn_units_order_bytes(&pl->units, pl->p);
+    return scratch_bytes(pl, n_workers) + qattn_units_workspace_bytes(&pl->units, pl->p) + prepack_floats(pl) * sizeof(float);
 }
 
 /* Sequence b's geometry; with kv, its own key count. */
@@ -330,10 +331,7 @@ static void run_unit(void *arg, int64_t task, int worker) {
     bool split = pl->units.n_split > 1;
     qattn_tile_state st[QATTN_MAX_UNIT_HEADS];
     int H = pl->units.heads;
-    for (int hh = 0; hh < H; hh++) {
-        st[hh] = split ? qattn_unit_partial(&pl->units, pl->partials, task, hh, D) : qattn_unit_state(&pl->units, state_mem, hh, D);
-        qattn_state_reset(&st[hh], m, D);
-    }
+    for (int hh = 0; hh < H; hh++) st[hh] = qattn_unit_state_begin(&pl->units, pl->partials, task, state_mem, hh, m, D);
 
     qattn_bm_rows bm_rows, *bm = NULL; /* the unit's rows of the block mask, if any */
     if (p->block_mask) {
@@ -452,26 +450,17 @@ qattn_status qattn_cpu_forward_kv(qattn_ctx *ctx, const qattn_params *p, const q
     if (kv && kv->block_table && pl.direct_kv && pl.tile_keys == QATTN_TILE_KEYS) pl.direct_kv = false;
     if (pl.units.n_units == 0) return QATTN_OK; /* no query rows anywhere */
     int nw = qattn_workers_for(ctx->n_threads, pl.units.n_units);
-    size_t need = plan_bytes(&pl, nw);
-    void *mem = p->workspace;
-    if (mem) {
-        if (p->workspace_size < need)
-            return qattn_fail(ctx, QATTN_ERR_CAPACITY, "workspace has %zu bytes; these parameters need %zu (qattn_workspace_size)",
-                              p->workspace_size, need);
-        if ((uintptr_t)mem % 64 != 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "workspace must be 64-byte aligned");
-    } else {
-        mem = qattn_alloc(ctx, need);
-        if (!mem) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of workspace", need);
-    }
+    void *mem;
+    s = qattn_workspace_take(ctx, p->workspace, p->workspace_size, plan_bytes(&pl, nw), &mem);
+    if (s != QATTN_OK) return s;
+    unsigned char *units_mem = (unsigned char *)mem + scratch_bytes(&pl, nw);
     pl.scratch = mem;
-    pl.partials = pl.scratch + (size_t)nw * pl.worker_floats;
-    pl.kv_packed = pl.partials + qattn_units_partials_floats(&pl.units, p->head_dim);
-    if (qattn_units_want_order(&pl.units, p))
-        qattn_units_order(&pl.units, p, kv ? kv->seqlens_k : NULL, (qattn_bm_unit_cost *)(void *)(pl.kv_packed + prepack_floats(&pl)));
+    pl.partials = qattn_units_workspace(&pl.units, p, kv ? kv->seqlens_k : NULL, units_mem);
+    pl.kv_packed = (float *)(void *)(units_mem + qattn_units_workspace_bytes(&pl.units, p));
     if (pl.prepack) qattn_parallel_for(ctx->pool, ctx->n_threads, p->batch * pl.n_kchunks, prepack_task, &pl);
     atomic_init(&pl.overflow_row, INT64_MAX);
     qattn_units_run(ctx->pool, &pl.units, nw, run_unit, merge_unit, &pl);
-    if (mem != p->workspace) qattn_free(ctx, mem);
+    qattn_workspace_release(ctx, mem, p->workspace);
     long long row = atomic_load(&pl.overflow_row);
     if (row != INT64_MAX) {
         long long i = row % p->seqlen_q, h = row / p->seqlen_q % p->n_heads, b = row / p->seqlen_q / p->n_heads;

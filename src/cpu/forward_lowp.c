@@ -133,7 +133,7 @@ static void make_plan(lplan *pl, const qattn_ctx *ctx, const qattn_params *p, bo
     memset(pl, 0, sizeof *pl);
     pl->p = p;
     pl->refine = refine;
-    pl->kern = qattn_int8_kernels_for(ctx);
+    pl->kern = ctx->kernels->int8;
     qattn_units_plan(&pl->units, p, BLOCK_ROWS, 0); /* one kv head per unit: the packed slots are per head */
     pl->scale = qattn_effective_scale(p);
     pl->qscale = pl->scale * LOG2E;
@@ -178,10 +178,10 @@ static kvslot slot_of(const lplan *pl, int64_t b, int g, int64_t tile) {
     return k;
 }
 
-/* Workspace: per-worker scratch, the packed K/V slots, split partials, the units' hand-out order. */
+/* Workspace: per-worker scratch, the packed K/V slots, the units' split partials and hand-out order
+ * (qattn_units_workspace); each piece starts 64-byte aligned. */
 static size_t plan_bytes(const lplan *pl, int nw) {
-    size_t partials = qattn_units_partials_floats(&pl->units, pl->p->head_dim) * sizeof(float);
-    return (size_t)nw * pl->worker_bytes + pl->pack_bytes + partials + qattn_units_order_bytes(&pl->units, pl->p);
+    return (size_t)nw * pl->worker_bytes + pl->pack_bytes + qattn_units_workspace_bytes(&pl->units, pl->p);
 }
 
 size_t qattn_lowp_run_bytes(const qattn_ctx *ctx, const qattn_params *p, bool refine, int32_t p_mode) {
@@ -561,8 +561,7 @@ static void run_unit(void *arg, int64_t task, int worker) {
     wmem_layout(pl, pl->scratch + (size_t)worker * pl->worker_bytes, &w);
 
     bool split = pl->units.n_split > 1;
-    qattn_tile_state st = split ? qattn_unit_partial(&pl->units, pl->partials, task, 0, D) : qattn_state_view(w.state, m, D);
-    qattn_state_reset(&st, m, D);
+    qattn_tile_state st = qattn_unit_state_begin(&pl->units, pl->partials, task, w.state, 0, m, D);
 
     qattn_bm_rows bm_rows, *bm = NULL; /* the unit's rows of the block mask, if any */
     if (p->block_mask) {
@@ -631,26 +630,16 @@ qattn_status qattn_lowp_run_quantized(qattn_ctx *ctx, const qattn_params *p, con
     pl.v_fp = v_fp;
     if (pl.units.n_units == 0) return QATTN_OK;
     int nw = qattn_workers_for(ctx->n_threads, pl.units.n_units);
-    size_t need = plan_bytes(&pl, nw);
-    void *mem = workspace;
-    if (mem) {
-        if (workspace_size < need)
-            return qattn_fail(ctx, QATTN_ERR_CAPACITY, "workspace has %zu bytes; these parameters need %zu (qattn_workspace_size)",
-                              workspace_size, need);
-        if ((uintptr_t)mem % 64 != 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "workspace must be 64-byte aligned");
-    } else {
-        mem = qattn_alloc(ctx, need);
-        if (!mem) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of workspace", need);
-    }
+    void *mem;
+    qattn_status s = qattn_workspace_take(ctx, workspace, workspace_size, plan_bytes(&pl, nw), &mem);
+    if (s != QATTN_OK) return s;
     pl.scratch = mem;
     pl.packs = pl.scratch + (size_t)nw * pl.worker_bytes;
-    pl.partials = (float *)(void *)(pl.packs + pl.pack_bytes);
-    if (qattn_units_want_order(&pl.units, p))
-        qattn_units_order(&pl.units, p, NULL, (qattn_bm_unit_cost *)(void *)(pl.partials + qattn_units_partials_floats(&pl.units, p->head_dim)));
+    pl.partials = qattn_units_workspace(&pl.units, p, NULL, pl.packs + pl.pack_bytes);
     int64_t pack_tasks = p->batch * pl.max_tiles * p->n_kv_heads;
     if (pack_tasks > 0) qattn_parallel_for(ctx->pool, qattn_workers_for(ctx->n_threads, pack_tasks), pack_tasks, pack_unit, &pl);
     qattn_units_run(ctx->pool, &pl.units, nw, run_unit, merge_unit, &pl);
-    if (mem != workspace) qattn_free(ctx, mem);
+    qattn_workspace_release(ctx, mem, workspace);
     return QATTN_OK;
 }
 
@@ -734,16 +723,10 @@ qattn_status qattn_lowp_forward_static(qattn_ctx *ctx, const qattn_params *p, co
     if (s != QATTN_OK || p->batch == 0) return s;
     qbufs qb;
     size_t need = dynamic_bytes(ctx, p, cfg, &qb);
-    unsigned char *mem = p->workspace;
-    if (mem) {
-        if (p->workspace_size < need)
-            return qattn_fail(ctx, QATTN_ERR_CAPACITY, "workspace has %zu bytes; these parameters need %zu (qattn_workspace_size)",
-                              p->workspace_size, need);
-        if ((uintptr_t)mem % 64 != 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "workspace must be 64-byte aligned");
-    } else if (need > 0) {
-        mem = qattn_alloc(ctx, need);
-        if (!mem) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of workspace", need);
-    }
+    void *ws;
+    s = qattn_workspace_take(ctx, p->workspace, p->workspace_size, need, &ws);
+    if (s != QATTN_OK) return s;
+    unsigned char *mem = ws;
     qattn_int8_inputs qi;
     memset(&qi, 0, sizeof qi);
     qattn_int8_tensor *ts[3] = {&qi.q, &qi.k, &qi.v};
@@ -788,7 +771,7 @@ qattn_status qattn_lowp_forward_static(qattn_ctx *ctx, const qattn_params *p, co
     if (s == QATTN_OK)
         s = qattn_lowp_run_quantized(ctx, p, &qi, cfg->p_mode, fp_v ? p->v : NULL, refine ? &rf : NULL, mem ? mem + qb.total : NULL,
                                      mem ? (p->workspace ? p->workspace_size : need) - qb.total : 0);
-    if (mem && mem != p->workspace) qattn_free(ctx, mem);
+    qattn_workspace_release(ctx, mem, p->workspace);
     return s;
 }
 
@@ -819,10 +802,7 @@ qattn_status qattn_cpu_lowp_workspace_size(qattn_ctx *ctx, const qattn_params *p
     qattn_status refused = refuse_score_mods(ctx, p);
     if (refused != QATTN_OK) return refused;
     if (p->precision == QATTN_PRECISION_FP8_E4M3 || p->precision == QATTN_PRECISION_FP8_E5M2) {
-        /* FP8 emulation: FP32 copies of Q, K, V plus per-worker rows */
-        int64_t tq = p->cu_seqlens_q ? p->cu_seqlens_q[p->batch] : p->batch * p->seqlen_q;
-        int64_t tk = p->cu_seqlens_k ? p->cu_seqlens_k[p->batch] : p->batch * p->seqlen_k;
-        *bytes = (size_t)(tq * p->n_heads + 2 * tk * p->n_kv_heads) * (size_t)p->head_dim * sizeof(float);
+        *bytes = qattn_cpu_fp8_workspace_bytes(p);
         return QATTN_OK;
     }
     qattn_lowp_cfg cfg;

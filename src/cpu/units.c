@@ -1,4 +1,5 @@
-/* The work-unit plan shared by the FP and INT8/INT4 CPU drivers and the KV-cache decode: see units.h. */
+/* The work-unit plan shared by the FP, INT8/INT4 and FP8 CPU drivers and the KV-cache decode, and the
+ * workspace they take: see units.h. */
 #include "cpu/units.h"
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -17,7 +18,8 @@ static void plan_split(qattn_units *u, int64_t units, int64_t n_keys, int64_t gr
     u->n_units = units * u->n_split;
 }
 
-void qattn_units_plan(qattn_units *u, const qattn_params *p, int block_rows, int all_heads_rows) {
+/* qattn_units_plan, splitting below units_below units (0: never). */
+static void plan_units(qattn_units *u, const qattn_params *p, int block_rows, int all_heads_rows, int64_t units_below) {
     memset(u, 0, sizeof *u);
     u->group = p->n_heads / p->n_kv_heads;
     u->block_pos = u->group >= block_rows ? 1 : block_rows / u->group;
@@ -27,8 +29,14 @@ void qattn_units_plan(qattn_units *u, const qattn_params *p, int block_rows, int
     int64_t head_rows = (p->seqlen_q < u->block_pos ? p->seqlen_q : u->block_pos) * u->group;
     u->heads = all_heads_rows > 0 && head_rows * p->n_kv_heads <= all_heads_rows ? p->n_kv_heads : 1;
     u->head_blocks = p->n_kv_heads / u->heads;
-    plan_split(u, p->batch * u->head_blocks * u->n_qblocks, p->seqlen_k, QATTN_TILE_KEYS, QATTN_SPLIT_UNITS_BELOW);
+    plan_split(u, p->batch * u->head_blocks * u->n_qblocks, p->seqlen_k, QATTN_TILE_KEYS, units_below);
 }
+
+void qattn_units_plan(qattn_units *u, const qattn_params *p, int block_rows, int all_heads_rows) {
+    plan_units(u, p, block_rows, all_heads_rows, QATTN_SPLIT_UNITS_BELOW);
+}
+
+void qattn_units_plan_unsplit(qattn_units *u, const qattn_params *p, int block_rows) { plan_units(u, p, block_rows, 0, 0); }
 
 void qattn_units_plan_decode(qattn_units *u, int64_t n_seqs, int n_heads, int n_kv_heads, int seqlen_q, int64_t max_keys, int64_t page_keys) {
     memset(u, 0, sizeof *u);
@@ -140,4 +148,35 @@ qattn_tile_state qattn_units_merge_splits(const qattn_units *u, float *partials,
 void qattn_units_run(qattn_pool *pool, const qattn_units *u, int n_workers, qattn_task_fn run_unit, qattn_task_fn merge_unit, void *arg) {
     qattn_parallel_for(pool, n_workers, u->n_units, run_unit, arg);
     if (u->n_split > 1) qattn_parallel_for(pool, n_workers, u->n_units / u->n_split, merge_unit, arg);
+}
+
+static size_t al64(size_t x) { return (x + 63) / 64 * 64; }
+
+size_t qattn_units_workspace_bytes(const qattn_units *u, const qattn_params *p) {
+    return al64(qattn_units_partials_floats(u, p->head_dim) * sizeof(float)) + al64(qattn_units_order_bytes(u, p));
+}
+
+float *qattn_units_workspace(qattn_units *u, const qattn_params *p, const int32_t *seqlens_k, void *mem) {
+    size_t partials = al64(qattn_units_partials_floats(u, p->head_dim) * sizeof(float));
+    if (qattn_units_want_order(u, p)) qattn_units_order(u, p, seqlens_k, (qattn_bm_unit_cost *)(void *)((unsigned char *)mem + partials));
+    return partials ? mem : NULL;
+}
+
+qattn_status qattn_workspace_take(qattn_ctx *ctx, void *given, size_t given_size, size_t need, void **mem) {
+    *mem = given;
+    if (given) {
+        if (given_size < need)
+            return qattn_fail(ctx, QATTN_ERR_CAPACITY, "workspace has %zu bytes; these parameters need %zu (qattn_workspace_size)", given_size,
+                              need);
+        if ((uintptr_t)given % 64 != 0) return qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "workspace must be 64-byte aligned");
+        return QATTN_OK;
+    }
+    if (need == 0) return QATTN_OK;
+    *mem = qattn_alloc(ctx, need);
+    if (!*mem) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of workspace", need);
+    return QATTN_OK;
+}
+
+void qattn_workspace_release(qattn_ctx *ctx, void *mem, const void *given) {
+    if (mem && mem != given) qattn_free(ctx, mem);
 }

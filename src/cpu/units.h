@@ -1,14 +1,15 @@
 /* The work-unit plan of the CPU attention drivers (src/cpu/forward.c, FP; src/cpu/forward_lowp.c,
- * INT8/INT4; src/kv/kv_decode.c, the KV-cache decode): how a call is cut into units, how the KV
- * axis is split, how many workers run the units, in which order the pool hands them out, and how
- * the split partials are merged back.
+ * INT8/INT4; src/cpu/forward_fp8.c, emulated FP8; src/kv/kv_decode.c, the KV-cache decode): how a
+ * call is cut into units, how the KV axis is split, how many workers run the units, in which order
+ * the pool hands them out, where the units' partials and order lie in the workspace, how the split
+ * partials are merged back, and how a driver takes its workspace (the caller's or its own).
  *
  * Work unit = (sequence b, kv heads [g, g + heads), block of query positions, KV split). The rows
  * of a unit are all query heads of its kv heads at those positions, so each K/V tile is read once
  * per group (GQA). Everything here depends on the shape alone, never on the thread count, and the
  * partials of a split unit are merged in split order: results are bitwise identical for any
- * number of threads and any hand-out order. What a unit computes (packing, kernels, workspace
- * layout, writing O and LSE) stays with each driver. */
+ * number of threads and any hand-out order. What a unit computes (packing, kernels, the rest of
+ * the workspace, writing O and LSE) stays with each driver. */
 #ifndef QATTN_CPU_UNITS_H
 #define QATTN_CPU_UNITS_H
 
@@ -46,6 +47,10 @@ typedef struct qattn_units {
  * contiguous, instead of one head's D values per page); 0: one kv head per unit. The KV axis is
  * split only when there are few units, into whole tiles of at least QATTN_SPLIT_MIN_KEYS keys. */
 void qattn_units_plan(qattn_units *u, const qattn_params *p, int block_rows, int all_heads_rows);
+
+/* qattn_units_plan(u, p, block_rows, 0) with the KV axis never split (n_split 1): for a driver whose
+ * rows' results depend on where their key tiles start (the FP8 emulation, src/cpu/forward_fp8.c). */
+void qattn_units_plan_unsplit(qattn_units *u, const qattn_params *p, int block_rows);
 
 /* The plan of the KV-cache decode (qattn_kv_decode): one unit per (listed sequence, KV split)
  * takes every kv head and all seqlen_q new positions (one query block, u->rows = group * seqlen_q
@@ -116,6 +121,17 @@ static inline qattn_tile_state qattn_unit_partial(const qattn_units *u, float *p
     return qattn_unit_state(u, partials + (size_t)index * qattn_unit_state_floats(u, head_dim), head, head_dim);
 }
 
+/* The state unit `index` accumulates kv head `head` (0 .. heads - 1) into, its m rows reset (max
+ * -inf, sum 0, acc 0): the unit's partial when the KV axis is split (merged by
+ * qattn_units_merge_splits once every split has run), else qattn_unit_state of the worker's own
+ * state at local (qattn_unit_state_floats), which the unit then writes out itself. */
+static inline qattn_tile_state qattn_unit_state_begin(const qattn_units *u, float *partials, int64_t index, float *local, int head, int m,
+                                                      int head_dim) {
+    qattn_tile_state st = u->n_split > 1 ? qattn_unit_partial(u, partials, index, head, head_dim) : qattn_unit_state(u, local, head, head_dim);
+    qattn_state_reset(&st, m, head_dim);
+    return st;
+}
+
 /* Merge task -> its unit of split 0 (the merge runs one task per (b, g, qb)). */
 qattn_unit qattn_units_merge_unit(const qattn_units *u, int64_t merge_task);
 
@@ -125,7 +141,26 @@ qattn_unit qattn_units_merge_unit(const qattn_units *u, int64_t merge_task);
 qattn_tile_state qattn_units_merge_splits(const qattn_units *u, float *partials, int64_t merge_task, int head, int m, int head_dim);
 
 /* Runs every unit on n_workers workers, then, when the KV axis is split, one merge task per
- * (b, g, qb): the merge starts after the last split has finished. */
+ * (b, g, qb): the merge starts after the last split has finished (merge_unit may be NULL for a
+ * plan that never splits). */
 void qattn_units_run(qattn_pool *pool, const qattn_units *u, int n_workers, qattn_task_fn run_unit, qattn_task_fn merge_unit, void *arg);
+
+/* ---------------------------------------------------------------- workspace */
+
+/* Bytes of the units' part of a driver's workspace: the split partials (qattn_units_partials_floats),
+ * then the hand-out order (qattn_units_order_bytes), each a multiple of 64 bytes. */
+size_t qattn_units_workspace_bytes(const qattn_units *u, const qattn_params *p);
+
+/* Lays the units' part out at mem (64-byte aligned, qattn_units_workspace_bytes): fills the
+ * hand-out order and points u->order at it when qattn_units_want_order (seqlens_k as for
+ * qattn_units_order); returns the partials (NULL when the KV axis is not split). */
+float *qattn_units_workspace(qattn_units *u, const qattn_params *p, const int32_t *seqlens_k, void *mem);
+
+/* A driver's workspace of need bytes, in *mem: the caller's when given is not NULL (given_size
+ * bytes: at least need, 64-byte aligned, else QATTN_ERR_CAPACITY / QATTN_ERR_INVALID_ARGUMENT with
+ * the message), else allocated through the context's hooks (QATTN_ERR_OUT_OF_MEMORY; nothing is
+ * allocated, and *mem is NULL, when need is 0). qattn_workspace_release frees what was allocated. */
+qattn_status qattn_workspace_take(qattn_ctx *ctx, void *given, size_t given_size, size_t need, void **mem);
+void qattn_workspace_release(qattn_ctx *ctx, void *mem, const void *given);
 
 #endif

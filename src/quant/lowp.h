@@ -1,8 +1,9 @@
 /* Internals of the INT8 / FP8 paths: the INT8 micro-kernel table (scalar reference in
  * src/ref/int8_ref.c, AVX2 in src/cpu/x86/int8_avx2.c, AVX-VNNI in int8_vnni.c, AVX-512 in
- * int8_avx512.c; every slot of every table is filled), the packed tile layouts they share,
- * the scheme configuration of the low-precision driver (src/cpu/forward_lowp.c) and the
- * FP8 emulation (kernels src/ref/fp8_ref.c, driver src/cpu/forward_fp8.c). Nothing here is public. */
+ * int8_avx512.c; every slot of every table is filled; each ISA's CPU kernel table points at its
+ * own), the packed tile layouts they share, the scheme configuration of the low-precision driver
+ * (src/cpu/forward_lowp.c) and the FP8 emulation (kernels src/ref/fp8_ref.c, driver
+ * src/cpu/forward_fp8.c). Nothing here is public. */
 #ifndef QATTN_QUANT_LOWP_H
 #define QATTN_QUANT_LOWP_H
 
@@ -75,9 +76,10 @@ typedef void (*qattn_i8_p_vs_tile_fn)(const int32_t *s, int m, int npad, const f
 typedef void (*qattn_i8_pv_acc8u_fn)(const uint8_t *pc8, int m, int npad, const int8_t *vpack8, int d, const float *alpha,
                                      const float *fac, const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld);
 
-/* The INT8 kernel table of an ISA. Every slot is filled (tests/test_int8.c checks it): where an ISA
- * has no vector version of a kernel, the slot points at the reference one (src/ref/int8_ref.c), so
- * callers never test for NULL. */
+/* The INT8 kernel table of an ISA, reached through the ISA's CPU kernel table (ctx->kernels->int8,
+ * qattn_internal.h), so callers never pick it by ISA. Every slot is filled (tests/test_int8.c checks
+ * it): where an ISA has no vector version of a kernel, the slot points at the reference one
+ * (src/ref/int8_ref.c), so callers never test for NULL. */
 typedef struct qattn_int8_kernels {
     const char *name;
     qattn_i8_qk_fn qk;
@@ -152,17 +154,6 @@ float qattn_i8_center_amax_avx2(const float *row, const float *mu, int d, float 
 void qattn_i8_p_vs_tile_avx2(const int32_t *s, int m, int npad, const float *sq, const float *sk, const int32_t *lo, const int32_t *hi,
                              const float *svk, float *row_max, float *row_sum, void *codes, int u8, float *alpha, float *fac);
 #endif
-
-/* The table for ctx->isa. */
-static inline const qattn_int8_kernels *qattn_int8_kernels_for(const qattn_ctx *ctx) {
-#if defined(QATTN_HAVE_X86)
-    if (ctx->isa == QATTN_ISA_AVX2) return &qattn_int8_kernels_avx2;
-    if (ctx->isa == QATTN_ISA_AVXVNNI) return &qattn_int8_kernels_avxvnni;
-    if (ctx->isa == QATTN_ISA_AVX512) return &qattn_int8_kernels_avx512;
-#endif
-    (void)ctx;
-    return &qattn_int8_kernels_ref;
-}
 
 /* exp2(x) for x <= 0 (x = -inf gives 0), the polynomial both ISAs use, so that they agree
  * bit for bit: x clamped to >= -127, n = rint(x), f = x - n in [-0.5, 0.5], 2^f by a degree-6
@@ -384,7 +375,9 @@ void qattn_fp8_attend_row_tile(const float *q, const float *k, const float *v, i
                                float qs, float (*rnd)(float), float *m_io, float *l_io, float *acc);
 
 /* Emulated FP8 attention (precision FP8_E4M3 / FP8_E5M2), p validated: the CPU driver,
- * src/cpu/forward_fp8.c, called by qattn_cpu_forward_lowp. */
+ * src/cpu/forward_fp8.c, called by qattn_cpu_forward_lowp; and its workspace bytes (the FP32 copies
+ * of Q, K, V and the units' hand-out order). */
 qattn_status qattn_cpu_forward_fp8(qattn_ctx *ctx, const qattn_params *p);
+size_t qattn_cpu_fp8_workspace_bytes(const qattn_params *p);
 
 #endif

@@ -394,7 +394,7 @@ qattn_status qattn_quantize_tensor(qattn_ctx *ctx, const qattn_params *p, int32_
 }
 
 qattn_status qattn_quantize_tensor_codes(qattn_ctx *ctx, const qattn_params *p, int32_t which, qattn_int8_tensor *t, int32_t code_max) {
-    qjob j = {.p = p, .v = view_of(p, which), .t = t, .kern = qattn_int8_kernels_for(ctx), .code_max = (float)code_max};
+    qjob j = {.p = p, .v = view_of(p, which), .t = t, .kern = ctx->kernels->int8, .code_max = (float)code_max};
     int64_t tasks = p->batch * j.v.n_heads;
     if (tasks == 0) return QATTN_OK;
     bool tok_major = t->granularity == QATTN_QUANT_PER_TOKEN;
@@ -419,7 +419,7 @@ qattn_status qattn_quantize_tensor_codes(qattn_ctx *ctx, const qattn_params *p, 
 }
 
 qattn_status qattn_quantize_tensor_fixed_mean(qattn_ctx *ctx, const qattn_params *p, int32_t which, qattn_int8_tensor *t) {
-    qjob j = {.p = p, .v = view_of(p, which), .t = t, .kern = qattn_int8_kernels_for(ctx)};
+    qjob j = {.p = p, .v = view_of(p, which), .t = t, .kern = ctx->kernels->int8};
     int64_t nchunk = (j.v.max_len + QCHUNK - 1) / QCHUNK;
     size_t nbad = (size_t)(p->batch * j.v.n_heads * nchunk);
     if (nbad == 0) return QATTN_OK;
@@ -512,8 +512,8 @@ qattn_status qattn_quantize_qk_smoothed(qattn_ctx *ctx, const qattn_params *p, i
                                         float *factor_out, const qattn_qk_refine *rf) {
     int64_t B = p->batch, H = p->n_heads, HK = p->n_kv_heads, D = p->head_dim, group = H / HK;
     if (B == 0) return QATTN_OK;
-    qjob jq = {.p = p, .v = view_of(p, QATTN_TENSOR_Q), .t = tq, .kern = qattn_int8_kernels_for(ctx), .code_max = (float)code_max};
-    qjob jk = {.p = p, .v = view_of(p, QATTN_TENSOR_K), .t = tk, .kern = qattn_int8_kernels_for(ctx), .code_max = (float)code_max};
+    qjob jq = {.p = p, .v = view_of(p, QATTN_TENSOR_Q), .t = tq, .kern = ctx->kernels->int8, .code_max = (float)code_max};
+    qjob jk = {.p = p, .v = view_of(p, QATTN_TENSOR_K), .t = tk, .kern = ctx->kernels->int8, .code_max = (float)code_max};
     int64_t nchunk_q = (jq.v.max_len + QCHUNK - 1) / QCHUNK, nchunk_k = (jk.v.max_len + QCHUNK - 1) / QCHUNK;
     bool dyn = stat == NULL;
     /* one allocation: bad flags of Q and K, factors (dynamic: [B][HK][D]; static: [HK][D]) and,

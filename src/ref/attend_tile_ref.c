@@ -3,6 +3,8 @@
  * tested against this one. Contract: qattn_attend_tile_fn in qattn_internal.h. */
 #include "qattn_internal.h"
 
+#include "quant/lowp.h" /* the INT8 table of the CPU table */
+
 void qattn_attend_tile_f32_ref(const float *q, int64_t ldq, int m, int d, const float *k, const float *v, int64_t ldkv, int n,
                                 const int32_t *lo, const int32_t *hi, const qattn_score_mod *mod, qattn_tile_state *st, float *scratch) {
     (void)n;
@@ -54,4 +56,5 @@ const qattn_cpu_kernels qattn_kernels_ref = {
     .attend_tile_f32 = qattn_attend_tile_f32_ref,
     .pack_rows_f32 = qattn_pack_rows_f32_ref,
     .kv_attend = qattn_kv_attend_ref,
+    .int8 = &qattn_int8_kernels_ref,
 };

@@ -8,6 +8,7 @@
 #include "qattn_internal.h"
 
 #include "kv/kv_internal.h" /* the decode kernel of the table */
+#include "quant/lowp.h"       /* its INT8 table */
 
 #include <immintrin.h>
 
@@ -219,4 +220,5 @@ const qattn_cpu_kernels qattn_kernels_avx2 = {
     .attend_tile_f32 = qattn_attend_tile_f32_avx2,
     .pack_rows_f32 = qattn_pack_rows_f32_avx2,
     .kv_attend = qattn_kv_attend_avx2,
+    .int8 = &qattn_int8_kernels_avx2,
 };

@@ -8,6 +8,7 @@
 #include "qattn_internal.h"
 
 #include "kv/kv_internal.h" /* the decode kernel of the table */
+#include "quant/lowp.h"       /* its INT8 table */
 
 #include "cpu/x86/pack_kind.h"
 
@@ -339,4 +340,5 @@ const qattn_cpu_kernels qattn_kernels_avx512 = {
     .attend_tile_f32 = attend_tile_f32_avx512,
     .pack_rows_f32 = pack_rows_f32_avx512,
     .kv_attend = qattn_kv_attend_avx512,
+    .int8 = &qattn_int8_kernels_avx512,
 };

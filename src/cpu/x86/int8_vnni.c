@@ -309,8 +309,8 @@ const qattn_int8_kernels qattn_int8_kernels_avxvnni = {
     .pack8_v = qattn_i8_pack8_v_ref,
 };
 
-/* The FP kernel table of this ISA: the AVX2 tile kernels (docs/ARCHITECTURE.md "Numerics"), under the ISA's name,
- * and the AVX-VNNI decode kernel. */
+/* The CPU kernel table of this ISA: the AVX2 tile kernels (docs/ARCHITECTURE.md "Numerics"), under the ISA's name,
+ * the AVX-VNNI decode kernel and the INT8 table above. */
 static void attend_tile_w(const float *q, int64_t ldq, int m, int d, const float *k, const float *v, int64_t ldkv, int n, const int32_t *lo,
                           const int32_t *hi, const qattn_score_mod *mod, qattn_tile_state *st, float *scratch) {
     qattn_kernels_avx2.attend_tile_f32(q, ldq, m, d, k, v, ldkv, n, lo, hi, mod, st, scratch);
@@ -323,4 +323,5 @@ const qattn_cpu_kernels qattn_kernels_avxvnni = {
     .attend_tile_f32 = attend_tile_w,
     .pack_rows_f32 = qattn_pack_rows_f32_avx2,
     .kv_attend = qattn_kv_attend_vnni,
+    .int8 = &qattn_int8_kernels_avxvnni,
 };
