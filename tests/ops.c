@@ -2,6 +2,7 @@
  * once; then every target, each run checked the same way. */
 #define _POSIX_C_SOURCE 200809L /* posix_memalign */
 #include "ops.h"
+#include "ops_decode.h"
 #include "ops_kvcache.h"
 
 #include "quant/lowp.h" /* the INT8 / INT4 quantizers' configurations, for the baselines */
@@ -70,13 +71,49 @@
  *
  * CUDA targets: the bounds of tests/gpu/test_gpu.c, which accumulate with half-precision P on the
  * tensor cores: relative L2 2e-3 (FP16 inputs), 1.6e-2 (BF16), 5e-2 (INT8); LSE 1e-2 (0.1 at
- * INT8) absolute. A case the CUDA backend refuses (qattn_supports) is counted, not failed. */
+ * INT8) absolute. A case the CUDA backend refuses (qattn_supports) is counted, not failed.
+ *
+ * KV-cache decode (qattn_kv_decode, tests/ops_decode.c; docs/KVCACHE.md): two oracles, on N(0, 1)
+ * data with one x8 outlier channel in K, D 8..256.
+ * - Against the FP64 oracle on the dequantized cache (qattn_kv_cache_read: the values the kernels
+ *   see). FP16/BF16 storage: only the FP32 accumulation differs (the FP32 paragraph above):
+ *   relative L2 2e-5, LSE 1e-5 (1 + |ref|). INT8 storage: the integer kernels also hold q and the
+ *   softmax weights to 16 bits (src/kv/kv_internal.h: ~2^-16 relative per element, on top of the
+ *   FP32 rounding): relative L2 2e-4, LSE 1e-4 (1 + |ref|). This is the INT8 rule of
+ *   docs/ARCHITECTURE.md "Tolerances" with the dequantized cache as the baseline's input: the
+ *   codes' own rounding is in the oracle, so only what the kernels add is bounded. A calibrated
+ *   cache reads back in the original domain, so the same bounds hold for it.
+ * - Against the oracle on the original FP32 values (the storage error): FP16 2e-3, BF16 1.5e-2,
+ *   INT8 (per-token scales, K rotated) 4e-2: one rounding of each stored element, 2^-11 (FP16) and
+ *   2^-8 (BF16) relative, and for INT8 half a step of 1/127 of each row's largest element, carried
+ *   through the softmax.
+ * Measured (the default seed, then the worst over QATTN_TEST_SEED 1..24): against the dequantized
+ * cache FP16/BF16 1.4e-6 (2.0e-6), INT8 5.7e-5 (9.0e-5); against the original values FP16 1.3e-3
+ * (1.6e-3), BF16 7.1e-3 (1.3e-2), INT8 1.5e-2 (3.6e-2 at D 40, whose Hadamard blocks of 8 channels
+ * spread the outlier less), calibrated 1.2e-2 (1.7e-2). The INT8 LSE bound is the tightest: with
+ * QATTN_TEST_SEED=22 one entry of the D 16 MQA case misses it (1.9e-4 against 1.8e-4, every ISA
+ * alike): a row that sees a single key has its one score as LSE, so q's 16-bit rounding, times the
+ * outlier channel of K, is not averaged down.
+ * The CUDA decode (qattn_kv_decode_cuda): bench/gpu_decode.py's bounds against the oracle on the
+ * dequantized cache, relative L2 1e-3 for INT8 (tensor-core P.V with the weights held as two f16
+ * halves, ~22 bits) and 1e-5 for FP16/BF16 (FP32 FMA, as the CPU), or the CPU bound where larger;
+ * against the original values the CPU bounds (the storage error dominates); LSE the CPU bound plus
+ * 1e-3 absolute, bench/gpu_decode.py's bound on the GPU decode's LSE against the CPU decode's. Head
+ * dims the CUDA decode refuses (all but 64 and 128: QATTN_ERR_UNSUPPORTED) are counted, not
+ * failed. */
 #define FP32_REL_L2 1e-5
 #define FP32_LSE_REL 1e-5
 #define BASELINE_FACTOR 2.0
 #define INT4_K 1.5
 #define FLOOR 1e-6
 static const double int8_k[3] = {3.0, 4.0, 2.0}; /* qattn, intfa, sage */
+/* The decode's bounds (above), by cache dtype: against the dequantized cache, its LSE, against the
+ * original values; the CUDA decode's against the dequantized cache and its extra LSE error. */
+static double dec_rel_l2(int32_t t) { return t == QATTN_DTYPE_I8 ? 2e-4 : 2e-5; }
+static double dec_lse_rel(int32_t t) { return t == QATTN_DTYPE_I8 ? 1e-4 : 1e-5; }
+static double dec_orig_rel_l2(int32_t t) { return t == QATTN_DTYPE_F16 ? 2e-3 : t == QATTN_DTYPE_BF16 ? 1.5e-2 : 4e-2; }
+static double dec_cuda_rel_l2(int32_t t) { return t == QATTN_DTYPE_I8 ? 1e-3 : 1e-5; }
+#define DEC_CUDA_LSE_ABS 1e-3
 static const char *int8_scheme_name[3] = {"qattn", "intfa", "sage"};
 
 /* What a run must satisfy, fixed per case before any target runs. */
@@ -86,6 +123,7 @@ typedef struct op_bound {
     bool cosine;       /* cosine >= 1 - rel_l2 too */
     double lse_rel, lse_abs; /* |lse - ref| <= lse_rel (1 + |ref|) + lse_abs; infinities exactly */
     double baseline;   /* for the report */
+    double orig_rel_l2; /* OP_KV_DECODE: relative L2 against the oracle on the original values, at most */
 } op_bound;
 
 static double output_rounding(int32_t o_dtype) {
@@ -113,8 +151,10 @@ static qattn_ctx *target_ctx(const op_target *t) {
 int op_targets(op_target targets[OP_MAX_TARGETS]) {
     int32_t isas[TH_MAX_ISAS];
     int n_isas = th_available_isas(isas), n = 0;
+    static const int32_t thread_counts[] = {1, 2, 3, 8};
     for (int i = 0; i < n_isas; i++)
-        for (int threads = 1; threads <= 3; threads++) {
+        for (int ti = 0; ti < 4; ti++) {
+            int32_t threads = thread_counts[ti];
             op_target *t = &targets[n++];
             memset(t, 0, sizeof *t);
             t->backend = QATTN_BACKEND_CPU, t->isa = isas[i], t->n_threads = threads;
@@ -284,17 +324,19 @@ static float *make_slopes(const op_case *oc, int64_t *stride, size_t *count) {
     return s;
 }
 
-/* A case made concrete: the problem (pr, or kv for OP_FORWARD_KVCACHE), its attachments, the
- * oracle and the bound, and where a run leaves its output. */
+/* A case made concrete: the problem (pr, kv for OP_FORWARD_KVCACHE, dec for OP_KV_DECODE), its
+ * attachments, the oracle and the bound, and where a run leaves its output. */
 typedef struct op_state {
     op_kind kind;
     th_problem pr;
     op_kv_problem kv;
+    op_dec_problem dec;
     mask_buf mask;
     float *slopes;
     size_t n_slopes;
     size_t n_out;
     double *ref, *ref_lse;
+    double *ref_orig; /* OP_KV_DECODE: the oracle on the original values (bound.orig_rel_l2) */
     op_bound bound;
     void *o;      /* the output buffer as the call writes it (padding included), for the bitwise comparisons */
     size_t o_size;
@@ -303,8 +345,9 @@ typedef struct op_state {
 } op_state;
 
 static void state_free(op_state *st) {
-    free(st->mask.bytes), free(st->slopes), free(st->ref), free(st->ref_lse);
+    free(st->mask.bytes), free(st->slopes), free(st->ref), free(st->ref_lse), free(st->ref_orig);
     if (st->kind == OP_FORWARD_KVCACHE) op_kv_free(&st->kv);
+    else if (st->kind == OP_KV_DECODE) op_dec_free(&st->dec);
     else th_problem_free(&st->pr);
 }
 
@@ -476,6 +519,11 @@ static op_bound cpu_bound(const op_case *oc, const op_state *st) {
 
 static op_bound cuda_bound(const op_case *oc, const op_bound *cpu) {
     op_bound b = *cpu;
+    if (oc->kind == OP_KV_DECODE) { /* the top of this file, "KV-cache decode" */
+        b.rel_l2 = fmax(cpu->rel_l2, dec_cuda_rel_l2(oc->dec.cache_dtype));
+        b.lse_abs = cpu->lse_abs + DEC_CUDA_LSE_ABS;
+        return b;
+    }
     bool int8 = oc->c.precision == QATTN_PRECISION_INT8;
     bool bf16 = oc->c.qkv_dtype == QATTN_DTYPE_BF16 || oc->c.precision == QATTN_PRECISION_BF16;
     double rel = int8 ? 5e-2 : bf16 ? 1.6e-2 : 2e-3;
@@ -522,6 +570,7 @@ static void apply_pokes(th_problem *pr, const op_case *oc) {
 
 static void describe(const op_case *oc, const th_case *c, char *buf, size_t len) {
     if (oc->kind == OP_FORWARD_KVCACHE) op_kv_describe(oc, c->seed, buf, len);
+    else if (oc->kind == OP_KV_DECODE) op_dec_describe(oc, c->seed, buf, len);
     else describe_forward(oc, c, buf, len);
 }
 
@@ -582,9 +631,28 @@ static bool state_make_kvcache(op_state *st, const op_case *oc, const th_case *c
     return true;
 }
 
+/* Two oracles (the dequantized cache, the original values) and the decode's bounds (the top of this file). */
+static bool state_make_decode(op_state *st, const op_case *oc, const th_case *c) {
+    op_dec_problem *d = &st->dec;
+    op_dec_make(d, oc, c->seed);
+    st->n_out = d->n_out;
+    st->ref = th_xmalloc(st->n_out * sizeof *st->ref + 8);
+    st->ref_orig = th_xmalloc(st->n_out * sizeof *st->ref_orig + 8);
+    st->ref_lse = th_xmalloc((d->n_lse + 1) * sizeof *st->ref_lse);
+    op_dec_oracle(d, st->ref, st->ref_lse, st->ref_orig);
+    int32_t t = oc->dec.cache_dtype;
+    st->bound.rel_l2 = dec_rel_l2(t);
+    st->bound.lse_rel = dec_lse_rel(t);
+    st->bound.orig_rel_l2 = dec_orig_rel_l2(t);
+    st->o = d->o, st->o_size = d->n_out * sizeof(float);
+    st->lse = d->lse, st->lse_elems = d->n_lse;
+    return true;
+}
+
 static bool state_make(op_state *st, const op_case *oc, const th_case *c) {
     memset(st, 0, sizeof *st);
     st->kind = oc->kind;
+    if (oc->kind == OP_KV_DECODE) return state_make_decode(st, oc, c);
     return oc->kind == OP_FORWARD_KVCACHE ? state_make_kvcache(st, oc, c) : state_make_forward(st, oc, c);
 }
 
@@ -673,13 +741,22 @@ static qattn_status run_on_device(qattn_ctx *ctx, const op_case *oc, op_state *s
 #endif
 
 /* Whether the CUDA backend runs the case: qattn_supports for a forward; qattn_forward_kvcache runs
- * on the CPU backend only. */
+ * on the CPU backend only; the decode has qattn_kv_decode_cuda, whose refusal
+ * (QATTN_ERR_UNSUPPORTED, e.g. a head dim other than 64 and 128) is counted after the call. */
 static bool runs_on_cuda(qattn_ctx *ctx, const op_case *oc, op_state *st) {
+    if (oc->kind == OP_KV_DECODE) return true;
     return oc->kind == OP_FORWARD && qattn_supports(ctx, &st->pr.p) == QATTN_OK;
 }
 
-/* One call on a target, outputs poisoned first (and the cache as it was before any call). */
+static const char *call_name(op_kind kind, bool cpu) {
+    if (kind == OP_KV_DECODE) return cpu ? "qattn_kv_decode" : "qattn_kv_decode_cuda";
+    return kind == OP_FORWARD_KVCACHE ? "qattn_forward_kvcache" : "qattn_forward";
+}
+
+/* One call on a target, outputs poisoned first (and the cache as it was before any call; a CPU
+ * decode reads the cache built on its context, run_ctx). */
 static qattn_status run(qattn_ctx *ctx, const op_case *oc, op_state *st, bool cpu) {
+    if (oc->kind == OP_KV_DECODE) return cpu ? op_dec_run_cpu(&st->dec, ctx) : op_dec_run_cuda(&st->dec, ctx);
     if (oc->kind == OP_FORWARD_KVCACHE) {
         op_kv_restore_cache(&st->kv);
         op_kv_poison_outputs(&st->kv);
@@ -750,6 +827,10 @@ static bool check_written(const op_state *st, float *out, const char *label) {
         memcpy(out, st->kv.o, st->n_out * sizeof *out);
         return op_kv_check_after(&st->kv, st->ref, label);
     }
+    if (st->kind == OP_KV_DECODE) {
+        memcpy(out, st->dec.o, st->n_out * sizeof *out);
+        return op_dec_check_after(&st->dec, label);
+    }
     th_problem_gather_o(&st->pr, out);
     return th_problem_check_written(&st->pr);
 }
@@ -768,8 +849,32 @@ static bool check_run(const op_state *st, const op_bound *b, float *out, const c
         good &= TH_CHECK(bad == 0, "[%s] %zu LSE entries off (worst %zu: %.9g vs oracle %.9g)", label, bad, worst, (double)st->lse[worst],
                          st->ref_lse[worst]);
     }
+    if (st->ref_orig) { /* the decode: the storage error, against the original values */
+        double e = th_compare(out, st->ref_orig, st->n_out).rel_l2;
+        good &= TH_CHECK(e <= b->orig_rel_l2, "[%s] relative L2 against the original values %.3e above the bound %.3e", label, e, b->orig_rel_l2);
+    }
     if (!good) th_metrics_print(label, &m);
     return good;
+}
+
+/* A target's context: a new one, except for a decode on the CPU, whose targets of one ISA share
+ * the context their cache was built on (ops_decode.h), with the target's thread count. */
+static qattn_ctx *run_ctx(const op_target *t, op_state *st, bool cpu) {
+    if (cpu && st->kind == OP_KV_DECODE) return op_dec_cpu_ctx(&st->dec, t->isa, t->n_threads);
+    return target_ctx(t);
+}
+
+static void run_ctx_done(qattn_ctx *ctx, const op_state *st, bool cpu) {
+    if (!(cpu && st->kind == OP_KV_DECODE)) qattn_ctx_destroy(ctx); /* the decode's stays with its problem */
+}
+
+/* Which CPU runs must agree bitwise across ISAs: the integer forward paths on every ISA; the
+ * INT8-cache decode on the SIMD ISAs (docs/KVCACHE.md: the AVX-VNNI and AVX-512 decode kernels
+ * are bitwise the AVX2 kernel; the reference kernel computes the same integers, but its softmax
+ * takes libm's exp2f, not the vector exp2). */
+static bool bitwise_across_isas(const op_case *oc, int32_t isa) {
+    if (oc->kind == OP_KV_DECODE) return oc->dec.cache_dtype == QATTN_DTYPE_I8 && isa != QATTN_ISA_REF;
+    return is_integer(oc->c.precision);
 }
 
 void op_run_case(const op_case *oc, int index, const op_target *targets, int n_targets) {
@@ -786,25 +891,29 @@ void op_run_case(const op_case *oc, int index, const op_target *targets, int n_t
         return;
     }
     float *out = th_xmalloc(st.n_out * sizeof *out + 4);
-    op_bytes per_isa, first_cpu; /* the first run of this ISA; the first CPU run of all */
+    op_bytes per_isa, first_cpu; /* the first run of this ISA; the first CPU run that must agree across ISAs */
     memset(&per_isa, 0, sizeof per_isa), memset(&first_cpu, 0, sizeof first_cpu);
     int32_t per_isa_of = -1;
-    double worst = 0.0;
+    double worst = 0.0, worst_orig = 0.0;
     for (int ti = 0; ti < n_targets; ti++) {
         const op_target *t = &targets[ti];
         bool cpu = t->backend == QATTN_BACKEND_CPU;
         if (cpu && !(oc->threads & (1u << t->n_threads))) continue;
-        qattn_ctx *ctx = target_ctx(t);
+        qattn_ctx *ctx = run_ctx(t, &st, cpu);
         if (!TH_CHECK(ctx != NULL, "[%s] no context", t->name)) continue;
         if (!cpu && !runs_on_cuda(ctx, oc, &st)) {
             g_unsupported[ti]++;
-            qattn_ctx_destroy(ctx);
+            run_ctx_done(ctx, &st, cpu);
             continue;
         }
         qattn_status s = run(ctx, oc, &st, cpu);
-        bool ok = TH_CHECK(s == QATTN_OK, "[%s] %s: %s: %s", t->name, oc->kind == OP_FORWARD_KVCACHE ? "qattn_forward_kvcache" : "qattn_forward",
-                           qattn_status_str(s), qattn_ctx_last_error(ctx));
-        qattn_ctx_destroy(ctx);
+        if (!cpu && oc->kind == OP_KV_DECODE && s == QATTN_ERR_UNSUPPORTED) { /* refused: counted, not failed */
+            g_unsupported[ti]++;
+            run_ctx_done(ctx, &st, cpu);
+            continue;
+        }
+        bool ok = TH_CHECK(s == QATTN_OK, "[%s] %s: %s: %s", t->name, call_name(oc->kind, cpu), qattn_status_str(s), qattn_ctx_last_error(ctx));
+        run_ctx_done(ctx, &st, cpu);
         if (!ok) continue;
         g_ran[ti]++;
         op_bound b = cpu ? st.bound : cuda_bound(oc, &st.bound);
@@ -812,18 +921,23 @@ void op_run_case(const op_case *oc, int index, const op_target *targets, int n_t
         if (oc->property) oc->property(oc, &st.pr, out, t->name);
         double e = th_compare(out, st.ref, st.n_out).rel_l2;
         worst = e > worst ? e : worst;
+        if (st.ref_orig) {
+            e = th_compare(out, st.ref_orig, st.n_out).rel_l2;
+            worst_orig = e > worst_orig ? e : worst_orig;
+        }
         if (!cpu) continue;
         /* the same ISA gives bitwise identical results for any thread count (docs/ARCHITECTURE.md "Numerics") */
         if (per_isa.o && per_isa_of == t->isa) bytes_expect_same(&per_isa, &st, t->name, "thread counts");
         else bytes_free(&per_isa), bytes_keep(&per_isa, &st, t->name), per_isa_of = t->isa;
-        /* the integer paths give bitwise identical results on every ISA */
-        if (is_integer(c.precision)) {
+        /* the integer paths give bitwise identical results on every ISA (the INT8-cache decode on every SIMD ISA) */
+        if (bitwise_across_isas(oc, t->isa)) {
             if (first_cpu.o) bytes_expect_same(&first_cpu, &st, t->name, "ISAs");
             else bytes_keep(&first_cpu, &st, t->name);
         }
     }
     printf("  %s\n    worst rel L2 %.3e, bound %.3e", desc, worst, st.bound.rel_l2);
     if (st.bound.baseline > 0) printf(" (baseline %.3e)", st.bound.baseline);
+    if (st.ref_orig) printf("; against the original values %.3e, bound %.3e", worst_orig, st.bound.orig_rel_l2);
     printf("\n");
     bytes_free(&per_isa), bytes_free(&first_cpu);
     free(out);

@@ -2,15 +2,18 @@
  *
  * A case is one call described completely. Its kind says which: qattn_forward (the harness's
  * th_case: shape, dtypes, precision, masks, layout, plus what th_case does not know: INT8 scheme,
- * input distribution, softcap, ALiBi slopes, a block mask, a caller workspace) or
+ * input distribution, softcap, ALiBi slopes, a block mask, a caller workspace),
  * qattn_forward_kvcache (th_case's shape and dtype plus the cache: pages, cached lengths, new
- * tokens, rotary; tests/ops_kvcache.c). Both carry the thread counts they run with.
+ * tokens, rotary; tests/ops_kvcache.c) or qattn_kv_decode over the cache object (th_case's shape
+ * and masks plus the cache: storage dtype, block size, sequence lengths, a calibration;
+ * tests/ops_decode.c). All carry the thread counts they run with.
  * A target is one way to run it: a CPU context of one ISA and thread count, or a CUDA context of
  * one kernel choice. The runner makes the case's inputs once, computes the FP64 oracle and the
  * case's tolerance once, then runs every target with poisoned outputs and checks every output
- * element written, the error against the oracle, what the kind adds (the cache after the append),
- * and the cross-target invariants (bitwise identity across thread counts on one ISA; INT8 and
- * INT4 bitwise identity across ISAs). */
+ * element written, the error against the oracle, what the kind adds (the cache after the append;
+ * the decode's cache and its second oracle, on the original values), and the cross-target
+ * invariants (bitwise identity across thread counts on one ISA; INT8 and INT4 bitwise identity
+ * across ISAs; the INT8-cache decode's across the SIMD ISAs). */
 #ifndef QATTN_TEST_OPS_H
 #define QATTN_TEST_OPS_H
 
@@ -40,16 +43,19 @@ typedef struct op_mask {
     bool nan_dead;     /* key block 1 hidden everywhere, its K and V NaN */
 } op_mask;
 
-/* Thread counts a case runs with on every CPU ISA (a bit per count 1..3). */
+/* Thread counts a case runs with on every CPU ISA (a bit per count: 1..3, and 8, more workers
+ * than this machine's cores, which only the decode cases name). */
 #define OP_T1 (1u << 1)
 #define OP_T2 (1u << 2)
 #define OP_T3 (1u << 3)
+#define OP_T8 (1u << 8)
 #define OP_T123 (OP_T1 | OP_T2 | OP_T3)
 
 /* Which call a case makes. */
 typedef enum op_kind {
     OP_FORWARD = 0,     /* qattn_forward */
     OP_FORWARD_KVCACHE, /* qattn_forward_kvcache: append to a caller's cache, then attend over it */
+    OP_KV_DECODE,       /* qattn_kv_decode over a qattn_kv_cache (CUDA targets: qattn_kv_decode_cuda) */
 } op_kind;
 
 /* The cache of an OP_FORWARD_KVCACHE case (tests/ops_kvcache.c makes it). th_case gives the
@@ -63,6 +69,16 @@ typedef struct op_kvcache {
     int rotary_dim;            /* 0: no rotary */
     int rotary_interleaved;
 } op_kvcache;
+
+/* The cache of an OP_KV_DECODE case (tests/ops_decode.c makes it). th_case gives the batch (the
+ * listed sequences, at most 4), seqlen_q (queries per sequence, the last tokens of each), heads,
+ * head_dim, causal and window_left; q and o are FP32 [B, Lq, H, D], with LSE. */
+typedef struct op_decode {
+    int32_t cache_dtype; /* storage: QATTN_DTYPE_F16, BF16 or I8 */
+    bool calibrated;     /* INT8: qattn_kv_cache_set_calibration from the case's own data */
+    int block;           /* tokens per cache block */
+    int32_t lens[4];     /* tokens of each sequence (>= seqlen_q) */
+} op_decode;
 
 /* One input element set after the draw: a NaN or an Inf where a numerics case wants it. */
 typedef struct op_poke {
@@ -88,6 +104,7 @@ typedef struct op_case {
     bool user_workspace; /* a caller workspace of exactly qattn_workspace_size bytes (and one short: refused) */
     unsigned threads;    /* OP_T* */
     op_kvcache kv;       /* OP_FORWARD_KVCACHE */
+    op_decode dec;       /* OP_KV_DECODE */
     /* Edge cases (OP_FORWARD, tests/test_ops.c's numerics section): inputs edited after the draw, a
      * property checked on every run after the oracle comparison, a bound of the case's own. */
     op_poke poke[2];
@@ -107,8 +124,8 @@ typedef struct op_target {
     int32_t cuda_kernels;
 } op_target;
 
-#define OP_MAX_TARGETS (TH_MAX_ISAS * 3 + 2)
-/* Every target this machine has: each CPU ISA tier x 1, 2, 3 threads, then (when the tests were
+#define OP_MAX_TARGETS (TH_MAX_ISAS * 4 + 2)
+/* Every target this machine has: each CPU ISA tier x 1, 2, 3, 8 threads, then (when the tests were
  * built with CUDA and a device is visible) the CUDA backend with each cuda_kernels choice. */
 int op_targets(op_target targets[OP_MAX_TARGETS]);
 

@@ -16,7 +16,8 @@
  * Decode: against single-process qattn_kv_decode on a cache holding the whole sequences, 2e-6
  * relative L2 for FP16 storage; INT8 storage (per-token scales: a shard stores exactly the codes
  * the whole cache stores) adds the kernels' 16-bit q / softmax weights per split, so 2e-4, the
- * bound of test_kv_cache.c against the oracle on the dequantized cache, is used there too. */
+ * op table's decode bound against the oracle on the dequantized cache (tests/ops.c), is used
+ * there too. */
 #define _POSIX_C_SOURCE 200809L
 #include "harness.h"
 #include "qattn_dist.h"

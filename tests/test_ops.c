@@ -1,22 +1,28 @@
-/* The op table: every qattn_forward and qattn_forward_kvcache case, run on every target this
- * machine has against the FP64 oracle (tests/ops.h says what a case and a target are, tests/ops.c
- * how a case runs and what its tolerance is and why, tests/ops_kvcache.c how a cache case is made).
+/* The op table: every qattn_forward, qattn_forward_kvcache and qattn_kv_decode case, run on every
+ * target this machine has against the FP64 oracle (tests/ops.h says what a case and a target are,
+ * tests/ops.c how a case runs and what its tolerance is and why, tests/ops_kvcache.c how a
+ * KV-cache forward case is made, tests/ops_decode.c how a decode case is).
  *
  * Targets: each CPU ISA tier (ref, avx2, avxvnni, avx512: the ones a context can be created for)
- * with 1, 2 and 3 threads, then the CUDA backend with each cuda_kernels choice when the tests were
- * built with CUDA and a device is visible. Since the table enumerates the ISAs itself, CI runs it
- * once, not once per QATTN_ISA tier (label all-isas, .ci/run).
+ * with 1, 2 and 3 threads (and 8, which only the decode cases name), then the CUDA backend with
+ * each cuda_kernels choice when the tests were built with CUDA and a device is visible. Since the
+ * table enumerates the ISAs itself, CI runs it once, not once per QATTN_ISA tier (label all-isas,
+ * .ci/run).
  *
  * Each case runs on the targets of the thread counts it names (OP_T*); every run has poisoned
  * outputs and must write every output and LSE element and nothing outside them, stay within the
  * case's bound against the oracle (NaN and Inf exactly where the oracle has them), and agree
  * bitwise with the other thread counts of its ISA; INT8 and INT4 runs agree bitwise across ISAs
- * too. A cache case's cache must hold exactly the expected contents after the append; a numerics
- * case's property (exact zeros, which rows are NaN, ...) must hold on every run.
+ * too, INT8-cache decodes across the SIMD ISAs. A KV-cache forward case's cache must hold exactly
+ * the expected contents after the append; a decode case's cache (built on each target's context,
+ * its empty slots poisoned) must read back what the oracle read, and its output must also stay
+ * within the storage bound against the oracle on the original values; a numerics case's property
+ * (exact zeros, which rows are NaN, ...) must hold on every run.
  *
  * Adding a case: append it to the section of its kind in build_table() (make it with fwd(), or
- * edge() for numerics, or add a row to the kvcache section's array; then set what differs). A case's seed is its index: adding a case at the end of the table keeps every
- * other case's data. QATTN_TEST_FILTER=<text> runs the cases whose description contains text. */
+ * edge() for numerics, or add a row to the kvcache or decode section's array; then set what
+ * differs). A case's seed is its index: adding a case at the end of the table keeps every other
+ * case's data. QATTN_TEST_FILTER=<text> runs the cases whose description contains text. */
 #include "ops.h"
 
 #include <math.h>
@@ -636,6 +642,53 @@ static int add_numerics(op_case *t, int n) {
     return n;
 }
 
+/* ---------------------------------------------------------------- KV-cache decode
+ *
+ * qattn_kv_decode over the cache object (tests/ops_decode.c): every shape with an FP16, a BF16, an
+ * INT8 and a calibrated INT8 cache; GQA 4, MHA, MQA, head dims 8 to 256 (D 8: less than one
+ * 16-lane vector; D % 32 of 8, 16, 24: the kernels' channel tails), block sizes 7, 16, 32 (lengths
+ * not multiples of a block, a one-token sequence, a sequence of exactly Lq tokens), Lq 1..5 causal
+ * and not, left windows (one shorter than a block), several sequences of uneven lengths, long ones
+ * split across units (merged in split order): 1, 2, 3 and 8 threads. The CUDA targets run
+ * qattn_kv_decode_cuda, which refuses every head dim but 64 and 128 (counted, not failed). */
+static int add_kv_decode(op_case *t, int n) {
+    static const struct {
+        const char *name;
+        int H, HK, D, block, Lq, causal, wl, n_seqs;
+        int32_t lens[4];
+    } shapes[] = {
+        /*                              H  HK    D block Lq causal wl  n  lens */
+        {"gqa4-uneven-split",           8,  2,  64, 16, 1, 1,  -1, 3, {1000, 37, 513}},
+        {"mha-block7-lq3-exact-lq",     4,  4, 128,  7, 3, 1,  -1, 2, {203, 3}},       /* a sequence of exactly Lq tokens */
+        {"h32-speculative-window",     32,  8, 128, 16, 2, 1, 100, 1, {3000}},         /* the acceptance shape's heads */
+        {"D80-noncausal-lq4",           6,  2,  80, 32, 4, 0,  -1, 2, {113, 1200}},
+        {"mqa-window17-lq5",            8,  1,  64, 16, 5, 1,  17, 4, {17, 64, 1100, 5}}, /* a window shorter than a block */
+        {"D256",                        2,  2, 256, 16, 1, 1,  -1, 1, {2500}},
+        {"D8-split",                    8,  2,   8, 16, 1, 1,  -1, 3, {1000, 37, 513}}, /* less than one 16-lane vector */
+        {"D16-mqa-block7-lq3",          4,  1,  16,  7, 3, 1,  -1, 2, {203, 3}},
+        {"D24-noncausal-lq4-window",    6,  2,  24, 32, 4, 0,  40, 2, {113, 1200}},
+        {"D40-lq2",                     4,  2,  40, 16, 2, 1,  -1, 1, {700}},
+        {"D136-one-token",              4,  4, 136, 16, 1, 1,  -1, 2, {300, 1}},         /* a one-token sequence */
+    };
+    static const struct {
+        int32_t dtype;
+        bool calibrated;
+    } caches[] = {{QATTN_DTYPE_F16, false}, {QATTN_DTYPE_BF16, false}, {QATTN_DTYPE_I8, false}, {QATTN_DTYPE_I8, true}};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+        for (size_t j = 0; j < sizeof caches / sizeof caches[0]; j++) {
+            int32_t longest = 0;
+            for (int b = 0; b < shapes[i].n_seqs; b++) longest = shapes[i].lens[b] > longest ? shapes[i].lens[b] : longest;
+            op_case x = fwd(shapes[i].name, shapes[i].n_seqs, shapes[i].Lq, longest, shapes[i].H, shapes[i].HK, shapes[i].D);
+            x.kind = OP_KV_DECODE;
+            x.c.causal = shapes[i].causal, x.c.window_left = shapes[i].wl;
+            x.dec.cache_dtype = caches[j].dtype, x.dec.calibrated = caches[j].calibrated, x.dec.block = shapes[i].block;
+            memcpy(x.dec.lens, shapes[i].lens, sizeof x.dec.lens);
+            x.threads = OP_T123 | OP_T8;
+            t[n++] = x;
+        }
+    return n;
+}
+
 static int build_table(op_case *t) {
     int n = 0;
     n = add_forward(t, n);
@@ -646,6 +699,7 @@ static int build_table(op_case *t) {
     n = add_int4(t, n);
     n = add_kvcache(t, n);
     n = add_numerics(t, n);
+    n = add_kv_decode(t, n);
     if (n > MAX_CASES) {
         fprintf(stderr, "test_ops: %d cases, room for %d\n", n, MAX_CASES);
         return 0;
