@@ -15,6 +15,7 @@
 extern "C" {
 #include "qattn_internal.h"
 #include "core/names.h"
+#include "quant/lowp.h"
 }
 #include "cuda_common.cuh"
 #include "kv_decode.cuh"
@@ -158,10 +159,19 @@ qattn_cuda_args make_args(const qattn_params *p) {
 qattn_status enqueue_i8(qattn_ctx *ctx, qattn_cuda_args &a, int bf16, void *ws, const qattn_cuda_bmask *bm, const qattn_calibration *cal,
                         cudaStream_t stream) {
     cudaError_t e;
-    if ((e = qattn_cuda_quantize_i8(a, bf16, ws, stream, cal)) != cudaSuccess)
+    /* Sharp units (docs/FORMAT.md section 7) run the FP16/BF16 mma.sync kernel, which has no block masks:
+     * with a mask every unit stays INT8. */
+    const float sharp_noise = bm ? 0.f : QATTN_QK_REFINE_NOISE;
+    if ((e = qattn_cuda_quantize_i8(a, bf16, ws, stream, cal, sharp_noise)) != cudaSuccess)
         return qattn_fail(ctx, QATTN_ERR_BACKEND, "INT8 quantization kernels: %s", cudaGetErrorString(e));
     if (a.lk > 0 && (e = a.i8_wgmma ? qattn_cuda_launch_i8_wgmma(a, stream, bm) : qattn_cuda_launch_i8(a, stream)) != cudaSuccess)
         return qattn_fail(ctx, QATTN_ERR_BACKEND, "INT8 attention kernel launch: %s", cudaGetErrorString(e));
+    if (a.lk > 0 && a.skip_units) {
+        qattn_cuda_args f = a;
+        f.only_units = a.skip_units, f.skip_units = NULL;
+        if ((e = qattn_cuda_launch_f16(f, bf16, stream)) != cudaSuccess)
+            return qattn_fail(ctx, QATTN_ERR_BACKEND, "attention kernel launch (the sharp units): %s", cudaGetErrorString(e));
+    }
     if (a.lk == 0 && (e = qattn_cuda_launch_f16(a, bf16, stream)) != cudaSuccess)
         return qattn_fail(ctx, QATTN_ERR_BACKEND, "attention kernel launch (empty keys): %s", cudaGetErrorString(e));
     return QATTN_OK;

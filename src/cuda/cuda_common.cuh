@@ -31,6 +31,10 @@ struct qattn_cuda_args {
     int32_t lq_pad;             /* Lq rounded up to the largest INT8 query block (Qi, sq, qsh row length) */
     int32_t i8_wgmma;           /* 1: the sm_90a wgmma kernel (fwd_wgmma_i8.cu) and its tiled, pre-swizzled layout */
     int32_t *sched;             /* the wgmma kernel's work counter (workspace; zeroed by the quantization pass) */
+    /* Sharp units (per (b, kv head), 1 = sharp; quant_i8.cu): the INT8 kernels leave the work items of the
+     * units flagged in skip_units (NULL: none) and the FP16/BF16 mma.sync kernel runs only the units
+     * flagged in only_units (NULL: all), so those units get the FP16 kernel's accuracy. */
+    const int32_t *skip_units, *only_units;
     int32_t n_sm;               /* multiprocessors of the device (persistent grids) */
     /* Score modifiers, the FP16/BF16 mma.sync kernel only (fwd_mma_f16.cu's MODS instantiations; the
      * backend sends no other kernel a call that has them). */
@@ -72,10 +76,11 @@ cudaError_t qattn_cuda_prepare_f16_wgmma(void);
 /* Quantize f16/bf16 q, k, v of a (non-varlen) into the INT8 workspace layout.
  * ws: device scratch of qattn_cuda_i8_workspace bytes; fills a.qi/ki/vt/sq/sk/sv.
  * cal: NULL (the channel transforms from the call's own statistics), or a calibration whose k_factor,
- * k_mean and v_mean are device arrays [HK][D] (no statistics pass: Q, K, V are read once). */
+ * k_mean and v_mean are device arrays [HK][D] (no statistics pass: Q, K, V are read once).
+ * sharp_noise > 0: the sharp units' flags too (threshold on sigma), and a.skip_units points at them. */
 struct qattn_calibration;
 size_t qattn_cuda_i8_workspace(const qattn_cuda_args &a);
-cudaError_t qattn_cuda_quantize_i8(qattn_cuda_args &a, int bf16, void *ws, cudaStream_t stream, const qattn_calibration *cal);
+cudaError_t qattn_cuda_quantize_i8(qattn_cuda_args &a, int bf16, void *ws, cudaStream_t stream, const qattn_calibration *cal, float sharp_noise);
 
 /* ---------------------------------------------------------------- host helpers */
 /* Make a device current for a scope (a library call); the caller's device is restored after. */

@@ -117,6 +117,7 @@ __global__ void __launch_bounds__(f16_cfg<D>::NTHREADS, f16_cfg<D>::MIN_BLOCKS) 
     const int g = lane / 4, t4 = lane % 4;
     const int b = blockIdx.z, h = blockIdx.y;
     const int hk = h / (a.h / a.hk);
+    if (a.only_units && !a.only_units[(int64_t)b * a.hk + hk]) return; /* the INT8 kernel's unit (backend.cu, enqueue_i8) */
 
     int lq = a.lq, lk = a.lk;
     int64_t qoff, koff, voff, ooff, lse_off, lse_hs;

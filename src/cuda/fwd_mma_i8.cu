@@ -118,6 +118,7 @@ __global__ void __launch_bounds__(NTHREADS, (8 / NWARPS) * (D == 128 ? 1 : QATTN
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int g = lane / 4, t4 = lane % 4;
     const int b = blockIdx.z, h = blockIdx.y, hk = h / (a.h / a.hk);
+    if (a.skip_units && a.skip_units[(int64_t)b * a.hk + hk]) return; /* a sharp unit: the FP16 kernel's (backend.cu, enqueue_i8) */
     const int lq = a.lq, lk = a.lk;
     const int mblk = (int)(gridDim.x - 1 - blockIdx.x);
     const int m0 = mblk * BM;

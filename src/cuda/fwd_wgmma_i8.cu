@@ -294,6 +294,11 @@ __global__ void __launch_bounds__(NTHREADS, 1)
             int item = blockIdx.x, it = 0;
             for (int j = 0;; j++) {
                 const int qb = j & 1;
+                if (a.skip_units) /* sharp units: the FP16 kernel's (backend.cu, enqueue_i8) */
+                    for (; item < n_items; item = gridDim.x + atomicAdd(a.sched, 1)) {
+                        const work_item u = decode_item<BM, BN>(a, item, hg);
+                        if (!a.skip_units[(int64_t)u.b * a.hk + u.hkv]) break;
+                    }
                 mbar_wait(bar_qempty + 8 * qb, ((j >> 1) & 1) ^ 1);
                 if (item >= n_items) {
                     slot[qb].b = -1;

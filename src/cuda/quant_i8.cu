@@ -55,6 +55,7 @@ namespace {
 constexpr int BN = 128;   /* the attention kernels' key tile (Vt tiles, sv per tile) */
 constexpr int QPAD = 128; /* Qi rows padded to the wgmma kernel's query block */
 constexpr int NT = 256;   /* threads per block, every kernel here */
+constexpr int SHARP_SLICES = 8; /* blocks per (b, kv head) of i8q_sharp_kernel */
 constexpr int CH = 512;   /* tokens per chunk of the statistics */
 constexpr int QRI = 4;    /* Q rows per lane group and block (loads issued together) */
 constexpr int QSC = 256; /* query positions per Q-range item (all heads of one kv head's group); 64: 4-5% slower pass (H100) */
@@ -67,7 +68,7 @@ int n_chunks(int lk) { return (lk + CH - 1) / CH; }
 int n_qchunks(int lq) { return (lq + QSC - 1) / QSC; }
 
 struct i8_layout {
-    size_t qi, sq, ki, sk, vt, sv, vm, km, kmf, fk, finv, psum, pabs, pmin, pkmin, pkmax, qsh, sched, ctl, qa, total;
+    size_t qi, sq, ki, sk, vt, sv, vm, km, kmf, fk, finv, psum, pabs, pmin, pkmin, pkmax, qsh, csq, csk, sharp, sigma, spart, sched, ctl, qa, sdone, total;
 };
 
 i8_layout layout(const qattn_cuda_args &a, int lk_pad) {
@@ -92,9 +93,15 @@ i8_layout layout(const qattn_cuda_args &a, int lk_pad) {
     L.pkmin = off, off += align256(nst / 2 * 4);
     L.pkmax = off, off += align256(nst / 2 * 4);
     L.qsh = off, off += align256(B * H * lq_pad * 4);
+    L.csq = off, off += align256(B * H * lq_pad * 4);        /* sum of squared codes per Q row (sharp units) */
+    L.csk = off, off += align256(B * HK * (size_t)lk_pad * 4); /* ... per K row */
+    L.sharp = off, off += align256(B * HK * 4);               /* [b][kv head]: 1 = sharp */
+    L.sigma = off, off += align256(B * HK * 4);               /* [b][kv head]: the predicted logit noise */
+    L.spart = off, off += align256(B * HK * SHARP_SLICES * 4 * 8); /* [unit][slice][4]: i8q_sharp_kernel's partial sums */
     L.sched = off, off += 256;
     L.ctl = off, off += align256((1 + 3 * B * HK) * 4); /* ticket, done[bh], ready[bh], qdone[bh]; zeroed with sched */
     L.qa = off, off += align256(B * HK * D * 4);        /* max |q| as float bits (atomicMax), zeroed with sched */
+    L.sdone = off, off += align256(B * HK * 4);          /* i8q_sharp_kernel's blocks done per unit, zeroed with sched */
     L.total = off;
     return L;
 }
@@ -143,6 +150,15 @@ template <int D> __device__ __forceinline__ float quant_row8(const float y[8], u
     codes.x = qattn_pack4(code8(y[0], inv), code8(y[1], inv), code8(y[2], inv), code8(y[3], inv));
     codes.y = qattn_pack4(code8(y[4], inv), code8(y[5], inv), code8(y[6], inv), code8(y[7], inv));
     return m / 127.f;
+}
+
+/* The sum of the squared codes of a row held by the D/8 lanes of its group (8 codes each): exact in int32
+ * (<= 256 * 127^2), the same in every lane. */
+template <int D> __device__ __forceinline__ int32_t code_sq8(const uint2 codes) {
+    int32_t s = __dp4a((int)codes.x, (int)codes.x, __dp4a((int)codes.y, (int)codes.y, 0));
+#pragma unroll
+    for (int o = 1; o < D / 8; o <<= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    return s;
 }
 
 /* The CPU's fwht8 (src/quant/quant.c): stages len = 1, 2, 4 on 8 values, same expressions. */
@@ -275,6 +291,7 @@ struct i8_aux {
     float *pkmin, *pkmax; /* [bh][chunk][D]: K's channel min / max per chunk */
     float *km, *kmf, *fk, *finv, *vm;
     unsigned *qa; /* [bh][D] max |q| bits */
+    int32_t *csq, *csk; /* sum of squared codes per Q row [B, H, lq_pad] and per K row [bh][lk_pad] */
     int *done, *ready, *qdone;
     int nqc; /* Q-range items per (b, kv head) */
 };
@@ -330,10 +347,11 @@ __device__ __forceinline__ void stats_q_part(const qattn_cuda_args &a, int blk, 
             rotate_row8<D>(y);
             uint2 codes;
             const float sc = __fmul_rn(quant_row8<D>(y, codes), (float)D); /* times n: exact */
+            const int32_t c2 = code_sq8<D>(codes);
             if (row[k] >= nrow) continue;
             const int64_t r = ((int64_t)b * a.h + h) * a.lq_pad + t;
             *(uint2 *)(qi + r * D + row_pos<D>(a, t, cg)) = codes;
-            if (cg == 0) sq[r] = sc;
+            if (cg == 0) sq[r] = sc, w.csq[r] = c2;
         }
         return;
     }
@@ -519,9 +537,10 @@ __device__ __forceinline__ void kv_part(const qattn_cuda_args &a, int bh, int ti
         rotate_row8<D>(y);
         uint2 codes;
         const float sc = quant_row8<D>(y, codes);
+        const int32_t c2 = code_sq8<D>(codes);
         const int64_t row = (int64_t)bh * a.lk_pad + key[r];
         *(uint2 *)(ki + row * D + row_pos<D>(a, key[r], cg)) = codes;
-        if (cg == 0) sk[row] = sc;
+        if (cg == 0) sk[row] = sc, w.csk[row] = c2;
         cvt8<BF16>(vu[r], y);
 #pragma unroll
         for (int i = 0; i < 8; i++) vmax[i] = qattn_fmax_nan(vmax[i], in ? fabsf(y[i] - vmean[i]) : 0.f);
@@ -643,8 +662,61 @@ __global__ void __launch_bounds__(D) i8q_calib_kernel(const qattn_cuda_args a, c
     if (d == 0) w.ready[bh] = 1; /* read by the next launch */
 }
 
+/* Sharp units (docs/FORMAT.md section 7; the CPU's noise_task, src/quant/quant.c): per (b, kv head) the
+ * predicted logit noise of the INT8 Q/K codes,
+ *   sigma^2 = scale^2 / 12 (mean_i sq_i^2 . mean_j sk_j^2 S_kj + mean_j sk_j^2 . mean_i sq_i^2 S_qi),
+ * S the row's sum of squared codes, i over the unit's query rows (every head of the group), j over its
+ * keys; the unit is sharp when sigma > noise. Blocks (unit, slice of SHARP_SLICES) sum a slice's rows in
+ * double (strided per thread, then a fixed tree) into part; the unit's last block adds the slices in
+ * order: the same result on every run, and against the CPU's sequential sums sigma differs by rounding
+ * only (the flags too, except within that rounding of the threshold). */
+__global__ void __launch_bounds__(NT) i8q_sharp_kernel(const qattn_cuda_args a, const i8_aux w, float noise, double *part, int *sdone, int32_t *sharp,
+                                                       float *sigma) {
+    __shared__ double red[4][NT];
+    __shared__ int last;
+    const int u = blockIdx.x, sl = blockIdx.y, b = u / a.hk, g = u % a.hk, grp = a.h / a.hk, tid = threadIdx.x;
+    const int64_t nqr = (int64_t)a.lq * grp, q0 = nqr * sl / SHARP_SLICES, q1 = nqr * (sl + 1) / SHARP_SLICES;
+    const int k0 = (int)((int64_t)a.lk * sl / SHARP_SLICES), k1 = (int)((int64_t)a.lk * (sl + 1) / SHARP_SLICES);
+    double aq = 0.0, cq = 0.0, ak = 0.0, ck = 0.0;
+    for (int64_t i = q0 + tid; i < q1; i += NT) { /* positions, then heads, as the CPU */
+        const int64_t r = ((int64_t)b * a.h + g * grp + (int)(i % grp)) * a.lq_pad + i / grp;
+        const double s2 = (double)a.sq[r] * a.sq[r];
+        aq += s2, cq += s2 * w.csq[r];
+    }
+    for (int j = k0 + tid; j < k1; j += NT) {
+        const int64_t r = (int64_t)u * a.lk_pad + j;
+        const double s2 = (double)a.sk[r] * a.sk[r];
+        ak += s2, ck += s2 * w.csk[r];
+    }
+    red[0][tid] = aq, red[1][tid] = cq, red[2][tid] = ak, red[3][tid] = ck;
+    __syncthreads();
+    for (int h = NT / 2; h > 0; h >>= 1) {
+        if (tid < h)
+#pragma unroll
+            for (int x = 0; x < 4; x++) red[x][tid] += red[x][tid + h];
+        __syncthreads();
+    }
+    if (tid < 4) part[((int64_t)u * SHARP_SLICES + sl) * 4 + tid] = red[tid][0];
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) last = atomicAdd(sdone + u, 1) == SHARP_SLICES - 1;
+    __syncthreads();
+    if (!last || tid != 0) return;
+    __threadfence();
+    double t[4] = {0.0, 0.0, 0.0, 0.0};
+    for (int k = 0; k < SHARP_SLICES; k++)
+        for (int x = 0; x < 4; x++) t[x] += __ldcg(part + ((int64_t)u * SHARP_SLICES + k) * 4 + x);
+    double sg = 0.0;
+    if (a.lq > 0 && a.lk > 0) {
+        const double rows = (double)nqr, nk = (double)a.lk, sc = a.scale;
+        sg = sqrt(sc * sc / 12.0 * ((t[0] / rows) * (t[3] / nk) + (t[2] / nk) * (t[1] / rows)));
+    }
+    sigma[u] = (float)sg;
+    sharp[u] = sg > (double)noise;
+}
+
 template <int D, bool BF16>
-cudaError_t quantize(qattn_cuda_args &a, const i8_layout &L, unsigned char *ws, cudaStream_t st, const qattn_calibration *cal) {
+cudaError_t quantize(qattn_cuda_args &a, const i8_layout &L, unsigned char *ws, cudaStream_t st, const qattn_calibration *cal, float noise) {
     constexpr int G = D / 8, RG = NT / G;
     int8_t *qi = (int8_t *)(ws + L.qi), *ki = (int8_t *)(ws + L.ki), *vt = (int8_t *)(ws + L.vt);
     float *sq = (float *)(ws + L.sq), *sk = (float *)(ws + L.sk), *sv = (float *)(ws + L.sv), *vm = (float *)(ws + L.vm), *km = (float *)(ws + L.km);
@@ -667,6 +739,7 @@ cudaError_t quantize(qattn_cuda_args &a, const i8_layout &L, unsigned char *ws, 
     w.pkmin = (float *)(ws + L.pkmin), w.pkmax = (float *)(ws + L.pkmax);
     w.km = km, w.kmf = (float *)(ws + L.kmf), w.fk = (float *)(ws + L.fk), w.finv = (float *)(ws + L.finv), w.vm = vm;
     w.qa = (unsigned *)(ws + L.qa);
+    w.csq = (int32_t *)(ws + L.csq), w.csk = (int32_t *)(ws + L.csk);
     w.done = ctl + 1, w.ready = ctl + 1 + bhk, w.qdone = ctl + 1 + 2 * bhk;
     w.nqc = n_qchunks(a.lq);
     const int64_t n_qs = cal ? 0 : bhk * w.nqc; /* calibrated: no Q ranges */
@@ -677,6 +750,13 @@ cudaError_t quantize(qattn_cuda_args &a, const i8_layout &L, unsigned char *ws, 
     if (n_qs + nb1 + nb3 > INT32_MAX) return cudaErrorInvalidConfiguration;
     i8q_fused_kernel<D, BF16><<<(unsigned)(n_qs + nb1 + nb3), NT, 0, st>>>(a, nch, ntiles, lag, (int)nst, (int)n_qs, qi, sq, ki, sk, vt, sv, w, ctl);
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
+    if (noise > 0.f) {
+        int32_t *sharp = (int32_t *)(ws + L.sharp);
+        i8q_sharp_kernel<<<dim3((unsigned)bhk, SHARP_SLICES), NT, 0, st>>>(a, w, noise, (double *)(ws + L.spart), (int *)(ws + L.sdone), sharp,
+                                                                        (float *)(ws + L.sigma));
+        if ((e = cudaGetLastError()) != cudaSuccess) return e;
+        a.skip_units = sharp;
+    }
     if (a.lse) {
         i8q_qshift_kernel<D><<<(unsigned)((nq + RG - 1) / RG), NT, 0, st>>>(a, km, qsh);
         if ((e = cudaGetLastError()) != cudaSuccess) return e;
@@ -688,28 +768,28 @@ cudaError_t quantize(qattn_cuda_args &a, const i8_layout &L, unsigned char *ws, 
 
 size_t qattn_cuda_i8_workspace(const qattn_cuda_args &a) { return layout(a, lk_padded(a.lk)).total; }
 
-cudaError_t qattn_cuda_quantize_i8(qattn_cuda_args &a, int bf16, void *ws, cudaStream_t stream, const qattn_calibration *cal) {
+cudaError_t qattn_cuda_quantize_i8(qattn_cuda_args &a, int bf16, void *ws, cudaStream_t stream, const qattn_calibration *cal, float sharp_noise) {
     a.lk_pad = lk_padded(a.lk);
     a.lq_pad = (a.lq + QPAD - 1) / QPAD * QPAD;
     const i8_layout L = layout(a, a.lk_pad);
     unsigned char *w = (unsigned char *)ws;
     switch (a.d) {
-    case 64: return bf16 ? quantize<64, true>(a, L, w, stream, cal) : quantize<64, false>(a, L, w, stream, cal);
-    case 128: return bf16 ? quantize<128, true>(a, L, w, stream, cal) : quantize<128, false>(a, L, w, stream, cal);
+    case 64: return bf16 ? quantize<64, true>(a, L, w, stream, cal, sharp_noise) : quantize<64, false>(a, L, w, stream, cal, sharp_noise);
+    case 128: return bf16 ? quantize<128, true>(a, L, w, stream, cal, sharp_noise) : quantize<128, false>(a, L, w, stream, cal, sharp_noise);
     }
     return cudaErrorInvalidValue;
 }
 
 /* Test hook (tests/gpu/test_gpu.c compares the workspace with the CPU's quantization; not public API):
- * for p's shape, the byte offsets in the INT8 workspace of qi, sq, ki, sk, vt, sv, vm, km, and
- * pads = {lq_pad, lk_pad}. */
-extern "C" void qattn_cuda_i8_offsets(const qattn_params *p, size_t off[8], int32_t pads[2]) {
+ * for p's shape, the byte offsets in the INT8 workspace of qi, sq, ki, sk, vt, sv, vm, km, sharp, sigma,
+ * and pads = {lq_pad, lk_pad}. */
+extern "C" void qattn_cuda_i8_offsets(const qattn_params *p, size_t off[10], int32_t pads[2]) {
     qattn_cuda_args a;
     memset(&a, 0, sizeof a);
     a.batch = (int32_t)p->batch, a.lq = (int32_t)p->seqlen_q, a.lk = (int32_t)p->seqlen_k;
     a.h = p->n_heads, a.hk = p->n_kv_heads, a.d = p->head_dim;
     const i8_layout L = layout(a, lk_padded(a.lk));
-    const size_t o[8] = {L.qi, L.sq, L.ki, L.sk, L.vt, L.sv, L.vm, L.km};
+    const size_t o[10] = {L.qi, L.sq, L.ki, L.sk, L.vt, L.sv, L.vm, L.km, L.sharp, L.sigma};
     memcpy(off, o, sizeof o);
     pads[0] = (a.lq + QPAD - 1) / QPAD * QPAD;
     pads[1] = lk_padded(a.lk);
