@@ -1,7 +1,8 @@
 /* The INT8 path's quantization pass (int8_scheme DEFAULT, non-varlen): f16/bf16 Q, K, V into the
  * workspace codes, scales and means that the attention kernels (fwd_mma_i8.cu, fwd_wgmma_i8.cu) read.
- * Scheme and layouts: fwd_mma_i8.cu's header. One launch, i8q_fused (a second only when LSE is asked),
- * whose blocks take work items in ticket order (an atomic counter), of three kinds:
+ * Scheme and layouts: fwd_mma_i8.cu's header. One launch, i8q_fused, then the small i8q_sharp (the
+ * sharp units' flags, below) and, when LSE is asked, i8q_qshift. i8q_fused's blocks take work items in
+ * ticket order (an atomic counter), of three kinds:
  *   1. statistics (stats_q_part): per-chunk statistics of K and V per (sequence, kv head, channel): the
  *      sum in double, the sum of |x| and the smallest nonzero |x| (the last two prove the sum exact,
  *      below); the last chunk of a (b, kv head) bh computes bh's K and V means (mean_one) and raises
