@@ -6,7 +6,7 @@
  * own data) holds n_seqs sequences under ids 7, 5, 3, 1 (not dense, not ordered), each appended
  * in pieces of 1, 4, 13, 40, ... tokens (across block boundaries), K with an x8 outlier channel
  * (channel 3 of kv head 0), like real activations. Every allocation of the contexts that build
- * and decode it is filled with 0xff bytes (op_dec_poison_hooks), so the slots past a sequence's
+ * and decode it is filled with 0xff bytes (poison_hooks), so the slots past a sequence's
  * end in its last block hold NaN codes or NaN scales. The CPU targets of one ISA decode a cache
  * built on the context they share (thread counts set with qattn_ctx_set_threads, as a caller
  * would), a CUDA target one built on a CPU context and copied to the device; each cache must read
@@ -39,7 +39,10 @@ static void poison_free(void *p, void *user) {
     free(p);
 }
 
-void op_dec_poison_hooks(qattn_ctx_options *opt) {
+/* Context options with allocator hooks that fill every allocation with 0xff bytes: the cache's
+ * slots past a sequence's end hold NaN codes (FP16/BF16) or NaN scales (INT8), the decode's
+ * scratch NaN, so a read of either shows. */
+static void poison_hooks(qattn_ctx_options *opt) {
     opt->alloc = poison_alloc;
     opt->free = poison_free;
     opt->alloc_user = NULL;
@@ -50,7 +53,7 @@ static qattn_ctx *poisoned_cpu_ctx(int32_t isa, int32_t threads) {
     qattn_ctx_options opt;
     memset(&opt, 0, sizeof opt);
     opt.backend = QATTN_BACKEND_CPU, opt.isa = isa, opt.n_threads = threads;
-    op_dec_poison_hooks(&opt);
+    poison_hooks(&opt);
     qattn_ctx *ctx = NULL;
     qattn_status s = qattn_ctx_create(&ctx, &opt);
     TH_CHECK(s == QATTN_OK, "qattn_ctx_create(isa %s, poisoning allocator): %s", th_isa_name(isa), qattn_status_str(s));

@@ -33,11 +33,6 @@ typedef struct op_dec_problem {
     uint8_t *snap;             /* its arena and block table as built */
 } op_dec_problem;
 
-/* Context options with allocator hooks that fill every allocation with 0xff bytes: the cache's
- * slots past a sequence's end hold NaN codes (FP16/BF16) or NaN scales (INT8), the decode's
- * scratch NaN, so a read of either shows. */
-void op_dec_poison_hooks(qattn_ctx_options *opt);
-
 void op_dec_make(op_dec_problem *pr, const op_case *oc, uint64_t seed);
 /* Releases the shared context too (after checking that the decodes left its cache's bytes as built). */
 void op_dec_free(op_dec_problem *pr);

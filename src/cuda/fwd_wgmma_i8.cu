@@ -294,18 +294,17 @@ __global__ void __launch_bounds__(NTHREADS, 1)
             int item = blockIdx.x, it = 0;
             for (int j = 0;; j++) {
                 const int qb = j & 1;
-                if (a.skip_units) /* sharp units: the FP16 kernel's (backend.cu, enqueue_i8) */
-                    for (; item < n_items; item = gridDim.x + atomicAdd(a.sched, 1)) {
-                        const work_item u = decode_item<BM, BN>(a, item, hg);
-                        if (!a.skip_units[(int64_t)u.b * a.hk + u.hkv]) break;
-                    }
                 mbar_wait(bar_qempty + 8 * qb, ((j >> 1) & 1) ^ 1);
+                work_item w;
+                for (; item < n_items; item = gridDim.x + atomicAdd(a.sched, 1)) { /* sharp units: the FP16 kernel's (backend.cu) */
+                    w = decode_item<BM, BN>(a, item, hg);
+                    if (!a.skip_units || !a.skip_units[(int64_t)w.b * a.hk + w.hkv]) break;
+                }
                 if (item >= n_items) {
                     slot[qb].b = -1;
                     mbar_arrive(bar_qfull + 8 * qb);
                     break;
                 }
-                const work_item w = decode_item<BM, BN>(a, item, hg);
                 const int64_t bhk = (int64_t)w.b * a.hk + w.hkv;
                 int n_live = 0;
                 if (BS) { /* the consumers count the live tiles [0, n_live) */
