@@ -1,42 +1,43 @@
 /* The INT8 path's quantization pass (int8_scheme DEFAULT, non-varlen): f16/bf16 Q, K, V into the
  * workspace codes, scales and means that the attention kernels (fwd_mma_i8.cu, fwd_wgmma_i8.cu) read.
  * Scheme and layouts: fwd_mma_i8.cu's header. One launch, i8q_fused, then the small i8q_sharp (the
- * sharp units' flags, below) and, when LSE is asked, i8q_qshift. i8q_fused's blocks take work items in
- * ticket order (an atomic counter), of three kinds:
- *   1. statistics (stats_q_part): per-chunk statistics of K and V per (sequence, kv head, channel): the
- *      sum in double, the sum of |x| and the smallest nonzero |x| (the last two prove the sum exact,
- *      below); the last chunk of a (b, kv head) bh computes bh's K and V means (mean_one) and raises
- *      ready[bh];
- *   2. K/V tiles (kv_part): per 128-key tile, K rows (per token, mean subtracted) and V (transposed, per
- *      channel and tile, mean subtracted), both written as the attention kernels' images; a tile issues
- *      its loads, then waits for ready[bh];
- *   3. Q rows (stats_q_part past the statistics items): quantized per token, no mean; they come last.
- * Order: the statistics of bh + lag just before the tiles of bh, lag chosen so ~24 MB of K/V lie between
- * the two reads of a row, which the tiles then find in L2 (K/V read from DRAM about once). A waiting item
- * only waits on items with smaller tickets, which are running or done: no deadlock. Measured (H200, D 128,
- * B*L = 16k): 0.194-0.204 ms against 0.224-0.232 ms for the three separate launches it replaced.
- * Rows: one group of D/8 lanes per row, 16-byte loads, 8-byte (K, Q) or 16-byte (V) stores.
+ * sharp units' flags, below) and, when LSE is asked, i8q_qshift.
  *
- * Bitwise agreement with the CPU (src/quant/quant.c): codes = clamp(rne(y * inv), +-127) with
- * y = x - mean, inv = 127 / max|y| (0 for an all-zero row), scale = max|y| / 127, as the CPU's quant_row;
- * the means as the CPU's: the double sum over positions ascending, divided in double, rounded to float.
- * The GPU sums in parallel in double. Every f16/bf16 value is a multiple of 2^e (e: the exponent of the
- * last mantissa bit of the smallest nonzero |x| of the channel), so while sum |x| < 2^(53 + e) every
- * partial sum, in any order, is exact, and the parallel result equals the CPU's. mean_one checks that
- * bound per channel (sum |x| in float, with a factor 2 of margin for its rounding) and otherwise redoes
- * the channel's sum in the CPU's order (one thread, all positions: slow, met only by data mixing
- * magnitudes more than ~2^29 apart, e.g. N(0,1) never does).
+ * i8q_fused's blocks take work items in ticket order (an atomic counter). Per (b, kv head) bh, its
+ * first reads:
+ *   0. Q ranges (qstat_part): max |q| per channel over the group's heads and QSC positions, atomicMax
+ *      into qa[bh], counted in qdone[bh];
+ *   1. statistics (stats_part), one item per chunk of CH tokens and tensor (K or V): per channel the sum
+ *      in double, the sum of |x| and the smallest nonzero |x| (the last two prove the sum exact, below),
+ *      and K's min/max; the last of bh's items computes its K and V means (mean_one), waits for bh's Q
+ *      ranges, sets the channel factors f = 2^e (the CPU's qattn_qk_smooth_exp), mu / f and the LSE's
+ *      mean H(mu / f / n), and raises ready[bh];
+ * and its second reads, each issuing its loads and then waiting for ready[bh]:
+ *   2. K tiles and V tiles (kv_part<X>), one item per 128-key tile and tensor: K rows coded per token as
+ *      H((k / f - mu / f) / n); V transposed, per channel and tile, mean subtracted; both written as the
+ *      attention kernels' images;
+ *   3. Q rows (q_rows_part): coded per token as H(q f / n), scales times n.
+ * The first reads of bh + lag come just before the second reads of bh, lag chosen so ~24 MB of Q, K and V
+ * lie between the two reads of a row, which the second read then finds in L2. A waiting item only waits
+ * on items with smaller tickets, which are running or done: no deadlock. Items are split by tensor so
+ * that no kind holds more than ~80 registers: three blocks of 256 threads per SM.
+ * Rows: one group of D/8 lanes per row, 16-byte loads, 8-byte (K, Q) or 16-byte (V) stores; the Hadamard
+ * rotation (rotate_row8: the CPU's butterfly stages in its order) runs across the row's lanes.
+ * Measured (H100, D 128, B*L 16k, H 16; docs/benchmarks.md): 0.26-0.32 ms against 0.38-0.44 ms for the
+ * previous order (every Q range first, every Q row last, K and V in one item: 128 registers, two blocks
+ * per SM, Q read twice from DRAM); a per-item timeline (dev/gpu/quant_trace.py) showed the Q rows alone
+ * taking the last 150 us of it.
  *
- *
- * Q/K channel transforms (the default scheme's, docs/FORMAT.md section 7, bit for bit the CPU's dynamic
- * path without the sharp-unit refinement): a fourth item kind comes first in ticket order,
- *   0. Q ranges (qstat_part): max |q| per (b, kv head g, channel) over the group's heads and a chunk of
- *      positions, atomicMax into qa, counted in qdone[b, g];
- * the statistics items also keep K's channel min/max; the last statistics item of bh waits for bh's Q
- * ranges, then sets the factor f = 2^e of each channel (the CPU's qattn_qk_smooth_exp), mu / f, and the
- * LSE's mean H(mu / f / n). K rows are coded as H((k / f - mu / f) / n), Q rows as H(q f / n) with their
- * scales times n (rotate_row8: the CPU's butterfly stages in its order, across the row's lanes), so the
- * attention kernels and the LSE shift are unchanged. Q is read twice (ranges, then codes).
+ * Bitwise agreement with the CPU (src/quant/quant.c; docs/FORMAT.md section 7, the CPU's dynamic path
+ * without the sharp-unit residuals): codes = clamp(rne(y * inv), +-127) with inv = 127 / max|y| (0 for
+ * an all-zero row), scale = max|y| / 127, as the CPU's quant_row; the means as the CPU's: the double sum
+ * over positions ascending, divided in double, rounded to float. The GPU sums in parallel in double.
+ * Every f16/bf16 value is a multiple of 2^e (e: the exponent of the last mantissa bit of the smallest
+ * nonzero |x| of the channel), so while sum |x| < 2^(53 + e) every partial sum, in any order, is exact,
+ * and the parallel result equals the CPU's. mean_one checks that bound per channel (sum |x| in float,
+ * with a factor 2 of margin for its rounding) and otherwise redoes the channel's sum in the CPU's order
+ * (one thread, all positions: slow, met only by data mixing magnitudes more than ~2^29 apart, e.g.
+ * N(0,1) never does).
  *
  * Calibrated (qattn_forward_calibrated): the factors and means come from the calibration's device
  * arrays (i8q_calib_kernel, one small launch before), and the fused launch holds only K/V tiles and Q
@@ -180,12 +181,10 @@ template <int D> __device__ __forceinline__ void rotate_row8(float y[8]) {
     const int cg = threadIdx.x % (D / 8);
 #pragma unroll
     for (int m = 1; m < D / 8; m <<= 1) {
-        const bool upper = cg & m;
+        /* the lower lane keeps own + partner, the upper partner - own: both rn(o + sg y), one FFMA (sg y exact) */
+        const float sg = (cg & m) ? -1.f : 1.f;
 #pragma unroll
-        for (int i = 0; i < 8; i++) {
-            const float o = __shfl_xor_sync(0xffffffffu, y[i], m);
-            y[i] = upper ? __fsub_rn(o, y[i]) : __fadd_rn(y[i], o);
-        }
+        for (int i = 0; i < 8; i++) y[i] = __fmaf_rn(sg, y[i], __shfl_xor_sync(0xffffffffu, y[i], m));
     }
 }
 
@@ -294,120 +293,64 @@ struct i8_aux {
     int nqc; /* Q-range items per (b, kv head) */
 };
 
-/* Item kinds 1 and 3. Items [0, nst = B*HK*nch): chunk c of (b, kv head) bh: per channel and tensor (K 0, V 1)
- * partial statistics psum/pabs/pmin [bh][c][2][D] and K's pkmin/pkmax [bh][c][D]. Items [nst, nst + nqb):
- * Q rows, QRI * (NT / (D/8)) per item, rows over [B, lq_pad, H] (head fastest: the input's order) into
- * Qi [B, H, lq_pad, D], sq [B, H, lq_pad], as H(q f / n) (waiting for their (b, kv head)'s factors); rows
- * past lq get zero codes and scale 0 (the short Q items fill the launch's tail). */
+/* Item kind 1. Chunk c of (b, kv head) bh and tensor x (K 0, V 1), blk = (bh * nch + c) * 2 + x: per channel
+ * partial statistics psum/pabs/pmin [bh][c][x][D], and for K pkmin/pkmax [bh][c][D]; the last of bh's 2 nch
+ * items computes bh's means and factors and raises ready[bh]. */
 template <int D, bool BF16>
 __device__ __forceinline__ float mean_one(const qattn_cuda_args &a, int nch, int bh, int x, int d, const i8_aux &w);
 template <int D, bool BF16>
-__device__ __forceinline__ void stats_q_part(const qattn_cuda_args &a, int blk, int nst, int nch, int8_t *qi, float *sq, const i8_aux &w,
-                                             unsigned char *smem) {
+__device__ __forceinline__ void stats_part(const qattn_cuda_args &a, int blk, int nch, const i8_aux &w, unsigned char *smem) {
     constexpr int G = D / 8, RG = NT / G;
     const int cg = threadIdx.x % G, rg = threadIdx.x / G;
-    if (blk >= nst) {
-        const int qb = blk - nst, grp = a.h / a.hk;
-        const int64_t nrow = (int64_t)a.batch * a.lq_pad * a.h;
-        uint4 u[QRI];
-        int64_t row[QRI];
-#pragma unroll
-        for (int k = 0; k < QRI; k++) {
-            row[k] = ((int64_t)qb * QRI + k) * RG + rg;
-            const int h = (int)(row[k] % a.h);
-            const int64_t bt = row[k] / a.h;
-            const int t = (int)(bt % a.lq_pad), b = (int)(bt / a.lq_pad);
-            u[k] = row[k] < nrow && t < a.lq ? ld16(a.q, (int64_t)b * a.q_bs + (int64_t)t * a.q_ss + (int64_t)h * a.q_hs + cg * 8)
-                                              : make_uint4(0, 0, 0, 0);
-            /* the factors of the row's (b, kv head): raised by its last statistics item (smaller tickets).
-             * Polled with plain volatile loads: a block's rows share a few flags on one cache line, and
-             * 256 threads x 4 rows of atomics on it (the first version) serialised into ~2 ms per pass. */
-            if (row[k] < nrow && t < a.lq) {
-                const volatile int *rd = w.ready + (int64_t)b * a.hk + h / grp;
-                while (*rd == 0) __nanosleep(100);
-            }
-        }
-        __threadfence();
-#pragma unroll
-        for (int k = 0; k < QRI; k++) {
-            const int h = (int)(row[k] % a.h);
-            const int64_t bt = row[k] / a.h;
-            const int t = (int)(bt % a.lq_pad), b = (int)(bt / a.lq_pad);
-            const bool in = row[k] < nrow && t < a.lq;
-            float y[8], f[8];
-            cvt8<BF16>(u[k], y);
-            if (in) {
-                const float *fp = w.fk + ((int64_t)b * a.hk + h / grp) * D + cg * 8;
-                *(float4 *)f = __ldcg((const float4 *)fp), *(float4 *)(f + 4) = __ldcg((const float4 *)(fp + 4));
-            }
-#pragma unroll
-            for (int i = 0; i < 8; i++) y[i] = in ? __fmul_rn(y[i], f[i]) : 0.f;
-            rotate_row8<D>(y);
-            uint2 codes;
-            const float sc = __fmul_rn(quant_row8<D>(y, codes), (float)D); /* times n: exact */
-            const int32_t c2 = code_sq8<D>(codes);
-            if (row[k] >= nrow) continue;
-            const int64_t r = ((int64_t)b * a.h + h) * a.lq_pad + t;
-            *(uint2 *)(qi + r * D + row_pos<D>(a, t, cg)) = codes;
-            if (cg == 0) sq[r] = sc, w.csq[r] = c2;
-        }
-        return;
-    }
     double(*rs)[D] = (double(*)[D])smem;
     float(*ra)[D] = (float(*)[D])(smem + RG * D * 8);
     uint32_t(*rm)[D] = (uint32_t(*)[D])(smem + RG * D * 12);
-    const int s = blk, bh = s / nch, c = s % nch, b = bh / a.hk, hk = bh % a.hk;
+    const int x = blk & 1, bh = (blk >> 1) / nch, c = (blk >> 1) % nch, b = bh / a.hk, hk = bh % a.hk;
     const int t0 = c * CH, t1 = min(a.lk, t0 + CH);
     const int64_t kb = (int64_t)b * a.k_bs + (int64_t)hk * a.k_hs + cg * 8, vb = (int64_t)b * a.v_bs + (int64_t)hk * a.v_hs + cg * 8;
-    chan_stats st[2];
+    chan_stats st;
 #pragma unroll
-    for (int x = 0; x < 2; x++) {
+    for (int i = 0; i < 8; i++) st.s[i] = 0.0, st.ab[i] = 0.f, st.lo[i] = INFINITY, st.hi[i] = -INFINITY;
 #pragma unroll
-        for (int i = 0; i < 8; i++) st[x].s[i] = 0.0, st[x].ab[i] = 0.f, st[x].lo[i] = INFINITY, st[x].hi[i] = -INFINITY;
-#pragma unroll
-        for (int j = 0; j < 4; j++) st[x].mn[j] = 0xffffffffu;
-    }
-    constexpr int U = 2; /* rows per lane in flight */
+    for (int j = 0; j < 4; j++) st.mn[j] = 0xffffffffu;
+    const void *src = x ? a.v : a.k;
+    const int64_t xb = x ? vb : kb, xs = x ? a.v_ss : a.k_ss;
+    constexpr int U = 4; /* rows per lane in flight */
     for (int t = t0 + rg; t < t1; t += U * RG) {
-        uint4 ku[U], vu[U];
+        uint4 xu[U];
         bool in[U];
 #pragma unroll
         for (int k = 0; k < U; k++) {
             const int tt = t + k * RG;
             in[k] = tt < t1;
-            ku[k] = in[k] ? ld16(a.k, kb + (int64_t)tt * a.k_ss) : make_uint4(0, 0, 0, 0);
-            vu[k] = in[k] ? ld16(a.v, vb + (int64_t)tt * a.v_ss) : make_uint4(0, 0, 0, 0);
+            xu[k] = in[k] ? ld16(src, xb + (int64_t)tt * xs) : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
         for (int k = 0; k < U; k++)
-            if (in[k]) stats_add<BF16>(st[0], ku[k]), stats_add<BF16>(st[1], vu[k]);
+            if (in[k]) stats_add<BF16>(st, xu[k]);
     }
 #pragma unroll
-    for (int x = 0; x < 2; x++) {
-        if (x) __syncthreads();
-#pragma unroll
-        for (int i = 0; i < 8; i++) {
-            rs[rg][cg * 8 + i] = st[x].s[i];
-            ra[rg][cg * 8 + i] = st[x].ab[i];
-            rm[rg][cg * 8 + i] = i & 1 ? st[x].mn[i / 2] >> 16 : st[x].mn[i / 2] & 0xffffu;
-        }
-        __syncthreads();
-        for (int d = threadIdx.x; d < D; d += NT) {
-            double su = 0.0;
-            float ab = 0.f;
-            uint32_t mn = 0xffffu;
-            for (int g = 0; g < RG; g++) su += rs[g][d], ab += ra[g][d], mn = min(mn, rm[g][d]);
-            const size_t at = (((size_t)bh * nch + c) * 2 + x) * D + d;
-            w.psum[at] = su;
-            w.pabs[at] = ab;
-            w.pmin[at] = mn;
-        }
+    for (int i = 0; i < 8; i++) {
+        rs[rg][cg * 8 + i] = st.s[i];
+        ra[rg][cg * 8 + i] = st.ab[i];
+        rm[rg][cg * 8 + i] = i & 1 ? st.mn[i / 2] >> 16 : st.mn[i / 2] & 0xffffu;
     }
-    { /* K's channel range over the chunk (reusing rs as two float tables) */
+    __syncthreads();
+    for (int d = threadIdx.x; d < D; d += NT) {
+        double su = 0.0;
+        float ab = 0.f;
+        uint32_t mn = 0xffffu;
+        for (int g = 0; g < RG; g++) su += rs[g][d], ab += ra[g][d], mn = min(mn, rm[g][d]);
+        const size_t at = (((size_t)bh * nch + c) * 2 + x) * D + d;
+        w.psum[at] = su;
+        w.pabs[at] = ab;
+        w.pmin[at] = mn;
+    }
+    if (x == 0) { /* K's channel range over the chunk (reusing rs as two float tables) */
         __syncthreads();
         float(*rlo)[D] = (float(*)[D])smem, (*rhi)[D] = (float(*)[D])(smem + RG * D * 4);
 #pragma unroll
-        for (int i = 0; i < 8; i++) rlo[rg][cg * 8 + i] = st[0].lo[i], rhi[rg][cg * 8 + i] = st[0].hi[i];
+        for (int i = 0; i < 8; i++) rlo[rg][cg * 8 + i] = st.lo[i], rhi[rg][cg * 8 + i] = st.hi[i];
         __syncthreads();
         for (int d = threadIdx.x; d < D; d += NT) {
             float lo = INFINITY, hi = -INFINITY;
@@ -420,7 +363,7 @@ __device__ __forceinline__ void stats_q_part(const qattn_cuda_args &a, int blk, 
     __threadfence();
     __syncthreads();
     int *last = (int *)smem;
-    if (threadIdx.x == 0) *last = atomicAdd(w.done + bh, 1) == nch - 1;
+    if (threadIdx.x == 0) *last = atomicAdd(w.done + bh, 1) == 2 * nch - 1;
     __syncthreads();
     if (!*last) return;
     __threadfence();
@@ -482,16 +425,61 @@ __device__ __forceinline__ float mean_one(const qattn_cuda_args &a, int nch, int
     return (float)(su / (double)a.lk);
 }
 
-/* Item kind 2. One item per 128-key tile of one (b, kv head) (its K/V still in L2 from bh's statistics
- * items). Lane group
- * (rg, cg) holds the keys 16 g + 2 j + {0, 1, 8, 9} of the words w = rg + RG k (g = w / 4, j = w % 4): the
+/* Item kind 3. Item j of (b, kv head) bh: rows [QR j, QR j + QR) of bh's rows (positions [0, lq_pad) times
+ * the group's heads, heads fastest: the input's order), QR = QRI * (NT / (D/8)), into Qi [B, H, lq_pad, D]
+ * and sq [B, H, lq_pad] as H(q f / n), after bh's factors are ready (a smaller ticket: bh's statistics).
+ * Positions past lq get zero codes and scale 0. One wait per item, f loaded once: every row of the item
+ * has bh's factors. */
+template <int D, bool BF16>
+__device__ __forceinline__ void q_rows_part(const qattn_cuda_args &a, int bh, int j, int8_t *qi, float *sq, const i8_aux &w) {
+    constexpr int G = D / 8, RG = NT / G;
+    const int cg = threadIdx.x % G, rg = threadIdx.x / G;
+    const int b = bh / a.hk, g = bh % a.hk, grp = a.h / a.hk, nrow = a.lq_pad * grp;
+    uint4 u[QRI];
+#pragma unroll
+    for (int k = 0; k < QRI; k++) {
+        const int rr = (j * QRI + k) * RG + rg, t = rr / grp, h = g * grp + rr % grp;
+        u[k] = rr < nrow && t < a.lq ? ld16(a.q, (int64_t)b * a.q_bs + (int64_t)t * a.q_ss + (int64_t)h * a.q_hs + cg * 8) : make_uint4(0, 0, 0, 0);
+    }
+    /* the loads above are in flight while bh's factors may still be computed; polled with plain volatile
+     * loads by one thread (atomics from every thread on one line serialised the pass, ~2 ms) */
+    if (threadIdx.x == 0) {
+        const volatile int *rd = w.ready + bh;
+        while (*rd == 0) __nanosleep(100);
+    }
+    __syncthreads();
+    __threadfence();
+    float f[8];
+    const float *fp = w.fk + (size_t)bh * D + cg * 8;
+    *(float4 *)f = __ldcg((const float4 *)fp), *(float4 *)(f + 4) = __ldcg((const float4 *)(fp + 4));
+#pragma unroll
+    for (int k = 0; k < QRI; k++) {
+        const int rr = (j * QRI + k) * RG + rg, t = rr / grp, h = g * grp + rr % grp;
+        const bool in = rr < nrow && t < a.lq;
+        float y[8];
+        cvt8<BF16>(u[k], y);
+#pragma unroll
+        for (int i = 0; i < 8; i++) y[i] = in ? __fmul_rn(y[i], f[i]) : 0.f;
+        rotate_row8<D>(y); /* every lane of the warp: the shuffles need them */
+        uint2 codes;
+        const float sc = __fmul_rn(quant_row8<D>(y, codes), (float)D); /* times n: exact */
+        const int32_t c2 = code_sq8<D>(codes);
+        if (rr >= nrow) continue;
+        const int64_t r = ((int64_t)b * a.h + h) * a.lq_pad + t;
+        *(uint2 *)(qi + r * D + row_pos<D>(a, t, cg)) = codes;
+        if (cg == 0) sq[r] = sc, w.csq[r] = c2;
+    }
+}
+
+/* Item kind 2. One item per 128-key tile of one (b, kv head) and tensor X (K 0, V 1), its rows still in L2
+ * from bh's statistics items. Lane group (rg, cg) holds the keys 16 g + 2 j + {0, 1, 8, 9} of the words w = rg + RG k (g = w / 4, j = w % 4): the
  * four keys whose V codes form word w of a Vt row (the key order of the P fragments, vt_perm in the mma
- * kernel). K: per-token codes of k - mean into Ki [bh][lk_pad][D], sk [bh][lk_pad]. V: y = v - mean,
+ * kernel). K: per-token codes of H((k / f - mu / f) / n) into Ki [bh][lk_pad][D], sk [bh][lk_pad]. V: y = v - mean,
  * per channel the tile's max|y| -> sv [bh][tile][D], codes staged in shared memory as the tile's
  * [D][128] image (16-byte chunks XOR-swizzled by channel / 8 against bank conflicts), then written in
  * 16-byte stores to Vt (tile-major and swizzled for the wgmma kernel, [bh][D][lk_pad] otherwise). Keys
  * past lk: zero codes, scale 0, not counted in the max. */
-template <int D, bool BF16>
+template <int D, bool BF16, int X>
 __device__ __forceinline__ void kv_part(const qattn_cuda_args &a, int bh, int tile, int ntiles, const i8_aux &w, int8_t *ki, float *sk, int8_t *vt,
                                         float *sv, unsigned char *smem) {
     constexpr int G = D / 8, RG = NT / G, WPT = 32 / RG, RPT = 4 * WPT;
@@ -500,97 +488,100 @@ __device__ __forceinline__ void kv_part(const qattn_cuda_args &a, int bh, int ti
     uint32_t(*sw)[BN / 4] = (uint32_t(*)[BN / 4])(smem + RG * D * 4 + D * 4);
     const int b = bh / a.hk, hk = bh % a.hk;
     const int cg = threadIdx.x % G, rg = threadIdx.x / G, c0 = cg * 8;
-    const int64_t kb = (int64_t)b * a.k_bs + (int64_t)hk * a.k_hs + c0, vb = (int64_t)b * a.v_bs + (int64_t)hk * a.v_hs + c0;
+    const int64_t xb = X == 0 ? (int64_t)b * a.k_bs + (int64_t)hk * a.k_hs + c0 : (int64_t)b * a.v_bs + (int64_t)hk * a.v_hs + c0;
+    const int64_t xs = X == 0 ? a.k_ss : a.v_ss;
     int key[RPT];
-    uint4 ku[RPT], vu[RPT];
+    uint4 xu[RPT];
 #pragma unroll
     for (int r = 0; r < RPT; r++) {
         const int w = rg + RG * (r / 4), u = r % 4;
         key[r] = tile * BN + 16 * (w >> 2) + 2 * (w & 3) + (u & 1) + 8 * (u >> 1);
-        const bool in = key[r] < a.lk;
-        ku[r] = in ? ld16(a.k, kb + (int64_t)key[r] * a.k_ss) : make_uint4(0, 0, 0, 0);
-        vu[r] = in ? ld16(a.v, vb + (int64_t)key[r] * a.v_ss) : make_uint4(0, 0, 0, 0);
+        xu[r] = key[r] < a.lk ? ld16(X == 0 ? a.k : a.v, xb + (int64_t)key[r] * xs) : make_uint4(0, 0, 0, 0);
     }
-    /* the loads above are in flight while bh's means may still be computed */
     if (threadIdx.x == 0)
         while (atomicAdd(w.ready + bh, 0) == 0) __nanosleep(200);
     __syncthreads();
     __threadfence();
-    /* mu / f and 1 / f in shared memory (past the tile's V image: registers are at the 128 of two blocks
-     * per SM), V's mean in registers */
-    float *skm = (float *)(smem + RG * D * 4 + D * 4 + D * BN), *skinv = skm + D;
-    for (int d = threadIdx.x; d < D; d += NT) skm[d] = __ldcg(w.kmf + (size_t)bh * D + d), skinv[d] = __ldcg(w.finv + (size_t)bh * D + d);
-    float vmean[8];
-    const size_t at = (size_t)bh * D + c0;
-    *(float4 *)vmean = __ldcg((const float4 *)(w.vm + at)), *(float4 *)(vmean + 4) = __ldcg((const float4 *)(w.vm + at + 4));
-    __syncthreads();
-    float vmax[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    if constexpr (X == 0) {
+        float *skm = (float *)(smem + RG * D * 4 + D * 4 + D * BN), *skinv = skm + D;
+        for (int d = threadIdx.x; d < D; d += NT) skm[d] = __ldcg(w.kmf + (size_t)bh * D + d), skinv[d] = __ldcg(w.finv + (size_t)bh * D + d);
+        __syncthreads();
 #pragma unroll
-    for (int r = 0; r < RPT; r++) {
-        const bool in = key[r] < a.lk;
-        float y[8];
-        cvt8<BF16>(ku[r], y);
-#pragma unroll
-        for (int i = 0; i < 8; i++) y[i] = in ? __fsub_rn(__fmul_rn(y[i], skinv[c0 + i]), skm[c0 + i]) : 0.f; /* k / f - mu / f, two roundings */
-        rotate_row8<D>(y);
-        uint2 codes;
-        const float sc = quant_row8<D>(y, codes);
-        const int32_t c2 = code_sq8<D>(codes);
-        const int64_t row = (int64_t)bh * a.lk_pad + key[r];
-        *(uint2 *)(ki + row * D + row_pos<D>(a, key[r], cg)) = codes;
-        if (cg == 0) sk[row] = sc, w.csk[row] = c2;
-        cvt8<BF16>(vu[r], y);
-#pragma unroll
-        for (int i = 0; i < 8; i++) vmax[i] = qattn_fmax_nan(vmax[i], in ? fabsf(y[i] - vmean[i]) : 0.f);
-    }
-    *(float4 *)&smax[rg][c0] = *(const float4 *)vmax;
-    *(float4 *)&smax[rg][c0 + 4] = *(const float4 *)(vmax + 4);
-    __syncthreads();
-    for (int d = threadIdx.x; d < D; d += NT) {
-        float m = 0.f;
-        for (int g = 0; g < RG; g++) m = qattn_fmax_nan(m, smax[g][d]);
-        sinv[d] = m > 0.f ? 127.f / m : 0.f;
-        sv[((size_t)bh * ntiles + tile) * D + d] = m / 127.f;
-    }
-    __syncthreads();
-    float inv[8];
-#pragma unroll
-    for (int i = 0; i < 8; i++) inv[i] = sinv[c0 + i];
-#pragma unroll
-    for (int k = 0; k < WPT; k++) {
-        uint32_t cw[8][4];
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            const int r = 4 * k + u;
+        for (int r = 0; r < RPT; r++) {
             const bool in = key[r] < a.lk;
             float y[8];
-            cvt8<BF16>(vu[r], y);
+            cvt8<BF16>(xu[r], y);
 #pragma unroll
-            for (int i = 0; i < 8; i++) cw[i][u] = code8(in ? y[i] - vmean[i] : 0.f, inv[i]);
+            for (int i = 0; i < 8; i++) y[i] = in ? __fsub_rn(__fmul_rn(y[i], skinv[c0 + i]), skm[c0 + i]) : 0.f;
+            rotate_row8<D>(y);
+            uint2 codes;
+            const float sc = quant_row8<D>(y, codes);
+            const int32_t c2 = code_sq8<D>(codes);
+            const int64_t row = (int64_t)bh * a.lk_pad + key[r];
+            *(uint2 *)(ki + row * D + row_pos<D>(a, key[r], cg)) = codes;
+            if (cg == 0) sk[row] = sc, w.csk[row] = c2;
         }
-        const int w = rg + RG * k;
+    } else {
+        float vmean[8];
+        const size_t at = (size_t)bh * D + c0;
+        *(float4 *)vmean = __ldcg((const float4 *)(w.vm + at)), *(float4 *)(vmean + 4) = __ldcg((const float4 *)(w.vm + at + 4));
+        float vmax[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-        for (int i = 0; i < 8; i++) {
-            const int d = c0 + i;
-            sw[d][w ^ (((d >> 3) & 7) << 2)] = qattn_pack4(cw[i][0], cw[i][1], cw[i][2], cw[i][3]);
+        for (int r = 0; r < RPT; r++) {
+            const bool in = key[r] < a.lk;
+            float y[8];
+            cvt8<BF16>(xu[r], y);
+#pragma unroll
+            for (int i = 0; i < 8; i++) vmax[i] = qattn_fmax_nan(vmax[i], in ? fabsf(y[i] - vmean[i]) : 0.f);
         }
-    }
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < D * (BN / 16); idx += NT) {
-        const int d = idx / (BN / 16), ch = idx % (BN / 16);
-        const uint4 val = *(const uint4 *)&sw[d][(ch ^ ((d >> 3) & 7)) * 4];
-        const size_t at = (D == 128 && a.i8_wgmma) ? (((size_t)bh * ntiles + tile) * D + d) * BN + ((ch ^ (d & 7)) << 4)
-                                                    : ((size_t)bh * D + d) * a.lk_pad + tile * BN + ch * 16;
-        *(uint4 *)(vt + at) = val;
+        *(float4 *)&smax[rg][c0] = *(const float4 *)vmax;
+        *(float4 *)&smax[rg][c0 + 4] = *(const float4 *)(vmax + 4);
+        __syncthreads();
+        for (int d = threadIdx.x; d < D; d += NT) {
+            float m = 0.f;
+            for (int g = 0; g < RG; g++) m = qattn_fmax_nan(m, smax[g][d]);
+            sinv[d] = m > 0.f ? 127.f / m : 0.f;
+            sv[((size_t)bh * ntiles + tile) * D + d] = m / 127.f;
+        }
+        __syncthreads();
+        float inv[8];
+#pragma unroll
+        for (int i = 0; i < 8; i++) inv[i] = sinv[c0 + i];
+#pragma unroll
+        for (int k = 0; k < WPT; k++) {
+            uint32_t cw[8][4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const int r = 4 * k + u;
+                const bool in = key[r] < a.lk;
+                float y[8];
+                cvt8<BF16>(xu[r], y);
+#pragma unroll
+                for (int i = 0; i < 8; i++) cw[i][u] = code8(in ? y[i] - vmean[i] : 0.f, inv[i]);
+            }
+            const int w = rg + RG * k;
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                const int d = c0 + i;
+                sw[d][w ^ (((d >> 3) & 7) << 2)] = qattn_pack4(cw[i][0], cw[i][1], cw[i][2], cw[i][3]);
+            }
+        }
+        __syncthreads();
+        for (int idx = threadIdx.x; idx < D * (BN / 16); idx += NT) {
+            const int d = idx / (BN / 16), ch = idx % (BN / 16);
+            const uint4 val = *(const uint4 *)&sw[d][(ch ^ ((d >> 3) & 7)) * 4];
+            const size_t at = (D == 128 && a.i8_wgmma) ? (((size_t)bh * ntiles + tile) * D + d) * BN + ((ch ^ (d & 7)) << 4)
+                                                        : ((size_t)bh * D + d) * a.lk_pad + tile * BN + ch * 16;
+            *(uint4 *)(vt + at) = val;
+        }
     }
 }
 
-/* The fused pass: one launch, work items taken in ticket order (so a waiting item's predecessors are all
- * running or done: no deadlock): the Q ranges first (n_qs items), then the statistics of (b, kv head) bh + lag
- * just before the K/V tiles of bh, which wait for ready[bh] after issuing their loads; lag keeps ~24 MB of K/V
- * between the two reads, so the tiles' K/V come from L2. The Q blocks come last. */
+/* The fused pass (the file's header): per bh its first reads (nqs Q-range items, 2 nch statistics items)
+ * and its second reads (ntiles K tiles, ntiles V tiles, nqr Q-row items); the first reads of bh + lag
+ * just before the second reads of bh. Three blocks per SM: 80 registers (a few bytes of spill at D 128). */
 template <int D, bool BF16>
-__global__ void __launch_bounds__(NT, 2) i8q_fused_kernel(const qattn_cuda_args a, int nch, int ntiles, int lag, int nst, int n_qs, int8_t *qi,
+__global__ void __launch_bounds__(NT, 3) i8q_fused_kernel(const qattn_cuda_args a, int nqs, int nch, int ntiles, int nqr, int lag, int8_t *qi,
                                                           float *sq, int8_t *ki, float *sk, int8_t *vt, float *sv, const i8_aux w, int *ctl) {
     constexpr int G = D / 8, RG = NT / G;
     constexpr int KV_SMEM = RG * D * 4 + D * 4 + D * BN + 2 * D * 4; /* kv_part: V maxima, inverses, the V image, mu / f, 1 / f */
@@ -598,24 +589,24 @@ __global__ void __launch_bounds__(NT, 2) i8q_fused_kernel(const qattn_cuda_args 
     __shared__ int s_item;
     if (threadIdx.x == 0) s_item = atomicAdd(ctl, 1);
     __syncthreads();
-    if (s_item < n_qs) {
-        qstat_part<D, BF16>(a, s_item, w.nqc, w.qa, w.qdone, smem);
-        return;
-    }
-    const int item = s_item - n_qs, bhk = a.batch * a.hk, lg = min(lag, bhk), grp = nch + ntiles;
-    const int n0 = lg * nch, n1 = n0 + (bhk - lg) * grp, n2 = n1 + lg * ntiles;
+    const int item = s_item, bhk = a.batch * a.hk, lg = min(lag, bhk), first = nqs + 2 * nch, second = 2 * ntiles + nqr;
+    const int n0 = lg * first, n1 = n0 + (bhk - lg) * (first + second);
+    int bh, r;
+    bool is_first;
     if (item < n0) {
-        stats_q_part<D, BF16>(a, item, nst, nch, qi, sq, w, smem);
+        bh = item / first, r = item % first, is_first = true;
     } else if (item < n1) {
-        const int i = (item - n0) / grp, r = (item - n0) % grp;
-        if (r < nch) stats_q_part<D, BF16>(a, (i + lg) * nch + r, nst, nch, qi, sq, w, smem);
-        else kv_part<D, BF16>(a, i, r - nch, ntiles, w, ki, sk, vt, sv, smem);
-    } else if (item < n2) {
-        const int i = bhk - lg + (item - n1) / ntiles;
-        kv_part<D, BF16>(a, i, (item - n1) % ntiles, ntiles, w, ki, sk, vt, sv, smem);
+        const int i = (item - n0) / (first + second);
+        r = (item - n0) % (first + second), is_first = r < first;
+        bh = is_first ? i + lg : i, r -= is_first ? 0 : first;
     } else {
-        stats_q_part<D, BF16>(a, nst + (item - n2), nst, nch, qi, sq, w, smem);
+        bh = bhk - lg + (item - n1) / second, r = (item - n1) % second, is_first = false;
     }
+    if (is_first && r < nqs) qstat_part<D, BF16>(a, bh * nqs + r, nqs, w.qa, w.qdone, smem);
+    else if (is_first) stats_part<D, BF16>(a, bh * 2 * nch + r - nqs, nch, w, smem);
+    else if (r < ntiles) kv_part<D, BF16, 0>(a, bh, r, ntiles, w, ki, sk, vt, sv, smem);
+    else if (r < 2 * ntiles) kv_part<D, BF16, 1>(a, bh, r - ntiles, ntiles, w, ki, sk, vt, sv, smem);
+    else q_rows_part<D, BF16>(a, bh, r - 2 * ntiles, qi, sq, w);
 }
 
 /* Second launch, only when the LSE is asked: qsh [B, H, lq_pad] = scale * q . mean_k with the dequantized q
@@ -711,14 +702,11 @@ cudaError_t quantize(qattn_cuda_args &a, const i8_layout &L, unsigned char *ws, 
     a.qi = qi, a.ki = ki, a.vt = vt, a.sq = sq, a.sk = sk, a.sv = sv, a.vm = vm;
     a.sched = (int32_t *)(ws + L.sched);
     if (a.lk == 0) return cudaSuccess; /* the FP16 kernel's empty-key rule runs instead */
-    const int64_t bhk = (int64_t)a.batch * a.hk, nq = (int64_t)a.batch * a.lq_pad * a.h;
+    const int64_t bhk = (int64_t)a.batch * a.hk, nq = (int64_t)a.batch * a.lq_pad * a.h, grp = a.h / a.hk;
     const int nch = cal ? 0 : n_chunks(a.lk), ntiles = a.lk_pad / BN; /* calibrated: no statistics items */
-    const int64_t nqb = (nq + QRI * RG - 1) / (QRI * RG), nst = bhk * nch, nb1 = nst + nqb, nb3 = bhk * ntiles;
-    if (nb1 > INT32_MAX || nb3 > INT32_MAX || bhk > INT32_MAX) return cudaErrorInvalidConfiguration;
+    const int64_t nqr = (a.lq_pad * grp + QRI * RG - 1) / (QRI * RG); /* Q-row items per bh */
     cudaError_t e;
     if ((e = cudaMemsetAsync(ws + L.sched, 0, L.total - L.sched, st)) != cudaSuccess) return e; /* sched, ticket, done, ready */
-    const int64_t kvb = (int64_t)4 * D * a.lk; /* K + V bytes of one bh */
-    const int lag = (int)max((int64_t)1, ((int64_t)24 << 20) / max(kvb, (int64_t)1));
     i8_aux w;
     int *ctl = (int *)(ws + L.ctl);
     w.psum = (double *)(ws + L.psum), w.pabs = (float *)(ws + L.pabs), w.pmin = (uint32_t *)(ws + L.pmin);
@@ -727,14 +715,17 @@ cudaError_t quantize(qattn_cuda_args &a, const i8_layout &L, unsigned char *ws, 
     w.qa = (unsigned *)(ws + L.qa);
     w.csq = (int32_t *)(ws + L.csq), w.csk = (int32_t *)(ws + L.csk);
     w.done = ctl + 1, w.ready = ctl + 1 + bhk, w.qdone = ctl + 1 + 2 * bhk;
-    w.nqc = n_qchunks(a.lq);
-    const int64_t n_qs = cal ? 0 : bhk * w.nqc; /* calibrated: no Q ranges */
+    w.nqc = cal ? 0 : n_qchunks(a.lq); /* calibrated: no Q ranges */
+    /* bytes of one bh's first reads (K and V, and its Q heads unless calibrated) */
+    const int64_t bh_bytes = (int64_t)4 * D * a.lk + (cal ? 0 : (int64_t)2 * D * a.lq * grp);
+    const int lag = (int)max((int64_t)1, ((int64_t)24 << 20) / max(bh_bytes, (int64_t)1));
     if (cal) {
         i8q_calib_kernel<D><<<(unsigned)bhk, D, 0, st>>>(a, cal->k_factor, cal->k_mean, cal->v_mean, w);
         if ((e = cudaGetLastError()) != cudaSuccess) return e;
     }
-    if (n_qs + nb1 + nb3 > INT32_MAX) return cudaErrorInvalidConfiguration;
-    i8q_fused_kernel<D, BF16><<<(unsigned)(n_qs + nb1 + nb3), NT, 0, st>>>(a, nch, ntiles, lag, (int)nst, (int)n_qs, qi, sq, ki, sk, vt, sv, w, ctl);
+    const int64_t items = bhk * (w.nqc + 2 * nch + 2 * ntiles + nqr);
+    if (items > INT32_MAX || nqr > INT32_MAX) return cudaErrorInvalidConfiguration;
+    i8q_fused_kernel<D, BF16><<<(unsigned)items, NT, 0, st>>>(a, w.nqc, nch, ntiles, (int)nqr, lag, qi, sq, ki, sk, vt, sv, w, ctl);
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
     if (noise > 0.f) {
         int32_t *sharp = (int32_t *)(ws + L.sharp);
