@@ -18,9 +18,10 @@
 #include <stdint.h>
 #include <string.h>
 
-/* A hint to fetch, for reading, every 64-byte line that [p, p + bytes) touches into L2 (prefetcht1:
- * measured a little faster than into L1 for the quantizer's streams, which otherwise stall on the
- * L1 fill buffers), where the compiler has the builtin; no effect on any result. A macro, not a function: GCC finds a function whose only
+/* A hint to fetch every 64-byte line that [p, p + bytes) touches into L2 (prefetcht1: measured a
+ * little faster than into L1 for the quantizer's streams, which otherwise stall on the L1 fill
+ * buffers; also for lines about to be stored to), where the compiler has the builtin; no effect on
+ * any result. A macro, not a function: GCC finds a function whose only
  * statements are prefetches free of side effects and deletes its calls. */
 #if defined(__GNUC__)
 #define QATTN_PREFETCH_READ(p, bytes)                                                               \

@@ -408,6 +408,14 @@ static void p_vs_tile_avx512(const int32_t *s, int m, int npad, const float *sq,
             r += 4;
             continue;
         }
+        if (r + 4 <= m && lo[r] < hi[r] && lo[r + 1] < hi[r + 1] && lo[r + 2] < hi[r + 2] && lo[r + 3] < hi[r + 3]) {
+            /* four rows with keys, not all whole (a causal diagonal tile, a window's edge): the
+             * single-row path's masked steps on four interleaved rows, each row's result unchanged */
+            p_vs_rows16(4, s + (size_t)r * npad, npad, nv, false, true, sq + r, sk, lo + r, hi + r, svk, row_max + r, row_sum + r, cr, u8,
+                        alpha + r, fac + r);
+            r += 4;
+            continue;
+        }
         if (lo[r] >= hi[r]) {
             memset(cr, 0, (size_t)npad * esz);
             alpha[r] = 1.0f;
