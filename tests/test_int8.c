@@ -319,17 +319,24 @@ static void test_fused_slots(const qattn_int8_kernels *A) {
                       "stats_row %s (d %d): %g not found", A->name, d, (double)bad[k]);
             }
         }
-        for (int k = 0; k < 8; k++) { /* tok_codes == the sequence of the reference slots: f or none, rotation or none, INT8 or INT4 */
-            bool use_f = k & 1, rot = k & 2;
+        for (int k = 0; k < 10; k++) { /* tok_codes == the sequence of the reference slots: f or none, rotation or none, INT8 or INT4 */
+            bool use_f = k & 1, rot = (k & 2) && k < 8;
             float cmax = k & 4 ? 7.0f : 127.0f, pre = rot ? 1.0f / (float)qattn_rotate_block(d) : 0.0f;
             if (k == 6) /* an all-zero group: amax 0, inv 0 */
                 for (int c = 0; c < d; c++) row[c] = mu[c] = 0.0f;
+            else if (k == 8) /* row - mu overflows: amax inf, inv 0, inf * 0 = NaN (clamped to the code 127), zeros elsewhere */
+                for (int c = 0; c < d; c++) row[c] = c % 3 ? 0.0f : 3e38f, mu[c] = c % 3 ? 0.0f : -3e38f;
+            else if (k == 9) /* amax tiny: 127 / amax overflows to inf, y * inf is +-inf (clamped), 0 * inf NaN */
+                for (int c = 0; c < d; c++) row[c] = c % 4 ? (c % 4 == 1 ? 1e-39f : -3e-40f) : 0.0f, mu[c] = 0.0f;
             else
                 for (int c = 0; c < d; c++) row[c] = (float)(rnd_norm() * (c % 7 ? 1.0 : 9.0)), mu[c] = (float)rnd_norm();
-            float a1 = use_f ? R->scale_center_amax(row, f, mu, d, y1) : R->center_amax(row, mu, d, y1);
-            if (rot) a1 = R->rotate_row(y1, d, pre);
+            /* cases 8, 9 make NaN products, whose code the scalar reference leaves to the float-to-int
+             * conversion (the SIMD quant_row kernels clamp NaN to 127): there the table's own slots */
+            const qattn_int8_kernels *S = k >= 8 ? A : R;
+            float a1 = use_f ? S->scale_center_amax(row, f, mu, d, y1) : S->center_amax(row, mu, d, y1);
+            if (rot) a1 = S->rotate_row(y1, d, pre);
             int8_t q1[256], q2[256];
-            R->quant_row(y1, d, a1 > 0.0f ? cmax / a1 : 0.0f, q1);
+            S->quant_row(y1, d, a1 > 0.0f ? cmax / a1 : 0.0f, q1);
             int32_t sq1 = 0, sq2 = -1, sq3 = -1;
             for (int c = 0; c < d; c++) sq1 += q1[c] * q1[c];
             memset(q2, 0x55, sizeof q2);

@@ -565,7 +565,7 @@ static ALWAYS_INLINE float tok_codes_nv(const float *row, const float *f, const 
         __m512 x = _mm512_roundscale_ps(_mm512_mul_ps(v[i], vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         x = _mm512_max_ps(_mm512_min_ps(x, hi), lo);
         _mm512_mask_cvtsepi32_storeu_epi8(dst + 16 * i, lanes16(d - 16 * i), _mm512_cvtps_epi32(x)); /* in [-127, 127] */
-        s2 = _mm512_fmadd_ps(x, x, s2); /* masked lanes: 0; integers below 2^24: exact */
+        s2 = _mm512_mask3_fmadd_ps(x, x, s2, lanes16(d - 16 * i)); /* lanes past d left out (0 * inf is NaN: code 127); integers below 2^24: exact */
     }
     if (sq) *sq = (int32_t)_mm512_reduce_add_ps(s2);
     return amax;
@@ -604,22 +604,26 @@ static ALWAYS_INLINE float tok_codes128(const float *row, const float *f, const 
         BFLY_X(v0, v2); BFLY_X(v1, v3); BFLY_X(v4, v6); BFLY_X(v5, v7); /* len 32 */
         BFLY_X(v0, v4); BFLY_X(v1, v5); BFLY_X(v2, v6); BFLY_X(v3, v7); /* len 64 */
     }
-    __m512 m01 = _mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)), m23 = _mm512_max_ps(_mm512_abs_ps(v2), _mm512_abs_ps(v3));
-    __m512 m45 = _mm512_max_ps(_mm512_abs_ps(v4), _mm512_abs_ps(v5)), m67 = _mm512_max_ps(_mm512_abs_ps(v6), _mm512_abs_ps(v7));
-    float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(m01, m23), _mm512_max_ps(m45, m67))); /* exact in any order */
+    /* max |v|: vrangeps 0x0B is the operand of larger magnitude with its sign cleared (exact) */
+#define AMX(a, c) _mm512_range_ps((a), (c), 0x0B)
+    float amax = _mm512_reduce_max_ps(AMX(AMX(AMX(v0, v1), AMX(v2, v3)), AMX(AMX(v4, v5), AMX(v6, v7))));
+#undef AMX
     const __m512 vinv = _mm512_set1_ps(amax > 0.0f ? cmax / amax : 0.0f), hi = _mm512_set1_ps(127.0f), lo = _mm512_set1_ps(-127.0f);
-#define Q(x, i)                                                                                                     \
-    do {                                                                                                            \
-        x = _mm512_roundscale_ps(_mm512_mul_ps(x, vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);          \
-        x = _mm512_max_ps(_mm512_min_ps(x, hi), lo);                                                                \
-        _mm_storeu_si128((__m128i *)(void *)(dst + 16 * (i)), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(x)));     \
-    } while (0)
-    Q(v0, 0); Q(v1, 1); Q(v2, 2); Q(v3, 3); Q(v4, 4); Q(v5, 5); Q(v6, 6); Q(v7, 7);
-#undef Q
-    if (sq) { /* integers below 2^24 at every step: exact in any order */
-        __m512 a = _mm512_add_ps(_mm512_mul_ps(v0, v0), _mm512_mul_ps(v1, v1)), b = _mm512_add_ps(_mm512_mul_ps(v2, v2), _mm512_mul_ps(v3, v3));
-        __m512 c = _mm512_add_ps(_mm512_mul_ps(v4, v4), _mm512_mul_ps(v5, v5)), e = _mm512_add_ps(_mm512_mul_ps(v6, v6), _mm512_mul_ps(v7, v7));
-        *sq = (int32_t)_mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, e)));
+    /* quant_row's clamp(rint(y * inv)) as rint(clamp(y * inv)): the same integer for every input (the
+     * clamp bounds are integers; a NaN product clamps to 127 either way, vminps returning its second
+     * operand), rounded by the conversion itself (embedded round-to-nearest-even, whatever MXCSR);
+     * then two saturating packs (exact: codes in [-127, 127]) and one dword permute put 64 codes in
+     * channel order (as the fused P step's u8 codes) */
+#define C(x) _mm512_cvt_roundps_epi32(_mm512_max_ps(_mm512_min_ps(_mm512_mul_ps((x), vinv), hi), lo), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    __m512i b0 = _mm512_permutexvar_epi32(order, _mm512_packs_epi16(_mm512_packs_epi32(C(v0), C(v1)), _mm512_packs_epi32(C(v2), C(v3))));
+    __m512i b1 = _mm512_permutexvar_epi32(order, _mm512_packs_epi16(_mm512_packs_epi32(C(v4), C(v5)), _mm512_packs_epi32(C(v6), C(v7))));
+#undef C
+    _mm512_storeu_si512(dst, b0);
+    _mm512_storeu_si512(dst + 64, b1);
+    if (sq) { /* |c| * |c| summed by vpdpbusd (u8 x s8, |c| <= 127 fits both): exact */
+        __m512i a0 = _mm512_abs_epi8(b0), a1 = _mm512_abs_epi8(b1);
+        *sq = _mm512_reduce_add_epi32(dpbusd(dpbusd(_mm512_setzero_si512(), a0, a0), a1, a1));
     }
     return amax;
 }
