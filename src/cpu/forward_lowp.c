@@ -236,7 +236,7 @@ static void pack_q(const lplan *pl, int64_t b, int64_t i0, int n_pos, int g, int
     /* LSE corrections: dot = sum_c code * mean_k[c], c ascending (the table's lse_dots, the rows as
      * offsets from the first one; rows too far apart for int32 offsets take the reference kernel in
      * groups that fit, the same sums) */
-    if (!mk) {
+    if (!mk || !p->lse) { /* no K mean, or no LSE asked for (the corrections enter the LSE only) */
         for (int r = 0; r < m; r++) corr[r] = 0.0f;
         return;
     }
