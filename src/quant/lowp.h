@@ -72,7 +72,8 @@ typedef void (*qattn_i8_pv_acc8_fn)(const int16_t *pc, int m, int npad, const in
 typedef void (*qattn_i8_p_vs_tile_fn)(const int32_t *s, int m, int npad, const float *sq, const float *sk, const int32_t *lo,
                                       const int32_t *hi, const float *svk, float *row_max, float *row_sum, void *codes, int u8,
                                       float *alpha, float *fac);
-/* pv_acc8 with u8 P codes pc8[r * npad + j]: the same exact PV and float update. */
+/* pv_acc8 with u8 P codes pc8[r * npad + j]: the same exact PV and float update. The codes of row r
+ * outside [lo[r], hi[r]) are 0 (as p_vs_tile writes them), so a kernel may leave those keys out. */
 typedef void (*qattn_i8_pv_acc8u_fn)(const uint8_t *pc8, int m, int npad, const int8_t *vpack8, int d, const float *alpha,
                                      const float *fac, const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld);
 

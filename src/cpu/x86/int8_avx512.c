@@ -140,7 +140,7 @@ static ALWAYS_INLINE void acc_update16(float *dst, __mmask16 m, __m512 alpha, __
  * scales), so the epilogue drops the fac * sv product and, for rows with alpha 1, the dst * alpha
  * one (both exact identities, the same bits). Per quad of keys: NV V loads (16 channels x 4 keys each), then one
  * vpdpbusd per row and vector with the row's 4 codes broadcast. */
-static ALWAYS_INLINE void pv_block(const uint8_t *p8, int ps, int mr, int npad, const int8_t *vp8, int d, int c, int nv, __mmask16 last,
+static ALWAYS_INLINE void pv_block(const uint8_t *p8, int ps, int mr, int j0, int j1, const int8_t *vp8, int d, int c, int nv, __mmask16 last,
                                    const float *alpha, const float *fac, const float *sv, const int32_t *lo, const int32_t *hi,
                                    float *accp, int64_t ld) {
     __m512i acc[6][4];
@@ -148,8 +148,8 @@ static ALWAYS_INLINE void pv_block(const uint8_t *p8, int ps, int mr, int npad, 
     for (int i = 0; i < mr; i++)
 #pragma GCC unroll 4
         for (int v = 0; v < nv; v++) acc[i][v] = _mm512_setzero_si512();
-    const int8_t *vb = vp8 + (size_t)c * 4;
-    for (int j = 0; j < npad; j += 4, vb += (size_t)d * 4) {
+    const int8_t *vb = vp8 + (size_t)j0 * d + (size_t)c * 4;
+    for (int j = j0; j < j1; j += 4, vb += (size_t)d * 4) {
         __m512i vv[4];
 #pragma GCC unroll 4
         for (int v = 0; v < nv; v++) vv[v] = _mm512_maskz_loadu_epi32(v == nv - 1 ? last : (__mmask16)0xFFFF, vb + 64 * v);
@@ -187,16 +187,16 @@ static ALWAYS_INLINE void pv_block(const uint8_t *p8, int ps, int mr, int npad, 
 }
 
 /* MR rows (compile-time constant at each call), all d channels: blocks of 64, then the rest. */
-static ALWAYS_INLINE void pv_rows(const uint8_t *p8, int ps, int mr, int npad, const int8_t *vp8, int d, const float *alpha,
+static ALWAYS_INLINE void pv_rows(const uint8_t *p8, int ps, int mr, int j0, int j1, const int8_t *vp8, int d, const float *alpha,
                                   const float *fac, const float *sv, const int32_t *lo, const int32_t *hi, float *o, int64_t ld) {
     int c = 0;
-    for (; c + 64 <= d; c += 64) pv_block(p8, ps, mr, npad, vp8, d, c, 4, 0xFFFF, alpha, fac, sv, lo, hi, o, ld);
+    for (; c + 64 <= d; c += 64) pv_block(p8, ps, mr, j0, j1, vp8, d, c, 4, 0xFFFF, alpha, fac, sv, lo, hi, o, ld);
     int rest = d - c, nv = (rest + 15) / 16;
     __mmask16 last = lanes16(rest - 16 * (nv - 1));
     switch (nv) {
-    case 3: pv_block(p8, ps, mr, npad, vp8, d, c, 3, last, alpha, fac, sv, lo, hi, o, ld); break;
-    case 2: pv_block(p8, ps, mr, npad, vp8, d, c, 2, last, alpha, fac, sv, lo, hi, o, ld); break;
-    case 1: pv_block(p8, ps, mr, npad, vp8, d, c, 1, last, alpha, fac, sv, lo, hi, o, ld); break;
+    case 3: pv_block(p8, ps, mr, j0, j1, vp8, d, c, 3, last, alpha, fac, sv, lo, hi, o, ld); break;
+    case 2: pv_block(p8, ps, mr, j0, j1, vp8, d, c, 2, last, alpha, fac, sv, lo, hi, o, ld); break;
+    case 1: pv_block(p8, ps, mr, j0, j1, vp8, d, c, 1, last, alpha, fac, sv, lo, hi, o, ld); break;
     default: break;
     }
 }
@@ -213,8 +213,17 @@ static void pv_acc8u_avx512(const uint8_t *pc8, int m, int npad, const int8_t *v
                             const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld) {
     sv = all_ones(sv, d) ? NULL : sv;
     int r = 0;
+    /* each block's keys: the groups of 4 that meet some row's [lo, hi) (the codes outside are 0: a causal
+     * diagonal tile's first rows skip its last keys; the exact sums are unchanged) */
 #define PV_ROWS(MR)                                                                                                                   \
-    pv_rows(pc8 + (size_t)r * npad, npad, MR, npad, vpack8, d, alpha + r, fac + r, sv, lo + r, hi + r, acc + (size_t)r * (size_t)ld, ld)
+    do {                                                                                                                              \
+        int j0 = npad, j1 = 0;                                                                                                        \
+        for (int i_ = r; i_ < r + (MR); i_++)                                                                                         \
+            if (lo[i_] < hi[i_]) j0 = lo[i_] < j0 ? lo[i_] : j0, j1 = hi[i_] > j1 ? hi[i_] : j1;                                      \
+        if (j0 < j1)                                                                                                                  \
+            pv_rows(pc8 + (size_t)r * npad, npad, MR, j0 & ~3, (j1 + 3) & ~3, vpack8, d, alpha + r, fac + r, sv, lo + r, hi + r,     \
+                    acc + (size_t)r * (size_t)ld, ld);                                                                                \
+    } while (0)
     for (; r + 6 <= m; r += 6) PV_ROWS(6);
     switch (m - r) { /* the last 1 .. 5 rows as one block */
     case 5: PV_ROWS(5); break;
@@ -237,7 +246,7 @@ static void pv_acc8_avx512(const int16_t *pc, int m, int npad, const int8_t *vpa
             __mmask32 k = npad - j >= 32 ? ~(__mmask32)0 : (((__mmask32)1 << (npad - j)) - 1);
             _mm256_mask_storeu_epi8(p8 + j, k, _mm512_cvtepi16_epi8(_mm512_maskz_loadu_epi16(k, pc + (size_t)r * npad + j)));
         }
-        pv_rows(p8, QATTN_I8_TILE, 1, npad, vpack8, d, alpha + r, fac + r, sv1, lo + r, hi + r, acc + (size_t)r * (size_t)ld, ld);
+        pv_rows(p8, QATTN_I8_TILE, 1, 0, npad, vpack8, d, alpha + r, fac + r, sv1, lo + r, hi + r, acc + (size_t)r * (size_t)ld, ld);
     }
 }
 
