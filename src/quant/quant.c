@@ -109,7 +109,9 @@ static const float *ld_row(const qjob *j, int64_t off, int64_t pos, int64_t d, f
 
 /* Prefetch the source rows of heads [h0, h1) at position pos (the next position a token-major pass
  * reads): with heads packed a token is one 4 KiB page at D 128, H 8, and the hardware prefetcher
- * does not cross pages, so without this each token's first loads wait on memory. */
+ * does not cross pages, so without this each token's first loads wait on memory. The passes issue
+ * one head's row before each row they quantize (measured: a whole token's lines at once stalled on
+ * the full miss queue; one row at a time, quant Q,K 5.2 -> 4.6 ms at L 2048). */
 #define PREFETCH_ROWS(j, off, pos, h0, h1)                                                                  \
     do {                                                                                                    \
         size_t esz_ = (size_t)qattn_dtype_bytes((j)->p->qkv_dtype);                                         \
@@ -262,8 +264,8 @@ static void quant_tok_task(void *arg, int64_t task, int worker) {
     int64_t toff0 = seq_off(&j->v, b, t->batch_stride, t->seq_stride);
     float rowbuf[256], cmax = job_code_max(j), smul = ldexpf(1.0f, j->scale_shift);
     for (int64_t i = i0; i < i1; i++) {
-        if (i + 1 < n) PREFETCH_ROWS(j, off0, i + 1, 0, Ht);
         for (int64_t h = 0; h < Ht; h++) {
+            if (i + 1 < n) PREFETCH_ROWS(j, off0, i + 1, h, h + 1);
             const float *row = ld_row(j, off0 + h * j->v.hs, i, D, rowbuf);
             if (!j->checked && row_nonfinite(row, D)) {
                 int64_t *slot = &j->bad[(b * Ht + h) * nchunk + ch];
@@ -334,8 +336,8 @@ static void quant_mean_task(void *arg, int64_t task, int worker) {
             if (j->cmin) j->cmin[(b * Ht + h) * D + c] = INFINITY, j->cmax[(b * Ht + h) * D + c] = -INFINITY;
         }
     for (int64_t i = 0; i < n; i++) {
-        if (i + 1 < n) PREFETCH_ROWS(j, off0, i + 1, h0, h1);
         for (int64_t h = h0; h < h1; h++) {
+            if (i + 1 < n) PREFETCH_ROWS(j, off0, i + 1, h, h + 1);
             if (j->bad[b * Ht + h]) continue;
             const float *row = ld_row(j, off0 + h * j->v.hs, i, D, rowbuf);
             float *mn = j->cmin ? j->cmin + (b * Ht + h) * D : NULL, *mx = j->cmin ? j->cmax + (b * Ht + h) * D : NULL;
