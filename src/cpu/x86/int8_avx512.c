@@ -448,16 +448,19 @@ static void out_row_avx512(const float *acc, float inv, const float *mv, int d, 
     }
 }
 
-/* Q rows into qk's 8-bit rows, -128 -> -127 by a byte max; every row's lines are prefetched first
- * (the rows are a token stride apart: their misses then overlap). */
+/* Q rows into qk's 8-bit rows, -128 -> -127 by a byte max; the rows are a token stride apart, so each
+ * is prefetched PF_AHEAD rows before it is copied (their misses overlap). */
+#define PF_AHEAD 8
+static ALWAYS_INLINE void prefetch_row(const int8_t *row, int d) {
+    for (int c = 0; c < d; c += 64) _mm_prefetch((const char *)row + c, _MM_HINT_T0);
+    _mm_prefetch((const char *)row + d - 1, _MM_HINT_T0);
+}
 static void pack8_q_avx512(const int8_t *src, int64_t ss, int64_t hs, int group, int m, int d, int8_t *dst) {
-    for (int r = 0; r < m; r++) {
-        const char *row = (const char *)(src + (r / group) * ss + (r % group) * hs);
-        for (int c = 0; c < d; c += 64) _mm_prefetch(row + c, _MM_HINT_T0);
-        _mm_prefetch(row + d - 1, _MM_HINT_T0);
-    }
+    for (int r = 0; r < m && r < PF_AHEAD; r++) prefetch_row(src + (r / group) * ss + (r % group) * hs, d);
     const __m512i lo = _mm512_set1_epi8(-127);
     for (int r = 0; r < m; r++) {
+        int rn = r + PF_AHEAD;
+        if (rn < m) prefetch_row(src + (rn / group) * ss + (rn % group) * hs, d);
         const int8_t *row = src + (r / group) * ss + (r % group) * hs;
         for (int c = 0; c < d; c += 64) {
             __mmask64 k = d - c >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (d - c)) - 1);
