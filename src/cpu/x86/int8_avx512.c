@@ -650,7 +650,28 @@ static float tok_codes_avx512(const float *row, const float *f, const float *mu,
  * scalar a[c] += row[c]) and the channel min / max (vminps/vmaxps return their second operand
  * unless the first is smaller / larger: the scalar selects, row finite); Inf and NaN found by
  * vfpclassps on the same loads (the sums and extrema are then unspecified, as the contract allows). */
+/* The whole vectors of a row (d % 16 == 0), no masks. */
+static ALWAYS_INLINE __mmask16 stats_full(const float *row, int d, double *acc, float *mn, float *mx) {
+    __mmask16 bad = 0;
+    for (int c = 0; c < d; c += 16) {
+        __m512 r = _mm512_loadu_ps(row + c);
+        bad |= _mm512_fpclass_ps_mask(r, 0x99);
+        if (acc) {
+            _mm512_storeu_pd(acc + c, _mm512_add_pd(_mm512_loadu_pd(acc + c), _mm512_cvtps_pd(_mm512_castps512_ps256(r))));
+            _mm512_storeu_pd(acc + c + 8, _mm512_add_pd(_mm512_loadu_pd(acc + c + 8), _mm512_cvtps_pd(_mm512_extractf32x8_ps(r, 1))));
+        }
+        if (mn) {
+            _mm512_storeu_ps(mn + c, _mm512_min_ps(r, _mm512_loadu_ps(mn + c)));
+            _mm512_storeu_ps(mx + c, _mm512_max_ps(r, _mm512_loadu_ps(mx + c)));
+        }
+    }
+    return bad;
+}
+
 static int stats_row_avx512(const float *row, int d, double *acc, float *mn, float *mx) {
+    if (d == 128) /* the common head dim: unrolled, each statistic's form separately */
+        return (acc ? (mn ? stats_full(row, 128, acc, mn, mx) : stats_full(row, 128, acc, NULL, NULL))
+                    : (mn ? stats_full(row, 128, NULL, mn, mx) : stats_full(row, 128, NULL, NULL, NULL))) != 0;
     __mmask16 bad = 0;
     for (int c = 0; c < d; c += 16) {
         __mmask16 k = lanes16(d - c);
