@@ -1,8 +1,9 @@
 /* The quantizer's row passes alone, over a B1 L H8 D128 FP32 tensor (process CPU time, 1 thread,
  * medians): a plain AVX-512 read of the tensor (the memory floor), the table's stats_row (min/max,
  * and the double sums), tok_codes (smoothing factors, rotation, codes), each token-major as
- * src/quant/quant.c runs them.
- * Build: cc -O2 -std=gnu11 -mavx512f -Iinclude -Isrc dev/cpu_int8/rowpass.c build/libqattn.a -lpthread -lm -o build/i8_rowpass
+ * src/quant/quant.c runs them (no prefetch), then the same on one row kept in L1 (the compute alone),
+ * and the row slots tok_codes replaced, one by one.
+ * Build: cc -O2 -std=gnu11 -mavx512f -DQATTN_HAVE_X86 [-DEVMB=1024] -Iinclude -Isrc dev/cpu_int8/rowpass.c build/libqattn.a -lpthread -lm -o build/i8_rowpass
  * Run:   build/i8_rowpass [L rounds] */
 #define _POSIX_C_SOURCE 199309L
 #include "quant/lowp.h"
@@ -11,6 +12,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+
+#ifndef EVMB
+#define EVMB 64 /* MB read between passes, to evict the tensor from L2 */
+#endif
 
 static double now(void) { struct timespec t; clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }
 static int cmp(const void *a, const void *b) { double x = *(const double *)a, y = *(const double *)b; return x < y ? -1 : x > y; }
@@ -28,8 +33,8 @@ int main(int argc, char **argv) {
     for (int c = 0; c < D; c++) f[c] = 1.0f, mu[c] = 0.01f;
     double acc[8][256];
     float mn[8][256], mx[8][256];
-    enum { NT = 9 };
-    static const char *name[NT] = {"read", "stats min/max", "stats sum+min/max", "tok_codes rot", "tok_codes rot, one row (L1)", "composed slots, one row (L1)", "scale_center_amax (L1)", "rotate_row (L1)", "quant_row (L1)"};
+    enum { NT = 12 };
+    static const char *name[NT] = {"read", "stats min/max", "stats sum+min/max", "tok_codes rot", "tok_codes rot, one row (L1)", "composed slots, one row (L1)", "scale_center_amax (L1)", "rotate_row (L1)", "quant_row (L1)", "stats min/max (L1)", "stats sum+min/max (L1)", "stats sum (L1)"};
     double t[NT][64];
     volatile float sink = 0;
     for (int r = 0; r < rounds; r++)
@@ -45,6 +50,10 @@ int main(int argc, char **argv) {
             } else if (k < 3) {
                 for (int64_t i = 0; i < L; i++)
                     for (int64_t h = 0; h < H; h++) sink += (float)K->stats_row(x + (i * H + h) * D, (int)D, k == 2 ? acc[h] : NULL, mn[h], mx[h]);
+            } else if (k >= 9) {
+                for (int64_t i = 0; i < L; i++)
+                    for (int64_t h = 0; h < H; h++)
+                        sink += (float)K->stats_row(x + h * D, (int)D, k >= 10 ? acc[h] : NULL, k == 11 ? NULL : mn[h], mx[h]);
             } else if (k >= 6) {
                 float y[256];
                 for (int c = 0; c < D; c++) y[c] = x[c];
