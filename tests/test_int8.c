@@ -95,7 +95,8 @@ static void test_tables_filled(void) {
     } slots[] = {SLOT(qk),        SLOT(scores),     SLOT(softmax),    SLOT(pv_f32),      SLOT(rowmax),
                  SLOT(softmax_vs), SLOT(pv_acc),     SLOT(quant_row),  SLOT(qk16),        SLOT(pv_acc8),
                  SLOT(p_vs_tile),  SLOT(pv_acc8u),   SLOT(center_amax), SLOT(scale_center_amax),
-                 SLOT(rotate_row), SLOT(stats_row), SLOT(lse_dots), SLOT(pack8_k), SLOT(pack8_v)};
+                 SLOT(rotate_row), SLOT(stats_row), SLOT(lse_dots), SLOT(pack8_k), SLOT(pack8_v),
+                 SLOT(tok_codes), SLOT(out_row), SLOT(pack8_q)};
 #undef SLOT
     const int n_slots = (int)(sizeof slots / sizeof slots[0]);
     CHECK(sizeof(qattn_int8_kernels) == (size_t)(n_slots + 2) * sizeof(void *), "qattn_int8_kernels has a member this test does not list");
@@ -218,6 +219,28 @@ static void test_fused_slots(const qattn_int8_kernels *A) {
             free(src), free(p1), free(p2);
         }
     }
+    for (int di = 0; di < n_dims; di++) { /* pack8_q: a unit's rows (positions x group heads), -128 codes; out_row */
+        int d = dims[di];
+        for (int group = 1; group <= 4; group += 3) {
+            int m = 13 * group;
+            int64_t hs = d + 8, ss = hs * group + 24;
+            int8_t *src = xcalloc((size_t)(ss * 13 + d)), *p1 = xcalloc((size_t)m * d), *p2 = xcalloc((size_t)m * d);
+            for (int i = 0; i < ss * 13 + d; i++) src[i] = (int8_t)((int)(rnd_u64() % 256) - 128);
+            memset(p2, 0x55, (size_t)m * d);
+            R->pack8_q(src, ss, hs, group, m, d, p1);
+            A->pack8_q(src, ss, hs, group, m, d, p2);
+            CHECK(!memcmp(p1, p2, (size_t)m * d), "pack8_q %s != ref (d %d group %d)", A->name, d, group);
+            free(src), free(p1), free(p2);
+        }
+        float *acc = xcalloc((size_t)d * 4), *mv = xcalloc((size_t)d * 4), *o1 = xcalloc((size_t)d * 4), *o2 = xcalloc((size_t)d * 4);
+        for (int c = 0; c < d; c++) acc[c] = (float)(rnd_norm() * 1e3), mv[c] = c % 5 ? (float)rnd_norm() : -0.0f;
+        acc[0] = -0.0f;
+        float inv = 1.0f / (float)(rnd_unif() * 1e3 + 1.0);
+        R->out_row(acc, inv, mv, d, o1);
+        A->out_row(acc, inv, mv, d, o2);
+        CHECK(!memcmp(o1, o2, (size_t)d * 4), "out_row %s != ref (d %d)", A->name, d);
+        free(acc), free(mv), free(o1), free(o2);
+    }
     for (int di = 0; di < n_dims; di++) { /* lse_dots: rows at scattered offsets, codes with -128 */
         int d = dims[di];
         int ms2[] = {1, 5, 16, 17, 64};
@@ -283,11 +306,44 @@ static void test_fused_slots(const qattn_int8_kernels *A) {
                     mn1[c] = row[c] < mn1[c] ? row[c] : mn1[c];
                     mx1[c] = row[c] > mx1[c] ? row[c] : mx1[c];
                 }
-                A->stats_row(row, d, s2, mn2, mx2);
+                CHECK(A->stats_row(row, d, s2, mn2, mx2) == 0, "stats_row %s (d %d): a finite row reported non-finite", A->name, d);
             }
-            A->stats_row(row, d, NULL, NULL, NULL); /* nothing asked: nothing written */
+            CHECK(A->stats_row(row, d, NULL, NULL, NULL) == 0, "stats_row %s (d %d): finite row", A->name, d); /* nothing asked: nothing written */
             CHECK(!memcmp(s1, s2, (size_t)d * 8) && !memcmp(mn1, mn2, (size_t)d * 4) && !memcmp(mx1, mx2, (size_t)d * 4), "stats_row %s (d %d)",
                   A->name, d);
+            static const float bad[3] = {INFINITY, -INFINITY, NAN};
+            for (int k = 0; k < 3; k++) { /* one non-finite value, in each position class (first, last, middle) */
+                for (int c = 0; c < d; c++) row[c] = (float)rnd_norm();
+                row[k == 0 ? 0 : k == 1 ? d - 1 : d / 2] = bad[k];
+                CHECK(A->stats_row(row, d, s2, mn2, mx2) != 0 && A->stats_row(row, d, NULL, NULL, NULL) != 0,
+                      "stats_row %s (d %d): %g not found", A->name, d, (double)bad[k]);
+            }
+        }
+        for (int k = 0; k < 10; k++) { /* tok_codes == the sequence of the reference slots: f or none, rotation or none, INT8 or INT4 */
+            bool use_f = k & 1, rot = (k & 2) && k < 8;
+            float cmax = k & 4 ? 7.0f : 127.0f, pre = rot ? 1.0f / (float)qattn_rotate_block(d) : 0.0f;
+            if (k == 6) /* an all-zero group: amax 0, inv 0 */
+                for (int c = 0; c < d; c++) row[c] = mu[c] = 0.0f;
+            else if (k == 8) /* row - mu overflows: amax inf, inv 0, inf * 0 = NaN (clamped to the code 127), zeros elsewhere */
+                for (int c = 0; c < d; c++) row[c] = c % 3 ? 0.0f : 3e38f, mu[c] = c % 3 ? 0.0f : -3e38f;
+            else if (k == 9) /* amax tiny: 127 / amax overflows to inf, y * inf is +-inf (clamped), 0 * inf NaN */
+                for (int c = 0; c < d; c++) row[c] = c % 4 ? (c % 4 == 1 ? 1e-39f : -3e-40f) : 0.0f, mu[c] = 0.0f;
+            else
+                for (int c = 0; c < d; c++) row[c] = (float)(rnd_norm() * (c % 7 ? 1.0 : 9.0)), mu[c] = (float)rnd_norm();
+            /* cases 8, 9 make NaN products, whose code the scalar reference leaves to the float-to-int
+             * conversion (the SIMD quant_row kernels clamp NaN to 127): there the table's own slots */
+            const qattn_int8_kernels *S = k >= 8 ? A : R;
+            float a1 = use_f ? S->scale_center_amax(row, f, mu, d, y1) : S->center_amax(row, mu, d, y1);
+            if (rot) a1 = S->rotate_row(y1, d, pre);
+            int8_t q1[256], q2[256];
+            S->quant_row(y1, d, a1 > 0.0f ? cmax / a1 : 0.0f, q1);
+            int32_t sq1 = 0, sq2 = -1, sq3 = -1;
+            for (int c = 0; c < d; c++) sq1 += q1[c] * q1[c];
+            memset(q2, 0x55, sizeof q2);
+            float a2 = A->tok_codes(row, use_f ? f : NULL, mu, d, pre, cmax, q2, &sq2);
+            CHECK(a1 == a2 && !memcmp(q1, q2, (size_t)d) && sq1 == sq2, "tok_codes %s (d %d, case %d)", A->name, d, k);
+            CHECK(A->tok_codes(row, use_f ? f : NULL, mu, d, pre, cmax, q2, NULL) == a1 && !memcmp(q1, q2, (size_t)d) && sq3 == -1,
+                  "tok_codes %s without sq (d %d, case %d)", A->name, d, k);
         }
         free(row), free(f), free(mu), free(y1), free(y2), free(mn1), free(mx1), free(mn2), free(mx2), free(s1), free(s2);
     }

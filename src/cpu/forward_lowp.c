@@ -96,6 +96,7 @@ typedef struct wmem {
     int16_t *qr;     /* [rows][D] Q residual codes (sharp units), qc's layout */
     int32_t *s2;     /* [rows][TILE] a residual product (sharp units) */
     int16_t *kr;     /* the tile's K residual pack (sharp units; points into the slot) */
+    int64_t *rx, *ry; /* [rows] each row's visible keys [rx, ry) of the sequence (qattn_key_range) */
 } wmem;
 
 static size_t wmem_layout(const lplan *pl, unsigned char *base, wmem *w) {
@@ -125,6 +126,8 @@ static size_t wmem_layout(const lplan *pl, unsigned char *base, wmem *w) {
     TAKE(svk, float *, T * 4);
     TAKE(qr, int16_t *, R * D * 2);
     TAKE(s2, int32_t *, R * T * 4);
+    TAKE(rx, int64_t *, R * 8);
+    TAKE(ry, int64_t *, R * 8);
 #undef TAKE
     return off;
 }
@@ -200,15 +203,6 @@ static int64_t tok_base(const int32_t *cu, int64_t b, int64_t max_len) { return 
 
 static inline int8_t clamp_code(int8_t c) { return c == -128 ? (int8_t)-127 : c; }
 
-/* clamp_code on the 4 bytes of w: t has a zero byte exactly where w has 0x80; z gets 0x80 in
- * those bytes only (no carry crosses a byte: (b & 0x7f) + 0x7f <= 0xfe); adding z >> 7 turns each
- * 0x80 into 0x81 (-127), again without a carry. */
-static inline uint32_t clamp_code4(uint32_t w) {
-    uint32_t t = w ^ 0x80808080u;
-    uint32_t z = ~(((t & 0x7f7f7f7fu) + 0x7f7f7f7fu) | t | 0x7f7f7f7fu);
-    return w + (z >> 7);
-}
-
 /* Q codes, row scales and LSE corrections of a unit's rows; qc may be NULL (merge phase). */
 /* Row r of a unit (position i0 + r / group, head g * group + r % group): its Q codes and head. */
 static const int8_t *q_row(const lplan *pl, int64_t off, int64_t i0, int g, int r, int *head) {
@@ -232,20 +226,17 @@ static void pack_q(const lplan *pl, int64_t b, int64_t i0, int n_pos, int g, int
         float s = tq->scale[qattn_scale_index(tq->granularity, tq->block_size, b, tb + i, i, h, p->n_heads, p->seqlen_q, D, 0)];
         sq[r] = s * pl->qscale;
         corr[r] = s; /* times q . mean_k * scale below */
-        if (qc && pl->kern->pack8) /* qk's 8-bit rows, 4 codes at a time */
-            for (int c = 0; c < D; c += 4) {
-                uint32_t w;
-                memcpy(&w, src + c, 4);
-                w = clamp_code4(w);
-                memcpy((int8_t *)qc + (size_t)r * D + c, &w, 4);
-            }
-        else if (qc)
+        if (qc && !pl->kern->pack8)
             for (int c = 0; c < D; c++) qc[r * D + c] = clamp_code(src[c]);
+    }
+    if (qc && pl->kern->pack8 && m > 0) { /* qk's 8-bit rows: the table's packer */
+        int h;
+        pl->kern->pack8_q(q_row(pl, off, i0, g, 0, &h), tq->seq_stride, tq->head_stride, pl->units.group, m, D, (int8_t *)qc);
     }
     /* LSE corrections: dot = sum_c code * mean_k[c], c ascending (the table's lse_dots, the rows as
      * offsets from the first one; rows too far apart for int32 offsets take the reference kernel in
      * groups that fit, the same sums) */
-    if (!mk) {
+    if (!mk || !p->lse) { /* no K mean, or no LSE asked for (the corrections enter the LSE only) */
         for (int r = 0; r < m; r++) corr[r] = 0.0f;
         return;
     }
@@ -410,15 +401,29 @@ static void write_rows(const lplan *pl, int64_t b, int64_t i0, int n_pos, int g,
             const float *acc = st->acc + r * st->ld_acc;
             bool empty = mx == -INFINITY;
             float inv = empty ? 0.0f : 1.0f / l;
-            if (!empty && p->o_dtype == QATTN_DTYPE_F32) { /* the common case as a plain loop (vectorised) */
-                float *dst = (float *)p->o + base;
-                for (int c = 0; c < D; c++) dst[c] = acc[c] * inv + mv[c];
+            if (!empty && p->o_dtype == QATTN_DTYPE_F32) { /* the common case: the table's row kernel */
+                pl->kern->out_row(acc, inv, mv, D, (float *)p->o + base);
             } else {
                 for (int c = 0; c < D; c++) qattn_store(p->o, p->o_dtype, base + c, empty ? 0.0f : acc[c] * inv + mv[c]);
             }
             if (p->lse) p->lse[s.lse_off + (int64_t)h * s.lse_head_stride + i] = empty ? -INFINITY : (mx + log2f(l)) * LN2 + corr[r];
         }
 }
+
+/* Prefetch the output rows of positions [p0, p1) of a unit, which write_rows stores to at the unit's
+ * end: each row is its own run of D values a token stride apart (a page each at H 8, D 128), so the
+ * stores' reads for ownership missed one after another (measured: the finalize's time halves; the
+ * unit's tiles issue the rows in slices). A macro: GCC deletes the calls of a function that only
+ * prefetches. */
+#define PREFETCH_OUT(pl, s, i0, g, p0, p1)                                                                               \
+    do {                                                                                                               \
+        size_t esz_ = (size_t)qattn_dtype_bytes((pl)->p->o_dtype);                                                     \
+        for (int pi_ = (p0); pi_ < (p1); pi_++)                                                                        \
+            for (int hg_ = 0; hg_ < (pl)->units.group; hg_++)                                                          \
+                QATTN_PREFETCH_READ((const char *)(pl)->p->o + (size_t)((s)->o_off + ((i0) + pi_) * (pl)->p->o_seq_stride + \
+                                                                        (int64_t)((g) * (pl)->units.group + hg_) * (pl)->p->o_head_stride) * esz_, \
+                                    (size_t)(pl)->p->head_dim * esz_);                                                 \
+    } while (0)
 
 /* ---------------------------------------------------------------- one tile */
 
@@ -524,16 +529,28 @@ static void attend_tile(const lplan *pl, wmem *w, int m, int n, qattn_tile_state
     }
 }
 
-/* Per-row key intervals of the tile at t0 (n keys), for keys [a, z) of it: each row's window cut
- * to [a, z), emptied for rows whose block mask hides the key block of a (the caller cuts [a, z)
- * so that no row's mask changes inside it). True when some row sees a key. */
-static bool tile_intervals(const lplan *pl, const qattn_seq *s, int64_t b, int64_t i0, int m, int g, int64_t t0, int n, int64_t a,
-                           int64_t z, int32_t *lo, int32_t *hi) {
+/* Each row's visible keys [rx, ry) of the sequence (causal, windows), once per unit. */
+static void row_ranges(const lplan *pl, const qattn_seq *s, int64_t i0, int m, int64_t *rx, int64_t *ry) {
     const qattn_params *p = pl->p;
+    for (int r = 0; r < m; r++) qattn_key_range(i0 + r / pl->units.group, s->lq, s->lk, p->window_left, qattn_window_right(p), &rx[r], &ry[r]);
+}
+
+/* Per-row key intervals of the tile at t0 (n keys), for keys [a, z) of it: each row's window
+ * [rx, ry) cut to [a, z), emptied for rows whose block mask hides the key block of a (the caller
+ * cuts [a, z) so that no row's mask changes inside it). True when some row sees a key. rx_max and
+ * ry_min (the largest rx, the smallest ry): when [a, z) lies inside every row's window and there is
+ * no block mask, every row gets [a - t0, z - t0), what the per-row cut gives. */
+static bool tile_intervals(const lplan *pl, int64_t b, int64_t i0, int m, int g, int64_t t0, int n, int64_t a, int64_t z,
+                           const int64_t *rx, const int64_t *ry, int64_t rx_max, int64_t ry_min, int32_t *lo, int32_t *hi) {
+    const qattn_params *p = pl->p;
+    if (!p->block_mask && rx_max <= a && ry_min >= z) {
+        int32_t x = (int32_t)(a - t0), y = (int32_t)(z > a ? z - t0 : a - t0);
+        for (int r = 0; r < m; r++) lo[r] = x, hi[r] = y;
+        return m > 0 && x < y;
+    }
     bool any = false;
     for (int r = 0; r < m; r++) {
-        int64_t i = i0 + r / pl->units.group, x, y;
-        qattn_key_range(i, s->lq, s->lk, p->window_left, qattn_window_right(p), &x, &y);
+        int64_t i = i0 + r / pl->units.group, x = rx[r], y = ry[r];
         if (x < a) x = a;
         if (y > z) y = z;
         if (p->block_mask && !qattn_block_mask_row(p, b, g * pl->units.group + r % pl->units.group, i / p->block_mask_q)[a / p->block_mask_k]) y = x;
@@ -578,17 +595,25 @@ static void run_unit(void *arg, int64_t task, int worker) {
         for (int r = 0; r < m; r++) w.sq[r] *= 0x1p-7f;
     }
     v_channel_info(pl, u.b, u.g, w.sv, w.mv);
+    row_ranges(pl, &s, i0, m, w.rx, w.ry);
+    int64_t rx_max = 0, ry_min = INT64_MAX;
+    for (int r = 0; r < m; r++) rx_max = w.rx[r] > rx_max ? w.rx[r] : rx_max, ry_min = w.ry[r] < ry_min ? w.ry[r] : ry_min;
     /* whole packed tiles (aligned to 64 keys of the sequence); per-row ranges mask the rest. With
      * a block mask, tiles whose keys no row computes are skipped (no loads, no products), and a
      * tile holding blocks of different patterns (blocks narrower than 64 keys) runs once per
      * pattern, each run seeing only its keys (exact: the runs are disjoint key sets). */
-    for (int64_t t0 = k_begin / QATTN_TILE_KEYS * QATTN_TILE_KEYS; t0 < k_end; t0 += QATTN_TILE_KEYS) {
+    int64_t t_first = k_begin / QATTN_TILE_KEYS * QATTN_TILE_KEYS, n_tiles = (k_end - t_first + QATTN_TILE_KEYS - 1) / QATTN_TILE_KEYS;
+    for (int64_t t0 = t_first; t0 < k_end; t0 += QATTN_TILE_KEYS) {
         int n = (int)(s.lk - t0 < QATTN_TILE_KEYS ? s.lk - t0 : QATTN_TILE_KEYS);
+        if (!split) { /* O's rows, a slice per tile */
+            int64_t j = (t0 - t_first) / QATTN_TILE_KEYS;
+            PREFETCH_OUT(pl, &s, i0, u.g, (int)(j * n_pos / n_tiles), (int)((j + 1) * n_pos / n_tiles));
+        }
         int64_t a = t0 > k_begin ? t0 : k_begin, tile_end = t0 + n < k_end ? t0 + n : k_end;
         if (bm) a = qattn_bm_next_live(bm, a, tile_end);
         while (a < tile_end) {
             int64_t z = bm ? qattn_bm_uniform_end(bm, a, tile_end) : tile_end;
-            if (tile_intervals(pl, &s, u.b, i0, m, u.g, t0, n, a, z, w.lo, w.hi)) {
+            if (tile_intervals(pl, u.b, i0, m, u.g, t0, n, a, z, w.rx, w.ry, rx_max, ry_min, w.lo, w.hi)) {
                 kvslot k = slot_of(pl, u.b, u.g, t0 / QATTN_TILE_KEYS);
                 w.kp = k.kp, w.vp = k.vp, w.sk = k.sk, w.svk = k.svk, w.kr = k.kr;
                 attend_tile(pl, &w, m, n, &st, sharp);

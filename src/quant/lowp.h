@@ -72,7 +72,8 @@ typedef void (*qattn_i8_pv_acc8_fn)(const int16_t *pc, int m, int npad, const in
 typedef void (*qattn_i8_p_vs_tile_fn)(const int32_t *s, int m, int npad, const float *sq, const float *sk, const int32_t *lo,
                                       const int32_t *hi, const float *svk, float *row_max, float *row_sum, void *codes, int u8,
                                       float *alpha, float *fac);
-/* pv_acc8 with u8 P codes pc8[r * npad + j]: the same exact PV and float update. */
+/* pv_acc8 with u8 P codes pc8[r * npad + j]: the same exact PV and float update. The codes of row r
+ * outside [lo[r], hi[r]) are 0 (as p_vs_tile writes them), so a kernel may leave those keys out. */
 typedef void (*qattn_i8_pv_acc8u_fn)(const uint8_t *pc8, int m, int npad, const int8_t *vpack8, int d, const float *alpha,
                                      const float *fac, const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld);
 
@@ -106,9 +107,11 @@ typedef struct qattn_int8_kernels {
     float (*scale_center_amax)(const float *row, const float *f, const float *mu, int d, float *y);
     /* qattn_rotate_row (below): y *= pre, the same butterfly additions, returns max |y|. */
     float (*rotate_row)(float *y, int d, float pre);
-    /* One row of the statistics pass: acc[c] += (double)row[c] if acc; mn[c] = row[c] < mn[c] ?
-     * row[c] : mn[c] and mx[c] = row[c] > mx[c] ? row[c] : mx[c] if mn (row finite, d % 8 == 0). */
-    void (*stats_row)(const float *row, int d, double *acc, float *mn, float *mx);
+    /* One row of the statistics pass, with its finiteness check: returns non-zero when the row holds
+     * an Inf or NaN (then acc, mn and mx hold unspecified values: the caller reports the row and
+     * drops them); else returns 0 after acc[c] += (double)row[c] if acc; mn[c] = row[c] < mn[c] ?
+     * row[c] : mn[c] and mx[c] = row[c] > mx[c] ? row[c] : mx[c] if mn (d % 8 == 0). */
+    int (*stats_row)(const float *row, int d, double *acc, float *mn, float *mx);
     /* The driver's LSE corrections (K smoothing): for r < m, dot[r] = sum over c < d, ascending, of
      * (float)code * mk[c], code = base[off[r] + c] with -128 read as -127; each product rounded,
      * then added to the running float sum (from 0.0f), no fusion (d % 8 == 0, off[r] >= 0). */
@@ -119,7 +122,39 @@ typedef struct qattn_int8_kernels {
      *   pack8_v: vp[(j / 4) * d * 4 + c * 4 + j % 4] = code(j, c)      (pv_acc8's vp8) */
     void (*pack8_k)(const int8_t *src, int64_t stride, int n, int npad, int d, int8_t *kp);
     void (*pack8_v)(const int8_t *src, int64_t stride, int n, int npad, int d, int8_t *vp);
+    /* The PER_TOKEN code pass of one row (d % 8 == 0, d <= 256), fused: y = scale_center_amax(row, f,
+     * mu), or center_amax(row, mu) when f is NULL; then, when pre > 0, amax = rotate_row(y, d, pre);
+     * amax the returned max |y| of the last step; dst = quant_row(y, amax > 0 ? cmax / amax : 0);
+     * *sq = the sum of the squared codes (exact int32) when sq is not NULL. Returns amax. Bit for bit
+     * that sequence of the reference slots (qattn_i8_tok_codes_compose, the reference). */
+    float (*tok_codes)(const float *row, const float *f, const float *mu, int d, float pre, float cmax, int8_t *dst, int32_t *sq);
+    /* The driver's finalize of one FP32 output row: dst[c] = acc[c] * inv + mv[c], c < d (a product
+     * then a sum: two roundings, no fusion; d % 8 == 0). */
+    void (*out_row)(const float *acc, float inv, const float *mv, int d, float *dst);
+    /* Q codes of m rows into the 8-bit rows of qk (pack8 tables): row r at src + (r / group) * ss +
+     * (r % group) * hs (a unit's rows: positions, each with its group's heads) to dst[r * d + c], -128
+     * read as -127 (d % 8 == 0). */
+    void (*pack8_q)(const int8_t *src, int64_t ss, int64_t hs, int group, int m, int d, int8_t *dst);
 } qattn_int8_kernels;
+
+/* tok_codes as the sequence of its steps, given the row kernels of one table (the reference, and the
+ * tables that have no fused version; inlined, so the calls are direct). */
+static inline float qattn_i8_tok_codes_compose(float (*center_amax)(const float *, const float *, int, float *),
+                                               float (*scale_center_amax)(const float *, const float *, const float *, int, float *),
+                                               float (*rotate_row)(float *, int, float),
+                                               void (*quant_row)(const float *, int, float, int8_t *), const float *row, const float *f,
+                                               const float *mu, int d, float pre, float cmax, int8_t *dst, int32_t *sq) {
+    float y[256];
+    float amax = f ? scale_center_amax(row, f, mu, d, y) : center_amax(row, mu, d, y);
+    if (pre > 0.0f) amax = rotate_row(y, d, pre);
+    quant_row(y, d, amax > 0.0f ? cmax / amax : 0.0f, dst);
+    if (sq) {
+        int32_t s = 0;
+        for (int c = 0; c < d; c++) s += (int32_t)dst[c] * dst[c];
+        *sq = s;
+    }
+    return amax;
+}
 
 extern const qattn_int8_kernels qattn_int8_kernels_ref;
 /* Reference kernels exported for the ISA tables' slots that have no vector version (and
@@ -129,10 +164,12 @@ void qattn_i8_pv_acc8_ref(const int16_t *pc, int m, int npad, const int8_t *vpac
 void qattn_i8_pv_acc8u_ref(const uint8_t *pc8, int m, int npad, const int8_t *vpack8, int d, const float *alpha, const float *fac,
                            const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld);
 float qattn_i8_scale_center_amax_ref(const float *row, const float *f, const float *mu, int d, float *y);
-void qattn_i8_stats_row_ref(const float *row, int d, double *acc, float *mn, float *mx);
+int qattn_i8_stats_row_ref(const float *row, int d, double *acc, float *mn, float *mx);
 void qattn_i8_lse_dots_ref(const int8_t *base, const int32_t *off, int m, int d, const float *mk, float *dot);
 void qattn_i8_pack8_k_ref(const int8_t *src, int64_t stride, int n, int npad, int d, int8_t *kp);
 void qattn_i8_pack8_v_ref(const int8_t *src, int64_t stride, int n, int npad, int d, int8_t *vp);
+void qattn_i8_out_row_ref(const float *acc, float inv, const float *mv, int d, float *dst);
+void qattn_i8_pack8_q_ref(const int8_t *src, int64_t ss, int64_t hs, int group, int m, int d, int8_t *dst);
 #if defined(QATTN_HAVE_X86)
 extern const qattn_int8_kernels qattn_int8_kernels_avx2;
 extern const qattn_int8_kernels qattn_int8_kernels_avxvnni;
@@ -151,6 +188,7 @@ void qattn_i8_pv_acc_avx2(const int16_t *pc, int m, int npad, const int16_t *vpa
                           const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld);
 void qattn_i8_quant_row_avx2(const float *y, int d, float inv, int8_t *dst);
 float qattn_i8_center_amax_avx2(const float *row, const float *mu, int d, float *y);
+float qattn_i8_tok_codes_avx2(const float *row, const float *f, const float *mu, int d, float pre, float cmax, int8_t *dst, int32_t *sq);
 void qattn_i8_p_vs_tile_avx2(const int32_t *s, int m, int npad, const float *sq, const float *sk, const int32_t *lo, const int32_t *hi,
                              const float *svk, float *row_max, float *row_sum, void *codes, int u8, float *alpha, float *fac);
 #endif

@@ -269,7 +269,13 @@ void qattn_i8_pack8_v_ref(const int8_t *src, int64_t stride, int n, int npad, in
         for (int c = 0; c < d; c++) vp[(size_t)(j / 4) * d * 4 + (size_t)c * 4 + j % 4] = code_or_zero(src, stride, n, j, c);
 }
 
-void qattn_i8_stats_row_ref(const float *row, int d, double *acc, float *mn, float *mx) {
+int qattn_i8_stats_row_ref(const float *row, int d, double *acc, float *mn, float *mx) {
+    /* x * 0 is NaN exactly for Inf and NaN, and a sum with a NaN term is NaN in any order */
+    float z[8] = {0};
+    for (int c = 0; c < d; c += 8)
+        for (int k = 0; k < 8; k++) z[k] += row[c + k] * 0.0f;
+    float t = ((z[0] + z[1]) + (z[2] + z[3])) + ((z[4] + z[5]) + (z[6] + z[7]));
+    if (t != t) return 1;
     if (acc)
         for (int c = 0; c < d; c++) acc[c] += row[c];
     if (mn)
@@ -277,6 +283,24 @@ void qattn_i8_stats_row_ref(const float *row, int d, double *acc, float *mn, flo
             mn[c] = row[c] < mn[c] ? row[c] : mn[c];
             mx[c] = row[c] > mx[c] ? row[c] : mx[c];
         }
+    return 0;
+}
+
+void qattn_i8_out_row_ref(const float *acc, float inv, const float *mv, int d, float *dst) {
+    for (int c = 0; c < d; c++) dst[c] = acc[c] * inv + mv[c];
+}
+
+void qattn_i8_pack8_q_ref(const int8_t *src, int64_t ss, int64_t hs, int group, int m, int d, int8_t *dst) {
+    for (int r = 0; r < m; r++)
+        for (int c = 0; c < d; c++) {
+            int8_t q = src[(r / group) * ss + (r % group) * hs + c];
+            dst[(size_t)r * d + c] = q == -128 ? (int8_t)-127 : q;
+        }
+}
+
+static float tok_codes_ref(const float *row, const float *f, const float *mu, int d, float pre, float cmax, int8_t *dst, int32_t *sq) {
+    return qattn_i8_tok_codes_compose(center_amax_ref, qattn_i8_scale_center_amax_ref, qattn_rotate_row, quant_row_ref, row, f, mu, d, pre,
+                                      cmax, dst, sq);
 }
 
 /* Every slot filled (tests/test_int8.c checks it): the reference of each kernel. */
@@ -302,4 +326,7 @@ const qattn_int8_kernels qattn_int8_kernels_ref = {
     .lse_dots = qattn_i8_lse_dots_ref,
     .pack8_k = qattn_i8_pack8_k_ref,
     .pack8_v = qattn_i8_pack8_v_ref,
+    .tok_codes = tok_codes_ref,
+    .out_row = qattn_i8_out_row_ref,
+    .pack8_q = qattn_i8_pack8_q_ref,
 };

@@ -285,6 +285,12 @@ float qattn_i8_center_amax_avx2(const float *row, const float *mu, int d, float 
     return hmax8(m);
 }
 
+/* tok_codes from this table's row kernels (the reference ones where it has none). */
+float qattn_i8_tok_codes_avx2(const float *row, const float *f, const float *mu, int d, float pre, float cmax, int8_t *dst, int32_t *sq) {
+    return qattn_i8_tok_codes_compose(qattn_i8_center_amax_avx2, qattn_i8_scale_center_amax_ref, qattn_rotate_row, qattn_i8_quant_row_avx2,
+                                      row, f, mu, d, pre, cmax, dst, sq);
+}
+
 /* qattn_exp2f(x), with qattn_exp2f(0) = 1 taken without the evaluation (one of the driver's two per
  * row has a zero argument, since m_new is the larger of m_old and mb). */
 static ALWAYS_INLINE float exp2f_or_1(float x) { return x == 0.0f ? 1.0f : qattn_exp2f(x); }
@@ -412,4 +418,7 @@ const qattn_int8_kernels qattn_int8_kernels_avx2 = {
     .lse_dots = qattn_i8_lse_dots_ref,
     .pack8_k = qattn_i8_pack8_k_ref,
     .pack8_v = qattn_i8_pack8_v_ref,
+    .tok_codes = qattn_i8_tok_codes_avx2,
+    .out_row = qattn_i8_out_row_ref,
+    .pack8_q = qattn_i8_pack8_q_ref,
 };

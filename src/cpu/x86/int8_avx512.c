@@ -140,7 +140,7 @@ static ALWAYS_INLINE void acc_update16(float *dst, __mmask16 m, __m512 alpha, __
  * scales), so the epilogue drops the fac * sv product and, for rows with alpha 1, the dst * alpha
  * one (both exact identities, the same bits). Per quad of keys: NV V loads (16 channels x 4 keys each), then one
  * vpdpbusd per row and vector with the row's 4 codes broadcast. */
-static ALWAYS_INLINE void pv_block(const uint8_t *p8, int ps, int mr, int npad, const int8_t *vp8, int d, int c, int nv, __mmask16 last,
+static ALWAYS_INLINE void pv_block(const uint8_t *p8, int ps, int mr, int j0, int j1, const int8_t *vp8, int d, int c, int nv, __mmask16 last,
                                    const float *alpha, const float *fac, const float *sv, const int32_t *lo, const int32_t *hi,
                                    float *accp, int64_t ld) {
     __m512i acc[6][4];
@@ -148,8 +148,8 @@ static ALWAYS_INLINE void pv_block(const uint8_t *p8, int ps, int mr, int npad, 
     for (int i = 0; i < mr; i++)
 #pragma GCC unroll 4
         for (int v = 0; v < nv; v++) acc[i][v] = _mm512_setzero_si512();
-    const int8_t *vb = vp8 + (size_t)c * 4;
-    for (int j = 0; j < npad; j += 4, vb += (size_t)d * 4) {
+    const int8_t *vb = vp8 + (size_t)j0 * d + (size_t)c * 4;
+    for (int j = j0; j < j1; j += 4, vb += (size_t)d * 4) {
         __m512i vv[4];
 #pragma GCC unroll 4
         for (int v = 0; v < nv; v++) vv[v] = _mm512_maskz_loadu_epi32(v == nv - 1 ? last : (__mmask16)0xFFFF, vb + 64 * v);
@@ -187,16 +187,16 @@ static ALWAYS_INLINE void pv_block(const uint8_t *p8, int ps, int mr, int npad, 
 }
 
 /* MR rows (compile-time constant at each call), all d channels: blocks of 64, then the rest. */
-static ALWAYS_INLINE void pv_rows(const uint8_t *p8, int ps, int mr, int npad, const int8_t *vp8, int d, const float *alpha,
+static ALWAYS_INLINE void pv_rows(const uint8_t *p8, int ps, int mr, int j0, int j1, const int8_t *vp8, int d, const float *alpha,
                                   const float *fac, const float *sv, const int32_t *lo, const int32_t *hi, float *o, int64_t ld) {
     int c = 0;
-    for (; c + 64 <= d; c += 64) pv_block(p8, ps, mr, npad, vp8, d, c, 4, 0xFFFF, alpha, fac, sv, lo, hi, o, ld);
+    for (; c + 64 <= d; c += 64) pv_block(p8, ps, mr, j0, j1, vp8, d, c, 4, 0xFFFF, alpha, fac, sv, lo, hi, o, ld);
     int rest = d - c, nv = (rest + 15) / 16;
     __mmask16 last = lanes16(rest - 16 * (nv - 1));
     switch (nv) {
-    case 3: pv_block(p8, ps, mr, npad, vp8, d, c, 3, last, alpha, fac, sv, lo, hi, o, ld); break;
-    case 2: pv_block(p8, ps, mr, npad, vp8, d, c, 2, last, alpha, fac, sv, lo, hi, o, ld); break;
-    case 1: pv_block(p8, ps, mr, npad, vp8, d, c, 1, last, alpha, fac, sv, lo, hi, o, ld); break;
+    case 3: pv_block(p8, ps, mr, j0, j1, vp8, d, c, 3, last, alpha, fac, sv, lo, hi, o, ld); break;
+    case 2: pv_block(p8, ps, mr, j0, j1, vp8, d, c, 2, last, alpha, fac, sv, lo, hi, o, ld); break;
+    case 1: pv_block(p8, ps, mr, j0, j1, vp8, d, c, 1, last, alpha, fac, sv, lo, hi, o, ld); break;
     default: break;
     }
 }
@@ -213,8 +213,17 @@ static void pv_acc8u_avx512(const uint8_t *pc8, int m, int npad, const int8_t *v
                             const float *sv, const int32_t *lo, const int32_t *hi, float *acc, int64_t ld) {
     sv = all_ones(sv, d) ? NULL : sv;
     int r = 0;
+    /* each block's keys: the groups of 4 that meet some row's [lo, hi) (the codes outside are 0: a causal
+     * diagonal tile's first rows skip its last keys; the exact sums are unchanged) */
 #define PV_ROWS(MR)                                                                                                                   \
-    pv_rows(pc8 + (size_t)r * npad, npad, MR, npad, vpack8, d, alpha + r, fac + r, sv, lo + r, hi + r, acc + (size_t)r * (size_t)ld, ld)
+    do {                                                                                                                              \
+        int j0 = npad, j1 = 0;                                                                                                        \
+        for (int i_ = r; i_ < r + (MR); i_++)                                                                                         \
+            if (lo[i_] < hi[i_]) j0 = lo[i_] < j0 ? lo[i_] : j0, j1 = hi[i_] > j1 ? hi[i_] : j1;                                      \
+        if (j0 < j1)                                                                                                                  \
+            pv_rows(pc8 + (size_t)r * npad, npad, MR, j0 & ~3, (j1 + 3) & ~3, vpack8, d, alpha + r, fac + r, sv, lo + r, hi + r,     \
+                    acc + (size_t)r * (size_t)ld, ld);                                                                                \
+    } while (0)
     for (; r + 6 <= m; r += 6) PV_ROWS(6);
     switch (m - r) { /* the last 1 .. 5 rows as one block */
     case 5: PV_ROWS(5); break;
@@ -237,7 +246,7 @@ static void pv_acc8_avx512(const int16_t *pc, int m, int npad, const int8_t *vpa
             __mmask32 k = npad - j >= 32 ? ~(__mmask32)0 : (((__mmask32)1 << (npad - j)) - 1);
             _mm256_mask_storeu_epi8(p8 + j, k, _mm512_cvtepi16_epi8(_mm512_maskz_loadu_epi16(k, pc + (size_t)r * npad + j)));
         }
-        pv_rows(p8, QATTN_I8_TILE, 1, npad, vpack8, d, alpha + r, fac + r, sv1, lo + r, hi + r, acc + (size_t)r * (size_t)ld, ld);
+        pv_rows(p8, QATTN_I8_TILE, 1, 0, npad, vpack8, d, alpha + r, fac + r, sv1, lo + r, hi + r, acc + (size_t)r * (size_t)ld, ld);
     }
 }
 
@@ -408,6 +417,14 @@ static void p_vs_tile_avx512(const int32_t *s, int m, int npad, const float *sq,
             r += 4;
             continue;
         }
+        if (r + 4 <= m && lo[r] < hi[r] && lo[r + 1] < hi[r + 1] && lo[r + 2] < hi[r + 2] && lo[r + 3] < hi[r + 3]) {
+            /* four rows with keys, not all whole (a causal diagonal tile, a window's edge): the
+             * single-row path's masked steps on four interleaved rows, each row's result unchanged */
+            p_vs_rows16(4, s + (size_t)r * npad, npad, nv, false, true, sq + r, sk, lo + r, hi + r, svk, row_max + r, row_sum + r, cr, u8,
+                        alpha + r, fac + r);
+            r += 4;
+            continue;
+        }
         if (lo[r] >= hi[r]) {
             memset(cr, 0, (size_t)npad * esz);
             alpha[r] = 1.0f;
@@ -417,6 +434,38 @@ static void p_vs_tile_avx512(const int32_t *s, int m, int npad, const float *sq,
                         fac + r);
         }
         r++;
+    }
+}
+
+/* ---------------------------------------------------------------- the driver's rows */
+
+/* dst = acc * inv + mv: a product and a sum, each rounded, as the scalar loop. */
+static void out_row_avx512(const float *acc, float inv, const float *mv, int d, float *dst) {
+    const __m512 vi = _mm512_set1_ps(inv);
+    for (int c = 0; c < d; c += 16) {
+        __mmask16 k = lanes16(d - c);
+        _mm512_mask_storeu_ps(dst + c, k, _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, acc + c), vi), _mm512_maskz_loadu_ps(k, mv + c)));
+    }
+}
+
+/* Q rows into qk's 8-bit rows, -128 -> -127 by a byte max; the rows are a token stride apart, so each
+ * is prefetched PF_AHEAD rows before it is copied (their misses overlap). */
+#define PF_AHEAD 8
+static ALWAYS_INLINE void prefetch_row(const int8_t *row, int d) {
+    for (int c = 0; c < d; c += 64) _mm_prefetch((const char *)row + c, _MM_HINT_T0);
+    _mm_prefetch((const char *)row + d - 1, _MM_HINT_T0);
+}
+static void pack8_q_avx512(const int8_t *src, int64_t ss, int64_t hs, int group, int m, int d, int8_t *dst) {
+    for (int r = 0; r < m && r < PF_AHEAD; r++) prefetch_row(src + (r / group) * ss + (r % group) * hs, d);
+    const __m512i lo = _mm512_set1_epi8(-127);
+    for (int r = 0; r < m; r++) {
+        int rn = r + PF_AHEAD;
+        if (rn < m) prefetch_row(src + (rn / group) * ss + (rn % group) * hs, d);
+        const int8_t *row = src + (r / group) * ss + (r % group) * hs;
+        for (int c = 0; c < d; c += 64) {
+            __mmask64 k = d - c >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (d - c)) - 1);
+            _mm512_mask_storeu_epi8(dst + (size_t)r * d + c, k, _mm512_max_epi8(_mm512_maskz_loadu_epi8(k, row + c), lo));
+        }
     }
 }
 
@@ -456,22 +505,21 @@ static float scale_center_amax_avx512(const float *row, const float *f, const fl
 }
 
 /* One in-register butterfly stage of pairs (k, k + len), len = 1, 2, 4, 8 (pairs inside a vector):
- * sw is v with each pair's lanes swapped; the lower lane keeps v + sw = y[k] + y[k + len] (a + c,
- * and IEEE addition commutes), the upper one sw - v = y[k] - y[k + len] (a - c): the definition's
- * two operations on the same operands. */
+ * sw is v with each pair's lanes swapped, sg is +1 in the pair's lower lane and -1 in its upper one;
+ * fma(v, sg, sw) is one rounding of v + sw = y[k] + y[k + len] in the lower lane (a + c: IEEE
+ * addition commutes) and of sw - v = y[k] - y[k + len] in the upper one (a - c, which IEEE defines as
+ * a + (-c), signed zeros included): the definition's two operations, bit for bit, in two uops
+ * (a permute and an FMA) instead of an add, a subtract and a blend. */
 static ALWAYS_INLINE __m512 bfly_in(__m512 v, __m512 sw, __mmask16 upper) {
-    return _mm512_mask_blend_ps(upper, _mm512_add_ps(v, sw), _mm512_sub_ps(sw, v));
+    const __m512 one = _mm512_set1_ps(1.0f);
+    return _mm512_fmadd_ps(v, _mm512_mask_blend_ps(upper, one, _mm512_set1_ps(-1.0f)), sw); /* sg: a constant */
 }
 
-/* qattn_rotate_row on up to 16 vectors held in registers: y *= pre on the load (the scalar
- * multiplies only when pre != 1, and y * 1 = y), stages 1, 2, 4 (8) inside vectors, 16 .. n/2
- * between vectors, in the definition's order; d % 16 == 8 happens only with n = 8. */
-static float rotate_row_avx512(float *y, int d, float pre) {
-    int n = qattn_rotate_block(d), nv = (d + 15) / 16;
-    const __m512 vp = _mm512_set1_ps(pre);
-    __m512 v[16];
+/* The butterflies of qattn_rotate_row on nv <= 16 vectors v (the row, already times pre), blocks of n
+ * channels: stages 1, 2, 4 (8) inside vectors, 16 .. n/2 between vectors, in the definition's order;
+ * d % 16 == 8 happens only with n = 8 (the last vector's upper lanes, zero, never mix in). */
+static ALWAYS_INLINE void rotate_regs(__m512 *v, int nv, int n) {
     for (int i = 0; i < nv; i++) {
-        v[i] = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes16(d - 16 * i), y + 16 * i), vp);
         v[i] = bfly_in(v[i], _mm512_permute_ps(v[i], _MM_SHUFFLE(2, 3, 0, 1)), 0xAAAA);
         v[i] = bfly_in(v[i], _mm512_permute_ps(v[i], _MM_SHUFFLE(1, 0, 3, 2)), 0xCCCC);
         v[i] = bfly_in(v[i], _mm512_shuffle_f32x4(v[i], v[i], _MM_SHUFFLE(2, 3, 0, 1)), 0xF0F0);
@@ -484,21 +532,151 @@ static float rotate_row_avx512(float *y, int d, float pre) {
                 v[k] = _mm512_add_ps(a, c);
                 v[k + step] = _mm512_sub_ps(a, c);
             }
+}
+
+/* max |v[i]| over nv vectors (exact; masked lanes are +0). */
+static ALWAYS_INLINE float amax_regs(const __m512 *v, int nv) {
     __m512 m = _mm512_setzero_ps();
-    for (int i = 0; i < nv; i++) {
-        _mm512_mask_storeu_ps(y + 16 * i, lanes16(d - 16 * i), v[i]);
-        m = _mm512_max_ps(m, _mm512_abs_ps(v[i])); /* exact; masked lanes are +0 */
-    }
+    for (int i = 0; i < nv; i++) m = _mm512_max_ps(m, _mm512_abs_ps(v[i]));
     return _mm512_reduce_max_ps(m);
+}
+
+/* qattn_rotate_row on up to 16 vectors held in registers: y *= pre on the load (the scalar
+ * multiplies only when pre != 1, and y * 1 = y), then rotate_regs. */
+static float rotate_row_avx512(float *y, int d, float pre) {
+    int n = qattn_rotate_block(d), nv = (d + 15) / 16;
+    const __m512 vp = _mm512_set1_ps(pre);
+    __m512 v[16];
+    for (int i = 0; i < nv; i++) v[i] = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes16(d - 16 * i), y + 16 * i), vp);
+    rotate_regs(v, nv, n);
+    for (int i = 0; i < nv; i++) _mm512_mask_storeu_ps(y + 16 * i, lanes16(d - 16 * i), v[i]);
+    return amax_regs(v, nv);
+}
+
+/* tok_codes with the row in registers (nv = ceil(d / 16) vectors, n = qattn_rotate_block(d)): the
+ * same operations per element as scale_center_amax (or center_amax), rotate_row and quant_row, in
+ * their order; the squared codes are summed in float, exactly (integers below 256 * 127^2 < 2^24). */
+static ALWAYS_INLINE float tok_codes_nv(const float *row, const float *f, const float *mu, int d, int nv, int n, float pre, float cmax,
+                                        int8_t *dst, int32_t *sq) {
+    __m512 v[16];
+    for (int i = 0; i < nv; i++) {
+        __mmask16 k = lanes16(d - 16 * i);
+        __m512 x = _mm512_maskz_loadu_ps(k, row + 16 * i);
+        if (f) x = _mm512_mul_ps(x, _mm512_maskz_loadu_ps(k, f + 16 * i));
+        v[i] = _mm512_sub_ps(x, _mm512_maskz_loadu_ps(k, mu + 16 * i));
+    }
+    if (pre > 0.0f) {
+        const __m512 vp = _mm512_set1_ps(pre);
+        for (int i = 0; i < nv; i++) v[i] = _mm512_mul_ps(v[i], vp);
+        rotate_regs(v, nv, n);
+    }
+    float amax = amax_regs(v, nv);
+    const __m512 vinv = _mm512_set1_ps(amax > 0.0f ? cmax / amax : 0.0f), hi = _mm512_set1_ps(127.0f), lo = _mm512_set1_ps(-127.0f);
+    __m512 s2 = _mm512_setzero_ps();
+    for (int i = 0; i < nv; i++) {
+        __m512 x = _mm512_roundscale_ps(_mm512_mul_ps(v[i], vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        x = _mm512_max_ps(_mm512_min_ps(x, hi), lo);
+        _mm512_mask_cvtsepi32_storeu_epi8(dst + 16 * i, lanes16(d - 16 * i), _mm512_cvtps_epi32(x)); /* in [-127, 127] */
+        s2 = _mm512_mask3_fmadd_ps(x, x, s2, lanes16(d - 16 * i)); /* lanes past d left out (0 * inf is NaN: code 127); integers below 2^24: exact */
+    }
+    if (sq) *sq = (int32_t)_mm512_reduce_add_ps(s2);
+    return amax;
+}
+
+/* A butterfly between two whole vectors (len >= 16): a + c, a - c. */
+#define BFLY_X(a, c)                             \
+    do {                                         \
+        __m512 t_ = (a);                         \
+        (a) = _mm512_add_ps(t_, (c));            \
+        (c) = _mm512_sub_ps(t_, (c));            \
+    } while (0)
+
+/* tok_codes_nv at d = 128 (one rotation block of 128) written out, so that the compiler keeps the
+ * row in eight registers (the generic loops left it on the stack): the same operations in the same
+ * order (in-vector stages 1, 2, 4, 8 per vector, then stages 16, 32, 64 between vectors). */
+static ALWAYS_INLINE float tok_codes128(const float *row, const float *f, const float *mu, float pre, float cmax, int8_t *dst, int32_t *sq) {
+    __m512 v0, v1, v2, v3, v4, v5, v6, v7;
+#define LD(i) (f ? _mm512_sub_ps(_mm512_mul_ps(_mm512_loadu_ps(row + 16 * (i)), _mm512_loadu_ps(f + 16 * (i))), _mm512_loadu_ps(mu + 16 * (i))) \
+                 : _mm512_sub_ps(_mm512_loadu_ps(row + 16 * (i)), _mm512_loadu_ps(mu + 16 * (i))))
+    v0 = LD(0), v1 = LD(1), v2 = LD(2), v3 = LD(3), v4 = LD(4), v5 = LD(5), v6 = LD(6), v7 = LD(7);
+#undef LD
+    if (pre > 0.0f) {
+        const __m512 vp = _mm512_set1_ps(pre);
+#define IN(x)                                                                                      \
+    do {                                                                                           \
+        x = _mm512_mul_ps(x, vp);                                                                  \
+        x = bfly_in(x, _mm512_permute_ps(x, _MM_SHUFFLE(2, 3, 0, 1)), 0xAAAA);                     \
+        x = bfly_in(x, _mm512_permute_ps(x, _MM_SHUFFLE(1, 0, 3, 2)), 0xCCCC);                     \
+        x = bfly_in(x, _mm512_shuffle_f32x4(x, x, _MM_SHUFFLE(2, 3, 0, 1)), 0xF0F0);               \
+        x = bfly_in(x, _mm512_shuffle_f32x4(x, x, _MM_SHUFFLE(1, 0, 3, 2)), 0xFF00);               \
+    } while (0)
+        IN(v0); IN(v1); IN(v2); IN(v3); IN(v4); IN(v5); IN(v6); IN(v7);
+#undef IN
+        BFLY_X(v0, v1); BFLY_X(v2, v3); BFLY_X(v4, v5); BFLY_X(v6, v7); /* len 16 */
+        BFLY_X(v0, v2); BFLY_X(v1, v3); BFLY_X(v4, v6); BFLY_X(v5, v7); /* len 32 */
+        BFLY_X(v0, v4); BFLY_X(v1, v5); BFLY_X(v2, v6); BFLY_X(v3, v7); /* len 64 */
+    }
+    /* max |v|: vrangeps 0x0B is the operand of larger magnitude with its sign cleared (exact) */
+#define AMX(a, c) _mm512_range_ps((a), (c), 0x0B)
+    float amax = _mm512_reduce_max_ps(AMX(AMX(AMX(v0, v1), AMX(v2, v3)), AMX(AMX(v4, v5), AMX(v6, v7))));
+#undef AMX
+    const __m512 vinv = _mm512_set1_ps(amax > 0.0f ? cmax / amax : 0.0f), hi = _mm512_set1_ps(127.0f), lo = _mm512_set1_ps(-127.0f);
+    /* quant_row's clamp(rint(y * inv)) as rint(clamp(y * inv)): the same integer for every input (the
+     * clamp bounds are integers; a NaN product clamps to 127 either way, vminps returning its second
+     * operand), rounded by the conversion itself (embedded round-to-nearest-even, whatever MXCSR);
+     * then two saturating packs (exact: codes in [-127, 127]) and one dword permute put 64 codes in
+     * channel order (as the fused P step's u8 codes) */
+#define C(x) _mm512_cvt_roundps_epi32(_mm512_max_ps(_mm512_min_ps(_mm512_mul_ps((x), vinv), hi), lo), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    __m512i b0 = _mm512_permutexvar_epi32(order, _mm512_packs_epi16(_mm512_packs_epi32(C(v0), C(v1)), _mm512_packs_epi32(C(v2), C(v3))));
+    __m512i b1 = _mm512_permutexvar_epi32(order, _mm512_packs_epi16(_mm512_packs_epi32(C(v4), C(v5)), _mm512_packs_epi32(C(v6), C(v7))));
+#undef C
+    _mm512_storeu_si512(dst, b0);
+    _mm512_storeu_si512(dst + 64, b1);
+    if (sq) { /* |c| * |c| summed by vpdpbusd (u8 x s8, |c| <= 127 fits both): exact */
+        __m512i a0 = _mm512_abs_epi8(b0), a1 = _mm512_abs_epi8(b1);
+        *sq = _mm512_reduce_add_epi32(dpbusd(dpbusd(_mm512_setzero_si512(), a0, a0), a1, a1));
+    }
+    return amax;
+}
+#undef BFLY_X
+
+static float tok_codes_avx512(const float *row, const float *f, const float *mu, int d, float pre, float cmax, int8_t *dst, int32_t *sq) {
+    if (d == 128) return tok_codes128(row, f, mu, pre, cmax, dst, sq); /* the common head dim, in registers */
+    return tok_codes_nv(row, f, mu, d, (d + 15) / 16, qattn_rotate_block(d), pre, cmax, dst, sq);
 }
 
 /* The statistics pass's row: double sums (each element converted exactly, then one add, as the
  * scalar a[c] += row[c]) and the channel min / max (vminps/vmaxps return their second operand
- * unless the first is smaller / larger: the scalar selects, row finite). */
-static void stats_row_avx512(const float *row, int d, double *acc, float *mn, float *mx) {
+ * unless the first is smaller / larger: the scalar selects, row finite); Inf and NaN found by
+ * vfpclassps on the same loads (the sums and extrema are then unspecified, as the contract allows). */
+/* The whole vectors of a row (d % 16 == 0), no masks. */
+static ALWAYS_INLINE __mmask16 stats_full(const float *row, int d, double *acc, float *mn, float *mx) {
+    __mmask16 bad = 0;
+    for (int c = 0; c < d; c += 16) {
+        __m512 r = _mm512_loadu_ps(row + c);
+        bad |= _mm512_fpclass_ps_mask(r, 0x99);
+        if (acc) {
+            _mm512_storeu_pd(acc + c, _mm512_add_pd(_mm512_loadu_pd(acc + c), _mm512_cvtps_pd(_mm512_castps512_ps256(r))));
+            _mm512_storeu_pd(acc + c + 8, _mm512_add_pd(_mm512_loadu_pd(acc + c + 8), _mm512_cvtps_pd(_mm512_extractf32x8_ps(r, 1))));
+        }
+        if (mn) {
+            _mm512_storeu_ps(mn + c, _mm512_min_ps(r, _mm512_loadu_ps(mn + c)));
+            _mm512_storeu_ps(mx + c, _mm512_max_ps(r, _mm512_loadu_ps(mx + c)));
+        }
+    }
+    return bad;
+}
+
+static int stats_row_avx512(const float *row, int d, double *acc, float *mn, float *mx) {
+    if (d == 128) /* the common head dim: unrolled, each statistic's form separately */
+        return (acc ? (mn ? stats_full(row, 128, acc, mn, mx) : stats_full(row, 128, acc, NULL, NULL))
+                    : (mn ? stats_full(row, 128, NULL, mn, mx) : stats_full(row, 128, NULL, NULL, NULL))) != 0;
+    __mmask16 bad = 0;
     for (int c = 0; c < d; c += 16) {
         __mmask16 k = lanes16(d - c);
         __m512 r = _mm512_maskz_loadu_ps(k, row + c);
+        bad |= _mm512_fpclass_ps_mask(r, 0x99); /* QNaN 0x01, +Inf 0x08, -Inf 0x10, SNaN 0x80 */
         if (acc) {
             __mmask8 k0 = (__mmask8)(k & 0xFF), k1 = (__mmask8)(k >> 8);
             _mm512_mask_storeu_pd(acc + c, k0, _mm512_add_pd(_mm512_maskz_loadu_pd(k0, acc + c), _mm512_cvtps_pd(_mm512_castps512_ps256(r))));
@@ -511,6 +689,7 @@ static void stats_row_avx512(const float *row, int d, double *acc, float *mn, fl
             _mm512_mask_storeu_ps(mx + c, k, _mm512_max_ps(r, _mm512_maskz_loadu_ps(k, mx + c)));
         }
     }
+    return bad != 0;
 }
 
 /* lse_dots with 16 rows in the lanes: per group of 4 channels, one gather of each row's 4 codes
@@ -633,4 +812,7 @@ const qattn_int8_kernels qattn_int8_kernels_avx512 = {
     .lse_dots = lse_dots_avx512,
     .pack8_k = pack8_k_avx512,
     .pack8_v = pack8_v_avx512,
+    .tok_codes = tok_codes_avx512,
+    .out_row = out_row_avx512,
+    .pack8_q = pack8_q_avx512,
 };

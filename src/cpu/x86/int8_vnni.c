@@ -307,6 +307,9 @@ const qattn_int8_kernels qattn_int8_kernels_avxvnni = {
     .lse_dots = qattn_i8_lse_dots_ref,
     .pack8_k = qattn_i8_pack8_k_ref,
     .pack8_v = qattn_i8_pack8_v_ref,
+    .tok_codes = qattn_i8_tok_codes_avx2,
+    .out_row = qattn_i8_out_row_ref,
+    .pack8_q = qattn_i8_pack8_q_ref,
 };
 
 /* The CPU kernel table of this ISA: the AVX2 tile kernels (docs/ARCHITECTURE.md "Numerics"), under the ISA's name,
