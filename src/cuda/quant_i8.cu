@@ -57,6 +57,7 @@ namespace {
 constexpr int BN = 128;   /* the attention kernels' key tile (Vt tiles, sv per tile) */
 constexpr int QPAD = 128; /* Qi rows padded to the wgmma kernel's query block */
 constexpr int NT = 256;   /* threads per block, every kernel here */
+constexpr int SHARP_SLICES = 8; /* blocks per (b, kv head) of i8q_sharp_kernel */
 constexpr int CH = 512;   /* tokens per chunk of the statistics */
 constexpr int QRI = 4;    /* Q rows per lane group and block (loads issued together) */
 constexpr int QSC = 256; /* query positions per Q-range item (all heads of one kv head's group); 64: 4-5% slower pass (H100) */
@@ -69,7 +70,7 @@ int n_chunks(int lk) { return (lk + CH - 1) / CH; }
 int n_qchunks(int lq) { return (lq + QSC - 1) / QSC; }
 
 struct i8_layout {
-    size_t qi, sq, ki, sk, vt, sv, vm, km, kmf, fk, finv, psum, pabs, pmin, pkmin, pkmax, qsh, csq, csk, sharp, sigma, sched, ctl, qa, total;
+    size_t qi, sq, ki, sk, vt, sv, vm, km, kmf, fk, finv, psum, pabs, pmin, pkmin, pkmax, qsh, csq, csk, sharp, sigma, spart, sched, ctl, qa, sdone, total;
 };
 
 i8_layout layout(const qattn_cuda_args &a, int lk_pad) {
@@ -98,9 +99,11 @@ i8_layout layout(const qattn_cuda_args &a, int lk_pad) {
     L.csk = off, off += align256(B * HK * (size_t)lk_pad * 4); /* ... per K row */
     L.sharp = off, off += align256(B * HK * 4);               /* [b][kv head]: 1 = sharp */
     L.sigma = off, off += align256(B * HK * 4);               /* [b][kv head]: the predicted logit noise */
+    L.spart = off, off += align256(B * HK * SHARP_SLICES * 4 * 8); /* [unit][slice][4]: i8q_sharp_kernel's partial sums */
     L.sched = off, off += 256;
     L.ctl = off, off += align256((1 + 3 * B * HK) * 4); /* ticket, done[bh], ready[bh], qdone[bh]; zeroed with sched */
     L.qa = off, off += align256(B * HK * D * 4);        /* max |q| as float bits (atomicMax), zeroed with sched */
+    L.sdone = off, off += align256(B * HK * 4);         /* i8q_sharp_kernel's blocks done per unit, zeroed with sched */
     L.total = off;
     return L;
 }
@@ -129,7 +132,11 @@ template <bool BF16> __device__ __forceinline__ float ld1(const void *base, int6
 __device__ __forceinline__ uint4 ld16(const void *base, int64_t idx) { return *(const uint4 *)((const uint16_t *)base + idx); }
 
 /* The CPU's code: clamp(rne(y * inv), -127, 127), low byte. */
-__device__ __forceinline__ uint32_t code8(float y, float inv) { return (uint32_t)max(-127, min(127, __float2int_rn(y * inv))); }
+__device__ __forceinline__ uint32_t code8(float y, float inv) {
+    int16_t c; /* |y inv| <= 127 (1 + 2^-22): rne saturated to s8 equals the clamp to +-127 */
+    asm("cvt.rni.sat.s8.f32 %0, %1;" : "=h"(c) : "f"(y * inv));
+    return (uint32_t)(int32_t)c;
+}
 
 /* max over the G lanes of a row's group (consecutive lanes, G a power of two <= 32); NaN propagates. */
 template <int G> __device__ __forceinline__ float group_max(float m) {
@@ -655,20 +662,24 @@ __global__ void __launch_bounds__(D) i8q_calib_kernel(const qattn_cuda_args a, c
  * predicted logit noise of the INT8 Q/K codes,
  *   sigma^2 = scale^2 / 12 (mean_i sq_i^2 . mean_j sk_j^2 S_kj + mean_j sk_j^2 . mean_i sq_i^2 S_qi),
  * S the row's sum of squared codes, i over the unit's query rows (every head of the group), j over its
- * keys; the unit is sharp when sigma > noise. The sums in double, each thread a strided part and then a
- * fixed tree, so the result is the same on every run; against the CPU's sequential sums sigma differs by
- * rounding only (the flags too, except within that rounding of the threshold). One block per unit. */
-template <int D>
-__global__ void __launch_bounds__(NT) i8q_sharp_kernel(const qattn_cuda_args a, const i8_aux w, float noise, int32_t *sharp, float *sigma) {
+ * keys; the unit is sharp when sigma > noise. Blocks (unit, slice of SHARP_SLICES) sum a slice's rows in
+ * double (strided per thread, then a fixed tree) into part; the unit's last block adds the slices in
+ * order: the same result on every run, and against the CPU's sequential sums sigma differs by rounding
+ * only (the flags too, except within that rounding of the threshold). */
+__global__ void __launch_bounds__(NT) i8q_sharp_kernel(const qattn_cuda_args a, const i8_aux w, float noise, double *part, int *sdone, int32_t *sharp,
+                                                       float *sigma) {
     __shared__ double red[4][NT];
-    const int u = blockIdx.x, b = u / a.hk, g = u % a.hk, grp = a.h / a.hk, tid = threadIdx.x;
+    __shared__ int last;
+    const int u = blockIdx.x, sl = blockIdx.y, b = u / a.hk, g = u % a.hk, grp = a.h / a.hk, tid = threadIdx.x;
+    const int64_t nqr = (int64_t)a.lq * grp, q0 = nqr * sl / SHARP_SLICES, q1 = nqr * (sl + 1) / SHARP_SLICES;
+    const int k0 = (int)((int64_t)a.lk * sl / SHARP_SLICES), k1 = (int)((int64_t)a.lk * (sl + 1) / SHARP_SLICES);
     double aq = 0.0, cq = 0.0, ak = 0.0, ck = 0.0;
-    for (int64_t i = tid; i < (int64_t)a.lq * grp; i += NT) { /* positions, then heads, as the CPU */
+    for (int64_t i = q0 + tid; i < q1; i += NT) { /* positions, then heads, as the CPU */
         const int64_t r = ((int64_t)b * a.h + g * grp + (int)(i % grp)) * a.lq_pad + i / grp;
         const double s2 = (double)a.sq[r] * a.sq[r];
         aq += s2, cq += s2 * w.csq[r];
     }
-    for (int j = tid; j < a.lk; j += NT) {
+    for (int j = k0 + tid; j < k1; j += NT) {
         const int64_t r = (int64_t)u * a.lk_pad + j;
         const double s2 = (double)a.sk[r] * a.sk[r];
         ak += s2, ck += s2 * w.csk[r];
@@ -681,15 +692,23 @@ __global__ void __launch_bounds__(NT) i8q_sharp_kernel(const qattn_cuda_args a, 
             for (int x = 0; x < 4; x++) red[x][tid] += red[x][tid + h];
         __syncthreads();
     }
-    if (tid == 0) {
-        double sg = 0.0;
-        if (a.lq > 0 && a.lk > 0) {
-            const double rows = (double)a.lq * grp, nk = (double)a.lk, sc = a.scale;
-            sg = sqrt(sc * sc / 12.0 * ((red[0][0] / rows) * (red[3][0] / nk) + (red[2][0] / nk) * (red[1][0] / rows)));
-        }
-        sigma[u] = (float)sg;
-        sharp[u] = sg > (double)noise;
+    if (tid < 4) part[((int64_t)u * SHARP_SLICES + sl) * 4 + tid] = red[tid][0];
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) last = atomicAdd(sdone + u, 1) == SHARP_SLICES - 1;
+    __syncthreads();
+    if (!last || tid != 0) return;
+    __threadfence();
+    double t[4] = {0.0, 0.0, 0.0, 0.0};
+    for (int k = 0; k < SHARP_SLICES; k++)
+        for (int x = 0; x < 4; x++) t[x] += __ldcg(part + ((int64_t)u * SHARP_SLICES + k) * 4 + x);
+    double sg = 0.0;
+    if (a.lq > 0 && a.lk > 0) {
+        const double rows = (double)nqr, nk = (double)a.lk, sc = a.scale;
+        sg = sqrt(sc * sc / 12.0 * ((t[0] / rows) * (t[3] / nk) + (t[2] / nk) * (t[1] / rows)));
     }
+    sigma[u] = (float)sg;
+    sharp[u] = sg > (double)noise;
 }
 
 template <int D, bool BF16>
@@ -729,7 +748,8 @@ cudaError_t quantize(qattn_cuda_args &a, const i8_layout &L, unsigned char *ws, 
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
     if (noise > 0.f) {
         int32_t *sharp = (int32_t *)(ws + L.sharp);
-        i8q_sharp_kernel<D><<<(unsigned)bhk, NT, 0, st>>>(a, w, noise, sharp, (float *)(ws + L.sigma));
+        i8q_sharp_kernel<<<dim3((unsigned)bhk, SHARP_SLICES), NT, 0, st>>>(a, w, noise, (double *)(ws + L.spart), (int *)(ws + L.sdone), sharp,
+                                                                        (float *)(ws + L.sigma));
         if ((e = cudaGetLastError()) != cudaSuccess) return e;
         a.skip_units = sharp;
     }
