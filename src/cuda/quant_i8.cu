@@ -23,7 +23,7 @@
  * that no kind holds more than ~80 registers: three blocks of 256 threads per SM.
  * Rows: one group of D/8 lanes per row, 16-byte loads, 8-byte (K, Q) or 16-byte (V) stores; the Hadamard
  * rotation (rotate_row8: the CPU's butterfly stages in its order) runs across the row's lanes.
- * Measured (H100, D 128, B*L 16k, H 16; docs/benchmarks.md): 0.26-0.32 ms against 0.38-0.44 ms for the
+ * Measured (H100, D 128, B*L 16k, H 16; docs/benchmarks.md): 0.26-0.28 ms against 0.37-0.44 ms for the
  * previous order (every Q range first, every Q row last, K and V in one item: 128 registers, two blocks
  * per SM, Q read twice from DRAM); a per-item timeline (dev/gpu/quant_trace.py) showed the Q rows alone
  * taking the last 150 us of it.
