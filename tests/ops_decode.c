@@ -239,6 +239,48 @@ void op_dec_oracle(const op_dec_problem *pr, double *o64, double *lse64, double 
     free(lse_hq);
 }
 
+/* What q's 16-bit codes add to an INT8 cache's LSE (tests/ops.c, the decode's bounds), per LSE entry
+ * [B, H, Lq]: six standard deviations of the score error they cause, scale ||q f|| max_j ||(k_j - mu)
+ * / f|| / (sqrt(12) 32767), f and mu the cache's channel factors and K mean (1 and 0 uncalibrated), j
+ * over the sequence's cached keys (kd, what the kernels see). Derivation: the kernel scores q' . k'
+ * times n, q' = H(q f / n), k' = H((k - mu) / f / n), n the rotation's block (one size per row), and
+ * q' is held as codes of step qsc = max |q'| / 32767, each off by at most qsc / 2, independently per
+ * channel: the score error has standard deviation n qsc ||k'|| / sqrt(12), and with ||k'|| = ||(k -
+ * mu) / f|| / sqrt(n) (H H = n I) and qsc <= ||q'|| / 32767 = ||q f|| / (sqrt(n) 32767) that is at most
+ * ||q f|| ||(k - mu) / f|| / (sqrt(12) 32767), whatever n. The LSE is a softmax-weighted mean of the
+ * scores, so its error is within the largest key's. For D <= 12 six of these deviations also cover
+ * the worst case sqrt(D) qsc ||k'|| / 2; above, the error is a sum of D >= 16 independent rounding
+ * terms, whose tails are lighter than a normal's. */
+void op_dec_q16_lse_term(const op_dec_problem *pr, double *term) {
+    const int D = pr->D, grp = pr->H / pr->HK;
+    const bool cal = pr->oc.dec.calibrated;
+    const double c = 6.0 / (sqrt(12.0) * 32767.0) / sqrt((double)D); /* the default scale 1 / sqrt(D) */
+    for (int b = 0; b < pr->B; b++)
+        for (int h = 0; h < pr->H; h++) {
+            const int g = h / grp;
+            const float *f = cal ? pr->cal.k_factor + (size_t)g * D : NULL, *mu = cal ? pr->cal.k_mean + (size_t)g * D : NULL;
+            double kmax = 0.0;
+            for (int t = pr->cu_k[b]; t < pr->cu_k[b + 1]; t++) {
+                const float *k = pr->kd + ((size_t)t * pr->HK + g) * D;
+                double s = 0.0;
+                for (int x = 0; x < D; x++) {
+                    const double y = ((double)k[x] - (mu ? mu[x] : 0.0)) / (f ? f[x] : 1.0);
+                    s += y * y;
+                }
+                kmax = fmax(kmax, sqrt(s));
+            }
+            for (int i = 0; i < pr->Lq; i++) {
+                const float *q = pr->q + ((size_t)(pr->cu_q[b] + i) * pr->H + h) * D;
+                double s = 0.0;
+                for (int x = 0; x < D; x++) {
+                    const double y = (double)q[x] * (f ? f[x] : 1.0);
+                    s += y * y;
+                }
+                term[((size_t)b * pr->H + h) * pr->Lq + i] = c * sqrt(s) * kmax;
+            }
+        }
+}
+
 static void poison_outputs(op_dec_problem *pr) {
     memset(pr->o, 0xff, (pr->n_out + OP_DEC_GUARD) * sizeof(float));
     memset(pr->lse, 0xff, (pr->n_lse + OP_DEC_GUARD) * sizeof(float));

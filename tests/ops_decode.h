@@ -46,6 +46,8 @@ void op_dec_oracle(const op_dec_problem *pr, double *o64, double *lse64, double 
 /* One decode, outputs poisoned first: on the shared CPU context of op_dec_cpu_ctx (its cache), or,
  * built with CUDA, on a CUDA context (a cache built on a CPU context, decoded from a device copy,
  * then checked against the oracle's read-back). */
+/* INT8 cache: what q's 16-bit codes may add to each LSE entry ([B, H, Lq]; derivation in ops_decode.c). */
+void op_dec_q16_lse_term(const op_dec_problem *pr, double *term);
 qattn_status op_dec_run_cpu(op_dec_problem *pr, qattn_ctx *ctx);
 qattn_status op_dec_run_cuda(op_dec_problem *pr, qattn_ctx *cuda_ctx);
 /* After a call: every output element was written and the guards after o and lse were not. */
