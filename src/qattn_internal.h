@@ -18,19 +18,19 @@
 #include <stdint.h>
 #include <string.h>
 
-/* A hint to fetch every 64-byte line that [p, p + bytes) touches into L2 (prefetcht1: measured a
- * little faster than into L1 for the quantizer's streams, which otherwise stall on the L1 fill
- * buffers; also for lines about to be stored to), where the compiler has the builtin; no effect on
- * any result. A macro, not a function: GCC finds a function whose only
- * statements are prefetches free of side effects and deletes its calls. */
+/* A hint to fetch every 64-byte line that [p, p + bytes) touches, where the compiler has the builtin;
+ * no effect on any result. locality as __builtin_prefetch's: 3 into L1 (the KV decode's next block),
+ * 2 into L2 (the quantizer's streams, measured a little faster than L1, which otherwise stall on the
+ * L1 fill buffers; also lines about to be stored to). A macro, not a function: GCC finds a function
+ * whose only statements are prefetches free of side effects and deletes its calls. */
 #if defined(__GNUC__)
-#define QATTN_PREFETCH_READ(p, bytes)                                                               \
+#define QATTN_PREFETCH(p, bytes, locality)                                                          \
     do {                                                                                            \
         const char *pf_c_ = (const char *)(p), *pf_e_ = pf_c_ + (bytes);                            \
-        for (pf_c_ -= (uintptr_t)pf_c_ & 63; pf_c_ < pf_e_; pf_c_ += 64) __builtin_prefetch(pf_c_, 0, 2); \
+        for (pf_c_ -= (uintptr_t)pf_c_ & 63; pf_c_ < pf_e_; pf_c_ += 64) __builtin_prefetch(pf_c_, 0, locality); \
     } while (0)
 #else
-#define QATTN_PREFETCH_READ(p, bytes) ((void)(p), (void)(bytes))
+#define QATTN_PREFETCH(p, bytes, locality) ((void)(p), (void)(bytes))
 #endif
 
 /* ---------------------------------------------------------------- CPU kernel table */

@@ -420,9 +420,9 @@ static void write_rows(const lplan *pl, int64_t b, int64_t i0, int n_pos, int g,
         size_t esz_ = (size_t)qattn_dtype_bytes((pl)->p->o_dtype);                                                     \
         for (int pi_ = (p0); pi_ < (p1); pi_++)                                                                        \
             for (int hg_ = 0; hg_ < (pl)->units.group; hg_++)                                                          \
-                QATTN_PREFETCH_READ((const char *)(pl)->p->o + (size_t)((s)->o_off + ((i0) + pi_) * (pl)->p->o_seq_stride + \
+                QATTN_PREFETCH((const char *)(pl)->p->o + (size_t)((s)->o_off + ((i0) + pi_) * (pl)->p->o_seq_stride + \
                                                                         (int64_t)((g) * (pl)->units.group + hg_) * (pl)->p->o_head_stride) * esz_, \
-                                    (size_t)(pl)->p->head_dim * esz_);                                                 \
+                                    (size_t)(pl)->p->head_dim * esz_, 2);                                                 \
     } while (0)
 
 /* ---------------------------------------------------------------- one tile */
@@ -529,10 +529,15 @@ static void attend_tile(const lplan *pl, wmem *w, int m, int n, qattn_tile_state
     }
 }
 
-/* Each row's visible keys [rx, ry) of the sequence (causal, windows), once per unit. */
-static void row_ranges(const lplan *pl, const qattn_seq *s, int64_t i0, int m, int64_t *rx, int64_t *ry) {
+/* Each row's visible keys [rx, ry) of the sequence (causal, windows), once per unit, and the largest
+ * rx and smallest ry (tile_intervals' shortcut). */
+static void row_ranges(const lplan *pl, const qattn_seq *s, int64_t i0, int m, int64_t *rx, int64_t *ry, int64_t *rx_max, int64_t *ry_min) {
     const qattn_params *p = pl->p;
-    for (int r = 0; r < m; r++) qattn_key_range(i0 + r / pl->units.group, s->lq, s->lk, p->window_left, qattn_window_right(p), &rx[r], &ry[r]);
+    *rx_max = 0, *ry_min = INT64_MAX;
+    for (int r = 0; r < m; r++) {
+        qattn_key_range(i0 + r / pl->units.group, s->lq, s->lk, p->window_left, qattn_window_right(p), &rx[r], &ry[r]);
+        *rx_max = rx[r] > *rx_max ? rx[r] : *rx_max, *ry_min = ry[r] < *ry_min ? ry[r] : *ry_min;
+    }
 }
 
 /* Per-row key intervals of the tile at t0 (n keys), for keys [a, z) of it: each row's window
@@ -595,9 +600,8 @@ static void run_unit(void *arg, int64_t task, int worker) {
         for (int r = 0; r < m; r++) w.sq[r] *= 0x1p-7f;
     }
     v_channel_info(pl, u.b, u.g, w.sv, w.mv);
-    row_ranges(pl, &s, i0, m, w.rx, w.ry);
-    int64_t rx_max = 0, ry_min = INT64_MAX;
-    for (int r = 0; r < m; r++) rx_max = w.rx[r] > rx_max ? w.rx[r] : rx_max, ry_min = w.ry[r] < ry_min ? w.ry[r] : ry_min;
+    int64_t rx_max, ry_min;
+    row_ranges(pl, &s, i0, m, w.rx, w.ry, &rx_max, &ry_min);
     /* whole packed tiles (aligned to 64 keys of the sequence); per-row ranges mask the rest. With
      * a block mask, tiles whose keys no row computes are skipped (no loads, no products), and a
      * tile holding blocks of different patterns (blocks narrower than 64 keys) runs once per

@@ -108,8 +108,8 @@ void qattn_kv_attend_ref(const float *q, const int16_t *q16, const float *qsc, i
                          const float *ks, const float *vs, int n, const int32_t *lo, const int32_t *hi, qattn_tile_state *st, float *scratch,
                          const qattn_kv_prefetch *pf) {
     if (pf) { /* the hint, all up front: next to the scalar compute, its timing does not matter */
-        qattn_kv_prefetch_range(pf->k, pf->bytes);
-        qattn_kv_prefetch_range(pf->v, pf->bytes);
+        QATTN_PREFETCH(pf->k, pf->bytes, 3);
+        QATTN_PREFETCH(pf->v, pf->bytes, 3);
     }
     if (dtype == QATTN_DTYPE_I8)
         attend_i8_ref(q16, qsc, m, d, kc, vc, ks, vs, n, lo, hi, st, scratch);

@@ -203,7 +203,7 @@ static void run_unit(void *arg, int64_t task, int worker) {
                 pf.k = next + (int64_t)g * c->head_bytes;
                 pf.v = next + c->v_offset + (int64_t)g * c->head_bytes;
                 pf.bytes = c->head_bytes;
-                if (g == 0 && c->ks_offset) qattn_kv_prefetch_range(next + c->ks_offset, c->block_bytes - c->ks_offset);
+                if (g == 0 && c->ks_offset) QATTN_PREFETCH(next + c->ks_offset, c->block_bytes - c->ks_offset, 3);
             }
             qattn_tile_state st = head_state(pl, task, worker, g);
             pl->attend(qpack + (int64_t)g * m * D, i8 ? q16 + (int64_t)g * m * dq : NULL, i8 ? qsc + (int64_t)g * m : NULL, m, D, c->dtype, blk + code, blk + c->v_offset + code, ks, vs, n, lo, hi, &st, kscratch, next ? &pf : NULL);

@@ -84,15 +84,6 @@ static inline uint8_t *qattn_kv_block(const qattn_kv_cache *c, int32_t phys) {
  *   acc[c] += (float)(sum_j w16_j * v8_j[c]) * (W / 32767)   (int32 sums over <= 256 tokens)
  * so the only approximations beyond the stored codes are q and the softmax weights held to
  * 16 bits (relative error ~2^-16, far below the INT8 codes' own). */
-/* Software prefetch of bytes from p, every 64-byte line (a hint; nothing without GCC builtins). */
-static inline void qattn_kv_prefetch_range(const uint8_t *p, int64_t bytes) {
-#if defined(__GNUC__)
-    for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + o, 0, 3);
-#else
-    (void)p, (void)bytes;
-#endif
-}
-
 /* pf (may be NULL): regions of the next cache block to software-prefetch during the call, one kv
  * head's K codes and V codes (bytes each). A hint: the SIMD kernels spread the prefetches over
  * their compute loops (INT8) or issue them up front (FP16/BF16), so memory traffic overlaps the

@@ -117,7 +117,7 @@ static const float *ld_row(const qjob *j, int64_t off, int64_t pos, int64_t d, f
         size_t esz_ = (size_t)qattn_dtype_bytes((j)->p->qkv_dtype);                                         \
         const char *base_ = (const char *)(j)->v.src + (size_t)((off) + (pos) * (j)->v.ss) * esz_;          \
         for (int64_t h_ = (h0); h_ < (h1); h_++)                                                            \
-            QATTN_PREFETCH_READ(base_ + (size_t)(h_ * (j)->v.hs) * esz_, (size_t)(j)->p->head_dim * esz_); \
+            QATTN_PREFETCH(base_ + (size_t)(h_ * (j)->v.hs) * esz_, (size_t)(j)->p->head_dim * esz_, 2); \
     } while (0)
 
 /* Whether a row (d % 8 == 0) has a non-finite value: x * 0 is NaN exactly for inf and NaN, and a
