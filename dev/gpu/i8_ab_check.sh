@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call for a change to the INT8 kernels: this tree (build-gpu, library and GPU test) and the
 # base under .ab/base (`git archive BASE | tar -x -C .ab/base`, carried untracked), built side by side;
-# then the INT8 GPU tests, compute-sanitizer memcheck of the small INT8 set, python/tests/test_gpu.py, bench/gpu_accuracy.py on
+# then the INT8 GPU tests, compute-sanitizer memcheck and racecheck of the small INT8 set, python/tests/test_gpu.py, bench/gpu_accuracy.py on
 # both libraries, and bench/gpu_compare.py (D 64 and 128, L 4k and 16k, SDPA only) alternated base /
 # this tree twice. Logs under $OUT.
 set -u
@@ -15,10 +15,11 @@ BASE=/tmp/b-base/libqattn.so
 run_bg test_i8 150 $T --int8
 run_bg test_bs_i8 150 $T --bs --int8
 run_bg memcheck_i8 150 compute-sanitizer --tool memcheck --error-exitcode 3 $T --small --int8
+run_bg racecheck_i8 200 compute-sanitizer --tool racecheck --error-exitcode 3 $T --small --int8
 wait
-for n in test_i8 test_bs_i8 memcheck_i8; do
+for n in test_i8 test_bs_i8 memcheck_i8 racecheck_i8; do
   f="$OUT/$n.log"
-  echo "$n: ok $(grep -c '^ok' "$f"), FAIL $(grep -c FAIL "$f"), $(grep -m1 'ERROR SUMMARY' "$f") $(tail -1 "$f")"
+  echo "$n: ok $(grep -c '^ok' "$f"), FAIL $(grep -c FAIL "$f"), $(grep -m1 -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$f") $(tail -1 "$f")"
   grep FAIL "$f" | head -8
 done
 ABS_OUT=$(cd "$OUT" && pwd)

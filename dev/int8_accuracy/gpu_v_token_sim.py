@@ -25,6 +25,7 @@ from gpu_accuracy import make, reference, rel_l1  # noqa: E402
 
 torch.set_default_dtype(torch.float64)
 BN = 128
+FIX_C = 12 / 64**2  # chan_fix: a row is fixed when sum_c s_c^2 / 12 > (1/64)^2 |v_j|^2
 
 
 def q8(x, amax):
@@ -64,8 +65,11 @@ def attn(q, k, v, causal, mode):
         kc, sk = q8(K, K.abs().amax(1, keepdim=True))
         Lk = K.shape[0]
         nt = (Lk + BN - 1) // BN
-        if mode == "chan_tile":
+        if mode in ("chan_tile", "chan_fix"):
             Vdq = torch.cat([(lambda c, s: c * s)(*q8(Vc[t * BN:(t + 1) * BN], Vc[t * BN:(t + 1) * BN].abs().amax(0))) for t in range(nt)])
+            E = torch.cat([((Vc[t * BN:(t + 1) * BN].abs().amax(0) / 127) ** 2).sum().expand(min(BN, Lk - t * BN)) for t in range(nt)])
+            fix = (E > FIX_C * (Vc * Vc).sum(1)).nonzero().flatten() if mode == "chan_fix" else torch.zeros(0, dtype=torch.long)
+            R = (Vc - Vdq)[fix]
         else:
             a = Vc.abs().amax(1)
             r = None if mode == "cpu" else v_token_ratios(a, mode, nt)
@@ -85,7 +89,7 @@ def attn(q, k, v, causal, mode):
                 mb = torch.where(torch.isfinite(mb), mb, 0)
                 p = torch.exp(St - mb)
                 ref = torch.exp(mb)
-                if mode == "chan_tile":
+                if mode in ("chan_tile", "chan_fix"):
                     wt = torch.round(p * 255)
                 elif mode == "cpu":
                     aa = a[t * BN:(t + 1) * BN] / 127
@@ -107,6 +111,8 @@ def attn(q, k, v, causal, mode):
                     wt = torch.round(p * 255 * m) / m
                 num += (wt @ Vt) * ref
                 den += wt.sum(1) * ref.squeeze(1)
+            if mode == "chan_fix" and len(fix):
+                num += 255 * torch.exp(S[:, fix]) @ R
             out[:, h] = num / den.unsqueeze(1) + vm
     return out
 

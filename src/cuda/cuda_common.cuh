@@ -31,6 +31,12 @@ struct qattn_cuda_args {
     int32_t lq_pad;             /* Lq rounded up to the largest INT8 query block (Qi, sq, qsh row length) */
     int32_t i8_wgmma;           /* 1: the sm_90a wgmma kernel (fwd_wgmma_i8.cu) and its tiled, pre-swizzled layout */
     int32_t *sched;             /* the wgmma kernel's work counter (workspace; zeroed by the quantization pass) */
+    /* Fixed V rows (quant_i8.cu, kv_part): the keys whose codes per channel and tile lose more than
+     * 1/64 of the row (a sink's small value row), per (b, kv head) their count vfix_n, keys vfix_key
+     * [bh][QATTN_I8_VFIX_MAX] and residuals v' - codes * sv vfix_res [bh][QATTN_I8_VFIX_MAX][D]; the
+     * kernels' epilogue adds the residuals back (i8_rows.cuh). A count above the maximum: none fixed. */
+    const int32_t *vfix_n, *vfix_key;
+    const float *vfix_res;
     /* Sharp units (per (b, kv head), 1 = sharp; quant_i8.cu): the INT8 kernels leave the work items of the
      * units flagged in skip_units (NULL: none) and the FP16/BF16 mma.sync kernel runs only the units
      * flagged in only_units (NULL: all), so those units get the FP16 kernel's accuracy. */
@@ -53,6 +59,9 @@ struct qattn_cuda_bmask {
     int64_t bs, hs, rs;     /* element strides: batch, head, query block (key blocks contiguous) */
     int32_t bq, bk;         /* query rows and keys per block */
 };
+
+/* Fixed V rows per (b, kv head) at most (see qattn_cuda_args.vfix_n). */
+#define QATTN_I8_VFIX_MAX 16
 
 /* Head dims of the FP16/BF16 mma.sync kernel (fwd_mma_f16.cu); the wgmma kernel takes a subset. */
 inline bool qattn_cuda_f16_head_dim_ok(int d) {
@@ -170,6 +179,11 @@ __device__ __forceinline__ void qattn_fwd_key_range(int i, int lq, int lk, int w
     lo = wl < 0 ? 0 : max(diag - wl, 0);
     hi = wr < 0 ? lk : min(diag + wr + 1, lk);
     if (hi < lo) hi = lo;
+}
+/* Byte offset of 16-byte chunk c of row t of an INT8 code image (Qi, Ki: rows of D bytes, t the token's
+ * position): with the wgmma kernel (D 128) chunk c sits at c ^ (t & 7), its 128-byte swizzle. */
+template <int D> __device__ __forceinline__ int qattn_i8_chunk_at(const qattn_cuda_args &a, int t, int c) {
+    return ((D == 128 && a.i8_wgmma) ? c ^ (t & 7) : c) << 4;
 }
 /* INT8 P codes: p in [0, 1] -> the low byte of rn(255 p) (1.5 * 2^23 + 255 p keeps the integer in the
  * mantissa). */

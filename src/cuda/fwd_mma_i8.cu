@@ -318,7 +318,7 @@ __global__ void __launch_bounds__(NTHREADS, (8 / NWARPS) * (D == 128 ? 1 : QATTN
         qattn_cp_async_wait<0>();
     }
 
-    qattn_i8_store_rows<D>(a, b, h, (int64_t)b * a.hk + hk, row0, t4, o, mx, l, rf);
+    qattn_i8_store_rows<D>(a, b, h, (int64_t)b * a.hk + hk, row0, t4, o, mx, l, rf, nullptr);
 }
 
 template <int D> cudaError_t launch(const qattn_cuda_args &a, cudaStream_t stream) {

@@ -422,7 +422,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
         fence_pa(pa);
         o_update(o, pv, svt, t4, alpha_p, beta_p, rescale_p);
         mbar_arrive(bar_empty + 8 * s_prev);
-        qattn_i8_store_rows<D>(a, prev.b, prev.h, prev.bhk, prev.m0 + roff, t4, o, mx, l, prev.rf);
+        qattn_i8_store_rows<D>(a, prev.b, prev.h, prev.bhk, prev.m0 + roff, t4, o, mx, l, prev.rf, BS ? &bm : nullptr);
 #pragma unroll
         for (int i = 0; i < D / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
         mx[0] = mx[1] = -INFINITY;
@@ -444,7 +444,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
         fence64(pv);
         fence_pa(pa);
         o_update(o, pv, (const float *)(smem + OFF_SV + s_prev * D * 4), t4, alpha_p, beta_p, rescale_p);
-        qattn_i8_store_rows<D>(a, cur.b, cur.h, cur.bhk, cur.m0 + roff, t4, o, mx, l, cur.rf);
+        qattn_i8_store_rows<D>(a, cur.b, cur.h, cur.bhk, cur.m0 + roff, t4, o, mx, l, cur.rf, BS ? &bm : nullptr);
     }
 #if QATTN_I8W_PINGPONG
     if (wg == 0) named_sync<256>(1); /* consume warpgroup 1's last turn hand-over */

@@ -62,6 +62,12 @@ constexpr int CH = 512;   /* tokens per chunk of the statistics */
 constexpr int QRI = 4;    /* Q rows per lane group and block (loads issued together) */
 constexpr int QSC = 256; /* query positions per Q-range item (all heads of one kv head's group); 64: 4-5% slower pass (H100) */
 constexpr int QK_MAX_EXP = 32; /* QATTN_QK_SMOOTH_MAX_EXP: the factors' largest |exponent| */
+/* A V row v'_j is fixed (its residual kept, qattn_cuda_args.vfix_n) when on each of its slices of 8 channels
+ * the expected rounding error of the codes per channel and tile, averaged over the slices, exceeds 1/64 of
+ * the slice: sum_{c in slice} v'_jc^2 < (sum_c sv_c^2 / 12) / (D / 8) * 64^2. A sink's value row x0.05 of
+ * the others is fixed; an N(0,1) row would need all D/8 slices below ~0.2 of their mean square (each
+ * about 1% likely), never seen. */
+constexpr float VFIX_K = 12.f / (64.f * 64.f);
 
 inline size_t align256(size_t x) { return (x + 255) / 256 * 256; }
 
@@ -70,7 +76,8 @@ int n_chunks(int lk) { return (lk + CH - 1) / CH; }
 int n_qchunks(int lq) { return (lq + QSC - 1) / QSC; }
 
 struct i8_layout {
-    size_t qi, sq, ki, sk, vt, sv, vm, km, kmf, fk, finv, psum, pabs, pmin, pkmin, pkmax, qsh, csq, csk, sharp, sigma, spart, sched, ctl, qa, sdone, total;
+    size_t qi, sq, ki, sk, vt, sv, vm, km, kmf, fk, finv, psum, pabs, pmin, pkmin, pkmax, qsh, csq, csk, sharp, sigma, spart, vfkey, vfres, sched, ctl, qa,
+        sdone, vfn, total;
 };
 
 i8_layout layout(const qattn_cuda_args &a, int lk_pad) {
@@ -100,10 +107,13 @@ i8_layout layout(const qattn_cuda_args &a, int lk_pad) {
     L.sharp = off, off += align256(B * HK * 4);               /* [b][kv head]: 1 = sharp */
     L.sigma = off, off += align256(B * HK * 4);               /* [b][kv head]: the predicted logit noise */
     L.spart = off, off += align256(B * HK * SHARP_SLICES * 4 * 8); /* [unit][slice][4]: i8q_sharp_kernel's partial sums */
+    L.vfkey = off, off += align256(B * HK * QATTN_I8_VFIX_MAX * 4);     /* fixed V rows: keys [bh][VFIX_MAX] */
+    L.vfres = off, off += align256(B * HK * QATTN_I8_VFIX_MAX * D * 4); /* ... and residuals [bh][VFIX_MAX][D] */
     L.sched = off, off += 256;
     L.ctl = off, off += align256((1 + 3 * B * HK) * 4); /* ticket, done[bh], ready[bh], qdone[bh]; zeroed with sched */
     L.qa = off, off += align256(B * HK * D * 4);        /* max |q| as float bits (atomicMax), zeroed with sched */
     L.sdone = off, off += align256(B * HK * 4);         /* i8q_sharp_kernel's blocks done per unit, zeroed with sched */
+    L.vfn = off, off += align256(B * HK * 4);           /* fixed V rows per bh (atomicAdd), zeroed with sched */
     L.total = off;
     return L;
 }
@@ -143,6 +153,14 @@ template <int G> __device__ __forceinline__ float group_max(float m) {
 #pragma unroll
     for (int o = G / 2; o > 0; o >>= 1) m = qattn_fmax_nan(m, __shfl_xor_sync(0xffffffffu, m, o));
     return m;
+}
+
+/* sum over the G lanes of a row's group: each step adds a pair in both lanes (a + b = b + a), so every
+ * lane of the group ends with the same bits. */
+template <int G> __device__ __forceinline__ float group_sum(float s) {
+#pragma unroll
+    for (int o = G / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    return s;
 }
 
 /* One row of D values held by D/8 lanes (8 each, y centred): the codes of this lane's 8 values and the
@@ -222,10 +240,9 @@ __device__ __forceinline__ int smooth_exp(float qa, float ka) {
     return max(-QK_MAX_EXP, min(QK_MAX_EXP, e));
 }
 
-/* Byte offset in a 128-byte-row image of the 8 codes of lane group cg (channels 8 cg ..) for row t: with
- * the wgmma kernel (D 128) 16-byte chunk c of row t sits at chunk c ^ (t & 7) (its 128-byte swizzle). */
+/* Byte offset in a code row image of the 8 codes of lane group cg (channels 8 cg ..) for row t. */
 template <int D> __device__ __forceinline__ int row_pos(const qattn_cuda_args &a, int t, int cg) {
-    return (D == 128 && a.i8_wgmma) ? (((cg >> 1) ^ (t & 7)) << 4) | ((cg & 1) << 3) : cg * 8;
+    return qattn_i8_chunk_at<D>(a, t, cg >> 1) | ((cg & 1) << 3);
 }
 
 /* Running statistics of 8 channels: the sum (double), the sum of |x|, and per channel pair the smallest
@@ -298,6 +315,8 @@ struct i8_aux {
     int32_t *csq, *csk; /* sum of squared codes per Q row [B, H, lq_pad] and per K row [bh][lk_pad] */
     int *done, *ready, *qdone;
     int nqc; /* Q-range items per (b, kv head) */
+    int *vfn, *vfkey; /* fixed V rows: count per bh, keys [bh][VFIX_MAX] */
+    float *vfres;     /* ... residuals [bh][VFIX_MAX][D] */
 };
 
 /* Item kind 1. Chunk c of (b, kv head) bh and tensor x (K 0, V 1), blk = (bh * nch + c) * 2 + x: per channel
@@ -478,14 +497,42 @@ __device__ __forceinline__ void q_rows_part(const qattn_cuda_args &a, int bh, in
     }
 }
 
+/* The fixed V rows of one tile (kv_part, VFIX_K), after its codes: lane group rg takes the listed keys rg,
+ * rg + RG, ..: a slot of (b, kv head) bh (more rows than slots: the count says so and none is used), the
+ * key, and y - codes * sv of each lane's 8 channels (y = the row less its mean, codes as kv_part's). */
+template <int D, bool BF16>
+__device__ __forceinline__ void vfix_rows(const qattn_cuda_args &a, int bh, const int *list, int n, const float *sinv, const float *ssc, const i8_aux &w) {
+    constexpr int G = D / 8, RG = NT / G;
+    const int cg = threadIdx.x % G, rg = threadIdx.x / G, lead = (threadIdx.x & 31) & ~(G - 1), c0 = cg * 8;
+    const unsigned gmask = G == 32 ? 0xffffffffu : ((1u << G) - 1u) << lead;
+    const int64_t xb = (int64_t)(bh / a.hk) * a.v_bs + (int64_t)(bh % a.hk) * a.v_hs + c0;
+    for (int e = rg; e < n; e += RG) {
+        const int key = list[e];
+        int slot = 0;
+        if (cg == 0) slot = atomicAdd(w.vfn + bh, 1);
+        slot = __shfl_sync(gmask, slot, lead);
+        if (slot >= QATTN_I8_VFIX_MAX) continue;
+        float y[8];
+        cvt8<BF16>(ld16(a.v, xb + (int64_t)key * a.v_ss), y);
+        const size_t at = (size_t)bh * QATTN_I8_VFIX_MAX + slot;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const float v = y[i] - __ldcg(w.vm + (size_t)bh * D + c0 + i);
+            w.vfres[at * D + c0 + i] = fmaf(-(float)(int32_t)code8(v, sinv[c0 + i]), ssc[c0 + i], v);
+        }
+        if (cg == 0) w.vfkey[at] = key;
+    }
+}
+
 /* Item kind 2. One item per 128-key tile of one (b, kv head) and tensor X (K 0, V 1), its rows still in L2
  * from bh's statistics items. Lane group (rg, cg) holds the keys 16 g + 2 j + {0, 1, 8, 9} of the words w = rg + RG k (g = w / 4, j = w % 4): the
  * four keys whose V codes form word w of a Vt row (the key order of the P fragments, vt_perm in the mma
  * kernel). K: per-token codes of H((k / f - mu / f) / n) into Ki [bh][lk_pad][D], sk [bh][lk_pad]. V: y = v - mean,
  * per channel the tile's max|y| -> sv [bh][tile][D], codes staged in shared memory as the tile's
  * [D][128] image (16-byte chunks XOR-swizzled by channel / 8 against bank conflicts), then written in
- * 16-byte stores to Vt (tile-major and swizzled for the wgmma kernel, [bh][D][lk_pad] otherwise). Keys
- * past lk: zero codes, scale 0, not counted in the max. */
+ * 16-byte stores to Vt (tile-major and swizzled for the wgmma kernel, [bh][D][lk_pad] otherwise); a row
+ * the codes represent badly (VFIX_K) also gets a fixed-row slot: its key and its residual y - codes * sv.
+ * Keys past lk: zero codes, scale 0, not counted in the max. */
 template <int D, bool BF16, int X>
 __device__ __forceinline__ void kv_part(const qattn_cuda_args &a, int bh, int tile, int ntiles, const i8_aux &w, int8_t *ki, float *sk, int8_t *vt,
                                         float *sv, unsigned char *smem) {
@@ -544,16 +591,23 @@ __device__ __forceinline__ void kv_part(const qattn_cuda_args &a, int bh, int ti
         *(float4 *)&smax[rg][c0] = *(const float4 *)vmax;
         *(float4 *)&smax[rg][c0 + 4] = *(const float4 *)(vmax + 4);
         __syncthreads();
+        float *ssc = (float *)(smem + RG * D * 4 + D * 4 + D * BN); /* sv of the tile */
+        int *sfix_n = (int *)(ssc + D), *sfix = sfix_n + 4;           /* the tile's fixed rows: count, keys */
+        if (threadIdx.x == 0) *sfix_n = 0;
         for (int d = threadIdx.x; d < D; d += NT) {
             float m = 0.f;
             for (int g = 0; g < RG; g++) m = qattn_fmax_nan(m, smax[g][d]);
             sinv[d] = m > 0.f ? 127.f / m : 0.f;
+            ssc[d] = m / 127.f;
             sv[((size_t)bh * ntiles + tile) * D + d] = m / 127.f;
         }
         __syncthreads();
-        float inv[8];
+        float inv[8], es = 0.f; /* es: the mean over the lanes of a group of their sum of sv^2, over VFIX_K */
 #pragma unroll
-        for (int i = 0; i < 8; i++) inv[i] = sinv[c0 + i];
+        for (int i = 0; i < 8; i++) inv[i] = sinv[c0 + i], es = fmaf(ssc[c0 + i], ssc[c0 + i], es);
+        es = group_sum<G>(es) * (1.f / (G * VFIX_K));
+        const int lead = (threadIdx.x & 31) & ~(G - 1);
+        const unsigned gbits = G == 32 ? 0xffffffffu : (1u << G) - 1u;
 #pragma unroll
         for (int k = 0; k < WPT; k++) {
             uint32_t cw[8][4];
@@ -561,10 +615,18 @@ __device__ __forceinline__ void kv_part(const qattn_cuda_args &a, int bh, int ti
             for (int u = 0; u < 4; u++) {
                 const int r = 4 * k + u;
                 const bool in = key[r] < a.lk;
-                float y[8];
+                float y[8], y2 = 0.f;
                 cvt8<BF16>(xu[r], y);
 #pragma unroll
-                for (int i = 0; i < 8; i++) cw[i][u] = code8(in ? y[i] - vmean[i] : 0.f, inv[i]);
+                for (int i = 0; i < 8; i++) {
+                    y[i] = in ? y[i] - vmean[i] : 0.f;
+                    cw[i][u] = code8(y[i], inv[i]);
+                    y2 = fmaf(y[i], y[i], y2);
+                }
+                /* fixed when every lane's 8 values are small against the group's mean rounding error (a ballot,
+                 * not a sum over the group: no shuffles per row) and some value is nonzero */
+                const unsigned small = __ballot_sync(0xffffffffu, in && y2 < es), nonzero = __ballot_sync(0xffffffffu, y2 > 0.f);
+                if (cg == 0 && ((small >> lead) & gbits) == gbits && ((nonzero >> lead) & gbits)) sfix[atomicAdd(sfix_n, 1)] = key[r];
             }
             const int w = rg + RG * k;
 #pragma unroll
@@ -581,6 +643,7 @@ __device__ __forceinline__ void kv_part(const qattn_cuda_args &a, int bh, int ti
                                                         : ((size_t)bh * D + d) * a.lk_pad + tile * BN + ch * 16;
             *(uint4 *)(vt + at) = val;
         }
+        if (*sfix_n) vfix_rows<D, BF16>(a, bh, sfix, *sfix_n, sinv, ssc, w); /* listed before the barrier above */
     }
 }
 
@@ -591,7 +654,8 @@ template <int D, bool BF16>
 __global__ void __launch_bounds__(NT, 3) i8q_fused_kernel(const qattn_cuda_args a, int nqs, int nch, int ntiles, int nqr, int lag, int8_t *qi,
                                                           float *sq, int8_t *ki, float *sk, int8_t *vt, float *sv, const i8_aux w, int *ctl) {
     constexpr int G = D / 8, RG = NT / G;
-    constexpr int KV_SMEM = RG * D * 4 + D * 4 + D * BN + 2 * D * 4; /* kv_part: V maxima, inverses, the V image, mu / f, 1 / f */
+    /* kv_part: V maxima, inverses, the V image, then mu / f and 1 / f (K) or sv and the fixed rows (V) */
+    constexpr int KV_SMEM = RG * D * 4 + D * 4 + D * BN + (2 * D * 4 > D * 4 + 16 + BN * 4 ? 2 * D * 4 : D * 4 + 16 + BN * 4);
     __shared__ __align__(16) unsigned char smem[RG * D * 16 > KV_SMEM ? RG * D * 16 : KV_SMEM];
     __shared__ int s_item;
     if (threadIdx.x == 0) s_item = atomicAdd(ctl, 1);
@@ -720,6 +784,7 @@ cudaError_t quantize(qattn_cuda_args &a, const i8_layout &L, unsigned char *ws, 
     a.qsh = qsh;
     a.qi = qi, a.ki = ki, a.vt = vt, a.sq = sq, a.sk = sk, a.sv = sv, a.vm = vm;
     a.sched = (int32_t *)(ws + L.sched);
+    a.vfix_n = (int32_t *)(ws + L.vfn), a.vfix_key = (int32_t *)(ws + L.vfkey), a.vfix_res = (float *)(ws + L.vfres);
     if (a.lk == 0) return cudaSuccess; /* the FP16 kernel's empty-key rule runs instead */
     const int64_t bhk = (int64_t)a.batch * a.hk, nq = (int64_t)a.batch * a.lq_pad * a.h, grp = a.h / a.hk;
     const int nch = cal ? 0 : n_chunks(a.lk), ntiles = a.lk_pad / BN; /* calibrated: no statistics items */
@@ -733,6 +798,7 @@ cudaError_t quantize(qattn_cuda_args &a, const i8_layout &L, unsigned char *ws, 
     w.km = km, w.kmf = (float *)(ws + L.kmf), w.fk = (float *)(ws + L.fk), w.finv = (float *)(ws + L.finv), w.vm = vm;
     w.qa = (unsigned *)(ws + L.qa);
     w.csq = (int32_t *)(ws + L.csq), w.csk = (int32_t *)(ws + L.csk);
+    w.vfn = (int *)(ws + L.vfn), w.vfkey = (int *)(ws + L.vfkey), w.vfres = (float *)(ws + L.vfres);
     w.done = ctl + 1, w.ready = ctl + 1 + bhk, w.qdone = ctl + 1 + 2 * bhk;
     w.nqc = cal ? 0 : n_qchunks(a.lq); /* calibrated: no Q ranges */
     /* bytes of one bh's first reads (K and V, and its Q heads unless calibrated) */

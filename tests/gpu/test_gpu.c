@@ -731,6 +731,104 @@ static int check_i8_calibrated(qattn_ctx *gpu, qattn_ctx *cpu, int D, int dt, cu
     return fail;
 }
 
+/* Fixed V rows (an attention sink's small value row; quant_i8.cu, kv_part): the INT8 kernels add back what
+ * V's codes per channel and tile lose of such a row. Data: B 1, L 700 (six key tiles, the last partial),
+ * H 4, HK 2, FP16; q = |N| / 2 + 0.2 (aligned with the sinks), keys 0 and 300 constant 3.0 and 2.8 (two
+ * sinks), their value rows x0.05 and x0.03; every V row j has the row 699 - j = -v_j, so V's mean is
+ * exactly 0 and each sink has a small mirror row. Run A takes these inputs; run B the same with the two
+ * sinks' value rows (and mirrors) replaced by their dequantized codes, which code to the same codes and
+ * leave every tile maximum, so the two runs differ by the fixed rows' residuals alone:
+ *   O_A - O_B = sum over the fixed keys j of p^_ij (v_j^A - v_j^B)   (p^: the kernel's weights)
+ * against the oracle's O*_A - O*_B = sum_j p*_ij (v_j^A - v_j^B). Bound: relative L2 e^0.2 - 1 = 0.22,
+ * the weight ratio p^ / p* = exp(score error - LSE error), each within 0.1 (run_case's INT8 LSE bound).
+ * Without the fix the two runs give the same output (relative error 1). With bm (the wgmma kernel only),
+ * key block 0 is masked for query blocks 1 and 3: their rows must get nothing of key 0. Also A against the
+ * oracle within run_case's INT8 bound (0.05 relative L2). */
+static int check_i8_vfix(qattn_ctx *gpu, qattn_ctx *cpu, int D, int causal, int bm, cudaStream_t stream) {
+    const int L = 700, H = 4, HK = 2, NB = (L + 127) / 128, sinks[2] = {0, 300};
+    const float ksink[2] = {3.0f, 2.8f}, vsink[2] = {0.05f, 0.03f};
+    const size_t nq = (size_t)L * H * D, nk = (size_t)L * HK * D;
+    uint16_t *hq = malloc(nq * 2), *hk = malloc(nk * 2), *hv = malloc(2 * nk * 2), *hvb = hv + nk;
+    for (size_t i = 0; i < nq; i++) hq[i] = f2h(fabsf(nrand()) * 0.5f + 0.2f);
+    for (size_t i = 0; i < nk; i++) hk[i] = f2h(nrand());
+    for (int j = 0; j < L / 2; j++)
+        for (int g = 0; g < HK; g++)
+            for (int c = 0; c < D; c++) {
+                const float x = nrand() * (j == sinks[0] ? vsink[0] : j == sinks[1] ? vsink[1] : 1.f);
+                hv[((size_t)j * HK + g) * D + c] = f2h(x), hv[((size_t)(L - 1 - j) * HK + g) * D + c] = f2h(-h2f(f2h(x)));
+            }
+    memcpy(hvb, hv, nk * 2);
+    for (int e = 0; e < 2; e++)
+        for (int g = 0; g < HK; g++)
+            for (int c = 0; c < D; c++) {
+                hk[((size_t)sinks[e] * HK + g) * D + c] = f2h(ksink[e]);
+                /* the tile's channel step, as the quantization pass: max |v - mean| / 127 (mean 0) */
+                const int t0 = sinks[e] / 128 * 128, t1 = t0 + 128 < L ? t0 + 128 : L;
+                float m = 0.f;
+                for (int j = t0; j < t1; j++) m = fmaxf(m, fabsf(h2f(hv[((size_t)j * HK + g) * D + c])));
+                const float inv = m > 0.f ? 127.f / m : 0.f, x = h2f(hv[((size_t)sinks[e] * HK + g) * D + c]);
+                const float code = fminf(127.f, fmaxf(-127.f, rintf(x * inv)));
+                const uint16_t deq = f2h(code * (m / 127.f));
+                hvb[((size_t)sinks[e] * HK + g) * D + c] = deq, hvb[((size_t)(L - 1 - sinks[e]) * HK + g) * D + c] = f2h(-h2f(deq));
+            }
+    uint8_t hbm[4 * 6 * 6];
+    for (int i = 0; i < H * NB * NB; i++) hbm[i] = !(i % NB == 0 && (i / NB % NB == 1 || i / NB % NB == 3));
+    void *dq, *dk, *dv, *dbm;
+    float *dout;
+    CK(cudaMalloc(&dq, nq * 2));
+    CK(cudaMalloc(&dk, nk * 2));
+    CK(cudaMalloc(&dv, 2 * nk * 2));
+    CK(cudaMalloc(&dbm, sizeof hbm));
+    CK(cudaMalloc((void **)&dout, 2 * nq * 4));
+    CK(cudaMemcpy(dq, hq, nq * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dk, hk, nk * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dv, hv, 2 * nk * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dbm, hbm, sizeof hbm, cudaMemcpyHostToDevice));
+    CK(cudaMemset(dout, 0xff, 2 * nq * 4));
+    qattn_params p;
+    qattn_params_init(&p);
+    p.batch = 1, p.seqlen_q = p.seqlen_k = L, p.n_heads = H, p.n_kv_heads = HK, p.head_dim = D, p.causal = causal;
+    p.qkv_dtype = QATTN_DTYPE_F16, p.o_dtype = QATTN_DTYPE_F32, p.precision = QATTN_PRECISION_INT8;
+    qattn_params_set_contiguous(&p);
+    if (bm) p.block_mask_q = p.block_mask_k = 128, p.block_mask_row_stride = NB, p.block_mask_head_stride = NB * NB, p.block_mask_batch_stride = H * NB * NB;
+    p.stream = stream;
+    float *ho = malloc(2 * nq * 4);
+    double *o64 = malloc(2 * nq * sizeof(double)), *l64 = malloc((size_t)H * L * sizeof(double));
+    int fail = 0;
+    qattn_status s = QATTN_OK;
+    qattn_ctx *who = gpu;
+    for (int run = 0; run < 2 && s == QATTN_OK; run++) {
+        qattn_params pr = p;
+        pr.q = dq, pr.k = dk, pr.v = (uint16_t *)dv + run * nk, pr.o = dout + run * nq, pr.block_mask = bm ? dbm : NULL;
+        if ((s = qattn_forward(who = gpu, &pr)) != QATTN_OK) break;
+        pr.q = hq, pr.k = hk, pr.v = hv + run * nk, pr.o = o64 + run * nq, pr.stream = NULL, pr.block_mask = bm ? hbm : NULL;
+        s = qattn_oracle_f64(who = cpu, &pr, o64 + run * nq, l64);
+    }
+    if (s != QATTN_OK) {
+        printf("FAIL fixed V rows (d%d causal%d bm%d): %s\n", D, causal, bm, qattn_ctx_last_error(who));
+        fail = 1;
+    } else {
+        CK(cudaStreamSynchronize(stream));
+        CK(cudaMemcpy(ho, dout, 2 * nq * 4, cudaMemcpyDeviceToHost));
+        double en = 0, ed = 0, an = 0, ad = 0;
+        size_t bad = 0;
+        for (size_t i = 0; i < nq; i++) {
+            bad += !isfinite(ho[i]) || !isfinite(ho[nq + i]);
+            const double dg = (double)ho[i] - ho[nq + i], dr = o64[i] - o64[nq + i];
+            en += (dg - dr) * (dg - dr), ed += dr * dr;
+            an += (ho[i] - o64[i]) * (ho[i] - o64[i]), ad += o64[i] * o64[i];
+        }
+        const double rel = ed > 0 ? sqrt(en / ed) : INFINITY, rel_a = sqrt(an / ad);
+        fail = bad > 0 || !(rel <= 0.22) || !(rel_a <= 0.05);
+        printf("%s fixed V rows (l%d h%d hk%d d%d causal%d%s): the sinks' residual relL2 %.2e (tol 0.22; ||d*|| %.2e), output relL2 %.2e (tol 5e-2), "
+               "nonfinite %zu\n",
+               fail ? "FAIL" : "ok  ", L, H, HK, D, causal, bm ? " bm128 key block 0 off for query blocks 1, 3" : "", rel, sqrt(ed), rel_a, bad);
+    }
+    free(hq), free(hk), free(hv), free(ho), free(o64), free(l64);
+    cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dbm), cudaFree(dout);
+    return fail;
+}
+
 /* Head dims the CPU backend runs but this backend does not (8, 16, 24): qattn_supports, qattn_forward
  * (FP16 and INT8) and the GPU KV decode must return QATTN_ERR_UNSUPPORTED naming the head dim,
  * before any tensor is touched (the pointers below are never dereferenced). */
@@ -973,6 +1071,12 @@ int main(int argc, char **argv) {
         fails += check_i8_calibrated(gpu, cpu, 128, F16, stream);
         if (!small) fails += check_i8_calibrated(gpu, cpu, 64, BF, stream);
         if (gpu_alt && !small) fails += check_i8_calibrated(gpu_alt, cpu, 128, BF, stream);
+        for (int causal = 0; causal < 2; causal++) {
+            fails += check_i8_vfix(gpu, cpu, 128, causal, 0, stream);
+            if (!small) fails += check_i8_vfix(gpu, cpu, 64, causal, 0, stream);
+            if (wg) fails += check_i8_vfix(gpu, cpu, 128, causal, 1, stream);
+            if (gpu_alt && !small) fails += check_i8_vfix(gpu_alt, cpu, 128, causal, 0, stream);
+        }
     } else {
         fails += two_streams(gpu);
     }
