@@ -254,11 +254,14 @@ struct chan_stats {
     float lo[8], hi[8]; /* the channel's min and max (K's range about its mean, for the factors) */
 };
 
-template <bool BF16> __device__ __forceinline__ void stats_add(chan_stats &st, const uint4 u) {
+template <bool BF16, int X> __device__ __forceinline__ void stats_add(chan_stats &st, const uint4 u) {
     float f[8];
     cvt8<BF16>(u, f);
 #pragma unroll
-    for (int i = 0; i < 8; i++) st.s[i] += (double)f[i], st.ab[i] += fabsf(f[i]), st.lo[i] = fminf(st.lo[i], f[i]), st.hi[i] = fmaxf(st.hi[i], f[i]);
+    for (int i = 0; i < 8; i++) {
+        st.s[i] += (double)f[i], st.ab[i] += fabsf(f[i]);
+        if (X == 0) st.lo[i] = fminf(st.lo[i], f[i]), st.hi[i] = fmaxf(st.hi[i], f[i]);
+    }
     const uint32_t w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
     for (int j = 0; j < 4; j++) st.mn[j] = __vminu2(st.mn[j], __vsub2(w[j] & 0x7fff7fffu, 0x00010001u));
@@ -319,19 +322,20 @@ struct i8_aux {
     float *vfres;     /* ... residuals [bh][VFIX_MAX][D] */
 };
 
-/* Item kind 1. Chunk c of (b, kv head) bh and tensor x (K 0, V 1), blk = (bh * nch + c) * 2 + x: per channel
+/* Item kind 1. Chunk c of (b, kv head) bh and tensor X (K 0, V 1), blk = (bh * nch + c) * 2 + X: per channel
  * partial statistics psum/pabs/pmin [bh][c][x][D], and for K pkmin/pkmax [bh][c][D]; the last of bh's 2 nch
  * items computes bh's means and factors and raises ready[bh]. */
 template <int D, bool BF16>
 __device__ __forceinline__ float mean_one(const qattn_cuda_args &a, int nch, int bh, int x, int d, const i8_aux &w);
-template <int D, bool BF16>
+template <int D, bool BF16, int X>
 __device__ __forceinline__ void stats_part(const qattn_cuda_args &a, int blk, int nch, const i8_aux &w, unsigned char *smem) {
     constexpr int G = D / 8, RG = NT / G;
     const int cg = threadIdx.x % G, rg = threadIdx.x / G;
     double(*rs)[D] = (double(*)[D])smem;
     float(*ra)[D] = (float(*)[D])(smem + RG * D * 8);
     uint32_t(*rm)[D] = (uint32_t(*)[D])(smem + RG * D * 12);
-    const int x = blk & 1, bh = (blk >> 1) / nch, c = (blk >> 1) % nch, b = bh / a.hk, hk = bh % a.hk;
+    constexpr int x = X; /* = blk & 1 */
+    const int bh = (blk >> 1) / nch, c = (blk >> 1) % nch, b = bh / a.hk, hk = bh % a.hk;
     const int t0 = c * CH, t1 = min(a.lk, t0 + CH);
     const int64_t kb = (int64_t)b * a.k_bs + (int64_t)hk * a.k_hs + cg * 8, vb = (int64_t)b * a.v_bs + (int64_t)hk * a.v_hs + cg * 8;
     chan_stats st;
@@ -353,7 +357,7 @@ __device__ __forceinline__ void stats_part(const qattn_cuda_args &a, int blk, in
         }
 #pragma unroll
         for (int k = 0; k < U; k++)
-            if (in[k]) stats_add<BF16>(st, xu[k]);
+            if (in[k]) stats_add<BF16, X>(st, xu[k]);
     }
 #pragma unroll
     for (int i = 0; i < 8; i++) {
@@ -372,7 +376,7 @@ __device__ __forceinline__ void stats_part(const qattn_cuda_args &a, int blk, in
         w.pabs[at] = ab;
         w.pmin[at] = mn;
     }
-    if (x == 0) { /* K's channel range over the chunk (reusing rs as two float tables) */
+    if constexpr (X == 0) { /* K's channel range over the chunk (reusing rs as two float tables) */
         __syncthreads();
         float(*rlo)[D] = (float(*)[D])smem, (*rhi)[D] = (float(*)[D])(smem + RG * D * 4);
 #pragma unroll
@@ -674,7 +678,8 @@ __global__ void __launch_bounds__(NT, 3) i8q_fused_kernel(const qattn_cuda_args 
         bh = bhk - lg + (item - n1) / second, r = (item - n1) % second, is_first = false;
     }
     if (is_first && r < nqs) qstat_part<D, BF16>(a, bh * nqs + r, nqs, w.qa, w.qdone, smem);
-    else if (is_first) stats_part<D, BF16>(a, bh * 2 * nch + r - nqs, nch, w, smem);
+    else if (is_first && ((r - nqs) & 1) == 0) stats_part<D, BF16, 0>(a, bh * 2 * nch + r - nqs, nch, w, smem);
+    else if (is_first) stats_part<D, BF16, 1>(a, bh * 2 * nch + r - nqs, nch, w, smem);
     else if (r < ntiles) kv_part<D, BF16, 0>(a, bh, r, ntiles, w, ki, sk, vt, sv, smem);
     else if (r < 2 * ntiles) kv_part<D, BF16, 1>(a, bh, r - ntiles, ntiles, w, ki, sk, vt, sv, smem);
     else q_rows_part<D, BF16>(a, bh, r - 2 * ntiles, qi, sq, w);
