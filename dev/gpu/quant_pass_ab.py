@@ -4,7 +4,10 @@
 (the i8q_ kernels, torch profiler), the fused kernel alone, INT8 end to end (CUDA events), and whether its
 output is bitwise the first library's; SDPA cuDNN FP16 once per shape for scale.
 
-    python3 dev/gpu/quant_pass_ab.py NAME=LIB [NAME=LIB ...] [--lens 1024,4096,16384] [--rounds 2] [--causal]"""
+    python3 dev/gpu/quant_pass_ab.py NAME=LIB [NAME=LIB ...] [--lens 1024,4096,16384] [--rounds 2] [--causal] [--sink]
+
+--sink: bench/gpu_accuracy.py's attention sink in every sequence (key 0 along a direction u that every
+query shares, its value row x0.05), so the INT8 path's fixed V rows run."""
 import argparse
 import os
 import statistics
@@ -25,6 +28,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--causal", action="store_true")
     ap.add_argument("--dtype", default="f16", choices=("f16", "bf16"))
+    ap.add_argument("--sink", action="store_true")
     args = ap.parse_args()
     libs = [(x.split("=", 1)[0], QAttn(x.split("=", 1)[1])) for x in args.libs]
     dt = torch.bfloat16 if args.dtype == "bf16" else torch.float16
@@ -35,6 +39,11 @@ def main():
     for L in [int(x) for x in args.lens.split(",")]:
         B, H, D = 16384 // L, 16, 128
         q, k, v = (torch.randn(B, L, H, D, device="cuda", dtype=dt) for _ in range(3))
+        if args.sink:
+            u = torch.randn(H, D, device="cuda", dtype=dt)
+            q = 0.6 * q + u
+            k[:, 0] = 1.5 * u
+            v[:, 0] *= 0.05
         flops = 4.0 * B * H * L * L * D / (2 if args.causal else 1)
         qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
         with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):

@@ -6,7 +6,9 @@
  *     (every score of a query row shifts by the same q.mean); the LSE gets scale * q.mean back.
  *   V smoothing: V' = V - mean over tokens of V (per channel); O = P V' + mean (rows sum to 1).
  *   Q, K': per-token symmetric INT8, scale = max|x| / 127 (sq [B,H,Lq], sk [B,HK,Lk_pad]).
- *   V': symmetric INT8 per channel and 128-key tile, sv [B,HK,Lk_pad/128,D] = max|v'| / 127; vm [B,HK,D] = mean.
+ *   V': symmetric INT8 per channel and 128-key tile, sv [B,HK,Lk_pad/128,D] = max|v'| / 127; vm [B,HK,D] = mean;
+ *     the rows these codes represent badly (a sink's small value row) keep their residuals, added back in
+ *     the epilogue (qattn_cuda_args.vfix_n, i8_rows.cuh).
  *   Q, K', the means: bitwise the CPU's (quant_i8.cu).
  *   S = sq_i * sk_j * (Qi . Ki_j)                 mma s8 x s8 -> s32
  *   P = exp2(s - m_tile) against the tile's own row max (as the CPU scheme: the largest p of the tile

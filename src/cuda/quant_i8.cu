@@ -14,8 +14,9 @@
  *      mean H(mu / f / n), and raises ready[bh];
  * and its second reads, each issuing its loads and then waiting for ready[bh]:
  *   2. K tiles and V tiles (kv_part<X>), one item per 128-key tile and tensor: K rows coded per token as
- *      H((k / f - mu / f) / n); V transposed, per channel and tile, mean subtracted; both written as the
- *      attention kernels' images;
+ *      H((k / f - mu / f) / n); V transposed, per channel and tile, mean subtracted, the rows those codes
+ *      represent badly listed with their residuals (fixed V rows, VFIX_K); both written as the attention
+ *      kernels' images;
  *   3. Q rows (q_rows_part): coded per token as H(q f / n), scales times n.
  * The first reads of bh + lag come just before the second reads of bh, lag chosen so ~24 MB of Q, K and V
  * lie between the two reads of a row, which the second read then finds in L2. A waiting item only waits

@@ -796,6 +796,7 @@ static int check_i8_vfix(qattn_ctx *gpu, qattn_ctx *cpu, int D, int causal, int 
     qattn_params_set_contiguous(&p);
     if (bm) p.block_mask_q = p.block_mask_k = 128, p.block_mask_row_stride = NB, p.block_mask_head_stride = NB * NB, p.block_mask_batch_stride = H * NB * NB;
     p.stream = stream;
+    p.q = dq, p.k = dk, p.v = dv, p.o = dout, p.block_mask = bm ? dbm : NULL; /* each run sets its own v and o */
     size_t wsz = 0, off[10];
     int32_t pads[2], sharp[2] = {1, 1};
     if (qattn_workspace_size(gpu, &p, &wsz) != QATTN_OK) return printf("FAIL fixed V rows: workspace_size: %s\n", qattn_ctx_last_error(gpu)), 1;
