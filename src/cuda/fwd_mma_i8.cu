@@ -42,21 +42,14 @@ namespace {
  * softmax overlaps the other's mma; K/V come from L2 twice as often). Measured 2026-11-23 on H100, INT8 kernel
  * TOPS at D 128, L 4k / 4k causal / 16k / 16k causal: NWARPS 4 402 353 435 435, NWARPS 8 392 337 424 419
  * (same call; D 64 and L 1k also 1-10% faster with 4). */
-#ifndef QATTN_I8_NWARPS
-#define QATTN_I8_NWARPS 4
-#endif
-constexpr int NWARPS = QATTN_I8_NWARPS, BM = 16 * NWARPS, BN = 128, NTHREADS = NWARPS * 32;
-#ifndef QATTN_I8_DPB
-#define QATTN_I8_DPB 2
-#endif
+constexpr int NWARPS = 4, BM = 16 * NWARPS, BN = 128, NTHREADS = NWARPS * 32;
 /* d-tile pairs per PV accumulator block. Measured 2026-11-23 (H100, 8 warps, D 128, L 4k / 4k c / 16k / 16k c, TOPS):
  * DPB 1 385 334 418 415, DPB 2 392 337 421 420, DPB 4 388 335 418 416: within ~2%, 2 kept. */
-constexpr int DPB = QATTN_I8_DPB;
+constexpr int DPB = 2;
 /* Blocks per SM asked of ptxas at D 64: 1 = 255 registers, no spill; 2 = 128 registers with ~300 B of
- * spill (ptxas -v, sm_90a). Tuning knob (docs/gpu.md has the measured choice). */
-#ifndef QATTN_I8_D64_BLOCKS
-#define QATTN_I8_D64_BLOCKS 2
-#endif
+ * spill (ptxas -v, sm_90a); 2 measured faster (docs/gpu.md). Alternatives to these three are source edits
+ * for a device call (dev/cuda_i8/variant.sh), not switches here. */
+constexpr int D64_BLOCKS = 2;
 
 /* ---------------------------------------------------------------- attention kernel */
 
@@ -112,7 +105,7 @@ constexpr int I2F_BIAS = 0x4B400000;
 constexpr float I2F_BIASF = 12582912.f;
 
 template <int D>
-__global__ void __launch_bounds__(NTHREADS, (8 / NWARPS) * (D == 128 ? 1 : QATTN_I8_D64_BLOCKS)) fwd_i8_kernel(const qattn_cuda_args a) {
+__global__ void __launch_bounds__(NTHREADS, (8 / NWARPS) * (D == 128 ? 1 : D64_BLOCKS)) fwd_i8_kernel(const qattn_cuda_args a) {
     extern __shared__ __align__(128) unsigned char smem[];
     constexpr int CPR = D / 16;      /* chunks per Q/K row */
     constexpr int VCPR = BN / 16;    /* chunks per Vt row (8) */

@@ -30,16 +30,9 @@
 namespace {
 using namespace qattn_sm90;
 
-#ifndef QATTN_I8W_STAGES
-#define QATTN_I8W_STAGES 3
-#endif
-#ifndef QATTN_I8W_PINGPONG
-#define QATTN_I8W_PINGPONG 1
-#endif
-#ifndef QATTN_I8W_TAU /* see the softmax step */
-#define QATTN_I8W_TAU 8
-#endif
-constexpr int D = 128, BM = 128, BN = 128, NST = QATTN_I8W_STAGES, NTHREADS = 384;
+/* NST: stages of K/Vt tiles. Alternatives to it, to TAU (the softmax step) and to the ping-pong turns
+ * are source edits for a device call (dev/cuda_i8/variant.sh), not switches here. */
+constexpr int D = 128, BM = 128, BN = 128, NST = 3, NTHREADS = 384;
 constexpr int TILE = BN * D;                     /* bytes of a K or Vt tile */
 constexpr int OFF_Q = 0, OFF_K = OFF_Q + 2 * BM * D; /* two Q buffers; all tile offsets are multiples of 1024 */
 constexpr int OFF_V = OFF_K + NST * TILE;
@@ -95,16 +88,8 @@ __device__ __forceinline__ void fence_pa(uint32_t pa[4][4]) {
 }
 /* Ping-pong (FlashAttention-3): the two consumer warpgroups take turns at issuing their GEMMs, so
  * one's softmax runs while the tensor cores work for the other. */
-__device__ __forceinline__ void turn_begin(int wg) {
-#if QATTN_I8W_PINGPONG
-    named_sync<256>(1 + wg);
-#endif
-}
-__device__ __forceinline__ void turn_end(int wg) {
-#if QATTN_I8W_PINGPONG
-    named_arrive<256>(2 - wg);
-#endif
-}
+__device__ __forceinline__ void turn_begin(int wg) { named_sync<256>(1 + wg); }
+__device__ __forceinline__ void turn_end(int wg) { named_arrive<256>(2 - wg); }
 /* S = Q K^T as biased floats (accumulators start at 1.5 * 2^23) */
 __device__ __forceinline__ void issue_s(int si[64], uint64_t dq, uint32_t sk_tile) {
 #pragma unroll
@@ -151,6 +136,9 @@ __device__ __forceinline__ void o_update(float o[D / 8][4], const int pv[64], co
         }
     }
 }
+/* How far (base-2 exponent) a tile's row max may exceed the row's reference max before the reference
+ * moves (lazy rescale, below). */
+constexpr float TAU = 8.f;
 /* Scores of key tile n0 (stage s) to the P codes pa, the row statistics and the factors of its P V. */
 __device__ __forceinline__ void softmax_step(const int si[64], const float *skt, int n0, const item_rows &w, int t4, float mx[2], float l[2],
                                              float alpha[2], float beta[2], bool &rescale, uint32_t pa[4][4]) {
@@ -190,7 +178,7 @@ __device__ __forceinline__ void softmax_step(const int si[64], const float *skt,
         for (int n = 0; n < BN / 8; n++) mb = qattn_fmax_nan(mb, qattn_fmax_nan(sf[4 * n + 2 * r], sf[4 * n + 2 * r + 1]));
         mb = qattn_fmax_nan(mb, __shfl_xor_sync(0xffffffffu, mb, 1));
         mb = qattn_fmax_nan(mb, __shfl_xor_sync(0xffffffffu, mb, 2));
-        const bool up = (mb - mx[r]) * rf[r] > (float)QATTN_I8W_TAU; /* false for NaN; true from -inf */
+        const bool up = (mb - mx[r]) * rf[r] > TAU; /* false for NaN; true from -inf */
         const float mn = up ? mb : mx[r];
         alpha[r] = mx[r] == -INFINITY ? 0.f : up ? qattn_ex2((mx[r] - mn) * rf[r]) : 1.f;
         beta[r] = mb == -INFINITY ? 0.f : qattn_ex2((mb - mn) * rf[r]);
@@ -360,9 +348,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
     int j = 0;     /* items taken so far (Q buffer j & 1) */
     item_rows cur; /* the item of the tile in hand */
     if (!next_item(a, slot, (const float *)(smem + OFF_SQ), bar_qfull, bar_qempty, wg, roff, t4, j, cur)) return;
-#if QATTN_I8W_PINGPONG
     if (wg == 1) named_arrive<256>(1); /* warpgroup 0 issues first */
-#endif
     /* Prologue: S of the first tile. Then each step issues P V of the previous tile and S of the next
      * one, which may be the next item's first (one "GEMM phase"), updates O with that P V, stores the
      * previous item's rows when the step crossed into a new item, and makes P of the new tile. */
@@ -446,9 +432,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
         o_update(o, pv, (const float *)(smem + OFF_SV + s_prev * D * 4), t4, alpha_p, beta_p, rescale_p);
         qattn_i8_store_rows<D>(a, cur.b, cur.h, cur.bhk, cur.m0 + roff, t4, o, mx, l, cur.rf, BS ? &bm : nullptr);
     }
-#if QATTN_I8W_PINGPONG
     if (wg == 0) named_sync<256>(1); /* consume warpgroup 1's last turn hand-over */
-#endif
 #else
     __trap(); /* built without sm_90a: the host never launches this kernel there */
 #endif

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Tuning alternatives of the INT8 attention kernels for a same-call A/B on the GPU machine: each edits the
+# source in place (a copy of the original is kept beside it); the shipped kernels have no switches.
+#   variant.sh NAME apply   edit the source
+#   variant.sh revert       put the originals back
+# NAME (the shipped choice and where it was measured: docs/gpu.md, docs/notes/gpu_history.md):
+#   fwd_wgmma_i8.cu  stages2, stages4   K/Vt stages (shipped 3)
+#                    tau0               the reference max is the running max (shipped: lazy, TAU 8)
+#                    no_pingpong        no named-barrier turns between the two consumer warpgroups
+#   fwd_mma_i8.cu    nwarps8            8 warps x 16 rows per block (shipped 4)
+#                    dpb1, dpb4         d-tile pairs per P V accumulator block (shipped 2)
+#                    d64_blocks1        D 64 asks ptxas for 1 block per SM, 255 registers (shipped 2)
+set -eu
+W=src/cuda/fwd_wgmma_i8.cu M=src/cuda/fwd_mma_i8.cu
+case "${1:-}" in
+revert)
+  for F in $W $M; do [ -f $F.orig ] && mv -f $F.orig $F && touch $F; done # touch: make rebuilds it
+  exit 0 ;;
+stages2 | stages4 | tau0 | no_pingpong) F=$W ;;
+nwarps8 | dpb1 | dpb4 | d64_blocks1) F=$M ;;
+*) echo "unknown variant ${1:-}; usage: $0 NAME apply | $0 revert"; exit 2 ;;
+esac
+[ "${2:-}" = apply ] || { echo "usage: $0 NAME apply | $0 revert"; exit 2; }
+[ -f $F.orig ] || cp $F $F.orig
+sub() { perl -0pi -e "$1" $F; }
+case "$1" in
+stages2) sub 's/\QNST = 3, NTHREADS = 384;\E/NST = 2, NTHREADS = 384;/' ;;
+stages4) sub 's/\QNST = 3, NTHREADS = 384;\E/NST = 4, NTHREADS = 384;/' ;;
+tau0) sub 's/\Qconstexpr float TAU = 8.f;\E/constexpr float TAU = 0.f;/' ;;
+no_pingpong)
+  sub 's/\Q{ named_sync<256>(1 + wg); }\E/{}/; s/\Q{ named_arrive<256>(2 - wg); }\E/{}/; s/\Q    if (wg == 1) named_arrive<256>(1);\E/    \/\/ no turns/; s/\Q    if (wg == 0) named_sync<256>(1);\E/    \/\/ no turns/' ;;
+nwarps8) sub 's/\Qconstexpr int NWARPS = 4,\E/constexpr int NWARPS = 8,/' ;;
+dpb1) sub 's/\Qconstexpr int DPB = 2;\E/constexpr int DPB = 1;/' ;;
+dpb4) sub 's/\Qconstexpr int DPB = 2;\E/constexpr int DPB = 4;/' ;;
+d64_blocks1) sub 's/\Qconstexpr int D64_BLOCKS = 2;\E/constexpr int D64_BLOCKS = 1;/' ;;
+esac
+cmp -s $F $F.orig && { echo "variant $1: nothing changed (source moved on?)"; exit 1; }
+echo "variant $1 applied: $(diff $F.orig $F | grep -c '^[<>]') changed lines"
