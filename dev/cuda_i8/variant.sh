@@ -26,7 +26,7 @@ sub() { perl -0pi -e "$1" $F; }
 case "$1" in
 stages2) sub 's/\QNST = 3, NTHREADS = 384;\E/NST = 2, NTHREADS = 384;/' ;;
 stages4) sub 's/\QNST = 3, NTHREADS = 384;\E/NST = 4, NTHREADS = 384;/' ;;
-tau0) sub 's/\Qconstexpr float TAU = 8.f;\E/constexpr float TAU = 0.f;/' ;;
+tau0) sub 's/\Qconstexpr int TAU = 8;\E/constexpr int TAU = 0;/' ;;
 no_pingpong)
   sub 's/\Q{ named_sync<256>(1 + wg); }\E/{}/; s/\Q{ named_arrive<256>(2 - wg); }\E/{}/; s/\Q    if (wg == 1) named_arrive<256>(1);\E/    \/\/ no turns/; s/\Q    if (wg == 0) named_sync<256>(1);\E/    \/\/ no turns/' ;;
 nwarps8) sub 's/\Qconstexpr int NWARPS = 4,\E/constexpr int NWARPS = 8,/' ;;

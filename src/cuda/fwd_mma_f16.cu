@@ -9,6 +9,7 @@
  * MODS (a second instantiation per head dim): softcap and ALiBi (qattn.h's formula, scores kept in base-2
  * units); the plain instantiation compiles to the same code as without them. */
 #include "cuda_common.cuh"
+#include "rows.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -281,11 +282,8 @@ __global__ void __launch_bounds__(f16_cfg<D>::NTHREADS, f16_cfg<D>::MIN_BLOCKS) 
                     float m = mx[mt][r];
 #pragma unroll
                     for (int n = 0; n < BN / 8; n++) m = fmaxf(m, fmaxf(s[mt][n][2 * r], s[mt][n][2 * r + 1]));
-                    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-                    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-                    const float msc = m == -INFINITY ? 0.f : m * sl2;
-                    const float alpha = qattn_ex2(mx[mt][r] * sl2 - msc);
-                    mx[mt][r] = m;
+                    float alpha;
+                    const float msc = qattn_f16_max_step(mx[mt][r], qattn_quad_max<false>(m), sl2, alpha);
                     float sum = 0.f;
 #pragma unroll
                     for (int n = 0; n < BN / 8; n++) {

@@ -240,12 +240,8 @@ __global__ void __launch_bounds__(NTHREADS, (8 / NWARPS) * (D == 128 ? 1 : D64_B
                 float mb = -INFINITY;
 #pragma unroll
                 for (int n = 0; n < BN / 8; n++) mb = qattn_fmax_nan(mb, qattn_fmax_nan(s[n][2 * r], s[n][2 * r + 1]));
-                mb = qattn_fmax_nan(mb, __shfl_xor_sync(0xffffffffu, mb, 1));
-                mb = qattn_fmax_nan(mb, __shfl_xor_sync(0xffffffffu, mb, 2));
-                const float mn = fmaxf(mx[r], mb);
-                alpha[r] = mx[r] == -INFINITY ? 0.f : qattn_ex2((mx[r] - mn) * rf[r]);
-                beta[r] = mb == -INFINITY ? 0.f : qattn_ex2((mb - mn) * rf[r]);
-                mx[r] = mn;
+                mb = qattn_quad_max<true>(mb);
+                qattn_i8_max_step<0>(mx[r], mb, rf[r], alpha[r], beta[r]);
                 const float msc = mb == -INFINITY ? 0.f : mb * rf[r];
 #pragma unroll
                 for (int n = 0; n < BN / 8; n++) {

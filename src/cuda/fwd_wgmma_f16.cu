@@ -184,12 +184,7 @@ __device__ __forceinline__ void softmax_step(float *s, int n0, const item_rows &
             m0 = fmaxf(m0, fmaxf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
             m1 = fmaxf(m1, fmaxf(s[4 * n + 4 + 2 * r], s[4 * n + 4 + 2 * r + 1]));
         }
-        float m = fmaxf(m0, m1);
-        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-        const float msc = m == -INFINITY ? 0.f : m * sl2;
-        alpha[r] = qattn_ex2(mx[r] * sl2 - msc); /* 1 when m == mx; 0 from -inf */
-        mx[r] = m;
+        const float msc = qattn_f16_max_step(mx[r], qattn_quad_max<false>(fmaxf(m0, m1)), sl2, alpha[r]);
         float sum[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
         for (int n = 0; n < BN / 8; n++) {

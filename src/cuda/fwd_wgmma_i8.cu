@@ -138,7 +138,7 @@ __device__ __forceinline__ void o_update(float o[D / 8][4], const int pv[64], co
 }
 /* How far (base-2 exponent) a tile's row max may exceed the row's reference max before the reference
  * moves (lazy rescale, below). */
-constexpr float TAU = 8.f;
+constexpr int TAU = 8;
 /* Scores of key tile n0 (stage s) to the P codes pa, the row statistics and the factors of its P V. */
 __device__ __forceinline__ void softmax_step(const int si[64], const float *skt, int n0, const item_rows &w, int t4, float mx[2], float l[2],
                                              float alpha[2], float beta[2], bool &rescale, uint32_t pa[4][4]) {
@@ -165,9 +165,8 @@ __device__ __forceinline__ void softmax_step(const int si[64], const float *skt,
             }
     }
     /* P against the tile's own row max mb. The reference max mx (that O and l are relative to) moves
-     * only when mb exceeds it by more than TAU in the exponent (beta = exp2(mb - mx) then stays
-     * <= 2^TAU, harmless in FP32), so O needs no alpha rescale on most tiles. TAU 0 is the mma.sync
-     * kernel's rule (the reference is the running max). */
+     * only when mb exceeds it by more than TAU (qattn_i8_max_step, rows.cuh), so O needs no alpha
+     * rescale on most tiles; the mma.sync kernel's TAU is 0 (the running max). */
     bool grow = false;
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -176,14 +175,8 @@ __device__ __forceinline__ void softmax_step(const int si[64], const float *skt,
         float mb = -INFINITY;
 #pragma unroll
         for (int n = 0; n < BN / 8; n++) mb = qattn_fmax_nan(mb, qattn_fmax_nan(sf[4 * n + 2 * r], sf[4 * n + 2 * r + 1]));
-        mb = qattn_fmax_nan(mb, __shfl_xor_sync(0xffffffffu, mb, 1));
-        mb = qattn_fmax_nan(mb, __shfl_xor_sync(0xffffffffu, mb, 2));
-        const bool up = (mb - mx[r]) * rf[r] > TAU; /* false for NaN; true from -inf */
-        const float mn = up ? mb : mx[r];
-        alpha[r] = mx[r] == -INFINITY ? 0.f : up ? qattn_ex2((mx[r] - mn) * rf[r]) : 1.f;
-        beta[r] = mb == -INFINITY ? 0.f : qattn_ex2((mb - mn) * rf[r]);
-        grow |= up;
-        mx[r] = mn;
+        mb = qattn_quad_max<true>(mb);
+        grow |= qattn_i8_max_step<TAU>(mx[r], mb, rf[r], alpha[r], beta[r]);
         const float msc = mb == -INFINITY ? 0.f : mb * rf[r];
 #pragma unroll
         for (int n = 0; n < BN / 8; n++) {

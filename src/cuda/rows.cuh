@@ -64,4 +64,50 @@ __device__ __forceinline__ void qattn_store_row(const qattn_cuda_args &a, int64_
     }
 }
 
+/* The online softmax's per-row steps, shared by the kernels (the decode kernels keep their own layouts). */
+
+/* A row's max over the four lanes of its quad (each holds some of the row's columns). NaN propagates in the
+ * INT8 kernels (NAN_MAX: a non-finite score makes its row non-finite, since their row sums count codes)
+ * and is dropped in the FP16/BF16 kernels (fmaxf: the exponential propagates it instead). */
+template <bool NAN_MAX> __device__ __forceinline__ float qattn_quad_max(float m) {
+#pragma unroll
+    for (int o = 1; o <= 2; o <<= 1) {
+        const float x = __shfl_xor_sync(0xffffffffu, m, o);
+        m = NAN_MAX ? qattn_fmax_nan(m, x) : fmaxf(m, x);
+    }
+    return m;
+}
+
+/* FP16/BF16 kernels (the reference is the running max): the row's new max m (over the old max and the
+ * tile) replaces mx; returns m * sl2, what the tile's scores subtract in base 2 (0 while the row has seen
+ * no key), and sets alpha = exp2(mx sl2 - m sl2), the factor of what was accumulated (1 when the max did
+ * not grow, 0 from -inf). */
+__device__ __forceinline__ float qattn_f16_max_step(float &mx, float m, float sl2, float &alpha) {
+    const float msc = m == -INFINITY ? 0.f : m * sl2;
+    alpha = qattn_ex2(mx * sl2 - msc);
+    mx = m;
+    return msc;
+}
+
+/* INT8 kernels: P is coded against the tile's own row max mb, and O and l are relative to the row's
+ * reference max mx, which moves to mb only when mb exceeds it by more than TAU in the base-2 exponent
+ * (lazy rescale; TAU 0: the running max). Sets alpha = exp2((mx - new) rf), the factor of what was
+ * accumulated (0 from -inf), and beta = exp2((mb - new) rf), the tile's (0 for a tile the row does not
+ * see; <= 2^TAU); returns whether the reference moved (TAU 0: not computed, false). */
+template <int TAU> __device__ __forceinline__ bool qattn_i8_max_step(float &mx, float mb, float rf, float &alpha, float &beta) {
+    float mn;
+    bool up = false;
+    if constexpr (TAU == 0) {
+        mn = fmaxf(mx, mb);
+        alpha = mx == -INFINITY ? 0.f : qattn_ex2((mx - mn) * rf);
+    } else {
+        up = (mb - mx) * rf > (float)TAU; /* false for NaN; true from -inf */
+        mn = up ? mb : mx;
+        alpha = mx == -INFINITY ? 0.f : up ? qattn_ex2((mx - mn) * rf) : 1.f;
+    }
+    beta = mb == -INFINITY ? 0.f : qattn_ex2((mb - mn) * rf);
+    mx = mn;
+    return up;
+}
+
 #endif /* QATTN_CUDA_ROWS_CUH */
