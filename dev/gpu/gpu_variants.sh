@@ -2,7 +2,7 @@
 # Round-3 device calls: the default build and tuning alternatives are built concurrently, then
 # bench/gpu_run.sh on the default build (tests, sanitizers, full benchmark) and, for each alternative,
 # the GPU test (FP16 + INT8), memcheck + racecheck of the INT8 small cases, and the same benchmark.
-# VARIANTS: space-separated names of dev/cuda_i8/variant.sh, each applied to its own copy of the
+# VARIANTS: space-separated names of dev/cuda_tuning/variant.sh, each applied to its own copy of the
 # tracked sources (round 3 measured dpb1, dpb4 and nwarps8 this way, then as compiler flags).
 # Logs under $OUT/default and $OUT/<name>.
 set -u
@@ -14,7 +14,7 @@ for n in $VARIANTS; do
   mkdir -p "$OUT/$n"
   S=/tmp/qattn-src-$n
   rm -rf $S && mkdir -p $S && git ls-files -z | xargs -0 cp --parents -t $S
-  ( (cd $S && bash dev/cuda_i8/variant.sh "$n" apply) && cmake -S $S -B build-gpu-$n -DQATTN_CUDA=ON -DCMAKE_BUILD_TYPE=Release && \
+  ( (cd $S && bash dev/cuda_tuning/variant.sh "$n" apply) && cmake -S $S -B build-gpu-$n -DQATTN_CUDA=ON -DCMAKE_BUILD_TYPE=Release && \
     cmake --build build-gpu-$n -j8 --target qattn qattn_gpu_test ) > "$OUT/$n/build.log" 2>&1 &
   pids+=($!)
 done

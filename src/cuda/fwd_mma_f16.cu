@@ -21,10 +21,9 @@ namespace {
  * fragment from shared memory once for 32 rows instead of 16 (half the ldmatrix traffic per mma);
  * MT 1 is round 1's 8 warps x 16 rows. Measured 2026-11-23 on H100, TFLOP/s at D 128, L 1k/4k/16k,
  * non-causal/causal: MT 2 238 191 292 245 298 282, MT 1 231 184 271 236 281 278 (D 64: within +-5%, mixed).
- * ptxas (sm_90a): MT 2 D 128 255 registers + 216 B spill, 2 blocks/SM; MT 1 0 spill, 1 block/SM. */
-#ifndef QATTN_F16_MT
-#define QATTN_F16_MT 2
-#endif
+ * ptxas (sm_90a): MT 2 D 128 255 registers + 216 B spill, 2 blocks/SM; MT 1 0 spill, 1 block/SM.
+ * The alternative is a source edit for a device call (dev/cuda_tuning/variant.sh), not a switch. */
+constexpr int F16_MT = 2;
 constexpr int BM = 128;
 /* The shape per head dim. DP: the row length of the shared-memory tiles, D rounded up to a multiple of
  * 64 (the 8-chunk swizzle and the ldmatrix offsets below work in groups of 64 elements): D 32 is laid
@@ -37,7 +36,7 @@ constexpr int BM = 128;
 template <int D> struct f16_cfg {
     static_assert(D % 16 == 0 && D >= 32 && D <= 256, "head dims are multiples of 16 in [32, 256]");
     static constexpr int DP = (D + 63) / 64 * 64;
-    static constexpr int MT = D > 128 || D == 80 ? 1 : QATTN_F16_MT;
+    static constexpr int MT = D > 128 || D == 80 ? 1 : F16_MT;
     static constexpr int BN = D == 256 ? 32 : 64;
     static constexpr int NWARPS = 8 / MT, NTHREADS = NWARPS * 32;
     static constexpr int MIN_BLOCKS = D > 128 || D == 80 ? 1 : D == 32 ? 2 : MT == 2 ? (DP == 64 ? 3 : 2) : (DP == 64 ? 2 : 1);

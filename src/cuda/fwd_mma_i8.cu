@@ -48,7 +48,7 @@ constexpr int NWARPS = 4, BM = 16 * NWARPS, BN = 128, NTHREADS = NWARPS * 32;
 constexpr int DPB = 2;
 /* Blocks per SM asked of ptxas at D 64: 1 = 255 registers, no spill; 2 = 128 registers with ~300 B of
  * spill (ptxas -v, sm_90a); 2 measured faster (docs/gpu.md). Alternatives to these three are source edits
- * for a device call (dev/cuda_i8/variant.sh), not switches here. */
+ * for a device call (dev/cuda_tuning/variant.sh), not switches here. */
 constexpr int D64_BLOCKS = 2;
 
 /* ---------------------------------------------------------------- attention kernel */

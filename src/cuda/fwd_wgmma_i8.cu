@@ -31,7 +31,7 @@ namespace {
 using namespace qattn_sm90;
 
 /* NST: stages of K/Vt tiles. Alternatives to it, to TAU (the softmax step) and to the ping-pong turns
- * are source edits for a device call (dev/cuda_i8/variant.sh), not switches here. */
+ * are source edits for a device call (dev/cuda_tuning/variant.sh), not switches here. */
 constexpr int D = 128, BM = 128, BN = 128, NST = 3, NTHREADS = 384;
 constexpr int TILE = BN * D;                     /* bytes of a K or Vt tile */
 constexpr int OFF_Q = 0, OFF_K = OFF_Q + 2 * BM * D; /* two Q buffers; all tile offsets are multiples of 1024 */

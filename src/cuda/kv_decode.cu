@@ -525,11 +525,9 @@ template <int D, int DT> cudaError_t launch2_d(const qattn_kvd_args &a, int M, d
  * Online softmax in FP32 (exp2), the running max per row; acc rescaled only when some row's max
  * grows (warp vote), alpha brought to the accumulator rows by two shuffles. */
 /* Stages of the per-warp ring. Measured 2026-11-23 (H100, B16 H32 HK8 D128 kv 32k, same call as the
- * memcheck fix): 3 stages 559 us (66.5% of copy bandwidth), 4 stages 489 us (77.0%). */
-#ifndef QATTN_KVD_MMA_STAGES
-#define QATTN_KVD_MMA_STAGES 4
-#endif
-constexpr int TM = 16, STM = QATTN_KVD_MMA_STAGES, NWM = 4;
+ * memcheck fix): 3 stages 559 us (66.5% of copy bandwidth), 4 stages 489 us (77.0%). The alternative
+ * is a source edit for a device call (dev/cuda_tuning/variant.sh), not a switch. */
+constexpr int TM = 16, STM = 4, NWM = 4;
 
 template <int D> struct kvdm_cfg {
     static constexpr int ROW = D;      /* int8 codes per token row */
