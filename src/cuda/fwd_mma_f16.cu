@@ -65,17 +65,6 @@ __device__ __forceinline__ void load_tile(uint32_t sbase, const uint16_t *g, int
     }
 }
 
-template <bool BF16> __device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-    if (BF16)
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    else
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 template <bool BF16> __device__ __forceinline__ uint32_t pack2(float x, float y) {
     uint32_t r;
     if (BF16) {
@@ -233,8 +222,8 @@ __global__ void __launch_bounds__(f16_cfg<D>::NTHREADS, f16_cfg<D>::MIN_BLOCKS) 
                     qattn_ldsm_x4(kr, kb + ko[kk & 3] + (kk >> 2) * 128 + np * 16 * DP * 2);
 #pragma unroll
                     for (int mt = 0; mt < MT; mt++) {
-                        mma16816<BF16>(s[mt][2 * np], qa[mt], kr[0], kr[1]);
-                        mma16816<BF16>(s[mt][2 * np + 1], qa[mt], kr[2], kr[3]);
+                        qattn_mma_f16<BF16>(s[mt][2 * np], qa[mt], kr[0], kr[1]);
+                        qattn_mma_f16<BF16>(s[mt][2 * np + 1], qa[mt], kr[2], kr[3]);
                     }
                 }
             }
@@ -309,8 +298,8 @@ __global__ void __launch_bounds__(f16_cfg<D>::NTHREADS, f16_cfg<D>::MIN_BLOCKS) 
                     qattn_ldsm_x4_t(vr, vb + vo[dp & 3] + (dp >> 2) * 128 + kk * 16 * DP * 2);
 #pragma unroll
                     for (int mt = 0; mt < MT; mt++) {
-                        mma16816<BF16>(o[mt][2 * dp], pa[mt][kk], vr[0], vr[1]);
-                        mma16816<BF16>(o[mt][2 * dp + 1], pa[mt][kk], vr[2], vr[3]);
+                        qattn_mma_f16<BF16>(o[mt][2 * dp], pa[mt][kk], vr[0], vr[1]);
+                        qattn_mma_f16<BF16>(o[mt][2 * dp + 1], pa[mt][kk], vr[2], vr[3]);
                     }
                 }
             }

@@ -72,17 +72,6 @@ __device__ __forceinline__ void load_rows(uint32_t sbase, const int8_t *g, int64
     }
 }
 
-__device__ __forceinline__ void mma_s8(int c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ void mma_u8s8(int c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 
 template <int D> constexpr int i8_smem_bytes() { return BM * D + 2 * BN * D + 2 * D * BN + 2 * BN * 4 + 2 * D * 4; }
 
@@ -204,8 +193,8 @@ __global__ void __launch_bounds__(NTHREADS, (8 / NWARPS) * (D == 128 ? 1 : D64_B
                         mma_s8_c(si[2 * np], qa[kk], kr[0], kr[1], I2F_BIAS);
                         mma_s8_c(si[2 * np + 1], qa[kk], kr[2], kr[3], I2F_BIAS);
                     } else {
-                        mma_s8(si[2 * np], qa[kk], kr[0], kr[1]);
-                        mma_s8(si[2 * np + 1], qa[kk], kr[2], kr[3]);
+                        qattn_mma_s8s8(si[2 * np], qa[kk], kr[0], kr[1]);
+                        qattn_mma_s8s8(si[2 * np + 1], qa[kk], kr[2], kr[3]);
                     }
                 }
             }
@@ -285,8 +274,8 @@ __global__ void __launch_bounds__(NTHREADS, (8 / NWARPS) * (D == 128 ? 1 : D64_B
                             mma_u8s8_c(c[u][0], pa[kk], vr[0], vr[1], I2F_BIAS);
                             mma_u8s8_c(c[u][1], pa[kk], vr[2], vr[3], I2F_BIAS);
                         } else {
-                            mma_u8s8(c[u][0], pa[kk], vr[0], vr[1]);
-                            mma_u8s8(c[u][1], pa[kk], vr[2], vr[3]);
+                            qattn_mma_u8s8(c[u][0], pa[kk], vr[0], vr[1]);
+                            qattn_mma_u8s8(c[u][1], pa[kk], vr[2], vr[3]);
                         }
                     }
                 }

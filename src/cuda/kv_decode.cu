@@ -542,21 +542,6 @@ template <int D> struct kvdm_cfg {
 template <int CPR> __device__ __forceinline__ uint32_t kvdm_off(int r, int c) {
     return (uint32_t)((r * CPR + (CPR >= 8 ? (c ^ (r & 7)) : (c ^ ((r >> 1) & 3)))) * 16);
 }
-__device__ __forceinline__ void kvdm_mma_s8(int c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ void kvdm_mma_u8(int c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ void kvdm_mma_f16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 /* Two int8 codes (bytes sel of x ^ 0x80808080, i.e. code + 128) to an exact f16 pair. */
 __device__ __forceinline__ uint32_t kvdm_v2h(uint32_t xx, uint32_t sel) {
     uint32_t r = __byte_perm(xx, 0x64646464u, sel), d; /* 1024 + code + 128 */
@@ -781,10 +766,10 @@ template <int D, int R8> __global__ void __launch_bounds__(NWM * 32, R8 == 1 && 
         for (int kc = 0; kc < KC; kc++) {
             uint32_t kr[4];
             qattn_ldsm_x4(kr, sK + koff[kc]);
-            kvdm_mma_s8(sh[0], qah[kc], kr[0], kr[1]);
-            kvdm_mma_s8(sh[1], qah[kc], kr[2], kr[3]);
-            kvdm_mma_u8(sl[0], qal[kc], kr[0], kr[1]);
-            kvdm_mma_u8(sl[1], qal[kc], kr[2], kr[3]);
+            qattn_mma_s8s8(sh[0], qah[kc], kr[0], kr[1]);
+            qattn_mma_s8s8(sh[1], qah[kc], kr[2], kr[3]);
+            qattn_mma_u8s8(sl[0], qal[kc], kr[0], kr[1]);
+            qattn_mma_u8s8(sl[1], qal[kc], kr[2], kr[3]);
         }
         const float2 ks0 = *reinterpret_cast<const float2 *>(scl + 2 * t4), ks1 = *reinterpret_cast<const float2 *>(scl + 8 + 2 * t4);
         const float2 vs0 = *reinterpret_cast<const float2 *>(scl + TM + 2 * t4), vs1 = *reinterpret_cast<const float2 *>(scl + TM + 8 + 2 * t4);
@@ -868,8 +853,8 @@ template <int D, int R8> __global__ void __launch_bounds__(NWM * 32, R8 == 1 && 
                 const uint32_t va[4] = {kvdm_v2h(x, 0x4240u), kvdm_v2h(x, 0x4341u), kvdm_v2h(y, 0x4240u), kvdm_v2h(y, 0x4341u)};
 #pragma unroll
                 for (int ri = 0; ri < R8; ri++) {
-                    kvdm_mma_f16(acc[ri][2 * p + u], va, bh[ri][0], bh[ri][1]);
-                    kvdm_mma_f16(acc[ri][2 * p + u], va, bo[ri][0], bo[ri][1]);
+                    qattn_mma_f16<false>(acc[ri][2 * p + u], va, bh[ri][0], bh[ri][1]);
+                    qattn_mma_f16<false>(acc[ri][2 * p + u], va, bo[ri][0], bo[ri][1]);
                 }
             }
         }
