@@ -55,6 +55,37 @@ __device__ __forceinline__ void key_range(int i, int lq, int L, int causal, int 
     hi = b;
 }
 
+/* The end of both split kernels' block: the NW warps' states for the chunk's NROWS rows (each warp's area at
+ * smem + k * WARP: the row maxima [NROWS], the row sums [NROWS], the accumulators [NROWS][D]; written
+ * before a barrier) merged into the split's partial rows of a.part (max, sum, D values), rows past a.rows
+ * skipped. */
+template <int D, int NROWS, int NW, int WARP>
+__device__ __forceinline__ void kvd_merge_warps(const qattn_kvd_args &a, int rc, int g, int bl, int split, const uint8_t *smem) {
+    for (int x = threadIdx.x; x < NROWS * D; x += NW * 32) {
+        const int r = x / D, c = x % D, R = rc * NROWS + r;
+        if (R >= a.rows) continue;
+        float m = -INFINITY;
+#pragma unroll
+        for (int k = 0; k < NW; k++) m = fmaxf(m, reinterpret_cast<const float *>(smem + k * WARP)[r]);
+        float sl = 0.0f, sa = 0.0f;
+        if (m != -INFINITY) {
+#pragma unroll
+            for (int k = 0; k < NW; k++) {
+                const float *rk = reinterpret_cast<const float *>(smem + k * WARP);
+                const float f = qattn_ex2(rk[r] - m);
+                sl += rk[NROWS + r] * f;
+                sa += rk[2 * NROWS + r * D + c] * f;
+            }
+        }
+        float *dst = a.part + ((((int64_t)bl * a.hk + g) * a.nsplit + split) * a.rows_pad + R) * (D + 2);
+        if (c == 0) {
+            dst[0] = m;
+            dst[1] = sl;
+        }
+        dst[2 + c] = sa;
+    }
+}
+
 /* End of a split block, after its partial (rows rc * M .. of kv head g, sequence bl) is stored:
  * the block counts itself in its unit (row chunk, kv head, sequence) and the unit's last block
  * merges the unit's nsplit partials, in split order with the arithmetic of the former merge
@@ -468,29 +499,7 @@ template <int D, int DT, int M> __global__ void __launch_bounds__(NW2 * 32, DT =
         }
     }
     __syncthreads();
-    for (int x = threadIdx.x; x < M * D; x += NW2 * 32) {
-        int r = x / D, c = x % D, R = rc * M + r;
-        if (R >= a.rows) continue;
-        float m = -INFINITY;
-#pragma unroll
-        for (int k = 0; k < NW2; k++) m = fmaxf(m, reinterpret_cast<const float *>(kvd_smem + k * CF::WARP)[r]);
-        float sl = 0.0f, sa = 0.0f;
-        if (m != -INFINITY) {
-#pragma unroll
-            for (int k = 0; k < NW2; k++) {
-                const float *rk = reinterpret_cast<const float *>(kvd_smem + k * CF::WARP);
-                float f = qattn_ex2(rk[r] - m);
-                sl += rk[M + r] * f;
-                sa += rk[2 * M + r * D + c] * f;
-            }
-        }
-        float *dst = a.part + ((((int64_t)bl * a.hk + g) * a.nsplit + split) * a.rows_pad + R) * (D + 2);
-        if (c == 0) {
-            dst[0] = m;
-            dst[1] = sl;
-        }
-        dst[2 + c] = sa;
-    }
+    kvd_merge_warps<D, M, NW2, CF::WARP>(a, rc, g, bl, split, kvd_smem);
     kvd_finish<D, M, NW2>(a, rc, g, bl);
 }
 
@@ -878,29 +887,7 @@ template <int D, int R8> __global__ void __launch_bounds__(NWM * 32, R8 == 1 && 
             for (int e = 0; e < 4; e++) red[2 * NR + (ri * 8 + 2 * t4 + (e & 1)) * D + cb * 16 + 2 * g8 + (e >> 1)] = acc[ri][cb][e];
     }
     __syncthreads();
-    for (int x = threadIdx.x; x < NR * D; x += NWM * 32) {
-        const int r = x / D, c = x % D, R = rc * NR + r;
-        if (R >= a.rows) continue;
-        float m = -INFINITY;
-#pragma unroll
-        for (int k = 0; k < NWM; k++) m = fmaxf(m, reinterpret_cast<const float *>(kvd_smem + k * CF::WARP)[r]);
-        float sl = 0.0f, sa = 0.0f;
-        if (m != -INFINITY) {
-#pragma unroll
-            for (int k = 0; k < NWM; k++) {
-                const float *rk = reinterpret_cast<const float *>(kvd_smem + k * CF::WARP);
-                const float f = qattn_ex2(rk[r] - m);
-                sl += rk[NR + r] * f;
-                sa += rk[2 * NR + r * D + c] * f;
-            }
-        }
-        float *dst = a.part + ((((int64_t)bl * a.hk + kh) * a.nsplit + split) * a.rows_pad + R) * (D + 2);
-        if (c == 0) {
-            dst[0] = m;
-            dst[1] = sl;
-        }
-        dst[2 + c] = sa;
-    }
+    kvd_merge_warps<D, NR, NWM, CF::WARP>(a, rc, kh, bl, split, kvd_smem);
     kvd_finish<D, NR, NWM>(a, rc, kh, bl);
 }
 
