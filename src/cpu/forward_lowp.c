@@ -201,8 +201,6 @@ static int64_t i8_off(const qattn_params *p, const qattn_int8_tensor *t, const i
 }
 static int64_t tok_base(const int32_t *cu, int64_t b, int64_t max_len) { return cu ? cu[b] : b * max_len; }
 
-static inline int8_t clamp_code(int8_t c) { return c == -128 ? (int8_t)-127 : c; }
-
 /* Q codes, row scales and LSE corrections of a unit's rows; qc may be NULL (merge phase). */
 /* Row r of a unit (position i0 + r / group, head g * group + r % group): its Q codes and head. */
 static const int8_t *q_row(const lplan *pl, int64_t off, int64_t i0, int g, int r, int *head) {
@@ -227,7 +225,7 @@ static void pack_q(const lplan *pl, int64_t b, int64_t i0, int n_pos, int g, int
         sq[r] = s * pl->qscale;
         corr[r] = s; /* times q . mean_k * scale below */
         if (qc && !pl->kern->pack8)
-            for (int c = 0; c < D; c++) qc[r * D + c] = clamp_code(src[c]);
+            for (int c = 0; c < D; c++) qc[r * D + c] = qattn_i8_clamp_code(src[c]);
     }
     if (qc && pl->kern->pack8 && m > 0) { /* qk's 8-bit rows: the table's packer */
         int h;
@@ -277,7 +275,7 @@ static void pack_qr(const lplan *pl, int64_t b, int64_t i0, int n_pos, int g, in
         const int8_t *src = pl->rf->q_res + (codes - tq->data); /* the same place in the residual array */
         if (pl->kern->pack8) memcpy((int8_t *)qr + (size_t)r * D, src, (size_t)D);
         else
-            for (int c = 0; c < D; c++) qr[r * D + c] = (int16_t)(128 * clamp_code(codes[c]) + src[c]);
+            for (int c = 0; c < D; c++) qr[r * D + c] = (int16_t)(128 * qattn_i8_clamp_code(codes[c]) + src[c]);
     }
 }
 
@@ -295,7 +293,7 @@ static void pack_k(const lplan *pl, const int8_t *data, int64_t b, int g, int64_
             int64_t i = t0 + j;
             const int8_t *src = data + off + i * t->seq_stride + (int64_t)g * t->head_stride;
             if (!pl->kern->pack8)
-                for (int c = 0; c < D; c++) kp[(c / 2) * npad * 2 + j * 2 + c % 2] = clamp_code(src[c]);
+                for (int c = 0; c < D; c++) kp[(c / 2) * npad * 2 + j * 2 + c % 2] = qattn_i8_clamp_code(src[c]);
             if (sk) sk[j] = t->scale[qattn_scale_index(t->granularity, t->block_size, b, tb + i, i, g, p->n_kv_heads, p->seqlen_k, D, 0)];
         } else {
             if (!pl->kern->pack8)
@@ -317,7 +315,7 @@ static void pack_v_i16(const lplan *pl, int64_t b, int g, int64_t t0, int n, int
     for (int j = 0; j < npad; j++) {
         const int8_t *src = j < n ? t->data + off + (t0 + j) * t->seq_stride + (int64_t)g * t->head_stride : NULL;
         if (!pl->kern->pack8)
-            for (int c = 0; c < D; c++) vp[(j / 2) * D * 2 + c * 2 + j % 2] = src ? clamp_code(src[c]) : 0;
+            for (int c = 0; c < D; c++) vp[(j / 2) * D * 2 + c * 2 + j % 2] = src ? qattn_i8_clamp_code(src[c]) : 0;
         svk[j] = !src ? 0.0f
                  : per_key ? t->scale[qattn_scale_index(t->granularity, t->block_size, b, tb + t0 + j, t0 + j, g, p->n_kv_heads, p->seqlen_k, D, 0)]
                            : 1.0f;
@@ -344,7 +342,7 @@ static void pack_v_f32(const lplan *pl, int64_t b, int g, int64_t t0, int n, int
             float x = 0.0f;
             if (j < n) {
                 float sc = t->scale[qattn_scale_index(t->granularity, t->block_size, b, tb + i, i, g, p->n_kv_heads, p->seqlen_k, D, c)];
-                x = (float)clamp_code(t->data[off + i * t->seq_stride + (int64_t)g * t->head_stride + c]) * sc + (mu ? mu[c] : 0.0f);
+                x = (float)qattn_i8_clamp_code(t->data[off + i * t->seq_stride + (int64_t)g * t->head_stride + c]) * sc + (mu ? mu[c] : 0.0f);
             }
             vf[j * D + c] = x;
         }

@@ -603,8 +603,7 @@ __device__ __forceinline__ void kv_part(const qattn_cuda_args &a, int bh, int ti
             float m = 0.f;
             for (int g = 0; g < RG; g++) m = qattn_fmax_nan(m, smax[g][d]);
             sinv[d] = m > 0.f ? 127.f / m : 0.f;
-            ssc[d] = m / 127.f;
-            sv[((size_t)bh * ntiles + tile) * D + d] = m / 127.f;
+            sv[((size_t)bh * ntiles + tile) * D + d] = ssc[d] = m / 127.f;
         }
         __syncthreads();
         float inv[8], es = 0.f; /* es: the mean over the lanes of a group of their sum of sv^2, over VFIX_K */

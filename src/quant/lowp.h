@@ -137,6 +137,20 @@ typedef struct qattn_int8_kernels {
     void (*pack8_q)(const int8_t *src, int64_t ss, int64_t hs, int group, int m, int d, int8_t *dst);
 } qattn_int8_kernels;
 
+/* A stored code as the kernels read it: -128 (a caller's pre-quantized tensor may hold it) as -127, so
+ * that codes stay symmetric. */
+static inline int8_t qattn_i8_clamp_code(int8_t q) { return q == -128 ? (int8_t)-127 : q; }
+
+/* Whether a row (d % 8 == 0) holds an Inf or NaN: x * 0 is NaN exactly for those, and a sum with a NaN
+ * term is NaN in any order, so 8 independent lanes (vectorisable) decide it. */
+static inline int qattn_row_nonfinite(const float *row, int64_t d) {
+    float z[8] = {0};
+    for (int64_t c = 0; c < d; c += 8)
+        for (int k = 0; k < 8; k++) z[k] += row[c + k] * 0.0f;
+    float t = ((z[0] + z[1]) + (z[2] + z[3])) + ((z[4] + z[5]) + (z[6] + z[7]));
+    return t != t;
+}
+
 /* tok_codes as the sequence of its steps, given the row kernels of one table (the reference, and the
  * tables that have no fused version; inlined, so the calls are direct). */
 static inline float qattn_i8_tok_codes_compose(float (*center_amax)(const float *, const float *, int, float *),

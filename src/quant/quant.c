@@ -120,16 +120,6 @@ static const float *ld_row(const qjob *j, int64_t off, int64_t pos, int64_t d, f
             QATTN_PREFETCH(base_ + (size_t)(h_ * (j)->v.hs) * esz_, (size_t)(j)->p->head_dim * esz_, 2); \
     } while (0)
 
-/* Whether a row (d % 8 == 0) has a non-finite value: x * 0 is NaN exactly for inf and NaN, and a
- * sum with a NaN term is NaN in any order, so 8 independent lanes (vectorisable) decide it. */
-static inline bool row_nonfinite(const float *restrict row, int64_t d) {
-    float z[8] = {0};
-    for (int64_t c = 0; c < d; c += 8)
-        for (int k = 0; k < 8; k++) z[k] += row[c + k] * 0.0f;
-    float t = ((z[0] + z[1]) + (z[2] + z[3])) + ((z[4] + z[5]) + (z[6] + z[7]));
-    return t != t;
-}
-
 /* First non-finite element of a row (one is known to exist). */
 static int64_t first_bad(const float *row, int64_t d) {
     for (int64_t c = 0; c < d; c++)
@@ -170,7 +160,7 @@ static void quant_task(void *arg, int64_t task, int worker) {
      * each channel's sum runs over positions in ascending order */
     for (int64_t i = 0; i < n; i++) {
         const float *row = ld_row(j, off, i, D, rowbuf);
-        if (row_nonfinite(row, D)) {
+        if (qattn_row_nonfinite(row, D)) {
             j->bad[task] = 1 + i * D + first_bad(row, D);
             return;
         }
@@ -267,7 +257,7 @@ static void quant_tok_task(void *arg, int64_t task, int worker) {
         for (int64_t h = 0; h < Ht; h++) {
             if (i + 1 < n) PREFETCH_ROWS(j, off0, i + 1, h, h + 1);
             const float *row = ld_row(j, off0 + h * j->v.hs, i, D, rowbuf);
-            if (!j->checked && row_nonfinite(row, D)) {
+            if (!j->checked && qattn_row_nonfinite(row, D)) {
                 int64_t *slot = &j->bad[(b * Ht + h) * nchunk + ch];
                 if (!*slot) *slot = 1 + i * D + first_bad(row, D);
                 continue;

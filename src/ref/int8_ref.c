@@ -247,7 +247,7 @@ void qattn_i8_lse_dots_ref(const int8_t *base, const int32_t *off, int m, int d,
         for (int c = 0; c < d; c++)
             for (int k = 0; k < nr; k++) {
                 int8_t q = base[off[r0 + k] + c];
-                acc[k] += (float)(q == -128 ? -127 : q) * mk[c];
+                acc[k] += (float)qattn_i8_clamp_code(q) * mk[c];
             }
         for (int k = 0; k < nr; k++) dot[r0 + k] = acc[k];
     }
@@ -255,8 +255,7 @@ void qattn_i8_lse_dots_ref(const int8_t *base, const int32_t *off, int m, int d,
 
 static inline int8_t code_or_zero(const int8_t *src, int64_t stride, int n, int j, int c) {
     if (j >= n) return 0;
-    int8_t q = src[j * stride + c];
-    return q == -128 ? (int8_t)-127 : q;
+    return qattn_i8_clamp_code(src[j * stride + c]);
 }
 
 void qattn_i8_pack8_k_ref(const int8_t *src, int64_t stride, int n, int npad, int d, int8_t *kp) {
@@ -270,12 +269,7 @@ void qattn_i8_pack8_v_ref(const int8_t *src, int64_t stride, int n, int npad, in
 }
 
 int qattn_i8_stats_row_ref(const float *row, int d, double *acc, float *mn, float *mx) {
-    /* x * 0 is NaN exactly for Inf and NaN, and a sum with a NaN term is NaN in any order */
-    float z[8] = {0};
-    for (int c = 0; c < d; c += 8)
-        for (int k = 0; k < 8; k++) z[k] += row[c + k] * 0.0f;
-    float t = ((z[0] + z[1]) + (z[2] + z[3])) + ((z[4] + z[5]) + (z[6] + z[7]));
-    if (t != t) return 1;
+    if (qattn_row_nonfinite(row, d)) return 1;
     if (acc)
         for (int c = 0; c < d; c++) acc[c] += row[c];
     if (mn)
@@ -293,8 +287,7 @@ void qattn_i8_out_row_ref(const float *acc, float inv, const float *mv, int d, f
 void qattn_i8_pack8_q_ref(const int8_t *src, int64_t ss, int64_t hs, int group, int m, int d, int8_t *dst) {
     for (int r = 0; r < m; r++)
         for (int c = 0; c < d; c++) {
-            int8_t q = src[(r / group) * ss + (r % group) * hs + c];
-            dst[(size_t)r * d + c] = q == -128 ? (int8_t)-127 : q;
+            dst[(size_t)r * d + c] = qattn_i8_clamp_code(src[(r / group) * ss + (r % group) * hs + c]);
         }
 }
 
