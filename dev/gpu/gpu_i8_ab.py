@@ -4,7 +4,7 @@
 For each standard D 128 shape (docs/benchmarks.md) (B*L = 16k tokens, H*D = 2048, N(0,1) FP16 inputs):
 the INT8 attention kernel alone (torch profiler, median of 20) of every library given, in
 alternating order, twice (the spread between the two rounds is the noise floor), and SDPA's
-FlashAttention-2 backend in the same run; the outputs of the builds are compared with the first one.
+FlashAttention-2 and cuDNN (FP16) backends in the same run; the outputs of the builds are compared with the first one.
 
 Usage: python3 dev/gpu/gpu_i8_ab.py --lib new=build-gpu/libqattn.so --lib base=build-base/libqattn.so [--shapes 4k,4kc,16k,16kc]
 --f16: the FP16 forward instead (precision AUTO: the wgmma kernel on compute capability 9.0), with SDPA's
@@ -55,9 +55,8 @@ def main():
         qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
             row["fa2"] = flops / (time_ms(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal))[0] * 1e-3) / 1e12
-        if args.f16:
-            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-                row["cudnn"] = flops / (time_ms(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal))[0] * 1e-3) / 1e12
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            row["cudnn"] = flops / (time_ms(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal))[0] * 1e-3) / 1e12
         for name, qa in libs:
             qa.forward(params[name])
         torch.cuda.synchronize()
@@ -77,8 +76,7 @@ def main():
         torch.cuda.empty_cache()
     names = [n for n, _ in libs]
     print("\n%s kernel %s (two rounds, alternating order) and / SDPA FA2 (same run), device %s" % ("FP16" if args.f16 else "INT8", unit, torch.cuda.get_device_name()))
-    if args.f16:
-        print("SDPA cuDNN (same run): " + ", ".join("%s %.0f (best qattn / cuDNN: %s)" % (r["shape"], r["cudnn"], " ".join(
+    print("SDPA cuDNN FP16 (same run): " + ", ".join("%s %.0f (best qattn / cuDNN: %s)" % (r["shape"], r["cudnn"], " ".join(
             "%s %.2f" % (n, max(r[n]) / r["cudnn"]) for n in names)) for r in rows))
     print("| shape | " + " | ".join("%s %s | %s /FA2" % (n, unit, n) for n in names) + " | FA2 | max|d|/max|o| vs %s | rel L1 | nonfinite |" % names[0])
     print("|---|" + "---|---|" * len(names) + "---|---|---|---|")

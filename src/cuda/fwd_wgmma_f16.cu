@@ -12,10 +12,11 @@
  * - Warpgroups 1 and 2 take 64 query rows each. S(t) = Q K(t)^T: D / 16 wgmma m64nBNk16 from shared
  *   memory (K-major descriptors); online softmax in FP32 registers; P(t) rounded to the input dtype in
  *   registers is the A operand of O += P(t) V(t) (the accumulator layout is the A fragment), V from
- *   shared memory as an MN-major (transposed) operand. P V(t) is issued together with S(t + 1); the
- *   softmax of t + 1 runs while P V(t) is still on the tensor cores, then O is rescaled and P(t + 1)
- *   made. The two consumer warpgroups take turns at issuing (named barriers), so one's softmax
- *   overlaps the other's products.
+ *   shared memory as an MN-major (transposed) operand. P V(t) is issued together with S(t + 1); ptxas
+ *   puts the wait for both at the top of the softmax's block, so each warpgroup's softmax of t + 1
+ *   starts after P V(t) is done (a branch that keeps the wait below the softmax was measured 5-11%
+ *   slower: dev/gpu/wait_overlap.patch). The two consumer warpgroups take turns at issuing (named
+ *   barriers), so one's softmax overlaps the other's products.
  * - setmaxnreg: the producer drops to 24 registers, consumers rise to 240 (D 128: O 64 + S 64 + P 32;
  *   D 256: O 128 + S 32 + P 16). */
 #include "hopper.cuh"

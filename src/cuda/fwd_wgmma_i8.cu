@@ -15,8 +15,10 @@
  *   descriptors), softmax in registers, then P(t) V(t) with four wgmma whose A operand is the P codes
  *   in registers (the S accumulator layout is the A fragment, as for mma.sync; Vt's keys are permuted
  *   inside 16-key groups to match). P V(t) is issued together with the next tile's S, and the O
- *   update of tile t runs after both complete, in one block with the softmax of tile t + 1; the
- *   tensor cores work on one warpgroup's products while the other warpgroup does its softmax.
+ *   update of tile t runs after both complete, in one block with the softmax of tile t + 1 (ptxas
+ *   puts that wait at the block's top, so the softmax does not overlap the warpgroup's own P V; an
+ *   order that makes it overlap was measured 5-11% slower: dev/gpu/wait_overlap.patch); the tensor
+ *   cores work on one warpgroup's products while the other warpgroup does its softmax.
  * - setmaxnreg: the producer drops to 24 registers, consumers rise to 240 (O 64 + S 64 + PV 64 + P 16).
  * Integer accumulators start at the bit pattern of 1.5 * 2^23 (as in the mma.sync kernel) so the
  * int -> float conversion is free. */
