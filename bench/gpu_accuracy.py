@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """INT8 accuracy on the GPU over the input distributions of `qattn accuracy` (the same constructions,
 drawn with torch), against an FP64 reference, with the CPU's INT8 on the same FP16 inputs in the same
-run: rel L1 = sum |o - ref| / sum |ref| over the whole output.
+run: rel L1 = sum |o - ref| / sum |ref| over the whole output. --int4: precision int4 too (GPU and CPU).
 
     PYTHONPATH=python QATTN_LIBRARY=build-gpu/libqattn.so python3 bench/gpu_accuracy.py [--lens 1024,4096]
 
@@ -75,9 +75,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lens", default="1024,4096")
     ap.add_argument("--inputs", default="normal,outlier,sink,heads,rotary,sinkout")
+    ap.add_argument("--int4", action="store_true", help="also precision int4 on the GPU and the CPU")
     a = ap.parse_args()
-    print("| L | causal | input | GPU int8 | CPU int8 (same inputs) | GPU fp16 |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    extra = " GPU int4 | CPU int4 (same inputs) |" if a.int4 else ""
+    print("| L | causal | input | GPU int8 | CPU int8 (same inputs) | GPU fp16 |" + extra)
+    print("| --- | --- | --- | --- | --- | --- |" + (" --- | --- |" if a.int4 else ""))
     for L in (int(x) for x in a.lens.split(",")):
         for causal in (False, True):
             for which in a.inputs.split(","):
@@ -86,8 +88,13 @@ def main():
                 og = qattn.attention(q.cuda(), k.cuda(), v.cuda(), causal=causal, precision="int8")
                 of = qattn.attention(q.cuda(), k.cuda(), v.cuda(), causal=causal)
                 oc = qattn.attention(q, k, v, causal=causal, precision="int8")
+                cols = ""
+                if a.int4:
+                    o4g = qattn.attention(q.cuda(), k.cuda(), v.cuda(), causal=causal, precision="int4")
+                    o4c = qattn.attention(q, k, v, causal=causal, precision="int4")
+                    cols = " %.3e | %.3e |" % (rel_l1(o4g, ref), rel_l1(o4c.cuda(), ref))
                 torch.cuda.synchronize()
-                print("| %d | %d | %s | %.3e | %.3e | %.3e |" % (L, causal, which, rel_l1(og, ref), rel_l1(oc.cuda(), ref), rel_l1(of, ref)),
+                print("| %d | %d | %s | %.3e | %.3e | %.3e |" % (L, causal, which, rel_l1(og, ref), rel_l1(oc.cuda(), ref), rel_l1(of, ref)) + cols,
                       flush=True)
 
 

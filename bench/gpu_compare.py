@@ -69,7 +69,7 @@ class CtxOptions(C.Structure):
 
 
 DT = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-PREC_AUTO, PREC_INT8 = 0, 4
+PREC_AUTO, PREC_INT8, PREC_INT4 = 0, 4, 7
 
 
 class QAttn:
@@ -296,6 +296,7 @@ def main():
     ap.add_argument("--dims", default=None, help="head dims, e.g. 96,256 (H = 2048 // D); default 64,128 (128 with --quick)")
     ap.add_argument("--lens", default=None, help="sequence lengths, e.g. 4096; default 1024,4096,16384 (4096,16384 with --quick)")
     ap.add_argument("--no-int8", action="store_true")
+    ap.add_argument("--int4", action="store_true", help="also precision INT4 (4-bit Q/K codes on the INT8 kernels), against INT8")
     ap.add_argument("--no-peers", action="store_true", help="SDPA only (no FlashInfer, flash-attn-4, SageAttention)")
     ap.add_argument("--warm-peers", action="store_true",
                     help="only call each peer once on small inputs (D 128, FP16, causal and not), to fill JIT caches, and exit")
@@ -362,6 +363,12 @@ def main():
             pc = qa.params(q, k, v, oc, causal, PREC_INT8)
             row["qattn_i8cal_ms"], _ = time_ms(lambda: qa.forward_calibrated(pc, cal), reps=args.reps)
             row["qattn_i8cal_quant_ms"] = kernels_per_call_ms(lambda: qa.forward_calibrated(pc, cal), "i8q_")
+        if args.int4:
+            o4 = torch.empty_like(q)
+            p4 = qa.params(q, k, v, o4, causal, PREC_INT4)
+            row["qattn_i4_ms"], _ = time_ms(lambda: qa.forward(p4), reps=args.reps)
+            row["qattn_i4_kernel_ms"] = kernel_ms(lambda: qa.forward(p4), "fwd_i8")
+            row["qattn_i4_quant_ms"] = kernels_per_call_ms(lambda: qa.forward(p4), "i8q_")
         qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         outs = {}
         for name, be in (("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):
@@ -404,6 +411,9 @@ def main():
             cands["qattn_i8"] = o8
             qa.forward_calibrated(pc, cal)
             cands["qattn_i8cal"] = oc
+        if args.int4:
+            qa.forward(p4)
+            cands["qattn_i4"] = o4
         for name, t in outs.items():
             cands[name] = t.transpose(1, 2)
         cands.update(peer_out)
@@ -419,7 +429,7 @@ def main():
         rows.append(row)
         print("done", B, L, H, D, causal, {k_: round(v_, 3) for k_, v_ in row.items() if k_.endswith("_tflops")}, flush=True)
         del q, k, v, o16, o8, outs, cands, peer_out
-        oc = pc = cal = cal_keep = None
+        oc = pc = cal = cal_keep = o4 = p4 = None
         om = pm = None
         torch.cuda.empty_cache()
 
@@ -464,6 +474,17 @@ def main():
             vals = (r["D"], r["L"], "yes" if r["causal"] else "no", "%.0f" % a, "%.0f" % c, "%.2f" % (c / a), "%.2f" % (c / cu),
                     "%.3f" % r.get("qattn_i8_quant_ms", nan), "%.3f" % r.get("qattn_i8cal_quant_ms", nan),
                     "%.1e" % r.get("qattn_i8_rel_l1", nan), "%.1e" % r.get("qattn_i8cal_rel_l1", nan))
+            print("| " + " | ".join(str(x) for x in vals) + " |")
+    if args.int4:
+        hdr = ("D", "L", "causal", "i4 all", "i4 kern", "i8 all", "i8 kern", "i4/i8 all", "i4/i8 kern", "i4 quant ms", "i8 quant ms", "i4 L1", "i8 L1")
+        print("\nINT4 (4-bit Q/K codes, one per byte, on the INT8 kernels) against INT8, TOPS, same run")
+        print("| " + " | ".join(hdr) + " |")
+        print("|" + "---|" * len(hdr))
+        for r in rows:
+            a4, k4, a8, k8 = (r.get(n, nan) for n in ("qattn_i4_tflops", "qattn_i4_kernel_tflops", "qattn_i8_tflops", "qattn_i8_kernel_tflops"))
+            vals = (r["D"], r["L"], "yes" if r["causal"] else "no", "%.0f" % a4, "%.0f" % k4, "%.0f" % a8, "%.0f" % k8, "%.2f" % (a4 / a8),
+                    "%.2f" % (k4 / k8), "%.3f" % r.get("qattn_i4_quant_ms", nan), "%.3f" % r.get("qattn_i8_quant_ms", nan),
+                    "%.1e" % r.get("qattn_i4_rel_l1", nan), "%.1e" % r.get("qattn_i8_rel_l1", nan))
             print("| " + " | ".join(str(x) for x in vals) + " |")
     print("accuracy rel L1: " + "; ".join("D%d L%d%s: " % (r["D"], r["L"], " c" if r["causal"] else "") +
                                          ", ".join("%s %.1e" % (n, r[n + "_rel_l1"]) for n in ["qattn_i8"] + names if n + "_rel_l1" in r)

@@ -5,8 +5,8 @@
  *     O = softmax(scale * Q K^T + mask) V
  *
  * without ever materialising the Lq x Lk score matrix (online softmax, in tiles),
- * for Q, K, V in FP32 / FP16 / BF16 (FP32 accumulation) and, approximately, in INT8 (and, on the
- * CPU, with 4-bit Q/K codes: QATTN_PRECISION_INT4).
+ * for Q, K, V in FP32 / FP16 / BF16 (FP32 accumulation) and, approximately, in INT8 (and with
+ * 4-bit Q/K codes: QATTN_PRECISION_INT4).
  *
  * Usage:
  *
@@ -98,7 +98,7 @@ typedef enum qattn_precision {
     QATTN_PRECISION_INT8 = 4,     /* dynamic token-level INT8 quantization, see int8_scheme */
     QATTN_PRECISION_FP8_E4M3 = 5, /* emulated FP8 attention (accuracy comparisons, CPU only) */
     QATTN_PRECISION_FP8_E5M2 = 6,
-    QATTN_PRECISION_INT4 = 7,     /* Q, K as 4-bit codes [-7, 7] (INT8 default scheme otherwise; CPU only; docs/FORMAT.md section 8) */
+    QATTN_PRECISION_INT4 = 7,     /* Q, K as 4-bit codes [-7, 7] (INT8 default scheme otherwise; CPU, and CUDA as its INT8; docs/FORMAT.md section 8) */
 } qattn_precision;
 
 /* INT8 schemes (docs/FORMAT.md describes each). */

@@ -363,7 +363,7 @@ static int add_fp8(op_case *t, int n) {
 }
 
 /* Precision INT4 (docs/FORMAT.md section 8): D 64/80/128/256, tails, one query, causal with
- * Lq != Lk, GQA, varlen with an empty sequence, outlier keys. */
+ * Lq != Lk, GQA, varlen with an empty sequence, outlier keys; FP16/BF16 inputs (the CUDA targets). */
 static int add_int4(op_case *t, int n) {
     op_case x;
 #define ADD() (x.c.precision = QATTN_PRECISION_INT4, x.threads = OP_T1 | OP_T2, t[n++] = x)
@@ -381,6 +381,10 @@ static int add_int4(op_case *t, int n) {
         x = fwd("int4-D128-varlen-causal-empty-first", 0, 0, 0, 2, 1, 128), set_varlen(&x.c, 3, cu_q, cu_k), x.c.causal = 1, ADD();
     }
     x = fwd("int4-D128-outlier-gqa", 1, 256, 256, 8, 2, 128), x.dist = OP_DIST_OUTLIER12, ADD();
+    /* FP16/BF16 inputs: the ones the CUDA backend takes (its INT8 kernels at D 64 and 128) */
+    x = fwd("int4-D128-f16-causal-lq<lk-gqa", 2, 203, 330, 8, 2, 128), x.c.qkv_dtype = QATTN_DTYPE_F16, x.c.causal = 1, ADD();
+    x = fwd("int4-D64-bf16-lq>lk", 1, 300, 113, 4, 4, 64), x.c.qkv_dtype = QATTN_DTYPE_BF16, x.c.o_dtype = QATTN_DTYPE_BF16, ADD();
+    x = fwd("int4-D128-f16-outlier-one-query", 3, 1, 700, 4, 1, 128), x.c.qkv_dtype = QATTN_DTYPE_F16, x.dist = OP_DIST_OUTLIER12, ADD();
 #undef ADD
     return n;
 }

@@ -533,7 +533,7 @@ def attention(q, k, v, *, causal=False, scale=None, window=None, precision=None,
     causal: bottom-right aligned (flash-attn's convention) when Lq != Lk. window=(left, right)
     with -1 for unbounded. scale: None = 1/sqrt(D). precision: None/"auto" (the inputs' dtype,
     FP32 accumulation), "fp32", "fp16", "bf16", "int8" (int8_scheme "qattn"/"intfa"/"sage"),
-    "int4" (4-bit Q/K codes, CPU; far less accurate than int8: docs/FORMAT.md section 8),
+    "int4" (4-bit Q/K codes, CPU and CUDA; far less accurate than int8: docs/FORMAT.md section 8),
     "fp8_e4m3", "fp8_e5m2" (where the backend supports them; otherwise NotImplementedError
     with the library's message). backend: None = from the tensors' device. threads: CPU
     threads (None = all cores). Forward only: no autograd.

@@ -81,6 +81,23 @@ def test_cuda_int8_calibrated():
         qattn.attention(q, k, v, precision="int8", calibration=cal)
 
 
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("causal", [False, True])
+def test_cuda_int4_vs_cpu(D, causal):
+    """precision="int4" on the GPU: the CPU's 4-bit Q/K codes (V per channel and tile as the GPU's INT8),
+    so its error against the FP64 reference is the CPU INT4's within 1.5x (docs/FORMAT.md section 8: the
+    4-bit Q/K rounding dominates), and above the GPU INT8's (the codes really are 4-bit)."""
+    B, L, H, HK = 1, 300, 4, 2
+    q, k, v = rnd((B, L, H, D), torch.float16, 21), rnd((B, L, HK, D), torch.float16, 22), rnd((B, L, HK, D), torch.float16, 23)
+    o4 = qattn.attention(q, k, v, precision="int4", causal=causal)
+    o8 = qattn.attention(q, k, v, precision="int8", causal=causal)
+    c4 = qattn.attention(q.cpu(), k.cpu(), v.cpu(), precision="int4", causal=causal)
+    torch.cuda.synchronize()
+    ref = qattn.oracle(q, k, v, causal=causal)
+    e4, e8, ec4 = rel_l2(f64(o4), ref), rel_l2(f64(o8), ref), rel_l2(f64(c4), ref)
+    assert e4 <= 1.5 * ec4 and e4 > 2 * e8, (e4, ec4, e8)
+
+
 @pytest.mark.parametrize("dtype", ["fp16", "bf16", "int8"])
 def test_kv_cache_decode_cuda_vs_cpu(dtype):
     """KVCache.decode on a CUDA q (qattn_kv_decode_cuda over a device copy) vs the CPU decode of

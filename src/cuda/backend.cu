@@ -44,12 +44,17 @@ bool is_varlen(const qattn_params *p) { return p->cu_seqlens_q != NULL; }
 
 int input_is_bf16(const qattn_params *p) { return p->qkv_dtype == QATTN_DTYPE_BF16; }
 
+/* INT8 and INT4 share the quantization pass and the INT8 kernels: INT4 is the pass with 4-bit Q and K
+ * codes held one per byte (docs/FORMAT.md section 8). */
+bool is_integer(const qattn_params *p) { return p->precision == QATTN_PRECISION_INT8 || p->precision == QATTN_PRECISION_INT4; }
+int qk_code_max(const qattn_params *p) { return p->precision == QATTN_PRECISION_INT4 ? 7 : 127; }
+
 /* Block-sparse attention runs on the sm_90a wgmma kernels only (FP16/BF16 at every head dim they take,
  * INT8 at D 128), whose items are 128 query rows and key tiles 128 keys (64 at D 256): a mask block must
  * hold whole items and whole tiles, so that tiles are skipped whole (fwd_wgmma_f16.cu, docs/gpu.md). */
 qattn_status check_block_mask(qattn_ctx *ctx, const qattn_params *p) {
     const cuda_state *st = (const cuda_state *)ctx->cuda_state;
-    const bool i8 = p->precision == QATTN_PRECISION_INT8;
+    const bool i8 = is_integer(p);
     if (!st || !(i8 ? st->i8_wgmma : st->f16_wgmma))
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED,
                           "block_mask on the CUDA backend runs on the sm_90a wgmma kernels only (compute capability 9.0, context option "
@@ -64,7 +69,8 @@ qattn_status check_block_mask(qattn_ctx *ctx, const qattn_params *p) {
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "block_mask on the CUDA backend needs head_dim 64, 96, 128 or 256 (the wgmma kernel's; head_dim is %d)",
                           p->head_dim);
     if (i8 && p->head_dim != 128)
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "block_mask at precision INT8 on the CUDA backend needs head_dim 128 (head_dim is %d)", p->head_dim);
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "block_mask at precision %s on the CUDA backend needs head_dim 128 (head_dim is %d)",
+                          qattn_precision_name(p->precision), p->head_dim);
     const int bn = p->head_dim == 256 ? 64 : 128;
     if (p->block_mask_q % 128 != 0 || p->block_mask_k % bn != 0)
         return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED,
@@ -89,19 +95,20 @@ qattn_status check(qattn_ctx *ctx, const qattn_params *p) {
                               qattn_precision_name(p->precision), qattn_dtype_name(p->qkv_dtype));
         break;
     case QATTN_PRECISION_INT8:
-        if (p->int8_scheme != QATTN_INT8_DEFAULT)
+    case QATTN_PRECISION_INT4: { /* int8_scheme: INT8's; INT4 ignores it, as on the CPU */
+        const char *name = qattn_precision_name(p->precision);
+        if (p->precision == QATTN_PRECISION_INT8 && p->int8_scheme != QATTN_INT8_DEFAULT)
             return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA INT8 path implements int8_scheme DEFAULT only (got %d)", p->int8_scheme);
-        if (is_varlen(p)) return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA INT8 path does not support cu_seqlens (varlen) yet");
+        if (is_varlen(p)) return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA %s path does not support cu_seqlens (varlen) yet", name);
         if (p->alibi_slopes || p->softcap > 0.0f)
-            return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA INT8 path does not implement %s (the CUDA FP16/BF16 path does)",
+            return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA %s path does not implement %s (the CUDA FP16/BF16 path does)", name,
                               p->alibi_slopes ? "alibi_slopes" : "softcap");
         if (p->head_dim != 64 && p->head_dim != 128)
-            return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA INT8 path supports head_dim 64 and 128 (head_dim is %d)", p->head_dim);
+            return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "the CUDA %s path supports head_dim 64 and 128 (head_dim is %d)", name, p->head_dim);
         break;
-    case QATTN_PRECISION_INT4:
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "precision INT4 runs on the CPU backend only (the CUDA backend has no 4-bit kernels)");
+    }
     default:
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "precision %d is not supported by the CUDA backend (AUTO, FP16, BF16, INT8 are)", p->precision);
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "precision %d is not supported by the CUDA backend (AUTO, FP16, BF16, INT8, INT4 are)", p->precision);
     }
     /* cp.async moves 16-byte chunks: bases and strides must keep rows 16-byte aligned. */
     const void *ptrs[4] = {p->q, p->k, p->v, p->o};
@@ -154,15 +161,16 @@ qattn_cuda_args make_args(const qattn_params *p) {
     return a;
 }
 
-/* The INT8 forward's kernels on stream: quantization into ws, then the attention kernel (the FP16
- * kernel's empty-key rule when there is no key). */
-qattn_status enqueue_i8(qattn_ctx *ctx, qattn_cuda_args &a, int bf16, void *ws, const qattn_cuda_bmask *bm, const qattn_calibration *cal,
-                        cudaStream_t stream) {
+/* The INT8 (and INT4: qk_code_max 7) forward's kernels on stream: quantization into ws, then the attention
+ * kernel (the FP16 kernel's empty-key rule when there is no key). */
+qattn_status enqueue_i8(qattn_ctx *ctx, qattn_cuda_args &a, int bf16, int qk_code_max, void *ws, const qattn_cuda_bmask *bm,
+                        const qattn_calibration *cal, cudaStream_t stream) {
     cudaError_t e;
     /* Sharp units (docs/FORMAT.md section 7) run the FP16/BF16 mma.sync kernel, which has no block masks:
-     * with a mask every unit stays INT8. */
-    const float sharp_noise = bm ? 0.f : QATTN_QK_REFINE_NOISE;
-    if ((e = qattn_cuda_quantize_i8(a, bf16, ws, stream, cal, sharp_noise)) != cudaSuccess)
+     * with a mask every unit stays INT8. INT4 has none (its noise model is INT8's codes'; the CPU's INT4
+     * has none either). */
+    const float sharp_noise = bm || qk_code_max != 127 ? 0.f : QATTN_QK_REFINE_NOISE;
+    if ((e = qattn_cuda_quantize_i8(a, bf16, ws, stream, cal, sharp_noise, qk_code_max)) != cudaSuccess)
         return qattn_fail(ctx, QATTN_ERR_BACKEND, "INT8 quantization kernels: %s", cudaGetErrorString(e));
     if (a.lk > 0 && (e = a.i8_wgmma ? qattn_cuda_launch_i8_wgmma(a, stream, bm) : qattn_cuda_launch_i8(a, stream)) != cudaSuccess)
         return qattn_fail(ctx, QATTN_ERR_BACKEND, "INT8 attention kernel launch: %s", cudaGetErrorString(e));
@@ -274,7 +282,7 @@ extern "C" qattn_status qattn_cuda_workspace_size(qattn_ctx *ctx, const qattn_pa
     *bytes = 0;
     qattn_status s = check(ctx, p);
     if (s != QATTN_OK) return s;
-    if (p->precision == QATTN_PRECISION_INT8) {
+    if (is_integer(p)) {
         qattn_cuda_args a = make_args(p);
         *bytes = qattn_cuda_i8_workspace(a);
     }
@@ -297,7 +305,7 @@ static qattn_status forward(qattn_ctx *ctx, const qattn_params *p, const qattn_c
     bm.m = p->block_mask, bm.bs = p->block_mask_batch_stride, bm.hs = p->block_mask_head_stride, bm.rs = p->block_mask_row_stride;
     bm.bq = p->block_mask_q, bm.bk = p->block_mask_k;
     cudaError_t e;
-    if (p->precision == QATTN_PRECISION_INT8) {
+    if (is_integer(p)) {
         size_t need = qattn_cuda_i8_workspace(a);
         void *ws = p->workspace;
         if (ws) {
@@ -307,7 +315,8 @@ static qattn_status forward(qattn_ctx *ctx, const qattn_params *p, const qattn_c
         } else {
             if ((e = qattn_cuda_grow(&st->ws, &st->ws_bytes, need)) != cudaSuccess) {
                 cudaGetLastError();
-                return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cudaMalloc of %zu bytes of INT8 workspace: %s", need, cudaGetErrorString(e));
+                return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "cudaMalloc of %zu bytes of %s workspace: %s", need, qattn_precision_name(p->precision),
+                                  cudaGetErrorString(e));
             }
             ws = st->ws;
         }
@@ -318,7 +327,7 @@ static qattn_status forward(qattn_ctx *ctx, const qattn_params *p, const qattn_c
             cudaGetLastError();
             return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaStreamWaitEvent (the previous INT8 call's stream): %s", cudaGetErrorString(e));
         }
-        s = enqueue_i8(ctx, a, input_is_bf16(p), ws, p->block_mask ? &bm : NULL, cal, stream);
+        s = enqueue_i8(ctx, a, input_is_bf16(p), qk_code_max(p), ws, p->block_mask ? &bm : NULL, cal, stream);
         if (cached && (e = qattn_cuda_serial_end(&st->ws_serial, stream)) != cudaSuccess) { /* after whatever was queued */
             cudaGetLastError();
             if (s == QATTN_OK) s = qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaEventRecord: %s", cudaGetErrorString(e));

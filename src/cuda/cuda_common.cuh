@@ -86,10 +86,12 @@ cudaError_t qattn_cuda_prepare_f16_wgmma(void);
  * ws: device scratch of qattn_cuda_i8_workspace bytes; fills a.qi/ki/vt/sq/sk/sv.
  * cal: NULL (the channel transforms from the call's own statistics), or a calibration whose k_factor,
  * k_mean and v_mean are device arrays [HK][D] (no statistics pass: Q, K, V are read once).
- * sharp_noise > 0: the sharp units' flags too (threshold on sigma), and a.skip_units points at them. */
+ * sharp_noise > 0: the sharp units' flags too (threshold on sigma), and a.skip_units points at them.
+ * qk_code_max: the Q and K codes' range [-qk_code_max, qk_code_max], 127 (INT8) or 7 (precision INT4). */
 struct qattn_calibration;
 size_t qattn_cuda_i8_workspace(const qattn_cuda_args &a);
-cudaError_t qattn_cuda_quantize_i8(qattn_cuda_args &a, int bf16, void *ws, cudaStream_t stream, const qattn_calibration *cal, float sharp_noise);
+cudaError_t qattn_cuda_quantize_i8(qattn_cuda_args &a, int bf16, void *ws, cudaStream_t stream, const qattn_calibration *cal, float sharp_noise,
+                                  int qk_code_max);
 
 /* ---------------------------------------------------------------- host helpers */
 /* Make a device current for a scope (a library call); the caller's device is restored after. */

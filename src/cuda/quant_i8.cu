@@ -40,6 +40,9 @@
  * (one thread, all positions: slow, met only by data mixing magnitudes more than ~2^29 apart, e.g.
  * N(0,1) never does).
  *
+ * Precision INT4 (docs/FORMAT.md section 8) is this pass with Q and K codes in [-7, 7] (qk_code_max 7),
+ * still one per byte, so the attention kernels run them unchanged: the CPU's INT4 codes, bit for bit.
+ *
  * Calibrated (qattn_forward_calibrated): the factors and means come from the calibration's device
  * arrays (i8q_calib_kernel, one small launch before), and the fused launch holds only K/V tiles and Q
  * rows: Q, K and V are each read once. */
@@ -165,16 +168,17 @@ template <int G> __device__ __forceinline__ float group_sum(float s) {
 }
 
 /* One row of D values held by D/8 lanes (8 each, y centred): the codes of this lane's 8 values and the
- * row's scale. A non-finite value makes the scale NaN or Inf, and so every score of the row. */
-template <int D> __device__ __forceinline__ float quant_row8(const float y[8], uint2 &codes) {
+ * row's scale, codes in [-cmax, cmax] (127; precision INT4's Q and K 7: |y inv| <= cmax (1 + 2^-22) rounds
+ * to at most cmax, as the CPU's). A non-finite value makes the scale NaN or Inf, and so every score of the row. */
+template <int D> __device__ __forceinline__ float quant_row8(const float y[8], uint2 &codes, float cmax) {
     float m = 0.f;
 #pragma unroll
     for (int i = 0; i < 8; i++) m = qattn_fmax_nan(m, fabsf(y[i]));
     m = group_max<D / 8>(m);
-    const float inv = m > 0.f ? 127.f / m : 0.f;
+    const float inv = m > 0.f ? cmax / m : 0.f;
     codes.x = qattn_pack4(code8(y[0], inv), code8(y[1], inv), code8(y[2], inv), code8(y[3], inv));
     codes.y = qattn_pack4(code8(y[4], inv), code8(y[5], inv), code8(y[6], inv), code8(y[7], inv));
-    return m / 127.f;
+    return m / cmax;
 }
 
 /* The sum of the squared codes of a row held by the D/8 lanes of its group (8 codes each): exact in int32
@@ -321,6 +325,7 @@ struct i8_aux {
     int nqc; /* Q-range items per (b, kv head) */
     int *vfn, *vfkey; /* fixed V rows: count per bh, keys [bh][VFIX_MAX] */
     float *vfres;     /* ... residuals [bh][VFIX_MAX][D] */
+    float qk_cmax;    /* the Q and K codes' largest value: 127, or 7 (precision INT4) */
 };
 
 /* Item kind 1. Chunk c of (b, kv head) bh and tensor X (K 0, V 1), blk = (bh * nch + c) * 2 + X: per channel
@@ -493,7 +498,7 @@ __device__ __forceinline__ void q_rows_part(const qattn_cuda_args &a, int bh, in
         for (int i = 0; i < 8; i++) y[i] = in ? __fmul_rn(y[i], f[i]) : 0.f;
         rotate_row8<D>(y); /* every lane of the warp: the shuffles need them */
         uint2 codes;
-        const float sc = __fmul_rn(quant_row8<D>(y, codes), (float)D); /* times n: exact */
+        const float sc = __fmul_rn(quant_row8<D>(y, codes, w.qk_cmax), (float)D); /* times n: exact */
         const int32_t c2 = code_sq8<D>(codes);
         if (rr >= nrow) continue;
         const int64_t r = ((int64_t)b * a.h + h) * a.lq_pad + t;
@@ -574,7 +579,7 @@ __device__ __forceinline__ void kv_part(const qattn_cuda_args &a, int bh, int ti
             for (int i = 0; i < 8; i++) y[i] = in ? __fsub_rn(__fmul_rn(y[i], skinv[c0 + i]), skm[c0 + i]) : 0.f;
             rotate_row8<D>(y);
             uint2 codes;
-            const float sc = quant_row8<D>(y, codes);
+            const float sc = quant_row8<D>(y, codes, w.qk_cmax);
             const int32_t c2 = code_sq8<D>(codes);
             const int64_t row = (int64_t)bh * a.lk_pad + key[r];
             *(uint2 *)(ki + row * D + row_pos<D>(a, key[r], cg)) = codes;
@@ -781,7 +786,8 @@ __global__ void __launch_bounds__(NT) i8q_sharp_kernel(const qattn_cuda_args a, 
 }
 
 template <int D, bool BF16>
-cudaError_t quantize(qattn_cuda_args &a, const i8_layout &L, unsigned char *ws, cudaStream_t st, const qattn_calibration *cal, float noise) {
+cudaError_t quantize(qattn_cuda_args &a, const i8_layout &L, unsigned char *ws, cudaStream_t st, const qattn_calibration *cal, float noise,
+                     int qk_code_max) {
     constexpr int G = D / 8, RG = NT / G;
     int8_t *qi = (int8_t *)(ws + L.qi), *ki = (int8_t *)(ws + L.ki), *vt = (int8_t *)(ws + L.vt);
     float *sq = (float *)(ws + L.sq), *sk = (float *)(ws + L.sk), *sv = (float *)(ws + L.sv), *vm = (float *)(ws + L.vm), *km = (float *)(ws + L.km);
@@ -806,6 +812,7 @@ cudaError_t quantize(qattn_cuda_args &a, const i8_layout &L, unsigned char *ws, 
     w.vfn = (int *)(ws + L.vfn), w.vfkey = (int *)(ws + L.vfkey), w.vfres = (float *)(ws + L.vfres);
     w.done = ctl + 1, w.ready = ctl + 1 + bhk, w.qdone = ctl + 1 + 2 * bhk;
     w.nqc = cal ? 0 : n_qchunks(a.lq); /* calibrated: no Q ranges */
+    w.qk_cmax = (float)qk_code_max;
     /* bytes of one bh's first reads (K and V, and its Q heads unless calibrated) */
     const int64_t bh_bytes = (int64_t)4 * D * a.lk + (cal ? 0 : (int64_t)2 * D * a.lq * grp);
     const int lag = (int)max((int64_t)1, ((int64_t)24 << 20) / max(bh_bytes, (int64_t)1));
@@ -835,14 +842,17 @@ cudaError_t quantize(qattn_cuda_args &a, const i8_layout &L, unsigned char *ws, 
 
 size_t qattn_cuda_i8_workspace(const qattn_cuda_args &a) { return layout(a, lk_padded(a.lk)).total; }
 
-cudaError_t qattn_cuda_quantize_i8(qattn_cuda_args &a, int bf16, void *ws, cudaStream_t stream, const qattn_calibration *cal, float sharp_noise) {
+cudaError_t qattn_cuda_quantize_i8(qattn_cuda_args &a, int bf16, void *ws, cudaStream_t stream, const qattn_calibration *cal, float sharp_noise,
+                                  int qk_code_max) {
+    if (qk_code_max < 1 || qk_code_max > 127) return cudaErrorInvalidValue;
     a.lk_pad = lk_padded(a.lk);
     a.lq_pad = (a.lq + QPAD - 1) / QPAD * QPAD;
     const i8_layout L = layout(a, a.lk_pad);
     unsigned char *w = (unsigned char *)ws;
     switch (a.d) {
-    case 64: return bf16 ? quantize<64, true>(a, L, w, stream, cal, sharp_noise) : quantize<64, false>(a, L, w, stream, cal, sharp_noise);
-    case 128: return bf16 ? quantize<128, true>(a, L, w, stream, cal, sharp_noise) : quantize<128, false>(a, L, w, stream, cal, sharp_noise);
+    case 64: return bf16 ? quantize<64, true>(a, L, w, stream, cal, sharp_noise, qk_code_max) : quantize<64, false>(a, L, w, stream, cal, sharp_noise, qk_code_max);
+    case 128: return bf16 ? quantize<128, true>(a, L, w, stream, cal, sharp_noise, qk_code_max)
+                          : quantize<128, false>(a, L, w, stream, cal, sharp_noise, qk_code_max);
     }
     return cudaErrorInvalidValue;
 }

@@ -120,6 +120,7 @@ typedef struct qcase {
     int wide; /* bf16 only. 1: |x| spread over 2^-40..2^40 (the means' exact-sum check fails, the CPU's order is redone);
                * 2: |x| ~ 2^100..2^120 (the float sum of |x| overflows, the double sums do not) */
     int sharp; /* Q and K of kv head 0 times 3: its units are sharp (sigma ~ 9 x N(0,1)'s 0.009), the others not */
+    int int4;  /* precision INT4: Q and K codes in [-7, 7] (the CPU's qk_code_max 7), no sharp units */
 } qcase;
 
 static int bits_differ(float x, float y) { return memcmp(&x, &y, 4) != 0; }
@@ -129,7 +130,9 @@ static int bits_differ(float x, float y) { return memcmp(&x, &y, 4) != 0; }
  * K's mean in the codes' domain and V's mean (the CPU's double sums), and V's
  * codes and per-(channel, 128-key tile) scales recomputed here from the CPU's V mean with the CPU's rule
  * (y = v - mean, inv = 127 / max|y|, clamp(rne(y * inv))). All bit for bit; padding rows zero.
- * wgmma: the context stores the wgmma kernel's swizzled, tile-major images (D 128 on compute capability 9.0). */
+ * wgmma: the context stores the wgmma kernel's swizzled, tile-major images (D 128 on compute capability 9.0).
+ * c->int4: precision INT4, the same pass with Q and K codes in [-7, 7]: against the CPU's codes of code max 7,
+ * and no sharp-unit flags (the GPU's stay unwritten, the CPU's INT4 has none). */
 static int check_i8_quant(qattn_ctx *gpu, int wgmma, qattn_ctx *cpu, const qcase *c, cudaStream_t stream) {
     const int D = c->d, HKS = c->hk + c->kv_pad, bf = c->dtype == QATTN_DTYPE_BF16;
     wgmma = wgmma && D == 128;
@@ -147,7 +150,7 @@ static int check_i8_quant(qattn_ctx *gpu, int wgmma, qattn_ctx *cpu, const qcase
     qattn_params p;
     qattn_params_init(&p);
     p.batch = c->b, p.seqlen_q = c->lq, p.seqlen_k = c->lk, p.n_heads = c->h, p.n_kv_heads = c->hk, p.head_dim = D;
-    p.qkv_dtype = c->dtype, p.o_dtype = QATTN_DTYPE_F32, p.precision = QATTN_PRECISION_INT8;
+    p.qkv_dtype = c->dtype, p.o_dtype = QATTN_DTYPE_F32, p.precision = c->int4 ? QATTN_PRECISION_INT4 : QATTN_PRECISION_INT8;
     qattn_params_set_contiguous(&p);
     p.k_seq_stride = p.v_seq_stride = (int64_t)HKS * D;
     p.k_batch_stride = p.v_batch_stride = (int64_t)c->lk * HKS * D;
@@ -200,7 +203,8 @@ static int check_i8_quant(qattn_ctx *gpu, int wgmma, qattn_ctx *cpu, const qcase
     float *csigma = malloc(units * sizeof(float));
     int8_t *qres = malloc(nq), *kres = malloc((size_t)c->b * c->lk * c->hk * D);
     const qattn_qk_refine rf = {QATTN_QK_REFINE_NOISE, qattn_effective_scale(&hp), qres, kres, csharp, csigma};
-    if ((s = qattn_quantize_qk_smoothed(cpu, &hp, QATTN_QK_SMOOTH_MAX_EXP, 0, 1, 127, NULL, &tq, &tk, NULL, &rf)) != QATTN_OK ||
+    if ((s = qattn_quantize_qk_smoothed(cpu, &hp, QATTN_QK_SMOOTH_MAX_EXP, 0, 1, c->int4 ? 7 : 127, NULL, &tq, &tk, NULL, c->int4 ? NULL : &rf)) !=
+            QATTN_OK ||
         (s = qattn_quantize_int8(cpu, &hp, QATTN_TENSOR_V, &tv)) != QATTN_OK)
         return printf("FAIL quant: CPU quantize: %s: %s\n", qattn_status_str(s), qattn_ctx_last_error(cpu)), 1;
 
@@ -214,6 +218,7 @@ static int check_i8_quant(qattn_ctx *gpu, int wgmma, qattn_ctx *cpu, const qcase
                 for (int x = 0; x < D; x++) {
                     const int pos = wgmma ? ((((x >> 4) ^ (t & 7)) << 4) | (x & 15)) : x;
                     bad_q += gqi[r * D + pos] != (in ? cq[(((int64_t)b * c->lq + t) * c->h + h) * D + x] : 0);
+                    bad_q += c->int4 && abs(gqi[r * D + pos]) > 7;
                 }
             }
     for (int b = 0; b < c->b; b++)
@@ -227,6 +232,7 @@ static int check_i8_quant(qattn_ctx *gpu, int wgmma, qattn_ctx *cpu, const qcase
                 for (int x = 0; x < D; x++) {
                     const int pos = wgmma ? ((((x >> 4) ^ (t & 7)) << 4) | (x & 15)) : x;
                     bad_k += gki[r * D + pos] != (in ? ck[(((int64_t)b * c->lk + t) * c->hk + h) * D + x] : 0);
+                    bad_k += c->int4 && abs(gki[r * D + pos]) > 7;
                 }
             }
             for (int tile = 0; tile < NT; tile++) /* V: per (channel, tile) scale, keys permuted in groups of 16 */
@@ -259,7 +265,7 @@ static int check_i8_quant(qattn_ctx *gpu, int wgmma, qattn_ctx *cpu, const qcase
      * the others not (the case is built so), so a flag that never or always fires fails too. */
     size_t bad_u = 0;
     int n_sharp = 0;
-    for (int u = 0; u < units; u++) {
+    for (int u = 0; u < units && !c->int4; u++) {
         const float x = gsigma[u], y = csigma[u];
         bad_u += isfinite(y) ? !(fabsf(x - y) <= 1e-6f * y) : isfinite(x);
         bad_u += gsharp[u] != (csharp[u] ? 1 : 0);
@@ -298,9 +304,9 @@ static int check_i8_quant(qattn_ctx *gpu, int wgmma, qattn_ctx *cpu, const qcase
         free(o64), free(l64), free(ho), free(hl);
     }
     const int fail = bad_q || bad_k || bad_v || bad_m || bad_u || bad_o;
-    printf("%s quant vs CPU b%d lq%d lk%d h%d hk%d d%d %s%s%s%s %s: Q codes/scales %zu differ, K %zu, V %zu, means %zu, sharp units (%d) %zu, "
+    printf("%s %squant vs CPU b%d lq%d lk%d h%d hk%d d%d %s%s%s%s %s: Q codes/scales %zu differ, K %zu, V %zu, means %zu, sharp units (%d) %zu, "
            "outputs %zu\n",
-           fail ? "FAIL" : "ok  ", c->b, c->lq, c->lk, c->h, c->hk, D, bf ? "bf16" : "f16", c->kv_pad ? " kv-strided" : "",
+           fail ? "FAIL" : "ok  ", c->int4 ? "int4 " : "", c->b, c->lq, c->lk, c->h, c->hk, D, bf ? "bf16" : "f16", c->kv_pad ? " kv-strided" : "",
            c->wide == 1 ? " wide-range" : c->wide == 2 ? " huge" : "", c->sharp ? " sharp" : "", wgmma ? "wgmma layout" : "mma layout",
            bad_q, bad_k, bad_v, bad_m, n_sharp, bad_u, bad_o);
     free(hq), free(hk), free(hv), free(hw), free(cq), free(ck), free(cv), free(csq), free(csk), free(ckm), free(cvm), free(cvs);
@@ -1066,12 +1072,16 @@ int main(int argc, char **argv) {
     for (int i = 0; i < n; i++) fails += run_case(gpu, gpu_alt, cpu, &cases[i], stream);
     if (bs) {
     } else if (int8) { /* the quantization pass, bitwise against the CPU, in both kernels' layouts */
-        const qcase qsmall[] = {{1, 203, 300, 2, 1, 128, F16, 0, 0}, {1, 17, 700, 2, 2, 64, BF, 0, 1}, {2, 130, 300, 4, 2, 128, F16, 0, 0, 1}};
+        const qcase qsmall[] = {{1, 203, 300, 2, 1, 128, F16, 0, 0}, {1, 17, 700, 2, 2, 64, BF, 0, 1}, {2, 130, 300, 4, 2, 128, F16, 0, 0, 1},
+                                {1, 203, 300, 2, 1, 128, F16, 0, 0, 0, 1}};
         const qcase qfull[] = {
             {2, 203, 1100, 4, 2, 128, F16, 0, 0}, {1, 17, 113, 2, 1, 64, BF, 0, 0},  {3, 130, 600, 6, 3, 128, BF, 1, 0},
             {1, 64, 700, 2, 2, 64, BF, 0, 1},     {1, 1, 2500, 4, 1, 128, BF, 0, 1}, {2, 300, 1, 2, 2, 128, F16, 0, 0},
             {1, 64, 700, 2, 1, 64, BF, 0, 2},     {2, 130, 300, 4, 2, 128, F16, 0, 0, 1}, {1, 200, 500, 6, 3, 64, BF, 0, 0, 1},
             {2, 1, 700, 4, 4, 128, BF, 1, 0, 1},
+            /* precision INT4: 4-bit Q/K codes, both layouts, strided K/V, one query, Lq > Lk */
+            {2, 203, 1100, 4, 2, 128, F16, 0, 0, 0, 1}, {1, 64, 700, 2, 2, 64, BF, 0, 1, 0, 1}, {3, 130, 600, 6, 3, 128, BF, 1, 0, 0, 1},
+            {2, 1, 700, 4, 4, 128, BF, 1, 0, 0, 1},     {2, 300, 1, 2, 2, 128, F16, 0, 0, 0, 1},
         };
         const qcase *qc = small ? qsmall : qfull;
         const int nqc = small ? (int)(sizeof qsmall / sizeof *qsmall) : (int)(sizeof qfull / sizeof *qfull);
