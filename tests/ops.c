@@ -88,10 +88,13 @@
  *   docs/ARCHITECTURE.md "Tolerances" with the dequantized cache as the baseline's input: the
  *   codes' own rounding is in the oracle, so only what the kernels add is bounded. A calibrated
  *   cache reads back in the original domain, so the same bounds hold for it.
- * - Against the oracle on the original FP32 values (the storage error): FP16 2e-3, BF16 1.5e-2,
- *   INT8 (per-token scales, K rotated) 4e-2: one rounding of each stored element, 2^-11 (FP16) and
- *   2^-8 (BF16) relative, and for INT8 half a step of 1/127 of each row's largest element, carried
- *   through the softmax.
+ * - The storage. FP16/BF16: each cached value read back is the original rounded to nearest, checked
+ *   element by element (op_dec_make: |stored - x| <= 2^-11 |x| (FP16), 2^-8 |x| (BF16)); the output
+ *   against the oracle on the original values is reported, not bounded (it follows from the two checks
+ *   by the triangle inequality; an output-level bound on it is a statistic of the draw: BF16 measured
+ *   up to 1.3e-2 over 24 seeds, then 1.6e-2 on another draw). INT8 (per-token scales, K rotated), whose
+ *   codes are not an element-wise rounding: against the oracle on the original values, 4e-2 (half a step
+ *   of 1/127 of each row's largest element, carried through the softmax).
  * Measured (the default seed, then the worst over QATTN_TEST_SEED 1..24): against the dequantized
  * cache FP16/BF16 1.4e-6 (2.0e-6), INT8 5.7e-5 (9.0e-5); against the original values FP16 1.3e-3
  * (1.6e-3), BF16 7.1e-3 (1.3e-2), INT8 1.5e-2 (3.6e-2 at D 40, whose Hadamard blocks of 8 channels
@@ -116,7 +119,7 @@ static const double int8_k[3] = {3.0, 4.0, 2.0}; /* qattn, intfa, sage */
 /* The decode's bounds (above), by cache dtype: against the dequantized cache, against the original
  * values; the CUDA decode's against the dequantized cache and its extra LSE error. */
 static double dec_rel_l2(int32_t t) { return t == QATTN_DTYPE_I8 ? 2e-4 : 2e-5; }
-static double dec_orig_rel_l2(int32_t t) { return t == QATTN_DTYPE_F16 ? 2e-3 : t == QATTN_DTYPE_BF16 ? 1.5e-2 : 4e-2; }
+static double dec_orig_rel_l2(int32_t t) { return t == QATTN_DTYPE_I8 ? 4e-2 : 0.0; } /* 0: storage checked per element */
 static double dec_cuda_rel_l2(int32_t t) { return t == QATTN_DTYPE_I8 ? 1e-3 : 1e-5; }
 #define DEC_CUDA_LSE_ABS 1e-3
 static const char *int8_scheme_name[3] = {"qattn", "intfa", "sage"};
@@ -128,7 +131,7 @@ typedef struct op_bound {
     bool cosine;       /* cosine >= 1 - rel_l2 too */
     double lse_rel, lse_abs; /* |lse - ref| <= lse_rel (1 + |ref|) + lse_abs; infinities exactly */
     double baseline;   /* for the report */
-    double orig_rel_l2; /* OP_KV_DECODE: relative L2 against the oracle on the original values, at most */
+    double orig_rel_l2; /* OP_KV_DECODE: relative L2 against the oracle on the original values, at most (0: not bounded) */
 } op_bound;
 
 static double output_rounding(int32_t o_dtype) {
@@ -863,7 +866,7 @@ static bool check_run(const op_state *st, const op_bound *b, float *out, const c
         good &= TH_CHECK(bad == 0, "[%s] %zu LSE entries off (worst %zu: %.9g vs oracle %.9g)", label, bad, worst, (double)st->lse[worst],
                          st->ref_lse[worst]);
     }
-    if (st->ref_orig) { /* the decode: the storage error, against the original values */
+    if (st->ref_orig && b->orig_rel_l2 > 0) { /* the INT8-cache decode: the storage error, against the original values */
         double e = th_compare(out, st->ref_orig, st->n_out).rel_l2;
         good &= TH_CHECK(e <= b->orig_rel_l2, "[%s] relative L2 against the original values %.3e above the bound %.3e", label, e, b->orig_rel_l2);
     }
@@ -951,7 +954,8 @@ void op_run_case(const op_case *oc, int index, const op_target *targets, int n_t
     }
     printf("  %s\n    worst rel L2 %.3e, bound %.3e", desc, worst, st.bound.rel_l2);
     if (st.bound.baseline > 0) printf(" (baseline %.3e)", st.bound.baseline);
-    if (st.ref_orig) printf("; against the original values %.3e, bound %.3e", worst_orig, st.bound.orig_rel_l2);
+    if (st.ref_orig && st.bound.orig_rel_l2 > 0) printf("; against the original values %.3e, bound %.3e", worst_orig, st.bound.orig_rel_l2);
+    else if (st.ref_orig) printf("; against the original values %.3e (storage checked per element)", worst_orig);
     printf("\n");
     bytes_free(&per_isa), bytes_free(&first_cpu);
     free(out);

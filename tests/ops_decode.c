@@ -158,6 +158,16 @@ void op_dec_make(op_dec_problem *pr, const op_case *oc, uint64_t seed) {
         qattn_status s = qattn_kv_cache_read(ctx, c, pr->ids[b], 0, d->lens[b], pr->kd + (size_t)pr->cu_k[b] * row, pr->vd + (size_t)pr->cu_k[b] * row);
         TH_CHECK(s == QATTN_OK, "kv_cache_read: %s", qattn_ctx_last_error(ctx));
     }
+    if (c && (d->cache_dtype == QATTN_DTYPE_F16 || d->cache_dtype == QATTN_DTYPE_BF16)) {
+        /* FP16/BF16 storage is one rounding to nearest of each value: |stored - x| <= u |x| with u = 2^-11
+         * (FP16) or 2^-8 (BF16), plus half of FP16's subnormal spacing (2^-25) for the few |x| below its
+         * normal range */
+        const double u = d->cache_dtype == QATTN_DTYPE_F16 ? 0x1p-11 : 0x1p-8, sub = d->cache_dtype == QATTN_DTYPE_F16 ? 0x1p-25 : 0.0;
+        size_t bad = 0;
+        for (size_t i = 0; i < kv_e; i++)
+            bad += !(fabs((double)pr->kd[i] - pr->k[i]) <= u * fabs(pr->k[i]) + sub) + !(fabs((double)pr->vd[i] - pr->v[i]) <= u * fabs(pr->v[i]) + sub);
+        TH_CHECK(bad == 0, "%zu cached K/V values are not the original values rounded to nearest (%s)", bad, cache_name(d->cache_dtype));
+    }
     qattn_kv_cache_destroy(ctx, c);
     qattn_ctx_destroy(ctx);
 }
