@@ -55,6 +55,79 @@ __device__ __forceinline__ void key_range(int i, int lq, int L, int causal, int 
     hi = b;
 }
 
+/* Row R of kv head g's rows (GQA heads fastest, then new tokens): its query i and head hh, and the keys
+ * [lo, hi) it sees in a sequence of L keys. */
+__device__ __forceinline__ void kvd_row(const qattn_kvd_args &a, int R, int g, int L, int &i, int &hh, int &lo, int &hi) {
+    i = R / a.group, hh = g * a.group + R % a.group;
+    key_range(i, a.lq, L, a.causal, a.wl, lo, hi);
+}
+
+/* The cache block of token t of a sequence whose page-table row is tab, and t's offset in it. */
+__device__ __forceinline__ const uint8_t *kvd_token_block(const qattn_kvd_args &a, const int32_t *tab, int t, int &off) {
+    const int lb = a.bs_shift >= 0 ? t >> a.bs_shift : t / a.bs;
+    off = t - lb * a.bs;
+    return a.arena + (int64_t)__ldg(tab + lb) * a.block_bytes;
+}
+
+/* A query row's int16 codes as the CPU decode's qattn_kv_quantize_q16: max |code| 32767, one scale per
+ * row, NaN for a row with a non-finite value. The row lies on G consecutive lanes (a shuffle group), N
+ * values each (qf); returns the scale, inv its inverse (0 for an all-zero row). */
+template <int G, int N> __device__ __forceinline__ float kvd_q16_scale(const float *qf, float &inv) {
+    float am = 0.0f;
+#pragma unroll
+    for (int c = 0; c < N; c++) {
+        const float x = fabsf(qf[c]);
+        am = !(x <= 3.4e38f) ? INFINITY : fmaxf(am, x);
+    }
+#pragma unroll
+    for (int o = 1; o < G; o <<= 1) am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, o));
+    inv = 0.0f;
+    if (am == INFINITY) return NAN;
+    if (am > 0.0f) {
+        inv = 32767.0f / am;
+        return am / 32767.0f;
+    }
+    return 0.0f;
+}
+
+/* Four values' int16 codes rne(x inv) as a signed high-byte word h4 and an unsigned low-byte word l4
+ * (code = hi * 256 + lo: the two int8 products of the exact integer dot product). */
+__device__ __forceinline__ void kvd_q16_pack4(const float *x, float inv, uint32_t &h4, uint32_t &l4) {
+    h4 = l4 = 0;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        float t = rintf(__fmul_rn(x[j], inv));
+        t = fminf(fmaxf(t, -32767.0f), 32767.0f);
+        const int v = (int)t;
+        h4 |= (uint32_t)((v >> 8) & 0xFF) << (8 * j);
+        l4 |= (uint32_t)(v & 0xFF) << (8 * j);
+    }
+}
+
+/* A warp's ring of ST cp.async stages over its tiles w, w + NW, .. of ntile: issue(j, stage) starts tile
+ * j's copies into a stage (one commit group per tile, empty groups past the end, so that the wait count
+ * stays ST - 1), compute(n, stage) runs once tile w + n NW has arrived; the stage is refilled only
+ * after it. Loop bounds are warp-uniform. */
+template <int ST, int NW, class Issue, class Compute>
+__device__ __forceinline__ void kvd_warp_ring(int w, int ntile, Issue &&issue, Compute &&compute) {
+#pragma unroll
+    for (int s = 0; s < ST - 1; s++) {
+        if (w + s * NW < ntile) issue(w + s * NW, s);
+        qattn_cp_async_commit();
+    }
+    for (int n = 0; w + n * NW < ntile; n++) {
+        const int jn = w + (n + ST - 1) * NW;
+        if (jn < ntile) issue(jn, (n + ST - 1) % ST);
+        qattn_cp_async_commit();
+        qattn_cp_async_wait<ST - 1>();
+        __syncwarp();
+        compute(n, n % ST);
+        __syncwarp(); /* the stage is refilled at the next iteration */
+    }
+    qattn_cp_async_wait<0>();
+    __syncwarp();
+}
+
 /* The end of both split kernels' block: the NW warps' states for the chunk's NROWS rows (each warp's area at
  * smem + k * WARP: the row maxima [NROWS], the row sums [NROWS], the accumulators [NROWS][D]; written
  * before a barrier) merged into the split's partial rows of a.part (max, sum, D values), rows past a.rows
@@ -227,6 +300,220 @@ __device__ __forceinline__ int kvd_dp4a_us(uint32_t a, uint32_t b, int c) {
     return d;
 }
 
+/* kvd_split2's query rows rc * M + r of kv head g: each row's key range (empty past a.rows), [kb, ke) widened
+ * to cover the visible ones, and this lane's C channels li * C .. of the row times qscale (0 past a.rows):
+ * as int16 codes qh / ql with a scale qsc (INT8), or as q with qsc 1. */
+template <int D, int C, int LPT, int M, bool I8>
+__device__ __forceinline__ void split2_rows(const qattn_kvd_args &a, int rc, int g, int b, int L, int li, int (&lo)[M], int (&hi)[M], int &kb, int &ke,
+                                            float (&q)[M][I8 ? 1 : C], uint32_t (&qh)[M][I8 ? 4 : 1], uint32_t (&ql)[M][I8 ? 4 : 1], float (&qsc)[M]) {
+#pragma unroll
+    for (int r = 0; r < M; r++) {
+        const int R = rc * M + r;
+        lo[r] = hi[r] = 0;
+        float qf[C];
+        if (R < a.rows) {
+            int i, hh;
+            kvd_row(a, R, g, L, i, hh, lo[r], hi[r]);
+            if (lo[r] < hi[r]) {
+                kb = min(kb, lo[r]);
+                ke = max(ke, hi[r]);
+            }
+            const int64_t qb = (((int64_t)b * a.lq + i) * a.h + hh) * D + li * C;
+#pragma unroll
+            for (int c = 0; c < C; c++) qf[c] = ld_any(a.q, a.q_dtype, qb + c) * a.qscale;
+        } else {
+#pragma unroll
+            for (int c = 0; c < C; c++) qf[c] = 0.0f;
+        }
+        if constexpr (I8) {
+            float inv;
+            qsc[r] = kvd_q16_scale<LPT, C>(qf, inv);
+#pragma unroll
+            for (int k = 0; k < 4; k++) kvd_q16_pack4(qf + 4 * k, inv, qh[r][k], ql[r][k]);
+        } else {
+#pragma unroll
+            for (int c = 0; c < C; c++) q[r][c] = qf[c];
+            qsc[r] = 1.0f;
+        }
+    }
+}
+
+/* Starts the copies of tokens [tb, tb + T2) of kv head g into a stage at sK (K rows, then V rows, then at
+ * INT8 the K and V scales); tokens at or past ke are zero-filled. */
+template <int ROW, int LPT, int NCH, bool I8>
+__device__ __forceinline__ void split2_issue(const qattn_kvd_args &a, const int32_t *tab, int g, int tb, int ke, uint32_t sK, int lane) {
+    const uint32_t sV = sK + T2 * ROW, sS = sV + T2 * ROW;
+#pragma unroll
+    for (int i = 0; i < NCH; i++) {
+        const int cidx = lane + 32 * i, tt = cidx / LPT, pc = cidx % LPT, t = tb + tt;
+        const uint8_t *srcK = a.arena, *srcV = a.arena;
+        int n = 0;
+        if (t < ke) {
+            int off;
+            const uint8_t *blk = kvd_token_block(a, tab, t, off);
+            const int64_t co = (int64_t)g * a.head_bytes + (int64_t)off * ROW + pc * 16;
+            srcK = blk + co;
+            srcV = blk + a.v_off + co;
+            n = 16;
+        }
+        qattn_cp_async16(sK + tt * ROW + pc * 16, srcK, n);
+        qattn_cp_async16(sV + tt * ROW + pc * 16, srcV, n);
+    }
+    if constexpr (I8) {
+        const int t = tb + lane % T2;
+        const uint8_t *src = a.arena;
+        int n = 0;
+        if (t < ke) {
+            int off;
+            src = kvd_token_block(a, tab, t, off) + (lane < T2 ? a.ks_off : a.vs_off) + ((int64_t)g * a.bs + off) * 4;
+            n = 4;
+        }
+        kvd_cp4(sS + lane * 4, src, n);
+    }
+}
+
+/* The scores of the M rows for this lane's U tokens u * TPW + tg of the tile in stage stg, summed over the
+ * token's LPT lanes; at INT8 also the tokens' K and V scales (ksc, vsc). INT8: exact int32 dot products
+ * of the int16 codes (hi * 256 + lo), times the row's and the token's scales. */
+template <int DT, int ROW, int C, int LPT, int TPW, int U, int M>
+__device__ __forceinline__ void split2_scores(const uint8_t *stg, int li, int tg, const float (&q)[M][DT == 2 ? 1 : C], const uint32_t (&qh)[M][DT == 2 ? 4 : 1],
+                                              const uint32_t (&ql)[M][DT == 2 ? 4 : 1], const float (&qsc)[M], float (&s)[M][U], float (&ksc)[U], float (&vsc)[U]) {
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const int tt = u * TPW + tg;
+        const uint4 kr = *reinterpret_cast<const uint4 *>(stg + tt * ROW + li * 16);
+        if constexpr (DT == 2) {
+            ksc[u] = reinterpret_cast<const float *>(stg + 2 * T2 * ROW)[tt];
+            vsc[u] = reinterpret_cast<const float *>(stg + 2 * T2 * ROW)[T2 + tt];
+            const uint32_t kw[4] = {kr.x, kr.y, kr.z, kr.w};
+#pragma unroll
+            for (int r = 0; r < M; r++) {
+                int h = 0, lw = 0;
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    h = __dp4a((int)qh[r][k], (int)kw[k], h);
+                    lw = kvd_dp4a_us(ql[r][k], kw[k], lw);
+                }
+                int part = h * 256 + lw;
+#pragma unroll
+                for (int o = LPT / 2; o > 0; o >>= 1) part += __shfl_xor_sync(0xffffffffu, part, o);
+                s[r][u] = (float)part * qsc[r] * ksc[u];
+            }
+        } else {
+            ksc[u] = vsc[u] = 1.0f;
+            float kf[C];
+            codes_to_f32<DT>(kr, kf);
+#pragma unroll
+            for (int r = 0; r < M; r++) {
+                float d0 = 0.0f, d1 = 0.0f;
+#pragma unroll
+                for (int c = 0; c < C; c += 2) {
+                    d0 = fmaf(q[r][c], kf[c], d0);
+                    d1 = fmaf(q[r][c + 1], kf[c + 1], d1);
+                }
+                s[r][u] = d0 + d1;
+            }
+        }
+    }
+    if constexpr (DT != 2) {
+#pragma unroll
+        for (int o = LPT / 2; o > 0; o >>= 1)
+#pragma unroll
+            for (int r = 0; r < M; r++)
+#pragma unroll
+                for (int u = 0; u < U; u++) s[r][u] += __shfl_xor_sync(0xffffffffu, s[r][u], o);
+    }
+}
+
+/* The online softmax over one tile of tokens tb + u * TPW + tg: scores outside a row's [lo, hi) or at or
+ * past ke masked, the running max mx and sum l updated (l and acc rescaled when the max grows), p the
+ * tokens' weights, times the token's V scale at INT8. A row that has seen no key keeps p 0. */
+template <int C, int TPW, int U, int M, bool I8>
+__device__ __forceinline__ void split2_softmax(int tb, int tg, int ke, const int (&lo)[M], const int (&hi)[M], const float (&vsc)[U], float (&s)[M][U],
+                                               float (&mx)[M], float (&l)[M], float (&acc)[M][C], float (&p)[M][U]) {
+#pragma unroll
+    for (int r = 0; r < M; r++) {
+        float tmax = -INFINITY;
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int t = tb + u * TPW + tg;
+            const bool vis = t < ke && t >= lo[r] && t < hi[r];
+            s[r][u] = vis ? s[r][u] : -INFINITY;
+            tmax = fmaxf(tmax, s[r][u]);
+        }
+        const float nm = fmaxf(mx[r], tmax);
+        if (nm == -INFINITY) {
+#pragma unroll
+            for (int u = 0; u < U; u++) p[r][u] = 0.0f;
+            continue;
+        }
+        if (nm > mx[r]) {
+            const float alpha = qattn_ex2(mx[r] - nm);
+            l[r] *= alpha;
+#pragma unroll
+            for (int c = 0; c < C; c++) acc[r][c] *= alpha;
+            mx[r] = nm;
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            p[r][u] = qattn_ex2(s[r][u] - nm);
+            l[r] += p[r][u];
+            if (I8) p[r][u] *= vsc[u];
+        }
+    }
+}
+
+/* acc += p V over the tile in stage stg (this lane's U tokens and C channels). */
+template <int DT, int ROW, int C, int TPW, int U, int M>
+__device__ __forceinline__ void split2_accumulate_v(const uint8_t *stg, int li, int tg, const float (&p)[M][U], float (&acc)[M][C]) {
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const int tt = u * TPW + tg;
+        const uint4 vr = *reinterpret_cast<const uint4 *>(stg + T2 * ROW + tt * ROW + li * 16);
+        float vf[C];
+        codes_to_f32<DT>(vr, vf);
+#pragma unroll
+        for (int r = 0; r < M; r++)
+#pragma unroll
+            for (int c = 0; c < C; c++) acc[r][c] = fmaf(p[r][u], vf[c], acc[r][c]);
+    }
+}
+
+/* The warp's lane groups (lanes li + k LPT: the same channels, other tokens) merged into every lane, then
+ * the warp's state written to red (maxima [M], sums [M], accumulators [M][D]) by the first group. */
+template <int D, int C, int LPT, int M>
+__device__ __forceinline__ void split2_warp_state(float (&mx)[M], float (&l)[M], float (&acc)[M][C], int li, int tg, float *red) {
+#pragma unroll
+    for (int o = LPT; o < 32; o <<= 1) {
+#pragma unroll
+        for (int r = 0; r < M; r++) {
+            const float mo = __shfl_xor_sync(0xffffffffu, mx[r], o);
+            const float lo2 = __shfl_xor_sync(0xffffffffu, l[r], o);
+            const float nm = fmaxf(mx[r], mo);
+            const float a1 = nm == -INFINITY ? 0.0f : qattn_ex2(mx[r] - nm);
+            const float a2 = nm == -INFINITY ? 0.0f : qattn_ex2(mo - nm);
+            l[r] = l[r] * a1 + lo2 * a2;
+#pragma unroll
+            for (int c = 0; c < C; c++) {
+                const float ao = __shfl_xor_sync(0xffffffffu, acc[r][c], o);
+                acc[r][c] = acc[r][c] * a1 + ao * a2;
+            }
+            mx[r] = nm;
+        }
+    }
+    if (tg == 0) {
+#pragma unroll
+        for (int r = 0; r < M; r++) {
+            if (li == 0) {
+                red[r] = mx[r];
+                red[M + r] = l[r];
+            }
+#pragma unroll
+            for (int c = 0; c < C; c++) red[2 * M + r * D + li * C + c] = acc[r][c];
+        }
+    }
+}
+
 template <int D, int DT, int M> __global__ void __launch_bounds__(NW2 * 32, DT == 2 ? 3 : 2) kvd_split2(const __grid_constant__ qattn_kvd_args a) {
     using CF = kvd2_cfg<D, DT>;
     constexpr bool I8 = DT == 2;
@@ -251,62 +538,7 @@ template <int D, int DT, int M> __global__ void __launch_bounds__(NW2 * 32, DT =
     float q[M][I8 ? 1 : C];
     uint32_t qh[M][I8 ? 4 : 1], ql[M][I8 ? 4 : 1];
     float qsc[M];
-#pragma unroll
-    for (int r = 0; r < M; r++) {
-        int R = rc * M + r;
-        lo[r] = hi[r] = 0;
-        float qf[C];
-        bool valid = R < a.rows;
-        if (valid) {
-            int i = R / a.group, hh = g * a.group + R % a.group;
-            key_range(i, a.lq, L, a.causal, a.wl, lo[r], hi[r]);
-            if (lo[r] < hi[r]) {
-                kb = min(kb, lo[r]);
-                ke = max(ke, hi[r]);
-            }
-            int64_t qb = (((int64_t)b * a.lq + i) * a.h + hh) * D + li * C;
-#pragma unroll
-            for (int c = 0; c < C; c++) qf[c] = ld_any(a.q, a.q_dtype, qb + c) * a.qscale;
-        } else {
-#pragma unroll
-            for (int c = 0; c < C; c++) qf[c] = 0.0f;
-        }
-        if constexpr (I8) {
-            float am = 0.0f;
-#pragma unroll
-            for (int c = 0; c < C; c++) {
-                float x = fabsf(qf[c]);
-                am = !(x <= 3.4e38f) ? INFINITY : fmaxf(am, x);
-            }
-#pragma unroll
-            for (int o = LPT / 2; o > 0; o >>= 1) am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, o));
-            float inv = 0.0f;
-            qsc[r] = 0.0f;
-            if (am == INFINITY) qsc[r] = NAN;
-            else if (am > 0.0f) {
-                inv = 32767.0f / am;
-                qsc[r] = am / 32767.0f;
-            }
-#pragma unroll
-            for (int k = 0; k < 4; k++) {
-                uint32_t h4 = 0, l4 = 0;
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    float t = rintf(__fmul_rn(qf[4 * k + j], inv));
-                    t = fminf(fmaxf(t, -32767.0f), 32767.0f);
-                    int v = (int)t;
-                    h4 |= (uint32_t)((v >> 8) & 0xFF) << (8 * j);
-                    l4 |= (uint32_t)(v & 0xFF) << (8 * j);
-                }
-                qh[r][k] = h4;
-                ql[r][k] = l4;
-            }
-        } else {
-#pragma unroll
-            for (int c = 0; c < C; c++) q[r][c] = qf[c];
-            qsc[r] = 1.0f;
-        }
-    }
+    split2_rows<D, C, LPT, M, I8>(a, rc, g, b, L, li, lo, hi, kb, ke, q, qh, ql, qsc);
     const int c0 = split * a.split_tokens;
     kb = max(kb, c0);
     ke = min(ke, min(L, c0 + a.split_tokens));
@@ -323,181 +555,18 @@ template <int D, int DT, int M> __global__ void __launch_bounds__(NW2 * 32, DT =
     uint8_t *wbase = kvd_smem + w * CF::WARP;
     const uint32_t wsm = qattn_smem_u32(wbase);
     const int ntile = ke > kb ? (ke - kb + T2 - 1) / T2 : 0;
-
-    auto issue = [&](int j, int stage) {
-        const int tb = kb + j * T2;
-        const uint32_t sK = wsm + stage * CF::STAGE, sV = sK + T2 * ROW, sS = sV + T2 * ROW;
-#pragma unroll
-        for (int i = 0; i < NCH; i++) {
-            const int cidx = lane + 32 * i, tt = cidx / LPT, pc = cidx % LPT, t = tb + tt;
-            const uint8_t *srcK = a.arena, *srcV = a.arena;
-            int n = 0;
-            if (t < ke) {
-                int lb = a.bs_shift >= 0 ? t >> a.bs_shift : t / a.bs;
-                int off = t - lb * a.bs;
-                const uint8_t *blk = a.arena + (int64_t)__ldg(tab + lb) * a.block_bytes;
-                int64_t co = (int64_t)g * a.head_bytes + (int64_t)off * ROW + pc * 16;
-                srcK = blk + co;
-                srcV = blk + a.v_off + co;
-                n = 16;
-            }
-            qattn_cp_async16(sK + tt * ROW + pc * 16, srcK, n);
-            qattn_cp_async16(sV + tt * ROW + pc * 16, srcV, n);
-        }
-        if constexpr (I8) {
-            const int tt = lane % T2, t = tb + tt;
-            const uint8_t *src = a.arena;
-            int n = 0;
-            if (t < ke) {
-                int lb = a.bs_shift >= 0 ? t >> a.bs_shift : t / a.bs;
-                int off = t - lb * a.bs;
-                src = a.arena + (int64_t)__ldg(tab + lb) * a.block_bytes + (lane < T2 ? a.ks_off : a.vs_off) + ((int64_t)g * a.bs + off) * 4;
-                n = 4;
-            }
-            kvd_cp4(sS + lane * 4, src, n);
-        }
-    };
-
-#pragma unroll
-    for (int s = 0; s < ST2 - 1; s++) {
-        if (w + s * NW2 < ntile) issue(w + s * NW2, s);
-        qattn_cp_async_commit();
-    }
-    for (int n = 0; w + n * NW2 < ntile; n++) { /* warp-uniform */
-        {
-            const int jn = w + (n + ST2 - 1) * NW2;
-            if (jn < ntile) issue(jn, (n + ST2 - 1) % ST2);
-            qattn_cp_async_commit();
-        }
-        qattn_cp_async_wait<ST2 - 1>();
-        __syncwarp();
-        const uint8_t *stg = wbase + (n % ST2) * CF::STAGE;
-        const int tb = kb + (w + n * NW2) * T2;
-        float s[M][U];
-        float ksc[U], vsc[U];
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int tt = u * TPW + tg;
-            const uint4 kr = *reinterpret_cast<const uint4 *>(stg + tt * ROW + li * 16);
-            if constexpr (I8) {
-                ksc[u] = reinterpret_cast<const float *>(stg + 2 * T2 * ROW)[tt];
-                vsc[u] = reinterpret_cast<const float *>(stg + 2 * T2 * ROW)[T2 + tt];
-                const uint32_t kw[4] = {kr.x, kr.y, kr.z, kr.w};
-#pragma unroll
-                for (int r = 0; r < M; r++) {
-                    int h = 0, lw = 0;
-#pragma unroll
-                    for (int k = 0; k < 4; k++) {
-                        h = __dp4a((int)qh[r][k], (int)kw[k], h);
-                        lw = kvd_dp4a_us(ql[r][k], kw[k], lw);
-                    }
-                    int part = h * 256 + lw;
-#pragma unroll
-                    for (int o = LPT / 2; o > 0; o >>= 1) part += __shfl_xor_sync(0xffffffffu, part, o);
-                    s[r][u] = (float)part * qsc[r] * ksc[u];
-                }
-            } else {
-                ksc[u] = vsc[u] = 1.0f;
-                float kf[C];
-                codes_to_f32<DT>(kr, kf);
-#pragma unroll
-                for (int r = 0; r < M; r++) {
-                    float d0 = 0.0f, d1 = 0.0f;
-#pragma unroll
-                    for (int c = 0; c < C; c += 2) {
-                        d0 = fmaf(q[r][c], kf[c], d0);
-                        d1 = fmaf(q[r][c + 1], kf[c + 1], d1);
-                    }
-                    s[r][u] = d0 + d1;
-                }
-            }
-        }
-        if constexpr (!I8) {
-#pragma unroll
-            for (int o = LPT / 2; o > 0; o >>= 1)
-#pragma unroll
-                for (int r = 0; r < M; r++)
-#pragma unroll
-                    for (int u = 0; u < U; u++) s[r][u] += __shfl_xor_sync(0xffffffffu, s[r][u], o);
-        }
-        float p[M][U];
-#pragma unroll
-        for (int r = 0; r < M; r++) {
-            float tmax = -INFINITY;
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                const int t = tb + u * TPW + tg;
-                bool vis = t < ke && t >= lo[r] && t < hi[r];
-                s[r][u] = vis ? s[r][u] : -INFINITY;
-                tmax = fmaxf(tmax, s[r][u]);
-            }
-            float nm = fmaxf(mx[r], tmax);
-            if (nm == -INFINITY) {
-#pragma unroll
-                for (int u = 0; u < U; u++) p[r][u] = 0.0f;
-                continue;
-            }
-            if (nm > mx[r]) {
-                float alpha = qattn_ex2(mx[r] - nm);
-                l[r] *= alpha;
-#pragma unroll
-                for (int c = 0; c < C; c++) acc[r][c] *= alpha;
-                mx[r] = nm;
-            }
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                p[r][u] = qattn_ex2(s[r][u] - nm);
-                l[r] += p[r][u];
-                if (I8) p[r][u] *= vsc[u];
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int tt = u * TPW + tg;
-            const uint4 vr = *reinterpret_cast<const uint4 *>(stg + T2 * ROW + tt * ROW + li * 16);
-            float vf[C];
-            codes_to_f32<DT>(vr, vf);
-#pragma unroll
-            for (int r = 0; r < M; r++)
-#pragma unroll
-                for (int c = 0; c < C; c++) acc[r][c] = fmaf(p[r][u], vf[c], acc[r][c]);
-        }
-        __syncwarp(); /* the stage is refilled at the next iteration */
-    }
-    qattn_cp_async_wait<0>();
-    __syncwarp();
-    /* merge the token groups of the warp (lanes li + k*LPT), then the warps */
-#pragma unroll
-    for (int o = LPT; o < 32; o <<= 1) {
-#pragma unroll
-        for (int r = 0; r < M; r++) {
-            float mo = __shfl_xor_sync(0xffffffffu, mx[r], o);
-            float lo2 = __shfl_xor_sync(0xffffffffu, l[r], o);
-            float nm = fmaxf(mx[r], mo);
-            float a1 = nm == -INFINITY ? 0.0f : qattn_ex2(mx[r] - nm);
-            float a2 = nm == -INFINITY ? 0.0f : qattn_ex2(mo - nm);
-            l[r] = l[r] * a1 + lo2 * a2;
-#pragma unroll
-            for (int c = 0; c < C; c++) {
-                float ao = __shfl_xor_sync(0xffffffffu, acc[r][c], o);
-                acc[r][c] = acc[r][c] * a1 + ao * a2;
-            }
-            mx[r] = nm;
-        }
-    }
+    kvd_warp_ring<ST2, NW2>(
+        w, ntile, [&](int j, int stage) { split2_issue<ROW, LPT, NCH, I8>(a, tab, g, kb + j * T2, ke, wsm + stage * CF::STAGE, lane); },
+        [&](int n, int stage) {
+            const uint8_t *stg = wbase + stage * CF::STAGE;
+            const int tb = kb + (w + n * NW2) * T2;
+            float s[M][U], ksc[U], vsc[U], p[M][U];
+            split2_scores<DT, ROW, C, LPT, TPW, U, M>(stg, li, tg, q, qh, ql, qsc, s, ksc, vsc);
+            split2_softmax<C, TPW, U, M, I8>(tb, tg, ke, lo, hi, vsc, s, mx, l, acc, p);
+            split2_accumulate_v<DT, ROW, C, TPW, U, M>(stg, li, tg, p, acc);
+        });
     /* reduction area: the start of each warp's own ring (its copies are complete) */
-    float *red = reinterpret_cast<float *>(wbase);
-    if (tg == 0) {
-#pragma unroll
-        for (int r = 0; r < M; r++) {
-            if (li == 0) {
-                red[r] = mx[r];
-                red[M + r] = l[r];
-            }
-#pragma unroll
-            for (int c = 0; c < C; c++) red[2 * M + r * D + li * C + c] = acc[r][c];
-        }
-    }
+    split2_warp_state<D, C, LPT, M>(mx, l, acc, li, tg, reinterpret_cast<float *>(wbase));
     __syncthreads();
     kvd_merge_warps<D, M, NW2, CF::WARP>(a, rc, g, bl, split, kvd_smem);
     kvd_finish<D, M, NW2>(a, rc, g, bl);
@@ -562,27 +631,15 @@ __device__ __forceinline__ uint32_t kvdm_h2(float lo, float hi) {
     return *reinterpret_cast<uint32_t *>(&h);
 }
 
-template <int D, int R8> __global__ void __launch_bounds__(NWM * 32, R8 == 1 && STM <= 3 ? 4 : 3) kvd_mma(const __grid_constant__ qattn_kvd_args a) {
-    using CF = kvdm_cfg<D>;
-    constexpr int ROW = CF::ROW, CPR = CF::CPR, KC = D / 32, NR = 8 * R8;
-    constexpr int TPP = 32 / CPR, NP = TM / TPP; /* tokens per copy pass, passes per tile */
-    static_assert(CPR == 4 || CPR == 8, "D 64 or 128");
-    static_assert((2 * NR + NR * D) * 4 <= CF::WARP, "reduction area");
-    extern __shared__ __align__(16) uint8_t kvd_smem[];
-
-    const int rc = blockIdx.x % a.n_rc, split = blockIdx.x / a.n_rc, kh = blockIdx.y, bl = blockIdx.z;
-    const int id = a.seq_id[bl], L = a.seq_len[bl], b = a.b0 + bl;
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g8 = lane >> 2, t4 = lane & 3;
-    /* a split that starts past this sequence's end is empty (c1 == c0): no tile is read */
-    const int c0 = split * a.split_tokens, c1 = max(c0, min(L, c0 + a.split_tokens));
-
-    /* Rows ri * 8 + g8 of the chunk: key ranges clipped to the split, q as int16 codes in
-     * m16n8k32 A fragments (this thread: channels kc*32 + {0,16} + 4*t4 + 0..3). */
-    int vlo[R8], vhi[R8];
-    bool valid[R8];
-    float qsc[R8];
-    uint32_t qah[KC][4], qal[KC][4];
-    int kb = c1, ke = c0;
+/* kvd_mma's rows ri * 8 + g8 of the chunk (rows rc * NR + ..): their key ranges clipped to the split [c0, c1)
+ * (vlo, vhi; empty past a.rows, valid false), [kb, ke) widened to cover the visible ones, and q as int16 codes
+ * in m16n8k32 A fragments (qah / qal: this thread's channels kc * 32 + {0, 16} + 4 t4 + 0..3) with a scale
+ * per row (qsc). R8 1: the fragments' second-row halves are 0. */
+template <int D, int R8>
+__device__ __forceinline__ void mma_rows(const qattn_kvd_args &a, int rc, int kh, int b, int L, int c0, int c1, int g8, int t4, int (&vlo)[R8],
+                                         int (&vhi)[R8], bool (&valid)[R8], float (&qsc)[R8], uint32_t (&qah)[D / 32][4], uint32_t (&qal)[D / 32][4],
+                                         int &kb, int &ke) {
+    constexpr int KC = D / 32, NR = 8 * R8;
 #pragma unroll
     for (int ri = 0; ri < R8; ri++) {
         const int R = rc * NR + ri * 8 + g8;
@@ -590,8 +647,8 @@ template <int D, int R8> __global__ void __launch_bounds__(NWM * 32, R8 == 1 && 
         int lo = 0, hi = 0;
         float qf[KC][2][4];
         if (valid[ri]) {
-            const int i = R / a.group, hh = kh * a.group + R % a.group;
-            key_range(i, a.lq, L, a.causal, a.wl, lo, hi);
+            int i, hh;
+            kvd_row(a, R, kh, L, i, hh, lo, hi);
             lo = max(lo, c0);
             hi = min(hi, c1);
             if (lo < hi) {
@@ -615,55 +672,29 @@ template <int D, int R8> __global__ void __launch_bounds__(NWM * 32, R8 == 1 && 
         }
         vlo[ri] = lo;
         vhi[ri] = hi;
-        /* as qattn_kv_quantize_q16: max |q16| 32767, scale per row, NaN scale for a non-finite row */
-        float am = 0.0f;
+        float inv;
+        qsc[ri] = kvd_q16_scale<4, KC * 8>(&qf[0][0][0], inv); /* a row lies on a quad */
 #pragma unroll
         for (int kc = 0; kc < KC; kc++)
 #pragma unroll
-            for (int hf = 0; hf < 2; hf++)
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    float x = fabsf(qf[kc][hf][j]);
-                    am = !(x <= 3.4e38f) ? INFINITY : fmaxf(am, x);
-                }
-        am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, 1));
-        am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, 2));
-        float inv = 0.0f;
-        qsc[ri] = 0.0f;
-        if (am == INFINITY) qsc[ri] = NAN;
-        else if (am > 0.0f) {
-            inv = 32767.0f / am;
-            qsc[ri] = am / 32767.0f;
-        }
-#pragma unroll
-        for (int kc = 0; kc < KC; kc++)
-#pragma unroll
-            for (int hf = 0; hf < 2; hf++) {
-                uint32_t h4 = 0, l4 = 0;
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    float t = rintf(__fmul_rn(qf[kc][hf][j], inv));
-                    t = fminf(fmaxf(t, -32767.0f), 32767.0f);
-                    int v = (int)t;
-                    h4 |= (uint32_t)((v >> 8) & 0xFF) << (8 * j);
-                    l4 |= (uint32_t)(v & 0xFF) << (8 * j);
-                }
-                qah[kc][2 * hf + ri] = h4; /* a0 / a2: row g8; a1 / a3: row g8 + 8 */
-                qal[kc][2 * hf + ri] = l4;
-            }
+            for (int hf = 0; hf < 2; hf++) kvd_q16_pack4(qf[kc][hf], inv, qah[kc][2 * hf + ri], qal[kc][2 * hf + ri]); /* a0 / a2: row g8; a1 / a3: row g8 + 8 */
     }
     if (R8 == 1)
 #pragma unroll
         for (int kc = 0; kc < KC; kc++) qah[kc][1] = qah[kc][3] = qal[kc][1] = qal[kc][3] = 0u;
-    /* the tokens any row of the chunk sees in this split */
+}
+
+/* The warp's tokens: [kb, ke) widened to what any row of the chunk sees in the split; rows past a.rows then
+ * see all of it (their q is 0, their output dropped); [wlo, whi), the tokens every row sees, whose tiles need
+ * no mask. */
+template <int R8>
+__device__ __forceinline__ void mma_chunk_range(const bool (&valid)[R8], int (&vlo)[R8], int (&vhi)[R8], int &kb, int &ke, int &wlo, int &whi) {
 #pragma unroll
     for (int o = 4; o < 32; o <<= 1) {
         kb = min(kb, __shfl_xor_sync(0xffffffffu, kb, o));
         ke = max(ke, __shfl_xor_sync(0xffffffffu, ke, o));
     }
-    /* invalid rows see everything (their q is 0, their output is dropped); tiles inside every
-     * row's range [wlo, whi) need no mask */
-    int wlo = kb, whi = ke;
+    wlo = kb, whi = ke;
 #pragma unroll
     for (int ri = 0; ri < R8; ri++) {
         if (!valid[ri]) {
@@ -678,6 +709,212 @@ template <int D, int R8> __global__ void __launch_bounds__(NWM * 32, R8 == 1 && 
         wlo = max(wlo, __shfl_xor_sync(0xffffffffu, wlo, o));
         whi = min(whi, __shfl_xor_sync(0xffffffffu, whi, o));
     }
+}
+
+/* Starts the copies of the tile of tokens [tb, tb + TM) of kv head kh into a stage at sK (K rows, V rows,
+ * then the K and V scales): whole 16-token pieces of one block when blk16 (the cache's block size a
+ * multiple of 16), else per token with tokens outside [kb, ke) zero-filled. Lane: chunk cpc of tokens
+ * ctr + i TPP, written at dsto[i]. */
+template <int D>
+__device__ __forceinline__ void mma_issue(const qattn_kvd_args &a, const int32_t *tab, int kh, int tb, int kb, int ke, bool blk16, uint32_t sK, int lane,
+                                          int cpc, int ctr, const uint32_t (&dsto)[TM / (32 / (D / 16))]) {
+    constexpr int ROW = D, TPP = 32 / (D / 16), NP = TM / TPP;
+    const uint32_t sV = sK + TM * ROW, sS = sV + TM * ROW;
+    if (blk16) { /* warp-uniform: the whole tile lies in one block, every address is valid */
+        int off0;
+        const uint8_t *blk = kvd_token_block(a, tab, tb, off0);
+        const uint8_t *pk = blk + (int64_t)kh * a.head_bytes + (int64_t)(off0 + ctr) * ROW + cpc * 16;
+#pragma unroll
+        for (int i = 0; i < NP; i++) {
+            qattn_cp_async16(sK + dsto[i], pk + i * TPP * ROW, 16);
+            qattn_cp_async16(sV + dsto[i], pk + a.v_off + i * TPP * ROW, 16);
+        }
+        if (lane < 8) qattn_cp_async16(sS + lane * 16, blk + (lane < 4 ? a.ks_off : a.vs_off) + ((int64_t)kh * a.bs + off0 + 4 * (lane & 3)) * 4, 16);
+        return;
+    }
+#pragma unroll
+    for (int i = 0; i < NP; i++) {
+        const int t = tb + ctr + i * TPP;
+        const uint8_t *srcK = a.arena, *srcV = a.arena;
+        int n = 0;
+        if (t >= kb && t < ke) {
+            int off;
+            srcK = kvd_token_block(a, tab, t, off) + (int64_t)kh * a.head_bytes + (int64_t)off * ROW + cpc * 16;
+            srcV = srcK + a.v_off;
+            n = 16;
+        }
+        qattn_cp_async16(sK + dsto[i], srcK, n);
+        qattn_cp_async16(sV + dsto[i], srcV, n);
+    }
+    const int t = tb + (lane & 15);
+    const uint8_t *src = a.arena;
+    int n = 0;
+    if (t >= kb && t < ke) {
+        int off;
+        src = kvd_token_block(a, tab, t, off) + (lane < 16 ? a.ks_off : a.vs_off) + ((int64_t)kh * a.bs + off) * 4;
+        n = 4;
+    }
+    kvd_cp4(sS + lane * 4, src, n);
+}
+
+/* S of the tile at sK for the R8 row groups (C fragments: [nt] tokens nt * 8 .. + 7; e: token 2 t4 + e of
+ * row g8): the int16 codes' exact products (s8 high byte, u8 low byte) scaled as the CPU decode, ((float)s
+ * qsc_row) ksc_token; tokens outside a row's [vlo, vhi) masked unless the tile is full. */
+template <int D, int R8>
+__device__ __forceinline__ void mma_scores(uint32_t sK, const uint32_t (&koff)[D / 32], const uint32_t (&qah)[D / 32][4], const uint32_t (&qal)[D / 32][4],
+                                           const float (&qsc)[R8], const float (&ksc)[2][2], int tb, int t4, bool full, const int (&vlo)[R8],
+                                           const int (&vhi)[R8], float (&s)[R8][2][2]) {
+    int sh[2][4] = {}, sl[2][4] = {};
+#pragma unroll
+    for (int kc = 0; kc < D / 32; kc++) {
+        uint32_t kr[4];
+        qattn_ldsm_x4(kr, sK + koff[kc]);
+        qattn_mma_s8s8(sh[0], qah[kc], kr[0], kr[1]);
+        qattn_mma_s8s8(sh[1], qah[kc], kr[2], kr[3]);
+        qattn_mma_u8s8(sl[0], qal[kc], kr[0], kr[1]);
+        qattn_mma_u8s8(sl[1], qal[kc], kr[2], kr[3]);
+    }
+#pragma unroll
+    for (int ri = 0; ri < R8; ri++)
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) s[ri][nt][e] = ((float)(sh[nt][2 * ri + e] * 256 + sl[nt][2 * ri + e]) * qsc[ri]) * ksc[nt][e];
+    if (!full)
+#pragma unroll
+        for (int ri = 0; ri < R8; ri++)
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int t = tb + nt * 8 + 2 * t4 + e;
+                    if (!(t >= vlo[ri] && t < vhi[ri])) s[ri][nt][e] = -INFINITY;
+                }
+}
+
+/* The online softmax's max step over one tile: each row's running max mx (over its quad), and, when some
+ * row's max grew (a warp vote), l and the accumulator rows rescaled (alpha brought to the accumulator's
+ * rows by two shuffles). */
+template <int D, int R8>
+__device__ __forceinline__ void mma_softmax_max(const float (&s)[R8][2][2], int t4, float (&mx)[R8], float (&l)[R8], float (&acc)[R8][D / 16][4]) {
+    float alpha[R8];
+    bool grow = false;
+#pragma unroll
+    for (int ri = 0; ri < R8; ri++) {
+        float tm = fmaxf(fmaxf(s[ri][0][0], s[ri][0][1]), fmaxf(s[ri][1][0], s[ri][1][1]));
+        tm = fmaxf(tm, __shfl_xor_sync(0xffffffffu, tm, 1));
+        tm = fmaxf(tm, __shfl_xor_sync(0xffffffffu, tm, 2));
+        const float nm = fmaxf(mx[ri], tm);
+        alpha[ri] = 1.0f;
+        if (nm > mx[ri]) {
+            alpha[ri] = qattn_ex2(mx[ri] - nm); /* 0 from -inf */
+            grow = true;
+        }
+        mx[ri] = nm;
+    }
+    if (__any_sync(0xffffffffu, grow)) {
+#pragma unroll
+        for (int ri = 0; ri < R8; ri++) {
+            l[ri] *= alpha[ri];
+            const float a0 = __shfl_sync(0xffffffffu, alpha[ri], 8 * t4), a1 = __shfl_sync(0xffffffffu, alpha[ri], 8 * t4 + 4);
+#pragma unroll
+            for (int cb = 0; cb < D / 16; cb++) {
+                acc[ri][cb][0] *= a0;
+                acc[ri][cb][1] *= a1;
+                acc[ri][cb][2] *= a0;
+                acc[ri][cb][3] *= a1;
+            }
+        }
+    }
+}
+
+/* The tile's weights p = exp2(s - mx) into l and, times the token's V scale, into P^T B fragments as f16
+ * high (bh) + low (bo) parts (~22 bits); masked scores weigh 0 (never times a scale). */
+template <int R8>
+__device__ __forceinline__ void mma_weights(const float (&s)[R8][2][2], const float (&mx)[R8], const float (&vsc)[2][2], bool full, float (&l)[R8],
+                                            uint32_t (&bh)[R8][2], uint32_t (&bo)[R8][2]) {
+#pragma unroll
+    for (int ri = 0; ri < R8; ri++) {
+        const float mref = mx[ri] == -INFINITY ? 0.0f : mx[ri];
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++) {
+            float wv[2];
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const float p = qattn_ex2(s[ri][nt][e] - mref);
+                l[ri] += p;
+                wv[e] = p * vsc[nt][e];
+                if (!full && s[ri][nt][e] == -INFINITY) wv[e] = 0.0f;
+            }
+            bh[ri][nt] = kvdm_h2(wv[0], wv[1]);
+            const float2 hf = __half22float2(*reinterpret_cast<const __half2 *>(&bh[ri][nt]));
+            bo[ri][nt] = kvdm_h2(wv[0] - hf.x, wv[1] - hf.y);
+        }
+    }
+}
+
+/* O^T += V^T P^T over the tile at sV: M = 16 channels (cb * 16 + 2 g8, + 1 for m = g8 + 8), the exact V
+ * codes as f16 from ldmatrix.trans, two f16 mma per row group (the weights' high and low parts). */
+template <int D, int R8>
+__device__ __forceinline__ void mma_accumulate_v(uint32_t sV, const uint32_t (&voff)[D / 32], const uint32_t (&bh)[R8][2], const uint32_t (&bo)[R8][2],
+                                                 float (&acc)[R8][D / 16][4]) {
+#pragma unroll
+    for (int p = 0; p < D / 32; p++) {
+        uint32_t vr[4];
+        qattn_ldsm_x4_t(vr, sV + voff[p]);
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            const uint32_t x = vr[2 * u] ^ 0x80808080u, y = vr[2 * u + 1] ^ 0x80808080u;
+            const uint32_t va[4] = {kvdm_v2h(x, 0x4240u), kvdm_v2h(x, 0x4341u), kvdm_v2h(y, 0x4240u), kvdm_v2h(y, 0x4341u)};
+#pragma unroll
+            for (int ri = 0; ri < R8; ri++) {
+                qattn_mma_f16<false>(acc[ri][2 * p + u], va, bh[ri][0], bh[ri][1]);
+                qattn_mma_f16<false>(acc[ri][2 * p + u], va, bo[ri][0], bo[ri][1]);
+            }
+        }
+    }
+}
+
+/* Row sums over the quad, then the warp's state to red (maxima [NR], sums [NR], accumulators [NR][D]). */
+template <int D, int R8>
+__device__ __forceinline__ void mma_warp_state(const float (&mx)[R8], float (&l)[R8], const float (&acc)[R8][D / 16][4], int g8, int t4, float *red) {
+    constexpr int NR = 8 * R8;
+#pragma unroll
+    for (int ri = 0; ri < R8; ri++) {
+        l[ri] += __shfl_xor_sync(0xffffffffu, l[ri], 1);
+        l[ri] += __shfl_xor_sync(0xffffffffu, l[ri], 2);
+        if (t4 == 0) {
+            red[ri * 8 + g8] = mx[ri];
+            red[NR + ri * 8 + g8] = l[ri];
+        }
+#pragma unroll
+        for (int cb = 0; cb < D / 16; cb++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) red[2 * NR + (ri * 8 + 2 * t4 + (e & 1)) * D + cb * 16 + 2 * g8 + (e >> 1)] = acc[ri][cb][e];
+    }
+}
+
+template <int D, int R8> __global__ void __launch_bounds__(NWM * 32, R8 == 1 && STM <= 3 ? 4 : 3) kvd_mma(const __grid_constant__ qattn_kvd_args a) {
+    using CF = kvdm_cfg<D>;
+    constexpr int ROW = CF::ROW, CPR = CF::CPR, KC = D / 32, NR = 8 * R8;
+    constexpr int TPP = 32 / CPR, NP = TM / TPP; /* tokens per copy pass, passes per tile */
+    static_assert(CPR == 4 || CPR == 8, "D 64 or 128");
+    static_assert((2 * NR + NR * D) * 4 <= CF::WARP, "reduction area");
+    extern __shared__ __align__(16) uint8_t kvd_smem[];
+
+    const int rc = blockIdx.x % a.n_rc, split = blockIdx.x / a.n_rc, kh = blockIdx.y, bl = blockIdx.z;
+    const int id = a.seq_id[bl], L = a.seq_len[bl], b = a.b0 + bl;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g8 = lane >> 2, t4 = lane & 3;
+    /* a split that starts past this sequence's end is empty (c1 == c0): no tile is read */
+    const int c0 = split * a.split_tokens, c1 = max(c0, min(L, c0 + a.split_tokens));
+
+    int vlo[R8], vhi[R8];
+    bool valid[R8];
+    float qsc[R8];
+    uint32_t qah[KC][4], qal[KC][4];
+    int kb = c1, ke = c0, wlo, whi;
+    mma_rows<D, R8>(a, rc, kh, b, L, c0, c1, g8, t4, vlo, vhi, valid, qsc, qah, qal, kb, ke);
+    mma_chunk_range<R8>(valid, vlo, vhi, kb, ke, wlo, whi);
 
     float mx[R8], l[R8], acc[R8][D / 16][4];
 #pragma unroll
@@ -706,186 +943,26 @@ template <int D, int R8> __global__ void __launch_bounds__(NWM * 32, R8 == 1 && 
         koff[kc] = kvdm_off<CPR>(((lane >> 4) << 3) + (lane & 7), 2 * kc + ((lane >> 3) & 1));
         voff[kc] = kvdm_off<CPR>(lane & 15, 2 * kc + (lane >> 4));
     }
-
-    auto issue = [&](int j, int stage) {
-        const int tb = ts + j * TM;
-        const uint32_t sK = wsm + stage * CF::STAGE, sV = sK + TM * ROW, sS = sV + TM * ROW;
-        if (blk16) { /* warp-uniform: the whole tile lies in one block, every address is valid */
-            const int lb = a.bs_shift >= 0 ? tb >> a.bs_shift : tb / a.bs;
-            const int off0 = tb - lb * a.bs;
-            const uint8_t *blk = a.arena + (int64_t)__ldg(tab + lb) * a.block_bytes;
-            const uint8_t *pk = blk + (int64_t)kh * a.head_bytes + (int64_t)(off0 + ctr) * ROW + cpc * 16;
-#pragma unroll
-            for (int i = 0; i < NP; i++) {
-                qattn_cp_async16(sK + dsto[i], pk + i * TPP * ROW, 16);
-                qattn_cp_async16(sV + dsto[i], pk + a.v_off + i * TPP * ROW, 16);
-            }
-            if (lane < 8)
-                qattn_cp_async16(sS + lane * 16, blk + (lane < 4 ? a.ks_off : a.vs_off) + ((int64_t)kh * a.bs + off0 + 4 * (lane & 3)) * 4, 16);
-        } else { /* per token; tokens outside [kb, ke) zero-filled */
-#pragma unroll
-            for (int i = 0; i < NP; i++) {
-                const int t = tb + ctr + i * TPP;
-                const uint8_t *srcK = a.arena, *srcV = a.arena;
-                int n = 0;
-                if (t >= kb && t < ke) {
-                    const int lb = a.bs_shift >= 0 ? t >> a.bs_shift : t / a.bs;
-                    const uint8_t *blk = a.arena + (int64_t)__ldg(tab + lb) * a.block_bytes;
-                    srcK = blk + (int64_t)kh * a.head_bytes + (int64_t)(t - lb * a.bs) * ROW + cpc * 16;
-                    srcV = srcK + a.v_off;
-                    n = 16;
-                }
-                qattn_cp_async16(sK + dsto[i], srcK, n);
-                qattn_cp_async16(sV + dsto[i], srcV, n);
-            }
-            const int t = tb + (lane & 15);
-            const uint8_t *src = a.arena;
-            int n = 0;
-            if (t >= kb && t < ke) {
-                const int lb = a.bs_shift >= 0 ? t >> a.bs_shift : t / a.bs;
-                src = a.arena + (int64_t)__ldg(tab + lb) * a.block_bytes + (lane < 16 ? a.ks_off : a.vs_off) +
-                      ((int64_t)kh * a.bs + (t - lb * a.bs)) * 4;
-                n = 4;
-            }
-            kvd_cp4(sS + lane * 4, src, n);
-        }
-    };
-
-#pragma unroll
-    for (int s = 0; s < STM - 1; s++) {
-        if (w + s * NWM < ntile) issue(w + s * NWM, s);
-        qattn_cp_async_commit();
-    }
-    for (int n = 0; w + n * NWM < ntile; n++) { /* warp-uniform */
-        {
-            const int jn = w + (n + STM - 1) * NWM;
-            if (jn < ntile) issue(jn, (n + STM - 1) % STM);
-            qattn_cp_async_commit();
-        }
-        qattn_cp_async_wait<STM - 1>();
-        __syncwarp();
-        const int st = n % STM;
-        const uint32_t sK = wsm + st * CF::STAGE, sV = sK + TM * ROW;
-        const float *scl = reinterpret_cast<const float *>(wbase + st * CF::STAGE + 2 * TM * ROW);
-        const int tb = ts + (w + n * NWM) * TM;
-
-        /* S: [nt] = tokens nt * 8 .. + 7; C fragment e: row g8 (+8 for e >= 2), token 2 * t4 + (e & 1) */
-        int sh[2][4] = {}, sl[2][4] = {};
-#pragma unroll
-        for (int kc = 0; kc < KC; kc++) {
-            uint32_t kr[4];
-            qattn_ldsm_x4(kr, sK + koff[kc]);
-            qattn_mma_s8s8(sh[0], qah[kc], kr[0], kr[1]);
-            qattn_mma_s8s8(sh[1], qah[kc], kr[2], kr[3]);
-            qattn_mma_u8s8(sl[0], qal[kc], kr[0], kr[1]);
-            qattn_mma_u8s8(sl[1], qal[kc], kr[2], kr[3]);
-        }
-        const float2 ks0 = *reinterpret_cast<const float2 *>(scl + 2 * t4), ks1 = *reinterpret_cast<const float2 *>(scl + 8 + 2 * t4);
-        const float2 vs0 = *reinterpret_cast<const float2 *>(scl + TM + 2 * t4), vs1 = *reinterpret_cast<const float2 *>(scl + TM + 8 + 2 * t4);
-        const float ksc[2][2] = {{ks0.x, ks0.y}, {ks1.x, ks1.y}}, vsc[2][2] = {{vs0.x, vs0.y}, {vs1.x, vs1.y}};
-        float s[R8][2][2];
-#pragma unroll
-        for (int ri = 0; ri < R8; ri++)
-#pragma unroll
-            for (int nt = 0; nt < 2; nt++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) s[ri][nt][e] = ((float)(sh[nt][2 * ri + e] * 256 + sl[nt][2 * ri + e]) * qsc[ri]) * ksc[nt][e];
-        const bool full = tb >= wlo && tb + TM <= whi; /* warp-uniform */
-        if (!full)
-#pragma unroll
-            for (int ri = 0; ri < R8; ri++)
-#pragma unroll
-                for (int nt = 0; nt < 2; nt++)
-#pragma unroll
-                    for (int e = 0; e < 2; e++) {
-                        const int t = tb + nt * 8 + 2 * t4 + e;
-                        if (!(t >= vlo[ri] && t < vhi[ri])) s[ri][nt][e] = -INFINITY;
-                    }
-        /* online softmax; rescale only when some row's max grows */
-        float alpha[R8];
-        bool grow = false;
-#pragma unroll
-        for (int ri = 0; ri < R8; ri++) {
-            float tm = fmaxf(fmaxf(s[ri][0][0], s[ri][0][1]), fmaxf(s[ri][1][0], s[ri][1][1]));
-            tm = fmaxf(tm, __shfl_xor_sync(0xffffffffu, tm, 1));
-            tm = fmaxf(tm, __shfl_xor_sync(0xffffffffu, tm, 2));
-            const float nm = fmaxf(mx[ri], tm);
-            alpha[ri] = 1.0f;
-            if (nm > mx[ri]) {
-                alpha[ri] = qattn_ex2(mx[ri] - nm); /* 0 from -inf */
-                grow = true;
-            }
-            mx[ri] = nm;
-        }
-        if (__any_sync(0xffffffffu, grow)) {
-#pragma unroll
-            for (int ri = 0; ri < R8; ri++) {
-                l[ri] *= alpha[ri];
-                const float a0 = __shfl_sync(0xffffffffu, alpha[ri], 8 * t4), a1 = __shfl_sync(0xffffffffu, alpha[ri], 8 * t4 + 4);
-#pragma unroll
-                for (int cb = 0; cb < D / 16; cb++) {
-                    acc[ri][cb][0] *= a0;
-                    acc[ri][cb][1] *= a1;
-                    acc[ri][cb][2] *= a0;
-                    acc[ri][cb][3] *= a1;
-                }
-            }
-        }
-        /* P^T B fragments: weights p * vsc as f16 hi + lo */
-        uint32_t bh[R8][2], bo[R8][2];
-#pragma unroll
-        for (int ri = 0; ri < R8; ri++) {
-            const float mref = mx[ri] == -INFINITY ? 0.0f : mx[ri];
-#pragma unroll
-            for (int nt = 0; nt < 2; nt++) {
-                float wv[2];
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const float p = qattn_ex2(s[ri][nt][e] - mref);
-                    l[ri] += p;
-                    wv[e] = p * vsc[nt][e];
-                    if (!full && s[ri][nt][e] == -INFINITY) wv[e] = 0.0f; /* masked: never times a scale */
-                }
-                bh[ri][nt] = kvdm_h2(wv[0], wv[1]);
-                const float2 hf = __half22float2(*reinterpret_cast<const __half2 *>(&bh[ri][nt]));
-                bo[ri][nt] = kvdm_h2(wv[0] - hf.x, wv[1] - hf.y);
-            }
-        }
-        /* O^T += V^T P^T: M = 16 channels (cb * 16 + 2 * g8 for m = g8, + 1 for m = g8 + 8) */
-#pragma unroll
-        for (int p = 0; p < KC; p++) {
-            uint32_t vr[4];
-            qattn_ldsm_x4_t(vr, sV + voff[p]);
-#pragma unroll
-            for (int u = 0; u < 2; u++) {
-                const uint32_t x = vr[2 * u] ^ 0x80808080u, y = vr[2 * u + 1] ^ 0x80808080u;
-                const uint32_t va[4] = {kvdm_v2h(x, 0x4240u), kvdm_v2h(x, 0x4341u), kvdm_v2h(y, 0x4240u), kvdm_v2h(y, 0x4341u)};
-#pragma unroll
-                for (int ri = 0; ri < R8; ri++) {
-                    qattn_mma_f16<false>(acc[ri][2 * p + u], va, bh[ri][0], bh[ri][1]);
-                    qattn_mma_f16<false>(acc[ri][2 * p + u], va, bo[ri][0], bo[ri][1]);
-                }
-            }
-        }
-        __syncwarp(); /* the stage is refilled at the next iteration */
-    }
-    qattn_cp_async_wait<0>();
-    __syncwarp();
-    /* row sums over the quad; the warp's state to the start of its own ring (copies complete) */
-    float *red = reinterpret_cast<float *>(wbase);
-#pragma unroll
-    for (int ri = 0; ri < R8; ri++) {
-        l[ri] += __shfl_xor_sync(0xffffffffu, l[ri], 1);
-        l[ri] += __shfl_xor_sync(0xffffffffu, l[ri], 2);
-        if (t4 == 0) {
-            red[ri * 8 + g8] = mx[ri];
-            red[NR + ri * 8 + g8] = l[ri];
-        }
-#pragma unroll
-        for (int cb = 0; cb < D / 16; cb++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) red[2 * NR + (ri * 8 + 2 * t4 + (e & 1)) * D + cb * 16 + 2 * g8 + (e >> 1)] = acc[ri][cb][e];
-    }
+    kvd_warp_ring<STM, NWM>(
+        w, ntile,
+        [&](int j, int stage) { mma_issue<D>(a, tab, kh, ts + j * TM, kb, ke, blk16, wsm + stage * CF::STAGE, lane, cpc, ctr, dsto); },
+        [&](int n, int stage) {
+            const uint32_t sK = wsm + stage * CF::STAGE, sV = sK + TM * ROW;
+            const float *scl = reinterpret_cast<const float *>(wbase + stage * CF::STAGE + 2 * TM * ROW);
+            const int tb = ts + (w + n * NWM) * TM;
+            const float2 ks0 = *reinterpret_cast<const float2 *>(scl + 2 * t4), ks1 = *reinterpret_cast<const float2 *>(scl + 8 + 2 * t4);
+            const float2 vs0 = *reinterpret_cast<const float2 *>(scl + TM + 2 * t4), vs1 = *reinterpret_cast<const float2 *>(scl + TM + 8 + 2 * t4);
+            const float ksc[2][2] = {{ks0.x, ks0.y}, {ks1.x, ks1.y}}, vsc[2][2] = {{vs0.x, vs0.y}, {vs1.x, vs1.y}};
+            const bool full = tb >= wlo && tb + TM <= whi; /* warp-uniform */
+            float s[R8][2][2];
+            uint32_t bh[R8][2], bo[R8][2];
+            mma_scores<D, R8>(sK, koff, qah, qal, qsc, ksc, tb, t4, full, vlo, vhi, s);
+            mma_softmax_max<D, R8>(s, t4, mx, l, acc);
+            mma_weights<R8>(s, mx, vsc, full, l, bh, bo);
+            mma_accumulate_v<D, R8>(sV, voff, bh, bo, acc);
+        });
+    /* the warp's state to the start of its own ring (its copies are complete) */
+    mma_warp_state<D, R8>(mx, l, acc, g8, t4, reinterpret_cast<float *>(wbase));
     __syncthreads();
     kvd_merge_warps<D, NR, NWM, CF::WARP>(a, rc, kh, bl, split, kvd_smem);
     kvd_finish<D, NR, NWM>(a, rc, kh, bl);
