@@ -7,8 +7,8 @@
  * few query rows of one kv head's group (GQA heads x new tokens), so each K/V token is read once
  * per chunk. Each warp streams its own tiles of 16 tokens through a 3-stage cp.async ring in
  * shared memory. INT8 cache: kvd_mma (chunks of 8 or 16 rows; S = q K^T and O^T = V^T P^T on
- * mma.sync tensor cores); FP16/BF16 cache: kvd_split2 (chunks of up to 4 rows, FP32 FMA; INT8 with
- * dp4a when built with -DQATTN_KVD_I8_DP4A, for comparison). Online softmax in FP32 with exp2.
+ * mma.sync tensor cores); FP16/BF16 cache: kvd_split2 (chunks of up to 4 rows, FP32 FMA). Online
+ * softmax in FP32 with exp2.
  * Partials (max, sum, acc[D]) per split go to scratch; the last block of a unit to finish (an
  * arrival counter per unit) combines the unit's splits in split order (fixed order: results are
  * run-to-run deterministic) and writes o and lse, so a decode is one launch per 128 sequences.
@@ -251,42 +251,30 @@ template <int D, int NB> __global__ void __launch_bounds__(D) kvd_prep_q(const v
     }
 }
 
-/* 16 bytes of codes to C floats. DT: 0 FP16, 1 BF16, 2 INT8. */
+/* 16 bytes of a cache row (8 values) to floats. DT: 0 FP16, 1 BF16. */
 template <int DT> __device__ __forceinline__ void codes_to_f32(const uint4 &r, float *f) {
     const uint32_t w[4] = {r.x, r.y, r.z, r.w};
-    if (DT == 2) {
 #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            uint32_t u = w[k] ^ 0x80808080u; /* signed codes to code + 128 */
-#pragma unroll
-            for (int j = 0; j < 4; j++) f[4 * k + j] = __int_as_float((int)__byte_perm(u, 0x4B000000u, 0x7440u | j)) - 8388736.0f;
-        }
-    } else {
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            float2 x;
-            if (DT == 0) x = __half22float2(*reinterpret_cast<const __half2 *>(&w[k]));
-            else x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&w[k]));
-            f[2 * k] = x.x;
-            f[2 * k + 1] = x.y;
-        }
+    for (int k = 0; k < 4; k++) {
+        float2 x;
+        if (DT == 0) x = __half22float2(*reinterpret_cast<const __half2 *>(&w[k]));
+        else x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&w[k]));
+        f[2 * k] = x.x;
+        f[2 * k + 1] = x.y;
     }
 }
 
-/* ---- Pipelined split kernel (default). Each warp streams its own tiles of T2 consecutive
- * tokens (K codes, V codes, INT8 scales) through a private ST2-stage shared-memory ring with
- * cp.async, so the loads of the next ST2-1 tiles are in flight while a tile is computed, and no
- * load registers are held. Warp w takes tiles w, w+NW2, ... of the block's split. Compute reads
- * its 16-byte piece of a token row from shared memory (conflict-free: a warp reads 512
- * consecutive bytes). INT8: q is quantized per row to int16 codes (as the CPU decode,
- * qattn_kv_quantize_q16) held as signed-high / unsigned-low int8 halves, and the K dot product is
- * exact int32 dp4a (hi*256 + lo); V stays dequantized FP32 FMA. FP16/BF16: FP32 FMA as before. */
+/* ---- FP16/BF16 split kernel. Each warp streams its own tiles of T2 consecutive tokens (K rows,
+ * V rows) through a private ST2-stage shared-memory ring with cp.async, so the loads of the next
+ * ST2-1 tiles are in flight while a tile is computed, and no load registers are held. Warp w takes
+ * tiles w, w+NW2, ... of the block's split. Compute reads its 16-byte piece of a token row from
+ * shared memory (conflict-free: a warp reads 512 consecutive bytes); FP32 FMA. (An INT8 version with
+ * int16 q codes and dp4a was measured and replaced by kvd_mma: docs/gpu_decode.md.) */
 constexpr int T2 = 16, ST2 = 3, NW2 = 4;
 
-template <int D, int DT> struct kvd2_cfg {
-    static constexpr int EB = DT == 2 ? 1 : 2;
-    static constexpr int ROW = D * EB;
-    static constexpr int STAGE = 2 * T2 * ROW + 2 * T2 * 4;
+template <int D> struct kvd2_cfg {
+    static constexpr int ROW = D * 2;
+    static constexpr int STAGE = 2 * T2 * ROW;
     static constexpr int WARP = ST2 * STAGE;
     static constexpr int SMEM = NW2 * WARP;
 };
@@ -294,23 +282,16 @@ template <int D, int DT> struct kvd2_cfg {
 __device__ __forceinline__ void kvd_cp4(uint32_t dst, const void *src, int n) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(n));
 }
-__device__ __forceinline__ int kvd_dp4a_us(uint32_t a, uint32_t b, int c) {
-    int d;
-    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-    return d;
-}
 
 /* kvd_split2's query rows rc * M + r of kv head g: each row's key range (empty past a.rows), [kb, ke) widened
- * to cover the visible ones, and this lane's C channels li * C .. of the row times qscale (0 past a.rows):
- * as int16 codes qh / ql with a scale qsc (INT8), or as q with qsc 1. */
-template <int D, int C, int LPT, int M, bool I8>
+ * to cover the visible ones, and q, this lane's C channels li * C .. of the row times qscale (0 past a.rows). */
+template <int D, int C, int M>
 __device__ __forceinline__ void split2_rows(const qattn_kvd_args &a, int rc, int g, int b, int L, int li, int (&lo)[M], int (&hi)[M], int &kb, int &ke,
-                                            float (&q)[M][I8 ? 1 : C], uint32_t (&qh)[M][I8 ? 4 : 1], uint32_t (&ql)[M][I8 ? 4 : 1], float (&qsc)[M]) {
+                                            float (&q)[M][C]) {
 #pragma unroll
     for (int r = 0; r < M; r++) {
         const int R = rc * M + r;
         lo[r] = hi[r] = 0;
-        float qf[C];
         if (R < a.rows) {
             int i, hh;
             kvd_row(a, R, g, L, i, hh, lo[r], hi[r]);
@@ -320,29 +301,19 @@ __device__ __forceinline__ void split2_rows(const qattn_kvd_args &a, int rc, int
             }
             const int64_t qb = (((int64_t)b * a.lq + i) * a.h + hh) * D + li * C;
 #pragma unroll
-            for (int c = 0; c < C; c++) qf[c] = ld_any(a.q, a.q_dtype, qb + c) * a.qscale;
+            for (int c = 0; c < C; c++) q[r][c] = ld_any(a.q, a.q_dtype, qb + c) * a.qscale;
         } else {
 #pragma unroll
-            for (int c = 0; c < C; c++) qf[c] = 0.0f;
-        }
-        if constexpr (I8) {
-            float inv;
-            qsc[r] = kvd_q16_scale<LPT, C>(qf, inv);
-#pragma unroll
-            for (int k = 0; k < 4; k++) kvd_q16_pack4(qf + 4 * k, inv, qh[r][k], ql[r][k]);
-        } else {
-#pragma unroll
-            for (int c = 0; c < C; c++) q[r][c] = qf[c];
-            qsc[r] = 1.0f;
+            for (int c = 0; c < C; c++) q[r][c] = 0.0f;
         }
     }
 }
 
-/* Starts the copies of tokens [tb, tb + T2) of kv head g into a stage at sK (K rows, then V rows, then at
- * INT8 the K and V scales); tokens at or past ke are zero-filled. */
-template <int ROW, int LPT, int NCH, bool I8>
+/* Starts the copies of tokens [tb, tb + T2) of kv head g into a stage at sK (K rows, then V rows);
+ * tokens at or past ke are zero-filled. */
+template <int ROW, int LPT, int NCH>
 __device__ __forceinline__ void split2_issue(const qattn_kvd_args &a, const int32_t *tab, int g, int tb, int ke, uint32_t sK, int lane) {
-    const uint32_t sV = sK + T2 * ROW, sS = sV + T2 * ROW;
+    const uint32_t sV = sK + T2 * ROW;
 #pragma unroll
     for (int i = 0; i < NCH; i++) {
         const int cidx = lane + 32 * i, tt = cidx / LPT, pc = cidx % LPT, t = tb + tt;
@@ -359,78 +330,43 @@ __device__ __forceinline__ void split2_issue(const qattn_kvd_args &a, const int3
         qattn_cp_async16(sK + tt * ROW + pc * 16, srcK, n);
         qattn_cp_async16(sV + tt * ROW + pc * 16, srcV, n);
     }
-    if constexpr (I8) {
-        const int t = tb + lane % T2;
-        const uint8_t *src = a.arena;
-        int n = 0;
-        if (t < ke) {
-            int off;
-            src = kvd_token_block(a, tab, t, off) + (lane < T2 ? a.ks_off : a.vs_off) + ((int64_t)g * a.bs + off) * 4;
-            n = 4;
-        }
-        kvd_cp4(sS + lane * 4, src, n);
-    }
 }
 
 /* The scores of the M rows for this lane's U tokens u * TPW + tg of the tile in stage stg, summed over the
- * token's LPT lanes; at INT8 also the tokens' K and V scales (ksc, vsc). INT8: exact int32 dot products
- * of the int16 codes (hi * 256 + lo), times the row's and the token's scales. */
+ * token's LPT lanes. */
 template <int DT, int ROW, int C, int LPT, int TPW, int U, int M>
-__device__ __forceinline__ void split2_scores(const uint8_t *stg, int li, int tg, const float (&q)[M][DT == 2 ? 1 : C], const uint32_t (&qh)[M][DT == 2 ? 4 : 1],
-                                              const uint32_t (&ql)[M][DT == 2 ? 4 : 1], const float (&qsc)[M], float (&s)[M][U], float (&ksc)[U], float (&vsc)[U]) {
+__device__ __forceinline__ void split2_scores(const uint8_t *stg, int li, int tg, const float (&q)[M][C], float (&s)[M][U]) {
 #pragma unroll
     for (int u = 0; u < U; u++) {
         const int tt = u * TPW + tg;
         const uint4 kr = *reinterpret_cast<const uint4 *>(stg + tt * ROW + li * 16);
-        if constexpr (DT == 2) {
-            ksc[u] = reinterpret_cast<const float *>(stg + 2 * T2 * ROW)[tt];
-            vsc[u] = reinterpret_cast<const float *>(stg + 2 * T2 * ROW)[T2 + tt];
-            const uint32_t kw[4] = {kr.x, kr.y, kr.z, kr.w};
+        float kf[C];
+        codes_to_f32<DT>(kr, kf);
 #pragma unroll
-            for (int r = 0; r < M; r++) {
-                int h = 0, lw = 0;
+        for (int r = 0; r < M; r++) {
+            float d0 = 0.0f, d1 = 0.0f;
 #pragma unroll
-                for (int k = 0; k < 4; k++) {
-                    h = __dp4a((int)qh[r][k], (int)kw[k], h);
-                    lw = kvd_dp4a_us(ql[r][k], kw[k], lw);
-                }
-                int part = h * 256 + lw;
-#pragma unroll
-                for (int o = LPT / 2; o > 0; o >>= 1) part += __shfl_xor_sync(0xffffffffu, part, o);
-                s[r][u] = (float)part * qsc[r] * ksc[u];
+            for (int c = 0; c < C; c += 2) {
+                d0 = fmaf(q[r][c], kf[c], d0);
+                d1 = fmaf(q[r][c + 1], kf[c + 1], d1);
             }
-        } else {
-            ksc[u] = vsc[u] = 1.0f;
-            float kf[C];
-            codes_to_f32<DT>(kr, kf);
-#pragma unroll
-            for (int r = 0; r < M; r++) {
-                float d0 = 0.0f, d1 = 0.0f;
-#pragma unroll
-                for (int c = 0; c < C; c += 2) {
-                    d0 = fmaf(q[r][c], kf[c], d0);
-                    d1 = fmaf(q[r][c + 1], kf[c + 1], d1);
-                }
-                s[r][u] = d0 + d1;
-            }
+            s[r][u] = d0 + d1;
         }
     }
-    if constexpr (DT != 2) {
 #pragma unroll
-        for (int o = LPT / 2; o > 0; o >>= 1)
+    for (int o = LPT / 2; o > 0; o >>= 1)
 #pragma unroll
-            for (int r = 0; r < M; r++)
+        for (int r = 0; r < M; r++)
 #pragma unroll
-                for (int u = 0; u < U; u++) s[r][u] += __shfl_xor_sync(0xffffffffu, s[r][u], o);
-    }
+            for (int u = 0; u < U; u++) s[r][u] += __shfl_xor_sync(0xffffffffu, s[r][u], o);
 }
 
 /* The online softmax over one tile of tokens tb + u * TPW + tg: scores outside a row's [lo, hi) or at or
  * past ke masked, the running max mx and sum l updated (l and acc rescaled when the max grows), p the
- * tokens' weights, times the token's V scale at INT8. A row that has seen no key keeps p 0. */
-template <int C, int TPW, int U, int M, bool I8>
-__device__ __forceinline__ void split2_softmax(int tb, int tg, int ke, const int (&lo)[M], const int (&hi)[M], const float (&vsc)[U], float (&s)[M][U],
-                                               float (&mx)[M], float (&l)[M], float (&acc)[M][C], float (&p)[M][U]) {
+ * tokens' weights. A row that has seen no key keeps p 0. */
+template <int C, int TPW, int U, int M>
+__device__ __forceinline__ void split2_softmax(int tb, int tg, int ke, const int (&lo)[M], const int (&hi)[M], float (&s)[M][U], float (&mx)[M],
+                                               float (&l)[M], float (&acc)[M][C], float (&p)[M][U]) {
 #pragma unroll
     for (int r = 0; r < M; r++) {
         float tmax = -INFINITY;
@@ -458,7 +394,6 @@ __device__ __forceinline__ void split2_softmax(int tb, int tg, int ke, const int
         for (int u = 0; u < U; u++) {
             p[r][u] = qattn_ex2(s[r][u] - nm);
             l[r] += p[r][u];
-            if (I8) p[r][u] *= vsc[u];
         }
     }
 }
@@ -514,17 +449,15 @@ __device__ __forceinline__ void split2_warp_state(float (&mx)[M], float (&l)[M],
     }
 }
 
-template <int D, int DT, int M> __global__ void __launch_bounds__(NW2 * 32, DT == 2 ? 3 : 2) kvd_split2(const __grid_constant__ qattn_kvd_args a) {
-    using CF = kvd2_cfg<D, DT>;
-    constexpr bool I8 = DT == 2;
-    constexpr int EB = CF::EB, ROW = CF::ROW;
-    constexpr int C = 16 / EB;    /* channels per lane */
+template <int D, int DT, int M> __global__ void __launch_bounds__(NW2 * 32, 2) kvd_split2(const __grid_constant__ qattn_kvd_args a) {
+    using CF = kvd2_cfg<D>;
+    constexpr int ROW = CF::ROW;
+    constexpr int C = 8;          /* channels per lane (16 bytes) */
     constexpr int LPT = D / C;    /* lanes per token */
     constexpr int TPW = 32 / LPT; /* tokens per warp pass */
     constexpr int U = T2 / TPW;   /* passes per tile */
     constexpr int NCH = T2 * ROW / 16 / 32; /* 16-byte chunks per lane per tile, for K and for V */
     static_assert(LPT >= 1 && LPT <= 32 && 32 % LPT == 0 && U >= 1 && NCH >= 1, "D");
-    static_assert(!I8 || 2 * T2 == 32, "scales: one per lane");
     static_assert((2 * M + M * D) * 4 <= CF::WARP, "reduction area");
     extern __shared__ __align__(16) uint8_t kvd_smem[];
 
@@ -535,10 +468,8 @@ template <int D, int DT, int M> __global__ void __launch_bounds__(NW2 * 32, DT =
 
     int lo[M], hi[M];
     int kb = L, ke = 0;
-    float q[M][I8 ? 1 : C];
-    uint32_t qh[M][I8 ? 4 : 1], ql[M][I8 ? 4 : 1];
-    float qsc[M];
-    split2_rows<D, C, LPT, M, I8>(a, rc, g, b, L, li, lo, hi, kb, ke, q, qh, ql, qsc);
+    float q[M][C];
+    split2_rows<D, C, M>(a, rc, g, b, L, li, lo, hi, kb, ke, q);
     const int c0 = split * a.split_tokens;
     kb = max(kb, c0);
     ke = min(ke, min(L, c0 + a.split_tokens));
@@ -556,13 +487,13 @@ template <int D, int DT, int M> __global__ void __launch_bounds__(NW2 * 32, DT =
     const uint32_t wsm = qattn_smem_u32(wbase);
     const int ntile = ke > kb ? (ke - kb + T2 - 1) / T2 : 0;
     kvd_warp_ring<ST2, NW2>(
-        w, ntile, [&](int j, int stage) { split2_issue<ROW, LPT, NCH, I8>(a, tab, g, kb + j * T2, ke, wsm + stage * CF::STAGE, lane); },
+        w, ntile, [&](int j, int stage) { split2_issue<ROW, LPT, NCH>(a, tab, g, kb + j * T2, ke, wsm + stage * CF::STAGE, lane); },
         [&](int n, int stage) {
             const uint8_t *stg = wbase + stage * CF::STAGE;
             const int tb = kb + (w + n * NW2) * T2;
-            float s[M][U], ksc[U], vsc[U], p[M][U];
-            split2_scores<DT, ROW, C, LPT, TPW, U, M>(stg, li, tg, q, qh, ql, qsc, s, ksc, vsc);
-            split2_softmax<C, TPW, U, M, I8>(tb, tg, ke, lo, hi, vsc, s, mx, l, acc, p);
+            float s[M][U], p[M][U];
+            split2_scores<DT, ROW, C, LPT, TPW, U, M>(stg, li, tg, q, s);
+            split2_softmax<C, TPW, U, M>(tb, tg, ke, lo, hi, s, mx, l, acc, p);
             split2_accumulate_v<DT, ROW, C, TPW, U, M>(stg, li, tg, p, acc);
         });
     /* reduction area: the start of each warp's own ring (its copies are complete) */
@@ -574,7 +505,7 @@ template <int D, int DT, int M> __global__ void __launch_bounds__(NW2 * 32, DT =
 
 /* Launchers: the shared-memory limits were raised once per context (qattn_kvd_prepare_slot). */
 template <int D, int DT, int M> cudaError_t launch2_m(const qattn_kvd_args &a, dim3 grid, cudaStream_t st) {
-    kvd_split2<D, DT, M><<<grid, NW2 * 32, kvd2_cfg<D, DT>::SMEM, st>>>(a);
+    kvd_split2<D, DT, M><<<grid, NW2 * 32, kvd2_cfg<D>::SMEM, st>>>(a);
     return cudaGetLastError();
 }
 
@@ -979,24 +910,22 @@ template <int D, int R8> cudaError_t prep_mma(int *n) {
     return e != cudaSuccess ? e : cudaOccupancyMaxActiveBlocksPerMultiprocessor(n, kvd_mma<D, R8>, NWM * 32, kvdm_cfg<D>::SMEM);
 }
 template <int D, int DT, int M> cudaError_t prep_split2(int *n) {
-    cudaError_t e = cudaFuncSetAttribute(kvd_split2<D, DT, M>, cudaFuncAttributeMaxDynamicSharedMemorySize, kvd2_cfg<D, DT>::SMEM);
-    return e != cudaSuccess ? e : cudaOccupancyMaxActiveBlocksPerMultiprocessor(n, kvd_split2<D, DT, M>, NW2 * 32, kvd2_cfg<D, DT>::SMEM);
+    cudaError_t e = cudaFuncSetAttribute(kvd_split2<D, DT, M>, cudaFuncAttributeMaxDynamicSharedMemorySize, kvd2_cfg<D>::SMEM);
+    return e != cudaSuccess ? e : cudaOccupancyMaxActiveBlocksPerMultiprocessor(n, kvd_split2<D, DT, M>, NW2 * 32, kvd2_cfg<D>::SMEM);
 }
 /* One entry per residency slot, in the order of qattn_kvd_slot_mma / qattn_kvd_slot_split2
- * (kv_decode_kernels.cuh). DT: 0 FP16, 1 BF16, 2 INT8. */
+ * (kv_decode_kernels.cuh). DT: 0 FP16, 1 BF16. */
 using kvd_prep_fn = cudaError_t (*)(int *);
 const kvd_prep_fn kvd_preps[] = {
     prep_mma<64, 1>,        prep_mma<64, 2>,        prep_mma<128, 1>,       prep_mma<128, 2>,
     prep_split2<64, 0, 1>,  prep_split2<64, 0, 2>,  prep_split2<64, 0, 4>,  /* D 64 FP16 */
     prep_split2<64, 1, 1>,  prep_split2<64, 1, 2>,  prep_split2<64, 1, 4>,  /* D 64 BF16 */
-    prep_split2<64, 2, 1>,  prep_split2<64, 2, 2>,  prep_split2<64, 2, 4>,  /* D 64 INT8 (dp4a) */
     prep_split2<128, 0, 1>, prep_split2<128, 0, 2>, prep_split2<128, 0, 4>, /* D 128 FP16 */
     prep_split2<128, 1, 1>, prep_split2<128, 1, 2>, prep_split2<128, 1, 4>, /* D 128 BF16 */
-    prep_split2<128, 2, 1>, prep_split2<128, 2, 2>, prep_split2<128, 2, 4>, /* D 128 INT8 (dp4a) */
 };
 static_assert(sizeof kvd_preps / sizeof kvd_preps[0] == QATTN_KVD_SLOTS, "one residency slot per split-kernel instance");
-static_assert(qattn_kvd_slot_mma(128, 2) == 3 && qattn_kvd_slot_split2(64, 0, 1) == 4 && qattn_kvd_slot_split2(64, 2, 4) == 12 &&
-                  qattn_kvd_slot_split2(128, 0, 1) == 13 && qattn_kvd_slot_split2(128, 2, 4) == QATTN_KVD_SLOTS - 1,
+static_assert(qattn_kvd_slot_mma(128, 2) == 3 && qattn_kvd_slot_split2(64, 0, 1) == 4 && qattn_kvd_slot_split2(64, 1, 4) == 9 &&
+                  qattn_kvd_slot_split2(128, 0, 1) == 10 && qattn_kvd_slot_split2(128, 1, 4) == QATTN_KVD_SLOTS - 1,
               "the slot functions follow kvd_preps");
 
 } // namespace
@@ -1011,8 +940,8 @@ cudaError_t qattn_kvd_launch_prep_q(int D, unsigned rows, const void *q, int q_d
 }
 
 cudaError_t qattn_kvd_launch_split2(const qattn_kvd_args &a, int D, int DT, int M, dim3 grid, cudaStream_t st) {
-    if (D == 64) return DT == 2 ? launch2_d<64, 2>(a, M, grid, st) : DT == 1 ? launch2_d<64, 1>(a, M, grid, st) : launch2_d<64, 0>(a, M, grid, st);
-    return DT == 2 ? launch2_d<128, 2>(a, M, grid, st) : DT == 1 ? launch2_d<128, 1>(a, M, grid, st) : launch2_d<128, 0>(a, M, grid, st);
+    if (D == 64) return DT == 1 ? launch2_d<64, 1>(a, M, grid, st) : launch2_d<64, 0>(a, M, grid, st);
+    return DT == 1 ? launch2_d<128, 1>(a, M, grid, st) : launch2_d<128, 0>(a, M, grid, st);
 }
 
 cudaError_t qattn_kvd_launch_mma(const qattn_kvd_args &a, int D, int R8, dim3 grid, cudaStream_t st) {

@@ -17,14 +17,6 @@ extern "C" {
 
 namespace {
 
-/* INT8: the tensor-core kernel unless built with -DQATTN_KVD_I8_DP4A (the dp4a kvd_split2 path,
- * kept for one side-by-side measurement). */
-#ifdef QATTN_KVD_I8_DP4A
-constexpr bool I8_MMA = false;
-#else
-constexpr bool I8_MMA = true;
-#endif
-
 /* The context's scratch, grown to at least part_bytes of partials and cnt_bytes of counters.
  * Cached rather than cudaMallocAsync per call: with the default pool's release threshold (0) the
  * pool may hand its memory back at every synchronisation, so a call after a sync can pay for a
@@ -90,8 +82,8 @@ qattn_status qattn_cuda_kv_decode(qattn_ctx *ctx, qattn_kvd_state *ks, const qat
     cudaStream_t st = (cudaStream_t)dev->stream;
     const int D = c->head_dim, HK = c->n_kv_heads, group = dp->n_heads / HK, rows = group * dp->seqlen_q;
     /* rows per chunk: kvd_mma 8 or 16 (R8 1 or 2); kvd_split2 4 (fewer when there are fewer) */
-    const bool mma = c->dtype == QATTN_DTYPE_I8 && I8_MMA;
-    const int DT = c->dtype == QATTN_DTYPE_I8 ? 2 : c->dtype == QATTN_DTYPE_BF16 ? 1 : 0;
+    const bool mma = c->dtype == QATTN_DTYPE_I8; /* the INT8 cache on kvd_mma, FP16/BF16 on kvd_split2 */
+    const int DT = c->dtype == QATTN_DTYPE_BF16 ? 1 : 0;
     const int R8 = rows > 8 ? 2 : 1;
     const int M = mma ? 8 * R8 : rows >= 3 ? 4 : rows, n_rc = (rows + M - 1) / M;
 
