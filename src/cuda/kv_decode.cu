@@ -5,8 +5,8 @@
  *
  * Split kernels: one thread block per (row chunk, KV split, kv head, sequence). A row chunk is a
  * few query rows of one kv head's group (GQA heads x new tokens), so each K/V token is read once
- * per chunk. Each warp streams its own tiles of 16 tokens through a 3-stage cp.async ring in
- * shared memory. INT8 cache: kvd_mma (chunks of 8 or 16 rows; S = q K^T and O^T = V^T P^T on
+ * per chunk. Each warp streams its own tiles of 16 tokens through a cp.async ring in shared memory
+ * (kvd_warp_ring: 4 stages for kvd_mma, 3 for kvd_split2). INT8 cache: kvd_mma (chunks of 8 or 16 rows; S = q K^T and O^T = V^T P^T on
  * mma.sync tensor cores); FP16/BF16 cache: kvd_split2 (chunks of up to 4 rows, FP32 FMA). Online
  * softmax in FP32 with exp2.
  * Partials (max, sum, acc[D]) per split go to scratch; the last block of a unit to finish (an
