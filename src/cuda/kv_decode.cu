@@ -279,10 +279,6 @@ template <int D> struct kvd2_cfg {
     static constexpr int SMEM = NW2 * WARP;
 };
 
-__device__ __forceinline__ void kvd_cp4(uint32_t dst, const void *src, int n) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(n));
-}
-
 /* kvd_split2's query rows rc * M + r of kv head g: each row's key range (empty past a.rows), [kb, ke) widened
  * to cover the visible ones, and q, this lane's C channels li * C .. of the row times qscale (0 past a.rows). */
 template <int D, int C, int M>
@@ -557,6 +553,10 @@ __device__ __forceinline__ uint32_t kvdm_v2h(uint32_t xx, uint32_t sel) {
     asm("sub.f16x2 %0, %1, %2;\n" : "=r"(d) : "r"(r), "r"(0x64806480u)); /* - 1152 */
     return d;
 }
+/* A 4-byte cp.async (the tile's K and V scales), zero-filled when n is 0. */
+__device__ __forceinline__ void kvd_cp4(uint32_t dst, const void *src, int n) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(n));
+}
 __device__ __forceinline__ uint32_t kvdm_h2(float lo, float hi) {
     __half2 h = __floats2half2_rn(lo, hi); /* lo -> low 16 bits (the smaller k index) */
     return *reinterpret_cast<uint32_t *>(&h);
@@ -670,7 +670,8 @@ __device__ __forceinline__ void mma_issue(const qattn_kvd_args &a, const int32_t
         int n = 0;
         if (t >= kb && t < ke) {
             int off;
-            srcK = kvd_token_block(a, tab, t, off) + (int64_t)kh * a.head_bytes + (int64_t)off * ROW + cpc * 16;
+            const uint8_t *blk = kvd_token_block(a, tab, t, off); /* sets off: a statement of its own */
+            srcK = blk + (int64_t)kh * a.head_bytes + (int64_t)off * ROW + cpc * 16;
             srcV = srcK + a.v_off;
             n = 16;
         }
@@ -682,7 +683,8 @@ __device__ __forceinline__ void mma_issue(const qattn_kvd_args &a, const int32_t
     int n = 0;
     if (t >= kb && t < ke) {
         int off;
-        src = kvd_token_block(a, tab, t, off) + (lane < 16 ? a.ks_off : a.vs_off) + ((int64_t)kh * a.bs + off) * 4;
+        const uint8_t *blk = kvd_token_block(a, tab, t, off);
+        src = blk + (lane < 16 ? a.ks_off : a.vs_off) + ((int64_t)kh * a.bs + off) * 4;
         n = 4;
     }
     kvd_cp4(sS + lane * 4, src, n);
