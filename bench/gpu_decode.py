@@ -3,7 +3,7 @@
 
 Correctness first (small caches, poisoned outputs, GPU vs CPU qattn_kv_decode on the same cache,
 run-to-run determinism), then the benchmark: B 16, H 32, HK 8, D 128, kv-len 32k, Lq 1, block 16:
-qattn INT8-cache and FP16-cache decode, SDPA FP16 with K/V expanded to 32 heads and with
+qattn INT8-, FP16- and BF16-cache decode, SDPA FP16 with K/V expanded to 32 heads and with
 enable_gqa=True, device copy bandwidth (clone of a 4 GB tensor, read + written), all in one run.
 Three times per row:
   time:    one call between two CUDA events, synchronised after each (the latency of one call,
@@ -11,8 +11,9 @@ Three times per row:
   b2b:     20 calls enqueued back to back between two events, / 20 (throughput: the host work
            overlaps the previous call's kernels); median of 5.
   kernels: device time of the call's kernels alone, from torch.profiler (as bench/gpu_compare.py):
-           qattn: the median split kernel (kvd_*; the merge is fused into it, so one kernel per
-           call), SDPA: all its kernels per call; --no-kprof skips it.
+           qattn: the median split kernel (kvd_mma*, or kvd_split* of older trees; the merge is
+           fused into it, so one kernel per call), SDPA: all its kernels per call; --no-kprof
+           skips it.
 Peer (when importable, else skipped with the reason): FlashInfer's batch decode
 (BatchDecodeWithPagedKVCacheWrapper, 16-token pages, NHD) on an FP16 cache and on an FP8 e4m3 cache
 with one scale per tensor (k_scale, v_scale: max |x| / 448).
@@ -213,7 +214,7 @@ def correctness(lib, small):
             for (H, HK, Lq, BS, causal, wl) in ((32, 8, 1, 16, 1, -1), (8, 8, 3, 7, 1, -1), (12, 2, 2, 16, 0, 100), (4, 1, 1, 32, 1, 50)):
                 cases.append((dtype, D, H, HK, Lq, BS, causal, wl))
     if small:
-        cases = cases[:2] + cases[4:5]
+        cases = cases[:2] + cases[4:6] + cases[8:10]  # two cases per cache dtype
     lens_all = [300, 5000, 3, 1037] if not small else [300, 70]
     ok = True
     for (dtype, D, H, HK, Lq, BS, causal, wl) in cases:
@@ -317,7 +318,7 @@ def bench(lib, out, profile=False, kprof=True):
     # FP64 reference on the original values, for 4 sequences (all heads)
     NREF = 4
     ref_orig = [] if profile else [ref_decode(kd[b], vd[b], q[b].float(), L, 1, 1, -1) for b in range(NREF)]
-    for dtype, name in ((I8, "qattn INT8 cache"), (F16, "qattn FP16 cache")):
+    for dtype, name in ((I8, "qattn INT8 cache"), (F16, "qattn FP16 cache"), (BF16, "qattn BF16 cache")):
         t0 = time.time()
         cache = Cache(lib, dtype, HK, D, BS, [L] * B, [kh[b] for b in range(B)], [vh[b] for b in range(B)])
         print("%s: built in %.1f s" % (name, time.time() - t0), flush=True)
@@ -334,7 +335,7 @@ def bench(lib, out, profile=False, kprof=True):
         t = timeit(fn)
         t_again = timeit(fn)
         t_b2b = timeit_b2b(fn)
-        t_k, kpc = kernel_time(fn, ("kvd_mma", "kvd_split2")) if kprof else (float("nan"), float("nan"))
+        t_k, kpc = kernel_time(fn, ("kvd_mma", "kvd_split")) if kprof else (float("nan"), float("nan"))
         print("%s: %.1f us, again %.1f us, back-to-back %.1f us, split kernel alone %.1f us (%.2g kernels per call)"
               % (name, t * 1e6, t_again * 1e6, t_b2b * 1e6, t_k * 1e6, kpc), flush=True)
         e_deq = statistics.mean(rel_l2(o[b, 0], ref_decode(*cache.dequant(b), q[b].float(), L, 1, 1, -1)[0].cpu().to(o.device)) for b in range(NREF))

@@ -105,7 +105,8 @@
  * 1..24 is 0.24 of its bound; q held to 12 bits instead of 16 fails it (144 target-case reports).
  * The CUDA decode (qattn_kv_decode_cuda): bench/gpu_decode.py's bounds against the oracle on the
  * dequantized cache, relative L2 1e-3 for INT8 (tensor-core P.V with the weights held as two f16
- * halves, ~22 bits) and 1e-5 for FP16/BF16 (FP32 FMA, as the CPU), or the CPU bound where larger;
+ * halves, ~22 bits) and 1e-5 for FP16/BF16 (tensor cores too, q and the weights split into 16-bit
+ * parts of ~22-24 bits in all, FP32 accumulators: FP32-level), or the CPU bound where larger;
  * against the original values the CPU bounds (the storage error dominates); LSE the CPU bound plus
  * 1e-3 absolute, bench/gpu_decode.py's bound on the GPU decode's LSE against the CPU decode's. Head
  * dims the CUDA decode refuses (all but 64 and 128: QATTN_ERR_UNSUPPORTED) are counted, not

@@ -10,7 +10,7 @@ mkdir -p "$OUT"
 export QATTN_LIBRARY=$PWD/build-gpu/libqattn.so PYTHONPATH=$PWD/python
 python3 -m pytest -q -rs python/tests/test_gpu.py 2>&1 | tail -15
 python3 bench/gpu_decode.py --lib build-gpu/libqattn.so --small 2>&1 | tail -5
-ncu --set full --kernel-name regex:"kvd_mma|kvd_split2" --launch-count 4 -o /tmp/decode -f python3 bench/gpu_decode.py --lib build-gpu/libqattn.so --profile > "$OUT/ncu_decode.log" 2>&1
+ncu --set full --kernel-name regex:"kvd_mma" --launch-count 4 -o /tmp/decode -f python3 bench/gpu_decode.py --lib build-gpu/libqattn.so --profile > "$OUT/ncu_decode.log" 2>&1
 tail -3 "$OUT/ncu_decode.log"
 ncu -i /tmp/decode.ncu-rep --page details > "$OUT/decode_details.txt" 2>&1
 ncu -i /tmp/decode.ncu-rep --page source --csv --print-source sass --launch-count 1 > "$OUT/decode_i8_source.csv" 2>&1

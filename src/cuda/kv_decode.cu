@@ -3,12 +3,12 @@
  * the arguments, plans the splits, holds the scratch and calls the wrappers (layout:
  * src/kv/kv_internal.h, scheme and measurements: docs/gpu_decode.md).
  *
- * Split kernels: one thread block per (row chunk, KV split, kv head, sequence). A row chunk is a
- * few query rows of one kv head's group (GQA heads x new tokens), so each K/V token is read once
- * per chunk. Each warp streams its own tiles of 16 tokens through a cp.async ring in shared memory
- * (kvd_warp_ring: 4 stages for kvd_mma, 3 for kvd_split2). INT8 cache: kvd_mma (chunks of 8 or 16 rows; S = q K^T and O^T = V^T P^T on
- * mma.sync tensor cores); FP16/BF16 cache: kvd_split2 (chunks of up to 4 rows, FP32 FMA). Online
- * softmax in FP32 with exp2.
+ * Split kernels: one thread block per (row chunk, KV split, kv head, sequence). A row chunk is 8 or
+ * 16 query rows of one kv head's group (GQA heads x new tokens), so each K/V token is read once per
+ * chunk. Each warp streams its own tiles of 16 tokens through a cp.async ring in shared memory
+ * (kvd_warp_ring: 4 stages for kvd_mma, 3 for kvd_mma16). S = q K^T and O^T = V^T P^T run on
+ * mma.sync tensor cores: kvd_mma for the INT8 cache, kvd_mma16 for the FP16/BF16 caches (q and the
+ * softmax weights split into 16-bit parts: FP32-level precision). Online softmax in FP32 with exp2.
  * Partials (max, sum, acc[D]) per split go to scratch; the last block of a unit to finish (an
  * arrival counter per unit) combines the unit's splits in split order (fixed order: results are
  * run-to-run deterministic) and writes o and lse, so a decode is one launch per 128 sequences.
@@ -251,298 +251,53 @@ template <int D, int NB> __global__ void __launch_bounds__(D) kvd_prep_q(const v
     }
 }
 
-/* 16 bytes of a cache row (8 values) to floats. DT: 0 FP16, 1 BF16. */
-template <int DT> __device__ __forceinline__ void codes_to_f32(const uint4 &r, float *f) {
-    const uint32_t w[4] = {r.x, r.y, r.z, r.w};
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-        float2 x;
-        if (DT == 0) x = __half22float2(*reinterpret_cast<const __half2 *>(&w[k]));
-        else x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&w[k]));
-        f[2 * k] = x.x;
-        f[2 * k + 1] = x.y;
-    }
-}
+/* ---- The split kernels, on tensor cores (mma.sync, sm_80+): kvd_mma (INT8 cache) and kvd_mma16
+ * (FP16/BF16 cache). One block of NWM warps per (row chunk, KV split, kv head, sequence), each warp
+ * streaming its own 16-token tiles through a private cp.async ring (kvd_warp_ring), split partials
+ * merged in a fixed order (kvd_merge_warps, kvd_finish). A row chunk is NR = 8 * R8 query rows of one
+ * kv head's group (GQA heads x new tokens; R8 2 when there are more than 8). In both:
+ *   S = q K^T (rows x 16 tokens, rows on the M side): K B-fragments by ldmatrix from the [token][row
+ *       bytes] tile (16-byte chunks XOR-swizzled by the cp.async writes, kvdm_off).
+ *   O^T += V^T P^T (D x rows, 16 tokens per mma.m16n8k16 -> f32): the rows are the N = 8 side, so an
+ *       8-row chunk fills the mma (no padding rows in the P.V work). P^T's B fragment is the S
+ *       accumulator layout itself (tokens 2t, 2t+1 of row g); the weights are split into NP parts of
+ *       the mma's 16-bit type (kvdm_split: f16 hi + lo ~22 bits, bf16 hi + mid + lo ~24 bits), one
+ *       mma per part, so P.V keeps FP32-level precision. V^T A-fragments by ldmatrix.trans.
+ *   Online softmax in FP32 (exp2), the running max per row; acc rescaled only when some row's max
+ *       grows (warp vote), alpha brought to the accumulator rows by two shuffles.
+ * kvd_mma: S by mma.m16n8k32 s8.s8 (q16 high byte, signed) and u8.s8 (low byte, unsigned) into
+ *   int32, s = hi * 256 + lo exactly (|s| <= 32767 * 127 * 128 < 2^31), scaled as the CPU decode:
+ *   ((float)s * qsc_row) * ksc_token; weights w = p * vsc_token as f16 hi + lo; V^T fragments:
+ *   ldmatrix.trans of the int8 tile viewed as b16 gives a thread tokens (2t, 2t+1) x channels (2g,
+ *   2g+1); one prmt into 0x64xx halves (code + 128 + 1024 after an xor 0x80) and one f16x2 subtract
+ *   of 1152 give the exact codes for the channel-even and the channel-odd M rows.
+ * kvd_mma16: S by mma.m16n8k16 in the cache's type, q scaled per row by a power of two (max |q| in
+ *   [1, 2): exact, and inside f16's range) and split into NP parts like the weights, so the scores
+ *   keep FP32-level precision; the cached K and V values are the mma operands as they are (no
+ *   conversion instruction per value). */
+/* Stages of the per-warp ring. kvd_mma, measured 2026-11-23 (H100, B16 H32 HK8 D128 kv 32k, same
+ * call as the memcheck fix): 3 stages 559 us (66.5% of copy bandwidth), 4 stages 489 us (77.0%).
+ * kvd_mma16's tiles are twice the bytes: 3 stages (96 KB a block, 2 blocks per SM), the bytes in
+ * flight per SM of kvd_mma's 4 (docs/gpu_decode.md). The alternatives are source edits for a device
+ * call (dev/cuda_tuning/variant.sh), not switches. */
+constexpr int TM = 16, STM = 4, NWM = 4, STH = 3;
 
-/* ---- FP16/BF16 split kernel. Each warp streams its own tiles of T2 consecutive tokens (K rows,
- * V rows) through a private ST2-stage shared-memory ring with cp.async, so the loads of the next
- * ST2-1 tiles are in flight while a tile is computed, and no load registers are held. Warp w takes
- * tiles w, w+NW2, ... of the block's split. Compute reads its 16-byte piece of a token row from
- * shared memory (conflict-free: a warp reads 512 consecutive bytes); FP32 FMA. (An INT8 version with
- * int16 q codes and dp4a was measured and replaced by kvd_mma: docs/gpu_decode.md.) */
-constexpr int T2 = 16, ST2 = 3, NW2 = 4;
-
-template <int D> struct kvd2_cfg {
-    static constexpr int ROW = D * 2;
-    static constexpr int STAGE = 2 * T2 * ROW;
-    static constexpr int WARP = ST2 * STAGE;
-    static constexpr int SMEM = NW2 * WARP;
+/* A tile stage: K rows [TM][ROW bytes], V rows, then (INT8) the K and V scales [2][TM]. */
+template <int ROW, bool SCALES> struct kvd_stage {
+    static constexpr int BYTES = 2 * TM * ROW + (SCALES ? 2 * TM * 4 : 0);
 };
-
-/* kvd_split2's query rows rc * M + r of kv head g: each row's key range (empty past a.rows), [kb, ke) widened
- * to cover the visible ones, and q, this lane's C channels li * C .. of the row times qscale (0 past a.rows). */
-template <int D, int C, int M>
-__device__ __forceinline__ void split2_rows(const qattn_kvd_args &a, int rc, int g, int b, int L, int li, int (&lo)[M], int (&hi)[M], int &kb, int &ke,
-                                            float (&q)[M][C]) {
-#pragma unroll
-    for (int r = 0; r < M; r++) {
-        const int R = rc * M + r;
-        lo[r] = hi[r] = 0;
-        if (R < a.rows) {
-            int i, hh;
-            kvd_row(a, R, g, L, i, hh, lo[r], hi[r]);
-            if (lo[r] < hi[r]) {
-                kb = min(kb, lo[r]);
-                ke = max(ke, hi[r]);
-            }
-            const int64_t qb = (((int64_t)b * a.lq + i) * a.h + hh) * D + li * C;
-#pragma unroll
-            for (int c = 0; c < C; c++) q[r][c] = ld_any(a.q, a.q_dtype, qb + c) * a.qscale;
-        } else {
-#pragma unroll
-            for (int c = 0; c < C; c++) q[r][c] = 0.0f;
-        }
-    }
-}
-
-/* Starts the copies of tokens [tb, tb + T2) of kv head g into a stage at sK (K rows, then V rows);
- * tokens at or past ke are zero-filled. */
-template <int ROW, int LPT, int NCH>
-__device__ __forceinline__ void split2_issue(const qattn_kvd_args &a, const int32_t *tab, int g, int tb, int ke, uint32_t sK, int lane) {
-    const uint32_t sV = sK + T2 * ROW;
-#pragma unroll
-    for (int i = 0; i < NCH; i++) {
-        const int cidx = lane + 32 * i, tt = cidx / LPT, pc = cidx % LPT, t = tb + tt;
-        const uint8_t *srcK = a.arena, *srcV = a.arena;
-        int n = 0;
-        if (t < ke) {
-            int off;
-            const uint8_t *blk = kvd_token_block(a, tab, t, off);
-            const int64_t co = (int64_t)g * a.head_bytes + (int64_t)off * ROW + pc * 16;
-            srcK = blk + co;
-            srcV = blk + a.v_off + co;
-            n = 16;
-        }
-        qattn_cp_async16(sK + tt * ROW + pc * 16, srcK, n);
-        qattn_cp_async16(sV + tt * ROW + pc * 16, srcV, n);
-    }
-}
-
-/* The scores of the M rows for this lane's U tokens u * TPW + tg of the tile in stage stg, summed over the
- * token's LPT lanes. */
-template <int DT, int ROW, int C, int LPT, int TPW, int U, int M>
-__device__ __forceinline__ void split2_scores(const uint8_t *stg, int li, int tg, const float (&q)[M][C], float (&s)[M][U]) {
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-        const int tt = u * TPW + tg;
-        const uint4 kr = *reinterpret_cast<const uint4 *>(stg + tt * ROW + li * 16);
-        float kf[C];
-        codes_to_f32<DT>(kr, kf);
-#pragma unroll
-        for (int r = 0; r < M; r++) {
-            float d0 = 0.0f, d1 = 0.0f;
-#pragma unroll
-            for (int c = 0; c < C; c += 2) {
-                d0 = fmaf(q[r][c], kf[c], d0);
-                d1 = fmaf(q[r][c + 1], kf[c + 1], d1);
-            }
-            s[r][u] = d0 + d1;
-        }
-    }
-#pragma unroll
-    for (int o = LPT / 2; o > 0; o >>= 1)
-#pragma unroll
-        for (int r = 0; r < M; r++)
-#pragma unroll
-            for (int u = 0; u < U; u++) s[r][u] += __shfl_xor_sync(0xffffffffu, s[r][u], o);
-}
-
-/* The online softmax over one tile of tokens tb + u * TPW + tg: scores outside a row's [lo, hi) or at or
- * past ke masked, the running max mx and sum l updated (l and acc rescaled when the max grows), p the
- * tokens' weights. A row that has seen no key keeps p 0. */
-template <int C, int TPW, int U, int M>
-__device__ __forceinline__ void split2_softmax(int tb, int tg, int ke, const int (&lo)[M], const int (&hi)[M], float (&s)[M][U], float (&mx)[M],
-                                               float (&l)[M], float (&acc)[M][C], float (&p)[M][U]) {
-#pragma unroll
-    for (int r = 0; r < M; r++) {
-        float tmax = -INFINITY;
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int t = tb + u * TPW + tg;
-            const bool vis = t < ke && t >= lo[r] && t < hi[r];
-            s[r][u] = vis ? s[r][u] : -INFINITY;
-            tmax = fmaxf(tmax, s[r][u]);
-        }
-        const float nm = fmaxf(mx[r], tmax);
-        if (nm == -INFINITY) {
-#pragma unroll
-            for (int u = 0; u < U; u++) p[r][u] = 0.0f;
-            continue;
-        }
-        if (nm > mx[r]) {
-            const float alpha = qattn_ex2(mx[r] - nm);
-            l[r] *= alpha;
-#pragma unroll
-            for (int c = 0; c < C; c++) acc[r][c] *= alpha;
-            mx[r] = nm;
-        }
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            p[r][u] = qattn_ex2(s[r][u] - nm);
-            l[r] += p[r][u];
-        }
-    }
-}
-
-/* acc += p V over the tile in stage stg (this lane's U tokens and C channels). */
-template <int DT, int ROW, int C, int TPW, int U, int M>
-__device__ __forceinline__ void split2_accumulate_v(const uint8_t *stg, int li, int tg, const float (&p)[M][U], float (&acc)[M][C]) {
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-        const int tt = u * TPW + tg;
-        const uint4 vr = *reinterpret_cast<const uint4 *>(stg + T2 * ROW + tt * ROW + li * 16);
-        float vf[C];
-        codes_to_f32<DT>(vr, vf);
-#pragma unroll
-        for (int r = 0; r < M; r++)
-#pragma unroll
-            for (int c = 0; c < C; c++) acc[r][c] = fmaf(p[r][u], vf[c], acc[r][c]);
-    }
-}
-
-/* The warp's lane groups (lanes li + k LPT: the same channels, other tokens) merged into every lane, then
- * the warp's state written to red (maxima [M], sums [M], accumulators [M][D]) by the first group. */
-template <int D, int C, int LPT, int M>
-__device__ __forceinline__ void split2_warp_state(float (&mx)[M], float (&l)[M], float (&acc)[M][C], int li, int tg, float *red) {
-#pragma unroll
-    for (int o = LPT; o < 32; o <<= 1) {
-#pragma unroll
-        for (int r = 0; r < M; r++) {
-            const float mo = __shfl_xor_sync(0xffffffffu, mx[r], o);
-            const float lo2 = __shfl_xor_sync(0xffffffffu, l[r], o);
-            const float nm = fmaxf(mx[r], mo);
-            const float a1 = nm == -INFINITY ? 0.0f : qattn_ex2(mx[r] - nm);
-            const float a2 = nm == -INFINITY ? 0.0f : qattn_ex2(mo - nm);
-            l[r] = l[r] * a1 + lo2 * a2;
-#pragma unroll
-            for (int c = 0; c < C; c++) {
-                const float ao = __shfl_xor_sync(0xffffffffu, acc[r][c], o);
-                acc[r][c] = acc[r][c] * a1 + ao * a2;
-            }
-            mx[r] = nm;
-        }
-    }
-    if (tg == 0) {
-#pragma unroll
-        for (int r = 0; r < M; r++) {
-            if (li == 0) {
-                red[r] = mx[r];
-                red[M + r] = l[r];
-            }
-#pragma unroll
-            for (int c = 0; c < C; c++) red[2 * M + r * D + li * C + c] = acc[r][c];
-        }
-    }
-}
-
-template <int D, int DT, int M> __global__ void __launch_bounds__(NW2 * 32, 2) kvd_split2(const __grid_constant__ qattn_kvd_args a) {
-    using CF = kvd2_cfg<D>;
-    constexpr int ROW = CF::ROW;
-    constexpr int C = 8;          /* channels per lane (16 bytes) */
-    constexpr int LPT = D / C;    /* lanes per token */
-    constexpr int TPW = 32 / LPT; /* tokens per warp pass */
-    constexpr int U = T2 / TPW;   /* passes per tile */
-    constexpr int NCH = T2 * ROW / 16 / 32; /* 16-byte chunks per lane per tile, for K and for V */
-    static_assert(LPT >= 1 && LPT <= 32 && 32 % LPT == 0 && U >= 1 && NCH >= 1, "D");
-    static_assert((2 * M + M * D) * 4 <= CF::WARP, "reduction area");
-    extern __shared__ __align__(16) uint8_t kvd_smem[];
-
-    const int rc = blockIdx.x % a.n_rc, split = blockIdx.x / a.n_rc, g = blockIdx.y, bl = blockIdx.z;
-    const int id = a.seq_id[bl], L = a.seq_len[bl];
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, tg = lane / LPT, li = lane % LPT;
-    const int b = a.b0 + bl;
-
-    int lo[M], hi[M];
-    int kb = L, ke = 0;
-    float q[M][C];
-    split2_rows<D, C, M>(a, rc, g, b, L, li, lo, hi, kb, ke, q);
-    const int c0 = split * a.split_tokens;
-    kb = max(kb, c0);
-    ke = min(ke, min(L, c0 + a.split_tokens));
-
-    float mx[M], l[M], acc[M][C];
-#pragma unroll
-    for (int r = 0; r < M; r++) {
-        mx[r] = -INFINITY;
-        l[r] = 0.0f;
-#pragma unroll
-        for (int c = 0; c < C; c++) acc[r][c] = 0.0f;
-    }
-    const int32_t *tab = a.table + (int64_t)id * a.table_ld;
-    uint8_t *wbase = kvd_smem + w * CF::WARP;
-    const uint32_t wsm = qattn_smem_u32(wbase);
-    const int ntile = ke > kb ? (ke - kb + T2 - 1) / T2 : 0;
-    kvd_warp_ring<ST2, NW2>(
-        w, ntile, [&](int j, int stage) { split2_issue<ROW, LPT, NCH>(a, tab, g, kb + j * T2, ke, wsm + stage * CF::STAGE, lane); },
-        [&](int n, int stage) {
-            const uint8_t *stg = wbase + stage * CF::STAGE;
-            const int tb = kb + (w + n * NW2) * T2;
-            float s[M][U], p[M][U];
-            split2_scores<DT, ROW, C, LPT, TPW, U, M>(stg, li, tg, q, s);
-            split2_softmax<C, TPW, U, M>(tb, tg, ke, lo, hi, s, mx, l, acc, p);
-            split2_accumulate_v<DT, ROW, C, TPW, U, M>(stg, li, tg, p, acc);
-        });
-    /* reduction area: the start of each warp's own ring (its copies are complete) */
-    split2_warp_state<D, C, LPT, M>(mx, l, acc, li, tg, reinterpret_cast<float *>(wbase));
-    __syncthreads();
-    kvd_merge_warps<D, M, NW2, CF::WARP>(a, rc, g, bl, split, kvd_smem);
-    kvd_finish<D, M, NW2>(a, rc, g, bl);
-}
-
-/* Launchers: the shared-memory limits were raised once per context (qattn_kvd_prepare_slot). */
-template <int D, int DT, int M> cudaError_t launch2_m(const qattn_kvd_args &a, dim3 grid, cudaStream_t st) {
-    kvd_split2<D, DT, M><<<grid, NW2 * 32, kvd2_cfg<D>::SMEM, st>>>(a);
-    return cudaGetLastError();
-}
-
-template <int D, int DT> cudaError_t launch2_d(const qattn_kvd_args &a, int M, dim3 grid, cudaStream_t st) {
-    if (M == 1) return launch2_m<D, DT, 1>(a, grid, st);
-    if (M == 2) return launch2_m<D, DT, 2>(a, grid, st);
-    return launch2_m<D, DT, 4>(a, grid, st);
-}
-
-/* ---- INT8 tensor-core split kernel (default for the INT8 cache). Same frame as kvd_split2
- * (one block of NWM warps per (row chunk, KV split, kv head, sequence), each warp streaming its
- * own 16-token tiles through a private STM-stage cp.async ring, split partials merged in a fixed
- * order), with the per-token arithmetic on mma.sync (sm_80+). A row chunk is NR = 8 * R8 query rows
- * of one kv head's group (GQA heads x new tokens; R8 2 when there are more than 8).
- *   S = q K^T  (rows x 16 tokens): mma.m16n8k32 s8.s8 (q16 high byte, signed) and u8.s8 (low
- *       byte, unsigned) into int32, s = hi * 256 + lo exactly (|s| <= 32767 * 127 * 128 < 2^31),
- *       scaled as the CPU decode: ((float)s * qsc_row) * ksc_token. K B-fragments come from the
- *       [token][D] tile with ldmatrix (rows of 16 bytes swizzled by the cp.async writes).
- *   O^T += V^T P^T (D x rows, 16 tokens per mma.m16n8k16 f16 -> f32): the rows are the N = 8
- *       side, so an 8-row chunk fills the mma (no padding rows in the P.V work). P^T's B fragment
- *       is the S accumulator layout itself (tokens 2t, 2t+1 of row g), weights w = p * vsc_token
- *       split into f16 hi + f16 lo (two mma: ~22 bits, FP32-level). V^T A-fragments: ldmatrix.trans
- *       of the int8 tile viewed as b16 gives a thread tokens (2t, 2t+1) x channels (2g, 2g+1);
- *       one prmt into 0x64xx halves (code + 128 + 1024 after an xor 0x80) and one f16x2 subtract
- *       of 1152 give the exact codes for the channel-even and the channel-odd M rows.
- * Online softmax in FP32 (exp2), the running max per row; acc rescaled only when some row's max
- * grows (warp vote), alpha brought to the accumulator rows by two shuffles. */
-/* Stages of the per-warp ring. Measured 2026-11-23 (H100, B16 H32 HK8 D128 kv 32k, same call as the
- * memcheck fix): 3 stages 559 us (66.5% of copy bandwidth), 4 stages 489 us (77.0%). The alternative
- * is a source edit for a device call (dev/cuda_tuning/variant.sh), not a switch. */
-constexpr int TM = 16, STM = 4, NWM = 4;
-
-template <int D> struct kvdm_cfg {
-    static constexpr int ROW = D;      /* int8 codes per token row */
-    static constexpr int CPR = D / 16; /* 16-byte chunks per row */
-    static constexpr int STAGE = 2 * TM * ROW + 2 * TM * 4;
+template <int D> struct kvdm_cfg { /* kvd_mma: int8 codes, D bytes a row */
+    static constexpr int ROW = D, CPR = D / 16, STAGE = kvd_stage<ROW, true>::BYTES;
     static constexpr int WARP = STM * STAGE;
     static constexpr int SMEM = NWM * WARP;
 };
+template <int D> struct kvdh_cfg { /* kvd_mma16: f16 / bf16 values, 2 D bytes a row */
+    static constexpr int ROW = 2 * D, CPR = D / 8, STAGE = kvd_stage<ROW, false>::BYTES;
+    static constexpr int WARP = STH * STAGE;
+    static constexpr int SMEM = NWM * WARP;
+};
 
-/* Byte offset of 16-byte chunk c of token row r in a [TM][D] int8 tile: chunks XOR-swizzled so
+/* Byte offset of 16-byte chunk c of token row r in a tile of CPR chunks a row: chunks XOR-swizzled so
  * that the 8 rows an ldmatrix matrix reads (same logical chunk) fall in 8 distinct bank groups. */
 template <int CPR> __device__ __forceinline__ uint32_t kvdm_off(int r, int c) {
     return (uint32_t)((r * CPR + (CPR >= 8 ? (c ^ (r & 7)) : (c ^ ((r >> 1) & 3)))) * 16);
@@ -557,15 +312,52 @@ __device__ __forceinline__ uint32_t kvdm_v2h(uint32_t xx, uint32_t sel) {
 __device__ __forceinline__ void kvd_cp4(uint32_t dst, const void *src, int n) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(n));
 }
-__device__ __forceinline__ uint32_t kvdm_h2(float lo, float hi) {
-    __half2 h = __floats2half2_rn(lo, hi); /* lo -> low 16 bits (the smaller k index) */
+/* Two floats as an f16 or bf16 pair, rounded to nearest (x0 -> low 16 bits: the smaller k index), and back. */
+template <bool BF16> __device__ __forceinline__ uint32_t kvdm_pack2(float x0, float x1) {
+    if (BF16) {
+        __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
+        return *reinterpret_cast<uint32_t *>(&h);
+    }
+    __half2 h = __floats2half2_rn(x0, x1);
     return *reinterpret_cast<uint32_t *>(&h);
 }
+template <bool BF16> __device__ __forceinline__ float2 kvdm_unpack2(uint32_t u) {
+    if (BF16) return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u));
+    return __half22float2(*reinterpret_cast<const __half2 *>(&u));
+}
+/* x0, x1 as NP pairs of the 16-bit type whose sum is x to ~11 NP bits (f16) or ~8 NP bits (bf16): each part
+ * the rounding of what the previous ones left (x - rn(x) is exact in FP32). */
+template <bool BF16, int NP> __device__ __forceinline__ void kvdm_split(float x0, float x1, uint32_t (&part)[NP]) {
+#pragma unroll
+    for (int k = 0; k < NP; k++) {
+        part[k] = kvdm_pack2<BF16>(x0, x1);
+        if (k + 1 < NP) {
+            const float2 h = kvdm_unpack2<BF16>(part[k]);
+            x0 -= h.x;
+            x1 -= h.y;
+        }
+    }
+}
 
-/* kvd_mma's rows ri * 8 + g8 of the chunk (rows rc * NR + ..): their key ranges clipped to the split [c0, c1)
- * (vlo, vhi; empty past a.rows, valid false), [kb, ke) widened to cover the visible ones, and q as int16 codes
- * in m16n8k32 A fragments (qah / qal: this thread's channels kc * 32 + {0, 16} + 4 t4 + 0..3) with a scale
- * per row (qsc). R8 1: the fragments' second-row halves are 0. */
+/* Row R of a tensor-core kernel's chunk: false past a.rows; else its query i and head hh, its key range
+ * clipped to the split [c0, c1) (lo, hi; empty past a.rows), and [kb, ke) widened to cover it. */
+__device__ __forceinline__ bool mma_row_range(const qattn_kvd_args &a, int R, int kh, int L, int c0, int c1, int &i, int &hh, int &lo, int &hi, int &kb,
+                                              int &ke) {
+    i = hh = lo = hi = 0;
+    if (R >= a.rows) return false;
+    kvd_row(a, R, kh, L, i, hh, lo, hi);
+    lo = max(lo, c0);
+    hi = min(hi, c1);
+    if (lo < hi) {
+        kb = min(kb, lo);
+        ke = max(ke, hi);
+    }
+    return true;
+}
+
+/* kvd_mma's rows ri * 8 + g8 of the chunk (rows rc * NR + ..): their key ranges (mma_row_range: vlo, vhi, valid,
+ * kb, ke) and q as int16 codes in m16n8k32 A fragments (qah / qal: this thread's channels kc * 32 + {0, 16} +
+ * 4 t4 + 0..3) with a scale per row (qsc). R8 1: the fragments' second-row halves are 0. */
 template <int D, int R8>
 __device__ __forceinline__ void mma_rows(const qattn_kvd_args &a, int rc, int kh, int b, int L, int c0, int c1, int g8, int t4, int (&vlo)[R8],
                                          int (&vhi)[R8], bool (&valid)[R8], float (&qsc)[R8], uint32_t (&qah)[D / 32][4], uint32_t (&qal)[D / 32][4],
@@ -573,19 +365,10 @@ __device__ __forceinline__ void mma_rows(const qattn_kvd_args &a, int rc, int kh
     constexpr int KC = D / 32, NR = 8 * R8;
 #pragma unroll
     for (int ri = 0; ri < R8; ri++) {
-        const int R = rc * NR + ri * 8 + g8;
-        valid[ri] = R < a.rows;
-        int lo = 0, hi = 0;
+        int i, hh, lo, hi;
+        valid[ri] = mma_row_range(a, rc * NR + ri * 8 + g8, kh, L, c0, c1, i, hh, lo, hi, kb, ke);
         float qf[KC][2][4];
         if (valid[ri]) {
-            int i, hh;
-            kvd_row(a, R, kh, L, i, hh, lo, hi);
-            lo = max(lo, c0);
-            hi = min(hi, c1);
-            if (lo < hi) {
-                kb = min(kb, lo);
-                ke = max(ke, hi);
-            }
             const int64_t qb = (((int64_t)b * a.lq + i) * a.h + hh) * D + 4 * t4;
 #pragma unroll
             for (int kc = 0; kc < KC; kc++)
@@ -615,6 +398,66 @@ __device__ __forceinline__ void mma_rows(const qattn_kvd_args &a, int rc, int kh
         for (int kc = 0; kc < KC; kc++) qah[kc][1] = qah[kc][3] = qal[kc][1] = qal[kc][3] = 0u;
 }
 
+/* kvd_mma16's rows ri * 8 + g8 of the chunk: their key ranges (mma_row_range: vlo, vhi, valid, kb, ke) and q
+ * times qscale as m16n8k16 A fragments of the cache's type: each row times 2^-e, e the exponent of its largest
+ * |value| (so that it lies in [1, 2): exact, and inside f16's range; qsc = 2^e, NaN for a row with a
+ * non-finite value, whose fragments are 0), split into NP parts (kvdm_split). qa[k][ks]: part k, this thread's
+ * channels ks * 16 + 2 t4 + {0, 1} (a0 row g8, a1 row g8 + 8) and those + 8 (a2, a3). R8 1: the second-row
+ * halves are 0. */
+template <int D, bool BF16, int R8, int NP>
+__device__ __forceinline__ void mma16_rows(const qattn_kvd_args &a, int rc, int kh, int b, int L, int c0, int c1, int g8, int t4, int (&vlo)[R8],
+                                           int (&vhi)[R8], bool (&valid)[R8], float (&qsc)[R8], uint32_t (&qa)[NP][D / 16][4], int &kb, int &ke) {
+    constexpr int KS = D / 16, NR = 8 * R8;
+#pragma unroll
+    for (int ri = 0; ri < R8; ri++) {
+        int i, hh, lo, hi;
+        valid[ri] = mma_row_range(a, rc * NR + ri * 8 + g8, kh, L, c0, c1, i, hh, lo, hi, kb, ke);
+        vlo[ri] = lo;
+        vhi[ri] = hi;
+        float qf[KS][2][2]; /* [ks][hf][j]: channel ks * 16 + 8 hf + 2 t4 + j */
+        const int64_t qb = (((int64_t)b * a.lq + i) * a.h + hh) * D + 2 * t4;
+#pragma unroll
+        for (int ks = 0; ks < KS; ks++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+                for (int j = 0; j < 2; j++) qf[ks][hf][j] = valid[ri] ? ld_any(a.q, a.q_dtype, qb + ks * 16 + 8 * hf + j) * a.qscale : 0.0f;
+        float am = 0.0f; /* the row's largest |value|, +inf when one is not finite; a row lies on a quad */
+#pragma unroll
+        for (int ks = 0; ks < KS; ks++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+                for (int j = 0; j < 2; j++) {
+                    const float x = fabsf(qf[ks][hf][j]);
+                    am = !(x <= 3.4e38f) ? INFINITY : fmaxf(am, x);
+                }
+        am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, 1));
+        am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, 2));
+        float inv = 0.0f;
+        qsc[ri] = am == INFINITY ? NAN : 0.0f;
+        if (am > 0.0f && am < INFINITY) {
+            const int e = max(-126, min(126, ilogbf(am)));
+            qsc[ri] = __int_as_float((127 + e) << 23);
+            inv = __int_as_float((127 - e) << 23);
+        }
+#pragma unroll
+        for (int ks = 0; ks < KS; ks++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                uint32_t part[NP];
+                kvdm_split<BF16, NP>(inv > 0.0f ? qf[ks][hf][0] * inv : 0.0f, inv > 0.0f ? qf[ks][hf][1] * inv : 0.0f, part);
+#pragma unroll
+                for (int k = 0; k < NP; k++) qa[k][ks][2 * hf + ri] = part[k];
+            }
+    }
+    if (R8 == 1)
+#pragma unroll
+        for (int k = 0; k < NP; k++)
+#pragma unroll
+            for (int ks = 0; ks < KS; ks++) qa[k][ks][1] = qa[k][ks][3] = 0u;
+}
+
 /* The warp's tokens: [kb, ke) widened to what any row of the chunk sees in the split; rows past a.rows then
  * see all of it (their q is 0, their output dropped); [wlo, whi), the tokens every row sees, whose tiles need
  * no mask. */
@@ -642,16 +485,19 @@ __device__ __forceinline__ void mma_chunk_range(const bool (&valid)[R8], int (&v
     }
 }
 
-/* Starts the copies of the tile of tokens [tb, tb + TM) of kv head kh into a stage at sK (K rows, V rows,
- * then the K and V scales): whole 16-token pieces of one block when blk16 (the cache's block size a
- * multiple of 16), else per token with tokens outside [kb, ke) zero-filled. Lane: chunk cpc of tokens
- * ctr + i TPP, written at dsto[i]. */
-template <int D>
+/* Starts the copies of the tile of tokens [tb, tb + TM) of kv head kh into a stage at sK (kvd_stage: K rows
+ * of ROW bytes, V rows, then when SCALES the K and V scales): whole 16-token pieces of one block when blk16
+ * (the cache's block size a multiple of 16; below), else per token with tokens outside [kb, ke) zero-filled. Lane:
+ * chunk cpc of tokens ctr + i TPP, written at dsto[i]. */
+template <int ROW, bool SCALES>
 __device__ __forceinline__ void mma_issue(const qattn_kvd_args &a, const int32_t *tab, int kh, int tb, int kb, int ke, bool blk16, uint32_t sK, int lane,
-                                          int cpc, int ctr, const uint32_t (&dsto)[TM / (32 / (D / 16))]) {
-    constexpr int ROW = D, TPP = 32 / (D / 16), NP = TM / TPP;
+                                          int cpc, int ctr, const uint32_t (&dsto)[TM / (32 / (ROW / 16))]) {
+    constexpr int TPP = 32 / (ROW / 16), NP = TM / TPP;
     const uint32_t sV = sK + TM * ROW, sS = sV + TM * ROW;
-    if (blk16) { /* warp-uniform: the whole tile lies in one block, every address is valid */
+    /* warp-uniform: the whole tile lies in one block, every address is valid. FP16/BF16 tiles (no scales) only
+     * when it lies inside [kb, ke) too: a token outside may hold anything, an Inf or NaN that a weight of 0
+     * would not cancel in the P.V mma (INT8 codes are finite, and a masked token's scale is never used). */
+    if (blk16 && (SCALES || (tb >= kb && tb + TM <= ke))) {
         int off0;
         const uint8_t *blk = kvd_token_block(a, tab, tb, off0);
         const uint8_t *pk = blk + (int64_t)kh * a.head_bytes + (int64_t)(off0 + ctr) * ROW + cpc * 16;
@@ -660,7 +506,7 @@ __device__ __forceinline__ void mma_issue(const qattn_kvd_args &a, const int32_t
             qattn_cp_async16(sK + dsto[i], pk + i * TPP * ROW, 16);
             qattn_cp_async16(sV + dsto[i], pk + a.v_off + i * TPP * ROW, 16);
         }
-        if (lane < 8) qattn_cp_async16(sS + lane * 16, blk + (lane < 4 ? a.ks_off : a.vs_off) + ((int64_t)kh * a.bs + off0 + 4 * (lane & 3)) * 4, 16);
+        if (SCALES && lane < 8) qattn_cp_async16(sS + lane * 16, blk + (lane < 4 ? a.ks_off : a.vs_off) + ((int64_t)kh * a.bs + off0 + 4 * (lane & 3)) * 4, 16);
         return;
     }
 #pragma unroll
@@ -678,6 +524,7 @@ __device__ __forceinline__ void mma_issue(const qattn_kvd_args &a, const int32_t
         qattn_cp_async16(sK + dsto[i], srcK, n);
         qattn_cp_async16(sV + dsto[i], srcV, n);
     }
+    if (!SCALES) return;
     const int t = tb + (lane & 15);
     const uint8_t *src = a.arena;
     int n = 0;
@@ -690,7 +537,22 @@ __device__ __forceinline__ void mma_issue(const qattn_kvd_args &a, const int32_t
     kvd_cp4(sS + lane * 4, src, n);
 }
 
-/* S of the tile at sK for the R8 row groups (C fragments: [nt] tokens nt * 8 .. + 7; e: token 2 t4 + e of
+/* Scores of tokens outside a row's [vlo, vhi) to -inf (C fragments: [nt] tokens tb + nt * 8 .., e: token
+ * 2 t4 + e of row g8 of group ri). */
+template <int R8>
+__device__ __forceinline__ void mma_mask(int tb, int t4, const int (&vlo)[R8], const int (&vhi)[R8], float (&s)[R8][2][2]) {
+#pragma unroll
+    for (int ri = 0; ri < R8; ri++)
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int t = tb + nt * 8 + 2 * t4 + e;
+                if (!(t >= vlo[ri] && t < vhi[ri])) s[ri][nt][e] = -INFINITY;
+            }
+}
+
+/* kvd_mma: S of the tile at sK for the R8 row groups (C fragments: [nt] tokens nt * 8 .. + 7; e: token 2 t4 + e of
  * row g8): the int16 codes' exact products (s8 high byte, u8 low byte) scaled as the CPU decode, ((float)s
  * qsc_row) ksc_token; tokens outside a row's [vlo, vhi) masked unless the tile is full. */
 template <int D, int R8>
@@ -713,16 +575,33 @@ __device__ __forceinline__ void mma_scores(uint32_t sK, const uint32_t (&koff)[D
         for (int nt = 0; nt < 2; nt++)
 #pragma unroll
             for (int e = 0; e < 2; e++) s[ri][nt][e] = ((float)(sh[nt][2 * ri + e] * 256 + sl[nt][2 * ri + e]) * qsc[ri]) * ksc[nt][e];
-    if (!full)
+    if (!full) mma_mask<R8>(tb, t4, vlo, vhi, s);
+}
+
+/* kvd_mma16: S of the tile at sK for the R8 row groups (C fragments as mma_scores): the NP parts of q times
+ * the cached K values (mma.m16n8k16, FP32 accumulators, two chains: even and odd channel blocks), times the
+ * row's scale; tokens outside a row's [vlo, vhi) masked unless the tile is full. */
+template <int D, bool BF16, int R8, int NP>
+__device__ __forceinline__ void mma16_scores(uint32_t sK, const uint32_t (&koff)[D / 16], const uint32_t (&qa)[NP][D / 16][4], const float (&qsc)[R8],
+                                             int tb, int t4, bool full, const int (&vlo)[R8], const int (&vhi)[R8], float (&s)[R8][2][2]) {
+    float c[2][2][4] = {};
 #pragma unroll
-        for (int ri = 0; ri < R8; ri++)
+    for (int ks = 0; ks < D / 16; ks++) {
+        uint32_t kr[4];
+        qattn_ldsm_x4(kr, sK + koff[ks]);
 #pragma unroll
-            for (int nt = 0; nt < 2; nt++)
+        for (int k = 0; k < NP; k++) {
+            qattn_mma_f16<BF16>(c[ks & 1][0], qa[k][ks], kr[0], kr[1]);
+            qattn_mma_f16<BF16>(c[ks & 1][1], qa[k][ks], kr[2], kr[3]);
+        }
+    }
 #pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const int t = tb + nt * 8 + 2 * t4 + e;
-                    if (!(t >= vlo[ri] && t < vhi[ri])) s[ri][nt][e] = -INFINITY;
-                }
+    for (int ri = 0; ri < R8; ri++)
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) s[ri][nt][e] = (c[0][nt][2 * ri + e] + c[1][nt][2 * ri + e]) * qsc[ri];
+    if (!full) mma_mask<R8>(tb, t4, vlo, vhi, s);
 }
 
 /* The online softmax's max step over one tile: each row's running max mx (over its quad), and, when some
@@ -761,11 +640,12 @@ __device__ __forceinline__ void mma_softmax_max(const float (&s)[R8][2][2], int 
     }
 }
 
-/* The tile's weights p = exp2(s - mx) into l and, times the token's V scale, into P^T B fragments as f16
- * high (bh) + low (bo) parts (~22 bits); masked scores weigh 0 (never times a scale). */
-template <int R8>
+/* The tile's weights p = exp2(s - mx) into l and, times the token's V scale (1 for FP16/BF16 caches), into
+ * P^T B fragments w[ri][nt] as NP parts of the 16-bit type (kvdm_split); masked scores weigh 0 (never times
+ * a scale). */
+template <int R8, bool BF16, int NP>
 __device__ __forceinline__ void mma_weights(const float (&s)[R8][2][2], const float (&mx)[R8], const float (&vsc)[2][2], bool full, float (&l)[R8],
-                                            uint32_t (&bh)[R8][2], uint32_t (&bo)[R8][2]) {
+                                            uint32_t (&w)[R8][2][NP]) {
 #pragma unroll
     for (int ri = 0; ri < R8; ri++) {
         const float mref = mx[ri] == -INFINITY ? 0.0f : mx[ri];
@@ -779,18 +659,15 @@ __device__ __forceinline__ void mma_weights(const float (&s)[R8][2][2], const fl
                 wv[e] = p * vsc[nt][e];
                 if (!full && s[ri][nt][e] == -INFINITY) wv[e] = 0.0f;
             }
-            bh[ri][nt] = kvdm_h2(wv[0], wv[1]);
-            const float2 hf = __half22float2(*reinterpret_cast<const __half2 *>(&bh[ri][nt]));
-            bo[ri][nt] = kvdm_h2(wv[0] - hf.x, wv[1] - hf.y);
+            kvdm_split<BF16, NP>(wv[0], wv[1], w[ri][nt]);
         }
     }
 }
 
-/* O^T += V^T P^T over the tile at sV: M = 16 channels (cb * 16 + 2 g8, + 1 for m = g8 + 8), the exact V
- * codes as f16 from ldmatrix.trans, two f16 mma per row group (the weights' high and low parts). */
+/* kvd_mma: O^T += V^T P^T over the tile at sV: M = 16 channels (cb * 16 + 2 g8, + 1 for m = g8 + 8), the
+ * exact V codes as f16 from ldmatrix.trans, two f16 mma per row group (the weights' high and low parts). */
 template <int D, int R8>
-__device__ __forceinline__ void mma_accumulate_v(uint32_t sV, const uint32_t (&voff)[D / 32], const uint32_t (&bh)[R8][2], const uint32_t (&bo)[R8][2],
-                                                 float (&acc)[R8][D / 16][4]) {
+__device__ __forceinline__ void mma_accumulate_v(uint32_t sV, const uint32_t (&voff)[D / 32], const uint32_t (&w)[R8][2][2], float (&acc)[R8][D / 16][4]) {
 #pragma unroll
     for (int p = 0; p < D / 32; p++) {
         uint32_t vr[4];
@@ -801,15 +678,33 @@ __device__ __forceinline__ void mma_accumulate_v(uint32_t sV, const uint32_t (&v
             const uint32_t va[4] = {kvdm_v2h(x, 0x4240u), kvdm_v2h(x, 0x4341u), kvdm_v2h(y, 0x4240u), kvdm_v2h(y, 0x4341u)};
 #pragma unroll
             for (int ri = 0; ri < R8; ri++) {
-                qattn_mma_f16<false>(acc[ri][2 * p + u], va, bh[ri][0], bh[ri][1]);
-                qattn_mma_f16<false>(acc[ri][2 * p + u], va, bo[ri][0], bo[ri][1]);
+                qattn_mma_f16<false>(acc[ri][2 * p + u], va, w[ri][0][0], w[ri][1][0]);
+                qattn_mma_f16<false>(acc[ri][2 * p + u], va, w[ri][0][1], w[ri][1][1]);
             }
         }
     }
 }
 
-/* Row sums over the quad, then the warp's state to red (maxima [NR], sums [NR], accumulators [NR][D]). */
-template <int D, int R8>
+/* kvd_mma16: O^T += V^T P^T over the tile at sV: M = 16 channels (cb * 16 + g8, + 8 for m = g8 + 8), the
+ * cached values from ldmatrix.trans as they are (the same chunk offsets as K's, koff), one mma per part of
+ * the weights. */
+template <int D, bool BF16, int R8, int NP>
+__device__ __forceinline__ void mma16_accumulate_v(uint32_t sV, const uint32_t (&voff)[D / 16], const uint32_t (&w)[R8][2][NP], float (&acc)[R8][D / 16][4]) {
+#pragma unroll
+    for (int cb = 0; cb < D / 16; cb++) {
+        uint32_t va[4];
+        qattn_ldsm_x4_t(va, sV + voff[cb]);
+#pragma unroll
+        for (int ri = 0; ri < R8; ri++)
+#pragma unroll
+            for (int k = 0; k < NP; k++) qattn_mma_f16<BF16>(acc[ri][cb], va, w[ri][0][k], w[ri][1][k]);
+    }
+}
+
+/* Row sums over the quad, then the warp's state to red (maxima [NR], sums [NR], accumulators [NR][D]). The
+ * accumulator's M row m = g8 (+ 8 for e >= 2) of channel block cb is channel cb * 16 + m for kvd_mma16 (V16)
+ * and cb * 16 + 2 g8 (+ 1) for kvd_mma (its V^T fragments pair adjacent channels). */
+template <int D, int R8, bool V16>
 __device__ __forceinline__ void mma_warp_state(const float (&mx)[R8], float (&l)[R8], const float (&acc)[R8][D / 16][4], int g8, int t4, float *red) {
     constexpr int NR = 8 * R8;
 #pragma unroll
@@ -823,7 +718,8 @@ __device__ __forceinline__ void mma_warp_state(const float (&mx)[R8], float (&l)
 #pragma unroll
         for (int cb = 0; cb < D / 16; cb++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) red[2 * NR + (ri * 8 + 2 * t4 + (e & 1)) * D + cb * 16 + 2 * g8 + (e >> 1)] = acc[ri][cb][e];
+            for (int e = 0; e < 4; e++)
+                red[2 * NR + (ri * 8 + 2 * t4 + (e & 1)) * D + cb * 16 + (V16 ? g8 + 8 * (e >> 1) : 2 * g8 + (e >> 1))] = acc[ri][cb][e];
     }
 }
 
@@ -878,7 +774,7 @@ template <int D, int R8> __global__ void __launch_bounds__(NWM * 32, R8 == 1 && 
     }
     kvd_warp_ring<STM, NWM>(
         w, ntile,
-        [&](int j, int stage) { mma_issue<D>(a, tab, kh, ts + j * TM, kb, ke, blk16, wsm + stage * CF::STAGE, lane, cpc, ctr, dsto); },
+        [&](int j, int stage) { mma_issue<ROW, true>(a, tab, kh, ts + j * TM, kb, ke, blk16, wsm + stage * CF::STAGE, lane, cpc, ctr, dsto); },
         [&](int n, int stage) {
             const uint32_t sK = wsm + stage * CF::STAGE, sV = sK + TM * ROW;
             const float *scl = reinterpret_cast<const float *>(wbase + stage * CF::STAGE + 2 * TM * ROW);
@@ -888,21 +784,94 @@ template <int D, int R8> __global__ void __launch_bounds__(NWM * 32, R8 == 1 && 
             const float ksc[2][2] = {{ks0.x, ks0.y}, {ks1.x, ks1.y}}, vsc[2][2] = {{vs0.x, vs0.y}, {vs1.x, vs1.y}};
             const bool full = tb >= wlo && tb + TM <= whi; /* warp-uniform */
             float s[R8][2][2];
-            uint32_t bh[R8][2], bo[R8][2];
+            uint32_t wt[R8][2][2];
             mma_scores<D, R8>(sK, koff, qah, qal, qsc, ksc, tb, t4, full, vlo, vhi, s);
             mma_softmax_max<D, R8>(s, t4, mx, l, acc);
-            mma_weights<R8>(s, mx, vsc, full, l, bh, bo);
-            mma_accumulate_v<D, R8>(sV, voff, bh, bo, acc);
+            mma_weights<R8, false, 2>(s, mx, vsc, full, l, wt);
+            mma_accumulate_v<D, R8>(sV, voff, wt, acc);
         });
     /* the warp's state to the start of its own ring (its copies are complete) */
-    mma_warp_state<D, R8>(mx, l, acc, g8, t4, reinterpret_cast<float *>(wbase));
+    mma_warp_state<D, R8, false>(mx, l, acc, g8, t4, reinterpret_cast<float *>(wbase));
     __syncthreads();
     kvd_merge_warps<D, NR, NWM, CF::WARP>(a, rc, kh, bl, split, kvd_smem);
     kvd_finish<D, NR, NWM>(a, rc, kh, bl);
 }
 
+template <int D, int DT, int R8> __global__ void __launch_bounds__(NWM * 32, 2) kvd_mma16(const __grid_constant__ qattn_kvd_args a) {
+    using CF = kvdh_cfg<D>;
+    constexpr bool BF16 = DT == 1;
+    constexpr int ROW = CF::ROW, CPR = CF::CPR, KS = D / 16, NR = 8 * R8, NP = BF16 ? 3 : 2;
+    constexpr int TPP = 32 / CPR, NPS = TM / TPP; /* tokens per copy pass, passes per tile */
+    static_assert(CPR == 8 || CPR == 16, "D 64 or 128");
+    static_assert((2 * NR + NR * D) * 4 <= CF::WARP, "reduction area");
+    extern __shared__ __align__(16) uint8_t kvd_smem[];
+
+    const int rc = blockIdx.x % a.n_rc, split = blockIdx.x / a.n_rc, kh = blockIdx.y, bl = blockIdx.z;
+    const int id = a.seq_id[bl], L = a.seq_len[bl], b = a.b0 + bl;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g8 = lane >> 2, t4 = lane & 3;
+    /* a split that starts past this sequence's end is empty (c1 == c0): no tile is read */
+    const int c0 = split * a.split_tokens, c1 = max(c0, min(L, c0 + a.split_tokens));
+
+    int vlo[R8], vhi[R8];
+    bool valid[R8];
+    float qsc[R8];
+    uint32_t qa[NP][KS][4];
+    int kb = c1, ke = c0, wlo, whi;
+    mma16_rows<D, BF16, R8, NP>(a, rc, kh, b, L, c0, c1, g8, t4, vlo, vhi, valid, qsc, qa, kb, ke);
+    mma_chunk_range<R8>(valid, vlo, vhi, kb, ke, wlo, whi);
+
+    float mx[R8], l[R8], acc[R8][KS][4];
+#pragma unroll
+    for (int ri = 0; ri < R8; ri++) {
+        mx[ri] = -INFINITY;
+        l[ri] = 0.0f;
+#pragma unroll
+        for (int cb = 0; cb < KS; cb++) acc[ri][cb][0] = acc[ri][cb][1] = acc[ri][cb][2] = acc[ri][cb][3] = 0.0f;
+    }
+    const int32_t *tab = a.table + (int64_t)id * a.table_ld;
+    uint8_t *wbase = kvd_smem + w * CF::WARP;
+    const uint32_t wsm = qattn_smem_u32(wbase);
+    const int ts = kb & ~(TM - 1); /* tiles aligned to 16 tokens: one cache block when bs % 16 == 0 */
+    const int ntile = ke > kb ? (ke - ts + TM - 1) / TM : 0;
+    const bool blk16 = a.bs % TM == 0;
+    const int cpc = lane % CPR, ctr = lane / CPR; /* copy: lane -> chunk cpc of tokens ctr + i * TPP */
+    uint32_t dsto[NPS];
+#pragma unroll
+    for (int i = 0; i < NPS; i++) dsto[i] = kvdm_off<CPR>(ctr + i * TPP, cpc);
+    /* ldmatrix row addresses, x4 per 16 channels: tokens 0-7 / 8-15 x channels 0-7 / 8-15 of the block; the
+     * same offsets give K's B fragments (ldmatrix) and V^T's A fragments (ldmatrix.trans) */
+    uint32_t off[KS];
+#pragma unroll
+    for (int ks = 0; ks < KS; ks++) off[ks] = kvdm_off<CPR>(((lane >> 4) << 3) + (lane & 7), 2 * ks + ((lane >> 3) & 1));
+    const float one[2][2] = {{1.0f, 1.0f}, {1.0f, 1.0f}};
+    kvd_warp_ring<STH, NWM>(
+        w, ntile,
+        [&](int j, int stage) { mma_issue<ROW, false>(a, tab, kh, ts + j * TM, kb, ke, blk16, wsm + stage * CF::STAGE, lane, cpc, ctr, dsto); },
+        [&](int n, int stage) {
+            const uint32_t sK = wsm + stage * CF::STAGE, sV = sK + TM * ROW;
+            const int tb = ts + (w + n * NWM) * TM;
+            const bool full = tb >= wlo && tb + TM <= whi; /* warp-uniform */
+            float s[R8][2][2];
+            uint32_t wt[R8][2][NP];
+            mma16_scores<D, BF16, R8, NP>(sK, off, qa, qsc, tb, t4, full, vlo, vhi, s);
+            mma_softmax_max<D, R8>(s, t4, mx, l, acc);
+            mma_weights<R8, BF16, NP>(s, mx, one, full, l, wt);
+            mma16_accumulate_v<D, BF16, R8, NP>(sV, off, wt, acc);
+        });
+    /* the warp's state to the start of its own ring (its copies are complete) */
+    mma_warp_state<D, R8, true>(mx, l, acc, g8, t4, reinterpret_cast<float *>(wbase));
+    __syncthreads();
+    kvd_merge_warps<D, NR, NWM, CF::WARP>(a, rc, kh, bl, split, kvd_smem);
+    kvd_finish<D, NR, NWM>(a, rc, kh, bl);
+}
+
+/* Launchers: the shared-memory limits were raised once per context (qattn_kvd_prepare_slot). */
 template <int D, int R8> cudaError_t launchm(const qattn_kvd_args &a, dim3 grid, cudaStream_t st) {
     kvd_mma<D, R8><<<grid, NWM * 32, kvdm_cfg<D>::SMEM, st>>>(a);
+    return cudaGetLastError();
+}
+template <int D, int DT, int R8> cudaError_t launchh(const qattn_kvd_args &a, dim3 grid, cudaStream_t st) {
+    kvd_mma16<D, DT, R8><<<grid, NWM * 32, kvdh_cfg<D>::SMEM, st>>>(a);
     return cudaGetLastError();
 }
 
@@ -911,23 +880,21 @@ template <int D, int R8> cudaError_t prep_mma(int *n) {
     cudaError_t e = cudaFuncSetAttribute(kvd_mma<D, R8>, cudaFuncAttributeMaxDynamicSharedMemorySize, kvdm_cfg<D>::SMEM);
     return e != cudaSuccess ? e : cudaOccupancyMaxActiveBlocksPerMultiprocessor(n, kvd_mma<D, R8>, NWM * 32, kvdm_cfg<D>::SMEM);
 }
-template <int D, int DT, int M> cudaError_t prep_split2(int *n) {
-    cudaError_t e = cudaFuncSetAttribute(kvd_split2<D, DT, M>, cudaFuncAttributeMaxDynamicSharedMemorySize, kvd2_cfg<D>::SMEM);
-    return e != cudaSuccess ? e : cudaOccupancyMaxActiveBlocksPerMultiprocessor(n, kvd_split2<D, DT, M>, NW2 * 32, kvd2_cfg<D>::SMEM);
+template <int D, int DT, int R8> cudaError_t prep_mma16(int *n) {
+    cudaError_t e = cudaFuncSetAttribute(kvd_mma16<D, DT, R8>, cudaFuncAttributeMaxDynamicSharedMemorySize, kvdh_cfg<D>::SMEM);
+    return e != cudaSuccess ? e : cudaOccupancyMaxActiveBlocksPerMultiprocessor(n, kvd_mma16<D, DT, R8>, NWM * 32, kvdh_cfg<D>::SMEM);
 }
-/* One entry per residency slot, in the order of qattn_kvd_slot_mma / qattn_kvd_slot_split2
+/* One entry per residency slot, in the order of qattn_kvd_slot_mma / qattn_kvd_slot_mma16
  * (kv_decode_kernels.cuh). DT: 0 FP16, 1 BF16. */
 using kvd_prep_fn = cudaError_t (*)(int *);
 const kvd_prep_fn kvd_preps[] = {
-    prep_mma<64, 1>,        prep_mma<64, 2>,        prep_mma<128, 1>,       prep_mma<128, 2>,
-    prep_split2<64, 0, 1>,  prep_split2<64, 0, 2>,  prep_split2<64, 0, 4>,  /* D 64 FP16 */
-    prep_split2<64, 1, 1>,  prep_split2<64, 1, 2>,  prep_split2<64, 1, 4>,  /* D 64 BF16 */
-    prep_split2<128, 0, 1>, prep_split2<128, 0, 2>, prep_split2<128, 0, 4>, /* D 128 FP16 */
-    prep_split2<128, 1, 1>, prep_split2<128, 1, 2>, prep_split2<128, 1, 4>, /* D 128 BF16 */
+    prep_mma<64, 1>,          prep_mma<64, 2>,          prep_mma<128, 1>,         prep_mma<128, 2>,         /* INT8 */
+    prep_mma16<64, 0, 1>,     prep_mma16<64, 0, 2>,     prep_mma16<64, 1, 1>,     prep_mma16<64, 1, 2>,     /* D 64 FP16, BF16 */
+    prep_mma16<128, 0, 1>,    prep_mma16<128, 0, 2>,    prep_mma16<128, 1, 1>,    prep_mma16<128, 1, 2>,    /* D 128 FP16, BF16 */
 };
 static_assert(sizeof kvd_preps / sizeof kvd_preps[0] == QATTN_KVD_SLOTS, "one residency slot per split-kernel instance");
-static_assert(qattn_kvd_slot_mma(128, 2) == 3 && qattn_kvd_slot_split2(64, 0, 1) == 4 && qattn_kvd_slot_split2(64, 1, 4) == 9 &&
-                  qattn_kvd_slot_split2(128, 0, 1) == 10 && qattn_kvd_slot_split2(128, 1, 4) == QATTN_KVD_SLOTS - 1,
+static_assert(qattn_kvd_slot_mma(128, 2) == 3 && qattn_kvd_slot_mma16(64, 0, 1) == 4 && qattn_kvd_slot_mma16(64, 1, 2) == 7 &&
+                  qattn_kvd_slot_mma16(128, 0, 1) == 8 && qattn_kvd_slot_mma16(128, 1, 2) == QATTN_KVD_SLOTS - 1,
               "the slot functions follow kvd_preps");
 
 } // namespace
@@ -941,9 +908,13 @@ cudaError_t qattn_kvd_launch_prep_q(int D, unsigned rows, const void *q, int q_d
     return cudaGetLastError();
 }
 
-cudaError_t qattn_kvd_launch_split2(const qattn_kvd_args &a, int D, int DT, int M, dim3 grid, cudaStream_t st) {
-    if (D == 64) return DT == 1 ? launch2_d<64, 1>(a, M, grid, st) : launch2_d<64, 0>(a, M, grid, st);
-    return DT == 1 ? launch2_d<128, 1>(a, M, grid, st) : launch2_d<128, 0>(a, M, grid, st);
+cudaError_t qattn_kvd_launch_mma16(const qattn_kvd_args &a, int D, int DT, int R8, dim3 grid, cudaStream_t st) {
+    if (D == 64) {
+        if (DT == 1) return R8 == 1 ? launchh<64, 1, 1>(a, grid, st) : launchh<64, 1, 2>(a, grid, st);
+        return R8 == 1 ? launchh<64, 0, 1>(a, grid, st) : launchh<64, 0, 2>(a, grid, st);
+    }
+    if (DT == 1) return R8 == 1 ? launchh<128, 1, 1>(a, grid, st) : launchh<128, 1, 2>(a, grid, st);
+    return R8 == 1 ? launchh<128, 0, 1>(a, grid, st) : launchh<128, 0, 2>(a, grid, st);
 }
 
 cudaError_t qattn_kvd_launch_mma(const qattn_kvd_args &a, int D, int R8, dim3 grid, cudaStream_t st) {

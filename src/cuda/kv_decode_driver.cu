@@ -81,11 +81,11 @@ qattn_status qattn_cuda_kv_decode(qattn_ctx *ctx, qattn_kvd_state *ks, const qat
     if (guard.err != cudaSuccess) return qattn_fail(ctx, QATTN_ERR_BACKEND, "cudaSetDevice(%d): %s", ctx->cuda_device, cudaGetErrorString(guard.err));
     cudaStream_t st = (cudaStream_t)dev->stream;
     const int D = c->head_dim, HK = c->n_kv_heads, group = dp->n_heads / HK, rows = group * dp->seqlen_q;
-    /* rows per chunk: kvd_mma 8 or 16 (R8 1 or 2); kvd_split2 4 (fewer when there are fewer) */
-    const bool mma = c->dtype == QATTN_DTYPE_I8; /* the INT8 cache on kvd_mma, FP16/BF16 on kvd_split2 */
+    /* rows per chunk: 8 or 16 (R8 1 or 2); the INT8 cache on kvd_mma, FP16/BF16 on kvd_mma16 */
+    const bool i8 = c->dtype == QATTN_DTYPE_I8;
     const int DT = c->dtype == QATTN_DTYPE_BF16 ? 1 : 0;
     const int R8 = rows > 8 ? 2 : 1;
-    const int M = mma ? 8 * R8 : rows >= 3 ? 4 : rows, n_rc = (rows + M - 1) / M;
+    const int M = 8 * R8, n_rc = (rows + M - 1) / M;
 
     qattn_kvd_args a;
     memset(&a, 0, sizeof a);
@@ -123,7 +123,7 @@ qattn_status qattn_cuda_kv_decode(qattn_ctx *ctx, qattn_kvd_state *ks, const qat
      * last wave. */
     int32_t chunk = dp->n_seqs < QATTN_KVD_SEQ_CHUNK ? dp->n_seqs : QATTN_KVD_SEQ_CHUNK;
     int64_t units = (int64_t)chunk * HK * n_rc;
-    int64_t resident = (int64_t)ks->resident[mma ? qattn_kvd_slot_mma(D, R8) : qattn_kvd_slot_split2(D, DT, M)] * ks->sm_count;
+    int64_t resident = (int64_t)ks->resident[i8 ? qattn_kvd_slot_mma(D, R8) : qattn_kvd_slot_mma16(D, DT, R8)] * ks->sm_count;
     int64_t want = (8 * resident + units - 1) / units;
     int64_t most = (max_len + 255) / 256;
     if (most < 1) most = 1;
@@ -153,7 +153,6 @@ qattn_status qattn_cuda_kv_decode(qattn_ctx *ctx, qattn_kvd_state *ks, const qat
      * next launch of the loop (stream order: they are back to 0 when it starts) */
     size_t part_bytes = (size_t)chunk * HK * nsplit * a.rows_pad * (D + 2) * sizeof(float);
     /* INT8: the transformed queries [n_seqs][Lq][H][D] and their LSE shifts after the partials */
-    const bool i8 = c->dtype == QATTN_DTYPE_I8;
     const size_t q_rows = (size_t)dp->n_seqs * dp->seqlen_q * dp->n_heads;
     const size_t z_off = (part_bytes + 255) / 256 * 256, corr_off = z_off + q_rows * D * sizeof(float);
     if (i8 && q_rows > (size_t)INT32_MAX)
@@ -195,7 +194,7 @@ qattn_status qattn_cuda_kv_decode(qattn_ctx *ctx, qattn_kvd_state *ks, const qat
             a.seq_len[k] = (int32_t)c->seq_len[dp->seq_ids[b0 + k]];
         }
         dim3 grid((unsigned)(n_rc * nsplit), (unsigned)HK, (unsigned)n);
-        if ((e = mma ? qattn_kvd_launch_mma(a, D, R8, grid, st) : qattn_kvd_launch_split2(a, D, DT, M, grid, st)) != cudaSuccess) {
+        if ((e = i8 ? qattn_kvd_launch_mma(a, D, R8, grid, st) : qattn_kvd_launch_mma16(a, D, DT, R8, grid, st)) != cudaSuccess) {
             cudaGetLastError();
             status = qattn_fail(ctx, QATTN_ERR_BACKEND, "qattn_kv_decode_cuda: split kernel launch (%u x %u x %u blocks): %s", grid.x, grid.y, grid.z,
                                 cudaGetErrorString(e));

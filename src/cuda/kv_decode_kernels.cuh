@@ -32,10 +32,10 @@ struct qattn_kvd_args {
 };
 
 /* Split-kernel instances with a residency slot: kvd_mma<D 64|128, R8 1|2> (4, the INT8 cache) and
- * kvd_split2<D 64|128, DT 0|1, M 1|2|4> (12, the FP16 and BF16 caches). DT: 0 FP16, 1 BF16. */
-constexpr int QATTN_KVD_SLOTS = 16;
+ * kvd_mma16<D 64|128, DT 0|1, R8 1|2> (8, the FP16 and BF16 caches). DT: 0 FP16, 1 BF16. */
+constexpr int QATTN_KVD_SLOTS = 12;
 constexpr int qattn_kvd_slot_mma(int D, int R8) { return (D == 128 ? 2 : 0) + (R8 == 2 ? 1 : 0); }
-constexpr int qattn_kvd_slot_split2(int D, int DT, int M) { return 4 + ((D == 128 ? 2 : 0) + DT) * 3 + (M == 1 ? 0 : M == 2 ? 1 : 2); }
+constexpr int qattn_kvd_slot_mma16(int D, int DT, int R8) { return 4 + ((D == 128 ? 2 : 0) + DT) * 2 + (R8 == 2 ? 1 : 0); }
 
 /* Slot's instance, once per context with its device current: raise its shared-memory limit, then
  * *resident = its blocks resident per SM (for the split count). */
@@ -47,8 +47,8 @@ cudaError_t qattn_kvd_prepare_slot(int slot, int *resident);
  * blocks; z [rows][D] FP32 and corr [n_seqs][H][Lq] in scratch. */
 cudaError_t qattn_kvd_launch_prep_q(int D, unsigned rows, const void *q, int q_dtype, float qscale, float scale, const float *tf, int hk,
                                     int h, int lq, float *z, float *corr, cudaStream_t st);
-/* kvd_split2<D, DT, M> (D 64|128, DT 0|1, M 1|2|4) over grid, 4 warps a block. */
-cudaError_t qattn_kvd_launch_split2(const qattn_kvd_args &a, int D, int DT, int M, dim3 grid, cudaStream_t st);
+/* kvd_mma16<D, DT, R8> (D 64|128, DT 0|1, R8 1|2) over grid, 4 warps a block. */
+cudaError_t qattn_kvd_launch_mma16(const qattn_kvd_args &a, int D, int DT, int R8, dim3 grid, cudaStream_t st);
 /* kvd_mma<D, R8> (D 64|128, R8 1|2) over grid, 4 warps a block. */
 cudaError_t qattn_kvd_launch_mma(const qattn_kvd_args &a, int D, int R8, dim3 grid, cudaStream_t st);
 
