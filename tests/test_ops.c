@@ -363,7 +363,8 @@ static int add_fp8(op_case *t, int n) {
 }
 
 /* Precision INT4 (docs/FORMAT.md section 8): D 64/80/128/256, tails, one query, causal with
- * Lq != Lk, GQA, varlen with an empty sequence, outlier keys; FP16/BF16 inputs (the CUDA targets). */
+ * Lq != Lk, GQA, varlen with an empty sequence, outlier keys, block masks; FP16/BF16 inputs (the
+ * CUDA targets). */
 static int add_int4(op_case *t, int n) {
     op_case x;
 #define ADD() (x.c.precision = QATTN_PRECISION_INT4, x.threads = OP_T1 | OP_T2, t[n++] = x)
@@ -385,6 +386,11 @@ static int add_int4(op_case *t, int n) {
     x = fwd("int4-D128-f16-causal-lq<lk-gqa", 2, 203, 330, 8, 2, 128), x.c.qkv_dtype = QATTN_DTYPE_F16, x.c.causal = 1, ADD();
     x = fwd("int4-D64-bf16-lq>lk", 1, 300, 113, 4, 4, 64), x.c.qkv_dtype = QATTN_DTYPE_BF16, x.c.o_dtype = QATTN_DTYPE_BF16, ADD();
     x = fwd("int4-D128-f16-outlier-one-query", 3, 1, 700, 4, 1, 128), x.c.qkv_dtype = QATTN_DTYPE_F16, x.dist = OP_DIST_OUTLIER12, ADD();
+    /* with a block mask, in the shapes the CUDA backend's block-sparse INT8 kernels take (D 128, 128-row query
+     * blocks, key blocks a multiple of the 128-key tile) */
+    x = fwd("int4-bs-D128-f16-causal-gqa", 1, 517, 517, 4, 2, 128), x.c.qkv_dtype = QATTN_DTYPE_F16, x.c.causal = 1, x.mask = mask(128, 128, 0.5),
+    ADD();
+    x = fwd("int4-bs-D128-bf16-lq<lk", 2, 300, 700, 4, 4, 128), x.c.qkv_dtype = QATTN_DTYPE_BF16, x.mask = mask(128, 256, 0.4), ADD();
 #undef ADD
     return n;
 }
