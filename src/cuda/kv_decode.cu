@@ -339,6 +339,31 @@ template <bool BF16, int NP> __device__ __forceinline__ void kvdm_split(float x0
     }
 }
 
+/* A split block's unit: row chunk rc, KV split, kv head kh, sequence bl of the launch (its id, length L and
+ * index b in the call), and the split's tokens [c0, c1) (empty, c1 == c0, for a split past the end: no tile
+ * is read). */
+struct kvd_unit {
+    int rc, split, kh, bl, id, L, b, c0, c1;
+};
+__device__ __forceinline__ kvd_unit kvd_block_unit(const qattn_kvd_args &a) {
+    kvd_unit u;
+    u.rc = blockIdx.x % a.n_rc, u.split = blockIdx.x / a.n_rc, u.kh = blockIdx.y, u.bl = blockIdx.z;
+    u.id = a.seq_id[u.bl], u.L = a.seq_len[u.bl], u.b = a.b0 + u.bl;
+    u.c0 = u.split * a.split_tokens, u.c1 = max(u.c0, min(u.L, u.c0 + a.split_tokens));
+    return u;
+}
+
+/* The warp's online-softmax state before its first tile: running max -inf, sum 0, accumulators 0. */
+template <int D, int R8> __device__ __forceinline__ void mma_state_init(float (&mx)[R8], float (&l)[R8], float (&acc)[R8][D / 16][4]) {
+#pragma unroll
+    for (int ri = 0; ri < R8; ri++) {
+        mx[ri] = -INFINITY;
+        l[ri] = 0.0f;
+#pragma unroll
+        for (int cb = 0; cb < D / 16; cb++) acc[ri][cb][0] = acc[ri][cb][1] = acc[ri][cb][2] = acc[ri][cb][3] = 0.0f;
+    }
+}
+
 /* Row R of a tensor-core kernel's chunk: false past a.rows; else its query i and head hh, its key range
  * clipped to the split [c0, c1) (lo, hi; empty past a.rows), and [kb, ke) widened to cover it. */
 __device__ __forceinline__ bool mma_row_range(const qattn_kvd_args &a, int R, int kh, int L, int c0, int c1, int &i, int &hh, int &lo, int &hi, int &kb,
@@ -731,11 +756,9 @@ template <int D, int R8> __global__ void __launch_bounds__(NWM * 32, R8 == 1 && 
     static_assert((2 * NR + NR * D) * 4 <= CF::WARP, "reduction area");
     extern __shared__ __align__(16) uint8_t kvd_smem[];
 
-    const int rc = blockIdx.x % a.n_rc, split = blockIdx.x / a.n_rc, kh = blockIdx.y, bl = blockIdx.z;
-    const int id = a.seq_id[bl], L = a.seq_len[bl], b = a.b0 + bl;
+    const kvd_unit u = kvd_block_unit(a);
+    const int rc = u.rc, split = u.split, kh = u.kh, bl = u.bl, id = u.id, L = u.L, b = u.b, c0 = u.c0, c1 = u.c1;
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g8 = lane >> 2, t4 = lane & 3;
-    /* a split that starts past this sequence's end is empty (c1 == c0): no tile is read */
-    const int c0 = split * a.split_tokens, c1 = max(c0, min(L, c0 + a.split_tokens));
 
     int vlo[R8], vhi[R8];
     bool valid[R8];
@@ -746,13 +769,7 @@ template <int D, int R8> __global__ void __launch_bounds__(NWM * 32, R8 == 1 && 
     mma_chunk_range<R8>(valid, vlo, vhi, kb, ke, wlo, whi);
 
     float mx[R8], l[R8], acc[R8][D / 16][4];
-#pragma unroll
-    for (int ri = 0; ri < R8; ri++) {
-        mx[ri] = -INFINITY;
-        l[ri] = 0.0f;
-#pragma unroll
-        for (int cb = 0; cb < D / 16; cb++) acc[ri][cb][0] = acc[ri][cb][1] = acc[ri][cb][2] = acc[ri][cb][3] = 0.0f;
-    }
+    mma_state_init<D, R8>(mx, l, acc);
     const int32_t *tab = a.table + (int64_t)id * a.table_ld;
     uint8_t *wbase = kvd_smem + w * CF::WARP;
     const uint32_t wsm = qattn_smem_u32(wbase);
@@ -806,11 +823,9 @@ template <int D, int DT, int R8> __global__ void __launch_bounds__(NWM * 32, 2) 
     static_assert((2 * NR + NR * D) * 4 <= CF::WARP, "reduction area");
     extern __shared__ __align__(16) uint8_t kvd_smem[];
 
-    const int rc = blockIdx.x % a.n_rc, split = blockIdx.x / a.n_rc, kh = blockIdx.y, bl = blockIdx.z;
-    const int id = a.seq_id[bl], L = a.seq_len[bl], b = a.b0 + bl;
+    const kvd_unit u = kvd_block_unit(a);
+    const int rc = u.rc, split = u.split, kh = u.kh, bl = u.bl, id = u.id, L = u.L, b = u.b, c0 = u.c0, c1 = u.c1;
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g8 = lane >> 2, t4 = lane & 3;
-    /* a split that starts past this sequence's end is empty (c1 == c0): no tile is read */
-    const int c0 = split * a.split_tokens, c1 = max(c0, min(L, c0 + a.split_tokens));
 
     int vlo[R8], vhi[R8];
     bool valid[R8];
@@ -820,14 +835,8 @@ template <int D, int DT, int R8> __global__ void __launch_bounds__(NWM * 32, 2) 
     mma16_rows<D, BF16, R8, NP>(a, rc, kh, b, L, c0, c1, g8, t4, vlo, vhi, valid, qsc, qa, kb, ke);
     mma_chunk_range<R8>(valid, vlo, vhi, kb, ke, wlo, whi);
 
-    float mx[R8], l[R8], acc[R8][KS][4];
-#pragma unroll
-    for (int ri = 0; ri < R8; ri++) {
-        mx[ri] = -INFINITY;
-        l[ri] = 0.0f;
-#pragma unroll
-        for (int cb = 0; cb < KS; cb++) acc[ri][cb][0] = acc[ri][cb][1] = acc[ri][cb][2] = acc[ri][cb][3] = 0.0f;
-    }
+    float mx[R8], l[R8], acc[R8][D / 16][4];
+    mma_state_init<D, R8>(mx, l, acc);
     const int32_t *tab = a.table + (int64_t)id * a.table_ld;
     uint8_t *wbase = kvd_smem + w * CF::WARP;
     const uint32_t wsm = qattn_smem_u32(wbase);
