@@ -28,7 +28,7 @@ cat "$OUT/accuracy.log"
 stamp "python done"
 run_bg memcheck_f16 120 compute-sanitizer --tool memcheck --error-exitcode 3 $T --small
 run_bg memcheck_i8 120 compute-sanitizer --tool memcheck --error-exitcode 3 $T --small --int8
-run_bg memcheck_decode 120 compute-sanitizer --tool memcheck --error-exitcode 3 python3 bench/gpu_decode.py --lib $LIB --small --out "$OUT/decode_small"
+run_bg memcheck_decode 120 compute-sanitizer --kernel-name kns=kvd_ --tool memcheck --error-exitcode 3 python3 bench/gpu_decode.py --lib $LIB --small --out "$OUT/decode_small"
 wait
 for n in memcheck_f16 memcheck_i8 memcheck_decode; do
   f="$OUT/$n.log"

@@ -23,6 +23,6 @@ done
 QATTN_LIBRARY=$PWD/build-gpu/libqattn.so PYTHONPATH=$PWD/python timeout 200 python3 -m pytest -q python/tests/test_gpu.py 2>&1 | tail -1
 timeout 240 python3 bench/gpu_decode.py --lib build-gpu/libqattn.so --out "$OUT" > "$OUT/decode.log" 2>&1; grep -E "FAIL|CORRECTNESS|copy|^\|" "$OUT/decode.log"
 for tool in memcheck racecheck; do
-  timeout 150 compute-sanitizer --tool $tool python3 bench/gpu_decode.py --lib build-gpu/libqattn.so --small --out /tmp/s_$tool > /tmp/d_$tool.log 2>&1
+  timeout 150 compute-sanitizer --kernel-name kns=kvd_ --tool $tool python3 bench/gpu_decode.py --lib build-gpu/libqattn.so --small --out /tmp/s_$tool > /tmp/d_$tool.log 2>&1
   echo "$tool decode rc=$?: $(grep -E 'CORRECTNESS|SUMMARY' /tmp/d_$tool.log | tr '\n' ' ')"
 done
