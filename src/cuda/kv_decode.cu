@@ -282,20 +282,17 @@ template <int D, int NB> __global__ void __launch_bounds__(D) kvd_prep_q(const v
  * call (dev/cuda_tuning/variant.sh), not switches. */
 constexpr int TM = 16, STM = 4, NWM = 4, STH = 3;
 
-/* A tile stage: K rows [TM][ROW bytes], V rows, then (INT8) the K and V scales [2][TM]. */
-template <int ROW, bool SCALES> struct kvd_stage {
-    static constexpr int BYTES = 2 * TM * ROW + (SCALES ? 2 * TM * 4 : 0);
+/* A split kernel's shared memory: per warp a ring of ST tile stages, each K rows [TM][ROW bytes], V rows, then
+ * when SCALES (INT8) the K and V scales [2][TM]; a lane copies 16-byte chunks of TPP tokens per pass, NP passes
+ * a tile. kvd_mma: int8 codes, D bytes a row; kvd_mma16: f16 / bf16 values, 2 D bytes a row. */
+template <int ROW_, bool SCALES_, int ST> struct kvd_cfg {
+    static constexpr int ROW = ROW_, CPR = ROW / 16; /* 16-byte chunks per row */
+    static constexpr bool SCALES = SCALES_;
+    static constexpr int STAGE = 2 * TM * ROW + (SCALES ? 2 * TM * 4 : 0), WARP = ST * STAGE, SMEM = NWM * WARP;
+    static constexpr int TPP = 32 / CPR, NP = TM / TPP;
 };
-template <int D> struct kvdm_cfg { /* kvd_mma: int8 codes, D bytes a row */
-    static constexpr int ROW = D, CPR = D / 16, STAGE = kvd_stage<ROW, true>::BYTES;
-    static constexpr int WARP = STM * STAGE;
-    static constexpr int SMEM = NWM * WARP;
-};
-template <int D> struct kvdh_cfg { /* kvd_mma16: f16 / bf16 values, 2 D bytes a row */
-    static constexpr int ROW = 2 * D, CPR = D / 8, STAGE = kvd_stage<ROW, false>::BYTES;
-    static constexpr int WARP = STH * STAGE;
-    static constexpr int SMEM = NWM * WARP;
-};
+template <int D> using kvdm_cfg = kvd_cfg<D, true, STM>;
+template <int D> using kvdh_cfg = kvd_cfg<2 * D, false, STH>;
 
 /* Byte offset of 16-byte chunk c of token row r in a tile of CPR chunks a row: chunks XOR-swizzled so
  * that the 8 rows an ldmatrix matrix reads (same logical chunk) fall in 8 distinct bank groups. */
@@ -510,19 +507,47 @@ __device__ __forceinline__ void mma_chunk_range(const bool (&valid)[R8], int (&v
     }
 }
 
-/* Starts the copies of the tile of tokens [tb, tb + TM) of kv head kh into a stage at sK (kvd_stage: K rows
- * of ROW bytes, V rows, then when SCALES the K and V scales): whole 16-token pieces of one block when blk16
- * (the cache's block size a multiple of 16; below), else per token with tokens outside [kb, ke) zero-filled. Lane:
- * chunk cpc of tokens ctr + i TPP, written at dsto[i]. */
-template <int ROW, bool SCALES>
-__device__ __forceinline__ void mma_issue(const qattn_kvd_args &a, const int32_t *tab, int kh, int tb, int kb, int ke, bool blk16, uint32_t sK, int lane,
-                                          int cpc, int ctr, const uint32_t (&dsto)[TM / (32 / (ROW / 16))]) {
-    constexpr int TPP = 32 / (ROW / 16), NP = TM / TPP;
-    const uint32_t sV = sK + TM * ROW, sS = sV + TM * ROW;
+/* A warp's walk over its split's tiles, from ts (kb aligned down to 16 tokens: one cache block when bs % 16 ==
+ * 0), ntile of them: its page-table row, its ring (generic and shared-window addresses), whether whole tiles
+ * lie in one cache block (blk16), and the lane's copy slots: chunk cpc of tokens ctr + i TPP, at dsto[i]. */
+template <class CF> struct kvd_walk {
+    const int32_t *tab;
+    uint8_t *wbase;
+    uint32_t wsm;
+    int ts, ntile, cpc, ctr;
+    bool blk16;
+    uint32_t dsto[CF::NP];
+};
+template <class CF>
+__device__ __forceinline__ kvd_walk<CF> kvd_warp_walk(const qattn_kvd_args &a, int id, int w, int lane, int kb, int ke, uint8_t *smem) {
+    kvd_walk<CF> k;
+    k.tab = a.table + (int64_t)id * a.table_ld;
+    k.wbase = smem + w * CF::WARP;
+    k.wsm = qattn_smem_u32(k.wbase);
+    k.ts = kb & ~(TM - 1);
+    k.ntile = ke > kb ? (ke - k.ts + TM - 1) / TM : 0;
+    k.blk16 = a.bs % TM == 0;
+    k.cpc = lane % CF::CPR, k.ctr = lane / CF::CPR;
+#pragma unroll
+    for (int i = 0; i < CF::NP; i++) k.dsto[i] = kvdm_off<CF::CPR>(k.ctr + i * CF::TPP, k.cpc);
+    return k;
+}
+
+/* Starts the copies of the walk's tile j of kv head kh (tokens [tb, tb + TM)) into ring stage st (CF: K rows, V
+ * rows, then when SCALES the K and V scales): whole 16-token pieces of one block when blk16 (below), else per
+ * token with tokens outside [kb, ke) zero-filled. */
+template <class CF>
+__device__ __forceinline__ void mma_issue(const qattn_kvd_args &a, const kvd_walk<CF> &wk, int kh, int j, int kb, int ke, int st, int lane) {
+    constexpr int ROW = CF::ROW, TPP = CF::TPP, NP = CF::NP;
+    constexpr bool SCALES = CF::SCALES;
+    const int tb = wk.ts + j * TM, cpc = wk.cpc, ctr = wk.ctr;
+    const int32_t *tab = wk.tab;
+    const uint32_t(&dsto)[NP] = wk.dsto;
+    const uint32_t sK = wk.wsm + st * CF::STAGE, sV = sK + TM * ROW, sS = sV + TM * ROW;
     /* warp-uniform: the whole tile lies in one block, every address is valid. FP16/BF16 tiles (no scales) only
      * when it lies inside [kb, ke) too: a token outside may hold anything, an Inf or NaN that a weight of 0
      * would not cancel in the P.V mma (INT8 codes are finite, and a masked token's scale is never used). */
-    if (blk16 && (SCALES || (tb >= kb && tb + TM <= ke))) {
+    if (wk.blk16 && (SCALES || (tb >= kb && tb + TM <= ke))) {
         int off0;
         const uint8_t *blk = kvd_token_block(a, tab, tb, off0);
         const uint8_t *pk = blk + (int64_t)kh * a.head_bytes + (int64_t)(off0 + ctr) * ROW + cpc * 16;
@@ -751,7 +776,6 @@ __device__ __forceinline__ void mma_warp_state(const float (&mx)[R8], float (&l)
 template <int D, int R8> __global__ void __launch_bounds__(NWM * 32, R8 == 1 && STM <= 3 ? 4 : 3) kvd_mma(const __grid_constant__ qattn_kvd_args a) {
     using CF = kvdm_cfg<D>;
     constexpr int ROW = CF::ROW, CPR = CF::CPR, KC = D / 32, NR = 8 * R8;
-    constexpr int TPP = 32 / CPR, NP = TM / TPP; /* tokens per copy pass, passes per tile */
     static_assert(CPR == 4 || CPR == 8, "D 64 or 128");
     static_assert((2 * NR + NR * D) * 4 <= CF::WARP, "reduction area");
     extern __shared__ __align__(16) uint8_t kvd_smem[];
@@ -770,17 +794,7 @@ template <int D, int R8> __global__ void __launch_bounds__(NWM * 32, R8 == 1 && 
 
     float mx[R8], l[R8], acc[R8][D / 16][4];
     mma_state_init<D, R8>(mx, l, acc);
-    const int32_t *tab = a.table + (int64_t)id * a.table_ld;
-    uint8_t *wbase = kvd_smem + w * CF::WARP;
-    const uint32_t wsm = qattn_smem_u32(wbase);
-    const int ts = kb & ~(TM - 1); /* tiles aligned to 16 tokens: one cache block when bs % 16 == 0 */
-    const int ntile = ke > kb ? (ke - ts + TM - 1) / TM : 0;
-    const bool blk16 = a.bs % TM == 0;
-    /* copy: lane -> chunk cpc of tokens ctr + i * TPP */
-    const int cpc = lane % CPR, ctr = lane / CPR;
-    uint32_t dsto[NP];
-#pragma unroll
-    for (int i = 0; i < NP; i++) dsto[i] = kvdm_off<CPR>(ctr + i * TPP, cpc);
+    const kvd_walk<CF> wk = kvd_warp_walk<CF>(a, id, w, lane, kb, ke, kvd_smem);
     /* ldmatrix row addresses: K (x4 per 32 channels: tokens 0-7 / 8-15 x first / second 16
      * channels), V (x4 per 32 channels: tokens 0-7 / 8-15 x channel blocks 2p, 2p + 1) */
     uint32_t koff[KC], voff[KC];
@@ -790,12 +804,11 @@ template <int D, int R8> __global__ void __launch_bounds__(NWM * 32, R8 == 1 && 
         voff[kc] = kvdm_off<CPR>(lane & 15, 2 * kc + (lane >> 4));
     }
     kvd_warp_ring<STM, NWM>(
-        w, ntile,
-        [&](int j, int stage) { mma_issue<ROW, true>(a, tab, kh, ts + j * TM, kb, ke, blk16, wsm + stage * CF::STAGE, lane, cpc, ctr, dsto); },
+        w, wk.ntile, [&](int j, int stage) { mma_issue<CF>(a, wk, kh, j, kb, ke, stage, lane); },
         [&](int n, int stage) {
-            const uint32_t sK = wsm + stage * CF::STAGE, sV = sK + TM * ROW;
-            const float *scl = reinterpret_cast<const float *>(wbase + stage * CF::STAGE + 2 * TM * ROW);
-            const int tb = ts + (w + n * NWM) * TM;
+            const uint32_t sK = wk.wsm + stage * CF::STAGE, sV = sK + TM * ROW;
+            const float *scl = reinterpret_cast<const float *>(wk.wbase + stage * CF::STAGE + 2 * TM * ROW);
+            const int tb = wk.ts + (w + n * NWM) * TM;
             const float2 ks0 = *reinterpret_cast<const float2 *>(scl + 2 * t4), ks1 = *reinterpret_cast<const float2 *>(scl + 8 + 2 * t4);
             const float2 vs0 = *reinterpret_cast<const float2 *>(scl + TM + 2 * t4), vs1 = *reinterpret_cast<const float2 *>(scl + TM + 8 + 2 * t4);
             const float ksc[2][2] = {{ks0.x, ks0.y}, {ks1.x, ks1.y}}, vsc[2][2] = {{vs0.x, vs0.y}, {vs1.x, vs1.y}};
@@ -808,7 +821,7 @@ template <int D, int R8> __global__ void __launch_bounds__(NWM * 32, R8 == 1 && 
             mma_accumulate_v<D, R8>(sV, voff, wt, acc);
         });
     /* the warp's state to the start of its own ring (its copies are complete) */
-    mma_warp_state<D, R8, false>(mx, l, acc, g8, t4, reinterpret_cast<float *>(wbase));
+    mma_warp_state<D, R8, false>(mx, l, acc, g8, t4, reinterpret_cast<float *>(wk.wbase));
     __syncthreads();
     kvd_merge_warps<D, NR, NWM, CF::WARP>(a, rc, kh, bl, split, kvd_smem);
     kvd_finish<D, NR, NWM>(a, rc, kh, bl);
@@ -818,7 +831,6 @@ template <int D, int DT, int R8> __global__ void __launch_bounds__(NWM * 32, 2) 
     using CF = kvdh_cfg<D>;
     constexpr bool BF16 = DT == 1;
     constexpr int ROW = CF::ROW, CPR = CF::CPR, KS = D / 16, NR = 8 * R8, NP = BF16 ? 3 : 2;
-    constexpr int TPP = 32 / CPR, NPS = TM / TPP; /* tokens per copy pass, passes per tile */
     static_assert(CPR == 8 || CPR == 16, "D 64 or 128");
     static_assert((2 * NR + NR * D) * 4 <= CF::WARP, "reduction area");
     extern __shared__ __align__(16) uint8_t kvd_smem[];
@@ -837,16 +849,7 @@ template <int D, int DT, int R8> __global__ void __launch_bounds__(NWM * 32, 2) 
 
     float mx[R8], l[R8], acc[R8][D / 16][4];
     mma_state_init<D, R8>(mx, l, acc);
-    const int32_t *tab = a.table + (int64_t)id * a.table_ld;
-    uint8_t *wbase = kvd_smem + w * CF::WARP;
-    const uint32_t wsm = qattn_smem_u32(wbase);
-    const int ts = kb & ~(TM - 1); /* tiles aligned to 16 tokens: one cache block when bs % 16 == 0 */
-    const int ntile = ke > kb ? (ke - ts + TM - 1) / TM : 0;
-    const bool blk16 = a.bs % TM == 0;
-    const int cpc = lane % CPR, ctr = lane / CPR; /* copy: lane -> chunk cpc of tokens ctr + i * TPP */
-    uint32_t dsto[NPS];
-#pragma unroll
-    for (int i = 0; i < NPS; i++) dsto[i] = kvdm_off<CPR>(ctr + i * TPP, cpc);
+    const kvd_walk<CF> wk = kvd_warp_walk<CF>(a, id, w, lane, kb, ke, kvd_smem);
     /* ldmatrix row addresses, x4 per 16 channels: tokens 0-7 / 8-15 x channels 0-7 / 8-15 of the block; the
      * same offsets give K's B fragments (ldmatrix) and V^T's A fragments (ldmatrix.trans) */
     uint32_t off[KS];
@@ -854,11 +857,10 @@ template <int D, int DT, int R8> __global__ void __launch_bounds__(NWM * 32, 2) 
     for (int ks = 0; ks < KS; ks++) off[ks] = kvdm_off<CPR>(((lane >> 4) << 3) + (lane & 7), 2 * ks + ((lane >> 3) & 1));
     const float one[2][2] = {{1.0f, 1.0f}, {1.0f, 1.0f}};
     kvd_warp_ring<STH, NWM>(
-        w, ntile,
-        [&](int j, int stage) { mma_issue<ROW, false>(a, tab, kh, ts + j * TM, kb, ke, blk16, wsm + stage * CF::STAGE, lane, cpc, ctr, dsto); },
+        w, wk.ntile, [&](int j, int stage) { mma_issue<CF>(a, wk, kh, j, kb, ke, stage, lane); },
         [&](int n, int stage) {
-            const uint32_t sK = wsm + stage * CF::STAGE, sV = sK + TM * ROW;
-            const int tb = ts + (w + n * NWM) * TM;
+            const uint32_t sK = wk.wsm + stage * CF::STAGE, sV = sK + TM * ROW;
+            const int tb = wk.ts + (w + n * NWM) * TM;
             const bool full = tb >= wlo && tb + TM <= whi; /* warp-uniform */
             float s[R8][2][2];
             uint32_t wt[R8][2][NP];
@@ -868,7 +870,7 @@ template <int D, int DT, int R8> __global__ void __launch_bounds__(NWM * 32, 2) 
             mma16_accumulate_v<D, BF16, R8, NP>(sV, off, wt, acc);
         });
     /* the warp's state to the start of its own ring (its copies are complete) */
-    mma_warp_state<D, R8, true>(mx, l, acc, g8, t4, reinterpret_cast<float *>(wbase));
+    mma_warp_state<D, R8, true>(mx, l, acc, g8, t4, reinterpret_cast<float *>(wk.wbase));
     __syncthreads();
     kvd_merge_warps<D, NR, NWM, CF::WARP>(a, rc, kh, bl, split, kvd_smem);
     kvd_finish<D, NR, NWM>(a, rc, kh, bl);
