@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Device calls without a build on the device: the CUDA library, the test binaries and the quantization-pass
+# variants (.ab/v/NAME.cu, as dev/gpu/quant_call.sh takes them) built on the development machine (nvcc is
+# installed there, sm_80 + sm_90a) and carried xz-compressed in .gl/ (git-ignored; ~4 MB each, the carry
+# limit is 64 MiB). A device build of the library takes minutes of the call; unpacking takes seconds.
+#   bash dev/gpu/prebuilt.sh pack [BUILD]   here: build BUILD (default build, CUDA on), then .gl/*.xz:
+#                                           lib-base.so, test_ops, qattn_gpu_test, and per variant NAME
+#                                           lib-NAME.so and gpu_test_NAME (its own INT8 quantization pass)
+#   . dev/gpu/prebuilt.sh unpack            on the device (sourced): into /tmp/q; sets LIB, T, OPS and Q
+#                                           (Q/NAME/libqattn.so per variant, Q/gpu_test_NAME)
+# Then pass the call `carry: [".gl"]`. The test binaries link the library statically.
+pack() {
+  local b=${1:-build}
+  { [ -f "$b/CMakeCache.txt" ] || cmake -S . -B "$b" -DQATTN_CUDA=ON -DCMAKE_BUILD_TYPE=Release; } &&
+    cmake --build "$b" -j"$(nproc)" --target qattn qattn_gpu_test test_ops || return 1
+  grep -q 'QATTN_HAVE_CUDA=1' "$b/CMakeFiles/qattn_objects.dir/flags.make" || { echo "$b has no CUDA"; return 1; }
+  rm -rf .gl && mkdir -p .gl
+  xz -T0 -3 -c "$b/libqattn.so" > .gl/lib-base.so.xz
+  xz -T0 -3 -c "$b/tests/test_ops" > .gl/test_ops.xz
+  xz -T0 -3 -c "$b/tests/gpu/qattn_gpu_test" > .gl/qattn_gpu_test.xz
+  local f n
+  for f in .ab/v/*.cu; do
+    [ -f "$f" ] || continue
+    n=$(basename "$f" .cu)
+    # quant_call.sh's variant_lib and variant_test, against this build's objects
+    (eval "$(sed -n '/^variant_lib()/,/^}/p;/^variant_test()/,/^}/p' dev/gpu/quant_call.sh)"
+      variant_lib "$n" "$b" && variant_test "$n" "$b") || return 1
+    xz -T0 -3 -c "/tmp/v-$n/libqattn.so" > ".gl/lib-$n.so.xz"
+    xz -T0 -3 -c "/tmp/v-$n/qattn_gpu_test" > ".gl/gpu_test_$n.xz"
+  done
+  ls -la .gl
+}
+unpack() {
+  Q=/tmp/q
+  mkdir -p $Q
+  local f n
+  for f in .gl/*.xz; do xz -dc "$f" > "$Q/$(basename "$f" .xz)" & done
+  wait
+  chmod +x $Q/*
+  for f in $Q/lib-*.so; do
+    n=$(basename "$f" .so); n=${n#lib-}
+    mkdir -p "$Q/$n" && ln -sf "$f" "$Q/$n/libqattn.so"
+  done
+  LIB=$Q/base/libqattn.so T=$Q/qattn_gpu_test OPS=$Q/test_ops
+}
+case "${1:-}" in
+pack) pack "${2:-}" ;;
+unpack) unpack ;;
+*) echo "usage: bash $0 pack [BUILD] | . $0 unpack" ;;
+esac

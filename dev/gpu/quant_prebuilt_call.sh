@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# One device call with nothing built on the device (dev/gpu/prebuilt.sh pack, carry [".gl"]): the op table's
+# KV-decode cases on the CUDA targets, compute-sanitizer memcheck and racecheck of the decode kernels
+# (bench/gpu_decode.py --small), python/tests/test_gpu.py, the INT8 GPU tests of the library and of each
+# quantization-pass variant (.ab/v/NAME.cu at pack time); then dev/gpu/quant_pass_ab.py over the library and
+# the variants, and, with NCU=1 and time left, Nsight Compute's source-level stall sampling of the pass.
+# Usage: LIMIT=300 OUT=$OUT bash dev/gpu/quant_prebuilt_call.sh
+set -u
+LIMIT=${LIMIT:-300}
+. bench/gpu_lib.sh
+nvidia-smi --query-gpu=name,clocks.sm --format=csv,noheader
+. dev/gpu/prebuilt.sh unpack
+variants=$(for f in $Q/gpu_test_*; do [ -f "$f" ] && basename "$f" | sed 's/^gpu_test_//'; done)
+stamp "unpacked (variants: $variants)"
+C="compute-sanitizer --kernel-name kns=kvd_ --error-exitcode 3"
+(QATTN_TEST_FILTER=kv_decode timeout $(left 60) $OPS > $OUT/ops_dec.log 2>&1; echo "rc=$?" >> $OUT/ops_dec.log) &
+run_bg mem_dec $(left 60) $C --tool memcheck python3 bench/gpu_decode.py --lib $LIB --small --out /tmp/dm
+run_bg race_dec $(left 60) $C --tool racecheck python3 bench/gpu_decode.py --lib $LIB --small --out /tmp/dr
+run_bg test_i8 $(left 60) $T --int8
+for n in $variants; do run_bg test_i8_$n $(left 60) $Q/gpu_test_$n --int8; done
+ABS_OUT=$(cd "$OUT" && pwd)
+(cd python && QATTN_LIBRARY=$LIB timeout $(left 60) python3 -m pytest -q tests/test_gpu.py > $ABS_OUT/pyt.log 2>&1; echo "rc=$?" >> $ABS_OUT/pyt.log) &
+wait
+stamp "checks done"
+echo "ops_dec: $(grep -E 'target cuda' $OUT/ops_dec.log | tr -s ' ' | tr '\n' ';') $(grep '^\[test_ops\]' $OUT/ops_dec.log) $(tail -1 $OUT/ops_dec.log)"
+grep -E "FAIL" $OUT/ops_dec.log | head -8
+for n in mem_dec race_dec; do f=$OUT/$n.log; echo "$n: $(grep -E 'CORRECTNESS' $f) $(grep -m1 -E 'ERROR SUMMARY|RACECHECK SUMMARY' $f) $(tail -1 $f)"; grep -E "^FAIL" $f | head -4; done
+echo "pytest: $(tail -2 $OUT/pyt.log | tr '\n' ' ')"; grep -E "FAILED|Error" $OUT/pyt.log | head -5
+for n in test_i8 $(for v in $variants; do echo test_i8_$v; done); do
+  f=$OUT/$n.log; echo "$n: ok $(grep -c '^ok' $f), FAIL $(grep -c FAIL $f), $(tail -1 $f)"; grep FAIL $f | head -8
+done
+libs="new=$LIB"; for n in $variants; do libs="$libs $n=$Q/$n/libqattn.so"; done
+timeout $(left 10) python3 dev/gpu/quant_pass_ab.py $libs 2>&1 | grep -v -i warn | tee $OUT/pass_ab.log
+stamp "A/B done"
+if [ "${NCU:-0}" = 1 ] && [ "$(left)" -gt 60 ]; then
+  cat > /tmp/fwd_i8.py <<'PY'
+import torch, qattn
+q, k, v = (torch.randn(4, 16, 4096, 128, device="cuda", dtype=torch.float16) for _ in range(3))
+for _ in range(2):
+    qattn.attention(q, k, v, precision="int8", layout="bhsd")
+torch.cuda.synchronize()
+PY
+  QATTN_LIBRARY=$LIB PYTHONPATH=$PWD/python timeout $(left 5) ncu --set full --kernel-name regex:i8q_fused --launch-skip 1 --launch-count 1 \
+    -o /tmp/pass -f python3 /tmp/fwd_i8.py > $OUT/ncu_pass.log 2>&1
+  ncu -i /tmp/pass.ncu-rep --page details > $OUT/pass_details.txt 2>&1
+  ncu -i /tmp/pass.ncu-rep --page source --csv --print-source sass > /tmp/pass_source.csv 2>&1
+  python3 dev/gpu/ncu_stalls.py /tmp/pass_source.csv 30 | tee $OUT/pass_hot.txt
+  grep -E "Duration|DRAM Throughput|Compute \(SM\)|Issue Slots Busy|No Eligible|Achieved Occupancy|Warp Cycles Per Issued|L2 Hit" $OUT/pass_details.txt | head -20
+fi
+stamp end
