@@ -35,3 +35,26 @@ gpu_tests_summary() {
     grep FAIL "$f" | head -8
   done
 }
+start_decode_checks() { # OPS LIB T_S: the op table's KV-decode cases, memcheck and racecheck of the decode kernels
+  # (gpu_decode.py --small), python/tests/test_gpu.py; side by side, each within T_S seconds (wait, then
+  # decode_checks_summary)
+  local ops=$1 lib=$2 t=$3 c="compute-sanitizer --kernel-name kns=kvd_ --error-exitcode 3" out
+  out=$(cd "$OUT" && pwd)
+  (QATTN_TEST_FILTER=kv_decode timeout "$t" "$ops" > "$out/ops_dec.log" 2>&1; echo "rc=$?" >> "$out/ops_dec.log") &
+  run_bg mem_dec "$t" $c --tool memcheck python3 bench/gpu_decode.py --lib "$lib" --small --out /tmp/dm
+  run_bg race_dec "$t" $c --tool racecheck python3 bench/gpu_decode.py --lib "$lib" --small --out /tmp/dr
+  lib=$(cd "$(dirname "$lib")" && pwd)/$(basename "$lib")
+  (cd python && QATTN_LIBRARY=$lib timeout "$t" python3 -m pytest -q tests/test_gpu.py > "$out/pyt.log" 2>&1; echo "rc=$?" >> "$out/pyt.log") &
+}
+decode_checks_summary() {
+  local f=$OUT/ops_dec.log n
+  echo "ops_dec: $(grep -E 'target cuda' "$f" | tr -s ' ' | tr '\n' ';') $(grep '^\[test_ops\]' "$f") $(tail -1 "$f")"
+  grep -E "FAIL" "$f" | head -8
+  for n in mem_dec race_dec; do
+    f=$OUT/$n.log
+    echo "$n: $(grep -E 'CORRECTNESS' "$f") $(grep -m1 -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$f") $(tail -1 "$f")"
+    grep -E "^FAIL" "$f" | head -4
+  done
+  echo "pytest: $(tail -2 "$OUT/pyt.log" | tr '\n' ' ')"
+  grep -E "FAILED|Error" "$OUT/pyt.log" | head -5
+}

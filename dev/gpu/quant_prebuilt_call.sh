@@ -12,20 +12,12 @@ nvidia-smi --query-gpu=name,clocks.sm --format=csv,noheader
 . dev/gpu/prebuilt.sh unpack
 variants=$(for f in $Q/gpu_test_*; do [ -f "$f" ] && basename "$f" | sed 's/^gpu_test_//'; done)
 stamp "unpacked (variants: $variants)"
-C="compute-sanitizer --kernel-name kns=kvd_ --error-exitcode 3"
-(QATTN_TEST_FILTER=kv_decode timeout $(left 60) $OPS > $OUT/ops_dec.log 2>&1; echo "rc=$?" >> $OUT/ops_dec.log) &
-run_bg mem_dec $(left 60) $C --tool memcheck python3 bench/gpu_decode.py --lib $LIB --small --out /tmp/dm
-run_bg race_dec $(left 60) $C --tool racecheck python3 bench/gpu_decode.py --lib $LIB --small --out /tmp/dr
+start_decode_checks $OPS $LIB $(left 60)
 run_bg test_i8 $(left 60) $T --int8
 for n in $variants; do run_bg test_i8_$n $(left 60) $Q/gpu_test_$n --int8; done
-ABS_OUT=$(cd "$OUT" && pwd)
-(cd python && QATTN_LIBRARY=$LIB timeout $(left 60) python3 -m pytest -q tests/test_gpu.py > $ABS_OUT/pyt.log 2>&1; echo "rc=$?" >> $ABS_OUT/pyt.log) &
 wait
 stamp "checks done"
-echo "ops_dec: $(grep -E 'target cuda' $OUT/ops_dec.log | tr -s ' ' | tr '\n' ';') $(grep '^\[test_ops\]' $OUT/ops_dec.log) $(tail -1 $OUT/ops_dec.log)"
-grep -E "FAIL" $OUT/ops_dec.log | head -8
-for n in mem_dec race_dec; do f=$OUT/$n.log; echo "$n: $(grep -E 'CORRECTNESS' $f) $(grep -m1 -E 'ERROR SUMMARY|RACECHECK SUMMARY' $f) $(tail -1 $f)"; grep -E "^FAIL" $f | head -4; done
-echo "pytest: $(tail -2 $OUT/pyt.log | tr '\n' ' ')"; grep -E "FAILED|Error" $OUT/pyt.log | head -5
+decode_checks_summary
 for n in test_i8 $(for v in $variants; do echo test_i8_$v; done); do
   f=$OUT/$n.log; echo "$n: ok $(grep -c '^ok' $f), FAIL $(grep -c FAIL $f), $(tail -1 $f)"; grep FAIL $f | head -8
 done
