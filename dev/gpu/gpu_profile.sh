@@ -14,14 +14,7 @@ ncu --set full --kernel-name regex:"kvd_mma" --launch-count 4 -o /tmp/decode -f 
 tail -3 "$OUT/ncu_decode.log"
 ncu -i /tmp/decode.ncu-rep --page details > "$OUT/decode_details.txt" 2>&1
 ncu -i /tmp/decode.ncu-rep --page source --csv --print-source sass --launch-count 1 > "$OUT/decode_i8_source.csv" 2>&1
-cat > /tmp/fwd_i8.py <<'PY'
-import torch, qattn
-q, k, v = (torch.randn(4, 16, 4096, 128, device="cuda", dtype=torch.float16) for _ in range(3))
-for _ in range(2):
-    qattn.attention(q, k, v, precision="int8", layout="bhsd")
-torch.cuda.synchronize()
-PY
-ncu --set full --kernel-name regex:fwd_i8 --launch-skip 1 --launch-count 1 -o /tmp/fwd_i8 -f python3 /tmp/fwd_i8.py > "$OUT/ncu_fwd.log" 2>&1
+ncu --set full --kernel-name regex:fwd_i8 --launch-skip 1 --launch-count 1 -o /tmp/fwd_i8 -f python3 dev/gpu/fwd_i8_once.py > "$OUT/ncu_fwd.log" 2>&1
 tail -3 "$OUT/ncu_fwd.log"
 ncu -i /tmp/fwd_i8.ncu-rep --page details > "$OUT/fwd_i8_details.txt" 2>&1
 ncu -i /tmp/fwd_i8.ncu-rep --page source --csv --print-source sass > "$OUT/fwd_i8_source.csv" 2>&1

@@ -22,9 +22,7 @@ pack() {
   for f in .ab/v/*.cu; do
     [ -f "$f" ] || continue
     n=$(basename "$f" .cu)
-    # quant_call.sh's variant_lib and variant_test, against this build's objects
-    (eval "$(sed -n '/^variant_lib()/,/^}/p;/^variant_test()/,/^}/p' dev/gpu/quant_call.sh)"
-      variant_lib "$n" "$b" && variant_test "$n" "$b") || return 1
+    (. dev/gpu/quant_variants.sh && variant_lib "$n" "$b" && variant_test "$n" "$b") || return 1
     xz -T0 -3 -c "/tmp/v-$n/libqattn.so" > ".gl/lib-$n.so.xz"
     xz -T0 -3 -c "/tmp/v-$n/qattn_gpu_test" > ".gl/gpu_test_$n.xz"
   done

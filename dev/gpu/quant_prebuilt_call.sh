@@ -25,15 +25,8 @@ libs="new=$LIB"; for n in $variants; do libs="$libs $n=$Q/$n/libqattn.so"; done
 timeout $(left 10) python3 dev/gpu/quant_pass_ab.py $libs 2>&1 | grep -v -i warn | tee $OUT/pass_ab.log
 stamp "A/B done"
 if [ "${NCU:-0}" = 1 ] && [ "$(left)" -gt 60 ]; then
-  cat > /tmp/fwd_i8.py <<'PY'
-import torch, qattn
-q, k, v = (torch.randn(4, 16, 4096, 128, device="cuda", dtype=torch.float16) for _ in range(3))
-for _ in range(2):
-    qattn.attention(q, k, v, precision="int8", layout="bhsd")
-torch.cuda.synchronize()
-PY
   QATTN_LIBRARY=$LIB PYTHONPATH=$PWD/python timeout $(left 5) ncu --set full --kernel-name regex:i8q_fused --launch-skip 1 --launch-count 1 \
-    -o /tmp/pass -f python3 /tmp/fwd_i8.py > $OUT/ncu_pass.log 2>&1
+    -o /tmp/pass -f python3 dev/gpu/fwd_i8_once.py > $OUT/ncu_pass.log 2>&1
   ncu -i /tmp/pass.ncu-rep --page details > $OUT/pass_details.txt 2>&1
   ncu -i /tmp/pass.ncu-rep --page source --csv --print-source sass > /tmp/pass_source.csv 2>&1
   python3 dev/gpu/ncu_stalls.py /tmp/pass_source.csv 30 | tee $OUT/pass_hot.txt
