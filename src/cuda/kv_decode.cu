@@ -773,6 +773,17 @@ __device__ __forceinline__ void mma_warp_state(const float (&mx)[R8], float (&l)
     }
 }
 
+/* A split kernel's end: each warp's state to the start of its own ring (its copies are complete), then the
+ * block's fixed-order merge of the warps and its output (or partial state). */
+template <int D, int R8, bool V16, typename CF>
+__device__ __forceinline__ void mma_block_end(const qattn_kvd_args &a, const kvd_unit &u, const float (&mx)[R8], float (&l)[R8],
+                                              const float (&acc)[R8][D / 16][4], int g8, int t4, const kvd_walk<CF> &wk, const uint8_t *smem) {
+    mma_warp_state<D, R8, V16>(mx, l, acc, g8, t4, reinterpret_cast<float *>(wk.wbase));
+    __syncthreads();
+    kvd_merge_warps<D, 8 * R8, NWM, CF::WARP>(a, u.rc, u.kh, u.bl, u.split, smem);
+    kvd_finish<D, 8 * R8, NWM>(a, u.rc, u.kh, u.bl);
+}
+
 template <int D, int R8> __global__ void __launch_bounds__(NWM * 32, R8 == 1 && STM <= 3 ? 4 : 3) kvd_mma(const __grid_constant__ qattn_kvd_args a) {
     using CF = kvdm_cfg<D>;
     constexpr int ROW = CF::ROW, CPR = CF::CPR, KC = D / 32, NR = 8 * R8;
@@ -781,7 +792,7 @@ template <int D, int R8> __global__ void __launch_bounds__(NWM * 32, R8 == 1 && 
     extern __shared__ __align__(16) uint8_t kvd_smem[];
 
     const kvd_unit u = kvd_block_unit(a);
-    const int rc = u.rc, split = u.split, kh = u.kh, bl = u.bl, id = u.id, L = u.L, b = u.b, c0 = u.c0, c1 = u.c1;
+    const int rc = u.rc, kh = u.kh, id = u.id, L = u.L, b = u.b, c0 = u.c0, c1 = u.c1;
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g8 = lane >> 2, t4 = lane & 3;
 
     int vlo[R8], vhi[R8];
@@ -820,11 +831,7 @@ template <int D, int R8> __global__ void __launch_bounds__(NWM * 32, R8 == 1 && 
             mma_weights<R8, false, 2>(s, mx, vsc, full, l, wt);
             mma_accumulate_v<D, R8>(sV, voff, wt, acc);
         });
-    /* the warp's state to the start of its own ring (its copies are complete) */
-    mma_warp_state<D, R8, false>(mx, l, acc, g8, t4, reinterpret_cast<float *>(wk.wbase));
-    __syncthreads();
-    kvd_merge_warps<D, NR, NWM, CF::WARP>(a, rc, kh, bl, split, kvd_smem);
-    kvd_finish<D, NR, NWM>(a, rc, kh, bl);
+    mma_block_end<D, R8, false, CF>(a, u, mx, l, acc, g8, t4, wk, kvd_smem);
 }
 
 template <int D, int DT, int R8> __global__ void __launch_bounds__(NWM * 32, 2) kvd_mma16(const __grid_constant__ qattn_kvd_args a) {
@@ -836,7 +843,7 @@ template <int D, int DT, int R8> __global__ void __launch_bounds__(NWM * 32, 2) 
     extern __shared__ __align__(16) uint8_t kvd_smem[];
 
     const kvd_unit u = kvd_block_unit(a);
-    const int rc = u.rc, split = u.split, kh = u.kh, bl = u.bl, id = u.id, L = u.L, b = u.b, c0 = u.c0, c1 = u.c1;
+    const int rc = u.rc, kh = u.kh, id = u.id, L = u.L, b = u.b, c0 = u.c0, c1 = u.c1;
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g8 = lane >> 2, t4 = lane & 3;
 
     int vlo[R8], vhi[R8];
@@ -869,11 +876,7 @@ template <int D, int DT, int R8> __global__ void __launch_bounds__(NWM * 32, 2) 
             mma_weights<R8, BF16, NP>(s, mx, one, full, l, wt);
             mma16_accumulate_v<D, BF16, R8, NP>(sV, off, wt, acc);
         });
-    /* the warp's state to the start of its own ring (its copies are complete) */
-    mma_warp_state<D, R8, true>(mx, l, acc, g8, t4, reinterpret_cast<float *>(wk.wbase));
-    __syncthreads();
-    kvd_merge_warps<D, NR, NWM, CF::WARP>(a, rc, kh, bl, split, kvd_smem);
-    kvd_finish<D, NR, NWM>(a, rc, kh, bl);
+    mma_block_end<D, R8, true, CF>(a, u, mx, l, acc, g8, t4, wk, kvd_smem);
 }
 
 /* Launchers: the shared-memory limits were raised once per context (qattn_kvd_prepare_slot). */
