@@ -24,7 +24,7 @@ __global__ void __launch_bounds__(NT, 3) part_q(const qattn_cuda_args a, const i
 }
 void *qattn_pass_parts[] = {(void *)part_k, (void *)part_v, (void *)part_q};
 CU
-(R=$PWD && cd "$B" && . "$R/dev/gpu/quant_variants.sh" && nvcc_sm90a "$D/parts.cu" "$D/parts.o")
+(R=$PWD && cd "$B" && . "$R/dev/gpu/variants.sh" && nvcc_sm90a "$D/parts.cu" "$D/parts.o")
 "${CUOBJDUMP:-cuobjdump}" -sass "$D/parts.o" > "$D/parts.sass"
 for k in part_k part_v part_q; do # instruction lines: an address comment, then an optional predicate and the opcode
   awk -v k=$k '/Function : /{on=($0 ~ k)} on' "$D/parts.sass" | grep -oE "^\s+/\*[0-9a-f]{4,}\*/\s+(@!?U?P[0-9T] )?[A-Z0-9_.]+" |

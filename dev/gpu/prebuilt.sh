@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Device calls without a build on the device: the CUDA library, the test binaries and the quantization-pass
-# variants (.ab/v/NAME.cu, as dev/gpu/quant_call.sh takes them) built on the development machine (nvcc is
-# installed there, sm_80 + sm_90a) and carried xz-compressed in .gl/ (git-ignored; ~4 MB each, the carry
+# Device calls without a build on the device: the CUDA library, the test binaries and the variants
+# (dev/gpu/variants.sh: .ab/v/NAME.cu pass variants, .ab/p/NAME.patch tree patches) built on the
+# development machine (nvcc is installed there, sm_80 + sm_90a) and carried xz-compressed in .gl/ (git-ignored; ~4 MB each, the carry
 # limit is 64 MiB). A device build of the library takes minutes of the call; unpacking takes seconds.
 #   bash dev/gpu/prebuilt.sh pack [BUILD]   here: build BUILD (default build, CUDA on), then .gl/*.xz:
 #                                           lib-base.so, test_ops, qattn_gpu_test, and per variant NAME
-#                                           lib-NAME.so and gpu_test_NAME (its own INT8 quantization pass)
+#                                           lib-NAME.so and gpu_test_NAME (the tests linked with its objects;
+#                                           none for a NAME ending in "trace", an instrumented build)
 #   . dev/gpu/prebuilt.sh unpack            on the device (sourced): into /tmp/q; sets LIB, T, OPS and Q
 #                                           (Q/NAME/libqattn.so per variant, Q/gpu_test_NAME)
 # Then pass the call `carry: [".gl"]`. The test binaries link the library statically.
@@ -19,12 +20,15 @@ pack() {
   xz -T0 -3 -c "$b/tests/test_ops" > .gl/test_ops.xz
   xz -T0 -3 -c "$b/tests/gpu/qattn_gpu_test" > .gl/qattn_gpu_test.xz
   local f n
-  for f in .ab/v/*.cu; do
+  for f in .ab/v/*.cu .ab/p/*.patch; do
     [ -f "$f" ] || continue
-    n=$(basename "$f" .cu)
-    (. dev/gpu/quant_variants.sh && variant_lib "$n" "$b" && variant_test "$n" "$b") || return 1
+    n=$(basename "$f"); n=${n%.*}
+    case $n in
+    *trace) (. dev/gpu/variants.sh && variant_lib "$n" "$b") || return 1 ;; # instrumented: a library, no tests
+    *) (. dev/gpu/variants.sh && variant_lib "$n" "$b" && variant_test "$n" "$b") || return 1
+      xz -T0 -3 -c "/tmp/v-$n/qattn_gpu_test" > ".gl/gpu_test_$n.xz" ;;
+    esac
     xz -T0 -3 -c "/tmp/v-$n/libqattn.so" > ".gl/lib-$n.so.xz"
-    xz -T0 -3 -c "/tmp/v-$n/qattn_gpu_test" > ".gl/gpu_test_$n.xz"
   done
   ls -la .gl
 }

@@ -8,7 +8,7 @@
 set -u
 LIMIT=${LIMIT:-560}
 . "$(dirname "$0")/../../bench/gpu_lib.sh"
-. "$(dirname "$0")/quant_variants.sh"
+. "$(dirname "$0")/variants.sh"
 if [ "${1:-}" = "--variants-only" ]; then # local check: variant libs against an existing build dir
   for f in .ab/v/*.cu; do variant_lib "$(basename "$f" .cu)" "${2:-build-gpu}"; done
   exit 0
