@@ -13,12 +13,12 @@ nvcc_sm90a() { # SRC OBJ [nvcc args]: SRC compiled for sm_90a with the library's
   nvcc -forward-unknown-to-host-compiler $CUDA_DEFINES $CUDA_INCLUDES $fl -gencode=arch=compute_90a,code=sm_90a "$@" -x cu -c "$src" -o "$obj"
 }
 variant_sources() { # NAME: the variant's sources to compile, "FILE.cu=PATH" each (FILE: the library's object name)
-  local n=$1 p=.ab/p/$1.patch t=/tmp/v-$1/src f h
-  if [ -f "$p" ]; then
-    rm -rf "$t" && mkdir -p "$t" && cp -r src/. "$t" && patch -s -p2 -d "$t" < "$p" || { echo "variant $n: patch failed" >&2; return 1; }
-    for f in $(sed -n 's#^+++ b/src/cuda/\([a-z0-9_]*\.cu\)$#\1#p' "$p"); do echo "$f=$t/cuda/$f"; done
+  local n=$1 p=$PWD/.ab/p/$1.patch t=/tmp/v-$1/tree f h
+  if [ -f "$p" ]; then # its src/ part (docs in the patch are not built)
+    rm -rf "$t" && mkdir -p "$t" && cp -r src "$t" && (cd "$t" && git apply --include='src/*' "$p") || { echo "variant $n: patch failed" >&2; return 1; }
+    for f in $(sed -n 's#^+++ b/src/cuda/\([a-z0-9_]*\.cu\)$#\1#p' "$p"); do echo "$f=$t/src/cuda/$f"; done
     for h in $(sed -n 's#^+++ b/src/cuda/\([a-z0-9_]*\.cuh\)$#\1#p' "$p"); do
-      for f in $(grep -l "#include \"$h\"" src/cuda/*.cu); do f=$(basename "$f"); grep -q "^+++ b/src/cuda/$f$" "$p" || echo "$f=$t/cuda/$f"; done
+      for f in $(grep -l "#include \"$h\"" src/cuda/*.cu); do f=$(basename "$f"); grep -q "^+++ b/src/cuda/$f$" "$p" || echo "$f=$t/src/cuda/$f"; done
     done | sort -u
   else # in src/cuda, for its quoted includes
     cp ".ab/v/$n.cu" "src/cuda/zz_$n.cu" && echo "quant_i8.cu=$PWD/src/cuda/zz_$n.cu"
