@@ -7,7 +7,7 @@
 # Usage: LIMIT=240 OUT=$OUT VARIANT=NAME bash dev/gpu/bs_ab_call.sh
 set -u
 LIMIT=${LIMIT:-240}
-VARIANT=${VARIANT:?the variant's name, as in .ab/p/NAME.patch}
+VARIANT=${VARIANT:?set VARIANT to the NAME of .ab/p/NAME.patch}
 . bench/gpu_lib.sh
 if [ -x /tmp/q/qattn_gpu_test ]; then Q=/tmp/q LIB=/tmp/q/base/libqattn.so; else . dev/gpu/prebuilt.sh unpack; fi
 VT=$Q/gpu_test_$VARIANT VLIB=$Q/$VARIANT/libqattn.so
