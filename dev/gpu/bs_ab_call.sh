@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# One device call for a change to the block-sparse kernels, on prebuilt binaries (dev/gpu/prebuilt.sh pack with
-# the change as .ab/p/NAME.patch; `. prebuilt.sh unpack` is done here unless /tmp/q holds them): the
-# block-sparse GPU tests of the shipped build and the variant's GPU tests (block-sparse FP16/BF16 and INT8, and the dense FP16/BF16 set: the kernels' producers are shared),
-# compute-sanitizer memcheck and racecheck of the small block-sparse sets, then bench/gpu_blocksparse.py
-# alternated between the shipped library and the variant's, twice each.
+# One device call for a change to the block-sparse kernels, on prebuilt binaries (dev/gpu/prebuilt.sh pack
+# with the change as .ab/p/NAME.patch; `. prebuilt.sh unpack` is done here unless /tmp/q holds them): the
+# shipped build's block-sparse tests; the variant's tests (block-sparse FP16/BF16 and INT8, and the dense
+# FP16/BF16 set: the kernels' producers are shared); compute-sanitizer memcheck and racecheck of the
+# variant's small block-sparse sets; then bench/gpu_blocksparse.py alternated between the shipped library
+# and the variant's, twice each.
 # Usage: LIMIT=240 OUT=$OUT VARIANT=NAME bash dev/gpu/bs_ab_call.sh
 set -u
 LIMIT=${LIMIT:-240}
