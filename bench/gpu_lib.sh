@@ -28,13 +28,16 @@ start_gpu_tests() { # the four GPU test sets, side by side (wait, then gpu_tests
   run_bg test_bs 150 $T --bs
   run_bg test_bs_i8 150 $T --bs --int8
 }
-gpu_tests_summary() {
-  for n in f16 i8 bs bs_i8; do
-    local f="$OUT/test_$n.log"
-    echo "$n: ok $(grep -c '^ok' "$f"), FAIL $(grep -c FAIL "$f"), $(tail -1 "$f")"
-    grep FAIL "$f" | head -8
+tests_summary() { # NAME...: per $OUT/NAME.log (a test run, or one under compute-sanitizer) the ok and FAIL
+  # counts, the sanitizer's summary, the exit status and the first failures
+  local n f
+  for n in "$@"; do
+    f=$OUT/$n.log
+    echo "$n: ok $(grep -c '^ok' "$f"), FAIL $(grep -c FAIL "$f"), $(grep -m1 -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$f") $(tail -1 "$f")"
+    grep -E "FAIL|Invalid|Race" "$f" | head -8
   done
 }
+gpu_tests_summary() { tests_summary test_f16 test_i8 test_bs test_bs_i8; }
 start_decode_checks() { # OPS LIB T_S: the op table's KV-decode cases, memcheck and racecheck of the decode kernels
   # (gpu_decode.py --small), python/tests/test_gpu.py; side by side, each within T_S seconds (wait, then
   # decode_checks_summary)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call for a change to the block-sparse kernels, on prebuilt binaries (dev/gpu/prebuilt.sh pack
-# with the change as .ab/p/NAME.patch; `. prebuilt.sh unpack` is done here unless /tmp/q holds them): the
+# with the change as .ab/p/NAME.patch; unpacked here): the
 # shipped build's block-sparse tests; the variant's tests (block-sparse FP16/BF16 and INT8, and the dense
 # FP16/BF16 set: the kernels' producers are shared); compute-sanitizer memcheck and racecheck of the
 # variant's small block-sparse sets; then bench/gpu_blocksparse.py alternated between the shipped library
@@ -10,7 +10,7 @@ set -u
 LIMIT=${LIMIT:-240}
 VARIANT=${VARIANT:?set VARIANT to the NAME of .ab/p/NAME.patch}
 . bench/gpu_lib.sh
-if [ -x /tmp/q/qattn_gpu_test ]; then Q=/tmp/q LIB=/tmp/q/base/libqattn.so T=/tmp/q/qattn_gpu_test; else . dev/gpu/prebuilt.sh unpack; fi
+. dev/gpu/prebuilt.sh unpack
 VT=$Q/gpu_test_$VARIANT VLIB=$Q/$VARIANT/libqattn.so
 stamp "block-sparse A/B: $LIB against $VLIB"
 cs="compute-sanitizer --error-exitcode 3"
@@ -25,11 +25,7 @@ run_bg v_race_bs $(left 150) $cs --tool racecheck $VT --small --bs
 run_bg v_race_bs_i8 $(left 150) $cs --tool racecheck $VT --small --bs --int8
 wait
 stamp "checks done"
-for n in base_bs base_bs_i8 v_bs v_bs_i8 v_f16 v_mem_bs v_mem_bs_i8 v_race_bs v_race_bs_i8; do
-  f=$OUT/$n.log
-  echo "$n: ok $(grep -c '^ok' "$f"), FAIL $(grep -c FAIL "$f"), $(grep -m1 -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$f") $(tail -1 "$f")"
-  grep -E "FAIL|Invalid|Race" "$f" | head -6
-done
+tests_summary base_bs base_bs_i8 v_bs v_bs_i8 v_f16 v_mem_bs v_mem_bs_i8 v_race_bs v_race_bs_i8
 for r in 1 2; do
   for n in base $VARIANT; do
     l=$LIB

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Device calls without a build on the device: the CUDA library, the test binaries and the variants
 # (dev/gpu/variants.sh: .ab/v/NAME.cu pass variants, .ab/p/NAME.patch tree patches) built on the
-# development machine (nvcc is installed there, sm_80 + sm_90a) and carried xz-compressed in .gl/ (git-ignored; ~4 MB each, the carry
-# limit is 64 MiB). A device build of the library takes minutes of the call; unpacking takes seconds.
+# development machine (nvcc is installed there, sm_80 + sm_90a) and carried xz-compressed in .gl/
+# (git-ignored; ~4 MB each, the carry limit is 64 MiB). A device build of the library takes minutes of the call; unpacking takes seconds.
 #   bash dev/gpu/prebuilt.sh pack [BUILD]   here: build BUILD (default build, CUDA on), then .gl/*.xz:
 #                                           lib-base.so, test_ops, qattn_gpu_test, and per variant NAME
 #                                           lib-NAME.so and gpu_test_NAME (the tests linked with its objects;
@@ -20,20 +20,22 @@ pack() {
   xz -T0 -3 -c "$b/tests/test_ops" > .gl/test_ops.xz
   xz -T0 -3 -c "$b/tests/gpu/qattn_gpu_test" > .gl/qattn_gpu_test.xz
   local f n
+  . dev/gpu/variants.sh
   for f in .ab/v/*.cu .ab/p/*.patch; do
     [ -f "$f" ] || continue
     n=$(basename "$f"); n=${n%.*}
-    case $n in
-    *trace) (. dev/gpu/variants.sh && variant_lib "$n" "$b") || return 1 ;; # instrumented: a library, no tests
-    *) (. dev/gpu/variants.sh && variant_lib "$n" "$b" && variant_test "$n" "$b") || return 1
-      xz -T0 -3 -c "/tmp/v-$n/qattn_gpu_test" > ".gl/gpu_test_$n.xz" ;;
-    esac
+    variant_lib "$n" "$b" || return 1
     xz -T0 -3 -c "/tmp/v-$n/libqattn.so" > ".gl/lib-$n.so.xz"
+    case $n in *trace) continue ;; esac # instrumented: a library, no tests
+    variant_test "$n" "$b" || return 1
+    xz -T0 -3 -c "/tmp/v-$n/qattn_gpu_test" > ".gl/gpu_test_$n.xz"
   done
   ls -la .gl
 }
-unpack() {
+unpack() { # once per machine: a second call (the next script of the same device call) only sets the names
   Q=/tmp/q
+  LIB=$Q/base/libqattn.so T=$Q/qattn_gpu_test OPS=$Q/test_ops
+  [ -x "$T" ] && return 0
   mkdir -p $Q
   local f n
   for f in .gl/*.xz; do xz -dc "$f" > "$Q/$(basename "$f" .xz)" & done
@@ -43,7 +45,6 @@ unpack() {
     n=$(basename "$f" .so); n=${n#lib-}
     mkdir -p "$Q/$n" && ln -sf "$f" "$Q/$n/libqattn.so"
   done
-  LIB=$Q/base/libqattn.so T=$Q/qattn_gpu_test OPS=$Q/test_ops
 }
 case "${1:-}" in
 pack) pack "${2:-}" ;;

@@ -18,9 +18,7 @@ for n in $variants; do run_bg test_i8_$n $(left 60) $Q/gpu_test_$n --int8; done
 wait
 stamp "checks done"
 decode_checks_summary
-for n in test_i8 $(for v in $variants; do echo test_i8_$v; done); do
-  f=$OUT/$n.log; echo "$n: ok $(grep -c '^ok' $f), FAIL $(grep -c FAIL $f), $(tail -1 $f)"; grep FAIL $f | head -8
-done
+tests_summary test_i8 $(for v in $variants; do echo test_i8_$v; done)
 libs="new=$LIB"; for n in $variants; do libs="$libs $n=$Q/$n/libqattn.so"; done
 timeout $(left 10) python3 dev/gpu/quant_pass_ab.py $libs 2>&1 | grep -v -i warn | tee $OUT/pass_ab.log
 stamp "A/B done"
