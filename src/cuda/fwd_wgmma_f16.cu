@@ -313,47 +313,56 @@ __global__ void __launch_bounds__(NTHREADS, 1)
     }
     __syncthreads();
 
-    if (threadIdx.x < 128) { /* producer warpgroup: one thread issues every copy */
+    if (threadIdx.x < 128) { /* producer warpgroup: one thread issues every copy (BS: its warp walks the mask) */
         setmaxnreg_dec<PROD_REGS>();
-        if (threadIdx.x == 0) {
-            tma_prefetch_desc(&tm_q);
-            tma_prefetch_desc(&tm_k);
-            tma_prefetch_desc(&tm_v);
+        if (BS ? threadIdx.x < 32 : threadIdx.x == 0) {
+            /* BS: only lane 0 waits on barriers and issues copies; the other lanes only meet it in the walk's
+             * and the ticket's warp collectives, so no lane blocks on a barrier phase another lane must advance */
+            const bool lead = !BS || threadIdx.x == 0;
+            if (lead) {
+                tma_prefetch_desc(&tm_q);
+                tma_prefetch_desc(&tm_k);
+                tma_prefetch_desc(&tm_v);
+            }
+            bm_walk bw;
             /* The consumers issue S(g) with P V(g - 1) (g: tiles counted over all items of the block), so
              * K(g) is loaded before V(g - 1); pv_* hold the V copy still to issue. */
             int g = 0, pv_hkv = 0, pv_row = 0, pv_b = 0;
             for (int j = 0, item = blockIdx.x;; j++) {
                 const int qb = j % NQ;
-                mbar_wait(bar_qempty + 8 * qb, ((j / NQ) & 1) ^ 1);
+                if (lead) mbar_wait(bar_qempty + 8 * qb, ((j / NQ) & 1) ^ 1);
                 if (item >= n_items) {
-                    slot[qb].b = -1;
-                    mbar_arrive(bar_qfull + 8 * qb);
+                    if (lead) {
+                        slot[qb].b = -1;
+                        mbar_arrive(bar_qfull + 8 * qb);
+                    }
                     break;
                 }
                 const work_item w = decode_item<BM, BN>(a, item, hg);
                 int n_live = w.t_last - w.t_first;
                 if (BS) { /* the consumers count the live tiles [0, n_live) */
-                    n_live = bm_item_start<BN, PROD_REGS == 32 ? 4 : 1>(ring + RING_ROW, bm_row(bm, w), bm, w.t_first, w.t_last);
+                    n_live = bm_walk_start<BN>(bw, ring + RING_ROW, bm_row(bm, w), bm, w.t_first, w.t_last);
                     work_item wc = w;
                     wc.t_first = 0, wc.t_last = n_live;
-                    slot[qb] = wc;
+                    if (lead) slot[qb] = wc;
                 } else {
                     slot[qb] = w;
                 }
                 /* the block's next item, claimed now so that its index is known before this item's loads end */
-                const int next = gridDim.x + atomicAdd(a.sched, 1);
-                if (BS ? n_live > 0 : w.t_last > w.t_first) {
+                const int next = gridDim.x + next_ticket<BS>(a.sched);
+                if (lead && (BS ? n_live > 0 : w.t_last > w.t_first)) {
                     mbar_expect_tx(bar_qfull + 8 * qb, C::QTILE);
                     for (int c = 0; c < D / 64; c++)
                         tma_load_4d(sbase + C::OFF_Q + qb * C::QTILE + c * QHALF, &tm_q, c * HALF_COLS, w.h, w.m0, w.b, bar_qfull + 8 * qb);
-                } else {
+                } else if (lead) {
                     mbar_arrive(bar_qfull + 8 * qb);
                 }
                 for (int tt = w.t_first; tt < w.t_last; tt++, g++) {
                     if (BS) { /* skip the tiles of zero mask blocks */
-                        tt = bm_next<BN>(ring + RING_ROW, bm, tt, w.t_last);
+                        tt = bm_walk_next<BN>(bw, ring + RING_ROW, bm, w.t_last);
                         if (tt == w.t_last) break;
                     }
+                    if (!lead) continue;
                     const int s = g % NST;
                     mbar_wait(bar_kempty + 8 * s, ((g / NST) & 1) ^ 1);
                     if (BS) ring_write(ring + 4 * s, tt); /* before the arrive below */
@@ -371,7 +380,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
                 }
                 item = next;
             }
-            if (g > 0) { /* the last V */
+            if (lead && g > 0) { /* the last V */
                 const int sp = (g - 1) % NST;
                 mbar_wait(bar_vempty + 8 * sp, (((g - 1) / NST) & 1) ^ 1);
                 mbar_expect_tx(bar_vfull + 8 * sp, C::KTILE);

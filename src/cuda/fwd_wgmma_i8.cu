@@ -271,47 +271,54 @@ __global__ void __launch_bounds__(NTHREADS, 1)
     }
     __syncthreads();
 
-    if (threadIdx.x < 128) { /* producer warpgroup: one thread issues every copy */
+    if (threadIdx.x < 128) { /* producer warpgroup: one thread issues every copy (BS: its warp walks the mask) */
         setmaxnreg_dec<24>(); /* BS too: with 32 / 232 the consumers spilled (ptxas -v) */
-        if (threadIdx.x == 0) {
+        if (BS ? threadIdx.x < 32 : threadIdx.x == 0) {
+            /* BS: only lane 0 waits on barriers and issues copies; the other lanes only meet it in the walk's
+             * and the ticket's warp collectives, so no lane blocks on a barrier phase another lane must advance */
+            const bool lead = !BS || threadIdx.x == 0;
             int item = blockIdx.x, it = 0;
+            bm_walk bw;
             for (int j = 0;; j++) {
                 const int qb = j & 1;
-                mbar_wait(bar_qempty + 8 * qb, ((j >> 1) & 1) ^ 1);
+                if (lead) mbar_wait(bar_qempty + 8 * qb, ((j >> 1) & 1) ^ 1);
                 work_item w;
-                for (; item < n_items; item = gridDim.x + atomicAdd(a.sched, 1)) { /* sharp units: the FP16 kernel's (backend.cu) */
+                for (; item < n_items; item = gridDim.x + next_ticket<BS>(a.sched)) { /* sharp units: the FP16 kernel's (backend.cu) */
                     w = decode_item<BM, BN>(a, item, hg);
                     if (!a.skip_units || !a.skip_units[(int64_t)w.b * a.hk + w.hkv]) break;
                 }
                 if (item >= n_items) {
-                    slot[qb].b = -1;
-                    mbar_arrive(bar_qfull + 8 * qb);
+                    if (lead) {
+                        slot[qb].b = -1;
+                        mbar_arrive(bar_qfull + 8 * qb);
+                    }
                     break;
                 }
                 const int64_t bhk = (int64_t)w.b * a.hk + w.hkv;
                 int n_live = 0;
                 if (BS) { /* the consumers count the live tiles [0, n_live) */
-                    n_live = bm_item_start<BN, 1>(ring + RING_ROW, bm_row(bm, w), bm, w.t_first, w.t_last);
+                    n_live = bm_walk_start<BN>(bw, ring + RING_ROW, bm_row(bm, w), bm, w.t_first, w.t_last);
                     work_item wc = w;
                     wc.t_first = 0, wc.t_last = n_live;
-                    slot[qb] = wc;
+                    if (lead) slot[qb] = wc;
                 } else {
                     slot[qb] = w;
                 }
-                if (BS ? n_live > 0 : w.t_last > w.t_first) {
+                if (lead && (BS ? n_live > 0 : w.t_last > w.t_first)) {
                     /* Q and its rows' scales (lq_pad is a multiple of BM: both copies are whole and aligned) */
                     const int64_t row = ((int64_t)w.b * a.h + w.h) * a.lq_pad + w.m0;
                     mbar_expect_tx(bar_qfull + 8 * qb, BM * D + BM * 4);
                     bulk_g2s(sbase + OFF_Q + qb * BM * D, a.qi + row * D, BM * D, bar_qfull + 8 * qb);
                     bulk_g2s(sbase + OFF_SQ + qb * BM * 4, a.sq + row, BM * 4, bar_qfull + 8 * qb);
-                } else {
+                } else if (lead) {
                     mbar_arrive(bar_qfull + 8 * qb);
                 }
                 for (int tt = w.t_first; tt < w.t_last; tt++, it++) {
                     if (BS) { /* skip the tiles of zero mask blocks */
-                        tt = bm_next<BN>(ring + RING_ROW, bm, tt, w.t_last);
+                        tt = bm_walk_next<BN>(bw, ring + RING_ROW, bm, w.t_last);
                         if (tt == w.t_last) break;
                     }
+                    if (!lead) continue;
                     const int s = it % NST;
                     mbar_wait(bar_empty + 8 * s, ((it / NST) & 1) ^ 1);
                     if (BS) ring_write(ring + 4 * s, tt); /* before the arrive below */
@@ -321,7 +328,7 @@ __global__ void __launch_bounds__(NTHREADS, 1)
                     bulk_g2s(sbase + OFF_SK + s * BN * 4, a.sk + bhk * a.lk_pad + (int64_t)tt * BN, BN * 4, bar_full + 8 * s);
                     bulk_g2s(sbase + OFF_SV + s * D * 4, a.sv + (bhk * ntile_all + tt) * D, D * 4, bar_full + 8 * s);
                 }
-                item = gridDim.x + atomicAdd(a.sched, 1);
+                item = gridDim.x + next_ticket<BS>(a.sched);
             }
         }
         return;

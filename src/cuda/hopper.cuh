@@ -13,7 +13,7 @@
 
 namespace qattn_sm90 {
 /* Block-sparse kernels' shared ring (see bm_row): NST <= 4 key tile indices, then the mask row pointer. */
-constexpr int RING_ROW = 16, RING_BYTES = 24; /* + the row pointer (bm_item_start) */
+constexpr int RING_ROW = 16, RING_BYTES = 24;
 #if defined(QATTN_SM90A_DEVICE)
 
 __device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
@@ -110,36 +110,57 @@ template <int BM, int BN> __device__ __forceinline__ work_item decode_item(const
 
 /* Block-sparse items (qattn_cuda_bmask; the kernels' BS instantiations). The item's BM rows lie in one
  * query block of the mask (bq % BM == 0) and each key tile of BN in one key block (bk % BN == 0), so a tile
- * is either skipped whole or computed with the dense masks only. The producer counts the item's live tiles
- * (the consumers see the count as [0, n)) and writes each live tile's index into a ring of NST ints next to
- * its stage, before the arrive that completes the stage's barrier, so a consumer reads it after its wait.
- * The ring is NST ints, then (8-byte aligned, at +RING_ROW) the item's mask row pointer. */
+ * is either skipped whole or computed with the dense masks only. The producer warp counts the item's live
+ * tiles (the consumers see the count as [0, n)) and writes each live tile's index into a ring of NST ints
+ * next to its stage, before the arrive that completes the stage's barrier, so a consumer reads it after
+ * its wait. The walk runs in all 32 lanes of the producer's first warp, one tile's mask byte per lane:
+ * a word of 32 tiles costs one load's latency (a lane 0 that read the bytes one after another waited
+ * ~250 dependent loads per item); lane 0 alone issues the copies and arrives. */
 __device__ __forceinline__ const uint8_t *bm_row(const qattn_cuda_bmask &bm, const work_item &w) {
     return bm.m + (int64_t)w.b * bm.bs + (int64_t)w.h * bm.hs + (int64_t)(w.m0 / bm.bq) * bm.rs;
 }
-/* At an item's start: counts the live tiles of [t_first, t_last) and stores the row pointer at ring +
- * RING_ROW. One division, then the key block advances with the tiles. UNROLL 4 lets the byte loads
- * overlap (the count delays the item's first loads); with 24 producer registers it spills: 1 there. */
-template <int BN, int UNROLL>
-__device__ __forceinline__ int bm_item_start(uint32_t ra, const uint8_t *row, const qattn_cuda_bmask &bm, int t_first, int t_last) {
-    int n = 0, kb = (t_first * BN) / bm.bk, off = t_first * BN - kb * bm.bk;
-#pragma unroll UNROLL
-    for (int tt = t_first; tt < t_last; tt++) {
-        n += row[kb] != 0;
-        off += BN;
-        if (off >= bm.bk) off -= bm.bk, kb++;
-    }
-    asm volatile("st.shared.b64 [%0], %1;\n" ::"r"(ra), "l"((uint64_t)row) : "memory");
-    return n;
+/* Live tiles of [c, c + 32) cut at t_last: bit i for tile c + i (the same word in every lane). */
+template <int BN> __device__ __forceinline__ uint32_t bm_word(const uint8_t *row, const qattn_cuda_bmask &bm, int c, int t_last) {
+    const int tt = c + (int)(threadIdx.x & 31);
+    return __ballot_sync(0xffffffffu, tt < t_last && row[tt * BN / bm.bk] != 0);
 }
-/* The first live tile in [tt, t_last), t_last if none (the row pointer from shared memory: held in a
- * register across the producer's loop it spilled). */
-template <int BN> __device__ __forceinline__ int bm_next(uint32_t ra, const qattn_cuda_bmask &bm, int tt, int t_last) {
-    uint64_t row;
-    asm volatile("ld.shared.b64 %0, [%1];\n" : "=l"(row) : "r"(ra) : "memory");
+/* The walk over one item's tiles: the word of tiles [c, c + 32) still to take. The row pointer waits in
+ * shared memory at ra (ring + RING_ROW): held in registers through the producer's loop it spilled. */
+struct bm_walk {
+    int c;
+    uint32_t word;
+};
+/* At an item's start, in the whole warp: its live tiles of [t_first, t_last) counted (each lane its tiles
+ * t_first + lane + 32 i, loads independent), and the walk set on its first word. */
+template <int BN>
+__device__ __forceinline__ int bm_walk_start(bm_walk &bw, uint32_t ra, const uint8_t *row, const qattn_cuda_bmask &bm, int t_first, int t_last) {
+    int n = 0;
 #pragma unroll 1
-    while (tt < t_last && ((const uint8_t *)row)[(tt * BN) / bm.bk] == 0) tt++;
+    for (int tt = t_first + (int)(threadIdx.x & 31); tt < t_last; tt += 32) n += row[tt * BN / bm.bk] != 0;
+    if ((threadIdx.x & 31) == 0) asm volatile("st.shared.b64 [%0], %1;\n" ::"r"(ra), "l"((uint64_t)row) : "memory");
+    __syncwarp();
+    bw.c = t_first, bw.word = bm_word<BN>(row, bm, t_first, t_last);
+    return __reduce_add_sync(0xffffffffu, n);
+}
+/* The next live tile, t_last when none is left (the whole warp; the word is warp-uniform). */
+template <int BN> __device__ __forceinline__ int bm_walk_next(bm_walk &bw, uint32_t ra, const qattn_cuda_bmask &bm, int t_last) {
+    while (bw.word == 0u) {
+        bw.c += 32;
+        if (bw.c >= t_last) return t_last;
+        uint64_t row;
+        asm volatile("ld.shared.b64 %0, [%1];\n" : "=l"(row) : "r"(ra) : "memory");
+        bw.word = bm_word<BN>((const uint8_t *)row, bm, bw.c, t_last);
+    }
+    const int tt = bw.c + __ffs(bw.word) - 1;
+    bw.word &= bw.word - 1u;
     return tt;
+}
+/* The producer's next ticket from the atomic counter: WARP, claimed by lane 0 for its whole warp. */
+template <bool WARP> __device__ __forceinline__ int next_ticket(int *sched) {
+    if (!WARP) return atomicAdd(sched, 1);
+    int t = 0;
+    if ((threadIdx.x & 31) == 0) t = atomicAdd(sched, 1);
+    return __shfl_sync(0xffffffffu, t, 0);
 }
 __device__ __forceinline__ int ring_read(uint32_t addr) {
     int v;
