@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SASS instructions per work item of the INT8 quantization pass (sm_90a, D 128, FP16): kv_part (K and V
+# SASS instructions per work item of the INT8 quantization pass (sm_90a, D 128, FP16): k_part, v_part (K and V
 # tiles) and q_rows_part, each wrapped alone in a kernel, compiled, and counted with cuobjdump (their code
 # is straight-line: the counts are per warp and item, bar the rare branches). Runs here, no GPU.
 # Usage: bash dev/gpu/pass_item_sass.sh [BUILD]   (a CMake build dir configured with CUDA; default build)
@@ -12,11 +12,11 @@ cat > "$D/parts.cu" <<CU
 namespace {
 __global__ void __launch_bounds__(NT, 3) part_k(const qattn_cuda_args a, const i8_aux w, int8_t *ki, float *sk, int8_t *vt, float *sv) {
     __shared__ __align__(16) unsigned char smem[40000];
-    kv_part<128, false, 0>(a, blockIdx.x, blockIdx.y, 8, w, ki, sk, vt, sv, smem);
+    k_part<128, false>(a, blockIdx.x, blockIdx.y, w, ki, sk, smem);
 }
 __global__ void __launch_bounds__(NT, 3) part_v(const qattn_cuda_args a, const i8_aux w, int8_t *ki, float *sk, int8_t *vt, float *sv) {
     __shared__ __align__(16) unsigned char smem[40000];
-    kv_part<128, false, 1>(a, blockIdx.x, blockIdx.y, 8, w, ki, sk, vt, sv, smem);
+    v_part<128, false>(a, blockIdx.x, blockIdx.y, 8, w, vt, sv, smem);
 }
 __global__ void __launch_bounds__(NT, 3) part_q(const qattn_cuda_args a, const i8_aux w, int8_t *qi, float *sq) {
     q_rows_part<128, false>(a, blockIdx.x, blockIdx.y, qi, sq, w);

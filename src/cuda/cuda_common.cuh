@@ -31,7 +31,7 @@ struct qattn_cuda_args {
     int32_t lq_pad;             /* Lq rounded up to the largest INT8 query block (Qi, sq, qsh row length) */
     int32_t i8_wgmma;           /* 1: the sm_90a wgmma kernel (fwd_wgmma_i8.cu) and its tiled, pre-swizzled layout */
     int32_t *sched;             /* the wgmma kernel's work counter (workspace; zeroed by the quantization pass) */
-    /* Fixed V rows (quant_i8.cu, kv_part): the keys whose codes per channel and tile lose more than
+    /* Fixed V rows (quant_i8.cu, v_part): the keys whose codes per channel and tile lose more than
      * 1/64 of the row (a sink's small value row), per (b, kv head) their count vfix_n, keys vfix_key
      * [bh][QATTN_I8_VFIX_MAX] and residuals v' - codes * sv vfix_res [bh][QATTN_I8_VFIX_MAX][D]; the
      * kernels' epilogue adds the residuals back (i8_rows.cuh). A count above the maximum: none fixed. */

@@ -13,7 +13,7 @@
  *      ranges, sets the channel factors f = 2^e (the CPU's qattn_qk_smooth_exp), mu / f and the LSE's
  *      mean H(mu / f / n), and raises ready[bh];
  * and its second reads, each issuing its loads and then waiting for ready[bh]:
- *   2. K tiles and V tiles (kv_part<X>), one item per 128-key tile and tensor: K rows coded per token as
+ *   2. K tiles (k_part) and V tiles (v_part), one item per 128-key tile and tensor: K rows coded per token as
  *      H((k / f - mu / f) / n); V transposed, per channel and tile, mean subtracted, the rows those codes
  *      represent badly listed with their residuals (fixed V rows, VFIX_K); both written as the attention
  *      kernels' images;
@@ -22,16 +22,19 @@
  * lie between the two reads of a row, which the second read then finds in L2. A waiting item only waits
  * on items with smaller tickets, which are running or done: no deadlock. Items are split by tensor so
  * that no kind holds more than ~80 registers: three blocks of 256 threads per SM.
- * Rows: one group of D/8 lanes per row, 16-byte loads, 8-byte (K, Q) or 16-byte (V) stores; the Hadamard
- * rotation (rotate_row8: the CPU's butterfly stages in its order) runs across the row's lanes.
- * Measured (H100, D 128, B*L 16k, H 16; docs/benchmarks.md): 0.26-0.28 ms against 0.37-0.44 ms for the
- * previous order (every Q range first, every Q row last, K and V in one item: 128 registers, two blocks
+ * Rows: Q and K one group of D/16 lanes per row (16 channels each, 16-byte stores), the Hadamard rotation
+ * (rotate_row16: the CPU's butterfly stages in its order) across the row's lanes; V one group of D/8 lanes
+ * per row, codes transposed through shared memory. Codes are rounded by adding 1.5 * 2^23 (code8).
+ * Measured (H100, D 128, B*L 16k, H 16; docs/benchmarks.md): 0.245-0.28 ms; 0.27-0.30 with 8 channels per
+ * Q/K lane and a conversion per code; 0.37-0.44 ms for the previous order (every Q range first, every Q row last, K and V in one item: 128 registers, two blocks
  * per SM, Q read twice from DRAM); a per-item timeline (dev/gpu/quant_trace.py) showed the Q rows alone
  * taking the last 150 us of it.
  *
  * Bitwise agreement with the CPU (src/quant/quant.c; docs/FORMAT.md section 7, the CPU's dynamic path
- * without the sharp-unit residuals): codes = clamp(rne(y * inv), +-127) with inv = 127 / max|y| (0 for
- * an all-zero row), scale = max|y| / 127, as the CPU's quant_row; the means as the CPU's: the double sum
+ * without the sharp-unit residuals; for finite inputs: a NaN product codes to 0xff where the CPU's codes
+ * to 0, and its row or channel scale is then NaN or Inf, so no output depends on it): codes =
+ * clamp(rne(y * inv), +-127) with inv = 127 / max|y| (0 for an all-zero row), scale = max|y| / 127, as
+ * the CPU's quant_row; the means as the CPU's: the double sum
  * over positions ascending, divided in double, rounded to float. The GPU sums in parallel in double.
  * Every f16/bf16 value is a multiple of 2^e (e: the exponent of the last mantissa bit of the smallest
  * nonzero |x| of the channel), so while sum |x| < 2^(53 + e) every partial sum, in any order, is exact,
@@ -145,12 +148,14 @@ template <bool BF16> __device__ __forceinline__ float ld1(const void *base, int6
 
 __device__ __forceinline__ uint4 ld16(const void *base, int64_t idx) { return *(const uint4 *)((const uint16_t *)base + idx); }
 
-/* The CPU's code: clamp(rne(y * inv), -127, 127), low byte. */
-__device__ __forceinline__ uint32_t code8(float y, float inv) {
-    int16_t c; /* |y inv| <= 127 (1 + 2^-22): rne saturated to s8 equals the clamp to +-127 */
-    asm("cvt.rni.sat.s8.f32 %0, %1;" : "=h"(c) : "f"(y * inv));
-    return (uint32_t)(int32_t)c;
-}
+/* The CPU's code: clamp(rne(y * inv), +-127), in the low byte (the other bytes are not the code's sign).
+ * |y inv| <= 127 (1 + 2^-22) rounds to at most 127, so no clamp is needed; adding 1.5 * 2^23 to the
+ * rounded product rounds it to an integer (rne) in the low mantissa bits: two full-rate FP32 operations
+ * instead of a conversion. A NaN product (a non-finite value, whose row or channel scale is then NaN or
+ * Inf, so no output depends on its code) gives the byte 0xff where the CPU's gives 0. */
+__device__ __forceinline__ uint32_t code8(float y, float inv) { return __float_as_uint(__fadd_rn(__fmul_rn(y, inv), 12582912.f)); }
+/* the same code as a signed integer */
+__device__ __forceinline__ int code8_int(float y, float inv) { return (int)(int8_t)(code8(y, inv) & 0xffu); }
 
 /* max over the G lanes of a row's group (consecutive lanes, G a power of two <= 32); NaN propagates. */
 template <int G> __device__ __forceinline__ float group_max(float m) {
@@ -167,55 +172,60 @@ template <int G> __device__ __forceinline__ float group_sum(float s) {
     return s;
 }
 
-/* One row of D values held by D/8 lanes (8 each, y centred): the codes of this lane's 8 values and the
- * row's scale, codes in [-cmax, cmax] (127; precision INT4's Q and K 7: |y inv| <= cmax (1 + 2^-22) rounds
- * to at most cmax, as the CPU's). A non-finite value makes the scale NaN or Inf, and so every score of the row. */
-template <int D> __device__ __forceinline__ float quant_row8(const float y[8], uint2 &codes, float cmax) {
+/* Q and K rows: a group of D/16 lanes per row, 16 consecutive channels per lane. Per-row costs (the max,
+ * the division, the store address) are shared by 16 values, and the rotation has one cross-lane stage
+ * fewer than with 8 channels per lane (measured: 8-10% of the pass at L 1k-4k, docs/benchmarks.md). */
+/* The CPU's butterfly stages len = 1, 2, 4, 8 on 16 consecutive channels (lower index a + c, upper a - c). */
+__device__ __forceinline__ void fwht16(float y[16]) {
+#pragma unroll
+    for (int len = 1; len < 16; len <<= 1)
+#pragma unroll
+        for (int i = 0; i < 16; i++)
+            if (!(i & len)) {
+                const float a = y[i], c = y[i + len];
+                y[i] = __fadd_rn(a, c), y[i + len] = __fsub_rn(a, c);
+            }
+}
+/* The CPU's qattn_rotate_row(y, D, 1 / n) on a row held by D/16 lanes (D 64 or 128, so one block of n = D):
+ * every value times 1/n (exact), stages 1 .. 8 in the lane, then stages len = 16 .. n/2 between lanes cg
+ * and cg ^ (len / 16), the lower lane keeping a + c, the upper a - c: both rn(o + sg y), one FFMA (sg y
+ * exact). */
+template <int D> __device__ __forceinline__ void rotate_row16(float y[16]) {
+    static_assert(D == 64 || D == 128, "one Hadamard block of D channels");
+#pragma unroll
+    for (int i = 0; i < 16; i++) y[i] = __fmul_rn(y[i], 1.0f / D);
+    fwht16(y);
+    const int cg = threadIdx.x % (D / 16);
+#pragma unroll
+    for (int m = 1; m < D / 16; m <<= 1) {
+        const float sg = (cg & m) ? -1.f : 1.f;
+#pragma unroll
+        for (int i = 0; i < 16; i++) y[i] = __fmaf_rn(sg, y[i], __shfl_xor_sync(0xffffffffu, y[i], m));
+    }
+}
+/* One row held by D/16 lanes (16 values each, y centred): this lane's 16 codes as one 16-byte chunk and
+ * the row's scale, codes in [-cmax, cmax] (127; precision INT4's Q and K 7: |y inv| <= cmax (1 + 2^-22)
+ * rounds to at most cmax, as the CPU's). A non-finite value makes the scale NaN or Inf, and so every
+ * score of the row. */
+template <int D> __device__ __forceinline__ float quant_row16(const float y[16], uint4 &codes, float cmax) {
     float m = 0.f;
 #pragma unroll
-    for (int i = 0; i < 8; i++) m = qattn_fmax_nan(m, fabsf(y[i]));
-    m = group_max<D / 8>(m);
+    for (int i = 0; i < 16; i++) m = qattn_fmax_nan(m, fabsf(y[i]));
+    m = group_max<D / 16>(m);
     const float inv = m > 0.f ? cmax / m : 0.f;
     codes.x = qattn_pack4(code8(y[0], inv), code8(y[1], inv), code8(y[2], inv), code8(y[3], inv));
     codes.y = qattn_pack4(code8(y[4], inv), code8(y[5], inv), code8(y[6], inv), code8(y[7], inv));
+    codes.z = qattn_pack4(code8(y[8], inv), code8(y[9], inv), code8(y[10], inv), code8(y[11], inv));
+    codes.w = qattn_pack4(code8(y[12], inv), code8(y[13], inv), code8(y[14], inv), code8(y[15], inv));
     return m / cmax;
 }
-
-/* The sum of the squared codes of a row held by the D/8 lanes of its group (8 codes each): exact in int32
- * (<= 256 * 127^2), the same in every lane. */
-template <int D> __device__ __forceinline__ int32_t code_sq8(const uint2 codes) {
-    int32_t s = __dp4a((int)codes.x, (int)codes.x, __dp4a((int)codes.y, (int)codes.y, 0));
+/* The sum of the squared codes of a row held by the D/16 lanes of its group: exact in int32 (<= 256 *
+ * 127^2), the same in every lane. */
+template <int D> __device__ __forceinline__ int32_t code_sq16(const uint4 c) {
+    int32_t s = __dp4a((int)c.x, (int)c.x, __dp4a((int)c.y, (int)c.y, __dp4a((int)c.z, (int)c.z, __dp4a((int)c.w, (int)c.w, 0))));
 #pragma unroll
-    for (int o = 1; o < D / 8; o <<= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    for (int o = 1; o < D / 16; o <<= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
     return s;
-}
-
-/* The CPU's fwht8 (src/quant/quant.c): stages len = 1, 2, 4 on 8 values, same expressions. */
-__device__ __forceinline__ void fwht8(float y[8]) {
-    const float a0 = __fadd_rn(y[0], y[1]), a1 = __fsub_rn(y[0], y[1]), a2 = __fadd_rn(y[2], y[3]), a3 = __fsub_rn(y[2], y[3]);
-    const float a4 = __fadd_rn(y[4], y[5]), a5 = __fsub_rn(y[4], y[5]), a6 = __fadd_rn(y[6], y[7]), a7 = __fsub_rn(y[6], y[7]);
-    const float b0 = __fadd_rn(a0, a2), b2 = __fsub_rn(a0, a2), b1 = __fadd_rn(a1, a3), b3 = __fsub_rn(a1, a3);
-    const float b4 = __fadd_rn(a4, a6), b6 = __fsub_rn(a4, a6), b5 = __fadd_rn(a5, a7), b7 = __fsub_rn(a5, a7);
-    y[0] = __fadd_rn(b0, b4), y[4] = __fsub_rn(b0, b4), y[1] = __fadd_rn(b1, b5), y[5] = __fsub_rn(b1, b5);
-    y[2] = __fadd_rn(b2, b6), y[6] = __fsub_rn(b2, b6), y[3] = __fadd_rn(b3, b7), y[7] = __fsub_rn(b3, b7);
-}
-
-/* The CPU's qattn_rotate_row(y, D, 1 / n) on a row held by D/8 lanes (8 consecutive channels each; D 64
- * or 128, so one block of n = D): every value times 1/n (exact), stages 1, 2, 4 in the lane, then stages
- * len = 8 .. n/2 between lanes cg and cg ^ (len / 8), the lower lane keeping a + c, the upper a - c. */
-template <int D> __device__ __forceinline__ void rotate_row8(float y[8]) {
-    static_assert(D == 64 || D == 128, "one Hadamard block of D channels");
-#pragma unroll
-    for (int i = 0; i < 8; i++) y[i] = __fmul_rn(y[i], 1.0f / D);
-    fwht8(y);
-    const int cg = threadIdx.x % (D / 8);
-#pragma unroll
-    for (int m = 1; m < D / 8; m <<= 1) {
-        /* the lower lane keeps own + partner, the upper partner - own: both rn(o + sg y), one FFMA (sg y exact) */
-        const float sg = (cg & m) ? -1.f : 1.f;
-#pragma unroll
-        for (int i = 0; i < 8; i++) y[i] = __fmaf_rn(sg, y[i], __shfl_xor_sync(0xffffffffu, y[i], m));
-    }
 }
 
 /* Unnormalized Hadamard transform of srot[0 .. D) in place, the CPU's butterfly stages in order (len 1,
@@ -468,14 +478,17 @@ __device__ __forceinline__ float mean_one(const qattn_cuda_args &a, int nch, int
  * has bh's factors. */
 template <int D, bool BF16>
 __device__ __forceinline__ void q_rows_part(const qattn_cuda_args &a, int bh, int j, int8_t *qi, float *sq, const i8_aux &w) {
-    constexpr int G = D / 8, RG = NT / G;
+    constexpr int G = D / 16, RG = NT / G, QRK = QRI / 2; /* QRK * RG = QRI * NT / (D / 8): the item's rows, as the host counts them */
     const int cg = threadIdx.x % G, rg = threadIdx.x / G;
     const int b = bh / a.hk, g = bh % a.hk, grp = a.h / a.hk, nrow = a.lq_pad * grp;
-    uint4 u[QRI];
+    uint4 u[QRK][2];
 #pragma unroll
-    for (int k = 0; k < QRI; k++) {
-        const int rr = (j * QRI + k) * RG + rg, t = rr / grp, h = g * grp + rr % grp;
-        u[k] = rr < nrow && t < a.lq ? ld16(a.q, (int64_t)b * a.q_bs + (int64_t)t * a.q_ss + (int64_t)h * a.q_hs + cg * 8) : make_uint4(0, 0, 0, 0);
+    for (int k = 0; k < QRK; k++) {
+        const int rr = (j * QRK + k) * RG + rg, t = rr / grp, h = g * grp + rr % grp;
+        const bool in = rr < nrow && t < a.lq;
+        const int64_t at = (int64_t)b * a.q_bs + (int64_t)t * a.q_ss + (int64_t)h * a.q_hs + cg * 16;
+        u[k][0] = in ? ld16(a.q, at) : make_uint4(0, 0, 0, 0);
+        u[k][1] = in ? ld16(a.q, at + 8) : make_uint4(0, 0, 0, 0);
     }
     /* the loads above are in flight while bh's factors may still be computed; polled with plain volatile
      * loads by one thread (atomics from every thread on one line serialised the pass, ~2 ms) */
@@ -485,31 +498,73 @@ __device__ __forceinline__ void q_rows_part(const qattn_cuda_args &a, int bh, in
     }
     __syncthreads();
     __threadfence();
-    float f[8];
-    const float *fp = w.fk + (size_t)bh * D + cg * 8;
-    *(float4 *)f = __ldcg((const float4 *)fp), *(float4 *)(f + 4) = __ldcg((const float4 *)(fp + 4));
+    float f[16];
+    const float *fp = w.fk + (size_t)bh * D + cg * 16;
 #pragma unroll
-    for (int k = 0; k < QRI; k++) {
-        const int rr = (j * QRI + k) * RG + rg, t = rr / grp, h = g * grp + rr % grp;
+    for (int i = 0; i < 4; i++) *(float4 *)(f + 4 * i) = __ldcg((const float4 *)(fp + 4 * i));
+#pragma unroll
+    for (int k = 0; k < QRK; k++) {
+        const int rr = (j * QRK + k) * RG + rg, t = rr / grp, h = g * grp + rr % grp;
         const bool in = rr < nrow && t < a.lq;
-        float y[8];
-        cvt8<BF16>(u[k], y);
+        float y[16];
+        cvt8<BF16>(u[k][0], y), cvt8<BF16>(u[k][1], y + 8);
 #pragma unroll
-        for (int i = 0; i < 8; i++) y[i] = in ? __fmul_rn(y[i], f[i]) : 0.f;
-        rotate_row8<D>(y); /* every lane of the warp: the shuffles need them */
-        uint2 codes;
-        const float sc = __fmul_rn(quant_row8<D>(y, codes, w.qk_cmax), (float)D); /* times n: exact */
-        const int32_t c2 = code_sq8<D>(codes);
+        for (int i = 0; i < 16; i++) y[i] = in ? __fmul_rn(y[i], f[i]) : 0.f;
+        rotate_row16<D>(y); /* every lane of the warp: the shuffles need them */
+        uint4 codes;
+        const float sc = __fmul_rn(quant_row16<D>(y, codes, w.qk_cmax), (float)D); /* times n: exact */
+        const int32_t c2 = code_sq16<D>(codes);
         if (rr >= nrow) continue;
         const int64_t r = ((int64_t)b * a.h + h) * a.lq_pad + t;
-        *(uint2 *)(qi + r * D + row_pos<D>(a, t, cg)) = codes;
+        *(uint4 *)(qi + r * D + qattn_i8_chunk_at<D>(a, t, cg)) = codes;
         if (cg == 0) sq[r] = sc, w.csq[r] = c2;
     }
 }
 
-/* The fixed V rows of one tile (kv_part, VFIX_K), after its codes: lane group rg takes the listed keys rg,
+/* Item kind 2 for K: one 128-key tile of (b, kv head) bh, its rows still in L2 from bh's statistics items;
+ * lane group rg (D/16 lanes, 16 channels each) holds keys rg + RG r. Per-token codes of
+ * H((k / f - mu / f) / n) into Ki [bh][lk_pad][D], sk [bh][lk_pad]; keys past lk: zero codes, scale 0. */
+template <int D, bool BF16>
+__device__ __forceinline__ void k_part(const qattn_cuda_args &a, int bh, int tile, const i8_aux &w, int8_t *ki, float *sk, unsigned char *smem) {
+    constexpr int G = D / 16, RG = NT / G, RPT = BN / RG;
+    const int b = bh / a.hk, hk = bh % a.hk;
+    const int cg = threadIdx.x % G, rg = threadIdx.x / G, c0 = cg * 16;
+    const int64_t xb = (int64_t)b * a.k_bs + (int64_t)hk * a.k_hs + c0;
+    uint4 xu[RPT][2];
+#pragma unroll
+    for (int r = 0; r < RPT; r++) {
+        const int key = tile * BN + rg + RG * r;
+        xu[r][0] = key < a.lk ? ld16(a.k, xb + (int64_t)key * a.k_ss) : make_uint4(0, 0, 0, 0);
+        xu[r][1] = key < a.lk ? ld16(a.k, xb + (int64_t)key * a.k_ss + 8) : make_uint4(0, 0, 0, 0);
+    }
+    if (threadIdx.x == 0)
+        while (atomicAdd(w.ready + bh, 0) == 0) __nanosleep(200);
+    __syncthreads();
+    __threadfence();
+    float *skm = (float *)smem, *skinv = skm + D;
+    for (int d = threadIdx.x; d < D; d += NT) skm[d] = __ldcg(w.kmf + (size_t)bh * D + d), skinv[d] = __ldcg(w.finv + (size_t)bh * D + d);
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < RPT; r++) {
+        const int key = tile * BN + rg + RG * r;
+        const bool in = key < a.lk;
+        float y[16];
+        cvt8<BF16>(xu[r][0], y), cvt8<BF16>(xu[r][1], y + 8);
+#pragma unroll
+        for (int i = 0; i < 16; i++) y[i] = in ? __fsub_rn(__fmul_rn(y[i], skinv[c0 + i]), skm[c0 + i]) : 0.f;
+        rotate_row16<D>(y);
+        uint4 codes;
+        const float sc = quant_row16<D>(y, codes, w.qk_cmax);
+        const int32_t c2 = code_sq16<D>(codes);
+        const int64_t row = (int64_t)bh * a.lk_pad + key;
+        *(uint4 *)(ki + row * D + qattn_i8_chunk_at<D>(a, key, cg)) = codes;
+        if (cg == 0) sk[row] = sc, w.csk[row] = c2;
+    }
+}
+
+/* The fixed V rows of one tile (v_part, VFIX_K), after its codes: lane group rg takes the listed keys rg,
  * rg + RG, ..: a slot of (b, kv head) bh (more rows than slots: the count says so and none is used), the
- * key, and y - codes * sv of each lane's 8 channels (y = the row less its mean, codes as kv_part's). */
+ * key, and y - codes * sv of each lane's 8 channels (y = the row less its mean, codes as v_part's). */
 template <int D, bool BF16>
 __device__ __forceinline__ void vfix_rows(const qattn_cuda_args &a, int bh, const int *list, int n, const float *sinv, const float *ssc, const i8_aux &w) {
     constexpr int G = D / 8, RG = NT / G;
@@ -528,132 +583,108 @@ __device__ __forceinline__ void vfix_rows(const qattn_cuda_args &a, int bh, cons
 #pragma unroll
         for (int i = 0; i < 8; i++) {
             const float v = y[i] - __ldcg(w.vm + (size_t)bh * D + c0 + i);
-            w.vfres[at * D + c0 + i] = fmaf(-(float)(int32_t)code8(v, sinv[c0 + i]), ssc[c0 + i], v);
+            w.vfres[at * D + c0 + i] = fmaf(-(float)code8_int(v, sinv[c0 + i]), ssc[c0 + i], v);
         }
         if (cg == 0) w.vfkey[at] = key;
     }
 }
 
-/* Item kind 2. One item per 128-key tile of one (b, kv head) and tensor X (K 0, V 1), its rows still in L2
- * from bh's statistics items. Lane group (rg, cg) holds the keys 16 g + 2 j + {0, 1, 8, 9} of the words w = rg + RG k (g = w / 4, j = w % 4): the
- * four keys whose V codes form word w of a Vt row (the key order of the P fragments, vt_perm in the mma
- * kernel). K: per-token codes of H((k / f - mu / f) / n) into Ki [bh][lk_pad][D], sk [bh][lk_pad]. V: y = v - mean,
- * per channel the tile's max|y| -> sv [bh][tile][D], codes staged in shared memory as the tile's
- * [D][128] image (16-byte chunks XOR-swizzled by channel / 8 against bank conflicts), then written in
- * 16-byte stores to Vt (tile-major and swizzled for the wgmma kernel, [bh][D][lk_pad] otherwise); a row
- * the codes represent badly (VFIX_K) also gets a fixed-row slot: its key and its residual y - codes * sv.
- * Keys past lk: zero codes, scale 0, not counted in the max. */
-template <int D, bool BF16, int X>
-__device__ __forceinline__ void kv_part(const qattn_cuda_args &a, int bh, int tile, int ntiles, const i8_aux &w, int8_t *ki, float *sk, int8_t *vt,
-                                        float *sv, unsigned char *smem) {
+/* Item kind 2 for V: one 128-key tile of (b, kv head) bh, its rows still in L2 from bh's statistics items.
+ * Lane group (rg, cg) holds the keys 16 g + 2 j + {0, 1, 8, 9} of the words w = rg + RG k (g = w / 4,
+ * j = w % 4): the four keys whose V codes form word w of a Vt row (the key order of the P fragments,
+ * vt_perm in the mma kernel). y = v - mean, per channel the tile's max|y| -> sv [bh][tile][D], codes staged
+ * in shared memory as the tile's [D][128] image (16-byte chunks XOR-swizzled by channel / 8 against bank
+ * conflicts), then written in 16-byte stores to Vt (tile-major and swizzled for the wgmma kernel,
+ * [bh][D][lk_pad] otherwise); a row the codes represent badly (VFIX_K) also gets a fixed-row slot: its
+ * key and its residual y - codes * sv. Keys past lk: zero codes, scale 0, not counted in the max. */
+template <int D, bool BF16>
+__device__ __forceinline__ void v_part(const qattn_cuda_args &a, int bh, int tile, int ntiles, const i8_aux &w, int8_t *vt, float *sv,
+                                       unsigned char *smem) {
     constexpr int G = D / 8, RG = NT / G, WPT = 32 / RG, RPT = 4 * WPT;
     float(*smax)[D] = (float(*)[D])smem;
     float *sinv = (float *)(smem + RG * D * 4);
     uint32_t(*sw)[BN / 4] = (uint32_t(*)[BN / 4])(smem + RG * D * 4 + D * 4);
-    const int b = bh / a.hk, hk = bh % a.hk;
     const int cg = threadIdx.x % G, rg = threadIdx.x / G, c0 = cg * 8;
-    const int64_t xb = X == 0 ? (int64_t)b * a.k_bs + (int64_t)hk * a.k_hs + c0 : (int64_t)b * a.v_bs + (int64_t)hk * a.v_hs + c0;
-    const int64_t xs = X == 0 ? a.k_ss : a.v_ss;
+    const int64_t xb = (int64_t)(bh / a.hk) * a.v_bs + (int64_t)(bh % a.hk) * a.v_hs + c0;
     int key[RPT];
     uint4 xu[RPT];
 #pragma unroll
     for (int r = 0; r < RPT; r++) {
         const int w = rg + RG * (r / 4), u = r % 4;
         key[r] = tile * BN + 16 * (w >> 2) + 2 * (w & 3) + (u & 1) + 8 * (u >> 1);
-        xu[r] = key[r] < a.lk ? ld16(X == 0 ? a.k : a.v, xb + (int64_t)key[r] * xs) : make_uint4(0, 0, 0, 0);
+        xu[r] = key[r] < a.lk ? ld16(a.v, xb + (int64_t)key[r] * a.v_ss) : make_uint4(0, 0, 0, 0);
     }
     if (threadIdx.x == 0)
         while (atomicAdd(w.ready + bh, 0) == 0) __nanosleep(200);
     __syncthreads();
     __threadfence();
-    if constexpr (X == 0) {
-        float *skm = (float *)(smem + RG * D * 4 + D * 4 + D * BN), *skinv = skm + D;
-        for (int d = threadIdx.x; d < D; d += NT) skm[d] = __ldcg(w.kmf + (size_t)bh * D + d), skinv[d] = __ldcg(w.finv + (size_t)bh * D + d);
-        __syncthreads();
+    float vmean[8];
+    const size_t at = (size_t)bh * D + c0;
+    *(float4 *)vmean = __ldcg((const float4 *)(w.vm + at)), *(float4 *)(vmean + 4) = __ldcg((const float4 *)(w.vm + at + 4));
+    float vmax[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-        for (int r = 0; r < RPT; r++) {
+    for (int r = 0; r < RPT; r++) {
+        const bool in = key[r] < a.lk;
+        float y[8];
+        cvt8<BF16>(xu[r], y);
+#pragma unroll
+        for (int i = 0; i < 8; i++) vmax[i] = qattn_fmax_nan(vmax[i], in ? fabsf(y[i] - vmean[i]) : 0.f);
+    }
+    *(float4 *)&smax[rg][c0] = *(const float4 *)vmax;
+    *(float4 *)&smax[rg][c0 + 4] = *(const float4 *)(vmax + 4);
+    __syncthreads();
+    float *ssc = (float *)(smem + RG * D * 4 + D * 4 + D * BN); /* sv of the tile */
+    int *sfix_n = (int *)(ssc + D), *sfix = sfix_n + 4;           /* the tile's fixed rows: count, keys */
+    if (threadIdx.x == 0) *sfix_n = 0;
+    for (int d = threadIdx.x; d < D; d += NT) {
+        float m = 0.f;
+        for (int g = 0; g < RG; g++) m = qattn_fmax_nan(m, smax[g][d]);
+        sinv[d] = m > 0.f ? 127.f / m : 0.f;
+        sv[((size_t)bh * ntiles + tile) * D + d] = ssc[d] = m / 127.f;
+    }
+    __syncthreads();
+    float inv[8], es = 0.f; /* es: the mean over the lanes of a group of their sum of sv^2, over VFIX_K */
+#pragma unroll
+    for (int i = 0; i < 8; i++) inv[i] = sinv[c0 + i], es = fmaf(ssc[c0 + i], ssc[c0 + i], es);
+    es = group_sum<G>(es) * (1.f / (G * VFIX_K));
+    const int lead = (threadIdx.x & 31) & ~(G - 1);
+    const unsigned gbits = G == 32 ? 0xffffffffu : (1u << G) - 1u;
+#pragma unroll
+    for (int k = 0; k < WPT; k++) {
+        uint32_t cw[8][4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            const int r = 4 * k + u;
             const bool in = key[r] < a.lk;
-            float y[8];
+            float y[8], y2 = 0.f;
             cvt8<BF16>(xu[r], y);
-#pragma unroll
-            for (int i = 0; i < 8; i++) y[i] = in ? __fsub_rn(__fmul_rn(y[i], skinv[c0 + i]), skm[c0 + i]) : 0.f;
-            rotate_row8<D>(y);
-            uint2 codes;
-            const float sc = quant_row8<D>(y, codes, w.qk_cmax);
-            const int32_t c2 = code_sq8<D>(codes);
-            const int64_t row = (int64_t)bh * a.lk_pad + key[r];
-            *(uint2 *)(ki + row * D + row_pos<D>(a, key[r], cg)) = codes;
-            if (cg == 0) sk[row] = sc, w.csk[row] = c2;
-        }
-    } else {
-        float vmean[8];
-        const size_t at = (size_t)bh * D + c0;
-        *(float4 *)vmean = __ldcg((const float4 *)(w.vm + at)), *(float4 *)(vmean + 4) = __ldcg((const float4 *)(w.vm + at + 4));
-        float vmax[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-        for (int r = 0; r < RPT; r++) {
-            const bool in = key[r] < a.lk;
-            float y[8];
-            cvt8<BF16>(xu[r], y);
-#pragma unroll
-            for (int i = 0; i < 8; i++) vmax[i] = qattn_fmax_nan(vmax[i], in ? fabsf(y[i] - vmean[i]) : 0.f);
-        }
-        *(float4 *)&smax[rg][c0] = *(const float4 *)vmax;
-        *(float4 *)&smax[rg][c0 + 4] = *(const float4 *)(vmax + 4);
-        __syncthreads();
-        float *ssc = (float *)(smem + RG * D * 4 + D * 4 + D * BN); /* sv of the tile */
-        int *sfix_n = (int *)(ssc + D), *sfix = sfix_n + 4;           /* the tile's fixed rows: count, keys */
-        if (threadIdx.x == 0) *sfix_n = 0;
-        for (int d = threadIdx.x; d < D; d += NT) {
-            float m = 0.f;
-            for (int g = 0; g < RG; g++) m = qattn_fmax_nan(m, smax[g][d]);
-            sinv[d] = m > 0.f ? 127.f / m : 0.f;
-            sv[((size_t)bh * ntiles + tile) * D + d] = ssc[d] = m / 127.f;
-        }
-        __syncthreads();
-        float inv[8], es = 0.f; /* es: the mean over the lanes of a group of their sum of sv^2, over VFIX_K */
-#pragma unroll
-        for (int i = 0; i < 8; i++) inv[i] = sinv[c0 + i], es = fmaf(ssc[c0 + i], ssc[c0 + i], es);
-        es = group_sum<G>(es) * (1.f / (G * VFIX_K));
-        const int lead = (threadIdx.x & 31) & ~(G - 1);
-        const unsigned gbits = G == 32 ? 0xffffffffu : (1u << G) - 1u;
-#pragma unroll
-        for (int k = 0; k < WPT; k++) {
-            uint32_t cw[8][4];
-#pragma unroll
-            for (int u = 0; u < 4; u++) {
-                const int r = 4 * k + u;
-                const bool in = key[r] < a.lk;
-                float y[8], y2 = 0.f;
-                cvt8<BF16>(xu[r], y);
-#pragma unroll
-                for (int i = 0; i < 8; i++) {
-                    y[i] = in ? y[i] - vmean[i] : 0.f;
-                    cw[i][u] = code8(y[i], inv[i]);
-                    y2 = fmaf(y[i], y[i], y2);
-                }
-                /* fixed when every lane's 8 values are small against the group's mean rounding error (a ballot,
-                 * not a sum over the group: no shuffles per row) and some value is nonzero */
-                const unsigned small = __ballot_sync(0xffffffffu, in && y2 < es), nonzero = __ballot_sync(0xffffffffu, y2 > 0.f);
-                if (cg == 0 && ((small >> lead) & gbits) == gbits && ((nonzero >> lead) & gbits)) sfix[atomicAdd(sfix_n, 1)] = key[r];
-            }
-            const int w = rg + RG * k;
 #pragma unroll
             for (int i = 0; i < 8; i++) {
-                const int d = c0 + i;
-                sw[d][w ^ (((d >> 3) & 7) << 2)] = qattn_pack4(cw[i][0], cw[i][1], cw[i][2], cw[i][3]);
+                y[i] = in ? y[i] - vmean[i] : 0.f;
+                cw[i][u] = code8(y[i], inv[i]);
+                y2 = fmaf(y[i], y[i], y2);
             }
+            /* fixed when every lane's 8 values are small against the group's mean rounding error (a ballot,
+             * not a sum over the group: no shuffles per row) and some value is nonzero */
+            const unsigned small = __ballot_sync(0xffffffffu, in && y2 < es), nonzero = __ballot_sync(0xffffffffu, y2 > 0.f);
+            if (cg == 0 && ((small >> lead) & gbits) == gbits && ((nonzero >> lead) & gbits)) sfix[atomicAdd(sfix_n, 1)] = key[r];
         }
-        __syncthreads();
-        for (int idx = threadIdx.x; idx < D * (BN / 16); idx += NT) {
-            const int d = idx / (BN / 16), ch = idx % (BN / 16);
-            const uint4 val = *(const uint4 *)&sw[d][(ch ^ ((d >> 3) & 7)) * 4];
-            const size_t at = (D == 128 && a.i8_wgmma) ? (((size_t)bh * ntiles + tile) * D + d) * BN + ((ch ^ (d & 7)) << 4)
-                                                        : ((size_t)bh * D + d) * a.lk_pad + tile * BN + ch * 16;
-            *(uint4 *)(vt + at) = val;
+        const int w = rg + RG * k;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const int d = c0 + i;
+            sw[d][w ^ (((d >> 3) & 7) << 2)] = qattn_pack4(cw[i][0], cw[i][1], cw[i][2], cw[i][3]);
         }
-        if (*sfix_n) vfix_rows<D, BF16>(a, bh, sfix, *sfix_n, sinv, ssc, w); /* listed before the barrier above */
     }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < D * (BN / 16); idx += NT) {
+        const int d = idx / (BN / 16), ch = idx % (BN / 16);
+        const uint4 val = *(const uint4 *)&sw[d][(ch ^ ((d >> 3) & 7)) * 4];
+        const size_t at = (D == 128 && a.i8_wgmma) ? (((size_t)bh * ntiles + tile) * D + d) * BN + ((ch ^ (d & 7)) << 4)
+                                                    : ((size_t)bh * D + d) * a.lk_pad + tile * BN + ch * 16;
+        *(uint4 *)(vt + at) = val;
+    }
+    if (*sfix_n) vfix_rows<D, BF16>(a, bh, sfix, *sfix_n, sinv, ssc, w); /* listed before the barrier above */
 }
 
 /* The fused pass (the file's header): per bh its first reads (nqs Q-range items, 2 nch statistics items)
@@ -663,8 +694,8 @@ template <int D, bool BF16>
 __global__ void __launch_bounds__(NT, 3) i8q_fused_kernel(const qattn_cuda_args a, int nqs, int nch, int ntiles, int nqr, int lag, int8_t *qi,
                                                           float *sq, int8_t *ki, float *sk, int8_t *vt, float *sv, const i8_aux w, int *ctl) {
     constexpr int G = D / 8, RG = NT / G;
-    /* kv_part: V maxima, inverses, the V image, then mu / f and 1 / f (K) or sv and the fixed rows (V) */
-    constexpr int KV_SMEM = RG * D * 4 + D * 4 + D * BN + (2 * D * 4 > D * 4 + 16 + BN * 4 ? 2 * D * 4 : D * 4 + 16 + BN * 4);
+    /* v_part: V maxima, inverses, the V image, sv and the fixed rows (k_part's mu / f and 1 / f need less) */
+    constexpr int KV_SMEM = RG * D * 4 + D * 4 + D * BN + D * 4 + 16 + BN * 4;
     __shared__ __align__(16) unsigned char smem[RG * D * 16 > KV_SMEM ? RG * D * 16 : KV_SMEM];
     __shared__ int s_item;
     if (threadIdx.x == 0) s_item = atomicAdd(ctl, 1);
@@ -685,8 +716,8 @@ __global__ void __launch_bounds__(NT, 3) i8q_fused_kernel(const qattn_cuda_args 
     if (is_first && r < nqs) qstat_part<D, BF16>(a, bh * nqs + r, nqs, w.qa, w.qdone, smem);
     else if (is_first && ((r - nqs) & 1) == 0) stats_part<D, BF16, 0>(a, bh * 2 * nch + r - nqs, nch, w, smem);
     else if (is_first) stats_part<D, BF16, 1>(a, bh * 2 * nch + r - nqs, nch, w, smem);
-    else if (r < ntiles) kv_part<D, BF16, 0>(a, bh, r, ntiles, w, ki, sk, vt, sv, smem);
-    else if (r < 2 * ntiles) kv_part<D, BF16, 1>(a, bh, r - ntiles, ntiles, w, ki, sk, vt, sv, smem);
+    else if (r < ntiles) k_part<D, BF16>(a, bh, r, w, ki, sk, smem);
+    else if (r < 2 * ntiles) v_part<D, BF16>(a, bh, r - ntiles, ntiles, w, vt, sv, smem);
     else q_rows_part<D, BF16>(a, bh, r - 2 * ntiles, qi, sq, w);
 }
 
