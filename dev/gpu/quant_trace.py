@@ -45,10 +45,11 @@ else:
         "        while (*rd == 0) __nanosleep(100);\n        QT1();\n    }\n    __syncthreads();\n")
 sub("        while (atomicAdd(w.qdone + bh, 0) < w.nqc) __nanosleep(100);\n",
     "        while (atomicAdd(w.qdone + bh, 0) < w.nqc) __nanosleep(100);\n    if (threadIdx.x == 0 && a.lq > 0) s_qt1 = gtime();\n")
-sub("                                        float *sv, unsigned char *smem) {\n",
-    "                                        float *sv, unsigned char *smem) {\n    QKIND(2);\n")
+sub("void k_part(const qattn_cuda_args &a, int bh, int tile, const i8_aux &w, int8_t *ki, float *sk, unsigned char *smem) {\n",
+    "void k_part(const qattn_cuda_args &a, int bh, int tile, const i8_aux &w, int8_t *ki, float *sk, unsigned char *smem) {\n    QKIND(2);\n")
+sub("                                       unsigned char *smem) {\n", "                                       unsigned char *smem) {\n    QKIND(2);\n")  # v_part
 sub("        while (atomicAdd(w.ready + bh, 0) == 0) __nanosleep(200);\n",
-    "        while (atomicAdd(w.ready + bh, 0) == 0) __nanosleep(200);\n    QT1();\n")
+    "        while (atomicAdd(w.ready + bh, 0) == 0) __nanosleep(200);\n    QT1();\n", -1)  # k_part and v_part
 
 # the kernel: its body becomes a device function, the kernel records the item after it
 m = re.search(r"template <int D, bool BF16>\n__global__ void __launch_bounds__\(NT, (\d)\) i8q_fused_kernel\((.*?)\) \{\n", s, re.S)
