@@ -26,16 +26,16 @@
  * (rotate_row16: the CPU's butterfly stages in its order) across the row's lanes; V one group of D/8 lanes
  * per row, codes transposed through shared memory. Codes are rounded by adding 1.5 * 2^23 (code8).
  * Measured (H100, D 128, B*L 16k, H 16; docs/benchmarks.md): 0.245-0.28 ms; 0.27-0.30 with 8 channels per
- * Q/K lane and a conversion per code; 0.37-0.44 ms for the previous order (every Q range first, every Q row last, K and V in one item: 128 registers, two blocks
- * per SM, Q read twice from DRAM); a per-item timeline (dev/gpu/quant_trace.py) showed the Q rows alone
- * taking the last 150 us of it.
+ * Q/K lane and a conversion per code; 0.37-0.44 ms for the previous order (every Q range first, every Q
+ * row last, K and V in one item: 128 registers, two blocks per SM, Q read twice from DRAM); a per-item
+ * timeline (dev/gpu/quant_trace.py) showed the Q rows alone taking the last 150 us of it.
  *
  * Bitwise agreement with the CPU (src/quant/quant.c; docs/FORMAT.md section 7, the CPU's dynamic path
  * without the sharp-unit residuals; for finite inputs: a NaN product codes to 0xff where the CPU's codes
  * to 0, and its row or channel scale is then NaN or Inf, so no output depends on it): codes =
  * clamp(rne(y * inv), +-127) with inv = 127 / max|y| (0 for an all-zero row), scale = max|y| / 127, as
- * the CPU's quant_row; the means as the CPU's: the double sum
- * over positions ascending, divided in double, rounded to float. The GPU sums in parallel in double.
+ * the CPU's quant_row; the means as the CPU's: the double sum over positions ascending, divided in
+ * double, rounded to float. The GPU sums in parallel in double.
  * Every f16/bf16 value is a multiple of 2^e (e: the exponent of the last mantissa bit of the smallest
  * nonzero |x| of the channel), so while sum |x| < 2^(53 + e) every partial sum, in any order, is exact,
  * and the parallel result equals the CPU's. mean_one checks that bound per channel (sum |x| in float,
