@@ -48,6 +48,7 @@ template <int D> struct f16w_cfg {
     static constexpr int OFF_ITEM = OFF_BAR + (4 * NST + 2 * NQ) * 8; /* the work_item of each Q buffer */
     static constexpr int OFF_RING = OFF_ITEM + NQ * 32;                /* block-sparse: the key tile of each stage */
     static constexpr int SMEM = OFF_RING + RING_BYTES + 1024;          /* + alignment slack of the dynamic base */
+    static_assert(KHALF % 1024 == 0 && QHALF % 1024 == 0, "column blocks start on the swizzle's period");
     static_assert(OFF_RING % 8 == 0 && NST <= 4, "the block-sparse ring");
 };
 
