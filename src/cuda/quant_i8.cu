@@ -521,6 +521,15 @@ __device__ __forceinline__ void q_rows_part(const qattn_cuda_args &a, int bh, in
     }
 }
 
+/* A K or V tile item's wait for bh's factors and means (ready[bh], raised by bh's last statistics item,
+ * a smaller ticket): one thread polls, the block waits on it; the item's loads are issued before. */
+__device__ __forceinline__ void wait_factors(const i8_aux &w, int bh) {
+    if (threadIdx.x == 0)
+        while (atomicAdd(w.ready + bh, 0) == 0) __nanosleep(200);
+    __syncthreads();
+    __threadfence();
+}
+
 /* Item kind 2 for K: one 128-key tile of (b, kv head) bh, its rows still in L2 from bh's statistics items;
  * lane group rg (D/16 lanes, 16 channels each) holds keys rg + RG r. Per-token codes of
  * H((k / f - mu / f) / n) into Ki [bh][lk_pad][D], sk [bh][lk_pad]; keys past lk: zero codes, scale 0. */
@@ -537,10 +546,7 @@ __device__ __forceinline__ void k_part(const qattn_cuda_args &a, int bh, int til
         xu[r][0] = key < a.lk ? ld16(a.k, xb + (int64_t)key * a.k_ss) : make_uint4(0, 0, 0, 0);
         xu[r][1] = key < a.lk ? ld16(a.k, xb + (int64_t)key * a.k_ss + 8) : make_uint4(0, 0, 0, 0);
     }
-    if (threadIdx.x == 0)
-        while (atomicAdd(w.ready + bh, 0) == 0) __nanosleep(200);
-    __syncthreads();
-    __threadfence();
+    wait_factors(w, bh);
     float *skm = (float *)smem, *skinv = skm + D;
     for (int d = threadIdx.x; d < D; d += NT) skm[d] = __ldcg(w.kmf + (size_t)bh * D + d), skinv[d] = __ldcg(w.finv + (size_t)bh * D + d);
     __syncthreads();
@@ -614,10 +620,7 @@ __device__ __forceinline__ void v_part(const qattn_cuda_args &a, int bh, int til
         key[r] = tile * BN + 16 * (w >> 2) + 2 * (w & 3) + (u & 1) + 8 * (u >> 1);
         xu[r] = key[r] < a.lk ? ld16(a.v, xb + (int64_t)key[r] * a.v_ss) : make_uint4(0, 0, 0, 0);
     }
-    if (threadIdx.x == 0)
-        while (atomicAdd(w.ready + bh, 0) == 0) __nanosleep(200);
-    __syncthreads();
-    __threadfence();
+    wait_factors(w, bh);
     float vmean[8];
     const size_t at = (size_t)bh * D + c0;
     *(float4 *)vmean = __ldcg((const float4 *)(w.vm + at)), *(float4 *)(vmean + 4) = __ldcg((const float4 *)(w.vm + at + 4));
