@@ -41,7 +41,7 @@ C
 } > "$work/example.c"
 
 cc=${CC:-cc}
-pcdir=$(dirname "$(find "$prefix" -name qattn.pc | head -n 1)")
+pcdir=$(dirname "$(find "$prefix" -name qattn.pc -print -quit)")
 export PKG_CONFIG_PATH="$pcdir"
 echo "== pkg-config, shared"
 read -r -a cflags <<<"$(pkg-config --cflags qattn)"
@@ -53,14 +53,18 @@ case "$libdir" in
 esac
 "$cc" -std=c11 "${cflags[@]}" "$work/example.c" -o "$work/ex_shared" "${libs[@]}" -lm
 LD_LIBRARY_PATH="$libdir" "$work/ex_shared"
-ldd "$work/ex_shared" | grep -q "libqattn.so" || { echo "install_check: not linked to libqattn.so" >&2; exit 1; }
+# ldd's output is matched in the shell, not piped to grep -q: grep quitting at the first match can
+# kill ldd with SIGPIPE, and pipefail then fails a correct build (1 run in ~500 here).
+deps=$(LD_LIBRARY_PATH="$libdir" ldd "$work/ex_shared")
+[[ $deps == *libqattn.so* ]] || { echo "install_check: not linked to libqattn.so" >&2; exit 1; }
 
 echo "== pkg-config, static"
 read -r -a slibs <<<"$(pkg-config --libs --static qattn)"
 # Only the static archive is offered to the linker: -l:libqattn.a in place of -lqattn.
 "$cc" -std=c11 "${cflags[@]}" "$work/example.c" -o "$work/ex_static" "${slibs[@]/#-lqattn/-l:libqattn.a}"
 "$work/ex_static"
-! ldd "$work/ex_static" | grep -q "libqattn.so" || { echo "install_check: static build uses libqattn.so" >&2; exit 1; }
+deps=$(ldd "$work/ex_static")
+[[ $deps != *libqattn.so* ]] || { echo "install_check: static build uses libqattn.so" >&2; exit 1; }
 
 for target in qattn qattn_static; do
   echo "== CMake find_package(qattn), qattn::$target"
