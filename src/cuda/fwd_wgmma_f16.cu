@@ -340,18 +340,10 @@ __global__ void __launch_bounds__(NTHREADS, 1)
                     break;
                 }
                 const work_item w = decode_item<BM, BN>(a, item, hg);
-                int n_live = w.t_last - w.t_first;
-                if (BS) { /* the consumers count the live tiles [0, n_live) */
-                    n_live = bm_walk_start<BN>(bw, ring + RING_ROW, bm_row(bm, w), bm, w.t_first, w.t_last);
-                    work_item wc = w;
-                    wc.t_first = 0, wc.t_last = n_live;
-                    if (lead) slot[qb] = wc;
-                } else {
-                    slot[qb] = w;
-                }
+                const int n_live = post_item<BS, BN>(slot[qb], w, bw, ring + RING_ROW, bm, lead);
                 /* the block's next item, claimed now so that its index is known before this item's loads end */
                 const int next = gridDim.x + next_ticket<BS>(a.sched);
-                if (lead && (BS ? n_live > 0 : w.t_last > w.t_first)) {
+                if (lead && n_live > 0) {
                     mbar_expect_tx(bar_qfull + 8 * qb, C::QTILE);
                     for (int c = 0; c < D / 64; c++)
                         tma_load_4d(sbase + C::OFF_Q + qb * C::QTILE + c * QHALF, &tm_q, c * HALF_COLS, w.h, w.m0, w.b, bar_qfull + 8 * qb);

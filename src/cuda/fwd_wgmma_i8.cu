@@ -295,16 +295,8 @@ __global__ void __launch_bounds__(NTHREADS, 1)
                     break;
                 }
                 const int64_t bhk = (int64_t)w.b * a.hk + w.hkv;
-                int n_live = 0;
-                if (BS) { /* the consumers count the live tiles [0, n_live) */
-                    n_live = bm_walk_start<BN>(bw, ring + RING_ROW, bm_row(bm, w), bm, w.t_first, w.t_last);
-                    work_item wc = w;
-                    wc.t_first = 0, wc.t_last = n_live;
-                    if (lead) slot[qb] = wc;
-                } else {
-                    slot[qb] = w;
-                }
-                if (lead && (BS ? n_live > 0 : w.t_last > w.t_first)) {
+                const int n_live = post_item<BS, BN>(slot[qb], w, bw, ring + RING_ROW, bm, lead);
+                if (lead && n_live > 0) {
                     /* Q and its rows' scales (lq_pad is a multiple of BM: both copies are whole and aligned) */
                     const int64_t row = ((int64_t)w.b * a.h + w.h) * a.lq_pad + w.m0;
                     mbar_expect_tx(bar_qfull + 8 * qb, BM * D + BM * 4);

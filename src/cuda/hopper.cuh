@@ -155,6 +155,20 @@ template <int BN> __device__ __forceinline__ int bm_walk_next(bm_walk &bw, uint3
     bw.word &= bw.word - 1u;
     return tt;
 }
+/* The producer posts an item to its Q buffer's slot: dense, as decoded; BS, with its live tiles counted by
+ * the whole warp and renumbered [0, n) for the consumers (the walk set on its first tile), the slot written
+ * by the lead lane. Returns the number of key tiles the item computes. */
+template <bool BS, int BN>
+__device__ __forceinline__ int post_item(work_item &slot, const work_item &w, bm_walk &bw, uint32_t ra, const qattn_cuda_bmask &bm, bool lead) {
+    if (!BS) {
+        slot = w;
+        return w.t_last - w.t_first;
+    }
+    work_item wc = w;
+    wc.t_first = 0, wc.t_last = bm_walk_start<BN>(bw, ra, bm_row(bm, w), bm, w.t_first, w.t_last);
+    if (lead) slot = wc;
+    return wc.t_last;
+}
 /* The producer's next ticket from the atomic counter: WARP, claimed by lane 0 for its whole warp. */
 template <bool WARP> __device__ __forceinline__ int next_ticket(int *sched) {
     if (!WARP) return atomicAdd(sched, 1);
