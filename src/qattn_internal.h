@@ -413,6 +413,15 @@ qattn_status qattn_cuda_forward(qattn_ctx *ctx, const qattn_params *p);
 qattn_status qattn_cuda_forward_calibrated(qattn_ctx *ctx, const qattn_params *p, const qattn_calibration *cal);
 qattn_status qattn_cuda_workspace_size(qattn_ctx *ctx, const qattn_params *p, size_t *bytes);
 int qattn_cuda_device_count(void);
+/* qattn_forward_kvcache's device side (kvcache.cu): reads rows x width int32 from device src (rows
+ * src_stride apart) into host dst, synchronising stream; then, everything checked on the host with
+ * those copies (cs: cache_seqlens, table: the block table's first table_width entries per sequence,
+ * NULL when contiguous; lk: each sequence's key count), appends and attends. */
+struct qattn_kvcache_params;
+struct qattn_rotary;
+qattn_status qattn_cuda_read_i32(qattn_ctx *ctx, void *stream, int32_t *dst, const int32_t *src, int64_t src_stride, int64_t width, int64_t rows);
+qattn_status qattn_cuda_forward_kvcache(qattn_ctx *ctx, const qattn_params *p, const struct qattn_kvcache_params *kv, const struct qattn_rotary *r,
+                                        const int32_t *cs, const int32_t *table, int64_t table_width, const int32_t *lk);
 #endif
 
 #endif /* QATTN_INTERNAL_H */

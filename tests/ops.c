@@ -74,7 +74,9 @@
  * INT8) absolute. INT4: the CPU's bounds, the lower one too; the GPU's Q/K codes are the CPU's bit for bit
  * (tests/gpu/test_gpu.c), its V codes per channel and 128-key tile instead of per token, a rounding of V's
  * size like the CPU's, under a tenth of the 4-bit Q/K term the baseline holds. A case the CUDA backend
- * refuses (qattn_supports) is counted, not failed.
+ * refuses (qattn_supports) is counted, not failed. The KV-cache forward on CUDA gathers the keys and
+ * runs the same forward kernels: the FP16/BF16 bounds above, the cache after the append exact as on
+ * the CPU; its FP32 cases are refused (QATTN_ERR_UNSUPPORTED), counted.
  *
  * KV-cache decode (qattn_kv_decode, tests/ops_decode.c; docs/KVCACHE.md): two oracles, on N(0, 1)
  * data with one x8 outlier channel in K, D 8..256.
@@ -758,13 +760,15 @@ static qattn_status run_on_device(qattn_ctx *ctx, const op_case *oc, op_state *s
 }
 #endif
 
-/* Whether the CUDA backend runs the case: qattn_supports for a forward; qattn_forward_kvcache runs
- * on the CPU backend only; the decode has qattn_kv_decode_cuda, whose refusal
- * (QATTN_ERR_UNSUPPORTED, e.g. a head dim other than 64 and 128) is counted after the call. */
+/* Whether the CUDA backend runs the case: qattn_supports for a forward; the KV-cache forward and the
+ * decode (qattn_kv_decode_cuda) are called, and their refusal (QATTN_ERR_UNSUPPORTED: an FP32 cache,
+ * a head dim the decode does not take) is counted after the call (calls_counting_refusal). */
 static bool runs_on_cuda(qattn_ctx *ctx, const op_case *oc, op_state *st) {
-    if (oc->kind == OP_KV_DECODE) return true;
-    return oc->kind == OP_FORWARD && qattn_supports(ctx, &st->pr.p) == QATTN_OK;
+    if (oc->kind != OP_FORWARD) return true;
+    return qattn_supports(ctx, &st->pr.p) == QATTN_OK;
 }
+
+static bool calls_counting_refusal(op_kind kind) { return kind == OP_KV_DECODE || kind == OP_FORWARD_KVCACHE; }
 
 static const char *call_name(op_kind kind, bool cpu) {
     if (kind == OP_KV_DECODE) return cpu ? "qattn_kv_decode" : "qattn_kv_decode_cuda";
@@ -778,7 +782,12 @@ static qattn_status run(qattn_ctx *ctx, const op_case *oc, op_state *st, bool cp
     if (oc->kind == OP_FORWARD_KVCACHE) {
         op_kv_restore_cache(&st->kv);
         op_kv_poison_outputs(&st->kv);
-        return qattn_forward_kvcache(ctx, &st->kv.p, &st->kv.kv);
+        if (cpu) return qattn_forward_kvcache(ctx, &st->kv.p, &st->kv.kv);
+#if defined(QATTN_TEST_CUDA)
+        return op_kv_run_cuda(&st->kv, ctx);
+#else
+        return QATTN_ERR_UNSUPPORTED;
+#endif
     }
     th_problem_poison(&st->pr);
     if (cpu) return run_on_host(ctx, oc, st);
@@ -925,7 +934,7 @@ void op_run_case(const op_case *oc, int index, const op_target *targets, int n_t
             continue;
         }
         qattn_status s = run(ctx, oc, &st, cpu);
-        if (!cpu && oc->kind == OP_KV_DECODE && s == QATTN_ERR_UNSUPPORTED) { /* refused: counted, not failed */
+        if (!cpu && calls_counting_refusal(oc->kind) && s == QATTN_ERR_UNSUPPORTED) { /* refused: counted, not failed */
             g_unsupported[ti]++;
             run_ctx_done(ctx, &st, cpu);
             continue;

@@ -25,6 +25,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(QATTN_TEST_CUDA)
+#include <cuda_runtime_api.h>
+#endif
 
 static int64_t esize(int32_t dt) { return dt == QATTN_DTYPE_F32 ? 4 : 2; }
 
@@ -276,6 +279,43 @@ void op_kv_oracle(const op_kv_problem *pr, double *o64, double *lse_bhq) {
     qattn_ctx_destroy(ctx);
     free(qf), free(kf), free(vf), free(lse_hq);
 }
+
+#if defined(QATTN_TEST_CUDA)
+/* A device copy of a host buffer (NULL for NULL or on failure, which the call then reports). */
+static void *kv_to_device(const void *host, size_t bytes) {
+    void *d = NULL;
+    if (!host || cudaMalloc(&d, bytes ? bytes : 1) != cudaSuccess) return NULL;
+    cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice);
+    return d;
+}
+
+qattn_status op_kv_run_cuda(op_kv_problem *pr, qattn_ctx *ctx) {
+    const qattn_params *p = &pr->p;
+    const qattn_kvcache_params *kv = &pr->kv;
+    size_t eb = (size_t)esize(p->qkv_dtype), B = (size_t)p->batch;
+    size_t qn = B * (size_t)(p->seqlen_q * p->n_heads * p->head_dim), nn = B * (size_t)(kv->seqlen_new * p->n_kv_heads * p->head_dim);
+    size_t rot = (size_t)(kv->rotary_len * (kv->rotary_dim / 2)) * sizeof(float);
+    void *dkc = kv_to_device(pr->kc, pr->cache_bytes), *dvc = kv_to_device(pr->vc, pr->cache_bytes), *dq = kv_to_device(pr->q, qn * eb);
+    void *dkn = kv_to_device(kv->k_new, nn * eb), *dvn = kv_to_device(kv->v_new, nn * eb);
+    void *dtab = kv_to_device(pr->table, B * (size_t)pr->table_stride * sizeof(int32_t)), *dcs = kv_to_device(pr->cs, B * sizeof(int32_t));
+    void *dcos = kv_to_device(kv->rotary_cos, rot), *dsin = kv_to_device(kv->rotary_sin, rot);
+    void *dsl = kv_to_device(pr->slopes, B * (size_t)p->n_heads * sizeof(float));
+    void *dout = kv_to_device(pr->o, pr->n_out * sizeof(float)), *dlse = kv_to_device(pr->lse, pr->n_lse * sizeof(float));
+    qattn_params dp = *p;
+    qattn_kvcache_params dkv = *kv;
+    dp.q = dq, dp.o = dout, dp.lse = dlse, dp.alibi_slopes = p->alibi_slopes ? dsl : NULL;
+    dkv.k_cache = dkc, dkv.v_cache = dvc, dkv.k_new = kv->k_new ? dkn : NULL, dkv.v_new = kv->v_new ? dvn : NULL;
+    dkv.block_table = kv->block_table ? dtab : NULL, dkv.cache_seqlens = dcs;
+    dkv.rotary_cos = kv->rotary_cos ? dcos : NULL, dkv.rotary_sin = kv->rotary_sin ? dsin : NULL;
+    qattn_status s = qattn_forward_kvcache(ctx, &dp, &dkv);
+    cudaDeviceSynchronize();
+    cudaMemcpy(pr->kc, dkc, pr->cache_bytes, cudaMemcpyDeviceToHost), cudaMemcpy(pr->vc, dvc, pr->cache_bytes, cudaMemcpyDeviceToHost);
+    cudaMemcpy(pr->o, dout, pr->n_out * sizeof(float), cudaMemcpyDeviceToHost), cudaMemcpy(pr->lse, dlse, pr->n_lse * sizeof(float), cudaMemcpyDeviceToHost);
+    void *all[12] = {dkc, dvc, dq, dkn, dvn, dtab, dcs, dcos, dsin, dsl, dout, dlse};
+    for (int i = 0; i < 12; i++) cudaFree(all[i]);
+    return s;
+}
+#endif
 
 bool op_kv_check_after(const op_kv_problem *pr, const double *o64, const char *label) {
     bool ok = TH_CHECK(memcmp(pr->kc, pr->kc_expect, pr->cache_bytes) == 0,

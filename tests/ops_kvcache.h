@@ -31,6 +31,9 @@ void op_kv_restore_cache(op_kv_problem *pr);
 void op_kv_poison_outputs(op_kv_problem *pr);
 /* The FP64 oracle on the expected cache and the rotated queries: o64 [B, Lq, H, D], lse64 [B, H, Lq]. */
 void op_kv_oracle(const op_kv_problem *pr, double *o64, double *lse64);
+/* The call on a CUDA context (tests built with QATTN_TEST_CUDA): every array copied to the device,
+ * the caches, o and lse copied back whole. */
+qattn_status op_kv_run_cuda(op_kv_problem *pr, qattn_ctx *ctx);
 /* After a call: the cache holds exactly the expected contents and every output element was written. */
 bool op_kv_check_after(const op_kv_problem *pr, const double *o64, const char *label);
 void op_kv_describe(const op_case *oc, uint64_t seed, char *buf, size_t len);

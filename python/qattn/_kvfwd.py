@@ -2,8 +2,9 @@
 qattn_forward_kvcache) and qattn.rotary_apply (qattn_rotary_apply).
 
 The library validates the cache geometry, page ids, sequence lengths, capacity, rotary positions
-and overlaps itself (host memory); this layer checks what only Python can see (dtypes, shapes,
-devices, that the caches are writable views) and converts the small integer and cos/sin tables.
+and overlaps itself; this layer checks what only Python can see (dtypes, shapes, devices, that the
+caches are writable views) and converts the small integer and cos/sin tables (copied to the GPU
+for CUDA tensors).
 """
 import ctypes
 import math
@@ -12,7 +13,7 @@ import numpy as np
 
 from . import _lib
 from ._lib import lib, Params, KVCacheParams
-from ._core import _empty_like_kind, _get_context, _int_arg, _is_torch, _lse_output, _set_score_mods, _wrap
+from ._core import _empty_like_kind, _get_context, _int_arg, _is_torch, _lse_output, _set_score_mods, _torch, _wrap
 
 _I32_MAX = 2**31 - 1
 
@@ -46,7 +47,7 @@ def _scale_arg(scale):
 def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None, cache_seqlens=None,
                            block_table=None, softmax_scale=None, causal=False, window_size=(-1, -1), rotary_interleaved=True,
                            return_lse=False, threads=None, isa=None, softcap=0.0, alibi_slopes=None):
-    """flash_attn_with_kvcache on the CPU: append k, v to the caches *in place* (k rotated), then attend.
+    """flash_attn_with_kvcache: append k, v to the caches *in place* (k rotated), then attend.
 
     q: [B, Lq, H, D]. k_cache, v_cache: [B, cache_len, HK, D] (contiguous per sequence) or, with
     block_table (int32 [B, max_blocks] page ids), [n_pages, page_size, HK, D] with page_size a
@@ -59,7 +60,9 @@ def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None,
     windowed, else all at cache_seqlens[b]; rotary_interleaved: GPT-J pairs (True) or GPT-NeoX halves.
     window_size: (left, right), -1 unbounded, relative to the end of each sequence's keys
     (bottom-right aligned). numpy (float32/float16) or CPU torch (also bfloat16), one dtype for q,
-    caches, k and v. Returns o like q (and the float32 LSE [B, H, Lq] with return_lse).
+    caches, k and v; or torch float16/bfloat16 tensors on one GPU, run by the CUDA backend on the
+    current stream (the tables may be host or device tensors; the call reads them back once and
+    waits for the stream). Returns o like q (and the float32 LSE [B, H, Lq] with return_lse).
     softcap, alibi_slopes (float32 [H] or [B, H]): as in qattn.attention, the ALiBi distance of query
     i and key j being |i + Lk_b - Lq - j| with Lk_b = cache_seqlens[b] + seqlen_new.
     """
@@ -76,8 +79,8 @@ def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None,
             continue
         if t.kind != qt.kind:
             raise TypeError("q is a %s but %s is a %s; pass all of the same kind" % (qt.kind, n, t.kind))
-        if t.device != "cpu" or qt.device != "cpu":
-            raise ValueError("attention_with_kvcache runs on the CPU: q and %s must be host tensors" % n)
+        if t.device != qt.device:
+            raise ValueError("q is on %s but %s is on %s; pass all on one device" % (qt.device, n, t.device))
         if t.dtype != qt.dtype:
             raise TypeError("q has dtype %s but %s has dtype %s; they must share a dtype" % (qt.obj.dtype, n, t.obj.dtype))
         if len(t.shape) != 4:
@@ -90,6 +93,15 @@ def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None,
     n0, n1, HK, Dk = kct.shape
     if Dk != D:
         raise ValueError("q has head_dim %d but k_cache has %d" % (D, Dk))
+
+    on_cuda = qt.device.startswith("cuda")
+
+    def table(a):
+        """A checked host table, where the call reads it: a device copy on q's GPU."""
+        if not on_cuda:
+            return a, (a.ctypes.data if a.size else None)
+        d = _torch().as_tensor(a, device=qt.obj.device)
+        return d, (d.data_ptr() if a.size else None)
 
     p = Params()
     lib.qattn_params_init(ctypes.byref(p))
@@ -116,8 +128,8 @@ def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None,
         bt = _host_array("block_table", block_table, np.int32, 2)
         if bt.shape[0] != B:
             raise ValueError("block_table has %d rows but q has batch %d" % (bt.shape[0], B))
-        keep.append(bt)
-        kv.block_table = bt.ctypes.data if bt.size else None
+        bt_obj, kv.block_table = table(bt)
+        keep.append(bt_obj)
         kv.block_table_stride = kv.max_blocks = bt.shape[1]
         kv.n_pages, kv.page_size = n0, _int_arg("page_size (k_cache.shape[1])", n1, 0, _I32_MAX)
     else:
@@ -145,16 +157,16 @@ def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None,
         cs = _host_array("cache_seqlens", cache_seqlens, np.int32, 1)
         if cs.shape[0] != B:
             raise ValueError("cache_seqlens has %d entries but q has batch %d" % (cs.shape[0], B))
-    keep.append(cs)
-    kv.cache_seqlens = cs.ctypes.data if cs.size else None
+    cs_obj, kv.cache_seqlens = table(cs)
+    keep.append(cs_obj)
     if (rotary_cos is None) != (rotary_sin is None):
         raise ValueError("rotary_cos and rotary_sin must be given together")
     if rotary_cos is not None:
         cos_a, sin_a = _host_array("rotary_cos", rotary_cos, np.float32, 2), _host_array("rotary_sin", rotary_sin, np.float32, 2)
         if cos_a.shape != sin_a.shape:
             raise ValueError("rotary_cos has shape %s but rotary_sin has %s" % (cos_a.shape, sin_a.shape))
-        keep += [cos_a, sin_a]
-        kv.rotary_cos, kv.rotary_sin = cos_a.ctypes.data, sin_a.ctypes.data
+        (cos_obj, kv.rotary_cos), (sin_obj, kv.rotary_sin) = table(cos_a), table(sin_a)
+        keep += [cos_obj, sin_obj]
         kv.rotary_len, kv.rotary_dim = cos_a.shape[0], _int_arg("rotary_dim", 2 * cos_a.shape[1], 0, _I32_MAX)
         kv.rotary_interleaved = 1 if rotary_interleaved else 0
 
@@ -166,9 +178,17 @@ def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None,
     lse = None
     if return_lse:
         lse = _lse_output(p, qt, (B, H, Lq), keep)
-    ctx = _get_context("cpu", threads, isa)
-    with ctx.lock:
-        ctx.check(lib.qattn_forward_kvcache(ctx.handle, ctypes.byref(p), ctypes.byref(kv)))
+    if on_cuda:
+        torch = _torch()
+        ctx = _get_context("cuda", None, isa, qt.device_index)
+        with torch.cuda.device(qt.obj.device):
+            p.stream = torch.cuda.current_stream(qt.obj.device).cuda_stream
+            with ctx.lock:
+                ctx.check(lib.qattn_forward_kvcache(ctx.handle, ctypes.byref(p), ctypes.byref(kv)))
+    else:
+        ctx = _get_context("cpu", threads, isa)
+        with ctx.lock:
+            ctx.check(lib.qattn_forward_kvcache(ctx.handle, ctypes.byref(p), ctypes.byref(kv)))
     del keep
     return (ot.obj, lse) if return_lse else ot.obj
 

@@ -1,7 +1,8 @@
 /* qattn_forward_kvcache (FlashAttention's flash_attn_with_kvcache): validate everything, append
  * the new tokens to the caller's cache tensors (keys rotated), rotate the queries into a scratch
- * copy, then run the CPU forward driver with K/V rows resolved through the block table
- * (qattn_kv_rows), so no gather of the cache and no new kernel. Host memory, CPU backend.
+ * copy, then attend. CPU backend: the CPU forward driver with K/V rows resolved through the block
+ * table (qattn_kv_rows), so no gather of the cache and no new kernel. CUDA backend: the same checks
+ * on host copies of cache_seqlens and the block table's used entries, then src/cuda/kvcache.cu.
  * Nothing is written before every argument has been checked. */
 #include "kv/kv_internal.h"
 
@@ -258,36 +259,20 @@ static void rotate_queries(const qattn_params *p, const qattn_kvcache_params *kv
         }
 }
 
-qattn_status qattn_forward_kvcache(qattn_ctx *ctx, const qattn_params *p, const qattn_kvcache_params *kv) {
-    if (!ctx) return QATTN_ERR_NULL_POINTER;
-    ctx->last_error[0] = '\0';
-    if (!p || !kv) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "%s: %s is NULL", FN, !p ? "params" : "kv");
-    if (ctx->backend != QATTN_BACKEND_CPU)
-        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "%s runs on the CPU backend (host memory) only in this build", FN);
-    qattn_status s = check_attention_params(ctx, p);
-    qattn_rotary r;
-    int64_t capacity = 0, max_lk = 0;
-    if (s == QATTN_OK) s = check_rotary(ctx, p, kv, &r);
-    if (s != QATTN_OK || p->batch == 0) return s;
-    s = check_cache(ctx, p, kv, &capacity);
-    if (s == QATTN_OK) s = check_overlaps(ctx, p, kv);
-    if (s != QATTN_OK) return s;
-
-    int64_t B = p->batch, q_elems = r.cos ? B * p->seqlen_q * p->n_heads * p->head_dim : 0; /* fits: validated */
-    int32_t *lk = qattn_alloc(ctx, (size_t)B * sizeof(int32_t));
+/* The CPU backend: host arrays, checked in place; the forward reads the cache through the table. */
+static qattn_status forward_kvcache_cpu(qattn_ctx *ctx, const qattn_params *p, const qattn_kvcache_params *kv, const qattn_rotary *r,
+                                        int64_t capacity, int32_t *lk) {
+    int64_t max_lk, q_elems = r->cos ? p->batch * p->seqlen_q * p->n_heads * p->head_dim : 0; /* fits: validated */
     void *qr = q_elems ? qattn_alloc(ctx, (size_t)q_elems * (size_t)dtype_bytes(p->qkv_dtype)) : NULL;
-    if (!lk || (q_elems && !qr)) {
-        qattn_free(ctx, lk), qattn_free(ctx, qr);
-        return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "%s: cannot allocate the scratch (%lld sequences, %lld rotated query values)", FN, (long long)B,
-                          (long long)q_elems);
-    }
-    s = check_sequences(ctx, p, kv, &r, capacity, lk, &max_lk);
+    if (q_elems && !qr)
+        return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "%s: cannot allocate the scratch (%lld rotated query values)", FN, (long long)q_elems);
+    qattn_status s = check_sequences(ctx, p, kv, r, capacity, lk, &max_lk);
     if (s == QATTN_OK) {
         /* From here on the cache changes. */
-        append_new_tokens(p, kv, &r);
+        append_new_tokens(p, kv, r);
         qattn_params pk = *p;
         if (qr) {
-            rotate_queries(p, kv, &r, qr);
+            rotate_queries(p, kv, r, qr);
             pk.q = qr;
             pk.q_head_stride = p->head_dim;
             pk.q_seq_stride = (int64_t)p->n_heads * p->head_dim;
@@ -299,6 +284,60 @@ qattn_status qattn_forward_kvcache(qattn_ctx *ctx, const qattn_params *p, const 
         qattn_kv_rows rows = {lk, kv->block_table, kv->block_table_stride, kv->page_size};
         s = qattn_cpu_forward_kv(ctx, &pk, &rows);
     }
-    qattn_free(ctx, lk), qattn_free(ctx, qr);
+    qattn_free(ctx, qr);
+    return s;
+}
+
+#if defined(QATTN_HAVE_CUDA)
+/* The CUDA backend: cache_seqlens and the block table are device arrays. Their host copies (the
+ * table's entries up to the longest sequence's last block) are checked, and only they are used. */
+static qattn_status forward_kvcache_cuda(qattn_ctx *ctx, const qattn_params *p, const qattn_kvcache_params *kv, const qattn_rotary *r,
+                                         int64_t capacity, int32_t *lk) {
+    int64_t B = p->batch, width = 0, max_lk;
+    int32_t *cs = qattn_alloc(ctx, (size_t)B * sizeof(int32_t)), *table = NULL;
+    if (!cs) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "%s: cannot allocate the host copy of cache_seqlens", FN);
+    if (!kv->cache_seqlens) {
+        qattn_free(ctx, cs);
+        return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "%s: cache_seqlens is NULL", FN);
+    }
+    qattn_status s = qattn_cuda_read_i32(ctx, p->stream, cs, kv->cache_seqlens, 1, 1, B);
+    if (s == QATTN_OK && kv->block_table) {
+        for (int64_t b = 0; b < B; b++) { /* blocks up to the last token; check_sequences refuses what exceeds max_blocks */
+            int64_t len = (int64_t)cs[b] + kv->seqlen_new, blocks = len > 0 ? (len - 1) / kv->page_size + 1 : 0;
+            if (blocks > width) width = blocks < kv->max_blocks ? blocks : kv->max_blocks;
+        }
+        table = width ? qattn_alloc(ctx, (size_t)(B * width) * sizeof(int32_t)) : NULL;
+        if (width && !table) s = qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "%s: cannot allocate the host copy of block_table", FN);
+        if (s == QATTN_OK) s = qattn_cuda_read_i32(ctx, p->stream, table, kv->block_table, kv->block_table_stride, width, B);
+    }
+    qattn_kvcache_params host = *kv;
+    host.cache_seqlens = cs, host.block_table = table, host.block_table_stride = width;
+    if (s == QATTN_OK) s = check_sequences(ctx, p, &host, r, capacity, lk, &max_lk);
+    if (s == QATTN_OK) s = qattn_cuda_forward_kvcache(ctx, p, kv, r, cs, table, width, lk);
+    qattn_free(ctx, cs), qattn_free(ctx, table);
+    return s;
+}
+#endif
+
+qattn_status qattn_forward_kvcache(qattn_ctx *ctx, const qattn_params *p, const qattn_kvcache_params *kv) {
+    if (!ctx) return QATTN_ERR_NULL_POINTER;
+    ctx->last_error[0] = '\0';
+    if (!p || !kv) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "%s: %s is NULL", FN, !p ? "params" : "kv");
+    qattn_status s = check_attention_params(ctx, p);
+    qattn_rotary r;
+    int64_t capacity = 0;
+    if (s == QATTN_OK) s = check_rotary(ctx, p, kv, &r);
+    if (s != QATTN_OK || p->batch == 0) return s;
+    s = check_cache(ctx, p, kv, &capacity);
+    if (s == QATTN_OK) s = check_overlaps(ctx, p, kv);
+    if (s != QATTN_OK) return s;
+    int32_t *lk = qattn_alloc(ctx, (size_t)p->batch * sizeof(int32_t));
+    if (!lk) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "%s: cannot allocate the key counts (%lld sequences)", FN, (long long)p->batch);
+#if defined(QATTN_HAVE_CUDA)
+    if (ctx->backend == QATTN_BACKEND_CUDA) s = forward_kvcache_cuda(ctx, p, kv, &r, capacity, lk);
+    else
+#endif
+        s = forward_kvcache_cpu(ctx, p, kv, &r, capacity, lk);
+    qattn_free(ctx, lk);
     return s;
 }

@@ -1,0 +1,198 @@
+/* The steps of qattn_forward_kvcache on the CUDA backend (kvcache.cu), as host-and-device functions of
+ * one element or one 16-byte chunk, so that tests/gpu/test_kvcache_steps.cu runs them on the host,
+ * without a device, against the CPU backend's qattn_forward_kvcache:
+ * - append: a new token's K element (rotated) and V element into the cache at its slot;
+ * - rotate_q: a query element, rotated, into a contiguous [B, Lq, H, D] copy;
+ * - gather: 8 cache elements of one call's sequences into contiguous [nb, lk, HK, D] keys or values;
+ * - the plan: the forward calls over runs of consecutive sequences with equal key counts.
+ * Every index a step reads was checked on the host first (forward_kvcache.c): page ids and
+ * cache_seqlens come from the host's checked copy, never from the caller's device arrays. */
+#ifndef QATTN_CUDA_KVCACHE_STEPS_CUH
+#define QATTN_CUDA_KVCACHE_STEPS_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "qattn.h"
+
+/* One cache tensor (K or V): element strides of its page (paged) or sequence (contiguous) axis,
+ * token and head axes. */
+struct kvc_view {
+    uint16_t *base;
+    int64_t ps, ss, hs;
+};
+
+/* Where sequence b's tokens live: through a compact block table [B, max_blocks] of checked page
+ * ids, or contiguous (table NULL). */
+struct kvc_pages {
+    const int32_t *table;
+    int64_t max_blocks;
+    int32_t page;
+};
+
+/* The rotary tables (device or host floats [len, dim / 2]); cos NULL: no rotary. */
+struct kvc_rope {
+    const float *cos, *sin;
+    int32_t dim, interleaved;
+};
+
+/* The new tokens [B, Sn, HK, D] (element strides) and where they go. */
+struct kvc_append_args {
+    const uint16_t *k_new, *v_new;
+    int64_t kn_bs, kn_ss, kn_hs, vn_bs, vn_ss, vn_hs;
+    kvc_view k, v;
+    kvc_pages pages;
+    kvc_rope rope;
+    const int32_t *cs; /* checked cache_seqlens [B] */
+    int64_t batch, sn;
+    int32_t hk, d, bf16;
+};
+
+/* The queries [B, Lq, H, D] (element strides) rotated into contiguous qr. */
+struct kvc_rotate_args {
+    const uint16_t *q;
+    int64_t q_bs, q_ss, q_hs;
+    uint16_t *qr;
+    kvc_rope rope;
+    const int32_t *cs;
+    int64_t batch, lq;
+    int32_t h, d, bf16, per_position;
+};
+
+/* One forward call's keys and values: sequences b0 .. b0 + nb - 1, lk keys each, gathered into
+ * contiguous [nb, lk, HK, D] tensors dk, dv. */
+struct kvc_gather_args {
+    kvc_view k, v;
+    kvc_pages pages;
+    uint16_t *dk, *dv;
+    int64_t b0, nb, lk;
+    int32_t hk, d;
+};
+
+#define KVC_HD __host__ __device__ __forceinline__
+
+/* Token t of sequence b: its element offset in a cache tensor (head 0, channel 0). */
+KVC_HD int64_t kvc_slot(const kvc_pages &pg, const kvc_view &v, int64_t b, int64_t t) {
+    if (pg.table) return (int64_t)pg.table[b * pg.max_blocks + t / pg.page] * v.ps + t % pg.page * v.ss;
+    return b * v.ps + t * v.ss;
+}
+
+KVC_HD float kvc_load(const uint16_t *x, int64_t i, int32_t bf16) {
+    return bf16 ? __bfloat162float(__ushort_as_bfloat16(x[i])) : __half2float(__ushort_as_half(x[i]));
+}
+
+KVC_HD uint16_t kvc_round(float x, int32_t bf16) {
+    return bf16 ? __bfloat16_as_ushort(__float2bfloat16_rn(x)) : __half_as_ushort(__float2half_rn(x));
+}
+
+/* Channel c of a row at rotary position pos, given the row's values at c (x) and at c's partner
+ * (y): the CPU's rule (src/kv/rotary.c): each pair in double, where the products of floats are
+ * exact (so a fused multiply-add gives the same sum), rounded once to float. */
+KVC_HD int kvc_rope_partner(const kvc_rope &r, int c) {
+    const int half = r.dim / 2;
+    return r.interleaved ? c ^ 1 : c < half ? c + half : c - half;
+}
+
+KVC_HD float kvc_rope_value(const kvc_rope &r, int64_t pos, int c, float x, float y) {
+    const int half = r.dim / 2;
+    const bool first = r.interleaved ? (c & 1) == 0 : c < half;
+    const int64_t a = pos * half + (r.interleaved ? c / 2 : first ? c : c - half);
+    const double co = r.cos[a], si = r.sin[a];
+    return first ? (float)((double)x * co - (double)y * si) : (float)((double)y * si + (double)x * co);
+}
+
+/* Element e of the B * Sn * HK * D new-token elements (channel fastest): its K (rotated) and V into the cache. */
+KVC_HD void kvc_append(const kvc_append_args &a, int64_t e) {
+    const int c = (int)(e % a.d);
+    int64_t r = e / a.d;
+    const int g = (int)(r % a.hk);
+    r /= a.hk;
+    const int64_t j = r % a.sn, b = r / a.sn;
+    const int64_t t = a.cs[b] + j;
+    const int64_t kn = b * a.kn_bs + j * a.kn_ss + g * a.kn_hs, vn = b * a.vn_bs + j * a.vn_ss + g * a.vn_hs;
+    uint16_t kbits = a.k_new[kn + c];
+    if (a.rope.cos && c < a.rope.dim) {
+        const int pc = kvc_rope_partner(a.rope, c);
+        kbits = kvc_round(kvc_rope_value(a.rope, t, c, kvc_load(a.k_new, kn + c, a.bf16), kvc_load(a.k_new, kn + pc, a.bf16)), a.bf16);
+    }
+    a.k.base[kvc_slot(a.pages, a.k, b, t) + g * a.k.hs + c] = kbits;
+    a.v.base[kvc_slot(a.pages, a.v, b, t) + g * a.v.hs + c] = a.v_new[vn + c]; /* V as is: bit for bit */
+}
+
+/* Element e of the B * Lq * H * D query elements (channel fastest), rotated into qr (same index). */
+KVC_HD void kvc_rotate_q(const kvc_rotate_args &a, int64_t e) {
+    const int c = (int)(e % a.d);
+    int64_t r = e / a.d;
+    const int h = (int)(r % a.h);
+    r /= a.h;
+    const int64_t i = r % a.lq, b = r / a.lq;
+    const int64_t src = b * a.q_bs + i * a.q_ss + h * a.q_hs;
+    uint16_t bits = a.q[src + c];
+    if (c < a.rope.dim) {
+        const int64_t pos = a.cs[b] + (a.per_position ? i : 0);
+        const int pc = kvc_rope_partner(a.rope, c);
+        bits = kvc_round(kvc_rope_value(a.rope, pos, c, kvc_load(a.q, src + c, a.bf16), kvc_load(a.q, src + pc, a.bf16)), a.bf16);
+    }
+    a.qr[e] = bits;
+}
+
+/* Chunk x of the nb * lk * HK * D / 8 chunks of 8 elements (16 bytes) of one call: its keys and
+ * values. The cache bases are 16-byte aligned and their strides multiples of 8 (checked). */
+KVC_HD void kvc_gather(const kvc_gather_args &a, int64_t x) {
+    const int cpr = a.d / 8;
+    const int c8 = (int)(x % cpr);
+    int64_t r = x / cpr;
+    const int g = (int)(r % a.hk);
+    r /= a.hk;
+    const int64_t t = r % a.lk, b = a.b0 + r / a.lk;
+    const int64_t ks = kvc_slot(a.pages, a.k, b, t) + g * a.k.hs + c8 * 8, vs = kvc_slot(a.pages, a.v, b, t) + g * a.v.hs + c8 * 8;
+    *(uint4 *)(a.dk + x * 8) = *(const uint4 *)(a.k.base + ks);
+    *(uint4 *)(a.dv + x * 8) = *(const uint4 *)(a.v.base + vs);
+}
+
+/* The forward calls: runs of consecutive sequences with equal key counts lk[b], each run cut so that
+ * a call gathers at most max(budget_tokens, lk) tokens and holds at most max_batch sequences. calls[]
+ * holds up to batch entries (b0, nb, lk); returns their number and the most tokens one call gathers
+ * in *scratch_tokens. */
+struct kvc_call {
+    int64_t b0, nb, lk;
+};
+
+inline int64_t kvc_plan(const int32_t *lk, int64_t batch, int64_t budget_tokens, int64_t max_batch, kvc_call *calls, int64_t *scratch_tokens) {
+    int64_t n = 0;
+    *scratch_tokens = 0;
+    for (int64_t b = 0; b < batch; b++) {
+        kvc_call *last = n ? &calls[n - 1] : nullptr;
+        if (last && last->lk == lk[b] && last->nb < max_batch && (last->nb + 1) * last->lk <= budget_tokens) {
+            last->nb++;
+        } else {
+            calls[n++] = kvc_call{b, 1, lk[b]};
+            last = &calls[n - 1];
+        }
+        if (last->nb * last->lk > *scratch_tokens) *scratch_tokens = last->nb * last->lk;
+    }
+    return n;
+}
+
+/* One forward call's parameters: p's, for sequences c.b0 .. + c.nb - 1 (q rows q_bs, q_ss, q_hs
+ * apart: p's, or the rotated copy's), over keys and values gathered into dk, dv. */
+inline qattn_params kvc_call_params(const qattn_params *p, const void *q, int64_t q_bs, int64_t q_ss, int64_t q_hs, const kvc_call &c, void *dk,
+                                    void *dv) {
+    const int64_t HK = p->n_kv_heads, D = p->head_dim;
+    qattn_params pk = *p;
+    pk.batch = c.nb;
+    pk.q = (const char *)q + c.b0 * q_bs * 2;
+    pk.q_batch_stride = q_bs, pk.q_seq_stride = q_ss, pk.q_head_stride = q_hs;
+    pk.o = (char *)p->o + c.b0 * p->o_batch_stride * (p->o_dtype == QATTN_DTYPE_F32 ? 4 : 2);
+    if (p->lse) pk.lse = p->lse + c.b0 * p->n_heads * p->seqlen_q;
+    if (p->alibi_slopes) pk.alibi_slopes = p->alibi_slopes + c.b0 * p->alibi_batch_stride;
+    pk.k = dk, pk.v = dv;
+    pk.seqlen_k = c.lk;
+    pk.k_head_stride = pk.v_head_stride = D;
+    pk.k_seq_stride = pk.v_seq_stride = HK * D;
+    pk.k_batch_stride = pk.v_batch_stride = c.lk * HK * D;
+    return pk;
+}
+
+#endif
