@@ -413,7 +413,7 @@ qattn_status qattn_cuda_forward(qattn_ctx *ctx, const qattn_params *p);
 qattn_status qattn_cuda_forward_calibrated(qattn_ctx *ctx, const qattn_params *p, const qattn_calibration *cal);
 qattn_status qattn_cuda_workspace_size(qattn_ctx *ctx, const qattn_params *p, size_t *bytes);
 int qattn_cuda_device_count(void);
-/* qattn_forward_kvcache's device side (kvcache.cu): reads rows x width int32 from device src (rows
+/* qattn_forward_kvcache's device side (kvcache_driver.cu): reads rows x width int32 from device src (rows
  * src_stride apart) into host dst, synchronising stream; then, everything checked on the host with
  * those copies (cs: cache_seqlens, table: the block table's first table_width entries per sequence,
  * NULL when contiguous; lk: each sequence's key count), appends and attends. */

@@ -1,4 +1,4 @@
-/* The steps of qattn_forward_kvcache on the CUDA backend (kvcache.cu), as host-and-device functions of
+/* The steps of qattn_forward_kvcache on the CUDA backend (kvcache_driver.cu, kvcache.cu), as host-and-device functions of
  * one element or one 16-byte chunk, so that tests/gpu/test_kvcache_steps.cu runs them on the host,
  * without a device, against the CPU backend's qattn_forward_kvcache:
  * - append: a new token's K element (rotated) and V element into the cache at its slot;
@@ -12,6 +12,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
 #include <stdint.h>
 
 #include "qattn.h"
@@ -174,6 +175,11 @@ inline int64_t kvc_plan(const int32_t *lk, int64_t batch, int64_t budget_tokens,
     }
     return n;
 }
+
+/* The kernels over n elements (append, rotate_q) or n chunks (gather), on stream (kvcache.cu). */
+cudaError_t qattn_cuda_launch_kvc_append(const kvc_append_args &a, int64_t n, cudaStream_t stream);
+cudaError_t qattn_cuda_launch_kvc_rotate_q(const kvc_rotate_args &a, int64_t n, cudaStream_t stream);
+cudaError_t qattn_cuda_launch_kvc_gather(const kvc_gather_args &a, int64_t n, cudaStream_t stream);
 
 /* One forward call's parameters: p's, for sequences c.b0 .. + c.nb - 1 (q rows q_bs, q_ss, q_hs
  * apart: p's, or the rotated copy's), over keys and values gathered into dk, dv. */

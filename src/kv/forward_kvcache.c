@@ -2,7 +2,7 @@
  * the new tokens to the caller's cache tensors (keys rotated), rotate the queries into a scratch
  * copy, then attend. CPU backend: the CPU forward driver with K/V rows resolved through the block
  * table (qattn_kv_rows), so no gather of the cache and no new kernel. CUDA backend: the same checks
- * on host copies of cache_seqlens and the block table's used entries, then src/cuda/kvcache.cu.
+ * on host copies of cache_seqlens and the block table's used entries, then src/cuda/kvcache_driver.cu.
  * Nothing is written before every argument has been checked. */
 #include "kv/kv_internal.h"
 

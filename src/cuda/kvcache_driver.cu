@@ -1,0 +1,193 @@
+/* qattn_forward_kvcache on the CUDA backend, after forward_kvcache.c has checked every argument on
+ * the host (with host copies of cache_seqlens and the block table's used entries, read here):
+ * append the new tokens (keys rotated), rotate the queries into a scratch copy, then per run of
+ * sequences with equal key counts gather their keys and values into contiguous scratch and run
+ * the dense forward (qattn_cuda_forward: the wgmma kernel where it applies, else mma.sync) on it
+ * (the three kernels: kvcache.cu).
+ * The gather costs one extra read and write of the keys and values the call attends to; scratch is
+ * bounded by SCRATCH_BYTES (a sequence longer than that gets its own). The kernels index only
+ * through the host's checked copies (uploaded with the call), never the caller's device arrays.
+ * Everything is queued on p->stream; the table reads synchronise it once. */
+#include <stdio.h>
+#include <string.h>
+
+extern "C" {
+#include "qattn_internal.h"
+#include "core/names.h"
+#include "kv/kv_internal.h"
+}
+#include "cuda_common.cuh"
+#include "kvcache_steps.cuh"
+
+namespace {
+
+const char *FN = "qattn_forward_kvcache";
+constexpr int64_t SCRATCH_BYTES = int64_t(512) << 20; /* gathered K and V of one call */
+/* The cache tensors' alignment: the gather moves 16-byte chunks. */
+qattn_status check_cache_alignment(qattn_ctx *ctx, const qattn_kvcache_params *kv) {
+    const void *bases[2] = {kv->k_cache, kv->v_cache};
+    const int64_t strides[6] = {kv->k_page_stride, kv->k_seq_stride, kv->k_head_stride, kv->v_page_stride, kv->v_seq_stride, kv->v_head_stride};
+    for (int i = 0; i < 2; i++)
+        if ((uintptr_t)bases[i] % 16 != 0)
+            return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "%s on the CUDA backend needs 16-byte aligned caches (%s is %p)", FN, i ? "v_cache" : "k_cache",
+                              bases[i]);
+    for (int i = 0; i < 6; i++)
+        if (strides[i] % 8 != 0)
+            return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "%s on the CUDA backend needs cache strides that are multiples of 8 elements (%s %s stride is %lld)",
+                              FN, i < 3 ? "k_cache" : "v_cache", i % 3 == 0 ? "page" : i % 3 == 1 ? "seq" : "head", (long long)strides[i]);
+    return QATTN_OK;
+}
+
+/* The slots a sequence appends to, one entry per page it writes: page id and offsets [lo, hi). */
+struct append_span {
+    int64_t page, lo, hi, b;
+};
+
+int span_order(const void *x, const void *y) {
+    const append_span *a = (const append_span *)x, *b = (const append_span *)y;
+    return a->page != b->page ? (a->page < b->page ? -1 : 1) : a->lo != b->lo ? (a->lo < b->lo ? -1 : 1) : 0;
+}
+
+/* Two sequences appending to one slot (a page listed by both, at overlapping offsets): the CPU
+ * backend writes in sequence order, the append kernel writes in parallel, so such a call is refused
+ * here instead of leaving the slot to whichever write lands last. */
+qattn_status check_append_slots(qattn_ctx *ctx, const qattn_kvcache_params *kv, int64_t B, const int32_t *cs, const int32_t *table, int64_t width) {
+    const int64_t ps = kv->page_size, sn = kv->seqlen_new;
+    if (!table || sn == 0) return QATTN_OK; /* contiguous: sequence rows are disjoint (checked view) */
+    int64_t n = 0;
+    for (int64_t b = 0; b < B; b++) n += (cs[b] + sn - 1) / ps - cs[b] / ps + 1;
+    append_span *sp = (append_span *)qattn_alloc(ctx, (size_t)n * sizeof(append_span));
+    if (!sp) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "%s: cannot allocate the append check (%lld pages)", FN, (long long)n);
+    int64_t k = 0;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t j = cs[b] / ps; j * ps < cs[b] + sn; j++) {
+            const int64_t lo = cs[b] > j * ps ? cs[b] - j * ps : 0, end = cs[b] + sn - j * ps;
+            sp[k++] = append_span{table[b * width + j], lo, end < ps ? end : ps, b};
+        }
+    qsort(sp, (size_t)n, sizeof *sp, span_order);
+    qattn_status s = QATTN_OK;
+    for (int64_t i = 1; i < n && s == QATTN_OK; i++)
+        if (sp[i].page == sp[i - 1].page && sp[i].lo < sp[i - 1].hi)
+            s = qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT,
+                           "%s: sequences %lld and %lld both append to page %lld at offset %lld; on the CUDA backend appends run in parallel, so "
+                           "each cache slot may receive one new token per call",
+                           FN, (long long)sp[i - 1].b, (long long)sp[i].b, (long long)sp[i].page, (long long)sp[i].lo);
+    qattn_free(ctx, sp);
+    return s;
+}
+
+qattn_status cuda_fail(qattn_ctx *ctx, qattn_status s, const char *what, cudaError_t e) {
+    cudaGetLastError();
+    return qattn_fail(ctx, s, "%s: %s: %s", FN, what, cudaGetErrorString(e));
+}
+
+/* The device buffers of one call (stream-ordered: freed on the stream after the last kernel). */
+struct scratch {
+    void *kv = nullptr, *qr = nullptr, *tables = nullptr;
+    cudaStream_t stream;
+    explicit scratch(cudaStream_t s) : stream(s) {}
+    ~scratch() {
+        if (kv) cudaFreeAsync(kv, stream);
+        if (qr) cudaFreeAsync(qr, stream);
+        if (tables) cudaFreeAsync(tables, stream);
+    }
+};
+
+} // namespace
+
+extern "C" qattn_status qattn_cuda_read_i32(qattn_ctx *ctx, void *stream, int32_t *dst, const int32_t *src, int64_t src_stride, int64_t width,
+                                            int64_t rows) {
+    if (width == 0 || rows == 0) return QATTN_OK;
+    qattn_device_guard guard(ctx->cuda_device);
+    if (guard.err != cudaSuccess) return cuda_fail(ctx, QATTN_ERR_BACKEND, "cudaSetDevice", guard.err);
+    cudaStream_t st = (cudaStream_t)stream;
+    cudaError_t e = cudaMemcpy2DAsync(dst, (size_t)width * 4, src, (size_t)src_stride * 4, (size_t)width * 4, (size_t)rows, cudaMemcpyDeviceToHost, st);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(st);
+    if (e != cudaSuccess)
+        return cuda_fail(ctx, QATTN_ERR_INVALID_ARGUMENT, "reading cache_seqlens / block_table (device int32 arrays on the CUDA backend)", e);
+    return QATTN_OK;
+}
+
+extern "C" qattn_status qattn_cuda_forward_kvcache(qattn_ctx *ctx, const qattn_params *p, const qattn_kvcache_params *kv, const qattn_rotary *r,
+                                                   const int32_t *cs, const int32_t *table, int64_t table_width, const int32_t *lk) {
+    if (p->qkv_dtype != QATTN_DTYPE_F16 && p->qkv_dtype != QATTN_DTYPE_BF16)
+        return qattn_fail(ctx, QATTN_ERR_UNSUPPORTED, "%s on the CUDA backend takes fp16 or bf16 tensors (qkv_dtype is %s)", FN,
+                          qattn_dtype_name(p->qkv_dtype));
+    qattn_status s = check_cache_alignment(ctx, kv);
+    if (s == QATTN_OK) s = check_append_slots(ctx, kv, p->batch, cs, table, table_width);
+    if (s != QATTN_OK) return s;
+    const int64_t B = p->batch, H = p->n_heads, HK = p->n_kv_heads, D = p->head_dim, Lq = p->seqlen_q, Sn = kv->seqlen_new;
+    const int32_t bf16 = p->qkv_dtype == QATTN_DTYPE_BF16;
+    const bool rotary = r->cos != NULL;
+
+    kvc_call *calls = (kvc_call *)qattn_alloc(ctx, (size_t)B * sizeof(kvc_call));
+    if (!calls) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "%s: cannot allocate the plan (%lld sequences)", FN, (long long)B);
+    int64_t scratch_tokens;
+    const int64_t n_calls = kvc_plan(lk, B, SCRATCH_BYTES / (4 * HK * D), 65535, calls, &scratch_tokens);
+
+    qattn_device_guard guard(ctx->cuda_device);
+    cudaStream_t stream = (cudaStream_t)p->stream;
+    scratch sc(stream);
+    cudaError_t e = guard.err;
+    const size_t kv_bytes = (size_t)scratch_tokens * (size_t)(HK * D) * 2, q_bytes = rotary ? (size_t)(B * Lq * H * D) * 2 : 0;
+    const size_t cs_bytes = (size_t)B * 4, table_bytes = table ? (size_t)(B * table_width) * 4 : 0;
+    if (e == cudaSuccess) e = cudaMallocAsync(&sc.kv, 2 * kv_bytes + 16, stream);
+    if (e == cudaSuccess && q_bytes) e = cudaMallocAsync(&sc.qr, q_bytes, stream);
+    if (e == cudaSuccess) e = cudaMallocAsync(&sc.tables, cs_bytes + table_bytes + 16, stream);
+    if (e != cudaSuccess) {
+        qattn_free(ctx, calls);
+        return cuda_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "device scratch (gathered keys and values, rotated queries, tables)", e);
+    }
+    uint16_t *dk = (uint16_t *)sc.kv, *dv = dk + kv_bytes / 2;
+    int32_t *dcs = (int32_t *)sc.tables, *dtable = table ? dcs + B : nullptr;
+
+    /* Every forward call checked before anything is written. */
+    const void *q = rotary ? sc.qr : p->q;
+    const int64_t q_hs = rotary ? D : p->q_head_stride, q_ss = rotary ? H * D : p->q_seq_stride, q_bs = rotary ? Lq * H * D : p->q_batch_stride;
+    for (int64_t i = 0; i < n_calls && s == QATTN_OK; i++) {
+        qattn_params pk = kvc_call_params(p, q, q_bs, q_ss, q_hs, calls[i], dk, dv);
+        s = qattn_cuda_supports(ctx, &pk);
+    }
+    if (s != QATTN_OK) {
+        qattn_free(ctx, calls);
+        return s;
+    }
+
+    /* From here on the cache changes. */
+    e = cudaMemcpyAsync(dcs, cs, cs_bytes, cudaMemcpyHostToDevice, stream);
+    if (e == cudaSuccess && table) e = cudaMemcpyAsync(dtable, table, table_bytes, cudaMemcpyHostToDevice, stream);
+    const kvc_view kc = {(uint16_t *)kv->k_cache, kv->k_page_stride, kv->k_seq_stride, kv->k_head_stride};
+    const kvc_view vc = {(uint16_t *)kv->v_cache, kv->v_page_stride, kv->v_seq_stride, kv->v_head_stride};
+    const kvc_pages pages = {dtable, table_width, kv->page_size};
+    const kvc_rope rope = {r->cos, r->sin, r->dim, r->interleaved};
+    if (e == cudaSuccess && Sn > 0) {
+        const kvc_append_args a = {(const uint16_t *)kv->k_new, (const uint16_t *)kv->v_new, kv->k_new_batch_stride, kv->k_new_seq_stride,
+                                   kv->k_new_head_stride, kv->v_new_batch_stride, kv->v_new_seq_stride, kv->v_new_head_stride, kc, vc, pages, rope,
+                                   dcs, B, Sn, (int32_t)HK, (int32_t)D, bf16};
+        const int64_t n = B * Sn * HK * D;
+        e = qattn_cuda_launch_kvc_append(a, n, stream);
+    }
+    if (e == cudaSuccess && rotary && Lq > 0) {
+        const int per_position = p->causal || p->window_left >= 0 || p->window_right >= 0;
+        const kvc_rotate_args a = {(const uint16_t *)p->q, p->q_batch_stride, p->q_seq_stride, p->q_head_stride, (uint16_t *)sc.qr, rope, dcs, B, Lq,
+                                   (int32_t)H, (int32_t)D, bf16, per_position};
+        const int64_t n = B * Lq * H * D;
+        e = qattn_cuda_launch_kvc_rotate_q(a, n, stream);
+    }
+    if (e != cudaSuccess) {
+        qattn_free(ctx, calls);
+        return cuda_fail(ctx, QATTN_ERR_BACKEND, "appending the new tokens / rotating the queries", e);
+    }
+    for (int64_t i = 0; i < n_calls && s == QATTN_OK && Lq > 0; i++) {
+        const kvc_call &c = calls[i];
+        const kvc_gather_args g = {kc, vc, pages, dk, dv, c.b0, c.nb, c.lk, (int32_t)HK, (int32_t)D};
+        const int64_t n = c.nb * c.lk * HK * D / 8;
+        if (n > 0) {
+            if ((e = qattn_cuda_launch_kvc_gather(g, n, stream)) != cudaSuccess) s = cuda_fail(ctx, QATTN_ERR_BACKEND, "gathering the keys and values", e);
+        }
+        qattn_params pk = kvc_call_params(p, q, q_bs, q_ss, q_hs, c, dk, dv);
+        if (s == QATTN_OK) s = qattn_cuda_forward(ctx, &pk);
+    }
+    qattn_free(ctx, calls);
+    return s;
+}
