@@ -312,7 +312,8 @@ QATTN_API qattn_status qattn_oracle_f64(qattn_ctx *ctx, const qattn_params *p, d
 
 /* The cache of qattn_forward_kvcache: caller-owned K/V tensors, paged through a block table or
  * contiguous per sequence, plus the new tokens to append and the rotary tables. Initialise with
- * qattn_kvcache_params_init. Every array is host memory (CPU backend). Shapes use p's batch B,
+ * qattn_kvcache_params_init. Every array is host memory on the CPU backend and device memory on the
+ * CUDA backend (cache_seqlens and block_table too: the call reads them back once). Shapes use p's batch B,
  * n_kv_heads HK, head_dim D and qkv_dtype (the caches, k_new and v_new all have it).
  *
  * Sequence b holds cache_seqlens[b] tokens before the call; its seqlen_new new tokens (k_new,
@@ -391,7 +392,15 @@ QATTN_API void qattn_kvcache_params_set_contiguous(qattn_kvcache_params *kv, con
  * several sequences sees all their appends. Every argument (page ids of the entries used,
  * cache_seqlens, capacity, rotary positions, overlaps) is checked before anything is written;
  * a failure after the append (QATTN_ERR_OUT_OF_MEMORY, or QATTN_ERR_OVERFLOW for overflowing
- * scores as in qattn_forward) leaves the new tokens stored. CPU backend only. */
+ * scores as in qattn_forward) leaves the new tokens stored.
+ * CUDA backend: FP16/BF16 tensors, the head dims and modifiers qattn_forward takes there, caches
+ * 16-byte aligned with strides that are multiples of 8; queued on p->stream after one
+ * synchronisation of it (the host reads cache_seqlens and the used block-table entries, checks
+ * them and uploads its checked copy); the cache after the append is bitwise the CPU backend's;
+ * two sequences appending to one cache slot are refused (QATTN_ERR_INVALID_ARGUMENT: the appends
+ * run in parallel). Each run of consecutive sequences with equal key counts is gathered into
+ * scratch (at most 512 MiB of keys and values per run, or one sequence's) and attended by
+ * qattn_forward's kernels (docs/KVCACHE.md). */
 QATTN_API qattn_status qattn_forward_kvcache(qattn_ctx *ctx, const qattn_params *p, const qattn_kvcache_params *kv);
 
 /* Rotate x in place: float32/float16/bfloat16 (dtype) contiguous [n_tokens, n_heads, head_dim],
