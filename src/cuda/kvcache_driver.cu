@@ -23,6 +23,7 @@ namespace {
 
 const char *FN = "qattn_forward_kvcache";
 constexpr int64_t SCRATCH_BYTES = int64_t(512) << 20; /* gathered K and V of one call */
+
 /* The cache tensors' alignment: the gather moves 16-byte chunks. */
 qattn_status check_cache_alignment(qattn_ctx *ctx, const qattn_kvcache_params *kv) {
     const void *bases[2] = {kv->k_cache, kv->v_cache};

@@ -52,11 +52,12 @@ static qattn_status check_attention_params(qattn_ctx *ctx, const qattn_params *p
                           "%s: precision %d (INT8/FP8) is not supported over cache tensors; use precision AUTO/FP32/FP16/BF16, or the INT8 "
                           "KV cache object (qattn_kv_cache_append, qattn_kv_decode)",
                           FN, p->precision);
-    /* qattn_validate on a stand-in whose k/v views are empty: it checks q, o, sizes, dtypes, masks. */
+    /* qattn_validate on a stand-in whose k/v views are empty: it checks q, o, sizes, dtypes, masks
+     * (the ALiBi slopes' values only in host memory: on CUDA they are device memory). */
     qattn_params pv = *p;
     pv.k = pv.v = p->q;
     pv.k_batch_stride = pv.k_seq_stride = pv.k_head_stride = pv.v_batch_stride = pv.v_seq_stride = pv.v_head_stride = 0;
-    return qattn_validate(ctx, &pv, true);
+    return qattn_validate(ctx, &pv, ctx->backend == QATTN_BACKEND_CPU);
 }
 
 /* One cache or new-token view [n0, n1, HK, D]: strides >= 0, byte offsets within int64, and for
