@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One device call for qattn_forward_kvcache on the CUDA backend (src/cuda/kvcache_driver.cu), on the
+# prebuilt tree (here: `bash dev/gpu/prebuilt.sh pack`; the call carries .gl): the op table's kvcache
+# cases on the CUDA targets (the cache after the append bitwise, o and lse against the FP64 oracle),
+# the same under compute-sanitizer memcheck, python/tests/test_gpu.py's kvcache test (GPU against the
+# CPU backend), then bench/gpu_kvcache.py. Usage: OUT=$OUT LIMIT=300 bash dev/gpu/kvcache_check.sh
+OUT=${OUT:-out} LIMIT=${LIMIT:-300}
+. bench/gpu_lib.sh
+. dev/gpu/prebuilt.sh unpack
+export QATTN_TEST_FILTER=kvcache
+run_bg ops_kvcache 120 "$OPS"
+run_bg ops_kvcache_memcheck 200 compute-sanitizer --tool memcheck "$OPS"
+wait
+unset QATTN_TEST_FILTER
+stamp "op table"
+grep -E "cuda/(auto|mma)|FAIL|checks" "$OUT/ops_kvcache.log" | tail -12
+grep -E "ERROR SUMMARY|FAIL" "$OUT/ops_kvcache_memcheck.log" | head -5
+tail -1 "$OUT/ops_kvcache.log" "$OUT/ops_kvcache_memcheck.log"
+QATTN_LIBRARY=$LIB PYTHONPATH=python timeout "$(left 60)" python3 -m pytest -q -rs python/tests/test_gpu.py -k kvcache > "$OUT/py_kvcache.log" 2>&1
+tail -3 "$OUT/py_kvcache.log"
+stamp "pytest"
+QATTN_LIBRARY=$LIB PYTHONPATH=python timeout "$(left 5)" python3 bench/gpu_kvcache.py --out "$OUT" > "$OUT/bench_kvcache.log" 2>&1
+cat "$OUT/bench_kvcache.log"
+stamp "done"
