@@ -709,6 +709,22 @@ def test_bench_kvcache_json_and_errors():
     assert r.returncode == 1 and "page_size is 24" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
     r = run_cli("bench", "--kvcache", "--rotary-dim", 7)
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    r = run_cli("bench", "--kvcache", "--backend", "tpu")
+    assert r.returncode == 2 and "--backend" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+
+
+def test_bench_kvcache_cuda():
+    """qattn bench --kvcache --backend cuda: on a device, both calls on the GPU within its FP16 bound of
+    the oracle (tests/ops.c, CUDA targets: relative L2 2e-3); without one, one stderr line, exit 1."""
+    info = json.loads(run_cli("info", "--json").stdout)
+    r = run_cli("bench", "--kvcache", "--backend", "cuda", "--kv-len", 77, "--seqlen-q", 5, "--heads", 4, "--kv-heads", 2,
+                "--head-dim", 64, "--rotary-dim", 32, "--iters", 1, "--json")
+    if not info["cuda_available"]:
+        assert r.returncode == 1 and len(r.stderr.splitlines()) == 1, r.stderr
+        return
+    assert r.returncode == 0, r.stderr
+    row = json.loads(r.stdout)
+    assert row["backend"] == "cuda" and row["rel_l2"] < 2e-3 and row["forward_rel_l2"] < 2e-3, row
 
 
 # ---------------------------------------------------------------- precision int4

@@ -140,6 +140,8 @@ typedef struct cli_int_flag {
 cli_flag_result cli_int_flags_parse(const cli_int_flag *flags, size_t n, int argc, char **argv, int *i, const char *command);
 /* --isa NAME (qattn_isa_from_name) and --seed S, shared by the bench sub-commands (as above). */
 cli_flag_result cli_isa_seed_parse(int32_t *isa, uint64_t *seed, int argc, char **argv, int *i, const char *command);
+/* --backend's value (cpu, cuda) into *backend: 0, or -1 after a message. */
+int cli_backend_parse(const char *value, int32_t *backend, const char *command);
 
 /* Strict number parsing: the whole string must be a number within [min, max]. 0 on success;
  * on failure print "qattn <command>: <flag> ..." and return -1. */

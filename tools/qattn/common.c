@@ -208,16 +208,8 @@ cli_flag_result cli_opts_parse_flag(cli_opts *o, int argc, char **argv, int *i, 
         o->int8_scheme = s;
         return CLI_FLAG_CONSUMED;
     }
-    if ((r = cli_flag_value(argc, argv, i, "--backend", &value, command)) != 0) {
-        if (r < 0) return CLI_FLAG_ERROR;
-        if (!strcmp(value, "cpu")) o->backend = QATTN_BACKEND_CPU;
-        else if (!strcmp(value, "cuda")) o->backend = QATTN_BACKEND_CUDA;
-        else {
-            cli_error(command, "--backend: '%s' is not one of cpu, cuda", value);
-            return CLI_FLAG_ERROR;
-        }
-        return CLI_FLAG_CONSUMED;
-    }
+    if ((r = cli_flag_value(argc, argv, i, "--backend", &value, command)) != 0)
+        return r < 0 || cli_backend_parse(value, &o->backend, command) ? CLI_FLAG_ERROR : CLI_FLAG_CONSUMED;
     if ((r = cli_flag_value(argc, argv, i, "--isa", &value, command)) != 0) {
         if (r < 0) return CLI_FLAG_ERROR;
         o->isa = qattn_isa_from_name(value);
@@ -644,6 +636,16 @@ cli_flag_result cli_int_flags_parse(const cli_int_flag *flags, size_t n, int arg
         if (r == 1) return cli_parse_int64(val, flags[k].lo, flags[k].hi, flags[k].dst, flags[k].name, command) ? CLI_FLAG_ERROR : CLI_FLAG_CONSUMED;
     }
     return CLI_FLAG_UNKNOWN;
+}
+
+int cli_backend_parse(const char *value, int32_t *backend, const char *command) {
+    if (!strcmp(value, "cpu")) *backend = QATTN_BACKEND_CPU;
+    else if (!strcmp(value, "cuda")) *backend = QATTN_BACKEND_CUDA;
+    else {
+        cli_error(command, "--backend: '%s' is not one of cpu, cuda", value);
+        return -1;
+    }
+    return 0;
 }
 
 cli_flag_result cli_isa_seed_parse(int32_t *isa, uint64_t *seed, int argc, char **argv, int *i, const char *command) {
