@@ -398,9 +398,10 @@ QATTN_API void qattn_kvcache_params_set_contiguous(qattn_kvcache_params *kv, con
  * synchronisation of it (the host reads cache_seqlens and the used block-table entries, checks
  * them and uploads its checked copy); the cache after the append is bitwise the CPU backend's;
  * two sequences appending to one cache slot are refused (QATTN_ERR_INVALID_ARGUMENT: the appends
- * run in parallel). Each run of consecutive sequences with equal key counts is gathered into
- * scratch (at most 512 MiB of keys and values per run, or one sequence's) and attended by
- * qattn_forward's kernels (docs/KVCACHE.md). */
+ * run in parallel). The keys and values are gathered into scratch (at most 512 MiB per forward
+ * call, or one sequence's) and attended by qattn_forward's kernels: one varlen call for many
+ * sequences of different lengths with at most 64 queries each, else one call per run of equal
+ * lengths (docs/KVCACHE.md). */
 QATTN_API qattn_status qattn_forward_kvcache(qattn_ctx *ctx, const qattn_params *p, const qattn_kvcache_params *kv);
 
 /* Rotate x in place: float32/float16/bfloat16 (dtype) contiguous [n_tokens, n_heads, head_dim],

@@ -7,9 +7,10 @@
  * - the append: exactly the expected cache (the new V, the new K rotated by the suite's FP64
  *   rotary and rounded once to float, then to the dtype), nothing else written;
  * - rotate_q: the rotated queries bit for bit as the CPU backend rounds them (include/qattn.h);
- * - the plan, gather and per-call parameters, run through the CPU backend's qattn_forward (one
- *   call per run of sequences; with a budget of one token too, so every sequence gets its own
- *   call, and with at most two sequences per call): o and lse bitwise equal to the CPU backend's qattn_forward_kvcache, whose forward
+ * - the plans (dense runs of equal key counts, and varlen calls over any key counts), gather,
+ *   per-call parameters and LSE scatter, run through the CPU backend's qattn_forward (each plan
+ *   also with a budget of one token, so every sequence gets its own call, and with at most two
+ *   sequences per call): o and lse bitwise equal to the CPU backend's qattn_forward_kvcache, whose forward
  *   reads the same keys through the block table (same tiles, same order), and within the op
  *   table's FP32 bound of the FP64 oracle. */
 #include <math.h>
@@ -129,35 +130,58 @@ static void run_case(const step_case &k, uint64_t seed) {
 
     const void *q = rotary ? (const void *)qr : pr.q;
     const int64_t q_hs = rotary ? D : p.q_head_stride, q_ss = rotary ? H * D : p.q_seq_stride, q_bs = rotary ? Lq * H * D : p.q_batch_stride;
+    /* the plans: dense runs and (when q and o are packed, as the driver requires) varlen calls, each with a
+     * budget of one token (a call per sequence), unbounded, and at most two sequences per call */
+    const bool q_packed = rotary || p.q_batch_stride == Lq * p.q_seq_stride;
     const int64_t budgets[3] = {1, INT64_MAX / 2, INT64_MAX / 2}, max_batch[3] = {65535, 65535, 2};
-    for (int bi = 0; bi < 3; bi++) {
+    for (int plan = 0; plan < 6; plan++) {
+        const bool varlen = plan >= 3;
+        const int bi = plan % 3;
+        if (varlen && !q_packed) continue;
         kvc_call calls[4];
+        int32_t cu_k[8], cu_q[8];
         int64_t scratch_tokens;
-        const int64_t n_calls = kvc_plan(lk, B, budgets[bi], max_batch[bi], calls, &scratch_tokens);
+        const int64_t n_calls = kvc_plan(lk, B, Lq, varlen, budgets[bi], max_batch[bi], calls, cu_k, cu_q, &scratch_tokens);
         int64_t covered = 0;
         for (int64_t i = 0; i < n_calls; i++) covered += calls[i].nb;
-        TH_CHECK(covered == B && n_calls >= 1, "plan: %lld calls cover %lld of %lld sequences", (long long)n_calls, (long long)covered, (long long)B);
-        uint16_t *dk = (uint16_t *)th_xmalloc((size_t)(scratch_tokens * HK * D) * 2 + 16), *dv = (uint16_t *)th_xmalloc((size_t)(scratch_tokens * HK * D) * 2 + 16);
+        TH_CHECK(covered == B && n_calls >= 1, "plan %d: %lld calls cover %lld of %lld sequences", plan, (long long)n_calls, (long long)covered,
+                 (long long)B);
+        const size_t kv_elems = (size_t)(scratch_tokens * HK * D) + 8;
+        uint16_t *dk = (uint16_t *)th_xmalloc(kv_elems * 2), *dv = (uint16_t *)th_xmalloc(kv_elems * 2);
+        float *lse_varlen = (float *)th_xmalloc((size_t)(H * B * Lq) * sizeof(float) + 4);
         op_kv_poison_outputs(&pr);
         const kvc_view kc = {(uint16_t *)pr.kv.k_cache, pr.kv.k_page_stride, pr.kv.k_seq_stride, pr.kv.k_head_stride};
         const kvc_view vc = {(uint16_t *)pr.kv.v_cache, pr.kv.v_page_stride, pr.kv.v_seq_stride, pr.kv.v_head_stride};
         for (int64_t i = 0; i < n_calls; i++) {
             const kvc_call &c = calls[i];
-            TH_CHECK(c.nb * c.lk <= scratch_tokens, "plan: call %lld gathers %lld tokens, scratch holds %lld", (long long)i, (long long)(c.nb * c.lk),
-                     (long long)scratch_tokens);
-            for (int64_t b = c.b0; b < c.b0 + c.nb; b++) TH_CHECK(lk[b] == c.lk, "plan: sequence %lld has %d keys, its call %lld", (long long)b, lk[b], (long long)c.lk);
-            if (bi == 0) TH_CHECK(c.nb == 1 || c.lk == 0, "plan: a budget of one token must give one sequence per call");
-            TH_CHECK(c.nb <= max_batch[bi], "plan: call %lld holds %lld sequences, more than %lld", (long long)i, (long long)c.nb, (long long)max_batch[bi]);
-            const kvc_gather_args g = {kc, vc, pages, dk, dv, c.b0, c.nb, c.lk, (int32_t)HK, (int32_t)D};
-            for (int64_t x = 0; x < c.nb * c.lk * HK * D / 8; x++) kvc_gather(g, x);
-            qattn_params pk = kvc_call_params(&p, q, q_bs, q_ss, q_hs, c, dk, dv);
+            int64_t tokens = 0, longest = 0;
+            for (int64_t b = c.b0; b < c.b0 + c.nb; b++) {
+                tokens += lk[b], longest = lk[b] > longest ? lk[b] : longest;
+                if (!varlen) TH_CHECK(lk[b] == c.lk, "plan %d: sequence %lld has %d keys, its dense call %lld", plan, (long long)b, lk[b], (long long)c.lk);
+                if (varlen)
+                    TH_CHECK(cu_k[c.cu + b - c.b0 + 1] - cu_k[c.cu + b - c.b0] == lk[b] && cu_q[c.cu + b - c.b0] == (b - c.b0) * Lq,
+                             "plan %d: the offsets of sequence %lld", plan, (long long)b);
+            }
+            TH_CHECK(c.tokens == tokens && c.lk == longest && tokens <= scratch_tokens && (c.cu >= 0) == varlen,
+                     "plan %d: call %lld: tokens %lld (want %lld), lk %lld (want %lld), scratch %lld", plan, (long long)i, (long long)c.tokens,
+                     (long long)tokens, (long long)c.lk, (long long)longest, (long long)scratch_tokens);
+            TH_CHECK(c.nb <= max_batch[bi], "plan %d: call %lld holds %lld sequences, more than %lld", plan, (long long)i, (long long)c.nb,
+                     (long long)max_batch[bi]);
+            if (bi == 0) TH_CHECK(c.nb == 1 || tokens == 0, "plan %d: a budget of one token must give one sequence per call", plan);
+            const kvc_gather_args g = {kc, vc, pages, dk, dv, varlen ? cu_k + c.cu : NULL, c.b0, c.nb, c.lk, (int32_t)HK, (int32_t)D};
+            for (int64_t j = 0; j < c.nb; j++)
+                for (int64_t x = 0; x < kvc_gather_chunks(g, j); x++) kvc_gather(g, j, x);
+            qattn_params pk = kvc_call_params(&p, q, q_bs, q_ss, q_hs, c, dk, dv, cu_q, cu_k, lse_varlen);
             s = qattn_forward(ctx, &pk);
-            TH_CHECK(s == QATTN_OK, "qattn_forward of call %lld: %s: %s", (long long)i, qattn_status_str(s), qattn_ctx_last_error(ctx));
+            TH_CHECK(s == QATTN_OK, "plan %d: qattn_forward of call %lld: %s: %s", plan, (long long)i, qattn_status_str(s), qattn_ctx_last_error(ctx));
+            if (varlen) {
+                const kvc_lse_args la = {lse_varlen, pr.lse, c.b0, c.nb, Lq, (int32_t)H};
+                for (int64_t e = 0; e < H * c.nb * Lq; e++) kvc_lse_scatter(la, e);
+            }
         }
-        TH_CHECK(memcmp(pr.o, o_cpu, pr.n_out * sizeof(float)) == 0, "budget %lld: o differs bitwise from the CPU backend's qattn_forward_kvcache",
-                 (long long)budgets[bi]);
-        TH_CHECK(memcmp(pr.lse, lse_cpu, pr.n_lse * sizeof(float)) == 0, "budget %lld: lse differs bitwise from the CPU backend's", (long long)budgets[bi]);
-        free(dk), free(dv);
+        TH_CHECK(memcmp(pr.o, o_cpu, pr.n_out * sizeof(float)) == 0, "plan %d: o differs bitwise from the CPU backend's qattn_forward_kvcache", plan);
+        TH_CHECK(memcmp(pr.lse, lse_cpu, pr.n_lse * sizeof(float)) == 0, "plan %d: lse differs bitwise from the CPU backend's", plan);
+        free(dk), free(dv), free(lse_varlen);
     }
 
     /* and both against the FP64 oracle (the op table's FP32 bound: tests/ops_kvcache.c) */

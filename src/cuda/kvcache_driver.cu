@@ -1,9 +1,10 @@
 /* qattn_forward_kvcache on the CUDA backend, after forward_kvcache.c has checked every argument on
  * the host (with host copies of cache_seqlens and the block table's used entries, read here):
- * append the new tokens (keys rotated), rotate the queries into a scratch copy, then per run of
- * sequences with equal key counts gather their keys and values into contiguous scratch and run
- * the dense forward (qattn_cuda_forward: the wgmma kernel where it applies, else mma.sync) on it
- * (the three kernels: kvcache.cu).
+ * append the new tokens (keys rotated), rotate the queries into a scratch copy, then per forward
+ * call gather its sequences' keys and values into contiguous scratch and run qattn_cuda_forward on
+ * it: a varlen call over sequences of different key counts when the queries are few (decode), else
+ * a dense call per run of equal key counts (the sm_90a wgmma kernel where it applies; mma.sync
+ * takes varlen). The kernels: kvcache.cu.
  * The gather costs one extra read and write of the keys and values the call attends to; scratch is
  * bounded by SCRATCH_BYTES (a sequence longer than that gets its own). The kernels index only
  * through the host's checked copies (uploaded with the call), never the caller's device arrays.
@@ -94,6 +95,18 @@ struct scratch {
     }
 };
 
+/* Varlen calls when the queries are few (decode, speculative decode: Lq <= VARLEN_MAX_LQ), the key
+ * counts differ and q and o are packed: one launch for many sequences of different lengths. Else
+ * runs of equal key counts, each a dense call (the sm_90a wgmma kernel where it applies). */
+constexpr int64_t VARLEN_MAX_LQ = 64;
+
+bool use_varlen(const qattn_params *p, bool rotary, const int32_t *lk) {
+    bool differ = false;
+    for (int64_t b = 1; b < p->batch && !differ; b++) differ = lk[b] != lk[0];
+    const bool q_packed = rotary || p->q_batch_stride == p->seqlen_q * p->q_seq_stride;
+    return differ && p->seqlen_q <= VARLEN_MAX_LQ && q_packed && p->o_batch_stride == p->seqlen_q * p->o_seq_stride;
+}
+
 } // namespace
 
 extern "C" qattn_status qattn_cuda_read_i32(qattn_ctx *ctx, void *stream, int32_t *dst, const int32_t *src, int64_t src_stride, int64_t width,
@@ -119,76 +132,80 @@ extern "C" qattn_status qattn_cuda_forward_kvcache(qattn_ctx *ctx, const qattn_p
     if (s != QATTN_OK) return s;
     const int64_t B = p->batch, H = p->n_heads, HK = p->n_kv_heads, D = p->head_dim, Lq = p->seqlen_q, Sn = kv->seqlen_new;
     const int32_t bf16 = p->qkv_dtype == QATTN_DTYPE_BF16;
-    const bool rotary = r->cos != NULL;
+    const bool rotary = r->cos != NULL, varlen = use_varlen(p, rotary, lk);
 
+    /* the plan, and the host image of the device tables: cache_seqlens [B], the block table [B, width],
+     * the varlen key and query offsets [2B] each */
+    const size_t n_tables = (size_t)B * (1 + (table ? table_width : 0) + (varlen ? 4 : 0));
     kvc_call *calls = (kvc_call *)qattn_alloc(ctx, (size_t)B * sizeof(kvc_call));
-    if (!calls) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "%s: cannot allocate the plan (%lld sequences)", FN, (long long)B);
+    int32_t *tables = (int32_t *)qattn_alloc(ctx, n_tables * sizeof(int32_t));
+    if (!calls || !tables) {
+        qattn_free(ctx, calls), qattn_free(ctx, tables);
+        return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "%s: cannot allocate the plan (%lld sequences)", FN, (long long)B);
+    }
+    int32_t *h_cu_k = tables + B + (table ? B * table_width : 0), *h_cu_q = h_cu_k + 2 * B;
+    memcpy(tables, cs, (size_t)B * 4);
+    if (table) memcpy(tables + B, table, (size_t)(B * table_width) * 4);
     int64_t scratch_tokens;
-    const int64_t n_calls = kvc_plan(lk, B, SCRATCH_BYTES / (4 * HK * D), 65535, calls, &scratch_tokens);
+    const int64_t n_calls = kvc_plan(lk, B, Lq, varlen, SCRATCH_BYTES / (4 * HK * D), 65535, calls, h_cu_k, h_cu_q, &scratch_tokens);
 
     qattn_device_guard guard(ctx->cuda_device);
     cudaStream_t stream = (cudaStream_t)p->stream;
     scratch sc(stream);
     cudaError_t e = guard.err;
     const size_t kv_bytes = (size_t)scratch_tokens * (size_t)(HK * D) * 2, q_bytes = rotary ? (size_t)(B * Lq * H * D) * 2 : 0;
-    const size_t cs_bytes = (size_t)B * 4, table_bytes = table ? (size_t)(B * table_width) * 4 : 0;
-    if (e == cudaSuccess) e = cudaMallocAsync(&sc.kv, 2 * kv_bytes + 16, stream);
+    const size_t lse_bytes = varlen && p->lse ? (size_t)(B * Lq * H) * 4 : 0;
+    if (e == cudaSuccess) e = cudaMallocAsync(&sc.kv, 2 * kv_bytes + lse_bytes + 16, stream);
     if (e == cudaSuccess && q_bytes) e = cudaMallocAsync(&sc.qr, q_bytes, stream);
-    if (e == cudaSuccess) e = cudaMallocAsync(&sc.tables, cs_bytes + table_bytes + 16, stream);
+    if (e == cudaSuccess) e = cudaMallocAsync(&sc.tables, n_tables * 4 + 16, stream);
     if (e != cudaSuccess) {
-        qattn_free(ctx, calls);
+        qattn_free(ctx, calls), qattn_free(ctx, tables);
         return cuda_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "device scratch (gathered keys and values, rotated queries, tables)", e);
     }
     uint16_t *dk = (uint16_t *)sc.kv, *dv = dk + kv_bytes / 2;
+    float *d_lse = lse_bytes ? (float *)(dv + kv_bytes / 2) : nullptr;
     int32_t *dcs = (int32_t *)sc.tables, *dtable = table ? dcs + B : nullptr;
+    const int32_t *d_cu_k = dcs + (h_cu_k - tables), *d_cu_q = dcs + (h_cu_q - tables);
 
     /* Every forward call checked before anything is written. */
     const void *q = rotary ? sc.qr : p->q;
     const int64_t q_hs = rotary ? D : p->q_head_stride, q_ss = rotary ? H * D : p->q_seq_stride, q_bs = rotary ? Lq * H * D : p->q_batch_stride;
     for (int64_t i = 0; i < n_calls && s == QATTN_OK; i++) {
-        qattn_params pk = kvc_call_params(p, q, q_bs, q_ss, q_hs, calls[i], dk, dv);
+        qattn_params pk = kvc_call_params(p, q, q_bs, q_ss, q_hs, calls[i], dk, dv, d_cu_q, d_cu_k, d_lse);
         s = qattn_cuda_supports(ctx, &pk);
-    }
-    if (s != QATTN_OK) {
-        qattn_free(ctx, calls);
-        return s;
     }
 
     /* From here on the cache changes. */
-    e = cudaMemcpyAsync(dcs, cs, cs_bytes, cudaMemcpyHostToDevice, stream);
-    if (e == cudaSuccess && table) e = cudaMemcpyAsync(dtable, table, table_bytes, cudaMemcpyHostToDevice, stream);
+    if (s == QATTN_OK) e = cudaMemcpyAsync(dcs, tables, n_tables * 4, cudaMemcpyHostToDevice, stream);
     const kvc_view kc = {(uint16_t *)kv->k_cache, kv->k_page_stride, kv->k_seq_stride, kv->k_head_stride};
     const kvc_view vc = {(uint16_t *)kv->v_cache, kv->v_page_stride, kv->v_seq_stride, kv->v_head_stride};
     const kvc_pages pages = {dtable, table_width, kv->page_size};
     const kvc_rope rope = {r->cos, r->sin, r->dim, r->interleaved};
-    if (e == cudaSuccess && Sn > 0) {
+    if (s == QATTN_OK && e == cudaSuccess && Sn > 0) {
         const kvc_append_args a = {(const uint16_t *)kv->k_new, (const uint16_t *)kv->v_new, kv->k_new_batch_stride, kv->k_new_seq_stride,
                                    kv->k_new_head_stride, kv->v_new_batch_stride, kv->v_new_seq_stride, kv->v_new_head_stride, kc, vc, pages, rope,
                                    dcs, B, Sn, (int32_t)HK, (int32_t)D, bf16};
-        const int64_t n = B * Sn * HK * D;
-        e = qattn_cuda_launch_kvc_append(a, n, stream);
+        e = qattn_cuda_launch_kvc_append(a, B * Sn * HK * D, stream);
     }
-    if (e == cudaSuccess && rotary && Lq > 0) {
+    if (s == QATTN_OK && e == cudaSuccess && rotary && Lq > 0) {
         const int per_position = p->causal || p->window_left >= 0 || p->window_right >= 0;
         const kvc_rotate_args a = {(const uint16_t *)p->q, p->q_batch_stride, p->q_seq_stride, p->q_head_stride, (uint16_t *)sc.qr, rope, dcs, B, Lq,
                                    (int32_t)H, (int32_t)D, bf16, per_position};
-        const int64_t n = B * Lq * H * D;
-        e = qattn_cuda_launch_kvc_rotate_q(a, n, stream);
+        e = qattn_cuda_launch_kvc_rotate_q(a, B * Lq * H * D, stream);
     }
-    if (e != cudaSuccess) {
-        qattn_free(ctx, calls);
-        return cuda_fail(ctx, QATTN_ERR_BACKEND, "appending the new tokens / rotating the queries", e);
-    }
+    if (s == QATTN_OK && e != cudaSuccess) s = cuda_fail(ctx, QATTN_ERR_BACKEND, "appending the new tokens / rotating the queries", e);
     for (int64_t i = 0; i < n_calls && s == QATTN_OK && Lq > 0; i++) {
         const kvc_call &c = calls[i];
-        const kvc_gather_args g = {kc, vc, pages, dk, dv, c.b0, c.nb, c.lk, (int32_t)HK, (int32_t)D};
-        const int64_t n = c.nb * c.lk * HK * D / 8;
-        if (n > 0) {
-            if ((e = qattn_cuda_launch_kvc_gather(g, n, stream)) != cudaSuccess) s = cuda_fail(ctx, QATTN_ERR_BACKEND, "gathering the keys and values", e);
-        }
-        qattn_params pk = kvc_call_params(p, q, q_bs, q_ss, q_hs, c, dk, dv);
+        const kvc_gather_args g = {kc, vc, pages, dk, dv, c.cu >= 0 ? d_cu_k + c.cu : nullptr, c.b0, c.nb, c.lk, (int32_t)HK, (int32_t)D};
+        if (c.lk > 0 && (e = qattn_cuda_launch_kvc_gather(g, c.lk * HK * D / 8, stream)) != cudaSuccess)
+            s = cuda_fail(ctx, QATTN_ERR_BACKEND, "gathering the keys and values", e);
+        qattn_params pk = kvc_call_params(p, q, q_bs, q_ss, q_hs, c, dk, dv, d_cu_q, d_cu_k, d_lse);
         if (s == QATTN_OK) s = qattn_cuda_forward(ctx, &pk);
+        if (s == QATTN_OK && d_lse) {
+            const kvc_lse_args la = {d_lse, p->lse, c.b0, c.nb, Lq, (int32_t)H};
+            if ((e = qattn_cuda_launch_kvc_lse_scatter(la, H * c.nb * Lq, stream)) != cudaSuccess) s = cuda_fail(ctx, QATTN_ERR_BACKEND, "the LSE", e);
+        }
     }
-    qattn_free(ctx, calls);
+    qattn_free(ctx, calls), qattn_free(ctx, tables);
     return s;
 }

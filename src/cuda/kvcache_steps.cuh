@@ -61,14 +61,24 @@ struct kvc_rotate_args {
     int32_t h, d, bf16, per_position;
 };
 
-/* One forward call's keys and values: sequences b0 .. b0 + nb - 1, lk keys each, gathered into
- * contiguous [nb, lk, HK, D] tensors dk, dv. */
+/* One forward call's keys and values, sequences b0 .. b0 + nb - 1, gathered into contiguous dk, dv:
+ * dense, lk keys each, [nb, lk, HK, D]; varlen (cu_k: the call's nb + 1 key offsets), packed
+ * [cu_k[nb], HK, D]. */
 struct kvc_gather_args {
     kvc_view k, v;
     kvc_pages pages;
     uint16_t *dk, *dv;
+    const int32_t *cu_k;
     int64_t b0, nb, lk;
     int32_t hk, d;
+};
+
+/* A varlen call's LSE [H, nb * Lq] (the forward's varlen layout) into the call's rows of lse [B, H, Lq]. */
+struct kvc_lse_args {
+    const float *src;
+    float *lse;
+    int64_t b0, nb, lq;
+    int32_t h;
 };
 
 #define KVC_HD __host__ __device__ __forceinline__
@@ -138,66 +148,97 @@ KVC_HD void kvc_rotate_q(const kvc_rotate_args &a, int64_t e) {
     a.qr[e] = bits;
 }
 
-/* Chunk x of the nb * lk * HK * D / 8 chunks of 8 elements (16 bytes) of one call: its keys and
- * values. The cache bases are 16-byte aligned and their strides multiples of 8 (checked). */
-KVC_HD void kvc_gather(const kvc_gather_args &a, int64_t x) {
-    const int cpr = a.d / 8;
-    const int c8 = (int)(x % cpr);
-    int64_t r = x / cpr;
-    const int g = (int)(r % a.hk);
-    r /= a.hk;
-    const int64_t t = r % a.lk, b = a.b0 + r / a.lk;
-    const int64_t ks = kvc_slot(a.pages, a.k, b, t) + g * a.k.hs + c8 * 8, vs = kvc_slot(a.pages, a.v, b, t) + g * a.v.hs + c8 * 8;
-    *(uint4 *)(a.dk + x * 8) = *(const uint4 *)(a.k.base + ks);
-    *(uint4 *)(a.dv + x * 8) = *(const uint4 *)(a.v.base + vs);
+/* The chunks of 8 elements (16 bytes) of sequence b0 + i of a call: its keys x HK x D / 8. */
+KVC_HD int64_t kvc_gather_chunks(const kvc_gather_args &a, int64_t i) {
+    const int64_t lk = a.cu_k ? a.cu_k[i + 1] - a.cu_k[i] : a.lk;
+    return lk * a.hk * (a.d / 8);
 }
 
-/* The forward calls: runs of consecutive sequences with equal key counts lk[b], each run cut so that
- * a call gathers at most max(budget_tokens, lk) tokens and holds at most max_batch sequences. calls[]
- * holds up to batch entries (b0, nb, lk); returns their number and the most tokens one call gathers
- * in *scratch_tokens. */
+/* Chunk x (< kvc_gather_chunks) of sequence b0 + i of a call: its keys and values. The cache bases
+ * are 16-byte aligned and their strides multiples of 8 (checked). */
+KVC_HD void kvc_gather(const kvc_gather_args &a, int64_t i, int64_t x) {
+    const int cpr = a.d / 8;
+    const int c8 = (int)(x % cpr);
+    const int64_t r = x / cpr, t = r / a.hk, b = a.b0 + i;
+    const int g = (int)(r % a.hk);
+    const int64_t row = (a.cu_k ? a.cu_k[i] : i * a.lk) + t; /* in the gathered tensor */
+    const int64_t ks = kvc_slot(a.pages, a.k, b, t) + g * a.k.hs + c8 * 8, vs = kvc_slot(a.pages, a.v, b, t) + g * a.v.hs + c8 * 8;
+    const int64_t dst = (row * a.hk + g) * a.d + c8 * 8;
+    *(uint4 *)(a.dk + dst) = *(const uint4 *)(a.k.base + ks);
+    *(uint4 *)(a.dv + dst) = *(const uint4 *)(a.v.base + vs);
+}
+
+/* Element e of the H * nb * Lq of a varlen call's LSE. */
+KVC_HD void kvc_lse_scatter(const kvc_lse_args &a, int64_t e) {
+    const int64_t rows = a.nb * a.lq, h = e / rows, r = e % rows;
+    a.lse[((a.b0 + r / a.lq) * a.h + h) * a.lq + r % a.lq] = a.src[e];
+}
+
+/* The forward calls over sequences b0 .. b0 + nb - 1. Dense (cu < 0): a run of consecutive sequences
+ * with equal key counts lk, [nb, lk, HK, D] gathered. Varlen: consecutive sequences of any key counts
+ * (lk the largest), packed; its nb + 1 key offsets (from 0) at cu_k[cu] and query offsets (i * Lq)
+ * at cu_q[cu]. tokens: the keys it gathers. */
 struct kvc_call {
-    int64_t b0, nb, lk;
+    int64_t b0, nb, lk, tokens, cu;
 };
 
-inline int64_t kvc_plan(const int32_t *lk, int64_t batch, int64_t budget_tokens, int64_t max_batch, kvc_call *calls, int64_t *scratch_tokens) {
-    int64_t n = 0;
+/* The calls for key counts lk[batch]: varlen or dense runs, each cut so that it gathers at most
+ * max(budget_tokens, its longest sequence) keys and holds at most max_batch sequences. calls[] holds
+ * up to batch entries, cu_k[] and cu_q[] up to 2 * batch (varlen). Returns the number of calls and
+ * the most keys one gathers in *scratch_tokens. */
+inline int64_t kvc_plan(const int32_t *lk, int64_t batch, int64_t lq, bool varlen, int64_t budget_tokens, int64_t max_batch, kvc_call *calls,
+                        int32_t *cu_k, int32_t *cu_q, int64_t *scratch_tokens) {
+    int64_t n = 0, n_cu = 0;
     *scratch_tokens = 0;
     for (int64_t b = 0; b < batch; b++) {
         kvc_call *last = n ? &calls[n - 1] : nullptr;
-        if (last && last->lk == lk[b] && last->nb < max_batch && (last->nb + 1) * last->lk <= budget_tokens) {
+        const bool joins = last && last->nb < max_batch && last->tokens + lk[b] <= budget_tokens && (varlen || last->lk == lk[b]);
+        if (joins) {
             last->nb++;
+            last->tokens += lk[b];
+            last->lk = lk[b] > last->lk ? lk[b] : last->lk;
         } else {
-            calls[n++] = kvc_call{b, 1, lk[b]};
+            if (varlen && last) n_cu += last->nb + 1;
+            calls[n++] = kvc_call{b, 1, lk[b], lk[b], varlen ? n_cu : -1};
             last = &calls[n - 1];
+            if (varlen) cu_k[n_cu] = 0, cu_q[n_cu] = 0;
         }
-        if (last->nb * last->lk > *scratch_tokens) *scratch_tokens = last->nb * last->lk;
+        if (varlen) {
+            cu_k[last->cu + last->nb] = (int32_t)last->tokens;
+            cu_q[last->cu + last->nb] = (int32_t)(last->nb * lq);
+        }
+        if (last->tokens > *scratch_tokens) *scratch_tokens = last->tokens;
     }
     return n;
 }
 
-/* The kernels over n elements (append, rotate_q) or n chunks (gather), on stream (kvcache.cu). */
+/* The kernels over n elements (append, rotate_q, lse_scatter) or a call's sequences, longest_chunks
+ * the most chunks one of them has (gather), on stream (kvcache.cu). */
 cudaError_t qattn_cuda_launch_kvc_append(const kvc_append_args &a, int64_t n, cudaStream_t stream);
 cudaError_t qattn_cuda_launch_kvc_rotate_q(const kvc_rotate_args &a, int64_t n, cudaStream_t stream);
-cudaError_t qattn_cuda_launch_kvc_gather(const kvc_gather_args &a, int64_t n, cudaStream_t stream);
+cudaError_t qattn_cuda_launch_kvc_gather(const kvc_gather_args &a, int64_t longest_chunks, cudaStream_t stream);
+cudaError_t qattn_cuda_launch_kvc_lse_scatter(const kvc_lse_args &a, int64_t n, cudaStream_t stream);
 
 /* One forward call's parameters: p's, for sequences c.b0 .. + c.nb - 1 (q rows q_bs, q_ss, q_hs
- * apart: p's, or the rotated copy's), over keys and values gathered into dk, dv. */
+ * apart: p's, or the rotated copy's), over keys and values gathered into dk, dv. Varlen: cu_q, cu_k
+ * are the plan's offset arrays (where the forward reads them), q and o packed (batch strides
+ * Lq x seq strides: the caller checks), the LSE into lse_varlen [H, nb * Lq]. */
 inline qattn_params kvc_call_params(const qattn_params *p, const void *q, int64_t q_bs, int64_t q_ss, int64_t q_hs, const kvc_call &c, void *dk,
-                                    void *dv) {
+                                    void *dv, const int32_t *cu_q, const int32_t *cu_k, float *lse_varlen) {
     const int64_t HK = p->n_kv_heads, D = p->head_dim;
     qattn_params pk = *p;
     pk.batch = c.nb;
     pk.q = (const char *)q + c.b0 * q_bs * 2;
     pk.q_batch_stride = q_bs, pk.q_seq_stride = q_ss, pk.q_head_stride = q_hs;
     pk.o = (char *)p->o + c.b0 * p->o_batch_stride * (p->o_dtype == QATTN_DTYPE_F32 ? 4 : 2);
-    if (p->lse) pk.lse = p->lse + c.b0 * p->n_heads * p->seqlen_q;
+    if (p->lse) pk.lse = c.cu >= 0 ? lse_varlen : p->lse + c.b0 * p->n_heads * p->seqlen_q;
     if (p->alibi_slopes) pk.alibi_slopes = p->alibi_slopes + c.b0 * p->alibi_batch_stride;
     pk.k = dk, pk.v = dv;
     pk.seqlen_k = c.lk;
     pk.k_head_stride = pk.v_head_stride = D;
     pk.k_seq_stride = pk.v_seq_stride = HK * D;
-    pk.k_batch_stride = pk.v_batch_stride = c.lk * HK * D;
+    pk.k_batch_stride = pk.v_batch_stride = c.cu >= 0 ? 0 : c.lk * HK * D;
+    if (c.cu >= 0) pk.cu_seqlens_q = cu_q + c.cu, pk.cu_seqlens_k = cu_k + c.cu;
     return pk;
 }
 
