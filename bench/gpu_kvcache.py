@@ -4,8 +4,8 @@ attention on contiguous tensors: qattn.attention (the forward it runs after its 
 (enable_gqa), all in one run, FP16, D 128, H 32, HK 8.
 
 Workloads (paged caches, shuffled 16-token pages for decode, 256-token pages for prefill):
-  decode:  B 16, Lq 1, one new token per sequence, 8192 cached (all equal: one forward call), and
-           the same with lengths 4096..8192 (unequal: one forward call per sequence);
+  decode:  B 16, Lq 1, one new token per sequence, 8192 cached (all equal: dense calls), and the
+           same with lengths 4096..7936 (unequal: one varlen call);
   prefill: B 2, Lq 2048 new tokens after a 6144-token prefix, causal.
 Times: one call between two CUDA events, synchronised, warm-up then the median of 20 (the cache is
 restored between calls outside the timed region: the append rewrites the same slots anyway).
