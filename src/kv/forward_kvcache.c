@@ -294,13 +294,10 @@ static qattn_status forward_kvcache_cpu(qattn_ctx *ctx, const qattn_params *p, c
  * table's entries up to the longest sequence's last block) are checked, and only they are used. */
 static qattn_status forward_kvcache_cuda(qattn_ctx *ctx, const qattn_params *p, const qattn_kvcache_params *kv, const qattn_rotary *r,
                                          int64_t capacity, int32_t *lk) {
+    if (!kv->cache_seqlens) return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "%s: cache_seqlens is NULL", FN);
     int64_t B = p->batch, width = 0, max_lk;
     int32_t *cs = qattn_alloc(ctx, (size_t)B * sizeof(int32_t)), *table = NULL;
     if (!cs) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "%s: cannot allocate the host copy of cache_seqlens", FN);
-    if (!kv->cache_seqlens) {
-        qattn_free(ctx, cs);
-        return qattn_fail(ctx, QATTN_ERR_NULL_POINTER, "%s: cache_seqlens is NULL", FN);
-    }
     qattn_status s = qattn_cuda_read_i32(ctx, p->stream, cs, kv->cache_seqlens, 1, 1, B);
     if (s == QATTN_OK && kv->block_table) {
         for (int64_t b = 0; b < B; b++) { /* blocks up to the last token; check_sequences refuses what exceeds max_blocks */
