@@ -9,7 +9,8 @@ Workloads (paged caches, shuffled 16-token pages for decode, 256-token pages for
   prefill: B 2, Lq 2048 new tokens after a 6144-token prefix, causal.
 Times: one call between two CUDA events, synchronised, warm-up then the median of 20 (the cache is
 restored between calls outside the timed region: the append rewrites the same slots anyway).
-Floors: the gather reads and writes every attended key and value once (2 x K/V bytes at the copy
+Peer, when importable: FlashInfer on the same pages (batch decode for Lq 1, the paged prefill wrapper
+with backend "fa3" otherwise), attention only (no append, no rotary). Floors: the gather reads and writes every attended key and value once (2 x K/V bytes at the copy
 bandwidth of a 4 GiB clone measured here); the forward's own figures are in docs/benchmarks.md.
 Correctness is the test suite's (tests/ops.c CUDA targets, python/tests/test_gpu.py); here each row
 also reports its relative L2 against qattn.attention on the contiguous tensors.
@@ -49,6 +50,27 @@ def copy_bandwidth():
     t = timeit(lambda: x.clone(), reps=5)
     del x
     return 2 * (2 << 30) * 2 / t
+
+
+def flashinfer_peer(q, kc, vc, table, blocks, lens_total, page, causal):
+    """FlashInfer over the same pages (attention only: no append, no rotary): batch decode for Lq 1,
+    else the paged prefill wrapper with its FA3 backend. Returns a callable giving o [B, Lq, H, D]."""
+    import flashinfer
+    B, Lq = q.shape[:2]
+    fws = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    indptr = torch.tensor([0] + [sum(blocks[:b + 1]) for b in range(B)], dtype=torch.int32, device="cuda")
+    indices = torch.cat([table[b, :blocks[b]] for b in range(B)]).to(torch.int32).cuda()
+    last = torch.tensor([(n - 1) % page + 1 for n in lens_total], dtype=torch.int32, device="cuda")
+    if Lq == 1:
+        w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(fws, "NHD", use_tensor_cores=True)
+        w.plan(indptr, indices, last, H, HK, D, page, q_data_type=torch.float16, kv_data_type=torch.float16)
+        q3 = q.view(B, H, D)
+        return lambda: w.run(q3, (kc, vc)).view(B, 1, H, D)
+    w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(fws, "NHD", backend="fa3")
+    qo = torch.arange(0, (B + 1) * Lq, Lq, dtype=torch.int32, device="cuda")
+    w.plan(qo, indptr, indices, last, H, HK, D, page, causal=causal, q_data_type=torch.float16, kv_data_type=torch.float16)
+    qp = q.reshape(B * Lq, H, D)
+    return lambda: w.run(qp, (kc, vc)).view(B, Lq, H, D)
 
 
 def workload(name, B, Lq, sn, lens, page, causal, copy_bw):
@@ -97,6 +119,13 @@ def workload(name, B, Lq, sn, lens, page, causal, copy_bw):
     if sdpa is not None:
         row["sdpa_ms"] = timeit(sdpa) * 1e3
         row["ratio_to_sdpa"] = row["sdpa_ms"] / row["kvcache_ms"]
+    try:  # attention alone; the qattn call also appends the new tokens
+        fi = flashinfer_peer(q, kc, vc, table, blocks, [n + sn for n in lens], page, causal)
+        fi()
+        row["flashinfer_ms"] = timeit(fi) * 1e3
+        row["ratio_to_flashinfer"] = row["flashinfer_ms"] / row["kvcache_ms"]
+    except Exception as e:  # not installed, or an API of another version
+        print("flashinfer skipped: %s: %s" % (type(e).__name__, e), flush=True)
     print(json.dumps(row), flush=True)
     return row
 
