@@ -12,7 +12,8 @@
  *   also with a budget of one token, so every sequence gets its own call, and with at most two
  *   sequences per call): o and lse bitwise equal to the CPU backend's qattn_forward_kvcache, whose forward
  *   reads the same keys through the block table (same tiles, same order), and within the op
- *   table's FP32 bound of the FP64 oracle. */
+ *   table's FP32 bound of the FP64 oracle;
+ * - the refusal of two appends to one cache slot: found exactly where hand-made tables make one. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -195,8 +196,44 @@ static void run_case(const step_case &k, uint64_t seed) {
     th_set_context(NULL);
 }
 
+/* The CUDA driver's refusal of two appends to one slot (kvc_append_clash): pages of 16, block-table
+ * rows of 3, hand-made tables. */
+static void test_append_clash(void) {
+    th_set_context("append clash");
+    struct {
+        int32_t cs[2];
+        int64_t sn;
+        int32_t table[6];
+        bool clash;
+        int64_t page, b0, b1;
+        const char *what;
+    } cases[] = {
+        {{5, 20}, 3, {7, 9, 1, 8, 3, 2}, false, 0, 0, 0, "distinct pages"},
+        {{5, 20}, 3, {7, 9, 1, 8, 7, 2}, true, 7, 0, 1, "a page both append to, overlapping offsets [5, 8) and [4, 7)"},
+        {{5, 24}, 3, {7, 9, 1, 8, 7, 2}, false, 0, 0, 0, "a page both append to, disjoint offsets [5, 8) and [8, 11)"},
+        {{0, 40}, 32, {7, 7, 1, 8, 3, 2}, true, 7, 0, 0, "one sequence listing a page twice"},
+        {{14, 0}, 20, {4, 5, 6, 9, 10, 11}, false, 0, 0, 0, "spans over three pages"},
+        {{14, 0}, 20, {4, 5, 6, 6, 10, 11}, true, 6, 0, 1, "the third page of one is the first of the other"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        kvc_span spans[16];
+        const int64_t n = kvc_append_span_count(cases[i].cs, 2, 16, cases[i].sn);
+        if (!TH_CHECK(n <= 16, "%s: %lld spans", cases[i].what, (long long)n)) continue;
+        const kvc_span *c = kvc_append_clash(cases[i].cs, cases[i].table, 3, 2, 16, cases[i].sn, spans);
+        TH_CHECK((c != NULL) == cases[i].clash, "%s: clash %s, expected %s", cases[i].what, c ? "found" : "not found", cases[i].clash ? "one" : "none");
+        if (c && cases[i].clash)
+            TH_CHECK(c[0].page == cases[i].page && c[1].page == cases[i].page && c[0].b + c[1].b == cases[i].b0 + cases[i].b1 &&
+                         c[0].b * c[1].b == cases[i].b0 * cases[i].b1, /* the pair in either order */
+                     "%s: pages %lld/%lld, sequences %lld/%lld; expected page %lld, sequences %lld/%lld", cases[i].what, (long long)c[0].page,
+                     (long long)c[1].page, (long long)c[0].b, (long long)c[1].b, (long long)cases[i].page, (long long)cases[i].b0,
+                     (long long)cases[i].b1);
+    }
+    th_set_context(NULL);
+}
+
 int main(void) {
     th_init("test_kvcache_steps");
+    test_append_clash();
     /* FP16/BF16 (the CUDA backend's dtypes): paged and contiguous, rotary both ways and partial, GQA, windows,
      * causal with Lq > Lk, equal key counts (one call) and not, empty sequences, strided q, softcap and ALiBi */
     static const step_case cases[] = {

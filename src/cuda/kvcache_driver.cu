@@ -40,40 +40,22 @@ qattn_status check_cache_alignment(qattn_ctx *ctx, const qattn_kvcache_params *k
     return QATTN_OK;
 }
 
-/* The slots a sequence appends to, one entry per page it writes: page id and offsets [lo, hi). */
-struct append_span {
-    int64_t page, lo, hi, b;
-};
-
-int span_order(const void *x, const void *y) {
-    const append_span *a = (const append_span *)x, *b = (const append_span *)y;
-    return a->page != b->page ? (a->page < b->page ? -1 : 1) : a->lo != b->lo ? (a->lo < b->lo ? -1 : 1) : 0;
-}
-
 /* Two sequences appending to one slot (a page listed by both, at overlapping offsets): the CPU
  * backend writes in sequence order, the append kernel writes in parallel, so such a call is refused
  * here instead of leaving the slot to whichever write lands last. */
 qattn_status check_append_slots(qattn_ctx *ctx, const qattn_kvcache_params *kv, int64_t B, const int32_t *cs, const int32_t *table, int64_t width) {
     const int64_t ps = kv->page_size, sn = kv->seqlen_new;
     if (!table || sn == 0) return QATTN_OK; /* contiguous: sequence rows are disjoint (checked view) */
-    int64_t n = 0;
-    for (int64_t b = 0; b < B; b++) n += (cs[b] + sn - 1) / ps - cs[b] / ps + 1;
-    append_span *sp = (append_span *)qattn_alloc(ctx, (size_t)n * sizeof(append_span));
+    const int64_t n = kvc_append_span_count(cs, B, ps, sn);
+    kvc_span *sp = (kvc_span *)qattn_alloc(ctx, (size_t)n * sizeof(kvc_span));
     if (!sp) return qattn_fail(ctx, QATTN_ERR_OUT_OF_MEMORY, "%s: cannot allocate the append check (%lld pages)", FN, (long long)n);
-    int64_t k = 0;
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t j = cs[b] / ps; j * ps < cs[b] + sn; j++) {
-            const int64_t lo = cs[b] > j * ps ? cs[b] - j * ps : 0, end = cs[b] + sn - j * ps;
-            sp[k++] = append_span{table[b * width + j], lo, end < ps ? end : ps, b};
-        }
-    qsort(sp, (size_t)n, sizeof *sp, span_order);
+    const kvc_span *clash = kvc_append_clash(cs, table, width, B, ps, sn, sp);
     qattn_status s = QATTN_OK;
-    for (int64_t i = 1; i < n && s == QATTN_OK; i++)
-        if (sp[i].page == sp[i - 1].page && sp[i].lo < sp[i - 1].hi)
-            s = qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT,
-                           "%s: sequences %lld and %lld both append to page %lld at offset %lld; on the CUDA backend appends run in parallel, so "
-                           "each cache slot may receive one new token per call",
-                           FN, (long long)sp[i - 1].b, (long long)sp[i].b, (long long)sp[i].page, (long long)sp[i].lo);
+    if (clash)
+        s = qattn_fail(ctx, QATTN_ERR_INVALID_ARGUMENT,
+                       "%s: sequences %lld and %lld both append to page %lld at offset %lld; on the CUDA backend appends run in parallel, so "
+                       "each cache slot may receive one new token per call",
+                       FN, (long long)clash[0].b, (long long)clash[1].b, (long long)clash[1].page, (long long)clash[1].lo);
     qattn_free(ctx, sp);
     return s;
 }

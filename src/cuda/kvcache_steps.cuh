@@ -14,6 +14,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "qattn.h"
 
@@ -210,6 +211,40 @@ inline int64_t kvc_plan(const int32_t *lk, int64_t batch, int64_t lq, bool varle
         if (last->tokens > *scratch_tokens) *scratch_tokens = last->tokens;
     }
     return n;
+}
+
+/* The cache slots sequence b appends to, one span per page it writes: page id, offsets [lo, hi). */
+struct kvc_span {
+    int64_t page, lo, hi, b;
+};
+
+/* The spans the appends of seqlen_new tokens at cs[b] (pages of ps tokens) make, over all sequences. */
+inline int64_t kvc_append_span_count(const int32_t *cs, int64_t batch, int64_t ps, int64_t seqlen_new) {
+    int64_t n = 0;
+    for (int64_t b = 0; b < batch; b++) n += (cs[b] + seqlen_new - 1) / ps - cs[b] / ps + 1;
+    return n;
+}
+
+inline int kvc_span_order(const void *x, const void *y) {
+    const kvc_span *a = (const kvc_span *)x, *b = (const kvc_span *)y;
+    return a->page != b->page ? (a->page < b->page ? -1 : 1) : a->lo != b->lo ? (a->lo < b->lo ? -1 : 1) : 0;
+}
+
+/* Whether two appends (seqlen_new >= 1 tokens per sequence) land on one slot, through the block
+ * table's rows (width entries each): spans[] (kvc_append_span_count entries) sorted by page and
+ * offset, where any overlap shows between neighbours. Returns the first such pair, or NULL. */
+inline const kvc_span *kvc_append_clash(const int32_t *cs, const int32_t *table, int64_t width, int64_t batch, int64_t ps, int64_t seqlen_new,
+                                        kvc_span *spans) {
+    int64_t n = 0;
+    for (int64_t b = 0; b < batch; b++)
+        for (int64_t j = cs[b] / ps; j * ps < cs[b] + seqlen_new; j++) {
+            const int64_t lo = cs[b] > j * ps ? cs[b] - j * ps : 0, end = cs[b] + seqlen_new - j * ps;
+            spans[n++] = kvc_span{table[b * width + j], lo, end < ps ? end : ps, b};
+        }
+    qsort(spans, (size_t)n, sizeof *spans, kvc_span_order);
+    for (int64_t i = 1; i < n; i++)
+        if (spans[i].page == spans[i - 1].page && spans[i].lo < spans[i - 1].hi) return &spans[i - 1];
+    return nullptr;
 }
 
 /* The kernels over n elements (append, rotate_q, lse_scatter) or a call's sequences, longest_chunks
