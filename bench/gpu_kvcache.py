@@ -20,29 +20,22 @@ Usage: QATTN_LIBRARY=build/libqattn.so PYTHONPATH=python python3 bench/gpu_kvcac
 import argparse
 import json
 import os
-import statistics
+import sys
 
 import torch
 import torch.nn.functional as F
 
 import qattn
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_compare import time_ms  # noqa: E402  (CUDA-event timing)
+
 H, HK, D = 32, 8, 128
 
 
 def timeit(fn, reps=20):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b) / 1e3)
-    return statistics.median(ts)
+    """Seconds per call: the median of reps single calls between two CUDA events, after a warm-up."""
+    return time_ms(fn, warmup=3, reps=reps)[0] / 1e3
 
 
 def copy_bandwidth():

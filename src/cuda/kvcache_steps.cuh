@@ -114,39 +114,38 @@ KVC_HD float kvc_rope_value(const kvc_rope &r, int64_t pos, int c, float x, floa
     return first ? (float)((double)x * co - (double)y * si) : (float)((double)y * si + (double)x * co);
 }
 
-/* Element e of the B * Sn * HK * D new-token elements (channel fastest): its K (rotated) and V into the cache. */
-KVC_HD void kvc_append(const kvc_append_args &a, int64_t e) {
-    const int c = (int)(e % a.d);
-    int64_t r = e / a.d;
-    const int g = (int)(r % a.hk);
-    r /= a.hk;
-    const int64_t j = r % a.sn, b = r / a.sn;
-    const int64_t t = a.cs[b] + j;
-    const int64_t kn = b * a.kn_bs + j * a.kn_ss + g * a.kn_hs, vn = b * a.vn_bs + j * a.vn_ss + g * a.vn_hs;
-    uint16_t kbits = a.k_new[kn + c];
-    if (a.rope.cos && c < a.rope.dim) {
-        const int pc = kvc_rope_partner(a.rope, c);
-        kbits = kvc_round(kvc_rope_value(a.rope, t, c, kvc_load(a.k_new, kn + c, a.bf16), kvc_load(a.k_new, kn + pc, a.bf16)), a.bf16);
-    }
-    a.k.base[kvc_slot(a.pages, a.k, b, t) + g * a.k.hs + c] = kbits;
-    a.v.base[kvc_slot(a.pages, a.v, b, t) + g * a.v.hs + c] = a.v_new[vn + c]; /* V as is: bit for bit */
+/* Channel c of a row (16-bit values of the dtype) at rotary position pos: rotated and rounded to the
+ * dtype when c < r.dim, else as is (bit for bit). */
+KVC_HD uint16_t kvc_rope_bits(const kvc_rope &r, int64_t pos, const uint16_t *row, int c, int32_t bf16) {
+    if (!r.cos || c >= r.dim) return row[c];
+    return kvc_round(kvc_rope_value(r, pos, c, kvc_load(row, c, bf16), kvc_load(row, kvc_rope_partner(r, c), bf16)), bf16);
 }
 
-/* Element e of the B * Lq * H * D query elements (channel fastest), rotated into qr (same index). */
+/* Element e of a contiguous [B, L, heads, D] index space: e = ((b L + i) heads + h) D + c. */
+struct kvc_elem {
+    int64_t b, i;
+    int h, c;
+};
+
+KVC_HD kvc_elem kvc_split(int64_t e, int64_t L, int heads, int D) {
+    const int64_t row = e / D, bi = row / heads;
+    return kvc_elem{bi / L, bi % L, (int)(row % heads), (int)(e % D)};
+}
+
+/* Element e of the B * Sn * HK * D new-token elements: its K (rotated) and V into the cache. */
+KVC_HD void kvc_append(const kvc_append_args &a, int64_t e) {
+    const kvc_elem x = kvc_split(e, a.sn, a.hk, a.d);
+    const int64_t t = a.cs[x.b] + x.i;
+    const int64_t kn = x.b * a.kn_bs + x.i * a.kn_ss + x.h * a.kn_hs, vn = x.b * a.vn_bs + x.i * a.vn_ss + x.h * a.vn_hs;
+    a.k.base[kvc_slot(a.pages, a.k, x.b, t) + x.h * a.k.hs + x.c] = kvc_rope_bits(a.rope, t, a.k_new + kn, x.c, a.bf16);
+    a.v.base[kvc_slot(a.pages, a.v, x.b, t) + x.h * a.v.hs + x.c] = a.v_new[vn + x.c]; /* V as is: bit for bit */
+}
+
+/* Element e of the B * Lq * H * D query elements, rotated into qr (same index). */
 KVC_HD void kvc_rotate_q(const kvc_rotate_args &a, int64_t e) {
-    const int c = (int)(e % a.d);
-    int64_t r = e / a.d;
-    const int h = (int)(r % a.h);
-    r /= a.h;
-    const int64_t i = r % a.lq, b = r / a.lq;
-    const int64_t src = b * a.q_bs + i * a.q_ss + h * a.q_hs;
-    uint16_t bits = a.q[src + c];
-    if (c < a.rope.dim) {
-        const int64_t pos = a.cs[b] + (a.per_position ? i : 0);
-        const int pc = kvc_rope_partner(a.rope, c);
-        bits = kvc_round(kvc_rope_value(a.rope, pos, c, kvc_load(a.q, src + c, a.bf16), kvc_load(a.q, src + pc, a.bf16)), a.bf16);
-    }
-    a.qr[e] = bits;
+    const kvc_elem x = kvc_split(e, a.lq, a.h, a.d);
+    const int64_t pos = a.cs[x.b] + (a.per_position ? x.i : 0);
+    a.qr[e] = kvc_rope_bits(a.rope, pos, a.q + x.b * a.q_bs + x.i * a.q_ss + x.h * a.q_hs, x.c, a.bf16);
 }
 
 /* The chunks of 8 elements (16 bytes) of sequence b0 + i of a call: its keys x HK x D / 8. */
