@@ -132,12 +132,16 @@ extern "C" qattn_status qattn_cuda_forward_kvcache(qattn_ctx *ctx, const qattn_p
     const int64_t n_calls = kvc_plan(lk, B, Lq, varlen, SCRATCH_BYTES / (4 * HK * D), 65535, calls, h_cu_k, h_cu_q, &scratch_tokens);
 
     qattn_device_guard guard(ctx->cuda_device);
+    if (guard.err != cudaSuccess) {
+        qattn_free(ctx, calls), qattn_free(ctx, tables);
+        return cuda_fail(ctx, QATTN_ERR_BACKEND, "cudaSetDevice", guard.err);
+    }
     cudaStream_t stream = (cudaStream_t)p->stream;
     scratch sc(stream);
-    cudaError_t e = guard.err;
+    cudaError_t e = cudaSuccess;
     const size_t kv_bytes = (size_t)scratch_tokens * (size_t)(HK * D) * 2, q_bytes = rotary ? (size_t)(B * Lq * H * D) * 2 : 0;
     const size_t lse_bytes = varlen && p->lse ? (size_t)(B * Lq * H) * 4 : 0;
-    if (e == cudaSuccess) e = cudaMallocAsync(&sc.kv, 2 * kv_bytes + lse_bytes + 16, stream);
+    e = cudaMallocAsync(&sc.kv, 2 * kv_bytes + lse_bytes + 16, stream);
     if (e == cudaSuccess && q_bytes) e = cudaMallocAsync(&sc.qr, q_bytes, stream);
     if (e == cudaSuccess) e = cudaMallocAsync(&sc.tables, n_tables * 4 + 16, stream);
     if (e != cudaSuccess) {
