@@ -162,3 +162,22 @@ def test_cuda_kvcache_vs_cpu(dtype, causal):
     bound = 2e-3 if dtype == torch.float16 else 1.6e-2
     assert rel_l2(f64(o), f64(o_cpu)) <= bound
     assert (lse.cpu() - lse_cpu).abs().max().item() <= 1e-2
+
+
+def test_cuda_kvcache_refusals_leave_the_cache():
+    """On the GPU: two sequences appending to one cache slot (the appends run in parallel) and float32
+    tensors are refused with the library's message, and the caches stay as they were."""
+    dtype, HK, D, page = torch.float16, 2, 64, 16
+    kc, vc = rnd((8, page, HK, D), dtype, 21), rnd((8, page, HK, D), dtype, 22)
+    q, kn, vn = rnd((2, 1, 4, D), dtype, 23), rnd((2, 1, HK, D), dtype, 24), rnd((2, 1, HK, D), dtype, 25)
+    kc0, vc0 = kc.clone(), vc.clone()
+    table = torch.tensor([[3, 4], [3, 5]], dtype=torch.int32, device="cuda")  # page 3 shared
+    cs = torch.tensor([5, 5], dtype=torch.int32, device="cuda")  # both append at page 3, offset 5
+    with pytest.raises(ValueError, match="both append to page 3"):
+        qattn.attention_with_kvcache(q, kc, vc, kn, vn, cache_seqlens=cs, block_table=table)
+    cs_ok = torch.tensor([5, 6], dtype=torch.int32, device="cuda")  # offsets 5 and 6: fine
+    qattn.attention_with_kvcache(q, kc.clone(), vc.clone(), kn, vn, cache_seqlens=cs_ok, block_table=table)
+    with pytest.raises(NotImplementedError, match="fp16 or bf16"):
+        qattn.attention_with_kvcache(q.float(), kc.float(), vc.float(), kn.float(), vn.float(), cache_seqlens=cs_ok, block_table=table)
+    torch.cuda.synchronize()
+    assert torch.equal(kc, kc0) and torch.equal(vc, vc0)
