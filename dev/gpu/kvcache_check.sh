@@ -2,8 +2,8 @@
 # One device call for qattn_forward_kvcache on the CUDA backend (src/cuda/kvcache_driver.cu), on the
 # prebuilt tree (here: `bash dev/gpu/prebuilt.sh pack`; the call carries .gl): the op table's kvcache
 # cases on the CUDA targets (the cache after the append bitwise, o and lse against the FP64 oracle),
-# the same under compute-sanitizer memcheck, python/tests/test_gpu.py's kvcache test (GPU against the
-# CPU backend), then bench/gpu_kvcache.py. Usage: OUT=$OUT LIMIT=300 bash dev/gpu/kvcache_check.sh
+# the same under compute-sanitizer memcheck, python/tests/test_gpu.py's kvcache tests (GPU against the
+# CPU backend; refusals), the CLI's (qattn bench --kvcache --backend cuda), then bench/gpu_kvcache.py. Usage: OUT=$OUT LIMIT=300 bash dev/gpu/kvcache_check.sh
 OUT=${OUT:-out} LIMIT=${LIMIT:-300}
 . bench/gpu_lib.sh
 . dev/gpu/prebuilt.sh unpack
@@ -18,7 +18,11 @@ grep -E "ERROR SUMMARY|FAIL" "$OUT/ops_kvcache_memcheck.log" | head -5
 tail -1 "$OUT/ops_kvcache.log" "$OUT/ops_kvcache_memcheck.log"
 QATTN_LIBRARY=$LIB PYTHONPATH=python timeout "$(left 60)" python3 -m pytest -q -rs python/tests/test_gpu.py -k kvcache > "$OUT/py_kvcache.log" 2>&1
 tail -3 "$OUT/py_kvcache.log"
-stamp "pytest"
+QATTN_CLI=$CLI timeout 60 python3 -m pytest -q -rs tests/cli/test_cli.py -k kvcache > "$OUT/cli_kvcache.log" 2>&1
+tail -2 "$OUT/cli_kvcache.log"
+$CLI bench --kvcache --backend cuda --batch 16 --kv-len 8192 --seqlen-q 1 --page-size 16 --iters 20 > "$OUT/cli_bench_kvcache.txt" 2>&1
+cat "$OUT/cli_bench_kvcache.txt"
+stamp "pytest, CLI"
 QATTN_LIBRARY=$LIB PYTHONPATH=python timeout "$(left 5)" python3 bench/gpu_kvcache.py --out "$OUT" > "$OUT/bench_kvcache.log" 2>&1
 cat "$OUT/bench_kvcache.log"
 stamp "done"

@@ -4,21 +4,22 @@
 # development machine (nvcc is installed there, sm_80 + sm_90a) and carried xz-compressed in .gl/
 # (git-ignored; ~4 MB each, the carry limit is 64 MiB). A device build of the library takes minutes of the call; unpacking takes seconds.
 #   bash dev/gpu/prebuilt.sh pack [BUILD]   here: build BUILD (default build, CUDA on), then .gl/*.xz:
-#                                           lib-base.so, test_ops, qattn_gpu_test, and per variant NAME
+#                                           lib-base.so, test_ops, qattn_gpu_test, cli (the qattn CLI), and per variant NAME
 #                                           lib-NAME.so and gpu_test_NAME (the tests linked with its objects;
 #                                           none for a NAME ending in "trace", an instrumented build)
-#   . dev/gpu/prebuilt.sh unpack            on the device (sourced): into /tmp/q; sets LIB, T, OPS and Q
+#   . dev/gpu/prebuilt.sh unpack            on the device (sourced): into /tmp/q; sets LIB, T, OPS, CLI and Q
 #                                           (Q/NAME/libqattn.so per variant, Q/gpu_test_NAME)
 # Then pass the call `carry: [".gl"]`. The test binaries link the library statically.
 pack() {
   local b=${1:-build}
   { [ -f "$b/CMakeCache.txt" ] || cmake -S . -B "$b" -DQATTN_CUDA=ON -DCMAKE_BUILD_TYPE=Release; } &&
-    cmake --build "$b" -j"$(nproc)" --target qattn qattn_gpu_test test_ops || return 1
+    cmake --build "$b" -j"$(nproc)" --target qattn qattn_gpu_test test_ops qattn_cli || return 1
   grep -q 'QATTN_HAVE_CUDA=1' "$b/CMakeFiles/qattn_objects.dir/flags.make" || { echo "$b has no CUDA"; return 1; }
   rm -rf .gl && mkdir -p .gl
   xz -T0 -3 -c "$b/libqattn.so" > .gl/lib-base.so.xz
   xz -T0 -3 -c "$b/tests/test_ops" > .gl/test_ops.xz
   xz -T0 -3 -c "$b/tests/gpu/qattn_gpu_test" > .gl/qattn_gpu_test.xz
+  xz -T0 -3 -c "$b/qattn" > .gl/cli.xz
   local f n
   . dev/gpu/variants.sh
   for f in .ab/v/*.cu .ab/p/*.patch; do
@@ -34,7 +35,7 @@ pack() {
 }
 unpack() { # once per machine: a second call (the next script of the same device call) only sets the names
   Q=/tmp/q
-  LIB=$Q/base/libqattn.so T=$Q/qattn_gpu_test OPS=$Q/test_ops
+  LIB=$Q/base/libqattn.so T=$Q/qattn_gpu_test OPS=$Q/test_ops CLI=$Q/cli
   [ -x "$T" ] && return 0
   mkdir -p $Q
   local f n
