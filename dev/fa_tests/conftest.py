@@ -1,7 +1,7 @@
-"""conftest for FlashAttention's rewritten tests on the CPU through the qattn shim (dev/fa_tests/run.sh).
+"""conftest for FlashAttention's rewritten tests through the qattn shim (dev/fa_tests/run.sh).
 
-- torch.cuda.get_device_capability / get_device_properties answer for a GPU of capability 9.0 with
-  a large memory: the capability only steers backward checks (removed) and the dtype list
+- On the CPU (FA_DEVICE=cpu, the default), torch.cuda.get_device_capability / get_device_properties
+  answer for a GPU of capability 9.0 with a large memory: the capability only steers backward checks (removed) and the dtype list
   (fp16 and bf16); the memory only the "reference implementation OOM" skips.
 - flash_attn.Unsupported (a feature qattn lacks) and qattn.QattnUnsupportedError become skips
   whose reason is the message.
@@ -15,9 +15,10 @@ import types
 import pytest
 import torch
 
-torch.cuda.get_device_capability = lambda device=None: (9, 0)
-torch.cuda.get_device_properties = lambda device=None: types.SimpleNamespace(
-    total_memory=1 << 40, name="cpu (qattn shim)", major=9, minor=0)
+if os.environ.get("FA_DEVICE", "cpu") == "cpu":  # on a GPU (FA_DEVICE=cuda) torch answers itself
+    torch.cuda.get_device_capability = lambda device=None: (9, 0)
+    torch.cuda.get_device_properties = lambda device=None: types.SimpleNamespace(
+        total_memory=1 << 40, name="cpu (qattn shim)", major=9, minor=0)
 torch.set_num_threads(int(os.environ.get("FA_TORCH_THREADS", "1")))
 
 import flash_attn  # noqa: E402

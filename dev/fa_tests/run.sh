@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# FlashAttention's own forward tests on the CPU through qattn (a flash_attn shim over the Python
-# binding). Not part of CI: it needs a FlashAttention snapshot (a git dir or a checkout).
+# FlashAttention's own forward tests through qattn (a flash_attn shim over the Python binding), on the
+# CPU or (FA_DEVICE=cuda) the GPU. Not part of CI: it needs a FlashAttention snapshot (a git dir or a checkout).
 #
 # usage: dev/fa_tests/run.sh [FA_REPO] [pytest args...]
 #   FA_REPO     FlashAttention git dir or checkout (default /work/.mirror/Dao-AILab+flash-attention/repo)
 #   pytest args: added after the selected functions (e.g. -k "not 59" -x)
-# env: QATTN_LIBRARY (default build/libqattn.so), FA_SAMPLE=k/n (run a stable subset of each function's cases:
+# env: FA_DEVICE (cpu, the default, or cuda: the tests keep their CUDA tensors and run on qattn's CUDA
+#      backend; on a GPU machine), QATTN_LIBRARY (default build/libqattn.so), FA_SAMPLE=k/n (run a stable subset of each function's cases:
 #      crc32(case id) % n < k, chosen in rewrite.py before collection), FA_JOBS (pytest-xdist workers, default 2 if installed), FA_SUMMARY
 #      (file for the per-function counts), FA_TESTS (function names,
 #      default: the forward ones below), FA_REV (snapshot revision, default HEAD), FA_KEEP=1 (keep tmp dir).

@@ -1,4 +1,5 @@
-"""FlashAttention's forward entry points on the CPU through qattn (Python binding, ctypes).
+"""FlashAttention's forward entry points through qattn (Python binding, ctypes): CPU tensors on the
+CPU backend, CUDA tensors on the CUDA backend.
 
 Forward only. Every feature maps to one qattn call:
   flash_attn_func / _kvpacked / _qkvpacked        -> qattn.attention (bshd)
@@ -116,15 +117,15 @@ def _varlen_paged(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, seqused_k, bl
     cq = cu_seqlens_q.tolist()
     lk = seqused_k.tolist() if seqused_k is not None else [b - a for a, b in zip(cu_seqlens_k.tolist()[:-1], cu_seqlens_k.tolist()[1:])]
     B, H = len(cq) - 1, q.shape[1]
-    out = torch.empty(q.shape[:-1] + (d,), dtype=q.dtype)
-    lse = torch.full((H, q.shape[0]), float("-inf"), dtype=torch.float32)
+    out = torch.empty(q.shape[:-1] + (d,), dtype=q.dtype, device=q.device)
+    lse = torch.full((H, q.shape[0]), float("-inf"), dtype=torch.float32, device=q.device)
     slopes = _slopes(alibi_slopes)
     for b in range(B):
         qb = q.detach()[cq[b]:cq[b + 1]].unsqueeze(0)
         if qb.shape[1] == 0:
             continue
         sb = None if slopes is None else (slopes if slopes.dim() == 1 else slopes[b:b + 1])
-        ob, lb = qattn.attention_with_kvcache(qb, k_cache, v_cache, cache_seqlens=torch.tensor([lk[b]], dtype=torch.int32),
+        ob, lb = qattn.attention_with_kvcache(qb, k_cache, v_cache, cache_seqlens=torch.tensor([lk[b]], dtype=torch.int32, device=q.device),
                                               block_table=block_table[b:b + 1], softmax_scale=float(scale),
                                               causal=bool(causal), window_size=_window(window_size) or (-1, -1),
                                               softcap=float(softcap or 0.0), alibi_slopes=sb, return_lse=True,
