@@ -714,8 +714,7 @@ static qattn_status run_on_host(qattn_ctx *ctx, const op_case *oc, op_state *st)
 }
 
 #if defined(QATTN_TEST_CUDA)
-/* A device copy of a host buffer (NULL for NULL). */
-static void *to_device(const void *host, size_t bytes) {
+void *op_to_device(const void *host, size_t bytes) {
     if (!host) return NULL;
     void *d = NULL;
     if (cudaMalloc(&d, bytes ? bytes : 1) != cudaSuccess) return NULL;
@@ -730,11 +729,11 @@ static qattn_status run_on_device(qattn_ctx *ctx, const op_case *oc, op_state *s
     size_t qb = pr->q.elems * dtype_bytes(pr->q.dtype), kb = pr->k.elems * dtype_bytes(pr->k.dtype), vb = pr->v.elems * dtype_bytes(pr->v.dtype);
     size_t ob = pr->o.elems * dtype_bytes(pr->o.dtype), lb = pr->lse ? (pr->lse_elems + 16) * sizeof(float) : 0;
     size_t cub = (size_t)(pr->c.batch + 1) * sizeof(int32_t);
-    char *dq = to_device(pr->q.buf, qb), *dk = to_device(pr->k.buf, kb), *dv = to_device(pr->v.buf, vb), *dob = to_device(pr->o.buf, ob);
-    float *dlse = to_device(pr->lse, lb);
-    int32_t *dcq = pr->c.varlen ? to_device(pr->cu_q, cub) : NULL, *dck = pr->c.varlen ? to_device(pr->cu_k, cub) : NULL;
-    uint8_t *dmask = to_device(st->mask.bytes, st->mask.size);
-    float *dslopes = to_device(st->slopes, st->n_slopes * sizeof(float));
+    char *dq = op_to_device(pr->q.buf, qb), *dk = op_to_device(pr->k.buf, kb), *dv = op_to_device(pr->v.buf, vb), *dob = op_to_device(pr->o.buf, ob);
+    float *dlse = op_to_device(pr->lse, lb);
+    int32_t *dcq = pr->c.varlen ? op_to_device(pr->cu_q, cub) : NULL, *dck = pr->c.varlen ? op_to_device(pr->cu_k, cub) : NULL;
+    uint8_t *dmask = op_to_device(st->mask.bytes, st->mask.size);
+    float *dslopes = op_to_device(st->slopes, st->n_slopes * sizeof(float));
     qattn_params p = pr->p;
     p.q = dq + pr->q.offset * (int64_t)dtype_bytes(pr->q.dtype);
     p.k = dk + pr->k.offset * (int64_t)dtype_bytes(pr->k.dtype);

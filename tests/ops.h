@@ -129,6 +129,11 @@ typedef struct op_target {
  * built with CUDA and a device is visible) the CUDA backend with each cuda_kernels choice. */
 int op_targets(op_target targets[OP_MAX_TARGETS]);
 
+#if defined(QATTN_TEST_CUDA)
+/* A device copy of a host buffer: NULL for NULL, or when cudaMalloc fails (the call then reports it). */
+void *op_to_device(const void *host, size_t bytes);
+#endif
+
 /* ---------------------------------------------------------------- the runner */
 
 /* Runs case `index` of the table (its seed is th_derive_seed(index)) on every target. */

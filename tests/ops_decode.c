@@ -310,14 +310,6 @@ qattn_status op_dec_run_cpu(op_dec_problem *pr, qattn_ctx *ctx) {
 }
 
 #if defined(QATTN_TEST_CUDA)
-/* A device copy of bytes of host memory. */
-static void *dev_copy(const void *host, size_t bytes) {
-    void *d = NULL;
-    if (cudaMalloc(&d, bytes ? bytes : 1) != cudaSuccess) return NULL;
-    cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice);
-    return d;
-}
-
 /* The cache on a CPU context, its arena and block table copied to the device whole (the INT8
  * transforms at the arena's tail with them); q on the device, o and lse copied there poisoned
  * and back whole, guards included. */
@@ -334,8 +326,8 @@ qattn_status op_dec_run_cuda(op_dec_problem *pr, qattn_ctx *cuda_ctx) {
         return QATTN_ERR_INVALID_ARGUMENT;
     }
     size_t ob = (pr->n_out + OP_DEC_GUARD) * sizeof(float), lb = (pr->n_lse + OP_DEC_GUARD) * sizeof(float);
-    void *darena = dev_copy(lay.arena, (size_t)lay.arena_bytes), *dtable = dev_copy(lay.block_table, (size_t)lay.table_entries * sizeof(int32_t));
-    void *dq = dev_copy(pr->q, pr->n_out * sizeof(float)), *dout = dev_copy(pr->o, ob), *dlse = dev_copy(pr->lse, lb);
+    void *darena = op_to_device(lay.arena, (size_t)lay.arena_bytes), *dtable = op_to_device(lay.block_table, (size_t)lay.table_entries * sizeof(int32_t));
+    void *dq = op_to_device(pr->q, pr->n_out * sizeof(float)), *dout = op_to_device(pr->o, ob), *dlse = op_to_device(pr->lse, lb);
     qattn_status s = QATTN_ERR_OUT_OF_MEMORY;
     if (darena && dtable && dq && dout && dlse) {
         qattn_kv_device_cache dev = {darena, dtable, NULL};

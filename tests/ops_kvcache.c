@@ -281,26 +281,18 @@ void op_kv_oracle(const op_kv_problem *pr, double *o64, double *lse_bhq) {
 }
 
 #if defined(QATTN_TEST_CUDA)
-/* A device copy of a host buffer (NULL for NULL or on failure, which the call then reports). */
-static void *kv_to_device(const void *host, size_t bytes) {
-    void *d = NULL;
-    if (!host || cudaMalloc(&d, bytes ? bytes : 1) != cudaSuccess) return NULL;
-    cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice);
-    return d;
-}
-
 qattn_status op_kv_run_cuda(op_kv_problem *pr, qattn_ctx *ctx) {
     const qattn_params *p = &pr->p;
     const qattn_kvcache_params *kv = &pr->kv;
     size_t eb = (size_t)esize(p->qkv_dtype), B = (size_t)p->batch;
     size_t qn = B * (size_t)(p->seqlen_q * p->n_heads * p->head_dim), nn = B * (size_t)(kv->seqlen_new * p->n_kv_heads * p->head_dim);
     size_t rot = (size_t)(kv->rotary_len * (kv->rotary_dim / 2)) * sizeof(float);
-    void *dkc = kv_to_device(pr->kc, pr->cache_bytes), *dvc = kv_to_device(pr->vc, pr->cache_bytes), *dq = kv_to_device(pr->q, qn * eb);
-    void *dkn = kv_to_device(kv->k_new, nn * eb), *dvn = kv_to_device(kv->v_new, nn * eb);
-    void *dtab = kv_to_device(pr->table, B * (size_t)pr->table_stride * sizeof(int32_t)), *dcs = kv_to_device(pr->cs, B * sizeof(int32_t));
-    void *dcos = kv_to_device(kv->rotary_cos, rot), *dsin = kv_to_device(kv->rotary_sin, rot);
-    void *dsl = kv_to_device(pr->slopes, B * (size_t)p->n_heads * sizeof(float));
-    void *dout = kv_to_device(pr->o, pr->n_out * sizeof(float)), *dlse = kv_to_device(pr->lse, pr->n_lse * sizeof(float));
+    void *dkc = op_to_device(pr->kc, pr->cache_bytes), *dvc = op_to_device(pr->vc, pr->cache_bytes), *dq = op_to_device(pr->q, qn * eb);
+    void *dkn = op_to_device(kv->k_new, nn * eb), *dvn = op_to_device(kv->v_new, nn * eb);
+    void *dtab = op_to_device(pr->table, B * (size_t)pr->table_stride * sizeof(int32_t)), *dcs = op_to_device(pr->cs, B * sizeof(int32_t));
+    void *dcos = op_to_device(kv->rotary_cos, rot), *dsin = op_to_device(kv->rotary_sin, rot);
+    void *dsl = op_to_device(pr->slopes, B * (size_t)p->n_heads * sizeof(float));
+    void *dout = op_to_device(pr->o, pr->n_out * sizeof(float)), *dlse = op_to_device(pr->lse, pr->n_lse * sizeof(float));
     qattn_params dp = *p;
     qattn_kvcache_params dkv = *kv;
     dp.q = dq, dp.o = dout, dp.lse = dlse, dp.alibi_slopes = p->alibi_slopes ? dsl : NULL;

@@ -59,7 +59,7 @@ static void run_append(op_kv_problem *pr, const kvc_pages &pages) {
     const kvc_view vc = {(uint16_t *)kv.v_cache, kv.v_page_stride, kv.v_seq_stride, kv.v_head_stride};
     const kvc_rope rope = {kv.rotary_cos, kv.rotary_sin, kv.rotary_dim, kv.rotary_interleaved};
     const kvc_append_args a = {(const uint16_t *)kv.k_new, (const uint16_t *)kv.v_new, kv.k_new_batch_stride, kv.k_new_seq_stride, kv.k_new_head_stride,
-                               kv.v_new_batch_stride, kv.v_new_seq_stride, kv.v_new_head_stride, kc, vc, pages, rope, pr->cs, p.batch, kv.seqlen_new,
+                               kv.v_new_batch_stride, kv.v_new_seq_stride, kv.v_new_head_stride, kc, vc, pages, rope, pr->cs, kv.seqlen_new,
                                p.n_kv_heads, p.head_dim, p.qkv_dtype == QATTN_DTYPE_BF16};
     const int64_t n = p.batch * kv.seqlen_new * p.n_kv_heads * p.head_dim;
     for (int64_t e = 0; e < n; e++) kvc_append(a, e);
@@ -120,7 +120,7 @@ static void run_case(const step_case &k, uint64_t seed) {
     const bool rotary = pr.kv.rotary_dim > 0;
     if (rotary) {
         const kvc_rope rope = {pr.cos, pr.sin, pr.kv.rotary_dim, pr.kv.rotary_interleaved};
-        const kvc_rotate_args a = {(const uint16_t *)pr.q, p.q_batch_stride, p.q_seq_stride, p.q_head_stride, qr, rope, pr.cs, B, Lq, (int32_t)H,
+        const kvc_rotate_args a = {(const uint16_t *)pr.q, p.q_batch_stride, p.q_seq_stride, p.q_head_stride, qr, rope, pr.cs, Lq, (int32_t)H,
                                    (int32_t)D, p.qkv_dtype == QATTN_DTYPE_BF16, p.causal || p.window_left >= 0 || p.window_right >= 0};
         for (int64_t e = 0; e < (int64_t)q_elems; e++) kvc_rotate_q(a, e);
         uint16_t *want = (uint16_t *)th_xmalloc(q_elems * 2 + 16);

@@ -170,12 +170,12 @@ extern "C" qattn_status qattn_cuda_forward_kvcache(qattn_ctx *ctx, const qattn_p
     if (s == QATTN_OK && e == cudaSuccess && Sn > 0) {
         const kvc_append_args a = {(const uint16_t *)kv->k_new, (const uint16_t *)kv->v_new, kv->k_new_batch_stride, kv->k_new_seq_stride,
                                    kv->k_new_head_stride, kv->v_new_batch_stride, kv->v_new_seq_stride, kv->v_new_head_stride, kc, vc, pages, rope,
-                                   dcs, B, Sn, (int32_t)HK, (int32_t)D, bf16};
+                                   dcs, Sn, (int32_t)HK, (int32_t)D, bf16};
         e = qattn_cuda_launch_kvc_append(a, B * Sn * HK * D, stream);
     }
     if (s == QATTN_OK && e == cudaSuccess && rotary && Lq > 0) {
         const int per_position = p->causal || p->window_left >= 0 || p->window_right >= 0;
-        const kvc_rotate_args a = {(const uint16_t *)p->q, p->q_batch_stride, p->q_seq_stride, p->q_head_stride, (uint16_t *)sc.qr, rope, dcs, B, Lq,
+        const kvc_rotate_args a = {(const uint16_t *)p->q, p->q_batch_stride, p->q_seq_stride, p->q_head_stride, (uint16_t *)sc.qr, rope, dcs, Lq,
                                    (int32_t)H, (int32_t)D, bf16, per_position};
         e = qattn_cuda_launch_kvc_rotate_q(a, B * Lq * H * D, stream);
     }

@@ -1,10 +1,12 @@
-/* The steps of qattn_forward_kvcache on the CUDA backend (kvcache_driver.cu, kvcache.cu), as host-and-device functions of
- * one element or one 16-byte chunk, so that tests/gpu/test_kvcache_steps.cu runs them on the host,
- * without a device, against the CPU backend's qattn_forward_kvcache:
+/* The steps of qattn_forward_kvcache on the CUDA backend (kvcache_driver.cu, kvcache.cu) as
+ * host-and-device functions of one element or one 16-byte chunk, so that tests/test_kvcache_steps.cu
+ * runs them on the host, without a device, against the CPU backend's qattn_forward_kvcache:
  * - append: a new token's K element (rotated) and V element into the cache at its slot;
  * - rotate_q: a query element, rotated, into a contiguous [B, Lq, H, D] copy;
- * - gather: 8 cache elements of one call's sequences into contiguous [nb, lk, HK, D] keys or values;
- * - the plan: the forward calls over runs of consecutive sequences with equal key counts.
+ * - gather: 8 cache elements of one call's sequences into its contiguous keys or values;
+ * - lse_scatter: a varlen call's LSE back into [B, H, Lq];
+ * - the plan (dense runs of equal key counts, or varlen calls), each call's parameters, and the
+ *   check for two appends to one slot.
  * Every index a step reads was checked on the host first (forward_kvcache.c): page ids and
  * cache_seqlens come from the host's checked copy, never from the caller's device arrays. */
 #ifndef QATTN_CUDA_KVCACHE_STEPS_CUH
@@ -47,7 +49,7 @@ struct kvc_append_args {
     kvc_pages pages;
     kvc_rope rope;
     const int32_t *cs; /* checked cache_seqlens [B] */
-    int64_t batch, sn;
+    int64_t sn;
     int32_t hk, d, bf16;
 };
 
@@ -58,7 +60,7 @@ struct kvc_rotate_args {
     uint16_t *qr;
     kvc_rope rope;
     const int32_t *cs;
-    int64_t batch, lq;
+    int64_t lq;
     int32_t h, d, bf16, per_position;
 };
 
